@@ -1,0 +1,5 @@
+//! sip-core: SIP messages (own zero-copy parser), transports, transactions, dialogs, digest auth.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod auth;
+pub mod transaction;
