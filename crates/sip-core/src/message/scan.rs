@@ -1,0 +1,217 @@
+//! A byte scanner for header values (RFC 3261 §25.1 basic rules).
+//!
+//! Header values are kept exactly as received, so they may still contain line folds
+//! (`CRLF 1*WSP`). The scanner treats CR and LF inside a value as linear white space,
+//! which is what unfolding would produce, without copying the value.
+
+/// `token` characters of RFC 3261 §25.1.
+#[inline]
+pub(crate) fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        )
+}
+
+#[inline]
+pub(crate) fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// A cursor over one header value.
+#[derive(Debug, Clone)]
+pub(crate) struct Scanner<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Scanner { buf, pos: 0 }
+    }
+
+    #[inline]
+    pub(crate) fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    #[inline]
+    pub(crate) fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    /// Skips linear white space (including folds). Returns whether any was skipped.
+    #[inline]
+    pub(crate) fn skip_lws(&mut self) -> bool {
+        let start = self.pos;
+        while let Some(b) = self.peek() {
+            if is_lws(b) {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        self.pos != start
+    }
+
+    /// Consumes `c` surrounded by optional LWS (the SEMI, COMMA, EQUAL, SLASH, COLON rules).
+    pub(crate) fn eat_sep(&mut self, c: u8) -> bool {
+        let save = self.pos;
+        self.skip_lws();
+        if self.peek() == Some(c) {
+            self.pos += 1;
+            self.skip_lws();
+            true
+        } else {
+            self.pos = save;
+            false
+        }
+    }
+
+    /// Consumes `c` if it is the next byte (no white space allowed).
+    #[inline]
+    pub(crate) fn eat(&mut self, c: u8) -> bool {
+        if self.peek() == Some(c) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A run of bytes matching `f` (possibly empty).
+    #[inline]
+    pub(crate) fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
+        let start = self.pos;
+        while let Some(b) = self.peek() {
+            if f(b) {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        &self.buf[start..self.pos]
+    }
+
+    /// A non-empty `token`.
+    pub(crate) fn token(&mut self) -> Option<&'a [u8]> {
+        let t = self.take_while(is_token);
+        (!t.is_empty()).then_some(t)
+    }
+
+    /// A `quoted-string` including its quotes; `None` if unterminated or not at a quote.
+    pub(crate) fn quoted_string(&mut self) -> Option<&'a [u8]> {
+        let start = self.pos;
+        if !self.eat(b'"') {
+            return None;
+        }
+        while let Some(b) = self.peek() {
+            match b {
+                b'"' => {
+                    self.pos += 1;
+                    return Some(&self.buf[start..self.pos]);
+                }
+                b'\\' => {
+                    // quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)
+                    match self.buf.get(self.pos + 1) {
+                        Some(&n) if n != b'\r' && n != b'\n' && n < 0x80 => self.pos += 2,
+                        _ => {
+                            self.pos = start;
+                            return None;
+                        }
+                    }
+                }
+                _ => self.pos += 1,
+            }
+        }
+        self.pos = start;
+        None
+    }
+}
+
+/// Trims LWS on both sides.
+pub(crate) fn trim_lws(mut s: &[u8]) -> &[u8] {
+    while let Some((&f, rest)) = s.split_first() {
+        if is_lws(f) {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    while let Some((&l, rest)) = s.split_last() {
+        if is_lws(l) {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+/// Parses a decimal number made only of digits, refusing overflow past `max`.
+pub(crate) fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    (v <= max).then_some(v)
+}
+
+/// Removes the quotes and backslash escapes of a `quoted-string`.
+pub fn unquote(s: &[u8]) -> Vec<u8> {
+    let inner = if s.len() >= 2 && s[0] == b'"' && s[s.len() - 1] == b'"' {
+        &s[1..s.len() - 1]
+    } else {
+        s
+    };
+    let mut out = Vec::with_capacity(inner.len());
+    let mut it = inner.iter();
+    while let Some(&b) = it.next() {
+        if b == b'\\' {
+            if let Some(&n) = it.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_strings() {
+        let mut s = Scanner::new(br#""J Rosenberg \\\"" <sip:x>"#);
+        assert_eq!(s.quoted_string(), Some(&br#""J Rosenberg \\\"""#[..]));
+        let mut s = Scanner::new(br#""unterminated <sip:x>"#);
+        assert_eq!(s.quoted_string(), None);
+        assert_eq!(s.pos, 0);
+        assert_eq!(unquote(br#""a \"b\" \\""#), br#"a "b" \"#.to_vec());
+    }
+
+    #[test]
+    fn decimals() {
+        assert_eq!(parse_decimal(b"0068", 255), Some(68));
+        assert_eq!(parse_decimal(b"300", 255), None);
+        assert_eq!(parse_decimal(b"36893488147419103232", u64::MAX), None);
+        assert_eq!(parse_decimal(b"-1", 10), None);
+        assert_eq!(parse_decimal(b"", 10), None);
+    }
+
+    #[test]
+    fn separators_skip_folds() {
+        let mut s = Scanner::new(b" \r\n  ;\r\n tag");
+        assert!(s.eat_sep(b';'));
+        assert_eq!(s.token(), Some(&b"tag"[..]));
+    }
+}

@@ -1,0 +1,506 @@
+//! Typed views of the header fields the B2BUA works with. Each is parsed on demand from the
+//! raw value; parts are `Bytes` slices of the received datagram (no copies).
+
+use bytes::Bytes;
+use std::fmt;
+
+use super::scan::{is_token, parse_decimal, Scanner};
+use super::uri::{split_hostport, Host, Params, Uri};
+use super::{Method, ParseError};
+
+/// One Via header field value (RFC 3261 §20.42).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// The transport token as written (`UDP`, `TCP`, `TLS`, `SCTP`, or an unknown one).
+    pub transport: Bytes,
+    pub host: Host,
+    pub port: Option<u16>,
+    pub params: Params,
+}
+
+impl Via {
+    pub fn branch(&self) -> Option<&[u8]> {
+        self.params.get("branch").flatten().map(|b| &b[..])
+    }
+
+    pub fn received(&self) -> Option<&[u8]> {
+        self.params.get("received").flatten().map(|b| &b[..])
+    }
+
+    /// `Some(None)` when `rport` is present without a value (the client asks for it, RFC 3581).
+    pub fn rport(&self) -> Option<Option<u16>> {
+        self.params.get("rport").map(|v| {
+            v.and_then(|p| parse_decimal(p, 65535))
+                .and_then(|p| u16::try_from(p).ok())
+        })
+    }
+
+    pub fn transport_str(&self) -> String {
+        String::from_utf8_lossy(&self.transport).to_ascii_uppercase()
+    }
+
+    /// Parses every Via value in one header field (a comma-separated list).
+    pub fn parse_list(base: &Bytes, v: &[u8], out: &mut Vec<Via>) -> Result<(), ParseError> {
+        let mut s = Scanner::new(v);
+        loop {
+            out.push(parse_one_via(base, &mut s)?);
+            s.skip_lws();
+            if s.at_end() {
+                return Ok(());
+            }
+            if !s.eat(b',') {
+                return Err(ParseError::Invalid("garbage after Via"));
+            }
+        }
+    }
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SIP/2.0/{} {}",
+            String::from_utf8_lossy(&self.transport),
+            self.host
+        )?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        write!(f, "{}", self.params)
+    }
+}
+
+fn parse_one_via(base: &Bytes, s: &mut Scanner<'_>) -> Result<Via, ParseError> {
+    s.skip_lws();
+    let name = s.token().ok_or(ParseError::Invalid("bad Via protocol"))?;
+    if !s.eat_sep(b'/') {
+        return Err(ParseError::Invalid("bad Via protocol"));
+    }
+    let version = s.token().ok_or(ParseError::Invalid("bad Via version"))?;
+    if !s.eat_sep(b'/') {
+        return Err(ParseError::Invalid("bad Via protocol"));
+    }
+    let transport = s.token().ok_or(ParseError::Invalid("bad Via transport"))?;
+    if !name.eq_ignore_ascii_case(b"SIP") || version != b"2.0" {
+        return Err(ParseError::Invalid("unsupported Via protocol version"));
+    }
+    if !s.skip_lws() {
+        return Err(ParseError::Invalid("missing Via sent-by"));
+    }
+    let hp = s.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'));
+    let (host, port) = split_hostport(base, hp)?;
+    let params = parse_header_params(base, s)?;
+    Ok(Via {
+        transport: base.slice_ref(transport),
+        host,
+        port,
+        params,
+    })
+}
+
+/// `*( SEMI generic-param )` after a header value; gen-value = token / host / quoted-string.
+fn parse_header_params(base: &Bytes, s: &mut Scanner<'_>) -> Result<Params, ParseError> {
+    let mut params = Vec::new();
+    while s.eat_sep(b';') {
+        let name = s.token().ok_or(ParseError::Invalid("empty parameter"))?;
+        let value = if s.eat_sep(b'=') {
+            let v = if s.peek() == Some(b'"') {
+                s.quoted_string()
+                    .ok_or(ParseError::Invalid("unterminated quoted parameter"))?
+            } else {
+                let v = s.take_while(|b| is_token(b) || matches!(b, b':' | b'[' | b']'));
+                if v.is_empty() {
+                    return Err(ParseError::Invalid("empty parameter value"));
+                }
+                v
+            };
+            Some(base.slice_ref(v))
+        } else {
+            None
+        };
+        params.push((base.slice_ref(name), value));
+    }
+    Ok(Params(params))
+}
+
+/// A `name-addr` or `addr-spec` with header parameters: From, To, Contact, Route,
+/// Record-Route, P-Asserted-Identity (RFC 3261 §20).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddr {
+    /// The display name as written (quoted-string with its quotes, or tokens).
+    pub display: Option<Bytes>,
+    pub uri: Uri,
+    /// Whether the URI was enclosed in `<>` (it is written back the same way).
+    pub bracketed: bool,
+    pub params: Params,
+}
+
+impl NameAddr {
+    pub fn new(uri: Uri) -> NameAddr {
+        NameAddr {
+            display: None,
+            uri,
+            bracketed: true,
+            params: Params::default(),
+        }
+    }
+
+    pub fn tag(&self) -> Option<&Bytes> {
+        self.params.get("tag").flatten()
+    }
+
+    /// Parses a single name-addr value (From, To).
+    pub fn parse_single(base: &Bytes, v: &[u8]) -> Result<NameAddr, ParseError> {
+        let mut s = Scanner::new(v);
+        let na = parse_name_addr(base, &mut s)?;
+        s.skip_lws();
+        if !s.at_end() {
+            return Err(ParseError::Invalid("garbage after name-addr"));
+        }
+        Ok(na)
+    }
+
+    /// Parses a comma-separated list of name-addrs (Contact, Route, Record-Route).
+    pub fn parse_list(base: &Bytes, v: &[u8], out: &mut Vec<NameAddr>) -> Result<(), ParseError> {
+        let mut s = Scanner::new(v);
+        loop {
+            out.push(parse_name_addr(base, &mut s)?);
+            s.skip_lws();
+            if s.at_end() {
+                return Ok(());
+            }
+            if !s.eat(b',') {
+                return Err(ParseError::Invalid("garbage after name-addr"));
+            }
+        }
+    }
+
+    pub fn parse_str(v: &str) -> Result<NameAddr, ParseError> {
+        let b = Bytes::copy_from_slice(v.as_bytes());
+        NameAddr::parse_single(&b, &b)
+    }
+}
+
+impl fmt::Display for NameAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(d) = &self.display {
+            write!(f, "{} ", String::from_utf8_lossy(d))?;
+        }
+        if self.bracketed || self.display.is_some() {
+            write!(f, "<{}>", self.uri)?;
+        } else {
+            write!(f, "{}", self.uri)?;
+        }
+        write!(f, "{}", self.params)
+    }
+}
+
+fn parse_name_addr(base: &Bytes, s: &mut Scanner<'_>) -> Result<NameAddr, ParseError> {
+    s.skip_lws();
+    let mut display = None;
+    match s.peek() {
+        Some(b'"') => {
+            let q = s
+                .quoted_string()
+                .ok_or(ParseError::Invalid("unterminated quoted display name"))?;
+            display = Some(base.slice_ref(q));
+            s.skip_lws();
+            if s.peek() != Some(b'<') {
+                return Err(ParseError::Invalid("display name without <URI>"));
+            }
+        }
+        Some(b'<') => {}
+        Some(_) => {
+            // *(token LWS) "<" , or an addr-spec.
+            let save = s.pos;
+            let mut end = s.pos;
+            while s.token().is_some() {
+                end = s.pos;
+                s.skip_lws();
+            }
+            if s.peek() == Some(b'<') && end > save {
+                display = Some(base.slice_ref(&s.buf[save..end]));
+            } else {
+                s.pos = save;
+            }
+        }
+        None => return Err(ParseError::Invalid("empty name-addr")),
+    }
+    let (uri, bracketed) = if s.eat(b'<') {
+        let inner = s.take_while(|b| b != b'>');
+        if !s.eat(b'>') {
+            return Err(ParseError::Invalid("unterminated <URI>"));
+        }
+        if inner.iter().any(|&b| b <= b' ') {
+            return Err(ParseError::Invalid("white space inside <URI>"));
+        }
+        (Uri::parse_in(base, inner)?, true)
+    } else {
+        let spec = s.take_while(|b| b > b' ' && b != b';' && b != b',');
+        if spec.contains(&b'?') {
+            return Err(ParseError::Invalid("addr-spec with headers must be in <>"));
+        }
+        (Uri::parse_in(base, spec)?, false)
+    };
+    let params = parse_header_params(base, s)?;
+    Ok(NameAddr {
+        display,
+        uri,
+        bracketed,
+        params,
+    })
+}
+
+/// A Contact header value: `*` or a list of name-addrs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContactValue {
+    Wildcard,
+    Addrs(Vec<NameAddr>),
+}
+
+/// The CSeq header (RFC 3261 §20.16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    pub seq: u32,
+    pub method: Method,
+}
+
+impl CSeq {
+    pub fn parse(base: &Bytes, v: &[u8]) -> Result<CSeq, ParseError> {
+        let mut s = Scanner::new(v);
+        s.skip_lws();
+        let digits = s.take_while(|b| b.is_ascii_digit());
+        let seq = parse_decimal(digits, (1 << 31) - 1).ok_or(ParseError::Invalid("bad CSeq number"))?;
+        if !s.skip_lws() {
+            return Err(ParseError::Invalid("bad CSeq"));
+        }
+        let m = s.token().ok_or(ParseError::Invalid("bad CSeq method"))?;
+        s.skip_lws();
+        if !s.at_end() {
+            return Err(ParseError::Invalid("garbage after CSeq"));
+        }
+        Ok(CSeq {
+            seq: seq as u32,
+            method: Method::from_token(base, m),
+        })
+    }
+}
+
+impl fmt::Display for CSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.seq, self.method)
+    }
+}
+
+/// Parses a header made of one decimal number (Max-Forwards, Expires, Content-Length, RSeq...).
+pub fn parse_number(v: &[u8], max: u64) -> Result<u64, ParseError> {
+    let t = super::scan::trim_lws(v);
+    parse_decimal(t, max).ok_or(ParseError::Invalid("bad number"))
+}
+
+/// Session-Expires (RFC 4028): delta-seconds with an optional `refresher` parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionExpires {
+    pub delta: u32,
+    /// `uac` or `uas`.
+    pub refresher: Option<String>,
+}
+
+impl SessionExpires {
+    pub fn parse(base: &Bytes, v: &[u8]) -> Result<SessionExpires, ParseError> {
+        let mut s = Scanner::new(v);
+        s.skip_lws();
+        let digits = s.take_while(|b| b.is_ascii_digit());
+        let delta = parse_decimal(digits, u64::from(u32::MAX)).ok_or(ParseError::Invalid("bad Session-Expires"))?;
+        let params = parse_header_params(base, &mut s)?;
+        s.skip_lws();
+        if !s.at_end() {
+            return Err(ParseError::Invalid("garbage after Session-Expires"));
+        }
+        Ok(SessionExpires {
+            delta: delta as u32,
+            refresher: params.get_str("refresher").map(|r| r.to_ascii_lowercase()),
+        })
+    }
+}
+
+/// RAck (RFC 3262): `response-num CSeq-num Method`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RAck {
+    pub rseq: u32,
+    pub cseq: u32,
+    pub method: Method,
+}
+
+impl RAck {
+    pub fn parse(base: &Bytes, v: &[u8]) -> Result<RAck, ParseError> {
+        let mut s = Scanner::new(v);
+        s.skip_lws();
+        let a = parse_decimal(s.take_while(|b| b.is_ascii_digit()), u64::from(u32::MAX));
+        s.skip_lws();
+        let b = parse_decimal(s.take_while(|b| b.is_ascii_digit()), u64::from(u32::MAX));
+        s.skip_lws();
+        let m = s.token();
+        s.skip_lws();
+        match (a, b, m) {
+            (Some(a), Some(b), Some(m)) if s.at_end() => Ok(RAck {
+                rseq: a as u32,
+                cseq: b as u32,
+                method: Method::from_token(base, m),
+            }),
+            _ => Err(ParseError::Invalid("bad RAck")),
+        }
+    }
+}
+
+/// Reason (RFC 3326): `SIP;cause=200;text="Call completed elsewhere"`, `Q.850;cause=16`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    pub protocol: String,
+    pub cause: Option<u16>,
+    pub text: Option<String>,
+}
+
+impl Reason {
+    pub fn parse_list(base: &Bytes, v: &[u8]) -> Result<Vec<Reason>, ParseError> {
+        let mut s = Scanner::new(v);
+        let mut out = Vec::new();
+        loop {
+            s.skip_lws();
+            let proto = s.token().ok_or(ParseError::Invalid("bad Reason"))?;
+            let params = parse_header_params(base, &mut s)?;
+            out.push(Reason {
+                protocol: String::from_utf8_lossy(proto).into_owned(),
+                cause: params
+                    .get("cause")
+                    .flatten()
+                    .and_then(|c| parse_decimal(c, 65535))
+                    .map(|c| c as u16),
+                text: params
+                    .get("text")
+                    .flatten()
+                    .map(|t| String::from_utf8_lossy(&super::scan::unquote(t)).into_owned()),
+            });
+            s.skip_lws();
+            if s.at_end() {
+                return Ok(out);
+            }
+            if !s.eat(b',') {
+                return Err(ParseError::Invalid("garbage after Reason"));
+            }
+        }
+    }
+}
+
+/// A comma-separated list of tokens (Allow, Supported, Require, Proxy-Require, Unsupported).
+pub fn parse_token_list(v: &[u8]) -> Result<Vec<&[u8]>, ParseError> {
+    let mut s = Scanner::new(v);
+    let mut out = Vec::new();
+    s.skip_lws();
+    if s.at_end() {
+        return Ok(out);
+    }
+    loop {
+        s.skip_lws();
+        out.push(s.token().ok_or(ParseError::Invalid("bad token list"))?);
+        s.skip_lws();
+        if s.at_end() {
+            return Ok(out);
+        }
+        if !s.eat(b',') {
+            return Err(ParseError::Invalid("bad token list"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn via_with_folds_and_lws() {
+        let v = b("SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8  ,\r\n SIP  /    2.0   / UDP  192.168.255.111   ; branch=\r\n z9hG4bK30239");
+        let mut out = Vec::new();
+        Via::parse_list(&v, &v, &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].branch(), Some(&b"z9hG4bK9ikj8"[..]));
+        assert_eq!(out[0].transport_str(), "TCP");
+        assert_eq!(out[1].host, Host::Ip("192.168.255.111".parse().unwrap()));
+        assert_eq!(out[1].branch(), Some(&b"z9hG4bK30239"[..]));
+    }
+
+    #[test]
+    fn via_rport_received_ipv6() {
+        let v = b("SIP/2.0/UDP [2001:db8::9:1]:5060;branch=z9hG4bKas3-111;rport;received=2001:db8::9:255");
+        let mut out = Vec::new();
+        Via::parse_list(&v, &v, &mut out).unwrap();
+        assert_eq!(out[0].port, Some(5060));
+        assert_eq!(out[0].rport(), Some(None));
+        assert_eq!(out[0].received(), Some(&b"2001:db8::9:255"[..]));
+    }
+
+    #[test]
+    fn via_rejects_empty_params() {
+        let v = b("SIP/2.0/UDP 192.0.2.15;;,;,,");
+        assert!(Via::parse_list(&v, &v, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn name_addr_forms() {
+        let na = NameAddr::parse_str(r#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#).unwrap();
+        assert_eq!(na.tag().map(|t| &t[..]), Some(&b"98asjd8"[..]));
+        let na = NameAddr::parse_str("sip:+19725552222@gw1.example.net;unknownparam").unwrap();
+        assert!(na.params.contains("unknownparam"));
+        assert!(na.uri.as_sip().unwrap().params.is_empty());
+        let na = NameAddr::parse_str("<sip:+19725552222@gw1.example.net;unknownparam>").unwrap();
+        assert!(na.params.is_empty());
+        let na = NameAddr::parse_str(r#""caller"<sip:caller@example.com>;tag=323"#).unwrap();
+        assert_eq!(na.display.as_deref(), Some(&br#""caller""#[..]));
+        let na = NameAddr::parse_str("token1~` token2'+_ token3*%!.- <sip:mundane@example.com>").unwrap();
+        assert_eq!(na.display.as_deref(), Some(&b"token1~` token2'+_ token3*%!.-"[..]));
+    }
+
+    #[test]
+    fn name_addr_rejects() {
+        for bad in [
+            r#""Mr. J. User <sip:j.user@example.com>"#,
+            "< sip:t.watson@example.org >",
+            "Bell, Alexander <sip:a.g.bell@example.com>;tag=43",
+            "sip:user@example.com?Route=%3Csip:sip.example.com%3E",
+            r#""Joe" <sip:joe@example.org>;;;;"#,
+        ] {
+            let b = b(bad);
+            let mut out = Vec::new();
+            assert!(NameAddr::parse_list(&b, &b, &mut out).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cseq_and_numbers() {
+        let v = b("0009\r\n  INVITE");
+        let c = CSeq::parse(&v, &v).unwrap();
+        assert_eq!(c.seq, 9);
+        assert_eq!(c.method, Method::Invite);
+        let v = b("36893488147419103232 REGISTER");
+        assert!(CSeq::parse(&v, &v).is_err());
+        assert_eq!(parse_number(b" 70 ", 255).ok(), Some(70));
+        assert!(parse_number(b"300", 255).is_err());
+    }
+
+    #[test]
+    fn reason_and_session_expires() {
+        let v = b(r#"SIP;cause=200;text="Call completed elsewhere", Q.850;cause=16"#);
+        let r = Reason::parse_list(&v, &v).unwrap();
+        assert_eq!(r[0].cause, Some(200));
+        assert_eq!(r[0].text.as_deref(), Some("Call completed elsewhere"));
+        assert_eq!(r[1].protocol, "Q.850");
+        let v = b("1800;refresher=uac");
+        let se = SessionExpires::parse(&v, &v).unwrap();
+        assert_eq!(se.delta, 1800);
+        assert_eq!(se.refresher.as_deref(), Some("uac"));
+    }
+}

@@ -1,0 +1,509 @@
+//! URIs: `sip:`/`sips:` (RFC 3261 §19.1, IPv6 references per RFC 5118), `tel:` (RFC 3966),
+//! and any other scheme kept opaque.
+
+use bytes::Bytes;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::scan::parse_decimal;
+use super::ParseError;
+
+/// A URI as found in a Request-URI or a name-addr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uri {
+    Sip(SipUri),
+    Tel(TelUri),
+    /// A scheme this stack does not interpret (`http:`, `isbn:`, `soap.beep:` ...).
+    Other { scheme: Bytes, opaque: Bytes },
+}
+
+/// The host part of a SIP URI or a Via sent-by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Domain(Bytes),
+    Ip(IpAddr),
+}
+
+impl Host {
+    /// The IP address, if the host is a literal one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Host::Ip(ip) => Some(*ip),
+            Host::Domain(_) => None,
+        }
+    }
+
+    /// Parses `hostname`, `IPv4address` or `"[" IPv6address "]"`.
+    pub(crate) fn parse(base: &Bytes, s: &[u8]) -> Result<Host, ParseError> {
+        if s.is_empty() {
+            return Err(ParseError::Invalid("empty host"));
+        }
+        if s[0] == b'[' {
+            let inner = s
+                .strip_prefix(b"[")
+                .and_then(|x| x.strip_suffix(b"]"))
+                .ok_or(ParseError::Invalid("bad IPv6 reference"))?;
+            let text = std::str::from_utf8(inner).map_err(|_| ParseError::Invalid("bad IPv6"))?;
+            let ip: Ipv6Addr = text
+                .parse()
+                .map_err(|_| ParseError::Invalid("bad IPv6 reference"))?;
+            return Ok(Host::Ip(IpAddr::V6(ip)));
+        }
+        if !s
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(ParseError::Invalid("bad character in host"));
+        }
+        if s.iter().all(|&b| b.is_ascii_digit() || b == b'.') {
+            let text = std::str::from_utf8(s).map_err(|_| ParseError::Invalid("bad host"))?;
+            let ip: Ipv4Addr = text
+                .parse()
+                .map_err(|_| ParseError::Invalid("bad IPv4 address"))?;
+            return Ok(Host::Ip(IpAddr::V4(ip)));
+        }
+        if s[0] == b'-' || s[0] == b'.' {
+            return Err(ParseError::Invalid("bad host name"));
+        }
+        Ok(Host::Domain(base.slice_ref(s)))
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Domain(d) => f.write_str(&String::from_utf8_lossy(d)),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+        }
+    }
+}
+
+/// `;name[=value]` parameters, in order, names compared case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params(pub Vec<(Bytes, Option<Bytes>)>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<Option<&Bytes>> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// The value of `name` as text (an empty string for a flag without value).
+    pub fn get_str(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.get(name).map(|v| match v {
+            Some(b) => String::from_utf8_lossy(b),
+            None => std::borrow::Cow::Borrowed(""),
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn set(&mut self, name: &str, value: Option<&str>) {
+        let v = value.map(|v| Bytes::copy_from_slice(v.as_bytes()));
+        if let Some(slot) = self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            slot.1 = v;
+        } else {
+            self.0.push((Bytes::copy_from_slice(name.as_bytes()), v));
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Params {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, v) in &self.0 {
+            write!(f, ";{}", String::from_utf8_lossy(n))?;
+            if let Some(v) = v {
+                write!(f, "={}", String::from_utf8_lossy(v))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `sip:` or `sips:` URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipUri {
+    pub secure: bool,
+    /// The user part, still %-escaped as received.
+    pub user: Option<Bytes>,
+    pub password: Option<Bytes>,
+    pub host: Host,
+    pub port: Option<u16>,
+    pub params: Params,
+    /// The `?headers` part without the `?`, still escaped.
+    pub headers: Option<Bytes>,
+}
+
+impl SipUri {
+    /// A plain `sip:user@host:port` URI.
+    pub fn new(user: Option<&str>, host: Host, port: Option<u16>) -> SipUri {
+        SipUri {
+            secure: false,
+            user: user.map(|u| Bytes::copy_from_slice(u.as_bytes())),
+            password: None,
+            host,
+            port,
+            params: Params::default(),
+            headers: None,
+        }
+    }
+
+    pub fn user_str(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.user.as_ref().map(|u| String::from_utf8_lossy(u))
+    }
+
+    /// The `transport` parameter, lower-cased.
+    pub fn transport(&self) -> Option<String> {
+        self.params.get_str("transport").map(|t| t.to_ascii_lowercase())
+    }
+}
+
+impl fmt::Display for SipUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.secure { "sips:" } else { "sip:" })?;
+        if let Some(u) = &self.user {
+            f.write_str(&String::from_utf8_lossy(u))?;
+            if let Some(p) = &self.password {
+                write!(f, ":{}", String::from_utf8_lossy(p))?;
+            }
+            f.write_str("@")?;
+        }
+        write!(f, "{}", self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        write!(f, "{}", self.params)?;
+        if let Some(h) = &self.headers {
+            write!(f, "?{}", String::from_utf8_lossy(h))?;
+        }
+        Ok(())
+    }
+}
+
+/// A `tel:` URI (RFC 3966).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelUri {
+    pub number: Bytes,
+    pub params: Params,
+}
+
+impl fmt::Display for TelUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tel:{}{}", String::from_utf8_lossy(&self.number), self.params)
+    }
+}
+
+impl fmt::Display for Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Uri::Sip(u) => u.fmt(f),
+            Uri::Tel(t) => t.fmt(f),
+            Uri::Other { scheme, opaque } => write!(
+                f,
+                "{}:{}",
+                String::from_utf8_lossy(scheme),
+                String::from_utf8_lossy(opaque)
+            ),
+        }
+    }
+}
+
+impl Uri {
+    /// Parses a URI held in `s`, a sub-slice of `base` (so parts can be shared, not copied).
+    pub fn parse_in(base: &Bytes, s: &[u8]) -> Result<Uri, ParseError> {
+        let colon = s
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(ParseError::Invalid("URI without scheme"))?;
+        let scheme = &s[..colon];
+        let rest = &s[colon + 1..];
+        if scheme.is_empty()
+            || !scheme[0].is_ascii_alphabetic()
+            || !scheme
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        {
+            return Err(ParseError::Invalid("bad URI scheme"));
+        }
+        if scheme.eq_ignore_ascii_case(b"sip") {
+            return parse_sip(base, rest, false).map(Uri::Sip);
+        }
+        if scheme.eq_ignore_ascii_case(b"sips") {
+            return parse_sip(base, rest, true).map(Uri::Sip);
+        }
+        if scheme.eq_ignore_ascii_case(b"tel") {
+            return parse_tel(base, rest).map(Uri::Tel);
+        }
+        if rest.is_empty()
+            || rest
+                .iter()
+                .any(|&b| b <= b' ' || matches!(b, b'<' | b'>' | b'"' | 0x7f))
+        {
+            return Err(ParseError::Invalid("bad URI"));
+        }
+        Ok(Uri::Other {
+            scheme: base.slice_ref(scheme),
+            opaque: base.slice_ref(rest),
+        })
+    }
+
+    /// Parses a standalone URI.
+    pub fn parse(s: &str) -> Result<Uri, ParseError> {
+        let b = Bytes::copy_from_slice(s.as_bytes());
+        Uri::parse_in(&b, &b)
+    }
+
+    pub fn as_sip(&self) -> Option<&SipUri> {
+        match self {
+            Uri::Sip(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    pub fn as_sip_mut(&mut self) -> Option<&mut SipUri> {
+        match self {
+            Uri::Sip(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// The scheme, lower-cased.
+    pub fn scheme(&self) -> String {
+        match self {
+            Uri::Sip(u) if u.secure => "sips".into(),
+            Uri::Sip(_) => "sip".into(),
+            Uri::Tel(_) => "tel".into(),
+            Uri::Other { scheme, .. } => String::from_utf8_lossy(scheme).to_ascii_lowercase(),
+        }
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+        )
+}
+
+fn all_escaped_or(s: &[u8], extra: impl Fn(u8) -> bool) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        if b == b'%' {
+            match (s.get(i + 1), s.get(i + 2)) {
+                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+                _ => return false,
+            }
+        } else if is_unreserved(b) || extra(b) || b >= 0x80 {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+fn parse_params(base: &Bytes, s: &[u8]) -> Result<Params, ParseError> {
+    let mut params = Vec::new();
+    // `s` starts right after the first ';'
+    for p in s.split(|&b| b == b';') {
+        let (name, value) = match p.iter().position(|&b| b == b'=') {
+            Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
+            None => (p, None),
+        };
+        let pchar = |b: u8| matches!(b, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$');
+        if name.is_empty() || !all_escaped_or(name, pchar) {
+            return Err(ParseError::Invalid("bad URI parameter"));
+        }
+        if let Some(v) = value {
+            if v.is_empty() || !all_escaped_or(v, pchar) {
+                return Err(ParseError::Invalid("bad URI parameter value"));
+            }
+        }
+        params.push((base.slice_ref(name), value.map(|v| base.slice_ref(v))));
+    }
+    Ok(Params(params))
+}
+
+fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError> {
+    // userinfo ends at the first '@' ('@' is never legal unescaped elsewhere).
+    let (userinfo, rest) = match s.iter().position(|&b| b == b'@') {
+        Some(at) => (Some(&s[..at]), &s[at + 1..]),
+        None => (None, s),
+    };
+    let (user, password) = match userinfo {
+        Some(ui) => {
+            let (u, p) = match ui.iter().position(|&b| b == b':') {
+                Some(c) => (&ui[..c], Some(&ui[c + 1..])),
+                None => (ui, None),
+            };
+            let uchar = |b: u8| matches!(b, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/');
+            if u.is_empty() || !all_escaped_or(u, uchar) {
+                return Err(ParseError::Invalid("bad URI user part"));
+            }
+            if let Some(p) = p {
+                let pwchar = |b: u8| matches!(b, b'&' | b'=' | b'+' | b'$' | b',');
+                if !all_escaped_or(p, pwchar) {
+                    return Err(ParseError::Invalid("bad URI password"));
+                }
+            }
+            (Some(base.slice_ref(u)), p.map(|p| base.slice_ref(p)))
+        }
+        None => (None, None),
+    };
+    // headers
+    let (rest, headers) = match rest.iter().position(|&b| b == b'?') {
+        Some(q) => {
+            let h = &rest[q + 1..];
+            let hchar = |b: u8| {
+                matches!(
+                    b,
+                    b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'=' | b'&'
+                )
+            };
+            if h.is_empty() || !all_escaped_or(h, hchar) {
+                return Err(ParseError::Invalid("bad URI headers"));
+            }
+            (&rest[..q], Some(base.slice_ref(h)))
+        }
+        None => (rest, None),
+    };
+    let (hostport, params) = match rest.iter().position(|&b| b == b';') {
+        Some(sc) => (&rest[..sc], parse_params(base, &rest[sc + 1..])?),
+        None => (rest, Params::default()),
+    };
+    let (host, port) = split_hostport(base, hostport)?;
+    Ok(SipUri {
+        secure,
+        user,
+        password,
+        host,
+        port,
+        params,
+        headers,
+    })
+}
+
+/// Splits `host[:port]`, host possibly an IPv6 reference.
+pub(crate) fn split_hostport(base: &Bytes, s: &[u8]) -> Result<(Host, Option<u16>), ParseError> {
+    let (h, p) = if s.first() == Some(&b'[') {
+        let close = s
+            .iter()
+            .position(|&b| b == b']')
+            .ok_or(ParseError::Invalid("unterminated IPv6 reference"))?;
+        let after = &s[close + 1..];
+        match after.split_first() {
+            None => (s, None),
+            Some((b':', port)) => (&s[..=close], Some(port)),
+            Some(_) => return Err(ParseError::Invalid("garbage after IPv6 reference")),
+        }
+    } else {
+        match s.iter().position(|&b| b == b':') {
+            Some(c) => (&s[..c], Some(&s[c + 1..])),
+            None => (s, None),
+        }
+    };
+    let port = match p {
+        Some(p) => Some(
+            parse_decimal(p, 65535)
+                .map(|v| v as u16)
+                .ok_or(ParseError::Invalid("bad port"))?,
+        ),
+        None => None,
+    };
+    Ok((Host::parse(base, h)?, port))
+}
+
+fn parse_tel(base: &Bytes, s: &[u8]) -> Result<TelUri, ParseError> {
+    let (num, params) = match s.iter().position(|&b| b == b';') {
+        Some(sc) => (&s[..sc], parse_params(base, &s[sc + 1..])?),
+        None => (s, Params::default()),
+    };
+    let ok = |b: u8| {
+        b.is_ascii_hexdigit() || matches!(b, b'+' | b'-' | b'.' | b'(' | b')' | b'*' | b'#')
+    };
+    if num.is_empty() || !num.iter().all(|&b| ok(b)) {
+        return Err(ParseError::Invalid("bad tel number"));
+    }
+    Ok(TelUri {
+        number: base.slice_ref(num),
+        params,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sip(s: &str) -> SipUri {
+        match Uri::parse(s) {
+            Ok(Uri::Sip(u)) => u,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn basic_sip() {
+        let u = sip("sip:alice:pw@example.com:5070;transport=tcp;lr?subject=x");
+        assert_eq!(u.user.as_deref(), Some(&b"alice"[..]));
+        assert_eq!(u.password.as_deref(), Some(&b"pw"[..]));
+        assert_eq!(u.host, Host::Domain(Bytes::from("example.com")));
+        assert_eq!(u.port, Some(5070));
+        assert_eq!(u.transport().as_deref(), Some("tcp"));
+        assert!(u.params.contains("lr"));
+        assert_eq!(u.headers.as_deref(), Some(&b"subject=x"[..]));
+        assert_eq!(
+            u.to_string(),
+            "sip:alice:pw@example.com:5070;transport=tcp;lr?subject=x"
+        );
+    }
+
+    #[test]
+    fn ipv6_references() {
+        let u = sip("sip:[2001:db8::10]:5070");
+        assert_eq!(u.host.ip(), "2001:db8::10".parse().ok());
+        assert_eq!(u.port, Some(5070));
+        let u = sip("sip:user@[2001:db8::9:1]");
+        assert_eq!(u.port, None);
+        assert_eq!(u.to_string(), "sip:user@[2001:db8::9:1]");
+        // RFC 5118 §4.2: an IPv6 address without brackets is not a valid host.
+        assert!(Uri::parse("sip:user@2001:db8::10").is_err());
+        assert!(Uri::parse("sip:[2001:db8::10").is_err());
+    }
+
+    #[test]
+    fn semicolon_in_user() {
+        let u = sip("sip:user;par=u%40example.net@example.com");
+        assert_eq!(u.user.as_deref(), Some(&b"user;par=u%40example.net"[..]));
+        assert!(u.params.is_empty());
+    }
+
+    #[test]
+    fn tel_and_other() {
+        assert!(matches!(Uri::parse("tel:+1-201-555-0123;phone-context=x"), Ok(Uri::Tel(_))));
+        assert!(matches!(Uri::parse("isbn:2983792873"), Ok(Uri::Other { .. })));
+        assert!(matches!(Uri::parse("soap.beep://192.0.2.103:3002"), Ok(Uri::Other { .. })));
+        assert!(Uri::parse("<sip:user@example.com>").is_err());
+        assert!(Uri::parse("sip:user@example.com; lr").is_err());
+        assert!(Uri::parse("sip:user@example.com;").is_err());
+        assert!(Uri::parse("sip:").is_err());
+    }
+}
