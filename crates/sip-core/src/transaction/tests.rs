@@ -402,3 +402,132 @@ fn invite_with_total_loss_times_out_with_timer_b() {
     assert_eq!(out.c2s.offered, 7);
     assert_eq!(out.elapsed, Duration::from_secs(32));
 }
+
+/// A small deterministic generator (xorshift64*), so the randomized tests
+/// below replay identically.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn status(&mut self) -> u16 {
+        [100, 180, 183, 200, 202, 302, 401, 486, 503, 603, 42, 700][self.below(12) as usize]
+    }
+}
+
+/// Checks what every machine promises whatever it is fed: `Terminated` is
+/// announced exactly once and is the last event; after it, nothing is sent,
+/// no event is queued and no timer is armed; a timer deadline is never in
+/// the past after `handle_timeout(now)`.
+fn check_invariants<M: Machine>(
+    tx: &mut M,
+    now: Instant,
+    terminated_seen: &mut bool,
+    sent: &mut usize,
+) {
+    let was_terminated = *terminated_seen;
+    while tx.poll_transmit().is_some() {
+        assert!(!was_terminated, "transmit after Terminated");
+        *sent += 1;
+    }
+    while let Some(event) = tx.poll_event() {
+        assert!(!*terminated_seen, "event {event:?} after Terminated");
+        if event == TxEvent::Terminated {
+            *terminated_seen = true;
+        }
+    }
+    assert_eq!(tx.is_terminated(), *terminated_seen);
+    if tx.is_terminated() {
+        assert_eq!(tx.poll_timeout(), None);
+    }
+    if let Some(deadline) = tx.poll_timeout() {
+        assert!(deadline > now, "a due timer was left armed");
+    }
+}
+
+#[test]
+fn random_inputs_keep_every_machine_consistent() {
+    let cfg = TimerConfig::default();
+    for seed in 1..=300u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let reliable = rng.below(2) == 0;
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut ci = ClientInviteTransaction::new(Bytes::from_static(INVITE), reliable, cfg, now);
+        let mut cn =
+            ClientNonInviteTransaction::new(Bytes::from_static(OPTIONS), reliable, cfg, now);
+        let mut si = ServerInviteTransaction::new(reliable, cfg, now);
+        let mut sn = ServerNonInviteTransaction::new(reliable, cfg, now);
+        let mut done = [false; 4];
+        let mut sent = [0usize; 4];
+        for _ in 0..60 {
+            now += Duration::from_millis(rng.below(3000));
+            let status = rng.status();
+            match rng.below(6) {
+                0 => {
+                    let _ = ci.handle_response(status, now, || Bytes::from_static(ACK));
+                    let _ = cn.handle_response(status, now);
+                }
+                1 => {
+                    let _ = si.send_response(status, Bytes::from_static(OK), now);
+                    let _ = sn.send_response(status, Bytes::from_static(OK), now);
+                }
+                2 => {
+                    si.handle_request_retransmit(now);
+                    sn.handle_request_retransmit(now);
+                    si.handle_ack(now);
+                }
+                3 if rng.below(8) == 0 => {
+                    ci.handle_transport_error(now);
+                    cn.handle_transport_error(now);
+                    si.handle_transport_error(now);
+                    sn.handle_transport_error(now);
+                }
+                _ => {}
+            }
+            ci.handle_timeout(now);
+            cn.handle_timeout(now);
+            si.handle_timeout(now);
+            sn.handle_timeout(now);
+            check_invariants(&mut ci, now, &mut done[0], &mut sent[0]);
+            check_invariants(&mut cn, now, &mut done[1], &mut sent[1]);
+            check_invariants(&mut si, now, &mut done[2], &mut sent[2]);
+            check_invariants(&mut sn, now, &mut done[3], &mut sent[3]);
+        }
+        if reliable {
+            // Over a reliable transport a client sends its request once (plus
+            // at most one ACK), never a retransmission.
+            assert!(sent[0] <= 2, "seed {seed}: {} INVITE-side sends", sent[0]);
+            assert_eq!(sent[1], 1, "seed {seed}");
+        }
+        // Left alone, a client always ends: every client state but
+        // Proceeding (INVITE) runs a timer that leads to Terminated.
+        for _ in 0..100 {
+            let Some(deadline) = [ci.poll_timeout(), cn.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
+                break;
+            };
+            now = deadline;
+            ci.handle_timeout(now);
+            cn.handle_timeout(now);
+        }
+        assert!(cn.is_terminated(), "seed {seed}: {:?}", cn.state());
+        assert!(
+            ci.is_terminated() || ci.state() == ClientInviteState::Proceeding,
+            "seed {seed}: {:?}",
+            ci.state()
+        );
+    }
+}
