@@ -1,1 +1,247 @@
-//! store
+//! The dialbridge store: accounts, users, devices, numbers, trunks, registration bindings,
+//! the call log with its timelines, the callback outbox and API idempotency records.
+//!
+//! Everything above this crate talks to the [`Store`] trait, an object-safe, synchronous
+//! interface (`Arc<dyn Store>`). [`SqliteStore`] implements it on an embedded SQLite database
+//! in WAL mode; a PostgreSQL implementation for several nodes sharing one database can implement
+//! the same trait without touching call logic. [`open`] picks the implementation from
+//! `store.url`.
+//!
+//! # Layout
+//!
+//! - [`sqlite`]: [`SqliteStore`], the schema and its ordered migrations (run at open).
+//! - [`provision`]: the `[[accounts]]`, `[[users]]`, `[[trunks]]`, `[[numbers]]` config tables
+//!   ([`Provisioning`]), their validation into [`ConfigIssue`]s (key path + reason), and the
+//!   [`ProvisionReport`] of an idempotent upsert.
+//! - [`model`]: the rows as Rust values ([`Account`], [`User`], [`Device`], [`Binding`],
+//!   [`CallRecord`], [`OutboxEntry`], ...).
+//! - [`secret`]: [`Secret`], a string redacted from `Debug`/`Display`, and the hashes: digest
+//!   HA1 (MD5, SHA-256) and the keyed hash of API secrets.
+//! - [`typeid`]: TypeIDs (`user_01h2xcejqtf2nbrexx3vqjhp42`): generation from UUIDv7, parsing.
+//! - [`e164`]: E.164 number checks.
+//! - [`error`]: the error type, [`StoreError`].
+//!
+//! # Secrets
+//!
+//! - Device passwords are not stored: only `HA1 = H(username:realm:password)` for MD5 and
+//!   SHA-256, which is what the registrar's digest check needs (RFC 7616 §3.4.2). HA1 values
+//!   are password-equivalent for that realm and are redacted like passwords.
+//! - API secrets are stored as `HMAC-SHA256(pepper, secret)`. The 32-byte pepper is generated
+//!   at the first open and kept in the database's `meta` table. Trade-off: a copy of the whole
+//!   database gives an attacker the pepper too, so the hash then only protects secrets with
+//!   enough entropy to resist offline guessing (generated API secrets do; a memorable word
+//!   would not). In exchange, lookups cost one HMAC, not a deliberately slow hash on every
+//!   API request, and all nodes sharing the database agree on the hash.
+//! - Webhook secrets and trunk passwords must be usable (they sign callbacks, answer a carrier's
+//!   challenge), so they are stored as given, and only ever shown as `***`.
+//!
+//! # What it does not do
+//!
+//! - No SIP, no digest challenge/response, no registrar policy (expiry limits, RFC 5626 flow
+//!   rules): it keeps bindings; the registrar decides.
+//! - No dial-plan logic: it keeps `region` and `allowed_prefixes`; the call logic applies them.
+//! - No clock of its own on any protocol path: sweeps, due callbacks and bindings take `now`.
+//! - Provisioning never deletes users, devices, numbers or trunks that the configuration no
+//!   longer lists (they may have been created through the admin API); only an account's API
+//!   keys follow its list exactly.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod e164;
+pub mod error;
+pub mod model;
+pub mod provision;
+pub mod secret;
+pub mod sqlite;
+pub mod typeid;
+
+pub use error::StoreError;
+pub use model::{
+    Account, ApiKey, Binding, CallFilter, CallRecord, CallStatus, Device, IdempotencyRecord,
+    Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs, UnixSecs, User,
+};
+pub use provision::{
+    AccountSpec, ApiKeySpec, ConfigIssue, Counts, DeviceSpec, NumberSpec, ProvisionReport,
+    Provisioning, TrunkSpec, UserSpec,
+};
+pub use secret::Secret;
+pub use sqlite::SqliteStore;
+pub use typeid::{TypeId, TypeIdError};
+
+use std::sync::Arc;
+
+/// Opens the store named by `store.url`: `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or
+/// a plain path. `postgres://` and `postgresql://` are recognised and refused in this build.
+pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(url)?))
+}
+
+/// The store interface used by the registrar, the call logic and the API.
+///
+/// Methods are synchronous and short; callers in async code may call them directly for the
+/// call path (one indexed query) or through `spawn_blocking` for bulk work. Lookups return
+/// `Ok(None)` when nothing matches; updates and deletes of a missing row return
+/// [`StoreError::NotFound`] or `Ok(false)` as documented.
+pub trait Store: Send + Sync {
+    // ----- provisioning -------------------------------------------------------------------
+
+    /// Validates `prov` and upserts it in one transaction. `realm` is the digest realm
+    /// (`sip.domain`) for which device HA1 values are computed. Applying the same input twice
+    /// changes nothing the second time ([`ProvisionReport::is_noop`]).
+    fn apply_provisioning(
+        &self,
+        prov: &Provisioning,
+        realm: &str,
+    ) -> Result<ProvisionReport, StoreError>;
+
+    // ----- accounts and API keys ----------------------------------------------------------
+
+    fn account(&self, id: &str) -> Result<Option<Account>, StoreError>;
+    fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// The account one of whose API secrets is `secret` (`Authorization: Bearer`).
+    fn account_by_api_secret(&self, secret: &str) -> Result<Option<Account>, StoreError>;
+    /// The account of API key `key`, if `secret` is its secret (`Authorization: key:secret`).
+    /// The secret is compared in constant time.
+    fn account_by_key_pair(&self, key: &str, secret: &str) -> Result<Option<Account>, StoreError>;
+    fn api_keys_for_account(&self, account_id: &str) -> Result<Vec<ApiKey>, StoreError>;
+
+    // ----- users --------------------------------------------------------------------------
+
+    fn user(&self, id: &str) -> Result<Option<User>, StoreError>;
+    fn user_by_extension(
+        &self,
+        account_id: &str,
+        extension: &str,
+    ) -> Result<Option<User>, StoreError>;
+    fn user_by_agent_id(&self, account_id: &str, agent_id: i64)
+        -> Result<Option<User>, StoreError>;
+    fn users_for_account(&self, account_id: &str) -> Result<Vec<User>, StoreError>;
+    /// Inserts a user; [`StoreError::AlreadyExists`] when the id, extension or agent id is
+    /// taken, [`StoreError::NotFound`] when the account does not exist.
+    fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Replaces the user's name, extension and agent id (the account cannot change).
+    fn update_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Deletes a user of `account_id` with its devices and their bindings. `Ok(false)` when
+    /// there was none.
+    fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError>;
+
+    // ----- devices ------------------------------------------------------------------------
+
+    fn device_by_username(&self, username: &str) -> Result<Option<Device>, StoreError>;
+    fn devices_for_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError>;
+    /// Creates a device for `user_id`, keeping only the HA1 values for `realm`.
+    fn create_device(
+        &self,
+        user_id: &str,
+        username: &str,
+        password: &Secret,
+        realm: &str,
+    ) -> Result<Device, StoreError>;
+    /// Replaces the HA1 values of a device (new password or new realm).
+    fn set_device_password(
+        &self,
+        username: &str,
+        password: &Secret,
+        realm: &str,
+    ) -> Result<Device, StoreError>;
+    /// Deletes a device and its bindings. `Ok(false)` when there was none.
+    fn delete_device(&self, username: &str) -> Result<bool, StoreError>;
+
+    // ----- numbers ------------------------------------------------------------------------
+
+    fn number(&self, number: &str) -> Result<Option<Number>, StoreError>;
+    fn numbers_for_account(&self, account_id: &str) -> Result<Vec<Number>, StoreError>;
+    fn create_number(&self, number: &Number) -> Result<(), StoreError>;
+    /// Replaces the owner of a number (the account cannot change).
+    fn update_number(&self, number: &Number) -> Result<(), StoreError>;
+    fn delete_number(&self, account_id: &str, number: &str) -> Result<bool, StoreError>;
+
+    // ----- trunks -------------------------------------------------------------------------
+
+    fn trunk(&self, name: &str) -> Result<Option<Trunk>, StoreError>;
+    /// The account's own trunks first, then the shared ones, each by name.
+    fn trunks_for_account(&self, account_id: &str) -> Result<Vec<Trunk>, StoreError>;
+    fn list_trunks(&self) -> Result<Vec<Trunk>, StoreError>;
+    fn create_trunk(&self, trunk: &Trunk) -> Result<(), StoreError>;
+    fn update_trunk(&self, trunk: &Trunk) -> Result<(), StoreError>;
+    fn delete_trunk(&self, name: &str) -> Result<bool, StoreError>;
+
+    // ----- registrations (RFC 3261 §10.3) -------------------------------------------------
+
+    /// Inserts or replaces the binding of (`device_username`, `contact`).
+    fn upsert_binding(&self, binding: &Binding) -> Result<(), StoreError>;
+    fn remove_binding(&self, device_username: &str, contact: &str) -> Result<bool, StoreError>;
+    /// Removes every binding of a device (`Contact: *`); returns how many there were.
+    fn remove_all_bindings(&self, device_username: &str) -> Result<usize, StoreError>;
+    /// Unexpired (`expires_at > now`) bindings of a device, by contact.
+    fn bindings_for_device(
+        &self,
+        device_username: &str,
+        now: UnixSecs,
+    ) -> Result<Vec<Binding>, StoreError>;
+    /// Unexpired bindings of all the user's devices, by device then contact.
+    fn bindings_for_user(&self, user_id: &str, now: UnixSecs) -> Result<Vec<Binding>, StoreError>;
+    /// Deletes bindings with `expires_at <= now`; returns how many.
+    fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError>;
+
+    // ----- calls and timelines ------------------------------------------------------------
+
+    fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
+    /// Replaces every mutable field of the call `call.id` (not `account_id`, `created_at_ms`).
+    fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
+    fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
+    fn call_by_request_id(
+        &self,
+        account_id: &str,
+        request_id: &str,
+    ) -> Result<Option<CallRecord>, StoreError>;
+    /// One page of the call log, newest first, and the cursor of the next page (`None` on the
+    /// last page). The cursor is opaque text.
+    fn list_calls(
+        &self,
+        filter: &CallFilter,
+    ) -> Result<(Vec<CallRecord>, Option<String>), StoreError>;
+    fn append_timeline(&self, call_id: &str, entry: &TimelineEntry) -> Result<(), StoreError>;
+    /// The call's timeline by time, then insertion order.
+    fn timeline(&self, call_id: &str) -> Result<Vec<TimelineEntry>, StoreError>;
+
+    // ----- callback outbox ----------------------------------------------------------------
+
+    fn enqueue_callback(&self, entry: &OutboxEntry) -> Result<(), StoreError>;
+    /// Pending callbacks due at `now`, at most `limit`, oldest due first; for each call only
+    /// the lowest pending `seq`, so callbacks of one call go out in order.
+    fn due_callbacks(&self, now: UnixMs, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+    fn mark_delivered(&self, event_id: &str, attempts: u32) -> Result<(), StoreError>;
+    /// Records a failed attempt and when to try again.
+    fn reschedule(
+        &self,
+        event_id: &str,
+        attempts: u32,
+        next_attempt_at_ms: UnixMs,
+        last_error: &str,
+    ) -> Result<(), StoreError>;
+    /// Gives up on a callback, letting the call's next one go.
+    fn abandon_callback(
+        &self,
+        event_id: &str,
+        attempts: u32,
+        last_error: &str,
+    ) -> Result<(), StoreError>;
+    /// Every callback of a call (any state), by `seq`.
+    fn callbacks_for_call(&self, call_id: &str) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// The next free `seq` for a call's callbacks (1 for the first).
+    fn next_callback_seq(&self, call_id: &str) -> Result<i64, StoreError>;
+
+    // ----- idempotency keys ---------------------------------------------------------------
+
+    /// Stores a response for (`account_id`, `key`) unless one exists; `Ok(false)` when a
+    /// record was already there (the existing one is kept).
+    fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<bool, StoreError>;
+    fn get_idempotency(
+        &self,
+        account_id: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Deletes records created before `before_ms`; returns how many.
+    fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError>;
+}

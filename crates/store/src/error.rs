@@ -1,0 +1,63 @@
+//! The store's error type.
+
+use crate::provision::ConfigIssue;
+
+/// Everything that can go wrong in the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `store.url` names a PostgreSQL database, which this build cannot open.
+    #[error("PostgreSQL store is not available in this build (store.url {url:?})")]
+    PostgresUnavailable { url: String },
+    /// `store.url` has a scheme that no store implements.
+    #[error("unsupported store URL scheme {scheme:?} (expected sqlite://PATH or sqlite::memory:)")]
+    UnsupportedScheme { scheme: String },
+    /// The database was written by a newer build with migrations this one does not know.
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// The provisioning tables are inconsistent; each issue names its key.
+    #[error("invalid provisioning: {}", ConfigIssue::join(.0))]
+    InvalidProvisioning(Vec<ConfigIssue>),
+    /// A value handed to a write method is malformed.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// The row to update or delete does not exist, or a referenced row is missing.
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// An insert collides with an existing row (same id, username, extension, ...).
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    /// The provisioning tables are consistent on their own but clash with rows already in
+    /// the store (e.g. an extension held by a user created through the API).
+    #[error("provisioning conflicts with the store at {key}: {reason}")]
+    ProvisioningConflict { key: String, reason: String },
+    /// A thread panicked while holding the database connection.
+    #[error("store connection lock poisoned")]
+    Poisoned,
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A JSON value could not be encoded.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl StoreError {
+    /// True for a unique or primary-key violation reported by SQLite.
+    pub(crate) fn is_unique_violation(err: &rusqlite::Error) -> bool {
+        matches!(
+            err,
+            rusqlite::Error::SqliteFailure(e, _)
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        )
+    }
+
+    /// True for a foreign-key violation reported by SQLite.
+    pub(crate) fn is_foreign_key_violation(err: &rusqlite::Error) -> bool {
+        matches!(
+            err,
+            rusqlite::Error::SqliteFailure(e, _)
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+        )
+    }
+}

@@ -1,0 +1,451 @@
+//! The rows the store keeps, as plain Rust values.
+//!
+//! Times are Unix time: `*_ms` fields in milliseconds (calls, timelines, the callback outbox,
+//! idempotency records), binding times in seconds (SIP `Expires` counts seconds).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// Milliseconds since the Unix epoch.
+pub type UnixMs = i64;
+/// Seconds since the Unix epoch.
+pub type UnixSecs = i64;
+
+/// A tenant: owns users, numbers, API keys, private trunks and calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// TypeID `acct_…`.
+    pub id: String,
+    pub name: String,
+    /// ISO 3166-1 alpha-2 country used to normalise local dial strings.
+    pub region: String,
+    /// HMAC key that signs this account's callbacks. Kept retrievable (it must sign), never
+    /// logged.
+    pub webhook_secret: Secret,
+    /// E.164 prefixes (`+1`, `+44`) this account may dial.
+    pub allowed_prefixes: Vec<String>,
+}
+
+/// The public half of an API credential; the secret is only stored as a keyed hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub key: String,
+    pub account_id: String,
+}
+
+/// An agent: a person who answers the agent leg on one of their devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// TypeID `user_…`.
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    /// Internal extension, unique within the account.
+    pub extension: Option<String>,
+    /// Numeric id used by the JustCall-style API, unique within the account.
+    pub agent_id: Option<i64>,
+}
+
+/// A SIP device (desk phone, softphone) that registers as `sip:<username>@<realm>`.
+///
+/// Only the digest HA1 values are kept (RFC 2617 §3.2.2.2 for MD5, RFC 7616 §3.4.2 for
+/// SHA-256), computed for `realm`; the clear password is never stored. A change of realm
+/// therefore needs the password again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// TypeID `dev_…`.
+    pub id: String,
+    pub user_id: String,
+    /// SIP username; unique across the whole store.
+    pub username: String,
+    /// The digest realm the HA1 values were computed for.
+    pub realm: String,
+    /// `MD5(username:realm:password)`, lowercase hex.
+    pub ha1_md5: Secret,
+    /// `SHA-256(username:realm:password)`, lowercase hex.
+    pub ha1_sha256: Secret,
+}
+
+/// An E.164 number owned by an account, usable as caller ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Number {
+    pub number: String,
+    pub account_id: String,
+    /// The default agent for calls from this number.
+    pub owner_user_id: Option<String>,
+}
+
+/// SIP transport of a trunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// `"udp"` or `"tcp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was neither `udp` nor `tcp`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("transport must be udp or tcp, not {0:?}")]
+pub struct UnknownTransport(pub String);
+
+impl FromStr for Transport {
+    type Err = UnknownTransport;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "udp" => Ok(Transport::Udp),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(UnknownTransport(other.to_owned())),
+        }
+    }
+}
+
+/// A SIP trunk to a carrier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trunk {
+    /// Unique name.
+    pub name: String,
+    /// Owning account; `None` = shared by all accounts.
+    pub account_id: Option<String>,
+    /// `host:port`, an IP literal or a domain resolved by DNS (NAPTR/SRV/A).
+    pub address: String,
+    pub transport: Transport,
+    /// Digest credentials for when the carrier challenges (UAC side, RFC 3261 §22.2).
+    /// Kept in the clear because the challenge's realm is only known at call time.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// This trunk may carry emergency calls.
+    pub emergency: bool,
+    /// Digits put in front of the dialled number on this trunk.
+    pub dial_prefix: Option<String>,
+    /// Host part of the From URI towards the carrier.
+    pub from_domain: Option<String>,
+}
+
+/// A registration binding (RFC 3261 §10.3): one Contact of one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    pub device_username: String,
+    pub user_id: String,
+    /// Contact URI as registered.
+    pub contact: String,
+    /// Where the REGISTER really came from (`ip:port`), for NAT traversal.
+    pub source: String,
+    /// `udp` or `tcp`.
+    pub transport: String,
+    /// The local listening address the REGISTER arrived on.
+    pub local: String,
+    pub expires_at: UnixSecs,
+    /// Contact `q` parameter.
+    pub q: Option<f32>,
+    pub call_id: String,
+    pub cseq: u32,
+    /// RFC 5626 `+sip.instance`.
+    pub instance: Option<String>,
+    /// RFC 5626 `reg-id`.
+    pub reg_id: Option<u32>,
+    pub user_agent: Option<String>,
+    pub updated_at: UnixSecs,
+}
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallStatus {
+    Queued,
+    Ringing,
+    InProgress,
+    Completed,
+    Busy,
+    NoAnswer,
+    Failed,
+    Canceled,
+}
+
+impl CallStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [CallStatus; 8] = [
+        CallStatus::Queued,
+        CallStatus::Ringing,
+        CallStatus::InProgress,
+        CallStatus::Completed,
+        CallStatus::Busy,
+        CallStatus::NoAnswer,
+        CallStatus::Failed,
+        CallStatus::Canceled,
+    ];
+
+    /// The API spelling: `queued`, `ringing`, `in-progress`, `completed`, `busy`,
+    /// `no-answer`, `failed`, `canceled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Queued => "queued",
+            CallStatus::Ringing => "ringing",
+            CallStatus::InProgress => "in-progress",
+            CallStatus::Completed => "completed",
+            CallStatus::Busy => "busy",
+            CallStatus::NoAnswer => "no-answer",
+            CallStatus::Failed => "failed",
+            CallStatus::Canceled => "canceled",
+        }
+    }
+
+    /// True once the call has ended.
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            CallStatus::Queued | CallStatus::Ringing | CallStatus::InProgress
+        )
+    }
+}
+
+impl fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text is not a call status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown call status {0:?}")]
+pub struct UnknownCallStatus(pub String);
+
+impl FromStr for CallStatus {
+    type Err = UnknownCallStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CallStatus::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownCallStatus(s.to_owned()))
+    }
+}
+
+/// One click-to-call, as kept in the call log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRecord {
+    /// TypeID `call_…`.
+    pub id: String,
+    pub account_id: String,
+    /// The agent, when the agent leg targets a user.
+    pub user_id: Option<String>,
+    /// Request id of the Click-2-Call-style API, when the call came from there.
+    pub request_id: Option<String>,
+    pub status: CallStatus,
+    /// The destination as the API received it.
+    pub dial_string: String,
+    /// The destination after normalisation (E.164 or extension).
+    pub destination: Option<String>,
+    pub caller_id: Option<String>,
+    pub callback_url: Option<String>,
+    /// Which leg ended the call (`agent`, `customer`, `api`, ...).
+    pub end_leg: Option<String>,
+    /// SIP status code that ended the call, if any.
+    pub sip_code: Option<u16>,
+    pub created_at_ms: UnixMs,
+    pub answered_at_ms: Option<UnixMs>,
+    pub ended_at_ms: Option<UnixMs>,
+    /// Caller-supplied metadata, returned as given.
+    pub metadata: serde_json::Value,
+    /// Per-leg details (Call-IDs, contacts, trunk, codecs).
+    pub legs: serde_json::Value,
+    /// Media statistics per leg.
+    pub stats: serde_json::Value,
+}
+
+impl CallRecord {
+    /// A new call in `queued` state with empty JSON blobs.
+    pub fn new(
+        id: String,
+        account_id: String,
+        dial_string: String,
+        created_at_ms: UnixMs,
+    ) -> CallRecord {
+        CallRecord {
+            id,
+            account_id,
+            user_id: None,
+            request_id: None,
+            status: CallStatus::Queued,
+            dial_string,
+            destination: None,
+            caller_id: None,
+            callback_url: None,
+            end_leg: None,
+            sip_code: None,
+            created_at_ms,
+            answered_at_ms: None,
+            ended_at_ms: None,
+            metadata: serde_json::Value::Null,
+            legs: serde_json::Value::Null,
+            stats: serde_json::Value::Null,
+        }
+    }
+
+    /// Whole seconds from answer to end, once both are known.
+    pub fn duration_secs(&self) -> Option<i64> {
+        match (self.answered_at_ms, self.ended_at_ms) {
+            (Some(a), Some(e)) if e >= a => Some((e - a) / 1000),
+            _ => None,
+        }
+    }
+}
+
+/// Which calls to list; newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFilter {
+    pub account_id: String,
+    pub status: Option<CallStatus>,
+    pub user_id: Option<String>,
+    /// Calls created at or after this time.
+    pub since_ms: Option<UnixMs>,
+    /// Calls created before this time.
+    pub until_ms: Option<UnixMs>,
+    /// Page size; clamped to `1..=`[`CallFilter::MAX_LIMIT`].
+    pub limit: u32,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl CallFilter {
+    /// Largest page size.
+    pub const MAX_LIMIT: u32 = 1000;
+
+    /// All calls of an account, `limit` per page.
+    pub fn new(account_id: impl Into<String>, limit: u32) -> CallFilter {
+        CallFilter {
+            account_id: account_id.into(),
+            status: None,
+            user_id: None,
+            since_ms: None,
+            until_ms: None,
+            limit,
+            cursor: None,
+        }
+    }
+}
+
+/// One step in a call's timeline: the API request, a SIP message of a leg, a callback
+/// attempt, ...
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEntry {
+    pub at_ms: UnixMs,
+    /// What happened, e.g. `api.request`, `sip.invite.sent`, `sip.response`, `callback`.
+    pub kind: String,
+    /// `agent`, `customer`, or `None` for call-wide steps.
+    pub leg: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+/// Delivery state of a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxState {
+    /// Waiting for (another) delivery attempt.
+    Pending,
+    /// Delivered; kept for the call's timeline.
+    Delivered,
+    /// Given up on; no further attempts.
+    Abandoned,
+}
+
+impl OutboxState {
+    fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::Delivered => "delivered",
+            OutboxState::Abandoned => "abandoned",
+        }
+    }
+
+    pub(crate) fn to_sql(self) -> &'static str {
+        self.as_str()
+    }
+
+    pub(crate) fn from_sql(s: &str) -> Option<OutboxState> {
+        match s {
+            "pending" => Some(OutboxState::Pending),
+            "delivered" => Some(OutboxState::Delivered),
+            "abandoned" => Some(OutboxState::Abandoned),
+            _ => None,
+        }
+    }
+}
+
+/// A status callback waiting in the outbox. Callbacks of one call are handed out in `seq`
+/// order: a later one is not due until every earlier one is delivered or abandoned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Unique event id (TypeID `evt_…`), sent with the callback.
+    pub event_id: String,
+    pub call_id: String,
+    pub account_id: String,
+    /// Per-call sequence number, from 1.
+    pub seq: i64,
+    pub url: String,
+    /// The JSON body exactly as it will be signed and sent.
+    pub body: String,
+    pub next_attempt_at_ms: UnixMs,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub state: OutboxState,
+    pub created_at_ms: UnixMs,
+}
+
+impl OutboxEntry {
+    /// A fresh pending entry, due at `created_at_ms`.
+    pub fn new(
+        event_id: String,
+        call_id: String,
+        account_id: String,
+        seq: i64,
+        url: String,
+        body: String,
+        created_at_ms: UnixMs,
+    ) -> OutboxEntry {
+        OutboxEntry {
+            event_id,
+            call_id,
+            account_id,
+            seq,
+            url,
+            body,
+            next_attempt_at_ms: created_at_ms,
+            attempts: 0,
+            last_error: None,
+            state: OutboxState::Pending,
+            created_at_ms,
+        }
+    }
+}
+
+/// A stored response for an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub account_id: String,
+    pub key: String,
+    /// Hash of the request body, to detect the same key reused for another request.
+    pub request_hash: String,
+    pub response_status: u16,
+    pub response_body: String,
+    pub created_at_ms: UnixMs,
+}

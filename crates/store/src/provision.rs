@@ -1,0 +1,897 @@
+//! Declarative provisioning: the `[[accounts]]`, `[[users]]`, `[[trunks]]` and `[[numbers]]`
+//! tables of the configuration (SPEC §3), their validation, and the report of an upsert.
+//!
+//! [`Provisioning::validate`] checks the tables on their own, before anything touches the
+//! store: every reference must resolve inside the configuration itself, and every problem is
+//! reported with its key path (`users[1].account`) and a reason. No reason ever quotes a
+//! secret.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Deserialize;
+
+use crate::e164::{is_e164, is_e164_prefix};
+use crate::model::Transport;
+use crate::secret::Secret;
+use crate::typeid::TypeId;
+
+/// TypeID prefix of accounts.
+pub const ACCOUNT_PREFIX: &str = "acct";
+/// TypeID prefix of users.
+pub const USER_PREFIX: &str = "user";
+/// TypeID prefix of devices.
+pub const DEVICE_PREFIX: &str = "dev";
+
+/// An `[[accounts]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSpec {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySpec>,
+    pub webhook_secret: Secret,
+    #[serde(default)]
+    pub allowed_prefixes: Vec<String>,
+}
+
+/// One `{ key, secret }` of `api_keys`. The key list of a provisioned account is authoritative:
+/// keys of that account missing from the list are revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    pub key: String,
+    pub secret: Secret,
+}
+
+/// A `[[users]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    pub id: String,
+    pub account: String,
+    pub name: String,
+    #[serde(default)]
+    pub extension: Option<String>,
+    #[serde(default)]
+    pub agent_id: Option<i64>,
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// One `{ username, password }` of `devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// A `[[trunks]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkSpec {
+    pub name: String,
+    /// Omitted: shared by all accounts.
+    #[serde(default)]
+    pub account: Option<String>,
+    pub address: String,
+    /// `udp` (default) or `tcp`.
+    #[serde(default = "default_transport")]
+    pub transport: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub emergency: bool,
+    #[serde(default)]
+    pub dial_prefix: Option<String>,
+    #[serde(default)]
+    pub from_domain: Option<String>,
+}
+
+fn default_transport() -> String {
+    "udp".to_owned()
+}
+
+/// A `[[numbers]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumberSpec {
+    pub number: String,
+    pub account: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// The four provisioning tables of a configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provisioning {
+    #[serde(default)]
+    pub accounts: Vec<AccountSpec>,
+    #[serde(default)]
+    pub users: Vec<UserSpec>,
+    #[serde(default)]
+    pub trunks: Vec<TrunkSpec>,
+    #[serde(default)]
+    pub numbers: Vec<NumberSpec>,
+}
+
+/// One problem in the provisioning tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path, e.g. `users[1].devices[0].username`.
+    pub key: String,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+impl ConfigIssue {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> ConfigIssue {
+        ConfigIssue {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The issues as one line, `; `-separated.
+    pub fn join(issues: &[ConfigIssue]) -> String {
+        issues
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// What one kind of object went through during [`crate::Store::apply_provisioning`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    /// Only API keys are removed (revoked when dropped from their account's list).
+    pub removed: usize,
+}
+
+impl Counts {
+    pub(crate) fn record(&mut self, change: Change) {
+        match change {
+            Change::Created => self.created += 1,
+            Change::Updated => self.updated += 1,
+            Change::Unchanged => self.unchanged += 1,
+        }
+    }
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} created, {} updated, {} unchanged",
+            self.created, self.updated, self.unchanged
+        )?;
+        if self.removed > 0 {
+            write!(f, ", {} removed", self.removed)?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of an upsert of one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// The result of applying the provisioning tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProvisionReport {
+    pub accounts: Counts,
+    pub api_keys: Counts,
+    pub users: Counts,
+    pub devices: Counts,
+    pub trunks: Counts,
+    pub numbers: Counts,
+}
+
+impl ProvisionReport {
+    fn all(&self) -> [Counts; 6] {
+        [
+            self.accounts,
+            self.api_keys,
+            self.users,
+            self.devices,
+            self.trunks,
+            self.numbers,
+        ]
+    }
+
+    /// True when the store already matched the configuration.
+    pub fn is_noop(&self) -> bool {
+        self.all()
+            .iter()
+            .all(|c| c.created == 0 && c.updated == 0 && c.removed == 0)
+    }
+
+    /// Rows created, all kinds together.
+    pub fn total_created(&self) -> usize {
+        self.all().iter().map(|c| c.created).sum()
+    }
+
+    /// Rows updated, all kinds together.
+    pub fn total_updated(&self) -> usize {
+        self.all().iter().map(|c| c.updated).sum()
+    }
+}
+
+impl fmt::Display for ProvisionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accounts: {}; api keys: {}; users: {}; devices: {}; trunks: {}; numbers: {}",
+            self.accounts, self.api_keys, self.users, self.devices, self.trunks, self.numbers
+        )
+    }
+}
+
+/// ISO 3166-1 alpha-2 codes officially assigned.
+const ISO_3166_ALPHA2: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG \
+BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY \
+CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ \
+GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP \
+KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU \
+MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA \
+RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK \
+TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+
+/// True when `region` is an assigned ISO 3166-1 alpha-2 code in upper case.
+pub fn is_iso3166_alpha2(region: &str) -> bool {
+    region.len() == 2
+        && ISO_3166_ALPHA2
+            .split_ascii_whitespace()
+            .any(|c| c == region)
+}
+
+/// True when `username` can be the user part of a SIP URI without escaping: RFC 3261 §25.1
+/// `unreserved` and `user-unreserved` characters, 1 to 64 of them.
+pub fn is_sip_username(username: &str) -> bool {
+    (1..=64).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b))
+}
+
+/// True when `extension` is 1 to 15 digits.
+pub fn is_extension(extension: &str) -> bool {
+    (1..=15).contains(&extension.len()) && extension.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// True when `name` is 1 to 64 of `A-Z a-z 0-9 - _ .`.
+pub fn is_trunk_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// True when `address` is `ip`, `ip:port`, `[v6]:port`, `domain` or `domain:port`.
+pub fn is_trunk_address(address: &str) -> bool {
+    if address.parse::<SocketAddr>().is_ok() || address.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let (host, port) = match address.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (address, None),
+    };
+    if let Some(port) = port {
+        if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+            return false;
+        }
+    }
+    is_domain_name(host)
+}
+
+fn is_domain_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+impl Provisioning {
+    /// True when there is nothing to provision.
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+            && self.users.is_empty()
+            && self.trunks.is_empty()
+            && self.numbers.is_empty()
+    }
+
+    /// Checks the tables for consistency; returns every issue found, in file order.
+    pub fn validate(&self) -> Result<(), Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let accounts = self.validate_accounts(&mut issues);
+        let users = self.validate_users(&accounts, &mut issues);
+        self.validate_trunks(&accounts, &mut issues);
+        self.validate_numbers(&accounts, &users, &mut issues);
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(issues)
+        }
+    }
+
+    /// Validates `[[accounts]]`; returns the set of declared account ids.
+    fn validate_accounts<'a>(&'a self, issues: &mut Vec<ConfigIssue>) -> HashSet<&'a str> {
+        let mut ids = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut secrets = HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            let at = |field: &str| format!("accounts[{i}].{field}");
+            if let Err(e) = TypeId::parse_with_prefix(&a.id, ACCOUNT_PREFIX) {
+                issues.push(ConfigIssue::new(at("id"), e.to_string()));
+            } else if !ids.insert(a.id.as_str()) {
+                issues.push(ConfigIssue::new(
+                    at("id"),
+                    format!("duplicate account id {:?}", a.id),
+                ));
+            }
+            if a.name.trim().is_empty() {
+                issues.push(ConfigIssue::new(at("name"), "must not be empty"));
+            }
+            if !is_iso3166_alpha2(&a.region) {
+                issues.push(ConfigIssue::new(
+                    at("region"),
+                    format!(
+                        "region {:?} must be an ISO 3166-1 alpha-2 country code such as \"US\"",
+                        a.region
+                    ),
+                ));
+            }
+            if a.webhook_secret.is_empty() {
+                issues.push(ConfigIssue::new(at("webhook_secret"), "must not be empty"));
+            }
+            for (j, k) in a.api_keys.iter().enumerate() {
+                if k.key.trim().is_empty() {
+                    issues.push(ConfigIssue::new(
+                        at(&format!("api_keys[{j}].key")),
+                        "must not be empty",
+                    ));
+                } else if !keys.insert(k.key.as_str()) {
+                    issues.push(ConfigIssue::new(
+                        at(&format!("api_keys[{j}].key")),
+                        format!("duplicate API key {:?}", k.key),
+                    ));
+                }
+                if k.secret.is_empty() {
+                    issues.push(ConfigIssue::new(
+                        at(&format!("api_keys[{j}].secret")),
+                        "must not be empty",
+                    ));
+                } else if !secrets.insert(k.secret.expose()) {
+                    issues.push(ConfigIssue::new(
+                        at(&format!("api_keys[{j}].secret")),
+                        "duplicate API secret (each secret must identify one account)",
+                    ));
+                }
+            }
+            for (j, p) in a.allowed_prefixes.iter().enumerate() {
+                if !is_e164_prefix(p) {
+                    issues.push(ConfigIssue::new(
+                        at(&format!("allowed_prefixes[{j}]")),
+                        format!("{p:?} is not an E.164 prefix (\"+\" then up to 15 digits)"),
+                    ));
+                }
+            }
+        }
+        ids
+    }
+
+    /// Validates `[[users]]`; returns user id -> account id of the declared users.
+    fn validate_users<'a>(
+        &'a self,
+        accounts: &HashSet<&str>,
+        issues: &mut Vec<ConfigIssue>,
+    ) -> HashMap<&'a str, &'a str> {
+        let mut users = HashMap::new();
+        let mut extensions = HashSet::new();
+        let mut agent_ids = HashSet::new();
+        let mut usernames = HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let at = |field: &str| format!("users[{i}].{field}");
+            if let Err(e) = TypeId::parse_with_prefix(&u.id, USER_PREFIX) {
+                issues.push(ConfigIssue::new(at("id"), e.to_string()));
+            } else if users.insert(u.id.as_str(), u.account.as_str()).is_some() {
+                issues.push(ConfigIssue::new(
+                    at("id"),
+                    format!("duplicate user id {:?}", u.id),
+                ));
+            }
+            if !accounts.contains(u.account.as_str()) {
+                issues.push(ConfigIssue::new(
+                    at("account"),
+                    format!("unknown account {:?}", u.account),
+                ));
+            }
+            if u.name.trim().is_empty() {
+                issues.push(ConfigIssue::new(at("name"), "must not be empty"));
+            }
+            if let Some(ext) = &u.extension {
+                if !is_extension(ext) {
+                    issues.push(ConfigIssue::new(
+                        at("extension"),
+                        format!("extension {ext:?} must be 1 to 15 digits"),
+                    ));
+                } else if !extensions.insert((u.account.as_str(), ext.as_str())) {
+                    issues.push(ConfigIssue::new(
+                        at("extension"),
+                        format!("duplicate extension {ext:?} in account {:?}", u.account),
+                    ));
+                }
+            }
+            if let Some(agent) = u.agent_id {
+                if agent <= 0 {
+                    issues.push(ConfigIssue::new(
+                        at("agent_id"),
+                        format!("agent_id {agent} must be a positive integer"),
+                    ));
+                } else if !agent_ids.insert((u.account.as_str(), agent)) {
+                    issues.push(ConfigIssue::new(
+                        at("agent_id"),
+                        format!("duplicate agent_id {agent} in account {:?}", u.account),
+                    ));
+                }
+            }
+            for (j, d) in u.devices.iter().enumerate() {
+                if !is_sip_username(&d.username) {
+                    issues.push(ConfigIssue::new(
+                        at(&format!("devices[{j}].username")),
+                        format!(
+                            "device username {:?} must be 1 to 64 SIP user characters \
+                             (letters, digits, -_.!~*'()&=+$,;?/)",
+                            d.username
+                        ),
+                    ));
+                } else if !usernames.insert(d.username.as_str()) {
+                    issues.push(ConfigIssue::new(
+                        at(&format!("devices[{j}].username")),
+                        format!("duplicate device username {:?}", d.username),
+                    ));
+                }
+                if d.password.is_empty() {
+                    issues.push(ConfigIssue::new(
+                        at(&format!("devices[{j}].password")),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+        users
+    }
+
+    fn validate_trunks(&self, accounts: &HashSet<&str>, issues: &mut Vec<ConfigIssue>) {
+        let mut names = HashSet::new();
+        for (i, t) in self.trunks.iter().enumerate() {
+            let at = |field: &str| format!("trunks[{i}].{field}");
+            if !is_trunk_name(&t.name) {
+                issues.push(ConfigIssue::new(
+                    at("name"),
+                    format!(
+                        "trunk name {:?} must be 1 to 64 of A-Z a-z 0-9 - _ .",
+                        t.name
+                    ),
+                ));
+            } else if !names.insert(t.name.as_str()) {
+                issues.push(ConfigIssue::new(
+                    at("name"),
+                    format!("duplicate trunk name {:?}", t.name),
+                ));
+            }
+            if let Some(account) = &t.account {
+                if !accounts.contains(account.as_str()) {
+                    issues.push(ConfigIssue::new(
+                        at("account"),
+                        format!("unknown account {account:?}"),
+                    ));
+                }
+            }
+            if !is_trunk_address(&t.address) {
+                issues.push(ConfigIssue::new(
+                    at("address"),
+                    format!(
+                        "address {:?} must be host:port, an IP address or a domain name",
+                        t.address
+                    ),
+                ));
+            }
+            if let Err(e) = t.transport.parse::<Transport>() {
+                issues.push(ConfigIssue::new(at("transport"), e.to_string()));
+            }
+            match (&t.username, &t.password) {
+                (Some(u), _) if u.is_empty() => {
+                    issues.push(ConfigIssue::new(at("username"), "must not be empty"));
+                }
+                (Some(_), None) => issues.push(ConfigIssue::new(
+                    at("password"),
+                    "password is required when username is set",
+                )),
+                (None, Some(_)) => issues.push(ConfigIssue::new(
+                    at("username"),
+                    "username is required when password is set",
+                )),
+                _ => {}
+            }
+            if let Some(p) = &t.dial_prefix {
+                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit() || b"+*#".contains(&b)) {
+                    issues.push(ConfigIssue::new(
+                        at("dial_prefix"),
+                        format!("dial_prefix {p:?} must be digits (and + * #)"),
+                    ));
+                }
+            }
+            if let Some(d) = &t.from_domain {
+                if !is_domain_name(d) && d.parse::<IpAddr>().is_err() {
+                    issues.push(ConfigIssue::new(
+                        at("from_domain"),
+                        format!("from_domain {d:?} is not a domain name or IP address"),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn validate_numbers(
+        &self,
+        accounts: &HashSet<&str>,
+        users: &HashMap<&str, &str>,
+        issues: &mut Vec<ConfigIssue>,
+    ) {
+        let mut numbers = HashSet::new();
+        for (i, n) in self.numbers.iter().enumerate() {
+            let at = |field: &str| format!("numbers[{i}].{field}");
+            if !is_e164(&n.number) {
+                issues.push(ConfigIssue::new(
+                    at("number"),
+                    format!("{:?} is not an E.164 number", n.number),
+                ));
+            } else if !numbers.insert(n.number.as_str()) {
+                issues.push(ConfigIssue::new(
+                    at("number"),
+                    format!("duplicate number {:?}", n.number),
+                ));
+            }
+            if !accounts.contains(n.account.as_str()) {
+                issues.push(ConfigIssue::new(
+                    at("account"),
+                    format!("unknown account {:?}", n.account),
+                ));
+            }
+            if let Some(owner) = &n.owner {
+                if let Err(e) = TypeId::parse_with_prefix(owner, USER_PREFIX) {
+                    issues.push(ConfigIssue::new(at("owner"), e.to_string()));
+                } else {
+                    match users.get(owner.as_str()) {
+                        None => issues.push(ConfigIssue::new(
+                            at("owner"),
+                            format!("unknown user {owner:?}"),
+                        )),
+                        Some(account) if *account != n.account => issues.push(ConfigIssue::new(
+                            at("owner"),
+                            format!(
+                                "user {owner:?} belongs to account {account:?}, not {:?}",
+                                n.account
+                            ),
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCT: &str = "acct_01h2xcejqtf2nbrexx3vqjhp41";
+    const USER: &str = "user_01h2xcejqtf2nbrexx3vqjhp42";
+
+    pub(crate) const SAMPLE: &str = r#"
+[[accounts]]
+id = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+name = "Acme"
+region = "US"
+api_keys = [{ key = "ak_test_1", secret = "sk_test_1" }]
+webhook_secret = "whsec_test_1"
+allowed_prefixes = ["+1"]
+
+[[users]]
+id = "user_01h2xcejqtf2nbrexx3vqjhp42"
+account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+name = "Alice Agent"
+extension = "1001"
+agent_id = 42
+devices = [{ username = "alice-desk", password = "s3cret-desk" },
+           { username = "alice-soft", password = "s3cret-soft" }]
+
+[[trunks]]
+name = "carrier"
+account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+address = "127.0.0.1:5080"
+transport = "udp"
+username = "acme"
+password = "trunk-pass"
+
+[[numbers]]
+number = "+14155551234"
+account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+owner = "user_01h2xcejqtf2nbrexx3vqjhp42"
+"#;
+
+    fn sample() -> Provisioning {
+        toml::from_str(SAMPLE).unwrap()
+    }
+
+    fn issues(p: &Provisioning) -> Vec<ConfigIssue> {
+        p.validate().unwrap_err()
+    }
+
+    fn has(issues: &[ConfigIssue], key: &str, reason: &str) -> bool {
+        issues
+            .iter()
+            .any(|i| i.key == key && i.reason.contains(reason))
+    }
+
+    #[test]
+    fn spec_example_parses_and_validates() {
+        let p = sample();
+        assert_eq!(p.accounts.len(), 1);
+        assert_eq!(p.users[0].devices.len(), 2);
+        assert_eq!(p.users[0].agent_id, Some(42));
+        assert_eq!(p.trunks[0].transport, "udp");
+        assert!(!p.trunks[0].emergency);
+        assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let bad = SAMPLE.replace("agent_id = 42", "agent_id = 42\nagnet = 1");
+        let err = toml::from_str::<Provisioning>(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("agnet"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let dump = format!("{:?}", sample());
+        for secret in [
+            "sk_test_1",
+            "whsec_test_1",
+            "s3cret-desk",
+            "s3cret-soft",
+            "trunk-pass",
+        ] {
+            assert!(!dump.contains(secret), "{secret} leaked in {dump}");
+        }
+        assert!(dump.contains("ak_test_1"));
+        assert!(dump.contains("alice-desk"));
+    }
+
+    #[test]
+    fn user_in_unknown_account() {
+        let mut p = sample();
+        p.users[0].account = "acct_01h2xcejqtf2nbrexx3vqjhp99".into();
+        let i = issues(&p);
+        assert!(
+            has(
+                &i,
+                "users[0].account",
+                "unknown account \"acct_01h2xcejqtf2nbrexx3vqjhp99\""
+            ),
+            "{i:?}"
+        );
+        // The number owned by that user now crosses accounts.
+        assert!(has(&i, "numbers[0].owner", "belongs to account"), "{i:?}");
+    }
+
+    #[test]
+    fn duplicate_device_username_across_users() {
+        let mut p = sample();
+        let mut bob = p.users[0].clone();
+        bob.id = "user_01h2xcejqtf2nbrexx3vqjhp43".into();
+        bob.extension = Some("1002".into());
+        bob.agent_id = Some(43);
+        bob.devices = vec![DeviceSpec {
+            username: "alice-desk".into(),
+            password: "x".into(),
+        }];
+        p.users.push(bob);
+        let i = issues(&p);
+        assert_eq!(i.len(), 1, "{i:?}");
+        assert!(has(
+            &i,
+            "users[1].devices[0].username",
+            "duplicate device username \"alice-desk\""
+        ));
+    }
+
+    #[test]
+    fn number_not_e164() {
+        let mut p = sample();
+        p.numbers[0].number = "+1415".into();
+        let i = issues(&p);
+        assert!(
+            has(&i, "numbers[0].number", "\"+1415\" is not an E.164 number"),
+            "{i:?}"
+        );
+    }
+
+    #[test]
+    fn bad_typeids() {
+        let mut p = sample();
+        p.users[0].id = "usr_01h2xcejqtf2nbrexx3vqjhp42".into();
+        p.accounts[0].id = "acct_01h2xcejqtf2nbrexx3vqjhp4".into();
+        let i = issues(&p);
+        assert!(
+            has(
+                &i,
+                "users[0].id",
+                "invalid TypeID \"usr_01h2xcejqtf2nbrexx3vqjhp42\" (expected prefix user_)"
+            ),
+            "{i:?}"
+        );
+        assert!(has(&i, "accounts[0].id", "invalid TypeID"), "{i:?}");
+    }
+
+    #[test]
+    fn every_field_check_names_its_key() {
+        let mut p = sample();
+        p.accounts[0].region = "USA".into();
+        p.accounts[0].name = " ".into();
+        p.accounts[0].webhook_secret = "".into();
+        p.accounts[0].allowed_prefixes = vec!["1".into()];
+        p.accounts[0].api_keys.push(ApiKeySpec {
+            key: "ak_test_1".into(),
+            secret: "sk_test_1".into(),
+        });
+        p.users[0].extension = Some("10a1".into());
+        p.users[0].agent_id = Some(0);
+        p.users[0].devices[1].username = "alice soft".into();
+        p.users[0].devices[0].password = "".into();
+        p.trunks[0].transport = "tls".into();
+        p.trunks[0].address = "bad host:5080".into();
+        p.trunks[0].password = None;
+        p.trunks[0].account = Some(USER.into());
+        p.trunks.push(p.trunks[0].clone());
+        p.numbers[0].owner = Some("user_01h2xcejqtf2nbrexx3vqjhp77".into());
+        p.numbers.push(p.numbers[0].clone());
+        let i = issues(&p);
+        let expected = [
+            ("accounts[0].region", "ISO 3166-1 alpha-2"),
+            ("accounts[0].name", "must not be empty"),
+            ("accounts[0].webhook_secret", "must not be empty"),
+            ("accounts[0].allowed_prefixes[0]", "not an E.164 prefix"),
+            (
+                "accounts[0].api_keys[1].key",
+                "duplicate API key \"ak_test_1\"",
+            ),
+            ("accounts[0].api_keys[1].secret", "duplicate API secret"),
+            ("users[0].extension", "1 to 15 digits"),
+            ("users[0].agent_id", "positive"),
+            ("users[0].devices[1].username", "\"alice soft\""),
+            ("users[0].devices[0].password", "must not be empty"),
+            (
+                "trunks[0].transport",
+                "transport must be udp or tcp, not \"tls\"",
+            ),
+            ("trunks[0].address", "\"bad host:5080\""),
+            ("trunks[0].password", "required when username is set"),
+            ("trunks[0].account", "unknown account"),
+            ("trunks[1].name", "duplicate trunk name \"carrier\""),
+            ("numbers[0].owner", "unknown user"),
+            ("numbers[1].number", "duplicate number"),
+        ];
+        for (key, reason) in expected {
+            assert!(has(&i, key, reason), "missing {key}: {reason} in {i:#?}");
+        }
+        // Reasons never quote a secret.
+        let text = ConfigIssue::join(&i);
+        assert!(!text.contains("sk_test_1"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn duplicates_within_account() {
+        let mut p = sample();
+        let mut bob = p.users[0].clone();
+        bob.id = "user_01h2xcejqtf2nbrexx3vqjhp43".into();
+        bob.devices.clear();
+        p.users.push(bob.clone());
+        p.users.push(bob);
+        let i = issues(&p);
+        assert!(
+            has(&i, "users[1].extension", "duplicate extension \"1001\""),
+            "{i:?}"
+        );
+        assert!(
+            has(&i, "users[1].agent_id", "duplicate agent_id 42"),
+            "{i:?}"
+        );
+        assert!(has(&i, "users[2].id", "duplicate user id"), "{i:?}");
+    }
+
+    #[test]
+    fn iso_codes() {
+        assert_eq!(ISO_3166_ALPHA2.split_ascii_whitespace().count(), 249);
+        assert!(is_iso3166_alpha2("US"));
+        assert!(is_iso3166_alpha2("GB"));
+        assert!(!is_iso3166_alpha2("UK"));
+        assert!(!is_iso3166_alpha2("us"));
+        assert!(!is_iso3166_alpha2("U"));
+    }
+
+    #[test]
+    fn trunk_addresses() {
+        for ok in [
+            "127.0.0.1:5080",
+            "[::1]:5080",
+            "::1",
+            "10.0.0.1",
+            "sip.carrier.example",
+            "sip.carrier.example:5060",
+        ] {
+            assert!(is_trunk_address(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "host:0",
+            "host:99999",
+            "a..b",
+            "-a.example",
+            "bad host",
+            "h:p",
+        ] {
+            assert!(!is_trunk_address(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn report_counts() {
+        let mut r = ProvisionReport::default();
+        assert!(r.is_noop());
+        r.users.record(Change::Unchanged);
+        assert!(r.is_noop());
+        r.users.record(Change::Created);
+        r.devices.record(Change::Updated);
+        assert!(!r.is_noop());
+        assert_eq!(r.total_created(), 1);
+        assert_eq!(r.total_updated(), 1);
+        assert!(r
+            .to_string()
+            .contains("users: 1 created, 0 updated, 1 unchanged"));
+        let _ = ACCT;
+    }
+}

@@ -1,0 +1,1853 @@
+//! [`SqliteStore`]: the [`Store`] on an embedded SQLite database.
+//!
+//! One connection behind a mutex, in WAL mode with `synchronous=NORMAL` (a power loss may lose
+//! the last transactions but never corrupts the file), foreign keys on, and a busy timeout for
+//! other processes (backups, `sqlite3` shells) that open the same file.
+//!
+//! # Migrations
+//!
+//! [`MIGRATIONS`] is an ordered list of SQL scripts; migration *n* (1-based) brings the schema
+//! to version *n*. At open, every migration above the version recorded in `schema_version` is
+//! applied, each in its own transaction together with its version row. A database whose
+//! version is above the last migration (written by a newer build) is refused rather than
+//! guessed at. Migrations are only ever appended, never edited.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::{Type, Value};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Transaction};
+
+use crate::error::StoreError;
+use crate::model::{
+    Account, ApiKey, Binding, CallFilter, CallRecord, CallStatus, Device, IdempotencyRecord,
+    Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs, UnixSecs, User,
+};
+use crate::provision::{
+    Change, ConfigIssue, ProvisionReport, Provisioning, TrunkSpec, DEVICE_PREFIX,
+};
+use crate::secret::{api_secret_hash, constant_time_eq, ha1_md5, ha1_sha256, Secret};
+use crate::typeid::TypeId;
+use crate::Store;
+
+/// The schema, one script per version.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: everything of issue 3.
+    r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+
+CREATE TABLE accounts (
+    id               TEXT PRIMARY KEY,
+    name             TEXT NOT NULL,
+    region           TEXT NOT NULL,
+    webhook_secret   TEXT NOT NULL,
+    allowed_prefixes TEXT NOT NULL            -- JSON array of strings
+);
+
+CREATE TABLE api_keys (
+    key         TEXT PRIMARY KEY,
+    account_id  TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    secret_hash TEXT NOT NULL UNIQUE          -- hex HMAC-SHA256(meta.api_secret_pepper, secret)
+);
+CREATE INDEX api_keys_account ON api_keys(account_id);
+
+CREATE TABLE users (
+    id         TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,
+    extension  TEXT,
+    agent_id   INTEGER,
+    UNIQUE (account_id, extension),
+    UNIQUE (account_id, agent_id)
+);
+
+CREATE TABLE devices (
+    id         TEXT PRIMARY KEY,
+    user_id    TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    username   TEXT NOT NULL UNIQUE,
+    realm      TEXT NOT NULL,
+    ha1_md5    TEXT NOT NULL,
+    ha1_sha256 TEXT NOT NULL
+);
+CREATE INDEX devices_user ON devices(user_id);
+
+CREATE TABLE numbers (
+    number        TEXT PRIMARY KEY,
+    account_id    TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    owner_user_id TEXT REFERENCES users(id) ON DELETE SET NULL
+);
+CREATE INDEX numbers_account ON numbers(account_id);
+
+CREATE TABLE trunks (
+    name        TEXT PRIMARY KEY,
+    account_id  TEXT REFERENCES accounts(id) ON DELETE CASCADE,
+    address     TEXT NOT NULL,
+    transport   TEXT NOT NULL CHECK (transport IN ('udp', 'tcp')),
+    username    TEXT,
+    password    TEXT,
+    emergency   INTEGER NOT NULL DEFAULT 0,
+    dial_prefix TEXT,
+    from_domain TEXT
+);
+
+CREATE TABLE bindings (
+    device_username TEXT NOT NULL
+        REFERENCES devices(username) ON DELETE CASCADE ON UPDATE CASCADE,
+    contact    TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    transport  TEXT NOT NULL,
+    local      TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    q          REAL,
+    call_id    TEXT NOT NULL,
+    cseq       INTEGER NOT NULL,
+    instance   TEXT,
+    reg_id     INTEGER,
+    user_agent TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (device_username, contact)
+);
+CREATE INDEX bindings_expiry ON bindings(expires_at);
+
+CREATE TABLE calls (
+    id             TEXT PRIMARY KEY,
+    account_id     TEXT NOT NULL,
+    user_id        TEXT,
+    request_id     TEXT,
+    status         TEXT NOT NULL,
+    dial_string    TEXT NOT NULL,
+    destination    TEXT,
+    caller_id      TEXT,
+    callback_url   TEXT,
+    end_leg        TEXT,
+    sip_code       INTEGER,
+    created_at_ms  INTEGER NOT NULL,
+    answered_at_ms INTEGER,
+    ended_at_ms    INTEGER,
+    metadata       TEXT NOT NULL,             -- JSON
+    legs           TEXT NOT NULL,             -- JSON
+    stats          TEXT NOT NULL              -- JSON
+);
+CREATE INDEX calls_log ON calls(account_id, created_at_ms DESC, id DESC);
+CREATE INDEX calls_request ON calls(account_id, request_id) WHERE request_id IS NOT NULL;
+
+CREATE TABLE call_timeline (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_id TEXT NOT NULL REFERENCES calls(id) ON DELETE CASCADE,
+    at_ms   INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    leg     TEXT,
+    detail  TEXT NOT NULL                     -- JSON
+);
+CREATE INDEX call_timeline_call ON call_timeline(call_id, at_ms, id);
+
+CREATE TABLE callback_outbox (
+    event_id           TEXT PRIMARY KEY,
+    call_id            TEXT NOT NULL,
+    account_id         TEXT NOT NULL,
+    seq                INTEGER NOT NULL,
+    url                TEXT NOT NULL,
+    body               TEXT NOT NULL,
+    state              TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'abandoned')),
+    attempts           INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER NOT NULL,
+    last_error         TEXT,
+    created_at_ms      INTEGER NOT NULL,
+    UNIQUE (call_id, seq)
+);
+CREATE INDEX callback_outbox_due ON callback_outbox(state, next_attempt_at_ms);
+CREATE INDEX callback_outbox_call ON callback_outbox(call_id, state, seq);
+
+CREATE TABLE idempotency (
+    account_id      TEXT NOT NULL,
+    key             TEXT NOT NULL,
+    request_hash    TEXT NOT NULL,
+    response_status INTEGER NOT NULL,
+    response_body   TEXT NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (account_id, key)
+);
+CREATE INDEX idempotency_created ON idempotency(created_at_ms);
+"#,
+];
+
+const PEPPER_KEY: &str = "api_secret_pepper";
+const PEPPER_LEN: usize = 32;
+
+/// Where a `store.url` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A database file.
+    File(PathBuf),
+    /// A private in-memory database (tests, `demo`).
+    Memory,
+}
+
+impl Location {
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:`, `:memory:` or a plain path.
+    pub fn parse(url: &str) -> Result<Location, StoreError> {
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return Err(StoreError::PostgresUnavailable {
+                url: redact_url(url),
+            });
+        }
+        let rest = if let Some(rest) = url.strip_prefix("sqlite://") {
+            rest
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            rest
+        } else if let Some((scheme, _)) = url.split_once("://") {
+            return Err(StoreError::UnsupportedScheme {
+                scheme: scheme.to_owned(),
+            });
+        } else {
+            url
+        };
+        match rest {
+            ":memory:" => Ok(Location::Memory),
+            "" => Err(StoreError::Invalid {
+                field: "store.url",
+                reason: "no database path".to_owned(),
+            }),
+            path => Ok(Location::File(PathBuf::from(path))),
+        }
+    }
+}
+
+/// `postgres://user:password@host/db` with the password replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    location: Location,
+    pepper: Vec<u8>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database named by `url` (see [`Location::parse`]) and
+    /// runs pending migrations.
+    pub fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let location = Location::parse(url)?;
+        let conn = match &location {
+            Location::File(path) => Connection::open(path)?,
+            Location::Memory => Connection::open_in_memory()?,
+        };
+        SqliteStore::init(conn, location)
+    }
+
+    /// Opens the database file at `path`.
+    pub fn open_path(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::init(Connection::open(path)?, Location::File(path.to_owned()))
+    }
+
+    /// A fresh in-memory database.
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        SqliteStore::init(Connection::open_in_memory()?, Location::Memory)
+    }
+
+    fn init(mut conn: Connection, location: Location) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if matches!(location, Location::File(_)) && !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal_mode = %mode, "SQLite did not switch to WAL mode");
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        let pepper = load_or_create_pepper(&mut conn)?;
+        tracing::info!(?location, version = MIGRATIONS.len(), "store opened");
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            location,
+            pepper,
+        })
+    }
+
+    /// Where this store lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        let conn = self.conn()?;
+        current_version(&conn)
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    fn secret_hash(&self, secret: &str) -> String {
+        api_secret_hash(&self.pepper, secret)
+    }
+}
+
+fn current_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             version       INTEGER PRIMARY KEY,
+             applied_at_ms INTEGER NOT NULL
+         );",
+    )?;
+    let found = current_version(conn)?;
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (version, sql) in (1i64..).zip(MIGRATIONS.iter()).skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at_ms) VALUES (?1, ?2)",
+            params![version, wall_clock_ms()],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "store migration applied");
+    }
+    Ok(())
+}
+
+fn load_or_create_pepper(conn: &mut Connection) -> Result<Vec<u8>, StoreError> {
+    let existing: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [PEPPER_KEY], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(pepper) = existing {
+        return Ok(pepper);
+    }
+    let pepper: [u8; PEPPER_LEN] = rand::random();
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+        params![PEPPER_KEY, pepper.as_slice()],
+    )?;
+    Ok(pepper.to_vec())
+}
+
+/// Wall-clock time for bookkeeping columns (`applied_at_ms`), never for protocol decisions.
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+// ----- row mapping ------------------------------------------------------------------------
+
+fn conversion_error(
+    idx: usize,
+    err: impl std::error::Error + Send + Sync + 'static,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(err))
+}
+
+fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| conversion_error(idx, e))
+}
+
+const ACCOUNT_COLS: &str = "id, name, region, webhook_secret, allowed_prefixes";
+
+fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
+    let prefixes: String = row.get(4)?;
+    Ok(Account {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        region: row.get(2)?,
+        webhook_secret: Secret::new(row.get::<_, String>(3)?),
+        allowed_prefixes: serde_json::from_str(&prefixes).map_err(|e| conversion_error(4, e))?,
+    })
+}
+
+const USER_COLS: &str = "id, account_id, name, extension, agent_id";
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        account_id: row.get(1)?,
+        name: row.get(2)?,
+        extension: row.get(3)?,
+        agent_id: row.get(4)?,
+    })
+}
+
+const DEVICE_COLS: &str = "id, user_id, username, realm, ha1_md5, ha1_sha256";
+
+fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        username: row.get(2)?,
+        realm: row.get(3)?,
+        ha1_md5: Secret::new(row.get::<_, String>(4)?),
+        ha1_sha256: Secret::new(row.get::<_, String>(5)?),
+    })
+}
+
+const NUMBER_COLS: &str = "number, account_id, owner_user_id";
+
+fn number_from_row(row: &Row<'_>) -> rusqlite::Result<Number> {
+    Ok(Number {
+        number: row.get(0)?,
+        account_id: row.get(1)?,
+        owner_user_id: row.get(2)?,
+    })
+}
+
+const TRUNK_COLS: &str =
+    "name, account_id, address, transport, username, password, emergency, dial_prefix, from_domain";
+
+fn trunk_from_row(row: &Row<'_>) -> rusqlite::Result<Trunk> {
+    let transport: String = row.get(3)?;
+    Ok(Trunk {
+        name: row.get(0)?,
+        account_id: row.get(1)?,
+        address: row.get(2)?,
+        transport: transport.parse().map_err(|e| conversion_error(3, e))?,
+        username: row.get(4)?,
+        password: row.get::<_, Option<String>>(5)?.map(Secret::new),
+        emergency: row.get(6)?,
+        dial_prefix: row.get(7)?,
+        from_domain: row.get(8)?,
+    })
+}
+
+const BINDING_COLS: &str = "b.device_username, d.user_id, b.contact, b.source, b.transport, \
+     b.local, b.expires_at, b.q, b.call_id, b.cseq, b.instance, b.reg_id, b.user_agent, \
+     b.updated_at";
+
+fn binding_from_row(row: &Row<'_>) -> rusqlite::Result<Binding> {
+    Ok(Binding {
+        device_username: row.get(0)?,
+        user_id: row.get(1)?,
+        contact: row.get(2)?,
+        source: row.get(3)?,
+        transport: row.get(4)?,
+        local: row.get(5)?,
+        expires_at: row.get(6)?,
+        q: row.get::<_, Option<f64>>(7)?.map(|q| q as f32),
+        call_id: row.get(8)?,
+        cseq: row.get(9)?,
+        instance: row.get(10)?,
+        reg_id: row.get(11)?,
+        user_agent: row.get(12)?,
+        updated_at: row.get(13)?,
+    })
+}
+
+const CALL_COLS: &str = "id, account_id, user_id, request_id, status, dial_string, destination, \
+     caller_id, callback_url, end_leg, sip_code, created_at_ms, answered_at_ms, ended_at_ms, \
+     metadata, legs, stats";
+
+fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRecord> {
+    let status: String = row.get(4)?;
+    Ok(CallRecord {
+        id: row.get(0)?,
+        account_id: row.get(1)?,
+        user_id: row.get(2)?,
+        request_id: row.get(3)?,
+        status: status
+            .parse::<CallStatus>()
+            .map_err(|e| conversion_error(4, e))?,
+        dial_string: row.get(5)?,
+        destination: row.get(6)?,
+        caller_id: row.get(7)?,
+        callback_url: row.get(8)?,
+        end_leg: row.get(9)?,
+        sip_code: row.get(10)?,
+        created_at_ms: row.get(11)?,
+        answered_at_ms: row.get(12)?,
+        ended_at_ms: row.get(13)?,
+        metadata: json_col(row, 14)?,
+        legs: json_col(row, 15)?,
+        stats: json_col(row, 16)?,
+    })
+}
+
+const OUTBOX_COLS: &str = "event_id, call_id, account_id, seq, url, body, state, attempts, \
+     next_attempt_at_ms, last_error, created_at_ms";
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown outbox state {0:?}")]
+struct UnknownOutboxState(String);
+
+fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxEntry> {
+    let state: String = row.get(6)?;
+    Ok(OutboxEntry {
+        event_id: row.get(0)?,
+        call_id: row.get(1)?,
+        account_id: row.get(2)?,
+        seq: row.get(3)?,
+        url: row.get(4)?,
+        body: row.get(5)?,
+        state: OutboxState::from_sql(&state)
+            .ok_or_else(|| conversion_error(6, UnknownOutboxState(state.clone())))?,
+        attempts: row.get(7)?,
+        next_attempt_at_ms: row.get(8)?,
+        last_error: row.get(9)?,
+        created_at_ms: row.get(10)?,
+    })
+}
+
+fn idempotency_from_row(row: &Row<'_>) -> rusqlite::Result<IdempotencyRecord> {
+    Ok(IdempotencyRecord {
+        account_id: row.get(0)?,
+        key: row.get(1)?,
+        request_hash: row.get(2)?,
+        response_status: row.get(3)?,
+        response_body: row.get(4)?,
+        created_at_ms: row.get(5)?,
+    })
+}
+
+/// Maps a constraint violation of an insert to a typed error.
+fn insert_error(err: rusqlite::Error, kind: &'static str, id: &str) -> StoreError {
+    if StoreError::is_unique_violation(&err) {
+        StoreError::AlreadyExists {
+            kind,
+            id: id.to_owned(),
+        }
+    } else if StoreError::is_foreign_key_violation(&err) {
+        StoreError::NotFound {
+            kind: "referenced row",
+            id: id.to_owned(),
+        }
+    } else {
+        StoreError::Sqlite(err)
+    }
+}
+
+fn not_found(kind: &'static str, id: &str) -> StoreError {
+    StoreError::NotFound {
+        kind,
+        id: id.to_owned(),
+    }
+}
+
+fn validate_user(user: &User) -> Result<(), StoreError> {
+    TypeId::parse_with_prefix(&user.id, crate::provision::USER_PREFIX).map_err(|e| {
+        StoreError::Invalid {
+            field: "user.id",
+            reason: e.to_string(),
+        }
+    })?;
+    if user.name.trim().is_empty() {
+        return Err(StoreError::Invalid {
+            field: "user.name",
+            reason: "must not be empty".to_owned(),
+        });
+    }
+    if let Some(ext) = &user.extension {
+        if !crate::provision::is_extension(ext) {
+            return Err(StoreError::Invalid {
+                field: "user.extension",
+                reason: format!("extension {ext:?} must be 1 to 15 digits"),
+            });
+        }
+    }
+    if let Some(agent) = user.agent_id {
+        if agent <= 0 {
+            return Err(StoreError::Invalid {
+                field: "user.agent_id",
+                reason: format!("agent_id {agent} must be a positive integer"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_trunk(trunk: &Trunk) -> Result<(), StoreError> {
+    let spec = TrunkSpec {
+        name: trunk.name.clone(),
+        account: None,
+        address: trunk.address.clone(),
+        transport: trunk.transport.as_str().to_owned(),
+        username: trunk.username.clone(),
+        password: trunk.password.clone(),
+        emergency: trunk.emergency,
+        dial_prefix: trunk.dial_prefix.clone(),
+        from_domain: trunk.from_domain.clone(),
+    };
+    let prov = Provisioning {
+        trunks: vec![spec],
+        ..Provisioning::default()
+    };
+    prov.validate().map_err(|issues| StoreError::Invalid {
+        field: "trunk",
+        reason: ConfigIssue::join(&issues).replace("trunks[0].", ""),
+    })
+}
+
+// ----- cursor -------------------------------------------------------------------------------
+
+fn encode_cursor(created_at_ms: UnixMs, id: &str) -> String {
+    hex::encode(format!("{created_at_ms}.{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(UnixMs, String), StoreError> {
+    let invalid = || StoreError::Invalid {
+        field: "cursor",
+        reason: "not a cursor returned by this API".to_owned(),
+    };
+    let bytes = hex::decode(cursor).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (ms, id) = text.split_once('.').ok_or_else(invalid)?;
+    Ok((ms.parse().map_err(|_| invalid())?, id.to_owned()))
+}
+
+// ----- provisioning -------------------------------------------------------------------------
+
+fn conflict(key: String, err: rusqlite::Error, what: &str) -> StoreError {
+    if StoreError::is_unique_violation(&err) {
+        StoreError::ProvisioningConflict {
+            key,
+            reason: format!("{what} is already taken by a row in the store"),
+        }
+    } else {
+        StoreError::Sqlite(err)
+    }
+}
+
+impl SqliteStore {
+    fn provision_accounts(
+        &self,
+        tx: &Transaction<'_>,
+        prov: &Provisioning,
+        report: &mut ProvisionReport,
+    ) -> Result<(), StoreError> {
+        for (i, a) in prov.accounts.iter().enumerate() {
+            let prefixes = serde_json::to_string(&a.allowed_prefixes)?;
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"),
+                    [&a.id],
+                    account_from_row,
+                )
+                .optional()?;
+            let change = match existing {
+                None => {
+                    tx.execute(
+                        "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![a.id, a.name, a.region, a.webhook_secret.expose(), prefixes],
+                    )?;
+                    Change::Created
+                }
+                Some(old)
+                    if old.name == a.name
+                        && old.region == a.region
+                        && old.webhook_secret == a.webhook_secret
+                        && old.allowed_prefixes == a.allowed_prefixes =>
+                {
+                    Change::Unchanged
+                }
+                Some(_) => {
+                    tx.execute(
+                        "UPDATE accounts SET name = ?2, region = ?3, webhook_secret = ?4,
+                             allowed_prefixes = ?5 WHERE id = ?1",
+                        params![a.id, a.name, a.region, a.webhook_secret.expose(), prefixes],
+                    )?;
+                    Change::Updated
+                }
+            };
+            log_change(change, "account", &a.id);
+            report.accounts.record(change);
+
+            let mut listed = HashSet::new();
+            for (j, k) in a.api_keys.iter().enumerate() {
+                listed.insert(k.key.as_str());
+                let hash = self.secret_hash(k.secret.expose());
+                let existing: Option<(String, String)> = tx
+                    .query_row(
+                        "SELECT account_id, secret_hash FROM api_keys WHERE key = ?1",
+                        [&k.key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let key_path = format!("accounts[{i}].api_keys[{j}]");
+                let change = match existing {
+                    None => {
+                        tx.execute(
+                            "INSERT INTO api_keys (key, account_id, secret_hash)
+                             VALUES (?1, ?2, ?3)",
+                            params![k.key, a.id, hash],
+                        )
+                        .map_err(|e| conflict(key_path, e, "API secret"))?;
+                        Change::Created
+                    }
+                    Some((acct, h)) if acct == a.id && h == hash => Change::Unchanged,
+                    Some(_) => {
+                        tx.execute(
+                            "UPDATE api_keys SET account_id = ?2, secret_hash = ?3 WHERE key = ?1",
+                            params![k.key, a.id, hash],
+                        )
+                        .map_err(|e| conflict(key_path, e, "API secret"))?;
+                        Change::Updated
+                    }
+                };
+                log_change(change, "api key", &k.key);
+                report.api_keys.record(change);
+            }
+            let stale: Vec<String> = {
+                let mut stmt = tx.prepare("SELECT key FROM api_keys WHERE account_id = ?1")?;
+                let keys = stmt
+                    .query_map([&a.id], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                keys.into_iter()
+                    .filter(|k| !listed.contains(k.as_str()))
+                    .collect()
+            };
+            for key in stale {
+                tx.execute("DELETE FROM api_keys WHERE key = ?1", [&key])?;
+                tracing::info!(key = %key, account = %a.id, "api key revoked by provisioning");
+                report.api_keys.removed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn provision_users(
+        tx: &Transaction<'_>,
+        prov: &Provisioning,
+        realm: &str,
+        report: &mut ProvisionReport,
+    ) -> Result<(), StoreError> {
+        for (i, u) in prov.users.iter().enumerate() {
+            let key_path = format!("users[{i}]");
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
+                    [&u.id],
+                    user_from_row,
+                )
+                .optional()?;
+            let change = match existing {
+                None => {
+                    tx.execute(
+                        "INSERT INTO users (id, account_id, name, extension, agent_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![u.id, u.account, u.name, u.extension, u.agent_id],
+                    )
+                    .map_err(|e| conflict(key_path.clone(), e, "extension or agent_id"))?;
+                    Change::Created
+                }
+                Some(old)
+                    if old.account_id == u.account
+                        && old.name == u.name
+                        && old.extension == u.extension
+                        && old.agent_id == u.agent_id =>
+                {
+                    Change::Unchanged
+                }
+                Some(_) => {
+                    tx.execute(
+                        "UPDATE users SET account_id = ?2, name = ?3, extension = ?4,
+                             agent_id = ?5 WHERE id = ?1",
+                        params![u.id, u.account, u.name, u.extension, u.agent_id],
+                    )
+                    .map_err(|e| conflict(key_path.clone(), e, "extension or agent_id"))?;
+                    Change::Updated
+                }
+            };
+            log_change(change, "user", &u.id);
+            report.users.record(change);
+
+            for d in &u.devices {
+                let md5 = ha1_md5(&d.username, realm, &d.password);
+                let sha = ha1_sha256(&d.username, realm, &d.password);
+                let existing = tx
+                    .query_row(
+                        &format!("SELECT {DEVICE_COLS} FROM devices WHERE username = ?1"),
+                        [&d.username],
+                        device_from_row,
+                    )
+                    .optional()?;
+                let change = match existing {
+                    None => {
+                        let id = TypeId::new(DEVICE_PREFIX).to_string();
+                        tx.execute(
+                            "INSERT INTO devices (id, user_id, username, realm, ha1_md5, ha1_sha256)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            params![id, u.id, d.username, realm, md5.expose(), sha.expose()],
+                        )?;
+                        Change::Created
+                    }
+                    Some(old)
+                        if old.user_id == u.id
+                            && old.realm == realm
+                            && old.ha1_md5 == md5
+                            && old.ha1_sha256 == sha =>
+                    {
+                        Change::Unchanged
+                    }
+                    Some(_) => {
+                        tx.execute(
+                            "UPDATE devices SET user_id = ?2, realm = ?3, ha1_md5 = ?4,
+                                 ha1_sha256 = ?5 WHERE username = ?1",
+                            params![d.username, u.id, realm, md5.expose(), sha.expose()],
+                        )?;
+                        Change::Updated
+                    }
+                };
+                log_change(change, "device", &d.username);
+                report.devices.record(change);
+            }
+        }
+        Ok(())
+    }
+
+    fn provision_trunks(
+        tx: &Transaction<'_>,
+        prov: &Provisioning,
+        report: &mut ProvisionReport,
+    ) -> Result<(), StoreError> {
+        for (i, t) in prov.trunks.iter().enumerate() {
+            let transport: Transport =
+                t.transport
+                    .parse()
+                    .map_err(|e: crate::model::UnknownTransport| {
+                        StoreError::InvalidProvisioning(vec![ConfigIssue {
+                            key: format!("trunks[{i}].transport"),
+                            reason: e.to_string(),
+                        }])
+                    })?;
+            let wanted = Trunk {
+                name: t.name.clone(),
+                account_id: t.account.clone(),
+                address: t.address.clone(),
+                transport,
+                username: t.username.clone(),
+                password: t.password.clone(),
+                emergency: t.emergency,
+                dial_prefix: t.dial_prefix.clone(),
+                from_domain: t.from_domain.clone(),
+            };
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {TRUNK_COLS} FROM trunks WHERE name = ?1"),
+                    [&t.name],
+                    trunk_from_row,
+                )
+                .optional()?;
+            let change = match existing {
+                None => {
+                    insert_trunk(tx, &wanted)?;
+                    Change::Created
+                }
+                Some(old) if old == wanted => Change::Unchanged,
+                Some(_) => {
+                    update_trunk_row(tx, &wanted)?;
+                    Change::Updated
+                }
+            };
+            log_change(change, "trunk", &t.name);
+            report.trunks.record(change);
+        }
+        Ok(())
+    }
+
+    fn provision_numbers(
+        tx: &Transaction<'_>,
+        prov: &Provisioning,
+        report: &mut ProvisionReport,
+    ) -> Result<(), StoreError> {
+        for n in &prov.numbers {
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {NUMBER_COLS} FROM numbers WHERE number = ?1"),
+                    [&n.number],
+                    number_from_row,
+                )
+                .optional()?;
+            let change = match existing {
+                None => {
+                    tx.execute(
+                        "INSERT INTO numbers (number, account_id, owner_user_id)
+                         VALUES (?1, ?2, ?3)",
+                        params![n.number, n.account, n.owner],
+                    )?;
+                    Change::Created
+                }
+                Some(old) if old.account_id == n.account && old.owner_user_id == n.owner => {
+                    Change::Unchanged
+                }
+                Some(_) => {
+                    tx.execute(
+                        "UPDATE numbers SET account_id = ?2, owner_user_id = ?3 WHERE number = ?1",
+                        params![n.number, n.account, n.owner],
+                    )?;
+                    Change::Updated
+                }
+            };
+            log_change(change, "number", &n.number);
+            report.numbers.record(change);
+        }
+        Ok(())
+    }
+}
+
+fn log_change(change: Change, kind: &str, id: &str) {
+    match change {
+        Change::Created => tracing::info!(kind, id, "provisioned: created"),
+        Change::Updated => tracing::info!(kind, id, "provisioned: updated"),
+        Change::Unchanged => tracing::debug!(kind, id, "provisioned: unchanged"),
+    }
+}
+
+fn insert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO trunks ({TRUNK_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        params![
+            t.name,
+            t.account_id,
+            t.address,
+            t.transport.as_str(),
+            t.username,
+            t.password.as_ref().map(Secret::expose),
+            t.emergency,
+            t.dial_prefix,
+            t.from_domain
+        ],
+    )
+    .map_err(|e| insert_error(e, "trunk", &t.name))?;
+    Ok(())
+}
+
+fn update_trunk_row(conn: &Connection, t: &Trunk) -> Result<usize, StoreError> {
+    conn.execute(
+        "UPDATE trunks SET account_id = ?2, address = ?3, transport = ?4, username = ?5,
+             password = ?6, emergency = ?7, dial_prefix = ?8, from_domain = ?9
+         WHERE name = ?1",
+        params![
+            t.name,
+            t.account_id,
+            t.address,
+            t.transport.as_str(),
+            t.username,
+            t.password.as_ref().map(Secret::expose),
+            t.emergency,
+            t.dial_prefix,
+            t.from_domain
+        ],
+    )
+    .map_err(|e| insert_error(e, "trunk", &t.name))
+}
+
+fn query_list<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, map)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn query_one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    Ok(stmt.query_row(params, map).optional()?)
+}
+
+impl Store for SqliteStore {
+    fn apply_provisioning(
+        &self,
+        prov: &Provisioning,
+        realm: &str,
+    ) -> Result<ProvisionReport, StoreError> {
+        prov.validate().map_err(StoreError::InvalidProvisioning)?;
+        if realm.is_empty() {
+            return Err(StoreError::Invalid {
+                field: "realm",
+                reason: "must not be empty".to_owned(),
+            });
+        }
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let mut report = ProvisionReport::default();
+        self.provision_accounts(&tx, prov, &mut report)?;
+        SqliteStore::provision_users(&tx, prov, realm, &mut report)?;
+        SqliteStore::provision_trunks(&tx, prov, &mut report)?;
+        SqliteStore::provision_numbers(&tx, prov, &mut report)?;
+        tx.commit()?;
+        tracing::info!(%report, "provisioning applied");
+        Ok(report)
+    }
+
+    // ----- accounts -----------------------------------------------------------------------
+
+    fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"),
+            [id],
+            account_from_row,
+        )
+    }
+
+    fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!("SELECT {ACCOUNT_COLS} FROM accounts ORDER BY id"),
+            [],
+            account_from_row,
+        )
+    }
+
+    fn account_by_api_secret(&self, secret: &str) -> Result<Option<Account>, StoreError> {
+        if secret.is_empty() {
+            return Ok(None);
+        }
+        let hash = self.secret_hash(secret);
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            "SELECT a.id, a.name, a.region, a.webhook_secret, a.allowed_prefixes
+             FROM api_keys k JOIN accounts a ON a.id = k.account_id
+             WHERE k.secret_hash = ?1",
+            [hash],
+            account_from_row,
+        )
+    }
+
+    fn account_by_key_pair(&self, key: &str, secret: &str) -> Result<Option<Account>, StoreError> {
+        let hash = self.secret_hash(secret);
+        let conn = self.conn()?;
+        let stored: Option<(String, String)> = query_one(
+            &conn,
+            "SELECT account_id, secret_hash FROM api_keys WHERE key = ?1",
+            [key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let Some((account_id, stored_hash)) = stored else {
+            return Ok(None);
+        };
+        if secret.is_empty() || !constant_time_eq(stored_hash.as_bytes(), hash.as_bytes()) {
+            return Ok(None);
+        }
+        query_one(
+            &conn,
+            &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"),
+            [account_id],
+            account_from_row,
+        )
+    }
+
+    fn api_keys_for_account(&self, account_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            "SELECT key, account_id FROM api_keys WHERE account_id = ?1 ORDER BY key",
+            [account_id],
+            |r| {
+                Ok(ApiKey {
+                    key: r.get(0)?,
+                    account_id: r.get(1)?,
+                })
+            },
+        )
+    }
+
+    // ----- users --------------------------------------------------------------------------
+
+    fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
+            [id],
+            user_from_row,
+        )
+    }
+
+    fn user_by_extension(
+        &self,
+        account_id: &str,
+        extension: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            &format!("SELECT {USER_COLS} FROM users WHERE account_id = ?1 AND extension = ?2"),
+            [account_id, extension],
+            user_from_row,
+        )
+    }
+
+    fn user_by_agent_id(
+        &self,
+        account_id: &str,
+        agent_id: i64,
+    ) -> Result<Option<User>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            &format!("SELECT {USER_COLS} FROM users WHERE account_id = ?1 AND agent_id = ?2"),
+            params![account_id, agent_id],
+            user_from_row,
+        )
+    }
+
+    fn users_for_account(&self, account_id: &str) -> Result<Vec<User>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!("SELECT {USER_COLS} FROM users WHERE account_id = ?1 ORDER BY id"),
+            [account_id],
+            user_from_row,
+        )
+    }
+
+    fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        validate_user(user)?;
+        let conn = self.conn()?;
+        conn.execute(
+            &format!("INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+            params![
+                user.id,
+                user.account_id,
+                user.name,
+                user.extension,
+                user.agent_id
+            ],
+        )
+        .map_err(|e| {
+            if StoreError::is_foreign_key_violation(&e) {
+                not_found("account", &user.account_id)
+            } else {
+                insert_error(e, "user (id, extension or agent_id)", &user.id)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        validate_user(user)?;
+        let conn = self.conn()?;
+        let n = conn
+            .execute(
+                "UPDATE users SET name = ?3, extension = ?4, agent_id = ?5
+                 WHERE id = ?1 AND account_id = ?2",
+                params![
+                    user.id,
+                    user.account_id,
+                    user.name,
+                    user.extension,
+                    user.agent_id
+                ],
+            )
+            .map_err(|e| insert_error(e, "user (extension or agent_id)", &user.id))?;
+        if n == 0 {
+            return Err(not_found("user", &user.id));
+        }
+        Ok(())
+    }
+
+    fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "DELETE FROM users WHERE id = ?1 AND account_id = ?2",
+            [id, account_id],
+        )?;
+        Ok(n > 0)
+    }
+
+    // ----- devices ------------------------------------------------------------------------
+
+    fn device_by_username(&self, username: &str) -> Result<Option<Device>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            &format!("SELECT {DEVICE_COLS} FROM devices WHERE username = ?1"),
+            [username],
+            device_from_row,
+        )
+    }
+
+    fn devices_for_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!("SELECT {DEVICE_COLS} FROM devices WHERE user_id = ?1 ORDER BY username"),
+            [user_id],
+            device_from_row,
+        )
+    }
+
+    fn create_device(
+        &self,
+        user_id: &str,
+        username: &str,
+        password: &Secret,
+        realm: &str,
+    ) -> Result<Device, StoreError> {
+        if !crate::provision::is_sip_username(username) {
+            return Err(StoreError::Invalid {
+                field: "device.username",
+                reason: format!("{username:?} is not a valid SIP username"),
+            });
+        }
+        if password.is_empty() {
+            return Err(StoreError::Invalid {
+                field: "device.password",
+                reason: "must not be empty".to_owned(),
+            });
+        }
+        let device = Device {
+            id: TypeId::new(DEVICE_PREFIX).to_string(),
+            user_id: user_id.to_owned(),
+            username: username.to_owned(),
+            realm: realm.to_owned(),
+            ha1_md5: ha1_md5(username, realm, password),
+            ha1_sha256: ha1_sha256(username, realm, password),
+        };
+        let conn = self.conn()?;
+        conn.execute(
+            &format!("INSERT INTO devices ({DEVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            params![
+                device.id,
+                device.user_id,
+                device.username,
+                device.realm,
+                device.ha1_md5.expose(),
+                device.ha1_sha256.expose()
+            ],
+        )
+        .map_err(|e| {
+            if StoreError::is_foreign_key_violation(&e) {
+                not_found("user", user_id)
+            } else {
+                insert_error(e, "device", username)
+            }
+        })?;
+        Ok(device)
+    }
+
+    fn set_device_password(
+        &self,
+        username: &str,
+        password: &Secret,
+        realm: &str,
+    ) -> Result<Device, StoreError> {
+        if password.is_empty() {
+            return Err(StoreError::Invalid {
+                field: "device.password",
+                reason: "must not be empty".to_owned(),
+            });
+        }
+        let md5 = ha1_md5(username, realm, password);
+        let sha = ha1_sha256(username, realm, password);
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE devices SET realm = ?2, ha1_md5 = ?3, ha1_sha256 = ?4 WHERE username = ?1",
+            params![username, realm, md5.expose(), sha.expose()],
+        )?;
+        if n == 0 {
+            return Err(not_found("device", username));
+        }
+        query_one(
+            &conn,
+            &format!("SELECT {DEVICE_COLS} FROM devices WHERE username = ?1"),
+            [username],
+            device_from_row,
+        )?
+        .ok_or_else(|| not_found("device", username))
+    }
+
+    fn delete_device(&self, username: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.execute("DELETE FROM devices WHERE username = ?1", [username])? > 0)
+    }
+
+    // ----- numbers ------------------------------------------------------------------------
+
+    fn number(&self, number: &str) -> Result<Option<Number>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            &format!("SELECT {NUMBER_COLS} FROM numbers WHERE number = ?1"),
+            [number],
+            number_from_row,
+        )
+    }
+
+    fn numbers_for_account(&self, account_id: &str) -> Result<Vec<Number>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!("SELECT {NUMBER_COLS} FROM numbers WHERE account_id = ?1 ORDER BY number"),
+            [account_id],
+            number_from_row,
+        )
+    }
+
+    fn create_number(&self, number: &Number) -> Result<(), StoreError> {
+        if !crate::e164::is_e164(&number.number) {
+            return Err(StoreError::Invalid {
+                field: "number",
+                reason: format!("{:?} is not an E.164 number", number.number),
+            });
+        }
+        let conn = self.conn()?;
+        conn.execute(
+            &format!("INSERT INTO numbers ({NUMBER_COLS}) VALUES (?1, ?2, ?3)"),
+            params![number.number, number.account_id, number.owner_user_id],
+        )
+        .map_err(|e| insert_error(e, "number", &number.number))?;
+        Ok(())
+    }
+
+    fn update_number(&self, number: &Number) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let n = conn
+            .execute(
+                "UPDATE numbers SET owner_user_id = ?3 WHERE number = ?1 AND account_id = ?2",
+                params![number.number, number.account_id, number.owner_user_id],
+            )
+            .map_err(|e| insert_error(e, "number", &number.number))?;
+        if n == 0 {
+            return Err(not_found("number", &number.number));
+        }
+        Ok(())
+    }
+
+    fn delete_number(&self, account_id: &str, number: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.execute(
+            "DELETE FROM numbers WHERE number = ?1 AND account_id = ?2",
+            [number, account_id],
+        )? > 0)
+    }
+
+    // ----- trunks -------------------------------------------------------------------------
+
+    fn trunk(&self, name: &str) -> Result<Option<Trunk>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            &format!("SELECT {TRUNK_COLS} FROM trunks WHERE name = ?1"),
+            [name],
+            trunk_from_row,
+        )
+    }
+
+    fn trunks_for_account(&self, account_id: &str) -> Result<Vec<Trunk>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!(
+                "SELECT {TRUNK_COLS} FROM trunks WHERE account_id = ?1 OR account_id IS NULL
+                 ORDER BY account_id IS NULL, name"
+            ),
+            [account_id],
+            trunk_from_row,
+        )
+    }
+
+    fn list_trunks(&self) -> Result<Vec<Trunk>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!("SELECT {TRUNK_COLS} FROM trunks ORDER BY name"),
+            [],
+            trunk_from_row,
+        )
+    }
+
+    fn create_trunk(&self, trunk: &Trunk) -> Result<(), StoreError> {
+        validate_trunk(trunk)?;
+        let conn = self.conn()?;
+        insert_trunk(&conn, trunk)
+    }
+
+    fn update_trunk(&self, trunk: &Trunk) -> Result<(), StoreError> {
+        validate_trunk(trunk)?;
+        let conn = self.conn()?;
+        if update_trunk_row(&conn, trunk)? == 0 {
+            return Err(not_found("trunk", &trunk.name));
+        }
+        Ok(())
+    }
+
+    fn delete_trunk(&self, name: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.execute("DELETE FROM trunks WHERE name = ?1", [name])? > 0)
+    }
+
+    // ----- registrations ------------------------------------------------------------------
+
+    fn upsert_binding(&self, b: &Binding) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO bindings (device_username, contact, source, transport, local,
+                 expires_at, q, call_id, cseq, instance, reg_id, user_agent, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (device_username, contact) DO UPDATE SET
+                 source = excluded.source, transport = excluded.transport,
+                 local = excluded.local, expires_at = excluded.expires_at, q = excluded.q,
+                 call_id = excluded.call_id, cseq = excluded.cseq,
+                 instance = excluded.instance, reg_id = excluded.reg_id,
+                 user_agent = excluded.user_agent, updated_at = excluded.updated_at",
+            params![
+                b.device_username,
+                b.contact,
+                b.source,
+                b.transport,
+                b.local,
+                b.expires_at,
+                b.q.map(f64::from),
+                b.call_id,
+                b.cseq,
+                b.instance,
+                b.reg_id,
+                b.user_agent,
+                b.updated_at
+            ],
+        )
+        .map_err(|e| {
+            if StoreError::is_foreign_key_violation(&e) {
+                not_found("device", &b.device_username)
+            } else {
+                StoreError::Sqlite(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn remove_binding(&self, device_username: &str, contact: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.execute(
+            "DELETE FROM bindings WHERE device_username = ?1 AND contact = ?2",
+            [device_username, contact],
+        )? > 0)
+    }
+
+    fn remove_all_bindings(&self, device_username: &str) -> Result<usize, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.execute(
+            "DELETE FROM bindings WHERE device_username = ?1",
+            [device_username],
+        )?)
+    }
+
+    fn bindings_for_device(
+        &self,
+        device_username: &str,
+        now: UnixSecs,
+    ) -> Result<Vec<Binding>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!(
+                "SELECT {BINDING_COLS} FROM bindings b
+                 JOIN devices d ON d.username = b.device_username
+                 WHERE b.device_username = ?1 AND b.expires_at > ?2
+                 ORDER BY b.contact"
+            ),
+            params![device_username, now],
+            binding_from_row,
+        )
+    }
+
+    fn bindings_for_user(&self, user_id: &str, now: UnixSecs) -> Result<Vec<Binding>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!(
+                "SELECT {BINDING_COLS} FROM bindings b
+                 JOIN devices d ON d.username = b.device_username
+                 WHERE d.user_id = ?1 AND b.expires_at > ?2
+                 ORDER BY b.device_username, b.contact"
+            ),
+            params![user_id, now],
+            binding_from_row,
+        )
+    }
+
+    fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute("DELETE FROM bindings WHERE expires_at <= ?1", [now])?;
+        if n > 0 {
+            tracing::debug!(removed = n, "expired bindings swept");
+        }
+        Ok(n)
+    }
+
+    // ----- calls --------------------------------------------------------------------------
+
+    fn insert_call(&self, c: &CallRecord) -> Result<(), StoreError> {
+        let metadata = serde_json::to_string(&c.metadata)?;
+        let legs = serde_json::to_string(&c.legs)?;
+        let stats = serde_json::to_string(&c.stats)?;
+        let conn = self.conn()?;
+        conn.execute(
+            &format!(
+                "INSERT INTO calls ({CALL_COLS}) VALUES
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+            ),
+            params![
+                c.id,
+                c.account_id,
+                c.user_id,
+                c.request_id,
+                c.status.as_str(),
+                c.dial_string,
+                c.destination,
+                c.caller_id,
+                c.callback_url,
+                c.end_leg,
+                c.sip_code,
+                c.created_at_ms,
+                c.answered_at_ms,
+                c.ended_at_ms,
+                metadata,
+                legs,
+                stats
+            ],
+        )
+        .map_err(|e| insert_error(e, "call", &c.id))?;
+        Ok(())
+    }
+
+    fn update_call(&self, c: &CallRecord) -> Result<(), StoreError> {
+        let metadata = serde_json::to_string(&c.metadata)?;
+        let legs = serde_json::to_string(&c.legs)?;
+        let stats = serde_json::to_string(&c.stats)?;
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE calls SET user_id = ?3, request_id = ?4, status = ?5, dial_string = ?6,
+                 destination = ?7, caller_id = ?8, callback_url = ?9, end_leg = ?10,
+                 sip_code = ?11, answered_at_ms = ?12, ended_at_ms = ?13, metadata = ?14,
+                 legs = ?15, stats = ?16
+             WHERE id = ?1 AND account_id = ?2",
+            params![
+                c.id,
+                c.account_id,
+                c.user_id,
+                c.request_id,
+                c.status.as_str(),
+                c.dial_string,
+                c.destination,
+                c.caller_id,
+                c.callback_url,
+                c.end_leg,
+                c.sip_code,
+                c.answered_at_ms,
+                c.ended_at_ms,
+                metadata,
+                legs,
+                stats
+            ],
+        )?;
+        if n == 0 {
+            return Err(not_found("call", &c.id));
+        }
+        Ok(())
+    }
+
+    fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            &format!("SELECT {CALL_COLS} FROM calls WHERE id = ?1 AND account_id = ?2"),
+            [id, account_id],
+            call_from_row,
+        )
+    }
+
+    fn call_by_request_id(
+        &self,
+        account_id: &str,
+        request_id: &str,
+    ) -> Result<Option<CallRecord>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            &format!(
+                "SELECT {CALL_COLS} FROM calls WHERE account_id = ?1 AND request_id = ?2
+                 ORDER BY created_at_ms DESC LIMIT 1"
+            ),
+            [account_id, request_id],
+            call_from_row,
+        )
+    }
+
+    fn list_calls(
+        &self,
+        filter: &CallFilter,
+    ) -> Result<(Vec<CallRecord>, Option<String>), StoreError> {
+        let limit = filter.limit.clamp(1, CallFilter::MAX_LIMIT);
+        let mut sql = format!("SELECT {CALL_COLS} FROM calls WHERE account_id = ?");
+        let mut args: Vec<Value> = vec![Value::Text(filter.account_id.clone())];
+        if let Some(status) = filter.status {
+            sql.push_str(" AND status = ?");
+            args.push(Value::Text(status.as_str().to_owned()));
+        }
+        if let Some(user) = &filter.user_id {
+            sql.push_str(" AND user_id = ?");
+            args.push(Value::Text(user.clone()));
+        }
+        if let Some(since) = filter.since_ms {
+            sql.push_str(" AND created_at_ms >= ?");
+            args.push(Value::Integer(since));
+        }
+        if let Some(until) = filter.until_ms {
+            sql.push_str(" AND created_at_ms < ?");
+            args.push(Value::Integer(until));
+        }
+        if let Some(cursor) = &filter.cursor {
+            let (ms, id) = decode_cursor(cursor)?;
+            sql.push_str(" AND (created_at_ms < ? OR (created_at_ms = ? AND id < ?))");
+            args.push(Value::Integer(ms));
+            args.push(Value::Integer(ms));
+            args.push(Value::Text(id));
+        }
+        sql.push_str(" ORDER BY created_at_ms DESC, id DESC LIMIT ?");
+        args.push(Value::Integer(i64::from(limit) + 1));
+        let conn = self.conn()?;
+        let mut calls = query_list(&conn, &sql, params_from_iter(args), call_from_row)?;
+        let next = if calls.len() > limit as usize {
+            calls.truncate(limit as usize);
+            calls.last().map(|c| encode_cursor(c.created_at_ms, &c.id))
+        } else {
+            None
+        };
+        Ok((calls, next))
+    }
+
+    fn append_timeline(&self, call_id: &str, entry: &TimelineEntry) -> Result<(), StoreError> {
+        let detail = serde_json::to_string(&entry.detail)?;
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO call_timeline (call_id, at_ms, kind, leg, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![call_id, entry.at_ms, entry.kind, entry.leg, detail],
+        )
+        .map_err(|e| {
+            if StoreError::is_foreign_key_violation(&e) {
+                not_found("call", call_id)
+            } else {
+                StoreError::Sqlite(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn timeline(&self, call_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            "SELECT at_ms, kind, leg, detail FROM call_timeline WHERE call_id = ?1
+             ORDER BY at_ms, id",
+            [call_id],
+            |r| {
+                Ok(TimelineEntry {
+                    at_ms: r.get(0)?,
+                    kind: r.get(1)?,
+                    leg: r.get(2)?,
+                    detail: json_col(r, 3)?,
+                })
+            },
+        )
+    }
+
+    // ----- outbox -------------------------------------------------------------------------
+
+    fn enqueue_callback(&self, e: &OutboxEntry) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.execute(
+            &format!(
+                "INSERT INTO callback_outbox ({OUTBOX_COLS}) VALUES
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            ),
+            params![
+                e.event_id,
+                e.call_id,
+                e.account_id,
+                e.seq,
+                e.url,
+                e.body,
+                e.state.to_sql(),
+                e.attempts,
+                e.next_attempt_at_ms,
+                e.last_error,
+                e.created_at_ms
+            ],
+        )
+        .map_err(|err| insert_error(err, "callback (event_id or call seq)", &e.event_id))?;
+        Ok(())
+    }
+
+    fn due_callbacks(&self, now: UnixMs, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!(
+                "SELECT {OUTBOX_COLS} FROM callback_outbox o
+                 WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ?1
+                   AND o.seq = (SELECT MIN(p.seq) FROM callback_outbox p
+                                WHERE p.call_id = o.call_id AND p.state = 'pending')
+                 ORDER BY o.next_attempt_at_ms, o.created_at_ms, o.call_id, o.seq
+                 LIMIT ?2"
+            ),
+            params![now, limit],
+            outbox_from_row,
+        )
+    }
+
+    fn mark_delivered(&self, event_id: &str, attempts: u32) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE callback_outbox SET state = 'delivered', attempts = ?2, last_error = NULL
+             WHERE event_id = ?1",
+            params![event_id, attempts],
+        )?;
+        if n == 0 {
+            return Err(not_found("callback", event_id));
+        }
+        Ok(())
+    }
+
+    fn reschedule(
+        &self,
+        event_id: &str,
+        attempts: u32,
+        next_attempt_at_ms: UnixMs,
+        last_error: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE callback_outbox SET attempts = ?2, next_attempt_at_ms = ?3, last_error = ?4
+             WHERE event_id = ?1 AND state = 'pending'",
+            params![event_id, attempts, next_attempt_at_ms, last_error],
+        )?;
+        if n == 0 {
+            return Err(not_found("pending callback", event_id));
+        }
+        Ok(())
+    }
+
+    fn abandon_callback(
+        &self,
+        event_id: &str,
+        attempts: u32,
+        last_error: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE callback_outbox SET state = 'abandoned', attempts = ?2, last_error = ?3
+             WHERE event_id = ?1 AND state = 'pending'",
+            params![event_id, attempts, last_error],
+        )?;
+        if n == 0 {
+            return Err(not_found("pending callback", event_id));
+        }
+        tracing::warn!(event_id, attempts, "callback abandoned");
+        Ok(())
+    }
+
+    fn callbacks_for_call(&self, call_id: &str) -> Result<Vec<OutboxEntry>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!("SELECT {OUTBOX_COLS} FROM callback_outbox WHERE call_id = ?1 ORDER BY seq"),
+            [call_id],
+            outbox_from_row,
+        )
+    }
+
+    fn next_callback_seq(&self, call_id: &str) -> Result<i64, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM callback_outbox WHERE call_id = ?1",
+            [call_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    // ----- idempotency --------------------------------------------------------------------
+
+    fn put_idempotency(&self, r: &IdempotencyRecord) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "INSERT INTO idempotency (account_id, key, request_hash, response_status,
+                 response_body, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (account_id, key) DO NOTHING",
+            params![
+                r.account_id,
+                r.key,
+                r.request_hash,
+                r.response_status,
+                r.response_body,
+                r.created_at_ms
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn get_idempotency(
+        &self,
+        account_id: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            "SELECT account_id, key, request_hash, response_status, response_body, created_at_ms
+             FROM idempotency WHERE account_id = ?1 AND key = ?2",
+            [account_id, key],
+            idempotency_from_row,
+        )
+    }
+
+    fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.execute(
+            "DELETE FROM idempotency WHERE created_at_ms < ?1",
+            [before_ms],
+        )?)
+    }
+}
