@@ -1,1 +1,70 @@
-//! media
+//! The dialbridge media relay: the RTP/RTCP path of every bridged call.
+//!
+//! Each call gets a [`MediaSession`] with two legs, A (agent) and B (customer), each an even
+//! RTP port and the odd RTCP port above it, taken from `media.ports` and bound on
+//! `media.bind`. What arrives on leg A's sockets leaves from leg B's sockets toward B's peer,
+//! and back. The relay does symmetric RTP (latching onto the address packets really come from,
+//! with hijack protection, see [`LatchMode`]), relays RTCP (and rtcp-mux, RFC 5761), passes
+//! RFC 4733 events and everything else byte for byte, counts per-leg packets, bytes, loss and
+//! jitter (RFC 3550), and reports a [`MediaEvent::Timeout`] when a started call goes silent.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), media::MediaError> {
+//! use media::{LegId, Relay, RelayConfig};
+//! let relay = Relay::start(RelayConfig::default())?;
+//! let mut events = relay.events(); // tokio receiver of MediaEvent
+//! let session = relay.allocate_session()?;
+//! let agent_port = session.leg(LegId::A).local_rtp_port(); // into the agent's SDP
+//! session.set_peer(LegId::A, "192.0.2.10:4000".parse().unwrap(), None, false)?;
+//! session.set_peer(LegId::B, "198.51.100.7:30000".parse().unwrap(), None, true)?;
+//! session.start()?; // both legs answered: arm the media time-out
+//! let stats = session.close(); // ports freed, final counters
+//! # let _ = (agent_port, stats, events.take()); Ok(()) }
+//! ```
+//!
+//! # Performance
+//!
+//! The hot path runs on dedicated OS threads ([`RelayConfig::workers`], one per core by
+//! default), apart from SIP signalling and from tokio. Each owns an epoll loop over its
+//! sessions' sockets and moves packets with `recvmmsg(2)` into a fixed set of buffers and
+//! `sendmmsg(2)` out of the same buffers: no allocation, no copy and no lock per packet.
+//! `relay-bench` (`src/bin/relay-bench`) measures it against rtpengine; method and figures
+//! are in `docs/benchmarks.md`.
+//!
+//! # Layout
+//!
+//! - `relay` — [`Relay`], [`MediaSession`], [`Leg`], [`LegId`], [`MediaEvent`]: the API.
+//! - `config` — [`RelayConfig`], [`LatchMode`], validation.
+//! - `worker` — a forwarding thread: epoll loop, control messages, the forwarding step.
+//! - `sys` — epoll, eventfd and the `recvmmsg`/`sendmmsg` batch (the crate's `unsafe`).
+//! - `rtp` — reading RTP/RTCP headers in place; RTP/RTCP demultiplexing (RFC 5761).
+//! - `stats` — RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter; per-leg snapshots.
+//! - `latch` — symmetric RTP decisions. `timeout` — the media time-out. `ports` — the range.
+//!
+//! `stats`, `latch` and `timeout` are pure: they take the time as an argument and are tested
+//! without sockets or clocks.
+//!
+//! # What it does not do
+//!
+//! No SIP and no SDP parsing (the B2BUA tells it addresses), no transcoding, no SRTP/DTLS
+//! termination, no ICE (STUN packets are relayed like any other), no jitter buffer, no RTCP
+//! generation, no recording. It never rewrites a packet.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod config;
+mod error;
+pub mod latch;
+mod ports;
+mod relay;
+pub mod rtp;
+pub mod stats;
+mod sys;
+pub mod timeout;
+mod worker;
+
+pub use config::{ConfigError, LatchMode, RelayConfig};
+pub use error::MediaError;
+pub use relay::{Leg, LegId, MediaEvent, MediaSession, Relay, SessionId};
+pub use stats::{LegStats, SessionStats};
+pub use sys::raise_nofile_limit;

@@ -1,0 +1,162 @@
+//! Relay configuration: the `[media]` section of the dialbridge config, validated before start.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// How a leg learns where its peer really sends from (symmetric RTP, RFC 4961).
+///
+/// The address in the peer's SDP is only a hint: behind a NAT the packets come from another
+/// address. The relay *latches* onto the source of the packets it receives on the leg and sends
+/// the other leg's traffic back there. The modes trade NAT friendliness against protection from
+/// a third party that sends packets to the relay port to hijack the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatchMode {
+    /// Follow the source of the latest packet during this window after the leg's first
+    /// packet; afterwards the latched source is fixed and packets from any other source are
+    /// dropped (and counted as `hijack_dropped`).
+    Window(Duration),
+    /// Latch onto the first source; move to another source only when its packets carry the
+    /// SSRC already seen from the latched one (a NAT rebinding). Anything else is dropped.
+    Ssrc,
+    /// No symmetric RTP: send to the SDP address, accept packets from any source. Without an
+    /// SDP address the first source seen is used.
+    Off,
+}
+
+impl Default for LatchMode {
+    fn default() -> Self {
+        LatchMode::Window(Duration::from_secs(3))
+    }
+}
+
+/// The relay's settings (`[media]` in the configuration file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Address the relay ports are bound to (`media.bind`).
+    pub bind: IpAddr,
+    /// Address written into SDP for the relay ports (`media.advertise`, behind NAT).
+    pub advertise: IpAddr,
+    /// Lowest port of the range (`media.ports`); RTP uses even ports, RTCP the odd port above.
+    pub port_min: u16,
+    /// Highest port of the range, inclusive.
+    pub port_max: u16,
+    /// No packet from either leg of a started session for this long raises
+    /// [`crate::MediaEvent::Timeout`] (`media.timeout_secs`).
+    pub timeout: Duration,
+    /// Symmetric RTP policy.
+    pub latch: LatchMode,
+    /// Forwarding threads; 0 means one per available core.
+    pub workers: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port_min: 20000,
+            port_max: 29999,
+            timeout: Duration::from_secs(30),
+            latch: LatchMode::default(),
+            workers: 0,
+        }
+    }
+}
+
+/// What is wrong with a [`RelayConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `port_min` above `port_max`.
+    #[error("media.ports: lowest port {min} is above highest port {max}")]
+    InvertedRange {
+        /// Lowest port given.
+        min: u16,
+        /// Highest port given.
+        max: u16,
+    },
+    /// The range holds no even/odd pair, or only one (a session needs two).
+    #[error("media.ports: {min}-{max} holds fewer than two even/odd port pairs")]
+    RangeTooSmall {
+        /// Lowest port given.
+        min: u16,
+        /// Highest port given.
+        max: u16,
+    },
+    /// Port 0 cannot be part of the range.
+    #[error("media.ports: port 0 is not a usable port")]
+    PortZero,
+    /// A zero media time-out would end every call at once.
+    #[error("media.timeout_secs must be greater than zero")]
+    ZeroTimeout,
+}
+
+impl RelayConfig {
+    /// Checks the settings before anything is bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let (min, max) = (self.port_min, self.port_max);
+        if min == 0 {
+            return Err(ConfigError::PortZero);
+        }
+        if min > max {
+            return Err(ConfigError::InvertedRange { min, max });
+        }
+        if crate::ports::pair_count(min, max) < 2 {
+            return Err(ConfigError::RangeTooSmall { min, max });
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::ZeroTimeout);
+        }
+        Ok(())
+    }
+
+    /// The number of forwarding threads this config asks for.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(RelayConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_bad_ranges_and_timeout() {
+        let mut c = RelayConfig {
+            port_min: 3000,
+            port_max: 2000,
+            ..RelayConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::InvertedRange {
+                min: 3000,
+                max: 2000
+            })
+        );
+        c.port_min = 2000;
+        c.port_max = 2002;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::RangeTooSmall {
+                min: 2000,
+                max: 2002
+            })
+        );
+        c.port_max = 2003;
+        assert_eq!(c.validate(), Ok(()));
+        c.port_min = 0;
+        assert_eq!(c.validate(), Err(ConfigError::PortZero));
+        c.port_min = 2000;
+        c.timeout = Duration::ZERO;
+        assert_eq!(c.validate(), Err(ConfigError::ZeroTimeout));
+    }
+}

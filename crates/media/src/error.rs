@@ -1,0 +1,39 @@
+//! The media layer's error type.
+
+use std::io;
+
+use crate::config::ConfigError;
+
+/// Errors of the media relay. Every one is recoverable by the caller: none is a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The configuration was refused by [`crate::RelayConfig::validate`].
+    #[error("invalid media configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// Every even/odd port pair of the range is in use (or could not be bound).
+    #[error("no free RTP/RTCP port pair left in {min}-{max}")]
+    PortsExhausted {
+        /// Lowest port of the range.
+        min: u16,
+        /// Highest port of the range.
+        max: u16,
+    },
+    /// A system call the relay depends on failed (epoll, eventfd, thread spawn, socket set-up).
+    #[error("{op} failed: {source}")]
+    Io {
+        /// What the relay was doing.
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The forwarding thread that owns this session is gone (the relay was shut down).
+    #[error("the media relay has stopped")]
+    RelayStopped,
+}
+
+impl MediaError {
+    pub(crate) fn io(op: &'static str) -> impl FnOnce(io::Error) -> MediaError {
+        move |source| MediaError::Io { op, source }
+    }
+}

@@ -1,0 +1,391 @@
+//! The control side: [`Relay`] starts the forwarding threads and hands out [`MediaSession`]s.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::config::RelayConfig;
+use crate::error::MediaError;
+use crate::ports::PortAllocator;
+use crate::stats::{LegCounters, SessionStats};
+use crate::worker::{self, Control, LegSockets, NewSession, SessionShared, WorkerHandle};
+
+/// Identifies a relay session (one bridged call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "media-{}", self.0)
+    }
+}
+
+/// The two legs of a session. By convention A faces the agent, B the customer (trunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LegId {
+    /// The agent side.
+    A,
+    /// The customer side.
+    B,
+}
+
+impl LegId {
+    /// The leg whose packets this leg's packets are sent to.
+    pub fn other(self) -> LegId {
+        match self {
+            LegId::A => LegId::B,
+            LegId::B => LegId::A,
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            LegId::A => 0,
+            LegId::B => 1,
+        }
+    }
+
+    pub(crate) fn from_index(i: usize) -> LegId {
+        if i == 0 {
+            LegId::A
+        } else {
+            LegId::B
+        }
+    }
+}
+
+/// Something the relay tells the call layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MediaEvent {
+    /// No packet from either leg of a started session for `timeout`.
+    Timeout {
+        /// The silent session.
+        session_id: SessionId,
+    },
+}
+
+/// The local side of one leg: the relay ports its peer sends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leg {
+    id: LegId,
+    rtp_port: u16,
+    bind: IpAddr,
+    advertise: IpAddr,
+}
+
+impl Leg {
+    /// Which leg this is.
+    pub fn id(&self) -> LegId {
+        self.id
+    }
+
+    /// The even RTP port (the `m=` port of the SDP sent to this leg's peer).
+    pub fn local_rtp_port(&self) -> u16 {
+        self.rtp_port
+    }
+
+    /// The odd RTCP port, RTP + 1 (RFC 3550 §11; `a=rtcp` of RFC 3605 when stated).
+    pub fn local_rtcp_port(&self) -> u16 {
+        self.rtp_port + 1
+    }
+
+    /// The RTP address to write into SDP (`media.advertise`).
+    pub fn advertised_rtp(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise, self.rtp_port)
+    }
+
+    /// The address the RTP socket is bound to (`media.bind`).
+    pub fn bound_rtp(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.rtp_port)
+    }
+
+    /// The address the RTCP socket is bound to.
+    pub fn bound_rtcp(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.rtp_port + 1)
+    }
+}
+
+/// The media relay: forwarding threads plus the port range.
+///
+/// Dropping it stops the threads, closes every session's sockets and frees every port.
+#[derive(Debug)]
+pub struct Relay {
+    cfg: RelayConfig,
+    workers: Vec<WorkerHandle>,
+    threads: Vec<JoinHandle<()>>,
+    ports: Arc<Mutex<PortAllocator>>,
+    next_id: AtomicU64,
+    next_worker: AtomicUsize,
+    epoch: Instant,
+    events: Mutex<Option<UnboundedReceiver<MediaEvent>>>,
+}
+
+impl Relay {
+    /// Validates `cfg` and starts `cfg.workers` forwarding threads.
+    pub fn start(cfg: RelayConfig) -> Result<Relay, MediaError> {
+        cfg.validate()?;
+        let epoch = Instant::now();
+        let ports = Arc::new(Mutex::new(PortAllocator::new(cfg.port_min, cfg.port_max)));
+        let (events_tx, events_rx) = unbounded_channel();
+        let params = worker::WorkerParams {
+            latch: cfg.latch,
+            timeout: cfg.timeout,
+            epoch,
+            ports: Arc::clone(&ports),
+            events: events_tx,
+        };
+        let mut relay = Relay {
+            workers: Vec::new(),
+            threads: Vec::new(),
+            ports,
+            next_id: AtomicU64::new(1),
+            next_worker: AtomicUsize::new(0),
+            epoch,
+            events: Mutex::new(Some(events_rx)),
+            cfg,
+        };
+        for i in 0..relay.cfg.worker_count() {
+            // On failure `relay` is dropped, which stops the threads already started.
+            let (handle, join) = worker::spawn(i, params.clone())?;
+            relay.workers.push(handle);
+            relay.threads.push(join);
+        }
+        tracing::info!(
+            bind = %relay.cfg.bind,
+            ports = %format_args!("{}-{}", relay.cfg.port_min, relay.cfg.port_max),
+            workers = relay.workers.len(),
+            "media relay started"
+        );
+        Ok(relay)
+    }
+
+    /// The configuration the relay runs with.
+    pub fn config(&self) -> &RelayConfig {
+        &self.cfg
+    }
+
+    /// The receiver of [`MediaEvent`]s. There is one: the first call takes it.
+    pub fn events(&self) -> Option<UnboundedReceiver<MediaEvent>> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Even/odd port pairs in use (two per open session).
+    pub fn port_pairs_in_use(&self) -> usize {
+        self.ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pairs_in_use()
+    }
+
+    /// Allocates a session: two legs, each an even RTP + odd RTCP port bound on `bind`.
+    ///
+    /// Packets are relayed as soon as a destination is known (early media); the media
+    /// time-out is armed by [`MediaSession::start`].
+    pub fn allocate_session(&self) -> Result<MediaSession, MediaError> {
+        let exhausted = MediaError::PortsExhausted {
+            min: self.cfg.port_min,
+            max: self.cfg.port_max,
+        };
+        let bind = self.cfg.bind;
+        let bind_pair = |port: u16| -> std::io::Result<(UdpSocket, UdpSocket)> {
+            let rtp = UdpSocket::bind(SocketAddr::new(bind, port))?;
+            let rtcp = UdpSocket::bind(SocketAddr::new(bind, port + 1))?;
+            rtp.set_nonblocking(true)?;
+            rtcp.set_nonblocking(true)?;
+            Ok((rtp, rtcp))
+        };
+        let (a, b) = {
+            let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(a) = ports.allocate_with(bind_pair) else {
+                return Err(exhausted);
+            };
+            let Some(b) = ports.allocate_with(bind_pair) else {
+                ports.release(a.0);
+                return Err(exhausted);
+            };
+            (a, b)
+        };
+        let id = SessionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let shared = Arc::new(SessionShared {
+            legs: [LegCounters::default(), LegCounters::default()],
+            epoch: self.epoch,
+        });
+        let n = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
+        let Some(worker) = self.workers.get(n).cloned() else {
+            self.release(&[a.0, b.0]);
+            return Err(MediaError::RelayStopped);
+        };
+        let legs = [
+            LegSockets {
+                rtp: a.1 .0,
+                rtcp: a.1 .1,
+                rtp_port: a.0,
+            },
+            LegSockets {
+                rtp: b.1 .0,
+                rtcp: b.1 .1,
+                rtp_port: b.0,
+            },
+        ];
+        let new = NewSession {
+            id,
+            shared: Arc::clone(&shared),
+            legs,
+        };
+        if worker.send(Control::Add(Box::new(new))).is_err() {
+            // The sockets went down with the refused message.
+            self.release(&[a.0, b.0]);
+            return Err(MediaError::RelayStopped);
+        }
+        let leg = |id: LegId, rtp_port: u16| Leg {
+            id,
+            rtp_port,
+            bind,
+            advertise: self.cfg.advertise,
+        };
+        Ok(MediaSession {
+            id,
+            legs: [leg(LegId::A, a.0), leg(LegId::B, b.0)],
+            shared,
+            worker,
+            closed: false,
+        })
+    }
+
+    fn release(&self, rtp_ports: &[u16]) {
+        let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
+        for &p in rtp_ports {
+            ports.release(p);
+        }
+    }
+
+    /// Stops the forwarding threads and waits for them.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            let _ = w.send(Control::Shutdown);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One bridged call's media: leg A and leg B, relayed to each other.
+///
+/// Dropping it (or [`close`](MediaSession::close)) closes its sockets and frees its ports.
+#[derive(Debug)]
+pub struct MediaSession {
+    id: SessionId,
+    legs: [Leg; 2],
+    shared: Arc<SessionShared>,
+    worker: WorkerHandle,
+    closed: bool,
+}
+
+impl MediaSession {
+    /// The session's id (carried by [`MediaEvent`]s).
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The local ports of one leg.
+    pub fn leg(&self, leg: LegId) -> Leg {
+        self.legs[leg.index()]
+    }
+
+    fn send(&self, c: Control) -> Result<(), MediaError> {
+        self.worker.send(c).map_err(|_| MediaError::RelayStopped)
+    }
+
+    /// Tells where `leg`'s peer receives, from its SDP: the `m=`/`c=` RTP address, the RTCP
+    /// address (`a=rtcp`, RFC 3605; RTP port + 1 when `None`), and whether it accepted
+    /// `a=rtcp-mux` (RFC 5761: RTCP then goes to the RTP address). A hint only: the leg
+    /// latches onto the source its packets really come from. A different address than the
+    /// previous one (re-INVITE) re-opens latching.
+    pub fn set_peer(
+        &self,
+        leg: LegId,
+        rtp: SocketAddr,
+        rtcp: Option<SocketAddr>,
+        rtcp_mux: bool,
+    ) -> Result<(), MediaError> {
+        self.send(Control::SetPeer {
+            id: self.id,
+            leg,
+            rtp,
+            rtcp,
+            rtcp_mux,
+        })
+    }
+
+    /// Sets the RTP clock rate of `leg`'s payload, for jitter (default 8000 Hz; 48000 for opus).
+    pub fn set_clock_rate(&self, leg: LegId, hz: u32) -> Result<(), MediaError> {
+        self.send(Control::SetClockRate {
+            id: self.id,
+            leg,
+            hz,
+        })
+    }
+
+    /// The call is up: relay both ways and arm the media time-out from now.
+    pub fn start(&self) -> Result<(), MediaError> {
+        self.send(Control::Start(self.id))
+    }
+
+    /// Stop relaying (packets are still received and counted) and disarm the time-out.
+    pub fn stop(&self) -> Result<(), MediaError> {
+        self.send(Control::Stop(self.id))
+    }
+
+    /// The statistics so far; never blocks the forwarding threads.
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            a: self.shared.legs[0].snapshot(self.shared.epoch),
+            b: self.shared.legs[1].snapshot(self.shared.epoch),
+        }
+    }
+
+    /// Ends the session: waits (up to a second) until its sockets are closed and its ports
+    /// are free, and returns the final statistics.
+    pub fn close(mut self) -> SessionStats {
+        self.closed = true;
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self
+            .worker
+            .send(Control::Remove {
+                id: self.id,
+                done: Some(tx),
+            })
+            .is_ok()
+        {
+            let _ = rx.recv_timeout(Duration::from_secs(1));
+        }
+        self.stats()
+    }
+}
+
+impl Drop for MediaSession {
+    fn drop(&mut self) {
+        if !self.closed {
+            let _ = self.worker.send(Control::Remove {
+                id: self.id,
+                done: None,
+            });
+        }
+    }
+}
