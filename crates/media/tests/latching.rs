@@ -1,0 +1,99 @@
+//! Symmetric RTP on real sockets: the relay follows where packets really come from (NAT),
+//! and refuses to be hijacked.
+
+mod support;
+
+use std::time::Duration;
+
+use media::{LatchMode, LegId};
+use support::{eventually, relay, rtp, Peer};
+
+#[test]
+fn latches_to_a_source_port_other_than_the_sdp_said() {
+    let relay = relay(42000, 42099, LatchMode::default());
+    let s = relay.allocate_session().unwrap();
+    // The agent's SDP names one port, but behind NAT its packets come from another.
+    let (sdp_addr, real_agent, customer) = (Peer::new(), Peer::new(), Peer::new());
+    s.set_peer(LegId::A, sdp_addr.addr(), None, false).unwrap();
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let (a, b) = (s.leg(LegId::A), s.leg(LegId::B));
+
+    real_agent.send(a.bound_rtp(), &rtp(0, false, 1, 0, 7, &[0; 160]));
+    customer.recv();
+    let reply = rtp(0, false, 1, 0, 8, &[1; 160]);
+    customer.send(b.bound_rtp(), &reply);
+    let (got, from) = real_agent.recv();
+    assert_eq!(got, reply);
+    assert_eq!(from, a.bound_rtp());
+    assert!(
+        sdp_addr.try_recv().is_none(),
+        "nothing goes to the SDP address"
+    );
+    assert!(eventually(
+        || s.stats().a.remote_rtp == Some(real_agent.addr())
+    ));
+}
+
+#[test]
+fn after_the_window_another_source_is_dropped_as_a_hijack() {
+    // A zero window: the first source is final.
+    let relay = relay(42100, 42199, LatchMode::Window(Duration::ZERO));
+    let s = relay.allocate_session().unwrap();
+    let (agent, attacker, customer) = (Peer::new(), Peer::new(), Peer::new());
+    s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let (a, b) = (s.leg(LegId::A), s.leg(LegId::B));
+
+    agent.send(a.bound_rtp(), &rtp(0, false, 1, 0, 7, &[0; 160]));
+    assert_eq!(customer.recv().0[2..4], [0, 1]);
+    attacker.send(a.bound_rtp(), &rtp(0, false, 500, 0, 666, &[9; 160]));
+    agent.send(a.bound_rtp(), &rtp(0, false, 2, 160, 7, &[0; 160]));
+    // Only the agent's second packet comes through.
+    assert_eq!(customer.recv().0[2..4], [0, 2]);
+    assert!(eventually(|| s.stats().a.hijack_dropped == 1));
+    // And the customer's audio still goes to the agent, not the attacker.
+    customer.send(b.bound_rtp(), &rtp(0, false, 1, 0, 8, &[1; 160]));
+    agent.recv();
+    assert!(attacker.try_recv().is_none());
+    assert_eq!(s.stats().a.remote_rtp, Some(agent.addr()));
+}
+
+#[test]
+fn ssrc_mode_follows_a_nat_rebinding_but_not_a_stranger() {
+    let relay = relay(42200, 42299, LatchMode::Ssrc);
+    let s = relay.allocate_session().unwrap();
+    let (agent, rebound, stranger, customer) = (Peer::new(), Peer::new(), Peer::new(), Peer::new());
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let (a, b) = (s.leg(LegId::A), s.leg(LegId::B));
+
+    agent.send(a.bound_rtp(), &rtp(0, false, 1, 0, 0xfeed, &[0; 160]));
+    customer.recv();
+    stranger.send(a.bound_rtp(), &rtp(0, false, 2, 160, 0xbad, &[0; 160]));
+    // Same SSRC from a new port: the NAT mapping changed; follow it.
+    rebound.send(a.bound_rtp(), &rtp(0, false, 3, 320, 0xfeed, &[0; 160]));
+    assert_eq!(customer.recv().0[2..4], [0, 3]);
+    customer.send(b.bound_rtp(), &rtp(0, false, 1, 0, 1, &[1; 160]));
+    rebound.recv();
+    assert!(agent.try_recv().is_none());
+    assert!(stranger.try_recv().is_none());
+    assert!(eventually(|| s.stats().a.hijack_dropped == 1));
+}
+
+#[test]
+fn new_sdp_address_reopens_latching() {
+    let relay = relay(42300, 42399, LatchMode::Window(Duration::ZERO));
+    let s = relay.allocate_session().unwrap();
+    let (phone1, phone2, customer) = (Peer::new(), Peer::new(), Peer::new());
+    s.set_peer(LegId::A, phone1.addr(), None, false).unwrap();
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let (a, b) = (s.leg(LegId::A), s.leg(LegId::B));
+    phone1.send(a.bound_rtp(), &rtp(0, false, 1, 0, 1, &[0; 20]));
+    customer.recv();
+    // A re-INVITE moves the agent leg to another phone.
+    s.set_peer(LegId::A, phone2.addr(), None, false).unwrap();
+    phone2.send(a.bound_rtp(), &rtp(0, false, 1, 0, 2, &[0; 20]));
+    customer.recv();
+    customer.send(b.bound_rtp(), &rtp(0, false, 1, 0, 3, &[0; 20]));
+    phone2.recv();
+    assert!(phone1.try_recv().is_none());
+}

@@ -1,0 +1,102 @@
+//! Helpers shared by the integration tests: a relay on loopback, RTP/RTCP packet builders
+//! and a phone-like UDP endpoint.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use media::{LatchMode, Relay, RelayConfig};
+
+/// A relay on 127.0.0.1 with its own port range (tests run in parallel).
+pub fn relay(port_min: u16, port_max: u16, latch: LatchMode) -> Relay {
+    relay_with_timeout(port_min, port_max, latch, Duration::from_secs(30))
+}
+
+pub fn relay_with_timeout(
+    port_min: u16,
+    port_max: u16,
+    latch: LatchMode,
+    timeout: Duration,
+) -> Relay {
+    Relay::start(RelayConfig {
+        port_min,
+        port_max,
+        latch,
+        timeout,
+        workers: 2,
+        ..RelayConfig::default()
+    })
+    .unwrap()
+}
+
+/// An RTP packet: version 2, the given payload type, sequence number, timestamp and SSRC,
+/// followed by `payload`.
+pub fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// A minimal RTCP receiver report (PT 201, no report blocks) from `ssrc`.
+pub fn rtcp_rr(ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 201, 0, 1];
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
+/// A UDP endpoint on 127.0.0.1 standing in for a phone or a trunk.
+pub struct Peer {
+    pub sock: UdpSocket,
+}
+
+impl Peer {
+    pub fn new() -> Peer {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Peer { sock }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    pub fn send(&self, to: SocketAddr, pkt: &[u8]) {
+        self.sock.send_to(pkt, to).unwrap();
+    }
+
+    /// Next datagram (fails the test after 3 s).
+    pub fn recv(&self) -> (Vec<u8>, SocketAddr) {
+        let mut buf = [0u8; 2048];
+        let (n, from) = self.sock.recv_from(&mut buf).expect("a relayed packet");
+        (buf[..n].to_vec(), from)
+    }
+
+    /// A datagram if one is already waiting.
+    pub fn try_recv(&self) -> Option<Vec<u8>> {
+        self.sock.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 2048];
+        let r = self
+            .sock
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(n, _)| buf[..n].to_vec());
+        self.sock.set_nonblocking(false).unwrap();
+        r
+    }
+}
+
+/// Polls `cond` until it holds, for at most 3 s (the forwarding thread publishes its
+/// counters right after each batch; this only waits for that thread to get there).
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cond()
+}
