@@ -82,7 +82,7 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 /// call path (one indexed query) or through `spawn_blocking` for bulk work. Lookups return
 /// `Ok(None)` when nothing matches; updates and deletes of a missing row return
 /// [`StoreError::NotFound`] or `Ok(false)` as documented.
-pub trait Store: Send + Sync {
+pub trait Store: Send + Sync + std::fmt::Debug {
     // ----- provisioning -------------------------------------------------------------------
 
     /// Validates `prov` and upserts it in one transaction. `realm` is the digest realm

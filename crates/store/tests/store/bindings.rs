@@ -1,0 +1,131 @@
+use store::{Binding, SqliteStore, Store, StoreError};
+
+use crate::support::{provisioned, REALM, USER};
+
+const NOW: i64 = 1_700_000_000;
+
+fn binding(device: &str, contact: &str, expires_at: i64) -> Binding {
+    Binding {
+        device_username: device.into(),
+        user_id: USER.into(),
+        contact: contact.into(),
+        source: "127.0.0.1:5062".into(),
+        transport: "udp".into(),
+        local: "127.0.0.1:5060".into(),
+        expires_at,
+        q: Some(0.5),
+        call_id: format!("reg-{contact}"),
+        cseq: 1,
+        instance: Some("<urn:uuid:00000000-0000-1000-8000-000A95A0E128>".into()),
+        reg_id: Some(1),
+        user_agent: Some("test-phone/1.0".into()),
+        updated_at: NOW,
+    }
+}
+
+#[test]
+fn bindings_crud() {
+    let (_dir, store) = provisioned();
+    let a = binding("alice-desk", "sip:alice@127.0.0.1:5062", NOW + 3600);
+    let b = binding(
+        "alice-desk",
+        "sip:alice@[::1]:5062;transport=tcp",
+        NOW + 600,
+    );
+    let c = binding("alice-soft", "sip:soft@127.0.0.1:5070", NOW + 60);
+    for x in [&a, &b, &c] {
+        store.upsert_binding(x).unwrap();
+    }
+    let desk = store.bindings_for_device("alice-desk", NOW).unwrap();
+    assert_eq!(desk.len(), 2);
+    assert!(desk.contains(&a) && desk.contains(&b));
+    assert_eq!(store.bindings_for_user(USER, NOW).unwrap().len(), 3);
+
+    // A refresh replaces, it does not add.
+    let mut refreshed = a.clone();
+    refreshed.expires_at = NOW + 7200;
+    refreshed.cseq = 2;
+    refreshed.q = None;
+    store.upsert_binding(&refreshed).unwrap();
+    let desk = store.bindings_for_device("alice-desk", NOW).unwrap();
+    assert_eq!(desk.len(), 2);
+    assert!(desk.contains(&refreshed));
+
+    assert!(store.remove_binding("alice-desk", &b.contact).unwrap());
+    assert!(!store.remove_binding("alice-desk", &b.contact).unwrap());
+    assert_eq!(
+        store.bindings_for_device("alice-desk", NOW).unwrap(),
+        vec![refreshed]
+    );
+
+    assert_eq!(store.remove_all_bindings("alice-desk").unwrap(), 1);
+    assert_eq!(store.bindings_for_user(USER, NOW).unwrap(), vec![c]);
+}
+
+#[test]
+fn expired_bindings_are_hidden_then_swept() {
+    let (_dir, store) = provisioned();
+    store
+        .upsert_binding(&binding("alice-desk", "sip:a@127.0.0.1:1", NOW + 10))
+        .unwrap();
+    store
+        .upsert_binding(&binding("alice-desk", "sip:b@127.0.0.1:2", NOW + 20))
+        .unwrap();
+    store
+        .upsert_binding(&binding("alice-soft", "sip:c@127.0.0.1:3", NOW + 30))
+        .unwrap();
+
+    // At exactly expires_at a binding is gone (RFC 3261 §10.3: expired when the time is up).
+    assert_eq!(store.bindings_for_user(USER, NOW + 10).unwrap().len(), 2);
+    assert_eq!(store.sweep_expired(NOW + 9).unwrap(), 0);
+    assert_eq!(store.sweep_expired(NOW + 20).unwrap(), 2);
+    let left = store.bindings_for_user(USER, NOW).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].contact, "sip:c@127.0.0.1:3");
+    assert_eq!(store.sweep_expired(NOW + 20).unwrap(), 0);
+}
+
+#[test]
+fn bindings_survive_a_restart() {
+    let (dir, store) = provisioned();
+    let b = binding("alice-desk", "sip:alice@127.0.0.1:5062", NOW + 3600);
+    store.upsert_binding(&b).unwrap();
+    drop(store);
+    let store = SqliteStore::open(&dir.url()).unwrap();
+    assert_eq!(store.bindings_for_user(USER, NOW).unwrap(), vec![b]);
+}
+
+#[test]
+fn binding_needs_a_known_device_and_goes_with_it() {
+    let (_dir, store) = provisioned();
+    match store.upsert_binding(&binding("ghost", "sip:g@127.0.0.1:1", NOW + 10)) {
+        Err(StoreError::NotFound { kind: "device", id }) => assert_eq!(id, "ghost"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    store
+        .upsert_binding(&binding("alice-desk", "sip:a@127.0.0.1:1", NOW + 10))
+        .unwrap();
+    assert!(store.delete_device("alice-desk").unwrap());
+    assert!(store
+        .bindings_for_device("alice-desk", NOW)
+        .unwrap()
+        .is_empty());
+    // Recreating the device does not resurrect old bindings.
+    store
+        .create_device(USER, "alice-desk", &"pw".into(), REALM)
+        .unwrap();
+    assert!(store
+        .bindings_for_device("alice-desk", NOW)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn user_id_follows_the_device_owner() {
+    let (_dir, store) = provisioned();
+    let mut b = binding("alice-desk", "sip:a@127.0.0.1:1", NOW + 10);
+    b.user_id = "user_01h2xcejqtf2nbrexx3vqjhp99".into();
+    store.upsert_binding(&b).unwrap();
+    let got = store.bindings_for_device("alice-desk", NOW).unwrap();
+    assert_eq!(got[0].user_id, USER);
+}

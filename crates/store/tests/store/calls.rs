@@ -1,0 +1,218 @@
+use serde_json::json;
+use store::{CallFilter, CallRecord, CallStatus, SqliteStore, Store, StoreError, TimelineEntry};
+
+use crate::support::{provisioned, ACCT, USER};
+
+const OTHER: &str = "acct_01h2xcejqtf2nbrexx3vqjhp50";
+const T0: i64 = 1_700_000_000_000;
+
+fn call(n: i64, created_at_ms: i64) -> CallRecord {
+    let mut c = CallRecord::new(
+        format!("call_01h2xcejqtf2nbrexx3vq{n:06}"),
+        ACCT.into(),
+        format!("+1415555{n:04}"),
+        created_at_ms,
+    );
+    c.user_id = Some(USER.into());
+    c
+}
+
+/// 25 calls of ACCT at distinct times, plus 3 sharing one millisecond (straddling the first
+/// page boundary at 12 per page), plus one of OTHER.
+fn seed(store: &SqliteStore) -> Vec<CallRecord> {
+    let mut all = Vec::new();
+    for n in 0..25 {
+        let mut c = call(n, T0 + n * 1000);
+        if n % 5 == 0 {
+            c.status = CallStatus::Completed;
+        }
+        store.insert_call(&c).unwrap();
+        all.push(c);
+    }
+    for n in 100..103 {
+        let c = call(n, T0 + 14_500);
+        store.insert_call(&c).unwrap();
+        all.push(c);
+    }
+    let mut foreign = call(999, T0 + 50_000);
+    foreign.account_id = OTHER.into();
+    store.insert_call(&foreign).unwrap();
+    all.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
+    all
+}
+
+#[test]
+fn pages_are_newest_first_and_cover_everything_once() {
+    let (_dir, store) = provisioned();
+    let expected = seed(&store);
+    let mut filter = CallFilter::new(ACCT, 12);
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (page, next) = store.list_calls(&filter).unwrap();
+        assert!(page.len() <= 12);
+        seen.extend(page);
+        pages += 1;
+        match next {
+            Some(cursor) => filter.cursor = Some(cursor),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not terminate");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn an_exact_last_page_has_no_next_cursor() {
+    let (_dir, store) = provisioned();
+    for n in 0..4 {
+        store.insert_call(&call(n, T0 + n)).unwrap();
+    }
+    let (page, next) = store.list_calls(&CallFilter::new(ACCT, 4)).unwrap();
+    assert_eq!(page.len(), 4);
+    assert_eq!(next, None);
+    let (page, next) = store.list_calls(&CallFilter::new(ACCT, 3)).unwrap();
+    assert_eq!(page.len(), 3);
+    let mut f = CallFilter::new(ACCT, 3);
+    f.cursor = next;
+    let (page, next) = store.list_calls(&f).unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].created_at_ms, T0);
+    assert_eq!(next, None);
+}
+
+#[test]
+fn filters() {
+    let (_dir, store) = provisioned();
+    seed(&store);
+    let mut f = CallFilter::new(ACCT, 100);
+    f.status = Some(CallStatus::Completed);
+    let (page, _) = store.list_calls(&f).unwrap();
+    assert_eq!(page.len(), 5);
+    assert!(page.iter().all(|c| c.status == CallStatus::Completed));
+
+    let mut f = CallFilter::new(ACCT, 100);
+    f.since_ms = Some(T0 + 10_000);
+    f.until_ms = Some(T0 + 15_000);
+    let (page, _) = store.list_calls(&f).unwrap();
+    // 10, 11, 12, 13, 14 and the three at 14.5 s.
+    assert_eq!(page.len(), 8);
+
+    let mut f = CallFilter::new(ACCT, 100);
+    f.user_id = Some("user_01h2xcejqtf2nbrexx3vqjhp99".into());
+    assert!(store.list_calls(&f).unwrap().0.is_empty());
+
+    let (page, _) = store.list_calls(&CallFilter::new(OTHER, 100)).unwrap();
+    assert_eq!(page.len(), 1);
+
+    let mut f = CallFilter::new(ACCT, 0);
+    f.cursor = Some("not-a-cursor".into());
+    assert!(matches!(
+        store.list_calls(&f),
+        Err(StoreError::Invalid {
+            field: "cursor",
+            ..
+        })
+    ));
+    // limit 0 is clamped to 1.
+    let (page, next) = store.list_calls(&CallFilter::new(ACCT, 0)).unwrap();
+    assert_eq!(page.len(), 1);
+    assert!(next.is_some());
+}
+
+#[test]
+fn update_and_get_are_scoped_to_the_account() {
+    let (_dir, store) = provisioned();
+    let mut c = call(1, T0);
+    c.metadata = json!({"crm_id": "lead-7"});
+    c.request_id = Some("req-1".into());
+    store.insert_call(&c).unwrap();
+    assert!(matches!(
+        store.insert_call(&c),
+        Err(StoreError::AlreadyExists { kind: "call", .. })
+    ));
+    assert_eq!(store.get_call(ACCT, &c.id).unwrap(), Some(c.clone()));
+    assert_eq!(store.get_call(OTHER, &c.id).unwrap(), None);
+    assert_eq!(
+        store.call_by_request_id(ACCT, "req-1").unwrap(),
+        Some(c.clone())
+    );
+
+    c.status = CallStatus::InProgress;
+    c.answered_at_ms = Some(T0 + 4_000);
+    c.ended_at_ms = Some(T0 + 65_900);
+    c.sip_code = Some(200);
+    c.legs = json!({"agent": {"call_id": "a@x"}, "customer": {"call_id": "c@y"}});
+    c.stats = json!({"agent": {"packets": 3000}});
+    store.update_call(&c).unwrap();
+    let got = store.get_call(ACCT, &c.id).unwrap().unwrap();
+    assert_eq!(got, c);
+    assert_eq!(got.duration_secs(), Some(61));
+
+    let mut foreign = c.clone();
+    foreign.account_id = OTHER.into();
+    assert!(matches!(
+        store.update_call(&foreign),
+        Err(StoreError::NotFound { kind: "call", .. })
+    ));
+}
+
+#[test]
+fn timeline_keeps_time_then_insertion_order() {
+    let (dir, store) = provisioned();
+    let c = call(1, T0);
+    store.insert_call(&c).unwrap();
+    let entries = [
+        (T0 + 5, "sip.invite.sent", Some("agent")),
+        (T0, "api.request", None),
+        (T0 + 5, "sip.invite.sent", Some("agent")),
+        (T0 + 9, "sip.response", Some("agent")),
+    ];
+    for (i, (at, kind, leg)) in entries.iter().enumerate() {
+        store
+            .append_timeline(
+                &c.id,
+                &TimelineEntry {
+                    at_ms: *at,
+                    kind: (*kind).into(),
+                    leg: leg.map(Into::into),
+                    detail: json!({"n": i}),
+                },
+            )
+            .unwrap();
+    }
+    drop(store);
+    let store = SqliteStore::open(&dir.url()).unwrap();
+    let t = store.timeline(&c.id).unwrap();
+    let order: Vec<i64> = t.iter().map(|e| e.detail["n"].as_i64().unwrap()).collect();
+    assert_eq!(order, [1, 0, 2, 3]);
+    assert_eq!(t[0].leg, None);
+    assert_eq!(t[3].leg.as_deref(), Some("agent"));
+    let err = store
+        .append_timeline(
+            "call_nope",
+            &TimelineEntry {
+                at_ms: T0,
+                kind: "x".into(),
+                leg: None,
+                detail: json!(null),
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "call", .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn status_text_round_trips() {
+    for s in CallStatus::ALL {
+        assert_eq!(s.as_str().parse::<CallStatus>().unwrap(), s);
+        assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+    }
+    assert!("in_progress".parse::<CallStatus>().is_err());
+    assert!(CallStatus::Canceled.is_final());
+    assert!(!CallStatus::InProgress.is_final());
+}

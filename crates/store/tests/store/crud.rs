@@ -1,0 +1,201 @@
+use store::{Number, Store, StoreError, Transport, Trunk, User};
+
+use crate::support::{provisioned, ACCT, REALM, USER};
+
+const BOB: &str = "user_01h2xcejqtf2nbrexx3vqjhp43";
+
+fn bob() -> User {
+    User {
+        id: BOB.into(),
+        account_id: ACCT.into(),
+        name: "Bob".into(),
+        extension: Some("1002".into()),
+        agent_id: Some(43),
+    }
+}
+
+#[test]
+fn users() {
+    let (_dir, store) = provisioned();
+    store.create_user(&bob()).unwrap();
+    assert_eq!(store.user(BOB).unwrap(), Some(bob()));
+    assert_eq!(store.users_for_account(ACCT).unwrap().len(), 2);
+
+    let mut dup = bob();
+    dup.id = "user_01h2xcejqtf2nbrexx3vqjhp44".into();
+    assert!(matches!(
+        store.create_user(&dup),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    dup.extension = None;
+    dup.agent_id = None;
+    dup.account_id = "acct_01h2xcejqtf2nbrexx3vqjhp50".into();
+    assert!(matches!(
+        store.create_user(&dup),
+        Err(StoreError::NotFound {
+            kind: "account",
+            ..
+        })
+    ));
+    let mut bad = bob();
+    bad.id = "usr_x".into();
+    assert!(matches!(
+        store.create_user(&bad),
+        Err(StoreError::Invalid {
+            field: "user.id",
+            ..
+        })
+    ));
+
+    let mut renamed = bob();
+    renamed.name = "Robert".into();
+    renamed.extension = Some("1001".into());
+    assert!(matches!(
+        store.update_user(&renamed),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    renamed.extension = Some("1003".into());
+    store.update_user(&renamed).unwrap();
+    assert_eq!(
+        store.user_by_extension(ACCT, "1003").unwrap(),
+        Some(renamed)
+    );
+    assert_eq!(store.user_by_extension(ACCT, "1002").unwrap(), None);
+
+    store
+        .create_device(BOB, "bob-desk", &"pw".into(), REALM)
+        .unwrap();
+    assert!(!store
+        .delete_user("acct_01h2xcejqtf2nbrexx3vqjhp50", BOB)
+        .unwrap());
+    assert!(store.delete_user(ACCT, BOB).unwrap());
+    assert!(store.user(BOB).unwrap().is_none());
+    assert!(store.device_by_username("bob-desk").unwrap().is_none());
+}
+
+#[test]
+fn devices() {
+    let (_dir, store) = provisioned();
+    let d = store
+        .create_device(USER, "alice-mobile", &"pw1".into(), REALM)
+        .unwrap();
+    assert!(d.id.starts_with("dev_"));
+    assert_eq!(
+        store.device_by_username("alice-mobile").unwrap(),
+        Some(d.clone())
+    );
+    assert!(matches!(
+        store.create_device(USER, "alice-mobile", &"pw".into(), REALM),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        store.create_device(BOB, "bob-x", &"pw".into(), REALM),
+        Err(StoreError::NotFound { kind: "user", .. })
+    ));
+    assert!(matches!(
+        store.create_device(USER, "has space", &"pw".into(), REALM),
+        Err(StoreError::Invalid { .. })
+    ));
+    assert!(matches!(
+        store.create_device(USER, "empty-pw", &"".into(), REALM),
+        Err(StoreError::Invalid { .. })
+    ));
+    let changed = store
+        .set_device_password("alice-mobile", &"pw2".into(), REALM)
+        .unwrap();
+    assert_eq!(changed.id, d.id);
+    assert_ne!(changed.ha1_md5, d.ha1_md5);
+    assert!(matches!(
+        store.set_device_password("nobody", &"pw".into(), REALM),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(store.delete_device("alice-mobile").unwrap());
+    assert!(!store.delete_device("alice-mobile").unwrap());
+}
+
+#[test]
+fn numbers() {
+    let (_dir, store) = provisioned();
+    let n = Number {
+        number: "+14155550000".into(),
+        account_id: ACCT.into(),
+        owner_user_id: None,
+    };
+    store.create_number(&n).unwrap();
+    assert!(matches!(
+        store.create_number(&n),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let mut bad = n.clone();
+    bad.number = "4155550000".into();
+    assert!(matches!(
+        store.create_number(&bad),
+        Err(StoreError::Invalid {
+            field: "number",
+            ..
+        })
+    ));
+    let mut owned = n.clone();
+    owned.owner_user_id = Some(USER.into());
+    store.update_number(&owned).unwrap();
+    assert_eq!(store.number(&n.number).unwrap(), Some(owned));
+    assert_eq!(store.numbers_for_account(ACCT).unwrap().len(), 2);
+    // Deleting the owner clears the owner, keeps the number.
+    assert!(store.delete_user(ACCT, USER).unwrap());
+    assert_eq!(
+        store.number(&n.number).unwrap().unwrap().owner_user_id,
+        None
+    );
+    assert!(store.delete_number(ACCT, &n.number).unwrap());
+    assert!(store.number(&n.number).unwrap().is_none());
+}
+
+#[test]
+fn trunks() {
+    let (_dir, store) = provisioned();
+    let t = Trunk {
+        name: "backup".into(),
+        account_id: Some(ACCT.into()),
+        address: "[::1]:5090".into(),
+        transport: Transport::Tcp,
+        username: None,
+        password: None,
+        emergency: false,
+        dial_prefix: Some("9".into()),
+        from_domain: Some("acme.example".into()),
+    };
+    store.create_trunk(&t).unwrap();
+    let names: Vec<String> = store
+        .trunks_for_account(ACCT)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["backup", "carrier", "shared"]);
+    let other: Vec<String> = store
+        .trunks_for_account("acct_01h2xcejqtf2nbrexx3vqjhp50")
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(other, ["shared"]);
+
+    let mut bad = t.clone();
+    bad.address = "not an address".into();
+    match store.update_trunk(&bad) {
+        Err(StoreError::Invalid { reason, .. }) => assert!(reason.contains("address"), "{reason}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    let mut moved = t.clone();
+    moved.emergency = true;
+    store.update_trunk(&moved).unwrap();
+    assert_eq!(store.trunk("backup").unwrap(), Some(moved));
+    let mut ghost = t.clone();
+    ghost.name = "ghost".into();
+    assert!(matches!(
+        store.update_trunk(&ghost),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(store.delete_trunk("backup").unwrap());
+    assert_eq!(store.list_trunks().unwrap().len(), 2);
+}

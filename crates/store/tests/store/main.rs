@@ -1,0 +1,11 @@
+//! Tests of the SQLite store against real database files in a temporary directory.
+
+mod bindings;
+mod calls;
+mod crud;
+mod idempotency;
+mod migrations;
+mod outbox;
+mod provisioning;
+mod secrets;
+mod support;

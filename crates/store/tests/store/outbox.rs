@@ -1,0 +1,136 @@
+use store::{OutboxEntry, OutboxState, SqliteStore, Store, StoreError};
+
+use crate::support::{provisioned, ACCT};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn entry(call: &str, seq: i64, at: i64) -> OutboxEntry {
+    OutboxEntry::new(
+        format!("evt_{call}_{seq}"),
+        call.into(),
+        ACCT.into(),
+        seq,
+        "http://127.0.0.1:9/cb".into(),
+        format!(r#"{{"call_id":"{call}","sequence":{seq}}}"#),
+        at,
+    )
+}
+
+fn ids(v: &[OutboxEntry]) -> Vec<&str> {
+    v.iter().map(|e| e.event_id.as_str()).collect()
+}
+
+#[test]
+fn one_call_delivers_in_order_others_are_not_blocked() {
+    let (_dir, store) = provisioned();
+    for e in [
+        entry("a", 1, T0),
+        entry("a", 2, T0 + 1),
+        entry("a", 3, T0 + 2),
+        entry("b", 1, T0 + 1),
+    ] {
+        store.enqueue_callback(&e).unwrap();
+    }
+    let now = T0 + 10;
+    assert_eq!(
+        ids(&store.due_callbacks(now, 10).unwrap()),
+        ["evt_a_1", "evt_b_1"]
+    );
+    assert_eq!(ids(&store.due_callbacks(now, 1).unwrap()), ["evt_a_1"]);
+    // Nothing is due before its time.
+    assert!(store.due_callbacks(T0 - 1, 10).unwrap().is_empty());
+
+    store.mark_delivered("evt_a_1", 1).unwrap();
+    assert_eq!(
+        ids(&store.due_callbacks(now, 10).unwrap()),
+        ["evt_a_2", "evt_b_1"]
+    );
+
+    // a/2 fails: rescheduled for later; a/3 must wait behind it.
+    store
+        .reschedule("evt_a_2", 1, now + 2_000, "connect refused")
+        .unwrap();
+    assert_eq!(ids(&store.due_callbacks(now, 10).unwrap()), ["evt_b_1"]);
+    let retry = store.due_callbacks(now + 2_000, 10).unwrap();
+    assert_eq!(ids(&retry), ["evt_b_1", "evt_a_2"]);
+    assert_eq!(retry[1].attempts, 1);
+    assert_eq!(retry[1].last_error.as_deref(), Some("connect refused"));
+
+    // Giving up on a/2 lets a/3 go.
+    store.abandon_callback("evt_a_2", 8, "timeout").unwrap();
+    assert_eq!(
+        ids(&store.due_callbacks(now + 2_000, 10).unwrap()),
+        ["evt_b_1", "evt_a_3"]
+    );
+    let all = store.callbacks_for_call("a").unwrap();
+    let states: Vec<OutboxState> = all.iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        [
+            OutboxState::Delivered,
+            OutboxState::Abandoned,
+            OutboxState::Pending
+        ]
+    );
+    assert_eq!(all[1].attempts, 8);
+    assert_eq!(store.next_callback_seq("a").unwrap(), 4);
+    assert_eq!(store.next_callback_seq("new").unwrap(), 1);
+}
+
+#[test]
+fn finished_callbacks_cannot_be_rescheduled() {
+    let (_dir, store) = provisioned();
+    store.enqueue_callback(&entry("a", 1, T0)).unwrap();
+    store.mark_delivered("evt_a_1", 1).unwrap();
+    assert!(matches!(
+        store.reschedule("evt_a_1", 2, T0, "late"),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.mark_delivered("evt_nope", 1),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(store.due_callbacks(T0 + 1_000_000, 10).unwrap().is_empty());
+}
+
+#[test]
+fn duplicates_are_refused() {
+    let (_dir, store) = provisioned();
+    store.enqueue_callback(&entry("a", 1, T0)).unwrap();
+    assert!(matches!(
+        store.enqueue_callback(&entry("a", 1, T0)),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let mut same_seq = entry("a", 1, T0);
+    same_seq.event_id = "evt_other".into();
+    assert!(matches!(
+        store.enqueue_callback(&same_seq),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+}
+
+#[test]
+fn pending_callbacks_survive_a_restart() {
+    let (dir, store) = provisioned();
+    store.enqueue_callback(&entry("a", 1, T0)).unwrap();
+    store.enqueue_callback(&entry("a", 2, T0)).unwrap();
+    store.reschedule("evt_a_1", 3, T0 + 500, "503").unwrap();
+    drop(store);
+    let store = SqliteStore::open(&dir.url()).unwrap();
+    let due = store.due_callbacks(T0 + 500, 10).unwrap();
+    assert_eq!(ids(&due), ["evt_a_1"]);
+    assert_eq!(due[0].attempts, 3);
+    assert_eq!(due[0].body, r#"{"call_id":"a","sequence":1}"#);
+}
+
+#[test]
+fn due_order_is_by_next_attempt_time() {
+    let (_dir, store) = provisioned();
+    store.enqueue_callback(&entry("late", 1, T0 + 30)).unwrap();
+    store.enqueue_callback(&entry("early", 1, T0 + 10)).unwrap();
+    store.enqueue_callback(&entry("mid", 1, T0 + 20)).unwrap();
+    assert_eq!(
+        ids(&store.due_callbacks(T0 + 30, 10).unwrap()),
+        ["evt_early_1", "evt_mid_1", "evt_late_1"]
+    );
+}

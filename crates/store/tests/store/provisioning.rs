@@ -1,0 +1,193 @@
+use store::{ApiKeySpec, DeviceSpec, Store, StoreError, User};
+
+use crate::support::{open_fresh, provisioned, sample, ACCT, REALM, USER};
+use store::SqliteStore;
+
+#[test]
+fn first_apply_creates_everything() {
+    let (_dir, store) = open_fresh();
+    let report = store.apply_provisioning(&sample(), REALM).unwrap();
+    assert_eq!(report.accounts.created, 1);
+    assert_eq!(report.api_keys.created, 1);
+    assert_eq!(report.users.created, 1);
+    assert_eq!(report.devices.created, 2);
+    assert_eq!(report.trunks.created, 2);
+    assert_eq!(report.numbers.created, 1);
+    assert_eq!(report.total_updated(), 0);
+
+    let account = store.account(ACCT).unwrap().unwrap();
+    assert_eq!(account.region, "US");
+    assert_eq!(account.allowed_prefixes, vec!["+1".to_owned()]);
+    let user = store.user(USER).unwrap().unwrap();
+    assert_eq!(user.extension.as_deref(), Some("1001"));
+    assert_eq!(
+        store.user_by_agent_id(ACCT, 42).unwrap(),
+        Some(user.clone())
+    );
+    assert_eq!(store.user_by_extension(ACCT, "1001").unwrap(), Some(user));
+    let devices = store.devices_for_user(USER).unwrap();
+    assert_eq!(
+        devices
+            .iter()
+            .map(|d| d.username.as_str())
+            .collect::<Vec<_>>(),
+        ["alice-desk", "alice-soft"]
+    );
+    assert!(devices
+        .iter()
+        .all(|d| d.id.starts_with("dev_") && d.realm == REALM));
+    let number = store.number("+14155551234").unwrap().unwrap();
+    assert_eq!(number.owner_user_id.as_deref(), Some(USER));
+    let shared = store.trunk("shared").unwrap().unwrap();
+    assert!(shared.emergency);
+    assert_eq!(shared.account_id, None);
+}
+
+#[test]
+fn second_apply_changes_nothing() {
+    let (dir, store) = provisioned();
+    let devices_before = store.devices_for_user(USER).unwrap();
+    let report = store.apply_provisioning(&sample(), REALM).unwrap();
+    assert!(report.is_noop(), "{report}");
+    assert_eq!(report.total_created() + report.total_updated(), 0);
+    assert_eq!(report.devices.unchanged, 2);
+    assert_eq!(report.trunks.unchanged, 2);
+    // Device ids are stable.
+    assert_eq!(store.devices_for_user(USER).unwrap(), devices_before);
+    drop(store);
+
+    // And after a restart.
+    let store = SqliteStore::open(&dir.url()).unwrap();
+    let report = store.apply_provisioning(&sample(), REALM).unwrap();
+    assert!(report.is_noop(), "{report}");
+}
+
+#[test]
+fn changes_are_reported_as_updates() {
+    let (_dir, store) = provisioned();
+    let mut prov = sample();
+    prov.users[0].name = "Alice A. Agent".into();
+    prov.users[0].devices[1].password = "new-soft-pass".into();
+    prov.trunks[0].password = Some("rotated".into());
+    let report = store.apply_provisioning(&prov, REALM).unwrap();
+    assert_eq!(report.users.updated, 1);
+    assert_eq!(report.devices.updated, 1);
+    assert_eq!(report.devices.unchanged, 1);
+    assert_eq!(report.trunks.updated, 1);
+    assert_eq!(report.accounts.unchanged, 1);
+    assert_eq!(store.user(USER).unwrap().unwrap().name, "Alice A. Agent");
+    let soft = store.device_by_username("alice-soft").unwrap().unwrap();
+    assert_eq!(
+        soft.ha1_md5,
+        store::secret::ha1_md5("alice-soft", REALM, &"new-soft-pass".into())
+    );
+    assert_eq!(
+        store
+            .trunk("carrier")
+            .unwrap()
+            .unwrap()
+            .password
+            .unwrap()
+            .expose(),
+        "rotated"
+    );
+}
+
+#[test]
+fn a_new_realm_recomputes_every_ha1() {
+    let (_dir, store) = provisioned();
+    let report = store.apply_provisioning(&sample(), "other.test").unwrap();
+    assert_eq!(report.devices.updated, 2);
+    let desk = store.device_by_username("alice-desk").unwrap().unwrap();
+    assert_eq!(desk.realm, "other.test");
+    assert_eq!(
+        desk.ha1_sha256,
+        store::secret::ha1_sha256("alice-desk", "other.test", &"s3cret-desk".into())
+    );
+}
+
+#[test]
+fn api_key_list_is_authoritative_per_account() {
+    let (_dir, store) = provisioned();
+    let mut prov = sample();
+    prov.accounts[0].api_keys = vec![ApiKeySpec {
+        key: "ak_test_2".into(),
+        secret: "sk_test_2".into(),
+    }];
+    let report = store.apply_provisioning(&prov, REALM).unwrap();
+    assert_eq!(report.api_keys.created, 1);
+    assert_eq!(report.api_keys.removed, 1);
+    assert!(store.account_by_api_secret("sk_test_1").unwrap().is_none());
+    assert!(store.account_by_api_secret("sk_test_2").unwrap().is_some());
+    let keys = store.api_keys_for_account(ACCT).unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].key, "ak_test_2");
+}
+
+#[test]
+fn devices_added_through_the_api_survive_provisioning() {
+    let (_dir, store) = provisioned();
+    store
+        .create_device(USER, "alice-mobile", &"mob-pass".into(), REALM)
+        .unwrap();
+    let report = store.apply_provisioning(&sample(), REALM).unwrap();
+    assert!(report.is_noop());
+    assert_eq!(store.devices_for_user(USER).unwrap().len(), 3);
+}
+
+#[test]
+fn invalid_provisioning_is_refused_and_writes_nothing() {
+    let (_dir, store) = open_fresh();
+    let mut prov = sample();
+    prov.numbers[0].number = "+1415".into();
+    prov.users[0].devices.push(DeviceSpec {
+        username: "alice-desk".into(),
+        password: "x".into(),
+    });
+    match store.apply_provisioning(&prov, REALM) {
+        Err(StoreError::InvalidProvisioning(issues)) => {
+            let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+            assert!(keys.contains(&"numbers[0].number"), "{issues:?}");
+            assert!(keys.contains(&"users[0].devices[2].username"), "{issues:?}");
+            let msg = StoreError::InvalidProvisioning(issues).to_string();
+            assert!(msg.contains("\"+1415\" is not an E.164 number"), "{msg}");
+        }
+        other => panic!("expected InvalidProvisioning, got {other:?}"),
+    }
+    assert!(store.list_accounts().unwrap().is_empty());
+}
+
+#[test]
+fn clash_with_a_row_in_the_store_rolls_back_and_names_the_key() {
+    let (_dir, store) = open_fresh();
+    let mut accounts_only = sample();
+    accounts_only.users.clear();
+    accounts_only.numbers.clear();
+    store.apply_provisioning(&accounts_only, REALM).unwrap();
+    store
+        .create_user(&User {
+            id: "user_01h2xcejqtf2nbrexx3vqjhp77".into(),
+            account_id: ACCT.into(),
+            name: "Bob".into(),
+            extension: Some("1001".into()),
+            agent_id: None,
+        })
+        .unwrap();
+    let mut prov = sample();
+    prov.trunks[1].address = "changed.example".into();
+    match store.apply_provisioning(&prov, REALM) {
+        Err(StoreError::ProvisioningConflict { key, reason }) => {
+            assert_eq!(key, "users[0]");
+            assert!(reason.contains("extension"), "{reason}");
+        }
+        other => panic!("expected ProvisioningConflict, got {other:?}"),
+    }
+    assert!(store.user(USER).unwrap().is_none());
+    assert!(store.device_by_username("alice-desk").unwrap().is_none());
+    assert_eq!(store.users_for_account(ACCT).unwrap().len(), 1);
+    // Earlier statements of the same transaction were rolled back too.
+    assert_eq!(
+        store.trunk("shared").unwrap().unwrap().address,
+        "sip.carrier.example"
+    );
+}
