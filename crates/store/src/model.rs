@@ -146,6 +146,8 @@ pub struct Trunk {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Binding {
     pub device_username: String,
+    /// The device's owner. Read back from the device row, so it is always current; the
+    /// value given to [`crate::Store::upsert_binding`] is not stored.
     pub user_id: String,
     /// Contact URI as registered.
     pub contact: String,

@@ -968,6 +968,30 @@ fn update_trunk_row(conn: &Connection, t: &Trunk) -> Result<usize, StoreError> {
     .map_err(|e| insert_error(e, "trunk", &t.name))
 }
 
+/// A number's owner must be a user of the number's account.
+fn check_owner(conn: &Connection, number: &Number) -> Result<(), StoreError> {
+    let Some(owner) = &number.owner_user_id else {
+        return Ok(());
+    };
+    let account: Option<String> = query_one(
+        conn,
+        "SELECT account_id FROM users WHERE id = ?1",
+        [owner],
+        |r| r.get(0),
+    )?;
+    match account {
+        None => Err(not_found("user", owner)),
+        Some(a) if a == number.account_id => Ok(()),
+        Some(a) => Err(StoreError::Invalid {
+            field: "number.owner",
+            reason: format!(
+                "user {owner:?} belongs to account {a:?}, not {:?}",
+                number.account_id
+            ),
+        }),
+    }
+}
+
 fn query_list<T>(
     conn: &Connection,
     sql: &str,
@@ -1331,6 +1355,7 @@ impl Store for SqliteStore {
             });
         }
         let conn = self.conn()?;
+        check_owner(&conn, number)?;
         conn.execute(
             &format!("INSERT INTO numbers ({NUMBER_COLS}) VALUES (?1, ?2, ?3)"),
             params![number.number, number.account_id, number.owner_user_id],
@@ -1341,6 +1366,7 @@ impl Store for SqliteStore {
 
     fn update_number(&self, number: &Number) -> Result<(), StoreError> {
         let conn = self.conn()?;
+        check_owner(&conn, number)?;
         let n = conn
             .execute(
                 "UPDATE numbers SET owner_user_id = ?3 WHERE number = ?1 AND account_id = ?2",

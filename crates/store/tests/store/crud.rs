@@ -135,6 +135,23 @@ fn numbers() {
             ..
         })
     ));
+    let mut foreign = n.clone();
+    foreign.number = "+14155550001".into();
+    foreign.account_id = "acct_01h2xcejqtf2nbrexx3vqjhp50".into();
+    foreign.owner_user_id = Some(USER.into());
+    assert!(matches!(
+        store.create_number(&foreign),
+        Err(StoreError::Invalid {
+            field: "number.owner",
+            ..
+        })
+    ));
+    let mut ghost = n.clone();
+    ghost.owner_user_id = Some(BOB.into());
+    assert!(matches!(
+        store.update_number(&ghost),
+        Err(StoreError::NotFound { kind: "user", .. })
+    ));
     let mut owned = n.clone();
     owned.owner_user_id = Some(USER.into());
     store.update_number(&owned).unwrap();
