@@ -1,1 +1,13 @@
-//! b2bua
+//! b2bua: the SIP application of dialbridge — the registrar and the click-to-call engine
+//! (agent leg -> customer leg -> bridge) on top of sip-core's endpoint.
+//!
+//! Layout:
+//! - [`server`]: the dispatcher. Every request the endpoint takes in goes through the same
+//!   checks (RFC 3261 §8.2: Require, URI scheme, Max-Forwards, Content-Type) and then to the
+//!   part that owns it: the registrar for REGISTER, a call for in-dialog requests; what no
+//!   part owns gets the answer a well-mannered UAS gives (404, 481, 405, 501).
+//!
+//! This crate does no socket I/O of its own (sip-core's endpoint and the media crate do).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod server;

@@ -1,1 +1,130 @@
-fn main() {}
+//! dialbridge: the binary — command line, configuration, store wiring.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dialbridge",
+    version,
+    about = "Click-to-call SIP B2BUA with its own RTP relay"
+)]
+struct Cli {
+    /// Log format (the level comes from RUST_LOG, default "info").
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (SIP + media + REST); Ctrl-C / SIGTERM drain and stop.
+    Serve {
+        /// Configuration file (TOML); embedded defaults without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file, print what is wrong, exit non-zero on error.
+    CheckConfig {
+        /// Configuration file (TOML).
+        file: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Serve { config } => {
+            let source = config.as_ref().map(|p| p.display().to_string());
+            let cfg = match config {
+                Some(path) => match config::Config::load(&path) {
+                    Ok(c) => c,
+                    Err(errs) => {
+                        for e in errs {
+                            eprintln!("error: {e}");
+                        }
+                        return ExitCode::from(2);
+                    }
+                },
+                None => config::Config::default(),
+            };
+            let valid = match cfg.validate() {
+                Ok(v) => v,
+                Err(errs) => {
+                    let file = source.as_deref().unwrap_or("(defaults)");
+                    for e in errs {
+                        eprintln!("error: {file}: {e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve::serve(cfg, valid)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let cfg = match config::Config::load(file) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in errs {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match cfg.validate() {
+        Ok(_) => {
+            println!("{}: OK", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            for e in errs {
+                eprintln!("error: {}: {e}", file.display());
+            }
+            ExitCode::from(2)
+        }
+    }
+}

@@ -4,3 +4,5 @@
 pub mod auth;
 pub mod transaction;
 pub mod message;
+pub mod endpoint;
+pub mod transport;

@@ -215,7 +215,10 @@ impl Headers {
 
     /// The first value of `name`.
     pub fn get(&self, name: &HeaderName) -> Option<&Bytes> {
-        self.fields.iter().find(|h| &h.name == name).map(|h| &h.value)
+        self.fields
+            .iter()
+            .find(|h| &h.name == name)
+            .map(|h| &h.value)
     }
 
     /// Every value of `name`, in order.
@@ -265,7 +268,10 @@ mod tests {
         assert_eq!(name("M"), HeaderName::Contact);
         assert_eq!(name("l"), HeaderName::ContentLength);
         assert_eq!(name("x"), HeaderName::SessionExpires);
-        assert_eq!(name("C%6Fntact"), HeaderName::Other(Bytes::from("C%6Fntact")));
+        assert_eq!(
+            name("C%6Fntact"),
+            HeaderName::Other(Bytes::from("C%6Fntact"))
+        );
         assert_eq!(name("q"), HeaderName::Other(Bytes::from("q")));
     }
 
@@ -284,6 +290,9 @@ mod tests {
         h.set(HeaderName::Via, "c");
         assert_eq!(h.count(&HeaderName::Via), 1);
         assert_eq!(h.get(&HeaderName::Via).map(|b| &b[..]), Some(&b"c"[..]));
-        assert_eq!(h.iter().next().map(|x| x.name.clone()), Some(HeaderName::Via));
+        assert_eq!(
+            h.iter().next().map(|x| x.name.clone()),
+            Some(HeaderName::Via)
+        );
     }
 }

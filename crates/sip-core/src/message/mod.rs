@@ -428,7 +428,11 @@ impl Response {
         for f in h.iter() {
             if matches!(
                 f.name,
-                HeaderName::Via | HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq
+                HeaderName::Via
+                    | HeaderName::From
+                    | HeaderName::To
+                    | HeaderName::CallId
+                    | HeaderName::CSeq
             ) {
                 headers.push(Header::new(f.name.clone(), f.value.clone()));
             }
@@ -579,10 +583,16 @@ mod tests {
         assert_eq!(r.method, Method::Invite);
         r.check().unwrap();
         assert_eq!(r.cseq().unwrap().seq, 314159);
-        assert_eq!(r.from().unwrap().tag().map(|t| &t[..]), Some(&b"1928301774"[..]));
+        assert_eq!(
+            r.from().unwrap().tag().map(|t| &t[..]),
+            Some(&b"1928301774"[..])
+        );
         assert_eq!(r.top_via().unwrap().rport(), Some(None));
         assert_eq!(&r.body[..], b"v=0\r");
-        assert_eq!(r.headers.get_other("x-custom").map(|v| &v[..]), Some(&b"keep   this"[..]));
+        assert_eq!(
+            r.headers.get_other("x-custom").map(|v| &v[..]),
+            Some(&b"keep   this"[..])
+        );
         let again = match parse_message(r.encode()) {
             Ok(SipMessage::Request(x)) => x,
             other => panic!("{other:?}"),

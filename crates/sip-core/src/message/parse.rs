@@ -162,7 +162,10 @@ pub fn parse_message(data: Bytes) -> Result<SipMessage, Rejected> {
             return Err(reject("Bad Content-Length", hdrs_opt(&headers)));
         };
         if content_length.is_some_and(|c| c != n as usize) {
-            return Err(reject("Conflicting Content-Length values", hdrs_opt(&headers)));
+            return Err(reject(
+                "Conflicting Content-Length values",
+                hdrs_opt(&headers),
+            ));
         }
         content_length = Some(n as usize);
     }
@@ -340,20 +343,39 @@ fn split_headers(base: &Bytes, block: &[u8]) -> Result<Headers, &'static str> {
 mod tests {
     use super::*;
 
-    const OPTIONS: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl: 4\r\n\r\nbody";
+    const OPTIONS: &[u8] =
+        b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl: 4\r\n\r\nbody";
 
     #[test]
     fn stream_framing() {
-        assert_eq!(frame(OPTIONS, 65535), Ok(Frame::Message { skip: 0, len: OPTIONS.len() }));
-        assert_eq!(frame(&OPTIONS[..OPTIONS.len() - 1], 65535), Ok(Frame::Incomplete));
+        assert_eq!(
+            frame(OPTIONS, 65535),
+            Ok(Frame::Message {
+                skip: 0,
+                len: OPTIONS.len()
+            })
+        );
+        assert_eq!(
+            frame(&OPTIONS[..OPTIONS.len() - 1], 65535),
+            Ok(Frame::Incomplete)
+        );
         assert_eq!(frame(&OPTIONS[..20], 65535), Ok(Frame::Incomplete));
         assert_eq!(frame(b"\r\n\r\n", 65535), Ok(Frame::KeepAlive { len: 4 }));
         assert_eq!(frame(OPTIONS, 30), Err(FrameError::TooLarge(30)));
         let mut two = b"\r\n".to_vec();
         two.extend_from_slice(OPTIONS);
-        assert_eq!(frame(&two, 65535), Ok(Frame::Message { skip: 2, len: OPTIONS.len() }));
         assert_eq!(
-            frame(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: -1\r\n\r\n", 65535),
+            frame(&two, 65535),
+            Ok(Frame::Message {
+                skip: 2,
+                len: OPTIONS.len()
+            })
+        );
+        assert_eq!(
+            frame(
+                b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: -1\r\n\r\n",
+                65535
+            ),
             Err(FrameError::BadContentLength)
         );
     }
@@ -372,7 +394,10 @@ mod tests {
     #[test]
     fn status_lines() {
         let r = parse_message(Bytes::from_static(b"SIP/2.0 100 \r\nVia: x\r\n\r\n")).unwrap();
-        assert!(matches!(r, SipMessage::Response(Response { status: 100, .. })));
+        assert!(matches!(
+            r,
+            SipMessage::Response(Response { status: 100, .. })
+        ));
         assert!(parse_message(Bytes::from_static(b"SIP/2.0 4294967301 big\r\n\r\n")).is_err());
         assert!(parse_message(Bytes::from_static(b"SIP/2.0 099 low\r\n\r\n")).is_err());
     }

@@ -87,7 +87,8 @@ fn parse_one_via(base: &Bytes, s: &mut Scanner<'_>) -> Result<Via, ParseError> {
     if !s.skip_lws() {
         return Err(ParseError::Invalid("missing Via sent-by"));
     }
-    let hp = s.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'));
+    let hp = s
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'));
     let (host, port) = split_hostport(base, hp)?;
     let params = parse_header_params(base, s)?;
     Ok(Via {
@@ -270,7 +271,8 @@ impl CSeq {
         let mut s = Scanner::new(v);
         s.skip_lws();
         let digits = s.take_while(|b| b.is_ascii_digit());
-        let seq = parse_decimal(digits, (1 << 31) - 1).ok_or(ParseError::Invalid("bad CSeq number"))?;
+        let seq =
+            parse_decimal(digits, (1 << 31) - 1).ok_or(ParseError::Invalid("bad CSeq number"))?;
         if !s.skip_lws() {
             return Err(ParseError::Invalid("bad CSeq"));
         }
@@ -311,7 +313,8 @@ impl SessionExpires {
         let mut s = Scanner::new(v);
         s.skip_lws();
         let digits = s.take_while(|b| b.is_ascii_digit());
-        let delta = parse_decimal(digits, u64::from(u32::MAX)).ok_or(ParseError::Invalid("bad Session-Expires"))?;
+        let delta = parse_decimal(digits, u64::from(u32::MAX))
+            .ok_or(ParseError::Invalid("bad Session-Expires"))?;
         let params = parse_header_params(base, &mut s)?;
         s.skip_lws();
         if !s.at_end() {
@@ -435,7 +438,9 @@ mod tests {
 
     #[test]
     fn via_rport_received_ipv6() {
-        let v = b("SIP/2.0/UDP [2001:db8::9:1]:5060;branch=z9hG4bKas3-111;rport;received=2001:db8::9:255");
+        let v = b(
+            "SIP/2.0/UDP [2001:db8::9:1]:5060;branch=z9hG4bKas3-111;rport;received=2001:db8::9:255",
+        );
         let mut out = Vec::new();
         Via::parse_list(&v, &v, &mut out).unwrap();
         assert_eq!(out[0].port, Some(5060));
@@ -451,7 +456,10 @@ mod tests {
 
     #[test]
     fn name_addr_forms() {
-        let na = NameAddr::parse_str(r#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#).unwrap();
+        let na = NameAddr::parse_str(
+            r#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#,
+        )
+        .unwrap();
         assert_eq!(na.tag().map(|t| &t[..]), Some(&b"98asjd8"[..]));
         let na = NameAddr::parse_str("sip:+19725552222@gw1.example.net;unknownparam").unwrap();
         assert!(na.params.contains("unknownparam"));
@@ -460,8 +468,12 @@ mod tests {
         assert!(na.params.is_empty());
         let na = NameAddr::parse_str(r#""caller"<sip:caller@example.com>;tag=323"#).unwrap();
         assert_eq!(na.display.as_deref(), Some(&br#""caller""#[..]));
-        let na = NameAddr::parse_str("token1~` token2'+_ token3*%!.- <sip:mundane@example.com>").unwrap();
-        assert_eq!(na.display.as_deref(), Some(&b"token1~` token2'+_ token3*%!.-"[..]));
+        let na = NameAddr::parse_str("token1~` token2'+_ token3*%!.- <sip:mundane@example.com>")
+            .unwrap();
+        assert_eq!(
+            na.display.as_deref(),
+            Some(&b"token1~` token2'+_ token3*%!.-"[..])
+        );
     }
 
     #[test]

@@ -14,7 +14,10 @@ pub enum Uri {
     Sip(SipUri),
     Tel(TelUri),
     /// A scheme this stack does not interpret (`http:`, `isbn:`, `soap.beep:` ...).
-    Other { scheme: Bytes, opaque: Bytes },
+    Other {
+        scheme: Bytes,
+        opaque: Bytes,
+    },
 }
 
 /// The host part of a SIP URI or a Via sent-by.
@@ -117,7 +120,8 @@ impl Params {
     }
 
     pub fn remove(&mut self, name: &str) {
-        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
+        self.0
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,7 +175,9 @@ impl SipUri {
 
     /// The `transport` parameter, lower-cased.
     pub fn transport(&self) -> Option<String> {
-        self.params.get_str("transport").map(|t| t.to_ascii_lowercase())
+        self.params
+            .get_str("transport")
+            .map(|t| t.to_ascii_lowercase())
     }
 }
 
@@ -206,7 +212,12 @@ pub struct TelUri {
 
 impl fmt::Display for TelUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tel:{}{}", String::from_utf8_lossy(&self.number), self.params)
+        write!(
+            f,
+            "tel:{}{}",
+            String::from_utf8_lossy(&self.number),
+            self.params
+        )
     }
 }
 
@@ -498,9 +509,18 @@ mod tests {
 
     #[test]
     fn tel_and_other() {
-        assert!(matches!(Uri::parse("tel:+1-201-555-0123;phone-context=x"), Ok(Uri::Tel(_))));
-        assert!(matches!(Uri::parse("isbn:2983792873"), Ok(Uri::Other { .. })));
-        assert!(matches!(Uri::parse("soap.beep://192.0.2.103:3002"), Ok(Uri::Other { .. })));
+        assert!(matches!(
+            Uri::parse("tel:+1-201-555-0123;phone-context=x"),
+            Ok(Uri::Tel(_))
+        ));
+        assert!(matches!(
+            Uri::parse("isbn:2983792873"),
+            Ok(Uri::Other { .. })
+        ));
+        assert!(matches!(
+            Uri::parse("soap.beep://192.0.2.103:3002"),
+            Ok(Uri::Other { .. })
+        ));
         assert!(Uri::parse("<sip:user@example.com>").is_err());
         assert!(Uri::parse("sip:user@example.com; lr").is_err());
         assert!(Uri::parse("sip:user@example.com;").is_err());

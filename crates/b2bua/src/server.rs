@@ -1,0 +1,148 @@
+//! The SIP dispatcher: pre-checks every request, then hands it to its owner.
+
+use sip_core::endpoint::{Endpoint, EndpointEvent, IncomingRequest};
+use sip_core::message::{HeaderAccess, HeaderName, Method, Response, Uri};
+use tokio::sync::mpsc;
+
+/// Methods this server implements (the `Allow` header).
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO";
+/// Extensions this server supports (the `Supported` header).
+pub const SUPPORTED: &[&str] = &["timer", "path", "outbound"];
+/// Body types this server accepts (the `Accept` header).
+pub const ACCEPT: &str = "application/sdp";
+
+/// The SIP side of dialbridge.
+pub struct SipServer {
+    endpoint: Endpoint,
+}
+
+impl SipServer {
+    pub fn new(endpoint: Endpoint) -> SipServer {
+        SipServer { endpoint }
+    }
+
+    /// Serves endpoint events until the endpoint stops.
+    pub async fn run(self, mut events: mpsc::UnboundedReceiver<EndpointEvent>) {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                EndpointEvent::Request(req) => self.on_request(req),
+                EndpointEvent::Ack { .. } => {
+                    // An ACK for a 2xx of a dialog we do not know: nothing to do (§13.3.1.4).
+                }
+                EndpointEvent::Cancelled { key, cancel } => {
+                    // No INVITE is ever left pending here yet: the 487 is refused by the
+                    // transaction when a final response was already sent.
+                    let _ = cancel;
+                    let _ = key;
+                }
+                EndpointEvent::StrayResponse { .. } | EndpointEvent::AckTimeout { .. } => {}
+            }
+        }
+    }
+
+    fn reply(&self, inc: &IncomingRequest, status: u16, extra: &[(HeaderName, String)]) {
+        let mut resp = Response::for_request(&inc.request, status);
+        resp.set_to_tag(&sip_core::endpoint::new_tag());
+        for (n, v) in extra {
+            resp.headers.add(n.clone(), v.clone());
+        }
+        self.endpoint.respond(&inc.key, resp);
+    }
+
+    fn on_request(&self, inc: IncomingRequest) {
+        if let Some((status, extra)) = precheck(&inc) {
+            self.reply(&inc, status, &extra);
+            return;
+        }
+        let req = &inc.request;
+        let in_dialog = req.to().ok().and_then(|t| t.tag().cloned()).is_some();
+        match &req.method {
+            Method::Options => self.reply(
+                &inc,
+                200,
+                &[
+                    (HeaderName::Allow, ALLOW.into()),
+                    (HeaderName::Accept, ACCEPT.into()),
+                    (HeaderName::Supported, SUPPORTED.join(", ")),
+                    (HeaderName::AcceptEncoding, "identity".into()),
+                    (HeaderName::AcceptLanguage, "en".into()),
+                ],
+            ),
+            Method::Invite | Method::Bye | Method::Update | Method::Info | Method::Prack
+                if in_dialog =>
+            {
+                self.reply(&inc, 481, &[]);
+            }
+            Method::Bye | Method::Update | Method::Info | Method::Prack => {
+                self.reply(&inc, 481, &[]);
+            }
+            Method::Invite => {
+                // dialbridge places calls; it does not take them. An INVITE for anyone is
+                // for an unknown target.
+                self.reply(&inc, 404, &[]);
+            }
+            Method::Register => self.reply(&inc, 404, &[]),
+            Method::Extension(_) => self.reply(&inc, 501, &[(HeaderName::Allow, ALLOW.into())]),
+            _ => self.reply(&inc, 405, &[(HeaderName::Allow, ALLOW.into())]),
+        }
+    }
+}
+
+/// RFC 3261 §8.2.1-§8.2.3 checks, in the RFC's order. Returns the refusal, if any.
+pub fn precheck(inc: &IncomingRequest) -> Option<(u16, Vec<(HeaderName, String)>)> {
+    let req = &inc.request;
+    // §8.2.1: method inspection comes first for unknown methods.
+    if let Method::Extension(_) = req.method {
+        return Some((501, vec![(HeaderName::Allow, ALLOW.into())]));
+    }
+    // §8.2.2.1: Request-URI scheme.
+    match &req.uri {
+        Uri::Sip(_) | Uri::Tel(_) => {}
+        Uri::Other { .. } => return Some((416, vec![])),
+    }
+    // Max-Forwards: 0 means no further hop; OPTIONS may still be answered (RFC 3261 §16.3).
+    if req.method != Method::Options && matches!(req.max_forwards(), Ok(Some(0))) {
+        return Some((483, vec![]));
+    }
+    // §8.2.2.3: Require.
+    if req.method != Method::Ack && req.method != Method::Cancel {
+        let mut unsupported = Vec::new();
+        for v in req.headers.get_all(&HeaderName::Require) {
+            for opt in sip_core::message::typed::parse_token_list(v).unwrap_or_default() {
+                let opt = String::from_utf8_lossy(opt).into_owned();
+                if !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(&opt)) {
+                    unsupported.push(opt);
+                }
+            }
+        }
+        if !unsupported.is_empty() {
+            return Some((420, vec![(HeaderName::Unsupported, unsupported.join(", "))]));
+        }
+    }
+    // §8.2.3: body type. An INVITE/UPDATE/ACK body must be SDP.
+    if !req.body.is_empty() && matches!(req.method, Method::Invite | Method::Update | Method::Ack) {
+        let ct = req.content_type().unwrap_or_default();
+        let base = ct.split(';').next().unwrap_or("").trim().to_string();
+        if base != "application/sdp" {
+            return Some((415, vec![(HeaderName::Accept, ACCEPT.into())]));
+        }
+    }
+    // The answer will carry SDP; a peer that cannot accept SDP cannot take it.
+    if req.method == Method::Invite {
+        if let Some(accept) = req.header_str(&HeaderName::Accept) {
+            let ok = accept.split(',').any(|a| {
+                let a = a
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                a == "application/sdp" || a == "application/*" || a == "*/*"
+            });
+            if !ok && !accept.trim().is_empty() {
+                return Some((415, vec![(HeaderName::Accept, ACCEPT.into())]));
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,407 @@
+//! The configuration file (SPEC §3): a serde struct with defaults, loaded, then validated
+//! before anything starts. Every refusal names the file, the key and the reason.
+
+use serde::Deserialize;
+use sip_core::transport::ListenAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+/// A configuration problem: the key and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+fn err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    pub listen: Vec<String>,
+    pub domain: String,
+    pub advertise: Option<String>,
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+    pub tcp_idle_secs: u64,
+    pub max_message_size: usize,
+    pub user_agent: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()],
+            domain: "dialbridge.test".into(),
+            advertise: None,
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            tcp_idle_secs: 300,
+            max_message_size: 65_535,
+            user_agent: concat!("dialbridge/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarConfig {
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    pub nonce_lifetime_secs: u64,
+    /// Failed digest attempts (per source address or per username) before slowing down.
+    pub auth_fail_limit: u32,
+    pub auth_fail_window_secs: u64,
+    /// How long a source/username that went over the limit is refused.
+    pub auth_lockout_secs: u64,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            min_expires: 60,
+            max_expires: 7200,
+            default_expires: 3600,
+            nonce_lifetime_secs: 300,
+            auth_fail_limit: 5,
+            auth_fail_window_secs: 60,
+            auth_lockout_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    pub bind: String,
+    pub ports: String,
+    pub advertise: Option<String>,
+    pub timeout_secs: u64,
+    /// Forwarding threads; 0 = one per core.
+    pub workers: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            bind: "127.0.0.1".into(),
+            ports: "20000-29999".into(),
+            advertise: None,
+            timeout_secs: 30,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://dialbridge.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    pub agent_ring_secs: u64,
+    pub customer_ring_secs: u64,
+    pub max_concurrent: usize,
+    /// On SIGTERM, how long live calls may go on before they are hung up.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            agent_ring_secs: 30,
+            customer_ring_secs: 45,
+            max_concurrent: 10_000,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub registrar: RegistrarConfig,
+    pub media: MediaConfig,
+    pub api: ApiConfig,
+    pub store: StoreConfig,
+    pub calls: CallsConfig,
+    pub accounts: Vec<store::AccountSpec>,
+    pub users: Vec<store::UserSpec>,
+    pub trunks: Vec<store::TrunkSpec>,
+    pub numbers: Vec<store::NumberSpec>,
+}
+
+/// The values the server runs with, checked.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub listen: Vec<ListenAddr>,
+    pub sip_advertise: Option<IpAddr>,
+    pub media_bind: IpAddr,
+    pub media_ports: (u16, u16),
+    pub media_advertise: Option<IpAddr>,
+    pub api_listen: SocketAddr,
+    pub timers: sip_core::transaction::TimerConfig,
+}
+
+impl Config {
+    /// Reads and parses a file; syntax errors, unknown keys and wrongly typed values are
+    /// reported with the file, the key and the line.
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+        Config::parse(&text).map_err(|errs| {
+            errs.into_iter()
+                .map(|e| format!("{}: {e}", path.display()))
+                .collect()
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            vec![format!("{msg}{at}")]
+        })
+    }
+
+    /// The provisioning tables as the store takes them.
+    pub fn provisioning(&self) -> store::Provisioning {
+        store::Provisioning {
+            accounts: self.accounts.clone(),
+            users: self.users.clone(),
+            trunks: self.trunks.clone(),
+            numbers: self.numbers.clone(),
+        }
+    }
+
+    /// Checks every value; all problems are reported at once.
+    pub fn validate(&self) -> Result<Validated, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut listen = Vec::new();
+        if self.sip.listen.is_empty() {
+            errors.push(err("sip.listen", "at least one listen address is needed"));
+        }
+        for (i, l) in self.sip.listen.iter().enumerate() {
+            match l.parse::<ListenAddr>() {
+                Ok(a) => listen.push(a),
+                Err(e) => errors.push(err(&format!("sip.listen[{i}]"), e)),
+            }
+        }
+        if self.sip.domain.trim().is_empty()
+            || self
+                .sip
+                .domain
+                .contains(|c: char| c.is_whitespace() || c == '"')
+        {
+            errors.push(err("sip.domain", "must be a host name"));
+        }
+        let ip = |key: &str, v: &Option<String>, errors: &mut Vec<ConfigError>| -> Option<IpAddr> {
+            let v = v.as_ref()?;
+            match v.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    errors.push(err(key, format!("\"{v}\" is not an IP address")));
+                    None
+                }
+            }
+        };
+        let sip_advertise = ip("sip.advertise", &self.sip.advertise, &mut errors);
+        let media_advertise = ip("media.advertise", &self.media.advertise, &mut errors);
+        let media_bind = match self.media.bind.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => {
+                errors.push(err(
+                    "media.bind",
+                    format!("\"{}\" is not an IP address", self.media.bind),
+                ));
+                IpAddr::from([127, 0, 0, 1])
+            }
+        };
+        let media_ports = match parse_port_range(&self.media.ports) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(err("media.ports", e));
+                (0, 0)
+            }
+        };
+        if self.media.timeout_secs == 0 {
+            errors.push(err("media.timeout_secs", "must be at least 1"));
+        }
+        let api_listen = match self.api.listen.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                errors.push(err(
+                    "api.listen",
+                    format!("\"{}\" is not an address:port", self.api.listen),
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        let timers = sip_core::transaction::TimerConfig {
+            t1: Duration::from_millis(self.sip.t1_ms),
+            t2: Duration::from_millis(self.sip.t2_ms),
+            t4: Duration::from_millis(self.sip.t4_ms),
+        };
+        if let Err(e) = timers.validate() {
+            errors.push(err("sip.t1_ms", e.to_string()));
+        }
+        if self.sip.max_message_size < 1024 {
+            errors.push(err("sip.max_message_size", "must be at least 1024"));
+        }
+        let r = &self.registrar;
+        if r.min_expires == 0 || r.min_expires > r.max_expires {
+            errors.push(err(
+                "registrar.min_expires",
+                "must be at least 1 and at most registrar.max_expires",
+            ));
+        }
+        if r.default_expires < r.min_expires || r.default_expires > r.max_expires {
+            errors.push(err(
+                "registrar.default_expires",
+                "must lie between registrar.min_expires and registrar.max_expires",
+            ));
+        }
+        if self.calls.agent_ring_secs == 0 {
+            errors.push(err("calls.agent_ring_secs", "must be at least 1"));
+        }
+        if self.calls.customer_ring_secs == 0 {
+            errors.push(err("calls.customer_ring_secs", "must be at least 1"));
+        }
+        if self.calls.max_concurrent == 0 {
+            errors.push(err("calls.max_concurrent", "must be at least 1"));
+        }
+        if let Err(issues) = self.provisioning().validate() {
+            errors.extend(issues.into_iter().map(|i| err(&i.key, i.reason)));
+        }
+        if errors.is_empty() {
+            Ok(Validated {
+                listen,
+                sip_advertise,
+                media_bind,
+                media_ports,
+                media_advertise,
+                api_listen,
+                timers,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// `"20000-29999"`: an even first port, at least two ports.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("\"{s}\": expected FIRST-LAST, e.g. 20000-29999"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{s}\": \"{a}\" is not a port number"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{s}\": \"{b}\" is not a port number"))?;
+    if a < 1024 || b <= a {
+        return Err(format!(
+            "\"{s}\": the range must start at 1024 or above and hold at least two ports"
+        ));
+    }
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::parse("").unwrap();
+        let v = c.validate().unwrap();
+        assert_eq!(v.listen.len(), 2);
+        assert_eq!(v.media_ports, (20000, 29999));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("[sip]\nlisen = []\n").unwrap_err();
+        assert!(e[0].contains("lisen"), "{e:?}");
+        let e = Config::parse("[nosuch]\n").unwrap_err();
+        assert!(e[0].contains("nosuch"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let c = Config::parse(
+            "[sip]\nlisten = [\"udp:nothing\"]\n[media]\nports = \"30000-20000\"\nbind = \"x\"\n[api]\nlisten = \"8080\"\n",
+        )
+        .unwrap();
+        let keys: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert!(keys.contains(&"sip.listen[0]".to_string()), "{keys:?}");
+        assert!(keys.contains(&"media.ports".to_string()));
+        assert!(keys.contains(&"media.bind".to_string()));
+        assert!(keys.contains(&"api.listen".to_string()));
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let e = Config::parse("[calls]\nagent_ring_secs = \"thirty\"\n").unwrap_err();
+        assert!(
+            e[0].contains("agent_ring_secs") || e[0].contains("line 2"),
+            "{e:?}"
+        );
+    }
+}

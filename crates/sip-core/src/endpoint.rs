@@ -1,0 +1,1170 @@
+//! The endpoint: transport + transaction layer, driven by one tokio task.
+//!
+//! The task owns every transaction machine ([`crate::transaction`]) in a table keyed per
+//! RFC 3261 §17.1.3 (client: branch + CSeq method) and §17.2.3 (server: branch + sent-by +
+//! method, or the RFC 2543 fallback), a timer heap fed by each machine's `poll_timeout()`,
+//! and the transports. It parses what arrives, refuses malformed requests statelessly (400,
+//! 505, 501 ...), absorbs retransmissions and stray responses, builds ACKs for non-2xx
+//! finals (§17.1.1.3) and CANCELs (§9.1), answers CANCEL with 200 or 481, and routes
+//! responses per §18.2.2 and RFC 3581 (`received`/`rport`).
+//!
+//! The transaction user (registrar, B2BUA, UA) talks to it through [`Endpoint`], a cloneable
+//! channel client, and receives [`EndpointEvent`]s from one channel.
+
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::message::{
+    parse_message, HeaderAccess, HeaderName, Host, Method, Request, Response, SipMessage, Uri, Via,
+};
+use crate::transaction::{
+    ClientInviteTransaction, ClientNonInviteTransaction, ServerInviteState,
+    ServerInviteTransaction, ServerNonInviteTransaction, TimerConfig, TxEvent,
+};
+use crate::transport::{
+    Flow, Inbound, ListenAddr, Transport, TransportConfig, TransportError, Transports,
+};
+
+/// Endpoint settings.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub transport: TransportConfig,
+    pub timers: TimerConfig,
+    /// Address written in Via/Contact instead of the bound one (behind NAT).
+    pub advertise: Option<IpAddr>,
+    /// `User-Agent` / `Server` value.
+    pub user_agent: String,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            transport: TransportConfig::default(),
+            timers: TimerConfig::default(),
+            advertise: None,
+            user_agent: concat!("dialbridge/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// Endpoint errors.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("no route for request URI {0}")]
+    NoRoute(String),
+    #[error("the endpoint has stopped")]
+    Stopped,
+    #[error("bad request to send: {0}")]
+    BadRequest(&'static str),
+}
+
+/// A server transaction key (RFC 3261 §17.2.3).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerKey {
+    Rfc3261 {
+        branch: Bytes,
+        sent_by: String,
+        method: Method,
+    },
+    /// RFC 2543 peers without the magic cookie: matched on the request's identity.
+    Rfc2543(String),
+}
+
+/// A client transaction key (RFC 3261 §17.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub branch: Bytes,
+    pub method: Method,
+}
+
+/// A request that opened a new server transaction.
+#[derive(Debug, Clone)]
+pub struct IncomingRequest {
+    /// The request; its top Via already carries `received`/`rport` (RFC 3581).
+    pub request: Request,
+    pub flow: Flow,
+    pub key: ServerKey,
+}
+
+/// What the endpoint tells its transaction user.
+#[derive(Debug, Clone)]
+pub enum EndpointEvent {
+    /// A new request (not ACK, not CANCEL). Answer it with [`Endpoint::respond`].
+    Request(IncomingRequest),
+    /// An ACK that no server transaction absorbed: the ACK for a 2xx (it belongs to a dialog).
+    Ack { request: Request, flow: Flow },
+    /// A CANCEL matched this INVITE server transaction; the CANCEL was answered 200. The TU
+    /// answers the INVITE with 487 (§9.2).
+    Cancelled { key: ServerKey, cancel: Request },
+    /// A 2xx to an INVITE that no transaction took (a retransmission after the transaction
+    /// ended, or another fork): the UAC core must ACK it (and may BYE it).
+    StrayResponse { response: Response, flow: Flow },
+    /// Timer H fired: no ACK came for a non-2xx final response.
+    AckTimeout { key: ServerKey },
+}
+
+/// What a client transaction reports to its owner.
+#[derive(Debug, Clone)]
+pub enum ClientEvent {
+    Response(Response),
+    /// Timer B or F: no final response.
+    Timeout,
+    TransportError,
+}
+
+/// Where to send a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destination {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// An existing TCP connection to use (a registered phone's connection).
+    pub conn: Option<crate::transport::ConnId>,
+}
+
+enum Command {
+    Send {
+        request: Request,
+        flow: Flow,
+        events: mpsc::UnboundedSender<ClientEvent>,
+        reply: tokio::sync::oneshot::Sender<(ClientKey, Request)>,
+    },
+    Respond {
+        key: ServerKey,
+        response: Response,
+    },
+    Cancel {
+        key: ClientKey,
+        extra: Vec<(HeaderName, Bytes)>,
+    },
+    Stateless {
+        data: Bytes,
+        flow: Flow,
+    },
+}
+
+/// A running client transaction, owned by the TU that sent the request.
+#[derive(Debug)]
+pub struct ClientTransaction {
+    pub key: ClientKey,
+    /// The request as sent (with our Via).
+    pub request: Request,
+    pub flow: Flow,
+    rx: mpsc::UnboundedReceiver<ClientEvent>,
+    endpoint: Endpoint,
+}
+
+impl ClientTransaction {
+    /// The next response or failure; `None` once the transaction has ended.
+    pub async fn next(&mut self) -> Option<ClientEvent> {
+        self.rx.recv().await
+    }
+
+    /// Sends a CANCEL for this INVITE (deferred until a provisional arrived, §9.1).
+    pub fn cancel(&self, extra: Vec<(HeaderName, Bytes)>) {
+        let _ = self.endpoint.cmd.send(Command::Cancel {
+            key: self.key.clone(),
+            extra,
+        });
+    }
+}
+
+/// A handle on the running endpoint. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    cmd: mpsc::UnboundedSender<Command>,
+    transports: Arc<Transports>,
+    advertise: Option<IpAddr>,
+    user_agent: Arc<str>,
+}
+
+impl Endpoint {
+    /// Binds the transports and starts the transaction layer.
+    pub async fn start(
+        cfg: EndpointConfig,
+    ) -> Result<(Endpoint, mpsc::UnboundedReceiver<EndpointEvent>), EndpointError> {
+        cfg.timers
+            .validate()
+            .map_err(|_| EndpointError::BadRequest("invalid timer configuration"))?;
+        let (in_tx, in_rx) = mpsc::channel(4096);
+        let transports = Transports::bind(cfg.transport.clone(), in_tx).await?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let layer = Layer {
+            transports: Arc::clone(&transports),
+            timers: cfg.timers,
+            txs: HashMap::new(),
+            client_keys: HashMap::new(),
+            server_keys: HashMap::new(),
+            heap: BinaryHeap::new(),
+            next_id: 1,
+            events: ev_tx,
+            user_agent: cfg.user_agent.clone(),
+            advertise: cfg.advertise,
+        };
+        tokio::spawn(layer.run(in_rx, cmd_rx));
+        Ok((
+            Endpoint {
+                cmd: cmd_tx,
+                transports,
+                advertise: cfg.advertise,
+                user_agent: cfg.user_agent.into(),
+            },
+            ev_rx,
+        ))
+    }
+
+    pub fn local_addrs(&self) -> Vec<ListenAddr> {
+        self.transports.local_addrs()
+    }
+
+    pub fn user_agent(&self) -> &str {
+        &self.user_agent
+    }
+
+    /// The address and port to advertise (Via sent-by, Contact) for traffic to `dest`.
+    pub fn advertised(&self, transport: Transport, dest: SocketAddr) -> Option<SocketAddr> {
+        let local = self.transports.local_for(transport, dest)?;
+        let ip = match self.advertise {
+            Some(a) if a.is_ipv4() == dest.is_ipv4() => a,
+            _ => local.ip(),
+        };
+        Some(SocketAddr::new(ip, local.port()))
+    }
+
+    /// A Contact URI for traffic to `dest`.
+    pub fn contact_uri(
+        &self,
+        user: Option<&str>,
+        transport: Transport,
+        dest: SocketAddr,
+    ) -> Option<Uri> {
+        let a = self.advertised(transport, dest)?;
+        let mut u = crate::message::SipUri::new(user, Host::Ip(a.ip()), Some(a.port()));
+        if transport == Transport::Tcp {
+            u.params.set("transport", Some("tcp"));
+        }
+        Some(Uri::Sip(u))
+    }
+
+    /// Where a request goes (RFC 3263 reduced to A/AAAA lookups): the first Route if it is a
+    /// loose router, else the Request-URI; `;transport=` chooses the transport.
+    pub async fn resolve(&self, request: &Request) -> Result<Destination, EndpointError> {
+        let routes = request
+            .routes()
+            .map_err(|_| EndpointError::BadRequest("bad Route"))?;
+        let target = routes
+            .first()
+            .map(|r| r.uri.clone())
+            .unwrap_or_else(|| request.uri.clone());
+        resolve_uri(&target).await
+    }
+
+    /// Sends a request in a new client transaction. The endpoint adds the top Via (with a new
+    /// branch and `rport`), Max-Forwards and User-Agent when missing.
+    pub async fn send_request(
+        &self,
+        request: Request,
+        dest: Option<Destination>,
+    ) -> Result<ClientTransaction, EndpointError> {
+        if request.method == Method::Ack || request.method == Method::Cancel {
+            return Err(EndpointError::BadRequest(
+                "ACK and CANCEL are not sent in their own transactions",
+            ));
+        }
+        let dest = match dest {
+            Some(d) => d,
+            None => self.resolve(&request).await?,
+        };
+        let flow = self.flow_for(dest).await?;
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        self.cmd
+            .send(Command::Send {
+                request,
+                flow,
+                events: ev_tx,
+                reply: reply_tx,
+            })
+            .map_err(|_| EndpointError::Stopped)?;
+        let (key, request) = reply_rx.await.map_err(|_| EndpointError::Stopped)?;
+        Ok(ClientTransaction {
+            key,
+            request,
+            flow,
+            rx: ev_rx,
+            endpoint: self.clone(),
+        })
+    }
+
+    /// Sends a request outside any transaction (the ACK for a 2xx, §13.2.2.4). The endpoint
+    /// adds a top Via with a new branch.
+    pub async fn send_ack(
+        &self,
+        mut ack: Request,
+        dest: Option<Destination>,
+    ) -> Result<(), EndpointError> {
+        let dest = match dest {
+            Some(d) => d,
+            None => self.resolve(&ack).await?,
+        };
+        let flow = self.flow_for(dest).await?;
+        let via = via_value(
+            flow.transport,
+            self.advertised(flow.transport, flow.remote),
+            &new_branch(),
+        );
+        ack.headers.insert_first(HeaderName::Via, via);
+        if ack.headers.get(&HeaderName::MaxForwards).is_none() {
+            ack.headers.add(HeaderName::MaxForwards, "70");
+        }
+        self.cmd
+            .send(Command::Stateless {
+                data: ack.encode(),
+                flow,
+            })
+            .map_err(|_| EndpointError::Stopped)
+    }
+
+    /// Answers a request through its server transaction.
+    pub fn respond(&self, key: &ServerKey, mut response: Response) {
+        if response.headers.get(&HeaderName::Server).is_none() && response.status >= 200 {
+            response
+                .headers
+                .add(HeaderName::Server, self.user_agent.to_string());
+        }
+        let _ = self.cmd.send(Command::Respond {
+            key: key.clone(),
+            response,
+        });
+    }
+
+    async fn flow_for(&self, dest: Destination) -> Result<Flow, EndpointError> {
+        let local = self.transports.local_for(dest.transport, dest.addr).ok_or(
+            TransportError::NoListener {
+                transport: dest.transport,
+                family: if dest.addr.is_ipv4() { "IPv4" } else { "IPv6" },
+                dest: dest.addr,
+            },
+        )?;
+        let mut flow = Flow {
+            transport: dest.transport,
+            local,
+            remote: dest.addr,
+            conn: dest.conn,
+        };
+        if dest.transport == Transport::Tcp {
+            let alive = flow.conn.is_some_and(|c| self.transports.conn_alive(c));
+            if !alive {
+                flow.conn = Some(self.transports.connect_to(dest.addr).await?);
+            }
+        }
+        Ok(flow)
+    }
+}
+
+/// Resolves a SIP URI to a destination (numeric hosts directly, names by A/AAAA).
+pub async fn resolve_uri(uri: &Uri) -> Result<Destination, EndpointError> {
+    let sip = uri
+        .as_sip()
+        .ok_or_else(|| EndpointError::NoRoute(uri.to_string()))?;
+    let transport = match sip.transport().as_deref() {
+        None | Some("udp") => Transport::Udp,
+        Some("tcp") => Transport::Tcp,
+        Some(_) => return Err(EndpointError::NoRoute(uri.to_string())),
+    };
+    let port = sip.port.unwrap_or(5060);
+    let host = sip
+        .params
+        .get_str("maddr")
+        .map(|m| m.into_owned())
+        .unwrap_or_else(|| match &sip.host {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Domain(d) => String::from_utf8_lossy(d).into_owned(),
+        });
+    let addr = match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| EndpointError::Resolve(host.clone()))?
+        .map_err(|_| EndpointError::Resolve(host.clone()))?
+        .next()
+        .ok_or_else(|| EndpointError::Resolve(host.clone()))?,
+    };
+    Ok(Destination {
+        transport,
+        addr,
+        conn: None,
+    })
+}
+
+/// A new RFC 3261 branch (magic cookie + 96 random bits).
+pub fn new_branch() -> String {
+    format!("z9hG4bK{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// A new tag for From/To (RFC 3261 §19.3: at least 32 random bits).
+pub fn new_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn via_value(transport: Transport, sent_by: Option<SocketAddr>, branch: &str) -> String {
+    let sent_by = sent_by
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "0.0.0.0".into());
+    format!(
+        "SIP/2.0/{} {};branch={};rport",
+        transport.via_token(),
+        sent_by,
+        branch
+    )
+}
+
+enum Machine {
+    ClientInvite(ClientInviteTransaction),
+    ClientNonInvite(ClientNonInviteTransaction),
+    ServerInvite(ServerInviteTransaction),
+    ServerNonInvite(ServerNonInviteTransaction),
+}
+
+struct TxEntry {
+    machine: Machine,
+    flow: Flow,
+    /// The request: for client transactions the request sent (to build ACK/CANCEL).
+    request: Request,
+    client_key: Option<ClientKey>,
+    server_key: Option<ServerKey>,
+    events: Option<mpsc::UnboundedSender<ClientEvent>>,
+    /// Last response to hand up (client) — set just before polling events.
+    last_response: Option<Response>,
+    cancel_pending: Option<Vec<(HeaderName, Bytes)>>,
+}
+
+struct Layer {
+    transports: Arc<Transports>,
+    timers: TimerConfig,
+    txs: HashMap<u64, TxEntry>,
+    client_keys: HashMap<ClientKey, u64>,
+    server_keys: HashMap<ServerKey, u64>,
+    heap: BinaryHeap<Reverse<(std::time::Instant, u64)>>,
+    next_id: u64,
+    events: mpsc::UnboundedSender<EndpointEvent>,
+    user_agent: String,
+    advertise: Option<IpAddr>,
+}
+
+fn now_std() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+impl Layer {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut cmds: mpsc::UnboundedReceiver<Command>,
+    ) {
+        loop {
+            let next = self.heap.peek().map(|Reverse((t, _))| *t);
+            let sleep = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(Instant::from_std(t)).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(c) = cmds.recv() => self.on_command(c),
+                Some(i) = inbound.recv() => self.on_inbound(i),
+                _ = sleep => self.on_timers(),
+                else => return,
+            }
+        }
+    }
+
+    fn insert(&mut self, entry: TxEntry) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        if let Some(k) = &entry.client_key {
+            self.client_keys.insert(k.clone(), id);
+        }
+        if let Some(k) = &entry.server_key {
+            self.server_keys.insert(k.clone(), id);
+        }
+        self.txs.insert(id, entry);
+        id
+    }
+
+    fn transmit(&self, flow: &Flow, data: Bytes) {
+        if let Err(e) = self.transports.try_send(flow, data) {
+            tracing::debug!(remote = %flow.remote, error = %e, "transmit failed");
+        }
+    }
+
+    /// Drains a machine's outputs: transmissions, events, and its next deadline.
+    fn drive(&mut self, id: u64) {
+        let Some(e) = self.txs.get_mut(&id) else {
+            return;
+        };
+        let mut out = Vec::new();
+        let mut evs = Vec::new();
+        let deadline;
+        let terminated;
+        match &mut e.machine {
+            Machine::ClientInvite(m) => {
+                while let Some(b) = m.poll_transmit() {
+                    out.push(b);
+                }
+                while let Some(ev) = m.poll_event() {
+                    evs.push(ev);
+                }
+                deadline = m.poll_timeout();
+                terminated = m.is_terminated();
+            }
+            Machine::ClientNonInvite(m) => {
+                while let Some(b) = m.poll_transmit() {
+                    out.push(b);
+                }
+                while let Some(ev) = m.poll_event() {
+                    evs.push(ev);
+                }
+                deadline = m.poll_timeout();
+                terminated = m.is_terminated();
+            }
+            Machine::ServerInvite(m) => {
+                while let Some(b) = m.poll_transmit() {
+                    out.push(b);
+                }
+                while let Some(ev) = m.poll_event() {
+                    evs.push(ev);
+                }
+                deadline = m.poll_timeout();
+                terminated = m.is_terminated();
+            }
+            Machine::ServerNonInvite(m) => {
+                while let Some(b) = m.poll_transmit() {
+                    out.push(b);
+                }
+                while let Some(ev) = m.poll_event() {
+                    evs.push(ev);
+                }
+                deadline = m.poll_timeout();
+                terminated = m.is_terminated();
+            }
+        }
+        let flow = e.flow;
+        let resp = e.last_response.take();
+        let client_events = e.events.clone();
+        let server_key = e.server_key.clone();
+        let request = e.request.clone();
+        for b in out {
+            self.transmit(&flow, b);
+        }
+        for ev in evs {
+            match ev {
+                TxEvent::Response(_) => {
+                    if let (Some(tx), Some(r)) = (&client_events, &resp) {
+                        let _ = tx.send(ClientEvent::Response(r.clone()));
+                    }
+                }
+                TxEvent::Timeout => {
+                    if let Some(tx) = &client_events {
+                        let _ = tx.send(ClientEvent::Timeout);
+                    } else if let Some(k) = &server_key {
+                        let _ = self
+                            .events
+                            .send(EndpointEvent::AckTimeout { key: k.clone() });
+                    }
+                }
+                TxEvent::TransportError => {
+                    if let Some(tx) = &client_events {
+                        let _ = tx.send(ClientEvent::TransportError);
+                    }
+                }
+                TxEvent::Ack => {
+                    let _ = self.events.send(EndpointEvent::Ack {
+                        request: request.clone(),
+                        flow,
+                    });
+                }
+                TxEvent::Terminated => {}
+            }
+        }
+        if terminated {
+            if let Some(e) = self.txs.remove(&id) {
+                if let Some(k) = e.client_key {
+                    self.client_keys.remove(&k);
+                }
+                if let Some(k) = e.server_key {
+                    self.server_keys.remove(&k);
+                }
+            }
+        } else if let Some(d) = deadline {
+            self.heap.push(Reverse((d, id)));
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = now_std();
+        while let Some(Reverse((t, id))) = self.heap.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.heap.pop();
+            let Some(e) = self.txs.get_mut(&id) else {
+                continue;
+            };
+            // Lazy deletion: only fire if the machine's deadline is really due.
+            let due = match &e.machine {
+                Machine::ClientInvite(m) => m.poll_timeout(),
+                Machine::ClientNonInvite(m) => m.poll_timeout(),
+                Machine::ServerInvite(m) => m.poll_timeout(),
+                Machine::ServerNonInvite(m) => m.poll_timeout(),
+            };
+            match due {
+                Some(d) if d <= now => {}
+                _ => continue,
+            }
+            match &mut e.machine {
+                Machine::ClientInvite(m) => m.handle_timeout(now),
+                Machine::ClientNonInvite(m) => m.handle_timeout(now),
+                Machine::ServerInvite(m) => m.handle_timeout(now),
+                Machine::ServerNonInvite(m) => m.handle_timeout(now),
+            }
+            self.drive(id);
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Send {
+                mut request,
+                flow,
+                events,
+                reply,
+            } => {
+                let branch = new_branch();
+                let sent_by = match self.advertise {
+                    Some(ip) if ip.is_ipv4() == flow.local.is_ipv4() => {
+                        SocketAddr::new(ip, flow.local.port())
+                    }
+                    _ => flow.local,
+                };
+                request.headers.insert_first(
+                    HeaderName::Via,
+                    via_value(flow.transport, Some(sent_by), &branch),
+                );
+                if request.headers.get(&HeaderName::MaxForwards).is_none() {
+                    request.headers.add(HeaderName::MaxForwards, "70");
+                }
+                if request.headers.get(&HeaderName::UserAgent).is_none() {
+                    request
+                        .headers
+                        .add(HeaderName::UserAgent, self.user_agent.clone());
+                }
+                let key = ClientKey {
+                    branch: Bytes::from(branch),
+                    method: request.method.clone(),
+                };
+                let data = request.encode();
+                let now = now_std();
+                let reliable = flow.transport.is_reliable();
+                let machine = if request.method == Method::Invite {
+                    Machine::ClientInvite(ClientInviteTransaction::new(
+                        data,
+                        reliable,
+                        self.timers,
+                        now,
+                    ))
+                } else {
+                    Machine::ClientNonInvite(ClientNonInviteTransaction::new(
+                        data,
+                        reliable,
+                        self.timers,
+                        now,
+                    ))
+                };
+                let _ = reply.send((key.clone(), request.clone()));
+                let id = self.insert(TxEntry {
+                    machine,
+                    flow,
+                    request,
+                    client_key: Some(key),
+                    server_key: None,
+                    events: Some(events),
+                    last_response: None,
+                    cancel_pending: None,
+                });
+                self.drive(id);
+            }
+            Command::Respond { key, response } => {
+                let Some(&id) = self.server_keys.get(&key) else {
+                    tracing::debug!(?key, "response for a finished server transaction dropped");
+                    return;
+                };
+                let Some(e) = self.txs.get_mut(&id) else {
+                    return;
+                };
+                let data = response.encode();
+                let now = now_std();
+                let r = match &mut e.machine {
+                    Machine::ServerInvite(m) => m.send_response(response.status, data, now),
+                    Machine::ServerNonInvite(m) => m.send_response(response.status, data, now),
+                    _ => Ok(()),
+                };
+                if let Err(err) = r {
+                    tracing::debug!(error = %err, "response refused by the transaction");
+                }
+                self.drive(id);
+            }
+            Command::Cancel { key, extra } => {
+                let Some(&id) = self.client_keys.get(&key) else {
+                    return;
+                };
+                let Some(e) = self.txs.get_mut(&id) else {
+                    return;
+                };
+                let Machine::ClientInvite(m) = &e.machine else {
+                    return;
+                };
+                if m.can_cancel() {
+                    let cancel = build_cancel(&e.request, &extra);
+                    let flow = e.flow;
+                    self.start_cancel(cancel, flow, &key);
+                } else {
+                    // §9.1: no CANCEL before a provisional response.
+                    e.cancel_pending = Some(extra);
+                }
+            }
+            Command::Stateless { data, flow } => self.transmit(&flow, data),
+        }
+    }
+
+    fn start_cancel(&mut self, cancel: Request, flow: Flow, invite: &ClientKey) {
+        let key = ClientKey {
+            branch: invite.branch.clone(),
+            method: Method::Cancel,
+        };
+        if self.client_keys.contains_key(&key) {
+            return;
+        }
+        let data = cancel.encode();
+        let machine = Machine::ClientNonInvite(ClientNonInviteTransaction::new(
+            data,
+            flow.transport.is_reliable(),
+            self.timers,
+            now_std(),
+        ));
+        let id = self.insert(TxEntry {
+            machine,
+            flow,
+            request: cancel,
+            client_key: Some(key),
+            server_key: None,
+            events: None,
+            last_response: None,
+            cancel_pending: None,
+        });
+        self.drive(id);
+    }
+
+    fn on_inbound(&mut self, i: Inbound) {
+        match parse_message(i.data) {
+            Ok(SipMessage::Request(r)) => self.on_request(r, i.flow),
+            Ok(SipMessage::Response(r)) => self.on_response(r, i.flow),
+            Err(rej) => {
+                if let Some(h) = rej.request_headers {
+                    if h.get(&HeaderName::Via).is_some() {
+                        let resp = Response::for_headers(&h, rej.status).with_reason(rej.reason);
+                        let flow = response_flow(&h, &i.flow);
+                        self.transmit(&flow, resp.encode());
+                    }
+                }
+                tracing::debug!(remote = %i.flow.remote, reason = rej.reason, "message refused");
+            }
+        }
+    }
+
+    fn stateless_reply(&self, req: &Request, flow: &Flow, status: u16, reason: Option<&str>) {
+        if req.method == Method::Ack {
+            return;
+        }
+        let mut resp = Response::for_request(req, status);
+        if let Some(r) = reason {
+            resp = resp.with_reason(r);
+        }
+        resp.set_to_tag(&new_tag());
+        resp.headers
+            .add(HeaderName::Server, self.user_agent.clone());
+        self.transmit(&response_flow(&req.headers, flow), resp.encode());
+    }
+
+    fn on_request(&mut self, mut req: Request, flow: Flow) {
+        if let Err(f) = req.check() {
+            tracing::debug!(remote = %flow.remote, status = f.status, reason = %f.reason, "request refused");
+            self.stateless_reply(&req, &flow, f.status, Some(&f.reason));
+            return;
+        }
+        stamp_via(&mut req, &flow);
+        let Some(key) = server_key(&req) else {
+            self.stateless_reply(&req, &flow, 400, Some("Bad Via"));
+            return;
+        };
+        let now = now_std();
+        match req.method {
+            Method::Ack => {
+                let invite_key = with_method(&key, Method::Invite);
+                if let Some(&id) = self.server_keys.get(&invite_key) {
+                    if let Some(e) = self.txs.get_mut(&id) {
+                        if let Machine::ServerInvite(m) = &mut e.machine {
+                            if m.state() == ServerInviteState::Accepted {
+                                // The ACK of a 2xx: the TU's business.
+                                let _ = self.events.send(EndpointEvent::Ack { request: req, flow });
+                                return;
+                            }
+                            m.handle_ack(now);
+                        }
+                    }
+                    self.drive(id);
+                    return;
+                }
+                let _ = self.events.send(EndpointEvent::Ack { request: req, flow });
+            }
+            Method::Cancel => {
+                if let Some(&id) = self.server_keys.get(&key) {
+                    // A retransmitted CANCEL.
+                    if let Some(e) = self.txs.get_mut(&id) {
+                        if let Machine::ServerNonInvite(m) = &mut e.machine {
+                            m.handle_request_retransmit(now);
+                        }
+                    }
+                    self.drive(id);
+                    return;
+                }
+                let invite_key = with_method(&key, Method::Invite);
+                let status = match self
+                    .server_keys
+                    .get(&invite_key)
+                    .and_then(|id| self.txs.get(id))
+                {
+                    Some(TxEntry {
+                        machine: Machine::ServerInvite(m),
+                        ..
+                    }) if m.state() == ServerInviteState::Proceeding => 200,
+                    Some(_) => 200,
+                    None => 481,
+                };
+                let mut resp = Response::for_request(&req, status);
+                resp.set_to_tag(&new_tag());
+                let machine = Machine::ServerNonInvite(ServerNonInviteTransaction::new(
+                    flow.transport.is_reliable(),
+                    self.timers,
+                    now,
+                ));
+                let rflow = response_flow(&req.headers, &flow);
+                let id = self.insert(TxEntry {
+                    machine,
+                    flow: rflow,
+                    request: req.clone(),
+                    client_key: None,
+                    server_key: Some(key),
+                    events: None,
+                    last_response: None,
+                    cancel_pending: None,
+                });
+                if let Some(TxEntry {
+                    machine: Machine::ServerNonInvite(m),
+                    ..
+                }) = self.txs.get_mut(&id)
+                {
+                    let _ = m.send_response(status, resp.encode(), now);
+                }
+                self.drive(id);
+                if status == 200 {
+                    let _ = self.events.send(EndpointEvent::Cancelled {
+                        key: invite_key,
+                        cancel: req,
+                    });
+                }
+            }
+            _ => {
+                if let Some(&id) = self.server_keys.get(&key) {
+                    if let Some(e) = self.txs.get_mut(&id) {
+                        match &mut e.machine {
+                            Machine::ServerInvite(m) => m.handle_request_retransmit(now),
+                            Machine::ServerNonInvite(m) => m.handle_request_retransmit(now),
+                            _ => {}
+                        }
+                    }
+                    self.drive(id);
+                    return;
+                }
+                let rflow = response_flow(&req.headers, &flow);
+                let reliable = flow.transport.is_reliable();
+                let machine = if req.method == Method::Invite {
+                    let mut m = ServerInviteTransaction::new(reliable, self.timers, now);
+                    let trying = Response::for_request(&req, 100);
+                    let _ = m.send_response(100, trying.encode(), now);
+                    Machine::ServerInvite(m)
+                } else {
+                    Machine::ServerNonInvite(ServerNonInviteTransaction::new(
+                        reliable,
+                        self.timers,
+                        now,
+                    ))
+                };
+                let id = self.insert(TxEntry {
+                    machine,
+                    flow: rflow,
+                    request: req.clone(),
+                    client_key: None,
+                    server_key: Some(key.clone()),
+                    events: None,
+                    last_response: None,
+                    cancel_pending: None,
+                });
+                self.drive(id);
+                let _ = self.events.send(EndpointEvent::Request(IncomingRequest {
+                    request: req,
+                    flow,
+                    key,
+                }));
+            }
+        }
+    }
+
+    fn on_response(&mut self, resp: Response, flow: Flow) {
+        // §8.1.3.3 / RFC 4475 §3.3.10: more than one Via in a response to us -> discard.
+        let Ok(vias) = resp.vias() else { return };
+        if vias.len() != 1 {
+            tracing::debug!(remote = %flow.remote, "response with several Via discarded");
+            return;
+        }
+        let Ok(cseq) = resp.cseq() else { return };
+        let Some(branch) = vias[0].branch() else {
+            return;
+        };
+        let key = ClientKey {
+            branch: Bytes::copy_from_slice(branch),
+            method: cseq.method.clone(),
+        };
+        let Some(&id) = self.client_keys.get(&key) else {
+            if cseq.method == Method::Invite && resp.is_success() {
+                let _ = self.events.send(EndpointEvent::StrayResponse {
+                    response: resp,
+                    flow,
+                });
+            }
+            return;
+        };
+        let now = now_std();
+        let Some(e) = self.txs.get_mut(&id) else {
+            return;
+        };
+        let status = resp.status;
+        e.last_response = Some(resp.clone());
+        let mut cancel_now = None;
+        match &mut e.machine {
+            Machine::ClientInvite(m) => {
+                let req = &e.request;
+                let _ = m.handle_response(status, now, || build_ack(req, &resp).encode());
+                if status < 200 {
+                    if let Some(extra) = e.cancel_pending.take() {
+                        cancel_now = Some((build_cancel(&e.request, &extra), e.flow));
+                    }
+                } else {
+                    e.cancel_pending = None;
+                }
+            }
+            Machine::ClientNonInvite(m) => {
+                let _ = m.handle_response(status, now);
+            }
+            _ => {}
+        }
+        self.drive(id);
+        if let Some((cancel, flow)) = cancel_now {
+            let invite = key.clone();
+            self.start_cancel(cancel, flow, &invite);
+        }
+    }
+}
+
+fn with_method(key: &ServerKey, method: Method) -> ServerKey {
+    match key {
+        ServerKey::Rfc3261 {
+            branch, sent_by, ..
+        } => ServerKey::Rfc3261 {
+            branch: branch.clone(),
+            sent_by: sent_by.clone(),
+            method,
+        },
+        ServerKey::Rfc2543(k) => {
+            // The 2543 key embeds the CSeq method last; swap it.
+            let base = k.rsplit_once('|').map(|(b, _)| b).unwrap_or(k);
+            ServerKey::Rfc2543(format!("{base}|{method}"))
+        }
+    }
+}
+
+/// §17.2.3 matching key of a request.
+fn server_key(req: &Request) -> Option<ServerKey> {
+    let via = req.top_via().ok()?;
+    let method = match &req.method {
+        Method::Ack => Method::Invite,
+        m => m.clone(),
+    };
+    match via.branch() {
+        Some(b) if b.starts_with(b"z9hG4bK") && b.len() > 7 => {
+            let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(5060));
+            Some(ServerKey::Rfc3261 {
+                branch: Bytes::copy_from_slice(b),
+                sent_by,
+                method,
+            })
+        }
+        _ => {
+            // RFC 2543: Request-URI, To tag, From tag, Call-ID, CSeq number, top Via, method.
+            // (The To tag is left out: the ACK of a non-2xx carries the tag the INVITE lacked.)
+            let cseq = req.cseq().ok()?;
+            let from_tag = req.from().ok()?.tag().cloned().unwrap_or_default();
+            Some(ServerKey::Rfc2543(format!(
+                "{}|{}|{}|{}|{}|{}",
+                req.uri,
+                String::from_utf8_lossy(&from_tag),
+                req.call_id_str(),
+                cseq.seq,
+                via,
+                method
+            )))
+        }
+    }
+}
+
+/// Adds `received` and `rport` to the top Via (RFC 3261 §18.2.1, RFC 3581 §4).
+fn stamp_via(req: &mut Request, flow: &Flow) {
+    let Ok(mut via) = req.top_via() else { return };
+    let src_ip = flow.remote.ip();
+    let wants_rport = via.rport().is_some();
+    let host_matches = via.host.ip() == Some(src_ip);
+    if host_matches && !wants_rport {
+        return;
+    }
+    if !host_matches || wants_rport {
+        via.params.set("received", Some(&src_ip.to_string()));
+    }
+    if wants_rport {
+        via.params
+            .set("rport", Some(&flow.remote.port().to_string()));
+    }
+    replace_top_via(&mut req.headers, &via);
+}
+
+fn replace_top_via(headers: &mut crate::message::Headers, via: &Via) {
+    let mut rebuilt = crate::message::Headers::with_capacity(headers.len());
+    let mut done = false;
+    for h in headers.iter() {
+        if !done && h.name == HeaderName::Via {
+            done = true;
+            let mut rest = Vec::new();
+            let _ = Via::parse_list(&h.value, &h.value, &mut rest);
+            let mut parts = vec![via.to_string()];
+            parts.extend(rest.iter().skip(1).map(|v| v.to_string()));
+            rebuilt.push(crate::message::Header::new(
+                HeaderName::Via,
+                parts.join(", "),
+            ));
+        } else {
+            rebuilt.push(h.clone());
+        }
+    }
+    *headers = rebuilt;
+}
+
+/// Where responses to a request go (RFC 3261 §18.2.2, RFC 3581 §4).
+fn response_flow(headers: &crate::message::Headers, flow: &Flow) -> Flow {
+    if flow.transport.is_reliable() {
+        return *flow;
+    }
+    let via = headers.get(&HeaderName::Via).and_then(|v| {
+        let mut out = Vec::new();
+        Via::parse_list(v, v, &mut out).ok()?;
+        out.into_iter().next()
+    });
+    let remote = match via {
+        Some(v) if v.rport().is_some() => flow.remote,
+        Some(v) => SocketAddr::new(flow.remote.ip(), v.port.unwrap_or(5060)),
+        None => flow.remote,
+    };
+    Flow { remote, ..*flow }
+}
+
+/// The ACK for a non-2xx final response (§17.1.1.3).
+pub fn build_ack(invite: &Request, resp: &Response) -> Request {
+    let mut ack = Request::new(Method::Ack, invite.uri.clone());
+    if let Some(v) = invite.headers.get(&HeaderName::Via) {
+        // Only the top Via value.
+        let mut out = Vec::new();
+        let top = Via::parse_list(v, v, &mut out)
+            .ok()
+            .and_then(|_| out.first().map(|x| x.to_string()))
+            .unwrap_or_else(|| String::from_utf8_lossy(v).into_owned());
+        ack.headers.add(HeaderName::Via, top);
+    }
+    ack.headers.add(HeaderName::MaxForwards, "70");
+    for name in [HeaderName::From, HeaderName::CallId] {
+        if let Some(v) = invite.headers.get(&name) {
+            ack.headers.add(name, v.clone());
+        }
+    }
+    if let Some(to) = resp.headers.get(&HeaderName::To) {
+        ack.headers.add(HeaderName::To, to.clone());
+    }
+    if let Ok(c) = invite.cseq() {
+        ack.headers.add(HeaderName::CSeq, format!("{} ACK", c.seq));
+    }
+    for r in invite.headers.get_all(&HeaderName::Route) {
+        ack.headers.add(HeaderName::Route, r.clone());
+    }
+    ack
+}
+
+/// A CANCEL for an INVITE (§9.1).
+pub fn build_cancel(invite: &Request, extra: &[(HeaderName, Bytes)]) -> Request {
+    let mut c = Request::new(Method::Cancel, invite.uri.clone());
+    if let Some(v) = invite.headers.get(&HeaderName::Via) {
+        let mut out = Vec::new();
+        let top = Via::parse_list(v, v, &mut out)
+            .ok()
+            .and_then(|_| out.first().map(|x| x.to_string()))
+            .unwrap_or_else(|| String::from_utf8_lossy(v).into_owned());
+        c.headers.add(HeaderName::Via, top);
+    }
+    c.headers.add(HeaderName::MaxForwards, "70");
+    for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+        if let Some(v) = invite.headers.get(&name) {
+            c.headers.add(name, v.clone());
+        }
+    }
+    if let Ok(cs) = invite.cseq() {
+        c.headers
+            .add(HeaderName::CSeq, format!("{} CANCEL", cs.seq));
+    }
+    for r in invite.headers.get_all(&HeaderName::Route) {
+        c.headers.add(HeaderName::Route, r.clone());
+    }
+    for (n, v) in extra {
+        c.headers.add(n.clone(), v.clone());
+    }
+    c
+}
