@@ -1,0 +1,251 @@
+//! SIP parser throughput: sip-core's own parser against `rsip` 0.4 on the same message.
+//!
+//! What is measured, per message: parse one datagram, then read the core header fields a
+//! B2BUA touches on every request: top Via and its branch, the From tag, To, Call-ID, CSeq,
+//! the first Contact, Max-Forwards, Content-Length and Content-Type. Both parsers get the same
+//! bytes: a realistic ~1 KB INVITE with SDP (three Vias, Record-Route, Allow, Supported,
+//! User-Agent, P-Asserted-Identity; PCMU/PCMA/G722/opus/telephone-event offer).
+//!
+//! Run with `cargo bench -p sip-core --bench parse`; method and numbers are in
+//! `docs/benchmarks.md`, section "SIP parser". Criterion runs on one thread, so each figure
+//! is per core.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sip_core::message::{parse_message, typed::parse_number, HeaderAccess, HeaderName, SipMessage};
+
+/// A trunk-side INVITE as a carrier SBC would send it through two proxies.
+const INVITE: &[u8] = b"INVITE sip:+14155550123@trunk.example.com;user=phone SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.20:5060;branch=z9hG4bK-524287-1-4f7c2a8e;rport\r\n\
+Via: SIP/2.0/UDP 203.0.113.7:5060;received=203.0.113.7;branch=z9hG4bK.8a7b6c5d4e\r\n\
+Via: SIP/2.0/TCP 192.0.2.44:5061;branch=z9hG4bKpx3f0a1c2d;alias\r\n\
+Max-Forwards: 68\r\n\
+Record-Route: <sip:198.51.100.20;lr;ftag=as6e1f2a3b>\r\n\
+Record-Route: <sip:203.0.113.7;transport=udp;lr>\r\n\
+From: \"Acme Support\" <sip:+14155550100@carrier.example.net;user=phone>;tag=as6e1f2a3b\r\n\
+To: <sip:+14155550123@trunk.example.com;user=phone>\r\n\
+Call-ID: 3c26700b4e5a1f2d@198.51.100.20\r\n\
+CSeq: 102 INVITE\r\n\
+Contact: <sip:+14155550100@198.51.100.20:5060;transport=udp>\r\n\
+Allow: INVITE, ACK, CANCEL, OPTIONS, BYE, REFER, NOTIFY, INFO, PRACK, UPDATE\r\n\
+Supported: replaces, timer, 100rel\r\n\
+User-Agent: CarrierSBC/7.2.1\r\n\
+P-Asserted-Identity: \"Acme Support\" <sip:+14155550100@carrier.example.net;user=phone>\r\n\
+Session-Expires: 1800;refresher=uac\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 343\r\n\
+\r\n\
+v=0\r\n\
+o=- 1712345678 1712345678 IN IP4 198.51.100.20\r\n\
+s=CarrierSBC\r\n\
+c=IN IP4 198.51.100.20\r\n\
+t=0 0\r\n\
+m=audio 40000 RTP/AVP 0 8 9 111 101\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:9 G722/8000\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-16\r\n\
+a=ptime:20\r\n\
+a=sendrecv\r\n";
+
+/// The values both parsers must find; compared once before timing so the two sides
+/// provably do the same work.
+#[derive(Debug, PartialEq, Eq)]
+struct Core {
+    branch: String,
+    from_tag: String,
+    to_has_tag: bool,
+    call_id: String,
+    cseq: u32,
+    contact_port: Option<u16>,
+    max_forwards: u32,
+    content_length: u32,
+    content_type: String,
+}
+
+/// sip-core: parse, then the typed accessors.
+fn ours(data: &Bytes) -> Option<Core> {
+    let SipMessage::Request(req) = parse_message(data.clone()).ok()? else {
+        return None;
+    };
+    let via = req.top_via().ok()?;
+    let from = req.from().ok()?;
+    let to = req.to().ok()?;
+    let call_id = req.call_id().ok()?;
+    let cseq = req.cseq().ok()?;
+    let contact = req.contact().ok()??;
+    let max_forwards = req.max_forwards().ok()??;
+    let content_length = parse_number(req.headers.get(&HeaderName::ContentLength)?, u32::MAX.into()).ok()?;
+    let content_type = req.content_type()?;
+    Some(Core {
+        branch: String::from_utf8_lossy(via.branch()?).into_owned(),
+        from_tag: String::from_utf8_lossy(from.tag()?).into_owned(),
+        to_has_tag: to.tag().is_some(),
+        call_id: String::from_utf8_lossy(call_id).into_owned(),
+        cseq: cseq.seq,
+        contact_port: contact.uri.as_sip()?.port,
+        max_forwards: max_forwards.into(),
+        content_length: content_length as u32,
+        content_type,
+    })
+}
+
+/// The same work through sip-core, without building the comparison struct (what is timed).
+fn ours_hot(data: &Bytes) -> usize {
+    let Ok(SipMessage::Request(req)) = parse_message(data.clone()) else {
+        return 0;
+    };
+    let mut acc = 0;
+    if let Ok(via) = req.top_via() {
+        acc += via.branch().map_or(0, <[u8]>::len);
+    }
+    if let Ok(from) = req.from() {
+        acc += from.tag().map_or(0, |t| t.len());
+    }
+    if let Ok(to) = req.to() {
+        acc += usize::from(to.tag().is_some());
+    }
+    if let Ok(c) = req.call_id() {
+        acc += c.len();
+    }
+    if let Ok(c) = req.cseq() {
+        acc += c.seq as usize;
+    }
+    if let Ok(Some(c)) = req.contact() {
+        acc += c.uri.as_sip().and_then(|u| u.port).map_or(0, usize::from);
+    }
+    if let Ok(Some(m)) = req.max_forwards() {
+        acc += usize::from(m);
+    }
+    if let Some(l) = req.headers.get(&HeaderName::ContentLength) {
+        acc += parse_number(l, u32::MAX.into()).map_or(0, |n| n as usize);
+    }
+    acc += req.content_type().map_or(0, |c| c.len());
+    acc
+}
+
+mod theirs {
+    use rsip::headers::{typed, Header, ToTypedHeader, UntypedHeader};
+    use rsip::prelude::{HasHeaders, HeadersExt};
+
+    use super::Core;
+
+    fn content_length(msg: &rsip::SipMessage) -> Option<u32> {
+        msg.headers().iter().find_map(|h| match h {
+            Header::ContentLength(l) => l.length().ok(),
+            _ => None,
+        })
+    }
+
+    fn content_type(msg: &rsip::SipMessage) -> Option<typed::ContentType> {
+        msg.headers().iter().find_map(|h| match h {
+            Header::ContentType(c) => c.typed().ok(),
+            _ => None,
+        })
+    }
+
+    fn contact_port(c: &typed::Contact) -> Option<u16> {
+        c.uri.host_with_port.port.as_ref().map(|p| *p.value())
+    }
+
+    /// rsip: parse, then its typed header accessors.
+    pub fn core(data: &[u8]) -> Option<Core> {
+        let msg = rsip::SipMessage::try_from(data).ok()?;
+        let via = msg.via_header().ok()?.typed().ok()?;
+        let from = msg.from_header().ok()?.typed().ok()?;
+        let to = msg.to_header().ok()?.typed().ok()?;
+        let call_id = msg.call_id_header().ok()?;
+        let cseq = msg.cseq_header().ok()?.typed().ok()?;
+        let contact = msg.contact_header().ok()?.typed().ok()?;
+        let max_forwards = msg.max_forwards_header().ok()?.num().ok()?;
+        let content_length = content_length(&msg)?;
+        let content_type = content_type(&msg)?;
+        Some(Core {
+            branch: via.branch()?.to_string(),
+            from_tag: from.tag()?.value().to_string(),
+            to_has_tag: to.tag().is_some(),
+            call_id: call_id.value().to_string(),
+            cseq: cseq.seq,
+            contact_port: contact_port(&contact),
+            max_forwards,
+            content_length,
+            content_type: content_type.to_string().to_ascii_lowercase(),
+        })
+    }
+
+    /// The same work as [`core`] without building the comparison struct (what is timed).
+    pub fn hot(data: &[u8]) -> usize {
+        let Ok(msg) = rsip::SipMessage::try_from(data) else {
+            return 0;
+        };
+        let mut acc = 0;
+        if let Some(via) = msg.via_header().ok().and_then(|v| v.typed().ok()) {
+            acc += via.branch().map_or(0, |b| b.to_string().len());
+        }
+        if let Some(from) = msg.from_header().ok().and_then(|v| v.typed().ok()) {
+            acc += from.tag().map_or(0, |t| t.value().len());
+        }
+        if let Some(to) = msg.to_header().ok().and_then(|v| v.typed().ok()) {
+            acc += usize::from(to.tag().is_some());
+        }
+        if let Ok(c) = msg.call_id_header() {
+            acc += c.value().len();
+        }
+        if let Some(c) = msg.cseq_header().ok().and_then(|v| v.typed().ok()) {
+            acc += c.seq as usize;
+        }
+        if let Some(c) = msg.contact_header().ok().and_then(|v| v.typed().ok()) {
+            acc += contact_port(&c).map_or(0, usize::from);
+        }
+        if let Some(m) = msg.max_forwards_header().ok().and_then(|m| m.num().ok()) {
+            acc += m as usize;
+        }
+        acc += content_length(&msg).map_or(0, |n| n as usize);
+        acc += content_type(&msg).map_or(0, |c| c.to_string().len());
+        acc
+    }
+
+    /// Parsing alone.
+    pub fn parse_only(data: &[u8]) -> bool {
+        rsip::SipMessage::try_from(data).is_ok()
+    }
+}
+
+fn invite(c: &mut Criterion) {
+    let data = Bytes::from_static(INVITE);
+    let mine = ours(&data);
+    let theirs = theirs::core(INVITE);
+    assert!(mine.is_some(), "sip-core did not read the benchmark INVITE");
+    assert_eq!(mine, theirs, "the two parsers disagree on the benchmark INVITE");
+    assert_eq!(ours_hot(&data), theirs::hot(INVITE));
+
+    let mut g = c.benchmark_group(format!("invite_{}B", INVITE.len()));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sip-core/parse+core-headers", |b| {
+        b.iter(|| ours_hot(black_box(&data)))
+    });
+    g.bench_function("rsip/parse+core-headers", |b| {
+        b.iter(|| theirs::hot(black_box(INVITE)))
+    });
+    g.bench_function("sip-core/parse", |b| {
+        b.iter(|| parse_message(black_box(&data).clone()).is_ok())
+    });
+    g.bench_function("rsip/parse", |b| {
+        b.iter(|| theirs::parse_only(black_box(INVITE)))
+    });
+    g.bench_function("sip-core/parse+check", |b| {
+        b.iter(|| match parse_message(black_box(&data).clone()) {
+            Ok(SipMessage::Request(r)) => r.check().is_ok(),
+            _ => false,
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, invite);
+criterion_main!(benches);
