@@ -8,9 +8,10 @@
 //! challenge:
 //!
 //! ```text
-//! nonce  = HEX( issued ‖ salt ‖ TRUNC16( HMAC-SHA256(key, "nonce" ‖ issued ‖ salt ‖ realm) ) )
+//! nonce  = HEX( issued ‖ serial ‖ TRUNC16( HMAC-SHA256(key, "nonce" ‖ issued ‖ serial ‖ realm) ) )
 //!            issued: issue time, unix seconds, 8 octets big-endian
-//!            salt:   8 random octets, so that two challenges never share a nonce
+//!            serial: 8 octets big-endian, counting up from a random start,
+//!                    so that two challenges never share a nonce
 //! opaque = HEX( TRUNC12( HMAC-SHA256(key, "opaque" ‖ nonce) ) )
 //! ```
 //!
@@ -26,14 +27,16 @@
 //! every request under one nonce. The server remembers the highest `nc`
 //! accepted per nonce and refuses any request that does not go above it
 //! ([`Verdict::Replay`]). The table is bounded: expired nonces are dropped
-//! first, then the oldest live ones; a live nonce whose entry had to be
-//! dropped can no longer be checked for replay and is answered
-//! [`Verdict::Stale`], which makes the client fetch a fresh nonce.
+//! first, then the oldest live ones, in (issued, serial) order; a live
+//! nonce at or below the newest one dropped can no longer be checked for
+//! replay and is answered [`Verdict::Stale`], which makes the client fetch
+//! a fresh nonce.
 //!
 //! Without `qop` (the RFC 2069 form) there is no count to check; such
 //! credentials are refused unless [`DigestServerConfig::allow_rfc2069`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
 use rand::Rng;
@@ -46,9 +49,9 @@ use super::AuthError;
 type HmacSha256 = Hmac<Sha256>;
 
 const ISSUED_LEN: usize = 8;
-const SALT_LEN: usize = 8;
+const SERIAL_LEN: usize = 8;
 const NONCE_MAC_LEN: usize = 16;
-const NONCE_LEN: usize = ISSUED_LEN + SALT_LEN + NONCE_MAC_LEN;
+const NONCE_LEN: usize = ISSUED_LEN + SERIAL_LEN + NONCE_MAC_LEN;
 const OPAQUE_MAC_LEN: usize = 12;
 
 /// Settings of a [`DigestServer`].
@@ -116,23 +119,22 @@ pub enum Unacceptable {
     OpaqueMismatch,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct NonceRecord {
-    issued: u64,
-    highest_nc: u32,
-}
+/// Where a nonce sits in issue order: (issue time, serial).
+type NonceId = (u64, u64);
 
 /// Issues `Digest` challenges and verifies the credentials that answer
 /// them. A sans-IO object: the caller passes the time and the stored
 /// `HA1` values, and keeps one server per process (or per realm).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DigestServer {
     mac: HmacSha256,
     config: DigestServerConfig,
-    counts: HashMap<String, NonceRecord>,
-    /// Nonces issued at or before this time may have lost their entry in
-    /// `counts` to eviction.
-    evicted_through: Option<u64>,
+    next_serial: AtomicU64,
+    /// The highest nonce count accepted per nonce.
+    counts: BTreeMap<NonceId, u32>,
+    /// Nonces at or below this one may have lost their entry in `counts`
+    /// to eviction.
+    evicted_through: Option<NonceId>,
 }
 
 impl DigestServer {
@@ -143,10 +145,14 @@ impl DigestServer {
             return Err(AuthError::NoAlgorithms);
         }
         let mac = HmacSha256::new_from_slice(&key).map_err(|_| AuthError::InvalidKey)?;
+        // A random start keeps nonces of a restarted server (same key,
+        // same second) distinct from the ones it issued before.
+        let start: u64 = rand::thread_rng().gen::<u64>() >> 1;
         Ok(DigestServer {
             mac,
             config,
-            counts: HashMap::new(),
+            next_serial: AtomicU64::new(start),
+            counts: BTreeMap::new(),
             evicted_through: None,
         })
     }
@@ -167,11 +173,11 @@ impl DigestServer {
         self.counts.len()
     }
 
-    fn nonce_mac(&self, issued: &[u8], salt: &[u8], realm: &str) -> [u8; NONCE_MAC_LEN] {
+    fn nonce_mac(&self, issued: &[u8], serial: &[u8], realm: &str) -> [u8; NONCE_MAC_LEN] {
         let mut mac = self.mac.clone();
         mac.update(b"nonce");
         mac.update(issued);
-        mac.update(salt);
+        mac.update(serial);
         mac.update(realm.as_bytes());
         let full = mac.finalize().into_bytes();
         let mut out = [0u8; NONCE_MAC_LEN];
@@ -189,29 +195,34 @@ impl DigestServer {
     /// A fresh nonce for `realm`, issued at `now_unix`.
     pub fn new_nonce(&self, realm: &str, now_unix: u64) -> String {
         let issued = now_unix.to_be_bytes();
-        let salt: [u8; SALT_LEN] = rand::thread_rng().gen();
-        let mac = self.nonce_mac(&issued, &salt, realm);
+        let serial = self
+            .next_serial
+            .fetch_add(1, Ordering::Relaxed)
+            .to_be_bytes();
+        let mac = self.nonce_mac(&issued, &serial, realm);
         let mut raw = [0u8; NONCE_LEN];
         raw[..ISSUED_LEN].copy_from_slice(&issued);
-        raw[ISSUED_LEN..ISSUED_LEN + SALT_LEN].copy_from_slice(&salt);
-        raw[ISSUED_LEN + SALT_LEN..].copy_from_slice(&mac);
+        raw[ISSUED_LEN..ISSUED_LEN + SERIAL_LEN].copy_from_slice(&serial);
+        raw[ISSUED_LEN + SERIAL_LEN..].copy_from_slice(&mac);
         hex::encode(raw)
     }
 
-    /// The issue time of `nonce` if this server issued it for `realm`.
-    fn check_nonce(&self, nonce: &str, realm: &str) -> Option<u64> {
+    /// The (issue time, serial) of `nonce` if this server issued it for
+    /// `realm`.
+    fn check_nonce(&self, nonce: &str, realm: &str) -> Option<NonceId> {
         if nonce.len() != NONCE_LEN * 2 {
             return None;
         }
         let raw = hex::decode(nonce).ok()?;
         let (issued, rest) = raw.split_at_checked(ISSUED_LEN)?;
-        let (salt, mac) = rest.split_at_checked(SALT_LEN)?;
-        let expected = self.nonce_mac(issued, salt, realm);
+        let (serial, mac) = rest.split_at_checked(SERIAL_LEN)?;
+        let expected = self.nonce_mac(issued, serial, realm);
         if !constant_time_eq(mac, &expected) {
             return None;
         }
         let issued: [u8; ISSUED_LEN] = issued.try_into().ok()?;
-        Some(u64::from_be_bytes(issued))
+        let serial: [u8; SERIAL_LEN] = serial.try_into().ok()?;
+        Some((u64::from_be_bytes(issued), u64::from_be_bytes(serial)))
     }
 
     /// The challenges for a 401/407: one per configured algorithm, most
@@ -289,7 +300,7 @@ impl DigestServer {
             return Verdict::Unacceptable(U::MissingNonceCountOrCnonce);
         }
 
-        let Some(issued) = self.check_nonce(&credentials.nonce, realm) else {
+        let Some(id) = self.check_nonce(&credentials.nonce, realm) else {
             return Verdict::BadNonce;
         };
         let opaque_ok = credentials.opaque.as_deref().is_some_and(|o| {
@@ -314,62 +325,55 @@ impl DigestServer {
             return Verdict::BadResponse;
         }
 
+        let (issued, _) = id;
         if now_unix.saturating_sub(issued) > self.config.nonce_lifetime_secs {
             return Verdict::Stale;
         }
         match qop {
             QopInput::Auth { nc, .. } | QopInput::AuthInt { nc, .. } => {
-                self.record_count(&credentials.nonce, issued, nc.value(), now_unix)
+                self.record_count(id, nc.value(), now_unix)
             }
             QopInput::None => Verdict::Ok,
         }
     }
 
-    fn record_count(&mut self, nonce: &str, issued: u64, nc: u32, now_unix: u64) -> Verdict {
-        if let Some(record) = self.counts.get_mut(nonce) {
-            if nc <= record.highest_nc {
+    fn record_count(&mut self, id: NonceId, nc: u32, now_unix: u64) -> Verdict {
+        if let Some(highest) = self.counts.get_mut(&id) {
+            if nc <= *highest {
                 return Verdict::Replay;
             }
-            record.highest_nc = nc;
+            *highest = nc;
             return Verdict::Ok;
         }
         if self.counts.len() >= self.config.max_tracked_nonces {
             self.make_room(now_unix);
         }
-        if self.evicted_through.is_some_and(|t| issued <= t) {
+        if self.evicted_through.is_some_and(|floor| id <= floor) {
             return Verdict::Stale;
         }
-        self.counts.insert(
-            nonce.to_owned(),
-            NonceRecord {
-                issued,
-                highest_nc: nc,
-            },
-        );
+        self.counts.insert(id, nc);
         Verdict::Ok
     }
 
     /// Drops the counts of expired nonces. Called by `verify` when the
     /// table is full; callers may also call it from a periodic tick.
     pub fn purge_expired(&mut self, now_unix: u64) {
-        let lifetime = self.config.nonce_lifetime_secs;
-        self.counts
-            .retain(|_, r| now_unix.saturating_sub(r.issued) <= lifetime);
+        let oldest_live = now_unix.saturating_sub(self.config.nonce_lifetime_secs);
+        self.counts = self.counts.split_off(&(oldest_live, 0));
     }
 
+    /// Drops expired counts, then, if the table is still full, the oldest
+    /// quarter of the live ones.
     fn make_room(&mut self, now_unix: u64) {
         self.purge_expired(now_unix);
-        if self.counts.len() < self.config.max_tracked_nonces {
+        let len = self.counts.len();
+        if len < self.config.max_tracked_nonces {
             return;
         }
-        // Drop the oldest quarter of the live nonces.
-        let mut issued: Vec<u64> = self.counts.values().map(|r| r.issued).collect();
-        issued.sort_unstable();
-        let index = (issued.len() / 4).min(issued.len().saturating_sub(1));
-        let Some(&cutoff) = issued.get(index) else {
-            return;
-        };
-        self.counts.retain(|_, r| r.issued > cutoff);
-        self.evicted_through = Some(self.evicted_through.map_or(cutoff, |t| t.max(cutoff)));
+        for _ in 0..(len / 4).max(1) {
+            if let Some((id, _)) = self.counts.pop_first() {
+                self.evicted_through = Some(self.evicted_through.map_or(id, |t| t.max(id)));
+            }
+        }
     }
 }

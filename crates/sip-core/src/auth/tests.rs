@@ -554,6 +554,33 @@ fn nonce_table_is_bounded_and_evicted_nonces_go_stale() {
 }
 
 #[test]
+fn a_burst_within_one_second_overflowing_the_table_is_still_accepted() {
+    let config = DigestServerConfig {
+        max_tracked_nonces: 8,
+        ..DigestServerConfig::default()
+    };
+    let mut s = DigestServer::new([3; 32], config).unwrap();
+    let store = Store::new("alice", "secret");
+    let mut client = DigestClient::new("alice", "secret");
+    let mut accepted = Vec::new();
+    for _ in 0..50 {
+        let c = answer(&s, &mut client, all, T0);
+        assert_eq!(
+            s.verify(&c, "REGISTER", REALM, |a| store.ha1(a), T0),
+            Verdict::Ok
+        );
+        accepted.push(c);
+    }
+    assert!(s.tracked_nonces() <= 8);
+    // The earliest, evicted, cannot be replayed: it is sent back for a
+    // fresh nonce.
+    assert_eq!(
+        s.verify(&accepted[0], "REGISTER", REALM, |a| store.ha1(a), T0),
+        Verdict::Stale
+    );
+}
+
+#[test]
 fn server_config_is_checked() {
     let empty = DigestServerConfig {
         algorithms: vec![],
