@@ -1665,7 +1665,8 @@ impl Store for SqliteStore {
         }
         if let Some(cursor) = &filter.cursor {
             let (ms, id) = decode_cursor(cursor)?;
-            sql.push_str(" AND (created_at_ms < ? OR (created_at_ms = ? AND id < ?))");
+            // The first conjunct bounds the index range; the second breaks ties by id.
+            sql.push_str(" AND created_at_ms <= ? AND (created_at_ms < ? OR id < ?)");
             args.push(Value::Integer(ms));
             args.push(Value::Integer(ms));
             args.push(Value::Text(id));
