@@ -1,0 +1,356 @@
+//! The load generator: paced G.711-sized RTP streams out of a few UDP sockets with
+//! `sendmmsg`, received back with `recvmmsg`, each packet carrying its stream, sequence number
+//! and send time so that loss and one-way latency can be measured.
+
+use std::mem;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::ptr;
+use std::sync::Arc;
+use std::thread;
+
+use crate::sys::now_ns;
+
+/// One paced stream: sent from `socket` to `dest`.
+#[derive(Debug, Clone, Copy)]
+pub struct Stream {
+    pub socket: usize,
+    pub dest: SocketAddr,
+}
+
+/// Timing of a run, in CLOCK_MONOTONIC nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub start: u64,
+    /// Packets sent in `[window_start, window_end)` are the measured ones.
+    pub window_start: u64,
+    pub window_end: u64,
+    /// The receiver keeps draining until then.
+    pub recv_end: u64,
+    pub pps: u32,
+    pub size: usize,
+}
+
+/// What the generator saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub sent_window: u64,
+    pub sent_total: u64,
+    pub send_failed: u64,
+    pub received_window: u64,
+    pub received_total: u64,
+    pub latency: Histogram,
+}
+
+/// One-way latency, 1 µs buckets up to 1 s.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: vec![0; 1_000_001],
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn record(&mut self, ns: u64) {
+        let us = ((ns / 1000) as usize).min(self.buckets.len() - 1);
+        self.buckets[us] += 1;
+        self.count += 1;
+    }
+
+    /// The `q`-quantile in µs (0 when empty).
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (us, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return us as u64;
+            }
+        }
+        (self.buckets.len() - 1) as u64
+    }
+}
+
+const BATCH: usize = 64;
+const HEADER: usize = 12;
+/// Offset of the send time (u64), stream index (u32), sequence number (u32) in the payload.
+const STAMP: usize = HEADER;
+
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY (zeroed): valid for sockaddr_storage.
+    let mut s: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage holds a sockaddr_in.
+            unsafe { ptr::write((&mut s as *mut libc::sockaddr_storage).cast(), sin) };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage holds a sockaddr_in6.
+            unsafe { ptr::write((&mut s as *mut libc::sockaddr_storage).cast(), sin6) };
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (s, len as libc::socklen_t)
+}
+
+/// Per-socket outgoing batch.
+struct OutBatch {
+    bufs: Vec<u8>,
+    /// Pointed at by `hdr`; kept alive here.
+    _iov: Vec<libc::iovec>,
+    hdr: Vec<libc::mmsghdr>,
+    stamps: Vec<u64>,
+    n: usize,
+}
+
+impl OutBatch {
+    fn new(size: usize) -> Self {
+        let mut bufs = vec![0u8; BATCH * size];
+        let mut iov: Vec<libc::iovec> = (0..BATCH)
+            .map(|i| libc::iovec {
+                iov_base: bufs[i * size..].as_mut_ptr().cast(),
+                iov_len: size,
+            })
+            .collect();
+        // SAFETY (zeroed): valid for mmsghdr.
+        let mut hdr: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect();
+        for (h, v) in hdr.iter_mut().zip(iov.iter_mut()) {
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        OutBatch {
+            bufs,
+            _iov: iov,
+            hdr,
+            stamps: vec![0; BATCH],
+            n: 0,
+        }
+    }
+}
+
+fn sender(socks: &[UdpSocket], streams: &[Stream], s: Schedule) -> (u64, u64, u64) {
+    let n = streams.len() as u64;
+    let period = 1_000_000_000 / u64::from(s.pps.max(1));
+    let dests: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
+        streams.iter().map(|st| sockaddr(st.dest)).collect();
+    let mut seqs = vec![0u32; streams.len()];
+    let mut batches: Vec<OutBatch> = socks.iter().map(|_| OutBatch::new(s.size)).collect();
+    let (mut sent_total, mut sent_window, mut failed) = (0u64, 0u64, 0u64);
+    let (mut idx, mut cycle) = (0u64, 0u64);
+    let mut flush = |b: &mut OutBatch, fd: i32, sent_total: &mut u64, sent_window: &mut u64| {
+        let mut off = 0;
+        while off < b.n {
+            // SAFETY: headers point at live buffers/addresses owned by the batch and `dests`.
+            let r = unsafe { libc::sendmmsg(fd, b.hdr[off..].as_mut_ptr(), (b.n - off) as u32, 0) };
+            if r <= 0 {
+                failed += (b.n - off) as u64;
+                break;
+            }
+            for &t in &b.stamps[off..off + r as usize] {
+                *sent_total += 1;
+                if t >= s.window_start && t < s.window_end {
+                    *sent_window += 1;
+                }
+            }
+            off += r as usize;
+        }
+        b.n = 0;
+    };
+    loop {
+        let now = now_ns();
+        if now >= s.window_end {
+            break;
+        }
+        loop {
+            let due = s.start + cycle * period + idx * period / n;
+            if due > now {
+                break;
+            }
+            let i = idx as usize;
+            let st = streams[i];
+            let b = &mut batches[st.socket];
+            let k = b.n;
+            let seq = seqs[i];
+            seqs[i] = seq.wrapping_add(1);
+            let buf = &mut b.bufs[k * s.size..(k + 1) * s.size];
+            buf[0] = 0x80;
+            buf[1] = 0; // PCMU
+            buf[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
+            buf[4..8].copy_from_slice(&seq.wrapping_mul(160).to_be_bytes());
+            buf[8..12].copy_from_slice(&(i as u32 + 1).to_be_bytes());
+            buf[STAMP..STAMP + 8].copy_from_slice(&now.to_le_bytes());
+            buf[STAMP + 8..STAMP + 12].copy_from_slice(&(i as u32).to_le_bytes());
+            buf[STAMP + 12..STAMP + 16].copy_from_slice(&seq.to_le_bytes());
+            b.hdr[k].msg_hdr.msg_name = (&dests[i].0 as *const libc::sockaddr_storage)
+                .cast_mut()
+                .cast();
+            b.hdr[k].msg_hdr.msg_namelen = dests[i].1;
+            b.stamps[k] = now;
+            b.n += 1;
+            if b.n == BATCH {
+                flush(
+                    b,
+                    socks[st.socket].as_raw_fd(),
+                    &mut sent_total,
+                    &mut sent_window,
+                );
+            }
+            idx += 1;
+            if idx == n {
+                idx = 0;
+                cycle += 1;
+            }
+        }
+        for (b, sock) in batches.iter_mut().zip(socks) {
+            if b.n > 0 {
+                flush(b, sock.as_raw_fd(), &mut sent_total, &mut sent_window);
+            }
+        }
+        let next = s.start + cycle * period + idx * period / n;
+        crate::sys::sleep_until(next.min(s.window_end));
+    }
+    (sent_total, sent_window, failed)
+}
+
+fn receiver(socks: &[UdpSocket], s: Schedule) -> (u64, u64, Histogram) {
+    let mut hist = Histogram::default();
+    let (mut total, mut window) = (0u64, 0u64);
+    // SAFETY: plain system call.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    for (i, sock) in socks.iter().enumerate() {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        // SAFETY: `ev` is live for the call.
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, sock.as_raw_fd(), &mut ev) };
+    }
+    const SZ: usize = 2048;
+    let mut bufs = vec![0u8; BATCH * SZ];
+    let mut iov: Vec<libc::iovec> = (0..BATCH)
+        .map(|i| libc::iovec {
+            iov_base: bufs[i * SZ..].as_mut_ptr().cast(),
+            iov_len: SZ,
+        })
+        .collect();
+    // SAFETY (zeroed): valid for mmsghdr / epoll_event.
+    let mut hdr: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect();
+    for (h, v) in hdr.iter_mut().zip(iov.iter_mut()) {
+        h.msg_hdr.msg_iov = v;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    while now_ns() < s.recv_end {
+        // SAFETY: `events` has room for 256 entries.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 256, 5) };
+        for e in events.iter().take(n.max(0) as usize) {
+            let fd = socks[e.u64 as usize].as_raw_fd();
+            // SAFETY: headers point at live buffers of SZ bytes owned here.
+            let r = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    hdr.as_mut_ptr(),
+                    BATCH as u32,
+                    libc::MSG_DONTWAIT,
+                    ptr::null_mut(),
+                )
+            };
+            if r <= 0 {
+                continue;
+            }
+            let now = now_ns();
+            for (i, h) in hdr.iter().take(r as usize).enumerate() {
+                if (h.msg_len as usize) < STAMP + 16 {
+                    continue;
+                }
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&bufs[i * SZ + STAMP..i * SZ + STAMP + 8]);
+                let sent = u64::from_le_bytes(t);
+                total += 1;
+                if sent >= s.window_start && sent < s.window_end {
+                    window += 1;
+                    hist.record(now.saturating_sub(sent));
+                }
+            }
+        }
+    }
+    // SAFETY: closing the epoll descriptor created above.
+    unsafe { libc::close(ep) };
+    (total, window, hist)
+}
+
+/// Runs the load: returns when the receiver has drained. `on_window` is called on the caller's
+/// thread at the window's start and end (to sample the relay's CPU time).
+pub fn run(
+    socks: Vec<UdpSocket>,
+    streams: Vec<Stream>,
+    s: Schedule,
+    mut on_window: impl FnMut(bool),
+) -> Outcome {
+    let socks = Arc::new(socks);
+    let rx_socks = Arc::clone(&socks);
+    let receiver = thread::spawn(move || receiver(&rx_socks, s));
+    let tx_socks = Arc::clone(&socks);
+    let sender = thread::spawn(move || sender(&tx_socks, &streams, s));
+    crate::sys::sleep_until(s.window_start);
+    on_window(true);
+    crate::sys::sleep_until(s.window_end);
+    on_window(false);
+    let (sent_total, sent_window, send_failed) = sender.join().unwrap_or_default();
+    let (received_total, received_window, latency) = receiver
+        .join()
+        .unwrap_or_else(|_| (0, 0, Histogram::default()));
+    Outcome {
+        sent_window,
+        sent_total,
+        send_failed,
+        received_window,
+        received_total,
+        latency,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles() {
+        let mut h = Histogram::default();
+        for us in 1..=100u64 {
+            h.record(us * 1000 + 500);
+        }
+        assert_eq!(h.quantile_us(0.5), 50);
+        assert_eq!(h.quantile_us(0.99), 99);
+        assert_eq!(h.quantile_us(1.0), 100);
+    }
+}
