@@ -2,7 +2,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
-pub mod transaction;
-pub mod message;
+pub mod dialog;
 pub mod endpoint;
+pub mod message;
+pub mod transaction;
 pub mod transport;
