@@ -202,14 +202,20 @@ pub enum Role {
 /// The state of a dialog (RFC 3261 §12; the names are the RFC's):
 ///
 /// ```text
-///      1xx with To tag               2xx
-///   ---------------------> Early -----------> Confirmed
-///   |                        |                    |
-///   | 2xx                    | non-2xx final,     | BYE (sent and answered, or
-///   +------------------------|--> Confirmed       | received), 481 or 408 to
-///                            |                    | a request in the dialog
-///                            V                    V
-///                        Terminated <---------- Terminated
+///                    INVITE sent / received
+///                      |                |
+///      1xx with To tag |                | 2xx
+///                      V                |
+///                    Early -------------|-------------+
+///                      |                |             | non-2xx final
+///                  2xx |                |             | response to the INVITE
+///                      V                |             V
+///                  Confirmed <----------+         Terminated
+///                      |                              ^
+///                      | BYE received, or sent and    |
+///                      | answered; 481 / 408 to a     |
+///                      | request in the dialog        |
+///                      +------------------------------+
 /// ```
 ///
 /// A UAS dialog is Early from the moment the UAS sends a 1xx with its tag and Confirmed
