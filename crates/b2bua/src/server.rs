@@ -1,7 +1,9 @@
 //! The SIP dispatcher: pre-checks every request, then hands it to its owner.
 
+use crate::registrar::Registrar;
 use sip_core::endpoint::{Endpoint, EndpointEvent, IncomingRequest};
 use sip_core::message::{HeaderAccess, HeaderName, Method, Response, Uri};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Methods this server implements (the `Allow` header).
@@ -14,11 +16,15 @@ pub const ACCEPT: &str = "application/sdp";
 /// The SIP side of dialbridge.
 pub struct SipServer {
     endpoint: Endpoint,
+    registrar: Arc<Registrar>,
 }
 
 impl SipServer {
-    pub fn new(endpoint: Endpoint) -> SipServer {
-        SipServer { endpoint }
+    pub fn new(endpoint: Endpoint, registrar: Arc<Registrar>) -> SipServer {
+        SipServer {
+            endpoint,
+            registrar,
+        }
     }
 
     /// Serves endpoint events until the endpoint stops.
@@ -81,7 +87,21 @@ impl SipServer {
                 // for an unknown target.
                 self.reply(&inc, 404, &[]);
             }
-            Method::Register => self.reply(&inc, 404, &[]),
+            Method::Register => {
+                let registrar = Arc::clone(&self.registrar);
+                let endpoint = self.endpoint.clone();
+                tokio::spawn(async move {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let decision = registrar.handle(&inc.request, &inc.flow, now);
+                    if !decision.delay.is_zero() {
+                        tokio::time::sleep(decision.delay).await;
+                    }
+                    endpoint.respond(&inc.key, decision.response);
+                });
+            }
             Method::Extension(_) => self.reply(&inc, 501, &[(HeaderName::Allow, ALLOW.into())]),
             _ => self.reply(&inc, 405, &[(HeaderName::Allow, ALLOW.into())]),
         }

@@ -3,6 +3,7 @@
 use crate::config::{Config, Validated};
 use sip_core::endpoint::{Endpoint, EndpointConfig};
 use sip_core::transport::TransportConfig;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why the server could not run.
@@ -12,6 +13,8 @@ pub enum ServeError {
     Store(#[from] store::StoreError),
     #[error("SIP: {0}")]
     Sip(#[from] sip_core::endpoint::EndpointError),
+    #[error("registrar: {0}")]
+    Registrar(#[from] b2bua::registrar::RegistrarError),
 }
 
 pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
@@ -35,12 +38,54 @@ pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
         println!("dialbridge: SIP listening on {a}");
     }
     println!("dialbridge: store {}", cfg.store.url);
-    let server = b2bua::server::SipServer::new(endpoint);
+    tracing::info!(
+        media_bind = %valid.media_bind,
+        media_ports = ?valid.media_ports,
+        media_advertise = ?valid.media_advertise,
+        api = %valid.api_listen,
+        "configured"
+    );
+    let r = &cfg.registrar;
+    let registrar = Arc::new(b2bua::registrar::Registrar::new(
+        b2bua::registrar::RegistrarConfig {
+            realm: cfg.sip.domain.clone(),
+            min_expires: r.min_expires,
+            max_expires: r.max_expires,
+            default_expires: r.default_expires,
+            nonce_lifetime_secs: r.nonce_lifetime_secs,
+            guard: b2bua::registrar::GuardConfig {
+                limit: r.auth_fail_limit,
+                window_secs: r.auth_fail_window_secs,
+                lockout_secs: r.auth_lockout_secs,
+                ..Default::default()
+            },
+        },
+        Arc::clone(&store),
+    )?);
+    // Expired bindings are swept once a minute.
+    let sweeper = {
+        let registrar = Arc::clone(&registrar);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let r = Arc::clone(&registrar);
+                match tokio::task::spawn_blocking(move || r.sweep()).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired bindings swept"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "binding sweep failed"),
+                    _ => {}
+                }
+            }
+        })
+    };
+    let server = b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar));
     let sip = tokio::spawn(server.run(events));
+    println!("dialbridge: ready");
 
     shutdown_signal().await;
     tracing::info!("shutting down");
     sip.abort();
+    sweeper.abort();
     Ok(())
 }
 

@@ -71,10 +71,13 @@ pub enum EndpointError {
 /// A server transaction key (RFC 3261 §17.2.3).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerKey {
+    /// Branch, sent-by and method (§17.2.3), plus the Call-ID: a genuine retransmission
+    /// always repeats it, and it keeps peers that reuse a branch across requests apart.
     Rfc3261 {
         branch: Bytes,
         sent_by: String,
         method: Method,
+        call_id: Bytes,
     },
     /// RFC 2543 peers without the magic cookie: matched on the request's identity.
     Rfc2543(String),
@@ -432,6 +435,8 @@ fn via_value(transport: Transport, sent_by: Option<SocketAddr>, branch: &str) ->
     )
 }
 
+// The variants are named after the RFC's four transaction kinds.
+#[allow(clippy::enum_variant_names)]
 enum Machine {
     ClientInvite(ClientInviteTransaction),
     ClientNonInvite(ClientNonInviteTransaction),
@@ -1003,11 +1008,15 @@ impl Layer {
 fn with_method(key: &ServerKey, method: Method) -> ServerKey {
     match key {
         ServerKey::Rfc3261 {
-            branch, sent_by, ..
+            branch,
+            sent_by,
+            call_id,
+            ..
         } => ServerKey::Rfc3261 {
             branch: branch.clone(),
             sent_by: sent_by.clone(),
             method,
+            call_id: call_id.clone(),
         },
         ServerKey::Rfc2543(k) => {
             // The 2543 key embeds the CSeq method last; swap it.
@@ -1031,6 +1040,7 @@ fn server_key(req: &Request) -> Option<ServerKey> {
                 branch: Bytes::copy_from_slice(b),
                 sent_by,
                 method,
+                call_id: req.call_id().ok()?.clone(),
             })
         }
         _ => {

@@ -1,0 +1,869 @@
+//! The registrar (RFC 3261 §10.3): agents' phones register their contacts with digest
+//! authentication; bindings live in the store and survive restarts.
+//!
+//! Processing of one REGISTER, in the RFC's order:
+//! 1. Authenticate (§10.3 step 3, §22): no credentials, an unknown scheme, a stale or foreign
+//!    nonce -> `401` with fresh SHA-256 and MD5 challenges. Wrong credentials -> `401` again
+//!    and a failure counted against the source address and the username ([`AuthGuard`]);
+//!    past the limit the source or username is refused with `403` for a while, and each
+//!    failure before that is answered a little later than the one before.
+//! 2. Authorise: the address-of-record (To) must be the authenticated device (`403`).
+//! 3. Contacts (§10.3 steps 6-8): `*` with `Expires: 0` removes every binding; each contact's
+//!    expiry comes from its `expires` parameter, else the `Expires` header, else the default;
+//!    below `Min-Expires` -> `423`; above the maximum it is shortened; `0` removes it. A
+//!    request whose CSeq is not above the one stored for the same Call-ID is out of order.
+//! 4. Answer `200` with every current binding and its remaining time.
+//!
+//! Each binding keeps where the REGISTER really came from (source address, transport, the
+//! TCP connection), so that a phone behind NAT is reached back the way it came in.
+
+use sip_core::auth::{
+    parse_authorization, Algorithm, Authorization, DigestServer, DigestServerConfig, Verdict,
+};
+use sip_core::endpoint::new_tag;
+use sip_core::message::{ContactValue, HeaderAccess, HeaderName, NameAddr, Request, Response, Uri};
+use sip_core::transport::{ConnId, Flow};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::{Binding, Store};
+
+/// Registrar settings.
+#[derive(Debug, Clone)]
+pub struct RegistrarConfig {
+    /// The domain and digest realm.
+    pub realm: String,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    pub nonce_lifetime_secs: u64,
+    pub guard: GuardConfig,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            realm: "dialbridge.test".into(),
+            min_expires: 60,
+            max_expires: 7200,
+            default_expires: 3600,
+            nonce_lifetime_secs: 300,
+            guard: GuardConfig::default(),
+        }
+    }
+}
+
+/// Brute-force protection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardConfig {
+    /// Failures (per source address or per username) within the window before lock-out.
+    pub limit: u32,
+    pub window_secs: u64,
+    pub lockout_secs: u64,
+    /// Added delay per recent failure before answering (capped at 2 s).
+    pub delay_step: Duration,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            limit: 5,
+            window_secs: 60,
+            lockout_secs: 300,
+            delay_step: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct FailureRecord {
+    count: u32,
+    window_start: u64,
+    locked_until: u64,
+}
+
+/// Counts failed digest attempts per source address and per username.
+#[derive(Debug, Default)]
+pub struct AuthGuard {
+    cfg: GuardConfig,
+    by_source: HashMap<IpAddr, FailureRecord>,
+    by_user: HashMap<String, FailureRecord>,
+}
+
+impl AuthGuard {
+    pub fn new(cfg: GuardConfig) -> AuthGuard {
+        AuthGuard {
+            cfg,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the source or the username is locked out at `now`.
+    pub fn is_locked(&self, source: IpAddr, user: Option<&str>, now: u64) -> bool {
+        let locked = |r: Option<&FailureRecord>| r.is_some_and(|r| r.locked_until > now);
+        locked(self.by_source.get(&source)) || user.is_some_and(|u| locked(self.by_user.get(u)))
+    }
+
+    /// Records a failure; returns the delay to apply before answering and whether this
+    /// failure started a lock-out.
+    pub fn fail(&mut self, source: IpAddr, user: Option<&str>, now: u64) -> (Duration, bool) {
+        let cfg = self.cfg;
+        let bump = |r: &mut FailureRecord| {
+            if now.saturating_sub(r.window_start) > cfg.window_secs {
+                r.count = 0;
+                r.window_start = now;
+            }
+            r.count += 1;
+            if r.count >= cfg.limit && r.locked_until <= now {
+                r.locked_until = now + cfg.lockout_secs;
+                return (r.count, true);
+            }
+            (r.count, false)
+        };
+        let (n1, l1) = bump(self.by_source.entry(source).or_default());
+        let (n2, l2) = match user {
+            Some(u) => bump(self.by_user.entry(u.to_string()).or_default()),
+            None => (0, false),
+        };
+        let n = n1.max(n2);
+        let delay = (cfg.delay_step * n).min(Duration::from_secs(2));
+        // Bound memory: forget quiet records.
+        if self.by_source.len() > 100_000 {
+            self.by_source.retain(|_, r| {
+                r.locked_until > now || now.saturating_sub(r.window_start) <= cfg.window_secs
+            });
+        }
+        if self.by_user.len() > 100_000 {
+            self.by_user.retain(|_, r| {
+                r.locked_until > now || now.saturating_sub(r.window_start) <= cfg.window_secs
+            });
+        }
+        (delay, l1 || l2)
+    }
+
+    /// A success clears the username's failures (not the source's).
+    pub fn succeed(&mut self, user: &str) {
+        self.by_user.remove(user);
+    }
+}
+
+/// Counters the registrar keeps (exported as metrics).
+#[derive(Debug, Default)]
+pub struct RegistrarStats {
+    pub registrations: std::sync::atomic::AtomicU64,
+    pub auth_failures: std::sync::atomic::AtomicU64,
+    pub auth_lockouts: std::sync::atomic::AtomicU64,
+    pub auth_refused_locked: std::sync::atomic::AtomicU64,
+}
+
+/// What the registrar decided about one REGISTER.
+#[derive(Debug)]
+pub struct Decision {
+    pub response: Response,
+    /// Wait this long before sending the response (brute-force slow-down).
+    pub delay: Duration,
+}
+
+/// The registrar. Shared between tasks (`Arc`); internal state behind short locks.
+pub struct Registrar {
+    cfg: RegistrarConfig,
+    store: Arc<dyn Store>,
+    digest: Mutex<DigestServer>,
+    guard: Mutex<AuthGuard>,
+    /// TCP connections of bindings (`device/contact` -> connection): the way back to a
+    /// phone that registered over TCP. Not persistent: a connection does not outlive us.
+    conns: Mutex<HashMap<(String, String), ConnId>>,
+    pub stats: RegistrarStats,
+}
+
+impl std::fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrar")
+            .field("realm", &self.cfg.realm)
+            .finish()
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Errors of the registrar (the store failing).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrarError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("digest: {0}")]
+    Digest(#[from] sip_core::auth::AuthError),
+}
+
+impl Registrar {
+    pub fn new(cfg: RegistrarConfig, store: Arc<dyn Store>) -> Result<Registrar, RegistrarError> {
+        let digest = DigestServer::with_random_key(DigestServerConfig {
+            nonce_lifetime_secs: cfg.nonce_lifetime_secs,
+            ..Default::default()
+        })?;
+        Ok(Registrar {
+            guard: Mutex::new(AuthGuard::new(cfg.guard)),
+            cfg,
+            store,
+            digest: Mutex::new(digest),
+            conns: Mutex::new(HashMap::new()),
+            stats: RegistrarStats::default(),
+        })
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.cfg.realm
+    }
+
+    /// The TCP connection a device's contact registered over, if it is still known.
+    pub fn connection_of(&self, device: &str, contact: &str) -> Option<ConnId> {
+        self.conns
+            .lock()
+            .ok()?
+            .get(&(device.to_string(), contact.to_string()))
+            .copied()
+    }
+
+    /// Removes expired bindings from the store.
+    pub fn sweep(&self) -> Result<usize, RegistrarError> {
+        Ok(self.store.sweep_expired(unix_now() as i64)?)
+    }
+
+    fn challenge(&self, req: &Request, stale: bool, now: u64) -> Response {
+        let mut resp = Response::for_request(req, 401);
+        resp.set_to_tag(&new_tag());
+        let values = match self.digest.lock() {
+            Ok(d) => d.challenge(&self.cfg.realm, stale, now),
+            Err(_) => Vec::new(),
+        };
+        for v in values {
+            resp.headers.add(HeaderName::WwwAuthenticate, v);
+        }
+        resp
+    }
+
+    fn reply(req: &Request, status: u16) -> Response {
+        let mut resp = Response::for_request(req, status);
+        resp.set_to_tag(&new_tag());
+        resp
+    }
+
+    /// Handles one REGISTER that arrived along `flow`, at `now` (unix seconds).
+    pub fn handle(&self, req: &Request, flow: &Flow, now: u64) -> Decision {
+        let quick = |response| Decision {
+            response,
+            delay: Duration::ZERO,
+        };
+        let source = flow.remote.ip();
+        // 1. Authentication.
+        let Some(auth_value) = req.header_str(&HeaderName::Authorization) else {
+            if self.locked(source, None, now) {
+                return quick(Self::reply(req, 403).with_reason("Too many failed attempts"));
+            }
+            return quick(self.challenge(req, false, now));
+        };
+        let creds = match parse_authorization(&auth_value) {
+            Ok(Authorization::Digest(c)) => c,
+            // An unknown scheme, or garbage: challenge with what we know (RFC 4475 §3.3.7).
+            _ => return quick(self.challenge(req, false, now)),
+        };
+        let username = creds.username.clone();
+        if self.locked(source, Some(&username), now) {
+            self.stats
+                .auth_refused_locked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return quick(Self::reply(req, 403).with_reason("Too many failed attempts"));
+        }
+        let device = match self.store.device_by_username(&username) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "store lookup failed");
+                return quick(Self::reply(req, 500));
+            }
+        };
+        let realm = self.cfg.realm.clone();
+        let verdict = match self.digest.lock() {
+            Ok(mut d) => d.verify(
+                &creds,
+                "REGISTER",
+                &realm,
+                |alg| {
+                    let dev = device.as_ref()?;
+                    if dev.realm != realm {
+                        return None;
+                    }
+                    match alg {
+                        Algorithm::Md5 | Algorithm::Md5Sess => {
+                            Some(dev.ha1_md5.expose().to_string())
+                        }
+                        Algorithm::Sha256 | Algorithm::Sha256Sess => {
+                            Some(dev.ha1_sha256.expose().to_string())
+                        }
+                        _ => None,
+                    }
+                },
+                now,
+            ),
+            Err(_) => Verdict::BadNonce,
+        };
+        let device = match (verdict, device) {
+            (Verdict::Ok, Some(d)) => d,
+            (Verdict::Stale, _) => return quick(self.challenge(req, true, now)),
+            (Verdict::BadNonce | Verdict::Replay | Verdict::Unacceptable(_), _) => {
+                return quick(self.challenge(req, false, now))
+            }
+            (v, _) => {
+                // Wrong password or unknown device: the same answer for both.
+                self.stats
+                    .auth_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (delay, locked) = match self.guard.lock() {
+                    Ok(mut g) => g.fail(source, Some(&username), now),
+                    Err(_) => (Duration::ZERO, false),
+                };
+                if locked {
+                    self.stats
+                        .auth_lockouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(%source, username = %username, "registration locked out after repeated failures");
+                }
+                tracing::info!(%source, username = %username, verdict = ?v, "digest authentication failed");
+                return Decision {
+                    response: self.challenge(req, false, now),
+                    delay,
+                };
+            }
+        };
+        if let Ok(mut g) = self.guard.lock() {
+            g.succeed(&username);
+        }
+        // 2. The address of record must be the device that authenticated.
+        let aor_user = req.to().ok().and_then(|t| {
+            t.uri
+                .as_sip()
+                .and_then(|u| u.user_str().map(|s| s.into_owned()))
+        });
+        if aor_user.as_deref() != Some(device.username.as_str()) {
+            return quick(Self::reply(req, 403).with_reason("To does not match the credentials"));
+        }
+        // 3. Contacts.
+        match self.update_bindings(req, flow, &device, now) {
+            Ok(()) => {}
+            Err(resp) => return quick(resp),
+        }
+        // 4. The current bindings.
+        let bindings = match self.store.bindings_for_device(&device.username, now as i64) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "store lookup failed");
+                return quick(Self::reply(req, 500));
+            }
+        };
+        let mut resp = Self::reply(req, 200);
+        for b in &bindings {
+            let left = (b.expires_at - now as i64).max(0);
+            let mut v = format!("<{}>;expires={left}", b.contact);
+            if let Some(q) = b.q {
+                v.push_str(&format!(";q={q}"));
+            }
+            if let Some(i) = &b.instance {
+                v.push_str(&format!(";+sip.instance=\"{i}\""));
+            }
+            if let Some(r) = b.reg_id {
+                v.push_str(&format!(";reg-id={r}"));
+            }
+            resp.headers.add(HeaderName::Contact, v);
+        }
+        resp.headers.add(HeaderName::Date, httpdate(now));
+        self.stats
+            .registrations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        quick(resp)
+    }
+
+    fn locked(&self, source: IpAddr, user: Option<&str>, now: u64) -> bool {
+        self.guard
+            .lock()
+            .map(|g| g.is_locked(source, user, now))
+            .unwrap_or(false)
+    }
+
+    fn update_bindings(
+        &self,
+        req: &Request,
+        flow: &Flow,
+        device: &store::Device,
+        now: u64,
+    ) -> Result<(), Response> {
+        let header_expires = req.expires().map_err(|_| Self::reply(req, 400))?;
+        let call_id = req.call_id_str();
+        let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        let contacts = match req.contacts() {
+            Ok(c) => c,
+            Err(_) => return Err(Self::reply(req, 400).with_reason("Bad Contact")),
+        };
+        let existing = self
+            .store
+            .bindings_for_device(&device.username, now as i64)
+            .map_err(|_| Self::reply(req, 500))?;
+        match contacts {
+            None => Ok(()), // a query
+            Some(ContactValue::Wildcard) => {
+                if header_expires != Some(0) || req.headers.count(&HeaderName::Contact) > 1 {
+                    return Err(Self::reply(req, 400).with_reason("Contact * needs Expires: 0"));
+                }
+                // §10.3 step 6: a `*` with a stale CSeq for the same Call-ID is out of order.
+                if existing
+                    .iter()
+                    .any(|b| b.call_id == call_id && b.cseq >= cseq)
+                {
+                    return Err(Self::reply(req, 400).with_reason("Out of order CSeq"));
+                }
+                self.store
+                    .remove_all_bindings(&device.username)
+                    .map_err(|_| Self::reply(req, 500))?;
+                if let Ok(mut c) = self.conns.lock() {
+                    c.retain(|(d, _), _| d != &device.username);
+                }
+                Ok(())
+            }
+            Some(ContactValue::Addrs(addrs)) => {
+                // Check everything first: the request is applied whole or not at all.
+                let mut plan = Vec::new();
+                for a in &addrs {
+                    let exp = match a.params.get("expires") {
+                        Some(Some(v)) => std::str::from_utf8(v)
+                            .ok()
+                            .and_then(|s| s.trim().parse::<u64>().ok())
+                            .ok_or_else(|| Self::reply(req, 400))?,
+                        Some(None) => return Err(Self::reply(req, 400)),
+                        None => u64::from(header_expires.unwrap_or(self.cfg.default_expires)),
+                    };
+                    if exp > 0 && exp < u64::from(self.cfg.min_expires) {
+                        let mut r = Self::reply(req, 423);
+                        r.headers
+                            .add(HeaderName::MinExpires, self.cfg.min_expires.to_string());
+                        return Err(r);
+                    }
+                    let exp = exp.min(u64::from(self.cfg.max_expires));
+                    let contact = contact_key(a);
+                    if let Some(b) = existing.iter().find(|b| b.contact == contact) {
+                        if b.call_id == call_id && b.cseq >= cseq {
+                            return Err(Self::reply(req, 400).with_reason("Out of order CSeq"));
+                        }
+                    }
+                    plan.push((a, contact, exp));
+                }
+                for (a, contact, exp) in plan {
+                    if exp == 0 {
+                        let _ = self.store.remove_binding(&device.username, &contact);
+                        if let Ok(mut c) = self.conns.lock() {
+                            c.remove(&(device.username.clone(), contact.clone()));
+                        }
+                        continue;
+                    }
+                    let binding = Binding {
+                        device_username: device.username.clone(),
+                        user_id: device.user_id.clone(),
+                        contact: contact.clone(),
+                        source: flow.remote.to_string(),
+                        transport: flow.transport.to_string(),
+                        local: flow.local.to_string(),
+                        expires_at: (now + exp) as i64,
+                        q: a.params
+                            .get_str("q")
+                            .and_then(|q| q.parse::<f32>().ok())
+                            .filter(|q| (0.0..=1.0).contains(q)),
+                        call_id: call_id.clone(),
+                        cseq,
+                        instance: a
+                            .params
+                            .get_str("+sip.instance")
+                            .map(|i| i.trim_matches('"').to_string()),
+                        reg_id: a.params.get_str("reg-id").and_then(|r| r.parse().ok()),
+                        user_agent: req.header_str(&HeaderName::UserAgent),
+                        updated_at: now as i64,
+                    };
+                    if let Err(e) = self.store.upsert_binding(&binding) {
+                        tracing::error!(error = %e, "cannot store binding");
+                        return Err(Self::reply(req, 500));
+                    }
+                    if let (Some(id), Ok(mut c)) = (flow.conn, self.conns.lock()) {
+                        c.insert((device.username.clone(), contact), id);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A binding's contact as stored: the URI alone (header parameters dropped).
+fn contact_key(a: &NameAddr) -> String {
+    a.uri.to_string()
+}
+
+/// Where to reach a binding: the contact when it is reachable, else where the REGISTER came
+/// from (a phone behind NAT), over the transport (and connection) it registered on.
+pub fn binding_target(
+    b: &Binding,
+    conn: Option<ConnId>,
+) -> Option<(Uri, sip_core::endpoint::Destination)> {
+    let uri = Uri::parse(&b.contact).ok()?;
+    let source: SocketAddr = b.source.parse().ok()?;
+    let transport = sip_core::transport::Transport::parse(&b.transport)?;
+    let contact_addr = uri.as_sip().and_then(|s| {
+        s.host
+            .ip()
+            .map(|ip| SocketAddr::new(ip, s.port.unwrap_or(5060)))
+    });
+    // Use the contact only when it is exactly where the phone spoke from; otherwise the
+    // phone is behind NAT (or its contact is a name we should not trust): use the source.
+    let addr = match contact_addr {
+        Some(a) if a == source => a,
+        _ => source,
+    };
+    Some((
+        uri,
+        sip_core::endpoint::Destination {
+            transport,
+            addr,
+            conn,
+        },
+    ))
+}
+
+/// An RFC 1123 date for the `Date` header.
+fn httpdate(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    let weekday = DAYS[(days % 7) as usize];
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{weekday}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
+        MONTHS[(m - 1) as usize],
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use sip_core::auth::DigestClient;
+    use sip_core::message::{parse_message, SipMessage};
+    use sip_core::transport::Transport;
+
+    const REALM: &str = "dialbridge.test";
+
+    fn store_with_alice() -> Arc<dyn Store> {
+        let s: Arc<dyn Store> = Arc::new(store::SqliteStore::open_in_memory().unwrap());
+        let prov: store::Provisioning = toml_like();
+        s.apply_provisioning(&prov, REALM).unwrap();
+        s
+    }
+
+    fn toml_like() -> store::Provisioning {
+        // Built through serde to exercise the same path as the config file.
+        let text = r#"{
+          "accounts": [{"id": "acct_01h2xcejqtf2nbrexx3vqjhp41", "name": "Acme", "region": "US",
+             "api_keys": [{"key": "ak_test_1", "secret": "sk_test_1"}],
+             "webhook_secret": "whsec_test_1", "allowed_prefixes": ["+1"]}],
+          "users": [{"id": "user_01h2xcejqtf2nbrexx3vqjhp42", "account": "acct_01h2xcejqtf2nbrexx3vqjhp41",
+             "name": "Alice", "extension": "1001", "agent_id": 42,
+             "devices": [{"username": "alice-desk", "password": "s3cret-desk"}]}]
+        }"#;
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn flow() -> Flow {
+        Flow {
+            transport: Transport::Udp,
+            local: "127.0.0.1:5060".parse().unwrap(),
+            remote: "192.0.2.10:40000".parse().unwrap(),
+            conn: None,
+        }
+    }
+
+    fn register(cseq: u32, contact: &str, expires: Option<u32>, auth: Option<String>) -> Request {
+        let mut text = format!(
+            "REGISTER sip:{REALM} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK{cseq}x\r\nFrom: <sip:alice-desk@{REALM}>;tag=f1\r\nTo: <sip:alice-desk@{REALM}>\r\nCall-ID: reg-1\r\nCSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\nContact: {contact}\r\n"
+        );
+        if let Some(e) = expires {
+            text.push_str(&format!("Expires: {e}\r\n"));
+        }
+        if let Some(a) = auth {
+            text.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        match parse_message(Bytes::from(text)) {
+            Ok(SipMessage::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn authed(
+        reg: &Registrar,
+        cseq: u32,
+        contact: &str,
+        expires: Option<u32>,
+        password: &str,
+        now: u64,
+    ) -> Decision {
+        let first = reg.handle(&register(cseq, contact, expires, None), &flow(), now);
+        assert_eq!(first.response.status, 401);
+        let challenges: Vec<String> = first
+            .response
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert_eq!(challenges.len(), 2);
+        assert!(challenges[0].contains("SHA-256"));
+        assert!(challenges[1].contains("MD5"));
+        let mut client = DigestClient::new("alice-desk", password);
+        let refs: Vec<&str> = challenges.iter().map(String::as_str).collect();
+        let value = client
+            .answer(&refs, "REGISTER", &format!("sip:{REALM}"), b"")
+            .unwrap();
+        reg.handle(
+            &register(cseq + 1, contact, expires, Some(value)),
+            &flow(),
+            now,
+        )
+    }
+
+    fn registrar() -> Registrar {
+        Registrar::new(RegistrarConfig::default(), store_with_alice()).unwrap()
+    }
+
+    #[test]
+    fn register_binds_and_lists_contacts() {
+        let reg = registrar();
+        let now = 1_700_000_000;
+        let d = authed(
+            &reg,
+            1,
+            "<sip:alice@10.0.0.5:5060>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        );
+        assert_eq!(d.response.status, 200);
+        let contacts: Vec<String> = d
+            .response
+            .headers
+            .get_all(&HeaderName::Contact)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert_eq!(
+            contacts,
+            vec!["<sip:alice@10.0.0.5:5060>;expires=600".to_string()]
+        );
+        let b = reg
+            .store
+            .bindings_for_device("alice-desk", now as i64)
+            .unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].source, "192.0.2.10:40000");
+        // A second contact, then the remaining time counts down with the (virtual) clock.
+        let d = authed(
+            &reg,
+            10,
+            "<sip:alice@10.0.0.5:5070>;q=0.5",
+            Some(300),
+            "s3cret-desk",
+            now + 100,
+        );
+        assert_eq!(d.response.status, 200);
+        let listed: Vec<String> = d
+            .response
+            .headers
+            .get_all(&HeaderName::Contact)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(
+            listed.iter().any(|c| c.contains(":5060>;expires=500")),
+            "{listed:?}"
+        );
+        assert!(
+            listed
+                .iter()
+                .any(|c| c.contains(":5070>;expires=300;q=0.5")),
+            "{listed:?}"
+        );
+        // Expired bindings are not listed and are swept.
+        assert_eq!(
+            reg.store
+                .bindings_for_device("alice-desk", (now + 450) as i64)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(reg.store.sweep_expired((now + 1000) as i64).unwrap(), 2);
+    }
+
+    #[test]
+    fn wrong_password_is_challenged_again_then_locked_out() {
+        let reg = registrar();
+        let now = 1_700_000_000;
+        let mut delays = Vec::new();
+        for i in 0..5 {
+            let d = authed(
+                &reg,
+                1 + i * 2,
+                "<sip:alice@10.0.0.5>",
+                Some(600),
+                "wrong",
+                now,
+            );
+            assert_eq!(d.response.status, 401);
+            delays.push(d.delay);
+        }
+        assert!(
+            delays.windows(2).all(|w| w[1] >= w[0]) && delays[4] > delays[0],
+            "{delays:?}"
+        );
+        // Locked: even the right password is refused for a while.
+        let d = reg.handle(
+            &register(50, "<sip:alice@10.0.0.5>", Some(600), None),
+            &flow(),
+            now + 1,
+        );
+        assert_eq!(d.response.status, 403);
+        // After the lock-out the right password works.
+        let d = authed(
+            &reg,
+            60,
+            "<sip:alice@10.0.0.5>",
+            Some(600),
+            "s3cret-desk",
+            now + 301,
+        );
+        assert_eq!(d.response.status, 200);
+        assert_eq!(
+            reg.stats
+                .auth_lockouts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn expires_rules() {
+        let reg = registrar();
+        let now = 1_700_000_000;
+        let d = authed(
+            &reg,
+            1,
+            "<sip:alice@10.0.0.5>",
+            Some(10),
+            "s3cret-desk",
+            now,
+        );
+        assert_eq!(d.response.status, 423);
+        assert_eq!(
+            d.response
+                .headers
+                .get(&HeaderName::MinExpires)
+                .map(|v| &v[..]),
+            Some(&b"60"[..])
+        );
+        let d = authed(
+            &reg,
+            3,
+            "<sip:alice@10.0.0.5>;expires=99999",
+            None,
+            "s3cret-desk",
+            now,
+        );
+        assert_eq!(d.response.status, 200);
+        let c = String::from_utf8_lossy(d.response.headers.get(&HeaderName::Contact).unwrap())
+            .into_owned();
+        assert!(c.ends_with("expires=7200"), "{c}");
+        // Unregister all with * and Expires: 0.
+        let d = authed(&reg, 5, "*", Some(0), "s3cret-desk", now);
+        assert_eq!(d.response.status, 200);
+        assert!(d.response.headers.get(&HeaderName::Contact).is_none());
+        assert!(reg
+            .store
+            .bindings_for_device("alice-desk", now as i64)
+            .unwrap()
+            .is_empty());
+        // * without Expires: 0 is a bad request.
+        let d = authed(&reg, 7, "*", Some(60), "s3cret-desk", now);
+        assert_eq!(d.response.status, 400);
+    }
+
+    #[test]
+    fn to_must_match_credentials() {
+        let reg = registrar();
+        let mut r = register(1, "<sip:x@10.0.0.5>", Some(600), None);
+        r.headers.set(HeaderName::To, format!("<sip:bob@{REALM}>"));
+        let first = reg.handle(&r, &flow(), 1);
+        let ch: Vec<String> = first
+            .response
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let refs: Vec<&str> = ch.iter().map(String::as_str).collect();
+        let mut client = DigestClient::new("alice-desk", "s3cret-desk");
+        let v = client
+            .answer(&refs, "REGISTER", &format!("sip:{REALM}"), b"")
+            .unwrap();
+        r.headers.add(HeaderName::Authorization, v);
+        assert_eq!(reg.handle(&r, &flow(), 1).response.status, 403);
+    }
+
+    #[test]
+    fn nat_target_uses_source() {
+        let b = Binding {
+            device_username: "d".into(),
+            user_id: "u".into(),
+            contact: "sip:alice@10.0.0.5:5060".into(),
+            source: "203.0.113.9:40001".into(),
+            transport: "udp".into(),
+            local: "127.0.0.1:5060".into(),
+            expires_at: 0,
+            q: None,
+            call_id: "c".into(),
+            cseq: 1,
+            instance: None,
+            reg_id: None,
+            user_agent: None,
+            updated_at: 0,
+        };
+        let (_, d) = binding_target(&b, None).unwrap();
+        assert_eq!(d.addr, "203.0.113.9:40001".parse().unwrap());
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(httpdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(httpdate(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
+    }
+}
