@@ -83,6 +83,8 @@ impl Histogram {
 }
 
 const BATCH: usize = 64;
+/// Pacing granularity of the sender.
+const PACING_NS: u64 = 1_000_000;
 const HEADER: usize = 12;
 /// Offset of the send time (u64), stream index (u32), sequence number (u32) in the payload.
 const STAMP: usize = HEADER;
@@ -235,8 +237,10 @@ fn sender(socks: &[UdpSocket], streams: &[Stream], s: Schedule) -> (u64, u64, u6
                 flush(b, sock.as_raw_fd(), &mut sent_total, &mut sent_window);
             }
         }
+        // Wake at most once per PACING_NS and send what fell due meanwhile: timer wake-ups
+        // per packet would cost more than the packets themselves.
         let next = s.start + cycle * period + idx * period / n;
-        crate::sys::sleep_until(next.min(s.window_end));
+        crate::sys::sleep_until(next.max(now + PACING_NS).min(s.window_end));
     }
     (sent_total, sent_window, failed)
 }

@@ -62,7 +62,7 @@ pub fn arg_value<T: FromStr>(flag: &str, v: Option<&String>) -> Result<T, BenchE
 
 const USAGE: &str = "relay-bench [--target dialbridge|rtpengine] [--streams N] [--seconds S] \
 [--warmup S] [--workers N] [--relay-cpus LIST] [--gen-cpus LIST] [--endpoints K] [--pps P] \
-[--size BYTES] [--port-min P] [--port-max P] [--rtpengine PATH]";
+[--size BYTES] [--port-min P] [--port-max P] [--rtpengine PATH] [--rt]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -85,6 +85,7 @@ struct Options {
     port_min: u16,
     port_max: u16,
     rtpengine: String,
+    rt: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, BenchError> {
@@ -104,9 +105,14 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
         port_min: 30000,
         port_max: 59999,
         rtpengine: "rtpengine".to_string(),
+        rt: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--rt" {
+            o.rt = true;
+            continue;
+        }
         let v = it.next();
         match flag.as_str() {
             "--target" => {
@@ -153,17 +159,29 @@ enum Control {
     Ng(ng::NgClient),
 }
 
-fn with_affinity(cmd: &mut Command, cpus: Option<&str>) -> Result<(), BenchError> {
-    if let Some(list) = cpus {
-        let set = sys::parse_cpus(list).ok_or(BenchError::Usage("bad CPU list"))?;
-        // SAFETY: the closure only makes the sched_setaffinity system call, which is
-        // async-signal-safe, between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || sys::set_affinity(&set));
-        }
+fn with_affinity(cmd: &mut Command, cpus: Option<&str>, rt: bool) -> Result<(), BenchError> {
+    let set = match cpus {
+        Some(list) => Some(sys::parse_cpus(list).ok_or(BenchError::Usage("bad CPU list"))?),
+        None => None,
+    };
+    // SAFETY: the closure only makes the sched_setaffinity and sched_setscheduler system
+    // calls, which are async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(set) = &set {
+                sys::set_affinity(set)?;
+            }
+            if rt {
+                sys::set_fifo(RT_PRIORITY)?;
+            }
+            Ok(())
+        });
     }
     Ok(())
 }
+
+/// SCHED_FIFO priority of the relay and the generator with `--rt`.
+const RT_PRIORITY: i32 = 10;
 
 impl RelayProcess {
     fn start(o: &Options) -> Result<RelayProcess, BenchError> {
@@ -184,7 +202,7 @@ impl RelayProcess {
                 ])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped());
-                with_affinity(&mut cmd, o.relay_cpus.as_deref())?;
+                with_affinity(&mut cmd, o.relay_cpus.as_deref(), o.rt)?;
                 let mut child = cmd
                     .spawn()
                     .map_err(BenchError::io("starting relay-serve"))?;
@@ -228,7 +246,7 @@ impl RelayProcess {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log);
-                with_affinity(&mut cmd, o.relay_cpus.as_deref())?;
+                with_affinity(&mut cmd, o.relay_cpus.as_deref(), o.rt)?;
                 let mut child = cmd.spawn().map_err(BenchError::io("starting rtpengine"))?;
                 let mut client = ng::NgClient::new(SocketAddr::from(([127, 0, 0, 1], ng_port)))?;
                 let deadline = Instant::now() + Duration::from_secs(10);
@@ -332,6 +350,9 @@ fn bench(o: Options) -> Result<(), BenchError> {
         let set = sys::parse_cpus(list).ok_or(BenchError::Usage("bad --gen-cpus"))?;
         sys::set_affinity(&set).map_err(BenchError::io("sched_setaffinity"))?;
     }
+    if o.rt {
+        sys::set_fifo(RT_PRIORITY).map_err(BenchError::io("sched_setscheduler(SCHED_FIFO)"))?;
+    }
     sys::raise_nofile(1 << 20);
     // Endpoints: K sockets on side A (the agents), K on side B (the customers).
     let k = o.endpoints;
@@ -393,11 +414,16 @@ fn bench(o: Options) -> Result<(), BenchError> {
         size: o.size,
     };
     let me = std::process::id();
-    let mut cpu = [(0.0f64, 0.0f64); 2];
+    let relay_set = o.relay_cpus.as_deref().and_then(sys::parse_cpus);
+    let mut cpu = [(0.0f64, 0.0f64, 0.0f64); 2];
     let outcome = gen::run(socks, streams, schedule, |at_start| {
         let sample = (
             sys::process_cpu_seconds(pid).unwrap_or(f64::NAN),
             sys::process_cpu_seconds(me).unwrap_or(f64::NAN),
+            relay_set
+                .as_ref()
+                .and_then(|s| sys::cpus_busy_seconds(s).ok())
+                .unwrap_or(f64::NAN),
         );
         cpu[usize::from(!at_start)] = sample;
     });
@@ -410,6 +436,7 @@ fn bench(o: Options) -> Result<(), BenchError> {
     let window = (window_end - window_start) as f64 / 1e9;
     let cpu_s = cpu[1].0 - cpu[0].0;
     let gen_cpu_s = cpu[1].1 - cpu[0].1;
+    let relay_core_busy_s = cpu[1].2 - cpu[0].2;
     let received = outcome.received_window;
     let sent = outcome.sent_window;
     let loss = if sent > 0 {
@@ -429,13 +456,14 @@ fn bench(o: Options) -> Result<(), BenchError> {
     };
     println!(
         "relay-bench: detail offered_pps={:.0} sent={sent} received={received} sent_total={} received_total={} send_failed={} \
-         relay_cpu_util={:.0}% gen_cpu_s={gen_cpu_s:.2} workers={} relay_cpus={} gen_cpus={} \
+         relay_cpu_util={:.0}% relay_core_busy_s={relay_core_busy_s:.2} gen_cpu_s={gen_cpu_s:.2} rt={} workers={} relay_cpus={} gen_cpus={} \
          p90_us={} p999_us={} max_us={}{}",
         o.streams as f64 * f64::from(o.pps),
         outcome.sent_total,
         outcome.received_total,
         outcome.send_failed,
         100.0 * cpu_s / window,
+        o.rt,
         o.workers,
         o.relay_cpus.as_deref().unwrap_or("any"),
         o.gen_cpus.as_deref().unwrap_or("any"),

@@ -123,3 +123,44 @@ pub fn raise_nofile(want: u64) -> u64 {
     }
     media::raise_nofile_limit().unwrap_or(0)
 }
+
+/// Busy time (everything but idle and iowait, softirq included) of the CPUs in `set`, in
+/// seconds, from `/proc/stat`.
+pub fn cpus_busy_seconds(set: &libc::cpu_set_t) -> io::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut busy = 0u64;
+    for line in stat.lines() {
+        let mut f = line.split_whitespace();
+        let Some(cpu) = f.next().and_then(|n| n.strip_prefix("cpu")) else {
+            continue;
+        };
+        let Ok(cpu) = cpu.parse::<usize>() else {
+            continue; // the "cpu" total line
+        };
+        // SAFETY: CPU_ISSET reads the bit array; `cpu` is checked against its size.
+        if cpu >= 1024 || !unsafe { libc::CPU_ISSET(cpu, set) } {
+            continue;
+        }
+        let v: Vec<u64> = f.take(8).filter_map(|x| x.parse().ok()).collect();
+        if v.len() < 8 {
+            continue;
+        }
+        // user nice system idle iowait irq softirq steal
+        busy += v[0] + v[1] + v[2] + v[5] + v[6];
+    }
+    Ok(busy as f64 / hz)
+}
+
+/// Real-time FIFO scheduling for the calling thread and the threads and children it creates.
+pub fn set_fifo(priority: i32) -> io::Result<()> {
+    let p = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `p` is a live sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
