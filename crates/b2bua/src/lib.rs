@@ -7,10 +7,12 @@
 //!   part that owns it: the registrar for REGISTER, a call for in-dialog requests; what no
 //!   part owns gets the answer a well-mannered UAS gives (404, 481, 405, 501).
 //!
+//! - [`calls`]: the call engine and its interface ([`calls::CallControl`], [`calls::CallHooks`]).
 //! - [`registrar`]: REGISTER with digest auth, bindings in the store, brute-force guard.
 //!
 //! This crate does no socket I/O of its own (sip-core's endpoint and the media crate do).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod calls;
 pub mod registrar;
 pub mod server;

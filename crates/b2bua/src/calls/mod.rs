@@ -1,0 +1,160 @@
+//! Click-to-call: the interface between the call engine and its users (the REST API), and
+//! the engine itself.
+//!
+//! The API hands a [`CallSpec`] to a [`CallControl`] (the engine's handle, a channel
+//! client); the engine runs one task per call owning both legs and its relay session, and
+//! reports every stage as a [`CallEvent`] to one set of [`CallHooks`] — call log and
+//! timeline, callbacks, the event stream and metrics all hang off those hooks.
+
+use serde::Serialize;
+use std::time::Duration;
+
+pub use store::CallStatus;
+
+/// One side of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Leg {
+    Agent,
+    Customer,
+}
+
+impl Leg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Leg::Agent => "agent",
+            Leg::Customer => "customer",
+        }
+    }
+}
+
+/// Whom the agent leg rings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentTarget {
+    /// Every registered contact of every device of this user, at once.
+    Devices { user_id: String },
+    /// A number or extension reached through a trunk (an upstream PBX, Click-2-Call style):
+    /// `number` is dialled as is on the trunk; `dial_as` is the identity the PBX sees
+    /// (From / P-Asserted-Identity) when given.
+    Trunk {
+        number: String,
+        dial_as: Option<String>,
+        /// A trunk by name; `None` picks the account's trunk (own first, then shared).
+        trunk: Option<String>,
+    },
+}
+
+/// Where the customer leg goes, after the dial plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomerTarget {
+    /// An E.164 number, dialled through a trunk.
+    E164(String),
+    /// An internal user's devices (an extension was dialled).
+    User { user_id: String },
+    /// An emergency number, only through a trunk flagged for emergency calls.
+    Emergency(String),
+}
+
+/// Everything the engine needs to place one click-to-call.
+#[derive(Debug, Clone)]
+pub struct CallSpec {
+    /// TypeID `call_…`, already in the store (status `queued`).
+    pub call_id: String,
+    pub account_id: String,
+    pub agent: AgentTarget,
+    pub customer: CustomerTarget,
+    /// The caller ID shown to the customer (one of the account's numbers).
+    pub caller_id: Option<String>,
+    pub agent_ring: Duration,
+    pub customer_ring: Duration,
+}
+
+/// How a call ended: exactly one per call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// `completed`, `busy`, `no-answer`, `failed` or `canceled`.
+    pub status: CallStatus,
+    /// The leg that decided it; `None` when the API or dialbridge itself ended it.
+    pub leg: Option<Leg>,
+    /// The SIP status code that decided it, where one did.
+    pub sip_code: Option<u16>,
+    /// The Q.850 cause from a `Reason` header, where one came.
+    pub q850_cause: Option<u16>,
+    /// Seconds from `in-progress` to the end (0 when never answered).
+    pub duration_secs: u64,
+    /// A human-readable reason ("agent busy", "customer ring time-out", "hung up via API").
+    pub reason: String,
+}
+
+/// What happened in a call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CallEventKind {
+    /// A SIP message of a leg (request sent/received, response sent/received): timeline only.
+    Sip {
+        leg: Leg,
+        /// `sent` or `received`.
+        direction: &'static str,
+        /// e.g. `INVITE sip:alice@10.0.0.5:5060`, `180 Ringing`.
+        summary: String,
+        /// The leg's SIP Call-ID.
+        sip_call_id: String,
+    },
+    /// The first 180/183 of a leg (callback `ringing`).
+    Ringing { leg: Leg, sip_code: u16 },
+    /// Early media from the carrier is relayed to the agent.
+    EarlyMedia { leg: Leg },
+    /// The agent answered (2xx on the agent leg).
+    AgentAnswered { sip_code: u16 },
+    /// The customer answered and the legs are bridged (callback `in-progress`).
+    InProgress { sip_code: u16 },
+    /// The call ended (callback with the outcome's status). Carries the media stats.
+    Ended {
+        outcome: Outcome,
+        stats: serde_json::Value,
+    },
+    /// Something worth a line in the timeline (relay allocated, re-INVITE passed...).
+    Note { leg: Option<Leg>, text: String },
+}
+
+/// One event of one call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallEvent {
+    pub call_id: String,
+    pub account_id: String,
+    /// UTC, milliseconds since the epoch.
+    pub at_ms: i64,
+    pub kind: CallEventKind,
+}
+
+/// Receivers of call events. Called from the call tasks: implementations must be quick
+/// (a store write, a channel send), never wait on the network.
+pub trait CallHooks: Send + Sync {
+    fn on_event(&self, event: &CallEvent);
+}
+
+/// Why a call could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error("the server is at its limit of {0} concurrent calls")]
+    AtCapacity(usize),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a hang-up was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HangupError {
+    #[error("no such active call")]
+    NotActive,
+}
+
+/// The engine as its users see it (the REST API holds an `Arc<dyn CallControl>`).
+pub trait CallControl: Send + Sync {
+    /// Starts a call; returns at once (the call runs in its own task).
+    fn start_call(&self, spec: CallSpec) -> Result<(), StartError>;
+    /// Ends a call in any state: CANCEL while ringing, BYE when answered.
+    fn hangup(&self, call_id: &str) -> Result<(), HangupError>;
+    /// Calls now running.
+    fn active_calls(&self) -> usize;
+}
