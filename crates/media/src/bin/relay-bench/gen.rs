@@ -29,6 +29,9 @@ pub struct Schedule {
     pub recv_end: u64,
     pub pps: u32,
     pub size: usize,
+    /// The receiver polls instead of sleeping, as a NIC would take packets: the relay then
+    /// never pays for waking the load generator up.
+    pub busy_poll: bool,
 }
 
 /// What the generator saw.
@@ -275,7 +278,19 @@ fn receiver(socks: &[UdpSocket], s: Schedule) -> (u64, u64, Histogram) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     while now_ns() < s.recv_end {
         // SAFETY: `events` has room for 256 entries.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 256, 5) };
+        let n = unsafe {
+            libc::epoll_wait(
+                ep,
+                events.as_mut_ptr(),
+                256,
+                if s.busy_poll { 0 } else { 5 },
+            )
+        };
+        if n <= 0 && s.busy_poll {
+            // Nothing waiting: let the sender thread on this core go first.
+            // SAFETY: plain system call.
+            unsafe { libc::sched_yield() };
+        }
         for e in events.iter().take(n.max(0) as usize) {
             let fd = socks[e.u64 as usize].as_raw_fd();
             // SAFETY: headers point at live buffers of SZ bytes owned here.

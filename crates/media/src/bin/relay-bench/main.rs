@@ -62,7 +62,7 @@ pub fn arg_value<T: FromStr>(flag: &str, v: Option<&String>) -> Result<T, BenchE
 
 const USAGE: &str = "relay-bench [--target dialbridge|rtpengine] [--streams N] [--seconds S] \
 [--warmup S] [--workers N] [--relay-cpus LIST] [--gen-cpus LIST] [--endpoints K] [--pps P] \
-[--size BYTES] [--port-min P] [--port-max P] [--rtpengine PATH] [--rt]";
+[--size BYTES] [--port-min P] [--port-max P] [--rtpengine PATH] [--rt] [--gen-sleep]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -86,6 +86,7 @@ struct Options {
     port_max: u16,
     rtpengine: String,
     rt: bool,
+    gen_sleep: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, BenchError> {
@@ -106,11 +107,16 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
         port_max: 59999,
         rtpengine: "rtpengine".to_string(),
         rt: false,
+        gen_sleep: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         if flag == "--rt" {
             o.rt = true;
+            continue;
+        }
+        if flag == "--gen-sleep" {
+            o.gen_sleep = true;
             continue;
         }
         let v = it.next();
@@ -412,6 +418,7 @@ fn bench(o: Options) -> Result<(), BenchError> {
         recv_end: window_end + 500_000_000,
         pps: o.pps,
         size: o.size,
+        busy_poll: !o.gen_sleep,
     };
     let me = std::process::id();
     let relay_set = o.relay_cpus.as_deref().and_then(sys::parse_cpus);
