@@ -14,5 +14,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod calls;
+pub mod dialplan;
 pub mod registrar;
 pub mod server;

@@ -39,6 +39,11 @@ pub struct RegistrarConfig {
     pub default_expires: u32,
     pub nonce_lifetime_secs: u64,
     pub guard: GuardConfig,
+    /// The challenges offered, in this order. Both MD5 and SHA-256 are always offered;
+    /// MD5 goes first by default because many deployed UAs (SIPp 3.6 among them) answer
+    /// only the first challenge and know only MD5, while UAs that follow RFC 8760 pick
+    /// SHA-256 wherever it stands.
+    pub algorithms: Vec<Algorithm>,
 }
 
 impl Default for RegistrarConfig {
@@ -50,6 +55,7 @@ impl Default for RegistrarConfig {
             default_expires: 3600,
             nonce_lifetime_secs: 300,
             guard: GuardConfig::default(),
+            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
         }
     }
 }
@@ -205,6 +211,7 @@ impl Registrar {
     pub fn new(cfg: RegistrarConfig, store: Arc<dyn Store>) -> Result<Registrar, RegistrarError> {
         let digest = DigestServer::with_random_key(DigestServerConfig {
             nonce_lifetime_secs: cfg.nonce_lifetime_secs,
+            algorithms: cfg.algorithms.clone(),
             ..Default::default()
         })?;
         Ok(Registrar {
@@ -641,8 +648,8 @@ mod tests {
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
         assert_eq!(challenges.len(), 2);
-        assert!(challenges[0].contains("SHA-256"));
-        assert!(challenges[1].contains("MD5"));
+        assert!(challenges.iter().any(|c| c.contains("algorithm=SHA-256")));
+        assert!(challenges.iter().any(|c| c.contains("algorithm=MD5")));
         let mut client = DigestClient::new("alice-desk", password);
         let refs: Vec<&str> = challenges.iter().map(String::as_str).collect();
         let value = client

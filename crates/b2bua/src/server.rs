@@ -1,5 +1,13 @@
 //! The SIP dispatcher: pre-checks every request, then hands it to its owner.
 
+pub struct Engine; // ENGINE-WIP
+impl Engine {
+    fn route_ack(&self, _: &sip_core::message::Request, _: &sip_core::transport::Flow) {}
+    fn route_stray(&self, _: Response, _: sip_core::transport::Flow) {}
+    fn route_request(&self, _: &IncomingRequest) -> bool {
+        false
+    }
+}
 use crate::registrar::Registrar;
 use sip_core::endpoint::{Endpoint, EndpointEvent, IncomingRequest};
 use sip_core::message::{HeaderAccess, HeaderName, Method, Response, Uri};
@@ -17,13 +25,15 @@ pub const ACCEPT: &str = "application/sdp";
 pub struct SipServer {
     endpoint: Endpoint,
     registrar: Arc<Registrar>,
+    engine: Option<Engine>,
 }
 
 impl SipServer {
-    pub fn new(endpoint: Endpoint, registrar: Arc<Registrar>) -> SipServer {
+    pub fn new(endpoint: Endpoint, registrar: Arc<Registrar>, engine: Option<Engine>) -> SipServer {
         SipServer {
             endpoint,
             registrar,
+            engine,
         }
     }
 
@@ -32,8 +42,10 @@ impl SipServer {
         while let Some(ev) = events.recv().await {
             match ev {
                 EndpointEvent::Request(req) => self.on_request(req),
-                EndpointEvent::Ack { .. } => {
-                    // An ACK for a 2xx of a dialog we do not know: nothing to do (§13.3.1.4).
+                EndpointEvent::Ack { request, flow } => {
+                    if let Some(e) = &self.engine {
+                        e.route_ack(&request, &flow);
+                    }
                 }
                 EndpointEvent::Cancelled { key, cancel } => {
                     // No INVITE is ever left pending here yet: the 487 is refused by the
@@ -41,7 +53,12 @@ impl SipServer {
                     let _ = cancel;
                     let _ = key;
                 }
-                EndpointEvent::StrayResponse { .. } | EndpointEvent::AckTimeout { .. } => {}
+                EndpointEvent::StrayResponse { response, flow } => {
+                    if let Some(e) = &self.engine {
+                        e.route_stray(response, flow);
+                    }
+                }
+                EndpointEvent::AckTimeout { .. } => {}
             }
         }
     }
@@ -77,7 +94,10 @@ impl SipServer {
             Method::Invite | Method::Bye | Method::Update | Method::Info | Method::Prack
                 if in_dialog =>
             {
-                self.reply(&inc, 481, &[]);
+                let routed = self.engine.as_ref().is_some_and(|e| e.route_request(&inc));
+                if !routed {
+                    self.reply(&inc, 481, &[]);
+                }
             }
             Method::Bye | Method::Update | Method::Info | Method::Prack => {
                 self.reply(&inc, 481, &[]);

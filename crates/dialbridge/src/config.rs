@@ -69,6 +69,9 @@ pub struct RegistrarConfig {
     pub auth_fail_window_secs: u64,
     /// How long a source/username that went over the limit is refused.
     pub auth_lockout_secs: u64,
+    /// Digest challenges offered, in order: "MD5", "SHA-256" (both by default, MD5 first
+    /// for UAs that answer only the first challenge).
+    pub digest_algorithms: Vec<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -81,6 +84,7 @@ impl Default for RegistrarConfig {
             auth_fail_limit: 5,
             auth_fail_window_secs: 60,
             auth_lockout_secs: 300,
+            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
         }
     }
 }
@@ -308,6 +312,20 @@ impl Config {
                 "registrar.default_expires",
                 "must lie between registrar.min_expires and registrar.max_expires",
             ));
+        }
+        if r.digest_algorithms.is_empty() {
+            errors.push(err(
+                "registrar.digest_algorithms",
+                "at least one algorithm is needed",
+            ));
+        }
+        for (i, a) in r.digest_algorithms.iter().enumerate() {
+            if !matches!(a.as_str(), "MD5" | "SHA-256") {
+                errors.push(err(
+                    &format!("registrar.digest_algorithms[{i}]"),
+                    format!("\"{a}\" is not offered (MD5 or SHA-256)"),
+                ));
+            }
         }
         if self.calls.agent_ring_secs == 0 {
             errors.push(err("calls.agent_ring_secs", "must be at least 1"));

@@ -59,6 +59,11 @@ pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
                 lockout_secs: r.auth_lockout_secs,
                 ..Default::default()
             },
+            algorithms: r
+                .digest_algorithms
+                .iter()
+                .filter_map(|a| sip_core::auth::Algorithm::from_token(a))
+                .collect(),
         },
         Arc::clone(&store),
     )?);
@@ -78,7 +83,7 @@ pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
             }
         })
     };
-    let server = b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar));
+    let server = b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar), None);
     let sip = tokio::spawn(server.run(events));
     println!("dialbridge: ready");
 

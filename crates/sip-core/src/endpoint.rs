@@ -174,7 +174,36 @@ impl ClientTransaction {
 
     /// Sends a CANCEL for this INVITE (deferred until a provisional arrived, §9.1).
     pub fn cancel(&self, extra: Vec<(HeaderName, Bytes)>) {
-        let _ = self.endpoint.cmd.send(Command::Cancel {
+        self.canceller().cancel(extra);
+    }
+
+    /// A handle that can CANCEL this INVITE from elsewhere (e.g. while another task owns
+    /// the transaction and reads its responses).
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            cmd: self.endpoint.cmd.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// Cancels one client INVITE transaction (§9.1).
+#[derive(Clone)]
+pub struct Canceller {
+    cmd: mpsc::UnboundedSender<Command>,
+    key: ClientKey,
+}
+
+impl std::fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Canceller").field("key", &self.key).finish()
+    }
+}
+
+impl Canceller {
+    /// Sends the CANCEL (deferred until a provisional arrived; nothing once a final did).
+    pub fn cancel(&self, extra: Vec<(HeaderName, Bytes)>) {
+        let _ = self.cmd.send(Command::Cancel {
             key: self.key.clone(),
             extra,
         });
@@ -747,10 +776,11 @@ impl Layer {
                     let cancel = build_cancel(&e.request, &extra);
                     let flow = e.flow;
                     self.start_cancel(cancel, flow, &key);
-                } else {
+                } else if m.state() == crate::transaction::ClientInviteState::Calling {
                     // §9.1: no CANCEL before a provisional response.
                     e.cancel_pending = Some(extra);
                 }
+                // After a final response there is nothing left to cancel.
             }
             Command::Stateless { data, flow } => self.transmit(&flow, data),
         }
