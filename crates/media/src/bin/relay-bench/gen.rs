@@ -249,6 +249,11 @@ fn sender(socks: &[UdpSocket], streams: &[Stream], s: Schedule) -> (u64, u64, u6
 }
 
 fn receiver(socks: &[UdpSocket], s: Schedule) -> (u64, u64, Histogram) {
+    if s.busy_poll {
+        // A polling thread must not hold a real-time priority: it would take the whole core
+        // from the sender and run into the kernel's real-time throttling.
+        crate::sys::set_normal();
+    }
     let mut hist = Histogram::default();
     let (mut total, mut window) = (0u64, 0u64);
     // SAFETY: plain system call.

@@ -164,3 +164,10 @@ pub fn set_fifo(priority: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Back to normal (SCHED_OTHER) scheduling for the calling thread.
+pub fn set_normal() {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `p` is a live sched_param; failure leaves the policy as it was.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &p) };
+}
