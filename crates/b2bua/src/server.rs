@@ -1,13 +1,6 @@
 //! The SIP dispatcher: pre-checks every request, then hands it to its owner.
 
-pub struct Engine; // ENGINE-WIP
-impl Engine {
-    fn route_ack(&self, _: &sip_core::message::Request, _: &sip_core::transport::Flow) {}
-    fn route_stray(&self, _: Response, _: sip_core::transport::Flow) {}
-    fn route_request(&self, _: &IncomingRequest) -> bool {
-        false
-    }
-}
+use crate::calls::engine::Engine;
 use crate::registrar::Registrar;
 use sip_core::endpoint::{Endpoint, EndpointEvent, IncomingRequest};
 use sip_core::message::{HeaderAccess, HeaderName, Method, Response, Uri};

@@ -13,6 +13,8 @@ pub enum ServeError {
     Store(#[from] store::StoreError),
     #[error("SIP: {0}")]
     Sip(#[from] sip_core::endpoint::EndpointError),
+    #[error("media relay: {0}")]
+    Media(#[from] media::MediaError),
     #[error("registrar: {0}")]
     Registrar(#[from] b2bua::registrar::RegistrarError),
 }
@@ -38,12 +40,18 @@ pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
         println!("dialbridge: SIP listening on {a}");
     }
     println!("dialbridge: store {}", cfg.store.url);
-    tracing::info!(
-        media_bind = %valid.media_bind,
-        media_ports = ?valid.media_ports,
-        media_advertise = ?valid.media_advertise,
-        api = %valid.api_listen,
-        "configured"
+    let relay = Arc::new(media::Relay::start(media::RelayConfig {
+        bind: valid.media_bind,
+        advertise: valid.media_advertise.unwrap_or(valid.media_bind),
+        port_min: valid.media_ports.0,
+        port_max: valid.media_ports.1,
+        timeout: Duration::from_secs(cfg.media.timeout_secs),
+        workers: cfg.media.workers,
+        ..Default::default()
+    })?);
+    println!(
+        "dialbridge: media relay on {} ports {}-{}",
+        valid.media_bind, valid.media_ports.0, valid.media_ports.1
     );
     let r = &cfg.registrar;
     let registrar = Arc::new(b2bua::registrar::Registrar::new(
@@ -83,12 +91,28 @@ pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
             }
         })
     };
-    let server = b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar), None);
+    let engine = b2bua::calls::Engine::new(
+        b2bua::calls::EngineConfig {
+            domain: cfg.sip.domain.clone(),
+            max_concurrent: cfg.calls.max_concurrent,
+            ..Default::default()
+        },
+        endpoint.clone(),
+        Arc::clone(&store),
+        Arc::clone(&registrar),
+        Arc::clone(&relay),
+    );
+    let server =
+        b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar), Some(engine.clone()));
     let sip = tokio::spawn(server.run(events));
+    let _ = valid.api_listen;
     println!("dialbridge: ready");
 
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: no new calls; live calls may finish");
+    engine
+        .shutdown(Duration::from_secs(cfg.calls.shutdown_grace_secs))
+        .await;
     sip.abort();
     sweeper.abort();
     Ok(())

@@ -25,9 +25,7 @@ use sip_core::dialog::Dialog;
 use sip_core::endpoint::{
     new_tag, Canceller, ClientEvent, ClientTransaction, Destination, IncomingRequest,
 };
-use sip_core::message::{
-    HeaderAccess, HeaderName, Host, Method, Request, Response, SipUri, Uri,
-};
+use sip_core::message::{HeaderAccess, HeaderName, Host, Method, Request, Response, SipUri, Uri};
 use sip_core::transport::{Flow, Transport};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,7 +42,7 @@ use super::{AgentTarget, CallEventKind, CallSpec, CustomerTarget, Leg, Outcome};
 #[derive(Debug)]
 pub(crate) enum CallCmd {
     Hangup,
-    Request(IncomingRequest, Leg),
+    Request(Box<IncomingRequest>, Leg),
     Stray(Response, Flow),
     MediaTimeout,
     Shutdown,
@@ -141,7 +139,8 @@ impl Call {
     }
 
     fn emit(&self, kind: CallEventKind) {
-        self.inner.emit(&self.spec.call_id, &self.spec.account_id, kind);
+        self.inner
+            .emit(&self.spec.call_id, &self.spec.account_id, kind);
     }
 
     fn note(&self, leg: Option<Leg>, text: impl Into<String>) {
@@ -199,7 +198,12 @@ impl Call {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no relay ports");
-                return outcome(CallStatus::Failed, None, Some(503), &format!("media relay: {e}"));
+                return outcome(
+                    CallStatus::Failed,
+                    None,
+                    Some(503),
+                    &format!("media relay: {e}"),
+                );
             }
         }
         // The agent leg.
@@ -228,7 +232,12 @@ impl Call {
             .as_ref()
             .map(|a| (a.local_sdp.clone(), a.remote_sdp.clone()));
         match self
-            .fork(Leg::Customer, customer_targets, self.spec.customer_ring, agent_sdp)
+            .fork(
+                Leg::Customer,
+                customer_targets,
+                self.spec.customer_ring,
+                agent_sdp,
+            )
             .await
         {
             Ok(c) => self.customer = Some(c),
@@ -265,11 +274,10 @@ impl Call {
     async fn agent_targets(&self) -> Result<Vec<Target>, Outcome> {
         match &self.spec.agent {
             AgentTarget::Devices { user_id } => self.device_targets(user_id, Leg::Agent),
-            AgentTarget::Trunk { number, trunk, .. } => {
-                self.trunk_target(number, trunk.as_deref(), false, Leg::Agent)
-                    .await
-                    .map(|t| vec![t])
-            }
+            AgentTarget::Trunk { number, trunk, .. } => self
+                .trunk_target(number, trunk.as_deref(), false, Leg::Agent)
+                .await
+                .map(|t| vec![t]),
         }
     }
 
@@ -296,7 +304,10 @@ impl Call {
             .map_err(|e| outcome(CallStatus::Failed, Some(leg), None, &format!("store: {e}")))?;
         let mut out = Vec::new();
         for b in &bindings {
-            let conn = self.inner.registrar.connection_of(&b.device_username, &b.contact);
+            let conn = self
+                .inner
+                .registrar
+                .connection_of(&b.device_username, &b.contact);
             if let Some((uri, dest)) = crate::registrar::binding_target(b, conn) {
                 out.push(Target {
                     request_uri: uri,
@@ -333,9 +344,7 @@ impl Call {
             .map_err(|e| fail(format!("store: {e}")))?;
         let trunk = trunks
             .into_iter()
-            .find(|t| {
-                trunk_name.is_none_or(|n| t.name == n) && (!emergency || t.emergency)
-            })
+            .find(|t| trunk_name.is_none_or(|n| t.name == n) && (!emergency || t.emergency))
             .ok_or_else(|| fail("no trunk for this call".into()))?;
         let transport = match trunk.transport {
             store::Transport::Tcp => Transport::Tcp,
@@ -344,7 +353,11 @@ impl Call {
         let addr = resolve_hostport(&trunk.address)
             .await
             .ok_or_else(|| fail(format!("cannot resolve trunk {}", trunk.address)))?;
-        let user = format!("{}{}", trunk.dial_prefix.clone().unwrap_or_default(), number);
+        let user = format!(
+            "{}{}",
+            trunk.dial_prefix.clone().unwrap_or_default(),
+            number
+        );
         let (host, port) = split_host_port(&trunk.address);
         let host = match host.parse::<std::net::IpAddr>() {
             Ok(ip) => Host::Ip(ip),
@@ -385,7 +398,9 @@ impl Call {
                     AgentTarget::Trunk {
                         dial_as: Some(d), ..
                     } => d.clone(),
-                    AgentTarget::Trunk { .. } => self.spec.caller_id.clone().unwrap_or(shown.clone()),
+                    AgentTarget::Trunk { .. } => {
+                        self.spec.caller_id.clone().unwrap_or(shown.clone())
+                    }
                     AgentTarget::Devices { .. } => shown.clone(),
                 };
                 let pai = match &self.spec.agent {
@@ -423,14 +438,15 @@ impl Call {
     ) -> Request {
         let (from, pai) = self.identity(leg);
         let mut r = Request::new(Method::Invite, target.request_uri.clone());
-        r.headers.add(HeaderName::From, format!("{from};tag={from_tag}"));
+        r.headers
+            .add(HeaderName::From, format!("{from};tag={from_tag}"));
         r.headers.add(HeaderName::To, target.to.clone());
         r.headers.add(HeaderName::CallId, call_id.to_string());
         r.headers.add(HeaderName::CSeq, format!("{cseq} INVITE"));
-        if let Some(c) = self
-            .inner
-            .endpoint
-            .contact_uri(None, target.dest.transport, target.dest.addr)
+        if let Some(c) =
+            self.inner
+                .endpoint
+                .contact_uri(None, target.dest.transport, target.dest.addr)
         {
             r.headers.add(HeaderName::Contact, format!("<{c}>"));
         }
@@ -459,7 +475,12 @@ impl Call {
         agent_sdp: Option<(Bytes, Bytes)>,
     ) -> Result<LegState, ForkFailure> {
         let relay = self.relay_addr(leg).ok_or_else(|| {
-            ForkFailure(outcome(CallStatus::Failed, Some(leg), None, "no relay session"))
+            ForkFailure(outcome(
+                CallStatus::Failed,
+                Some(leg),
+                None,
+                "no relay session",
+            ))
         })?;
         let mut origin = Origin::new();
         let offer = match &agent_sdp {
@@ -630,6 +651,7 @@ impl Call {
                         return Err(ForkFailure(outcome(CallStatus::Failed, None, Some(503), "server shutting down")));
                     }
                     CallCmd::Request(inc, from) => {
+                        let inc = *inc;
                         // The agent hangs up while the customer rings.
                         if from == Leg::Agent && inc.request.method == Method::Bye && leg == Leg::Customer {
                             self.respond(&inc, 200);
@@ -652,7 +674,12 @@ impl Call {
             if b.final_code.is_none() {
                 if let Some(c) = &b.canceller {
                     c.cancel(Vec::new());
-                    self.sip_event(leg, "sent", format!("CANCEL ({})", b.target.label), sip_call_id);
+                    self.sip_event(
+                        leg,
+                        "sent",
+                        format!("CANCEL ({})", b.target.label),
+                        sip_call_id,
+                    );
                 }
             }
         }
@@ -706,7 +733,11 @@ impl Call {
         let call_id = invite.call_id_str();
         match self.inner.endpoint.send_request(invite, Some(b.dest)).await {
             Ok(ct) => {
-                let leg = if self.agent.is_none() { Leg::Agent } else { Leg::Customer };
+                let leg = if self.agent.is_none() {
+                    Leg::Agent
+                } else {
+                    Leg::Customer
+                };
                 self.sip_event(
                     leg,
                     "sent",
@@ -730,7 +761,10 @@ impl Call {
         let (hdr, ans) = if resp.status == 401 {
             (HeaderName::WwwAuthenticate, HeaderName::Authorization)
         } else {
-            (HeaderName::ProxyAuthenticate, HeaderName::ProxyAuthorization)
+            (
+                HeaderName::ProxyAuthenticate,
+                HeaderName::ProxyAuthorization,
+            )
         };
         let challenges: Vec<String> = resp
             .headers
@@ -883,7 +917,10 @@ impl Call {
 
     async fn on_stray(&mut self, resp: Response, _flow: Flow) {
         // A retransmitted 2xx of an established leg: ACK it again.
-        for leg in [self.agent.as_ref(), self.customer.as_ref()].into_iter().flatten() {
+        for leg in [self.agent.as_ref(), self.customer.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             if leg.dialog.id().call_id == resp.call_id_str() {
                 let cseq = resp.cseq().map(|c| c.seq).unwrap_or(1);
                 let _ = self
@@ -910,7 +947,11 @@ impl Call {
             self.sip_event(
                 which,
                 "received",
-                format!("{} {} (BYE)", final_resp.status, String::from_utf8_lossy(&final_resp.reason)),
+                format!(
+                    "{} {} (BYE)",
+                    final_resp.status,
+                    String::from_utf8_lossy(&final_resp.reason)
+                ),
                 &sip_call_id,
             );
         }
@@ -919,7 +960,12 @@ impl Call {
 
     /// Sends a request in its own client transaction and returns its final response.
     async fn transact(&self, req: Request, dest: Destination, limit: Duration) -> Option<Response> {
-        let mut ct: ClientTransaction = self.inner.endpoint.send_request(req, Some(dest)).await.ok()?;
+        let mut ct: ClientTransaction = self
+            .inner
+            .endpoint
+            .send_request(req, Some(dest))
+            .await
+            .ok()?;
         tokio::time::timeout(limit, async {
             while let Some(ev) = ct.next().await {
                 match ev {
@@ -974,7 +1020,7 @@ impl Call {
                         }
                         CallCmd::Stray(resp, flow) => self.on_stray(resp, flow).await,
                         CallCmd::Request(inc, from) => {
-                            if let Some(o) = self.in_dialog(inc, from).await {
+                            if let Some(o) = self.in_dialog(*inc, from).await {
                                 return o;
                             }
                         }
@@ -1062,7 +1108,15 @@ impl Call {
     /// the offer goes to the other side rewritten to the relay, and its answer comes back
     /// rewritten the same way (hold, codec change).
     async fn pass_offer(&mut self, inc: IncomingRequest, from: Leg) {
-        if inc.request.body.is_empty() || sdp_glue::same_media(&inc.request.body, self.leg_mut(from).map(|l| l.remote_sdp.clone()).unwrap_or_default().as_ref()) {
+        if inc.request.body.is_empty()
+            || sdp_glue::same_media(
+                &inc.request.body,
+                self.leg_mut(from)
+                    .map(|l| l.remote_sdp.clone())
+                    .unwrap_or_default()
+                    .as_ref(),
+            )
+        {
             if !inc.request.body.is_empty() {
                 let b = inc.request.body.clone();
                 self.set_peer(from, &b);
@@ -1091,19 +1145,30 @@ impl Call {
                 .dialog
                 .new_request(method.clone(), Some(("application/sdp", offer.clone())));
             if let Some(se) = other.session_expires {
-                req.headers.add(HeaderName::SessionExpires, format!("{se};refresher=uac"));
+                req.headers
+                    .add(HeaderName::SessionExpires, format!("{se};refresher=uac"));
                 req.headers.add(HeaderName::Supported, "timer");
             }
             other.local_sdp = offer;
             (req, other.dest)
         };
         let other_call_id = req.call_id_str();
-        self.sip_event(to, "sent", format!("{method} (passed through)"), &other_call_id);
+        self.sip_event(
+            to,
+            "sent",
+            format!("{method} (passed through)"),
+            &other_call_id,
+        );
         let Some(resp) = self.transact(req, dest, Duration::from_secs(32)).await else {
             self.respond(&inc, 408);
             return;
         };
-        self.sip_event(to, "received", format!("{} {}", resp.status, String::from_utf8_lossy(&resp.reason)), &other_call_id);
+        self.sip_event(
+            to,
+            "received",
+            format!("{} {}", resp.status, String::from_utf8_lossy(&resp.reason)),
+            &other_call_id,
+        );
         if !resp.is_success() {
             // Pass the refusal back (491 glare, 488 not acceptable...).
             let mut r = Response::for_request(&inc.request, resp.status);
@@ -1133,8 +1198,10 @@ impl Call {
         l.remote_sdp = inc.request.body.clone();
         note_refresh(l);
         let mut r = Response::for_request(&inc.request, 200);
-        r.headers
-            .add(HeaderName::Contact, format!("<{}>", l.dialog.local_contact()));
+        r.headers.add(
+            HeaderName::Contact,
+            format!("<{}>", l.dialog.local_contact()),
+        );
         r.headers.add(HeaderName::ContentType, "application/sdp");
         r.body = answer;
         self.respond_with(&inc, r);
@@ -1165,7 +1232,9 @@ impl Call {
     async fn session_timers(&mut self) -> Option<Outcome> {
         let now = Instant::now();
         for which in [Leg::Agent, Leg::Customer] {
-            let Some(l) = self.leg_mut(which) else { continue };
+            let Some(l) = self.leg_mut(which) else {
+                continue;
+            };
             if l.expires_at.is_some_and(|t| t <= now) {
                 self.note(Some(which), "session expired without a refresh (RFC 4028)");
                 self.bye(Leg::Agent).await;
@@ -1193,7 +1262,9 @@ impl Call {
                 let cid = req.call_id_str();
                 self.sip_event(which, "sent", "INVITE (session refresh)".into(), &cid);
                 let resp = self.transact(req, dest, Duration::from_secs(32)).await;
-                let Some(l) = self.leg_mut(which) else { continue };
+                let Some(l) = self.leg_mut(which) else {
+                    continue;
+                };
                 match resp {
                     Some(r) if r.is_success() => {
                         let _ = l.dialog.receive_response(&r);
@@ -1234,7 +1305,11 @@ fn note_refresh(l: &mut LegState) {
     }
 }
 
-async fn forward(idx: usize, mut ct: ClientTransaction, tx: mpsc::UnboundedSender<(usize, ClientEvent)>) {
+async fn forward(
+    idx: usize,
+    mut ct: ClientTransaction,
+    tx: mpsc::UnboundedSender<(usize, ClientEvent)>,
+) {
     while let Some(ev) = ct.next().await {
         if tx.send((idx, ev)).is_err() {
             return;
@@ -1263,11 +1338,14 @@ async fn resolve_hostport(s: &str) -> Option<SocketAddr> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Some(SocketAddr::new(ip, port));
     }
-    tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host, port)))
-        .await
-        .ok()?
-        .ok()?
-        .next()
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .next()
 }
 
 #[allow(dead_code)]

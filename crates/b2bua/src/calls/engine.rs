@@ -14,7 +14,9 @@ use store::Store;
 use tokio::sync::mpsc;
 
 use super::call::{Call, CallCmd};
-use super::{CallControl, CallEvent, CallEventKind, CallHooks, CallSpec, HangupError, Leg, StartError};
+use super::{
+    CallControl, CallEvent, CallEventKind, CallHooks, CallSpec, HangupError, Leg, StartError,
+};
 use crate::registrar::Registrar;
 
 /// Engine settings.
@@ -151,19 +153,17 @@ impl Engine {
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
                     let Some(inner) = weak.upgrade() else { return };
-                    #[allow(unreachable_patterns)]
-                    match ev {
-                        MediaEvent::Timeout { session_id } => {
-                            let call = inner
-                                .media_sessions
-                                .lock()
-                                .ok()
-                                .and_then(|m| m.get(&session_id).cloned());
-                            if let Some(call) = call {
-                                send_to(&inner, &call, CallCmd::MediaTimeout);
-                            }
+                    // (MediaEvent is non-exhaustive: other events are ignored.)
+                    #[allow(irrefutable_let_patterns)]
+                    if let MediaEvent::Timeout { session_id } = ev {
+                        let call = inner
+                            .media_sessions
+                            .lock()
+                            .ok()
+                            .and_then(|m| m.get(&session_id).cloned());
+                        if let Some(call) = call {
+                            send_to(&inner, &call, CallCmd::MediaTimeout);
                         }
-                        _ => {}
                     }
                 }
             });
@@ -182,7 +182,12 @@ impl Engine {
         let Some(id) = DialogId::for_uas_request(&inc.request) else {
             return false;
         };
-        let owner = self.inner.dialogs.lock().ok().and_then(|d| d.get(&id).cloned());
+        let owner = self
+            .inner
+            .dialogs
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&id).cloned());
         let Some((call, leg)) = owner else {
             return false;
         };
@@ -192,7 +197,10 @@ impl Engine {
             .lock()
             .ok()
             .and_then(|c| c.get(&call).map(|e| e.tx.clone()));
-        tx.is_some_and(|tx| tx.send(CallCmd::Request(inc.clone(), leg)).is_ok())
+        tx.is_some_and(|tx| {
+            tx.send(CallCmd::Request(Box::new(inc.clone()), leg))
+                .is_ok()
+        })
     }
 
     /// An ACK for a 2xx we sent (re-INVITE pass-through): nothing to do beyond logging.
@@ -222,7 +230,8 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + grace;
-        while self.inner.active.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        while self.inner.active.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let txs: Vec<_> = self

@@ -6,10 +6,11 @@
 //! reports every stage as a [`CallEvent`] to one set of [`CallHooks`] — call log and
 //! timeline, callbacks, the event stream and metrics all hang off those hooks.
 
-// ENGINE-WIP mod call;
-// ENGINE-WIP pub mod engine;
-// ENGINE-WIP mod sdp_glue;
-// ENGINE-WIP pub use engine::{Engine, EngineConfig};
+mod call;
+pub mod engine;
+mod sdp_glue;
+
+pub use engine::{Engine, EngineConfig};
 
 use serde::Serialize;
 use std::time::Duration;

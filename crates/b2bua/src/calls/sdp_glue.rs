@@ -1,0 +1,215 @@
+//! SDP as the call engine uses it: offers that point at the relay, the peer address each
+//! leg's SDP announces, and pass-through rewriting. Built on `sip_core::sdp`.
+
+use bytes::Bytes;
+use media::{LegStats, SessionStats};
+use serde_json::json;
+use sip_core::sdp::{accepted_codecs, audio_offer, Codec, SessionDescription};
+use std::net::SocketAddr;
+
+/// Our `o=` line on one leg: one session id, a version bumped on every change (RFC 3264 §8).
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    id: u64,
+    version: u64,
+}
+
+impl Origin {
+    pub(crate) fn new() -> Origin {
+        let id = u64::from(rand::random::<u32>()) + 1;
+        Origin { id, version: id }
+    }
+
+    fn stamp(&mut self, sdp: &mut SessionDescription, changed: bool) {
+        if changed {
+            self.version += 1;
+        }
+        sdp.origin.username = "dialbridge".into();
+        sdp.origin.session_id = self.id.to_string();
+        sdp.origin.session_version = self.version;
+    }
+}
+
+/// The offer to the agent: every codec dialbridge passes through, at the relay's agent port.
+pub(crate) fn agent_offer(relay: SocketAddr, origin: &mut Origin) -> Bytes {
+    let mut sdp = audio_offer(relay.ip(), relay.port(), origin.id, Codec::DEFAULTS);
+    origin.stamp(&mut sdp, false);
+    sdp.to_bytes()
+}
+
+/// The offer to the customer: the codecs the agent accepted (in the agent's order of
+/// preference), at the relay's customer port. Falls back to every codec when the agent's
+/// answer cannot be read.
+pub(crate) fn customer_offer(
+    relay: SocketAddr,
+    origin: &mut Origin,
+    agent_offer: &[u8],
+    agent_answer: &[u8],
+) -> Bytes {
+    let mut sdp = audio_offer(relay.ip(), relay.port(), origin.id, Codec::DEFAULTS);
+    if let (Ok(o), Ok(a)) = (
+        SessionDescription::parse(agent_offer),
+        SessionDescription::parse(agent_answer),
+    ) {
+        let accepted = accepted_codecs(&o, &a);
+        if !accepted.is_empty() {
+            let mut narrowed = sdp.clone();
+            if narrowed.retain_audio_codecs(&accepted) {
+                sdp = narrowed;
+            }
+        }
+    }
+    origin.stamp(&mut sdp, false);
+    sdp.to_bytes()
+}
+
+/// Where a leg's peer wants its media (a hint for the relay, which latches anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerMedia {
+    pub(crate) rtp: SocketAddr,
+    pub(crate) rtcp: Option<SocketAddr>,
+    pub(crate) mux: bool,
+    pub(crate) clock_rate: u32,
+}
+
+/// The peer media of an SDP body, `None` when it has no usable audio stream (rejected,
+/// or held with `c=0.0.0.0`).
+pub(crate) fn peer_of(body: &[u8]) -> Option<PeerMedia> {
+    let sdp = SessionDescription::parse(body).ok()?;
+    let audio = sdp.first_audio()?;
+    if audio.is_rejected() {
+        return None;
+    }
+    let ip = sdp.connection_of(audio)?.ip()?;
+    if ip.is_unspecified() {
+        return None;
+    }
+    let rtcp = audio
+        .rtcp()
+        .map(|(port, addr)| SocketAddr::new(addr.unwrap_or(ip), port));
+    let clock_rate = audio
+        .payload_types()
+        .next()
+        .and_then(|pt| audio.codec(pt).map(|c| c.clock_rate))
+        .unwrap_or(8000);
+    Some(PeerMedia {
+        rtp: SocketAddr::new(ip, audio.port),
+        rtcp,
+        mux: audio.rtcp_mux(),
+        clock_rate,
+    })
+}
+
+/// One leg's SDP passed to the other leg: the same codecs and direction, pointed at the
+/// relay port of the other leg, under our own `o=` line. Streams other than the first audio
+/// one are refused (port 0): the relay carries audio only.
+pub(crate) fn rewrite(body: &[u8], relay: SocketAddr, origin: &mut Origin) -> Bytes {
+    let Ok(mut sdp) = SessionDescription::parse(body) else {
+        return Bytes::copy_from_slice(body);
+    };
+    let first = sdp.first_audio_index();
+    sdp.set_connection(relay.ip());
+    for (i, m) in sdp.media.iter_mut().enumerate() {
+        if Some(i) == first {
+            if !m.is_rejected() {
+                m.set_port(relay.port());
+                if !m.rtcp_mux() {
+                    m.set_rtcp(relay.port().saturating_add(1), None);
+                }
+            }
+        } else {
+            m.set_port(0);
+        }
+    }
+    origin.stamp(&mut sdp, true);
+    sdp.to_bytes()
+}
+
+/// The SDP we last sent, again (a session refresh: same version, RFC 4028 §9).
+pub(crate) fn refresh(local: &[u8], _origin: &mut Origin) -> Bytes {
+    Bytes::copy_from_slice(local)
+}
+
+/// Whether `new` is the same session version as `old` (a refresh, not a change: RFC 3264 §8).
+pub(crate) fn same_media(new: &[u8], old: &[u8]) -> bool {
+    match (
+        SessionDescription::parse(new),
+        SessionDescription::parse(old),
+    ) {
+        (Ok(n), Ok(o)) => {
+            n.origin.session_id == o.origin.session_id
+                && n.origin.session_version == o.origin.session_version
+        }
+        _ => false,
+    }
+}
+
+fn leg_json(s: &LegStats) -> serde_json::Value {
+    json!({
+        "rx_packets": s.rx_packets,
+        "rx_bytes": s.rx_bytes,
+        "tx_packets": s.tx_packets,
+        "tx_bytes": s.tx_bytes,
+        "rtcp_rx_packets": s.rx_rtcp_packets,
+        "rtcp_tx_packets": s.tx_rtcp_packets,
+        "expected": s.expected,
+        "lost": s.lost,
+        "jitter_ms": s.jitter_duration().as_secs_f64() * 1000.0,
+        "remote_rtp": s.remote_rtp.map(|a| a.to_string()),
+        "ssrc": s.ssrc,
+        "hijack_dropped": s.hijack_dropped,
+    })
+}
+
+/// The media statistics of a call, per leg, as stored and returned by the API.
+pub(crate) fn stats_json(s: &SessionStats) -> serde_json::Value {
+    json!({ "agent": leg_json(&s.a), "customer": leg_json(&s.b) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGENT_ANSWER: &[u8] = b"v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8 100\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:100 telephone-event/8000\r\n";
+
+    #[test]
+    fn offers_point_at_the_relay_and_narrow_codecs() {
+        let relay: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let mut o = Origin::new();
+        let offer = agent_offer(relay, &mut o);
+        let p = peer_of(&offer).unwrap();
+        assert_eq!(p.rtp, relay);
+        let text = String::from_utf8_lossy(&offer).into_owned();
+        assert!(
+            text.contains("PCMU/8000") && text.contains("opus/48000/2"),
+            "{text}"
+        );
+        let c = customer_offer(
+            "127.0.0.1:40002".parse().unwrap(),
+            &mut Origin::new(),
+            &offer,
+            AGENT_ANSWER,
+        );
+        let text = String::from_utf8_lossy(&c).into_owned();
+        assert!(text.contains("PCMA/8000"), "{text}");
+        assert!(text.contains("telephone-event/8000"), "{text}");
+        assert!(!text.contains("PCMU") && !text.contains("opus"), "{text}");
+    }
+
+    #[test]
+    fn peer_and_rewrite() {
+        let p = peer_of(AGENT_ANSWER).unwrap();
+        assert_eq!(p.rtp, "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(p.clock_rate, 8000);
+        let mut o = Origin::new();
+        let r = rewrite(AGENT_ANSWER, "10.0.0.9:41000".parse().unwrap(), &mut o);
+        let q = peer_of(&r).unwrap();
+        assert_eq!(q.rtp, "10.0.0.9:41000".parse().unwrap());
+        assert_eq!(q.rtcp, Some("10.0.0.9:41001".parse().unwrap()));
+        let r2 = rewrite(AGENT_ANSWER, "10.0.0.9:41000".parse().unwrap(), &mut o);
+        assert!(!same_media(&r, &r2), "each rewrite is a new version");
+        assert!(same_media(&r2, &r2));
+        let held = b"v=0\r\no=a 1 1 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+        assert!(peer_of(held).is_none());
+    }
+}
