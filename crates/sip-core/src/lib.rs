@@ -7,3 +7,4 @@ pub mod endpoint;
 pub mod message;
 pub mod transaction;
 pub mod transport;
+pub mod sdp;
