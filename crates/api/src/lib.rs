@@ -1,1 +1,195 @@
-//! api
+//! api: dialbridge's REST API — the native call API, the JustCall- and Click-2-Call-style
+//! shapes, admin CRUD, the call log with timelines, live events (SSE), signed and reliable
+//! status callbacks, OpenAPI, health and Prometheus metrics (SPEC §5).
+//!
+//! # Use
+//!
+//! ```ignore
+//! let api = Api::new(cfg, store, engine_handle, metrics);
+//! engine.set_hooks(api.hooks());            // call events -> log, callbacks, SSE, metrics
+//! let dispatcher = api.spawn_dispatcher();  // callback outbox -> receivers
+//! api.serve(listener, shutdown).await?;
+//! ```
+//!
+//! # Layout
+//!
+//! - [`state`]: [`ApiConfig`] and the state shared by handlers, hooks and dispatcher.
+//! - [`http`]: auth extractors (Bearer, `key:secret`), JSON body / query extractors with the
+//!   API's error answers, request ids and the access log (path only, never the query).
+//! - [`error`]: [`ApiError`], the one mapping of errors to status codes and JSON bodies.
+//! - [`place`]: the call path shared by all three API shapes (dial plan, guards, caller ID,
+//!   limits, call record, hand-over to the engine).
+//! - [`routes`]: handlers — `calls` (native), `admin`, `compat` (JustCall, Click-2-Call),
+//!   `meta` (healthz, metrics, OpenAPI document).
+//! - [`hooks`]: the [`b2bua::calls::CallHooks`] implementation.
+//! - [`callbacks`]: outbox dispatcher, signatures, backoff, callback URL guard.
+//! - [`events`]: the SSE hub with its `Last-Event-ID` ring.
+//! - [`limits`]: per-account call rate (token bucket) and concurrency.
+//! - [`metrics`]: [`Metrics`], rendered in Prometheus text format.
+//! - [`views`], [`time`]: JSON views of store rows; RFC 3339 UTC times.
+//!
+//! # What it does not do
+//!
+//! - No SIP: calls are started and hung up through [`b2bua::calls::CallControl`]; everything
+//!   it knows about a call comes through the hooks.
+//! - No TLS termination (put a proxy in front); no account management (accounts and API keys
+//!   come from provisioning).
+//! - Event ids of the live stream are kept in memory only: `Last-Event-ID` resume works within
+//!   one process and the last 10 000 events.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod callbacks;
+pub mod error;
+pub mod events;
+pub mod hooks;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod place;
+pub mod routes;
+pub mod state;
+pub mod time;
+pub mod views;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, patch, post};
+use axum::Router;
+use b2bua::calls::{CallControl, CallHooks};
+use store::Store;
+use tokio::task::JoinHandle;
+
+pub use callbacks::{CallbackPolicy, SIGNATURE_HEADER};
+pub use error::ApiError;
+pub use limits::AccountLimits;
+pub use metrics::Metrics;
+pub use routes::meta::ApiDoc;
+pub use state::ApiConfig;
+
+use state::{Shared, BODY_LIMIT};
+
+/// The REST API of one dialbridge node.
+pub struct Api {
+    shared: Arc<Shared>,
+}
+
+impl Api {
+    /// Builds the API on the store, the call engine's handle and the process's metrics.
+    pub fn new(
+        cfg: ApiConfig,
+        store: Arc<dyn Store>,
+        calls: Arc<dyn CallControl>,
+        metrics: Arc<Metrics>,
+    ) -> Api {
+        let first_event_id = (time::now_ms().max(0) as u64).saturating_mul(1000);
+        let limiter = limits::Limiter::new(cfg.limits);
+        Api {
+            shared: Arc::new(Shared {
+                cfg,
+                store,
+                calls,
+                metrics,
+                events: events::EventHub::new(first_event_id, events::RING_CAPACITY),
+                limiter,
+                dispatch: tokio::sync::Notify::new(),
+                idempotency_inflight: Mutex::new(Default::default()),
+            }),
+        }
+    }
+
+    /// The call hooks to hand to the call engine.
+    pub fn hooks(&self) -> Arc<dyn CallHooks> {
+        Arc::new(hooks::ApiHooks {
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Starts the callback dispatcher task (abort the handle to stop it; pending callbacks
+    /// stay in the store's outbox).
+    pub fn spawn_dispatcher(&self) -> JoinHandle<()> {
+        tokio::spawn(callbacks::run_dispatcher(self.shared.clone()))
+    }
+
+    /// The axum router with every route, the body limit and the access log.
+    pub fn router(&self) -> Router {
+        use routes::{admin, calls, compat, meta};
+        Router::new()
+            .route("/v1/calls", post(calls::create_call).get(calls::list_calls))
+            .route("/v1/calls/{call_id}", get(calls::get_call))
+            .route("/v1/calls/{call_id}/hangup", post(calls::hangup_call))
+            .route("/v1/events", get(calls::events))
+            .route("/v1/users", get(admin::list_users).post(admin::create_user))
+            .route(
+                "/v1/users/{user_id}",
+                get(admin::get_user)
+                    .patch(admin::update_user)
+                    .delete(admin::delete_user),
+            )
+            .route(
+                "/v1/users/{user_id}/devices",
+                get(admin::list_devices).post(admin::create_device),
+            )
+            .route(
+                "/v1/users/{user_id}/registrations",
+                get(admin::registrations),
+            )
+            .route(
+                "/v1/devices/{username}",
+                patch(admin::update_device).delete(admin::delete_device),
+            )
+            .route(
+                "/v1/numbers",
+                get(admin::list_numbers).post(admin::create_number),
+            )
+            .route(
+                "/v1/numbers/{number}",
+                get(admin::get_number)
+                    .patch(admin::update_number)
+                    .delete(admin::delete_number),
+            )
+            .route(
+                "/v1/trunks",
+                get(admin::list_trunks).post(admin::create_trunk),
+            )
+            .route(
+                "/v1/trunks/{name}",
+                get(admin::get_trunk)
+                    .patch(admin::update_trunk)
+                    .delete(admin::delete_trunk),
+            )
+            .route("/v2/calls/make", post(compat::make_call))
+            .route("/click2call", get(compat::click2call))
+            .route(
+                "/click2call/status/{request_id}",
+                get(compat::click2call_status),
+            )
+            .route("/healthz", get(meta::healthz))
+            .route("/metrics", get(meta::metrics))
+            .route("/openapi.json", get(meta::openapi))
+            .fallback(http::not_found)
+            .method_not_allowed_fallback(http::method_not_allowed)
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                http::access_log,
+            ))
+            .with_state(self.shared.clone())
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes, then lets requests in
+    /// flight finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "REST API listening");
+        }
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

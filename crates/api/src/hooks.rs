@@ -1,0 +1,239 @@
+//! The API's [`CallHooks`]: what happens on every call event.
+//!
+//! One event → the call record (status, times, legs, outcome, media stats), a timeline
+//! entry with its UTC time, a callback in the outbox for the callback stages, an event on
+//! the live stream, and metrics. Only store writes and channel sends: no network.
+
+use std::sync::Arc;
+
+use b2bua::calls::{CallEvent, CallEventKind, CallHooks, Leg};
+use serde_json::{json, Value};
+use store::{CallRecord, CallStatus, OutboxEntry, TimelineEntry, TypeId};
+
+use crate::state::Shared;
+use crate::time::rfc3339_ms;
+
+/// TypeID prefix of callback event ids.
+pub const EVENT_PREFIX: &str = "evt";
+
+pub(crate) struct ApiHooks {
+    pub shared: Arc<Shared>,
+}
+
+fn leg_obj<'a>(legs: &'a mut Value, leg: Leg) -> Option<&'a mut serde_json::Map<String, Value>> {
+    if !legs.is_object() {
+        *legs = json!({});
+    }
+    let obj = legs.as_object_mut()?;
+    obj.entry(leg.as_str())
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+}
+
+/// The timeline kind and detail of an event (the serde form without `type`, `leg`, `stats`).
+fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Value) {
+    let mut v = serde_json::to_value(kind).unwrap_or(Value::Null);
+    let name = v
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("event")
+        .to_owned();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("type");
+        o.remove("leg");
+        o.remove("stats");
+    }
+    let leg = match kind {
+        CallEventKind::Sip { leg, .. }
+        | CallEventKind::Ringing { leg, .. }
+        | CallEventKind::EarlyMedia { leg } => Some(*leg),
+        CallEventKind::AgentAnswered { .. } => Some(Leg::Agent),
+        CallEventKind::InProgress { .. } => Some(Leg::Customer),
+        CallEventKind::Ended { outcome, .. } => outcome.leg,
+        CallEventKind::Note { leg, .. } => *leg,
+    };
+    if let (CallEventKind::Ended { outcome, .. }, Some(o)) = (kind, v.as_object_mut()) {
+        // Flatten the outcome into the detail.
+        o.remove("outcome");
+        o.insert("status".into(), outcome.status.as_str().into());
+        o.insert("sip_code".into(), json!(outcome.sip_code));
+        o.insert("q850_cause".into(), json!(outcome.q850_cause));
+        o.insert("duration".into(), json!(outcome.duration_secs));
+        o.insert("reason".into(), json!(outcome.reason));
+    }
+    (name, leg, v)
+}
+
+/// Applies an event to the record; true when the record changed.
+fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
+    let at = rfc3339_ms(ev.at_ms);
+    let before = rec.clone();
+    let final_already = rec.status.is_final();
+    match &ev.kind {
+        CallEventKind::Sip {
+            leg, sip_call_id, ..
+        } => {
+            if let Some(o) = leg_obj(&mut rec.legs, *leg) {
+                o.entry("sip_call_id").or_insert_with(|| json!(sip_call_id));
+            }
+        }
+        CallEventKind::Ringing { leg, sip_code } => {
+            if rec.status == CallStatus::Queued {
+                rec.status = CallStatus::Ringing;
+            }
+            if let Some(o) = leg_obj(&mut rec.legs, *leg) {
+                o.entry("ringing_at").or_insert_with(|| json!(at));
+                o.insert("last_provisional".into(), json!(sip_code));
+            }
+        }
+        CallEventKind::EarlyMedia { leg } => {
+            if let Some(o) = leg_obj(&mut rec.legs, *leg) {
+                o.insert("early_media".into(), json!(true));
+            }
+        }
+        CallEventKind::AgentAnswered { sip_code } => {
+            if let Some(o) = leg_obj(&mut rec.legs, Leg::Agent) {
+                o.insert("answered_at".into(), json!(at));
+                o.insert("sip_code".into(), json!(sip_code));
+            }
+        }
+        CallEventKind::InProgress { sip_code } => {
+            if !final_already {
+                rec.status = CallStatus::InProgress;
+                rec.answered_at_ms = Some(ev.at_ms);
+            }
+            if let Some(o) = leg_obj(&mut rec.legs, Leg::Customer) {
+                o.insert("answered_at".into(), json!(at));
+                o.insert("sip_code".into(), json!(sip_code));
+            }
+        }
+        CallEventKind::Ended { outcome, stats } => {
+            if !final_already {
+                rec.status = outcome.status;
+                rec.ended_at_ms = Some(ev.at_ms);
+                rec.end_leg = Some(match outcome.leg {
+                    Some(l) => l.as_str().to_owned(),
+                    None if outcome.status == CallStatus::Canceled => "api".to_owned(),
+                    None => "dialbridge".to_owned(),
+                });
+                rec.sip_code = outcome.sip_code;
+                rec.stats = stats.clone();
+            }
+        }
+        CallEventKind::Note { .. } => {}
+    }
+    *rec != before
+}
+
+/// The callback stage of an event, if it is one: (status, leg, sip_code, duration).
+fn callback_stage(ev: &CallEvent) -> Option<(CallStatus, Option<Leg>, Option<u16>, u64)> {
+    match &ev.kind {
+        CallEventKind::Ringing { leg, sip_code } => {
+            Some((CallStatus::Ringing, Some(*leg), Some(*sip_code), 0))
+        }
+        CallEventKind::InProgress { sip_code } => Some((
+            CallStatus::InProgress,
+            Some(Leg::Customer),
+            Some(*sip_code),
+            0,
+        )),
+        CallEventKind::Ended { outcome, .. } => Some((
+            outcome.status,
+            outcome.leg,
+            outcome.sip_code,
+            outcome.duration_secs,
+        )),
+        _ => None,
+    }
+}
+
+impl ApiHooks {
+    fn enqueue_callback(&self, rec: &CallRecord, ev: &CallEvent) -> Result<(), store::StoreError> {
+        let (Some(url), Some((status, leg, sip_code, duration))) =
+            (rec.callback_url.as_ref(), callback_stage(ev))
+        else {
+            return Ok(());
+        };
+        let store = &self.shared.store;
+        let seq = store.next_callback_seq(&rec.id)?;
+        let event_id = TypeId::new(EVENT_PREFIX).to_string();
+        let body = json!({
+            "event_id": event_id,
+            "sequence": seq,
+            "call_id": rec.id,
+            "status": status.as_str(),
+            "duration": duration,
+            "timestamp": rfc3339_ms(ev.at_ms),
+            "leg": leg.map(Leg::as_str),
+            "sip_code": sip_code,
+            "direction": "outbound",
+            "from": rec.caller_id,
+            "to": rec.destination.as_deref().unwrap_or(&rec.dial_string),
+            "metadata": rec.metadata,
+        });
+        let entry = OutboxEntry::new(
+            event_id,
+            rec.id.clone(),
+            rec.account_id.clone(),
+            seq,
+            url.clone(),
+            body.to_string(),
+            crate::time::now_ms(),
+        );
+        store.enqueue_callback(&entry)?;
+        self.shared.dispatch.notify_one();
+        Ok(())
+    }
+
+    fn handle(&self, ev: &CallEvent) -> Result<(), store::StoreError> {
+        let shared = &self.shared;
+        let store = &shared.store;
+        let (kind, leg, detail) = timeline_parts(&ev.kind);
+        store.append_timeline(
+            &ev.call_id,
+            &TimelineEntry {
+                at_ms: ev.at_ms,
+                kind: kind.clone(),
+                leg: leg.map(|l| l.as_str().to_owned()),
+                detail: detail.clone(),
+            },
+        )?;
+        let mut sse = json!({
+            "call_id": ev.call_id,
+            "type": kind,
+            "at": rfc3339_ms(ev.at_ms),
+            "leg": leg.map(Leg::as_str),
+            "detail": detail,
+        });
+        if let Some(mut rec) = store.get_call(&ev.account_id, &ev.call_id)? {
+            let was_final = rec.status.is_final();
+            if apply(&mut rec, ev) {
+                store.update_call(&rec)?;
+            }
+            if let CallEventKind::Ended { outcome, .. } = &ev.kind {
+                if !was_final {
+                    shared.limiter.release(&ev.account_id);
+                    shared.metrics.call_ended(outcome.status);
+                }
+            }
+            sse["status"] = rec.status.as_str().into();
+            self.enqueue_callback(&rec, ev)?;
+        } else {
+            tracing::warn!(call_id = %ev.call_id, "event for a call that is not in the store");
+        }
+        shared
+            .events
+            .publish(&ev.account_id, &kind, sse.to_string());
+        Ok(())
+    }
+}
+
+impl CallHooks for ApiHooks {
+    fn on_event(&self, event: &CallEvent) {
+        let span = tracing::debug_span!("call_event", call_id = %event.call_id);
+        let _g = span.enter();
+        if let Err(e) = self.handle(event) {
+            tracing::error!(error = %e, call_id = %event.call_id, "recording a call event failed");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! HTTP plumbing: authentication extractors, the JSON body and query extractors (with the
+//! API's own error answers), the request-id and access-log middleware, the fallbacks.
+//!
+//! Credentials:
+//! - native and admin endpoints: `Authorization: Bearer <secret>`;
+//! - JustCall-style: `Authorization: <key>:<secret>`;
+//! - Click-2-Call-style: the `api_key` query parameter (an API secret), checked by its
+//!   handlers so that it can answer in its own shape.
+//!
+//! The access log has method, path (never the query string, which may carry `api_key`),
+//! status, latency and request id; headers and bodies are never logged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::de::DeserializeOwned;
+use store::Account;
+use tracing::Instrument;
+
+use crate::error::{ApiError, JustCallError};
+use crate::state::{Shared, BODY_LIMIT};
+
+/// `X-Request-Id`.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The account of a `Bearer` API secret.
+pub struct BearerAccount(pub Account);
+
+impl FromRequestParts<Arc<Shared>> for BearerAccount {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let (scheme, secret) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
+            return Err(ApiError::Unauthorized);
+        }
+        match state.store.account_by_api_secret(secret.trim())? {
+            Some(a) => Ok(BearerAccount(a)),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// The account of a JustCall-style `Authorization: <key>:<secret>`.
+pub struct KeyPairAccount(pub Account);
+
+impl FromRequestParts<Arc<Shared>> for KeyPairAccount {
+    type Rejection = JustCallError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let (key, secret) = value.trim().split_once(':').ok_or(ApiError::Unauthorized)?;
+        if key.is_empty() || secret.is_empty() {
+            return Err(ApiError::Unauthorized.into());
+        }
+        match state.store.account_by_key_pair(key, secret)? {
+            Some(a) => Ok(KeyPairAccount(a)),
+            None => Err(ApiError::Unauthorized.into()),
+        }
+    }
+}
+
+fn is_json(parts_ct: Option<&HeaderValue>) -> bool {
+    let Some(ct) = parts_ct.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    mime.eq_ignore_ascii_case("application/json")
+        || (mime.len() > 5
+            && mime[..mime.len() - 5].starts_with("application/")
+            && mime.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// A JSON body's raw bytes: `application/json`, at most [`BODY_LIMIT`] bytes.
+pub struct JsonBytes(pub Bytes);
+
+impl FromRequest<Arc<Shared>> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<Shared>) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(CONTENT_TYPE)) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+            } else {
+                ApiError::bad_request("invalid_body", "Request body could not be read")
+            }
+        })?;
+        Ok(JsonBytes(bytes))
+    }
+}
+
+/// Parses a JSON body, answering 400 with serde's message on syntax and type errors.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "Request body must be a JSON object",
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("Invalid JSON body: {e}")))
+}
+
+/// A parsed JSON body.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<Shared>> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<Shared>) -> Result<Self, Self::Rejection> {
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// A query string parsed into `T`, answering 400 with a clear message.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+fn valid_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    ok.then(|| s.to_owned())
+}
+
+/// Request id (echoed or generated), a tracing span per request, and one access-log line.
+pub async fn access_log(
+    State(state): State<Arc<Shared>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(valid_request_id)
+        .unwrap_or_else(|| format!("req_{}", hex::encode(rand::random::<[u8; 12]>())));
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        req.headers_mut().insert(REQUEST_ID.clone(), v);
+    }
+    let method = req.method().clone();
+    // The path only: query strings may carry credentials (Click-2-Call `api_key`).
+    let path = req.uri().path().to_owned();
+    let span =
+        tracing::info_span!("http", request_id = %request_id, method = %method, path = %path);
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    state.metrics.http_request();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID.clone(), v);
+    }
+    let _g = span.enter();
+    tracing::info!(
+        status = resp.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}
+
+/// Unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+/// Known routes, unknown methods.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let ok = |s: &str| is_json(Some(&HeaderValue::from_str(s).unwrap()));
+        assert!(ok("application/json"));
+        assert!(ok("application/json; charset=utf-8"));
+        assert!(ok("Application/JSON"));
+        assert!(ok("application/merge-patch+json"));
+        assert!(!ok("text/plain"));
+        assert!(!ok("application/x-www-form-urlencoded"));
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn request_ids() {
+        let v = |s: &str| valid_request_id(&HeaderValue::from_str(s).unwrap());
+        assert_eq!(v("abc-123"), Some("abc-123".into()));
+        assert_eq!(v("bad id"), None);
+        assert_eq!(v(&"x".repeat(200)), None);
+    }
+}

@@ -1,0 +1,659 @@
+//! Admin CRUD of the caller's account: users, devices, numbers, trunks, and a user's
+//! registrations. Passwords are write-only; another account's objects are 404; shared trunks
+//! are visible and read-only.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+use store::{Account, Number, Secret, StoreError, Transport, Trunk, TypeId, User};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::http::{BearerAccount, Json};
+use crate::routes::calls::ErrorBody;
+use crate::state::Shared;
+use crate::time::now_ms;
+use crate::views;
+
+/// Store errors of write methods as API errors.
+fn write_err(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Invalid { field, reason } => {
+            ApiError::bad_request("invalid_field", format!("{field}: {reason}"))
+        }
+        StoreError::AlreadyExists { kind, id } => ApiError::Conflict {
+            code: "already_exists",
+            message: format!("{kind} {id:?} already exists"),
+        },
+        StoreError::NotFound { kind, id } => {
+            ApiError::unprocessable("reference_not_found", format!("{kind} {id:?} not found"))
+        }
+        other => ApiError::Store(other),
+    }
+}
+
+/// `Some(None)` for an explicit `null`, `None` when the field is absent.
+fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+const USER_NOT_FOUND: ApiError = ApiError::NotFound {
+    code: "user_not_found",
+    message: "User not found",
+};
+
+fn own_user(shared: &Shared, account: &Account, id: &str) -> Result<User, ApiError> {
+    shared
+        .store
+        .user(id)?
+        .filter(|u| u.account_id == account.id)
+        .ok_or(USER_NOT_FOUND)
+}
+
+fn user_view(shared: &Shared, u: &User) -> Result<Value, ApiError> {
+    let devices = shared.store.devices_for_user(&u.id)?;
+    Ok(views::user(u, &devices))
+}
+
+/// A device given with a new user.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    pub username: String,
+    /// Write-only.
+    pub password: String,
+}
+
+/// `POST /v1/users` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// TypeID `user_…`; generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub extension: Option<String>,
+    #[serde(default)]
+    pub agent_id: Option<i64>,
+    #[serde(default)]
+    pub devices: Vec<NewDevice>,
+}
+
+/// `PATCH /v1/users/{user_id}` body: absent = unchanged, `null` = cleared.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub extension: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub agent_id: Option<Option<i64>>,
+}
+
+/// The account's users.
+#[utoipa::path(get, path = "/v1/users", tag = "admin",
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_users(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+) -> Result<axum::Json<Value>, ApiError> {
+    let users = shared.store.users_for_account(&account.id)?;
+    let data = users
+        .iter()
+        .map(|u| user_view(&shared, u))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(axum::Json(json!({ "data": data })))
+}
+
+/// Creates a user (and its devices).
+#[utoipa::path(post, path = "/v1/users", tag = "admin", request_body = CreateUser,
+    responses((status = 201, body = Object), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_user(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Json(req): Json<CreateUser>,
+) -> Result<Response, ApiError> {
+    let id = match req.id {
+        Some(id) => {
+            TypeId::parse_with_prefix(&id, store::provision::USER_PREFIX)
+                .map_err(|_| ApiError::bad_request("invalid_user_id", "Invalid user_id format"))?;
+            id
+        }
+        None => TypeId::new(store::provision::USER_PREFIX).to_string(),
+    };
+    if req.name.trim().is_empty() {
+        return Err(ApiError::bad_request("missing_name", "name is required"));
+    }
+    let user = User {
+        id,
+        account_id: account.id.clone(),
+        name: req.name,
+        extension: req.extension,
+        agent_id: req.agent_id,
+    };
+    shared.store.create_user(&user).map_err(write_err)?;
+    for d in &req.devices {
+        if let Err(e) = shared.store.create_device(
+            &user.id,
+            &d.username,
+            &Secret::new(d.password.clone()),
+            &shared.cfg.realm,
+        ) {
+            let _ = shared.store.delete_user(&account.id, &user.id);
+            return Err(write_err(e));
+        }
+    }
+    Ok((StatusCode::CREATED, axum::Json(user_view(&shared, &user)?)).into_response())
+}
+
+/// One user.
+#[utoipa::path(get, path = "/v1/users/{user_id}", tag = "admin",
+    params(("user_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_user(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(user_id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let u = own_user(&shared, &account, &user_id)?;
+    Ok(axum::Json(user_view(&shared, &u)?))
+}
+
+/// Changes a user's name, extension or agent id.
+#[utoipa::path(patch, path = "/v1/users/{user_id}", tag = "admin", request_body = UpdateUser,
+    params(("user_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_user(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(user_id): Path<String>,
+    Json(req): Json<UpdateUser>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let mut u = own_user(&shared, &account, &user_id)?;
+    if let Some(name) = req.name {
+        if name.trim().is_empty() {
+            return Err(ApiError::bad_request(
+                "missing_name",
+                "name must not be empty",
+            ));
+        }
+        u.name = name;
+    }
+    if let Some(ext) = req.extension {
+        u.extension = ext;
+    }
+    if let Some(agent) = req.agent_id {
+        u.agent_id = agent;
+    }
+    shared.store.update_user(&u).map_err(write_err)?;
+    Ok(axum::Json(user_view(&shared, &u)?))
+}
+
+/// Deletes a user with its devices and their registrations.
+#[utoipa::path(delete, path = "/v1/users/{user_id}", tag = "admin",
+    params(("user_id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_user(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(user_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if shared.store.delete_user(&account.id, &user_id)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(USER_NOT_FOUND)
+    }
+}
+
+/// A user's devices.
+#[utoipa::path(get, path = "/v1/users/{user_id}/devices", tag = "admin",
+    params(("user_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_devices(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(user_id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let u = own_user(&shared, &account, &user_id)?;
+    let devices = shared.store.devices_for_user(&u.id)?;
+    Ok(axum::Json(
+        json!({"data": devices.iter().map(views::device).collect::<Vec<_>>()}),
+    ))
+}
+
+/// Adds a device to a user.
+#[utoipa::path(post, path = "/v1/users/{user_id}/devices", tag = "admin", request_body = NewDevice,
+    params(("user_id" = String, Path)),
+    responses((status = 201, body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_device(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(user_id): Path<String>,
+    Json(req): Json<NewDevice>,
+) -> Result<Response, ApiError> {
+    let u = own_user(&shared, &account, &user_id)?;
+    let d = shared
+        .store
+        .create_device(
+            &u.id,
+            &req.username,
+            &Secret::new(req.password),
+            &shared.cfg.realm,
+        )
+        .map_err(write_err)?;
+    Ok((StatusCode::CREATED, axum::Json(views::device(&d))).into_response())
+}
+
+/// `PATCH /v1/devices/{username}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    /// Write-only.
+    pub password: String,
+}
+
+const DEVICE_NOT_FOUND: ApiError = ApiError::NotFound {
+    code: "device_not_found",
+    message: "Device not found",
+};
+
+fn own_device(shared: &Shared, account: &Account, username: &str) -> Result<(), ApiError> {
+    let d = shared
+        .store
+        .device_by_username(username)?
+        .ok_or(DEVICE_NOT_FOUND)?;
+    own_user(shared, account, &d.user_id).map_err(|_| DEVICE_NOT_FOUND)?;
+    Ok(())
+}
+
+/// Changes a device's password.
+#[utoipa::path(patch, path = "/v1/devices/{username}", tag = "admin", request_body = ChangePassword,
+    params(("username" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_device(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(username): Path<String>,
+    Json(req): Json<ChangePassword>,
+) -> Result<axum::Json<Value>, ApiError> {
+    own_device(&shared, &account, &username)?;
+    let d = shared
+        .store
+        .set_device_password(&username, &Secret::new(req.password), &shared.cfg.realm)
+        .map_err(write_err)?;
+    Ok(axum::Json(views::device(&d)))
+}
+
+/// Deletes a device and its registrations.
+#[utoipa::path(delete, path = "/v1/devices/{username}", tag = "admin",
+    params(("username" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_device(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(username): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    own_device(&shared, &account, &username)?;
+    shared.store.delete_device(&username)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The user's registration bindings in force.
+#[utoipa::path(get, path = "/v1/users/{user_id}/registrations", tag = "admin",
+    params(("user_id" = String, Path)),
+    responses((status = 200, description = "{\"data\": [{device, contact, source, transport, expires_at, expires_in, user_agent}]}", body = Object),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn registrations(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(user_id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let u = own_user(&shared, &account, &user_id)?;
+    let now = now_ms() / 1000;
+    let bindings = shared.store.bindings_for_user(&u.id, now)?;
+    Ok(axum::Json(json!({
+        "data": bindings.iter().map(|b| views::binding(b, now)).collect::<Vec<_>>()
+    })))
+}
+
+// ----- numbers ------------------------------------------------------------------------------
+
+/// `POST /v1/numbers` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNumber {
+    /// E.164.
+    pub number: String,
+    /// The default agent (TypeID `user_…`).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// `PATCH /v1/numbers/{number}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNumber {
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub owner: Option<Option<String>>,
+}
+
+const NUMBER_NOT_FOUND: ApiError = ApiError::NotFound {
+    code: "number_not_found",
+    message: "Number not found",
+};
+
+fn check_owner(shared: &Shared, account: &Account, owner: Option<&str>) -> Result<(), ApiError> {
+    if let Some(o) = owner {
+        own_user(shared, account, o).map_err(|_| {
+            ApiError::unprocessable("owner_not_found", "owner is not a user of this account")
+        })?;
+    }
+    Ok(())
+}
+
+/// The account's numbers.
+#[utoipa::path(get, path = "/v1/numbers", tag = "admin",
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_numbers(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+) -> Result<axum::Json<Value>, ApiError> {
+    let numbers = shared.store.numbers_for_account(&account.id)?;
+    Ok(axum::Json(
+        json!({"data": numbers.iter().map(views::number).collect::<Vec<_>>()}),
+    ))
+}
+
+/// Adds a number to the account.
+#[utoipa::path(post, path = "/v1/numbers", tag = "admin", request_body = CreateNumber,
+    responses((status = 201, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_number(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Json(req): Json<CreateNumber>,
+) -> Result<Response, ApiError> {
+    if !store::e164::is_e164(&req.number) {
+        return Err(ApiError::bad_request(
+            "invalid_number",
+            "number must be in E.164 form (+ and 7 to 15 digits)",
+        ));
+    }
+    check_owner(&shared, &account, req.owner.as_deref())?;
+    let n = Number {
+        number: req.number,
+        account_id: account.id.clone(),
+        owner_user_id: req.owner,
+    };
+    shared.store.create_number(&n).map_err(write_err)?;
+    Ok((StatusCode::CREATED, axum::Json(views::number(&n))).into_response())
+}
+
+fn own_number(shared: &Shared, account: &Account, number: &str) -> Result<Number, ApiError> {
+    shared
+        .store
+        .number(number)?
+        .filter(|n| n.account_id == account.id)
+        .ok_or(NUMBER_NOT_FOUND)
+}
+
+/// One number.
+#[utoipa::path(get, path = "/v1/numbers/{number}", tag = "admin",
+    params(("number" = String, Path, description = "E.164, `+` written as %2B or as is")),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_number(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(number): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    Ok(axum::Json(views::number(&own_number(
+        &shared, &account, &number,
+    )?)))
+}
+
+/// Changes a number's owner.
+#[utoipa::path(patch, path = "/v1/numbers/{number}", tag = "admin", request_body = UpdateNumber,
+    params(("number" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_number(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(number): Path<String>,
+    Json(req): Json<UpdateNumber>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let mut n = own_number(&shared, &account, &number)?;
+    if let Some(owner) = req.owner {
+        check_owner(&shared, &account, owner.as_deref())?;
+        n.owner_user_id = owner;
+    }
+    shared.store.update_number(&n).map_err(write_err)?;
+    Ok(axum::Json(views::number(&n)))
+}
+
+/// Removes a number from the account.
+#[utoipa::path(delete, path = "/v1/numbers/{number}", tag = "admin",
+    params(("number" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_number(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(number): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if shared.store.delete_number(&account.id, &number)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(NUMBER_NOT_FOUND)
+    }
+}
+
+// ----- trunks -------------------------------------------------------------------------------
+
+/// `POST /v1/trunks` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTrunk {
+    pub name: String,
+    /// `host:port`, an IP literal or a domain.
+    pub address: String,
+    /// `udp` (default) or `tcp`.
+    #[serde(default)]
+    pub transport: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Write-only.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub emergency: bool,
+    #[serde(default)]
+    pub dial_prefix: Option<String>,
+    #[serde(default)]
+    pub from_domain: Option<String>,
+}
+
+/// `PATCH /v1/trunks/{name}` body: absent = unchanged, `null` = cleared.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTrunk {
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub transport: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub username: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub password: Option<Option<String>>,
+    #[serde(default)]
+    pub emergency: Option<bool>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub dial_prefix: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub from_domain: Option<Option<String>>,
+}
+
+const TRUNK_NOT_FOUND: ApiError = ApiError::NotFound {
+    code: "trunk_not_found",
+    message: "Trunk not found",
+};
+
+fn transport(s: Option<&str>) -> Result<Option<Transport>, ApiError> {
+    s.map(|t| {
+        t.parse::<Transport>()
+            .map_err(|_| ApiError::bad_request("invalid_transport", "transport must be udp or tcp"))
+    })
+    .transpose()
+}
+
+/// The trunks the account can use: its own, then the shared ones.
+#[utoipa::path(get, path = "/v1/trunks", tag = "admin",
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_trunks(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+) -> Result<axum::Json<Value>, ApiError> {
+    let trunks = shared.store.trunks_for_account(&account.id)?;
+    Ok(axum::Json(
+        json!({"data": trunks.iter().map(views::trunk).collect::<Vec<_>>()}),
+    ))
+}
+
+/// Adds a trunk owned by the account.
+#[utoipa::path(post, path = "/v1/trunks", tag = "admin", request_body = CreateTrunk,
+    responses((status = 201, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_trunk(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Json(req): Json<CreateTrunk>,
+) -> Result<Response, ApiError> {
+    let t = Trunk {
+        name: req.name,
+        account_id: Some(account.id.clone()),
+        address: req.address,
+        transport: transport(req.transport.as_deref())?.unwrap_or(Transport::Udp),
+        username: req.username,
+        password: req.password.map(Secret::new),
+        emergency: req.emergency,
+        dial_prefix: req.dial_prefix,
+        from_domain: req.from_domain,
+    };
+    shared.store.create_trunk(&t).map_err(write_err)?;
+    Ok((StatusCode::CREATED, axum::Json(views::trunk(&t))).into_response())
+}
+
+/// A trunk visible to the account; `own` requires it to be the account's (not shared).
+fn visible_trunk(
+    shared: &Shared,
+    account: &Account,
+    name: &str,
+    own: bool,
+) -> Result<Trunk, ApiError> {
+    let t = shared.store.trunk(name)?.ok_or(TRUNK_NOT_FOUND)?;
+    match t.account_id.as_deref() {
+        Some(a) if a == account.id => Ok(t),
+        Some(_) => Err(TRUNK_NOT_FOUND),
+        None if own => Err(ApiError::Forbidden {
+            code: "trunk_read_only",
+            message: "Shared trunks are read-only",
+        }),
+        None => Ok(t),
+    }
+}
+
+/// One trunk.
+#[utoipa::path(get, path = "/v1/trunks/{name}", tag = "admin",
+    params(("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_trunk(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    Ok(axum::Json(views::trunk(&visible_trunk(
+        &shared, &account, &name, false,
+    )?)))
+}
+
+/// Changes one of the account's trunks.
+#[utoipa::path(patch, path = "/v1/trunks/{name}", tag = "admin", request_body = UpdateTrunk,
+    params(("name" = String, Path)),
+    responses((status = 200, body = Object), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_trunk(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateTrunk>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let mut t = visible_trunk(&shared, &account, &name, true)?;
+    if let Some(a) = req.address {
+        t.address = a;
+    }
+    if let Some(tr) = transport(req.transport.as_deref())? {
+        t.transport = tr;
+    }
+    if let Some(u) = req.username {
+        t.username = u;
+    }
+    if let Some(p) = req.password {
+        t.password = p.map(Secret::new);
+    }
+    if let Some(e) = req.emergency {
+        t.emergency = e;
+    }
+    if let Some(d) = req.dial_prefix {
+        t.dial_prefix = d;
+    }
+    if let Some(f) = req.from_domain {
+        t.from_domain = f;
+    }
+    shared.store.update_trunk(&t).map_err(write_err)?;
+    Ok(axum::Json(views::trunk(&t)))
+}
+
+/// Deletes one of the account's trunks.
+#[utoipa::path(delete, path = "/v1/trunks/{name}", tag = "admin",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_trunk(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    visible_trunk(&shared, &account, &name, true)?;
+    shared.store.delete_trunk(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}

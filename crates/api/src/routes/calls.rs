@@ -1,0 +1,494 @@
+//! The native call API: `POST /v1/calls`, `GET /v1/calls/{call_id}`, `GET /v1/calls`,
+//! `POST /v1/calls/{call_id}/hangup`, `GET /v1/events`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use store::{CallFilter, CallStatus, IdempotencyRecord, TypeId};
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::events::StreamEvent;
+use crate::http::{parse_json, BearerAccount, JsonBytes, Query};
+use crate::place::{place_call, AgentSel, PlaceRequest};
+use crate::state::{Shared, IDEMPOTENCY_TTL_MS};
+use crate::time::{now_ms, parse_time_ms, rfc3339_ms};
+use crate::views;
+
+/// `POST /v1/calls` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCall {
+    /// The agent (TypeID `user_…`) whose devices ring first.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The customer: E.164, local (account region), extension or emergency number.
+    #[serde(default)]
+    pub dial_string: Option<String>,
+    /// One of the account's numbers; defaults to a number of the user, then of the account.
+    #[serde(default)]
+    pub caller_id: Option<String>,
+    /// Where status callbacks are POSTed.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// Agent ring time in seconds.
+    #[serde(default)]
+    pub ring_timeout: Option<u32>,
+    /// Returned as given, in the call and its callbacks.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Option<Value>,
+}
+
+/// The answer to `POST /v1/calls`.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct CallAccepted {
+    pub call_id: String,
+    pub status: String,
+    pub user_id: String,
+    pub dial_string: String,
+    pub destination: Option<String>,
+    pub caller_id: Option<String>,
+    pub created_at: String,
+}
+
+/// The error body of every endpoint.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// `{"code", "message"}`.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+fn request_hash(body: &[u8]) -> String {
+    // Canonical JSON (keys sorted) when it parses, so key order does not matter.
+    let canonical = serde_json::from_slice::<Value>(body)
+        .map(|v| v.to_string().into_bytes())
+        .unwrap_or_else(|_| body.to_vec());
+    hex::encode(Sha256::digest(&canonical))
+}
+
+fn json_response(status: StatusCode, body: &str) -> Response {
+    let mut resp = (status, body.to_owned()).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn create_call_inner(
+    shared: &Arc<Shared>,
+    account: &store::Account,
+    body: &[u8],
+) -> Result<(StatusCode, Value), ApiError> {
+    let req: CreateCall = parse_json(body)?;
+    let user_id = req
+        .user_id
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing_user_id", "user_id is required"))?;
+    let dial_string = req
+        .dial_string
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing_dial_string", "dial_string is required"))?;
+    if TypeId::parse_with_prefix(&user_id, store::provision::USER_PREFIX).is_err() {
+        return Err(ApiError::bad_request(
+            "invalid_user_id",
+            "Invalid user_id format",
+        ));
+    }
+    let user = shared
+        .store
+        .user(&user_id)?
+        .filter(|u| u.account_id == account.id)
+        .ok_or(ApiError::NotFound {
+            code: "user_not_found",
+            message: "User not found",
+        })?;
+    let metadata = match req.metadata {
+        None | Some(Value::Null) => json!({}),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_metadata",
+                "metadata must be a JSON object",
+            ))
+        }
+    };
+    let detail = json!({
+        "endpoint": "POST /v1/calls",
+        "user_id": user_id,
+        "dial_string": dial_string,
+        "caller_id": req.caller_id,
+        "callback_url": req.callback_url,
+        "ring_timeout": req.ring_timeout,
+        "metadata": metadata,
+    });
+    let rec = place_call(
+        shared,
+        account,
+        PlaceRequest {
+            agent: AgentSel::User(user),
+            dial_string,
+            caller_id: req.caller_id,
+            default_caller_id: None,
+            callback_url: req.callback_url,
+            agent_ring_secs: req.ring_timeout,
+            metadata,
+            request_id: None,
+            request_detail: detail,
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        json!({
+            "call_id": rec.id,
+            "status": rec.status.as_str(),
+            "user_id": rec.user_id,
+            "dial_string": rec.dial_string,
+            "destination": rec.destination,
+            "caller_id": rec.caller_id,
+            "callback_url": rec.callback_url,
+            "metadata": rec.metadata,
+            "created_at": rfc3339_ms(rec.created_at_ms),
+        }),
+    ))
+}
+
+/// Removes an in-flight idempotency key when the request is done (or dropped).
+struct InflightGuard<'a> {
+    shared: &'a Shared,
+    key: (String, String),
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .idempotency_inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// Starts a click-to-call.
+#[utoipa::path(post, path = "/v1/calls", tag = "calls",
+    request_body = CreateCall,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the same answer for 24 h")),
+    responses(
+        (status = 202, description = "Call queued", body = CallAccepted),
+        (status = 400, description = "user_id is required / dial_string is required / Invalid user_id format", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "User not found", body = ErrorBody),
+        (status = 422, description = "Not dialable, caller ID not allowed, bad callback URL, reused Idempotency-Key", body = ErrorBody),
+        (status = 429, description = "Rate or concurrency limit (Retry-After)", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn create_call(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    headers: HeaderMap,
+    JsonBytes(body): JsonBytes,
+) -> Result<Response, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(s) if !s.is_empty() && s.len() <= 255 => Some(s.to_owned()),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                ))
+            }
+        },
+    };
+    let Some(key) = key else {
+        let (status, body) = create_call_inner(&shared, &account, &body).await?;
+        return Ok((status, axum::Json(body)).into_response());
+    };
+    let hash = request_hash(&body);
+    let now = now_ms();
+    if let Some(prev) = shared.store.get_idempotency(&account.id, &key)? {
+        if prev.created_at_ms > now - IDEMPOTENCY_TTL_MS {
+            if prev.request_hash != hash {
+                return Err(ApiError::unprocessable(
+                    "idempotency_key_reused",
+                    "Idempotency-Key was already used with a different request",
+                ));
+            }
+            let status = StatusCode::from_u16(prev.response_status).unwrap_or(StatusCode::ACCEPTED);
+            let mut resp = json_response(status, &prev.response_body);
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(resp);
+        }
+        shared.store.purge_idempotency(now - IDEMPOTENCY_TTL_MS)?;
+    }
+    let pair = (account.id.clone(), key.clone());
+    if !shared
+        .idempotency_inflight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(pair.clone())
+    {
+        return Err(ApiError::Conflict {
+            code: "idempotency_key_in_progress",
+            message: "A request with this Idempotency-Key is still being processed".to_owned(),
+        });
+    }
+    let _guard = InflightGuard {
+        shared: &shared,
+        key: pair,
+    };
+    let (status, body_json) = match create_call_inner(&shared, &account, &body).await {
+        Ok(ok) => ok,
+        // Transient refusals are not remembered: a retry with the same key may succeed.
+        Err(
+            e @ (ApiError::RateLimited { .. } | ApiError::Unavailable { .. } | ApiError::Store(_)),
+        ) => return Err(e),
+        Err(e) => (e.status(), e.body()),
+    };
+    let text = body_json.to_string();
+    shared.store.put_idempotency(&IdempotencyRecord {
+        account_id: account.id.clone(),
+        key,
+        request_hash: hash,
+        response_status: status.as_u16(),
+        response_body: text.clone(),
+        created_at_ms: now,
+    })?;
+    Ok(json_response(status, &text))
+}
+
+/// A call with its legs, outcome, media stats, timeline and callbacks.
+#[utoipa::path(get, path = "/v1/calls/{call_id}", tag = "calls",
+    params(("call_id" = String, Path, description = "TypeID call_…")),
+    responses(
+        (status = 200, description = "The call", body = Object),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "Call not found", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_call(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(call_id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let rec = shared
+        .store
+        .get_call(&account.id, &call_id)?
+        .ok_or(ApiError::NotFound {
+            code: "call_not_found",
+            message: "Call not found",
+        })?;
+    let timeline = shared.store.timeline(&rec.id)?;
+    let callbacks = shared.store.callbacks_for_call(&rec.id)?;
+    Ok(axum::Json(views::call_detail(&rec, &timeline, &callbacks)))
+}
+
+/// Query of `GET /v1/calls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    user_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// Largest page of the call log.
+pub const MAX_PAGE: u32 = 100;
+
+/// The call log, newest first, with cursor pagination.
+#[utoipa::path(get, path = "/v1/calls", tag = "calls",
+    params(
+        ("status" = Option<String>, Query, description = "queued, ringing, in-progress, completed, busy, no-answer, failed, canceled"),
+        ("user_id" = Option<String>, Query),
+        ("since" = Option<String>, Query, description = "RFC 3339 or Unix seconds, inclusive"),
+        ("until" = Option<String>, Query, description = "RFC 3339 or Unix seconds, exclusive"),
+        ("limit" = Option<u32>, Query, description = "1..=100, default 20"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "{\"data\": [...], \"next_cursor\": ...}", body = Object),
+        (status = 400, description = "Bad filter", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn list_calls(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = match q.limit.as_deref() {
+        None => 20,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be an integer between 1 and {MAX_PAGE}"),
+                ))
+            }
+        },
+    };
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<CallStatus>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_status",
+                "status must be one of queued, ringing, in-progress, completed, busy, no-answer, failed, canceled",
+            )
+        })?),
+    };
+    let time = |v: Option<&str>, name: &'static str| -> Result<Option<i64>, ApiError> {
+        match v {
+            None | Some("") => Ok(None),
+            Some(s) => parse_time_ms(s).map(Some).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_time",
+                    format!("{name} must be an RFC 3339 time or Unix seconds"),
+                )
+            }),
+        }
+    };
+    let mut filter = CallFilter::new(account.id.clone(), limit);
+    filter.status = status;
+    filter.user_id = q.user_id.filter(|s| !s.is_empty());
+    filter.since_ms = time(q.since.as_deref(), "since")?;
+    filter.until_ms = time(q.until.as_deref(), "until")?;
+    filter.cursor = q.cursor.filter(|s| !s.is_empty());
+    let (page, next) = shared.store.list_calls(&filter).map_err(|e| match e {
+        store::StoreError::Invalid { .. } => {
+            ApiError::bad_request("invalid_cursor", "cursor is not valid")
+        }
+        other => ApiError::Store(other),
+    })?;
+    Ok(axum::Json(json!({
+        "data": page.iter().map(views::call).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+/// Ends a call in any state (CANCEL while ringing, BYE when answered).
+#[utoipa::path(post, path = "/v1/calls/{call_id}/hangup", tag = "calls",
+    params(("call_id" = String, Path)),
+    responses(
+        (status = 202, description = "Hang-up requested", body = Object),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "Call not found", body = ErrorBody),
+        (status = 409, description = "Call has already ended", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn hangup_call(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Path(call_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = shared
+        .store
+        .get_call(&account.id, &call_id)?
+        .ok_or(ApiError::NotFound {
+            code: "call_not_found",
+            message: "Call not found",
+        })?;
+    if rec.status.is_final() {
+        return Err(ApiError::Conflict {
+            code: "call_ended",
+            message: format!("Call has already ended ({})", rec.status),
+        });
+    }
+    if shared.calls.hangup(&rec.id).is_err() {
+        return Err(ApiError::Conflict {
+            code: "call_not_active",
+            message: "Call is not active on this server".to_owned(),
+        });
+    }
+    let _ = shared.store.append_timeline(
+        &rec.id,
+        &store::TimelineEntry {
+            at_ms: now_ms(),
+            kind: "api.hangup".to_owned(),
+            leg: None,
+            detail: json!({"endpoint": "POST /v1/calls/{call_id}/hangup"}),
+        },
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(
+            json!({"call_id": rec.id, "status": rec.status.as_str(), "hangup": "requested"}),
+        ),
+    )
+        .into_response())
+}
+
+fn sse_event(ev: &StreamEvent) -> Event {
+    Event::default()
+        .id(ev.id.to_string())
+        .event(ev.name.clone())
+        .data(ev.data.clone())
+}
+
+/// Server-Sent Events of the account's call events, with `Last-Event-ID` resume.
+#[utoipa::path(get, path = "/v1/events", tag = "calls",
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "text/event-stream", content_type = "text/event-stream"),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn events(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let (backlog, rx) = shared.events.subscribe(&account.id, last);
+    let state = (backlog.into_iter(), rx, account.id, last.unwrap_or(0));
+    let stream =
+        futures_util::stream::unfold(state, |(mut backlog, mut rx, acct, mut last)| async move {
+            if let Some(ev) = backlog.next() {
+                last = ev.id;
+                let e = sse_event(&ev);
+                return Some((Ok(e), (backlog, rx, acct, last)));
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(ev) if ev.account_id == acct && ev.id > last => {
+                        last = ev.id;
+                        let e = sse_event(&ev);
+                        return Some((Ok(e), (backlog, rx, acct, last)));
+                    }
+                    Ok(_) => continue,
+                    // Fell behind: end the stream; the client resumes with Last-Event-ID.
+                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+    Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    )
+}

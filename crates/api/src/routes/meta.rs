@@ -1,0 +1,86 @@
+//! `GET /healthz`, `GET /metrics`, `GET /openapi.json`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use serde_json::{json, Value};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{admin, calls, compat};
+use crate::state::Shared;
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "{\"status\":\"ok\"}", body = Object)))]
+pub async fn healthz() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        shared.metrics.render(shared.calls.active_calls()),
+    )
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
+pub async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "key_pair",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "<key>:<secret>",
+            ))),
+        );
+    }
+}
+
+/// The OpenAPI 3 document of the REST API, generated from the handlers.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "dialbridge REST API", description = "Click-to-call: native, JustCall-style and Click-2-Call-style calls, call log, live events, admin."),
+    paths(
+        calls::create_call, calls::list_calls, calls::get_call, calls::hangup_call, calls::events,
+        admin::list_users, admin::create_user, admin::get_user, admin::update_user, admin::delete_user,
+        admin::list_devices, admin::create_device, admin::update_device, admin::delete_device,
+        admin::registrations,
+        admin::list_numbers, admin::create_number, admin::get_number, admin::update_number, admin::delete_number,
+        admin::list_trunks, admin::create_trunk, admin::get_trunk, admin::update_trunk, admin::delete_trunk,
+        compat::make_call, compat::click2call, compat::click2call_status,
+        healthz, metrics, openapi,
+    ),
+    components(schemas(
+        calls::CreateCall, calls::CallAccepted, calls::ErrorBody, calls::ErrorDetail,
+        admin::CreateUser, admin::UpdateUser, admin::NewDevice, admin::ChangePassword,
+        admin::CreateNumber, admin::UpdateNumber, admin::CreateTrunk, admin::UpdateTrunk,
+        compat::MakeCall,
+    )),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "calls", description = "The native call API"),
+        (name = "admin", description = "Users, devices, numbers, trunks, registrations"),
+        (name = "compat", description = "JustCall- and Click-2-Call-style shapes"),
+        (name = "meta", description = "Health, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;

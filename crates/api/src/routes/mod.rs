@@ -1,0 +1,6 @@
+//! The HTTP handlers, by area.
+
+pub mod admin;
+pub mod calls;
+pub mod compat;
+pub mod meta;

@@ -1,0 +1,69 @@
+//! The configuration of the API and the state its handlers, hooks and dispatcher share.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use b2bua::calls::CallControl;
+use store::Store;
+
+use crate::callbacks::CallbackPolicy;
+use crate::events::EventHub;
+use crate::limits::{AccountLimits, Limiter};
+use crate::metrics::Metrics;
+
+/// How long an `Idempotency-Key` answer is replayed: 24 hours.
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// Largest request body accepted (413 above).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The API's settings, filled by the binary from `[api]`, `[calls]` and `[sip]`.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// `api.listen`.
+    pub listen: SocketAddr,
+    /// `sip.domain`: the digest realm device passwords are hashed for.
+    pub realm: String,
+    /// Default ring time of the agent leg (`calls.agent_ring_secs`).
+    pub agent_ring_secs: u32,
+    /// Default ring time of the customer leg (`calls.customer_ring_secs`).
+    pub customer_ring_secs: u32,
+    /// Largest `ring_timeout` / `timeout` a request may ask for.
+    pub max_ring_secs: u32,
+    /// Per-account call rate and concurrency.
+    pub limits: AccountLimits,
+    /// Identifies this node in Click-2-Call answers (`server_id`).
+    pub server_id: String,
+    /// Callback delivery policy.
+    pub callbacks: CallbackPolicy,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            realm: "dialbridge.test".to_owned(),
+            agent_ring_secs: 30,
+            customer_ring_secs: 45,
+            max_ring_secs: 300,
+            limits: AccountLimits::default(),
+            server_id: "dialbridge-1".to_owned(),
+            callbacks: CallbackPolicy::default(),
+        }
+    }
+}
+
+/// What the handlers, the hooks and the dispatcher share (opaque outside this crate).
+pub struct Shared {
+    pub(crate) cfg: ApiConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) calls: Arc<dyn CallControl>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) events: EventHub,
+    pub(crate) limiter: Limiter,
+    /// Wakes the callback dispatcher when a callback is enqueued or delivered.
+    pub(crate) dispatch: tokio::sync::Notify,
+    /// (account, Idempotency-Key) pairs whose first request is being processed.
+    pub(crate) idempotency_inflight: Mutex<HashSet<(String, String)>>,
+}

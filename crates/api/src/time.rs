@@ -1,0 +1,172 @@
+//! UTC times as the API writes and reads them: RFC 3339 (`2024-05-01T12:00:00.250Z`).
+//!
+//! Only UTC is written. Reading accepts RFC 3339 with `Z` or a numeric offset, or a plain
+//! count of Unix seconds.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Days since 1970-01-01 to a civil date (proleptic Gregorian), after H. Hinnant's
+/// `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A civil date to days since 1970-01-01 (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// Unix seconds as RFC 3339 UTC.
+pub fn rfc3339_secs(secs: i64) -> String {
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+fn num(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Parses RFC 3339 (`2024-05-01T12:00:00Z`, `…T12:00:00.5+02:00`) or Unix seconds into Unix
+/// milliseconds.
+pub fn parse_time_ms(s: &str) -> Option<i64> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<i64>().ok()?.checked_mul(1000);
+    }
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let y = i64::from(num(s.get(0..4)?)?);
+    let mo = num(s.get(5..7)?)?;
+    let d = num(s.get(8..10)?)?;
+    let h = i64::from(num(s.get(11..13)?)?);
+    let mi = i64::from(num(s.get(14..16)?)?);
+    let se = i64::from(num(s.get(17..19)?)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = s.get(19..)?;
+    let mut milli = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let end = frac
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(frac.len());
+        if end == 0 {
+            return None;
+        }
+        let digits = &frac[..end];
+        let padded: String = digits.chars().chain("000".chars()).take(3).collect();
+        milli = i64::from(num(&padded)?);
+        rest = &frac[end..];
+    }
+    let offset_secs = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
+                return None;
+            }
+            let oh = i64::from(num(rest.get(1..3)?)?);
+            let om = i64::from(num(rest.get(4..6)?)?);
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    let days = days_from_civil(y, mo, d);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
+    Some(secs * 1000 + milli)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_714_564_800_250), "2024-05-01T12:00:00.250Z");
+        assert_eq!(rfc3339_secs(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn parses_and_round_trips() {
+        for ms in [0, 1_714_564_800_250, 951_782_400_000, 4_102_444_799_999] {
+            assert_eq!(parse_time_ms(&rfc3339_ms(ms)), Some(ms));
+        }
+        assert_eq!(
+            parse_time_ms("2024-05-01T14:00:00+02:00"),
+            Some(1_714_564_800_000)
+        );
+        assert_eq!(parse_time_ms("1714564800"), Some(1_714_564_800_000));
+        assert_eq!(
+            parse_time_ms("2024-05-01T12:00:00.5Z"),
+            Some(1_714_564_800_500)
+        );
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        for s in [
+            "",
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00.Z",
+            "2024-05-01T12:00:00+0200",
+        ] {
+            assert_eq!(parse_time_ms(s), None, "{s}");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! JSON views of store rows as the API shows them (times in RFC 3339 UTC, secrets never).
+
+use serde_json::{json, Value};
+use store::{
+    Binding, CallRecord, Device, Number, OutboxEntry, OutboxState, TimelineEntry, Trunk, User,
+};
+
+use crate::time::{rfc3339_ms, rfc3339_secs};
+
+fn opt_time(ms: Option<i64>) -> Value {
+    ms.map(rfc3339_ms).map(Value::from).unwrap_or(Value::Null)
+}
+
+/// A call as listed in the call log.
+pub fn call(rec: &CallRecord) -> Value {
+    json!({
+        "call_id": rec.id,
+        "status": rec.status.as_str(),
+        "user_id": rec.user_id,
+        "request_id": rec.request_id,
+        "dial_string": rec.dial_string,
+        "destination": rec.destination,
+        "caller_id": rec.caller_id,
+        "callback_url": rec.callback_url,
+        "direction": "outbound",
+        "created_at": rfc3339_ms(rec.created_at_ms),
+        "answered_at": opt_time(rec.answered_at_ms),
+        "ended_at": opt_time(rec.ended_at_ms),
+        "duration": rec.duration_secs().unwrap_or(0),
+        "end_leg": rec.end_leg,
+        "sip_code": rec.sip_code,
+        "metadata": rec.metadata,
+    })
+}
+
+/// One timeline entry.
+pub fn timeline_entry(e: &TimelineEntry) -> Value {
+    json!({"at": rfc3339_ms(e.at_ms), "kind": e.kind, "leg": e.leg, "detail": e.detail})
+}
+
+fn outbox_state(s: OutboxState) -> &'static str {
+    match s {
+        OutboxState::Pending => "pending",
+        OutboxState::Delivered => "delivered",
+        OutboxState::Abandoned => "abandoned",
+    }
+}
+
+/// A callback's delivery state (without its body or signature).
+pub fn callback(e: &OutboxEntry) -> Value {
+    let status = serde_json::from_str::<Value>(&e.body)
+        .ok()
+        .and_then(|v| v.get("status").cloned())
+        .unwrap_or(Value::Null);
+    json!({
+        "event_id": e.event_id,
+        "sequence": e.seq,
+        "status": status,
+        "state": outbox_state(e.state),
+        "attempts": e.attempts,
+        "last_error": e.last_error,
+        "next_attempt_at": if e.state == OutboxState::Pending { Value::from(rfc3339_ms(e.next_attempt_at_ms)) } else { Value::Null },
+    })
+}
+
+/// A call with legs, outcome, media stats, timeline and callbacks.
+pub fn call_detail(
+    rec: &CallRecord,
+    timeline: &[TimelineEntry],
+    callbacks: &[OutboxEntry],
+) -> Value {
+    let mut v = call(rec);
+    let outcome = if rec.status.is_final() {
+        let ended = timeline.iter().rev().find(|e| e.kind == "ended");
+        json!({
+            "status": rec.status.as_str(),
+            "leg": rec.end_leg,
+            "sip_code": rec.sip_code,
+            "q850_cause": ended.and_then(|e| e.detail.get("q850_cause")).cloned(),
+            "reason": ended.and_then(|e| e.detail.get("reason")).cloned()
+                .or_else(|| timeline.iter().rev().find(|e| e.kind == "api.rejected")
+                    .and_then(|e| e.detail.get("reason")).cloned()),
+            "duration": rec.duration_secs().unwrap_or(0),
+        })
+    } else {
+        Value::Null
+    };
+    if let Some(o) = v.as_object_mut() {
+        o.insert("legs".into(), rec.legs.clone());
+        o.insert("outcome".into(), outcome);
+        o.insert("stats".into(), rec.stats.clone());
+        o.insert(
+            "timeline".into(),
+            Value::Array(timeline.iter().map(timeline_entry).collect()),
+        );
+        o.insert(
+            "callbacks".into(),
+            Value::Array(callbacks.iter().map(callback).collect()),
+        );
+    }
+    v
+}
+
+/// A user.
+pub fn user(u: &User, devices: &[Device]) -> Value {
+    json!({
+        "id": u.id,
+        "account_id": u.account_id,
+        "name": u.name,
+        "extension": u.extension,
+        "agent_id": u.agent_id,
+        "devices": devices.iter().map(device).collect::<Vec<_>>(),
+    })
+}
+
+/// A device (never its password or HA1).
+pub fn device(d: &Device) -> Value {
+    json!({"id": d.id, "user_id": d.user_id, "username": d.username, "realm": d.realm})
+}
+
+/// A number.
+pub fn number(n: &Number) -> Value {
+    json!({"number": n.number, "account_id": n.account_id, "owner": n.owner_user_id})
+}
+
+/// A trunk (its password only as `password_set`).
+pub fn trunk(t: &Trunk) -> Value {
+    json!({
+        "name": t.name,
+        "account_id": t.account_id,
+        "shared": t.account_id.is_none(),
+        "address": t.address,
+        "transport": t.transport.as_str(),
+        "username": t.username,
+        "password_set": t.password.as_ref().is_some_and(|p| !p.is_empty()),
+        "emergency": t.emergency,
+        "dial_prefix": t.dial_prefix,
+        "from_domain": t.from_domain,
+    })
+}
+
+/// A registration binding.
+pub fn binding(b: &Binding, now_secs: i64) -> Value {
+    json!({
+        "device": b.device_username,
+        "contact": b.contact,
+        "source": b.source,
+        "transport": b.transport,
+        "expires_at": rfc3339_secs(b.expires_at),
+        "expires_in": (b.expires_at - now_secs).max(0),
+        "user_agent": b.user_agent,
+    })
+}
