@@ -970,6 +970,14 @@ impl SessionDescription {
     }
 }
 
+impl std::str::FromStr for SessionDescription {
+    type Err = SdpError;
+
+    fn from_str(s: &str) -> Result<SessionDescription, SdpError> {
+        SessionDescription::parse(s.as_bytes())
+    }
+}
+
 impl fmt::Display for SessionDescription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "v=0\r\no={}\r\ns={}\r\n", self.origin, self.session_name)?;
@@ -1377,6 +1385,7 @@ mod tests {
         assert!(!sdp.is_hold());
         assert_eq!(text(&sdp), SIPP_UAC);
         assert_eq!(sdp.to_string(), SIPP_UAC);
+        assert_eq!(SIPP_UAC.parse::<SessionDescription>(), Ok(sdp));
     }
 
     #[test]
