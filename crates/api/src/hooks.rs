@@ -20,7 +20,7 @@ pub(crate) struct ApiHooks {
     pub shared: Arc<Shared>,
 }
 
-fn leg_obj<'a>(legs: &'a mut Value, leg: Leg) -> Option<&'a mut serde_json::Map<String, Value>> {
+fn leg_obj(legs: &mut Value, leg: Leg) -> Option<&mut serde_json::Map<String, Value>> {
     if !legs.is_object() {
         *legs = json!({});
     }

@@ -1,0 +1,9 @@
+//! HTTP tests against the real server (see `support`).
+
+mod admin;
+mod callbacks;
+mod calls;
+mod compat;
+mod events;
+mod meta;
+mod support;
