@@ -188,7 +188,11 @@ pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
     let inflight: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
     let slots = Arc::new(tokio::sync::Semaphore::new(policy.concurrency.max(1)));
     let mut last_purge = 0i64;
+    // Deliveries belong to the dispatcher: aborting it drops the set and aborts them, and
+    // their callbacks stay pending in the outbox.
+    let mut deliveries = tokio::task::JoinSet::new();
     loop {
+        while deliveries.try_join_next().is_some() {}
         let now = now_ms();
         if now - last_purge > 60_000 {
             last_purge = now;
@@ -215,7 +219,7 @@ pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
                     let shared = shared.clone();
                     let client = client.clone();
                     let inflight = inflight.clone();
-                    tokio::spawn(async move {
+                    deliveries.spawn(async move {
                         let id = entry.event_id.clone();
                         deliver(&shared, &client, entry).await;
                         inflight
