@@ -6,6 +6,8 @@
 //! Tests that replay foreign messages run inside a network namespace that has only
 //! loopback ([`in_netns`]).
 
+pub mod baresip;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
