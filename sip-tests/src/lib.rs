@@ -7,6 +7,7 @@
 //! loopback ([`in_netns`]).
 
 pub mod baresip;
+pub mod http;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -266,6 +267,140 @@ impl SippRun {
     }
 }
 
+/// A free UDP+TCP port on 127.0.0.1 (bound and released; a peer that needs a fixed port,
+/// like a SIPp carrier named in the trunk config, takes it next).
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let Ok(u) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(a) = u.local_addr() else { continue };
+        if std::net::TcpListener::bind(a).is_ok()
+            && std::net::UdpSocket::bind((a.ip(), a.port() + 2)).is_ok()
+        {
+            return a.port();
+        }
+    }
+    panic!("no free port");
+}
+
+/// A SIPp running in the background.
+pub struct SippChild {
+    child: Option<Child>,
+    dir: TempDir,
+    pub name: String,
+}
+
+impl SippChild {
+    /// Starts `sipp` with `args` plus `-nostdin`, stats, errors and `-trace_logs` in a temp dir.
+    pub fn spawn(name: &str, args: &[&str]) -> SippChild {
+        let dir = TempDir::new("sipp");
+        let child = Command::new("sipp")
+            .args(args)
+            .args(["-nostdin", "-trace_stat", "-stf"])
+            .arg(dir.path().join("stats.csv"))
+            .args(["-trace_err", "-error_file"])
+            .arg(dir.path().join("errors.log"))
+            .args(["-trace_logs", "-log_file"])
+            .arg(dir.path().join("logs.log"))
+            .args(["-trace_msg", "-message_file"])
+            .arg(dir.path().join("messages.log"))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp is installed (Debian package sip-tester)");
+        SippChild {
+            child: Some(child),
+            dir,
+            name: name.to_string(),
+        }
+    }
+
+    /// What the scenario logged with `<log>`.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs.log")).unwrap_or_default()
+    }
+
+    /// The messages SIPp sent and received.
+    pub fn messages(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("messages.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the scenario logged `text`.
+    pub fn wait_log(&self, text: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.logs().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Waits for the exit (killed past `limit`) and returns the result.
+    pub fn wait(mut self, limit: Duration) -> SippRun {
+        let Some(mut child) = self.child.take() else {
+            return SippRun {
+                code: -1,
+                output: String::new(),
+                stats: vec![],
+            };
+        };
+        let deadline = Instant::now() + limit;
+        let code = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break st.code().unwrap_or(-1),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break -2;
+                }
+            }
+        };
+        let stats_text =
+            std::fs::read_to_string(self.dir.path().join("stats.csv")).unwrap_or_default();
+        let errors =
+            std::fs::read_to_string(self.dir.path().join("errors.log")).unwrap_or_default();
+        SippRun {
+            code,
+            output: format!(
+                "[{}] errors:\n{errors}\nlogs:\n{}\nmessages:\n{}",
+                self.name,
+                self.logs(),
+                self.messages()
+            ),
+            stats: parse_stats(&stats_text),
+        }
+    }
+}
+
+impl Drop for SippChild {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn parse_stats(text: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    match (lines.first(), lines.last()) {
+        (Some(h), Some(l)) if lines.len() > 1 => h
+            .split(';')
+            .map(str::to_string)
+            .zip(l.split(';').map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Runs `sipp` with `args` (plus `-nostdin`, stats and a hard time limit) and waits for it.
 pub fn sipp(args: &[&str], limit: Duration) -> SippRun {
     let dir = TempDir::new("sipp");
@@ -285,7 +420,11 @@ pub fn sipp(args: &[&str], limit: Duration) -> SippRun {
         .expect("sipp is installed (Debian package sip-tester)");
     let out = wait_limit(child, limit);
     let stats_text = std::fs::read_to_string(&stf).unwrap_or_default();
-    let mut lines = stats_text.lines().filter(|l| !l.trim().is_empty()).rev().peekable();
+    let mut lines = stats_text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .rev()
+        .peekable();
     let last_line = lines.next();
     let first_line = stats_text.lines().find(|l| !l.trim().is_empty());
     let header: Vec<String> = first_line

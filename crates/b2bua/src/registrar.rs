@@ -516,8 +516,12 @@ fn contact_key(a: &NameAddr) -> String {
     a.uri.to_string()
 }
 
-/// Where to reach a binding: the contact when it is reachable, else where the REGISTER came
-/// from (a phone behind NAT), over the transport (and connection) it registered on.
+/// Where to reach a binding (NAT traversal, RFC 3261 §18 with the registration's flow):
+/// - over TCP, the connection the phone registered on (its source address);
+/// - over UDP, the Contact when it names the very IP address the REGISTER came from (the
+///   phone is not behind NAT; it may listen on another port than it sent from), else the
+///   source address: a private or rewritten Contact is behind NAT, and the NAT binding the
+///   REGISTER opened is the way back.
 pub fn binding_target(
     b: &Binding,
     conn: Option<ConnId>,
@@ -530,10 +534,8 @@ pub fn binding_target(
             .ip()
             .map(|ip| SocketAddr::new(ip, s.port.unwrap_or(5060)))
     });
-    // Use the contact only when it is exactly where the phone spoke from; otherwise the
-    // phone is behind NAT (or its contact is a name we should not trust): use the source.
-    let addr = match contact_addr {
-        Some(a) if a == source => a,
+    let addr = match (transport, contact_addr) {
+        (sip_core::transport::Transport::Udp, Some(a)) if a.ip() == source.ip() => a,
         _ => source,
     };
     Some((
@@ -866,6 +868,23 @@ mod tests {
         };
         let (_, d) = binding_target(&b, None).unwrap();
         assert_eq!(d.addr, "203.0.113.9:40001".parse().unwrap());
+        // Same IP as the source: the contact's port is where the phone listens.
+        let b2 = Binding {
+            contact: "sip:alice@203.0.113.9:5062".into(),
+            ..b.clone()
+        };
+        let (_, d) = binding_target(&b2, None).unwrap();
+        assert_eq!(d.addr, "203.0.113.9:5062".parse().unwrap());
+        // TCP: always the connection's source.
+        let b3 = Binding {
+            transport: "tcp".into(),
+            ..b2
+        };
+        let (_, d) = binding_target(&b3, Some(7)).unwrap();
+        assert_eq!(
+            (d.addr, d.conn),
+            ("203.0.113.9:40001".parse().unwrap(), Some(7))
+        );
     }
 
     #[test]

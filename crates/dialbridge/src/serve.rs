@@ -13,6 +13,8 @@ pub enum ServeError {
     Store(#[from] store::StoreError),
     #[error("SIP: {0}")]
     Sip(#[from] sip_core::endpoint::EndpointError),
+    #[error("REST API on {0}: {1}")]
+    Api(std::net::SocketAddr, std::io::Error),
     #[error("media relay: {0}")]
     Media(#[from] media::MediaError),
     #[error("registrar: {0}")]
@@ -105,7 +107,45 @@ pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
     let server =
         b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar), Some(engine.clone()));
     let sip = tokio::spawn(server.run(events));
-    let _ = valid.api_listen;
+
+    // The REST API, its call hooks and the callback dispatcher.
+    let metrics = Arc::new(api::Metrics::new());
+    {
+        let r = Arc::clone(&registrar);
+        metrics.set_registrations_source(move || {
+            r.stats
+                .registrations
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let e = engine.clone();
+        metrics.set_relay_packets_source(move || e.relayed_packets());
+    }
+    let api_cfg = api::ApiConfig {
+        listen: valid.api_listen,
+        realm: cfg.sip.domain.clone(),
+        agent_ring_secs: u32::try_from(cfg.calls.agent_ring_secs).unwrap_or(u32::MAX),
+        customer_ring_secs: u32::try_from(cfg.calls.customer_ring_secs).unwrap_or(u32::MAX),
+        ..Default::default()
+    };
+    let rest = api::Api::new(
+        api_cfg,
+        Arc::clone(&store),
+        Arc::new(engine.clone()),
+        Arc::clone(&metrics),
+    );
+    engine.set_hooks(rest.hooks());
+    let dispatcher = rest.spawn_dispatcher();
+    let listener = tokio::net::TcpListener::bind(valid.api_listen)
+        .await
+        .map_err(|e| ServeError::Api(valid.api_listen, e))?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Api(valid.api_listen, e))?;
+    println!("dialbridge: REST listening on http://{api_addr}/");
+    let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(rest.serve(listener, async move {
+        let _ = stop_api_rx.await;
+    }));
     println!("dialbridge: ready");
 
     shutdown_signal().await;
@@ -113,6 +153,9 @@ pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
     engine
         .shutdown(Duration::from_secs(cfg.calls.shutdown_grace_secs))
         .await;
+    let _ = stop_api_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    dispatcher.abort();
     sip.abort();
     sweeper.abort();
     Ok(())

@@ -169,7 +169,12 @@ impl Call {
                 if let Ok(mut map) = self.inner.media_sessions.lock() {
                     map.remove(&m.id());
                 }
-                sdp_glue::stats_json(&m.close())
+                let st = m.close();
+                self.inner.relayed_packets.fetch_add(
+                    st.a.tx_packets + st.b.tx_packets,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                sdp_glue::stats_json(&st)
             }
             None => serde_json::Value::Null,
         };

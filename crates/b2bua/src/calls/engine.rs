@@ -59,6 +59,8 @@ pub(crate) struct EngineInner {
     pub(crate) media_sessions: Mutex<HashMap<SessionId, String>>,
     pub(crate) active: AtomicUsize,
     pub(crate) shutting_down: AtomicBool,
+    /// Packets the relay forwarded for calls that have ended (both legs, both ways).
+    pub(crate) relayed_packets: std::sync::atomic::AtomicU64,
 }
 
 impl EngineInner {
@@ -147,6 +149,7 @@ impl Engine {
             media_sessions: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            relayed_packets: std::sync::atomic::AtomicU64::new(0),
         });
         if let Some(mut rx) = media_events {
             let weak = Arc::downgrade(&inner);
@@ -169,6 +172,11 @@ impl Engine {
             });
         }
         Engine { inner }
+    }
+
+    /// Packets relayed by calls that have ended (a counter for metrics).
+    pub fn relayed_packets(&self) -> u64 {
+        self.inner.relayed_packets.load(Ordering::Relaxed)
     }
 
     /// Sets the receivers of call events (once; later calls are ignored).

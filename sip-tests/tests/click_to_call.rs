@@ -1,0 +1,487 @@
+//! Click-to-call end to end: the real server, SIPp as the agent's phones and as the carrier,
+//! a callback receiver, the REST API. Each test checks the SIP on the wire (SIPp scenarios
+//! fail on anything unexpected), the callbacks (order, signature), the call log, and the RTP
+//! counted by the relay.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use sip_tests::http::{request, CallbackReceiver};
+use sip_tests::{free_port, scenario, SippChild, TestServer};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "sk_test_1";
+const WEBHOOK: &str = "whsec_test_1";
+const USER: &str = "user_01h2xcejqtf2nbrexx3vqjhp42";
+
+fn config(carrier_port: u16) -> String {
+    format!(
+        r#"
+[calls]
+agent_ring_secs = 8
+customer_ring_secs = 8
+
+[[accounts]]
+id = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+name = "Acme"
+region = "US"
+api_keys = [{{ key = "ak_test_1", secret = "{SECRET}" }}]
+webhook_secret = "{WEBHOOK}"
+allowed_prefixes = ["+1"]
+
+[[users]]
+id = "{USER}"
+account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+name = "Alice Agent"
+extension = "1001"
+agent_id = 42
+devices = [{{ username = "alice-desk", password = "s3cret-desk" }},
+           {{ username = "alice-soft", password = "s3cret-soft" }}]
+
+[[trunks]]
+name = "carrier"
+account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+address = "127.0.0.1:{carrier_port}"
+transport = "udp"
+username = "acme"
+password = "trunk-pass"
+
+[[numbers]]
+number = "+14155551234"
+account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+owner = "{USER}"
+"#
+    )
+}
+
+struct Fixture {
+    server: TestServer,
+    receiver: CallbackReceiver,
+    carrier_port: u16,
+}
+
+fn fixture(fail_first_callbacks: usize) -> Fixture {
+    let carrier_port = free_port();
+    let server = TestServer::start(&config(carrier_port));
+    assert!(server.api.is_some(), "the REST API is not listening");
+    Fixture {
+        server,
+        receiver: CallbackReceiver::start(fail_first_callbacks),
+        carrier_port,
+    }
+}
+
+impl Fixture {
+    /// A SIPp phone running `scenario_file` in server mode, registered as `device` (a
+    /// second SIPp sends the REGISTER naming the first one's port in its Contact).
+    fn phone(
+        &self,
+        device: &str,
+        password: &str,
+        scenario_file: &str,
+        extra: &[&str],
+    ) -> SippChild {
+        let sf = scenario(scenario_file).to_string_lossy().into_owned();
+        let port = free_port().to_string();
+        let mp = free_port().to_string();
+        let mut args = vec![
+            "-sf",
+            &sf,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-m",
+            "1",
+            "-rtp_echo",
+            "-mp",
+            &mp,
+            "-timeout",
+            "40s",
+            "-timeout_error",
+        ];
+        args.extend_from_slice(extra);
+        let p = SippChild::spawn(device, &args);
+        let reg = scenario("register_contact.xml")
+            .to_string_lossy()
+            .into_owned();
+        let target = self.server.udp_addr().to_string();
+        let run = sip_tests::sipp(
+            &[
+                "-sf",
+                &reg,
+                &target,
+                "-i",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "-m",
+                "1",
+                "-s",
+                device,
+                "-au",
+                device,
+                "-ap",
+                password,
+                "-set",
+                "expires",
+                "300",
+                "-set",
+                "contact_port",
+                &port,
+                "-timeout",
+                "15s",
+                "-timeout_error",
+            ],
+            Duration::from_secs(20),
+        );
+        assert_eq!(run.code, 0, "{device} did not register: {}", run.output);
+        p
+    }
+
+    /// A SIPp carrier on the trunk port running `scenario_file`.
+    fn carrier(&self, scenario_file: &str, extra: &[&str]) -> SippChild {
+        let sf = scenario(scenario_file).to_string_lossy().into_owned();
+        let port = self.carrier_port.to_string();
+        let mp = free_port().to_string();
+        let mut args = vec![
+            "-sf",
+            &sf,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-m",
+            "1",
+            "-mp",
+            &mp,
+            "-timeout",
+            "40s",
+            "-timeout_error",
+        ];
+        args.extend_from_slice(extra);
+        let c = SippChild::spawn("carrier", &args);
+        std::thread::sleep(Duration::from_millis(300));
+        c
+    }
+
+    fn api(&self) -> std::net::SocketAddr {
+        self.server.api.expect("api address")
+    }
+
+    fn place(&self, body: serde_json::Value) -> String {
+        let r = request(
+            self.api(),
+            "POST",
+            "/v1/calls",
+            &[("Authorization", &format!("Bearer {SECRET}"))],
+            Some(&body.to_string()),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.json()["call_id"].as_str().expect("call_id").to_string()
+    }
+
+    fn call(&self, id: &str) -> serde_json::Value {
+        let r = request(
+            self.api(),
+            "GET",
+            &format!("/v1/calls/{id}"),
+            &[("Authorization", &format!("Bearer {SECRET}"))],
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
+    /// Waits until the call has ended (bounded) and returns it.
+    fn ended(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.call(id);
+            let s = c["status"].as_str().unwrap_or("").to_string();
+            if ["completed", "busy", "no-answer", "failed", "canceled"].contains(&s.as_str()) {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call never ended: {c}\n{}",
+                self.server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn hangup(&self, id: &str) -> u16 {
+        request(
+            self.api(),
+            "POST",
+            &format!("/v1/calls/{id}/hangup"),
+            &[("Authorization", &format!("Bearer {SECRET}"))],
+            Some("{}"),
+        )
+        .status
+    }
+}
+
+/// Checks every accepted callback's signature and returns their statuses in order.
+fn verified_statuses(rx: &CallbackReceiver) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut last_seq = 0;
+    for d in rx.deliveries().into_iter().filter(|d| d.answered == 200) {
+        let sig = d.header("Dialbridge-Signature").expect("signature header");
+        let t = sig
+            .split(',')
+            .find_map(|p| p.strip_prefix("t="))
+            .expect("t=");
+        let v1 = sig
+            .split(',')
+            .find_map(|p| p.strip_prefix("v1="))
+            .expect("v1=");
+        let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK.as_bytes()).unwrap();
+        mac.update(format!("{t}.{}", d.body).as_bytes());
+        let want: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(v1, want, "bad signature on {}", d.body);
+        let j = d.json();
+        let seq = j["sequence"].as_i64().expect("sequence");
+        assert!(
+            seq > last_seq,
+            "callbacks out of order: {seq} after {last_seq}"
+        );
+        last_seq = seq;
+        out.push(j["status"].as_str().unwrap_or("").to_string());
+    }
+    out
+}
+
+fn final_callback(rx: &CallbackReceiver, status: &str) -> serde_json::Value {
+    assert!(
+        rx.wait_status(status, Duration::from_secs(30)),
+        "no {status} callback: {:?}",
+        rx.accepted()
+    );
+    rx.accepted()
+        .into_iter()
+        .find(|b| b["status"] == status)
+        .unwrap_or_default()
+}
+
+#[test]
+fn agent_answers_other_device_cancelled_customer_answers_rtp_both_ways() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
+    let soft = f.phone("alice-soft", "s3cret-soft", "agent_ring_cancel.xml", &[]);
+    let carrier = f.carrier("carrier_answer_hangup.xml", &["-d", "3000"]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER,
+        "dial_string": "+14155550100",
+        "callback_url": f.receiver.url("/hook"),
+    }));
+    let c = carrier.wait(Duration::from_secs(60));
+    assert_eq!(c.code, 0, "{}", c.output);
+    let d = desk.wait(Duration::from_secs(30));
+    assert_eq!(d.code, 0, "{}", d.output);
+    let s = soft.wait(Duration::from_secs(30));
+    assert_eq!(s.code, 0, "{}", s.output);
+    assert!(
+        s.output.contains("cause=200") && s.output.contains("Call completed elsewhere"),
+        "the losing device's CANCEL lacks the Reason: {}",
+        s.output
+    );
+    // The carrier saw the caller ID in From and P-Asserted-Identity.
+    assert!(c.output.contains("+14155551234"), "{}", c.output);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+    let done = final_callback(&f.receiver, "completed");
+    assert_eq!(done["leg"], "customer", "{done}");
+    assert!(
+        done["duration"].as_u64().unwrap_or(0) >= 2,
+        "{done}\n{call}\n{}",
+        c.output
+    );
+    let statuses = verified_statuses(&f.receiver);
+    let pos = |s: &str| statuses.iter().position(|x| x == s);
+    assert!(
+        pos("ringing") < pos("in-progress") && pos("in-progress") < pos("completed"),
+        "{statuses:?}"
+    );
+    // RTP: the carrier's audio reached the agent, and the agent's echo came back.
+    let stats = &call["stats"];
+    let n = |leg: &str, k: &str| stats[leg][k].as_u64().unwrap_or(0);
+    assert!(n("customer", "rx_packets") > 50, "{stats}");
+    assert!(n("agent", "tx_packets") > 50, "{stats}");
+    assert!(n("agent", "rx_packets") > 50, "{stats}");
+    assert!(n("customer", "tx_packets") > 50, "{stats}");
+    // The timeline tells the SIP story with times.
+    let timeline = call["timeline"].as_array().cloned().unwrap_or_default();
+    assert!(timeline.len() > 6, "{call}");
+}
+
+#[test]
+fn customer_busy_ends_busy_and_agent_gets_bye() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
+    let carrier = f.carrier("carrier_busy.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "4155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    assert_eq!(carrier.wait(Duration::from_secs(30)).code, 0);
+    let d = desk.wait(Duration::from_secs(30));
+    assert_eq!(d.code, 0, "agent must get a BYE: {}", d.output);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "busy", "{call}");
+    let cb = final_callback(&f.receiver, "busy");
+    assert_eq!(cb["leg"], "customer");
+    assert_eq!(cb["sip_code"], 486);
+}
+
+#[test]
+fn agent_busy_ends_busy_on_the_agent_leg() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_busy.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "busy", "{call}");
+    let cb = final_callback(&f.receiver, "busy");
+    assert_eq!(cb["leg"], "agent");
+    assert_eq!(cb["sip_code"], 486);
+}
+
+#[test]
+fn agent_never_answers_is_no_answer_and_cancelled() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_ring_cancel.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "ring_timeout": 2,
+        "callback_url": f.receiver.url("/hook"),
+    }));
+    let d = desk.wait(Duration::from_secs(30));
+    assert_eq!(d.code, 0, "{}", d.output);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "no-answer", "{call}");
+    let cb = final_callback(&f.receiver, "no-answer");
+    assert_eq!(cb["leg"], "agent");
+}
+
+#[test]
+fn carrier_challenge_is_answered_with_trunk_credentials() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
+    let carrier = f.carrier("carrier_407.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    assert!(
+        f.receiver
+            .wait_status("in-progress", Duration::from_secs(30)),
+        "{:?}",
+        f.receiver.accepted()
+    );
+    assert_eq!(f.hangup(&id), 202);
+    let c = carrier.wait(Duration::from_secs(30));
+    assert_eq!(c.code, 0, "{}", c.output);
+    assert!(
+        c.output.contains("AUTH ruri=sip:+14155550100@127.0.0.1"),
+        "{}",
+        c.output
+    );
+    assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+}
+
+#[test]
+fn carrier_401_digest_is_verified() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
+    let carrier = f.carrier("carrier_401_verify.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    assert!(
+        f.receiver
+            .wait_status("in-progress", Duration::from_secs(30)),
+        "{:?}",
+        f.receiver.accepted()
+    );
+    assert_eq!(f.hangup(&id), 202);
+    let c = carrier.wait(Duration::from_secs(30));
+    assert_eq!(c.code, 0, "{}", c.output);
+    assert!(c.output.contains("AUTH OK"), "{}", c.output);
+    let _ = desk.wait(Duration::from_secs(30));
+}
+
+#[test]
+fn early_media_reaches_the_agent_then_busy() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
+    let carrier = f.carrier("carrier_early_media_busy.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    assert_eq!(carrier.wait(Duration::from_secs(30)).code, 0);
+    assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "busy", "{call}");
+    let stats = &call["stats"];
+    assert!(
+        stats["customer"]["rx_packets"].as_u64().unwrap_or(0) > 10,
+        "{stats}"
+    );
+    assert!(
+        stats["agent"]["tx_packets"].as_u64().unwrap_or(0) > 10,
+        "early media did not reach the agent: {stats}"
+    );
+    let statuses = verified_statuses(&f.receiver);
+    assert!(statuses.contains(&"ringing".to_string()), "{statuses:?}");
+}
+
+#[test]
+fn api_hangup_while_the_agent_rings_is_canceled() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_ring_cancel.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    assert!(
+        f.receiver.wait_status("ringing", Duration::from_secs(20)),
+        "{:?}",
+        f.receiver.accepted()
+    );
+    assert_eq!(f.hangup(&id), 202);
+    assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "canceled", "{call}");
+    final_callback(&f.receiver, "canceled");
+}
+
+#[test]
+fn callbacks_are_retried_until_accepted() {
+    let f = fixture(2);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_busy.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
+    let _ = f.ended(&id);
+    final_callback(&f.receiver, "busy");
+    let all = f.receiver.deliveries();
+    assert!(all.iter().filter(|d| d.answered == 500).count() >= 2);
+    // The same event id on each retry; each event accepted once.
+    let mut ids: Vec<String> = f
+        .receiver
+        .accepted()
+        .iter()
+        .map(|b| b["event_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n);
+    let _ = verified_statuses(&f.receiver);
+}
