@@ -647,6 +647,11 @@ impl Baresip {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Where baresip listens for SIP (UDP and TCP).
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip

@@ -1,5 +1,6 @@
 //! The registrar (RFC 3261 §10) from outside: SIPp REGISTER scenarios and baresip 1.0 as a
-//! real softphone against the `dialbridge` binary, bindings read back from its SQLite store.
+//! real softphone against the `dialbridge` binary, bindings read back from its SQLite store;
+//! and the baresip helper itself (bounded stop, a call with a WAV source against SIPp).
 
 use sip_tests::baresip::{Baresip, BaresipConfig, BaresipError, SipTransport, MD5_ONLY_REGISTRAR};
 use sip_tests::{scenario, sipp, SippRun, TempDir, TestServer};
@@ -409,4 +410,128 @@ fn baresip_ctrl_tcp_answers_commands() {
     let left = wait_bindings(server.dir.path(), "alice-soft", 0);
     assert!(left.is_empty(), "{left:?}");
     drop(dir);
+}
+
+/// Dropping the helper ends baresip even when it answers nothing (stopped with SIGSTOP:
+/// `quit` and SIGINT go unheard, SIGKILL ends it), within the bounded ladder (3 + 2 + 2 s).
+#[test]
+fn baresip_stop_is_bounded_when_baresip_does_not_answer() {
+    let server = TestServer::start(&config(MD5_ONLY_REGISTRAR));
+    let mut cfg = BaresipConfig::device(
+        "alice-desk",
+        "s3cret-desk",
+        server.udp_addr(),
+        SipTransport::Udp,
+    );
+    cfg.ctrl_tcp = true;
+    let phone = Baresip::start(&cfg).unwrap();
+    let pid = phone.pid().unwrap().to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t0 = Instant::now();
+    drop(phone);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(12), "stop took {took:?}");
+    // The process is gone (reaped): signalling it fails.
+    let alive = std::process::Command::new("kill")
+        .args(["-0", &pid])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!alive.success(), "baresip {pid} still exists");
+}
+
+/// A PCM WAV file of `secs` seconds of a 1 kHz tone, 8 kHz mono.
+fn tone_wav(path: &Path, secs: u32) {
+    let rate = 8000u32;
+    let samples: Vec<u8> = (0..rate * secs)
+        .flat_map(|i| {
+            let x = (2.0 * std::f64::consts::PI * 1000.0 * f64::from(i) / f64::from(rate)).sin();
+            ((x * 8000.0) as i16).to_le_bytes()
+        })
+        .collect();
+    let mut w = Vec::new();
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes());
+    w.extend_from_slice(&rate.to_le_bytes());
+    w.extend_from_slice(&(rate * 2).to_le_bytes());
+    w.extend_from_slice(&2u16.to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    w.extend_from_slice(&samples);
+    std::fs::write(path, w).unwrap();
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// The helper's call side, against SIPp's built-in UAS (no dialbridge): `dial` over
+/// ctrl_tcp, `CALL_ESTABLISHED`, a WAV file as the microphone that ends the call when it
+/// runs out (`CALL_CLOSED` "end of file"), and both directions written by `sndfile`.
+#[test]
+fn baresip_calls_with_a_wav_file_and_records_both_directions() {
+    let dir = TempDir::new("wav");
+    let wav = dir.path().join("tone.wav");
+    tone_wav(&wav, 1);
+    let sip_port = free_udp_port().to_string();
+    let media_port = free_udp_port().to_string();
+    let uas = std::process::Command::new("sipp")
+        .args([
+            "-sn",
+            "uas",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &sip_port,
+            "-mp",
+            &media_port,
+        ])
+        .args(["-m", "1", "-nostdin", "-rtp_echo", "-timeout", "20s"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let uas_addr: std::net::SocketAddr = format!("127.0.0.1:{sip_port}").parse().unwrap();
+    let mut cfg = BaresipConfig::device("bob", "unused", uas_addr, SipTransport::Udp);
+    cfg.register_interval_secs = 0;
+    cfg.ctrl_tcp = true;
+    cfg.record_audio = true;
+    cfg.audio = sip_tests::baresip::AudioSource::WavFile(wav);
+    let mut phone = Baresip::start(&cfg).unwrap();
+    phone.dial(&format!("sip:service@{uas_addr}")).unwrap();
+    let up = phone.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    let closed = phone.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    let (code, _) = sip_tests::wait_limit(uas, Duration::from_secs(10));
+    let log = phone.log_text();
+    let up = up.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(
+        up.peer_uri.as_deref(),
+        Some(format!("sip:service@{uas_addr};transport=udp").as_str())
+    );
+    let closed = closed.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(closed.param.as_deref(), Some("end of file"), "{closed:?}");
+    assert_eq!(code, 0, "SIPp UAS did not complete the call\n{log}");
+    // sndfile: one file per direction, each longer than a WAV header.
+    let recorded: Vec<u64> = std::fs::read_dir(phone.recordings())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wav"))
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .collect();
+    assert_eq!(recorded.len(), 2, "{recorded:?}\n{log}");
+    assert!(recorded.iter().all(|&n| n > 1000), "{recorded:?}");
 }
