@@ -485,3 +485,55 @@ fn callbacks_are_retried_until_accepted() {
     assert_eq!(ids.len(), n);
     let _ = verified_statuses(&f.receiver);
 }
+
+/// Both devices answer at once: the first 200 wins; the other 200 is ACKed and BYEd (and a
+/// CANCEL may cross it). Both phones end cleanly and the call completes once.
+#[test]
+fn two_devices_answer_at_once() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer_race.xml", &[]);
+    let soft = f.phone("alice-soft", "s3cret-soft", "agent_answer_race.xml", &[]);
+    let carrier = f.carrier("carrier_answer_hangup.xml", &["-d", "2000"]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    let c = carrier.wait(Duration::from_secs(60));
+    assert_eq!(c.code, 0, "{}", c.output);
+    let d = desk.wait(Duration::from_secs(30));
+    assert_eq!(d.code, 0, "{}", d.output);
+    let s = soft.wait(Duration::from_secs(30));
+    assert_eq!(s.code, 0, "{}", s.output);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+    final_callback(&f.receiver, "completed");
+    let statuses = verified_statuses(&f.receiver);
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "in-progress").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "completed").count(),
+        1,
+        "{statuses:?}"
+    );
+}
+
+/// The customer rings past its ring time: CANCEL, `no-answer` on the customer leg, and the
+/// agent gets a BYE.
+#[test]
+fn customer_ring_timeout_is_no_answer() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
+    let carrier = f.carrier("carrier_ring_forever.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    let c = carrier.wait(Duration::from_secs(30));
+    assert_eq!(c.code, 0, "the carrier must get a CANCEL: {}", c.output);
+    assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "no-answer", "{call}");
+    let cb = final_callback(&f.receiver, "no-answer");
+    assert_eq!(cb["leg"], "customer");
+}

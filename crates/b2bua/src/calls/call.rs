@@ -516,9 +516,9 @@ impl Call {
         tokio::pin!(deadline);
         let mut rang = false;
         let mut early = false;
-        loop {
+        let failure = loop {
             if branches.iter().all(|b| b.final_code.is_some()) {
-                return Err(ForkFailure(self.fork_outcome(leg, &branches)));
+                break ForkFailure(self.fork_outcome(leg, &branches));
             }
             tokio::select! {
                 Some((i, ev)) = rx.recv() => {
@@ -638,22 +638,22 @@ impl Call {
                     // 6xx: no other branch may succeed (RFC 3261 §16.7 for forks).
                     if resp.status >= 600 {
                         self.cancel_all(leg, &branches, &sip_call_id);
-                        return Err(ForkFailure(self.fork_outcome(leg, &branches)));
+                        break ForkFailure(self.fork_outcome(leg, &branches));
                     }
                 }
                 _ = &mut deadline => {
                     self.cancel_all(leg, &branches, &sip_call_id);
                     let reason = match leg { Leg::Agent => "agent ring time-out", Leg::Customer => "customer ring time-out" };
-                    return Err(ForkFailure(outcome(CallStatus::NoAnswer, Some(leg), Some(408), reason)));
+                    break ForkFailure(outcome(CallStatus::NoAnswer, Some(leg), Some(408), reason));
                 }
                 Some(cmd) = self.rx.recv() => match cmd {
                     CallCmd::Hangup => {
                         self.cancel_all(leg, &branches, &sip_call_id);
-                        return Err(ForkFailure(outcome(CallStatus::Canceled, None, Some(487), "hung up via API before answer")));
+                        break ForkFailure(outcome(CallStatus::Canceled, None, Some(487), "hung up via API before answer"));
                     }
                     CallCmd::Shutdown => {
                         self.cancel_all(leg, &branches, &sip_call_id);
-                        return Err(ForkFailure(outcome(CallStatus::Failed, None, Some(503), "server shutting down")));
+                        break ForkFailure(outcome(CallStatus::Failed, None, Some(503), "server shutting down"));
                     }
                     CallCmd::Request(inc, from) => {
                         let inc = *inc;
@@ -663,7 +663,7 @@ impl Call {
                             if let Some(a) = self.agent.as_mut() { a.dialog.terminate(); }
                             self.agent = None;
                             self.cancel_all(leg, &branches, &sip_call_id);
-                            return Err(ForkFailure(outcome(CallStatus::Canceled, Some(Leg::Agent), None, "agent hung up before the customer answered")));
+                            break ForkFailure(outcome(CallStatus::Canceled, Some(Leg::Agent), None, "agent hung up before the customer answered"));
                         }
                         self.in_dialog_early(inc, from).await;
                     }
@@ -671,7 +671,10 @@ impl Call {
                     CallCmd::MediaTimeout => {}
                 },
             }
-        }
+        };
+        // Branches still ringing get their CANCEL; a 2xx that crosses it is ACKed and BYEd.
+        self.spawn_loser_janitor(leg, usize::MAX, branches, rx, sip_call_id);
+        Err(failure)
     }
 
     fn cancel_all(&self, leg: Leg, branches: &[Branch], sip_call_id: &str) {
