@@ -22,6 +22,23 @@ pub enum ServeError {
 }
 
 pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
+    serve_until(cfg, valid, shutdown_signal(), None).await
+}
+
+/// Where an in-process server listens, reported once it is ready.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub sip: Vec<sip_core::transport::ListenAddr>,
+    pub api: std::net::SocketAddr,
+}
+
+/// Runs the server until `shutdown` completes; `ready` learns the bound addresses.
+pub async fn serve_until(
+    cfg: Config,
+    valid: Validated,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: Option<tokio::sync::oneshot::Sender<Bound>>,
+) -> Result<(), ServeError> {
     let store = store::open(&cfg.store.url)?;
     let report = store.apply_provisioning(&cfg.provisioning(), &cfg.sip.domain)?;
     tracing::info!(url = %cfg.store.url, ?report, "store ready");
@@ -38,6 +55,7 @@ pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
         user_agent: cfg.sip.user_agent.clone(),
     };
     let (endpoint, events) = Endpoint::start(ep_cfg).await?;
+    let sip_addrs = endpoint.local_addrs();
     for a in endpoint.local_addrs() {
         println!("dialbridge: SIP listening on {a}");
     }
@@ -111,11 +129,13 @@ pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
     // The REST API, its call hooks and the callback dispatcher.
     let metrics = Arc::new(api::Metrics::new());
     {
-        let r = Arc::clone(&registrar);
+        let st = Arc::clone(&store);
         metrics.set_registrations_source(move || {
-            r.stats
-                .registrations
-                .load(std::sync::atomic::Ordering::Relaxed)
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            st.count_bindings(now).unwrap_or(0)
         });
         let e = engine.clone();
         metrics.set_relay_packets_source(move || e.relayed_packets());
@@ -147,8 +167,14 @@ pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
         let _ = stop_api_rx.await;
     }));
     println!("dialbridge: ready");
+    if let Some(tx) = ready {
+        let _ = tx.send(Bound {
+            sip: sip_addrs,
+            api: api_addr,
+        });
+    }
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: no new calls; live calls may finish");
     engine
         .shutdown(Duration::from_secs(cfg.calls.shutdown_grace_secs))

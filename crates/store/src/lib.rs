@@ -183,6 +183,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn bindings_for_user(&self, user_id: &str, now: UnixSecs) -> Result<Vec<Binding>, StoreError>;
     /// Deletes bindings with `expires_at <= now`; returns how many.
     fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError>;
+    /// How many bindings are in force at `now` (a gauge for metrics).
+    fn count_bindings(&self, now: UnixSecs) -> Result<u64, StoreError>;
 
     // ----- calls and timelines ------------------------------------------------------------
 

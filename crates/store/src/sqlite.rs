@@ -1541,6 +1541,16 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
+    fn count_bindings(&self, now: UnixSecs) -> Result<u64, StoreError> {
+        let conn = self.conn()?;
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM bindings WHERE expires_at > ?1",
+            [now],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     // ----- calls --------------------------------------------------------------------------
 
     fn insert_call(&self, c: &CallRecord) -> Result<(), StoreError> {

@@ -77,6 +77,8 @@ fn expired_bindings_are_hidden_then_swept() {
 
     // At exactly expires_at a binding is gone (RFC 3261 §10.3: expired when the time is up).
     assert_eq!(store.bindings_for_user(USER, NOW + 10).unwrap().len(), 2);
+    assert_eq!(store.count_bindings(NOW).unwrap(), 3);
+    assert_eq!(store.count_bindings(NOW + 10).unwrap(), 2);
     assert_eq!(store.sweep_expired(NOW + 9).unwrap(), 0);
     assert_eq!(store.sweep_expired(NOW + 20).unwrap(), 2);
     let left = store.bindings_for_user(USER, NOW).unwrap();
