@@ -537,3 +537,31 @@ fn customer_ring_timeout_is_no_answer() {
     let cb = final_callback(&f.receiver, "no-answer");
     assert_eq!(cb["leg"], "customer");
 }
+
+/// The agent puts the call on hold (re-INVITE, sendonly): the offer reaches the carrier
+/// rewritten to the relay, the carrier's recvonly answer comes back to the agent; then the
+/// agent hangs up and the call completes on the agent leg.
+#[test]
+fn hold_re_invite_passes_through_and_agent_hangs_up() {
+    let f = fixture(0);
+    let desk = f.phone(
+        "alice-desk",
+        "s3cret-desk",
+        "agent_answer_hold_hangup.xml",
+        &["-d", "1500"],
+    );
+    let carrier = f.carrier("carrier_answer_hold.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    let d = desk.wait(Duration::from_secs(60));
+    assert_eq!(d.code, 0, "{}", d.output);
+    assert!(d.output.contains("HOLD ANSWER"), "{}", d.output);
+    let c = carrier.wait(Duration::from_secs(30));
+    assert_eq!(c.code, 0, "{}", c.output);
+    assert!(c.output.contains("REINVITE"), "{}", c.output);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+    let cb = final_callback(&f.receiver, "completed");
+    assert_eq!(cb["leg"], "agent");
+}
