@@ -790,8 +790,8 @@ impl Baresip {
         std::mem::replace(&mut self.dir, TempDir(PathBuf::new()))
     }
 
-    /// `quit` over `ctrl_tcp` (3 s), then SIGINT (2 s), SIGINT again (2 s), then SIGKILL.
-    /// Bounded: returns within about 7 s whatever baresip does.
+    /// `quit` over `ctrl_tcp` (3 s), then SIGINT (4 s), SIGINT again (2 s), then SIGKILL.
+    /// Bounded: returns within about 9 s whatever baresip does.
     fn terminate(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -816,10 +816,11 @@ impl Baresip {
                 return;
             }
         }
+        // The first SIGINT lets it un-REGISTER (a 401 round trip), the second forces it.
         let pid = child.id().to_string();
-        for _ in 0..2 {
+        for grace in [Duration::from_secs(4), Duration::from_secs(2)] {
             let _ = Command::new("kill").args(["-INT", &pid]).status();
-            if exited(&mut child, Duration::from_secs(2)) {
+            if exited(&mut child, grace) {
                 return;
             }
         }
