@@ -2,6 +2,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod config;
+mod demo;
+mod phone;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -36,6 +38,10 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// A self-contained click-to-call on loopback: server, phones, carrier, REST, callbacks.
+    Demo,
+    /// A SIP phone for tests: register, auto-answer, call, play a tone or a WAV file.
+    Phone(phone::PhoneArgs),
     /// Validate a configuration file, print what is wrong, exit non-zero on error.
     CheckConfig {
         /// Configuration file (TOML).
@@ -60,6 +66,8 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Demo => demo::run(),
+        Command::Phone(args) => phone::run(args),
         Command::Serve { config } => {
             let source = config.as_ref().map(|p| p.display().to_string());
             let cfg = match config {
