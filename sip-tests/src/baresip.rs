@@ -18,7 +18,9 @@
 //! What baresip 1.0 needs from the registrar: its digest code (libre 1.1) knows only MD5
 //! and gives up on the whole `401` (`Register: Function not implemented`, ENOSYS) as soon as
 //! one `WWW-Authenticate` names another algorithm, wherever it stands. Serve it with
-//! `[registrar] digest_algorithms = ["MD5"]` ([`MD5_ONLY_REGISTRAR`]). See `docs/interop.md`.
+//! `[registrar] digest_algorithms = ["MD5"]` ([`MD5_ONLY_REGISTRAR`]), or be recognised by
+//! its User-Agent (`registrar.md5_only_user_agents`, which lists baresip by default). See
+//! `docs/interop.md`.
 //!
 //! It does not do TLS, video, or IPv6 listening together with IPv4.
 

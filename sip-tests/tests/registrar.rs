@@ -302,7 +302,9 @@ fn binding_survives_a_server_restart() {
 /// baresip 1.0 registers over `transport`; the binding carries that transport and its
 /// User-Agent; on quit it un-registers and the binding goes away.
 fn baresip_registers(transport: SipTransport) {
-    let server = TestServer::start(&config(MD5_ONLY_REGISTRAR));
+    // Default registrar settings: baresip is recognised by its User-Agent and challenged
+    // with MD5 only (`registrar.md5_only_user_agents`).
+    let server = TestServer::start(&config(""));
     let registrar = match transport {
         SipTransport::Udp => server.udp_addr(),
         SipTransport::Tcp => server.tcp_addr(),
@@ -356,11 +358,11 @@ fn baresip_registers_over_tcp() {
 }
 
 /// baresip 1.0's digest code (libre 1.1) knows only MD5 and drops the whole challenge
-/// (ENOSYS) when any WWW-Authenticate names another algorithm: with the default
-/// MD5 + SHA-256 challenges it cannot register.
+/// (ENOSYS) when any WWW-Authenticate names another algorithm: without the User-Agent
+/// quirk (`md5_only_user_agents = []`) the MD5 + SHA-256 challenges keep it out.
 #[test]
 fn baresip_gives_up_on_a_sha256_challenge() {
-    let server = TestServer::start(&config(""));
+    let server = TestServer::start(&config("[registrar]\nmd5_only_user_agents = []\n"));
     let mut phone = Baresip::start(&BaresipConfig::device(
         "alice-desk",
         "s3cret-desk",

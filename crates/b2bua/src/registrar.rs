@@ -44,6 +44,11 @@ pub struct RegistrarConfig {
     /// only the first challenge and know only MD5, while UAs that follow RFC 8760 pick
     /// SHA-256 wherever it stands.
     pub algorithms: Vec<Algorithm>,
+    /// User agents (matched case-insensitively as a prefix of `User-Agent`) that are
+    /// challenged with MD5 only: their digest code gives up on a 401 as soon as one
+    /// challenge names an algorithm it does not know, instead of using the one it knows
+    /// (baresip 1.0 / libre 1.1 answer "Function not implemented").
+    pub md5_only_user_agents: Vec<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -56,6 +61,7 @@ impl Default for RegistrarConfig {
             nonce_lifetime_secs: 300,
             guard: GuardConfig::default(),
             algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            md5_only_user_agents: vec!["baresip".into(), "libre".into()],
         }
     }
 }
@@ -245,8 +251,26 @@ impl Registrar {
     fn challenge(&self, req: &Request, stale: bool, now: u64) -> Response {
         let mut resp = Response::for_request(req, 401);
         resp.set_to_tag(&new_tag());
-        let values = match self.digest.lock() {
-            Ok(d) => d.challenge(&self.cfg.realm, stale, now),
+        let md5_only = req.header_str(&HeaderName::UserAgent).is_some_and(|ua| {
+            let ua = ua.to_ascii_lowercase();
+            self.cfg
+                .md5_only_user_agents
+                .iter()
+                .any(|p| ua.starts_with(&p.to_ascii_lowercase()))
+        });
+        let values: Vec<String> = match self.digest.lock() {
+            Ok(d) => d
+                .challenges(&self.cfg.realm, stale, now)
+                .into_iter()
+                .filter(|c| {
+                    !md5_only
+                        || matches!(
+                            c.algorithm,
+                            None | Some(sip_core::auth::AlgorithmParam::Known(Algorithm::Md5))
+                        )
+                })
+                .map(|c| c.to_string())
+                .collect(),
             Err(_) => Vec::new(),
         };
         for v in values {
@@ -825,6 +849,23 @@ mod tests {
         // * without Expires: 0 is a bad request.
         let d = authed(&reg, 7, "*", Some(60), "s3cret-desk", now);
         assert_eq!(d.response.status, 400);
+    }
+
+    #[test]
+    fn known_md5_only_agents_get_md5_only() {
+        let reg = registrar();
+        let mut r = register(1, "<sip:x@10.0.0.5>", Some(600), None);
+        r.headers
+            .add(HeaderName::UserAgent, "baresip v1.0.0 (x86_64/linux)");
+        let d = reg.handle(&r, &flow(), 1);
+        let ch: Vec<String> = d
+            .response
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert_eq!(ch.len(), 1, "{ch:?}");
+        assert!(ch[0].contains("algorithm=MD5"), "{ch:?}");
     }
 
     #[test]

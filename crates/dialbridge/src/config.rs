@@ -72,6 +72,9 @@ pub struct RegistrarConfig {
     /// Digest challenges offered, in order: "MD5", "SHA-256" (both by default, MD5 first
     /// for UAs that answer only the first challenge).
     pub digest_algorithms: Vec<String>,
+    /// User-Agent prefixes challenged with MD5 only (UAs that give up on an unknown
+    /// algorithm instead of using MD5).
+    pub md5_only_user_agents: Vec<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -85,6 +88,7 @@ impl Default for RegistrarConfig {
             auth_fail_window_secs: 60,
             auth_lockout_secs: 300,
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
+            md5_only_user_agents: vec!["baresip".into(), "libre".into()],
         }
     }
 }

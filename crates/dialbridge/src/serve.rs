@@ -92,6 +92,7 @@ pub async fn serve_until(
                 .iter()
                 .filter_map(|a| sip_core::auth::Algorithm::from_token(a))
                 .collect(),
+            md5_only_user_agents: r.md5_only_user_agents.clone(),
         },
         Arc::clone(&store),
     )?);

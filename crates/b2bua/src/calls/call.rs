@@ -904,6 +904,8 @@ impl Call {
         };
         if !inc.request.body.is_empty() {
             leg.remote_sdp = inc.request.body.clone();
+            leg.local_sdp =
+                sdp_glue::mirror_direction(&inc.request.body, &leg.local_sdp, &mut leg.origin);
         }
         note_refresh(leg);
         let mut r = Response::for_request(&inc.request, 200);

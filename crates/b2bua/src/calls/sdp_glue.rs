@@ -125,6 +125,32 @@ pub(crate) fn rewrite(body: &[u8], relay: SocketAddr, origin: &mut Origin) -> By
     sdp.to_bytes()
 }
 
+/// Our answer to an offer we take locally (no pass-through): our last SDP with the direction
+/// mirrored (sendonly -> recvonly, inactive -> inactive, RFC 3264 §6.1), as a new version
+/// when it changed.
+pub(crate) fn mirror_direction(offer: &[u8], local: &[u8], origin: &mut Origin) -> Bytes {
+    let (Ok(o), Ok(mut ours)) = (
+        SessionDescription::parse(offer),
+        SessionDescription::parse(local),
+    ) else {
+        return Bytes::copy_from_slice(local);
+    };
+    let Some(audio) = o.first_audio() else {
+        return Bytes::copy_from_slice(local);
+    };
+    let want = o.direction_of(audio).reversed();
+    let have = ours
+        .first_audio()
+        .map(|m| ours.direction_of(m))
+        .unwrap_or(want);
+    if want == have {
+        return Bytes::copy_from_slice(local);
+    }
+    ours.set_direction(want);
+    origin.stamp(&mut ours, true);
+    ours.to_bytes()
+}
+
 /// The SDP we last sent, again (a session refresh: same version, RFC 4028 §9).
 pub(crate) fn refresh(local: &[u8], _origin: &mut Origin) -> Bytes {
     Bytes::copy_from_slice(local)
@@ -194,6 +220,21 @@ mod tests {
         assert!(text.contains("PCMA/8000"), "{text}");
         assert!(text.contains("telephone-event/8000"), "{text}");
         assert!(!text.contains("PCMU") && !text.contains("opus"), "{text}");
+    }
+
+    #[test]
+    fn hold_is_mirrored() {
+        let mut o = Origin::new();
+        let ours = agent_offer("127.0.0.1:40000".parse().unwrap(), &mut o);
+        let hold = b"v=0\r\no=a 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=sendonly\r\n";
+        let ans = mirror_direction(hold, &ours, &mut o);
+        let text = String::from_utf8_lossy(&ans).into_owned();
+        assert!(
+            text.contains("a=recvonly") && !text.contains("a=sendrecv"),
+            "{text}"
+        );
+        // A sendrecv offer leaves our sendrecv SDP as it was.
+        assert_eq!(mirror_direction(AGENT_ANSWER, &ours, &mut o), ours);
     }
 
     #[test]
