@@ -7,6 +7,7 @@
 //! loopback ([`in_netns`]).
 
 pub mod baresip;
+pub mod c2c;
 pub mod http;
 
 use std::io::{BufRead, BufReader};
