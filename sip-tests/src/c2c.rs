@@ -17,6 +17,7 @@ pub fn config(carrier_port: u16) -> String {
         r#"
 [calls]
 agent_ring_secs = 8
+shutdown_grace_secs = 1
 customer_ring_secs = 8
 
 [[accounts]]

@@ -302,3 +302,32 @@ fn hold_re_invite_passes_through_and_agent_hangs_up() {
     let cb = final_callback(&f.receiver, "completed");
     assert_eq!(cb["leg"], "agent");
 }
+
+/// SIGTERM while a call is up: no new calls, the live one goes on for the grace period
+/// (`calls.shutdown_grace_secs`, 1 s here), then both legs get a BYE and the server exits.
+#[test]
+fn sigterm_drains_live_calls_then_hangs_up() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
+    let carrier = f.carrier("carrier_answer.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    assert!(
+        f.receiver
+            .wait_status("in-progress", Duration::from_secs(20)),
+        "{:?}",
+        f.receiver.accepted()
+    );
+    let _ = id;
+    let started = std::time::Instant::now();
+    let _dir = f.server.stop();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "no grace period"
+    );
+    let c = carrier.wait(Duration::from_secs(20));
+    assert_eq!(c.code, 0, "the carrier must get a BYE: {}", c.output);
+    let d = desk.wait(Duration::from_secs(20));
+    assert_eq!(d.code, 0, "the agent must get a BYE: {}", d.output);
+}
