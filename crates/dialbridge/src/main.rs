@@ -41,7 +41,7 @@ enum Command {
     /// A self-contained click-to-call on loopback: server, phones, carrier, REST, callbacks.
     Demo,
     /// A SIP phone for tests: register, auto-answer, call, play a tone or a WAV file.
-    Phone(phone::PhoneArgs),
+    Phone(Box<phone::PhoneArgs>),
     /// Validate a configuration file, print what is wrong, exit non-zero on error.
     CheckConfig {
         /// Configuration file (TOML).
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Demo => demo::run(),
-        Command::Phone(args) => phone::run(args),
+        Command::Phone(args) => phone::run(*args),
         Command::Serve { config } => {
             let source = config.as_ref().map(|p| p.display().to_string());
             let cfg = match config {

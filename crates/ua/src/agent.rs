@@ -292,7 +292,7 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    fn from_uri(&self) -> String {
+    fn local_aor(&self) -> String {
         self.identity
             .lock()
             .map(|i| format!("sip:{}@{}", i.user, i.domain))
@@ -483,7 +483,7 @@ impl UserAgent {
         let mut invite = Request::new(Method::Invite, uri.clone());
         invite.headers.add(
             HeaderName::From,
-            format!("<{}>;tag={}", self.shared.from_uri(), new_tag()),
+            format!("<{}>;tag={}", self.shared.local_aor(), new_tag()),
         );
         invite.headers.add(HeaderName::To, format!("<{uri}>"));
         invite.headers.add(HeaderName::CallId, id.clone());
