@@ -16,15 +16,27 @@ macro_rules! header_names {
         }
 
         impl HeaderName {
+            /// Every known name, in declaration order.
+            #[cfg(test)]
+            pub(crate) const KNOWN: &'static [HeaderName] = &[$( HeaderName::$variant, )*];
+
+            /// The known name a lower-case compact form stands for.
+            #[inline]
+            fn from_compact(c: u8) -> Option<HeaderName> {
+                match c {
+                    $( $( $compact => Some(HeaderName::$variant), )? )*
+                    _ => None,
+                }
+            }
+
             /// Recognises a header name (full or compact form, any case).
             pub fn from_bytes(raw: &[u8], original: impl FnOnce() -> Bytes) -> HeaderName {
-                if raw.len() == 1 {
-                    let c = raw[0].to_ascii_lowercase();
-                    $( $( if c == $compact { return HeaderName::$variant; } )? )*
-                    return HeaderName::Other(original());
-                }
-                $( if raw.eq_ignore_ascii_case($canon.as_bytes()) { return HeaderName::$variant; } )*
-                HeaderName::Other(original())
+                let known = if raw.len() == 1 {
+                    compact_name(raw[0])
+                } else {
+                    known_long_name(raw).map(|(n, _)| n)
+                };
+                known.unwrap_or_else(|| HeaderName::Other(original()))
             }
 
             /// The canonical (long) form of the name.
@@ -85,6 +97,162 @@ header_names! {
     Warning => "Warning";
 }
 
+/// Recognises the long form of a known header name: candidates are picked by length and
+/// lower-cased first octet, then compared. Returns the name and its canonical spelling.
+#[inline]
+pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, &'static str)> {
+    if raw.is_empty() {
+        return None;
+    }
+    let first = raw[0].to_ascii_lowercase();
+    let (name, canon): (HeaderName, &'static str) = match raw.len() {
+        2 => match first {
+            b't' => (HeaderName::To, "To"),
+            _ => return None,
+        },
+        3 => match first {
+            b'v' => (HeaderName::Via, "Via"),
+            _ => return None,
+        },
+        4 => match first {
+            b'c' => (HeaderName::CSeq, "CSeq"),
+            b'd' => (HeaderName::Date, "Date"),
+            b'f' => (HeaderName::From, "From"),
+            b'r' => {
+                if raw.eq_ignore_ascii_case(b"RSeq") {
+                    (HeaderName::RSeq, "RSeq")
+                } else if raw.eq_ignore_ascii_case(b"RAck") {
+                    (HeaderName::RAck, "RAck")
+                } else {
+                    return None;
+                }
+            }
+            _ => return None,
+        },
+        5 => match first {
+            b'a' => (HeaderName::Allow, "Allow"),
+            b'e' => (HeaderName::Event, "Event"),
+            b'r' => (HeaderName::Route, "Route"),
+            _ => return None,
+        },
+        6 => match first {
+            b'a' => (HeaderName::Accept, "Accept"),
+            b'm' => (HeaderName::MinSe, "Min-SE"),
+            b'r' => (HeaderName::Reason, "Reason"),
+            b's' => (HeaderName::Server, "Server"),
+            _ => return None,
+        },
+        7 => match first {
+            b'c' => {
+                if raw.eq_ignore_ascii_case(b"Call-ID") {
+                    (HeaderName::CallId, "Call-ID")
+                } else if raw.eq_ignore_ascii_case(b"Contact") {
+                    (HeaderName::Contact, "Contact")
+                } else {
+                    return None;
+                }
+            }
+            b'e' => (HeaderName::Expires, "Expires"),
+            b'r' => (HeaderName::Require, "Require"),
+            b's' => (HeaderName::Subject, "Subject"),
+            b'w' => (HeaderName::Warning, "Warning"),
+            _ => return None,
+        },
+        8 => match first {
+            b'i' => (HeaderName::Identity, "Identity"),
+            b'r' => (HeaderName::ReferTo, "Refer-To"),
+            _ => return None,
+        },
+        9 => match first {
+            b's' => (HeaderName::Supported, "Supported"),
+            b't' => (HeaderName::Timestamp, "Timestamp"),
+            _ => return None,
+        },
+        10 => match first {
+            b'u' => (HeaderName::UserAgent, "User-Agent"),
+            _ => return None,
+        },
+        11 => match first {
+            b'm' => (HeaderName::MinExpires, "Min-Expires"),
+            b'r' => {
+                if raw.eq_ignore_ascii_case(b"Referred-By") {
+                    (HeaderName::ReferredBy, "Referred-By")
+                } else if raw.eq_ignore_ascii_case(b"Retry-After") {
+                    (HeaderName::RetryAfter, "Retry-After")
+                } else {
+                    return None;
+                }
+            }
+            b'u' => (HeaderName::Unsupported, "Unsupported"),
+            _ => return None,
+        },
+        12 => match first {
+            b'a' => (HeaderName::AllowEvents, "Allow-Events"),
+            b'c' => (HeaderName::ContentType, "Content-Type"),
+            b'm' => (HeaderName::MaxForwards, "Max-Forwards"),
+            b'r' => (HeaderName::RecordRoute, "Record-Route"),
+            _ => return None,
+        },
+        13 => match first {
+            b'a' => (HeaderName::Authorization, "Authorization"),
+            b'p' => (HeaderName::ProxyRequire, "Proxy-Require"),
+            _ => return None,
+        },
+        14 => match first {
+            b'c' => (HeaderName::ContentLength, "Content-Length"),
+            _ => return None,
+        },
+        15 => match first {
+            b'a' => {
+                if raw.eq_ignore_ascii_case(b"Accept-Encoding") {
+                    (HeaderName::AcceptEncoding, "Accept-Encoding")
+                } else if raw.eq_ignore_ascii_case(b"Accept-Language") {
+                    (HeaderName::AcceptLanguage, "Accept-Language")
+                } else {
+                    return None;
+                }
+            }
+            b's' => (HeaderName::SessionExpires, "Session-Expires"),
+            _ => return None,
+        },
+        16 => match first {
+            b'c' => (HeaderName::ContentEncoding, "Content-Encoding"),
+            b'w' => (HeaderName::WwwAuthenticate, "WWW-Authenticate"),
+            _ => return None,
+        },
+        18 => match first {
+            b'p' => (HeaderName::ProxyAuthenticate, "Proxy-Authenticate"),
+            _ => return None,
+        },
+        19 => match first {
+            b'p' => {
+                if raw.eq_ignore_ascii_case(b"Proxy-Authorization") {
+                    (HeaderName::ProxyAuthorization, "Proxy-Authorization")
+                } else if raw.eq_ignore_ascii_case(b"P-Asserted-Identity") {
+                    (HeaderName::PAssertedIdentity, "P-Asserted-Identity")
+                } else {
+                    return None;
+                }
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    // One comparison left when the (length, first octet) pair had a single candidate.
+    (name_matches(raw, canon)).then_some((name, canon))
+}
+
+#[inline]
+fn name_matches(raw: &[u8], canon: &str) -> bool {
+    raw.eq_ignore_ascii_case(canon.as_bytes())
+}
+
+/// The compact form (RFC 3261 §7.3.3 and later registrations) a one-letter name stands for.
+#[inline]
+pub(crate) fn compact_name(c: u8) -> Option<HeaderName> {
+    HeaderName::from_compact(c.to_ascii_lowercase())
+}
+
 impl std::fmt::Display for HeaderName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.as_str())
@@ -115,10 +283,63 @@ impl Header {
         }
     }
 
+    /// A header field as received: `raw_name` and `value` are sub-slices of `base`.
+    ///
+    /// A name written exactly in its canonical or compact form is kept as a static `Bytes`
+    /// (no reference count to update or drop); other spellings are slices of `base`.
+    #[inline]
+    pub(crate) fn from_wire(base: &Bytes, raw_name: &[u8], value: &[u8]) -> Header {
+        let (name, raw_name) = match raw_name {
+            [c] => match compact_name(*c) {
+                Some(n) => (n, one_octet(*c)),
+                None => {
+                    let r = base.slice_ref(raw_name);
+                    (HeaderName::Other(r.clone()), r)
+                }
+            },
+            _ => match known_long_name(raw_name) {
+                Some((n, canon)) if canon.as_bytes() == raw_name => {
+                    (n, Bytes::from_static(canon.as_bytes()))
+                }
+                Some((n, _)) => (n, base.slice_ref(raw_name)),
+                None => {
+                    let r = base.slice_ref(raw_name);
+                    (HeaderName::Other(r.clone()), r)
+                }
+            },
+        };
+        let value = if value.is_empty() {
+            Bytes::new()
+        } else {
+            base.slice_ref(value)
+        };
+        Header {
+            name,
+            raw_name,
+            value,
+        }
+    }
+
     /// The value with line folds replaced by single spaces (RFC 3261 §7.3.1).
     pub fn value_str(&self) -> Cow<'_, str> {
         unfold(&self.value)
     }
+}
+
+/// Every octet value, so a one-octet name can be a static `Bytes`.
+static OCTETS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+fn one_octet(c: u8) -> Bytes {
+    let i = usize::from(c);
+    Bytes::from_static(&OCTETS[i..=i])
 }
 
 /// Replaces every fold (`CRLF 1*WSP` or a bare CR/LF with WSP) with one space.
@@ -273,6 +494,37 @@ mod tests {
             HeaderName::Other(Bytes::from("C%6Fntact"))
         );
         assert_eq!(name("q"), HeaderName::Other(Bytes::from("q")));
+    }
+
+    #[test]
+    fn every_known_name_is_recognised_in_any_case() {
+        for n in HeaderName::KNOWN {
+            let canon = n.as_str().into_owned();
+            assert_eq!(&name(&canon), n, "{canon}");
+            assert_eq!(&name(&canon.to_ascii_lowercase()), n, "{canon}");
+            assert_eq!(&name(&canon.to_ascii_uppercase()), n, "{canon}");
+            // One octet off is another (unknown) name.
+            let mut near = canon.clone().into_bytes();
+            near.push(b'x');
+            assert!(matches!(
+                name(&String::from_utf8_lossy(&near)),
+                HeaderName::Other(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn names_from_the_wire_keep_their_spelling() {
+        let base = Bytes::from_static(b"ViA v Via X-Foo");
+        let h = Header::from_wire(&base, &base[0..3], b"");
+        assert_eq!((h.name, &h.raw_name[..]), (HeaderName::Via, &b"ViA"[..]));
+        let h = Header::from_wire(&base, &base[4..5], b"");
+        assert_eq!((h.name, &h.raw_name[..]), (HeaderName::Via, &b"v"[..]));
+        let h = Header::from_wire(&base, &base[6..9], b"");
+        assert_eq!((h.name, &h.raw_name[..]), (HeaderName::Via, &b"Via"[..]));
+        let h = Header::from_wire(&base, &base[10..], &base[10..]);
+        assert_eq!(h.name, HeaderName::Other(Bytes::from_static(b"X-Foo")));
+        assert_eq!(&h.value[..], b"X-Foo");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::header::{Header, HeaderName, Headers};
-use super::scan::{is_token, parse_decimal, trim_lws};
+use super::scan::{is_token, is_token_str, parse_decimal, trim_lws};
 use super::uri::Uri;
 use super::{Method, Request, Response, SipMessage};
 
@@ -57,20 +57,73 @@ pub enum FrameError {
     BadContentLength,
 }
 
-fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
-    // returns (end of header block excl. blank line, start of body)
-    let mut i = 0;
-    while let Some(off) = memchr::memchr(b'\n', &buf[i..]) {
-        let nl = i + off;
-        let next = nl + 1;
-        match buf.get(next) {
-            Some(b'\n') => return Some((nl, next + 1)),
-            Some(b'\r') if buf.get(next + 1) == Some(&b'\n') => return Some((nl, next + 2)),
-            Some(_) => i = next,
-            None => return None,
+/// The logical header lines of a header block (RFC 3261 §7.3.1): a line that starts with SP
+/// or HT continues the previous one. [`frame`] and [`parse_message`] both walk a message
+/// with this, so they read the same header fields (a folded Content-Length included).
+///
+/// Each item is the span of one header field, from its name to the end of its last
+/// continuation line, without the line end. The walk stops at the empty line that ends the
+/// block ([`LogicalLines::body_start`] then tells where the body starts) or where the buffer
+/// ends before that empty line (the block is incomplete).
+pub(crate) struct LogicalLines<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    body_start: Option<usize>,
+}
+
+impl<'a> LogicalLines<'a> {
+    /// Walks the header lines of `buf` starting at `pos` (just after the start line).
+    pub(crate) fn new(buf: &'a [u8], pos: usize) -> Self {
+        LogicalLines {
+            buf,
+            pos,
+            body_start: None,
         }
     }
-    None
+
+    /// Where the body starts, once the walk has reached the empty line.
+    pub(crate) fn body_start(&self) -> Option<usize> {
+        self.body_start
+    }
+
+    /// The next logical line as `start..end` offsets into the buffer.
+    #[inline]
+    pub(crate) fn next_span(&mut self) -> Option<(usize, usize)> {
+        let buf = self.buf;
+        let start = self.pos;
+        if self.body_start.is_some() || start >= buf.len() {
+            return None;
+        }
+        let mut nl = start + memchr::memchr(b'\n', &buf[start..])?;
+        if nl == start || (nl == start + 1 && buf[start] == b'\r') {
+            // The empty line: end of the header block.
+            self.body_start = Some(nl + 1);
+            self.pos = nl + 1;
+            return None;
+        }
+        loop {
+            match buf.get(nl + 1) {
+                Some(b' ' | b'\t') => {
+                    nl = nl + 1 + memchr::memchr(b'\n', &buf[nl + 1..])?;
+                }
+                Some(_) => break,
+                // Whether a continuation follows is not known yet.
+                None => return None,
+            }
+        }
+        self.pos = nl + 1;
+        let end = if nl > start && buf[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
+        Some((start, end))
+    }
+}
+
+/// The end of the start line (its LF), and where the header lines begin.
+fn start_line_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr(b'\n', buf)
 }
 
 /// Finds the length of the first message in a stream buffer (RFC 3261 §18.3: Content-Length
@@ -99,15 +152,21 @@ pub fn frame(buf: &[u8], max_size: usize) -> Result<Frame, FrameError> {
         return Ok(Frame::KeepAlive { len: 4 });
     }
     let msg = &buf[skip..];
-    let Some((hdr_end, body_start)) = find_header_end(msg) else {
+    let incomplete = || {
         if msg.len() > max_size {
-            return Err(FrameError::TooLarge(max_size));
+            Err(FrameError::TooLarge(max_size))
+        } else {
+            Ok(Frame::Incomplete)
         }
-        return Ok(Frame::Incomplete);
     };
+    let Some(first_nl) = start_line_end(msg) else {
+        return incomplete();
+    };
+    let mut lines = LogicalLines::new(msg, first_nl + 1);
     let mut content_length: Option<usize> = None;
-    for line in msg[..hdr_end].split(|&b| b == b'\n') {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+    while let Some((start, end)) = lines.next_span() {
+        let line = &msg[start..end];
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let name = trim_lws(&line[..colon]);
@@ -120,6 +179,9 @@ pub fn frame(buf: &[u8], max_size: usize) -> Result<Frame, FrameError> {
             content_length = Some(v as usize);
         }
     }
+    let Some(body_start) = lines.body_start() else {
+        return incomplete();
+    };
     let len = body_start + content_length.unwrap_or(0);
     if len > max_size {
         return Err(FrameError::TooLarge(max_size));
@@ -137,46 +199,41 @@ pub fn parse_message(data: Bytes) -> Result<SipMessage, Rejected> {
     while skip < data.len() && (data[skip] == b'\r' || data[skip] == b'\n') {
         skip += 1;
     }
-    let data = data.slice(skip..);
-    let Some((hdr_end, body_start)) = find_header_end(&data) else {
+    let data = if skip == 0 { data } else { data.slice(skip..) };
+    let Some(first_nl) = start_line_end(&data) else {
         return Err(reject("Incomplete header block", None));
     };
-    let first_nl = memchr::memchr(b'\n', &data).unwrap_or(hdr_end);
     let start_line = strip_cr(&data[..first_nl]);
     let is_response = start_line.starts_with(b"SIP/");
-    let headers_block = if first_nl < hdr_end {
-        &data[first_nl + 1..hdr_end]
-    } else {
-        &[][..]
+    let mut lines = LogicalLines::new(&data, first_nl + 1);
+    let split = split_headers(&data, &mut lines);
+    if split.is_err() {
+        // Walk to the end of the block so an incomplete block is told from a bad field.
+        while lines.next_span().is_some() {}
+    }
+    let Some(body_start) = lines.body_start() else {
+        return Err(reject("Incomplete header block", None));
     };
-    let headers = match split_headers(&data, headers_block) {
+    let (headers, content_length) = match split {
         Ok(h) => h,
         Err(reason) => return Err(reject(reason, None)),
     };
-    let hdrs_opt = |h: &Headers| (!is_response).then(|| h.clone());
+    let hdrs_opt = |h: Headers| (!is_response).then_some(h);
 
     // Content-Length: every value must agree (RFC 4475 §3.3.9), none may be negative or huge.
-    let mut content_length: Option<usize> = None;
-    for v in headers.get_all(&HeaderName::ContentLength) {
-        let Some(n) = parse_decimal(trim_lws(v), u32::MAX as u64) else {
-            return Err(reject("Bad Content-Length", hdrs_opt(&headers)));
-        };
-        if content_length.is_some_and(|c| c != n as usize) {
-            return Err(reject(
-                "Conflicting Content-Length values",
-                hdrs_opt(&headers),
-            ));
-        }
-        content_length = Some(n as usize);
-    }
+    let content_length = match content_length {
+        Ok(c) => c,
+        Err(reason) => return Err(reject(reason, hdrs_opt(headers))),
+    };
     let available = data.len().saturating_sub(body_start);
     let body = match content_length {
         Some(n) if n > available => {
             return Err(reject(
                 "Content-Length larger than message",
-                hdrs_opt(&headers),
+                hdrs_opt(headers),
             ))
         }
+        Some(0) => Bytes::new(),
         Some(n) => data.slice(body_start..body_start + n),
         None => data.slice(body_start.min(data.len())..),
     };
@@ -286,57 +343,58 @@ fn parse_status_line(base: &Bytes, line: &[u8]) -> Result<(u16, Bytes), &'static
     Ok((status as u16, base.slice_ref(reason)))
 }
 
-/// Splits the header block into fields. Continuation lines (starting with SP/HT) are part
-/// of the previous field's value (kept in place, not copied).
-fn split_headers(base: &Bytes, block: &[u8]) -> Result<Headers, &'static str> {
-    let mut headers = Headers::with_capacity(16);
-    let mut i = 0;
-    let n = block.len();
-    while i < n {
-        // One logical line: from i to the end of its last continuation.
-        let line_start = i;
-        let mut end;
-        loop {
-            let nl = memchr::memchr(b'\n', &block[i..]).map_or(n, |o| i + o);
-            end = nl;
-            i = (nl + 1).min(n);
-            if i < n && (block[i] == b' ' || block[i] == b'\t') {
-                continue;
+/// What the Content-Length fields of a message say: `Ok(None)` when there are none.
+type ContentLength = Result<Option<usize>, &'static str>;
+
+/// Splits the header block into fields, walking `lines` to the empty line. Continuation
+/// lines (starting with SP/HT) are part of the previous field's value (kept in place, not
+/// copied). Reads Content-Length on the way: every value must agree (RFC 4475 §3.3.9), none
+/// may be negative or huge.
+fn split_headers(
+    base: &Bytes,
+    lines: &mut LogicalLines<'_>,
+) -> Result<(Headers, ContentLength), &'static str> {
+    // About one field per 40 octets of a typical header block; few messages regrow.
+    let mut headers = Headers::with_capacity(base.len() / 48 + 8);
+    let mut content_length: ContentLength = Ok(None);
+    while let Some((start, end)) = lines.next_span() {
+        let line = &base[start..end];
+        let colon = memchr::memchr(b':', line).ok_or_else(|| {
+            if matches!(line.first(), Some(b' ' | b'\t')) {
+                "Continuation line without a header"
+            } else {
+                "Header line without colon"
             }
-            break;
-        }
-        let line = &block[line_start..end];
-        let line = strip_cr(line);
-        if line.is_empty() {
-            continue;
-        }
-        if line[0] == b' ' || line[0] == b'\t' {
-            return Err("Continuation line without a header");
-        }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or("Header line without colon")?;
-        let raw_name = trim_lws(&line[..colon]);
-        if raw_name.is_empty() || !raw_name.iter().all(|&b| is_token(b)) {
-            return Err("Malformed header name");
-        }
+        })?;
         // Only WSP may stand between the name and the colon.
-        if line[raw_name.len()..colon]
-            .iter()
-            .any(|&b| b != b' ' && b != b'\t')
-        {
-            return Err("Malformed header name");
+        let mut name_end = colon;
+        while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
+            name_end -= 1;
+        }
+        let raw_name = &line[..name_end];
+        if !is_token_str(raw_name) {
+            return Err(if matches!(line.first(), Some(b' ' | b'\t')) {
+                "Continuation line without a header"
+            } else {
+                "Malformed header name"
+            });
         }
         let value = trim_lws(&line[colon + 1..]);
-        let name = HeaderName::from_bytes(raw_name, || base.slice_ref(raw_name));
-        headers.push(Header {
-            name,
-            raw_name: base.slice_ref(raw_name),
-            value: base.slice_ref(value),
-        });
+        let header = Header::from_wire(base, raw_name, value);
+        if header.name == HeaderName::ContentLength {
+            if let Ok(previous) = content_length {
+                content_length = match parse_decimal(value, u64::from(u32::MAX)) {
+                    None => Err("Bad Content-Length"),
+                    Some(n) if previous.is_some_and(|c| c != n as usize) => {
+                        Err("Conflicting Content-Length values")
+                    }
+                    Some(n) => Ok(Some(n as usize)),
+                };
+            }
+        }
+        headers.push(header);
     }
-    Ok(headers)
+    Ok((headers, content_length))
 }
 
 #[cfg(test)]
@@ -377,6 +435,96 @@ mod tests {
                 65535
             ),
             Err(FrameError::BadContentLength)
+        );
+    }
+
+    /// Frames `msg` and parses the frame: the framer's verdict and the parser's.
+    fn frame_and_parse(msg: &[u8]) -> (Result<Frame, FrameError>, Result<SipMessage, Rejected>) {
+        (
+            frame(msg, 65535),
+            parse_message(Bytes::copy_from_slice(msg)),
+        )
+    }
+
+    #[test]
+    fn folded_content_length_frames_like_it_parses() {
+        let msg = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length:\r\n 4\r\n\r\nbody";
+        let (f, p) = frame_and_parse(msg);
+        assert_eq!(
+            f,
+            Ok(Frame::Message {
+                skip: 0,
+                len: msg.len()
+            })
+        );
+        match p {
+            Ok(SipMessage::Request(r)) => assert_eq!(&r.body[..], b"body"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn continuation_after_content_length_is_part_of_its_value() {
+        let (f, p) = frame_and_parse(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n x\r\n\r\n");
+        assert_eq!(f, Err(FrameError::BadContentLength));
+        assert_eq!(p.map_err(|r| r.reason), Err("Bad Content-Length"));
+        // A continuation that looks like a compact Content-Length is the Subject's value.
+        let msg = b"OPTIONS sip:a@b SIP/2.0\r\nSubject: a\r\n l: 5\r\n\r\nhello";
+        let (f, p) = frame_and_parse(msg);
+        assert_eq!(
+            f,
+            Ok(Frame::Message {
+                skip: 0,
+                len: msg.len() - 5
+            })
+        );
+        match p {
+            Ok(SipMessage::Request(r)) => assert_eq!(&r.body[..], b"hello"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn framer_waits_for_a_possible_continuation() {
+        // The last header line may still be continued: not a whole block yet.
+        assert_eq!(
+            frame(b"OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\n", 65535),
+            Ok(Frame::Incomplete)
+        );
+        assert_eq!(
+            frame(b"OPTIONS sip:a@b SIP/2.0\r\nl:\r\n", 65535),
+            Ok(Frame::Incomplete)
+        );
+        let whole = b"OPTIONS sip:a@b SIP/2.0\r\nl:\r\n 2\r\n\r\nab";
+        assert_eq!(
+            frame(whole, 65535),
+            Ok(Frame::Message {
+                skip: 0,
+                len: whole.len()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_field_in_a_whole_block_is_not_incomplete() {
+        let r = parse_message(Bytes::from_static(
+            b"OPTIONS sip:a@b SIP/2.0\r\nno colon\r\n\r\n",
+        ));
+        assert_eq!(
+            r.map_err(|r| r.reason).err(),
+            Some("Header line without colon")
+        );
+        let r = parse_message(Bytes::from_static(
+            b"OPTIONS sip:a@b SIP/2.0\r\n bad: x\r\n\r\n",
+        ));
+        assert_eq!(
+            r.map_err(|r| r.reason).err(),
+            Some("Continuation line without a header")
+        );
+        let r = parse_message(Bytes::from_static(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n"));
+        assert_eq!(
+            r.map_err(|r| r.reason).err(),
+            Some("Incomplete header block")
         );
     }
 

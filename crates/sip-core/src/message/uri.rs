@@ -265,7 +265,7 @@ impl Uri {
         if rest.is_empty()
             || rest
                 .iter()
-                .any(|&b| b <= b' ' || matches!(b, b'<' | b'>' | b'"' | 0x7f))
+                .any(|&b| b <= b' ' || b >= 0x7f || matches!(b, b'<' | b'>' | b'"'))
         {
             return Err(ParseError::Invalid("bad URI"));
         }
@@ -314,6 +314,9 @@ fn is_unreserved(b: u8) -> bool {
         )
 }
 
+/// Whether `s` is made only of unreserved characters, `%HH` escapes and the characters
+/// `extra` allows. RFC 3261 §25.1 URIs are ASCII: an octet ≥ 0x80 must be escaped, so a raw
+/// one is refused (it could not be written back as text unchanged).
 fn all_escaped_or(s: &[u8], extra: impl Fn(u8) -> bool) -> bool {
     let mut i = 0;
     while i < s.len() {
@@ -323,7 +326,7 @@ fn all_escaped_or(s: &[u8], extra: impl Fn(u8) -> bool) -> bool {
                 (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
                 _ => return false,
             }
-        } else if is_unreserved(b) || extra(b) || b >= 0x80 {
+        } else if is_unreserved(b) || extra(b) {
             i += 1;
         } else {
             return false;
@@ -505,6 +508,24 @@ mod tests {
         let u = sip("sip:user;par=u%40example.net@example.com");
         assert_eq!(u.user.as_deref(), Some(&b"user;par=u%40example.net"[..]));
         assert!(u.params.is_empty());
+    }
+
+    #[test]
+    fn raw_octets_above_ascii_are_refused() {
+        for raw in [
+            &b"sip:caf\xe9@example.com"[..],
+            b"sip:alice:p\xe9@example.com",
+            b"sip:alice@example.com;x=\xe9",
+            b"sip:alice@example.com?h=\xe9",
+            b"urn:caf\xe9",
+            b"sip:caf\xc3\xa9@example.com",
+        ] {
+            let b = Bytes::copy_from_slice(raw);
+            assert!(Uri::parse_in(&b, &b).is_err(), "{raw:?}");
+        }
+        // Escaped, the same octet is fine and is written back as received.
+        let u = sip("sip:caf%E9@example.com");
+        assert_eq!(u.to_string(), "sip:caf%E9@example.com");
     }
 
     #[test]
