@@ -26,6 +26,8 @@ pub struct Metrics {
     relay_packets: AtomicU64,
     registrations_source: RwLock<Option<Source>>,
     relay_packets_source: RwLock<Option<Source>>,
+    /// Further metrics other parts of the process own (name, type, help, reader).
+    extra: RwLock<Vec<(&'static str, &'static str, &'static str, Source)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,6 +125,20 @@ impl Metrics {
         }
     }
 
+    /// Adds a metric read from elsewhere at each scrape (e.g. the registrar's digest failure
+    /// counters): `kind` is `counter` or `gauge`.
+    pub fn add_source(
+        &self,
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+        f: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        if let Ok(mut extra) = self.extra.write() {
+            extra.push((name, kind, help, Box::new(f)));
+        }
+    }
+
     /// The Prometheus text exposition, with `active_calls` from the engine.
     pub fn render(&self, active_calls: usize) -> String {
         let mut out = String::with_capacity(2048);
@@ -204,6 +220,11 @@ impl Metrics {
             "REST requests served.",
             &[(String::new(), self.http_requests.load(Ordering::Relaxed))],
         );
+        if let Ok(extra) = self.extra.read() {
+            for (name, kind, help, f) in extra.iter() {
+                metric(name, kind, help, &[(String::new(), f())]);
+            }
+        }
         out
     }
 }
@@ -221,6 +242,7 @@ mod tests {
         m.callback_retried();
         m.set_registrations(3);
         m.set_relay_packets_source(|| 12345);
+        m.add_source("dialbridge_test_total", "counter", "A test counter.", || 7);
         let text = m.render(7);
         assert!(text.contains("dialbridge_calls_total{outcome=\"completed\"} 2\n"));
         assert!(text.contains("dialbridge_calls_total{outcome=\"busy\"} 1\n"));
@@ -229,6 +251,7 @@ mod tests {
         assert!(text.contains("dialbridge_active_calls 7\n"));
         assert!(text.contains("dialbridge_registrations 3\n"));
         assert!(text.contains("dialbridge_relay_packets_total 12345\n"));
+        assert!(text.contains("# TYPE dialbridge_test_total counter\ndialbridge_test_total 7\n"));
         assert!(text.contains("dialbridge_callback_retries_total 1\n"));
         assert!(text.contains("# TYPE dialbridge_active_calls gauge\n"));
     }

@@ -295,6 +295,9 @@ impl Registrar {
         // 1. Authentication.
         let Some(auth_value) = req.header_str(&HeaderName::Authorization) else {
             if self.locked(source, None, now) {
+                self.stats
+                    .auth_refused_locked
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return quick(Self::reply(req, 403).with_reason("Too many failed attempts"));
             }
             return quick(self.challenge(req, false, now));

@@ -49,9 +49,11 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
+/// `RUST_LOG` wins; without it `default` (the demo and the phone print their own story,
+/// so they log warnings only).
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -63,7 +65,11 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let default_level = match cli.command {
+        Command::Serve { .. } | Command::CheckConfig { .. } => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default_level);
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Demo => demo::run(),

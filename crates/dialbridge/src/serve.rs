@@ -6,6 +6,13 @@ use sip_core::transport::TransportConfig;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A registrar counter exported as a metric: name, help, how to read it.
+type RegistrarCounter = (
+    &'static str,
+    &'static str,
+    fn(&b2bua::registrar::RegistrarStats) -> u64,
+);
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -140,6 +147,30 @@ pub async fn serve_until(
         });
         let e = engine.clone();
         metrics.set_relay_packets_source(move || e.relayed_packets());
+        let counters: [RegistrarCounter; 3] = [
+            (
+                "dialbridge_registrar_auth_failures_total",
+                "Digest attempts with wrong credentials or unknown devices.",
+                |s| s.auth_failures.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "dialbridge_registrar_lockouts_total",
+                "Sources or usernames locked out after repeated failures.",
+                |s| s.auth_lockouts.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "dialbridge_registrar_refused_locked_total",
+                "REGISTERs refused because their source or username was locked out.",
+                |s| {
+                    s.auth_refused_locked
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                },
+            ),
+        ];
+        for (name, help, read) in counters {
+            let r = Arc::clone(&registrar);
+            metrics.add_source(name, "counter", help, move || read(&r.stats));
+        }
     }
     let api_cfg = api::ApiConfig {
         listen: valid.api_listen,

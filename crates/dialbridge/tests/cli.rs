@@ -1,0 +1,56 @@
+//! The command line as a user runs it: `check-config` on good and bad files.
+
+use std::process::Command;
+
+fn dialbridge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dialbridge"))
+}
+
+#[test]
+fn check_config_accepts_the_example() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/dialbridge.toml"
+    );
+    let out = dialbridge()
+        .args(["check-config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+#[test]
+fn check_config_names_the_wrong_keys() {
+    let dir = std::env::temp_dir().join(format!("dialbridge-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[sip]\nlisten = [\"udp:nowhere\"]\n[media]\nports = \"9-3\"\n[[numbers]]\nnumber = \"12\"\naccount = \"acct_01h2xcejqtf2nbrexx3vqjhp41\"\n",
+    )
+    .unwrap();
+    let out = dialbridge()
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in ["sip.listen[0]", "media.ports", "numbers[0]"] {
+        assert!(err.contains(key), "{key} not named in: {err}");
+    }
+    std::fs::write(&bad, "[sip]\nlisen = []\n").unwrap();
+    let out = dialbridge()
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
