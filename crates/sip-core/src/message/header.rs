@@ -97,10 +97,11 @@ header_names! {
     Warning => "Warning";
 }
 
-/// Recognises the long form of a known header name: candidates are picked by length and
-/// lower-cased first octet, then compared. Returns the name and its canonical spelling.
+/// Recognises the long form of a known header name: the candidate is picked by length and
+/// lower-cased first octet (and one more octet where two names share those), then compared
+/// once. Returns the name, and its canonical spelling when `raw` is written exactly so.
 #[inline]
-pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, &'static str)> {
+pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, Option<&'static str>)> {
     if raw.is_empty() {
         return None;
     }
@@ -118,15 +119,11 @@ pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, &'static str)> 
             b'c' => (HeaderName::CSeq, "CSeq"),
             b'd' => (HeaderName::Date, "Date"),
             b'f' => (HeaderName::From, "From"),
-            b'r' => {
-                if raw.eq_ignore_ascii_case(b"RSeq") {
-                    (HeaderName::RSeq, "RSeq")
-                } else if raw.eq_ignore_ascii_case(b"RAck") {
-                    (HeaderName::RAck, "RAck")
-                } else {
-                    return None;
-                }
-            }
+            b'r' => match raw[1].to_ascii_lowercase() {
+                b's' => (HeaderName::RSeq, "RSeq"),
+                b'a' => (HeaderName::RAck, "RAck"),
+                _ => return None,
+            },
             _ => return None,
         },
         5 => match first {
@@ -143,15 +140,11 @@ pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, &'static str)> 
             _ => return None,
         },
         7 => match first {
-            b'c' => {
-                if raw.eq_ignore_ascii_case(b"Call-ID") {
-                    (HeaderName::CallId, "Call-ID")
-                } else if raw.eq_ignore_ascii_case(b"Contact") {
-                    (HeaderName::Contact, "Contact")
-                } else {
-                    return None;
-                }
-            }
+            b'c' => match raw[1].to_ascii_lowercase() {
+                b'a' => (HeaderName::CallId, "Call-ID"),
+                b'o' => (HeaderName::Contact, "Contact"),
+                _ => return None,
+            },
             b'e' => (HeaderName::Expires, "Expires"),
             b'r' => (HeaderName::Require, "Require"),
             b's' => (HeaderName::Subject, "Subject"),
@@ -174,15 +167,11 @@ pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, &'static str)> 
         },
         11 => match first {
             b'm' => (HeaderName::MinExpires, "Min-Expires"),
-            b'r' => {
-                if raw.eq_ignore_ascii_case(b"Referred-By") {
-                    (HeaderName::ReferredBy, "Referred-By")
-                } else if raw.eq_ignore_ascii_case(b"Retry-After") {
-                    (HeaderName::RetryAfter, "Retry-After")
-                } else {
-                    return None;
-                }
-            }
+            b'r' => match raw[2].to_ascii_lowercase() {
+                b'f' => (HeaderName::ReferredBy, "Referred-By"),
+                b't' => (HeaderName::RetryAfter, "Retry-After"),
+                _ => return None,
+            },
             b'u' => (HeaderName::Unsupported, "Unsupported"),
             _ => return None,
         },
@@ -203,15 +192,11 @@ pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, &'static str)> 
             _ => return None,
         },
         15 => match first {
-            b'a' => {
-                if raw.eq_ignore_ascii_case(b"Accept-Encoding") {
-                    (HeaderName::AcceptEncoding, "Accept-Encoding")
-                } else if raw.eq_ignore_ascii_case(b"Accept-Language") {
-                    (HeaderName::AcceptLanguage, "Accept-Language")
-                } else {
-                    return None;
-                }
-            }
+            b'a' => match raw[7].to_ascii_lowercase() {
+                b'e' => (HeaderName::AcceptEncoding, "Accept-Encoding"),
+                b'l' => (HeaderName::AcceptLanguage, "Accept-Language"),
+                _ => return None,
+            },
             b's' => (HeaderName::SessionExpires, "Session-Expires"),
             _ => return None,
         },
@@ -225,26 +210,22 @@ pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, &'static str)> 
             _ => return None,
         },
         19 => match first {
-            b'p' => {
-                if raw.eq_ignore_ascii_case(b"Proxy-Authorization") {
-                    (HeaderName::ProxyAuthorization, "Proxy-Authorization")
-                } else if raw.eq_ignore_ascii_case(b"P-Asserted-Identity") {
-                    (HeaderName::PAssertedIdentity, "P-Asserted-Identity")
-                } else {
-                    return None;
-                }
-            }
+            b'p' => match raw[1].to_ascii_lowercase() {
+                b'r' => (HeaderName::ProxyAuthorization, "Proxy-Authorization"),
+                b'-' => (HeaderName::PAssertedIdentity, "P-Asserted-Identity"),
+                _ => return None,
+            },
             _ => return None,
         },
         _ => return None,
     };
-    // One comparison left when the (length, first octet) pair had a single candidate.
-    (name_matches(raw, canon)).then_some((name, canon))
-}
-
-#[inline]
-fn name_matches(raw: &[u8], canon: &str) -> bool {
-    raw.eq_ignore_ascii_case(canon.as_bytes())
+    if raw == canon.as_bytes() {
+        Some((name, Some(canon)))
+    } else if raw.eq_ignore_ascii_case(canon.as_bytes()) {
+        Some((name, None))
+    } else {
+        None
+    }
 }
 
 /// The compact form (RFC 3261 §7.3.3 and later registrations) a one-letter name stands for.
@@ -298,10 +279,8 @@ impl Header {
                 }
             },
             _ => match known_long_name(raw_name) {
-                Some((n, canon)) if canon.as_bytes() == raw_name => {
-                    (n, Bytes::from_static(canon.as_bytes()))
-                }
-                Some((n, _)) => (n, base.slice_ref(raw_name)),
+                Some((n, Some(canon))) => (n, Bytes::from_static(canon.as_bytes())),
+                Some((n, None)) => (n, base.slice_ref(raw_name)),
                 None => {
                     let r = base.slice_ref(raw_name);
                     (HeaderName::Other(r.clone()), r)
@@ -396,6 +375,7 @@ impl Headers {
     }
 
     /// Appends a header line.
+    #[inline]
     pub fn push(&mut self, h: Header) {
         self.fields.push(h);
     }

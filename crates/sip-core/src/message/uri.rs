@@ -59,6 +59,10 @@ impl Host {
             return Err(ParseError::Invalid("bad character in host"));
         }
         if s.iter().all(|&b| b.is_ascii_digit() || b == b'.') {
+            if let Some(ip) = parse_ipv4(s) {
+                return Ok(Host::Ip(IpAddr::V4(ip)));
+            }
+            // Not the plain dotted quad: std's parser decides (and says why it is bad).
             let text = std::str::from_utf8(s).map_err(|_| ParseError::Invalid("bad host"))?;
             let ip: Ipv4Addr = text
                 .parse()
@@ -70,6 +74,29 @@ impl Host {
         }
         Ok(Host::Domain(base.slice_ref(s)))
     }
+}
+
+/// A dotted-quad IPv4 address: four decimal octets of 1 to 3 digits, no leading zero, each
+/// at most 255. Every address it returns is one `Ipv4Addr::from_str` returns for the same
+/// text; anything else is left to that parser.
+fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p[0] == b'0') {
+            return None;
+        }
+        let mut v: u16 = 0;
+        for &d in p {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u16::from(d - b'0');
+        }
+        *o = u8::try_from(v).ok()?;
+    }
+    parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }
 
 impl fmt::Display for Host {
@@ -359,7 +386,7 @@ fn parse_params(base: &Bytes, s: &[u8]) -> Result<Params, ParseError> {
 
 fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError> {
     // userinfo ends at the first '@' ('@' is never legal unescaped elsewhere).
-    let (userinfo, rest) = match s.iter().position(|&b| b == b'@') {
+    let (userinfo, rest) = match memchr::memchr(b'@', s) {
         Some(at) => (Some(&s[..at]), &s[at + 1..]),
         None => (None, s),
     };
@@ -384,7 +411,7 @@ fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError>
         None => (None, None),
     };
     // headers
-    let (rest, headers) = match rest.iter().position(|&b| b == b'?') {
+    let (rest, headers) = match memchr::memchr(b'?', rest) {
         Some(q) => {
             let h = &rest[q + 1..];
             let hchar = |b: u8| {
@@ -400,7 +427,7 @@ fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError>
         }
         None => (rest, None),
     };
-    let (hostport, params) = match rest.iter().position(|&b| b == b';') {
+    let (hostport, params) = match memchr::memchr(b';', rest) {
         Some(sc) => (&rest[..sc], parse_params(base, &rest[sc + 1..])?),
         None => (rest, Params::default()),
     };
@@ -488,6 +515,34 @@ mod tests {
             u.to_string(),
             "sip:alice:pw@example.com:5070;transport=tcp;lr?subject=x"
         );
+    }
+
+    #[test]
+    fn ipv4_hosts() {
+        for (text, ip) in [
+            ("sip:10.0.0.1", Some([10, 0, 0, 1])),
+            ("sip:255.255.255.255:5060", Some([255, 255, 255, 255])),
+            ("sip:0.0.0.0", Some([0, 0, 0, 0])),
+            ("sip:256.0.0.1", None),
+            ("sip:10.0.0", None),
+            ("sip:10.0.0.1.2", None),
+            ("sip:010.0.0.1", None),
+            ("sip:10..0.1", None),
+        ] {
+            let parsed = Uri::parse(text).ok().and_then(|u| u.as_sip()?.host.ip());
+            assert_eq!(parsed, ip.map(|o| IpAddr::V4(Ipv4Addr::from(o))), "{text}");
+            // The same verdict as std's parser on the host text.
+            let host = text
+                .trim_start_matches("sip:")
+                .split(':')
+                .next()
+                .unwrap_or("");
+            assert_eq!(
+                parse_ipv4(host.as_bytes()),
+                host.parse::<Ipv4Addr>().ok(),
+                "{host}"
+            );
+        }
     }
 
     #[test]
