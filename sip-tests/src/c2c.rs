@@ -60,8 +60,13 @@ pub struct Fixture {
 }
 
 pub fn fixture(fail_first_callbacks: usize) -> Fixture {
+    fixture_with(fail_first_callbacks, "")
+}
+
+/// A fixture whose configuration starts with `extra` (e.g. a `[media]` table).
+pub fn fixture_with(fail_first_callbacks: usize, extra: &str) -> Fixture {
     let carrier_port = free_port();
-    let server = TestServer::start(&config(carrier_port));
+    let server = TestServer::start(&format!("{extra}{}", config(carrier_port)));
     assert!(server.api.is_some(), "the REST API is not listening");
     Fixture {
         server,

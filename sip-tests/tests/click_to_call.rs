@@ -331,3 +331,23 @@ fn sigterm_drains_live_calls_then_hangs_up() {
     let d = desk.wait(Duration::from_secs(20));
     assert_eq!(d.code, 0, "the agent must get a BYE: {}", d.output);
 }
+
+/// No RTP from either side for `media.timeout_secs`: both legs get a BYE and the call ends.
+#[test]
+fn media_timeout_hangs_up_both_legs() {
+    let f = sip_tests::c2c::fixture_with(0, "[media]\nports = \"40000-49999\"\ntimeout_secs = 2\n");
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
+    let carrier = f.carrier("carrier_answer_silent.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    let c = carrier.wait(Duration::from_secs(30));
+    assert_eq!(c.code, 0, "the carrier must get a BYE: {}", c.output);
+    assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+    assert!(
+        call.to_string().contains("media time-out"),
+        "the outcome must say why: {call}"
+    );
+}
