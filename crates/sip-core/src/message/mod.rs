@@ -171,9 +171,7 @@ pub trait HeaderAccess {
             .headers()
             .get(&HeaderName::Via)
             .ok_or(ParseError::Missing("Via"))?;
-        let mut out = Vec::with_capacity(1);
-        Via::parse_list(v, v, &mut out)?;
-        out.into_iter().next().ok_or(ParseError::Missing("Via"))
+        Via::parse_first(v, v)
     }
 
     fn from(&self) -> Result<NameAddr, ParseError> {
@@ -214,10 +212,16 @@ pub trait HeaderAccess {
 
     /// The first Contact's name-addr, if any.
     fn contact(&self) -> Result<Option<NameAddr>, ParseError> {
-        Ok(match self.contacts()? {
-            Some(ContactValue::Addrs(a)) => a.into_iter().next(),
-            _ => None,
-        })
+        // As `contacts()` would: every Contact value is checked, `*` means none.
+        let mut first = None;
+        for v in self.headers().get_all(&HeaderName::Contact) {
+            if scan::trim_lws(v) == b"*" {
+                return Ok(None);
+            }
+            let na = NameAddr::parse_first(v, v)?;
+            first.get_or_insert(na);
+        }
+        Ok(first)
     }
 
     fn record_routes(&self) -> Result<Vec<NameAddr>, ParseError> {
@@ -611,6 +615,22 @@ mod tests {
         assert!(text.contains("To: <sip:bob@example.com>;tag=xyz\r\n"));
         assert!(text.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc;rport\r\n"));
         assert!(text.ends_with("Content-Length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn first_contact_checks_every_value() {
+        let with =
+            |contacts: &str| req(&INVITE.replace("Contact: <sip:alice@10.0.0.1:5060>", contacts));
+        let r = with(
+            "Contact: <sip:a@x.example.com>, <sip:b@y.example.com>\nContact: <sip:c@z.example.com>",
+        );
+        let c = r.contact().unwrap().unwrap();
+        assert_eq!(c.uri.to_string(), "sip:a@x.example.com");
+        let r = with("Contact: <sip:a@x.example.com>\nContact: <sip:c@z.example.com");
+        assert!(r.contact().is_err());
+        assert!(r.contacts().is_err());
+        let r = with("Contact: *");
+        assert_eq!(r.contact(), Ok(None));
     }
 
     #[test]

@@ -359,7 +359,7 @@ fn split_headers(
     let mut content_length: ContentLength = Ok(None);
     while let Some((start, end)) = lines.next_span() {
         let line = &base[start..end];
-        let colon = memchr::memchr(b':', line).ok_or_else(|| {
+        let colon = line.iter().position(|&b| b == b':').ok_or_else(|| {
             if matches!(line.first(), Some(b' ' | b'\t')) {
                 "Continuation line without a header"
             } else {

@@ -39,6 +39,23 @@ impl Via {
         String::from_utf8_lossy(&self.transport).to_ascii_uppercase()
     }
 
+    /// The first Via value of one header field, the others checked and dropped (no list
+    /// is built).
+    pub fn parse_first(base: &Bytes, v: &[u8]) -> Result<Via, ParseError> {
+        let mut s = Scanner::new(v);
+        let first = parse_one_via(base, &mut s)?;
+        loop {
+            s.skip_lws();
+            if s.at_end() {
+                return Ok(first);
+            }
+            if !s.eat(b',') {
+                return Err(ParseError::Invalid("garbage after Via"));
+            }
+            parse_one_via(base, &mut s)?;
+        }
+    }
+
     /// Parses every Via value in one header field (a comma-separated list).
     pub fn parse_list(base: &Bytes, v: &[u8], out: &mut Vec<Via>) -> Result<(), ParseError> {
         let mut s = Scanner::new(v);
@@ -159,6 +176,22 @@ impl NameAddr {
             return Err(ParseError::Invalid("garbage after name-addr"));
         }
         Ok(na)
+    }
+
+    /// The first name-addr of a comma-separated list, the others checked and dropped.
+    pub fn parse_first(base: &Bytes, v: &[u8]) -> Result<NameAddr, ParseError> {
+        let mut s = Scanner::new(v);
+        let first = parse_name_addr(base, &mut s)?;
+        loop {
+            s.skip_lws();
+            if s.at_end() {
+                return Ok(first);
+            }
+            if !s.eat(b',') {
+                return Err(ParseError::Invalid("garbage after name-addr"));
+            }
+            parse_name_addr(base, &mut s)?;
+        }
     }
 
     /// Parses a comma-separated list of name-addrs (Contact, Route, Record-Route).
@@ -446,6 +479,21 @@ mod tests {
         assert_eq!(out[0].port, Some(5060));
         assert_eq!(out[0].rport(), Some(None));
         assert_eq!(out[0].received(), Some(&b"2001:db8::9:255"[..]));
+    }
+
+    #[test]
+    fn first_of_a_list_checks_the_rest() {
+        let v = b("SIP/2.0/UDP a.example.com;branch=z9hG4bK1, SIP/2.0/TCP b.example.com");
+        let first = Via::parse_first(&v, &v).unwrap();
+        assert_eq!(first.branch(), Some(&b"z9hG4bK1"[..]));
+        let bad = b("SIP/2.0/UDP a.example.com;branch=z9hG4bK1, SIP/2.0/UDP");
+        assert!(Via::parse_first(&bad, &bad).is_err());
+        assert!(Via::parse_list(&bad, &bad, &mut Vec::new()).is_err());
+        let c = b("<sip:a@example.com>;expires=60, <sip:b@example.com>");
+        let first = NameAddr::parse_first(&c, &c).unwrap();
+        assert_eq!(first.params.get_str("expires").as_deref(), Some("60"));
+        let bad = b("<sip:a@example.com>, <sip:b@example.com");
+        assert!(NameAddr::parse_first(&bad, &bad).is_err());
     }
 
     #[test]

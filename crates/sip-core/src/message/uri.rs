@@ -52,13 +52,18 @@ impl Host {
                 .map_err(|_| ParseError::Invalid("bad IPv6 reference"))?;
             return Ok(Host::Ip(IpAddr::V6(ip)));
         }
-        if !s
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
-            return Err(ParseError::Invalid("bad character in host"));
+        // One pass: every octet a host name octet, and whether all are digits or dots.
+        let mut numeric = true;
+        for &b in s {
+            if b.is_ascii_digit() || b == b'.' {
+                continue;
+            }
+            if !(b.is_ascii_alphabetic() || b == b'-') {
+                return Err(ParseError::Invalid("bad character in host"));
+            }
+            numeric = false;
         }
-        if s.iter().all(|&b| b.is_ascii_digit() || b == b'.') {
+        if numeric {
             if let Some(ip) = parse_ipv4(s) {
                 return Ok(Host::Ip(IpAddr::V4(ip)));
             }
@@ -386,7 +391,7 @@ fn parse_params(base: &Bytes, s: &[u8]) -> Result<Params, ParseError> {
 
 fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError> {
     // userinfo ends at the first '@' ('@' is never legal unescaped elsewhere).
-    let (userinfo, rest) = match memchr::memchr(b'@', s) {
+    let (userinfo, rest) = match s.iter().position(|&b| b == b'@') {
         Some(at) => (Some(&s[..at]), &s[at + 1..]),
         None => (None, s),
     };
@@ -411,7 +416,7 @@ fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError>
         None => (None, None),
     };
     // headers
-    let (rest, headers) = match memchr::memchr(b'?', rest) {
+    let (rest, headers) = match rest.iter().position(|&b| b == b'?') {
         Some(q) => {
             let h = &rest[q + 1..];
             let hchar = |b: u8| {
@@ -427,7 +432,7 @@ fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError>
         }
         None => (rest, None),
     };
-    let (hostport, params) = match memchr::memchr(b';', rest) {
+    let (hostport, params) = match rest.iter().position(|&b| b == b';') {
         Some(sc) => (&rest[..sc], parse_params(base, &rest[sc + 1..])?),
         None => (rest, Params::default()),
     };
