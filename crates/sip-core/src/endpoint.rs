@@ -473,6 +473,55 @@ enum Machine {
     ServerNonInvite(ServerNonInviteTransaction),
 }
 
+/// The driving side the four machines share (quinn-proto style polling).
+trait Polled {
+    fn poll_transmit(&mut self) -> Option<Bytes>;
+    fn poll_event(&mut self) -> Option<TxEvent>;
+    fn poll_timeout(&self) -> Option<std::time::Instant>;
+    fn handle_timeout(&mut self, now: std::time::Instant);
+    fn is_terminated(&self) -> bool;
+}
+
+macro_rules! polled {
+    ($($t:ty),*) => {$(
+        impl Polled for $t {
+            fn poll_transmit(&mut self) -> Option<Bytes> {
+                <$t>::poll_transmit(self)
+            }
+            fn poll_event(&mut self) -> Option<TxEvent> {
+                <$t>::poll_event(self)
+            }
+            fn poll_timeout(&self) -> Option<std::time::Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn handle_timeout(&mut self, now: std::time::Instant) {
+                <$t>::handle_timeout(self, now)
+            }
+            fn is_terminated(&self) -> bool {
+                <$t>::is_terminated(self)
+            }
+        }
+    )*};
+}
+
+polled!(
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction
+);
+
+impl Machine {
+    fn polled(&mut self) -> &mut dyn Polled {
+        match self {
+            Machine::ClientInvite(m) => m,
+            Machine::ClientNonInvite(m) => m,
+            Machine::ServerInvite(m) => m,
+            Machine::ServerNonInvite(m) => m,
+        }
+    }
+}
+
 struct TxEntry {
     machine: Machine,
     flow: Flow,
@@ -551,52 +600,17 @@ impl Layer {
         let Some(e) = self.txs.get_mut(&id) else {
             return;
         };
+        let m = e.machine.polled();
         let mut out = Vec::new();
-        let mut evs = Vec::new();
-        let deadline;
-        let terminated;
-        match &mut e.machine {
-            Machine::ClientInvite(m) => {
-                while let Some(b) = m.poll_transmit() {
-                    out.push(b);
-                }
-                while let Some(ev) = m.poll_event() {
-                    evs.push(ev);
-                }
-                deadline = m.poll_timeout();
-                terminated = m.is_terminated();
-            }
-            Machine::ClientNonInvite(m) => {
-                while let Some(b) = m.poll_transmit() {
-                    out.push(b);
-                }
-                while let Some(ev) = m.poll_event() {
-                    evs.push(ev);
-                }
-                deadline = m.poll_timeout();
-                terminated = m.is_terminated();
-            }
-            Machine::ServerInvite(m) => {
-                while let Some(b) = m.poll_transmit() {
-                    out.push(b);
-                }
-                while let Some(ev) = m.poll_event() {
-                    evs.push(ev);
-                }
-                deadline = m.poll_timeout();
-                terminated = m.is_terminated();
-            }
-            Machine::ServerNonInvite(m) => {
-                while let Some(b) = m.poll_transmit() {
-                    out.push(b);
-                }
-                while let Some(ev) = m.poll_event() {
-                    evs.push(ev);
-                }
-                deadline = m.poll_timeout();
-                terminated = m.is_terminated();
-            }
+        while let Some(b) = m.poll_transmit() {
+            out.push(b);
         }
+        let mut evs = Vec::new();
+        while let Some(ev) = m.poll_event() {
+            evs.push(ev);
+        }
+        let deadline = m.poll_timeout();
+        let terminated = m.is_terminated();
         let flow = e.flow;
         let resp = e.last_response.take();
         let client_events = e.events.clone();
@@ -660,21 +674,10 @@ impl Layer {
                 continue;
             };
             // Lazy deletion: only fire if the machine's deadline is really due.
-            let due = match &e.machine {
-                Machine::ClientInvite(m) => m.poll_timeout(),
-                Machine::ClientNonInvite(m) => m.poll_timeout(),
-                Machine::ServerInvite(m) => m.poll_timeout(),
-                Machine::ServerNonInvite(m) => m.poll_timeout(),
-            };
-            match due {
-                Some(d) if d <= now => {}
+            let m = e.machine.polled();
+            match m.poll_timeout() {
+                Some(d) if d <= now => m.handle_timeout(now),
                 _ => continue,
-            }
-            match &mut e.machine {
-                Machine::ClientInvite(m) => m.handle_timeout(now),
-                Machine::ClientNonInvite(m) => m.handle_timeout(now),
-                Machine::ServerInvite(m) => m.handle_timeout(now),
-                Machine::ServerNonInvite(m) => m.handle_timeout(now),
             }
             self.drive(id);
         }
