@@ -47,7 +47,7 @@ pub struct RegistrarConfig {
     /// User agents (matched case-insensitively as a prefix of `User-Agent`) that are
     /// challenged with MD5 only: their digest code gives up on a 401 as soon as one
     /// challenge names an algorithm it does not know, instead of using the one it knows
-    /// (baresip 1.0 / libre 1.1 answer "Function not implemented").
+    /// (baresip 1.0 / libre 1.1 answer "Function not implemented"; Twinkle 1.10 reads only the last challenge and knows only MD5).
     pub md5_only_user_agents: Vec<String>,
 }
 
@@ -61,7 +61,7 @@ impl Default for RegistrarConfig {
             nonce_lifetime_secs: 300,
             guard: GuardConfig::default(),
             algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
-            md5_only_user_agents: vec!["baresip".into(), "libre".into()],
+            md5_only_user_agents: vec!["baresip".into(), "libre".into(), "twinkle".into()],
         }
     }
 }
