@@ -8,10 +8,10 @@
 //!   `check()` verdict;
 //! - Via and name-addr values written back with `Display` parse again to the same value.
 //!
-//! Known defect `lossy-utf8`: URIs and parameters are written back through
-//! `String::from_utf8_lossy`, so octets that are not UTF-8 come back as U+FFFD. When it is
-//! tolerated and the `Display` output holds U+FFFD, the value-equality checks are skipped
-//! (the re-parse must still succeed).
+//! Defect `lossy-utf8` (fixed, see `fuzz/regressions/README.md`): URIs and parameters were
+//! written back through `String::from_utf8_lossy`, so octets that are not UTF-8 came back as
+//! U+FFFD. When `SIP_FUZZ_TOLERATE` names it and the `Display` output holds U+FFFD, the
+//! value-equality checks are skipped (the re-parse must still succeed).
 
 #![no_main]
 

@@ -6,8 +6,9 @@
 //!   that value gives the same text (Display is a fixed point after one pass);
 //! - the same for a name-addr;
 //! - `Uri::parse_in` over raw bytes (the path the message parser takes) writes back text that
-//!   parses again, to an equal value. Known defect `lossy-utf8`: octets that are not UTF-8
-//!   are written through `from_utf8_lossy`; when tolerated, only the re-parse is required.
+//!   parses again, to an equal value. Defect `lossy-utf8` (fixed): octets that are not UTF-8
+//!   were written through `from_utf8_lossy`; when `SIP_FUZZ_TOLERATE` names it, only the
+//!   re-parse is required.
 
 #![no_main]
 

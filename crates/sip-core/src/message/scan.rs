@@ -118,7 +118,9 @@ impl<'a> Scanner<'a> {
         (!t.is_empty()).then_some(t)
     }
 
-    /// A `quoted-string` including its quotes; `None` if unterminated or not at a quote.
+    /// A `quoted-string` including its quotes; `None` if unterminated, not at a quote, or
+    /// holding octets ≥ 0x80 that are not UTF-8 (`qdtext` allows `UTF8-NONASCII` only,
+    /// RFC 3261 §25.1, so every accepted value can be written back as text unchanged).
     pub(crate) fn quoted_string(&mut self) -> Option<&'a [u8]> {
         let start = self.pos;
         if !self.eat(b'"') {
@@ -127,8 +129,13 @@ impl<'a> Scanner<'a> {
         while let Some(b) = self.peek() {
             match b {
                 b'"' => {
+                    let q = &self.buf[start..=self.pos];
+                    if std::str::from_utf8(q).is_err() {
+                        self.pos = start;
+                        return None;
+                    }
                     self.pos += 1;
-                    return Some(&self.buf[start..self.pos]);
+                    return Some(q);
                 }
                 b'\\' => {
                     // quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)
@@ -211,6 +218,12 @@ mod tests {
     fn quoted_strings() {
         let mut s = Scanner::new(br#""J Rosenberg \\\"" <sip:x>"#);
         assert_eq!(s.quoted_string(), Some(&br#""J Rosenberg \\\"""#[..]));
+        // UTF-8 is legal in a quoted string, other octets >= 0x80 are not.
+        let mut s = Scanner::new("\"J\u{e9}r\u{f4}me\" <sip:x>".as_bytes());
+        assert_eq!(s.quoted_string(), Some("\"J\u{e9}r\u{f4}me\"".as_bytes()));
+        let mut s = Scanner::new(b"\"J\xe9r\xf4me\" <sip:x>");
+        assert_eq!(s.quoted_string(), None);
+        assert_eq!(s.pos, 0);
         let mut s = Scanner::new(br#""unterminated <sip:x>"#);
         assert_eq!(s.quoted_string(), None);
         assert_eq!(s.pos, 0);
