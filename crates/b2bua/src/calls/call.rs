@@ -98,6 +98,17 @@ pub(crate) struct Call {
     customer: Option<LegState>,
     answered_at: Option<Instant>,
     answered_at_ms: Option<i64>,
+    /// Commands that arrived while a passed-through transaction was pending, handled next.
+    deferred: std::collections::VecDeque<CallCmd>,
+}
+
+/// What ended the wait for a passed-through transaction.
+enum Watch {
+    Answered(Option<Response>),
+    /// A BYE from either leg (answered at once; the call ends).
+    Bye(Box<IncomingRequest>, Leg),
+    /// API hang-up, shutdown or media time-out: the call ends.
+    End(CallCmd),
 }
 
 fn outcome(status: CallStatus, leg: Option<Leg>, sip_code: Option<u16>, reason: &str) -> Outcome {
@@ -135,6 +146,7 @@ impl Call {
             customer: None,
             answered_at: None,
             answered_at_ms: None,
+            deferred: std::collections::VecDeque::new(),
         }
     }
 
@@ -1006,27 +1018,20 @@ impl Call {
                     None => std::future::pending::<()>().await,
                 }
             };
+            let deferred = self.deferred.pop_front();
             tokio::select! {
-                cmd = self.rx.recv() => {
+                cmd = async {
+                    match deferred {
+                        Some(c) => Some(c),
+                        None => self.rx.recv().await,
+                    }
+                } => {
                     let Some(cmd) = cmd else {
                         return outcome(CallStatus::Completed, None, None, "engine stopped");
                     };
                     match cmd {
-                        CallCmd::Hangup => {
-                            self.bye(Leg::Agent).await;
-                            self.bye(Leg::Customer).await;
-                            return outcome(CallStatus::Completed, None, None, "hung up via API");
-                        }
-                        CallCmd::Shutdown => {
-                            self.bye(Leg::Agent).await;
-                            self.bye(Leg::Customer).await;
-                            return outcome(CallStatus::Completed, None, None, "server shutting down");
-                        }
-                        CallCmd::MediaTimeout => {
-                            self.note(None, "no RTP from either side: media time-out");
-                            self.bye(Leg::Agent).await;
-                            self.bye(Leg::Customer).await;
-                            return outcome(CallStatus::Completed, None, None, "media time-out");
+                        c @ (CallCmd::Hangup | CallCmd::Shutdown | CallCmd::MediaTimeout) => {
+                            return self.end_connected(c).await;
                         }
                         CallCmd::Stray(resp, flow) => self.on_stray(resp, flow).await,
                         CallCmd::Request(inc, from) => {
@@ -1041,6 +1046,112 @@ impl Call {
                         return o;
                     }
                 }
+            }
+        }
+    }
+
+    /// A BYE on a connected call: 200, BYE to the other side, `completed` by that leg.
+    async fn on_bye(&mut self, inc: IncomingRequest, from: Leg) -> Outcome {
+        self.respond(&inc, 200);
+        if let Some(l) = self.leg_mut(from) {
+            l.dialog.terminate();
+        }
+        match from {
+            Leg::Agent => self.agent = None,
+            Leg::Customer => self.customer = None,
+        }
+        self.bye(Self::other(from)).await;
+        outcome(
+            CallStatus::Completed,
+            Some(from),
+            Some(200),
+            &format!("{} hung up", from.as_str()),
+        )
+    }
+
+    /// API hang-up, shutdown or media time-out of a connected call: BYE both legs.
+    async fn end_connected(&mut self, cmd: CallCmd) -> Outcome {
+        let reason = match cmd {
+            CallCmd::Shutdown => "server shutting down",
+            CallCmd::MediaTimeout => {
+                self.note(None, "no RTP from either side: media time-out");
+                "media time-out"
+            }
+            _ => "hung up via API",
+        };
+        self.bye(Leg::Agent).await;
+        self.bye(Leg::Customer).await;
+        outcome(CallStatus::Completed, None, None, reason)
+    }
+
+    /// Like [`Call::transact`], but keeps listening to the call's commands meanwhile: a BYE
+    /// or an end of the call interrupts the wait; anything else waits its turn.
+    ///
+    /// `ack_with`: for a passed re-INVITE, the dialog whose late 2xx must still be ACKed when
+    /// the wait is interrupted.
+    async fn transact_watching(
+        &mut self,
+        req: Request,
+        dest: Destination,
+        limit: Duration,
+        ack_with: Option<Dialog>,
+    ) -> Watch {
+        let Ok(mut ct) = self.inner.endpoint.send_request(req, Some(dest)).await else {
+            return Watch::Answered(None);
+        };
+        let interrupted = |mut ct: ClientTransaction, endpoint: sip_core::endpoint::Endpoint| {
+            // The call ends under a pending INVITE: its 2xx, when it comes, is still ACKed
+            // (RFC 3261 §13.2.2.4) so that the peer stops retransmitting it.
+            if let Some(d) = ack_with.clone() {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(32), async {
+                        while let Some(ev) = ct.next().await {
+                            match ev {
+                                ClientEvent::Response(r) if r.is_success() => {
+                                    let cseq = r.cseq().map(|c| c.seq).unwrap_or(1);
+                                    let ack = d.ack_for_2xx(cseq, None);
+                                    let _ = endpoint.send_ack(ack, Some(dest)).await;
+                                }
+                                ClientEvent::Response(r) if r.status >= 200 => return,
+                                ClientEvent::Response(_) => {}
+                                _ => return,
+                            }
+                        }
+                    })
+                    .await;
+                });
+            }
+        };
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                ev = ct.next() => match ev {
+                    Some(ClientEvent::Response(r)) if r.status >= 200 => return Watch::Answered(Some(r)),
+                    Some(ClientEvent::Response(_)) => {}
+                    _ => return Watch::Answered(None),
+                },
+                _ = &mut deadline => return Watch::Answered(None),
+                cmd = self.rx.recv() => match cmd {
+                    Some(CallCmd::Request(inc, leg)) if inc.request.method == Method::Bye => {
+                        let ok = self
+                            .leg_mut(leg)
+                            .is_some_and(|l| l.dialog.receive_request(&inc.request).is_ok());
+                        if ok {
+                            let cid = inc.request.call_id_str();
+                            self.sip_event(leg, "received", "BYE (in dialog)".into(), &cid);
+                            interrupted(ct, self.inner.endpoint.clone());
+                            return Watch::Bye(inc, leg);
+                        }
+                        self.respond(&inc, 481);
+                    }
+                    Some(c @ (CallCmd::Hangup | CallCmd::Shutdown | CallCmd::MediaTimeout)) => {
+                        interrupted(ct, self.inner.endpoint.clone());
+                        return Watch::End(c);
+                    }
+                    Some(other) => self.deferred.push_back(other),
+                    None => return Watch::Answered(None),
+                },
             }
         }
     }
@@ -1075,27 +1186,8 @@ impl Call {
             return None;
         }
         match inc.request.method.clone() {
-            Method::Bye => {
-                self.respond(&inc, 200);
-                if let Some(l) = self.leg_mut(from) {
-                    l.dialog.terminate();
-                }
-                match from {
-                    Leg::Agent => self.agent = None,
-                    Leg::Customer => self.customer = None,
-                }
-                self.bye(Self::other(from)).await;
-                Some(outcome(
-                    CallStatus::Completed,
-                    Some(from),
-                    Some(200),
-                    &format!("{} hung up", from.as_str()),
-                ))
-            }
-            Method::Invite | Method::Update => {
-                self.pass_offer(inc, from).await;
-                None
-            }
+            Method::Bye => Some(self.on_bye(inc, from).await),
+            Method::Invite | Method::Update => self.pass_offer(inc, from).await,
             Method::Info => {
                 self.pass_info(inc, from).await;
                 None
@@ -1117,7 +1209,7 @@ impl Call {
     /// re-INVITE / UPDATE from one side: without SDP it is a refresh answered here; with SDP
     /// the offer goes to the other side rewritten to the relay, and its answer comes back
     /// rewritten the same way (hold, codec change).
-    async fn pass_offer(&mut self, inc: IncomingRequest, from: Leg) {
+    async fn pass_offer(&mut self, inc: IncomingRequest, from: Leg) -> Option<Outcome> {
         if inc.request.body.is_empty()
             || sdp_glue::same_media(
                 &inc.request.body,
@@ -1132,23 +1224,23 @@ impl Call {
                 self.set_peer(from, &b);
             }
             self.answer_refresh(&inc, from);
-            return;
+            return None;
         }
         let to = Self::other(from);
         let method = inc.request.method.clone();
         let Some(relay_to) = self.relay_addr(to) else {
             self.respond(&inc, 500);
-            return;
+            return None;
         };
         let Some(relay_from) = self.relay_addr(from) else {
             self.respond(&inc, 500);
-            return;
+            return None;
         };
         // Offer to the other side.
-        let (req, dest) = {
+        let (req, dest, other_dialog) = {
             let Some(other) = self.leg_mut(to) else {
                 self.respond(&inc, 481);
-                return;
+                return None;
             };
             let offer = sdp_glue::rewrite(&inc.request.body, relay_to, &mut other.origin);
             let mut req = other
@@ -1160,7 +1252,8 @@ impl Call {
                 req.headers.add(HeaderName::Supported, "timer");
             }
             other.local_sdp = offer;
-            (req, other.dest)
+            let d = (method == Method::Invite).then(|| other.dialog.clone());
+            (req, other.dest, d)
         };
         let other_call_id = req.call_id_str();
         self.sip_event(
@@ -1169,9 +1262,25 @@ impl Call {
             format!("{method} (passed through)"),
             &other_call_id,
         );
-        let Some(resp) = self.transact(req, dest, Duration::from_secs(32)).await else {
-            self.respond(&inc, 408);
-            return;
+        let resp = match self
+            .transact_watching(req, dest, Duration::from_secs(32), other_dialog)
+            .await
+        {
+            Watch::Answered(Some(r)) => r,
+            Watch::Answered(None) => {
+                self.respond(&inc, 408);
+                return None;
+            }
+            Watch::Bye(bye, leg) => {
+                // The session ends under the pending offer (RFC 3261 §15.1.2): the offer is
+                // answered 487, the BYE 200, the other side gets its BYE.
+                self.respond(&inc, 487);
+                return Some(self.on_bye(*bye, leg).await);
+            }
+            Watch::End(cmd) => {
+                self.respond(&inc, 487);
+                return Some(self.end_connected(cmd).await);
+            }
         };
         self.sip_event(
             to,
@@ -1184,7 +1293,7 @@ impl Call {
             let mut r = Response::for_request(&inc.request, resp.status);
             r.reason = resp.reason.clone();
             self.respond_with(&inc, r);
-            return;
+            return None;
         }
         if let Some(other) = self.leg_mut(to) {
             let _ = other.dialog.receive_response(&resp);
@@ -1202,7 +1311,7 @@ impl Call {
         self.set_peer(to, &resp.body);
         self.set_peer(from, &inc.request.body);
         // Answer the side that asked, with the other side's answer rewritten to our relay.
-        let Some(l) = self.leg_mut(from) else { return };
+        let l = self.leg_mut(from)?;
         let answer = sdp_glue::rewrite(&resp.body, relay_from, &mut l.origin);
         l.local_sdp = answer.clone();
         l.remote_sdp = inc.request.body.clone();
@@ -1215,6 +1324,7 @@ impl Call {
         r.headers.add(HeaderName::ContentType, "application/sdp");
         r.body = answer;
         self.respond_with(&inc, r);
+        None
     }
 
     async fn pass_info(&mut self, inc: IncomingRequest, from: Leg) {
