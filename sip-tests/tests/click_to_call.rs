@@ -351,3 +351,22 @@ fn media_timeout_hangs_up_both_legs() {
         "the outcome must say why: {call}"
     );
 }
+
+/// The customer takes fewer codecs (PCMA only) than the agent did (PCMU and PCMA): the agent
+/// is re-INVITEd with the customer's codecs once the customer answers.
+#[test]
+fn agent_is_reinvited_with_the_customer_codecs() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer_realign.xml", &[]);
+    let carrier = f.carrier("carrier_answer_pcma_hangup.xml", &["-d", "2000"]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    let c = carrier.wait(Duration::from_secs(60));
+    assert_eq!(c.code, 0, "{}", c.output);
+    let d = desk.wait(Duration::from_secs(30));
+    assert_eq!(d.code, 0, "{}", d.output);
+    assert!(d.output.contains("REALIGNED"), "{}", d.output);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+}

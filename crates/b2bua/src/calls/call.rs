@@ -257,7 +257,12 @@ impl Call {
             )
             .await
         {
-            Ok(c) => self.customer = Some(c),
+            Ok(c) => {
+                self.customer = Some(c);
+                if let Some(o) = self.realign_agent().await {
+                    return o;
+                }
+            }
             Err(ForkFailure(o)) => {
                 self.bye(Leg::Agent).await;
                 return o;
@@ -952,6 +957,69 @@ impl Call {
                     .await;
                 return;
             }
+        }
+    }
+
+    /// The customer took fewer codecs than the agent: re-INVITE the agent with an offer of
+    /// the customer's codecs, so that it sends nothing the customer cannot take. A BYE or an
+    /// end of the call meanwhile ends the call (returned).
+    async fn realign_agent(&mut self) -> Option<Outcome> {
+        let (Some(a), Some(c)) = (self.agent.as_mut(), self.customer.as_ref()) else {
+            return None;
+        };
+        let offer = sdp_glue::realign_agent(
+            &a.local_sdp,
+            &a.remote_sdp,
+            &c.local_sdp,
+            &c.remote_sdp,
+            &mut a.origin,
+        )?;
+        let mut req = a
+            .dialog
+            .new_request(Method::Invite, Some(("application/sdp", offer.clone())));
+        if let Some(se) = a.session_expires {
+            req.headers
+                .add(HeaderName::SessionExpires, format!("{se};refresher=uac"));
+            req.headers.add(HeaderName::Supported, "timer");
+        }
+        a.local_sdp = offer;
+        let dest = a.dest;
+        let dialog = a.dialog.clone();
+        let cid = req.call_id_str();
+        self.sip_event(
+            Leg::Agent,
+            "sent",
+            "INVITE (codecs narrowed to the customer's)".into(),
+            &cid,
+        );
+        match self
+            .transact_watching(req, dest, Duration::from_secs(32), Some(dialog))
+            .await
+        {
+            Watch::Answered(Some(r)) => {
+                self.sip_event(
+                    Leg::Agent,
+                    "received",
+                    format!("{} {}", r.status, String::from_utf8_lossy(&r.reason)),
+                    &cid,
+                );
+                if r.is_success() {
+                    if let Some(a) = self.agent.as_mut() {
+                        let _ = a.dialog.receive_response(&r);
+                        let cseq = r.cseq().map(|c| c.seq).unwrap_or(1);
+                        let ack = a.dialog.ack_for_2xx(cseq, None);
+                        if !r.body.is_empty() {
+                            a.remote_sdp = r.body.clone();
+                        }
+                        let _ = self.inner.endpoint.send_ack(ack, Some(dest)).await;
+                    }
+                    self.set_peer(Leg::Agent, &r.body);
+                }
+                None
+            }
+            Watch::Answered(None) => None,
+            Watch::Bye(bye, leg) => Some(self.on_bye(*bye, leg).await),
+            Watch::End(cmd) => Some(self.end_connected(cmd).await),
         }
     }
 

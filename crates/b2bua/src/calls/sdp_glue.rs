@@ -63,6 +63,41 @@ pub(crate) fn customer_offer(
     sdp.to_bytes()
 }
 
+/// When the customer accepted fewer codecs than the agent (the agent could send one the
+/// customer does not take), the new offer for the agent: our last offer narrowed to the
+/// customer's codecs, as a new version. `None` when nothing must change.
+pub(crate) fn realign_agent(
+    agent_offer: &[u8],
+    agent_answer: &[u8],
+    customer_offer: &[u8],
+    customer_answer: &[u8],
+    origin: &mut Origin,
+) -> Option<Bytes> {
+    let ao = SessionDescription::parse(agent_offer).ok()?;
+    let aa = SessionDescription::parse(agent_answer).ok()?;
+    let co = SessionDescription::parse(customer_offer).ok()?;
+    let ca = SessionDescription::parse(customer_answer).ok()?;
+    let agent = accepted_codecs(&ao, &aa);
+    let customer = accepted_codecs(&co, &ca);
+    if customer.is_empty() {
+        return None;
+    }
+    let all_taken = agent.iter().all(|a| {
+        customer
+            .iter()
+            .any(|c| c.same_codec(&a.encoding, a.clock_rate))
+    });
+    if all_taken {
+        return None;
+    }
+    let mut offer = ao;
+    if !offer.retain_audio_codecs(&customer) {
+        return None;
+    }
+    origin.stamp(&mut offer, true);
+    Some(offer.to_bytes())
+}
+
 /// Where a leg's peer wants its media (a hint for the relay, which latches anyway).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PeerMedia {
@@ -220,6 +255,29 @@ mod tests {
         assert!(text.contains("PCMA/8000"), "{text}");
         assert!(text.contains("telephone-event/8000"), "{text}");
         assert!(!text.contains("PCMU") && !text.contains("opus"), "{text}");
+    }
+
+    #[test]
+    fn agent_is_realigned_to_the_customer_codecs() {
+        let mut o = Origin::new();
+        let offer = agent_offer("127.0.0.1:40000".parse().unwrap(), &mut o);
+        let agent_answer = b"v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let mut co = Origin::new();
+        let cust_offer = customer_offer(
+            "127.0.0.1:40002".parse().unwrap(),
+            &mut co,
+            &offer,
+            agent_answer,
+        );
+        // The customer takes PCMA (and DTMF) only: the agent must be told.
+        let re = realign_agent(&offer, agent_answer, &cust_offer, AGENT_ANSWER, &mut o).unwrap();
+        let text = String::from_utf8_lossy(&re).into_owned();
+        assert!(
+            text.contains("PCMA/8000") && !text.contains("PCMU"),
+            "{text}"
+        );
+        // The customer takes everything the agent took: nothing to do.
+        assert!(realign_agent(&offer, agent_answer, &cust_offer, agent_answer, &mut o).is_none());
     }
 
     #[test]
