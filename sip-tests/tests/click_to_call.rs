@@ -370,3 +370,59 @@ fn agent_is_reinvited_with_the_customer_codecs() {
     let call = f.ended(&id);
     assert_eq!(call["status"], "completed", "{call}");
 }
+
+/// Click-2-Call style: the agent leg is a number reached through the trunk (an upstream PBX),
+/// with `dial_as` as the identity it sees; both legs go to the carrier, then an API hang-up
+/// ends both.
+#[test]
+fn click2call_agent_leg_through_the_trunk() {
+    let f = fixture(0);
+    let carrier = f.carrier("carrier_answer.xml", &["-m", "2"]);
+    let r = sip_tests::http::request(
+        f.api(),
+        "GET",
+        "/click2call?api_key=sk_test_1&dial_first=%2B14155550111&dial_second=%2B14155550100&dial_as=%2B14155551234",
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["response"]["status"], "success", "{body}");
+    let request_id = body["response"]["request_id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let status = |rid: &str| {
+        sip_tests::http::request(
+            f.api(),
+            "GET",
+            &format!("/click2call/status/{rid}?api_key=sk_test_1"),
+            &[],
+            None,
+        )
+        .json()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let call_id = loop {
+        let s = status(&request_id);
+        if s["response"]["call_status"] == "in-progress" {
+            break s["response"]["call_id"].as_str().unwrap_or("").to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never in progress: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(f.hangup(&call_id), 202);
+    let c = carrier.wait(Duration::from_secs(30));
+    assert_eq!(c.code, 0, "{}", c.output);
+    // The agent leg's INVITE went to +14155550111 showing the dial_as identity.
+    assert!(
+        c.output.contains("INVITE sip:+14155550111@"),
+        "{}",
+        c.output
+    );
+    let call = f.ended(&call_id);
+    assert_eq!(call["status"], "completed", "{call}");
+}
