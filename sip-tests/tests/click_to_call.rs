@@ -426,3 +426,33 @@ fn click2call_agent_leg_through_the_trunk() {
     let call = f.ended(&call_id);
     assert_eq!(call["status"], "completed", "{call}");
 }
+
+/// RFC 4028: the carrier asks for a 4 s session with dialbridge (the UAC) as refresher: a
+/// refreshing re-INVITE arrives within the interval, and the call stays up until hung up.
+#[test]
+fn session_timer_is_refreshed() {
+    let f = fixture(0);
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
+    let carrier = f.carrier("carrier_session_timer.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    assert!(
+        f.receiver
+            .wait_status("in-progress", Duration::from_secs(20)),
+        "{:?}",
+        f.receiver.accepted()
+    );
+    assert!(
+        carrier.wait_log("REFRESH", Duration::from_secs(6)),
+        "no refresh: {}",
+        carrier.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(f.hangup(&id), 202);
+    let c = carrier.wait(Duration::from_secs(30));
+    assert_eq!(c.code, 0, "{}", c.output);
+    assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+}
