@@ -456,3 +456,28 @@ fn session_timer_is_refreshed() {
     let call = f.ended(&id);
     assert_eq!(call["status"], "completed", "{call}");
 }
+
+/// INFO (DTMF relay) from the agent passes through to the carrier with its body, and the
+/// carrier's answer comes back.
+#[test]
+fn info_passes_through() {
+    let f = fixture(0);
+    let desk = f.phone(
+        "alice-desk",
+        "s3cret-desk",
+        "agent_answer_info_hangup.xml",
+        &["-d", "500"],
+    );
+    let carrier = f.carrier("carrier_answer_info.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    let d = desk.wait(Duration::from_secs(60));
+    assert_eq!(d.code, 0, "{}", d.output);
+    assert!(d.output.contains("INFO ANSWERED"), "{}", d.output);
+    let c = carrier.wait(Duration::from_secs(30));
+    assert_eq!(c.code, 0, "{}", c.output);
+    assert!(c.output.contains("INFO Signal=5"), "{}", c.output);
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+}
