@@ -4,6 +4,8 @@
 //! (`CRLF 1*WSP`). The scanner treats CR and LF inside a value as linear white space,
 //! which is what unfolding would produce, without copying the value.
 
+use bytes::Bytes;
+
 /// `token` characters of RFC 3261 §25.1, one entry per octet.
 static TOKEN: [bool; 256] = {
     let mut t = [false; 256];
@@ -155,6 +157,36 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// `s` as a `Bytes`: a static one when it is a word that recurs in nearly every message
+/// (parameter names, transports, `phone`), so the common case updates no reference count; a
+/// slice of `base` otherwise. Either way the octets are those of `s`, case included.
+#[inline]
+pub(crate) fn shared_word(base: &Bytes, s: &[u8]) -> Bytes {
+    let word: &'static [u8] = match s {
+        b"tag" => b"tag",
+        b"branch" => b"branch",
+        b"rport" => b"rport",
+        b"received" => b"received",
+        b"user" => b"user",
+        b"phone" => b"phone",
+        b"transport" => b"transport",
+        b"lr" => b"lr",
+        b"expires" => b"expires",
+        b"maddr" => b"maddr",
+        b"ftag" => b"ftag",
+        b"alias" => b"alias",
+        b"refresher" => b"refresher",
+        b"UDP" => b"UDP",
+        b"TCP" => b"TCP",
+        b"TLS" => b"TLS",
+        b"udp" => b"udp",
+        b"tcp" => b"tcp",
+        b"tls" => b"tls",
+        _ => return base.slice_ref(s),
+    };
+    Bytes::from_static(word)
+}
+
 /// Trims LWS on both sides.
 pub(crate) fn trim_lws(mut s: &[u8]) -> &[u8] {
     while let Some((&f, rest)) = s.split_first() {
@@ -228,6 +260,14 @@ mod tests {
         assert_eq!(s.quoted_string(), None);
         assert_eq!(s.pos, 0);
         assert_eq!(unquote(br#""a \"b\" \\""#), br#"a "b" \"#.to_vec());
+    }
+
+    #[test]
+    fn shared_words_keep_their_octets() {
+        let base = Bytes::from_static(b"branch Branch x-custom");
+        assert_eq!(&shared_word(&base, &base[..6])[..], b"branch");
+        assert_eq!(&shared_word(&base, &base[7..13])[..], b"Branch");
+        assert_eq!(&shared_word(&base, &base[14..])[..], b"x-custom");
     }
 
     #[test]

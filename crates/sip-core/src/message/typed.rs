@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use std::fmt;
 
-use super::scan::{is_token, parse_decimal, Scanner};
+use super::scan::{is_token, parse_decimal, shared_word, Scanner};
 use super::uri::{split_hostport, Host, Params, Uri};
 use super::{Method, ParseError};
 
@@ -109,7 +109,7 @@ fn parse_one_via(base: &Bytes, s: &mut Scanner<'_>) -> Result<Via, ParseError> {
     let (host, port) = split_hostport(base, hp)?;
     let params = parse_header_params(base, s)?;
     Ok(Via {
-        transport: base.slice_ref(transport),
+        transport: shared_word(base, transport),
         host,
         port,
         params,
@@ -136,7 +136,7 @@ fn parse_header_params(base: &Bytes, s: &mut Scanner<'_>) -> Result<Params, Pars
         } else {
             None
         };
-        params.push((base.slice_ref(name), value));
+        params.push((shared_word(base, name), value));
     }
     Ok(Params(params))
 }

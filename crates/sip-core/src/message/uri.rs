@@ -5,7 +5,7 @@ use bytes::Bytes;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::scan::parse_decimal;
+use super::scan::{parse_decimal, shared_word};
 use super::ParseError;
 
 /// A URI as found in a Request-URI or a name-addr.
@@ -384,7 +384,7 @@ fn parse_params(base: &Bytes, s: &[u8]) -> Result<Params, ParseError> {
                 return Err(ParseError::Invalid("bad URI parameter value"));
             }
         }
-        params.push((base.slice_ref(name), value.map(|v| base.slice_ref(v))));
+        params.push((shared_word(base, name), value.map(|v| shared_word(base, v))));
     }
     Ok(Params(params))
 }
