@@ -641,5 +641,31 @@ mod tests {
         assert_eq!(r.check().unwrap_err().status, 400);
         let r = req(&INVITE.replace("Call-ID: a84b4c76e66710\n", ""));
         assert_eq!(r.check().unwrap_err().reason, "Missing Call-ID header");
+        let r = req(&INVITE.replace(
+            "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc;rport\n",
+            "",
+        ));
+        assert_eq!(r.check().unwrap_err().reason, "Missing Via header");
+        // Every value of every list is checked, not only the first.
+        let r = req(&INVITE.replace(
+            "Max-Forwards: 70\n",
+            "Via: SIP/2.0/UDP 10.0.0.2, SIP/2.0/UDP\nMax-Forwards: 70\n",
+        ));
+        assert!(r.check().unwrap_err().reason.starts_with("Bad Via: "));
+        let r = req(&INVITE.replace(
+            "Max-Forwards: 70\n",
+            "Record-Route: <sip:p1.example.com;lr>, <sip:p2.example.com\nMax-Forwards: 70\n",
+        ));
+        assert!(r
+            .check()
+            .unwrap_err()
+            .reason
+            .starts_with("Bad Record-Route: "));
+        let r = req(&INVITE.replace(
+            "Max-Forwards: 70\n",
+            "Route: <sip:p1.example.com;lr>\nRoute: x y\nMax-Forwards: 70\n",
+        ));
+        assert!(r.check().unwrap_err().reason.starts_with("Bad Route: "));
+        assert_eq!(req(INVITE).check(), Ok(()));
     }
 }
