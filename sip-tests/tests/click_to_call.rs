@@ -237,9 +237,17 @@ fn two_devices_answer_at_once() {
     let c = carrier.wait(Duration::from_secs(60));
     assert_eq!(c.code, 0, "{}", c.output);
     let d = desk.wait(Duration::from_secs(30));
-    assert_eq!(d.code, 0, "{}", d.output);
     let s = soft.wait(Duration::from_secs(30));
-    assert_eq!(s.code, 0, "{}", s.output);
+    // The devices answer within microseconds of each other; the one whose 200 the B2BUA
+    // took second either answered already (then its 200 is ACKed and BYEd: the scenario
+    // ends cleanly) or had not sent it yet when the CANCEL came (SIPp then stops that
+    // scenario on the CANCEL it did not script before its 200). Both are right; at least one
+    // device must have completed the whole call.
+    let lost_before_answering =
+        |r: &sip_tests::SippRun| r.code != 0 && r.output.contains("unexpected CANCEL");
+    assert!(d.code == 0 || lost_before_answering(&d), "{}", d.output);
+    assert!(s.code == 0 || lost_before_answering(&s), "{}", s.output);
+    assert!(d.code == 0 || s.code == 0, "{}\n{}", d.output, s.output);
     let call = f.ended(&id);
     assert_eq!(call["status"], "completed", "{call}");
     final_callback(&f.receiver, "completed");
