@@ -25,7 +25,7 @@ use crate::message::{
 };
 use crate::transaction::{
     ClientInviteTransaction, ClientNonInviteTransaction, ServerInviteState,
-    ServerInviteTransaction, ServerNonInviteTransaction, TimerConfig, TxEvent,
+    ServerInviteTransaction, ServerNonInviteTransaction, TimerConfig, Transaction, TxEvent,
 };
 use crate::transport::{
     Flow, Inbound, ListenAddr, Transport, TransportConfig, TransportError, Transports,
@@ -473,46 +473,8 @@ enum Machine {
     ServerNonInvite(ServerNonInviteTransaction),
 }
 
-/// The driving side the four machines share (quinn-proto style polling).
-trait Polled {
-    fn poll_transmit(&mut self) -> Option<Bytes>;
-    fn poll_event(&mut self) -> Option<TxEvent>;
-    fn poll_timeout(&self) -> Option<std::time::Instant>;
-    fn handle_timeout(&mut self, now: std::time::Instant);
-    fn is_terminated(&self) -> bool;
-}
-
-macro_rules! polled {
-    ($($t:ty),*) => {$(
-        impl Polled for $t {
-            fn poll_transmit(&mut self) -> Option<Bytes> {
-                <$t>::poll_transmit(self)
-            }
-            fn poll_event(&mut self) -> Option<TxEvent> {
-                <$t>::poll_event(self)
-            }
-            fn poll_timeout(&self) -> Option<std::time::Instant> {
-                <$t>::poll_timeout(self)
-            }
-            fn handle_timeout(&mut self, now: std::time::Instant) {
-                <$t>::handle_timeout(self, now)
-            }
-            fn is_terminated(&self) -> bool {
-                <$t>::is_terminated(self)
-            }
-        }
-    )*};
-}
-
-polled!(
-    ClientInviteTransaction,
-    ClientNonInviteTransaction,
-    ServerInviteTransaction,
-    ServerNonInviteTransaction
-);
-
 impl Machine {
-    fn polled(&mut self) -> &mut dyn Polled {
+    fn polled(&mut self) -> &mut dyn Transaction {
         match self {
             Machine::ClientInvite(m) => m,
             Machine::ClientNonInvite(m) => m,

@@ -78,6 +78,50 @@ pub use client_non_invite::{ClientNonInviteState, ClientNonInviteTransaction};
 pub use server_invite::{ServerInviteState, ServerInviteTransaction};
 pub use server_non_invite::{ServerNonInviteState, ServerNonInviteTransaction};
 
+/// The driving side the four machines share (quinn-proto style polling), so that a driver
+/// can hold any of them behind one interface.
+pub trait Transaction {
+    /// The next message to send to the peer, if any.
+    fn poll_transmit(&mut self) -> Option<Bytes>;
+    /// The next event for the TU, if any.
+    fn poll_event(&mut self) -> Option<TxEvent>;
+    /// The earliest armed timer deadline.
+    fn poll_timeout(&self) -> Option<std::time::Instant>;
+    /// Fires every timer whose deadline is at or before `now`.
+    fn handle_timeout(&mut self, now: std::time::Instant);
+    /// `true` once in `Terminated`.
+    fn is_terminated(&self) -> bool;
+}
+
+macro_rules! transaction_impl {
+    ($($t:ty),*) => {$(
+        impl Transaction for $t {
+            fn poll_transmit(&mut self) -> Option<Bytes> {
+                <$t>::poll_transmit(self)
+            }
+            fn poll_event(&mut self) -> Option<TxEvent> {
+                <$t>::poll_event(self)
+            }
+            fn poll_timeout(&self) -> Option<std::time::Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn handle_timeout(&mut self, now: std::time::Instant) {
+                <$t>::handle_timeout(self, now)
+            }
+            fn is_terminated(&self) -> bool {
+                <$t>::is_terminated(self)
+            }
+        }
+    )*};
+}
+
+transaction_impl!(
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction
+);
+
 /// The base timer values of RFC 3261 §17.1.1.1 / Table 4.
 ///
 /// Every transaction timer is derived from these three values.
