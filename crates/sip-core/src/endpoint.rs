@@ -1114,60 +1114,46 @@ fn response_flow(headers: &crate::message::Headers, flow: &Flow) -> Flow {
     Flow { remote, ..*flow }
 }
 
-/// The ACK for a non-2xx final response (§17.1.1.3).
-pub fn build_ack(invite: &Request, resp: &Response) -> Request {
-    let mut ack = Request::new(Method::Ack, invite.uri.clone());
+/// A request of the INVITE's transaction sent hop by hop — the ACK for a non-2xx final
+/// (§17.1.1.3) and the CANCEL (§9.1) share it: same Request-URI, only the top Via, the same
+/// From, Call-ID, CSeq number and Route; `to` as given.
+fn same_transaction_request(invite: &Request, method: Method, to: Option<&Bytes>) -> Request {
+    let mut r = Request::new(method.clone(), invite.uri.clone());
     if let Some(v) = invite.headers.get(&HeaderName::Via) {
-        // Only the top Via value.
-        let mut out = Vec::new();
-        let top = Via::parse_list(v, v, &mut out)
-            .ok()
-            .and_then(|_| out.first().map(|x| x.to_string()))
-            .unwrap_or_else(|| String::from_utf8_lossy(v).into_owned());
-        ack.headers.add(HeaderName::Via, top);
+        let top = Via::parse_first(v, v)
+            .map(|x| x.to_string())
+            .unwrap_or_else(|_| String::from_utf8_lossy(v).into_owned());
+        r.headers.add(HeaderName::Via, top);
     }
-    ack.headers.add(HeaderName::MaxForwards, "70");
-    for name in [HeaderName::From, HeaderName::CallId] {
-        if let Some(v) = invite.headers.get(&name) {
-            ack.headers.add(name, v.clone());
-        }
+    r.headers.add(HeaderName::MaxForwards, "70");
+    if let Some(v) = invite.headers.get(&HeaderName::From) {
+        r.headers.add(HeaderName::From, v.clone());
     }
-    if let Some(to) = resp.headers.get(&HeaderName::To) {
-        ack.headers.add(HeaderName::To, to.clone());
+    if let Some(v) = to {
+        r.headers.add(HeaderName::To, v.clone());
+    }
+    if let Some(v) = invite.headers.get(&HeaderName::CallId) {
+        r.headers.add(HeaderName::CallId, v.clone());
     }
     if let Ok(c) = invite.cseq() {
-        ack.headers.add(HeaderName::CSeq, format!("{} ACK", c.seq));
+        r.headers
+            .add(HeaderName::CSeq, format!("{} {method}", c.seq));
     }
-    for r in invite.headers.get_all(&HeaderName::Route) {
-        ack.headers.add(HeaderName::Route, r.clone());
+    for route in invite.headers.get_all(&HeaderName::Route) {
+        r.headers.add(HeaderName::Route, route.clone());
     }
-    ack
+    r
 }
 
-/// A CANCEL for an INVITE (§9.1).
+/// The ACK for a non-2xx final response (§17.1.1.3): To (with its tag) from the response.
+pub fn build_ack(invite: &Request, resp: &Response) -> Request {
+    same_transaction_request(invite, Method::Ack, resp.headers.get(&HeaderName::To))
+}
+
+/// A CANCEL for an INVITE (§9.1), with `extra` headers (e.g. Reason).
 pub fn build_cancel(invite: &Request, extra: &[(HeaderName, Bytes)]) -> Request {
-    let mut c = Request::new(Method::Cancel, invite.uri.clone());
-    if let Some(v) = invite.headers.get(&HeaderName::Via) {
-        let mut out = Vec::new();
-        let top = Via::parse_list(v, v, &mut out)
-            .ok()
-            .and_then(|_| out.first().map(|x| x.to_string()))
-            .unwrap_or_else(|| String::from_utf8_lossy(v).into_owned());
-        c.headers.add(HeaderName::Via, top);
-    }
-    c.headers.add(HeaderName::MaxForwards, "70");
-    for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
-        if let Some(v) = invite.headers.get(&name) {
-            c.headers.add(name, v.clone());
-        }
-    }
-    if let Ok(cs) = invite.cseq() {
-        c.headers
-            .add(HeaderName::CSeq, format!("{} CANCEL", cs.seq));
-    }
-    for r in invite.headers.get_all(&HeaderName::Route) {
-        c.headers.add(HeaderName::Route, r.clone());
-    }
+    let mut c =
+        same_transaction_request(invite, Method::Cancel, invite.headers.get(&HeaderName::To));
     for (n, v) in extra {
         c.headers.add(n.clone(), v.clone());
     }
