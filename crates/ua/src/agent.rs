@@ -25,9 +25,7 @@ use sip_core::endpoint::{
     new_tag, resolve_uri, ClientEvent, ClientTransaction, Destination, Endpoint, EndpointConfig,
     EndpointError, EndpointEvent, IncomingRequest,
 };
-use sip_core::message::{
-    unfold, ContactValue, HeaderAccess, HeaderName, Method, Request, Response, Uri,
-};
+use sip_core::message::{ContactValue, HeaderAccess, HeaderName, Method, Request, Response, Uri};
 use sip_core::sdp::{audio_offer, Codec, SessionDescription};
 use sip_core::transport::{ListenAddr, Transport, TransportConfig};
 use std::collections::HashMap;
@@ -557,31 +555,6 @@ async fn final_response(
         .ok_or(UaError::Timeout(method))
 }
 
-/// The challenge answer for a 401/407 and the header it goes in.
-fn challenge_answer(
-    digest: &mut DigestClient,
-    resp: &Response,
-    method: &str,
-    uri: &str,
-    body: &[u8],
-) -> Result<(HeaderName, String), UaError> {
-    let (hdr, ans) = if resp.status == 401 {
-        (HeaderName::WwwAuthenticate, HeaderName::Authorization)
-    } else {
-        (
-            HeaderName::ProxyAuthenticate,
-            HeaderName::ProxyAuthorization,
-        )
-    };
-    let challenges: Vec<String> = resp
-        .headers
-        .get_all(&hdr)
-        .map(|v| unfold(v).into_owned())
-        .collect();
-    let refs: Vec<&str> = challenges.iter().map(String::as_str).collect();
-    Ok((ans, digest.answer(&refs, method, uri, body)?))
-}
-
 /// One REGISTER (with the digest answer when challenged); the granted expiry.
 async fn register_once(
     endpoint: &Endpoint,
@@ -622,13 +595,7 @@ async fn register_once(
         match resp.status {
             200..=299 => return Ok(granted_expiry(&resp, &contact, expires)),
             401 | 407 if auth.is_none() => {
-                auth = Some(challenge_answer(
-                    &mut digest,
-                    &resp,
-                    "REGISTER",
-                    &ruri.to_string(),
-                    b"",
-                )?);
+                auth = Some(digest.answer_response(&resp, "REGISTER", &ruri.to_string(), b"")?);
             }
             401 | 407 => return Err(UaError::Unauthorized("REGISTER")),
             status => {
@@ -975,7 +942,7 @@ async fn place(
                         challenged = true;
                         let mut digest = DigestClient::new(user, pass);
                         let uri = invite.uri.to_string();
-                        let Ok((h, v)) = challenge_answer(&mut digest, &resp, "INVITE", &uri, &invite.body) else {
+                        let Ok((h, v)) = digest.answer_response(&resp, "INVITE", &uri, &invite.body) else {
                             return Err(EndReason::Rejected(resp.status));
                         };
                         invite.headers.set(HeaderName::CSeq, "2 INVITE");

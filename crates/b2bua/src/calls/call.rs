@@ -783,23 +783,11 @@ impl Call {
     /// The INVITE again with credentials for a 401/407 (RFC 3261 §22.2), CSeq + 1.
     fn authenticated_retry(&self, b: &Branch, resp: &Response) -> Option<Request> {
         let (user, pass) = b.target.credentials.clone()?;
-        let (hdr, ans) = if resp.status == 401 {
-            (HeaderName::WwwAuthenticate, HeaderName::Authorization)
-        } else {
-            (
-                HeaderName::ProxyAuthenticate,
-                HeaderName::ProxyAuthorization,
-            )
-        };
-        let challenges: Vec<String> = resp
-            .headers
-            .get_all(&hdr)
-            .map(|v| sip_core::message::unfold(v).into_owned())
-            .collect();
-        let refs: Vec<&str> = challenges.iter().map(String::as_str).collect();
         let mut client = DigestClient::new(user, pass);
         let uri = b.invite.uri.to_string();
-        let value = client.answer(&refs, "INVITE", &uri, &b.invite.body).ok()?;
+        let (ans, value) = client
+            .answer_response(resp, "INVITE", &uri, &b.invite.body)
+            .ok()?;
         let mut req = b.invite.clone();
         req.headers.remove(&HeaderName::Via);
         let cseq = req.cseq().map(|c| c.seq).unwrap_or(1) + 1;

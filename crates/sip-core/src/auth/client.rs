@@ -253,6 +253,34 @@ impl DigestClient {
         )
     }
 
+    /// Answers the challenges of a 401 (`WWW-Authenticate`) or 407 (`Proxy-Authenticate`)
+    /// response for a request with `method`, Request-URI `uri` and `body`: the header to add
+    /// to the request sent again (`Authorization` / `Proxy-Authorization`) and its value.
+    pub fn answer_response(
+        &mut self,
+        resp: &crate::message::Response,
+        method: &str,
+        uri: &str,
+        body: &[u8],
+    ) -> Result<(crate::message::HeaderName, String), AuthError> {
+        use crate::message::HeaderName;
+        let (challenge, answer) = if resp.status == 401 {
+            (HeaderName::WwwAuthenticate, HeaderName::Authorization)
+        } else {
+            (
+                HeaderName::ProxyAuthenticate,
+                HeaderName::ProxyAuthorization,
+            )
+        };
+        let challenges: Vec<String> = resp
+            .headers
+            .get_all(&challenge)
+            .map(|v| crate::message::unfold(v).into_owned())
+            .collect();
+        let refs: Vec<&str> = challenges.iter().map(String::as_str).collect();
+        Ok((answer, self.answer(&refs, method, uri, body)?))
+    }
+
     /// Credentials for a request sent again under a challenge already
     /// answered (preemptive authorisation, RFC 3261 §22.3): the same
     /// nonce, the next nonce count.
