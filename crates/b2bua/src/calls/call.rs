@@ -372,9 +372,6 @@ impl Call {
             store::Transport::Tcp => Transport::Tcp,
             _ => Transport::Udp,
         };
-        let addr = resolve_hostport(&trunk.address)
-            .await
-            .ok_or_else(|| fail(format!("cannot resolve trunk {}", trunk.address)))?;
         let user = format!(
             "{}{}",
             trunk.dial_prefix.clone().unwrap_or_default(),
@@ -389,15 +386,14 @@ impl Call {
         if transport == Transport::Tcp {
             ruri.params.set("transport", Some("tcp"));
         }
-        let to = format!("<{}>", Uri::Sip(ruri.clone()));
+        let request_uri = Uri::Sip(ruri);
+        let dest = sip_core::endpoint::resolve_uri(&request_uri)
+            .await
+            .map_err(|_| fail(format!("cannot resolve trunk {}", trunk.address)))?;
         Ok(Target {
-            request_uri: Uri::Sip(ruri),
-            to,
-            dest: Destination {
-                transport,
-                addr,
-                conn: None,
-            },
+            to: format!("<{request_uri}>"),
+            request_uri,
+            dest,
             credentials: match (&trunk.username, &trunk.password) {
                 (Some(u), Some(p)) => Some((u.clone(), p.expose().to_string())),
                 _ => None,
@@ -1503,25 +1499,6 @@ fn split_host_port(s: &str) -> (&str, Option<u16>) {
         Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
         _ => (s, None),
     }
-}
-
-async fn resolve_hostport(s: &str) -> Option<SocketAddr> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Some(a);
-    }
-    let (host, port) = split_host_port(s);
-    let port = port.unwrap_or(5060);
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
-    }
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::lookup_host((host, port)),
-    )
-    .await
-    .ok()?
-    .ok()?
-    .next()
 }
 
 #[allow(dead_code)]
