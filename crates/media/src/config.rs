@@ -29,6 +29,35 @@ impl Default for LatchMode {
     }
 }
 
+/// How the forwarding threads move packets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring when the kernel offers it (multishot `recvmsg` into provided buffers, 6.0 or
+    /// later, not refused by `io_uring_disabled` or seccomp), else epoll. The environment
+    /// variable `DIALBRIDGE_MEDIA_BACKEND=epoll|io_uring` overrides this choice. Which one
+    /// runs is logged once at start.
+    #[default]
+    Auto,
+    /// io_uring, or [`crate::Relay::start`] fails.
+    IoUring,
+    /// epoll with `recvmmsg`/`sendmmsg`.
+    Epoll,
+}
+
+impl Backend {
+    /// `Auto` resolved against `DIALBRIDGE_MEDIA_BACKEND`.
+    pub(crate) fn resolve_env(self) -> Backend {
+        if self != Backend::Auto {
+            return self;
+        }
+        match std::env::var("DIALBRIDGE_MEDIA_BACKEND").as_deref() {
+            Ok("epoll") => Backend::Epoll,
+            Ok("io_uring") | Ok("io-uring") => Backend::IoUring,
+            _ => Backend::Auto,
+        }
+    }
+}
+
 /// The relay's settings (`[media]` in the configuration file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
@@ -47,6 +76,8 @@ pub struct RelayConfig {
     pub latch: LatchMode,
     /// Forwarding threads; 0 means one per available core.
     pub workers: usize,
+    /// io_uring or epoll (default: io_uring when available).
+    pub backend: Backend,
 }
 
 impl Default for RelayConfig {
@@ -59,6 +90,7 @@ impl Default for RelayConfig {
             timeout: Duration::from_secs(30),
             latch: LatchMode::default(),
             workers: 0,
+            backend: Backend::Auto,
         }
     }
 }

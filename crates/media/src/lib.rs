@@ -25,9 +25,15 @@
 //! # Performance
 //!
 //! The hot path runs on dedicated OS threads ([`RelayConfig::workers`], one per core by
-//! default), apart from SIP signalling and from tokio. Each owns an epoll loop over its
-//! sessions' sockets and moves packets with `recvmmsg(2)` into a fixed set of buffers and
-//! `sendmmsg(2)` out of the same buffers: no allocation, no copy and no lock per packet.
+//! default), apart from SIP signalling and from tokio. Each owns an io_uring ([`Backend`]):
+//! a multishot `recvmsg` armed on every leg socket receives into the thread's provided-buffer
+//! ring, each datagram is judged in place and sent out of the other leg's socket from the same
+//! buffer, and one `io_uring_enter` per loop iteration submits all the sends of the iteration
+//! (across sockets and sessions) and reaps what arrived. Where io_uring is not usable (kernel
+//! before 6.0, `io_uring_disabled`, seccomp) the thread runs an epoll loop with
+//! `recvmmsg(2)` into a fixed set of buffers and `sendmmsg(2)` out of the same buffers; the
+//! choice is made at start and logged once. Either way: no allocation, no copy and no lock
+//! per packet.
 //! `relay-bench` (`src/bin/relay-bench`) measures it against rtpengine; method and figures
 //! are in `docs/benchmarks.md`.
 //!
@@ -35,8 +41,11 @@
 //!
 //! - `relay` — [`Relay`], [`MediaSession`], [`Leg`], [`LegId`], [`MediaEvent`]: the API.
 //! - `config` — [`RelayConfig`], [`LatchMode`], validation.
-//! - `worker` — a forwarding thread: epoll loop, control messages, the forwarding step.
-//! - `sys` — epoll, eventfd and the `recvmmsg`/`sendmmsg` batch (the crate's `unsafe`).
+//! - `worker` — a forwarding thread: sessions, control messages, the per-datagram step
+//!   (latch, counters), and the epoll loop.
+//! - `uring_worker` — the io_uring loop over the same sessions (safe code).
+//! - `sys` — epoll, eventfd and the `recvmmsg`/`sendmmsg` batch; `sys::uring`, the ring,
+//!   its provided buffers and sends (all of the crate's `unsafe`).
 //! - `rtp` — reading RTP/RTCP headers in place; RTP/RTCP demultiplexing (RFC 5761).
 //! - `stats` — RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter; per-leg snapshots.
 //! - `latch` — symmetric RTP decisions. `timeout` — the media time-out. `ports` — the range.
@@ -47,7 +56,8 @@
 //! # What it does not do
 //!
 //! No SIP and no SDP parsing (the B2BUA tells it addresses), no transcoding, no SRTP/DTLS
-//! termination, no ICE (STUN packets are relayed like any other), no jitter buffer, no RTCP
+//! termination, no ICE (STUN packets are relayed untouched, and not counted as media), no
+//! jitter buffer, no RTCP
 //! generation, no recording. It never rewrites a packet.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -61,9 +71,10 @@ pub mod rtp;
 pub mod stats;
 mod sys;
 pub mod timeout;
+mod uring_worker;
 mod worker;
 
-pub use config::{ConfigError, LatchMode, RelayConfig};
+pub use config::{Backend, ConfigError, LatchMode, RelayConfig};
 pub use error::MediaError;
 pub use relay::{Leg, LegId, MediaEvent, MediaSession, Relay, SessionId};
 pub use stats::{LegStats, SessionStats};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::config::RelayConfig;
+use crate::config::{Backend, RelayConfig};
 use crate::error::MediaError;
 use crate::ports::PortAllocator;
 use crate::stats::{LegCounters, SessionStats};
@@ -124,6 +124,7 @@ pub struct Relay {
     next_worker: AtomicUsize,
     epoch: Instant,
     events: Mutex<Option<UnboundedReceiver<MediaEvent>>>,
+    backend: Backend,
 }
 
 impl Relay {
@@ -148,21 +149,41 @@ impl Relay {
             next_worker: AtomicUsize::new(0),
             epoch,
             events: Mutex::new(Some(events_rx)),
+            backend: Backend::Auto,
             cfg,
         };
+        let mut backend = relay.cfg.backend.resolve_env();
+        let mut detail = String::new();
         for i in 0..relay.cfg.worker_count() {
             // On failure `relay` is dropped, which stops the threads already started.
-            let (handle, join) = worker::spawn(i, params.clone())?;
+            let (handle, join, started) = worker::spawn(i, params.clone(), backend)?;
             relay.workers.push(handle);
             relay.threads.push(join);
+            // The first thread decides for the others: they all run the same way.
+            backend = match started {
+                worker::Started::IoUring(d) => {
+                    detail = d;
+                    Backend::IoUring
+                }
+                worker::Started::Epoll => Backend::Epoll,
+            };
         }
+        relay.backend = backend;
         tracing::info!(
             bind = %relay.cfg.bind,
             ports = %format_args!("{}-{}", relay.cfg.port_min, relay.cfg.port_max),
             workers = relay.workers.len(),
+            backend = ?relay.backend,
+            io_uring = %detail,
             "media relay started"
         );
         Ok(relay)
+    }
+
+    /// How the forwarding threads move packets: [`Backend::IoUring`] or [`Backend::Epoll`]
+    /// (never `Auto` once started).
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The configuration the relay runs with.

@@ -92,9 +92,37 @@ pub fn classify(buf: &[u8]) -> Packet {
     })
 }
 
+/// The STUN magic cookie (RFC 5389 §6), at bytes 4..8 of every STUN message.
+pub const STUN_MAGIC_COOKIE: u32 = 0x2112_a442;
+
+/// True for a STUN message (RFC 5389 §6): at least the 20-byte header, the two most
+/// significant bits zero, and the magic cookie at bytes 4..8. ICE connectivity checks and
+/// consent/keep-alive binding requests (RFC 7675) look like this; RTP and RTCP start with
+/// version bits `10`, so the two never collide.
+pub fn is_stun(buf: &[u8]) -> bool {
+    buf.len() >= 20
+        && buf[0] >> 6 == 0
+        && u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) == STUN_MAGIC_COOKIE
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recognises_stun_by_its_cookie() {
+        let mut req = [0u8; 20];
+        req[1] = 0x01; // Binding request
+        req[4..8].copy_from_slice(&STUN_MAGIC_COOKIE.to_be_bytes());
+        assert!(is_stun(&req));
+        assert!(!is_stun(&req[..19]));
+        let mut rtp = req;
+        rtp[0] = 0x80;
+        assert!(!is_stun(&rtp));
+        let mut no_cookie = req;
+        no_cookie[4] = 0;
+        assert!(!is_stun(&no_cookie));
+    }
 
     #[test]
     fn parses_rtp_header() {

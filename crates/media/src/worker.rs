@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
-use crate::config::LatchMode;
+use crate::config::{Backend, LatchMode};
 use crate::error::MediaError;
 use crate::latch::{Latch, LatchVerdict};
 use crate::ports::PortAllocator;
 use crate::rtp::{self, Packet};
 use crate::stats::{timestamp_units, LegCounters, LegTally, RtpReception};
+use crate::sys::uring::{Uring, UringSizes};
 use crate::sys::{Batch, Epoll, EventFd, RawSockAddr};
 use crate::timeout::MediaTimeout;
 use crate::{LegId, MediaEvent, SessionId};
@@ -112,29 +113,116 @@ pub(crate) struct WorkerParams {
     pub events: UnboundedSender<MediaEvent>,
 }
 
-/// Starts forwarding thread number `index`.
+/// The forwarding method a thread runs (see [`crate::Backend`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Started {
+    IoUring(String),
+    Epoll,
+}
+
+/// Starts forwarding thread number `index`, with io_uring when `backend` allows and the
+/// kernel offers it. Returns which backend runs.
 pub(crate) fn spawn(
     index: usize,
     params: WorkerParams,
-) -> Result<(WorkerHandle, JoinHandle<()>), MediaError> {
-    let epoll = Epoll::new().map_err(MediaError::io("epoll_create1"))?;
+    backend: Backend,
+) -> Result<(WorkerHandle, JoinHandle<()>, Started), MediaError> {
     let wake = Arc::new(EventFd::new().map_err(MediaError::io("eventfd"))?);
-    epoll
-        .add(wake.raw(), WAKE_TOKEN)
-        .map_err(MediaError::io("epoll_ctl"))?;
     let (tx, rx) = mpsc::channel();
     let thread_wake = Arc::clone(&wake);
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let join = thread::Builder::new()
         .name(format!("media-fwd-{index}"))
-        .spawn(move || Worker::new(epoll, thread_wake, rx, params).run())
+        .spawn(move || {
+            // The ring is set up on the thread that uses it (IORING_SETUP_SINGLE_ISSUER).
+            let ring = match backend {
+                Backend::Epoll => None,
+                Backend::Auto | Backend::IoUring => {
+                    match Uring::new(UringSizes::default(), tunables().min_wait_usec) {
+                        Ok(r) => Some(r),
+                        Err(e) if backend == Backend::IoUring => {
+                            let _ = ready_tx.send(Err(MediaError::Io {
+                                op: "io_uring set-up",
+                                source: e,
+                            }));
+                            return;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "io_uring unavailable; epoll it is");
+                            None
+                        }
+                    }
+                }
+            };
+            let core = Core::new(thread_wake, rx, params);
+            match ring {
+                Some(ring) => {
+                    let _ = ready_tx.send(Ok(Started::IoUring(ring.describe())));
+                    crate::uring_worker::run(core, ring);
+                }
+                None => match Epoll::new() {
+                    Ok(epoll) => {
+                        if let Err(e) = epoll.add(core.wake.raw(), WAKE_TOKEN) {
+                            let _ = ready_tx.send(Err(MediaError::Io {
+                                op: "epoll_ctl",
+                                source: e,
+                            }));
+                            return;
+                        }
+                        let _ = ready_tx.send(Ok(Started::Epoll));
+                        EpollWorker::new(epoll, core).run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(MediaError::Io {
+                            op: "epoll_create1",
+                            source: e,
+                        }));
+                    }
+                },
+            }
+        })
         .map_err(MediaError::io("spawning a forwarding thread"))?;
-    Ok((WorkerHandle { tx, wake }, join))
+    let started = match ready_rx.recv() {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let _ = join.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = join.join();
+            return Err(MediaError::RelayStopped);
+        }
+    };
+    Ok((WorkerHandle { tx, wake }, join, started))
+}
+
+/// Knobs of the io_uring loop, read once from the environment (for measurements; the
+/// defaults are what `docs/benchmarks.md` found best):
+/// `DIALBRIDGE_MEDIA_URING_BATCH` (completions to wait for, default 1) and
+/// `DIALBRIDGE_MEDIA_URING_MIN_WAIT_US` (how long to wait for that batch, 6.12+, default 0).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tunables {
+    pub batch: usize,
+    pub min_wait_usec: u32,
+}
+
+pub(crate) fn tunables() -> Tunables {
+    let num = |k: &str, d: u64| -> u64 {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    Tunables {
+        batch: num("DIALBRIDGE_MEDIA_URING_BATCH", 1).clamp(1, 1024) as usize,
+        min_wait_usec: num("DIALBRIDGE_MEDIA_URING_MIN_WAIT_US", 0).min(10_000) as u32,
+    }
 }
 
 /// One leg as its forwarding thread sees it.
-struct LegState {
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
+pub(crate) struct LegState {
+    pub rtp: UdpSocket,
+    pub rtcp: UdpSocket,
     rtp_port: u16,
     rtp_hint: Option<SocketAddr>,
     rtcp_hint: Option<SocketAddr>,
@@ -147,7 +235,7 @@ struct LegState {
     rtcp_dest: Option<RawSockAddr>,
     clock_rate: u32,
     reception: RtpReception,
-    tally: LegTally,
+    pub tally: LegTally,
     published_remote: (Option<SocketAddr>, Option<u32>),
 }
 
@@ -191,11 +279,23 @@ impl LegState {
     }
 
     /// Socket and destination for traffic to this leg's peer.
-    fn route(&self, rtcp: bool) -> (RawFd, Option<&RawSockAddr>) {
+    pub(crate) fn route(&self, rtcp: bool) -> (RawFd, Option<&RawSockAddr>) {
         match (rtcp, self.rtcp_mux) {
             (false, _) => (self.rtp.as_raw_fd(), self.rtp_dest.as_ref()),
             (true, true) => (self.rtp.as_raw_fd(), self.rtcp_dest.as_ref()),
             (true, false) => (self.rtcp.as_raw_fd(), self.rtcp_dest.as_ref()),
+        }
+    }
+
+    /// Counts what the relay sent to this leg's peer.
+    pub(crate) fn count_tx(&mut self, packets: u64, bytes: u64, route: Route) {
+        if route.stun {
+            return;
+        }
+        self.tally.tx_packets += packets;
+        self.tally.tx_bytes += bytes;
+        if route.rtcp {
+            self.tally.tx_rtcp_packets += packets;
         }
     }
 
@@ -209,12 +309,24 @@ impl LegState {
     }
 }
 
-struct SessionState {
+/// How a datagram leaves: toward the other leg's RTP or RTCP destination; STUN is relayed but
+/// not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub rtcp: bool,
+    pub stun: bool,
+}
+
+pub(crate) struct SessionState {
     id: SessionId,
     shared: Arc<SessionShared>,
-    legs: [LegState; 2],
+    pub legs: [LegState; 2],
     forwarding: bool,
     timeout: MediaTimeout,
+    /// Counters changed since they were last published (io_uring loop).
+    pub dirty: bool,
+    /// Sends queued and not yet completed (io_uring loop).
+    pub sends_in_flight: u32,
 }
 
 impl SessionState {
@@ -222,7 +334,8 @@ impl SessionState {
         self.legs[0].tally.last_rx.max(self.legs[1].tally.last_rx)
     }
 
-    fn fds(&self) -> [(RawFd, u64); 4] {
+    /// The four sockets with their tokens (leg << 1 | rtcp port).
+    pub(crate) fn fds(&self) -> [(RawFd, u64); 4] {
         let t = |leg: usize, rtcp: bool| ((leg as u64) << 1) | u64::from(rtcp);
         [
             (self.legs[0].rtp.as_raw_fd(), t(0, false)),
@@ -231,86 +344,142 @@ impl SessionState {
             (self.legs[1].rtcp.as_raw_fd(), t(1, true)),
         ]
     }
+
+    /// The socket behind a token.
+    pub(crate) fn fd(&self, token: u64) -> RawFd {
+        let l = &self.legs[((token >> 1) & 1) as usize];
+        if token & 1 == 1 {
+            l.rtcp.as_raw_fd()
+        } else {
+            l.rtp.as_raw_fd()
+        }
+    }
+
+    /// Judges and counts one datagram that arrived on leg `in_leg` (on its RTCP port when
+    /// `from_rtcp_port`): latching, counters, RFC 3550 statistics. Returns how to relay it
+    /// toward the other leg, or `None` when it stays here (counted as dropped or unsent).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_datagram(
+        &mut self,
+        in_leg: usize,
+        from_rtcp_port: bool,
+        data: &[u8],
+        src: Option<SocketAddr>,
+        truncated: bool,
+        now: Instant,
+        params: &WorkerParams,
+    ) -> Option<Route> {
+        let mode = params.latch;
+        let [l0, l1] = &mut self.legs;
+        let (inn, out) = if in_leg == 0 { (l0, l1) } else { (l1, l0) };
+        let pkt = rtp::classify(data);
+        let Some(src) = src else {
+            inn.tally.not_forwarded += 1;
+            return None;
+        };
+        let latch = if from_rtcp_port {
+            &mut inn.rtcp_latch
+        } else {
+            &mut inn.rtp_latch
+        };
+        match latch.on_packet(mode, src, pkt.ssrc(), now) {
+            LatchVerdict::Accept => {}
+            LatchVerdict::Latched => {
+                debug!(session = %self.id, leg = ?LegId::from_index(in_leg), rtcp = from_rtcp_port, source = %src, "latched");
+                inn.refresh_dest(mode);
+            }
+            LatchVerdict::Drop => {
+                inn.tally.hijack_dropped += 1;
+                return None;
+            }
+        }
+        // STUN (ICE connectivity checks, consent and NAT keep-alives) is relayed untouched,
+        // as the relay does no ICE of its own and the endpoints' checks must reach each other
+        // end to end; but it is not media: it counts neither as a packet received or sent
+        // nor as a sign of life for the media time-out ("no RTP for timeout_secs").
+        let stun = matches!(pkt, Packet::Other) && rtp::is_stun(data);
+        let is_rtcp = from_rtcp_port || pkt.is_rtcp();
+        if !stun {
+            inn.tally.rx_packets += 1;
+            inn.tally.rx_bytes += data.len() as u64;
+            inn.tally.rx_rtcp_packets += u64::from(is_rtcp);
+            inn.tally.last_rx = Some(now);
+            if let Packet::Rtp(h) = pkt {
+                let since = now.saturating_duration_since(params.epoch);
+                inn.reception
+                    .on_rtp(&h, timestamp_units(since, inn.clock_rate));
+            }
+        }
+        if truncated || !self.forwarding || out.route(is_rtcp).1.is_none() {
+            inn.tally.not_forwarded += u64::from(!stun);
+            return None;
+        }
+        Some(Route {
+            rtcp: is_rtcp,
+            stun,
+        })
+    }
+
+    /// Publishes both legs' counters.
+    pub(crate) fn publish(&mut self, epoch: Instant) {
+        for (i, l) in self.legs.iter_mut().enumerate() {
+            l.publish(&self.shared.legs[i], epoch);
+        }
+        self.dirty = false;
+    }
 }
 
-struct Worker {
-    epoll: Epoll,
-    wake: Arc<EventFd>,
+/// How a backend watches a session's sockets.
+pub(crate) trait Watch {
+    /// Starts receiving on the four sockets of the session in `slot` (generation `gen`).
+    fn watch(&mut self, slot: usize, gen: u32, s: &SessionState) -> std::io::Result<()>;
+    /// Stops receiving on them; after this no request refers to the sockets, so closing them
+    /// frees their ports at once.
+    fn unwatch(&mut self, slot: usize, gen: u32, s: &SessionState);
+}
+
+/// What both backends share: the sessions, control messages, time-outs.
+pub(crate) struct Core {
+    pub wake: Arc<EventFd>,
     rx: mpsc::Receiver<Control>,
-    params: WorkerParams,
-    sessions: Vec<Option<SessionState>>,
+    pub params: WorkerParams,
+    pub sessions: Vec<Option<SessionState>>,
+    /// Bumped when a slot is freed, so that late completions of a closed session's
+    /// requests are not taken for the next session in the slot.
+    pub gens: Vec<u32>,
     free_slots: Vec<usize>,
     by_id: HashMap<SessionId, usize>,
-    batch: Batch,
     tick: Duration,
-    next_tick: Instant,
+    pub next_tick: Instant,
 }
 
-impl Worker {
-    fn new(
-        epoll: Epoll,
-        wake: Arc<EventFd>,
-        rx: mpsc::Receiver<Control>,
-        params: WorkerParams,
-    ) -> Self {
+impl Core {
+    fn new(wake: Arc<EventFd>, rx: mpsc::Receiver<Control>, params: WorkerParams) -> Self {
         let tick =
             (params.timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(500));
-        Worker {
-            epoll,
+        Core {
             wake,
             rx,
             sessions: Vec::new(),
+            gens: Vec::new(),
             free_slots: Vec::new(),
             by_id: HashMap::new(),
-            batch: Batch::new(),
             tick,
             next_tick: Instant::now() + tick,
             params,
         }
     }
 
-    fn run(mut self) {
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
-        loop {
-            let wait_ms = self
-                .next_tick
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(1000) as i32;
-            let n = match self.epoll.wait(&mut events, wait_ms) {
-                Ok(n) => n,
-                Err(e) => {
-                    warn!(error = %e, "epoll_wait failed; forwarding thread stops");
-                    break;
-                }
-            };
-            let now = Instant::now();
-            if events[..n].iter().any(|e| e.u64 == WAKE_TOKEN) {
-                self.wake.drain();
-            }
-            if !self.apply_control(now) {
-                break;
-            }
-            for ev in &events[..n] {
-                let token = ev.u64;
-                if token != WAKE_TOKEN {
-                    self.on_readable(token, now);
-                }
-            }
-            if now >= self.next_tick {
-                self.check_timeouts(now);
-                self.next_tick = now + self.tick;
-            }
+    /// The live session in `slot` if it is still generation `gen`.
+    pub(crate) fn session(&mut self, slot: usize, gen: u32) -> Option<&mut SessionState> {
+        if self.gens.get(slot).copied()? & GEN_MASK != gen & GEN_MASK {
+            return None;
         }
-        for slot in 0..self.sessions.len() {
-            if let Some(s) = self.sessions[slot].take() {
-                self.close_session(s);
-            }
-        }
+        self.sessions.get_mut(slot)?.as_mut()
     }
 
     /// Applies waiting control messages; false when the thread must stop.
-    fn apply_control(&mut self, now: Instant) -> bool {
+    pub(crate) fn apply_control(&mut self, now: Instant, io: &mut impl Watch) -> bool {
         loop {
             let msg = match self.rx.try_recv() {
                 Ok(m) => m,
@@ -318,7 +487,7 @@ impl Worker {
                 Err(mpsc::TryRecvError::Disconnected) => return false,
             };
             match msg {
-                Control::Add(new) => self.add(*new),
+                Control::Add(new) => self.add(*new, io),
                 Control::SetPeer {
                     id,
                     leg,
@@ -360,9 +529,9 @@ impl Worker {
                 Control::Remove { id, done } => {
                     if let Some(slot) = self.by_id.remove(&id) {
                         if let Some(s) = self.sessions[slot].take() {
-                            self.close_session(s);
+                            self.close_session(slot, s, io);
                         }
-                        self.free_slots.push(slot);
+                        self.free_slot(slot);
                     }
                     if let Some(done) = done {
                         let _ = done.try_send(());
@@ -373,12 +542,19 @@ impl Worker {
         }
     }
 
+    fn free_slot(&mut self, slot: usize) {
+        if let Some(g) = self.gens.get_mut(slot) {
+            *g = g.wrapping_add(1) & GEN_MASK;
+        }
+        self.free_slots.push(slot);
+    }
+
     fn session_mut(&mut self, id: SessionId) -> Option<&mut SessionState> {
         let slot = *self.by_id.get(&id)?;
         self.sessions.get_mut(slot)?.as_mut()
     }
 
-    fn add(&mut self, new: NewSession) {
+    fn add(&mut self, new: NewSession, io: &mut impl Watch) {
         let NewSession { id, shared, legs } = new;
         let [a, b] = legs;
         let mut s = SessionState {
@@ -387,21 +563,21 @@ impl Worker {
             legs: [LegState::new(a), LegState::new(b)],
             forwarding: true,
             timeout: MediaTimeout::new(self.params.timeout),
+            dirty: false,
+            sends_in_flight: 0,
         };
-        for (i, l) in s.legs.iter_mut().enumerate() {
-            l.publish(&s.shared.legs[i], self.params.epoch);
-        }
+        s.publish(self.params.epoch);
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.sessions.push(None);
+            self.gens.push(0);
             self.sessions.len() - 1
         });
-        for (fd, t) in s.fds() {
-            if let Err(e) = self.epoll.add(fd, ((slot as u64) << 2) | t) {
-                warn!(session = %id, error = %e, "cannot watch a relay socket; session dropped");
-                self.close_session(s);
-                self.free_slots.push(slot);
-                return;
-            }
+        let gen = self.gens.get(slot).copied().unwrap_or(0);
+        if let Err(e) = io.watch(slot, gen, &s) {
+            warn!(session = %id, error = %e, "cannot watch a relay socket; session dropped");
+            self.close_session(slot, s, io);
+            self.free_slot(slot);
+            return;
         }
         debug!(session = %id, a = s.legs[0].rtp_port, b = s.legs[1].rtp_port, "relay session added");
         self.sessions[slot] = Some(s);
@@ -410,13 +586,10 @@ impl Worker {
 
     /// Stops watching a session's sockets, publishes its last counters, closes the sockets
     /// and gives the ports back.
-    fn close_session(&mut self, mut s: SessionState) {
-        for (fd, _) in s.fds() {
-            let _ = self.epoll.delete(fd);
-        }
-        for (i, l) in s.legs.iter_mut().enumerate() {
-            l.publish(&s.shared.legs[i], self.params.epoch);
-        }
+    fn close_session(&mut self, slot: usize, mut s: SessionState, io: &mut impl Watch) {
+        let gen = self.gens.get(slot).copied().unwrap_or(0);
+        io.unwatch(slot, gen, &s);
+        s.publish(self.params.epoch);
         let ports = [s.legs[0].rtp_port, s.legs[1].rtp_port];
         drop(s.legs);
         let mut alloc = self
@@ -430,7 +603,21 @@ impl Worker {
         debug!(session = %s.id, "relay session closed");
     }
 
-    fn check_timeouts(&mut self, now: Instant) {
+    /// Closes every session (the thread is stopping).
+    pub(crate) fn close_all(&mut self, io: &mut impl Watch) {
+        for slot in 0..self.sessions.len() {
+            if let Some(s) = self.sessions[slot].take() {
+                self.close_session(slot, s, io);
+            }
+        }
+    }
+
+    /// Runs the media time-outs when a tick is due.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + self.tick;
         for s in self.sessions.iter_mut().flatten() {
             let last = s.last_rx();
             if s.timeout.poll(now, last) {
@@ -442,29 +629,89 @@ impl Worker {
             }
         }
     }
+}
+
+/// Generations wrap within 29 bits (they travel in io_uring `user_data` and send tags).
+pub(crate) const GEN_MASK: u32 = (1 << 29) - 1;
+
+/// The epoll backend: one `recvmmsg` per readable socket, `sendmmsg` of the same buffers.
+struct EpollWorker {
+    epoll: Epoll,
+    core: Core,
+    batch: Batch,
+}
+
+struct EpollWatch<'a>(&'a Epoll);
+
+impl Watch for EpollWatch<'_> {
+    fn watch(&mut self, slot: usize, _gen: u32, s: &SessionState) -> std::io::Result<()> {
+        for (fd, t) in s.fds() {
+            self.0.add(fd, ((slot as u64) << 2) | t)?;
+        }
+        Ok(())
+    }
+
+    fn unwatch(&mut self, _slot: usize, _gen: u32, s: &SessionState) {
+        for (fd, _) in s.fds() {
+            let _ = self.0.delete(fd);
+        }
+    }
+}
+
+impl EpollWorker {
+    fn new(epoll: Epoll, core: Core) -> Self {
+        EpollWorker {
+            epoll,
+            core,
+            batch: Batch::new(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        loop {
+            let wait_ms = self
+                .core
+                .next_tick
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(1000) as i32;
+            let n = match self.epoll.wait(&mut events, wait_ms) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(error = %e, "epoll_wait failed; forwarding thread stops");
+                    break;
+                }
+            };
+            let now = Instant::now();
+            if events[..n].iter().any(|e| e.u64 == WAKE_TOKEN) {
+                self.core.wake.drain();
+            }
+            if !self.core.apply_control(now, &mut EpollWatch(&self.epoll)) {
+                break;
+            }
+            for ev in &events[..n] {
+                let token = ev.u64;
+                if token != WAKE_TOKEN {
+                    self.on_readable(token, now);
+                }
+            }
+            self.core.tick(now);
+        }
+        self.core.close_all(&mut EpollWatch(&self.epoll));
+    }
 
     /// Relays what is waiting on one socket.
     fn on_readable(&mut self, token: u64, now: Instant) {
         let slot = (token >> 2) as usize;
         let in_leg = ((token >> 1) & 1) as usize;
         let from_rtcp_port = token & 1 == 1;
-        let Worker {
-            sessions,
-            batch,
-            params,
-            ..
-        } = self;
-        let Some(Some(s)) = sessions.get_mut(slot) else {
+        let EpollWorker { core, batch, .. } = self;
+        let params = &core.params;
+        let Some(Some(s)) = core.sessions.get_mut(slot) else {
             return;
         };
-        let [l0, l1] = &mut s.legs;
-        let (inn, out) = if in_leg == 0 { (l0, l1) } else { (l1, l0) };
-        let fd = if from_rtcp_port {
-            inn.rtcp.as_raw_fd()
-        } else {
-            inn.rtp.as_raw_fd()
-        };
-        let n = match batch.recv(fd) {
+        let n = match batch.recv(s.fd(token & 3)) {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) => {
@@ -472,74 +719,41 @@ impl Worker {
                 return;
             }
         };
-        let mode = params.latch;
-        let arrival = timestamp_units(now.saturating_duration_since(params.epoch), inn.clock_rate);
         // Packets are sent in order, grouped by route (RTP or RTCP toward the other leg).
-        let mut group: Option<bool> = None;
+        let mut group: Option<Route> = None;
         for i in 0..n {
             let (data, src, truncated) = batch.packet(i);
-            let len = data.len() as u64;
-            let pkt = rtp::classify(data);
-            let Some(src) = src else {
-                inn.tally.not_forwarded += 1;
+            let Some(route) =
+                s.on_datagram(in_leg, from_rtcp_port, data, src, truncated, now, params)
+            else {
                 continue;
             };
-            let latch = if from_rtcp_port {
-                &mut inn.rtcp_latch
-            } else {
-                &mut inn.rtp_latch
-            };
-            match latch.on_packet(mode, src, pkt.ssrc(), now) {
-                LatchVerdict::Accept => {}
-                LatchVerdict::Latched => {
-                    debug!(session = %s.id, leg = ?LegId::from_index(in_leg), rtcp = from_rtcp_port, source = %src, "latched");
-                    inn.refresh_dest(mode);
-                }
-                LatchVerdict::Drop => {
-                    inn.tally.hijack_dropped += 1;
-                    continue;
-                }
-            }
-            let is_rtcp = from_rtcp_port || pkt.is_rtcp();
-            inn.tally.rx_packets += 1;
-            inn.tally.rx_bytes += len;
-            inn.tally.rx_rtcp_packets += u64::from(is_rtcp);
-            inn.tally.last_rx = Some(now);
-            if let Packet::Rtp(h) = pkt {
-                inn.reception.on_rtp(&h, arrival);
-            }
-            if truncated || !s.forwarding || out.route(is_rtcp).1.is_none() {
-                inn.tally.not_forwarded += 1;
-                continue;
-            }
-            if group != Some(is_rtcp) {
+            if group != Some(route) {
                 if let Some(g) = group {
-                    flush(batch, inn, out, g);
+                    flush(batch, s, in_leg, g);
                 }
-                group = Some(is_rtcp);
+                group = Some(route);
             }
             batch.queue(i);
         }
         if let Some(g) = group {
-            flush(batch, inn, out, g);
+            flush(batch, s, in_leg, g);
         }
-        let out_leg = 1 - in_leg;
-        inn.publish(&s.shared.legs[in_leg], params.epoch);
-        out.publish(&s.shared.legs[out_leg], params.epoch);
+        s.publish(params.epoch);
     }
 }
 
-fn flush(batch: &mut Batch, inn: &mut LegState, out: &mut LegState, rtcp: bool) {
-    let (fd, dest) = out.route(rtcp);
+fn flush(batch: &mut Batch, s: &mut SessionState, in_leg: usize, route: Route) {
+    let [l0, l1] = &mut s.legs;
+    let (inn, out) = if in_leg == 0 { (l0, l1) } else { (l1, l0) };
+    let (fd, dest) = out.route(route.rtcp);
     let Some(dest) = dest else {
         inn.tally.not_forwarded += batch.discard() as u64;
         return;
     };
     let sent = batch.flush(fd, dest);
-    out.tally.tx_packets += sent.packets;
-    out.tally.tx_bytes += sent.bytes;
-    if rtcp {
-        out.tally.tx_rtcp_packets += sent.packets;
+    out.count_tx(sent.packets, sent.bytes, route);
+    if !route.stun {
+        inn.tally.not_forwarded += sent.failed;
     }
-    inn.tally.not_forwarded += sent.failed;
 }

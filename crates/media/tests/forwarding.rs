@@ -1,15 +1,15 @@
 //! Packets through real loopback sockets: both directions, RTCP, rtcp-mux, DTMF, stats.
 
+#[macro_use]
 mod support;
 
 use std::net::SocketAddr;
 
-use media::{LatchMode, LegId};
-use support::{eventually, relay, rtcp_rr, rtp, Peer};
+use media::{Backend, LatchMode, LegId};
+use support::{eventually, port, relay, rtcp_rr, rtp, Peer};
 
-#[test]
-fn rtp_goes_both_ways_out_of_the_other_legs_port() {
-    let relay = relay(41000, 41099, LatchMode::default());
+fn rtp_goes_both_ways_out_of_the_other_legs_port(b: Backend) {
+    let relay = relay(b, 41000, 41099, LatchMode::default());
     let s = relay.allocate_session().unwrap();
     let (agent, customer) = (Peer::new(), Peer::new());
     s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
@@ -41,9 +41,8 @@ fn rtp_goes_both_ways_out_of_the_other_legs_port() {
     assert!(st.a.last_rx.is_some());
 }
 
-#[test]
-fn dtmf_events_pass_byte_identical() {
-    let relay = relay(41100, 41199, LatchMode::default());
+fn dtmf_events_pass_byte_identical(b: Backend) {
+    let relay = relay(b, 41100, 41199, LatchMode::default());
     let s = relay.allocate_session().unwrap();
     let (agent, customer) = (Peer::new(), Peer::new());
     s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
@@ -76,9 +75,8 @@ fn dtmf_events_pass_byte_identical() {
     }
 }
 
-#[test]
-fn rtcp_is_relayed_between_rtcp_ports_and_with_rtcp_mux() {
-    let relay = relay(41200, 41299, LatchMode::default());
+fn rtcp_is_relayed_between_rtcp_ports_and_with_rtcp_mux(b: Backend) {
+    let relay = relay(b, 41200, 41299, LatchMode::default());
     let s = relay.allocate_session().unwrap();
     let (agent_rtp, agent_rtcp, customer) = (Peer::new(), Peer::new(), Peer::new());
     // The agent has a separate RTCP port (a=rtcp); the customer offered rtcp-mux.
@@ -120,13 +118,12 @@ fn rtcp_is_relayed_between_rtcp_ports_and_with_rtcp_mux() {
     assert_eq!(st.b.rx_packets, 2);
 }
 
-#[test]
-fn rtcp_without_an_address_goes_to_rtp_port_plus_one() {
-    let relay = relay(41300, 41399, LatchMode::default());
+fn rtcp_without_an_address_goes_to_rtp_port_plus_one(b: Backend) {
+    let relay = relay(b, 41300, 41399, LatchMode::default());
     let s = relay.allocate_session().unwrap();
     let agent = Peer::new();
     // A phone on an even port p with RTCP on p+1 (bind a pair that is free).
-    let (phone_rtp, phone_rtcp) = (41390..41398)
+    let (phone_rtp, phone_rtcp) = (port(b, 41390)..port(b, 41398))
         .step_by(2)
         .find_map(|p| {
             let r = std::net::UdpSocket::bind(("127.0.0.1", p)).ok()?;
@@ -147,9 +144,8 @@ fn rtcp_without_an_address_goes_to_rtp_port_plus_one() {
     assert_eq!(from, s.leg(LegId::B).bound_rtcp());
 }
 
-#[test]
-fn stats_count_loss_from_sequence_gaps_and_jitter() {
-    let relay = relay(41400, 41499, LatchMode::default());
+fn stats_count_loss_from_sequence_gaps_and_jitter(b: Backend) {
+    let relay = relay(b, 41400, 41499, LatchMode::default());
     let s = relay.allocate_session().unwrap();
     let (agent, customer) = (Peer::new(), Peer::new());
     s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
@@ -176,9 +172,8 @@ fn stats_count_loss_from_sequence_gaps_and_jitter() {
     assert_eq!(st.b.rx_packets, 0);
 }
 
-#[test]
-fn stop_holds_packets_back_and_unknown_destination_is_counted() {
-    let relay = relay(41500, 41599, LatchMode::default());
+fn stop_holds_packets_back_and_unknown_destination_is_counted(b: Backend) {
+    let relay = relay(b, 41500, 41599, LatchMode::default());
     let s = relay.allocate_session().unwrap();
     let (agent, customer) = (Peer::new(), Peer::new());
     s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
@@ -217,8 +212,7 @@ fn stop_holds_packets_back_and_unknown_destination_is_counted() {
     let _: SocketAddr = s.leg(LegId::B).advertised_rtp();
 }
 
-#[test]
-fn ipv6_loopback_works() {
+fn ipv6_loopback_works(b: Backend) {
     let Ok(probe) = std::net::UdpSocket::bind("[::1]:0") else {
         return; // no IPv6 loopback on this host
     };
@@ -226,9 +220,10 @@ fn ipv6_loopback_works() {
     let relay = media::Relay::start(media::RelayConfig {
         bind: "::1".parse().unwrap(),
         advertise: "::1".parse().unwrap(),
-        port_min: 41600,
-        port_max: 41699,
+        port_min: port(b, 41600),
+        port_max: port(b, 41699),
         workers: 1,
+        backend: b,
         ..media::RelayConfig::default()
     })
     .unwrap();
@@ -246,3 +241,56 @@ fn ipv6_loopback_works() {
     assert_eq!(&buf[..n], &p[..]);
     assert_eq!(from, s.leg(LegId::B).bound_rtp());
 }
+
+each_backend!(
+    rtp_goes_both_ways_out_of_the_other_legs_port,
+    dtmf_events_pass_byte_identical,
+    rtcp_is_relayed_between_rtcp_ports_and_with_rtcp_mux,
+    rtcp_without_an_address_goes_to_rtp_port_plus_one,
+    stats_count_loss_from_sequence_gaps_and_jitter,
+    stop_holds_packets_back_and_unknown_destination_is_counted,
+    ipv6_loopback_works,
+);
+
+/// A STUN binding request (RFC 5389 §6) with a transaction id.
+fn stun_binding_request(id: u8) -> Vec<u8> {
+    let mut p = vec![0x00, 0x01, 0x00, 0x00];
+    p.extend_from_slice(&0x2112_a442u32.to_be_bytes());
+    p.extend_from_slice(&[id; 12]);
+    p
+}
+
+fn stun_keepalives_are_relayed_but_not_counted(b: Backend) {
+    let relay = relay(b, 41700, 41799, LatchMode::default());
+    let s = relay.allocate_session().unwrap();
+    let (agent, customer) = (Peer::new(), Peer::new());
+    s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let a = s.leg(LegId::A).bound_rtp();
+    let voice = rtp(0, false, 1, 160, 0x77, &[0xd5; 160]);
+    agent.send(a, &stun_binding_request(1));
+    agent.send(a, &voice);
+    agent.send(a, &stun_binding_request(2));
+    // Relayed untouched, in order (the endpoints' own ICE/consent checks go end to end).
+    assert_eq!(customer.recv().0, stun_binding_request(1));
+    assert_eq!(customer.recv().0, voice);
+    assert_eq!(customer.recv().0, stun_binding_request(2));
+    // A different packet after them is the marker that the worker has seen all three.
+    let voice2 = rtp(0, false, 2, 320, 0x77, &[0xd5; 160]);
+    agent.send(a, &voice2);
+    assert_eq!(customer.recv().0, voice2);
+    assert!(
+        eventually(|| s.stats().b.tx_packets == 2),
+        "{:?}",
+        s.stats()
+    );
+    let st = s.close();
+    assert_eq!(st.a.rx_packets, 2, "only the RTP packets: {st:?}");
+    assert_eq!(st.a.rx_bytes, 2 * 172);
+    assert_eq!((st.b.tx_packets, st.b.tx_bytes), (2, 2 * 172));
+    assert_eq!((st.a.not_forwarded, st.a.hijack_dropped), (0, 0));
+    assert_eq!(st.a.expected, 1); // seq 1, 2 after probation (RFC 3550 A.1)
+    assert_eq!(st.a.lost, 0);
+}
+
+each_backend!(stun_keepalives_are_relayed_but_not_counted);

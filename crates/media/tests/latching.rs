@@ -1,16 +1,16 @@
 //! Symmetric RTP on real sockets: the relay follows where packets really come from (NAT),
 //! and refuses to be hijacked.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
 
-use media::{LatchMode, LegId};
+use media::{Backend, LatchMode, LegId};
 use support::{eventually, relay, rtp, Peer};
 
-#[test]
-fn latches_to_a_source_port_other_than_the_sdp_said() {
-    let relay = relay(42000, 42099, LatchMode::default());
+fn latches_to_a_source_port_other_than_the_sdp_said(b: Backend) {
+    let relay = relay(b, 42000, 42099, LatchMode::default());
     let s = relay.allocate_session().unwrap();
     // The agent's SDP names one port, but behind NAT its packets come from another.
     let (sdp_addr, real_agent, customer) = (Peer::new(), Peer::new(), Peer::new());
@@ -34,10 +34,9 @@ fn latches_to_a_source_port_other_than_the_sdp_said() {
     ));
 }
 
-#[test]
-fn after_the_window_another_source_is_dropped_as_a_hijack() {
+fn after_the_window_another_source_is_dropped_as_a_hijack(b: Backend) {
     // A zero window: the first source is final.
-    let relay = relay(42100, 42199, LatchMode::Window(Duration::ZERO));
+    let relay = relay(b, 42100, 42199, LatchMode::Window(Duration::ZERO));
     let s = relay.allocate_session().unwrap();
     let (agent, attacker, customer) = (Peer::new(), Peer::new(), Peer::new());
     s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
@@ -58,9 +57,8 @@ fn after_the_window_another_source_is_dropped_as_a_hijack() {
     assert_eq!(s.stats().a.remote_rtp, Some(agent.addr()));
 }
 
-#[test]
-fn ssrc_mode_follows_a_nat_rebinding_but_not_a_stranger() {
-    let relay = relay(42200, 42299, LatchMode::Ssrc);
+fn ssrc_mode_follows_a_nat_rebinding_but_not_a_stranger(b: Backend) {
+    let relay = relay(b, 42200, 42299, LatchMode::Ssrc);
     let s = relay.allocate_session().unwrap();
     let (agent, rebound, stranger, customer) = (Peer::new(), Peer::new(), Peer::new(), Peer::new());
     s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
@@ -79,9 +77,8 @@ fn ssrc_mode_follows_a_nat_rebinding_but_not_a_stranger() {
     assert!(eventually(|| s.stats().a.hijack_dropped == 1));
 }
 
-#[test]
-fn new_sdp_address_reopens_latching() {
-    let relay = relay(42300, 42399, LatchMode::Window(Duration::ZERO));
+fn new_sdp_address_reopens_latching(b: Backend) {
+    let relay = relay(b, 42300, 42399, LatchMode::Window(Duration::ZERO));
     let s = relay.allocate_session().unwrap();
     let (phone1, phone2, customer) = (Peer::new(), Peer::new(), Peer::new());
     s.set_peer(LegId::A, phone1.addr(), None, false).unwrap();
@@ -97,3 +94,10 @@ fn new_sdp_address_reopens_latching() {
     phone2.recv();
     assert!(phone1.try_recv().is_none());
 }
+
+each_backend!(
+    latches_to_a_source_port_other_than_the_sdp_said,
+    after_the_window_another_source_is_dropped_as_a_hijack,
+    ssrc_mode_follows_a_nat_rebinding_but_not_a_stranger,
+    new_sdp_address_reopens_latching,
+);

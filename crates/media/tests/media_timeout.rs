@@ -4,13 +4,24 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use media::{LatchMode, LegId, MediaEvent};
+use media::{Backend, LatchMode, LegId, MediaEvent};
 use support::{relay_with_timeout, rtp, Peer};
 
 #[tokio::test]
-async fn a_started_silent_session_times_out_and_an_unstarted_one_does_not() {
+async fn a_started_silent_session_times_out_and_an_unstarted_one_does_not_io_uring() {
+    if let Some(b) = support::io_uring() {
+        silent_session_times_out(b).await;
+    }
+}
+
+#[tokio::test]
+async fn a_started_silent_session_times_out_and_an_unstarted_one_does_not_epoll() {
+    silent_session_times_out(Backend::Epoll).await;
+}
+
+async fn silent_session_times_out(b: Backend) {
     let timeout = Duration::from_millis(200);
-    let relay = relay_with_timeout(43000, 43099, LatchMode::default(), timeout);
+    let relay = relay_with_timeout(b, 43000, 43099, LatchMode::default(), timeout);
     let mut events = relay.events().unwrap();
     assert!(relay.events().is_none(), "one receiver");
     let ringing = relay.allocate_session().unwrap(); // never started: no time-out

@@ -1,22 +1,20 @@
 //! Port allocation: even/odd pairs, exhaustion is an error, ports always come back.
 
+#[macro_use]
 mod support;
 
-use media::{LatchMode, MediaError, Relay, RelayConfig};
-use support::{eventually, relay};
+use media::{Backend, LatchMode, MediaError, Relay, RelayConfig};
+use support::{eventually, port, relay};
 
-#[test]
-fn exhaustion_is_an_error_and_close_or_drop_frees_the_ports() {
+fn exhaustion_is_an_error_and_close_or_drop_frees_the_ports(b: Backend) {
     // 44000-44007: four pairs, two sessions.
-    let relay = relay(44000, 44007, LatchMode::default());
+    let relay = relay(b, 44000, 44007, LatchMode::default());
     let s1 = relay.allocate_session().unwrap();
     let s2 = relay.allocate_session().unwrap();
     assert_eq!(relay.port_pairs_in_use(), 4);
     match relay.allocate_session() {
-        Err(MediaError::PortsExhausted {
-            min: 44000,
-            max: 44007,
-        }) => {}
+        Err(MediaError::PortsExhausted { min, max })
+            if (min, max) == (port(b, 44000), port(b, 44007)) => {}
         other => panic!("expected PortsExhausted, got {other:?}"),
     }
     let freed = s1.leg(media::LegId::A).local_rtp_port();
@@ -35,23 +33,22 @@ fn exhaustion_is_an_error_and_close_or_drop_frees_the_ports() {
     assert!(eventually(|| relay.port_pairs_in_use() == 0));
 }
 
-#[test]
-fn a_port_taken_by_another_program_is_skipped() {
-    let squatter = std::net::UdpSocket::bind("127.0.0.1:44101").unwrap(); // RTCP of 44100
-    let relay = relay(44100, 44107, LatchMode::default());
+fn a_port_taken_by_another_program_is_skipped(b: Backend) {
+    // RTCP of 44100
+    let squatter = std::net::UdpSocket::bind(("127.0.0.1", port(b, 44101))).unwrap();
+    let relay = relay(b, 44100, 44107, LatchMode::default());
     let s = relay.allocate_session().unwrap();
     let mut got = [
         s.leg(media::LegId::A).local_rtp_port(),
         s.leg(media::LegId::B).local_rtp_port(),
     ];
     got.sort_unstable();
-    assert_eq!(got, [44102, 44104]);
+    assert_eq!(got, [port(b, 44102), port(b, 44104)]);
     drop(squatter);
 }
 
-#[test]
-fn shutting_the_relay_down_frees_everything_and_sessions_see_it() {
-    let relay = relay(44200, 44299, LatchMode::default());
+fn shutting_the_relay_down_frees_everything_and_sessions_see_it(b: Backend) {
+    let relay = relay(b, 44200, 44299, LatchMode::default());
     let s = relay.allocate_session().unwrap();
     let port = s.leg(media::LegId::A).local_rtp_port();
     relay.shutdown();
@@ -61,8 +58,8 @@ fn shutting_the_relay_down_frees_everything_and_sessions_see_it() {
     assert_eq!(stats.a.rx_packets, 0);
 }
 
-#[test]
-fn bad_config_is_refused_before_binding() {
+fn bad_config_is_refused_before_binding(b: Backend) {
+    let _ = b;
     let err = Relay::start(RelayConfig {
         port_min: 50000,
         port_max: 40000,
@@ -71,3 +68,10 @@ fn bad_config_is_refused_before_binding() {
     .unwrap_err();
     assert!(matches!(err, MediaError::Config(_)), "{err}");
 }
+
+each_backend!(
+    exhaustion_is_an_error_and_close_or_drop_frees_the_ports,
+    a_port_taken_by_another_program_is_skipped,
+    shutting_the_relay_down_frees_everything_and_sessions_see_it,
+    bad_config_is_refused_before_binding,
+);

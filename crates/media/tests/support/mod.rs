@@ -5,28 +5,79 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use media::{LatchMode, Relay, RelayConfig};
+use media::{Backend, LatchMode, Relay, RelayConfig};
+
+/// Runs each named test function (`fn name(backend: Backend)`) once per backend: as
+/// `name::io_uring` (skipped, with a note, where the kernel has no usable io_uring) and
+/// `name::epoll`.
+#[allow(unused_macros)]
+macro_rules! each_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn io_uring() {
+                if let Some(b) = crate::support::io_uring() {
+                    super::$name(b)
+                }
+            }
+            #[test]
+            fn epoll() {
+                super::$name(media::Backend::Epoll)
+            }
+        }
+    )*};
+}
+
+/// `Backend::IoUring` if a relay can start with it here.
+pub fn io_uring() -> Option<Backend> {
+    match Relay::start(RelayConfig {
+        workers: 1,
+        backend: Backend::IoUring,
+        ..RelayConfig::default()
+    }) {
+        Ok(r) => {
+            assert_eq!(r.backend(), Backend::IoUring);
+            Some(Backend::IoUring)
+        }
+        Err(e) => {
+            eprintln!("io_uring unavailable, test skipped: {e}");
+            None
+        }
+    }
+}
+
+/// The tests of the two backends run in parallel: the epoll runs use ports 10,000 higher.
+pub fn port(backend: Backend, p: u16) -> u16 {
+    match backend {
+        Backend::Epoll => p + 10_000,
+        _ => p,
+    }
+}
 
 /// A relay on 127.0.0.1 with its own port range (tests run in parallel).
-pub fn relay(port_min: u16, port_max: u16, latch: LatchMode) -> Relay {
-    relay_with_timeout(port_min, port_max, latch, Duration::from_secs(30))
+pub fn relay(backend: Backend, port_min: u16, port_max: u16, latch: LatchMode) -> Relay {
+    relay_with_timeout(backend, port_min, port_max, latch, Duration::from_secs(30))
 }
 
 pub fn relay_with_timeout(
+    backend: Backend,
     port_min: u16,
     port_max: u16,
     latch: LatchMode,
     timeout: Duration,
 ) -> Relay {
-    Relay::start(RelayConfig {
-        port_min,
-        port_max,
+    let r = Relay::start(RelayConfig {
+        port_min: port(backend, port_min),
+        port_max: port(backend, port_max),
         latch,
         timeout,
         workers: 2,
+        backend,
         ..RelayConfig::default()
     })
-    .unwrap()
+    .unwrap();
+    assert_eq!(r.backend(), backend);
+    r
 }
 
 /// An RTP packet: version 2, the given payload type, sequence number, timestamp and SSRC,

@@ -62,7 +62,8 @@ pub fn arg_value<T: FromStr>(flag: &str, v: Option<&String>) -> Result<T, BenchE
 
 const USAGE: &str = "relay-bench [--target dialbridge|rtpengine] [--streams N] [--seconds S] \
 [--warmup S] [--workers N] [--relay-cpus LIST] [--gen-cpus LIST] [--endpoints K] [--pps P] \
-[--size BYTES] [--port-min P] [--port-max P] [--rtpengine PATH] [--no-rt] [--gen-sleep]";
+[--size BYTES] [--port-min P] [--port-max P] [--rtpengine PATH] [--no-rt] [--gen-sleep] \
+[--backend auto|io_uring|epoll]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -87,6 +88,8 @@ struct Options {
     rtpengine: String,
     rt: bool,
     gen_sleep: bool,
+    /// dialbridge's forwarding backend (`DIALBRIDGE_MEDIA_BACKEND` of the relay process).
+    backend: String,
 }
 
 fn parse(args: &[String]) -> Result<Options, BenchError> {
@@ -108,6 +111,7 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
         rtpengine: "rtpengine".to_string(),
         rt: true,
         gen_sleep: false,
+        backend: "auto".to_string(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -140,6 +144,12 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
             "--port-min" => o.port_min = arg_value(flag, v)?,
             "--port-max" => o.port_max = arg_value(flag, v)?,
             "--rtpengine" => o.rtpengine = v.cloned().ok_or(BenchError::Usage(USAGE))?,
+            "--backend" => {
+                o.backend = match v.map(String::as_str) {
+                    Some(b @ ("auto" | "io_uring" | "epoll")) => b.to_string(),
+                    _ => return Err(BenchError::Usage(USAGE)),
+                }
+            }
             _ => return Err(BenchError::Usage(USAGE)),
         }
     }
@@ -210,6 +220,9 @@ impl RelayProcess {
                 ])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped());
+                if o.backend != "auto" {
+                    cmd.env("DIALBRIDGE_MEDIA_BACKEND", &o.backend);
+                }
                 with_affinity(&mut cmd, o.relay_cpus.as_deref(), o.rt)?;
                 let mut child = cmd
                     .spawn()
@@ -224,7 +237,7 @@ impl RelayProcess {
                         stdout: BufReader::new(stdout),
                     },
                 };
-                if p.serve_line(None)? != "ready" {
+                if !p.serve_line(None)?.starts_with("ready") {
                     return Err(BenchError::Protocol("relay-serve did not start"));
                 }
                 Ok(p)

@@ -41,7 +41,7 @@ pub fn run(args: &[String]) -> Result<(), BenchError> {
     let mut sessions: Vec<MediaSession> = Vec::new();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
-    writeln!(out, "ready").map_err(BenchError::io("stdout"))?;
+    writeln!(out, "ready backend={:?}", relay.backend()).map_err(BenchError::io("stdout"))?;
     for line in stdin.lock().lines() {
         let line = line.map_err(BenchError::io("stdin"))?;
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -76,7 +76,10 @@ pub fn run(args: &[String]) -> Result<(), BenchError> {
                         + st.a.hijack_dropped
                         + st.b.hijack_dropped;
                 }
-                format!("stats rx={rx} tx={tx} not_forwarded={dropped}")
+                format!(
+                    "stats backend={:?} rx={rx} tx={tx} not_forwarded={dropped}",
+                    relay.backend()
+                )
             }
             ["quit"] => break,
             _ => "err unknown command".to_string(),
