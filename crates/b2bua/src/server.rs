@@ -141,7 +141,7 @@ pub fn precheck(inc: &IncomingRequest) -> Option<(u16, Vec<(HeaderName, String)>
     if req.method != Method::Ack && req.method != Method::Cancel {
         let mut unsupported = Vec::new();
         for v in req.headers.get_all(&HeaderName::Require) {
-            for opt in sip_core::message::typed::parse_token_list(v).unwrap_or_default() {
+            for opt in sip_core::message::typed::parse_token_list(&v).unwrap_or_default() {
                 let opt = String::from_utf8_lossy(opt).into_owned();
                 if !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(&opt)) {
                     unsupported.push(opt);

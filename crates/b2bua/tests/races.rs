@@ -104,12 +104,12 @@ fn msg_key(m: &SipMessage) -> String {
     let branch = m
         .headers()
         .get(&HeaderName::Via)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .map(|v| v.to_str().into_owned())
         .unwrap_or_default();
     let cseq = m
         .headers()
         .get(&HeaderName::CSeq)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .map(|v| v.to_str().into_owned())
         .unwrap_or_default();
     match m {
         SipMessage::Request(r) => format!("{} {cseq} {branch}", r.method),
@@ -295,7 +295,7 @@ impl PeerDialog {
             invite
                 .headers
                 .get(&n)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .map(|v| v.to_str().into_owned())
                 .unwrap()
         };
         let contact = h(HeaderName::Contact);
@@ -388,7 +388,7 @@ fn sdp(port: u16, version: u32, direction: &str) -> String {
 fn to_tag(m: &SipMessage) -> Option<String> {
     m.headers()
         .get(&HeaderName::To)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .map(|v| v.to_str().into_owned())
         .and_then(|t| t.split(";tag=").nth(1).map(|s| s.to_string()))
 }
 

@@ -83,7 +83,7 @@ fn ours(data: &Bytes) -> Option<Core> {
     let contact = req.contact().ok()??;
     let max_forwards = req.max_forwards().ok()??;
     let content_length = parse_number(
-        req.headers.get(&HeaderName::ContentLength)?,
+        &req.headers.get(&HeaderName::ContentLength)?,
         u32::MAX.into(),
     )
     .ok()?;
@@ -92,7 +92,7 @@ fn ours(data: &Bytes) -> Option<Core> {
         branch: String::from_utf8_lossy(via.branch()?).into_owned(),
         from_tag: String::from_utf8_lossy(from.tag()?).into_owned(),
         to_has_tag: to.tag().is_some(),
-        call_id: String::from_utf8_lossy(call_id).into_owned(),
+        call_id: String::from_utf8_lossy(&call_id).into_owned(),
         cseq: cseq.seq,
         contact_port: contact.uri.as_sip()?.port,
         max_forwards: max_forwards.into(),
@@ -129,7 +129,7 @@ fn ours_hot(data: &Bytes) -> usize {
         acc += usize::from(m);
     }
     if let Some(l) = req.headers.get(&HeaderName::ContentLength) {
-        acc += parse_number(l, u32::MAX.into()).map_or(0, |n| n as usize);
+        acc += parse_number(&l, u32::MAX.into()).map_or(0, |n| n as usize);
     }
     acc += req.content_type().map_or(0, |c| c.len());
     acc

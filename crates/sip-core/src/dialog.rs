@@ -144,7 +144,7 @@ impl DialogId {
     pub fn for_uas_request(req: &Request) -> Option<DialogId> {
         let local_tag = tag_of(&req.to().ok()?)?;
         let remote_tag = req.from().ok().and_then(|f| tag_of(&f)).unwrap_or_default();
-        let call_id = String::from_utf8_lossy(req.call_id().ok()?).into_owned();
+        let call_id = String::from_utf8_lossy(&req.call_id().ok()?).into_owned();
         Some(DialogId {
             call_id,
             local_tag,
@@ -162,7 +162,7 @@ impl DialogId {
             .ok()
             .and_then(|f| tag_of(&f))
             .unwrap_or_default();
-        let call_id = String::from_utf8_lossy(resp.call_id().ok()?).into_owned();
+        let call_id = String::from_utf8_lossy(&resp.call_id().ok()?).into_owned();
         Some(DialogId {
             call_id,
             local_tag,
@@ -285,7 +285,7 @@ impl Dialog {
         route_set.reverse();
         Ok(Dialog {
             id: DialogId {
-                call_id: String::from_utf8_lossy(call_id).into_owned(),
+                call_id: String::from_utf8_lossy(&call_id).into_owned(),
                 local_tag: tag_of(&from).unwrap_or_default(),
                 remote_tag,
             },
@@ -327,7 +327,7 @@ impl Dialog {
         let route_set = header(invite.record_routes(), "Record-Route")?;
         Ok(Dialog {
             id: DialogId {
-                call_id: String::from_utf8_lossy(call_id).into_owned(),
+                call_id: String::from_utf8_lossy(&call_id).into_owned(),
                 local_tag: local_tag.to_owned(),
                 remote_tag: tag_of(&from).unwrap_or_default(),
             },

@@ -1035,7 +1035,7 @@ fn server_key(req: &Request) -> Option<ServerKey> {
                 branch: Bytes::copy_from_slice(b),
                 sent_by,
                 method,
-                call_id: req.call_id().ok()?.clone(),
+                call_id: req.call_id().ok()?.to_bytes(),
             })
         }
         _ => {
@@ -1079,10 +1079,11 @@ fn replace_top_via(headers: &mut crate::message::Headers, via: &Via) {
     let mut rebuilt = crate::message::Headers::with_capacity(headers.len());
     let mut done = false;
     for h in headers.iter() {
-        if !done && h.name == HeaderName::Via {
+        if !done && h.is(&HeaderName::Via) {
             done = true;
             let mut rest = Vec::new();
-            let _ = Via::parse_list(&h.value, &h.value, &mut rest);
+            let v = h.value();
+            let _ = Via::parse_list(v.base(), &v, &mut rest);
             let mut parts = vec![via.to_string()];
             parts.extend(rest.iter().skip(1).map(|v| v.to_string()));
             rebuilt.push(crate::message::Header::new(
@@ -1090,7 +1091,7 @@ fn replace_top_via(headers: &mut crate::message::Headers, via: &Via) {
                 parts.join(", "),
             ));
         } else {
-            rebuilt.push(h.clone());
+            rebuilt.push(h.to_header());
         }
     }
     *headers = rebuilt;
@@ -1103,7 +1104,7 @@ fn response_flow(headers: &crate::message::Headers, flow: &Flow) -> Flow {
     }
     let via = headers.get(&HeaderName::Via).and_then(|v| {
         let mut out = Vec::new();
-        Via::parse_list(v, v, &mut out).ok()?;
+        Via::parse_list(v.base(), &v, &mut out).ok()?;
         out.into_iter().next()
     });
     let remote = match via {
@@ -1117,43 +1118,50 @@ fn response_flow(headers: &crate::message::Headers, flow: &Flow) -> Flow {
 /// A request of the INVITE's transaction sent hop by hop — the ACK for a non-2xx final
 /// (§17.1.1.3) and the CANCEL (§9.1) share it: same Request-URI, only the top Via, the same
 /// From, Call-ID, CSeq number and Route; `to` as given.
-fn same_transaction_request(invite: &Request, method: Method, to: Option<&Bytes>) -> Request {
+fn same_transaction_request(invite: &Request, method: Method, to: Option<Bytes>) -> Request {
     let mut r = Request::new(method.clone(), invite.uri.clone());
     if let Some(v) = invite.headers.get(&HeaderName::Via) {
-        let top = Via::parse_first(v, v)
+        let top = Via::parse_first(v.base(), &v)
             .map(|x| x.to_string())
-            .unwrap_or_else(|_| String::from_utf8_lossy(v).into_owned());
+            .unwrap_or_else(|_| String::from_utf8_lossy(&v).into_owned());
         r.headers.add(HeaderName::Via, top);
     }
     r.headers.add(HeaderName::MaxForwards, "70");
     if let Some(v) = invite.headers.get(&HeaderName::From) {
-        r.headers.add(HeaderName::From, v.clone());
+        r.headers.add(HeaderName::From, v);
     }
     if let Some(v) = to {
-        r.headers.add(HeaderName::To, v.clone());
+        r.headers.add(HeaderName::To, v);
     }
     if let Some(v) = invite.headers.get(&HeaderName::CallId) {
-        r.headers.add(HeaderName::CallId, v.clone());
+        r.headers.add(HeaderName::CallId, v);
     }
     if let Ok(c) = invite.cseq() {
         r.headers
             .add(HeaderName::CSeq, format!("{} {method}", c.seq));
     }
     for route in invite.headers.get_all(&HeaderName::Route) {
-        r.headers.add(HeaderName::Route, route.clone());
+        r.headers.add(HeaderName::Route, route);
     }
     r
 }
 
 /// The ACK for a non-2xx final response (§17.1.1.3): To (with its tag) from the response.
 pub fn build_ack(invite: &Request, resp: &Response) -> Request {
-    same_transaction_request(invite, Method::Ack, resp.headers.get(&HeaderName::To))
+    same_transaction_request(
+        invite,
+        Method::Ack,
+        resp.headers.get(&HeaderName::To).map(|v| v.to_bytes()),
+    )
 }
 
 /// A CANCEL for an INVITE (§9.1), with `extra` headers (e.g. Reason).
 pub fn build_cancel(invite: &Request, extra: &[(HeaderName, Bytes)]) -> Request {
-    let mut c =
-        same_transaction_request(invite, Method::Cancel, invite.headers.get(&HeaderName::To));
+    let mut c = same_transaction_request(
+        invite,
+        Method::Cancel,
+        invite.headers.get(&HeaderName::To).map(|v| v.to_bytes()),
+    );
     for (n, v) in extra {
         c.headers.add(n.clone(), v.clone());
     }

@@ -569,7 +569,7 @@ impl Call {
                     }
                     if resp.is_success() {
                         let b = &branches[i];
-                        let Ok(dialog) = Dialog::uac(&b.invite, &resp, b.invite.headers.get(&HeaderName::Contact).and_then(|c| sip_core::message::NameAddr::parse_single(c, c).ok()).map(|n| n.uri).unwrap_or_else(|| b.invite.uri.clone())) else {
+                        let Ok(dialog) = Dialog::uac(&b.invite, &resp, b.invite.contact().ok().flatten().map(|n| n.uri).unwrap_or_else(|| b.invite.uri.clone())) else {
                             self.note(Some(leg), "2xx without a usable dialog (no Contact/To tag)");
                             continue;
                         };

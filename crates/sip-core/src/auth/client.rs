@@ -275,7 +275,7 @@ impl DigestClient {
         let challenges: Vec<String> = resp
             .headers
             .get_all(&challenge)
-            .map(|v| crate::message::unfold(v).into_owned())
+            .map(|v| v.to_str().into_owned())
             .collect();
         let refs: Vec<&str> = challenges.iter().map(String::as_str).collect();
         Ok((answer, self.answer(&refs, method, uri, body)?))

@@ -39,6 +39,42 @@ macro_rules! header_names {
                 known.unwrap_or_else(|| HeaderName::Other(original()))
             }
 
+            /// The compact code of a known name (its declaration index); [`OTHER_CODE`] for an
+            /// extension name.
+            #[inline]
+            pub(crate) fn code(&self) -> u8 {
+                let mut i = 0u8;
+                $(
+                    if matches!(self, HeaderName::$variant) {
+                        return i;
+                    }
+                    i += 1;
+                )*
+                let _ = i;
+                OTHER_CODE
+            }
+
+            /// The known name of a code from [`HeaderName::code`].
+            pub(crate) fn from_code(code: u8) -> Option<HeaderName> {
+                let mut i = 0u8;
+                $(
+                    if code == i {
+                        return Some(HeaderName::$variant);
+                    }
+                    i += 1;
+                )*
+                let _ = i;
+                None
+            }
+
+            /// The canonical (long) form of a known name.
+            pub fn canonical(&self) -> Option<&'static str> {
+                match self {
+                    $( HeaderName::$variant => Some($canon), )*
+                    HeaderName::Other(_) => None,
+                }
+            }
+
             /// The canonical (long) form of the name.
             pub fn as_str(&self) -> Cow<'_, str> {
                 match self {
@@ -49,6 +85,9 @@ macro_rules! header_names {
         }
     };
 }
+
+/// The code of an extension name in a header list.
+pub(crate) const OTHER_CODE: u8 = u8::MAX;
 
 header_names! {
     Via => "Via", b'v';
@@ -240,12 +279,11 @@ impl std::fmt::Display for HeaderName {
     }
 }
 
-/// One header field line: its recognised name, the name as written, and the raw value
-/// (leading and trailing white space removed, inner folds kept).
+/// One header field to add to a message: its name, the name as it is written, and the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub name: HeaderName,
-    /// The name exactly as it was on the wire (`v`, `ViA`, `Call-ID`...).
+    /// The name as written on the wire (`v`, `ViA`, `Call-ID`...).
     pub raw_name: Bytes,
     pub value: Bytes,
 }
@@ -253,9 +291,10 @@ pub struct Header {
 impl Header {
     /// A header with the canonical name.
     pub fn new(name: HeaderName, value: impl Into<Bytes>) -> Header {
-        let raw_name = match &name {
-            HeaderName::Other(b) => b.clone(),
-            n => Bytes::from(n.as_str().into_owned()),
+        let raw_name = match (&name, name.canonical()) {
+            (HeaderName::Other(b), _) => b.clone(),
+            (_, Some(c)) => Bytes::from_static(c.as_bytes()),
+            (n, None) => Bytes::from(n.as_str().into_owned()),
         };
         Header {
             name,
@@ -264,61 +303,10 @@ impl Header {
         }
     }
 
-    /// A header field as received: `raw_name` and `value` are sub-slices of `base`.
-    ///
-    /// A name written exactly in its canonical or compact form is kept as a static `Bytes`
-    /// (no reference count to update or drop); other spellings are slices of `base`.
-    #[inline]
-    pub(crate) fn from_wire(base: &Bytes, raw_name: &[u8], value: &[u8]) -> Header {
-        let (name, raw_name) = match raw_name {
-            [c] => match compact_name(*c) {
-                Some(n) => (n, one_octet(*c)),
-                None => {
-                    let r = base.slice_ref(raw_name);
-                    (HeaderName::Other(r.clone()), r)
-                }
-            },
-            _ => match known_long_name(raw_name) {
-                Some((n, Some(canon))) => (n, Bytes::from_static(canon.as_bytes())),
-                Some((n, None)) => (n, base.slice_ref(raw_name)),
-                None => {
-                    let r = base.slice_ref(raw_name);
-                    (HeaderName::Other(r.clone()), r)
-                }
-            },
-        };
-        let value = if value.is_empty() {
-            Bytes::new()
-        } else {
-            base.slice_ref(value)
-        };
-        Header {
-            name,
-            raw_name,
-            value,
-        }
-    }
-
     /// The value with line folds replaced by single spaces (RFC 3261 §7.3.1).
     pub fn value_str(&self) -> Cow<'_, str> {
         unfold(&self.value)
     }
-}
-
-/// Every octet value, so a one-octet name can be a static `Bytes`.
-static OCTETS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = i as u8;
-        i += 1;
-    }
-    t
-};
-
-fn one_octet(c: u8) -> Bytes {
-    let i = usize::from(c);
-    Bytes::from_static(&OCTETS[i..=i])
 }
 
 /// Replaces every fold (`CRLF 1*WSP` or a bare CR/LF with WSP) with one space.
@@ -345,25 +333,280 @@ pub fn unfold(v: &[u8]) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Where a header name or value lives: `src` 0 is the message buffer, `i + 1` the `i`-th
+/// value added after parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    src: u32,
+    start: u32,
+    end: u32,
+}
+
+/// One header field line of a list: the code of its name ([`HeaderName::code`]), the name
+/// as written, and the value (leading and trailing white space removed, inner folds kept).
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    code: u8,
+    raw_name: Span,
+    value: Span,
+}
+
 /// The header fields of a message, in order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// A received message's fields are offsets into its buffer (one `Bytes` for all of them, so
+/// parsing takes no reference count per field); fields added later keep their own `Bytes`.
+/// Values are handed out as [`HeaderValue`]s, which borrow the list and make a `Bytes` only
+/// when asked.
+#[derive(Clone, Default)]
 pub struct Headers {
-    fields: Vec<Header>,
+    buf: Bytes,
+    added: Vec<Bytes>,
+    fields: Vec<Field>,
+}
+
+/// A header value borrowed from a [`Headers`] list: the octets, and the buffer they are in
+/// (typed parsers slice their parts from it without copying).
+#[derive(Clone, Copy)]
+pub struct HeaderValue<'a> {
+    base: &'a Bytes,
+    bytes: &'a [u8],
+}
+
+impl<'a> HeaderValue<'a> {
+    /// The buffer the value is a part of.
+    #[inline]
+    pub fn base(&self) -> &'a Bytes {
+        self.base
+    }
+
+    #[inline]
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The value as a `Bytes` sharing the message buffer (no copy).
+    pub fn to_bytes(&self) -> Bytes {
+        if self.bytes.is_empty() {
+            Bytes::new()
+        } else {
+            self.base.slice_ref(self.bytes)
+        }
+    }
+
+    /// The value with line folds replaced by single spaces (RFC 3261 §7.3.1).
+    pub fn to_str(&self) -> Cow<'a, str> {
+        unfold(self.bytes)
+    }
+}
+
+impl std::ops::Deref for HeaderValue<'_> {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl AsRef<[u8]> for HeaderValue<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl std::fmt::Debug for HeaderValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.bytes))
+    }
+}
+
+impl PartialEq for HeaderValue<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for HeaderValue<'_> {}
+
+impl PartialEq<[u8]> for HeaderValue<'_> {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.bytes == other
+    }
+}
+
+impl PartialEq<&[u8]> for HeaderValue<'_> {
+    fn eq(&self, other: &&[u8]) -> bool {
+        self.bytes == *other
+    }
+}
+
+impl From<HeaderValue<'_>> for Bytes {
+    fn from(v: HeaderValue<'_>) -> Bytes {
+        v.to_bytes()
+    }
+}
+
+/// One field of a [`Headers`] list, borrowed.
+#[derive(Clone, Copy)]
+pub struct HeaderRef<'a> {
+    headers: &'a Headers,
+    field: &'a Field,
+}
+
+impl<'a> HeaderRef<'a> {
+    /// The recognised name (an extension name as written).
+    pub fn name(&self) -> HeaderName {
+        HeaderName::from_code(self.field.code)
+            .unwrap_or_else(|| HeaderName::Other(self.headers.bytes_of(self.field.raw_name)))
+    }
+
+    /// Whether the field carries `name` (extension names compared case-insensitively).
+    #[inline]
+    pub fn is(&self, name: &HeaderName) -> bool {
+        self.headers.matches(self.field, name.code(), name)
+    }
+
+    /// The name exactly as it was on the wire (`v`, `ViA`, `Call-ID`...).
+    pub fn raw_name(&self) -> &'a [u8] {
+        self.headers.slice(self.field.raw_name)
+    }
+
+    pub fn value(&self) -> HeaderValue<'a> {
+        self.headers.value(self.field.value)
+    }
+
+    /// The field as an owned [`Header`] (sharing the buffer, no copy).
+    pub fn to_header(&self) -> Header {
+        Header {
+            name: self.name(),
+            raw_name: self.headers.bytes_of(self.field.raw_name),
+            value: self.headers.bytes_of(self.field.value),
+        }
+    }
+}
+
+impl std::fmt::Debug for HeaderRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {:?}",
+            String::from_utf8_lossy(self.raw_name()),
+            self.value()
+        )
+    }
 }
 
 impl Headers {
     pub fn new() -> Headers {
-        Headers { fields: Vec::new() }
+        Headers::default()
     }
 
     pub fn with_capacity(n: usize) -> Headers {
         Headers {
+            buf: Bytes::new(),
+            added: Vec::new(),
             fields: Vec::with_capacity(n),
         }
     }
 
-    pub fn iter(&self) -> std::slice::Iter<'_, Header> {
-        self.fields.iter()
+    /// An empty list over a received buffer, filled with [`Headers::push_wire`].
+    pub(crate) fn over(buf: Bytes, capacity: usize) -> Headers {
+        Headers {
+            buf,
+            added: Vec::new(),
+            fields: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends a field read from the buffer: `name` and `value` are offsets into it.
+    /// Returns the code of the recognised name.
+    #[inline]
+    pub(crate) fn push_wire(&mut self, name: (usize, usize), value: (usize, usize)) -> u8 {
+        let raw = &self.buf[name.0..name.1];
+        let code = match raw {
+            [c] => compact_name(*c).map_or(OTHER_CODE, |n| n.code()),
+            _ => known_long_name(raw).map_or(OTHER_CODE, |(n, _)| n.code()),
+        };
+        // Offsets fit: a message is far smaller than 4 GiB (the transports cap it).
+        let span = |(s, e): (usize, usize)| Span {
+            src: 0,
+            start: s as u32,
+            end: e as u32,
+        };
+        self.fields.push(Field {
+            code,
+            raw_name: span(name),
+            value: span(value),
+        });
+        code
+    }
+
+    #[inline]
+    fn base(&self, s: Span) -> &Bytes {
+        if s.src == 0 {
+            &self.buf
+        } else {
+            // Every span with src > 0 was made by `store` with a valid index.
+            &self.added[s.src as usize - 1]
+        }
+    }
+
+    #[inline]
+    fn slice(&self, s: Span) -> &[u8] {
+        &self.base(s)[s.start as usize..s.end as usize]
+    }
+
+    #[inline]
+    fn value(&self, s: Span) -> HeaderValue<'_> {
+        HeaderValue {
+            base: self.base(s),
+            bytes: self.slice(s),
+        }
+    }
+
+    fn bytes_of(&self, s: Span) -> Bytes {
+        let base = self.base(s);
+        if s.start == 0 && s.end as usize == base.len() {
+            base.clone()
+        } else {
+            base.slice(s.start as usize..s.end as usize)
+        }
+    }
+
+    /// Keeps `b` in the list and returns a span covering it.
+    fn store(&mut self, b: Bytes) -> Span {
+        let end = b.len() as u32;
+        self.added.push(b);
+        Span {
+            src: self.added.len() as u32,
+            start: 0,
+            end,
+        }
+    }
+
+    fn field_of(&mut self, h: Header) -> Field {
+        Field {
+            code: h.name.code(),
+            raw_name: self.store(h.raw_name),
+            value: self.store(h.value),
+        }
+    }
+
+    #[inline]
+    fn matches(&self, f: &Field, code: u8, name: &HeaderName) -> bool {
+        if f.code != code {
+            return false;
+        }
+        match name {
+            HeaderName::Other(n) => self.slice(f.raw_name).eq_ignore_ascii_case(n),
+            _ => true,
+        }
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = HeaderRef<'_>> + ExactSizeIterator {
+        self.fields.iter().map(move |field| HeaderRef {
+            headers: self,
+            field,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -375,81 +618,118 @@ impl Headers {
     }
 
     /// Appends a header line.
-    #[inline]
     pub fn push(&mut self, h: Header) {
-        self.fields.push(h);
+        let f = self.field_of(h);
+        self.fields.push(f);
     }
 
     /// Appends a header with the canonical name.
     pub fn add(&mut self, name: HeaderName, value: impl Into<Bytes>) {
-        self.fields.push(Header::new(name, value));
+        self.push(Header::new(name, value));
     }
 
     /// Inserts a header before all the others of the message (e.g. a new top Via).
     pub fn insert_first(&mut self, name: HeaderName, value: impl Into<Bytes>) {
-        self.fields.insert(0, Header::new(name, value));
+        let f = self.field_of(Header::new(name, value));
+        self.fields.insert(0, f);
     }
 
     /// Replaces every occurrence of `name` with one value (or appends it).
     pub fn set(&mut self, name: HeaderName, value: impl Into<Bytes>) {
-        let value = value.into();
-        if let Some(i) = self.fields.iter().position(|h| h.name == name) {
-            self.fields[i] = Header::new(name.clone(), value);
-            let mut n = 0;
-            self.fields.retain(|h| {
-                if h.name == name {
-                    n += 1;
-                    n == 1
-                } else {
-                    true
-                }
-            });
-        } else {
-            self.add(name, value);
+        let code = name.code();
+        let f = self.field_of(Header::new(name.clone(), value));
+        match self
+            .fields
+            .iter()
+            .position(|x| self.matches(x, code, &name))
+        {
+            Some(i) => {
+                self.fields[i] = f;
+                let mut seen = 0;
+                let fields = std::mem::take(&mut self.fields);
+                self.fields = fields
+                    .into_iter()
+                    .filter(|x| {
+                        if self.matches(x, code, &name) {
+                            seen += 1;
+                            seen == 1
+                        } else {
+                            true
+                        }
+                    })
+                    .collect();
+            }
+            None => self.fields.push(f),
         }
     }
 
     /// Removes every occurrence of `name`.
     pub fn remove(&mut self, name: &HeaderName) {
-        self.fields.retain(|h| &h.name != name);
+        let code = name.code();
+        let fields = std::mem::take(&mut self.fields);
+        self.fields = fields
+            .into_iter()
+            .filter(|x| !self.matches(x, code, name))
+            .collect();
     }
 
     /// The first value of `name`.
-    pub fn get(&self, name: &HeaderName) -> Option<&Bytes> {
+    #[inline]
+    pub fn get(&self, name: &HeaderName) -> Option<HeaderValue<'_>> {
+        let code = name.code();
         self.fields
             .iter()
-            .find(|h| &h.name == name)
-            .map(|h| &h.value)
+            .find(|f| self.matches(f, code, name))
+            .map(|f| self.value(f.value))
     }
 
     /// Every value of `name`, in order.
-    pub fn get_all<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a Bytes> + 'a {
-        let name = name.clone();
+    pub fn get_all<'a>(
+        &'a self,
+        name: &'a HeaderName,
+    ) -> impl Iterator<Item = HeaderValue<'a>> + 'a {
+        let code = name.code();
         self.fields
             .iter()
-            .filter(move |h| h.name == name)
-            .map(|h| &h.value)
+            .filter(move |f| self.matches(f, code, name))
+            .map(move |f| self.value(f.value))
     }
 
     /// How many lines carry `name`.
     pub fn count(&self, name: &HeaderName) -> usize {
-        self.fields.iter().filter(|h| &h.name == name).count()
-    }
-
-    /// An extension header looked up by name, case-insensitively.
-    pub fn get_other(&self, name: &str) -> Option<&Bytes> {
+        let code = name.code();
         self.fields
             .iter()
-            .find(|h| h.raw_name.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|h| &h.value)
+            .filter(|f| self.matches(f, code, name))
+            .count()
+    }
+
+    /// A header looked up by its name as written, case-insensitively (compact forms are
+    /// not expanded: use [`Headers::get`] with a [`HeaderName`] for that).
+    pub fn get_other(&self, name: &str) -> Option<HeaderValue<'_>> {
+        self.fields
+            .iter()
+            .find(|f| self.slice(f.raw_name).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| self.value(f.value))
     }
 }
 
-impl<'a> IntoIterator for &'a Headers {
-    type Item = &'a Header;
-    type IntoIter = std::slice::Iter<'a, Header>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.fields.iter()
+impl PartialEq for Headers {
+    fn eq(&self, other: &Headers) -> bool {
+        self.len() == other.len()
+            && self.iter().zip(other.iter()).all(|(a, b)| {
+                a.field.code == b.field.code
+                    && a.raw_name() == b.raw_name()
+                    && a.value().as_bytes() == b.value().as_bytes()
+            })
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -495,16 +775,59 @@ mod tests {
 
     #[test]
     fn names_from_the_wire_keep_their_spelling() {
-        let base = Bytes::from_static(b"ViA v Via X-Foo");
-        let h = Header::from_wire(&base, &base[0..3], b"");
-        assert_eq!((h.name, &h.raw_name[..]), (HeaderName::Via, &b"ViA"[..]));
-        let h = Header::from_wire(&base, &base[4..5], b"");
-        assert_eq!((h.name, &h.raw_name[..]), (HeaderName::Via, &b"v"[..]));
-        let h = Header::from_wire(&base, &base[6..9], b"");
-        assert_eq!((h.name, &h.raw_name[..]), (HeaderName::Via, &b"Via"[..]));
-        let h = Header::from_wire(&base, &base[10..], &base[10..]);
-        assert_eq!(h.name, HeaderName::Other(Bytes::from_static(b"X-Foo")));
-        assert_eq!(&h.value[..], b"X-Foo");
+        let base = Bytes::from_static(b"ViA v Via X-Foo x-foo");
+        let mut h = Headers::over(base.clone(), 4);
+        h.push_wire((0, 3), (0, 0));
+        h.push_wire((4, 5), (0, 0));
+        h.push_wire((6, 9), (0, 0));
+        h.push_wire((10, 15), (10, 15));
+        let seen: Vec<(HeaderName, &[u8])> = h.iter().map(|f| (f.name(), f.raw_name())).collect();
+        assert_eq!(
+            seen,
+            [
+                (HeaderName::Via, &b"ViA"[..]),
+                (HeaderName::Via, &b"v"[..]),
+                (HeaderName::Via, &b"Via"[..]),
+                (
+                    HeaderName::Other(Bytes::from_static(b"X-Foo")),
+                    &b"X-Foo"[..]
+                ),
+            ]
+        );
+        assert_eq!(h.count(&HeaderName::Via), 3);
+        // Extension names are found case-insensitively.
+        let other = HeaderName::Other(Bytes::from_static(b"x-foo"));
+        assert_eq!(h.get(&other).map(|v| v.as_bytes()), Some(&b"X-Foo"[..]));
+        assert_eq!(
+            h.get(&other).map(|v| v.to_bytes()),
+            Some(Bytes::from("X-Foo"))
+        );
+    }
+
+    #[test]
+    fn added_and_received_fields_mix() {
+        let base = Bytes::from_static(b"To: <sip:b@x>");
+        let mut h = Headers::over(base, 2);
+        h.push_wire((0, 2), (4, 13));
+        h.insert_first(HeaderName::Via, "SIP/2.0/UDP h");
+        h.add(HeaderName::Other(Bytes::from_static(b"X-A")), "1");
+        let names: Vec<String> = h.iter().map(|f| f.name().to_string()).collect();
+        assert_eq!(names, ["Via", "To", "X-A"]);
+        h.set(HeaderName::To, "<sip:c@y>");
+        assert_eq!(
+            h.get(&HeaderName::To).map(|v| v.as_bytes()),
+            Some(&b"<sip:c@y>"[..])
+        );
+        h.remove(&HeaderName::Via);
+        assert_eq!(h.len(), 2);
+        let mut built = Headers::new();
+        built.add(HeaderName::To, "<sip:c@y>");
+        built.add(HeaderName::Other(Bytes::from_static(b"X-A")), "1");
+        assert_eq!(h, built);
+        let mut same = Headers::new();
+        same.add(HeaderName::Other(Bytes::from_static(b"X-A")), "1");
+        same.add(HeaderName::To, "<sip:c@y>");
+        assert_ne!(h, same, "the order differs");
     }
 
     #[test]
@@ -521,10 +844,10 @@ mod tests {
         h.add(HeaderName::Via, "b");
         h.set(HeaderName::Via, "c");
         assert_eq!(h.count(&HeaderName::Via), 1);
-        assert_eq!(h.get(&HeaderName::Via).map(|b| &b[..]), Some(&b"c"[..]));
         assert_eq!(
-            h.iter().next().map(|x| x.name.clone()),
-            Some(HeaderName::Via)
+            h.get(&HeaderName::Via).map(|b| b.as_bytes()),
+            Some(&b"c"[..])
         );
+        assert_eq!(h.iter().next().map(|x| x.name()), Some(HeaderName::Via));
     }
 }

@@ -20,7 +20,7 @@ mod uri;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;
 
-pub use header::{unfold, Header, HeaderName, Headers};
+pub use header::{unfold, Header, HeaderName, HeaderRef, HeaderValue, Headers};
 pub use parse::{frame, parse_message, Frame, FrameError, Rejected};
 pub use scan::unquote;
 pub use typed::{CSeq, ContactValue, NameAddr, RAck, Reason, SessionExpires, Via};
@@ -157,7 +157,7 @@ pub trait HeaderAccess {
     fn vias(&self) -> Result<Vec<Via>, ParseError> {
         let mut out = Vec::with_capacity(2);
         for v in self.headers().get_all(&HeaderName::Via) {
-            Via::parse_list(v, v, &mut out)?;
+            Via::parse_list(v.base(), &v, &mut out)?;
         }
         if out.is_empty() {
             return Err(ParseError::Missing("Via"));
@@ -171,7 +171,7 @@ pub trait HeaderAccess {
             .headers()
             .get(&HeaderName::Via)
             .ok_or(ParseError::Missing("Via"))?;
-        Via::parse_first(v, v)
+        Via::parse_first(v.base(), &v)
     }
 
     fn from(&self) -> Result<NameAddr, ParseError> {
@@ -182,19 +182,19 @@ pub trait HeaderAccess {
         single_name_addr(self.headers(), HeaderName::To, "To")
     }
 
-    fn call_id(&self) -> Result<&Bytes, ParseError> {
+    fn call_id(&self) -> Result<HeaderValue<'_>, ParseError> {
         single(self.headers(), &HeaderName::CallId, "Call-ID")
     }
 
     fn call_id_str(&self) -> String {
         self.call_id()
-            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
             .unwrap_or_default()
     }
 
     fn cseq(&self) -> Result<CSeq, ParseError> {
         let v = single(self.headers(), &HeaderName::CSeq, "CSeq")?;
-        CSeq::parse(v, v)
+        CSeq::parse(v.base(), &v)
     }
 
     fn contacts(&self) -> Result<Option<ContactValue>, ParseError> {
@@ -202,10 +202,10 @@ pub trait HeaderAccess {
         let mut any = false;
         for v in self.headers().get_all(&HeaderName::Contact) {
             any = true;
-            if scan::trim_lws(v) == b"*" {
+            if scan::trim_lws(&v) == b"*" {
                 return Ok(Some(ContactValue::Wildcard));
             }
-            NameAddr::parse_list(v, v, &mut out)?;
+            NameAddr::parse_list(v.base(), &v, &mut out)?;
         }
         Ok(any.then_some(ContactValue::Addrs(out)))
     }
@@ -215,10 +215,10 @@ pub trait HeaderAccess {
         // As `contacts()` would: every Contact value is checked, `*` means none.
         let mut first = None;
         for v in self.headers().get_all(&HeaderName::Contact) {
-            if scan::trim_lws(v) == b"*" {
+            if scan::trim_lws(&v) == b"*" {
                 return Ok(None);
             }
-            let na = NameAddr::parse_first(v, v)?;
+            let na = NameAddr::parse_first(v.base(), &v)?;
             first.get_or_insert(na);
         }
         Ok(first)
@@ -234,14 +234,14 @@ pub trait HeaderAccess {
 
     fn max_forwards(&self) -> Result<Option<u8>, ParseError> {
         match self.headers().get(&HeaderName::MaxForwards) {
-            Some(v) => Ok(Some(typed::parse_number(v, 255)? as u8)),
+            Some(v) => Ok(Some(typed::parse_number(&v, 255)? as u8)),
             None => Ok(None),
         }
     }
 
     fn expires(&self) -> Result<Option<u32>, ParseError> {
         match self.headers().get(&HeaderName::Expires) {
-            Some(v) => Ok(Some(typed::parse_number(v, u64::from(u32::MAX))? as u32)),
+            Some(v) => Ok(Some(typed::parse_number(&v, u64::from(u32::MAX))? as u32)),
             None => Ok(None),
         }
     }
@@ -249,12 +249,12 @@ pub trait HeaderAccess {
     fn content_type(&self) -> Option<String> {
         self.headers()
             .get(&HeaderName::ContentType)
-            .map(|v| unfold(v).trim().to_ascii_lowercase())
+            .map(|v| unfold(&v).trim().to_ascii_lowercase())
     }
 
     fn session_expires(&self) -> Result<Option<SessionExpires>, ParseError> {
         match self.headers().get(&HeaderName::SessionExpires) {
-            Some(v) => Ok(Some(SessionExpires::parse(v, v)?)),
+            Some(v) => Ok(Some(SessionExpires::parse(v.base(), &v)?)),
             None => Ok(None),
         }
     }
@@ -262,20 +262,20 @@ pub trait HeaderAccess {
     fn reasons(&self) -> Result<Vec<Reason>, ParseError> {
         let mut out = Vec::new();
         for v in self.headers().get_all(&HeaderName::Reason) {
-            out.extend(Reason::parse_list(v, v)?);
+            out.extend(Reason::parse_list(v.base(), &v)?);
         }
         Ok(out)
     }
 
     /// A header's value as text (folds replaced by spaces).
     fn header_str(&self, name: &HeaderName) -> Option<String> {
-        self.headers().get(name).map(|v| unfold(v).into_owned())
+        self.headers().get(name).map(|v| v.to_str().into_owned())
     }
 
     /// Whether a token list header (Supported, Require...) contains `option`.
     fn has_option(&self, name: &HeaderName, option: &str) -> bool {
         self.headers().get_all(name).any(|v| {
-            typed::parse_token_list(v)
+            typed::parse_token_list(&v)
                 .map(|l| l.iter().any(|t| t.eq_ignore_ascii_case(option.as_bytes())))
                 .unwrap_or(false)
         })
@@ -284,9 +284,9 @@ pub trait HeaderAccess {
 
 fn single<'a>(
     h: &'a Headers,
-    name: &HeaderName,
+    name: &'a HeaderName,
     label: &'static str,
-) -> Result<&'a Bytes, ParseError> {
+) -> Result<HeaderValue<'a>, ParseError> {
     let mut it = h.get_all(name);
     let first = it.next().ok_or(ParseError::Missing(label))?;
     if it.next().is_some() {
@@ -301,13 +301,13 @@ fn single_name_addr(
     label: &'static str,
 ) -> Result<NameAddr, ParseError> {
     let v = single(h, &name, label)?;
-    NameAddr::parse_single(v, v)
+    NameAddr::parse_single(v.base(), &v)
 }
 
 fn name_addr_list(h: &Headers, name: &HeaderName) -> Result<Vec<NameAddr>, ParseError> {
     let mut out = Vec::new();
     for v in h.get_all(name) {
-        NameAddr::parse_list(v, v, &mut out)?;
+        NameAddr::parse_list(v.base(), &v, &mut out)?;
     }
     Ok(out)
 }
@@ -430,15 +430,16 @@ impl Response {
     pub fn for_headers(h: &Headers, status: u16) -> Response {
         let mut headers = Headers::with_capacity(8);
         for f in h.iter() {
+            let name = f.name();
             if matches!(
-                f.name,
+                name,
                 HeaderName::Via
                     | HeaderName::From
                     | HeaderName::To
                     | HeaderName::CallId
                     | HeaderName::CSeq
             ) {
-                headers.push(Header::new(f.name.clone(), f.value.clone()));
+                headers.push(Header::new(name, f.value().to_bytes()));
             }
         }
         Response {
@@ -456,7 +457,7 @@ impl Response {
 
     /// Adds `;tag=` to the To header when it has none.
     pub fn set_to_tag(&mut self, tag: &str) {
-        if let Some(to) = self.headers.get(&HeaderName::To).cloned() {
+        if let Some(to) = self.headers.get(&HeaderName::To).map(|v| v.to_bytes()) {
             let has_tag = NameAddr::parse_single(&to, &to)
                 .map(|n| n.tag().is_some())
                 .unwrap_or(true);
@@ -496,12 +497,12 @@ impl Response {
 
 fn encode_rest(out: &mut BytesMut, headers: &Headers, body: &Bytes) {
     for h in headers.iter() {
-        if h.name == HeaderName::ContentLength {
+        if h.is(&HeaderName::ContentLength) {
             continue;
         }
-        out.put_slice(&h.raw_name);
+        out.put_slice(h.raw_name());
         out.put_slice(b": ");
-        out.put_slice(&h.value);
+        out.put_slice(&h.value());
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"Content-Length: ");
@@ -594,7 +595,7 @@ mod tests {
         assert_eq!(r.top_via().unwrap().rport(), Some(None));
         assert_eq!(&r.body[..], b"v=0\r");
         assert_eq!(
-            r.headers.get_other("x-custom").map(|v| &v[..]),
+            r.headers.get_other("x-custom").map(|v| v.as_bytes()),
             Some(&b"keep   this"[..])
         );
         let again = match parse_message(r.encode()) {

@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 
-use super::header::{Header, HeaderName, Headers};
-use super::scan::{is_token, is_token_str, parse_decimal, trim_lws};
+use super::header::{HeaderName, Headers};
+use super::scan::{is_lws, is_token, is_token_str, parse_decimal, trim_lws};
 use super::uri::Uri;
 use super::{Method, Request, Response, SipMessage};
 
@@ -355,11 +355,12 @@ fn split_headers(
     lines: &mut LogicalLines<'_>,
 ) -> Result<(Headers, ContentLength), &'static str> {
     // About one field per 40 octets of a typical header block; few messages regrow.
-    let mut headers = Headers::with_capacity(base.len() / 48 + 8);
+    let mut headers = Headers::over(base.clone(), base.len() / 48 + 8);
     let mut content_length: ContentLength = Ok(None);
+    let content_length_code = HeaderName::ContentLength.code();
     while let Some((start, end)) = lines.next_span() {
         let line = &base[start..end];
-        let colon = line.iter().position(|&b| b == b':').ok_or_else(|| {
+        let colon = memchr::memchr(b':', line).ok_or_else(|| {
             if matches!(line.first(), Some(b' ' | b'\t')) {
                 "Continuation line without a header"
             } else {
@@ -379,11 +380,11 @@ fn split_headers(
                 "Malformed header name"
             });
         }
-        let value = trim_lws(&line[colon + 1..]);
-        let header = Header::from_wire(base, raw_name, value);
-        if header.name == HeaderName::ContentLength {
+        let (vs, ve) = trim_lws_range(line, colon + 1);
+        let code = headers.push_wire((start, start + name_end), (start + vs, start + ve));
+        if code == content_length_code {
             if let Ok(previous) = content_length {
-                content_length = match parse_decimal(value, u64::from(u32::MAX)) {
+                content_length = match parse_decimal(&line[vs..ve], u64::from(u32::MAX)) {
                     None => Err("Bad Content-Length"),
                     Some(n) if previous.is_some_and(|c| c != n as usize) => {
                         Err("Conflicting Content-Length values")
@@ -392,9 +393,22 @@ fn split_headers(
                 };
             }
         }
-        headers.push(header);
     }
     Ok((headers, content_length))
+}
+
+/// The `start..end` of `line[from..]` without its leading and trailing LWS.
+#[inline]
+fn trim_lws_range(line: &[u8], from: usize) -> (usize, usize) {
+    let mut s = from;
+    let mut e = line.len();
+    while s < e && is_lws(line[s]) {
+        s += 1;
+    }
+    while e > s && is_lws(line[e - 1]) {
+        e -= 1;
+    }
+    (s, e)
 }
 
 #[cfg(test)]
