@@ -71,7 +71,7 @@ impl SipServer {
             return;
         }
         let req = &inc.request;
-        let in_dialog = req.to().ok().and_then(|t| t.tag().cloned()).is_some();
+        let in_dialog = req.to().ok().is_some_and(|t| t.tag().is_some());
         match &req.method {
             Method::Options => self.reply(
                 &inc,

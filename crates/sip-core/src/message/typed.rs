@@ -20,11 +20,11 @@ pub struct Via {
 
 impl Via {
     pub fn branch(&self) -> Option<&[u8]> {
-        self.params.get("branch").flatten().map(|b| &b[..])
+        self.params.get("branch").flatten()
     }
 
     pub fn received(&self) -> Option<&[u8]> {
-        self.params.get("received").flatten().map(|b| &b[..])
+        self.params.get("received").flatten()
     }
 
     /// `Some(None)` when `rport` is present without a value (the client asks for it, RFC 3581).
@@ -118,27 +118,30 @@ fn parse_one_via(base: &Bytes, s: &mut Scanner<'_>) -> Result<Via, ParseError> {
 
 /// `*( SEMI generic-param )` after a header value; gen-value = token / host / quoted-string.
 fn parse_header_params(base: &Bytes, s: &mut Scanner<'_>) -> Result<Params, ParseError> {
-    let mut params = Vec::new();
+    let start = s.pos;
+    let mut end = start;
     while s.eat_sep(b';') {
-        let name = s.token().ok_or(ParseError::Invalid("empty parameter"))?;
-        let value = if s.eat_sep(b'=') {
-            let v = if s.peek() == Some(b'"') {
+        s.token().ok_or(ParseError::Invalid("empty parameter"))?;
+        if s.eat_sep(b'=') {
+            if s.peek() == Some(b'"') {
                 s.quoted_string()
-                    .ok_or(ParseError::Invalid("unterminated quoted parameter"))?
+                    .ok_or(ParseError::Invalid("unterminated quoted parameter"))?;
             } else {
                 let v = s.take_while(|b| is_token(b) || matches!(b, b':' | b'[' | b']'));
                 if v.is_empty() {
                     return Err(ParseError::Invalid("empty parameter value"));
                 }
-                v
-            };
-            Some(base.slice_ref(v))
-        } else {
-            None
-        };
-        params.push((shared_word(base, name), value));
+            }
+        }
+        end = s.pos;
     }
-    Ok(Params(params))
+    // Trailing LWS belongs to what follows, not to the parameters.
+    s.pos = end;
+    Ok(if end == start {
+        Params::default()
+    } else {
+        Params::header(base.slice_ref(&s.buf[start..end]))
+    })
 }
 
 /// A `name-addr` or `addr-spec` with header parameters: From, To, Contact, Route,
@@ -163,7 +166,7 @@ impl NameAddr {
         }
     }
 
-    pub fn tag(&self) -> Option<&Bytes> {
+    pub fn tag(&self) -> Option<&[u8]> {
         self.params.get("tag").flatten()
     }
 

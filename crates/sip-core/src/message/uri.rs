@@ -5,7 +5,7 @@ use bytes::Bytes;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::scan::{parse_decimal, shared_word};
+use super::scan::{is_token, parse_decimal, Scanner};
 use super::ParseError;
 
 /// A URI as found in a Request-URI or a name-addr.
@@ -53,17 +53,16 @@ impl Host {
             return Ok(Host::Ip(IpAddr::V6(ip)));
         }
         // One pass: every octet a host name octet, and whether all are digits or dots.
-        let mut numeric = true;
+        let (mut any, mut ok) = (0u8, true);
         for &b in s {
-            if b.is_ascii_digit() || b == b'.' {
-                continue;
-            }
-            if !(b.is_ascii_alphabetic() || b == b'-') {
-                return Err(ParseError::Invalid("bad character in host"));
-            }
-            numeric = false;
+            let c = class::TABLE[usize::from(b)];
+            any |= c;
+            ok &= c & (class::HOST_NUMERIC | class::HOST_NAME) != 0;
         }
-        if numeric {
+        if !ok {
+            return Err(ParseError::Invalid("bad character in host"));
+        }
+        if any & class::HOST_NAME == 0 {
             if let Some(ip) = parse_ipv4(s) {
                 return Ok(Host::Ip(IpAddr::V4(ip)));
             }
@@ -115,15 +114,42 @@ impl fmt::Display for Host {
 }
 
 /// `;name[=value]` parameters, in order, names compared case-insensitively.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(pub Vec<(Bytes, Option<Bytes>)>);
+///
+/// Kept as the text they were received as (one `Bytes`, checked when the URI or header was
+/// parsed) and searched on demand, so parsing a URI or a header allocates nothing for them.
+/// Changing a parameter rewrites the text.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    /// The parameters with their leading `;` (empty when there are none).
+    raw: Bytes,
+    /// Header parameters (RFC 3261 §25.1 `generic-param`: LWS around `;` and `=`, quoted
+    /// values) rather than URI parameters (split on `;` and `=` only).
+    header: bool,
+}
 
 impl Params {
-    pub fn get(&self, name: &str) -> Option<Option<&Bytes>> {
-        self.0
-            .iter()
+    /// URI parameters from their text, the leading `;` included (already checked).
+    pub(crate) fn uri(raw: Bytes) -> Params {
+        Params { raw, header: false }
+    }
+
+    /// Header parameters from their text, the leading `;` included (already checked).
+    pub(crate) fn header(raw: Bytes) -> Params {
+        Params { raw, header: true }
+    }
+
+    /// Every parameter: its name and its value (`None` for a flag), as written.
+    pub fn iter(&self) -> ParamIter<'_> {
+        ParamIter {
+            s: Scanner::new(&self.raw),
+            header: self.header,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Option<&[u8]>> {
+        self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v.as_ref())
+            .map(|(_, v)| v)
     }
 
     /// The value of `name` as text (an empty string for a flag without value).
@@ -138,38 +164,115 @@ impl Params {
         self.get(name).is_some()
     }
 
+    /// Sets `name` (replacing its value where it is, or appending it).
     pub fn set(&mut self, name: &str, value: Option<&str>) {
-        let v = value.map(|v| Bytes::copy_from_slice(v.as_bytes()));
-        if let Some(slot) = self
-            .0
-            .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-        {
-            slot.1 = v;
-        } else {
-            self.0.push((Bytes::copy_from_slice(name.as_bytes()), v));
+        let mut out = Vec::with_capacity(self.raw.len() + name.len() + 16);
+        let mut found = false;
+        for (n, v) in self.iter() {
+            if n.eq_ignore_ascii_case(name.as_bytes()) {
+                if found {
+                    continue;
+                }
+                found = true;
+                push_param(&mut out, n, value.map(str::as_bytes));
+            } else {
+                push_param(&mut out, n, v);
+            }
         }
+        if !found {
+            push_param(&mut out, name.as_bytes(), value.map(str::as_bytes));
+        }
+        self.raw = Bytes::from(out);
     }
 
     pub fn remove(&mut self, name: &str) {
-        self.0
-            .retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
+        let mut out = Vec::with_capacity(self.raw.len());
+        for (n, v) in self.iter() {
+            if !n.eq_ignore_ascii_case(name.as_bytes()) {
+                push_param(&mut out, n, v);
+            }
+        }
+        self.raw = Bytes::from(out);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.iter().next().is_none()
+    }
+}
+
+fn push_param(out: &mut Vec<u8>, name: &[u8], value: Option<&[u8]>) {
+    out.push(b';');
+    out.extend_from_slice(name);
+    if let Some(v) = value {
+        out.push(b'=');
+        out.extend_from_slice(v);
+    }
+}
+
+/// The parameters of a [`Params`], in order.
+pub struct ParamIter<'a> {
+    s: Scanner<'a>,
+    header: bool,
+}
+
+impl<'a> Iterator for ParamIter<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let s = &mut self.s;
+        if self.header {
+            if !s.eat_sep(b';') {
+                return None;
+            }
+            let name = s.token()?;
+            let value = if s.eat_sep(b'=') {
+                Some(if s.peek() == Some(b'"') {
+                    s.quoted_string()?
+                } else {
+                    s.take_while(|b| is_token(b) || matches!(b, b':' | b'[' | b']'))
+                })
+            } else {
+                None
+            };
+            Some((name, value))
+        } else {
+            if !s.eat(b';') {
+                return None;
+            }
+            let p = s.take_while(|b| b != b';');
+            Some(match memchr::memchr(b'=', p) {
+                Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
+                None => (p, None),
+            })
+        }
     }
 }
 
 impl fmt::Display for Params {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (n, v) in &self.0 {
+        if !self.header {
+            return f.write_str(&String::from_utf8_lossy(&self.raw));
+        }
+        for (n, v) in self.iter() {
             write!(f, ";{}", String::from_utf8_lossy(n))?;
             if let Some(v) = v {
                 write!(f, "={}", String::from_utf8_lossy(v))?;
             }
         }
         Ok(())
+    }
+}
+
+impl fmt::Debug for Params {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n),
+                    v.map(String::from_utf8_lossy),
+                )
+            }))
+            .finish()
     }
 }
 
@@ -338,28 +441,78 @@ impl Uri {
     }
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
-        )
+/// Character classes of URI parts (RFC 3261 §25.1), one bit each, looked up per octet.
+mod class {
+    /// `unreserved`: alphanumerics and `-_.!~*'()`.
+    pub const UNRESERVED: u8 = 1;
+    /// `user-unreserved`: `&=+$,;?/`.
+    pub const USER: u8 = 2;
+    /// The other characters of a password: `&=+$,`.
+    pub const PASSWORD: u8 = 4;
+    /// `param-unreserved`: `[]/:&+$`.
+    pub const PARAM: u8 = 8;
+    /// `hnv-unreserved` and the rest of a `?headers` part: `[]/?:+$=&`.
+    pub const HEADER: u8 = 16;
+    /// Digits and `.`: an IPv4 address so far.
+    pub const HOST_NUMERIC: u8 = 32;
+    /// Letters and `-`: a host name.
+    pub const HOST_NAME: u8 = 64;
+
+    const fn of(c: u8) -> u8 {
+        let mut bits = 0;
+        if c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')')
+        {
+            bits |= UNRESERVED;
+        }
+        if matches!(c, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/') {
+            bits |= USER;
+        }
+        if matches!(c, b'&' | b'=' | b'+' | b'$' | b',') {
+            bits |= PASSWORD;
+        }
+        if matches!(c, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$') {
+            bits |= PARAM;
+        }
+        if matches!(c, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'=' | b'&') {
+            bits |= HEADER;
+        }
+        if c.is_ascii_digit() || c == b'.' {
+            bits |= HOST_NUMERIC;
+        }
+        if c.is_ascii_alphabetic() || c == b'-' {
+            bits |= HOST_NAME;
+        }
+        bits
+    }
+
+    pub static TABLE: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = of(i as u8);
+            i += 1;
+        }
+        t
+    };
 }
 
-/// Whether `s` is made only of unreserved characters, `%HH` escapes and the characters
-/// `extra` allows. RFC 3261 §25.1 URIs are ASCII: an octet ≥ 0x80 must be escaped, so a raw
-/// one is refused (it could not be written back as text unchanged).
-fn all_escaped_or(s: &[u8], extra: impl Fn(u8) -> bool) -> bool {
+/// Whether `s` is made only of unreserved characters, `%HH` escapes and the characters of
+/// `extra` (a [`class`] bit). RFC 3261 §25.1 URIs are ASCII: an octet ≥ 0x80 must be
+/// escaped, so a raw one is refused (it could not be written back as text unchanged).
+#[inline]
+fn all_escaped_or(s: &[u8], extra: u8) -> bool {
+    let allowed = class::UNRESERVED | extra;
     let mut i = 0;
     while i < s.len() {
         let b = s[i];
-        if b == b'%' {
+        if class::TABLE[usize::from(b)] & allowed != 0 {
+            i += 1;
+        } else if b == b'%' {
             match (s.get(i + 1), s.get(i + 2)) {
                 (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
                 _ => return false,
             }
-        } else if is_unreserved(b) || extra(b) {
-            i += 1;
         } else {
             return false;
         }
@@ -367,26 +520,23 @@ fn all_escaped_or(s: &[u8], extra: impl Fn(u8) -> bool) -> bool {
     true
 }
 
+/// Checks the URI parameters in `s` (the text from the first `;` on, the `;` included).
 fn parse_params(base: &Bytes, s: &[u8]) -> Result<Params, ParseError> {
-    let mut params = Vec::new();
-    // `s` starts right after the first ';'
-    for p in s.split(|&b| b == b';') {
-        let (name, value) = match p.iter().position(|&b| b == b'=') {
+    for p in s[1..].split(|&b| b == b';') {
+        let (name, value) = match memchr::memchr(b'=', p) {
             Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
             None => (p, None),
         };
-        let pchar = |b: u8| matches!(b, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$');
-        if name.is_empty() || !all_escaped_or(name, pchar) {
+        if name.is_empty() || !all_escaped_or(name, class::PARAM) {
             return Err(ParseError::Invalid("bad URI parameter"));
         }
         if let Some(v) = value {
-            if v.is_empty() || !all_escaped_or(v, pchar) {
+            if v.is_empty() || !all_escaped_or(v, class::PARAM) {
                 return Err(ParseError::Invalid("bad URI parameter value"));
             }
         }
-        params.push((shared_word(base, name), value.map(|v| shared_word(base, v))));
     }
-    Ok(Params(params))
+    Ok(Params::uri(base.slice_ref(s)))
 }
 
 fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError> {
@@ -401,13 +551,11 @@ fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError>
                 Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                 None => (ui, None),
             };
-            let uchar = |b: u8| matches!(b, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/');
-            if u.is_empty() || !all_escaped_or(u, uchar) {
+            if u.is_empty() || !all_escaped_or(u, class::USER) {
                 return Err(ParseError::Invalid("bad URI user part"));
             }
             if let Some(p) = p {
-                let pwchar = |b: u8| matches!(b, b'&' | b'=' | b'+' | b'$' | b',');
-                if !all_escaped_or(p, pwchar) {
+                if !all_escaped_or(p, class::PASSWORD) {
                     return Err(ParseError::Invalid("bad URI password"));
                 }
             }
@@ -419,13 +567,7 @@ fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError>
     let (rest, headers) = match rest.iter().position(|&b| b == b'?') {
         Some(q) => {
             let h = &rest[q + 1..];
-            let hchar = |b: u8| {
-                matches!(
-                    b,
-                    b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'=' | b'&'
-                )
-            };
-            if h.is_empty() || !all_escaped_or(h, hchar) {
+            if h.is_empty() || !all_escaped_or(h, class::HEADER) {
                 return Err(ParseError::Invalid("bad URI headers"));
             }
             (&rest[..q], Some(base.slice_ref(h)))
@@ -433,7 +575,7 @@ fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError>
         None => (rest, None),
     };
     let (hostport, params) = match rest.iter().position(|&b| b == b';') {
-        Some(sc) => (&rest[..sc], parse_params(base, &rest[sc + 1..])?),
+        Some(sc) => (&rest[..sc], parse_params(base, &rest[sc..])?),
         None => (rest, Params::default()),
     };
     let (host, port) = split_hostport(base, hostport)?;
@@ -480,7 +622,7 @@ pub(crate) fn split_hostport(base: &Bytes, s: &[u8]) -> Result<(Host, Option<u16
 
 fn parse_tel(base: &Bytes, s: &[u8]) -> Result<TelUri, ParseError> {
     let (num, params) = match s.iter().position(|&b| b == b';') {
-        Some(sc) => (&s[..sc], parse_params(base, &s[sc + 1..])?),
+        Some(sc) => (&s[..sc], parse_params(base, &s[sc..])?),
         None => (s, Params::default()),
     };
     let ok = |b: u8| {
