@@ -1042,7 +1042,12 @@ fn server_key(req: &Request) -> Option<ServerKey> {
             // RFC 2543: Request-URI, To tag, From tag, Call-ID, CSeq number, top Via, method.
             // (The To tag is left out: the ACK of a non-2xx carries the tag the INVITE lacked.)
             let cseq = req.cseq().ok()?;
-            let from_tag = req.from().ok()?.tag().map(<[u8]>::to_vec).unwrap_or_default();
+            let from_tag = req
+                .from()
+                .ok()?
+                .tag()
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
             Some(ServerKey::Rfc2543(format!(
                 "{}|{}|{}|{}|{}|{}",
                 req.uri,

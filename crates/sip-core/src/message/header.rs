@@ -258,9 +258,17 @@ pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, Option<&'static
         },
         _ => return None,
     };
-    if raw == canon.as_bytes() {
+    // Same length already: compare octet by octet (no call for such short names).
+    let canon_b = canon.as_bytes();
+    let mut exact = true;
+    let mut folded = true;
+    for (a, b) in raw.iter().zip(canon_b) {
+        exact &= a == b;
+        folded &= a.eq_ignore_ascii_case(b);
+    }
+    if exact {
         Some((name, Some(canon)))
-    } else if raw.eq_ignore_ascii_case(canon.as_bytes()) {
+    } else if folded {
         Some((name, None))
     } else {
         None

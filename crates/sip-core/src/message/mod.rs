@@ -23,8 +23,12 @@ use std::fmt;
 pub use header::{unfold, Header, HeaderName, HeaderRef, HeaderValue, Headers};
 pub use parse::{frame, parse_message, Frame, FrameError, Rejected};
 pub use scan::unquote;
-pub use typed::{CSeq, ContactValue, NameAddr, RAck, Reason, SessionExpires, Via};
-pub use uri::{Host, Params, SipUri, TelUri, Uri};
+pub use typed::{
+    CSeq, ContactValue, NameAddr, NameAddrView, RAck, Reason, SessionExpires, Via, ViaView,
+};
+pub use uri::{
+    Host, HostView, ParamIter, Params, ParamsView, SipUri, SipUriView, TelUri, Uri, UriView,
+};
 
 /// Errors of the typed header layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -174,12 +178,35 @@ pub trait HeaderAccess {
         Via::parse_first(v.base(), &v)
     }
 
+    /// The topmost Via, borrowed (nothing allocated or shared).
+    fn top_via_view(&self) -> Result<ViaView<'_>, ParseError> {
+        let v = self
+            .headers()
+            .get(&HeaderName::Via)
+            .ok_or(ParseError::Missing("Via"))?;
+        ViaView::parse_first(v.as_bytes())
+    }
+
     fn from(&self) -> Result<NameAddr, ParseError> {
-        single_name_addr(self.headers(), HeaderName::From, "From")
+        let v = single(self.headers(), &HeaderName::From, "From")?;
+        NameAddrView::parse_single(v.as_bytes()).map(|n| n.to_owned(v.base()))
+    }
+
+    /// The From header, borrowed.
+    fn from_view(&self) -> Result<NameAddrView<'_>, ParseError> {
+        let v = single(self.headers(), &HeaderName::From, "From")?;
+        NameAddrView::parse_single(v.as_bytes())
     }
 
     fn to(&self) -> Result<NameAddr, ParseError> {
-        single_name_addr(self.headers(), HeaderName::To, "To")
+        let v = single(self.headers(), &HeaderName::To, "To")?;
+        NameAddrView::parse_single(v.as_bytes()).map(|n| n.to_owned(v.base()))
+    }
+
+    /// The To header, borrowed.
+    fn to_view(&self) -> Result<NameAddrView<'_>, ParseError> {
+        let v = single(self.headers(), &HeaderName::To, "To")?;
+        NameAddrView::parse_single(v.as_bytes())
     }
 
     fn call_id(&self) -> Result<HeaderValue<'_>, ParseError> {
@@ -212,16 +239,12 @@ pub trait HeaderAccess {
 
     /// The first Contact's name-addr, if any.
     fn contact(&self) -> Result<Option<NameAddr>, ParseError> {
-        // As `contacts()` would: every Contact value is checked, `*` means none.
-        let mut first = None;
-        for v in self.headers().get_all(&HeaderName::Contact) {
-            if scan::trim_lws(&v) == b"*" {
-                return Ok(None);
-            }
-            let na = NameAddr::parse_first(v.base(), &v)?;
-            first.get_or_insert(na);
-        }
-        Ok(first)
+        Ok(first_contact(self.headers())?.map(|(n, base)| n.to_owned(base)))
+    }
+
+    /// The first Contact's name-addr, borrowed.
+    fn contact_view(&self) -> Result<Option<NameAddrView<'_>>, ParseError> {
+        Ok(first_contact(self.headers())?.map(|(n, _)| n))
     }
 
     fn record_routes(&self) -> Result<Vec<NameAddr>, ParseError> {
@@ -252,9 +275,29 @@ pub trait HeaderAccess {
             .map(|v| unfold(&v).trim().to_ascii_lowercase())
     }
 
+    /// Whether the media type of Content-Type (parameters left out) is `mime`, compared
+    /// case-insensitively (RFC 3261 §20.15).
+    fn content_type_is(&self, mime: &str) -> bool {
+        self.headers()
+            .get(&HeaderName::ContentType)
+            .is_some_and(|v| {
+                let t = v.as_bytes();
+                let t = &t[..memchr::memchr(b';', t).unwrap_or(t.len())];
+                let t = scan::trim_lws(t);
+                // type "/" subtype, with optional LWS around the slash.
+                match (memchr::memchr(b'/', t), mime.split_once('/')) {
+                    (Some(i), Some((ty, sub))) => {
+                        scan::trim_lws(&t[..i]).eq_ignore_ascii_case(ty.as_bytes())
+                            && scan::trim_lws(&t[i + 1..]).eq_ignore_ascii_case(sub.as_bytes())
+                    }
+                    _ => false,
+                }
+            })
+    }
+
     fn session_expires(&self) -> Result<Option<SessionExpires>, ParseError> {
         match self.headers().get(&HeaderName::SessionExpires) {
-            Some(v) => Ok(Some(SessionExpires::parse(v.base(), &v)?)),
+            Some(v) => Ok(Some(SessionExpires::parse(&v)?)),
             None => Ok(None),
         }
     }
@@ -262,7 +305,7 @@ pub trait HeaderAccess {
     fn reasons(&self) -> Result<Vec<Reason>, ParseError> {
         let mut out = Vec::new();
         for v in self.headers().get_all(&HeaderName::Reason) {
-            out.extend(Reason::parse_list(v.base(), &v)?);
+            out.extend(Reason::parse_list(&v)?);
         }
         Ok(out)
     }
@@ -295,13 +338,18 @@ fn single<'a>(
     Ok(first)
 }
 
-fn single_name_addr(
-    h: &Headers,
-    name: HeaderName,
-    label: &'static str,
-) -> Result<NameAddr, ParseError> {
-    let v = single(h, &name, label)?;
-    NameAddr::parse_single(v.base(), &v)
+/// The first name-addr of the Contact header fields and the buffer it is in; every value
+/// is checked, `*` means none.
+fn first_contact(h: &Headers) -> Result<Option<(NameAddrView<'_>, &Bytes)>, ParseError> {
+    let mut first = None;
+    for v in h.get_all(&HeaderName::Contact) {
+        if scan::trim_lws(&v) == b"*" {
+            return Ok(None);
+        }
+        let na = NameAddrView::parse_first(v.as_bytes())?;
+        first.get_or_insert((na, v.base()));
+    }
+    Ok(first)
 }
 
 fn name_addr_list(h: &Headers, name: &HeaderName) -> Result<Vec<NameAddr>, ParseError> {
@@ -355,9 +403,16 @@ impl Request {
                 ParseError::Invalid(r) => format!("Bad {what}: {r}"),
             },
         };
-        self.vias().map_err(|e| bad(e, "Via"))?;
-        self.from().map_err(|e| bad(e, "From"))?;
-        self.to().map_err(|e| bad(e, "To"))?;
+        // Every value of every list is checked, through borrowed views (nothing kept).
+        let mut vias = 0;
+        for v in self.headers.get_all(&HeaderName::Via) {
+            ViaView::parse_each(v.as_bytes(), |_| vias += 1).map_err(|e| bad(e, "Via"))?;
+        }
+        if vias == 0 {
+            return Err(bad(ParseError::Missing("Via"), "Via"));
+        }
+        self.from_view().map_err(|e| bad(e, "From"))?;
+        self.to_view().map_err(|e| bad(e, "To"))?;
         let call_id = self.call_id().map_err(|e| bad(e, "Call-ID"))?;
         if call_id.is_empty() || call_id.iter().any(|&b| b <= b' ') {
             return fail(400, "Bad Call-ID".into());
@@ -380,26 +435,38 @@ impl Request {
         }
         self.max_forwards().map_err(|e| bad(e, "Max-Forwards"))?;
         self.expires().map_err(|e| bad(e, "Expires"))?;
-        match self.contacts().map_err(|e| bad(e, "Contact"))? {
-            Some(ContactValue::Addrs(addrs)) => {
-                for a in &addrs {
-                    if let Some(v) = a.params.get("expires") {
-                        let ok = v
-                            .map(|v| typed::parse_number(v, u64::from(u32::MAX)).is_ok())
-                            .unwrap_or(false);
-                        if !ok {
-                            return fail(400, "Bad Contact expires parameter".into());
-                        }
-                    }
+        let mut wildcard = false;
+        let mut bad_expires = false;
+        for v in self.headers.get_all(&HeaderName::Contact) {
+            if scan::trim_lws(&v) == b"*" {
+                wildcard = true;
+                continue;
+            }
+            NameAddrView::parse_each(v.as_bytes(), |a| {
+                if let Some(v) = a.params.get("expires") {
+                    let ok = v
+                        .map(|v| typed::parse_number(v, u64::from(u32::MAX)).is_ok())
+                        .unwrap_or(false);
+                    bad_expires |= !ok;
                 }
-            }
-            Some(ContactValue::Wildcard) if self.method != Method::Register => {
-                return fail(400, "Contact * outside REGISTER".into());
-            }
-            _ => {}
+                Ok(())
+            })
+            .map_err(|e| bad(e, "Contact"))?;
         }
-        self.routes().map_err(|e| bad(e, "Route"))?;
-        self.record_routes().map_err(|e| bad(e, "Record-Route"))?;
+        if !wildcard && bad_expires {
+            return fail(400, "Bad Contact expires parameter".into());
+        }
+        if wildcard && self.method != Method::Register {
+            return fail(400, "Contact * outside REGISTER".into());
+        }
+        for (name, label) in [
+            (HeaderName::Route, "Route"),
+            (HeaderName::RecordRoute, "Record-Route"),
+        ] {
+            for v in self.headers.get_all(&name) {
+                NameAddrView::parse_each(v.as_bytes(), |_| Ok(())).map_err(|e| bad(e, label))?;
+            }
+        }
         if let Some(u) = self.uri.as_sip() {
             if u.headers.is_some() {
                 return fail(400, "Request-URI must not carry headers".into());

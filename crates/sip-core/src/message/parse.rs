@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::header::{HeaderName, Headers};
-use super::scan::{is_lws, is_token, is_token_str, parse_decimal, trim_lws};
+use super::scan::{is_lws, is_token, parse_decimal, trim_lws};
 use super::uri::Uri;
 use super::{Method, Request, Response, SipMessage};
 
@@ -360,26 +360,25 @@ fn split_headers(
     let content_length_code = HeaderName::ContentLength.code();
     while let Some((start, end)) = lines.next_span() {
         let line = &base[start..end];
-        let colon = memchr::memchr(b':', line).ok_or_else(|| {
-            if matches!(line.first(), Some(b' ' | b'\t')) {
-                "Continuation line without a header"
-            } else {
-                "Header line without colon"
-            }
-        })?;
-        // Only WSP may stand between the name and the colon.
-        let mut name_end = colon;
-        while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
-            name_end -= 1;
+        // The name (token octets), optional WSP, then the colon: one walk.
+        let mut i = 0;
+        while i < line.len() && is_token(line[i]) {
+            i += 1;
         }
-        let raw_name = &line[..name_end];
-        if !is_token_str(raw_name) {
+        let name_end = i;
+        while i < line.len() && matches!(line[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if name_end == 0 || line.get(i) != Some(&b':') {
             return Err(if matches!(line.first(), Some(b' ' | b'\t')) {
                 "Continuation line without a header"
+            } else if memchr::memchr(b':', line).is_none() {
+                "Header line without colon"
             } else {
                 "Malformed header name"
             });
         }
+        let colon = i;
         let (vs, ve) = trim_lws_range(line, colon + 1);
         let code = headers.push_wire((start, start + name_end), (start + vs, start + ve));
         if code == content_length_code {

@@ -1,11 +1,13 @@
 //! Typed views of the header fields the B2BUA works with. Each is parsed on demand from the
-//! raw value; parts are `Bytes` slices of the received datagram (no copies).
+//! raw value: first into a borrowed view ([`ViaView`], [`NameAddrView`]: slices of the
+//! value, no allocation, no reference count), then, when the caller wants to keep it, into
+//! an owned value whose parts share the received datagram (no copies).
 
 use bytes::Bytes;
 use std::fmt;
 
 use super::scan::{is_token, parse_decimal, shared_word, Scanner};
-use super::uri::{split_hostport, Host, Params, Uri};
+use super::uri::{share, split_hostport, Host, HostView, Params, ParamsView, Uri, UriView};
 use super::{Method, ParseError};
 
 /// One Via header field value (RFC 3261 §20.42).
@@ -16,6 +18,80 @@ pub struct Via {
     pub host: Host,
     pub port: Option<u16>,
     pub params: Params,
+}
+
+/// One Via header field value, borrowed from the header it was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViaView<'a> {
+    /// The transport token as written.
+    pub transport: &'a [u8],
+    pub host: HostView<'a>,
+    pub port: Option<u16>,
+    pub params: ParamsView<'a>,
+}
+
+impl<'a> ViaView<'a> {
+    pub fn branch(&self) -> Option<&'a [u8]> {
+        self.params.get("branch").flatten()
+    }
+
+    pub fn received(&self) -> Option<&'a [u8]> {
+        self.params.get("received").flatten()
+    }
+
+    /// `Some(None)` when `rport` is present without a value (the client asks for it, RFC 3581).
+    pub fn rport(&self) -> Option<Option<u16>> {
+        rport_of(self.params.get("rport"))
+    }
+
+    /// The first Via value of one header field, the others checked and dropped.
+    pub fn parse_first(v: &'a [u8]) -> Result<ViaView<'a>, ParseError> {
+        let mut s = Scanner::new(v);
+        let first = parse_one_via(&mut s)?;
+        loop {
+            s.skip_lws();
+            if s.at_end() {
+                return Ok(first);
+            }
+            if !s.eat(b',') {
+                return Err(ParseError::Invalid("garbage after Via"));
+            }
+            parse_one_via(&mut s)?;
+        }
+    }
+
+    /// Checks every Via value of one header field (a comma-separated list), calling `each`
+    /// with each.
+    pub fn parse_each(v: &'a [u8], mut each: impl FnMut(ViaView<'a>)) -> Result<(), ParseError> {
+        let mut s = Scanner::new(v);
+        loop {
+            each(parse_one_via(&mut s)?);
+            s.skip_lws();
+            if s.at_end() {
+                return Ok(());
+            }
+            if !s.eat(b',') {
+                return Err(ParseError::Invalid("garbage after Via"));
+            }
+        }
+    }
+
+    /// The owned value, sharing `base` where the parts lie within it.
+    pub fn to_owned(&self, base: &Bytes) -> Via {
+        Via {
+            transport: shared_word(base, self.transport),
+            host: self.host.to_owned(base),
+            port: self.port,
+            params: self.params.to_owned(base),
+        }
+    }
+}
+
+fn rport_of(p: Option<Option<&[u8]>>) -> Option<Option<u16>> {
+    p.map(|v| {
+        v.and_then(|p| parse_decimal(p, 65535))
+            .and_then(|p| u16::try_from(p).ok())
+    })
 }
 
 impl Via {
@@ -29,10 +105,7 @@ impl Via {
 
     /// `Some(None)` when `rport` is present without a value (the client asks for it, RFC 3581).
     pub fn rport(&self) -> Option<Option<u16>> {
-        self.params.get("rport").map(|v| {
-            v.and_then(|p| parse_decimal(p, 65535))
-                .and_then(|p| u16::try_from(p).ok())
-        })
+        rport_of(self.params.get("rport"))
     }
 
     pub fn transport_str(&self) -> String {
@@ -42,33 +115,12 @@ impl Via {
     /// The first Via value of one header field, the others checked and dropped (no list
     /// is built).
     pub fn parse_first(base: &Bytes, v: &[u8]) -> Result<Via, ParseError> {
-        let mut s = Scanner::new(v);
-        let first = parse_one_via(base, &mut s)?;
-        loop {
-            s.skip_lws();
-            if s.at_end() {
-                return Ok(first);
-            }
-            if !s.eat(b',') {
-                return Err(ParseError::Invalid("garbage after Via"));
-            }
-            parse_one_via(base, &mut s)?;
-        }
+        ViaView::parse_first(v).map(|x| x.to_owned(base))
     }
 
     /// Parses every Via value in one header field (a comma-separated list).
     pub fn parse_list(base: &Bytes, v: &[u8], out: &mut Vec<Via>) -> Result<(), ParseError> {
-        let mut s = Scanner::new(v);
-        loop {
-            out.push(parse_one_via(base, &mut s)?);
-            s.skip_lws();
-            if s.at_end() {
-                return Ok(());
-            }
-            if !s.eat(b',') {
-                return Err(ParseError::Invalid("garbage after Via"));
-            }
-        }
+        ViaView::parse_each(v, |x| out.push(x.to_owned(base)))
     }
 }
 
@@ -87,7 +139,7 @@ impl fmt::Display for Via {
     }
 }
 
-fn parse_one_via(base: &Bytes, s: &mut Scanner<'_>) -> Result<Via, ParseError> {
+fn parse_one_via<'a>(s: &mut Scanner<'a>) -> Result<ViaView<'a>, ParseError> {
     s.skip_lws();
     let name = s.token().ok_or(ParseError::Invalid("bad Via protocol"))?;
     if !s.eat_sep(b'/') {
@@ -106,10 +158,10 @@ fn parse_one_via(base: &Bytes, s: &mut Scanner<'_>) -> Result<Via, ParseError> {
     }
     let hp = s
         .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'));
-    let (host, port) = split_hostport(base, hp)?;
-    let params = parse_header_params(base, s)?;
-    Ok(Via {
-        transport: shared_word(base, transport),
+    let (host, port) = split_hostport(hp)?;
+    let params = parse_header_params(s)?;
+    Ok(ViaView {
+        transport,
         host,
         port,
         params,
@@ -117,7 +169,8 @@ fn parse_one_via(base: &Bytes, s: &mut Scanner<'_>) -> Result<Via, ParseError> {
 }
 
 /// `*( SEMI generic-param )` after a header value; gen-value = token / host / quoted-string.
-fn parse_header_params(base: &Bytes, s: &mut Scanner<'_>) -> Result<Params, ParseError> {
+/// Checks them and returns their text.
+fn parse_header_params<'a>(s: &mut Scanner<'a>) -> Result<ParamsView<'a>, ParseError> {
     let start = s.pos;
     let mut end = start;
     while s.eat_sep(b';') {
@@ -135,13 +188,7 @@ fn parse_header_params(base: &Bytes, s: &mut Scanner<'_>) -> Result<Params, Pars
         }
         end = s.pos;
     }
-    // Trailing LWS belongs to what follows, not to the parameters.
-    s.pos = end;
-    Ok(if end == start {
-        Params::default()
-    } else {
-        Params::header(base.slice_ref(&s.buf[start..end]))
-    })
+    Ok(ParamsView::from_text(&s.buf[start..end]))
 }
 
 /// A `name-addr` or `addr-spec` with header parameters: From, To, Contact, Route,
@@ -154,6 +201,79 @@ pub struct NameAddr {
     /// Whether the URI was enclosed in `<>` (it is written back the same way).
     pub bracketed: bool,
     pub params: Params,
+}
+
+/// A name-addr borrowed from the header it was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddrView<'a> {
+    /// The display name as written (quoted-string with its quotes, or tokens).
+    pub display: Option<&'a [u8]>,
+    pub uri: UriView<'a>,
+    /// Whether the URI was enclosed in `<>`.
+    pub bracketed: bool,
+    pub params: ParamsView<'a>,
+}
+
+impl<'a> NameAddrView<'a> {
+    pub fn tag(&self) -> Option<&'a [u8]> {
+        self.params.get("tag").flatten()
+    }
+
+    /// Parses a single name-addr value (From, To).
+    pub fn parse_single(v: &'a [u8]) -> Result<NameAddrView<'a>, ParseError> {
+        let mut s = Scanner::new(v);
+        let na = parse_name_addr(&mut s)?;
+        s.skip_lws();
+        if !s.at_end() {
+            return Err(ParseError::Invalid("garbage after name-addr"));
+        }
+        Ok(na)
+    }
+
+    /// The first name-addr of a comma-separated list, the others checked and dropped.
+    pub fn parse_first(v: &'a [u8]) -> Result<NameAddrView<'a>, ParseError> {
+        let mut s = Scanner::new(v);
+        let first = parse_name_addr(&mut s)?;
+        loop {
+            s.skip_lws();
+            if s.at_end() {
+                return Ok(first);
+            }
+            if !s.eat(b',') {
+                return Err(ParseError::Invalid("garbage after name-addr"));
+            }
+            parse_name_addr(&mut s)?;
+        }
+    }
+
+    /// Checks a comma-separated list of name-addrs (Contact, Route, Record-Route), calling
+    /// `each` with each.
+    pub fn parse_each(
+        v: &'a [u8],
+        mut each: impl FnMut(NameAddrView<'a>) -> Result<(), ParseError>,
+    ) -> Result<(), ParseError> {
+        let mut s = Scanner::new(v);
+        loop {
+            each(parse_name_addr(&mut s)?)?;
+            s.skip_lws();
+            if s.at_end() {
+                return Ok(());
+            }
+            if !s.eat(b',') {
+                return Err(ParseError::Invalid("garbage after name-addr"));
+            }
+        }
+    }
+
+    /// The owned value, sharing `base` where the parts lie within it.
+    pub fn to_owned(&self, base: &Bytes) -> NameAddr {
+        NameAddr {
+            display: self.display.map(|d| share(base, d)),
+            uri: self.uri.to_owned(base),
+            bracketed: self.bracketed,
+            params: self.params.to_owned(base),
+        }
+    }
 }
 
 impl NameAddr {
@@ -172,44 +292,20 @@ impl NameAddr {
 
     /// Parses a single name-addr value (From, To).
     pub fn parse_single(base: &Bytes, v: &[u8]) -> Result<NameAddr, ParseError> {
-        let mut s = Scanner::new(v);
-        let na = parse_name_addr(base, &mut s)?;
-        s.skip_lws();
-        if !s.at_end() {
-            return Err(ParseError::Invalid("garbage after name-addr"));
-        }
-        Ok(na)
+        NameAddrView::parse_single(v).map(|x| x.to_owned(base))
     }
 
     /// The first name-addr of a comma-separated list, the others checked and dropped.
     pub fn parse_first(base: &Bytes, v: &[u8]) -> Result<NameAddr, ParseError> {
-        let mut s = Scanner::new(v);
-        let first = parse_name_addr(base, &mut s)?;
-        loop {
-            s.skip_lws();
-            if s.at_end() {
-                return Ok(first);
-            }
-            if !s.eat(b',') {
-                return Err(ParseError::Invalid("garbage after name-addr"));
-            }
-            parse_name_addr(base, &mut s)?;
-        }
+        NameAddrView::parse_first(v).map(|x| x.to_owned(base))
     }
 
     /// Parses a comma-separated list of name-addrs (Contact, Route, Record-Route).
     pub fn parse_list(base: &Bytes, v: &[u8], out: &mut Vec<NameAddr>) -> Result<(), ParseError> {
-        let mut s = Scanner::new(v);
-        loop {
-            out.push(parse_name_addr(base, &mut s)?);
-            s.skip_lws();
-            if s.at_end() {
-                return Ok(());
-            }
-            if !s.eat(b',') {
-                return Err(ParseError::Invalid("garbage after name-addr"));
-            }
-        }
+        NameAddrView::parse_each(v, |x| {
+            out.push(x.to_owned(base));
+            Ok(())
+        })
     }
 
     pub fn parse_str(v: &str) -> Result<NameAddr, ParseError> {
@@ -232,7 +328,7 @@ impl fmt::Display for NameAddr {
     }
 }
 
-fn parse_name_addr(base: &Bytes, s: &mut Scanner<'_>) -> Result<NameAddr, ParseError> {
+fn parse_name_addr<'a>(s: &mut Scanner<'a>) -> Result<NameAddrView<'a>, ParseError> {
     s.skip_lws();
     let mut display = None;
     match s.peek() {
@@ -240,7 +336,7 @@ fn parse_name_addr(base: &Bytes, s: &mut Scanner<'_>) -> Result<NameAddr, ParseE
             let q = s
                 .quoted_string()
                 .ok_or(ParseError::Invalid("unterminated quoted display name"))?;
-            display = Some(base.slice_ref(q));
+            display = Some(q);
             s.skip_lws();
             if s.peek() != Some(b'<') {
                 return Err(ParseError::Invalid("display name without <URI>"));
@@ -256,7 +352,7 @@ fn parse_name_addr(base: &Bytes, s: &mut Scanner<'_>) -> Result<NameAddr, ParseE
                 s.skip_lws();
             }
             if s.peek() == Some(b'<') && end > save {
-                display = Some(base.slice_ref(&s.buf[save..end]));
+                display = Some(&s.buf[save..end]);
             } else {
                 s.pos = save;
             }
@@ -264,23 +360,26 @@ fn parse_name_addr(base: &Bytes, s: &mut Scanner<'_>) -> Result<NameAddr, ParseE
         None => return Err(ParseError::Invalid("empty name-addr")),
     }
     let (uri, bracketed) = if s.eat(b'<') {
-        let inner = s.take_while(|b| b != b'>');
-        if !s.eat(b'>') {
-            return Err(ParseError::Invalid("unterminated <URI>"));
-        }
+        let rest = &s.buf[s.pos..];
+        let close = rest
+            .iter()
+            .position(|&b| b == b'>')
+            .ok_or(ParseError::Invalid("unterminated <URI>"))?;
+        let inner = &rest[..close];
+        s.pos += close + 1;
         if inner.iter().any(|&b| b <= b' ') {
             return Err(ParseError::Invalid("white space inside <URI>"));
         }
-        (Uri::parse_in(base, inner)?, true)
+        (UriView::parse(inner)?, true)
     } else {
         let spec = s.take_while(|b| b > b' ' && b != b';' && b != b',');
         if spec.contains(&b'?') {
             return Err(ParseError::Invalid("addr-spec with headers must be in <>"));
         }
-        (Uri::parse_in(base, spec)?, false)
+        (UriView::parse(spec)?, false)
     };
-    let params = parse_header_params(base, s)?;
-    Ok(NameAddr {
+    let params = parse_header_params(s)?;
+    Ok(NameAddrView {
         display,
         uri,
         bracketed,
@@ -345,13 +444,13 @@ pub struct SessionExpires {
 }
 
 impl SessionExpires {
-    pub fn parse(base: &Bytes, v: &[u8]) -> Result<SessionExpires, ParseError> {
+    pub fn parse(v: &[u8]) -> Result<SessionExpires, ParseError> {
         let mut s = Scanner::new(v);
         s.skip_lws();
         let digits = s.take_while(|b| b.is_ascii_digit());
         let delta = parse_decimal(digits, u64::from(u32::MAX))
             .ok_or(ParseError::Invalid("bad Session-Expires"))?;
-        let params = parse_header_params(base, &mut s)?;
+        let params = parse_header_params(&mut s)?;
         s.skip_lws();
         if !s.at_end() {
             return Err(ParseError::Invalid("garbage after Session-Expires"));
@@ -401,13 +500,13 @@ pub struct Reason {
 }
 
 impl Reason {
-    pub fn parse_list(base: &Bytes, v: &[u8]) -> Result<Vec<Reason>, ParseError> {
+    pub fn parse_list(v: &[u8]) -> Result<Vec<Reason>, ParseError> {
         let mut s = Scanner::new(v);
         let mut out = Vec::new();
         loop {
             s.skip_lws();
             let proto = s.token().ok_or(ParseError::Invalid("bad Reason"))?;
-            let params = parse_header_params(base, &mut s)?;
+            let params = parse_header_params(&mut s)?;
             out.push(Reason {
                 protocol: String::from_utf8_lossy(proto).into_owned(),
                 cause: params
@@ -557,12 +656,12 @@ mod tests {
     #[test]
     fn reason_and_session_expires() {
         let v = b(r#"SIP;cause=200;text="Call completed elsewhere", Q.850;cause=16"#);
-        let r = Reason::parse_list(&v, &v).unwrap();
+        let r = Reason::parse_list(&v).unwrap();
         assert_eq!(r[0].cause, Some(200));
         assert_eq!(r[0].text.as_deref(), Some("Call completed elsewhere"));
         assert_eq!(r[1].protocol, "Q.850");
         let v = b("1800;refresher=uac");
-        let se = SessionExpires::parse(&v, &v).unwrap();
+        let se = SessionExpires::parse(&v).unwrap();
         assert_eq!(se.delta, 1800);
         assert_eq!(se.refresher.as_deref(), Some("uac"));
     }

@@ -1,12 +1,35 @@
 //! URIs: `sip:`/`sips:` (RFC 3261 §19.1, IPv6 references per RFC 5118), `tel:` (RFC 3966),
 //! and any other scheme kept opaque.
+//!
+//! Parsing yields a borrowed view first ([`UriView`]: slices of the text, no allocation, no
+//! reference count), from which an owned [`Uri`] is made by sharing the buffer the text is in.
 
 use bytes::Bytes;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::scan::{is_token, parse_decimal, Scanner};
+use super::scan::{is_lws, parse_decimal, Scanner};
 use super::ParseError;
+
+/// `s` as a `Bytes` sharing `base` when `s` lies within it (no copy), copied otherwise.
+#[inline]
+pub(crate) fn share(base: &Bytes, s: &[u8]) -> Bytes {
+    if s.is_empty() {
+        return Bytes::new();
+    }
+    let (b0, s0) = (base.as_ptr() as usize, s.as_ptr() as usize);
+    if s0 >= b0 && s0 + s.len() <= b0 + base.len() {
+        base.slice(s0 - b0..s0 - b0 + s.len())
+    } else {
+        Bytes::copy_from_slice(s)
+    }
+}
+
+/// The first `c` in `s`: a plain loop, quicker than `memchr` on the few octets of a URI part.
+#[inline]
+fn find(c: u8, s: &[u8]) -> Option<usize> {
+    s.iter().position(|&b| b == c)
+}
 
 /// A URI as found in a Request-URI or a name-addr.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +43,31 @@ pub enum Uri {
     },
 }
 
+/// A URI borrowed from the text it was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriView<'a> {
+    Sip(SipUriView<'a>),
+    Tel {
+        number: &'a [u8],
+        params: ParamsView<'a>,
+    },
+    Other {
+        scheme: &'a [u8],
+        opaque: &'a [u8],
+    },
+}
+
 /// The host part of a SIP URI or a Via sent-by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
     Domain(Bytes),
+    Ip(IpAddr),
+}
+
+/// A host borrowed from the text it was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostView<'a> {
+    Domain(&'a [u8]),
     Ip(IpAddr),
 }
 
@@ -35,9 +79,27 @@ impl Host {
             Host::Domain(_) => None,
         }
     }
+}
+
+impl<'a> HostView<'a> {
+    /// The IP address, if the host is a literal one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            HostView::Ip(ip) => Some(*ip),
+            HostView::Domain(_) => None,
+        }
+    }
+
+    /// The owned host, sharing `base` where the name lies within it.
+    pub fn to_owned(&self, base: &Bytes) -> Host {
+        match *self {
+            HostView::Domain(d) => Host::Domain(share(base, d)),
+            HostView::Ip(ip) => Host::Ip(ip),
+        }
+    }
 
     /// Parses `hostname`, `IPv4address` or `"[" IPv6address "]"`.
-    pub(crate) fn parse(base: &Bytes, s: &[u8]) -> Result<Host, ParseError> {
+    pub(crate) fn parse(s: &'a [u8]) -> Result<HostView<'a>, ParseError> {
         if s.is_empty() {
             return Err(ParseError::Invalid("empty host"));
         }
@@ -50,7 +112,7 @@ impl Host {
             let ip: Ipv6Addr = text
                 .parse()
                 .map_err(|_| ParseError::Invalid("bad IPv6 reference"))?;
-            return Ok(Host::Ip(IpAddr::V6(ip)));
+            return Ok(HostView::Ip(IpAddr::V6(ip)));
         }
         // One pass: every octet a host name octet, and whether all are digits or dots.
         let (mut any, mut ok) = (0u8, true);
@@ -64,19 +126,19 @@ impl Host {
         }
         if any & class::HOST_NAME == 0 {
             if let Some(ip) = parse_ipv4(s) {
-                return Ok(Host::Ip(IpAddr::V4(ip)));
+                return Ok(HostView::Ip(IpAddr::V4(ip)));
             }
             // Not the plain dotted quad: std's parser decides (and says why it is bad).
             let text = std::str::from_utf8(s).map_err(|_| ParseError::Invalid("bad host"))?;
             let ip: Ipv4Addr = text
                 .parse()
                 .map_err(|_| ParseError::Invalid("bad IPv4 address"))?;
-            return Ok(Host::Ip(IpAddr::V4(ip)));
+            return Ok(HostView::Ip(IpAddr::V4(ip)));
         }
         if s[0] == b'-' || s[0] == b'.' {
             return Err(ParseError::Invalid("bad host name"));
         }
-        Ok(Host::Domain(base.slice_ref(s)))
+        Ok(HostView::Domain(s))
     }
 }
 
@@ -85,22 +147,35 @@ impl Host {
 /// text; anything else is left to that parser.
 fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = s.split(|&b| b == b'.');
-    for o in &mut octets {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p[0] == b'0') {
-            return None;
-        }
-        let mut v: u16 = 0;
-        for &d in p {
-            if !d.is_ascii_digit() {
+    let mut n = 0; // octets completed
+    let mut v: u16 = 0;
+    let mut digits = 0;
+    let mut leading_zero = false;
+    for &b in s {
+        if b == b'.' {
+            if digits == 0 || n == 3 {
                 return None;
             }
-            v = v * 10 + u16::from(d - b'0');
+            octets[n] = u8::try_from(v).ok()?;
+            n += 1;
+            (v, digits) = (0, 0);
+        } else if b.is_ascii_digit() {
+            if digits == 0 {
+                leading_zero = b == b'0';
+            } else if leading_zero || digits == 3 {
+                return None;
+            }
+            v = v * 10 + u16::from(b - b'0');
+            digits += 1;
+        } else {
+            return None;
         }
-        *o = u8::try_from(v).ok()?;
     }
-    parts.next().is_none().then_some(Ipv4Addr::from(octets))
+    if digits == 0 || n != 3 {
+        return None;
+    }
+    octets[3] = u8::try_from(v).ok()?;
+    Some(Ipv4Addr::from(octets))
 }
 
 impl fmt::Display for Host {
@@ -113,6 +188,69 @@ impl fmt::Display for Host {
     }
 }
 
+/// `;name[=value]` parameters as received, borrowed: the text from the first `;` on (empty
+/// when there are none), already checked, searched on demand.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParamsView<'a>(&'a [u8]);
+
+impl<'a> ParamsView<'a> {
+    /// Parameters from their text (checked by the caller), the leading `;` included.
+    pub(crate) fn from_text(text: &'a [u8]) -> ParamsView<'a> {
+        ParamsView(text)
+    }
+
+    /// Every parameter: its name and its value (`None` for a flag), as written.
+    pub fn iter(&self) -> ParamIter<'a> {
+        ParamIter {
+            s: Scanner::new(self.0),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Option<&'a [u8]>> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The value of `name` as text (an empty string for a flag without value).
+    pub fn get_str(&self, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+        self.get(name).map(|v| match v {
+            Some(b) => String::from_utf8_lossy(b),
+            None => std::borrow::Cow::Borrowed(""),
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The text of the parameters, the leading `;` included.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    pub fn to_owned(&self, base: &Bytes) -> Params {
+        Params {
+            raw: share(base, self.0),
+        }
+    }
+}
+
+impl fmt::Debug for ParamsView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.iter()
+                    .map(|(n, v)| (String::from_utf8_lossy(n), v.map(String::from_utf8_lossy))),
+            )
+            .finish()
+    }
+}
+
 /// `;name[=value]` parameters, in order, names compared case-insensitively.
 ///
 /// Kept as the text they were received as (one `Bytes`, checked when the URI or header was
@@ -122,34 +260,20 @@ impl fmt::Display for Host {
 pub struct Params {
     /// The parameters with their leading `;` (empty when there are none).
     raw: Bytes,
-    /// Header parameters (RFC 3261 §25.1 `generic-param`: LWS around `;` and `=`, quoted
-    /// values) rather than URI parameters (split on `;` and `=` only).
-    header: bool,
 }
 
 impl Params {
-    /// URI parameters from their text, the leading `;` included (already checked).
-    pub(crate) fn uri(raw: Bytes) -> Params {
-        Params { raw, header: false }
-    }
-
-    /// Header parameters from their text, the leading `;` included (already checked).
-    pub(crate) fn header(raw: Bytes) -> Params {
-        Params { raw, header: true }
+    pub fn view(&self) -> ParamsView<'_> {
+        ParamsView(&self.raw)
     }
 
     /// Every parameter: its name and its value (`None` for a flag), as written.
     pub fn iter(&self) -> ParamIter<'_> {
-        ParamIter {
-            s: Scanner::new(&self.raw),
-            header: self.header,
-        }
+        self.view().iter()
     }
 
     pub fn get(&self, name: &str) -> Option<Option<&[u8]>> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        self.view().get(name)
     }
 
     /// The value of `name` as text (an empty string for a flag without value).
@@ -196,7 +320,7 @@ impl Params {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.iter().next().is_none()
+        self.raw.is_empty()
     }
 }
 
@@ -209,10 +333,11 @@ fn push_param(out: &mut Vec<u8>, name: &[u8], value: Option<&[u8]>) {
     }
 }
 
-/// The parameters of a [`Params`], in order.
+/// The parameters of a [`Params`], in order. One rule reads both kinds: URI parameters
+/// (no white space, no quotes) and header parameters (RFC 3261 §25.1 `generic-param`: LWS
+/// around `;` and `=`, quoted-string values that may hold `;`).
 pub struct ParamIter<'a> {
     s: Scanner<'a>,
-    header: bool,
 }
 
 impl<'a> Iterator for ParamIter<'a> {
@@ -220,37 +345,26 @@ impl<'a> Iterator for ParamIter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let s = &mut self.s;
-        if self.header {
-            if !s.eat_sep(b';') {
-                return None;
-            }
-            let name = s.token()?;
-            let value = if s.eat_sep(b'=') {
-                Some(if s.peek() == Some(b'"') {
-                    s.quoted_string()?
-                } else {
-                    s.take_while(|b| is_token(b) || matches!(b, b':' | b'[' | b']'))
-                })
-            } else {
-                None
-            };
-            Some((name, value))
-        } else {
-            if !s.eat(b';') {
-                return None;
-            }
-            let p = s.take_while(|b| b != b';');
-            Some(match memchr::memchr(b'=', p) {
-                Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
-                None => (p, None),
-            })
+        if !s.eat_sep(b';') {
+            return None;
         }
+        let name = s.take_while(|b| b != b'=' && b != b';' && !is_lws(b));
+        let value = if s.eat_sep(b'=') {
+            Some(if s.peek() == Some(b'"') {
+                s.quoted_string()?
+            } else {
+                s.take_while(|b| b != b';' && !is_lws(b))
+            })
+        } else {
+            None
+        };
+        Some((name, value))
     }
 }
 
 impl fmt::Display for Params {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.header {
+        if !self.raw.iter().any(|&b| is_lws(b)) {
             return f.write_str(&String::from_utf8_lossy(&self.raw));
         }
         for (n, v) in self.iter() {
@@ -265,14 +379,7 @@ impl fmt::Display for Params {
 
 impl fmt::Debug for Params {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.iter().map(|(n, v)| {
-                (
-                    String::from_utf8_lossy(n),
-                    v.map(String::from_utf8_lossy),
-                )
-            }))
-            .finish()
+        self.view().fmt(f)
     }
 }
 
@@ -288,6 +395,34 @@ pub struct SipUri {
     pub params: Params,
     /// The `?headers` part without the `?`, still escaped.
     pub headers: Option<Bytes>,
+}
+
+/// A `sip:` or `sips:` URI borrowed from the text it was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipUriView<'a> {
+    pub secure: bool,
+    /// The user part, still %-escaped as received.
+    pub user: Option<&'a [u8]>,
+    pub password: Option<&'a [u8]>,
+    pub host: HostView<'a>,
+    pub port: Option<u16>,
+    pub params: ParamsView<'a>,
+    /// The `?headers` part without the `?`, still escaped.
+    pub headers: Option<&'a [u8]>,
+}
+
+impl SipUriView<'_> {
+    pub fn to_owned(&self, base: &Bytes) -> SipUri {
+        SipUri {
+            secure: self.secure,
+            user: self.user.map(|u| share(base, u)),
+            password: self.password.map(|p| share(base, p)),
+            host: self.host.to_owned(base),
+            port: self.port,
+            params: self.params.to_owned(base),
+            headers: self.headers.map(|h| share(base, h)),
+        }
+    }
 }
 
 impl SipUri {
@@ -371,15 +506,21 @@ impl fmt::Display for Uri {
     }
 }
 
-impl Uri {
-    /// Parses a URI held in `s`, a sub-slice of `base` (so parts can be shared, not copied).
-    pub fn parse_in(base: &Bytes, s: &[u8]) -> Result<Uri, ParseError> {
-        let colon = s
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(ParseError::Invalid("URI without scheme"))?;
+impl<'a> UriView<'a> {
+    /// Parses a URI.
+    pub fn parse(s: &'a [u8]) -> Result<UriView<'a>, ParseError> {
+        let colon = find(b':', s).ok_or(ParseError::Invalid("URI without scheme"))?;
         let scheme = &s[..colon];
         let rest = &s[colon + 1..];
+        match scheme {
+            [s0, s1, s2] if [*s0 | 0x20, *s1 | 0x20, *s2 | 0x20] == *b"sip" => {
+                return parse_sip(rest, false).map(UriView::Sip)
+            }
+            [s0, s1, s2, s3] if [*s0 | 0x20, *s1 | 0x20, *s2 | 0x20, *s3 | 0x20] == *b"sips" => {
+                return parse_sip(rest, true).map(UriView::Sip)
+            }
+            _ => {}
+        }
         if scheme.is_empty()
             || !scheme[0].is_ascii_alphabetic()
             || !scheme
@@ -388,14 +529,8 @@ impl Uri {
         {
             return Err(ParseError::Invalid("bad URI scheme"));
         }
-        if scheme.eq_ignore_ascii_case(b"sip") {
-            return parse_sip(base, rest, false).map(Uri::Sip);
-        }
-        if scheme.eq_ignore_ascii_case(b"sips") {
-            return parse_sip(base, rest, true).map(Uri::Sip);
-        }
         if scheme.eq_ignore_ascii_case(b"tel") {
-            return parse_tel(base, rest).map(Uri::Tel);
+            return parse_tel(rest);
         }
         if rest.is_empty()
             || rest
@@ -404,10 +539,39 @@ impl Uri {
         {
             return Err(ParseError::Invalid("bad URI"));
         }
-        Ok(Uri::Other {
-            scheme: base.slice_ref(scheme),
-            opaque: base.slice_ref(rest),
+        Ok(UriView::Other {
+            scheme,
+            opaque: rest,
         })
+    }
+
+    /// The owned URI, sharing `base` where the parts lie within it.
+    pub fn to_owned(&self, base: &Bytes) -> Uri {
+        match self {
+            UriView::Sip(u) => Uri::Sip(u.to_owned(base)),
+            UriView::Tel { number, params } => Uri::Tel(TelUri {
+                number: share(base, number),
+                params: params.to_owned(base),
+            }),
+            UriView::Other { scheme, opaque } => Uri::Other {
+                scheme: share(base, scheme),
+                opaque: share(base, opaque),
+            },
+        }
+    }
+
+    pub fn as_sip(&self) -> Option<&SipUriView<'a>> {
+        match self {
+            UriView::Sip(u) => Some(u),
+            _ => None,
+        }
+    }
+}
+
+impl Uri {
+    /// Parses a URI held in `s`, a sub-slice of `base` (so parts can be shared, not copied).
+    pub fn parse_in(base: &Bytes, s: &[u8]) -> Result<Uri, ParseError> {
+        UriView::parse(s).map(|v| v.to_owned(base))
     }
 
     /// Parses a standalone URI.
@@ -461,7 +625,10 @@ mod class {
     const fn of(c: u8) -> u8 {
         let mut bits = 0;
         if c.is_ascii_alphanumeric()
-            || matches!(c, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')')
+            || matches!(
+                c,
+                b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+            )
         {
             bits |= UNRESERVED;
         }
@@ -474,7 +641,10 @@ mod class {
         if matches!(c, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$') {
             bits |= PARAM;
         }
-        if matches!(c, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'=' | b'&') {
+        if matches!(
+            c,
+            b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'=' | b'&'
+        ) {
             bits |= HEADER;
         }
         if c.is_ascii_digit() || c == b'.' {
@@ -521,9 +691,9 @@ fn all_escaped_or(s: &[u8], extra: u8) -> bool {
 }
 
 /// Checks the URI parameters in `s` (the text from the first `;` on, the `;` included).
-fn parse_params(base: &Bytes, s: &[u8]) -> Result<Params, ParseError> {
+fn parse_params(s: &[u8]) -> Result<ParamsView<'_>, ParseError> {
     for p in s[1..].split(|&b| b == b';') {
-        let (name, value) = match memchr::memchr(b'=', p) {
+        let (name, value) = match find(b'=', p) {
             Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
             None => (p, None),
         };
@@ -536,18 +706,15 @@ fn parse_params(base: &Bytes, s: &[u8]) -> Result<Params, ParseError> {
             }
         }
     }
-    Ok(Params::uri(base.slice_ref(s)))
+    Ok(ParamsView(s))
 }
 
-fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError> {
+fn parse_sip(s: &[u8], secure: bool) -> Result<SipUriView<'_>, ParseError> {
     // userinfo ends at the first '@' ('@' is never legal unescaped elsewhere).
-    let (userinfo, rest) = match s.iter().position(|&b| b == b'@') {
-        Some(at) => (Some(&s[..at]), &s[at + 1..]),
-        None => (None, s),
-    };
-    let (user, password) = match userinfo {
-        Some(ui) => {
-            let (u, p) = match ui.iter().position(|&b| b == b':') {
+    let (user, password, rest) = match find(b'@', s) {
+        Some(at) => {
+            let ui = &s[..at];
+            let (u, p) = match find(b':', ui) {
                 Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                 None => (ui, None),
             };
@@ -559,27 +726,33 @@ fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError>
                     return Err(ParseError::Invalid("bad URI password"));
                 }
             }
-            (Some(base.slice_ref(u)), p.map(|p| base.slice_ref(p)))
+            (Some(u), p, &s[at + 1..])
         }
-        None => (None, None),
+        None => (None, None, s),
     };
-    // headers
-    let (rest, headers) = match rest.iter().position(|&b| b == b'?') {
-        Some(q) => {
-            let h = &rest[q + 1..];
+    // hostport, then `;params`, then `?headers`.
+    let hp_end = rest
+        .iter()
+        .position(|&b| b == b';' || b == b'?')
+        .unwrap_or(rest.len());
+    let (host, port) = split_hostport(&rest[..hp_end])?;
+    let mut tail = &rest[hp_end..];
+    let mut params = ParamsView::default();
+    if tail.first() == Some(&b';') {
+        let end = find(b'?', tail).unwrap_or(tail.len());
+        params = parse_params(&tail[..end])?;
+        tail = &tail[end..];
+    }
+    let headers = match tail.split_first() {
+        Some((b'?', h)) => {
             if h.is_empty() || !all_escaped_or(h, class::HEADER) {
                 return Err(ParseError::Invalid("bad URI headers"));
             }
-            (&rest[..q], Some(base.slice_ref(h)))
+            Some(h)
         }
-        None => (rest, None),
+        _ => None,
     };
-    let (hostport, params) = match rest.iter().position(|&b| b == b';') {
-        Some(sc) => (&rest[..sc], parse_params(base, &rest[sc..])?),
-        None => (rest, Params::default()),
-    };
-    let (host, port) = split_hostport(base, hostport)?;
-    Ok(SipUri {
+    Ok(SipUriView {
         secure,
         user,
         password,
@@ -591,12 +764,9 @@ fn parse_sip(base: &Bytes, s: &[u8], secure: bool) -> Result<SipUri, ParseError>
 }
 
 /// Splits `host[:port]`, host possibly an IPv6 reference.
-pub(crate) fn split_hostport(base: &Bytes, s: &[u8]) -> Result<(Host, Option<u16>), ParseError> {
+pub(crate) fn split_hostport(s: &[u8]) -> Result<(HostView<'_>, Option<u16>), ParseError> {
     let (h, p) = if s.first() == Some(&b'[') {
-        let close = s
-            .iter()
-            .position(|&b| b == b']')
-            .ok_or(ParseError::Invalid("unterminated IPv6 reference"))?;
+        let close = find(b']', s).ok_or(ParseError::Invalid("unterminated IPv6 reference"))?;
         let after = &s[close + 1..];
         match after.split_first() {
             None => (s, None),
@@ -604,7 +774,7 @@ pub(crate) fn split_hostport(base: &Bytes, s: &[u8]) -> Result<(Host, Option<u16
             Some(_) => return Err(ParseError::Invalid("garbage after IPv6 reference")),
         }
     } else {
-        match s.iter().position(|&b| b == b':') {
+        match find(b':', s) {
             Some(c) => (&s[..c], Some(&s[c + 1..])),
             None => (s, None),
         }
@@ -617,24 +787,21 @@ pub(crate) fn split_hostport(base: &Bytes, s: &[u8]) -> Result<(Host, Option<u16
         ),
         None => None,
     };
-    Ok((Host::parse(base, h)?, port))
+    Ok((HostView::parse(h)?, port))
 }
 
-fn parse_tel(base: &Bytes, s: &[u8]) -> Result<TelUri, ParseError> {
-    let (num, params) = match s.iter().position(|&b| b == b';') {
-        Some(sc) => (&s[..sc], parse_params(base, &s[sc..])?),
-        None => (s, Params::default()),
+fn parse_tel(s: &[u8]) -> Result<UriView<'_>, ParseError> {
+    let (number, params) = match find(b';', s) {
+        Some(sc) => (&s[..sc], parse_params(&s[sc..])?),
+        None => (s, ParamsView::default()),
     };
     let ok = |b: u8| {
         b.is_ascii_hexdigit() || matches!(b, b'+' | b'-' | b'.' | b'(' | b')' | b'*' | b'#')
     };
-    if num.is_empty() || !num.iter().all(|&b| ok(b)) {
+    if number.is_empty() || !number.iter().all(|&b| ok(b)) {
         return Err(ParseError::Invalid("bad tel number"));
     }
-    Ok(TelUri {
-        number: base.slice_ref(num),
-        params,
-    })
+    Ok(UriView::Tel { number, params })
 }
 
 #[cfg(test)]
