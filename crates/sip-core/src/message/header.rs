@@ -33,8 +33,10 @@ macro_rules! header_names {
             pub fn from_bytes(raw: &[u8], original: impl FnOnce() -> Bytes) -> HeaderName {
                 let known = if raw.len() == 1 {
                     compact_name(raw[0])
+                } else if raw.iter().all(|&b| crate::message::scan::is_token(b)) {
+                    known_long_name(raw)
                 } else {
-                    known_long_name(raw).map(|(n, _)| n)
+                    None
                 };
                 known.unwrap_or_else(|| HeaderName::Other(original()))
             }
@@ -138,9 +140,9 @@ header_names! {
 
 /// Recognises the long form of a known header name: the candidate is picked by length and
 /// lower-cased first octet (and one more octet where two names share those), then compared
-/// once. Returns the name, and its canonical spelling when `raw` is written exactly so.
+/// once. `raw` must be made of token octets (RFC 3261 §25.1).
 #[inline]
-pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, Option<&'static str>)> {
+pub(crate) fn known_long_name(raw: &[u8]) -> Option<HeaderName> {
     if raw.is_empty() {
         return None;
     }
@@ -258,21 +260,14 @@ pub(crate) fn known_long_name(raw: &[u8]) -> Option<(HeaderName, Option<&'static
         },
         _ => return None,
     };
-    // Same length already: compare octet by octet (no call for such short names).
-    let canon_b = canon.as_bytes();
-    let mut exact = true;
-    let mut folded = true;
-    for (a, b) in raw.iter().zip(canon_b) {
-        exact &= a == b;
-        folded &= a.eq_ignore_ascii_case(b);
+    // Same length already. `raw` is made of token octets and `canon` of letters and `-`, so
+    // setting the 0x20 bit on both compares letters case-insensitively and nothing else
+    // (the only non-token octet that could pass for `-` this way is CR). No branch, no call.
+    let mut diff = 0u8;
+    for (a, b) in raw.iter().zip(canon.as_bytes()) {
+        diff |= (a | 0x20) ^ (b | 0x20);
     }
-    if exact {
-        Some((name, Some(canon)))
-    } else if folded {
-        Some((name, None))
-    } else {
-        None
-    }
+    (diff == 0).then_some(name)
 }
 
 /// The compact form (RFC 3261 §7.3.3 and later registrations) a one-letter name stands for.
@@ -532,7 +527,7 @@ impl Headers {
         let raw = &self.buf[name.0..name.1];
         let code = match raw {
             [c] => compact_name(*c).map_or(OTHER_CODE, |n| n.code()),
-            _ => known_long_name(raw).map_or(OTHER_CODE, |(n, _)| n.code()),
+            _ => known_long_name(raw).map_or(OTHER_CODE, |n| n.code()),
         };
         // Offsets fit: a message is far smaller than 4 GiB (the transports cap it).
         let span = |(s, e): (usize, usize)| Span {
@@ -599,7 +594,7 @@ impl Headers {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn matches(&self, f: &Field, code: u8, name: &HeaderName) -> bool {
         if f.code != code {
             return false;

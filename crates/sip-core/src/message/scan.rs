@@ -122,11 +122,13 @@ impl<'a> Scanner<'a> {
         if !self.eat(b'"') {
             return None;
         }
+        let mut high = 0u8;
         while let Some(b) = self.peek() {
+            high |= b;
             match b {
                 b'"' => {
                     let q = &self.buf[start..=self.pos];
-                    if std::str::from_utf8(q).is_err() {
+                    if high >= 0x80 && std::str::from_utf8(q).is_err() {
                         self.pos = start;
                         return None;
                     }

@@ -360,16 +360,21 @@ fn parse_name_addr<'a>(s: &mut Scanner<'a>) -> Result<NameAddrView<'a>, ParseErr
         None => return Err(ParseError::Invalid("empty name-addr")),
     }
     let (uri, bracketed) = if s.eat(b'<') {
+        // To the '>', refusing white space and control octets on the way.
         let rest = &s.buf[s.pos..];
-        let close = rest
-            .iter()
-            .position(|&b| b == b'>')
-            .ok_or(ParseError::Invalid("unterminated <URI>"))?;
+        let mut close = 0;
+        loop {
+            match rest.get(close) {
+                Some(b'>') => break,
+                Some(&b) if b <= b' ' => {
+                    return Err(ParseError::Invalid("white space inside <URI>"));
+                }
+                Some(_) => close += 1,
+                None => return Err(ParseError::Invalid("unterminated <URI>")),
+            }
+        }
         let inner = &rest[..close];
         s.pos += close + 1;
-        if inner.iter().any(|&b| b <= b' ') {
-            return Err(ParseError::Invalid("white space inside <URI>"));
-        }
         (UriView::parse(inner)?, true)
     } else {
         let spec = s.take_while(|b| b > b' ' && b != b';' && b != b',');
