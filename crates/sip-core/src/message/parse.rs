@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::header::{HeaderName, Headers};
-use super::scan::{is_lws, is_token, parse_decimal, trim_lws};
+use super::scan::{find_byte, is_lws, is_token, parse_decimal, trim_lws};
 use super::uri::Uri;
 use super::{Method, Request, Response, SipMessage};
 
@@ -94,7 +94,7 @@ impl<'a> LogicalLines<'a> {
         if self.body_start.is_some() || start >= buf.len() {
             return None;
         }
-        let mut nl = start + memchr::memchr(b'\n', &buf[start..])?;
+        let mut nl = start + find_byte(b'\n', &buf[start..])?;
         if nl == start || (nl == start + 1 && buf[start] == b'\r') {
             // The empty line: end of the header block.
             self.body_start = Some(nl + 1);
@@ -104,7 +104,7 @@ impl<'a> LogicalLines<'a> {
         loop {
             match buf.get(nl + 1) {
                 Some(b' ' | b'\t') => {
-                    nl = nl + 1 + memchr::memchr(b'\n', &buf[nl + 1..])?;
+                    nl = nl + 1 + find_byte(b'\n', &buf[nl + 1..])?;
                 }
                 Some(_) => break,
                 // Whether a continuation follows is not known yet.
@@ -123,7 +123,7 @@ impl<'a> LogicalLines<'a> {
 
 /// The end of the start line (its LF), and where the header lines begin.
 fn start_line_end(buf: &[u8]) -> Option<usize> {
-    memchr::memchr(b'\n', buf)
+    find_byte(b'\n', buf)
 }
 
 /// Finds the length of the first message in a stream buffer (RFC 3261 §18.3: Content-Length

@@ -25,11 +25,7 @@ pub(crate) fn share(base: &Bytes, s: &[u8]) -> Bytes {
     }
 }
 
-/// The first `c` in `s`: a plain loop, quicker than `memchr` on the few octets of a URI part.
-#[inline]
-fn find(c: u8, s: &[u8]) -> Option<usize> {
-    s.iter().position(|&b| b == c)
-}
+use super::scan::find_byte as find;
 
 /// A URI as found in a Request-URI or a name-addr.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,20 +95,9 @@ impl<'a> HostView<'a> {
     }
 
     /// Parses `hostname`, `IPv4address` or `"[" IPv6address "]"`.
-    pub(crate) fn parse(s: &'a [u8]) -> Result<HostView<'a>, ParseError> {
-        if s.is_empty() {
-            return Err(ParseError::Invalid("empty host"));
-        }
-        if s[0] == b'[' {
-            let inner = s
-                .strip_prefix(b"[")
-                .and_then(|x| x.strip_suffix(b"]"))
-                .ok_or(ParseError::Invalid("bad IPv6 reference"))?;
-            let text = std::str::from_utf8(inner).map_err(|_| ParseError::Invalid("bad IPv6"))?;
-            let ip: Ipv6Addr = text
-                .parse()
-                .map_err(|_| ParseError::Invalid("bad IPv6 reference"))?;
-            return Ok(HostView::Ip(IpAddr::V6(ip)));
+    pub fn parse(s: &'a [u8]) -> Result<HostView<'a>, ParseError> {
+        if s.first() == Some(&b'[') {
+            return parse_ipv6_reference(s);
         }
         // One pass: every octet a host name octet, and whether all are digits or dots.
         let (mut any, mut ok) = (0u8, true);
@@ -121,25 +106,47 @@ impl<'a> HostView<'a> {
             any |= c;
             ok &= c & (class::HOST_NUMERIC | class::HOST_NAME) != 0;
         }
-        if !ok {
-            return Err(ParseError::Invalid("bad character in host"));
-        }
-        if any & class::HOST_NAME == 0 {
-            if let Some(ip) = parse_ipv4(s) {
-                return Ok(HostView::Ip(IpAddr::V4(ip)));
-            }
-            // Not the plain dotted quad: std's parser decides (and says why it is bad).
-            let text = std::str::from_utf8(s).map_err(|_| ParseError::Invalid("bad host"))?;
-            let ip: Ipv4Addr = text
-                .parse()
-                .map_err(|_| ParseError::Invalid("bad IPv4 address"))?;
+        host_from_classes(s, any, ok)
+    }
+}
+
+fn parse_ipv6_reference(s: &[u8]) -> Result<HostView<'_>, ParseError> {
+    let inner = s
+        .strip_prefix(b"[")
+        .and_then(|x| x.strip_suffix(b"]"))
+        .ok_or(ParseError::Invalid("bad IPv6 reference"))?;
+    let text = std::str::from_utf8(inner).map_err(|_| ParseError::Invalid("bad IPv6"))?;
+    let ip: Ipv6Addr = text
+        .parse()
+        .map_err(|_| ParseError::Invalid("bad IPv6 reference"))?;
+    Ok(HostView::Ip(IpAddr::V6(ip)))
+}
+
+/// The host `s`, given the union of its octets' classes (`any`) and whether every octet
+/// was a host octet (`ok`).
+#[inline]
+fn host_from_classes(s: &[u8], any: u8, ok: bool) -> Result<HostView<'_>, ParseError> {
+    if s.is_empty() {
+        return Err(ParseError::Invalid("empty host"));
+    }
+    if !ok {
+        return Err(ParseError::Invalid("bad character in host"));
+    }
+    if any & class::HOST_NAME == 0 {
+        if let Some(ip) = parse_ipv4(s) {
             return Ok(HostView::Ip(IpAddr::V4(ip)));
         }
-        if s[0] == b'-' || s[0] == b'.' {
-            return Err(ParseError::Invalid("bad host name"));
-        }
-        Ok(HostView::Domain(s))
+        // Not the plain dotted quad: std's parser decides (and says why it is bad).
+        let text = std::str::from_utf8(s).map_err(|_| ParseError::Invalid("bad host"))?;
+        let ip: Ipv4Addr = text
+            .parse()
+            .map_err(|_| ParseError::Invalid("bad IPv4 address"))?;
+        return Ok(HostView::Ip(IpAddr::V4(ip)));
     }
+    if s[0] == b'-' || s[0] == b'.' {
+        return Err(ParseError::Invalid("bad host name"));
+    }
+    Ok(HostView::Domain(s))
 }
 
 /// A dotted-quad IPv4 address: four decimal octets of 1 to 3 digits, no leading zero, each
@@ -731,11 +738,7 @@ fn parse_sip(s: &[u8], secure: bool) -> Result<SipUriView<'_>, ParseError> {
         None => (None, None, s),
     };
     // hostport, then `;params`, then `?headers`.
-    let hp_end = rest
-        .iter()
-        .position(|&b| b == b';' || b == b'?')
-        .unwrap_or(rest.len());
-    let (host, port) = split_hostport(&rest[..hp_end])?;
+    let (host, port, hp_end) = scan_hostport(rest)?;
     let mut tail = &rest[hp_end..];
     let mut params = ParamsView::default();
     if tail.first() == Some(&b';') {
@@ -765,29 +768,53 @@ fn parse_sip(s: &[u8], secure: bool) -> Result<SipUriView<'_>, ParseError> {
 
 /// Splits `host[:port]`, host possibly an IPv6 reference.
 pub(crate) fn split_hostport(s: &[u8]) -> Result<(HostView<'_>, Option<u16>), ParseError> {
-    let (h, p) = if s.first() == Some(&b'[') {
+    let (host, port, used) = scan_hostport(s)?;
+    if used != s.len() {
+        return Err(ParseError::Invalid("bad character in host"));
+    }
+    Ok((host, port))
+}
+
+/// Reads `host[:port]` at the start of `s`, up to the first `;` or `?` or the end, in one
+/// walk. Returns the host, the port and how many octets were read.
+pub(crate) fn scan_hostport(s: &[u8]) -> Result<(HostView<'_>, Option<u16>, usize), ParseError> {
+    let stop = |b: u8| b == b';' || b == b'?';
+    let (host, mut i) = if s.first() == Some(&b'[') {
         let close = find(b']', s).ok_or(ParseError::Invalid("unterminated IPv6 reference"))?;
-        let after = &s[close + 1..];
-        match after.split_first() {
-            None => (s, None),
-            Some((b':', port)) => (&s[..=close], Some(port)),
+        match s.get(close + 1) {
+            None | Some(b':') => {}
+            Some(&b) if stop(b) => {}
             Some(_) => return Err(ParseError::Invalid("garbage after IPv6 reference")),
         }
+        (parse_ipv6_reference(&s[..=close])?, close + 1)
     } else {
-        match find(b':', s) {
-            Some(c) => (&s[..c], Some(&s[c + 1..])),
-            None => (s, None),
+        let (mut any, mut ok) = (0u8, true);
+        let mut i = 0;
+        while let Some(&b) = s.get(i) {
+            if b == b':' || stop(b) {
+                break;
+            }
+            let c = class::TABLE[usize::from(b)];
+            any |= c;
+            ok &= c & (class::HOST_NUMERIC | class::HOST_NAME) != 0;
+            i += 1;
         }
+        (host_from_classes(&s[..i], any, ok)?, i)
     };
-    let port = match p {
-        Some(p) => Some(
-            parse_decimal(p, 65535)
+    let mut port = None;
+    if s.get(i) == Some(&b':') {
+        let start = i + 1;
+        i = start;
+        while s.get(i).is_some_and(|&b| !stop(b)) {
+            i += 1;
+        }
+        port = Some(
+            parse_decimal(&s[start..i], 65535)
                 .map(|v| v as u16)
                 .ok_or(ParseError::Invalid("bad port"))?,
-        ),
-        None => None,
-    };
-    Ok((HostView::parse(h)?, port))
+        );
+    }
+    Ok((host, port, i))
 }
 
 fn parse_tel(s: &[u8]) -> Result<UriView<'_>, ParseError> {
