@@ -365,6 +365,20 @@ pub struct Headers {
     buf: Bytes,
     added: Vec<Bytes>,
     fields: Vec<Field>,
+    /// One bit per known name code present at least once, and at least twice: lookups of
+    /// absent names and the "only one" check of single-valued headers cost no walk.
+    present: u64,
+    repeated: u64,
+}
+
+/// The bit of a known name code in [`Headers::present`]; extension names have none.
+#[inline(always)]
+fn code_bit(code: u8) -> u64 {
+    if code < 64 {
+        1 << code
+    } else {
+        0
+    }
 }
 
 /// A header value borrowed from a [`Headers`] list: the octets, and the buffer they are in
@@ -508,6 +522,8 @@ impl Headers {
             buf: Bytes::new(),
             added: Vec::new(),
             fields: Vec::with_capacity(n),
+            present: 0,
+            repeated: 0,
         }
     }
 
@@ -517,6 +533,8 @@ impl Headers {
             buf,
             added: Vec::new(),
             fields: Vec::with_capacity(capacity),
+            present: 0,
+            repeated: 0,
         }
     }
 
@@ -540,6 +558,7 @@ impl Headers {
             raw_name: span(name),
             value: span(value),
         });
+        self.note(code);
         code
     }
 
@@ -594,6 +613,38 @@ impl Headers {
         }
     }
 
+    /// Records one more field with `code` in the presence bits.
+    #[inline(always)]
+    fn note(&mut self, code: u8) {
+        let bit = code_bit(code);
+        self.repeated |= self.present & bit;
+        self.present |= bit;
+    }
+
+    /// Recomputes the presence bits after fields were replaced or removed.
+    fn renote(&mut self) {
+        self.present = 0;
+        self.repeated = 0;
+        for i in 0..self.fields.len() {
+            self.note(self.fields[i].code);
+        }
+    }
+
+    /// Whether a known name is absent for sure (extension names are always looked for).
+    #[inline(always)]
+    fn surely_absent(&self, code: u8) -> bool {
+        code != OTHER_CODE && self.present & code_bit(code) == 0
+    }
+
+    /// Whether `name` occurs more than once (single-valued headers must not).
+    pub fn is_repeated(&self, name: &HeaderName) -> bool {
+        let code = name.code();
+        if code != OTHER_CODE && code < 64 {
+            return self.repeated & code_bit(code) != 0;
+        }
+        self.count(name) > 1
+    }
+
     #[inline(always)]
     fn matches(&self, f: &Field, code: u8, name: &HeaderName) -> bool {
         if f.code != code {
@@ -623,6 +674,7 @@ impl Headers {
     /// Appends a header line.
     pub fn push(&mut self, h: Header) {
         let f = self.field_of(h);
+        self.note(f.code);
         self.fields.push(f);
     }
 
@@ -634,6 +686,7 @@ impl Headers {
     /// Inserts a header before all the others of the message (e.g. a new top Via).
     pub fn insert_first(&mut self, name: HeaderName, value: impl Into<Bytes>) {
         let f = self.field_of(Header::new(name, value));
+        self.note(f.code);
         self.fields.insert(0, f);
     }
 
@@ -664,6 +717,7 @@ impl Headers {
             }
             None => self.fields.push(f),
         }
+        self.renote();
     }
 
     /// Removes every occurrence of `name`.
@@ -674,12 +728,16 @@ impl Headers {
             .into_iter()
             .filter(|x| !self.matches(x, code, name))
             .collect();
+        self.renote();
     }
 
     /// The first value of `name`.
     #[inline]
     pub fn get(&self, name: &HeaderName) -> Option<HeaderValue<'_>> {
         let code = name.code();
+        if self.surely_absent(code) {
+            return None;
+        }
         self.fields
             .iter()
             .find(|f| self.matches(f, code, name))
@@ -692,7 +750,12 @@ impl Headers {
         name: &'a HeaderName,
     ) -> impl Iterator<Item = HeaderValue<'a>> + 'a {
         let code = name.code();
-        self.fields
+        let fields = if self.surely_absent(code) {
+            &self.fields[..0]
+        } else {
+            &self.fields[..]
+        };
+        fields
             .iter()
             .filter(move |f| self.matches(f, code, name))
             .map(move |f| self.value(f.value))
@@ -701,6 +764,9 @@ impl Headers {
     /// How many lines carry `name`.
     pub fn count(&self, name: &HeaderName) -> usize {
         let code = name.code();
+        if self.surely_absent(code) {
+            return 0;
+        }
         self.fields
             .iter()
             .filter(|f| self.matches(f, code, name))
@@ -845,12 +911,20 @@ mod tests {
         h.add(HeaderName::Via, "a");
         h.add(HeaderName::To, "t");
         h.add(HeaderName::Via, "b");
+        assert!(h.is_repeated(&HeaderName::Via));
+        assert!(!h.is_repeated(&HeaderName::To));
         h.set(HeaderName::Via, "c");
+        assert!(!h.is_repeated(&HeaderName::Via));
         assert_eq!(h.count(&HeaderName::Via), 1);
+        h.remove(&HeaderName::To);
+        assert_eq!(h.get(&HeaderName::To).map(|v| v.to_bytes()), None);
+        assert_eq!(h.get_all(&HeaderName::To).count(), 0);
+        h.insert_first(HeaderName::To, "t2");
+        assert_eq!(h.get(&HeaderName::To).map(|v| v.to_bytes()), Some(Bytes::from("t2")));
         assert_eq!(
             h.get(&HeaderName::Via).map(|b| b.as_bytes()),
             Some(&b"c"[..])
         );
-        assert_eq!(h.iter().next().map(|x| x.name()), Some(HeaderName::Via));
+        assert_eq!(h.iter().next().map(|x| x.name()), Some(HeaderName::To));
     }
 }

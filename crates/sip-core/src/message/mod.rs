@@ -330,12 +330,10 @@ fn single<'a>(
     name: &'a HeaderName,
     label: &'static str,
 ) -> Result<HeaderValue<'a>, ParseError> {
-    let mut it = h.get_all(name);
-    let first = it.next().ok_or(ParseError::Missing(label))?;
-    if it.next().is_some() {
+    if h.is_repeated(name) {
         return Err(ParseError::Multiple(label));
     }
-    Ok(first)
+    h.get(name).ok_or(ParseError::Missing(label))
 }
 
 /// The first name-addr of the Contact header fields and the buffer it is in; every value
@@ -429,7 +427,7 @@ impl Request {
             (HeaderName::ContentType, "Content-Type"),
             (HeaderName::Expires, "Expires"),
         ] {
-            if self.headers.count(&name) > 1 {
+            if self.headers.is_repeated(&name) {
                 return fail(400, format!("Multiple {label} headers"));
             }
         }

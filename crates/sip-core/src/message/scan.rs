@@ -211,6 +211,24 @@ pub(crate) fn find_byte(c: u8, s: &[u8]) -> Option<usize> {
         .map(|p| at + p)
 }
 
+/// Whether any octet of `s` is a control octet or space (≤ 0x20), eight at a time.
+#[inline]
+pub(crate) fn any_ctl_or_space(s: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        // A byte below 0x21 borrows in `w - 0x21…21` and has its high bit clear in `w`.
+        if w.wrapping_sub(LO * 0x21) & !w & HI != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b <= b' ')
+}
+
 /// Trims LWS on both sides.
 pub(crate) fn trim_lws(mut s: &[u8]) -> &[u8] {
     while let Some((&f, rest)) = s.split_first() {
@@ -312,6 +330,18 @@ mod tests {
         // A byte just above the searched one must not be reported first (borrow effects).
         assert_eq!(find_byte(b'a', b"bbbbbbba"), Some(7));
         assert_eq!(find_byte(0x01, &[0x02, 0x01, 0x00, 0x01]), Some(1));
+    }
+
+    #[test]
+    fn ctl_or_space_detection() {
+        for b in 0u8..=255 {
+            for pos in [0usize, 3, 7, 8, 12] {
+                let mut s = vec![b'a'; 13];
+                s[pos] = b;
+                assert_eq!(any_ctl_or_space(&s), b <= b' ', "{b} at {pos}");
+            }
+        }
+        assert!(!any_ctl_or_space(b""));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use std::fmt;
 
-use super::scan::{is_token, parse_decimal, shared_word, Scanner};
+use super::scan::{any_ctl_or_space, find_byte, is_token, parse_decimal, shared_word, Scanner};
 use super::uri::{share, split_hostport, Host, HostView, Params, ParamsView, Uri, UriView};
 use super::{Method, ParseError};
 
@@ -360,20 +360,12 @@ fn parse_name_addr<'a>(s: &mut Scanner<'a>) -> Result<NameAddrView<'a>, ParseErr
         None => return Err(ParseError::Invalid("empty name-addr")),
     }
     let (uri, bracketed) = if s.eat(b'<') {
-        // To the '>', refusing white space and control octets on the way.
         let rest = &s.buf[s.pos..];
-        let mut close = 0;
-        loop {
-            match rest.get(close) {
-                Some(b'>') => break,
-                Some(&b) if b <= b' ' => {
-                    return Err(ParseError::Invalid("white space inside <URI>"));
-                }
-                Some(_) => close += 1,
-                None => return Err(ParseError::Invalid("unterminated <URI>")),
-            }
-        }
+        let close = find_byte(b'>', rest).ok_or(ParseError::Invalid("unterminated <URI>"))?;
         let inner = &rest[..close];
+        if any_ctl_or_space(inner) {
+            return Err(ParseError::Invalid("white space inside <URI>"));
+        }
         s.pos += close + 1;
         (UriView::parse(inner)?, true)
     } else {

@@ -680,6 +680,14 @@ mod class {
 #[inline]
 fn all_escaped_or(s: &[u8], extra: u8) -> bool {
     let allowed = class::UNRESERVED | extra;
+    // Without a branch per octet first (the common case: no escape, nothing bad).
+    let mut plain = true;
+    for &b in s {
+        plain &= class::TABLE[usize::from(b)] & allowed != 0;
+    }
+    if plain {
+        return true;
+    }
     let mut i = 0;
     while i < s.len() {
         let b = s[i];
