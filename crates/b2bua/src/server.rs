@@ -129,7 +129,7 @@ pub fn precheck(inc: &IncomingRequest) -> Option<(u16, Vec<(HeaderName, String)>
         return Some((501, vec![(HeaderName::Allow, ALLOW.into())]));
     }
     // §8.2.2.1: Request-URI scheme.
-    match &req.uri {
+    match req.uri() {
         Uri::Sip(_) | Uri::Tel(_) => {}
         Uri::Other { .. } => return Some((416, vec![])),
     }

@@ -596,7 +596,7 @@ async fn both_devices_answer_at_once_one_is_kept_the_other_acked_and_byed() {
 
     // The call proceeds to the carrier.
     let (cinv, cfrom) = h.carrier.expect_request(Method::Invite).await;
-    assert!(cinv.uri.to_string().contains(CUSTOMER), "{}", cinv.uri);
+    assert!(cinv.uri().to_string().contains(CUSTOMER), "{}", cinv.uri());
 
     // Both devices get an ACK for their 200; exactly one is then sent a BYE.
     for a in h.agents.iter_mut() {

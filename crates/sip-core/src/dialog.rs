@@ -302,7 +302,7 @@ impl Dialog {
             remote_target,
             route_set,
             local_contact,
-            secure: is_sips(&invite.uri),
+            secure: is_sips(invite.uri()),
         })
     }
 
@@ -340,7 +340,7 @@ impl Dialog {
             remote_target,
             route_set,
             local_contact,
-            secure: is_sips(&invite.uri),
+            secure: is_sips(invite.uri()),
         })
     }
 
@@ -815,7 +815,7 @@ Content-Length: 0
         let mut d = alice();
         let bye = on_the_wire(d.new_request(Method::Bye, None));
         assert_eq!(bye.method, Method::Bye);
-        assert_eq!(bye.uri, uri("sip:bob@10.0.0.2:5060;transport=udp"));
+        assert_eq!(*bye.uri(), uri("sip:bob@10.0.0.2:5060;transport=udp"));
         assert_eq!(
             routes(&bye),
             ["sip:p1.example.com;lr", "sip:p2.example.com;lr"]
@@ -840,7 +840,7 @@ Content-Length: 0
     fn bye_from_uas_swaps_tags_and_starts_at_cseq_1() {
         let mut d = bob();
         let bye = on_the_wire(d.new_request(Method::Bye, None));
-        assert_eq!(bye.uri, uri("sip:alice@10.0.0.1:5060"));
+        assert_eq!(*bye.uri(), uri("sip:alice@10.0.0.1:5060"));
         assert_eq!(
             routes(&bye),
             ["sip:p2.example.com;lr", "sip:p1.example.com;lr"]
@@ -862,7 +862,7 @@ Content-Length: 0
         let mut d = alice();
         let ack = on_the_wire(d.ack_for_2xx(314159, None));
         assert_eq!(h(&ack, HeaderName::CSeq), "314159 ACK");
-        assert_eq!(ack.uri, uri("sip:bob@10.0.0.2:5060;transport=udp"));
+        assert_eq!(*ack.uri(), uri("sip:bob@10.0.0.2:5060;transport=udp"));
         assert_eq!(
             routes(&ack),
             ["sip:p1.example.com;lr", "sip:p2.example.com;lr"]
@@ -925,7 +925,7 @@ Content-Length: 0
         );
         let mut d = Dialog::uac(&req(INVITE_SENT), &resp(&ok), uri("sip:alice@10.0.0.1")).unwrap();
         let bye = on_the_wire(d.new_request(Method::Bye, None));
-        assert_eq!(bye.uri, uri("sip:p1.example.com;maddr=192.0.2.1"));
+        assert_eq!(*bye.uri(), uri("sip:p1.example.com;maddr=192.0.2.1"));
         assert_eq!(
             routes(&bye),
             [
@@ -945,7 +945,7 @@ Content-Length: 0
         let mut d = Dialog::uac(&req(INVITE_SENT), &resp(&ok), uri("sip:alice@10.0.0.1")).unwrap();
         let bye = d.new_request(Method::Bye, None);
         assert_eq!(
-            bye.uri,
+            *bye.uri(),
             uri("sip:p1.example.com"),
             "method= is not allowed in a R-URI"
         );
@@ -964,7 +964,7 @@ Content-Length: 0
         let mut d = Dialog::uac(&req(INVITE_SENT), &resp(&ok), uri("sip:alice@10.0.0.1")).unwrap();
         assert!(d.route_set().is_empty());
         let bye = on_the_wire(d.new_request(Method::Bye, None));
-        assert_eq!(bye.uri, uri("sip:bob@10.0.0.2:5070"));
+        assert_eq!(*bye.uri(), uri("sip:bob@10.0.0.2:5070"));
         assert_eq!(bye.headers.get(&HeaderName::Route), None);
         assert_eq!(d.next_hop(), uri("sip:bob@10.0.0.2:5070?Subject=hi"));
     }
@@ -1062,7 +1062,7 @@ Content-Length: 0
         assert_eq!(d.remote_target(), &uri("sip:alice@198.51.100.7:5062"));
         // The next request goes to the new target.
         assert_eq!(
-            d.new_request(Method::Bye, None).uri,
+            *d.new_request(Method::Bye, None).uri(),
             uri("sip:alice@198.51.100.7:5062")
         );
     }

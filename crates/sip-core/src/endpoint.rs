@@ -297,7 +297,7 @@ impl Endpoint {
         let target = routes
             .first()
             .map(|r| r.uri.clone())
-            .unwrap_or_else(|| request.uri.clone());
+            .unwrap_or_else(|| request.uri().clone());
         resolve_uri(&target).await
     }
 
@@ -1050,7 +1050,7 @@ fn server_key(req: &Request) -> Option<ServerKey> {
                 .unwrap_or_default();
             Some(ServerKey::Rfc2543(format!(
                 "{}|{}|{}|{}|{}|{}",
-                req.uri,
+                req.uri(),
                 String::from_utf8_lossy(&from_tag),
                 req.call_id_str(),
                 cseq.seq,
@@ -1124,7 +1124,7 @@ fn response_flow(headers: &crate::message::Headers, flow: &Flow) -> Flow {
 /// (§17.1.1.3) and the CANCEL (§9.1) share it: same Request-URI, only the top Via, the same
 /// From, Call-ID, CSeq number and Route; `to` as given.
 fn same_transaction_request(invite: &Request, method: Method, to: Option<Bytes>) -> Request {
-    let mut r = Request::new(method.clone(), invite.uri.clone());
+    let mut r = Request::new(method.clone(), invite.uri().clone());
     if let Some(v) = invite.headers.get(&HeaderName::Via) {
         let top = Via::parse_first(v.base(), &v)
             .map(|x| x.to_string())

@@ -165,7 +165,7 @@ fn details_of_valid_messages() {
     assert!(r.body.is_empty());
     // semiuri: the user part keeps its ';'.
     let r = parse_request(&dir, "semiuri.dat");
-    let u = r.uri.as_sip().unwrap();
+    let u = r.uri().as_sip().unwrap();
     assert_eq!(u.user.as_deref(), Some(&b"user;par=u%40example.net"[..]));
     // mpart01: binary body taken by Content-Length.
     let r = parse_request(&dir, "mpart01.dat");
@@ -231,7 +231,7 @@ fn rfc5118_ipv6_messages() {
     // 4.1 Basic Request
     let r = ok("4.1", "REGISTER sip:[2001:db8::10] SIP/2.0\nTo: sip:user@example.com\nFrom: sip:user@example.com;tag=81x2\nVia: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111\nCall-ID: SSG9559905523997077@hlau_4100\nMax-Forwards: 70\nContact: \"Caller\" <sip:caller@[2001:db8::1]>\nCSeq: 98176 REGISTER\nContent-Length: 0\n\n");
     assert_eq!(
-        r.uri.as_sip().unwrap().host.ip(),
+        r.uri().as_sip().unwrap().host.ip(),
         "2001:db8::10".parse().ok()
     );
     assert_eq!(r.top_via().unwrap().host.ip(), "2001:db8::9:1".parse().ok());
@@ -239,14 +239,14 @@ fn rfc5118_ipv6_messages() {
     refused("4.2", "REGISTER sip:2001:db8::10 SIP/2.0\nTo: sip:user@example.com\nFrom: sip:user@example.com;tag=81x2\nVia: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111\nCall-ID: SSG9559905523997077@hlau_4100\nMax-Forwards: 70\nContact: \"Caller\" <sip:caller@[2001:db8::1]>\nCSeq: 98176 REGISTER\nContent-Length: 0\n\n");
     // 4.3 Port Ambiguous in a SIP URI: valid, the whole of 2001:db8::10:5070 is the address.
     let r = ok("4.3", "REGISTER sip:[2001:db8::10:5070] SIP/2.0\nTo: sip:user@example.com\nFrom: sip:user@example.com;tag=81x2\nVia: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111\nCall-ID: SSG9559905523997077@hlau_4100\nContact: \"Caller\" <sip:caller@[2001:db8::1]>\nCSeq: 98176 REGISTER\nContent-Length: 0\n\n");
-    let u = r.uri.as_sip().unwrap();
+    let u = r.uri().as_sip().unwrap();
     assert_eq!(
         (u.host.ip(), u.port),
         ("2001:db8::10:5070".parse().ok(), None)
     );
     // 4.4 Port Unambiguous in a SIP URI
     let r = ok("4.4", "REGISTER sip:[2001:db8::10]:5070 SIP/2.0\nTo: sip:user@example.com\nFrom: sip:user@example.com;tag=81x2\nVia: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111\nCall-ID: SSG9559905523997077@hlau_4100\nMax-Forwards: 70\nContact: \"Caller\" <sip:caller@[2001:db8::1]>\nCSeq: 98176 REGISTER\nContent-Length: 0\n\n");
-    assert_eq!(r.uri.as_sip().unwrap().port, Some(5070));
+    assert_eq!(r.uri().as_sip().unwrap().port, Some(5070));
     // 4.5 Via received param with IPv6 (with and without brackets)
     let r = ok("4.5", "BYE sip:[2001:db8::10] SIP/2.0\nTo: sip:user@example.com;tag=bd76ya\nFrom: sip:user@example.com;tag=81x2\nVia: SIP/2.0/UDP [2001:db8::9:1];received=[2001:db8::9:255];branch=z9hG4bKas3-111\nCall-ID: SSG9559905523997077@hlau_4100\nMax-Forwards: 70\nCSeq: 321 BYE\nContent-Length: 0\n\n");
     assert_eq!(

@@ -941,7 +941,7 @@ async fn place(
                     if let Some((user, pass)) = shared.credentials() {
                         challenged = true;
                         let mut digest = DigestClient::new(user, pass);
-                        let uri = invite.uri.to_string();
+                        let uri = invite.uri().to_string();
                         let Ok((h, v)) = digest.answer_response(&resp, "INVITE", &uri, &invite.body) else {
                             return Err(EndReason::Rejected(resp.status));
                         };

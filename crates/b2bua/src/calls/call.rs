@@ -569,7 +569,7 @@ impl Call {
                     }
                     if resp.is_success() {
                         let b = &branches[i];
-                        let Ok(dialog) = Dialog::uac(&b.invite, &resp, b.invite.contact().ok().flatten().map(|n| n.uri).unwrap_or_else(|| b.invite.uri.clone())) else {
+                        let Ok(dialog) = Dialog::uac(&b.invite, &resp, b.invite.contact().ok().flatten().map(|n| n.uri).unwrap_or_else(|| b.invite.uri().clone())) else {
                             self.note(Some(leg), "2xx without a usable dialog (no Contact/To tag)");
                             continue;
                         };
@@ -762,7 +762,7 @@ impl Call {
                 self.sip_event(
                     leg,
                     "sent",
-                    format!("INVITE {} ({leg_label})", ct.request.uri),
+                    format!("INVITE {} ({leg_label})", ct.request.uri()),
                     &call_id,
                 );
                 b.invite = ct.request.clone();
@@ -780,7 +780,7 @@ impl Call {
     fn authenticated_retry(&self, b: &Branch, resp: &Response) -> Option<Request> {
         let (user, pass) = b.target.credentials.clone()?;
         let mut client = DigestClient::new(user, pass);
-        let uri = b.invite.uri.to_string();
+        let uri = b.invite.uri().to_string();
         let (ans, value) = client
             .answer_response(resp, "INVITE", &uri, &b.invite.body)
             .ok()?;
@@ -817,7 +817,7 @@ impl Call {
                             if i == winner && resp.is_success() {
                                 // A retransmitted 2xx of the winner: ACK again.
                                 let b = &branches[i];
-                                if let Ok(d) = Dialog::uac(&b.invite, &resp, b.invite.uri.clone()) {
+                                if let Ok(d) = Dialog::uac(&b.invite, &resp, b.invite.uri().clone()) {
                                     let cseq = b.invite.cseq().map(|c| c.seq).unwrap_or(1);
                                     let _ = inner.endpoint.send_ack(d.ack_for_2xx(cseq, None), Some(b.dest)).await;
                                 }
@@ -831,7 +831,7 @@ impl Call {
                             summary: format!("{} {} (late answer from {})", resp.status, String::from_utf8_lossy(&resp.reason), b.target.label),
                             sip_call_id: sip_call_id.clone(),
                         });
-                        if let Ok(mut d) = Dialog::uac(&b.invite, &resp, b.invite.uri.clone()) {
+                        if let Ok(mut d) = Dialog::uac(&b.invite, &resp, b.invite.uri().clone()) {
                             let cseq = b.invite.cseq().map(|c| c.seq).unwrap_or(1);
                             let _ = inner.endpoint.send_ack(d.ack_for_2xx(cseq, None), Some(b.dest)).await;
                             let bye = d.new_request(Method::Bye, None);

@@ -920,7 +920,10 @@ mod tests {
         assert_eq!(h.get(&HeaderName::To).map(|v| v.to_bytes()), None);
         assert_eq!(h.get_all(&HeaderName::To).count(), 0);
         h.insert_first(HeaderName::To, "t2");
-        assert_eq!(h.get(&HeaderName::To).map(|v| v.to_bytes()), Some(Bytes::from("t2")));
+        assert_eq!(
+            h.get(&HeaderName::To).map(|v| v.to_bytes()),
+            Some(Bytes::from("t2"))
+        );
         assert_eq!(
             h.get(&HeaderName::Via).map(|b| b.as_bytes()),
             Some(&b"c"[..])

@@ -19,6 +19,7 @@ mod uri;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;
+use std::sync::OnceLock;
 
 pub use header::{unfold, Header, HeaderName, HeaderRef, HeaderValue, Headers};
 pub use parse::{frame, parse_message, Frame, FrameError, Rejected};
@@ -112,13 +113,72 @@ impl fmt::Display for Method {
 }
 
 /// A SIP request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Request {
     pub method: Method,
-    pub uri: Uri,
+    /// The Request-URI ([`Request::uri`]).
+    uri: RequestUri,
     pub headers: Headers,
     pub body: Bytes,
 }
+
+/// A Request-URI: as received (its text, checked by the parser and turned into a [`Uri`]
+/// the first time it is asked for), or as set.
+#[derive(Clone)]
+struct RequestUri {
+    /// The text as received; empty for a request built here.
+    text: Bytes,
+    parsed: OnceLock<Uri>,
+}
+
+impl RequestUri {
+    fn received(text: Bytes) -> RequestUri {
+        RequestUri {
+            text,
+            parsed: OnceLock::new(),
+        }
+    }
+
+    fn set(uri: Uri) -> RequestUri {
+        RequestUri {
+            text: Bytes::new(),
+            parsed: OnceLock::from(uri),
+        }
+    }
+
+    fn get(&self) -> &Uri {
+        self.parsed.get_or_init(|| {
+            // The parser took this text only after `UriView::parse` accepted it, and parsing
+            // is deterministic, so the fallback is never used; it keeps this free of panics.
+            Uri::parse_in(&self.text, &self.text).unwrap_or_else(|_| Uri::Other {
+                scheme: Bytes::from_static(b"invalid"),
+                opaque: self.text.clone(),
+            })
+        })
+    }
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("uri", self.uri())
+            .field("headers", &self.headers)
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+impl PartialEq for Request {
+    fn eq(&self, other: &Request) -> bool {
+        self.method == other.method
+            && self.uri() == other.uri()
+            && self.headers == other.headers
+            && self.body == other.body
+    }
+}
+
+impl Eq for Request {}
 
 /// A SIP response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +399,15 @@ fn single<'a>(
 /// The first name-addr of the Contact header fields and the buffer it is in; every value
 /// is checked, `*` means none.
 fn first_contact(h: &Headers) -> Result<Option<(NameAddrView<'_>, &Bytes)>, ParseError> {
+    if !h.is_repeated(&HeaderName::Contact) {
+        let Some(v) = h.get(&HeaderName::Contact) else {
+            return Ok(None);
+        };
+        if scan::trim_lws(&v) == b"*" {
+            return Ok(None);
+        }
+        return Ok(Some((NameAddrView::parse_first(v.as_bytes())?, v.base())));
+    }
     let mut first = None;
     for v in h.get_all(&HeaderName::Contact) {
         if scan::trim_lws(&v) == b"*" {
@@ -378,11 +447,32 @@ pub struct CheckFailure {
 }
 
 impl Request {
+    /// A request as received: `uri` is the Request-URI's text, already checked with
+    /// [`UriView::parse`].
+    pub(crate) fn received(method: Method, uri: Bytes, headers: Headers, body: Bytes) -> Request {
+        Request {
+            method,
+            uri: RequestUri::received(uri),
+            headers,
+            body,
+        }
+    }
+
+    /// The Request-URI (parsed into a [`Uri`] on first use).
+    pub fn uri(&self) -> &Uri {
+        self.uri.get()
+    }
+
+    /// Replaces the Request-URI.
+    pub fn set_uri(&mut self, uri: Uri) {
+        self.uri = RequestUri::set(uri);
+    }
+
     /// A new request with no headers.
     pub fn new(method: Method, uri: Uri) -> Request {
         Request {
             method,
-            uri,
+            uri: RequestUri::set(uri),
             headers: Headers::new(),
             body: Bytes::new(),
         }
@@ -465,10 +555,15 @@ impl Request {
                 NameAddrView::parse_each(v.as_bytes(), |_| Ok(())).map_err(|e| bad(e, label))?;
             }
         }
-        if let Some(u) = self.uri.as_sip() {
-            if u.headers.is_some() {
-                return fail(400, "Request-URI must not carry headers".into());
-            }
+        let uri_headers = match self.uri.parsed.get() {
+            Some(u) => u.as_sip().is_some_and(|u| u.headers.is_some()),
+            None => UriView::parse(&self.uri.text)
+                .ok()
+                .and_then(|u| u.as_sip().map(|u| u.headers.is_some()))
+                .unwrap_or(false),
+        };
+        if uri_headers {
+            return fail(400, "Request-URI must not carry headers".into());
         }
         Ok(())
     }
@@ -478,7 +573,11 @@ impl Request {
         let mut out = BytesMut::with_capacity(256 + self.body.len() + self.headers.len() * 48);
         out.put_slice(self.method.as_str().as_bytes());
         out.put_u8(b' ');
-        out.put_slice(self.uri.to_string().as_bytes());
+        match self.uri.parsed.get() {
+            Some(u) => out.put_slice(u.to_string().as_bytes()),
+            // Never parsed nor changed: the text as received.
+            None => out.put_slice(&self.uri.text),
+        }
         out.put_slice(b" SIP/2.0\r\n");
         encode_rest(&mut out, &self.headers, &self.body);
         out.freeze()

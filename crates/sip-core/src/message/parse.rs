@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::header::{HeaderName, Headers};
 use super::scan::{find_byte, is_lws, is_token, parse_decimal, trim_lws};
-use super::uri::Uri;
+use super::uri::UriView;
 use super::{Method, Request, Response, SipMessage};
 
 /// Why a message could not be taken in.
@@ -251,12 +251,9 @@ pub fn parse_message(data: Bytes) -> Result<SipMessage, Rejected> {
             .map_err(|r| reject(r, None))
     } else {
         match parse_request_line(&data, start_line) {
-            Ok((method, uri)) => Ok(SipMessage::Request(Request {
-                method,
-                uri,
-                headers,
-                body,
-            })),
+            Ok((method, uri)) => Ok(SipMessage::Request(Request::received(
+                method, uri, headers, body,
+            ))),
             Err(LineError::Version) => Err(Rejected {
                 status: 505,
                 reason: "Version Not Supported",
@@ -276,7 +273,7 @@ enum LineError {
     Version,
 }
 
-fn parse_request_line(base: &Bytes, line: &[u8]) -> Result<(Method, Uri), LineError> {
+fn parse_request_line(base: &Bytes, line: &[u8]) -> Result<(Method, Bytes), LineError> {
     // Method SP Request-URI SP SIP-Version: exactly one SP each (RFC 4475 §3.1.2.9/.10).
     let sp1 = line
         .iter()
@@ -302,8 +299,9 @@ fn parse_request_line(base: &Bytes, line: &[u8]) -> Result<(Method, Uri), LineEr
         return Err(LineError::Bad("Malformed Request-URI"));
     }
     check_version(version)?;
-    let uri = Uri::parse_in(base, uri).map_err(|_| LineError::Bad("Malformed Request-URI"))?;
-    Ok((Method::from_token(base, method), uri))
+    // Checked now (a bad one is answered with 400), turned into a `Uri` when first asked for.
+    UriView::parse(uri).map_err(|_| LineError::Bad("Malformed Request-URI"))?;
+    Ok((Method::from_token(base, method), base.slice_ref(uri)))
 }
 
 fn check_version(v: &[u8]) -> Result<(), LineError> {

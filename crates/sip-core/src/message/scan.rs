@@ -122,6 +122,15 @@ impl<'a> Scanner<'a> {
         if !self.eat(b'"') {
             return None;
         }
+        // The common case: no quoted-pair, ASCII only — the closing quote is the next one.
+        let rest = &self.buf[self.pos..];
+        if let Some(close) = find_byte(b'"', rest) {
+            let inner = &rest[..close];
+            if find_byte(b'\\', inner).is_none() && inner.iter().all(|&b| b < 0x80) {
+                self.pos += close + 1;
+                return Some(&self.buf[start..self.pos]);
+            }
+        }
         let mut high = 0u8;
         while let Some(b) = self.peek() {
             high |= b;

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use std::fmt;
 
 use super::scan::{any_ctl_or_space, find_byte, is_token, parse_decimal, shared_word, Scanner};
-use super::uri::{share, split_hostport, Host, HostView, Params, ParamsView, Uri, UriView};
+use super::uri::{
+    after_hostport_error, scan_hostport, share, Host, HostView, Params, ParamsView, Uri, UriView,
+};
 use super::{Method, ParseError};
 
 /// One Via header field value (RFC 3261 §20.42).
@@ -156,9 +158,12 @@ fn parse_one_via<'a>(s: &mut Scanner<'a>) -> Result<ViaView<'a>, ParseError> {
     if !s.skip_lws() {
         return Err(ParseError::Invalid("missing Via sent-by"));
     }
-    let hp = s
-        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'));
-    let (host, port) = split_hostport(hp)?;
+    let (host, port, used) = scan_hostport(&s.buf[s.pos..])?;
+    s.pos += used;
+    match s.peek() {
+        None | Some(b';' | b',' | b' ' | b'\t' | b'\r' | b'\n') => {}
+        Some(b) => return Err(after_hostport_error(port, b)),
+    }
     let params = parse_header_params(s)?;
     Ok(ViaView {
         transport,

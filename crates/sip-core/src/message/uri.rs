@@ -748,6 +748,10 @@ fn parse_sip(s: &[u8], secure: bool) -> Result<SipUriView<'_>, ParseError> {
     // hostport, then `;params`, then `?headers`.
     let (host, port, hp_end) = scan_hostport(rest)?;
     let mut tail = &rest[hp_end..];
+    match tail.first() {
+        None | Some(b';' | b'?') => {}
+        Some(&b) => return Err(after_hostport_error(port, b)),
+    }
     let mut params = ParamsView::default();
     if tail.first() == Some(&b';') {
         let end = find(b'?', tail).unwrap_or(tail.len());
@@ -774,46 +778,31 @@ fn parse_sip(s: &[u8], secure: bool) -> Result<SipUriView<'_>, ParseError> {
     })
 }
 
-/// Splits `host[:port]`, host possibly an IPv6 reference.
-pub(crate) fn split_hostport(s: &[u8]) -> Result<(HostView<'_>, Option<u16>), ParseError> {
-    let (host, port, used) = scan_hostport(s)?;
-    if used != s.len() {
-        return Err(ParseError::Invalid("bad character in host"));
-    }
-    Ok((host, port))
-}
-
-/// Reads `host[:port]` at the start of `s`, up to the first `;` or `?` or the end, in one
-/// walk. Returns the host, the port and how many octets were read.
+/// Reads `host[:port]` at the start of `s` in one walk, up to the first octet that cannot
+/// be part of it. Returns the host, the port and how many octets were read; the caller
+/// checks what follows.
 pub(crate) fn scan_hostport(s: &[u8]) -> Result<(HostView<'_>, Option<u16>, usize), ParseError> {
-    let stop = |b: u8| b == b';' || b == b'?';
     let (host, mut i) = if s.first() == Some(&b'[') {
         let close = find(b']', s).ok_or(ParseError::Invalid("unterminated IPv6 reference"))?;
-        match s.get(close + 1) {
-            None | Some(b':') => {}
-            Some(&b) if stop(b) => {}
-            Some(_) => return Err(ParseError::Invalid("garbage after IPv6 reference")),
-        }
         (parse_ipv6_reference(&s[..=close])?, close + 1)
     } else {
-        let (mut any, mut ok) = (0u8, true);
+        let mut any = 0u8;
         let mut i = 0;
         while let Some(&b) = s.get(i) {
-            if b == b':' || stop(b) {
+            let c = class::TABLE[usize::from(b)];
+            if c & (class::HOST_NUMERIC | class::HOST_NAME) == 0 {
                 break;
             }
-            let c = class::TABLE[usize::from(b)];
             any |= c;
-            ok &= c & (class::HOST_NUMERIC | class::HOST_NAME) != 0;
             i += 1;
         }
-        (host_from_classes(&s[..i], any, ok)?, i)
+        (host_from_classes(&s[..i], any, true)?, i)
     };
     let mut port = None;
     if s.get(i) == Some(&b':') {
         let start = i + 1;
         i = start;
-        while s.get(i).is_some_and(|&b| !stop(b)) {
+        while s.get(i).is_some_and(u8::is_ascii_digit) {
             i += 1;
         }
         port = Some(
@@ -823,6 +812,15 @@ pub(crate) fn scan_hostport(s: &[u8]) -> Result<(HostView<'_>, Option<u16>, usiz
         );
     }
     Ok((host, port, i))
+}
+
+/// The error for an octet found right after a `host[:port]`.
+pub(crate) fn after_hostport_error(port: Option<u16>, next: u8) -> ParseError {
+    match (port, next) {
+        (Some(_), _) => ParseError::Invalid("bad port"),
+        (None, b'[' | b']') => ParseError::Invalid("garbage after IPv6 reference"),
+        _ => ParseError::Invalid("bad character in host"),
+    }
 }
 
 fn parse_tel(s: &[u8]) -> Result<UriView<'_>, ParseError> {
