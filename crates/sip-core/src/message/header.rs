@@ -360,7 +360,7 @@ struct Field {
 /// parsing takes no reference count per field); fields added later keep their own `Bytes`.
 /// Values are handed out as [`HeaderValue`]s, which borrow the list and make a `Bytes` only
 /// when asked.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Headers {
     buf: Bytes,
     added: Vec<Bytes>,
@@ -369,7 +369,18 @@ pub struct Headers {
     /// absent names and the "only one" check of single-valued headers cost no walk.
     present: u64,
     repeated: u64,
+    /// Where the first field of each present known name is ([`NO_INDEX`] past 254 fields).
+    first: [u8; 64],
 }
+
+impl Default for Headers {
+    fn default() -> Headers {
+        Headers::new()
+    }
+}
+
+/// No index kept in [`Headers::first`]: walk the list.
+const NO_INDEX: u8 = u8::MAX;
 
 /// The bit of a known name code in [`Headers::present`]; extension names have none.
 #[inline(always)]
@@ -514,7 +525,7 @@ impl std::fmt::Debug for HeaderRef<'_> {
 
 impl Headers {
     pub fn new() -> Headers {
-        Headers::default()
+        Headers::with_capacity(0)
     }
 
     pub fn with_capacity(n: usize) -> Headers {
@@ -524,6 +535,7 @@ impl Headers {
             fields: Vec::with_capacity(n),
             present: 0,
             repeated: 0,
+            first: [NO_INDEX; 64],
         }
     }
 
@@ -535,6 +547,7 @@ impl Headers {
             fields: Vec::with_capacity(capacity),
             present: 0,
             repeated: 0,
+            first: [NO_INDEX; 64],
         }
     }
 
@@ -558,7 +571,7 @@ impl Headers {
             raw_name: span(name),
             value: span(value),
         });
-        self.note(code);
+        self.note(code, self.fields.len() - 1);
         code
     }
 
@@ -613,27 +626,42 @@ impl Headers {
         }
     }
 
-    /// Records one more field with `code` in the presence bits.
+    /// Records one more field with `code`, at `index`, in the presence bits and the index.
     #[inline(always)]
-    fn note(&mut self, code: u8) {
+    fn note(&mut self, code: u8, index: usize) {
         let bit = code_bit(code);
+        if self.present & bit == 0 {
+            if let Some(slot) = self.first.get_mut(usize::from(code)) {
+                *slot = u8::try_from(index).unwrap_or(NO_INDEX);
+            }
+        }
         self.repeated |= self.present & bit;
         self.present |= bit;
     }
 
-    /// Recomputes the presence bits after fields were replaced or removed.
+    /// Recomputes the presence bits and the index after fields were moved or removed.
     fn renote(&mut self) {
         self.present = 0;
         self.repeated = 0;
         for i in 0..self.fields.len() {
-            self.note(self.fields[i].code);
+            self.note(self.fields[i].code, i);
         }
     }
 
-    /// Whether a known name is absent for sure (extension names are always looked for).
+    /// Where to start looking for `code`: the first field carrying it when it is known and
+    /// indexed, `None` when it is known and absent, 0 otherwise.
     #[inline(always)]
-    fn surely_absent(&self, code: u8) -> bool {
-        code != OTHER_CODE && self.present & code_bit(code) == 0
+    fn start_of(&self, code: u8) -> Option<usize> {
+        if code == OTHER_CODE {
+            return Some(0);
+        }
+        if self.present & code_bit(code) == 0 {
+            return None;
+        }
+        match self.first.get(usize::from(code)) {
+            Some(&i) if i != NO_INDEX => Some(usize::from(i)),
+            _ => Some(0),
+        }
     }
 
     /// Whether `name` occurs more than once (single-valued headers must not).
@@ -674,7 +702,7 @@ impl Headers {
     /// Appends a header line.
     pub fn push(&mut self, h: Header) {
         let f = self.field_of(h);
-        self.note(f.code);
+        self.note(f.code, self.fields.len());
         self.fields.push(f);
     }
 
@@ -686,8 +714,8 @@ impl Headers {
     /// Inserts a header before all the others of the message (e.g. a new top Via).
     pub fn insert_first(&mut self, name: HeaderName, value: impl Into<Bytes>) {
         let f = self.field_of(Header::new(name, value));
-        self.note(f.code);
         self.fields.insert(0, f);
+        self.renote();
     }
 
     /// Replaces every occurrence of `name` with one value (or appends it).
@@ -735,10 +763,8 @@ impl Headers {
     #[inline]
     pub fn get(&self, name: &HeaderName) -> Option<HeaderValue<'_>> {
         let code = name.code();
-        if self.surely_absent(code) {
-            return None;
-        }
         self.fields
+            .get(self.start_of(code)?..)?
             .iter()
             .find(|f| self.matches(f, code, name))
             .map(|f| self.value(f.value))
@@ -750,10 +776,9 @@ impl Headers {
         name: &'a HeaderName,
     ) -> impl Iterator<Item = HeaderValue<'a>> + 'a {
         let code = name.code();
-        let fields = if self.surely_absent(code) {
-            &self.fields[..0]
-        } else {
-            &self.fields[..]
+        let fields = match self.start_of(code) {
+            Some(i) => self.fields.get(i..).unwrap_or_default(),
+            None => &[],
         };
         fields
             .iter()
@@ -764,10 +789,10 @@ impl Headers {
     /// How many lines carry `name`.
     pub fn count(&self, name: &HeaderName) -> usize {
         let code = name.code();
-        if self.surely_absent(code) {
+        let Some(start) = self.start_of(code) else {
             return 0;
-        }
-        self.fields
+        };
+        self.fields[start.min(self.fields.len())..]
             .iter()
             .filter(|f| self.matches(f, code, name))
             .count()
@@ -897,6 +922,34 @@ mod tests {
         same.add(HeaderName::Other(Bytes::from_static(b"X-A")), "1");
         same.add(HeaderName::To, "<sip:c@y>");
         assert_ne!(h, same, "the order differs");
+    }
+
+    #[test]
+    fn lookups_past_the_index() {
+        // More fields than the index can point at: lookups walk, and still find them.
+        let mut h = Headers::new();
+        for i in 0..300 {
+            h.add(HeaderName::Other(Bytes::from_static(b"X-N")), i.to_string());
+        }
+        h.add(HeaderName::Via, "v1");
+        h.add(HeaderName::Via, "v2");
+        assert_eq!(
+            h.get(&HeaderName::Via).map(|v| v.to_bytes()),
+            Some(Bytes::from("v1"))
+        );
+        assert_eq!(h.get_all(&HeaderName::Via).count(), 2);
+        assert_eq!(h.count(&HeaderName::Via), 2);
+        assert!(h.is_repeated(&HeaderName::Via));
+        assert_eq!(h.get(&HeaderName::To), None);
+        h.insert_first(HeaderName::To, "t");
+        assert_eq!(
+            h.get(&HeaderName::To).map(|v| v.to_bytes()),
+            Some(Bytes::from("t"))
+        );
+        assert_eq!(
+            h.get(&HeaderName::Via).map(|v| v.to_bytes()),
+            Some(Bytes::from("v1"))
+        );
     }
 
     #[test]

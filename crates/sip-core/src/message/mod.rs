@@ -342,10 +342,10 @@ pub trait HeaderAccess {
             .get(&HeaderName::ContentType)
             .is_some_and(|v| {
                 let t = v.as_bytes();
-                let t = &t[..memchr::memchr(b';', t).unwrap_or(t.len())];
+                let t = &t[..scan::find_byte(b';', t).unwrap_or(t.len())];
                 let t = scan::trim_lws(t);
                 // type "/" subtype, with optional LWS around the slash.
-                match (memchr::memchr(b'/', t), mime.split_once('/')) {
+                match (scan::find_byte(b'/', t), mime.split_once('/')) {
                     (Some(i), Some((ty, sub))) => {
                         scan::trim_lws(&t[..i]).eq_ignore_ascii_case(ty.as_bytes())
                             && scan::trim_lws(&t[i + 1..]).eq_ignore_ascii_case(sub.as_bytes())

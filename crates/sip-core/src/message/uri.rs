@@ -705,23 +705,54 @@ fn all_escaped_or(s: &[u8], extra: u8) -> bool {
     true
 }
 
-/// Checks the URI parameters in `s` (the text from the first `;` on, the `;` included).
+/// Checks the URI parameters in `s` (the text from the first `;` on, the `;` included), in
+/// one walk: every name and value non-empty, made of unreserved and `param-unreserved`
+/// octets or `%HH` escapes.
 fn parse_params(s: &[u8]) -> Result<ParamsView<'_>, ParseError> {
-    for p in s[1..].split(|&b| b == b';') {
-        let (name, value) = match find(b'=', p) {
-            Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
-            None => (p, None),
-        };
-        if name.is_empty() || !all_escaped_or(name, class::PARAM) {
-            return Err(ParseError::Invalid("bad URI parameter"));
-        }
-        if let Some(v) = value {
-            if v.is_empty() || !all_escaped_or(v, class::PARAM) {
-                return Err(ParseError::Invalid("bad URI parameter value"));
+    let allowed = class::UNRESERVED | class::PARAM;
+    let bad = |in_value: bool| {
+        ParseError::Invalid(if in_value {
+            "bad URI parameter value"
+        } else {
+            "bad URI parameter"
+        })
+    };
+    let mut i = 1;
+    let mut part_start = 1;
+    let mut in_value = false;
+    loop {
+        match s.get(i) {
+            None | Some(b';') => {
+                if i == part_start {
+                    return Err(bad(in_value));
+                }
+                if i >= s.len() {
+                    return Ok(ParamsView(s));
+                }
+                i += 1;
+                part_start = i;
+                in_value = false;
+            }
+            Some(b'=') if !in_value => {
+                if i == part_start {
+                    return Err(bad(false));
+                }
+                i += 1;
+                part_start = i;
+                in_value = true;
+            }
+            Some(b'%') => match (s.get(i + 1), s.get(i + 2)) {
+                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+                _ => return Err(bad(in_value)),
+            },
+            Some(&b) => {
+                if class::TABLE[usize::from(b)] & allowed == 0 {
+                    return Err(bad(in_value));
+                }
+                i += 1;
             }
         }
     }
-    Ok(ParamsView(s))
 }
 
 fn parse_sip(s: &[u8], secure: bool) -> Result<SipUriView<'_>, ParseError> {
