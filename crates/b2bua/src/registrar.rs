@@ -428,6 +428,9 @@ impl Registrar {
             .unwrap_or(false)
     }
 
+    // The error is the response to send, built once per refused REGISTER: boxing it would
+    // only add an allocation.
+    #[allow(clippy::result_large_err)]
     fn update_bindings(
         &self,
         req: &Request,

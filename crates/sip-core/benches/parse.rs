@@ -110,12 +110,12 @@ fn ours(data: &Bytes) -> Option<Core> {
     let SipMessage::Request(req) = parse_message(data.clone()).ok()? else {
         return None;
     };
-    let via = req.top_via_view().ok()?;
-    let from = req.from_view().ok()?;
-    let to = req.to_view().ok()?;
+    let via = req.view_top_via().ok()?;
+    let from = req.view_from().ok()?;
+    let to = req.view_to().ok()?;
     let call_id = req.call_id().ok()?;
     let cseq = req.cseq().ok()?;
-    let contact = req.contact_view().ok()??;
+    let contact = req.view_contact().ok()??;
     let max_forwards = req.max_forwards().ok()??;
     let content_length = parse_number(
         &req.headers.get(&HeaderName::ContentLength)?,
@@ -141,13 +141,13 @@ fn ours_hot(data: &Bytes) -> usize {
         return 0;
     };
     let mut acc = 0;
-    if let Ok(via) = req.top_via_view() {
+    if let Ok(via) = req.view_top_via() {
         acc += via.branch().map_or(0, <[u8]>::len);
     }
-    if let Ok(from) = req.from_view() {
+    if let Ok(from) = req.view_from() {
         acc += from.tag().map_or(0, <[u8]>::len);
     }
-    if let Ok(to) = req.to_view() {
+    if let Ok(to) = req.view_to() {
         acc += usize::from(to.tag().is_some());
     }
     if let Ok(c) = req.call_id() {
@@ -156,7 +156,7 @@ fn ours_hot(data: &Bytes) -> usize {
     if let Ok(c) = req.cseq() {
         acc += c.seq as usize;
     }
-    if let Ok(Some(c)) = req.contact_view() {
+    if let Ok(Some(c)) = req.view_contact() {
         acc += c.uri.as_sip().and_then(|u| u.port).map_or(0, usize::from);
     }
     if let Ok(Some(m)) = req.max_forwards() {

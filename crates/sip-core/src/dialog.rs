@@ -823,9 +823,9 @@ Content-Length: 0
         let from = bye.from().unwrap();
         let to = bye.to().unwrap();
         assert_eq!(from.uri, uri("sip:alice@atlanta.example.com"));
-        assert_eq!(from.tag().map(|t| &t[..]), Some(ALICE_TAG.as_bytes()));
+        assert_eq!(from.tag(), Some(ALICE_TAG.as_bytes()));
         assert_eq!(to.uri, uri("sip:bob@example.com"));
-        assert_eq!(to.tag().map(|t| &t[..]), Some(BOB_TAG.as_bytes()));
+        assert_eq!(to.tag(), Some(BOB_TAG.as_bytes()));
         assert_eq!(bye.call_id_str(), CALL_ID);
         let cseq = bye.cseq().unwrap();
         assert_eq!((cseq.seq, cseq.method), (314160, Method::Bye));

@@ -117,6 +117,9 @@ pub enum EndpointEvent {
 }
 
 /// What a client transaction reports to its owner.
+// Events live only on their way through a channel, a few per transaction, and nearly all
+// are responses: boxing the response would add an allocation to each for no saving.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ClientEvent {
     Response(Response),

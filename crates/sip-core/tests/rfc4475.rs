@@ -139,10 +139,7 @@ fn details_of_valid_messages() {
             .map(|v| v.as_bytes()),
         Some(&b";;,,;;,;"[..])
     );
-    assert_eq!(
-        r.to().unwrap().tag().map(|t| &t[..]),
-        Some(&b"1918181833n"[..])
-    );
+    assert_eq!(r.to().unwrap().tag(), Some(&b"1918181833n"[..]));
     // intmeth: an extension method with odd characters.
     let r = parse_request(&dir, "intmeth.dat");
     assert!(matches!(r.method, Method::Extension(ref m) if m.starts_with(b"!interesting")));

@@ -43,7 +43,7 @@ use super::{AgentTarget, CallEventKind, CallSpec, CustomerTarget, Leg, Outcome};
 pub(crate) enum CallCmd {
     Hangup,
     Request(Box<IncomingRequest>, Leg),
-    Stray(Response, Flow),
+    Stray(Box<Response>, Flow),
     MediaTimeout,
     Shutdown,
 }
@@ -680,7 +680,7 @@ impl Call {
                         }
                         self.in_dialog_early(inc, from).await;
                     }
-                    CallCmd::Stray(resp, flow) => self.on_stray(resp, flow).await,
+                    CallCmd::Stray(resp, flow) => self.on_stray(*resp, flow).await,
                     CallCmd::MediaTimeout => {}
                 },
             }
@@ -1085,7 +1085,7 @@ impl Call {
                         c @ (CallCmd::Hangup | CallCmd::Shutdown | CallCmd::MediaTimeout) => {
                             return self.end_connected(c).await;
                         }
-                        CallCmd::Stray(resp, flow) => self.on_stray(resp, flow).await,
+                        CallCmd::Stray(resp, flow) => self.on_stray(*resp, flow).await,
                         CallCmd::Request(inc, from) => {
                             if let Some(o) = self.in_dialog(*inc, from).await {
                                 return o;

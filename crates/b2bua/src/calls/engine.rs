@@ -226,7 +226,7 @@ impl Engine {
             .ok()
             .and_then(|m| m.get(&response.call_id_str()).cloned());
         match call {
-            Some(call) => send_to(&self.inner, &call, CallCmd::Stray(response, flow)),
+            Some(call) => send_to(&self.inner, &call, CallCmd::Stray(Box::new(response), flow)),
             None => {
                 tracing::debug!(call_id = %response.call_id_str(), "stray 2xx for no call");
             }

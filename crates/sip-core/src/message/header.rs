@@ -16,6 +16,9 @@ macro_rules! header_names {
         }
 
         impl HeaderName {
+            /// How many names are known.
+            pub(crate) const KNOWN_COUNT: usize = [$( stringify!($variant), )*].len();
+
             /// Every known name, in declaration order.
             #[cfg(test)]
             pub(crate) const KNOWN: &'static [HeaderName] = &[$( HeaderName::$variant, )*];
@@ -370,7 +373,7 @@ pub struct Headers {
     present: u64,
     repeated: u64,
     /// Where the first field of each present known name is ([`NO_INDEX`] past 254 fields).
-    first: [u8; 64],
+    first: [u8; HeaderName::KNOWN_COUNT],
 }
 
 impl Default for Headers {
@@ -535,7 +538,7 @@ impl Headers {
             fields: Vec::with_capacity(n),
             present: 0,
             repeated: 0,
-            first: [NO_INDEX; 64],
+            first: [NO_INDEX; HeaderName::KNOWN_COUNT],
         }
     }
 
@@ -547,7 +550,7 @@ impl Headers {
             fields: Vec::with_capacity(capacity),
             present: 0,
             repeated: 0,
-            first: [NO_INDEX; 64],
+            first: [NO_INDEX; HeaderName::KNOWN_COUNT],
         }
     }
 

@@ -128,7 +128,8 @@ pub struct Request {
 struct RequestUri {
     /// The text as received; empty for a request built here.
     text: Bytes,
-    parsed: OnceLock<Uri>,
+    /// Boxed: most requests never ask, and the request stays small.
+    parsed: OnceLock<Box<Uri>>,
 }
 
 impl RequestUri {
@@ -142,7 +143,7 @@ impl RequestUri {
     fn set(uri: Uri) -> RequestUri {
         RequestUri {
             text: Bytes::new(),
-            parsed: OnceLock::from(uri),
+            parsed: OnceLock::from(Box::new(uri)),
         }
     }
 
@@ -150,10 +151,12 @@ impl RequestUri {
         self.parsed.get_or_init(|| {
             // The parser took this text only after `UriView::parse` accepted it, and parsing
             // is deterministic, so the fallback is never used; it keeps this free of panics.
-            Uri::parse_in(&self.text, &self.text).unwrap_or_else(|_| Uri::Other {
-                scheme: Bytes::from_static(b"invalid"),
-                opaque: self.text.clone(),
-            })
+            Box::new(
+                Uri::parse_in(&self.text, &self.text).unwrap_or_else(|_| Uri::Other {
+                    scheme: Bytes::from_static(b"invalid"),
+                    opaque: self.text.clone(),
+                }),
+            )
         })
     }
 }
@@ -239,7 +242,7 @@ pub trait HeaderAccess {
     }
 
     /// The topmost Via, borrowed (nothing allocated or shared).
-    fn top_via_view(&self) -> Result<ViaView<'_>, ParseError> {
+    fn view_top_via(&self) -> Result<ViaView<'_>, ParseError> {
         let v = self
             .headers()
             .get(&HeaderName::Via)
@@ -253,7 +256,7 @@ pub trait HeaderAccess {
     }
 
     /// The From header, borrowed.
-    fn from_view(&self) -> Result<NameAddrView<'_>, ParseError> {
+    fn view_from(&self) -> Result<NameAddrView<'_>, ParseError> {
         let v = single(self.headers(), &HeaderName::From, "From")?;
         NameAddrView::parse_single(v.as_bytes())
     }
@@ -264,7 +267,7 @@ pub trait HeaderAccess {
     }
 
     /// The To header, borrowed.
-    fn to_view(&self) -> Result<NameAddrView<'_>, ParseError> {
+    fn view_to(&self) -> Result<NameAddrView<'_>, ParseError> {
         let v = single(self.headers(), &HeaderName::To, "To")?;
         NameAddrView::parse_single(v.as_bytes())
     }
@@ -303,7 +306,7 @@ pub trait HeaderAccess {
     }
 
     /// The first Contact's name-addr, borrowed.
-    fn contact_view(&self) -> Result<Option<NameAddrView<'_>>, ParseError> {
+    fn view_contact(&self) -> Result<Option<NameAddrView<'_>>, ParseError> {
         Ok(first_contact(self.headers())?.map(|(n, _)| n))
     }
 
@@ -499,8 +502,8 @@ impl Request {
         if vias == 0 {
             return Err(bad(ParseError::Missing("Via"), "Via"));
         }
-        self.from_view().map_err(|e| bad(e, "From"))?;
-        self.to_view().map_err(|e| bad(e, "To"))?;
+        self.view_from().map_err(|e| bad(e, "From"))?;
+        self.view_to().map_err(|e| bad(e, "To"))?;
         let call_id = self.call_id().map_err(|e| bad(e, "Call-ID"))?;
         if call_id.is_empty() || call_id.iter().any(|&b| b <= b' ') {
             return fail(400, "Bad Call-ID".into());
@@ -752,10 +755,7 @@ mod tests {
         assert_eq!(r.method, Method::Invite);
         r.check().unwrap();
         assert_eq!(r.cseq().unwrap().seq, 314159);
-        assert_eq!(
-            r.from().unwrap().tag().map(|t| &t[..]),
-            Some(&b"1928301774"[..])
-        );
+        assert_eq!(r.from().unwrap().tag(), Some(&b"1928301774"[..]));
         assert_eq!(r.top_via().unwrap().rport(), Some(None));
         assert_eq!(&r.body[..], b"v=0\r");
         assert_eq!(

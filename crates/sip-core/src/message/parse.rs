@@ -16,7 +16,7 @@ pub struct Rejected {
     pub reason: &'static str,
     /// The header fields, when the message looked like a request and its header block
     /// could be split: enough to build the error response.
-    pub request_headers: Option<Headers>,
+    pub request_headers: Option<Box<Headers>>,
 }
 
 impl std::fmt::Display for Rejected {
@@ -31,7 +31,7 @@ fn reject(reason: &'static str, headers: Option<Headers>) -> Rejected {
     Rejected {
         status: 400,
         reason,
-        request_headers: headers,
+        request_headers: headers.map(Box::new),
     }
 }
 
@@ -257,7 +257,7 @@ pub fn parse_message(data: Bytes) -> Result<SipMessage, Rejected> {
             Err(LineError::Version) => Err(Rejected {
                 status: 505,
                 reason: "Version Not Supported",
-                request_headers: Some(headers),
+                request_headers: Some(Box::new(headers)),
             }),
             Err(LineError::Bad(reason)) => Err(reject(reason, Some(headers))),
         }

@@ -612,7 +612,7 @@ mod tests {
             r#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#,
         )
         .unwrap();
-        assert_eq!(na.tag().map(|t| &t[..]), Some(&b"98asjd8"[..]));
+        assert_eq!(na.tag(), Some(&b"98asjd8"[..]));
         let na = NameAddr::parse_str("sip:+19725552222@gw1.example.net;unknownparam").unwrap();
         assert!(na.params.contains("unknownparam"));
         assert!(na.uri.as_sip().unwrap().params.is_empty());

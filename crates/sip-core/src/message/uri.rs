@@ -25,7 +25,7 @@ pub(crate) fn share(base: &Bytes, s: &[u8]) -> Bytes {
     }
 }
 
-use super::scan::find_byte as find;
+use super::scan::{any_ctl_or_space, find_byte as find};
 
 /// A URI as found in a Request-URI or a name-addr.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,9 +214,30 @@ impl<'a> ParamsView<'a> {
     }
 
     pub fn get(&self, name: &str) -> Option<Option<&'a [u8]>> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        let name = name.as_bytes();
+        let text = self.0;
+        if any_ctl_or_space(text) || find(b'"', text).is_some() {
+            // White space or quoted values: the full rule.
+            return self
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
+        }
+        // The common case, `;a=b;c`: split on `;` and `=`.
+        let mut rest = text;
+        while let Some(after) = rest.strip_prefix(b";") {
+            let end = find(b';', after).unwrap_or(after.len());
+            let p = &after[..end];
+            let (n, v) = match find(b'=', p) {
+                Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
+                None => (p, None),
+            };
+            if n.eq_ignore_ascii_case(name) {
+                return Some(v);
+            }
+            rest = &after[end..];
+        }
+        None
     }
 
     /// The value of `name` as text (an empty string for a flag without value).
@@ -959,6 +980,42 @@ mod tests {
         // Escaped, the same octet is fine and is written back as received.
         let u = sip("sip:caf%E9@example.com");
         assert_eq!(u.to_string(), "sip:caf%E9@example.com");
+    }
+
+    #[test]
+    fn parameter_lookup_agrees_with_the_full_rule() {
+        let b = Bytes::from_static(
+            b";branch=z9hG4bK1;rport;TAG=x;received=1.2.3.4 ;text=\"a;b=c\" ; lr ; maddr = h",
+        );
+        for (text, names) in [
+            (
+                &b[..40],
+                &["branch", "rport", "tag", "received", "lr", "x"][..],
+            ),
+            (
+                &b[..],
+                &[
+                    "branch", "rport", "tag", "received", "text", "lr", "maddr", "b",
+                ][..],
+            ),
+            (&b[..0], &["x"][..]),
+        ] {
+            let v = ParamsView(text);
+            for n in names {
+                let full = v.iter().find(|(k, _)| k.eq_ignore_ascii_case(n.as_bytes()));
+                assert_eq!(
+                    v.get(n),
+                    full.map(|(_, v)| v),
+                    "{n} in {:?}",
+                    String::from_utf8_lossy(text)
+                );
+            }
+        }
+        assert_eq!(ParamsView(&b[..40]).get("rport"), Some(None));
+        assert_eq!(
+            ParamsView(&b[..]).get("text"),
+            Some(Some(&b"\"a;b=c\""[..]))
+        );
     }
 
     #[test]
