@@ -72,7 +72,11 @@ fn header<T>(r: Result<T, ParseError>, name: &'static str) -> Result<T, DialogEr
 }
 
 fn tag_of(na: &NameAddr) -> Option<String> {
-    na.tag().map(|t| String::from_utf8_lossy(t).into_owned())
+    view_tag(na.tag())
+}
+
+fn view_tag(tag: Option<&[u8]>) -> Option<String> {
+    tag.map(|t| String::from_utf8_lossy(t).into_owned())
 }
 
 /// A name-addr without its tag, always written with `<>` so that header parameters added
@@ -142,8 +146,12 @@ impl DialogId {
     /// remote tag = From tag (empty when absent). `None` when the To tag is missing (the
     /// request is outside any dialog) or the Call-ID is unusable.
     pub fn for_uas_request(req: &Request) -> Option<DialogId> {
-        let local_tag = tag_of(&req.to().ok()?)?;
-        let remote_tag = req.from().ok().and_then(|f| tag_of(&f)).unwrap_or_default();
+        let local_tag = view_tag(req.view_to().ok()?.tag())?;
+        let remote_tag = req
+            .view_from()
+            .ok()
+            .and_then(|f| view_tag(f.tag()))
+            .unwrap_or_default();
         let call_id = String::from_utf8_lossy(&req.call_id().ok()?).into_owned();
         Some(DialogId {
             call_id,
@@ -156,11 +164,11 @@ impl DialogId {
     /// (§12.1.2, §12.2.1.2): local tag = From tag, remote tag = To tag. `None` when the To
     /// tag is missing (a 100, or a response from outside any dialog).
     pub fn for_uac_response(resp: &Response) -> Option<DialogId> {
-        let remote_tag = tag_of(&resp.to().ok()?)?;
+        let remote_tag = view_tag(resp.view_to().ok()?.tag())?;
         let local_tag = resp
-            .from()
+            .view_from()
             .ok()
-            .and_then(|f| tag_of(&f))
+            .and_then(|f| view_tag(f.tag()))
             .unwrap_or_default();
         let call_id = String::from_utf8_lossy(&resp.call_id().ok()?).into_owned();
         Some(DialogId {

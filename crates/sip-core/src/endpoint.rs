@@ -1026,7 +1026,8 @@ fn with_method(key: &ServerKey, method: Method) -> ServerKey {
 
 /// §17.2.3 matching key of a request.
 fn server_key(req: &Request) -> Option<ServerKey> {
-    let via = req.top_via().ok()?;
+    // Read through the borrowed view: this runs on every request taken in.
+    let via = req.view_top_via().ok()?;
     let method = match &req.method {
         Method::Ack => Method::Invite,
         m => m.clone(),
@@ -1046,7 +1047,7 @@ fn server_key(req: &Request) -> Option<ServerKey> {
             // (The To tag is left out: the ACK of a non-2xx carries the tag the INVITE lacked.)
             let cseq = req.cseq().ok()?;
             let from_tag = req
-                .from()
+                .view_from()
                 .ok()?
                 .tag()
                 .map(<[u8]>::to_vec)
@@ -1057,7 +1058,7 @@ fn server_key(req: &Request) -> Option<ServerKey> {
                 String::from_utf8_lossy(&from_tag),
                 req.call_id_str(),
                 cseq.seq,
-                via,
+                req.top_via().ok()?,
                 method
             )))
         }

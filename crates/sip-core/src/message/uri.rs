@@ -185,6 +185,16 @@ fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(octets))
 }
 
+impl fmt::Display for HostView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostView::Domain(d) => f.write_str(&String::from_utf8_lossy(d)),
+            HostView::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            HostView::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+        }
+    }
+}
+
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
