@@ -207,8 +207,18 @@ impl fmt::Display for Host {
 
 /// `;name[=value]` parameters as received, borrowed: the text from the first `;` on (empty
 /// when there are none), already checked, searched on demand.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default)]
 pub struct ParamsView<'a>(&'a [u8]);
+
+/// Parameters are equal when they hold the same names and values in the same order,
+/// whatever white space stood around `;` and `=` in the text.
+impl PartialEq for ParamsView<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0 || self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for ParamsView<'_> {}
 
 impl<'a> ParamsView<'a> {
     /// Parameters from their text (checked by the caller), the leading `;` included.
@@ -294,7 +304,7 @@ impl fmt::Debug for ParamsView<'_> {
 /// Kept as the text they were received as (one `Bytes`, checked when the URI or header was
 /// parsed) and searched on demand, so parsing a URI or a header allocates nothing for them.
 /// Changing a parameter rewrites the text.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Params {
     /// The parameters with their leading `;` (empty when there are none).
     raw: Bytes,
@@ -361,6 +371,14 @@ impl Params {
         self.raw.is_empty()
     }
 }
+
+impl PartialEq for Params {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl Eq for Params {}
 
 fn push_param(out: &mut Vec<u8>, name: &[u8], value: Option<&[u8]>) {
     out.push(b';');
@@ -1026,6 +1044,15 @@ mod tests {
             ParamsView(&b[..]).get("text"),
             Some(Some(&b"\"a;b=c\""[..]))
         );
+    }
+
+    #[test]
+    fn parameters_equal_whatever_the_white_space() {
+        let a = ParamsView(b";refPRACK =uacorg ; lr");
+        let b = ParamsView(b";refPRACK=uacorg;lr");
+        assert_eq!(a, b);
+        assert_ne!(a, ParamsView(b";refPRACK=uacorg"));
+        assert_ne!(b, ParamsView(b";lr;refPRACK=uacorg"));
     }
 
     #[test]
