@@ -273,6 +273,60 @@ pub(crate) fn known_long_name(raw: &[u8]) -> Option<HeaderName> {
     (diff == 0).then_some(name)
 }
 
+/// A known name spelt exactly in its canonical form and followed by the colon, at the start
+/// of a header line: its code and length. Most fields arrive so; each check is one or two
+/// integer comparisons (constant-length prefixes), and anything else — other case, compact
+/// form, white space before the colon, extension names — is left to the general path.
+#[inline]
+pub(crate) fn canonical_prefix(line: &[u8]) -> Option<(u8, usize)> {
+    macro_rules! canon {
+        ($( $lit:literal => $variant:ident ),* $(,)?) => {{
+            $(
+                if line.starts_with($lit) {
+                    return Some((HeaderName::$variant.code(), $lit.len() - 1));
+                }
+            )*
+        }};
+    }
+    match line.first()? {
+        b'V' => canon!(b"Via:" => Via),
+        b'F' => canon!(b"From:" => From),
+        b'T' => canon!(b"To:" => To),
+        b'C' => canon!(
+            b"Call-ID:" => CallId,
+            b"CSeq:" => CSeq,
+            b"Contact:" => Contact,
+            b"Content-Type:" => ContentType,
+            b"Content-Length:" => ContentLength,
+        ),
+        b'M' => canon!(b"Max-Forwards:" => MaxForwards, b"Min-SE:" => MinSe),
+        b'R' => canon!(
+            b"Record-Route:" => RecordRoute,
+            b"Route:" => Route,
+            b"Require:" => Require,
+            b"Reason:" => Reason,
+            b"RSeq:" => RSeq,
+            b"RAck:" => RAck,
+        ),
+        b'A' => {
+            canon!(b"Allow:" => Allow, b"Accept:" => Accept, b"Authorization:" => Authorization)
+        }
+        b'S' => {
+            canon!(b"Supported:" => Supported, b"Session-Expires:" => SessionExpires, b"Server:" => Server)
+        }
+        b'U' => canon!(b"User-Agent:" => UserAgent),
+        b'P' => canon!(
+            b"P-Asserted-Identity:" => PAssertedIdentity,
+            b"Proxy-Authorization:" => ProxyAuthorization,
+            b"Proxy-Authenticate:" => ProxyAuthenticate,
+        ),
+        b'E' => canon!(b"Expires:" => Expires),
+        b'W' => canon!(b"WWW-Authenticate:" => WwwAuthenticate),
+        _ => {}
+    }
+    None
+}
+
 /// The compact form (RFC 3261 §7.3.3 and later registrations) a one-letter name stands for.
 #[inline]
 pub(crate) fn compact_name(c: u8) -> Option<HeaderName> {
@@ -563,6 +617,18 @@ impl Headers {
             [c] => compact_name(*c).map_or(OTHER_CODE, |n| n.code()),
             _ => known_long_name(raw).map_or(OTHER_CODE, |n| n.code()),
         };
+        self.push_wire_coded(code, name, value);
+        code
+    }
+
+    /// Appends a field read from the buffer whose name is already recognised as `code`.
+    #[inline]
+    pub(crate) fn push_wire_coded(
+        &mut self,
+        code: u8,
+        name: (usize, usize),
+        value: (usize, usize),
+    ) {
         // Offsets fit: a message is far smaller than 4 GiB (the transports cap it).
         let span = |(s, e): (usize, usize)| Span {
             src: 0,
@@ -575,7 +641,6 @@ impl Headers {
             value: span(value),
         });
         self.note(code, self.fields.len() - 1);
-        code
     }
 
     #[inline]
@@ -953,6 +1018,34 @@ mod tests {
             h.get(&HeaderName::Via).map(|v| v.to_bytes()),
             Some(Bytes::from("v1"))
         );
+    }
+
+    #[test]
+    fn canonical_prefixes_agree_with_the_general_rule() {
+        for n in HeaderName::KNOWN {
+            let canon = n.as_str().into_owned();
+            let line = format!("{canon}: x");
+            if let Some((code, len)) = canonical_prefix(line.as_bytes()) {
+                assert_eq!((code, len), (n.code(), canon.len()), "{canon}");
+            }
+            // Other spellings are never taken by the fast path.
+            for other in [
+                canon.to_ascii_lowercase(),
+                format!("{canon} "),
+                format!("{canon}x"),
+            ] {
+                let line = format!("{other}: x");
+                if other != canon {
+                    assert_eq!(canonical_prefix(line.as_bytes()), None, "{other}");
+                }
+            }
+        }
+        assert_eq!(
+            canonical_prefix(b"Via: SIP/2.0/UDP h"),
+            Some((HeaderName::Via.code(), 3))
+        );
+        assert_eq!(canonical_prefix(b"Viax: y"), None);
+        assert_eq!(canonical_prefix(b"X-Via: y"), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::header::{HeaderName, Headers};
+use super::header::{canonical_prefix, HeaderName, Headers};
 use super::scan::{find_byte, is_lws, is_token, parse_decimal, trim_lws};
 use super::uri::UriView;
 use super::{Method, Request, Response, SipMessage};
@@ -358,27 +358,38 @@ fn split_headers(
     let content_length_code = HeaderName::ContentLength.code();
     while let Some((start, end)) = lines.next_span() {
         let line = &base[start..end];
-        // The name (token octets), optional WSP, then the colon: one walk.
-        let mut i = 0;
-        while i < line.len() && is_token(line[i]) {
-            i += 1;
-        }
-        let name_end = i;
-        while i < line.len() && matches!(line[i], b' ' | b'\t') {
-            i += 1;
-        }
-        if name_end == 0 || line.get(i) != Some(&b':') {
-            return Err(if matches!(line.first(), Some(b' ' | b'\t')) {
-                "Continuation line without a header"
-            } else if memchr::memchr(b':', line).is_none() {
-                "Header line without colon"
-            } else {
-                "Malformed header name"
-            });
-        }
-        let colon = i;
-        let (vs, ve) = trim_lws_range(line, colon + 1);
-        let code = headers.push_wire((start, start + name_end), (start + vs, start + ve));
+        let (code, vs, ve) = match canonical_prefix(line) {
+            // The common case: a known name spelt canonically, the colon right after it.
+            Some((code, len)) => {
+                let (vs, ve) = trim_lws_range(line, len + 1);
+                headers.push_wire_coded(code, (start, start + len), (start + vs, start + ve));
+                (code, vs, ve)
+            }
+            None => {
+                // The name (token octets), optional WSP, then the colon: one walk.
+                let mut i = 0;
+                while i < line.len() && is_token(line[i]) {
+                    i += 1;
+                }
+                let name_end = i;
+                while i < line.len() && matches!(line[i], b' ' | b'\t') {
+                    i += 1;
+                }
+                if name_end == 0 || line.get(i) != Some(&b':') {
+                    return Err(if matches!(line.first(), Some(b' ' | b'\t')) {
+                        "Continuation line without a header"
+                    } else if memchr::memchr(b':', line).is_none() {
+                        "Header line without colon"
+                    } else {
+                        "Malformed header name"
+                    });
+                }
+                let colon = i;
+                let (vs, ve) = trim_lws_range(line, colon + 1);
+                let code = headers.push_wire((start, start + name_end), (start + vs, start + ve));
+                (code, vs, ve)
+            }
+        };
         if code == content_length_code {
             if let Ok(previous) = content_length {
                 content_length = match parse_decimal(&line[vs..ve], u64::from(u32::MAX)) {
