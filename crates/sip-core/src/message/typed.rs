@@ -143,6 +143,18 @@ impl fmt::Display for Via {
 
 fn parse_one_via<'a>(s: &mut Scanner<'a>) -> Result<ViaView<'a>, ParseError> {
     s.skip_lws();
+    // The common spelling, `SIP/2.0/UDP host`: one constant-length compare for the
+    // protocol; anything else (other case, white space around the slashes) takes the
+    // general path below.
+    let rest = &s.buf[s.pos..];
+    if let Some(after) = rest.strip_prefix(b"SIP/2.0/") {
+        let t = after.iter().take_while(|&&b| is_token(b)).count();
+        if t > 0 && after.get(t) == Some(&b' ') {
+            let transport = &after[..t];
+            s.pos += 8 + t;
+            return via_sent_by(s, transport);
+        }
+    }
     let name = s.token().ok_or(ParseError::Invalid("bad Via protocol"))?;
     if !s.eat_sep(b'/') {
         return Err(ParseError::Invalid("bad Via protocol"));
@@ -155,6 +167,11 @@ fn parse_one_via<'a>(s: &mut Scanner<'a>) -> Result<ViaView<'a>, ParseError> {
     if !name.eq_ignore_ascii_case(b"SIP") || version != b"2.0" {
         return Err(ParseError::Invalid("unsupported Via protocol version"));
     }
+    via_sent_by(s, transport)
+}
+
+/// The rest of a Via value after its transport: LWS, `sent-by`, parameters.
+fn via_sent_by<'a>(s: &mut Scanner<'a>, transport: &'a [u8]) -> Result<ViaView<'a>, ParseError> {
     if !s.skip_lws() {
         return Err(ParseError::Invalid("missing Via sent-by"));
     }
