@@ -17,7 +17,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::measurement::{Measurement, ValueFormatter};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use sip_core::message::{parse_message, typed::parse_number, HeaderAccess, HeaderName, SipMessage};
 
 /// A 1 KB trunk-side INVITE (1,029 octets) as a carrier SBC sends it through one proxy.
@@ -426,4 +426,81 @@ criterion_group! {
     config = Criterion::default().with_measurement(ThreadCpuTime);
     targets = invite
 }
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("PARSE_BENCH_MIN").is_some() {
+        min_of_batches();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+/// The second estimator (`PARSE_BENCH_MIN=1 cargo bench -p sip-core --bench parse`): the
+/// same functions timed in batches of 100 calls by the thread's CPU clock, the quickest of
+/// 2,000 batches kept, in three rounds with every function measured once per round; the
+/// quickest round is printed. On a machine shared with other work the minimum is less
+/// disturbed than criterion's mean, which takes in every slow stretch.
+fn min_of_batches() {
+    type Work = Box<dyn Fn() -> usize>;
+    let mut rows: Vec<(String, Work)> = Vec::new();
+    for message in [INVITE_1K, INVITE] {
+        let n = message.len();
+        let data = Bytes::from(message.to_vec());
+        assert_eq!(ours_hot(&data), theirs::hot(message));
+        let d = data.clone();
+        rows.push((
+            format!("{n} B sip-core parse+core-headers"),
+            Box::new(move || ours_hot(black_box(&d))),
+        ));
+        let d = data.clone();
+        rows.push((
+            format!("{n} B sip-core parse+core-headers-owned"),
+            Box::new(move || ours_owned(black_box(&d))),
+        ));
+        rows.push((
+            format!("{n} B rsip parse+core-headers"),
+            Box::new(move || theirs::hot(black_box(message))),
+        ));
+        let d = data.clone();
+        rows.push((
+            format!("{n} B sip-core parse"),
+            Box::new(move || usize::from(parse_message(black_box(&d).clone()).is_ok())),
+        ));
+        rows.push((
+            format!("{n} B rsip parse"),
+            Box::new(move || usize::from(theirs::parse_only(black_box(message)))),
+        ));
+        let d = data.clone();
+        rows.push((
+            format!("{n} B sip-core parse+check"),
+            Box::new(move || match parse_message(black_box(&d).clone()) {
+                Ok(SipMessage::Request(r)) => usize::from(r.check().is_ok()),
+                _ => 0,
+            }),
+        ));
+    }
+    // Warm up (caches, branch predictors, clock speed).
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(700) {
+        for (_, f) in &rows {
+            black_box(f());
+        }
+    }
+    let mut best = vec![f64::MAX; rows.len()];
+    for _round in 0..3 {
+        for (i, (_, f)) in rows.iter().enumerate() {
+            for _ in 0..2_000 {
+                let t = thread_cpu_ns();
+                for _ in 0..100 {
+                    black_box(f());
+                }
+                let per_call = (thread_cpu_ns() - t) as f64 / 100.0;
+                best[i] = best[i].min(per_call);
+            }
+        }
+    }
+    for ((name, _), ns) in rows.iter().zip(&best) {
+        println!("{name:<42} {ns:>8.0} ns  {:>10.0} msg/s", 1e9 / ns);
+    }
+}
