@@ -311,6 +311,56 @@ fn hold_re_invite_passes_through_and_agent_hangs_up() {
     assert_eq!(cb["leg"], "agent");
 }
 
+/// The number after `key` in a SIPp log (e.g. `relay_port=` in `INVITE relay_port=40002`).
+fn logged_number(output: &str, line_start: &str, key: &str) -> Option<u32> {
+    let line = output.lines().find(|l| l.contains(line_start))?;
+    let rest = &line[line.find(key)? + key.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// UPDATE (RFC 3311) from the agent after the answer: the hold offer reaches the carrier as
+/// an UPDATE (not a re-INVITE), its answer comes back, and each side sees the relay's port
+/// for it in the SDP, the same port as in the first offer/answer (media stays anchored).
+#[test]
+fn hold_update_passes_through_with_sdp_on_the_relay() {
+    let f = fixture(0);
+    let desk = f.phone(
+        "alice-desk",
+        "s3cret-desk",
+        "agent_answer_update_hangup.xml",
+        &["-d", "1500"],
+    );
+    let carrier = f.carrier("carrier_answer_update.xml", &[]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    let d = desk.wait(Duration::from_secs(60));
+    assert_eq!(d.code, 0, "{}", d.output);
+    let c = carrier.wait(Duration::from_secs(30));
+    assert_eq!(c.code, 0, "{}", c.output);
+    // The agent's UPDATE answer is recvonly, on the relay port it was offered first.
+    let agent_first = logged_number(&d.output, "INVITE relay_port=", "relay_port=");
+    let agent_update = logged_number(&d.output, "UPDATE ANSWER a=recvonly", "relay_port=");
+    assert!(agent_first.is_some(), "{}", d.output);
+    assert_eq!(agent_first, agent_update, "{}", d.output);
+    // The carrier got an UPDATE (sendonly) with the relay's port for its side.
+    let carrier_first = logged_number(&c.output, "INVITE relay_port=", "relay_port=");
+    let carrier_update = logged_number(&c.output, "UPDATE a=sendonly", "relay_port=");
+    assert!(carrier_first.is_some(), "{}", c.output);
+    assert_eq!(carrier_first, carrier_update, "{}", c.output);
+    assert_ne!(
+        agent_first, carrier_first,
+        "each leg has its own relay port"
+    );
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+    let cb = final_callback(&f.receiver, "completed");
+    assert_eq!(cb["leg"], "agent");
+}
+
 /// SIGTERM while a call is up: no new calls, the live one goes on for the grace period
 /// (`calls.shutdown_grace_secs`, 1 s here), then both legs get a BYE and the server exits.
 #[test]
