@@ -240,6 +240,8 @@ impl Endpoint {
             txs: HashMap::new(),
             client_keys: HashMap::new(),
             server_keys: HashMap::new(),
+            retx: HashMap::new(),
+            retx_keys: HashMap::new(),
             heap: BinaryHeap::new(),
             next_id: 1,
             events: ev_tx,
@@ -500,12 +502,30 @@ struct TxEntry {
     cancel_pending: Option<Vec<(HeaderName, Bytes)>>,
 }
 
+/// A 2xx to an INVITE sent over an unreliable transport, retransmitted by the UAS core until
+/// its ACK arrives (RFC 3261 §13.3.1.4): the INVITE server transaction leaves this to the
+/// layer above it (RFC 6026 `Accepted`), and doing it here serves every TU the same way.
+struct Retransmit2xx {
+    key: (Bytes, u32),
+    data: Bytes,
+    flow: Flow,
+    /// Next interval: T1, doubling up to T2.
+    interval: std::time::Duration,
+    next: std::time::Instant,
+    /// 64*T1 after the first send: give up (the TU's own ACK timer ends the dialog).
+    until: std::time::Instant,
+}
+
 struct Layer {
     transports: Arc<Transports>,
     timers: TimerConfig,
     txs: HashMap<u64, TxEntry>,
     client_keys: HashMap<ClientKey, u64>,
     server_keys: HashMap<ServerKey, u64>,
+    /// 2xx retransmissions, by id (ids shared with `txs`, deadlines in `heap`), and by
+    /// (Call-ID, CSeq number) for the ACK that ends them.
+    retx: HashMap<u64, Retransmit2xx>,
+    retx_keys: HashMap<(Bytes, u32), u64>,
     heap: BinaryHeap<Reverse<(std::time::Instant, u64)>>,
     next_id: u64,
     events: mpsc::UnboundedSender<EndpointEvent>,
@@ -636,6 +656,7 @@ impl Layer {
             }
             self.heap.pop();
             let Some(e) = self.txs.get_mut(&id) else {
+                self.retransmit_2xx(id, now);
                 continue;
             };
             // Lazy deletion: only fire if the machine's deadline is really due.
@@ -646,6 +667,74 @@ impl Layer {
             }
             self.drive(id);
         }
+    }
+
+    /// Starts retransmitting a 2xx to an INVITE (§13.3.1.4): at T1, then doubling up to T2,
+    /// until the ACK or 64*T1. A later 2xx for the same INVITE replaces the earlier one.
+    fn start_2xx_retransmission(
+        &mut self,
+        response: &Response,
+        data: Bytes,
+        flow: Flow,
+        now: std::time::Instant,
+    ) {
+        let (Ok(call_id), Ok(cseq)) = (response.call_id(), response.cseq()) else {
+            return;
+        };
+        let key = (call_id.to_bytes(), cseq.seq);
+        if let Some(old) = self.retx_keys.remove(&key) {
+            self.retx.remove(&old);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let t1 = self.timers.t1;
+        let next = now + t1;
+        self.retx.insert(
+            id,
+            Retransmit2xx {
+                key: key.clone(),
+                data,
+                flow,
+                interval: (t1 * 2).min(self.timers.t2),
+                next,
+                until: now + t1 * 64,
+            },
+        );
+        self.retx_keys.insert(key, id);
+        self.heap.push(Reverse((next, id)));
+    }
+
+    /// The ACK for a 2xx arrived: no more retransmissions of it.
+    fn stop_2xx_retransmission(&mut self, ack: &Request) {
+        let (Ok(call_id), Ok(cseq)) = (ack.call_id(), ack.cseq()) else {
+            return;
+        };
+        if let Some(id) = self.retx_keys.remove(&(call_id.to_bytes(), cseq.seq)) {
+            self.retx.remove(&id);
+        }
+    }
+
+    fn retransmit_2xx(&mut self, id: u64, now: std::time::Instant) {
+        let Some(r) = self.retx.get_mut(&id) else {
+            return;
+        };
+        if r.next > now {
+            return;
+        }
+        if now >= r.until {
+            tracing::debug!(remote = %r.flow.remote, "no ACK for a 2xx within 64*T1");
+            let key = r.key.clone();
+            self.retx.remove(&id);
+            self.retx_keys.remove(&key);
+            return;
+        }
+        let (flow, data) = (r.flow, r.data.clone());
+        r.next = now + r.interval;
+        r.interval = (r.interval * 2).min(self.timers.t2);
+        let next = r.next.min(r.until);
+        r.next = next;
+        self.heap.push(Reverse((next, id)));
+        self.transmit(&flow, data);
     }
 
     fn on_command(&mut self, c: Command) {
@@ -720,13 +809,25 @@ impl Layer {
                 };
                 let data = response.encode();
                 let now = now_std();
+                let invite_2xx = matches!(e.machine, Machine::ServerInvite(_))
+                    && response.is_success()
+                    && !e.flow.transport.is_reliable();
+                let flow = e.flow;
                 let r = match &mut e.machine {
-                    Machine::ServerInvite(m) => m.send_response(response.status, data, now),
-                    Machine::ServerNonInvite(m) => m.send_response(response.status, data, now),
+                    Machine::ServerInvite(m) => m.send_response(response.status, data.clone(), now),
+                    Machine::ServerNonInvite(m) => {
+                        m.send_response(response.status, data.clone(), now)
+                    }
                     _ => Ok(()),
                 };
-                if let Err(err) = r {
-                    tracing::debug!(error = %err, "response refused by the transaction");
+                match r {
+                    Err(err) => {
+                        tracing::debug!(error = %err, "response refused by the transaction")
+                    }
+                    Ok(()) if invite_2xx => {
+                        self.start_2xx_retransmission(&response, data, flow, now)
+                    }
+                    Ok(()) => {}
                 }
                 self.drive(id);
             }
@@ -827,6 +928,7 @@ impl Layer {
         let now = now_std();
         match req.method {
             Method::Ack => {
+                self.stop_2xx_retransmission(&req);
                 let invite_key = with_method(&key, Method::Invite);
                 if let Some(&id) = self.server_keys.get(&invite_key) {
                     if let Some(e) = self.txs.get_mut(&id) {
