@@ -991,3 +991,60 @@ async fn carrier_early_media_then_busy_ends_busy_and_byes_the_agent() {
     assert_eq!(h.agents[0].saw(), ["INVITE", "ACK", "BYE"]);
     assert_eq!(h.agents[1].saw(), ["INVITE", "CANCEL", "ACK"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// 6. A device that has not rung yet when another answers
+// ---------------------------------------------------------------------------------------
+
+/// Device 1 answers while device 0 has sent nothing yet: its CANCEL may not go out before a
+/// provisional response (RFC 3261 §9.1). The timeline says it is held, not that it was sent;
+/// once device 0 rings, the CANCEL leaves, and device 0 is cancelled as usual.
+#[tokio::test(start_paused = true)]
+async fn cancel_before_any_provisional_is_held_and_said_so() {
+    let mut h = Harness::start().await;
+    h.start_call(Duration::from_secs(30));
+    let (inv0, from0) = h.agents[0].expect_request(Method::Invite).await;
+    let (inv1, from1) = h.agents[1].expect_request(Method::Invite).await;
+    h.agents[1].answer(&inv1, 180, None, from1).await;
+    h.answer_agent(1, &inv1, from1).await;
+    h.agents[1].expect_request(Method::Ack).await;
+    // No CANCEL on the wire for device 0 yet (it has not answered at all).
+    h.agents[0].settle(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.agents[0].saw_count("CANCEL"),
+        0,
+        "{:?}",
+        h.agents[0].saw()
+    );
+    let label = |k: &CallEventKind| match k {
+        CallEventKind::Sip {
+            direction: "sent",
+            summary,
+            ..
+        } if summary.starts_with("CANCEL") => Some(summary.clone()),
+        _ => None,
+    };
+    let held = |k: &CallEventKind| matches!(k, CallEventKind::Note { text, .. } if text.contains("held until a provisional response"));
+    assert_eq!(h.hooks.count(held), 1, "{:#?}", h.hooks.events());
+    assert_eq!(
+        h.hooks.events().iter().filter_map(label).count(),
+        0,
+        "a CANCEL is said to be sent: {:#?}",
+        h.hooks.events()
+    );
+    // Device 0 rings now: the held CANCEL goes out, and it is cancelled.
+    h.agents[0].answer(&inv0, 180, None, from0).await;
+    Harness::cancelled(&mut h.agents[0], &inv0, from0).await;
+    h.agents[0].expect_request(Method::Ack).await;
+    let (cinv, cfrom) = h.customer_answers().await;
+    let _ = (cinv, cfrom);
+    // The agent (device 1) hangs up: the call is completed.
+    let mut d = PeerDialog::accepted(&inv1, &h.agents[1], from1);
+    let (bye, seq) = d.request(&h.agents[1], "BYE", None);
+    h.agents[1].send(bye, d.server).await;
+    assert_eq!(h.agents[1].expect_final(Method::Bye, seq).await.status, 200);
+    let (cbye, cfrom) = h.carrier.expect_request(Method::Bye).await;
+    h.carrier.answer(&cbye, 200, None, cfrom).await;
+    let out = h.ended().await;
+    assert_eq!(out.status, CallStatus::Completed, "{out:?}");
+}

@@ -80,6 +80,9 @@ struct Branch {
     dest: Destination,
     canceller: Option<Canceller>,
     final_code: Option<u16>,
+    /// A provisional response arrived: a CANCEL goes out at once (before one, the endpoint
+    /// holds it back, RFC 3261 §9.1).
+    provisional: bool,
     q850: Option<u16>,
     challenged: bool,
     target: Target,
@@ -519,6 +522,7 @@ impl Call {
                 dest: t.dest,
                 canceller: None,
                 final_code: None,
+                provisional: false,
                 q850: None,
                 challenged: false,
                 target: t,
@@ -552,8 +556,9 @@ impl Call {
                         }
                     };
                     self.sip_event(leg, "received", format!("{} {}", resp.status, String::from_utf8_lossy(&resp.reason)), &sip_call_id);
-                    let Some(_) = branches.get(i) else { continue };
+                    let Some(b) = branches.get_mut(i) else { continue };
                     if resp.status < 200 {
+                        b.provisional = true;
                         if matches!(resp.status, 180 | 183) && !rang {
                             rang = true;
                             self.emit(CallEventKind::Ringing { leg, sip_code: resp.status });
@@ -583,7 +588,7 @@ impl Call {
                             if j != i && other.final_code.is_none() {
                                 if let Some(c) = &other.canceller {
                                     c.cancel(vec![(HeaderName::Reason, Bytes::from_static(b"SIP;cause=200;text=\"Call completed elsewhere\""))]);
-                                    self.sip_event(leg, "sent", format!("CANCEL ({})", other.target.label), &sip_call_id);
+                                    self.cancel_event(leg, other, &sip_call_id);
                                 }
                             }
                         }
@@ -690,17 +695,34 @@ impl Call {
         Err(failure)
     }
 
+    /// The timeline entry of a CANCEL asked for: sent when the branch has answered
+    /// provisionally, otherwise held by the endpoint until it does (§9.1) — or never sent,
+    /// if a final response comes first.
+    fn cancel_event(&self, leg: Leg, b: &Branch, sip_call_id: &str) {
+        if b.provisional {
+            self.sip_event(
+                leg,
+                "sent",
+                format!("CANCEL ({})", b.target.label),
+                sip_call_id,
+            );
+        } else {
+            self.note(
+                Some(leg),
+                format!(
+                    "CANCEL ({}) held until a provisional response (RFC 3261 §9.1)",
+                    b.target.label
+                ),
+            );
+        }
+    }
+
     fn cancel_all(&self, leg: Leg, branches: &[Branch], sip_call_id: &str) {
         for b in branches {
             if b.final_code.is_none() {
                 if let Some(c) = &b.canceller {
                     c.cancel(Vec::new());
-                    self.sip_event(
-                        leg,
-                        "sent",
-                        format!("CANCEL ({})", b.target.label),
-                        sip_call_id,
-                    );
+                    self.cancel_event(leg, b, sip_call_id);
                 }
             }
         }
