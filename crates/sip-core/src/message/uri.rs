@@ -326,14 +326,11 @@ impl Params {
 
     /// The value of `name` as text (an empty string for a flag without value).
     pub fn get_str(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
-        self.get(name).map(|v| match v {
-            Some(b) => String::from_utf8_lossy(b),
-            None => std::borrow::Cow::Borrowed(""),
-        })
+        self.view().get_str(name)
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.get(name).is_some()
+        self.view().contains(name)
     }
 
     /// Sets `name` (replacing its value where it is, or appending it).
