@@ -213,6 +213,20 @@ pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
                             continue;
                         }
                     }
+                    // `due` may be older than a delivery of this entry that ended since
+                    // (a delivery writes the store, then leaves `inflight`): only the store
+                    // knows whether it is still to be sent.
+                    if !shared
+                        .store
+                        .callback_due(&entry.event_id, now_ms())
+                        .unwrap_or(false)
+                    {
+                        inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&entry.event_id);
+                        continue;
+                    }
                     let Ok(permit) = slots.clone().acquire_owned().await else {
                         return;
                     };

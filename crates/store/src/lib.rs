@@ -215,6 +215,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// the number of pending rows (about 0.4 ms with 20 000 pending on SQLite), which the
     /// outbox keeps small in normal operation.
     fn due_callbacks(&self, now: UnixMs, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Whether one callback is still pending and due at `now`: the dispatcher asks right
+    /// before sending, so that a row read as due just before another delivery of it ended
+    /// is not sent twice.
+    fn callback_due(&self, event_id: &str, now: UnixMs) -> Result<bool, StoreError>;
     fn mark_delivered(&self, event_id: &str, attempts: u32) -> Result<(), StoreError>;
     /// Records a failed attempt and when to try again.
     fn reschedule(

@@ -1774,6 +1774,19 @@ impl Store for SqliteStore {
         )
     }
 
+    fn callback_due(&self, event_id: &str, now: UnixMs) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM callback_outbox
+                 WHERE event_id = ?1 AND state = 'pending' AND next_attempt_at_ms <= ?2",
+                params![event_id, now],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     fn mark_delivered(&self, event_id: &str, attempts: u32) -> Result<(), StoreError> {
         let conn = self.conn()?;
         let n = conn.execute(

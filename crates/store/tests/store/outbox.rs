@@ -40,7 +40,14 @@ fn one_call_delivers_in_order_others_are_not_blocked() {
     // Nothing is due before its time.
     assert!(store.due_callbacks(T0 - 1, 10).unwrap().is_empty());
 
+    assert!(store.callback_due("evt_a_1", now).unwrap());
+    assert!(
+        !store.callback_due("evt_a_1", T0 - 1).unwrap(),
+        "not yet due"
+    );
     store.mark_delivered("evt_a_1", 1).unwrap();
+    assert!(!store.callback_due("evt_a_1", now).unwrap(), "delivered");
+    assert!(!store.callback_due("evt_nope", now).unwrap());
     assert_eq!(
         ids(&store.due_callbacks(now, 10).unwrap()),
         ["evt_a_2", "evt_b_1"]
