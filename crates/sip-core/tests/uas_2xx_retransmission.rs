@@ -106,19 +106,20 @@ async fn two_hundred_is_retransmitted_until_the_ack() {
         .await
         .expect("send");
     answer(&ep, &mut events).await;
-    // No ACK: the 200 comes again at about T1, 2*T1, 4*T1, 8*T1 (then T2 = 8*T1 apart).
-    let oks = oks_within(&sock, T1 * 14).await;
+    // No ACK: the 200 comes again T1, 2*T1, 4*T1 later (then at most T2 = 8*T1 apart): the
+    // first four are 7*T1 apart end to end (3*T1 if the interval did not grow).
+    let oks = oks_within(&sock, T1 * 20).await;
     assert!(oks.len() >= 4, "only {} 200 OKs without an ACK", oks.len());
-    let gaps: Vec<Duration> = oks.windows(2).map(|w| w[1] - w[0]).collect();
+    let span = oks[3] - oks[0];
     assert!(
-        gaps.windows(2).all(|g| g[1] + T1 / 2 >= g[0]),
-        "intervals do not grow: {gaps:?}"
+        span >= T1 * 5,
+        "the interval does not double: {span:?} for three gaps"
     );
     // The ACK ends them.
     sock.send(ack(uac_addr, uas_addr, "retx-1").as_bytes())
         .await
         .expect("send");
-    let _ = oks_within(&sock, T1).await; // one may have been on its way
+    let _ = oks_within(&sock, T1 * 4).await; // one may have been on its way
     let after = oks_within(&sock, T1 * 20).await;
     assert!(after.is_empty(), "{} 200 OKs after the ACK", after.len());
     // The ACK still reached the TU.
@@ -142,8 +143,9 @@ async fn retransmissions_stop_after_64_t1_without_an_ack() {
         .await
         .expect("send");
     answer(&ep, &mut events).await;
-    // 64*T1 = 3.2 s: the last one goes out before then, none after.
-    let _ = oks_within(&sock, T1 * 66).await;
+    // 64*T1 = 3.2 s: the last one goes out before then (with some slack for a busy
+    // machine), none after.
+    let _ = oks_within(&sock, T1 * 72).await;
     let after = oks_within(&sock, T1 * 20).await;
     assert!(after.is_empty(), "{} 200 OKs after 64*T1", after.len());
 }
