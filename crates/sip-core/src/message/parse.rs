@@ -200,6 +200,10 @@ pub fn parse_message(data: Bytes) -> Result<SipMessage, Rejected> {
         skip += 1;
     }
     let data = if skip == 0 { data } else { data.slice(skip..) };
+    // Header fields are kept as 32-bit offsets (transports cap messages far below this).
+    if u32::try_from(data.len()).is_err() {
+        return Err(reject("Message too large", None));
+    }
     let Some(first_nl) = start_line_end(&data) else {
         return Err(reject("Incomplete header block", None));
     };
