@@ -677,7 +677,8 @@ impl Headers {
 
     /// Keeps `b` in the list and returns a span covering it.
     fn store(&mut self, b: Bytes) -> Span {
-        let end = b.len() as u32;
+        // A value of 4 GiB or more is cut at 4 GiB (never out of bounds).
+        let end = u32::try_from(b.len()).unwrap_or(u32::MAX);
         self.added.push(b);
         Span {
             src: self.added.len() as u32,
