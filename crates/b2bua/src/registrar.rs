@@ -587,17 +587,7 @@ fn httpdate(unix: u64) -> String {
     let days = unix / 86_400;
     let secs = unix % 86_400;
     let weekday = DAYS[(days % 7) as usize];
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    let (y, m, d) = store::calendar::civil_from_days(days as i64);
     format!(
         "{weekday}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
         MONTHS[(m - 1) as usize],

@@ -509,10 +509,10 @@ struct Retransmit2xx {
     key: (Bytes, u32),
     data: Bytes,
     flow: Flow,
-    /// Next interval: T1, doubling up to T2.
+    /// The wait after the next send: doubling, up to T2.
     interval: std::time::Duration,
     next: std::time::Instant,
-    /// 64*T1 after the first send: give up (the TU's own ACK timer ends the dialog).
+    /// 64*T1 after the first send: give up.
     until: std::time::Instant,
 }
 
@@ -729,11 +729,9 @@ impl Layer {
             return;
         }
         let (flow, data) = (r.flow, r.data.clone());
-        r.next = now + r.interval;
+        r.next = (now + r.interval).min(r.until);
         r.interval = (r.interval * 2).min(self.timers.t2);
-        let next = r.next.min(r.until);
-        r.next = next;
-        self.heap.push(Reverse((next, id)));
+        self.heap.push(Reverse((r.next, id)));
         self.transmit(&flow, data);
     }
 

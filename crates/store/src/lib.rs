@@ -47,6 +47,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod calendar;
 pub mod e164;
 pub mod error;
 pub mod model;

@@ -717,19 +717,29 @@ impl Headers {
         }
     }
 
-    /// Where to start looking for `code`: the first field carrying it when it is known and
-    /// indexed, `None` when it is known and absent, 0 otherwise.
+    /// The fields that may carry `code`: none when a known name is absent, just its field
+    /// when it is present once, from its first field on when repeated (every field for an
+    /// extension name, or past the index's reach).
     #[inline(always)]
-    fn start_of(&self, code: u8) -> Option<usize> {
+    fn candidates(&self, code: u8) -> &[Field] {
         if code == OTHER_CODE {
-            return Some(0);
+            return &self.fields;
         }
-        if self.present & code_bit(code) == 0 {
-            return None;
+        let bit = code_bit(code);
+        if self.present & bit == 0 {
+            return &[];
         }
         match self.first.get(usize::from(code)) {
-            Some(&i) if i != NO_INDEX => Some(usize::from(i)),
-            _ => Some(0),
+            Some(&i) if i != NO_INDEX => {
+                let i = usize::from(i);
+                let end = if self.repeated & bit == 0 {
+                    i + 1
+                } else {
+                    self.fields.len()
+                };
+                self.fields.get(i..end).unwrap_or_default()
+            }
+            _ => &self.fields,
         }
     }
 
@@ -832,8 +842,7 @@ impl Headers {
     #[inline]
     pub fn get(&self, name: &HeaderName) -> Option<HeaderValue<'_>> {
         let code = name.code();
-        self.fields
-            .get(self.start_of(code)?..)?
+        self.candidates(code)
             .iter()
             .find(|f| self.matches(f, code, name))
             .map(|f| self.value(f.value))
@@ -845,11 +854,7 @@ impl Headers {
         name: &'a HeaderName,
     ) -> impl Iterator<Item = HeaderValue<'a>> + 'a {
         let code = name.code();
-        let fields = match self.start_of(code) {
-            Some(i) => self.fields.get(i..).unwrap_or_default(),
-            None => &[],
-        };
-        fields
+        self.candidates(code)
             .iter()
             .filter(move |f| self.matches(f, code, name))
             .map(move |f| self.value(f.value))
@@ -858,10 +863,7 @@ impl Headers {
     /// How many lines carry `name`.
     pub fn count(&self, name: &HeaderName) -> usize {
         let code = name.code();
-        let Some(start) = self.start_of(code) else {
-            return 0;
-        };
-        self.fields[start.min(self.fields.len())..]
+        self.candidates(code)
             .iter()
             .filter(|f| self.matches(f, code, name))
             .count()

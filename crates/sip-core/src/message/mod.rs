@@ -402,15 +402,6 @@ fn single<'a>(
 /// The first name-addr of the Contact header fields and the buffer it is in; every value
 /// is checked, `*` means none.
 fn first_contact(h: &Headers) -> Result<Option<(NameAddrView<'_>, &Bytes)>, ParseError> {
-    if !h.is_repeated(&HeaderName::Contact) {
-        let Some(v) = h.get(&HeaderName::Contact) else {
-            return Ok(None);
-        };
-        if scan::trim_lws(&v) == b"*" {
-            return Ok(None);
-        }
-        return Ok(Some((NameAddrView::parse_first(v.as_bytes())?, v.base())));
-    }
     let mut first = None;
     for v in h.get_all(&HeaderName::Contact) {
         if scan::trim_lws(&v) == b"*" {

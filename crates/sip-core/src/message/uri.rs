@@ -93,21 +93,6 @@ impl<'a> HostView<'a> {
             HostView::Ip(ip) => Host::Ip(ip),
         }
     }
-
-    /// Parses `hostname`, `IPv4address` or `"[" IPv6address "]"`.
-    pub fn parse(s: &'a [u8]) -> Result<HostView<'a>, ParseError> {
-        if s.first() == Some(&b'[') {
-            return parse_ipv6_reference(s);
-        }
-        // One pass: every octet a host name octet, and whether all are digits or dots.
-        let (mut any, mut ok) = (0u8, true);
-        for &b in s {
-            let c = class::TABLE[usize::from(b)];
-            any |= c;
-            ok &= c & (class::HOST_NUMERIC | class::HOST_NAME) != 0;
-        }
-        host_from_classes(s, any, ok)
-    }
 }
 
 fn parse_ipv6_reference(s: &[u8]) -> Result<HostView<'_>, ParseError> {
@@ -122,15 +107,11 @@ fn parse_ipv6_reference(s: &[u8]) -> Result<HostView<'_>, ParseError> {
     Ok(HostView::Ip(IpAddr::V6(ip)))
 }
 
-/// The host `s`, given the union of its octets' classes (`any`) and whether every octet
-/// was a host octet (`ok`).
+/// The host `s`, made of host octets only, given the union of their classes (`any`).
 #[inline]
-fn host_from_classes(s: &[u8], any: u8, ok: bool) -> Result<HostView<'_>, ParseError> {
+fn host_from_classes(s: &[u8], any: u8) -> Result<HostView<'_>, ParseError> {
     if s.is_empty() {
         return Err(ParseError::Invalid("empty host"));
-    }
-    if !ok {
-        return Err(ParseError::Invalid("bad character in host"));
     }
     if any & class::HOST_NAME == 0 {
         if let Some(ip) = parse_ipv4(s) {
@@ -873,7 +854,7 @@ pub(crate) fn scan_hostport(s: &[u8]) -> Result<(HostView<'_>, Option<u16>, usiz
             any |= c;
             i += 1;
         }
-        (host_from_classes(&s[..i], any, true)?, i)
+        (host_from_classes(&s[..i], any)?, i)
     };
     let mut port = None;
     if s.get(i) == Some(&b':') {
