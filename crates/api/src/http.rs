@@ -30,6 +30,15 @@ use crate::state::{Shared, BODY_LIMIT};
 /// `X-Request-Id`.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The `Authorization` header as text.
+fn authorization(parts: &Parts) -> Result<&str, ApiError> {
+    parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthorized)
+}
+
 /// The account of a `Bearer` API secret.
 pub struct BearerAccount(pub Account);
 
@@ -40,11 +49,7 @@ impl FromRequestParts<Arc<Shared>> for BearerAccount {
         parts: &mut Parts,
         state: &Arc<Shared>,
     ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
+        let value = authorization(parts)?;
         let (scheme, secret) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
         if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
             return Err(ApiError::Unauthorized);
@@ -66,11 +71,7 @@ impl FromRequestParts<Arc<Shared>> for KeyPairAccount {
         parts: &mut Parts,
         state: &Arc<Shared>,
     ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
+        let value = authorization(parts)?;
         let (key, secret) = value.trim().split_once(':').ok_or(ApiError::Unauthorized)?;
         if key.is_empty() || secret.is_empty() {
             return Err(ApiError::Unauthorized.into());

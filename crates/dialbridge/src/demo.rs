@@ -62,15 +62,8 @@ pub enum DemoError {
 
 /// Runs the demo and returns the exit code.
 pub fn run() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = crate::runtime() else {
+        return ExitCode::FAILURE;
     };
     let dir = std::env::temp_dir().join(format!(
         "dialbridge-demo-{}-{:x}",

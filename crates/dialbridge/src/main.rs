@@ -98,15 +98,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(serve::serve(cfg, valid)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -139,6 +132,21 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 eprintln!("error: {}: {e}", file.display());
             }
             ExitCode::from(2)
+        }
+    }
+}
+
+/// The multi-threaded tokio runtime every command runs on; `None` (said on stderr) when it
+/// cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            None
         }
     }
 }

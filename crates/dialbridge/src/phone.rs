@@ -92,15 +92,8 @@ fn resolve(hostport: &str) -> Result<SocketAddr, String> {
 }
 
 pub fn run(args: PhoneArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = crate::runtime() else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(phone(args)) {
         Ok(()) => ExitCode::SUCCESS,
