@@ -811,21 +811,20 @@ impl Layer {
                     && response.is_success()
                     && !e.flow.transport.is_reliable();
                 let flow = e.flow;
+                let kept = invite_2xx.then(|| data.clone());
                 let r = match &mut e.machine {
-                    Machine::ServerInvite(m) => m.send_response(response.status, data.clone(), now),
-                    Machine::ServerNonInvite(m) => {
-                        m.send_response(response.status, data.clone(), now)
-                    }
+                    Machine::ServerInvite(m) => m.send_response(response.status, data, now),
+                    Machine::ServerNonInvite(m) => m.send_response(response.status, data, now),
                     _ => Ok(()),
                 };
-                match r {
-                    Err(err) => {
+                match (r, kept) {
+                    (Err(err), _) => {
                         tracing::debug!(error = %err, "response refused by the transaction")
                     }
-                    Ok(()) if invite_2xx => {
+                    (Ok(()), Some(data)) => {
                         self.start_2xx_retransmission(&response, data, flow, now)
                     }
-                    Ok(()) => {}
+                    (Ok(()), None) => {}
                 }
                 self.drive(id);
             }
