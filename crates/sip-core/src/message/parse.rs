@@ -201,8 +201,8 @@ pub fn parse_message(data: Bytes) -> Result<SipMessage, Rejected> {
     }
     let data = if skip == 0 { data } else { data.slice(skip..) };
     // Header fields are kept as 32-bit offsets (transports cap messages far below this).
-    if u32::try_from(data.len()).is_err() {
-        return Err(reject("Message too large", None));
+    if data.len() > u32::MAX as usize {
+        return Err(too_large());
     }
     let Some(first_nl) = start_line_end(&data) else {
         return Err(reject("Incomplete header block", None));
@@ -266,6 +266,11 @@ pub fn parse_message(data: Bytes) -> Result<SipMessage, Rejected> {
             Err(LineError::Bad(reason)) => Err(reject(reason, Some(headers))),
         }
     }
+}
+
+#[cold]
+fn too_large() -> Rejected {
+    reject("Message too large", None)
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {
