@@ -29,6 +29,8 @@ pub struct Schedule {
     pub recv_end: u64,
     pub pps: u32,
     pub size: usize,
+    /// Pacing granularity of the sender: it wakes this often and sends what fell due.
+    pub pacing_ns: u64,
     /// The receiver polls instead of sleeping, as a NIC would take packets: the relay then
     /// never pays for waking the load generator up.
     pub busy_poll: bool,
@@ -42,7 +44,14 @@ pub struct Outcome {
     pub send_failed: u64,
     pub received_window: u64,
     pub received_total: u64,
+    /// Send time to the moment the relay's packet reached the generator's socket (the kernel's
+    /// receive time stamp): the relay and two loopback traversals, without the generator's own
+    /// receive scheduling.
     pub latency: Histogram,
+    /// Send time to the moment the receiver thread read the packet (adds the generator's delay).
+    pub latency_read: Histogram,
+    /// Packets that came without a kernel time stamp (counted in `latency` by read time).
+    pub unstamped: u64,
 }
 
 /// One-way latency, 1 µs buckets up to 1 s.
@@ -86,8 +95,8 @@ impl Histogram {
 }
 
 const BATCH: usize = 64;
-/// Pacing granularity of the sender.
-const PACING_NS: u64 = 1_000_000;
+/// Room for one `SCM_TIMESTAMPNS` control message (a `cmsghdr` and a `timespec`).
+const CTRL: usize = 64;
 const HEADER: usize = 12;
 /// Offset of the send time (u64), stream index (u32), sequence number (u32) in the payload.
 const STAMP: usize = HEADER;
@@ -240,22 +249,67 @@ fn sender(socks: &[UdpSocket], streams: &[Stream], s: Schedule) -> (u64, u64, u6
                 flush(b, sock.as_raw_fd(), &mut sent_total, &mut sent_window);
             }
         }
-        // Wake at most once per PACING_NS and send what fell due meanwhile: timer wake-ups
+        // Wake at most once per `pacing_ns` and send what fell due meanwhile: timer wake-ups
         // per packet would cost more than the packets themselves.
         let next = s.start + cycle * period + idx * period / n;
-        crate::sys::sleep_until(next.max(now + PACING_NS).min(s.window_end));
+        crate::sys::sleep_until(next.max(now + s.pacing_ns).min(s.window_end));
     }
     (sent_total, sent_window, failed)
 }
 
-fn receiver(socks: &[UdpSocket], s: Schedule) -> (u64, u64, Histogram) {
+/// The kernel's receive time of a datagram (`SCM_TIMESTAMPNS`), in real-time nanoseconds.
+fn rx_stamp(h: &libc::msghdr) -> Option<i128> {
+    // SAFETY: `h` was filled by recvmmsg; its control area is ours and `msg_controllen` says
+    // how much of it the kernel wrote; the CMSG macros stay within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET
+                && (*c).cmsg_type == libc::SO_TIMESTAMPNS
+                && (*c).cmsg_len as usize
+                    >= libc::CMSG_LEN(mem::size_of::<libc::timespec>() as u32) as usize
+            {
+                let ts: libc::timespec = ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return Some(i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec));
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+struct Received {
+    total: u64,
+    window: u64,
+    latency: Histogram,
+    latency_read: Histogram,
+    unstamped: u64,
+}
+
+fn receiver(socks: &[UdpSocket], s: Schedule) -> Received {
     if s.busy_poll {
         // A polling thread must not hold a real-time priority: it would take the whole core
         // from the sender and run into the kernel's real-time throttling.
         crate::sys::set_normal();
     }
     let mut hist = Histogram::default();
+    let mut hist_read = Histogram::default();
+    let mut unstamped = 0u64;
     let (mut total, mut window) = (0u64, 0u64);
+    for sock in socks {
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is a live c_int for the call.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    let offset = crate::sys::realtime_offset_ns();
     // SAFETY: plain system call.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     for (i, sock) in socks.iter().enumerate() {
@@ -276,6 +330,7 @@ fn receiver(socks: &[UdpSocket], s: Schedule) -> (u64, u64, Histogram) {
         .collect();
     // SAFETY (zeroed): valid for mmsghdr / epoll_event.
     let mut hdr: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect();
+    let mut ctrl = vec![0u64; BATCH * CTRL / 8];
     for (h, v) in hdr.iter_mut().zip(iov.iter_mut()) {
         h.msg_hdr.msg_iov = v;
         h.msg_hdr.msg_iovlen = 1;
@@ -298,6 +353,10 @@ fn receiver(socks: &[UdpSocket], s: Schedule) -> (u64, u64, Histogram) {
         }
         for e in events.iter().take(n.max(0) as usize) {
             let fd = socks[e.u64 as usize].as_raw_fd();
+            for (i, h) in hdr.iter_mut().enumerate() {
+                h.msg_hdr.msg_control = ctrl[i * CTRL / 8..].as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = CTRL as _;
+            }
             // SAFETY: headers point at live buffers of SZ bytes owned here.
             let r = unsafe {
                 libc::recvmmsg(
@@ -322,14 +381,30 @@ fn receiver(socks: &[UdpSocket], s: Schedule) -> (u64, u64, Histogram) {
                 total += 1;
                 if sent >= s.window_start && sent < s.window_end {
                     window += 1;
-                    hist.record(now.saturating_sub(sent));
+                    hist_read.record(now.saturating_sub(sent));
+                    match rx_stamp(&h.msg_hdr) {
+                        Some(at) => {
+                            let at = (at - offset).clamp(0, i128::from(u64::MAX)) as u64;
+                            hist.record(at.saturating_sub(sent));
+                        }
+                        None => {
+                            unstamped += 1;
+                            hist.record(now.saturating_sub(sent));
+                        }
+                    }
                 }
             }
         }
     }
     // SAFETY: closing the epoll descriptor created above.
     unsafe { libc::close(ep) };
-    (total, window, hist)
+    Received {
+        total,
+        window,
+        latency: hist,
+        latency_read: hist_read,
+        unstamped,
+    }
 }
 
 /// Runs the load: returns when the receiver has drained. `on_window` is called on the caller's
@@ -350,16 +425,22 @@ pub fn run(
     crate::sys::sleep_until(s.window_end);
     on_window(false);
     let (sent_total, sent_window, send_failed) = sender.join().unwrap_or_default();
-    let (received_total, received_window, latency) = receiver
-        .join()
-        .unwrap_or_else(|_| (0, 0, Histogram::default()));
+    let r = receiver.join().unwrap_or_else(|_| Received {
+        total: 0,
+        window: 0,
+        latency: Histogram::default(),
+        latency_read: Histogram::default(),
+        unstamped: 0,
+    });
     Outcome {
         sent_window,
         sent_total,
         send_failed,
-        received_window,
-        received_total,
-        latency,
+        received_window: r.window,
+        received_total: r.total,
+        latency: r.latency,
+        latency_read: r.latency_read,
+        unstamped: r.unstamped,
     }
 }
 
@@ -376,5 +457,49 @@ mod tests {
         assert_eq!(h.quantile_us(0.5), 50);
         assert_eq!(h.quantile_us(0.99), 99);
         assert_eq!(h.quantile_us(1.0), 100);
+    }
+
+    #[test]
+    fn the_kernel_receive_stamp_is_read_and_lies_between_send_and_read() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is a live c_int for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                rx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let offset = crate::sys::realtime_offset_ns();
+        let before = now_ns();
+        tx.send_to(b"stamp me", rx.local_addr().expect("addr"))
+            .expect("send");
+        let mut buf = [0u8; 64];
+        let mut ctrl = [0u64; CTRL / 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY (zeroed): valid for msghdr.
+        let mut h: libc::msghdr = unsafe { mem::zeroed() };
+        h.msg_iov = &mut iov;
+        h.msg_iovlen = 1;
+        h.msg_control = ctrl.as_mut_ptr().cast();
+        h.msg_controllen = CTRL as _;
+        // SAFETY: `h` points at live buffers owned here.
+        let n = unsafe { libc::recvmsg(rx.as_raw_fd(), &mut h, 0) };
+        let after = now_ns();
+        assert_eq!(n, 8);
+        let at = rx_stamp(&h).expect("a time stamp") - offset;
+        // The two clocks are read apart: allow a millisecond of skew.
+        assert!(at + 1_000_000 >= i128::from(before), "{at} < {before}");
+        assert!(at <= i128::from(after) + 1_000_000, "{at} > {after}");
+        h.msg_controllen = 0;
+        assert_eq!(rx_stamp(&h), None, "no control message, no stamp");
     }
 }

@@ -60,15 +60,19 @@ pub fn arg_value<T: FromStr>(flag: &str, v: Option<&String>) -> Result<T, BenchE
     })
 }
 
-const USAGE: &str = "relay-bench [--target dialbridge|rtpengine] [--streams N] [--seconds S] \
+const USAGE: &str =
+    "relay-bench [--target dialbridge|rtpengine|direct] [--streams N] [--seconds S] \
 [--warmup S] [--workers N] [--relay-cpus LIST] [--gen-cpus LIST] [--endpoints K] [--pps P] \
 [--size BYTES] [--port-min P] [--port-max P] [--rtpengine PATH] [--no-rt] [--gen-sleep] \
-[--backend auto|io_uring|epoll]";
+[--backend auto|io_uring|epoll] [--pacing-us US]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Dialbridge,
     Rtpengine,
+    /// No relay: each stream goes straight to the other side's endpoint, the baseline of the
+    /// generator and two loopback traversals that a relay's figures are read against.
+    Direct,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +94,8 @@ struct Options {
     gen_sleep: bool,
     /// dialbridge's forwarding backend (`DIALBRIDGE_MEDIA_BACKEND` of the relay process).
     backend: String,
+    /// The sender's pacing granularity, in µs.
+    pacing_us: u64,
 }
 
 fn parse(args: &[String]) -> Result<Options, BenchError> {
@@ -112,6 +118,7 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
         rt: true,
         gen_sleep: false,
         backend: "auto".to_string(),
+        pacing_us: 1000,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -129,6 +136,7 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
                 o.target = match v.map(String::as_str) {
                     Some("dialbridge") => Target::Dialbridge,
                     Some("rtpengine") => Target::Rtpengine,
+                    Some("direct") => Target::Direct,
                     _ => return Err(BenchError::Usage(USAGE)),
                 }
             }
@@ -141,6 +149,7 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
             "--endpoints" => o.endpoints = arg_value(flag, v)?,
             "--pps" => o.pps = arg_value(flag, v)?,
             "--size" => o.size = arg_value(flag, v)?,
+            "--pacing-us" => o.pacing_us = arg_value(flag, v)?,
             "--port-min" => o.port_min = arg_value(flag, v)?,
             "--port-max" => o.port_max = arg_value(flag, v)?,
             "--rtpengine" => o.rtpengine = v.cloned().ok_or(BenchError::Usage(USAGE))?,
@@ -157,6 +166,9 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
         return Err(BenchError::Usage(
             "--streams, --endpoints, --pps must be > 0 and --size within 28..=2048",
         ));
+    }
+    if !(10..=20_000).contains(&o.pacing_us) {
+        return Err(BenchError::Usage("--pacing-us must be within 10..=20000"));
     }
     Ok(o)
 }
@@ -242,6 +254,7 @@ impl RelayProcess {
                 }
                 Ok(p)
             }
+            Target::Direct => Err(BenchError::Usage("--target direct runs no relay")),
             Target::Rtpengine => {
                 let ng_port = UdpSocket::bind("127.0.0.1:0")
                     .and_then(|s| s.local_addr())
@@ -393,17 +406,26 @@ fn bench(o: Options) -> Result<(), BenchError> {
         .collect::<Result<_, _>>()
         .map_err(BenchError::io("endpoint address"))?;
 
-    let mut relay = RelayProcess::start(&o)?;
-    let pid = relay.child.id();
+    let mut relay = match o.target {
+        Target::Direct => None,
+        _ => Some(RelayProcess::start(&o)?),
+    };
+    let pid = relay.as_ref().map(|r| r.child.id());
     let calls = o.streams.div_ceil(2);
     let mut streams = Vec::with_capacity(o.streams);
     let setup = Instant::now();
     for c in 0..calls {
         let (ia, ib) = (c % k, k + c % k);
-        let (to_a, to_b) = match relay.open_call(c, addrs[ia], addrs[ib]) {
+        let opened = match relay.as_mut() {
+            Some(r) => r.open_call(c, addrs[ia], addrs[ib]),
+            None => Ok((addrs[ib].port(), addrs[ia].port())),
+        };
+        let (to_a, to_b) = match opened {
             Ok(p) => p,
             Err(e) => {
-                relay.stop();
+                if let Some(r) = relay {
+                    r.stop();
+                }
                 return Err(e);
             }
         };
@@ -419,7 +441,7 @@ fn bench(o: Options) -> Result<(), BenchError> {
         }
     }
     eprintln!(
-        "relay-bench: {} calls set up in {:.2}s on {:?} (pid {pid})",
+        "relay-bench: {} calls set up in {:.2}s on {:?} (pid {pid:?})",
         calls,
         setup.elapsed().as_secs_f64(),
         o.target
@@ -435,6 +457,7 @@ fn bench(o: Options) -> Result<(), BenchError> {
         recv_end: window_end + 500_000_000,
         pps: o.pps,
         size: o.size,
+        pacing_ns: o.pacing_us * 1000,
         busy_poll: !o.gen_sleep,
     };
     let me = std::process::id();
@@ -442,7 +465,7 @@ fn bench(o: Options) -> Result<(), BenchError> {
     let mut cpu = [(0.0f64, 0.0f64, 0.0f64); 2];
     let outcome = gen::run(socks, streams, schedule, |at_start| {
         let sample = (
-            sys::process_cpu_seconds(pid).unwrap_or(f64::NAN),
+            pid.map_or(0.0, |pid| sys::process_cpu_seconds(pid).unwrap_or(f64::NAN)),
             sys::process_cpu_seconds(me).unwrap_or(f64::NAN),
             relay_set
                 .as_ref()
@@ -451,11 +474,13 @@ fn bench(o: Options) -> Result<(), BenchError> {
         );
         cpu[usize::from(!at_start)] = sample;
     });
-    let relay_stats = match relay.control {
-        Control::Serve { .. } => relay.serve_line(Some("stats")).ok(),
-        Control::Ng(_) => None,
+    let relay_stats = match relay.as_mut() {
+        Some(r) if matches!(r.control, Control::Serve { .. }) => r.serve_line(Some("stats")).ok(),
+        _ => None,
     };
-    relay.stop();
+    if let Some(r) = relay {
+        r.stop();
+    }
 
     let window = (window_end - window_start) as f64 / 1e9;
     let cpu_s = cpu[1].0 - cpu[0].0;
@@ -477,11 +502,12 @@ fn bench(o: Options) -> Result<(), BenchError> {
     let target = match o.target {
         Target::Dialbridge => "dialbridge",
         Target::Rtpengine => "rtpengine",
+        Target::Direct => "direct",
     };
     println!(
         "relay-bench: detail offered_pps={:.0} sent={sent} received={received} sent_total={} received_total={} send_failed={} \
          relay_cpu_util={:.0}% relay_core_busy_s={relay_core_busy_s:.2} gen_cpu_s={gen_cpu_s:.2} rt={} workers={} relay_cpus={} gen_cpus={} \
-         p90_us={} p999_us={} max_us={}{}",
+         pacing_us={} p90_us={} p999_us={} max_us={} read_p50_us={} read_p99_us={} unstamped={}{}",
         o.streams as f64 * f64::from(o.pps),
         outcome.sent_total,
         outcome.received_total,
@@ -491,9 +517,13 @@ fn bench(o: Options) -> Result<(), BenchError> {
         o.workers,
         o.relay_cpus.as_deref().unwrap_or("any"),
         o.gen_cpus.as_deref().unwrap_or("any"),
+        o.pacing_us,
         outcome.latency.quantile_us(0.90),
         outcome.latency.quantile_us(0.999),
         outcome.latency.quantile_us(1.0),
+        outcome.latency_read.quantile_us(0.50),
+        outcome.latency_read.quantile_us(0.99),
+        outcome.unstamped,
         relay_stats.map(|s| format!(" relay_{s}")).unwrap_or_default(),
     );
     println!(

@@ -13,6 +13,17 @@ pub fn now_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CLOCK_REALTIME minus CLOCK_MONOTONIC in nanoseconds: turns the kernel's receive time stamps
+/// (`SO_TIMESTAMPNS`, real time) into the monotonic time the generator stamps packets with.
+pub fn realtime_offset_ns() -> i128 {
+    // SAFETY (zeroed): timespec is two integers.
+    let mut rt: libc::timespec = unsafe { mem::zeroed() };
+    // SAFETY: `rt` is a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut rt) };
+    let mono = now_ns();
+    i128::from(rt.tv_sec) * 1_000_000_000 + i128::from(rt.tv_nsec) - i128::from(mono)
+}
+
 /// Sleeps until CLOCK_MONOTONIC reaches `deadline_ns`.
 pub fn sleep_until(deadline_ns: u64) {
     let ts = libc::timespec {
