@@ -257,6 +257,22 @@ fn sender(socks: &[UdpSocket], streams: &[Stream], s: Schedule) -> (u64, u64, u6
     (sent_total, sent_window, failed)
 }
 
+/// Asks the kernel to stamp each datagram `sock` receives with its arrival time.
+fn enable_rx_stamps(sock: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live c_int for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
 /// The kernel's receive time of a datagram (`SCM_TIMESTAMPNS`), in real-time nanoseconds.
 fn rx_stamp(h: &libc::msghdr) -> Option<i128> {
     // SAFETY: `h` was filled by recvmmsg; its control area is ours and `msg_controllen` says
@@ -297,17 +313,8 @@ fn receiver(socks: &[UdpSocket], s: Schedule) -> Received {
     let mut unstamped = 0u64;
     let (mut total, mut window) = (0u64, 0u64);
     for sock in socks {
-        let on: libc::c_int = 1;
-        // SAFETY: `on` is a live c_int for the call.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        // Without stamps the read time stands in (counted as `unstamped`).
+        let _ = enable_rx_stamps(sock);
     }
     let offset = crate::sys::realtime_offset_ns();
     // SAFETY: plain system call.
@@ -463,18 +470,7 @@ mod tests {
     fn the_kernel_receive_stamp_is_read_and_lies_between_send_and_read() {
         let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let on: libc::c_int = 1;
-        // SAFETY: `on` is a live c_int for the call.
-        let r = unsafe {
-            libc::setsockopt(
-                rx.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0);
+        assert!(enable_rx_stamps(&rx));
         let offset = crate::sys::realtime_offset_ns();
         let before = now_ns();
         tx.send_to(b"stamp me", rx.local_addr().expect("addr"))
