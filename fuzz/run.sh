@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs each fuzz target of sip-core's message parser for a bounded time, from a seed corpus.
+# Runs each fuzz target (SIP messages, framing, URIs, SDP, RTP) for a bounded time, from a seed corpus.
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]       default: 60 s each, all targets
 #   fuzz/run.sh --regressions               replays fuzz/regressions/ (no fuzzing)
@@ -13,7 +13,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 rfc4475="${RFC4475_DIR:-$repo/../shared/data/rfc4475}"
-all_targets=(parse_message stream_frame uri)
+all_targets=(parse_message stream_frame uri sdp rtp)
 
 cd "$here"
 
@@ -86,6 +86,32 @@ seed_uri() {
     done <"$here/seeds/uris.txt"
 }
 
+seed_sdp() {
+    # The SDP bodies of the messages (after the blank line), and the hand-written ones
+    # (offer-answer.sdp: an offer, a NUL, an answer).
+    local dir=$1 i=0
+    for m in "${messages[@]}"; do
+        i=$((i + 1))
+        awk 'body { print } /^\r?$/ { body = 1 }' "$m" >"$dir/body-$i"
+        grep -q '^v=' "$dir/body-$i" || rm -f "$dir/body-$i"
+    done
+    cp "$here"/seeds/sdp/* "$dir/"
+}
+
+seed_rtp() {
+    # Records `len | arrival (4) | datagram`: a PCMU stream across a sequence wrap, an RTCP
+    # sender report, a STUN binding request, a DTMF event.
+    local dir=$1
+    {
+        for s in fffe ffff 0000 0001; do
+            printf "\\x0c\\x00\\x00\\x10\\x00\\x80\\x00\\x${s:0:2}\\x${s:2:2}\\x00\\x00\\x00\\xa0\\x12\\x34\\x56\\x78"
+        done
+    } >"$dir/pcmu-wrap"
+    printf '\x08\x00\x00\x00\x01\x80\xc8\x00\x06\x12\x34\x56\x78' >"$dir/rtcp-sr"
+    printf '\x14\x00\x00\x00\x02\x00\x01\x00\x00\x21\x12\xa4\x42\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c' >"$dir/stun"
+    printf '\x10\x00\x00\x00\x03\x80\xe5\x00\x07\x00\x00\x01\x40\x12\x34\x56\x78\x01\x0a\x00\xa0' >"$dir/dtmf"
+}
+
 # Known defects (listed in fuzz/regressions/README.md) stepped over while fuzzing, so the
 # run can find new ones; --regressions replays them without this. None is open now; set
 # SIP_FUZZ_TOLERATE=name,... to step over one while it is being fixed.
@@ -98,8 +124,11 @@ for t in "${targets[@]}"; do
     mkdir -p "$corpus" "$here/artifacts/$t"
     "seed_$t" "$corpus"
     echo "== $t: ${seconds}s (tolerating known defects: $SIP_FUZZ_TOLERATE)"
+    dict="$here/sip.dict"
+    [[ -f "$here/$t.dict" ]] && dict="$here/$t.dict"
+    [[ "$t" == rtp ]] && dict=""
     if ! cargo +nightly fuzz run -O "$t" "$corpus" -- \
-        -max_total_time="$seconds" -dict="$here/sip.dict" -max_len=4096 \
+        -max_total_time="$seconds" ${dict:+-dict="$dict"} -max_len=4096 \
         -print_final_stats=1 -close_fd_mask=1; then
         echo "== $t: CRASH (see $here/artifacts/$t/)"
         status=1
