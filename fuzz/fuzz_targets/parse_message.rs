@@ -65,7 +65,11 @@ fn exercise<M: HeaderAccess>(m: &M) {
         let base = m.headers().get(&HeaderName::Via).map(|v| v.base().clone());
         match (view, base) {
             (Ok(v), Some(base)) => {
-                assert_eq!(Some(&v.to_owned(&base)), vias.first(), "view_top_via() differs");
+                assert_eq!(
+                    Some(&v.to_owned(&base)),
+                    vias.first(),
+                    "view_top_via() differs"
+                );
                 assert_eq!(v.branch(), vias[0].branch(), "view branch differs");
                 assert_eq!(v.rport(), vias[0].rport(), "view rport differs");
             }
@@ -79,7 +83,10 @@ fn exercise<M: HeaderAccess>(m: &M) {
         match (&owned, &view) {
             (Ok(o), Ok(v)) => {
                 assert_eq!(o.tag(), v.tag(), "view tag differs");
-                assert_eq!(o.uri.scheme(), v.uri.to_owned(&bytes::Bytes::new()).scheme());
+                assert_eq!(
+                    o.uri.scheme(),
+                    v.uri.to_owned(&bytes::Bytes::new()).scheme()
+                );
             }
             (Err(a), Err(b)) => assert_eq!(a, b, "view and owned fail differently"),
             _ => panic!("view and owned disagree: {owned:?} / {view:?}"),

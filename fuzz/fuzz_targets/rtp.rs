@@ -49,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
             Packet::Other => assert_eq!(packet.ssrc(), None),
         }
         let expected = i64::try_from(rx.expected()).unwrap_or(i64::MAX);
-        assert!(rx.lost() <= expected, "lost {} > expected {expected}", rx.lost());
+        assert!(
+            rx.lost() <= expected,
+            "lost {} > expected {expected}",
+            rx.lost()
+        );
         let _ = (rx.jitter(), rx.ssrc());
         let _ = timestamp_units(
             std::time::Duration::from_nanos(u64::from(arrival) << 20),

@@ -84,7 +84,10 @@ fuzz_target!(|data: &[u8]| {
         let accepted = accepted_codecs(&offer, &answer);
         for c in &accepted {
             assert!(
-                answer.media.iter().any(|m| m.payload_types().any(|pt| pt == c.payload_type)),
+                answer
+                    .media
+                    .iter()
+                    .any(|m| m.payload_types().any(|pt| pt == c.payload_type)),
                 "accepted payload type {} is not in the answer",
                 c.payload_type
             );
