@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs each fuzz target (SIP messages, framing, URIs, SDP, RTP) for a bounded time, from a seed corpus.
+# Runs each fuzz target (SIP messages, framing, URIs, SDP, RTP, digest auth) for a bounded time, from a seed corpus.
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]       default: 60 s each, all targets
 #   fuzz/run.sh --regressions               replays fuzz/regressions/ (no fuzzing)
@@ -13,7 +13,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 rfc4475="${RFC4475_DIR:-$repo/../shared/data/rfc4475}"
-all_targets=(parse_message stream_frame uri sdp rtp)
+all_targets=(parse_message stream_frame uri sdp rtp auth)
 
 cd "$here"
 
@@ -110,6 +110,20 @@ seed_rtp() {
     printf '\x08\x00\x00\x00\x01\x80\xc8\x00\x06\x12\x34\x56\x78' >"$dir/rtcp-sr"
     printf '\x14\x00\x00\x00\x02\x00\x01\x00\x00\x21\x12\xa4\x42\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c' >"$dir/stun"
     printf '\x10\x00\x00\x00\x03\x80\xe5\x00\x07\x00\x00\x01\x40\x12\x34\x56\x78\x01\x0a\x00\xa0' >"$dir/dtmf"
+}
+
+seed_auth() {
+    # The WWW-Authenticate / Authorization values of the messages (challenge, NUL,
+    # credentials), and the hand-written pairs.
+    local dir=$1 i=0
+    for m in "${messages[@]}"; do
+        i=$((i + 1))
+        local ch cr
+        ch=$(grep -ai '^\(www\|proxy\)-authenticate:' "$m" | head -n 1 | cut -d: -f2- | tr -d '\r') || true
+        cr=$(grep -ai '^\(proxy-\)\?authorization:' "$m" | head -n 1 | cut -d: -f2- | tr -d '\r') || true
+        [[ -n "$ch$cr" ]] && printf '%s\0%s' "$ch" "$cr" >"$dir/msg-$i"
+    done
+    cp "$here"/seeds/auth/* "$dir/"
 }
 
 # Known defects (listed in fuzz/regressions/README.md) stepped over while fuzzing, so the

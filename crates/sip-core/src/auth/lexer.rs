@@ -166,12 +166,25 @@ impl<'a> Lexer<'a> {
     }
 
     /// `quoted-string`, the opening quote already seen at `self.pos`.
+    /// A `quoted-string` (RFC 3261 §25.1), the opening quote at `pos`:
+    ///
+    /// ```text
+    /// quoted-string = SWS DQUOTE *(qdtext / quoted-pair) DQUOTE
+    /// qdtext        = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII
+    /// quoted-pair   = "\" (%x00-09 / %x0B-0C / %x0E-7F)
+    /// LWS           = [*WSP CRLF] 1*WSP
+    /// ```
+    ///
+    /// A folded line (CRLF then white space) stands for its white space; any other CR or
+    /// LF, and an unescaped control character other than HTAB, is refused: such a value
+    /// could not be written back as it was read.
     fn quoted_string(&mut self) -> Result<String, AuthError> {
         let start = self.pos;
         self.pos += 1;
         let rest = self.s.get(self.pos..).unwrap_or("");
         let mut out = String::new();
-        let mut chars = rest.char_indices();
+        let mut chars = rest.char_indices().peekable();
+        let refuse = |i: usize| AuthError::UnexpectedCharacter { at: start + 1 + i };
         while let Some((i, c)) = chars.next() {
             match c {
                 '"' => {
@@ -179,9 +192,19 @@ impl<'a> Lexer<'a> {
                     return Ok(out);
                 }
                 '\\' => match chars.next() {
+                    Some((j, '\r' | '\n')) => return Err(refuse(j)),
                     Some((_, escaped)) => out.push(escaped),
                     None => break,
                 },
+                '\r' => {
+                    let folded = chars.next_if(|&(_, c)| c == '\n').is_some()
+                        && chars.peek().is_some_and(|&(_, c)| c == ' ' || c == '\t');
+                    if !folded {
+                        return Err(refuse(i));
+                    }
+                }
+                '\t' => out.push(c),
+                c if c.is_ascii_control() => return Err(refuse(i)),
                 c => out.push(c),
             }
         }
@@ -264,16 +287,21 @@ pub(crate) fn parse_list(value: &str) -> Result<Vec<RawAuth>, AuthError> {
 }
 
 /// Appends `s` as a quoted-string. CR and LF cannot be written inside one
-/// (not even escaped) and are dropped.
+/// (not even escaped) and are dropped; other control characters but HTAB are
+/// written as quoted-pairs, which is how `quoted_string` reads them back.
 pub(crate) fn push_quoted(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
+            '\r' | '\n' => {}
             '"' | '\\' => {
                 out.push('\\');
                 out.push(c);
             }
-            '\r' | '\n' => {}
+            c if c.is_ascii_control() && c != '\t' => {
+                out.push('\\');
+                out.push(c);
+            }
             c => out.push(c),
         }
     }
@@ -358,6 +386,48 @@ mod tests {
         let v = parse_list("Digest username=\"J\u{e4}s\u{f8}n\", realm=r\u{e9}alm").unwrap();
         assert_eq!(v[0].params[0].value, "J\u{e4}s\u{f8}n");
         assert_eq!(v[0].params[1].value, "r\u{e9}alm");
+    }
+
+    #[test]
+    fn quoted_strings_take_folding_but_no_bare_line_breaks_or_controls() {
+        // A folded line inside the quotes stands for its white space.
+        let v = parse_list("Digest realm=\"a\r\n b\"").unwrap();
+        assert_eq!(v[0].params[0].value, "a b");
+        let v = parse_list("Digest realm=\"a\tb\", nonce=\"\\\u{1}\"").unwrap();
+        assert_eq!(v[0].params[0].value, "a\tb");
+        assert_eq!(
+            v[0].params[1].value, "\u{1}",
+            "a quoted-pair may carry a control"
+        );
+        for bad in [
+            "Digest realm=\"a\rb\"",     // bare CR (found by fuzzing)
+            "Digest realm=\"a\nb\"",     // bare LF
+            "Digest realm=\"a\r\nb\"",   // CRLF not followed by white space
+            "Digest realm=\"a\\\rb\"",   // CR in a quoted-pair
+            "Digest realm=\"a\u{0}b\"",  // NUL
+            "Digest realm=\"a\u{7f}b\"", // DEL
+        ] {
+            assert!(
+                matches!(parse_list(bad), Err(AuthError::UnexpectedCharacter { .. })),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn what_is_written_reads_back_the_same() {
+        for value in [
+            "plain",
+            "a\"b\\c",
+            "tab\there",
+            "ctl\u{1}\u{1f}\u{7f}",
+            "J\u{e4}s\u{f8}n",
+        ] {
+            let mut s = String::from("Digest ");
+            push_param(&mut s, &Param::quoted("realm", value));
+            let v = parse_list(&s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+            assert_eq!(v[0].params[0].value, value, "through {s:?}");
+        }
     }
 
     #[test]
