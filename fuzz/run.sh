@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs each fuzz target (SIP messages, framing, URIs, SDP, RTP, digest auth) for a bounded time, from a seed corpus.
+# Runs each fuzz target (SIP messages, framing, URIs, SDP, RTP, digest auth, transactions) for a bounded time, from a seed corpus.
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]       default: 60 s each, all targets
 #   fuzz/run.sh --regressions               replays fuzz/regressions/ (no fuzzing)
@@ -13,7 +13,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 rfc4475="${RFC4475_DIR:-$repo/../shared/data/rfc4475}"
-all_targets=(parse_message stream_frame uri sdp rtp auth)
+all_targets=(parse_message stream_frame uri sdp rtp auth transaction)
 
 cd "$here"
 
@@ -124,6 +124,16 @@ seed_auth() {
         [[ -n "$ch$cr" ]] && printf '%s\0%s' "$ch" "$cr" >"$dir/msg-$i"
     done
     cp "$here"/seeds/auth/* "$dir/"
+}
+
+seed_transaction() {
+    # Each machine over UDP and TCP: a provisional then a final (180 then 200, or 486), ACKs,
+    # retransmissions, and timers fired on time.
+    local dir=$1 m
+    for m in 0 1 2 3 4 5 6 7; do
+        printf "\\x$(printf '%02x' $((m | 8)))\\x03\\x00\\x50\\x01\\x00\\x00\\x03\\x00\\x64\\x05\\x00\\x00\\x01\\x00\\x00\\x01\\x00\\x00" >"$dir/ok-$m"
+        printf "\\x$(printf '%02x' $((m | 16)))\\x04\\x00\\x00\\x03\\x01\\x82\\x04\\x00\\x00\\x05\\x00\\x00\\x00\\x7f\\xff\\x01\\x00\\x00" >"$dir/busy-$m"
+    done
 }
 
 # Known defects (listed in fuzz/regressions/README.md) stepped over while fuzzing, so the
