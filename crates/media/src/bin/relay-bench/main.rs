@@ -64,7 +64,7 @@ const USAGE: &str =
     "relay-bench [--target dialbridge|rtpengine|direct] [--streams N] [--seconds S] \
 [--warmup S] [--workers N] [--relay-cpus LIST] [--gen-cpus LIST] [--endpoints K] [--pps P] \
 [--size BYTES] [--port-min P] [--port-max P] [--rtpengine PATH] [--no-rt] [--gen-sleep] \
-[--backend auto|io_uring|epoll] [--pacing-us US]";
+[--backend auto|io_uring|epoll] [--pacing-us US] [--cpu-latency-us US]";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -96,6 +96,9 @@ struct Options {
     backend: String,
     /// The sender's pacing granularity, in µs.
     pacing_us: u64,
+    /// Hold the PM QoS CPU latency limit (`/dev/cpu_dma_latency`) at this many µs during the
+    /// run: 0 keeps idle CPUs polling instead of halting.
+    cpu_latency_us: Option<i32>,
 }
 
 fn parse(args: &[String]) -> Result<Options, BenchError> {
@@ -119,6 +122,7 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
         gen_sleep: false,
         backend: "auto".to_string(),
         pacing_us: 1000,
+        cpu_latency_us: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -150,6 +154,7 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
             "--pps" => o.pps = arg_value(flag, v)?,
             "--size" => o.size = arg_value(flag, v)?,
             "--pacing-us" => o.pacing_us = arg_value(flag, v)?,
+            "--cpu-latency-us" => o.cpu_latency_us = Some(arg_value(flag, v)?),
             "--port-min" => o.port_min = arg_value(flag, v)?,
             "--port-max" => o.port_max = arg_value(flag, v)?,
             "--rtpengine" => o.rtpengine = v.cloned().ok_or(BenchError::Usage(USAGE))?,
@@ -166,6 +171,9 @@ fn parse(args: &[String]) -> Result<Options, BenchError> {
         return Err(BenchError::Usage(
             "--streams, --endpoints, --pps must be > 0 and --size within 28..=2048",
         ));
+    }
+    if o.cpu_latency_us.is_some_and(|v| v < 0) {
+        return Err(BenchError::Usage("--cpu-latency-us must be >= 0"));
     }
     if !(10..=20_000).contains(&o.pacing_us) {
         return Err(BenchError::Usage("--pacing-us must be within 10..=20000"));
@@ -390,6 +398,13 @@ fn bench(o: Options) -> Result<(), BenchError> {
         }
     }
     sys::raise_nofile(1 << 20);
+    // Held open for the whole run: the kernel drops the limit when the file is closed.
+    let _cpu_latency = match o.cpu_latency_us {
+        Some(us) => {
+            Some(sys::hold_cpu_latency(us).map_err(BenchError::io("/dev/cpu_dma_latency"))?)
+        }
+        None => None,
+    };
     // Endpoints: K sockets on side A (the agents), K on side B (the customers).
     let k = o.endpoints;
     let mut socks = Vec::with_capacity(2 * k);
@@ -507,7 +522,7 @@ fn bench(o: Options) -> Result<(), BenchError> {
     println!(
         "relay-bench: detail offered_pps={:.0} sent={sent} received={received} sent_total={} received_total={} send_failed={} \
          relay_cpu_util={:.0}% relay_core_busy_s={relay_core_busy_s:.2} gen_cpu_s={gen_cpu_s:.2} rt={} workers={} relay_cpus={} gen_cpus={} \
-         pacing_us={} p90_us={} p999_us={} max_us={} read_p50_us={} read_p99_us={} unstamped={}{}",
+         pacing_us={} cpu_latency_us={} p90_us={} p999_us={} max_us={} read_p50_us={} read_p99_us={} unstamped={}{}",
         o.streams as f64 * f64::from(o.pps),
         outcome.sent_total,
         outcome.received_total,
@@ -518,6 +533,8 @@ fn bench(o: Options) -> Result<(), BenchError> {
         o.relay_cpus.as_deref().unwrap_or("any"),
         o.gen_cpus.as_deref().unwrap_or("any"),
         o.pacing_us,
+        o.cpu_latency_us
+            .map_or_else(|| "off".to_string(), |v| v.to_string()),
         outcome.latency.quantile_us(0.90),
         outcome.latency.quantile_us(0.999),
         outcome.latency.quantile_us(1.0),

@@ -24,6 +24,18 @@ pub fn realtime_offset_ns() -> i128 {
     i128::from(rt.tv_sec) * 1_000_000_000 + i128::from(rt.tv_nsec) - i128::from(mono)
 }
 
+/// Sets the PM QoS CPU latency limit to `us` microseconds for as long as the returned file
+/// stays open (root only). With 0, idle CPUs poll instead of halting, so a wake-up costs no
+/// exit to the hypervisor: the usual low-latency tuning of a media host.
+pub fn hold_cpu_latency(us: i32) -> io::Result<std::fs::File> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")?;
+    f.write_all(&us.to_ne_bytes())?;
+    Ok(f)
+}
+
 /// Sleeps until CLOCK_MONOTONIC reaches `deadline_ns`.
 pub fn sleep_until(deadline_ns: u64) {
     let ts = libc::timespec {
