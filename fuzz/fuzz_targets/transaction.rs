@@ -25,7 +25,7 @@ use libfuzzer_sys::fuzz_target;
 use sip_core::transaction::{
     Bytes, ClientInviteState, ClientInviteTransaction, ClientNonInviteTransaction,
     ServerInviteState, ServerInviteTransaction, ServerNonInviteState, ServerNonInviteTransaction,
-    TimerConfig, TxEvent,
+    TimerConfig, Transaction, TxEvent,
 };
 
 enum Machine {
@@ -40,12 +40,13 @@ impl Machine {
         matches!(self, Machine::ClientInvite(_) | Machine::ClientNonInvite(_))
     }
 
-    fn is_terminated(&self) -> bool {
+    /// The driving interface the four machines share (the endpoint drives them the same way).
+    fn driven(&mut self) -> &mut dyn Transaction {
         match self {
-            Machine::ClientInvite(t) => t.is_terminated(),
-            Machine::ClientNonInvite(t) => t.is_terminated(),
-            Machine::ServerInvite(t) => t.is_terminated(),
-            Machine::ServerNonInvite(t) => t.is_terminated(),
+            Machine::ClientInvite(t) => t,
+            Machine::ClientNonInvite(t) => t,
+            Machine::ServerInvite(t) => t,
+            Machine::ServerNonInvite(t) => t,
         }
     }
 
@@ -69,24 +70,6 @@ impl Machine {
             Machine::ClientNonInvite(t) => t.state().name(),
             Machine::ServerInvite(t) => t.state().name(),
             Machine::ServerNonInvite(t) => t.state().name(),
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            Machine::ClientInvite(t) => t.poll_timeout(),
-            Machine::ClientNonInvite(t) => t.poll_timeout(),
-            Machine::ServerInvite(t) => t.poll_timeout(),
-            Machine::ServerNonInvite(t) => t.poll_timeout(),
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        match self {
-            Machine::ClientInvite(t) => t.handle_timeout(now),
-            Machine::ClientNonInvite(t) => t.handle_timeout(now),
-            Machine::ServerInvite(t) => t.handle_timeout(now),
-            Machine::ServerNonInvite(t) => t.handle_timeout(now),
         }
     }
 
@@ -127,25 +110,16 @@ impl Machine {
 
     /// Drains what the machine wants sent and told; returns (transmissions, events).
     fn drain(&mut self) -> (usize, Vec<TxEvent>) {
+        let t = self.driven();
         let mut sent = 0;
-        let mut events = Vec::new();
-        macro_rules! drain {
-            ($t:expr) => {{
-                while $t.poll_transmit().is_some() {
-                    sent += 1;
-                    assert!(sent < 10_000, "endless transmissions");
-                }
-                while let Some(e) = $t.poll_event() {
-                    events.push(e);
-                    assert!(events.len() < 10_000, "endless events");
-                }
-            }};
+        while t.poll_transmit().is_some() {
+            sent += 1;
+            assert!(sent < 10_000, "endless transmissions");
         }
-        match self {
-            Machine::ClientInvite(t) => drain!(t),
-            Machine::ClientNonInvite(t) => drain!(t),
-            Machine::ServerInvite(t) => drain!(t),
-            Machine::ServerNonInvite(t) => drain!(t),
+        let mut events = Vec::new();
+        while let Some(e) = t.poll_event() {
+            events.push(e);
+            assert!(events.len() < 10_000, "endless events");
         }
         (sent, events)
     }
@@ -160,13 +134,17 @@ impl Checker {
     fn after(&mut self, m: &mut Machine, was_terminated: bool, status_in: Option<u16>) {
         let (sent, events) = m.drain();
         if was_terminated {
-            assert!(m.is_terminated(), "a terminated machine came back");
+            assert!(m.driven().is_terminated(), "a terminated machine came back");
             assert_eq!(sent, 0, "a terminated machine transmitted");
             assert!(
                 events.is_empty(),
                 "a terminated machine reported {events:?}"
             );
-            assert_eq!(m.poll_timeout(), None, "a terminated machine keeps a timer");
+            assert_eq!(
+                m.driven().poll_timeout(),
+                None,
+                "a terminated machine keeps a timer"
+            );
             return;
         }
         let terminations = events.iter().filter(|e| **e == TxEvent::Terminated).count();
@@ -181,14 +159,18 @@ impl Checker {
             self.terminated_reported = true;
         }
         assert_eq!(
-            m.is_terminated(),
+            m.driven().is_terminated(),
             self.terminated_reported,
             "state {} but Terminated reported: {}",
             m.state_name(),
             self.terminated_reported
         );
-        if m.is_terminated() {
-            assert_eq!(m.poll_timeout(), None, "a terminated machine keeps a timer");
+        if m.driven().is_terminated() {
+            assert_eq!(
+                m.driven().poll_timeout(),
+                None,
+                "a terminated machine keeps a timer"
+            );
         }
         for e in &events {
             match e {
@@ -234,19 +216,19 @@ fuzz_target!(|data: &[u8]| {
     while let [op, a, b, rest @ ..] = ops {
         ops = rest;
         let arg = u16::from_be_bytes([*a, *b]);
-        let was = m.is_terminated();
+        let was = m.driven().is_terminated();
         let mut status_in = None;
         match op % 7 {
             // Time passes (up to ~65 s) and whatever is due fires.
             0 => {
                 now += Duration::from_millis(u64::from(arg));
-                m.handle_timeout(now);
+                m.driven().handle_timeout(now);
             }
             // The next timer fires on time.
             1 => {
-                if let Some(t) = m.poll_timeout() {
+                if let Some(t) = m.driven().poll_timeout() {
                     now = now.max(t);
-                    m.handle_timeout(now);
+                    m.driven().handle_timeout(now);
                 }
             }
             // A response with any status, or a plausible one.
@@ -272,7 +254,7 @@ fuzz_target!(|data: &[u8]| {
         let from = now;
         let bound = cfg.timeout() * 2 + Duration::from_secs(32) + cfg.t4 + cfg.t2;
         let mut steps = 0;
-        while let Some(t) = m.poll_timeout() {
+        while let Some(t) = m.driven().poll_timeout() {
             steps += 1;
             assert!(
                 steps <= 1_000,
@@ -287,12 +269,12 @@ fuzz_target!(|data: &[u8]| {
                 now - from,
                 t1
             );
-            let was = m.is_terminated();
-            m.handle_timeout(now);
+            let was = m.driven().is_terminated();
+            m.driven().handle_timeout(now);
             check.after(&mut m, was, None);
         }
         assert!(
-            m.is_terminated(),
+            m.driven().is_terminated(),
             "no timer left but not terminated: {} (reliable {reliable})",
             m.state_name()
         );

@@ -79,6 +79,19 @@ fn view_tag(tag: Option<&[u8]>) -> Option<String> {
     tag.map(|t| String::from_utf8_lossy(t).into_owned())
 }
 
+/// Call-ID, To tag and From tag of a message (the From tag empty when absent, §12.1.1).
+/// `None` when the To tag is missing or the Call-ID is unusable.
+fn call_id_and_tags(m: &impl HeaderAccess) -> Option<(String, String, String)> {
+    let to_tag = view_tag(m.view_to().ok()?.tag())?;
+    let from_tag = m
+        .view_from()
+        .ok()
+        .and_then(|f| view_tag(f.tag()))
+        .unwrap_or_default();
+    let call_id = String::from_utf8_lossy(&m.call_id().ok()?).into_owned();
+    Some((call_id, to_tag, from_tag))
+}
+
 /// A name-addr without its tag, always written with `<>` so that header parameters added
 /// later cannot be read as URI parameters.
 fn without_tag(mut na: NameAddr) -> NameAddr {
@@ -146,17 +159,11 @@ impl DialogId {
     /// remote tag = From tag (empty when absent). `None` when the To tag is missing (the
     /// request is outside any dialog) or the Call-ID is unusable.
     pub fn for_uas_request(req: &Request) -> Option<DialogId> {
-        let local_tag = view_tag(req.view_to().ok()?.tag())?;
-        let remote_tag = req
-            .view_from()
-            .ok()
-            .and_then(|f| view_tag(f.tag()))
-            .unwrap_or_default();
-        let call_id = String::from_utf8_lossy(&req.call_id().ok()?).into_owned();
+        let (call_id, to_tag, from_tag) = call_id_and_tags(req)?;
         Some(DialogId {
             call_id,
-            local_tag,
-            remote_tag,
+            local_tag: to_tag,
+            remote_tag: from_tag,
         })
     }
 
@@ -164,17 +171,11 @@ impl DialogId {
     /// (§12.1.2, §12.2.1.2): local tag = From tag, remote tag = To tag. `None` when the To
     /// tag is missing (a 100, or a response from outside any dialog).
     pub fn for_uac_response(resp: &Response) -> Option<DialogId> {
-        let remote_tag = view_tag(resp.view_to().ok()?.tag())?;
-        let local_tag = resp
-            .view_from()
-            .ok()
-            .and_then(|f| view_tag(f.tag()))
-            .unwrap_or_default();
-        let call_id = String::from_utf8_lossy(&resp.call_id().ok()?).into_owned();
+        let (call_id, to_tag, from_tag) = call_id_and_tags(resp)?;
         Some(DialogId {
             call_id,
-            local_tag,
-            remote_tag,
+            local_tag: from_tag,
+            remote_tag: to_tag,
         })
     }
 

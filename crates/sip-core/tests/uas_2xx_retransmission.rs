@@ -96,16 +96,43 @@ async fn answer(ep: &Endpoint, events: &mut tokio::sync::mpsc::UnboundedReceiver
     }
 }
 
-#[tokio::test]
-async fn two_hundred_is_retransmitted_until_the_ack() {
+/// A UDP UAC whose INVITE the endpoint's TU has answered with a 200 OK (sent once so far).
+struct Answered {
+    /// Kept alive for the test: dropping it stops the endpoint.
+    _ep: Endpoint,
+    events: tokio::sync::mpsc::UnboundedReceiver<EndpointEvent>,
+    sock: UdpSocket,
+    uac_addr: SocketAddr,
+    uas_addr: SocketAddr,
+}
+
+async fn answered_invite(call_id: &str) -> Answered {
     let (ep, mut events, uas_addr) = uas().await;
     let sock = UdpSocket::bind("127.0.0.1:0").await.expect("socket");
     sock.connect(uas_addr).await.expect("connect");
     let uac_addr = sock.local_addr().expect("local address");
-    sock.send(invite(uac_addr, uas_addr, "retx-1").as_bytes())
+    sock.send(invite(uac_addr, uas_addr, call_id).as_bytes())
         .await
         .expect("send");
     answer(&ep, &mut events).await;
+    Answered {
+        _ep: ep,
+        events,
+        sock,
+        uac_addr,
+        uas_addr,
+    }
+}
+
+#[tokio::test]
+async fn two_hundred_is_retransmitted_until_the_ack() {
+    let Answered {
+        _ep,
+        mut events,
+        sock,
+        uac_addr,
+        uas_addr,
+    } = answered_invite("retx-1").await;
     // No ACK: the 200 comes again T1, 2*T1, 4*T1 later (then at most T2 = 8*T1 apart): the
     // first four are 7*T1 apart end to end (3*T1 if the interval did not grow).
     let oks = oks_within(&sock, T1 * 20).await;
@@ -135,14 +162,13 @@ async fn two_hundred_is_retransmitted_until_the_ack() {
 
 #[tokio::test]
 async fn retransmissions_stop_after_64_t1_without_an_ack() {
-    let (ep, mut events, uas_addr) = uas().await;
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("socket");
-    sock.connect(uas_addr).await.expect("connect");
-    let uac_addr = sock.local_addr().expect("local address");
-    sock.send(invite(uac_addr, uas_addr, "retx-2").as_bytes())
-        .await
-        .expect("send");
-    answer(&ep, &mut events).await;
+    // The endpoint and its event channel stay alive to the end, as in a running TU.
+    let Answered {
+        _ep,
+        events: _events,
+        sock,
+        ..
+    } = answered_invite("retx-2").await;
     // 64*T1 = 3.2 s: the last one goes out before then (with some slack for a busy
     // machine), none after.
     let _ = oks_within(&sock, T1 * 72).await;
