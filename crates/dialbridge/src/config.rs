@@ -102,6 +102,24 @@ pub struct MediaConfig {
     pub timeout_secs: u64,
     /// Forwarding threads; 0 = one per core.
     pub workers: usize,
+    /// Accept a leg's media only from its peer's SDP and signalling addresses, and move to a
+    /// new source port only after `probation_packets` in sequence (RTP Bleed protection).
+    pub strict_source: bool,
+    /// Packets in sequence with one SSRC before a leg follows a new source port.
+    pub probation_packets: u8,
+}
+
+impl MediaConfig {
+    /// The relay's latching policy these settings select.
+    pub fn latch(&self) -> media::LatchMode {
+        if self.strict_source {
+            media::LatchMode::Strict {
+                probation: self.probation_packets,
+            }
+        } else {
+            media::LatchMode::LOOSE
+        }
+    }
 }
 
 impl Default for MediaConfig {
@@ -112,6 +130,8 @@ impl Default for MediaConfig {
             advertise: None,
             timeout_secs: 30,
             workers: 0,
+            strict_source: true,
+            probation_packets: media::LatchMode::DEFAULT_PROBATION,
         }
     }
 }
@@ -230,6 +250,20 @@ impl Config {
         }
     }
 
+    /// Settings that are valid but weaken the server; `check-config` and `serve` print them.
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        let mut w = Vec::new();
+        if !self.media.strict_source {
+            w.push(err(
+                "media.strict_source",
+                "false: any address may take over a call's media in its first 3 s (RTP Bleed); \
+                 keep it true unless media really comes from addresses that neither SDP nor \
+                 signalling name",
+            ));
+        }
+        w
+    }
+
     /// Checks every value; all problems are reported at once.
     pub fn validate(&self) -> Result<Validated, Vec<ConfigError>> {
         let mut errors = Vec::new();
@@ -282,6 +316,9 @@ impl Config {
         };
         if self.media.timeout_secs == 0 {
             errors.push(err("media.timeout_secs", "must be at least 1"));
+        }
+        if !(1..=64).contains(&self.media.probation_packets) {
+            errors.push(err("media.probation_packets", "must be between 1 and 64"));
         }
         let api_listen = match self.api.listen.parse::<SocketAddr>() {
             Ok(a) => a,
@@ -416,6 +453,33 @@ mod tests {
         assert!(keys.contains(&"media.ports".to_string()));
         assert!(keys.contains(&"media.bind".to_string()));
         assert!(keys.contains(&"api.listen".to_string()));
+    }
+
+    #[test]
+    fn strict_source_is_the_default_and_turning_it_off_is_warned_about() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(
+            c.media.latch(),
+            media::LatchMode::Strict {
+                probation: media::LatchMode::DEFAULT_PROBATION
+            }
+        );
+        assert!(c.warnings().is_empty());
+        let c = Config::parse("[media]\nstrict_source = false\n").unwrap();
+        assert_eq!(c.media.latch(), media::LatchMode::LOOSE);
+        assert!(c.validate().is_ok());
+        let w = c.warnings();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].key, "media.strict_source");
+        assert!(w[0].reason.contains("RTP Bleed"), "{}", w[0]);
+        let c = Config::parse("[media]\nprobation_packets = 0\n").unwrap();
+        let keys: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, vec!["media.probation_packets".to_string()]);
     }
 
     #[test]

@@ -98,6 +98,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            for w in cfg.warnings() {
+                let file = source.as_deref().unwrap_or("(defaults)");
+                eprintln!("warning: {file}: {w}");
+            }
             let Some(rt) = runtime() else {
                 return ExitCode::FAILURE;
             };
@@ -122,6 +126,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for w in cfg.warnings() {
+        eprintln!("warning: {}: {w}", file.display());
+    }
     match cfg.validate() {
         Ok(_) => {
             println!("{}: OK", file.display());

@@ -74,6 +74,7 @@ pub async fn serve_until(
         port_max: valid.media_ports.1,
         timeout: Duration::from_secs(cfg.media.timeout_secs),
         workers: cfg.media.workers,
+        latch: cfg.media.latch(),
         ..Default::default()
     })?);
     println!(
@@ -147,6 +148,13 @@ pub async fn serve_until(
         });
         let e = engine.clone();
         metrics.set_relay_packets_source(move || e.relayed_packets());
+        let e = engine.clone();
+        metrics.add_source(
+            "dialbridge_media_hijack_dropped_total",
+            "counter",
+            "Media packets dropped because they came from a source their leg does not accept (media.strict_source), by ended calls.",
+            move || e.hijack_dropped(),
+        );
         let counters: [RegistrarCounter; 3] = [
             (
                 "dialbridge_registrar_auth_failures_total",

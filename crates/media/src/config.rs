@@ -11,6 +11,16 @@ use std::time::Duration;
 /// a third party that sends packets to the relay port to hijack the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LatchMode {
+    /// Strict source (`media.strict_source = true`, the default): a leg accepts packets only
+    /// from the IP addresses its peer can send from (its SDP addresses and those the B2BUA
+    /// names with [`crate::MediaSession::allow_sources`]); anything else is dropped before it
+    /// can latch and counted as `hijack_dropped`. The first packet from an allowed address
+    /// latches; a move to another source of an allowed address (a NAT rebinding) needs
+    /// `probation` packets in sequence with one SSRC (RFC 3550 §A.1).
+    Strict {
+        /// Packets in sequence that a new source must send before the leg moves to it.
+        probation: u8,
+    },
     /// Follow the source of the latest packet during this window after the leg's first
     /// packet; afterwards the latched source is fixed and packets from any other source are
     /// dropped (and counted as `hijack_dropped`).
@@ -23,9 +33,22 @@ pub enum LatchMode {
     Off,
 }
 
+impl LatchMode {
+    /// The default probation of [`LatchMode::Strict`]: four packets, as RFC 3550 §A.1's
+    /// `MIN_SEQUENTIAL` is two and Asterisk's `strictrtp` learning takes four.
+    pub const DEFAULT_PROBATION: u8 = 4;
+
+    /// What `media.strict_source = false` selects: follow the latest source for 3 s after
+    /// the first packet, from any address (for networks where media comes from addresses
+    /// that neither SDP nor signalling name).
+    pub const LOOSE: LatchMode = LatchMode::Window(Duration::from_secs(3));
+}
+
 impl Default for LatchMode {
     fn default() -> Self {
-        LatchMode::Window(Duration::from_secs(3))
+        LatchMode::Strict {
+            probation: LatchMode::DEFAULT_PROBATION,
+        }
     }
 }
 
@@ -120,6 +143,9 @@ pub enum ConfigError {
     /// A zero media time-out would end every call at once.
     #[error("media.timeout_secs must be greater than zero")]
     ZeroTimeout,
+    /// A strict latch that never needs a packet would move on any forged one.
+    #[error("media.probation_packets must be between 1 and 64")]
+    BadProbation,
 }
 
 impl RelayConfig {
@@ -137,6 +163,11 @@ impl RelayConfig {
         }
         if self.timeout.is_zero() {
             return Err(ConfigError::ZeroTimeout);
+        }
+        if let LatchMode::Strict { probation } = self.latch {
+            if !(1..=64).contains(&probation) {
+                return Err(ConfigError::BadProbation);
+            }
         }
         Ok(())
     }

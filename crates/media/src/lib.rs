@@ -76,6 +76,6 @@ mod worker;
 
 pub use config::{Backend, ConfigError, LatchMode, RelayConfig};
 pub use error::MediaError;
-pub use relay::{Leg, LegId, MediaEvent, MediaSession, Relay, SessionId};
+pub use relay::{Leg, LegId, MediaEvent, MediaSession, Relay, SessionId, StatsReader};
 pub use stats::{LegStats, SessionStats};
 pub use sys::raise_nofile_limit;

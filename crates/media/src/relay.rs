@@ -306,6 +306,23 @@ impl Drop for Relay {
     }
 }
 
+/// Reads a session's statistics so far (see [`MediaSession::stats_reader`]); after the
+/// session is closed it keeps the final counters.
+#[derive(Debug, Clone)]
+pub struct StatsReader {
+    shared: Arc<SessionShared>,
+}
+
+impl StatsReader {
+    /// The statistics so far; never blocks the forwarding threads.
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            a: self.shared.legs[0].snapshot(self.shared.epoch),
+            b: self.shared.legs[1].snapshot(self.shared.epoch),
+        }
+    }
+}
+
 /// One bridged call's media: leg A and leg B, relayed to each other.
 ///
 /// Dropping it (or [`close`](MediaSession::close)) closes its sockets and frees its ports.
@@ -354,6 +371,21 @@ impl MediaSession {
         })
     }
 
+    /// Names the addresses `leg`'s peer signals from (a registered phone's NAT-side address,
+    /// a trunk's resolved addresses), replacing those named before. Under
+    /// [`LatchMode::Strict`](crate::LatchMode::Strict) the leg accepts media only from these
+    /// and from the addresses of its SDP ([`set_peer`](Self::set_peer)); a latched source
+    /// that is no longer among them is forgotten. At most
+    /// [`AllowedSources::CAPACITY`](crate::latch::AllowedSources::CAPACITY) addresses are
+    /// kept, SDP addresses included.
+    pub fn allow_sources(&self, leg: LegId, ips: &[IpAddr]) -> Result<(), MediaError> {
+        self.send(Control::AllowSources {
+            id: self.id,
+            leg,
+            ips: ips.into(),
+        })
+    }
+
     /// Sets the RTP clock rate of `leg`'s payload, for jitter (default 8000 Hz; 48000 for opus).
     pub fn set_clock_rate(&self, leg: LegId, hz: u32) -> Result<(), MediaError> {
         self.send(Control::SetClockRate {
@@ -371,6 +403,14 @@ impl MediaSession {
     /// Stop relaying (packets are still received and counted) and disarm the time-out.
     pub fn stop(&self) -> Result<(), MediaError> {
         self.send(Control::Stop(self.id))
+    }
+
+    /// A cloneable reader of this session's statistics, for those who watch the call
+    /// (the API's view of a live call) without owning it.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// The statistics so far; never blocks the forwarding threads.

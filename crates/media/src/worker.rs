@@ -15,7 +15,7 @@
 //! counters are published into the session's atomics after each batch.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Backend, LatchMode};
 use crate::error::MediaError;
-use crate::latch::{Latch, LatchVerdict};
+use crate::latch::{AllowedSources, Latch, LatchVerdict, Probe};
 use crate::ports::PortAllocator;
 use crate::rtp::{self, Packet};
 use crate::stats::{timestamp_units, LegCounters, LegTally, RtpReception};
@@ -73,6 +73,11 @@ pub(crate) enum Control {
         rtp: SocketAddr,
         rtcp: Option<SocketAddr>,
         rtcp_mux: bool,
+    },
+    AllowSources {
+        id: SessionId,
+        leg: LegId,
+        ips: Box<[IpAddr]>,
     },
     SetClockRate {
         id: SessionId,
@@ -229,6 +234,12 @@ pub(crate) struct LegState {
     rtcp_mux: bool,
     rtp_latch: Latch,
     rtcp_latch: Latch,
+    /// Addresses of the peer's signalling (registration source, trunk), from the B2BUA.
+    signalling: AllowedSources,
+    /// `signalling` and the SDP hints' addresses: what [`LatchMode::Strict`] accepts.
+    allowed: AllowedSources,
+    /// A packet from an address not allowed was already logged for this leg.
+    hijack_logged: bool,
     /// Where RTP for this leg's peer goes (out of `rtp`).
     rtp_dest: Option<RawSockAddr>,
     /// Where RTCP for this leg's peer goes (out of `rtcp`, or of `rtp` with rtcp-mux).
@@ -250,12 +261,30 @@ impl LegState {
             rtcp_mux: false,
             rtp_latch: Latch::default(),
             rtcp_latch: Latch::default(),
+            signalling: AllowedSources::default(),
+            allowed: AllowedSources::default(),
+            hijack_logged: false,
             rtp_dest: None,
             rtcp_dest: None,
             clock_rate: DEFAULT_CLOCK_RATE,
             reception: RtpReception::default(),
             tally: LegTally::default(),
             published_remote: (None, None),
+        }
+    }
+
+    /// Recomputes the allowed addresses from the signalling ones and the SDP hints; under
+    /// [`LatchMode::Strict`] a latched source that is no longer allowed is forgotten.
+    fn refresh_allowed(&mut self, mode: LatchMode) {
+        let mut allowed = self.signalling;
+        for hint in [self.rtp_hint, self.rtcp_hint].into_iter().flatten() {
+            allowed.insert(hint.ip());
+        }
+        self.allowed = allowed;
+        let moved = self.rtp_latch.revalidate(mode, &self.allowed)
+            | self.rtcp_latch.revalidate(mode, &self.allowed);
+        if moved {
+            self.refresh_dest(mode);
         }
     }
 
@@ -382,14 +411,35 @@ impl SessionState {
         } else {
             &mut inn.rtp_latch
         };
-        match latch.on_packet(mode, src, pkt.ssrc(), now) {
+        let probe = Probe {
+            ssrc: pkt.ssrc(),
+            seq: match pkt {
+                Packet::Rtp(h) => Some(h.sequence),
+                _ => None,
+            },
+        };
+        match latch.on_packet(mode, src, probe, &inn.allowed, now) {
             LatchVerdict::Accept => {}
             LatchVerdict::Latched => {
                 debug!(session = %self.id, leg = ?LegId::from_index(in_leg), rtcp = from_rtcp_port, source = %src, "latched");
                 inn.refresh_dest(mode);
             }
+            LatchVerdict::Probation => {
+                inn.tally.not_forwarded += 1;
+                return None;
+            }
             LatchVerdict::Drop => {
                 inn.tally.hijack_dropped += 1;
+                if !inn.hijack_logged {
+                    inn.hijack_logged = true;
+                    warn!(
+                        session = %self.id,
+                        leg = ?LegId::from_index(in_leg),
+                        source = %src,
+                        allowed = ?inn.allowed.iter().collect::<Vec<_>>(),
+                        "media from a source this leg does not accept: dropped (counted as hijack_dropped; logged once per leg)"
+                    );
+                }
                 return None;
             }
         }
@@ -507,6 +557,15 @@ impl Core {
                         l.rtcp_hint = rtcp;
                         l.rtcp_mux = rtcp_mux;
                         l.refresh_dest(mode);
+                        l.refresh_allowed(mode);
+                    }
+                }
+                Control::AllowSources { id, leg, ips } => {
+                    let mode = self.params.latch;
+                    if let Some(s) = self.session_mut(id) {
+                        let l = &mut s.legs[leg.index()];
+                        l.signalling = AllowedSources::new(ips.iter().copied());
+                        l.refresh_allowed(mode);
                     }
                 }
                 Control::SetClockRate { id, leg, hz } => {

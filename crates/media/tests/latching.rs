@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use media::{Backend, LatchMode, LegId};
-use support::{eventually, relay, rtp, Peer};
+use support::{eventually, relay, rtcp_rr, rtp, Peer};
 
 fn latches_to_a_source_port_other_than_the_sdp_said(b: Backend) {
     let relay = relay(b, 42000, 42099, LatchMode::default());
@@ -95,7 +95,115 @@ fn new_sdp_address_reopens_latching(b: Backend) {
     assert!(phone1.try_recv().is_none());
 }
 
+/// RTP Bleed: a stranger spraying the relay port from another address, before the peer's
+/// first packet and during the call, neither latches nor receives anything, and its packets
+/// reach nobody.
+fn strict_source_ignores_a_sprayer_on_another_address(b: Backend) {
+    let relay = relay(b, 42400, 42499, LatchMode::default());
+    let s = relay.allocate_session().unwrap();
+    let (agent, customer, sprayer) = (Peer::new(), Peer::new(), Peer::at([127, 0, 0, 5]));
+    s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let (a, b) = (s.leg(LegId::A), s.leg(LegId::B));
+    // Before the customer's first packet: the sprayer hits the customer-side ports.
+    for seq in 0..20 {
+        sprayer.send(b.bound_rtp(), &rtp(0, false, seq, 0, 0xbad, &[9; 160]));
+        sprayer.send(b.bound_rtcp(), &rtcp_rr(0xbad));
+    }
+    assert!(eventually(|| s.stats().b.hijack_dropped == 40));
+    agent.send(a.bound_rtp(), &rtp(0, false, 1, 0, 7, &[0; 160]));
+    assert_eq!(customer.recv().0[2..4], [0, 1]);
+    customer.send(b.bound_rtp(), &rtp(0, false, 1, 0, 8, &[1; 160]));
+    assert_eq!(agent.recv().0[8..12], 8u32.to_be_bytes());
+    // During the call, with the stream's own SSRC and the next sequence numbers.
+    for seq in 2..30 {
+        sprayer.send(b.bound_rtp(), &rtp(0, false, seq, 0, 8, &[9; 160]));
+    }
+    agent.send(a.bound_rtp(), &rtp(0, false, 2, 160, 7, &[0; 160]));
+    assert_eq!(
+        customer.recv().0[2..4],
+        [0, 2],
+        "agent audio still goes to the customer"
+    );
+    customer.send(b.bound_rtp(), &rtp(0, false, 2, 160, 8, &[2; 160]));
+    assert_eq!(
+        agent.recv().0[12],
+        2,
+        "and only the customer's audio reaches the agent"
+    );
+    assert!(eventually(|| s.stats().b.hijack_dropped == 68));
+    assert!(agent.try_recv().is_none());
+    assert!(sprayer.try_recv().is_none(), "the sprayer received nothing");
+    assert_eq!(s.stats().b.remote_rtp, Some(customer.addr()));
+}
+
+/// A phone behind NAT: its SDP names a private address the relay cannot reach, and its
+/// packets come from the address it registered from, which the B2BUA names as allowed.
+fn strict_source_accepts_the_signalling_address_of_a_natted_phone(b: Backend) {
+    let relay = relay(b, 42500, 42599, LatchMode::default());
+    let s = relay.allocate_session().unwrap();
+    let (phone, customer) = (Peer::new(), Peer::at([127, 0, 0, 2]));
+    s.set_peer(LegId::A, "10.99.0.7:4000".parse().unwrap(), None, false)
+        .unwrap();
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let (a, b) = (s.leg(LegId::A), s.leg(LegId::B));
+    // Without the signalling address, the phone's packets are not accepted.
+    phone.send(a.bound_rtp(), &rtp(0, false, 1, 0, 7, &[0; 160]));
+    assert!(eventually(|| s.stats().a.hijack_dropped == 1));
+    assert!(customer.try_recv().is_none());
+    s.allow_sources(LegId::A, &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    assert!(eventually(|| {
+        phone.send(a.bound_rtp(), &rtp(0, false, 2, 160, 7, &[0; 160]));
+        customer.try_recv().is_some()
+    }));
+    customer.send(b.bound_rtp(), &rtp(0, false, 1, 0, 8, &[1; 160]));
+    let (_, from) = phone.recv();
+    assert_eq!(
+        from,
+        a.bound_rtp(),
+        "media both ways through the NAT's public side"
+    );
+}
+
+/// A NAT rebinding (same address, new port, same SSRC) moves the leg after the probation
+/// packets; one forged packet from another port does not.
+fn strict_source_follows_a_rebinding_after_probation(b: Backend) {
+    let relay = relay(b, 42600, 42699, LatchMode::Strict { probation: 4 });
+    let s = relay.allocate_session().unwrap();
+    let (phone, rebound, forger, customer) = (Peer::new(), Peer::new(), Peer::new(), Peer::new());
+    s.set_peer(LegId::A, phone.addr(), None, false).unwrap();
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let (a, b) = (s.leg(LegId::A), s.leg(LegId::B));
+    phone.send(a.bound_rtp(), &rtp(0, false, 10, 0, 0xfeed, &[0; 160]));
+    customer.recv();
+    // One forged packet from another port of the same address, even with the SSRC.
+    forger.send(a.bound_rtp(), &rtp(0, false, 11, 160, 0xfeed, &[6; 160]));
+    customer.send(b.bound_rtp(), &rtp(0, false, 1, 0, 1, &[1; 160]));
+    phone.recv();
+    assert!(forger.try_recv().is_none());
+    assert_eq!(s.stats().a.remote_rtp, Some(phone.addr()));
+    // The NAT rebinds: the stream continues from a new port.
+    for seq in 11..14 {
+        rebound.send(a.bound_rtp(), &rtp(0, false, seq, 0, 0xfeed, &[0; 160]));
+    }
+    rebound.send(a.bound_rtp(), &rtp(0, false, 14, 0, 0xfeed, &[0; 160]));
+    assert_eq!(
+        customer.recv().0[2..4],
+        [0, 14],
+        "the first three were on probation, the fourth moved the leg"
+    );
+    assert!(eventually(|| s.stats().a.remote_rtp == Some(rebound.addr())));
+    customer.send(b.bound_rtp(), &rtp(0, false, 2, 160, 1, &[1; 160]));
+    rebound.recv();
+    assert!(phone.try_recv().is_none());
+    assert!(forger.try_recv().is_none());
+}
+
 each_backend!(
+    strict_source_ignores_a_sprayer_on_another_address,
+    strict_source_accepts_the_signalling_address_of_a_natted_phone,
+    strict_source_follows_a_rebinding_after_probation,
     latches_to_a_source_port_other_than_the_sdp_said,
     after_the_window_another_source_is_dropped_as_a_hijack,
     ssrc_mode_follows_a_nat_rebinding_but_not_a_stranger,

@@ -33,6 +33,9 @@ async fn silent_session_times_out(b: Backend) {
     silent
         .set_peer(LegId::B, customer.addr(), None, false)
         .unwrap();
+    silent
+        .set_peer(LegId::A, agent.addr(), None, false)
+        .unwrap();
     agent.send(
         silent.leg(LegId::A).bound_rtp(),
         &rtp(0, false, 1, 0, 1, &[0; 160]),

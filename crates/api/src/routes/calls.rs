@@ -299,7 +299,14 @@ pub async fn get_call(
         })?;
     let timeline = shared.store.timeline(&rec.id)?;
     let callbacks = shared.store.callbacks_for_call(&rec.id)?;
-    Ok(axum::Json(views::call_detail(&rec, &timeline, &callbacks)))
+    let mut view = views::call_detail(&rec, &timeline, &callbacks);
+    if !rec.status.is_final() {
+        // A running call: its media counters so far, straight from the relay.
+        if let Some(live) = shared.calls.live_stats(&rec.id) {
+            view["stats"] = live;
+        }
+    }
+    Ok(axum::Json(view))
 }
 
 /// Query of `GET /v1/calls`.

@@ -27,7 +27,7 @@ use sip_core::endpoint::{
 };
 use sip_core::message::{HeaderAccess, HeaderName, Host, Method, Request, Response, SipUri, Uri};
 use sip_core::transport::{Flow, Transport};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use store::CallStatus;
@@ -189,6 +189,17 @@ impl Call {
                     st.a.tx_packets + st.b.tx_packets,
                     std::sync::atomic::Ordering::Relaxed,
                 );
+                let hijack = st.a.hijack_dropped + st.b.hijack_dropped;
+                if hijack > 0 {
+                    tracing::warn!(
+                        agent = st.a.hijack_dropped,
+                        customer = st.b.hijack_dropped,
+                        "media from sources the call's legs do not accept was dropped"
+                    );
+                    self.inner
+                        .hijack_dropped
+                        .fetch_add(hijack, std::sync::atomic::Ordering::Relaxed);
+                }
                 sdp_glue::stats_json(&st)
             }
             None => serde_json::Value::Null,
@@ -205,6 +216,11 @@ impl Call {
             Ok(m) => {
                 if let Ok(mut map) = self.inner.media_sessions.lock() {
                     map.insert(m.id(), self.spec.call_id.clone());
+                }
+                if let Ok(mut calls) = self.inner.calls.lock() {
+                    if let Some(c) = calls.get_mut(&self.spec.call_id) {
+                        c.media = Some(m.stats_reader());
+                    }
                 }
                 self.note(
                     None,
@@ -285,6 +301,15 @@ impl Call {
         self.media
             .as_ref()
             .map(|m| m.leg(Self::media_leg(leg)).advertised_rtp())
+    }
+
+    /// Names the addresses a leg's peer signals from (a registered phone's source address,
+    /// the trunk's resolved address): with `media.strict_source`, the relay takes that leg's
+    /// media only from these and the addresses of its SDP (RTP Bleed).
+    fn allow_media_sources(&self, leg: Leg, ips: &[IpAddr]) {
+        if let Some(m) = self.media.as_ref() {
+            let _ = m.allow_sources(Self::media_leg(leg), ips);
+        }
     }
 
     fn set_peer(&self, leg: Leg, sdp: &[u8]) {
@@ -514,6 +539,9 @@ impl Call {
             .register_sip_call_id(&sip_call_id, &self.spec.call_id);
         let (tx, mut rx) = mpsc::unbounded_channel::<(usize, ClientEvent)>();
         let mut branches: Vec<Branch> = Vec::new();
+        // Any branch may answer (or send early media) from the address we signal it at.
+        let signalling: Vec<IpAddr> = targets.iter().map(|t| t.dest.addr.ip()).collect();
+        self.allow_media_sources(leg, &signalling);
         for t in targets {
             let invite = self.build_invite(leg, &t, &sip_call_id, &from_tag, 1, &offer);
             let idx = branches.len();
@@ -592,6 +620,8 @@ impl Call {
                                 }
                             }
                         }
+                        // From now on the leg's media comes from the winner only.
+                        self.allow_media_sources(leg, &[dest.addr.ip()]);
                         self.set_peer(leg, &resp.body);
                         self.inner.register_dialog(dialog.id().clone(), &self.spec.call_id, leg);
                         let se = resp.session_expires().ok().flatten();

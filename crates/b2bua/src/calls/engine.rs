@@ -41,6 +41,8 @@ impl Default for EngineConfig {
 
 pub(crate) struct CallEntry {
     pub(crate) tx: mpsc::UnboundedSender<CallCmd>,
+    /// The call's relay counters, once it has a relay session.
+    pub(crate) media: Option<media::StatsReader>,
 }
 
 /// Shared state of the engine.
@@ -61,6 +63,8 @@ pub(crate) struct EngineInner {
     pub(crate) shutting_down: AtomicBool,
     /// Packets the relay forwarded for calls that have ended (both legs, both ways).
     pub(crate) relayed_packets: std::sync::atomic::AtomicU64,
+    /// Packets from sources a leg does not accept (RTP Bleed), by calls that have ended.
+    pub(crate) hijack_dropped: std::sync::atomic::AtomicU64,
 }
 
 impl EngineInner {
@@ -150,6 +154,7 @@ impl Engine {
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             relayed_packets: std::sync::atomic::AtomicU64::new(0),
+            hijack_dropped: std::sync::atomic::AtomicU64::new(0),
         });
         if let Some(mut rx) = media_events {
             let weak = Arc::downgrade(&inner);
@@ -177,6 +182,12 @@ impl Engine {
     /// Packets relayed by calls that have ended (a counter for metrics).
     pub fn relayed_packets(&self) -> u64 {
         self.inner.relayed_packets.load(Ordering::Relaxed)
+    }
+
+    /// Media packets dropped because they came from a source their leg does not accept
+    /// (`media.strict_source`), by calls that have ended (a counter for metrics).
+    pub fn hijack_dropped(&self) -> u64 {
+        self.inner.hijack_dropped.load(Ordering::Relaxed)
     }
 
     /// Sets the receivers of call events (once; later calls are ignored).
@@ -292,7 +303,7 @@ impl CallControl for Engine {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut c) = inner.calls.lock() {
-            c.insert(spec.call_id.clone(), CallEntry { tx });
+            c.insert(spec.call_id.clone(), CallEntry { tx, media: None });
         }
         let inner2 = Arc::clone(inner);
         let call_id = spec.call_id.clone();
@@ -321,5 +332,10 @@ impl CallControl for Engine {
 
     fn active_calls(&self) -> usize {
         self.inner.active.load(Ordering::SeqCst)
+    }
+
+    fn live_stats(&self, call_id: &str) -> Option<serde_json::Value> {
+        let reader = self.inner.calls.lock().ok()?.get(call_id)?.media.clone()?;
+        Some(super::sdp_glue::stats_json(&reader.stats()))
     }
 }

@@ -163,4 +163,9 @@ pub trait CallControl: Send + Sync {
     fn hangup(&self, call_id: &str) -> Result<(), HangupError>;
     /// Calls now running.
     fn active_calls(&self) -> usize;
+    /// The media statistics so far of a running call (as stored when it ends), `None` when
+    /// the call is not running here or has no relay session yet.
+    fn live_stats(&self, _call_id: &str) -> Option<serde_json::Value> {
+        None
+    }
 }

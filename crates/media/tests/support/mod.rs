@@ -105,7 +105,12 @@ pub struct Peer {
 
 impl Peer {
     pub fn new() -> Peer {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Peer::at([127, 0, 0, 1])
+    }
+
+    /// A peer on another loopback address (a stranger, or a second host).
+    pub fn at(ip: [u8; 4]) -> Peer {
+        let sock = UdpSocket::bind(SocketAddr::from((ip, 0))).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         Peer { sock }
     }
