@@ -101,6 +101,9 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// Builds the command that runs the server: (binary, config file, log file) -> command.
+pub type Wrap<'a> = &'a dyn Fn(&Path, &Path, &Path) -> Command;
+
 /// A running `dialbridge serve`.
 pub struct TestServer {
     child: Child,
@@ -123,6 +126,13 @@ impl TestServer {
 
     /// Starts the server in an existing directory (e.g. to restart on the same store).
     pub fn start_in(dir: TempDir, config: &str) -> TestServer {
+        Self::start_wrapped(dir, config, None)
+    }
+
+    /// Starts the server through `wrap`, which gets the binary, the config file and the
+    /// log file and returns the command to run (e.g. inside a private mount namespace with
+    /// a small disk); its stdout must be the server's.
+    pub fn start_wrapped(dir: TempDir, config: &str, wrap: Option<Wrap<'_>>) -> TestServer {
         let mut text = String::new();
         if !config.contains("[sip]") {
             text.push_str("[sip]\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\n");
@@ -144,9 +154,15 @@ impl TestServer {
         std::fs::write(&cfg_path, text).expect("write config");
         let log = dir.path().join("server.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(dialbridge_bin())
-            .args(["serve", "--config"])
-            .arg(&cfg_path)
+        let mut cmd = match wrap {
+            Some(w) => w(&dialbridge_bin(), &cfg_path, &log),
+            None => {
+                let mut c = Command::new(dialbridge_bin());
+                c.args(["serve", "--config"]).arg(&cfg_path);
+                c
+            }
+        };
+        let mut child = cmd
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "debug".into()),
@@ -218,6 +234,18 @@ impl TestServer {
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server with SIGKILL (a crash) and returns its directory, store included.
+    pub fn kill9(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, TempDir(PathBuf::new()))
     }
 
     /// Stops the server with SIGTERM and waits for it (SIGKILL after 10 s).

@@ -330,34 +330,51 @@ async fn deliver(shared: &Shared, client: &reqwest::Client, entry: OutboxEntry) 
         "status": status,
         "attempt": n,
     });
-    let outcome = match &result {
-        Attempt::Delivered(code) => {
-            detail["result"] = "delivered".into();
-            detail["http_status"] = (*code).into();
-            store.mark_delivered(&entry.event_id, n)
-        }
-        Attempt::Failed { http_status, error } if n < policy.max_attempts => {
-            let jitter = 0.8 + rand::random::<f64>() * 0.4;
-            let delay = policy.backoff(n, jitter);
-            let next = now_ms() + delay.as_millis() as i64;
-            detail["result"] = "retry".into();
-            detail["error"] = error.as_str().into();
-            detail["http_status"] = (*http_status).into();
-            detail["next_attempt_at"] = crate::time::rfc3339_ms(next).into();
-            store.reschedule(&entry.event_id, n, next, error)
-        }
-        Attempt::Failed { http_status, error } => {
-            detail["result"] = "abandoned".into();
-            detail["error"] = error.as_str().into();
-            detail["http_status"] = (*http_status).into();
-            store.abandon_callback(&entry.event_id, n, error)
-        }
-        Attempt::Refused(error) => {
-            detail["result"] = "abandoned".into();
-            detail["error"] = error.as_str().into();
-            store.abandon_callback(&entry.event_id, n, error)
+    // What the attempt writes to the outbox. A delivered callback whose row cannot be
+    // marked would be sent again: while the store refuses writes, the write is tried again
+    // (the entry stays in flight meanwhile, so it is not re-sent, and its call's next
+    // callback waits behind it).
+    let write = |detail: &mut serde_json::Value| -> Result<(), store::StoreError> {
+        match &result {
+            Attempt::Delivered(code) => {
+                detail["result"] = "delivered".into();
+                detail["http_status"] = (*code).into();
+                store.mark_delivered(&entry.event_id, n)
+            }
+            Attempt::Failed { http_status, error } if n < policy.max_attempts => {
+                let jitter = 0.8 + rand::random::<f64>() * 0.4;
+                let delay = policy.backoff(n, jitter);
+                let next = now_ms() + delay.as_millis() as i64;
+                detail["result"] = "retry".into();
+                detail["error"] = error.as_str().into();
+                detail["http_status"] = (*http_status).into();
+                detail["next_attempt_at"] = crate::time::rfc3339_ms(next).into();
+                store.reschedule(&entry.event_id, n, next, error)
+            }
+            Attempt::Failed { http_status, error } => {
+                detail["result"] = "abandoned".into();
+                detail["error"] = error.as_str().into();
+                detail["http_status"] = (*http_status).into();
+                store.abandon_callback(&entry.event_id, n, error)
+            }
+            Attempt::Refused(error) => {
+                detail["result"] = "abandoned".into();
+                detail["error"] = error.as_str().into();
+                store.abandon_callback(&entry.event_id, n, error)
+            }
         }
     };
+    let mut outcome = write(&mut detail);
+    let mut backoff = std::time::Duration::from_millis(50);
+    while let Err(e) = &outcome {
+        if !e.is_unavailable() {
+            break;
+        }
+        shared.store_health.failed(&e.to_string());
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+        outcome = write(&mut detail);
+    }
     match &result {
         Attempt::Delivered(_) => shared.metrics.callback_delivered(),
         Attempt::Failed { .. } if n < policy.max_attempts => shared.metrics.callback_retried(),

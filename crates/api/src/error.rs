@@ -8,6 +8,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// `Retry-After` of a `503 store_unavailable`.
+pub const STORE_RETRY_AFTER_SECS: u64 = 5;
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -48,6 +51,10 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    /// The store refuses writes, or too many call events wait for it (503 with
+    /// `Retry-After`): no new call is taken until it recovers.
+    #[error("The store is unavailable; try again later")]
+    StoreUnavailable,
     /// The body is larger than the limit (413).
     #[error("Request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -92,10 +99,13 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,10 +121,12 @@ impl ApiError {
             | ApiError::Unprocessable { code, .. } => code,
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::StoreUnavailable => "store_unavailable",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RouteNotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Store(e) if e.is_unavailable() => "store_unavailable",
             ApiError::Store(_) => "internal_error",
         }
     }
@@ -122,6 +134,9 @@ impl ApiError {
     /// The human-readable message.
     pub fn message(&self) -> String {
         match self {
+            ApiError::Store(e) if e.is_unavailable() => {
+                "The store is unavailable; try again later".to_owned()
+            }
             ApiError::Store(_) => "Internal server error".to_owned(),
             other => other.to_string(),
         }
@@ -135,6 +150,8 @@ impl ApiError {
             | ApiError::Unavailable {
                 retry_after_secs, ..
             } => Some((*retry_after_secs).max(1)),
+            ApiError::Store(e) if e.is_unavailable() => Some(STORE_RETRY_AFTER_SECS),
+            ApiError::StoreUnavailable => Some(STORE_RETRY_AFTER_SECS),
             _ => None,
         }
     }

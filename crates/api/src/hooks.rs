@@ -2,13 +2,14 @@
 //!
 //! One event → the call record (status, times, legs, outcome, media stats), a timeline
 //! entry with its UTC time, a callback in the outbox for the callback stages, an event on
-//! the live stream, and metrics. Only store writes and channel sends: no network.
+//! the live stream, and metrics. The hook itself only queues the event; the journal's writer
+//! ([`crate::journal`]) applies the rules below and writes batches of events to the store.
 
 use std::sync::Arc;
 
 use b2bua::calls::{CallEvent, CallEventKind, CallHooks, Leg};
 use serde_json::{json, Value};
-use store::{CallRecord, CallStatus, OutboxEntry, TimelineEntry, TypeId};
+use store::{CallRecord, CallStatus};
 
 use crate::state::Shared;
 use crate::time::rfc3339_ms;
@@ -31,7 +32,7 @@ fn leg_obj(legs: &mut Value, leg: Leg) -> Option<&mut serde_json::Map<String, Va
 }
 
 /// The timeline kind and detail of an event (the serde form without `type`, `leg`, `stats`).
-fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Value) {
+pub(crate) fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Value) {
     let mut v = serde_json::to_value(kind).unwrap_or(Value::Null);
     let name = v
         .get("type")
@@ -65,7 +66,7 @@ fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Value) {
 }
 
 /// Applies an event to the record; true when the record changed.
-fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
+pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
     let at = rfc3339_ms(ev.at_ms);
     let before = rec.clone();
     let final_already = rec.status.is_final();
@@ -126,7 +127,9 @@ fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
 }
 
 /// The callback stage of an event, if it is one: (status, leg, sip_code, duration).
-fn callback_stage(ev: &CallEvent) -> Option<(CallStatus, Option<Leg>, Option<u16>, u64)> {
+pub(crate) fn callback_stage(
+    ev: &CallEvent,
+) -> Option<(CallStatus, Option<Leg>, Option<u16>, u64)> {
     match &ev.kind {
         CallEventKind::Ringing { leg, sip_code } => {
             Some((CallStatus::Ringing, Some(*leg), Some(*sip_code), 0))
@@ -147,93 +150,10 @@ fn callback_stage(ev: &CallEvent) -> Option<(CallStatus, Option<Leg>, Option<u16
     }
 }
 
-impl ApiHooks {
-    fn enqueue_callback(&self, rec: &CallRecord, ev: &CallEvent) -> Result<(), store::StoreError> {
-        let (Some(url), Some((status, leg, sip_code, duration))) =
-            (rec.callback_url.as_ref(), callback_stage(ev))
-        else {
-            return Ok(());
-        };
-        let store = &self.shared.store;
-        let seq = store.next_callback_seq(&rec.id)?;
-        let event_id = TypeId::new(EVENT_PREFIX).to_string();
-        let body = json!({
-            "event_id": event_id,
-            "sequence": seq,
-            "call_id": rec.id,
-            "status": status.as_str(),
-            "duration": duration,
-            "timestamp": rfc3339_ms(ev.at_ms),
-            "leg": leg.map(Leg::as_str),
-            "sip_code": sip_code,
-            "direction": "outbound",
-            "from": rec.caller_id,
-            "to": rec.destination.as_deref().unwrap_or(&rec.dial_string),
-            "metadata": rec.metadata,
-        });
-        let entry = OutboxEntry::new(
-            event_id,
-            rec.id.clone(),
-            rec.account_id.clone(),
-            seq,
-            url.clone(),
-            body.to_string(),
-            crate::time::now_ms(),
-        );
-        store.enqueue_callback(&entry)?;
-        self.shared.dispatch.notify_one();
-        Ok(())
-    }
-
-    fn handle(&self, ev: &CallEvent) -> Result<(), store::StoreError> {
-        let shared = &self.shared;
-        let store = &shared.store;
-        let (kind, leg, detail) = timeline_parts(&ev.kind);
-        store.append_timeline(
-            &ev.call_id,
-            &TimelineEntry {
-                at_ms: ev.at_ms,
-                kind: kind.clone(),
-                leg: leg.map(|l| l.as_str().to_owned()),
-                detail: detail.clone(),
-            },
-        )?;
-        let mut sse = json!({
-            "call_id": ev.call_id,
-            "type": kind,
-            "at": rfc3339_ms(ev.at_ms),
-            "leg": leg.map(Leg::as_str),
-            "detail": detail,
-        });
-        if let Some(mut rec) = store.get_call(&ev.account_id, &ev.call_id)? {
-            let was_final = rec.status.is_final();
-            if apply(&mut rec, ev) {
-                store.update_call(&rec)?;
-            }
-            if let CallEventKind::Ended { outcome, .. } = &ev.kind {
-                if !was_final {
-                    shared.limiter.release(&ev.account_id);
-                    shared.metrics.call_ended(outcome.status);
-                }
-            }
-            sse["status"] = rec.status.as_str().into();
-            self.enqueue_callback(&rec, ev)?;
-        } else {
-            tracing::warn!(call_id = %ev.call_id, "event for a call that is not in the store");
-        }
-        shared
-            .events
-            .publish(&ev.account_id, &kind, sse.to_string());
-        Ok(())
-    }
-}
-
 impl CallHooks for ApiHooks {
+    /// Hands the event to the journal (see [`crate::journal`]): the call task never waits on
+    /// the store.
     fn on_event(&self, event: &CallEvent) {
-        let span = tracing::debug_span!("call_event", call_id = %event.call_id);
-        let _g = span.enter();
-        if let Err(e) = self.handle(event) {
-            tracing::error!(error = %e, call_id = %event.call_id, "recording a call event failed");
-        }
+        self.shared.journal.push(event.clone());
     }
 }

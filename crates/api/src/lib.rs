@@ -21,7 +21,11 @@
 //!   limits, call record, hand-over to the engine).
 //! - [`routes`]: handlers — `calls` (native), `admin`, `compat` (JustCall, Click-2-Call),
 //!   `meta` (healthz, metrics, OpenAPI document).
-//! - [`hooks`]: the [`b2bua::calls::CallHooks`] implementation.
+//! - [`hooks`]: the [`b2bua::calls::CallHooks`] implementation (queues each event) and the
+//!   rules that turn an event into the call record's changes and a callback.
+//! - [`journal`]: the call event write path: the queue, the writer thread that writes batches
+//!   in one transaction each and retries them while the store refuses, the store's health,
+//!   and the recovery of calls a crashed run left unfinished.
 //! - [`callbacks`]: outbox dispatcher, signatures, backoff, callback URL guard.
 //! - [`events`]: the SSE hub with its `Last-Event-ID` ring.
 //! - [`limits`]: per-account call rate (token bucket) and concurrency.
@@ -43,6 +47,7 @@ pub mod error;
 pub mod events;
 pub mod hooks;
 pub mod http;
+pub mod journal;
 pub mod limits;
 pub mod metrics;
 pub mod place;
@@ -67,6 +72,33 @@ pub use limits::AccountLimits;
 pub use metrics::Metrics;
 pub use routes::meta::ApiDoc;
 pub use state::ApiConfig;
+
+/// The journal's writer thread (see [`Api::start_journal`]).
+#[derive(Debug)]
+pub struct JournalWriter {
+    journal: Arc<journal::Journal>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl JournalWriter {
+    /// Writes what is queued (trying for at most 5 s if the store refuses) and stops.
+    pub fn stop(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        self.journal.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for JournalWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
 
 use state::{Shared, BODY_LIMIT};
 
@@ -94,6 +126,8 @@ impl Api {
                 events: events::EventHub::new(first_event_id, events::RING_CAPACITY),
                 limiter,
                 dispatch: tokio::sync::Notify::new(),
+                journal: Arc::default(),
+                store_health: Default::default(),
                 idempotency_inflight: Mutex::new(Default::default()),
             }),
         }
@@ -103,6 +137,30 @@ impl Api {
     pub fn hooks(&self) -> Arc<dyn CallHooks> {
         Arc::new(hooks::ApiHooks {
             shared: self.shared.clone(),
+        })
+    }
+
+    /// The queue of call events on their way to the store.
+    pub fn journal(&self) -> Arc<journal::Journal> {
+        self.shared.journal.clone()
+    }
+
+    /// Ends the calls a previous run left unfinished (`failed`, reason `interrupted`, with
+    /// their final callback); run before taking calls. Returns how many.
+    pub fn recover_interrupted(&self) -> Result<usize, store::StoreError> {
+        journal::recover_interrupted(&self.shared)
+    }
+
+    /// Starts the journal's writer thread, which writes call events to the store in batches
+    /// (see [`journal`]). Stop it with [`JournalWriter::stop`] after the calls have ended.
+    pub fn start_journal(&self) -> std::io::Result<JournalWriter> {
+        let writer = journal::Writer::new(self.shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("call-journal".into())
+            .spawn(move || writer.run(std::time::Duration::from_secs(5)))?;
+        Ok(JournalWriter {
+            journal: self.shared.journal.clone(),
+            thread: Some(thread),
         })
     }
 

@@ -22,6 +22,7 @@ pub struct Metrics {
     callback_retries: AtomicU64,
     callback_abandoned: AtomicU64,
     http_requests: AtomicU64,
+    store_write_failures: AtomicU64,
     registrations: AtomicU64,
     relay_packets: AtomicU64,
     registrations_source: RwLock<Option<Source>>,
@@ -85,6 +86,11 @@ impl Metrics {
             self.callback_retries.load(Ordering::Relaxed),
             self.callback_abandoned.load(Ordering::Relaxed),
         )
+    }
+
+    /// A batch of call events that the store refused (it is tried again).
+    pub fn store_write_failed(&self) {
+        self.store_write_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn http_request(&self) {
@@ -219,6 +225,15 @@ impl Metrics {
             "counter",
             "REST requests served.",
             &[(String::new(), self.http_requests.load(Ordering::Relaxed))],
+        );
+        metric(
+            "dialbridge_store_write_failures_total",
+            "counter",
+            "Batches of call events the store refused (each is tried again until accepted).",
+            &[(
+                String::new(),
+                self.store_write_failures.load(Ordering::Relaxed),
+            )],
         );
         if let Ok(extra) = self.extra.read() {
             for (name, kind, help, f) in extra.iter() {

@@ -185,6 +185,10 @@ pub(crate) async fn place_call(
     let user_id = user.map(|u| u.id.clone());
     check_callback(req.callback_url.as_deref()).await?;
 
+    if shared.store_health.failure().is_some() || shared.journal.over_limit() {
+        // The running calls' events wait for the store: take no new call until it is back.
+        return Err(ApiError::StoreUnavailable);
+    }
     let now = now_ms();
     shared
         .limiter

@@ -64,6 +64,10 @@ pub struct Shared {
     pub(crate) limiter: Limiter,
     /// Wakes the callback dispatcher when a callback is enqueued or delivered.
     pub(crate) dispatch: tokio::sync::Notify,
+    /// Call events on their way to the store (see [`crate::journal`]).
+    pub(crate) journal: Arc<crate::journal::Journal>,
+    /// Whether the store takes writes, as last seen.
+    pub(crate) store_health: crate::journal::StoreHealth,
     /// (account, Idempotency-Key) pairs whose first request is being processed.
     pub(crate) idempotency_inflight: Mutex<HashSet<(String, String)>>,
 }

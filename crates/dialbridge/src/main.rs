@@ -3,6 +3,7 @@
 
 mod config;
 mod demo;
+mod logging;
 mod phone;
 mod serve;
 
@@ -56,7 +57,9 @@ fn init_logging(format: LogFormat, default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(logging::use_colour())
+        .log_internal_errors(false)
+        .with_writer(logging::LossyStderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -64,7 +67,12 @@ fn init_logging(format: LogFormat, default: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let code = run(Cli::parse());
+    logging::flush();
+    code
+}
+
+fn run(cli: Cli) -> ExitCode {
     let default_level = match cli.command {
         Command::Serve { .. } | Command::CheckConfig { .. } => "info",
         _ => "warn",

@@ -13,6 +13,17 @@ type RegistrarCounter = (
     fn(&b2bua::registrar::RegistrarStats) -> u64,
 );
 
+/// A line on standard output (where the server says where it listens) that never panics,
+/// whatever happened to standard output.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($t)*);
+        let _ = out.flush();
+    }};
+}
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -26,6 +37,8 @@ pub enum ServeError {
     Media(#[from] media::MediaError),
     #[error("registrar: {0}")]
     Registrar(#[from] b2bua::registrar::RegistrarError),
+    #[error("starting the call journal's writer thread: {0}")]
+    Journal(std::io::Error),
 }
 
 pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
@@ -64,9 +77,9 @@ pub async fn serve_until(
     let (endpoint, events) = Endpoint::start(ep_cfg).await?;
     let sip_addrs = endpoint.local_addrs();
     for a in endpoint.local_addrs() {
-        println!("dialbridge: SIP listening on {a}");
+        say!("dialbridge: SIP listening on {a}");
     }
-    println!("dialbridge: store {}", cfg.store.url);
+    say!("dialbridge: store {}", cfg.store.url);
     let relay = Arc::new(media::Relay::start(media::RelayConfig {
         bind: valid.media_bind,
         advertise: valid.media_advertise.unwrap_or(valid.media_bind),
@@ -77,9 +90,11 @@ pub async fn serve_until(
         latch: cfg.media.latch(),
         ..Default::default()
     })?);
-    println!(
+    say!(
         "dialbridge: media relay on {} ports {}-{}",
-        valid.media_bind, valid.media_ports.0, valid.media_ports.1
+        valid.media_bind,
+        valid.media_ports.0,
+        valid.media_ports.1
     );
     let r = &cfg.registrar;
     let registrar = Arc::new(b2bua::registrar::Registrar::new(
@@ -148,6 +163,12 @@ pub async fn serve_until(
         });
         let e = engine.clone();
         metrics.set_relay_packets_source(move || e.relayed_packets());
+        metrics.add_source(
+            "dialbridge_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because standard error could not take them (disk full, slow disk).",
+            crate::logging::dropped_lines,
+        );
         let e = engine.clone();
         metrics.add_source(
             "dialbridge_media_hijack_dropped_total",
@@ -193,6 +214,13 @@ pub async fn serve_until(
         Arc::new(engine.clone()),
         Arc::clone(&metrics),
     );
+    // Calls the previous run left unfinished (a crash) end now, with their final callback.
+    match rest.recover_interrupted() {
+        Ok(0) => {}
+        Ok(n) => say!("dialbridge: {n} call(s) left unfinished by the previous run ended failed (interrupted)"),
+        Err(e) => tracing::error!(error = %e, "cannot end the calls the previous run left unfinished"),
+    }
+    let journal = rest.start_journal().map_err(ServeError::Journal)?;
     engine.set_hooks(rest.hooks());
     let dispatcher = rest.spawn_dispatcher();
     let listener = tokio::net::TcpListener::bind(valid.api_listen)
@@ -201,12 +229,12 @@ pub async fn serve_until(
     let api_addr = listener
         .local_addr()
         .map_err(|e| ServeError::Api(valid.api_listen, e))?;
-    println!("dialbridge: REST listening on http://{api_addr}/");
+    say!("dialbridge: REST listening on http://{api_addr}/");
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(rest.serve(listener, async move {
         let _ = stop_api_rx.await;
     }));
-    println!("dialbridge: ready");
+    say!("dialbridge: ready");
     if let Some(tx) = ready {
         let _ = tx.send(Bound {
             sip: sip_addrs,
@@ -221,6 +249,9 @@ pub async fn serve_until(
         .await;
     let _ = stop_api_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    // The calls have ended: write their last events, then stop delivering callbacks (those
+    // not delivered stay in the outbox for the next start).
+    let _ = tokio::task::spawn_blocking(move || journal.stop()).await;
     dispatcher.abort();
     sip.abort();
     sweeper.abort();

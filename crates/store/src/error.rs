@@ -42,6 +42,30 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the database cannot take the request now but may later: disk full, I/O
+    /// error, read-only or missing file, locked. The API answers these with `503
+    /// store_unavailable` (not `500`), and the call event writer retries them.
+    pub fn is_unavailable(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::Poisoned => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                C::DiskFull
+                    | C::SystemIoFailure
+                    | C::CannotOpen
+                    | C::ReadOnly
+                    | C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::FileLockingProtocolFailed
+                    | C::OutOfMemory
+                    | C::NotADatabase
+                    | C::DatabaseCorrupt
+            ),
+            _ => false,
+        }
+    }
+
     /// True for a unique or primary-key violation reported by SQLite.
     pub(crate) fn is_unique_violation(err: &rusqlite::Error) -> bool {
         matches!(

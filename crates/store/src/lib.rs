@@ -58,8 +58,9 @@ pub mod typeid;
 
 pub use error::StoreError;
 pub use model::{
-    Account, ApiKey, Binding, CallFilter, CallRecord, CallStatus, Device, IdempotencyRecord,
-    Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs, UnixSecs, User,
+    Account, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
+    IdempotencyRecord, Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs,
+    UnixSecs, User,
 };
 pub use provision::{
     AccountSpec, ApiKeySpec, ConfigIssue, Counts, DeviceSpec, NumberSpec, ProvisionReport,
@@ -240,6 +241,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn callbacks_for_call(&self, call_id: &str) -> Result<Vec<OutboxEntry>, StoreError>;
     /// The next free `seq` for a call's callbacks (1 for the first).
     fn next_callback_seq(&self, call_id: &str) -> Result<i64, StoreError>;
+
+    // ----- the call event write path ------------------------------------------------------
+
+    /// Applies a batch of call writes (timeline entries, call records, callbacks) in one
+    /// transaction: all of them or, on an error, none — so a batch that failed can be retried
+    /// whole without anything being written twice.
+    fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError>;
+    /// Calls whose status is not final (after a crash: the calls a previous run left).
+    fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
+    /// A small write that tells whether the store accepts writes now (health checks).
+    fn probe_write(&self, now: UnixMs) -> Result<(), StoreError>;
 
     // ----- idempotency keys ---------------------------------------------------------------
 

@@ -451,3 +451,18 @@ pub struct IdempotencyRecord {
     pub response_body: String,
     pub created_at_ms: UnixMs,
 }
+
+/// One write of the call event path, applied with others in one transaction
+/// ([`crate::Store::write_call_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallWrite {
+    /// A timeline entry of a call.
+    Timeline {
+        call_id: String,
+        entry: TimelineEntry,
+    },
+    /// The call record's new state (every mutable field, as `update_call`).
+    Call(CallRecord),
+    /// A callback into the outbox.
+    Callback(OutboxEntry),
+}

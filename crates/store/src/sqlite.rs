@@ -22,8 +22,9 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 
 use crate::error::StoreError;
 use crate::model::{
-    Account, ApiKey, Binding, CallFilter, CallRecord, CallStatus, Device, IdempotencyRecord,
-    Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs, UnixSecs, User,
+    Account, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
+    IdempotencyRecord, Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs,
+    UnixSecs, User,
 };
 use crate::provision::{
     Change, ConfigIssue, ProvisionReport, Provisioning, TrunkSpec, DEVICE_PREFIX,
@@ -1588,39 +1589,7 @@ impl Store for SqliteStore {
     }
 
     fn update_call(&self, c: &CallRecord) -> Result<(), StoreError> {
-        let metadata = serde_json::to_string(&c.metadata)?;
-        let legs = serde_json::to_string(&c.legs)?;
-        let stats = serde_json::to_string(&c.stats)?;
-        let conn = self.conn()?;
-        let n = conn.execute(
-            "UPDATE calls SET user_id = ?3, request_id = ?4, status = ?5, dial_string = ?6,
-                 destination = ?7, caller_id = ?8, callback_url = ?9, end_leg = ?10,
-                 sip_code = ?11, answered_at_ms = ?12, ended_at_ms = ?13, metadata = ?14,
-                 legs = ?15, stats = ?16
-             WHERE id = ?1 AND account_id = ?2",
-            params![
-                c.id,
-                c.account_id,
-                c.user_id,
-                c.request_id,
-                c.status.as_str(),
-                c.dial_string,
-                c.destination,
-                c.caller_id,
-                c.callback_url,
-                c.end_leg,
-                c.sip_code,
-                c.answered_at_ms,
-                c.ended_at_ms,
-                metadata,
-                legs,
-                stats
-            ],
-        )?;
-        if n == 0 {
-            return Err(not_found("call", &c.id));
-        }
-        Ok(())
+        update_call_on(&*self.conn()?, c)
     }
 
     fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError> {
@@ -1695,21 +1664,7 @@ impl Store for SqliteStore {
     }
 
     fn append_timeline(&self, call_id: &str, entry: &TimelineEntry) -> Result<(), StoreError> {
-        let detail = serde_json::to_string(&entry.detail)?;
-        let conn = self.conn()?;
-        conn.execute(
-            "INSERT INTO call_timeline (call_id, at_ms, kind, leg, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![call_id, entry.at_ms, entry.kind, entry.leg, detail],
-        )
-        .map_err(|e| {
-            if StoreError::is_foreign_key_violation(&e) {
-                not_found("call", call_id)
-            } else {
-                StoreError::Sqlite(e)
-            }
-        })?;
-        Ok(())
+        append_timeline_on(&*self.conn()?, call_id, entry)
     }
 
     fn timeline(&self, call_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
@@ -1733,27 +1688,48 @@ impl Store for SqliteStore {
     // ----- outbox -------------------------------------------------------------------------
 
     fn enqueue_callback(&self, e: &OutboxEntry) -> Result<(), StoreError> {
+        enqueue_callback_on(&*self.conn()?, e)
+    }
+
+    fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for w in writes {
+            match w {
+                CallWrite::Timeline { call_id, entry } => append_timeline_on(&tx, call_id, entry)?,
+                CallWrite::Call(c) => update_call_on(&tx, c)?,
+                CallWrite::Callback(e) => enqueue_callback_on(&tx, e)?,
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
+        let conn = self.conn()?;
+        let finals: Vec<String> = CallStatus::ALL
+            .iter()
+            .filter(|s| s.is_final())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        query_list(
+            &conn,
+            &format!(
+                "SELECT {CALL_COLS} FROM calls WHERE status NOT IN ({}) ORDER BY created_at_ms",
+                finals.join(", ")
+            ),
+            [],
+            call_from_row,
+        )
+    }
+
+    fn probe_write(&self, now: UnixMs) -> Result<(), StoreError> {
         let conn = self.conn()?;
         conn.execute(
-            &format!(
-                "INSERT INTO callback_outbox ({OUTBOX_COLS}) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-            ),
-            params![
-                e.event_id,
-                e.call_id,
-                e.account_id,
-                e.seq,
-                e.url,
-                e.body,
-                e.state.to_sql(),
-                e.attempts,
-                e.next_attempt_at_ms,
-                e.last_error,
-                e.created_at_ms
-            ],
-        )
-        .map_err(|err| insert_error(err, "callback (event_id or call seq)", &e.event_id))?;
+            "INSERT INTO meta (key, value) VALUES ('health_probe', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [now.to_string()],
+        )?;
         Ok(())
     }
 
@@ -1900,4 +1876,84 @@ impl Store for SqliteStore {
             [before_ms],
         )?)
     }
+}
+
+fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
+    let metadata = serde_json::to_string(&c.metadata)?;
+    let legs = serde_json::to_string(&c.legs)?;
+    let stats = serde_json::to_string(&c.stats)?;
+    let n = conn.execute(
+        "UPDATE calls SET user_id = ?3, request_id = ?4, status = ?5, dial_string = ?6,
+             destination = ?7, caller_id = ?8, callback_url = ?9, end_leg = ?10,
+             sip_code = ?11, answered_at_ms = ?12, ended_at_ms = ?13, metadata = ?14,
+             legs = ?15, stats = ?16
+         WHERE id = ?1 AND account_id = ?2",
+        params![
+            c.id,
+            c.account_id,
+            c.user_id,
+            c.request_id,
+            c.status.as_str(),
+            c.dial_string,
+            c.destination,
+            c.caller_id,
+            c.callback_url,
+            c.end_leg,
+            c.sip_code,
+            c.answered_at_ms,
+            c.ended_at_ms,
+            metadata,
+            legs,
+            stats
+        ],
+    )?;
+    if n == 0 {
+        return Err(not_found("call", &c.id));
+    }
+    Ok(())
+}
+
+fn append_timeline_on(
+    conn: &Connection,
+    call_id: &str,
+    entry: &TimelineEntry,
+) -> Result<(), StoreError> {
+    let detail = serde_json::to_string(&entry.detail)?;
+    conn.execute(
+        "INSERT INTO call_timeline (call_id, at_ms, kind, leg, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![call_id, entry.at_ms, entry.kind, entry.leg, detail],
+    )
+    .map_err(|e| {
+        if StoreError::is_foreign_key_violation(&e) {
+            not_found("call", call_id)
+        } else {
+            StoreError::Sqlite(e)
+        }
+    })?;
+    Ok(())
+}
+
+fn enqueue_callback_on(conn: &Connection, e: &OutboxEntry) -> Result<(), StoreError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO callback_outbox ({OUTBOX_COLS}) VALUES
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ),
+        params![
+            e.event_id,
+            e.call_id,
+            e.account_id,
+            e.seq,
+            e.url,
+            e.body,
+            e.state.to_sql(),
+            e.attempts,
+            e.next_attempt_at_ms,
+            e.last_error,
+            e.created_at_ms
+        ],
+    )
+    .map_err(|err| insert_error(err, "callback (event_id or call seq)", &e.event_id))?;
+    Ok(())
 }

@@ -5,18 +5,51 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use serde_json::{json, Value};
+use serde_json::json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{admin, calls, compat};
 use crate::state::Shared;
 
-/// Liveness.
+/// Health: `200 {"status": "ok"}`, or `503 {"status": "degraded", "store": "<reason>"}` while
+/// the store refuses writes or too many call events wait for it, so that a load balancer
+/// sends new work elsewhere. The store is probed with a small write at most once a second.
 #[utoipa::path(get, path = "/healthz", tag = "meta",
-    responses((status = 200, description = "{\"status\":\"ok\"}", body = Object)))]
-pub async fn healthz() -> axum::Json<Value> {
-    axum::Json(json!({"status": "ok"}))
+    responses(
+        (status = 200, description = "{\"status\":\"ok\"}", body = Object),
+        (status = 503, description = "{\"status\":\"degraded\",\"store\":\"<reason>\"}", body = Object),
+    ))]
+pub async fn healthz(State(shared): State<Arc<Shared>>) -> axum::response::Response {
+    if shared.store_health.probe_due() {
+        let probe = Arc::clone(&shared);
+        let result =
+            tokio::task::spawn_blocking(move || probe.store.probe_write(crate::time::now_ms()))
+                .await;
+        match result {
+            Ok(Ok(())) if shared.journal.backlog() == 0 => shared.store_health.ok(),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => shared.store_health.failed(&e.to_string()),
+            Err(_) => shared.store_health.failed("store probe did not finish"),
+        }
+    }
+    let reason = shared.store_health.failure().or_else(|| {
+        shared.journal.over_limit().then(|| {
+            format!(
+                "{} call events wait for the store",
+                shared.journal.backlog()
+            )
+        })
+    });
+    match reason {
+        None => axum::Json(json!({"status": "ok"})).into_response(),
+        Some(r) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "5")],
+            axum::Json(json!({"status": "degraded", "store": r})),
+        )
+            .into_response(),
+    }
 }
 
 /// Prometheus metrics (text exposition format).

@@ -164,12 +164,19 @@ pub struct FakeCalls {
     pub specs: Mutex<Vec<CallSpec>>,
     active: Mutex<HashSet<(String, String)>>,
     hooks: OnceLock<Arc<dyn CallHooks>>,
+    /// The API's journal: each event is waited for until it is in the store, as a test
+    /// reads the store right after.
+    journal: OnceLock<Arc<api::journal::Journal>>,
     pub full: AtomicBool,
 }
 
 impl FakeCalls {
     pub fn set_hooks(&self, h: Arc<dyn CallHooks>) {
         let _ = self.hooks.set(h);
+    }
+
+    pub fn set_journal(&self, j: Arc<api::journal::Journal>) {
+        let _ = self.journal.set(j);
     }
 
     pub fn spec(&self, call_id: &str) -> CallSpec {
@@ -199,6 +206,12 @@ impl FakeCalls {
             kind,
         };
         self.hooks.get().unwrap().on_event(&ev);
+        if let Some(j) = self.journal.get() {
+            assert!(
+                j.flush(Duration::from_secs(10)),
+                "the journal did not write the event"
+            );
+        }
     }
 
     /// Ringing, answered, bridged, then a BYE from the customer after `secs`.
@@ -309,6 +322,7 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
     pub dispatcher: Option<JoinHandle<()>>,
+    journal: Option<api::JournalWriter>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     /// Keeps the store file alive as long as the server.
@@ -330,7 +344,10 @@ impl Server {
         let calls = Arc::new(FakeCalls::default());
         let metrics = Arc::new(Metrics::new());
         let api = Api::new(cfg, store.clone(), calls.clone(), metrics.clone());
+        api.recover_interrupted().unwrap();
+        let journal = Some(api.start_journal().unwrap());
         calls.set_hooks(api.hooks());
+        calls.set_journal(api.journal());
         let dispatcher = dispatcher.then(|| api.spawn_dispatcher());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -348,6 +365,7 @@ impl Server {
                 .build()
                 .unwrap(),
             dispatcher,
+            journal,
             shutdown: Some(tx),
             task: Some(task),
             dir,
@@ -359,6 +377,9 @@ impl Server {
     }
 
     pub async fn stop(mut self) {
+        if let Some(j) = self.journal.take() {
+            let _ = tokio::task::spawn_blocking(move || j.stop()).await;
+        }
         if let Some(d) = self.dispatcher.take() {
             d.abort();
             let _ = d.await;

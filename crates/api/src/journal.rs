@@ -1,0 +1,424 @@
+//! The call event journal: how call events reach the store, off the call path.
+//!
+//! ```text
+//!  call tasks ──on_event──► queue (memory) ──► writer thread ──► one transaction per batch:
+//!   (never wait on the store)                 (its own OS       timeline rows, the calls'
+//!                                              thread)          records, their callbacks
+//!                                                  │ committed
+//!                                                  ▼
+//!                          live event stream, metrics, account limiter, callback dispatcher
+//! ```
+//!
+//! - A call task hands its event over and goes on: the hand-over is a push onto an in-memory
+//!   queue, never a database statement, and the writer is an OS thread of its own, so no
+//!   runtime thread ever waits on the store for a call event.
+//! - The writer takes everything queued (up to [`MAX_BATCH`] events) and writes it as **one
+//!   transaction** ([`store::Store::write_call_batch`]): each event's timeline row, each
+//!   touched call's record once, and the callbacks the events cause. A callback's outbox row
+//!   is committed together with the event that caused it, so a crash never keeps one without
+//!   the other. Under load batches grow by themselves (group commit); idle, an event is written
+//!   as soon as it arrives.
+//! - When the store refuses a batch (disk full, I/O error, database gone) nothing of it was
+//!   written; the writer keeps it, says the store is unavailable ([`StoreHealth`]), and tries
+//!   the same batch again with backoff (10 ms doubling to 1 s) until it is accepted. The calls
+//!   go on; their events wait in the queue. While more than [`BACKLOG_LIMIT`] events wait,
+//!   new calls are refused with `503` (the API checks [`Journal::backlog`]), which bounds the
+//!   queue: only calls already running add to it.
+//! - The writer keeps the records of the calls it is writing (read once from the store),
+//!   changed only when a batch commits, and forgets a call when its final state is written.
+//! - [`recover_interrupted`] runs before the server takes calls: the calls that a previous
+//!   run left unfinished (a crash, SIGKILL, power loss) end `failed` with reason
+//!   `interrupted`, at the time of their last event, with their final callback — through the
+//!   same code, in one transaction.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use b2bua::calls::{CallEvent, CallEventKind, Leg, Outcome};
+use serde_json::{json, Value};
+use store::{CallRecord, CallStatus, CallWrite, OutboxEntry, StoreError, TimelineEntry, TypeId};
+
+use crate::hooks::{apply, callback_stage, timeline_parts, EVENT_PREFIX};
+use crate::state::Shared;
+use crate::time::{now_ms, rfc3339_ms};
+
+/// Most events written in one transaction.
+pub const MAX_BATCH: usize = 1024;
+
+/// Events waiting beyond which new calls are refused (`503`): about 500 calls' worth of
+/// events with the store stalled.
+pub const BACKLOG_LIMIT: usize = 20_000;
+
+/// Longest wait between two attempts at a refused batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether the store takes writes, as last seen by the writer or a health probe.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    failure: Mutex<Option<String>>,
+    last_probe: Mutex<Option<Instant>>,
+}
+
+impl StoreHealth {
+    /// Records a refused write.
+    pub fn failed(&self, reason: &str) {
+        if let Ok(mut f) = self.failure.lock() {
+            if f.is_none() {
+                tracing::error!(
+                    reason,
+                    "the store refuses writes; call events wait in memory"
+                );
+            }
+            *f = Some(reason.to_owned());
+        }
+    }
+
+    /// Records an accepted write.
+    pub fn ok(&self) {
+        if let Ok(mut f) = self.failure.lock() {
+            if f.take().is_some() {
+                tracing::info!("the store takes writes again");
+            }
+        }
+    }
+
+    /// Why the store is unavailable, if it is.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Whether a probe write is due (at most one a second while the store is failing).
+    pub(crate) fn probe_due(&self) -> bool {
+        let Ok(mut last) = self.last_probe.lock() else {
+            return false;
+        };
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+}
+
+/// The queue between the call tasks and the writer thread.
+#[derive(Debug, Default)]
+pub struct Journal {
+    queue: Mutex<VecDeque<CallEvent>>,
+    ready: Condvar,
+    /// Events queued and not yet committed (the batch being written included).
+    backlog: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+impl Journal {
+    /// Hands an event over to the writer; never waits on the store.
+    pub fn push(&self, ev: CallEvent) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.push_back(ev);
+            self.backlog.fetch_add(1, Ordering::SeqCst);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Events not yet committed to the store.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::SeqCst)
+    }
+
+    /// Whether new calls should be refused because too many events wait.
+    pub fn over_limit(&self) -> bool {
+        self.backlog() > BACKLOG_LIMIT
+    }
+
+    /// Takes up to [`MAX_BATCH`] events, waiting for the first (up to `wait`).
+    fn take(&self, wait: Duration) -> Vec<CallEvent> {
+        let Ok(mut q) = self.queue.lock() else {
+            return Vec::new();
+        };
+        if q.is_empty() && !self.stopping.load(Ordering::SeqCst) {
+            q = match self.ready.wait_timeout(q, wait) {
+                Ok((q, _)) => q,
+                Err(_) => return Vec::new(),
+            };
+        }
+        let n = q.len().min(MAX_BATCH);
+        q.drain(..n).collect()
+    }
+
+    /// Waits (at most `limit`) until every event handed over so far is in the store; false
+    /// when time ran out (the store refuses writes, or no writer runs).
+    pub fn flush(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.backlog() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Asks the writer to write what is queued and stop.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.ready.notify_all();
+    }
+}
+
+/// A call as the writer knows it.
+#[derive(Debug, Clone)]
+struct Known {
+    rec: CallRecord,
+    next_seq: i64,
+}
+
+/// What a committed batch sets off outside the store.
+struct Effect {
+    account_id: String,
+    kind: String,
+    sse: Value,
+    ended_now: Option<CallStatus>,
+}
+
+/// The writer: turns events into writes, commits them, then sets off their effects.
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    known: HashMap<String, Known>,
+}
+
+impl Writer {
+    pub(crate) fn new(shared: Arc<Shared>) -> Writer {
+        Writer {
+            shared,
+            known: HashMap::new(),
+        }
+    }
+
+    /// Runs until [`Journal::stop`], then writes what is left (trying for at most
+    /// `drain_for`).
+    pub(crate) fn run(mut self, drain_for: Duration) {
+        let journal = Arc::clone(&self.shared.journal);
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let batch = journal.take(Duration::from_millis(200));
+            let stopping = journal.stopping.load(Ordering::SeqCst);
+            if batch.is_empty() {
+                if stopping {
+                    return;
+                }
+                continue;
+            }
+            if stopping {
+                stop_deadline.get_or_insert_with(|| Instant::now() + drain_for);
+            }
+            self.write_with_retry(&batch, stop_deadline);
+            journal.backlog.fetch_sub(batch.len(), Ordering::SeqCst);
+        }
+    }
+
+    /// Writes one batch, trying again with backoff until it is accepted (or `give_up_at`).
+    fn write_with_retry(&mut self, batch: &[CallEvent], give_up_at: Option<Instant>) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.write(batch) {
+                Ok(()) => {
+                    self.shared.store_health.ok();
+                    return;
+                }
+                Err(e) => {
+                    self.shared.store_health.failed(&e.to_string());
+                    self.shared.metrics.store_write_failed();
+                    if give_up_at.is_some_and(|t| Instant::now() >= t) {
+                        tracing::error!(error = %e, events = batch.len(), "stopping with call events the store did not take");
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One transaction for `batch`; the writer's own state changes only when it commits.
+    pub(crate) fn write(&mut self, batch: &[CallEvent]) -> Result<(), StoreError> {
+        let store = &self.shared.store;
+        let mut staged: HashMap<String, Known> = HashMap::new();
+        let mut writes = Vec::with_capacity(batch.len() * 2);
+        let mut touched: Vec<String> = Vec::new();
+        let mut effects = Vec::with_capacity(batch.len());
+        for ev in batch {
+            let (kind, leg, detail) = timeline_parts(&ev.kind);
+            writes.push(CallWrite::Timeline {
+                call_id: ev.call_id.clone(),
+                entry: TimelineEntry {
+                    at_ms: ev.at_ms,
+                    kind: kind.clone(),
+                    leg: leg.map(|l| l.as_str().to_owned()),
+                    detail: detail.clone(),
+                },
+            });
+            if !staged.contains_key(&ev.call_id) {
+                let known = match self.known.get(&ev.call_id) {
+                    Some(k) => Some(k.clone()),
+                    None => store
+                        .get_call(&ev.account_id, &ev.call_id)?
+                        .map(|rec| Known { next_seq: 0, rec }),
+                };
+                let Some(mut known) = known else {
+                    // A timeline row would break its foreign key: leave the event out.
+                    writes.pop();
+                    tracing::warn!(call_id = %ev.call_id, "event for a call that is not in the store");
+                    continue;
+                };
+                if known.next_seq == 0 {
+                    known.next_seq = store.next_callback_seq(&ev.call_id)?;
+                }
+                staged.insert(ev.call_id.clone(), known);
+            }
+            let Some(k) = staged.get_mut(&ev.call_id) else {
+                continue;
+            };
+            let was_final = k.rec.status.is_final();
+            if apply(&mut k.rec, ev) && !touched.contains(&ev.call_id) {
+                touched.push(ev.call_id.clone());
+            }
+            if let Some(entry) = callback_for(&k.rec, ev, k.next_seq) {
+                k.next_seq += 1;
+                writes.push(CallWrite::Callback(entry));
+            }
+            let mut sse = json!({
+                "call_id": ev.call_id,
+                "type": kind,
+                "at": rfc3339_ms(ev.at_ms),
+                "leg": leg.map(Leg::as_str),
+                "detail": detail,
+            });
+            sse["status"] = k.rec.status.as_str().into();
+            effects.push(Effect {
+                account_id: ev.account_id.clone(),
+                kind,
+                sse,
+                ended_now: match &ev.kind {
+                    CallEventKind::Ended { outcome, .. } if !was_final => Some(outcome.status),
+                    _ => None,
+                },
+            });
+        }
+        for id in &touched {
+            if let Some(k) = staged.get(id) {
+                writes.push(CallWrite::Call(k.rec.clone()));
+            }
+        }
+        if !writes.is_empty() {
+            store.write_call_batch(&writes)?;
+        }
+        // Committed: the writer's view moves on, and the world hears of it.
+        for (id, k) in staged {
+            if k.rec.status.is_final() {
+                self.known.remove(&id);
+            } else {
+                self.known.insert(id, k);
+            }
+        }
+        let shared = &self.shared;
+        let mut any_callback = false;
+        for w in &writes {
+            any_callback |= matches!(w, CallWrite::Callback(_));
+        }
+        for e in effects {
+            if let Some(status) = e.ended_now {
+                shared.limiter.release(&e.account_id);
+                shared.metrics.call_ended(status);
+            }
+            shared
+                .events
+                .publish(&e.account_id, &e.kind, e.sse.to_string());
+        }
+        if any_callback {
+            shared.dispatch.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// The callback an event causes for a call with a callback URL, numbered `seq`.
+fn callback_for(rec: &CallRecord, ev: &CallEvent, seq: i64) -> Option<OutboxEntry> {
+    let (url, (status, leg, sip_code, duration)) =
+        (rec.callback_url.as_ref()?, callback_stage(ev)?);
+    let event_id = TypeId::new(EVENT_PREFIX).to_string();
+    let mut body = json!({
+        "event_id": event_id,
+        "sequence": seq,
+        "call_id": rec.id,
+        "status": status.as_str(),
+        "duration": duration,
+        "timestamp": rfc3339_ms(ev.at_ms),
+        "leg": leg.map(Leg::as_str),
+        "sip_code": sip_code,
+        "direction": "outbound",
+        "from": rec.caller_id,
+        "to": rec.destination.as_deref().unwrap_or(&rec.dial_string),
+        "metadata": rec.metadata,
+    });
+    if let CallEventKind::Ended { outcome, .. } = &ev.kind {
+        body["reason"] = outcome.reason.clone().into();
+    }
+    Some(OutboxEntry::new(
+        event_id,
+        rec.id.clone(),
+        rec.account_id.clone(),
+        seq,
+        url.clone(),
+        body.to_string(),
+        now_ms(),
+    ))
+}
+
+/// Ends the calls a previous run left unfinished: `failed`, reason `interrupted`, at the
+/// time of their last event, with the duration known so far and their final callback; all
+/// in one transaction. Returns how many.
+pub(crate) fn recover_interrupted(shared: &Arc<Shared>) -> Result<usize, StoreError> {
+    let store = &shared.store;
+    let calls = store.unfinished_calls()?;
+    if calls.is_empty() {
+        return Ok(0);
+    }
+    let mut events = Vec::with_capacity(calls.len());
+    for rec in &calls {
+        // The call's own last event (callback deliveries are not events of the call).
+        let last = store
+            .timeline(&rec.id)?
+            .iter()
+            .filter(|e| e.kind != "callback")
+            .map(|e| e.at_ms)
+            .max()
+            .unwrap_or(rec.created_at_ms)
+            .max(rec.created_at_ms);
+        let duration_secs = rec
+            .answered_at_ms
+            .map_or(0, |a| u64::try_from((last - a).max(0) / 1000).unwrap_or(0));
+        events.push(CallEvent {
+            call_id: rec.id.clone(),
+            account_id: rec.account_id.clone(),
+            at_ms: last,
+            kind: CallEventKind::Ended {
+                outcome: Outcome {
+                    status: CallStatus::Failed,
+                    leg: None,
+                    sip_code: None,
+                    q850_cause: None,
+                    duration_secs,
+                    reason: "interrupted".to_owned(),
+                },
+                stats: Value::Null,
+            },
+        });
+    }
+    Writer::new(Arc::clone(shared)).write(&events)?;
+    for rec in &calls {
+        tracing::warn!(call_id = %rec.id, was = rec.status.as_str(), "call left unfinished by the previous run: ended failed (interrupted)");
+    }
+    Ok(calls.len())
+}
