@@ -4,7 +4,9 @@
 //! RTP port and the odd RTCP port above it, taken from `media.ports` and bound on
 //! `media.bind`. What arrives on leg A's sockets leaves from leg B's sockets toward B's peer,
 //! and back. The relay does symmetric RTP (latching onto the address packets really come from,
-//! with hijack protection, see [`LatchMode`]), relays RTCP (and rtcp-mux, RFC 5761), passes
+//! accepting media only from the addresses the peer's SDP and signalling name and moving to a
+//! new source port only after a run of packets in sequence — RTP Bleed protection, see
+//! [`LatchMode::Strict`]), relays RTCP (and rtcp-mux, RFC 5761), passes
 //! RFC 4733 events and everything else byte for byte, counts per-leg packets, bytes, loss and
 //! jitter (RFC 3550), and reports a [`MediaEvent::Timeout`] when a started call goes silent.
 //!
@@ -48,7 +50,7 @@
 //!   its provided buffers and sends (all of the crate's `unsafe`).
 //! - `rtp` — reading RTP/RTCP headers in place; RTP/RTCP demultiplexing (RFC 5761).
 //! - `stats` — RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter; per-leg snapshots.
-//! - `latch` — symmetric RTP decisions. `timeout` — the media time-out. `ports` — the range.
+//! - `latch` — symmetric RTP decisions (allowed sources, probation). `timeout` — the media time-out. `ports` — the range.
 //!
 //! `stats`, `latch` and `timeout` are pure: they take the time as an argument and are tested
 //! without sockets or clocks.
