@@ -60,6 +60,7 @@ pub async fn serve_until(
         timers: valid.timers,
         advertise: valid.sip_advertise,
         user_agent: cfg.sip.user_agent.clone(),
+        stateless: valid.stateless.clone(),
     };
     let (endpoint, events) = Endpoint::start(ep_cfg).await?;
     let sip_addrs = endpoint.local_addrs();
