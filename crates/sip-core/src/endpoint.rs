@@ -834,9 +834,12 @@ impl Layer {
                 continue;
             };
             if e.trying.is_some_and(|due| due <= now) {
-                // The TU has not answered the INVITE yet: 100 Trying (§17.2.1).
+                // The TU has not answered the INVITE yet: 100 Trying (§17.2.1) — unless the
+                // source is muted for too many refusals (a flood that outpaces the TU gets
+                // no provisional answers either; a real client retransmits).
                 e.trying = None;
-                if let Machine::ServerInvite(m) = &mut e.machine {
+                let muted = self.guard.is_muted(e.flow.remote.ip(), now);
+                if let (Machine::ServerInvite(m), false) = (&mut e.machine, muted) {
                     let trying = Response::for_request(&e.request, 100);
                     let _ = m.send_response(100, trying.encode(), now);
                 }

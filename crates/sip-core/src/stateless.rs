@@ -181,6 +181,14 @@ impl RefusalGuard {
         }
     }
 
+    /// Whether `source` is muted at `now` (nothing is taken from its budget).
+    pub fn is_muted(&self, source: IpAddr, now: Instant) -> bool {
+        self.sources
+            .get(&source)
+            .and_then(|b| b.muted_until)
+            .is_some_and(|until| now < until)
+    }
+
     /// Sources tracked now.
     pub fn tracked(&self) -> usize {
         self.sources.len()
@@ -352,8 +360,11 @@ mod tests {
         let src = ip("192.0.2.8");
         assert_eq!(g.check(src, t0), Verdict::Send);
         assert_eq!(g.check(src, t0), Verdict::Send);
+        assert!(!g.is_muted(src, t0));
         assert_eq!(g.check(src, t0), Verdict::Muted);
+        assert!(g.is_muted(src, t0));
         assert_eq!(g.check(src, t0), Verdict::Silent);
+        assert!(!g.is_muted(src, t0 + Duration::from_secs(10)));
     }
 
     #[test]
