@@ -304,7 +304,7 @@ fn sipp_invite_flood_from_one_source_gets_at_most_the_budget() {
     let failed = run.stat("FailedCall(C)").unwrap_or(0);
     eprintln!("flood: {ok} answered, {failed} not");
     assert!(
-        ok >= 1 && ok <= BUDGET,
+        (1..=BUDGET).contains(&ok),
         "{ok} answers (budget {BUDGET}):\n{}",
         run.output
     );
@@ -323,6 +323,22 @@ fn sipp_invite_flood_from_one_source_gets_at_most_the_budget() {
     let got = collect(&other, Instant::now() + Duration::from_millis(500));
     assert_eq!(got.len(), 1);
     assert_eq!(status_of(&got[0]), Some(200));
+
+    // The metrics say so: one mute, the rest of the flood (and the OPTIONS) dropped.
+    let api = server.api.expect("REST address");
+    let m = sip_tests::http::request(api, "GET", "/metrics", &[], None).body;
+    let metric = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in the metrics:\n{m}"))
+    };
+    assert_eq!(metric("dialbridge_sip_refusal_mutes_total"), 1);
+    assert_eq!(
+        metric("dialbridge_sip_refusals_dropped_total"),
+        CALLS - ok + 1
+    );
+    assert_eq!(metric("dialbridge_sip_stateless_answers_total"), ok + 1);
 }
 
 /// A configured trunk's address is exempt from the budget.

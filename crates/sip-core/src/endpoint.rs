@@ -34,7 +34,9 @@ use tokio::time::Instant;
 use crate::message::{
     parse_message, HeaderAccess, HeaderName, Host, Method, Request, Response, SipMessage, Uri, Via,
 };
-use crate::stateless::{Answered, AnsweredCache, RefusalGuard, RefusalGuardConfig, Verdict};
+use crate::stateless::{
+    Answered, AnsweredCache, RefusalGuard, RefusalGuardConfig, StatelessStats, Verdict,
+};
 use crate::transaction::{
     ClientInviteTransaction, ClientNonInviteTransaction, ServerInviteState,
     ServerInviteTransaction, ServerNonInviteState, ServerNonInviteTransaction, TimerConfig,
@@ -43,6 +45,7 @@ use crate::transaction::{
 use crate::transport::{
     Flow, Inbound, ListenAddr, Transport, TransportConfig, TransportError, Transports,
 };
+use std::sync::atomic::Ordering;
 
 /// Endpoint settings.
 #[derive(Debug, Clone)]
@@ -270,6 +273,7 @@ pub struct Endpoint {
     transports: Arc<Transports>,
     advertise: Option<IpAddr>,
     user_agent: Arc<str>,
+    stateless_stats: Arc<StatelessStats>,
 }
 
 impl Endpoint {
@@ -284,7 +288,9 @@ impl Endpoint {
         let transports = Transports::bind(cfg.transport.clone(), in_tx).await?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let stateless_stats = Arc::new(StatelessStats::default());
         let layer = Layer {
+            stateless_stats: Arc::clone(&stateless_stats),
             transports: Arc::clone(&transports),
             timers: cfg.timers,
             txs: HashMap::new(),
@@ -307,6 +313,7 @@ impl Endpoint {
                 transports,
                 advertise: cfg.advertise,
                 user_agent: cfg.user_agent.into(),
+                stateless_stats,
             },
             ev_rx,
         ))
@@ -318,6 +325,12 @@ impl Endpoint {
 
     pub fn user_agent(&self) -> &str {
         &self.user_agent
+    }
+
+    /// Counters of the answers sent without a transaction (sent, replayed, dropped for a
+    /// muted source, mutes).
+    pub fn stateless_stats(&self) -> Arc<StatelessStats> {
+        Arc::clone(&self.stateless_stats)
     }
 
     /// The address and port to advertise (Via sent-by, Contact) for traffic to `dest`.
@@ -607,6 +620,7 @@ struct Layer {
     answered: AnsweredCache<ServerKey, Flow>,
     /// The per-source budget of answers sent without a transaction.
     guard: RefusalGuard,
+    stateless_stats: Arc<StatelessStats>,
     next_id: u64,
     events: mpsc::UnboundedSender<EndpointEvent>,
     user_agent: String,
@@ -675,6 +689,7 @@ impl Layer {
         exempt: bool,
         now: std::time::Instant,
     ) -> Option<Bytes> {
+        let stats = &self.stateless_stats;
         if !exempt {
             match self.guard.check(flow.remote.ip(), now) {
                 Verdict::Send => {}
@@ -683,11 +698,17 @@ impl Layer {
                         source = %flow.remote.ip(),
                         "too many refusals to one source: it gets no answers for a while"
                     );
+                    stats.mutes.fetch_add(1, Ordering::Relaxed);
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
-                Verdict::Silent => return None,
+                Verdict::Silent => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
             }
         }
+        stats.sent.fetch_add(1, Ordering::Relaxed);
         self.transmit(flow, data.clone());
         Some(data)
     }
@@ -750,7 +771,11 @@ impl Layer {
         };
         if let Some(data) = a.data.clone() {
             let (flow, exempt) = (a.flow, a.exempt);
-            self.send_paced(&flow, data, exempt, now);
+            if self.send_paced(&flow, data, exempt, now).is_some() {
+                self.stateless_stats
+                    .replayed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
         true
     }

@@ -25,6 +25,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -84,6 +85,19 @@ impl IpPrefix {
             _ => false,
         }
     }
+}
+
+/// Counters of the answers sent without a transaction (read by the metrics).
+#[derive(Debug, Default)]
+pub struct StatelessStats {
+    /// Answers sent without a transaction, replays included.
+    pub sent: AtomicU64,
+    /// Of those, the same answer again for a retransmitted request.
+    pub replayed: AtomicU64,
+    /// Answers not sent because their destination was muted.
+    pub dropped: AtomicU64,
+    /// Times a source went past its budget and was muted.
+    pub mutes: AtomicU64,
 }
 
 /// Settings of the per-source refusal budget.
