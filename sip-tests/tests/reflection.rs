@@ -364,3 +364,77 @@ fn a_trunk_is_never_muted() {
     assert_eq!(from_trunk.len(), 10, "the trunk is answered every time");
     assert_eq!(to_stranger.len(), 2, "the stranger gets its budget");
 }
+
+/// A stranger gets its budget; a phone registered from an address is exempt from it.
+#[test]
+fn a_registered_phone_is_never_muted() {
+    let server = server(
+        r#"refusals_per_sec = 2
+refusal_mute_secs = 60
+[[accounts]]
+id = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+name = "Acme"
+region = "US"
+api_keys = [{ key = "ak_test_1", secret = "sk_test_1" }]
+webhook_secret = "whsec_test_1"
+allowed_prefixes = ["+1"]
+[[users]]
+id = "user_01h2xcejqtf2nbrexx3vqjhp42"
+account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+name = "Alice Agent"
+extension = "1001"
+agent_id = 42
+devices = [{ username = "alice-desk", password = "s3cret-desk" }]
+"#,
+    );
+    let target = server.udp_addr();
+    let p = &probes()[10]; // BYE in no dialog
+    let phone = silent_peer("127.0.0.13");
+    let send_ten = |base: usize| {
+        for i in 0..10 {
+            let req = request(p, base + i, phone.local_addr().unwrap(), target);
+            phone.send_to(req.as_bytes(), target).unwrap();
+        }
+        collect(&phone, Instant::now() + Duration::from_millis(500)).len()
+    };
+    // A stranger: its budget, then nothing.
+    assert_eq!(send_ten(500), 2);
+    // A SIPp phone registers (digest: its 401 is within the budget of its fresh address).
+    let sf = scenario("register.xml");
+    let sf = sf.to_string_lossy();
+    let run = sipp(
+        &[
+            "-sf",
+            &sf,
+            &target.to_string(),
+            "-i",
+            "127.0.0.14",
+            "-p",
+            "0",
+            "-m",
+            "1",
+            "-timeout",
+            "15s",
+            "-timeout_error",
+            "-s",
+            "alice-desk",
+            "-au",
+            "alice-desk",
+            "-ap",
+            "s3cret-desk",
+            "-set",
+            "expires",
+            "300",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, 0, "{}", run.output);
+    // From the registered address: every refusal answered.
+    let registered = silent_peer("127.0.0.14");
+    for i in 0..10 {
+        let req = request(p, 600 + i, registered.local_addr().unwrap(), target);
+        registered.send_to(req.as_bytes(), target).unwrap();
+    }
+    let got = collect(&registered, Instant::now() + Duration::from_millis(500));
+    assert_eq!(got.len(), 10, "a registered phone is answered every time");
+}

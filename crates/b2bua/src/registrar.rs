@@ -835,6 +835,35 @@ mod tests {
     }
 
     #[test]
+    fn a_registered_source_is_known_until_its_last_binding_expires() {
+        let reg = registrar();
+        let now = 1_700_000_000;
+        let source: IpAddr = "192.0.2.10".parse().unwrap();
+        assert!(!reg.is_registered_source(source, now));
+        // A challenge or a wrong password makes nobody known.
+        let d = reg.handle(
+            &register(1, "<sip:alice@10.0.0.5>", Some(600), None),
+            &flow(),
+            now,
+        );
+        assert_eq!(d.response.status, 401);
+        assert!(!reg.is_registered_source(source, now));
+        let d = authed(
+            &reg,
+            2,
+            "<sip:alice@10.0.0.5>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        );
+        assert_eq!(d.response.status, 200);
+        assert!(reg.is_registered_source(source, now));
+        assert!(reg.is_registered_source(source, now + 599));
+        assert!(!reg.is_registered_source(source, now + 600));
+        assert!(!reg.is_registered_source("192.0.2.11".parse().unwrap(), now));
+    }
+
+    #[test]
     fn expires_rules() {
         let reg = registrar();
         let now = 1_700_000_000;
