@@ -456,7 +456,8 @@ impl Endpoint {
     /// goes out once, within `budget`, and over UDP it is kept for `64*T1` so that a
     /// retransmission of the request gets the same bytes and an ACK is absorbed. No
     /// `Server` header is added: an answer to a stranger carries only what the request
-    /// needs.
+    /// needs. A 2xx to an INVITE opens a dialog and so goes through the transaction as with
+    /// [`Endpoint::respond`]; a provisional response is dropped.
     pub fn reply_stateless(
         &self,
         inc: &IncomingRequest,
@@ -713,6 +714,38 @@ impl Layer {
         Some(data)
     }
 
+    /// A response from the TU through its server transaction.
+    fn respond(&mut self, key: ServerKey, response: Response) {
+        let Some(&id) = self.server_keys.get(&key) else {
+            tracing::debug!(?key, "response for a finished server transaction dropped");
+            return;
+        };
+        let Some(e) = self.txs.get_mut(&id) else {
+            return;
+        };
+        e.trying = None;
+        let data = response.encode();
+        let now = now_std();
+        let invite_2xx = matches!(e.machine, Machine::ServerInvite(_))
+            && response.is_success()
+            && !e.flow.transport.is_reliable();
+        let flow = e.flow;
+        let kept = invite_2xx.then(|| data.clone());
+        let r = match &mut e.machine {
+            Machine::ServerInvite(m) => m.send_response(response.status, data, now),
+            Machine::ServerNonInvite(m) => m.send_response(response.status, data, now),
+            _ => Ok(()),
+        };
+        match (r, kept) {
+            (Err(err), _) => {
+                tracing::debug!(error = %err, "response refused by the transaction")
+            }
+            (Ok(()), Some(data)) => self.start_2xx_retransmission(&response, data, flow, now),
+            (Ok(()), None) => {}
+        }
+        self.drive(id);
+    }
+
     /// The TU answers a request statelessly (§8.2.7); see [`Endpoint::reply_stateless`].
     fn reply_stateless(
         &mut self,
@@ -726,6 +759,12 @@ impl Layer {
                 status = response.status,
                 "provisional answers are not sent statelessly"
             );
+            return;
+        }
+        if response.is_success() && response.cseq().is_ok_and(|c| c.method == Method::Invite) {
+            // A 2xx to an INVITE opens a dialog: it needs its transaction (and its
+            // retransmissions until the ACK).
+            self.respond(key, response);
             return;
         }
         if let Some(&id) = self.server_keys.get(&key) {
@@ -1010,38 +1049,7 @@ impl Layer {
                 });
                 self.drive(id);
             }
-            Command::Respond { key, response } => {
-                let Some(&id) = self.server_keys.get(&key) else {
-                    tracing::debug!(?key, "response for a finished server transaction dropped");
-                    return;
-                };
-                let Some(e) = self.txs.get_mut(&id) else {
-                    return;
-                };
-                e.trying = None;
-                let data = response.encode();
-                let now = now_std();
-                let invite_2xx = matches!(e.machine, Machine::ServerInvite(_))
-                    && response.is_success()
-                    && !e.flow.transport.is_reliable();
-                let flow = e.flow;
-                let kept = invite_2xx.then(|| data.clone());
-                let r = match &mut e.machine {
-                    Machine::ServerInvite(m) => m.send_response(response.status, data, now),
-                    Machine::ServerNonInvite(m) => m.send_response(response.status, data, now),
-                    _ => Ok(()),
-                };
-                match (r, kept) {
-                    (Err(err), _) => {
-                        tracing::debug!(error = %err, "response refused by the transaction")
-                    }
-                    (Ok(()), Some(data)) => {
-                        self.start_2xx_retransmission(&response, data, flow, now)
-                    }
-                    (Ok(()), None) => {}
-                }
-                self.drive(id);
-            }
+            Command::Respond { key, response } => self.respond(key, response),
             Command::Cancel { key, extra } => {
                 let Some(&id) = self.client_keys.get(&key) else {
                     return;

@@ -204,3 +204,21 @@ async fn past_its_budget_a_source_gets_nothing_but_exempt_answers_go() {
     }
     assert_eq!(received(&sock, T1 * 5).await.len(), 5);
 }
+
+#[tokio::test]
+async fn a_2xx_to_an_invite_is_never_stateless() {
+    let (ep, mut events, uas) = endpoint(30).await;
+    let (sock, uac) = peer(uas).await;
+    sock.send(request("INVITE", uac, uas, "st-4").as_bytes())
+        .await
+        .expect("send");
+    let inc = next_request(&mut events).await;
+    let mut ok = Response::for_request(&inc.request, 200);
+    ok.set_to_tag("uas4");
+    // Misused: the 2xx opens a dialog, so it goes through the transaction and is
+    // retransmitted until the ACK (§13.3.1.4).
+    ep.reply_stateless(&inc, ok, RefusalBudget::PerSource);
+    let got = received(&sock, T1 * 8).await;
+    assert!(got.len() >= 3, "{} 200s within 8*T1", got.len());
+    assert!(got.iter().all(|m| status(m) == 200));
+}
