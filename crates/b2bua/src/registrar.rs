@@ -16,6 +16,12 @@
 //!
 //! Each binding keeps where the REGISTER really came from (source address, transport, the
 //! TCP connection), so that a phone behind NAT is reached back the way it came in.
+//!
+//! Every answer but the `200` opens nothing and is sent statelessly by the caller (RFC 3261
+//! §8.2.7); the registrar keeps in memory the source addresses of live bindings
+//! ([`Registrar::is_registered_source`]) so that registered phones are exempt from the
+//! per-source refusal budget. That memory starts empty at start-up: a phone counts as
+//! registered again from its next refresh.
 
 use sip_core::auth::{
     parse_authorization, Algorithm, Authorization, DigestServer, DigestServerConfig, Verdict,
@@ -186,6 +192,8 @@ pub struct Registrar {
     /// TCP connections of bindings (`device/contact` -> connection): the way back to a
     /// phone that registered over TCP. Not persistent: a connection does not outlive us.
     conns: Mutex<HashMap<(String, String), ConnId>>,
+    /// Source addresses of live bindings -> when the last of them expires (unix seconds).
+    sources: Mutex<HashMap<IpAddr, u64>>,
     pub stats: RegistrarStats,
 }
 
@@ -226,6 +234,7 @@ impl Registrar {
             store,
             digest: Mutex::new(digest),
             conns: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
             stats: RegistrarStats::default(),
         })
     }
@@ -241,6 +250,27 @@ impl Registrar {
             .ok()?
             .get(&(device.to_string(), contact.to_string()))
             .copied()
+    }
+
+    /// Whether a phone registered from `ip` and its binding is live at `now` (unix seconds).
+    pub fn is_registered_source(&self, ip: IpAddr, now: u64) -> bool {
+        self.sources
+            .lock()
+            .map(|s| s.get(&ip).is_some_and(|&until| until > now))
+            .unwrap_or(false)
+    }
+
+    /// Notes that `ip` holds a binding until `until`.
+    fn note_source(&self, ip: IpAddr, until: u64, now: u64) {
+        let Ok(mut s) = self.sources.lock() else {
+            return;
+        };
+        let e = s.entry(ip).or_insert(until);
+        *e = (*e).max(until);
+        // Bounded by the live bindings: forget the expired ones now and then.
+        if s.len() > 1024 && s.len().is_power_of_two() {
+            s.retain(|_, &mut u| u > now);
+        }
     }
 
     /// Removes expired bindings from the store.
@@ -399,6 +429,9 @@ impl Registrar {
                 return quick(Self::reply(req, 500));
             }
         };
+        if let Some(last) = bindings.iter().map(|b| b.expires_at).max() {
+            self.note_source(source, last.max(0) as u64, now);
+        }
         let mut resp = Self::reply(req, 200);
         for b in &bindings {
             let left = (b.expires_at - now as i64).max(0);
@@ -799,6 +832,35 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+    }
+
+    #[test]
+    fn a_registered_source_is_known_until_its_last_binding_expires() {
+        let reg = registrar();
+        let now = 1_700_000_000;
+        let source: IpAddr = "192.0.2.10".parse().unwrap();
+        assert!(!reg.is_registered_source(source, now));
+        // A challenge or a wrong password makes nobody known.
+        let d = reg.handle(
+            &register(1, "<sip:alice@10.0.0.5>", Some(600), None),
+            &flow(),
+            now,
+        );
+        assert_eq!(d.response.status, 401);
+        assert!(!reg.is_registered_source(source, now));
+        let d = authed(
+            &reg,
+            2,
+            "<sip:alice@10.0.0.5>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        );
+        assert_eq!(d.response.status, 200);
+        assert!(reg.is_registered_source(source, now));
+        assert!(reg.is_registered_source(source, now + 599));
+        assert!(!reg.is_registered_source(source, now + 600));
+        assert!(!reg.is_registered_source("192.0.2.11".parse().unwrap(), now));
     }
 
     #[test]

@@ -1,10 +1,20 @@
 //! The SIP dispatcher: pre-checks every request, then hands it to its owner.
+//!
+//! A request that opens nothing — a refusal of any kind (pre-check failures, 404, 405, 481,
+//! 501, the registrar's 401/403/423 ...), and the answer to OPTIONS — is answered
+//! statelessly ([`Endpoint::reply_stateless`], RFC 3261 §8.2.7): once, with no `100 Trying`
+//! before it, no retransmissions, no transaction kept, and no header the request did not
+//! need. Such answers to strangers count against the per-source refusal budget; registered
+//! phones and the configured trunks are exempt ([`SipServer::budget_for`]). Requests that
+//! start or belong to a call go to the call engine and keep their server transaction.
 
 use crate::calls::engine::Engine;
 use crate::registrar::Registrar;
-use sip_core::endpoint::{Endpoint, EndpointEvent, IncomingRequest};
+use sip_core::endpoint::{Endpoint, EndpointEvent, IncomingRequest, RefusalBudget};
 use sip_core::message::{HeaderAccess, HeaderName, Method, Response, Uri};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Methods this server implements (the `Allow` header).
@@ -14,11 +24,16 @@ pub const SUPPORTED: &[&str] = &["timer", "path", "outbound"];
 /// Body types this server accepts (the `Accept` header).
 pub const ACCEPT: &str = "application/sdp";
 
+/// How long the trunks' addresses are trusted before the store is read again.
+const TRUNK_REFRESH: Duration = Duration::from_secs(30);
+
 /// The SIP side of dialbridge.
 pub struct SipServer {
     endpoint: Endpoint,
     registrar: Arc<Registrar>,
     engine: Option<Engine>,
+    /// The trunks' addresses (IP literals) and when they were read.
+    trunk_ips: Mutex<(Option<Instant>, Vec<IpAddr>)>,
 }
 
 impl SipServer {
@@ -27,7 +42,43 @@ impl SipServer {
             endpoint,
             registrar,
             engine,
+            trunk_ips: Mutex::new((None, Vec::new())),
         }
+    }
+
+    /// The refusal budget a stateless answer to this source counts against: none for a
+    /// registered phone or a configured trunk (by IP literal; trunks named by DNS are
+    /// exempted through `sip.refusal_exempt`), the per-source one for anybody else.
+    pub fn budget_for(&self, source: IpAddr) -> RefusalBudget {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if self.registrar.is_registered_source(source, now) || self.is_trunk(source) {
+            RefusalBudget::Exempt
+        } else {
+            RefusalBudget::PerSource
+        }
+    }
+
+    fn is_trunk(&self, source: IpAddr) -> bool {
+        let Some(engine) = &self.engine else {
+            return false;
+        };
+        let Ok(mut cache) = self.trunk_ips.lock() else {
+            return false;
+        };
+        let fresh = cache.0.is_some_and(|t| t.elapsed() < TRUNK_REFRESH);
+        if !fresh {
+            match engine.inner.store.list_trunks() {
+                Ok(trunks) => {
+                    cache.1 = trunks.iter().filter_map(|t| trunk_ip(&t.address)).collect();
+                }
+                Err(e) => tracing::warn!(error = %e, "trunks not readable"),
+            }
+            cache.0 = Some(Instant::now());
+        }
+        cache.1.contains(&source)
     }
 
     /// Serves endpoint events until the endpoint stops.
@@ -56,13 +107,15 @@ impl SipServer {
         }
     }
 
+    /// Answers a request that opens nothing, statelessly (see the module documentation).
     fn reply(&self, inc: &IncomingRequest, status: u16, extra: &[(HeaderName, String)]) {
         let mut resp = Response::for_request(&inc.request, status);
         resp.set_to_tag(&sip_core::endpoint::new_tag());
         for (n, v) in extra {
             resp.headers.add(n.clone(), v.clone());
         }
-        self.endpoint.respond(&inc.key, resp);
+        self.endpoint
+            .reply_stateless(inc, resp, self.budget_for(inc.flow.remote.ip()));
     }
 
     fn on_request(&self, inc: IncomingRequest) {
@@ -103,6 +156,7 @@ impl SipServer {
             Method::Register => {
                 let registrar = Arc::clone(&self.registrar);
                 let endpoint = self.endpoint.clone();
+                let budget = self.budget_for(inc.flow.remote.ip());
                 tokio::spawn(async move {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -112,13 +166,28 @@ impl SipServer {
                     if !decision.delay.is_zero() {
                         tokio::time::sleep(decision.delay).await;
                     }
-                    endpoint.respond(&inc.key, decision.response);
+                    if decision.response.status >= 300 {
+                        // A challenge or a refusal binds nothing.
+                        endpoint.reply_stateless(&inc, decision.response, budget);
+                    } else {
+                        endpoint.respond(&inc.key, decision.response);
+                    }
                 });
             }
             Method::Extension(_) => self.reply(&inc, 501, &[(HeaderName::Allow, ALLOW.into())]),
             _ => self.reply(&inc, 405, &[(HeaderName::Allow, ALLOW.into())]),
         }
     }
+}
+
+/// The IP of a trunk's `address` when it is written as one (`192.0.2.1`, `192.0.2.1:5060`,
+/// `[2001:db8::1]:5060`).
+fn trunk_ip(address: &str) -> Option<IpAddr> {
+    address
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| address.parse::<IpAddr>())
+        .ok()
 }
 
 /// RFC 3261 §8.2.1-§8.2.3 checks, in the RFC's order. Returns the refusal, if any.

@@ -39,6 +39,17 @@ pub struct SipConfig {
     pub tcp_idle_secs: u64,
     pub max_message_size: usize,
     pub user_agent: String,
+    /// Answers to requests that open nothing (refusals, challenges, OPTIONS) one source
+    /// address may get per second, and at once; past it the source gets nothing for
+    /// `refusal_mute_secs`. 0 turns the budget off. Registered phones and trunks are exempt.
+    pub refusals_per_sec: u32,
+    pub refusal_mute_secs: u64,
+    /// Source addresses tracked by the budget at most (bounded memory).
+    pub refusal_sources: usize,
+    /// Addresses or prefixes ("10.0.0.0/8") never muted: an edge proxy, a trunk named by DNS.
+    pub refusal_exempt: Vec<String>,
+    /// Stateless answers kept for `64*T1` so that a retransmitted request gets the same one.
+    pub answered_cache: usize,
 }
 
 impl Default for SipConfig {
@@ -53,6 +64,11 @@ impl Default for SipConfig {
             tcp_idle_secs: 300,
             max_message_size: 65_535,
             user_agent: concat!("dialbridge/", env!("CARGO_PKG_VERSION")).into(),
+            refusals_per_sec: 30,
+            refusal_mute_secs: 10,
+            refusal_sources: 65_536,
+            refusal_exempt: Vec::new(),
+            answered_cache: 4096,
         }
     }
 }
@@ -211,6 +227,7 @@ pub struct Validated {
     pub media_advertise: Option<IpAddr>,
     pub api_listen: SocketAddr,
     pub timers: sip_core::transaction::TimerConfig,
+    pub stateless: sip_core::endpoint::StatelessConfig,
 }
 
 impl Config {
@@ -341,6 +358,31 @@ impl Config {
         if self.sip.max_message_size < 1024 {
             errors.push(err("sip.max_message_size", "must be at least 1024"));
         }
+        if self.sip.refusals_per_sec > 0 && self.sip.refusal_mute_secs == 0 {
+            errors.push(err(
+                "sip.refusal_mute_secs",
+                "must be at least 1 (or sip.refusals_per_sec = 0 turns the budget off)",
+            ));
+        }
+        if self.sip.refusal_sources == 0 {
+            errors.push(err("sip.refusal_sources", "must be at least 1"));
+        }
+        let mut exempt = Vec::new();
+        for (i, p) in self.sip.refusal_exempt.iter().enumerate() {
+            match p.parse::<sip_core::stateless::IpPrefix>() {
+                Ok(p) => exempt.push(p),
+                Err(e) => errors.push(err(&format!("sip.refusal_exempt[{i}]"), e.to_string())),
+            }
+        }
+        let stateless = sip_core::endpoint::StatelessConfig {
+            answered_capacity: self.sip.answered_cache,
+            guard: sip_core::stateless::RefusalGuardConfig {
+                per_sec: self.sip.refusals_per_sec,
+                mute: Duration::from_secs(self.sip.refusal_mute_secs),
+                max_sources: self.sip.refusal_sources,
+                exempt,
+            },
+        };
         let r = &self.registrar;
         if r.min_expires == 0 || r.min_expires > r.max_expires {
             errors.push(err(
@@ -389,6 +431,7 @@ impl Config {
                 media_advertise,
                 api_listen,
                 timers,
+                stateless,
             })
         } else {
             Err(errors)
@@ -480,6 +523,39 @@ mod tests {
             .map(|e| e.key)
             .collect();
         assert_eq!(keys, vec!["media.probation_packets".to_string()]);
+    }
+
+    #[test]
+    fn refusal_budget_keys_are_checked() {
+        let v = Config::parse("").unwrap().validate().unwrap();
+        assert_eq!(v.stateless.guard.per_sec, 30);
+        assert_eq!(v.stateless.answered_capacity, 4096);
+        let v = Config::parse(
+            "[sip]\nrefusals_per_sec = 5\nrefusal_mute_secs = 60\nrefusal_exempt = [\"10.0.0.0/8\", \"::1\"]\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(v.stateless.guard.per_sec, 5);
+        assert_eq!(v.stateless.guard.mute, Duration::from_secs(60));
+        assert!(v.stateless.guard.exempt[0].contains("10.9.8.7".parse().unwrap()));
+        let keys: Vec<String> = Config::parse(
+            "[sip]\nrefusal_mute_secs = 0\nrefusal_sources = 0\nrefusal_exempt = [\"10.0.0.0/40\"]\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+        assert_eq!(
+            keys,
+            [
+                "sip.refusal_mute_secs",
+                "sip.refusal_sources",
+                "sip.refusal_exempt[0]"
+            ]
+        );
     }
 
     #[test]

@@ -13,6 +13,13 @@ type RegistrarCounter = (
     fn(&b2bua::registrar::RegistrarStats) -> u64,
 );
 
+/// A stateless-answer counter exported as a metric: name, help, how to read it.
+type StatelessCounter = (
+    &'static str,
+    &'static str,
+    fn(&sip_core::stateless::StatelessStats) -> u64,
+);
+
 /// A line on standard output (where the server says where it listens) that never panics,
 /// whatever happened to standard output.
 macro_rules! say {
@@ -73,6 +80,7 @@ pub async fn serve_until(
         timers: valid.timers,
         advertise: valid.sip_advertise,
         user_agent: cfg.sip.user_agent.clone(),
+        stateless: valid.stateless.clone(),
     };
     let (endpoint, events) = Endpoint::start(ep_cfg).await?;
     let sip_addrs = endpoint.local_addrs();
@@ -146,6 +154,7 @@ pub async fn serve_until(
         Arc::clone(&registrar),
         Arc::clone(&relay),
     );
+    let stateless_stats = endpoint.stateless_stats();
     let server =
         b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar), Some(engine.clone()));
     let sip = tokio::spawn(server.run(events));
@@ -199,6 +208,32 @@ pub async fn serve_until(
         for (name, help, read) in counters {
             let r = Arc::clone(&registrar);
             metrics.add_source(name, "counter", help, move || read(&r.stats));
+        }
+        let stateless: [StatelessCounter; 4] = [
+            (
+                "dialbridge_sip_stateless_answers_total",
+                "Answers sent without a transaction (refusals, challenges, OPTIONS), replays included.",
+                |s| s.sent.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "dialbridge_sip_stateless_replays_total",
+                "Stateless answers sent again for a retransmitted request.",
+                |s| s.replayed.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "dialbridge_sip_refusals_dropped_total",
+                "Stateless answers not sent because their destination was muted.",
+                |s| s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "dialbridge_sip_refusal_mutes_total",
+                "Times a source went past sip.refusals_per_sec and was muted.",
+                |s| s.mutes.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, read) in stateless {
+            let st = Arc::clone(&stateless_stats);
+            metrics.add_source(name, "counter", help, move || read(&st));
         }
     }
     let api_cfg = api::ApiConfig {

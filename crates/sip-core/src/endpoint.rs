@@ -10,6 +10,17 @@
 //!
 //! The transaction user (registrar, B2BUA, UA) talks to it through [`Endpoint`], a cloneable
 //! channel client, and receives [`EndpointEvent`]s from one channel.
+//!
+//! A new request waits for the TU in a server transaction that has sent nothing yet. The TU
+//! either answers through it ([`Endpoint::respond`]: the RFC 3261 §17.2 machine, with
+//! `100 Trying` after [`TimerConfig::trying`] for an INVITE the TU has not answered, Timer G
+//! retransmissions of an INVITE's final, and so on) or, for a request that opens nothing,
+//! statelessly ([`Endpoint::reply_stateless`], §8.2.7): the transaction is dropped, the
+//! answer goes out once, and the [`crate::stateless`] cache hands the same bytes to the
+//! request's retransmissions for `64*T1`. Every answer sent without a transaction — these,
+//! and the endpoint's own refusals of malformed requests and of CANCELs that match nothing —
+//! is paced by a per-source budget ([`crate::stateless::RefusalGuard`]): a forged source
+//! gets a few small answers, then silence.
 
 use bytes::Bytes;
 use std::cmp::Reverse;
@@ -23,13 +34,18 @@ use tokio::time::Instant;
 use crate::message::{
     parse_message, HeaderAccess, HeaderName, Host, Method, Request, Response, SipMessage, Uri, Via,
 };
+use crate::stateless::{
+    Answered, AnsweredCache, RefusalGuard, RefusalGuardConfig, StatelessStats, Verdict,
+};
 use crate::transaction::{
     ClientInviteTransaction, ClientNonInviteTransaction, ServerInviteState,
-    ServerInviteTransaction, ServerNonInviteTransaction, TimerConfig, Transaction, TxEvent,
+    ServerInviteTransaction, ServerNonInviteState, ServerNonInviteTransaction, TimerConfig,
+    Transaction, TxEvent,
 };
 use crate::transport::{
     Flow, Inbound, ListenAddr, Transport, TransportConfig, TransportError, Transports,
 };
+use std::sync::atomic::Ordering;
 
 /// Endpoint settings.
 #[derive(Debug, Clone)]
@@ -40,6 +56,9 @@ pub struct EndpointConfig {
     pub advertise: Option<IpAddr>,
     /// `User-Agent` / `Server` value.
     pub user_agent: String,
+    /// Answers sent without a transaction: how many are kept for retransmissions, and the
+    /// per-source budget.
+    pub stateless: StatelessConfig,
 }
 
 impl Default for EndpointConfig {
@@ -49,8 +68,36 @@ impl Default for EndpointConfig {
             timers: TimerConfig::default(),
             advertise: None,
             user_agent: concat!("dialbridge/", env!("CARGO_PKG_VERSION")).to_string(),
+            stateless: StatelessConfig::default(),
         }
     }
+}
+
+/// Settings of the answers sent without a transaction (RFC 3261 §8.2.7).
+#[derive(Debug, Clone)]
+pub struct StatelessConfig {
+    /// Answers kept (each for `64*T1`) so that a retransmitted request gets the same bytes.
+    pub answered_capacity: usize,
+    /// The per-source budget of such answers.
+    pub guard: RefusalGuardConfig,
+}
+
+impl Default for StatelessConfig {
+    fn default() -> Self {
+        StatelessConfig {
+            answered_capacity: 4096,
+            guard: RefusalGuardConfig::default(),
+        }
+    }
+}
+
+/// Whether a stateless answer counts against its destination's refusal budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalBudget {
+    /// A stranger: past the budget, the answer is dropped.
+    PerSource,
+    /// A known peer (a registered phone, a trunk): always answered.
+    Exempt,
 }
 
 /// Endpoint errors.
@@ -156,6 +203,12 @@ enum Command {
         data: Bytes,
         flow: Flow,
     },
+    ReplyStateless {
+        key: ServerKey,
+        flow: Flow,
+        response: Response,
+        budget: RefusalBudget,
+    },
 }
 
 /// A running client transaction, owned by the TU that sent the request.
@@ -220,6 +273,7 @@ pub struct Endpoint {
     transports: Arc<Transports>,
     advertise: Option<IpAddr>,
     user_agent: Arc<str>,
+    stateless_stats: Arc<StatelessStats>,
 }
 
 impl Endpoint {
@@ -234,7 +288,9 @@ impl Endpoint {
         let transports = Transports::bind(cfg.transport.clone(), in_tx).await?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let stateless_stats = Arc::new(StatelessStats::default());
         let layer = Layer {
+            stateless_stats: Arc::clone(&stateless_stats),
             transports: Arc::clone(&transports),
             timers: cfg.timers,
             txs: HashMap::new(),
@@ -243,6 +299,8 @@ impl Endpoint {
             retx: HashMap::new(),
             retx_keys: HashMap::new(),
             heap: BinaryHeap::new(),
+            answered: AnsweredCache::new(cfg.stateless.answered_capacity, cfg.timers.timeout()),
+            guard: RefusalGuard::new(cfg.stateless.guard.clone()),
             next_id: 1,
             events: ev_tx,
             user_agent: cfg.user_agent.clone(),
@@ -255,6 +313,7 @@ impl Endpoint {
                 transports,
                 advertise: cfg.advertise,
                 user_agent: cfg.user_agent.into(),
+                stateless_stats,
             },
             ev_rx,
         ))
@@ -266,6 +325,12 @@ impl Endpoint {
 
     pub fn user_agent(&self) -> &str {
         &self.user_agent
+    }
+
+    /// Counters of the answers sent without a transaction (sent, replayed, dropped for a
+    /// muted source, mutes).
+    pub fn stateless_stats(&self) -> Arc<StatelessStats> {
+        Arc::clone(&self.stateless_stats)
     }
 
     /// The address and port to advertise (Via sent-by, Contact) for traffic to `dest`.
@@ -385,6 +450,28 @@ impl Endpoint {
         });
     }
 
+    /// Answers a request without a transaction (RFC 3261 §8.2.7): for a request that opens
+    /// nothing — a refusal, a challenge, an OPTIONS answer. The server transaction that held
+    /// the request is dropped (so an INVITE gets no `100 Trying` once refused); the answer
+    /// goes out once, within `budget`, and over UDP it is kept for `64*T1` so that a
+    /// retransmission of the request gets the same bytes and an ACK is absorbed. No
+    /// `Server` header is added: an answer to a stranger carries only what the request
+    /// needs. A 2xx to an INVITE opens a dialog and so goes through the transaction as with
+    /// [`Endpoint::respond`]; a provisional response is dropped.
+    pub fn reply_stateless(
+        &self,
+        inc: &IncomingRequest,
+        response: Response,
+        budget: RefusalBudget,
+    ) {
+        let _ = self.cmd.send(Command::ReplyStateless {
+            key: inc.key.clone(),
+            flow: inc.flow,
+            response,
+            budget,
+        });
+    }
+
     async fn flow_for(&self, dest: Destination) -> Result<Flow, EndpointError> {
         let local = self.transports.local_for(dest.transport, dest.addr).ok_or(
             TransportError::NoListener {
@@ -500,6 +587,9 @@ struct TxEntry {
     /// Last response to hand up (client) — set just before polling events.
     last_response: Option<Response>,
     cancel_pending: Option<Vec<(HeaderName, Bytes)>>,
+    /// An INVITE server transaction whose TU has not answered yet: when to send
+    /// `100 Trying` (§17.2.1).
+    trying: Option<std::time::Instant>,
 }
 
 /// A 2xx to an INVITE sent over an unreliable transport, retransmitted by the UAS core until
@@ -527,6 +617,11 @@ struct Layer {
     retx: HashMap<u64, Retransmit2xx>,
     retx_keys: HashMap<(Bytes, u32), u64>,
     heap: BinaryHeap<Reverse<(std::time::Instant, u64)>>,
+    /// Answers sent without a transaction, for the retransmissions of their requests.
+    answered: AnsweredCache<ServerKey, Flow>,
+    /// The per-source budget of answers sent without a transaction.
+    guard: RefusalGuard,
+    stateless_stats: Arc<StatelessStats>,
     next_id: u64,
     events: mpsc::UnboundedSender<EndpointEvent>,
     user_agent: String,
@@ -572,6 +667,156 @@ impl Layer {
         }
         self.txs.insert(id, entry);
         id
+    }
+
+    /// Forgets a transaction (its heap entries lapse on their own).
+    fn remove(&mut self, id: u64) {
+        if let Some(e) = self.txs.remove(&id) {
+            if let Some(k) = e.client_key {
+                self.client_keys.remove(&k);
+            }
+            if let Some(k) = e.server_key {
+                self.server_keys.remove(&k);
+            }
+        }
+    }
+
+    /// Sends an answer outside any transaction, within its destination's refusal budget
+    /// unless `exempt`. Returns the bytes if they were sent.
+    fn send_paced(
+        &mut self,
+        flow: &Flow,
+        data: Bytes,
+        exempt: bool,
+        now: std::time::Instant,
+    ) -> Option<Bytes> {
+        let stats = &self.stateless_stats;
+        if !exempt {
+            match self.guard.check(flow.remote.ip(), now) {
+                Verdict::Send => {}
+                Verdict::Muted => {
+                    tracing::info!(
+                        source = %flow.remote.ip(),
+                        "too many refusals to one source: it gets no answers for a while"
+                    );
+                    stats.mutes.fetch_add(1, Ordering::Relaxed);
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                Verdict::Silent => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+        stats.sent.fetch_add(1, Ordering::Relaxed);
+        self.transmit(flow, data.clone());
+        Some(data)
+    }
+
+    /// A response from the TU through its server transaction.
+    fn respond(&mut self, key: ServerKey, response: Response) {
+        let Some(&id) = self.server_keys.get(&key) else {
+            tracing::debug!(?key, "response for a finished server transaction dropped");
+            return;
+        };
+        let Some(e) = self.txs.get_mut(&id) else {
+            return;
+        };
+        e.trying = None;
+        let data = response.encode();
+        let now = now_std();
+        let invite_2xx = matches!(e.machine, Machine::ServerInvite(_))
+            && response.is_success()
+            && !e.flow.transport.is_reliable();
+        let flow = e.flow;
+        let kept = invite_2xx.then(|| data.clone());
+        let r = match &mut e.machine {
+            Machine::ServerInvite(m) => m.send_response(response.status, data, now),
+            Machine::ServerNonInvite(m) => m.send_response(response.status, data, now),
+            _ => Ok(()),
+        };
+        match (r, kept) {
+            (Err(err), _) => {
+                tracing::debug!(error = %err, "response refused by the transaction")
+            }
+            (Ok(()), Some(data)) => self.start_2xx_retransmission(&response, data, flow, now),
+            (Ok(()), None) => {}
+        }
+        self.drive(id);
+    }
+
+    /// The TU answers a request statelessly (§8.2.7); see [`Endpoint::reply_stateless`].
+    fn reply_stateless(
+        &mut self,
+        key: ServerKey,
+        flow: Flow,
+        response: Response,
+        budget: RefusalBudget,
+    ) {
+        if response.status < 200 {
+            tracing::debug!(
+                status = response.status,
+                "provisional answers are not sent statelessly"
+            );
+            return;
+        }
+        if response.is_success() && response.cseq().is_ok_and(|c| c.method == Method::Invite) {
+            // A 2xx to an INVITE opens a dialog: it needs its transaction (and its
+            // retransmissions until the ACK).
+            self.respond(key, response);
+            return;
+        }
+        if let Some(&id) = self.server_keys.get(&key) {
+            let answered = match self.txs.get(&id).map(|e| &e.machine) {
+                Some(Machine::ServerInvite(m)) => m.state() != ServerInviteState::Proceeding,
+                Some(Machine::ServerNonInvite(m)) => !matches!(
+                    m.state(),
+                    ServerNonInviteState::Trying | ServerNonInviteState::Proceeding
+                ),
+                _ => false,
+            };
+            if answered {
+                tracing::debug!(
+                    ?key,
+                    "stateless answer to a request already answered dropped"
+                );
+                return;
+            }
+            self.remove(id);
+        }
+        let now = now_std();
+        let exempt = budget == RefusalBudget::Exempt;
+        let rflow = response_flow(&response.headers, &flow);
+        let data = self.send_paced(&rflow, response.encode(), exempt, now);
+        if !rflow.transport.is_reliable() {
+            self.answered.insert(
+                key,
+                Answered {
+                    data,
+                    flow: rflow,
+                    exempt,
+                },
+                now,
+            );
+        }
+    }
+
+    /// A retransmitted request that was answered statelessly gets the same answer (within
+    /// the budget); returns whether `key` was such a request.
+    fn replay_answered(&mut self, key: &ServerKey, now: std::time::Instant) -> bool {
+        let Some(a) = self.answered.get(key, now) else {
+            return false;
+        };
+        if let Some(data) = a.data.clone() {
+            let (flow, exempt) = (a.flow, a.exempt);
+            if self.send_paced(&flow, data, exempt, now).is_some() {
+                self.stateless_stats
+                    .replayed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        true
     }
 
     fn transmit(&self, flow: &Flow, data: Bytes) {
@@ -635,14 +880,7 @@ impl Layer {
             }
         }
         if terminated {
-            if let Some(e) = self.txs.remove(&id) {
-                if let Some(k) = e.client_key {
-                    self.client_keys.remove(&k);
-                }
-                if let Some(k) = e.server_key {
-                    self.server_keys.remove(&k);
-                }
-            }
+            self.remove(id);
         } else if let Some(d) = deadline {
             self.heap.push(Reverse((d, id)));
         }
@@ -659,6 +897,19 @@ impl Layer {
                 self.retransmit_2xx(id, now);
                 continue;
             };
+            if e.trying.is_some_and(|due| due <= now) {
+                // The TU has not answered the INVITE yet: 100 Trying (§17.2.1) — unless the
+                // source is muted for too many refusals (a flood that outpaces the TU gets
+                // no provisional answers either; a real client retransmits).
+                e.trying = None;
+                let muted = self.guard.is_muted(e.flow.remote.ip(), now);
+                if let (Machine::ServerInvite(m), false) = (&mut e.machine, muted) {
+                    let trying = Response::for_request(&e.request, 100);
+                    let _ = m.send_response(100, trying.encode(), now);
+                }
+                self.drive(id);
+                continue;
+            }
             // Lazy deletion: only fire if the machine's deadline is really due.
             let m = e.machine.polled();
             match m.poll_timeout() {
@@ -794,40 +1045,11 @@ impl Layer {
                     events: Some(events),
                     last_response: None,
                     cancel_pending: None,
+                    trying: None,
                 });
                 self.drive(id);
             }
-            Command::Respond { key, response } => {
-                let Some(&id) = self.server_keys.get(&key) else {
-                    tracing::debug!(?key, "response for a finished server transaction dropped");
-                    return;
-                };
-                let Some(e) = self.txs.get_mut(&id) else {
-                    return;
-                };
-                let data = response.encode();
-                let now = now_std();
-                let invite_2xx = matches!(e.machine, Machine::ServerInvite(_))
-                    && response.is_success()
-                    && !e.flow.transport.is_reliable();
-                let flow = e.flow;
-                let kept = invite_2xx.then(|| data.clone());
-                let r = match &mut e.machine {
-                    Machine::ServerInvite(m) => m.send_response(response.status, data, now),
-                    Machine::ServerNonInvite(m) => m.send_response(response.status, data, now),
-                    _ => Ok(()),
-                };
-                match (r, kept) {
-                    (Err(err), _) => {
-                        tracing::debug!(error = %err, "response refused by the transaction")
-                    }
-                    (Ok(()), Some(data)) => {
-                        self.start_2xx_retransmission(&response, data, flow, now)
-                    }
-                    (Ok(()), None) => {}
-                }
-                self.drive(id);
-            }
+            Command::Respond { key, response } => self.respond(key, response),
             Command::Cancel { key, extra } => {
                 let Some(&id) = self.client_keys.get(&key) else {
                     return;
@@ -849,6 +1071,12 @@ impl Layer {
                 // After a final response there is nothing left to cancel.
             }
             Command::Stateless { data, flow } => self.transmit(&flow, data),
+            Command::ReplyStateless {
+                key,
+                flow,
+                response,
+                budget,
+            } => self.reply_stateless(key, flow, response, budget),
         }
     }
 
@@ -876,6 +1104,7 @@ impl Layer {
             events: None,
             last_response: None,
             cancel_pending: None,
+            trying: None,
         });
         self.drive(id);
     }
@@ -889,7 +1118,7 @@ impl Layer {
                     if h.get(&HeaderName::Via).is_some() {
                         let resp = Response::for_headers(&h, rej.status).with_reason(rej.reason);
                         let flow = response_flow(&h, &i.flow);
-                        self.transmit(&flow, resp.encode());
+                        self.send_paced(&flow, resp.encode(), false, now_std());
                     }
                 }
                 tracing::debug!(remote = %i.flow.remote, reason = rej.reason, "message refused");
@@ -897,7 +1126,9 @@ impl Layer {
         }
     }
 
-    fn stateless_reply(&self, req: &Request, flow: &Flow, status: u16, reason: Option<&str>) {
+    /// Refuses a request that could not be matched to a transaction (malformed), once and
+    /// within the source's budget.
+    fn stateless_reply(&mut self, req: &Request, flow: &Flow, status: u16, reason: Option<&str>) {
         if req.method == Method::Ack {
             return;
         }
@@ -906,9 +1137,8 @@ impl Layer {
             resp = resp.with_reason(r);
         }
         resp.set_to_tag(&new_tag());
-        resp.headers
-            .add(HeaderName::Server, self.user_agent.clone());
-        self.transmit(&response_flow(&req.headers, flow), resp.encode());
+        let rflow = response_flow(&req.headers, flow);
+        self.send_paced(&rflow, resp.encode(), false, now_std());
     }
 
     fn on_request(&mut self, mut req: Request, flow: Flow) {
@@ -925,6 +1155,10 @@ impl Layer {
         let now = now_std();
         match req.method {
             Method::Ack => {
+                if self.answered.get(&key, now).is_some() {
+                    // The ACK of an INVITE refused statelessly.
+                    return;
+                }
                 self.stop_2xx_retransmission(&req);
                 let invite_key = with_method(&key, Method::Invite);
                 if let Some(&id) = self.server_keys.get(&invite_key) {
@@ -944,6 +1178,9 @@ impl Layer {
                 let _ = self.events.send(EndpointEvent::Ack { request: req, flow });
             }
             Method::Cancel => {
+                if self.replay_answered(&key, now) {
+                    return;
+                }
                 if let Some(&id) = self.server_keys.get(&key) {
                     // A retransmitted CANCEL.
                     if let Some(e) = self.txs.get_mut(&id) {
@@ -969,6 +1206,11 @@ impl Layer {
                 };
                 let mut resp = Response::for_request(&req, status);
                 resp.set_to_tag(&new_tag());
+                if status == 481 {
+                    // Nothing to cancel: a refusal like any other, sent once.
+                    self.reply_stateless(key, flow, resp, RefusalBudget::PerSource);
+                    return;
+                }
                 let machine = Machine::ServerNonInvite(ServerNonInviteTransaction::new(
                     flow.transport.is_reliable(),
                     self.timers,
@@ -984,6 +1226,7 @@ impl Layer {
                     events: None,
                     last_response: None,
                     cancel_pending: None,
+                    trying: None,
                 });
                 if let Some(TxEntry {
                     machine: Machine::ServerNonInvite(m),
@@ -1001,6 +1244,9 @@ impl Layer {
                 }
             }
             _ => {
+                if self.replay_answered(&key, now) {
+                    return;
+                }
                 if let Some(&id) = self.server_keys.get(&key) {
                     if let Some(e) = self.txs.get_mut(&id) {
                         match &mut e.machine {
@@ -1014,11 +1260,12 @@ impl Layer {
                 }
                 let rflow = response_flow(&req.headers, &flow);
                 let reliable = flow.transport.is_reliable();
+                let mut trying = None;
                 let machine = if req.method == Method::Invite {
-                    let mut m = ServerInviteTransaction::new(reliable, self.timers, now);
-                    let trying = Response::for_request(&req, 100);
-                    let _ = m.send_response(100, trying.encode(), now);
-                    Machine::ServerInvite(m)
+                    // The 100 waits for the TU a moment: a refusal goes out alone.
+                    let due = now + self.timers.trying();
+                    trying = Some(due);
+                    Machine::ServerInvite(ServerInviteTransaction::new(reliable, self.timers, now))
                 } else {
                     Machine::ServerNonInvite(ServerNonInviteTransaction::new(
                         reliable,
@@ -1035,7 +1282,11 @@ impl Layer {
                     events: None,
                     last_response: None,
                     cancel_pending: None,
+                    trying,
                 });
+                if let Some(due) = trying {
+                    self.heap.push(Reverse((due, id)));
+                }
                 self.drive(id);
                 let _ = self.events.send(EndpointEvent::Request(IncomingRequest {
                     request: req,

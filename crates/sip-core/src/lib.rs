@@ -6,5 +6,6 @@ pub mod dialog;
 pub mod endpoint;
 pub mod message;
 pub mod sdp;
+pub mod stateless;
 pub mod transaction;
 pub mod transport;

@@ -169,6 +169,15 @@ impl TimerConfig {
         self.t1.saturating_mul(64)
     }
 
+    /// How long an INVITE server transaction waits for the TU before it sends
+    /// `100 Trying` itself (§17.2.1: "unless it knows that the TU will generate
+    /// a provisional or final response within 200 ms"): 200 ms, or `T1/2` when
+    /// that is shorter, so the 100 always leaves before the client's first
+    /// retransmission at T1. A TU that refuses at once sends only its refusal.
+    pub fn trying(&self) -> Duration {
+        Duration::from_millis(200).min(self.t1 / 2)
+    }
+
     /// Timer D over an unreliable transport: "> 32 s" (Table 4). It is kept at
     /// least `64*T1` so it always outlasts the server's Timer H, during which
     /// the peer may still retransmit its final response.

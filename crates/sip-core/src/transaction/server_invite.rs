@@ -1,12 +1,13 @@
 //! The INVITE server transaction: RFC 3261 §17.2.1 as updated by RFC 6026 §7.1.
 //!
 //! The transaction is created when a new INVITE arrives; the layer above
-//! passes the INVITE to the TU. **The driver sends the `100 Trying` itself**,
-//! right after creating the transaction, by calling
-//! [`ServerInviteTransaction::send_response`] with status 100 and the encoded
-//! response: §17.2.1 asks for one unless the TU is known to answer within
-//! 200 ms, and sending it at once is the simple, always-correct choice. Every
-//! later response comes from the TU through the same call.
+//! passes the INVITE to the TU. **The driver sends the `100 Trying` itself**
+//! when the TU has not answered within [`TimerConfig::trying`] (200 ms, or
+//! `T1/2` if shorter), by calling [`ServerInviteTransaction::send_response`]
+//! with status 100 and the encoded response: §17.2.1 asks for one unless the
+//! TU is known to answer within 200 ms. A TU that refuses at once (often
+//! statelessly, §8.2.7, without this transaction at all) so sends one message,
+//! not two. Every later response comes from the TU through the same call.
 //!
 //! - A retransmitted INVITE re-sends the last response (provisional in
 //!   `Proceeding`, final in `Completed`) and is not passed to the TU. In
