@@ -315,6 +315,18 @@ impl Registrar {
         resp
     }
 
+    /// The answer when the store cannot serve a REGISTER: `503` with `Retry-After` (RFC 3261
+    /// §21.5.4) when it is unavailable for now (disk full, I/O error), else `500`.
+    fn store_failed(req: &Request, e: &store::StoreError) -> Response {
+        if e.is_unavailable() {
+            let mut r = Self::reply(req, 503).with_reason("Store Unavailable");
+            r.headers.add(HeaderName::RetryAfter, "5");
+            r
+        } else {
+            Self::reply(req, 500)
+        }
+    }
+
     /// Handles one REGISTER that arrived along `flow`, at `now` (unix seconds).
     pub fn handle(&self, req: &Request, flow: &Flow, now: u64) -> Decision {
         let quick = |response| Decision {
@@ -348,7 +360,7 @@ impl Registrar {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "store lookup failed");
-                return quick(Self::reply(req, 500));
+                return quick(Self::store_failed(req, &e));
             }
         };
         let realm = self.cfg.realm.clone();
@@ -426,7 +438,7 @@ impl Registrar {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "store lookup failed");
-                return quick(Self::reply(req, 500));
+                return quick(Self::store_failed(req, &e));
             }
         };
         if let Some(last) = bindings.iter().map(|b| b.expires_at).max() {
@@ -481,7 +493,7 @@ impl Registrar {
         let existing = self
             .store
             .bindings_for_device(&device.username, now as i64)
-            .map_err(|_| Self::reply(req, 500))?;
+            .map_err(|e| Self::store_failed(req, &e))?;
         match contacts {
             None => Ok(()), // a query
             Some(ContactValue::Wildcard) => {
@@ -497,7 +509,7 @@ impl Registrar {
                 }
                 self.store
                     .remove_all_bindings(&device.username)
-                    .map_err(|_| Self::reply(req, 500))?;
+                    .map_err(|e| Self::store_failed(req, &e))?;
                 if let Ok(mut c) = self.conns.lock() {
                     c.retain(|(d, _), _| d != &device.username);
                 }
@@ -562,7 +574,7 @@ impl Registrar {
                     };
                     if let Err(e) = self.store.upsert_binding(&binding) {
                         tracing::error!(error = %e, "cannot store binding");
-                        return Err(Self::reply(req, 500));
+                        return Err(Self::store_failed(req, &e));
                     }
                     if let (Some(id), Ok(mut c)) = (flow.conn, self.conns.lock()) {
                         c.insert((device.username.clone(), contact), id);
