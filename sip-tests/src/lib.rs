@@ -7,6 +7,7 @@
 //! loopback ([`in_netns`]).
 
 pub mod baresip;
+pub mod bench;
 pub mod c2c;
 pub mod http;
 
@@ -123,6 +124,13 @@ impl TestServer {
 
     /// Starts the server in an existing directory (e.g. to restart on the same store).
     pub fn start_in(dir: TempDir, config: &str) -> TestServer {
+        let log = std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "debug".into());
+        Self::start_bin(dir, config, &dialbridge_bin(), &log)
+    }
+
+    /// Starts `bin` (a `dialbridge` binary) in `dir` with `RUST_LOG=rust_log`; the config is
+    /// completed as [`TestServer::start`] says.
+    pub fn start_bin(dir: TempDir, config: &str, bin: &Path, rust_log: &str) -> TestServer {
         let mut text = String::new();
         if !config.contains("[sip]") {
             text.push_str("[sip]\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\n");
@@ -144,13 +152,10 @@ impl TestServer {
         std::fs::write(&cfg_path, text).expect("write config");
         let log = dir.path().join("server.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(dialbridge_bin())
+        let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&cfg_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "debug".into()),
-            )
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .spawn()
@@ -200,6 +205,11 @@ impl TestServer {
                 }
             }
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn udp_addr(&self) -> SocketAddr {
@@ -390,7 +400,8 @@ impl Drop for SippChild {
     }
 }
 
-fn parse_stats(text: &str) -> Vec<(String, String)> {
+/// The header and the last row of a SIPp `-trace_stat` file as (column, value) pairs.
+pub fn parse_stats(text: &str) -> Vec<(String, String)> {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     match (lines.first(), lines.last()) {
         (Some(h), Some(l)) if lines.len() > 1 => h
