@@ -315,8 +315,8 @@ fn run(args: &[String]) -> Result<(), String> {
     let load_after = load_average();
 
     println!(
-        "reg-bench: {count} REGISTER transactions (with their 401 round) offered at {rate}/s, \
-         {n_users} users, dialbridge {}",
+        "reg-bench: {count} registrations (REGISTER, 401, REGISTER with credentials, 200) \
+         offered at {rate}/s, {n_users} users, dialbridge {}",
         bin.display()
     );
     println!("  load average before: {load_before}; after: {load_after}");
