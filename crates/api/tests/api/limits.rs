@@ -183,3 +183,26 @@ async fn bad_limits_are_refused_naming_the_field() {
     assert_eq!(r.status().as_u16(), 401);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_limits_are_in_the_openapi_document() {
+    let s = Server::start().await;
+    let doc: Value = s
+        .http
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = &doc["paths"]["/v1/account/limits"];
+    assert!(path["get"]["responses"]["200"].is_object(), "{path}");
+    assert!(path["patch"]["responses"]["400"].is_object(), "{path}");
+    let update = &doc["components"]["schemas"]["UpdateLimits"]["properties"];
+    for field in ["calls_per_second", "burst", "max_concurrent"] {
+        assert!(update[field].is_object(), "{field} missing: {update}");
+    }
+    assert!(doc["components"]["schemas"]["Limits"].is_object());
+    s.stop().await;
+}
