@@ -850,7 +850,7 @@ impl SqliteStore {
                 let change = match existing {
                     None => {
                         let id = TypeId::new(DEVICE_PREFIX).to_string();
-                        exec(&tx, 
+                        exec(&tx,
                             "INSERT INTO devices (id, user_id, username, realm, ha1_md5, ha1_sha256)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                             params![id, u.id, d.username, realm, md5.expose(), sha.expose()],
