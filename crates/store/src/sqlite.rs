@@ -174,6 +174,14 @@ CREATE TABLE idempotency (
 );
 CREATE INDEX idempotency_created ON idempotency(created_at_ms);
 "#,
+    // 2: dialing permissions by country and number type (issue 23). Existing accounts get
+    // the defaults of a new one: their own region, the four costly types blocked.
+    r#"
+ALTER TABLE accounts ADD COLUMN allowed_countries TEXT NOT NULL DEFAULT '[]';  -- JSON array
+ALTER TABLE accounts ADD COLUMN blocked_number_types TEXT NOT NULL
+    DEFAULT '["premium_rate","shared_cost","personal_number","uan"]';          -- JSON array
+UPDATE accounts SET allowed_countries = '["' || region || '"]';
+"#,
 ];
 
 const PEPPER_KEY: &str = "api_secret_pepper";
@@ -381,16 +389,23 @@ fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
     serde_json::from_str(&text).map_err(|e| conversion_error(idx, e))
 }
 
-const ACCOUNT_COLS: &str = "id, name, region, webhook_secret, allowed_prefixes";
+const ACCOUNT_COLS: &str =
+    "id, name, region, webhook_secret, allowed_prefixes, allowed_countries, blocked_number_types";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let prefixes: String = row.get(4)?;
+    let countries: String = row.get(5)?;
+    let blocked: String = row.get(6)?;
     Ok(Account {
         id: row.get(0)?,
         name: row.get(1)?,
         region: row.get(2)?,
         webhook_secret: Secret::new(row.get::<_, String>(3)?),
         allowed_prefixes: serde_json::from_str(&prefixes).map_err(|e| conversion_error(4, e))?,
+        allowed_countries: serde_json::from_str(&countries)
+            .map_err(|e| conversion_error(5, e))?,
+        blocked_number_types: serde_json::from_str(&blocked)
+            .map_err(|e| conversion_error(6, e))?,
     })
 }
 
@@ -559,6 +574,40 @@ fn not_found(kind: &'static str, id: &str) -> StoreError {
     }
 }
 
+fn validate_account(account: &Account) -> Result<(), StoreError> {
+    let invalid = |field: &'static str, reason: String| StoreError::Invalid { field, reason };
+    if account.name.trim().is_empty() {
+        return Err(invalid("account.name", "must not be empty".to_owned()));
+    }
+    if !crate::provision::is_iso3166_alpha2(&account.region) {
+        return Err(invalid(
+            "account.region",
+            format!("{:?} is not an ISO 3166-1 alpha-2 code", account.region),
+        ));
+    }
+    if let Some(c) = account
+        .allowed_countries
+        .iter()
+        .find(|c| !crate::provision::is_iso3166_alpha2(c))
+    {
+        return Err(invalid(
+            "account.allowed_countries",
+            format!("{c:?} is not an ISO 3166-1 alpha-2 code"),
+        ));
+    }
+    if let Some(p) = account
+        .allowed_prefixes
+        .iter()
+        .find(|p| !crate::e164::is_e164_prefix(p))
+    {
+        return Err(invalid(
+            "account.allowed_prefixes",
+            format!("{p:?} is not an E.164 prefix (\"+\" then up to 15 digits)"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_user(user: &User) -> Result<(), StoreError> {
     TypeId::parse_with_prefix(&user.id, crate::provision::USER_PREFIX).map_err(|e| {
         StoreError::Invalid {
@@ -652,6 +701,10 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         for (i, a) in prov.accounts.iter().enumerate() {
             let prefixes = serde_json::to_string(&a.allowed_prefixes)?;
+            let allowed_countries = a.allowed_countries();
+            let blocked_number_types = a.blocked_number_types();
+            let countries = serde_json::to_string(&allowed_countries)?;
+            let blocked = serde_json::to_string(&blocked_number_types)?;
             let existing = tx
                 .query_row(
                     &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"),
@@ -662,9 +715,18 @@ impl SqliteStore {
             let change = match existing {
                 None => {
                     tx.execute(
-                        "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![a.id, a.name, a.region, a.webhook_secret.expose(), prefixes],
+                        "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes,
+                             allowed_countries, blocked_number_types)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![
+                            a.id,
+                            a.name,
+                            a.region,
+                            a.webhook_secret.expose(),
+                            prefixes,
+                            countries,
+                            blocked
+                        ],
                     )?;
                     Change::Created
                 }
@@ -672,15 +734,26 @@ impl SqliteStore {
                     if old.name == a.name
                         && old.region == a.region
                         && old.webhook_secret == a.webhook_secret
-                        && old.allowed_prefixes == a.allowed_prefixes =>
+                        && old.allowed_prefixes == a.allowed_prefixes
+                        && old.allowed_countries == allowed_countries
+                        && old.blocked_number_types == blocked_number_types =>
                 {
                     Change::Unchanged
                 }
                 Some(_) => {
                     tx.execute(
                         "UPDATE accounts SET name = ?2, region = ?3, webhook_secret = ?4,
-                             allowed_prefixes = ?5 WHERE id = ?1",
-                        params![a.id, a.name, a.region, a.webhook_secret.expose(), prefixes],
+                             allowed_prefixes = ?5, allowed_countries = ?6,
+                             blocked_number_types = ?7 WHERE id = ?1",
+                        params![
+                            a.id,
+                            a.name,
+                            a.region,
+                            a.webhook_secret.expose(),
+                            prefixes,
+                            countries,
+                            blocked
+                        ],
                     )?;
                     Change::Updated
                 }
@@ -1068,7 +1141,8 @@ impl Store for SqliteStore {
         let conn = self.conn()?;
         query_one(
             &conn,
-            "SELECT a.id, a.name, a.region, a.webhook_secret, a.allowed_prefixes
+            "SELECT a.id, a.name, a.region, a.webhook_secret, a.allowed_prefixes,
+                    a.allowed_countries, a.blocked_number_types
              FROM api_keys k JOIN accounts a ON a.id = k.account_id
              WHERE k.secret_hash = ?1",
             [hash],
@@ -1112,6 +1186,27 @@ impl Store for SqliteStore {
                 })
             },
         )
+    }
+
+    fn update_account(&self, account: &Account) -> Result<(), StoreError> {
+        validate_account(account)?;
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE accounts SET name = ?2, region = ?3, allowed_prefixes = ?4,
+                 allowed_countries = ?5, blocked_number_types = ?6 WHERE id = ?1",
+            params![
+                account.id,
+                account.name,
+                account.region,
+                serde_json::to_string(&account.allowed_prefixes)?,
+                serde_json::to_string(&account.allowed_countries)?,
+                serde_json::to_string(&account.blocked_number_types)?,
+            ],
+        )?;
+        if n == 0 {
+            return Err(not_found("account", &account.id));
+        }
+        Ok(())
     }
 
     // ----- users --------------------------------------------------------------------------
