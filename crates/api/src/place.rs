@@ -47,6 +47,23 @@ pub(crate) struct PlaceRequest {
     pub request_detail: Value,
 }
 
+/// The toll-fraud guard for a number about to be dialled (any leg, any API shape): valid by
+/// libphonenumber's metadata, in one of the account's countries, not of a blocked type, under
+/// one of its prefixes. 422 `invalid_destination` or `destination_not_allowed`, naming why.
+pub(crate) fn check_number(account: &Account, e164: &str) -> Result<(), ApiError> {
+    let (classified, verdict) = dialplan::check(e164, account.into());
+    verdict.map_err(|refusal| {
+        tracing::info!(
+            account = %account.id,
+            region = classified.region.as_deref().unwrap_or("-"),
+            number_type = %classified.number_type,
+            code = refusal.code(),
+            "destination refused"
+        );
+        ApiError::unprocessable(refusal.code(), refusal.to_string())
+    })
+}
+
 /// The destination after the dial plan and the account's guards.
 pub(crate) fn resolve_destination(
     shared: &Shared,
@@ -62,12 +79,7 @@ pub(crate) fn resolve_destination(
     })?;
     let target = match &dialled {
         Dialled::E164(n) => {
-            if !dialplan::allowed(n, &account.allowed_prefixes) {
-                return Err(ApiError::unprocessable(
-                    "destination_not_allowed",
-                    format!("Destination {n} is outside the account's allowed prefixes"),
-                ));
-            }
+            check_number(account, n)?;
             if shared.store.trunks_for_account(&account.id)?.is_empty() {
                 return Err(ApiError::unprocessable(
                     "no_route",

@@ -60,8 +60,8 @@ pub mod typeid;
 pub use error::StoreError;
 pub use model::{
     Account, ApiKey, Binding, CallFilter, CallRecord, CallStatus, Device, IdempotencyRecord,
-    Number, NumberType, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs, UnixSecs,
-    UnknownNumberType, User,
+    Number, NumberType, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs,
+    UnixSecs, UnknownNumberType, User,
 };
 pub use provision::{
     AccountSpec, ApiKeySpec, ConfigIssue, Counts, DeviceSpec, NumberSpec, ProvisionReport,

@@ -402,10 +402,8 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
         region: row.get(2)?,
         webhook_secret: Secret::new(row.get::<_, String>(3)?),
         allowed_prefixes: serde_json::from_str(&prefixes).map_err(|e| conversion_error(4, e))?,
-        allowed_countries: serde_json::from_str(&countries)
-            .map_err(|e| conversion_error(5, e))?,
-        blocked_number_types: serde_json::from_str(&blocked)
-            .map_err(|e| conversion_error(6, e))?,
+        allowed_countries: serde_json::from_str(&countries).map_err(|e| conversion_error(5, e))?,
+        blocked_number_types: serde_json::from_str(&blocked).map_err(|e| conversion_error(6, e))?,
     })
 }
 

@@ -236,7 +236,10 @@ fn update_account_writes_the_permissions_and_checks_them() {
     bad.allowed_countries = vec!["USA".into()];
     assert!(matches!(
         store.update_account(&bad),
-        Err(StoreError::Invalid { field: "account.allowed_countries", .. })
+        Err(StoreError::Invalid {
+            field: "account.allowed_countries",
+            ..
+        })
     ));
     let mut missing = account.clone();
     missing.id = "acct_01h2xcejqtf2nbrexx3vqjhp99".into();
