@@ -57,6 +57,9 @@ impl Classified {
 /// non-geographic codes and numbers of no region, the country calling code (`+800`, `+1`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
+    /// Not `+` and digits.
+    #[error("not a number in E.164 form (\"+\" and digits)")]
+    NotDigits,
     /// No country or network has this calling code.
     #[error("+{0} is not a country calling code")]
     UnknownCountryCode(String),
@@ -238,6 +241,9 @@ pub fn classify(e164: &str) -> Classified {
         validity: Err(validity),
     };
     let digits = e164.strip_prefix('+').unwrap_or(e164);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return unknown(Invalid::NotDigits);
+    }
     let Some((code, national)) = split_country_code(digits) else {
         let shown = digits.get(..3.min(digits.len())).unwrap_or(digits);
         return unknown(Invalid::UnknownCountryCode(shown.to_owned()));
@@ -406,7 +412,37 @@ mod tests {
             "not in a range of numbers in use in AS"
         );
         assert_eq!(reason("+99912345678"), "+999 is not a country calling code");
-        assert_eq!(reason("+"), "+ is not a country calling code");
+        assert_eq!(reason("+"), "not a number in E.164 form (\"+\" and digits)");
+        assert_eq!(
+            reason("+é123456"),
+            "not a number in E.164 form (\"+\" and digits)"
+        );
+    }
+
+    /// Any digits, in any region, come back with an answer and never a panic.
+    #[test]
+    fn arbitrary_digits_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..1000 {
+            let len = 7 + (next() % 12) as usize;
+            let digits: String = (0..len)
+                .map(|_| char::from(b'0' + (next() % 10) as u8))
+                .collect();
+            let c = classify(&format!("+{digits}"));
+            assert_eq!(c.is_valid(), c.number_type != NumberType::Unknown);
+            for region in ["US", "GB", "DE", "IT", "BR", "RU", "JP", "AU"] {
+                if let Some(e164) = national_to_e164(&digits, region) {
+                    let _ = classify(&e164);
+                }
+                let _ = strip_international_prefix(&digits, region);
+            }
+        }
     }
 
     #[test]
