@@ -221,7 +221,7 @@ async fn click2call_inner(
             let number = match dialplan::normalize(&first, &account.region) {
                 Ok(Dialled::E164(n)) => {
                     // A number on a trunk is dialled like any other: the same guard.
-                    check_number(&account, &n)?;
+                    let _ = check_number(&account, &n)?;
                     n
                 }
                 Ok(Dialled::Extension(x)) => x,

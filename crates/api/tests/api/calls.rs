@@ -286,6 +286,12 @@ async fn places_a_call_and_shows_its_timeline() {
     assert_eq!(call["metadata"]["ticket"], 7);
     assert_eq!(call["stats"]["agent"]["packets"], 100);
     assert_eq!(call["legs"]["agent"]["sip_call_id"], "a1@dialbridge");
+    // The customer leg says what the metadata made of the number.
+    assert_eq!(call["legs"]["customer"]["region"], "US");
+    assert_eq!(
+        call["legs"]["customer"]["number_type"],
+        "fixed_line_or_mobile"
+    );
     assert!(call["answered_at"].is_string());
     let kinds: Vec<&str> = call["timeline"]
         .as_array()
