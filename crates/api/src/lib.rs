@@ -19,8 +19,9 @@
 //! - [`error`]: [`ApiError`], the one mapping of errors to status codes and JSON bodies.
 //! - [`place`]: the call path shared by all three API shapes (dial plan, guards, caller ID,
 //!   limits, call record, hand-over to the engine).
-//! - [`routes`]: handlers — `calls` (native), `admin`, `compat` (JustCall, Click-2-Call),
-//!   `meta` (healthz, metrics, OpenAPI document).
+//! - [`routes`]: handlers — `calls` (native), `lookup` (number lookup), `admin` (the
+//!   account's dialing permissions and call limits, users, devices, numbers, trunks),
+//!   `compat` (JustCall, Click-2-Call), `meta` (healthz, metrics, OpenAPI document).
 //! - [`hooks`]: the [`b2bua::calls::CallHooks`] implementation (queues each event) and the
 //!   rules that turn an event into the call record's changes and a callback.
 //! - [`journal`]: the call event write path: the queue, the writer thread that writes batches
@@ -36,8 +37,8 @@
 //!
 //! - No SIP: calls are started and hung up through [`b2bua::calls::CallControl`]; everything
 //!   it knows about a call comes through the hooks.
-//! - No TLS termination (put a proxy in front); no account management (accounts and API keys
-//!   come from provisioning).
+//! - No TLS termination (put a proxy in front); accounts and API keys come from provisioning
+//!   (an account may change only its own dialing permissions).
 //! - Event ids of the live stream are kept in memory only: `Last-Event-ID` resume works within
 //!   one process and the last 10 000 events.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -172,12 +173,17 @@ impl Api {
 
     /// The axum router with every route, the body limit and the access log.
     pub fn router(&self) -> Router {
-        use routes::{admin, calls, compat, meta};
+        use routes::{admin, calls, compat, lookup, meta};
         Router::new()
             .route("/v1/calls", post(calls::create_call).get(calls::list_calls))
             .route("/v1/calls/{call_id}", get(calls::get_call))
             .route("/v1/calls/{call_id}/hangup", post(calls::hangup_call))
             .route("/v1/events", get(calls::events))
+            .route("/v1/lookup/{number}", get(lookup::lookup))
+            .route(
+                "/v1/account",
+                get(admin::get_account).patch(admin::update_account),
+            )
             .route("/v1/users", get(admin::list_users).post(admin::create_user))
             .route(
                 "/v1/users/{user_id}",

@@ -422,6 +422,23 @@ impl Config {
         if let Err(issues) = self.provisioning().validate() {
             errors.extend(issues.into_iter().map(|i| err(&i.key, i.reason)));
         }
+        // ISO 3166 codes the numbering metadata has no numbers for (AQ, BV, ...) could never
+        // match a number: refused rather than silently useless.
+        for (i, a) in self.accounts.iter().enumerate() {
+            let known = |c: &str| {
+                !store::provision::is_iso3166_alpha2(c) || b2bua::numbering::is_known_region(c)
+            };
+            for (j, c) in a.allowed_countries.iter().flatten().enumerate() {
+                if !known(c) {
+                    errors.push(err(
+                        &format!("accounts[{i}].allowed_countries[{j}]"),
+                        format!(
+                            "{c:?} has no telephone numbers of its own in the numbering metadata"
+                        ),
+                    ));
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(Validated {
                 listen,
@@ -595,6 +612,35 @@ webhook_secret = "whsec_test_1"
                 "sip.refusal_sources",
                 "sip.refusal_exempt[0]"
             ]
+        );
+    }
+
+    #[test]
+    fn dialing_permissions_are_checked_with_their_keys() {
+        let account = |extra: &str| {
+            format!(
+                "[[accounts]]\nid = \"acct_01h2xcejqtf2nbrexx3vqjhp41\"\nname = \"Acme\"\nregion = \"US\"\nwebhook_secret = \"w\"\n{extra}"
+            )
+        };
+        let c = Config::parse(&account(
+            "allowed_countries = [\"US\", \"CA\"]\nblocked_number_types = [\"premium_rate\"]\n",
+        ))
+        .unwrap();
+        assert!(c.validate().is_ok());
+        let c = Config::parse(&account(
+            "allowed_countries = [\"US\", \"AQ\", \"usa\"]\nblocked_number_types = [\"premium_rate\", \"900\"]\n",
+        ))
+        .unwrap();
+        let errors = c.validate().unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "accounts[0].allowed_countries[2]",
+                "accounts[0].blocked_number_types[1]",
+                "accounts[0].allowed_countries[1]"
+            ],
+            "{errors:?}"
         );
     }
 

@@ -181,6 +181,14 @@ ALTER TABLE accounts ADD COLUMN calls_per_second REAL NOT NULL DEFAULT 5;
 ALTER TABLE accounts ADD COLUMN burst INTEGER NOT NULL DEFAULT 20;
 ALTER TABLE accounts ADD COLUMN max_concurrent INTEGER NOT NULL DEFAULT 100;
 "#,
+    // 3: dialing permissions by country and number type (issue 23). Existing accounts get
+    // the defaults of a new one: their own region, the four costly types blocked.
+    r#"
+ALTER TABLE accounts ADD COLUMN allowed_countries TEXT NOT NULL DEFAULT '[]';  -- JSON array
+ALTER TABLE accounts ADD COLUMN blocked_number_types TEXT NOT NULL
+    DEFAULT '["premium_rate","shared_cost","personal_number","uan"]';          -- JSON array
+UPDATE accounts SET allowed_countries = '["' || region || '"]';
+"#,
 ];
 
 const PEPPER_KEY: &str = "api_secret_pepper";
@@ -363,7 +371,7 @@ fn load_or_create_pepper(conn: &mut Connection) -> Result<Vec<u8>, StoreError> {
     }
     let pepper: [u8; PEPPER_LEN] = rand::random();
     exec(
-        &conn,
+        conn,
         "INSERT INTO meta (key, value) VALUES (?1, ?2)",
         params![PEPPER_KEY, pepper.as_slice()],
     )?;
@@ -393,20 +401,24 @@ fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
 }
 
 const ACCOUNT_COLS: &str = "id, name, region, webhook_secret, allowed_prefixes, \
-     calls_per_second, burst, max_concurrent";
+     allowed_countries, blocked_number_types, calls_per_second, burst, max_concurrent";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let prefixes: String = row.get(4)?;
+    let countries: String = row.get(5)?;
+    let blocked: String = row.get(6)?;
     Ok(Account {
         id: row.get(0)?,
         name: row.get(1)?,
         region: row.get(2)?,
         webhook_secret: Secret::new(row.get::<_, String>(3)?),
         allowed_prefixes: serde_json::from_str(&prefixes).map_err(|e| conversion_error(4, e))?,
+        allowed_countries: serde_json::from_str(&countries).map_err(|e| conversion_error(5, e))?,
+        blocked_number_types: serde_json::from_str(&blocked).map_err(|e| conversion_error(6, e))?,
         limits: AccountLimits {
-            calls_per_second: row.get(5)?,
-            burst: row.get(6)?,
-            max_concurrent: row.get(7)?,
+            calls_per_second: row.get(7)?,
+            burst: row.get(8)?,
+            max_concurrent: row.get(9)?,
         },
     })
 }
@@ -576,6 +588,40 @@ fn not_found(kind: &'static str, id: &str) -> StoreError {
     }
 }
 
+fn validate_account(account: &Account) -> Result<(), StoreError> {
+    let invalid = |field: &'static str, reason: String| StoreError::Invalid { field, reason };
+    if account.name.trim().is_empty() {
+        return Err(invalid("account.name", "must not be empty".to_owned()));
+    }
+    if !crate::provision::is_iso3166_alpha2(&account.region) {
+        return Err(invalid(
+            "account.region",
+            format!("{:?} is not an ISO 3166-1 alpha-2 code", account.region),
+        ));
+    }
+    if let Some(c) = account
+        .allowed_countries
+        .iter()
+        .find(|c| !crate::provision::is_iso3166_alpha2(c))
+    {
+        return Err(invalid(
+            "account.allowed_countries",
+            format!("{c:?} is not an ISO 3166-1 alpha-2 code"),
+        ));
+    }
+    if let Some(p) = account
+        .allowed_prefixes
+        .iter()
+        .find(|p| !crate::e164::is_e164_prefix(p))
+    {
+        return Err(invalid(
+            "account.allowed_prefixes",
+            format!("{p:?} is not an E.164 prefix (\"+\" then up to 15 digits)"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_user(user: &User) -> Result<(), StoreError> {
     TypeId::parse_with_prefix(&user.id, crate::provision::USER_PREFIX).map_err(|e| {
         StoreError::Invalid {
@@ -659,7 +705,7 @@ fn write_account_limits(
         return Err(StoreError::Invalid { field, reason });
     }
     let n = exec(
-        &conn,
+        conn,
         "UPDATE accounts SET calls_per_second = ?2, burst = ?3, max_concurrent = ?4
          WHERE id = ?1",
         params![
@@ -692,6 +738,10 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         for (i, a) in prov.accounts.iter().enumerate() {
             let prefixes = serde_json::to_string(&a.allowed_prefixes)?;
+            let allowed_countries = a.allowed_countries();
+            let blocked_number_types = a.blocked_number_types();
+            let countries = serde_json::to_string(&allowed_countries)?;
+            let blocked = serde_json::to_string(&blocked_number_types)?;
             let existing = tx
                 .query_row(
                     &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"),
@@ -703,10 +753,19 @@ impl SqliteStore {
             let change = match existing {
                 None => {
                     exec(
-                        &tx,
-                        "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![a.id, a.name, a.region, a.webhook_secret.expose(), prefixes],
+                        tx,
+                        "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes,
+                             allowed_countries, blocked_number_types)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![
+                            a.id,
+                            a.name,
+                            a.region,
+                            a.webhook_secret.expose(),
+                            prefixes,
+                            countries,
+                            blocked
+                        ],
                     )?;
                     write_account_limits(tx, &a.id, &limits)?;
                     Change::Created
@@ -716,16 +775,27 @@ impl SqliteStore {
                         && old.region == a.region
                         && old.webhook_secret == a.webhook_secret
                         && old.allowed_prefixes == a.allowed_prefixes
+                        && old.allowed_countries == allowed_countries
+                        && old.blocked_number_types == blocked_number_types
                         && old.limits == limits =>
                 {
                     Change::Unchanged
                 }
                 Some(_) => {
                     exec(
-                        &tx,
+                        tx,
                         "UPDATE accounts SET name = ?2, region = ?3, webhook_secret = ?4,
-                             allowed_prefixes = ?5 WHERE id = ?1",
-                        params![a.id, a.name, a.region, a.webhook_secret.expose(), prefixes],
+                             allowed_prefixes = ?5, allowed_countries = ?6,
+                             blocked_number_types = ?7 WHERE id = ?1",
+                        params![
+                            a.id,
+                            a.name,
+                            a.region,
+                            a.webhook_secret.expose(),
+                            prefixes,
+                            countries,
+                            blocked
+                        ],
                     )?;
                     write_account_limits(tx, &a.id, &limits)?;
                     Change::Updated
@@ -749,7 +819,7 @@ impl SqliteStore {
                 let change = match existing {
                     None => {
                         exec(
-                            &tx,
+                            tx,
                             "INSERT INTO api_keys (key, account_id, secret_hash)
                              VALUES (?1, ?2, ?3)",
                             params![k.key, a.id, hash],
@@ -760,7 +830,7 @@ impl SqliteStore {
                     Some((acct, h)) if acct == a.id && h == hash => Change::Unchanged,
                     Some(_) => {
                         exec(
-                            &tx,
+                            tx,
                             "UPDATE api_keys SET account_id = ?2, secret_hash = ?3 WHERE key = ?1",
                             params![k.key, a.id, hash],
                         )
@@ -781,7 +851,7 @@ impl SqliteStore {
                     .collect()
             };
             for key in stale {
-                exec(&tx, "DELETE FROM api_keys WHERE key = ?1", [&key])?;
+                exec(tx, "DELETE FROM api_keys WHERE key = ?1", [&key])?;
                 tracing::info!(key = %key, account = %a.id, "api key revoked by provisioning");
                 report.api_keys.removed += 1;
             }
@@ -807,7 +877,7 @@ impl SqliteStore {
             let change = match existing {
                 None => {
                     exec(
-                        &tx,
+                        tx,
                         "INSERT INTO users (id, account_id, name, extension, agent_id)
                          VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![u.id, u.account, u.name, u.extension, u.agent_id],
@@ -825,7 +895,7 @@ impl SqliteStore {
                 }
                 Some(_) => {
                     exec(
-                        &tx,
+                        tx,
                         "UPDATE users SET account_id = ?2, name = ?3, extension = ?4,
                              agent_id = ?5 WHERE id = ?1",
                         params![u.id, u.account, u.name, u.extension, u.agent_id],
@@ -850,7 +920,7 @@ impl SqliteStore {
                 let change = match existing {
                     None => {
                         let id = TypeId::new(DEVICE_PREFIX).to_string();
-                        exec(&tx,
+                        exec(tx,
                             "INSERT INTO devices (id, user_id, username, realm, ha1_md5, ha1_sha256)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                             params![id, u.id, d.username, realm, md5.expose(), sha.expose()],
@@ -867,7 +937,7 @@ impl SqliteStore {
                     }
                     Some(_) => {
                         exec(
-                            &tx,
+                            tx,
                             "UPDATE devices SET user_id = ?2, realm = ?3, ha1_md5 = ?4,
                                  ha1_sha256 = ?5 WHERE username = ?1",
                             params![d.username, u.id, realm, md5.expose(), sha.expose()],
@@ -948,7 +1018,7 @@ impl SqliteStore {
             let change = match existing {
                 None => {
                     exec(
-                        &tx,
+                        tx,
                         "INSERT INTO numbers (number, account_id, owner_user_id)
                          VALUES (?1, ?2, ?3)",
                         params![n.number, n.account, n.owner],
@@ -960,7 +1030,7 @@ impl SqliteStore {
                 }
                 Some(_) => {
                     exec(
-                        &tx,
+                        tx,
                         "UPDATE numbers SET account_id = ?2, owner_user_id = ?3 WHERE number = ?1",
                         params![n.number, n.account, n.owner],
                     )?;
@@ -984,7 +1054,7 @@ fn log_change(change: Change, kind: &str, id: &str) {
 
 fn insert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
     exec(
-        &conn,
+        conn,
         &format!("INSERT INTO trunks ({TRUNK_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
         params![
             t.name,
@@ -1004,7 +1074,7 @@ fn insert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
 
 fn update_trunk_row(conn: &Connection, t: &Trunk) -> Result<usize, StoreError> {
     exec(
-        &conn,
+        conn,
         "UPDATE trunks SET account_id = ?2, address = ?3, transport = ?4, username = ?5,
              password = ?6, emergency = ?7, dial_prefix = ?8, from_domain = ?9
          WHERE name = ?1",
@@ -1182,6 +1252,28 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let conn = self.conn()?;
         write_account_limits(&conn, account_id, limits)
+    }
+
+    fn update_account(&self, account: &Account) -> Result<(), StoreError> {
+        validate_account(account)?;
+        let conn = self.conn()?;
+        let n = exec(
+            &conn,
+            "UPDATE accounts SET name = ?2, region = ?3, allowed_prefixes = ?4,
+                 allowed_countries = ?5, blocked_number_types = ?6 WHERE id = ?1",
+            params![
+                account.id,
+                account.name,
+                account.region,
+                serde_json::to_string(&account.allowed_prefixes)?,
+                serde_json::to_string(&account.allowed_countries)?,
+                serde_json::to_string(&account.blocked_number_types)?,
+            ],
+        )?;
+        if n == 0 {
+            return Err(not_found("account", &account.id));
+        }
+        Ok(())
     }
 
     // ----- users --------------------------------------------------------------------------
@@ -1968,7 +2060,7 @@ fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
     let legs = serde_json::to_string(&c.legs)?;
     let stats = serde_json::to_string(&c.stats)?;
     let n = exec(
-        &conn,
+        conn,
         "UPDATE calls SET user_id = ?3, request_id = ?4, status = ?5, dial_string = ?6,
              destination = ?7, caller_id = ?8, callback_url = ?9, end_leg = ?10,
              sip_code = ?11, answered_at_ms = ?12, ended_at_ms = ?13, metadata = ?14,
@@ -2006,7 +2098,7 @@ fn append_timeline_on(
 ) -> Result<(), StoreError> {
     let detail = serde_json::to_string(&entry.detail)?;
     exec(
-        &conn,
+        conn,
         "INSERT INTO call_timeline (call_id, at_ms, kind, leg, detail)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![call_id, entry.at_ms, entry.kind, entry.leg, detail],
@@ -2023,7 +2115,7 @@ fn append_timeline_on(
 
 fn enqueue_callback_on(conn: &Connection, e: &OutboxEntry) -> Result<(), StoreError> {
     exec(
-        &conn,
+        conn,
         &format!(
             "INSERT INTO callback_outbox ({OUTBOX_COLS}) VALUES
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
