@@ -37,6 +37,10 @@ pub struct ApiConfig {
     pub server_id: String,
     /// Callback delivery policy.
     pub callbacks: CallbackPolicy,
+    /// Caps on connections open at once, overall and per source.
+    pub connections: sip_core::limits::ConnectionLimitsConfig,
+    /// Header, body and idle time-outs of each connection.
+    pub timeouts: crate::conn::HttpTimeouts,
 }
 
 impl Default for ApiConfig {
@@ -50,6 +54,8 @@ impl Default for ApiConfig {
             limits: AccountLimits::default(),
             server_id: "dialbridge-1".to_owned(),
             callbacks: CallbackPolicy::default(),
+            connections: sip_core::limits::ConnectionLimitsConfig::default(),
+            timeouts: crate::conn::HttpTimeouts::default(),
         }
     }
 }

@@ -181,6 +181,10 @@ pub struct Decision {
     pub response: Response,
     /// Wait this long before sending the response (brute-force slow-down).
     pub delay: Duration,
+    /// For an accepted REGISTER that came over a TCP connection: until when (unix seconds)
+    /// a binding lives on that connection, `Some(0)` when none does any more. The caller
+    /// keeps the connection open that long.
+    pub flow_until: Option<u64>,
 }
 
 /// The registrar. Shared between tasks (`Arc`); internal state behind short locks.
@@ -332,6 +336,7 @@ impl Registrar {
         let quick = |response| Decision {
             response,
             delay: Duration::ZERO,
+            flow_until: None,
         };
         let source = flow.remote.ip();
         // 1. Authentication.
@@ -413,6 +418,7 @@ impl Registrar {
                 return Decision {
                     response: self.challenge(req, false, now),
                     delay,
+                    flow_until: None,
                 };
             }
         };
@@ -463,7 +469,20 @@ impl Registrar {
         self.stats
             .registrations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        quick(resp)
+        let flow_until = flow.conn.map(|_| {
+            let (source, transport) = (flow.remote.to_string(), flow.transport.to_string());
+            bindings
+                .iter()
+                .filter(|b| b.source == source && b.transport == transport)
+                .map(|b| b.expires_at.max(0) as u64)
+                .max()
+                .unwrap_or(0)
+        });
+        Decision {
+            response: resp,
+            delay: Duration::ZERO,
+            flow_until,
+        }
     }
 
     fn locked(&self, source: IpAddr, user: Option<&str>, now: u64) -> bool {
