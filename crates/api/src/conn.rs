@@ -232,10 +232,7 @@ impl AsyncWrite for WatchedIo {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -484,19 +481,31 @@ mod tests {
         let t0 = Instant::now();
         let w = Watch::new(timeouts(), t0);
         // A new connection: its first request's head within header_read of the accept.
-        assert_eq!(w.deadline(), Some((t0 + Duration::from_secs(10), Expiry::Header)));
+        assert_eq!(
+            w.deadline(),
+            Some((t0 + Duration::from_secs(10), Expiry::Header))
+        );
         w.on_request();
         assert_eq!(w.deadline(), None, "no deadline while answering");
         let t1 = t0 + Duration::from_secs(100);
         w.on_response_done(t1);
-        assert_eq!(w.deadline(), Some((t1 + Duration::from_secs(60), Expiry::Idle)));
+        assert_eq!(
+            w.deadline(),
+            Some((t1 + Duration::from_secs(60), Expiry::Idle))
+        );
         // The next request's first byte starts the header time-out.
         let t2 = t1 + Duration::from_secs(5);
         w.on_bytes(t2);
-        assert_eq!(w.deadline(), Some((t2 + Duration::from_secs(10), Expiry::Header)));
+        assert_eq!(
+            w.deadline(),
+            Some((t2 + Duration::from_secs(10), Expiry::Header))
+        );
         // Later bytes of the same head do not move it.
         w.on_bytes(t2 + Duration::from_secs(3));
-        assert_eq!(w.deadline(), Some((t2 + Duration::from_secs(10), Expiry::Header)));
+        assert_eq!(
+            w.deadline(),
+            Some((t2 + Duration::from_secs(10), Expiry::Header))
+        );
         w.on_request();
         w.on_body_expired();
         assert_eq!(w.deadline().map(|d| d.1), Some(Expiry::Body));

@@ -40,7 +40,9 @@ async fn connections_over_the_per_source_cap_are_closed_at_once_others_are_serve
     let mut held = Vec::new();
     for _ in 0..5 {
         let mut s = TcpStream::connect(a).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
         held.push(s);
     }
     // The sixth is closed at once, without an answer.
@@ -65,7 +67,11 @@ async fn connections_over_the_per_source_cap_are_closed_at_once_others_are_serve
     let got = tokio::time::timeout(Duration::from_secs(5), until_closed(&mut other))
         .await
         .unwrap();
-    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     // Once the held connections are gone, 127.0.0.1 is served again.
     drop(held);
     let mut answered = false;
@@ -96,15 +102,23 @@ async fn half_sent_heads_silent_bodies_and_idle_connections_are_closed() {
     let a = addr(&server);
 
     let mut head = TcpStream::connect(a).await.unwrap();
-    head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let early = tokio::time::timeout(Duration::from_secs(9), until_closed(&mut head)).await;
     assert!(early.is_err(), "open before the header time-out");
     let late = tokio::time::timeout(Duration::from_secs(2), until_closed(&mut head)).await;
-    assert_eq!(late.map(|b| b.is_empty()).ok(), Some(true), "closed, unanswered");
+    assert_eq!(
+        late.map(|b| b.is_empty()).ok(),
+        Some(true),
+        "closed, unanswered"
+    );
 
     // A whole request is answered; the kept-alive connection is closed when idle.
     let mut idle = TcpStream::connect(a).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut b = [0u8; 12];
     idle.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"HTTP/1.1 200");
