@@ -29,7 +29,7 @@ fn raise_own_nofile() -> u64 {
         l.rlim_cur = l.rlim_max;
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
     }
-    l.rlim_cur as u64
+    l.rlim_cur
 }
 
 /// A TCP connection to `to` from `from` (any port), or `None` when the server refused it.

@@ -14,6 +14,7 @@
 //!   - body: a request body that delivers nothing for `body_read` fails the request and
 //!     closes the connection;
 //!   - idle: a kept-alive connection with no request for `idle` is closed.
+//!
 //!   A request being answered has no deadline of its own: a long-lived answer (the live
 //!   event stream) is not cut.
 //!

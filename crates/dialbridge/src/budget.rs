@@ -135,7 +135,7 @@ pub fn nofile() -> std::io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((l.rlim_cur as u64, l.rlim_max as u64))
+    Ok((l.rlim_cur, l.rlim_max))
 }
 
 /// Raises the soft `nofile` limit to the hard one; returns (soft before, soft now).
@@ -145,8 +145,8 @@ pub fn raise_nofile() -> std::io::Result<(u64, u64)> {
         return Ok((soft, soft));
     }
     let l = libc::rlimit {
-        rlim_cur: hard as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
+        rlim_cur: hard,
+        rlim_max: hard,
     };
     // SAFETY: setrlimit reads the struct we own.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
