@@ -368,30 +368,51 @@ fn add_connection_metrics(
         &'static str,
         fn(&sip_core::limits::ConnectionStats) -> u64,
     );
-    let limits: [Limit; 3] = [
-        ("connections", "gauge", "connections open now.", |s| {
-            s.open.load(Relaxed)
-        }),
+    let sip_limits: [Limit; 3] = [
         (
-            "connections_refused_total",
+            "dialbridge_sip_tcp_connections",
+            "gauge",
+            "SIP TCP connections accepted and open now.",
+            |s| s.open.load(Relaxed),
+        ),
+        (
+            "dialbridge_sip_tcp_connections_refused_total",
             "counter",
-            "connections closed at once: the overall cap was reached.",
+            "SIP TCP connections closed at once: sip.max_connections was reached.",
             |s| s.refused_total.load(Relaxed),
         ),
         (
-            "connections_refused_per_ip_total",
+            "dialbridge_sip_tcp_connections_refused_per_ip_total",
             "counter",
-            "connections closed at once: their address had its share.",
+            "SIP TCP connections closed at once: their address had sip.max_connections_per_ip.",
             |s| s.refused_per_source.load(Relaxed),
         ),
     ];
-    for (prefix, what, l) in [
-        ("dialbridge_sip_tcp_", "SIP TCP", Arc::clone(sip)),
-        ("dialbridge_http_", "REST", rest.connection_limits()),
+    let http_limits: [Limit; 3] = [
+        (
+            "dialbridge_http_connections",
+            "gauge",
+            "REST connections open now.",
+            |s| s.open.load(Relaxed),
+        ),
+        (
+            "dialbridge_http_connections_refused_total",
+            "counter",
+            "REST connections closed at once: api.max_connections was reached.",
+            |s| s.refused_total.load(Relaxed),
+        ),
+        (
+            "dialbridge_http_connections_refused_per_ip_total",
+            "counter",
+            "REST connections closed at once: their address had api.max_connections_per_ip.",
+            |s| s.refused_per_source.load(Relaxed),
+        ),
+    ];
+    for (limits, l) in [
+        (sip_limits, Arc::clone(sip)),
+        (http_limits, rest.connection_limits()),
     ] {
         for (name, kind, help, read) in limits {
-            let name: &'static str = Box::leak(format!("{prefix}{name}").into_boxed_str());
-            let help: &'static str = Box::leak(format!("{what} {help}").into_boxed_str());
             let l = Arc::clone(&l);
             metrics.add_source(name, kind, help, move || read(&l.stats));
         }
