@@ -725,7 +725,19 @@ mod tests {
         password: &str,
         now: u64,
     ) -> Decision {
-        let first = reg.handle(&register(cseq, contact, expires, None), &flow(), now);
+        authed_on(reg, &flow(), cseq, contact, expires, password, now)
+    }
+
+    fn authed_on(
+        reg: &Registrar,
+        flow: &Flow,
+        cseq: u32,
+        contact: &str,
+        expires: Option<u32>,
+        password: &str,
+        now: u64,
+    ) -> Decision {
+        let first = reg.handle(&register(cseq, contact, expires, None), flow, now);
         assert_eq!(first.response.status, 401);
         let challenges: Vec<String> = first
             .response
@@ -743,9 +755,52 @@ mod tests {
             .unwrap();
         reg.handle(
             &register(cseq + 1, contact, expires, Some(value)),
-            &flow(),
+            flow,
             now,
         )
+    }
+
+    #[test]
+    fn a_registration_over_tcp_says_how_long_its_connection_carries_a_binding() {
+        let reg = registrar();
+        let now = 1_700_000_000;
+        let tcp = Flow {
+            transport: Transport::Tcp,
+            conn: Some(7),
+            ..flow()
+        };
+        let d = authed_on(
+            &reg,
+            &tcp,
+            1,
+            "<sip:alice@10.0.0.5:5060;transport=tcp>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        );
+        assert_eq!(d.response.status, 200);
+        assert_eq!(d.flow_until, Some(now + 600));
+        // Removing the binding ends the hold; over UDP there is no connection to hold.
+        let d = authed_on(
+            &reg,
+            &tcp,
+            10,
+            "<sip:alice@10.0.0.5:5060;transport=tcp>",
+            Some(0),
+            "s3cret-desk",
+            now + 5,
+        );
+        assert_eq!(d.response.status, 200);
+        assert_eq!(d.flow_until, Some(0));
+        let d = authed(
+            &reg,
+            20,
+            "<sip:alice@10.0.0.5:5060>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        );
+        assert_eq!(d.flow_until, None);
     }
 
     fn registrar() -> Registrar {

@@ -7,6 +7,10 @@
 //! need. Such answers to strangers count against the per-source refusal budget; registered
 //! phones and the configured trunks are exempt ([`SipServer::budget_for`]). Requests that
 //! start or belong to a call go to the call engine and keep their server transaction.
+//!
+//! The same known peers are handed to the transports, which let them past the per-address
+//! TCP connection cap and the per-source request budget; and a REGISTER accepted over TCP
+//! holds its connection open past `sip.tcp_idle_secs` for as long as a binding lives on it.
 
 use crate::calls::engine::Engine;
 use crate::registrar::Registrar;
