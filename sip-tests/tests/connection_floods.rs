@@ -460,3 +460,76 @@ fn a_half_sent_message_is_closed_after_first_message_secs_a_registered_tcp_phone
         "{m}"
     );
 }
+
+fn udp_options(from: SocketAddr, n: u32) -> String {
+    format!(
+        "OPTIONS sip:dialbridge.test SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {from};branch=z9hG4bKpike{n};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@dialbridge.test>;tag=pike{n}\r\n\
+         To: <sip:dialbridge.test>\r\n\
+         Call-ID: pike-{n}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Answers that reach `sock` until it has been quiet for `quiet`.
+fn answers(sock: &std::net::UdpSocket, quiet: Duration) -> usize {
+    sock.set_read_timeout(Some(quiet)).unwrap();
+    let mut b = [0u8; 4096];
+    let mut n = 0;
+    while let Ok((len, _)) = sock.recv_from(&mut b) {
+        if b[..len].starts_with(b"SIP/2.0 200") {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The pike idea: a source sending more than `sip.requests_per_sec` gets nothing back for
+/// `sip.request_mute_secs`; another source is served meanwhile.
+#[test]
+fn a_source_past_requests_per_sec_is_ignored_for_a_while() {
+    let server = TestServer::start(
+        "[sip]\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\n\
+         requests_per_sec = 20\nrequest_mute_secs = 60\nrefusals_per_sec = 0\n",
+    );
+    let to = server.udp_addr();
+    let flooder = std::net::UdpSocket::bind("127.0.0.4:0").unwrap();
+    let from = flooder.local_addr().unwrap();
+    for n in 0..100 {
+        flooder
+            .send_to(udp_options(from, n).as_bytes(), to)
+            .unwrap();
+    }
+    let got = answers(&flooder, Duration::from_millis(700));
+    assert!(
+        (20..=30).contains(&got),
+        "{got} of 100 answered (budget 20 a second)"
+    );
+    // Muted: even a lone request later gets nothing.
+    flooder
+        .send_to(udp_options(from, 1000).as_bytes(), to)
+        .unwrap();
+    assert_eq!(answers(&flooder, Duration::from_millis(500)), 0);
+    // Another source is answered.
+    let other = std::net::UdpSocket::bind("127.0.0.5:0").unwrap();
+    let oa = other.local_addr().unwrap();
+    other.send_to(udp_options(oa, 1).as_bytes(), to).unwrap();
+    assert_eq!(answers(&other, Duration::from_millis(500)), 1);
+
+    let m = request(server.api.expect("REST"), "GET", "/metrics", &[], None).body;
+    assert_eq!(metric(&m, "dialbridge_sip_request_mutes_total"), 1, "{m}");
+    assert_eq!(
+        metric(&m, "dialbridge_sip_requests_dropped_total") as usize,
+        101 - got,
+        "{m}"
+    );
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("too many requests from one source").count(),
+        1,
+        "logged once per mute"
+    );
+}
