@@ -30,6 +30,8 @@
 //! - [`callbacks`]: outbox dispatcher, signatures, backoff, callback URL guard.
 //! - [`events`]: the SSE hub with its `Last-Event-ID` ring.
 //! - [`limits`]: per-account call rate (token bucket) and concurrency.
+//! - [`conn`]: the accept loop: connection caps overall and per source, header, body and
+//!   idle time-outs.
 //! - [`metrics`]: [`Metrics`], rendered in Prometheus text format.
 //! - [`views`], [`time`]: JSON views of store rows; RFC 3339 UTC times.
 //!
@@ -44,6 +46,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod callbacks;
+pub mod conn;
 pub mod error;
 pub mod events;
 pub mod hooks;
@@ -106,6 +109,8 @@ use state::{Shared, BODY_LIMIT};
 /// The REST API of one dialbridge node.
 pub struct Api {
     shared: Arc<Shared>,
+    conn_limits: Arc<sip_core::limits::ConnectionLimits>,
+    http_stats: Arc<conn::HttpStats>,
 }
 
 impl Api {
@@ -118,7 +123,10 @@ impl Api {
     ) -> Api {
         let first_event_id = (time::now_ms().max(0) as u64).saturating_mul(1000);
         let limiter = limits::Limiter::new();
+        let conn_limits = sip_core::limits::ConnectionLimits::new(cfg.connections);
         Api {
+            conn_limits,
+            http_stats: Arc::default(),
             shared: Arc::new(Shared {
                 cfg,
                 store,
@@ -246,8 +254,19 @@ impl Api {
             .with_state(self.shared.clone())
     }
 
+    /// The caps on connections, with their counters (open, accepted, refused).
+    pub fn connection_limits(&self) -> Arc<sip_core::limits::ConnectionLimits> {
+        self.conn_limits.clone()
+    }
+
+    /// The counters of connections closed by a time-out.
+    pub fn http_stats(&self) -> Arc<conn::HttpStats> {
+        self.http_stats.clone()
+    }
+
     /// Serves the API on `listener` until `shutdown` completes, then lets requests in
-    /// flight finish.
+    /// flight finish. Connections are held to the configured caps and time-outs
+    /// ([`conn`]).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -256,8 +275,15 @@ impl Api {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "REST API listening");
         }
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let timeouts = self.shared.cfg.timeouts;
+        conn::serve(
+            listener,
+            self.router(),
+            self.conn_limits.clone(),
+            timeouts,
+            self.http_stats.clone(),
+            shutdown,
+        )
+        .await
     }
 }
