@@ -5,6 +5,7 @@ pub mod auth;
 pub mod dialog;
 pub mod endpoint;
 pub mod message;
+pub mod observe;
 pub mod sdp;
 pub mod stateless;
 pub mod transaction;
