@@ -179,6 +179,17 @@ impl Engine {
         Engine { inner }
     }
 
+    /// The call a SIP Call-ID belongs to (either leg), while the call runs: what a capture
+    /// (HEP) puts in its correlation chunk so that both legs of one call link up.
+    pub fn call_for_sip_call_id(&self, sip_call_id: &str) -> Option<String> {
+        self.inner
+            .sip_call_ids
+            .lock()
+            .ok()?
+            .get(sip_call_id)
+            .cloned()
+    }
+
     /// Packets relayed by calls that have ended (a counter for metrics).
     pub fn relayed_packets(&self) -> u64 {
         self.inner.relayed_packets.load(Ordering::Relaxed)
