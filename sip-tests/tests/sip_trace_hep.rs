@@ -205,8 +205,10 @@ fn click_to_call_is_exported_to_sngrep_as_hep() {
 struct TcpCollector {
     port: u16,
     stop: Arc<AtomicBool>,
-    /// (correlation id, SIP payload) of each packet.
+    /// (correlation id, payload) of each packet, SIP (type 1) only.
     packets: Arc<Mutex<Vec<(Option<String>, String)>>>,
+    /// (correlation id, payload) of each RTCP packet (type 5).
+    rtcp: Arc<Mutex<Vec<(Option<String>, Vec<u8>)>>>,
 }
 
 fn read_hep(stream: &mut TcpStream) -> Option<Vec<u8>> {
@@ -221,24 +223,25 @@ fn read_hep(stream: &mut TcpStream) -> Option<Vec<u8>> {
     Some(rest)
 }
 
-/// (correlation, payload) from the chunks of one packet.
-fn hep_chunks(mut b: &[u8]) -> (Option<String>, String) {
-    let (mut corr, mut payload) = (None, String::new());
+/// (payload type, correlation, payload) from the chunks of one packet.
+fn hep_chunks(mut b: &[u8]) -> (u8, Option<String>, Vec<u8>) {
+    let (mut kind_of_payload, mut corr, mut payload) = (0, None, Vec::new());
     while b.len() >= 6 {
         let kind = u16::from_be_bytes([b[2], b[3]]);
         let len = usize::from(u16::from_be_bytes([b[4], b[5]]));
         if len < 6 || len > b.len() {
             break;
         }
-        let v = String::from_utf8_lossy(&b[6..len]).into_owned();
+        let v = &b[6..len];
         match kind {
-            0x0011 => corr = Some(v),
-            0x000f => payload = v,
+            0x0011 => corr = Some(String::from_utf8_lossy(v).into_owned()),
+            0x000f => payload = v.to_vec(),
+            0x000b => kind_of_payload = v.first().copied().unwrap_or(0),
             _ => {}
         }
         b = &b[len..];
     }
-    (corr, payload)
+    (kind_of_payload, corr, payload)
 }
 
 impl TcpCollector {
@@ -248,18 +251,27 @@ impl TcpCollector {
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let packets = Arc::new(Mutex::new(Vec::new()));
-        let (s, p) = (Arc::clone(&stop), Arc::clone(&packets));
+        let rtcp = Arc::new(Mutex::new(Vec::new()));
+        let (s, p, r) = (Arc::clone(&stop), Arc::clone(&packets), Arc::clone(&rtcp));
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut conn, _)) => {
                         let _ = conn.set_nonblocking(false);
                         let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
-                        let (s, p) = (Arc::clone(&s), Arc::clone(&p));
+                        let (s, p, r) = (Arc::clone(&s), Arc::clone(&p), Arc::clone(&r));
                         std::thread::spawn(move || {
                             while !s.load(Ordering::Relaxed) {
                                 match read_hep(&mut conn) {
-                                    Some(b) => p.lock().unwrap().push(hep_chunks(&b)),
+                                    Some(b) => match hep_chunks(&b) {
+                                        (5, corr, payload) => {
+                                            r.lock().unwrap().push((corr, payload))
+                                        }
+                                        (_, corr, payload) => p.lock().unwrap().push((
+                                            corr,
+                                            String::from_utf8_lossy(&payload).into_owned(),
+                                        )),
+                                    },
                                     None => {
                                         // A read time-out mid-packet loses the stream's
                                         // framing; the sender reconnects after a drop.
@@ -279,6 +291,7 @@ impl TcpCollector {
             port,
             stop,
             packets,
+            rtcp,
         }
     }
 }
@@ -329,11 +342,31 @@ fn calls_complete_when_the_collector_goes_away_mid_run() {
             .count()
             >= 2
     });
+    // RTCP from the agent's side reaches the relay's agent leg (its RTCP port, the RTP port
+    // the phone was offered + 1): after the source's probation, the relay forwards it and
+    // the collector gets it as HEP type 5, correlated to the agent leg's SIP Call-ID.
+    let relay_port: u16 = desk
+        .logs()
+        .split("relay_port=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the phone logged no relay port: {}", desk.logs()));
+    let phone_rtcp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let rr = [0x80u8, 201, 0, 1, 0x12, 0x34, 0x56, 0x78];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.rtcp.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no RTCP reached the collector");
+        phone_rtcp
+            .send_to(&rr, ("127.0.0.1", relay_port + 1))
+            .expect("send RTCP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     collector.stop.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(f.hangup(&id), 202);
     assert_eq!(carrier.wait(Duration::from_secs(30)).code, 0);
-    assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
+    let d1 = desk.wait(Duration::from_secs(30));
+    assert_eq!(d1.code, 0, "{}", d1.output);
     assert_eq!(f.ended(&id)["status"], "completed");
 
     // The two legs' INVITEs carried the call id in the correlation chunk, each on its own
@@ -348,6 +381,15 @@ fn calls_complete_when_the_collector_goes_away_mid_run() {
         })
         .collect();
     assert_eq!(legs.len(), 2, "{packets:?}");
+    // The RTCP went as type 5 with the agent leg's SIP Call-ID: the one the phone saw.
+    let agent_call_id = call_ids(&d1.output).into_iter().next().unwrap_or_default();
+    assert!(legs.contains(&agent_call_id), "{legs:?} {agent_call_id}");
+    let rtcp = collector.rtcp.lock().unwrap().clone();
+    assert!(
+        rtcp.iter()
+            .any(|(c, p)| c.as_deref() == Some(agent_call_id.as_str()) && p[..] == rr[..]),
+        "{rtcp:?}"
+    );
     // A REGISTER is not part of a call.
     assert!(packets
         .iter()

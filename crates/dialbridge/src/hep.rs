@@ -283,7 +283,8 @@ impl HepExporter {
         }
     }
 
-    /// An RTCP packet the relay received or sent, correlated to its leg's SIP Call-ID.
+    /// An RTCP packet the relay received or sent, correlated to its leg's SIP Call-ID
+    /// (none when empty).
     pub fn rtcp(&self, src: SocketAddr, dst: SocketAddr, sip_call_id: &str, data: &[u8]) {
         self.enqueue(&Capture {
             src,
@@ -293,7 +294,7 @@ impl HepExporter {
             payload_type: PAYLOAD_RTCP,
             agent_id: self.agent_id,
             auth_key: self.password.as_deref(),
-            correlation: Some(sip_call_id),
+            correlation: (!sip_call_id.is_empty()).then_some(sip_call_id),
             payload: data,
         });
     }
@@ -319,6 +320,53 @@ impl MessageObserver for HepExporter {
             correlation: correlation.as_deref(),
             payload: m.data,
         });
+    }
+}
+
+/// Finds the SIP Call-ID of a relay session's leg.
+pub type MediaCorrelate =
+    Arc<dyn Fn(media::SessionId, media::LegId) -> Option<String> + Send + Sync>;
+
+/// The media relay's RTCP, as HEP type 5 correlated to its leg's SIP Call-ID. Runs on a
+/// forwarding thread for RTCP packets only: a map lookup, a copy into the bounded queue.
+pub struct HepRtcpTap {
+    exporter: Arc<HepExporter>,
+    correlate: OnceLock<MediaCorrelate>,
+}
+
+impl std::fmt::Debug for HepRtcpTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HepRtcpTap").finish_non_exhaustive()
+    }
+}
+
+impl HepRtcpTap {
+    pub fn new(exporter: Arc<HepExporter>) -> Arc<HepRtcpTap> {
+        Arc::new(HepRtcpTap {
+            exporter,
+            correlate: OnceLock::new(),
+        })
+    }
+
+    /// Tells the tap how to find a leg's SIP Call-ID (once the call engine exists).
+    pub fn set_correlate(&self, f: MediaCorrelate) {
+        let _ = self.correlate.set(f);
+    }
+}
+
+impl media::RtcpTap for HepRtcpTap {
+    fn on_rtcp(
+        &self,
+        session: media::SessionId,
+        leg: media::LegId,
+        _direction: media::RtcpDirection,
+        src: SocketAddr,
+        dst: SocketAddr,
+        data: &[u8],
+    ) {
+        let call_id = self.correlate.get().and_then(|f| f(session, leg));
+        self.exporter
+            .rtcp(src, dst, call_id.as_deref().unwrap_or(""), data);
     }
 }
 

@@ -79,6 +79,9 @@ pub async fn serve_until(
         }
         None => None,
     };
+    let rtcp_tap = hep
+        .as_ref()
+        .map(|h| crate::hep::HepRtcpTap::new(Arc::clone(h)));
     let mut observers: Vec<Arc<dyn sip_core::observe::MessageObserver>> = Vec::new();
     if cfg.log.sip_trace {
         observers.push(Arc::new(crate::sip_trace::SipTrace {
@@ -120,6 +123,7 @@ pub async fn serve_until(
         timeout: Duration::from_secs(cfg.media.timeout_secs),
         workers: cfg.media.workers,
         latch: cfg.media.latch(),
+        rtcp_tap: media::RtcpTapHandle(rtcp_tap.clone().map(|t| t as Arc<dyn media::RtcpTap>)),
         ..Default::default()
     })?);
     say!(
@@ -183,6 +187,12 @@ pub async fn serve_until(
         h.set_correlate(Arc::new(move |sip_call_id: &str| {
             e.call_for_sip_call_id(sip_call_id)
         }));
+        if let Some(t) = &rtcp_tap {
+            let e = engine.clone();
+            t.set_correlate(Arc::new(move |session, leg| {
+                e.sip_call_id_of_media(session, leg)
+            }));
+        }
         if let Some(target) = &valid.hep {
             say!(
                 "dialbridge: HEP to {}:{}:{} (agent id {})",
