@@ -90,8 +90,18 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> HttpResponse {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the API");
+    try_request(addr, method, path, headers, body).expect("HTTP request to the API")
+}
+
+/// [`request`], with connection and read errors returned instead of panicking.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (n, v) in headers {
@@ -108,19 +118,19 @@ pub fn request(
     } else {
         req.push_str("\r\n");
     }
-    s.write_all(req.as_bytes()).expect("send request");
+    s.write_all(req.as_bytes())?;
     let mut reader = BufReader::new(s);
-    let (start, headers, body) = read_message(&mut reader).expect("read response");
+    let (start, headers, body) = read_message(&mut reader)?;
     let status = start
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    HttpResponse {
+    Ok(HttpResponse {
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    })
 }
 
 /// One callback the receiver got.

@@ -7,6 +7,7 @@
 //! loopback ([`in_netns`]).
 
 pub mod baresip;
+pub mod bench;
 pub mod c2c;
 pub mod http;
 
@@ -133,6 +134,23 @@ impl TestServer {
     /// log file and returns the command to run (e.g. inside a private mount namespace with
     /// a small disk); its stdout must be the server's.
     pub fn start_wrapped(dir: TempDir, config: &str, wrap: Option<Wrap<'_>>) -> TestServer {
+        let log = std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "debug".into());
+        Self::launch(dir, config, &dialbridge_bin(), &log, wrap)
+    }
+
+    /// Starts `bin` (a `dialbridge` binary) in `dir` with `RUST_LOG=rust_log`; the config is
+    /// completed as [`TestServer::start`] says.
+    pub fn start_bin(dir: TempDir, config: &str, bin: &Path, rust_log: &str) -> TestServer {
+        Self::launch(dir, config, bin, rust_log, None)
+    }
+
+    fn launch(
+        dir: TempDir,
+        config: &str,
+        bin: &Path,
+        rust_log: &str,
+        wrap: Option<Wrap<'_>>,
+    ) -> TestServer {
         let mut text = String::new();
         if !config.contains("[sip]") {
             text.push_str("[sip]\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\n");
@@ -155,18 +173,15 @@ impl TestServer {
         let log = dir.path().join("server.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = match wrap {
-            Some(w) => w(&dialbridge_bin(), &cfg_path, &log),
+            Some(w) => w(bin, &cfg_path, &log),
             None => {
-                let mut c = Command::new(dialbridge_bin());
+                let mut c = Command::new(bin);
                 c.args(["serve", "--config"]).arg(&cfg_path);
                 c
             }
         };
         let mut child = cmd
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "debug".into()),
-            )
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .spawn()
@@ -218,6 +233,11 @@ impl TestServer {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn udp_addr(&self) -> SocketAddr {
         self.udp[0]
     }
@@ -234,11 +254,6 @@ impl TestServer {
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Kills the server with SIGKILL (a crash) and returns its directory, store included.
@@ -418,7 +433,8 @@ impl Drop for SippChild {
     }
 }
 
-fn parse_stats(text: &str) -> Vec<(String, String)> {
+/// The header and the last row of a SIPp `-trace_stat` file as (column, value) pairs.
+pub fn parse_stats(text: &str) -> Vec<(String, String)> {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     match (lines.first(), lines.last()) {
         (Some(h), Some(l)) if lines.len() > 1 => h

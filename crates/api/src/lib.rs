@@ -116,7 +116,7 @@ impl Api {
         metrics: Arc<Metrics>,
     ) -> Api {
         let first_event_id = (time::now_ms().max(0) as u64).saturating_mul(1000);
-        let limiter = limits::Limiter::new(cfg.limits);
+        let limiter = limits::Limiter::new();
         Api {
             shared: Arc::new(Shared {
                 cfg,
@@ -216,6 +216,10 @@ impl Api {
                 get(admin::get_trunk)
                     .patch(admin::update_trunk)
                     .delete(admin::delete_trunk),
+            )
+            .route(
+                "/v1/account/limits",
+                get(admin::get_limits).patch(admin::update_limits),
             )
             .route("/v2/calls/make", post(compat::make_call))
             .route("/click2call", get(compat::click2call))

@@ -192,7 +192,7 @@ pub(crate) async fn place_call(
     let now = now_ms();
     shared
         .limiter
-        .acquire(&account.id, now)
+        .acquire(&account.id, &account.limits, now)
         .map_err(limit_error)?;
 
     let call_id = TypeId::new(CALL_PREFIX).to_string();

@@ -9,7 +9,7 @@ use store::Store;
 
 use crate::callbacks::CallbackPolicy;
 use crate::events::EventHub;
-use crate::limits::{AccountLimits, Limiter};
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 
 /// How long an `Idempotency-Key` answer is replayed: 24 hours.
@@ -31,8 +31,6 @@ pub struct ApiConfig {
     pub customer_ring_secs: u32,
     /// Largest `ring_timeout` / `timeout` a request may ask for.
     pub max_ring_secs: u32,
-    /// Per-account call rate and concurrency.
-    pub limits: AccountLimits,
     /// Identifies this node in Click-2-Call answers (`server_id`).
     pub server_id: String,
     /// Callback delivery policy.
@@ -47,7 +45,6 @@ impl Default for ApiConfig {
             agent_ring_secs: 30,
             customer_ring_secs: 45,
             max_ring_secs: 300,
-            limits: AccountLimits::default(),
             server_id: "dialbridge-1".to_owned(),
             callbacks: CallbackPolicy::default(),
         }

@@ -593,6 +593,46 @@ mod tests {
         assert_eq!(keys, vec!["media.probation_packets".to_string()]);
     }
 
+    const ACCOUNT: &str = r#"
+[[accounts]]
+id = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+name = "Acme"
+region = "US"
+webhook_secret = "whsec_test_1"
+"#;
+
+    #[test]
+    fn account_limits_are_checked_and_named() {
+        let c = Config::parse(&format!(
+            "{ACCOUNT}calls_per_second = 40\nburst = 80\nmax_concurrent = 400\n"
+        ))
+        .unwrap();
+        assert!(c.validate().is_ok());
+        let a = &c.provisioning().accounts[0];
+        assert_eq!(
+            (a.calls_per_second, a.burst, a.max_concurrent),
+            (Some(40.0), Some(80), Some(400))
+        );
+        let c = Config::parse(&format!(
+            "{ACCOUNT}calls_per_second = 0\nburst = 0\nmax_concurrent = 0\n"
+        ))
+        .unwrap();
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "accounts[0].calls_per_second",
+                "accounts[0].burst",
+                "accounts[0].max_concurrent"
+            ]
+        );
+        assert!(errs[0].to_string().contains("above 0"), "{}", errs[0]);
+        // Not a number at all: refused by the parser, with the line of the key.
+        let e = Config::parse(&format!("{ACCOUNT}calls_per_second = \"fast\"\n")).unwrap_err();
+        assert!(e[0].contains("expected f64 (line 7)"), "{e:?}");
+    }
+
     #[test]
     fn log_and_hep_keys_are_checked() {
         let c = Config::parse("").unwrap();

@@ -54,3 +54,50 @@ fn check_config_names_the_wrong_keys() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_config_names_bad_account_limits() {
+    let dir = std::env::temp_dir().join(format!("dialbridge-cli-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("limits.toml");
+    let account = "[[accounts]]\nid = \"acct_01h2xcejqtf2nbrexx3vqjhp41\"\nname = \"Acme\"\n\
+                   region = \"US\"\nwebhook_secret = \"w\"\n";
+    std::fs::write(
+        &file,
+        format!("{account}calls_per_second = -1\nmax_concurrent = 0\n"),
+    )
+    .unwrap();
+    let out = dialbridge()
+        .args(["check-config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("accounts[0].calls_per_second: must be a number above 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("accounts[0].max_concurrent: must be at least 1"),
+        "{err}"
+    );
+    assert!(!err.contains("accounts[0].burst"), "{err}");
+    // Good values pass.
+    std::fs::write(
+        &file,
+        format!("{account}calls_per_second = 0.5\nburst = 3\nmax_concurrent = 10\n"),
+    )
+    .unwrap();
+    let out = dialbridge()
+        .args(["check-config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

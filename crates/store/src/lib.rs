@@ -58,7 +58,7 @@ pub mod typeid;
 
 pub use error::StoreError;
 pub use model::{
-    Account, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
+    Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
     IdempotencyRecord, Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs,
     UnixSecs, User,
 };
@@ -106,6 +106,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The secret is compared in constant time.
     fn account_by_key_pair(&self, key: &str, secret: &str) -> Result<Option<Account>, StoreError>;
     fn api_keys_for_account(&self, account_id: &str) -> Result<Vec<ApiKey>, StoreError>;
+    /// Replaces the call limits of `account_id` ([`StoreError::Invalid`] for a value out of
+    /// range). `Ok(false)` when there is no such account.
+    fn set_account_limits(
+        &self,
+        account_id: &str,
+        limits: &AccountLimits,
+    ) -> Result<bool, StoreError>;
 
     // ----- users --------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ pub type UnixMs = i64;
 pub type UnixSecs = i64;
 
 /// A tenant: owns users, numbers, API keys, private trunks and calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Account {
     /// TypeID `acct_…`.
     pub id: String,
@@ -28,6 +28,63 @@ pub struct Account {
     pub webhook_secret: Secret,
     /// E.164 prefixes (`+1`, `+44`) this account may dial.
     pub allowed_prefixes: Vec<String>,
+    /// How fast and how many calls this account may place.
+    pub limits: AccountLimits,
+}
+
+/// An account's call limits (SPEC §9.1): a token bucket for the call rate and a cap on the
+/// calls in progress. Kept per account in the store; set by `[[accounts]]` and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccountLimits {
+    /// Sustained calls per second (may be fractional: `0.5` is one call every 2 s).
+    pub calls_per_second: f64,
+    /// Calls that may start at once after a quiet period (the bucket's size).
+    pub burst: u32,
+    /// Calls of the account in progress at the same time.
+    pub max_concurrent: u32,
+}
+
+impl AccountLimits {
+    /// `calls_per_second` when none is configured.
+    pub const DEFAULT_CALLS_PER_SECOND: f64 = 5.0;
+    /// `burst` when none is configured.
+    pub const DEFAULT_BURST: u32 = 20;
+    /// `max_concurrent` when none is configured.
+    pub const DEFAULT_MAX_CONCURRENT: u32 = 100;
+    /// Largest `calls_per_second` accepted (far above what one node can place).
+    pub const MAX_CALLS_PER_SECOND: f64 = 100_000.0;
+
+    /// Checks each value; returns the field name and the reason of every problem.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let cps = self.calls_per_second;
+        if !cps.is_finite() || cps <= 0.0 || cps > Self::MAX_CALLS_PER_SECOND {
+            out.push((
+                "calls_per_second",
+                format!(
+                    "must be a number above 0 and at most {}",
+                    Self::MAX_CALLS_PER_SECOND
+                ),
+            ));
+        }
+        if self.burst == 0 {
+            out.push(("burst", "must be at least 1".to_owned()));
+        }
+        if self.max_concurrent == 0 {
+            out.push(("max_concurrent", "must be at least 1".to_owned()));
+        }
+        out
+    }
+}
+
+impl Default for AccountLimits {
+    fn default() -> Self {
+        AccountLimits {
+            calls_per_second: Self::DEFAULT_CALLS_PER_SECOND,
+            burst: Self::DEFAULT_BURST,
+            max_concurrent: Self::DEFAULT_MAX_CONCURRENT,
+        }
+    }
 }
 
 /// The public half of an API credential; the secret is only stored as a keyed hash.

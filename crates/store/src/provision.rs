@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 
 use crate::e164::{is_e164, is_e164_prefix};
-use crate::model::Transport;
+use crate::model::{AccountLimits, Transport};
 use crate::secret::Secret;
 use crate::typeid::TypeId;
 
@@ -25,7 +25,7 @@ pub const USER_PREFIX: &str = "user";
 pub const DEVICE_PREFIX: &str = "dev";
 
 /// An `[[accounts]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountSpec {
     pub id: String,
@@ -36,6 +36,26 @@ pub struct AccountSpec {
     pub webhook_secret: Secret,
     #[serde(default)]
     pub allowed_prefixes: Vec<String>,
+    /// Call limits (SPEC §9.1). A limit the file leaves out takes its default on a new
+    /// account and stays as it is on an existing one (the admin API may have changed it); a
+    /// limit the file sets is applied at every start.
+    #[serde(default)]
+    pub calls_per_second: Option<f64>,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+impl AccountSpec {
+    /// `base` with the limits this entry sets.
+    pub fn limits_over(&self, base: AccountLimits) -> AccountLimits {
+        AccountLimits {
+            calls_per_second: self.calls_per_second.unwrap_or(base.calls_per_second),
+            burst: self.burst.unwrap_or(base.burst),
+            max_concurrent: self.max_concurrent.unwrap_or(base.max_concurrent),
+        }
+    }
 }
 
 /// One `{ key, secret }` of `api_keys`. The key list of a provisioned account is authoritative:
@@ -109,7 +129,7 @@ pub struct NumberSpec {
 }
 
 /// The four provisioning tables of a configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provisioning {
     #[serde(default)]
@@ -403,6 +423,9 @@ impl Provisioning {
                         format!("{p:?} is not an E.164 prefix (\"+\" then up to 15 digits)"),
                     ));
                 }
+            }
+            for (field, reason) in a.limits_over(AccountLimits::default()).problems() {
+                issues.push(ConfigIssue::new(at(field), reason));
             }
         }
         ids
@@ -698,6 +721,74 @@ owner = "user_01h2xcejqtf2nbrexx3vqjhp42"
         }
         assert!(dump.contains("ak_test_1"));
         assert!(dump.contains("alice-desk"));
+    }
+
+    #[test]
+    fn account_limits_default_and_parse() {
+        let p = sample();
+        assert_eq!(p.accounts[0].calls_per_second, None);
+        assert_eq!(
+            p.accounts[0].limits_over(AccountLimits::default()),
+            AccountLimits {
+                calls_per_second: 5.0,
+                burst: 20,
+                max_concurrent: 100
+            }
+        );
+        let text = SAMPLE.replace(
+            "allowed_prefixes = [\"+1\"]",
+            "allowed_prefixes = [\"+1\"]\ncalls_per_second = 2\nmax_concurrent = 7",
+        );
+        let p: Provisioning = toml::from_str(&text).unwrap();
+        assert_eq!(p.validate(), Ok(()));
+        // Integers and fractions alike; what the entry leaves out comes from the base.
+        let base = AccountLimits {
+            calls_per_second: 9.0,
+            burst: 9,
+            max_concurrent: 9,
+        };
+        assert_eq!(
+            p.accounts[0].limits_over(base),
+            AccountLimits {
+                calls_per_second: 2.0,
+                burst: 9,
+                max_concurrent: 7
+            }
+        );
+        let text = SAMPLE.replace(
+            "allowed_prefixes = [\"+1\"]",
+            "allowed_prefixes = [\"+1\"]\ncalls_per_second = 0.5",
+        );
+        let p: Provisioning = toml::from_str(&text).unwrap();
+        assert_eq!(p.accounts[0].calls_per_second, Some(0.5));
+    }
+
+    #[test]
+    fn bad_account_limits_are_named() {
+        let mut p = sample();
+        p.accounts[0].calls_per_second = Some(0.0);
+        p.accounts[0].burst = Some(0);
+        p.accounts[0].max_concurrent = Some(0);
+        let i = issues(&p);
+        assert_eq!(i.len(), 3, "{i:?}");
+        assert!(has(&i, "accounts[0].calls_per_second", "above 0"), "{i:?}");
+        assert!(has(&i, "accounts[0].burst", "at least 1"), "{i:?}");
+        assert!(has(&i, "accounts[0].max_concurrent", "at least 1"), "{i:?}");
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e6] {
+            let mut p = sample();
+            p.accounts[0].calls_per_second = Some(bad);
+            let i = issues(&p);
+            assert!(has(&i, "accounts[0].calls_per_second", "at most"), "{i:?}");
+        }
+        // A negative burst is not a u32: refused by the parser, naming the key.
+        let text = SAMPLE.replace(
+            "allowed_prefixes = [\"+1\"]",
+            "allowed_prefixes = [\"+1\"]\nburst = -1",
+        );
+        let err = toml::from_str::<Provisioning>(&text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("burst"), "{err}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 
 use crate::error::StoreError;
 use crate::model::{
-    Account, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
+    Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
     IdempotencyRecord, Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs,
     UnixSecs, User,
 };
@@ -174,6 +174,12 @@ CREATE TABLE idempotency (
     PRIMARY KEY (account_id, key)
 );
 CREATE INDEX idempotency_created ON idempotency(created_at_ms);
+"#,
+    // 2: per-account call limits (SPEC §9.1); existing accounts get the former fixed values.
+    r#"
+ALTER TABLE accounts ADD COLUMN calls_per_second REAL NOT NULL DEFAULT 5;
+ALTER TABLE accounts ADD COLUMN burst INTEGER NOT NULL DEFAULT 20;
+ALTER TABLE accounts ADD COLUMN max_concurrent INTEGER NOT NULL DEFAULT 100;
 "#,
 ];
 
@@ -382,7 +388,8 @@ fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
     serde_json::from_str(&text).map_err(|e| conversion_error(idx, e))
 }
 
-const ACCOUNT_COLS: &str = "id, name, region, webhook_secret, allowed_prefixes";
+const ACCOUNT_COLS: &str = "id, name, region, webhook_secret, allowed_prefixes, \
+     calls_per_second, burst, max_concurrent";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let prefixes: String = row.get(4)?;
@@ -392,6 +399,11 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
         region: row.get(2)?,
         webhook_secret: Secret::new(row.get::<_, String>(3)?),
         allowed_prefixes: serde_json::from_str(&prefixes).map_err(|e| conversion_error(4, e))?,
+        limits: AccountLimits {
+            calls_per_second: row.get(5)?,
+            burst: row.get(6)?,
+            max_concurrent: row.get(7)?,
+        },
     })
 }
 
@@ -633,6 +645,28 @@ fn decode_cursor(cursor: &str) -> Result<(UnixMs, String), StoreError> {
 
 // ----- provisioning -------------------------------------------------------------------------
 
+/// Writes an account's call limits; `Ok(false)` when there is no such account.
+fn write_account_limits(
+    conn: &Connection,
+    account_id: &str,
+    limits: &AccountLimits,
+) -> Result<bool, StoreError> {
+    if let Some((field, reason)) = limits.problems().into_iter().next() {
+        return Err(StoreError::Invalid { field, reason });
+    }
+    let n = conn.execute(
+        "UPDATE accounts SET calls_per_second = ?2, burst = ?3, max_concurrent = ?4
+         WHERE id = ?1",
+        params![
+            account_id,
+            limits.calls_per_second,
+            limits.burst,
+            limits.max_concurrent
+        ],
+    )?;
+    Ok(n > 0)
+}
+
 fn conflict(key: String, err: rusqlite::Error, what: &str) -> StoreError {
     if StoreError::is_unique_violation(&err) {
         StoreError::ProvisioningConflict {
@@ -660,6 +694,7 @@ impl SqliteStore {
                     account_from_row,
                 )
                 .optional()?;
+            let limits = a.limits_over(existing.as_ref().map(|old| old.limits).unwrap_or_default());
             let change = match existing {
                 None => {
                     tx.execute(
@@ -667,13 +702,15 @@ impl SqliteStore {
                          VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![a.id, a.name, a.region, a.webhook_secret.expose(), prefixes],
                     )?;
+                    write_account_limits(tx, &a.id, &limits)?;
                     Change::Created
                 }
                 Some(old)
                     if old.name == a.name
                         && old.region == a.region
                         && old.webhook_secret == a.webhook_secret
-                        && old.allowed_prefixes == a.allowed_prefixes =>
+                        && old.allowed_prefixes == a.allowed_prefixes
+                        && old.limits == limits =>
                 {
                     Change::Unchanged
                 }
@@ -683,6 +720,7 @@ impl SqliteStore {
                              allowed_prefixes = ?5 WHERE id = ?1",
                         params![a.id, a.name, a.region, a.webhook_secret.expose(), prefixes],
                     )?;
+                    write_account_limits(tx, &a.id, &limits)?;
                     Change::Updated
                 }
             };
@@ -1069,9 +1107,10 @@ impl Store for SqliteStore {
         let conn = self.conn()?;
         query_one(
             &conn,
-            "SELECT a.id, a.name, a.region, a.webhook_secret, a.allowed_prefixes
-             FROM api_keys k JOIN accounts a ON a.id = k.account_id
-             WHERE k.secret_hash = ?1",
+            &format!(
+                "SELECT {ACCOUNT_COLS} FROM accounts
+                 WHERE id = (SELECT account_id FROM api_keys WHERE secret_hash = ?1)"
+            ),
             [hash],
             account_from_row,
         )
@@ -1113,6 +1152,15 @@ impl Store for SqliteStore {
                 })
             },
         )
+    }
+
+    fn set_account_limits(
+        &self,
+        account_id: &str,
+        limits: &AccountLimits,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        write_account_limits(&conn, account_id, limits)
     }
 
     // ----- users --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-//! Admin CRUD of the caller's account: users, devices, numbers, trunks, and a user's
-//! registrations. Passwords are write-only; another account's objects are 404; shared trunks
-//! are visible and read-only.
+//! Admin CRUD of the caller's account: users, devices, numbers, trunks, a user's
+//! registrations, and the account's call limits. Passwords are write-only; another account's
+//! objects are 404; shared trunks are visible and read-only.
 
 use std::sync::Arc;
 
@@ -656,4 +656,95 @@ pub async fn delete_trunk(
     visible_trunk(&shared, &account, &name, true)?;
     shared.store.delete_trunk(&name)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's account's call limits (SPEC §9.1).
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct Limits {
+    /// Sustained calls per second (token bucket rate; may be fractional).
+    pub calls_per_second: f64,
+    /// Calls that may start at once after a quiet period.
+    pub burst: u32,
+    /// Calls in progress at the same time.
+    pub max_concurrent: u32,
+}
+
+impl From<store::AccountLimits> for Limits {
+    fn from(l: store::AccountLimits) -> Limits {
+        Limits {
+            calls_per_second: l.calls_per_second,
+            burst: l.burst,
+            max_concurrent: l.max_concurrent,
+        }
+    }
+}
+
+/// `PATCH /v1/account/limits` body: absent = unchanged.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateLimits {
+    /// Above 0, at most 100000.
+    #[serde(default)]
+    pub calls_per_second: Option<f64>,
+    /// At least 1.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// At least 1.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+/// The account's call limits.
+#[utoipa::path(get, path = "/v1/account/limits", tag = "admin",
+    responses((status = 200, body = Limits), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_limits(BearerAccount(account): BearerAccount) -> axum::Json<Limits> {
+    axum::Json(account.limits.into())
+}
+
+/// Changes the account's call limits; the next call is placed under them. Limits the
+/// configuration file sets are applied again at the next start.
+#[utoipa::path(patch, path = "/v1/account/limits", tag = "admin", request_body = UpdateLimits,
+    responses((status = 200, body = Limits), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_limits(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(account): BearerAccount,
+    Json(req): Json<UpdateLimits>,
+) -> Result<axum::Json<Limits>, ApiError> {
+    let mut limits = account.limits;
+    if let Some(v) = req.calls_per_second {
+        limits.calls_per_second = v;
+    }
+    if let Some(v) = req.burst {
+        limits.burst = v;
+    }
+    if let Some(v) = req.max_concurrent {
+        limits.max_concurrent = v;
+    }
+    if let Some((field, reason)) = limits.problems().into_iter().next() {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{field}: {reason}"),
+        ));
+    }
+    if !shared
+        .store
+        .set_account_limits(&account.id, &limits)
+        .map_err(write_err)?
+    {
+        return Err(ApiError::NotFound {
+            code: "account_not_found",
+            message: "Account not found",
+        });
+    }
+    tracing::info!(
+        account_id = %account.id,
+        calls_per_second = limits.calls_per_second,
+        burst = limits.burst,
+        max_concurrent = limits.max_concurrent,
+        "account limits changed"
+    );
+    Ok(axum::Json(limits.into()))
 }

@@ -99,6 +99,7 @@ impl Modify for SecuritySchemes {
         admin::registrations,
         admin::list_numbers, admin::create_number, admin::get_number, admin::update_number, admin::delete_number,
         admin::list_trunks, admin::create_trunk, admin::get_trunk, admin::update_trunk, admin::delete_trunk,
+        admin::get_limits, admin::update_limits,
         compat::make_call, compat::click2call, compat::click2call_status,
         healthz, metrics, openapi,
     ),
@@ -106,12 +107,13 @@ impl Modify for SecuritySchemes {
         calls::CreateCall, calls::CallAccepted, calls::ErrorBody, calls::ErrorDetail,
         admin::CreateUser, admin::UpdateUser, admin::NewDevice, admin::ChangePassword,
         admin::CreateNumber, admin::UpdateNumber, admin::CreateTrunk, admin::UpdateTrunk,
+        admin::Limits, admin::UpdateLimits,
         compat::MakeCall,
     )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "calls", description = "The native call API"),
-        (name = "admin", description = "Users, devices, numbers, trunks, registrations"),
+        (name = "admin", description = "Users, devices, numbers, trunks, registrations, the account's call limits"),
         (name = "compat", description = "JustCall- and Click-2-Call-style shapes"),
         (name = "meta", description = "Health, metrics, this document"),
     )

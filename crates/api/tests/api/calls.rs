@@ -533,13 +533,13 @@ async fn hangup_cancels_and_then_conflicts() {
 
 #[tokio::test]
 async fn rate_concurrency_and_capacity_limits() {
-    let mut cfg = test_config();
-    cfg.limits = api::AccountLimits {
+    let s = Server::start_with(test_config(), std::sync::Arc::new(TempDir::new()), false).await;
+    let slow = api::AccountLimits {
         calls_per_second: 0.01,
         burst: 2,
         max_concurrent: 100,
     };
-    let s = Server::start_with(cfg, std::sync::Arc::new(TempDir::new()), false).await;
+    assert!(s.store.set_account_limits(ACME, &slow).unwrap());
     let body = json!({"user_id": ALICE, "dial_string": "+14155550100"});
     for _ in 0..2 {
         assert_eq!(s.create_call(body.clone()).await.0, 202);
@@ -573,9 +573,13 @@ async fn rate_concurrency_and_capacity_limits() {
     assert_eq!(r.status().as_u16(), 202);
     s.stop().await;
 
-    let mut cfg = test_config();
-    cfg.limits.max_concurrent = 1;
-    let s = Server::start_with(cfg, std::sync::Arc::new(TempDir::new()), false).await;
+    let s = Server::start_with(test_config(), std::sync::Arc::new(TempDir::new()), false).await;
+    let one_at_a_time = api::AccountLimits {
+        calls_per_second: 1000.0,
+        burst: 1000,
+        max_concurrent: 1,
+    };
+    assert!(s.store.set_account_limits(ACME, &one_at_a_time).unwrap());
     let (_, v) = s.create_call(body.clone()).await;
     let first = v["call_id"].as_str().unwrap().to_owned();
     let (st, v) = s.create_call(body.clone()).await;

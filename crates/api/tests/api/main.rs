@@ -5,5 +5,6 @@ mod callbacks;
 mod calls;
 mod compat;
 mod events;
+mod limits;
 mod meta;
 mod support;

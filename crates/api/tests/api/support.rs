@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use api::{AccountLimits, Api, ApiConfig, CallbackPolicy, Metrics};
+use api::{Api, ApiConfig, CallbackPolicy, Metrics};
 use b2bua::calls::{
     CallControl, CallEvent, CallEventKind, CallHooks, CallSpec, HangupError, Leg, Outcome,
     StartError,
@@ -36,6 +36,9 @@ region = "US"
 api_keys = [{ key = "ak_test_1", secret = "sk_test_1" }]
 webhook_secret = "whsec_test_1"
 allowed_prefixes = ["+1"]
+calls_per_second = 1000
+burst = 1000
+max_concurrent = 1000
 
 [[accounts]]
 id = "acct_01h2xcejqtf2nbrexx3vqjhp51"
@@ -44,6 +47,9 @@ region = "GB"
 api_keys = [{ key = "ak_test_2", secret = "sk_test_2" }]
 webhook_secret = "whsec_test_2"
 allowed_prefixes = ["+44"]
+calls_per_second = 1000
+burst = 1000
+max_concurrent = 1000
 
 [[users]]
 id = "user_01h2xcejqtf2nbrexx3vqjhp42"
@@ -298,11 +304,6 @@ pub fn test_config() -> ApiConfig {
     ApiConfig {
         realm: REALM.to_owned(),
         server_id: "test-node".to_owned(),
-        limits: AccountLimits {
-            calls_per_second: 1000.0,
-            burst: 1000,
-            max_concurrent: 1000,
-        },
         callbacks: CallbackPolicy {
             timeout: Duration::from_millis(400),
             base_delay: Duration::from_millis(50),
@@ -336,10 +337,21 @@ impl Server {
     }
 
     pub async fn start_with(cfg: ApiConfig, dir: Arc<TempDir>, dispatcher: bool) -> Server {
+        Self::start_provisioned(cfg, dir, dispatcher, PROVISIONING).await
+    }
+
+    /// Starts on a store provisioned with `provisioning` (TOML tables) instead of
+    /// [`PROVISIONING`].
+    pub async fn start_provisioned(
+        cfg: ApiConfig,
+        dir: Arc<TempDir>,
+        dispatcher: bool,
+        provisioning: &str,
+    ) -> Server {
         init_logs();
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(dir.db().to_str().unwrap()).unwrap());
-        let prov: Provisioning = toml::from_str(PROVISIONING).unwrap();
+        let prov: Provisioning = toml::from_str(provisioning).unwrap();
         store.apply_provisioning(&prov, REALM).unwrap();
         let calls = Arc::new(FakeCalls::default());
         let metrics = Arc::new(Metrics::new());

@@ -4,6 +4,7 @@ mod bindings;
 mod calls;
 mod crud;
 mod idempotency;
+mod limits;
 mod migrations;
 mod outbox;
 mod provisioning;

@@ -1,0 +1,453 @@
+//! `c2c-bench`: click-to-call throughput and cost of the release `dialbridge serve`.
+//!
+//! A SIPp agent device (registered like a phone; answers after 300 ms) and a SIPp carrier
+//! (answers after 500 ms, hangs up 1 s later) on loopback; REST calls at a fixed rate with no
+//! callback URL. Prints the calls completed and failed (from the call log, through the API),
+//! the server's CPU seconds, calls per CPU second, REST request → agent INVITE latency
+//! (p50/p99, measured on the SIPp side) and peak RSS. Method: `docs/benchmarks.md`.
+//!
+//! ```text
+//! cargo build --release -p dialbridge -p sip-tests
+//! target/release/c2c-bench --rate 100 --calls 1000
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sip_tests::bench::{
+    clock_ticks_per_second, dial_string, installed, load_average, parse_invite_log, peak_rss_kib,
+    percentile, tree_cpu, BenchSipp, Flags,
+};
+use sip_tests::http::try_request;
+use sip_tests::{dialbridge_bin, free_port, scenario, sipp, TempDir, TestServer};
+
+const SECRET: &str = "sk_bench_1";
+const USER: &str = "user_01h2xcejqtf2nbrexx3vqjhp42";
+const DEVICE: &str = "agent-desk";
+const DEVICE_PASSWORD: &str = "agent-desk-pass";
+
+const USAGE: &str = "c2c-bench [--rate CALLS_PER_SECOND (50)] [--calls N (500)] \
+[--threads N (8)] [--settle SECONDS (35)] [--log RUST_LOG (info)] [--dialbridge PATH (target/release/dialbridge)]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("c2c-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Sent {
+    /// Wall clock just before the request was written, seconds since the epoch.
+    at: f64,
+    status: u16,
+    call_id: Option<String>,
+}
+
+fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn config(carrier_port: u16, rate: f64) -> String {
+    // The account's limits are raised well above the offered rate (the defaults, 5 calls/s,
+    // burst 20 and 100 in progress, would refuse most of the load).
+    let cps = (rate * 2.0).max(10.0);
+    format!(
+        r#"
+[media]
+ports = "20000-31999"
+
+[calls]
+agent_ring_secs = 10
+customer_ring_secs = 10
+shutdown_grace_secs = 1
+
+[[accounts]]
+id = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+name = "Bench"
+region = "US"
+api_keys = [{{ key = "ak_bench_1", secret = "{SECRET}" }}]
+webhook_secret = "whsec_bench_1"
+allowed_prefixes = ["+1"]
+calls_per_second = {cps}
+burst = {burst}
+max_concurrent = 100000
+
+[[users]]
+id = "{USER}"
+account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+name = "Bench Agent"
+devices = [{{ username = "{DEVICE}", password = "{DEVICE_PASSWORD}" }}]
+
+[[trunks]]
+name = "carrier"
+account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+address = "127.0.0.1:{carrier_port}"
+transport = "udp"
+
+[[numbers]]
+number = "+14155551234"
+account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+owner = "{USER}"
+"#,
+        burst = cps.ceil() as u64,
+    )
+}
+
+fn bearer() -> String {
+    format!("Bearer {SECRET}")
+}
+
+/// Calls of the log in a status that is not final, over all pages of those statuses.
+fn unfinished(api: SocketAddr) -> Result<usize, String> {
+    let mut n = 0;
+    for status in ["queued", "ringing", "in-progress"] {
+        let r = try_request(
+            api,
+            "GET",
+            &format!("/v1/calls?status={status}&limit=100"),
+            &[("Authorization", &bearer())],
+            None,
+        )
+        .map_err(|e| format!("call log: {e}"))?;
+        if r.status != 200 {
+            return Err(format!("call log: HTTP {} {}", r.status, r.body));
+        }
+        n += r.json()["data"].as_array().map(Vec::len).unwrap_or(0);
+    }
+    Ok(n)
+}
+
+/// Every call of the log by status.
+fn call_log(api: SocketAddr) -> Result<HashMap<String, usize>, String> {
+    let mut by_status = HashMap::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100_000 {
+        let path = match &cursor {
+            Some(c) => format!("/v1/calls?limit=100&cursor={c}"),
+            None => "/v1/calls?limit=100".to_owned(),
+        };
+        let r = try_request(api, "GET", &path, &[("Authorization", &bearer())], None)
+            .map_err(|e| format!("call log: {e}"))?;
+        if r.status != 200 {
+            return Err(format!("call log: HTTP {} {}", r.status, r.body));
+        }
+        let v = r.json();
+        for c in v["data"].as_array().into_iter().flatten() {
+            let s = c["status"].as_str().unwrap_or("?").to_owned();
+            *by_status.entry(s).or_insert(0) += 1;
+        }
+        cursor = v["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(by_status)
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let flags = Flags::parse(
+        args,
+        &["rate", "calls", "threads", "settle", "log", "dialbridge"],
+    )?;
+    let rate: f64 = flags.get("rate", 50.0)?;
+    let calls: usize = flags.get("calls", 500)?;
+    let threads: usize = flags.get("threads", 8)?;
+    let log: String = flags.get("log", "info".to_owned())?;
+    let settle = Duration::from_secs(flags.get("settle", 35)?);
+    if !(rate > 0.0 && rate.is_finite()) || calls == 0 || threads == 0 {
+        return Err(format!(
+            "--rate, --calls and --threads must be above 0\n{USAGE}"
+        ));
+    }
+    if calls > 1_000_000 {
+        return Err("--calls: at most 1000000".into());
+    }
+    if !installed("sipp", &["-v"]) {
+        return Err("sipp is not installed (Debian package sip-tester)".into());
+    }
+    let bin = flags
+        .text("dialbridge")
+        .map(PathBuf::from)
+        .unwrap_or_else(dialbridge_bin);
+    if cfg!(debug_assertions) && flags.text("dialbridge").is_none() {
+        eprintln!("c2c-bench: warning: a debug build measures the debug dialbridge; use --release");
+    }
+    let load_before = load_average();
+
+    // The carrier on the trunk's port, then the server, then the agent device.
+    let carrier_port = free_port();
+    let run_limit = format!("{}s", (calls as f64 / rate) as u64 + 90);
+    let carrier_sf = scenario("bench_carrier.xml").to_string_lossy().into_owned();
+    let cport = carrier_port.to_string();
+    let mp = free_port().to_string();
+    let max = calls.to_string();
+    let mut carrier = BenchSipp::spawn(
+        "carrier",
+        &[
+            "-sf",
+            &carrier_sf,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &cport,
+            "-mp",
+            &mp,
+            "-m",
+            &max,
+            "-buff_size",
+            "4194304",
+            "-timeout",
+            &run_limit,
+            "-timeout_error",
+        ],
+    )
+    .map_err(|e| format!("cannot start sipp: {e}"))?;
+
+    let server = TestServer::start_bin(
+        TempDir::new("c2c-bench"),
+        &config(carrier_port, rate),
+        &bin,
+        &log,
+    );
+    let api = server.api.ok_or("the REST API is not listening")?;
+    let pid = server.pid();
+
+    let agent_port = free_port();
+    let agent_sf = scenario("bench_agent.xml").to_string_lossy().into_owned();
+    let aport = agent_port.to_string();
+    let amp = free_port().to_string();
+    let mut agent = BenchSipp::spawn(
+        "agent",
+        &[
+            "-sf",
+            &agent_sf,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &aport,
+            "-mp",
+            &amp,
+            "-m",
+            &max,
+            "-buff_size",
+            "4194304",
+            "-timeout",
+            &run_limit,
+            "-timeout_error",
+        ],
+    )
+    .map_err(|e| format!("cannot start sipp: {e}"))?;
+    let reg_sf = scenario("register_contact.xml")
+        .to_string_lossy()
+        .into_owned();
+    let target = server.udp_addr().to_string();
+    let reg = sipp(
+        &[
+            "-sf",
+            &reg_sf,
+            &target,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "-m",
+            "1",
+            "-s",
+            DEVICE,
+            "-au",
+            DEVICE,
+            "-ap",
+            DEVICE_PASSWORD,
+            "-set",
+            "expires",
+            "3600",
+            "-set",
+            "contact_port",
+            &aport,
+            "-timeout",
+            "15s",
+            "-timeout_error",
+        ],
+        Duration::from_secs(20),
+    );
+    if reg.code != 0 {
+        return Err(format!(
+            "the agent device did not register:\n{}",
+            reg.output
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The load: call i is due at start + i / rate, whichever thread takes it.
+    let ticks = clock_ticks_per_second();
+    let cpu_before = tree_cpu(pid, ticks);
+    let next = Arc::new(AtomicUsize::new(0));
+    let sent: Arc<Mutex<Vec<Option<Sent>>>> =
+        Arc::new(Mutex::new((0..calls).map(|_| None).collect()));
+    let start = Instant::now() + Duration::from_millis(100);
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let next = next.clone();
+            let sent = sent.clone();
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= calls {
+                    break;
+                }
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let body =
+                    serde_json::json!({"user_id": USER, "dial_string": dial_string(i)}).to_string();
+                let at = now_epoch();
+                let (status, call_id) = match try_request(
+                    api,
+                    "POST",
+                    "/v1/calls",
+                    &[("Authorization", &bearer())],
+                    Some(&body),
+                ) {
+                    Ok(r) => {
+                        let id = r.json()["call_id"].as_str().map(str::to_owned);
+                        (r.status, id)
+                    }
+                    Err(_) => (0, None),
+                };
+                if let Ok(mut s) = sent.lock() {
+                    s[i] = Some(Sent {
+                        at,
+                        status,
+                        call_id,
+                    });
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let offered_secs = start.elapsed().as_secs_f64();
+
+    // Every call ends by itself within ~2 s of its answer; wait (bounded) for the log to
+    // show no call still going, then read the server's counters before anything else.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut left = usize::MAX;
+    while Instant::now() < deadline {
+        left = unfinished(api)?;
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = tree_cpu(pid, ticks).since(cpu_before);
+    let load_after = load_average();
+    // Transactions and dialogs outlive their calls (Timer J, K, D: up to 32 s); the work of
+    // ending them is part of a call's cost too.
+    std::thread::sleep(settle);
+    let cpu_settled = tree_cpu(pid, ticks).since(cpu_before);
+    let rss_kib = peak_rss_kib(pid).unwrap_or(0);
+
+    let by_status = call_log(api)?;
+    let agent_totals = agent.finish(Duration::from_secs(5));
+    let carrier_totals = carrier.finish(Duration::from_secs(5));
+    let invites = parse_invite_log(&agent.logs());
+    let sent = std::mem::take(&mut *sent.lock().map_err(|_| "lock poisoned")?);
+    let accepted = sent
+        .iter()
+        .flatten()
+        .filter(|s| s.status == 202 && s.call_id.is_some())
+        .count();
+    let mut latencies_ms: Vec<f64> = sent
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let s = s.as_ref()?;
+            let got = invites.get(&dial_string(i))?;
+            Some((got - s.at) * 1000.0)
+        })
+        .collect();
+    let matched = latencies_ms.len();
+    let p50 = percentile(&mut latencies_ms, 50.0);
+    let p99 = percentile(&mut latencies_ms, 99.0);
+    let completed = by_status.get("completed").copied().unwrap_or(0);
+    let failed = calls - completed.min(calls);
+    let mut refused: HashMap<u16, usize> = HashMap::new();
+    for s in sent.iter().flatten().filter(|s| s.status != 202) {
+        *refused.entry(s.status).or_insert(0) += 1;
+    }
+    let mut statuses: Vec<_> = by_status.iter().collect();
+    statuses.sort();
+
+    println!(
+        "c2c-bench: {calls} calls offered at {rate}/s ({:.1}/s achieved), dialbridge {}",
+        calls as f64 / offered_secs.max(1e-9),
+        bin.display()
+    );
+    println!("  load average before: {load_before}; after: {load_after}");
+    println!("  REST: {accepted} accepted (202), refused: {refused:?} (status 0 = no answer)");
+    println!("  call log: {statuses:?}");
+    println!("  calls completed: {completed}, failed: {failed}");
+    if left > 0 {
+        println!("  still unfinished after 60 s: {left}");
+    }
+    println!(
+        "  server CPU: {:.2} s (user {:.2}, system {:.2}) over {wall:.1} s",
+        cpu.total(),
+        cpu.user,
+        cpu.system
+    );
+    println!(
+        "  calls per CPU-second: {:.0}",
+        completed as f64 / cpu.total().max(1e-9)
+    );
+    println!(
+        "  with the {} s after the last call: CPU {:.2} s, {:.0} calls per CPU-second",
+        settle.as_secs(),
+        cpu_settled.total(),
+        completed as f64 / cpu_settled.total().max(1e-9)
+    );
+    match (p50, p99) {
+        (Some(p50), Some(p99)) => println!(
+            "  REST request -> agent INVITE: p50 {p50:.1} ms, p99 {p99:.1} ms ({matched} INVITEs matched)"
+        ),
+        _ => println!("  REST request -> agent INVITE: no INVITE matched"),
+    }
+    println!("  peak RSS (VmHWM): {:.1} MB", rss_kib as f64 / 1024.0);
+    println!(
+        "  SIPp agent: {} ok, {} failed, {} retransmissions (exit {}); carrier: {} ok, {} failed, {} retransmissions (exit {})",
+        agent_totals.successful,
+        agent_totals.failed,
+        agent_totals.retransmissions,
+        agent_totals.exit_code,
+        carrier_totals.successful,
+        carrier_totals.failed,
+        carrier_totals.retransmissions,
+        carrier_totals.exit_code
+    );
+    for s in [&agent, &carrier] {
+        let e = s.errors(5);
+        if !e.trim().is_empty() {
+            println!("  SIPp {} errors (first lines):\n{e}", s.name);
+        }
+    }
+    drop(server.stop());
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! `reg-bench`: the registrar's cost against Kamailio's, in one run.
+//!
+//! One SIPp digest-REGISTER scenario (`sipp-scenarios/register_bench.xml`, users from an
+//! injection file) at a fixed rate, first against the release `dialbridge serve`, then against
+//! Kamailio 5.6 with `deploy/kamailio/registrar.cfg` (in-memory usrloc, plain-text passwords
+//! in a hash table), both provisioned with the same users and passwords. Prints
+//! registrations per CPU second of each, SIPp's retransmissions against each, and the ratio.
+//! Method: `docs/benchmarks.md`.
+//!
+//! ```text
+//! cargo build --release -p dialbridge -p sip-tests
+//! target/release/reg-bench --rate 2000 --seconds 10
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use sip_tests::bench::{
+    bench_users, clock_ticks_per_second, injection_csv, installed, kamailio_users, load_average,
+    peak_rss_kib, tree_cpu, typeid, BenchSipp, Flags, SippTotals,
+};
+use sip_tests::{dialbridge_bin, free_port, scenario, workspace_root, TempDir, TestServer};
+
+const USAGE: &str = "reg-bench [--rate REGISTER_PER_SECOND (2000)] [--seconds N (10)] \
+[--users N (2000)] [--children N (2)] [--settle SECONDS (35)] [--log RUST_LOG (info)] \
+[--dialbridge PATH (target/release/dialbridge)]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reg-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One registrar's result.
+struct Side {
+    name: &'static str,
+    totals: SippTotals,
+    /// CPU seconds while SIPp ran.
+    cpu: f64,
+    /// CPU seconds while SIPp ran and for the settle time after it (transactions held for
+    /// Timer J and the like are freed then).
+    cpu_settled: f64,
+    wall: f64,
+    /// Peak RSS of the main process (meaningful for dialbridge; Kamailio keeps its location
+    /// table in shared memory across processes).
+    rss_mb: f64,
+}
+
+impl Side {
+    fn per_cpu_second(&self) -> f64 {
+        self.totals.successful as f64 / self.cpu.max(1e-9)
+    }
+
+    fn per_cpu_second_settled(&self) -> f64 {
+        self.totals.successful as f64 / self.cpu_settled.max(1e-9)
+    }
+}
+
+/// Runs the REGISTER scenario against `target` and measures the process tree under `pid`.
+fn measure(
+    name: &'static str,
+    pid: u32,
+    target: &str,
+    csv: &Path,
+    rate: u64,
+    count: u64,
+    settle: Duration,
+) -> Result<Side, String> {
+    let ticks = clock_ticks_per_second();
+    let sf = scenario("register_bench.xml")
+        .to_string_lossy()
+        .into_owned();
+    let csv = csv.to_string_lossy().into_owned();
+    let rate_s = rate.to_string();
+    let count_s = count.to_string();
+    let limit = format!("{}s", count / rate.max(1) + 60);
+    let before = tree_cpu(pid, ticks);
+    let started = Instant::now();
+    let mut sipp = BenchSipp::spawn(
+        name,
+        &[
+            "-sf",
+            &sf,
+            "-inf",
+            &csv,
+            target,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "-r",
+            &rate_s,
+            "-m",
+            &count_s,
+            "-l",
+            "10000",
+            "-set",
+            "expires",
+            "3600",
+            "-auth_uri",
+            "sip:dialbridge.test",
+            "-buff_size",
+            "4194304",
+            "-timeout",
+            &limit,
+            "-timeout_error",
+        ],
+    )
+    .map_err(|e| format!("cannot start sipp: {e}"))?;
+    let totals = sipp.finish(Duration::from_secs(count / rate.max(1) + 90));
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = tree_cpu(pid, ticks).since(before).total();
+    std::thread::sleep(settle);
+    let cpu_settled = tree_cpu(pid, ticks).since(before).total();
+    let errors = sipp.errors(5);
+    if !errors.trim().is_empty() {
+        println!("  SIPp against {name}: errors (first lines):\n{errors}");
+    }
+    Ok(Side {
+        name,
+        totals,
+        cpu,
+        cpu_settled,
+        wall,
+        rss_mb: peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
+    })
+}
+
+fn dialbridge_config(users: &[(String, String)]) -> String {
+    let mut c = String::from(
+        r#"
+[media]
+ports = "20000-20099"
+
+[[accounts]]
+id = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+name = "Bench"
+region = "US"
+webhook_secret = "whsec_bench_1"
+"#,
+    );
+    for (n, (u, p)) in users.iter().enumerate() {
+        c.push_str(&format!(
+            "\n[[users]]\nid = \"{}\"\naccount = \"acct_01h2xcejqtf2nbrexx3vqjhp41\"\n\
+             name = \"{u}\"\ndevices = [{{ username = \"{u}\", password = \"{p}\" }}]\n",
+            typeid("user", n as u32)
+        ));
+    }
+    c
+}
+
+/// Kamailio in the foreground (its main process; the workers are its children).
+struct Kamailio {
+    child: Child,
+}
+
+impl Kamailio {
+    fn start(dir: &Path, port: u16, children: u32) -> Result<Kamailio, String> {
+        let cfg_src = workspace_root().join("deploy/kamailio/registrar.cfg");
+        let cfg = std::fs::read_to_string(&cfg_src)
+            .map_err(|e| format!("{}: {e}", cfg_src.display()))?
+            .replace("children=2", &format!("children={children}"));
+        std::fs::write(dir.join("registrar.cfg"), cfg).map_err(|e| e.to_string())?;
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join("kamailio.log")).map_err(|e| e.to_string())?;
+        let child = Command::new("kamailio")
+            .args([
+                "-f",
+                "registrar.cfg",
+                "-DD",
+                "-E",
+                "-m",
+                "512",
+                "-M",
+                "16",
+                "-Y",
+            ])
+            .arg(&run)
+            .args(["-l", &format!("udp:127.0.0.1:{port}")])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("cannot start kamailio: {e}"))?;
+        let k = Kamailio { child };
+        // Ready when its UDP port is taken.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+                std::thread::sleep(Duration::from_millis(500));
+                return Ok(k);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default();
+        Err(format!("kamailio did not start:\n{log}"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let flags = Flags::parse(
+        args,
+        &[
+            "rate",
+            "seconds",
+            "users",
+            "children",
+            "settle",
+            "log",
+            "dialbridge",
+        ],
+    )?;
+    let rate: u64 = flags.get("rate", 2000)?;
+    let seconds: u64 = flags.get("seconds", 10)?;
+    let n_users: usize = flags.get("users", 2000)?;
+    let children: u32 = flags.get("children", 2)?;
+    let settle = Duration::from_secs(flags.get("settle", 35)?);
+    let log: String = flags.get("log", "info".to_owned())?;
+    if rate == 0 || seconds == 0 || n_users == 0 || n_users > 99_999 || children == 0 {
+        return Err(format!(
+            "--rate, --seconds, --children above 0; --users 1..=99999\n{USAGE}"
+        ));
+    }
+    if !installed("kamailio", &["-v"]) {
+        return Err(
+            "kamailio is not installed: reg-bench compares against Kamailio 5.6 \
+             (apt-get install kamailio)"
+                .into(),
+        );
+    }
+    if !installed("sipp", &["-v"]) {
+        return Err("sipp is not installed (Debian package sip-tester)".into());
+    }
+    let bin = flags
+        .text("dialbridge")
+        .map(PathBuf::from)
+        .unwrap_or_else(dialbridge_bin);
+    if cfg!(debug_assertions) && flags.text("dialbridge").is_none() {
+        eprintln!("reg-bench: warning: a debug build measures the debug dialbridge; use --release");
+    }
+    let count = rate * seconds;
+    let users = bench_users(n_users);
+    let dir = TempDir::new("reg-bench");
+    let csv = dir.path().join("users.csv");
+    std::fs::write(&csv, injection_csv(&users)).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.path().join("registrar-users.cfg"),
+        kamailio_users(&users),
+    )
+    .map_err(|e| e.to_string())?;
+    let load_before = load_average();
+
+    let server = TestServer::start_bin(
+        TempDir::new("reg-bench-dialbridge"),
+        &dialbridge_config(&users),
+        &bin,
+        &log,
+    );
+    let target = server.udp_addr().to_string();
+    let db = measure(
+        "dialbridge",
+        server.pid(),
+        &target,
+        &csv,
+        rate,
+        count,
+        settle,
+    )?;
+    drop(server.stop());
+
+    let port = free_port();
+    let kamailio = Kamailio::start(dir.path(), port, children)?;
+    let kam = measure(
+        "kamailio",
+        kamailio.pid(),
+        &format!("127.0.0.1:{port}"),
+        &csv,
+        rate,
+        count,
+        settle,
+    )?;
+    drop(kamailio);
+    let load_after = load_average();
+
+    println!(
+        "reg-bench: {count} registrations (REGISTER, 401, REGISTER with credentials, 200) \
+         offered at {rate}/s, {n_users} users, dialbridge {}",
+        bin.display()
+    );
+    println!("  load average before: {load_before}; after: {load_after}");
+    for s in [&db, &kam] {
+        println!(
+            "  {:<10} {} ok, {} failed, {} retransmissions (SIPp exit {}); CPU {:.2} s over \
+             {:.1} s: {:.0} registrations per CPU-second; with the {} s after: CPU {:.2} s, \
+             {:.0} per CPU-second",
+            s.name,
+            s.totals.successful,
+            s.totals.failed,
+            s.totals.retransmissions,
+            s.totals.exit_code,
+            s.cpu,
+            s.wall,
+            s.per_cpu_second(),
+            settle.as_secs(),
+            s.cpu_settled,
+            s.per_cpu_second_settled(),
+        );
+    }
+    println!("  dialbridge peak RSS (VmHWM): {:.1} MB", db.rss_mb);
+    println!(
+        "  ratio dialbridge / kamailio, registrations per CPU-second: {:.2} during the run, \
+         {:.2} with the {} s after",
+        db.per_cpu_second() / kam.per_cpu_second().max(1e-9),
+        db.per_cpu_second_settled() / kam.per_cpu_second_settled().max(1e-9),
+        settle.as_secs()
+    );
+    Ok(())
+}
