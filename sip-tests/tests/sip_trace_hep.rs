@@ -201,14 +201,19 @@ fn click_to_call_is_exported_to_sngrep_as_hep() {
     }
 }
 
+/// A SIP message the collector got: its correlation id and the message.
+type SipPacket = (Option<String>, String);
+/// An RTCP packet the collector got: its correlation id and the packet.
+type RtcpPacket = (Option<String>, Vec<u8>);
+
 /// A HEP collector over TCP that records each packet's correlation chunk and can be stopped.
 struct TcpCollector {
     port: u16,
     stop: Arc<AtomicBool>,
     /// (correlation id, payload) of each packet, SIP (type 1) only.
-    packets: Arc<Mutex<Vec<(Option<String>, String)>>>,
+    packets: Arc<Mutex<Vec<SipPacket>>>,
     /// (correlation id, payload) of each RTCP packet (type 5).
-    rtcp: Arc<Mutex<Vec<(Option<String>, Vec<u8>)>>>,
+    rtcp: Arc<Mutex<Vec<RtcpPacket>>>,
 }
 
 fn read_hep(stream: &mut TcpStream) -> Option<Vec<u8>> {
@@ -329,7 +334,7 @@ fn calls_complete_when_the_collector_goes_away_mid_run() {
         f.receiver.accepted()
     );
     // Mid-call, the collector goes away.
-    let wait_for = |what: &str, pred: &dyn Fn(&[(Option<String>, String)]) -> bool| {
+    let wait_for = |what: &str, pred: &dyn Fn(&[SipPacket]) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !pred(&collector.packets.lock().unwrap()) {
             assert!(Instant::now() < deadline, "the collector never got {what}");

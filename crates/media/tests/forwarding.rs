@@ -118,20 +118,19 @@ fn rtcp_is_relayed_between_rtcp_ports_and_with_rtcp_mux(b: Backend) {
     assert_eq!(st.b.rx_packets, 2);
 }
 
+/// One RTCP packet as a tap saw it: session, leg, direction, source, destination, bytes.
+type Tapped = (
+    media::SessionId,
+    LegId,
+    media::RtcpDirection,
+    SocketAddr,
+    SocketAddr,
+    Vec<u8>,
+);
+
 /// Records what an RTCP tap is shown.
 #[derive(Debug, Default)]
-struct TapRecorder(
-    std::sync::Mutex<
-        Vec<(
-            media::SessionId,
-            LegId,
-            media::RtcpDirection,
-            SocketAddr,
-            SocketAddr,
-            Vec<u8>,
-        )>,
-    >,
-);
+struct TapRecorder(std::sync::Mutex<Vec<Tapped>>);
 
 impl media::RtcpTap for TapRecorder {
     fn on_rtcp(

@@ -16,8 +16,11 @@ use tokio::net::UdpSocket;
 
 const T1: Duration = Duration::from_millis(40);
 
+/// One message as the observer saw it: direction, transport, local, remote, bytes.
+type Seen = (Direction, Transport, SocketAddr, SocketAddr, Vec<u8>);
+
 #[derive(Debug, Default)]
-struct Recorder(Mutex<Vec<(Direction, Transport, SocketAddr, SocketAddr, Vec<u8>)>>);
+struct Recorder(Mutex<Vec<Seen>>);
 
 impl MessageObserver for Recorder {
     fn on_message(&self, m: &WireMessage<'_>) {
