@@ -65,8 +65,21 @@ pub fn fixture(fail_first_callbacks: usize) -> Fixture {
 
 /// A fixture whose configuration starts with `extra` (e.g. a `[media]` table).
 pub fn fixture_with(fail_first_callbacks: usize, extra: &str) -> Fixture {
+    fixture_wrapped(fail_first_callbacks, extra, None)
+}
+
+/// A fixture whose server is started through `wrap` (e.g. under `prlimit`).
+pub fn fixture_wrapped(
+    fail_first_callbacks: usize,
+    extra: &str,
+    wrap: Option<crate::Wrap<'_>>,
+) -> Fixture {
     let carrier_port = free_port();
-    let server = TestServer::start(&format!("{extra}{}", config(carrier_port)));
+    let server = TestServer::start_wrapped(
+        crate::TempDir::new("server"),
+        &format!("{extra}{}", config(carrier_port)),
+        wrap,
+    );
     assert!(server.api.is_some(), "the REST API is not listening");
     Fixture {
         server,

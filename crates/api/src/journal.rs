@@ -12,8 +12,8 @@
 //! - A call task hands its event over and goes on: the hand-over is a push onto an in-memory
 //!   queue, never a database statement, and the writer is an OS thread of its own, so no
 //!   runtime thread ever waits on the store for a call event.
-//! - The writer takes everything queued (up to [`MAX_BATCH`] events) and writes it as **one
-//!   transaction** ([`store::Store::write_call_batch`]): each event's timeline row, each
+//! - The writer takes everything queued (up to [`MAX_BATCH`] events, letting a burst gather
+//!   for [`GATHER`] after its first event) and writes it as **one transaction** ([`store::Store::write_call_batch`]): each event's timeline row, each
 //!   touched call's record once, and the callbacks the events cause. A callback's outbox row
 //!   is committed together with the event that caused it, so a crash never keeps one without
 //!   the other. Under load batches grow by themselves (group commit); idle, an event is written
@@ -46,6 +46,11 @@ use crate::time::{now_ms, rfc3339_ms};
 
 /// Most events written in one transaction.
 pub const MAX_BATCH: usize = 1024;
+
+/// How long the writer lets events gather after the first of a batch: a call's events come
+/// in bursts (a SIP step and its consequences), and one transaction for a burst costs
+/// about what one costs for a single event.
+pub const GATHER: Duration = Duration::from_millis(3);
 
 /// Events waiting beyond which new calls are refused (`503`): about 500 calls' worth of
 /// events with the store stalled.
@@ -132,17 +137,28 @@ impl Journal {
         self.backlog() > BACKLOG_LIMIT
     }
 
-    /// Takes up to [`MAX_BATCH`] events, waiting for the first (up to `wait`).
+    /// Takes up to [`MAX_BATCH`] events, waiting for the first (up to `wait`), then letting
+    /// others gather for [`GATHER`] unless the batch is already full.
     fn take(&self, wait: Duration) -> Vec<CallEvent> {
+        {
+            let Ok(mut q) = self.queue.lock() else {
+                return Vec::new();
+            };
+            if q.is_empty() && !self.stopping.load(Ordering::SeqCst) {
+                q = match self.ready.wait_timeout(q, wait) {
+                    Ok((q, _)) => q,
+                    Err(_) => return Vec::new(),
+                };
+            }
+            if q.is_empty() || q.len() >= MAX_BATCH || self.stopping.load(Ordering::SeqCst) {
+                let n = q.len().min(MAX_BATCH);
+                return q.drain(..n).collect();
+            }
+        }
+        std::thread::sleep(GATHER);
         let Ok(mut q) = self.queue.lock() else {
             return Vec::new();
         };
-        if q.is_empty() && !self.stopping.load(Ordering::SeqCst) {
-            q = match self.ready.wait_timeout(q, wait) {
-                Ok((q, _)) => q,
-                Err(_) => return Vec::new(),
-            };
-        }
         let n = q.len().min(MAX_BATCH);
         q.drain(..n).collect()
     }

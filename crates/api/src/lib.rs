@@ -19,8 +19,9 @@
 //! - [`error`]: [`ApiError`], the one mapping of errors to status codes and JSON bodies.
 //! - [`place`]: the call path shared by all three API shapes (dial plan, guards, caller ID,
 //!   limits, call record, hand-over to the engine).
-//! - [`routes`]: handlers — `calls` (native), `admin`, `compat` (JustCall, Click-2-Call),
-//!   `meta` (healthz, metrics, OpenAPI document).
+//! - [`routes`]: handlers — `calls` (native), `lookup` (number lookup), `admin` (the
+//!   account's dialing permissions and call limits, users, devices, numbers, trunks),
+//!   `compat` (JustCall, Click-2-Call), `meta` (healthz, metrics, OpenAPI document).
 //! - [`hooks`]: the [`b2bua::calls::CallHooks`] implementation (queues each event) and the
 //!   rules that turn an event into the call record's changes and a callback.
 //! - [`journal`]: the call event write path: the queue, the writer thread that writes batches
@@ -29,6 +30,8 @@
 //! - [`callbacks`]: outbox dispatcher, signatures, backoff, callback URL guard.
 //! - [`events`]: the SSE hub with its `Last-Event-ID` ring.
 //! - [`limits`]: per-account call rate (token bucket) and concurrency.
+//! - [`conn`]: the accept loop: connection caps overall and per source, header, body and
+//!   idle time-outs.
 //! - [`metrics`]: [`Metrics`], rendered in Prometheus text format.
 //! - [`views`], [`time`]: JSON views of store rows; RFC 3339 UTC times.
 //!
@@ -36,13 +39,14 @@
 //!
 //! - No SIP: calls are started and hung up through [`b2bua::calls::CallControl`]; everything
 //!   it knows about a call comes through the hooks.
-//! - No TLS termination (put a proxy in front); no account management (accounts and API keys
-//!   come from provisioning).
+//! - No TLS termination (put a proxy in front); accounts and API keys come from provisioning
+//!   (an account may change only its own dialing permissions).
 //! - Event ids of the live stream are kept in memory only: `Last-Event-ID` resume works within
 //!   one process and the last 10 000 events.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod callbacks;
+pub mod conn;
 pub mod error;
 pub mod events;
 pub mod hooks;
@@ -105,6 +109,8 @@ use state::{Shared, BODY_LIMIT};
 /// The REST API of one dialbridge node.
 pub struct Api {
     shared: Arc<Shared>,
+    conn_limits: Arc<sip_core::limits::ConnectionLimits>,
+    http_stats: Arc<conn::HttpStats>,
 }
 
 impl Api {
@@ -117,7 +123,10 @@ impl Api {
     ) -> Api {
         let first_event_id = (time::now_ms().max(0) as u64).saturating_mul(1000);
         let limiter = limits::Limiter::new();
+        let conn_limits = sip_core::limits::ConnectionLimits::new(cfg.connections);
         Api {
+            conn_limits,
+            http_stats: Arc::default(),
             shared: Arc::new(Shared {
                 cfg,
                 store,
@@ -172,12 +181,17 @@ impl Api {
 
     /// The axum router with every route, the body limit and the access log.
     pub fn router(&self) -> Router {
-        use routes::{admin, calls, compat, meta};
+        use routes::{admin, calls, compat, lookup, meta};
         Router::new()
             .route("/v1/calls", post(calls::create_call).get(calls::list_calls))
             .route("/v1/calls/{call_id}", get(calls::get_call))
             .route("/v1/calls/{call_id}/hangup", post(calls::hangup_call))
             .route("/v1/events", get(calls::events))
+            .route("/v1/lookup/{number}", get(lookup::lookup))
+            .route(
+                "/v1/account",
+                get(admin::get_account).patch(admin::update_account),
+            )
             .route("/v1/users", get(admin::list_users).post(admin::create_user))
             .route(
                 "/v1/users/{user_id}",
@@ -240,8 +254,19 @@ impl Api {
             .with_state(self.shared.clone())
     }
 
+    /// The caps on connections, with their counters (open, accepted, refused).
+    pub fn connection_limits(&self) -> Arc<sip_core::limits::ConnectionLimits> {
+        self.conn_limits.clone()
+    }
+
+    /// The counters of connections closed by a time-out.
+    pub fn http_stats(&self) -> Arc<conn::HttpStats> {
+        self.http_stats.clone()
+    }
+
     /// Serves the API on `listener` until `shutdown` completes, then lets requests in
-    /// flight finish.
+    /// flight finish. Connections are held to the configured caps and time-outs
+    /// ([`conn`]).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -250,8 +275,15 @@ impl Api {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "REST API listening");
         }
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let timeouts = self.shared.cfg.timeouts;
+        conn::serve(
+            listener,
+            self.router(),
+            self.conn_limits.clone(),
+            timeouts,
+            self.http_stats.clone(),
+            shutdown,
+        )
+        .await
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use b2bua::calls::{AgentTarget, CallSpec, CustomerTarget, StartError};
-use b2bua::dialplan::{self, DialError, Dialled};
+use b2bua::dialplan::{self, DialError, Dialled, Refusal};
+use b2bua::numbering::Classified;
 use serde_json::{json, Value};
 use store::{Account, CallRecord, CallStatus, TimelineEntry, TypeId, User};
 
@@ -47,12 +48,36 @@ pub(crate) struct PlaceRequest {
     pub request_detail: Value,
 }
 
-/// The destination after the dial plan and the account's guards.
+/// The toll-fraud guard for a number about to be dialled (any leg, any API shape): valid by
+/// libphonenumber's metadata, in one of the account's countries, not of a blocked type, under
+/// one of its prefixes. 422 `invalid_destination` or `destination_not_allowed`, naming why.
+/// Returns what the metadata says of the number.
+pub(crate) fn check_number(account: &Account, e164: &str) -> Result<Classified, ApiError> {
+    let (classified, verdict) = dialplan::check(e164, account.into());
+    match verdict {
+        Ok(()) => Ok(classified),
+        Err(refusal) => Err(refused(account, &classified, refusal)),
+    }
+}
+
+fn refused(account: &Account, classified: &Classified, refusal: Refusal) -> ApiError {
+    tracing::info!(
+        account = %account.id,
+        region = classified.region.as_deref().unwrap_or("-"),
+        number_type = %classified.number_type,
+        code = refusal.code(),
+        "destination refused"
+    );
+    ApiError::unprocessable(refusal.code(), refusal.to_string())
+}
+
+/// The destination after the dial plan and the account's guards, with the metadata's view of
+/// it when it is a number.
 pub(crate) fn resolve_destination(
     shared: &Shared,
     account: &Account,
     dial_string: &str,
-) -> Result<(Dialled, CustomerTarget), ApiError> {
+) -> Result<(Dialled, CustomerTarget, Option<Classified>), ApiError> {
     let dialled = dialplan::normalize(dial_string, &account.region).map_err(|e| match e {
         DialError::Empty => ApiError::unprocessable("invalid_destination", "dial_string is empty"),
         other => ApiError::unprocessable(
@@ -60,14 +85,10 @@ pub(crate) fn resolve_destination(
             format!("dial_string is not dialable: {other}"),
         ),
     })?;
+    let mut classified = None;
     let target = match &dialled {
         Dialled::E164(n) => {
-            if !dialplan::allowed(n, &account.allowed_prefixes) {
-                return Err(ApiError::unprocessable(
-                    "destination_not_allowed",
-                    format!("Destination {n} is outside the account's allowed prefixes"),
-                ));
-            }
+            classified = Some(check_number(account, n)?);
             if shared.store.trunks_for_account(&account.id)?.is_empty() {
                 return Err(ApiError::unprocessable(
                     "no_route",
@@ -100,7 +121,7 @@ pub(crate) fn resolve_destination(
             CustomerTarget::Emergency(n.clone())
         }
     };
-    Ok((dialled, target))
+    Ok((dialled, target, classified))
 }
 
 /// Checks a caller ID asked for, or picks one: the request's default, a number the user owns,
@@ -169,7 +190,7 @@ pub(crate) async fn place_call(
     account: &Account,
     req: PlaceRequest,
 ) -> Result<CallRecord, ApiError> {
-    let (dialled, customer) = resolve_destination(shared, account, &req.dial_string)?;
+    let (dialled, customer, classified) = resolve_destination(shared, account, &req.dial_string)?;
     let user = match &req.agent {
         AgentSel::User(u) => Some(u),
         AgentSel::Trunk { .. } => None,
@@ -217,7 +238,12 @@ pub(crate) async fn place_call(
         ),
     };
     let customer_desc = match &customer {
-        CustomerTarget::E164(n) => json!({"target": "e164", "number": n}),
+        CustomerTarget::E164(n) => json!({
+            "target": "e164",
+            "number": n,
+            "region": classified.as_ref().and_then(|c| c.region.clone()),
+            "number_type": classified.as_ref().map(|c| c.number_type.as_str()),
+        }),
         CustomerTarget::User { user_id } => json!({"target": "user", "user_id": user_id}),
         CustomerTarget::Emergency(n) => json!({"target": "emergency", "number": n}),
     };

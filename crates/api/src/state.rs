@@ -35,6 +35,10 @@ pub struct ApiConfig {
     pub server_id: String,
     /// Callback delivery policy.
     pub callbacks: CallbackPolicy,
+    /// Caps on connections open at once, overall and per source.
+    pub connections: sip_core::limits::ConnectionLimitsConfig,
+    /// Header, body and idle time-outs of each connection.
+    pub timeouts: crate::conn::HttpTimeouts,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +51,8 @@ impl Default for ApiConfig {
             max_ring_secs: 300,
             server_id: "dialbridge-1".to_owned(),
             callbacks: CallbackPolicy::default(),
+            connections: sip_core::limits::ConnectionLimitsConfig::default(),
+            timeouts: crate::conn::HttpTimeouts::default(),
         }
     }
 }

@@ -2,13 +2,26 @@
 
 use serde_json::{json, Value};
 use store::{
-    Binding, CallRecord, Device, Number, OutboxEntry, OutboxState, TimelineEntry, Trunk, User,
+    Account, Binding, CallRecord, Device, Number, OutboxEntry, OutboxState, TimelineEntry, Trunk,
+    User,
 };
 
 use crate::time::{rfc3339_ms, rfc3339_secs};
 
 fn opt_time(ms: Option<i64>) -> Value {
     ms.map(rfc3339_ms).map(Value::from).unwrap_or(Value::Null)
+}
+
+/// The caller's account: its dialing permissions (never its webhook secret).
+pub fn account(a: &Account) -> Value {
+    json!({
+        "id": a.id,
+        "name": a.name,
+        "region": a.region,
+        "allowed_countries": a.allowed_countries,
+        "blocked_number_types": a.blocked_number_types,
+        "allowed_prefixes": a.allowed_prefixes,
+    })
 }
 
 /// A call as listed in the call log.

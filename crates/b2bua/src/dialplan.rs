@@ -1,25 +1,35 @@
-//! The dial plan: what a dial string typed by a person or sent by an application means.
+//! The dial plan: what a dial string typed by a person or sent by an application means, and
+//! whether an account may dial it.
 //!
 //! ```text
 //!   dial string ──strip " " "-" "." "(" ")"──┬─ emergency number of the region ─▶ Emergency
 //!                                           ├─ "+" digits                      ─▶ E164
 //!                                           ├─ international prefix + digits   ─▶ E164
-//!                                           │    (011 in NANP, 0011 in AU, 00 elsewhere)
+//!                                           │    (the region's, from the metadata: 011 in
+//!                                           │     the NANP, 0011 in AU, 00 in most places)
 //!                                           ├─ 2..=6 digits                    ─▶ Extension
 //!                                           └─ national format of the region   ─▶ E164
-//!                                                (US/CA: 10 digits or 1 + 10; others: 0 + NSN)
+//!                                                (national prefix rules of the metadata)
 //! ```
 //!
 //! Every E.164 result is checked with [`store::e164::is_e164`] (`+`, 7..=15 digits, no leading
-//! 0, ITU-T E.164 §6). Emergency numbers are recognised before anything else, so `112` is never
-//! taken for an extension. 112 is treated as an emergency number in every region (as GSM
-//! handsets do, 3GPP TS 22.101 §10.1.1), 911 likewise.
+//! 0, ITU-T E.164 §6); whether it is a number in use, in which country and of which type is
+//! [`crate::numbering`]'s answer (libphonenumber's metadata). Emergency numbers are recognised
+//! before anything else, so `112` is never taken for an extension. 112 is treated as an
+//! emergency number in every region (as GSM handsets do, 3GPP TS 22.101 §10.1.1), 911 likewise.
+//! Extensions and emergency numbers are this module's own: the metadata does not cover them.
 //!
-//! Pure: no store, no I/O. Whether a destination may be dialled by an account is
-//! [`allowed`] (the toll-fraud prefix guard); whether an emergency call has a route is up to
-//! the caller, who knows the trunks.
+//! [`permit`] is the toll-fraud guard, in this order: the number must be valid, in one of the
+//! account's `allowed_countries` (by the number's country, so `+1 876` is Jamaica, not the
+//! US), not of one of its `blocked_number_types`, and under one of its `allowed_prefixes`.
+//!
+//! Pure: no store, no I/O. Whether an emergency call has a route is up to the caller, who
+//! knows the trunks.
 
 use store::e164::is_e164;
+use store::{Account, NumberType};
+
+use crate::numbering::{self, Classified, Invalid};
 
 /// What a dial string resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +67,7 @@ pub enum DialError {
     /// The digits are not a national number of the region.
     #[error("{digits} is not a dialable number in region {region}")]
     NotNational { digits: String, region: String },
-    /// A national number was dialled but the region has no known country code.
+    /// A national number was dialled but the region is unknown to the numbering metadata.
     #[error("region {0:?} has no known country code; dial the number in E.164 form (+...)")]
     UnknownRegion(String),
 }
@@ -93,42 +103,6 @@ const EMERGENCY: &[(&str, &[&str])] = &[
     ("MX", &[]),
 ];
 
-/// Country calling codes (ITU-T E.164 assignments) of the regions the dial plan knows.
-const COUNTRY_CODES: &[(&str, &str)] = &[
-    ("US", "1"),
-    ("CA", "1"),
-    ("GB", "44"),
-    ("IE", "353"),
-    ("DE", "49"),
-    ("FR", "33"),
-    ("ES", "34"),
-    ("IT", "39"),
-    ("NL", "31"),
-    ("BE", "32"),
-    ("AT", "43"),
-    ("CH", "41"),
-    ("AU", "61"),
-    ("NZ", "64"),
-    ("IN", "91"),
-    ("JP", "81"),
-    ("BR", "55"),
-    ("MX", "52"),
-];
-
-/// Regions of the North American Numbering Plan (country code 1) the dial plan knows.
-fn is_nanp(region: &str) -> bool {
-    matches!(region, "US" | "CA")
-}
-
-/// The country calling code of a region, without `+`.
-pub fn country_code(region: &str) -> Option<&'static str> {
-    let region = region.to_ascii_uppercase();
-    COUNTRY_CODES
-        .iter()
-        .find(|(r, _)| *r == region)
-        .map(|(_, cc)| *cc)
-}
-
 /// True when `digits` is an emergency number in `region`.
 pub fn is_emergency(digits: &str, region: &str) -> bool {
     let region = region.to_ascii_uppercase();
@@ -138,14 +112,18 @@ pub fn is_emergency(digits: &str, region: &str) -> bool {
             .any(|(r, list)| *r == region && list.contains(&digits))
 }
 
-/// The international call prefix of a region (ITU-T E.164 Annex; `011` in the NANP).
-fn international_prefix(region: &str) -> &'static str {
-    if is_nanp(region) {
-        "011"
-    } else if region == "AU" {
-        "0011"
+/// The country calling code of a region, without `+` (from the numbering metadata).
+pub fn country_code(region: &str) -> Option<u16> {
+    numbering::country_code(&region.trim().to_ascii_uppercase())
+}
+
+/// `digits` after the international prefix of `region`: the metadata's prefix where the region
+/// is known, else `00` (ITU-T E.164 Annex A's recommendation).
+fn after_international_prefix<'a>(digits: &'a str, region: &str) -> Option<&'a str> {
+    if numbering::is_known_region(region) {
+        numbering::strip_international_prefix(digits, region)
     } else {
-        "00"
+        digits.strip_prefix("00")
     }
 }
 
@@ -174,8 +152,7 @@ pub fn normalize(dial_string: &str, region: &str) -> Result<Dialled, DialError> 
     if is_emergency(digits, &region) {
         return Ok(Dialled::Emergency(digits.to_owned()));
     }
-    let intl = international_prefix(&region);
-    if let Some(rest) = digits.strip_prefix(intl) {
+    if let Some(rest) = after_international_prefix(digits, &region) {
         return e164(format!("+{rest}"));
     }
     if EXTENSION_DIGITS.contains(&digits.len()) {
@@ -193,40 +170,129 @@ fn e164(candidate: String) -> Result<Dialled, DialError> {
 }
 
 fn national(digits: &str, region: &str) -> Result<Dialled, DialError> {
+    if !numbering::is_known_region(region) {
+        return Err(DialError::UnknownRegion(region.to_owned()));
+    }
     let not_national = || DialError::NotNational {
         digits: digits.to_owned(),
         region: region.to_owned(),
     };
-    if is_nanp(region) {
-        // NANP: NPA-NXX-XXXX, area code and exchange starting 2-9 (ATIS-0300051).
-        let ten = match digits.len() {
-            10 => digits,
-            11 if digits.starts_with('1') => &digits[1..],
-            _ => return Err(not_national()),
-        };
-        let b = ten.as_bytes();
-        if b[0] < b'2' || b[3] < b'2' {
-            return Err(not_national());
+    let candidate = numbering::national_to_e164(digits, region).ok_or_else(not_national)?;
+    e164(candidate).map_err(|_| not_national())
+}
+
+/// True when `e164` starts with one of the account's allowed prefixes (an empty list allows
+/// nothing).
+pub fn allowed(e164: &str, prefixes: &[String]) -> bool {
+    prefixes.iter().any(|p| e164.starts_with(p.as_str()))
+}
+
+/// What an account may dial: [`permit`]'s three lists.
+#[derive(Debug, Clone, Copy)]
+pub struct Permissions<'a> {
+    /// ISO 3166-1 alpha-2 codes.
+    pub allowed_countries: &'a [String],
+    pub blocked_number_types: &'a [NumberType],
+    /// E.164 prefixes; `["+"]` allows every prefix.
+    pub allowed_prefixes: &'a [String],
+}
+
+impl<'a> From<&'a Account> for Permissions<'a> {
+    fn from(a: &'a Account) -> Permissions<'a> {
+        Permissions {
+            allowed_countries: &a.allowed_countries,
+            blocked_number_types: &a.blocked_number_types,
+            allowed_prefixes: &a.allowed_prefixes,
         }
-        return e164(format!("+1{ten}"));
-    }
-    let Some(cc) = country_code(region) else {
-        return Err(DialError::UnknownRegion(region.to_owned()));
-    };
-    match digits.strip_prefix('0') {
-        Some(nsn) if !nsn.starts_with('0') && !nsn.is_empty() => e164(format!("+{cc}{nsn}"))
-            .map_err(|e| match e {
-                DialError::InvalidNumber(_) => not_national(),
-                other => other,
-            }),
-        _ => Err(not_national()),
     }
 }
 
-/// True when `e164` starts with one of the account's allowed prefixes (the toll-fraud guard;
-/// an empty list allows nothing).
-pub fn allowed(e164: &str, prefixes: &[String]) -> bool {
-    prefixes.iter().any(|p| e164.starts_with(p.as_str()))
+/// Why an account may not dial a number. [`Refusal::code`] is the API error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not a number in use.
+    #[error("{number} is not a valid number: {reason}")]
+    Invalid { number: String, reason: Invalid },
+    /// A number of a country the account may not call.
+    #[error("{number} is a number in {region}, which is not in the account's allowed_countries ({allowed})")]
+    Country {
+        number: String,
+        region: String,
+        allowed: String,
+    },
+    /// A number of an international network, of no country (`+800`, `+882`).
+    #[error("{number} belongs to an international network, not to a country; the account's allowed_countries cannot include it")]
+    NoCountry { number: String },
+    /// A number of a blocked type.
+    #[error("{number} is a {number_type} number in {region}, and the account blocks {number_type} numbers")]
+    NumberType {
+        number: String,
+        region: String,
+        number_type: NumberType,
+    },
+    /// Outside every allowed prefix.
+    #[error("{number} is outside the account's allowed_prefixes")]
+    Prefix { number: String },
+}
+
+impl Refusal {
+    /// `invalid_destination` for an invalid number, `destination_not_allowed` otherwise.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Invalid { .. } => "invalid_destination",
+            _ => "destination_not_allowed",
+        }
+    }
+}
+
+/// The toll-fraud guard: may an account with `permissions` dial the classified number?
+pub fn permit(number: &Classified, permissions: Permissions<'_>) -> Result<(), Refusal> {
+    let e164 = || number.e164.clone();
+    if let Err(reason) = &number.validity {
+        return Err(Refusal::Invalid {
+            number: e164(),
+            reason: reason.clone(),
+        });
+    }
+    let Some(region) = &number.region else {
+        return Err(Refusal::NoCountry { number: e164() });
+    };
+    if !permissions
+        .allowed_countries
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(region))
+    {
+        return Err(Refusal::Country {
+            number: e164(),
+            region: region.clone(),
+            allowed: if permissions.allowed_countries.is_empty() {
+                "none".to_owned()
+            } else {
+                permissions.allowed_countries.join(", ")
+            },
+        });
+    }
+    if permissions
+        .blocked_number_types
+        .contains(&number.number_type)
+    {
+        return Err(Refusal::NumberType {
+            number: e164(),
+            region: region.clone(),
+            number_type: number.number_type,
+        });
+    }
+    if !allowed(&number.e164, permissions.allowed_prefixes) {
+        return Err(Refusal::Prefix { number: e164() });
+    }
+    Ok(())
+}
+
+/// [`numbering::classify`] then [`permit`].
+pub fn check(e164: &str, permissions: Permissions<'_>) -> (Classified, Result<(), Refusal>) {
+    let classified = numbering::classify(e164);
+    let verdict = permit(&classified, permissions);
+    (classified, verdict)
 }
 
 #[cfg(test)]
@@ -281,25 +347,25 @@ mod tests {
 
     #[test]
     fn bad_national_numbers() {
+        let invalid = |dial: &str, region: &str| match normalize(dial, region) {
+            Ok(Dialled::E164(n)) => numbering::classify(&n).validity.err(),
+            other => panic!("{dial}: {other:?}"),
+        };
         // NANP area codes and exchanges cannot start with 0 or 1.
-        assert!(matches!(
-            normalize("115 555 1234", "US"),
-            Err(DialError::NotNational { .. })
-        ));
-        assert!(matches!(
-            normalize("415 155 1234", "US"),
-            Err(DialError::NotNational { .. })
-        ));
+        assert!(invalid("115 555 1234", "US").is_some());
+        assert_eq!(
+            invalid("415 155 1234", "US"),
+            Some(Invalid::NotInUse {
+                place: "any country of +1".into()
+            })
+        );
         // Seven digits: a local number without its area code.
-        assert!(matches!(
-            normalize("555 1234", "US"),
-            Err(DialError::NotNational { .. })
-        ));
-        // No trunk prefix.
-        assert!(matches!(
-            normalize("20 7183 8750", "GB"),
-            Err(DialError::NotNational { .. })
-        ));
+        assert_eq!(
+            invalid("555 1234", "US"),
+            Some(Invalid::TooShort { place: "US".into() })
+        );
+        // The trunk prefix may be left out, as libphonenumber reads national numbers.
+        assert_eq!(normalize("20 7183 8750", "GB"), Ok(e("+442071838750")));
         assert_eq!(
             normalize("020 7183 8750", "ZZ"),
             Err(DialError::UnknownRegion("ZZ".into()))

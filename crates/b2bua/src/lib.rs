@@ -9,11 +9,15 @@
 //!
 //! - [`calls`]: the call engine and its interface ([`calls::CallControl`], [`calls::CallHooks`]).
 //! - [`registrar`]: REGISTER with digest auth, bindings in the store, brute-force guard.
+//! - [`dialplan`]: dial strings (E.164, national, international prefix, extensions, emergency)
+//!   and what an account may dial (countries, number types, prefixes).
+//! - [`numbering`]: validity, region and type of a number from libphonenumber's metadata.
 //!
 //! This crate does no socket I/O of its own (sip-core's endpoint and the media crate do).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod calls;
 pub mod dialplan;
+pub mod numbering;
 pub mod registrar;
 pub mod server;

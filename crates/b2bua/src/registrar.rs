@@ -181,6 +181,10 @@ pub struct Decision {
     pub response: Response,
     /// Wait this long before sending the response (brute-force slow-down).
     pub delay: Duration,
+    /// For an accepted REGISTER that came over a TCP connection: until when (unix seconds)
+    /// a binding lives on that connection, `Some(0)` when none does any more. The caller
+    /// keeps the connection open that long.
+    pub flow_until: Option<u64>,
 }
 
 /// The registrar. Shared between tasks (`Arc`); internal state behind short locks.
@@ -332,6 +336,7 @@ impl Registrar {
         let quick = |response| Decision {
             response,
             delay: Duration::ZERO,
+            flow_until: None,
         };
         let source = flow.remote.ip();
         // 1. Authentication.
@@ -413,6 +418,7 @@ impl Registrar {
                 return Decision {
                     response: self.challenge(req, false, now),
                     delay,
+                    flow_until: None,
                 };
             }
         };
@@ -463,7 +469,20 @@ impl Registrar {
         self.stats
             .registrations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        quick(resp)
+        let flow_until = flow.conn.map(|_| {
+            let (source, transport) = (flow.remote.to_string(), flow.transport.to_string());
+            bindings
+                .iter()
+                .filter(|b| b.source == source && b.transport == transport)
+                .map(|b| b.expires_at.max(0) as u64)
+                .max()
+                .unwrap_or(0)
+        });
+        Decision {
+            response: resp,
+            delay: Duration::ZERO,
+            flow_until,
+        }
     }
 
     fn locked(&self, source: IpAddr, user: Option<&str>, now: u64) -> bool {
@@ -706,7 +725,19 @@ mod tests {
         password: &str,
         now: u64,
     ) -> Decision {
-        let first = reg.handle(&register(cseq, contact, expires, None), &flow(), now);
+        authed_on(reg, &flow(), cseq, contact, expires, password, now)
+    }
+
+    fn authed_on(
+        reg: &Registrar,
+        flow: &Flow,
+        cseq: u32,
+        contact: &str,
+        expires: Option<u32>,
+        password: &str,
+        now: u64,
+    ) -> Decision {
+        let first = reg.handle(&register(cseq, contact, expires, None), flow, now);
         assert_eq!(first.response.status, 401);
         let challenges: Vec<String> = first
             .response
@@ -724,9 +755,52 @@ mod tests {
             .unwrap();
         reg.handle(
             &register(cseq + 1, contact, expires, Some(value)),
-            &flow(),
+            flow,
             now,
         )
+    }
+
+    #[test]
+    fn a_registration_over_tcp_says_how_long_its_connection_carries_a_binding() {
+        let reg = registrar();
+        let now = 1_700_000_000;
+        let tcp = Flow {
+            transport: Transport::Tcp,
+            conn: Some(7),
+            ..flow()
+        };
+        let d = authed_on(
+            &reg,
+            &tcp,
+            1,
+            "<sip:alice@10.0.0.5:5060;transport=tcp>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        );
+        assert_eq!(d.response.status, 200);
+        assert_eq!(d.flow_until, Some(now + 600));
+        // Removing the binding ends the hold; over UDP there is no connection to hold.
+        let d = authed_on(
+            &reg,
+            &tcp,
+            10,
+            "<sip:alice@10.0.0.5:5060;transport=tcp>",
+            Some(0),
+            "s3cret-desk",
+            now + 5,
+        );
+        assert_eq!(d.response.status, 200);
+        assert_eq!(d.flow_until, Some(0));
+        let d = authed(
+            &reg,
+            20,
+            "<sip:alice@10.0.0.5:5060>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        );
+        assert_eq!(d.flow_until, None);
     }
 
     fn registrar() -> Registrar {

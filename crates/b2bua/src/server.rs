@@ -7,6 +7,10 @@
 //! need. Such answers to strangers count against the per-source refusal budget; registered
 //! phones and the configured trunks are exempt ([`SipServer::budget_for`]). Requests that
 //! start or belong to a call go to the call engine and keep their server transaction.
+//!
+//! The same known peers are handed to the transports, which let them past the per-address
+//! TCP connection cap and the per-source request budget; and a REGISTER accepted over TCP
+//! holds its connection open past `sip.tcp_idle_secs` for as long as a binding lives on it.
 
 use crate::calls::engine::Engine;
 use crate::registrar::Registrar;
@@ -32,37 +36,29 @@ pub struct SipServer {
     endpoint: Endpoint,
     registrar: Arc<Registrar>,
     engine: Option<Engine>,
+    peers: Arc<KnownPeers>,
+}
+
+/// Who counts as a known peer: a phone registered from the address, or a configured trunk
+/// (by IP literal; trunks named by DNS are exempted through `sip.refusal_exempt`).
+struct KnownPeers {
+    registrar: Arc<Registrar>,
+    store: Option<Arc<dyn store::Store>>,
     /// The trunks' addresses (IP literals) and when they were read.
     trunk_ips: Mutex<(Option<Instant>, Vec<IpAddr>)>,
 }
 
-impl SipServer {
-    pub fn new(endpoint: Endpoint, registrar: Arc<Registrar>, engine: Option<Engine>) -> SipServer {
-        SipServer {
-            endpoint,
-            registrar,
-            engine,
-            trunk_ips: Mutex::new((None, Vec::new())),
-        }
-    }
-
-    /// The refusal budget a stateless answer to this source counts against: none for a
-    /// registered phone or a configured trunk (by IP literal; trunks named by DNS are
-    /// exempted through `sip.refusal_exempt`), the per-source one for anybody else.
-    pub fn budget_for(&self, source: IpAddr) -> RefusalBudget {
+impl KnownPeers {
+    fn is_known(&self, source: IpAddr) -> bool {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        if self.registrar.is_registered_source(source, now) || self.is_trunk(source) {
-            RefusalBudget::Exempt
-        } else {
-            RefusalBudget::PerSource
-        }
+        self.registrar.is_registered_source(source, now) || self.is_trunk(source)
     }
 
     fn is_trunk(&self, source: IpAddr) -> bool {
-        let Some(engine) = &self.engine else {
+        let Some(store) = &self.store else {
             return false;
         };
         let Ok(mut cache) = self.trunk_ips.lock() else {
@@ -70,7 +66,7 @@ impl SipServer {
         };
         let fresh = cache.0.is_some_and(|t| t.elapsed() < TRUNK_REFRESH);
         if !fresh {
-            match engine.inner.store.list_trunks() {
+            match store.list_trunks() {
                 Ok(trunks) => {
                     cache.1 = trunks.iter().filter_map(|t| trunk_ip(&t.address)).collect();
                 }
@@ -79,6 +75,38 @@ impl SipServer {
             cache.0 = Some(Instant::now());
         }
         cache.1.contains(&source)
+    }
+}
+
+impl SipServer {
+    /// The server; it also tells the transports who the known peers are (exempt from the
+    /// per-source connection cap and the request budget).
+    pub fn new(endpoint: Endpoint, registrar: Arc<Registrar>, engine: Option<Engine>) -> SipServer {
+        let peers = Arc::new(KnownPeers {
+            registrar: Arc::clone(&registrar),
+            store: engine.as_ref().map(|e| Arc::clone(&e.inner.store)),
+            trunk_ips: Mutex::new((None, Vec::new())),
+        });
+        let p = Arc::clone(&peers);
+        endpoint
+            .transports()
+            .set_known_peers(Arc::new(move |ip| p.is_known(ip)));
+        SipServer {
+            endpoint,
+            registrar,
+            engine,
+            peers,
+        }
+    }
+
+    /// The refusal budget a stateless answer to this source counts against: none for a
+    /// registered phone or a configured trunk, the per-source one for anybody else.
+    pub fn budget_for(&self, source: IpAddr) -> RefusalBudget {
+        if self.peers.is_known(source) {
+            RefusalBudget::Exempt
+        } else {
+            RefusalBudget::PerSource
+        }
     }
 
     /// Serves endpoint events until the endpoint stops.
@@ -171,6 +199,14 @@ impl SipServer {
                         endpoint.reply_stateless(&inc, decision.response, budget);
                     } else {
                         endpoint.respond(&inc.key, decision.response);
+                        // A registration's connection stays open while a binding lives
+                        // on it (past sip.tcp_idle_secs).
+                        if let (Some(until), Some(conn)) = (decision.flow_until, inc.flow.conn) {
+                            let left = until.saturating_sub(now);
+                            endpoint
+                                .transports()
+                                .hold_connection(conn, std::time::Duration::from_secs(left));
+                        }
                     }
                 });
             }

@@ -36,7 +36,21 @@ pub struct SipConfig {
     pub t1_ms: u64,
     pub t2_ms: u64,
     pub t4_ms: u64,
+    /// A TCP connection that received nothing for this long is closed, unless a
+    /// registration lives on it.
     pub tcp_idle_secs: u64,
+    /// An accepted TCP connection must deliver one complete message within this time.
+    pub first_message_secs: u64,
+    /// Accepted TCP connections open at once; 0: what the descriptor budget leaves.
+    pub max_connections: usize,
+    /// Accepted TCP connections open at once from one address (registered phones and trunks
+    /// are not held to it); 0: a sixteenth of `max_connections`.
+    pub max_connections_per_ip: usize,
+    /// Requests one source address may send per second (and at once); past it the source
+    /// is ignored for `request_mute_secs`. 0 turns the guard off. Registered phones,
+    /// trunks and `refusal_exempt` are exempt.
+    pub requests_per_sec: u32,
+    pub request_mute_secs: u64,
     pub max_message_size: usize,
     pub user_agent: String,
     /// Answers to requests that open nothing (refusals, challenges, OPTIONS) one source
@@ -62,6 +76,11 @@ impl Default for SipConfig {
             t2_ms: 4000,
             t4_ms: 5000,
             tcp_idle_secs: 300,
+            first_message_secs: 10,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            requests_per_sec: 200,
+            request_mute_secs: 30,
             max_message_size: 65_535,
             user_agent: concat!("dialbridge/", env!("CARGO_PKG_VERSION")).into(),
             refusals_per_sec: 30,
@@ -156,12 +175,28 @@ impl Default for MediaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub listen: String,
+    /// Connections open at once; 0: what the descriptor budget leaves.
+    pub max_connections: usize,
+    /// Connections open at once from one address; 0: a sixteenth of `max_connections`.
+    pub max_connections_per_ip: usize,
+    /// A request's head must arrive within this time (a new connection's first one within
+    /// this time of the accept).
+    pub header_read_secs: u64,
+    /// A request body may be silent this long between two reads.
+    pub body_read_secs: u64,
+    /// A kept-alive connection may wait this long for its next request.
+    pub idle_secs: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: "127.0.0.1:8080".into(),
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            header_read_secs: 10,
+            body_read_secs: 30,
+            idle_secs: 60,
         }
     }
 }
@@ -413,6 +448,42 @@ impl Config {
                 "must be at least 1 (or sip.refusals_per_sec = 0 turns the budget off)",
             ));
         }
+        if self.sip.requests_per_sec > 0 && self.sip.request_mute_secs == 0 {
+            errors.push(err(
+                "sip.request_mute_secs",
+                "must be at least 1 (or sip.requests_per_sec = 0 turns the guard off)",
+            ));
+        }
+        for (key, v) in [
+            ("sip.tcp_idle_secs", self.sip.tcp_idle_secs),
+            ("sip.first_message_secs", self.sip.first_message_secs),
+            ("api.header_read_secs", self.api.header_read_secs),
+            ("api.body_read_secs", self.api.body_read_secs),
+            ("api.idle_secs", self.api.idle_secs),
+        ] {
+            if v == 0 {
+                errors.push(err(key, "must be at least 1"));
+            }
+        }
+        for (key, per_ip, max) in [
+            (
+                "sip.max_connections_per_ip",
+                self.sip.max_connections_per_ip,
+                self.sip.max_connections,
+            ),
+            (
+                "api.max_connections_per_ip",
+                self.api.max_connections_per_ip,
+                self.api.max_connections,
+            ),
+        ] {
+            if max > 0 && per_ip > max {
+                errors.push(err(
+                    key,
+                    format!("must not be above the overall cap ({max})"),
+                ));
+            }
+        }
         if self.sip.refusal_sources == 0 {
             errors.push(err("sip.refusal_sources", "must be at least 1"));
         }
@@ -488,6 +559,23 @@ impl Config {
         }
         if let Err(issues) = self.provisioning().validate() {
             errors.extend(issues.into_iter().map(|i| err(&i.key, i.reason)));
+        }
+        // ISO 3166 codes the numbering metadata has no numbers for (AQ, BV, ...) could never
+        // match a number: refused rather than silently useless.
+        for (i, a) in self.accounts.iter().enumerate() {
+            let known = |c: &str| {
+                !store::provision::is_iso3166_alpha2(c) || b2bua::numbering::is_known_region(c)
+            };
+            for (j, c) in a.allowed_countries.iter().flatten().enumerate() {
+                if !known(c) {
+                    errors.push(err(
+                        &format!("accounts[{i}].allowed_countries[{j}]"),
+                        format!(
+                            "{c:?} has no telephone numbers of its own in the numbering metadata"
+                        ),
+                    ));
+                }
+            }
         }
         if errors.is_empty() {
             Ok(Validated {
@@ -692,6 +780,35 @@ webhook_secret = "whsec_test_1"
                 "sip.refusal_sources",
                 "sip.refusal_exempt[0]"
             ]
+        );
+    }
+
+    #[test]
+    fn dialing_permissions_are_checked_with_their_keys() {
+        let account = |extra: &str| {
+            format!(
+                "[[accounts]]\nid = \"acct_01h2xcejqtf2nbrexx3vqjhp41\"\nname = \"Acme\"\nregion = \"US\"\nwebhook_secret = \"w\"\n{extra}"
+            )
+        };
+        let c = Config::parse(&account(
+            "allowed_countries = [\"US\", \"CA\"]\nblocked_number_types = [\"premium_rate\"]\n",
+        ))
+        .unwrap();
+        assert!(c.validate().is_ok());
+        let c = Config::parse(&account(
+            "allowed_countries = [\"US\", \"AQ\", \"usa\"]\nblocked_number_types = [\"premium_rate\", \"900\"]\n",
+        ))
+        .unwrap();
+        let errors = c.validate().unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "accounts[0].allowed_countries[2]",
+                "accounts[0].blocked_number_types[1]",
+                "accounts[0].allowed_countries[1]"
+            ],
+            "{errors:?}"
         );
     }
 

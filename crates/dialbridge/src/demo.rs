@@ -132,6 +132,7 @@ name = "Demo"
 region = "US"
 api_keys = [{{ key = "ak_demo_1", secret = "{SECRET}" }}]
 webhook_secret = "{WEBHOOK_SECRET}"
+allowed_countries = ["US", "CA"]
 allowed_prefixes = ["+1"]
 
 [[users]]

@@ -1,6 +1,7 @@
 //! dialbridge: the binary — command line, configuration, store wiring.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod budget;
 mod config;
 mod demo;
 mod hep;
@@ -163,7 +164,17 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         eprintln!("warning: {}: {w}", file.display());
     }
     match cfg.validate() {
-        Ok(_) => {
+        Ok(valid) => {
+            // The budget serve would plan: the soft limit is raised to the hard one.
+            let nofile = budget::nofile().map(|(_, hard)| hard);
+            match nofile.map(|n| budget::Budget::plan(n, &cfg, valid.media_ports)) {
+                Ok(Ok(b)) => println!("{}: {b}", file.display()),
+                Ok(Err(e)) => {
+                    eprintln!("error: {}: {e}", file.display());
+                    return ExitCode::from(2);
+                }
+                Err(e) => eprintln!("warning: cannot read the nofile limit: {e}"),
+            }
             println!("{}: OK", file.display());
             ExitCode::SUCCESS
         }

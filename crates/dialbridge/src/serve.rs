@@ -48,6 +48,8 @@ pub enum ServeError {
     Journal(std::io::Error),
     #[error("starting the HEP sender thread: {0}")]
     Hep(std::io::Error),
+    #[error("descriptor budget: {0}")]
+    Budget(crate::config::ConfigError),
 }
 
 pub async fn serve(cfg: Config, valid: Validated) -> Result<(), ServeError> {
@@ -68,9 +70,51 @@ pub async fn serve_until(
     shutdown: impl std::future::Future<Output = ()>,
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), ServeError> {
+    // Descriptors: the soft limit up to the hard one, then shared out (see crate::budget).
+    let nofile = match crate::budget::raise_nofile() {
+        Ok((before, now)) => {
+            if before != now {
+                tracing::info!(
+                    from = before,
+                    to = now,
+                    "nofile soft limit raised to the hard limit"
+                );
+            }
+            now
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the nofile limit");
+            crate::budget::nofile()
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024)
+        }
+    };
+    let budget =
+        crate::budget::Budget::plan(nofile, &cfg, valid.media_ports).map_err(ServeError::Budget)?;
+    say!("dialbridge: {budget}");
+    tracing::info!(
+        nofile = budget.nofile,
+        relay = budget.relay,
+        store = budget.store,
+        reserve = budget.reserve,
+        sip_connections = budget.sip,
+        sip_connections_per_ip = budget.sip_per_ip,
+        api_connections = budget.api,
+        api_connections_per_ip = budget.api_per_ip,
+        "descriptor budget"
+    );
     let store = store::open(&cfg.store.url)?;
     let report = store.apply_provisioning(&cfg.provisioning(), &cfg.sip.domain)?;
     tracing::info!(url = %cfg.store.url, ?report, "store ready");
+    // The numbering metadata is loaded on first use (about 0.2 s in a release build): do it
+    // now, beside the start-up, rather than in the first call request.
+    if let Ok(accounts) = store.list_accounts() {
+        let regions: Vec<String> = accounts
+            .into_iter()
+            .flat_map(|a| std::iter::once(a.region).chain(a.allowed_countries))
+            .collect();
+        tokio::task::spawn_blocking(move || b2bua::numbering::preload(&regions));
+    }
 
     // Who watches the SIP messages: the trace in the log, the HEP exporter, both or none.
     let hep = match &valid.hep {
@@ -100,7 +144,18 @@ pub async fn serve_until(
         transport: TransportConfig {
             listen: valid.listen.clone(),
             tcp_idle_timeout: Duration::from_secs(cfg.sip.tcp_idle_secs),
+            tcp_first_message_timeout: Duration::from_secs(cfg.sip.first_message_secs),
             max_message_size: cfg.sip.max_message_size,
+            tcp_limits: sip_core::limits::ConnectionLimitsConfig {
+                max_total: budget.sip,
+                max_per_source: budget.sip_per_ip,
+                ..Default::default()
+            },
+            request_guard: sip_core::stateless::RefusalGuardConfig {
+                per_sec: cfg.sip.requests_per_sec,
+                mute: Duration::from_secs(cfg.sip.request_mute_secs),
+                ..valid.stateless.guard.clone()
+            },
             ..Default::default()
         },
         timers: valid.timers,
@@ -204,6 +259,8 @@ pub async fn serve_until(
         }
     }
     let stateless_stats = endpoint.stateless_stats();
+    let sip_conns = endpoint.transports().connection_limits();
+    let sip_guards = endpoint.transports().stats();
     let server =
         b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar), Some(engine.clone()));
     let sip = tokio::spawn(server.run(events));
@@ -306,6 +363,16 @@ pub async fn serve_until(
         realm: cfg.sip.domain.clone(),
         agent_ring_secs: u32::try_from(cfg.calls.agent_ring_secs).unwrap_or(u32::MAX),
         customer_ring_secs: u32::try_from(cfg.calls.customer_ring_secs).unwrap_or(u32::MAX),
+        connections: sip_core::limits::ConnectionLimitsConfig {
+            max_total: budget.api,
+            max_per_source: budget.api_per_ip,
+            ..Default::default()
+        },
+        timeouts: api::conn::HttpTimeouts {
+            header_read: Duration::from_secs(cfg.api.header_read_secs),
+            body_read: Duration::from_secs(cfg.api.body_read_secs),
+            idle: Duration::from_secs(cfg.api.idle_secs),
+        },
         ..Default::default()
     };
     let rest = api::Api::new(
@@ -314,6 +381,7 @@ pub async fn serve_until(
         Arc::new(engine.clone()),
         Arc::clone(&metrics),
     );
+    add_connection_metrics(&metrics, &sip_conns, &sip_guards, &rest, budget.nofile);
     // Calls the previous run left unfinished (a crash) end now, with their final callback.
     match rest.recover_interrupted() {
         Ok(0) => {}
@@ -356,6 +424,138 @@ pub async fn serve_until(
     sip.abort();
     sweeper.abort();
     Ok(())
+}
+
+/// The metrics of the connection caps, time-outs and request budget (see
+/// `docs/operations.md`, "Limits").
+fn add_connection_metrics(
+    metrics: &api::Metrics,
+    sip: &Arc<sip_core::limits::ConnectionLimits>,
+    guards: &Arc<sip_core::transport::TransportStats>,
+    rest: &api::Api,
+    nofile: u64,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    type Limit = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&sip_core::limits::ConnectionStats) -> u64,
+    );
+    let sip_limits: [Limit; 3] = [
+        (
+            "dialbridge_sip_tcp_connections",
+            "gauge",
+            "SIP TCP connections accepted and open now.",
+            |s| s.open.load(Relaxed),
+        ),
+        (
+            "dialbridge_sip_tcp_connections_refused_total",
+            "counter",
+            "SIP TCP connections closed at once: sip.max_connections was reached.",
+            |s| s.refused_total.load(Relaxed),
+        ),
+        (
+            "dialbridge_sip_tcp_connections_refused_per_ip_total",
+            "counter",
+            "SIP TCP connections closed at once: their address had sip.max_connections_per_ip.",
+            |s| s.refused_per_source.load(Relaxed),
+        ),
+    ];
+    let http_limits: [Limit; 3] = [
+        (
+            "dialbridge_http_connections",
+            "gauge",
+            "REST connections open now.",
+            |s| s.open.load(Relaxed),
+        ),
+        (
+            "dialbridge_http_connections_refused_total",
+            "counter",
+            "REST connections closed at once: api.max_connections was reached.",
+            |s| s.refused_total.load(Relaxed),
+        ),
+        (
+            "dialbridge_http_connections_refused_per_ip_total",
+            "counter",
+            "REST connections closed at once: their address had api.max_connections_per_ip.",
+            |s| s.refused_per_source.load(Relaxed),
+        ),
+    ];
+    for (limits, l) in [
+        (sip_limits, Arc::clone(sip)),
+        (http_limits, rest.connection_limits()),
+    ] {
+        for (name, kind, help, read) in limits {
+            let l = Arc::clone(&l);
+            metrics.add_source(name, kind, help, move || read(&l.stats));
+        }
+    }
+    type Guard = (
+        &'static str,
+        &'static str,
+        fn(&sip_core::transport::TransportStats) -> u64,
+    );
+    let sip_guards: [Guard; 4] = [
+        (
+            "dialbridge_sip_tcp_first_message_timeouts_total",
+            "SIP TCP connections closed for not delivering a complete message within sip.first_message_secs.",
+            |s| s.closed_first_message.load(Relaxed),
+        ),
+        (
+            "dialbridge_sip_tcp_idle_timeouts_total",
+            "SIP TCP connections without a registration closed after sip.tcp_idle_secs idle.",
+            |s| s.closed_idle.load(Relaxed),
+        ),
+        (
+            "dialbridge_sip_requests_dropped_total",
+            "SIP requests ignored because their source sent more than sip.requests_per_sec.",
+            |s| s.requests_dropped.load(Relaxed),
+        ),
+        (
+            "dialbridge_sip_request_mutes_total",
+            "Times a source went past sip.requests_per_sec and was ignored for sip.request_mute_secs.",
+            |s| s.request_mutes.load(Relaxed),
+        ),
+    ];
+    for (name, help, read) in sip_guards {
+        let g = Arc::clone(guards);
+        metrics.add_source(name, "counter", help, move || read(&g));
+    }
+    type Timeout = (&'static str, &'static str, fn(&api::conn::HttpStats) -> u64);
+    let http: [Timeout; 3] = [
+        (
+            "dialbridge_http_header_timeouts_total",
+            "REST connections closed: a request head took longer than api.header_read_secs.",
+            |s| s.header_timeouts.load(Relaxed),
+        ),
+        (
+            "dialbridge_http_body_timeouts_total",
+            "REST connections closed: a request body was silent for api.body_read_secs.",
+            |s| s.body_timeouts.load(Relaxed),
+        ),
+        (
+            "dialbridge_http_idle_timeouts_total",
+            "REST connections closed after api.idle_secs without a request.",
+            |s| s.idle_timeouts.load(Relaxed),
+        ),
+    ];
+    for (name, help, read) in http {
+        let st = rest.http_stats();
+        metrics.add_source(name, "counter", help, move || read(&st));
+    }
+    metrics.add_source(
+        "dialbridge_open_fds",
+        "gauge",
+        "Descriptors the process has open now.",
+        || crate::budget::open_descriptors().unwrap_or(0),
+    );
+    metrics.add_source(
+        "dialbridge_fd_limit",
+        "gauge",
+        "The nofile limit the descriptor budget was planned for.",
+        move || nofile,
+    );
 }
 
 async fn shutdown_signal() {

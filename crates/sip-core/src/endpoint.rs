@@ -339,6 +339,12 @@ impl Endpoint {
         Arc::clone(&self.stateless_stats)
     }
 
+    /// The transports: their guards (connection caps, time-outs, the request budget), the
+    /// known-peer test and the hold on a registration's connection.
+    pub fn transports(&self) -> &Arc<Transports> {
+        &self.transports
+    }
+
     /// The address and port to advertise (Via sent-by, Contact) for traffic to `dest`.
     pub fn advertised(&self, transport: Transport, dest: SocketAddr) -> Option<SocketAddr> {
         let local = self.transports.local_for(transport, dest)?;

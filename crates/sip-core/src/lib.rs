@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod dialog;
 pub mod endpoint;
+pub mod limits;
 pub mod message;
 pub mod observe;
 pub mod sdp;

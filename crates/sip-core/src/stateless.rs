@@ -18,6 +18,9 @@
 //! Both are pure: they take `now` from their caller and are tested on a made-up clock.
 //! The endpoint ([`crate::endpoint`]) owns them and does the sending.
 //!
+//! The same token bucket, as a second instance with its own budget, paces the requests a
+//! source may send at all (the transport drops the rest: [`crate::transport`]).
+//!
 //! Not here: the decision to answer statelessly (the transaction user makes it, through
 //! [`crate::endpoint::Endpoint::reply_stateless`]) and connection limits for stream
 //! transports.
@@ -159,6 +162,18 @@ impl RefusalGuard {
 
     /// Whether one more answer may go to `source` at `now` (and takes it from the budget).
     pub fn check(&mut self, source: IpAddr, now: Instant) -> Verdict {
+        self.check_known(source, now, |_| false)
+    }
+
+    /// As [`RefusalGuard::check`], but a source that `known` names (a registered phone, a
+    /// trunk) is never muted. `known` is asked only when the source is past its budget, so a
+    /// costly look-up runs once per burst, not once per message.
+    pub fn check_known(
+        &mut self,
+        source: IpAddr,
+        now: Instant,
+        known: impl FnOnce(IpAddr) -> bool,
+    ) -> Verdict {
         let per_sec = self.cfg.per_sec;
         if per_sec == 0 || self.cfg.exempt.iter().any(|p| p.contains(source)) {
             return Verdict::Send;
@@ -188,6 +203,8 @@ impl RefusalGuard {
         b.last = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
+            Verdict::Send
+        } else if known(source) {
             Verdict::Send
         } else {
             b.muted_until = Some(now + self.cfg.mute);
@@ -405,6 +422,24 @@ mod tests {
             assert_eq!(g.check(ip("::1"), t0), Verdict::Send);
         }
         assert_eq!(g.tracked(), 2);
+    }
+
+    #[test]
+    fn a_known_source_past_its_budget_is_not_muted() {
+        let t0 = Instant::now();
+        let mut g = guard(2, 10);
+        let src = ip("192.0.2.20");
+        let mut asked = 0;
+        for _ in 0..10 {
+            let v = g.check_known(src, t0, |_| {
+                asked += 1;
+                true
+            });
+            assert_eq!(v, Verdict::Send);
+        }
+        assert_eq!(asked, 8, "asked only past the budget");
+        assert!(!g.is_muted(src, t0));
+        assert_eq!(g.check_known(src, t0, |_| false), Verdict::Muted);
     }
 
     #[test]

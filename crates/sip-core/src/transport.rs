@@ -2,10 +2,25 @@
 //!
 //! - UDP: one socket per listen address; each datagram is one message.
 //! - TCP: accepted and outgoing connections share one table; messages are framed by
-//!   Content-Length ([`crate::message::frame`]); a connection idle longer than the idle
-//!   time-out is closed; a message larger than the maximum size closes the connection (after
-//!   a `513`-less drop: the stream cannot be resynchronised). `CRLF CRLF` keep-alive pings
-//!   are answered with `CRLF` (RFC 5626 §4.4.1).
+//!   Content-Length ([`crate::message::frame`]); a message larger than the maximum size
+//!   closes the connection (after a `513`-less drop: the stream cannot be resynchronised).
+//!   `CRLF CRLF` keep-alive pings are answered with `CRLF` (RFC 5626 §4.4.1).
+//!
+//! Guards against one source taking what every client needs:
+//!
+//! - Accepted connections are held to a cap overall and per source address
+//!   ([`crate::limits`]); over a cap the connection is accepted and reset at once, so the
+//!   listener never stops accepting. Refusals are counted and logged once per source and
+//!   minute. A known peer (a registered phone, a trunk: [`Transports::set_known_peers`])
+//!   is not held to the per-source cap.
+//! - An accepted connection that has not delivered one complete message within the
+//!   first-message time-out is closed (keep-alive pings do not count).
+//! - A connection idle (nothing received, keep-alives included) longer than the idle
+//!   time-out is closed, unless it carries a registration: the registrar holds a phone's
+//!   connection open for as long as its binding lives ([`Transports::hold_connection`]).
+//! - Requests (UDP and TCP alike) are paced per source address by a
+//!   [`crate::stateless::RefusalGuard`] of their own: past its budget a source is ignored
+//!   for a while (the pike idea). Known peers are never ignored. Responses are not paced.
 //!
 //! Inbound data goes to one channel as [`Inbound`]; the transaction layer parses it.
 //! This module does not parse SIP beyond stream framing.
@@ -16,13 +31,15 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+use crate::limits::{Cap, ConnSlot, ConnectionLimits, ConnectionLimitsConfig};
 use crate::message::{frame, Frame};
+use crate::stateless::{RefusalGuard, RefusalGuardConfig, Verdict};
 
 /// A SIP transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,9 +132,18 @@ pub struct Inbound {
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     pub listen: Vec<ListenAddr>,
+    /// A connection that received nothing for this long is closed (unless it carries a
+    /// registration).
     pub tcp_idle_timeout: Duration,
+    /// An accepted connection must deliver one complete message within this time.
+    pub tcp_first_message_timeout: Duration,
     pub tcp_connect_timeout: Duration,
     pub max_message_size: usize,
+    /// Caps on accepted TCP connections, overall and per source.
+    pub tcp_limits: ConnectionLimitsConfig,
+    /// Requests one source may send per second (its own budget, separate from the refusal
+    /// budget); `per_sec = 0` turns the guard off.
+    pub request_guard: RefusalGuardConfig,
 }
 
 impl Default for TransportConfig {
@@ -125,11 +151,33 @@ impl Default for TransportConfig {
         TransportConfig {
             listen: Vec::new(),
             tcp_idle_timeout: Duration::from_secs(300),
+            tcp_first_message_timeout: Duration::from_secs(10),
             tcp_connect_timeout: Duration::from_secs(5),
             max_message_size: 65_535,
+            tcp_limits: ConnectionLimitsConfig::default(),
+            request_guard: RefusalGuardConfig {
+                per_sec: 0,
+                ..RefusalGuardConfig::default()
+            },
         }
     }
 }
+
+/// Counters of the transport's guards (read by the metrics).
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Accepted connections closed for not delivering a complete message in time.
+    pub closed_first_message: AtomicU64,
+    /// Connections closed for being idle (without a registration).
+    pub closed_idle: AtomicU64,
+    /// Requests ignored because their source sent too many.
+    pub requests_dropped: AtomicU64,
+    /// Times a source went past its request budget and was ignored for a while.
+    pub request_mutes: AtomicU64,
+}
+
+/// Tells whether an address is a known peer (a registered phone, a trunk).
+pub type KnownPeers = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
 /// Transport errors.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +207,8 @@ struct Conn {
     remote: SocketAddr,
     local: SocketAddr,
     tx: mpsc::Sender<Bytes>,
+    /// Kept open past the idle time-out until then (it carries a registration).
+    held_until: Option<tokio::time::Instant>,
 }
 
 /// The bound transports. Cheap to share (`Arc`).
@@ -169,6 +219,10 @@ pub struct Transports {
     next_conn: AtomicU64,
     inbound: mpsc::Sender<Inbound>,
     cfg: TransportConfig,
+    limits: Arc<ConnectionLimits>,
+    request_guard: Mutex<RefusalGuard>,
+    known: RwLock<Option<KnownPeers>>,
+    stats: Arc<TransportStats>,
 }
 
 impl fmt::Debug for Transports {
@@ -214,6 +268,10 @@ impl Transports {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             inbound,
+            limits: ConnectionLimits::new(cfg.tcp_limits),
+            request_guard: Mutex::new(RefusalGuard::new(cfg.request_guard.clone())),
+            known: RwLock::new(None),
+            stats: Arc::new(TransportStats::default()),
             cfg,
         });
         for (local, sock) in udp {
@@ -256,6 +314,85 @@ impl Transports {
         match transport {
             Transport::Udp => pick(&mut self.udp.iter().map(|(a, _)| *a)),
             Transport::Tcp => pick(&mut self.tcp_listeners.iter().copied()),
+        }
+    }
+
+    /// Installs the test for known peers (registered phones, trunks): they are exempt from
+    /// the per-source connection cap and from the request budget.
+    pub fn set_known_peers(&self, known: KnownPeers) {
+        if let Ok(mut k) = self.known.write() {
+            *k = Some(known);
+        }
+    }
+
+    /// Whether `ip` is a known peer: named by the request budget's exempt prefixes, or by
+    /// the installed test.
+    pub fn is_known_peer(&self, ip: IpAddr) -> bool {
+        self.cfg.request_guard.exempt.iter().any(|p| p.contains(ip))
+            || self
+                .known
+                .read()
+                .ok()
+                .and_then(|k| k.as_ref().map(|f| f(ip)))
+                .unwrap_or(false)
+    }
+
+    /// Keeps a connection open past the idle time-out for `dur` from now (a registration
+    /// lives on it); `Duration::ZERO` ends the hold.
+    pub fn hold_connection(&self, id: ConnId, dur: Duration) {
+        if let Ok(mut conns) = self.conns.lock() {
+            if let Some(c) = conns.get_mut(&id) {
+                c.held_until = (!dur.is_zero()).then(|| tokio::time::Instant::now() + dur);
+            }
+        }
+    }
+
+    /// The caps on accepted connections, with their counters.
+    pub fn connection_limits(&self) -> Arc<ConnectionLimits> {
+        Arc::clone(&self.limits)
+    }
+
+    /// The counters of the time-outs and the request budget.
+    pub fn stats(&self) -> Arc<TransportStats> {
+        Arc::clone(&self.stats)
+    }
+
+    fn held(&self, id: ConnId, now: tokio::time::Instant) -> bool {
+        self.conns
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&id).and_then(|c| c.held_until))
+            .is_some_and(|until| until > now)
+    }
+
+    /// Whether a message from `source` goes on: responses always; a request within its
+    /// source's budget (see the module documentation).
+    fn admit_request(&self, data: &[u8], source: IpAddr) -> bool {
+        if self.cfg.request_guard.per_sec == 0 || data.starts_with(b"SIP/") {
+            return true;
+        }
+        let now = tokio::time::Instant::now().into_std();
+        let verdict = match self.request_guard.lock() {
+            Ok(mut g) => g.check_known(source, now, |ip| self.is_known_peer(ip)),
+            Err(_) => return true,
+        };
+        match verdict {
+            Verdict::Send => true,
+            Verdict::Muted => {
+                tracing::warn!(
+                    %source,
+                    per_sec = self.cfg.request_guard.per_sec,
+                    mute_secs = self.cfg.request_guard.mute.as_secs(),
+                    "too many requests from one source: it is ignored for a while"
+                );
+                self.stats.request_mutes.fetch_add(1, Ordering::Relaxed);
+                self.stats.requests_dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Verdict::Silent => {
+                self.stats.requests_dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
         }
     }
 
@@ -414,13 +551,16 @@ impl Transports {
             .map_err(|_| TransportError::ConnectTimeout(remote))?
             .map_err(|e| TransportError::Connect(remote, e))?;
         let _ = stream.set_nodelay(true);
-        Ok(self.register_conn(stream, remote))
+        Ok(self.register_conn(stream, remote, None))
     }
 
+    /// Starts the tasks of a connection; `slot` is an accepted connection's place under the
+    /// caps (none for the connections we open).
     fn register_conn(
         self: &Arc<Self>,
         stream: TcpStream,
         remote: SocketAddr,
+        slot: Option<ConnSlot>,
     ) -> (ConnId, mpsc::Sender<Bytes>, SocketAddr) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let local = stream
@@ -439,6 +579,7 @@ impl Transports {
                     remote,
                     local: advertised_local,
                     tx: tx.clone(),
+                    held_until: None,
                 },
             );
         }
@@ -453,8 +594,10 @@ impl Transports {
         let tx2 = tx.clone();
         tokio::spawn(async move {
             let writer = tokio::spawn(write_loop(wr, rx));
-            t.read_loop(rd, flow, tx2).await;
+            let accepted = slot.is_some();
+            t.read_loop(rd, flow, tx2, accepted).await;
             writer.abort();
+            drop(slot);
             if let Ok(mut conns) = t.conns.lock() {
                 conns.remove(&id);
             }
@@ -470,6 +613,9 @@ impl Transports {
                 Ok((n, remote)) => {
                     if n == 0 || buf[..n].iter().all(|&b| b == b'\r' || b == b'\n') {
                         continue; // keep-alive
+                    }
+                    if !self.admit_request(&buf[..n], remote.ip()) {
+                        continue;
                     }
                     let inbound = Inbound {
                         data: Bytes::copy_from_slice(&buf[..n]),
@@ -496,9 +642,36 @@ impl Transports {
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => {
-                    let _ = stream.set_nodelay(true);
-                    tracing::debug!(%local, %remote, "tcp connection accepted");
-                    self.register_conn(stream, remote);
+                    let now = tokio::time::Instant::now().into_std();
+                    match self
+                        .limits
+                        .admit(remote.ip(), now, |ip| self.is_known_peer(ip))
+                    {
+                        Ok(slot) => {
+                            let _ = stream.set_nodelay(true);
+                            tracing::debug!(%local, %remote, "tcp connection accepted");
+                            self.register_conn(stream, remote, Some(slot));
+                        }
+                        Err(refused) => {
+                            // Closed at once, with a reset: nothing is kept for it.
+                            let _ =
+                                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                            drop(stream);
+                            if refused.log {
+                                let cap = match refused.cap {
+                                    Cap::Total => "sip.max_connections",
+                                    Cap::PerSource => "sip.max_connections_per_ip",
+                                };
+                                tracing::warn!(
+                                    %local,
+                                    source = %remote.ip(),
+                                    open_from_source = refused.from_source,
+                                    cap,
+                                    "tcp connections refused: over the cap (logged once per source and minute)"
+                                );
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(%local, error = %e, "tcp accept failed");
@@ -513,16 +686,25 @@ impl Transports {
         mut rd: tokio::net::tcp::OwnedReadHalf,
         flow: Flow,
         tx: mpsc::Sender<Bytes>,
+        accepted: bool,
     ) {
         let mut buf = BytesMut::with_capacity(8192);
         let max = self.cfg.max_message_size;
+        let opened = tokio::time::Instant::now();
+        let mut last_read = opened;
+        // Only accepted connections owe us a first message: we opened the others.
+        let mut got_message = !accepted;
         loop {
             // Drain every complete frame.
             loop {
                 match frame(&buf, max) {
                     Ok(Frame::Message { skip, len }) => {
+                        got_message = true;
                         let _ = buf.split_to(skip);
                         let data = buf.split_to(len).freeze();
+                        if !self.admit_request(&data, flow.remote.ip()) {
+                            continue;
+                        }
                         if self.inbound.send(Inbound { data, flow }).await.is_err() {
                             return;
                         }
@@ -542,11 +724,30 @@ impl Transports {
                 }
             }
             buf.reserve(4096);
-            match tokio::time::timeout(self.cfg.tcp_idle_timeout, rd.read_buf(&mut buf)).await {
+            let deadline = if got_message {
+                last_read + self.cfg.tcp_idle_timeout
+            } else {
+                opened + self.cfg.tcp_first_message_timeout
+            };
+            match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => last_read = tokio::time::Instant::now(),
+                Err(_) if !got_message => {
+                    tracing::debug!(remote = %flow.remote, "no complete message in time: closing the tcp connection");
+                    self.stats
+                        .closed_first_message
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 Err(_) => {
+                    let now = tokio::time::Instant::now();
+                    if flow.conn.is_some_and(|id| self.held(id, now)) {
+                        // A registration lives on it: it stays open.
+                        last_read = now;
+                        continue;
+                    }
                     tracing::debug!(remote = %flow.remote, "tcp idle time-out");
+                    self.stats.closed_idle.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
             }
@@ -680,5 +881,145 @@ mod tests {
             .unwrap()
             .unwrap_or(0);
         assert_eq!(n, 0, "connection must be closed");
+    }
+
+    async fn tcp_transport(
+        cfg: TransportConfig,
+    ) -> (Arc<Transports>, SocketAddr, mpsc::Receiver<Inbound>) {
+        let (tx, rx) = mpsc::channel(64);
+        let cfg = TransportConfig {
+            listen: vec!["tcp:127.0.0.1:0".parse().unwrap()],
+            ..cfg
+        };
+        let t = Transports::bind(cfg, tx).await.unwrap();
+        let addr = t.local_addrs()[0].addr;
+        (t, addr, rx)
+    }
+
+    /// Whether the server closed `s` (EOF or reset) rather than leaving it open.
+    async fn closed(s: &mut TcpStream) -> bool {
+        let mut b = [0u8; 64];
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue, // keep-alive answers
+            }
+        }
+    }
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_sent_message_is_closed_after_the_first_message_time_out() {
+        let (t, addr, mut rx) = tcp_transport(TransportConfig {
+            tcp_first_message_timeout: Duration::from_secs(10),
+            tcp_idle_timeout: Duration::from_secs(300),
+            ..Default::default()
+        })
+        .await;
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        // Keep-alives do not count as a message.
+        half.write_all(b"\r\n\r\n").await.unwrap();
+        half.write_all(b"REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/TCP")
+            .await
+            .unwrap();
+        let mut whole = TcpStream::connect(addr).await.unwrap();
+        whole.write_all(OPTIONS).await.unwrap();
+        assert!(rx.recv().await.is_some());
+        let early = tokio::time::timeout(Duration::from_secs(9), closed(&mut half)).await;
+        assert!(early.is_err(), "open before the time-out");
+        let late = tokio::time::timeout(Duration::from_secs(2), closed(&mut half)).await;
+        assert_eq!(late.ok(), Some(true), "closed at the time-out");
+        assert_eq!(t.stats().closed_first_message.load(Ordering::Relaxed), 1);
+        // The connection that delivered a message is still open.
+        let mut b = [0u8; 4];
+        let r = tokio::time::timeout(Duration::from_secs(60), whole.read(&mut b)).await;
+        assert!(r.is_err(), "still open: {r:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_unless_it_carries_a_registration() {
+        let (t, addr, mut rx) = tcp_transport(TransportConfig {
+            tcp_idle_timeout: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await;
+        let mut phone = TcpStream::connect(addr).await.unwrap();
+        phone.write_all(OPTIONS).await.unwrap();
+        let got = rx.recv().await.unwrap();
+        t.hold_connection(got.flow.conn.unwrap(), Duration::from_secs(3600));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(OPTIONS).await.unwrap();
+        assert!(rx.recv().await.is_some());
+        assert!(closed(&mut idle).await);
+        assert_eq!(t.stats().closed_idle.load(Ordering::Relaxed), 1);
+        let mut b = [0u8; 4];
+        let r = tokio::time::timeout(Duration::from_secs(600), phone.read(&mut b)).await;
+        assert!(r.is_err(), "the registered phone's connection stays: {r:?}");
+        // Once the hold ends, the idle time-out applies again.
+        t.hold_connection(got.flow.conn.unwrap(), Duration::ZERO);
+        assert!(closed(&mut phone).await);
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_per_source_cap_are_closed_at_once_and_known_peers_pass() {
+        let (t, addr, _rx) = tcp_transport(TransportConfig {
+            tcp_limits: ConnectionLimitsConfig {
+                max_total: 10,
+                max_per_source: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await;
+        let limits = t.connection_limits();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), closed(&mut over)).await;
+        assert_eq!(r.ok(), Some(true), "over the cap: closed at once");
+        assert_eq!(limits.stats.refused_per_source.load(Ordering::Relaxed), 1);
+        // The listener still accepts: a known peer gets in past the per-source cap.
+        t.set_known_peers(Arc::new(|ip: IpAddr| ip.is_loopback()));
+        let mut known = TcpStream::connect(addr).await.unwrap();
+        known.write_all(OPTIONS).await.unwrap();
+        let mut b = [0u8; 4];
+        let r = tokio::time::timeout(Duration::from_millis(300), known.read(&mut b)).await;
+        assert!(r.is_err(), "a known peer's connection stays open: {r:?}");
+        assert_eq!(limits.stats.accepted.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_source_budget_are_ignored_responses_are_not() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let cfg = TransportConfig {
+            listen: vec!["udp:127.0.0.1:0".parse().unwrap()],
+            request_guard: RefusalGuardConfig {
+                per_sec: 3,
+                mute: Duration::from_secs(60),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let t = Transports::bind(cfg, tx).await.unwrap();
+        let addr = t.local_addrs()[0].addr;
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..10 {
+            peer.send_to(OPTIONS, addr).await.unwrap();
+        }
+        peer.send_to(b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", addr)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(i)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            got.push(i.data);
+        }
+        assert_eq!(got.len(), 4, "three requests and the response");
+        assert!(got[3].starts_with(b"SIP/2.0 200"));
+        let st = t.stats();
+        assert_eq!(st.requests_dropped.load(Ordering::Relaxed), 7);
+        assert_eq!(st.request_mutes.load(Ordering::Relaxed), 1);
     }
 }

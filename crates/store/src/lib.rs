@@ -39,7 +39,8 @@
 //!
 //! - No SIP, no digest challenge/response, no registrar policy (expiry limits, RFC 5626 flow
 //!   rules): it keeps bindings; the registrar decides.
-//! - No dial-plan logic: it keeps `region` and `allowed_prefixes`; the call logic applies them.
+//! - No dial-plan logic: it keeps `region`, `allowed_prefixes`, `allowed_countries` and
+//!   `blocked_number_types`; the call logic applies them.
 //! - No clock of its own on any protocol path: sweeps, due callbacks and bindings take `now`.
 //! - Provisioning never deletes users, devices, numbers or trunks that the configuration no
 //!   longer lists (they may have been created through the admin API); only an account's API
@@ -59,8 +60,8 @@ pub mod typeid;
 pub use error::StoreError;
 pub use model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, UnixMs,
-    UnixSecs, User,
+    IdempotencyRecord, Number, NumberType, OutboxEntry, OutboxState, TimelineEntry, Transport,
+    Trunk, UnixMs, UnixSecs, UnknownNumberType, User,
 };
 pub use provision::{
     AccountSpec, ApiKeySpec, ConfigIssue, Counts, DeviceSpec, NumberSpec, ProvisionReport,
@@ -113,6 +114,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         account_id: &str,
         limits: &AccountLimits,
     ) -> Result<bool, StoreError>;
+    /// Writes an account's name, region and dialing permissions (not its webhook secret nor
+    /// its keys). `NotFound` when there is no such account.
+    fn update_account(&self, account: &Account) -> Result<(), StoreError>;
 
     // ----- users --------------------------------------------------------------------------
 

@@ -26,10 +26,16 @@ pub struct Account {
     /// HMAC key that signs this account's callbacks. Kept retrievable (it must sign), never
     /// logged.
     pub webhook_secret: Secret,
-    /// E.164 prefixes (`+1`, `+44`) this account may dial.
+    /// E.164 prefixes (`+1`, `+44`) this account may dial: a filter on top of
+    /// `allowed_countries` and `blocked_number_types`.
     pub allowed_prefixes: Vec<String>,
     /// How fast and how many calls this account may place.
     pub limits: AccountLimits,
+    /// ISO 3166-1 alpha-2 countries whose numbers this account may dial (by the number's
+    /// country in libphonenumber's metadata, so `+1 876` is `JM`, not `US`).
+    pub allowed_countries: Vec<String>,
+    /// Kinds of number this account may not dial, in any country.
+    pub blocked_number_types: Vec<NumberType>,
 }
 
 /// An account's call limits (SPEC §9.1): a token bucket for the call rate and a cap on the
@@ -84,6 +90,95 @@ impl Default for AccountLimits {
             burst: Self::DEFAULT_BURST,
             max_concurrent: Self::DEFAULT_MAX_CONCURRENT,
         }
+    }
+}
+
+/// The kind of a telephone number, as libphonenumber's metadata classifies it. Spelled in
+/// snake case in configuration and the API (`premium_rate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberType {
+    FixedLine,
+    Mobile,
+    /// Where the number cannot tell (the NANP).
+    FixedLineOrMobile,
+    TollFree,
+    PremiumRate,
+    SharedCost,
+    Voip,
+    PersonalNumber,
+    Pager,
+    /// Universal access ("company") numbers.
+    Uan,
+    Voicemail,
+    /// Not in any range of the metadata (the number is then invalid).
+    Unknown,
+}
+
+impl NumberType {
+    /// Every type, in the order libphonenumber tests them.
+    pub const ALL: [NumberType; 12] = [
+        NumberType::FixedLine,
+        NumberType::Mobile,
+        NumberType::FixedLineOrMobile,
+        NumberType::TollFree,
+        NumberType::PremiumRate,
+        NumberType::SharedCost,
+        NumberType::Voip,
+        NumberType::PersonalNumber,
+        NumberType::Pager,
+        NumberType::Uan,
+        NumberType::Voicemail,
+        NumberType::Unknown,
+    ];
+
+    /// The types blocked when an account does not say: the ones that cost the caller more
+    /// than a call, or that forward to wherever their owner wants.
+    pub const DEFAULT_BLOCKED: [NumberType; 4] = [
+        NumberType::PremiumRate,
+        NumberType::SharedCost,
+        NumberType::PersonalNumber,
+        NumberType::Uan,
+    ];
+
+    /// The configuration and API spelling: `fixed_line`, `premium_rate`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NumberType::FixedLine => "fixed_line",
+            NumberType::Mobile => "mobile",
+            NumberType::FixedLineOrMobile => "fixed_line_or_mobile",
+            NumberType::TollFree => "toll_free",
+            NumberType::PremiumRate => "premium_rate",
+            NumberType::SharedCost => "shared_cost",
+            NumberType::Voip => "voip",
+            NumberType::PersonalNumber => "personal_number",
+            NumberType::Pager => "pager",
+            NumberType::Uan => "uan",
+            NumberType::Voicemail => "voicemail",
+            NumberType::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for NumberType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text is not the name of a [`NumberType`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a number type (one of fixed_line, mobile, fixed_line_or_mobile, toll_free, premium_rate, shared_cost, voip, personal_number, pager, uan, voicemail, unknown)")]
+pub struct UnknownNumberType(pub String);
+
+impl FromStr for NumberType {
+    type Err = UnknownNumberType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NumberType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| UnknownNumberType(s.to_owned()))
     }
 }
 

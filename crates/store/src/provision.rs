@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 
 use crate::e164::{is_e164, is_e164_prefix};
-use crate::model::{AccountLimits, Transport};
+use crate::model::{AccountLimits, NumberType, Transport};
 use crate::secret::Secret;
 use crate::typeid::TypeId;
 
@@ -45,6 +45,12 @@ pub struct AccountSpec {
     pub burst: Option<u32>,
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// ISO 3166-1 alpha-2 codes; absent: the account's `region` only.
+    #[serde(default)]
+    pub allowed_countries: Option<Vec<String>>,
+    /// [`NumberType`] names; absent: [`NumberType::DEFAULT_BLOCKED`].
+    #[serde(default)]
+    pub blocked_number_types: Option<Vec<String>>,
 }
 
 impl AccountSpec {
@@ -54,6 +60,23 @@ impl AccountSpec {
             calls_per_second: self.calls_per_second.unwrap_or(base.calls_per_second),
             burst: self.burst.unwrap_or(base.burst),
             max_concurrent: self.max_concurrent.unwrap_or(base.max_concurrent),
+        }
+    }
+
+    /// `allowed_countries` with its default applied.
+    pub fn allowed_countries(&self) -> Vec<String> {
+        match &self.allowed_countries {
+            Some(list) => list.clone(),
+            None => vec![self.region.clone()],
+        }
+    }
+
+    /// `blocked_number_types` with its default applied; names that are not types (refused
+    /// by [`Provisioning::validate`]) are left out.
+    pub fn blocked_number_types(&self) -> Vec<NumberType> {
+        match &self.blocked_number_types {
+            Some(list) => list.iter().filter_map(|t| t.parse().ok()).collect(),
+            None => NumberType::DEFAULT_BLOCKED.to_vec(),
         }
     }
 }
@@ -426,6 +449,22 @@ impl Provisioning {
             }
             for (field, reason) in a.limits_over(AccountLimits::default()).problems() {
                 issues.push(ConfigIssue::new(at(field), reason));
+            }
+            for (j, c) in a.allowed_countries.iter().flatten().enumerate() {
+                if !is_iso3166_alpha2(c) {
+                    issues.push(ConfigIssue::new(
+                        at(&format!("allowed_countries[{j}]")),
+                        format!("{c:?} is not an ISO 3166-1 alpha-2 country code such as \"US\""),
+                    ));
+                }
+            }
+            for (j, t) in a.blocked_number_types.iter().flatten().enumerate() {
+                if let Err(e) = t.parse::<NumberType>() {
+                    issues.push(ConfigIssue::new(
+                        at(&format!("blocked_number_types[{j}]")),
+                        e.to_string(),
+                    ));
+                }
             }
         }
         ids
@@ -864,6 +903,8 @@ owner = "user_01h2xcejqtf2nbrexx3vqjhp42"
         p.accounts[0].name = " ".into();
         p.accounts[0].webhook_secret = "".into();
         p.accounts[0].allowed_prefixes = vec!["1".into()];
+        p.accounts[0].allowed_countries = Some(vec!["CA".into(), "Jamaica".into()]);
+        p.accounts[0].blocked_number_types = Some(vec!["premium".into()]);
         p.accounts[0].api_keys.push(ApiKeySpec {
             key: "ak_test_1".into(),
             secret: "sk_test_1".into(),
@@ -885,6 +926,14 @@ owner = "user_01h2xcejqtf2nbrexx3vqjhp42"
             ("accounts[0].name", "must not be empty"),
             ("accounts[0].webhook_secret", "must not be empty"),
             ("accounts[0].allowed_prefixes[0]", "not an E.164 prefix"),
+            (
+                "accounts[0].allowed_countries[1]",
+                "\"Jamaica\" is not an ISO 3166-1 alpha-2 country code",
+            ),
+            (
+                "accounts[0].blocked_number_types[0]",
+                "\"premium\" is not a number type",
+            ),
             (
                 "accounts[0].api_keys[1].key",
                 "duplicate API key \"ak_test_1\"",

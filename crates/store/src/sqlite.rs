@@ -181,6 +181,14 @@ ALTER TABLE accounts ADD COLUMN calls_per_second REAL NOT NULL DEFAULT 5;
 ALTER TABLE accounts ADD COLUMN burst INTEGER NOT NULL DEFAULT 20;
 ALTER TABLE accounts ADD COLUMN max_concurrent INTEGER NOT NULL DEFAULT 100;
 "#,
+    // 3: dialing permissions by country and number type (issue 23). Existing accounts get
+    // the defaults of a new one: their own region, the four costly types blocked.
+    r#"
+ALTER TABLE accounts ADD COLUMN allowed_countries TEXT NOT NULL DEFAULT '[]';  -- JSON array
+ALTER TABLE accounts ADD COLUMN blocked_number_types TEXT NOT NULL
+    DEFAULT '["premium_rate","shared_cost","personal_number","uan"]';          -- JSON array
+UPDATE accounts SET allowed_countries = '["' || region || '"]';
+"#,
 ];
 
 const PEPPER_KEY: &str = "api_secret_pepper";
@@ -279,6 +287,8 @@ impl SqliteStore {
 
     fn init(mut conn: Connection, location: Location) -> Result<SqliteStore, StoreError> {
         conn.busy_timeout(Duration::from_secs(5))?;
+        // Every statement of the call and registration paths stays prepared.
+        conn.set_prepared_statement_cache_capacity(128);
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if matches!(location, Location::File(_)) && !mode.eq_ignore_ascii_case("wal") {
@@ -339,7 +349,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (version, sql) in (1i64..).zip(MIGRATIONS.iter()).skip(found as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO schema_version (version, applied_at_ms) VALUES (?1, ?2)",
             params![version, wall_clock_ms()],
         )?;
@@ -359,7 +370,8 @@ fn load_or_create_pepper(conn: &mut Connection) -> Result<Vec<u8>, StoreError> {
         return Ok(pepper);
     }
     let pepper: [u8; PEPPER_LEN] = rand::random();
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO meta (key, value) VALUES (?1, ?2)",
         params![PEPPER_KEY, pepper.as_slice()],
     )?;
@@ -389,20 +401,24 @@ fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
 }
 
 const ACCOUNT_COLS: &str = "id, name, region, webhook_secret, allowed_prefixes, \
-     calls_per_second, burst, max_concurrent";
+     allowed_countries, blocked_number_types, calls_per_second, burst, max_concurrent";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let prefixes: String = row.get(4)?;
+    let countries: String = row.get(5)?;
+    let blocked: String = row.get(6)?;
     Ok(Account {
         id: row.get(0)?,
         name: row.get(1)?,
         region: row.get(2)?,
         webhook_secret: Secret::new(row.get::<_, String>(3)?),
         allowed_prefixes: serde_json::from_str(&prefixes).map_err(|e| conversion_error(4, e))?,
+        allowed_countries: serde_json::from_str(&countries).map_err(|e| conversion_error(5, e))?,
+        blocked_number_types: serde_json::from_str(&blocked).map_err(|e| conversion_error(6, e))?,
         limits: AccountLimits {
-            calls_per_second: row.get(5)?,
-            burst: row.get(6)?,
-            max_concurrent: row.get(7)?,
+            calls_per_second: row.get(7)?,
+            burst: row.get(8)?,
+            max_concurrent: row.get(9)?,
         },
     })
 }
@@ -572,6 +588,40 @@ fn not_found(kind: &'static str, id: &str) -> StoreError {
     }
 }
 
+fn validate_account(account: &Account) -> Result<(), StoreError> {
+    let invalid = |field: &'static str, reason: String| StoreError::Invalid { field, reason };
+    if account.name.trim().is_empty() {
+        return Err(invalid("account.name", "must not be empty".to_owned()));
+    }
+    if !crate::provision::is_iso3166_alpha2(&account.region) {
+        return Err(invalid(
+            "account.region",
+            format!("{:?} is not an ISO 3166-1 alpha-2 code", account.region),
+        ));
+    }
+    if let Some(c) = account
+        .allowed_countries
+        .iter()
+        .find(|c| !crate::provision::is_iso3166_alpha2(c))
+    {
+        return Err(invalid(
+            "account.allowed_countries",
+            format!("{c:?} is not an ISO 3166-1 alpha-2 code"),
+        ));
+    }
+    if let Some(p) = account
+        .allowed_prefixes
+        .iter()
+        .find(|p| !crate::e164::is_e164_prefix(p))
+    {
+        return Err(invalid(
+            "account.allowed_prefixes",
+            format!("{p:?} is not an E.164 prefix (\"+\" then up to 15 digits)"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_user(user: &User) -> Result<(), StoreError> {
     TypeId::parse_with_prefix(&user.id, crate::provision::USER_PREFIX).map_err(|e| {
         StoreError::Invalid {
@@ -654,7 +704,8 @@ fn write_account_limits(
     if let Some((field, reason)) = limits.problems().into_iter().next() {
         return Err(StoreError::Invalid { field, reason });
     }
-    let n = conn.execute(
+    let n = exec(
+        conn,
         "UPDATE accounts SET calls_per_second = ?2, burst = ?3, max_concurrent = ?4
          WHERE id = ?1",
         params![
@@ -687,6 +738,10 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         for (i, a) in prov.accounts.iter().enumerate() {
             let prefixes = serde_json::to_string(&a.allowed_prefixes)?;
+            let allowed_countries = a.allowed_countries();
+            let blocked_number_types = a.blocked_number_types();
+            let countries = serde_json::to_string(&allowed_countries)?;
+            let blocked = serde_json::to_string(&blocked_number_types)?;
             let existing = tx
                 .query_row(
                     &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"),
@@ -697,10 +752,20 @@ impl SqliteStore {
             let limits = a.limits_over(existing.as_ref().map(|old| old.limits).unwrap_or_default());
             let change = match existing {
                 None => {
-                    tx.execute(
-                        "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![a.id, a.name, a.region, a.webhook_secret.expose(), prefixes],
+                    exec(
+                        tx,
+                        "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes,
+                             allowed_countries, blocked_number_types)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![
+                            a.id,
+                            a.name,
+                            a.region,
+                            a.webhook_secret.expose(),
+                            prefixes,
+                            countries,
+                            blocked
+                        ],
                     )?;
                     write_account_limits(tx, &a.id, &limits)?;
                     Change::Created
@@ -710,15 +775,27 @@ impl SqliteStore {
                         && old.region == a.region
                         && old.webhook_secret == a.webhook_secret
                         && old.allowed_prefixes == a.allowed_prefixes
+                        && old.allowed_countries == allowed_countries
+                        && old.blocked_number_types == blocked_number_types
                         && old.limits == limits =>
                 {
                     Change::Unchanged
                 }
                 Some(_) => {
-                    tx.execute(
+                    exec(
+                        tx,
                         "UPDATE accounts SET name = ?2, region = ?3, webhook_secret = ?4,
-                             allowed_prefixes = ?5 WHERE id = ?1",
-                        params![a.id, a.name, a.region, a.webhook_secret.expose(), prefixes],
+                             allowed_prefixes = ?5, allowed_countries = ?6,
+                             blocked_number_types = ?7 WHERE id = ?1",
+                        params![
+                            a.id,
+                            a.name,
+                            a.region,
+                            a.webhook_secret.expose(),
+                            prefixes,
+                            countries,
+                            blocked
+                        ],
                     )?;
                     write_account_limits(tx, &a.id, &limits)?;
                     Change::Updated
@@ -741,7 +818,8 @@ impl SqliteStore {
                 let key_path = format!("accounts[{i}].api_keys[{j}]");
                 let change = match existing {
                     None => {
-                        tx.execute(
+                        exec(
+                            tx,
                             "INSERT INTO api_keys (key, account_id, secret_hash)
                              VALUES (?1, ?2, ?3)",
                             params![k.key, a.id, hash],
@@ -751,7 +829,8 @@ impl SqliteStore {
                     }
                     Some((acct, h)) if acct == a.id && h == hash => Change::Unchanged,
                     Some(_) => {
-                        tx.execute(
+                        exec(
+                            tx,
                             "UPDATE api_keys SET account_id = ?2, secret_hash = ?3 WHERE key = ?1",
                             params![k.key, a.id, hash],
                         )
@@ -772,7 +851,7 @@ impl SqliteStore {
                     .collect()
             };
             for key in stale {
-                tx.execute("DELETE FROM api_keys WHERE key = ?1", [&key])?;
+                exec(tx, "DELETE FROM api_keys WHERE key = ?1", [&key])?;
                 tracing::info!(key = %key, account = %a.id, "api key revoked by provisioning");
                 report.api_keys.removed += 1;
             }
@@ -797,7 +876,8 @@ impl SqliteStore {
                 .optional()?;
             let change = match existing {
                 None => {
-                    tx.execute(
+                    exec(
+                        tx,
                         "INSERT INTO users (id, account_id, name, extension, agent_id)
                          VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![u.id, u.account, u.name, u.extension, u.agent_id],
@@ -814,7 +894,8 @@ impl SqliteStore {
                     Change::Unchanged
                 }
                 Some(_) => {
-                    tx.execute(
+                    exec(
+                        tx,
                         "UPDATE users SET account_id = ?2, name = ?3, extension = ?4,
                              agent_id = ?5 WHERE id = ?1",
                         params![u.id, u.account, u.name, u.extension, u.agent_id],
@@ -839,7 +920,7 @@ impl SqliteStore {
                 let change = match existing {
                     None => {
                         let id = TypeId::new(DEVICE_PREFIX).to_string();
-                        tx.execute(
+                        exec(tx,
                             "INSERT INTO devices (id, user_id, username, realm, ha1_md5, ha1_sha256)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                             params![id, u.id, d.username, realm, md5.expose(), sha.expose()],
@@ -855,7 +936,8 @@ impl SqliteStore {
                         Change::Unchanged
                     }
                     Some(_) => {
-                        tx.execute(
+                        exec(
+                            tx,
                             "UPDATE devices SET user_id = ?2, realm = ?3, ha1_md5 = ?4,
                                  ha1_sha256 = ?5 WHERE username = ?1",
                             params![d.username, u.id, realm, md5.expose(), sha.expose()],
@@ -935,7 +1017,8 @@ impl SqliteStore {
                 .optional()?;
             let change = match existing {
                 None => {
-                    tx.execute(
+                    exec(
+                        tx,
                         "INSERT INTO numbers (number, account_id, owner_user_id)
                          VALUES (?1, ?2, ?3)",
                         params![n.number, n.account, n.owner],
@@ -946,7 +1029,8 @@ impl SqliteStore {
                     Change::Unchanged
                 }
                 Some(_) => {
-                    tx.execute(
+                    exec(
+                        tx,
                         "UPDATE numbers SET account_id = ?2, owner_user_id = ?3 WHERE number = ?1",
                         params![n.number, n.account, n.owner],
                     )?;
@@ -969,7 +1053,8 @@ fn log_change(change: Change, kind: &str, id: &str) {
 }
 
 fn insert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
-    conn.execute(
+    exec(
+        conn,
         &format!("INSERT INTO trunks ({TRUNK_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
         params![
             t.name,
@@ -988,7 +1073,8 @@ fn insert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
 }
 
 fn update_trunk_row(conn: &Connection, t: &Trunk) -> Result<usize, StoreError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE trunks SET account_id = ?2, address = ?3, transport = ?4, username = ?5,
              password = ?6, emergency = ?7, dial_prefix = ?8, from_domain = ?9
          WHERE name = ?1",
@@ -1029,6 +1115,11 @@ fn check_owner(conn: &Connection, number: &Number) -> Result<(), StoreError> {
             ),
         }),
     }
+}
+
+/// Runs one statement through the connection's statement cache (parsed once, not per call).
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
 }
 
 fn query_list<T>(
@@ -1163,6 +1254,28 @@ impl Store for SqliteStore {
         write_account_limits(&conn, account_id, limits)
     }
 
+    fn update_account(&self, account: &Account) -> Result<(), StoreError> {
+        validate_account(account)?;
+        let conn = self.conn()?;
+        let n = exec(
+            &conn,
+            "UPDATE accounts SET name = ?2, region = ?3, allowed_prefixes = ?4,
+                 allowed_countries = ?5, blocked_number_types = ?6 WHERE id = ?1",
+            params![
+                account.id,
+                account.name,
+                account.region,
+                serde_json::to_string(&account.allowed_prefixes)?,
+                serde_json::to_string(&account.allowed_countries)?,
+                serde_json::to_string(&account.blocked_number_types)?,
+            ],
+        )?;
+        if n == 0 {
+            return Err(not_found("account", &account.id));
+        }
+        Ok(())
+    }
+
     // ----- users --------------------------------------------------------------------------
 
     fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
@@ -1216,7 +1329,8 @@ impl Store for SqliteStore {
     fn create_user(&self, user: &User) -> Result<(), StoreError> {
         validate_user(user)?;
         let conn = self.conn()?;
-        conn.execute(
+        exec(
+            &conn,
             &format!("INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
             params![
                 user.id,
@@ -1260,7 +1374,8 @@ impl Store for SqliteStore {
 
     fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        let n = conn.execute(
+        let n = exec(
+            &conn,
             "DELETE FROM users WHERE id = ?1 AND account_id = ?2",
             [id, account_id],
         )?;
@@ -1317,7 +1432,8 @@ impl Store for SqliteStore {
             ha1_sha256: ha1_sha256(username, realm, password),
         };
         let conn = self.conn()?;
-        conn.execute(
+        exec(
+            &conn,
             &format!("INSERT INTO devices ({DEVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
             params![
                 device.id,
@@ -1353,7 +1469,8 @@ impl Store for SqliteStore {
         let md5 = ha1_md5(username, realm, password);
         let sha = ha1_sha256(username, realm, password);
         let conn = self.conn()?;
-        let n = conn.execute(
+        let n = exec(
+            &conn,
             "UPDATE devices SET realm = ?2, ha1_md5 = ?3, ha1_sha256 = ?4 WHERE username = ?1",
             params![username, realm, md5.expose(), sha.expose()],
         )?;
@@ -1371,7 +1488,7 @@ impl Store for SqliteStore {
 
     fn delete_device(&self, username: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        Ok(conn.execute("DELETE FROM devices WHERE username = ?1", [username])? > 0)
+        Ok(exec(&conn, "DELETE FROM devices WHERE username = ?1", [username])? > 0)
     }
 
     // ----- numbers ------------------------------------------------------------------------
@@ -1405,7 +1522,8 @@ impl Store for SqliteStore {
         }
         let conn = self.conn()?;
         check_owner(&conn, number)?;
-        conn.execute(
+        exec(
+            &conn,
             &format!("INSERT INTO numbers ({NUMBER_COLS}) VALUES (?1, ?2, ?3)"),
             params![number.number, number.account_id, number.owner_user_id],
         )
@@ -1430,7 +1548,8 @@ impl Store for SqliteStore {
 
     fn delete_number(&self, account_id: &str, number: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        Ok(conn.execute(
+        Ok(exec(
+            &conn,
             "DELETE FROM numbers WHERE number = ?1 AND account_id = ?2",
             [number, account_id],
         )? > 0)
@@ -1488,14 +1607,15 @@ impl Store for SqliteStore {
 
     fn delete_trunk(&self, name: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        Ok(conn.execute("DELETE FROM trunks WHERE name = ?1", [name])? > 0)
+        Ok(exec(&conn, "DELETE FROM trunks WHERE name = ?1", [name])? > 0)
     }
 
     // ----- registrations ------------------------------------------------------------------
 
     fn upsert_binding(&self, b: &Binding) -> Result<(), StoreError> {
         let conn = self.conn()?;
-        conn.execute(
+        exec(
+            &conn,
             "INSERT INTO bindings (device_username, contact, source, transport, local,
                  expires_at, q, call_id, cseq, instance, reg_id, user_agent, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -1533,7 +1653,8 @@ impl Store for SqliteStore {
 
     fn remove_binding(&self, device_username: &str, contact: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        Ok(conn.execute(
+        Ok(exec(
+            &conn,
             "DELETE FROM bindings WHERE device_username = ?1 AND contact = ?2",
             [device_username, contact],
         )? > 0)
@@ -1541,7 +1662,8 @@ impl Store for SqliteStore {
 
     fn remove_all_bindings(&self, device_username: &str) -> Result<usize, StoreError> {
         let conn = self.conn()?;
-        Ok(conn.execute(
+        Ok(exec(
+            &conn,
             "DELETE FROM bindings WHERE device_username = ?1",
             [device_username],
         )?)
@@ -1583,7 +1705,7 @@ impl Store for SqliteStore {
 
     fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError> {
         let conn = self.conn()?;
-        let n = conn.execute("DELETE FROM bindings WHERE expires_at <= ?1", [now])?;
+        let n = exec(&conn, "DELETE FROM bindings WHERE expires_at <= ?1", [now])?;
         if n > 0 {
             tracing::debug!(removed = n, "expired bindings swept");
         }
@@ -1607,7 +1729,8 @@ impl Store for SqliteStore {
         let legs = serde_json::to_string(&c.legs)?;
         let stats = serde_json::to_string(&c.stats)?;
         let conn = self.conn()?;
-        conn.execute(
+        exec(
+            &conn,
             &format!(
                 "INSERT INTO calls ({CALL_COLS}) VALUES
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
@@ -1773,7 +1896,8 @@ impl Store for SqliteStore {
 
     fn probe_write(&self, now: UnixMs) -> Result<(), StoreError> {
         let conn = self.conn()?;
-        conn.execute(
+        exec(
+            &conn,
             "INSERT INTO meta (key, value) VALUES ('health_probe', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [now.to_string()],
@@ -1813,7 +1937,8 @@ impl Store for SqliteStore {
 
     fn mark_delivered(&self, event_id: &str, attempts: u32) -> Result<(), StoreError> {
         let conn = self.conn()?;
-        let n = conn.execute(
+        let n = exec(
+            &conn,
             "UPDATE callback_outbox SET state = 'delivered', attempts = ?2, last_error = NULL
              WHERE event_id = ?1",
             params![event_id, attempts],
@@ -1832,7 +1957,8 @@ impl Store for SqliteStore {
         last_error: &str,
     ) -> Result<(), StoreError> {
         let conn = self.conn()?;
-        let n = conn.execute(
+        let n = exec(
+            &conn,
             "UPDATE callback_outbox SET attempts = ?2, next_attempt_at_ms = ?3, last_error = ?4
              WHERE event_id = ?1 AND state = 'pending'",
             params![event_id, attempts, next_attempt_at_ms, last_error],
@@ -1850,7 +1976,8 @@ impl Store for SqliteStore {
         last_error: &str,
     ) -> Result<(), StoreError> {
         let conn = self.conn()?;
-        let n = conn.execute(
+        let n = exec(
+            &conn,
             "UPDATE callback_outbox SET state = 'abandoned', attempts = ?2, last_error = ?3
              WHERE event_id = ?1 AND state = 'pending'",
             params![event_id, attempts, last_error],
@@ -1885,7 +2012,8 @@ impl Store for SqliteStore {
 
     fn put_idempotency(&self, r: &IdempotencyRecord) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        let n = conn.execute(
+        let n = exec(
+            &conn,
             "INSERT INTO idempotency (account_id, key, request_hash, response_status,
                  response_body, created_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -1919,7 +2047,8 @@ impl Store for SqliteStore {
 
     fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError> {
         let conn = self.conn()?;
-        Ok(conn.execute(
+        Ok(exec(
+            &conn,
             "DELETE FROM idempotency WHERE created_at_ms < ?1",
             [before_ms],
         )?)
@@ -1930,7 +2059,8 @@ fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
     let metadata = serde_json::to_string(&c.metadata)?;
     let legs = serde_json::to_string(&c.legs)?;
     let stats = serde_json::to_string(&c.stats)?;
-    let n = conn.execute(
+    let n = exec(
+        conn,
         "UPDATE calls SET user_id = ?3, request_id = ?4, status = ?5, dial_string = ?6,
              destination = ?7, caller_id = ?8, callback_url = ?9, end_leg = ?10,
              sip_code = ?11, answered_at_ms = ?12, ended_at_ms = ?13, metadata = ?14,
@@ -1967,7 +2097,8 @@ fn append_timeline_on(
     entry: &TimelineEntry,
 ) -> Result<(), StoreError> {
     let detail = serde_json::to_string(&entry.detail)?;
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO call_timeline (call_id, at_ms, kind, leg, detail)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![call_id, entry.at_ms, entry.kind, entry.leg, detail],
@@ -1983,7 +2114,8 @@ fn append_timeline_on(
 }
 
 fn enqueue_callback_on(conn: &Connection, e: &OutboxEntry) -> Result<(), StoreError> {
-    conn.execute(
+    exec(
+        conn,
         &format!(
             "INSERT INTO callback_outbox ({OUTBOX_COLS}) VALUES
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"

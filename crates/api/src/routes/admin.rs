@@ -1,6 +1,6 @@
-//! Admin CRUD of the caller's account: users, devices, numbers, trunks, a user's
-//! registrations, and the account's call limits. Passwords are write-only; another account's
-//! objects are 404; shared trunks are visible and read-only.
+//! Admin CRUD of the caller's account: its dialing permissions and call limits, users,
+//! devices, numbers, trunks, and a user's registrations. Passwords are write-only; another
+//! account's objects are 404; shared trunks are visible and read-only.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
-use store::{Account, Number, Secret, StoreError, Transport, Trunk, TypeId, User};
+use store::{Account, Number, NumberType, Secret, StoreError, Transport, Trunk, TypeId, User};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
@@ -41,6 +41,93 @@ fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
+}
+
+// ----- the account ---------------------------------------------------------------------------
+
+/// `PATCH /v1/account` body: the dialing permissions; absent = unchanged.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAccount {
+    /// ISO 3166-1 alpha-2 codes of the countries whose numbers may be dialled.
+    #[serde(default)]
+    pub allowed_countries: Option<Vec<String>>,
+    /// Number types that may not be dialled: `fixed_line`, `mobile`,
+    /// `fixed_line_or_mobile`, `toll_free`, `premium_rate`, `shared_cost`, `voip`,
+    /// `personal_number`, `pager`, `uan`, `voicemail`, `unknown`.
+    #[serde(default)]
+    pub blocked_number_types: Option<Vec<String>>,
+    /// E.164 prefixes (`+1`, `+44`); `["+"]` allows every prefix.
+    #[serde(default)]
+    pub allowed_prefixes: Option<Vec<String>>,
+}
+
+/// The caller's account and its dialing permissions.
+#[utoipa::path(get, path = "/v1/account", tag = "admin",
+    responses((status = 200, description = "{\"id\",\"name\",\"region\",\"allowed_countries\",\"blocked_number_types\",\"allowed_prefixes\"}", body = Object),
+              (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_account(BearerAccount(account): BearerAccount) -> axum::Json<Value> {
+    axum::Json(views::account(&account))
+}
+
+/// Changes the caller's dialing permissions. The `[[accounts]]` table of the configuration
+/// is applied again at each start, so an account declared there gets its configured values
+/// back then.
+#[utoipa::path(patch, path = "/v1/account", tag = "admin", request_body = UpdateAccount,
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_account(
+    State(shared): State<Arc<Shared>>,
+    BearerAccount(mut account): BearerAccount,
+    Json(req): Json<UpdateAccount>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let invalid = |message: String| ApiError::bad_request("invalid_field", message);
+    if let Some(countries) = req.allowed_countries {
+        let mut list = Vec::with_capacity(countries.len());
+        for (i, c) in countries.iter().enumerate() {
+            let upper = c.trim().to_ascii_uppercase();
+            if !store::provision::is_iso3166_alpha2(&upper)
+                || !b2bua::numbering::is_known_region(&upper)
+            {
+                return Err(invalid(format!(
+                    "allowed_countries[{i}]: {c:?} is not an ISO 3166-1 alpha-2 code of a country with telephone numbers"
+                )));
+            }
+            if !list.contains(&upper) {
+                list.push(upper);
+            }
+        }
+        account.allowed_countries = list;
+    }
+    if let Some(types) = req.blocked_number_types {
+        let mut list: Vec<NumberType> = Vec::with_capacity(types.len());
+        for (i, t) in types.iter().enumerate() {
+            let t: NumberType = t
+                .parse()
+                .map_err(|e| invalid(format!("blocked_number_types[{i}]: {e}")))?;
+            if !list.contains(&t) {
+                list.push(t);
+            }
+        }
+        account.blocked_number_types = list;
+    }
+    if let Some(prefixes) = req.allowed_prefixes {
+        if let Some((i, p)) = prefixes
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !store::e164::is_e164_prefix(p))
+        {
+            return Err(invalid(format!(
+                "allowed_prefixes[{i}]: {p:?} is not an E.164 prefix (\"+\" then up to 15 digits)"
+            )));
+        }
+        account.allowed_prefixes = prefixes;
+    }
+    shared.store.update_account(&account).map_err(write_err)?;
+    tracing::info!(account = %account.id, "dialing permissions changed");
+    Ok(axum::Json(views::account(&account)))
 }
 
 const USER_NOT_FOUND: ApiError = ApiError::NotFound {

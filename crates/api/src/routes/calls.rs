@@ -196,7 +196,7 @@ impl Drop for InflightGuard<'_> {
         (status = 400, description = "user_id is required / dial_string is required / Invalid user_id format", body = ErrorBody),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 404, description = "User not found", body = ErrorBody),
-        (status = 422, description = "Not dialable, caller ID not allowed, bad callback URL, reused Idempotency-Key", body = ErrorBody),
+        (status = 422, description = "invalid_destination (with the reason), destination_not_allowed (naming the country or type), caller ID not allowed, bad callback URL, reused Idempotency-Key", body = ErrorBody),
         (status = 429, description = "Rate or concurrency limit (Retry-After)", body = ErrorBody),
     ),
     security(("bearer" = [])))]

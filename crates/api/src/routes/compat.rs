@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, JustCallError};
 use crate::http::{Json, KeyPairAccount};
-use crate::place::{check_ring, place_call, AgentSel, PlaceRequest};
+use crate::place::{check_number, check_ring, place_call, AgentSel, PlaceRequest};
 use crate::state::Shared;
 use crate::views;
 
@@ -45,7 +45,7 @@ pub struct MakeCall {
         (status = 400, description = "from is required / to is required", body = Object),
         (status = 401, description = "Unauthorized", body = Object),
         (status = 404, description = "from is not a number of the account / Agent not found", body = Object),
-        (status = 422, description = "Not dialable / caller ID not allowed", body = Object),
+        (status = 422, description = "invalid_destination / destination_not_allowed / caller ID not allowed", body = Object),
         (status = 429, description = "Rate or concurrency limit (Retry-After)", body = Object),
     ),
     security(("key_pair" = [])))]
@@ -219,7 +219,11 @@ async fn click2call_inner(
         Some(u) if pbx.is_none() => AgentSel::User(u),
         _ => {
             let number = match dialplan::normalize(&first, &account.region) {
-                Ok(Dialled::E164(n)) => n,
+                Ok(Dialled::E164(n)) => {
+                    // A number on a trunk is dialled like any other: the same guard.
+                    let _ = check_number(&account, &n)?;
+                    n
+                }
                 Ok(Dialled::Extension(x)) => x,
                 Ok(Dialled::Emergency(_)) => {
                     return Err(ApiError::unprocessable(

@@ -9,7 +9,7 @@ use serde_json::json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, calls, compat};
+use crate::routes::{admin, calls, compat, lookup};
 use crate::state::Shared;
 
 /// Health: `200 {"status": "ok"}`, or `503 {"status": "degraded", "store": "<reason>"}` while
@@ -94,6 +94,8 @@ impl Modify for SecuritySchemes {
     info(title = "dialbridge REST API", description = "Click-to-call: native, JustCall-style and Click-2-Call-style calls, call log, live events, admin."),
     paths(
         calls::create_call, calls::list_calls, calls::get_call, calls::hangup_call, calls::events,
+        lookup::lookup,
+        admin::get_account, admin::update_account,
         admin::list_users, admin::create_user, admin::get_user, admin::update_user, admin::delete_user,
         admin::list_devices, admin::create_device, admin::update_device, admin::delete_device,
         admin::registrations,
@@ -105,6 +107,7 @@ impl Modify for SecuritySchemes {
     ),
     components(schemas(
         calls::CreateCall, calls::CallAccepted, calls::ErrorBody, calls::ErrorDetail,
+        lookup::Lookup, admin::UpdateAccount,
         admin::CreateUser, admin::UpdateUser, admin::NewDevice, admin::ChangePassword,
         admin::CreateNumber, admin::UpdateNumber, admin::CreateTrunk, admin::UpdateTrunk,
         admin::Limits, admin::UpdateLimits,
@@ -113,7 +116,7 @@ impl Modify for SecuritySchemes {
     modifiers(&SecuritySchemes),
     tags(
         (name = "calls", description = "The native call API"),
-        (name = "admin", description = "Users, devices, numbers, trunks, registrations, the account's call limits"),
+        (name = "admin", description = "The account's dialing permissions and call limits, users, devices, numbers, trunks, registrations"),
         (name = "compat", description = "JustCall- and Click-2-Call-style shapes"),
         (name = "meta", description = "Health, metrics, this document"),
     )

@@ -3,4 +3,5 @@
 pub mod admin;
 pub mod calls;
 pub mod compat;
+pub mod lookup;
 pub mod meta;

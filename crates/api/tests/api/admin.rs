@@ -392,3 +392,133 @@ async fn numbers_and_trunks() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn account_dialing_permissions() {
+    let s = Server::start().await;
+    let (st, a) = send(&s, Method::GET, "/v1/account", ACME_SECRET, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        a,
+        json!({"id": ACME, "name": "Acme", "region": "US", "allowed_countries": ["US"],
+               "blocked_number_types": ["premium_rate", "shared_cost", "personal_number", "uan"],
+               "allowed_prefixes": ["+1"]})
+    );
+    // Jamaica is refused until the account allows it.
+    let call = json!({"user_id": ALICE, "dial_string": "+18765551234"});
+    let (st, v) = s.create_call(call.clone()).await;
+    assert_eq!(
+        (st, &v["error"]["code"]),
+        (422, &json!("destination_not_allowed"))
+    );
+    let (st, a) = send(
+        &s,
+        Method::PATCH,
+        "/v1/account",
+        ACME_SECRET,
+        Some(json!({"allowed_countries": ["US", "ca", "JM"], "blocked_number_types": ["premium_rate"]})),
+    )
+    .await;
+    assert_eq!(st, 200, "{a}");
+    assert_eq!(a["allowed_countries"], json!(["US", "CA", "JM"]));
+    assert_eq!(a["blocked_number_types"], json!(["premium_rate"]));
+    assert_eq!(a["allowed_prefixes"], json!(["+1"]));
+    let (st, v) = s.create_call(call).await;
+    assert_eq!(st, 202, "{v}");
+    // Each bad value is named by its field and index; nothing is written.
+    for (body, message) in [
+        (
+            json!({"allowed_countries": ["US", "XX"]}),
+            "allowed_countries[1]: \"XX\" is not an ISO 3166-1 alpha-2 code of a country with telephone numbers",
+        ),
+        (
+            json!({"blocked_number_types": ["premium"]}),
+            "blocked_number_types[0]: \"premium\" is not a number type",
+        ),
+        (
+            json!({"allowed_prefixes": ["1"]}),
+            "allowed_prefixes[0]: \"1\" is not an E.164 prefix",
+        ),
+    ] {
+        let (st, v) = send(&s, Method::PATCH, "/v1/account", ACME_SECRET, Some(body)).await;
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(v["error"]["code"], "invalid_field");
+        let got = v["error"]["message"].as_str().unwrap();
+        assert!(got.starts_with(message), "{got}");
+    }
+    let (st, v) = send(
+        &s,
+        Method::PATCH,
+        "/v1/account",
+        ACME_SECRET,
+        Some(json!({"region": "GB"})),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    let (_, a) = send(&s, Method::GET, "/v1/account", ACME_SECRET, None).await;
+    assert_eq!(a["allowed_countries"], json!(["US", "CA", "JM"]));
+    // Another account is untouched.
+    let (_, g) = send(&s, Method::GET, "/v1/account", GLOBEX_SECRET, None).await;
+    assert_eq!(g["allowed_countries"], json!(["GB"]));
+    let (st, _) = send(&s, Method::GET, "/v1/account", "nope", None).await;
+    assert_eq!(st, 401);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn lookup_classifies_and_applies_the_account_policy() {
+    let s = Server::start().await;
+    let get = |path: &str, secret: &str| {
+        let path = path.to_owned();
+        let secret = secret.to_owned();
+        let s = &s;
+        async move { send(s, Method::GET, &path, &secret, None).await }
+    };
+    let (st, v) = get("/v1/lookup/+14155551234", ACME_SECRET).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        v,
+        json!({"e164": "+14155551234", "region": "US", "type": "fixed_line_or_mobile",
+               "valid": true, "allowed": true, "reason": null})
+    );
+    let (_, v) = get("/v1/lookup/+18765551234", ACME_SECRET).await;
+    assert_eq!((&v["region"], &v["type"]), (&json!("JM"), &json!("mobile")));
+    assert_eq!((&v["valid"], &v["allowed"]), (&json!(true), &json!(false)));
+    let (_, v) = get("/v1/lookup/(900)%20555-1234", ACME_SECRET).await;
+    assert_eq!(v["e164"], "+19005551234");
+    assert_eq!(v["type"], "premium_rate");
+    assert_eq!(v["allowed"], false);
+    let (_, v) = get("/v1/lookup/+15550100", ACME_SECRET).await;
+    assert_eq!((&v["valid"], &v["allowed"]), (&json!(false), &json!(false)));
+    assert_eq!(
+        v["reason"],
+        "+15550100 is not a valid number: too short for US"
+    );
+    // National forms are read in the account's region, or in ?region=.
+    let (_, v) = get("/v1/lookup/020%207183%208750", GLOBEX_SECRET).await;
+    assert_eq!(
+        (&v["e164"], &v["allowed"]),
+        (&json!("+442071838750"), &json!(true))
+    );
+    let (_, v) = get("/v1/lookup/0900%201%20234567?region=de", ACME_SECRET).await;
+    assert_eq!(v["e164"], "+499001234567");
+    assert_eq!(
+        (&v["region"], &v["type"]),
+        (&json!("DE"), &json!("premium_rate"))
+    );
+    let (st, v) = get("/v1/lookup/123?region=QQ", ACME_SECRET).await;
+    assert_eq!((st, &v["error"]["code"]), (400, &json!("invalid_region")));
+    let (st, v) = get("/v1/lookup/1001", ACME_SECRET).await;
+    assert_eq!(
+        (st, &v["error"]["code"]),
+        (422, &json!("invalid_destination"))
+    );
+    let (st, v) = get("/v1/lookup/abc", ACME_SECRET).await;
+    assert_eq!(
+        (st, &v["error"]["code"]),
+        (422, &json!("invalid_destination"))
+    );
+    let (st, _) = get("/v1/lookup/+14155551234", "nope").await;
+    assert_eq!(st, 401);
+    s.stop().await;
+}

@@ -95,7 +95,34 @@ async fn documented_errors_of_post_calls() {
         &post(b, json!({"user_id": ALICE, "dial_string": "+442071838750"})).await,
         422,
         "destination_not_allowed",
-        "Destination +442071838750 is outside the account's allowed prefixes",
+        "+442071838750 is a number in GB, which is not in the account's allowed_countries (US)",
+    );
+    // +1 is not the US: Jamaica shares the code. A US premium-rate number is blocked by type.
+    assert_error(
+        &post(
+            b,
+            json!({"user_id": ALICE, "dial_string": "+1 876 555 1234"}),
+        )
+        .await,
+        422,
+        "destination_not_allowed",
+        "+18765551234 is a number in JM, which is not in the account's allowed_countries (US)",
+    );
+    assert_error(
+        &post(
+            b,
+            json!({"user_id": ALICE, "dial_string": "1-900-555-1234"}),
+        )
+        .await,
+        422,
+        "destination_not_allowed",
+        "+19005551234 is a premium_rate number in US, and the account blocks premium_rate numbers",
+    );
+    assert_error(
+        &post(b, json!({"user_id": ALICE, "dial_string": "+15550100"})).await,
+        422,
+        "invalid_destination",
+        "+15550100 is not a valid number: too short for US",
     );
     assert_error(
         &post(b, json!({"user_id": ALICE, "dial_string": "911"})).await,
@@ -259,6 +286,12 @@ async fn places_a_call_and_shows_its_timeline() {
     assert_eq!(call["metadata"]["ticket"], 7);
     assert_eq!(call["stats"]["agent"]["packets"], 100);
     assert_eq!(call["legs"]["agent"]["sip_call_id"], "a1@dialbridge");
+    // The customer leg says what the metadata made of the number.
+    assert_eq!(call["legs"]["customer"]["region"], "US");
+    assert_eq!(
+        call["legs"]["customer"]["number_type"],
+        "fixed_line_or_mobile"
+    );
     assert!(call["answered_at"].is_string());
     let kinds: Vec<&str> = call["timeline"]
         .as_array()

@@ -114,6 +114,31 @@ async fn justcall_make_call() {
         (st, v["error"]["code"].as_str().unwrap()),
         (422, "caller_id_not_allowed")
     );
+    // The same toll-fraud guard as the native API.
+    let (st, v) = make(
+        &s,
+        auth,
+        json!({"from": "+14155551234", "to": "+1 809 221 1234"}),
+    )
+    .await;
+    assert_eq!(st, 422);
+    assert_eq!(v["error"]["code"], "destination_not_allowed");
+    assert_eq!(
+        v["error"]["message"],
+        "+18092211234 is a number in DO, which is not in the account's allowed_countries (US)"
+    );
+    let (st, v) = make(
+        &s,
+        auth,
+        json!({"from": "+14155551234", "to": "+1415555010"}),
+    )
+    .await;
+    assert_eq!(st, 422);
+    assert_eq!(v["error"]["code"], "invalid_destination");
+    assert_eq!(
+        v["error"]["message"],
+        "+1415555010 is not a valid number: too short for US"
+    );
     s.stop().await;
 }
 
@@ -189,9 +214,14 @@ async fn click2call_shapes_and_status() {
             "api_key=sk_test_1&dial_first=1001&dial_second=%2B14155550100&pbx=globex-sos",
             "pbx is not a trunk of this account",
         ),
+        // The agent leg dialled as a number on a trunk passes the same guard.
+        (
+            "api_key=sk_test_1&dial_first=%2B19005551234&dial_second=%2B14155550100&pbx=carrier",
+            "+19005551234 is a premium_rate number in US, and the account blocks premium_rate numbers",
+        ),
         (
             "api_key=sk_test_1&dial_first=1001&dial_second=%2B442071838750",
-            "Destination +442071838750 is outside the account's allowed prefixes",
+            "+442071838750 is a number in GB, which is not in the account's allowed_countries (US)",
         ),
     ] {
         let v = c2c(&s, q).await;

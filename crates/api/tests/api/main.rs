@@ -4,6 +4,7 @@ mod admin;
 mod callbacks;
 mod calls;
 mod compat;
+mod connections;
 mod events;
 mod limits;
 mod meta;

@@ -119,3 +119,32 @@ fn in_memory_store_works_through_the_trait_object() {
     assert_eq!(report.accounts.created, 1);
     assert!(store.account(ACCT).unwrap().is_some());
 }
+
+#[test]
+fn version_1_accounts_get_the_default_dialing_permissions() {
+    let dir = TempDir::new();
+    {
+        let conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (1, 0);",
+        )
+        .unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute(
+            "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes)
+             VALUES (?1, 'Old', 'GB', 'whsec', '[\"+44\"]')",
+            [ACCT],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&dir.url()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    let account = store.account(ACCT).unwrap().unwrap();
+    assert_eq!(account.allowed_prefixes, ["+44"]);
+    assert_eq!(account.allowed_countries, ["GB"]);
+    assert_eq!(
+        account.blocked_number_types,
+        store::NumberType::DEFAULT_BLOCKED
+    );
+}

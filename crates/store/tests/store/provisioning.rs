@@ -191,3 +191,60 @@ fn clash_with_a_row_in_the_store_rolls_back_and_names_the_key() {
         "sip.carrier.example"
     );
 }
+
+#[test]
+fn dialing_permissions_default_and_follow_the_configuration() {
+    use store::NumberType;
+    let (_dir, store) = provisioned();
+    let account = store.account(ACCT).unwrap().unwrap();
+    assert_eq!(account.allowed_countries, ["US"]);
+    assert_eq!(account.blocked_number_types, NumberType::DEFAULT_BLOCKED);
+
+    let mut p = sample();
+    p.accounts[0].allowed_countries = Some(vec!["US".into(), "CA".into()]);
+    p.accounts[0].blocked_number_types = Some(vec!["premium_rate".into(), "voip".into()]);
+    let report = store.apply_provisioning(&p, REALM).unwrap();
+    assert_eq!(report.accounts.updated, 1);
+    let account = store.account(ACCT).unwrap().unwrap();
+    assert_eq!(account.allowed_countries, ["US", "CA"]);
+    assert_eq!(
+        account.blocked_number_types,
+        [NumberType::PremiumRate, NumberType::Voip]
+    );
+    // The same again changes nothing.
+    let report = store.apply_provisioning(&p, REALM).unwrap();
+    assert_eq!(report.accounts.unchanged, 1);
+}
+
+#[test]
+fn update_account_writes_the_permissions_and_checks_them() {
+    use store::NumberType;
+    let (_dir, store) = provisioned();
+    let mut account = store.account(ACCT).unwrap().unwrap();
+    account.allowed_countries = vec!["US".into(), "CA".into(), "JM".into()];
+    account.blocked_number_types = vec![NumberType::PremiumRate];
+    account.allowed_prefixes = vec!["+1".into(), "+44".into()];
+    store.update_account(&account).unwrap();
+    assert_eq!(store.account(ACCT).unwrap().unwrap(), account);
+    // The authentication paths read the same columns.
+    assert_eq!(
+        store.account_by_api_secret("sk_test_1").unwrap().unwrap(),
+        account
+    );
+
+    let mut bad = account.clone();
+    bad.allowed_countries = vec!["USA".into()];
+    assert!(matches!(
+        store.update_account(&bad),
+        Err(StoreError::Invalid {
+            field: "account.allowed_countries",
+            ..
+        })
+    ));
+    let mut missing = account.clone();
+    missing.id = "acct_01h2xcejqtf2nbrexx3vqjhp99".into();
+    assert!(matches!(
+        store.update_account(&missing),
+        Err(StoreError::NotFound { .. })
+    ));
+}
