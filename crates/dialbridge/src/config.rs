@@ -236,6 +236,51 @@ impl Default for CallsConfig {
     }
 }
 
+/// `[log]`: what the log shows besides its level (`RUST_LOG`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Every SIP message received and sent, whole, under the log target `sip_trace`
+    /// (also `serve --sip-trace`).
+    pub sip_trace: bool,
+}
+
+/// `[hep]`: SIP (and RTCP) to a Homer collector as HEPv3. Off without `addr`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HepConfig {
+    /// `udp:HOST:PORT` or `tcp:HOST:PORT`.
+    pub addr: Option<String>,
+    /// The capture agent id Homer shows (chunk 0x000c).
+    pub agent_id: u32,
+    /// The collector's authentication key (chunk 0x000e).
+    pub password: Option<String>,
+    /// Packets waiting for the sender before new ones are dropped (and counted).
+    pub queue: usize,
+}
+
+impl Default for HepConfig {
+    fn default() -> Self {
+        HepConfig {
+            addr: None,
+            agent_id: 2001,
+            password: None,
+            queue: 8192,
+        }
+    }
+}
+
+impl std::fmt::Debug for HepConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HepConfig")
+            .field("addr", &self.addr)
+            .field("agent_id", &self.agent_id)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -246,6 +291,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub store: StoreConfig,
     pub calls: CallsConfig,
+    pub log: LogConfig,
+    pub hep: HepConfig,
     pub accounts: Vec<store::AccountSpec>,
     pub users: Vec<store::UserSpec>,
     pub trunks: Vec<store::TrunkSpec>,
@@ -263,6 +310,8 @@ pub struct Validated {
     pub api_listen: SocketAddr,
     pub timers: sip_core::transaction::TimerConfig,
     pub stateless: sip_core::endpoint::StatelessConfig,
+    /// `[hep]`, when on.
+    pub hep: Option<crate::hep::HepSettings>,
 }
 
 impl Config {
@@ -490,6 +539,24 @@ impl Config {
         if self.calls.max_concurrent == 0 {
             errors.push(err("calls.max_concurrent", "must be at least 1"));
         }
+        let hep = match &self.hep.addr {
+            None => None,
+            Some(a) => match a.parse::<crate::hep::HepTarget>() {
+                Ok(target) => Some(crate::hep::HepSettings {
+                    target,
+                    agent_id: self.hep.agent_id,
+                    password: self.hep.password.clone(),
+                    queue: self.hep.queue,
+                }),
+                Err(e) => {
+                    errors.push(err("hep.addr", e));
+                    None
+                }
+            },
+        };
+        if self.hep.queue == 0 {
+            errors.push(err("hep.queue", "must be at least 1"));
+        }
         if let Err(issues) = self.provisioning().validate() {
             errors.extend(issues.into_iter().map(|i| err(&i.key, i.reason)));
         }
@@ -520,6 +587,7 @@ impl Config {
                 api_listen,
                 timers,
                 stateless,
+                hep,
             })
         } else {
             Err(errors)
@@ -651,6 +719,35 @@ webhook_secret = "whsec_test_1"
         // Not a number at all: refused by the parser, with the line of the key.
         let e = Config::parse(&format!("{ACCOUNT}calls_per_second = \"fast\"\n")).unwrap_err();
         assert!(e[0].contains("expected f64 (line 7)"), "{e:?}");
+    }
+
+    #[test]
+    fn log_and_hep_keys_are_checked() {
+        let c = Config::parse("").unwrap();
+        assert!(!c.log.sip_trace);
+        assert!(c.validate().unwrap().hep.is_none());
+        let c = Config::parse(
+            "[log]\nsip_trace = true\n[hep]\naddr = \"tcp:127.0.0.1:9061\"\nagent_id = 7\npassword = \"hep-secret\"\n",
+        )
+        .unwrap();
+        assert!(c.log.sip_trace);
+        assert!(
+            !format!("{c:?}").contains("hep-secret"),
+            "the key is not printed"
+        );
+        let hep = c.validate().unwrap().hep.unwrap();
+        assert_eq!(hep.target.port, 9061);
+        assert_eq!(hep.agent_id, 7);
+        assert_eq!(hep.password.as_deref(), Some("hep-secret"));
+        let keys: Vec<String> = Config::parse("[hep]\naddr = \"127.0.0.1:9060\"\nqueue = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, ["hep.addr", "hep.queue"]);
+        assert!(Config::parse("[hep]\nadress = \"udp:h:1\"\n").is_err());
     }
 
     #[test]

@@ -95,6 +95,18 @@ pub fn flush() {
     }
 }
 
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records that log lines are JSON (the SIP trace then puts the message in a field).
+pub fn set_json(json: bool) {
+    JSON.store(json, Ordering::Relaxed);
+}
+
+/// Whether log lines are JSON.
+pub fn is_json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
 /// Whether log output gets ANSI colours: only on a terminal, and not with `NO_COLOR` set.
 pub fn use_colour() -> bool {
     use std::io::IsTerminal;

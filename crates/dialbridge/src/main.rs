@@ -4,9 +4,11 @@
 mod budget;
 mod config;
 mod demo;
+mod hep;
 mod logging;
 mod phone;
 mod serve;
+mod sip_trace;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -39,6 +41,10 @@ enum Command {
         /// Configuration file (TOML); embedded defaults without it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Log every SIP message received and sent, whole (log target `sip_trace`); the
+        /// same as `[log] sip_trace = true`.
+        #[arg(long)]
+        sip_trace: bool,
     },
     /// A self-contained click-to-call on loopback: server, phones, carrier, REST, callbacks.
     Demo,
@@ -52,10 +58,18 @@ enum Command {
 }
 
 /// `RUST_LOG` wins; without it `default` (the demo and the phone print their own story,
-/// so they log warnings only).
-fn init_logging(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// so they log warnings only). With the SIP trace on, its target logs at `info` whatever the
+/// level (unless `RUST_LOG` names `sip_trace` itself).
+fn init_logging(format: LogFormat, default: &str, sip_trace: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let named = std::env::var("RUST_LOG").is_ok_and(|v| v.contains(sip_trace::TARGET));
+    if sip_trace && !named {
+        if let Ok(d) = format!("{}=info", sip_trace::TARGET).parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    logging::set_json(matches!(format, LogFormat::Json));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(logging::use_colour())
@@ -78,14 +92,23 @@ fn run(cli: Cli) -> ExitCode {
         Command::Serve { .. } | Command::CheckConfig { .. } => "info",
         _ => "warn",
     };
-    init_logging(cli.log_format, default_level);
     match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
-        Command::Demo => demo::run(),
-        Command::Phone(args) => phone::run(*args),
-        Command::Serve { config } => {
+        Command::CheckConfig { file } => {
+            init_logging(cli.log_format, default_level, false);
+            check_config(&file)
+        }
+        Command::Demo => {
+            init_logging(cli.log_format, default_level, false);
+            demo::run()
+        }
+        Command::Phone(args) => {
+            init_logging(cli.log_format, default_level, false);
+            phone::run(*args)
+        }
+        Command::Serve { config, sip_trace } => {
+            // The configuration first: it says whether the log carries the SIP trace.
             let source = config.as_ref().map(|p| p.display().to_string());
-            let cfg = match config {
+            let mut cfg = match config {
                 Some(path) => match config::Config::load(&path) {
                     Ok(c) => c,
                     Err(errs) => {
@@ -97,6 +120,8 @@ fn run(cli: Cli) -> ExitCode {
                 },
                 None => config::Config::default(),
             };
+            cfg.log.sip_trace |= sip_trace;
+            init_logging(cli.log_format, default_level, cfg.log.sip_trace);
             let valid = match cfg.validate() {
                 Ok(v) => v,
                 Err(errs) => {

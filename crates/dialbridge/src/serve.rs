@@ -46,6 +46,8 @@ pub enum ServeError {
     Registrar(#[from] b2bua::registrar::RegistrarError),
     #[error("starting the call journal's writer thread: {0}")]
     Journal(std::io::Error),
+    #[error("starting the HEP sender thread: {0}")]
+    Hep(std::io::Error),
     #[error("descriptor budget: {0}")]
     Budget(crate::config::ConfigError),
 }
@@ -114,6 +116,30 @@ pub async fn serve_until(
         tokio::task::spawn_blocking(move || b2bua::numbering::preload(&regions));
     }
 
+    // Who watches the SIP messages: the trace in the log, the HEP exporter, both or none.
+    let hep = match &valid.hep {
+        Some(settings) => {
+            Some(crate::hep::HepExporter::start(settings.clone()).map_err(ServeError::Hep)?)
+        }
+        None => None,
+    };
+    let rtcp_tap = hep
+        .as_ref()
+        .map(|h| crate::hep::HepRtcpTap::new(Arc::clone(h)));
+    let mut observers: Vec<Arc<dyn sip_core::observe::MessageObserver>> = Vec::new();
+    if cfg.log.sip_trace {
+        observers.push(Arc::new(crate::sip_trace::SipTrace {
+            json: crate::logging::is_json(),
+        }));
+    }
+    if let Some(h) = &hep {
+        observers.push(Arc::clone(h) as Arc<dyn sip_core::observe::MessageObserver>);
+    }
+    let observer: Option<Arc<dyn sip_core::observe::MessageObserver>> = match observers.len() {
+        0 => None,
+        1 => observers.pop(),
+        _ => Some(Arc::new(sip_core::observe::Observers(observers))),
+    };
     let ep_cfg = EndpointConfig {
         transport: TransportConfig {
             listen: valid.listen.clone(),
@@ -136,6 +162,7 @@ pub async fn serve_until(
         advertise: valid.sip_advertise,
         user_agent: cfg.sip.user_agent.clone(),
         stateless: valid.stateless.clone(),
+        observer,
     };
     let (endpoint, events) = Endpoint::start(ep_cfg).await?;
     let sip_addrs = endpoint.local_addrs();
@@ -151,6 +178,7 @@ pub async fn serve_until(
         timeout: Duration::from_secs(cfg.media.timeout_secs),
         workers: cfg.media.workers,
         latch: cfg.media.latch(),
+        rtcp_tap: media::RtcpTapHandle(rtcp_tap.clone().map(|t| t as Arc<dyn media::RtcpTap>)),
         ..Default::default()
     })?);
     say!(
@@ -209,6 +237,27 @@ pub async fn serve_until(
         Arc::clone(&registrar),
         Arc::clone(&relay),
     );
+    if let Some(h) = &hep {
+        let e = engine.clone();
+        h.set_correlate(Arc::new(move |sip_call_id: &str| {
+            e.call_for_sip_call_id(sip_call_id)
+        }));
+        if let Some(t) = &rtcp_tap {
+            let e = engine.clone();
+            t.set_correlate(Arc::new(move |session, leg| {
+                e.sip_call_id_of_media(session, leg)
+            }));
+        }
+        if let Some(target) = &valid.hep {
+            say!(
+                "dialbridge: HEP to {}:{}:{} (agent id {})",
+                target.target.transport,
+                target.target.host,
+                target.target.port,
+                target.agent_id
+            );
+        }
+    }
     let stateless_stats = endpoint.stateless_stats();
     let sip_conns = endpoint.transports().connection_limits();
     let sip_guards = endpoint.transports().stats();
@@ -242,6 +291,22 @@ pub async fn serve_until(
             "Media packets dropped because they came from a source their leg does not accept (media.strict_source), by ended calls.",
             move || e.hijack_dropped(),
         );
+        if let Some(h) = &hep {
+            let st = h.stats();
+            metrics.add_source(
+                "dialbridge_hep_packets_sent_total",
+                "counter",
+                "HEP packets sent to the collector.",
+                move || st.sent.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let st = h.stats();
+            metrics.add_source(
+                "dialbridge_hep_packets_dropped_total",
+                "counter",
+                "HEP packets dropped: the queue was full or the collector could not be reached.",
+                move || st.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
         let counters: [RegistrarCounter; 3] = [
             (
                 "dialbridge_registrar_auth_failures_total",

@@ -101,7 +101,51 @@ pub struct RelayConfig {
     pub workers: usize,
     /// io_uring or epoll (default: io_uring when available).
     pub backend: Backend,
+    /// Shown a copy of each RTCP packet the relay receives and sends (e.g. for HEP); none
+    /// by default.
+    pub rtcp_tap: RtcpTapHandle,
 }
+
+/// Which way an RTCP packet went through the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RtcpDirection {
+    /// Received from the leg's peer.
+    Received,
+    /// Sent toward the leg's peer.
+    Sent,
+}
+
+/// Watches the RTCP the relay forwards. Called on a forwarding thread, for RTCP packets
+/// only (never for RTP): it must return at once — copy the bytes into a bounded queue, never
+/// block or wait for I/O.
+pub trait RtcpTap: Send + Sync + std::fmt::Debug + 'static {
+    /// `leg`: the leg whose peer sent the packet (`Received`) or gets it (`Sent`).
+    fn on_rtcp(
+        &self,
+        session: crate::SessionId,
+        leg: crate::LegId,
+        direction: RtcpDirection,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+        data: &[u8],
+    );
+}
+
+/// An optional [`RtcpTap`] (compared by identity).
+#[derive(Debug, Clone, Default)]
+pub struct RtcpTapHandle(pub Option<std::sync::Arc<dyn RtcpTap>>);
+
+impl PartialEq for RtcpTapHandle {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for RtcpTapHandle {}
 
 impl Default for RelayConfig {
     fn default() -> Self {
@@ -114,6 +158,7 @@ impl Default for RelayConfig {
             latch: LatchMode::default(),
             workers: 0,
             backend: Backend::Auto,
+            rtcp_tap: RtcpTapHandle::default(),
         }
     }
 }

@@ -60,7 +60,8 @@
 //! No SIP and no SDP parsing (the B2BUA tells it addresses), no transcoding, no SRTP/DTLS
 //! termination, no ICE (STUN packets are relayed untouched, and not counted as media), no
 //! jitter buffer, no RTCP
-//! generation, no recording. It never rewrites a packet.
+//! generation, no recording. (RTCP can be watched: [`RelayConfig::rtcp_tap`] is shown a copy
+//! of each RTCP packet, received and sent — RTP never.) It never rewrites a packet.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -76,7 +77,9 @@ pub mod timeout;
 mod uring_worker;
 mod worker;
 
-pub use config::{Backend, ConfigError, LatchMode, RelayConfig};
+pub use config::{
+    Backend, ConfigError, LatchMode, RelayConfig, RtcpDirection, RtcpTap, RtcpTapHandle,
+};
 pub use error::MediaError;
 pub use relay::{Leg, LegId, MediaEvent, MediaSession, Relay, SessionId, StatsReader};
 pub use stats::{LegStats, SessionStats};

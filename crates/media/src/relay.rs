@@ -140,6 +140,7 @@ impl Relay {
             epoch,
             ports: Arc::clone(&ports),
             events: events_tx,
+            rtcp_tap: cfg.rtcp_tap.0.clone(),
         };
         let mut relay = Relay {
             workers: Vec::new(),

@@ -116,6 +116,49 @@ pub(crate) struct WorkerParams {
     pub epoch: Instant,
     pub ports: Arc<Mutex<PortAllocator>>,
     pub events: UnboundedSender<MediaEvent>,
+    /// Shown each RTCP packet (see [`crate::RtcpTap`]).
+    pub rtcp_tap: Option<Arc<dyn crate::RtcpTap>>,
+}
+
+/// Shows an RTCP packet to the tap: as received on `inn`, and as sent out of `out` when it
+/// is forwarded.
+#[allow(clippy::too_many_arguments)]
+fn tap_rtcp(
+    tap: &dyn crate::RtcpTap,
+    session: SessionId,
+    in_leg: usize,
+    inn: &LegState,
+    out: &LegState,
+    from_rtcp_port: bool,
+    src: SocketAddr,
+    data: &[u8],
+    forwarded: bool,
+) {
+    let in_sock = if from_rtcp_port { &inn.rtcp } else { &inn.rtp };
+    if let Ok(local) = in_sock.local_addr() {
+        tap.on_rtcp(
+            session,
+            LegId::from_index(in_leg),
+            crate::RtcpDirection::Received,
+            src,
+            local,
+            data,
+        );
+    }
+    if !forwarded {
+        return;
+    }
+    let out_sock = if out.rtcp_mux { &out.rtp } else { &out.rtcp };
+    if let (Ok(local), Some(dst)) = (out_sock.local_addr(), out.rtcp_dest_addr) {
+        tap.on_rtcp(
+            session,
+            LegId::from_index(1 - in_leg),
+            crate::RtcpDirection::Sent,
+            local,
+            dst,
+            data,
+        );
+    }
 }
 
 /// The forwarding method a thread runs (see [`crate::Backend`]).
@@ -244,6 +287,8 @@ pub(crate) struct LegState {
     rtp_dest: Option<RawSockAddr>,
     /// Where RTCP for this leg's peer goes (out of `rtcp`, or of `rtp` with rtcp-mux).
     rtcp_dest: Option<RawSockAddr>,
+    /// The same, for an RTCP tap.
+    rtcp_dest_addr: Option<SocketAddr>,
     clock_rate: u32,
     reception: RtpReception,
     pub tally: LegTally,
@@ -266,6 +311,7 @@ impl LegState {
             hijack_logged: false,
             rtp_dest: None,
             rtcp_dest: None,
+            rtcp_dest_addr: None,
             clock_rate: DEFAULT_CLOCK_RATE,
             reception: RtpReception::default(),
             tally: LegTally::default(),
@@ -305,6 +351,7 @@ impl LegState {
                 })
         };
         self.rtcp_dest = rtcp.map(RawSockAddr::from);
+        self.rtcp_dest_addr = rtcp;
     }
 
     /// Socket and destination for traffic to this leg's peer.
@@ -460,7 +507,24 @@ impl SessionState {
                     .on_rtp(&h, timestamp_units(since, inn.clock_rate));
             }
         }
-        if truncated || !self.forwarding || out.route(is_rtcp).1.is_none() {
+        let forwarded = !truncated && self.forwarding && out.route(is_rtcp).1.is_some();
+        if is_rtcp && !stun {
+            if let Some(tap) = &params.rtcp_tap {
+                // RTCP only, a few packets a second per call: off the RTP path.
+                tap_rtcp(
+                    tap.as_ref(),
+                    self.id,
+                    in_leg,
+                    inn,
+                    out,
+                    from_rtcp_port,
+                    src,
+                    data,
+                    forwarded,
+                );
+            }
+        }
+        if !forwarded {
             inn.tally.not_forwarded += u64::from(!stun);
             return None;
         }

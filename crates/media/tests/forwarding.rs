@@ -118,6 +118,87 @@ fn rtcp_is_relayed_between_rtcp_ports_and_with_rtcp_mux(b: Backend) {
     assert_eq!(st.b.rx_packets, 2);
 }
 
+/// One RTCP packet as a tap saw it: session, leg, direction, source, destination, bytes.
+type Tapped = (
+    media::SessionId,
+    LegId,
+    media::RtcpDirection,
+    SocketAddr,
+    SocketAddr,
+    Vec<u8>,
+);
+
+/// Records what an RTCP tap is shown.
+#[derive(Debug, Default)]
+struct TapRecorder(std::sync::Mutex<Vec<Tapped>>);
+
+impl media::RtcpTap for TapRecorder {
+    fn on_rtcp(
+        &self,
+        session: media::SessionId,
+        leg: LegId,
+        direction: media::RtcpDirection,
+        src: SocketAddr,
+        dst: SocketAddr,
+        data: &[u8],
+    ) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((session, leg, direction, src, dst, data.to_vec()));
+    }
+}
+
+fn rtcp_tap_sees_rtcp_received_and_sent_and_no_rtp(b: Backend) {
+    let tap = std::sync::Arc::new(TapRecorder::default());
+    let relay = media::Relay::start(media::RelayConfig {
+        port_min: port(b, 42800),
+        port_max: port(b, 42899),
+        workers: 1,
+        backend: b,
+        rtcp_tap: media::RtcpTapHandle(Some(tap.clone())),
+        ..media::RelayConfig::default()
+    })
+    .unwrap();
+    let s = relay.allocate_session().unwrap();
+    let (agent, customer) = (Peer::new(), Peer::new());
+    s.set_peer(LegId::A, agent.addr(), None, true).unwrap();
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let (a, bl) = (s.leg(LegId::A), s.leg(LegId::B));
+    let voice = rtp(0, false, 1, 160, 9, &[0xd5; 160]);
+    agent.send(a.bound_rtp(), &voice);
+    assert_eq!(customer.recv().0, voice);
+    // Muxed RTCP from the agent leaves leg B's RTCP port for the customer's RTP port + 1.
+    agent.send(a.bound_rtp(), &rtcp_rr(9));
+    assert!(eventually(|| tap.0.lock().unwrap().len() >= 2));
+    let seen = tap.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "RTP is not shown: {seen:?}");
+    let mut customer_rtcp = customer.addr();
+    customer_rtcp.set_port(customer_rtcp.port() + 1);
+    assert_eq!(
+        seen[0],
+        (
+            s.id(),
+            LegId::A,
+            media::RtcpDirection::Received,
+            agent.addr(),
+            a.bound_rtp(),
+            rtcp_rr(9)
+        )
+    );
+    assert_eq!(
+        seen[1],
+        (
+            s.id(),
+            LegId::B,
+            media::RtcpDirection::Sent,
+            bl.bound_rtcp(),
+            customer_rtcp,
+            rtcp_rr(9)
+        )
+    );
+}
+
 fn rtcp_without_an_address_goes_to_rtp_port_plus_one(b: Backend) {
     let relay = relay(b, 41300, 41399, LatchMode::default());
     let s = relay.allocate_session().unwrap();
@@ -254,6 +335,7 @@ each_backend!(
     stats_count_loss_from_sequence_gaps_and_jitter,
     stop_holds_packets_back_and_unknown_destination_is_counted,
     ipv6_loopback_works,
+    rtcp_tap_sees_rtcp_received_and_sent_and_no_rtp,
 );
 
 /// A STUN binding request (RFC 5389 §6) with a transaction id.

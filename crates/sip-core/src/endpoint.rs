@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use crate::message::{
     parse_message, HeaderAccess, HeaderName, Host, Method, Request, Response, SipMessage, Uri, Via,
 };
+use crate::observe::{Direction, MessageObserver, WireMessage};
 use crate::stateless::{
     Answered, AnsweredCache, RefusalGuard, RefusalGuardConfig, StatelessStats, Verdict,
 };
@@ -59,6 +60,9 @@ pub struct EndpointConfig {
     /// Answers sent without a transaction: how many are kept for retransmissions, and the
     /// per-source budget.
     pub stateless: StatelessConfig,
+    /// Sees every SIP message received and sent, retransmissions included
+    /// ([`crate::observe`]); `None`: nothing is watched, at no cost.
+    pub observer: Option<Arc<dyn MessageObserver>>,
 }
 
 impl Default for EndpointConfig {
@@ -69,6 +73,7 @@ impl Default for EndpointConfig {
             advertise: None,
             user_agent: concat!("dialbridge/", env!("CARGO_PKG_VERSION")).to_string(),
             stateless: StatelessConfig::default(),
+            observer: None,
         }
     }
 }
@@ -305,6 +310,7 @@ impl Endpoint {
             events: ev_tx,
             user_agent: cfg.user_agent.clone(),
             advertise: cfg.advertise,
+            observer: cfg.observer.clone(),
         };
         tokio::spawn(layer.run(in_rx, cmd_rx));
         Ok((
@@ -632,6 +638,7 @@ struct Layer {
     events: mpsc::UnboundedSender<EndpointEvent>,
     user_agent: String,
     advertise: Option<IpAddr>,
+    observer: Option<Arc<dyn MessageObserver>>,
 }
 
 fn now_std() -> std::time::Instant {
@@ -826,6 +833,7 @@ impl Layer {
     }
 
     fn transmit(&self, flow: &Flow, data: Bytes) {
+        self.observe(Direction::Sent, flow, &data);
         if let Err(e) = self.transports.try_send(flow, data) {
             tracing::debug!(remote = %flow.remote, error = %e, "transmit failed");
         }
@@ -1115,7 +1123,21 @@ impl Layer {
         self.drive(id);
     }
 
+    /// Shows a message to the observer, if there is one.
+    fn observe(&self, direction: Direction, flow: &Flow, data: &[u8]) {
+        if let Some(o) = &self.observer {
+            o.on_message(&WireMessage {
+                direction,
+                transport: flow.transport,
+                local: flow.local,
+                remote: flow.remote,
+                data,
+            });
+        }
+    }
+
     fn on_inbound(&mut self, i: Inbound) {
+        self.observe(Direction::Received, &i.flow, &i.data);
         match parse_message(i.data) {
             Ok(SipMessage::Request(r)) => self.on_request(r, i.flow),
             Ok(SipMessage::Response(r)) => self.on_response(r, i.flow),

@@ -6,6 +6,7 @@ pub mod dialog;
 pub mod endpoint;
 pub mod limits;
 pub mod message;
+pub mod observe;
 pub mod sdp;
 pub mod stateless;
 pub mod transaction;

@@ -32,7 +32,8 @@ const DEVICE: &str = "agent-desk";
 const DEVICE_PASSWORD: &str = "agent-desk-pass";
 
 const USAGE: &str = "c2c-bench [--rate CALLS_PER_SECOND (50)] [--calls N (500)] \
-[--threads N (8)] [--settle SECONDS (35)] [--log RUST_LOG (info)] [--dialbridge PATH (target/release/dialbridge)]";
+[--threads N (8)] [--settle SECONDS (35)] [--log RUST_LOG (info)] [--dialbridge PATH (target/release/dialbridge)] \
+[--extra-config FILE (TOML added to the server's configuration, e.g. [log] or [hep])]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -163,8 +164,22 @@ fn call_log(api: SocketAddr) -> Result<HashMap<String, usize>, String> {
 fn run(args: &[String]) -> Result<(), String> {
     let flags = Flags::parse(
         args,
-        &["rate", "calls", "threads", "settle", "log", "dialbridge"],
+        &[
+            "rate",
+            "calls",
+            "threads",
+            "settle",
+            "log",
+            "dialbridge",
+            "extra-config",
+        ],
     )?;
+    let extra = match flags.text("extra-config") {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("--extra-config {path}: {e}"))?
+        }
+        None => String::new(),
+    };
     let rate: f64 = flags.get("rate", 50.0)?;
     let calls: usize = flags.get("calls", 500)?;
     let threads: usize = flags.get("threads", 8)?;
@@ -221,7 +236,7 @@ fn run(args: &[String]) -> Result<(), String> {
 
     let server = TestServer::start_bin(
         TempDir::new("c2c-bench"),
-        &config(carrier_port, rate),
+        &format!("{extra}\n{}", config(carrier_port, rate)),
         &bin,
         &log,
     );

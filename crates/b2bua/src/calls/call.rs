@@ -536,7 +536,7 @@ impl Call {
         let sip_call_id = format!("{}@{}", new_tag(), self.inner.cfg.domain);
         let from_tag = new_tag();
         self.inner
-            .register_sip_call_id(&sip_call_id, &self.spec.call_id);
+            .register_sip_call_id(&sip_call_id, &self.spec.call_id, leg);
         let (tx, mut rx) = mpsc::unbounded_channel::<(usize, ClientEvent)>();
         let mut branches: Vec<Branch> = Vec::new();
         // Any branch may answer (or send early media) from the address we signal it at.

@@ -58,6 +58,8 @@ pub(crate) struct EngineInner {
     pub(crate) dialogs: Mutex<HashMap<DialogId, (String, Leg)>>,
     /// SIP Call-ID of a leg -> call, for stray 2xx of forked INVITEs.
     pub(crate) sip_call_ids: Mutex<HashMap<String, String>>,
+    /// (call, leg) -> the SIP Call-ID of that leg's latest INVITE, for RTCP captures.
+    pub(crate) leg_sip_call_ids: Mutex<HashMap<(String, Leg), String>>,
     pub(crate) media_sessions: Mutex<HashMap<SessionId, String>>,
     pub(crate) active: AtomicUsize,
     pub(crate) shutting_down: AtomicBool,
@@ -87,9 +89,12 @@ impl EngineInner {
         }
     }
 
-    pub(crate) fn register_sip_call_id(&self, sip_call_id: &str, call_id: &str) {
+    pub(crate) fn register_sip_call_id(&self, sip_call_id: &str, call_id: &str, leg: Leg) {
         if let Ok(mut m) = self.sip_call_ids.lock() {
             m.insert(sip_call_id.to_string(), call_id.to_string());
+        }
+        if let Ok(mut m) = self.leg_sip_call_ids.lock() {
+            m.insert((call_id.to_string(), leg), sip_call_id.to_string());
         }
     }
 
@@ -99,6 +104,9 @@ impl EngineInner {
         }
         if let Ok(mut m) = self.sip_call_ids.lock() {
             m.retain(|_, c| c != call_id);
+        }
+        if let Ok(mut m) = self.leg_sip_call_ids.lock() {
+            m.retain(|(c, _), _| c != call_id);
         }
         if let Ok(mut m) = self.media_sessions.lock() {
             m.retain(|_, c| c != call_id);
@@ -150,6 +158,7 @@ impl Engine {
             calls: Mutex::new(HashMap::new()),
             dialogs: Mutex::new(HashMap::new()),
             sip_call_ids: Mutex::new(HashMap::new()),
+            leg_sip_call_ids: Mutex::new(HashMap::new()),
             media_sessions: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
@@ -177,6 +186,40 @@ impl Engine {
             });
         }
         Engine { inner }
+    }
+
+    /// The call a SIP Call-ID belongs to (either leg), while the call runs: what a capture
+    /// (HEP) puts in its correlation chunk so that both legs of one call link up.
+    pub fn call_for_sip_call_id(&self, sip_call_id: &str) -> Option<String> {
+        self.inner
+            .sip_call_ids
+            .lock()
+            .ok()?
+            .get(sip_call_id)
+            .cloned()
+    }
+
+    /// The SIP Call-ID of one leg of the call a relay session belongs to, while the call
+    /// runs: what an RTCP capture is correlated to (relay leg A is the agent's, B the
+    /// customer's).
+    pub fn sip_call_id_of_media(&self, session: SessionId, leg: media::LegId) -> Option<String> {
+        let call = self
+            .inner
+            .media_sessions
+            .lock()
+            .ok()?
+            .get(&session)
+            .cloned()?;
+        let leg = match leg {
+            media::LegId::A => Leg::Agent,
+            media::LegId::B => Leg::Customer,
+        };
+        self.inner
+            .leg_sip_call_ids
+            .lock()
+            .ok()?
+            .get(&(call, leg))
+            .cloned()
     }
 
     /// Packets relayed by calls that have ended (a counter for metrics).
