@@ -738,10 +738,6 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         for (i, a) in prov.accounts.iter().enumerate() {
             let prefixes = serde_json::to_string(&a.allowed_prefixes)?;
-            let allowed_countries = a.allowed_countries();
-            let blocked_number_types = a.blocked_number_types();
-            let countries = serde_json::to_string(&allowed_countries)?;
-            let blocked = serde_json::to_string(&blocked_number_types)?;
             let existing = tx
                 .query_row(
                     &format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = ?1"),
@@ -749,6 +745,19 @@ impl SqliteStore {
                     account_from_row,
                 )
                 .optional()?;
+            // Permissions the file sets are applied at every start; those it leaves out take
+            // their default on a new account and keep what the store holds (the admin API may
+            // have changed them) on an existing one — as the call limits do.
+            let allowed_countries = match (&a.allowed_countries, &existing) {
+                (None, Some(old)) => old.allowed_countries.clone(),
+                _ => a.allowed_countries(),
+            };
+            let blocked_number_types = match (&a.blocked_number_types, &existing) {
+                (None, Some(old)) => old.blocked_number_types.clone(),
+                _ => a.blocked_number_types(),
+            };
+            let countries = serde_json::to_string(&allowed_countries)?;
+            let blocked = serde_json::to_string(&blocked_number_types)?;
             let limits = a.limits_over(existing.as_ref().map(|old| old.limits).unwrap_or_default());
             let change = match existing {
                 None => {

@@ -217,6 +217,29 @@ fn dialing_permissions_default_and_follow_the_configuration() {
 }
 
 #[test]
+fn permissions_the_file_leaves_out_keep_what_the_admin_api_set() {
+    use store::NumberType;
+    let (_dir, store) = provisioned();
+    // The admin API widens the countries and changes the blocked types ...
+    let mut account = store.account(ACCT).unwrap().unwrap();
+    account.allowed_countries = vec!["US".into(), "CA".into()];
+    account.blocked_number_types = vec![NumberType::PremiumRate];
+    store.update_account(&account).unwrap();
+    // ... and a restart with a file that does not name them keeps that.
+    store.apply_provisioning(&sample(), REALM).unwrap();
+    let kept = store.account(ACCT).unwrap().unwrap();
+    assert_eq!(kept.allowed_countries, ["US", "CA"]);
+    assert_eq!(kept.blocked_number_types, [NumberType::PremiumRate]);
+    // A file that names them is the authority.
+    let mut p = sample();
+    p.accounts[0].allowed_countries = Some(vec!["US".into()]);
+    store.apply_provisioning(&p, REALM).unwrap();
+    let account = store.account(ACCT).unwrap().unwrap();
+    assert_eq!(account.allowed_countries, ["US"]);
+    assert_eq!(account.blocked_number_types, [NumberType::PremiumRate]);
+}
+
+#[test]
 fn update_account_writes_the_permissions_and_checks_them() {
     use store::NumberType;
     let (_dir, store) = provisioned();
