@@ -591,7 +591,24 @@ impl Registrar {
                         user_agent: req.header_str(&HeaderName::UserAgent),
                         updated_at: now as i64,
                     };
-                    if let Err(e) = self.store.upsert_binding(&binding) {
+                    // A refresh of a binding as it stands (only its expiry, CSeq, Call-ID or
+                    // time changed) is written with others within half a second; a new or
+                    // changed contact is durable before the answer.
+                    let refresh = existing.iter().any(|old| {
+                        let mut o = old.clone();
+                        o.expires_at = binding.expires_at;
+                        o.cseq = binding.cseq;
+                        o.call_id.clone_from(&binding.call_id);
+                        o.updated_at = binding.updated_at;
+                        o.user_id.clone_from(&binding.user_id);
+                        o == binding
+                    });
+                    let stored = if refresh {
+                        self.store.refresh_binding(&binding)
+                    } else {
+                        self.store.upsert_binding(&binding)
+                    };
+                    if let Err(e) = stored {
                         tracing::error!(error = %e, "cannot store binding");
                         return Err(Self::store_failed(req, &e));
                     }

@@ -210,6 +210,21 @@ pub async fn serve_until(
         },
         Arc::clone(&store),
     )?);
+    // Binding refreshes held in memory are written twice a second (see
+    // `Store::refresh_binding`).
+    let refresh_writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let s = Arc::clone(&store);
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.flush_refreshes()).await {
+                    tracing::warn!(error = %e, "binding refreshes not written yet; trying again");
+                }
+            }
+        })
+    };
     // Expired bindings are swept once a minute.
     let sweeper = {
         let registrar = Arc::clone(&registrar);
@@ -423,6 +438,11 @@ pub async fn serve_until(
     dispatcher.abort();
     sip.abort();
     sweeper.abort();
+    refresh_writer.abort();
+    let s = Arc::clone(&store);
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.flush_refreshes()).await {
+        tracing::warn!(error = %e, "binding refreshes not written at shutdown");
+    }
     Ok(())
 }
 

@@ -194,6 +194,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<Binding>, StoreError>;
     /// Unexpired bindings of all the user's devices, by device then contact.
     fn bindings_for_user(&self, user_id: &str, now: UnixSecs) -> Result<Vec<Binding>, StoreError>;
+    /// A refresh of a binding that exists (same device and contact, only its expiry, CSeq,
+    /// Call-ID or source changed): kept in memory and written with the other waiting
+    /// refreshes by [`flush_refreshes`](Self::flush_refreshes), which the server calls at
+    /// least twice a second; the reads of bindings see it at once. A new or removed contact
+    /// goes through [`upsert_binding`](Self::upsert_binding) /
+    /// [`remove_binding`](Self::remove_binding) instead, durable before they return. The
+    /// default writes it at once.
+    fn refresh_binding(&self, binding: &Binding) -> Result<(), StoreError> {
+        self.upsert_binding(binding)
+    }
+    /// Writes the refreshes waiting in memory, in one transaction; returns how many.
+    fn flush_refreshes(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
     /// Deletes bindings with `expires_at <= now`; returns how many.
     fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError>;
     /// How many bindings are in force at `now` (a gauge for metrics).

@@ -12,7 +12,7 @@
 //! version is above the last migration (written by a newer build) is refused rather than
 //! guessed at. Migrations are only ever appended, never edited.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -253,6 +253,17 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     location: Location,
     pepper: Vec<u8>,
+    /// Binding refreshes not yet written, by device, then contact (see
+    /// [`Store::refresh_binding`]); reads of bindings see them.
+    refreshes: Mutex<HashMap<String, HashMap<String, Binding>>>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_refreshes() {
+            tracing::warn!(error = %e, "binding refreshes not written at close");
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -303,7 +314,74 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             location,
             pepper,
+            refreshes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Forgets the refreshes waiting in memory of `device` (of its `contact` only, when
+    /// given): a write or a removal of those bindings supersedes them.
+    fn forget_refresh(&self, device: &str, contact: Option<&str>) {
+        if let Ok(mut r) = self.refreshes.lock() {
+            match (contact, r.get_mut(device)) {
+                (_, None) => {}
+                (None, Some(_)) => {
+                    r.remove(device);
+                }
+                (Some(c), Some(of_device)) => {
+                    of_device.remove(c);
+                    if of_device.is_empty() {
+                        r.remove(device);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `rows` read from the database with the refreshes waiting in memory laid over them:
+    /// a row with a waiting refresh is shown refreshed, and a refreshed binding of `belongs`
+    /// whose row had expired in the database (in the instant before its flush) is shown too.
+    fn with_refreshes(
+        &self,
+        mut rows: Vec<Binding>,
+        now: UnixSecs,
+        device: Option<&str>,
+        belongs: impl Fn(&Binding) -> bool,
+    ) -> Vec<Binding> {
+        let Ok(r) = self.refreshes.lock() else {
+            return rows;
+        };
+        if r.is_empty() {
+            return rows;
+        }
+        for row in rows.iter_mut() {
+            if let Some(b) = r
+                .get(&row.device_username)
+                .and_then(|of_device| of_device.get(&row.contact))
+            {
+                let user_id = std::mem::take(&mut row.user_id);
+                *row = b.clone();
+                row.user_id = user_id;
+            }
+        }
+        // Refreshed bindings whose row had expired in the file just before the flush.
+        let waiting: Box<dyn Iterator<Item = &Binding>> = match device {
+            Some(d) => Box::new(r.get(d).into_iter().flat_map(|m| m.values())),
+            None => Box::new(r.values().flat_map(|m| m.values())),
+        };
+        let mut extra = Vec::new();
+        for b in waiting {
+            if b.expires_at > now
+                && belongs(b)
+                && !rows
+                    .iter()
+                    .any(|x| x.device_username == b.device_username && x.contact == b.contact)
+            {
+                extra.push(b.clone());
+            }
+        }
+        rows.extend(extra);
+        rows.retain(|b| b.expires_at > now);
+        rows
     }
 
     /// Where this store lives.
@@ -1622,6 +1700,7 @@ impl Store for SqliteStore {
     // ----- registrations ------------------------------------------------------------------
 
     fn upsert_binding(&self, b: &Binding) -> Result<(), StoreError> {
+        self.forget_refresh(&b.device_username, Some(&b.contact));
         let conn = self.conn()?;
         exec(
             &conn,
@@ -1661,6 +1740,7 @@ impl Store for SqliteStore {
     }
 
     fn remove_binding(&self, device_username: &str, contact: &str) -> Result<bool, StoreError> {
+        self.forget_refresh(device_username, Some(contact));
         let conn = self.conn()?;
         Ok(exec(
             &conn,
@@ -1670,6 +1750,7 @@ impl Store for SqliteStore {
     }
 
     fn remove_all_bindings(&self, device_username: &str) -> Result<usize, StoreError> {
+        self.forget_refresh(device_username, None);
         let conn = self.conn()?;
         Ok(exec(
             &conn,
@@ -1684,7 +1765,7 @@ impl Store for SqliteStore {
         now: UnixSecs,
     ) -> Result<Vec<Binding>, StoreError> {
         let conn = self.conn()?;
-        query_list(
+        let rows = query_list(
             &conn,
             &format!(
                 "SELECT {BINDING_COLS} FROM bindings b
@@ -1694,12 +1775,14 @@ impl Store for SqliteStore {
             ),
             params![device_username, now],
             binding_from_row,
-        )
+        )?;
+        drop(conn);
+        Ok(self.with_refreshes(rows, now, Some(device_username), |_| true))
     }
 
     fn bindings_for_user(&self, user_id: &str, now: UnixSecs) -> Result<Vec<Binding>, StoreError> {
         let conn = self.conn()?;
-        query_list(
+        let rows = query_list(
             &conn,
             &format!(
                 "SELECT {BINDING_COLS} FROM bindings b
@@ -1709,10 +1792,77 @@ impl Store for SqliteStore {
             ),
             params![user_id, now],
             binding_from_row,
-        )
+        )?;
+        drop(conn);
+        Ok(self.with_refreshes(rows, now, None, |b| b.user_id == user_id))
+    }
+
+    fn refresh_binding(&self, binding: &Binding) -> Result<(), StoreError> {
+        let mut r = self.refreshes.lock().map_err(|_| StoreError::Poisoned)?;
+        r.entry(binding.device_username.clone())
+            .or_default()
+            .insert(binding.contact.clone(), binding.clone());
+        Ok(())
+    }
+
+    fn flush_refreshes(&self) -> Result<usize, StoreError> {
+        let pending: Vec<Binding> = {
+            let mut r = self.refreshes.lock().map_err(|_| StoreError::Poisoned)?;
+            if r.is_empty() {
+                return Ok(0);
+            }
+            r.drain().flat_map(|(_, m)| m.into_values()).collect()
+        };
+        let written = (|| -> Result<(), StoreError> {
+            let mut conn = self.conn()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for b in &pending {
+                // A refresh only ever changes a row that exists; one removed meanwhile
+                // stays removed.
+                exec(
+                    &tx,
+                    "UPDATE bindings SET source = ?3, transport = ?4, local = ?5,
+                         expires_at = ?6, q = ?7, call_id = ?8, cseq = ?9, instance = ?10,
+                         reg_id = ?11, user_agent = ?12, updated_at = ?13
+                     WHERE device_username = ?1 AND contact = ?2",
+                    params![
+                        b.device_username,
+                        b.contact,
+                        b.source,
+                        b.transport,
+                        b.local,
+                        b.expires_at,
+                        b.q.map(f64::from),
+                        b.call_id,
+                        b.cseq,
+                        b.instance,
+                        b.reg_id,
+                        b.user_agent,
+                        b.updated_at
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            // Keep them for the next flush, unless a newer refresh or a write replaced them.
+            if let Ok(mut r) = self.refreshes.lock() {
+                for b in pending {
+                    r.entry(b.device_username.clone())
+                        .or_default()
+                        .entry(b.contact.clone())
+                        .or_insert(b);
+                }
+            }
+            return Err(e);
+        }
+        Ok(pending.len())
     }
 
     fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError> {
+        // A row whose refresh waits in memory must not be swept as expired.
+        self.flush_refreshes()?;
         let conn = self.conn()?;
         let n = exec(&conn, "DELETE FROM bindings WHERE expires_at <= ?1", [now])?;
         if n > 0 {

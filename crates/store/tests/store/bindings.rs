@@ -163,3 +163,68 @@ fn concurrent_registrations_from_several_threads() {
         100
     );
 }
+
+#[test]
+fn a_refresh_is_seen_at_once_and_written_by_the_next_flush() {
+    let (dir, store) = provisioned();
+    let b = binding("alice-desk", "sip:alice@127.0.0.1:5062", NOW + 60);
+    store.upsert_binding(&b).unwrap();
+    let mut refreshed = b.clone();
+    refreshed.expires_at = NOW + 3600;
+    refreshed.cseq = 2;
+    refreshed.updated_at = NOW + 30;
+    store.refresh_binding(&refreshed).unwrap();
+    // Seen at once by every read ...
+    assert_eq!(
+        store.bindings_for_device("alice-desk", NOW).unwrap(),
+        vec![refreshed.clone()]
+    );
+    assert_eq!(
+        store.bindings_for_user(USER, NOW).unwrap(),
+        vec![refreshed.clone()]
+    );
+    // ... still alive past the old expiry (the row in the file has not changed yet) ...
+    assert_eq!(
+        store.bindings_for_user(USER, NOW + 120).unwrap(),
+        vec![refreshed.clone()]
+    );
+    let other = SqliteStore::open(&dir.url()).unwrap();
+    assert_eq!(other.bindings_for_user(USER, NOW).unwrap(), vec![b.clone()]);
+    // ... and written by the flush, in one go.
+    assert_eq!(store.flush_refreshes().unwrap(), 1);
+    assert_eq!(store.flush_refreshes().unwrap(), 0);
+    assert_eq!(
+        other.bindings_for_user(USER, NOW + 120).unwrap(),
+        vec![refreshed]
+    );
+}
+
+#[test]
+fn a_removal_or_a_new_write_supersedes_a_waiting_refresh() {
+    let (_dir, store) = provisioned();
+    let b = binding("alice-desk", "sip:alice@127.0.0.1:5062", NOW + 60);
+    store.upsert_binding(&b).unwrap();
+    let mut refreshed = b.clone();
+    refreshed.expires_at = NOW + 3600;
+    store.refresh_binding(&refreshed).unwrap();
+    assert!(store
+        .remove_binding("alice-desk", "sip:alice@127.0.0.1:5062")
+        .unwrap());
+    assert_eq!(
+        store.bindings_for_device("alice-desk", NOW).unwrap(),
+        vec![]
+    );
+    // Nothing waits any more; a refresh of a row that is gone does not bring it back.
+    assert_eq!(store.flush_refreshes().unwrap(), 0);
+    store.refresh_binding(&refreshed).unwrap();
+    assert_eq!(store.flush_refreshes().unwrap(), 1);
+    assert_eq!(store.bindings_for_user(USER, NOW).unwrap(), vec![]);
+    // A sweep writes waiting refreshes first, so a refreshed binding is not swept.
+    store.upsert_binding(&b).unwrap();
+    store.refresh_binding(&refreshed).unwrap();
+    assert_eq!(store.sweep_expired(NOW + 120).unwrap(), 0);
+    assert_eq!(
+        store.bindings_for_user(USER, NOW + 120).unwrap(),
+        vec![refreshed]
+    );
+}
