@@ -119,21 +119,10 @@ impl Fixture {
         ];
         args.extend_from_slice(extra);
         let p = SippChild::spawn(device, &args);
-        let reg = scenario("register_contact.xml")
-            .to_string_lossy()
-            .into_owned();
-        let target = self.server.udp_addr().to_string();
-        let run = crate::sipp(
+        let run = crate::sipp_once(
+            "register_contact.xml",
+            self.server.udp_addr(),
             &[
-                "-sf",
-                &reg,
-                &target,
-                "-i",
-                "127.0.0.1",
-                "-p",
-                "0",
-                "-m",
-                "1",
                 "-s",
                 device,
                 "-au",
@@ -146,11 +135,8 @@ impl Fixture {
                 "-set",
                 "contact_port",
                 &port,
-                "-timeout",
-                "15s",
-                "-timeout_error",
             ],
-            Duration::from_secs(20),
+            15,
         );
         assert_eq!(run.code, 0, "{device} did not register: {}", run.output);
         p

@@ -447,6 +447,19 @@ pub fn parse_stats(text: &str) -> Vec<(String, String)> {
 }
 
 /// Runs `sipp` with `args` (plus `-nostdin`, stats and a hard time limit) and waits for it.
+/// Runs the UAC scenario `sipp-scenarios/NAME` once from 127.0.0.1 against `target`, with
+/// `extra` arguments (`-s`, `-au`, `-set` ...), bounded by `secs` seconds (SIPp's own
+/// `-timeout`, and 5 s more for the process).
+pub fn sipp_once(name: &str, target: SocketAddr, extra: &[&str], secs: u64) -> SippRun {
+    let sf = scenario(name).to_string_lossy().into_owned();
+    let target = target.to_string();
+    let timeout = format!("{secs}s");
+    let mut args = vec!["-sf", &sf, &target, "-i", "127.0.0.1", "-p", "0", "-m", "1"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-timeout", &timeout, "-timeout_error"]);
+    sipp(&args, Duration::from_secs(secs + 5))
+}
+
 pub fn sipp(args: &[&str], limit: Duration) -> SippRun {
     let dir = TempDir::new("sipp");
     let stf = dir.path().join("stats.csv");

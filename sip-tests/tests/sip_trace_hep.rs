@@ -540,27 +540,8 @@ fn sip_trace_shows_the_invite_to_the_carrier_whole_without_digest_response_or_pa
 #[test]
 fn sip_trace_in_json_is_one_event_per_message_with_the_message_in_a_field() {
     let f = traced_fixture(&["--log-format", "json"]);
-    let sf = sip_tests::scenario("options_uac.xml")
-        .to_string_lossy()
-        .into_owned();
     let target = f.server.udp_addr().to_string();
-    let run = sip_tests::sipp(
-        &[
-            "-sf",
-            &sf,
-            &target,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "-m",
-            "1",
-            "-timeout",
-            "10s",
-            "-timeout_error",
-        ],
-        Duration::from_secs(15),
-    );
+    let run = sip_tests::sipp_once("options_uac.xml", f.server.udp_addr(), &[], 10);
     assert_eq!(run.code, 0, "{}", run.output);
     std::thread::sleep(Duration::from_millis(300));
     let log = f.server.log_text();

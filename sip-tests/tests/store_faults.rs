@@ -160,21 +160,10 @@ fn the_stores_disk_fills_mid_call_and_the_call_still_ends_true_with_its_callback
     assert_eq!(refused.json()["error"]["code"], "store_unavailable");
     assert!(refused.header("retry-after").is_some(), "{refused:?}");
     // A phone that registers now gets 503 with Retry-After, not a 500 or silence.
-    let reg = sip_tests::scenario("register_store_unavailable.xml")
-        .to_string_lossy()
-        .into_owned();
-    let target = f.server.udp_addr().to_string();
-    let run = sip_tests::sipp(
+    let run = sip_tests::sipp_once(
+        "register_store_unavailable.xml",
+        f.server.udp_addr(),
         &[
-            "-sf",
-            &reg,
-            &target,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "-m",
-            "1",
             "-s",
             "alice-soft",
             "-au",
@@ -184,11 +173,8 @@ fn the_stores_disk_fills_mid_call_and_the_call_still_ends_true_with_its_callback
             "-set",
             "expires",
             "300",
-            "-timeout",
-            "15s",
-            "-timeout_error",
         ],
-        Duration::from_secs(20),
+        15,
     );
     assert_eq!(
         run.code, 0,
