@@ -1204,6 +1204,27 @@ fn check_owner(conn: &Connection, number: &Number) -> Result<(), StoreError> {
     }
 }
 
+/// A binding's columns in the order of the statements that write it (`?1` … `?13`:
+/// device, contact, source, transport, local, expires_at, q, call_id, cseq, instance, reg_id,
+/// user_agent, updated_at).
+fn binding_params(b: &Binding) -> [&dyn rusqlite::ToSql; 13] {
+    [
+        &b.device_username,
+        &b.contact,
+        &b.source,
+        &b.transport,
+        &b.local,
+        &b.expires_at,
+        &b.q,
+        &b.call_id,
+        &b.cseq,
+        &b.instance,
+        &b.reg_id,
+        &b.user_agent,
+        &b.updated_at,
+    ]
+}
+
 /// Runs one statement through the connection's statement cache (parsed once, not per call).
 fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute(params)
@@ -1713,21 +1734,7 @@ impl Store for SqliteStore {
                  call_id = excluded.call_id, cseq = excluded.cseq,
                  instance = excluded.instance, reg_id = excluded.reg_id,
                  user_agent = excluded.user_agent, updated_at = excluded.updated_at",
-            params![
-                b.device_username,
-                b.contact,
-                b.source,
-                b.transport,
-                b.local,
-                b.expires_at,
-                b.q.map(f64::from),
-                b.call_id,
-                b.cseq,
-                b.instance,
-                b.reg_id,
-                b.user_agent,
-                b.updated_at
-            ],
+            binding_params(b),
         )
         .map_err(|e| {
             if StoreError::is_foreign_key_violation(&e) {
@@ -1825,21 +1832,7 @@ impl Store for SqliteStore {
                          expires_at = ?6, q = ?7, call_id = ?8, cseq = ?9, instance = ?10,
                          reg_id = ?11, user_agent = ?12, updated_at = ?13
                      WHERE device_username = ?1 AND contact = ?2",
-                    params![
-                        b.device_username,
-                        b.contact,
-                        b.source,
-                        b.transport,
-                        b.local,
-                        b.expires_at,
-                        b.q.map(f64::from),
-                        b.call_id,
-                        b.cseq,
-                        b.instance,
-                        b.reg_id,
-                        b.user_agent,
-                        b.updated_at
-                    ],
+                    binding_params(b),
                 )?;
             }
             tx.commit()?;
