@@ -7,11 +7,15 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use store::CallStatus;
 
 type Source = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// A counter another part of the process keeps in a value of type `T`: name, help, and how
+/// to read it from the value.
+pub type Counter<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// The process's metrics.
 #[derive(Default)]
@@ -142,6 +146,15 @@ impl Metrics {
     ) {
         if let Ok(mut extra) = self.extra.write() {
             extra.push((name, kind, help, Box::new(f)));
+        }
+    }
+
+    /// Adds counters that live in one shared value (a component's statistics), each read
+    /// from it at every scrape.
+    pub fn add_counters<T: Send + Sync + 'static>(&self, source: &Arc<T>, counters: &[Counter<T>]) {
+        for &(name, help, read) in counters {
+            let s = Arc::clone(source);
+            self.add_source(name, "counter", help, move || read(&s));
         }
     }
 

@@ -3,22 +3,9 @@
 use crate::config::{Config, Validated};
 use sip_core::endpoint::{Endpoint, EndpointConfig};
 use sip_core::transport::TransportConfig;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A registrar counter exported as a metric: name, help, how to read it.
-type RegistrarCounter = (
-    &'static str,
-    &'static str,
-    fn(&b2bua::registrar::RegistrarStats) -> u64,
-);
-
-/// A stateless-answer counter exported as a metric: name, help, how to read it.
-type StatelessCounter = (
-    &'static str,
-    &'static str,
-    fn(&sip_core::stateless::StatelessStats) -> u64,
-);
 
 /// A line on standard output (where the server says where it listens) that never panics,
 /// whatever happened to standard output.
@@ -322,56 +309,49 @@ pub async fn serve_until(
                 move || st.dropped.load(std::sync::atomic::Ordering::Relaxed),
             );
         }
-        let counters: [RegistrarCounter; 3] = [
-            (
-                "dialbridge_registrar_auth_failures_total",
-                "Digest attempts with wrong credentials or unknown devices.",
-                |s| s.auth_failures.load(std::sync::atomic::Ordering::Relaxed),
-            ),
-            (
-                "dialbridge_registrar_lockouts_total",
-                "Sources or usernames locked out after repeated failures.",
-                |s| s.auth_lockouts.load(std::sync::atomic::Ordering::Relaxed),
-            ),
-            (
-                "dialbridge_registrar_refused_locked_total",
-                "REGISTERs refused because their source or username was locked out.",
-                |s| {
-                    s.auth_refused_locked
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                },
-            ),
-        ];
-        for (name, help, read) in counters {
-            let r = Arc::clone(&registrar);
-            metrics.add_source(name, "counter", help, move || read(&r.stats));
-        }
-        let stateless: [StatelessCounter; 4] = [
+        metrics.add_counters::<b2bua::registrar::Registrar>(
+            &registrar,
+            &[
+                (
+                    "dialbridge_registrar_auth_failures_total",
+                    "Digest attempts with wrong credentials or unknown devices.",
+                    |r| r.stats.auth_failures.load(Relaxed),
+                ),
+                (
+                    "dialbridge_registrar_lockouts_total",
+                    "Sources or usernames locked out after repeated failures.",
+                    |r| r.stats.auth_lockouts.load(Relaxed),
+                ),
+                (
+                    "dialbridge_registrar_refused_locked_total",
+                    "REGISTERs refused because their source or username was locked out.",
+                    |r| r.stats.auth_refused_locked.load(Relaxed),
+                ),
+            ],
+        );
+        let stateless: [api::metrics::Counter<sip_core::stateless::StatelessStats>; 4] = [
             (
                 "dialbridge_sip_stateless_answers_total",
                 "Answers sent without a transaction (refusals, challenges, OPTIONS), replays included.",
-                |s| s.sent.load(std::sync::atomic::Ordering::Relaxed),
+                |s| s.sent.load(Relaxed),
             ),
             (
                 "dialbridge_sip_stateless_replays_total",
                 "Stateless answers sent again for a retransmitted request.",
-                |s| s.replayed.load(std::sync::atomic::Ordering::Relaxed),
+                |s| s.replayed.load(Relaxed),
             ),
             (
                 "dialbridge_sip_refusals_dropped_total",
                 "Stateless answers not sent because their destination was muted.",
-                |s| s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                |s| s.dropped.load(Relaxed),
             ),
             (
                 "dialbridge_sip_refusal_mutes_total",
                 "Times a source went past sip.refusals_per_sec and was muted.",
-                |s| s.mutes.load(std::sync::atomic::Ordering::Relaxed),
+                |s| s.mutes.load(Relaxed),
             ),
         ];
-        for (name, help, read) in stateless {
-            let st = Arc::clone(&stateless_stats);
-            metrics.add_source(name, "counter", help, move || read(&st));
-        }
+        metrics.add_counters(&stateless_stats, &stateless);
     }
     let api_cfg = api::ApiConfig {
         listen: valid.api_listen,
@@ -455,7 +435,6 @@ fn add_connection_metrics(
     rest: &api::Api,
     nofile: u64,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     type Limit = (
         &'static str,
         &'static str,
@@ -511,12 +490,7 @@ fn add_connection_metrics(
             metrics.add_source(name, kind, help, move || read(&l.stats));
         }
     }
-    type Guard = (
-        &'static str,
-        &'static str,
-        fn(&sip_core::transport::TransportStats) -> u64,
-    );
-    let sip_guards: [Guard; 4] = [
+    let sip_guards: [api::metrics::Counter<sip_core::transport::TransportStats>; 4] = [
         (
             "dialbridge_sip_tcp_first_message_timeouts_total",
             "SIP TCP connections closed for not delivering a complete message within sip.first_message_secs.",
@@ -538,12 +512,8 @@ fn add_connection_metrics(
             |s| s.request_mutes.load(Relaxed),
         ),
     ];
-    for (name, help, read) in sip_guards {
-        let g = Arc::clone(guards);
-        metrics.add_source(name, "counter", help, move || read(&g));
-    }
-    type Timeout = (&'static str, &'static str, fn(&api::conn::HttpStats) -> u64);
-    let http: [Timeout; 3] = [
+    metrics.add_counters(guards, &sip_guards);
+    let http: [api::metrics::Counter<api::conn::HttpStats>; 3] = [
         (
             "dialbridge_http_header_timeouts_total",
             "REST connections closed: a request head took longer than api.header_read_secs.",
@@ -560,10 +530,7 @@ fn add_connection_metrics(
             |s| s.idle_timeouts.load(Relaxed),
         ),
     ];
-    for (name, help, read) in http {
-        let st = rest.http_stats();
-        metrics.add_source(name, "counter", help, move || read(&st));
-    }
+    metrics.add_counters(&rest.http_stats(), &http);
     metrics.add_source(
         "dialbridge_open_fds",
         "gauge",
