@@ -33,6 +33,15 @@ pub enum StoreError {
     /// A thread panicked while holding the database connection.
     #[error("store connection lock poisoned")]
     Poisoned,
+    /// The store's threads have stopped (the store is shutting down).
+    #[error("the store has stopped")]
+    Stopped,
+    /// A store call panicked on its store thread; nothing of it was committed.
+    #[error("a store call failed inside the store")]
+    Crashed,
+    /// The store's threads could not be started.
+    #[error("cannot start the store's threads: {0}")]
+    Threads(std::io::Error),
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -48,7 +57,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         use rusqlite::ErrorCode as C;
         match self {
-            StoreError::Poisoned => true,
+            StoreError::Poisoned | StoreError::Stopped => true,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 C::DiskFull

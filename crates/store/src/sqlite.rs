@@ -1,4 +1,4 @@
-//! [`SqliteStore`]: the [`Store`] on an embedded SQLite database.
+//! [`SqliteStore`]: the store on an embedded SQLite database ([`BlockingStore`], run on the store threads of [`crate::StoreThreads`]).
 //!
 //! One connection behind a mutex, in WAL mode with `synchronous=NORMAL` (a power loss may lose
 //! the last transactions but never corrupts the file), foreign keys on, and a busy timeout for
@@ -31,7 +31,7 @@ use crate::provision::{
 };
 use crate::secret::{api_secret_hash, constant_time_eq, ha1_md5, ha1_sha256, Secret};
 use crate::typeid::TypeId;
-use crate::Store;
+use crate::BlockingStore;
 
 /// The schema, one script per version.
 pub const MIGRATIONS: &[&str] = &[
@@ -248,13 +248,13 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// The SQLite implementation of [`Store`].
+/// The SQLite implementation of [`BlockingStore`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     location: Location,
     pepper: Vec<u8>,
     /// Binding refreshes not yet written, by device, then contact (see
-    /// [`Store::refresh_binding`]); reads of bindings see them.
+    /// [`crate::Store::refresh_binding`]); reads of bindings see them.
     refreshes: Mutex<HashMap<String, HashMap<String, Binding>>>,
 }
 
@@ -1251,7 +1251,7 @@ fn query_one<T>(
     Ok(stmt.query_row(params, map).optional()?)
 }
 
-impl Store for SqliteStore {
+impl BlockingStore for SqliteStore {
     fn apply_provisioning(
         &self,
         prov: &Provisioning,

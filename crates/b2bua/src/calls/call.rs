@@ -323,7 +323,7 @@ impl Call {
 
     async fn agent_targets(&self) -> Result<Vec<Target>, Outcome> {
         match &self.spec.agent {
-            AgentTarget::Devices { user_id } => self.device_targets(user_id, Leg::Agent),
+            AgentTarget::Devices { user_id } => self.device_targets(user_id, Leg::Agent).await,
             AgentTarget::Trunk { number, trunk, .. } => self
                 .trunk_target(number, trunk.as_deref(), false, Leg::Agent)
                 .await
@@ -341,16 +341,17 @@ impl Call {
                 .trunk_target(n, None, true, Leg::Customer)
                 .await
                 .map(|t| vec![t]),
-            CustomerTarget::User { user_id } => self.device_targets(user_id, Leg::Customer),
+            CustomerTarget::User { user_id } => self.device_targets(user_id, Leg::Customer).await,
         }
     }
 
-    fn device_targets(&self, user_id: &str, leg: Leg) -> Result<Vec<Target>, Outcome> {
+    async fn device_targets(&self, user_id: &str, leg: Leg) -> Result<Vec<Target>, Outcome> {
         let now = now_ms() / 1000;
         let bindings = self
             .inner
             .store
             .bindings_for_user(user_id, now)
+            .await
             .map_err(|e| outcome(CallStatus::Failed, Some(leg), None, &format!("store: {e}")))?;
         let mut out = Vec::new();
         for b in &bindings {
@@ -391,6 +392,7 @@ impl Call {
             .inner
             .store
             .trunks_for_account(&self.spec.account_id)
+            .await
             .map_err(|e| fail(format!("store: {e}")))?;
         let trunk = trunks
             .into_iter()

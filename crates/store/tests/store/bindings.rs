@@ -1,4 +1,4 @@
-use store::{Binding, SqliteStore, Store, StoreError};
+use store::{Binding, BlockingStore, SqliteStore, StoreError};
 
 use crate::support::{provisioned, REALM, USER};
 
@@ -135,7 +135,7 @@ fn user_id_follows_the_device_owner() {
 #[test]
 fn concurrent_registrations_from_several_threads() {
     let (_dir, store) = provisioned();
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+    let store: std::sync::Arc<dyn BlockingStore> = std::sync::Arc::new(store);
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let store = store.clone();

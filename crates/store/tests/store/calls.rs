@@ -1,5 +1,7 @@
 use serde_json::json;
-use store::{CallFilter, CallRecord, CallStatus, SqliteStore, Store, StoreError, TimelineEntry};
+use store::{
+    BlockingStore, CallFilter, CallRecord, CallStatus, SqliteStore, StoreError, TimelineEntry,
+};
 
 use crate::support::{provisioned, ACCT, USER};
 

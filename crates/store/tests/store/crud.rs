@@ -1,4 +1,4 @@
-use store::{Number, Store, StoreError, Transport, Trunk, User};
+use store::{BlockingStore, Number, StoreError, Transport, Trunk, User};
 
 use crate::support::{provisioned, ACCT, REALM, USER};
 

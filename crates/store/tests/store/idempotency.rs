@@ -1,4 +1,4 @@
-use store::{IdempotencyRecord, Store};
+use store::{BlockingStore, IdempotencyRecord};
 
 use crate::support::{provisioned, ACCT};
 

@@ -2,7 +2,7 @@
 //! API's path), and a database written before the limits existed.
 
 use store::sqlite::MIGRATIONS;
-use store::{AccountLimits, SqliteStore, Store, StoreError};
+use store::{AccountLimits, BlockingStore, SqliteStore, StoreError};
 
 use crate::support::{open_fresh, provisioned, sample, TempDir, ACCT, REALM};
 

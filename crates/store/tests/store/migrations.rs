@@ -1,5 +1,5 @@
 use store::sqlite::{Location, MIGRATIONS};
-use store::{SqliteStore, Store, StoreError};
+use store::{BlockingStore, SqliteStore, StoreError};
 
 use crate::support::{open_fresh, sample, TempDir, ACCT, REALM};
 
@@ -96,9 +96,11 @@ fn url_forms() {
     ));
 }
 
-#[test]
-fn postgres_is_refused_clearly_without_leaking_the_password() {
-    let err = store::open("postgres://dialbridge:pgpass@db.example/dialbridge").unwrap_err();
+#[tokio::test]
+async fn postgres_is_refused_clearly_without_leaking_the_password() {
+    let err = store::open("postgres://dialbridge:pgpass@db.example/dialbridge")
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("PostgreSQL store is not available in this build"),
@@ -107,17 +109,17 @@ fn postgres_is_refused_clearly_without_leaking_the_password() {
     assert!(!msg.contains("pgpass"), "{msg}");
     assert!(!format!("{err:?}").contains("pgpass"));
     assert!(matches!(
-        store::open("postgresql://h/db"),
+        store::open("postgresql://h/db").await,
         Err(StoreError::PostgresUnavailable { .. })
     ));
 }
 
-#[test]
-fn in_memory_store_works_through_the_trait_object() {
-    let store = store::open("sqlite::memory:").unwrap();
-    let report = store.apply_provisioning(&sample(), REALM).unwrap();
+#[tokio::test]
+async fn in_memory_store_works_through_the_trait_object() {
+    let store = store::open("sqlite::memory:").await.unwrap();
+    let report = store.apply_provisioning(&sample(), REALM).await.unwrap();
     assert_eq!(report.accounts.created, 1);
-    assert!(store.account(ACCT).unwrap().is_some());
+    assert!(store.account(ACCT).await.unwrap().is_some());
 }
 
 #[test]

@@ -1,4 +1,4 @@
-use store::{OutboxEntry, OutboxState, SqliteStore, Store, StoreError};
+use store::{BlockingStore, OutboxEntry, OutboxState, SqliteStore, StoreError};
 
 use crate::support::{provisioned, ACCT};
 

@@ -1,4 +1,4 @@
-use store::{ApiKeySpec, DeviceSpec, Store, StoreError, User};
+use store::{ApiKeySpec, BlockingStore, DeviceSpec, StoreError, User};
 
 use crate::support::{open_fresh, provisioned, sample, ACCT, REALM, USER};
 use store::SqliteStore;

@@ -1,4 +1,4 @@
-use store::{SqliteStore, Store};
+use store::{BlockingStore, SqliteStore};
 
 use crate::support::{contains, db_bytes, provisioned, sample, TempDir, ACCT, REALM};
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use store::{Provisioning, SqliteStore, Store};
+use store::{BlockingStore, Provisioning, SqliteStore};
 
 pub const ACCT: &str = "acct_01h2xcejqtf2nbrexx3vqjhp41";
 pub const USER: &str = "user_01h2xcejqtf2nbrexx3vqjhp42";
