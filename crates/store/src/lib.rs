@@ -4,14 +4,17 @@
 //! Everything above this crate talks to the [`Store`] trait, an object-safe, asynchronous
 //! interface (`Arc<dyn Store>`), so that no tokio worker thread ever waits on a database.
 //! [`SqliteStore`] implements the synchronous [`BlockingStore`] on an embedded SQLite database
-//! in WAL mode, and [`StoreThreads`] runs it on dedicated store threads as a [`Store`]. [`open`]
-//! picks the implementation from `store.url`.
+//! in WAL mode, and [`StoreThreads`] runs it on dedicated store threads as a [`Store`].
+//! [`PgStore`] implements [`Store`] directly on PostgreSQL. [`open`] picks the implementation
+//! from `store.url`.
 //!
 //! # Layout
 //!
 //! - [`threads`]: [`StoreThreads`], a [`BlockingStore`] on its own OS threads behind a bounded
 //!   job queue, offered as a [`Store`].
 //! - [`sqlite`]: [`SqliteStore`], the schema and its ordered migrations (run at open).
+//! - [`postgres`]: [`PgStore`], the store on PostgreSQL for several nodes sharing one
+//!   database: an async driver with a connection pool, its own migrations (run at open).
 //! - [`provision`]: the `[[accounts]]`, `[[users]]`, `[[trunks]]`, `[[numbers]]` config tables
 //!   ([`Provisioning`]), their validation into [`ConfigIssue`]s (key path + reason), and the
 //!   [`ProvisionReport`] of an idempotent upsert.
@@ -54,6 +57,7 @@ pub mod calendar;
 pub mod e164;
 pub mod error;
 pub mod model;
+pub mod postgres;
 pub mod provision;
 pub mod secret;
 pub mod sqlite;
@@ -66,6 +70,7 @@ pub use model::{
     IdempotencyRecord, Number, NumberType, OutboxEntry, OutboxState, TimelineEntry, Transport,
     Trunk, UnixMs, UnixSecs, UnknownNumberType, User,
 };
+pub use postgres::PgStore;
 pub use provision::{
     AccountSpec, ApiKeySpec, ConfigIssue, Counts, DeviceSpec, NumberSpec, ProvisionReport,
     Provisioning, TrunkSpec, UserSpec,
@@ -77,14 +82,33 @@ pub use typeid::{TypeId, TypeIdError};
 
 use std::sync::Arc;
 
-/// Opens the store named by `store.url`: `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or
-/// a plain path, run on [`threads::DEFAULT_THREADS`] store threads. `postgres://` and
-/// `postgresql://` are recognised and refused in this build.
+/// Opens the store named by `store.url`: `postgres://USER[:PASS]@HOST[:PORT]/DB` (or
+/// `postgresql://`) opens [`PgStore`]; `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or a
+/// plain path open SQLite, run on [`threads::DEFAULT_THREADS`] store threads. Migrations run
+/// on either. A PostgreSQL database that cannot be reached is
+/// [`StoreError::PostgresUnreachable`], naming `store.url` (password hidden).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if postgres::is_postgres_url(url) {
+        return Ok(Arc::new(PgStore::open(url).await?));
+    }
     let url = url.to_owned();
     let sqlite =
         StoreThreads::start(move || SqliteStore::open(&url), threads::DEFAULT_THREADS).await?;
     Ok(Arc::new(sqlite))
+}
+
+/// Checks the form of a `store.url` without opening anything (`check-config`): the reason,
+/// password hidden, when it names no store this build can open.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if postgres::is_postgres_url(url) {
+        return url
+            .parse::<tokio_postgres::Config>()
+            .map(|_| ())
+            .map_err(|e| format!("{}: {e}", sqlite::redact_url(url)));
+    }
+    sqlite::Location::parse(url)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The store interface used by the registrar, the call logic and the API: asynchronous, so

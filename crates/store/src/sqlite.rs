@@ -235,7 +235,7 @@ impl Location {
 }
 
 /// `postgres://user:password@host/db` with the password replaced by `***`.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -457,7 +457,7 @@ fn load_or_create_pepper(conn: &mut Connection) -> Result<Vec<u8>, StoreError> {
 }
 
 /// Wall-clock time for bookkeeping columns (`applied_at_ms`), never for protocol decisions.
-fn wall_clock_ms() -> i64 {
+pub(crate) fn wall_clock_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -659,14 +659,14 @@ fn insert_error(err: rusqlite::Error, kind: &'static str, id: &str) -> StoreErro
     }
 }
 
-fn not_found(kind: &'static str, id: &str) -> StoreError {
+pub(crate) fn not_found(kind: &'static str, id: &str) -> StoreError {
     StoreError::NotFound {
         kind,
         id: id.to_owned(),
     }
 }
 
-fn validate_account(account: &Account) -> Result<(), StoreError> {
+pub(crate) fn validate_account(account: &Account) -> Result<(), StoreError> {
     let invalid = |field: &'static str, reason: String| StoreError::Invalid { field, reason };
     if account.name.trim().is_empty() {
         return Err(invalid("account.name", "must not be empty".to_owned()));
@@ -700,7 +700,7 @@ fn validate_account(account: &Account) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn validate_user(user: &User) -> Result<(), StoreError> {
+pub(crate) fn validate_user(user: &User) -> Result<(), StoreError> {
     TypeId::parse_with_prefix(&user.id, crate::provision::USER_PREFIX).map_err(|e| {
         StoreError::Invalid {
             field: "user.id",
@@ -732,7 +732,7 @@ fn validate_user(user: &User) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn validate_trunk(trunk: &Trunk) -> Result<(), StoreError> {
+pub(crate) fn validate_trunk(trunk: &Trunk) -> Result<(), StoreError> {
     let spec = TrunkSpec {
         name: trunk.name.clone(),
         account: None,
@@ -756,11 +756,11 @@ fn validate_trunk(trunk: &Trunk) -> Result<(), StoreError> {
 
 // ----- cursor -------------------------------------------------------------------------------
 
-fn encode_cursor(created_at_ms: UnixMs, id: &str) -> String {
+pub(crate) fn encode_cursor(created_at_ms: UnixMs, id: &str) -> String {
     hex::encode(format!("{created_at_ms}.{id}"))
 }
 
-fn decode_cursor(cursor: &str) -> Result<(UnixMs, String), StoreError> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<(UnixMs, String), StoreError> {
     let invalid = || StoreError::Invalid {
         field: "cursor",
         reason: "not a cursor returned by this API".to_owned(),
@@ -1131,7 +1131,7 @@ impl SqliteStore {
     }
 }
 
-fn log_change(change: Change, kind: &str, id: &str) {
+pub(crate) fn log_change(change: Change, kind: &str, id: &str) {
     match change {
         Change::Created => tracing::info!(kind, id, "provisioned: created"),
         Change::Updated => tracing::info!(kind, id, "provisioned: updated"),
