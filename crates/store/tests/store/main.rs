@@ -29,6 +29,7 @@ mod idempotency;
 mod limits;
 mod migrations;
 mod outbox;
+#[path = "../../../../sip-tests/src/pg.rs"]
 mod pg;
 mod postgres;
 mod provisioning;

@@ -9,7 +9,7 @@ use crate::support::{sample, ACCT, REALM};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_database_is_migrated_once_and_reopened_as_it_is() {
-    let url = PgServer::get().fresh_database().await;
+    let url = PgServer::get().fresh_database();
     let a = PgStore::open(&url).await.unwrap();
     assert_eq!(a.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
     a.apply_provisioning(&sample(), REALM).await.unwrap();
@@ -29,7 +29,7 @@ async fn a_fresh_database_is_migrated_once_and_reopened_as_it_is() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_together_migrate_once() {
-    let url = PgServer::get().fresh_database().await;
+    let url = PgServer::get().fresh_database();
     let opens = (0..4).map(|_| {
         let url = url.clone();
         tokio::spawn(async move { PgStore::open(&url).await })

@@ -151,7 +151,7 @@ pub async fn store_fresh() -> (Db, Arc<dyn Store>) {
             (Db { _dir: Some(dir) }, Arc::new(store))
         }
         Backend::Postgres => {
-            let url = crate::pg::PgServer::get().fresh_database().await;
+            let url = crate::pg::PgServer::get().fresh_database();
             let store = store::open(&url).await.unwrap();
             (Db { _dir: None }, store)
         }

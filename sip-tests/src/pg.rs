@@ -1,8 +1,11 @@
 //! A real PostgreSQL server for the tests, from the Debian `postgresql` package: `initdb`
 //! into a temporary directory and `pg_ctl` on a free loopback port, as the `postgres` user
 //! when the tests run as root (PostgreSQL refuses to run as root). One server per test
-//! process; each test gets a database of its own. A watcher process stops the server and
-//! removes its directory when the test process is gone.
+//! process; each test gets a database of its own (`createdb`). A watcher process stops the
+//! server and removes its directory when the test process is gone.
+//!
+//! Shared by the store's test suite (`crates/store/tests/store`, which includes this file)
+//! and the black-box tests here. Synchronous and free of crate dependencies for that reason.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,9 +39,16 @@ fn tool(name: &str) -> PathBuf {
     }
 }
 
+/// Whether this process runs as root (its effective uid, from `/proc/self/status`).
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
 }
 
 /// Runs `cmd` as the `postgres` user when we are root.
@@ -162,29 +172,24 @@ impl PgServer {
         PgServer { port }
     }
 
-    /// The URL of the server's maintenance database.
-    pub fn admin_url(&self) -> String {
-        format!("postgres://dialbridge@127.0.0.1:{}/postgres", self.port)
-    }
-
     /// A fresh, empty database; its URL.
-    pub async fn fresh_database(&self) -> String {
+    pub fn fresh_database(&self) -> String {
         static N: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "t_{}_{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let (client, conn) = tokio_postgres::connect(&self.admin_url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test server");
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        drop(client);
-        let _ = task.await;
+        let port = self.port.to_string();
+        let out = Command::new(tool("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "dialbridge", &name])
+            .output()
+            .expect("createdb runs");
+        assert!(
+            out.status.success(),
+            "createdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         format!("postgres://dialbridge@127.0.0.1:{}/{name}", self.port)
     }
 }
