@@ -22,6 +22,12 @@
 //! ([`Registrar::is_registered_source`]) so that registered phones are exempt from the
 //! per-source refusal budget. That memory starts empty at start-up: a phone counts as
 //! registered again from its next refresh.
+//!
+//! Device credentials (the HA1 values, or that no such device exists) are kept in memory
+//! for [`CREDENTIALS_TTL`] and dropped as soon as the store says its devices may have changed
+//! ([`store::Store::credentials_generation`]): a refresh costs no credential read, and a
+//! changed or deleted device is seen at its next REGISTER. A change made by another node
+//! sharing the store is seen within [`CREDENTIALS_TTL`].
 
 use sip_core::auth::{
     parse_authorization, Algorithm, Authorization, DigestServer, DigestServerConfig, Verdict,
@@ -33,7 +39,19 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use store::{Binding, Store};
+use store::{Binding, Device, Store};
+
+/// How long a device's credentials read from the store are trusted at most.
+pub const CREDENTIALS_TTL: Duration = Duration::from_secs(30);
+/// Devices whose credentials are kept at most (the cache starts over past it).
+const CREDENTIALS_CAPACITY: usize = 100_000;
+
+/// A device's credentials as last read (or that it does not exist).
+struct CachedDevice {
+    device: Option<Device>,
+    generation: u64,
+    read_at: std::time::Instant,
+}
 
 /// Registrar settings.
 #[derive(Debug, Clone)]
@@ -198,6 +216,8 @@ pub struct Registrar {
     conns: Mutex<HashMap<(String, String), ConnId>>,
     /// Source addresses of live bindings -> when the last of them expires (unix seconds).
     sources: Mutex<HashMap<IpAddr, u64>>,
+    /// Device username -> its credentials as last read.
+    credentials: Mutex<HashMap<String, CachedDevice>>,
     pub stats: RegistrarStats,
 }
 
@@ -239,12 +259,47 @@ impl Registrar {
             digest: Mutex::new(digest),
             conns: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
             stats: RegistrarStats::default(),
         })
     }
 
     pub fn realm(&self) -> &str {
         &self.cfg.realm
+    }
+
+    /// A device's credentials: from memory while the store says nothing changed and they
+    /// are younger than [`CREDENTIALS_TTL`], else read again.
+    async fn device(&self, username: &str) -> Result<Option<Device>, store::StoreError> {
+        // Read before the lookup: a change that lands meanwhile makes the entry stale.
+        let generation = self.store.credentials_generation();
+        let now = std::time::Instant::now();
+        if let Ok(c) = self.credentials.lock() {
+            if let Some(e) = c.get(username) {
+                if e.generation == generation && now.duration_since(e.read_at) < CREDENTIALS_TTL {
+                    return Ok(e.device.clone());
+                }
+            }
+        }
+        let device = self.store.device_by_username(username).await?;
+        if let Ok(mut c) = self.credentials.lock() {
+            if c.len() >= CREDENTIALS_CAPACITY
+                || c.values()
+                    .next()
+                    .is_some_and(|e| e.generation != generation)
+            {
+                c.clear();
+            }
+            c.insert(
+                username.to_string(),
+                CachedDevice {
+                    device: device.clone(),
+                    generation,
+                    read_at: now,
+                },
+            );
+        }
+        Ok(device)
     }
 
     /// The TCP connection a device's contact registered over, if it is still known.
@@ -361,7 +416,7 @@ impl Registrar {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return quick(Self::reply(req, 403).with_reason("Too many failed attempts"));
         }
-        let device = match self.store.device_by_username(&username).await {
+        let device = match self.device(&username).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "store lookup failed");
@@ -909,6 +964,58 @@ mod tests {
             reg.store.sweep_expired((now + 1000) as i64).await.unwrap(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn credentials_are_read_once_and_a_password_change_or_deletion_is_seen_at_once() {
+        let reg = registrar();
+        let now = 1_700_000_000;
+        let ok = authed(
+            &reg,
+            1,
+            "<sip:alice@10.0.0.5>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        )
+        .await;
+        assert_eq!(ok.response.status, 200);
+        let generation = reg.store.credentials_generation();
+        assert!(reg.credentials.lock().unwrap().contains_key("alice-desk"));
+        // A refresh is authenticated from memory: the same entry serves it.
+        let ok = authed(
+            &reg,
+            3,
+            "<sip:alice@10.0.0.5>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        )
+        .await;
+        assert_eq!(ok.response.status, 200);
+        assert_eq!(reg.credentials.lock().unwrap().len(), 1);
+        // A new password through the store: the old one no longer works, the new one does.
+        reg.store
+            .set_device_password("alice-desk", &store::Secret::new("n3w-pass"), REALM)
+            .await
+            .unwrap();
+        assert!(reg.store.credentials_generation() > generation);
+        let old = authed(
+            &reg,
+            5,
+            "<sip:alice@10.0.0.5>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        )
+        .await;
+        assert_eq!(old.response.status, 401);
+        let new = authed(&reg, 7, "<sip:alice@10.0.0.5>", Some(600), "n3w-pass", now).await;
+        assert_eq!(new.response.status, 200);
+        // A deleted device is refused at its next REGISTER.
+        assert!(reg.store.delete_device("alice-desk").await.unwrap());
+        let gone = authed(&reg, 9, "<sip:alice@10.0.0.5>", Some(600), "n3w-pass", now).await;
+        assert_eq!(gone.response.status, 401);
     }
 
     #[tokio::test]

@@ -120,6 +120,14 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// `Ok(false)` as documented.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// A number that changes whenever this store's devices may have changed (provisioning,
+    /// a device or user created, changed or deleted through it): what a cache of device
+    /// credentials compares to know it is stale. Read it before the lookup whose result is
+    /// cached. Writes made by another node are not seen here: a cache also needs a lifetime.
+    fn credentials_generation(&self) -> u64 {
+        0
+    }
+
     // ----- provisioning -------------------------------------------------------------------
 
     /// Validates `prov` and upserts it in one transaction. `realm` is the digest realm

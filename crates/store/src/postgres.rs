@@ -210,6 +210,8 @@ pub struct PgStore {
     pepper: Vec<u8>,
     /// `store.url` with its password replaced by `***`.
     url: String,
+    /// [`Store::credentials_generation`].
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -270,6 +272,7 @@ impl PgStore {
             pool,
             pepper,
             url: shown,
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -1164,28 +1167,37 @@ impl PgStore {
 
 #[async_trait::async_trait]
 impl Store for PgStore {
+    fn credentials_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
     async fn apply_provisioning(
         &self,
         prov: &Provisioning,
         realm: &str,
     ) -> Result<ProvisionReport, StoreError> {
-        prov.validate().map_err(StoreError::InvalidProvisioning)?;
-        if realm.is_empty() {
-            return Err(StoreError::Invalid {
-                field: "realm",
-                reason: "must not be empty".to_owned(),
-            });
+        let r = async {
+            prov.validate().map_err(StoreError::InvalidProvisioning)?;
+            if realm.is_empty() {
+                return Err(StoreError::Invalid {
+                    field: "realm",
+                    reason: "must not be empty".to_owned(),
+                });
+            }
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            let mut report = ProvisionReport::default();
+            self.provision_accounts(&tx, prov, &mut report).await?;
+            PgStore::provision_users(&tx, prov, realm, &mut report).await?;
+            PgStore::provision_trunks(&tx, prov, &mut report).await?;
+            PgStore::provision_numbers(&tx, prov, &mut report).await?;
+            tx.commit().await?;
+            tracing::info!(%report, "provisioning applied");
+            Ok(report)
         }
-        let mut c = self.client().await?;
-        let tx = c.transaction().await?;
-        let mut report = ProvisionReport::default();
-        self.provision_accounts(&tx, prov, &mut report).await?;
-        PgStore::provision_users(&tx, prov, realm, &mut report).await?;
-        PgStore::provision_trunks(&tx, prov, &mut report).await?;
-        PgStore::provision_numbers(&tx, prov, &mut report).await?;
-        tx.commit().await?;
-        tracing::info!(%report, "provisioning applied");
-        Ok(report)
+        .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     // ----- accounts -----------------------------------------------------------------------
@@ -1423,14 +1435,20 @@ impl Store for PgStore {
     }
 
     async fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        let n = exec(
-            &c,
-            "DELETE FROM users WHERE id = $1 AND account_id = $2",
-            &[&id, &account_id],
-        )
-        .await?;
-        Ok(n > 0)
+        let r = async {
+            let c = self.client().await?;
+            let n = exec(
+                &c,
+                "DELETE FROM users WHERE id = $1 AND account_id = $2",
+                &[&id, &account_id],
+            )
+            .await?;
+            Ok(n > 0)
+        }
+        .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     // ----- devices ------------------------------------------------------------------------
@@ -1467,48 +1485,54 @@ impl Store for PgStore {
         password: &Secret,
         realm: &str,
     ) -> Result<Device, StoreError> {
-        if !crate::provision::is_sip_username(username) {
-            return Err(StoreError::Invalid {
-                field: "device.username",
-                reason: format!("{username:?} is not a valid SIP username"),
-            });
-        }
-        if password.is_empty() {
-            return Err(StoreError::Invalid {
-                field: "device.password",
-                reason: "must not be empty".to_owned(),
-            });
-        }
-        let device = Device {
-            id: TypeId::new(DEVICE_PREFIX).to_string(),
-            user_id: user_id.to_owned(),
-            username: username.to_owned(),
-            realm: realm.to_owned(),
-            ha1_md5: ha1_md5(username, realm, password),
-            ha1_sha256: ha1_sha256(username, realm, password),
-        };
-        let c = self.client().await?;
-        exec(
-            &c,
-            &format!("INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
-            &[
-                &device.id,
-                &device.user_id,
-                &device.username,
-                &device.realm,
-                &device.ha1_md5.expose(),
-                &device.ha1_sha256.expose(),
-            ],
-        )
-        .await
-        .map_err(|e| {
-            if code_is(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                not_found("user", user_id)
-            } else {
-                insert_error(e, "device", username)
+        let r = async {
+            if !crate::provision::is_sip_username(username) {
+                return Err(StoreError::Invalid {
+                    field: "device.username",
+                    reason: format!("{username:?} is not a valid SIP username"),
+                });
             }
-        })?;
-        Ok(device)
+            if password.is_empty() {
+                return Err(StoreError::Invalid {
+                    field: "device.password",
+                    reason: "must not be empty".to_owned(),
+                });
+            }
+            let device = Device {
+                id: TypeId::new(DEVICE_PREFIX).to_string(),
+                user_id: user_id.to_owned(),
+                username: username.to_owned(),
+                realm: realm.to_owned(),
+                ha1_md5: ha1_md5(username, realm, password),
+                ha1_sha256: ha1_sha256(username, realm, password),
+            };
+            let c = self.client().await?;
+            exec(
+                &c,
+                &format!("INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
+                &[
+                    &device.id,
+                    &device.user_id,
+                    &device.username,
+                    &device.realm,
+                    &device.ha1_md5.expose(),
+                    &device.ha1_sha256.expose(),
+                ],
+            )
+            .await
+            .map_err(|e| {
+                if code_is(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
+                    not_found("user", user_id)
+                } else {
+                    insert_error(e, "device", username)
+                }
+            })?;
+            Ok(device)
+        }
+        .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     async fn set_device_password(
@@ -1517,38 +1541,50 @@ impl Store for PgStore {
         password: &Secret,
         realm: &str,
     ) -> Result<Device, StoreError> {
-        if password.is_empty() {
-            return Err(StoreError::Invalid {
-                field: "device.password",
-                reason: "must not be empty".to_owned(),
-            });
+        let r = async {
+            if password.is_empty() {
+                return Err(StoreError::Invalid {
+                    field: "device.password",
+                    reason: "must not be empty".to_owned(),
+                });
+            }
+            let md5 = ha1_md5(username, realm, password);
+            let sha = ha1_sha256(username, realm, password);
+            let c = self.client().await?;
+            let n = exec(
+                &c,
+                "UPDATE devices SET realm = $2, ha1_md5 = $3, ha1_sha256 = $4 WHERE username = $1",
+                &[&username, &realm, &md5.expose(), &sha.expose()],
+            )
+            .await?;
+            if n == 0 {
+                return Err(not_found("device", username));
+            }
+            query_opt(
+                &c,
+                &format!("SELECT {DEVICE_COLS} FROM devices WHERE username = $1"),
+                &[&username],
+            )
+            .await?
+            .map(|r| device_from_row(&r))
+            .transpose()?
+            .ok_or_else(|| not_found("device", username))
         }
-        let md5 = ha1_md5(username, realm, password);
-        let sha = ha1_sha256(username, realm, password);
-        let c = self.client().await?;
-        let n = exec(
-            &c,
-            "UPDATE devices SET realm = $2, ha1_md5 = $3, ha1_sha256 = $4 WHERE username = $1",
-            &[&username, &realm, &md5.expose(), &sha.expose()],
-        )
-        .await?;
-        if n == 0 {
-            return Err(not_found("device", username));
-        }
-        query_opt(
-            &c,
-            &format!("SELECT {DEVICE_COLS} FROM devices WHERE username = $1"),
-            &[&username],
-        )
-        .await?
-        .map(|r| device_from_row(&r))
-        .transpose()?
-        .ok_or_else(|| not_found("device", username))
+        .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     async fn delete_device(&self, username: &str) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        Ok(exec(&c, "DELETE FROM devices WHERE username = $1", &[&username]).await? > 0)
+        let r = async {
+            let c = self.client().await?;
+            Ok(exec(&c, "DELETE FROM devices WHERE username = $1", &[&username]).await? > 0)
+        }
+        .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     // ----- numbers ------------------------------------------------------------------------
