@@ -34,6 +34,11 @@ pub enum StoreError {
     /// the store (e.g. an extension held by a user created through the API).
     #[error("provisioning conflicts with the store at {key}: {reason}")]
     ProvisioningConflict { key: String, reason: String },
+    /// Another process holds a live lease with this node id (`[node] id` must be unique).
+    #[error(
+        "node.id {id:?} is in use by another running node (its lease holds until {until_ms} ms)"
+    )]
+    NodeIdInUse { id: String, until_ms: i64 },
     /// A thread panicked while holding the database connection.
     #[error("store connection lock poisoned")]
     Poisoned,

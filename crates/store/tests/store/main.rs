@@ -28,6 +28,7 @@ mod crud;
 mod idempotency;
 mod limits;
 mod migrations;
+mod nodes;
 mod outbox;
 #[path = "../../../../sip-tests/src/pg.rs"]
 mod pg;
