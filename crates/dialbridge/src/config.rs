@@ -110,6 +110,9 @@ pub struct RegistrarConfig {
     /// User-Agent prefixes challenged with MD5 only (UAs that give up on an unknown
     /// algorithm instead of using MD5).
     pub md5_only_user_agents: Vec<String>,
+    /// Shared by nodes so that each accepts the digest challenges of the others (at least
+    /// 16 characters; never logged). Default: a random key per run.
+    pub nonce_secret: Option<store::Secret>,
 }
 
 impl Default for RegistrarConfig {
@@ -124,6 +127,7 @@ impl Default for RegistrarConfig {
             auth_lockout_secs: 300,
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
             md5_only_user_agents: vec!["baresip".into(), "libre".into(), "twinkle".into()],
+            nonce_secret: None,
         }
     }
 }
@@ -633,6 +637,17 @@ impl Config {
         if self.hep.queue == 0 {
             errors.push(err("hep.queue", "must be at least 1"));
         }
+        if self
+            .registrar
+            .nonce_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().chars().count() < 16)
+        {
+            errors.push(err(
+                "registrar.nonce_secret",
+                "must be at least 16 characters",
+            ));
+        }
         if let Err(reason) = store::check_url(&self.store.url) {
             errors.push(err("store.url", reason));
         }
@@ -828,6 +843,20 @@ webhook_secret = "whsec_test_1"
             .collect();
         assert_eq!(keys, ["hep.addr", "hep.queue"]);
         assert!(Config::parse("[hep]\nadress = \"udp:h:1\"\n").is_err());
+    }
+
+    #[test]
+    fn nonce_secret_is_checked_and_not_printed() {
+        let c =
+            Config::parse("[registrar]\nnonce_secret = \"cluster-secret-0123456789\"\n").unwrap();
+        assert!(c.validate().is_ok());
+        assert!(!format!("{c:?}").contains("cluster-secret"));
+        let errors = Config::parse("[registrar]\nnonce_secret = \"short\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(errors[0].key, "registrar.nonce_secret");
+        assert!(!errors[0].to_string().contains("short\""));
     }
 
     #[test]

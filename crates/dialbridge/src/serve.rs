@@ -199,6 +199,7 @@ pub async fn serve_until(
                 .filter_map(|a| sip_core::auth::Algorithm::from_token(a))
                 .collect(),
             md5_only_user_agents: r.md5_only_user_agents.clone(),
+            nonce_secret: r.nonce_secret.clone(),
         },
         Arc::clone(&store),
     )?);
