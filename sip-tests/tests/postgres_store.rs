@@ -166,3 +166,52 @@ fn a_killed_nodes_live_call_is_ended_by_the_other_node() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     drop((desk, carrier));
 }
+
+/// PostgreSQL goes away while a call is live and comes back: the call goes on, its events
+/// wait in memory and are written when the database is back, and it ends `completed` with
+/// every callback delivered once, in order.
+#[test]
+fn the_database_goes_away_mid_call_and_nothing_is_lost() {
+    let pg = PgServer::own();
+    let url = pg.fresh_database();
+    let f = fixture_with(0, &format!("[store]\nurl = \"{url}\"\n"));
+    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
+    let carrier = f.carrier("carrier_answer_hangup.xml", &["-d", "6000"]);
+    let id = f.place(serde_json::json!({
+        "user_id": USER, "dial_string": "+14155550100", "callback_url": f.receiver.url("/hook"),
+    }));
+    assert!(
+        f.receiver
+            .wait_status("in-progress", Duration::from_secs(30)),
+        "{:?}",
+        f.receiver.accepted()
+    );
+    pg.stop();
+    // The carrier hangs up while the database is away.
+    assert_eq!(carrier.wait(Duration::from_secs(30)).code, 0);
+    let d = desk.wait(Duration::from_secs(30));
+    assert_eq!(d.code, 0, "agent must get a BYE: {}", d.output);
+    pg.start_again();
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+    let cb = final_callback(&f.receiver, "completed");
+    assert_eq!(cb["call_id"], id.as_str());
+    let seqs: Vec<i64> = f
+        .receiver
+        .accepted()
+        .iter()
+        .filter(|b| b["call_id"] == id.as_str())
+        .map(|b| b["sequence"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "{seqs:?}"
+    );
+    assert!(
+        f.server
+            .log_text()
+            .contains("the store refuses writes; call events wait in memory"),
+        "the outage was seen"
+    );
+}
