@@ -106,6 +106,18 @@ impl Drop for JournalWriter {
 
 use state::{Shared, BODY_LIMIT};
 
+/// Ends the live calls of another node whose lease lapsed (see [`Api::takeover`]).
+#[derive(Clone)]
+pub struct Takeover(Arc<Shared>);
+
+impl Takeover {
+    /// Ends the node's live calls: `failed`, with a reason that names the node, and their
+    /// final callbacks (delivered by this node's dispatcher). Returns how many.
+    pub async fn end_calls_of(&self, node_id: &str) -> Result<usize, store::StoreError> {
+        journal::end_calls_of_lost_node(&self.0, node_id).await
+    }
+}
+
 /// The REST API of one dialbridge node.
 pub struct Api {
     shared: Arc<Shared>,
@@ -158,6 +170,11 @@ impl Api {
     /// their final callback); run before taking calls. Returns how many.
     pub async fn recover_interrupted(&self) -> Result<usize, store::StoreError> {
         journal::recover_interrupted(&self.shared).await
+    }
+
+    /// What ends the calls of a lost node, for the binary's lease keeper.
+    pub fn takeover(&self) -> Takeover {
+        Takeover(Arc::clone(&self.shared))
     }
 
     /// Starts the journal's writer thread, which writes call events to the store in batches

@@ -73,6 +73,9 @@ pub struct RegistrarConfig {
     /// challenge names an algorithm it does not know, instead of using the one it knows
     /// (baresip 1.0 / libre 1.1 answer "Function not implemented"; Twinkle 1.10 reads only the last challenge and knows only MD5).
     pub md5_only_user_agents: Vec<String>,
+    /// `registrar.nonce_secret`: registrars (nodes) sharing it accept each other's digest
+    /// challenges. `None`: a random key per run, whose nonces die with it.
+    pub nonce_secret: Option<store::Secret>,
 }
 
 impl Default for RegistrarConfig {
@@ -86,6 +89,7 @@ impl Default for RegistrarConfig {
             guard: GuardConfig::default(),
             algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
             md5_only_user_agents: vec!["baresip".into(), "libre".into(), "twinkle".into()],
+            nonce_secret: None,
         }
     }
 }
@@ -247,11 +251,17 @@ pub enum RegistrarError {
 
 impl Registrar {
     pub fn new(cfg: RegistrarConfig, store: Arc<dyn Store>) -> Result<Registrar, RegistrarError> {
-        let digest = DigestServer::with_random_key(DigestServerConfig {
+        let digest_cfg = DigestServerConfig {
             nonce_lifetime_secs: cfg.nonce_lifetime_secs,
             algorithms: cfg.algorithms.clone(),
             ..Default::default()
-        })?;
+        };
+        let digest = match &cfg.nonce_secret {
+            // The nonce key is derived from the shared secret, so every node computes the
+            // same one; nonce counts (replay protection) stay per node.
+            Some(secret) => DigestServer::new(nonce_key(secret), digest_cfg)?,
+            None => DigestServer::with_random_key(digest_cfg)?,
+        };
         Ok(Registrar {
             guard: Mutex::new(AuthGuard::new(cfg.guard)),
             cfg,
@@ -683,6 +693,15 @@ impl Registrar {
     }
 }
 
+/// The nonce key of `registrar.nonce_secret`: SHA-256 of a label and the secret.
+fn nonce_key(secret: &store::Secret) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"dialbridge registrar nonce key\0");
+    h.update(secret.expose().as_bytes());
+    h.finalize().into()
+}
+
 /// A binding's contact as stored: the URI alone (header parameters dropped).
 fn contact_key(a: &NameAddr) -> String {
     a.uri.to_string()
@@ -890,6 +909,47 @@ mod tests {
 
     fn registrar() -> Registrar {
         Registrar::new(RegistrarConfig::default(), store_with_alice()).unwrap()
+    }
+
+    /// A challenge issued by one node verifies on another that shares
+    /// `registrar.nonce_secret`, and not on one with another secret (or none).
+    #[tokio::test]
+    async fn a_shared_nonce_secret_lets_another_node_verify_the_challenge() {
+        let with = |secret: Option<&str>| {
+            let cfg = RegistrarConfig {
+                nonce_secret: secret.map(store::Secret::from),
+                ..RegistrarConfig::default()
+            };
+            Registrar::new(cfg, store_with_alice()).unwrap()
+        };
+        let a = with(Some("cluster-secret-0123456789"));
+        let b = with(Some("cluster-secret-0123456789"));
+        let other = with(Some("another-secret-0123456789"));
+        let none = with(None);
+        let now = 1_700_000_000;
+        let contact = "<sip:alice@10.0.0.5:5060>";
+        let first = a
+            .handle(&register(1, contact, Some(600), None), &flow(), now)
+            .await;
+        assert_eq!(first.response.status, 401);
+        let challenges: Vec<String> = first
+            .response
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|v| v.to_str().into_owned())
+            .collect();
+        let refs: Vec<&str> = challenges.iter().map(String::as_str).collect();
+        let answer = |cseq: u32| {
+            let mut client = DigestClient::new("alice-desk", "s3cret-desk");
+            let value = client
+                .answer(&refs, "REGISTER", &format!("sip:{REALM}"), b"")
+                .unwrap();
+            register(cseq, contact, Some(600), Some(value))
+        };
+        for (reg, status) in [(&other, 401), (&none, 401), (&b, 200)] {
+            let d = reg.handle(&answer(2), &flow(), now + 1).await;
+            assert_eq!(d.response.status, status);
+        }
     }
 
     #[tokio::test]

@@ -490,6 +490,42 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
         self.run(move |s| s.unfinished_calls()).await
     }
+    async fn unfinished_calls_of(
+        &self,
+        node_id: &str,
+        with_unowned: bool,
+    ) -> Result<Vec<CallRecord>, StoreError> {
+        let node_id = node_id.to_owned();
+        self.run(move |s| s.unfinished_calls_of(&node_id, with_unowned))
+            .await
+    }
+    async fn acquire_node_lease(
+        &self,
+        lease: &NodeLease,
+        now: UnixMs,
+        stale_until: Option<UnixMs>,
+    ) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        self.run(move |s| s.acquire_node_lease(&lease, now, stale_until))
+            .await
+    }
+    async fn renew_node_lease(&self, lease: &NodeLease) -> Result<bool, StoreError> {
+        let lease = lease.clone();
+        self.run(move |s| s.renew_node_lease(&lease)).await
+    }
+    async fn claim_lapsed_nodes(
+        &self,
+        by: &str,
+        now: UnixMs,
+    ) -> Result<Vec<NodeLease>, StoreError> {
+        let by = by.to_owned();
+        self.run(move |s| s.claim_lapsed_nodes(&by, now)).await
+    }
+    async fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError> {
+        let (node_id, instance) = (node_id.to_owned(), instance.to_owned());
+        self.run(move |s| s.release_node_lease(&node_id, &instance))
+            .await
+    }
     async fn probe_write(&self, now: UnixMs) -> Result<(), StoreError> {
         self.run(move |s| s.probe_write(now)).await
     }
