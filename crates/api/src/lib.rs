@@ -47,6 +47,8 @@
 
 pub mod callbacks;
 pub mod conn;
+pub mod contract;
+pub mod document;
 pub mod error;
 pub mod events;
 pub mod hooks;
@@ -56,6 +58,7 @@ pub mod limits;
 pub mod metrics;
 pub mod place;
 pub mod routes;
+pub mod schemas;
 pub mod state;
 pub mod time;
 pub mod views;
@@ -246,6 +249,11 @@ impl Api {
             .route("/openapi.json", get(meta::openapi))
             .fallback(http::not_found)
             .method_not_allowed_fallback(http::method_not_allowed)
+            // Inside the body limit, so that it reads bodies under it.
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                contract::enforce,
+            ))
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .layer(axum::middleware::from_fn_with_state(
                 self.shared.clone(),

@@ -213,3 +213,20 @@ async fn secrets_never_reach_the_logs() {
     }
     s.stop().await;
 }
+
+/// `docs/openapi.json` is the document the server serves. When it is stale this test writes
+/// the current one and fails, so that the new document is committed with the change.
+#[test]
+fn published_openapi_document_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    let mut current = serde_json::to_string_pretty(api::document::document()).unwrap();
+    current.push('\n');
+    let published = std::fs::read_to_string(&path).unwrap_or_default();
+    if published != current {
+        std::fs::write(&path, &current).unwrap();
+        panic!(
+            "docs/openapi.json was stale and has been regenerated from the code: commit it ({})",
+            path.display()
+        );
+    }
+}
