@@ -314,6 +314,19 @@ pub fn complete(doc: &mut Value) {
     });
     comps["schemas"]["CreateTrunk"]["dependentRequired"] =
         json!({"username": ["password"], "password": ["username"]});
+    let retry_after = json!({"Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "required": true,
+        "schema": {"type": "integer", "minimum": 1}
+    }});
+    doc["paths"]["/healthz"]["get"]["responses"]["503"]["headers"] = retry_after;
+    doc["paths"]["/v1/calls"]["post"]["responses"]["202"]["headers"] = json!({
+        "Idempotent-Replayed": {
+            "description": "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key` and body",
+            "required": false,
+            "schema": {"type": "string", "enum": ["true"]}
+        }
+    });
     let snapshot = doc.clone();
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
@@ -376,4 +389,221 @@ pub fn complete(doc: &mut Value) {
             }
         }
     }
+}
+
+/// A short description of a schema: its type, reference or constraints.
+fn summary(s: &Value) -> String {
+    if let Some(r) = s["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap_or(r);
+        return format!("[{name}](#{})", name.to_ascii_lowercase());
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = s[key].as_array() {
+            return options.iter().map(summary).collect::<Vec<_>>().join(" or ");
+        }
+    }
+    if let Some(all) = s["allOf"].as_array() {
+        return all.first().map(summary).unwrap_or_default();
+    }
+    let mut out = match &s["type"] {
+        Value::String(t) => t.clone(),
+        Value::Array(ts) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ => "any".to_owned(),
+    };
+    if s["type"] == "array"
+        || s["type"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("array")))
+    {
+        out = format!("array of {}", summary(&s["items"]));
+    }
+    let mut facts = Vec::new();
+    if let Some(values) = s["enum"].as_array() {
+        let listed: Vec<String> = values
+            .iter()
+            .map(|v| {
+                format!(
+                    "`{}`",
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string())
+                )
+            })
+            .collect();
+        facts.push(if listed.len() > 16 {
+            format!("one of {} values (see the JSON document)", listed.len())
+        } else {
+            format!("one of {}", listed.join(", "))
+        });
+    }
+    if let Some(p) = s["pattern"].as_str() {
+        let long = p.chars().count() > 80;
+        facts.push(if long {
+            "pattern: see the JSON document".to_owned()
+        } else {
+            format!("pattern `{p}`")
+        });
+    }
+    for (k, word) in [
+        ("minLength", "min length"),
+        ("maxLength", "max length"),
+        ("minimum", "min"),
+        ("maximum", "max"),
+        ("exclusiveMinimum", "above"),
+        ("minItems", "min items"),
+        ("maxItems", "max items"),
+    ] {
+        if let Some(v) = s.get(k) {
+            facts.push(format!("{word} {v}"));
+        }
+    }
+    if !facts.is_empty() {
+        out = format!("{out}; {}", facts.join("; "));
+    }
+    out
+}
+
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+/// The document rendered as Markdown (`docs/api.md`): operations with their parameters,
+/// bodies, answers and error codes, then the schemas. Generated with `docs/openapi.json`.
+pub fn markdown(doc: &Value) -> String {
+    let mut md = String::new();
+    md.push_str("# dialbridge REST API\n\n");
+    md.push_str("<!-- Generated from the code with docs/openapi.json by the test `published_openapi_document_is_current` (crates/api/tests/api/meta.rs); do not edit. -->\n\n");
+    md.push_str(&format!(
+        "{}\n\nThe machine-readable document is [`openapi.json`](openapi.json) (OpenAPI {}), also served at `GET /openapi.json`. \
+         Every request is checked against it before it is handled: a request that breaks it is answered `400` with the field named.\n\n",
+        doc["info"]["description"].as_str().unwrap_or(""),
+        doc["openapi"].as_str().unwrap_or("3")
+    ));
+    md.push_str("## Authentication\n\n| Scheme | How |\n|---|---|\n");
+    for (name, s) in doc["components"]["securitySchemes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        md.push_str(&format!(
+            "| `{name}` | {} |\n",
+            cell(s["description"].as_str().unwrap_or(""))
+        ));
+    }
+    md.push_str("\n## Operations\n\n");
+    let methods = ["get", "post", "patch", "put", "delete"];
+    for (route, item) in doc["paths"].as_object().into_iter().flatten() {
+        for m in methods {
+            let Some(op) = item.get(m) else { continue };
+            md.push_str(&format!("### `{} {route}`\n\n", m.to_ascii_uppercase()));
+            if let Some(d) = op["description"].as_str().or(op["summary"].as_str()) {
+                md.push_str(&format!("{d}\n\n"));
+            }
+            let security: Vec<String> = op["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object)
+                .flat_map(|o| o.keys().map(|k| format!("`{k}`")))
+                .collect();
+            if !security.is_empty() {
+                md.push_str(&format!("Authentication: {}\n\n", security.join(", ")));
+            }
+            if let Some(params) = op["parameters"].as_array().filter(|p| !p.is_empty()) {
+                md.push_str(
+                    "| Parameter | In | Required | Schema | Description |\n|---|---|---|---|---|\n",
+                );
+                for p in params {
+                    md.push_str(&format!(
+                        "| `{}` | {} | {} | {} | {} |\n",
+                        p["name"].as_str().unwrap_or(""),
+                        p["in"].as_str().unwrap_or(""),
+                        if p["required"] == true { "yes" } else { "no" },
+                        cell(&summary(&p["schema"])),
+                        cell(p["description"].as_str().unwrap_or("")),
+                    ));
+                }
+                md.push('\n');
+            }
+            if let Some(body) = op["requestBody"]["content"]["application/json"].get("schema") {
+                md.push_str(&format!("Body (`application/json`): {}\n\n", summary(body)));
+            }
+            md.push_str("| Status | Answer |\n|---|---|\n");
+            for (status, r) in op["responses"].as_object().into_iter().flatten() {
+                let mut text = cell(r["description"].as_str().unwrap_or(""));
+                if let Some(h) = r["headers"].as_object() {
+                    let names: Vec<String> = h.keys().map(|k| format!("`{k}`")).collect();
+                    text.push_str(&format!(" (headers: {})", names.join(", ")));
+                }
+                md.push_str(&format!("| {status} | {text} |\n"));
+            }
+            md.push('\n');
+        }
+    }
+    md.push_str("## Schemas\n\n");
+    for (name, s) in doc["components"]["schemas"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        md.push_str(&format!("### {name}\n\n"));
+        if let Some(d) = s["description"].as_str() {
+            md.push_str(&format!("{d}\n\n"));
+        }
+        match s["properties"].as_object() {
+            Some(props) => {
+                let required: Vec<&str> = s["required"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                md.push_str("| Field | Required | Schema | Description |\n|---|---|---|---|\n");
+                for (field, p) in props {
+                    let desc = p["description"]
+                        .as_str()
+                        .or_else(|| {
+                            p["oneOf"]
+                                .as_array()
+                                .and_then(|o| o.iter().find_map(|x| x["description"].as_str()))
+                        })
+                        .unwrap_or("");
+                    md.push_str(&format!(
+                        "| `{field}` | {} | {} | {} |\n",
+                        if required.contains(&field.as_str()) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        cell(&summary(p)),
+                        cell(desc),
+                    ));
+                }
+                if s["additionalProperties"] == false {
+                    md.push_str("\nNo other fields are accepted.\n");
+                }
+                if let Some(deps) = s["dependentRequired"].as_object() {
+                    for (k, v) in deps {
+                        md.push_str(&format!(
+                            "\n`{k}` requires {}.\n",
+                            v.as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(Value::as_str)
+                                .map(|x| format!("`{x}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                    }
+                }
+                md.push('\n');
+            }
+            None => md.push_str(&format!("{}\n\n", summary(s))),
+        }
+    }
+    md
 }

@@ -17,6 +17,11 @@
 //! - [`http`]: auth extractors (Bearer, `key:secret`), JSON body / query extractors with the
 //!   API's error answers, request ids and the access log (path only, never the query).
 //! - [`error`]: [`ApiError`], the one mapping of errors to status codes and JSON bodies.
+//! - [`contract`]: the layer that authenticates each request and checks it against the
+//!   OpenAPI document before any handler (400 naming the field).
+//! - [`document`]: the OpenAPI document as served (the handlers' annotations, completed with
+//!   the security schemes and each operation's error answers and codes) and its Markdown view.
+//! - [`schemas`]: the named value types of the document (TypeIDs, E.164, names, enums).
 //! - [`place`]: the call path shared by all three API shapes (dial plan, guards, caller ID,
 //!   limits, call record, hand-over to the engine).
 //! - [`routes`]: handlers — `calls` (native), `lookup` (number lookup), `admin` (the

@@ -214,19 +214,28 @@ async fn secrets_never_reach_the_logs() {
     s.stop().await;
 }
 
-/// `docs/openapi.json` is the document the server serves. When it is stale this test writes
-/// the current one and fails, so that the new document is committed with the change.
+/// `docs/openapi.json` is the document the server serves, and `docs/api.md` its rendering.
+/// When either is stale this test writes the current one and fails, so that the new
+/// document is committed with the change.
 #[test]
 fn published_openapi_document_is_current() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
-    let mut current = serde_json::to_string_pretty(api::document::document()).unwrap();
-    current.push('\n');
-    let published = std::fs::read_to_string(&path).unwrap_or_default();
-    if published != current {
-        std::fs::write(&path, &current).unwrap();
-        panic!(
-            "docs/openapi.json was stale and has been regenerated from the code: commit it ({})",
-            path.display()
-        );
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let doc = api::document::document();
+    let mut json = serde_json::to_string_pretty(doc).unwrap();
+    json.push('\n');
+    let mut stale = Vec::new();
+    for (name, current) in [
+        ("openapi.json", json),
+        ("api.md", api::document::markdown(doc)),
+    ] {
+        let path = docs.join(name);
+        if std::fs::read_to_string(&path).unwrap_or_default() != current {
+            std::fs::write(&path, &current).unwrap();
+            stale.push(name);
+        }
     }
+    assert!(
+        stale.is_empty(),
+        "docs/{stale:?} were stale and have been regenerated from the code: commit them"
+    );
 }
