@@ -327,6 +327,52 @@ pub fn complete(doc: &mut Value) {
             "schema": {"type": "string", "enum": ["true"]}
         }
     });
+    doc["components"]["schemas"]["CallDetail"] = json!({
+        "description": "A call with its legs, outcome, media stats, timeline and callbacks.",
+        "allOf": [
+            {"$ref": "#/components/schemas/Call"},
+            {"$ref": "#/components/schemas/CallDetailParts"}
+        ]
+    });
+    // The success answers, by the view that builds them (`crate::views`).
+    for (method, route, status, schema) in [
+        ("get", "/v1/calls/{call_id}", "200", "CallDetail"),
+        ("get", "/v1/calls", "200", "CallList"),
+        (
+            "post",
+            "/v1/calls/{call_id}/hangup",
+            "202",
+            "HangupRequested",
+        ),
+        ("get", "/v1/account", "200", "Account"),
+        ("patch", "/v1/account", "200", "Account"),
+        ("get", "/v1/users", "200", "UserList"),
+        ("post", "/v1/users", "201", "User"),
+        ("get", "/v1/users/{user_id}", "200", "User"),
+        ("patch", "/v1/users/{user_id}", "200", "User"),
+        ("get", "/v1/users/{user_id}/devices", "200", "DeviceList"),
+        ("post", "/v1/users/{user_id}/devices", "201", "Device"),
+        ("patch", "/v1/devices/{username}", "200", "Device"),
+        (
+            "get",
+            "/v1/users/{user_id}/registrations",
+            "200",
+            "RegistrationList",
+        ),
+        ("get", "/v1/numbers", "200", "NumberList"),
+        ("post", "/v1/numbers", "201", "Number"),
+        ("get", "/v1/numbers/{number}", "200", "Number"),
+        ("patch", "/v1/numbers/{number}", "200", "Number"),
+        ("get", "/v1/trunks", "200", "TrunkList"),
+        ("post", "/v1/trunks", "201", "Trunk"),
+        ("get", "/v1/trunks/{name}", "200", "Trunk"),
+        ("patch", "/v1/trunks/{name}", "200", "Trunk"),
+    ] {
+        let r = &mut doc["paths"][route][method]["responses"][status];
+        if r.is_object() {
+            r["content"] = json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}});
+        }
+    }
     let snapshot = doc.clone();
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;

@@ -60,12 +60,21 @@ pub struct CreateCall {
 /// The answer to `POST /v1/calls`.
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct CallAccepted {
+    #[schema(value_type = CallId)]
     pub call_id: String,
+    /// `queued`.
+    #[schema(value_type = CallStatusName)]
     pub status: String,
+    #[schema(value_type = UserId)]
     pub user_id: String,
     pub dial_string: String,
+    /// The dial string after the dial plan.
     pub destination: Option<String>,
     pub caller_id: Option<String>,
+    pub callback_url: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// RFC 3339 UTC.
     pub created_at: String,
 }
 

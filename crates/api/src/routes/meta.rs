@@ -11,6 +11,7 @@ use utoipa::OpenApi;
 use crate::routes::{admin, calls, compat, lookup};
 use crate::schemas;
 use crate::state::Shared;
+use crate::views;
 
 /// Health: `200 {"status": "ok"}`, or `503 {"status": "degraded", "store": "<reason>"}` while
 /// the store refuses writes or too many call events wait for it, so that a load balancer
@@ -99,6 +100,12 @@ pub async fn openapi() -> axum::Json<&'static serde_json::Value> {
         schemas::DialString, schemas::CallbackUrl, schemas::TimeFilter, schemas::Cursor,
         schemas::IdempotencyKey, schemas::EventId, schemas::Region, schemas::NumberTypeName,
         schemas::CallStatusName, schemas::TrunkTransport,
+        views::doc::CallView, views::doc::CallList, views::doc::TimelineEntryView,
+        views::doc::CallbackView, views::doc::CallDetailParts, views::doc::Hangup,
+        views::doc::AccountView, views::doc::DeviceView, views::doc::UserView,
+        views::doc::NumberView, views::doc::TrunkView, views::doc::BindingView,
+        views::doc::UserList, views::doc::DeviceList, views::doc::NumberList,
+        views::doc::TrunkList, views::doc::BindingList,
     )),
     tags(
         (name = "calls", description = "The native call API"),
