@@ -77,8 +77,10 @@ pub const HOST_PORT: &str = concat!(
 pub const HOST: &str = concat!("^(", domain!(), "|", ipv6!(), ")$");
 /// Digits and `+ * #`.
 pub const DIAL_PREFIX: &str = "^[0-9+*#]{1,32}$";
-/// Text with at least one character that is not white space.
-pub const NON_BLANK: &str = r"\S";
+/// Text with at least one character that is not white space: a visible ASCII character, or
+/// one of the Basic Multilingual Plane that no regex dialect counts as white space. (`\S`
+/// differs between dialects: ECMA-262 does not count U+0085 as space, Rust does.)
+pub const NON_BLANK: &str = r"[!-~]|[\u00A1-\u167F\u1681-\u1FFF\u200B-\u2027\u202A-\u202E\u2030-\u205E\u2060-\u2FFF\u3001-\uD7FF\uE000-\uFEFE\uFF00-\uFFFD]";
 /// Unix seconds, or RFC 3339 (`crate::time::parse_time_ms`).
 pub const TIME: &str = concat!(
     "^([0-9]{1,15}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]",
@@ -86,8 +88,8 @@ pub const TIME: &str = concat!(
 );
 /// `next_cursor` of a page of the call log (hex of `<ms>.<call id>`).
 pub const CURSOR: &str = "^(3[0-9]){1,18}2e(2[0-9a-f]|[3-6][0-9a-f]|7[0-9a-e]){1,64}$";
-/// `http://` or `https://` then no white space.
-pub const URL: &str = r"^https?://[^\s]+$";
+/// `http://` or `https://` then visible ASCII (no spaces, no raw non-ASCII).
+pub const URL: &str = "^https?://[!-~]+$";
 /// Visible ASCII, no spaces.
 pub const IDEMPOTENCY_KEY: &str = "^[!-~]{1,255}$";
 /// An event id of the live stream.
@@ -155,13 +157,13 @@ named!(/// A domain name or IP address.
 named!(/// Digits dialled before the number on a trunk.
     DialPrefix => string("1 to 32 of digits, `+`, `*`, `#`", Some(DIAL_PREFIX), None, None));
 named!(/// A name shown to people.
-    Name => string("Any text with a character that is not white space", Some(NON_BLANK), Some(1), Some(200)));
+    Name => string("Any text with a visible character (not only white space)", Some(NON_BLANK), Some(1), Some(200)));
 named!(/// A password (write-only).
     Password => string("Write-only; never shown", None, Some(1), Some(128)));
 named!(/// A dial string.
     DialString => string("E.164 (`+15551234567`), a local number (read in the account's region), an extension (`1001`) or an emergency number (`911`)", Some(NON_BLANK), Some(1), Some(64)));
 named!(/// A callback URL.
-    CallbackUrl => string("`http://` or `https://` URL; addresses the server refuses to call are answered 422 `invalid_callback_url`", Some(URL), None, Some(2048)));
+    CallbackUrl => string("`http://` or `https://` URL in ASCII (non-ASCII percent-encoded); addresses the server refuses to call are answered 422 `invalid_callback_url`", Some(URL), None, Some(2048)));
 named!(/// A time filter.
     TimeFilter => string("Unix seconds, or RFC 3339 (`2024-05-01T12:00:00Z`)", Some(TIME), None, None));
 named!(/// A page cursor.
@@ -301,6 +303,17 @@ mod tests {
             "yesterday",
         ] {
             assert!(!time.is_match(t), "{t}");
+        }
+        // Text that is only white space in any dialect is blank; the store agrees.
+        let name = re(NON_BLANK);
+        for (t, blank) in [
+            ("Alice", false),
+            ("李", false),
+            (" \u{85}\u{a0}\u{2028}\u{3000}\t", true),
+            ("", true),
+        ] {
+            assert_eq!(!name.is_match(t), blank, "{t:?}");
+            assert_eq!(t.trim().is_empty(), blank, "{t:?}");
         }
         let ids = re(USER_ID);
         assert!(ids.is_match("user_01h2xcejqtf2nbrexx3vqjhp42"));
