@@ -1,14 +1,15 @@
 //! Bytes of heap a held server transaction keeps: what N answered REGISTERs over UDP leave
 //! alive while their transactions wait out Timer J (64*T1), divided by N.
 //!
-//! Method: a counting global allocator (live bytes = allocated - freed, exact, no allocator
+//! Method: T1 raised to 5 s, so that Timer J outlasts the run; a counting global allocator (live bytes = allocated - freed, exact, no allocator
 //! overhead); an endpoint on 127.0.0.1; a transaction user that answers every REGISTER 200
 //! with a Contact, Expires and Date as the registrar does; a plain UDP socket sending N
 //! REGISTERs of a desk phone's size (about 560 bytes), each with its own branch, in batches
-//! of 200, reading every answer. Live bytes are read before the first batch (after a warm-up
-//! batch) and after the last answer, well inside Timer J.
+//! of 200, reading every answer. Live bytes are read after a warm-up of 30,000 transactions
+//! (so that no hash table doubles inside the window) and after the last answer, well inside
+//! Timer J, and divided by the transactions answered.
 //!
-//! `cargo bench -p sip-core --bench held [-- N]` (default N = 20000).
+//! `cargo bench -p sip-core --bench held [-- N]` (default N = 20000; keep N <= 25000).
 
 use sip_core::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
 use sip_core::message::{HeaderName, Response};
@@ -76,6 +77,14 @@ fn main() {
                 listen: vec!["udp:127.0.0.1:0".parse().expect("listen")],
                 ..Default::default()
             },
+            // T1 = 5 s: Timer J (64*T1) outlasts the whole run, so no transaction of the
+            // warm-up ends inside the measured window. What a transaction keeps does not
+            // depend on T1.
+            timers: sip_core::transaction::TimerConfig {
+                t1: Duration::from_secs(5),
+                t2: Duration::from_secs(40),
+                ..Default::default()
+            },
             ..Default::default()
         })
         .await
@@ -119,9 +128,14 @@ fn main() {
             }
             got
         }
-        // Warm-up: the maps and queues reach their working size.
-        let warm = 2_000;
-        batch(&sock, server, me, n + 1_000_000, n + 1_000_000 + warm).await;
+        // Warm-up: the maps and queues reach their working size (30,000 live transactions, so
+        // that the hash tables do not double inside the measured window).
+        let warm = 30_000;
+        let mut w = 0;
+        while w < warm {
+            batch(&sock, server, me, n + 1_000_000 + w, n + 1_000_000 + w + 200).await;
+            w += 200;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = LIVE.load(Ordering::Relaxed);
         let mut answered = 0;
@@ -133,7 +147,7 @@ fn main() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let after = LIVE.load(Ordering::Relaxed);
-        let per = (after - before) as f64 / n as f64;
+        let per = (after - before) as f64 / answered.max(1) as f64;
         println!(
             "{n} REGISTERs sent, {answered} answered; live heap {before} -> {after} bytes: {per:.0} bytes per held transaction (request {} bytes)",
             register(0, server, me).len()
