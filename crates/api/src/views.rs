@@ -149,6 +149,14 @@ pub fn trunk(t: &Trunk) -> Value {
         "emergency": t.emergency,
         "dial_prefix": t.dial_prefix,
         "from_domain": t.from_domain,
+        "priority": t.routing.priority,
+        "invite_timeout_ms": t.routing.invite_timeout_ms,
+        "failover_codes": t.routing.failover_codes,
+        "options_interval_secs": t.routing.options_interval_secs,
+        "down_after": t.routing.down_after,
+        "up_after": t.routing.up_after,
+        "max_calls": t.routing.max_calls,
+        "calls_per_second": t.routing.calls_per_second,
     })
 }
 

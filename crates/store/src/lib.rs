@@ -61,7 +61,7 @@ pub use error::StoreError;
 pub use model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
     IdempotencyRecord, Number, NumberType, OutboxEntry, OutboxState, TimelineEntry, Transport,
-    Trunk, UnixMs, UnixSecs, UnknownNumberType, User,
+    Trunk, TrunkRouting, UnixMs, UnixSecs, UnknownNumberType, User,
 };
 pub use provision::{
     AccountSpec, ApiKeySpec, ConfigIssue, Counts, DeviceSpec, NumberSpec, ProvisionReport,

@@ -27,6 +27,8 @@ pub struct EngineConfig {
     pub max_concurrent: usize,
     /// Session-Expires we ask for (RFC 4028), seconds.
     pub session_expires: u32,
+    /// `[dns] servers` for trunk addresses; empty = the system resolver.
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +37,7 @@ impl Default for EngineConfig {
             domain: "dialbridge.test".into(),
             max_concurrent: 10_000,
             session_expires: 1800,
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -52,6 +55,8 @@ pub(crate) struct EngineInner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registrar: Arc<Registrar>,
     pub(crate) relay: Arc<Relay>,
+    /// Where customer legs go (trunk resolution, failover order, health, limits).
+    pub(crate) trunks: Arc<crate::trunks::Trunks>,
     hooks: OnceLock<Arc<dyn CallHooks>>,
     pub(crate) calls: Mutex<HashMap<String, CallEntry>>,
     /// Dialog (our tag local) -> (call, leg), for in-dialog requests.
@@ -148,7 +153,19 @@ impl Engine {
         relay: Arc<Relay>,
     ) -> Engine {
         let media_events = relay.events();
+        let trunks = Arc::new(crate::trunks::Trunks::new(
+            &crate::trunks::TrunksConfig {
+                dns_servers: cfg.dns_servers.clone(),
+            },
+            Arc::clone(&store),
+        ));
+        crate::trunks::check::spawn(
+            Arc::downgrade(&trunks),
+            endpoint.clone(),
+            cfg.domain.clone(),
+        );
         let inner = Arc::new(EngineInner {
+            trunks,
             cfg,
             endpoint,
             store,
@@ -186,6 +203,11 @@ impl Engine {
             });
         }
         Engine { inner }
+    }
+
+    /// The trunk layer: its state for the API and the metrics.
+    pub fn trunks(&self) -> Arc<crate::trunks::Trunks> {
+        Arc::clone(&self.inner.trunks)
     }
 
     /// The call a SIP Call-ID belongs to (either leg), while the call runs: what a capture
@@ -380,5 +402,9 @@ impl CallControl for Engine {
     fn live_stats(&self, call_id: &str) -> Option<serde_json::Value> {
         let reader = self.inner.calls.lock().ok()?.get(call_id)?.media.clone()?;
         Some(super::sdp_glue::stats_json(&reader.stats()))
+    }
+
+    fn trunk_status<'a>(&'a self, name: &'a str) -> super::TrunkStatusFuture<'a> {
+        Box::pin(self.inner.trunks.status(name))
     }
 }
