@@ -281,6 +281,14 @@ impl std::fmt::Debug for HepConfig {
     }
 }
 
+/// `[dns]`: the DNS servers trunk addresses are resolved with (RFC 3263).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// `"IP:PORT"` or `"IP"` (port 53); empty = the system resolver (`/etc/resolv.conf`).
+    pub servers: Vec<String>,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -293,6 +301,7 @@ pub struct Config {
     pub calls: CallsConfig,
     pub log: LogConfig,
     pub hep: HepConfig,
+    pub dns: DnsConfig,
     pub accounts: Vec<store::AccountSpec>,
     pub users: Vec<store::UserSpec>,
     pub trunks: Vec<store::TrunkSpec>,
@@ -312,6 +321,8 @@ pub struct Validated {
     pub stateless: sip_core::endpoint::StatelessConfig,
     /// `[hep]`, when on.
     pub hep: Option<crate::hep::HepSettings>,
+    /// `[dns] servers`.
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 impl Config {
@@ -577,8 +588,22 @@ impl Config {
                 }
             }
         }
+        let mut dns_servers = Vec::new();
+        for (i, d) in self.dns.servers.iter().enumerate() {
+            let parsed = d
+                .parse::<SocketAddr>()
+                .or_else(|_| d.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            match parsed {
+                Ok(a) => dns_servers.push(a),
+                Err(_) => errors.push(err(
+                    &format!("dns.servers[{i}]"),
+                    format!("{d:?} is not IP:PORT or an IP address"),
+                )),
+            }
+        }
         if errors.is_empty() {
             Ok(Validated {
+                dns_servers,
                 listen,
                 sip_advertise,
                 media_bind,

@@ -751,9 +751,17 @@ pub async fn get_trunk(
     BearerAccount(account): BearerAccount,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(views::trunk(&visible_trunk(
-        &shared, &account, &name, false,
-    )?)))
+    let t = visible_trunk(&shared, &account, &name, false)?;
+    let mut view = views::trunk(&t);
+    // Its run-time state: `state` (up / down) and each target with its health.
+    if let (Some(status), Some(obj)) = (shared.calls.trunk_status(&name).await, view.as_object_mut()) {
+        if let Some(s) = status.as_object() {
+            for (k, v) in s {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(axum::Json(view))
 }
 
 /// Changes one of the account's trunks.

@@ -25,8 +25,8 @@ use sip_core::dialog::Dialog;
 use sip_core::endpoint::{
     new_tag, Canceller, ClientEvent, ClientTransaction, Destination, IncomingRequest,
 };
-use sip_core::message::{HeaderAccess, HeaderName, Host, Method, Request, Response, SipUri, Uri};
-use sip_core::transport::{Flow, Transport};
+use sip_core::message::{HeaderAccess, HeaderName, Method, Request, Response, Uri};
+use sip_core::transport::Flow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +59,27 @@ struct Target {
     /// A label for the timeline (device name, trunk name).
     label: String,
 }
+
+impl From<crate::trunks::Attempt> for Target {
+    fn from(a: crate::trunks::Attempt) -> Target {
+        Target {
+            to: format!("<{}>", a.request_uri),
+            request_uri: a.request_uri,
+            dest: a.dest,
+            credentials: a.credentials,
+            label: a.label,
+        }
+    }
+}
+
+/// What a walked attempt's INVITE is built from: the offer, the SIP Call-ID, the From tag
+/// and where the branch's events go.
+type WalkSend<'a> = (
+    &'a Bytes,
+    &'a str,
+    &'a str,
+    &'a mpsc::UnboundedSender<(usize, ClientEvent)>,
+);
 
 /// An established leg.
 struct LegState {
@@ -103,6 +124,9 @@ pub(crate) struct Call {
     answered_at_ms: Option<i64>,
     /// Commands that arrived while a passed-through transaction was pending, handled next.
     deferred: std::collections::VecDeque<CallCmd>,
+    /// The customer leg's attempts through trunks; once answered, it holds the trunk's
+    /// channel until the call ends.
+    walk: Option<crate::trunks::Walk>,
 }
 
 /// What ended the wait for a passed-through transaction.
@@ -150,6 +174,7 @@ impl Call {
             answered_at: None,
             answered_at_ms: None,
             deferred: std::collections::VecDeque::new(),
+            walk: None,
         }
     }
 
@@ -331,18 +356,25 @@ impl Call {
         }
     }
 
-    async fn customer_targets(&self) -> Result<Vec<Target>, Outcome> {
-        match &self.spec.customer {
-            CustomerTarget::E164(n) => self
-                .trunk_target(n, None, false, Leg::Customer)
-                .await
-                .map(|t| vec![t]),
-            CustomerTarget::Emergency(n) => self
-                .trunk_target(n, None, true, Leg::Customer)
-                .await
-                .map(|t| vec![t]),
-            CustomerTarget::User { user_id } => self.device_targets(user_id, Leg::Customer),
-        }
+    async fn customer_targets(&mut self) -> Result<Vec<Target>, Outcome> {
+        let (number, emergency) = match &self.spec.customer {
+            CustomerTarget::E164(n) => (n.clone(), false),
+            CustomerTarget::Emergency(n) => (n.clone(), true),
+            CustomerTarget::User { user_id } => {
+                return self.device_targets(user_id, Leg::Customer)
+            }
+        };
+        // Through trunks: the attempts one after another (`crate::trunks::walk`).
+        let walk = crate::trunks::call_glue::customer_walk(
+            &self.inner.trunks,
+            &self.spec.account_id,
+            &number,
+            emergency,
+        )
+        .await
+        .map_err(|reason| outcome(CallStatus::Failed, Some(Leg::Customer), None, &reason))?;
+        self.walk = Some(walk);
+        Ok(Vec::new())
     }
 
     fn device_targets(&self, user_id: &str, leg: Leg) -> Result<Vec<Target>, Outcome> {
@@ -383,51 +415,18 @@ impl Call {
         &self,
         number: &str,
         trunk_name: Option<&str>,
-        emergency: bool,
+        _emergency: bool,
         leg: Leg,
     ) -> Result<Target, Outcome> {
-        let fail = |reason: String| outcome(CallStatus::Failed, Some(leg), None, &reason);
-        let trunks = self
-            .inner
-            .store
-            .trunks_for_account(&self.spec.account_id)
-            .map_err(|e| fail(format!("store: {e}")))?;
-        let trunk = trunks
-            .into_iter()
-            .find(|t| trunk_name.is_none_or(|n| t.name == n) && (!emergency || t.emergency))
-            .ok_or_else(|| fail("no trunk for this call".into()))?;
-        let transport = match trunk.transport {
-            store::Transport::Tcp => Transport::Tcp,
-            _ => Transport::Udp,
-        };
-        let user = format!(
-            "{}{}",
-            trunk.dial_prefix.clone().unwrap_or_default(),
-            number
-        );
-        let (host, port) = split_host_port(&trunk.address);
-        let host = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => Host::Ip(ip),
-            Err(_) => Host::Domain(Bytes::from(host.to_string())),
-        };
-        let mut ruri = SipUri::new(Some(&user), host, port);
-        if transport == Transport::Tcp {
-            ruri.params.set("transport", Some("tcp"));
-        }
-        let request_uri = Uri::Sip(ruri);
-        let dest = sip_core::endpoint::resolve_uri(&request_uri)
-            .await
-            .map_err(|_| fail(format!("cannot resolve trunk {}", trunk.address)))?;
-        Ok(Target {
-            to: format!("<{request_uri}>"),
-            request_uri,
-            dest,
-            credentials: match (&trunk.username, &trunk.password) {
-                (Some(u), Some(p)) => Some((u.clone(), p.expose().to_string())),
-                _ => None,
-            },
-            label: format!("trunk {}", trunk.name),
-        })
+        crate::trunks::call_glue::first_attempt(
+            &self.inner.trunks,
+            &self.spec.account_id,
+            number,
+            trunk_name,
+        )
+        .await
+        .map(Target::from)
+        .map_err(|reason| outcome(CallStatus::Failed, Some(leg), None, &reason))
     }
 
     /// The From of a leg's INVITEs and the P-Asserted-Identity.
@@ -539,9 +538,17 @@ impl Call {
             .register_sip_call_id(&sip_call_id, &self.spec.call_id, leg);
         let (tx, mut rx) = mpsc::unbounded_channel::<(usize, ClientEvent)>();
         let mut branches: Vec<Branch> = Vec::new();
+
         // Any branch may answer (or send early media) from the address we signal it at.
         let signalling: Vec<IpAddr> = targets.iter().map(|t| t.dest.addr.ip()).collect();
         self.allow_media_sources(leg, &signalling);
+        // Through trunks: one attempt at a time (the branch in flight is `walk_branch`).
+        let mut walk = if leg == Leg::Customer { self.walk.take() } else { None };
+        let mut walk_branch = None;
+        if let Some(w) = walk.as_mut() {
+            let send = (&offer, sip_call_id.as_str(), from_tag.as_str(), &tx);
+            walk_branch = self.walk_advance(w, &mut branches, send).await;
+        }
         for t in targets {
             let invite = self.build_invite(leg, &t, &sip_call_id, &from_tag, 1, &offer);
             let idx = branches.len();
@@ -563,7 +570,7 @@ impl Call {
         let mut early = false;
         let failure = loop {
             if branches.iter().all(|b| b.final_code.is_some()) {
-                break ForkFailure(self.fork_outcome(leg, &branches));
+                break ForkFailure(self.leg_failure(leg, &branches, walk.as_ref()));
             }
             tokio::select! {
                 Some((i, ev)) = rx.recv() => {
@@ -574,11 +581,20 @@ impl Call {
                                 b.final_code.get_or_insert(408);
                             }
                             self.note(Some(leg), format!("branch {i}: no answer from {} (time-out)", branches.get(i).map(|b| b.target.label.as_str()).unwrap_or("?")));
+                            if let (Some(w), true) = (walk.as_mut(), walk_branch == Some(i)) {
+                                w.timed_out();
+                                walk_branch = self.walk_advance(w, &mut branches, (&offer, &sip_call_id, &from_tag, &tx)).await;
+                            }
                             continue;
                         }
                         ClientEvent::TransportError => {
                             if let Some(b) = branches.get_mut(i) {
                                 b.final_code.get_or_insert(503);
+                            }
+                            if let (Some(w), true) = (walk.as_mut(), walk_branch == Some(i)) {
+                                self.note(Some(leg), format!("{}: transport error", branches[i].target.label));
+                                w.transport_error();
+                                walk_branch = self.walk_advance(w, &mut branches, (&offer, &sip_call_id, &from_tag, &tx)).await;
                             }
                             continue;
                         }
@@ -587,6 +603,9 @@ impl Call {
                     let Some(b) = branches.get_mut(i) else { continue };
                     if resp.status < 200 {
                         b.provisional = true;
+                        if let (Some(w), true) = (walk.as_mut(), walk_branch == Some(i)) {
+                            w.provisional(Instant::now());
+                        }
                         if matches!(resp.status, 180 | 183) && !rang {
                             rang = true;
                             self.emit(CallEventKind::Ringing { leg, sip_code: resp.status });
@@ -657,6 +676,10 @@ impl Call {
                                 self.emit(CallEventKind::InProgress { sip_code: resp.status });
                             }
                         }
+                        if let Some(mut w) = walk.take() {
+                            w.answered(resp.status, Instant::now());
+                            self.walk = Some(w);
+                        }
                         // Late 2xx from the other branches: ACK and BYE them.
                         self.spawn_loser_janitor(leg, i, branches, rx, sip_call_id.clone());
                         return Ok(state);
@@ -675,6 +698,9 @@ impl Call {
                             let b = &mut branches[i];
                             b.invite = req.clone();
                             self.send_branch(i, b, req, &tx).await;
+                            if let (Some(w), true) = (walk.as_mut(), walk_branch == Some(i)) {
+                                w.sent(Instant::now());
+                            }
                             continue;
                         }
                     }
@@ -683,11 +709,34 @@ impl Call {
                         b.final_code = Some(resp.status);
                         b.q850 = q850;
                     }
+                    if let (Some(w), true) = (walk.as_mut(), walk_branch == Some(i)) {
+                        let retry_after = crate::trunks::call_glue::retry_after(&resp);
+                        if w.failed(resp.status, retry_after, Instant::now()) == crate::trunks::Next::Try {
+                            self.note(Some(leg), format!("{}: {} — trying the next", branches[i].target.label, resp.status));
+                            walk_branch = self.walk_advance(w, &mut branches, (&offer, &sip_call_id, &from_tag, &tx)).await;
+                        } else {
+                            walk_branch = None;
+                        }
+                        continue;
+                    }
                     // 6xx: no other branch may succeed (RFC 3261 §16.7 for forks).
                     if resp.status >= 600 {
                         self.cancel_all(leg, &branches, &sip_call_id);
-                        break ForkFailure(self.fork_outcome(leg, &branches));
+                        break ForkFailure(self.leg_failure(leg, &branches, walk.as_ref()));
                     }
+                }
+                _ = crate::trunks::call_glue::deadline(walk.as_ref()) => {
+                    // The attempt in flight sent nothing within its trunk's invite_timeout_ms.
+                    let (Some(w), Some(i)) = (walk.as_mut(), walk_branch) else { continue };
+                    let b = &mut branches[i];
+                    b.final_code.get_or_insert(408);
+                    if let Some(c) = &b.canceller {
+                        c.cancel(Vec::new());
+                    }
+                    let waited = w.current().map(|a| a.invite_timeout.as_millis()).unwrap_or(0);
+                    self.note(Some(leg), format!("{}: no answer within {waited} ms — trying the next", b.target.label));
+                    w.timed_out();
+                    walk_branch = self.walk_advance(w, &mut branches, (&offer, &sip_call_id, &from_tag, &tx)).await;
                 }
                 _ = &mut deadline => {
                     self.cancel_all(leg, &branches, &sip_call_id);
@@ -723,6 +772,59 @@ impl Call {
         // Branches still ringing get their CANCEL; a 2xx that crosses it is ACKed and BYEd.
         self.spawn_loser_janitor(leg, usize::MAX, branches, rx, sip_call_id);
         Err(failure)
+    }
+
+    /// Sends the walk's next attempt as a new branch (skipping attempts whose trunk is at
+    /// its limit and those the transport refuses at once); the branch index, `None` when
+    /// no attempt is left. See `crate::trunks::walk`.
+    async fn walk_advance(
+        &self,
+        w: &mut crate::trunks::Walk,
+        branches: &mut Vec<Branch>,
+        (offer, sip_call_id, from_tag, tx): WalkSend<'_>,
+    ) -> Option<usize> {
+        loop {
+            let (attempt, notes) = w.next(Instant::now());
+            for n in notes {
+                self.note(Some(Leg::Customer), n);
+            }
+            let t = Target::from(attempt?);
+            self.allow_media_sources(Leg::Customer, &[t.dest.addr.ip()]);
+            let invite = self.build_invite(Leg::Customer, &t, sip_call_id, from_tag, 1, offer);
+            let idx = branches.len();
+            branches.push(Branch {
+                invite: invite.clone(),
+                dest: t.dest,
+                canceller: None,
+                final_code: None,
+                provisional: false,
+                q850: None,
+                challenged: false,
+                target: t,
+            });
+            self.send_branch(idx, &mut branches[idx], invite, tx).await;
+            if branches[idx].final_code.is_none() {
+                w.sent(Instant::now());
+                return Some(idx);
+            }
+            w.transport_error();
+        }
+    }
+
+    /// How a leg failed: for a walk, by its last attempt (or the trunks' limits).
+    fn leg_failure(
+        &self,
+        leg: Leg,
+        branches: &[Branch],
+        walk: Option<&crate::trunks::Walk>,
+    ) -> Outcome {
+        let Some(w) = walk else {
+            return self.fork_outcome(leg, branches);
+        };
+        if let Some(reason) = w.exhausted_reason() {
+            return outcome(CallStatus::Failed, Some(leg), Some(503), &reason);
+        }
+        self.fork_outcome(leg, branches.last().map(std::slice::from_ref).unwrap_or(&[]))
     }
 
     /// The timeline entry of a CANCEL asked for: sent when the branch has answered
@@ -1538,18 +1640,6 @@ async fn forward(
         if tx.send((idx, ev)).is_err() {
             return;
         }
-    }
-}
-
-fn split_host_port(s: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = s.strip_prefix('[') {
-        if let Some((h, p)) = rest.split_once(']') {
-            return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
-        _ => (s, None),
     }
 }
 
