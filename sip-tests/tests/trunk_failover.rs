@@ -26,7 +26,13 @@ impl Dnsmasq {
     /// `--host-record=...`.
     fn start(records: &[String]) -> Dnsmasq {
         let port = free_port();
-        let child = Command::new("dnsmasq")
+        // Debian puts it in /usr/sbin, which a non-root PATH may lack.
+        let bin = if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+            "/usr/sbin/dnsmasq"
+        } else {
+            "dnsmasq"
+        };
+        let child = Command::new(bin)
             .args([
                 "-k",
                 &format!("--port={port}"),
@@ -141,8 +147,21 @@ fn carrier(name: &str, port: u16, scenario_file: &str, calls: usize) -> SippChil
     let c = SippChild::spawn(
         name,
         &[
-            "-sf", &sf, "-i", "127.0.0.1", "-p", &port, "-m", &m, "-mp", &mp, "-d", "500",
-            "-timeout", "120s", "-timeout_error",
+            "-sf",
+            &sf,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-m",
+            &m,
+            "-mp",
+            &mp,
+            "-d",
+            "500",
+            "-timeout",
+            "120s",
+            "-timeout_error",
         ],
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -195,12 +214,15 @@ fn wait_trunk(
         if pred(&t) {
             return t;
         }
-        assert!(Instant::now() < deadline, "trunk {name} never got there: {t}");
+        assert!(
+            Instant::now() < deadline,
+            "trunk {name} never got there: {t}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn target<'a>(t: &'a serde_json::Value, port: u16) -> &'a serde_json::Value {
+fn target(t: &serde_json::Value, port: u16) -> &serde_json::Value {
     t["targets"]
         .as_array()
         .and_then(|a| {
@@ -237,7 +259,11 @@ priority = 5
     let id = place(&f);
     assert_eq!(overloaded.wait(Duration::from_secs(30)).code, 0);
     let b = backup.wait(Duration::from_secs(30));
-    assert_eq!(b.code, 0, "the backup trunk must get the call: {}", b.output);
+    assert_eq!(
+        b.code, 0,
+        "the backup trunk must get the call: {}",
+        b.output
+    );
     assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
     let call = f.ended(&id);
     assert_eq!(call["status"], "completed", "{call}");
@@ -250,7 +276,10 @@ priority = 5
     let second = tl
         .iter()
         .position(|l| l.contains(&format!("trunk backup udp:127.0.0.1:{p2}")));
-    assert!(first.is_some() && second.is_some() && first < second, "{tl:#?}");
+    assert!(
+        first.is_some() && second.is_some() && first < second,
+        "{tl:#?}"
+    );
     assert!(tl.iter().any(|l| l.contains("503")), "{tl:#?}");
     // The 503 came with Retry-After: 60, so that target is down for a minute.
     let t = get(&f, "/v1/trunks/primary");
@@ -298,10 +327,15 @@ invite_timeout_ms = 500
     let edge = carrier("edge", live, "carrier_answer_hangup.xml", 1);
     let id = place(&f);
     let e = edge.wait(Duration::from_secs(30));
-    assert_eq!(e.code, 0, "the priority-20 edge must get the call: {}", e.output);
+    assert_eq!(
+        e.code, 0,
+        "the priority-20 edge must get the call: {}",
+        e.output
+    );
     // The Request-URI names the carrier's domain (RFC 3263), not the edge's address.
     assert!(
-        e.output.contains("INVITE sip:+14155550100@carrier.test SIP/2.0"),
+        e.output
+            .contains("INVITE sip:+14155550100@carrier.test SIP/2.0"),
         "{}",
         e.output
     );
@@ -315,9 +349,11 @@ invite_timeout_ms = 500
         l.contains(&format!("udp:127.0.0.1:{dead}: no answer within 500 ms"))
             || l.contains(&format!("udp:127.0.0.1:{dead}: transport error"))
     });
-    let live_at = tl
-        .iter()
-        .position(|l| l.contains(&format!("INVITE sip:+14155550100@carrier.test (trunk edges udp:127.0.0.1:{live})")));
+    let live_at = tl.iter().position(|l| {
+        l.contains(&format!(
+            "INVITE sip:+14155550100@carrier.test (trunk edges udp:127.0.0.1:{live})"
+        ))
+    });
     assert!(
         dead_at.is_some() && live_at.is_some() && dead_at < live_at,
         "{tl:#?}"
@@ -356,7 +392,12 @@ address = "weighted.test"
 "#,
     );
     let calls = CALLS.to_string();
-    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &["-m", &calls]);
+    let desk = f.phone(
+        "alice-desk",
+        "s3cret-desk",
+        "agent_answer.xml",
+        &["-m", &calls],
+    );
     // Both answer 486: the customer's answer, so each call tries exactly one edge.
     let a = carrier("heavy", heavy, "carrier_busy.xml", CALLS);
     let b = carrier("light", light, "carrier_busy.xml", CALLS);
@@ -373,6 +414,7 @@ address = "weighted.test"
     let to_heavy = a.logs().matches("INVITE relay_port").count();
     let to_light = b.logs().matches("INVITE relay_port").count();
     drop((a, b, desk));
+    eprintln!("weights 80/20 over {CALLS} calls: {to_heavy}/{to_light}");
     assert_eq!(to_heavy + to_light, CALLS, "{to_heavy} + {to_light}");
     // 80 % of 200 = 160, standard deviation about 5.7: a band of more than 4 of them.
     assert!(
@@ -384,7 +426,6 @@ address = "weighted.test"
 /// A raw UDP carrier: answers OPTIONS with 200 and INVITE with 100 + 486 (ACK absorbed),
 /// counting what it got.
 struct RawCarrier {
-    port: u16,
     invites: Arc<AtomicUsize>,
     options: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -403,7 +444,9 @@ impl RawCarrier {
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65535];
             while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 let text = String::from_utf8_lossy(&buf[..n]).to_string();
                 let method = text.split(' ').next().unwrap_or("").to_string();
                 let copy = |name: &str| -> Vec<String> {
@@ -448,7 +491,6 @@ impl RawCarrier {
             }
         });
         RawCarrier {
-            port,
             invites,
             options,
             stop,
@@ -484,7 +526,12 @@ down_after = 2
 up_after = 2
 "#,
     );
-    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &["-m", "2"]);
+    let desk = f.phone(
+        "alice-desk",
+        "s3cret-desk",
+        "agent_answer.xml",
+        &["-m", "2"],
+    );
     // Only the second edge runs: the first fails its checks and goes down.
     let backup = RawCarrier::start(second);
     let t = wait_trunk(&f, "checked", Duration::from_secs(20), |t| {
@@ -492,7 +539,10 @@ up_after = 2
     });
     assert_eq!(t["state"], "up", "one target is still up: {t}");
     assert_eq!(target(&t, second)["state"], "up", "{t}");
-    assert!(backup.options.load(Ordering::Relaxed) > 0, "the live edge is checked too");
+    assert!(
+        backup.options.load(Ordering::Relaxed) > 0,
+        "the live edge is checked too"
+    );
     // A call skips the down edge: straight to the second, no time lost on the first.
     let id = place(&f);
     let call = f.ended(&id);
@@ -518,7 +568,11 @@ up_after = 2
     let id = place(&f);
     let call = f.ended(&id);
     assert_eq!(call["status"], "busy", "{call}");
-    assert_eq!(primary.invites.load(Ordering::Relaxed), 1, "priority 10 again");
+    assert_eq!(
+        primary.invites.load(Ordering::Relaxed),
+        1,
+        "priority 10 again"
+    );
     assert_eq!(backup.invites.load(Ordering::Relaxed), 1);
     assert_eq!(desk.wait(Duration::from_secs(30)).code, 0);
     // Each change was logged once, though the checks failed many times.
@@ -555,7 +609,12 @@ priority = 2
 "#
         ),
     );
-    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &["-m", "2"]);
+    let desk = f.phone(
+        "alice-desk",
+        "s3cret-desk",
+        "agent_answer.xml",
+        &["-m", "2"],
+    );
     let ringing = carrier("capped", capped, "carrier_ring_forever.xml", 1);
     let busy = carrier("overflow", overflow, "carrier_busy.xml", 1);
     // The first call takes the capped trunk's only channel and rings there.
@@ -598,7 +657,12 @@ max_calls = 1
 "#
         ),
     );
-    let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &["-m", "2"]);
+    let desk = f.phone(
+        "alice-desk",
+        "s3cret-desk",
+        "agent_answer.xml",
+        &["-m", "2"],
+    );
     let ringing = carrier("capped", capped, "carrier_ring_forever.xml", 1);
     let first = place(&f);
     assert!(ringing.wait_log("INVITE relay_port", Duration::from_secs(20)));
@@ -645,9 +709,6 @@ priority = 2
     std::thread::sleep(Duration::from_millis(300));
     assert!(!backup.logs().contains("INVITE"), "{}", backup.logs());
     let tl = timeline(&call);
-    assert!(
-        !tl.iter().any(|l| l.contains("trunk backup")),
-        "{tl:#?}"
-    );
+    assert!(!tl.iter().any(|l| l.contains("trunk backup")), "{tl:#?}");
     assert_eq!(get(&f, "/v1/trunks/primary")["state"], "up");
 }

@@ -169,7 +169,9 @@ impl TrunkSpec {
             priority: self.priority.unwrap_or(d.priority),
             invite_timeout_ms: self.invite_timeout_ms.unwrap_or(d.invite_timeout_ms),
             failover_codes: self.failover_codes.clone().unwrap_or(d.failover_codes),
-            options_interval_secs: self.options_interval_secs.unwrap_or(d.options_interval_secs),
+            options_interval_secs: self
+                .options_interval_secs
+                .unwrap_or(d.options_interval_secs),
             down_after: self.down_after.unwrap_or(d.down_after),
             up_after: self.up_after.unwrap_or(d.up_after),
             max_calls: self.max_calls,
@@ -185,7 +187,10 @@ pub fn routing_issues(r: &TrunkRouting) -> Vec<(&'static str, String)> {
         out.push(("invite_timeout_ms", "must be 100 to 60000".to_owned()));
     }
     if let Some(c) = r.failover_codes.iter().find(|c| !(300..700).contains(*c)) {
-        out.push(("failover_codes", format!("{c} is not a SIP final failure status (300-699)")));
+        out.push((
+            "failover_codes",
+            format!("{c} is not a SIP final failure status (300-699)"),
+        ));
     }
     if r.options_interval_secs > 86_400 {
         out.push(("options_interval_secs", "must be 0 to 86400".to_owned()));
@@ -197,10 +202,16 @@ pub fn routing_issues(r: &TrunkRouting) -> Vec<(&'static str, String)> {
         out.push(("up_after", "must be 1 to 100".to_owned()));
     }
     if r.max_calls == Some(0) {
-        out.push(("max_calls", "must be at least 1 (omit it for no cap)".to_owned()));
+        out.push((
+            "max_calls",
+            "must be at least 1 (omit it for no cap)".to_owned(),
+        ));
     }
     if r.calls_per_second == Some(0) {
-        out.push(("calls_per_second", "must be at least 1 (omit it for no cap)".to_owned()));
+        out.push((
+            "calls_per_second",
+            "must be at least 1 (omit it for no cap)".to_owned(),
+        ));
     }
     out
 }

@@ -23,8 +23,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 use crate::error::StoreError;
 use crate::model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs,
-    UnixSecs, User,
+    IdempotencyRecord, Number, OutboxEntry, OutboxState, TimelineEntry, Transport, Trunk,
+    TrunkRouting, UnixMs, UnixSecs, User,
 };
 use crate::provision::{
     Change, ConfigIssue, ProvisionReport, Provisioning, TrunkSpec, DEVICE_PREFIX,

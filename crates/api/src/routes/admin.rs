@@ -754,7 +754,9 @@ pub async fn get_trunk(
     let t = visible_trunk(&shared, &account, &name, false)?;
     let mut view = views::trunk(&t);
     // Its run-time state: `state` (up / down) and each target with its health.
-    if let (Some(status), Some(obj)) = (shared.calls.trunk_status(&name).await, view.as_object_mut()) {
+    if let (Some(status), Some(obj)) =
+        (shared.calls.trunk_status(&name).await, view.as_object_mut())
+    {
         if let Some(s) = status.as_object() {
             for (k, v) in s {
                 obj.insert(k.clone(), v.clone());

@@ -360,9 +360,7 @@ impl Call {
         let (number, emergency) = match &self.spec.customer {
             CustomerTarget::E164(n) => (n.clone(), false),
             CustomerTarget::Emergency(n) => (n.clone(), true),
-            CustomerTarget::User { user_id } => {
-                return self.device_targets(user_id, Leg::Customer)
-            }
+            CustomerTarget::User { user_id } => return self.device_targets(user_id, Leg::Customer),
         };
         // Through trunks: the attempts one after another (`crate::trunks::walk`).
         let walk = crate::trunks::call_glue::customer_walk(
@@ -543,7 +541,11 @@ impl Call {
         let signalling: Vec<IpAddr> = targets.iter().map(|t| t.dest.addr.ip()).collect();
         self.allow_media_sources(leg, &signalling);
         // Through trunks: one attempt at a time (the branch in flight is `walk_branch`).
-        let mut walk = if leg == Leg::Customer { self.walk.take() } else { None };
+        let mut walk = if leg == Leg::Customer {
+            self.walk.take()
+        } else {
+            None
+        };
         let mut walk_branch = None;
         if let Some(w) = walk.as_mut() {
             let send = (&offer, sip_call_id.as_str(), from_tag.as_str(), &tx);
@@ -824,7 +826,10 @@ impl Call {
         if let Some(reason) = w.exhausted_reason() {
             return outcome(CallStatus::Failed, Some(leg), Some(503), &reason);
         }
-        self.fork_outcome(leg, branches.last().map(std::slice::from_ref).unwrap_or(&[]))
+        self.fork_outcome(
+            leg,
+            branches.last().map(std::slice::from_ref).unwrap_or(&[]),
+        )
     }
 
     /// The timeline entry of a CANCEL asked for: sent when the branch has answered

@@ -48,7 +48,11 @@ fn plan_reason(e: &PlanError) -> String {
 pub(crate) fn retry_after(resp: &Response) -> Option<Duration> {
     let v = resp.headers.get(&HeaderName::RetryAfter)?;
     let text = std::str::from_utf8(v.as_bytes()).ok()?;
-    let digits: String = text.trim().chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = text
+        .trim()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits
         .parse::<u64>()
         .ok()

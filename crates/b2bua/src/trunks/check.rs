@@ -16,7 +16,11 @@ use super::{Answer, Trunks};
 const TICK: Duration = Duration::from_millis(250);
 
 /// Starts the checks; they stop when the [`Trunks`] is dropped.
-pub fn spawn(trunks: Weak<Trunks>, endpoint: Endpoint, domain: String) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    trunks: Weak<Trunks>,
+    endpoint: Endpoint,
+    domain: String,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -38,7 +42,9 @@ pub fn spawn(trunks: Weak<Trunks>, endpoint: Endpoint, domain: String) -> tokio:
                 }
                 let rt = t.runtime(&trunk.name);
                 {
-                    let Ok(mut next) = rt.next_check.lock() else { continue };
+                    let Ok(mut next) = rt.next_check.lock() else {
+                        continue;
+                    };
                     if next.is_some_and(|n| n > now) {
                         continue;
                     }

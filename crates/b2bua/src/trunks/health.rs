@@ -118,7 +118,10 @@ impl TargetHealth {
         self.failures = self.failures.saturating_add(1);
         if !self.checked_down && self.failures >= down_after.max(1) {
             self.checked_down = true;
-            self.reason = Some(format!("{} failed checks in a row (last: {answer})", self.failures));
+            self.reason = Some(format!(
+                "{} failed checks in a row (last: {answer})",
+                self.failures
+            ));
         }
         self.last_answer = Some(answer);
     }
@@ -136,10 +139,7 @@ impl TargetHealth {
         let until = now + retry_after;
         if self.held_until.is_none_or(|t| t < until) {
             self.held_until = Some(until);
-            self.reason = Some(format!(
-                "503 with Retry-After: {} s",
-                retry_after.as_secs()
-            ));
+            self.reason = Some(format!("503 with Retry-After: {} s", retry_after.as_secs()));
         }
     }
 
@@ -180,10 +180,7 @@ mod tests {
         assert_eq!(h.state(t0), TargetState::Up);
         h.check_failed(Answer::Timeout, 3);
         assert_eq!(h.state(t0), TargetState::Down);
-        assert_eq!(
-            h.observe(t0),
-            Some((TargetState::Up, TargetState::Down))
-        );
+        assert_eq!(h.observe(t0), Some((TargetState::Up, TargetState::Down)));
         assert_eq!(h.observe(t0), None, "a change is reported once");
         assert_eq!(h.last_answer, Some(Answer::Timeout));
         h.check_answered(200, 4 * MS, 2);

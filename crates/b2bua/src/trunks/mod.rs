@@ -412,7 +412,7 @@ impl Trunks {
 
     /// `/metrics`: `dialbridge_trunk_up{trunk,target}` and
     /// `dialbridge_trunk_attempts_total{trunk,code}` lines (labels, value).
-    pub fn metric_lines(&self) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+    pub fn metric_lines(&self) -> (MetricLines, MetricLines) {
         let now = Instant::now();
         let mut up = Vec::new();
         let mut attempts = Vec::new();
@@ -446,6 +446,9 @@ impl Trunks {
         (up, attempts)
     }
 }
+
+/// Prometheus sample lines: (`{label="…",…}`, value).
+pub type MetricLines = Vec<(String, u64)>;
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")

@@ -25,6 +25,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, TokioResolver};
+use rand::seq::SliceRandom;
 use rand::Rng;
 use sip_core::transport::Transport;
 use tokio::time::Instant;
@@ -105,8 +106,10 @@ pub fn order_srv<'a>(targets: &'a [SrvTarget], rng: &mut impl Rng) -> Vec<&'a Sr
     prios.dedup();
     let mut out = Vec::with_capacity(targets.len());
     for p in prios {
-        // Zero weights first, as the RFC says, so that they have a small chance only.
+        // "In any order, except that all those with weight 0 are placed at the beginning":
+        // shuffled, so that equal records (all zero, say) share the calls too.
         let mut group: Vec<&SrvTarget> = targets.iter().filter(|t| t.priority == p).collect();
+        group.shuffle(rng);
         group.sort_by_key(|t| t.weight != 0);
         while !group.is_empty() {
             let sum: u32 = group.iter().map(|t| u32::from(t.weight)).sum();
@@ -315,7 +318,9 @@ impl Dns {
                             addrs,
                         });
                     }
-                    Err(e) => tracing::warn!(srv = %name, target = %target, error = %e, "SRV target has no address"),
+                    Err(e) => {
+                        tracing::warn!(srv = %name, target = %target, error = %e, "SRV target has no address")
+                    }
                 }
             }
             if !targets.is_empty() {
