@@ -747,6 +747,46 @@ webhook_secret = "whsec_test_1"
     }
 
     #[test]
+    fn dns_servers_and_trunk_routing_are_checked_and_named() {
+        let c = Config::parse(&format!(
+            "[dns]\nservers = [\"127.0.0.1:5353\", \"::1\"]\n{ACCOUNT}\n[[trunks]]\nname = \"edges\"\naddress = \"carrier.test\"\npriority = 5\nfailover_codes = [503]\noptions_interval_secs = 10\nmax_calls = 30\n"
+        ))
+        .unwrap();
+        let v = c.validate().unwrap();
+        assert_eq!(
+            v.dns_servers,
+            vec![
+                "127.0.0.1:5353".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        let r = c.provisioning().trunks[0].routing();
+        assert_eq!(
+            (r.priority, r.max_calls, r.calls_per_second),
+            (5, Some(30), None)
+        );
+        assert_eq!(r.failover_codes, vec![503]);
+        assert_eq!(
+            (r.invite_timeout_ms, r.down_after, r.up_after),
+            (2000, 3, 2)
+        );
+        let c = Config::parse(&format!(
+            "[dns]\nservers = [\"resolver\"]\n{ACCOUNT}\n[[trunks]]\nname = \"edges\"\naddress = \"carrier.test\"\nfailover_codes = [200]\ndown_after = 0\nmax_calls = 0\n"
+        ))
+        .unwrap();
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "dns.servers[0]",
+            "trunks[0].failover_codes",
+            "trunks[0].down_after",
+            "trunks[0].max_calls",
+        ] {
+            assert!(keys.contains(&k), "{k} in {keys:?}");
+        }
+    }
+
+    #[test]
     fn log_and_hep_keys_are_checked() {
         let c = Config::parse("").unwrap();
         assert!(!c.log.sip_trace);
