@@ -15,7 +15,8 @@
 //! - [`trunks`]: where a customer leg goes — RFC 3263 resolution of trunk addresses, the
 //!   failover order, health checks and per-trunk limits.
 //!
-//! This crate does no socket I/O of its own (sip-core's endpoint and the media crate do).
+//! This crate does no socket I/O of its own (sip-core's endpoint and the media crate do;
+//! hickory-resolver makes the DNS queries of [`trunks::resolve`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod calls;

@@ -350,7 +350,7 @@ impl Call {
         match &self.spec.agent {
             AgentTarget::Devices { user_id } => self.device_targets(user_id, Leg::Agent),
             AgentTarget::Trunk { number, trunk, .. } => self
-                .trunk_target(number, trunk.as_deref(), false, Leg::Agent)
+                .trunk_target(number, trunk.as_deref(), Leg::Agent)
                 .await
                 .map(|t| vec![t]),
         }
@@ -413,7 +413,6 @@ impl Call {
         &self,
         number: &str,
         trunk_name: Option<&str>,
-        _emergency: bool,
         leg: Leg,
     ) -> Result<Target, Outcome> {
         crate::trunks::call_glue::first_attempt(

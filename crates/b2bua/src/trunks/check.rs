@@ -12,8 +12,11 @@ use tokio::time::Instant;
 
 use super::{Answer, Trunks};
 
-/// How often the list of trunks is looked at for checks that are due.
+/// How often the checks that are due are started.
 const TICK: Duration = Duration::from_millis(250);
+/// How often the list of trunks is read again from the store (trunks added or changed
+/// through the API are checked from then on).
+const RELIST: Duration = Duration::from_secs(2);
 
 /// Starts the checks; they stop when the [`Trunks`] is dropped.
 pub fn spawn(
@@ -24,18 +27,22 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut list: Vec<store::Trunk> = Vec::new();
+        let mut listed_at: Option<Instant> = None;
         loop {
             tick.tick().await;
             let Some(t) = trunks.upgrade() else { return };
-            let list = match t.store.list_trunks() {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::debug!(error = %e, "trunk checks: store not readable");
-                    continue;
-                }
-            };
             let now = Instant::now();
-            for trunk in list {
+            if listed_at.is_none_or(|at| now.saturating_duration_since(at) >= RELIST) {
+                match t.store.list_trunks() {
+                    Ok(l) => {
+                        list = l;
+                        listed_at = Some(now);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "trunk checks: store not readable"),
+                }
+            }
+            for trunk in list.iter().cloned() {
                 let secs = trunk.routing.options_interval_secs;
                 if secs == 0 {
                     continue;
