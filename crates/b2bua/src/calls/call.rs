@@ -535,7 +535,6 @@ impl Call {
             .register_sip_call_id(&sip_call_id, &self.spec.call_id, leg);
         let (tx, mut rx) = mpsc::unbounded_channel::<(usize, ClientEvent)>();
         let mut branches: Vec<Branch> = Vec::new();
-
         // Any branch may answer (or send early media) from the address we signal it at.
         let signalling: Vec<IpAddr> = targets.iter().map(|t| t.dest.addr.ip()).collect();
         self.allow_media_sources(leg, &signalling);
