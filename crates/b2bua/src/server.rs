@@ -40,10 +40,11 @@ pub struct SipServer {
 }
 
 /// Who counts as a known peer: a phone registered from the address, or a configured trunk
-/// (by IP literal; trunks named by DNS are exempted through `sip.refusal_exempt`).
+/// (by IP literal, or an address a trunk named by DNS resolved to).
 struct KnownPeers {
     registrar: Arc<Registrar>,
     store: Option<Arc<dyn store::Store>>,
+    trunks: Option<Arc<crate::trunks::Trunks>>,
     /// The trunks' addresses (IP literals) and when they were read.
     trunk_ips: Mutex<(Option<Instant>, Vec<IpAddr>)>,
 }
@@ -54,7 +55,9 @@ impl KnownPeers {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.registrar.is_registered_source(source, now) || self.is_trunk(source)
+        self.registrar.is_registered_source(source, now)
+            || self.is_trunk(source)
+            || self.trunks.as_ref().is_some_and(|t| t.is_target_ip(source))
     }
 
     fn is_trunk(&self, source: IpAddr) -> bool {
@@ -85,6 +88,7 @@ impl SipServer {
         let peers = Arc::new(KnownPeers {
             registrar: Arc::clone(&registrar),
             store: engine.as_ref().map(|e| Arc::clone(&e.inner.store)),
+            trunks: engine.as_ref().map(|e| e.trunks()),
             trunk_ips: Mutex::new((None, Vec::new())),
         });
         let p = Arc::clone(&peers);

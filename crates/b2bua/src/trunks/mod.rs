@@ -124,6 +124,9 @@ pub struct Trunks {
     dns: Result<Dns, String>,
     cache: Mutex<HashMap<(String, Transport), Resolution>>,
     runtime: Mutex<HashMap<String, Arc<TrunkRuntime>>>,
+    /// Every address a trunk resolved to so far: known peers, exempt from the per-source
+    /// guards like trunks given by IP address.
+    known_ips: std::sync::RwLock<std::collections::HashSet<std::net::IpAddr>>,
 }
 
 impl std::fmt::Debug for Trunks {
@@ -158,6 +161,7 @@ impl Trunks {
             dns,
             cache: Mutex::new(HashMap::new()),
             runtime: Mutex::new(HashMap::new()),
+            known_ips: std::sync::RwLock::new(std::collections::HashSet::new()),
         }
     }
 
@@ -192,6 +196,9 @@ impl Trunks {
         }
         let rt = self.runtime(&trunk.name);
         let addrs = r.all_addrs();
+        if let Ok(mut known) = self.known_ips.write() {
+            known.extend(addrs.iter().map(SocketAddr::ip));
+        }
         if let Ok(mut t) = rt.targets.lock() {
             for a in &addrs {
                 if !t.iter().any(|(x, _)| x == a) {
@@ -203,6 +210,11 @@ impl Trunks {
             *cur = addrs;
         }
         Ok(r)
+    }
+
+    /// Whether `ip` is an address some trunk resolved to (a carrier's edge).
+    pub fn is_target_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.known_ips.read().is_ok_and(|k| k.contains(&ip))
     }
 
     /// The health state of one target now (logging a change once).
@@ -499,5 +511,120 @@ fn attempt_for(t: &store::Trunk, res: &Resolution, addr: SocketAddr, number: &st
         calls_per_second: t.routing.calls_per_second,
         checked: t.routing.options_interval_secs > 0,
         down_after: t.routing.down_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCOUNT: &str = "acct_01h2xcejqtf2nbrexx3vqjhp41";
+
+    /// An account with three trunks given by IP address: "late" (priority 20), "early"
+    /// (priority 5, a dial prefix, a channel cap), "sos" (emergency, TCP, priority 30).
+    fn trunks() -> Trunks {
+        let db = store::SqliteStore::open_in_memory().unwrap();
+        let text = format!(
+            r#"{{
+              "accounts": [{{"id": "{ACCOUNT}", "name": "Acme", "region": "US",
+                 "api_keys": [{{"key": "ak_test_1", "secret": "sk_test_1"}}],
+                 "webhook_secret": "whsec_test_1", "allowed_prefixes": ["+1"]}}],
+              "trunks": [
+                {{"name": "late", "account": "{ACCOUNT}", "address": "127.0.0.3:5060",
+                  "priority": 20}},
+                {{"name": "early", "account": "{ACCOUNT}", "address": "127.0.0.2:5070",
+                  "priority": 5, "dial_prefix": "9", "max_calls": 4}},
+                {{"name": "sos", "account": "{ACCOUNT}", "address": "127.0.0.4",
+                  "priority": 30, "emergency": true, "transport": "tcp"}}
+              ]
+            }}"#
+        );
+        db.apply_provisioning(&serde_json::from_str(&text).unwrap(), "dialbridge.test")
+            .unwrap();
+        let cfg = TrunksConfig {
+            dns_servers: vec!["127.0.0.1:9".parse().unwrap()],
+        };
+        Trunks::new(&cfg, Arc::new(db))
+    }
+
+    fn names(a: &[Attempt]) -> Vec<&str> {
+        a.iter().map(|a| a.trunk.as_str()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn plan_orders_trunks_by_priority_and_filters() {
+        let t = trunks();
+        let plan = t.plan(ACCOUNT, "+15550100", None, false).await.unwrap();
+        assert_eq!(names(&plan), ["early", "late", "sos"]);
+        let first = &plan[0];
+        assert_eq!(
+            first.request_uri.to_string(),
+            "sip:9+15550100@127.0.0.2:5070"
+        );
+        assert_eq!(first.dest.addr, "127.0.0.2:5070".parse().unwrap());
+        assert_eq!(first.label, "trunk early udp:127.0.0.2:5070");
+        assert_eq!(first.max_calls, Some(4));
+        assert_eq!(first.invite_timeout, Duration::from_millis(2000));
+        // An IP without a port: 5060 on the wire, no port in the Request-URI; TCP says so.
+        let sos = &plan[2];
+        assert_eq!(sos.dest.addr, "127.0.0.4:5060".parse().unwrap());
+        assert_eq!(sos.dest.transport, Transport::Tcp);
+        assert_eq!(
+            sos.request_uri.to_string(),
+            "sip:+15550100@127.0.0.4;transport=tcp"
+        );
+        // Emergency calls only through emergency trunks; a named trunk only.
+        let plan = t.plan(ACCOUNT, "911", None, true).await.unwrap();
+        assert_eq!(names(&plan), ["sos"]);
+        let plan = t
+            .plan(ACCOUNT, "+15550100", Some("late"), false)
+            .await
+            .unwrap();
+        assert_eq!(names(&plan), ["late"]);
+        assert!(matches!(
+            t.plan(ACCOUNT, "+15550100", Some("nosuch"), false).await,
+            Err(PlanError::NoTrunk)
+        ));
+        assert!(matches!(
+            t.plan("acct_01h2xcejqtf2nbrexx3vqjhp50", "+15550100", None, false)
+                .await,
+            Err(PlanError::NoTrunk)
+        ));
+        // The resolved addresses are known peers.
+        assert!(t.is_target_ip("127.0.0.2".parse().unwrap()));
+        assert!(!t.is_target_ip("127.0.0.9".parse().unwrap()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn down_targets_are_left_out_of_the_plan() {
+        let t = trunks();
+        let plan = t.plan(ACCOUNT, "+15550100", None, false).await.unwrap();
+        let early = plan[0].clone();
+        t.report(
+            &early,
+            AttemptResult::Final {
+                code: 503,
+                retry_after: Some(Duration::from_secs(60)),
+                rtt: Some(Duration::from_millis(3)),
+            },
+        );
+        let plan = t.plan(ACCOUNT, "+15550100", None, false).await.unwrap();
+        assert_eq!(names(&plan), ["late", "sos"]);
+        let status = t.status("early").await.unwrap();
+        assert_eq!(status["state"], "down", "{status}");
+        assert_eq!(status["targets"][0]["last_answer"], "503");
+        assert_eq!(status["targets"][0]["last_rtt_ms"], 3);
+        assert_eq!(status["resolved_by"], "ip");
+        let (up, attempts) = t.metric_lines();
+        assert!(up.contains(&("{trunk=\"early\",target=\"127.0.0.2:5070\"}".to_string(), 0)));
+        assert!(attempts.contains(&("{trunk=\"early\",code=\"503\"}".to_string(), 1)));
+        // Only one trunk, and its target down: nothing to try, and the error says why.
+        match t.plan(ACCOUNT, "+15550100", Some("early"), false).await {
+            Err(PlanError::AllDown(why)) => assert!(why.contains("127.0.0.2:5070"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let plan = t.plan(ACCOUNT, "+15550100", None, false).await.unwrap();
+        assert_eq!(names(&plan), ["early", "late", "sos"]);
     }
 }
