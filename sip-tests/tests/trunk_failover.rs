@@ -347,7 +347,7 @@ invite_timeout_ms = 500
     // reports the ICMP port unreachable, a transport error).
     let dead_at = tl.iter().position(|l| {
         l.contains(&format!("udp:127.0.0.1:{dead}: no answer within 500 ms"))
-            || l.contains(&format!("udp:127.0.0.1:{dead}: transport error"))
+            || l.contains(&format!("udp:127.0.0.1:{dead}: the transport failed"))
     });
     let live_at = tl.iter().position(|l| {
         l.contains(&format!(

@@ -6,10 +6,10 @@
 //!   weighted order, the hickory-resolver client (`[dns] servers`).
 //! - [`health`]: one target's up/down state from checks, attempts and `503` + `Retry-After`.
 //! - [`limits`]: per-trunk channels (`max_calls`) and `calls_per_second`.
-//! - [`walk`]: the customer leg's sequential walk through its attempts ([`walk::Walk`],
-//!   [`walk::after_final`]).
+//! - [`failover`]: when a leg goes on to its next attempt ([`failover::after_final`]).
 //! - [`check`]: the OPTIONS health checks (the only part here that sends anything).
-//! - [`call_glue`]: the few functions the call task calls.
+//! - [`call_glue`]: what the call machine's targets carry ([`call_glue::TrunkAttempt`]) and
+//!   the lookup of a leg's attempts.
 //!
 //! [`Trunks`] ties them together: [`Trunks::plan`] lists the attempts of one leg — each
 //! target of each trunk of the account, trunks by `priority`, targets in DNS order, down
@@ -22,10 +22,10 @@
 
 pub(crate) mod call_glue;
 pub mod check;
+pub mod failover;
 pub mod health;
 pub mod limits;
 pub mod resolve;
-pub mod walk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -40,10 +40,10 @@ use sip_core::transport::Transport;
 use store::Store;
 use tokio::time::Instant;
 
+pub use failover::{after_final, Next};
 pub use health::{Answer, TargetHealth, TargetState};
 pub use limits::ChannelGuard;
 pub use resolve::{Dns, DnsError, Resolution};
-pub use walk::{after_final, Next, Walk};
 
 use limits::{Channels, RateGate};
 

@@ -1,0 +1,108 @@
+//! Where a leg's INVITEs go: the registered contacts of a user's devices (rung at once), or
+//! a number through the account's trunk. The lookups read the store and resolve host names,
+//! so the call's driver runs them and hands the machine the resulting [`Plan`].
+
+use store::CallStatus;
+
+use super::machine::{outcome, Plan, Target};
+use super::shared::{now_ms, EngineInner};
+use super::{AgentTarget, CallSpec, CustomerTarget, Leg, Outcome};
+
+/// The plan of one leg of `spec`.
+pub(crate) async fn plan(inner: &EngineInner, spec: &CallSpec, leg: Leg) -> Result<Plan, Outcome> {
+    match (leg, &spec.agent, &spec.customer) {
+        (Leg::Agent, AgentTarget::Devices { user_id }, _)
+        | (Leg::Customer, _, CustomerTarget::User { user_id }) => {
+            device_targets(inner, user_id, leg).map(|t| vec![t])
+        }
+        (Leg::Agent, AgentTarget::Trunk { number, trunk, .. }, _) => {
+            trunk_plan(inner, spec, number, trunk.as_deref(), false, leg).await
+        }
+        (Leg::Customer, _, CustomerTarget::E164(n)) => {
+            trunk_plan(inner, spec, n, None, false, leg).await
+        }
+        (Leg::Customer, _, CustomerTarget::Emergency(n)) => {
+            trunk_plan(inner, spec, n, None, true, leg).await
+        }
+    }
+}
+
+/// Every registered contact of every device of the user.
+fn device_targets(inner: &EngineInner, user_id: &str, leg: Leg) -> Result<Vec<Target>, Outcome> {
+    let now = now_ms() / 1000;
+    let bindings = inner
+        .store
+        .bindings_for_user(user_id, now)
+        .map_err(|e| outcome(CallStatus::Failed, Some(leg), None, &format!("store: {e}")))?;
+    let mut out = Vec::new();
+    for b in &bindings {
+        let conn = inner
+            .registrar
+            .connection_of(&b.device_username, &b.contact);
+        if let Some((uri, dest)) = crate::registrar::binding_target(b, conn) {
+            out.push(Target {
+                request_uri: uri,
+                to: format!("<sip:{}@{}>", b.device_username, inner.cfg.domain),
+                contact: inner.endpoint.contact_uri(None, dest.transport, dest.addr),
+                dest,
+                credentials: None,
+                label: format!("device {} at {}", b.device_username, b.contact),
+                invite_timeout: None,
+                failover_codes: Vec::new(),
+                trunk: None,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(outcome(
+            CallStatus::Failed,
+            Some(leg),
+            Some(480),
+            "no registered device",
+        ));
+    }
+    Ok(out)
+}
+
+/// The attempts of a leg through the account's trunks (`crate::trunks`): for the customer
+/// leg each attempt is a stage of the plan (tried one after another, failover by the
+/// trunk's `invite_timeout_ms` and `failover_codes`); the agent leg through a PBX trunk
+/// takes the first.
+async fn trunk_plan(
+    inner: &EngineInner,
+    spec: &CallSpec,
+    number: &str,
+    trunk_name: Option<&str>,
+    emergency: bool,
+    leg: Leg,
+) -> Result<Plan, Outcome> {
+    let attempts = crate::trunks::call_glue::attempts(
+        &inner.trunks,
+        &spec.account_id,
+        number,
+        trunk_name,
+        emergency,
+    )
+    .await
+    .map_err(|reason| outcome(CallStatus::Failed, Some(leg), None, &reason))?;
+    let stages = attempts.into_iter().map(|a| {
+        let t = &a.attempt;
+        vec![Target {
+            to: format!("<{}>", t.request_uri),
+            request_uri: t.request_uri.clone(),
+            contact: inner
+                .endpoint
+                .contact_uri(None, t.dest.transport, t.dest.addr),
+            dest: t.dest,
+            credentials: t.credentials.clone(),
+            label: t.label.clone(),
+            invite_timeout: Some(t.invite_timeout),
+            failover_codes: t.failover_codes.clone(),
+            trunk: Some(a),
+        }]
+    });
+    Ok(match leg {
+        Leg::Customer => stages.collect(),
+        Leg::Agent => stages.take(1).collect(),
+    })
+}
