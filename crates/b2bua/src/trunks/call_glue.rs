@@ -30,6 +30,11 @@ impl std::fmt::Debug for TrunkAttempt {
 }
 
 impl TrunkAttempt {
+    #[cfg(test)]
+    pub(crate) fn new(attempt: Attempt, trunks: Arc<Trunks>) -> TrunkAttempt {
+        TrunkAttempt { attempt, trunks }
+    }
+
     /// The trunk's channel for this attempt; `None` when the trunk is at `max_calls` or
     /// `calls_per_second` (the attempt is skipped).
     pub(crate) fn acquire(&self) -> Option<ChannelGuard> {
