@@ -54,7 +54,7 @@ impl FromRequestParts<Arc<Shared>> for BearerAccount {
         if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
             return Err(ApiError::Unauthorized);
         }
-        match state.store.account_by_api_secret(secret.trim())? {
+        match state.store.account_by_api_secret(secret.trim()).await? {
             Some(a) => Ok(BearerAccount(a)),
             None => Err(ApiError::Unauthorized),
         }
@@ -76,7 +76,7 @@ impl FromRequestParts<Arc<Shared>> for KeyPairAccount {
         if key.is_empty() || secret.is_empty() {
             return Err(ApiError::Unauthorized.into());
         }
-        match state.store.account_by_key_pair(key, secret)? {
+        match state.store.account_by_key_pair(key, secret).await? {
             Some(a) => Ok(KeyPairAccount(a)),
             None => Err(ApiError::Unauthorized.into()),
         }

@@ -34,7 +34,7 @@ pub fn spawn(
             let Some(t) = trunks.upgrade() else { return };
             let now = Instant::now();
             if listed_at.is_none_or(|at| now.saturating_duration_since(at) >= RELIST) {
-                match t.store.list_trunks() {
+                match t.store.list_trunks().await {
                     Ok(l) => {
                         list = l;
                         listed_at = Some(now);

@@ -39,7 +39,9 @@ mod tests {
     use std::time::Duration;
 
     fn trunks() -> Arc<Trunks> {
-        let store: Arc<dyn store::Store> = Arc::new(store::SqliteStore::open_in_memory().unwrap());
+        let store: Arc<dyn store::Store> = Arc::new(store::StoreThreads::inline(
+            store::SqliteStore::open_in_memory().unwrap(),
+        ));
         // A server that is never asked: these tests use no domain.
         let cfg = TrunksConfig {
             dns_servers: vec!["127.0.0.1:9".parse().unwrap()],

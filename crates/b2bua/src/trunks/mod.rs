@@ -244,7 +244,8 @@ impl Trunks {
     ) -> Result<Vec<Attempt>, PlanError> {
         let mut trunks: Vec<store::Trunk> = self
             .store
-            .trunks_for_account(account_id)?
+            .trunks_for_account(account_id)
+            .await?
             .into_iter()
             .filter(|t| trunk.is_none_or(|n| t.name == n) && (!emergency || t.emergency))
             .collect();
@@ -386,7 +387,7 @@ impl Trunks {
     /// `GET /v1/trunks/{name}`: the trunk's state and its targets; `None` when there is no
     /// such trunk.
     pub async fn status(&self, name: &str) -> Option<Value> {
-        let trunk = self.store.trunk(name).ok().flatten()?;
+        let trunk = self.store.trunk(name).await.ok().flatten()?;
         let resolved = self.resolution(&trunk).await;
         let rt = self.runtime(name);
         let now = Instant::now();
@@ -523,6 +524,7 @@ mod tests {
     /// An account with three trunks given by IP address: "late" (priority 20), "early"
     /// (priority 5, a dial prefix, a channel cap), "sos" (emergency, TCP, priority 30).
     fn trunks() -> Trunks {
+        use store::BlockingStore;
         let db = store::SqliteStore::open_in_memory().unwrap();
         let text = format!(
             r#"{{
@@ -544,7 +546,8 @@ mod tests {
         let cfg = TrunksConfig {
             dns_servers: vec!["127.0.0.1:9".parse().unwrap()],
         };
-        Trunks::new(&cfg, Arc::new(db))
+        // Inline: on the paused clock a wait for a store thread would let timers jump.
+        Trunks::new(&cfg, Arc::new(store::StoreThreads::inline(db)))
     }
 
     fn names(a: &[Attempt]) -> Vec<&str> {

@@ -678,8 +678,9 @@ fn through_trunk(
 
 #[tokio::test]
 async fn a_trunk_at_its_call_limit_is_skipped_and_the_answering_trunk_keeps_its_channel() {
-    let store: std::sync::Arc<dyn store::Store> =
-        std::sync::Arc::new(store::SqliteStore::open_in_memory().expect("store"));
+    let store: std::sync::Arc<dyn store::Store> = std::sync::Arc::new(store::StoreThreads::inline(
+        store::SqliteStore::open_in_memory().expect("store"),
+    ));
     let trunks = std::sync::Arc::new(crate::trunks::Trunks::new(
         &crate::trunks::TrunksConfig {
             dns_servers: vec![addr(9)],
