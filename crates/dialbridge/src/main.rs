@@ -6,6 +6,7 @@ mod config;
 mod demo;
 mod hep;
 mod logging;
+mod node;
 mod phone;
 mod serve;
 mod sip_trace;
