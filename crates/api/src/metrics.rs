@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use store::CallStatus;
 
 type Source = Box<dyn Fn() -> u64 + Send + Sync>;
+type FamilySource = Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 /// A counter another part of the process keeps in a value of type `T`: name, help, and how
 /// to read it from the value.
@@ -33,6 +34,9 @@ pub struct Metrics {
     relay_packets_source: RwLock<Option<Source>>,
     /// Further metrics other parts of the process own (name, type, help, reader).
     extra: RwLock<Vec<(&'static str, &'static str, &'static str, Source)>>,
+    /// Labelled families other parts of the process own (name, type, help, reader of
+    /// `({labels}, value)` lines).
+    families: RwLock<Vec<(&'static str, &'static str, &'static str, FamilySource)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -149,6 +153,20 @@ impl Metrics {
         }
     }
 
+    /// Adds a metric with labels read at every scrape: `f` returns `({label="…"}, value)`
+    /// lines (no line, no sample).
+    pub fn add_family(
+        &self,
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+        f: impl Fn() -> Vec<(String, u64)> + Send + Sync + 'static,
+    ) {
+        if let Ok(mut fam) = self.families.write() {
+            fam.push((name, kind, help, Box::new(f)));
+        }
+    }
+
     /// Adds counters that live in one shared value (a component's statistics), each read
     /// from it at every scrape.
     pub fn add_counters<T: Send + Sync + 'static>(&self, source: &Arc<T>, counters: &[Counter<T>]) {
@@ -251,6 +269,11 @@ impl Metrics {
         if let Ok(extra) = self.extra.read() {
             for (name, kind, help, f) in extra.iter() {
                 metric(name, kind, help, &[(String::new(), f())]);
+            }
+        }
+        if let Ok(fam) = self.families.read() {
+            for (name, kind, help, f) in fam.iter() {
+                metric(name, kind, help, &f());
             }
         }
         out

@@ -149,6 +149,14 @@ pub fn trunk(t: &Trunk) -> Value {
         "emergency": t.emergency,
         "dial_prefix": t.dial_prefix,
         "from_domain": t.from_domain,
+        "priority": t.routing.priority,
+        "invite_timeout_ms": t.routing.invite_timeout_ms,
+        "failover_codes": t.routing.failover_codes,
+        "options_interval_secs": t.routing.options_interval_secs,
+        "down_after": t.routing.down_after,
+        "up_after": t.routing.up_after,
+        "max_calls": t.routing.max_calls,
+        "calls_per_second": t.routing.calls_per_second,
     })
 }
 
@@ -334,6 +342,48 @@ pub mod doc {
         emergency: bool,
         dial_prefix: Option<String>,
         from_domain: Option<String>,
+        /// Failover order: lower first.
+        priority: u32,
+        /// A target silent this long (no provisional response) is given up for the next.
+        invite_timeout_ms: u32,
+        /// Final answers after which the next target is tried.
+        failover_codes: Vec<u16>,
+        /// OPTIONS health checks every this many seconds; 0 = off.
+        options_interval_secs: u32,
+        down_after: u32,
+        up_after: u32,
+        /// Calls through the trunk at once; `null` = no cap.
+        max_calls: Option<u32>,
+        /// New calls per second; `null` = no cap.
+        calls_per_second: Option<u32>,
+        /// `GET /v1/trunks/{name}` only: `up` while any target is up.
+        #[schema(nullable = false)]
+        state: Option<String>,
+        /// `GET /v1/trunks/{name}` only: how the address was resolved (`ip`, `a`, `srv`, `naptr`).
+        resolved_by: Option<String>,
+        /// `GET /v1/trunks/{name}` only: why the address could not be resolved.
+        resolve_error: Option<String>,
+        /// `GET /v1/trunks/{name}` only: calls holding one of its channels.
+        #[schema(nullable = false)]
+        calls_in_progress: Option<u32>,
+        /// `GET /v1/trunks/{name}` only: each target with its health.
+        #[schema(nullable = false)]
+        targets: Option<Vec<TrunkTargetView>>,
+    }
+
+    /// One target of a trunk (an address it resolved to) and its health.
+    #[derive(ToSchema)]
+    #[schema(as = TrunkTarget)]
+    pub struct TrunkTargetView {
+        address: String,
+        transport: String,
+        /// `up` or `down`.
+        state: String,
+        last_rtt_ms: Option<u64>,
+        /// `200`, `503`, `timeout`, `transport error`, ...
+        last_answer: Option<String>,
+        /// Why it is down.
+        reason: Option<String>,
     }
 
     /// A registration binding in force.

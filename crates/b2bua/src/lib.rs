@@ -14,8 +14,11 @@
 //! - [`dialplan`]: dial strings (E.164, national, international prefix, extensions, emergency)
 //!   and what an account may dial (countries, number types, prefixes).
 //! - [`numbering`]: validity, region and type of a number from libphonenumber's metadata.
+//! - [`trunks`]: where a customer leg goes — RFC 3263 resolution of trunk addresses, the
+//!   failover order, health checks and per-trunk limits.
 //!
-//! This crate does no socket I/O of its own (sip-core's endpoint and the media crate do).
+//! This crate does no socket I/O of its own (sip-core's endpoint and the media crate do;
+//! hickory-resolver makes the DNS queries of [`trunks::resolve`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod calls;
@@ -24,3 +27,4 @@ pub mod dialplan;
 pub mod numbering;
 pub mod registrar;
 pub mod server;
+pub mod trunks;

@@ -35,10 +35,11 @@ pub struct SipServer {
 }
 
 /// Who counts as a known peer: a phone registered from the address, or a configured trunk
-/// (by IP literal; trunks named by DNS are exempted through `sip.refusal_exempt`).
+/// (by IP literal, or an address a trunk named by DNS resolved to).
 struct KnownPeers {
     registrar: Arc<Registrar>,
     store: Option<Arc<dyn store::Store>>,
+    trunks: Option<Arc<crate::trunks::Trunks>>,
     /// The trunks' addresses (IP literals) as last read from the store.
     trunk_ips: Mutex<TrunkIps>,
 }
@@ -58,7 +59,9 @@ impl KnownPeers {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.registrar.is_registered_source(source, now) || self.is_trunk(source)
+        self.registrar.is_registered_source(source, now)
+            || self.is_trunk(source)
+            || self.trunks.as_ref().is_some_and(|t| t.is_target_ip(source))
     }
 
     /// Whether `source` is a trunk's address as last read; starts a new read when that
@@ -107,6 +110,7 @@ impl SipServer {
         let peers = Arc::new(KnownPeers {
             registrar: Arc::clone(&registrar),
             store: engine.as_ref().map(|e| Arc::clone(&e.inner.store)),
+            trunks: engine.as_ref().map(|e| e.trunks()),
             trunk_ips: Mutex::new(TrunkIps::default()),
         });
         // The first read of the trunks' addresses starts now rather than at the first

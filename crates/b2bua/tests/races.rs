@@ -404,6 +404,9 @@ struct Harness {
     carrier: Peer,
 }
 
+/// The scripted carrier sends no `100 Trying` and answers when a test says so, often after
+/// seconds of virtual time: its trunk's `invite_timeout_ms` (2 s by default, then the next
+/// target) is set beyond any wait of a test.
 fn provisioning(carrier: SocketAddr) -> store::Provisioning {
     let text = format!(
         r#"{{
@@ -414,7 +417,8 @@ fn provisioning(carrier: SocketAddr) -> store::Provisioning {
              "name": "Alice", "extension": "1001", "agent_id": 42,
              "devices": [{{"username": "{d0}", "password": "s3cret-desk"}},
                          {{"username": "{d1}", "password": "s3cret-mobile"}}]}}],
-          "trunks": [{{"name": "carrier", "account": "{ACCOUNT}", "address": "{carrier}"}}]
+          "trunks": [{{"name": "carrier", "account": "{ACCOUNT}", "address": "{carrier}",
+             "invite_timeout_ms": 60000}}]
         }}"#,
         d0 = DEVICES[0],
         d1 = DEVICES[1],

@@ -325,6 +325,14 @@ impl std::fmt::Debug for HepConfig {
     }
 }
 
+/// `[dns]`: the DNS servers trunk addresses are resolved with (RFC 3263).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// `"IP:PORT"` or `"IP"` (port 53); empty = the system resolver (`/etc/resolv.conf`).
+    pub servers: Vec<String>,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -338,6 +346,7 @@ pub struct Config {
     pub calls: CallsConfig,
     pub log: LogConfig,
     pub hep: HepConfig,
+    pub dns: DnsConfig,
     pub accounts: Vec<store::AccountSpec>,
     pub users: Vec<store::UserSpec>,
     pub trunks: Vec<store::TrunkSpec>,
@@ -357,6 +366,8 @@ pub struct Validated {
     pub stateless: sip_core::endpoint::StatelessConfig,
     /// `[hep]`, when on.
     pub hep: Option<crate::hep::HepSettings>,
+    /// `[dns] servers`.
+    pub dns_servers: Vec<SocketAddr>,
     /// `[node]`.
     pub node: NodeSettings,
 }
@@ -671,8 +682,22 @@ impl Config {
                 }
             }
         }
+        let mut dns_servers = Vec::new();
+        for (i, d) in self.dns.servers.iter().enumerate() {
+            let parsed = d
+                .parse::<SocketAddr>()
+                .or_else(|_| d.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            match parsed {
+                Ok(a) => dns_servers.push(a),
+                Err(_) => errors.push(err(
+                    &format!("dns.servers[{i}]"),
+                    format!("{d:?} is not IP:PORT or an IP address"),
+                )),
+            }
+        }
         if errors.is_empty() {
             Ok(Validated {
+                dns_servers,
                 listen,
                 sip_advertise,
                 media_bind,
@@ -814,6 +839,46 @@ webhook_secret = "whsec_test_1"
         // Not a number at all: refused by the parser, with the line of the key.
         let e = Config::parse(&format!("{ACCOUNT}calls_per_second = \"fast\"\n")).unwrap_err();
         assert!(e[0].contains("expected f64 (line 7)"), "{e:?}");
+    }
+
+    #[test]
+    fn dns_servers_and_trunk_routing_are_checked_and_named() {
+        let c = Config::parse(&format!(
+            "[dns]\nservers = [\"127.0.0.1:5353\", \"::1\"]\n{ACCOUNT}\n[[trunks]]\nname = \"edges\"\naddress = \"carrier.test\"\npriority = 5\nfailover_codes = [503]\noptions_interval_secs = 10\nmax_calls = 30\n"
+        ))
+        .unwrap();
+        let v = c.validate().unwrap();
+        assert_eq!(
+            v.dns_servers,
+            vec![
+                "127.0.0.1:5353".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        let r = c.provisioning().trunks[0].routing();
+        assert_eq!(
+            (r.priority, r.max_calls, r.calls_per_second),
+            (5, Some(30), None)
+        );
+        assert_eq!(r.failover_codes, vec![503]);
+        assert_eq!(
+            (r.invite_timeout_ms, r.down_after, r.up_after),
+            (2000, 3, 2)
+        );
+        let c = Config::parse(&format!(
+            "[dns]\nservers = [\"resolver\"]\n{ACCOUNT}\n[[trunks]]\nname = \"edges\"\naddress = \"carrier.test\"\nfailover_codes = [200]\ndown_after = 0\nmax_calls = 0\n"
+        ))
+        .unwrap();
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "dns.servers[0]",
+            "trunks[0].failover_codes",
+            "trunks[0].down_after",
+            "trunks[0].max_calls",
+        ] {
+            assert!(keys.contains(&k), "{k} in {keys:?}");
+        }
     }
 
     #[test]

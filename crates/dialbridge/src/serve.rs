@@ -236,6 +236,7 @@ pub async fn serve_until(
         b2bua::calls::EngineConfig {
             domain: cfg.sip.domain.clone(),
             max_concurrent: cfg.calls.max_concurrent,
+            dns_servers: valid.dns_servers.clone(),
             ..Default::default()
         },
         endpoint.clone(),
@@ -277,6 +278,20 @@ pub async fn serve_until(
         // The registrations gauge is read from the store by the metrics handler.
         let e = engine.clone();
         metrics.set_relay_packets_source(move || e.relayed_packets());
+        let trunks = engine.trunks();
+        metrics.add_family(
+            "dialbridge_trunk_up",
+            "gauge",
+            "Whether a trunk target takes calls (1) or is down (0), by trunk and target.",
+            move || trunks.metric_lines().0,
+        );
+        let trunks = engine.trunks();
+        metrics.add_family(
+            "dialbridge_trunk_attempts_total",
+            "counter",
+            "Customer-leg attempts through a trunk, by trunk and answer (SIP code, timeout, transport_error).",
+            move || trunks.metric_lines().1,
+        );
         metrics.add_source(
             "dialbridge_log_lines_dropped_total",
             "counter",

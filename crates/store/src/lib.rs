@@ -68,7 +68,7 @@ pub use error::StoreError;
 pub use model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
     IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry, OutboxState, TimelineEntry,
-    Transport, Trunk, UnixMs, UnixSecs, UnknownNumberType, User,
+    Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, UnknownNumberType, User,
 };
 pub use postgres::PgStore;
 pub use provision::{

@@ -292,6 +292,71 @@ pub struct Trunk {
     pub dial_prefix: Option<String>,
     /// Host part of the From URI towards the carrier.
     pub from_domain: Option<String>,
+    /// Failover order, time-outs, health checks and limits (SPEC §9.8).
+    pub routing: TrunkRouting,
+}
+
+/// How calls use a trunk: its place in the failover order, when one of its targets is given
+/// up for the next, how its targets are health-checked, and its limits (SPEC §9.8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkRouting {
+    /// Lower is tried first.
+    pub priority: u32,
+    /// A target that sends nothing (not even a provisional response) within this is given up.
+    pub invite_timeout_ms: u32,
+    /// Final responses after which the next target is tried.
+    pub failover_codes: Vec<u16>,
+    /// OPTIONS to each target every this many seconds; 0 = no health checks.
+    pub options_interval_secs: u32,
+    /// Failed checks in a row after which a target is down.
+    pub down_after: u32,
+    /// Answered checks in a row after which a down target is up again.
+    pub up_after: u32,
+    /// Calls through this trunk at once (channels); `None` = no cap.
+    pub max_calls: Option<u32>,
+    /// New calls per second through this trunk; `None` = no cap.
+    pub calls_per_second: Option<u32>,
+}
+
+impl TrunkRouting {
+    pub const DEFAULT_PRIORITY: u32 = 10;
+    pub const DEFAULT_INVITE_TIMEOUT_MS: u32 = 2000;
+    pub const DEFAULT_FAILOVER_CODES: [u16; 5] = [408, 500, 502, 503, 504];
+    pub const DEFAULT_DOWN_AFTER: u32 = 3;
+    pub const DEFAULT_UP_AFTER: u32 = 2;
+
+    /// `failover_codes` as stored: comma-separated.
+    pub fn failover_codes_text(&self) -> String {
+        self.failover_codes
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Reads `failover_codes` as stored; `None` when a code is not a SIP status (300-699).
+    pub fn parse_failover_codes(text: &str) -> Option<Vec<u16>> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| c.parse::<u16>().ok().filter(|c| (300..700).contains(c)))
+            .collect()
+    }
+}
+
+impl Default for TrunkRouting {
+    fn default() -> Self {
+        TrunkRouting {
+            priority: Self::DEFAULT_PRIORITY,
+            invite_timeout_ms: Self::DEFAULT_INVITE_TIMEOUT_MS,
+            failover_codes: Self::DEFAULT_FAILOVER_CODES.to_vec(),
+            options_interval_secs: 0,
+            down_after: Self::DEFAULT_DOWN_AFTER,
+            up_after: Self::DEFAULT_UP_AFTER,
+            max_calls: None,
+            calls_per_second: None,
+        }
+    }
 }
 
 /// A registration binding (RFC 3261 §10.3): one Contact of one device.

@@ -23,7 +23,7 @@ use tokio_postgres::{NoTls, Row};
 use crate::model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
     IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, TimelineEntry, Transport,
-    Trunk, UnixMs, UnixSecs, User,
+    Trunk, TrunkRouting, UnixMs, UnixSecs, User,
 };
 use crate::provision::{Change, ConfigIssue, ProvisionReport, Provisioning, DEVICE_PREFIX};
 use crate::secret::{api_secret_hash, constant_time_eq, ha1_md5, ha1_sha256, Secret};
@@ -194,6 +194,17 @@ CREATE TABLE nodes (
     until_ms      BIGINT NOT NULL,
     taken_over_by TEXT
 );
+"#,
+    // 3: trunk failover, health checks and limits (SPEC §9.8, issue 22), as SQLite's 5.
+    r#"
+ALTER TABLE trunks ADD COLUMN priority BIGINT NOT NULL DEFAULT 10;
+ALTER TABLE trunks ADD COLUMN invite_timeout_ms BIGINT NOT NULL DEFAULT 2000;
+ALTER TABLE trunks ADD COLUMN failover_codes TEXT NOT NULL DEFAULT '408,500,502,503,504';
+ALTER TABLE trunks ADD COLUMN options_interval_secs BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE trunks ADD COLUMN down_after BIGINT NOT NULL DEFAULT 3;
+ALTER TABLE trunks ADD COLUMN up_after BIGINT NOT NULL DEFAULT 2;
+ALTER TABLE trunks ADD COLUMN max_calls BIGINT;
+ALTER TABLE trunks ADD COLUMN calls_per_second BIGINT;
 "#,
 ];
 
@@ -533,7 +544,9 @@ fn number_from_row(row: &Row) -> Result<Number, StoreError> {
 }
 
 const TRUNK_COLS: &str =
-    "name, account_id, address, transport, username, password, emergency, dial_prefix, from_domain";
+    "name, account_id, address, transport, username, password, emergency, dial_prefix, from_domain, \
+     priority, invite_timeout_ms, failover_codes, options_interval_secs, down_after, up_after, \
+     max_calls, calls_per_second";
 
 fn trunk_from_row(row: &Row) -> Result<Trunk, StoreError> {
     let transport: String = row.try_get(3)?;
@@ -551,7 +564,52 @@ fn trunk_from_row(row: &Row) -> Result<Trunk, StoreError> {
         emergency: row.try_get(6)?,
         dial_prefix: row.try_get(7)?,
         from_domain: row.try_get(8)?,
+        routing: TrunkRouting {
+            priority: u32_col(row, 9, "trunks.priority")?,
+            invite_timeout_ms: u32_col(row, 10, "trunks.invite_timeout_ms")?,
+            failover_codes: {
+                let text: String = row.try_get(11)?;
+                TrunkRouting::parse_failover_codes(&text).ok_or_else(|| {
+                    bad_column(
+                        "trunks.failover_codes",
+                        format!("{text:?} is not a list of SIP status codes"),
+                    )
+                })?
+            },
+            options_interval_secs: u32_col(row, 12, "trunks.options_interval_secs")?,
+            down_after: u32_col(row, 13, "trunks.down_after")?,
+            up_after: u32_col(row, 14, "trunks.up_after")?,
+            max_calls: opt_u32_col(row, 15, "trunks.max_calls")?,
+            calls_per_second: opt_u32_col(row, 16, "trunks.calls_per_second")?,
+        },
     })
+}
+
+/// A trunk's routing settings as the columns store them (BIGINT, text).
+struct RoutingCols {
+    priority: i64,
+    invite_timeout_ms: i64,
+    failover_codes: String,
+    options_interval_secs: i64,
+    down_after: i64,
+    up_after: i64,
+    max_calls: Option<i64>,
+    calls_per_second: Option<i64>,
+}
+
+impl RoutingCols {
+    fn of(r: &TrunkRouting) -> RoutingCols {
+        RoutingCols {
+            priority: i64::from(r.priority),
+            invite_timeout_ms: i64::from(r.invite_timeout_ms),
+            failover_codes: r.failover_codes_text(),
+            options_interval_secs: i64::from(r.options_interval_secs),
+            down_after: i64::from(r.down_after),
+            up_after: i64::from(r.up_after),
+            max_calls: r.max_calls.map(i64::from),
+            calls_per_second: r.calls_per_second.map(i64::from),
+        }
+    }
 }
 
 const BINDING_COLS: &str = "b.device_username, d.user_id, b.contact, b.source, b.transport, \
@@ -679,9 +737,13 @@ async fn write_account_limits<C: GenericClient + Sync>(
 }
 
 async fn insert_trunk<C: GenericClient + Sync>(c: &C, t: &Trunk) -> Result<(), StoreError> {
+    let r = RoutingCols::of(&t.routing);
     exec(
         c,
-        &format!("INSERT INTO trunks ({TRUNK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
+        &format!(
+            "INSERT INTO trunks ({TRUNK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, $12, $13, $14, $15, $16, $17)"
+        ),
         &[
             &t.name,
             &t.account_id,
@@ -692,6 +754,14 @@ async fn insert_trunk<C: GenericClient + Sync>(c: &C, t: &Trunk) -> Result<(), S
             &t.emergency,
             &t.dial_prefix,
             &t.from_domain,
+            &r.priority,
+            &r.invite_timeout_ms,
+            &r.failover_codes,
+            &r.options_interval_secs,
+            &r.down_after,
+            &r.up_after,
+            &r.max_calls,
+            &r.calls_per_second,
         ],
     )
     .await
@@ -700,10 +770,14 @@ async fn insert_trunk<C: GenericClient + Sync>(c: &C, t: &Trunk) -> Result<(), S
 }
 
 async fn update_trunk_row<C: GenericClient + Sync>(c: &C, t: &Trunk) -> Result<u64, StoreError> {
+    let r = RoutingCols::of(&t.routing);
     exec(
         c,
         "UPDATE trunks SET account_id = $2, address = $3, transport = $4, username = $5,
-             password = $6, emergency = $7, dial_prefix = $8, from_domain = $9
+             password = $6, emergency = $7, dial_prefix = $8, from_domain = $9,
+             priority = $10, invite_timeout_ms = $11, failover_codes = $12,
+             options_interval_secs = $13, down_after = $14, up_after = $15, max_calls = $16,
+             calls_per_second = $17
          WHERE name = $1",
         &[
             &t.name,
@@ -715,6 +789,14 @@ async fn update_trunk_row<C: GenericClient + Sync>(c: &C, t: &Trunk) -> Result<u
             &t.emergency,
             &t.dial_prefix,
             &t.from_domain,
+            &r.priority,
+            &r.invite_timeout_ms,
+            &r.failover_codes,
+            &r.options_interval_secs,
+            &r.down_after,
+            &r.up_after,
+            &r.max_calls,
+            &r.calls_per_second,
         ],
     )
     .await
@@ -1105,6 +1187,7 @@ impl PgStore {
                 emergency: t.emergency,
                 dial_prefix: t.dial_prefix.clone(),
                 from_domain: t.from_domain.clone(),
+                routing: t.routing(),
             };
             let existing = query_opt(
                 tx,

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 
 use crate::e164::{is_e164, is_e164_prefix};
-use crate::model::{AccountLimits, NumberType, Transport};
+use crate::model::{AccountLimits, NumberType, Transport, TrunkRouting};
 use crate::secret::Secret;
 use crate::typeid::TypeId;
 
@@ -135,6 +135,85 @@ pub struct TrunkSpec {
     pub dial_prefix: Option<String>,
     #[serde(default)]
     pub from_domain: Option<String>,
+    /// Failover order: lower first (default 10).
+    #[serde(default)]
+    pub priority: Option<u32>,
+    /// A target silent this long (no provisional response) is given up (default 2000).
+    #[serde(default)]
+    pub invite_timeout_ms: Option<u32>,
+    /// Final responses after which the next target is tried (default 408, 500, 502, 503, 504).
+    #[serde(default)]
+    pub failover_codes: Option<Vec<u16>>,
+    /// OPTIONS health checks every this many seconds; 0 (default) = off.
+    #[serde(default)]
+    pub options_interval_secs: Option<u32>,
+    /// Failed checks in a row before a target is down (default 3).
+    #[serde(default)]
+    pub down_after: Option<u32>,
+    /// Answered checks in a row before a down target is up again (default 2).
+    #[serde(default)]
+    pub up_after: Option<u32>,
+    /// Calls through the trunk at once; absent = no cap.
+    #[serde(default)]
+    pub max_calls: Option<u32>,
+    /// New calls per second through the trunk; absent = no cap.
+    #[serde(default)]
+    pub calls_per_second: Option<u32>,
+}
+
+impl TrunkSpec {
+    /// The routing settings, with the defaults of SPEC §9.8 for what is absent.
+    pub fn routing(&self) -> TrunkRouting {
+        let d = TrunkRouting::default();
+        TrunkRouting {
+            priority: self.priority.unwrap_or(d.priority),
+            invite_timeout_ms: self.invite_timeout_ms.unwrap_or(d.invite_timeout_ms),
+            failover_codes: self.failover_codes.clone().unwrap_or(d.failover_codes),
+            options_interval_secs: self
+                .options_interval_secs
+                .unwrap_or(d.options_interval_secs),
+            down_after: self.down_after.unwrap_or(d.down_after),
+            up_after: self.up_after.unwrap_or(d.up_after),
+            max_calls: self.max_calls,
+            calls_per_second: self.calls_per_second,
+        }
+    }
+}
+
+/// What is wrong with a trunk's routing settings, as (field, reason) pairs.
+pub fn routing_issues(r: &TrunkRouting) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if !(100..=60_000).contains(&r.invite_timeout_ms) {
+        out.push(("invite_timeout_ms", "must be 100 to 60000".to_owned()));
+    }
+    if let Some(c) = r.failover_codes.iter().find(|c| !(300..700).contains(*c)) {
+        out.push((
+            "failover_codes",
+            format!("{c} is not a SIP final failure status (300-699)"),
+        ));
+    }
+    if r.options_interval_secs > 86_400 {
+        out.push(("options_interval_secs", "must be 0 to 86400".to_owned()));
+    }
+    if !(1..=100).contains(&r.down_after) {
+        out.push(("down_after", "must be 1 to 100".to_owned()));
+    }
+    if !(1..=100).contains(&r.up_after) {
+        out.push(("up_after", "must be 1 to 100".to_owned()));
+    }
+    if r.max_calls == Some(0) {
+        out.push((
+            "max_calls",
+            "must be at least 1 (omit it for no cap)".to_owned(),
+        ));
+    }
+    if r.calls_per_second == Some(0) {
+        out.push((
+            "calls_per_second",
+            "must be at least 1 (omit it for no cap)".to_owned(),
+        ));
+    }
+    out
 }
 
 fn default_transport() -> String {
@@ -619,6 +698,9 @@ impl Provisioning {
                         format!("from_domain {d:?} is not a domain name or IP address"),
                     ));
                 }
+            }
+            for (field, reason) in routing_issues(&t.routing()) {
+                issues.push(ConfigIssue::new(at(field), reason));
             }
         }
     }

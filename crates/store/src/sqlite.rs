@@ -24,7 +24,7 @@ use crate::error::StoreError;
 use crate::model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
     IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, TimelineEntry, Transport,
-    Trunk, UnixMs, UnixSecs, User,
+    Trunk, TrunkRouting, UnixMs, UnixSecs, User,
 };
 use crate::provision::{
     Change, ConfigIssue, ProvisionReport, Provisioning, TrunkSpec, DEVICE_PREFIX,
@@ -201,6 +201,18 @@ CREATE TABLE nodes (
     until_ms      INTEGER NOT NULL,
     taken_over_by TEXT
 );
+"#,
+    // 5: trunk failover, health checks and limits (SPEC §9.8, issue 22); existing trunks get
+    // the defaults.
+    r#"
+ALTER TABLE trunks ADD COLUMN priority INTEGER NOT NULL DEFAULT 10;
+ALTER TABLE trunks ADD COLUMN invite_timeout_ms INTEGER NOT NULL DEFAULT 2000;
+ALTER TABLE trunks ADD COLUMN failover_codes TEXT NOT NULL DEFAULT '408,500,502,503,504';
+ALTER TABLE trunks ADD COLUMN options_interval_secs INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE trunks ADD COLUMN down_after INTEGER NOT NULL DEFAULT 3;
+ALTER TABLE trunks ADD COLUMN up_after INTEGER NOT NULL DEFAULT 2;
+ALTER TABLE trunks ADD COLUMN max_calls INTEGER;
+ALTER TABLE trunks ADD COLUMN calls_per_second INTEGER;
 "#,
 ];
 
@@ -550,7 +562,9 @@ fn number_from_row(row: &Row<'_>) -> rusqlite::Result<Number> {
 }
 
 const TRUNK_COLS: &str =
-    "name, account_id, address, transport, username, password, emergency, dial_prefix, from_domain";
+    "name, account_id, address, transport, username, password, emergency, dial_prefix, from_domain, \
+     priority, invite_timeout_ms, failover_codes, options_interval_secs, down_after, up_after, \
+     max_calls, calls_per_second";
 
 fn trunk_from_row(row: &Row<'_>) -> rusqlite::Result<Trunk> {
     let transport: String = row.get(3)?;
@@ -564,8 +578,27 @@ fn trunk_from_row(row: &Row<'_>) -> rusqlite::Result<Trunk> {
         emergency: row.get(6)?,
         dial_prefix: row.get(7)?,
         from_domain: row.get(8)?,
+        routing: TrunkRouting {
+            priority: row.get(9)?,
+            invite_timeout_ms: row.get(10)?,
+            failover_codes: {
+                let text: String = row.get(11)?;
+                TrunkRouting::parse_failover_codes(&text)
+                    .ok_or_else(|| conversion_error(11, UnknownFailoverCodes(text)))?
+            },
+            options_interval_secs: row.get(12)?,
+            down_after: row.get(13)?,
+            up_after: row.get(14)?,
+            max_calls: row.get(15)?,
+            calls_per_second: row.get(16)?,
+        },
     })
 }
+
+/// A stored `failover_codes` that is not a list of SIP status codes.
+#[derive(Debug, thiserror::Error)]
+#[error("failover_codes {0:?} is not a list of SIP status codes")]
+struct UnknownFailoverCodes(String);
 
 const BINDING_COLS: &str = "b.device_username, d.user_id, b.contact, b.source, b.transport, \
      b.local, b.expires_at, b.q, b.call_id, b.cseq, b.instance, b.reg_id, b.user_agent, \
@@ -757,6 +790,14 @@ pub(crate) fn validate_trunk(trunk: &Trunk) -> Result<(), StoreError> {
         emergency: trunk.emergency,
         dial_prefix: trunk.dial_prefix.clone(),
         from_domain: trunk.from_domain.clone(),
+        priority: Some(trunk.routing.priority),
+        invite_timeout_ms: Some(trunk.routing.invite_timeout_ms),
+        failover_codes: Some(trunk.routing.failover_codes.clone()),
+        options_interval_secs: Some(trunk.routing.options_interval_secs),
+        down_after: Some(trunk.routing.down_after),
+        up_after: Some(trunk.routing.up_after),
+        max_calls: trunk.routing.max_calls,
+        calls_per_second: trunk.routing.calls_per_second,
     };
     let prov = Provisioning {
         trunks: vec![spec],
@@ -1078,6 +1119,7 @@ impl SqliteStore {
                 emergency: t.emergency,
                 dial_prefix: t.dial_prefix.clone(),
                 from_domain: t.from_domain.clone(),
+                routing: t.routing(),
             };
             let existing = tx
                 .query_row(
@@ -1156,7 +1198,10 @@ pub(crate) fn log_change(change: Change, kind: &str, id: &str) {
 fn insert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
     exec(
         conn,
-        &format!("INSERT INTO trunks ({TRUNK_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        &format!(
+            "INSERT INTO trunks ({TRUNK_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ),
         params![
             t.name,
             t.account_id,
@@ -1166,7 +1211,15 @@ fn insert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
             t.password.as_ref().map(Secret::expose),
             t.emergency,
             t.dial_prefix,
-            t.from_domain
+            t.from_domain,
+            t.routing.priority,
+            t.routing.invite_timeout_ms,
+            t.routing.failover_codes_text(),
+            t.routing.options_interval_secs,
+            t.routing.down_after,
+            t.routing.up_after,
+            t.routing.max_calls,
+            t.routing.calls_per_second
         ],
     )
     .map_err(|e| insert_error(e, "trunk", &t.name))?;
@@ -1177,7 +1230,10 @@ fn update_trunk_row(conn: &Connection, t: &Trunk) -> Result<usize, StoreError> {
     exec(
         conn,
         "UPDATE trunks SET account_id = ?2, address = ?3, transport = ?4, username = ?5,
-             password = ?6, emergency = ?7, dial_prefix = ?8, from_domain = ?9
+             password = ?6, emergency = ?7, dial_prefix = ?8, from_domain = ?9,
+             priority = ?10, invite_timeout_ms = ?11, failover_codes = ?12,
+             options_interval_secs = ?13, down_after = ?14, up_after = ?15, max_calls = ?16,
+             calls_per_second = ?17
          WHERE name = ?1",
         params![
             t.name,
@@ -1188,7 +1244,15 @@ fn update_trunk_row(conn: &Connection, t: &Trunk) -> Result<usize, StoreError> {
             t.password.as_ref().map(Secret::expose),
             t.emergency,
             t.dial_prefix,
-            t.from_domain
+            t.from_domain,
+            t.routing.priority,
+            t.routing.invite_timeout_ms,
+            t.routing.failover_codes_text(),
+            t.routing.options_interval_secs,
+            t.routing.down_after,
+            t.routing.up_after,
+            t.routing.max_calls,
+            t.routing.calls_per_second
         ],
     )
     .map_err(|e| insert_error(e, "trunk", &t.name))

@@ -631,6 +631,30 @@ pub struct CreateTrunk {
     #[serde(default)]
     #[schema(value_type = Option<Host>)]
     pub from_domain: Option<String>,
+    /// Failover order, lower first (default 10).
+    #[serde(default)]
+    pub priority: Option<u32>,
+    /// A target silent this long is given up for the next (default 2000).
+    #[serde(default)]
+    pub invite_timeout_ms: Option<u32>,
+    /// Final responses after which the next target is tried (default 408, 500, 502, 503, 504).
+    #[serde(default)]
+    pub failover_codes: Option<Vec<u16>>,
+    /// OPTIONS health checks every this many seconds; 0 = off (default).
+    #[serde(default)]
+    pub options_interval_secs: Option<u32>,
+    /// Failed checks in a row before a target is down (default 3).
+    #[serde(default)]
+    pub down_after: Option<u32>,
+    /// Answered checks in a row before a target is up again (default 2).
+    #[serde(default)]
+    pub up_after: Option<u32>,
+    /// Calls through the trunk at once; absent = no cap.
+    #[serde(default)]
+    pub max_calls: Option<u32>,
+    /// New calls per second through the trunk; absent = no cap.
+    #[serde(default)]
+    pub calls_per_second: Option<u32>,
 }
 
 /// `PATCH /v1/trunks/{name}` body: absent = unchanged, `null` = cleared.
@@ -658,6 +682,32 @@ pub struct UpdateTrunk {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Host>)]
     pub from_domain: Option<Option<String>>,
+    /// Failover order, lower first (default 10).
+    #[serde(default)]
+    pub priority: Option<u32>,
+    /// A target silent this long is given up for the next (default 2000).
+    #[serde(default)]
+    pub invite_timeout_ms: Option<u32>,
+    /// Final responses after which the next target is tried (default 408, 500, 502, 503, 504).
+    #[serde(default)]
+    pub failover_codes: Option<Vec<u16>>,
+    /// OPTIONS health checks every this many seconds; 0 = off (default).
+    #[serde(default)]
+    pub options_interval_secs: Option<u32>,
+    /// Failed checks in a row before a target is down (default 3).
+    #[serde(default)]
+    pub down_after: Option<u32>,
+    /// Answered checks in a row before a target is up again (default 2).
+    #[serde(default)]
+    pub up_after: Option<u32>,
+    /// `null` = no cap.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<u32>)]
+    pub max_calls: Option<Option<u32>>,
+    /// `null` = no cap.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<u32>)]
+    pub calls_per_second: Option<Option<u32>>,
 }
 
 const TRUNK_NOT_FOUND: ApiError = ApiError::NotFound {
@@ -706,6 +756,19 @@ pub async fn create_trunk(
         emergency: req.emergency,
         dial_prefix: req.dial_prefix,
         from_domain: req.from_domain,
+        routing: {
+            let d = store::TrunkRouting::default();
+            store::TrunkRouting {
+                priority: req.priority.unwrap_or(d.priority),
+                invite_timeout_ms: req.invite_timeout_ms.unwrap_or(d.invite_timeout_ms),
+                failover_codes: req.failover_codes.unwrap_or(d.failover_codes),
+                options_interval_secs: req.options_interval_secs.unwrap_or(0),
+                down_after: req.down_after.unwrap_or(d.down_after),
+                up_after: req.up_after.unwrap_or(d.up_after),
+                max_calls: req.max_calls,
+                calls_per_second: req.calls_per_second,
+            }
+        },
     };
     shared.store.create_trunk(&t).await.map_err(write_err)?;
     Ok((StatusCode::CREATED, axum::Json(views::trunk(&t))).into_response())
@@ -740,9 +803,19 @@ pub async fn get_trunk(
     BearerAccount(account): BearerAccount,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(views::trunk(
-        &visible_trunk(&shared, &account, &name, false).await?,
-    )))
+    let t = visible_trunk(&shared, &account, &name, false).await?;
+    let mut view = views::trunk(&t);
+    // Its run-time state: `state` (up / down) and each target with its health.
+    if let (Some(status), Some(obj)) =
+        (shared.calls.trunk_status(&name).await, view.as_object_mut())
+    {
+        if let Some(s) = status.as_object() {
+            for (k, v) in s {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(axum::Json(view))
 }
 
 /// Changes one of the account's trunks.
@@ -777,6 +850,31 @@ pub async fn update_trunk(
     }
     if let Some(f) = req.from_domain {
         t.from_domain = f;
+    }
+    let r = &mut t.routing;
+    if let Some(v) = req.priority {
+        r.priority = v;
+    }
+    if let Some(v) = req.invite_timeout_ms {
+        r.invite_timeout_ms = v;
+    }
+    if let Some(v) = req.failover_codes {
+        r.failover_codes = v;
+    }
+    if let Some(v) = req.options_interval_secs {
+        r.options_interval_secs = v;
+    }
+    if let Some(v) = req.down_after {
+        r.down_after = v;
+    }
+    if let Some(v) = req.up_after {
+        r.up_after = v;
+    }
+    if let Some(v) = req.max_calls {
+        r.max_calls = v;
+    }
+    if let Some(v) = req.calls_per_second {
+        r.calls_per_second = v;
     }
     if t.username.is_some() != t.password.is_some() {
         return Err(ApiError::Conflict {

@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub max_concurrent: usize,
     /// Session-Expires we ask for (RFC 4028), seconds.
     pub session_expires: u32,
+    /// `[dns] servers` for trunk addresses; empty = the system resolver.
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +36,7 @@ impl Default for EngineConfig {
             domain: "dialbridge.test".into(),
             max_concurrent: 10_000,
             session_expires: 1800,
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -62,7 +65,19 @@ impl Engine {
         relay: Arc<Relay>,
     ) -> Engine {
         let media_events = relay.events();
+        let trunks = Arc::new(crate::trunks::Trunks::new(
+            &crate::trunks::TrunksConfig {
+                dns_servers: cfg.dns_servers.clone(),
+            },
+            Arc::clone(&store),
+        ));
+        crate::trunks::check::spawn(
+            Arc::downgrade(&trunks),
+            endpoint.clone(),
+            cfg.domain.clone(),
+        );
         let inner = Arc::new(EngineInner {
+            trunks,
             cfg,
             endpoint,
             store,
@@ -100,6 +115,11 @@ impl Engine {
             });
         }
         Engine { inner }
+    }
+
+    /// The trunk layer: its state for the API and the metrics.
+    pub fn trunks(&self) -> Arc<crate::trunks::Trunks> {
+        Arc::clone(&self.inner.trunks)
     }
 
     /// The call a SIP Call-ID belongs to (either leg), while the call runs: what a capture
@@ -280,5 +300,9 @@ impl CallControl for Engine {
     fn live_stats(&self, call_id: &str) -> Option<serde_json::Value> {
         let reader = self.inner.calls.lock().ok()?.get(call_id)?.media.clone()?;
         Some(super::sdp_glue::stats_json(&reader.stats()))
+    }
+
+    fn trunk_status<'a>(&'a self, name: &'a str) -> super::TrunkStatusFuture<'a> {
+        Box::pin(self.inner.trunks.status(name))
     }
 }

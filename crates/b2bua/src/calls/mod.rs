@@ -172,4 +172,13 @@ pub trait CallControl: Send + Sync {
     fn live_stats(&self, _call_id: &str) -> Option<serde_json::Value> {
         None
     }
+    /// A trunk's run-time state (`state`, its targets with their health), `None` when this
+    /// engine does not know the trunk.
+    fn trunk_status<'a>(&'a self, _name: &'a str) -> TrunkStatusFuture<'a> {
+        Box::pin(std::future::ready(None))
+    }
 }
+
+/// What [`CallControl::trunk_status`] returns.
+pub type TrunkStatusFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<serde_json::Value>> + Send + 'a>>;

@@ -31,6 +31,8 @@ pub(crate) struct EngineInner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registrar: Arc<Registrar>,
     pub(crate) relay: Arc<Relay>,
+    /// Where customer legs go (trunk resolution, failover order, health, limits).
+    pub(crate) trunks: Arc<crate::trunks::Trunks>,
     pub(crate) hooks: OnceLock<Arc<dyn CallHooks>>,
     pub(crate) calls: Mutex<HashMap<String, CallEntry>>,
     /// Dialog (our tag local) -> (call, leg), for in-dialog requests.

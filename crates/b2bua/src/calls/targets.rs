@@ -2,9 +2,6 @@
 //! a number through the account's trunk. The lookups read the store and resolve host names,
 //! so the call's driver runs them and hands the machine the resulting [`Plan`].
 
-use bytes::Bytes;
-use sip_core::message::{Host, SipUri, Uri};
-use sip_core::transport::Transport;
 use store::CallStatus;
 
 use super::machine::{outcome, Plan, Target};
@@ -57,6 +54,7 @@ async fn device_targets(
                 label: format!("device {} at {}", b.device_username, b.contact),
                 invite_timeout: None,
                 failover_codes: Vec::new(),
+                trunk: None,
             });
         }
     }
@@ -71,7 +69,10 @@ async fn device_targets(
     Ok(out)
 }
 
-/// The account's trunk for this number.
+/// The attempts of a leg through the account's trunks (`crate::trunks`): for the customer
+/// leg each attempt is a stage of the plan (tried one after another, failover by the
+/// trunk's `invite_timeout_ms` and `failover_codes`); the agent leg through a PBX trunk
+/// takes the first.
 async fn trunk_plan(
     inner: &EngineInner,
     spec: &CallSpec,
@@ -80,61 +81,33 @@ async fn trunk_plan(
     emergency: bool,
     leg: Leg,
 ) -> Result<Plan, Outcome> {
-    let fail = |reason: String| outcome(CallStatus::Failed, Some(leg), None, &reason);
-    let trunks = inner
-        .store
-        .trunks_for_account(&spec.account_id)
-        .await
-        .map_err(|e| fail(format!("store: {e}")))?;
-    let trunk = trunks
-        .into_iter()
-        .find(|t| trunk_name.is_none_or(|n| t.name == n) && (!emergency || t.emergency))
-        .ok_or_else(|| fail("no trunk for this call".into()))?;
-    let transport = match trunk.transport {
-        store::Transport::Tcp => Transport::Tcp,
-        _ => Transport::Udp,
-    };
-    let user = format!(
-        "{}{}",
-        trunk.dial_prefix.clone().unwrap_or_default(),
-        number
-    );
-    let (host, port) = split_host_port(&trunk.address);
-    let host = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => Host::Ip(ip),
-        Err(_) => Host::Domain(Bytes::from(host.to_string())),
-    };
-    let mut ruri = SipUri::new(Some(&user), host, port);
-    if transport == Transport::Tcp {
-        ruri.params.set("transport", Some("tcp"));
-    }
-    let request_uri = Uri::Sip(ruri);
-    let dest = sip_core::endpoint::resolve_uri(&request_uri)
-        .await
-        .map_err(|_| fail(format!("cannot resolve trunk {}", trunk.address)))?;
-    Ok(vec![vec![Target {
-        to: format!("<{request_uri}>"),
-        request_uri,
-        contact: inner.endpoint.contact_uri(None, dest.transport, dest.addr),
-        dest,
-        credentials: match (&trunk.username, &trunk.password) {
-            (Some(u), Some(p)) => Some((u.clone(), p.expose().to_string())),
-            _ => None,
-        },
-        label: format!("trunk {}", trunk.name),
-        invite_timeout: None,
-        failover_codes: Vec::new(),
-    }]])
-}
-
-fn split_host_port(s: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = s.strip_prefix('[') {
-        if let Some((h, p)) = rest.split_once(']') {
-            return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
-        _ => (s, None),
-    }
+    let attempts = crate::trunks::call_glue::attempts(
+        &inner.trunks,
+        &spec.account_id,
+        number,
+        trunk_name,
+        emergency,
+    )
+    .await
+    .map_err(|reason| outcome(CallStatus::Failed, Some(leg), None, &reason))?;
+    let stages = attempts.into_iter().map(|a| {
+        let t = &a.attempt;
+        vec![Target {
+            to: format!("<{}>", t.request_uri),
+            request_uri: t.request_uri.clone(),
+            contact: inner
+                .endpoint
+                .contact_uri(None, t.dest.transport, t.dest.addr),
+            dest: t.dest,
+            credentials: t.credentials.clone(),
+            label: t.label.clone(),
+            invite_timeout: Some(t.invite_timeout),
+            failover_codes: t.failover_codes.clone(),
+            trunk: Some(a),
+        }]
+    });
+    Ok(match leg {
+        Leg::Customer => stages.collect(),
+        Leg::Agent => stages.take(1).collect(),
+    })
 }

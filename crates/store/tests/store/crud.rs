@@ -197,6 +197,12 @@ async fn trunks() {
         emergency: false,
         dial_prefix: Some("9".into()),
         from_domain: Some("acme.example".into()),
+        routing: store::TrunkRouting {
+            priority: 5,
+            failover_codes: vec![503],
+            max_calls: Some(4),
+            ..Default::default()
+        },
     };
     store.create_trunk(&t).await.unwrap();
     let names: Vec<String> = store

@@ -150,6 +150,11 @@ impl CallMachine {
         if let Some(at) = self.answered_at {
             o.duration_secs = now.saturating_duration_since(at).as_secs();
         }
+        // The call is over: its trunk channel is free (the machine may still linger).
+        self.trunk_channel = None;
+        if let Some(f) = self.fork.as_mut() {
+            f.channel = None;
+        }
         self.out.push_back(Output::End(o));
     }
 

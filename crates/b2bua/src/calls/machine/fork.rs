@@ -36,6 +36,8 @@ impl CallMachine {
             ring_until: now + ring,
             rang: false,
             early: false,
+            channel: None,
+            at_limit: Vec::new(),
         });
         self.phase = Phase::Ringing(leg);
         self.start_stage(0, now);
@@ -44,11 +46,47 @@ impl CallMachine {
     /// Sends the INVITEs of one stage of the plan (moving past empty stages).
     pub(super) fn start_stage(&mut self, stage: usize, now: Instant) {
         let Some(f) = self.fork.as_mut() else { return };
-        f.stage = stage;
         let Some(targets) = f.plan.get(stage).cloned() else {
             return;
         };
         let leg = f.leg;
+        // A trunk's stage takes a channel of the trunk first; a trunk at its limit is skipped.
+        if let Some(tr) = targets.iter().find_map(|t| t.trunk.as_ref()) {
+            f.channel = None;
+            match tr.acquire() {
+                Some(g) => f.channel = Some(g),
+                None => {
+                    let (label, trunk) = (tr.attempt.label.clone(), tr.attempt.trunk.clone());
+                    if !f.at_limit.contains(&trunk) {
+                        f.at_limit.push(trunk.clone());
+                    }
+                    let tried = self.branches.iter().any(|b| b.leg == leg);
+                    let next = f.plan.len() > stage + 1;
+                    let limits = format!(
+                        "no trunk available: {} at its call limit",
+                        f.at_limit.join(", ")
+                    );
+                    self.note(
+                        Some(leg),
+                        format!("{label}: skipped, trunk {trunk} at its call limit"),
+                    );
+                    if next {
+                        self.start_stage(stage + 1, now);
+                    } else if tried {
+                        let o = self.fork_outcome(leg);
+                        self.leg_failed(o, now);
+                    } else {
+                        self.leg_failed(
+                            outcome(CallStatus::Failed, Some(leg), Some(503), &limits),
+                            now,
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(f) = self.fork.as_mut() else { return };
+        f.stage = stage;
         // Any target of the stage may answer (or send early media) from where we signal it.
         let ips: Vec<IpAddr> = targets.iter().map(|t| t.dest.addr.ip()).collect();
         self.out
@@ -187,6 +225,13 @@ impl CallMachine {
                 }
                 b.final_code = Some(if timeout { 408 } else { 503 });
                 let (leg, label) = (b.leg, b.target.label.clone());
+                if let (true, Some(tr)) = (current, &b.target.trunk) {
+                    tr.report(if timeout {
+                        crate::trunks::AttemptResult::Timeout
+                    } else {
+                        crate::trunks::AttemptResult::TransportError
+                    });
+                }
                 if current {
                     let what = if timeout {
                         "no answer (time-out)"
@@ -243,6 +288,9 @@ impl CallMachine {
         let b = &mut self.branches[i];
         b.final_code = Some(resp.status);
         b.q850 = q850;
+        if let Some(tr) = &b.target.trunk {
+            tr.report_response(&resp, now.saturating_duration_since(b.sent_at));
+        }
         if resp.status >= 600 {
             // 6xx: no other branch may succeed (RFC 3261 §16.7 for forks).
             self.cancel_live(leg, None);
@@ -321,6 +369,9 @@ impl CallMachine {
             let b = &mut self.branches[i];
             b.final_code = Some(408);
             b.cancelled = true;
+            if let Some(tr) = &b.target.trunk {
+                tr.report(crate::trunks::AttemptResult::Timeout);
+            }
             let (tx, label, ms) = (
                 b.tx,
                 b.target.label.clone(),
@@ -409,6 +460,9 @@ impl CallMachine {
         };
         let dest = b.target.dest;
         let sip_call_id = b.invite.call_id_str();
+        if let Some(tr) = &b.target.trunk {
+            tr.report_response(&resp, now.saturating_duration_since(b.sent_at));
+        }
         let ack = dialog.ack_for_2xx(cseq_of(&b.invite), None);
         self.sip_event(leg, "sent", "ACK".into(), &sip_call_id);
         self.out.push_back(Output::Ack { request: ack, dest });
@@ -437,7 +491,13 @@ impl CallMachine {
             }
             _ => (None, None, None),
         };
-        let Some(f) = self.fork.take() else { return };
+        let Some(mut f) = self.fork.take() else {
+            return;
+        };
+        // The answering trunk's channel lasts as long as the call.
+        if let Some(ch) = f.channel.take() {
+            self.trunk_channel = Some(ch);
+        }
         self.legs[ix(leg)] = Some(LegState {
             dialog,
             dest,

@@ -73,6 +73,9 @@ pub(crate) struct Target {
     pub(crate) invite_timeout: Option<Duration>,
     /// Final answers after which the next stage is tried; any other ends the leg.
     pub(crate) failover_codes: Vec<u16>,
+    /// A trunk's target: its channel is taken before the INVITE, and it hears what the
+    /// INVITE came to (health, `503` + `Retry-After`, metrics; see `crate::trunks`).
+    pub(crate) trunk: Option<crate::trunks::call_glue::TrunkAttempt>,
 }
 
 /// The targets of one leg: stages tried one after another (failover); the targets of one
@@ -184,6 +187,10 @@ struct Fork {
     ring_until: Instant,
     rang: bool,
     early: bool,
+    /// The channel of the trunk of the stage in flight.
+    channel: Option<crate::trunks::ChannelGuard>,
+    /// Trunks skipped because they were at their call limit.
+    at_limit: Vec<String>,
 }
 
 /// An established leg.
@@ -274,6 +281,8 @@ pub(crate) struct CallMachine {
     linger_until: Option<Instant>,
     /// The time of the input being handled.
     now: Instant,
+    /// The channel of the trunk the customer answered through, held until the call ends.
+    trunk_channel: Option<crate::trunks::ChannelGuard>,
 }
 
 fn ix(leg: Leg) -> usize {
@@ -350,6 +359,7 @@ impl CallMachine {
             ending_until: None,
             linger_until: None,
             now,
+            trunk_channel: None,
         };
         m.out.push_back(Output::Lookup(Leg::Agent));
         m

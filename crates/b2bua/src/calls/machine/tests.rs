@@ -29,6 +29,7 @@ fn target(label: &str, port: u16) -> Target {
         label: label.to_string(),
         invite_timeout: None,
         failover_codes: Vec::new(),
+        trunk: None,
     }
 }
 
@@ -644,4 +645,92 @@ fn a_challenged_trunk_gets_the_invite_again_with_credentials_once() {
     );
     let out = r.take();
     assert_eq!(sent_methods(&out), ["BYE"]);
+}
+
+/// `t` as the target of an attempt through trunk `name` (at most `max_calls` at once).
+fn through_trunk(
+    t: Target,
+    name: &str,
+    max_calls: Option<u32>,
+    trunks: &std::sync::Arc<crate::trunks::Trunks>,
+) -> Target {
+    let attempt = crate::trunks::Attempt {
+        trunk: name.into(),
+        label: t.label.clone(),
+        request_uri: t.request_uri.clone(),
+        dest: t.dest,
+        credentials: None,
+        invite_timeout: Duration::from_secs(2),
+        failover_codes: t.failover_codes.clone(),
+        max_calls,
+        calls_per_second: None,
+        checked: false,
+        down_after: 3,
+    };
+    Target {
+        trunk: Some(crate::trunks::call_glue::TrunkAttempt::new(
+            attempt,
+            std::sync::Arc::clone(trunks),
+        )),
+        ..t
+    }
+}
+
+#[tokio::test]
+async fn a_trunk_at_its_call_limit_is_skipped_and_the_answering_trunk_keeps_its_channel() {
+    let store: std::sync::Arc<dyn store::Store> = std::sync::Arc::new(store::StoreThreads::inline(
+        store::SqliteStore::open_in_memory().expect("store"),
+    ));
+    let trunks = std::sync::Arc::new(crate::trunks::Trunks::new(
+        &crate::trunks::TrunksConfig {
+            dns_servers: vec![addr(9)],
+        },
+        store,
+    ));
+    let full = through_trunk(trunk("full", 5080), "full", Some(1), &trunks);
+    let open = through_trunk(trunk("open", 5081), "open", Some(1), &trunks);
+    // Another call holds the only channel of "full".
+    let held = full.trunk.as_ref().and_then(|t| t.acquire());
+    assert!(held.is_some());
+    let mut r = Rig::new();
+    agent_answered(&mut r);
+    r.targets(Leg::Customer, vec![vec![full.clone()], vec![open.clone()]]);
+    let out = r.take();
+    let invites = sent(&out);
+    assert_eq!(invites.len(), 1);
+    assert_eq!(invites[0].1.uri().to_string(), "sip:open@127.0.0.1:5081");
+    assert!(events(&out).iter().any(|e| matches!(e,
+        CallEventKind::Note { text, .. } if text.contains("skipped, trunk full at its call limit"))));
+    // Answered: "open" keeps its channel for the call.
+    let (tx, inv) = invites[0].clone();
+    r.respond(tx, reply(&inv, 200, "open", Some(CARRIER_SDP)));
+    r.take();
+    let open_attempt = open
+        .trunk
+        .as_ref()
+        .map(|t| t.attempt.clone())
+        .expect("attempt");
+    assert!(trunks.acquire(&open_attempt).is_none(), "the call holds it");
+    let (_, attempts) = trunks.metric_lines();
+    assert!(attempts.contains(&("{trunk=\"open\",code=\"200\"}".to_string(), 1)));
+    // The call ends: the channel is free again.
+    r.feed(Input::Hangup);
+    let out = r.take();
+    for (tx, bye) in sent(&out) {
+        r.respond(tx, Response::for_request(&bye, 200));
+    }
+    assert_eq!(ended(&r.take()).len(), 1);
+    assert!(trunks.acquire(&open_attempt).is_some());
+    // With no stage left and none tried, the leg fails saying why.
+    let mut r = Rig::new();
+    agent_answered(&mut r);
+    r.targets(Leg::Customer, vec![vec![full]]);
+    let out = r.take();
+    let bye = sent(&out);
+    assert_eq!(sent_methods(&out), ["BYE"], "only the agent's BYE");
+    r.respond(bye[0].0, Response::for_request(&bye[0].1, 200));
+    let o = ended(&r.take());
+    assert_eq!(o[0].reason, "no trunk available: full at its call limit");
+    assert_eq!(o[0].status, CallStatus::Failed);
+    drop(held);
 }
