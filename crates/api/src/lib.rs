@@ -46,6 +46,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod callbacks;
+pub mod client;
 pub mod conn;
 pub mod error;
 pub mod events;
@@ -138,6 +139,7 @@ impl Api {
                 journal: Arc::default(),
                 store_health: Default::default(),
                 idempotency_inflight: Mutex::new(Default::default()),
+                client_sessions: Default::default(),
             }),
         }
     }
@@ -181,8 +183,26 @@ impl Api {
 
     /// The axum router with every route, the body limit and the access log.
     pub fn router(&self) -> Router {
-        use routes::{admin, calls, compat, lookup, meta};
+        use routes::{admin, calls, client_sessions, compat, lookup, meta, publishable_keys};
         Router::new()
+            .route(
+                "/v1/client_sessions",
+                post(client_sessions::create_client_session)
+                    .get(client_sessions::list_client_sessions),
+            )
+            .route(
+                "/v1/client_sessions/{session_id}",
+                axum::routing::delete(client_sessions::revoke_client_session),
+            )
+            .route(
+                "/v1/publishable_keys",
+                get(publishable_keys::list_publishable_keys)
+                    .post(publishable_keys::create_publishable_key),
+            )
+            .route(
+                "/v1/publishable_keys/{key}",
+                axum::routing::delete(publishable_keys::delete_publishable_key),
+            )
             .route("/v1/calls", post(calls::create_call).get(calls::list_calls))
             .route("/v1/calls/{call_id}", get(calls::get_call))
             .route("/v1/calls/{call_id}/hangup", post(calls::hangup_call))

@@ -9,7 +9,7 @@ use serde_json::json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, calls, compat, lookup};
+use crate::routes::{admin, calls, client_sessions, compat, lookup, publishable_keys};
 use crate::state::Shared;
 
 /// Health: `200 {"status": "ok"}`, or `503 {"status": "degraded", "store": "<reason>"}` while
@@ -103,6 +103,10 @@ impl Modify for SecuritySchemes {
         admin::list_trunks, admin::create_trunk, admin::get_trunk, admin::update_trunk, admin::delete_trunk,
         admin::get_limits, admin::update_limits,
         compat::make_call, compat::click2call, compat::click2call_status,
+        client_sessions::create_client_session, client_sessions::list_client_sessions,
+        client_sessions::revoke_client_session,
+        publishable_keys::list_publishable_keys, publishable_keys::create_publishable_key,
+        publishable_keys::delete_publishable_key,
         healthz, metrics, openapi,
     ),
     components(schemas(
@@ -112,11 +116,13 @@ impl Modify for SecuritySchemes {
         admin::CreateNumber, admin::UpdateNumber, admin::CreateTrunk, admin::UpdateTrunk,
         admin::Limits, admin::UpdateLimits,
         compat::MakeCall,
+        client_sessions::CreateClientSession, client_sessions::ClientSessionView,
     )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "calls", description = "The native call API"),
         (name = "admin", description = "The account's dialing permissions and call limits, users, devices, numbers, trunks, registrations"),
+        (name = "browser", description = "Publishable keys and client sessions: a browser acting for one user (client secret + Dialbridge-Publishable-Key)"),
         (name = "compat", description = "JustCall- and Click-2-Call-style shapes"),
         (name = "meta", description = "Health, metrics, this document"),
     )
