@@ -21,7 +21,11 @@
 //!   limits, call record, hand-over to the engine).
 //! - [`routes`]: handlers — `calls` (native), `lookup` (number lookup), `admin` (the
 //!   account's dialing permissions and call limits, users, devices, numbers, trunks),
-//!   `compat` (JustCall, Click-2-Call), `meta` (healthz, metrics, OpenAPI document).
+//!   `compat` (JustCall, Click-2-Call), `meta` (healthz, metrics, OpenAPI document),
+//!   `client_sessions` and `publishable_keys` (the browser side), `console` (the web
+//!   console's embedded assets).
+//! - [`client`]: client secrets scoped to one user, and the [`client::Caller`] extractor of
+//!   the routes they may use.
 //! - [`hooks`]: the [`b2bua::calls::CallHooks`] implementation (queues each event) and the
 //!   rules that turn an event into the call record's changes and a callback.
 //! - [`journal`]: the call event write path: the queue, the writer thread that writes batches
@@ -183,7 +187,9 @@ impl Api {
 
     /// The axum router with every route, the body limit and the access log.
     pub fn router(&self) -> Router {
-        use routes::{admin, calls, client_sessions, compat, lookup, meta, publishable_keys};
+        use routes::{
+            admin, calls, client_sessions, compat, console, lookup, meta, publishable_keys,
+        };
         Router::new()
             .route(
                 "/v1/client_sessions",
@@ -261,6 +267,9 @@ impl Api {
                 "/click2call/status/{request_id}",
                 get(compat::click2call_status),
             )
+            .route("/console", get(console::index))
+            .route("/console/", get(console::index))
+            .route("/console/{asset}", get(console::asset_file))
             .route("/healthz", get(meta::healthz))
             .route("/metrics", get(meta::metrics))
             .route("/openapi.json", get(meta::openapi))

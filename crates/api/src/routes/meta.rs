@@ -9,7 +9,7 @@ use serde_json::json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, calls, client_sessions, compat, lookup, publishable_keys};
+use crate::routes::{admin, calls, client_sessions, compat, console, lookup, publishable_keys};
 use crate::state::Shared;
 
 /// Health: `200 {"status": "ok"}`, or `503 {"status": "degraded", "store": "<reason>"}` while
@@ -107,6 +107,7 @@ impl Modify for SecuritySchemes {
         client_sessions::revoke_client_session,
         publishable_keys::list_publishable_keys, publishable_keys::create_publishable_key,
         publishable_keys::delete_publishable_key,
+        console::index, console::asset_file,
         healthz, metrics, openapi,
     ),
     components(schemas(
@@ -124,6 +125,7 @@ impl Modify for SecuritySchemes {
         (name = "admin", description = "The account's dialing permissions and call limits, users, devices, numbers, trunks, registrations"),
         (name = "browser", description = "Publishable keys and client sessions: a browser acting for one user (client secret + Dialbridge-Publishable-Key)"),
         (name = "compat", description = "JustCall- and Click-2-Call-style shapes"),
+        (name = "console", description = "The web console, embedded in the binary"),
         (name = "meta", description = "Health, metrics, this document"),
     )
 )]
