@@ -364,7 +364,7 @@ function renderLive() {
   setMain(
     h('h1', {}, 'Live calls'),
     callForm(),
-    h('div', { class: 'cols' },
+    h('div', { class: 'cols live' },
       h('section', { 'aria-labelledby': 'live-title' },
         h('h2', { id: 'live-title' }, 'Calls'),
         h('div', { class: 'scroll' }, h('table', {},
@@ -550,7 +550,7 @@ async function renderCall(id) {
       h('p', {}, h('a', { href: '#/calls' }, '← Call log')),
       h('h1', {}, 'Call ', h('span', { class: 'mono', id: 'call-id' }, c.call_id)),
       actions,
-      h('div', { class: 'cols' },
+      h('div', { class: 'cols half' },
         h('section', { class: 'panel', 'aria-labelledby': 'facts-title' },
           h('h2', { id: 'facts-title' }, 'Summary'),
           h('dl', { class: 'facts' }, facts.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]))),

@@ -93,6 +93,14 @@ pub async fn serve_until(
     let store = store::open(&cfg.store.url)?;
     let report = store.apply_provisioning(&cfg.provisioning(), &cfg.sip.domain)?;
     tracing::info!(url = %cfg.store.url, ?report, "store ready");
+    let development = if cfg.embedded_defaults {
+        crate::development::DevelopmentAccount::create_if_empty(&*store, &cfg.sip.domain)?
+    } else {
+        None
+    };
+    if let Some(dev) = &development {
+        tracing::info!(account = %dev.account_id, "development account created (its keys are printed once on standard output)");
+    }
     // The numbering metadata is loaded on first use (about 0.2 s in a release build): do it
     // now, beside the start-up, rather than in the first call request.
     if let Ok(accounts) = store.list_accounts() {
@@ -397,6 +405,13 @@ pub async fn serve_until(
     let http = tokio::spawn(rest.serve(listener, async move {
         let _ = stop_api_rx.await;
     }));
+    if let Some(dev) = &development {
+        let sip = sip_addrs
+            .iter()
+            .find(|a| a.to_string().starts_with("udp:"))
+            .map(|a| a.to_string().trim_start_matches("udp:").to_owned());
+        say!("{}", dev.announcement(api_addr, sip));
+    }
     say!("dialbridge: ready");
     if let Some(tx) = ready {
         let _ = tx.send(Bound {
