@@ -24,6 +24,7 @@
 //!   `compat` (JustCall, Click-2-Call), `meta` (healthz, metrics, OpenAPI document),
 //!   `client_sessions` and `publishable_keys` (the browser side), `console` (the web
 //!   console's embedded assets).
+//! - [`cors`]: cross-origin access for web pages to the routes a client secret may use.
 //! - [`client`]: client secrets scoped to one user, and the [`client::Caller`] extractor of
 //!   the routes they may use.
 //! - [`hooks`]: the [`b2bua::calls::CallHooks`] implementation (queues each event) and the
@@ -52,6 +53,7 @@
 pub mod callbacks;
 pub mod client;
 pub mod conn;
+pub mod cors;
 pub mod error;
 pub mod events;
 pub mod hooks;
@@ -276,6 +278,7 @@ impl Api {
             .fallback(http::not_found)
             .method_not_allowed_fallback(http::method_not_allowed)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(axum::middleware::from_fn(cors::cors))
             .layer(axum::middleware::from_fn_with_state(
                 self.shared.clone(),
                 http::access_log,

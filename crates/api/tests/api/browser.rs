@@ -401,3 +401,65 @@ async fn a_platform_acts_for_its_connected_accounts_only() {
     assert_error(&got, 404, "user_not_found", "User not found");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn pages_of_other_origins_reach_the_call_routes_only() {
+    let s = start().await;
+    // A preflight for the SDK's request.
+    let r = s
+        .http
+        .request(reqwest::Method::OPTIONS, s.url("/v1/calls"))
+        .header("Origin", "https://crm.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type, dialbridge-publishable-key",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(allowed.contains("dialbridge-publishable-key") && allowed.contains("authorization"));
+    // The answer itself is readable by the page.
+    let (_, sess) = client_session(&s, ACME_SECRET, ALICE).await;
+    let cs = sess["client_secret"].as_str().unwrap().to_owned();
+    let r = with_client(s.http.get(s.url("/v1/calls")), &cs, Some(ACME_PK))
+        .header("Origin", "https://crm.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    // Admin routes are not for other origins.
+    for path in ["/v1/users", "/v1/client_sessions", "/v1/account"] {
+        let r = s
+            .http
+            .get(s.url(path))
+            .bearer_auth(ACME_SECRET)
+            .header("Origin", "https://crm.example")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{path}"
+        );
+        let r = s
+            .http
+            .request(reqwest::Method::OPTIONS, s.url(path))
+            .header("Origin", "https://crm.example")
+            .header("Access-Control-Request-Method", "GET")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{path}"
+        );
+    }
+    s.stop().await;
+}
