@@ -198,3 +198,68 @@ test('the console: sign in, place a call, watch it live, its ladder, its callbac
 
   assert.deepEqual(problems, [], 'no script error and no policy violation');
 });
+
+test('the SDK in a page of another origin: CORS, the client secret from the app backend, typed errors, the stream', { skip: !base && 'run through sip-tests (DIALBRIDGE_URL unset)' }, async () => {
+  const { readFileSync } = await import('node:fs');
+  const { fileURLToPath } = await import('node:url');
+  const sdk = readFileSync(fileURLToPath(new URL('../dist/index.js', import.meta.url)), 'utf8');
+  const users = await (await fetch(`${base}/v1/users`, { headers: { Authorization: `Bearer ${env.DIALBRIDGE_SECRET}` } })).json();
+  const user = users.data[0].id;
+  let sessions = 0;
+  // The application's own web server, on another port (so another origin): its page, the
+  // SDK, and its backend's endpoint that makes a client secret with the secret key.
+  const { createServer } = await import('node:http');
+  const appServer = createServer(async (req, res) => {
+    if (req.url === '/session' && req.method === 'POST') {
+      sessions += 1;
+      const r = await fetch(`${base}/v1/client_sessions`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${env.DIALBRIDGE_SECRET}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ user_id: user }),
+      });
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      return res.end(await r.text());
+    }
+    if (req.url === '/sdk.js') {
+      res.writeHead(200, { 'Content-Type': 'text/javascript' });
+      return res.end(sdk);
+    }
+    res.writeHead(200, { 'Content-Type': 'text/html' });
+    res.end('<!doctype html><title>CRM</title><p>CRM</p>');
+  });
+  await new Promise((resolve) => appServer.listen(0, '127.0.0.1', resolve));
+  const app = `http://127.0.0.1:${appServer.address().port}`;
+  try {
+    const appPage = await context.newPage();
+    appPage.on('pageerror', (e) => problems.push(`app page error: ${e.message}`));
+    await appPage.goto(`${app}/index.html`);
+    const pk = (await (await fetch(`${base}/v1/publishable_keys`, { headers: { Authorization: `Bearer ${env.DIALBRIDGE_SECRET}` } })).json()).data[0].key;
+    const result = await appPage.evaluate(async ({ api, pk, app }) => {
+      const { loadDialbridge, InvalidRequestError } = await import(`${app}/sdk.js`);
+      const db = await loadDialbridge(pk, {
+        apiBase: api,
+        fetchClientSecret: async () => (await fetch(`${app}/session`, { method: 'POST' })).json(),
+      });
+      const opened = new Promise((resolve) => db.on('open', resolve));
+      const list = await db.calls.list({ limit: 5 });
+      let refused;
+      try {
+        await db.calls.create({ dialString: 'not a number' });
+      } catch (e) {
+        refused = { typed: e instanceof InvalidRequestError, code: e.code, status: e.status };
+      }
+      await opened;
+      db.close();
+      return { origin: location.origin, calls: list.data.length, refused };
+    }, { api: base, pk, app });
+    assert.notEqual(result.origin, new URL(base).origin, 'the page is of another origin');
+    assert.ok(result.calls >= 1, JSON.stringify(result));
+    assert.equal(result.refused?.typed, true, JSON.stringify(result));
+    assert.equal(result.refused?.status, 422);
+    assert.equal(sessions, 1, 'one client secret, fetched through the app backend');
+  } finally {
+    appServer.closeAllConnections();
+    appServer.close();
+  }
+  assert.deepEqual(problems, []);
+});
