@@ -7,7 +7,9 @@
 //!   part that owns it: the registrar for REGISTER, a call for in-dialog requests; what no
 //!   part owns gets the answer a well-mannered UAS gives (404, 481, 405, 501).
 //!
-//! - [`calls`]: the call engine and its interface ([`calls::CallControl`], [`calls::CallHooks`]).
+//! - [`calls`]: the call engine and its interface ([`calls::CallControl`], [`calls::CallHooks`]);
+//!   each call is a sans-IO state machine driven by a thin task.
+//! - [`capabilities`]: the Allow / Supported / Accept this server states.
 //! - [`registrar`]: REGISTER with digest auth, bindings in the store, brute-force guard.
 //! - [`dialplan`]: dial strings (E.164, national, international prefix, extensions, emergency)
 //!   and what an account may dial (countries, number types, prefixes).
@@ -17,6 +19,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod calls;
+pub mod capabilities;
 pub mod dialplan;
 pub mod numbering;
 pub mod registrar;

@@ -21,12 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Methods this server implements (the `Allow` header).
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO";
-/// Extensions this server supports (the `Supported` header).
-pub const SUPPORTED: &[&str] = &["timer", "path", "outbound"];
-/// Body types this server accepts (the `Accept` header).
-pub const ACCEPT: &str = "application/sdp";
+pub use crate::capabilities::{ACCEPT, ALLOW, SUPPORTED};
 
 /// How long the trunks' addresses are trusted before the store is read again.
 const TRUNK_REFRESH: Duration = Duration::from_secs(30);

@@ -193,7 +193,7 @@ enum Command {
     Send {
         request: Request,
         flow: Flow,
-        events: mpsc::UnboundedSender<ClientEvent>,
+        events: EventSink,
         reply: tokio::sync::oneshot::Sender<(ClientKey, Request)>,
     },
     Respond {
@@ -214,6 +214,43 @@ enum Command {
         response: Response,
         budget: RefusalBudget,
     },
+}
+
+/// One receiver for the events of many client transactions (started with
+/// [`Endpoint::start_request`]), each told apart by the tag its starter gave it: a call hands
+/// all of its transactions to its own inbox this way, with no task per transaction.
+pub trait ClientEvents: Send + Sync {
+    /// A response to, or the failure of, the transaction `tag`.
+    fn event(&self, tag: u64, event: ClientEvent);
+    /// The transaction `tag` has ended (or could not start): nothing more comes from it.
+    fn ended(&self, tag: u64);
+}
+
+/// Where a client transaction's events go.
+enum EventSink {
+    /// The transaction's own channel ([`ClientTransaction`]); closing it says "ended".
+    Own(mpsc::UnboundedSender<ClientEvent>),
+    /// A receiver shared by many transactions.
+    Shared { to: Arc<dyn ClientEvents>, tag: u64 },
+}
+
+impl EventSink {
+    fn send(&self, ev: ClientEvent) {
+        match self {
+            EventSink::Own(tx) => {
+                let _ = tx.send(ev);
+            }
+            EventSink::Shared { to, tag } => to.event(*tag, ev),
+        }
+    }
+}
+
+impl Drop for EventSink {
+    fn drop(&mut self) {
+        if let EventSink::Shared { to, tag } = self {
+            to.ended(*tag);
+        }
+    }
 }
 
 /// A running client transaction, owned by the TU that sent the request.
@@ -279,6 +316,7 @@ pub struct Endpoint {
     advertise: Option<IpAddr>,
     user_agent: Arc<str>,
     stateless_stats: Arc<StatelessStats>,
+    timers: TimerConfig,
 }
 
 impl Endpoint {
@@ -320,6 +358,7 @@ impl Endpoint {
                 advertise: cfg.advertise,
                 user_agent: cfg.user_agent.into(),
                 stateless_stats,
+                timers: cfg.timers,
             },
             ev_rx,
         ))
@@ -406,7 +445,7 @@ impl Endpoint {
             .send(Command::Send {
                 request,
                 flow,
-                events: ev_tx,
+                events: EventSink::Own(ev_tx),
                 reply: reply_tx,
             })
             .map_err(|_| EndpointError::Stopped)?;
@@ -418,6 +457,51 @@ impl Endpoint {
             rx: ev_rx,
             endpoint: self.clone(),
         })
+    }
+
+    /// Like [`Endpoint::send_request`], but the transaction's events go to `events` under
+    /// `tag`, which also hears when the transaction has ended ([`ClientEvents::ended`]).
+    /// Returns the transaction's key (for [`Endpoint::cancel`]). When the request cannot be
+    /// sent, `events` hears nothing and the error is returned.
+    pub async fn start_request(
+        &self,
+        request: Request,
+        dest: Destination,
+        events: Arc<dyn ClientEvents>,
+        tag: u64,
+    ) -> Result<ClientKey, EndpointError> {
+        if request.method == Method::Ack || request.method == Method::Cancel {
+            return Err(EndpointError::BadRequest(
+                "ACK and CANCEL are not sent in their own transactions",
+            ));
+        }
+        let flow = self.flow_for(dest).await?;
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        self.cmd
+            .send(Command::Send {
+                request,
+                flow,
+                events: EventSink::Shared { to: events, tag },
+                reply: reply_tx,
+            })
+            .map_err(|_| EndpointError::Stopped)?;
+        let (key, _) = reply_rx.await.map_err(|_| EndpointError::Stopped)?;
+        Ok(key)
+    }
+
+    /// Sends a CANCEL for the client INVITE transaction `key` (deferred until a provisional
+    /// response arrived, §9.1; nothing once a final one did).
+    pub fn cancel(&self, key: &ClientKey, extra: Vec<(HeaderName, Bytes)>) {
+        let _ = self.cmd.send(Command::Cancel {
+            key: key.clone(),
+            extra,
+        });
+    }
+
+    /// The SIP timers (T1, T2, T4) the transactions run on: what a transaction user derives
+    /// its own waits from.
+    pub fn timers(&self) -> TimerConfig {
+        self.timers
     }
 
     /// Sends a request outside any transaction (the ACK for a 2xx, §13.2.2.4). The endpoint
@@ -595,7 +679,7 @@ struct TxEntry {
     request: Request,
     client_key: Option<ClientKey>,
     server_key: Option<ServerKey>,
-    events: Option<mpsc::UnboundedSender<ClientEvent>>,
+    events: Option<EventSink>,
     /// Last response to hand up (client) — set just before polling events.
     last_response: Option<Response>,
     cancel_pending: Option<Vec<(HeaderName, Bytes)>>,
@@ -857,7 +941,7 @@ impl Layer {
         let terminated = m.is_terminated();
         let flow = e.flow;
         let resp = e.last_response.take();
-        let client_events = e.events.clone();
+        let client_events = e.events.take();
         let server_key = e.server_key.clone();
         let request = e.request.clone();
         for b in out {
@@ -867,12 +951,12 @@ impl Layer {
             match ev {
                 TxEvent::Response(_) => {
                     if let (Some(tx), Some(r)) = (&client_events, &resp) {
-                        let _ = tx.send(ClientEvent::Response(r.clone()));
+                        tx.send(ClientEvent::Response(r.clone()));
                     }
                 }
                 TxEvent::Timeout => {
                     if let Some(tx) = &client_events {
-                        let _ = tx.send(ClientEvent::Timeout);
+                        tx.send(ClientEvent::Timeout);
                     } else if let Some(k) = &server_key {
                         let _ = self
                             .events
@@ -881,7 +965,7 @@ impl Layer {
                 }
                 TxEvent::TransportError => {
                     if let Some(tx) = &client_events {
-                        let _ = tx.send(ClientEvent::TransportError);
+                        tx.send(ClientEvent::TransportError);
                     }
                 }
                 TxEvent::Ack => {
@@ -894,8 +978,15 @@ impl Layer {
             }
         }
         if terminated {
+            // Dropping the sink tells its receiver the transaction has ended.
+            drop(client_events);
             self.remove(id);
-        } else if let Some(d) = deadline {
+            return;
+        }
+        if let Some(e) = self.txs.get_mut(&id) {
+            e.events = client_events;
+        }
+        if let Some(d) = deadline {
             self.heap.push(Reverse((d, id)));
         }
     }

@@ -7,16 +7,15 @@ use sip_core::endpoint::{Endpoint, IncomingRequest};
 use sip_core::message::{HeaderAccess, Request, Response};
 use sip_core::transport::Flow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use store::Store;
 use tokio::sync::mpsc;
 
-use super::call::{Call, CallCmd};
-use super::{
-    CallControl, CallEvent, CallEventKind, CallHooks, CallSpec, HangupError, Leg, StartError,
-};
+use super::machine::Input;
+use super::shared::{CallEntry, EngineInner};
+use super::{driver, CallControl, CallHooks, CallSpec, HangupError, Leg, StartError};
 use crate::registrar::Registrar;
 
 /// Engine settings.
@@ -37,91 +36,6 @@ impl Default for EngineConfig {
             session_expires: 1800,
         }
     }
-}
-
-pub(crate) struct CallEntry {
-    pub(crate) tx: mpsc::UnboundedSender<CallCmd>,
-    /// The call's relay counters, once it has a relay session.
-    pub(crate) media: Option<media::StatsReader>,
-}
-
-/// Shared state of the engine.
-pub(crate) struct EngineInner {
-    pub(crate) cfg: EngineConfig,
-    pub(crate) endpoint: Endpoint,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) registrar: Arc<Registrar>,
-    pub(crate) relay: Arc<Relay>,
-    hooks: OnceLock<Arc<dyn CallHooks>>,
-    pub(crate) calls: Mutex<HashMap<String, CallEntry>>,
-    /// Dialog (our tag local) -> (call, leg), for in-dialog requests.
-    pub(crate) dialogs: Mutex<HashMap<DialogId, (String, Leg)>>,
-    /// SIP Call-ID of a leg -> call, for stray 2xx of forked INVITEs.
-    pub(crate) sip_call_ids: Mutex<HashMap<String, String>>,
-    /// (call, leg) -> the SIP Call-ID of that leg's latest INVITE, for RTCP captures.
-    pub(crate) leg_sip_call_ids: Mutex<HashMap<(String, Leg), String>>,
-    pub(crate) media_sessions: Mutex<HashMap<SessionId, String>>,
-    pub(crate) active: AtomicUsize,
-    pub(crate) shutting_down: AtomicBool,
-    /// Packets the relay forwarded for calls that have ended (both legs, both ways).
-    pub(crate) relayed_packets: std::sync::atomic::AtomicU64,
-    /// Packets from sources a leg does not accept (RTP Bleed), by calls that have ended.
-    pub(crate) hijack_dropped: std::sync::atomic::AtomicU64,
-}
-
-impl EngineInner {
-    pub(crate) fn emit(&self, call_id: &str, account_id: &str, kind: CallEventKind) {
-        let ev = CallEvent {
-            call_id: call_id.to_string(),
-            account_id: account_id.to_string(),
-            at_ms: now_ms(),
-            kind,
-        };
-        tracing::debug!(call = %call_id, event = ?ev.kind, "call event");
-        if let Some(h) = self.hooks.get() {
-            h.on_event(&ev);
-        }
-    }
-
-    pub(crate) fn register_dialog(&self, id: DialogId, call_id: &str, leg: Leg) {
-        if let Ok(mut d) = self.dialogs.lock() {
-            d.insert(id, (call_id.to_string(), leg));
-        }
-    }
-
-    pub(crate) fn register_sip_call_id(&self, sip_call_id: &str, call_id: &str, leg: Leg) {
-        if let Ok(mut m) = self.sip_call_ids.lock() {
-            m.insert(sip_call_id.to_string(), call_id.to_string());
-        }
-        if let Ok(mut m) = self.leg_sip_call_ids.lock() {
-            m.insert((call_id.to_string(), leg), sip_call_id.to_string());
-        }
-    }
-
-    fn forget(&self, call_id: &str) {
-        if let Ok(mut d) = self.dialogs.lock() {
-            d.retain(|_, (c, _)| c != call_id);
-        }
-        if let Ok(mut m) = self.sip_call_ids.lock() {
-            m.retain(|_, c| c != call_id);
-        }
-        if let Ok(mut m) = self.leg_sip_call_ids.lock() {
-            m.retain(|(c, _), _| c != call_id);
-        }
-        if let Ok(mut m) = self.media_sessions.lock() {
-            m.retain(|_, c| c != call_id);
-        }
-        if let Ok(mut c) = self.calls.lock() {
-            c.remove(call_id);
-        }
-    }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The engine's handle (cheap to clone).
@@ -162,8 +76,8 @@ impl Engine {
             media_sessions: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
-            relayed_packets: std::sync::atomic::AtomicU64::new(0),
-            hijack_dropped: std::sync::atomic::AtomicU64::new(0),
+            relayed_packets: AtomicU64::new(0),
+            hijack_dropped: AtomicU64::new(0),
         });
         if let Some(mut rx) = media_events {
             let weak = Arc::downgrade(&inner);
@@ -179,7 +93,7 @@ impl Engine {
                             .ok()
                             .and_then(|m| m.get(&session_id).cloned());
                         if let Some(call) = call {
-                            send_to(&inner, &call, CallCmd::MediaTimeout);
+                            inner.send_to(&call, Input::MediaTimeout);
                         }
                     }
                 }
@@ -259,10 +173,7 @@ impl Engine {
             .lock()
             .ok()
             .and_then(|c| c.get(&call).map(|e| e.tx.clone()));
-        tx.is_some_and(|tx| {
-            tx.send(CallCmd::Request(Box::new(inc.clone()), leg))
-                .is_ok()
-        })
+        tx.is_some_and(|tx| tx.send(Input::Request(Box::new(inc.clone()), leg)).is_ok())
     }
 
     /// An ACK for a 2xx we sent (re-INVITE pass-through): nothing to do beyond logging.
@@ -272,7 +183,7 @@ impl Engine {
 
     /// A 2xx to one of our INVITEs that no transaction took any more: ACK it again when it
     /// belongs to a live call's dialog, else ACK and BYE it.
-    pub fn route_stray(&self, response: Response, flow: Flow) {
+    pub fn route_stray(&self, response: Response, _flow: Flow) {
         let call = self
             .inner
             .sip_call_ids
@@ -280,7 +191,7 @@ impl Engine {
             .ok()
             .and_then(|m| m.get(&response.call_id_str()).cloned());
         match call {
-            Some(call) => send_to(&self.inner, &call, CallCmd::Stray(Box::new(response), flow)),
+            Some(call) => self.inner.send_to(&call, Input::Stray(Box::new(response))),
             None => {
                 tracing::debug!(call_id = %response.call_id_str(), "stray 2xx for no call");
             }
@@ -303,23 +214,12 @@ impl Engine {
             .map(|c| c.values().map(|e| e.tx.clone()).collect())
             .unwrap_or_default();
         for tx in txs {
-            let _ = tx.send(CallCmd::Shutdown);
+            let _ = tx.send(Input::Shutdown);
         }
         let end = tokio::time::Instant::now() + Duration::from_secs(10);
         while self.inner.active.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-pub(crate) fn send_to(inner: &EngineInner, call: &str, cmd: CallCmd) {
-    let tx = inner
-        .calls
-        .lock()
-        .ok()
-        .and_then(|c| c.get(call).map(|e| e.tx.clone()));
-    if let Some(tx) = tx {
-        let _ = tx.send(cmd);
     }
 }
 
@@ -346,19 +246,19 @@ impl CallControl for Engine {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut c) = inner.calls.lock() {
-            c.insert(spec.call_id.clone(), CallEntry { tx, media: None });
+            c.insert(
+                spec.call_id.clone(),
+                CallEntry {
+                    tx: tx.clone(),
+                    media: None,
+                },
+            );
         }
-        let inner2 = Arc::clone(inner);
-        let call_id = spec.call_id.clone();
-        tokio::spawn(async move {
-            let span = tracing::info_span!("call", call = %call_id);
-            let _enter = span.enter();
-            drop(_enter);
-            let call = Call::new(Arc::clone(&inner2), spec, rx);
-            tracing::Instrument::instrument(call.run(), span).await;
-            inner2.forget(&call_id);
-            inner2.active.fetch_sub(1, Ordering::SeqCst);
-        });
+        let span = tracing::info_span!("call", call = %spec.call_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            driver::run(Arc::clone(inner), spec, tx, rx),
+            span,
+        ));
         Ok(())
     }
 
@@ -370,7 +270,7 @@ impl CallControl for Engine {
             .ok()
             .and_then(|c| c.get(call_id).map(|e| e.tx.clone()))
             .ok_or(HangupError::NotActive)?;
-        tx.send(CallCmd::Hangup).map_err(|_| HangupError::NotActive)
+        tx.send(Input::Hangup).map_err(|_| HangupError::NotActive)
     }
 
     fn active_calls(&self) -> usize {

@@ -2,13 +2,17 @@
 //! the engine itself.
 //!
 //! The API hands a [`CallSpec`] to a [`CallControl`] (the engine's handle, a channel
-//! client); the engine runs one task per call owning both legs and its relay session, and
+//! client); the engine runs one task per call owning both legs and its relay session (a
+//! sans-IO [`machine`] driven by a thin [`driver`]), and
 //! reports every stage as a [`CallEvent`] to one set of [`CallHooks`] — call log and
 //! timeline, callbacks, the event stream and metrics all hang off those hooks.
 
-mod call;
+mod driver;
 pub mod engine;
+mod machine;
 mod sdp_glue;
+mod shared;
+mod targets;
 
 pub use engine::{Engine, EngineConfig};
 

@@ -1,0 +1,258 @@
+//! The task that runs one call: it carries the [`CallMachine`]'s outputs to the endpoint, the
+//! relay session and the call hooks, and feeds it what comes back — the call's inbox (its
+//! client transactions' events, in-dialog requests, API commands) and its timer.
+//!
+//! Everything the call starts belongs to it: its client transactions report to its inbox
+//! (no task per transaction), its relay session is closed when the outcome is out, and the
+//! task itself ends when the machine says nothing of the call can still happen.
+
+use media::{LegId, MediaSession};
+use sip_core::endpoint::{ClientEvent, ClientEvents, ClientKey};
+use sip_core::message::HeaderName;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+use super::machine::{outcome, CallMachine, Input, MachineConfig, MediaOp, Output, TxId};
+use super::sdp_glue;
+use super::shared::EngineInner;
+use super::{targets, CallEventKind, CallSpec, Leg, Outcome};
+use store::CallStatus;
+
+/// The call's inbox as the endpoint sees it: one receiver for all its client transactions.
+struct Inbox(mpsc::UnboundedSender<Input>);
+
+impl ClientEvents for Inbox {
+    fn event(&self, tag: u64, event: ClientEvent) {
+        let _ = self.0.send(Input::Tx(tag, event));
+    }
+
+    fn ended(&self, tag: u64) {
+        let _ = self.0.send(Input::TxEnded(tag));
+    }
+}
+
+fn media_leg(leg: Leg) -> LegId {
+    match leg {
+        Leg::Agent => LegId::A,
+        Leg::Customer => LegId::B,
+    }
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Releases the call's admission slot and its routes, once: when its outcome is out, or
+/// when the task ends some other way.
+struct Admission {
+    inner: Arc<EngineInner>,
+    call_id: String,
+    held: bool,
+}
+
+impl Admission {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.inner.forget(&self.call_id);
+            self.inner.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Runs one call to its end. `inbox`/`rx` are the call's inbox (the engine holds another
+/// sender to it, for in-dialog requests and commands). The call's admission slot is already
+/// taken; this releases it.
+pub(crate) async fn run(
+    inner: Arc<EngineInner>,
+    spec: CallSpec,
+    inbox: mpsc::UnboundedSender<Input>,
+    mut rx: mpsc::UnboundedReceiver<Input>,
+) {
+    let mut admission = Admission {
+        inner: Arc::clone(&inner),
+        call_id: spec.call_id.clone(),
+        held: true,
+    };
+    let (call_id, account_id) = (spec.call_id.clone(), spec.account_id.clone());
+    let emit = |kind: CallEventKind| inner.emit(&call_id, &account_id, kind);
+    let session = match allocate(&inner, &spec) {
+        Ok(m) => m,
+        Err(o) => {
+            tracing::info!(status = ?o.status, reason = %o.reason, "call ended");
+            emit(CallEventKind::Ended {
+                outcome: o,
+                stats: serde_json::Value::Null,
+            });
+            return;
+        }
+    };
+    let relay = [
+        session.leg(LegId::A).advertised_rtp(),
+        session.leg(LegId::B).advertised_rtp(),
+    ];
+    emit(CallEventKind::Note {
+        leg: None,
+        text: format!("relay ports agent {} customer {}", relay[0], relay[1]),
+    });
+    let cfg = MachineConfig {
+        domain: inner.cfg.domain.clone(),
+        session_expires: inner.cfg.session_expires,
+        timers: inner.endpoint.timers(),
+    };
+    let sink: Arc<dyn ClientEvents> = Arc::new(Inbox(inbox));
+    let mut machine = CallMachine::new(spec.clone(), cfg, relay, now());
+    let mut keys: HashMap<TxId, ClientKey> = HashMap::new();
+    let mut media = Some(session);
+    loop {
+        while let Some(out) = machine.poll_output() {
+            match out {
+                Output::Lookup(leg) => {
+                    let plan = targets::plan(&inner, &spec, leg).await;
+                    machine.handle(Input::Targets(leg, plan), now());
+                }
+                Output::Send { tx, request, dest } => {
+                    match inner
+                        .endpoint
+                        .start_request(request, dest, Arc::clone(&sink), tx)
+                        .await
+                    {
+                        Ok(key) => {
+                            keys.insert(tx, key);
+                        }
+                        Err(e) => {
+                            tracing::info!(error = %e, "request not sent");
+                            machine.handle(Input::Tx(tx, ClientEvent::TransportError), now());
+                            machine.handle(Input::TxEnded(tx), now());
+                        }
+                    }
+                }
+                Output::Cancel { tx, reason } => {
+                    if let Some(key) = keys.get(&tx) {
+                        let extra = reason
+                            .map(|r| vec![(HeaderName::Reason, r)])
+                            .unwrap_or_default();
+                        inner.endpoint.cancel(key, extra);
+                    }
+                }
+                Output::Ack { request, dest } => {
+                    let _ = inner.endpoint.send_ack(request, Some(dest)).await;
+                }
+                Output::Respond { key, response } => inner.endpoint.respond(&key, response),
+                Output::Media(op) => {
+                    if let Some(m) = media.as_ref() {
+                        apply(m, op);
+                    }
+                }
+                Output::Event(kind) => emit(kind),
+                Output::RouteCallId(leg, id) => inner.register_sip_call_id(&id, &call_id, leg),
+                Output::RouteDialog(leg, id) => inner.register_dialog(id, &call_id, leg),
+                Output::End(o) => {
+                    let stats = close(&inner, media.take());
+                    tracing::info!(status = ?o.status, leg = ?o.leg, sip_code = ?o.sip_code, reason = %o.reason, "call ended");
+                    emit(CallEventKind::Ended { outcome: o, stats });
+                    admission.release();
+                }
+            }
+        }
+        if machine.is_finished() {
+            return;
+        }
+        let deadline = machine.poll_timeout();
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(input) => {
+                    if let Input::TxEnded(tx) = &input {
+                        keys.remove(tx);
+                    }
+                    machine.handle(input, now());
+                }
+                // Every sender is gone (the engine stopped): end as a shutdown would.
+                None => machine.handle(Input::Shutdown, now()),
+            },
+            _ = sleep_until(deadline) => machine.handle_timeout(now()),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// A relay session for the call, registered for media events and live statistics.
+fn allocate(inner: &EngineInner, spec: &CallSpec) -> Result<MediaSession, Outcome> {
+    match inner.relay.allocate_session() {
+        Ok(m) => {
+            if let Ok(mut map) = inner.media_sessions.lock() {
+                map.insert(m.id(), spec.call_id.clone());
+            }
+            if let Ok(mut calls) = inner.calls.lock() {
+                if let Some(c) = calls.get_mut(&spec.call_id) {
+                    c.media = Some(m.stats_reader());
+                }
+            }
+            Ok(m)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no relay ports");
+            Err(outcome(
+                CallStatus::Failed,
+                None,
+                Some(503),
+                &format!("media relay: {e}"),
+            ))
+        }
+    }
+}
+
+fn apply(m: &MediaSession, op: MediaOp) {
+    match op {
+        MediaOp::AllowSources(leg, ips) => {
+            let _ = m.allow_sources(media_leg(leg), &ips);
+        }
+        MediaOp::SetPeer(leg, sdp) => {
+            if let Some(p) = sdp_glue::peer_of(&sdp) {
+                let id = media_leg(leg);
+                let _ = m.set_peer(id, p.rtp, p.rtcp, p.mux);
+                let _ = m.set_clock_rate(id, p.clock_rate);
+            }
+        }
+        MediaOp::Start => {
+            let _ = m.start();
+        }
+    }
+}
+
+/// Closes the relay session: its statistics for the `Ended` event, and the engine's counters.
+fn close(inner: &EngineInner, media: Option<MediaSession>) -> serde_json::Value {
+    let Some(m) = media else {
+        return serde_json::Value::Null;
+    };
+    if let Ok(mut map) = inner.media_sessions.lock() {
+        map.remove(&m.id());
+    }
+    let st = m.close();
+    inner
+        .relayed_packets
+        .fetch_add(st.a.tx_packets + st.b.tx_packets, Ordering::Relaxed);
+    let hijack = st.a.hijack_dropped + st.b.hijack_dropped;
+    if hijack > 0 {
+        tracing::warn!(
+            agent = st.a.hijack_dropped,
+            customer = st.b.hijack_dropped,
+            "media from sources the call's legs do not accept was dropped"
+        );
+        inner.hijack_dropped.fetch_add(hijack, Ordering::Relaxed);
+    }
+    sdp_glue::stats_json(&st)
+}
