@@ -43,6 +43,14 @@ pub const TTL_RANGE_SECS: std::ops::RangeInclusive<u32> = 60..=86_400;
 /// Most client sessions kept at once; past it the oldest are dropped.
 pub const MAX_SESSIONS: usize = 100_000;
 
+/// The routes a client secret may use (as documented in the OpenAPI document).
+pub const CLIENT_SECRET_ROUTES: &[&str] = &[
+    "/v1/calls",
+    "/v1/calls/{call_id}",
+    "/v1/calls/{call_id}/hangup",
+    "/v1/events",
+];
+
 /// What a request may reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {

@@ -85,6 +85,36 @@ impl Modify for SecuritySchemes {
                 "<key>:<secret>",
             ))),
         );
+        components.add_security_scheme(
+            "client_secret",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A client secret (cs_…) from POST /v1/client_sessions, with the header \
+                         Dialbridge-Publishable-Key: pk_… of the same account; reaches one \
+                         user's calls only",
+                    ))
+                    .build(),
+            ),
+        );
+        // The routes a client secret may use take it as an alternative to the secret key.
+        for path in crate::client::CLIENT_SECRET_ROUTES {
+            let Some(item) = doc.paths.paths.get_mut(*path) else {
+                continue;
+            };
+            for op in [item.get.as_mut(), item.post.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                op.security.get_or_insert_with(Vec::new).push(
+                    utoipa::openapi::security::SecurityRequirement::new(
+                        "client_secret",
+                        Vec::<String>::new(),
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -463,3 +463,34 @@ async fn pages_of_other_origins_reach_the_call_routes_only() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_names_the_routes_a_client_secret_may_use() {
+    let s = start().await;
+    let (st, doc) = s.get("/openapi.json", ACME_SECRET).await;
+    assert_eq!(st, 200);
+    assert!(doc["components"]["securitySchemes"]["client_secret"].is_object());
+    let takes_client_secret = |path: &str, method: &str| {
+        doc["paths"][path][method]["security"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|r| r.get("client_secret").is_some()))
+    };
+    for (path, method) in [
+        ("/v1/calls", "post"),
+        ("/v1/calls", "get"),
+        ("/v1/calls/{call_id}", "get"),
+        ("/v1/calls/{call_id}/hangup", "post"),
+        ("/v1/events", "get"),
+    ] {
+        assert!(takes_client_secret(path, method), "{method} {path}");
+    }
+    for (path, method) in [
+        ("/v1/users", "get"),
+        ("/v1/client_sessions", "post"),
+        ("/v1/account", "get"),
+    ] {
+        assert!(!takes_client_secret(path, method), "{method} {path}");
+        assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+    }
+    s.stop().await;
+}
