@@ -271,3 +271,92 @@ fn update_account_writes_the_permissions_and_checks_them() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+#[test]
+fn publishable_keys_follow_the_file_and_keep_those_of_the_admin_api() {
+    let (_dir, store) = provisioned();
+    let mut prov = sample();
+    prov.accounts[0].publishable_keys =
+        vec!["pk_test_file_0001".into(), "pk_test_file_0002".into()];
+    store.apply_provisioning(&prov, REALM).unwrap();
+    store
+        .create_publishable_key(&store::PublishableKey {
+            key: "pk_test_api_00001".into(),
+            account_id: ACCT.into(),
+            source: "api".into(),
+            created_at_ms: 1,
+        })
+        .unwrap();
+    let account = store
+        .account_by_publishable_key("pk_test_file_0002")
+        .unwrap();
+    assert_eq!(account.map(|a| a.id), Some(ACCT.to_owned()));
+    // The file drops one key: it goes; the key made through the API stays.
+    prov.accounts[0].publishable_keys = vec!["pk_test_file_0001".into()];
+    store.apply_provisioning(&prov, REALM).unwrap();
+    let keys: Vec<String> = store
+        .publishable_keys_for_account(ACCT)
+        .unwrap()
+        .into_iter()
+        .map(|k| k.key)
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&"pk_test_file_0001".to_owned()));
+    assert!(keys.contains(&"pk_test_api_00001".to_owned()));
+    assert!(store
+        .account_by_publishable_key("pk_test_file_0002")
+        .unwrap()
+        .is_none());
+    // A taken key, a malformed key.
+    let taken = store.create_publishable_key(&store::PublishableKey {
+        key: "pk_test_file_0001".into(),
+        account_id: ACCT.into(),
+        source: "api".into(),
+        created_at_ms: 2,
+    });
+    assert!(taken.is_err());
+    let bad = store.create_publishable_key(&store::PublishableKey {
+        key: "sk_not_a_pk".into(),
+        account_id: ACCT.into(),
+        source: "api".into(),
+        created_at_ms: 2,
+    });
+    assert!(matches!(bad, Err(StoreError::Invalid { .. })), "{bad:?}");
+    assert!(store
+        .delete_publishable_key(ACCT, "pk_test_api_00001")
+        .unwrap());
+    assert!(!store
+        .delete_publishable_key("acct_other", "pk_test_file_0001")
+        .unwrap());
+}
+
+#[test]
+fn the_platform_of_an_account_is_kept_and_checked() {
+    let (_dir, store) = provisioned();
+    let mut prov = sample();
+    let platform = "acct_01h2xcejqtf2nbrexx3vqjhp99";
+    prov.accounts[0].platform = Some(platform.into());
+    let report = store.apply_provisioning(&prov, REALM).unwrap();
+    assert_eq!(report.accounts.updated, 1);
+    assert_eq!(
+        store.account(ACCT).unwrap().unwrap().platform.as_deref(),
+        Some(platform)
+    );
+    assert!(store.apply_provisioning(&prov, REALM).unwrap().is_noop());
+    // Refused: not an account id; the account itself; a malformed publishable key.
+    for (platform, pk) in [("nope", None), (ACCT, None), (platform, Some("pk_x"))] {
+        let mut bad = sample();
+        bad.accounts[0].platform = Some(platform.into());
+        if let Some(pk) = pk {
+            bad.accounts[0].publishable_keys = vec![pk.into()];
+        }
+        let issues = bad.validate().unwrap_err();
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        let want = if pk.is_some() {
+            "accounts[0].publishable_keys[0]"
+        } else {
+            "accounts[0].platform"
+        };
+        assert!(keys.contains(&want), "{keys:?}");
+    }
+}
