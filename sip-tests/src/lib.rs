@@ -10,6 +10,7 @@ pub mod baresip;
 pub mod bench;
 pub mod c2c;
 pub mod http;
+pub mod pg;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

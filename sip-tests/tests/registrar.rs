@@ -6,7 +6,7 @@ use sip_tests::baresip::{Baresip, BaresipConfig, BaresipError, SipTransport, MD5
 use sip_tests::{scenario, sipp, SippRun, TempDir, TestServer};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use store::{Binding, SqliteStore, Store};
+use store::{Binding, BlockingStore, SqliteStore};
 
 const DEVICES: &str = r#"
 [[accounts]]

@@ -199,12 +199,13 @@ pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
             if let Err(e) = shared
                 .store
                 .purge_idempotency(now - crate::state::IDEMPOTENCY_TTL_MS)
+                .await
             {
                 tracing::warn!(error = %e, "idempotency purge failed");
             }
         }
         let limit = policy.concurrency.max(1) as u32 * 2;
-        match shared.store.due_callbacks(now, limit) {
+        match shared.store.due_callbacks(now, limit).await {
             Ok(due) => {
                 for entry in due {
                     {
@@ -219,6 +220,7 @@ pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
                     if !shared
                         .store
                         .callback_due(&entry.event_id, now_ms())
+                        .await
                         .unwrap_or(false)
                     {
                         inflight
@@ -264,7 +266,7 @@ enum Attempt {
 }
 
 async fn attempt(shared: &Shared, client: &reqwest::Client, entry: &OutboxEntry) -> Attempt {
-    let secret = match shared.store.account(&entry.account_id) {
+    let secret = match shared.store.account(&entry.account_id).await {
         Ok(Some(a)) => a.webhook_secret,
         Ok(None) => return Attempt::Refused("account no longer exists".into()),
         Err(e) => {
@@ -334,37 +336,50 @@ async fn deliver(shared: &Shared, client: &reqwest::Client, entry: OutboxEntry) 
     // marked would be sent again: while the store refuses writes, the write is tried again
     // (the entry stays in flight meanwhile, so it is not re-sent, and its call's next
     // callback waits behind it).
-    let write = |detail: &mut serde_json::Value| -> Result<(), store::StoreError> {
-        match &result {
-            Attempt::Delivered(code) => {
-                detail["result"] = "delivered".into();
-                detail["http_status"] = (*code).into();
-                store.mark_delivered(&entry.event_id, n)
-            }
-            Attempt::Failed { http_status, error } if n < policy.max_attempts => {
-                let jitter = 0.8 + rand::random::<f64>() * 0.4;
-                let delay = policy.backoff(n, jitter);
-                let next = now_ms() + delay.as_millis() as i64;
-                detail["result"] = "retry".into();
-                detail["error"] = error.as_str().into();
-                detail["http_status"] = (*http_status).into();
-                detail["next_attempt_at"] = crate::time::rfc3339_ms(next).into();
-                store.reschedule(&entry.event_id, n, next, error)
-            }
-            Attempt::Failed { http_status, error } => {
-                detail["result"] = "abandoned".into();
-                detail["error"] = error.as_str().into();
-                detail["http_status"] = (*http_status).into();
-                store.abandon_callback(&entry.event_id, n, error)
-            }
-            Attempt::Refused(error) => {
-                detail["result"] = "abandoned".into();
-                detail["error"] = error.as_str().into();
-                store.abandon_callback(&entry.event_id, n, error)
-            }
+    #[derive(Clone, Copy)]
+    enum Write<'a> {
+        Delivered,
+        Reschedule(i64, &'a str),
+        Abandon(&'a str),
+    }
+    let op = match &result {
+        Attempt::Delivered(code) => {
+            detail["result"] = "delivered".into();
+            detail["http_status"] = (*code).into();
+            Write::Delivered
+        }
+        Attempt::Failed { http_status, error } if n < policy.max_attempts => {
+            let jitter = 0.8 + rand::random::<f64>() * 0.4;
+            let delay = policy.backoff(n, jitter);
+            let next = now_ms() + delay.as_millis() as i64;
+            detail["result"] = "retry".into();
+            detail["error"] = error.as_str().into();
+            detail["http_status"] = (*http_status).into();
+            detail["next_attempt_at"] = crate::time::rfc3339_ms(next).into();
+            Write::Reschedule(next, error)
+        }
+        Attempt::Failed { http_status, error } => {
+            detail["result"] = "abandoned".into();
+            detail["error"] = error.as_str().into();
+            detail["http_status"] = (*http_status).into();
+            Write::Abandon(error)
+        }
+        Attempt::Refused(error) => {
+            detail["result"] = "abandoned".into();
+            detail["error"] = error.as_str().into();
+            Write::Abandon(error)
         }
     };
-    let mut outcome = write(&mut detail);
+    let write = || async {
+        match op {
+            Write::Delivered => store.mark_delivered(&entry.event_id, n).await,
+            Write::Reschedule(next, error) => {
+                store.reschedule(&entry.event_id, n, next, error).await
+            }
+            Write::Abandon(error) => store.abandon_callback(&entry.event_id, n, error).await,
+        }
+    };
+    let mut outcome = write().await;
     let mut backoff = std::time::Duration::from_millis(50);
     while let Err(e) = &outcome {
         if !e.is_unavailable() {
@@ -373,7 +388,7 @@ async fn deliver(shared: &Shared, client: &reqwest::Client, entry: OutboxEntry) 
         shared.store_health.failed(&e.to_string());
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-        outcome = write(&mut detail);
+        outcome = write().await;
     }
     match &result {
         Attempt::Delivered(_) => shared.metrics.callback_delivered(),
@@ -397,7 +412,7 @@ async fn deliver(shared: &Shared, client: &reqwest::Client, entry: OutboxEntry) 
         leg: None,
         detail,
     };
-    if let Err(e) = store.append_timeline(&entry.call_id, &tl) {
+    if let Err(e) = store.append_timeline(&entry.call_id, &tl).await {
         tracing::warn!(error = %e, call_id = %entry.call_id, "timeline append failed");
     }
 }

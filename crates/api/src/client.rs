@@ -254,7 +254,7 @@ impl FromRequestParts<Arc<Shared>> for Caller {
         let pk_account = if pk.is_empty() {
             None
         } else {
-            state.store.account_by_publishable_key(pk)?
+            state.store.account_by_publishable_key(pk).await?
         };
         let Some(account) = pk_account.filter(|a| a.id == session.account_id) else {
             return Err(ApiError::ClientSecret {
@@ -263,7 +263,7 @@ impl FromRequestParts<Arc<Shared>> for Caller {
             });
         };
         // The user may have been deleted since: the session dies with it.
-        match state.store.user(&session.user_id)? {
+        match state.store.user(&session.user_id).await? {
             Some(u) if u.account_id == account.id => {}
             _ => {
                 state.client_sessions.revoke_user(&session.user_id);

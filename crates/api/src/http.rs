@@ -63,7 +63,7 @@ impl FromRequestParts<Arc<Shared>> for BearerAccount {
         if crate::client::has_client_secret(parts) {
             return Err(crate::client::not_for_client_secrets());
         }
-        let Some(account) = state.store.account_by_api_secret(secret.trim())? else {
+        let Some(account) = state.store.account_by_api_secret(secret.trim()).await? else {
             return Err(ApiError::Unauthorized);
         };
         let Some(target) = parts.headers.get(ACCOUNT_HEADER) else {
@@ -76,7 +76,7 @@ impl FromRequestParts<Arc<Shared>> for BearerAccount {
         let connected = if target.is_empty() {
             None
         } else {
-            state.store.account(target)?
+            state.store.account(target).await?
         };
         match connected {
             Some(a) if a.platform.as_deref() == Some(account.id.as_str()) => Ok(BearerAccount(a)),
@@ -103,7 +103,7 @@ impl FromRequestParts<Arc<Shared>> for KeyPairAccount {
         if key.is_empty() || secret.is_empty() {
             return Err(ApiError::Unauthorized.into());
         }
-        match state.store.account_by_key_pair(key, secret)? {
+        match state.store.account_by_key_pair(key, secret).await? {
             Some(a) => Ok(KeyPairAccount(a)),
             None => Err(ApiError::Unauthorized.into()),
         }

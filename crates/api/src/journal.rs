@@ -212,9 +212,10 @@ impl Writer {
         }
     }
 
-    /// Runs until [`Journal::stop`], then writes what is left (trying for at most
-    /// `drain_for`).
-    pub(crate) fn run(mut self, drain_for: Duration) {
+    /// Runs on the writer's own thread until [`Journal::stop`], then writes what is left
+    /// (trying for at most `drain_for`). `rt` is the runtime whose store calls it waits for:
+    /// the thread blocks on them, which it may, being no runtime thread.
+    pub(crate) fn run(mut self, drain_for: Duration, rt: &tokio::runtime::Handle) {
         let journal = Arc::clone(&self.shared.journal);
         let mut stop_deadline: Option<Instant> = None;
         loop {
@@ -229,16 +230,21 @@ impl Writer {
             if stopping {
                 stop_deadline.get_or_insert_with(|| Instant::now() + drain_for);
             }
-            self.write_with_retry(&batch, stop_deadline);
+            self.write_with_retry(&batch, stop_deadline, rt);
             journal.backlog.fetch_sub(batch.len(), Ordering::SeqCst);
         }
     }
 
     /// Writes one batch, trying again with backoff until it is accepted (or `give_up_at`).
-    fn write_with_retry(&mut self, batch: &[CallEvent], give_up_at: Option<Instant>) {
+    fn write_with_retry(
+        &mut self,
+        batch: &[CallEvent],
+        give_up_at: Option<Instant>,
+        rt: &tokio::runtime::Handle,
+    ) {
         let mut backoff = Duration::from_millis(10);
         loop {
-            match self.write(batch) {
+            match rt.block_on(self.write(batch)) {
                 Ok(()) => {
                     self.shared.store_health.ok();
                     return;
@@ -258,7 +264,7 @@ impl Writer {
     }
 
     /// One transaction for `batch`; the writer's own state changes only when it commits.
-    pub(crate) fn write(&mut self, batch: &[CallEvent]) -> Result<(), StoreError> {
+    pub(crate) async fn write(&mut self, batch: &[CallEvent]) -> Result<(), StoreError> {
         let store = &self.shared.store;
         let mut staged: HashMap<String, Known> = HashMap::new();
         let mut writes = Vec::with_capacity(batch.len() * 2);
@@ -279,7 +285,8 @@ impl Writer {
                 let known = match self.known.get(&ev.call_id) {
                     Some(k) => Some(k.clone()),
                     None => store
-                        .get_call(&ev.account_id, &ev.call_id)?
+                        .get_call(&ev.account_id, &ev.call_id)
+                        .await?
                         .map(|rec| Known { next_seq: 0, rec }),
                 };
                 let Some(mut known) = known else {
@@ -289,7 +296,7 @@ impl Writer {
                     continue;
                 };
                 if known.next_seq == 0 {
-                    known.next_seq = store.next_callback_seq(&ev.call_id)?;
+                    known.next_seq = store.next_callback_seq(&ev.call_id).await?;
                 }
                 staged.insert(ev.call_id.clone(), known);
             }
@@ -329,7 +336,7 @@ impl Writer {
             }
         }
         if !writes.is_empty() {
-            store.write_call_batch(&writes)?;
+            store.write_call_batch(&writes).await?;
         }
         // Committed: the writer's view moves on, and the world hears of it.
         for (id, k) in staged {
@@ -396,9 +403,9 @@ fn callback_for(rec: &CallRecord, ev: &CallEvent, seq: i64) -> Option<OutboxEntr
 /// Ends the calls a previous run left unfinished: `failed`, reason `interrupted`, at the
 /// time of their last event, with the duration known so far and their final callback; all
 /// in one transaction. Returns how many.
-pub(crate) fn recover_interrupted(shared: &Arc<Shared>) -> Result<usize, StoreError> {
+pub(crate) async fn recover_interrupted(shared: &Arc<Shared>) -> Result<usize, StoreError> {
     let store = &shared.store;
-    let calls = store.unfinished_calls()?;
+    let calls = store.unfinished_calls().await?;
     if calls.is_empty() {
         return Ok(0);
     }
@@ -406,7 +413,8 @@ pub(crate) fn recover_interrupted(shared: &Arc<Shared>) -> Result<usize, StoreEr
     for rec in &calls {
         // The call's own last event (callback deliveries are not events of the call).
         let last = store
-            .timeline(&rec.id)?
+            .timeline(&rec.id)
+            .await?
             .iter()
             .filter(|e| e.kind != "callback")
             .map(|e| e.at_ms)
@@ -433,7 +441,7 @@ pub(crate) fn recover_interrupted(shared: &Arc<Shared>) -> Result<usize, StoreEr
             },
         });
     }
-    Writer::new(Arc::clone(shared)).write(&events)?;
+    Writer::new(Arc::clone(shared)).write(&events).await?;
     for rec in &calls {
         tracing::warn!(call_id = %rec.id, was = rec.status.as_str(), "call left unfinished by the previous run: ended failed (interrupted)");
     }

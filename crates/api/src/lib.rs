@@ -164,17 +164,19 @@ impl Api {
 
     /// Ends the calls a previous run left unfinished (`failed`, reason `interrupted`, with
     /// their final callback); run before taking calls. Returns how many.
-    pub fn recover_interrupted(&self) -> Result<usize, store::StoreError> {
-        journal::recover_interrupted(&self.shared)
+    pub async fn recover_interrupted(&self) -> Result<usize, store::StoreError> {
+        journal::recover_interrupted(&self.shared).await
     }
 
     /// Starts the journal's writer thread, which writes call events to the store in batches
     /// (see [`journal`]). Stop it with [`JournalWriter::stop`] after the calls have ended.
+    /// Called from within the tokio runtime whose store calls the thread waits for.
     pub fn start_journal(&self) -> std::io::Result<JournalWriter> {
+        let rt = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
         let writer = journal::Writer::new(self.shared.clone());
         let thread = std::thread::Builder::new()
             .name("call-journal".into())
-            .spawn(move || writer.run(std::time::Duration::from_secs(5)))?;
+            .spawn(move || writer.run(std::time::Duration::from_secs(5), &rt))?;
         Ok(JournalWriter {
             journal: self.shared.journal.clone(),
             thread: Some(thread),

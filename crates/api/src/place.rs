@@ -73,7 +73,7 @@ fn refused(account: &Account, classified: &Classified, refusal: Refusal) -> ApiE
 
 /// The destination after the dial plan and the account's guards, with the metadata's view of
 /// it when it is a number.
-pub(crate) fn resolve_destination(
+pub(crate) async fn resolve_destination(
     shared: &Shared,
     account: &Account,
     dial_string: &str,
@@ -89,7 +89,12 @@ pub(crate) fn resolve_destination(
     let target = match &dialled {
         Dialled::E164(n) => {
             classified = Some(check_number(account, n)?);
-            if shared.store.trunks_for_account(&account.id)?.is_empty() {
+            if shared
+                .store
+                .trunks_for_account(&account.id)
+                .await?
+                .is_empty()
+            {
                 return Err(ApiError::unprocessable(
                     "no_route",
                     "No trunk is available for calls to numbers",
@@ -97,7 +102,7 @@ pub(crate) fn resolve_destination(
             }
             CustomerTarget::E164(n.clone())
         }
-        Dialled::Extension(x) => match shared.store.user_by_extension(&account.id, x)? {
+        Dialled::Extension(x) => match shared.store.user_by_extension(&account.id, x).await? {
             Some(u) => CustomerTarget::User { user_id: u.id },
             None => {
                 return Err(ApiError::unprocessable(
@@ -109,7 +114,8 @@ pub(crate) fn resolve_destination(
         Dialled::Emergency(n) => {
             let routable = shared
                 .store
-                .trunks_for_account(&account.id)?
+                .trunks_for_account(&account.id)
+                .await?
                 .iter()
                 .any(|t| t.emergency);
             if !routable {
@@ -126,14 +132,14 @@ pub(crate) fn resolve_destination(
 
 /// Checks a caller ID asked for, or picks one: the request's default, a number the user owns,
 /// the account's first number, or none.
-pub(crate) fn choose_caller_id(
+pub(crate) async fn choose_caller_id(
     shared: &Shared,
     account: &Account,
     asked: Option<&str>,
     default: Option<&str>,
     user: Option<&User>,
 ) -> Result<Option<String>, ApiError> {
-    let numbers = shared.store.numbers_for_account(&account.id)?;
+    let numbers = shared.store.numbers_for_account(&account.id).await?;
     if let Some(asked) = asked {
         return if numbers.iter().any(|n| n.number == asked) {
             Ok(Some(asked.to_owned()))
@@ -190,7 +196,8 @@ pub(crate) async fn place_call(
     account: &Account,
     req: PlaceRequest,
 ) -> Result<CallRecord, ApiError> {
-    let (dialled, customer, classified) = resolve_destination(shared, account, &req.dial_string)?;
+    let (dialled, customer, classified) =
+        resolve_destination(shared, account, &req.dial_string).await?;
     let user = match &req.agent {
         AgentSel::User(u) => Some(u),
         AgentSel::Trunk { .. } => None,
@@ -201,7 +208,8 @@ pub(crate) async fn place_call(
         req.caller_id.as_deref(),
         req.default_caller_id.as_deref(),
         user,
-    )?;
+    )
+    .await?;
     check_ring(shared, req.agent_ring_secs, "ring_timeout")?;
     let user_id = user.map(|u| u.id.clone());
     check_callback(req.callback_url.as_deref()).await?;
@@ -256,17 +264,16 @@ pub(crate) async fn place_call(
     rec.metadata = req.metadata;
     rec.legs = json!({"agent": agent_desc, "customer": customer_desc});
 
-    let inserted = shared.store.insert_call(&rec).and_then(|()| {
-        shared.store.append_timeline(
-            &call_id,
-            &TimelineEntry {
-                at_ms: now,
-                kind: "api.request".to_owned(),
-                leg: None,
-                detail: req.request_detail,
-            },
-        )
-    });
+    let request_entry = TimelineEntry {
+        at_ms: now,
+        kind: "api.request".to_owned(),
+        leg: None,
+        detail: req.request_detail,
+    };
+    let inserted = match shared.store.insert_call(&rec).await {
+        Ok(()) => shared.store.append_timeline(&call_id, &request_entry).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = inserted {
         shared.limiter.release(&account.id);
         return Err(e.into());
@@ -289,16 +296,19 @@ pub(crate) async fn place_call(
         failed.status = CallStatus::Failed;
         failed.ended_at_ms = Some(now_ms());
         failed.end_leg = Some("dialbridge".to_owned());
-        let _ = shared.store.update_call(&failed);
-        let _ = shared.store.append_timeline(
-            &call_id,
-            &TimelineEntry {
-                at_ms: now_ms(),
-                kind: "api.rejected".to_owned(),
-                leg: None,
-                detail: json!({"reason": e.to_string()}),
-            },
-        );
+        let _ = shared.store.update_call(&failed).await;
+        let _ = shared
+            .store
+            .append_timeline(
+                &call_id,
+                &TimelineEntry {
+                    at_ms: now_ms(),
+                    kind: "api.rejected".to_owned(),
+                    leg: None,
+                    detail: json!({"reason": e.to_string()}),
+                },
+            )
+            .await;
         shared.metrics.call_ended(CallStatus::Failed);
         return Err(ApiError::Unavailable {
             message: match e {

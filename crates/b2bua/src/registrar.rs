@@ -278,8 +278,8 @@ impl Registrar {
     }
 
     /// Removes expired bindings from the store.
-    pub fn sweep(&self) -> Result<usize, RegistrarError> {
-        Ok(self.store.sweep_expired(unix_now() as i64)?)
+    pub async fn sweep(&self) -> Result<usize, RegistrarError> {
+        Ok(self.store.sweep_expired(unix_now() as i64).await?)
     }
 
     fn challenge(&self, req: &Request, stale: bool, now: u64) -> Response {
@@ -332,7 +332,7 @@ impl Registrar {
     }
 
     /// Handles one REGISTER that arrived along `flow`, at `now` (unix seconds).
-    pub fn handle(&self, req: &Request, flow: &Flow, now: u64) -> Decision {
+    pub async fn handle(&self, req: &Request, flow: &Flow, now: u64) -> Decision {
         let quick = |response| Decision {
             response,
             delay: Duration::ZERO,
@@ -361,7 +361,7 @@ impl Registrar {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return quick(Self::reply(req, 403).with_reason("Too many failed attempts"));
         }
-        let device = match self.store.device_by_username(&username) {
+        let device = match self.store.device_by_username(&username).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "store lookup failed");
@@ -435,12 +435,16 @@ impl Registrar {
             return quick(Self::reply(req, 403).with_reason("To does not match the credentials"));
         }
         // 3. Contacts.
-        match self.update_bindings(req, flow, &device, now) {
+        match self.update_bindings(req, flow, &device, now).await {
             Ok(()) => {}
             Err(resp) => return quick(resp),
         }
         // 4. The current bindings.
-        let bindings = match self.store.bindings_for_device(&device.username, now as i64) {
+        let bindings = match self
+            .store
+            .bindings_for_device(&device.username, now as i64)
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "store lookup failed");
@@ -495,7 +499,7 @@ impl Registrar {
     // The error is the response to send, built once per refused REGISTER: boxing it would
     // only add an allocation.
     #[allow(clippy::result_large_err)]
-    fn update_bindings(
+    async fn update_bindings(
         &self,
         req: &Request,
         flow: &Flow,
@@ -512,6 +516,7 @@ impl Registrar {
         let existing = self
             .store
             .bindings_for_device(&device.username, now as i64)
+            .await
             .map_err(|e| Self::store_failed(req, &e))?;
         match contacts {
             None => Ok(()), // a query
@@ -528,6 +533,7 @@ impl Registrar {
                 }
                 self.store
                     .remove_all_bindings(&device.username)
+                    .await
                     .map_err(|e| Self::store_failed(req, &e))?;
                 if let Ok(mut c) = self.conns.lock() {
                     c.retain(|(d, _), _| d != &device.username);
@@ -563,7 +569,7 @@ impl Registrar {
                 }
                 for (a, contact, exp) in plan {
                     if exp == 0 {
-                        let _ = self.store.remove_binding(&device.username, &contact);
+                        let _ = self.store.remove_binding(&device.username, &contact).await;
                         if let Ok(mut c) = self.conns.lock() {
                             c.remove(&(device.username.clone(), contact.clone()));
                         }
@@ -604,9 +610,9 @@ impl Registrar {
                         o == binding
                     });
                     let stored = if refresh {
-                        self.store.refresh_binding(&binding)
+                        self.store.refresh_binding(&binding).await
                     } else {
-                        self.store.upsert_binding(&binding)
+                        self.store.upsert_binding(&binding).await
                     };
                     if let Err(e) = stored {
                         tracing::error!(error = %e, "cannot store binding");
@@ -689,10 +695,11 @@ mod tests {
     const REALM: &str = "dialbridge.test";
 
     fn store_with_alice() -> Arc<dyn Store> {
-        let s: Arc<dyn Store> = Arc::new(store::SqliteStore::open_in_memory().unwrap());
+        use store::BlockingStore;
+        let s = store::SqliteStore::open_in_memory().unwrap();
         let prov: store::Provisioning = toml_like();
         s.apply_provisioning(&prov, REALM).unwrap();
-        s
+        Arc::new(store::StoreThreads::new(s, 1).unwrap())
     }
 
     fn toml_like() -> store::Provisioning {
@@ -734,7 +741,7 @@ mod tests {
         }
     }
 
-    fn authed(
+    async fn authed(
         reg: &Registrar,
         cseq: u32,
         contact: &str,
@@ -742,10 +749,10 @@ mod tests {
         password: &str,
         now: u64,
     ) -> Decision {
-        authed_on(reg, &flow(), cseq, contact, expires, password, now)
+        authed_on(reg, &flow(), cseq, contact, expires, password, now).await
     }
 
-    fn authed_on(
+    async fn authed_on(
         reg: &Registrar,
         flow: &Flow,
         cseq: u32,
@@ -754,7 +761,9 @@ mod tests {
         password: &str,
         now: u64,
     ) -> Decision {
-        let first = reg.handle(&register(cseq, contact, expires, None), flow, now);
+        let first = reg
+            .handle(&register(cseq, contact, expires, None), flow, now)
+            .await;
         assert_eq!(first.response.status, 401);
         let challenges: Vec<String> = first
             .response
@@ -775,10 +784,11 @@ mod tests {
             flow,
             now,
         )
+        .await
     }
 
-    #[test]
-    fn a_registration_over_tcp_says_how_long_its_connection_carries_a_binding() {
+    #[tokio::test]
+    async fn a_registration_over_tcp_says_how_long_its_connection_carries_a_binding() {
         let reg = registrar();
         let now = 1_700_000_000;
         let tcp = Flow {
@@ -794,7 +804,8 @@ mod tests {
             Some(600),
             "s3cret-desk",
             now,
-        );
+        )
+        .await;
         assert_eq!(d.response.status, 200);
         assert_eq!(d.flow_until, Some(now + 600));
         // Removing the binding ends the hold; over UDP there is no connection to hold.
@@ -806,7 +817,8 @@ mod tests {
             Some(0),
             "s3cret-desk",
             now + 5,
-        );
+        )
+        .await;
         assert_eq!(d.response.status, 200);
         assert_eq!(d.flow_until, Some(0));
         let d = authed(
@@ -816,7 +828,8 @@ mod tests {
             Some(600),
             "s3cret-desk",
             now,
-        );
+        )
+        .await;
         assert_eq!(d.flow_until, None);
     }
 
@@ -824,8 +837,8 @@ mod tests {
         Registrar::new(RegistrarConfig::default(), store_with_alice()).unwrap()
     }
 
-    #[test]
-    fn register_binds_and_lists_contacts() {
+    #[tokio::test]
+    async fn register_binds_and_lists_contacts() {
         let reg = registrar();
         let now = 1_700_000_000;
         let d = authed(
@@ -835,7 +848,8 @@ mod tests {
             Some(600),
             "s3cret-desk",
             now,
-        );
+        )
+        .await;
         assert_eq!(d.response.status, 200);
         let contacts: Vec<String> = d
             .response
@@ -850,6 +864,7 @@ mod tests {
         let b = reg
             .store
             .bindings_for_device("alice-desk", now as i64)
+            .await
             .unwrap();
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].source, "192.0.2.10:40000");
@@ -861,7 +876,8 @@ mod tests {
             Some(300),
             "s3cret-desk",
             now + 100,
-        );
+        )
+        .await;
         assert_eq!(d.response.status, 200);
         let listed: Vec<String> = d
             .response
@@ -884,15 +900,19 @@ mod tests {
         assert_eq!(
             reg.store
                 .bindings_for_device("alice-desk", (now + 450) as i64)
+                .await
                 .unwrap()
                 .len(),
             1
         );
-        assert_eq!(reg.store.sweep_expired((now + 1000) as i64).unwrap(), 2);
+        assert_eq!(
+            reg.store.sweep_expired((now + 1000) as i64).await.unwrap(),
+            2
+        );
     }
 
-    #[test]
-    fn wrong_password_is_challenged_again_then_locked_out() {
+    #[tokio::test]
+    async fn wrong_password_is_challenged_again_then_locked_out() {
         let reg = registrar();
         let now = 1_700_000_000;
         let mut delays = Vec::new();
@@ -904,7 +924,8 @@ mod tests {
                 Some(600),
                 "wrong",
                 now,
-            );
+            )
+            .await;
             assert_eq!(d.response.status, 401);
             delays.push(d.delay);
         }
@@ -913,11 +934,13 @@ mod tests {
             "{delays:?}"
         );
         // Locked: even the right password is refused for a while.
-        let d = reg.handle(
-            &register(50, "<sip:alice@10.0.0.5>", Some(600), None),
-            &flow(),
-            now + 1,
-        );
+        let d = reg
+            .handle(
+                &register(50, "<sip:alice@10.0.0.5>", Some(600), None),
+                &flow(),
+                now + 1,
+            )
+            .await;
         assert_eq!(d.response.status, 403);
         // After the lock-out the right password works.
         let d = authed(
@@ -927,7 +950,8 @@ mod tests {
             Some(600),
             "s3cret-desk",
             now + 301,
-        );
+        )
+        .await;
         assert_eq!(d.response.status, 200);
         assert_eq!(
             reg.stats
@@ -937,18 +961,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_registered_source_is_known_until_its_last_binding_expires() {
+    #[tokio::test]
+    async fn a_registered_source_is_known_until_its_last_binding_expires() {
         let reg = registrar();
         let now = 1_700_000_000;
         let source: IpAddr = "192.0.2.10".parse().unwrap();
         assert!(!reg.is_registered_source(source, now));
         // A challenge or a wrong password makes nobody known.
-        let d = reg.handle(
-            &register(1, "<sip:alice@10.0.0.5>", Some(600), None),
-            &flow(),
-            now,
-        );
+        let d = reg
+            .handle(
+                &register(1, "<sip:alice@10.0.0.5>", Some(600), None),
+                &flow(),
+                now,
+            )
+            .await;
         assert_eq!(d.response.status, 401);
         assert!(!reg.is_registered_source(source, now));
         let d = authed(
@@ -958,7 +984,8 @@ mod tests {
             Some(600),
             "s3cret-desk",
             now,
-        );
+        )
+        .await;
         assert_eq!(d.response.status, 200);
         assert!(reg.is_registered_source(source, now));
         assert!(reg.is_registered_source(source, now + 599));
@@ -966,8 +993,8 @@ mod tests {
         assert!(!reg.is_registered_source("192.0.2.11".parse().unwrap(), now));
     }
 
-    #[test]
-    fn expires_rules() {
+    #[tokio::test]
+    async fn expires_rules() {
         let reg = registrar();
         let now = 1_700_000_000;
         let d = authed(
@@ -977,7 +1004,8 @@ mod tests {
             Some(10),
             "s3cret-desk",
             now,
-        );
+        )
+        .await;
         assert_eq!(d.response.status, 423);
         assert_eq!(
             d.response
@@ -993,32 +1021,34 @@ mod tests {
             None,
             "s3cret-desk",
             now,
-        );
+        )
+        .await;
         assert_eq!(d.response.status, 200);
         let c = String::from_utf8_lossy(&d.response.headers.get(&HeaderName::Contact).unwrap())
             .into_owned();
         assert!(c.ends_with("expires=7200"), "{c}");
         // Unregister all with * and Expires: 0.
-        let d = authed(&reg, 5, "*", Some(0), "s3cret-desk", now);
+        let d = authed(&reg, 5, "*", Some(0), "s3cret-desk", now).await;
         assert_eq!(d.response.status, 200);
         assert!(d.response.headers.get(&HeaderName::Contact).is_none());
         assert!(reg
             .store
             .bindings_for_device("alice-desk", now as i64)
+            .await
             .unwrap()
             .is_empty());
         // * without Expires: 0 is a bad request.
-        let d = authed(&reg, 7, "*", Some(60), "s3cret-desk", now);
+        let d = authed(&reg, 7, "*", Some(60), "s3cret-desk", now).await;
         assert_eq!(d.response.status, 400);
     }
 
-    #[test]
-    fn known_md5_only_agents_get_md5_only() {
+    #[tokio::test]
+    async fn known_md5_only_agents_get_md5_only() {
         let reg = registrar();
         let mut r = register(1, "<sip:x@10.0.0.5>", Some(600), None);
         r.headers
             .add(HeaderName::UserAgent, "baresip v1.0.0 (x86_64/linux)");
-        let d = reg.handle(&r, &flow(), 1);
+        let d = reg.handle(&r, &flow(), 1).await;
         let ch: Vec<String> = d
             .response
             .headers
@@ -1029,12 +1059,12 @@ mod tests {
         assert!(ch[0].contains("algorithm=MD5"), "{ch:?}");
     }
 
-    #[test]
-    fn to_must_match_credentials() {
+    #[tokio::test]
+    async fn to_must_match_credentials() {
         let reg = registrar();
         let mut r = register(1, "<sip:x@10.0.0.5>", Some(600), None);
         r.headers.set(HeaderName::To, format!("<sip:bob@{REALM}>"));
-        let first = reg.handle(&r, &flow(), 1);
+        let first = reg.handle(&r, &flow(), 1).await;
         let ch: Vec<String> = first
             .response
             .headers
@@ -1047,7 +1077,7 @@ mod tests {
             .answer(&refs, "REGISTER", &format!("sip:{REALM}"), b"")
             .unwrap();
         r.headers.add(HeaderName::Authorization, v);
-        assert_eq!(reg.handle(&r, &flow(), 1).response.status, 403);
+        assert_eq!(reg.handle(&r, &flow(), 1).await.response.status, 403);
     }
 
     #[test]

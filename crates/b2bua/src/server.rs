@@ -39,12 +39,21 @@ pub struct SipServer {
 struct KnownPeers {
     registrar: Arc<Registrar>,
     store: Option<Arc<dyn store::Store>>,
-    /// The trunks' addresses (IP literals) and when they were read.
-    trunk_ips: Mutex<(Option<Instant>, Vec<IpAddr>)>,
+    /// The trunks' addresses (IP literals) as last read from the store.
+    trunk_ips: Mutex<TrunkIps>,
+}
+
+/// The trunks' IP addresses, read from the store in the background: the transports ask on
+/// their own path, which never waits on the store.
+#[derive(Default)]
+struct TrunkIps {
+    read_at: Option<Instant>,
+    reading: bool,
+    ips: Vec<IpAddr>,
 }
 
 impl KnownPeers {
-    fn is_known(&self, source: IpAddr) -> bool {
+    fn is_known(self: &Arc<Self>, source: IpAddr) -> bool {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -52,24 +61,42 @@ impl KnownPeers {
         self.registrar.is_registered_source(source, now) || self.is_trunk(source)
     }
 
-    fn is_trunk(&self, source: IpAddr) -> bool {
-        let Some(store) = &self.store else {
+    /// Whether `source` is a trunk's address as last read; starts a new read when that
+    /// is older than [`TRUNK_REFRESH`].
+    fn is_trunk(self: &Arc<Self>, source: IpAddr) -> bool {
+        if self.store.is_none() {
             return false;
-        };
+        }
         let Ok(mut cache) = self.trunk_ips.lock() else {
             return false;
         };
-        let fresh = cache.0.is_some_and(|t| t.elapsed() < TRUNK_REFRESH);
-        if !fresh {
-            match store.list_trunks() {
-                Ok(trunks) => {
-                    cache.1 = trunks.iter().filter_map(|t| trunk_ip(&t.address)).collect();
-                }
-                Err(e) => tracing::warn!(error = %e, "trunks not readable"),
+        let fresh = cache.read_at.is_some_and(|t| t.elapsed() < TRUNK_REFRESH);
+        if !fresh && !cache.reading {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                cache.reading = true;
+                rt.spawn(Arc::clone(self).read_trunks());
             }
-            cache.0 = Some(Instant::now());
         }
-        cache.1.contains(&source)
+        cache.ips.contains(&source)
+    }
+
+    /// Reads the trunks' addresses from the store into the cache.
+    async fn read_trunks(self: Arc<Self>) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let read = store.list_trunks().await;
+        let Ok(mut cache) = self.trunk_ips.lock() else {
+            return;
+        };
+        match read {
+            Ok(trunks) => {
+                cache.ips = trunks.iter().filter_map(|t| trunk_ip(&t.address)).collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "trunks not readable"),
+        }
+        cache.read_at = Some(Instant::now());
+        cache.reading = false;
     }
 }
 
@@ -80,8 +107,11 @@ impl SipServer {
         let peers = Arc::new(KnownPeers {
             registrar: Arc::clone(&registrar),
             store: engine.as_ref().map(|e| Arc::clone(&e.inner.store)),
-            trunk_ips: Mutex::new((None, Vec::new())),
+            trunk_ips: Mutex::new(TrunkIps::default()),
         });
+        // The first read of the trunks' addresses starts now rather than at the first
+        // request.
+        peers.is_trunk(IpAddr::from([0, 0, 0, 0]));
         let p = Arc::clone(&peers);
         endpoint
             .transports()
@@ -185,7 +215,7 @@ impl SipServer {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs())
                         .unwrap_or(0);
-                    let decision = registrar.handle(&inc.request, &inc.flow, now);
+                    let decision = registrar.handle(&inc.request, &inc.flow, now).await;
                     if !decision.delay.is_zero() {
                         tokio::time::sleep(decision.delay).await;
                     }

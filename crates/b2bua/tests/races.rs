@@ -36,7 +36,7 @@ use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use store::{Binding, CallStatus, Store};
+use store::{Binding, BlockingStore, CallStatus, Store};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -468,7 +468,8 @@ impl Harness {
             })
             .unwrap();
         }
-        let db: Arc<dyn Store> = Arc::new(db);
+        // Inline: on the paused clock a wait for a store thread would let timers jump.
+        let db: Arc<dyn Store> = Arc::new(store::StoreThreads::inline(db));
         let registrar =
             Arc::new(Registrar::new(RegistrarConfig::default(), Arc::clone(&db)).unwrap());
         let relay = media::Relay::start(media::RelayConfig {

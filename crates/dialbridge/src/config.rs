@@ -561,6 +561,9 @@ impl Config {
         if self.hep.queue == 0 {
             errors.push(err("hep.queue", "must be at least 1"));
         }
+        if let Err(reason) = store::check_url(&self.store.url) {
+            errors.push(err("store.url", reason));
+        }
         if let Err(issues) = self.provisioning().validate() {
             errors.extend(issues.into_iter().map(|i| err(&i.key, i.reason)));
         }
@@ -752,6 +755,31 @@ webhook_secret = "whsec_test_1"
             .collect();
         assert_eq!(keys, ["hep.addr", "hep.queue"]);
         assert!(Config::parse("[hep]\nadress = \"udp:h:1\"\n").is_err());
+    }
+
+    #[test]
+    fn store_url_forms_are_checked() {
+        for good in [
+            "sqlite://dialbridge.db",
+            "sqlite::memory:",
+            "postgres://dialbridge:pw@127.0.0.1:5432/dialbridge",
+            "postgresql://db.example/dialbridge",
+        ] {
+            let c = Config::parse(&format!("[store]\nurl = \"{good}\"\n")).unwrap();
+            assert!(c.validate().is_ok(), "{good}");
+        }
+        let errors = Config::parse("[store]\nurl = \"postgres://u:secretpw@h:port/db\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].key, "store.url");
+        assert!(!errors[0].to_string().contains("secretpw"), "{}", errors[0]);
+        let errors = Config::parse("[store]\nurl = \"mysql://h/db\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(errors[0].key, "store.url");
     }
 
     #[test]

@@ -81,11 +81,11 @@ owner = "{user}"
     }
 
     /// Makes the account when the store holds none; `None` when it holds one already.
-    pub fn create_if_empty(
+    pub async fn create_if_empty(
         store: &dyn Store,
         domain: &str,
     ) -> Result<Option<DevelopmentAccount>, store::StoreError> {
-        if !store.list_accounts()?.is_empty() {
+        if !store.list_accounts().await?.is_empty() {
             return Ok(None);
         }
         let dev = DevelopmentAccount::new();
@@ -93,7 +93,7 @@ owner = "{user}"
             field: "development account",
             reason: e.to_string(),
         })?;
-        store.apply_provisioning(&prov, domain)?;
+        store.apply_provisioning(&prov, domain).await?;
         Ok(Some(dev))
     }
 

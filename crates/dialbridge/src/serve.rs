@@ -90,11 +90,13 @@ pub async fn serve_until(
         api_connections_per_ip = budget.api_per_ip,
         "descriptor budget"
     );
-    let store = store::open(&cfg.store.url)?;
-    let report = store.apply_provisioning(&cfg.provisioning(), &cfg.sip.domain)?;
+    let store = store::open(&cfg.store.url).await?;
+    let report = store
+        .apply_provisioning(&cfg.provisioning(), &cfg.sip.domain)
+        .await?;
     tracing::info!(url = %cfg.store.url, ?report, "store ready");
     let development = if cfg.embedded_defaults {
-        crate::development::DevelopmentAccount::create_if_empty(&*store, &cfg.sip.domain)?
+        crate::development::DevelopmentAccount::create_if_empty(&*store, &cfg.sip.domain).await?
     } else {
         None
     };
@@ -103,7 +105,7 @@ pub async fn serve_until(
     }
     // The numbering metadata is loaded on first use (about 0.2 s in a release build): do it
     // now, beside the start-up, rather than in the first call request.
-    if let Ok(accounts) = store.list_accounts() {
+    if let Ok(accounts) = store.list_accounts().await {
         let regions: Vec<String> = accounts
             .into_iter()
             .flat_map(|a| std::iter::once(a.region).chain(a.allowed_countries))
@@ -213,8 +215,7 @@ pub async fn serve_until(
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
-                let s = Arc::clone(&store);
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.flush_refreshes()).await {
+                if let Err(e) = store.flush_refreshes().await {
                     tracing::warn!(error = %e, "binding refreshes not written yet; trying again");
                 }
             }
@@ -227,10 +228,9 @@ pub async fn serve_until(
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                let r = Arc::clone(&registrar);
-                match tokio::task::spawn_blocking(move || r.sweep()).await {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired bindings swept"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "binding sweep failed"),
+                match registrar.sweep().await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "expired bindings swept"),
+                    Err(e) => tracing::warn!(error = %e, "binding sweep failed"),
                     _ => {}
                 }
             }
@@ -278,14 +278,7 @@ pub async fn serve_until(
     // The REST API, its call hooks and the callback dispatcher.
     let metrics = Arc::new(api::Metrics::new());
     {
-        let st = Arc::clone(&store);
-        metrics.set_registrations_source(move || {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            st.count_bindings(now).unwrap_or(0)
-        });
+        // The registrations gauge is read from the store by the metrics handler.
         let e = engine.clone();
         metrics.set_relay_packets_source(move || e.relayed_packets());
         metrics.add_source(
@@ -386,7 +379,7 @@ pub async fn serve_until(
     );
     add_connection_metrics(&metrics, &sip_conns, &sip_guards, &rest, budget.nofile);
     // Calls the previous run left unfinished (a crash) end now, with their final callback.
-    match rest.recover_interrupted() {
+    match rest.recover_interrupted().await {
         Ok(0) => {}
         Ok(n) => say!("dialbridge: {n} call(s) left unfinished by the previous run ended failed (interrupted)"),
         Err(e) => tracing::error!(error = %e, "cannot end the calls the previous run left unfinished"),
@@ -434,8 +427,7 @@ pub async fn serve_until(
     sip.abort();
     sweeper.abort();
     refresh_writer.abort();
-    let s = Arc::clone(&store);
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.flush_refreshes()).await {
+    if let Err(e) = store.flush_refreshes().await {
         tracing::warn!(error = %e, "binding refreshes not written at shutdown");
     }
     Ok(())

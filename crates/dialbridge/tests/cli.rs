@@ -101,3 +101,50 @@ fn check_config_names_bad_account_limits() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn serve_names_store_url_when_postgres_cannot_be_reached() {
+    let dir = std::env::temp_dir().join(format!("dialbridge-cli-pg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.join("pg.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:0\"]\n[api]\nlisten = \"127.0.0.1:0\"\n\
+             [store]\nurl = \"postgres://dialbridge:pgpass@127.0.0.1:{port}/dialbridge\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = dialbridge()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: the connection is refused at once; the store's own time-out is 5 s.
+    let mut status = None;
+    for _ in 0..300 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "serve did not stop");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store.url"), "{err}");
+    assert!(err.contains("cannot reach PostgreSQL"), "{err}");
+    assert!(!err.contains("pgpass"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,9 +5,13 @@ use crate::provision::ConfigIssue;
 /// Everything that can go wrong in the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// `store.url` names a PostgreSQL database, which this build cannot open.
-    #[error("PostgreSQL store is not available in this build (store.url {url:?})")]
+    /// `store.url` names a PostgreSQL database and was handed to the SQLite store (open it
+    /// with [`crate::open`]).
+    #[error("store.url {url:?} names PostgreSQL, not an SQLite database")]
     PostgresUnavailable { url: String },
+    /// The PostgreSQL database of `store.url` cannot be reached (at start-up).
+    #[error("store.url {url:?}: cannot reach PostgreSQL: {reason}")]
+    PostgresUnreachable { url: String, reason: String },
     /// `store.url` has a scheme that no store implements.
     #[error("unsupported store URL scheme {scheme:?} (expected sqlite://PATH or sqlite::memory:)")]
     UnsupportedScheme { scheme: String },
@@ -33,9 +37,24 @@ pub enum StoreError {
     /// A thread panicked while holding the database connection.
     #[error("store connection lock poisoned")]
     Poisoned,
+    /// The store's threads have stopped (the store is shutting down).
+    #[error("the store has stopped")]
+    Stopped,
+    /// A store call panicked on its store thread; nothing of it was committed.
+    #[error("a store call failed inside the store")]
+    Crashed,
+    /// The store's threads could not be started.
+    #[error("cannot start the store's threads: {0}")]
+    Threads(std::io::Error),
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error, or the connection to it failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool.
+    #[error("postgres pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
     /// A JSON value could not be encoded.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
@@ -48,7 +67,11 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         use rusqlite::ErrorCode as C;
         match self {
-            StoreError::Poisoned => true,
+            StoreError::Poisoned
+            | StoreError::Stopped
+            | StoreError::Pool(_)
+            | StoreError::PostgresUnreachable { .. } => true,
+            StoreError::Postgres(e) => postgres_unavailable(e),
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 C::DiskFull
@@ -84,4 +107,17 @@ impl StoreError {
                 if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY
         )
     }
+}
+
+/// Whether a PostgreSQL error says the database cannot take the request now (the connection
+/// is gone, the server shuts down, is out of resources, or a transaction must be retried).
+fn postgres_unavailable(e: &tokio_postgres::Error) -> bool {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: an I/O error, a closed connection, a time-out.
+        return true;
+    };
+    let class = &code.code()[..2.min(code.code().len())];
+    // 08: connection exception; 53: insufficient resources; 57: operator intervention
+    // (shutdown); 40: transaction rollback (serialization failure, deadlock).
+    matches!(class, "08" | "53" | "57" | "40")
 }

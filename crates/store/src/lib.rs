@@ -1,15 +1,20 @@
 //! The dialbridge store: accounts, users, devices, numbers, trunks, registration bindings,
 //! the call log with its timelines, the callback outbox and API idempotency records.
 //!
-//! Everything above this crate talks to the [`Store`] trait, an object-safe, synchronous
-//! interface (`Arc<dyn Store>`). [`SqliteStore`] implements it on an embedded SQLite database
-//! in WAL mode; a PostgreSQL implementation for several nodes sharing one database can implement
-//! the same trait without touching call logic. [`open`] picks the implementation from
-//! `store.url`.
+//! Everything above this crate talks to the [`Store`] trait, an object-safe, asynchronous
+//! interface (`Arc<dyn Store>`), so that no tokio worker thread ever waits on a database.
+//! [`SqliteStore`] implements the synchronous [`BlockingStore`] on an embedded SQLite database
+//! in WAL mode, and [`StoreThreads`] runs it on dedicated store threads as a [`Store`].
+//! [`PgStore`] implements [`Store`] directly on PostgreSQL. [`open`] picks the implementation
+//! from `store.url`.
 //!
 //! # Layout
 //!
+//! - [`threads`]: [`StoreThreads`], a [`BlockingStore`] on its own OS threads behind a bounded
+//!   job queue, offered as a [`Store`].
 //! - [`sqlite`]: [`SqliteStore`], the schema and its ordered migrations (run at open).
+//! - [`postgres`]: [`PgStore`], the store on PostgreSQL for several nodes sharing one
+//!   database: an async driver with a connection pool, its own migrations (run at open).
 //! - [`provision`]: the `[[accounts]]`, `[[users]]`, `[[trunks]]`, `[[numbers]]` config tables
 //!   ([`Provisioning`]), their validation into [`ConfigIssue`]s (key path + reason), and the
 //!   [`ProvisionReport`] of an idempotent upsert.
@@ -52,9 +57,11 @@ pub mod calendar;
 pub mod e164;
 pub mod error;
 pub mod model;
+pub mod postgres;
 pub mod provision;
 pub mod secret;
 pub mod sqlite;
+pub mod threads;
 pub mod typeid;
 
 pub use error::StoreError;
@@ -63,34 +70,298 @@ pub use model::{
     IdempotencyRecord, Number, NumberType, OutboxEntry, OutboxState, PublishableKey, TimelineEntry,
     Transport, Trunk, UnixMs, UnixSecs, UnknownNumberType, User,
 };
+pub use postgres::PgStore;
 pub use provision::{
     AccountSpec, ApiKeySpec, ConfigIssue, Counts, DeviceSpec, NumberSpec, ProvisionReport,
     Provisioning, TrunkSpec, UserSpec,
 };
 pub use secret::Secret;
 pub use sqlite::SqliteStore;
+pub use threads::StoreThreads;
 pub use typeid::{TypeId, TypeIdError};
 
 use std::sync::Arc;
 
-/// Opens the store named by `store.url`: `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or
-/// a plain path. `postgres://` and `postgresql://` are recognised and refused in this build.
-pub fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SqliteStore::open(url)?))
+/// Opens the store named by `store.url`: `postgres://USER[:PASS]@HOST[:PORT]/DB` (or
+/// `postgresql://`) opens [`PgStore`]; `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or a
+/// plain path open SQLite, run on [`threads::DEFAULT_THREADS`] store threads. Migrations run
+/// on either. A PostgreSQL database that cannot be reached is
+/// [`StoreError::PostgresUnreachable`], naming `store.url` (password hidden).
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if postgres::is_postgres_url(url) {
+        return Ok(Arc::new(PgStore::open(url).await?));
+    }
+    let url = url.to_owned();
+    let sqlite =
+        StoreThreads::start(move || SqliteStore::open(&url), threads::DEFAULT_THREADS).await?;
+    Ok(Arc::new(sqlite))
 }
 
-/// The store interface used by the registrar, the call logic and the API.
+/// Checks the form of a `store.url` without opening anything (`check-config`): the reason,
+/// password hidden, when it names no store this build can open.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if postgres::is_postgres_url(url) {
+        return url
+            .parse::<tokio_postgres::Config>()
+            .map(|_| ())
+            .map_err(|e| format!("{}: {e}", sqlite::redact_url(url)));
+    }
+    sqlite::Location::parse(url)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The store interface used by the registrar, the call logic and the API: asynchronous, so
+/// that no runtime thread ever waits on a database.
 ///
-/// Methods are synchronous and short; callers in async code may call them directly for the
-/// call path (one indexed query) or through `spawn_blocking` for bulk work. Lookups return
-/// `Ok(None)` when nothing matches; updates and deletes of a missing row return
-/// [`StoreError::NotFound`] or `Ok(false)` as documented.
+/// Each backend decides where its work runs: SQLite on the store's own threads
+/// ([`StoreThreads`]), PostgreSQL on its pool's connections. Lookups return `Ok(None)` when
+/// nothing matches; updates and deletes of a missing row return [`StoreError::NotFound`] or
+/// `Ok(false)` as documented.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     // ----- provisioning -------------------------------------------------------------------
 
     /// Validates `prov` and upserts it in one transaction. `realm` is the digest realm
     /// (`sip.domain`) for which device HA1 values are computed. Applying the same input twice
     /// changes nothing the second time ([`ProvisionReport::is_noop`]).
+    async fn apply_provisioning(
+        &self,
+        prov: &Provisioning,
+        realm: &str,
+    ) -> Result<ProvisionReport, StoreError>;
+
+    // ----- accounts and API keys ----------------------------------------------------------
+
+    async fn account(&self, id: &str) -> Result<Option<Account>, StoreError>;
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// The account one of whose API secrets is `secret` (`Authorization: Bearer`).
+    async fn account_by_api_secret(&self, secret: &str) -> Result<Option<Account>, StoreError>;
+    /// The account of API key `key`, if `secret` is its secret (`Authorization: key:secret`).
+    /// The secret is compared in constant time.
+    async fn account_by_key_pair(
+        &self,
+        key: &str,
+        secret: &str,
+    ) -> Result<Option<Account>, StoreError>;
+    async fn api_keys_for_account(&self, account_id: &str) -> Result<Vec<ApiKey>, StoreError>;
+    /// Replaces the call limits of `account_id` ([`StoreError::Invalid`] for a value out of
+    /// range). `Ok(false)` when there is no such account.
+    async fn set_account_limits(
+        &self,
+        account_id: &str,
+        limits: &AccountLimits,
+    ) -> Result<bool, StoreError>;
+    /// The account of a publishable key (`pk_…`).
+    async fn account_by_publishable_key(&self, key: &str) -> Result<Option<Account>, StoreError>;
+    /// An account's publishable keys, oldest first.
+    async fn publishable_keys_for_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<PublishableKey>, StoreError>;
+    /// Adds a publishable key (`Invalid` for a malformed key, `AlreadyExists` for a taken one).
+    async fn create_publishable_key(&self, key: &PublishableKey) -> Result<(), StoreError>;
+    /// Removes one of the account's publishable keys; `Ok(false)` when it has no such key.
+    async fn delete_publishable_key(&self, account_id: &str, key: &str)
+        -> Result<bool, StoreError>;
+    /// Writes an account's name, region and dialing permissions (not its webhook secret nor
+    /// its keys). `NotFound` when there is no such account.
+    async fn update_account(&self, account: &Account) -> Result<(), StoreError>;
+
+    // ----- users --------------------------------------------------------------------------
+
+    async fn user(&self, id: &str) -> Result<Option<User>, StoreError>;
+    async fn user_by_extension(
+        &self,
+        account_id: &str,
+        extension: &str,
+    ) -> Result<Option<User>, StoreError>;
+    async fn user_by_agent_id(
+        &self,
+        account_id: &str,
+        agent_id: i64,
+    ) -> Result<Option<User>, StoreError>;
+    async fn users_for_account(&self, account_id: &str) -> Result<Vec<User>, StoreError>;
+    /// Inserts a user; [`StoreError::AlreadyExists`] when the id, extension or agent id is
+    /// taken, [`StoreError::NotFound`] when the account does not exist.
+    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Replaces the user's name, extension and agent id (the account cannot change).
+    async fn update_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Deletes a user of `account_id` with its devices and their bindings. `Ok(false)` when
+    /// there was none.
+    async fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError>;
+
+    // ----- devices ------------------------------------------------------------------------
+
+    async fn device_by_username(&self, username: &str) -> Result<Option<Device>, StoreError>;
+    async fn devices_for_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError>;
+    /// Creates a device for `user_id`, keeping only the HA1 values for `realm`.
+    async fn create_device(
+        &self,
+        user_id: &str,
+        username: &str,
+        password: &Secret,
+        realm: &str,
+    ) -> Result<Device, StoreError>;
+    /// Replaces the HA1 values of a device (new password or new realm).
+    async fn set_device_password(
+        &self,
+        username: &str,
+        password: &Secret,
+        realm: &str,
+    ) -> Result<Device, StoreError>;
+    /// Deletes a device and its bindings. `Ok(false)` when there was none.
+    async fn delete_device(&self, username: &str) -> Result<bool, StoreError>;
+
+    // ----- numbers ------------------------------------------------------------------------
+
+    async fn number(&self, number: &str) -> Result<Option<Number>, StoreError>;
+    async fn numbers_for_account(&self, account_id: &str) -> Result<Vec<Number>, StoreError>;
+    async fn create_number(&self, number: &Number) -> Result<(), StoreError>;
+    /// Replaces the owner of a number (the account cannot change).
+    async fn update_number(&self, number: &Number) -> Result<(), StoreError>;
+    async fn delete_number(&self, account_id: &str, number: &str) -> Result<bool, StoreError>;
+
+    // ----- trunks -------------------------------------------------------------------------
+
+    async fn trunk(&self, name: &str) -> Result<Option<Trunk>, StoreError>;
+    /// The account's own trunks first, then the shared ones, each by name.
+    async fn trunks_for_account(&self, account_id: &str) -> Result<Vec<Trunk>, StoreError>;
+    async fn list_trunks(&self) -> Result<Vec<Trunk>, StoreError>;
+    async fn create_trunk(&self, trunk: &Trunk) -> Result<(), StoreError>;
+    async fn update_trunk(&self, trunk: &Trunk) -> Result<(), StoreError>;
+    async fn delete_trunk(&self, name: &str) -> Result<bool, StoreError>;
+
+    // ----- registrations (RFC 3261 §10.3) -------------------------------------------------
+
+    /// Inserts or replaces the binding of (`device_username`, `contact`).
+    async fn upsert_binding(&self, binding: &Binding) -> Result<(), StoreError>;
+    async fn remove_binding(
+        &self,
+        device_username: &str,
+        contact: &str,
+    ) -> Result<bool, StoreError>;
+    /// Removes every binding of a device (`Contact: *`); returns how many there were.
+    async fn remove_all_bindings(&self, device_username: &str) -> Result<usize, StoreError>;
+    /// Unexpired (`expires_at > now`) bindings of a device, by contact.
+    async fn bindings_for_device(
+        &self,
+        device_username: &str,
+        now: UnixSecs,
+    ) -> Result<Vec<Binding>, StoreError>;
+    /// Unexpired bindings of all the user's devices, by device then contact.
+    async fn bindings_for_user(
+        &self,
+        user_id: &str,
+        now: UnixSecs,
+    ) -> Result<Vec<Binding>, StoreError>;
+    /// A refresh of a binding that exists (same device and contact, only its expiry, CSeq,
+    /// Call-ID or source changed): kept in memory and written with the other waiting
+    /// refreshes by [`flush_refreshes`](Self::flush_refreshes), which the server calls at
+    /// least twice a second; the reads of bindings see it at once. A new or removed contact
+    /// goes through [`upsert_binding`](Self::upsert_binding) /
+    /// [`remove_binding`](Self::remove_binding) instead, durable before they return. The
+    /// default writes it at once.
+    async fn refresh_binding(&self, binding: &Binding) -> Result<(), StoreError> {
+        self.upsert_binding(binding).await
+    }
+    /// Writes the refreshes waiting in memory, in one transaction; returns how many.
+    async fn flush_refreshes(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    /// Deletes bindings with `expires_at <= now`; returns how many.
+    async fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError>;
+    /// How many bindings are in force at `now` (a gauge for metrics).
+    async fn count_bindings(&self, now: UnixSecs) -> Result<u64, StoreError>;
+
+    // ----- calls and timelines ------------------------------------------------------------
+
+    async fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
+    /// Replaces every mutable field of the call `call.id` (not `account_id`, `created_at_ms`).
+    async fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
+    async fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
+    async fn call_by_request_id(
+        &self,
+        account_id: &str,
+        request_id: &str,
+    ) -> Result<Option<CallRecord>, StoreError>;
+    /// One page of the call log, newest first, and the cursor of the next page (`None` on the
+    /// last page). The cursor is opaque text.
+    async fn list_calls(
+        &self,
+        filter: &CallFilter,
+    ) -> Result<(Vec<CallRecord>, Option<String>), StoreError>;
+    async fn append_timeline(&self, call_id: &str, entry: &TimelineEntry)
+        -> Result<(), StoreError>;
+    /// The call's timeline by time, then insertion order.
+    async fn timeline(&self, call_id: &str) -> Result<Vec<TimelineEntry>, StoreError>;
+
+    // ----- callback outbox ----------------------------------------------------------------
+
+    async fn enqueue_callback(&self, entry: &OutboxEntry) -> Result<(), StoreError>;
+    /// Pending callbacks due at `now`, at most `limit`, oldest due first; for each call only
+    /// the lowest pending `seq`, so callbacks of one call go out in order. The cost grows with
+    /// the number of pending rows (about 0.4 ms with 20 000 pending on SQLite), which the
+    /// outbox keeps small in normal operation.
+    async fn due_callbacks(&self, now: UnixMs, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Whether one callback is still pending and due at `now`: the dispatcher asks right
+    /// before sending, so that a row read as due just before another delivery of it ended
+    /// is not sent twice.
+    async fn callback_due(&self, event_id: &str, now: UnixMs) -> Result<bool, StoreError>;
+    async fn mark_delivered(&self, event_id: &str, attempts: u32) -> Result<(), StoreError>;
+    /// Records a failed attempt and when to try again.
+    async fn reschedule(
+        &self,
+        event_id: &str,
+        attempts: u32,
+        next_attempt_at_ms: UnixMs,
+        last_error: &str,
+    ) -> Result<(), StoreError>;
+    /// Gives up on a callback, letting the call's next one go.
+    async fn abandon_callback(
+        &self,
+        event_id: &str,
+        attempts: u32,
+        last_error: &str,
+    ) -> Result<(), StoreError>;
+    /// Every callback of a call (any state), by `seq`.
+    async fn callbacks_for_call(&self, call_id: &str) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// The next free `seq` for a call's callbacks (1 for the first).
+    async fn next_callback_seq(&self, call_id: &str) -> Result<i64, StoreError>;
+
+    // ----- the call event write path ------------------------------------------------------
+
+    /// Applies a batch of call writes (timeline entries, call records, callbacks) in one
+    /// transaction: all of them or, on an error, none — so a batch that failed can be retried
+    /// whole without anything being written twice.
+    async fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError>;
+    /// Calls whose status is not final (after a crash: the calls a previous run left).
+    async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
+    /// A small write that tells whether the store accepts writes now (health checks).
+    async fn probe_write(&self, now: UnixMs) -> Result<(), StoreError>;
+
+    // ----- idempotency keys ---------------------------------------------------------------
+
+    /// Stores a response for (`account_id`, `key`) unless one exists; `Ok(false)` when a
+    /// record was already there (the existing one is kept).
+    async fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<bool, StoreError>;
+    async fn get_idempotency(
+        &self,
+        account_id: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Deletes records created before `before_ms`; returns how many.
+    async fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError>;
+}
+
+/// The synchronous interface of a backend that runs on threads of its own ([`SqliteStore`]).
+///
+/// Nothing above this crate calls it on a runtime thread: [`StoreThreads`] runs it on
+/// dedicated store threads and offers it as a [`Store`]. The methods are those of [`Store`],
+/// documented there.
+pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
+    // ----- provisioning -------------------------------------------------------------------
+
     fn apply_provisioning(
         &self,
         prov: &Provisioning,
@@ -101,14 +372,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     fn account(&self, id: &str) -> Result<Option<Account>, StoreError>;
     fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
-    /// The account one of whose API secrets is `secret` (`Authorization: Bearer`).
     fn account_by_api_secret(&self, secret: &str) -> Result<Option<Account>, StoreError>;
-    /// The account of API key `key`, if `secret` is its secret (`Authorization: key:secret`).
-    /// The secret is compared in constant time.
     fn account_by_key_pair(&self, key: &str, secret: &str) -> Result<Option<Account>, StoreError>;
     fn api_keys_for_account(&self, account_id: &str) -> Result<Vec<ApiKey>, StoreError>;
-    /// Replaces the call limits of `account_id` ([`StoreError::Invalid`] for a value out of
-    /// range). `Ok(false)` when there is no such account.
     fn set_account_limits(
         &self,
         account_id: &str,
@@ -140,20 +406,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn user_by_agent_id(&self, account_id: &str, agent_id: i64)
         -> Result<Option<User>, StoreError>;
     fn users_for_account(&self, account_id: &str) -> Result<Vec<User>, StoreError>;
-    /// Inserts a user; [`StoreError::AlreadyExists`] when the id, extension or agent id is
-    /// taken, [`StoreError::NotFound`] when the account does not exist.
     fn create_user(&self, user: &User) -> Result<(), StoreError>;
-    /// Replaces the user's name, extension and agent id (the account cannot change).
     fn update_user(&self, user: &User) -> Result<(), StoreError>;
-    /// Deletes a user of `account_id` with its devices and their bindings. `Ok(false)` when
-    /// there was none.
     fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError>;
 
     // ----- devices ------------------------------------------------------------------------
 
     fn device_by_username(&self, username: &str) -> Result<Option<Device>, StoreError>;
     fn devices_for_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError>;
-    /// Creates a device for `user_id`, keeping only the HA1 values for `realm`.
     fn create_device(
         &self,
         user_id: &str,
@@ -161,14 +421,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         password: &Secret,
         realm: &str,
     ) -> Result<Device, StoreError>;
-    /// Replaces the HA1 values of a device (new password or new realm).
     fn set_device_password(
         &self,
         username: &str,
         password: &Secret,
         realm: &str,
     ) -> Result<Device, StoreError>;
-    /// Deletes a device and its bindings. `Ok(false)` when there was none.
     fn delete_device(&self, username: &str) -> Result<bool, StoreError>;
 
     // ----- numbers ------------------------------------------------------------------------
@@ -176,14 +434,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn number(&self, number: &str) -> Result<Option<Number>, StoreError>;
     fn numbers_for_account(&self, account_id: &str) -> Result<Vec<Number>, StoreError>;
     fn create_number(&self, number: &Number) -> Result<(), StoreError>;
-    /// Replaces the owner of a number (the account cannot change).
     fn update_number(&self, number: &Number) -> Result<(), StoreError>;
     fn delete_number(&self, account_id: &str, number: &str) -> Result<bool, StoreError>;
 
     // ----- trunks -------------------------------------------------------------------------
 
     fn trunk(&self, name: &str) -> Result<Option<Trunk>, StoreError>;
-    /// The account's own trunks first, then the shared ones, each by name.
     fn trunks_for_account(&self, account_id: &str) -> Result<Vec<Trunk>, StoreError>;
     fn list_trunks(&self) -> Result<Vec<Trunk>, StoreError>;
     fn create_trunk(&self, trunk: &Trunk) -> Result<(), StoreError>;
@@ -192,42 +448,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     // ----- registrations (RFC 3261 §10.3) -------------------------------------------------
 
-    /// Inserts or replaces the binding of (`device_username`, `contact`).
     fn upsert_binding(&self, binding: &Binding) -> Result<(), StoreError>;
     fn remove_binding(&self, device_username: &str, contact: &str) -> Result<bool, StoreError>;
-    /// Removes every binding of a device (`Contact: *`); returns how many there were.
     fn remove_all_bindings(&self, device_username: &str) -> Result<usize, StoreError>;
-    /// Unexpired (`expires_at > now`) bindings of a device, by contact.
     fn bindings_for_device(
         &self,
         device_username: &str,
         now: UnixSecs,
     ) -> Result<Vec<Binding>, StoreError>;
-    /// Unexpired bindings of all the user's devices, by device then contact.
     fn bindings_for_user(&self, user_id: &str, now: UnixSecs) -> Result<Vec<Binding>, StoreError>;
-    /// A refresh of a binding that exists (same device and contact, only its expiry, CSeq,
-    /// Call-ID or source changed): kept in memory and written with the other waiting
-    /// refreshes by [`flush_refreshes`](Self::flush_refreshes), which the server calls at
-    /// least twice a second; the reads of bindings see it at once. A new or removed contact
-    /// goes through [`upsert_binding`](Self::upsert_binding) /
-    /// [`remove_binding`](Self::remove_binding) instead, durable before they return. The
-    /// default writes it at once.
+    /// Default: written at once, like [`upsert_binding`](Self::upsert_binding).
     fn refresh_binding(&self, binding: &Binding) -> Result<(), StoreError> {
         self.upsert_binding(binding)
     }
-    /// Writes the refreshes waiting in memory, in one transaction; returns how many.
     fn flush_refreshes(&self) -> Result<usize, StoreError> {
         Ok(0)
     }
-    /// Deletes bindings with `expires_at <= now`; returns how many.
     fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError>;
-    /// How many bindings are in force at `now` (a gauge for metrics).
     fn count_bindings(&self, now: UnixSecs) -> Result<u64, StoreError>;
 
     // ----- calls and timelines ------------------------------------------------------------
 
     fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
-    /// Replaces every mutable field of the call `call.id` (not `account_id`, `created_at_ms`).
     fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
     fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
     fn call_by_request_id(
@@ -235,30 +477,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         account_id: &str,
         request_id: &str,
     ) -> Result<Option<CallRecord>, StoreError>;
-    /// One page of the call log, newest first, and the cursor of the next page (`None` on the
-    /// last page). The cursor is opaque text.
     fn list_calls(
         &self,
         filter: &CallFilter,
     ) -> Result<(Vec<CallRecord>, Option<String>), StoreError>;
     fn append_timeline(&self, call_id: &str, entry: &TimelineEntry) -> Result<(), StoreError>;
-    /// The call's timeline by time, then insertion order.
     fn timeline(&self, call_id: &str) -> Result<Vec<TimelineEntry>, StoreError>;
 
     // ----- callback outbox ----------------------------------------------------------------
 
     fn enqueue_callback(&self, entry: &OutboxEntry) -> Result<(), StoreError>;
-    /// Pending callbacks due at `now`, at most `limit`, oldest due first; for each call only
-    /// the lowest pending `seq`, so callbacks of one call go out in order. The cost grows with
-    /// the number of pending rows (about 0.4 ms with 20 000 pending on SQLite), which the
-    /// outbox keeps small in normal operation.
     fn due_callbacks(&self, now: UnixMs, limit: u32) -> Result<Vec<OutboxEntry>, StoreError>;
-    /// Whether one callback is still pending and due at `now`: the dispatcher asks right
-    /// before sending, so that a row read as due just before another delivery of it ended
-    /// is not sent twice.
     fn callback_due(&self, event_id: &str, now: UnixMs) -> Result<bool, StoreError>;
     fn mark_delivered(&self, event_id: &str, attempts: u32) -> Result<(), StoreError>;
-    /// Records a failed attempt and when to try again.
     fn reschedule(
         &self,
         event_id: &str,
@@ -266,39 +497,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         next_attempt_at_ms: UnixMs,
         last_error: &str,
     ) -> Result<(), StoreError>;
-    /// Gives up on a callback, letting the call's next one go.
     fn abandon_callback(
         &self,
         event_id: &str,
         attempts: u32,
         last_error: &str,
     ) -> Result<(), StoreError>;
-    /// Every callback of a call (any state), by `seq`.
     fn callbacks_for_call(&self, call_id: &str) -> Result<Vec<OutboxEntry>, StoreError>;
-    /// The next free `seq` for a call's callbacks (1 for the first).
     fn next_callback_seq(&self, call_id: &str) -> Result<i64, StoreError>;
 
     // ----- the call event write path ------------------------------------------------------
 
-    /// Applies a batch of call writes (timeline entries, call records, callbacks) in one
-    /// transaction: all of them or, on an error, none — so a batch that failed can be retried
-    /// whole without anything being written twice.
     fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError>;
-    /// Calls whose status is not final (after a crash: the calls a previous run left).
     fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
-    /// A small write that tells whether the store accepts writes now (health checks).
     fn probe_write(&self, now: UnixMs) -> Result<(), StoreError>;
 
     // ----- idempotency keys ---------------------------------------------------------------
 
-    /// Stores a response for (`account_id`, `key`) unless one exists; `Ok(false)` when a
-    /// record was already there (the existing one is kept).
     fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<bool, StoreError>;
     fn get_idempotency(
         &self,
         account_id: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
-    /// Deletes records created before `before_ms`; returns how many.
     fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError>;
 }

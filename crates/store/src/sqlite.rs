@@ -1,4 +1,4 @@
-//! [`SqliteStore`]: the [`Store`] on an embedded SQLite database.
+//! [`SqliteStore`]: the store on an embedded SQLite database ([`BlockingStore`], run on the store threads of [`crate::StoreThreads`]).
 //!
 //! One connection behind a mutex, in WAL mode with `synchronous=NORMAL` (a power loss may lose
 //! the last transactions but never corrupts the file), foreign keys on, and a busy timeout for
@@ -31,7 +31,7 @@ use crate::provision::{
 };
 use crate::secret::{api_secret_hash, constant_time_eq, ha1_md5, ha1_sha256, Secret};
 use crate::typeid::TypeId;
-use crate::Store;
+use crate::BlockingStore;
 
 /// The schema, one script per version.
 pub const MIGRATIONS: &[&str] = &[
@@ -247,7 +247,7 @@ impl Location {
 }
 
 /// `postgres://user:password@host/db` with the password replaced by `***`.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -260,13 +260,13 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// The SQLite implementation of [`Store`].
+/// The SQLite implementation of [`BlockingStore`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     location: Location,
     pepper: Vec<u8>,
     /// Binding refreshes not yet written, by device, then contact (see
-    /// [`Store::refresh_binding`]); reads of bindings see them.
+    /// [`crate::Store::refresh_binding`]); reads of bindings see them.
     refreshes: Mutex<HashMap<String, HashMap<String, Binding>>>,
 }
 
@@ -469,7 +469,7 @@ fn load_or_create_pepper(conn: &mut Connection) -> Result<Vec<u8>, StoreError> {
 }
 
 /// Wall-clock time for bookkeeping columns (`applied_at_ms`), never for protocol decisions.
-fn wall_clock_ms() -> i64 {
+pub(crate) fn wall_clock_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -683,14 +683,14 @@ fn insert_error(err: rusqlite::Error, kind: &'static str, id: &str) -> StoreErro
     }
 }
 
-fn not_found(kind: &'static str, id: &str) -> StoreError {
+pub(crate) fn not_found(kind: &'static str, id: &str) -> StoreError {
     StoreError::NotFound {
         kind,
         id: id.to_owned(),
     }
 }
 
-fn validate_account(account: &Account) -> Result<(), StoreError> {
+pub(crate) fn validate_account(account: &Account) -> Result<(), StoreError> {
     let invalid = |field: &'static str, reason: String| StoreError::Invalid { field, reason };
     if account.name.trim().is_empty() {
         return Err(invalid("account.name", "must not be empty".to_owned()));
@@ -724,7 +724,7 @@ fn validate_account(account: &Account) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn validate_user(user: &User) -> Result<(), StoreError> {
+pub(crate) fn validate_user(user: &User) -> Result<(), StoreError> {
     TypeId::parse_with_prefix(&user.id, crate::provision::USER_PREFIX).map_err(|e| {
         StoreError::Invalid {
             field: "user.id",
@@ -756,7 +756,7 @@ fn validate_user(user: &User) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn validate_trunk(trunk: &Trunk) -> Result<(), StoreError> {
+pub(crate) fn validate_trunk(trunk: &Trunk) -> Result<(), StoreError> {
     let spec = TrunkSpec {
         name: trunk.name.clone(),
         account: None,
@@ -780,11 +780,11 @@ fn validate_trunk(trunk: &Trunk) -> Result<(), StoreError> {
 
 // ----- cursor -------------------------------------------------------------------------------
 
-fn encode_cursor(created_at_ms: UnixMs, id: &str) -> String {
+pub(crate) fn encode_cursor(created_at_ms: UnixMs, id: &str) -> String {
     hex::encode(format!("{created_at_ms}.{id}"))
 }
 
-fn decode_cursor(cursor: &str) -> Result<(UnixMs, String), StoreError> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<(UnixMs, String), StoreError> {
     let invalid = || StoreError::Invalid {
         field: "cursor",
         reason: "not a cursor returned by this API".to_owned(),
@@ -1222,7 +1222,7 @@ impl SqliteStore {
     }
 }
 
-fn log_change(change: Change, kind: &str, id: &str) {
+pub(crate) fn log_change(change: Change, kind: &str, id: &str) {
     match change {
         Change::Created => tracing::info!(kind, id, "provisioned: created"),
         Change::Updated => tracing::info!(kind, id, "provisioned: updated"),
@@ -1342,7 +1342,7 @@ fn query_one<T>(
     Ok(stmt.query_row(params, map).optional()?)
 }
 
-impl Store for SqliteStore {
+impl BlockingStore for SqliteStore {
     fn apply_provisioning(
         &self,
         prov: &Provisioning,

@@ -125,7 +125,11 @@ pub async fn update_account(
         }
         account.allowed_prefixes = prefixes;
     }
-    shared.store.update_account(&account).map_err(write_err)?;
+    shared
+        .store
+        .update_account(&account)
+        .await
+        .map_err(write_err)?;
     tracing::info!(account = %account.id, "dialing permissions changed");
     Ok(axum::Json(views::account(&account)))
 }
@@ -135,16 +139,17 @@ const USER_NOT_FOUND: ApiError = ApiError::NotFound {
     message: "User not found",
 };
 
-fn own_user(shared: &Shared, account: &Account, id: &str) -> Result<User, ApiError> {
+async fn own_user(shared: &Shared, account: &Account, id: &str) -> Result<User, ApiError> {
     shared
         .store
-        .user(id)?
+        .user(id)
+        .await?
         .filter(|u| u.account_id == account.id)
         .ok_or(USER_NOT_FOUND)
 }
 
-fn user_view(shared: &Shared, u: &User) -> Result<Value, ApiError> {
-    let devices = shared.store.devices_for_user(&u.id)?;
+async fn user_view(shared: &Shared, u: &User) -> Result<Value, ApiError> {
+    let devices = shared.store.devices_for_user(&u.id).await?;
     Ok(views::user(u, &devices))
 }
 
@@ -195,11 +200,11 @@ pub async fn list_users(
     State(shared): State<Arc<Shared>>,
     BearerAccount(account): BearerAccount,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let users = shared.store.users_for_account(&account.id)?;
-    let data = users
-        .iter()
-        .map(|u| user_view(&shared, u))
-        .collect::<Result<Vec<_>, _>>()?;
+    let users = shared.store.users_for_account(&account.id).await?;
+    let mut data = Vec::with_capacity(users.len());
+    for u in &users {
+        data.push(user_view(&shared, u).await?);
+    }
     Ok(axum::Json(json!({ "data": data })))
 }
 
@@ -231,19 +236,27 @@ pub async fn create_user(
         extension: req.extension,
         agent_id: req.agent_id,
     };
-    shared.store.create_user(&user).map_err(write_err)?;
+    shared.store.create_user(&user).await.map_err(write_err)?;
     for d in &req.devices {
-        if let Err(e) = shared.store.create_device(
-            &user.id,
-            &d.username,
-            &Secret::new(d.password.clone()),
-            &shared.cfg.realm,
-        ) {
-            let _ = shared.store.delete_user(&account.id, &user.id);
+        if let Err(e) = shared
+            .store
+            .create_device(
+                &user.id,
+                &d.username,
+                &Secret::new(d.password.clone()),
+                &shared.cfg.realm,
+            )
+            .await
+        {
+            let _ = shared.store.delete_user(&account.id, &user.id).await;
             return Err(write_err(e));
         }
     }
-    Ok((StatusCode::CREATED, axum::Json(user_view(&shared, &user)?)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(user_view(&shared, &user).await?),
+    )
+        .into_response())
 }
 
 /// One user.
@@ -256,8 +269,8 @@ pub async fn get_user(
     BearerAccount(account): BearerAccount,
     Path(user_id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let u = own_user(&shared, &account, &user_id)?;
-    Ok(axum::Json(user_view(&shared, &u)?))
+    let u = own_user(&shared, &account, &user_id).await?;
+    Ok(axum::Json(user_view(&shared, &u).await?))
 }
 
 /// Changes a user's name, extension or agent id.
@@ -271,7 +284,7 @@ pub async fn update_user(
     Path(user_id): Path<String>,
     Json(req): Json<UpdateUser>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let mut u = own_user(&shared, &account, &user_id)?;
+    let mut u = own_user(&shared, &account, &user_id).await?;
     if let Some(name) = req.name {
         if name.trim().is_empty() {
             return Err(ApiError::bad_request(
@@ -287,8 +300,8 @@ pub async fn update_user(
     if let Some(agent) = req.agent_id {
         u.agent_id = agent;
     }
-    shared.store.update_user(&u).map_err(write_err)?;
-    Ok(axum::Json(user_view(&shared, &u)?))
+    shared.store.update_user(&u).await.map_err(write_err)?;
+    Ok(axum::Json(user_view(&shared, &u).await?))
 }
 
 /// Deletes a user with its devices and their registrations.
@@ -301,7 +314,7 @@ pub async fn delete_user(
     BearerAccount(account): BearerAccount,
     Path(user_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if shared.store.delete_user(&account.id, &user_id)? {
+    if shared.store.delete_user(&account.id, &user_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(USER_NOT_FOUND)
@@ -318,8 +331,8 @@ pub async fn list_devices(
     BearerAccount(account): BearerAccount,
     Path(user_id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let u = own_user(&shared, &account, &user_id)?;
-    let devices = shared.store.devices_for_user(&u.id)?;
+    let u = own_user(&shared, &account, &user_id).await?;
+    let devices = shared.store.devices_for_user(&u.id).await?;
     Ok(axum::Json(
         json!({"data": devices.iter().map(views::device).collect::<Vec<_>>()}),
     ))
@@ -336,7 +349,7 @@ pub async fn create_device(
     Path(user_id): Path<String>,
     Json(req): Json<NewDevice>,
 ) -> Result<Response, ApiError> {
-    let u = own_user(&shared, &account, &user_id)?;
+    let u = own_user(&shared, &account, &user_id).await?;
     let d = shared
         .store
         .create_device(
@@ -345,6 +358,7 @@ pub async fn create_device(
             &Secret::new(req.password),
             &shared.cfg.realm,
         )
+        .await
         .map_err(write_err)?;
     Ok((StatusCode::CREATED, axum::Json(views::device(&d))).into_response())
 }
@@ -362,12 +376,15 @@ const DEVICE_NOT_FOUND: ApiError = ApiError::NotFound {
     message: "Device not found",
 };
 
-fn own_device(shared: &Shared, account: &Account, username: &str) -> Result<(), ApiError> {
+async fn own_device(shared: &Shared, account: &Account, username: &str) -> Result<(), ApiError> {
     let d = shared
         .store
-        .device_by_username(username)?
+        .device_by_username(username)
+        .await?
         .ok_or(DEVICE_NOT_FOUND)?;
-    own_user(shared, account, &d.user_id).map_err(|_| DEVICE_NOT_FOUND)?;
+    own_user(shared, account, &d.user_id)
+        .await
+        .map_err(|_| DEVICE_NOT_FOUND)?;
     Ok(())
 }
 
@@ -382,10 +399,11 @@ pub async fn update_device(
     Path(username): Path<String>,
     Json(req): Json<ChangePassword>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    own_device(&shared, &account, &username)?;
+    own_device(&shared, &account, &username).await?;
     let d = shared
         .store
         .set_device_password(&username, &Secret::new(req.password), &shared.cfg.realm)
+        .await
         .map_err(write_err)?;
     Ok(axum::Json(views::device(&d)))
 }
@@ -400,8 +418,8 @@ pub async fn delete_device(
     BearerAccount(account): BearerAccount,
     Path(username): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    own_device(&shared, &account, &username)?;
-    shared.store.delete_device(&username)?;
+    own_device(&shared, &account, &username).await?;
+    shared.store.delete_device(&username).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -416,9 +434,9 @@ pub async fn registrations(
     BearerAccount(account): BearerAccount,
     Path(user_id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let u = own_user(&shared, &account, &user_id)?;
+    let u = own_user(&shared, &account, &user_id).await?;
     let now = now_ms() / 1000;
-    let bindings = shared.store.bindings_for_user(&u.id, now)?;
+    let bindings = shared.store.bindings_for_user(&u.id, now).await?;
     Ok(axum::Json(json!({
         "data": bindings.iter().map(|b| views::binding(b, now)).collect::<Vec<_>>()
     })))
@@ -451,9 +469,13 @@ const NUMBER_NOT_FOUND: ApiError = ApiError::NotFound {
     message: "Number not found",
 };
 
-fn check_owner(shared: &Shared, account: &Account, owner: Option<&str>) -> Result<(), ApiError> {
+async fn check_owner(
+    shared: &Shared,
+    account: &Account,
+    owner: Option<&str>,
+) -> Result<(), ApiError> {
     if let Some(o) = owner {
-        own_user(shared, account, o).map_err(|_| {
+        own_user(shared, account, o).await.map_err(|_| {
             ApiError::unprocessable("owner_not_found", "owner is not a user of this account")
         })?;
     }
@@ -468,7 +490,7 @@ pub async fn list_numbers(
     State(shared): State<Arc<Shared>>,
     BearerAccount(account): BearerAccount,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let numbers = shared.store.numbers_for_account(&account.id)?;
+    let numbers = shared.store.numbers_for_account(&account.id).await?;
     Ok(axum::Json(
         json!({"data": numbers.iter().map(views::number).collect::<Vec<_>>()}),
     ))
@@ -489,20 +511,21 @@ pub async fn create_number(
             "number must be in E.164 form (+ and 7 to 15 digits)",
         ));
     }
-    check_owner(&shared, &account, req.owner.as_deref())?;
+    check_owner(&shared, &account, req.owner.as_deref()).await?;
     let n = Number {
         number: req.number,
         account_id: account.id.clone(),
         owner_user_id: req.owner,
     };
-    shared.store.create_number(&n).map_err(write_err)?;
+    shared.store.create_number(&n).await.map_err(write_err)?;
     Ok((StatusCode::CREATED, axum::Json(views::number(&n))).into_response())
 }
 
-fn own_number(shared: &Shared, account: &Account, number: &str) -> Result<Number, ApiError> {
+async fn own_number(shared: &Shared, account: &Account, number: &str) -> Result<Number, ApiError> {
     shared
         .store
-        .number(number)?
+        .number(number)
+        .await?
         .filter(|n| n.account_id == account.id)
         .ok_or(NUMBER_NOT_FOUND)
 }
@@ -517,9 +540,9 @@ pub async fn get_number(
     BearerAccount(account): BearerAccount,
     Path(number): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(views::number(&own_number(
-        &shared, &account, &number,
-    )?)))
+    Ok(axum::Json(views::number(
+        &own_number(&shared, &account, &number).await?,
+    )))
 }
 
 /// Changes a number's owner.
@@ -533,12 +556,12 @@ pub async fn update_number(
     Path(number): Path<String>,
     Json(req): Json<UpdateNumber>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let mut n = own_number(&shared, &account, &number)?;
+    let mut n = own_number(&shared, &account, &number).await?;
     if let Some(owner) = req.owner {
-        check_owner(&shared, &account, owner.as_deref())?;
+        check_owner(&shared, &account, owner.as_deref()).await?;
         n.owner_user_id = owner;
     }
-    shared.store.update_number(&n).map_err(write_err)?;
+    shared.store.update_number(&n).await.map_err(write_err)?;
     Ok(axum::Json(views::number(&n)))
 }
 
@@ -552,7 +575,7 @@ pub async fn delete_number(
     BearerAccount(account): BearerAccount,
     Path(number): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if shared.store.delete_number(&account.id, &number)? {
+    if shared.store.delete_number(&account.id, &number).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(NUMBER_NOT_FOUND)
@@ -629,7 +652,7 @@ pub async fn list_trunks(
     State(shared): State<Arc<Shared>>,
     BearerAccount(account): BearerAccount,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let trunks = shared.store.trunks_for_account(&account.id)?;
+    let trunks = shared.store.trunks_for_account(&account.id).await?;
     Ok(axum::Json(
         json!({"data": trunks.iter().map(views::trunk).collect::<Vec<_>>()}),
     ))
@@ -655,18 +678,18 @@ pub async fn create_trunk(
         dial_prefix: req.dial_prefix,
         from_domain: req.from_domain,
     };
-    shared.store.create_trunk(&t).map_err(write_err)?;
+    shared.store.create_trunk(&t).await.map_err(write_err)?;
     Ok((StatusCode::CREATED, axum::Json(views::trunk(&t))).into_response())
 }
 
 /// A trunk visible to the account; `own` requires it to be the account's (not shared).
-fn visible_trunk(
+async fn visible_trunk(
     shared: &Shared,
     account: &Account,
     name: &str,
     own: bool,
 ) -> Result<Trunk, ApiError> {
-    let t = shared.store.trunk(name)?.ok_or(TRUNK_NOT_FOUND)?;
+    let t = shared.store.trunk(name).await?.ok_or(TRUNK_NOT_FOUND)?;
     match t.account_id.as_deref() {
         Some(a) if a == account.id => Ok(t),
         Some(_) => Err(TRUNK_NOT_FOUND),
@@ -688,9 +711,9 @@ pub async fn get_trunk(
     BearerAccount(account): BearerAccount,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(views::trunk(&visible_trunk(
-        &shared, &account, &name, false,
-    )?)))
+    Ok(axum::Json(views::trunk(
+        &visible_trunk(&shared, &account, &name, false).await?,
+    )))
 }
 
 /// Changes one of the account's trunks.
@@ -704,7 +727,7 @@ pub async fn update_trunk(
     Path(name): Path<String>,
     Json(req): Json<UpdateTrunk>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let mut t = visible_trunk(&shared, &account, &name, true)?;
+    let mut t = visible_trunk(&shared, &account, &name, true).await?;
     if let Some(a) = req.address {
         t.address = a;
     }
@@ -726,7 +749,7 @@ pub async fn update_trunk(
     if let Some(f) = req.from_domain {
         t.from_domain = f;
     }
-    shared.store.update_trunk(&t).map_err(write_err)?;
+    shared.store.update_trunk(&t).await.map_err(write_err)?;
     Ok(axum::Json(views::trunk(&t)))
 }
 
@@ -740,8 +763,8 @@ pub async fn delete_trunk(
     BearerAccount(account): BearerAccount,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    visible_trunk(&shared, &account, &name, true)?;
-    shared.store.delete_trunk(&name)?;
+    visible_trunk(&shared, &account, &name, true).await?;
+    shared.store.delete_trunk(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -819,6 +842,7 @@ pub async fn update_limits(
     if !shared
         .store
         .set_account_limits(&account.id, &limits)
+        .await
         .map_err(write_err)?
     {
         return Err(ApiError::NotFound {

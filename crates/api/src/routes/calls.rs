@@ -120,7 +120,8 @@ async fn create_call_inner(
     }
     let user = shared
         .store
-        .user(&user_id)?
+        .user(&user_id)
+        .await?
         .filter(|u| u.account_id == account.id)
         .ok_or(ApiError::NotFound {
             code: "user_not_found",
@@ -235,7 +236,7 @@ pub async fn create_call(
     };
     let hash = request_hash(&body);
     let now = now_ms();
-    if let Some(prev) = shared.store.get_idempotency(&account.id, &key)? {
+    if let Some(prev) = shared.store.get_idempotency(&account.id, &key).await? {
         if prev.created_at_ms > now - IDEMPOTENCY_TTL_MS {
             if prev.request_hash != hash {
                 return Err(ApiError::unprocessable(
@@ -249,7 +250,10 @@ pub async fn create_call(
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return Ok(resp);
         }
-        shared.store.purge_idempotency(now - IDEMPOTENCY_TTL_MS)?;
+        shared
+            .store
+            .purge_idempotency(now - IDEMPOTENCY_TTL_MS)
+            .await?;
     }
     let pair = (account.id.clone(), key.clone());
     if !shared
@@ -276,14 +280,17 @@ pub async fn create_call(
         Err(e) => (e.status(), e.body()),
     };
     let text = body_json.to_string();
-    shared.store.put_idempotency(&IdempotencyRecord {
-        account_id: account.id.clone(),
-        key,
-        request_hash: hash,
-        response_status: status.as_u16(),
-        response_body: text.clone(),
-        created_at_ms: now,
-    })?;
+    shared
+        .store
+        .put_idempotency(&IdempotencyRecord {
+            account_id: account.id.clone(),
+            key,
+            request_hash: hash,
+            response_status: status.as_u16(),
+            response_body: text.clone(),
+            created_at_ms: now,
+        })
+        .await?;
     Ok(json_response(status, &text))
 }
 
@@ -303,14 +310,15 @@ pub async fn get_call(
 ) -> Result<axum::Json<Value>, ApiError> {
     let rec = shared
         .store
-        .get_call(&account.id, &call_id)?
+        .get_call(&account.id, &call_id)
+        .await?
         .filter(|rec| crate::routes::client_sessions::within(&scope, rec))
         .ok_or(ApiError::NotFound {
             code: "call_not_found",
             message: "Call not found",
         })?;
-    let timeline = shared.store.timeline(&rec.id)?;
-    let callbacks = shared.store.callbacks_for_call(&rec.id)?;
+    let timeline = shared.store.timeline(&rec.id).await?;
+    let callbacks = shared.store.callbacks_for_call(&rec.id).await?;
     let mut view = views::call_detail(&rec, &timeline, &callbacks);
     if !rec.status.is_final() {
         // A running call: its media counters so far, straight from the relay.
@@ -398,12 +406,16 @@ pub async fn list_calls(
     filter.since_ms = time(q.since.as_deref(), "since")?;
     filter.until_ms = time(q.until.as_deref(), "until")?;
     filter.cursor = q.cursor.filter(|s| !s.is_empty());
-    let (page, next) = shared.store.list_calls(&filter).map_err(|e| match e {
-        store::StoreError::Invalid { .. } => {
-            ApiError::bad_request("invalid_cursor", "cursor is not valid")
-        }
-        other => ApiError::Store(other),
-    })?;
+    let (page, next) = shared
+        .store
+        .list_calls(&filter)
+        .await
+        .map_err(|e| match e {
+            store::StoreError::Invalid { .. } => {
+                ApiError::bad_request("invalid_cursor", "cursor is not valid")
+            }
+            other => ApiError::Store(other),
+        })?;
     Ok(axum::Json(json!({
         "data": page.iter().map(views::call).collect::<Vec<_>>(),
         "next_cursor": next,
@@ -427,7 +439,8 @@ pub async fn hangup_call(
 ) -> Result<Response, ApiError> {
     let rec = shared
         .store
-        .get_call(&account.id, &call_id)?
+        .get_call(&account.id, &call_id)
+        .await?
         .filter(|rec| crate::routes::client_sessions::within(&scope, rec))
         .ok_or(ApiError::NotFound {
             code: "call_not_found",
@@ -445,15 +458,18 @@ pub async fn hangup_call(
             message: "Call is not active on this server".to_owned(),
         });
     }
-    let _ = shared.store.append_timeline(
-        &rec.id,
-        &store::TimelineEntry {
-            at_ms: now_ms(),
-            kind: "api.hangup".to_owned(),
-            leg: None,
-            detail: json!({"endpoint": "POST /v1/calls/{call_id}/hangup"}),
-        },
-    );
+    let _ = shared
+        .store
+        .append_timeline(
+            &rec.id,
+            &store::TimelineEntry {
+                at_ms: now_ms(),
+                kind: "api.hangup".to_owned(),
+                leg: None,
+                detail: json!({"endpoint": "POST /v1/calls/{call_id}/hangup"}),
+            },
+        )
+        .await;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(

@@ -124,7 +124,8 @@ pub async fn create_client_session(
     }
     shared
         .store
-        .user(&user_id)?
+        .user(&user_id)
+        .await?
         .filter(|u| u.account_id == account.id)
         .ok_or(ApiError::NotFound {
             code: "user_not_found",

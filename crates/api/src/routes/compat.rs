@@ -69,7 +69,8 @@ pub async fn make_call(
     };
     let number = shared
         .store
-        .number(&from_e164)?
+        .number(&from_e164)
+        .await?
         .filter(|n| n.account_id == account.id)
         .ok_or(ApiError::NotFound {
             code: "number_not_found",
@@ -82,7 +83,8 @@ pub async fn make_call(
     let user = match req.agent_id {
         Some(id) => shared
             .store
-            .user_by_agent_id(&account.id, id)?
+            .user_by_agent_id(&account.id, id)
+            .await?
             .ok_or(AGENT_NOT_FOUND)?,
         None => {
             let owner = number.owner_user_id.as_deref().ok_or_else(|| {
@@ -90,7 +92,8 @@ pub async fn make_call(
             })?;
             shared
                 .store
-                .user(owner)?
+                .user(owner)
+                .await?
                 .filter(|u| u.account_id == account.id)
                 .ok_or(AGENT_NOT_FOUND)?
         }
@@ -158,13 +161,14 @@ fn c2c_answer(shared: &Shared, request_id: &str, errors: Vec<String>, extra: Val
     json!({ "response": response })
 }
 
-fn c2c_account(shared: &Shared, api_key: Option<&str>) -> Result<Account, ApiError> {
+async fn c2c_account(shared: &Shared, api_key: Option<&str>) -> Result<Account, ApiError> {
     let key = api_key
         .filter(|k| !k.is_empty())
         .ok_or(ApiError::Unauthorized)?;
     shared
         .store
-        .account_by_api_secret(key)?
+        .account_by_api_secret(key)
+        .await?
         .ok_or(ApiError::Unauthorized)
 }
 
@@ -173,7 +177,7 @@ async fn click2call_inner(
     q: Click2CallQuery,
     request_id: &str,
 ) -> Result<Value, ApiError> {
-    let account = c2c_account(shared, q.api_key.as_deref())?;
+    let account = c2c_account(shared, q.api_key.as_deref()).await?;
     let first = q
         .dial_first
         .filter(|s| !s.trim().is_empty())
@@ -196,7 +200,8 @@ async fn click2call_inner(
     if let Some(name) = &pbx {
         let visible = shared
             .store
-            .trunks_for_account(&account.id)?
+            .trunks_for_account(&account.id)
+            .await?
             .iter()
             .any(|t| &t.name == name);
         if !visible {
@@ -209,11 +214,17 @@ async fn click2call_inner(
     // dial_first: a user (TypeID), a user's extension, or a number on the PBX trunk.
     let by_id = shared
         .store
-        .user(first.trim())?
+        .user(first.trim())
+        .await?
         .filter(|u| u.account_id == account.id);
     let by_ext = match by_id {
         Some(_) => None,
-        None => shared.store.user_by_extension(&account.id, first.trim())?,
+        None => {
+            shared
+                .store
+                .user_by_extension(&account.id, first.trim())
+                .await?
+        }
     };
     let agent = match by_id.or(by_ext) {
         Some(u) if pbx.is_none() => AgentSel::User(u),
@@ -238,7 +249,12 @@ async fn click2call_inner(
                     ))
                 }
             };
-            if shared.store.trunks_for_account(&account.id)?.is_empty() {
+            if shared
+                .store
+                .trunks_for_account(&account.id)
+                .await?
+                .is_empty()
+            {
                 return Err(ApiError::unprocessable(
                     "no_route",
                     "No trunk is available to reach dial_first",
@@ -256,7 +272,8 @@ async fn click2call_inner(
     let default_caller_id = match q.dial_as.as_deref().filter(|s| !s.is_empty()) {
         Some(d) => shared
             .store
-            .number(d)?
+            .number(d)
+            .await?
             .filter(|n| n.account_id == account.id)
             .map(|n| n.number),
         None => None,
@@ -329,17 +346,18 @@ pub async fn click2call_status(
     let q = axum::extract::Query::<Click2CallQuery>::try_from_uri(&uri)
         .map(|q| q.0)
         .unwrap_or_default();
-    let result = (|| -> Result<Value, ApiError> {
-        let account = c2c_account(&shared, q.api_key.as_deref())?;
+    let result: Result<Value, ApiError> = async {
+        let account = c2c_account(&shared, q.api_key.as_deref()).await?;
         let rec = shared
             .store
-            .call_by_request_id(&account.id, &request_id)?
+            .call_by_request_id(&account.id, &request_id)
+            .await?
             .ok_or(ApiError::NotFound {
                 code: "request_not_found",
                 message: "Request not found",
             })?;
-        let timeline = shared.store.timeline(&rec.id)?;
-        let callbacks = shared.store.callbacks_for_call(&rec.id)?;
+        let timeline = shared.store.timeline(&rec.id).await?;
+        let callbacks = shared.store.callbacks_for_call(&rec.id).await?;
         let call = views::call_detail(&rec, &timeline, &callbacks);
         Ok(json!({
             "call_id": rec.id,
@@ -347,7 +365,8 @@ pub async fn click2call_status(
             "call": call,
             "timeline": timeline.iter().map(views::timeline_entry).collect::<Vec<_>>(),
         }))
-    })();
+    }
+    .await;
     axum::Json(match result {
         Ok(extra) => c2c_answer(&shared, &request_id, Vec::new(), extra),
         Err(e) => c2c_answer(&shared, &request_id, vec![e.message()], json!({})),

@@ -44,7 +44,10 @@ pub async fn list_publishable_keys(
     State(shared): State<Arc<Shared>>,
     BearerAccount(account): BearerAccount,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let keys = shared.store.publishable_keys_for_account(&account.id)?;
+    let keys = shared
+        .store
+        .publishable_keys_for_account(&account.id)
+        .await?;
     Ok(axum::Json(
         json!({ "data": keys.iter().map(view).collect::<Vec<_>>() }),
     ))
@@ -68,7 +71,7 @@ pub async fn create_publishable_key(
         source: "api".to_owned(),
         created_at_ms: now_ms(),
     };
-    shared.store.create_publishable_key(&key)?;
+    shared.store.create_publishable_key(&key).await?;
     Ok((StatusCode::CREATED, axum::Json(view(&key))).into_response())
 }
 
@@ -87,7 +90,11 @@ pub async fn delete_publishable_key(
     BearerAccount(account): BearerAccount,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if shared.store.delete_publishable_key(&account.id, &key)? {
+    if shared
+        .store
+        .delete_publishable_key(&account.id, &key)
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound {

@@ -51,7 +51,12 @@ async fn users_and_devices() {
     assert!(!u.to_string().contains("carol-pass-1"));
     assert!(u["devices"][0].get("password").is_none());
     // The device's HA1 is computed for the realm.
-    let d = s.store.device_by_username("carol-desk").unwrap().unwrap();
+    let d = s
+        .store
+        .device_by_username("carol-desk")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         d.ha1_md5,
         store::secret::ha1_md5("carol-desk", REALM, &"carol-pass-1".into())
@@ -138,7 +143,12 @@ async fn users_and_devices() {
     )
     .await;
     assert_eq!(st, 200);
-    let d = s.store.device_by_username("carol-soft").unwrap().unwrap();
+    let d = s
+        .store
+        .device_by_username("carol-soft")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         d.ha1_md5,
         store::secret::ha1_md5("carol-soft", REALM, &"p3".into())

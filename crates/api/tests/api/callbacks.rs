@@ -156,9 +156,10 @@ async fn callbacks_are_retried_signed_and_in_order() {
     assert_eq!(ids.len(), 3);
 
     // The outbox and the timeline record the attempts.
-    eventually("outbox marks all delivered", || {
+    eventually_async("outbox marks all delivered", || async {
         s.store
             .callbacks_for_call(&id)
+            .await
             .unwrap()
             .iter()
             .all(|c| c.state == store::OutboxState::Delivered)
@@ -243,12 +244,12 @@ async fn canceled_and_busy_stages_and_attempt_cap() {
         &dead,
         ended(CallStatus::NoAnswer, Some(Leg::Agent), Some(408), 0),
     );
-    eventually("both abandoned", || {
-        let cbs = s.store.callbacks_for_call(&dead).unwrap();
+    eventually_async("both abandoned", || async {
+        let cbs = s.store.callbacks_for_call(&dead).await.unwrap();
         cbs.len() == 2 && cbs.iter().all(|c| c.state == store::OutboxState::Abandoned)
     })
     .await;
-    let cbs = s.store.callbacks_for_call(&dead).unwrap();
+    let cbs = s.store.callbacks_for_call(&dead).await.unwrap();
     assert!(cbs.iter().all(|c| c.attempts == 2));
     assert_eq!(s.metrics.callback_counts().2, 2);
     s.stop().await;
@@ -277,14 +278,18 @@ async fn restart_with_pending_callbacks_loses_none() {
         s1.calls.complete(&id);
         calls.push(id);
     }
-    let outbox = |store: &Arc<dyn store::Store>| -> Vec<store::OutboxEntry> {
-        calls
-            .iter()
-            .flat_map(|c| store.callbacks_for_call(c).unwrap())
-            .collect()
+    let outbox = |store: Arc<dyn store::Store>| {
+        let calls = calls.clone();
+        async move {
+            let mut all = Vec::new();
+            for c in &calls {
+                all.extend(store.callbacks_for_call(c).await.unwrap());
+            }
+            all
+        }
     };
-    eventually("four delivered and a failed attempt", || {
-        let all = outbox(&s1.store);
+    eventually_async("four delivered and a failed attempt", || async {
+        let all = outbox(s1.store.clone()).await;
         let delivered = all
             .iter()
             .filter(|e| e.state == store::OutboxState::Delivered)
@@ -295,7 +300,11 @@ async fn restart_with_pending_callbacks_loses_none() {
         delivered == 4 && failed
     })
     .await;
-    let expected: Vec<String> = outbox(&s1.store).into_iter().map(|e| e.event_id).collect();
+    let expected: Vec<String> = outbox(s1.store.clone())
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
     assert_eq!(expected.len(), 9);
     // Stop the first life with five callbacks pending.
     s1.stop().await;
@@ -304,8 +313,9 @@ async fn restart_with_pending_callbacks_loses_none() {
     // Second life on the same store file.
     let s2 = Server::start_with(cfg, dir.clone(), true).await;
     eventually("all callbacks delivered", || rx.accepted().len() >= 9).await;
-    eventually("outbox drained", || {
-        outbox(&s2.store)
+    eventually_async("outbox drained", || async {
+        outbox(s2.store.clone())
+            .await
             .iter()
             .all(|e| e.state == store::OutboxState::Delivered)
     })

@@ -572,7 +572,7 @@ async fn rate_concurrency_and_capacity_limits() {
         burst: 2,
         max_concurrent: 100,
     };
-    assert!(s.store.set_account_limits(ACME, &slow).unwrap());
+    assert!(s.store.set_account_limits(ACME, &slow).await.unwrap());
     let body = json!({"user_id": ALICE, "dial_string": "+14155550100"});
     for _ in 0..2 {
         assert_eq!(s.create_call(body.clone()).await.0, 202);
@@ -612,7 +612,11 @@ async fn rate_concurrency_and_capacity_limits() {
         burst: 1000,
         max_concurrent: 1,
     };
-    assert!(s.store.set_account_limits(ACME, &one_at_a_time).unwrap());
+    assert!(s
+        .store
+        .set_account_limits(ACME, &one_at_a_time)
+        .await
+        .unwrap());
     let (_, v) = s.create_call(body.clone()).await;
     let first = v["call_id"].as_str().unwrap().to_owned();
     let (st, v) = s.create_call(body.clone()).await;

@@ -98,7 +98,7 @@ async fn half_sent_heads_silent_bodies_and_idle_connections_are_closed() {
         },
         ..test_config()
     };
-    let server = Server::start_with(cfg, Arc::new(TempDir::new()), false).await;
+    let server = Server::start_paused(cfg).await;
     let a = addr(&server);
 
     let mut head = TcpStream::connect(a).await.unwrap();

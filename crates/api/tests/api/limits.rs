@@ -108,7 +108,7 @@ async fn each_account_has_its_own_limits_and_the_admin_api_changes_them() {
     let retry: u64 = retry.unwrap().parse().unwrap();
     assert!((50..=100).contains(&retry), "{retry}");
     // Stored, so every node and the next start see it.
-    let acme = s.store.account(ACME).unwrap().unwrap();
+    let acme = s.store.account(ACME).await.unwrap().unwrap();
     assert_eq!(acme.limits.calls_per_second, 0.01);
     assert_eq!(acme.limits.burst, 1);
 

@@ -123,6 +123,7 @@ async fn registrations_of_a_user() {
             user_agent: Some("Yealink T46".into()),
             updated_at: now,
         })
+        .await
         .unwrap();
     let (st, v) = s
         .get(&format!("/v1/users/{ALICE}/registrations"), ACME_SECRET)
@@ -190,9 +191,10 @@ async fn secrets_never_reach_the_logs() {
         .await
         .unwrap();
     // Let the dispatcher try the callbacks (the receiver port refuses).
-    eventually("a callback attempt", || {
+    eventually_async("a callback attempt", || async {
         s.store
             .callbacks_for_call(v["call_id"].as_str().unwrap())
+            .await
             .unwrap()
             .iter()
             .any(|c| c.attempts > 0)

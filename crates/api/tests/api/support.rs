@@ -14,7 +14,7 @@ use b2bua::calls::{
     CallControl, CallEvent, CallEventKind, CallHooks, CallSpec, HangupError, Leg, Outcome,
     StartError,
 };
-use store::{CallStatus, Provisioning, SqliteStore, Store};
+use store::{CallStatus, Provisioning, SqliteStore, Store, StoreThreads};
 use tokio::task::JoinHandle;
 
 pub const ACME: &str = "acct_01h2xcejqtf2nbrexx3vqjhp41";
@@ -348,15 +348,35 @@ impl Server {
         dispatcher: bool,
         provisioning: &str,
     ) -> Server {
+        Self::start_on(cfg, dir, dispatcher, provisioning, false).await
+    }
+
+    /// Starts for a test on tokio's paused clock: the store runs inline, since a wait for a
+    /// store thread would let the clock jump to the next timer.
+    pub async fn start_paused(cfg: ApiConfig) -> Server {
+        Self::start_on(cfg, Arc::new(TempDir::new()), false, PROVISIONING, true).await
+    }
+
+    async fn start_on(
+        cfg: ApiConfig,
+        dir: Arc<TempDir>,
+        dispatcher: bool,
+        provisioning: &str,
+        inline: bool,
+    ) -> Server {
         init_logs();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(dir.db().to_str().unwrap()).unwrap());
+        let sqlite = SqliteStore::open(dir.db().to_str().unwrap()).unwrap();
+        let store: Arc<dyn Store> = if inline {
+            Arc::new(StoreThreads::inline(sqlite))
+        } else {
+            Arc::new(StoreThreads::new(sqlite, 2).unwrap())
+        };
         let prov: Provisioning = toml::from_str(provisioning).unwrap();
-        store.apply_provisioning(&prov, REALM).unwrap();
+        store.apply_provisioning(&prov, REALM).await.unwrap();
         let calls = Arc::new(FakeCalls::default());
         let metrics = Arc::new(Metrics::new());
         let api = Api::new(cfg, store.clone(), calls.clone(), metrics.clone());
-        api.recover_interrupted().unwrap();
+        api.recover_interrupted().await.unwrap();
         let journal = Some(api.start_journal().unwrap());
         calls.set_hooks(api.hooks());
         calls.set_journal(api.journal());
@@ -435,6 +455,21 @@ impl Server {
 pub async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
     for _ in 0..500 {
         if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// [`eventually`] for a condition that needs to wait (on the store, say).
+pub async fn eventually_async<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if f().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

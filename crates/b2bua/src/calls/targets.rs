@@ -16,7 +16,7 @@ pub(crate) async fn plan(inner: &EngineInner, spec: &CallSpec, leg: Leg) -> Resu
     match (leg, &spec.agent, &spec.customer) {
         (Leg::Agent, AgentTarget::Devices { user_id }, _)
         | (Leg::Customer, _, CustomerTarget::User { user_id }) => {
-            device_targets(inner, user_id, leg).map(|t| vec![t])
+            device_targets(inner, user_id, leg).await.map(|t| vec![t])
         }
         (Leg::Agent, AgentTarget::Trunk { number, trunk, .. }, _) => {
             trunk_plan(inner, spec, number, trunk.as_deref(), false, leg).await
@@ -31,11 +31,16 @@ pub(crate) async fn plan(inner: &EngineInner, spec: &CallSpec, leg: Leg) -> Resu
 }
 
 /// Every registered contact of every device of the user.
-fn device_targets(inner: &EngineInner, user_id: &str, leg: Leg) -> Result<Vec<Target>, Outcome> {
+async fn device_targets(
+    inner: &EngineInner,
+    user_id: &str,
+    leg: Leg,
+) -> Result<Vec<Target>, Outcome> {
     let now = now_ms() / 1000;
     let bindings = inner
         .store
         .bindings_for_user(user_id, now)
+        .await
         .map_err(|e| outcome(CallStatus::Failed, Some(leg), None, &format!("store: {e}")))?;
     let mut out = Vec::new();
     for b in &bindings {
@@ -79,6 +84,7 @@ async fn trunk_plan(
     let trunks = inner
         .store
         .trunks_for_account(&spec.account_id)
+        .await
         .map_err(|e| fail(format!("store: {e}")))?;
     let trunk = trunks
         .into_iter()

@@ -1,6 +1,6 @@
-use store::{Binding, SqliteStore, Store, StoreError};
+use store::{Binding, BlockingStore, SqliteStore, StoreError};
 
-use crate::support::{provisioned, REALM, USER};
+use crate::support::{provisioned, store_provisioned, REALM, USER};
 
 const NOW: i64 = 1_700_000_000;
 
@@ -23,9 +23,8 @@ fn binding(device: &str, contact: &str, expires_at: i64) -> Binding {
     }
 }
 
-#[test]
-fn bindings_crud() {
-    let (_dir, store) = provisioned();
+async fn bindings_crud() {
+    let (_db, store) = store_provisioned().await;
     let a = binding("alice-desk", "sip:alice@127.0.0.1:5062", NOW + 3600);
     let b = binding(
         "alice-desk",
@@ -34,57 +33,68 @@ fn bindings_crud() {
     );
     let c = binding("alice-soft", "sip:soft@127.0.0.1:5070", NOW + 60);
     for x in [&a, &b, &c] {
-        store.upsert_binding(x).unwrap();
+        store.upsert_binding(x).await.unwrap();
     }
-    let desk = store.bindings_for_device("alice-desk", NOW).unwrap();
+    let desk = store.bindings_for_device("alice-desk", NOW).await.unwrap();
     assert_eq!(desk.len(), 2);
     assert!(desk.contains(&a) && desk.contains(&b));
-    assert_eq!(store.bindings_for_user(USER, NOW).unwrap().len(), 3);
+    assert_eq!(store.bindings_for_user(USER, NOW).await.unwrap().len(), 3);
 
     // A refresh replaces, it does not add.
     let mut refreshed = a.clone();
     refreshed.expires_at = NOW + 7200;
     refreshed.cseq = 2;
     refreshed.q = None;
-    store.upsert_binding(&refreshed).unwrap();
-    let desk = store.bindings_for_device("alice-desk", NOW).unwrap();
+    store.upsert_binding(&refreshed).await.unwrap();
+    let desk = store.bindings_for_device("alice-desk", NOW).await.unwrap();
     assert_eq!(desk.len(), 2);
     assert!(desk.contains(&refreshed));
 
-    assert!(store.remove_binding("alice-desk", &b.contact).unwrap());
-    assert!(!store.remove_binding("alice-desk", &b.contact).unwrap());
+    assert!(store
+        .remove_binding("alice-desk", &b.contact)
+        .await
+        .unwrap());
+    assert!(!store
+        .remove_binding("alice-desk", &b.contact)
+        .await
+        .unwrap());
     assert_eq!(
-        store.bindings_for_device("alice-desk", NOW).unwrap(),
+        store.bindings_for_device("alice-desk", NOW).await.unwrap(),
         vec![refreshed]
     );
 
-    assert_eq!(store.remove_all_bindings("alice-desk").unwrap(), 1);
-    assert_eq!(store.bindings_for_user(USER, NOW).unwrap(), vec![c]);
+    assert_eq!(store.remove_all_bindings("alice-desk").await.unwrap(), 1);
+    assert_eq!(store.bindings_for_user(USER, NOW).await.unwrap(), vec![c]);
 }
 
-#[test]
-fn expired_bindings_are_hidden_then_swept() {
-    let (_dir, store) = provisioned();
+async fn expired_bindings_are_hidden_then_swept() {
+    let (_db, store) = store_provisioned().await;
     store
         .upsert_binding(&binding("alice-desk", "sip:a@127.0.0.1:1", NOW + 10))
+        .await
         .unwrap();
     store
         .upsert_binding(&binding("alice-desk", "sip:b@127.0.0.1:2", NOW + 20))
+        .await
         .unwrap();
     store
         .upsert_binding(&binding("alice-soft", "sip:c@127.0.0.1:3", NOW + 30))
+        .await
         .unwrap();
 
     // At exactly expires_at a binding is gone (RFC 3261 §10.3: expired when the time is up).
-    assert_eq!(store.bindings_for_user(USER, NOW + 10).unwrap().len(), 2);
-    assert_eq!(store.count_bindings(NOW).unwrap(), 3);
-    assert_eq!(store.count_bindings(NOW + 10).unwrap(), 2);
-    assert_eq!(store.sweep_expired(NOW + 9).unwrap(), 0);
-    assert_eq!(store.sweep_expired(NOW + 20).unwrap(), 2);
-    let left = store.bindings_for_user(USER, NOW).unwrap();
+    assert_eq!(
+        store.bindings_for_user(USER, NOW + 10).await.unwrap().len(),
+        2
+    );
+    assert_eq!(store.count_bindings(NOW).await.unwrap(), 3);
+    assert_eq!(store.count_bindings(NOW + 10).await.unwrap(), 2);
+    assert_eq!(store.sweep_expired(NOW + 9).await.unwrap(), 0);
+    assert_eq!(store.sweep_expired(NOW + 20).await.unwrap(), 2);
+    let left = store.bindings_for_user(USER, NOW).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].contact, "sip:c@127.0.0.1:3");
-    assert_eq!(store.sweep_expired(NOW + 20).unwrap(), 0);
+    assert_eq!(store.sweep_expired(NOW + 20).await.unwrap(), 0);
 }
 
 #[test]
@@ -97,45 +107,50 @@ fn bindings_survive_a_restart() {
     assert_eq!(store.bindings_for_user(USER, NOW).unwrap(), vec![b]);
 }
 
-#[test]
-fn binding_needs_a_known_device_and_goes_with_it() {
-    let (_dir, store) = provisioned();
-    match store.upsert_binding(&binding("ghost", "sip:g@127.0.0.1:1", NOW + 10)) {
+async fn binding_needs_a_known_device_and_goes_with_it() {
+    let (_db, store) = store_provisioned().await;
+    match store
+        .upsert_binding(&binding("ghost", "sip:g@127.0.0.1:1", NOW + 10))
+        .await
+    {
         Err(StoreError::NotFound { kind: "device", id }) => assert_eq!(id, "ghost"),
         other => panic!("expected NotFound, got {other:?}"),
     }
     store
         .upsert_binding(&binding("alice-desk", "sip:a@127.0.0.1:1", NOW + 10))
+        .await
         .unwrap();
-    assert!(store.delete_device("alice-desk").unwrap());
+    assert!(store.delete_device("alice-desk").await.unwrap());
     assert!(store
         .bindings_for_device("alice-desk", NOW)
+        .await
         .unwrap()
         .is_empty());
     // Recreating the device does not resurrect old bindings.
     store
         .create_device(USER, "alice-desk", &"pw".into(), REALM)
+        .await
         .unwrap();
     assert!(store
         .bindings_for_device("alice-desk", NOW)
+        .await
         .unwrap()
         .is_empty());
 }
 
-#[test]
-fn user_id_follows_the_device_owner() {
-    let (_dir, store) = provisioned();
+async fn user_id_follows_the_device_owner() {
+    let (_db, store) = store_provisioned().await;
     let mut b = binding("alice-desk", "sip:a@127.0.0.1:1", NOW + 10);
     b.user_id = "user_01h2xcejqtf2nbrexx3vqjhp99".into();
-    store.upsert_binding(&b).unwrap();
-    let got = store.bindings_for_device("alice-desk", NOW).unwrap();
+    store.upsert_binding(&b).await.unwrap();
+    let got = store.bindings_for_device("alice-desk", NOW).await.unwrap();
     assert_eq!(got[0].user_id, USER);
 }
 
 #[test]
 fn concurrent_registrations_from_several_threads() {
     let (_dir, store) = provisioned();
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+    let store: std::sync::Arc<dyn BlockingStore> = std::sync::Arc::new(store);
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let store = store.clone();
@@ -228,3 +243,10 @@ fn a_removal_or_a_new_write_supersedes_a_waiting_refresh() {
         vec![refreshed]
     );
 }
+
+both!(
+    bindings_crud,
+    expired_bindings_are_hidden_then_swept,
+    binding_needs_a_known_device_and_goes_with_it,
+    user_id_follows_the_device_owner,
+);

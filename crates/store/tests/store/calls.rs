@@ -1,7 +1,10 @@
 use serde_json::json;
-use store::{CallFilter, CallRecord, CallStatus, SqliteStore, Store, StoreError, TimelineEntry};
+use store::{
+    BlockingStore, CallFilter, CallRecord, CallStatus, SqliteStore, Store, StoreError,
+    TimelineEntry,
+};
 
-use crate::support::{provisioned, ACCT, USER};
+use crate::support::{provisioned, store_provisioned, ACCT, USER};
 
 const OTHER: &str = "acct_01h2xcejqtf2nbrexx3vqjhp50";
 const T0: i64 = 1_700_000_000_000;
@@ -19,37 +22,36 @@ fn call(n: i64, created_at_ms: i64) -> CallRecord {
 
 /// 25 calls of ACCT at distinct times, plus 3 sharing one millisecond (straddling the first
 /// page boundary at 12 per page), plus one of OTHER.
-fn seed(store: &SqliteStore) -> Vec<CallRecord> {
+async fn seed(store: &dyn Store) -> Vec<CallRecord> {
     let mut all = Vec::new();
     for n in 0..25 {
         let mut c = call(n, T0 + n * 1000);
         if n % 5 == 0 {
             c.status = CallStatus::Completed;
         }
-        store.insert_call(&c).unwrap();
+        store.insert_call(&c).await.unwrap();
         all.push(c);
     }
     for n in 100..103 {
         let c = call(n, T0 + 14_500);
-        store.insert_call(&c).unwrap();
+        store.insert_call(&c).await.unwrap();
         all.push(c);
     }
     let mut foreign = call(999, T0 + 50_000);
     foreign.account_id = OTHER.into();
-    store.insert_call(&foreign).unwrap();
+    store.insert_call(&foreign).await.unwrap();
     all.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
     all
 }
 
-#[test]
-fn pages_are_newest_first_and_cover_everything_once() {
-    let (_dir, store) = provisioned();
-    let expected = seed(&store);
+async fn pages_are_newest_first_and_cover_everything_once() {
+    let (_db, store) = store_provisioned().await;
+    let expected = seed(&*store).await;
     let mut filter = CallFilter::new(ACCT, 12);
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
-        let (page, next) = store.list_calls(&filter).unwrap();
+        let (page, next) = store.list_calls(&filter).await.unwrap();
         assert!(page.len() <= 12);
         seen.extend(page);
         pages += 1;
@@ -63,79 +65,79 @@ fn pages_are_newest_first_and_cover_everything_once() {
     assert_eq!(seen, expected);
 }
 
-#[test]
-fn an_exact_last_page_has_no_next_cursor() {
-    let (_dir, store) = provisioned();
+async fn an_exact_last_page_has_no_next_cursor() {
+    let (_db, store) = store_provisioned().await;
     for n in 0..4 {
-        store.insert_call(&call(n, T0 + n)).unwrap();
+        store.insert_call(&call(n, T0 + n)).await.unwrap();
     }
-    let (page, next) = store.list_calls(&CallFilter::new(ACCT, 4)).unwrap();
+    let (page, next) = store.list_calls(&CallFilter::new(ACCT, 4)).await.unwrap();
     assert_eq!(page.len(), 4);
     assert_eq!(next, None);
-    let (page, next) = store.list_calls(&CallFilter::new(ACCT, 3)).unwrap();
+    let (page, next) = store.list_calls(&CallFilter::new(ACCT, 3)).await.unwrap();
     assert_eq!(page.len(), 3);
     let mut f = CallFilter::new(ACCT, 3);
     f.cursor = next;
-    let (page, next) = store.list_calls(&f).unwrap();
+    let (page, next) = store.list_calls(&f).await.unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].created_at_ms, T0);
     assert_eq!(next, None);
 }
 
-#[test]
-fn filters() {
-    let (_dir, store) = provisioned();
-    seed(&store);
+async fn filters() {
+    let (_db, store) = store_provisioned().await;
+    seed(&*store).await;
     let mut f = CallFilter::new(ACCT, 100);
     f.status = Some(CallStatus::Completed);
-    let (page, _) = store.list_calls(&f).unwrap();
+    let (page, _) = store.list_calls(&f).await.unwrap();
     assert_eq!(page.len(), 5);
     assert!(page.iter().all(|c| c.status == CallStatus::Completed));
 
     let mut f = CallFilter::new(ACCT, 100);
     f.since_ms = Some(T0 + 10_000);
     f.until_ms = Some(T0 + 15_000);
-    let (page, _) = store.list_calls(&f).unwrap();
+    let (page, _) = store.list_calls(&f).await.unwrap();
     // 10, 11, 12, 13, 14 and the three at 14.5 s.
     assert_eq!(page.len(), 8);
 
     let mut f = CallFilter::new(ACCT, 100);
     f.user_id = Some("user_01h2xcejqtf2nbrexx3vqjhp99".into());
-    assert!(store.list_calls(&f).unwrap().0.is_empty());
+    assert!(store.list_calls(&f).await.unwrap().0.is_empty());
 
-    let (page, _) = store.list_calls(&CallFilter::new(OTHER, 100)).unwrap();
+    let (page, _) = store
+        .list_calls(&CallFilter::new(OTHER, 100))
+        .await
+        .unwrap();
     assert_eq!(page.len(), 1);
 
     let mut f = CallFilter::new(ACCT, 0);
     f.cursor = Some("not-a-cursor".into());
     assert!(matches!(
-        store.list_calls(&f),
+        store.list_calls(&f).await,
         Err(StoreError::Invalid {
             field: "cursor",
             ..
         })
     ));
     // limit 0 is clamped to 1.
-    let (page, next) = store.list_calls(&CallFilter::new(ACCT, 0)).unwrap();
+    let (page, next) = store.list_calls(&CallFilter::new(ACCT, 0)).await.unwrap();
     assert_eq!(page.len(), 1);
     assert!(next.is_some());
 }
 
-#[test]
-fn update_and_get_are_scoped_to_the_account() {
-    let (_dir, store) = provisioned();
+async fn update_and_get_are_scoped_to_the_account() {
+    let (_db, store) = store_provisioned().await;
     let mut c = call(1, T0);
     c.metadata = json!({"crm_id": "lead-7"});
     c.request_id = Some("req-1".into());
-    store.insert_call(&c).unwrap();
+    store.insert_call(&c).await.unwrap();
     assert!(matches!(
-        store.insert_call(&c),
+        store.insert_call(&c).await,
         Err(StoreError::AlreadyExists { kind: "call", .. })
     ));
-    assert_eq!(store.get_call(ACCT, &c.id).unwrap(), Some(c.clone()));
-    assert_eq!(store.get_call(OTHER, &c.id).unwrap(), None);
+    assert_eq!(store.get_call(ACCT, &c.id).await.unwrap(), Some(c.clone()));
+    assert_eq!(store.get_call(OTHER, &c.id).await.unwrap(), None);
     assert_eq!(
-        store.call_by_request_id(ACCT, "req-1").unwrap(),
+        store.call_by_request_id(ACCT, "req-1").await.unwrap(),
         Some(c.clone())
     );
 
@@ -145,21 +147,21 @@ fn update_and_get_are_scoped_to_the_account() {
     c.sip_code = Some(200);
     c.legs = json!({"agent": {"call_id": "a@x"}, "customer": {"call_id": "c@y"}});
     c.stats = json!({"agent": {"packets": 3000}});
-    store.update_call(&c).unwrap();
-    let got = store.get_call(ACCT, &c.id).unwrap().unwrap();
+    store.update_call(&c).await.unwrap();
+    let got = store.get_call(ACCT, &c.id).await.unwrap().unwrap();
     assert_eq!(got, c);
     assert_eq!(got.duration_secs(), Some(61));
 
     let mut foreign = c.clone();
     foreign.account_id = OTHER.into();
     assert!(matches!(
-        store.update_call(&foreign),
+        store.update_call(&foreign).await,
         Err(StoreError::NotFound { kind: "call", .. })
     ));
 }
 
-#[test]
-fn timeline_keeps_time_then_insertion_order() {
+#[tokio::test]
+async fn timeline_keeps_time_then_insertion_order() {
     let (dir, store) = provisioned();
     let c = call(1, T0);
     store.insert_call(&c).unwrap();
@@ -216,3 +218,71 @@ fn status_text_round_trips() {
     assert!(CallStatus::Canceled.is_final());
     assert!(!CallStatus::InProgress.is_final());
 }
+
+/// A batch of call writes is one transaction: a failing write leaves nothing of the batch,
+/// and the same batch retried whole is written once.
+async fn a_call_batch_is_written_whole_or_not_at_all() {
+    let (_db, store) = store_provisioned().await;
+    let mut c = call(1, T0);
+    store.insert_call(&c).await.unwrap();
+    c.status = CallStatus::Ringing;
+    let entry = TimelineEntry {
+        at_ms: T0 + 5,
+        kind: "ringing".into(),
+        leg: Some("agent".into()),
+        detail: json!({"sip_code": 180}),
+    };
+    let callback = |event: &str, seq: i64| {
+        store::OutboxEntry::new(
+            event.into(),
+            c.id.clone(),
+            ACCT.into(),
+            seq,
+            "http://127.0.0.1:9/cb".into(),
+            "{}".into(),
+            T0,
+        )
+    };
+    let mut writes = vec![
+        store::CallWrite::Timeline {
+            call_id: c.id.clone(),
+            entry: entry.clone(),
+        },
+        store::CallWrite::Call(c.clone()),
+        store::CallWrite::Callback(callback("evt_1", 1)),
+        // The same event id again: the last write fails, so the batch fails whole.
+        store::CallWrite::Callback(callback("evt_1", 2)),
+    ];
+    assert!(store.write_call_batch(&writes).await.is_err());
+    assert!(store.timeline(&c.id).await.unwrap().is_empty());
+    assert_eq!(
+        store.get_call(ACCT, &c.id).await.unwrap().unwrap().status,
+        CallStatus::Queued
+    );
+    assert!(store.callbacks_for_call(&c.id).await.unwrap().is_empty());
+    // Retried without the bad write: everything, once.
+    writes.pop();
+    store.write_call_batch(&writes).await.unwrap();
+    assert_eq!(store.timeline(&c.id).await.unwrap(), vec![entry]);
+    assert_eq!(
+        store.get_call(ACCT, &c.id).await.unwrap().unwrap().status,
+        CallStatus::Ringing
+    );
+    assert_eq!(store.callbacks_for_call(&c.id).await.unwrap().len(), 1);
+    assert_eq!(store.next_callback_seq(&c.id).await.unwrap(), 2);
+    // The call is not final: it is among the unfinished calls (recovery after a crash).
+    let unfinished = store.unfinished_calls().await.unwrap();
+    assert_eq!(
+        unfinished.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        [&c.id]
+    );
+    store.probe_write(T0).await.unwrap();
+}
+
+both!(
+    a_call_batch_is_written_whole_or_not_at_all,
+    pages_are_newest_first_and_cover_everything_once,
+    an_exact_last_page_has_no_next_cursor,
+    filters,
+    update_and_get_are_scoped_to_the_account,
+);

@@ -1,6 +1,6 @@
-use store::{Number, Store, StoreError, Transport, Trunk, User};
+use store::{Number, StoreError, Transport, Trunk, User};
 
-use crate::support::{provisioned, ACCT, REALM, USER};
+use crate::support::{store_provisioned, ACCT, REALM, USER};
 
 const BOB: &str = "user_01h2xcejqtf2nbrexx3vqjhp43";
 
@@ -14,24 +14,23 @@ fn bob() -> User {
     }
 }
 
-#[test]
-fn users() {
-    let (_dir, store) = provisioned();
-    store.create_user(&bob()).unwrap();
-    assert_eq!(store.user(BOB).unwrap(), Some(bob()));
-    assert_eq!(store.users_for_account(ACCT).unwrap().len(), 2);
+async fn users() {
+    let (_db, store) = store_provisioned().await;
+    store.create_user(&bob()).await.unwrap();
+    assert_eq!(store.user(BOB).await.unwrap(), Some(bob()));
+    assert_eq!(store.users_for_account(ACCT).await.unwrap().len(), 2);
 
     let mut dup = bob();
     dup.id = "user_01h2xcejqtf2nbrexx3vqjhp44".into();
     assert!(matches!(
-        store.create_user(&dup),
+        store.create_user(&dup).await,
         Err(StoreError::AlreadyExists { .. })
     ));
     dup.extension = None;
     dup.agent_id = None;
     dup.account_id = "acct_01h2xcejqtf2nbrexx3vqjhp50".into();
     assert!(matches!(
-        store.create_user(&dup),
+        store.create_user(&dup).await,
         Err(StoreError::NotFound {
             kind: "account",
             ..
@@ -40,7 +39,7 @@ fn users() {
     let mut bad = bob();
     bad.id = "usr_x".into();
     assert!(matches!(
-        store.create_user(&bad),
+        store.create_user(&bad).await,
         Err(StoreError::Invalid {
             field: "user.id",
             ..
@@ -51,85 +50,99 @@ fn users() {
     renamed.name = "Robert".into();
     renamed.extension = Some("1001".into());
     assert!(matches!(
-        store.update_user(&renamed),
+        store.update_user(&renamed).await,
         Err(StoreError::AlreadyExists { .. })
     ));
     renamed.extension = Some("1003".into());
-    store.update_user(&renamed).unwrap();
+    store.update_user(&renamed).await.unwrap();
     assert_eq!(
-        store.user_by_extension(ACCT, "1003").unwrap(),
+        store.user_by_extension(ACCT, "1003").await.unwrap(),
         Some(renamed)
     );
-    assert_eq!(store.user_by_extension(ACCT, "1002").unwrap(), None);
+    assert_eq!(store.user_by_extension(ACCT, "1002").await.unwrap(), None);
 
     store
         .create_device(BOB, "bob-desk", &"pw".into(), REALM)
+        .await
         .unwrap();
     assert!(!store
         .delete_user("acct_01h2xcejqtf2nbrexx3vqjhp50", BOB)
+        .await
         .unwrap());
-    assert!(store.delete_user(ACCT, BOB).unwrap());
-    assert!(store.user(BOB).unwrap().is_none());
-    assert!(store.device_by_username("bob-desk").unwrap().is_none());
+    assert!(store.delete_user(ACCT, BOB).await.unwrap());
+    assert!(store.user(BOB).await.unwrap().is_none());
+    assert!(store
+        .device_by_username("bob-desk")
+        .await
+        .unwrap()
+        .is_none());
 }
 
-#[test]
-fn devices() {
-    let (_dir, store) = provisioned();
+async fn devices() {
+    let (_db, store) = store_provisioned().await;
     let d = store
         .create_device(USER, "alice-mobile", &"pw1".into(), REALM)
+        .await
         .unwrap();
     assert!(d.id.starts_with("dev_"));
     assert_eq!(
-        store.device_by_username("alice-mobile").unwrap(),
+        store.device_by_username("alice-mobile").await.unwrap(),
         Some(d.clone())
     );
     assert!(matches!(
-        store.create_device(USER, "alice-mobile", &"pw".into(), REALM),
+        store
+            .create_device(USER, "alice-mobile", &"pw".into(), REALM)
+            .await,
         Err(StoreError::AlreadyExists { .. })
     ));
     assert!(matches!(
-        store.create_device(BOB, "bob-x", &"pw".into(), REALM),
+        store.create_device(BOB, "bob-x", &"pw".into(), REALM).await,
         Err(StoreError::NotFound { kind: "user", .. })
     ));
     assert!(matches!(
-        store.create_device(USER, "has space", &"pw".into(), REALM),
+        store
+            .create_device(USER, "has space", &"pw".into(), REALM)
+            .await,
         Err(StoreError::Invalid { .. })
     ));
     assert!(matches!(
-        store.create_device(USER, "empty-pw", &"".into(), REALM),
+        store
+            .create_device(USER, "empty-pw", &"".into(), REALM)
+            .await,
         Err(StoreError::Invalid { .. })
     ));
     let changed = store
         .set_device_password("alice-mobile", &"pw2".into(), REALM)
+        .await
         .unwrap();
     assert_eq!(changed.id, d.id);
     assert_ne!(changed.ha1_md5, d.ha1_md5);
     assert!(matches!(
-        store.set_device_password("nobody", &"pw".into(), REALM),
+        store
+            .set_device_password("nobody", &"pw".into(), REALM)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
-    assert!(store.delete_device("alice-mobile").unwrap());
-    assert!(!store.delete_device("alice-mobile").unwrap());
+    assert!(store.delete_device("alice-mobile").await.unwrap());
+    assert!(!store.delete_device("alice-mobile").await.unwrap());
 }
 
-#[test]
-fn numbers() {
-    let (_dir, store) = provisioned();
+async fn numbers() {
+    let (_db, store) = store_provisioned().await;
     let n = Number {
         number: "+14155550000".into(),
         account_id: ACCT.into(),
         owner_user_id: None,
     };
-    store.create_number(&n).unwrap();
+    store.create_number(&n).await.unwrap();
     assert!(matches!(
-        store.create_number(&n),
+        store.create_number(&n).await,
         Err(StoreError::AlreadyExists { .. })
     ));
     let mut bad = n.clone();
     bad.number = "4155550000".into();
     assert!(matches!(
-        store.create_number(&bad),
+        store.create_number(&bad).await,
         Err(StoreError::Invalid {
             field: "number",
             ..
@@ -140,7 +153,7 @@ fn numbers() {
     foreign.account_id = "acct_01h2xcejqtf2nbrexx3vqjhp50".into();
     foreign.owner_user_id = Some(USER.into());
     assert!(matches!(
-        store.create_number(&foreign),
+        store.create_number(&foreign).await,
         Err(StoreError::Invalid {
             field: "number.owner",
             ..
@@ -149,27 +162,31 @@ fn numbers() {
     let mut ghost = n.clone();
     ghost.owner_user_id = Some(BOB.into());
     assert!(matches!(
-        store.update_number(&ghost),
+        store.update_number(&ghost).await,
         Err(StoreError::NotFound { kind: "user", .. })
     ));
     let mut owned = n.clone();
     owned.owner_user_id = Some(USER.into());
-    store.update_number(&owned).unwrap();
-    assert_eq!(store.number(&n.number).unwrap(), Some(owned));
-    assert_eq!(store.numbers_for_account(ACCT).unwrap().len(), 2);
+    store.update_number(&owned).await.unwrap();
+    assert_eq!(store.number(&n.number).await.unwrap(), Some(owned));
+    assert_eq!(store.numbers_for_account(ACCT).await.unwrap().len(), 2);
     // Deleting the owner clears the owner, keeps the number.
-    assert!(store.delete_user(ACCT, USER).unwrap());
+    assert!(store.delete_user(ACCT, USER).await.unwrap());
     assert_eq!(
-        store.number(&n.number).unwrap().unwrap().owner_user_id,
+        store
+            .number(&n.number)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner_user_id,
         None
     );
-    assert!(store.delete_number(ACCT, &n.number).unwrap());
-    assert!(store.number(&n.number).unwrap().is_none());
+    assert!(store.delete_number(ACCT, &n.number).await.unwrap());
+    assert!(store.number(&n.number).await.unwrap().is_none());
 }
 
-#[test]
-fn trunks() {
-    let (_dir, store) = provisioned();
+async fn trunks() {
+    let (_db, store) = store_provisioned().await;
     let t = Trunk {
         name: "backup".into(),
         account_id: Some(ACCT.into()),
@@ -181,9 +198,10 @@ fn trunks() {
         dial_prefix: Some("9".into()),
         from_domain: Some("acme.example".into()),
     };
-    store.create_trunk(&t).unwrap();
+    store.create_trunk(&t).await.unwrap();
     let names: Vec<String> = store
         .trunks_for_account(ACCT)
+        .await
         .unwrap()
         .into_iter()
         .map(|t| t.name)
@@ -191,6 +209,7 @@ fn trunks() {
     assert_eq!(names, ["backup", "carrier", "shared"]);
     let other: Vec<String> = store
         .trunks_for_account("acct_01h2xcejqtf2nbrexx3vqjhp50")
+        .await
         .unwrap()
         .into_iter()
         .map(|t| t.name)
@@ -199,20 +218,22 @@ fn trunks() {
 
     let mut bad = t.clone();
     bad.address = "not an address".into();
-    match store.update_trunk(&bad) {
+    match store.update_trunk(&bad).await {
         Err(StoreError::Invalid { reason, .. }) => assert!(reason.contains("address"), "{reason}"),
         other => panic!("expected Invalid, got {other:?}"),
     }
     let mut moved = t.clone();
     moved.emergency = true;
-    store.update_trunk(&moved).unwrap();
-    assert_eq!(store.trunk("backup").unwrap(), Some(moved));
+    store.update_trunk(&moved).await.unwrap();
+    assert_eq!(store.trunk("backup").await.unwrap(), Some(moved));
     let mut ghost = t.clone();
     ghost.name = "ghost".into();
     assert!(matches!(
-        store.update_trunk(&ghost),
+        store.update_trunk(&ghost).await,
         Err(StoreError::NotFound { .. })
     ));
-    assert!(store.delete_trunk("backup").unwrap());
-    assert_eq!(store.list_trunks().unwrap().len(), 2);
+    assert!(store.delete_trunk("backup").await.unwrap());
+    assert_eq!(store.list_trunks().await.unwrap().len(), 2);
 }
+
+both!(users, devices, numbers, trunks,);

@@ -2,9 +2,9 @@
 //! API's path), and a database written before the limits existed.
 
 use store::sqlite::MIGRATIONS;
-use store::{AccountLimits, SqliteStore, Store, StoreError};
+use store::{AccountLimits, BlockingStore, SqliteStore, StoreError};
 
-use crate::support::{open_fresh, provisioned, sample, TempDir, ACCT, REALM};
+use crate::support::{open_fresh, provisioned, sample, store_provisioned, TempDir, ACCT, REALM};
 
 fn limits(calls_per_second: f64, burst: u32, max_concurrent: u32) -> AccountLimits {
     AccountLimits {
@@ -65,23 +65,23 @@ fn a_change_through_the_store_survives_a_file_that_does_not_set_the_limit() {
     assert!(store.apply_provisioning(&prov, REALM).unwrap().is_noop());
 }
 
-#[test]
-fn bad_values_and_unknown_accounts() {
-    let (_dir, store) = provisioned();
-    match store.set_account_limits(ACCT, &limits(0.0, 1, 1)) {
+async fn bad_values_and_unknown_accounts() {
+    let (_db, store) = store_provisioned().await;
+    match store.set_account_limits(ACCT, &limits(0.0, 1, 1)).await {
         Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "calls_per_second"),
         other => panic!("expected Invalid, got {other:?}"),
     }
-    match store.set_account_limits(ACCT, &limits(1.0, 0, 1)) {
+    match store.set_account_limits(ACCT, &limits(1.0, 0, 1)).await {
         Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "burst"),
         other => panic!("expected Invalid, got {other:?}"),
     }
     assert_eq!(
-        store.account(ACCT).unwrap().unwrap().limits,
+        store.account(ACCT).await.unwrap().unwrap().limits,
         AccountLimits::default()
     );
     assert!(!store
         .set_account_limits("acct_01h2xcejqtf2nbrexx3vqjhp99", &limits(1.0, 1, 1))
+        .await
         .unwrap());
 }
 
@@ -116,3 +116,5 @@ fn accounts_of_a_database_from_before_the_limits_get_the_former_fixed_values() {
         limits(5.0, 20, 100)
     );
 }
+
+both!(bad_values_and_unknown_accounts,);

@@ -1,6 +1,6 @@
-use store::{OutboxEntry, OutboxState, SqliteStore, Store, StoreError};
+use store::{BlockingStore, OutboxEntry, OutboxState, SqliteStore, StoreError};
 
-use crate::support::{provisioned, ACCT};
+use crate::support::{provisioned, store_provisioned, ACCT};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -20,56 +20,68 @@ fn ids(v: &[OutboxEntry]) -> Vec<&str> {
     v.iter().map(|e| e.event_id.as_str()).collect()
 }
 
-#[test]
-fn one_call_delivers_in_order_others_are_not_blocked() {
-    let (_dir, store) = provisioned();
+async fn one_call_delivers_in_order_others_are_not_blocked() {
+    let (_db, store) = store_provisioned().await;
     for e in [
         entry("a", 1, T0),
         entry("a", 2, T0 + 1),
         entry("a", 3, T0 + 2),
         entry("b", 1, T0 + 1),
     ] {
-        store.enqueue_callback(&e).unwrap();
+        store.enqueue_callback(&e).await.unwrap();
     }
     let now = T0 + 10;
     assert_eq!(
-        ids(&store.due_callbacks(now, 10).unwrap()),
+        ids(&store.due_callbacks(now, 10).await.unwrap()),
         ["evt_a_1", "evt_b_1"]
     );
-    assert_eq!(ids(&store.due_callbacks(now, 1).unwrap()), ["evt_a_1"]);
+    assert_eq!(
+        ids(&store.due_callbacks(now, 1).await.unwrap()),
+        ["evt_a_1"]
+    );
     // Nothing is due before its time.
-    assert!(store.due_callbacks(T0 - 1, 10).unwrap().is_empty());
+    assert!(store.due_callbacks(T0 - 1, 10).await.unwrap().is_empty());
 
-    assert!(store.callback_due("evt_a_1", now).unwrap());
+    assert!(store.callback_due("evt_a_1", now).await.unwrap());
     assert!(
-        !store.callback_due("evt_a_1", T0 - 1).unwrap(),
+        !store.callback_due("evt_a_1", T0 - 1).await.unwrap(),
         "not yet due"
     );
-    store.mark_delivered("evt_a_1", 1).unwrap();
-    assert!(!store.callback_due("evt_a_1", now).unwrap(), "delivered");
-    assert!(!store.callback_due("evt_nope", now).unwrap());
+    store.mark_delivered("evt_a_1", 1).await.unwrap();
+    assert!(
+        !store.callback_due("evt_a_1", now).await.unwrap(),
+        "delivered"
+    );
+    assert!(!store.callback_due("evt_nope", now).await.unwrap());
     assert_eq!(
-        ids(&store.due_callbacks(now, 10).unwrap()),
+        ids(&store.due_callbacks(now, 10).await.unwrap()),
         ["evt_a_2", "evt_b_1"]
     );
 
     // a/2 fails: rescheduled for later; a/3 must wait behind it.
     store
         .reschedule("evt_a_2", 1, now + 2_000, "connect refused")
+        .await
         .unwrap();
-    assert_eq!(ids(&store.due_callbacks(now, 10).unwrap()), ["evt_b_1"]);
-    let retry = store.due_callbacks(now + 2_000, 10).unwrap();
+    assert_eq!(
+        ids(&store.due_callbacks(now, 10).await.unwrap()),
+        ["evt_b_1"]
+    );
+    let retry = store.due_callbacks(now + 2_000, 10).await.unwrap();
     assert_eq!(ids(&retry), ["evt_b_1", "evt_a_2"]);
     assert_eq!(retry[1].attempts, 1);
     assert_eq!(retry[1].last_error.as_deref(), Some("connect refused"));
 
     // Giving up on a/2 lets a/3 go.
-    store.abandon_callback("evt_a_2", 8, "timeout").unwrap();
+    store
+        .abandon_callback("evt_a_2", 8, "timeout")
+        .await
+        .unwrap();
     assert_eq!(
-        ids(&store.due_callbacks(now + 2_000, 10).unwrap()),
+        ids(&store.due_callbacks(now + 2_000, 10).await.unwrap()),
         ["evt_b_1", "evt_a_3"]
     );
-    let all = store.callbacks_for_call("a").unwrap();
+    let all = store.callbacks_for_call("a").await.unwrap();
     let states: Vec<OutboxState> = all.iter().map(|e| e.state).collect();
     assert_eq!(
         states,
@@ -80,38 +92,40 @@ fn one_call_delivers_in_order_others_are_not_blocked() {
         ]
     );
     assert_eq!(all[1].attempts, 8);
-    assert_eq!(store.next_callback_seq("a").unwrap(), 4);
-    assert_eq!(store.next_callback_seq("new").unwrap(), 1);
+    assert_eq!(store.next_callback_seq("a").await.unwrap(), 4);
+    assert_eq!(store.next_callback_seq("new").await.unwrap(), 1);
 }
 
-#[test]
-fn finished_callbacks_cannot_be_rescheduled() {
-    let (_dir, store) = provisioned();
-    store.enqueue_callback(&entry("a", 1, T0)).unwrap();
-    store.mark_delivered("evt_a_1", 1).unwrap();
+async fn finished_callbacks_cannot_be_rescheduled() {
+    let (_db, store) = store_provisioned().await;
+    store.enqueue_callback(&entry("a", 1, T0)).await.unwrap();
+    store.mark_delivered("evt_a_1", 1).await.unwrap();
     assert!(matches!(
-        store.reschedule("evt_a_1", 2, T0, "late"),
+        store.reschedule("evt_a_1", 2, T0, "late").await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.mark_delivered("evt_nope", 1),
+        store.mark_delivered("evt_nope", 1).await,
         Err(StoreError::NotFound { .. })
     ));
-    assert!(store.due_callbacks(T0 + 1_000_000, 10).unwrap().is_empty());
+    assert!(store
+        .due_callbacks(T0 + 1_000_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
-#[test]
-fn duplicates_are_refused() {
-    let (_dir, store) = provisioned();
-    store.enqueue_callback(&entry("a", 1, T0)).unwrap();
+async fn duplicates_are_refused() {
+    let (_db, store) = store_provisioned().await;
+    store.enqueue_callback(&entry("a", 1, T0)).await.unwrap();
     assert!(matches!(
-        store.enqueue_callback(&entry("a", 1, T0)),
+        store.enqueue_callback(&entry("a", 1, T0)).await,
         Err(StoreError::AlreadyExists { .. })
     ));
     let mut same_seq = entry("a", 1, T0);
     same_seq.event_id = "evt_other".into();
     assert!(matches!(
-        store.enqueue_callback(&same_seq),
+        store.enqueue_callback(&same_seq).await,
         Err(StoreError::AlreadyExists { .. })
     ));
 }
@@ -130,14 +144,29 @@ fn pending_callbacks_survive_a_restart() {
     assert_eq!(due[0].body, r#"{"call_id":"a","sequence":1}"#);
 }
 
-#[test]
-fn due_order_is_by_next_attempt_time() {
-    let (_dir, store) = provisioned();
-    store.enqueue_callback(&entry("late", 1, T0 + 30)).unwrap();
-    store.enqueue_callback(&entry("early", 1, T0 + 10)).unwrap();
-    store.enqueue_callback(&entry("mid", 1, T0 + 20)).unwrap();
+async fn due_order_is_by_next_attempt_time() {
+    let (_db, store) = store_provisioned().await;
+    store
+        .enqueue_callback(&entry("late", 1, T0 + 30))
+        .await
+        .unwrap();
+    store
+        .enqueue_callback(&entry("early", 1, T0 + 10))
+        .await
+        .unwrap();
+    store
+        .enqueue_callback(&entry("mid", 1, T0 + 20))
+        .await
+        .unwrap();
     assert_eq!(
-        ids(&store.due_callbacks(T0 + 30, 10).unwrap()),
+        ids(&store.due_callbacks(T0 + 30, 10).await.unwrap()),
         ["evt_early_1", "evt_mid_1", "evt_late_1"]
     );
 }
+
+both!(
+    one_call_delivers_in_order_others_are_not_blocked,
+    finished_callbacks_cannot_be_rescheduled,
+    duplicates_are_refused,
+    due_order_is_by_next_attempt_time,
+);

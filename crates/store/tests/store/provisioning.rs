@@ -1,12 +1,11 @@
-use store::{ApiKeySpec, DeviceSpec, Store, StoreError, User};
+use store::{ApiKeySpec, BlockingStore, DeviceSpec, StoreError, User};
 
-use crate::support::{open_fresh, provisioned, sample, ACCT, REALM, USER};
+use crate::support::{provisioned, sample, store_fresh, store_provisioned, ACCT, REALM, USER};
 use store::SqliteStore;
 
-#[test]
-fn first_apply_creates_everything() {
-    let (_dir, store) = open_fresh();
-    let report = store.apply_provisioning(&sample(), REALM).unwrap();
+async fn first_apply_creates_everything() {
+    let (_db, store) = store_fresh().await;
+    let report = store.apply_provisioning(&sample(), REALM).await.unwrap();
     assert_eq!(report.accounts.created, 1);
     assert_eq!(report.api_keys.created, 1);
     assert_eq!(report.users.created, 1);
@@ -15,17 +14,20 @@ fn first_apply_creates_everything() {
     assert_eq!(report.numbers.created, 1);
     assert_eq!(report.total_updated(), 0);
 
-    let account = store.account(ACCT).unwrap().unwrap();
+    let account = store.account(ACCT).await.unwrap().unwrap();
     assert_eq!(account.region, "US");
     assert_eq!(account.allowed_prefixes, vec!["+1".to_owned()]);
-    let user = store.user(USER).unwrap().unwrap();
+    let user = store.user(USER).await.unwrap().unwrap();
     assert_eq!(user.extension.as_deref(), Some("1001"));
     assert_eq!(
-        store.user_by_agent_id(ACCT, 42).unwrap(),
+        store.user_by_agent_id(ACCT, 42).await.unwrap(),
         Some(user.clone())
     );
-    assert_eq!(store.user_by_extension(ACCT, "1001").unwrap(), Some(user));
-    let devices = store.devices_for_user(USER).unwrap();
+    assert_eq!(
+        store.user_by_extension(ACCT, "1001").await.unwrap(),
+        Some(user)
+    );
+    let devices = store.devices_for_user(USER).await.unwrap();
     assert_eq!(
         devices
             .iter()
@@ -36,9 +38,9 @@ fn first_apply_creates_everything() {
     assert!(devices
         .iter()
         .all(|d| d.id.starts_with("dev_") && d.realm == REALM));
-    let number = store.number("+14155551234").unwrap().unwrap();
+    let number = store.number("+14155551234").await.unwrap().unwrap();
     assert_eq!(number.owner_user_id.as_deref(), Some(USER));
-    let shared = store.trunk("shared").unwrap().unwrap();
+    let shared = store.trunk("shared").await.unwrap().unwrap();
     assert!(shared.emergency);
     assert_eq!(shared.account_id, None);
 }
@@ -62,21 +64,27 @@ fn second_apply_changes_nothing() {
     assert!(report.is_noop(), "{report}");
 }
 
-#[test]
-fn changes_are_reported_as_updates() {
-    let (_dir, store) = provisioned();
+async fn changes_are_reported_as_updates() {
+    let (_db, store) = store_provisioned().await;
     let mut prov = sample();
     prov.users[0].name = "Alice A. Agent".into();
     prov.users[0].devices[1].password = "new-soft-pass".into();
     prov.trunks[0].password = Some("rotated".into());
-    let report = store.apply_provisioning(&prov, REALM).unwrap();
+    let report = store.apply_provisioning(&prov, REALM).await.unwrap();
     assert_eq!(report.users.updated, 1);
     assert_eq!(report.devices.updated, 1);
     assert_eq!(report.devices.unchanged, 1);
     assert_eq!(report.trunks.updated, 1);
     assert_eq!(report.accounts.unchanged, 1);
-    assert_eq!(store.user(USER).unwrap().unwrap().name, "Alice A. Agent");
-    let soft = store.device_by_username("alice-soft").unwrap().unwrap();
+    assert_eq!(
+        store.user(USER).await.unwrap().unwrap().name,
+        "Alice A. Agent"
+    );
+    let soft = store
+        .device_by_username("alice-soft")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         soft.ha1_md5,
         store::secret::ha1_md5("alice-soft", REALM, &"new-soft-pass".into())
@@ -84,6 +92,7 @@ fn changes_are_reported_as_updates() {
     assert_eq!(
         store
             .trunk("carrier")
+            .await
             .unwrap()
             .unwrap()
             .password
@@ -93,12 +102,18 @@ fn changes_are_reported_as_updates() {
     );
 }
 
-#[test]
-fn a_new_realm_recomputes_every_ha1() {
-    let (_dir, store) = provisioned();
-    let report = store.apply_provisioning(&sample(), "other.test").unwrap();
+async fn a_new_realm_recomputes_every_ha1() {
+    let (_db, store) = store_provisioned().await;
+    let report = store
+        .apply_provisioning(&sample(), "other.test")
+        .await
+        .unwrap();
     assert_eq!(report.devices.updated, 2);
-    let desk = store.device_by_username("alice-desk").unwrap().unwrap();
+    let desk = store
+        .device_by_username("alice-desk")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(desk.realm, "other.test");
     assert_eq!(
         desk.ha1_sha256,
@@ -106,45 +121,51 @@ fn a_new_realm_recomputes_every_ha1() {
     );
 }
 
-#[test]
-fn api_key_list_is_authoritative_per_account() {
-    let (_dir, store) = provisioned();
+async fn api_key_list_is_authoritative_per_account() {
+    let (_db, store) = store_provisioned().await;
     let mut prov = sample();
     prov.accounts[0].api_keys = vec![ApiKeySpec {
         key: "ak_test_2".into(),
         secret: "sk_test_2".into(),
     }];
-    let report = store.apply_provisioning(&prov, REALM).unwrap();
+    let report = store.apply_provisioning(&prov, REALM).await.unwrap();
     assert_eq!(report.api_keys.created, 1);
     assert_eq!(report.api_keys.removed, 1);
-    assert!(store.account_by_api_secret("sk_test_1").unwrap().is_none());
-    assert!(store.account_by_api_secret("sk_test_2").unwrap().is_some());
-    let keys = store.api_keys_for_account(ACCT).unwrap();
+    assert!(store
+        .account_by_api_secret("sk_test_1")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .account_by_api_secret("sk_test_2")
+        .await
+        .unwrap()
+        .is_some());
+    let keys = store.api_keys_for_account(ACCT).await.unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].key, "ak_test_2");
 }
 
-#[test]
-fn devices_added_through_the_api_survive_provisioning() {
-    let (_dir, store) = provisioned();
+async fn devices_added_through_the_api_survive_provisioning() {
+    let (_db, store) = store_provisioned().await;
     store
         .create_device(USER, "alice-mobile", &"mob-pass".into(), REALM)
+        .await
         .unwrap();
-    let report = store.apply_provisioning(&sample(), REALM).unwrap();
+    let report = store.apply_provisioning(&sample(), REALM).await.unwrap();
     assert!(report.is_noop());
-    assert_eq!(store.devices_for_user(USER).unwrap().len(), 3);
+    assert_eq!(store.devices_for_user(USER).await.unwrap().len(), 3);
 }
 
-#[test]
-fn invalid_provisioning_is_refused_and_writes_nothing() {
-    let (_dir, store) = open_fresh();
+async fn invalid_provisioning_is_refused_and_writes_nothing() {
+    let (_db, store) = store_fresh().await;
     let mut prov = sample();
     prov.numbers[0].number = "+1415".into();
     prov.users[0].devices.push(DeviceSpec {
         username: "alice-desk".into(),
         password: "x".into(),
     });
-    match store.apply_provisioning(&prov, REALM) {
+    match store.apply_provisioning(&prov, REALM).await {
         Err(StoreError::InvalidProvisioning(issues)) => {
             let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
             assert!(keys.contains(&"numbers[0].number"), "{issues:?}");
@@ -154,16 +175,18 @@ fn invalid_provisioning_is_refused_and_writes_nothing() {
         }
         other => panic!("expected InvalidProvisioning, got {other:?}"),
     }
-    assert!(store.list_accounts().unwrap().is_empty());
+    assert!(store.list_accounts().await.unwrap().is_empty());
 }
 
-#[test]
-fn clash_with_a_row_in_the_store_rolls_back_and_names_the_key() {
-    let (_dir, store) = open_fresh();
+async fn clash_with_a_row_in_the_store_rolls_back_and_names_the_key() {
+    let (_db, store) = store_fresh().await;
     let mut accounts_only = sample();
     accounts_only.users.clear();
     accounts_only.numbers.clear();
-    store.apply_provisioning(&accounts_only, REALM).unwrap();
+    store
+        .apply_provisioning(&accounts_only, REALM)
+        .await
+        .unwrap();
     store
         .create_user(&User {
             id: "user_01h2xcejqtf2nbrexx3vqjhp77".into(),
@@ -172,93 +195,99 @@ fn clash_with_a_row_in_the_store_rolls_back_and_names_the_key() {
             extension: Some("1001".into()),
             agent_id: None,
         })
+        .await
         .unwrap();
     let mut prov = sample();
     prov.trunks[1].address = "changed.example".into();
-    match store.apply_provisioning(&prov, REALM) {
+    match store.apply_provisioning(&prov, REALM).await {
         Err(StoreError::ProvisioningConflict { key, reason }) => {
             assert_eq!(key, "users[0]");
             assert!(reason.contains("extension"), "{reason}");
         }
         other => panic!("expected ProvisioningConflict, got {other:?}"),
     }
-    assert!(store.user(USER).unwrap().is_none());
-    assert!(store.device_by_username("alice-desk").unwrap().is_none());
-    assert_eq!(store.users_for_account(ACCT).unwrap().len(), 1);
+    assert!(store.user(USER).await.unwrap().is_none());
+    assert!(store
+        .device_by_username("alice-desk")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.users_for_account(ACCT).await.unwrap().len(), 1);
     // Earlier statements of the same transaction were rolled back too.
     assert_eq!(
-        store.trunk("shared").unwrap().unwrap().address,
+        store.trunk("shared").await.unwrap().unwrap().address,
         "sip.carrier.example"
     );
 }
 
-#[test]
-fn dialing_permissions_default_and_follow_the_configuration() {
+async fn dialing_permissions_default_and_follow_the_configuration() {
     use store::NumberType;
-    let (_dir, store) = provisioned();
-    let account = store.account(ACCT).unwrap().unwrap();
+    let (_db, store) = store_provisioned().await;
+    let account = store.account(ACCT).await.unwrap().unwrap();
     assert_eq!(account.allowed_countries, ["US"]);
     assert_eq!(account.blocked_number_types, NumberType::DEFAULT_BLOCKED);
 
     let mut p = sample();
     p.accounts[0].allowed_countries = Some(vec!["US".into(), "CA".into()]);
     p.accounts[0].blocked_number_types = Some(vec!["premium_rate".into(), "voip".into()]);
-    let report = store.apply_provisioning(&p, REALM).unwrap();
+    let report = store.apply_provisioning(&p, REALM).await.unwrap();
     assert_eq!(report.accounts.updated, 1);
-    let account = store.account(ACCT).unwrap().unwrap();
+    let account = store.account(ACCT).await.unwrap().unwrap();
     assert_eq!(account.allowed_countries, ["US", "CA"]);
     assert_eq!(
         account.blocked_number_types,
         [NumberType::PremiumRate, NumberType::Voip]
     );
     // The same again changes nothing.
-    let report = store.apply_provisioning(&p, REALM).unwrap();
+    let report = store.apply_provisioning(&p, REALM).await.unwrap();
     assert_eq!(report.accounts.unchanged, 1);
 }
 
-#[test]
-fn permissions_the_file_leaves_out_keep_what_the_admin_api_set() {
+async fn permissions_the_file_leaves_out_keep_what_the_admin_api_set() {
     use store::NumberType;
-    let (_dir, store) = provisioned();
+    let (_db, store) = store_provisioned().await;
     // The admin API widens the countries and changes the blocked types ...
-    let mut account = store.account(ACCT).unwrap().unwrap();
+    let mut account = store.account(ACCT).await.unwrap().unwrap();
     account.allowed_countries = vec!["US".into(), "CA".into()];
     account.blocked_number_types = vec![NumberType::PremiumRate];
-    store.update_account(&account).unwrap();
+    store.update_account(&account).await.unwrap();
     // ... and a restart with a file that does not name them keeps that.
-    store.apply_provisioning(&sample(), REALM).unwrap();
-    let kept = store.account(ACCT).unwrap().unwrap();
+    store.apply_provisioning(&sample(), REALM).await.unwrap();
+    let kept = store.account(ACCT).await.unwrap().unwrap();
     assert_eq!(kept.allowed_countries, ["US", "CA"]);
     assert_eq!(kept.blocked_number_types, [NumberType::PremiumRate]);
     // A file that names them is the authority.
     let mut p = sample();
     p.accounts[0].allowed_countries = Some(vec!["US".into()]);
-    store.apply_provisioning(&p, REALM).unwrap();
-    let account = store.account(ACCT).unwrap().unwrap();
+    store.apply_provisioning(&p, REALM).await.unwrap();
+    let account = store.account(ACCT).await.unwrap().unwrap();
     assert_eq!(account.allowed_countries, ["US"]);
     assert_eq!(account.blocked_number_types, [NumberType::PremiumRate]);
 }
 
-#[test]
-fn update_account_writes_the_permissions_and_checks_them() {
+async fn update_account_writes_the_permissions_and_checks_them() {
     use store::NumberType;
-    let (_dir, store) = provisioned();
-    let mut account = store.account(ACCT).unwrap().unwrap();
+    let (_db, store) = store_provisioned().await;
+    let mut account = store.account(ACCT).await.unwrap().unwrap();
     account.allowed_countries = vec!["US".into(), "CA".into(), "JM".into()];
     account.blocked_number_types = vec![NumberType::PremiumRate];
     account.allowed_prefixes = vec!["+1".into(), "+44".into()];
-    store.update_account(&account).unwrap();
-    assert_eq!(store.account(ACCT).unwrap().unwrap(), account);
+    store.update_account(&account).await.unwrap();
+    assert_eq!(store.account(ACCT).await.unwrap().unwrap(), account);
     // The authentication paths read the same columns.
     assert_eq!(
-        store.account_by_api_secret("sk_test_1").unwrap().unwrap(),
+        store
+            .account_by_api_secret("sk_test_1")
+            .await
+            .unwrap()
+            .unwrap(),
         account
     );
 
     let mut bad = account.clone();
     bad.allowed_countries = vec!["USA".into()];
     assert!(matches!(
-        store.update_account(&bad),
+        store.update_account(&bad).await,
         Err(StoreError::Invalid {
             field: "account.allowed_countries",
             ..
@@ -267,18 +296,17 @@ fn update_account_writes_the_permissions_and_checks_them() {
     let mut missing = account.clone();
     missing.id = "acct_01h2xcejqtf2nbrexx3vqjhp99".into();
     assert!(matches!(
-        store.update_account(&missing),
+        store.update_account(&missing).await,
         Err(StoreError::NotFound { .. })
     ));
 }
 
-#[test]
-fn publishable_keys_follow_the_file_and_keep_those_of_the_admin_api() {
-    let (_dir, store) = provisioned();
+async fn publishable_keys_follow_the_file_and_keep_those_of_the_admin_api() {
+    let (_db, store) = store_provisioned().await;
     let mut prov = sample();
     prov.accounts[0].publishable_keys =
         vec!["pk_test_file_0001".into(), "pk_test_file_0002".into()];
-    store.apply_provisioning(&prov, REALM).unwrap();
+    store.apply_provisioning(&prov, REALM).await.unwrap();
     store
         .create_publishable_key(&store::PublishableKey {
             key: "pk_test_api_00001".into(),
@@ -286,16 +314,19 @@ fn publishable_keys_follow_the_file_and_keep_those_of_the_admin_api() {
             source: "api".into(),
             created_at_ms: 1,
         })
+        .await
         .unwrap();
     let account = store
         .account_by_publishable_key("pk_test_file_0002")
+        .await
         .unwrap();
     assert_eq!(account.map(|a| a.id), Some(ACCT.to_owned()));
     // The file drops one key: it goes; the key made through the API stays.
     prov.accounts[0].publishable_keys = vec!["pk_test_file_0001".into()];
-    store.apply_provisioning(&prov, REALM).unwrap();
+    store.apply_provisioning(&prov, REALM).await.unwrap();
     let keys: Vec<String> = store
         .publishable_keys_for_account(ACCT)
+        .await
         .unwrap()
         .into_iter()
         .map(|k| k.key)
@@ -305,44 +336,60 @@ fn publishable_keys_follow_the_file_and_keep_those_of_the_admin_api() {
     assert!(keys.contains(&"pk_test_api_00001".to_owned()));
     assert!(store
         .account_by_publishable_key("pk_test_file_0002")
+        .await
         .unwrap()
         .is_none());
     // A taken key, a malformed key.
-    let taken = store.create_publishable_key(&store::PublishableKey {
-        key: "pk_test_file_0001".into(),
-        account_id: ACCT.into(),
-        source: "api".into(),
-        created_at_ms: 2,
-    });
+    let taken = store
+        .create_publishable_key(&store::PublishableKey {
+            key: "pk_test_file_0001".into(),
+            account_id: ACCT.into(),
+            source: "api".into(),
+            created_at_ms: 2,
+        })
+        .await;
     assert!(taken.is_err());
-    let bad = store.create_publishable_key(&store::PublishableKey {
-        key: "sk_not_a_pk".into(),
-        account_id: ACCT.into(),
-        source: "api".into(),
-        created_at_ms: 2,
-    });
+    let bad = store
+        .create_publishable_key(&store::PublishableKey {
+            key: "sk_not_a_pk".into(),
+            account_id: ACCT.into(),
+            source: "api".into(),
+            created_at_ms: 2,
+        })
+        .await;
     assert!(matches!(bad, Err(StoreError::Invalid { .. })), "{bad:?}");
     assert!(store
         .delete_publishable_key(ACCT, "pk_test_api_00001")
+        .await
         .unwrap());
     assert!(!store
         .delete_publishable_key("acct_other", "pk_test_file_0001")
+        .await
         .unwrap());
 }
 
-#[test]
-fn the_platform_of_an_account_is_kept_and_checked() {
-    let (_dir, store) = provisioned();
+async fn the_platform_of_an_account_is_kept_and_checked() {
+    let (_db, store) = store_provisioned().await;
     let mut prov = sample();
     let platform = "acct_01h2xcejqtf2nbrexx3vqjhp99";
     prov.accounts[0].platform = Some(platform.into());
-    let report = store.apply_provisioning(&prov, REALM).unwrap();
+    let report = store.apply_provisioning(&prov, REALM).await.unwrap();
     assert_eq!(report.accounts.updated, 1);
     assert_eq!(
-        store.account(ACCT).unwrap().unwrap().platform.as_deref(),
+        store
+            .account(ACCT)
+            .await
+            .unwrap()
+            .unwrap()
+            .platform
+            .as_deref(),
         Some(platform)
     );
-    assert!(store.apply_provisioning(&prov, REALM).unwrap().is_noop());
+    assert!(store
+        .apply_provisioning(&prov, REALM)
+        .await
+        .unwrap()
+        .is_noop());
     // Refused: not an account id; the account itself; a malformed publishable key.
     for (platform, pk) in [("nope", None), (ACCT, None), (platform, Some("pk_x"))] {
         let mut bad = sample();
@@ -360,3 +407,17 @@ fn the_platform_of_an_account_is_kept_and_checked() {
         assert!(keys.contains(&want), "{keys:?}");
     }
 }
+both!(
+    first_apply_creates_everything,
+    changes_are_reported_as_updates,
+    a_new_realm_recomputes_every_ha1,
+    api_key_list_is_authoritative_per_account,
+    devices_added_through_the_api_survive_provisioning,
+    invalid_provisioning_is_refused_and_writes_nothing,
+    clash_with_a_row_in_the_store_rolls_back_and_names_the_key,
+    dialing_permissions_default_and_follow_the_configuration,
+    permissions_the_file_leaves_out_keep_what_the_admin_api_set,
+    update_account_writes_the_permissions_and_checks_them,
+    publishable_keys_follow_the_file_and_keep_those_of_the_admin_api,
+    the_platform_of_an_account_is_kept_and_checked,
+);

@@ -1,6 +1,8 @@
-use store::{SqliteStore, Store};
+use store::{BlockingStore, SqliteStore};
 
-use crate::support::{contains, db_bytes, provisioned, sample, TempDir, ACCT, REALM};
+use crate::support::{
+    contains, db_bytes, provisioned, sample, store_provisioned, TempDir, ACCT, REALM,
+};
 
 const CLEAR_SECRETS: [&str; 3] = ["sk_test_1", "s3cret-desk", "s3cret-soft"];
 
@@ -24,12 +26,15 @@ fn api_secrets_and_device_passwords_are_not_in_the_database_file() {
     assert!(contains(&bytes, "ak_test_1"));
 }
 
-#[test]
-fn debug_output_of_rows_is_redacted() {
-    let (_dir, store) = provisioned();
-    let account = store.account(ACCT).unwrap().unwrap();
-    let desk = store.device_by_username("alice-desk").unwrap().unwrap();
-    let trunk = store.trunk("carrier").unwrap().unwrap();
+async fn debug_output_of_rows_is_redacted() {
+    let (_db, store) = store_provisioned().await;
+    let account = store.account(ACCT).await.unwrap().unwrap();
+    let desk = store
+        .device_by_username("alice-desk")
+        .await
+        .unwrap()
+        .unwrap();
+    let trunk = store.trunk("carrier").await.unwrap().unwrap();
     let dump = format!("{account:?} {desk:?} {trunk:?} {store:?}");
     for secret in [
         "whsec_test_1",
@@ -45,10 +50,13 @@ fn debug_output_of_rows_is_redacted() {
     assert_eq!(trunk.password.unwrap().expose(), "trunk-pass");
 }
 
-#[test]
-fn device_keeps_the_digest_ha1_values() {
-    let (_dir, store) = provisioned();
-    let desk = store.device_by_username("alice-desk").unwrap().unwrap();
+async fn device_keeps_the_digest_ha1_values() {
+    let (_db, store) = store_provisioned().await;
+    let desk = store
+        .device_by_username("alice-desk")
+        .await
+        .unwrap()
+        .unwrap();
     let md5 = format!(
         "{:x}",
         md5::compute(format!("alice-desk:{REALM}:s3cret-desk"))
@@ -56,25 +64,30 @@ fn device_keeps_the_digest_ha1_values() {
     assert_eq!(desk.ha1_md5.expose(), md5);
     assert_eq!(desk.ha1_sha256.expose().len(), 64);
     assert_eq!(desk.realm, REALM);
-    assert!(store.device_by_username("nobody").unwrap().is_none());
+    assert!(store.device_by_username("nobody").await.unwrap().is_none());
 }
 
-#[test]
-fn api_credentials_are_checked() {
-    let (_dir, store) = provisioned();
+async fn api_credentials_are_checked() {
+    let (_db, store) = store_provisioned().await;
     assert_eq!(
         store
             .account_by_api_secret("sk_test_1")
+            .await
             .unwrap()
             .unwrap()
             .id,
         ACCT
     );
-    assert!(store.account_by_api_secret("sk_test_2").unwrap().is_none());
-    assert!(store.account_by_api_secret("").unwrap().is_none());
+    assert!(store
+        .account_by_api_secret("sk_test_2")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.account_by_api_secret("").await.unwrap().is_none());
     assert_eq!(
         store
             .account_by_key_pair("ak_test_1", "sk_test_1")
+            .await
             .unwrap()
             .unwrap()
             .id,
@@ -82,14 +95,17 @@ fn api_credentials_are_checked() {
     );
     assert!(store
         .account_by_key_pair("ak_test_1", "sk_test_X")
+        .await
         .unwrap()
         .is_none());
     assert!(store
         .account_by_key_pair("ak_nope", "sk_test_1")
+        .await
         .unwrap()
         .is_none());
     assert!(store
         .account_by_key_pair("ak_test_1", "")
+        .await
         .unwrap()
         .is_none());
 }
@@ -114,3 +130,9 @@ fn each_database_has_its_own_pepper() {
     assert_ne!(hash(&a_dir), hash(&b_dir));
     assert_eq!(hash(&a_dir).len(), 64);
 }
+
+both!(
+    debug_output_of_rows_is_redacted,
+    device_keeps_the_digest_ha1_values,
+    api_credentials_are_checked,
+);

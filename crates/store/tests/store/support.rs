@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use store::{Provisioning, SqliteStore, Store};
+use std::sync::Arc;
+
+use store::{BlockingStore, Provisioning, SqliteStore, Store, StoreThreads};
 
 pub const ACCT: &str = "acct_01h2xcejqtf2nbrexx3vqjhp41";
 pub const USER: &str = "user_01h2xcejqtf2nbrexx3vqjhp42";
@@ -117,4 +119,48 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
+}
+
+/// Which database a test of `both!` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+tokio::task_local! {
+    static BACKEND: Backend;
+}
+
+/// Runs `test` with `backend` as the database of [`store_fresh`].
+pub async fn on(backend: Backend, test: impl std::future::Future<Output = ()>) {
+    BACKEND.scope(backend, test).await
+}
+
+/// What keeps a test's database alive (the SQLite file's directory).
+pub struct Db {
+    _dir: Option<TempDir>,
+}
+
+/// An empty store on the test's backend.
+pub async fn store_fresh() -> (Db, Arc<dyn Store>) {
+    match BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite) {
+        Backend::Sqlite => {
+            let dir = TempDir::new();
+            let store = StoreThreads::new(SqliteStore::open(&dir.url()).unwrap(), 2).unwrap();
+            (Db { _dir: Some(dir) }, Arc::new(store))
+        }
+        Backend::Postgres => {
+            let url = crate::pg::PgServer::get().fresh_database();
+            let store = store::open(&url).await.unwrap();
+            (Db { _dir: None }, store)
+        }
+    }
+}
+
+/// A store on the test's backend with the sample provisioned.
+pub async fn store_provisioned() -> (Db, Arc<dyn Store>) {
+    let (db, store) = store_fresh().await;
+    store.apply_provisioning(&sample(), REALM).await.unwrap();
+    (db, store)
 }

@@ -1,0 +1,590 @@
+//! The store's own threads: a [`BlockingStore`] (SQLite) offered as an async [`Store`].
+//!
+//! ```text
+//!  runtime tasks ──job──► bounded queue ──► store threads (N, OS threads of their own)
+//!  (await the answer)     (async send:        each job: one call on the backend,
+//!                          back-pressure)      answer through a oneshot channel
+//! ```
+//!
+//! - A caller on a tokio worker thread never blocks: it queues a job (waiting
+//!   asynchronously while the queue is full) and awaits the answer, while a store thread
+//!   does the SQLite work and whatever waiting on locks and on the disk that takes.
+//! - These are dedicated threads, not tokio's blocking pool (`spawn_blocking`): that pool
+//!   is shared with everything else that blocks, grows to hundreds of threads under load,
+//!   and has no queue bound, so a slow disk would turn into hundreds of threads queued on
+//!   SQLite's one writer instead of a bounded queue that pushes back on its callers. A fixed
+//!   set of threads also keeps the number of concurrent SQLite calls at what one database
+//!   file can use.
+//! - A job whose caller has gone away (a dropped request) still runs to its end: a write
+//!   that was queued is made, as it would have been by a synchronous call.
+//! - A panic inside a job is caught on the store thread, which goes on; the caller gets
+//!   [`StoreError::Crashed`].
+//! - The threads end when the last handle is dropped, after the jobs already queued.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::model::*;
+use crate::provision::{ProvisionReport, Provisioning};
+use crate::{BlockingStore, Secret, Store, StoreError};
+
+/// One call on the backend, run on a store thread.
+type Job<B> = Box<dyn FnOnce(&B) + Send + 'static>;
+
+/// A [`BlockingStore`] run on dedicated store threads, offered as a [`Store`].
+pub struct StoreThreads<B: BlockingStore> {
+    backend: Arc<B>,
+    /// `None`: calls run inline on the caller's thread ([`StoreThreads::inline`]).
+    queue: Option<mpsc::Sender<Job<B>>>,
+    threads: usize,
+}
+
+impl<B: BlockingStore> std::fmt::Debug for StoreThreads<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreThreads")
+            .field("backend", &self.backend)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+/// Store threads for SQLite: its one writer serialises writes anyway, and a second thread
+/// lets reads and in-memory binding refreshes go on while one call waits on the disk.
+pub const DEFAULT_THREADS: usize = 2;
+
+/// Jobs that may wait for a store thread before callers wait to queue more.
+pub const QUEUE: usize = 4096;
+
+impl<B: BlockingStore> StoreThreads<B> {
+    /// Starts `threads` (at least one) store threads running `backend`.
+    pub fn new(backend: B, threads: usize) -> Result<StoreThreads<B>, StoreError> {
+        let backend = Arc::new(backend);
+        let (queue, rx) = mpsc::channel::<Job<B>>(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = threads.max(1);
+        for i in 0..threads {
+            let (backend, rx) = (Arc::clone(&backend), Arc::clone(&rx));
+            std::thread::Builder::new()
+                .name(format!("store-{i}"))
+                .spawn(move || serve(&*backend, &rx))
+                .map_err(StoreError::Threads)?;
+        }
+        Ok(StoreThreads {
+            backend,
+            queue: Some(queue),
+            threads,
+        })
+    }
+
+    /// No store threads: each call runs on the caller's thread, blocking it. Only for tests
+    /// on tokio's paused clock, which jumps to the next timer whenever every task waits — and
+    /// a task waiting for a store thread's answer counts as waiting, so timers would fire
+    /// in the middle of a store call.
+    pub fn inline(backend: B) -> StoreThreads<B> {
+        StoreThreads {
+            backend: Arc::new(backend),
+            queue: None,
+            threads: 0,
+        }
+    }
+
+    /// Opens the backend on a thread of its own (opening runs the migrations, which may take
+    /// a while) and then starts the store threads.
+    pub async fn start(
+        open: impl FnOnce() -> Result<B, StoreError> + Send + 'static,
+        threads: usize,
+    ) -> Result<StoreThreads<B>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("store-open".into())
+            .spawn(move || {
+                let _ = tx.send(open());
+            })
+            .map_err(StoreError::Threads)?;
+        let backend = rx.await.map_err(|_| StoreError::Crashed)??;
+        StoreThreads::new(backend, threads)
+    }
+
+    /// The backend itself, for code that runs on a thread of its own and for tests.
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// Jobs waiting for a store thread now.
+    pub fn queued(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| QUEUE - q.capacity())
+    }
+
+    /// Runs `f` on a store thread and waits (asynchronously) for its answer.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&B) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let Some(queue) = &self.queue else {
+            return f(&self.backend);
+        };
+        let (tx, rx) = oneshot::channel();
+        let job: Job<B> = Box::new(move |b: &B| {
+            let _ = tx.send(f(b));
+        });
+        queue.send(job).await.map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Crashed)?
+    }
+}
+
+/// A store thread: takes jobs until every handle is gone.
+fn serve<B: BlockingStore>(backend: &B, rx: &Mutex<mpsc::Receiver<Job<B>>>) {
+    loop {
+        // One thread at a time waits on the queue; the others wait for the lock.
+        let job = match rx.lock() {
+            Ok(mut rx) => rx.blocking_recv(),
+            Err(_) => None,
+        };
+        let Some(job) = job else {
+            return;
+        };
+        if std::panic::catch_unwind(AssertUnwindSafe(|| job(backend))).is_err() {
+            tracing::error!("a store call panicked; the store thread goes on");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: BlockingStore> Store for StoreThreads<B> {
+    async fn apply_provisioning(
+        &self,
+        prov: &Provisioning,
+        realm: &str,
+    ) -> Result<ProvisionReport, StoreError> {
+        let (prov, realm) = (prov.to_owned(), realm.to_owned());
+        self.run(move |s| s.apply_provisioning(&prov, &realm)).await
+    }
+    async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |s| s.account(&id)).await
+    }
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
+        self.run(move |s| s.list_accounts()).await
+    }
+    async fn account_by_api_secret(&self, secret: &str) -> Result<Option<Account>, StoreError> {
+        let secret = secret.to_owned();
+        self.run(move |s| s.account_by_api_secret(&secret)).await
+    }
+    async fn account_by_key_pair(
+        &self,
+        key: &str,
+        secret: &str,
+    ) -> Result<Option<Account>, StoreError> {
+        let (key, secret) = (key.to_owned(), secret.to_owned());
+        self.run(move |s| s.account_by_key_pair(&key, &secret))
+            .await
+    }
+    async fn api_keys_for_account(&self, account_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let account_id = account_id.to_owned();
+        self.run(move |s| s.api_keys_for_account(&account_id)).await
+    }
+    async fn set_account_limits(
+        &self,
+        account_id: &str,
+        limits: &AccountLimits,
+    ) -> Result<bool, StoreError> {
+        let (account_id, limits) = (account_id.to_owned(), limits.to_owned());
+        self.run(move |s| s.set_account_limits(&account_id, &limits))
+            .await
+    }
+    async fn account_by_publishable_key(&self, key: &str) -> Result<Option<Account>, StoreError> {
+        let key = key.to_owned();
+        self.run(move |s| s.account_by_publishable_key(&key)).await
+    }
+    async fn publishable_keys_for_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<PublishableKey>, StoreError> {
+        let account_id = account_id.to_owned();
+        self.run(move |s| s.publishable_keys_for_account(&account_id))
+            .await
+    }
+    async fn create_publishable_key(&self, key: &PublishableKey) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.run(move |s| s.create_publishable_key(&key)).await
+    }
+    async fn delete_publishable_key(
+        &self,
+        account_id: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        let (account_id, key) = (account_id.to_owned(), key.to_owned());
+        self.run(move |s| s.delete_publishable_key(&account_id, &key))
+            .await
+    }
+    async fn update_account(&self, account: &Account) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.run(move |s| s.update_account(&account)).await
+    }
+    async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |s| s.user(&id)).await
+    }
+    async fn user_by_extension(
+        &self,
+        account_id: &str,
+        extension: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let (account_id, extension) = (account_id.to_owned(), extension.to_owned());
+        self.run(move |s| s.user_by_extension(&account_id, &extension))
+            .await
+    }
+    async fn user_by_agent_id(
+        &self,
+        account_id: &str,
+        agent_id: i64,
+    ) -> Result<Option<User>, StoreError> {
+        let (account_id, agent_id) = (account_id.to_owned(), agent_id);
+        self.run(move |s| s.user_by_agent_id(&account_id, agent_id))
+            .await
+    }
+    async fn users_for_account(&self, account_id: &str) -> Result<Vec<User>, StoreError> {
+        let account_id = account_id.to_owned();
+        self.run(move |s| s.users_for_account(&account_id)).await
+    }
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.run(move |s| s.create_user(&user)).await
+    }
+    async fn update_user(&self, user: &User) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.run(move |s| s.update_user(&user)).await
+    }
+    async fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
+        let (account_id, id) = (account_id.to_owned(), id.to_owned());
+        self.run(move |s| s.delete_user(&account_id, &id)).await
+    }
+    async fn device_by_username(&self, username: &str) -> Result<Option<Device>, StoreError> {
+        let username = username.to_owned();
+        self.run(move |s| s.device_by_username(&username)).await
+    }
+    async fn devices_for_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.run(move |s| s.devices_for_user(&user_id)).await
+    }
+    async fn create_device(
+        &self,
+        user_id: &str,
+        username: &str,
+        password: &Secret,
+        realm: &str,
+    ) -> Result<Device, StoreError> {
+        let (user_id, username, password, realm) = (
+            user_id.to_owned(),
+            username.to_owned(),
+            password.to_owned(),
+            realm.to_owned(),
+        );
+        self.run(move |s| s.create_device(&user_id, &username, &password, &realm))
+            .await
+    }
+    async fn set_device_password(
+        &self,
+        username: &str,
+        password: &Secret,
+        realm: &str,
+    ) -> Result<Device, StoreError> {
+        let (username, password, realm) =
+            (username.to_owned(), password.to_owned(), realm.to_owned());
+        self.run(move |s| s.set_device_password(&username, &password, &realm))
+            .await
+    }
+    async fn delete_device(&self, username: &str) -> Result<bool, StoreError> {
+        let username = username.to_owned();
+        self.run(move |s| s.delete_device(&username)).await
+    }
+    async fn number(&self, number: &str) -> Result<Option<Number>, StoreError> {
+        let number = number.to_owned();
+        self.run(move |s| s.number(&number)).await
+    }
+    async fn numbers_for_account(&self, account_id: &str) -> Result<Vec<Number>, StoreError> {
+        let account_id = account_id.to_owned();
+        self.run(move |s| s.numbers_for_account(&account_id)).await
+    }
+    async fn create_number(&self, number: &Number) -> Result<(), StoreError> {
+        let number = number.to_owned();
+        self.run(move |s| s.create_number(&number)).await
+    }
+    async fn update_number(&self, number: &Number) -> Result<(), StoreError> {
+        let number = number.to_owned();
+        self.run(move |s| s.update_number(&number)).await
+    }
+    async fn delete_number(&self, account_id: &str, number: &str) -> Result<bool, StoreError> {
+        let (account_id, number) = (account_id.to_owned(), number.to_owned());
+        self.run(move |s| s.delete_number(&account_id, &number))
+            .await
+    }
+    async fn trunk(&self, name: &str) -> Result<Option<Trunk>, StoreError> {
+        let name = name.to_owned();
+        self.run(move |s| s.trunk(&name)).await
+    }
+    async fn trunks_for_account(&self, account_id: &str) -> Result<Vec<Trunk>, StoreError> {
+        let account_id = account_id.to_owned();
+        self.run(move |s| s.trunks_for_account(&account_id)).await
+    }
+    async fn list_trunks(&self) -> Result<Vec<Trunk>, StoreError> {
+        self.run(move |s| s.list_trunks()).await
+    }
+    async fn create_trunk(&self, trunk: &Trunk) -> Result<(), StoreError> {
+        let trunk = trunk.to_owned();
+        self.run(move |s| s.create_trunk(&trunk)).await
+    }
+    async fn update_trunk(&self, trunk: &Trunk) -> Result<(), StoreError> {
+        let trunk = trunk.to_owned();
+        self.run(move |s| s.update_trunk(&trunk)).await
+    }
+    async fn delete_trunk(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.run(move |s| s.delete_trunk(&name)).await
+    }
+    async fn upsert_binding(&self, binding: &Binding) -> Result<(), StoreError> {
+        let binding = binding.to_owned();
+        self.run(move |s| s.upsert_binding(&binding)).await
+    }
+    async fn remove_binding(
+        &self,
+        device_username: &str,
+        contact: &str,
+    ) -> Result<bool, StoreError> {
+        let (device_username, contact) = (device_username.to_owned(), contact.to_owned());
+        self.run(move |s| s.remove_binding(&device_username, &contact))
+            .await
+    }
+    async fn remove_all_bindings(&self, device_username: &str) -> Result<usize, StoreError> {
+        let device_username = device_username.to_owned();
+        self.run(move |s| s.remove_all_bindings(&device_username))
+            .await
+    }
+    async fn bindings_for_device(
+        &self,
+        device_username: &str,
+        now: UnixSecs,
+    ) -> Result<Vec<Binding>, StoreError> {
+        let (device_username, now) = (device_username.to_owned(), now);
+        self.run(move |s| s.bindings_for_device(&device_username, now))
+            .await
+    }
+    async fn bindings_for_user(
+        &self,
+        user_id: &str,
+        now: UnixSecs,
+    ) -> Result<Vec<Binding>, StoreError> {
+        let (user_id, now) = (user_id.to_owned(), now);
+        self.run(move |s| s.bindings_for_user(&user_id, now)).await
+    }
+    async fn refresh_binding(&self, binding: &Binding) -> Result<(), StoreError> {
+        let binding = binding.to_owned();
+        self.run(move |s| s.refresh_binding(&binding)).await
+    }
+    async fn flush_refreshes(&self) -> Result<usize, StoreError> {
+        self.run(move |s| s.flush_refreshes()).await
+    }
+    async fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError> {
+        self.run(move |s| s.sweep_expired(now)).await
+    }
+    async fn count_bindings(&self, now: UnixSecs) -> Result<u64, StoreError> {
+        self.run(move |s| s.count_bindings(now)).await
+    }
+    async fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError> {
+        let call = call.to_owned();
+        self.run(move |s| s.insert_call(&call)).await
+    }
+    async fn update_call(&self, call: &CallRecord) -> Result<(), StoreError> {
+        let call = call.to_owned();
+        self.run(move |s| s.update_call(&call)).await
+    }
+    async fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError> {
+        let (account_id, id) = (account_id.to_owned(), id.to_owned());
+        self.run(move |s| s.get_call(&account_id, &id)).await
+    }
+    async fn call_by_request_id(
+        &self,
+        account_id: &str,
+        request_id: &str,
+    ) -> Result<Option<CallRecord>, StoreError> {
+        let (account_id, request_id) = (account_id.to_owned(), request_id.to_owned());
+        self.run(move |s| s.call_by_request_id(&account_id, &request_id))
+            .await
+    }
+    async fn list_calls(
+        &self,
+        filter: &CallFilter,
+    ) -> Result<(Vec<CallRecord>, Option<String>), StoreError> {
+        let filter = filter.to_owned();
+        self.run(move |s| s.list_calls(&filter)).await
+    }
+    async fn append_timeline(
+        &self,
+        call_id: &str,
+        entry: &TimelineEntry,
+    ) -> Result<(), StoreError> {
+        let (call_id, entry) = (call_id.to_owned(), entry.to_owned());
+        self.run(move |s| s.append_timeline(&call_id, &entry)).await
+    }
+    async fn timeline(&self, call_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
+        let call_id = call_id.to_owned();
+        self.run(move |s| s.timeline(&call_id)).await
+    }
+    async fn enqueue_callback(&self, entry: &OutboxEntry) -> Result<(), StoreError> {
+        let entry = entry.to_owned();
+        self.run(move |s| s.enqueue_callback(&entry)).await
+    }
+    async fn due_callbacks(&self, now: UnixMs, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
+        let (now, limit) = (now, limit);
+        self.run(move |s| s.due_callbacks(now, limit)).await
+    }
+    async fn callback_due(&self, event_id: &str, now: UnixMs) -> Result<bool, StoreError> {
+        let (event_id, now) = (event_id.to_owned(), now);
+        self.run(move |s| s.callback_due(&event_id, now)).await
+    }
+    async fn mark_delivered(&self, event_id: &str, attempts: u32) -> Result<(), StoreError> {
+        let (event_id, attempts) = (event_id.to_owned(), attempts);
+        self.run(move |s| s.mark_delivered(&event_id, attempts))
+            .await
+    }
+    async fn reschedule(
+        &self,
+        event_id: &str,
+        attempts: u32,
+        next_attempt_at_ms: UnixMs,
+        last_error: &str,
+    ) -> Result<(), StoreError> {
+        let (event_id, attempts, next_attempt_at_ms, last_error) = (
+            event_id.to_owned(),
+            attempts,
+            next_attempt_at_ms,
+            last_error.to_owned(),
+        );
+        self.run(move |s| s.reschedule(&event_id, attempts, next_attempt_at_ms, &last_error))
+            .await
+    }
+    async fn abandon_callback(
+        &self,
+        event_id: &str,
+        attempts: u32,
+        last_error: &str,
+    ) -> Result<(), StoreError> {
+        let (event_id, attempts, last_error) =
+            (event_id.to_owned(), attempts, last_error.to_owned());
+        self.run(move |s| s.abandon_callback(&event_id, attempts, &last_error))
+            .await
+    }
+    async fn callbacks_for_call(&self, call_id: &str) -> Result<Vec<OutboxEntry>, StoreError> {
+        let call_id = call_id.to_owned();
+        self.run(move |s| s.callbacks_for_call(&call_id)).await
+    }
+    async fn next_callback_seq(&self, call_id: &str) -> Result<i64, StoreError> {
+        let call_id = call_id.to_owned();
+        self.run(move |s| s.next_callback_seq(&call_id)).await
+    }
+    async fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError> {
+        let writes = writes.to_owned();
+        self.run(move |s| s.write_call_batch(&writes)).await
+    }
+    async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
+        self.run(move |s| s.unfinished_calls()).await
+    }
+    async fn probe_write(&self, now: UnixMs) -> Result<(), StoreError> {
+        self.run(move |s| s.probe_write(now)).await
+    }
+    async fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<bool, StoreError> {
+        let record = record.to_owned();
+        self.run(move |s| s.put_idempotency(&record)).await
+    }
+    async fn get_idempotency(
+        &self,
+        account_id: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let (account_id, key) = (account_id.to_owned(), key.to_owned());
+        self.run(move |s| s.get_idempotency(&account_id, &key))
+            .await
+    }
+    async fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError> {
+        self.run(move |s| s.purge_idempotency(before_ms)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SqliteStore;
+    use std::time::Duration;
+
+    fn threads(n: usize) -> StoreThreads<SqliteStore> {
+        StoreThreads::new(SqliteStore::open_in_memory().unwrap(), n).unwrap()
+    }
+
+    #[tokio::test]
+    async fn calls_run_on_the_store_threads() {
+        let t = threads(2);
+        let name = t
+            .run(|_| Ok(std::thread::current().name().map(str::to_owned)))
+            .await
+            .unwrap();
+        assert!(name.is_some_and(|n| n.starts_with("store-")));
+        let inline = StoreThreads::inline(SqliteStore::open_in_memory().unwrap());
+        let here = std::thread::current().id();
+        assert_eq!(
+            inline
+                .run(|_| Ok(std::thread::current().id()))
+                .await
+                .unwrap(),
+            here
+        );
+    }
+
+    /// The runtime's one thread goes on with other tasks while a store call is slow.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_call_does_not_hold_the_runtime_thread() {
+        let t = threads(1);
+        let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = Arc::clone(&ticks);
+        let ticker = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+        t.run(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(())
+        })
+        .await
+        .unwrap();
+        ticker.abort();
+        assert!(ticks.load(std::sync::atomic::Ordering::SeqCst) > 10);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_call_fails_alone_and_the_thread_goes_on() {
+        let t = threads(1);
+        let r: Result<(), StoreError> = t.run(|_| panic!("boom")).await;
+        assert!(matches!(r, Err(StoreError::Crashed)));
+        assert!(t.list_accounts().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn many_callers_at_once_are_all_answered() {
+        let t = Arc::new(threads(2));
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..(QUEUE + 100) {
+            let t = Arc::clone(&t);
+            set.spawn(async move { t.run(move |_| Ok(i)).await.unwrap() });
+        }
+        let mut sum = 0usize;
+        while let Some(r) = set.join_next().await {
+            sum += r.unwrap();
+        }
+        let n = QUEUE + 100;
+        assert_eq!(sum, n * (n - 1) / 2);
+        assert_eq!(t.queued(), 0);
+    }
+}
