@@ -15,6 +15,9 @@ use std::sync::OnceLock;
 /// The server shared by the tests of this process.
 pub struct PgServer {
     port: u16,
+    data: String,
+    opts: String,
+    log: String,
 }
 
 /// Where `initdb` and `pg_ctl` are: `DIALBRIDGE_PG_BIN`, else the newest
@@ -76,6 +79,12 @@ impl PgServer {
     pub fn get() -> &'static PgServer {
         static SERVER: OnceLock<PgServer> = OnceLock::new();
         SERVER.get_or_init(PgServer::start)
+    }
+
+    /// A server of the calling test's own, which it may stop and start again
+    /// ([`PgServer::stop`], [`PgServer::start_again`]).
+    pub fn own() -> PgServer {
+        PgServer::start()
     }
 
     fn start() -> PgServer {
@@ -169,7 +178,44 @@ impl PgServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("watcher starts");
-        PgServer { port }
+        PgServer {
+            port,
+            data: data_s,
+            opts,
+            log,
+        }
+    }
+
+    /// Stops the server (fast shutdown: open connections are closed).
+    pub fn stop(&self) {
+        let out = as_pg_user(
+            &tool("pg_ctl"),
+            &["-D", &self.data, "-m", "fast", "-w", "stop"],
+        )
+        .output()
+        .expect("pg_ctl runs");
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the stopped server again, on the same port.
+    pub fn start_again(&self) {
+        let out = as_pg_user(
+            &tool("pg_ctl"),
+            &[
+                "-D", &self.data, "-o", &self.opts, "-l", &self.log, "-w", "-t", "60", "start",
+            ],
+        )
+        .output()
+        .expect("pg_ctl runs");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A fresh, empty database; its URL.

@@ -224,6 +224,22 @@ impl FromRequestParts<Arc<Shared>> for Caller {
         parts: &mut Parts,
         state: &Arc<Shared>,
     ) -> Result<Self, Self::Rejection> {
+        // Already authenticated by the contract layer.
+        match parts.extensions.get::<crate::contract::Authenticated>() {
+            Some(crate::contract::Authenticated::Bearer(a)) => {
+                return Ok(Caller {
+                    account: a.clone(),
+                    scope: Scope::Account,
+                })
+            }
+            Some(crate::contract::Authenticated::Client(a, user)) => {
+                return Ok(Caller {
+                    account: a.clone(),
+                    scope: Scope::User(user.clone()),
+                })
+            }
+            _ => {}
+        }
         let Some(secret) = bearer_token(parts).filter(|t| t.starts_with(CLIENT_SECRET_PREFIX))
         else {
             let BearerAccount(account) = BearerAccount::from_request_parts(parts, state).await?;

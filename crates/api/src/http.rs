@@ -3,7 +3,8 @@
 //!
 //! Credentials:
 //! - native and admin endpoints: `Authorization: Bearer <secret>`;
-//! - JustCall-style: `Authorization: <key>:<secret>`;
+//! - JustCall-style: `Authorization: <key>:<secret>`, or the same pair as HTTP Basic
+//!   (`Authorization: Basic base64(<key>:<secret>)`);
 //! - Click-2-Call-style: the `api_key` query parameter (an API secret), checked by its
 //!   handlers so that it can answer in its own shape.
 //!
@@ -55,6 +56,9 @@ impl FromRequestParts<Arc<Shared>> for BearerAccount {
         parts: &mut Parts,
         state: &Arc<Shared>,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(crate::contract::Authenticated::Bearer(a)) = parts.extensions.get() {
+            return Ok(BearerAccount(a.clone()));
+        }
         let value = authorization(parts)?;
         let (scheme, secret) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
         if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
@@ -98,8 +102,18 @@ impl FromRequestParts<Arc<Shared>> for KeyPairAccount {
         parts: &mut Parts,
         state: &Arc<Shared>,
     ) -> Result<Self, Self::Rejection> {
-        let value = authorization(parts)?;
-        let (key, secret) = value.trim().split_once(':').ok_or(ApiError::Unauthorized)?;
+        if let Some(crate::contract::Authenticated::KeyPair(a)) = parts.extensions.get() {
+            return Ok(KeyPairAccount(a.clone()));
+        }
+        let value = authorization(parts)?.trim();
+        let basic = match value.split_once(' ') {
+            Some((scheme, b64)) if scheme.eq_ignore_ascii_case("basic") => {
+                Some(decode_basic(b64.trim()).ok_or(ApiError::Unauthorized)?)
+            }
+            _ => None,
+        };
+        let value = basic.as_deref().unwrap_or(value);
+        let (key, secret) = value.split_once(':').ok_or(ApiError::Unauthorized)?;
         if key.is_empty() || secret.is_empty() {
             return Err(ApiError::Unauthorized.into());
         }
@@ -110,7 +124,37 @@ impl FromRequestParts<Arc<Shared>> for KeyPairAccount {
     }
 }
 
-fn is_json(parts_ct: Option<&HeaderValue>) -> bool {
+/// The `key:secret` text of HTTP Basic credentials (RFC 7617), when it is standard base64
+/// of UTF-8.
+fn decode_basic(b64: &str) -> Option<String> {
+    let mut bits: u32 = 0;
+    let mut nbits = 0;
+    let mut out = Vec::with_capacity(b64.len() / 4 * 3);
+    let body = b64.trim_end_matches('=');
+    if b64.len() % 4 != 0 || b64.len() - body.len() > 2 {
+        return None;
+    }
+    for c in body.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        nbits += 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+            bits &= (1 << nbits) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+pub(crate) fn is_json(parts_ct: Option<&HeaderValue>) -> bool {
     let Some(ct) = parts_ct.and_then(|v| v.to_str().ok()) else {
         return false;
     };

@@ -27,9 +27,10 @@
 //! - The writer keeps the records of the calls it is writing (read once from the store),
 //!   changed only when a batch commits, and forgets a call when its final state is written.
 //! - [`recover_interrupted`] runs before the server takes calls: the calls that a previous
-//!   run left unfinished (a crash, SIGKILL, power loss) end `failed` with reason
+//!   run of this node left unfinished (a crash, SIGKILL, power loss) end `failed` with reason
 //!   `interrupted`, at the time of their last event, with their final callback — through the
-//!   same code, in one transaction.
+//!   same code, in one transaction. [`end_calls_of_lost_node`] does the same for the calls
+//!   of another node sharing the database whose lease lapsed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -202,6 +203,9 @@ struct Effect {
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     known: HashMap<String, Known>,
+    /// Whether an ended call frees a slot of its account's limiter: not for the calls of
+    /// another node, which held no slot here.
+    release_slots: bool,
 }
 
 impl Writer {
@@ -209,6 +213,7 @@ impl Writer {
         Writer {
             shared,
             known: HashMap::new(),
+            release_slots: true,
         }
     }
 
@@ -353,7 +358,9 @@ impl Writer {
         }
         for e in effects {
             if let Some(status) = e.ended_now {
-                shared.limiter.release(&e.account_id);
+                if self.release_slots {
+                    shared.limiter.release(&e.account_id);
+                }
                 shared.metrics.call_ended(status);
             }
             shared
@@ -400,12 +407,38 @@ fn callback_for(rec: &CallRecord, ev: &CallEvent, seq: i64) -> Option<OutboxEntr
     ))
 }
 
-/// Ends the calls a previous run left unfinished: `failed`, reason `interrupted`, at the
-/// time of their last event, with the duration known so far and their final callback; all
-/// in one transaction. Returns how many.
+/// Ends the calls a previous run of this node left unfinished (and those that record no
+/// node, written before nodes were recorded): `failed`, reason `interrupted`, at the time of
+/// their last event, with the duration known so far and their final callback; all in one
+/// transaction. Returns how many.
 pub(crate) async fn recover_interrupted(shared: &Arc<Shared>) -> Result<usize, StoreError> {
+    let calls = shared
+        .store
+        .unfinished_calls_of(&shared.cfg.server_id, true)
+        .await?;
+    end_unfinished(shared, calls, "interrupted", true).await
+}
+
+/// Ends the live calls of `node_id`, a node whose lease lapsed (it crashed or lost the
+/// database): `failed`, with a reason that names the node, and their final callbacks.
+/// Returns how many.
+pub(crate) async fn end_calls_of_lost_node(
+    shared: &Arc<Shared>,
+    node_id: &str,
+) -> Result<usize, StoreError> {
+    let calls = shared.store.unfinished_calls_of(node_id, false).await?;
+    let reason = format!("node {node_id} stopped (its lease lapsed)");
+    end_unfinished(shared, calls, &reason, false).await
+}
+
+/// Ends `calls` as `failed` with `reason` (see [`recover_interrupted`]).
+async fn end_unfinished(
+    shared: &Arc<Shared>,
+    calls: Vec<CallRecord>,
+    reason: &str,
+    ours: bool,
+) -> Result<usize, StoreError> {
     let store = &shared.store;
-    let calls = store.unfinished_calls().await?;
     if calls.is_empty() {
         return Ok(0);
     }
@@ -435,15 +468,17 @@ pub(crate) async fn recover_interrupted(shared: &Arc<Shared>) -> Result<usize, S
                     sip_code: None,
                     q850_cause: None,
                     duration_secs,
-                    reason: "interrupted".to_owned(),
+                    reason: reason.to_owned(),
                 },
                 stats: Value::Null,
             },
         });
     }
-    Writer::new(Arc::clone(shared)).write(&events).await?;
+    let mut writer = Writer::new(Arc::clone(shared));
+    writer.release_slots = ours;
+    writer.write(&events).await?;
     for rec in &calls {
-        tracing::warn!(call_id = %rec.id, was = rec.status.as_str(), "call left unfinished by the previous run: ended failed (interrupted)");
+        tracing::warn!(call_id = %rec.id, was = rec.status.as_str(), node = rec.node_id.as_deref().unwrap_or("-"), reason, "unfinished call ended failed");
     }
     Ok(calls.len())
 }

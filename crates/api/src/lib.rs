@@ -17,6 +17,11 @@
 //! - [`http`]: auth extractors (Bearer, `key:secret`), JSON body / query extractors with the
 //!   API's error answers, request ids and the access log (path only, never the query).
 //! - [`error`]: [`ApiError`], the one mapping of errors to status codes and JSON bodies.
+//! - [`contract`]: the layer that authenticates each request and checks it against the
+//!   OpenAPI document before any handler (400 naming the field).
+//! - [`document`]: the OpenAPI document as served (the handlers' annotations, completed with
+//!   the security schemes and each operation's error answers and codes) and its Markdown view.
+//! - [`schemas`]: the named value types of the document (TypeIDs, E.164, names, enums).
 //! - [`place`]: the call path shared by all three API shapes (dial plan, guards, caller ID,
 //!   limits, call record, hand-over to the engine).
 //! - [`routes`]: handlers — `calls` (native), `lookup` (number lookup), `admin` (the
@@ -53,7 +58,9 @@
 pub mod callbacks;
 pub mod client;
 pub mod conn;
+pub mod contract;
 pub mod cors;
+pub mod document;
 pub mod error;
 pub mod events;
 pub mod hooks;
@@ -63,6 +70,7 @@ pub mod limits;
 pub mod metrics;
 pub mod place;
 pub mod routes;
+pub mod schemas;
 pub mod state;
 pub mod time;
 pub mod views;
@@ -112,6 +120,18 @@ impl Drop for JournalWriter {
 }
 
 use state::{Shared, BODY_LIMIT};
+
+/// Ends the live calls of another node whose lease lapsed (see [`Api::takeover`]).
+#[derive(Clone)]
+pub struct Takeover(Arc<Shared>);
+
+impl Takeover {
+    /// Ends the node's live calls: `failed`, with a reason that names the node, and their
+    /// final callbacks (delivered by this node's dispatcher). Returns how many.
+    pub async fn end_calls_of(&self, node_id: &str) -> Result<usize, store::StoreError> {
+        journal::end_calls_of_lost_node(&self.0, node_id).await
+    }
+}
 
 /// The REST API of one dialbridge node.
 pub struct Api {
@@ -166,6 +186,11 @@ impl Api {
     /// their final callback); run before taking calls. Returns how many.
     pub async fn recover_interrupted(&self) -> Result<usize, store::StoreError> {
         journal::recover_interrupted(&self.shared).await
+    }
+
+    /// What ends the calls of a lost node, for the binary's lease keeper.
+    pub fn takeover(&self) -> Takeover {
+        Takeover(Arc::clone(&self.shared))
     }
 
     /// Starts the journal's writer thread, which writes call events to the store in batches
@@ -279,6 +304,11 @@ impl Api {
             .route("/openapi.json", get(meta::openapi))
             .fallback(http::not_found)
             .method_not_allowed_fallback(http::method_not_allowed)
+            // Inside the body limit, so that it reads bodies under it.
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                contract::enforce,
+            ))
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .layer(axum::middleware::from_fn(cors::cors))
             .layer(axum::middleware::from_fn_with_state(

@@ -263,6 +263,7 @@ pub(crate) async fn place_call(
     rec.callback_url = req.callback_url;
     rec.metadata = req.metadata;
     rec.legs = json!({"agent": agent_desc, "customer": customer_desc});
+    rec.node_id = Some(shared.cfg.server_id.clone());
 
     let request_entry = TimelineEntry {
         at_ms: now,

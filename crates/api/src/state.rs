@@ -31,7 +31,8 @@ pub struct ApiConfig {
     pub customer_ring_secs: u32,
     /// Largest `ring_timeout` / `timeout` a request may ask for.
     pub max_ring_secs: u32,
-    /// Identifies this node in Click-2-Call answers (`server_id`).
+    /// This node (`[node] id`): the owner recorded with each call it places, and `server_id`
+    /// in Click-2-Call answers.
     pub server_id: String,
     /// Callback delivery policy.
     pub callbacks: CallbackPolicy,

@@ -165,3 +165,205 @@ pub fn binding(b: &Binding, now_secs: i64) -> Value {
         "user_agent": b.user_agent,
     })
 }
+
+/// The schemas of the views above, for the OpenAPI document (the views are built as JSON;
+/// the Schemathesis run checks every answer against these).
+pub mod doc {
+    #![allow(dead_code)]
+    use serde_json::Value;
+    use utoipa::ToSchema;
+
+    use crate::schemas::{CallId, CallStatusName, NumberTypeName};
+
+    /// A call as the call log lists it.
+    #[derive(ToSchema)]
+    #[schema(as = Call)]
+    pub struct CallView {
+        #[schema(value_type = CallId)]
+        call_id: String,
+        #[schema(value_type = CallStatusName)]
+        status: String,
+        /// The agent, when the agent leg rang a user.
+        user_id: Option<String>,
+        /// The Click-2-Call request that placed it.
+        request_id: Option<String>,
+        dial_string: String,
+        /// The dial string after the dial plan (E.164, extension, emergency number).
+        destination: Option<String>,
+        caller_id: Option<String>,
+        callback_url: Option<String>,
+        #[schema(pattern = "^(outbound|inbound)$")]
+        direction: String,
+        /// RFC 3339 UTC.
+        created_at: String,
+        answered_at: Option<String>,
+        ended_at: Option<String>,
+        /// Seconds from answer to end; 0 when not answered.
+        #[schema(minimum = 0)]
+        duration: i64,
+        /// Which side ended it: `agent`, `customer`, `api`, `dialbridge`.
+        end_leg: Option<String>,
+        sip_code: Option<u16>,
+        /// As given with the request (`{}` when none).
+        #[schema(value_type = Option<Object>)]
+        metadata: Value,
+    }
+
+    /// A page of the call log.
+    #[derive(ToSchema)]
+    #[schema(as = CallList)]
+    pub struct CallList {
+        data: Vec<CallView>,
+        /// `cursor` of the next page; `null` on the last one.
+        next_cursor: Option<String>,
+    }
+
+    /// One step of a call's timeline.
+    #[derive(ToSchema)]
+    #[schema(as = TimelineEntry)]
+    pub struct TimelineEntryView {
+        /// RFC 3339 UTC, milliseconds.
+        at: String,
+        /// `api.request`, `sip.request`, `sip.response`, `callback`, `ended`, ...
+        kind: String,
+        leg: Option<String>,
+        #[schema(value_type = Object)]
+        detail: Value,
+    }
+
+    /// A callback's delivery state.
+    #[derive(ToSchema)]
+    #[schema(as = CallbackDelivery)]
+    pub struct CallbackView {
+        event_id: String,
+        sequence: i64,
+        /// The call status it reports.
+        status: Option<String>,
+        #[schema(pattern = "^(pending|delivered|abandoned)$")]
+        state: String,
+        attempts: u32,
+        last_error: Option<String>,
+        next_attempt_at: Option<String>,
+    }
+
+    /// What a call's detail adds to [`CallView`] (the document's `CallDetail` is both).
+    #[derive(ToSchema)]
+    #[schema(as = CallDetailParts)]
+    pub struct CallDetailParts {
+        /// The agent and customer legs as placed and as they went.
+        #[schema(value_type = Option<Object>)]
+        legs: Value,
+        /// `null` while the call runs.
+        #[schema(value_type = Option<Object>)]
+        outcome: Value,
+        /// Media counters per leg; `null` before any media.
+        #[schema(value_type = Option<Object>)]
+        stats: Value,
+        timeline: Vec<TimelineEntryView>,
+        callbacks: Vec<CallbackView>,
+    }
+
+    /// The answer to a hang-up.
+    #[derive(ToSchema)]
+    #[schema(as = HangupRequested)]
+    pub struct Hangup {
+        #[schema(value_type = CallId)]
+        call_id: String,
+        #[schema(value_type = CallStatusName)]
+        status: String,
+        #[schema(pattern = "^requested$")]
+        hangup: String,
+    }
+
+    /// The caller's account and its dialing permissions.
+    #[derive(ToSchema)]
+    #[schema(as = Account)]
+    pub struct AccountView {
+        id: String,
+        name: String,
+        region: String,
+        allowed_countries: Vec<String>,
+        #[schema(value_type = Vec<NumberTypeName>)]
+        blocked_number_types: Vec<String>,
+        allowed_prefixes: Vec<String>,
+    }
+
+    /// A device (never its password).
+    #[derive(ToSchema)]
+    #[schema(as = Device)]
+    pub struct DeviceView {
+        id: String,
+        user_id: String,
+        username: String,
+        realm: String,
+    }
+
+    /// A user with its devices.
+    #[derive(ToSchema)]
+    #[schema(as = User)]
+    pub struct UserView {
+        id: String,
+        account_id: String,
+        name: String,
+        extension: Option<String>,
+        agent_id: Option<i64>,
+        devices: Vec<DeviceView>,
+    }
+
+    /// A number of the account.
+    #[derive(ToSchema)]
+    #[schema(as = Number)]
+    pub struct NumberView {
+        number: String,
+        account_id: String,
+        /// The default agent.
+        owner: Option<String>,
+    }
+
+    /// A trunk (its password only as `password_set`).
+    #[derive(ToSchema)]
+    #[schema(as = Trunk)]
+    pub struct TrunkView {
+        name: String,
+        /// `null` for a shared trunk.
+        account_id: Option<String>,
+        shared: bool,
+        address: String,
+        transport: String,
+        username: Option<String>,
+        password_set: bool,
+        emergency: bool,
+        dial_prefix: Option<String>,
+        from_domain: Option<String>,
+    }
+
+    /// A registration binding in force.
+    #[derive(ToSchema)]
+    #[schema(as = Registration)]
+    pub struct BindingView {
+        device: String,
+        contact: String,
+        source: String,
+        transport: String,
+        expires_at: String,
+        #[schema(minimum = 0)]
+        expires_in: i64,
+        user_agent: Option<String>,
+    }
+
+    macro_rules! list {
+        ($name:ident, $as:ident, $item:ty) => {
+            #[doc = concat!("`{\"data\": [...]}`")]
+            #[derive(ToSchema)]
+            #[schema(as = $as)]
+            pub struct $name {
+                data: Vec<$item>,
+            }
+        };
+    }
+    list!(UserList, UserList, UserView);
+    list!(DeviceList, DeviceList, DeviceView);
+    list!(NumberList, NumberList, NumberView);
+    list!(TrunkList, TrunkList, TrunkView);
+    list!(BindingList, RegistrationList, BindingView);
+}

@@ -22,6 +22,12 @@
 //! ([`Registrar::is_registered_source`]) so that registered phones are exempt from the
 //! per-source refusal budget. That memory starts empty at start-up: a phone counts as
 //! registered again from its next refresh.
+//!
+//! Device credentials (the HA1 values, or that no such device exists) are kept in memory
+//! for [`CREDENTIALS_TTL`] and dropped as soon as the store says its devices may have changed
+//! ([`store::Store::credentials_generation`]): a refresh costs no credential read, and a
+//! changed or deleted device is seen at its next REGISTER. A change made by another node
+//! sharing the store is seen within [`CREDENTIALS_TTL`].
 
 use sip_core::auth::{
     parse_authorization, Algorithm, Authorization, DigestServer, DigestServerConfig, Verdict,
@@ -33,7 +39,19 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use store::{Binding, Store};
+use store::{Binding, Device, Store};
+
+/// How long a device's credentials read from the store are trusted at most.
+pub const CREDENTIALS_TTL: Duration = Duration::from_secs(30);
+/// Devices whose credentials are kept at most (the cache starts over past it).
+const CREDENTIALS_CAPACITY: usize = 100_000;
+
+/// A device's credentials as last read (or that it does not exist).
+struct CachedDevice {
+    device: Option<Device>,
+    generation: u64,
+    read_at: std::time::Instant,
+}
 
 /// Registrar settings.
 #[derive(Debug, Clone)]
@@ -55,6 +73,9 @@ pub struct RegistrarConfig {
     /// challenge names an algorithm it does not know, instead of using the one it knows
     /// (baresip 1.0 / libre 1.1 answer "Function not implemented"; Twinkle 1.10 reads only the last challenge and knows only MD5).
     pub md5_only_user_agents: Vec<String>,
+    /// `registrar.nonce_secret`: registrars (nodes) sharing it accept each other's digest
+    /// challenges. `None`: a random key per run, whose nonces die with it.
+    pub nonce_secret: Option<store::Secret>,
 }
 
 impl Default for RegistrarConfig {
@@ -68,6 +89,7 @@ impl Default for RegistrarConfig {
             guard: GuardConfig::default(),
             algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
             md5_only_user_agents: vec!["baresip".into(), "libre".into(), "twinkle".into()],
+            nonce_secret: None,
         }
     }
 }
@@ -198,6 +220,8 @@ pub struct Registrar {
     conns: Mutex<HashMap<(String, String), ConnId>>,
     /// Source addresses of live bindings -> when the last of them expires (unix seconds).
     sources: Mutex<HashMap<IpAddr, u64>>,
+    /// Device username -> its credentials as last read.
+    credentials: Mutex<HashMap<String, CachedDevice>>,
     pub stats: RegistrarStats,
 }
 
@@ -227,11 +251,17 @@ pub enum RegistrarError {
 
 impl Registrar {
     pub fn new(cfg: RegistrarConfig, store: Arc<dyn Store>) -> Result<Registrar, RegistrarError> {
-        let digest = DigestServer::with_random_key(DigestServerConfig {
+        let digest_cfg = DigestServerConfig {
             nonce_lifetime_secs: cfg.nonce_lifetime_secs,
             algorithms: cfg.algorithms.clone(),
             ..Default::default()
-        })?;
+        };
+        let digest = match &cfg.nonce_secret {
+            // The nonce key is derived from the shared secret, so every node computes the
+            // same one; nonce counts (replay protection) stay per node.
+            Some(secret) => DigestServer::new(nonce_key(secret), digest_cfg)?,
+            None => DigestServer::with_random_key(digest_cfg)?,
+        };
         Ok(Registrar {
             guard: Mutex::new(AuthGuard::new(cfg.guard)),
             cfg,
@@ -239,12 +269,47 @@ impl Registrar {
             digest: Mutex::new(digest),
             conns: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
             stats: RegistrarStats::default(),
         })
     }
 
     pub fn realm(&self) -> &str {
         &self.cfg.realm
+    }
+
+    /// A device's credentials: from memory while the store says nothing changed and they
+    /// are younger than [`CREDENTIALS_TTL`], else read again.
+    async fn device(&self, username: &str) -> Result<Option<Device>, store::StoreError> {
+        // Read before the lookup: a change that lands meanwhile makes the entry stale.
+        let generation = self.store.credentials_generation();
+        let now = std::time::Instant::now();
+        if let Ok(c) = self.credentials.lock() {
+            if let Some(e) = c.get(username) {
+                if e.generation == generation && now.duration_since(e.read_at) < CREDENTIALS_TTL {
+                    return Ok(e.device.clone());
+                }
+            }
+        }
+        let device = self.store.device_by_username(username).await?;
+        if let Ok(mut c) = self.credentials.lock() {
+            if c.len() >= CREDENTIALS_CAPACITY
+                || c.values()
+                    .next()
+                    .is_some_and(|e| e.generation != generation)
+            {
+                c.clear();
+            }
+            c.insert(
+                username.to_string(),
+                CachedDevice {
+                    device: device.clone(),
+                    generation,
+                    read_at: now,
+                },
+            );
+        }
+        Ok(device)
     }
 
     /// The TCP connection a device's contact registered over, if it is still known.
@@ -361,7 +426,7 @@ impl Registrar {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return quick(Self::reply(req, 403).with_reason("Too many failed attempts"));
         }
-        let device = match self.store.device_by_username(&username).await {
+        let device = match self.device(&username).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "store lookup failed");
@@ -628,6 +693,15 @@ impl Registrar {
     }
 }
 
+/// The nonce key of `registrar.nonce_secret`: SHA-256 of a label and the secret.
+fn nonce_key(secret: &store::Secret) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"dialbridge registrar nonce key\0");
+    h.update(secret.expose().as_bytes());
+    h.finalize().into()
+}
+
 /// A binding's contact as stored: the URI alone (header parameters dropped).
 fn contact_key(a: &NameAddr) -> String {
     a.uri.to_string()
@@ -837,6 +911,47 @@ mod tests {
         Registrar::new(RegistrarConfig::default(), store_with_alice()).unwrap()
     }
 
+    /// A challenge issued by one node verifies on another that shares
+    /// `registrar.nonce_secret`, and not on one with another secret (or none).
+    #[tokio::test]
+    async fn a_shared_nonce_secret_lets_another_node_verify_the_challenge() {
+        let with = |secret: Option<&str>| {
+            let cfg = RegistrarConfig {
+                nonce_secret: secret.map(store::Secret::from),
+                ..RegistrarConfig::default()
+            };
+            Registrar::new(cfg, store_with_alice()).unwrap()
+        };
+        let a = with(Some("cluster-secret-0123456789"));
+        let b = with(Some("cluster-secret-0123456789"));
+        let other = with(Some("another-secret-0123456789"));
+        let none = with(None);
+        let now = 1_700_000_000;
+        let contact = "<sip:alice@10.0.0.5:5060>";
+        let first = a
+            .handle(&register(1, contact, Some(600), None), &flow(), now)
+            .await;
+        assert_eq!(first.response.status, 401);
+        let challenges: Vec<String> = first
+            .response
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|v| v.to_str().into_owned())
+            .collect();
+        let refs: Vec<&str> = challenges.iter().map(String::as_str).collect();
+        let answer = |cseq: u32| {
+            let mut client = DigestClient::new("alice-desk", "s3cret-desk");
+            let value = client
+                .answer(&refs, "REGISTER", &format!("sip:{REALM}"), b"")
+                .unwrap();
+            register(cseq, contact, Some(600), Some(value))
+        };
+        for (reg, status) in [(&other, 401), (&none, 401), (&b, 200)] {
+            let d = reg.handle(&answer(2), &flow(), now + 1).await;
+            assert_eq!(d.response.status, status);
+        }
+    }
+
     #[tokio::test]
     async fn register_binds_and_lists_contacts() {
         let reg = registrar();
@@ -909,6 +1024,58 @@ mod tests {
             reg.store.sweep_expired((now + 1000) as i64).await.unwrap(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn credentials_are_read_once_and_a_password_change_or_deletion_is_seen_at_once() {
+        let reg = registrar();
+        let now = 1_700_000_000;
+        let ok = authed(
+            &reg,
+            1,
+            "<sip:alice@10.0.0.5>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        )
+        .await;
+        assert_eq!(ok.response.status, 200);
+        let generation = reg.store.credentials_generation();
+        assert!(reg.credentials.lock().unwrap().contains_key("alice-desk"));
+        // A refresh is authenticated from memory: the same entry serves it.
+        let ok = authed(
+            &reg,
+            3,
+            "<sip:alice@10.0.0.5>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        )
+        .await;
+        assert_eq!(ok.response.status, 200);
+        assert_eq!(reg.credentials.lock().unwrap().len(), 1);
+        // A new password through the store: the old one no longer works, the new one does.
+        reg.store
+            .set_device_password("alice-desk", &store::Secret::new("n3w-pass"), REALM)
+            .await
+            .unwrap();
+        assert!(reg.store.credentials_generation() > generation);
+        let old = authed(
+            &reg,
+            5,
+            "<sip:alice@10.0.0.5>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        )
+        .await;
+        assert_eq!(old.response.status, 401);
+        let new = authed(&reg, 7, "<sip:alice@10.0.0.5>", Some(600), "n3w-pass", now).await;
+        assert_eq!(new.response.status, 200);
+        // A deleted device is refused at its next REGISTER.
+        assert!(reg.store.delete_device("alice-desk").await.unwrap());
+        let gone = authed(&reg, 9, "<sip:alice@10.0.0.5>", Some(600), "n3w-pass", now).await;
+        assert_eq!(gone.response.status, 401);
     }
 
     #[tokio::test]

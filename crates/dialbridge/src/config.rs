@@ -110,6 +110,9 @@ pub struct RegistrarConfig {
     /// User-Agent prefixes challenged with MD5 only (UAs that give up on an unknown
     /// algorithm instead of using MD5).
     pub md5_only_user_agents: Vec<String>,
+    /// Shared by nodes so that each accepts the digest challenges of the others (at least
+    /// 16 characters; never logged). Default: a random key per run.
+    pub nonce_secret: Option<store::Secret>,
 }
 
 impl Default for RegistrarConfig {
@@ -124,6 +127,7 @@ impl Default for RegistrarConfig {
             auth_lockout_secs: 300,
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
             md5_only_user_agents: vec!["baresip".into(), "libre".into(), "twinkle".into()],
+            nonce_secret: None,
         }
     }
 }
@@ -215,6 +219,46 @@ impl Default for StoreConfig {
     }
 }
 
+/// `[node]`: this node among several sharing one database (SPEC §9.2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Unique per node; default: the host name.
+    pub id: Option<String>,
+    /// How other nodes reach this one's REST API; default: `http://` + `api.listen`.
+    pub api_url: Option<String>,
+    /// How long a node's lease holds without a heartbeat; a node silent that long is taken
+    /// to be dead and another node ends its calls. Renewed every third of it.
+    pub lease_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: None,
+            api_url: None,
+            lease_secs: 15,
+        }
+    }
+}
+
+/// `[node]`, checked and completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSettings {
+    pub id: String,
+    pub api_url: String,
+    pub lease: Duration,
+}
+
+/// The host name (`/proc/sys/kernel/hostname`), the default node id.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dialbridge".to_owned())
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallsConfig {
@@ -290,6 +334,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub api: ApiConfig,
     pub store: StoreConfig,
+    pub node: NodeConfig,
     pub calls: CallsConfig,
     pub log: LogConfig,
     pub hep: HepConfig,
@@ -316,6 +361,8 @@ pub struct Validated {
     pub stateless: sip_core::endpoint::StatelessConfig,
     /// `[hep]`, when on.
     pub hep: Option<crate::hep::HepSettings>,
+    /// `[node]`.
+    pub node: NodeSettings,
 }
 
 impl Config {
@@ -434,6 +481,39 @@ impl Config {
                 ));
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
+        };
+        let node_id = self.node.id.clone().unwrap_or_else(host_name);
+        if node_id.is_empty()
+            || node_id.len() > 64
+            || !node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            errors.push(err(
+                "node.id",
+                format!("{node_id:?}: 1 to 64 letters, digits, '.', '-' or '_'"),
+            ));
+        }
+        let api_url = self
+            .node
+            .api_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{api_listen}"));
+        if !(api_url.starts_with("http://") || api_url.starts_with("https://"))
+            || api_url.len() <= "https://".len()
+        {
+            errors.push(err(
+                "node.api_url",
+                format!("{api_url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        if !(3..=600).contains(&self.node.lease_secs) {
+            errors.push(err("node.lease_secs", "must be between 3 and 600"));
+        }
+        let node = NodeSettings {
+            id: node_id,
+            api_url,
+            lease: Duration::from_secs(self.node.lease_secs),
         };
         let timers = sip_core::transaction::TimerConfig {
             t1: Duration::from_millis(self.sip.t1_ms),
@@ -561,6 +641,17 @@ impl Config {
         if self.hep.queue == 0 {
             errors.push(err("hep.queue", "must be at least 1"));
         }
+        if self
+            .registrar
+            .nonce_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().chars().count() < 16)
+        {
+            errors.push(err(
+                "registrar.nonce_secret",
+                "must be at least 16 characters",
+            ));
+        }
         if let Err(reason) = store::check_url(&self.store.url) {
             errors.push(err("store.url", reason));
         }
@@ -595,6 +686,7 @@ impl Config {
                 timers,
                 stateless,
                 hep,
+                node,
             })
         } else {
             Err(errors)
@@ -755,6 +847,48 @@ webhook_secret = "whsec_test_1"
             .collect();
         assert_eq!(keys, ["hep.addr", "hep.queue"]);
         assert!(Config::parse("[hep]\nadress = \"udp:h:1\"\n").is_err());
+    }
+
+    #[test]
+    fn nonce_secret_is_checked_and_not_printed() {
+        let c =
+            Config::parse("[registrar]\nnonce_secret = \"cluster-secret-0123456789\"\n").unwrap();
+        assert!(c.validate().is_ok());
+        assert!(!format!("{c:?}").contains("cluster-secret"));
+        let errors = Config::parse("[registrar]\nnonce_secret = \"short\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(errors[0].key, "registrar.nonce_secret");
+        assert!(!errors[0].to_string().contains("short\""));
+    }
+
+    #[test]
+    fn node_keys_default_and_are_checked() {
+        let v = Config::parse("[api]\nlisten = \"127.0.0.1:18081\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(!v.node.id.is_empty());
+        assert_eq!(v.node.api_url, "http://127.0.0.1:18081");
+        assert_eq!(v.node.lease, Duration::from_secs(15));
+        let v = Config::parse(
+            "[node]\nid = \"node-a\"\napi_url = \"http://10.0.0.1:8080\"\nlease_secs = 5\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(v.node.id, "node-a");
+        assert_eq!(v.node.api_url, "http://10.0.0.1:8080");
+        let keys: Vec<String> =
+            Config::parse("[node]\nid = \"a b\"\napi_url = \"ftp://x\"\nlease_secs = 1\n")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .into_iter()
+                .map(|e| e.key)
+                .collect();
+        assert_eq!(keys, ["node.id", "node.api_url", "node.lease_secs"]);
     }
 
     #[test]

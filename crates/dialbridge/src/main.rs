@@ -7,6 +7,7 @@ mod demo;
 mod development;
 mod hep;
 mod logging;
+mod node;
 mod phone;
 mod serve;
 mod sip_trace;

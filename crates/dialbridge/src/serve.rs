@@ -103,6 +103,9 @@ pub async fn serve_until(
     if let Some(dev) = &development {
         tracing::info!(account = %dev.account_id, "development account created (its keys are printed once on standard output)");
     }
+    // This node's lease: refuses to run beside another live node with the same id.
+    let lease =
+        Arc::new(crate::node::Lease::acquire(Arc::clone(&store), valid.node.clone()).await?);
     // The numbering metadata is loaded on first use (about 0.2 s in a release build): do it
     // now, beside the start-up, rather than in the first call request.
     if let Ok(accounts) = store.list_accounts().await {
@@ -204,6 +207,7 @@ pub async fn serve_until(
                 .filter_map(|a| sip_core::auth::Algorithm::from_token(a))
                 .collect(),
             md5_only_user_agents: r.md5_only_user_agents.clone(),
+            nonce_secret: r.nonce_secret.clone(),
         },
         Arc::clone(&store),
     )?);
@@ -356,6 +360,7 @@ pub async fn serve_until(
     }
     let api_cfg = api::ApiConfig {
         listen: valid.api_listen,
+        server_id: valid.node.id.clone(),
         realm: cfg.sip.domain.clone(),
         agent_ring_secs: u32::try_from(cfg.calls.agent_ring_secs).unwrap_or(u32::MAX),
         customer_ring_secs: u32::try_from(cfg.calls.customer_ring_secs).unwrap_or(u32::MAX),
@@ -385,6 +390,7 @@ pub async fn serve_until(
         Err(e) => tracing::error!(error = %e, "cannot end the calls the previous run left unfinished"),
     }
     let journal = rest.start_journal().map_err(ServeError::Journal)?;
+    let lease_keeper = tokio::spawn(Arc::clone(&lease).keep(rest.takeover()));
     engine.set_hooks(rest.hooks());
     let dispatcher = rest.spawn_dispatcher();
     let listener = tokio::net::TcpListener::bind(valid.api_listen)
@@ -430,6 +436,8 @@ pub async fn serve_until(
     if let Err(e) = store.flush_refreshes().await {
         tracing::warn!(error = %e, "binding refreshes not written at shutdown");
     }
+    lease_keeper.abort();
+    lease.release().await;
     Ok(())
 }
 

@@ -675,8 +675,11 @@ impl Machine {
 struct TxEntry {
     machine: Machine,
     flow: Flow,
-    /// The request: for client transactions the request sent (to build ACK/CANCEL).
-    request: Request,
+    /// The request: for client transactions the request sent (to build ACK/CANCEL); for an
+    /// INVITE server transaction the INVITE (its `100 Trying`, the ACK passed up). A
+    /// non-INVITE server transaction keeps none: only its key and its answer's bytes live on
+    /// through Timer J.
+    request: Option<Request>,
     client_key: Option<ClientKey>,
     server_key: Option<ServerKey>,
     events: Option<EventSink>,
@@ -943,7 +946,11 @@ impl Layer {
         let resp = e.last_response.take();
         let client_events = e.events.take();
         let server_key = e.server_key.clone();
-        let request = e.request.clone();
+        let request = if evs.iter().any(|ev| matches!(ev, TxEvent::Ack)) {
+            e.request.clone()
+        } else {
+            None
+        };
         for b in out {
             self.transmit(&flow, b);
         }
@@ -969,10 +976,12 @@ impl Layer {
                     }
                 }
                 TxEvent::Ack => {
-                    let _ = self.events.send(EndpointEvent::Ack {
-                        request: request.clone(),
-                        flow,
-                    });
+                    if let Some(request) = &request {
+                        let _ = self.events.send(EndpointEvent::Ack {
+                            request: request.clone(),
+                            flow,
+                        });
+                    }
                 }
                 TxEvent::Terminated => {}
             }
@@ -1008,8 +1017,10 @@ impl Layer {
                 // no provisional answers either; a real client retransmits).
                 e.trying = None;
                 let muted = self.guard.is_muted(e.flow.remote.ip(), now);
-                if let (Machine::ServerInvite(m), false) = (&mut e.machine, muted) {
-                    let trying = Response::for_request(&e.request, 100);
+                if let (Machine::ServerInvite(m), false, Some(invite)) =
+                    (&mut e.machine, muted, &e.request)
+                {
+                    let trying = Response::for_request(invite, 100);
                     let _ = m.send_response(100, trying.encode(), now);
                 }
                 self.drive(id);
@@ -1144,7 +1155,7 @@ impl Layer {
                 let id = self.insert(TxEntry {
                     machine,
                     flow,
-                    request,
+                    request: Some(request),
                     client_key: Some(key),
                     server_key: None,
                     events: Some(events),
@@ -1165,8 +1176,11 @@ impl Layer {
                 let Machine::ClientInvite(m) = &e.machine else {
                     return;
                 };
+                let Some(invite) = &e.request else {
+                    return;
+                };
                 if m.can_cancel() {
-                    let cancel = build_cancel(&e.request, &extra);
+                    let cancel = build_cancel(invite, &extra);
                     let flow = e.flow;
                     self.start_cancel(cancel, flow, &key);
                 } else if m.state() == crate::transaction::ClientInviteState::Calling {
@@ -1203,7 +1217,8 @@ impl Layer {
         let id = self.insert(TxEntry {
             machine,
             flow,
-            request: cancel,
+            // A CANCEL needs nothing of itself once sent.
+            request: None,
             client_key: Some(key),
             server_key: None,
             events: None,
@@ -1339,7 +1354,7 @@ impl Layer {
                 let id = self.insert(TxEntry {
                     machine,
                     flow: rflow,
-                    request: req.clone(),
+                    request: None,
                     client_key: None,
                     server_key: Some(key),
                     events: None,
@@ -1395,7 +1410,7 @@ impl Layer {
                 let id = self.insert(TxEntry {
                     machine,
                     flow: rflow,
-                    request: req.clone(),
+                    request: (req.method == Method::Invite).then(|| req.clone()),
                     client_key: None,
                     server_key: Some(key.clone()),
                     events: None,
@@ -1449,11 +1464,13 @@ impl Layer {
         let mut cancel_now = None;
         match &mut e.machine {
             Machine::ClientInvite(m) => {
-                let req = &e.request;
+                let Some(req) = &e.request else {
+                    return;
+                };
                 let _ = m.handle_response(status, now, || build_ack(req, &resp).encode());
                 if status < 200 {
                     if let Some(extra) = e.cancel_pending.take() {
-                        cancel_now = Some((build_cancel(&e.request, &extra), e.flow));
+                        cancel_now = Some((build_cancel(req, &extra), e.flow));
                     }
                 } else {
                     e.cancel_pending = None;

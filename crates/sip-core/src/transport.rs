@@ -701,7 +701,10 @@ impl Transports {
                     Ok(Frame::Message { skip, len }) => {
                         got_message = true;
                         let _ = buf.split_to(skip);
-                        let data = buf.split_to(len).freeze();
+                        // A copy of exactly this message: a slice of the read buffer would
+                        // keep all of it alive for as long as a transaction holds the message.
+                        let data = Bytes::copy_from_slice(&buf[..len]);
+                        let _ = buf.split_to(len);
                         if !self.admit_request(&data, flow.remote.ip()) {
                             continue;
                         }

@@ -34,6 +34,11 @@ pub enum StoreError {
     /// the store (e.g. an extension held by a user created through the API).
     #[error("provisioning conflicts with the store at {key}: {reason}")]
     ProvisioningConflict { key: String, reason: String },
+    /// Another process holds a live lease with this node id (`[node] id` must be unique).
+    #[error(
+        "node.id {id:?} is in use by another running node (its lease holds until {until_ms} ms)"
+    )]
+    NodeIdInUse { id: String, until_ms: i64 },
     /// A thread panicked while holding the database connection.
     #[error("store connection lock poisoned")]
     Poisoned,
@@ -113,8 +118,10 @@ impl StoreError {
 /// is gone, the server shuts down, is out of resources, or a transaction must be retried).
 fn postgres_unavailable(e: &tokio_postgres::Error) -> bool {
     let Some(code) = e.code() else {
-        // No SQLSTATE: an I/O error, a closed connection, a time-out.
-        return true;
+        // No SQLSTATE: the connection is gone, or it failed on I/O (a time-out included);
+        // not an error of the request itself (a value that cannot be converted).
+        return e.is_closed()
+            || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
     };
     let class = &code.code()[..2.min(code.code().len())];
     // 08: connection exception; 53: insufficient resources; 57: operator intervention

@@ -67,8 +67,8 @@ pub mod typeid;
 pub use error::StoreError;
 pub use model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, Number, NumberType, OutboxEntry, OutboxState, PublishableKey, TimelineEntry,
-    Transport, Trunk, UnixMs, UnixSecs, UnknownNumberType, User,
+    IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry, OutboxState, PublishableKey,
+    TimelineEntry, Transport, Trunk, UnixMs, UnixSecs, UnknownNumberType, User,
 };
 pub use postgres::PgStore;
 pub use provision::{
@@ -120,6 +120,14 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// `Ok(false)` as documented.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// A number that changes whenever this store's devices may have changed (provisioning,
+    /// a device or user created, changed or deleted through it): what a cache of device
+    /// credentials compares to know it is stale. Read it before the lookup whose result is
+    /// cached. Writes made by another node are not seen here: a cache also needs a lifetime.
+    fn credentials_generation(&self) -> u64 {
+        0
+    }
+
     // ----- provisioning -------------------------------------------------------------------
 
     /// Validates `prov` and upserts it in one transaction. `realm` is the digest realm
@@ -337,6 +345,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError>;
     /// Calls whose status is not final (after a crash: the calls a previous run left).
     async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
+    /// The unfinished calls owned by `node_id` (and, with `with_unowned`, those that record
+    /// no node), oldest first.
+    async fn unfinished_calls_of(
+        &self,
+        node_id: &str,
+        with_unowned: bool,
+    ) -> Result<Vec<CallRecord>, StoreError>;
+
+    // ----- nodes --------------------------------------------------------------------------
+
+    /// Takes the lease of `lease.node_id` for `lease.instance` until `lease.until_ms`: when
+    /// there is none, it lapsed (`until_ms <= now`), it is already this instance's, or its
+    /// `until_ms` is still `stale_until` (seen earlier and not renewed since: its holder is
+    /// dead). Otherwise [`StoreError::NodeIdInUse`]: another process runs with that id.
+    async fn acquire_node_lease(
+        &self,
+        lease: &NodeLease,
+        now: UnixMs,
+        stale_until: Option<UnixMs>,
+    ) -> Result<(), StoreError>;
+    /// Extends this instance's lease to `lease.until_ms`; `Ok(false)` when it is no longer
+    /// this instance's (taken over, or taken by another process with the same id).
+    async fn renew_node_lease(&self, lease: &NodeLease) -> Result<bool, StoreError>;
+    /// Claims the lapsed leases of other nodes for node `by`: each lapsed lease is claimed
+    /// once, cluster-wide, and returned to the one node that claimed it.
+    async fn claim_lapsed_nodes(&self, by: &str, now: UnixMs)
+        -> Result<Vec<NodeLease>, StoreError>;
+    /// Gives up this instance's lease (a clean stop).
+    async fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError>;
     /// A small write that tells whether the store accepts writes now (health checks).
     async fn probe_write(&self, now: UnixMs) -> Result<(), StoreError>;
 
@@ -510,6 +547,20 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
 
     fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError>;
     fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
+    fn unfinished_calls_of(
+        &self,
+        node_id: &str,
+        with_unowned: bool,
+    ) -> Result<Vec<CallRecord>, StoreError>;
+    fn acquire_node_lease(
+        &self,
+        lease: &NodeLease,
+        now: UnixMs,
+        stale_until: Option<UnixMs>,
+    ) -> Result<(), StoreError>;
+    fn renew_node_lease(&self, lease: &NodeLease) -> Result<bool, StoreError>;
+    fn claim_lapsed_nodes(&self, by: &str, now: UnixMs) -> Result<Vec<NodeLease>, StoreError>;
+    fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError>;
     fn probe_write(&self, now: UnixMs) -> Result<(), StoreError>;
 
     // ----- idempotency keys ---------------------------------------------------------------

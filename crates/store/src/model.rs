@@ -439,6 +439,9 @@ pub struct CallRecord {
     pub legs: serde_json::Value,
     /// Media statistics per leg.
     pub stats: serde_json::Value,
+    /// The node that owns the call (`[node] id`: it placed the call and runs its legs);
+    /// `None` for calls written before nodes were recorded. Set at insert, never changed.
+    pub node_id: Option<String>,
 }
 
 impl CallRecord {
@@ -467,6 +470,7 @@ impl CallRecord {
             metadata: serde_json::Value::Null,
             legs: serde_json::Value::Null,
             stats: serde_json::Value::Null,
+            node_id: None,
         }
     }
 
@@ -477,6 +481,22 @@ impl CallRecord {
             _ => None,
         }
     }
+}
+
+/// A node's lease in the store: nodes sharing one database each keep theirs alive
+/// (heartbeat); a node whose lease lapses is taken to be dead, and another node ends its
+/// calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLease {
+    /// `[node] id`.
+    pub node_id: String,
+    /// This run of the node (new at every start): tells a restart of the node from a second
+    /// process started with the same id.
+    pub instance: String,
+    /// `[node] api_url`: how other nodes reach this one.
+    pub api_url: String,
+    /// The lease holds until then.
+    pub until_ms: UnixMs,
 }
 
 /// Which calls to list; newest first.
@@ -620,6 +640,9 @@ pub struct IdempotencyRecord {
 
 /// One write of the call event path, applied with others in one transaction
 /// ([`crate::Store::write_call_batch`]).
+// A batch's writes are built once, written once and dropped: boxing the call record would
+// add an allocation per touched call for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallWrite {
     /// A timeline entry of a call.

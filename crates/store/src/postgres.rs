@@ -22,8 +22,8 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, Number, OutboxEntry, OutboxState, PublishableKey, TimelineEntry, Transport,
-    Trunk, UnixMs, UnixSecs, User,
+    IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, PublishableKey, TimelineEntry,
+    Transport, Trunk, UnixMs, UnixSecs, User,
 };
 use crate::provision::{Change, ConfigIssue, ProvisionReport, Provisioning, DEVICE_PREFIX};
 use crate::secret::{api_secret_hash, constant_time_eq, ha1_md5, ha1_sha256, Secret};
@@ -183,7 +183,19 @@ CREATE TABLE idempotency (
 );
 CREATE INDEX idempotency_created ON idempotency(created_at_ms);
 "#,
-    // 2: the browser side (SQLite's version 4): publishable keys, the platform an account is
+    // 2: the node that owns each call, and the nodes' leases (SQLite's version 4).
+    r#"
+ALTER TABLE calls ADD COLUMN node_id TEXT;
+CREATE INDEX calls_node ON calls(node_id, status);
+CREATE TABLE nodes (
+    node_id       TEXT PRIMARY KEY,
+    instance      TEXT NOT NULL,
+    api_url       TEXT NOT NULL,
+    until_ms      BIGINT NOT NULL,
+    taken_over_by TEXT
+);
+"#,
+    // 3: the browser side (SQLite's version 5): publishable keys, the platform an account is
     // connected to.
     r#"
 ALTER TABLE accounts ADD COLUMN platform TEXT;
@@ -222,6 +234,8 @@ pub struct PgStore {
     pepper: Vec<u8>,
     /// `store.url` with its password replaced by `***`.
     url: String,
+    /// [`Store::credentials_generation`].
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -282,6 +296,7 @@ impl PgStore {
             pool,
             pepper,
             url: shown,
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -588,7 +603,7 @@ fn binding_from_row(row: &Row) -> Result<Binding, StoreError> {
 
 const CALL_COLS: &str = "id, account_id, user_id, request_id, status, dial_string, destination, \
      caller_id, callback_url, end_leg, sip_code, created_at_ms, answered_at_ms, ended_at_ms, \
-     metadata, legs, stats";
+     metadata, legs, stats, node_id";
 
 fn call_from_row(row: &Row) -> Result<CallRecord, StoreError> {
     let status: String = row.try_get(4)?;
@@ -615,6 +630,7 @@ fn call_from_row(row: &Row) -> Result<CallRecord, StoreError> {
         metadata: json_col(row, 14, "calls.metadata")?,
         legs: json_col(row, 15, "calls.legs")?,
         stats: json_col(row, 16, "calls.stats")?,
+        node_id: row.try_get(17)?,
     })
 }
 
@@ -1250,28 +1266,37 @@ impl PgStore {
 
 #[async_trait::async_trait]
 impl Store for PgStore {
+    fn credentials_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
     async fn apply_provisioning(
         &self,
         prov: &Provisioning,
         realm: &str,
     ) -> Result<ProvisionReport, StoreError> {
-        prov.validate().map_err(StoreError::InvalidProvisioning)?;
-        if realm.is_empty() {
-            return Err(StoreError::Invalid {
-                field: "realm",
-                reason: "must not be empty".to_owned(),
-            });
+        let r = async {
+            prov.validate().map_err(StoreError::InvalidProvisioning)?;
+            if realm.is_empty() {
+                return Err(StoreError::Invalid {
+                    field: "realm",
+                    reason: "must not be empty".to_owned(),
+                });
+            }
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            let mut report = ProvisionReport::default();
+            self.provision_accounts(&tx, prov, &mut report).await?;
+            PgStore::provision_users(&tx, prov, realm, &mut report).await?;
+            PgStore::provision_trunks(&tx, prov, &mut report).await?;
+            PgStore::provision_numbers(&tx, prov, &mut report).await?;
+            tx.commit().await?;
+            tracing::info!(%report, "provisioning applied");
+            Ok(report)
         }
-        let mut c = self.client().await?;
-        let tx = c.transaction().await?;
-        let mut report = ProvisionReport::default();
-        self.provision_accounts(&tx, prov, &mut report).await?;
-        PgStore::provision_users(&tx, prov, realm, &mut report).await?;
-        PgStore::provision_trunks(&tx, prov, &mut report).await?;
-        PgStore::provision_numbers(&tx, prov, &mut report).await?;
-        tx.commit().await?;
-        tracing::info!(%report, "provisioning applied");
-        Ok(report)
+        .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     // ----- accounts -----------------------------------------------------------------------
@@ -1574,14 +1599,20 @@ impl Store for PgStore {
     }
 
     async fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        let n = exec(
-            &c,
-            "DELETE FROM users WHERE id = $1 AND account_id = $2",
-            &[&id, &account_id],
-        )
-        .await?;
-        Ok(n > 0)
+        let r = async {
+            let c = self.client().await?;
+            let n = exec(
+                &c,
+                "DELETE FROM users WHERE id = $1 AND account_id = $2",
+                &[&id, &account_id],
+            )
+            .await?;
+            Ok(n > 0)
+        }
+        .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     // ----- devices ------------------------------------------------------------------------
@@ -1618,48 +1649,54 @@ impl Store for PgStore {
         password: &Secret,
         realm: &str,
     ) -> Result<Device, StoreError> {
-        if !crate::provision::is_sip_username(username) {
-            return Err(StoreError::Invalid {
-                field: "device.username",
-                reason: format!("{username:?} is not a valid SIP username"),
-            });
-        }
-        if password.is_empty() {
-            return Err(StoreError::Invalid {
-                field: "device.password",
-                reason: "must not be empty".to_owned(),
-            });
-        }
-        let device = Device {
-            id: TypeId::new(DEVICE_PREFIX).to_string(),
-            user_id: user_id.to_owned(),
-            username: username.to_owned(),
-            realm: realm.to_owned(),
-            ha1_md5: ha1_md5(username, realm, password),
-            ha1_sha256: ha1_sha256(username, realm, password),
-        };
-        let c = self.client().await?;
-        exec(
-            &c,
-            &format!("INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
-            &[
-                &device.id,
-                &device.user_id,
-                &device.username,
-                &device.realm,
-                &device.ha1_md5.expose(),
-                &device.ha1_sha256.expose(),
-            ],
-        )
-        .await
-        .map_err(|e| {
-            if code_is(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                not_found("user", user_id)
-            } else {
-                insert_error(e, "device", username)
+        let r = async {
+            if !crate::provision::is_sip_username(username) {
+                return Err(StoreError::Invalid {
+                    field: "device.username",
+                    reason: format!("{username:?} is not a valid SIP username"),
+                });
             }
-        })?;
-        Ok(device)
+            if password.is_empty() {
+                return Err(StoreError::Invalid {
+                    field: "device.password",
+                    reason: "must not be empty".to_owned(),
+                });
+            }
+            let device = Device {
+                id: TypeId::new(DEVICE_PREFIX).to_string(),
+                user_id: user_id.to_owned(),
+                username: username.to_owned(),
+                realm: realm.to_owned(),
+                ha1_md5: ha1_md5(username, realm, password),
+                ha1_sha256: ha1_sha256(username, realm, password),
+            };
+            let c = self.client().await?;
+            exec(
+                &c,
+                &format!("INSERT INTO devices ({DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
+                &[
+                    &device.id,
+                    &device.user_id,
+                    &device.username,
+                    &device.realm,
+                    &device.ha1_md5.expose(),
+                    &device.ha1_sha256.expose(),
+                ],
+            )
+            .await
+            .map_err(|e| {
+                if code_is(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
+                    not_found("user", user_id)
+                } else {
+                    insert_error(e, "device", username)
+                }
+            })?;
+            Ok(device)
+        }
+        .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     async fn set_device_password(
@@ -1668,38 +1705,50 @@ impl Store for PgStore {
         password: &Secret,
         realm: &str,
     ) -> Result<Device, StoreError> {
-        if password.is_empty() {
-            return Err(StoreError::Invalid {
-                field: "device.password",
-                reason: "must not be empty".to_owned(),
-            });
+        let r = async {
+            if password.is_empty() {
+                return Err(StoreError::Invalid {
+                    field: "device.password",
+                    reason: "must not be empty".to_owned(),
+                });
+            }
+            let md5 = ha1_md5(username, realm, password);
+            let sha = ha1_sha256(username, realm, password);
+            let c = self.client().await?;
+            let n = exec(
+                &c,
+                "UPDATE devices SET realm = $2, ha1_md5 = $3, ha1_sha256 = $4 WHERE username = $1",
+                &[&username, &realm, &md5.expose(), &sha.expose()],
+            )
+            .await?;
+            if n == 0 {
+                return Err(not_found("device", username));
+            }
+            query_opt(
+                &c,
+                &format!("SELECT {DEVICE_COLS} FROM devices WHERE username = $1"),
+                &[&username],
+            )
+            .await?
+            .map(|r| device_from_row(&r))
+            .transpose()?
+            .ok_or_else(|| not_found("device", username))
         }
-        let md5 = ha1_md5(username, realm, password);
-        let sha = ha1_sha256(username, realm, password);
-        let c = self.client().await?;
-        let n = exec(
-            &c,
-            "UPDATE devices SET realm = $2, ha1_md5 = $3, ha1_sha256 = $4 WHERE username = $1",
-            &[&username, &realm, &md5.expose(), &sha.expose()],
-        )
-        .await?;
-        if n == 0 {
-            return Err(not_found("device", username));
-        }
-        query_opt(
-            &c,
-            &format!("SELECT {DEVICE_COLS} FROM devices WHERE username = $1"),
-            &[&username],
-        )
-        .await?
-        .map(|r| device_from_row(&r))
-        .transpose()?
-        .ok_or_else(|| not_found("device", username))
+        .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     async fn delete_device(&self, username: &str) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        Ok(exec(&c, "DELETE FROM devices WHERE username = $1", &[&username]).await? > 0)
+        let r = async {
+            let c = self.client().await?;
+            Ok(exec(&c, "DELETE FROM devices WHERE username = $1", &[&username]).await? > 0)
+        }
+        .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     // ----- numbers ------------------------------------------------------------------------
@@ -1985,7 +2034,8 @@ impl Store for PgStore {
             &c,
             &format!(
                 "INSERT INTO calls ({CALL_COLS}) VALUES
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                  $18)"
             ),
             &[
                 &r.id,
@@ -2005,6 +2055,7 @@ impl Store for PgStore {
                 &metadata,
                 &legs,
                 &stats,
+                &r.node_id,
             ],
         )
         .await
@@ -2290,6 +2341,136 @@ impl Store for PgStore {
             .await?,
             call_from_row,
         )
+    }
+
+    async fn unfinished_calls_of(
+        &self,
+        node_id: &str,
+        with_unowned: bool,
+    ) -> Result<Vec<CallRecord>, StoreError> {
+        let finals: Vec<String> = CallStatus::ALL
+            .iter()
+            .filter(|s| s.is_final())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let c = self.client().await?;
+        list(
+            query(
+                &c,
+                &format!(
+                    "SELECT {CALL_COLS} FROM calls
+                     WHERE status NOT IN ({}) AND (node_id = $1 OR ($2 AND node_id IS NULL))
+                     ORDER BY created_at_ms",
+                    finals.join(", ")
+                ),
+                &[&node_id, &with_unowned],
+            )
+            .await?,
+            call_from_row,
+        )
+    }
+
+    async fn acquire_node_lease(
+        &self,
+        lease: &NodeLease,
+        now: UnixMs,
+        stale_until: Option<UnixMs>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // Insert, or take over a lease that is free for us; one statement, so two nodes
+        // racing for one id cannot both win.
+        let row = query_opt(
+            &tx,
+            "INSERT INTO nodes (node_id, instance, api_url, until_ms, taken_over_by)
+             VALUES ($1, $2, $3, $4, NULL)
+             ON CONFLICT (node_id) DO UPDATE SET instance = excluded.instance,
+                 api_url = excluded.api_url, until_ms = excluded.until_ms, taken_over_by = NULL
+             WHERE nodes.until_ms <= $5 OR nodes.instance = excluded.instance
+                OR nodes.until_ms = $6
+             RETURNING node_id",
+            &[
+                &lease.node_id,
+                &lease.instance,
+                &lease.api_url,
+                &lease.until_ms,
+                &now,
+                &stale_until.unwrap_or(i64::MIN),
+            ],
+        )
+        .await?;
+        if row.is_none() {
+            let until_ms: i64 = query_opt(
+                &tx,
+                "SELECT until_ms FROM nodes WHERE node_id = $1",
+                &[&lease.node_id],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
+            return Err(StoreError::NodeIdInUse {
+                id: lease.node_id.clone(),
+                until_ms,
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn renew_node_lease(&self, lease: &NodeLease) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let n = exec(
+            &c,
+            "UPDATE nodes SET until_ms = $3, api_url = $4
+             WHERE node_id = $1 AND instance = $2 AND taken_over_by IS NULL",
+            &[
+                &lease.node_id,
+                &lease.instance,
+                &lease.until_ms,
+                &lease.api_url,
+            ],
+        )
+        .await?;
+        Ok(n > 0)
+    }
+
+    async fn claim_lapsed_nodes(
+        &self,
+        by: &str,
+        now: UnixMs,
+    ) -> Result<Vec<NodeLease>, StoreError> {
+        let c = self.client().await?;
+        // One statement: a lapsed lease is claimed by exactly one node.
+        query(
+            &c,
+            "UPDATE nodes SET taken_over_by = $1
+             WHERE until_ms <= $2 AND taken_over_by IS NULL AND node_id <> $1
+             RETURNING node_id, instance, api_url, until_ms",
+            &[&by, &now],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(NodeLease {
+                node_id: r.try_get(0)?,
+                instance: r.try_get(1)?,
+                api_url: r.try_get(2)?,
+                until_ms: r.try_get(3)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        exec(
+            &c,
+            "DELETE FROM nodes WHERE node_id = $1 AND instance = $2",
+            &[&node_id, &instance],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn probe_write(&self, now: UnixMs) -> Result<(), StoreError> {

@@ -23,8 +23,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 use crate::error::StoreError;
 use crate::model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, Number, OutboxEntry, OutboxState, PublishableKey, TimelineEntry, Transport,
-    Trunk, UnixMs, UnixSecs, User,
+    IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, PublishableKey, TimelineEntry,
+    Transport, Trunk, UnixMs, UnixSecs, User,
 };
 use crate::provision::{
     Change, ConfigIssue, ProvisionReport, Provisioning, TrunkSpec, DEVICE_PREFIX,
@@ -189,7 +189,20 @@ ALTER TABLE accounts ADD COLUMN blocked_number_types TEXT NOT NULL
     DEFAULT '["premium_rate","shared_cost","personal_number","uan"]';          -- JSON array
 UPDATE accounts SET allowed_countries = '["' || region || '"]';
 "#,
-    // 4: the browser side (SPEC §9.3): publishable keys, and the platform an account is
+    // 4: nodes sharing one database (issue 13): the node that owns each call, and the
+    // nodes' leases.
+    r#"
+ALTER TABLE calls ADD COLUMN node_id TEXT;
+CREATE INDEX calls_node ON calls(node_id, status);
+CREATE TABLE nodes (
+    node_id       TEXT PRIMARY KEY,
+    instance      TEXT NOT NULL,
+    api_url       TEXT NOT NULL,
+    until_ms      INTEGER NOT NULL,
+    taken_over_by TEXT
+);
+"#,
+    // 5: the browser side (SPEC §9.3): publishable keys, and the platform an account is
     // connected to.
     r#"
 ALTER TABLE accounts ADD COLUMN platform TEXT;
@@ -603,7 +616,7 @@ fn binding_from_row(row: &Row<'_>) -> rusqlite::Result<Binding> {
 
 const CALL_COLS: &str = "id, account_id, user_id, request_id, status, dial_string, destination, \
      caller_id, callback_url, end_leg, sip_code, created_at_ms, answered_at_ms, ended_at_ms, \
-     metadata, legs, stats";
+     metadata, legs, stats, node_id";
 
 fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRecord> {
     let status: String = row.get(4)?;
@@ -627,6 +640,7 @@ fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRecord> {
         metadata: json_col(row, 14)?,
         legs: json_col(row, 15)?,
         stats: json_col(row, 16)?,
+        node_id: row.get(17)?,
     })
 }
 
@@ -2038,7 +2052,8 @@ impl BlockingStore for SqliteStore {
             &conn,
             &format!(
                 "INSERT INTO calls ({CALL_COLS}) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                  ?18)"
             ),
             params![
                 c.id,
@@ -2057,7 +2072,8 @@ impl BlockingStore for SqliteStore {
                 c.ended_at_ms,
                 metadata,
                 legs,
-                stats
+                stats,
+                c.node_id
             ],
         )
         .map_err(|e| insert_error(e, "call", &c.id))?;
@@ -2197,6 +2213,118 @@ impl BlockingStore for SqliteStore {
             [],
             call_from_row,
         )
+    }
+
+    fn unfinished_calls_of(
+        &self,
+        node_id: &str,
+        with_unowned: bool,
+    ) -> Result<Vec<CallRecord>, StoreError> {
+        let conn = self.conn()?;
+        let finals: Vec<String> = CallStatus::ALL
+            .iter()
+            .filter(|s| s.is_final())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        query_list(
+            &conn,
+            &format!(
+                "SELECT {CALL_COLS} FROM calls
+                 WHERE status NOT IN ({}) AND (node_id = ?1 OR (?2 AND node_id IS NULL))
+                 ORDER BY created_at_ms",
+                finals.join(", ")
+            ),
+            params![node_id, with_unowned],
+            call_from_row,
+        )
+    }
+
+    fn acquire_node_lease(
+        &self,
+        lease: &NodeLease,
+        now: UnixMs,
+        stale_until: Option<UnixMs>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let held: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT instance, until_ms FROM nodes WHERE node_id = ?1",
+                [&lease.node_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((instance, until_ms)) = held {
+            let free = until_ms <= now
+                || instance == lease.instance
+                || stale_until.is_some_and(|s| s == until_ms);
+            if !free {
+                return Err(StoreError::NodeIdInUse {
+                    id: lease.node_id.clone(),
+                    until_ms,
+                });
+            }
+        }
+        exec(
+            &tx,
+            "INSERT INTO nodes (node_id, instance, api_url, until_ms, taken_over_by)
+             VALUES (?1, ?2, ?3, ?4, NULL)
+             ON CONFLICT (node_id) DO UPDATE SET instance = excluded.instance,
+                 api_url = excluded.api_url, until_ms = excluded.until_ms, taken_over_by = NULL",
+            params![lease.node_id, lease.instance, lease.api_url, lease.until_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn renew_node_lease(&self, lease: &NodeLease) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = exec(
+            &conn,
+            "UPDATE nodes SET until_ms = ?3, api_url = ?4
+             WHERE node_id = ?1 AND instance = ?2 AND taken_over_by IS NULL",
+            params![lease.node_id, lease.instance, lease.until_ms, lease.api_url],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn claim_lapsed_nodes(&self, by: &str, now: UnixMs) -> Result<Vec<NodeLease>, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let lapsed = query_list(
+            &tx,
+            "SELECT node_id, instance, api_url, until_ms FROM nodes
+             WHERE until_ms <= ?1 AND taken_over_by IS NULL AND node_id <> ?2
+             ORDER BY node_id",
+            params![now, by],
+            |r| {
+                Ok(NodeLease {
+                    node_id: r.get(0)?,
+                    instance: r.get(1)?,
+                    api_url: r.get(2)?,
+                    until_ms: r.get(3)?,
+                })
+            },
+        )?;
+        for l in &lapsed {
+            exec(
+                &tx,
+                "UPDATE nodes SET taken_over_by = ?2 WHERE node_id = ?1",
+                params![l.node_id, by],
+            )?;
+        }
+        tx.commit()?;
+        Ok(lapsed)
+    }
+
+    fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        exec(
+            &conn,
+            "DELETE FROM nodes WHERE node_id = ?1 AND instance = ?2",
+            [node_id, instance],
+        )?;
+        Ok(())
     }
 
     fn probe_write(&self, now: UnixMs) -> Result<(), StoreError> {

@@ -39,6 +39,8 @@ pub struct StoreThreads<B: BlockingStore> {
     /// `None`: calls run inline on the caller's thread ([`StoreThreads::inline`]).
     queue: Option<mpsc::Sender<Job<B>>>,
     threads: usize,
+    /// [`Store::credentials_generation`].
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl<B: BlockingStore> std::fmt::Debug for StoreThreads<B> {
@@ -75,6 +77,7 @@ impl<B: BlockingStore> StoreThreads<B> {
             backend,
             queue: Some(queue),
             threads,
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -87,6 +90,7 @@ impl<B: BlockingStore> StoreThreads<B> {
             backend: Arc::new(backend),
             queue: None,
             threads: 0,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -153,13 +157,19 @@ fn serve<B: BlockingStore>(backend: &B, rx: &Mutex<mpsc::Receiver<Job<B>>>) {
 
 #[async_trait::async_trait]
 impl<B: BlockingStore> Store for StoreThreads<B> {
+    fn credentials_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
     async fn apply_provisioning(
         &self,
         prov: &Provisioning,
         realm: &str,
     ) -> Result<ProvisionReport, StoreError> {
         let (prov, realm) = (prov.to_owned(), realm.to_owned());
-        self.run(move |s| s.apply_provisioning(&prov, &realm)).await
+        let r = self.run(move |s| s.apply_provisioning(&prov, &realm)).await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
     async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
         let id = id.to_owned();
@@ -259,7 +269,10 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     }
     async fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
         let (account_id, id) = (account_id.to_owned(), id.to_owned());
-        self.run(move |s| s.delete_user(&account_id, &id)).await
+        let r = self.run(move |s| s.delete_user(&account_id, &id)).await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
     async fn device_by_username(&self, username: &str) -> Result<Option<Device>, StoreError> {
         let username = username.to_owned();
@@ -282,8 +295,12 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
             password.to_owned(),
             realm.to_owned(),
         );
-        self.run(move |s| s.create_device(&user_id, &username, &password, &realm))
-            .await
+        let r = self
+            .run(move |s| s.create_device(&user_id, &username, &password, &realm))
+            .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
     async fn set_device_password(
         &self,
@@ -293,12 +310,19 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     ) -> Result<Device, StoreError> {
         let (username, password, realm) =
             (username.to_owned(), password.to_owned(), realm.to_owned());
-        self.run(move |s| s.set_device_password(&username, &password, &realm))
-            .await
+        let r = self
+            .run(move |s| s.set_device_password(&username, &password, &realm))
+            .await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
     async fn delete_device(&self, username: &str) -> Result<bool, StoreError> {
         let username = username.to_owned();
-        self.run(move |s| s.delete_device(&username)).await
+        let r = self.run(move |s| s.delete_device(&username)).await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
     async fn number(&self, number: &str) -> Result<Option<Number>, StoreError> {
         let number = number.to_owned();
@@ -490,6 +514,42 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     }
     async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
         self.run(move |s| s.unfinished_calls()).await
+    }
+    async fn unfinished_calls_of(
+        &self,
+        node_id: &str,
+        with_unowned: bool,
+    ) -> Result<Vec<CallRecord>, StoreError> {
+        let node_id = node_id.to_owned();
+        self.run(move |s| s.unfinished_calls_of(&node_id, with_unowned))
+            .await
+    }
+    async fn acquire_node_lease(
+        &self,
+        lease: &NodeLease,
+        now: UnixMs,
+        stale_until: Option<UnixMs>,
+    ) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        self.run(move |s| s.acquire_node_lease(&lease, now, stale_until))
+            .await
+    }
+    async fn renew_node_lease(&self, lease: &NodeLease) -> Result<bool, StoreError> {
+        let lease = lease.clone();
+        self.run(move |s| s.renew_node_lease(&lease)).await
+    }
+    async fn claim_lapsed_nodes(
+        &self,
+        by: &str,
+        now: UnixMs,
+    ) -> Result<Vec<NodeLease>, StoreError> {
+        let by = by.to_owned();
+        self.run(move |s| s.claim_lapsed_nodes(&by, now)).await
+    }
+    async fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError> {
+        let (node_id, instance) = (node_id.to_owned(), instance.to_owned());
+        self.run(move |s| s.release_node_lease(&node_id, &instance))
+            .await
     }
     async fn probe_write(&self, now: UnixMs) -> Result<(), StoreError> {
         self.run(move |s| s.probe_write(now)).await

@@ -18,13 +18,16 @@
  * No runtime dependencies: it needs `fetch`, `ReadableStream` and `TextDecoder` (browsers,
  * Node.js 18+).
  */
-/** What `fetchClientSecret` may return: the secret, or the backend's answer as it came. */
+/** What `fetchClientSecret` may return: the secret, or the backend's answer as it came (its
+ * `user_id` is the user `calls.create()` places calls for when given no `userId`). */
 export type ClientSecretAnswer = string | {
     client_secret: string;
     expires_at?: string;
+    user_id?: string;
 } | {
     clientSecret: string;
     expiresAt?: string;
+    userId?: string;
 };
 export interface DialbridgeOptions {
     /** Asks the application's backend for a new client secret. Called at load, when the secret
@@ -94,7 +97,9 @@ export interface Call {
     [field: string]: unknown;
 }
 export interface CreateCallParams {
-    /** The user to call first; default: the client secret's user. */
+    /** The user to call first; default: the client session's user (`user_id` of the answer
+     * that `fetchClientSecret` returned). The API requires one: a bare secret string names no
+     * user, and then `userId` must be given. */
     userId?: string;
     /** The customer: E.164, local number, or extension. */
     dialString: string;

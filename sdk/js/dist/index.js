@@ -271,7 +271,12 @@ function readSecret(answer) {
         throw new DialbridgeError('client_secret_unavailable', 'fetchClientSecret did not return a client secret (cs_…)', 0);
     }
     const ms = typeof expires === 'string' ? Date.parse(expires) : NaN;
-    return { secret, expiresAtMs: Number.isFinite(ms) ? ms : undefined };
+    const user = (a.user_id ?? a.userId);
+    return {
+        secret,
+        expiresAtMs: Number.isFinite(ms) ? ms : undefined,
+        userId: typeof user === 'string' && user ? user : undefined,
+    };
 }
 /** Fetches a new secret this long before the current one expires. */
 const REFRESH_MARGIN_MS = 30000;
@@ -314,13 +319,16 @@ export class Dialbridge {
         };
         const req = (method, path, body, headers) => apiRequest(this.fetchFn, this.apiBase, this.credentials, method, path, body, headers);
         this.calls = {
-            create: (p) => {
+            create: async (p) => {
                 if (!p || typeof p.dialString !== 'string' || !p.dialString.trim()) {
-                    return Promise.reject(new InvalidRequestError('missing_dial_string', 'dialString is required', 0));
+                    throw new InvalidRequestError('missing_dial_string', 'dialString is required', 0);
                 }
+                // The API requires user_id: without userId, the client session's user (from the
+                // backend's answer to POST /v1/client_sessions, as fetchClientSecret returned it).
+                const userId = p.userId ?? (await this.secret()).userId;
                 const body = { dial_string: p.dialString };
-                if (p.userId !== undefined)
-                    body.user_id = p.userId;
+                if (userId !== undefined)
+                    body.user_id = userId;
                 if (p.callerId !== undefined)
                     body.caller_id = p.callerId;
                 if (p.callbackUrl !== undefined)

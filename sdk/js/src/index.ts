@@ -19,11 +19,12 @@
  * Node.js 18+).
  */
 
-/** What `fetchClientSecret` may return: the secret, or the backend's answer as it came. */
+/** What `fetchClientSecret` may return: the secret, or the backend's answer as it came (its
+ * `user_id` is the user `calls.create()` places calls for when given no `userId`). */
 export type ClientSecretAnswer =
   | string
-  | { client_secret: string; expires_at?: string }
-  | { clientSecret: string; expiresAt?: string };
+  | { client_secret: string; expires_at?: string; user_id?: string }
+  | { clientSecret: string; expiresAt?: string; userId?: string };
 
 export interface DialbridgeOptions {
   /** Asks the application's backend for a new client secret. Called at load, when the secret
@@ -158,7 +159,9 @@ export interface Call {
 }
 
 export interface CreateCallParams {
-  /** The user to call first; default: the client secret's user. */
+  /** The user to call first; default: the client session's user (`user_id` of the answer
+   * that `fetchClientSecret` returned). The API requires one: a bare secret string names no
+   * user, and then `userId` must be given. */
   userId?: string;
   /** The customer: E.164, local number, or extension. */
   dialString: string;
@@ -414,6 +417,8 @@ export class EventStream {
 interface SecretState {
   secret: string;
   expiresAtMs?: number;
+  /** The session's user (`user_id` of the backend's answer), when the answer names it. */
+  userId?: string;
 }
 
 function readSecret(answer: ClientSecretAnswer): SecretState {
@@ -429,7 +434,12 @@ function readSecret(answer: ClientSecretAnswer): SecretState {
     );
   }
   const ms = typeof expires === 'string' ? Date.parse(expires) : NaN;
-  return { secret, expiresAtMs: Number.isFinite(ms) ? ms : undefined };
+  const user = (a.user_id ?? a.userId) as unknown;
+  return {
+    secret,
+    expiresAtMs: Number.isFinite(ms) ? ms : undefined,
+    userId: typeof user === 'string' && user ? user : undefined,
+  };
 }
 
 /** Fetches a new secret this long before the current one expires. */
@@ -494,14 +504,15 @@ export class Dialbridge {
     const req = <T>(method: string, path: string, body?: unknown, headers?: Record<string, string>) =>
       apiRequest<T>(this.fetchFn, this.apiBase, this.credentials, method, path, body, headers);
     this.calls = {
-      create: (p) => {
+      create: async (p) => {
         if (!p || typeof p.dialString !== 'string' || !p.dialString.trim()) {
-          return Promise.reject(
-            new InvalidRequestError('missing_dial_string', 'dialString is required', 0),
-          );
+          throw new InvalidRequestError('missing_dial_string', 'dialString is required', 0);
         }
+        // The API requires user_id: without userId, the client session's user (from the
+        // backend's answer to POST /v1/client_sessions, as fetchClientSecret returned it).
+        const userId = p.userId ?? (await this.secret()).userId;
         const body: Record<string, unknown> = { dial_string: p.dialString };
-        if (p.userId !== undefined) body.user_id = p.userId;
+        if (userId !== undefined) body.user_id = userId;
         if (p.callerId !== undefined) body.caller_id = p.callerId;
         if (p.callbackUrl !== undefined) body.callback_url = p.callbackUrl;
         if (p.ringTimeout !== undefined) body.ring_timeout = p.ringTimeout;

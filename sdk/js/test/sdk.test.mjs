@@ -139,6 +139,30 @@ test('a call placed through the SDK is watched to its end over the event stream'
   db.close();
 });
 
+test("calls.create() fills user_id from the session's user, or needs userId", async () => {
+  // The backend's answer as it came names the user: the call is Alice's.
+  const { fetchClientSecret } = secretsFor(ALICE);
+  const db = await loadDialbridge(PK, { apiBase: server.base, fetchClientSecret });
+  const call = await db.calls.create({ dialString: '+14155550103' });
+  assert.equal(call.user_id, ALICE);
+  db.close();
+  // A bare secret names no user: the API's missing_user_id, unless userId is given.
+  const bare = secretsFor(ALICE);
+  const db2 = await loadDialbridge(PK, {
+    apiBase: server.base,
+    fetchClientSecret: async () => (await bare.fetchClientSecret()).client_secret,
+  });
+  await assert.rejects(db2.calls.create({ dialString: '+14155550104' }), (e) => {
+    assert.ok(e instanceof InvalidRequestError, String(e));
+    assert.equal(e.code, 'missing_user_id');
+    assert.equal(e.status, 400);
+    return true;
+  });
+  const own = await db2.calls.create({ userId: ALICE, dialString: '+14155550104' });
+  assert.equal(own.user_id, ALICE);
+  db2.close();
+});
+
 test("a client secret cannot reach another user's calls", async () => {
   const { fetchClientSecret } = secretsFor(ALICE);
   const db = await loadDialbridge(PK, { apiBase: server.base, fetchClientSecret });

@@ -15,6 +15,10 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::http::{BearerAccount, Json};
 use crate::routes::calls::ErrorBody;
+use crate::schemas::{
+    DialPrefix, E164Number, E164Prefix, Extension, Host, HostPort, Name, NumberTypeName, Password,
+    Region, SipUsername, TrunkName, TrunkTransport, UserId,
+};
 use crate::state::Shared;
 use crate::time::now_ms;
 use crate::views;
@@ -51,14 +55,17 @@ fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 pub struct UpdateAccount {
     /// ISO 3166-1 alpha-2 codes of the countries whose numbers may be dialled.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Region>>, max_items = 300)]
     pub allowed_countries: Option<Vec<String>>,
     /// Number types that may not be dialled: `fixed_line`, `mobile`,
     /// `fixed_line_or_mobile`, `toll_free`, `premium_rate`, `shared_cost`, `voip`,
     /// `personal_number`, `pager`, `uan`, `voicemail`, `unknown`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<NumberTypeName>>, max_items = 12)]
     pub blocked_number_types: Option<Vec<String>>,
     /// E.164 prefixes (`+1`, `+44`); `["+"]` allows every prefix.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<E164Prefix>>, max_items = 1000)]
     pub allowed_prefixes: Option<Vec<String>>,
 }
 
@@ -157,8 +164,10 @@ async fn user_view(shared: &Shared, u: &User) -> Result<Value, ApiError> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
+    #[schema(value_type = SipUsername)]
     pub username: String,
     /// Write-only.
+    #[schema(value_type = Password)]
     pub password: String,
 }
 
@@ -166,15 +175,21 @@ pub struct NewDevice {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
-    /// TypeID `user_…`; generated when absent.
+    /// Generated when absent.
     #[serde(default)]
+    #[schema(value_type = Option<UserId>)]
     pub id: Option<String>,
+    #[schema(value_type = Name)]
     pub name: String,
     #[serde(default)]
+    #[schema(value_type = Option<Extension>)]
     pub extension: Option<String>,
+    /// The numeric id the JustCall-style endpoint knows the agent by.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 9007199254740991_i64)]
     pub agent_id: Option<i64>,
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub devices: Vec<NewDevice>,
 }
 
@@ -183,12 +198,13 @@ pub struct CreateUser {
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     #[serde(default)]
+    #[schema(value_type = Option<Name>)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Extension>)]
     pub extension: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 9007199254740991_i64)]
     pub agent_id: Option<Option<i64>>,
 }
 
@@ -261,7 +277,7 @@ pub async fn create_user(
 
 /// One user.
 #[utoipa::path(get, path = "/v1/users/{user_id}", tag = "admin",
-    params(("user_id" = String, Path)),
+    params(("user_id" = UserId, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_user(
@@ -275,7 +291,7 @@ pub async fn get_user(
 
 /// Changes a user's name, extension or agent id.
 #[utoipa::path(patch, path = "/v1/users/{user_id}", tag = "admin", request_body = UpdateUser,
-    params(("user_id" = String, Path)),
+    params(("user_id" = UserId, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_user(
@@ -306,7 +322,7 @@ pub async fn update_user(
 
 /// Deletes a user with its devices and their registrations.
 #[utoipa::path(delete, path = "/v1/users/{user_id}", tag = "admin",
-    params(("user_id" = String, Path)),
+    params(("user_id" = UserId, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_user(
@@ -323,7 +339,7 @@ pub async fn delete_user(
 
 /// A user's devices.
 #[utoipa::path(get, path = "/v1/users/{user_id}/devices", tag = "admin",
-    params(("user_id" = String, Path)),
+    params(("user_id" = UserId, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_devices(
@@ -340,7 +356,7 @@ pub async fn list_devices(
 
 /// Adds a device to a user.
 #[utoipa::path(post, path = "/v1/users/{user_id}/devices", tag = "admin", request_body = NewDevice,
-    params(("user_id" = String, Path)),
+    params(("user_id" = UserId, Path)),
     responses((status = 201, body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_device(
@@ -368,6 +384,7 @@ pub async fn create_device(
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
     /// Write-only.
+    #[schema(value_type = Password)]
     pub password: String,
 }
 
@@ -390,7 +407,7 @@ async fn own_device(shared: &Shared, account: &Account, username: &str) -> Resul
 
 /// Changes a device's password.
 #[utoipa::path(patch, path = "/v1/devices/{username}", tag = "admin", request_body = ChangePassword,
-    params(("username" = String, Path)),
+    params(("username" = SipUsername, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_device(
@@ -410,7 +427,7 @@ pub async fn update_device(
 
 /// Deletes a device and its registrations.
 #[utoipa::path(delete, path = "/v1/devices/{username}", tag = "admin",
-    params(("username" = String, Path)),
+    params(("username" = SipUsername, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_device(
@@ -425,7 +442,7 @@ pub async fn delete_device(
 
 /// The user's registration bindings in force.
 #[utoipa::path(get, path = "/v1/users/{user_id}/registrations", tag = "admin",
-    params(("user_id" = String, Path)),
+    params(("user_id" = UserId, Path)),
     responses((status = 200, description = "{\"data\": [{device, contact, source, transport, expires_at, expires_in, user_agent}]}", body = Object),
               (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -448,10 +465,11 @@ pub async fn registrations(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNumber {
-    /// E.164.
+    #[schema(value_type = E164Number)]
     pub number: String,
-    /// The default agent (TypeID `user_…`).
+    /// The default agent.
     #[serde(default)]
+    #[schema(value_type = Option<UserId>)]
     pub owner: Option<String>,
 }
 
@@ -459,8 +477,9 @@ pub struct CreateNumber {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateNumber {
+    /// The default agent; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<UserId>)]
     pub owner: Option<Option<String>>,
 }
 
@@ -532,7 +551,7 @@ async fn own_number(shared: &Shared, account: &Account, number: &str) -> Result<
 
 /// One number.
 #[utoipa::path(get, path = "/v1/numbers/{number}", tag = "admin",
-    params(("number" = String, Path, description = "E.164, `+` written as %2B or as is")),
+    params(("number" = E164Number, Path, description = "`+` written as %2B or as is")),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_number(
@@ -547,7 +566,7 @@ pub async fn get_number(
 
 /// Changes a number's owner.
 #[utoipa::path(patch, path = "/v1/numbers/{number}", tag = "admin", request_body = UpdateNumber,
-    params(("number" = String, Path)),
+    params(("number" = E164Number, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_number(
@@ -567,7 +586,7 @@ pub async fn update_number(
 
 /// Removes a number from the account.
 #[utoipa::path(delete, path = "/v1/numbers/{number}", tag = "admin",
-    params(("number" = String, Path)),
+    params(("number" = E164Number, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_number(
@@ -588,22 +607,29 @@ pub async fn delete_number(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTrunk {
+    #[schema(value_type = TrunkName)]
     pub name: String,
-    /// `host:port`, an IP literal or a domain.
+    #[schema(value_type = HostPort)]
     pub address: String,
-    /// `udp` (default) or `tcp`.
+    /// `udp` when absent.
     #[serde(default)]
+    #[schema(value_type = Option<TrunkTransport>)]
     pub transport: Option<String>,
+    /// Digest user name when the carrier challenges; requires `password`.
     #[serde(default)]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 128)]
     pub username: Option<String>,
-    /// Write-only.
+    /// Write-only; requires `username`.
     #[serde(default)]
+    #[schema(value_type = String, required = false, max_length = 128)]
     pub password: Option<String>,
     #[serde(default)]
     pub emergency: bool,
     #[serde(default)]
+    #[schema(value_type = Option<DialPrefix>)]
     pub dial_prefix: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Host>)]
     pub from_domain: Option<String>,
 }
 
@@ -612,22 +638,25 @@ pub struct CreateTrunk {
 #[serde(deny_unknown_fields)]
 pub struct UpdateTrunk {
     #[serde(default)]
+    #[schema(value_type = Option<HostPort>)]
     pub address: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<TrunkTransport>)]
     pub transport: Option<String>,
+    /// A trunk has both a user name and a password, or neither (409 `credentials_incomplete`).
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 128)]
     pub username: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 128)]
     pub password: Option<Option<String>>,
     #[serde(default)]
     pub emergency: Option<bool>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<DialPrefix>)]
     pub dial_prefix: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Host>)]
     pub from_domain: Option<Option<String>>,
 }
 
@@ -703,7 +732,7 @@ async fn visible_trunk(
 
 /// One trunk.
 #[utoipa::path(get, path = "/v1/trunks/{name}", tag = "admin",
-    params(("name" = String, Path)),
+    params(("name" = TrunkName, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_trunk(
@@ -718,7 +747,7 @@ pub async fn get_trunk(
 
 /// Changes one of the account's trunks.
 #[utoipa::path(patch, path = "/v1/trunks/{name}", tag = "admin", request_body = UpdateTrunk,
-    params(("name" = String, Path)),
+    params(("name" = TrunkName, Path)),
     responses((status = 200, body = Object), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_trunk(
@@ -749,13 +778,19 @@ pub async fn update_trunk(
     if let Some(f) = req.from_domain {
         t.from_domain = f;
     }
+    if t.username.is_some() != t.password.is_some() {
+        return Err(ApiError::Conflict {
+            code: "credentials_incomplete",
+            message: "A trunk has both a username and a password, or neither".to_owned(),
+        });
+    }
     shared.store.update_trunk(&t).await.map_err(write_err)?;
     Ok(axum::Json(views::trunk(&t)))
 }
 
 /// Deletes one of the account's trunks.
 #[utoipa::path(delete, path = "/v1/trunks/{name}", tag = "admin",
-    params(("name" = String, Path)),
+    params(("name" = TrunkName, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_trunk(
@@ -795,12 +830,15 @@ impl From<store::AccountLimits> for Limits {
 pub struct UpdateLimits {
     /// Above 0, at most 100000.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 100000)]
     pub calls_per_second: Option<f64>,
     /// At least 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4294967295_u32)]
     pub burst: Option<u32>,
     /// At least 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4294967295_u32)]
     pub max_concurrent: Option<u32>,
 }
 

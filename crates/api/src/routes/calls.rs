@@ -22,6 +22,10 @@ use crate::error::ApiError;
 use crate::events::StreamEvent;
 use crate::http::{parse_json, JsonBytes, Query};
 use crate::place::{place_call, AgentSel, PlaceRequest};
+use crate::schemas::{
+    CallId, CallStatusName, CallbackUrl, Cursor, DialString, E164Number, EventId, IdempotencyKey,
+    TimeFilter, UserId,
+};
 use crate::state::{Shared, IDEMPOTENCY_TTL_MS};
 use crate::time::{now_ms, parse_time_ms, rfc3339_ms};
 use crate::views;
@@ -30,41 +34,54 @@ use crate::views;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCall {
-    /// The agent (TypeID `user_…`) whose devices ring first.
-    #[serde(default)]
-    pub user_id: Option<String>,
+    /// The agent whose devices ring first.
+    #[schema(value_type = UserId)]
+    pub user_id: String,
     /// The customer: E.164, local (account region), extension or emergency number.
-    #[serde(default)]
-    pub dial_string: Option<String>,
+    #[schema(value_type = DialString)]
+    pub dial_string: String,
     /// One of the account's numbers; defaults to a number of the user, then of the account.
     #[serde(default)]
+    #[schema(value_type = Option<E164Number>)]
     pub caller_id: Option<String>,
     /// Where status callbacks are POSTed.
     #[serde(default)]
+    #[schema(value_type = Option<CallbackUrl>)]
     pub callback_url: Option<String>,
-    /// Agent ring time in seconds.
+    /// Agent ring time in seconds (default `calls.agent_ring_secs`).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 300)]
     pub ring_timeout: Option<u32>,
     /// Returned as given, in the call and its callbacks.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
 /// The answer to `POST /v1/calls`.
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct CallAccepted {
+    #[schema(value_type = CallId)]
     pub call_id: String,
+    /// `queued`.
+    #[schema(value_type = CallStatusName)]
     pub status: String,
+    #[schema(value_type = UserId)]
     pub user_id: String,
     pub dial_string: String,
+    /// The dial string after the dial plan.
     pub destination: Option<String>,
     pub caller_id: Option<String>,
+    pub callback_url: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// RFC 3339 UTC.
     pub created_at: String,
 }
 
-/// The error body of every endpoint.
+/// The error body of every endpoint: `{"error": {"code", "message"}}`.
 #[derive(Debug, serde::Serialize, ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
@@ -72,7 +89,9 @@ pub struct ErrorBody {
 /// `{"code", "message"}`.
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct ErrorDetail {
+    /// Machine-readable, snake_case; each operation lists the codes it may answer.
     pub code: String,
+    /// For people; names the field of a 400.
     pub message: String,
 }
 
@@ -100,18 +119,10 @@ async fn create_call_inner(
     body: &[u8],
 ) -> Result<(StatusCode, Value), ApiError> {
     let req: CreateCall = parse_json(body)?;
-    let user_id = req
-        .user_id
-        .filter(|s| !s.is_empty())
-        .or_else(|| scope.user().map(str::to_owned))
-        .ok_or_else(|| ApiError::bad_request("missing_user_id", "user_id is required"))?;
+    let (user_id, dial_string) = (req.user_id, req.dial_string);
     if !scope.reaches_user(&user_id) {
         return Err(crate::routes::client_sessions::other_user());
     }
-    let dial_string = req
-        .dial_string
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing_dial_string", "dial_string is required"))?;
     if TypeId::parse_with_prefix(&user_id, store::provision::USER_PREFIX).is_err() {
         return Err(ApiError::bad_request(
             "invalid_user_id",
@@ -197,7 +208,7 @@ impl Drop for InflightGuard<'_> {
 /// Starts a click-to-call.
 #[utoipa::path(post, path = "/v1/calls", tag = "calls",
     request_body = CreateCall,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the same answer for 24 h")),
+    params(("Idempotency-Key" = Option<IdempotencyKey>, Header, description = "Replays the same answer for 24 h")),
     responses(
         (status = 202, description = "Call queued", body = CallAccepted),
         (status = 400, description = "user_id is required / dial_string is required / Invalid user_id format", body = ErrorBody),
@@ -216,7 +227,9 @@ pub async fn create_call(
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
-            Ok(s) if !s.is_empty() && s.len() <= 255 => Some(s.to_owned()),
+            Ok(s) if (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) => {
+                Some(s.to_owned())
+            }
             _ => {
                 return Err(ApiError::bad_request(
                     "invalid_idempotency_key",
@@ -296,7 +309,7 @@ pub async fn create_call(
 
 /// A call with its legs, outcome, media stats, timeline and callbacks.
 #[utoipa::path(get, path = "/v1/calls/{call_id}", tag = "calls",
-    params(("call_id" = String, Path, description = "TypeID call_…")),
+    params(("call_id" = CallId, Path)),
     responses(
         (status = 200, description = "The call", body = Object),
         (status = 401, description = "Unauthorized", body = ErrorBody),
@@ -347,12 +360,12 @@ pub const MAX_PAGE: u32 = 100;
 /// The call log, newest first, with cursor pagination.
 #[utoipa::path(get, path = "/v1/calls", tag = "calls",
     params(
-        ("status" = Option<String>, Query, description = "queued, ringing, in-progress, completed, busy, no-answer, failed, canceled"),
-        ("user_id" = Option<String>, Query),
-        ("since" = Option<String>, Query, description = "RFC 3339 or Unix seconds, inclusive"),
-        ("until" = Option<String>, Query, description = "RFC 3339 or Unix seconds, exclusive"),
-        ("limit" = Option<u32>, Query, description = "1..=100, default 20"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("status" = Option<CallStatusName>, Query),
+        ("user_id" = Option<UserId>, Query),
+        ("since" = Option<TimeFilter>, Query, description = "RFC 3339 or Unix seconds, inclusive"),
+        ("until" = Option<TimeFilter>, Query, description = "RFC 3339 or Unix seconds, exclusive"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size, default 20"),
+        ("cursor" = Option<Cursor>, Query),
     ),
     responses(
         (status = 200, description = "{\"data\": [...], \"next_cursor\": ...}", body = Object),
@@ -424,7 +437,7 @@ pub async fn list_calls(
 
 /// Ends a call in any state (CANCEL while ringing, BYE when answered).
 #[utoipa::path(post, path = "/v1/calls/{call_id}/hangup", tag = "calls",
-    params(("call_id" = String, Path)),
+    params(("call_id" = CallId, Path)),
     responses(
         (status = 202, description = "Hang-up requested", body = Object),
         (status = 401, description = "Unauthorized", body = ErrorBody),
@@ -488,7 +501,7 @@ fn sse_event(ev: &StreamEvent) -> Event {
 
 /// Server-Sent Events of the account's call events, with `Last-Event-ID` resume.
 #[utoipa::path(get, path = "/v1/events", tag = "calls",
-    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    params(("Last-Event-ID" = Option<EventId>, Header, description = "Resume after this event id")),
     responses(
         (status = 200, description = "text/event-stream", content_type = "text/event-stream"),
         (status = 401, description = "Unauthorized", body = ErrorBody),

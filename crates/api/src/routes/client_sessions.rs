@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::events::StreamEvent;
 use crate::http::{BearerAccount, Json};
 use crate::routes::calls::ErrorBody;
+use crate::schemas::UserId;
 use crate::state::Shared;
 use crate::time::{now_ms, rfc3339_ms};
 
@@ -25,10 +26,11 @@ use crate::time::{now_ms, rfc3339_ms};
 #[serde(deny_unknown_fields)]
 pub struct CreateClientSession {
     /// The user (TypeID `user_…`) whose calls the client secret may place, watch and hang up.
-    #[serde(default)]
-    pub user_id: Option<String>,
+    #[schema(value_type = UserId)]
+    pub user_id: String,
     /// Lifetime in seconds, 60 to 86400; default 900.
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 86400)]
     pub expires_in: Option<u32>,
 }
 
@@ -101,10 +103,7 @@ pub async fn create_client_session(
     BearerAccount(account): BearerAccount,
     Json(req): Json<CreateClientSession>,
 ) -> Result<Response, ApiError> {
-    let user_id = req
-        .user_id
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing_user_id", "user_id is required"))?;
+    let user_id = req.user_id;
     if TypeId::parse_with_prefix(&user_id, store::provision::USER_PREFIX).is_err() {
         return Err(ApiError::bad_request(
             "invalid_user_id",

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, JustCallError};
 use crate::http::{Json, KeyPairAccount};
 use crate::place::{check_number, check_ring, place_call, AgentSel, PlaceRequest};
+use crate::schemas::{CallbackUrl, DialString, E164Number};
 use crate::state::Shared;
 use crate::views;
 
@@ -22,19 +23,22 @@ use crate::views;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MakeCall {
-    /// One of the account's numbers; its owner is the default agent.
-    #[serde(default)]
-    pub from: Option<String>,
+    /// One of the account's numbers, in any dialable form; its owner is the default agent.
+    #[schema(value_type = DialString)]
+    pub from: String,
     /// The customer's number.
-    #[serde(default)]
-    pub to: Option<String>,
+    #[schema(value_type = DialString)]
+    pub to: String,
     /// The agent's numeric id; defaults to the owner of `from`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 9007199254740991_i64)]
     pub agent_id: Option<i64>,
     #[serde(default)]
+    #[schema(value_type = Option<CallbackUrl>)]
     pub callback_url: Option<String>,
     /// One of the account's numbers; defaults to `from`.
     #[serde(default)]
+    #[schema(value_type = Option<E164Number>)]
     pub caller_id: Option<String>,
 }
 
@@ -54,14 +58,7 @@ pub async fn make_call(
     KeyPairAccount(account): KeyPairAccount,
     Json(req): Json<MakeCall>,
 ) -> Result<axum::Json<Value>, JustCallError> {
-    let from = req
-        .from
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing_from", "from is required"))?;
-    let to = req
-        .to
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing_to", "to is required"))?;
+    let (from, to) = (req.from, req.to);
     // `from` may be written in any dialable form of a number.
     let from_e164 = match dialplan::normalize(&from, &account.region) {
         Ok(Dialled::E164(n)) => n,
@@ -306,14 +303,14 @@ async fn click2call_inner(
 /// Click-2-Call-style: always `200` with `{"response": {...}}`.
 #[utoipa::path(get, path = "/click2call", tag = "compat",
     params(
-        ("api_key" = String, Query, description = "One of the account's API secrets"),
         ("dial_first" = String, Query, description = "Agent leg: extension, user id or number"),
         ("dial_second" = String, Query, description = "Customer"),
         ("timeout" = Option<u32>, Query, description = "Agent ring time, seconds"),
         ("dial_as" = Option<String>, Query, description = "Identity the PBX sees"),
         ("pbx" = Option<String>, Query, description = "Trunk name for the agent leg"),
     ),
-    responses((status = 200, description = "{\"response\":{\"request_id\",\"status\":\"success\"|\"fail\",\"errors\":[...],\"server_id\"}}", body = Object)))]
+    responses((status = 200, description = "Always 200, as the Click-2-Call shape requires: `{\"response\":{\"request_id\",\"status\":\"success\"|\"fail\",\"errors\":[...],\"server_id\"}}`; a request that is not valid, not authorised or refused is answered `status: \"fail\"` with the reasons in `errors`", body = Object)),
+    security(("c2c_api_key" = [])))]
 pub async fn click2call(State(shared): State<Arc<Shared>>, uri: Uri) -> axum::Json<Value> {
     let request_id = TypeId::new(REQUEST_PREFIX).to_string();
     let result = match axum::extract::Query::<Click2CallQuery>::try_from_uri(&uri) {
@@ -335,9 +332,9 @@ pub async fn click2call(State(shared): State<Arc<Shared>>, uri: Uri) -> axum::Js
 #[utoipa::path(get, path = "/click2call/status/{request_id}", tag = "compat",
     params(
         ("request_id" = String, Path),
-        ("api_key" = String, Query, description = "One of the account's API secrets"),
     ),
-    responses((status = 200, description = "{\"response\":{..., \"call_id\", \"call_status\", \"timeline\": [...]}}", body = Object)))]
+    responses((status = 200, description = "Always 200: `{\"response\":{..., \"call_id\", \"call_status\", \"timeline\": [...]}}`, or `status: \"fail\"` with the reasons in `errors`", body = Object)),
+    security(("c2c_api_key" = [])))]
 pub async fn click2call_status(
     State(shared): State<Arc<Shared>>,
     Path(request_id): Path<String>,

@@ -10,13 +10,16 @@ use utoipa::{IntoParams, ToSchema};
 use crate::error::ApiError;
 use crate::http::{BearerAccount, Query};
 use crate::routes::calls::ErrorBody;
+use crate::schemas::Region;
 
 /// `?region=`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LookupQuery {
     /// ISO 3166-1 alpha-2 region a national number is read in; default: the account's.
     #[serde(default)]
+    #[param(value_type = Region, required = false)]
     pub region: Option<String>,
 }
 
@@ -45,7 +48,7 @@ pub struct Lookup {
 /// Parses, validates and classifies a number, and says whether this account may dial it.
 #[utoipa::path(get, path = "/v1/lookup/{number}", tag = "calls",
     params(
-        ("number" = String, Path, description = "E.164 (`+18765551234`), international (`011 44…`) or national (`(415) 555-1234`) form"),
+        ("number" = String, Path, min_length = 1, max_length = 64, description = "E.164 (`+18765551234`), international (`011 44…`) or national (`(415) 555-1234`) form"),
         LookupQuery,
     ),
     responses(

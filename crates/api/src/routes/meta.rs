@@ -6,11 +6,12 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use serde_json::json;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::OpenApi;
 
 use crate::routes::{admin, calls, client_sessions, compat, console, lookup, publishable_keys};
+use crate::schemas;
 use crate::state::Shared;
+use crate::views;
 
 /// Health: `200 {"status": "ok"}`, or `503 {"status": "degraded", "store": "<reason>"}` while
 /// the store refuses writes or too many call events wait for it, so that a load balancer
@@ -64,60 +65,11 @@ pub async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-/// This document.
+/// This document (also published as `docs/openapi.json`).
 #[utoipa::path(get, path = "/openapi.json", tag = "meta",
-    responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
-pub async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
-}
-
-struct SecuritySchemes;
-
-impl Modify for SecuritySchemes {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        let components = doc.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-        components.add_security_scheme(
-            "key_pair",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
-                "Authorization",
-                "<key>:<secret>",
-            ))),
-        );
-        components.add_security_scheme(
-            "client_secret",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "A client secret (cs_…) from POST /v1/client_sessions, with the header \
-                         Dialbridge-Publishable-Key: pk_… of the same account; reaches one \
-                         user's calls only",
-                    ))
-                    .build(),
-            ),
-        );
-        // The routes a client secret may use take it as an alternative to the secret key.
-        for path in crate::client::CLIENT_SECRET_ROUTES {
-            let Some(item) = doc.paths.paths.get_mut(*path) else {
-                continue;
-            };
-            for op in [item.get.as_mut(), item.post.as_mut()]
-                .into_iter()
-                .flatten()
-            {
-                op.security.get_or_insert_with(Vec::new).push(
-                    utoipa::openapi::security::SecurityRequirement::new(
-                        "client_secret",
-                        Vec::<String>::new(),
-                    ),
-                );
-            }
-        }
-    }
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi() -> axum::Json<&'static serde_json::Value> {
+    axum::Json(crate::document::document())
 }
 
 /// The OpenAPI 3 document of the REST API, generated from the handlers.
@@ -150,8 +102,19 @@ impl Modify for SecuritySchemes {
         admin::Limits, admin::UpdateLimits,
         compat::MakeCall,
         client_sessions::CreateClientSession, client_sessions::ClientSessionView,
+        schemas::UserId, schemas::CallId, schemas::E164Number, schemas::E164Prefix,
+        schemas::Extension, schemas::SipUsername, schemas::TrunkName, schemas::HostPort,
+        schemas::Host, schemas::DialPrefix, schemas::Name, schemas::Password,
+        schemas::DialString, schemas::CallbackUrl, schemas::TimeFilter, schemas::Cursor,
+        schemas::IdempotencyKey, schemas::EventId, schemas::Region, schemas::NumberTypeName,
+        schemas::CallStatusName, schemas::TrunkTransport,
+        views::doc::CallView, views::doc::CallList, views::doc::TimelineEntryView,
+        views::doc::CallbackView, views::doc::CallDetailParts, views::doc::Hangup,
+        views::doc::AccountView, views::doc::DeviceView, views::doc::UserView,
+        views::doc::NumberView, views::doc::TrunkView, views::doc::BindingView,
+        views::doc::UserList, views::doc::DeviceList, views::doc::NumberList,
+        views::doc::TrunkList, views::doc::BindingList,
     )),
-    modifiers(&SecuritySchemes),
     tags(
         (name = "calls", description = "The native call API"),
         (name = "admin", description = "The account's dialing permissions and call limits, users, devices, numbers, trunks, registrations"),

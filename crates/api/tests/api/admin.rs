@@ -327,7 +327,7 @@ async fn numbers_and_trunks() {
     .await;
     assert_eq!(
         (st, v["error"]["code"].as_str().unwrap()),
-        (400, "invalid_field")
+        (409, "credentials_incomplete")
     );
     let (st, t) = send(
         &s,
@@ -436,23 +436,26 @@ async fn account_dialing_permissions() {
     let (st, v) = s.create_call(call).await;
     assert_eq!(st, 202, "{v}");
     // Each bad value is named by its field and index; nothing is written.
-    for (body, message) in [
+    for (body, code, message) in [
         (
             json!({"allowed_countries": ["US", "XX"]}),
-            "allowed_countries[1]: \"XX\" is not an ISO 3166-1 alpha-2 code of a country with telephone numbers",
+            "invalid_allowed_countries",
+            "allowed_countries[1] is \"XX\", which is not one of the",
         ),
         (
             json!({"blocked_number_types": ["premium"]}),
-            "blocked_number_types[0]: \"premium\" is not a number type",
+            "invalid_blocked_number_types",
+            "blocked_number_types[0] must be one of \"fixed_line\", ",
         ),
         (
             json!({"allowed_prefixes": ["1"]}),
-            "allowed_prefixes[0]: \"1\" is not an E.164 prefix",
+            "invalid_allowed_prefixes",
+            "Invalid allowed_prefixes[0] format",
         ),
     ] {
         let (st, v) = send(&s, Method::PATCH, "/v1/account", ACME_SECRET, Some(body)).await;
         assert_eq!(st, 400, "{v}");
-        assert_eq!(v["error"]["code"], "invalid_field");
+        assert_eq!(v["error"]["code"], code);
         let got = v["error"]["message"].as_str().unwrap();
         assert!(got.starts_with(message), "{got}");
     }

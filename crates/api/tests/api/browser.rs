@@ -97,9 +97,29 @@ async fn a_client_secret_reaches_its_own_users_calls_and_nothing_else() {
     assert!(sess["expires_at"].as_str().unwrap().ends_with('Z'));
     let client = |r| with_client(r, &cs, Some(ACME_PK));
 
-    // Alice's own call: placed (user_id may be left out), seen, listed.
-    let (st, mine) = answer(
+    // user_id is required of every caller (the SDK fills in the session's user).
+    let got = answer(
         client(s.http.post(s.url("/v1/calls"))).json(&json!({"dial_string": "+14155550100"})),
+    )
+    .await;
+    assert_error(&got, 400, "missing_user_id", "user_id is required");
+    // The contract layer authenticates a client secret before it checks the request.
+    let got = answer(
+        with_client(s.http.post(s.url("/v1/calls")), "cs_unknown", Some(ACME_PK))
+            .json(&json!({"dial_string": "+14155550100"})),
+    )
+    .await;
+    assert_eq!(
+        (got.0, got.1["error"]["code"].as_str()),
+        (401, Some("client_secret_invalid")),
+        "{}",
+        got.1
+    );
+
+    // Alice's own call: placed, seen, listed.
+    let (st, mine) = answer(
+        client(s.http.post(s.url("/v1/calls")))
+            .json(&json!({"user_id": ALICE, "dial_string": "+14155550100"})),
     )
     .await;
     assert_eq!(st, 202, "{mine}");

@@ -158,9 +158,9 @@ async fn bad_limits_are_refused_naming_the_field() {
     ] {
         let (st, v) = send(&s, Method::PATCH, "/v1/account/limits", ACME_SECRET, body).await;
         assert_eq!(st, 400, "{v}");
-        assert_eq!(v["error"]["code"], "invalid_field");
+        assert_eq!(v["error"]["code"], format!("invalid_{field}"));
         let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.starts_with(&format!("{field}:")), "{msg}");
+        assert!(msg.starts_with(&format!("{field} must be")), "{msg}");
     }
     // Wrong types and unknown fields: the JSON body is refused as a whole.
     for body in [json!({"burst": -1}), json!({"rate": 3})] {

@@ -215,3 +215,78 @@ async fn secrets_never_reach_the_logs() {
     }
     s.stop().await;
 }
+
+/// `docs/openapi.json` is the document the server serves, and `docs/api.md` its rendering.
+/// When either is stale this test writes the current one and fails, so that the new
+/// document is committed with the change.
+#[test]
+fn published_openapi_document_is_current() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let doc = api::document::document();
+    let mut json = serde_json::to_string_pretty(doc).unwrap();
+    json.push('\n');
+    let mut stale = Vec::new();
+    for (name, current) in [
+        ("openapi.json", json),
+        ("api.md", api::document::markdown(doc)),
+    ] {
+        let path = docs.join(name);
+        if std::fs::read_to_string(&path).unwrap_or_default() != current {
+            std::fs::write(&path, &current).unwrap();
+            stale.push(name);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "docs/{stale:?} were stale and have been regenerated from the code: commit them"
+    );
+}
+
+/// The answers are what the document says: a placed and completed call, the call log, the
+/// account, its users, numbers and trunks, checked against their schemas in the document.
+#[tokio::test]
+async fn answers_fit_their_schemas_in_the_document() {
+    let s = Server::start().await;
+    let c = api::contract::contract();
+    let fits = |schema: &str, v: &serde_json::Value| {
+        let r = c.validate(
+            &json!({"$ref": format!("#/components/schemas/{schema}")}),
+            v,
+            "",
+        );
+        assert!(r.is_ok(), "{schema}: {r:?} in {v}");
+    };
+    let (st, placed) = s
+        .create_call(json!({"user_id": ALICE, "dial_string": "+14155550100",
+            "metadata": {"ticket": 7}}))
+        .await;
+    assert_eq!(st, 202, "{placed}");
+    fits("CallAccepted", &placed);
+    let id = placed["call_id"].as_str().unwrap().to_owned();
+    let (_, running) = s.get(&format!("/v1/calls/{id}"), ACME_SECRET).await;
+    fits("CallDetail", &running);
+    s.calls.complete(&id);
+    let (_, done) = s.get(&format!("/v1/calls/{id}"), ACME_SECRET).await;
+    assert_eq!(done["status"], "completed");
+    fits("CallDetail", &done);
+    for (path, schema) in [
+        ("/v1/calls", "CallList"),
+        ("/v1/account", "Account"),
+        ("/v1/users", "UserList"),
+        ("/v1/numbers", "NumberList"),
+        ("/v1/trunks", "TrunkList"),
+        ("/v1/account/limits", "Limits"),
+    ] {
+        let (st, v) = s.get(path, ACME_SECRET).await;
+        assert_eq!(st, 200, "{path}: {v}");
+        fits(schema, &v);
+    }
+    // A schema that does not fit is noticed.
+    let r = c.validate(
+        &json!({"$ref": "#/components/schemas/Call"}),
+        &json!({"call_id": "nope"}),
+        "",
+    );
+    assert!(r.is_err());
+    s.stop().await;
+}

@@ -28,7 +28,10 @@ mod crud;
 mod idempotency;
 mod limits;
 mod migrations;
+mod nodes;
 mod outbox;
+// Shared with the black-box tests, which use more of it (stopping and starting a server).
+#[allow(dead_code)]
 #[path = "../../../../sip-tests/src/pg.rs"]
 mod pg;
 mod postgres;
