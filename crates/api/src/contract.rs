@@ -10,6 +10,10 @@
 //! `invalid_json` for a body that is not a JSON object. Integral JSON numbers written as
 //! floats (`42.0`) are integers, as JSON Schema says, and reach the handler as such.
 //!
+//! The routes a browser may use ([`crate::client::CLIENT_SECRET_ROUTES`]) also accept a
+//! client secret with its publishable key, authenticated as their handlers do
+//! ([`crate::client::Caller`]).
+//!
 //! The Click-2-Call-style routes answer in their own always-`200` shape and are not checked
 //! here ([`OWN_SHAPE`]); the JustCall-style route answers its errors in its own shape.
 //!
@@ -27,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use crate::client::{Caller, Scope};
 use crate::error::{ApiError, JustCallError};
 use crate::http::{BearerAccount, JsonBytes, KeyPairAccount};
 use crate::state::Shared;
@@ -39,6 +44,9 @@ pub const OWN_SHAPE: &[&str] = &["/click2call", "/click2call/status/{request_id}
 enum Security {
     None,
     Bearer,
+    /// A secret key, or a client secret with its publishable key (the routes a browser may
+    /// use, [`crate::client::CLIENT_SECRET_ROUTES`]).
+    BearerOrClient,
     KeyPair,
 }
 
@@ -185,6 +193,9 @@ impl Contract {
 
     fn operation(&self, op: &Value) -> Operation {
         let security = match op["security"].as_array() {
+            Some(reqs) if reqs.iter().any(|r| r.get("client_secret").is_some()) => {
+                Security::BearerOrClient
+            }
             Some(reqs) if reqs.iter().any(|r| r.get("bearer").is_some()) => Security::Bearer,
             Some(reqs) if reqs.iter().any(|r| r.get("key_pair").is_some()) => Security::KeyPair,
             _ => Security::None,
@@ -669,6 +680,8 @@ fn collect_field_names(v: &Value, out: &mut Vec<String>) {
 #[derive(Debug, Clone)]
 pub(crate) enum Authenticated {
     Bearer(store::Account),
+    /// A client secret: the account of its publishable key, and the session's user.
+    Client(store::Account, String),
     KeyPair(store::Account),
 }
 
@@ -701,6 +714,23 @@ pub async fn enforce(State(shared): State<Arc<Shared>>, req: Request, next: Next
         Security::Bearer => match BearerAccount::from_request_parts(&mut parts, &shared).await {
             Ok(BearerAccount(a)) => {
                 parts.extensions.insert(Authenticated::Bearer(a));
+            }
+            Err(e) => return answer(op.security, e),
+        },
+        Security::BearerOrClient => match Caller::from_request_parts(&mut parts, &shared).await {
+            Ok(Caller {
+                account,
+                scope: Scope::Account,
+            }) => {
+                parts.extensions.insert(Authenticated::Bearer(account));
+            }
+            Ok(Caller {
+                account,
+                scope: Scope::User(user),
+            }) => {
+                parts
+                    .extensions
+                    .insert(Authenticated::Client(account, user));
             }
             Err(e) => return answer(op.security, e),
         },

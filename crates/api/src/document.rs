@@ -30,6 +30,7 @@ const PLACE_422: &[&str] = &[
 /// The error answers of each operation beyond 400 (schema), 401, 413, 415, 500 and the
 /// store's 503, which [`complete`] adds where they apply.
 pub const ERRORS: &[(&str, &str, u16, &[&str])] = &[
+    ("post", "/v1/calls", 403, &["user_not_allowed"]),
     ("post", "/v1/calls", 404, &["user_not_found"]),
     ("post", "/v1/calls", 409, &["idempotency_key_in_progress"]),
     ("post", "/v1/calls", 422, &["idempotency_key_reused"]),
@@ -137,10 +138,37 @@ pub const ERRORS: &[(&str, &str, u16, &[&str])] = &[
     ("post", "/v2/calls/make", 422, PLACE_422),
     ("post", "/v2/calls/make", 429, &["rate_limited"]),
     ("post", "/v2/calls/make", 503, &["unavailable"]),
+    ("post", "/v1/client_sessions", 404, &["user_not_found"]),
+    (
+        "delete",
+        "/v1/client_sessions/{session_id}",
+        404,
+        &["client_session_not_found"],
+    ),
+    (
+        "delete",
+        "/v1/publishable_keys/{key}",
+        404,
+        &["publishable_key_not_found"],
+    ),
+    ("get", "/console/{asset}", 404, &["not_found"]),
+];
+
+/// The `401` codes of a client secret ([`crate::client::Caller`]), beside `unauthorized`.
+const CLIENT_SECRET_401: &[&str] = &[
+    "client_secret_invalid",
+    "client_secret_expired",
+    "publishable_key_invalid",
 ];
 
 /// Routes that do not touch the store (no `500` / `503 store_unavailable`).
-const NO_STORE: &[&str] = &["/metrics", "/openapi.json", "/healthz"];
+const NO_STORE: &[&str] = &[
+    "/metrics",
+    "/openapi.json",
+    "/healthz",
+    "/console",
+    "/console/{asset}",
+];
 
 fn reason(status: u16) -> &'static str {
     match status {
@@ -181,6 +209,17 @@ fn security_schemes() -> Value {
             "scheme": "basic",
             "description": "The account's API key and secret: HTTP Basic with the key as user name and the secret as password, or the JustCall form `Authorization: <key>:<secret>`. JustCall-style API."
         },
+        "client_secret": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "`Authorization: Bearer cs_…`: a client secret from `POST /v1/client_sessions`, always with `publishable_key`. Reaches one user's calls only: places, watches and hangs them up. Browser side."
+        },
+        "publishable_key": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Dialbridge-Publishable-Key",
+            "description": "`Dialbridge-Publishable-Key: pk_…`: a publishable key of the client secret's account; public, grants nothing on its own."
+        },
         "c2c_api_key": {
             "type": "apiKey",
             "in": "query",
@@ -188,6 +227,58 @@ fn security_schemes() -> Value {
             "description": "One of the account's API secrets. Click-2-Call-style API."
         }
     })
+}
+
+/// The browser side (SPEC §9.3): the routes a client secret may use take it, with a
+/// publishable key, as an alternative to a secret key; every operation with a secret key
+/// takes `Dialbridge-Account` (a platform acting for a connected account); the console's
+/// assets.
+fn browser_side(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (route, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (_, op) in item.iter_mut() {
+            let bearer = op["security"]
+                .as_array()
+                .is_some_and(|reqs| reqs.iter().any(|r| r.get("bearer").is_some()));
+            if !bearer {
+                continue;
+            }
+            if crate::client::CLIENT_SECRET_ROUTES.contains(&route.as_str()) {
+                if let Some(reqs) = op["security"].as_array_mut() {
+                    reqs.push(json!({"client_secret": [], "publishable_key": []}));
+                }
+            }
+            let header = json!({
+                "name": "Dialbridge-Account",
+                "in": "header",
+                "required": false,
+                "description": "With a platform's secret key: the connected account (`acct_…`) to act for; `403 account_not_connected` for any other account",
+                "schema": {"type": "string", "pattern": crate::schemas::ACCOUNT_ID}
+            });
+            match op["parameters"].as_array_mut() {
+                Some(params) => params.push(header),
+                None => op["parameters"] = json!([header]),
+            }
+        }
+    }
+    let assets = &mut doc["paths"]["/console/{asset}"]["get"];
+    if assets.is_object() {
+        for p in assets["parameters"].as_array_mut().into_iter().flatten() {
+            if p["name"] == "asset" {
+                p["schema"] = json!({"type": "string", "enum": ["console.js", "console.css", "sdk.js", "index.html"]});
+            }
+        }
+        assets["responses"]["200"]["content"] = json!({
+            "text/javascript": {"schema": {"type": "string"}},
+            "text/css": {"schema": {"type": "string"}},
+            "text/html": {"schema": {"type": "string"}}
+        });
+    }
 }
 
 /// Every property, parameter and header name that a 400 of `op` can name, as codes.
@@ -302,6 +393,8 @@ fn error_response(status: u16, codes: &[String], justcall: bool) -> Value {
 pub fn complete(doc: &mut Value) {
     let comps = &mut doc["components"];
     comps["securitySchemes"] = security_schemes();
+    browser_side(doc);
+    let comps = &mut doc["components"];
     comps["schemas"]["JustCallError"] = json!({
         "type": "object",
         "description": "An error of the JustCall-style API: the shared `Error` plus JustCall's `status` and `message`.",
@@ -408,6 +501,19 @@ pub fn complete(doc: &mut Value) {
             }
             if !security.is_empty() {
                 add(401, vec!["unauthorized".to_owned()]);
+            }
+            if security.contains(&"client_secret") {
+                add(
+                    401,
+                    CLIENT_SECRET_401.iter().map(|c| (*c).to_owned()).collect(),
+                );
+            }
+            if security.contains(&"bearer") {
+                let mut codes = vec!["account_not_connected".to_owned()];
+                if !security.contains(&"client_secret") {
+                    codes.push("client_secret_not_allowed".to_owned());
+                }
+                add(403, codes);
             }
             if op.get("requestBody").is_some() {
                 add(413, vec!["payload_too_large".to_owned()]);

@@ -17,6 +17,13 @@ pub enum ApiError {
     /// Missing or wrong credentials (401).
     #[error("Unauthorized")]
     Unauthorized,
+    /// A client secret that is unknown, revoked or expired, or that came without a
+    /// publishable key of its account (401; the SDK fetches a new secret on it).
+    #[error("{message}")]
+    ClientSecret {
+        code: &'static str,
+        message: &'static str,
+    },
     /// A malformed request: missing field, wrong type, bad parameter (400).
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
@@ -92,7 +99,7 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::ClientSecret { .. } => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -115,6 +122,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => "unauthorized",
             ApiError::BadRequest { code, .. }
+            | ApiError::ClientSecret { code, .. }
             | ApiError::NotFound { code, .. }
             | ApiError::Forbidden { code, .. }
             | ApiError::Conflict { code, .. }

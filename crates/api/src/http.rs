@@ -40,7 +40,13 @@ fn authorization(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or(ApiError::Unauthorized)
 }
 
-/// The account of a `Bearer` API secret.
+/// The header by which a platform's secret key acts for a connected account.
+pub const ACCOUNT_HEADER: &str = "dialbridge-account";
+
+/// The account of a `Bearer` API secret, or, with `Dialbridge-Account: acct_…`, the
+/// connected account that secret's (platform) account acts for (403 `account_not_connected`
+/// for any other). A client secret is refused here (403): the routes it may use take
+/// [`crate::client::Caller`].
 pub struct BearerAccount(pub Account);
 
 impl FromRequestParts<Arc<Shared>> for BearerAccount {
@@ -58,9 +64,30 @@ impl FromRequestParts<Arc<Shared>> for BearerAccount {
         if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
             return Err(ApiError::Unauthorized);
         }
-        match state.store.account_by_api_secret(secret.trim()).await? {
-            Some(a) => Ok(BearerAccount(a)),
-            None => Err(ApiError::Unauthorized),
+        if crate::client::has_client_secret(parts) {
+            return Err(crate::client::not_for_client_secrets());
+        }
+        let Some(account) = state.store.account_by_api_secret(secret.trim()).await? else {
+            return Err(ApiError::Unauthorized);
+        };
+        let Some(target) = parts.headers.get(ACCOUNT_HEADER) else {
+            return Ok(BearerAccount(account));
+        };
+        let target = target.to_str().map(str::trim).unwrap_or("");
+        if target == account.id {
+            return Ok(BearerAccount(account));
+        }
+        let connected = if target.is_empty() {
+            None
+        } else {
+            state.store.account(target).await?
+        };
+        match connected {
+            Some(a) if a.platform.as_deref() == Some(account.id.as_str()) => Ok(BearerAccount(a)),
+            _ => Err(ApiError::Forbidden {
+                code: "account_not_connected",
+                message: "The account in Dialbridge-Account is not connected to this platform",
+            }),
         }
     }
 }

@@ -324,6 +324,7 @@ impl Writer {
                 "detail": detail,
             });
             sse["status"] = k.rec.status.as_str().into();
+            sse["user_id"] = json!(k.rec.user_id);
             effects.push(Effect {
                 account_id: ev.account_id.clone(),
                 kind,

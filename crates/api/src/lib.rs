@@ -26,7 +26,12 @@
 //!   limits, call record, hand-over to the engine).
 //! - [`routes`]: handlers — `calls` (native), `lookup` (number lookup), `admin` (the
 //!   account's dialing permissions and call limits, users, devices, numbers, trunks),
-//!   `compat` (JustCall, Click-2-Call), `meta` (healthz, metrics, OpenAPI document).
+//!   `compat` (JustCall, Click-2-Call), `meta` (healthz, metrics, OpenAPI document),
+//!   `client_sessions` and `publishable_keys` (the browser side), `console` (the web
+//!   console's embedded assets).
+//! - [`cors`]: cross-origin access for web pages to the routes a client secret may use.
+//! - [`client`]: client secrets scoped to one user, and the [`client::Caller`] extractor of
+//!   the routes they may use.
 //! - [`hooks`]: the [`b2bua::calls::CallHooks`] implementation (queues each event) and the
 //!   rules that turn an event into the call record's changes and a callback.
 //! - [`journal`]: the call event write path: the queue, the writer thread that writes batches
@@ -51,8 +56,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod callbacks;
+pub mod client;
 pub mod conn;
 pub mod contract;
+pub mod cors;
 pub mod document;
 pub mod error;
 pub mod events;
@@ -158,6 +165,7 @@ impl Api {
                 journal: Arc::default(),
                 store_health: Default::default(),
                 idempotency_inflight: Mutex::new(Default::default()),
+                client_sessions: Default::default(),
             }),
         }
     }
@@ -208,8 +216,28 @@ impl Api {
 
     /// The axum router with every route, the body limit and the access log.
     pub fn router(&self) -> Router {
-        use routes::{admin, calls, compat, lookup, meta};
+        use routes::{
+            admin, calls, client_sessions, compat, console, lookup, meta, publishable_keys,
+        };
         Router::new()
+            .route(
+                "/v1/client_sessions",
+                post(client_sessions::create_client_session)
+                    .get(client_sessions::list_client_sessions),
+            )
+            .route(
+                "/v1/client_sessions/{session_id}",
+                axum::routing::delete(client_sessions::revoke_client_session),
+            )
+            .route(
+                "/v1/publishable_keys",
+                get(publishable_keys::list_publishable_keys)
+                    .post(publishable_keys::create_publishable_key),
+            )
+            .route(
+                "/v1/publishable_keys/{key}",
+                axum::routing::delete(publishable_keys::delete_publishable_key),
+            )
             .route("/v1/calls", post(calls::create_call).get(calls::list_calls))
             .route("/v1/calls/{call_id}", get(calls::get_call))
             .route("/v1/calls/{call_id}/hangup", post(calls::hangup_call))
@@ -268,6 +296,9 @@ impl Api {
                 "/click2call/status/{request_id}",
                 get(compat::click2call_status),
             )
+            .route("/console", get(console::index))
+            .route("/console/", get(console::index))
+            .route("/console/{asset}", get(console::asset_file))
             .route("/healthz", get(meta::healthz))
             .route("/metrics", get(meta::metrics))
             .route("/openapi.json", get(meta::openapi))
@@ -279,6 +310,7 @@ impl Api {
                 contract::enforce,
             ))
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(axum::middleware::from_fn(cors::cors))
             .layer(axum::middleware::from_fn_with_state(
                 self.shared.clone(),
                 http::access_log,

@@ -48,6 +48,8 @@ macro_rules! port {
 pub const USER_ID: &str = typeid!("user");
 /// TypeID of a call.
 pub const CALL_ID: &str = typeid!("call");
+/// TypeID of an account.
+pub const ACCOUNT_ID: &str = typeid!("acct");
 /// E.164: `+`, then 7 to 15 digits, the first not 0 (`store::e164::is_e164`).
 pub const E164: &str = r"^\+[1-9][0-9]{6,14}$";
 /// `+` then up to 15 digits (`store::e164::is_e164_prefix`).

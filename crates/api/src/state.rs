@@ -72,6 +72,8 @@ pub struct Shared {
     pub(crate) journal: Arc<crate::journal::Journal>,
     /// Whether the store takes writes, as last seen.
     pub(crate) store_health: crate::journal::StoreHealth,
+    /// The client sessions of the browser side (see [`crate::client`]).
+    pub(crate) client_sessions: crate::client::ClientSessions,
     /// (account, Idempotency-Key) pairs whose first request is being processed.
     pub(crate) idempotency_inflight: Mutex<HashSet<(String, String)>>,
 }

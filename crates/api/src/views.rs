@@ -21,6 +21,7 @@ pub fn account(a: &Account) -> Value {
         "allowed_countries": a.allowed_countries,
         "blocked_number_types": a.blocked_number_types,
         "allowed_prefixes": a.allowed_prefixes,
+        "platform": a.platform,
     })
 }
 

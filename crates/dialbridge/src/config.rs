@@ -351,6 +351,10 @@ pub struct Config {
     pub users: Vec<store::UserSpec>,
     pub trunks: Vec<store::TrunkSpec>,
     pub numbers: Vec<store::NumberSpec>,
+    /// `serve` without `--config`: on an empty store it makes a development account (see
+    /// [`crate::development`]).
+    #[serde(skip)]
+    pub embedded_defaults: bool,
 }
 
 /// The values the server runs with, checked.

@@ -4,6 +4,7 @@
 mod budget;
 mod config;
 mod demo;
+mod development;
 mod hep;
 mod logging;
 mod node;
@@ -119,7 +120,10 @@ fn run(cli: Cli) -> ExitCode {
                         return ExitCode::from(2);
                     }
                 },
-                None => config::Config::default(),
+                None => config::Config {
+                    embedded_defaults: true,
+                    ..Default::default()
+                },
             };
             cfg.log.sip_trace |= sip_trace;
             init_logging(cli.log_format, default_level, cfg.log.sip_trace);

@@ -95,6 +95,14 @@ pub async fn serve_until(
         .apply_provisioning(&cfg.provisioning(), &cfg.sip.domain)
         .await?;
     tracing::info!(url = %cfg.store.url, ?report, "store ready");
+    let development = if cfg.embedded_defaults {
+        crate::development::DevelopmentAccount::create_if_empty(&*store, &cfg.sip.domain).await?
+    } else {
+        None
+    };
+    if let Some(dev) = &development {
+        tracing::info!(account = %dev.account_id, "development account created (its keys are printed once on standard output)");
+    }
     // This node's lease: refuses to run beside another live node with the same id.
     let lease =
         Arc::new(crate::node::Lease::acquire(Arc::clone(&store), valid.node.clone()).await?);
@@ -411,6 +419,13 @@ pub async fn serve_until(
     let http = tokio::spawn(rest.serve(listener, async move {
         let _ = stop_api_rx.await;
     }));
+    if let Some(dev) = &development {
+        let sip = sip_addrs
+            .iter()
+            .find(|a| a.to_string().starts_with("udp:"))
+            .map(|a| a.to_string().trim_start_matches("udp:").to_owned());
+        say!("{}", dev.announcement(api_addr, sip));
+    }
     say!("dialbridge: ready");
     if let Some(tx) = ready {
         let _ = tx.send(Bound {

@@ -67,8 +67,8 @@ pub mod typeid;
 pub use error::StoreError;
 pub use model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry, OutboxState, TimelineEntry,
-    Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, UnknownNumberType, User,
+    IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry, OutboxState, PublishableKey,
+    TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, UnknownNumberType, User,
 };
 pub use postgres::PgStore;
 pub use provision::{
@@ -160,6 +160,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         account_id: &str,
         limits: &AccountLimits,
     ) -> Result<bool, StoreError>;
+    /// The account of a publishable key (`pk_…`).
+    async fn account_by_publishable_key(&self, key: &str) -> Result<Option<Account>, StoreError>;
+    /// An account's publishable keys, oldest first.
+    async fn publishable_keys_for_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<PublishableKey>, StoreError>;
+    /// Adds a publishable key (`Invalid` for a malformed key, `AlreadyExists` for a taken one).
+    async fn create_publishable_key(&self, key: &PublishableKey) -> Result<(), StoreError>;
+    /// Removes one of the account's publishable keys; `Ok(false)` when it has no such key.
+    async fn delete_publishable_key(&self, account_id: &str, key: &str)
+        -> Result<bool, StoreError>;
     /// Writes an account's name, region and dialing permissions (not its webhook secret nor
     /// its keys). `NotFound` when there is no such account.
     async fn update_account(&self, account: &Account) -> Result<(), StoreError>;
@@ -405,6 +417,19 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
         account_id: &str,
         limits: &AccountLimits,
     ) -> Result<bool, StoreError>;
+    /// The account of a publishable key (`pk_…`).
+    fn account_by_publishable_key(&self, key: &str) -> Result<Option<Account>, StoreError>;
+    /// An account's publishable keys, oldest first.
+    fn publishable_keys_for_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<PublishableKey>, StoreError>;
+    /// Adds a publishable key (`Invalid` for a malformed key, `Conflict` for a taken one).
+    fn create_publishable_key(&self, key: &PublishableKey) -> Result<(), StoreError>;
+    /// Removes one of the account's publishable keys; `Ok(false)` when it has no such key.
+    fn delete_publishable_key(&self, account_id: &str, key: &str) -> Result<bool, StoreError>;
+    /// Writes an account's name, region and dialing permissions (not its webhook secret nor
+    /// its keys). `NotFound` when there is no such account.
     fn update_account(&self, account: &Account) -> Result<(), StoreError>;
 
     // ----- users --------------------------------------------------------------------------

@@ -36,6 +36,20 @@ pub struct Account {
     pub allowed_countries: Vec<String>,
     /// Kinds of number this account may not dial, in any country.
     pub blocked_number_types: Vec<NumberType>,
+    /// The platform account this account is connected to (SPEC §9.3): its secret keys may
+    /// act for this account with the `Dialbridge-Account` header.
+    pub platform: Option<String>,
+}
+
+/// A publishable key (`pk_…`, SPEC §9.3): a public identifier of an account that a browser
+/// SDK is loaded with. It grants nothing by itself; a client secret must come with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishableKey {
+    pub key: String,
+    pub account_id: String,
+    /// `config` (provisioned from `[[accounts]] publishable_keys`) or `api` (admin API).
+    pub source: String,
+    pub created_at_ms: UnixMs,
 }
 
 /// An account's call limits (SPEC §9.1): a token bucket for the call rate and a cap on the

@@ -22,8 +22,8 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, TimelineEntry, Transport,
-    Trunk, TrunkRouting, UnixMs, UnixSecs, User,
+    IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, PublishableKey, TimelineEntry,
+    Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, User,
 };
 use crate::provision::{Change, ConfigIssue, ProvisionReport, Provisioning, DEVICE_PREFIX};
 use crate::secret::{api_secret_hash, constant_time_eq, ha1_md5, ha1_sha256, Secret};
@@ -205,6 +205,18 @@ ALTER TABLE trunks ADD COLUMN down_after BIGINT NOT NULL DEFAULT 3;
 ALTER TABLE trunks ADD COLUMN up_after BIGINT NOT NULL DEFAULT 2;
 ALTER TABLE trunks ADD COLUMN max_calls BIGINT;
 ALTER TABLE trunks ADD COLUMN calls_per_second BIGINT;
+"#,
+    // 4: the browser side (SQLite's version 6): publishable keys, the platform an account is
+    // connected to.
+    r#"
+ALTER TABLE accounts ADD COLUMN platform TEXT;
+CREATE TABLE publishable_keys (
+    key           TEXT PRIMARY KEY,
+    account_id    TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    source        TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE INDEX publishable_keys_account ON publishable_keys(account_id);
 "#,
 ];
 
@@ -483,7 +495,7 @@ fn opt_u32_col(row: &Row, idx: usize, column: &'static str) -> Result<Option<u32
 }
 
 const ACCOUNT_COLS: &str = "id, name, region, webhook_secret, allowed_prefixes, \
-     allowed_countries, blocked_number_types, calls_per_second, burst, max_concurrent";
+     allowed_countries, blocked_number_types, calls_per_second, burst, max_concurrent, platform";
 
 fn account_from_row(row: &Row) -> Result<Account, StoreError> {
     let prefixes: String = row.try_get(4)?;
@@ -505,6 +517,18 @@ fn account_from_row(row: &Row) -> Result<Account, StoreError> {
             burst: u32_col(row, 8, "accounts.burst")?,
             max_concurrent: u32_col(row, 9, "accounts.max_concurrent")?,
         },
+        platform: row.try_get(10)?,
+    })
+}
+
+const PK_COLS: &str = "key, account_id, source, created_at_ms";
+
+fn publishable_key_from_row(row: &Row) -> Result<PublishableKey, StoreError> {
+    Ok(PublishableKey {
+        key: row.try_get(0)?,
+        account_id: row.try_get(1)?,
+        source: row.try_get(2)?,
+        created_at_ms: row.try_get(3)?,
     })
 }
 
@@ -712,6 +736,64 @@ fn timeline_from_row(row: &Row) -> Result<TimelineEntry, StoreError> {
 }
 
 // ----- writes shared by several methods ------------------------------------------------------
+
+/// The publishable keys of one `[[accounts]]` entry (as SQLite's `provision_publishable_keys`):
+/// listed ones are created or moved here, those the file no longer lists are removed, keys
+/// made through the admin API are left alone.
+async fn provision_publishable_keys<C: GenericClient + Sync>(
+    tx: &C,
+    i: usize,
+    a: &crate::provision::AccountSpec,
+) -> Result<(), StoreError> {
+    let now = wall_clock_ms();
+    for (j, k) in a.publishable_keys.iter().enumerate() {
+        let key_path = format!("accounts[{i}].publishable_keys[{j}]");
+        let existing = query_opt(
+            tx,
+            "SELECT account_id FROM publishable_keys WHERE key = $1",
+            &[k],
+        )
+        .await?;
+        match existing {
+            Some(r) if r.try_get::<_, String>(0)? == a.id => {}
+            Some(_) => {
+                exec(
+                    tx,
+                    "UPDATE publishable_keys SET account_id = $2, source = 'config' WHERE key = $1",
+                    &[k, &a.id],
+                )
+                .await
+                .map_err(|e| conflict(key_path, e, "publishable key"))?;
+            }
+            None => {
+                exec(
+                    tx,
+                    "INSERT INTO publishable_keys (key, account_id, source, created_at_ms)
+                     VALUES ($1, $2, 'config', $3)",
+                    &[k, &a.id, &now],
+                )
+                .await
+                .map_err(|e| conflict(key_path, e, "publishable key"))?;
+                log_change(Change::Created, "publishable key", k);
+            }
+        }
+    }
+    let rows = query(
+        tx,
+        "SELECT key FROM publishable_keys WHERE account_id = $1 AND source = 'config'",
+        &[&a.id],
+    )
+    .await?;
+    for row in rows {
+        let key: String = row.try_get(0)?;
+        if a.publishable_keys.contains(&key) {
+            continue;
+        }
+        exec(tx, "DELETE FROM publishable_keys WHERE key = $1", &[&key]).await?;
+        tracing::info!(key = %key, account = %a.id, "publishable key removed by provisioning");
+    }
+    Ok(())
+}
 
 async fn write_account_limits<C: GenericClient + Sync>(
     c: &C,
@@ -950,8 +1032,8 @@ impl PgStore {
                     exec(
                         tx,
                         "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes,
-                             allowed_countries, blocked_number_types)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                             allowed_countries, blocked_number_types, platform)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                         &[
                             &a.id,
                             &a.name,
@@ -960,6 +1042,7 @@ impl PgStore {
                             &prefixes,
                             &countries,
                             &blocked,
+                            &a.platform,
                         ],
                     )
                     .await?;
@@ -973,7 +1056,8 @@ impl PgStore {
                         && old.allowed_prefixes == a.allowed_prefixes
                         && old.allowed_countries == allowed_countries
                         && old.blocked_number_types == blocked_number_types
-                        && old.limits == limits =>
+                        && old.limits == limits
+                        && old.platform == a.platform =>
                 {
                     Change::Unchanged
                 }
@@ -982,7 +1066,7 @@ impl PgStore {
                         tx,
                         "UPDATE accounts SET name = $2, region = $3, webhook_secret = $4,
                              allowed_prefixes = $5, allowed_countries = $6,
-                             blocked_number_types = $7 WHERE id = $1",
+                             blocked_number_types = $7, platform = $8 WHERE id = $1",
                         &[
                             &a.id,
                             &a.name,
@@ -991,6 +1075,7 @@ impl PgStore {
                             &prefixes,
                             &countries,
                             &blocked,
+                            &a.platform,
                         ],
                     )
                     .await?;
@@ -1058,6 +1143,7 @@ impl PgStore {
                 tracing::info!(key = %key, account = %a.id, "api key revoked by provisioning");
                 report.api_keys.removed += 1;
             }
+            provision_publishable_keys(tx, i, a).await?;
         }
         Ok(())
     }
@@ -1398,6 +1484,71 @@ impl Store for PgStore {
     ) -> Result<bool, StoreError> {
         let c = self.client().await?;
         write_account_limits(&c, account_id, limits).await
+    }
+
+    async fn account_by_publishable_key(&self, key: &str) -> Result<Option<Account>, StoreError> {
+        let c = self.client().await?;
+        query_opt(
+            &c,
+            &format!(
+                "SELECT {ACCOUNT_COLS} FROM accounts
+                 WHERE id = (SELECT account_id FROM publishable_keys WHERE key = $1)"
+            ),
+            &[&key],
+        )
+        .await?
+        .map(|r| account_from_row(&r))
+        .transpose()
+    }
+
+    async fn publishable_keys_for_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<PublishableKey>, StoreError> {
+        let c = self.client().await?;
+        let rows = query(
+            &c,
+            &format!(
+                "SELECT {PK_COLS} FROM publishable_keys WHERE account_id = $1
+                 ORDER BY created_at_ms, key"
+            ),
+            &[&account_id],
+        )
+        .await?;
+        list(rows, publishable_key_from_row)
+    }
+
+    async fn create_publishable_key(&self, key: &PublishableKey) -> Result<(), StoreError> {
+        crate::provision::check_publishable_key(&key.key).map_err(|reason| {
+            StoreError::Invalid {
+                field: "key",
+                reason,
+            }
+        })?;
+        let c = self.client().await?;
+        exec(
+            &c,
+            &format!("INSERT INTO publishable_keys ({PK_COLS}) VALUES ($1, $2, $3, $4)"),
+            &[&key.key, &key.account_id, &key.source, &key.created_at_ms],
+        )
+        .await
+        .map_err(|e| insert_error(e, "publishable key", &key.key))?;
+        Ok(())
+    }
+
+    async fn delete_publishable_key(
+        &self,
+        account_id: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let n = exec(
+            &c,
+            "DELETE FROM publishable_keys WHERE account_id = $1 AND key = $2",
+            &[&account_id, &key],
+        )
+        .await?;
+        Ok(n > 0)
     }
 
     async fn update_account(&self, account: &Account) -> Result<(), StoreError> {

@@ -24,6 +24,21 @@ pub const USER_PREFIX: &str = "user";
 /// TypeID prefix of devices.
 pub const DEVICE_PREFIX: &str = "dev";
 
+/// Checks the form of a publishable key: `pk_` then 8 to 120 letters, digits or `_`.
+pub fn check_publishable_key(key: &str) -> Result<(), String> {
+    let rest = key
+        .strip_prefix("pk_")
+        .ok_or_else(|| "a publishable key starts with \"pk_\"".to_owned())?;
+    if !(8..=120).contains(&rest.len())
+        || !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(
+            "a publishable key is \"pk_\" then 8 to 120 letters, digits or underscores".to_owned(),
+        );
+    }
+    Ok(())
+}
+
 /// An `[[accounts]]` entry.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +66,15 @@ pub struct AccountSpec {
     /// [`NumberType`] names; absent: [`NumberType::DEFAULT_BLOCKED`].
     #[serde(default)]
     pub blocked_number_types: Option<Vec<String>>,
+    /// Publishable keys (`pk_…`, SPEC §9.3): public identifiers a browser SDK is loaded
+    /// with. Keys the file lists are created; keys it used to list are removed; keys made
+    /// through the admin API are kept.
+    #[serde(default)]
+    pub publishable_keys: Vec<String>,
+    /// The platform account (`acct_…`) this account is connected to: that platform's secret
+    /// keys may act for this account with the `Dialbridge-Account` header.
+    #[serde(default)]
+    pub platform: Option<String>,
 }
 
 impl AccountSpec {
@@ -469,6 +493,7 @@ impl Provisioning {
         let mut ids = HashSet::new();
         let mut keys = HashSet::new();
         let mut secrets = HashSet::new();
+        let mut pks = HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
             let at = |field: &str| format!("accounts[{i}].{field}");
             if let Err(e) = TypeId::parse_with_prefix(&a.id, ACCOUNT_PREFIX) {
@@ -542,6 +567,27 @@ impl Provisioning {
                     issues.push(ConfigIssue::new(
                         at(&format!("blocked_number_types[{j}]")),
                         e.to_string(),
+                    ));
+                }
+            }
+            for (j, k) in a.publishable_keys.iter().enumerate() {
+                let path = at(&format!("publishable_keys[{j}]"));
+                if let Err(reason) = check_publishable_key(k) {
+                    issues.push(ConfigIssue::new(path, reason));
+                } else if !pks.insert(k.as_str()) {
+                    issues.push(ConfigIssue::new(
+                        path,
+                        format!("duplicate publishable key {k:?}"),
+                    ));
+                }
+            }
+            if let Some(p) = &a.platform {
+                if let Err(e) = TypeId::parse_with_prefix(p, ACCOUNT_PREFIX) {
+                    issues.push(ConfigIssue::new(at("platform"), e.to_string()));
+                } else if *p == a.id {
+                    issues.push(ConfigIssue::new(
+                        at("platform"),
+                        "an account cannot be its own platform",
                     ));
                 }
             }

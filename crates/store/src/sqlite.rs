@@ -23,8 +23,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 use crate::error::StoreError;
 use crate::model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, TimelineEntry, Transport,
-    Trunk, TrunkRouting, UnixMs, UnixSecs, User,
+    IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, PublishableKey, TimelineEntry,
+    Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, User,
 };
 use crate::provision::{
     Change, ConfigIssue, ProvisionReport, Provisioning, TrunkSpec, DEVICE_PREFIX,
@@ -213,6 +213,18 @@ ALTER TABLE trunks ADD COLUMN down_after INTEGER NOT NULL DEFAULT 3;
 ALTER TABLE trunks ADD COLUMN up_after INTEGER NOT NULL DEFAULT 2;
 ALTER TABLE trunks ADD COLUMN max_calls INTEGER;
 ALTER TABLE trunks ADD COLUMN calls_per_second INTEGER;
+"#,
+    // 6: the browser side (SPEC §9.3): publishable keys, and the platform an account is
+    // connected to.
+    r#"
+ALTER TABLE accounts ADD COLUMN platform TEXT;
+CREATE TABLE publishable_keys (
+    key           TEXT PRIMARY KEY,
+    account_id    TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    source        TEXT NOT NULL,                 -- 'config' | 'api'
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX publishable_keys_account ON publishable_keys(account_id);
 "#,
 ];
 
@@ -504,7 +516,7 @@ fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
 }
 
 const ACCOUNT_COLS: &str = "id, name, region, webhook_secret, allowed_prefixes, \
-     allowed_countries, blocked_number_types, calls_per_second, burst, max_concurrent";
+     allowed_countries, blocked_number_types, calls_per_second, burst, max_concurrent, platform";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let prefixes: String = row.get(4)?;
@@ -523,6 +535,18 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
             burst: row.get(8)?,
             max_concurrent: row.get(9)?,
         },
+        platform: row.get(10)?,
+    })
+}
+
+const PK_COLS: &str = "key, account_id, source, created_at_ms";
+
+fn publishable_key_from_row(row: &Row<'_>) -> rusqlite::Result<PublishableKey> {
+    Ok(PublishableKey {
+        key: row.get(0)?,
+        account_id: row.get(1)?,
+        source: row.get(2)?,
+        created_at_ms: row.get(3)?,
     })
 }
 
@@ -897,8 +921,8 @@ impl SqliteStore {
                     exec(
                         tx,
                         "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes,
-                             allowed_countries, blocked_number_types)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                             allowed_countries, blocked_number_types, platform)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                         params![
                             a.id,
                             a.name,
@@ -906,7 +930,8 @@ impl SqliteStore {
                             a.webhook_secret.expose(),
                             prefixes,
                             countries,
-                            blocked
+                            blocked,
+                            a.platform
                         ],
                     )?;
                     write_account_limits(tx, &a.id, &limits)?;
@@ -919,7 +944,8 @@ impl SqliteStore {
                         && old.allowed_prefixes == a.allowed_prefixes
                         && old.allowed_countries == allowed_countries
                         && old.blocked_number_types == blocked_number_types
-                        && old.limits == limits =>
+                        && old.limits == limits
+                        && old.platform == a.platform =>
                 {
                     Change::Unchanged
                 }
@@ -928,7 +954,7 @@ impl SqliteStore {
                         tx,
                         "UPDATE accounts SET name = ?2, region = ?3, webhook_secret = ?4,
                              allowed_prefixes = ?5, allowed_countries = ?6,
-                             blocked_number_types = ?7 WHERE id = ?1",
+                             blocked_number_types = ?7, platform = ?8 WHERE id = ?1",
                         params![
                             a.id,
                             a.name,
@@ -936,7 +962,8 @@ impl SqliteStore {
                             a.webhook_secret.expose(),
                             prefixes,
                             countries,
-                            blocked
+                            blocked,
+                            a.platform
                         ],
                     )?;
                     write_account_limits(tx, &a.id, &limits)?;
@@ -997,6 +1024,70 @@ impl SqliteStore {
                 tracing::info!(key = %key, account = %a.id, "api key revoked by provisioning");
                 report.api_keys.removed += 1;
             }
+            Self::provision_publishable_keys(tx, i, a)?;
+        }
+        Ok(())
+    }
+
+    /// The publishable keys of one `[[accounts]]` entry: listed ones are created (or moved to
+    /// this account), those the file used to list and no longer does are removed; keys made
+    /// through the admin API are left alone.
+    fn provision_publishable_keys(
+        tx: &Transaction<'_>,
+        i: usize,
+        a: &crate::provision::AccountSpec,
+    ) -> Result<(), StoreError> {
+        let now = wall_clock_ms();
+        for (j, k) in a.publishable_keys.iter().enumerate() {
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT account_id FROM publishable_keys WHERE key = ?1",
+                    [k],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match existing {
+                Some(acct) if acct == a.id => {}
+                Some(_) => {
+                    exec(
+                        tx,
+                        "UPDATE publishable_keys SET account_id = ?2, source = 'config' WHERE key = ?1",
+                        params![k, a.id],
+                    )
+                    .map_err(|e| conflict(format!("accounts[{i}].publishable_keys[{j}]"), e, "publishable key"))?;
+                }
+                None => {
+                    exec(
+                        tx,
+                        "INSERT INTO publishable_keys (key, account_id, source, created_at_ms)
+                         VALUES (?1, ?2, 'config', ?3)",
+                        params![k, a.id, now],
+                    )
+                    .map_err(|e| {
+                        conflict(
+                            format!("accounts[{i}].publishable_keys[{j}]"),
+                            e,
+                            "publishable key",
+                        )
+                    })?;
+                    log_change(Change::Created, "publishable key", k);
+                }
+            }
+        }
+        let stale: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT key FROM publishable_keys WHERE account_id = ?1 AND source = 'config'",
+            )?;
+            let keys = stmt
+                .query_map([&a.id], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            keys.into_iter()
+                .filter(|k| !a.publishable_keys.contains(k))
+                .collect()
+        };
+        for key in stale {
+            exec(tx, "DELETE FROM publishable_keys WHERE key = ?1", [&key])?;
+            tracing::info!(key = %key, account = %a.id, "publishable key removed by provisioning");
         }
         Ok(())
     }
@@ -1438,6 +1529,68 @@ impl BlockingStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let conn = self.conn()?;
         write_account_limits(&conn, account_id, limits)
+    }
+
+    fn account_by_publishable_key(&self, key: &str) -> Result<Option<Account>, StoreError> {
+        let conn = self.conn()?;
+        query_one(
+            &conn,
+            &format!(
+                "SELECT {ACCOUNT_COLS} FROM accounts
+                 WHERE id = (SELECT account_id FROM publishable_keys WHERE key = ?1)"
+            ),
+            [key],
+            account_from_row,
+        )
+    }
+
+    fn publishable_keys_for_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<PublishableKey>, StoreError> {
+        let conn = self.conn()?;
+        query_list(
+            &conn,
+            &format!(
+                "SELECT {PK_COLS} FROM publishable_keys WHERE account_id = ?1
+                 ORDER BY created_at_ms, key"
+            ),
+            [account_id],
+            publishable_key_from_row,
+        )
+    }
+
+    fn create_publishable_key(&self, key: &PublishableKey) -> Result<(), StoreError> {
+        crate::provision::check_publishable_key(&key.key).map_err(|reason| {
+            StoreError::Invalid {
+                field: "key",
+                reason,
+            }
+        })?;
+        let conn = self.conn()?;
+        exec(
+            &conn,
+            &format!("INSERT INTO publishable_keys ({PK_COLS}) VALUES (?1, ?2, ?3, ?4)"),
+            params![key.key, key.account_id, key.source, key.created_at_ms],
+        )
+        .map_err(|e| {
+            if StoreError::is_foreign_key_violation(&e) {
+                not_found("account", &key.account_id)
+            } else {
+                insert_error(e, "publishable key", &key.key)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn delete_publishable_key(&self, account_id: &str, key: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = exec(
+            &conn,
+            "DELETE FROM publishable_keys WHERE account_id = ?1 AND key = ?2",
+            params![account_id, key],
+        )?;
+        Ok(n > 0)
     }
 
     fn update_account(&self, account: &Account) -> Result<(), StoreError> {

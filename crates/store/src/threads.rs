@@ -204,6 +204,31 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         self.run(move |s| s.set_account_limits(&account_id, &limits))
             .await
     }
+    async fn account_by_publishable_key(&self, key: &str) -> Result<Option<Account>, StoreError> {
+        let key = key.to_owned();
+        self.run(move |s| s.account_by_publishable_key(&key)).await
+    }
+    async fn publishable_keys_for_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<PublishableKey>, StoreError> {
+        let account_id = account_id.to_owned();
+        self.run(move |s| s.publishable_keys_for_account(&account_id))
+            .await
+    }
+    async fn create_publishable_key(&self, key: &PublishableKey) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.run(move |s| s.create_publishable_key(&key)).await
+    }
+    async fn delete_publishable_key(
+        &self,
+        account_id: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        let (account_id, key) = (account_id.to_owned(), key.to_owned());
+        self.run(move |s| s.delete_publishable_key(&account_id, &key))
+            .await
+    }
     async fn update_account(&self, account: &Account) -> Result<(), StoreError> {
         let account = account.to_owned();
         self.run(move |s| s.update_account(&account)).await

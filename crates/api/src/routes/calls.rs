@@ -17,9 +17,10 @@ use store::{CallFilter, CallStatus, IdempotencyRecord, TypeId};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
 
+use crate::client::{Caller, Scope};
 use crate::error::ApiError;
 use crate::events::StreamEvent;
-use crate::http::{parse_json, BearerAccount, JsonBytes, Query};
+use crate::http::{parse_json, JsonBytes, Query};
 use crate::place::{place_call, AgentSel, PlaceRequest};
 use crate::schemas::{
     CallId, CallStatusName, CallbackUrl, Cursor, DialString, E164Number, EventId, IdempotencyKey,
@@ -114,10 +115,14 @@ fn json_response(status: StatusCode, body: &str) -> Response {
 async fn create_call_inner(
     shared: &Arc<Shared>,
     account: &store::Account,
+    scope: &Scope,
     body: &[u8],
 ) -> Result<(StatusCode, Value), ApiError> {
     let req: CreateCall = parse_json(body)?;
     let (user_id, dial_string) = (req.user_id, req.dial_string);
+    if !scope.reaches_user(&user_id) {
+        return Err(crate::routes::client_sessions::other_user());
+    }
     if TypeId::parse_with_prefix(&user_id, store::provision::USER_PREFIX).is_err() {
         return Err(ApiError::bad_request(
             "invalid_user_id",
@@ -215,7 +220,7 @@ impl Drop for InflightGuard<'_> {
     security(("bearer" = [])))]
 pub async fn create_call(
     State(shared): State<Arc<Shared>>,
-    BearerAccount(account): BearerAccount,
+    Caller { account, scope }: Caller,
     headers: HeaderMap,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
@@ -234,8 +239,13 @@ pub async fn create_call(
         },
     };
     let Some(key) = key else {
-        let (status, body) = create_call_inner(&shared, &account, &body).await?;
+        let (status, body) = create_call_inner(&shared, &account, &scope, &body).await?;
         return Ok((status, axum::Json(body)).into_response());
+    };
+    // A client secret's keys live in its user's own space.
+    let key = match scope.user() {
+        Some(user) => format!("{user}/{key}"),
+        None => key,
     };
     let hash = request_hash(&body);
     let now = now_ms();
@@ -274,7 +284,7 @@ pub async fn create_call(
         shared: &shared,
         key: pair,
     };
-    let (status, body_json) = match create_call_inner(&shared, &account, &body).await {
+    let (status, body_json) = match create_call_inner(&shared, &account, &scope, &body).await {
         Ok(ok) => ok,
         // Transient refusals are not remembered: a retry with the same key may succeed.
         Err(
@@ -308,13 +318,14 @@ pub async fn create_call(
     security(("bearer" = [])))]
 pub async fn get_call(
     State(shared): State<Arc<Shared>>,
-    BearerAccount(account): BearerAccount,
+    Caller { account, scope }: Caller,
     Path(call_id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let rec = shared
         .store
         .get_call(&account.id, &call_id)
         .await?
+        .filter(|rec| crate::routes::client_sessions::within(&scope, rec))
         .ok_or(ApiError::NotFound {
             code: "call_not_found",
             message: "Call not found",
@@ -364,7 +375,7 @@ pub const MAX_PAGE: u32 = 100;
     security(("bearer" = [])))]
 pub async fn list_calls(
     State(shared): State<Arc<Shared>>,
-    BearerAccount(account): BearerAccount,
+    Caller { account, scope }: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let limit = match q.limit.as_deref() {
@@ -401,7 +412,10 @@ pub async fn list_calls(
     };
     let mut filter = CallFilter::new(account.id.clone(), limit);
     filter.status = status;
-    filter.user_id = q.user_id.filter(|s| !s.is_empty());
+    filter.user_id = match scope.user() {
+        Some(user) => Some(user.to_owned()),
+        None => q.user_id.filter(|s| !s.is_empty()),
+    };
     filter.since_ms = time(q.since.as_deref(), "since")?;
     filter.until_ms = time(q.until.as_deref(), "until")?;
     filter.cursor = q.cursor.filter(|s| !s.is_empty());
@@ -433,13 +447,14 @@ pub async fn list_calls(
     security(("bearer" = [])))]
 pub async fn hangup_call(
     State(shared): State<Arc<Shared>>,
-    BearerAccount(account): BearerAccount,
+    Caller { account, scope }: Caller,
     Path(call_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rec = shared
         .store
         .get_call(&account.id, &call_id)
         .await?
+        .filter(|rec| crate::routes::client_sessions::within(&scope, rec))
         .ok_or(ApiError::NotFound {
             code: "call_not_found",
             message: "Call not found",
@@ -494,32 +509,44 @@ fn sse_event(ev: &StreamEvent) -> Event {
     security(("bearer" = [])))]
 pub async fn events(
     State(shared): State<Arc<Shared>>,
-    BearerAccount(account): BearerAccount,
+    Caller { account, scope }: Caller,
     headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<u64>().ok());
-    let (backlog, rx) = shared.events.subscribe(&account.id, last);
+    let (mut backlog, rx) = shared.events.subscribe(&account.id, last);
+    let user = scope.user().map(str::to_owned);
+    backlog.retain(|ev| crate::routes::client_sessions::event_within(user.as_deref(), ev));
     let state = (backlog.into_iter(), rx, account.id, last.unwrap_or(0));
     let stream =
-        futures_util::stream::unfold(state, |(mut backlog, mut rx, acct, mut last)| async move {
-            if let Some(ev) = backlog.next() {
-                last = ev.id;
-                let e = sse_event(&ev);
-                return Some((Ok(e), (backlog, rx, acct, last)));
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(ev) if ev.account_id == acct && ev.id > last => {
-                        last = ev.id;
-                        let e = sse_event(&ev);
-                        return Some((Ok(e), (backlog, rx, acct, last)));
+        futures_util::stream::unfold(state, move |(mut backlog, mut rx, acct, mut last)| {
+            let user = user.clone();
+            async move {
+                if let Some(ev) = backlog.next() {
+                    last = ev.id;
+                    let e = sse_event(&ev);
+                    return Some((Ok(e), (backlog, rx, acct, last)));
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok(ev)
+                            if ev.account_id == acct
+                                && ev.id > last
+                                && crate::routes::client_sessions::event_within(
+                                    user.as_deref(),
+                                    &ev,
+                                ) =>
+                        {
+                            last = ev.id;
+                            let e = sse_event(&ev);
+                            return Some((Ok(e), (backlog, rx, acct, last)));
+                        }
+                        Ok(_) => continue,
+                        // Fell behind: end the stream; the client resumes with Last-Event-ID.
+                        Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return None,
                     }
-                    Ok(_) => continue,
-                    // Fell behind: end the stream; the client resumes with Last-Event-ID.
-                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return None,
                 }
             }
         });

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use serde_json::json;
 use utoipa::OpenApi;
 
-use crate::routes::{admin, calls, compat, lookup};
+use crate::routes::{admin, calls, client_sessions, compat, console, lookup, publishable_keys};
 use crate::schemas;
 use crate::state::Shared;
 use crate::views;
@@ -87,6 +87,11 @@ pub async fn openapi() -> axum::Json<&'static serde_json::Value> {
         admin::list_trunks, admin::create_trunk, admin::get_trunk, admin::update_trunk, admin::delete_trunk,
         admin::get_limits, admin::update_limits,
         compat::make_call, compat::click2call, compat::click2call_status,
+        client_sessions::create_client_session, client_sessions::list_client_sessions,
+        client_sessions::revoke_client_session,
+        publishable_keys::list_publishable_keys, publishable_keys::create_publishable_key,
+        publishable_keys::delete_publishable_key,
+        console::index, console::asset_file,
         healthz, metrics, openapi,
     ),
     components(schemas(
@@ -96,6 +101,7 @@ pub async fn openapi() -> axum::Json<&'static serde_json::Value> {
         admin::CreateNumber, admin::UpdateNumber, admin::CreateTrunk, admin::UpdateTrunk,
         admin::Limits, admin::UpdateLimits,
         compat::MakeCall,
+        client_sessions::CreateClientSession, client_sessions::ClientSessionView,
         schemas::UserId, schemas::CallId, schemas::E164Number, schemas::E164Prefix,
         schemas::Extension, schemas::SipUsername, schemas::TrunkName, schemas::HostPort,
         schemas::Host, schemas::DialPrefix, schemas::Name, schemas::Password,
@@ -113,7 +119,9 @@ pub async fn openapi() -> axum::Json<&'static serde_json::Value> {
     tags(
         (name = "calls", description = "The native call API"),
         (name = "admin", description = "The account's dialing permissions and call limits, users, devices, numbers, trunks, registrations"),
+        (name = "browser", description = "Publishable keys and client sessions: a browser acting for one user (client secret + Dialbridge-Publishable-Key)"),
         (name = "compat", description = "JustCall- and Click-2-Call-style shapes"),
+        (name = "console", description = "The web console, embedded in the binary"),
         (name = "meta", description = "Health, metrics, this document"),
     )
 )]

@@ -412,7 +412,7 @@ async fn account_dialing_permissions() {
         a,
         json!({"id": ACME, "name": "Acme", "region": "US", "allowed_countries": ["US"],
                "blocked_number_types": ["premium_rate", "shared_cost", "personal_number", "uan"],
-               "allowed_prefixes": ["+1"]})
+               "allowed_prefixes": ["+1"], "platform": null})
     );
     // Jamaica is refused until the account allows it.
     let call = json!({"user_id": ALICE, "dial_string": "+18765551234"});

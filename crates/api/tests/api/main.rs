@@ -1,6 +1,7 @@
 //! HTTP tests against the real server (see `support`).
 
 mod admin;
+mod browser;
 mod callbacks;
 mod calls;
 mod compat;

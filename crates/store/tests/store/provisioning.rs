@@ -301,6 +301,112 @@ async fn update_account_writes_the_permissions_and_checks_them() {
     ));
 }
 
+async fn publishable_keys_follow_the_file_and_keep_those_of_the_admin_api() {
+    let (_db, store) = store_provisioned().await;
+    let mut prov = sample();
+    prov.accounts[0].publishable_keys =
+        vec!["pk_test_file_0001".into(), "pk_test_file_0002".into()];
+    store.apply_provisioning(&prov, REALM).await.unwrap();
+    store
+        .create_publishable_key(&store::PublishableKey {
+            key: "pk_test_api_00001".into(),
+            account_id: ACCT.into(),
+            source: "api".into(),
+            created_at_ms: 1,
+        })
+        .await
+        .unwrap();
+    let account = store
+        .account_by_publishable_key("pk_test_file_0002")
+        .await
+        .unwrap();
+    assert_eq!(account.map(|a| a.id), Some(ACCT.to_owned()));
+    // The file drops one key: it goes; the key made through the API stays.
+    prov.accounts[0].publishable_keys = vec!["pk_test_file_0001".into()];
+    store.apply_provisioning(&prov, REALM).await.unwrap();
+    let keys: Vec<String> = store
+        .publishable_keys_for_account(ACCT)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.key)
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&"pk_test_file_0001".to_owned()));
+    assert!(keys.contains(&"pk_test_api_00001".to_owned()));
+    assert!(store
+        .account_by_publishable_key("pk_test_file_0002")
+        .await
+        .unwrap()
+        .is_none());
+    // A taken key, a malformed key.
+    let taken = store
+        .create_publishable_key(&store::PublishableKey {
+            key: "pk_test_file_0001".into(),
+            account_id: ACCT.into(),
+            source: "api".into(),
+            created_at_ms: 2,
+        })
+        .await;
+    assert!(taken.is_err());
+    let bad = store
+        .create_publishable_key(&store::PublishableKey {
+            key: "sk_not_a_pk".into(),
+            account_id: ACCT.into(),
+            source: "api".into(),
+            created_at_ms: 2,
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::Invalid { .. })), "{bad:?}");
+    assert!(store
+        .delete_publishable_key(ACCT, "pk_test_api_00001")
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_publishable_key("acct_other", "pk_test_file_0001")
+        .await
+        .unwrap());
+}
+
+async fn the_platform_of_an_account_is_kept_and_checked() {
+    let (_db, store) = store_provisioned().await;
+    let mut prov = sample();
+    let platform = "acct_01h2xcejqtf2nbrexx3vqjhp99";
+    prov.accounts[0].platform = Some(platform.into());
+    let report = store.apply_provisioning(&prov, REALM).await.unwrap();
+    assert_eq!(report.accounts.updated, 1);
+    assert_eq!(
+        store
+            .account(ACCT)
+            .await
+            .unwrap()
+            .unwrap()
+            .platform
+            .as_deref(),
+        Some(platform)
+    );
+    assert!(store
+        .apply_provisioning(&prov, REALM)
+        .await
+        .unwrap()
+        .is_noop());
+    // Refused: not an account id; the account itself; a malformed publishable key.
+    for (platform, pk) in [("nope", None), (ACCT, None), (platform, Some("pk_x"))] {
+        let mut bad = sample();
+        bad.accounts[0].platform = Some(platform.into());
+        if let Some(pk) = pk {
+            bad.accounts[0].publishable_keys = vec![pk.into()];
+        }
+        let issues = bad.validate().unwrap_err();
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        let want = if pk.is_some() {
+            "accounts[0].publishable_keys[0]"
+        } else {
+            "accounts[0].platform"
+        };
+        assert!(keys.contains(&want), "{keys:?}");
+    }
+}
 both!(
     first_apply_creates_everything,
     changes_are_reported_as_updates,
@@ -312,4 +418,6 @@ both!(
     dialing_permissions_default_and_follow_the_configuration,
     permissions_the_file_leaves_out_keep_what_the_admin_api_set,
     update_account_writes_the_permissions_and_checks_them,
+    publishable_keys_follow_the_file_and_keep_those_of_the_admin_api,
+    the_platform_of_an_account_is_kept_and_checked,
 );
