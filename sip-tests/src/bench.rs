@@ -201,7 +201,8 @@ pub fn parse_invite_log(text: &str) -> HashMap<String, f64> {
 /// The dial string of call `i` of a run: a distinct North American number, so that the
 /// agent's INVITE (whose From shows it) can be matched with its REST request.
 pub fn dial_string(i: usize) -> String {
-    format!("+1415{:07}", i % 10_000_000)
+    // A valid US number (the exchange starts with 2-9): what the dialing checks accept.
+    format!("+1415{}{:04}", 200 + (i / 10_000) % 800, i % 10_000)
 }
 
 /// A valid TypeID `PREFIX_…` whose last five characters encode `n` (below 32⁵), for
@@ -481,7 +482,7 @@ mod tests {
         }
         let distinct: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!(distinct.len(), ids.len());
-        assert_eq!(dial_string(42), "+14150000042");
+        assert_eq!(dial_string(42), "+14152000042");
         let users = bench_users(3);
         assert_eq!(users[2].0, "bench00002");
         let csv = injection_csv(&users);
