@@ -31,6 +31,7 @@ fn npm_packages() {
     let dir = sdk_dir();
     if !dir.join("node_modules").join("playwright-core").exists()
         || !dir.join("node_modules").join("typescript").exists()
+        || !dir.join("node_modules").join("openapi-typescript").exists()
     {
         let st = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
@@ -79,6 +80,26 @@ fn passed(output: &str) -> usize {
         .lines()
         .find_map(|l| l.trim().strip_prefix("ℹ pass ")?.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The TypeScript types generated from the published OpenAPI document (`docs/openapi.json`,
+/// by openapi-typescript) compile against the SDK's own: what `calls.create` sends is a body
+/// the document takes, and a call as the document answers it is the SDK's `Call`
+/// (`sdk/js/typecheck/openapi.ts`).
+#[test]
+fn sdk_types_fit_the_openapi_document() {
+    npm_packages();
+    let out = Command::new("npm")
+        .args(["run", "--silent", "typecheck:api"])
+        .current_dir(sdk_dir())
+        .output()
+        .expect("npm runs");
+    assert!(
+        out.status.success(),
+        "the SDK's types and the OpenAPI document disagree:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -390,6 +390,33 @@ fn error_response(status: u16, codes: &[String], justcall: bool) -> Value {
 
 /// Adds the security schemes, the `JustCallError` schema, the constraints JSON Schema
 /// expresses between fields, and every operation's error answers.
+/// An object schema that names no properties is a free-form object (metadata, legs, stats):
+/// say so with `additionalProperties: true`, so that generated clients take any members
+/// instead of none.
+fn free_form_objects(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let is_object = match map.get("type") {
+                Some(Value::String(t)) => t == "object",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+                _ => false,
+            };
+            if is_object
+                && !map.contains_key("properties")
+                && !map.contains_key("additionalProperties")
+                && !map.contains_key("$ref")
+            {
+                map.insert("additionalProperties".to_owned(), Value::Bool(true));
+            }
+            for child in map.values_mut() {
+                free_form_objects(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(free_form_objects),
+        _ => {}
+    }
+}
+
 pub fn complete(doc: &mut Value) {
     let comps = &mut doc["components"];
     comps["securitySchemes"] = security_schemes();
@@ -407,6 +434,14 @@ pub fn complete(doc: &mut Value) {
     });
     comps["schemas"]["CreateTrunk"]["dependentRequired"] =
         json!({"username": ["password"], "password": ["username"]});
+    // A failover code is a SIP final failure status (as the store checks it).
+    for schema in ["CreateTrunk", "UpdateTrunk"] {
+        let items = &mut comps["schemas"][schema]["properties"]["failover_codes"]["items"];
+        if items.is_object() {
+            items["minimum"] = json!(300);
+            items["maximum"] = json!(699);
+        }
+    }
     let retry_after = json!({"Retry-After": {
         "description": "Seconds to wait before trying again",
         "required": true,
@@ -541,6 +576,7 @@ pub fn complete(doc: &mut Value) {
             }
         }
     }
+    free_form_objects(doc);
 }
 
 /// A short description of a schema: its type, reference or constraints.

@@ -86,14 +86,14 @@ export interface Call {
     caller_id?: string | null;
     created_at?: string;
     duration?: number | null;
-    legs?: Record<string, unknown>;
+    legs?: Record<string, unknown> | null;
     timeline?: Array<{
         at: string;
-        type: string;
+        kind: string;
         leg?: string | null;
         detail?: unknown;
     }>;
-    metadata?: Record<string, unknown>;
+    metadata?: Record<string, unknown> | null;
     [field: string]: unknown;
 }
 export interface CreateCallParams {
@@ -110,6 +110,18 @@ export interface CreateCallParams {
     /** Sent as `Idempotency-Key`: the same key gives the same answer for 24 h. */
     idempotencyKey?: string;
 }
+/** The body of `POST /v1/calls` as the SDK sends it (checked against the published OpenAPI
+ * document by `npm run typecheck:api`). */
+export interface CallBody {
+    dial_string: string;
+    user_id?: string;
+    caller_id?: string;
+    callback_url?: string;
+    ring_timeout?: number;
+    metadata?: Record<string, unknown>;
+}
+/** The request body for `calls.create`: only the fields given. */
+export declare function callBody(p: CreateCallParams, userId: string | undefined): CallBody;
 /** One event of the live stream. */
 export interface CallEvent {
     /** The stream's event id (resume point). */

@@ -80,6 +80,21 @@ export function errorFromResponse(status, body, retryAfter) {
         return new RateLimitError(code, message, status, retryAfter);
     return new DialbridgeError(code, message, status, retryAfter);
 }
+/** The request body for `calls.create`: only the fields given. */
+export function callBody(p, userId) {
+    const body = { dial_string: p.dialString };
+    if (userId !== undefined)
+        body.user_id = userId;
+    if (p.callerId !== undefined)
+        body.caller_id = p.callerId;
+    if (p.callbackUrl !== undefined)
+        body.callback_url = p.callbackUrl;
+    if (p.ringTimeout !== undefined)
+        body.ring_timeout = p.ringTimeout;
+    if (p.metadata !== undefined)
+        body.metadata = p.metadata;
+    return body;
+}
 /** A JSON request to the API with `credentials`, retried once after a refresh on 401. */
 export async function apiRequest(fetchFn, apiBase, credentials, method, path, body, extraHeaders = {}) {
     for (let attempt = 0;; attempt++) {
@@ -326,17 +341,7 @@ export class Dialbridge {
                 // The API requires user_id: without userId, the client session's user (from the
                 // backend's answer to POST /v1/client_sessions, as fetchClientSecret returned it).
                 const userId = p.userId ?? (await this.secret()).userId;
-                const body = { dial_string: p.dialString };
-                if (userId !== undefined)
-                    body.user_id = userId;
-                if (p.callerId !== undefined)
-                    body.caller_id = p.callerId;
-                if (p.callbackUrl !== undefined)
-                    body.callback_url = p.callbackUrl;
-                if (p.ringTimeout !== undefined)
-                    body.ring_timeout = p.ringTimeout;
-                if (p.metadata !== undefined)
-                    body.metadata = p.metadata;
+                const body = callBody(p, userId);
                 const headers = p.idempotencyKey
                     ? { 'Idempotency-Key': p.idempotencyKey }
                     : {};

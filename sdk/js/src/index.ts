@@ -152,9 +152,9 @@ export interface Call {
   caller_id?: string | null;
   created_at?: string;
   duration?: number | null;
-  legs?: Record<string, unknown>;
-  timeline?: Array<{ at: string; type: string; leg?: string | null; detail?: unknown }>;
-  metadata?: Record<string, unknown>;
+  legs?: Record<string, unknown> | null;
+  timeline?: Array<{ at: string; kind: string; leg?: string | null; detail?: unknown }>;
+  metadata?: Record<string, unknown> | null;
   [field: string]: unknown;
 }
 
@@ -171,6 +171,28 @@ export interface CreateCallParams {
   metadata?: Record<string, unknown>;
   /** Sent as `Idempotency-Key`: the same key gives the same answer for 24 h. */
   idempotencyKey?: string;
+}
+
+/** The body of `POST /v1/calls` as the SDK sends it (checked against the published OpenAPI
+ * document by `npm run typecheck:api`). */
+export interface CallBody {
+  dial_string: string;
+  user_id?: string;
+  caller_id?: string;
+  callback_url?: string;
+  ring_timeout?: number;
+  metadata?: Record<string, unknown>;
+}
+
+/** The request body for `calls.create`: only the fields given. */
+export function callBody(p: CreateCallParams, userId: string | undefined): CallBody {
+  const body: CallBody = { dial_string: p.dialString };
+  if (userId !== undefined) body.user_id = userId;
+  if (p.callerId !== undefined) body.caller_id = p.callerId;
+  if (p.callbackUrl !== undefined) body.callback_url = p.callbackUrl;
+  if (p.ringTimeout !== undefined) body.ring_timeout = p.ringTimeout;
+  if (p.metadata !== undefined) body.metadata = p.metadata;
+  return body;
 }
 
 /** One event of the live stream. */
@@ -511,12 +533,7 @@ export class Dialbridge {
         // The API requires user_id: without userId, the client session's user (from the
         // backend's answer to POST /v1/client_sessions, as fetchClientSecret returned it).
         const userId = p.userId ?? (await this.secret()).userId;
-        const body: Record<string, unknown> = { dial_string: p.dialString };
-        if (userId !== undefined) body.user_id = userId;
-        if (p.callerId !== undefined) body.caller_id = p.callerId;
-        if (p.callbackUrl !== undefined) body.callback_url = p.callbackUrl;
-        if (p.ringTimeout !== undefined) body.ring_timeout = p.ringTimeout;
-        if (p.metadata !== undefined) body.metadata = p.metadata;
+        const body = callBody(p, userId);
         const headers: Record<string, string> = p.idempotencyKey
           ? { 'Idempotency-Key': p.idempotencyKey }
           : {};

@@ -636,24 +636,30 @@ pub struct CreateTrunk {
     pub priority: Option<u32>,
     /// A target silent this long is given up for the next (default 2000).
     #[serde(default)]
+    #[schema(minimum = 100, maximum = 60000)]
     pub invite_timeout_ms: Option<u32>,
     /// Final responses after which the next target is tried (default 408, 500, 502, 503, 504).
     #[serde(default)]
     pub failover_codes: Option<Vec<u16>>,
     /// OPTIONS health checks every this many seconds; 0 = off (default).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 86400)]
     pub options_interval_secs: Option<u32>,
     /// Failed checks in a row before a target is down (default 3).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub down_after: Option<u32>,
     /// Answered checks in a row before a target is up again (default 2).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub up_after: Option<u32>,
     /// Calls through the trunk at once; absent = no cap.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_calls: Option<u32>,
     /// New calls per second through the trunk; absent = no cap.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub calls_per_second: Option<u32>,
 }
 
@@ -687,26 +693,30 @@ pub struct UpdateTrunk {
     pub priority: Option<u32>,
     /// A target silent this long is given up for the next (default 2000).
     #[serde(default)]
+    #[schema(minimum = 100, maximum = 60000)]
     pub invite_timeout_ms: Option<u32>,
     /// Final responses after which the next target is tried (default 408, 500, 502, 503, 504).
     #[serde(default)]
     pub failover_codes: Option<Vec<u16>>,
     /// OPTIONS health checks every this many seconds; 0 = off (default).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 86400)]
     pub options_interval_secs: Option<u32>,
     /// Failed checks in a row before a target is down (default 3).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub down_after: Option<u32>,
     /// Answered checks in a row before a target is up again (default 2).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub up_after: Option<u32>,
     /// `null` = no cap.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1)]
     pub max_calls: Option<Option<u32>>,
     /// `null` = no cap.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1)]
     pub calls_per_second: Option<Option<u32>>,
 }
 
