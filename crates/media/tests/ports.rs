@@ -34,16 +34,26 @@ fn exhaustion_is_an_error_and_close_or_drop_frees_the_ports(b: Backend) {
 }
 
 fn a_port_taken_by_another_program_is_skipped(b: Backend) {
-    // RTCP of 44100
-    let squatter = std::net::UdpSocket::bind(("127.0.0.1", port(b, 44101))).unwrap();
-    let relay = relay(b, 44100, 44107, LatchMode::default());
+    // Eight ports of the ephemeral range that nothing else holds right now (any program's
+    // outgoing socket may take one of them): the first free block of 44100-44107,
+    // 44110-44117, ... (no other test of this crate uses 44100-44199).
+    let all_free = |base: u16| {
+        (base..base + 8).all(|p| std::net::UdpSocket::bind(("127.0.0.1", port(b, p))).is_ok())
+    };
+    let base = (44100..44200)
+        .step_by(10)
+        .find(|&base| all_free(base))
+        .expect("a free block of eight ports");
+    // RTCP of `base`.
+    let squatter = std::net::UdpSocket::bind(("127.0.0.1", port(b, base + 1))).unwrap();
+    let relay = relay(b, base, base + 7, LatchMode::default());
     let s = relay.allocate_session().unwrap();
     let mut got = [
         s.leg(media::LegId::A).local_rtp_port(),
         s.leg(media::LegId::B).local_rtp_port(),
     ];
     got.sort_unstable();
-    assert_eq!(got, [port(b, 44102), port(b, 44104)]);
+    assert_eq!(got, [port(b, base + 2), port(b, base + 4)]);
     drop(squatter);
 }
 
