@@ -118,6 +118,23 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// ([`StoreThreads`]), PostgreSQL on its pool's connections. Lookups return `Ok(None)` when
 /// nothing matches; updates and deletes of a missing row return [`StoreError::NotFound`] or
 /// `Ok(false)` as documented.
+/// The counter behind [`Store::credentials_generation`], kept by each backend.
+#[derive(Debug, Default)]
+pub(crate) struct Generation(std::sync::atomic::AtomicU64);
+
+impl Generation {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts a write that may have changed devices (whatever its result) and passes the
+    /// result on.
+    pub(crate) fn changed<T>(&self, result: T) -> T {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        result
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// A number that changes whenever this store's devices may have changed (provisioning,

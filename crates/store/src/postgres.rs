@@ -246,7 +246,7 @@ pub struct PgStore {
     /// `store.url` with its password replaced by `***`.
     url: String,
     /// [`Store::credentials_generation`].
-    generation: std::sync::atomic::AtomicU64,
+    generation: crate::Generation,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -307,7 +307,7 @@ impl PgStore {
             pool,
             pepper,
             url: shown,
-            generation: std::sync::atomic::AtomicU64::new(0),
+            generation: crate::Generation::default(),
         })
     }
 
@@ -1350,7 +1350,7 @@ impl PgStore {
 #[async_trait::async_trait]
 impl Store for PgStore {
     fn credentials_generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        self.generation.get()
     }
     async fn apply_provisioning(
         &self,
@@ -1377,9 +1377,7 @@ impl Store for PgStore {
             Ok(report)
         }
         .await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        r
+        self.generation.changed(r)
     }
 
     // ----- accounts -----------------------------------------------------------------------
@@ -1693,9 +1691,7 @@ impl Store for PgStore {
             Ok(n > 0)
         }
         .await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        r
+        self.generation.changed(r)
     }
 
     // ----- devices ------------------------------------------------------------------------
@@ -1777,9 +1773,7 @@ impl Store for PgStore {
             Ok(device)
         }
         .await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        r
+        self.generation.changed(r)
     }
 
     async fn set_device_password(
@@ -1818,9 +1812,7 @@ impl Store for PgStore {
             .ok_or_else(|| not_found("device", username))
         }
         .await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        r
+        self.generation.changed(r)
     }
 
     async fn delete_device(&self, username: &str) -> Result<bool, StoreError> {
@@ -1829,9 +1821,7 @@ impl Store for PgStore {
             Ok(exec(&c, "DELETE FROM devices WHERE username = $1", &[&username]).await? > 0)
         }
         .await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        r
+        self.generation.changed(r)
     }
 
     // ----- numbers ------------------------------------------------------------------------

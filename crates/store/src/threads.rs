@@ -40,7 +40,7 @@ pub struct StoreThreads<B: BlockingStore> {
     queue: Option<mpsc::Sender<Job<B>>>,
     threads: usize,
     /// [`Store::credentials_generation`].
-    generation: std::sync::atomic::AtomicU64,
+    generation: crate::Generation,
 }
 
 impl<B: BlockingStore> std::fmt::Debug for StoreThreads<B> {
@@ -77,7 +77,7 @@ impl<B: BlockingStore> StoreThreads<B> {
             backend,
             queue: Some(queue),
             threads,
-            generation: std::sync::atomic::AtomicU64::new(0),
+            generation: crate::Generation::default(),
         })
     }
 
@@ -90,7 +90,7 @@ impl<B: BlockingStore> StoreThreads<B> {
             backend: Arc::new(backend),
             queue: None,
             threads: 0,
-            generation: std::sync::atomic::AtomicU64::new(0),
+            generation: crate::Generation::default(),
         }
     }
 
@@ -158,7 +158,7 @@ fn serve<B: BlockingStore>(backend: &B, rx: &Mutex<mpsc::Receiver<Job<B>>>) {
 #[async_trait::async_trait]
 impl<B: BlockingStore> Store for StoreThreads<B> {
     fn credentials_generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        self.generation.get()
     }
     async fn apply_provisioning(
         &self,
@@ -167,9 +167,7 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     ) -> Result<ProvisionReport, StoreError> {
         let (prov, realm) = (prov.to_owned(), realm.to_owned());
         let r = self.run(move |s| s.apply_provisioning(&prov, &realm)).await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        r
+        self.generation.changed(r)
     }
     async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
         let id = id.to_owned();
@@ -270,9 +268,7 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     async fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
         let (account_id, id) = (account_id.to_owned(), id.to_owned());
         let r = self.run(move |s| s.delete_user(&account_id, &id)).await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        r
+        self.generation.changed(r)
     }
     async fn device_by_username(&self, username: &str) -> Result<Option<Device>, StoreError> {
         let username = username.to_owned();
@@ -298,9 +294,7 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         let r = self
             .run(move |s| s.create_device(&user_id, &username, &password, &realm))
             .await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        r
+        self.generation.changed(r)
     }
     async fn set_device_password(
         &self,
@@ -313,16 +307,12 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         let r = self
             .run(move |s| s.set_device_password(&username, &password, &realm))
             .await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        r
+        self.generation.changed(r)
     }
     async fn delete_device(&self, username: &str) -> Result<bool, StoreError> {
         let username = username.to_owned();
         let r = self.run(move |s| s.delete_device(&username)).await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        r
+        self.generation.changed(r)
     }
     async fn number(&self, number: &str) -> Result<Option<Number>, StoreError> {
         let number = number.to_owned();

@@ -184,15 +184,7 @@ impl CallMachine {
             return;
         };
         let offer = sdp_glue::rewrite(&inc.request.body, relay_to, &mut o.origin);
-        let mut req = o
-            .dialog
-            .new_request(method.clone(), Some(("application/sdp", offer.clone())));
-        if let Some(se) = o.session_expires {
-            req.headers
-                .add(HeaderName::SessionExpires, format!("{se};refresher=uac"));
-            req.headers.add(HeaderName::Supported, "timer");
-        }
-        o.local_sdp = offer;
+        let req = o.offer(method.clone(), offer);
         let dest = o.dest;
         let cid = req.call_id_str();
         if let Some(f) = self.legs[ix(from)].as_mut() {
@@ -414,15 +406,7 @@ impl CallMachine {
             return;
         };
         a.origin = origin;
-        let mut req = a
-            .dialog
-            .new_request(Method::Invite, Some(("application/sdp", offer.clone())));
-        if let Some(se) = a.session_expires {
-            req.headers
-                .add(HeaderName::SessionExpires, format!("{se};refresher=uac"));
-            req.headers.add(HeaderName::Supported, "timer");
-        }
-        a.local_sdp = offer;
+        let req = a.offer(Method::Invite, offer);
         let dest = a.dest;
         let cid = req.call_id_str();
         self.sip_event(
@@ -465,20 +449,29 @@ impl CallMachine {
             }
             l.refresh_at = None;
             let sdp = sdp_glue::refresh(&l.local_sdp, &mut l.origin);
-            l.local_sdp = sdp.clone();
-            let mut req = l
-                .dialog
-                .new_request(Method::Invite, Some(("application/sdp", sdp)));
-            if let Some(se) = l.session_expires {
-                req.headers
-                    .add(HeaderName::SessionExpires, format!("{se};refresher=uac"));
-                req.headers.add(HeaderName::Supported, "timer");
-            }
+            let req = l.offer(Method::Invite, sdp);
             let dest = l.dest;
             let cid = req.call_id_str();
             self.sip_event(leg, "sent", "INVITE (session refresh)".into(), &cid);
             self.send_offer(leg, Method::Invite, req, dest, Purpose::Refresh);
         }
+    }
+}
+
+impl LegState {
+    /// Our offer `sdp` on this leg in `method` (INVITE or UPDATE), with the session timer it
+    /// runs (we refresh: RFC 4028); it becomes the SDP we last sent.
+    fn offer(&mut self, method: Method, sdp: Bytes) -> Request {
+        let mut req = self
+            .dialog
+            .new_request(method, Some(("application/sdp", sdp.clone())));
+        if let Some(se) = self.session_expires {
+            req.headers
+                .add(HeaderName::SessionExpires, format!("{se};refresher=uac"));
+            req.headers.add(HeaderName::Supported, "timer");
+        }
+        self.local_sdp = sdp;
+        req
     }
 }
 
