@@ -49,6 +49,8 @@
 //! - `sys` — epoll, eventfd and the `recvmmsg`/`sendmmsg` batch; `sys::uring`, the ring,
 //!   its provided buffers and sends (all of the crate's `unsafe`).
 //! - `rtp` — reading RTP/RTCP headers in place; RTP/RTCP demultiplexing (RFC 5761).
+//! - `g711` — µ-law / A-law companding, a sine tone source, a Goertzel tone detector, WAV
+//!   files (8 kHz 16-bit PCM): the sample-level pieces for prompts, mixing and recording.
 //! - `stats` — RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter; per-leg snapshots.
 //! - `latch` — symmetric RTP decisions (allowed sources, probation). `timeout` — the media time-out. `ports` — the range.
 //!
@@ -67,6 +69,7 @@
 
 mod config;
 mod error;
+pub mod g711;
 pub mod latch;
 mod ports;
 mod relay;

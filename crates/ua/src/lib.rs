@@ -8,14 +8,14 @@
 //! # Layout
 //! - [`agent`]: [`UserAgent`] — the endpoint, the registration client, one task per call.
 //! - [`rtp`]: the RTP header, sequence/loss counting (RFC 3550 §A.3), the media task.
-//! - [`g711`]: µ-law / A-law, the tone generator, WAV files.
+//! - [`g711`]: µ-law / A-law, the tone generator, WAV files (from the `media` crate).
 //!
 //! It does not do: TLS, SRTP, codecs other than G.711 (telephone-event is offered and
 //! accepted but never sent), re-INVITEs of its own, or session timers as a refresher.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agent;
-pub mod g711;
+pub use media::g711;
 pub mod rtp;
 
 pub use agent::{

@@ -1,5 +1,5 @@
-//! G.711 (ITU-T G.711) µ-law and A-law companding, a sine tone source, and WAV files
-//! (RIFF, 8 kHz mono 16-bit PCM only).
+//! G.711 (ITU-T G.711) µ-law and A-law companding, a sine tone source, a Goertzel tone
+//! detector, and WAV files (RIFF, 8 kHz mono 16-bit PCM only).
 //!
 //! The encoders follow the reference segment tables of G.711: µ-law adds a bias of 0x84
 //! and codes sign, a 3-bit segment and a 4-bit mantissa, inverted; A-law works on the
@@ -163,6 +163,30 @@ impl Tone {
     }
 }
 
+/// The power of `hz` in `samples` (8 kHz), by the Goertzel algorithm, normalised by the
+/// signal's total power: near 0.5 for a pure tone at `hz`, near 0 when `hz` is absent.
+/// Silence gives 0.
+pub fn tone_power(samples: &[i16], hz: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let coeff = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    let mut total = 0.0f64;
+    for &x in samples {
+        let x = f64::from(x);
+        total += x * x;
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    if total == 0.0 {
+        return 0.0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    power / (total * samples.len() as f64)
+}
+
 /// Why a WAV file is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WavError {
@@ -267,6 +291,22 @@ pub fn wav_bytes(samples: &[i16]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn goertzel_finds_the_tone_that_is_there_and_not_the_other() {
+        let mut samples = vec![0i16; 1600];
+        Tone::new(1000.0).fill(&mut samples);
+        assert!(tone_power(&samples, 1000.0) > 0.3);
+        assert!(tone_power(&samples, 1400.0) < 0.01);
+        // Through µ-law and back, the tone survives.
+        let coded: Vec<i16> = samples
+            .iter()
+            .map(|&s| G711::Pcmu.decode(G711::Pcmu.encode(s)))
+            .collect();
+        assert!(tone_power(&coded, 1000.0) > 0.3);
+        assert_eq!(tone_power(&[0; 160], 1000.0), 0.0);
+        assert_eq!(tone_power(&[], 1000.0), 0.0);
+    }
 
     #[test]
     fn silence_codes_are_the_reference_ones() {
