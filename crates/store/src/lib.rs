@@ -360,6 +360,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// transaction: all of them or, on an error, none — so a batch that failed can be retried
     /// whole without anything being written twice.
     async fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError>;
+    /// [`Store::write_call_batch`] on the caller's own thread, blocking it, where the backend's
+    /// work is blocking anyway (SQLite): for a caller that is an OS thread of its own (the
+    /// call event journal), which saves a hand-off to a store thread and back, and a copy
+    /// of the batch. `None`: this backend has no such path; use `write_call_batch`.
+    fn write_call_batch_here(&self, _writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
+        None
+    }
     /// Calls whose status is not final (after a crash: the calls a previous run left).
     async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
     /// The unfinished calls owned by `node_id` (and, with `with_unowned`, those that record

@@ -908,6 +908,43 @@ async fn check_owner<C: GenericClient + Sync>(c: &C, number: &Number) -> Result<
     }
 }
 
+async fn insert_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Result<(), StoreError> {
+    let metadata = serde_json::to_string(&r.metadata)?;
+    let legs = serde_json::to_string(&r.legs)?;
+    let stats = serde_json::to_string(&r.stats)?;
+    exec(
+        c,
+        &format!(
+            "INSERT INTO calls ({CALL_COLS}) VALUES
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+              $18)"
+        ),
+        &[
+            &r.id,
+            &r.account_id,
+            &r.user_id,
+            &r.request_id,
+            &r.status.as_str(),
+            &r.dial_string,
+            &r.destination,
+            &r.caller_id,
+            &r.callback_url,
+            &r.end_leg,
+            &r.sip_code.map(i64::from),
+            &r.created_at_ms,
+            &r.answered_at_ms,
+            &r.ended_at_ms,
+            &metadata,
+            &legs,
+            &stats,
+            &r.node_id,
+        ],
+    )
+    .await
+    .map_err(|e| insert_error(e, "call", &r.id))?;
+    Ok(())
+}
+
 async fn update_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Result<(), StoreError> {
     let metadata = serde_json::to_string(&r.metadata)?;
     let legs = serde_json::to_string(&r.legs)?;
@@ -2099,41 +2136,8 @@ impl Store for PgStore {
     // ----- calls --------------------------------------------------------------------------
 
     async fn insert_call(&self, r: &CallRecord) -> Result<(), StoreError> {
-        let metadata = serde_json::to_string(&r.metadata)?;
-        let legs = serde_json::to_string(&r.legs)?;
-        let stats = serde_json::to_string(&r.stats)?;
         let c = self.client().await?;
-        exec(
-            &c,
-            &format!(
-                "INSERT INTO calls ({CALL_COLS}) VALUES
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                  $18)"
-            ),
-            &[
-                &r.id,
-                &r.account_id,
-                &r.user_id,
-                &r.request_id,
-                &r.status.as_str(),
-                &r.dial_string,
-                &r.destination,
-                &r.caller_id,
-                &r.callback_url,
-                &r.end_leg,
-                &r.sip_code.map(i64::from),
-                &r.created_at_ms,
-                &r.answered_at_ms,
-                &r.ended_at_ms,
-                &metadata,
-                &legs,
-                &stats,
-                &r.node_id,
-            ],
-        )
-        .await
-        .map_err(|e| insert_error(e, "call", &r.id))?;
-        Ok(())
+        insert_call_on(&c, r).await
     }
 
     async fn update_call(&self, r: &CallRecord) -> Result<(), StoreError> {
@@ -2387,6 +2391,7 @@ impl Store for PgStore {
                 CallWrite::Timeline { call_id, entry } => {
                     append_timeline_on(&tx, call_id, entry).await?;
                 }
+                CallWrite::NewCall(r) => insert_call_on(&tx, r).await?,
                 CallWrite::Call(r) => update_call_on(&tx, r).await?,
                 CallWrite::Callback(e) => enqueue_callback_on(&tx, e).await?,
             }

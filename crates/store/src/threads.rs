@@ -502,6 +502,9 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         let writes = writes.to_owned();
         self.run(move |s| s.write_call_batch(&writes)).await
     }
+    fn write_call_batch_here(&self, writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
+        Some(self.backend.write_call_batch(writes))
+    }
     async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
         self.run(move |s| s.unfinished_calls()).await
     }
