@@ -139,7 +139,7 @@ pub(crate) async fn choose_caller_id(
     default: Option<&str>,
     user: Option<&User>,
 ) -> Result<Option<String>, ApiError> {
-    let numbers = shared.store.numbers_for_account(&account.id).await?;
+    let numbers = shared.numbers_for_account(&account.id).await?;
     if let Some(asked) = asked {
         return if numbers.iter().any(|n| n.number == asked) {
             Ok(Some(asked.to_owned()))
