@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sip_tests::bench::{
-    clock_ticks_per_second, dial_string, installed, load_average, parse_invite_log, peak_rss_kib,
-    percentile, rss_kib, tree_cpu, BenchSipp, Flags,
+    clock_ticks_per_second, dial_string, heap_bytes, installed, load_average, parse_invite_log,
+    peak_rss_kib, percentile, rss_kib, tree_cpu, BenchSipp, Flags,
 };
 use sip_tests::http::try_request;
 use sip_tests::{dialbridge_bin, free_port, scenario, sipp, TempDir, TestServer};
@@ -71,7 +71,7 @@ fn now_epoch() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn config(carrier_port: u16, rate: f64) -> String {
+fn config(carrier_port: u16, rate: f64, hold_ms: u64) -> String {
     // The account's limits are raised well above the offered rate (the defaults, 5 calls/s,
     // burst 20 and 100 in progress, would refuse most of the load).
     let cps = (rate * 2.0).max(10.0);
@@ -79,6 +79,8 @@ fn config(carrier_port: u16, rate: f64) -> String {
         r#"
 [media]
 ports = "20000-31999"
+# No RTP flows in this benchmark: the media time-out must outlast the held calls.
+timeout_secs = {media_timeout}
 
 [calls]
 agent_ring_secs = 10
@@ -114,6 +116,7 @@ account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
 owner = "{USER}"
 "#,
         burst = cps.ceil() as u64,
+        media_timeout = (hold_ms / 1000 + 60).max(30),
     )
 }
 
@@ -250,7 +253,7 @@ fn run(args: &[String]) -> Result<(), String> {
 
     let server = TestServer::start_bin(
         TempDir::new("c2c-bench"),
-        &format!("{extra}\n{}", config(carrier_port, rate)),
+        &format!("{extra}\n{}", config(carrier_port, rate, hold_ms)),
         &bin,
         &log,
     );
@@ -327,6 +330,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let ticks = clock_ticks_per_second();
     let cpu_before = tree_cpu(pid, ticks);
     let rss_before_kib = rss_kib(pid).unwrap_or(0);
+    let heap_before = heap_bytes(api).unwrap_or(0);
     let next = Arc::new(AtomicUsize::new(0));
     let sent: Arc<Mutex<Vec<Option<Sent>>>> =
         Arc::new(Mutex::new((0..calls).map(|_| None).collect()));
@@ -380,7 +384,13 @@ fn run(args: &[String]) -> Result<(), String> {
     } else {
         std::thread::sleep(live_sample);
         let rss = rss_kib(pid).unwrap_or(0);
-        Some((unfinished(api)?, rss))
+        let heap = heap_bytes(api).unwrap_or(0);
+        let log = call_log(api)?;
+        let live: usize = ["queued", "ringing", "in-progress"]
+            .iter()
+            .map(|s| log.get(*s).copied().unwrap_or(0))
+            .sum();
+        Some((live, rss, heap))
     };
 
     // Every call ends by itself within ~2 s of its answer; wait (bounded) for the log to
@@ -469,10 +479,13 @@ fn run(args: &[String]) -> Result<(), String> {
         _ => println!("  REST request -> agent INVITE: no INVITE matched"),
     }
     println!("  peak RSS (VmHWM): {:.1} MB", rss_kib as f64 / 1024.0);
-    if let Some((n, rss)) = live {
+    if let Some((n, rss, heap)) = live {
         println!(
-            "  {} s after the last call: {n} calls live, RSS {:.1} MB (before the first call {:.1} MB): {:.0} bytes per live call",
+            "  {} s after the last call: {n} calls live; heap in use {:.1} MB (before the first call {:.1} MB): {:.0} bytes per live call; RSS {:.1} MB (before {:.1} MB): {:.0} bytes per live call",
             live_sample.as_secs(),
+            heap as f64 / 1e6,
+            heap_before as f64 / 1e6,
+            heap.saturating_sub(heap_before) as f64 / n.max(1) as f64,
             rss as f64 / 1024.0,
             rss_before_kib as f64 / 1024.0,
             (rss.saturating_sub(rss_before_kib) * 1024) as f64 / n.max(1) as f64

@@ -17,8 +17,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use sip_tests::bench::{
-    bench_users, clock_ticks_per_second, injection_csv, installed, kamailio_users, load_average,
-    peak_rss_kib, rss_kib, tree_cpu, typeid, BenchSipp, Flags, SippTotals,
+    bench_users, clock_ticks_per_second, heap_bytes, injection_csv, installed, kamailio_users,
+    load_average, peak_rss_kib, rss_kib, tree_cpu, typeid, BenchSipp, Flags, SippTotals,
 };
 use sip_tests::{dialbridge_bin, free_port, scenario, workspace_root, TempDir, TestServer};
 
@@ -58,6 +58,8 @@ struct Side {
     /// transactions gone, the bindings kept).
     rss_before_kib: u64,
     rss_after_kib: u64,
+    /// Heap in use (bytes, from the server's /metrics) at the same two moments: dialbridge.
+    heap: Option<(u64, u64)>,
 }
 
 impl Side {
@@ -71,15 +73,27 @@ impl Side {
 }
 
 /// Runs the REGISTER scenario against `target` and measures the process tree under `pid`.
+/// The load both registrars get.
+struct Load<'a> {
+    csv: &'a Path,
+    rate: u64,
+    count: u64,
+    settle: Duration,
+}
+
 fn measure(
     name: &'static str,
     pid: u32,
     target: &str,
-    csv: &Path,
-    rate: u64,
-    count: u64,
-    settle: Duration,
+    load: &Load<'_>,
+    api: Option<std::net::SocketAddr>,
 ) -> Result<Side, String> {
+    let Load {
+        csv,
+        rate,
+        count,
+        settle,
+    } = *load;
     let ticks = clock_ticks_per_second();
     let sf = scenario("register_bench.xml")
         .to_string_lossy()
@@ -90,6 +104,7 @@ fn measure(
     let limit = format!("{}s", count / rate.max(1) + 60);
     let before = tree_cpu(pid, ticks);
     let rss_before_kib = rss_kib(pid).unwrap_or(0);
+    let heap_before = api.and_then(heap_bytes);
     let started = Instant::now();
     let mut sipp = BenchSipp::spawn(
         name,
@@ -140,6 +155,7 @@ fn measure(
         rss_mb: peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
         rss_before_kib,
         rss_after_kib: rss_kib(pid).unwrap_or(0),
+        heap: heap_before.zip(api.and_then(heap_bytes)),
     })
 }
 
@@ -190,7 +206,9 @@ impl Kamailio {
                 "-m",
                 "512",
                 "-M",
-                "16",
+                // Private memory per process: the users' hash table lines of the
+                // configuration are parsed into it (16 MB falls short of 20,000 users).
+                "64",
                 "-Y",
             ])
             .arg(&run)
@@ -296,15 +314,13 @@ fn run(args: &[String]) -> Result<(), String> {
         &log,
     );
     let target = server.udp_addr().to_string();
-    let db = measure(
-        "dialbridge",
-        server.pid(),
-        &target,
-        &csv,
+    let load = Load {
+        csv: &csv,
         rate,
         count,
         settle,
-    )?;
+    };
+    let db = measure("dialbridge", server.pid(), &target, &load, server.api)?;
     drop(server.stop());
 
     let port = free_port();
@@ -313,10 +329,8 @@ fn run(args: &[String]) -> Result<(), String> {
         "kamailio",
         kamailio.pid(),
         &format!("127.0.0.1:{port}"),
-        &csv,
-        rate,
-        count,
-        settle,
+        &load,
+        None,
     )?;
     drop(kamailio);
     let load_after = load_average();
@@ -356,6 +370,14 @@ fn run(args: &[String]) -> Result<(), String> {
         db.rss_after_kib as f64 / 1024.0,
         (db.rss_after_kib.saturating_sub(db.rss_before_kib) * 1024) as f64 / bindings as f64
     );
+    if let Some((before, after)) = db.heap {
+        println!(
+            "  dialbridge heap in use before {:.1} MB, after {:.1} MB: {:.0} bytes per binding",
+            before as f64 / 1e6,
+            after as f64 / 1e6,
+            after.saturating_sub(before) as f64 / bindings as f64
+        );
+    }
     println!(
         "  ratio dialbridge / kamailio, registrations per CPU-second: {:.2} during the run, \
          {:.2} with the {} s after",
