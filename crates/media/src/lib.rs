@@ -52,6 +52,9 @@
 //! - `g711` — µ-law / A-law companding, a sine tone source, a Goertzel tone detector, WAV
 //!   files (8 kHz 16-bit PCM): the sample-level pieces for prompts, mixing and recording.
 //! - `stats` — RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter; per-leg snapshots.
+//! - `mixer` — G.711 mixing with no sockets: jitter buffers, saturated sums, the RTP streams of
+//!   the mix; `monitor` — [`Monitor`], a supervisor's third port pair on a session and its
+//!   mixing thread (listen / whisper / barge, see [`MonitorMode`]).
 //! - `latch` — symmetric RTP decisions (allowed sources, probation). `timeout` — the media time-out. `ports` — the range.
 //!
 //! `stats`, `latch` and `timeout` are pure: they take the time as an argument and are tested
@@ -60,10 +63,13 @@
 //! # What it does not do
 //!
 //! No SIP and no SDP parsing (the B2BUA tells it addresses), no transcoding, no SRTP/DTLS
-//! termination, no ICE (STUN packets are relayed untouched, and not counted as media), no
-//! jitter buffer, no RTCP
+//! termination, no ICE (STUN packets are relayed untouched, and not counted as media), no RTCP
 //! generation, no recording. (RTCP can be watched: [`RelayConfig::rtcp_tap`] is shown a copy
-//! of each RTCP packet, received and sent — RTP never.) It never rewrites a packet.
+//! of each RTCP packet, received and sent — RTP never.) It never rewrites a packet it relays.
+//! The one exception to "bytes in, same bytes out" is a monitored call
+//! ([`Relay::attach_monitor`]): there G.711 is decoded, mixed (with a jitter buffer per input)
+//! and re-encoded for the parties who hear a mix; other codecs cannot be monitored
+//! ([`MediaError::CodecNotMixable`]). [`MediaSession::set_muted`] stops relaying one leg's RTP.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -71,6 +77,8 @@ mod config;
 mod error;
 pub mod g711;
 pub mod latch;
+pub mod mixer;
+mod monitor;
 mod ports;
 mod relay;
 pub mod rtp;
@@ -84,6 +92,7 @@ pub use config::{
     Backend, ConfigError, LatchMode, RelayConfig, RtcpDirection, RtcpTap, RtcpTapHandle,
 };
 pub use error::MediaError;
+pub use monitor::{Monitor, MonitorMode};
 pub use relay::{Leg, LegId, MediaEvent, MediaSession, Relay, SessionId, StatsReader};
 pub use stats::{LegStats, SessionStats};
 pub use sys::raise_nofile_limit;

@@ -11,6 +11,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::config::{Backend, RelayConfig};
 use crate::error::MediaError;
+use crate::monitor::{Monitor, MonitorMode, MonitorParts};
 use crate::ports::PortAllocator;
 use crate::stats::{LegCounters, SessionStats};
 use crate::worker::{self, Control, LegSockets, NewSession, SessionShared, WorkerHandle};
@@ -283,6 +284,49 @@ impl Relay {
         })
     }
 
+    /// Attaches a supervisor to `session` (see [`MonitorMode`]): a port pair of its own and a
+    /// mixing thread. `payload_types`: the G.711 payload type of leg A, leg B and the
+    /// supervisor, as negotiated; any other codec is refused with
+    /// [`MediaError::CodecNotMixable`] before anything is allocated.
+    pub fn attach_monitor(
+        &self,
+        session: &MediaSession,
+        payload_types: [u8; 3],
+        mode: MonitorMode,
+    ) -> Result<Monitor, MediaError> {
+        let mut laws = [crate::g711::G711::Pcmu; 3];
+        for (law, pt) in laws.iter_mut().zip(payload_types) {
+            *law = crate::mixer::mixable(pt)?;
+        }
+        let bind = self.cfg.bind;
+        let (rtp_port, sockets) = {
+            let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
+            ports
+                .allocate_with(|port: u16| -> std::io::Result<(UdpSocket, UdpSocket)> {
+                    let rtp = UdpSocket::bind(SocketAddr::new(bind, port))?;
+                    let rtcp = UdpSocket::bind(SocketAddr::new(bind, port + 1))?;
+                    rtp.set_nonblocking(true)?;
+                    rtcp.set_nonblocking(true)?;
+                    Ok((rtp, rtcp))
+                })
+                .ok_or(MediaError::PortsExhausted {
+                    min: self.cfg.port_min,
+                    max: self.cfg.port_max,
+                })?
+        };
+        Monitor::start(MonitorParts {
+            session: session.id,
+            laws,
+            mode,
+            rtp_port,
+            sockets,
+            bind,
+            advertise: self.cfg.advertise,
+            worker: session.worker.clone(),
+            ports: Arc::clone(&self.ports),
+        })
+    }
+
     fn release(&self, rtp_ports: &[u16]) {
         let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
         for &p in rtp_ports {
@@ -393,6 +437,16 @@ impl MediaSession {
             id: self.id,
             leg,
             hz,
+        })
+    }
+
+    /// Stops (`true`) or resumes relaying the RTP that `leg`'s peer sends (mute: the other
+    /// side hears nothing from it; no signalling involved). RTCP keeps flowing.
+    pub fn set_muted(&self, leg: LegId, muted: bool) -> Result<(), MediaError> {
+        self.send(Control::Mute {
+            id: self.id,
+            leg,
+            muted,
         })
     }
 

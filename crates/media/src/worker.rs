@@ -86,6 +86,18 @@ pub(crate) enum Control {
     },
     Start(SessionId),
     Stop(SessionId),
+    /// Stop (or resume) relaying RTP that arrives on `leg` (RTCP still flows).
+    Mute {
+        id: SessionId,
+        leg: LegId,
+        muted: bool,
+    },
+    /// Attach a monitor's tap (replying with copies of both legs' RTP sockets), or detach.
+    Monitor {
+        id: SessionId,
+        tap: Option<Arc<crate::monitor::MonitorTap>>,
+        reply: Option<mpsc::SyncSender<Option<[UdpSocket; 2]>>>,
+    },
     Remove {
         id: SessionId,
         done: Option<mpsc::SyncSender<()>>,
@@ -289,6 +301,8 @@ pub(crate) struct LegState {
     rtcp_dest: Option<RawSockAddr>,
     /// The same, for an RTCP tap.
     rtcp_dest_addr: Option<SocketAddr>,
+    /// Where RTP for this leg's peer goes, for a monitor's mixer.
+    rtp_dest_addr: Option<SocketAddr>,
     clock_rate: u32,
     reception: RtpReception,
     pub tally: LegTally,
@@ -312,6 +326,7 @@ impl LegState {
             rtp_dest: None,
             rtcp_dest: None,
             rtcp_dest_addr: None,
+            rtp_dest_addr: None,
             clock_rate: DEFAULT_CLOCK_RATE,
             reception: RtpReception::default(),
             tally: LegTally::default(),
@@ -337,6 +352,7 @@ impl LegState {
     fn refresh_dest(&mut self, mode: LatchMode) {
         let rtp = self.rtp_latch.destination(mode, self.rtp_hint);
         self.rtp_dest = rtp.map(RawSockAddr::from);
+        self.rtp_dest_addr = rtp;
         let rtcp = if self.rtcp_mux {
             rtp
         } else {
@@ -398,6 +414,10 @@ pub(crate) struct SessionState {
     shared: Arc<SessionShared>,
     pub legs: [LegState; 2],
     forwarding: bool,
+    /// RTP arriving on leg i is not relayed (mute).
+    muted: [bool; 2],
+    /// A supervisor's tap (see `crate::monitor`); `None` for nearly every call.
+    monitor: Option<Arc<crate::monitor::MonitorTap>>,
     timeout: MediaTimeout,
     /// Counters changed since they were last published (io_uring loop).
     pub dirty: bool,
@@ -506,6 +526,22 @@ impl SessionState {
                 inn.reception
                     .on_rtp(&h, timestamp_units(since, inn.clock_rate));
             }
+        }
+        let mut held_back = false;
+        if let (Packet::Rtp(h), false) = (pkt, from_rtcp_port) {
+            // Muted, or heard through a monitor's mix instead: not relayed as is.
+            held_back = self.muted[in_leg];
+            if let Some(tap) = &self.monitor {
+                let dests = if in_leg == 0 {
+                    [inn.rtp_dest_addr, out.rtp_dest_addr]
+                } else {
+                    [out.rtp_dest_addr, inn.rtp_dest_addr]
+                };
+                held_back |= tap.on_rtp(in_leg, data, h.payload_type, dests, self.muted);
+            }
+        }
+        if held_back {
+            return None;
         }
         let forwarded = !truncated && self.forwarding && out.route(is_rtcp).1.is_some();
         if is_rtcp && !stun {
@@ -649,6 +685,30 @@ impl Core {
                         s.timeout.disarm();
                     }
                 }
+                Control::Mute { id, leg, muted } => {
+                    if let Some(s) = self.session_mut(id) {
+                        s.muted[leg.index()] = muted;
+                    }
+                }
+                Control::Monitor { id, tap, reply } => {
+                    let mut socks = None;
+                    if let Some(s) = self.session_mut(id) {
+                        if tap.is_some() {
+                            socks = match (s.legs[0].rtp.try_clone(), s.legs[1].rtp.try_clone()) {
+                                (Ok(a), Ok(b)) => Some([a, b]),
+                                _ => None,
+                            };
+                            if socks.is_some() {
+                                s.monitor = tap;
+                            }
+                        } else {
+                            s.monitor = None;
+                        }
+                    }
+                    if let Some(r) = reply {
+                        let _ = r.try_send(socks);
+                    }
+                }
                 Control::Remove { id, done } => {
                     if let Some(slot) = self.by_id.remove(&id) {
                         if let Some(s) = self.sessions[slot].take() {
@@ -685,6 +745,8 @@ impl Core {
             shared,
             legs: [LegState::new(a), LegState::new(b)],
             forwarding: true,
+            muted: [false, false],
+            monitor: None,
             timeout: MediaTimeout::new(self.params.timeout),
             dirty: false,
             sends_in_flight: 0,
