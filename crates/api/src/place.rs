@@ -289,6 +289,7 @@ pub(crate) async fn place_call(
         caller_id,
         agent_ring: Duration::from_secs(u64::from(agent_ring)),
         customer_ring: Duration::from_secs(u64::from(shared.cfg.customer_ring_secs)),
+        incoming: None,
     };
     tracing::info!(call_id = %call_id, "starting call");
     if let Err(e) = shared.calls.start_call(spec) {

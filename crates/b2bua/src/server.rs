@@ -148,11 +148,12 @@ impl SipServer {
                         e.route_ack(&request, &flow);
                     }
                 }
-                EndpointEvent::Cancelled { key, cancel } => {
-                    // No INVITE is ever left pending here yet: the 487 is refused by the
-                    // transaction when a final response was already sent.
-                    let _ = cancel;
-                    let _ = key;
+                EndpointEvent::Cancelled { cancel, .. } => {
+                    // The call started by that INVITE answers it 487 (when no final
+                    // response went out before).
+                    if let Some(e) = &self.engine {
+                        e.route_cancel(&cancel);
+                    }
                 }
                 EndpointEvent::StrayResponse { response, flow } => {
                     if let Some(e) = &self.engine {

@@ -196,9 +196,37 @@ impl Engine {
         tx.is_some_and(|tx| tx.send(Input::Request(Box::new(inc.clone()), leg)).is_ok())
     }
 
-    /// An ACK for a 2xx we sent (re-INVITE pass-through): nothing to do beyond logging.
+    /// An ACK for a 2xx we sent: to the call whose dialog it is (the ACK of an incoming
+    /// leg's INVITE; a re-INVITE's ACK is only noted there).
     pub fn route_ack(&self, request: &Request, _flow: &Flow) {
         tracing::trace!(call_id = %request.call_id_str(), "in-dialog ACK");
+        let Some(id) = DialogId::for_uas_request(request) else {
+            return;
+        };
+        let owner = self
+            .inner
+            .dialogs
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&id).cloned());
+        if let Some((call, leg)) = owner {
+            self.inner
+                .send_to(&call, Input::Ack(leg, request.body.clone()));
+        }
+    }
+
+    /// A CANCEL that matched the server transaction of an INVITE (answered 200 by the
+    /// endpoint): the call that INVITE started hears it, and answers the INVITE 487.
+    pub fn route_cancel(&self, cancel: &Request) {
+        let call = self
+            .inner
+            .sip_call_ids
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&cancel.call_id_str()).cloned());
+        if let Some(call) = call {
+            self.inner.send_to(&call, Input::Cancelled);
+        }
     }
 
     /// A 2xx to one of our INVITEs that no transaction took any more: ACK it again when it

@@ -77,6 +77,26 @@ pub struct CallSpec {
     pub caller_id: Option<String>,
     pub agent_ring: Duration,
     pub customer_ring: Duration,
+    /// The leg that called us, when the call starts from an INVITE we received (an inbound
+    /// call from a trunk, a call from a phone): that leg is the server transaction of the
+    /// INVITE, and the call rings only the other leg. `None` for a call placed through the
+    /// API (both legs are ours to INVITE, the agent first).
+    pub incoming: Option<IncomingLeg>,
+}
+
+/// A leg that is the server transaction of an INVITE we received (see
+/// [`CallSpec::incoming`]): it hears `100`, then `180`/`183` relayed from the ringing side,
+/// our `200` with SDP of the relay when that side answers (or the failure's code), and
+/// `487` when its caller CANCELs.
+#[derive(Debug, Clone)]
+pub struct IncomingLeg {
+    /// Which side of the call the caller is (the customer for an inbound call from a trunk,
+    /// the agent for a call from a registered phone).
+    pub leg: Leg,
+    /// The INVITE and its server transaction.
+    pub request: Box<sip_core::endpoint::IncomingRequest>,
+    /// Our Contact toward the caller (in our answers).
+    pub contact: sip_core::message::Uri,
 }
 
 /// How a call ended: exactly one per call.

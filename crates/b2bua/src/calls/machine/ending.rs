@@ -31,6 +31,7 @@ impl CallMachine {
         if matches!(self.phase, Phase::Ending | Phase::Done) {
             return;
         }
+        self.reject_incoming(&o);
         self.outcome = Some(o);
         self.phase = Phase::Ending;
         self.abandon_passed();

@@ -9,6 +9,9 @@
 //! carries these to and from the endpoint, the relay and the call hooks.
 //!
 //! ```text
+//!   (an INVITE we received: the caller's leg is a server transaction, see `incoming`;
+//!    the call starts at Lookup of the other leg, and that leg's answer connects it)
+//!
 //!              Lookup(agent) ──targets──► Ringing(agent): INVITE every target at once
 //!                                           │ first 2xx: ACK it, CANCEL the others
 //!                                           │ all rejected / ring time over / hang-up ──► Done
@@ -105,6 +108,10 @@ pub(crate) enum Input {
     Request(Box<IncomingRequest>, Leg),
     /// A 2xx to one of our INVITEs that no transaction took any more.
     Stray(Box<Response>),
+    /// The caller of the incoming leg CANCELled its INVITE (the CANCEL is answered 200).
+    Cancelled,
+    /// The ACK for our 2xx to the incoming leg's INVITE.
+    Ack(Leg, Bytes),
     Hangup,
     Shutdown,
     MediaTimeout,
@@ -283,6 +290,8 @@ pub(crate) struct CallMachine {
     now: Instant,
     /// The channel of the trunk the customer answered through, held until the call ends.
     trunk_channel: Option<crate::trunks::ChannelGuard>,
+    /// The leg that called us (a server transaction), when the call started from an INVITE.
+    incoming: Option<Incoming>,
 }
 
 fn ix(leg: Leg) -> usize {
@@ -360,8 +369,12 @@ impl CallMachine {
             linger_until: None,
             now,
             trunk_channel: None,
+            incoming: None,
         };
-        m.out.push_back(Output::Lookup(Leg::Agent));
+        match m.spec.incoming.clone() {
+            Some(inc) => m.start_incoming(inc, now),
+            None => m.out.push_back(Output::Lookup(Leg::Agent)),
+        }
         m
     }
 
@@ -394,6 +407,7 @@ impl CallMachine {
                     take(l.refresh_at);
                     take(l.expires_at);
                 }
+                take(self.incoming.as_ref().and_then(|i| i.ack_until));
             }
             Phase::Ending => take(self.ending_until),
             Phase::Done if self.has_pending_invites() => take(self.linger_until),
@@ -439,6 +453,8 @@ impl CallMachine {
             Input::TxEnded(tx) => self.on_tx_ended(tx, now),
             Input::Request(inc, leg) => self.on_request(*inc, leg, now),
             Input::Stray(resp) => self.on_stray(&resp),
+            Input::Cancelled => self.on_cancelled(now),
+            Input::Ack(leg, body) => self.on_ack(leg, body),
             Input::Hangup => self.on_end_command(
                 outcome(
                     CallStatus::Canceled,
@@ -487,7 +503,10 @@ impl CallMachine {
         }
         match self.phase {
             Phase::Ringing(leg) => self.fork_timers(leg, now),
-            Phase::Connected => self.session_timers(now),
+            Phase::Connected => {
+                self.incoming_timers(now);
+                self.session_timers(now);
+            }
             Phase::Ending => {
                 if self.ending_until.is_some_and(|t| t <= now) {
                     self.note(None, "a BYE got no answer in time");
@@ -557,6 +576,9 @@ impl CallMachine {
 mod dialog;
 mod ending;
 mod fork;
+mod incoming;
+
+use incoming::Incoming;
 
 #[cfg(test)]
 mod tests;

@@ -52,6 +52,7 @@ fn spec() -> CallSpec {
         caller_id: Some("+15550001111".into()),
         agent_ring: Duration::from_secs(30),
         customer_ring: Duration::from_secs(60),
+        incoming: None,
     }
 }
 
@@ -68,13 +69,17 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::with_spec(spec())
+    }
+
+    fn with_spec(spec: CallSpec) -> Rig {
         let now = Instant::now();
         let cfg = MachineConfig {
             domain: "dialbridge.test".into(),
             session_expires: 1800,
             timers: timers(),
         };
-        let m = CallMachine::new(spec(), cfg, [addr(30_000), addr(30_002)], now);
+        let m = CallMachine::new(spec, cfg, [addr(30_000), addr(30_002)], now);
         let mut r = Rig {
             m,
             now,
@@ -733,4 +738,273 @@ async fn a_trunk_at_its_call_limit_is_skipped_and_the_answering_trunk_keeps_its_
     assert_eq!(o[0].reason, "no trunk available: full at its call limit");
     assert_eq!(o[0].status, CallStatus::Failed);
     drop(held);
+}
+
+// ---------------------------------------------------------------------------------------
+// A leg that called us (an INVITE we received)
+// ---------------------------------------------------------------------------------------
+
+const CALLER_SDP: &str = "v=0\r\no=carrier 9 9 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 42000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+
+/// The carrier's INVITE to one of the account's numbers.
+fn caller_invite(sdp: Option<&str>) -> IncomingRequest {
+    let body = sdp.unwrap_or("");
+    let ct = if sdp.is_some() {
+        "Content-Type: application/sdp\r\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        "INVITE sip:+14155551234@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKcaller1\r\nFrom: <sip:+15557654321@127.0.0.1:5080>;tag=caller\r\nTo: <sip:+14155551234@127.0.0.1>\r\nCall-ID: inbound-1@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:carrier@127.0.0.1:5080>\r\nSupported: timer\r\nSession-Expires: 600\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let Ok(SipMessage::Request(request)) = parse_message(Bytes::from(text.clone())) else {
+        panic!("bad test request: {text}");
+    };
+    IncomingRequest {
+        key: ServerKey::Rfc2543("caller-invite".into()),
+        flow: sip_core::transport::Flow {
+            transport: Transport::Udp,
+            local: addr(5060),
+            remote: addr(5080),
+            conn: None,
+        },
+        request,
+    }
+}
+
+fn inbound_spec(sdp: Option<&str>) -> CallSpec {
+    CallSpec {
+        customer: CustomerTarget::E164("+15557654321".into()),
+        caller_id: Some("+14155551234".into()),
+        incoming: Some(crate::calls::IncomingLeg {
+            leg: Leg::Customer,
+            request: Box::new(caller_invite(sdp)),
+            contact: Uri::parse("sip:127.0.0.1:5060").expect("uri"),
+        }),
+        ..spec()
+    }
+}
+
+fn responses(outs: &[Output]) -> Vec<Response> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Respond { response, .. } => Some(response.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn to_tag(r: &Response) -> Option<String> {
+    r.to()
+        .ok()
+        .and_then(|t| t.tag().map(|t| String::from_utf8_lossy(t).into_owned()))
+}
+
+/// An inbound call rings the owner's two devices with the caller's codecs. Returns the
+/// INVITEs sent (tx, request).
+fn inbound_ringing(r: &mut Rig) -> Vec<(TxId, Request)> {
+    let out = r.take();
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Lookup(Leg::Agent))),
+        "the owner's devices are looked up"
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::SetPeer(Leg::Customer, _)))));
+    assert!(
+        answers(&out).is_empty(),
+        "no answer before the devices ring"
+    );
+    r.targets(
+        Leg::Agent,
+        vec![vec![target("desk", 5070), target("mobile", 5071)]],
+    );
+    let invites = sent(&r.take());
+    assert_eq!(invites.len(), 2);
+    let offer = String::from_utf8_lossy(&invites[0].1.body).into_owned();
+    assert!(offer.contains("m=audio 30000 RTP/AVP 8 0 101"), "{offer}");
+    invites
+}
+
+#[test]
+fn an_incoming_call_rings_the_other_leg_and_answers_the_caller_when_it_answers() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    let ((tx0, inv0), (tx1, _)) = (invites[0].clone(), invites[1].clone());
+    // The device rings: the caller hears 180, once.
+    r.respond(tx0, reply(&inv0, 180, "desk", None));
+    r.respond(tx1, reply(&invites[1].1, 180, "mobile", None));
+    let out = r.take();
+    let rs = responses(&out);
+    assert_eq!(rs.iter().map(|r| r.status).collect::<Vec<_>>(), [180]);
+    let tag = to_tag(&rs[0]).expect("a To tag in the 180");
+    // The desk answers: ACK it, CANCEL the mobile, and the caller gets 200 with the relay.
+    r.respond(tx0, reply(&inv0, 200, "desk", Some(AGENT_SDP)));
+    let out = r.take();
+    assert_eq!(acks(&out), 1);
+    assert_eq!(cancels(&out), vec![tx1]);
+    let rs = responses(&out);
+    assert_eq!(rs.len(), 1);
+    let ok = &rs[0];
+    assert_eq!(ok.status, 200);
+    assert_eq!(to_tag(ok), Some(tag), "the same To tag as the 180");
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(body.contains("m=audio 30002"), "{body}");
+    assert!(ok.header_str(&HeaderName::Contact).is_some());
+    assert_eq!(
+        ok.header_str(&HeaderName::SessionExpires).as_deref(),
+        Some("600;refresher=uac")
+    );
+    let ev = events(&out);
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, CallEventKind::AgentAnswered { .. })));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, CallEventKind::InProgress { .. })));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::Start))));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::RouteDialog(Leg::Customer, _))));
+    assert!(sent(&out).is_empty(), "no customer leg is dialled");
+    r.feed(Input::Ack(Leg::Customer, Bytes::new()));
+    // Time passes: no give-up for the ACK that came.
+    r.advance(Duration::from_secs(40));
+    assert!(ended(&r.take()).is_empty());
+    // The caller hangs up: the agent gets a BYE, the call is completed.
+    let caller_tag = "caller";
+    let text = format!(
+        "BYE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKbye1\r\nFrom: <sip:+15557654321@127.0.0.1:5080>;tag={caller_tag}\r\nTo: <sip:+14155551234@127.0.0.1>;tag={}\r\nCall-ID: inbound-1@127.0.0.1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        to_tag(ok).unwrap_or_default()
+    );
+    let Ok(SipMessage::Request(bye)) = parse_message(Bytes::from(text)) else {
+        panic!("bad BYE");
+    };
+    let inc = IncomingRequest {
+        key: ServerKey::Rfc2543("bye".into()),
+        flow: caller_invite(None).flow,
+        request: bye,
+    };
+    r.request(inc, Leg::Customer);
+    let out = r.take();
+    assert_eq!(answers(&out), [200]);
+    let byes = sent(&out);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].1.call_id_str(), inv0.call_id_str());
+    r.respond(byes[0].0, reply(&byes[0].1, 200, "desk", None));
+    let o = ended(&r.take());
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].status, CallStatus::Completed);
+    assert_eq!(o[0].leg, Some(Leg::Customer));
+}
+
+#[test]
+fn a_cancel_from_the_caller_gets_487_and_cancels_the_forks() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    r.respond(invites[0].0, reply(&invites[0].1, 180, "desk", None));
+    r.take();
+    r.feed(Input::Cancelled);
+    let out = r.take();
+    assert_eq!(answers(&out), [487]);
+    assert_eq!(cancels(&out).len(), 2, "every device is cancelled");
+    let o = ended(&out);
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].status, CallStatus::Canceled);
+    assert_eq!(o[0].leg, Some(Leg::Customer));
+    // A second CANCEL (retransmission) changes nothing.
+    r.feed(Input::Cancelled);
+    assert!(answers(&r.take()).is_empty());
+}
+
+#[test]
+fn every_device_busy_tells_the_caller_486_and_ends_busy() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    for (i, (tx, inv)) in invites.iter().enumerate() {
+        r.respond(*tx, reply(inv, 486, &format!("d{i}"), None));
+    }
+    let out = r.take();
+    assert_eq!(answers(&out), [486]);
+    let o = ended(&out);
+    assert_eq!(o[0].status, CallStatus::Busy);
+    assert_eq!(o[0].leg, Some(Leg::Agent));
+}
+
+#[test]
+fn no_device_answers_in_time_the_caller_hears_480_and_the_call_is_no_answer() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    r.respond(invites[0].0, reply(&invites[0].1, 180, "desk", None));
+    r.take();
+    r.advance(Duration::from_secs(31));
+    let out = r.take();
+    assert_eq!(answers(&out), [480]);
+    assert_eq!(cancels(&out).len(), 2);
+    let o = ended(&out);
+    assert_eq!(o[0].status, CallStatus::NoAnswer);
+    assert_eq!(o[0].leg, Some(Leg::Agent));
+}
+
+#[test]
+fn early_media_of_the_ringing_side_reaches_the_caller_in_a_183_repeated_by_the_200() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    let (tx, inv) = invites[0].clone();
+    r.respond(tx, reply(&inv, 183, "desk", Some(AGENT_SDP)));
+    let out = r.take();
+    let rs = responses(&out);
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].status, 183);
+    assert!(String::from_utf8_lossy(&rs[0].body).contains("m=audio 30002"));
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    let rs = responses(&r.take());
+    assert_eq!(rs[0].status, 200);
+    assert_eq!(
+        rs[0].body,
+        responses(&out)[0].body,
+        "the 200 repeats the 183's SDP"
+    );
+}
+
+#[test]
+fn no_ack_for_our_200_ends_the_call_with_a_bye_after_64_t1() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    let (tx, inv) = invites[0].clone();
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    r.take();
+    r.advance(timers().timeout() + Duration::from_millis(1));
+    let out = r.take();
+    let byes = sent(&out);
+    assert_eq!(
+        byes.len(),
+        2,
+        "both legs get a BYE: {:?}",
+        sent_methods(&out)
+    );
+    assert!(byes.iter().all(|(_, b)| b.method == Method::Bye));
+}
+
+#[test]
+fn an_invite_without_sdp_gets_our_offer_in_the_200_and_its_answer_from_the_ack() {
+    let mut r = Rig::with_spec(inbound_spec(None));
+    let out = r.take();
+    assert!(out.iter().any(|o| matches!(o, Output::Lookup(Leg::Agent))));
+    r.targets(Leg::Agent, vec![vec![target("desk", 5070)]]);
+    let (tx, inv) = sent(&r.take()).remove(0);
+    assert!(String::from_utf8_lossy(&inv.body).contains("m=audio 30000"));
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    let rs = responses(&r.take());
+    assert_eq!(rs[0].status, 200);
+    assert!(String::from_utf8_lossy(&rs[0].body).contains("m=audio 30002"));
+    r.feed(Input::Ack(Leg::Customer, Bytes::from(CALLER_SDP)));
+    let out = r.take();
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Media(MediaOp::SetPeer(Leg::Customer, b)) if b.as_ref() == CALLER_SDP.as_bytes()
+    )));
 }
