@@ -52,6 +52,15 @@ pub(crate) fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Valu
         CallEventKind::InProgress { .. } => Some(Leg::Customer),
         CallEventKind::Ended { outcome, .. } => outcome.leg,
         CallEventKind::Note { leg, .. } => *leg,
+        CallEventKind::Held { leg }
+        | CallEventKind::Resumed { leg }
+        | CallEventKind::Muted { leg, .. }
+        | CallEventKind::TransferStarted { leg, .. }
+        | CallEventKind::Transferred { leg, .. }
+        | CallEventKind::TransferFailed { leg, .. } => Some(*leg),
+        CallEventKind::MonitorStarted { .. }
+        | CallEventKind::MonitorModeChanged { .. }
+        | CallEventKind::MonitorEnded { .. } => None,
     };
     if let (CallEventKind::Ended { outcome, .. }, Some(o)) = (kind, v.as_object_mut()) {
         // Flatten the outcome into the detail.
@@ -121,7 +130,30 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
                 rec.stats = stats.clone();
             }
         }
-        CallEventKind::Note { .. } => {}
+        CallEventKind::Held { leg } | CallEventKind::Resumed { leg } => {
+            let held = matches!(ev.kind, CallEventKind::Held { .. });
+            if let Some(o) = leg_obj(&mut rec.legs, *leg) {
+                o.insert("held".into(), json!(held));
+            }
+        }
+        CallEventKind::Muted { leg, muted } => {
+            if let Some(o) = leg_obj(&mut rec.legs, *leg) {
+                o.insert("muted".into(), json!(muted));
+            }
+        }
+        CallEventKind::Transferred { leg, to, by } => {
+            if let Some(o) = leg_obj(&mut rec.legs, *leg) {
+                o.insert("transferred_to".into(), json!(to));
+                o.insert("transferred_by".into(), json!(by));
+                o.insert("transferred_at".into(), json!(at));
+            }
+        }
+        CallEventKind::Note { .. }
+        | CallEventKind::MonitorStarted { .. }
+        | CallEventKind::MonitorModeChanged { .. }
+        | CallEventKind::MonitorEnded { .. }
+        | CallEventKind::TransferStarted { .. }
+        | CallEventKind::TransferFailed { .. } => {}
     }
     *rec != before
 }

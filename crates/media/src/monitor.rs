@@ -38,6 +38,9 @@ pub enum MonitorMode {
     Whisper,
     /// Everyone hears everyone.
     Barge,
+    /// A warm transfer's consultation: the agent and the third party hear each other; the
+    /// customer (on hold) hears neither and is not heard.
+    Consult,
 }
 
 impl MonitorMode {
@@ -46,6 +49,7 @@ impl MonitorMode {
             MonitorMode::Listen => "listen",
             MonitorMode::Whisper => "whisper",
             MonitorMode::Barge => "barge",
+            MonitorMode::Consult => "consult",
         }
     }
 
@@ -62,7 +66,7 @@ impl MonitorMode {
     pub(crate) fn mixes_to(self, to: usize) -> bool {
         match self {
             MonitorMode::Listen => false,
-            MonitorMode::Whisper => to == 0,
+            MonitorMode::Whisper | MonitorMode::Consult => to == 0,
             MonitorMode::Barge => true,
         }
     }
@@ -70,6 +74,9 @@ impl MonitorMode {
     /// Whether `out` hears `inp` in the mix (0 = A, 1 = B, 2 = supervisor); `muted[i]`: the
     /// call party `i` is muted toward the other party (the supervisor still hears it).
     pub(crate) fn hears(self, out: usize, inp: usize, muted: [bool; 2]) -> bool {
+        if self == MonitorMode::Consult {
+            return matches!((out, inp), (0, 2) | (2, 0));
+        }
         match (out, inp) {
             (2, 0 | 1) => true,
             (0, 1) | (1, 0) if self.mixes_to(out) => !muted[inp],
@@ -423,5 +430,15 @@ mod tests {
             assert_eq!(MonitorMode::parse(s).map(|m| m.as_str()), Some(s));
         }
         assert_eq!(MonitorMode::parse("spy"), None);
+        assert_eq!(
+            MonitorMode::parse("consult"),
+            None,
+            "not a supervisor's mode"
+        );
+        // Consult: the agent and the third party only.
+        let c = MonitorMode::Consult;
+        assert!(c.hears(0, 2, m) && c.hears(2, 0, m));
+        assert!(!c.hears(0, 1, m) && !c.hears(2, 1, m) && !c.hears(1, 2, m));
+        assert!(c.mixes_to(0) && !c.mixes_to(1));
     }
 }

@@ -86,6 +86,7 @@ impl Engine {
             hooks: OnceLock::new(),
             calls: Mutex::new(HashMap::new()),
             dialogs: Mutex::new(HashMap::new()),
+            side_dialogs: Mutex::new(HashMap::new()),
             sip_call_ids: Mutex::new(HashMap::new()),
             leg_sip_call_ids: Mutex::new(HashMap::new()),
             media_sessions: Mutex::new(HashMap::new()),
@@ -185,7 +186,25 @@ impl Engine {
             .ok()
             .and_then(|d| d.get(&id).cloned());
         let Some((call, leg)) = owner else {
-            return false;
+            let side = self
+                .inner
+                .side_dialogs
+                .lock()
+                .ok()
+                .and_then(|d| d.get(&id).cloned());
+            let Some((call, side)) = side else {
+                return false;
+            };
+            let tx = self
+                .inner
+                .calls
+                .lock()
+                .ok()
+                .and_then(|c| c.get(&call).map(|e| e.tx.clone()));
+            return tx.is_some_and(|tx| {
+                tx.send(Input::SideRequest(Box::new(inc.clone()), side))
+                    .is_ok()
+            });
         };
         let tx = self
             .inner
@@ -323,6 +342,26 @@ impl CallControl for Engine {
 
     fn active_calls(&self) -> usize {
         self.inner.active.load(Ordering::SeqCst)
+    }
+
+    fn control<'a>(
+        &'a self,
+        call_id: &'a str,
+        cmd: super::LiveCommand,
+    ) -> super::ControlFuture<'a> {
+        let tx = self
+            .inner
+            .calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(call_id).map(|e| e.tx.clone()));
+        Box::pin(async move {
+            let tx = tx.ok_or(super::ControlError::NotActive)?;
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            tx.send(Input::Control(cmd, reply))
+                .map_err(|_| super::ControlError::NotActive)?;
+            rx.await.map_err(|_| super::ControlError::NotActive)?
+        })
     }
 
     fn live_stats(&self, call_id: &str) -> Option<serde_json::Value> {

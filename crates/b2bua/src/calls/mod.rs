@@ -145,7 +145,143 @@ pub enum CallEventKind {
     },
     /// Something worth a line in the timeline (relay allocated, re-INVITE passed...).
     Note { leg: Option<Leg>, text: String },
+    /// A party was put on hold (`a=sendonly` toward it; callback `call.held`).
+    Held { leg: Leg },
+    /// A held party was taken off hold (callback `call.resumed`).
+    Resumed { leg: Leg },
+    /// The relay stopped (or resumed) relaying what this leg's party says.
+    Muted { leg: Leg, muted: bool },
+    /// A supervisor answered and hears the call (callback `call.monitor_started`).
+    MonitorStarted {
+        monitor_id: String,
+        user_id: String,
+        mode: &'static str,
+    },
+    /// The supervisor's mode changed mid-call.
+    MonitorModeChanged {
+        monitor_id: String,
+        mode: &'static str,
+    },
+    /// The monitor ended (callback `call.monitor_ended`); the call goes on.
+    MonitorEnded { monitor_id: String, reason: String },
+    /// A transfer target is being called (REFER from a phone, or the API).
+    TransferStarted {
+        leg: Leg,
+        to: String,
+        by: &'static str,
+    },
+    /// The target answered: it replaced `leg`, whose party was released (callback
+    /// `call.transferred`).
+    Transferred {
+        leg: Leg,
+        to: String,
+        by: &'static str,
+    },
+    /// The target did not answer or was refused; the call goes on as it was.
+    TransferFailed {
+        leg: Leg,
+        to: String,
+        by: &'static str,
+        sip_code: Option<u16>,
+        reason: String,
+    },
 }
+
+impl CallEventKind {
+    /// The callback event name of a live-control event (`call.held`, `call.transferred`...),
+    /// `None` for the others.
+    pub fn callback_event(&self) -> Option<&'static str> {
+        match self {
+            CallEventKind::Held { .. } => Some("call.held"),
+            CallEventKind::Resumed { .. } => Some("call.resumed"),
+            CallEventKind::MonitorStarted { .. } => Some("call.monitor_started"),
+            CallEventKind::MonitorEnded { .. } => Some("call.monitor_ended"),
+            CallEventKind::Transferred { .. } => Some("call.transferred"),
+            _ => None,
+        }
+    }
+}
+
+/// What a supervisor does on a monitored call (see [`media::MonitorMode`]).
+pub use media::MonitorMode;
+
+/// Where a transfer goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferTo {
+    /// A user's registered devices.
+    User { user_id: String },
+    /// A number (E.164, already through the account's guards) on the account's trunk.
+    Number { e164: String },
+}
+
+impl TransferTo {
+    pub fn label(&self) -> String {
+        match self {
+            TransferTo::User { user_id } => user_id.clone(),
+            TransferTo::Number { e164 } => e164.clone(),
+        }
+    }
+}
+
+/// A live change to a call in progress (the API's `POST /v1/calls/{id}/…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveCommand {
+    /// Hold the customer: `a=sendonly` toward it by re-INVITE, and the agent's audio stops.
+    Hold,
+    Unhold,
+    /// Stop (or resume) relaying what `leg`'s party says; no signalling.
+    Mute {
+        leg: Leg,
+        muted: bool,
+    },
+    /// Ring a supervisor's devices; once answered it hears the call in `mode`.
+    Monitor {
+        monitor_id: String,
+        user_id: String,
+        mode: MonitorMode,
+    },
+    SetMonitorMode {
+        monitor_id: String,
+        mode: MonitorMode,
+    },
+    EndMonitor {
+        monitor_id: String,
+    },
+    /// Hand the customer to `to`. Blind: the agent is released once it answers. Warm: the
+    /// target talks with the agent first, the customer held; then complete or cancel.
+    Transfer {
+        to: TransferTo,
+        warm: bool,
+    },
+    /// A warm transfer's target takes the agent's place.
+    CompleteTransfer,
+    /// The transfer under way is abandoned: the target is released (CANCEL or BYE).
+    CancelTransfer,
+}
+
+/// Why a live command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("no such active call")]
+    NotActive,
+    /// The call is not connected (still ringing, ending), or the command does not fit its
+    /// state (unhold of a call not held, a second transfer).
+    #[error("{0}")]
+    NotInProgress(String),
+    /// A leg's codec cannot be mixed.
+    #[error("{0}")]
+    CodecNotMixable(String),
+    #[error("no such monitor on this call")]
+    NoSuchMonitor,
+    /// The target could not be looked up (no registered device...).
+    #[error("{0}")]
+    TargetUnavailable(String),
+}
+
+/// What [`CallControl::control`] returns: a JSON detail for the API's answer.
+pub type ControlFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<serde_json::Value, ControlError>> + Send + 'a>,
+>;
 
 /// One event of one call.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -191,6 +327,10 @@ pub trait CallControl: Send + Sync {
     /// the call is not running here or has no relay session yet.
     fn live_stats(&self, _call_id: &str) -> Option<serde_json::Value> {
         None
+    }
+    /// Applies a live command to a running call (hold, mute, monitor, transfer).
+    fn control<'a>(&'a self, _call_id: &'a str, _cmd: LiveCommand) -> ControlFuture<'a> {
+        Box::pin(std::future::ready(Err(ControlError::NotActive)))
     }
     /// A trunk's run-time state (`state`, its targets with their health), `None` when this
     /// engine does not know the trunk.

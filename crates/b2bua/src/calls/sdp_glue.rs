@@ -186,6 +186,46 @@ pub(crate) fn mirror_direction(offer: &[u8], local: &[u8], origin: &mut Origin) 
     ours.to_bytes()
 }
 
+/// Our last SDP with the audio direction set to `direction` (hold: `sendonly`, RFC 3264
+/// §8.4; resume: `sendrecv`), as a new version.
+pub(crate) fn with_direction(
+    local: &[u8],
+    direction: sip_core::sdp::Direction,
+    origin: &mut Origin,
+) -> Bytes {
+    let Ok(mut sdp) = SessionDescription::parse(local) else {
+        return Bytes::copy_from_slice(local);
+    };
+    sdp.set_direction(direction);
+    origin.stamp(&mut sdp, true);
+    sdp.to_bytes()
+}
+
+/// The payload type a peer sends first (the first format of its audio stream): what the
+/// mixer must be able to decode. `None` without a usable audio stream.
+pub(crate) fn first_payload_type(body: &[u8]) -> Option<u8> {
+    let sdp = SessionDescription::parse(body).ok()?;
+    let audio = sdp.first_audio()?;
+    if audio.is_rejected() {
+        return None;
+    }
+    let pt = audio.payload_types().next();
+    pt
+}
+
+/// An offer of one G.711 law (PCMU 0 / PCMA 8) plus RFC 4733 events at `relay`: what a
+/// supervisor's phone is offered, in the law the mixer sends it.
+pub(crate) fn g711_offer(relay: SocketAddr, payload_type: u8, origin: &mut Origin) -> Bytes {
+    let law = if payload_type == 8 {
+        Codec::PCMA
+    } else {
+        Codec::PCMU
+    };
+    let mut sdp = audio_offer(relay.ip(), relay.port(), origin.id, &[law]);
+    origin.stamp(&mut sdp, false);
+    sdp.to_bytes()
+}
+
 /// The SDP we last sent, again (a session refresh: same version, RFC 4028 §9).
 pub(crate) fn refresh(local: &[u8], _origin: &mut Origin) -> Bytes {
     Bytes::copy_from_slice(local)

@@ -37,6 +37,8 @@ pub(crate) struct EngineInner {
     pub(crate) calls: Mutex<HashMap<String, CallEntry>>,
     /// Dialog (our tag local) -> (call, leg), for in-dialog requests.
     pub(crate) dialogs: Mutex<HashMap<DialogId, (String, Leg)>>,
+    /// Dialog of a side leg (a supervisor) -> (call, side), for its in-dialog requests.
+    pub(crate) side_dialogs: Mutex<HashMap<DialogId, (String, u32)>>,
     /// SIP Call-ID of a leg -> call, for stray 2xx of forked INVITEs.
     pub(crate) sip_call_ids: Mutex<HashMap<String, String>>,
     /// (call, leg) -> the SIP Call-ID of that leg's latest INVITE, for RTCP captures.
@@ -70,6 +72,12 @@ impl EngineInner {
         }
     }
 
+    pub(crate) fn register_side_dialog(&self, id: DialogId, call_id: &str, side: u32) {
+        if let Ok(mut d) = self.side_dialogs.lock() {
+            d.insert(id, (call_id.to_string(), side));
+        }
+    }
+
     pub(crate) fn register_sip_call_id(&self, sip_call_id: &str, call_id: &str, leg: Leg) {
         if let Ok(mut m) = self.sip_call_ids.lock() {
             m.insert(sip_call_id.to_string(), call_id.to_string());
@@ -86,6 +94,9 @@ impl EngineInner {
         }
         if let Ok(mut m) = self.sip_call_ids.lock() {
             m.retain(|_, c| c != call_id);
+        }
+        if let Ok(mut d) = self.side_dialogs.lock() {
+            d.retain(|_, (c, _)| c != call_id);
         }
         if let Ok(mut m) = self.leg_sip_call_ids.lock() {
             m.retain(|(c, _), _| c != call_id);

@@ -49,6 +49,8 @@ impl CallMachine {
                 }
             }
             Method::Options => self.respond(&inc, 200),
+            Method::Refer => self.on_refer(inc, from),
+            Method::Notify => self.respond(&inc, 200),
             Method::Ack => {}
             _ => {
                 let mut r = Response::for_request(&inc.request, 405);
@@ -273,6 +275,10 @@ impl CallMachine {
             Some(Role::Offer { purpose, .. }) => std::mem::replace(purpose, Purpose::Refresh),
             _ => return,
         };
+        if let Purpose::Hold { hold } = purpose {
+            self.hold_answered(hold);
+            return;
+        }
         if let Purpose::Pass { from, inc } = purpose {
             // Answer the side that asked, with the other side's answer rewritten to our relay.
             let relay_from = self.relay[ix(from)];
@@ -339,6 +345,7 @@ impl CallMachine {
                     now,
                 );
             }
+            Purpose::Hold { hold } => self.hold_failed(hold, status),
             Purpose::Refresh | Purpose::Realign => {
                 if let Some(l) = self.legs[ix(leg)].as_mut() {
                     note_refresh(l, now);
@@ -461,7 +468,7 @@ impl CallMachine {
 impl LegState {
     /// Our offer `sdp` on this leg in `method` (INVITE or UPDATE), with the session timer it
     /// runs (we refresh: RFC 4028); it becomes the SDP we last sent.
-    fn offer(&mut self, method: Method, sdp: Bytes) -> Request {
+    pub(super) fn offer(&mut self, method: Method, sdp: Bytes) -> Request {
         let mut req = self
             .dialog
             .new_request(method, Some(("application/sdp", sdp.clone())));

@@ -36,6 +36,8 @@ impl CallMachine {
         self.phase = Phase::Ending;
         self.abandon_passed();
         self.ending_until = Some(now + self.cfg.timers.timeout() + self.cfg.timers.t4);
+        self.end_all_sides();
+        self.pending_refers.clear();
         for leg in [Leg::Agent, Leg::Customer] {
             self.send_bye(leg, true);
         }
@@ -199,6 +201,14 @@ impl CallMachine {
                     self.respond(&inc, status);
                 }
             }
+            Role::Side { side, branch } => {
+                let (side, branch) = (*side, *branch);
+                self.on_side_event(side, branch, ev, now);
+            }
+            Role::SideOffer { side } => {
+                let side = *side;
+                self.on_side_offer(tx, side, ev);
+            }
             Role::Offer { .. } => match ev {
                 ClientEvent::Response(r) if r.status < 200 => {}
                 ClientEvent::Response(r) if r.is_success() => self.offer_answered(tx, r, now),
@@ -218,6 +228,9 @@ impl CallMachine {
                 answered: false, ..
             }) => self.offer_failed(tx, 408, now),
             Some(Role::Info { .. }) => self.on_tx(tx, ClientEvent::Timeout, now),
+            Some(Role::Side { .. } | Role::SideOffer { .. }) => {
+                self.on_tx(tx, ClientEvent::Timeout, now)
+            }
             _ => {}
         }
         self.roles.remove(&tx);

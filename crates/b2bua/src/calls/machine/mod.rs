@@ -115,6 +115,20 @@ pub(crate) enum Input {
     Hangup,
     Shutdown,
     MediaTimeout,
+    /// A live command (see `control`), numbered: its answer is [`Output::Reply`].
+    Command(u64, control::Command),
+    /// A live command from the API, before the driver looked its target up (never reaches
+    /// the machine).
+    Control(
+        crate::calls::LiveCommand,
+        tokio::sync::oneshot::Sender<Result<serde_json::Value, crate::calls::ControlError>>,
+    ),
+    /// The driver's answer to [`MediaOp::AttachMonitor`]: the supervisor's relay address.
+    MonitorAttached(control::SideId, Result<SocketAddr, String>),
+    /// The driver's answer to [`Output::LookupTransfer`].
+    TransferTargets(control::SideId, Result<Plan, (u16, String)>),
+    /// A request within a side leg's dialog (a supervisor's BYE).
+    SideRequest(Box<IncomingRequest>, control::SideId),
 }
 
 /// A change to the call's relay session.
@@ -126,6 +140,19 @@ pub(crate) enum MediaOp {
     SetPeer(Leg, Bytes),
     /// Start relaying.
     Start,
+    /// Stop (or resume) relaying what this leg's party says.
+    Mute(Leg, bool),
+    /// Give the relay session a supervisor's port pair and mixer; answer with
+    /// [`Input::MonitorAttached`]. Payload types: agent, customer, supervisor.
+    AttachMonitor {
+        side: control::SideId,
+        payload_types: [u8; 3],
+        mode: media::MonitorMode,
+    },
+    /// The SDP of the supervisor's phone.
+    MonitorPeer(control::SideId, Bytes),
+    MonitorMode(control::SideId, media::MonitorMode),
+    DetachMonitor(control::SideId),
 }
 
 /// What the machine asks for.
@@ -162,6 +189,16 @@ pub(crate) enum Output {
     RouteDialog(Leg, DialogId),
     /// The call's one outcome (the driver closes the relay and emits `Ended` with its stats).
     End(Outcome),
+    /// The answer to [`Input::Command`] number `.0`.
+    Reply(u64, Result<serde_json::Value, crate::calls::ControlError>),
+    /// Route a side leg's dialog to the call.
+    RouteSideDialog(control::SideId, DialogId),
+    /// Look up a REFER's target (dial plan and the account's guards); answer with
+    /// [`Input::TransferTargets`].
+    LookupTransfer {
+        id: control::SideId,
+        to: String,
+    },
 }
 
 /// An INVITE of a fork.
@@ -227,6 +264,8 @@ enum Purpose {
     Refresh,
     /// The agent re-offered the customer's codecs.
     Realign,
+    /// Hold (`true`) or resume the customer.
+    Hold { hold: bool },
     /// An offer passed through from the other leg, to be answered there.
     Pass {
         from: Leg,
@@ -255,6 +294,15 @@ enum Role {
     /// An INFO passed through; its answer goes back to `inc`.
     Info {
         inc: Box<IncomingRequest>,
+    },
+    /// An INVITE of a side leg (monitor, transfer target).
+    Side {
+        side: control::SideId,
+        branch: usize,
+    },
+    /// The re-INVITE completing a warm transfer.
+    SideOffer {
+        side: control::SideId,
     },
 }
 
@@ -292,6 +340,15 @@ pub(crate) struct CallMachine {
     trunk_channel: Option<crate::trunks::ChannelGuard>,
     /// The leg that called us (a server transaction), when the call started from an INVITE.
     incoming: Option<Incoming>,
+    /// The customer is on hold (by the API).
+    held: bool,
+    /// Legs muted by the API (agent, customer).
+    muted: [bool; 2],
+    /// Third parties: a supervisor, a transfer target (see `control`).
+    sides: Vec<control::Side>,
+    next_side: control::SideId,
+    /// REFERs whose target is being looked up: (id, transferor's leg, target).
+    pending_refers: Vec<(control::SideId, Leg, String)>,
 }
 
 fn ix(leg: Leg) -> usize {
@@ -370,6 +427,11 @@ impl CallMachine {
             now,
             trunk_channel: None,
             incoming: None,
+            held: false,
+            muted: [false, false],
+            sides: Vec::new(),
+            next_side: 1,
+            pending_refers: Vec::new(),
         };
         match m.spec.incoming.clone() {
             Some(inc) => m.start_incoming(inc, now),
@@ -408,6 +470,7 @@ impl CallMachine {
                     take(l.expires_at);
                 }
                 take(self.incoming.as_ref().and_then(|i| i.ack_until));
+                take(self.side_deadline());
             }
             Phase::Ending => take(self.ending_until),
             Phase::Done if self.has_pending_invites() => take(self.linger_until),
@@ -455,6 +518,14 @@ impl CallMachine {
             Input::Stray(resp) => self.on_stray(&resp),
             Input::Cancelled => self.on_cancelled(now),
             Input::Ack(leg, body) => self.on_ack(leg, body),
+            Input::Command(id, cmd) => self.on_command(id, cmd, now),
+            Input::Control(_, tx) => {
+                // The driver turns these into `Command`s; one that got here is refused.
+                let _ = tx.send(Err(crate::calls::ControlError::NotActive));
+            }
+            Input::MonitorAttached(side, r) => self.on_monitor_attached(side, r, now),
+            Input::TransferTargets(id, plan) => self.on_transfer_targets(id, plan, now),
+            Input::SideRequest(inc, side) => self.on_side_request(*inc, side),
             Input::Hangup => self.on_end_command(
                 outcome(
                     CallStatus::Canceled,
@@ -506,6 +577,7 @@ impl CallMachine {
             Phase::Connected => {
                 self.incoming_timers(now);
                 self.session_timers(now);
+                self.side_timers(now);
             }
             Phase::Ending => {
                 if self.ending_until.is_some_and(|t| t <= now) {
@@ -573,6 +645,7 @@ impl CallMachine {
     }
 }
 
+pub(crate) mod control;
 mod dialog;
 mod ending;
 mod fork;
