@@ -195,7 +195,13 @@ impl SipServer {
                     (HeaderName::AcceptLanguage, "en".into()),
                 ],
             ),
-            Method::Invite | Method::Bye | Method::Update | Method::Info | Method::Prack
+            Method::Invite
+            | Method::Bye
+            | Method::Update
+            | Method::Info
+            | Method::Prack
+            | Method::Refer
+            | Method::Notify
                 if in_dialog =>
             {
                 let routed = self.engine.as_ref().is_some_and(|e| e.route_request(&inc));
@@ -203,7 +209,12 @@ impl SipServer {
                     self.reply(&inc, 481, &[]);
                 }
             }
-            Method::Bye | Method::Update | Method::Info | Method::Prack => {
+            Method::Bye
+            | Method::Update
+            | Method::Info
+            | Method::Prack
+            | Method::Refer
+            | Method::Notify => {
                 self.reply(&inc, 481, &[]);
             }
             Method::Invite => {
