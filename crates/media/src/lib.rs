@@ -49,6 +49,9 @@
 //! - `sys` — epoll, eventfd and the `recvmmsg`/`sendmmsg` batch; `sys::uring`, the ring,
 //!   its provided buffers and sends (all of the crate's `unsafe`).
 //! - `rtp` — reading RTP/RTCP headers in place; RTP/RTCP demultiplexing (RFC 5761).
+//! - `source` — [`Prompt`]s the relay plays into a leg itself (20 ms G.711 packets of its
+//!   own numbering, sent by the leg's forwarding thread; the other leg is held back from it
+//!   meanwhile), and RFC 4733 telephone-event parsing ([`MediaEvent::Dtmf`]).
 //! - `g711` — µ-law / A-law companding, a sine tone source, a Goertzel tone detector, WAV
 //!   files (8 kHz 16-bit PCM): the sample-level pieces for prompts, mixing and recording.
 //! - `stats` — RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter; per-leg snapshots.
@@ -59,7 +62,7 @@
 //!
 //! # What it does not do
 //!
-//! No SIP and no SDP parsing (the B2BUA tells it addresses), no transcoding, no SRTP/DTLS
+//! No SIP and no SDP parsing (the B2BUA tells it addresses and payload types), no transcoding, no SRTP/DTLS
 //! termination, no ICE (STUN packets are relayed untouched, and not counted as media), no
 //! jitter buffer, no RTCP
 //! generation, no recording. (RTCP can be watched: [`RelayConfig::rtcp_tap`] is shown a copy
@@ -74,6 +77,7 @@ pub mod latch;
 mod ports;
 mod relay;
 pub mod rtp;
+pub mod source;
 pub mod stats;
 mod sys;
 pub mod timeout;
@@ -85,5 +89,6 @@ pub use config::{
 };
 pub use error::MediaError;
 pub use relay::{Leg, LegId, MediaEvent, MediaSession, Relay, SessionId, StatsReader};
+pub use source::Prompt;
 pub use stats::{LegStats, SessionStats};
 pub use sys::raise_nofile_limit;

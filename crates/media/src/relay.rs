@@ -68,6 +68,16 @@ pub enum MediaEvent {
         /// The silent session.
         session_id: SessionId,
     },
+    /// A DTMF digit arrived on a leg as an RFC 4733 telephone-event (reported once per
+    /// event, at its first packet; see [`MediaSession::watch_telephone_events`]).
+    Dtmf {
+        session_id: SessionId,
+        leg: LegId,
+        /// `0`-`9`, `*`, `#`, `A`-`D`.
+        digit: char,
+    },
+    /// A one-shot prompt played into a leg has ended (the leg is forwarded to again).
+    PromptEnded { session_id: SessionId, leg: LegId },
 }
 
 /// The local side of one leg: the relay ports its peer sends to.
@@ -393,6 +403,40 @@ impl MediaSession {
             id: self.id,
             leg,
             hz,
+        })
+    }
+
+    /// Plays `prompt` into `leg` (to its peer) instead of what the other leg sends, from now
+    /// until it ends (a one-shot prompt: [`MediaEvent::PromptEnded`]) or
+    /// [`stop_playing`](Self::stop_playing). Nothing is sent before the leg's peer is known.
+    pub fn play(&self, leg: LegId, prompt: crate::source::Prompt) -> Result<(), MediaError> {
+        self.send(Control::Play {
+            id: self.id,
+            leg,
+            prompt: Some(prompt),
+        })
+    }
+
+    /// Stops a prompt played into `leg`: the other leg's media reaches it again.
+    pub fn stop_playing(&self, leg: LegId) -> Result<(), MediaError> {
+        self.send(Control::Play {
+            id: self.id,
+            leg,
+            prompt: None,
+        })
+    }
+
+    /// Reports the RFC 4733 telephone-events that `leg`'s peer sends with `payload_type`
+    /// (the `telephone-event` of its SDP) as [`MediaEvent::Dtmf`]; `None` stops.
+    pub fn watch_telephone_events(
+        &self,
+        leg: LegId,
+        payload_type: Option<u8>,
+    ) -> Result<(), MediaError> {
+        self.send(Control::WatchEvents {
+            id: self.id,
+            leg,
+            payload_type,
         })
     }
 
