@@ -13,6 +13,11 @@ pub const WEBHOOK: &str = "whsec_test_1";
 pub const USER: &str = "user_01h2xcejqtf2nbrexx3vqjhp42";
 
 pub fn config(carrier_port: u16) -> String {
+    config_with_account(carrier_port, "")
+}
+
+/// [`config`] with more keys of the `[[accounts]]` table (`callback_url`, `record_calls`...).
+pub fn config_with_account(carrier_port: u16, account_extra: &str) -> String {
     format!(
         r#"
 [calls]
@@ -27,6 +32,7 @@ region = "US"
 api_keys = [{{ key = "ak_test_1", secret = "{SECRET}" }}]
 webhook_secret = "{WEBHOOK}"
 allowed_prefixes = ["+1"]
+{account_extra}
 
 [[users]]
 id = "{USER}"

@@ -245,6 +245,7 @@ pub async fn serve_until(
             domain: cfg.sip.domain.clone(),
             max_concurrent: cfg.calls.max_concurrent,
             dns_servers: valid.dns_servers.clone(),
+            inbound_ring: std::time::Duration::from_secs(cfg.calls.agent_ring_secs),
             ..Default::default()
         },
         endpoint.clone(),
