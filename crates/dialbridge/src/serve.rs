@@ -380,6 +380,7 @@ pub async fn serve_until(
         realm: cfg.sip.domain.clone(),
         agent_ring_secs: u32::try_from(cfg.calls.agent_ring_secs).unwrap_or(u32::MAX),
         customer_ring_secs: u32::try_from(cfg.calls.customer_ring_secs).unwrap_or(u32::MAX),
+        confirm_secs: cfg.calls.confirm_secs,
         connections: sip_core::limits::ConnectionLimitsConfig {
             max_total: budget.api,
             max_per_source: budget.api_per_ip,

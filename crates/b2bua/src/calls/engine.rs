@@ -102,17 +102,29 @@ impl Engine {
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
                     let Some(inner) = weak.upgrade() else { return };
-                    // (MediaEvent is non-exhaustive: other events are ignored.)
-                    #[allow(irrefutable_let_patterns)]
-                    if let MediaEvent::Timeout { session_id } = ev {
-                        let call = inner
-                            .media_sessions
-                            .lock()
-                            .ok()
-                            .and_then(|m| m.get(&session_id).cloned());
-                        if let Some(call) = call {
-                            inner.send_to(&call, Input::MediaTimeout);
+                    let (session_id, input) = match ev {
+                        MediaEvent::Timeout { session_id } => (session_id, Input::MediaTimeout),
+                        MediaEvent::Dtmf {
+                            session_id,
+                            leg,
+                            digit,
+                        } => {
+                            let leg = match leg {
+                                media::LegId::A => Leg::Agent,
+                                media::LegId::B => Leg::Customer,
+                            };
+                            (session_id, Input::Dtmf(leg, digit))
                         }
+                        // (MediaEvent is non-exhaustive: other events are ignored.)
+                        _ => continue,
+                    };
+                    let call = inner
+                        .media_sessions
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.get(&session_id).cloned());
+                    if let Some(call) = call {
+                        inner.send_to(&call, input);
                     }
                 }
             });

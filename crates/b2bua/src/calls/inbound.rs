@@ -201,6 +201,8 @@ pub(crate) async fn dispatch(engine: Engine, inc: IncomingRequest, budget: Refus
             request: Box::new(inc.clone()),
             contact,
         }),
+        confirm: None,
+        record: account.record_calls,
     };
     tracing::info!(call_id = %call_id, account = %account.id, "inbound call");
     if let Err(e) = engine.start_call(spec) {

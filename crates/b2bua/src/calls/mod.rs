@@ -11,6 +11,7 @@ mod driver;
 pub mod engine;
 mod inbound;
 mod machine;
+mod prompts;
 mod sdp_glue;
 mod shared;
 mod targets;
@@ -83,6 +84,12 @@ pub struct CallSpec {
     /// INVITE, and the call rings only the other leg. `None` for a call placed through the
     /// API (both legs are ours to INVITE, the agent first).
     pub incoming: Option<IncomingLeg>,
+    /// Agent confirm (SPEC §9.4): the agent who answered hears a prompt, and the customer
+    /// is dialled only after DTMF `1` within this time; `None`: the customer is dialled at
+    /// once.
+    pub confirm: Option<Duration>,
+    /// Both legs are recorded into a dual-channel WAV (SPEC §9.4).
+    pub record: bool,
 }
 
 /// A leg that is the server transaction of an INVITE we received (see

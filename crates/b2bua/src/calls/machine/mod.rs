@@ -15,7 +15,9 @@
 //!              Lookup(agent) ──targets──► Ringing(agent): INVITE every target at once
 //!                                           │ first 2xx: ACK it, CANCEL the others
 //!                                           │ all rejected / ring time over / hang-up ──► Done
-//!                                           ▼
+//!                                           ▼ (with agent confirm: Confirm — the agent
+//!                                           │  hears the prompt; DTMF 1 goes on, no digit in
+//!                                           │  time ends the call no-answer, leg agent)
 //!              Lookup(customer) ─targets─► Ringing(customer): the stages of the plan one
 //!                                           │ after another (trunk failover); the targets
 //!                                           │ of a stage at once; 401/407 answered once
@@ -112,6 +114,8 @@ pub(crate) enum Input {
     Cancelled,
     /// The ACK for our 2xx to the incoming leg's INVITE.
     Ack(Leg, Bytes),
+    /// A DTMF digit from a leg (an RFC 4733 event seen by the relay).
+    Dtmf(Leg, char),
     Hangup,
     Shutdown,
     MediaTimeout,
@@ -126,6 +130,11 @@ pub(crate) enum MediaOp {
     SetPeer(Leg, Bytes),
     /// Start relaying.
     Start,
+    /// Play the confirm prompt into the leg, and report the DTMF it sends; the SDP is what
+    /// its peer answered (the prompt's codec, the telephone-event payload type).
+    Confirm(Leg, Bytes),
+    /// Stop the confirm prompt of the leg (and its DTMF reports).
+    EndConfirm(Leg),
 }
 
 /// What the machine asks for.
@@ -262,6 +271,8 @@ enum Role {
 enum Phase {
     Lookup(Leg),
     Ringing(Leg),
+    /// The agent answered and hears the confirm prompt; the customer waits for its `1`.
+    Confirm,
     Connected,
     Ending,
     Done,
@@ -292,6 +303,8 @@ pub(crate) struct CallMachine {
     trunk_channel: Option<crate::trunks::ChannelGuard>,
     /// The leg that called us (a server transaction), when the call started from an INVITE.
     incoming: Option<Incoming>,
+    /// Agent confirm: no `1` by this time ends the call.
+    confirm_until: Option<Instant>,
 }
 
 fn ix(leg: Leg) -> usize {
@@ -370,6 +383,7 @@ impl CallMachine {
             now,
             trunk_channel: None,
             incoming: None,
+            confirm_until: None,
         };
         match m.spec.incoming.clone() {
             Some(inc) => m.start_incoming(inc, now),
@@ -409,6 +423,7 @@ impl CallMachine {
                 }
                 take(self.incoming.as_ref().and_then(|i| i.ack_until));
             }
+            Phase::Confirm => take(self.confirm_until),
             Phase::Ending => take(self.ending_until),
             Phase::Done if self.has_pending_invites() => take(self.linger_until),
             Phase::Done => {}
@@ -454,6 +469,7 @@ impl CallMachine {
             Input::Request(inc, leg) => self.on_request(*inc, leg, now),
             Input::Stray(resp) => self.on_stray(&resp),
             Input::Cancelled => self.on_cancelled(now),
+            Input::Dtmf(leg, digit) => self.on_digit(leg, digit, "RFC 4733", now),
             Input::Ack(leg, body) => self.on_ack(leg, body),
             Input::Hangup => self.on_end_command(
                 outcome(
@@ -507,6 +523,7 @@ impl CallMachine {
                 self.incoming_timers(now);
                 self.session_timers(now);
             }
+            Phase::Confirm => self.confirm_timer(now),
             Phase::Ending => {
                 if self.ending_until.is_some_and(|t| t <= now) {
                     self.note(None, "a BYE got no answer in time");
@@ -573,6 +590,7 @@ impl CallMachine {
     }
 }
 
+mod confirm;
 mod dialog;
 mod ending;
 mod fork;
