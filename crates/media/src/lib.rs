@@ -52,6 +52,10 @@
 //! - `source` — [`Prompt`]s the relay plays into a leg itself (20 ms G.711 packets of its
 //!   own numbering, sent by the leg's forwarding thread; the other leg is held back from it
 //!   meanwhile), and RFC 4733 telephone-event parsing ([`MediaEvent::Dtmf`]).
+//! - `recorder` — a session's RTP into a dual-channel WAV (leg A left, leg B right, placed
+//!   by arrival time, gaps as silence), written by a thread per recording: the forwarding
+//!   thread only copies a recorded session's payloads into a bounded queue
+//!   ([`MediaSession::record`]).
 //! - `g711` — µ-law / A-law companding, a sine tone source, a Goertzel tone detector, WAV
 //!   files (8 kHz 16-bit PCM): the sample-level pieces for prompts, mixing and recording.
 //! - `stats` — RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter; per-leg snapshots.
@@ -65,7 +69,7 @@
 //! No SIP and no SDP parsing (the B2BUA tells it addresses and payload types), no transcoding, no SRTP/DTLS
 //! termination, no ICE (STUN packets are relayed untouched, and not counted as media), no
 //! jitter buffer, no RTCP
-//! generation, no recording. (RTCP can be watched: [`RelayConfig::rtcp_tap`] is shown a copy
+//! generation; recordings decode G.711 only. (RTCP can be watched: [`RelayConfig::rtcp_tap`] is shown a copy
 //! of each RTCP packet, received and sent — RTP never.) It never rewrites a packet.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -75,6 +79,7 @@ mod error;
 pub mod g711;
 pub mod latch;
 mod ports;
+pub mod recorder;
 mod relay;
 pub mod rtp;
 pub mod source;
@@ -88,6 +93,7 @@ pub use config::{
     Backend, ConfigError, LatchMode, RelayConfig, RtcpDirection, RtcpTap, RtcpTapHandle,
 };
 pub use error::MediaError;
+pub use recorder::{Recording, RecordingSummary};
 pub use relay::{Leg, LegId, MediaEvent, MediaSession, Relay, SessionId, StatsReader};
 pub use source::Prompt;
 pub use stats::{LegStats, SessionStats};

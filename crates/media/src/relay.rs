@@ -78,6 +78,12 @@ pub enum MediaEvent {
     },
     /// A one-shot prompt played into a leg has ended (the leg is forwarded to again).
     PromptEnded { session_id: SessionId, leg: LegId },
+    /// A session's recording stopped before the session ended (a full disk, an I/O
+    /// error); the session goes on being relayed.
+    RecordingStopped {
+        session_id: SessionId,
+        reason: String,
+    },
 }
 
 /// The local side of one leg: the relay ports its peer sends to.
@@ -134,6 +140,8 @@ pub struct Relay {
     next_worker: AtomicUsize,
     epoch: Instant,
     events: Mutex<Option<UnboundedReceiver<MediaEvent>>>,
+    /// For the recording threads' reports.
+    events_tx: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
     backend: Backend,
 }
 
@@ -149,7 +157,7 @@ impl Relay {
             timeout: cfg.timeout,
             epoch,
             ports: Arc::clone(&ports),
-            events: events_tx,
+            events: events_tx.clone(),
             rtcp_tap: cfg.rtcp_tap.0.clone(),
         };
         let mut relay = Relay {
@@ -160,6 +168,7 @@ impl Relay {
             next_worker: AtomicUsize::new(0),
             epoch,
             events: Mutex::new(Some(events_rx)),
+            events_tx,
             backend: Backend::Auto,
             cfg,
         };
@@ -290,6 +299,8 @@ impl Relay {
             shared,
             worker,
             closed: false,
+            events: self.events_tx.clone(),
+            recording: None,
         })
     }
 
@@ -344,6 +355,8 @@ pub struct MediaSession {
     shared: Arc<SessionShared>,
     worker: WorkerHandle,
     closed: bool,
+    events: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
+    recording: Option<crate::recorder::Recording>,
 }
 
 impl MediaSession {
@@ -438,6 +451,36 @@ impl MediaSession {
             leg,
             payload_type,
         })
+    }
+
+    /// Records both legs from now into a dual-channel WAV at `path` (leg A left, leg B
+    /// right; see [`crate::recorder`]), written by a thread of its own; the file is created
+    /// there, not here. A session records once: a second call is refused.
+    pub fn record(&mut self, path: std::path::PathBuf) -> Result<(), MediaError> {
+        if self.recording.is_some() {
+            return Err(MediaError::Io {
+                op: "recording",
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        let (tap, rec) = crate::recorder::start(path, self.id, self.events.clone())
+            .map_err(MediaError::io("spawning a recording thread"))?;
+        self.recording = Some(rec);
+        self.send(Control::Record {
+            id: self.id,
+            tap: Some(tap),
+        })
+    }
+
+    /// Stops the recording (when the session is closed it stops anyway) and hands over its
+    /// handle: [`Recording::wait`](crate::recorder::Recording::wait) for the summary.
+    pub fn take_recording(&mut self) -> Option<crate::recorder::Recording> {
+        let rec = self.recording.take()?;
+        let _ = self.send(Control::Record {
+            id: self.id,
+            tap: None,
+        });
+        Some(rec)
     }
 
     /// The call is up: relay both ways and arm the media time-out from now.

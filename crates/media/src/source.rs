@@ -186,9 +186,9 @@ impl TelephoneEvent {
     }
 }
 
-/// The telephone-event of an RTP packet (`packet` whole, header included), `None` when it
-/// has no event payload.
-pub fn telephone_event(packet: &[u8]) -> Option<TelephoneEvent> {
+/// The payload of an RTP packet (`packet` whole): past the CSRCs and a header extension,
+/// without padding. `None` when the packet is too short for what its header says.
+pub fn rtp_payload(packet: &[u8]) -> Option<&[u8]> {
     if packet.len() < 12 || packet[0] >> 6 != 2 {
         return None;
     }
@@ -198,7 +198,17 @@ pub fn telephone_event(packet: &[u8]) -> Option<TelephoneEvent> {
         let ext = packet.get(off + 2..off + 4)?;
         off += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
     }
-    let p = packet.get(off..off + 4)?;
+    let mut end = packet.len();
+    if packet[0] & 0x20 != 0 {
+        end = end.checked_sub(usize::from(*packet.last()?))?;
+    }
+    packet.get(off..end)
+}
+
+/// The telephone-event of an RTP packet (`packet` whole, header included), `None` when it
+/// has no event payload.
+pub fn telephone_event(packet: &[u8]) -> Option<TelephoneEvent> {
+    let p = rtp_payload(packet)?.get(..4)?;
     Some(TelephoneEvent {
         event: p[0],
         end: p[1] & 0x80 != 0,

@@ -92,6 +92,11 @@ pub(crate) enum Control {
         leg: LegId,
         prompt: Option<crate::source::Prompt>,
     },
+    /// Record the session's RTP (`None`: stop).
+    Record {
+        id: SessionId,
+        tap: Option<crate::recorder::RecTap>,
+    },
     /// Report the telephone-events (RFC 4733) of this payload type seen on a leg.
     WatchEvents {
         id: SessionId,
@@ -455,6 +460,8 @@ pub(crate) struct SessionState {
     pub dirty: bool,
     /// Sends queued and not yet completed (io_uring loop).
     pub sends_in_flight: u32,
+    /// Where the session's RTP is copied when it is recorded.
+    recorder: Option<crate::recorder::RecTap>,
 }
 
 impl SessionState {
@@ -559,6 +566,11 @@ impl SessionState {
                     .on_rtp(&h, timestamp_units(since, inn.clock_rate));
                 if h.payload_type == inn.event_pt {
                     inn.on_telephone_event(data, self.id, in_leg, params);
+                }
+                if let Some(tap) = &self.recorder {
+                    if !tap.offer(in_leg, h.payload_type, data, now) {
+                        self.recorder = None;
+                    }
                 }
             }
         }
@@ -715,6 +727,11 @@ impl Core {
                         self.next_play = Some(now);
                     }
                 }
+                Control::Record { id, tap } => {
+                    if let Some(s) = self.session_mut(id) {
+                        s.recorder = tap;
+                    }
+                }
                 Control::WatchEvents {
                     id,
                     leg,
@@ -779,6 +796,7 @@ impl Core {
             timeout: MediaTimeout::new(self.params.timeout),
             dirty: false,
             sends_in_flight: 0,
+            recorder: None,
         };
         s.publish(self.params.epoch);
         let slot = self.free_slots.pop().unwrap_or_else(|| {

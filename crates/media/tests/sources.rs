@@ -175,3 +175,67 @@ async fn dtmf_reported(b: Backend) {
     let more = tokio::time::timeout(Duration::from_millis(200), events.recv()).await;
     assert!(more.is_err(), "{more:?}");
 }
+
+#[tokio::test]
+async fn a_recorded_session_writes_each_leg_on_its_channel_io_uring() {
+    if let Some(b) = support::io_uring() {
+        recorded(b).await;
+    }
+}
+
+#[tokio::test]
+async fn a_recorded_session_writes_each_leg_on_its_channel_epoll() {
+    recorded(Backend::Epoll).await;
+}
+
+async fn recorded(b: Backend) {
+    use media::g711::{parse_wav_stereo, Tone};
+    let relay = relay(b, 44600, 44699, LatchMode::default());
+    let mut s = relay.allocate_session().unwrap();
+    let (agent, customer) = (Peer::new(), Peer::new());
+    s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let dir = std::env::temp_dir().join(format!("media-rec-{}-{:?}", std::process::id(), b));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("call.wav");
+    s.record(path.clone()).unwrap();
+    assert!(s.record(path.clone()).is_err(), "one recording per session");
+    let (mut ta, mut tb) = (Tone::new(500.0), Tone::new(1500.0));
+    let mut buf = [0i16; 160];
+    for i in 0..50u16 {
+        ta.fill(&mut buf);
+        let pa: Vec<u8> = buf.iter().map(|x| G711::Pcmu.encode(*x)).collect();
+        agent.send(
+            s.leg(LegId::A).bound_rtp(),
+            &rtp(0, i == 0, i, u32::from(i) * 160, 1, &pa),
+        );
+        tb.fill(&mut buf);
+        let pb: Vec<u8> = buf.iter().map(|x| G711::Pcma.encode(*x)).collect();
+        customer.send(
+            s.leg(LegId::B).bound_rtp(),
+            &rtp(8, i == 0, i, u32::from(i) * 160, 2, &pb),
+        );
+        // Still relayed both ways.
+        customer.recv();
+        agent.recv();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rec = s.take_recording().expect("a recording");
+    let _ = s.close();
+    let summary = tokio::task::spawn_blocking(move || rec.wait())
+        .await
+        .unwrap();
+    assert_eq!(summary.error, None);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(summary.bytes, bytes.len() as u64);
+    let samples = parse_wav_stereo(&bytes).unwrap();
+    let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+    assert!(left.len() >= 6000, "{} samples", left.len());
+    let mid = left.len() / 2;
+    let (l, r) = (&left[mid - 800..mid + 800], &right[mid - 800..mid + 800]);
+    assert!(tone_power(l, 500.0) > 0.3, "the agent on the left");
+    assert!(tone_power(r, 1500.0) > 0.3, "the customer on the right");
+    assert!(tone_power(l, 1500.0) < 0.05 && tone_power(r, 500.0) < 0.05);
+    let _ = std::fs::remove_dir_all(&dir);
+}
