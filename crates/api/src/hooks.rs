@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use b2bua::calls::{CallEvent, CallEventKind, CallHooks, Leg};
+use b2bua::calls::{AdmitError, AdmitFuture, CallEvent, CallEventKind, CallHooks, Leg, NewCall};
 use serde_json::{json, Value};
-use store::{CallRecord, CallStatus};
+use store::{CallRecord, CallStatus, TimelineEntry};
 
 use crate::state::Shared;
 use crate::time::rfc3339_ms;
@@ -188,4 +188,58 @@ impl CallHooks for ApiHooks {
     fn on_event(&self, event: &CallEvent) {
         self.shared.journal.push(event.clone());
     }
+
+    /// A call from SIP (inbound): under the account's limits, its record and first timeline
+    /// entry written before it starts, as `place_call` does for the API's calls.
+    fn admit<'a>(&'a self, call: &'a NewCall) -> AdmitFuture<'a> {
+        Box::pin(admit(&self.shared, call))
+    }
+}
+
+async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
+    if shared.store_health.failure().is_some() || shared.journal.over_limit() {
+        return Err(AdmitError::Unavailable("the store refuses writes".into()));
+    }
+    let account = match shared.store.account(&call.account_id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Err(AdmitError::Unavailable("no such account".into())),
+        Err(e) => return Err(AdmitError::Unavailable(e.to_string())),
+    };
+    let now = crate::time::now_ms();
+    shared
+        .limiter
+        .acquire(&account.id, &account.limits, now)
+        .map_err(|e| AdmitError::Limit(e.to_string()))?;
+    let mut rec = CallRecord::new(
+        call.call_id.clone(),
+        call.account_id.clone(),
+        call.to.clone(),
+        now,
+    );
+    rec.user_id = call.user_id.clone();
+    rec.destination = Some(call.to.clone());
+    rec.caller_id = Some(call.from.clone());
+    rec.callback_url = call.callback_url.clone();
+    rec.direction = call.direction.to_owned();
+    rec.legs = call.legs.clone();
+    rec.node_id = Some(shared.cfg.server_id.clone());
+    if call.record {
+        rec.recording = json!({"state": "pending"});
+    }
+    let entry = TimelineEntry {
+        at_ms: now,
+        kind: format!("sip.{}", call.direction),
+        leg: Some(Leg::Customer.as_str().to_owned()),
+        detail: call.detail.clone(),
+    };
+    let written = match shared.store.insert_call(&rec).await {
+        Ok(()) => shared.store.append_timeline(&rec.id, &entry).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        shared.limiter.release(&account.id);
+        return Err(AdmitError::Unavailable(e.to_string()));
+    }
+    shared.metrics.inbound_call_started();
+    Ok(())
 }

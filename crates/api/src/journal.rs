@@ -391,7 +391,7 @@ fn callback_for(rec: &CallRecord, ev: &CallEvent, seq: i64) -> Option<OutboxEntr
         "timestamp": rfc3339_ms(ev.at_ms),
         "leg": leg.map(Leg::as_str),
         "sip_code": sip_code,
-        "direction": "outbound",
+        "direction": rec.direction,
         "from": rec.caller_id,
         "to": rec.destination.as_deref().unwrap_or(&rec.dial_string),
         "metadata": rec.metadata,

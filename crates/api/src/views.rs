@@ -36,7 +36,7 @@ pub fn call(rec: &CallRecord) -> Value {
         "destination": rec.destination,
         "caller_id": rec.caller_id,
         "callback_url": rec.callback_url,
-        "direction": "outbound",
+        "direction": rec.direction,
         "created_at": rfc3339_ms(rec.created_at_ms),
         "answered_at": opt_time(rec.answered_at_ms),
         "ended_at": opt_time(rec.ended_at_ms),

@@ -218,9 +218,24 @@ impl SipServer {
                 self.reply(&inc, 481, &[]);
             }
             Method::Invite => {
-                // dialbridge places calls; it does not take them. An INVITE for anyone is
-                // for an unknown target.
-                self.reply(&inc, 404, &[]);
+                // An INVITE that opens a call is taken only from a configured trunk (an
+                // inbound call to one of an account's numbers); anyone else gets 403 and no
+                // call: no toll fraud through inbound.
+                let src = inc.flow.remote.ip();
+                let trunk = self.peers.is_trunk(src)
+                    || self
+                        .peers
+                        .trunks
+                        .as_ref()
+                        .is_some_and(|t| t.is_target_ip(src));
+                match &self.engine {
+                    Some(e) if trunk => e.on_invite(inc, RefusalBudget::Exempt),
+                    Some(_) => {
+                        tracing::info!(%src, "INVITE from an address that is no trunk: 403");
+                        self.reply(&inc, 403, &[]);
+                    }
+                    None => self.reply(&inc, 404, &[]),
+                }
             }
             Method::Register => {
                 let registrar = Arc::clone(&self.registrar);

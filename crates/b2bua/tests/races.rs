@@ -517,6 +517,8 @@ impl Harness {
                 agent_ring,
                 customer_ring: Duration::from_secs(60),
                 incoming: None,
+                confirm: None,
+                record: false,
             })
             .unwrap();
     }

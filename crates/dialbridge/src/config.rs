@@ -267,6 +267,8 @@ pub struct CallsConfig {
     pub max_concurrent: usize,
     /// On SIGTERM, how long live calls may go on before they are hung up.
     pub shutdown_grace_secs: u64,
+    /// Agent confirm: how long the agent has to press `1` (SPEC §9.4).
+    pub confirm_secs: u64,
 }
 
 impl Default for CallsConfig {
@@ -276,6 +278,7 @@ impl Default for CallsConfig {
             customer_ring_secs: 45,
             max_concurrent: 10_000,
             shutdown_grace_secs: 30,
+            confirm_secs: 10,
         }
     }
 }
@@ -624,6 +627,9 @@ impl Config {
                     format!("\"{a}\" is not offered (MD5 or SHA-256)"),
                 ));
             }
+        }
+        if !(1..=300).contains(&self.calls.confirm_secs) {
+            errors.push(err("calls.confirm_secs", "must be between 1 and 300"));
         }
         if self.calls.agent_ring_secs == 0 {
             errors.push(err("calls.agent_ring_secs", "must be at least 1"));

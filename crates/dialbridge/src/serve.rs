@@ -245,6 +245,7 @@ pub async fn serve_until(
             domain: cfg.sip.domain.clone(),
             max_concurrent: cfg.calls.max_concurrent,
             dns_servers: valid.dns_servers.clone(),
+            inbound_ring: std::time::Duration::from_secs(cfg.calls.agent_ring_secs),
             ..Default::default()
         },
         endpoint.clone(),
@@ -379,6 +380,7 @@ pub async fn serve_until(
         realm: cfg.sip.domain.clone(),
         agent_ring_secs: u32::try_from(cfg.calls.agent_ring_secs).unwrap_or(u32::MAX),
         customer_ring_secs: u32::try_from(cfg.calls.customer_ring_secs).unwrap_or(u32::MAX),
+        confirm_secs: cfg.calls.confirm_secs,
         connections: sip_core::limits::ConnectionLimitsConfig {
             max_total: budget.api,
             max_per_source: budget.api_per_ip,

@@ -56,6 +56,15 @@ pub struct CreateCall {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// Agent confirm: the agent who answers hears a prompt, and the customer is dialled
+    /// only after DTMF `1` (within `calls.confirm_secs`, else `no-answer`, leg `agent`).
+    /// Default: the account's `confirm_calls`.
+    #[serde(default)]
+    pub confirm: Option<bool>,
+    /// Record both legs (dual-channel WAV, `GET /v1/calls/{call_id}/recording`). Default:
+    /// the account's `record_calls`.
+    #[serde(default)]
+    pub record: Option<bool>,
 }
 
 /// The answer to `POST /v1/calls`.
@@ -156,6 +165,8 @@ async fn create_call_inner(
         "callback_url": req.callback_url,
         "ring_timeout": req.ring_timeout,
         "metadata": metadata,
+        "confirm": req.confirm,
+        "record": req.record,
     });
     let rec = place_call(
         shared,
@@ -170,6 +181,8 @@ async fn create_call_inner(
             metadata,
             request_id: None,
             request_detail: detail,
+            confirm: req.confirm,
+            record: req.record,
         },
     )
     .await?;

@@ -349,6 +349,17 @@ fn apply(m: &MediaSession, op: MediaOp) {
         | MediaOp::MonitorPeer(..)
         | MediaOp::MonitorMode(..)
         | MediaOp::DetachMonitor(_) => {}
+        MediaOp::Confirm(leg, sdp) => {
+            let (law, events) = sdp_glue::prompt_media(&sdp);
+            let id = media_leg(leg);
+            let _ = m.play(id, super::prompts::confirm().with_codec(law));
+            let _ = m.watch_telephone_events(id, events);
+        }
+        MediaOp::EndConfirm(leg) => {
+            let id = media_leg(leg);
+            let _ = m.stop_playing(id);
+            let _ = m.watch_telephone_events(id, None);
+        }
     }
 }
 

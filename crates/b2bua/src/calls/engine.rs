@@ -28,6 +28,8 @@ pub struct EngineConfig {
     pub session_expires: u32,
     /// `[dns] servers` for trunk addresses; empty = the system resolver.
     pub dns_servers: Vec<std::net::SocketAddr>,
+    /// How long an inbound call rings the owner's devices (`calls.agent_ring_secs`).
+    pub inbound_ring: Duration,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +39,7 @@ impl Default for EngineConfig {
             max_concurrent: 10_000,
             session_expires: 1800,
             dns_servers: Vec::new(),
+            inbound_ring: Duration::from_secs(30),
         }
     }
 }
@@ -100,17 +103,29 @@ impl Engine {
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
                     let Some(inner) = weak.upgrade() else { return };
-                    // (MediaEvent is non-exhaustive: other events are ignored.)
-                    #[allow(irrefutable_let_patterns)]
-                    if let MediaEvent::Timeout { session_id } = ev {
-                        let call = inner
-                            .media_sessions
-                            .lock()
-                            .ok()
-                            .and_then(|m| m.get(&session_id).cloned());
-                        if let Some(call) = call {
-                            inner.send_to(&call, Input::MediaTimeout);
+                    let (session_id, input) = match ev {
+                        MediaEvent::Timeout { session_id } => (session_id, Input::MediaTimeout),
+                        MediaEvent::Dtmf {
+                            session_id,
+                            leg,
+                            digit,
+                        } => {
+                            let leg = match leg {
+                                media::LegId::A => Leg::Agent,
+                                media::LegId::B => Leg::Customer,
+                            };
+                            (session_id, Input::Dtmf(leg, digit))
                         }
+                        // (MediaEvent is non-exhaustive: other events are ignored.)
+                        _ => continue,
+                    };
+                    let call = inner
+                        .media_sessions
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.get(&session_id).cloned());
+                    if let Some(call) = call {
+                        inner.send_to(&call, input);
                     }
                 }
             });
@@ -232,6 +247,13 @@ impl Engine {
             self.inner
                 .send_to(&call, Input::Ack(leg, request.body.clone()));
         }
+    }
+
+    /// An INVITE that opens a call (no To tag) from a trunk's address: an inbound call to
+    /// one of an account's numbers (see `calls::inbound`). Answered at once; the work runs
+    /// in a task of its own.
+    pub fn on_invite(&self, inc: IncomingRequest, budget: sip_core::endpoint::RefusalBudget) {
+        tokio::spawn(super::inbound::dispatch(self.clone(), inc, budget));
     }
 
     /// A CANCEL that matched the server transaction of an INVITE (answered 200 by the

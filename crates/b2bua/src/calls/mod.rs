@@ -9,7 +9,9 @@
 
 mod driver;
 pub mod engine;
+mod inbound;
 mod machine;
+mod prompts;
 mod sdp_glue;
 mod shared;
 mod targets;
@@ -82,6 +84,12 @@ pub struct CallSpec {
     /// INVITE, and the call rings only the other leg. `None` for a call placed through the
     /// API (both legs are ours to INVITE, the agent first).
     pub incoming: Option<IncomingLeg>,
+    /// Agent confirm (SPEC §9.4): the agent who answered hears a prompt, and the customer
+    /// is dialled only after DTMF `1` within this time; `None`: the customer is dialled at
+    /// once.
+    pub confirm: Option<Duration>,
+    /// Both legs are recorded into a dual-channel WAV (SPEC §9.4).
+    pub record: bool,
 }
 
 /// A leg that is the server transaction of an INVITE we received (see
@@ -297,6 +305,51 @@ pub struct CallEvent {
 /// (a store write, a channel send), never wait on the network.
 pub trait CallHooks: Send + Sync {
     fn on_event(&self, event: &CallEvent);
+
+    /// A call that did not come through the API (an inbound call from a trunk, a call from
+    /// a phone) is about to start: its record must exist before its first event, and the
+    /// account's limits apply to it. The default admits every call and records nothing.
+    fn admit<'a>(&'a self, _call: &'a NewCall) -> AdmitFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// What [`CallHooks::admit`] returns.
+pub type AdmitFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AdmitError>> + Send + 'a>>;
+
+/// A call that starts from SIP rather than from the API, as its record begins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCall {
+    pub call_id: String,
+    pub account_id: String,
+    /// The user whose devices ring.
+    pub user_id: Option<String>,
+    /// `inbound` (from a trunk) or another direction a later kind of call names.
+    pub direction: &'static str,
+    /// The caller's number or URI user (From).
+    pub from: String,
+    /// The number called (Request-URI).
+    pub to: String,
+    /// The account's default callback URL (`[[accounts]] callback_url`).
+    pub callback_url: Option<String>,
+    /// Whether the call is recorded.
+    pub record: bool,
+    /// Per-leg description for the call log (`legs`).
+    pub legs: serde_json::Value,
+    /// The first timeline entry's detail (what arrived, from where).
+    pub detail: serde_json::Value,
+}
+
+/// Why [`CallHooks::admit`] refused a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    /// The account is at its limit of calls (rate or concurrency).
+    #[error("the account is at its call limit: {0}")]
+    Limit(String),
+    /// The call cannot be recorded now (the store refuses writes).
+    #[error("the call log is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why a call could not be started.

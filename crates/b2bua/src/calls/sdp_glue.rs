@@ -135,6 +135,32 @@ pub(crate) fn peer_of(body: &[u8]) -> Option<PeerMedia> {
     })
 }
 
+/// What the relay needs to play a prompt to a peer and hear its DTMF, from the SDP it
+/// answered: the G.711 law to send (its first G.711 codec; PCMU when it took none) and the
+/// payload type of its telephone-events, if it took them.
+pub(crate) fn prompt_media(body: &[u8]) -> (media::g711::G711, Option<u8>) {
+    use media::g711::G711;
+    let Ok(sdp) = SessionDescription::parse(body) else {
+        return (G711::Pcmu, None);
+    };
+    let Some(audio) = sdp.first_audio() else {
+        return (G711::Pcmu, None);
+    };
+    let mut law = None;
+    let mut events = None;
+    for pt in audio.payload_types() {
+        let Some(c) = audio.codec(pt) else { continue };
+        if c.encoding.eq_ignore_ascii_case("telephone-event") {
+            events.get_or_insert(pt);
+        } else if c.encoding.eq_ignore_ascii_case("PCMU") {
+            law.get_or_insert(G711::Pcmu);
+        } else if c.encoding.eq_ignore_ascii_case("PCMA") {
+            law.get_or_insert(G711::Pcma);
+        }
+    }
+    (law.unwrap_or(G711::Pcmu), events)
+}
+
 /// One leg's SDP passed to the other leg: the same codecs and direction, pointed at the
 /// relay port of the other leg, under our own `o=` line. Streams other than the first audio
 /// one are refused (port 0): the relay carries audio only.

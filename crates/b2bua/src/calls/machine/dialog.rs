@@ -41,6 +41,7 @@ impl CallMachine {
         match method {
             Method::Bye => self.on_bye(inc, from, now),
             Method::Invite | Method::Update => self.on_offer(inc, from),
+            Method::Info if self.phase == Phase::Confirm => self.confirm_info(inc, from, now),
             Method::Info => {
                 if self.phase == Phase::Connected {
                     self.pass_info(inc, from);
@@ -85,7 +86,7 @@ impl CallMachine {
                 ),
                 now,
             ),
-            Phase::Lookup(Leg::Customer) | Phase::Ringing(Leg::Customer) => {
+            Phase::Lookup(Leg::Customer) | Phase::Ringing(Leg::Customer) | Phase::Confirm => {
                 // The agent hangs up while the customer rings.
                 self.cancel_live(Leg::Customer, None);
                 self.fork = None;

@@ -11,7 +11,7 @@ impl CallMachine {
     /// API hang-up or shutdown: `before` while a leg rings, `connected_reason` once bridged.
     pub(super) fn on_end_command(&mut self, before: Outcome, connected_reason: &str, now: Instant) {
         match self.phase {
-            Phase::Lookup(_) | Phase::Ringing(_) => {
+            Phase::Lookup(_) | Phase::Ringing(_) | Phase::Confirm => {
                 if let Phase::Ringing(leg) = self.phase {
                     self.cancel_live(leg, None);
                 }
@@ -32,6 +32,10 @@ impl CallMachine {
             return;
         }
         self.reject_incoming(&o);
+        if self.phase == Phase::Confirm {
+            self.out
+                .push_back(Output::Media(MediaOp::EndConfirm(Leg::Agent)));
+        }
         self.outcome = Some(o);
         self.phase = Phase::Ending;
         self.abandon_passed();

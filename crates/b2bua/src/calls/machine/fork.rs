@@ -535,6 +535,10 @@ impl CallMachine {
                 self.emit(CallEventKind::AgentAnswered {
                     sip_code: resp.status,
                 });
+                if let Some(d) = self.spec.confirm {
+                    self.start_confirm(resp.body.clone(), d, now);
+                    return;
+                }
                 self.phase = Phase::Lookup(Leg::Customer);
                 self.out.push_back(Output::Lookup(Leg::Customer));
             }

@@ -15,7 +15,9 @@
 //!              Lookup(agent) ──targets──► Ringing(agent): INVITE every target at once
 //!                                           │ first 2xx: ACK it, CANCEL the others
 //!                                           │ all rejected / ring time over / hang-up ──► Done
-//!                                           ▼
+//!                                           ▼ (with agent confirm: Confirm — the agent
+//!                                           │  hears the prompt; DTMF 1 goes on, no digit in
+//!                                           │  time ends the call no-answer, leg agent)
 //!              Lookup(customer) ─targets─► Ringing(customer): the stages of the plan one
 //!                                           │ after another (trunk failover); the targets
 //!                                           │ of a stage at once; 401/407 answered once
@@ -112,6 +114,8 @@ pub(crate) enum Input {
     Cancelled,
     /// The ACK for our 2xx to the incoming leg's INVITE.
     Ack(Leg, Bytes),
+    /// A DTMF digit from a leg (an RFC 4733 event seen by the relay).
+    Dtmf(Leg, char),
     Hangup,
     Shutdown,
     MediaTimeout,
@@ -153,6 +157,11 @@ pub(crate) enum MediaOp {
     MonitorPeer(control::SideId, Bytes),
     MonitorMode(control::SideId, media::MonitorMode),
     DetachMonitor(control::SideId),
+    /// Play the confirm prompt into the leg, and report the DTMF it sends; the SDP is what
+    /// its peer answered (the prompt's codec, the telephone-event payload type).
+    Confirm(Leg, Bytes),
+    /// Stop the confirm prompt of the leg (and its DTMF reports).
+    EndConfirm(Leg),
 }
 
 /// What the machine asks for.
@@ -310,6 +319,8 @@ enum Role {
 enum Phase {
     Lookup(Leg),
     Ringing(Leg),
+    /// The agent answered and hears the confirm prompt; the customer waits for its `1`.
+    Confirm,
     Connected,
     Ending,
     Done,
@@ -349,6 +360,8 @@ pub(crate) struct CallMachine {
     next_side: control::SideId,
     /// REFERs whose target is being looked up: (id, transferor's leg, target).
     pending_refers: Vec<(control::SideId, Leg, String)>,
+    /// Agent confirm: no `1` by this time ends the call.
+    confirm_until: Option<Instant>,
 }
 
 fn ix(leg: Leg) -> usize {
@@ -432,6 +445,7 @@ impl CallMachine {
             sides: Vec::new(),
             next_side: 1,
             pending_refers: Vec::new(),
+            confirm_until: None,
         };
         match m.spec.incoming.clone() {
             Some(inc) => m.start_incoming(inc, now),
@@ -472,6 +486,7 @@ impl CallMachine {
                 take(self.incoming.as_ref().and_then(|i| i.ack_until));
                 take(self.side_deadline());
             }
+            Phase::Confirm => take(self.confirm_until),
             Phase::Ending => take(self.ending_until),
             Phase::Done if self.has_pending_invites() => take(self.linger_until),
             Phase::Done => {}
@@ -517,6 +532,7 @@ impl CallMachine {
             Input::Request(inc, leg) => self.on_request(*inc, leg, now),
             Input::Stray(resp) => self.on_stray(&resp),
             Input::Cancelled => self.on_cancelled(now),
+            Input::Dtmf(leg, digit) => self.on_digit(leg, digit, "RFC 4733", now),
             Input::Ack(leg, body) => self.on_ack(leg, body),
             Input::Command(id, cmd) => self.on_command(id, cmd, now),
             Input::Control(_, tx) => {
@@ -579,6 +595,7 @@ impl CallMachine {
                 self.session_timers(now);
                 self.side_timers(now);
             }
+            Phase::Confirm => self.confirm_timer(now),
             Phase::Ending => {
                 if self.ending_until.is_some_and(|t| t <= now) {
                     self.note(None, "a BYE got no answer in time");
@@ -646,6 +663,7 @@ impl CallMachine {
 }
 
 pub(crate) mod control;
+mod confirm;
 mod dialog;
 mod ending;
 mod fork;

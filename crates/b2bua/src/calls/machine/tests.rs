@@ -53,6 +53,8 @@ fn spec() -> CallSpec {
         agent_ring: Duration::from_secs(30),
         customer_ring: Duration::from_secs(60),
         incoming: None,
+        confirm: None,
+        record: false,
     }
 }
 
@@ -1691,4 +1693,151 @@ fn a_cancelled_warm_transfer_releases_the_target_and_resumes_the_customer() {
         command(&mut r, Command::CancelTransfer),
         Err(ControlError::NotInProgress(_))
     ));
+}
+
+// Agent confirm
+// ---------------------------------------------------------------------------------------
+
+fn confirm_spec() -> CallSpec {
+    CallSpec {
+        confirm: Some(Duration::from_secs(10)),
+        ..spec()
+    }
+}
+
+/// The agent answers a call that wants confirming: the prompt, and no customer yet.
+fn confirming(r: &mut Rig) -> (Request, TxId) {
+    assert!(matches!(r.take().as_slice(), [Output::Lookup(Leg::Agent)]));
+    r.targets(Leg::Agent, vec![vec![target("desk", 5070)]]);
+    let (tx, inv) = sent(&r.take()).remove(0);
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    let out = r.take();
+    assert_eq!(acks(&out), 1);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Media(MediaOp::Confirm(Leg::Agent, sdp)) if sdp.as_ref() == AGENT_SDP.as_bytes()
+    )));
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Lookup(Leg::Customer))),
+        "the customer waits for the agent's 1"
+    );
+    (inv, tx)
+}
+
+#[test]
+fn confirm_a_1_dials_the_customer_and_other_digits_are_ignored() {
+    let mut r = Rig::with_spec(confirm_spec());
+    confirming(&mut r);
+    r.advance(Duration::from_secs(3));
+    for d in ['5', '#', '0'] {
+        r.feed(Input::Dtmf(Leg::Agent, d));
+    }
+    // A digit from the other side does not count either.
+    r.feed(Input::Dtmf(Leg::Customer, '1'));
+    let out = r.take();
+    assert!(!out.iter().any(|o| matches!(o, Output::Lookup(_))));
+    assert!(ended(&out).is_empty());
+    r.advance(Duration::from_secs(5));
+    assert!(ended(&r.take()).is_empty(), "still within the 10 s");
+    r.feed(Input::Dtmf(Leg::Agent, '1'));
+    let out = r.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::EndConfirm(Leg::Agent)))));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Lookup(Leg::Customer))));
+    // No confirm deadline any more: the customer rings for its own time.
+    r.targets(Leg::Customer, vec![vec![trunk("carrier", 5080)]]);
+    let (ctx, cinv) = sent(&r.take()).remove(0);
+    r.respond(ctx, reply(&cinv, 180, "carrier", None));
+    r.advance(Duration::from_secs(5));
+    assert!(
+        ended(&r.take()).is_empty(),
+        "past the confirm's 10 s, the call goes on"
+    );
+    r.respond(ctx, reply(&cinv, 200, "carrier", Some(CARRIER_SDP)));
+    let out = r.take();
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, CallEventKind::InProgress { .. })));
+}
+
+#[test]
+fn confirm_no_digit_in_time_ends_no_answer_agent_and_never_dials_the_customer() {
+    let mut r = Rig::with_spec(confirm_spec());
+    confirming(&mut r);
+    r.feed(Input::Dtmf(Leg::Agent, '9'));
+    r.take();
+    r.advance(Duration::from_millis(9_999));
+    assert!(ended(&r.take()).is_empty());
+    r.advance(Duration::from_millis(2));
+    let out = r.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::EndConfirm(Leg::Agent)))));
+    let byes = sent(&out);
+    assert_eq!(sent_methods(&out), ["BYE"], "the agent is hung up");
+    r.respond(byes[0].0, reply(&byes[0].1, 200, "desk", None));
+    let all = r.take();
+    let o = ended(&all);
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].status, CallStatus::NoAnswer);
+    assert_eq!(o[0].leg, Some(Leg::Agent));
+    assert!(
+        !all.iter()
+            .chain(out.iter())
+            .any(|o| matches!(o, Output::Lookup(Leg::Customer))),
+        "the customer is never dialled"
+    );
+    // A late 1 changes nothing.
+    r.feed(Input::Dtmf(Leg::Agent, '1'));
+    assert!(!r
+        .take()
+        .iter()
+        .any(|o| matches!(o, Output::Lookup(Leg::Customer))));
+}
+
+#[test]
+fn confirm_a_sip_info_dtmf_relay_1_counts() {
+    let mut r = Rig::with_spec(confirm_spec());
+    let (inv, _) = confirming(&mut r);
+    let mut info = in_dialog(&inv, "desk", "INFO", 2, None);
+    info.request
+        .headers
+        .add(HeaderName::ContentType, "application/dtmf-relay");
+    info.request.body = Bytes::from_static(b"Signal=1\r\nDuration=160\r\n");
+    r.request(info, Leg::Agent);
+    let out = r.take();
+    assert_eq!(answers(&out), [200]);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Lookup(Leg::Customer))));
+}
+
+#[test]
+fn confirm_the_agent_hanging_up_while_prompted_ends_canceled() {
+    let mut r = Rig::with_spec(confirm_spec());
+    let (inv, _) = confirming(&mut r);
+    r.request(in_dialog(&inv, "desk", "BYE", 2, None), Leg::Agent);
+    let out = r.take();
+    assert_eq!(answers(&out), [200]);
+    let o = ended(&out);
+    assert_eq!(o[0].status, CallStatus::Canceled);
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Lookup(Leg::Customer))));
+}
+
+#[test]
+fn dtmf_relay_bodies_are_read() {
+    use super::confirm::dtmf_relay_signal as s;
+    assert_eq!(s(b"Signal=1\r\nDuration=160\r\n"), Some('1'));
+    assert_eq!(s(b"signal= #\nDuration=100"), Some('#'));
+    assert_eq!(s(b"Signal=11\r\n"), Some('#'));
+    assert_eq!(s(b"Signal=d\r\n"), Some('D'));
+    assert_eq!(s(b"Duration=160\r\n"), None);
+    assert_eq!(s(b"Signal=12\r\n"), None);
+    assert_eq!(s(&[0xff, 0xfe]), None);
 }
