@@ -386,7 +386,8 @@ fn hold_and_resume_on_the_wire_and_mute_by_packet_counts() {
     assert_eq!(run.code, 0, "{}", run.output);
     let call = f.ended(&id);
     // The agent's phone sent all along (50 packets/s); the relay passed none of it to the
-    // customer for the 2 s of mute and the 1 s of hold.
+    // customer for the 2 s of mute (during the 1 s of hold the customer got the hold tone's
+    // packets instead, as many as the agent's).
     let rx = call["stats"]["agent"]["rx_packets"]
         .as_u64()
         .expect("agent rx");
@@ -396,7 +397,7 @@ fn hold_and_resume_on_the_wire_and_mute_by_packet_counts() {
     assert!(rx > 200, "{call}");
     let withheld = rx - tx;
     assert!(
-        (110..=260).contains(&withheld),
+        (80..=160).contains(&withheld),
         "agent sent {rx}, customer got {tx}: {withheld} withheld"
     );
     assert!(tx > 100, "audio flowed before and after: {tx}");
@@ -545,4 +546,50 @@ fn a_refer_and_an_api_transfer_to_a_forbidden_number_are_refused_and_nothing_is_
     assert_eq!(run.code, 0, "one call only at the carrier: {}", run.output);
     let call = f.ended(&id);
     assert_eq!(call["status"], "completed");
+}
+
+#[test]
+fn a_held_customer_hears_the_hold_tone_and_not_the_agent() {
+    let f = fixture_with(0, "");
+    // 600 Hz: far enough from the 425 Hz hold tone for 50 ms Goertzel blocks.
+    let _agent = Phone::registered(&f, "alice-desk", "s3cret-desk", 600.0, false);
+    let listen = format!("udp:127.0.0.1:{}", f.carrier_port);
+    let customer = Phone::start(
+        &[
+            "--listen",
+            &listen,
+            "--answer",
+            "--ring-ms",
+            "100",
+            "--tone",
+            "1000",
+        ],
+        true,
+    );
+    assert!(customer.wait_count("phone: SIP on", 1, Duration::from_secs(10)));
+    let id = place(&f);
+    assert!(wait_status(&f, &id, "in-progress", Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (st, v) = api(&f, "POST", &format!("/v1/calls/{id}/hold"), None);
+    assert_eq!(st, 202, "{v}");
+    assert!(wait_timeline(&f, &id, "held", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(4000));
+    assert_eq!(f.hangup(&id), 202);
+    assert!(customer.wait_count("phone: ended", 1, Duration::from_secs(15)));
+    let rec = customer.last_recording();
+    // The first 1.5 s: the agent; then 4 s of hold: beeps of 425 Hz, 400 ms every 2 s.
+    let split = 8000 * 3 / 2;
+    let (before, held) = rec.split_at(split.min(rec.len()));
+    assert!(heard(before, 600.0) > 0.5, "the agent before the hold");
+    let tail = &held[held.len().min(4000)..];
+    assert!(
+        heard(tail, 425.0) > 0.08,
+        "hold tone: {}",
+        heard(tail, 425.0)
+    );
+    assert!(
+        heard(tail, 600.0) < 0.02,
+        "the agent while held: {}",
+        heard(tail, 600.0)
+    );
 }

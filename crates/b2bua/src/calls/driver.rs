@@ -345,6 +345,13 @@ fn apply(m: &MediaSession, op: MediaOp) {
         MediaOp::Mute(leg, muted) => {
             let _ = m.set_muted(media_leg(leg), muted);
         }
+        MediaOp::HoldTone(leg, Some(sdp)) => {
+            let (law, _) = sdp_glue::prompt_media(&sdp);
+            let _ = m.play(media_leg(leg), super::prompts::hold_tone().with_codec(law));
+        }
+        MediaOp::HoldTone(leg, None) => {
+            let _ = m.stop_playing(media_leg(leg));
+        }
         MediaOp::AttachMonitor { .. }
         | MediaOp::MonitorPeer(..)
         | MediaOp::MonitorMode(..)

@@ -21,6 +21,24 @@ pub(crate) fn confirm() -> Prompt {
         .clone()
 }
 
+/// What a held party hears: a 425 Hz tone of 400 ms every 2 s (a hold beep), until resumed.
+pub(crate) const HOLD_TONE_HZ: f64 = 425.0;
+
+pub(crate) fn hold_tone() -> Prompt {
+    static PROMPT: OnceLock<Prompt> = OnceLock::new();
+    PROMPT
+        .get_or_init(|| {
+            Prompt::tone(
+                HOLD_TONE_HZ,
+                std::time::Duration::from_millis(400),
+                std::time::Duration::from_millis(1600),
+                G711::Pcmu,
+                true,
+            )
+        })
+        .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,5 +50,12 @@ mod tests {
         assert!(p.looped());
         assert_eq!(p.duration(), Duration::from_secs(2));
         assert_eq!(p.with_codec(G711::Pcma).codec(), G711::Pcma);
+    }
+
+    #[test]
+    fn the_hold_tone_loops_a_beep_every_two_seconds() {
+        let p = hold_tone();
+        assert!(p.looped());
+        assert_eq!(p.duration(), Duration::from_secs(2));
     }
 }

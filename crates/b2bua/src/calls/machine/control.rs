@@ -300,8 +300,11 @@ impl CallMachine {
         let req = l.offer(Method::Invite, sdp);
         let dest = l.dest;
         let cid = req.call_id_str();
+        let tone = hold.then(|| l.remote_sdp.clone());
         self.held = hold;
         self.apply_mute(Leg::Agent);
+        self.out
+            .push_back(Output::Media(MediaOp::HoldTone(leg, tone)));
         let what = if hold {
             "INVITE (hold: a=sendonly)"
         } else {
@@ -326,6 +329,14 @@ impl CallMachine {
     pub(super) fn hold_failed(&mut self, hold: bool, status: u16) {
         self.held = !hold;
         self.apply_mute(Leg::Agent);
+        let tone = self.held.then(|| {
+            self.legs[ix(Leg::Customer)]
+                .as_ref()
+                .map(|l| l.remote_sdp.clone())
+                .unwrap_or_default()
+        });
+        self.out
+            .push_back(Output::Media(MediaOp::HoldTone(Leg::Customer, tone)));
         let what = if hold { "hold" } else { "resume" };
         self.note(
             Some(Leg::Customer),

@@ -146,6 +146,8 @@ pub(crate) enum MediaOp {
     Start,
     /// Stop (or resume) relaying what this leg's party says.
     Mute(Leg, bool),
+    /// Play the hold tone into the leg (its peer's SDP: the codec), or stop it (`None`).
+    HoldTone(Leg, Option<Bytes>),
     /// Give the relay session a supervisor's port pair and mixer; answer with
     /// [`Input::MonitorAttached`]. Payload types: agent, customer, supervisor.
     AttachMonitor {
@@ -662,8 +664,8 @@ impl CallMachine {
     }
 }
 
-pub(crate) mod control;
 mod confirm;
+pub(crate) mod control;
 mod dialog;
 mod ending;
 mod fork;

@@ -1086,8 +1086,12 @@ fn hold_reinvites_the_customer_sendonly_and_unhold_sendrecv() {
     let body = String::from_utf8_lossy(&hold.body).to_string();
     assert!(body.contains("a=sendonly"), "{body}");
     assert!(body.contains("m=audio 30002"));
-    // The agent's audio no longer reaches the customer.
+    // The agent's audio no longer reaches the customer, who hears the hold tone.
     assert!(media_ops(&out).contains(&MediaOp::Mute(Leg::Agent, true)));
+    assert!(media_ops(&out).contains(&MediaOp::HoldTone(
+        Leg::Customer,
+        Some(Bytes::from(CARRIER_SDP))
+    )));
     // A second hold is refused while held.
     assert!(matches!(
         command(&mut r, Command::Hold),
@@ -1103,6 +1107,7 @@ fn hold_reinvites_the_customer_sendonly_and_unhold_sendrecv() {
     let (utx, unhold) = sent(&out).remove(0);
     assert!(String::from_utf8_lossy(&unhold.body).contains("a=sendrecv"));
     assert!(media_ops(&out).contains(&MediaOp::Mute(Leg::Agent, false)));
+    assert!(media_ops(&out).contains(&MediaOp::HoldTone(Leg::Customer, None)));
     r.respond(utx, reply(&unhold, 200, "carrier", Some(CARRIER_SDP)));
     assert!(events(&r.take()).contains(&CallEventKind::Resumed { leg: Leg::Customer }));
 }
@@ -1117,6 +1122,7 @@ fn a_refused_hold_leaves_the_call_as_it_was() {
     r.respond(htx, reply(&hold, 488, "carrier", None));
     let out = r.take();
     assert!(media_ops(&out).contains(&MediaOp::Mute(Leg::Agent, false)));
+    assert!(media_ops(&out).contains(&MediaOp::HoldTone(Leg::Customer, None)));
     assert!(!events(&out)
         .iter()
         .any(|e| matches!(e, CallEventKind::Held { .. })));
