@@ -51,6 +51,8 @@ struct TrunkIps {
     read_at: Option<Instant>,
     reading: bool,
     ips: Vec<IpAddr>,
+    /// The trunks' addresses that name a port.
+    addrs: Vec<std::net::SocketAddr>,
 }
 
 impl KnownPeers {
@@ -62,6 +64,37 @@ impl KnownPeers {
         self.registrar.is_registered_source(source, now)
             || self.is_trunk(source)
             || self.trunks.as_ref().is_some_and(|t| t.is_target_ip(source))
+    }
+
+    /// Whether an INVITE from `source` that shares a trunk's IP comes from a registered phone
+    /// instead: it carries device credentials, or it comes from a registered source on a
+    /// port that no trunk at that IP names (phones and a trunk behind one address, as on
+    /// loopback).
+    fn phone_at_trunk_ip(
+        self: &Arc<Self>,
+        source: std::net::SocketAddr,
+        has_credentials: bool,
+    ) -> bool {
+        if has_credentials {
+            return true;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if !self.registrar.is_registered_source(source.ip(), now) {
+            return false;
+        }
+        let Ok(cache) = self.trunk_ips.lock() else {
+            return false;
+        };
+        let ports: Vec<u16> = cache
+            .addrs
+            .iter()
+            .filter(|a| a.ip() == source.ip())
+            .map(|a| a.port())
+            .collect();
+        !ports.is_empty() && !ports.contains(&source.port())
     }
 
     /// Whether `source` is a trunk's address as last read; starts a new read when that
@@ -95,6 +128,10 @@ impl KnownPeers {
         match read {
             Ok(trunks) => {
                 cache.ips = trunks.iter().filter_map(|t| trunk_ip(&t.address)).collect();
+                cache.addrs = trunks
+                    .iter()
+                    .filter_map(|t| t.address.parse::<std::net::SocketAddr>().ok())
+                    .collect();
             }
             Err(e) => tracing::warn!(error = %e, "trunks not readable"),
         }
@@ -222,17 +259,23 @@ impl SipServer {
                 // inbound call to one of an account's numbers); anyone else gets 403 and no
                 // call: no toll fraud through inbound.
                 let src = inc.flow.remote.ip();
-                let trunk = self.peers.is_trunk(src)
+                let trunk = (self.peers.is_trunk(src)
                     || self
                         .peers
                         .trunks
                         .as_ref()
-                        .is_some_and(|t| t.is_target_ip(src));
+                        .is_some_and(|t| t.is_target_ip(src)))
+                    && !self.peers.phone_at_trunk_ip(
+                        inc.flow.remote,
+                        req.headers.get(&HeaderName::ProxyAuthorization).is_some(),
+                    );
                 match &self.engine {
                     Some(e) if trunk => e.on_invite(inc, RefusalBudget::Exempt),
-                    Some(_) => {
-                        tracing::info!(%src, "INVITE from an address that is no trunk: 403");
-                        self.reply(&inc, 403, &[]);
+                    // Anyone else may only be a registered device placing a call: digest
+                    // challenge (407), then 403 and no call without valid credentials.
+                    Some(e) => {
+                        let budget = self.budget_for(src);
+                        e.on_phone_invite(inc, budget);
                     }
                     None => self.reply(&inc, 404, &[]),
                 }

@@ -256,6 +256,12 @@ impl Engine {
         tokio::spawn(super::inbound::dispatch(self.clone(), inc, budget));
     }
 
+    /// An out-of-dialog INVITE from an address that is no trunk: a phone placing a call
+    /// (`calls::from_phone`).
+    pub fn on_phone_invite(&self, inc: IncomingRequest, budget: sip_core::endpoint::RefusalBudget) {
+        tokio::spawn(super::from_phone::dispatch(self.clone(), inc, budget));
+    }
+
     /// A CANCEL that matched the server transaction of an INVITE (answered 200 by the
     /// endpoint): the call that INVITE started hears it, and answers the INVITE 487.
     pub fn route_cancel(&self, cancel: &Request) {

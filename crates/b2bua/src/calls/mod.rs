@@ -9,6 +9,7 @@
 
 mod driver;
 pub mod engine;
+mod from_phone;
 mod inbound;
 mod machine;
 mod prompts;
