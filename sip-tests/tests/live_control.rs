@@ -593,3 +593,81 @@ fn a_held_customer_hears_the_hold_tone_and_not_the_agent() {
         heard(tail, 600.0)
     );
 }
+
+/// baresip's blind transfer command sends a real phone's REFER.
+#[test]
+fn baresip_transfers_blind_by_refer() {
+    use sip_tests::baresip::{Baresip, BaresipConfig, SipTransport};
+    let f = fixture_with(0, &extra_users());
+    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", 0.0, false);
+    let mut cfg = BaresipConfig::device(
+        "alice-desk",
+        "s3cret-desk",
+        f.server.udp_addr(),
+        SipTransport::Udp,
+    );
+    cfg.ctrl_tcp = true;
+    let mut agent = Baresip::start(&cfg).expect("baresip starts");
+    agent
+        .wait_registered(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.server.log_text()));
+    // The customer: a phone on the trunk's address sending a steady tone.
+    let listen = format!("udp:127.0.0.1:{}", f.carrier_port);
+    let customer = Phone::start(
+        &[
+            "--listen",
+            &listen,
+            "--answer",
+            "--ring-ms",
+            "100",
+            "--tone",
+            "1000",
+        ],
+        false,
+    );
+    assert!(customer.wait_count("phone: SIP on", 1, Duration::from_secs(10)));
+    let id = place(&f);
+    assert!(
+        wait_status(&f, &id, "in-progress", Duration::from_secs(20)),
+        "{}\n{}",
+        f.server.log_text(),
+        agent.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let r = agent
+        .command("transfer", "sip:1002@dialbridge.test")
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert!(r.ok, "{r:?}\n{}", agent.log_text());
+    assert!(
+        wait_timeline(&f, &id, "transferred", Duration::from_secs(15)),
+        "{}\nbaresip:\n{}",
+        f.server.log_text(),
+        agent.log_text()
+    );
+    let call = f.call(&id);
+    let timeline = call["timeline"].to_string();
+    assert!(timeline.contains("REFER (in dialog)"), "{timeline}");
+    assert!(
+        timeline.contains("NOTIFY (refer: SIP/2.0 200 OK)"),
+        "{timeline}"
+    );
+    assert_eq!(
+        call["status"], "in-progress",
+        "the customer talks with Bob now"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(f.hangup(&id), 202);
+    assert!(bob.wait_count("phone: ended", 1, Duration::from_secs(15)));
+    let ended = bob
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("phone: ended"))
+        .unwrap_or_default();
+    let received: u64 = ended
+        .split("received ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(received > 20, "Bob got the customer's audio: {ended}");
+}

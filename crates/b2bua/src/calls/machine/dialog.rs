@@ -27,6 +27,16 @@ impl CallMachine {
             format!("{method} (in dialog)"),
             &sip_call_id,
         );
+        // A request in the dialog of a party that was transferred away (its leg is the
+        // transfer target's now): its BYE is answered, anything else 481.
+        if self.legs[ix(from)]
+            .as_ref()
+            .is_some_and(|l| l.dialog.id().call_id != sip_call_id)
+        {
+            let status = if method == Method::Bye { 200 } else { 481 };
+            self.respond(&inc, status);
+            return;
+        }
         let ok = match self.legs[ix(from)].as_mut() {
             Some(l) if l.up || method == Method::Bye => l.dialog.receive_request(&inc.request),
             _ => {

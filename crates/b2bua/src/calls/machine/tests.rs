@@ -1399,6 +1399,11 @@ fn an_api_transfer_replaces_the_agent_once_the_target_answers() {
     assert!(out
         .iter()
         .any(|o| matches!(o, Output::RouteDialog(Leg::Agent, _))));
+    // The released agent's own BYE, crossing ours, is answered and ends nothing.
+    r.request(in_dialog(&agent_inv, "desk", "BYE", 9, None), Leg::Agent);
+    let out = r.take();
+    assert_eq!(answers(&out), [200]);
+    assert!(ended(&out).is_empty() && sent(&out).is_empty());
     // The customer hangs up later: the BYE goes to the new party.
     r.request(in_dialog(&cinv, "carrier", "BYE", 3, None), Leg::Customer);
     let out = r.take();
