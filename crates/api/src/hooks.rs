@@ -52,6 +52,7 @@ pub(crate) fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Valu
         CallEventKind::InProgress { .. } => Some(Leg::Customer),
         CallEventKind::Ended { outcome, .. } => outcome.leg,
         CallEventKind::Note { leg, .. } => *leg,
+        CallEventKind::Recording { .. } => None,
     };
     if let (CallEventKind::Ended { outcome, .. }, Some(o)) = (kind, v.as_object_mut()) {
         // Flatten the outcome into the detail.
@@ -122,8 +123,33 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
             }
         }
         CallEventKind::Note { .. } => {}
+        CallEventKind::Recording {
+            file,
+            duration_secs,
+            size_bytes,
+            error,
+        } => {
+            rec.recording = recording_view(file, *duration_secs, *size_bytes, error.as_deref());
+        }
     }
     *rec != before
+}
+
+/// A finished recording as the call record keeps it: `ready` (the whole call), `incomplete`
+/// (stopped early, e.g. a full disk: the file holds what came before) or `failed` (no file).
+pub(crate) fn recording_view(file: &str, duration: f64, size: u64, error: Option<&str>) -> Value {
+    let state = match (error, size > 44) {
+        (None, _) => "ready",
+        (Some(_), true) => "incomplete",
+        (Some(_), false) => "failed",
+    };
+    json!({
+        "state": state,
+        "file": file,
+        "duration": (duration * 1000.0).round() / 1000.0,
+        "size": size,
+        "error": error,
+    })
 }
 
 /// The callback stage of an event, if it is one: (status, leg, sip_code, duration).

@@ -241,6 +241,7 @@ impl Api {
             .route("/v1/calls", post(calls::create_call).get(calls::list_calls))
             .route("/v1/calls/{call_id}", get(calls::get_call))
             .route("/v1/calls/{call_id}/hangup", post(calls::hangup_call))
+            .route("/v1/calls/{call_id}/recording", get(calls::get_recording))
             .route("/v1/events", get(calls::events))
             .route("/v1/lookup/{number}", get(lookup::lookup))
             .route(

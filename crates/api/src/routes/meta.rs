@@ -77,7 +77,7 @@ pub async fn openapi() -> axum::Json<&'static serde_json::Value> {
 #[openapi(
     info(title = "dialbridge REST API", description = "Click-to-call: native, JustCall-style and Click-2-Call-style calls, call log, live events, admin."),
     paths(
-        calls::create_call, calls::list_calls, calls::get_call, calls::hangup_call, calls::events,
+        calls::create_call, calls::list_calls, calls::get_call, calls::hangup_call, calls::get_recording, calls::events,
         lookup::lookup,
         admin::get_account, admin::update_account,
         admin::list_users, admin::create_user, admin::get_user, admin::update_user, admin::delete_user,

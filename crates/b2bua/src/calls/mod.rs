@@ -12,6 +12,7 @@ pub mod engine;
 mod inbound;
 mod machine;
 mod prompts;
+pub mod recordings;
 mod sdp_glue;
 mod shared;
 mod targets;
@@ -153,6 +154,17 @@ pub enum CallEventKind {
     },
     /// Something worth a line in the timeline (relay allocated, re-INVITE passed...).
     Note { leg: Option<Leg>, text: String },
+    /// The call's recording is finished (after `Ended`; callback `recording.ready`).
+    Recording {
+        /// The file, as the server sees it.
+        file: String,
+        /// Seconds of audio.
+        duration_secs: f64,
+        /// Bytes of the file.
+        size_bytes: u64,
+        /// Why it stopped before the call ended (a full disk...), if it did.
+        error: Option<String>,
+    },
 }
 
 /// One event of one call.
