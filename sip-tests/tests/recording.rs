@@ -2,12 +2,14 @@
 //! phone`, each sending its own tone) talk through the relay of a call placed with
 //! `"record": true`; the WAV served by `GET /v1/calls/{id}/recording` carries the agent's
 //! tone on the left and the carrier's on the right (checked by frequency), and a signed
-//! `recording.ready` callback follows the call's final status callback.
+//! `recording.ready` callback follows the call's final status callback. A recordings
+//! directory that fills up ends the recording, not the call.
 
 use sip_tests::c2c::{config_full, verified_statuses, SECRET, USER};
 use sip_tests::http::{request, CallbackReceiver};
 use sip_tests::{free_port, TempDir, TestServer};
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -189,6 +191,149 @@ fn a_recorded_call_has_the_agent_left_and_the_customer_right() {
     let other = get(api, "/v1/calls/call_01h2xcejqtf2nbrexx3vqjhp49/recording");
     assert_eq!(other.status, 404);
 
+    let _ = agent.kill();
+    let _ = carrier.kill();
+    let _ = agent.wait();
+    let _ = carrier.wait();
+}
+
+/// Whether a tmpfs can be mounted in a private mount namespace here (root, `unshare -m`).
+fn can_mount() -> bool {
+    let ok = Command::new("unshare")
+        .args([
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=1m tmpfs /mnt && umount /mnt",
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs in a private mount namespace here");
+    }
+    ok
+}
+
+/// Runs the server in a private mount namespace where `mnt` is a tmpfs of `size`.
+fn in_small_disk(mnt: PathBuf, size: &'static str) -> impl Fn(&Path, &Path, &Path) -> Command {
+    move |bin, cfg, _log| {
+        let mut c = Command::new("unshare");
+        c.args([
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs -o size=$4 tmpfs "$1" && exec "$2" serve --config "$3""#,
+            "sh",
+        ])
+        .arg(&mnt)
+        .arg(bin)
+        .arg(cfg)
+        .arg(size);
+        c
+    }
+}
+
+#[test]
+fn a_full_disk_ends_the_recording_not_the_call() {
+    if !can_mount() {
+        return;
+    }
+    let rx_cb = CallbackReceiver::start(0);
+    let dir = TempDir::new("rec-full");
+    let mnt = dir.path().join("disk");
+    std::fs::create_dir_all(&mnt).expect("mount point");
+    let carrier_port = free_port();
+    let cfg = config_full(
+        carrier_port,
+        &format!("\n[recording]\ndir = \"{}\"\n", mnt.display()),
+        "record_calls = true",
+    );
+    // 64 KiB: about two seconds of a dual-channel 8 kHz recording.
+    let wrap = in_small_disk(mnt.clone(), "64k");
+    let server = TestServer::start_wrapped(dir, &cfg, Some(&wrap));
+    let api = server.api.expect("api");
+    let registrar = server.udp_addr().to_string();
+    let (mut agent, agent_rx) = phone(&[
+        "--register",
+        &format!("alice-desk:s3cret-desk@{registrar}"),
+        "--tone",
+        "440",
+    ]);
+    wait_line(&agent_rx, "phone: registered").expect("the agent registers");
+    let (mut carrier, carrier_rx) = phone(&[
+        "--listen",
+        &format!("udp:127.0.0.1:{carrier_port}"),
+        "--tone",
+        "1000",
+    ]);
+    wait_line(&carrier_rx, "phone: SIP on").expect("the carrier listens");
+    let r = request(
+        api,
+        "POST",
+        "/v1/calls",
+        &[("Authorization", &format!("Bearer {SECRET}"))],
+        Some(
+            &serde_json::json!({
+                "user_id": USER, "dial_string": "+14155550100",
+                "callback_url": rx_cb.url("/cb"),
+            })
+            .to_string(),
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["call_id"].as_str().expect("id").to_string();
+    assert!(rx_cb.wait_status("in-progress", Duration::from_secs(20)));
+    // The disk is full after about two seconds; the call goes on past that.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = get(api, &format!("/v1/calls/{id}")).json();
+        let noted = c["timeline"].as_array().into_iter().flatten().any(|e| {
+            e["detail"]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("recording stopped, the call goes on"))
+        });
+        if noted {
+            assert_eq!(c["status"], "in-progress", "the call is still up: {c}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no note of the full disk: {c}\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let h = request(
+        api,
+        "POST",
+        &format!("/v1/calls/{id}/hangup"),
+        &[("Authorization", &format!("Bearer {SECRET}"))],
+        Some("{}"),
+    );
+    assert_eq!(h.status, 202, "{}", h.body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rx_cb.accepted().iter().any(|b| b["event"].is_string()) {
+        assert!(Instant::now() < deadline, "{:?}", rx_cb.accepted());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let call = get(api, &format!("/v1/calls/{id}")).json();
+    assert_eq!(call["status"], "completed", "{call}");
+    assert_eq!(call["recording"]["state"], "incomplete", "{call}");
+    let err = call["recording"]["error"].as_str().unwrap_or("");
+    assert!(err.contains("No space left"), "{err}");
+    let last = rx_cb.accepted().last().cloned().expect("callbacks");
+    assert_eq!(last["event"], "recording.ready", "{last}");
+    assert_eq!(last["recording"]["state"], "incomplete", "{last}");
+    // What was written before the disk filled is served, and readable.
+    let wav = get(api, &format!("/v1/calls/{id}/recording"));
+    assert_eq!(wav.status, 200, "{}", wav.body);
+    let samples = parse_wav_stereo(&wav.bytes).expect("a readable WAV");
+    let secs = samples.len() as f64 / 2.0 / 8000.0;
+    assert!(secs > 0.5 && secs < 2.1, "{secs} s");
     let _ = agent.kill();
     let _ = carrier.kill();
     let _ = agent.wait();
