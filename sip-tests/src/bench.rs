@@ -159,6 +159,23 @@ pub fn tree_cpu(root: u32, ticks_per_second: u64) -> CpuTime {
     cpu
 }
 
+/// `VmRSS` (resident set now) of `/proc/PID/status`, in KiB.
+pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Resident set of a process now, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .as_deref()
+        .and_then(parse_vm_rss_kib)
+}
+
 /// Peak resident set of a process in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -424,6 +441,8 @@ mod tests {
         let status =
             "Name:\tdialbridge\nVmPeak:\t  900000 kB\nVmHWM:\t   51234 kB\nVmRSS:\t 40000 kB\n";
         assert_eq!(parse_vm_hwm_kib(status), Some(51234));
+        assert_eq!(parse_vm_rss_kib(status), Some(40000));
+        assert_eq!(parse_vm_rss_kib("Name:\tx\n"), None);
         assert_eq!(parse_vm_hwm_kib("Name:\tx\n"), None);
     }
 

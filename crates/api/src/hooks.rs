@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use b2bua::calls::{AdmitError, AdmitFuture, CallEvent, CallEventKind, CallHooks, Leg, NewCall};
 use serde_json::{json, Value};
-use store::{CallRecord, CallStatus, TimelineEntry};
+use store::{CallRecord, CallStatus, CallWrite, TimelineEntry};
 
 use crate::state::Shared;
 use crate::time::rfc3339_ms;
@@ -66,18 +66,22 @@ pub(crate) fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Valu
     (name, leg, v)
 }
 
-/// Applies an event to the record; true when the record changed.
+/// Applies an event to the record; true when the record may have changed (at worst one
+/// redundant update of the row; cheaper than comparing a copy of the record).
 pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
     let at = rfc3339_ms(ev.at_ms);
-    let before = rec.clone();
     let final_already = rec.status.is_final();
     match &ev.kind {
         CallEventKind::Sip {
             leg, sip_call_id, ..
         } => {
             if let Some(o) = leg_obj(&mut rec.legs, *leg) {
-                o.entry("sip_call_id").or_insert_with(|| json!(sip_call_id));
+                if !o.contains_key("sip_call_id") {
+                    o.insert("sip_call_id".into(), json!(sip_call_id));
+                    return true;
+                }
             }
+            false
         }
         CallEventKind::Ringing { leg, sip_code } => {
             if rec.status == CallStatus::Queued {
@@ -87,17 +91,20 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
                 o.entry("ringing_at").or_insert_with(|| json!(at));
                 o.insert("last_provisional".into(), json!(sip_code));
             }
+            true
         }
         CallEventKind::EarlyMedia { leg } => {
             if let Some(o) = leg_obj(&mut rec.legs, *leg) {
                 o.insert("early_media".into(), json!(true));
             }
+            true
         }
         CallEventKind::AgentAnswered { sip_code } => {
             if let Some(o) = leg_obj(&mut rec.legs, Leg::Agent) {
                 o.insert("answered_at".into(), json!(at));
                 o.insert("sip_code".into(), json!(sip_code));
             }
+            true
         }
         CallEventKind::InProgress { sip_code } => {
             if !final_already {
@@ -108,6 +115,7 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
                 o.insert("answered_at".into(), json!(at));
                 o.insert("sip_code".into(), json!(sip_code));
             }
+            true
         }
         CallEventKind::Ended { outcome, stats } => {
             if !final_already {
@@ -121,18 +129,21 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
                 rec.sip_code = outcome.sip_code;
                 rec.stats = stats.clone();
             }
+            !final_already
         }
-        CallEventKind::Note { .. } => {}
+        CallEventKind::Note { .. } => false,
         CallEventKind::Recording {
             file,
             duration_secs,
             size_bytes,
             error,
         } => {
-            rec.recording = recording_view(file, *duration_secs, *size_bytes, error.as_deref());
+            let view = recording_view(file, *duration_secs, *size_bytes, error.as_deref());
+            let changed = rec.recording != view;
+            rec.recording = view;
+            changed
         }
     }
-    *rec != before
 }
 
 /// A finished recording as the call record keeps it: `ready` (the whole call), `incomplete`
@@ -226,14 +237,24 @@ async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
         leg: Some(Leg::Customer.as_str().to_owned()),
         detail: call.detail.clone(),
     };
-    let written = match shared.store.insert_call(&rec).await {
-        Ok(()) => shared.store.append_timeline(&rec.id, &entry).await,
-        Err(e) => Err(e),
-    };
+    // The record and its first timeline entry in one transaction, as `place_call` does; the
+    // journal is told the record (the call's first event follows at once: its start, or its
+    // end when the engine refuses it).
+    let written = shared
+        .store
+        .write_call_batch(&[
+            CallWrite::NewCall(rec.clone()),
+            CallWrite::Timeline {
+                call_id: rec.id.clone(),
+                entry,
+            },
+        ])
+        .await;
     if let Err(e) = written {
         shared.limiter.release(&account.id);
         return Err(AdmitError::Unavailable(e.to_string()));
     }
+    shared.journal.born(rec);
     shared.metrics.inbound_call_started();
     Ok(())
 }

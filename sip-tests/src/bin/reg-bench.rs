@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sip_tests::bench::{
     bench_users, clock_ticks_per_second, injection_csv, installed, kamailio_users, load_average,
-    peak_rss_kib, tree_cpu, typeid, BenchSipp, Flags, SippTotals,
+    peak_rss_kib, rss_kib, tree_cpu, typeid, BenchSipp, Flags, SippTotals,
 };
 use sip_tests::{dialbridge_bin, free_port, scenario, workspace_root, TempDir, TestServer};
 
@@ -54,6 +54,10 @@ struct Side {
     /// Peak RSS of the main process (meaningful for dialbridge; Kamailio keeps its location
     /// table in shared memory across processes).
     rss_mb: f64,
+    /// Resident set (KiB) just before the first REGISTER and after the settle time (the
+    /// transactions gone, the bindings kept).
+    rss_before_kib: u64,
+    rss_after_kib: u64,
 }
 
 impl Side {
@@ -85,6 +89,7 @@ fn measure(
     let count_s = count.to_string();
     let limit = format!("{}s", count / rate.max(1) + 60);
     let before = tree_cpu(pid, ticks);
+    let rss_before_kib = rss_kib(pid).unwrap_or(0);
     let started = Instant::now();
     let mut sipp = BenchSipp::spawn(
         name,
@@ -133,6 +138,8 @@ fn measure(
         cpu_settled,
         wall,
         rss_mb: peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
+        rss_before_kib,
+        rss_after_kib: rss_kib(pid).unwrap_or(0),
     })
 }
 
@@ -339,6 +346,16 @@ fn run(args: &[String]) -> Result<(), String> {
         );
     }
     println!("  dialbridge peak RSS (VmHWM): {:.1} MB", db.rss_mb);
+    // Each user is one device with one contact: its binding is what stays after the settle.
+    let bindings = (users.len() as u64).min(db.totals.successful).max(1);
+    println!(
+        "  dialbridge RSS before the first REGISTER {:.1} MB, {} s after the last {:.1} MB: \
+         {:.0} bytes per binding ({bindings} bindings)",
+        db.rss_before_kib as f64 / 1024.0,
+        settle.as_secs(),
+        db.rss_after_kib as f64 / 1024.0,
+        (db.rss_after_kib.saturating_sub(db.rss_before_kib) * 1024) as f64 / bindings as f64
+    );
     println!(
         "  ratio dialbridge / kamailio, registrations per CPU-second: {:.2} during the run, \
          {:.2} with the {} s after",
