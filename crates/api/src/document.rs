@@ -186,6 +186,18 @@ pub const ERRORS: &[(&str, &str, u16, &[&str])] = &[
         409,
         &["call_not_in_progress"],
     ),
+    (
+        "get",
+        "/v1/calls/{call_id}/recording",
+        404,
+        &["call_not_found", "recording_not_found"],
+    ),
+    (
+        "get",
+        "/v1/calls/{call_id}/recording",
+        409,
+        &["recording_not_ready"],
+    ),
     ("get", "/v1/lookup/{number}", 422, &["invalid_destination"]),
     ("patch", "/v1/account", 400, &["invalid_field"]),
     ("post", "/v1/users", 400, &["invalid_field"]),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use b2bua::calls::{AdmitError, AdmitFuture, CallEvent, CallEventKind, CallHooks, Leg, NewCall};
 use serde_json::{json, Value};
-use store::{CallRecord, CallStatus, TimelineEntry};
+use store::{CallRecord, CallStatus, CallWrite, TimelineEntry};
 
 use crate::state::Shared;
 use crate::time::rfc3339_ms;
@@ -61,6 +61,7 @@ pub(crate) fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Valu
         CallEventKind::MonitorStarted { .. }
         | CallEventKind::MonitorModeChanged { .. }
         | CallEventKind::MonitorEnded { .. } => None,
+        CallEventKind::Recording { .. } => None,
     };
     if let (CallEventKind::Ended { outcome, .. }, Some(o)) = (kind, v.as_object_mut()) {
         // Flatten the outcome into the detail.
@@ -165,7 +166,35 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
         | CallEventKind::MonitorEnded { .. }
         | CallEventKind::TransferStarted { .. }
         | CallEventKind::TransferFailed { .. } => false,
+        CallEventKind::Recording {
+            file,
+            duration_secs,
+            size_bytes,
+            error,
+        } => {
+            let view = recording_view(file, *duration_secs, *size_bytes, error.as_deref());
+            let changed = rec.recording != view;
+            rec.recording = view;
+            changed
+        }
     }
+}
+
+/// A finished recording as the call record keeps it: `ready` (the whole call), `incomplete`
+/// (stopped early, e.g. a full disk: the file holds what came before) or `failed` (no file).
+pub(crate) fn recording_view(file: &str, duration: f64, size: u64, error: Option<&str>) -> Value {
+    let state = match (error, size > 44) {
+        (None, _) => "ready",
+        (Some(_), true) => "incomplete",
+        (Some(_), false) => "failed",
+    };
+    json!({
+        "state": state,
+        "file": file,
+        "duration": (duration * 1000.0).round() / 1000.0,
+        "size": size,
+        "error": error,
+    })
 }
 
 /// The callback stage of an event, if it is one: (status, leg, sip_code, duration).
@@ -242,14 +271,24 @@ async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
         leg: Some(Leg::Customer.as_str().to_owned()),
         detail: call.detail.clone(),
     };
-    let written = match shared.store.insert_call(&rec).await {
-        Ok(()) => shared.store.append_timeline(&rec.id, &entry).await,
-        Err(e) => Err(e),
-    };
+    // The record and its first timeline entry in one transaction, as `place_call` does; the
+    // journal is told the record (the call's first event follows at once: its start, or its
+    // end when the engine refuses it).
+    let written = shared
+        .store
+        .write_call_batch(&[
+            CallWrite::NewCall(rec.clone()),
+            CallWrite::Timeline {
+                call_id: rec.id.clone(),
+                entry,
+            },
+        ])
+        .await;
     if let Err(e) = written {
         shared.limiter.release(&account.id);
         return Err(AdmitError::Unavailable(e.to_string()));
     }
+    shared.journal.born(rec);
     shared.metrics.inbound_call_started();
     Ok(())
 }

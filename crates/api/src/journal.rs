@@ -409,10 +409,48 @@ impl Writer {
     }
 }
 
+/// The `recording.ready` callback (`recording.failed` when no file could be written): it
+/// follows the call's final status callback.
+fn recording_callback(rec: &CallRecord, ev: &CallEvent, seq: i64) -> Option<OutboxEntry> {
+    let url = rec.callback_url.as_ref()?;
+    let state = rec.recording["state"].as_str().unwrap_or("failed");
+    let event_id = TypeId::new(EVENT_PREFIX).to_string();
+    let body = json!({
+        "event": if state == "failed" { "recording.failed" } else { "recording.ready" },
+        "event_id": event_id,
+        "sequence": seq,
+        "call_id": rec.id,
+        "status": rec.status.as_str(),
+        "timestamp": rfc3339_ms(ev.at_ms),
+        "direction": rec.direction,
+        "recording": {
+            "state": state,
+            "url": format!("/v1/calls/{}/recording", rec.id),
+            "duration": rec.recording["duration"],
+            "size": rec.recording["size"],
+            "channels": {"left": "agent", "right": "customer"},
+            "error": rec.recording["error"],
+        },
+        "metadata": rec.metadata,
+    });
+    Some(OutboxEntry::new(
+        event_id,
+        rec.id.clone(),
+        rec.account_id.clone(),
+        seq,
+        url.clone(),
+        body.to_string(),
+        now_ms(),
+    ))
+}
+
 /// The callback an event causes for a call with a callback URL, numbered `seq`.
 fn callback_for(rec: &CallRecord, ev: &CallEvent, seq: i64) -> Option<OutboxEntry> {
     if let Some(name) = ev.kind.callback_event() {
         return live_callback(rec, ev, seq, name);
+    }
+    if matches!(ev.kind, CallEventKind::Recording { .. }) {
+        return recording_callback(rec, ev, seq);
     }
     let (url, (status, leg, sip_code, duration)) =
         (rec.callback_url.as_ref()?, callback_stage(ev)?);

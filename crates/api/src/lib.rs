@@ -259,6 +259,7 @@ impl Api {
                 "/v1/calls/{call_id}/monitor/{monitor_id}",
                 patch(live::update_monitor).delete(live::end_monitor),
             )
+            .route("/v1/calls/{call_id}/recording", get(calls::get_recording))
             .route("/v1/events", get(calls::events))
             .route("/v1/lookup/{number}", get(lookup::lookup))
             .route(

@@ -64,6 +64,7 @@ pub fn call(rec: &CallRecord) -> Value {
         "end_leg": rec.end_leg,
         "sip_code": rec.sip_code,
         "metadata": rec.metadata,
+        "recording": rec.recording,
     })
 }
 
@@ -239,6 +240,12 @@ pub mod doc {
         /// As given with the request (`{}` when none).
         #[schema(value_type = Option<Object>)]
         metadata: Value,
+        /// The call's recording, `null` when it is not recorded: `state` (`pending` until
+        /// the call ends, then `ready`, `incomplete` — stopped early, e.g. a full disk — or
+        /// `failed`), `duration` (seconds), `size` (bytes), `error`. The file is at
+        /// `GET /v1/calls/{call_id}/recording`.
+        #[schema(value_type = Option<Object>)]
+        recording: Value,
     }
 
     /// A page of the call log.

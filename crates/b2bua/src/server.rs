@@ -255,9 +255,9 @@ impl SipServer {
                 self.reply(&inc, 481, &[]);
             }
             Method::Invite => {
-                // An INVITE that opens a call is taken only from a configured trunk (an
-                // inbound call to one of an account's numbers); anyone else gets 403 and no
-                // call: no toll fraud through inbound.
+                // An INVITE that opens a call is an inbound call from a configured trunk (to
+                // one of an account's numbers), or a registered phone placing a call (digest
+                // challenged); anyone else gets 407 and then 403, and never a call.
                 let src = inc.flow.remote.ip();
                 let trunk = (self.peers.is_trunk(src)
                     || self

@@ -283,6 +283,25 @@ impl Default for CallsConfig {
     }
 }
 
+/// `[recording]`: where call recordings go and how long they are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// The directory of the recordings (`<call id>.wav`); created by the first recording.
+    pub dir: std::path::PathBuf,
+    /// Recordings older than this many days are deleted (checked hourly); 0 keeps them.
+    pub retention_days: u32,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            dir: std::path::PathBuf::from("recordings"),
+            retention_days: 0,
+        }
+    }
+}
+
 /// `[log]`: what the log shows besides its level (`RUST_LOG`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -347,6 +366,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub node: NodeConfig,
     pub calls: CallsConfig,
+    pub recording: RecordingConfig,
     pub log: LogConfig,
     pub hep: HepConfig,
     pub dns: DnsConfig,
@@ -627,6 +647,9 @@ impl Config {
                     format!("\"{a}\" is not offered (MD5 or SHA-256)"),
                 ));
             }
+        }
+        if self.recording.dir.as_os_str().is_empty() {
+            errors.push(err("recording.dir", "must not be empty"));
         }
         if !(1..=300).contains(&self.calls.confirm_secs) {
             errors.push(err("calls.confirm_secs", "must be between 1 and 300"));

@@ -240,12 +240,17 @@ pub async fn serve_until(
             }
         })
     };
+    let retention = b2bua::calls::recordings::spawn_retention(
+        cfg.recording.dir.clone(),
+        cfg.recording.retention_days,
+    );
     let engine = b2bua::calls::Engine::new(
         b2bua::calls::EngineConfig {
             domain: cfg.sip.domain.clone(),
             max_concurrent: cfg.calls.max_concurrent,
             dns_servers: valid.dns_servers.clone(),
             inbound_ring: std::time::Duration::from_secs(cfg.calls.agent_ring_secs),
+            recording_dir: cfg.recording.dir.clone(),
             ..Default::default()
         },
         endpoint.clone(),
@@ -455,6 +460,9 @@ pub async fn serve_until(
     dispatcher.abort();
     sip.abort();
     sweeper.abort();
+    if let Some(r) = retention {
+        r.abort();
+    }
     refresh_writer.abort();
     if let Err(e) = store.flush_refreshes().await {
         tracing::warn!(error = %e, "binding refreshes not written at shutdown");

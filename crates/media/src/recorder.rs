@@ -9,7 +9,7 @@
 //!   no allocation, no file I/O; a full       dropped and       (a gap of more than 60 ms is
 //!   queue drops the frame and counts it)     counted)          silence; a silent channel is
 //!                                                              padded 200 ms behind the other)
-//!                                                          ──► interleaved, buffered, written
+//!                                                          ──► interleaved, written in 32 KiB
 //!  session removed / stop_recording ──► queue closed ──► the rest padded to one length, the
 //!                                                          header's sizes written: summary
 //! ```
@@ -21,7 +21,7 @@
 //! leave silence.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -151,7 +151,7 @@ pub(crate) fn start(
         .name(format!("media-rec-{}", session.0))
         .spawn(move || {
             let started = Instant::now();
-            let file = File::create(&p).map(BufWriter::new);
+            let file = File::create(&p);
             run(file, &p, rx, started, |reason| {
                 let _ = events.send(MediaEvent::RecordingStopped {
                     session_id: session,
@@ -224,6 +224,53 @@ fn header(data_bytes: u32) -> [u8; 44] {
     h
 }
 
+/// What the thread writes at once: about one second of audio.
+const WRITE_CHUNK: usize = 32 * 1024;
+
+/// Writes `buf`, counting what reached the file even when a write fails part-way.
+fn write_counted<W: Write>(w: &mut W, buf: &[u8]) -> (usize, std::io::Result<()>) {
+    let mut done = 0;
+    while done < buf.len() {
+        match w.write(&buf[done..]) {
+            Ok(0) => return (done, Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (done, Err(e)),
+        }
+    }
+    (done, Ok(()))
+}
+
+/// The file being written: what is on it, what waits to go.
+struct Output<W> {
+    w: W,
+    /// Sample bytes on the file (after the header).
+    on_file: u64,
+    waiting: Vec<u8>,
+}
+
+impl<W: Write + Seek> Output<W> {
+    /// Writes what waits; on a failure the header is made to say what did reach the file.
+    fn write_waiting(&mut self) -> std::io::Result<()> {
+        let (n, r) = write_counted(&mut self.w, &self.waiting);
+        self.on_file += n as u64;
+        self.waiting.clear();
+        if r.is_err() {
+            let _ = self.finish();
+        }
+        r
+    }
+
+    /// The header's sizes for what is on the file (whole sample frames only).
+    fn finish(&mut self) -> std::io::Result<()> {
+        let data = self.on_file - self.on_file % 4;
+        self.w.seek(SeekFrom::Start(0))?;
+        self.w
+            .write_all(&header(u32::try_from(data).unwrap_or(u32::MAX)))?;
+        self.w.flush()
+    }
+}
+
 /// The recording thread: frames in, the file out (see the module documentation).
 pub(crate) fn run<W: Write + Seek>(
     file: std::io::Result<W>,
@@ -235,7 +282,11 @@ pub(crate) fn run<W: Write + Seek>(
     let mut error = None;
     let mut out = match file {
         Ok(mut w) => match w.write_all(&header(0)) {
-            Ok(()) => Some(w),
+            Ok(()) => Some(Output {
+                w,
+                on_file: 0,
+                waiting: Vec::with_capacity(WRITE_CHUNK + 4096),
+            }),
             Err(e) => {
                 error = Some(e.to_string());
                 None
@@ -254,9 +305,9 @@ pub(crate) fn run<W: Write + Seek>(
         written: 0,
     };
     let mut bytes = Vec::with_capacity(32_000);
-    let mut data_bytes: u64 = 0;
+    let mut on_file = 0;
     while let Ok(f) = rx.recv() {
-        let Some(w) = out.as_mut() else {
+        let Some(o) = out.as_mut() else {
             continue; // stopped: drain until the session ends
         };
         let Some(law) = G711::from_payload_type(f.payload_type) else {
@@ -274,58 +325,42 @@ pub(crate) fn run<W: Write + Seek>(
         ch.pending[c].extend(payload.iter().map(|b| law.decode(*b)));
         ch.pad_to(1 - c, now.saturating_sub(LAG));
         ch.take_ready(&mut bytes);
-        if !bytes.is_empty() {
-            if let Err(e) = w.write_all(&bytes) {
+        o.waiting.extend_from_slice(&bytes);
+        if o.waiting.len() >= WRITE_CHUNK {
+            if let Err(e) = o.write_waiting() {
                 let reason = format!("writing {} failed: {e}", path.display());
                 stopped(reason.clone());
                 error = Some(reason);
-                // What reached the file stays readable as far as the header can say so.
-                let _ = finish(w, data_bytes);
+                on_file = o.on_file - o.on_file % 4;
                 out = None;
-                continue;
             }
-            data_bytes += bytes.len() as u64;
         }
     }
-    if let Some(mut w) = out {
+    if let Some(mut o) = out {
         let end = ch.end(0).max(ch.end(1));
         ch.pad_to(0, end);
         ch.pad_to(1, end);
         ch.take_ready(&mut bytes);
-        let done = w
-            .write_all(&bytes)
-            .and_then(|()| finish(&mut w, data_bytes + bytes.len() as u64));
-        match done {
-            Ok(()) => data_bytes += bytes.len() as u64,
-            Err(e) => {
-                let reason = format!("writing {} failed: {e}", path.display());
-                stopped(reason.clone());
-                error = Some(reason);
-                let _ = finish(&mut w, data_bytes);
-            }
+        o.waiting.extend_from_slice(&bytes);
+        let done = o.write_waiting().and_then(|()| o.finish());
+        if let Err(e) = done {
+            let reason = format!("writing {} failed: {e}", path.display());
+            stopped(reason.clone());
+            error = Some(reason);
         }
+        on_file = o.on_file - o.on_file % 4;
     }
     RecordingSummary {
         path: path.to_path_buf(),
-        duration: Duration::from_millis(data_bytes * 1000 / (RATE * 4)),
-        bytes: if data_bytes > 0 || error.is_none() {
-            44 + data_bytes
+        duration: Duration::from_millis(on_file * 1000 / (RATE * 4)),
+        bytes: if on_file > 0 || error.is_none() {
+            44 + on_file
         } else {
             0
         },
         error,
         frames_dropped: 0,
     }
-}
-
-/// Writes the header's sizes for `data_bytes` of samples and flushes.
-fn finish<W: Write + Seek>(w: &mut W, data_bytes: u64) -> std::io::Result<()> {
-    w.flush()?;
-    let end = w.stream_position()?;
-    w.seek(SeekFrom::Start(0))?;
-    w.write_all(&header(u32::try_from(data_bytes).unwrap_or(u32::MAX)))?;
-    w.seek(SeekFrom::Start(end))?;
-    w.flush()
 }
 
 #[cfg(test)]
@@ -379,11 +414,17 @@ mod tests {
 
     impl Write for Limited {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            // Overwriting what is there always works; new bytes only up to the limit (a
+            // partial write first, as a filling disk gives).
             let pos = self.inner.position() as usize;
-            if pos + buf.len() > self.limit && pos >= self.inner.get_ref().len() {
+            let room = self
+                .limit
+                .max(self.inner.get_ref().len())
+                .saturating_sub(pos);
+            if room == 0 {
                 return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
             }
-            self.inner.write(buf)
+            self.inner.write(&buf[..buf.len().min(room)])
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())

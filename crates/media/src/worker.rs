@@ -669,7 +669,7 @@ pub(crate) struct Core {
     tick: Duration,
     pub next_tick: Instant,
     /// Legs playing a prompt, and when the next packet of one of them is due.
-    players: usize,
+    pub players: usize,
     pub next_play: Option<Instant>,
 }
 
@@ -1043,7 +1043,9 @@ impl EpollWorker {
                     self.on_readable(token, now);
                 }
             }
-            self.core.play_due(Instant::now());
+            if self.core.players > 0 {
+                self.core.play_due(Instant::now());
+            }
             self.core.tick(now);
         }
         self.core.close_all(&mut EpollWatch(&self.epoll));

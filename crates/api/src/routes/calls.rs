@@ -504,6 +504,67 @@ pub async fn hangup_call(
         .into_response())
 }
 
+/// The call's recording: a dual-channel WAV (8 kHz, 16-bit PCM; the agent on the left, the
+/// customer on the right).
+#[utoipa::path(get, path = "/v1/calls/{call_id}/recording", tag = "calls",
+    params(("call_id" = CallId, Path)),
+    responses(
+        (status = 200, description = "audio/wav: 8 kHz 16-bit PCM, 2 channels (left: agent, right: customer)", content_type = "audio/wav"),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "No such call, or it is not recorded", body = ErrorBody),
+        (status = 409, description = "The recording is not finished yet", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_recording(
+    State(shared): State<Arc<Shared>>,
+    Caller { account, scope }: Caller,
+    Path(call_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = shared
+        .store
+        .get_call(&account.id, &call_id)
+        .await?
+        .filter(|rec| crate::routes::client_sessions::within(&scope, rec))
+        .ok_or(ApiError::NotFound {
+            code: "call_not_found",
+            message: "Call not found",
+        })?;
+    let not_recorded = ApiError::NotFound {
+        code: "recording_not_found",
+        message: "This call has no recording",
+    };
+    let state = rec.recording["state"].as_str().unwrap_or("");
+    match state {
+        "ready" | "incomplete" => {}
+        "pending" => {
+            return Err(ApiError::Conflict {
+                code: "recording_not_ready",
+                message: "The recording is not finished yet".to_owned(),
+            })
+        }
+        _ => return Err(not_recorded),
+    }
+    let Some(file) = rec.recording["file"].as_str() else {
+        return Err(not_recorded);
+    };
+    let bytes = match tokio::fs::read(file).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::info!(call_id = %rec.id, file, error = %e, "recording file unreadable");
+            return Err(ApiError::NotFound {
+                code: "recording_not_found",
+                message: "The recording's file is gone (retention, or another node)",
+            });
+        }
+    };
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("audio/wav"),
+    );
+    Ok(resp)
+}
+
 fn sse_event(ev: &StreamEvent) -> Event {
     Event::default()
         .id(ev.id.to_string())

@@ -79,7 +79,7 @@ pub async fn openapi() -> axum::Json<&'static serde_json::Value> {
 #[openapi(
     info(title = "dialbridge REST API", description = "Click-to-call: native, JustCall-style and Click-2-Call-style calls, call log, live events, admin."),
     paths(
-        calls::create_call, calls::list_calls, calls::get_call, calls::hangup_call, calls::events,
+        calls::create_call, calls::list_calls, calls::get_call, calls::hangup_call, calls::get_recording, calls::events,
         live::transfer, live::transfer_complete, live::transfer_cancel, live::hold, live::unhold,
         live::mute, live::monitor, live::update_monitor, live::end_monitor,
         lookup::lookup,

@@ -184,6 +184,18 @@ pub(crate) async fn run(
                 Output::Media(MediaOp::DetachMonitor(side)) => {
                     monitors.remove(&side);
                 }
+                Output::Media(MediaOp::Record) => {
+                    if let Some(m) = media.as_mut() {
+                        // Made when first needed (the recording thread creates the file).
+                        let _ = tokio::fs::create_dir_all(&inner.cfg.recording_dir).await;
+                        let path = inner.cfg.recording_dir.join(format!("{call_id}.wav"));
+                        let text = match m.record(path.clone()) {
+                            Ok(()) => format!("recording both legs to {}", path.display()),
+                            Err(e) => format!("recording not started: {e}"),
+                        };
+                        emit(CallEventKind::Note { leg: None, text });
+                    }
+                }
                 Output::Media(op) => {
                     if let Some(m) = media.as_ref() {
                         apply(m, op);
@@ -204,10 +216,24 @@ pub(crate) async fn run(
                 Output::RouteDialog(leg, id) => inner.register_dialog(id, &call_id, leg),
                 Output::End(o) => {
                     monitors.clear();
+                    let recording = media.as_mut().and_then(|m| m.take_recording());
                     let stats = close(&inner, media.take());
                     tracing::info!(status = ?o.status, leg = ?o.leg, sip_code = ?o.sip_code, reason = %o.reason, "call ended");
                     emit(CallEventKind::Ended { outcome: o, stats });
                     admission.release();
+                    if let Some(r) = recording {
+                        // The file is finished by its own thread; its event follows the
+                        // call's last status.
+                        if let Ok(s) = tokio::task::spawn_blocking(move || r.wait()).await {
+                            tracing::info!(file = %s.path.display(), bytes = s.bytes, error = ?s.error, "recording finished");
+                            emit(CallEventKind::Recording {
+                                file: s.path.display().to_string(),
+                                duration_secs: s.duration.as_secs_f64(),
+                                size_bytes: s.bytes,
+                                error: s.error,
+                            });
+                        }
+                    }
                 }
             }
         }
@@ -365,6 +391,8 @@ fn apply(m: &MediaSession, op: MediaOp) {
             let _ = m.stop_playing(id);
             let _ = m.watch_telephone_events(id, None);
         }
+        // Started by the driver itself (it needs the session mutably).
+        MediaOp::Record => {}
     }
 }
 

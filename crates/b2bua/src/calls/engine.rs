@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub dns_servers: Vec<std::net::SocketAddr>,
     /// How long an inbound call rings the owner's devices (`calls.agent_ring_secs`).
     pub inbound_ring: Duration,
+    /// Where recordings go (`[recording] dir`): `<call id>.wav`.
+    pub recording_dir: std::path::PathBuf,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +42,7 @@ impl Default for EngineConfig {
             session_expires: 1800,
             dns_servers: Vec::new(),
             inbound_ring: Duration::from_secs(30),
+            recording_dir: std::path::PathBuf::from("recordings"),
         }
     }
 }
@@ -115,6 +118,10 @@ impl Engine {
                                 media::LegId::B => Leg::Customer,
                             };
                             (session_id, Input::Dtmf(leg, digit))
+                        }
+                        MediaEvent::RecordingStopped { session_id, reason } => {
+                            tracing::warn!(%reason, "a recording stopped early");
+                            (session_id, Input::RecordingStopped(reason))
                         }
                         // (MediaEvent is non-exhaustive: other events are ignored.)
                         _ => continue,

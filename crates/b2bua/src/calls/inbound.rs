@@ -165,6 +165,14 @@ pub(crate) async fn dispatch(engine: Engine, inc: IncomingRequest, budget: Refus
             "trunk": trunk,
         }),
     };
+    let contact = inner
+        .endpoint
+        .contact_uri(None, inc.flow.transport, inc.flow.remote)
+        .or_else(|| Uri::parse(&format!("sip:{}", inner.cfg.domain)).ok());
+    let Some(contact) = contact else {
+        refuse(&inner, &inc, 500, budget);
+        return;
+    };
     if let Some(h) = inner.hooks.get() {
         match h.admit(&new).await {
             Ok(()) => {}
@@ -180,14 +188,6 @@ pub(crate) async fn dispatch(engine: Engine, inc: IncomingRequest, budget: Refus
             }
         }
     }
-    let contact = inner
-        .endpoint
-        .contact_uri(None, inc.flow.transport, inc.flow.remote)
-        .or_else(|| Uri::parse(&format!("sip:{}", inner.cfg.domain)).ok());
-    let Some(contact) = contact else {
-        refuse(&inner, &inc, 500, budget);
-        return;
-    };
     let spec = CallSpec {
         call_id: call_id.clone(),
         account_id: account.id.clone(),

@@ -13,6 +13,7 @@ mod from_phone;
 mod inbound;
 mod machine;
 mod prompts;
+pub mod recordings;
 mod sdp_glue;
 mod shared;
 mod targets;
@@ -193,6 +194,17 @@ pub enum CallEventKind {
         by: &'static str,
         sip_code: Option<u16>,
         reason: String,
+    },
+    /// The call's recording is finished (after `Ended`; callback `recording.ready`).
+    Recording {
+        /// The file, as the server sees it.
+        file: String,
+        /// Seconds of audio.
+        duration_secs: f64,
+        /// Bytes of the file.
+        size_bytes: u64,
+        /// Why it stopped before the call ended (a full disk...), if it did.
+        error: Option<String>,
     },
 }
 

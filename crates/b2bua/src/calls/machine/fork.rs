@@ -544,6 +544,7 @@ impl CallMachine {
             }
             Leg::Customer => {
                 self.out.push_back(Output::Media(MediaOp::Start));
+                self.start_recording();
                 self.answered_at = Some(now);
                 self.emit(CallEventKind::InProgress {
                     sip_code: resp.status,

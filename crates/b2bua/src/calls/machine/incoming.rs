@@ -266,6 +266,7 @@ impl CallMachine {
             i.ack_until = Some(now + self.cfg.timers.timeout());
         }
         self.out.push_back(Output::Media(MediaOp::Start));
+        self.start_recording();
         self.answered_at = Some(now);
         self.emit(CallEventKind::InProgress { sip_code: 200 });
         self.phase = Phase::Connected;

@@ -116,6 +116,8 @@ pub(crate) enum Input {
     Ack(Leg, Bytes),
     /// A DTMF digit from a leg (an RFC 4733 event seen by the relay).
     Dtmf(Leg, char),
+    /// The call's recording stopped early (a full disk...): the call goes on.
+    RecordingStopped(String),
     Hangup,
     Shutdown,
     MediaTimeout,
@@ -164,6 +166,8 @@ pub(crate) enum MediaOp {
     Confirm(Leg, Bytes),
     /// Stop the confirm prompt of the leg (and its DTMF reports).
     EndConfirm(Leg),
+    /// Record both legs from now (the call is connected and asks for it).
+    Record,
 }
 
 /// What the machine asks for.
@@ -535,6 +539,12 @@ impl CallMachine {
             Input::Stray(resp) => self.on_stray(&resp),
             Input::Cancelled => self.on_cancelled(now),
             Input::Dtmf(leg, digit) => self.on_digit(leg, digit, "RFC 4733", now),
+            Input::RecordingStopped(reason) => {
+                self.note(
+                    None,
+                    format!("recording stopped, the call goes on: {reason}"),
+                );
+            }
             Input::Ack(leg, body) => self.on_ack(leg, body),
             Input::Command(id, cmd) => self.on_command(id, cmd, now),
             Input::Control(_, tx) => {
@@ -639,6 +649,13 @@ impl CallMachine {
 
     pub(super) fn emit(&mut self, kind: CallEventKind) {
         self.out.push_back(Output::Event(kind));
+    }
+
+    /// The call is connected: its recording starts, when it asks for one.
+    pub(super) fn start_recording(&mut self) {
+        if self.spec.record {
+            self.out.push_back(Output::Media(MediaOp::Record));
+        }
     }
 
     pub(super) fn note(&mut self, leg: Option<Leg>, text: impl Into<String>) {

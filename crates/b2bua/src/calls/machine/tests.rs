@@ -1852,3 +1852,58 @@ fn dtmf_relay_bodies_are_read() {
     assert_eq!(s(b"Signal=12\r\n"), None);
     assert_eq!(s(&[0xff, 0xfe]), None);
 }
+
+// ---------------------------------------------------------------------------------------
+// Recording
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_recorded_call_starts_recording_when_connected_and_a_stopped_recording_is_noted() {
+    let mut r = Rig::with_spec(CallSpec {
+        record: true,
+        ..spec()
+    });
+    let (agent_inv, _) = agent_answered(&mut r);
+    let _ = agent_inv;
+    r.targets(Leg::Customer, vec![vec![trunk("carrier", 5080)]]);
+    let (ctx, cinv) = sent(&r.take()).remove(0);
+    r.respond(ctx, reply(&cinv, 180, "carrier", None));
+    assert!(
+        !r.take()
+            .iter()
+            .any(|o| matches!(o, Output::Media(MediaOp::Record))),
+        "nothing is recorded before the customer answers"
+    );
+    r.respond(ctx, reply(&cinv, 200, "carrier", Some(CARRIER_SDP)));
+    let out = r.take();
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Output::Media(MediaOp::Record)))
+            .count(),
+        1
+    );
+    r.feed(Input::RecordingStopped("disk full".into()));
+    let out = r.take();
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        CallEventKind::Note { text, .. } if text.contains("recording stopped, the call goes on: disk full")
+    )));
+    assert!(ended(&out).is_empty(), "the call goes on");
+    assert!(sent(&out).is_empty());
+}
+
+#[test]
+fn a_call_that_is_not_recorded_never_asks_for_it() {
+    let mut r = Rig::new();
+    agent_answered(&mut r);
+    r.targets(Leg::Customer, vec![vec![trunk("carrier", 5080)]]);
+    let (ctx, cinv) = sent(&r.take()).remove(0);
+    r.respond(ctx, reply(&cinv, 200, "carrier", Some(CARRIER_SDP)));
+    let out = r.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::Start))));
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::Record))));
+}
