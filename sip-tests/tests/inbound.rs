@@ -209,11 +209,12 @@ fn an_inbound_call_rings_the_owner_and_is_logged_inbound_with_callbacks() {
 }
 
 #[test]
-fn a_stranger_gets_403_and_an_unknown_number_404_and_no_call() {
+fn a_stranger_is_challenged_407_and_an_unknown_number_gets_404_and_no_call() {
     let carrier_port = free_port();
     let server = TestServer::start(&config_with_account(carrier_port, ""));
     let api = server.api.expect("api");
-    // From an address that is no trunk (another loopback address).
+    // From an address that is no trunk (another loopback address): it may be a phone
+    // placing a call, so it is challenged (and without device credentials never a call).
     let stranger = call_in(
         "127.0.0.2",
         free_port(),
@@ -223,7 +224,7 @@ fn a_stranger_gets_403_and_an_unknown_number_404_and_no_call() {
     );
     let s = stranger.wait(Duration::from_secs(30));
     assert_eq!(s.code, 0, "{}", s.output);
-    assert!(s.output.contains("refused 403"), "{}", s.output);
+    assert!(s.output.contains("refused 407"), "{}", s.output);
     // From the trunk, to a number nobody owns.
     let unknown = call_in(
         "127.0.0.1",
