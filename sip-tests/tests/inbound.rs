@@ -1,7 +1,8 @@
 //! Inbound calls (SPEC §9.4): a carrier (SIPp, from the trunk's address) calls one of the
 //! account's numbers; the owner's device (`dialbridge phone`, auto-answer) takes it, media
 //! crosses the relay both ways, and the call log, the callbacks and the metrics say
-//! `inbound`. A stranger's INVITE gets 403 and an unknown number 404, with no call.
+//! `inbound`. A stranger's INVITE to one of our numbers gets 403 and an unknown number 404, with
+//! no call.
 
 use sip_tests::c2c::{config_with_account, SECRET, USER};
 use sip_tests::http::{request, CallbackReceiver};
@@ -209,12 +210,12 @@ fn an_inbound_call_rings_the_owner_and_is_logged_inbound_with_callbacks() {
 }
 
 #[test]
-fn a_stranger_is_challenged_407_and_an_unknown_number_gets_404_and_no_call() {
+fn a_stranger_calling_our_number_gets_403_an_unknown_number_404_and_no_call() {
     let carrier_port = free_port();
     let server = TestServer::start(&config_with_account(carrier_port, ""));
     let api = server.api.expect("api");
-    // From an address that is no trunk (another loopback address): it may be a phone
-    // placing a call, so it is challenged (and without device credentials never a call).
+    // From an address that is no trunk (another loopback address), without credentials, to
+    // one of the account's numbers: an inbound call from a stranger, refused at once.
     let stranger = call_in(
         "127.0.0.2",
         free_port(),
@@ -224,7 +225,7 @@ fn a_stranger_is_challenged_407_and_an_unknown_number_gets_404_and_no_call() {
     );
     let s = stranger.wait(Duration::from_secs(30));
     assert_eq!(s.code, 0, "{}", s.output);
-    assert!(s.output.contains("refused 407"), "{}", s.output);
+    assert!(s.output.contains("refused 403"), "{}", s.output);
     // From the trunk, to a number nobody owns.
     let unknown = call_in(
         "127.0.0.1",

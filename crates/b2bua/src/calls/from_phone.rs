@@ -2,6 +2,8 @@
 //! no trunk is a device placing a call.
 //!
 //! ```text
+//!   no Proxy-Authorization, to one of our numbers (E.164) ───────────► 403 (a stranger's
+//!                                                                       inbound call), no call
 //!   no Proxy-Authorization ──────────────────────────────────────────► 407 (challenge)
 //!   wrong credentials, unknown device, locked out ───────────────────► 403 (delayed as for
 //!                                                                       REGISTER), no call
@@ -41,6 +43,14 @@ fn refuse(engine: &Engine, inc: &IncomingRequest, status: u16, budget: RefusalBu
     engine.inner.endpoint.reply_stateless(inc, r, budget);
 }
 
+/// `+` and digits for a dialled user that is written as an E.164 number (`+14155551234`, or
+/// `14155551234` as some carriers send it); `None` for anything else (an extension, a name).
+fn as_e164(user: &str) -> Option<String> {
+    let digits = user.strip_prefix('+').unwrap_or(user);
+    (digits.len() >= 8 && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| format!("+{digits}"))
+}
+
 /// The user part of the Request-URI (`sip:1002@…` → `1002`), `%`-escapes decoded.
 fn dialled_user(uri: &Uri) -> Option<String> {
     let s = uri.to_string();
@@ -65,6 +75,27 @@ fn dialled_user(uri: &Uri) -> Option<String> {
 pub(crate) async fn dispatch(engine: Engine, inc: IncomingRequest, budget: RefusalBudget) {
     let inner = Arc::clone(&engine.inner);
     let now = super::shared::now_ms().max(0) as u64 / 1000;
+    // One of our numbers called, without credentials, from an address that is no trunk: an
+    // inbound call from a stranger, refused 403 at once (no challenge: it is no phone of
+    // ours placing a call; no toll fraud through inbound). A phone that answers a challenge
+    // is taken as below.
+    if inc
+        .request
+        .headers
+        .get(&HeaderName::ProxyAuthorization)
+        .is_none()
+    {
+        if let Some(number) = dialled_user(inc.request.uri()).and_then(|u| as_e164(&u)) {
+            if let Ok(Some(_)) = inner.store.number(&number).await {
+                tracing::info!(
+                    source = %inc.flow.remote,
+                    number,
+                    "INVITE to one of our numbers from an address that is no trunk: refused"
+                );
+                return refuse(&engine, &inc, 403, budget);
+            }
+        }
+    }
     let device = match inner
         .registrar
         .authenticate_invite(&inc.request, &inc.flow, now)
