@@ -215,8 +215,7 @@ impl Channels {
     /// (a late packet in a gap); those already written are dropped.
     fn put(&mut self, ch: usize, at: u64, samples: impl Iterator<Item = i16>) {
         self.pad_to(ch, at);
-        let mut i = at;
-        for s in samples {
+        for (i, s) in (at..).zip(samples) {
             if i >= self.written {
                 let k = (i - self.written) as usize;
                 match self.pending[ch].get_mut(k) {
@@ -224,7 +223,6 @@ impl Channels {
                     None => self.pending[ch].push(s),
                 }
             }
-            i += 1;
         }
     }
 
