@@ -177,9 +177,35 @@ fn a_recorded_call_has_the_agent_left_and_the_customer_right() {
         &left[mid - 4000..mid + 4000],
         &right[mid - 4000..mid + 4000],
     );
+    // Each 100 ms of the file, for the failure message.
+    let profile: Vec<String> = (0..left.len() / 800)
+        .map(|i| {
+            let (a, b) = (
+                &left[i * 800..(i + 1) * 800],
+                &right[i * 800..(i + 1) * 800],
+            );
+            let z = a.iter().filter(|s| **s == 0).count();
+            format!(
+                "{:.1}s L440={:.2} Lzero={z} R1000={:.2}",
+                i as f64 / 10.0,
+                tone_power(a, 440.0),
+                tone_power(b, 1000.0)
+            )
+        })
+        .collect();
+    let profile = profile.join("\n");
     let (l440, l1000) = (tone_power(l, 440.0), tone_power(l, 1000.0));
     let (r440, r1000) = (tone_power(r, 440.0), tone_power(r, 1000.0));
-    assert!(l440 > 0.3 && l1000 < 0.05, "left (agent): {l440} {l1000}");
+    assert!(
+        l440 > 0.3 && l1000 < 0.05,
+        "left (agent): {l440} {l1000}\n{profile}\n{}",
+        server
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("record") || l.contains("latch"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(
         r1000 > 0.3 && r440 < 0.05,
         "right (customer): {r440} {r1000}"

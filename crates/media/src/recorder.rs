@@ -5,10 +5,12 @@
 //!  forwarding thread                       recording thread (one per recording)
 //!  ─────────────────                       ────────────────────────────────────
 //!  RTP of a recorded session ──try_send──► bounded queue ──► G.711 decoded, placed by its
-//!  (payload copied into a fixed frame;      (full: frame      arrival time on its channel
-//!   no allocation, no file I/O; a full       dropped and       (a gap of more than 60 ms is
-//!   queue drops the frame and counts it)     counted)          silence; a silent channel is
-//!                                                              padded 200 ms behind the other)
+//!  (payload copied into a fixed frame;      (full: frame      RTP timestamp on its channel,
+//!   no allocation, no file I/O; a full       dropped and       the stream anchored at its
+//!   queue drops the frame and counts it)     counted)          first packet's arrival (a gap
+//!                                                              in the timestamps is silence;
+//!                                                              a silent channel is padded 1 s
+//!                                                              behind the arrivals)
 //!                                                          ──► interleaved, written in 32 KiB
 //!  session removed / stop_recording ──► queue closed ──► the rest padded to one length, the
 //!                                                          header's sizes written: summary
@@ -40,16 +42,20 @@ pub(crate) const MAX_PAYLOAD: usize = 320;
 const QUEUE: usize = 1024;
 /// Samples per second.
 const RATE: u64 = 8000;
-/// A packet arriving this much after its channel's end starts after silence.
-const GAP: u64 = 480;
-/// A channel with no packets is padded with silence up to this far behind the arrivals.
-const LAG: u64 = 1600;
+/// A stream whose RTP timestamps stray this far from its arrival times is anchored anew
+/// (a new source, a timestamp jump).
+const RESYNC: i64 = 2 * 8000;
+/// A channel with no packets is padded with silence up to this far behind the arrivals: a
+/// relay or a sender held up for less than this loses nothing.
+const LAG: u64 = 8000;
 
 /// One packet's payload on its way to the recording thread.
 pub(crate) struct RecFrame {
     leg: u8,
     payload_type: u8,
     len: u16,
+    ssrc: u32,
+    timestamp: u32,
     at: Instant,
     payload: [u8; MAX_PAYLOAD],
 }
@@ -73,6 +79,8 @@ impl RecTap {
             leg: leg as u8,
             payload_type,
             len: len as u16,
+            timestamp: u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
+            ssrc: u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
             at,
             payload: [0; MAX_PAYLOAD],
         };
@@ -172,6 +180,15 @@ pub(crate) fn start(
     ))
 }
 
+/// Where a channel's stream sits in the file: its SSRC, and the RTP timestamp of the
+/// sample at file position `pos`.
+#[derive(Clone, Copy)]
+struct Anchor {
+    ssrc: u32,
+    timestamp: u32,
+    pos: u64,
+}
+
 /// The two channels' samples not yet written, and where each channel ends.
 struct Channels {
     /// Samples of each channel from `written` on.
@@ -190,6 +207,22 @@ impl Channels {
         if until > end {
             let n = (until - end) as usize;
             self.pending[ch].resize(self.pending[ch].len() + n, 0);
+        }
+    }
+
+    /// Samples of channel `ch` from file position `at`: silence before them when `at` is
+    /// past the channel's end; those that fall on samples not yet written replace them
+    /// (a late packet in a gap); those already written are dropped.
+    fn put(&mut self, ch: usize, at: u64, samples: impl Iterator<Item = i16>) {
+        self.pad_to(ch, at);
+        for (i, s) in (at..).zip(samples) {
+            if i >= self.written {
+                let k = (i - self.written) as usize;
+                match self.pending[ch].get_mut(k) {
+                    Some(slot) => *slot = s,
+                    None => self.pending[ch].push(s),
+                }
+            }
         }
     }
 
@@ -305,6 +338,7 @@ pub(crate) fn run<W: Write + Seek>(
         written: 0,
     };
     let mut bytes = Vec::with_capacity(32_000);
+    let mut anchors: [Option<Anchor>; 2] = [None, None];
     let mut on_file = 0;
     while let Ok(f) = rx.recv() {
         let Some(o) = out.as_mut() else {
@@ -317,12 +351,32 @@ pub(crate) fn run<W: Write + Seek>(
         let n = u64::from(f.len);
         let arrived = f.at.saturating_duration_since(started);
         let now = (arrived.as_micros() as u64) * RATE / 1_000_000;
-        let first = now.saturating_sub(n);
-        if first > ch.end(c) + GAP {
-            ch.pad_to(c, first);
-        }
+        let by_arrival = now.saturating_sub(n);
+        // A stream is placed by its RTP timestamps (jitter and bursts move nothing; a gap in
+        // the timestamps is silence), anchored at the arrival of its first packet.
+        let at = match anchors[c] {
+            Some(a) if a.ssrc == f.ssrc => {
+                let d = i64::from(f.timestamp.wrapping_sub(a.timestamp) as i32);
+                let p = a.pos as i64 + d;
+                if p < 0 || (p - by_arrival as i64).abs() > RESYNC {
+                    None
+                } else {
+                    Some(p as u64)
+                }
+            }
+            _ => None,
+        };
+        let at = at.unwrap_or_else(|| {
+            let pos = by_arrival.max(ch.end(c));
+            anchors[c] = Some(Anchor {
+                ssrc: f.ssrc,
+                timestamp: f.timestamp,
+                pos,
+            });
+            pos
+        });
         let payload = &f.payload[..usize::from(f.len)];
-        ch.pending[c].extend(payload.iter().map(|b| law.decode(*b)));
+        ch.put(c, at, payload.iter().map(|b| law.decode(*b)));
         ch.pad_to(1 - c, now.saturating_sub(LAG));
         ch.take_ready(&mut bytes);
         o.waiting.extend_from_slice(&bytes);
@@ -369,11 +423,20 @@ mod tests {
     use crate::g711::{parse_wav_stereo, tone_power, Tone};
     use std::io::Cursor;
 
+    /// A packet of `leg` sent at `sent_ms` (its RTP timestamp) that arrived at `at`.
+    fn frame_at(leg: u8, sent_ms: u64, at: Instant, samples: &[i16]) -> RecFrame {
+        let mut f = frame(leg, at, samples);
+        f.timestamp = (sent_ms * 8) as u32;
+        f
+    }
+
     fn frame(leg: u8, at: Instant, samples: &[i16]) -> RecFrame {
         let mut f = RecFrame {
             leg,
             payload_type: 0,
             len: samples.len() as u16,
+            ssrc: 1000 + u32::from(leg),
+            timestamp: 0,
             at,
             payload: [0; MAX_PAYLOAD],
         };
@@ -450,11 +513,11 @@ mod tests {
             let at = 20 * (i + 1);
             if at <= 1000 || (2000..2500).contains(&at) {
                 a.fill(&mut buf);
-                frames.push(frame(0, ms(at), &buf));
+                frames.push(frame_at(0, at, ms(at), &buf));
             }
             if (520..=1500).contains(&at) {
                 b.fill(&mut buf);
-                frames.push(frame(1, ms(at), &buf));
+                frames.push(frame_at(1, at, ms(at), &buf));
             }
         }
         frames.sort_by_key(|f| f.at);
@@ -491,6 +554,48 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_after_a_stall_is_placed_by_its_timestamps_not_as_a_gap() {
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        let (mut a, mut b) = (Tone::new(500.0), Tone::new(1500.0));
+        let mut buf = [0i16; 160];
+        let mut frames = Vec::new();
+        for i in 0..100u64 {
+            let sent = 20 * (i + 1);
+            // Between 0.8 s and 1.2 s nothing arrives (a held-up relay or sender); what was
+            // sent meanwhile comes at 1.2 s in one burst, both legs.
+            let arrived = if (800..1200).contains(&sent) {
+                1200
+            } else {
+                sent
+            };
+            a.fill(&mut buf);
+            frames.push(frame_at(0, sent, ms(arrived), &buf));
+            b.fill(&mut buf);
+            frames.push(frame_at(1, sent, ms(arrived), &buf));
+        }
+        frames.sort_by_key(|f| f.at);
+        let (file, s, _) = record(frames, t0, None);
+        assert_eq!(s.error, None);
+        let samples = parse_wav_stereo(&file).unwrap();
+        let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+        let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+        assert!(
+            (1.9..2.1).contains(&(left.len() as f64 / 8000.0)),
+            "{}",
+            left.len()
+        );
+        for from_ms in [100, 700, 900, 1000, 1100, 1500, 1800] {
+            let w = |v: &[i16]| v[from_ms * 8..from_ms * 8 + 800].to_vec();
+            assert!(tone_power(&w(&left), 500.0) > 0.4, "left at {from_ms} ms");
+            assert!(
+                tone_power(&w(&right), 1500.0) > 0.4,
+                "right at {from_ms} ms"
+            );
+        }
+    }
+
+    #[test]
     fn a_full_disk_stops_the_recording_with_what_was_written_readable() {
         let t0 = Instant::now();
         let mut tone = Tone::new(800.0);
@@ -499,7 +604,8 @@ mod tests {
         for i in 0..200u64 {
             tone.fill(&mut buf);
             for leg in 0..2 {
-                frames.push(frame(leg, t0 + Duration::from_millis(20 * (i + 1)), &buf));
+                let sent = 20 * (i + 1);
+                frames.push(frame_at(leg, sent, t0 + Duration::from_millis(sent), &buf));
             }
         }
         // Room for about one second of audio.
