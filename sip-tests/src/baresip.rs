@@ -22,7 +22,7 @@
 //! its User-Agent (`registrar.md5_only_user_agents`, which lists baresip by default). See
 //! `docs/interop.md`.
 //!
-//! It does not do TLS, video, or IPv6 listening together with IPv4.
+//! It does not do video, or IPv6 listening together with IPv4.
 
 use crate::TempDir;
 use serde_json::Value;
@@ -95,6 +95,9 @@ pub enum NetstringError {
 pub enum SipTransport {
     Udp,
     Tcp,
+    /// TLS: give the registrar's CA with `sip_cafile PATH` in
+    /// [`BaresipConfig::extra_config`].
+    Tls,
 }
 
 impl SipTransport {
@@ -103,6 +106,7 @@ impl SipTransport {
         match self {
             SipTransport::Udp => "udp",
             SipTransport::Tcp => "tcp",
+            SipTransport::Tls => "tls",
         }
     }
 }

@@ -855,6 +855,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_are_checked_and_named() {
+        let keys = |text: &str| -> Vec<(String, String)> {
+            match Config::parse(text).unwrap().validate() {
+                Ok(_) => Vec::new(),
+                Err(e) => e.into_iter().map(|e| (e.key, e.reason)).collect(),
+            }
+        };
+        // A tls: listen address without a certificate.
+        let e = keys("[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n");
+        assert_eq!(e[0].0, "tls.cert", "{e:?}");
+        // A file that is not there is named by its key.
+        let e = keys(
+            "[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n",
+        );
+        assert_eq!(e[0].0, "tls.cert", "{e:?}");
+        assert!(e[0].1.contains("/nonexistent/c.pem"), "{e:?}");
+        // A key without a certificate.
+        let e = keys("[tls]\nkey = \"/nonexistent/k.pem\"\n");
+        assert_eq!(e[0].0, "tls.cert", "{e:?}");
+        // A trunk over TLS needs a tls: listen address; srtp = sdes needs TLS.
+        let e =
+            keys("[[trunks]]\nname = \"t\"\naddress = \"127.0.0.1:5061\"\ntransport = \"tls\"\n");
+        assert!(e.iter().any(|(k, _)| k == "trunks[0].transport"), "{e:?}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = Config::parse("[sip]\nlisen = []\n").unwrap_err();
         assert!(e[0].contains("lisen"), "{e:?}");
