@@ -52,6 +52,9 @@
 //! - `g711` — µ-law / A-law companding, a sine tone source, a Goertzel tone detector, WAV
 //!   files (8 kHz 16-bit PCM): the sample-level pieces for prompts, mixing and recording.
 //! - `stats` — RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter; per-leg snapshots.
+//! - `srtp` — SRTP/SRTCP on a leg keyed by SDES (RFC 3711, RFC 4568); a leg with SRTP takes
+//!   a separate, copying path (decrypt or encrypt into a new buffer, one `sendto`), so plain
+//!   legs keep the zero-copy one at the cost of one branch.
 //! - `latch` — symmetric RTP decisions (allowed sources, probation). `timeout` — the media time-out. `ports` — the range.
 //!
 //! `stats`, `latch` and `timeout` are pure: they take the time as an argument and are tested
@@ -59,8 +62,8 @@
 //!
 //! # What it does not do
 //!
-//! No SIP and no SDP parsing (the B2BUA tells it addresses), no transcoding, no SRTP/DTLS
-//! termination, no ICE (STUN packets are relayed untouched, and not counted as media), no
+//! No SIP and no SDP parsing (the B2BUA tells it addresses and SDES keys), no transcoding, no
+//! DTLS termination, no ICE (STUN packets are relayed untouched, and not counted as media), no
 //! jitter buffer, no RTCP
 //! generation, no recording. (RTCP can be watched: [`RelayConfig::rtcp_tap`] is shown a copy
 //! of each RTCP packet, received and sent — RTP never.) It never rewrites a packet.
@@ -74,6 +77,7 @@ pub mod latch;
 mod ports;
 mod relay;
 pub mod rtp;
+pub mod srtp;
 pub mod stats;
 mod sys;
 pub mod timeout;
