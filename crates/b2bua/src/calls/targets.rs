@@ -55,6 +55,7 @@ async fn device_targets(
                 invite_timeout: None,
                 failover_codes: Vec::new(),
                 trunk: None,
+                sdes: None,
             });
         }
     }
@@ -103,6 +104,7 @@ async fn trunk_plan(
             label: t.label.clone(),
             invite_timeout: Some(t.invite_timeout),
             failover_codes: t.failover_codes.clone(),
+            sdes: (t.srtp == store::Srtp::Sdes).then(media::srtp::SrtpKey::random),
             trunk: Some(a),
         }]
     });

@@ -65,6 +65,8 @@ pub struct Attempt {
     /// Health checks run for this trunk (then time-outs count against the target).
     pub checked: bool,
     pub down_after: u32,
+    /// Media encryption through this trunk.
+    pub srtp: store::Srtp,
 }
 
 /// What one attempt came to.
@@ -527,6 +529,7 @@ fn attempt_for(t: &store::Trunk, res: &Resolution, addr: SocketAddr, number: &st
         calls_per_second: t.routing.calls_per_second,
         checked: t.routing.options_interval_secs > 0,
         down_after: t.routing.down_after,
+        srtp: t.srtp,
     }
 }
 
