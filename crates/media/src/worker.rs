@@ -300,6 +300,9 @@ pub(crate) struct LegState {
     srtp: Option<Box<crate::srtp::SrtpLeg>>,
     /// SRTP keys were given but unusable: nothing of this leg is relayed.
     srtp_refused: bool,
+    /// `srtp` or `srtp_refused`: packets to or from this leg take the SRTP path (one flag,
+    /// so that the plain path pays one test per leg).
+    srtp_path: bool,
     clock_rate: u32,
     reception: RtpReception,
     pub tally: LegTally,
@@ -326,6 +329,7 @@ impl LegState {
             rtp_dest_addr: None,
             srtp: None,
             srtp_refused: false,
+            srtp_path: false,
             clock_rate: DEFAULT_CLOCK_RATE,
             reception: RtpReception::default(),
             tally: LegTally::default(),
@@ -505,7 +509,7 @@ impl SessionState {
                 return None;
             }
         }
-        if inn.srtp.is_some() || out.srtp.is_some() || inn.srtp_refused || out.srtp_refused {
+        if inn.srtp_path | out.srtp_path {
             let forwarding = self.forwarding && !truncated;
             srtp_datagram(
                 self.id,
@@ -809,6 +813,7 @@ impl Core {
                                 None
                             }
                         };
+                        l.srtp_path = l.srtp.is_some() || l.srtp_refused;
                     }
                 }
                 Control::Start(id) => {
