@@ -166,6 +166,7 @@ impl Api {
                 store_health: Default::default(),
                 idempotency_inflight: Mutex::new(Default::default()),
                 client_sessions: Default::default(),
+                reads: Default::default(),
             }),
         }
     }

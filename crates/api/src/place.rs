@@ -9,7 +9,7 @@ use b2bua::calls::{AgentTarget, CallSpec, CustomerTarget, StartError};
 use b2bua::dialplan::{self, DialError, Dialled, Refusal};
 use b2bua::numbering::Classified;
 use serde_json::{json, Value};
-use store::{Account, CallRecord, CallStatus, TimelineEntry, TypeId, User};
+use store::{Account, CallRecord, CallStatus, CallWrite, TimelineEntry, TypeId, User};
 
 use crate::callbacks::check_callback_url;
 use crate::error::ApiError;
@@ -139,7 +139,7 @@ pub(crate) async fn choose_caller_id(
     default: Option<&str>,
     user: Option<&User>,
 ) -> Result<Option<String>, ApiError> {
-    let numbers = shared.store.numbers_for_account(&account.id).await?;
+    let numbers = shared.numbers_for_account(&account.id).await?;
     if let Some(asked) = asked {
         return if numbers.iter().any(|n| n.number == asked) {
             Ok(Some(asked.to_owned()))
@@ -271,10 +271,17 @@ pub(crate) async fn place_call(
         leg: None,
         detail: req.request_detail,
     };
-    let inserted = match shared.store.insert_call(&rec).await {
-        Ok(()) => shared.store.append_timeline(&call_id, &request_entry).await,
-        Err(e) => Err(e),
-    };
+    // The record and its first timeline entry in one transaction (one trip to the store).
+    let inserted = shared
+        .store
+        .write_call_batch(&[
+            CallWrite::NewCall(rec.clone()),
+            CallWrite::Timeline {
+                call_id: call_id.clone(),
+                entry: request_entry,
+            },
+        ])
+        .await;
     if let Err(e) = inserted {
         shared.limiter.release(&account.id);
         return Err(e.into());
@@ -291,7 +298,9 @@ pub(crate) async fn place_call(
         customer_ring: Duration::from_secs(u64::from(shared.cfg.customer_ring_secs)),
     };
     tracing::info!(call_id = %call_id, "starting call");
+    shared.journal.born(rec.clone());
     if let Err(e) = shared.calls.start_call(spec) {
+        shared.journal.stillborn(&call_id);
         shared.limiter.release(&account.id);
         let mut failed = rec.clone();
         failed.status = CallStatus::Failed;

@@ -2149,40 +2149,7 @@ impl BlockingStore for SqliteStore {
     // ----- calls --------------------------------------------------------------------------
 
     fn insert_call(&self, c: &CallRecord) -> Result<(), StoreError> {
-        let metadata = serde_json::to_string(&c.metadata)?;
-        let legs = serde_json::to_string(&c.legs)?;
-        let stats = serde_json::to_string(&c.stats)?;
-        let conn = self.conn()?;
-        exec(
-            &conn,
-            &format!(
-                "INSERT INTO calls ({CALL_COLS}) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                  ?18)"
-            ),
-            params![
-                c.id,
-                c.account_id,
-                c.user_id,
-                c.request_id,
-                c.status.as_str(),
-                c.dial_string,
-                c.destination,
-                c.caller_id,
-                c.callback_url,
-                c.end_leg,
-                c.sip_code,
-                c.created_at_ms,
-                c.answered_at_ms,
-                c.ended_at_ms,
-                metadata,
-                legs,
-                stats,
-                c.node_id
-            ],
-        )
-        .map_err(|e| insert_error(e, "call", &c.id))?;
-        Ok(())
+        insert_call_on(&*self.conn()?, c)
     }
 
     fn update_call(&self, c: &CallRecord) -> Result<(), StoreError> {
@@ -2294,6 +2261,7 @@ impl BlockingStore for SqliteStore {
         for w in writes {
             match w {
                 CallWrite::Timeline { call_id, entry } => append_timeline_on(&tx, call_id, entry)?,
+                CallWrite::NewCall(c) => insert_call_on(&tx, c)?,
                 CallWrite::Call(c) => update_call_on(&tx, c)?,
                 CallWrite::Callback(e) => enqueue_callback_on(&tx, e)?,
             }
@@ -2591,6 +2559,42 @@ impl BlockingStore for SqliteStore {
             [before_ms],
         )?)
     }
+}
+
+fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
+    let metadata = serde_json::to_string(&c.metadata)?;
+    let legs = serde_json::to_string(&c.legs)?;
+    let stats = serde_json::to_string(&c.stats)?;
+    exec(
+        conn,
+        &format!(
+            "INSERT INTO calls ({CALL_COLS}) VALUES
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+              ?18)"
+        ),
+        params![
+            c.id,
+            c.account_id,
+            c.user_id,
+            c.request_id,
+            c.status.as_str(),
+            c.dial_string,
+            c.destination,
+            c.caller_id,
+            c.callback_url,
+            c.end_leg,
+            c.sip_code,
+            c.created_at_ms,
+            c.answered_at_ms,
+            c.ended_at_ms,
+            metadata,
+            legs,
+            stats,
+            c.node_id
+        ],
+    )
+    .map_err(|e| insert_error(e, "call", &c.id))?;
+    Ok(())
 }
 
 fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {

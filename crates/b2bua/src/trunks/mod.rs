@@ -131,7 +131,14 @@ pub struct Trunks {
     known_ips: std::sync::RwLock<std::collections::HashSet<std::net::IpAddr>>,
     /// Where the names of TLS targets go (the transports).
     tls_names: std::sync::OnceLock<TlsNameSink>,
+    /// An account's trunks as last read (see [`store::cache`]): a call does not read them
+    /// from the store each time.
+    by_account: store::cache::ReadCache<String, Vec<store::Trunk>>,
 }
+
+/// How long an account's trunks read from the store are trusted at most (changes through
+/// this node are seen at once).
+pub const TRUNKS_TTL: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Trunks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,6 +174,7 @@ impl Trunks {
             runtime: Mutex::new(HashMap::new()),
             known_ips: std::sync::RwLock::new(std::collections::HashSet::new()),
             tls_names: std::sync::OnceLock::new(),
+            by_account: store::cache::ReadCache::new(TRUNKS_TTL, 10_000),
         }
     }
 
@@ -259,13 +267,17 @@ impl Trunks {
         trunk: Option<&str>,
         emergency: bool,
     ) -> Result<Vec<Attempt>, PlanError> {
-        let mut trunks: Vec<store::Trunk> = self
-            .store
-            .trunks_for_account(account_id)
-            .await?
-            .into_iter()
-            .filter(|t| trunk.is_none_or(|n| t.name == n) && (!emergency || t.emergency))
-            .collect();
+        let generation = self.store.provisioning_generation();
+        let mut trunks: Vec<store::Trunk> = store::cache::read_through(
+            &self.by_account,
+            account_id.to_owned(),
+            generation,
+            self.store.trunks_for_account(account_id),
+        )
+        .await?
+        .into_iter()
+        .filter(|t| trunk.is_none_or(|n| t.name == n) && (!emergency || t.emergency))
+        .collect();
         if trunks.is_empty() {
             return Err(PlanError::NoTrunk);
         }

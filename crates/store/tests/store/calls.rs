@@ -279,7 +279,38 @@ async fn a_call_batch_is_written_whole_or_not_at_all() {
     store.probe_write(T0).await.unwrap();
 }
 
+/// A new call record and its first timeline entry are one transaction: the same call again
+/// is refused whole.
+async fn a_new_call_and_its_first_entry_go_in_one_batch() {
+    let (_db, store) = store_provisioned().await;
+    let c = call(1, T0);
+    let entry = TimelineEntry {
+        at_ms: T0,
+        kind: "api.request".into(),
+        leg: None,
+        detail: json!({"dial_string": "+14155550100"}),
+    };
+    let writes = vec![
+        store::CallWrite::NewCall(c.clone()),
+        store::CallWrite::Timeline {
+            call_id: c.id.clone(),
+            entry: entry.clone(),
+        },
+    ];
+    store.write_call_batch(&writes).await.unwrap();
+    assert_eq!(store.get_call(ACCT, &c.id).await.unwrap().unwrap(), c);
+    assert_eq!(store.timeline(&c.id).await.unwrap(), vec![entry.clone()]);
+    // The same call again is refused, and nothing of that batch is written.
+    let err = store.write_call_batch(&writes).await.unwrap_err();
+    assert!(
+        matches!(err, store::StoreError::AlreadyExists { kind: "call", .. }),
+        "{err:?}"
+    );
+    assert_eq!(store.timeline(&c.id).await.unwrap(), vec![entry]);
+}
+
 both!(
+    a_new_call_and_its_first_entry_go_in_one_batch,
     a_call_batch_is_written_whole_or_not_at_all,
     pages_are_newest_first_and_cover_everything_once,
     an_exact_last_page_has_no_next_cursor,
