@@ -115,6 +115,8 @@ pub struct TestServer {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
+    /// `ws:` and `wss:` listen addresses, as announced (`ws:ADDR` / `wss:ADDR`).
+    pub websocket: Vec<String>,
     pub api: Option<SocketAddr>,
     pub log: PathBuf,
     pub config: PathBuf,
@@ -205,6 +207,7 @@ impl TestServer {
             udp: vec![],
             tcp: vec![],
             tls: vec![],
+            websocket: vec![],
             api: None,
             log,
             config: cfg_path,
@@ -225,6 +228,8 @@ impl TestServer {
                             rest.strip_prefix("tls:").and_then(|a| a.parse().ok())
                         {
                             server.tls.push(a);
+                        } else if rest.starts_with("ws:") || rest.starts_with("wss:") {
+                            server.websocket.push(rest.to_string());
                         }
                     } else if let Some(rest) =
                         line.strip_prefix("dialbridge: REST listening on http://")

@@ -749,6 +749,7 @@ impl Config {
         use sip_core::transport::Transport;
         let t = &self.tls;
         let tls_listen = listen.iter().any(|l| l.transport == Transport::Tls);
+        let secure_listen = listen.iter().any(|l| l.transport.is_secure());
         let tls_trunks: Vec<usize> = self
             .trunks
             .iter()
@@ -756,7 +757,7 @@ impl Config {
             .filter(|(_, t)| t.transport == "tls")
             .map(|(i, _)| i)
             .collect();
-        if tls_listen && (t.cert.is_none() || t.key.is_none()) {
+        if secure_listen && (t.cert.is_none() || t.key.is_none()) {
             let key = if t.cert.is_none() {
                 "tls.cert"
             } else {
@@ -764,7 +765,7 @@ impl Config {
             };
             errors.push(err(
                 key,
-                "a tls: address in sip.listen needs tls.cert and tls.key",
+                "a tls: or wss: address in sip.listen needs tls.cert and tls.key",
             ));
             return None;
         }
@@ -777,7 +778,7 @@ impl Config {
             }
         }
         let given = t.cert.is_some() || t.key.is_some() || t.ca.is_some();
-        if !(tls_listen || !tls_trunks.is_empty() || given) {
+        if !(secure_listen || !tls_trunks.is_empty() || given) {
             return None;
         }
         if t.cert.is_some() != t.key.is_some() {

@@ -606,6 +606,8 @@ pub async fn resolve_uri(uri: &Uri) -> Result<Destination, EndpointError> {
         (false, None | Some("udp")) => Transport::Udp,
         (true, None | Some("tcp")) | (_, Some("tls")) => Transport::Tls,
         (false, Some("tcp")) => Transport::Tcp,
+        (false, Some("ws")) => Transport::Ws,
+        (_, Some("wss")) => Transport::Wss,
         _ => return Err(EndpointError::NoRoute(uri.to_string())),
     };
     let port = sip.port.unwrap_or(if transport == Transport::Tls {

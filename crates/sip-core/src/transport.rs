@@ -49,12 +49,18 @@ use crate::message::{frame, Frame};
 use crate::stateless::{RefusalGuard, RefusalGuardConfig, Verdict};
 use crate::tls::TlsContext;
 
+mod ws;
+
 /// A SIP transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Tcp,
     Tls,
+    /// SIP over WebSocket (RFC 7118), plain.
+    Ws,
+    /// SIP over secure WebSocket (RFC 7118): TLS, then WebSocket.
+    Wss,
 }
 
 impl Transport {
@@ -64,6 +70,8 @@ impl Transport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
 
@@ -79,7 +87,12 @@ impl Transport {
 
     /// Whether the transport is secure (RFC 3261 §26.2: a `sips:` URI asks for it).
     pub fn is_secure(self) -> bool {
-        matches!(self, Transport::Tls)
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    /// Whether it is a WebSocket transport (its peers connect to us; never the reverse).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
     }
 
     /// The `transport` URI parameter's value (`udp`, `tcp`, `tls`).
@@ -88,6 +101,8 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
     }
 
@@ -96,6 +111,8 @@ impl Transport {
             "udp" => Some(Transport::Udp),
             "tcp" => Some(Transport::Tcp),
             "tls" => Some(Transport::Tls),
+            "ws" => Some(Transport::Ws),
+            "wss" => Some(Transport::Wss),
             _ => None,
         }
     }
@@ -120,8 +137,9 @@ impl FromStr for ListenAddr {
         let (t, a) = s.split_once(':').ok_or_else(|| {
             format!("\"{s}\": expected transport:address:port, e.g. udp:127.0.0.1:5060")
         })?;
-        let transport = Transport::parse(t)
-            .ok_or_else(|| format!("\"{s}\": unknown transport \"{t}\" (udp, tcp or tls)"))?;
+        let transport = Transport::parse(t).ok_or_else(|| {
+            format!("\"{s}\": unknown transport \"{t}\" (udp, tcp, tls, ws or wss)")
+        })?;
         let addr = a
             .parse()
             .map_err(|_| format!("\"{s}\": \"{a}\" is not an address:port (IPv6 in brackets)"))?;
@@ -295,9 +313,8 @@ impl Transports {
                         .map_err(|source| TransportError::Bind { addr: *la, source })?;
                     udp.push((local, Arc::new(sock)));
                 }
-                Transport::Tcp | Transport::Tls => {
-                    if la.transport == Transport::Tls
-                        && !cfg.tls.as_ref().is_some_and(|t| t.has_server())
+                Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
+                    if la.transport.is_secure() && !cfg.tls.as_ref().is_some_and(|t| t.has_server())
                     {
                         return Err(TransportError::NoTlsConfig(*la));
                     }
@@ -625,6 +642,15 @@ impl Transports {
         let local = stream
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
+        if transport.is_websocket() {
+            return Err(TransportError::Connect(
+                remote,
+                std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "WebSocket peers connect to us; their connection is closed",
+                ),
+            ));
+        }
         if transport != Transport::Tls {
             return Ok(self.register_conn(transport, stream, local, remote, None));
         }
@@ -777,10 +803,21 @@ impl Transports {
                             let _ = stream.set_nodelay(true);
                             tracing::debug!(%local, %remote, %transport, "connection accepted");
                             let conn_local = stream.local_addr().unwrap_or(local);
-                            if transport == Transport::Tls {
+                            if transport.is_secure() {
                                 let t = Arc::clone(&self);
                                 tokio::spawn(async move {
-                                    t.accept_tls(stream, conn_local, remote, slot).await
+                                    t.accept_tls(transport, stream, conn_local, remote, slot)
+                                        .await
+                                });
+                            } else if transport == Transport::Ws {
+                                let t = Arc::clone(&self);
+                                let deadline = tokio::time::Instant::now()
+                                    + self.cfg.tcp_first_message_timeout;
+                                tokio::spawn(async move {
+                                    t.accept_ws(
+                                        transport, stream, conn_local, remote, slot, deadline,
+                                    )
+                                    .await
                                 });
                             } else {
                                 self.register_conn(
@@ -826,6 +863,7 @@ impl Transports {
     /// first-message time-out; the connection keeps its place under the caps throughout.
     async fn accept_tls(
         self: Arc<Self>,
+        transport: Transport,
         stream: TcpStream,
         local: SocketAddr,
         remote: SocketAddr,
@@ -834,9 +872,12 @@ impl Transports {
         let Some(acceptor) = self.cfg.tls.as_ref().and_then(|t| t.acceptor()) else {
             return;
         };
-        match tokio::time::timeout(self.cfg.tcp_first_message_timeout, acceptor.accept(stream))
-            .await
-        {
+        let deadline = tokio::time::Instant::now() + self.cfg.tcp_first_message_timeout;
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) if transport == Transport::Wss => {
+                self.accept_ws(transport, tls, local, remote, slot, deadline)
+                    .await;
+            }
             Ok(Ok(tls)) => {
                 self.register_conn(Transport::Tls, tls, local, remote, Some(slot));
             }

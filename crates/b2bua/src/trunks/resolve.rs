@@ -260,6 +260,8 @@ impl Dns {
             Transport::Udp => b"SIP+D2U",
             Transport::Tcp => b"SIP+D2T",
             Transport::Tls => b"SIPS+D2T",
+            Transport::Ws => b"SIP+D2W",
+            Transport::Wss => b"SIPS+D2W",
         };
         let mut until = now + Duration::from_secs(24 * 3600);
         // NAPTR (§4.1).
@@ -293,7 +295,8 @@ impl Dns {
             srv_names.push(match transport {
                 Transport::Udp => format!("_sip._udp.{host}"),
                 Transport::Tcp => format!("_sip._tcp.{host}"),
-                Transport::Tls => format!("_sips._tcp.{host}"),
+                Transport::Tls | Transport::Wss => format!("_sips._tcp.{host}"),
+                Transport::Ws => format!("_sip._tcp.{host}"),
             });
             "srv"
         } else {
