@@ -1556,4 +1556,75 @@ mod tests {
             .unwrap();
         assert_eq!(&server_rx.recv().await.unwrap().data[..], OPTIONS);
     }
+
+    #[tokio::test]
+    async fn sip_over_secure_websocket_goes_both_ways_on_one_connection() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::Message;
+        let pki = test_pki("wss", &["127.0.0.1"]);
+        let (t, addr, mut rx) =
+            tls_transport("wss:127.0.0.1:0", tls_server_ctx(&pki), Default::default()).await;
+        assert_eq!(t.local_addrs()[0].transport, Transport::Wss);
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read(&pki.ca).unwrap();
+        for c in
+            <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+                &ca,
+            )
+        {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(crate::tls::server_name("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let mut req = format!("wss://{addr}/").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+        assert_eq!(resp.headers().get("Sec-WebSocket-Protocol").unwrap(), "sip");
+        ws.send(Message::binary(OPTIONS.to_vec())).await.unwrap();
+        let got = rx.recv().await.unwrap();
+        assert_eq!(&got.data[..], OPTIONS);
+        assert_eq!(got.flow.transport, Transport::Wss);
+        // The answer, and a request of ours, go back on the same connection.
+        t.send(&got.flow, Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n"))
+            .await
+            .unwrap();
+        let flow = Flow {
+            conn: None,
+            ..got.flow
+        };
+        t.send(&flow, Bytes::from_static(b"OPTIONS sip:b SIP/2.0\r\n\r\n"))
+            .await
+            .unwrap();
+        for want in ["SIP/2.0 200 OK", "OPTIONS sip:b"] {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(m) => assert!(m.as_str().starts_with(want), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // CRLF keep-alive answered.
+        ws.send(Message::text("\r\n\r\n")).await.unwrap();
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(m) => assert_eq!(m.as_str(), "\r\n"),
+            other => panic!("{other:?}"),
+        }
+        // We never connect to a WebSocket peer.
+        let gone = Flow {
+            remote: "127.0.0.1:9".parse().unwrap(),
+            conn: None,
+            ..got.flow
+        };
+        assert!(t.send(&gone, Bytes::from_static(OPTIONS)).await.is_err());
+    }
 }
