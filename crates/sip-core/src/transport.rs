@@ -845,7 +845,7 @@ impl Transports {
                                     source = %remote.ip(),
                                     open_from_source = refused.from_source,
                                     cap,
-                                    "connections refused: over the cap (logged once per source and minute)"
+                                    "SIP connections refused: over the cap (logged once per source and minute)"
                                 );
                             }
                         }
