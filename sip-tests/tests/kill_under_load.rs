@@ -86,6 +86,8 @@ fn sipp_server(scenario_file: &str, port: u16, calls: usize) -> SippChild {
             &calls.to_string(),
             "-buff_size",
             "4194304",
+            "-d",
+            "1000",
             "-timeout",
             "120s",
         ],
