@@ -22,7 +22,7 @@
 //! its User-Agent (`registrar.md5_only_user_agents`, which lists baresip by default). See
 //! `docs/interop.md`.
 //!
-//! It does not do TLS, video, or IPv6 listening together with IPv4.
+//! It does not do video, or IPv6 listening together with IPv4.
 
 use crate::TempDir;
 use serde_json::Value;
@@ -95,6 +95,9 @@ pub enum NetstringError {
 pub enum SipTransport {
     Udp,
     Tcp,
+    /// TLS: give the registrar's CA with `sip_cafile PATH` in
+    /// [`BaresipConfig::extra_config`].
+    Tls,
 }
 
 impl SipTransport {
@@ -103,6 +106,7 @@ impl SipTransport {
         match self {
             SipTransport::Udp => "udp",
             SipTransport::Tcp => "tcp",
+            SipTransport::Tls => "tls",
         }
     }
 }
@@ -149,6 +153,8 @@ pub struct BaresipConfig {
     pub rtp_ports: (u16, u16),
     /// Extra `config` lines, appended as given.
     pub extra_config: Vec<String>,
+    /// Extra account parameters (`mediaenc=srtp-mand`), appended to the account line.
+    pub account_params: Vec<String>,
 }
 
 impl BaresipConfig {
@@ -173,6 +179,7 @@ impl BaresipConfig {
             record_audio: false,
             rtp_ports: (10000, 19999),
             extra_config: Vec::new(),
+            account_params: Vec::new(),
         }
     }
 
@@ -198,7 +205,12 @@ impl BaresipConfig {
         };
         format!(
             "<sip:{user}@{domain};transport={t}>;auth_user={user};auth_pass={pass};\
-             outbound=\"sip:{proxy};transport={t}\";regint={regint};answermode={answer}\n",
+             outbound=\"sip:{proxy};transport={t}\";regint={regint};answermode={answer}{extra}\n",
+            extra = self
+                .account_params
+                .iter()
+                .map(|p| format!(";{p}"))
+                .collect::<String>(),
             user = self.username,
             domain = self.domain,
             pass = self.password,
@@ -654,7 +666,7 @@ impl Baresip {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Where baresip listens for SIP (UDP and TCP).
+    /// Where baresip listens for SIP (UDP and TCP; TLS is on the next port).
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip
     }

@@ -9,8 +9,10 @@
 pub mod baresip;
 pub mod bench;
 pub mod c2c;
+pub mod dns;
 pub mod http;
 pub mod pg;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -112,6 +114,9 @@ pub struct TestServer {
     pub dir: TempDir,
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    /// `ws:` and `wss:` listen addresses, as announced (`ws:ADDR` / `wss:ADDR`).
+    pub websocket: Vec<String>,
     pub api: Option<SocketAddr>,
     pub log: PathBuf,
     pub config: PathBuf,
@@ -201,6 +206,8 @@ impl TestServer {
             dir,
             udp: vec![],
             tcp: vec![],
+            tls: vec![],
+            websocket: vec![],
             api: None,
             log,
             config: cfg_path,
@@ -217,6 +224,12 @@ impl TestServer {
                             rest.strip_prefix("tcp:").and_then(|a| a.parse().ok())
                         {
                             server.tcp.push(a);
+                        } else if let Some(a) =
+                            rest.strip_prefix("tls:").and_then(|a| a.parse().ok())
+                        {
+                            server.tls.push(a);
+                        } else if rest.starts_with("ws:") || rest.starts_with("wss:") {
+                            server.websocket.push(rest.to_string());
                         }
                     } else if let Some(rest) =
                         line.strip_prefix("dialbridge: REST listening on http://")

@@ -11,6 +11,7 @@ fn baresip_agent_call(transport: SipTransport) {
     let registrar = match transport {
         SipTransport::Udp => f.server.udp_addr(),
         SipTransport::Tcp => f.server.tcp_addr(),
+        SipTransport::Tls => f.server.tls[0],
     };
     let mut phone = Baresip::start(&BaresipConfig::device(
         "alice-desk",

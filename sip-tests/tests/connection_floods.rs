@@ -302,7 +302,7 @@ fn a_flood_from_one_source_locks_out_neither_phones_nor_the_api_nor_calls() {
             .filter(|l| l.contains(what) && l.contains("127.0.0.3"))
             .count()
     };
-    let sip_lines = logged("tcp connections refused");
+    let sip_lines = logged("SIP connections refused");
     let http_lines = logged("REST connections refused");
     assert!(
         (1..=3).contains(&sip_lines),

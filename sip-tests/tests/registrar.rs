@@ -308,6 +308,7 @@ fn baresip_registers(transport: SipTransport) {
     let registrar = match transport {
         SipTransport::Udp => server.udp_addr(),
         SipTransport::Tcp => server.tcp_addr(),
+        SipTransport::Tls => server.tls[0],
     };
     let mut phone = Baresip::start(&BaresipConfig::device(
         "alice-desk",

@@ -181,8 +181,10 @@ named!(/// Number types.
     NumberTypeName => one_of("A number type of libphonenumber's metadata", store::NumberType::ALL.iter().map(|t| t.as_str().to_owned()).collect()));
 named!(/// Call statuses.
     CallStatusName => one_of("A call's status", store::CallStatus::ALL.iter().map(|s| s.as_str().to_owned()).collect()));
+named!(/// Media encryption toward a trunk.
+    TrunkSrtp => one_of("Media encryption toward the trunk: none, or SRTP keyed by SDES (needs transport tls)", [store::Srtp::None, store::Srtp::Sdes].iter().map(|s| s.as_str().to_owned()).collect()));
 named!(/// Trunk transports.
-    TrunkTransport => one_of("SIP transport toward the trunk", ["udp", "tcp"].iter().filter(|t| t.parse::<store::Transport>().is_ok()).map(|t| (*t).to_owned()).collect()));
+    TrunkTransport => one_of("SIP transport toward the trunk", ["udp", "tcp", "tls"].iter().filter(|t| t.parse::<store::Transport>().is_ok()).map(|t| (*t).to_owned()).collect()));
 
 /// The regions that `allowed_countries` and `?region=` accept: ISO 3166-1 alpha-2 codes of
 /// countries in the numbering metadata.

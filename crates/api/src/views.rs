@@ -166,6 +166,7 @@ pub fn trunk(t: &Trunk) -> Value {
         "shared": t.account_id.is_none(),
         "address": t.address,
         "transport": t.transport.as_str(),
+        "srtp": t.srtp.as_str(),
         "username": t.username,
         "password_set": t.password.as_ref().is_some_and(|p| !p.is_empty()),
         "emergency": t.emergency,
@@ -369,6 +370,8 @@ pub mod doc {
         shared: bool,
         address: String,
         transport: String,
+        /// `none` or `sdes`.
+        srtp: String,
         username: Option<String>,
         password_set: bool,
         emergency: bool,

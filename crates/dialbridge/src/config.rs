@@ -355,6 +355,18 @@ pub struct DnsConfig {
     pub servers: Vec<String>,
 }
 
+/// `[tls]`: the PEM files of SIP over TLS (SPEC §9.5).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chain presented on `tls:` listen addresses (leaf first); reloaded on SIGHUP.
+    pub cert: Option<String>,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1); reloaded on SIGHUP.
+    pub key: Option<String>,
+    /// Trust anchors for the certificates of TLS trunks; default: the system's trust store.
+    pub ca: Option<String>,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -370,6 +382,7 @@ pub struct Config {
     pub log: LogConfig,
     pub hep: HepConfig,
     pub dns: DnsConfig,
+    pub tls: TlsConfig,
     pub accounts: Vec<store::AccountSpec>,
     pub users: Vec<store::UserSpec>,
     pub trunks: Vec<store::TrunkSpec>,
@@ -397,6 +410,8 @@ pub struct Validated {
     pub dns_servers: Vec<SocketAddr>,
     /// `[node]`.
     pub node: NodeSettings,
+    /// `[tls]`, loaded: when a listen address or a trunk uses TLS, or `[tls]` is given.
+    pub tls: Option<std::sync::Arc<sip_core::tls::TlsContext>>,
 }
 
 impl Config {
@@ -728,8 +743,10 @@ impl Config {
                 )),
             }
         }
+        let tls = self.validate_tls(&listen, &mut errors);
         if errors.is_empty() {
             Ok(Validated {
+                tls,
                 dns_servers,
                 listen,
                 sip_advertise,
@@ -744,6 +761,92 @@ impl Config {
             })
         } else {
             Err(errors)
+        }
+    }
+}
+
+impl Config {
+    /// `[tls]` and what needs it: a `tls:` listen address needs `cert` and `key`; a trunk
+    /// over TLS needs a `tls:` listen address (its Via and Contact name it). The files are
+    /// read here, so that `check-config` finds a bad one.
+    fn validate_tls(
+        &self,
+        listen: &[ListenAddr],
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<std::sync::Arc<sip_core::tls::TlsContext>> {
+        use sip_core::tls::{TlsContext, TlsError, TlsSettings};
+        use sip_core::transport::Transport;
+        let t = &self.tls;
+        let tls_listen = listen.iter().any(|l| l.transport == Transport::Tls);
+        let secure_listen = listen.iter().any(|l| l.transport.is_secure());
+        let tls_trunks: Vec<usize> = self
+            .trunks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.transport == "tls")
+            .map(|(i, _)| i)
+            .collect();
+        if secure_listen && (t.cert.is_none() || t.key.is_none()) {
+            let key = if t.cert.is_none() {
+                "tls.cert"
+            } else {
+                "tls.key"
+            };
+            errors.push(err(
+                key,
+                "a tls: or wss: address in sip.listen needs tls.cert and tls.key",
+            ));
+            return None;
+        }
+        if !tls_listen {
+            for i in &tls_trunks {
+                errors.push(err(
+                    &format!("trunks[{i}].transport"),
+                    "a trunk over TLS needs a tls: address in sip.listen (its Via and Contact)",
+                ));
+            }
+        }
+        let given = t.cert.is_some() || t.key.is_some() || t.ca.is_some();
+        if !(secure_listen || !tls_trunks.is_empty() || given) {
+            return None;
+        }
+        if t.cert.is_some() != t.key.is_some() {
+            let key = if t.cert.is_none() {
+                "tls.cert"
+            } else {
+                "tls.key"
+            };
+            errors.push(err(key, "tls.cert and tls.key go together"));
+            return None;
+        }
+        let settings = TlsSettings {
+            cert: t.cert.as_ref().map(Into::into),
+            key: t.key.as_ref().map(Into::into),
+            ca: t.ca.as_ref().map(Into::into),
+        };
+        let key_of = |path: &std::path::Path| {
+            if settings.ca.as_deref() == Some(path) {
+                "tls.ca"
+            } else if settings.key.as_deref() == Some(path) {
+                "tls.key"
+            } else {
+                "tls.cert"
+            }
+        };
+        match TlsContext::load(settings.clone()) {
+            Ok(ctx) => Some(ctx),
+            Err(e) => {
+                let key = match &e {
+                    TlsError::Read { path, .. }
+                    | TlsError::NoCertificate { path }
+                    | TlsError::NoKey { path }
+                    | TlsError::BadPem { path, .. } => key_of(path),
+                    TlsError::Incomplete | TlsError::Server(_) => "tls.key",
+                    TlsError::Client(_) => "tls.ca",
+                };
+                errors.push(err(key, e.to_string()));
+                None
+            }
         }
     }
 }
@@ -779,6 +882,32 @@ mod tests {
         let v = c.validate().unwrap();
         assert_eq!(v.listen.len(), 2);
         assert_eq!(v.media_ports, (20000, 29999));
+    }
+
+    #[test]
+    fn tls_settings_are_checked_and_named() {
+        let keys = |text: &str| -> Vec<(String, String)> {
+            match Config::parse(text).unwrap().validate() {
+                Ok(_) => Vec::new(),
+                Err(e) => e.into_iter().map(|e| (e.key, e.reason)).collect(),
+            }
+        };
+        // A tls: listen address without a certificate.
+        let e = keys("[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n");
+        assert_eq!(e[0].0, "tls.cert", "{e:?}");
+        // A file that is not there is named by its key.
+        let e = keys(
+            "[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n",
+        );
+        assert_eq!(e[0].0, "tls.cert", "{e:?}");
+        assert!(e[0].1.contains("/nonexistent/c.pem"), "{e:?}");
+        // A key without a certificate.
+        let e = keys("[tls]\nkey = \"/nonexistent/k.pem\"\n");
+        assert_eq!(e[0].0, "tls.cert", "{e:?}");
+        // A trunk over TLS needs a tls: listen address; srtp = sdes needs TLS.
+        let e =
+            keys("[[trunks]]\nname = \"t\"\naddress = \"127.0.0.1:5061\"\ntransport = \"tls\"\n");
+        assert!(e.iter().any(|(k, _)| k == "trunks[0].transport"), "{e:?}");
     }
 
     #[test]

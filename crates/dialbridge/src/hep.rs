@@ -156,6 +156,7 @@ impl std::str::FromStr for HepTarget {
             .split_once(':')
             .ok_or_else(|| format!("\"{s}\": expected udp:HOST:PORT or tcp:HOST:PORT"))?;
         let transport = Transport::parse(t)
+            .filter(|t| matches!(t, Transport::Udp | Transport::Tcp))
             .ok_or_else(|| format!("\"{s}\": unknown transport \"{t}\" (udp or tcp)"))?;
         let (host, port) = rest
             .rsplit_once(':')
@@ -311,7 +312,8 @@ impl MessageObserver for HepExporter {
             dst,
             ip_proto: match m.transport {
                 Transport::Udp => 17,
-                Transport::Tcp => 6,
+                // TLS is captured as the SIP it carries, over TCP.
+                Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => 6,
             },
             time: SystemTime::now(),
             payload_type: PAYLOAD_SIP,
@@ -401,7 +403,7 @@ fn connect(target: &HepTarget) -> Option<Link> {
             s.connect(addr).ok()?;
             Some(Link::Udp(s))
         }
-        Transport::Tcp => {
+        Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
             let s = TcpStream::connect_timeout(&addr, TCP_TIMEOUT).ok()?;
             s.set_write_timeout(Some(TCP_TIMEOUT)).ok()?;
             let _ = s.set_nodelay(true);

@@ -156,6 +156,7 @@ pub async fn serve_until(
                 mute: Duration::from_secs(cfg.sip.request_mute_secs),
                 ..valid.stateless.guard.clone()
             },
+            tls: valid.tls.clone(),
             ..Default::default()
         },
         timers: valid.timers,
@@ -165,6 +166,7 @@ pub async fn serve_until(
         observer,
     };
     let (endpoint, events) = Endpoint::start(ep_cfg).await?;
+    reload_tls_on_sighup(valid.tls.clone());
     let sip_addrs = endpoint.local_addrs();
     for a in endpoint.local_addrs() {
         say!("dialbridge: SIP listening on {a}");
@@ -589,6 +591,35 @@ fn add_connection_metrics(
         "The nofile limit the descriptor budget was planned for.",
         move || nofile,
     );
+}
+
+/// Reads `[tls] cert` and `key` again on each SIGHUP: new handshakes use the new pair,
+/// open connections keep theirs; a pair that does not load leaves the old one in place.
+fn reload_tls_on_sighup(tls: Option<Arc<sip_core::tls::TlsContext>>) {
+    #[cfg(unix)]
+    if let Some(tls) = tls.filter(|t| t.has_server()) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: the TLS certificate is not reloadable");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => tracing::info!(
+                        cert = ?tls.settings().cert,
+                        "SIGHUP: tls certificate and key reloaded"
+                    ),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "SIGHUP: tls certificate and key not reloaded: the previous pair stays"
+                    ),
+                }
+            }
+        });
+    }
 }
 
 async fn shutdown_signal() {

@@ -62,6 +62,9 @@
 //! - `mixer` — G.711 mixing with no sockets: jitter buffers, saturated sums, the RTP streams of
 //!   the mix; `monitor` — [`Monitor`], a supervisor's third port pair on a session and its
 //!   mixing thread (listen / whisper / barge, see [`MonitorMode`]).
+//! - `srtp` — SRTP/SRTCP on a leg keyed by SDES (RFC 3711, RFC 4568); a leg with SRTP takes
+//!   a separate, copying path (decrypt or encrypt into a new buffer, one `sendto`), so plain
+//!   legs keep the zero-copy one at the cost of one branch.
 //! - `latch` — symmetric RTP decisions (allowed sources, probation). `timeout` — the media time-out. `ports` — the range.
 //!
 //! `stats`, `latch` and `timeout` are pure: they take the time as an argument and are tested
@@ -69,11 +72,12 @@
 //!
 //! # What it does not do
 //!
-//! No SIP and no SDP parsing (the B2BUA tells it addresses and payload types), no
-//! transcoding, no SRTP/DTLS termination, no ICE (STUN packets are relayed untouched, and not
+//! No SIP and no SDP parsing (the B2BUA tells it addresses, payload types and SDES keys), no
+//! transcoding, no DTLS termination (SRTP with SDES keys is ended per leg, see `srtp`), no ICE (STUN packets are relayed untouched, and not
 //! counted as media), no RTCP generation; recordings decode G.711 only. (RTCP can be watched:
 //! [`RelayConfig::rtcp_tap`] is shown a copy of each RTCP packet, received and sent — RTP
-//! never.) It never rewrites a packet it relays. The exception to "bytes in, same bytes out"
+//! never.) It never rewrites a packet it relays between plain legs (an SRTP leg's packets are
+//! decrypted or encrypted). The other exception to "bytes in, same bytes out"
 //! is a monitored call ([`Relay::attach_monitor`]): there G.711 is decoded, mixed (with a
 //! jitter buffer per input) and re-encoded for the parties who hear a mix; other codecs
 //! cannot be monitored ([`MediaError::CodecNotMixable`]). [`MediaSession::set_muted`] stops
@@ -92,6 +96,7 @@ pub mod recorder;
 mod relay;
 pub mod rtp;
 pub mod source;
+pub mod srtp;
 pub mod stats;
 mod sys;
 pub mod timeout;

@@ -454,6 +454,21 @@ impl MediaSession {
         })
     }
 
+    /// Turns SRTP on for `leg` (SDES keys: ours encrypts what the relay sends to the peer,
+    /// the peer's decrypts what it sends), or off with `None`. Packets of that leg that fail
+    /// authentication or the replay check are dropped and counted as `srtp_dropped`.
+    pub fn set_srtp(
+        &self,
+        leg: LegId,
+        keys: Option<crate::srtp::SrtpKeys>,
+    ) -> Result<(), MediaError> {
+        self.send(Control::SetSrtp {
+            id: self.id,
+            leg,
+            keys: keys.map(Box::new),
+        })
+    }
+
     /// Sets the RTP clock rate of `leg`'s payload, for jitter (default 8000 Hz; 48000 for opus).
     pub fn set_clock_rate(&self, leg: LegId, hz: u32) -> Result<(), MediaError> {
         self.send(Control::SetClockRate {

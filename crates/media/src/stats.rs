@@ -258,6 +258,9 @@ pub struct LegStats {
     pub clock_rate: u32,
     /// Packets dropped because they came from a source other than the latched one.
     pub hijack_dropped: u64,
+    /// SRTP/SRTCP packets of this leg dropped: failed authentication (a wrong key) or a
+    /// replay.
+    pub srtp_dropped: u64,
     /// Packets from this leg that could not be sent on: the other leg had no known address,
     /// forwarding was stopped, the datagram was oversized, or the send failed.
     pub not_forwarded: u64,
@@ -313,6 +316,7 @@ pub(crate) struct LegCounters {
     pub jitter: AtomicU32,
     pub clock_rate: AtomicU32,
     pub hijack_dropped: AtomicU64,
+    pub srtp_dropped: AtomicU64,
     pub not_forwarded: AtomicU64,
     /// Nanoseconds since the relay epoch, plus one; 0 means never.
     pub last_rx: AtomicU64,
@@ -330,6 +334,7 @@ pub(crate) struct LegTally {
     pub tx_bytes: u64,
     pub tx_rtcp_packets: u64,
     pub hijack_dropped: u64,
+    pub srtp_dropped: u64,
     pub not_forwarded: u64,
     pub last_rx: Option<Instant>,
 }
@@ -343,6 +348,7 @@ impl LegCounters {
         self.tx_bytes.store(t.tx_bytes, Relaxed);
         self.tx_rtcp_packets.store(t.tx_rtcp_packets, Relaxed);
         self.hijack_dropped.store(t.hijack_dropped, Relaxed);
+        self.srtp_dropped.store(t.srtp_dropped, Relaxed);
         self.not_forwarded.store(t.not_forwarded, Relaxed);
         self.expected.store(r.expected(), Relaxed);
         self.lost.store(r.lost(), Relaxed);
@@ -376,6 +382,7 @@ impl LegCounters {
             jitter: self.jitter.load(Relaxed),
             clock_rate: self.clock_rate.load(Relaxed),
             hijack_dropped: self.hijack_dropped.load(Relaxed),
+            srtp_dropped: self.srtp_dropped.load(Relaxed),
             not_forwarded: self.not_forwarded.load(Relaxed),
             last_rx: (last > 0).then(|| epoch + Duration::from_nanos(last - 1)),
             remote_rtp,

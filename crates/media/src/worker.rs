@@ -103,6 +103,11 @@ pub(crate) enum Control {
         leg: LegId,
         payload_type: Option<u8>,
     },
+    SetSrtp {
+        id: SessionId,
+        leg: LegId,
+        keys: Option<Box<crate::srtp::SrtpKeys>>,
+    },
     Start(SessionId),
     Stop(SessionId),
     /// Stop (or resume) relaying RTP that arrives on `leg` (RTCP still flows).
@@ -318,7 +323,8 @@ pub(crate) struct LegState {
     rtp_dest: Option<RawSockAddr>,
     /// Where RTCP for this leg's peer goes (out of `rtcp`, or of `rtp` with rtcp-mux).
     rtcp_dest: Option<RawSockAddr>,
-    /// `rtp_dest` as an address, for the packets the relay makes itself (prompts).
+    /// `rtp_dest` as an address, for the packets the relay makes itself (prompts) and the
+    /// SRTP path's `send_to`.
     rtp_dest_addr: Option<SocketAddr>,
     /// A prompt played to this leg's peer: the other leg's RTP toward it is held back.
     player: Option<crate::source::Player>,
@@ -329,6 +335,13 @@ pub(crate) struct LegState {
     last_event: Option<u32>,
     /// The same, for an RTCP tap.
     rtcp_dest_addr: Option<SocketAddr>,
+    /// SRTP on this leg (SDES keys); `None`: plain RTP.
+    srtp: Option<Box<crate::srtp::SrtpLeg>>,
+    /// SRTP keys were given but unusable: nothing of this leg is relayed.
+    srtp_refused: bool,
+    /// `srtp` or `srtp_refused`: packets to or from this leg take the SRTP path (one flag,
+    /// so that the plain path pays one test per leg).
+    srtp_path: bool,
     clock_rate: u32,
     reception: RtpReception,
     pub tally: LegTally,
@@ -356,6 +369,9 @@ impl LegState {
             event_pt: NO_EVENTS,
             last_event: None,
             rtcp_dest_addr: None,
+            srtp: None,
+            srtp_refused: false,
+            srtp_path: false,
             clock_rate: DEFAULT_CLOCK_RATE,
             reception: RtpReception::default(),
             tally: LegTally::default(),
@@ -565,6 +581,22 @@ impl SessionState {
                 return None;
             }
         }
+        if inn.srtp_path | out.srtp_path {
+            let forwarding = self.forwarding && !truncated;
+            srtp_datagram(
+                self.id,
+                in_leg,
+                inn,
+                out,
+                from_rtcp_port,
+                data,
+                src,
+                forwarding,
+                now,
+                params,
+            );
+            return None;
+        }
         // STUN (ICE connectivity checks, consent and NAT keep-alives) is relayed untouched,
         // as the relay does no ICE of its own and the endpoints' checks must reach each other
         // end to end; but it is not media: it counts neither as a packet received or sent
@@ -643,6 +675,135 @@ impl SessionState {
             l.publish(&self.shared.legs[i], epoch);
         }
         self.dirty = false;
+    }
+}
+
+/// The path of a datagram when either leg speaks SRTP (see [`crate::srtp`]): decrypt what
+/// comes from an SRTP leg (dropping what fails authentication or the replay check, logged
+/// once per leg), count it as the plain path does, encrypt what goes to an SRTP leg, and send
+/// it at once from the other leg's socket. It copies (the packet changes length), so it is
+/// kept apart from the plain path, which only pays the branch that leads here.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn srtp_datagram(
+    session: SessionId,
+    in_leg: usize,
+    inn: &mut LegState,
+    out: &mut LegState,
+    from_rtcp_port: bool,
+    data: &[u8],
+    src: SocketAddr,
+    forwarding: bool,
+    now: Instant,
+    params: &WorkerParams,
+) {
+    if inn.srtp_refused || out.srtp_refused {
+        inn.tally.not_forwarded += 1;
+        return;
+    }
+    let pkt = rtp::classify(data);
+    let stun = matches!(pkt, Packet::Other) && rtp::is_stun(data);
+    let is_rtcp = from_rtcp_port || pkt.is_rtcp();
+    if matches!(pkt, Packet::Other) && !stun {
+        // Neither RTP, RTCP nor STUN: nothing to decrypt or encrypt.
+        inn.tally.not_forwarded += 1;
+        return;
+    }
+    let decrypted;
+    let plain: &[u8] = match (&mut inn.srtp, stun) {
+        (Some(srtp), false) => match srtp.unprotect(data, is_rtcp) {
+            Ok(p) => {
+                decrypted = p;
+                &decrypted
+            }
+            Err(e) => {
+                inn.tally.srtp_dropped += 1;
+                if !srtp.logged {
+                    srtp.logged = true;
+                    warn!(
+                        %session,
+                        leg = ?LegId::from_index(in_leg),
+                        source = %src,
+                        rtcp = is_rtcp,
+                        replay = e.is_replay(),
+                        error = %e,
+                        "srtp packet refused: it failed authentication (a wrong key?) or the replay check; dropped (counted as srtp_dropped; logged once per leg)"
+                    );
+                }
+                return;
+            }
+        },
+        _ => data,
+    };
+    if !stun {
+        inn.tally.rx_packets += 1;
+        inn.tally.rx_bytes += plain.len() as u64;
+        inn.tally.rx_rtcp_packets += u64::from(is_rtcp);
+        inn.tally.last_rx = Some(now);
+        if let Packet::Rtp(h) = rtp::classify(plain) {
+            let since = now.saturating_duration_since(params.epoch);
+            inn.reception
+                .on_rtp(&h, timestamp_units(since, inn.clock_rate));
+        }
+    }
+    let dest = if is_rtcp {
+        out.rtcp_dest_addr
+    } else {
+        out.rtp_dest_addr
+    };
+    let (Some(dest), true) = (dest, forwarding) else {
+        inn.tally.not_forwarded += u64::from(!stun);
+        return;
+    };
+    if is_rtcp && !stun {
+        if let Some(tap) = &params.rtcp_tap {
+            tap_rtcp(
+                tap.as_ref(),
+                session,
+                in_leg,
+                inn,
+                out,
+                from_rtcp_port,
+                src,
+                plain,
+                true,
+            );
+        }
+    }
+    let encrypted;
+    let wire: &[u8] = match (&mut out.srtp, stun) {
+        (Some(srtp), false) => match srtp.protect(plain, is_rtcp) {
+            Ok(p) => {
+                encrypted = p;
+                &encrypted
+            }
+            Err(e) => {
+                inn.tally.not_forwarded += 1;
+                if !srtp.logged {
+                    srtp.logged = true;
+                    warn!(%session, error = %e, "srtp: a packet could not be protected; dropped (logged once per leg)");
+                }
+                return;
+            }
+        },
+        _ => plain,
+    };
+    let sock = if is_rtcp && !out.rtcp_mux {
+        &out.rtcp
+    } else {
+        &out.rtp
+    };
+    match sock.send_to(wire, dest) {
+        Ok(_) => out.count_tx(
+            1,
+            wire.len() as u64,
+            Route {
+                rtcp: is_rtcp,
+                stun,
+            },
+        ),
+        Err(_) => inn.tally.not_forwarded += 1,
     }
 }
 
@@ -773,6 +934,21 @@ impl Core {
                         let l = &mut s.legs[leg.index()];
                         l.event_pt = payload_type.map_or(NO_EVENTS, |pt| pt & 0x7f);
                         l.last_event = None;
+                    }
+                }
+                Control::SetSrtp { id, leg, keys } => {
+                    if let Some(s) = self.session_mut(id) {
+                        let l = &mut s.legs[leg.index()];
+                        l.srtp = match keys.map(|k| crate::srtp::SrtpLeg::new(&k)) {
+                            None => None,
+                            Some(Ok(srtp)) => Some(Box::new(srtp)),
+                            Some(Err(e)) => {
+                                warn!(session = %id, ?leg, error = %e, "srtp keys not usable: the leg's media is dropped");
+                                l.srtp_refused = true;
+                                None
+                            }
+                        };
+                        l.srtp_path = l.srtp.is_some() || l.srtp_refused;
                     }
                 }
                 Control::Start(id) => {

@@ -403,8 +403,8 @@ impl Endpoint {
     ) -> Option<Uri> {
         let a = self.advertised(transport, dest)?;
         let mut u = crate::message::SipUri::new(user, Host::Ip(a.ip()), Some(a.port()));
-        if transport == Transport::Tcp {
-            u.params.set("transport", Some("tcp"));
+        if transport != Transport::Udp {
+            u.params.set("transport", Some(transport.as_str()));
         }
         Some(Uri::Sip(u))
     }
@@ -582,27 +582,39 @@ impl Endpoint {
             remote: dest.addr,
             conn: dest.conn,
         };
-        if dest.transport == Transport::Tcp {
+        if dest.transport.is_stream() {
             let alive = flow.conn.is_some_and(|c| self.transports.conn_alive(c));
             if !alive {
-                flow.conn = Some(self.transports.connect_to(dest.addr).await?);
+                flow.conn = Some(
+                    self.transports
+                        .connect_to(dest.transport, dest.addr)
+                        .await?,
+                );
             }
         }
         Ok(flow)
     }
 }
 
-/// Resolves a SIP URI to a destination (numeric hosts directly, names by A/AAAA).
+/// Resolves a SIP URI to a destination (numeric hosts directly, names by A/AAAA). A `sips:`
+/// URI or `;transport=tls` goes over TLS (RFC 3261 §26.2.2, default port 5061).
 pub async fn resolve_uri(uri: &Uri) -> Result<Destination, EndpointError> {
     let sip = uri
         .as_sip()
         .ok_or_else(|| EndpointError::NoRoute(uri.to_string()))?;
-    let transport = match sip.transport().as_deref() {
-        None | Some("udp") => Transport::Udp,
-        Some("tcp") => Transport::Tcp,
-        Some(_) => return Err(EndpointError::NoRoute(uri.to_string())),
+    let transport = match (sip.secure, sip.transport().as_deref()) {
+        (false, None | Some("udp")) => Transport::Udp,
+        (true, None | Some("tcp")) | (_, Some("tls")) => Transport::Tls,
+        (false, Some("tcp")) => Transport::Tcp,
+        (false, Some("ws")) => Transport::Ws,
+        (_, Some("wss")) => Transport::Wss,
+        _ => return Err(EndpointError::NoRoute(uri.to_string())),
     };
-    let port = sip.port.unwrap_or(5060);
+    let port = sip.port.unwrap_or(if transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    });
     let host = sip
         .params
         .get_str("maddr")

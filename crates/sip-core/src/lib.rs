@@ -9,5 +9,6 @@ pub mod message;
 pub mod observe;
 pub mod sdp;
 pub mod stateless;
+pub mod tls;
 pub mod transaction;
 pub mod transport;

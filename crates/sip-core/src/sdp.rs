@@ -399,6 +399,29 @@ pub fn static_payload_type(pt: u8) -> Option<RtpMap<'static>> {
     })
 }
 
+/// One `a=crypto` attribute (RFC 4568 §9.1), borrowed from its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crypto<'a> {
+    pub tag: u32,
+    /// `AES_CM_128_HMAC_SHA1_80`, ...
+    pub suite: &'a str,
+    /// The first key's `inline:` value: base64 key and salt, maybe `|lifetime|MKI:length`.
+    pub inline: &'a str,
+}
+
+impl<'a> Crypto<'a> {
+    /// Parses the value of an `a=crypto` attribute.
+    pub fn parse(value: &'a str) -> Option<Crypto<'a>> {
+        let mut parts = value.split_ascii_whitespace();
+        let tag = parts.next()?.parse().ok()?;
+        let suite = parts.next()?;
+        // Several keys are joined by ';' (RFC 4568 §9.1); the first is used.
+        let key = parts.next()?.split(';').next()?;
+        let inline = key.strip_prefix("inline:")?;
+        Some(Crypto { tag, suite, inline })
+    }
+}
+
 /// A media description: the `m=` line (RFC 4566 §5.14) and the lines under it:
 /// `m=<media> <port>[/<number of ports>] <proto> <fmt> ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,6 +445,16 @@ pub struct MediaDescription {
 }
 
 impl MediaDescription {
+    /// The `a=crypto` lines (RFC 4568 §9.1: `a=crypto:<tag> <crypto-suite> <key-params>
+    /// [<session-params>]`), in order; malformed ones are left out.
+    pub fn cryptos(&self) -> Vec<Crypto<'_>> {
+        self.attributes
+            .iter()
+            .filter(|a| a.name.eq_ignore_ascii_case("crypto"))
+            .filter_map(|a| Crypto::parse(a.value.as_deref()?))
+            .collect()
+    }
+
     /// A media description with no attributes.
     pub fn new(media: &str, port: u16, proto: &str, formats: Vec<String>) -> MediaDescription {
         MediaDescription {

@@ -1,10 +1,17 @@
-//! Transports: UDP and TCP over IPv4 and IPv6, several listen addresses (RFC 3261 §18).
+//! Transports: UDP, TCP and TLS over IPv4 and IPv6, several listen addresses (RFC 3261 §18).
 //!
 //! - UDP: one socket per listen address; each datagram is one message.
 //! - TCP: accepted and outgoing connections share one table; messages are framed by
 //!   Content-Length ([`crate::message::frame`]); a message larger than the maximum size
 //!   closes the connection (after a `513`-less drop: the stream cannot be resynchronised).
 //!   `CRLF CRLF` keep-alive pings are answered with `CRLF` (RFC 5626 §4.4.1).
+//! - TLS (RFC 3261 §26.2, RFC 5630): TCP with a rustls session on it ([`crate::tls`]), in
+//!   the same connection table under the same guards. An accepted connection must finish
+//!   its handshake within the first-message time-out; a failed handshake is logged with the
+//!   peer and the reason and the connection dropped. Outgoing connections verify the
+//!   server's certificate for the name set with [`Transports::set_tls_server_name`] (a
+//!   trunk's host name), else for the peer's IP address. Connections are reused: a message
+//!   to a peer goes on the open connection of the same transport to it, if there is one.
 //!
 //! Guards against one source taking what every client needs:
 //!
@@ -33,39 +40,79 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::limits::{Cap, ConnSlot, ConnectionLimits, ConnectionLimitsConfig};
 use crate::message::{frame, Frame};
 use crate::stateless::{RefusalGuard, RefusalGuardConfig, Verdict};
+use crate::tls::TlsContext;
+
+mod ws;
 
 /// A SIP transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
+    /// SIP over WebSocket (RFC 7118), plain.
+    Ws,
+    /// SIP over secure WebSocket (RFC 7118): TLS, then WebSocket.
+    Wss,
 }
 
 impl Transport {
-    /// The token used in Via (`UDP`, `TCP`).
+    /// The token used in Via (`UDP`, `TCP`, `TLS`).
     pub fn via_token(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
 
     /// Whether the transport is reliable (no retransmissions, RFC 3261 §17).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        self.is_stream()
+    }
+
+    /// Whether messages travel on connections (TCP, TLS) rather than datagrams.
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    /// Whether the transport is secure (RFC 3261 §26.2: a `sips:` URI asks for it).
+    pub fn is_secure(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    /// Whether it is a WebSocket transport (its peers connect to us; never the reverse).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
+
+    /// The `transport` URI parameter's value (`udp`, `tcp`, `tls`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
     }
 
     pub fn parse(s: &str) -> Option<Transport> {
         match s.to_ascii_lowercase().as_str() {
             "udp" => Some(Transport::Udp),
             "tcp" => Some(Transport::Tcp),
+            "tls" => Some(Transport::Tls),
+            "ws" => Some(Transport::Ws),
+            "wss" => Some(Transport::Wss),
             _ => None,
         }
     }
@@ -73,10 +120,7 @@ impl Transport {
 
 impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -93,8 +137,9 @@ impl FromStr for ListenAddr {
         let (t, a) = s.split_once(':').ok_or_else(|| {
             format!("\"{s}\": expected transport:address:port, e.g. udp:127.0.0.1:5060")
         })?;
-        let transport = Transport::parse(t)
-            .ok_or_else(|| format!("\"{s}\": unknown transport \"{t}\" (udp or tcp)"))?;
+        let transport = Transport::parse(t).ok_or_else(|| {
+            format!("\"{s}\": unknown transport \"{t}\" (udp, tcp, tls, ws or wss)")
+        })?;
         let addr = a
             .parse()
             .map_err(|_| format!("\"{s}\": \"{a}\" is not an address:port (IPv6 in brackets)"))?;
@@ -108,7 +153,7 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-/// An identifier of one TCP connection.
+/// An identifier of one connection (TCP or TLS).
 pub type ConnId = u64;
 
 /// The path a message took (or will take): transport, both ends, and the connection.
@@ -117,7 +162,7 @@ pub struct Flow {
     pub transport: Transport,
     pub local: SocketAddr,
     pub remote: SocketAddr,
-    /// The TCP connection, when there is one.
+    /// The connection (TCP, TLS), when there is one.
     pub conn: Option<ConnId>,
 }
 
@@ -144,6 +189,9 @@ pub struct TransportConfig {
     /// Requests one source may send per second (its own budget, separate from the refusal
     /// budget); `per_sec = 0` turns the guard off.
     pub request_guard: RefusalGuardConfig,
+    /// The TLS configurations: needed by `tls:` listen addresses and by connections to TLS
+    /// peers.
+    pub tls: Option<Arc<TlsContext>>,
 }
 
 impl Default for TransportConfig {
@@ -159,6 +207,7 @@ impl Default for TransportConfig {
                 per_sec: 0,
                 ..RefusalGuardConfig::default()
             },
+            tls: None,
         }
     }
 }
@@ -201,9 +250,18 @@ pub enum TransportError {
     Send(SocketAddr, std::io::Error),
     #[error("connection {0} is closed")]
     Closed(ConnId),
+    #[error("{0}: a TLS transport needs [tls] cert and key")]
+    NoTlsConfig(ListenAddr),
+    #[error("tls connection to {remote} (as {name}) failed: {source}")]
+    Tls {
+        remote: SocketAddr,
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 struct Conn {
+    transport: Transport,
     remote: SocketAddr,
     local: SocketAddr,
     tx: mpsc::Sender<Bytes>,
@@ -214,8 +272,11 @@ struct Conn {
 /// The bound transports. Cheap to share (`Arc`).
 pub struct Transports {
     udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
-    tcp_listeners: Vec<SocketAddr>,
+    /// TCP and TLS listen addresses.
+    stream_listeners: Vec<(Transport, SocketAddr)>,
     conns: Mutex<HashMap<ConnId, Conn>>,
+    /// The name a TLS peer's certificate is checked against, per address (a trunk's host).
+    tls_names: RwLock<HashMap<SocketAddr, String>>,
     next_conn: AtomicU64,
     inbound: mpsc::Sender<Inbound>,
     cfg: TransportConfig,
@@ -229,7 +290,7 @@ impl fmt::Debug for Transports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transports")
             .field("udp", &self.udp.iter().map(|(a, _)| a).collect::<Vec<_>>())
-            .field("tcp", &self.tcp_listeners)
+            .field("streams", &self.stream_listeners)
             .finish()
     }
 }
@@ -252,20 +313,25 @@ impl Transports {
                         .map_err(|source| TransportError::Bind { addr: *la, source })?;
                     udp.push((local, Arc::new(sock)));
                 }
-                Transport::Tcp => {
+                Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => {
+                    if la.transport.is_secure() && !cfg.tls.as_ref().is_some_and(|t| t.has_server())
+                    {
+                        return Err(TransportError::NoTlsConfig(*la));
+                    }
                     let l = bind_tcp(la.addr)
                         .map_err(|source| TransportError::Bind { addr: *la, source })?;
                     let local = l
                         .local_addr()
                         .map_err(|source| TransportError::Bind { addr: *la, source })?;
-                    listeners.push((local, l));
+                    listeners.push((la.transport, local, l));
                 }
             }
         }
         let t = Arc::new(Transports {
             udp: udp.clone(),
-            tcp_listeners: listeners.iter().map(|(a, _)| *a).collect(),
+            stream_listeners: listeners.iter().map(|(t, a, _)| (*t, *a)).collect(),
             conns: Mutex::new(HashMap::new()),
+            tls_names: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             inbound,
             limits: ConnectionLimits::new(cfg.tcp_limits),
@@ -278,9 +344,9 @@ impl Transports {
             let t2 = Arc::clone(&t);
             tokio::spawn(async move { t2.udp_loop(local, sock).await });
         }
-        for (local, l) in listeners {
+        for (transport, local, l) in listeners {
             let t2 = Arc::clone(&t);
-            tokio::spawn(async move { t2.accept_loop(local, l).await });
+            tokio::spawn(async move { t2.accept_loop(transport, local, l).await });
         }
         Ok(t)
     }
@@ -293,8 +359,8 @@ impl Transports {
                 transport: Transport::Udp,
                 addr: *a,
             })
-            .chain(self.tcp_listeners.iter().map(|a| ListenAddr {
-                transport: Transport::Tcp,
+            .chain(self.stream_listeners.iter().map(|(t, a)| ListenAddr {
+                transport: *t,
                 addr: *a,
             }))
             .collect()
@@ -313,8 +379,27 @@ impl Transports {
         };
         match transport {
             Transport::Udp => pick(&mut self.udp.iter().map(|(a, _)| *a)),
-            Transport::Tcp => pick(&mut self.tcp_listeners.iter().copied()),
+            t => pick(
+                &mut self
+                    .stream_listeners
+                    .iter()
+                    .filter(|(lt, _)| *lt == t)
+                    .map(|(_, a)| *a),
+            ),
         }
+    }
+
+    /// The name to check the certificate of the TLS peer at `addr` against (a trunk's
+    /// host name); without one, its IP address is checked.
+    pub fn set_tls_server_name(&self, addr: SocketAddr, name: &str) {
+        if let Ok(mut n) = self.tls_names.write() {
+            n.insert(addr, name.to_owned());
+        }
+    }
+
+    /// The TLS configurations, when TLS is set up.
+    pub fn tls(&self) -> Option<&Arc<TlsContext>> {
+        self.cfg.tls.as_ref()
     }
 
     /// Installs the test for known peers (registered phones, trunks): they are exempt from
@@ -438,7 +523,7 @@ impl Transports {
                     conn: None,
                 })
             }
-            Transport::Tcp => {
+            transport => {
                 let existing = {
                     let conns = self.conns.lock().map_err(|_| TransportError::Closed(0))?;
                     flow.conn
@@ -446,19 +531,19 @@ impl Transports {
                         .or_else(|| {
                             conns
                                 .iter()
-                                .find(|(_, c)| c.remote == flow.remote)
+                                .find(|(_, c)| c.remote == flow.remote && c.transport == transport)
                                 .map(|(id, c)| (*id, c.tx.clone(), c.local))
                         })
                 };
                 let (id, tx, local) = match existing {
                     Some(e) => e,
-                    None => self.connect(flow.remote).await?,
+                    None => self.connect(transport, flow.remote).await?,
                 };
                 tx.send(data)
                     .await
                     .map_err(|_| TransportError::Closed(id))?;
                 Ok(Flow {
-                    transport: Transport::Tcp,
+                    transport,
                     local,
                     remote: flow.remote,
                     conn: Some(id),
@@ -467,20 +552,22 @@ impl Transports {
         }
     }
 
-    /// An open connection to `remote`: an existing one, or a new one.
+    /// An open connection of `transport` (TCP, TLS) to `remote`: an existing one, or a
+    /// new one.
     pub async fn connect_to(
         self: &Arc<Self>,
+        transport: Transport,
         remote: SocketAddr,
     ) -> Result<ConnId, TransportError> {
         let existing = self.conns.lock().ok().and_then(|conns| {
             conns
                 .iter()
-                .find(|(_, c)| c.remote == remote)
+                .find(|(_, c)| c.remote == remote && c.transport == transport)
                 .map(|(id, _)| *id)
         });
         match existing {
             Some(id) => Ok(id),
-            None => self.connect(remote).await.map(|(id, _, _)| id),
+            None => self.connect(transport, remote).await.map(|(id, _, _)| id),
         }
     }
 
@@ -512,14 +599,14 @@ impl Transports {
                     .map(|_| ())
                     .map_err(|e| TransportError::Send(flow.remote, e))
             }
-            Transport::Tcp => {
+            transport => {
                 let tx = self.conns.lock().ok().and_then(|conns| {
                     flow.conn
                         .and_then(|id| conns.get(&id).map(|c| c.tx.clone()))
                         .or_else(|| {
                             conns
                                 .values()
-                                .find(|c| c.remote == flow.remote)
+                                .find(|c| c.remote == flow.remote && c.transport == transport)
                                 .map(|c| c.tx.clone())
                         })
                 });
@@ -532,7 +619,7 @@ impl Transports {
                         let flow = *flow;
                         tokio::spawn(async move {
                             if let Err(e) = t.send(&flow, data).await {
-                                tracing::debug!(remote = %flow.remote, error = %e, "tcp send failed");
+                                tracing::debug!(remote = %flow.remote, %transport, error = %e, "send failed");
                             }
                         });
                         Ok(())
@@ -544,6 +631,7 @@ impl Transports {
 
     async fn connect(
         self: &Arc<Self>,
+        transport: Transport,
         remote: SocketAddr,
     ) -> Result<(ConnId, mpsc::Sender<Bytes>, SocketAddr), TransportError> {
         let stream = tokio::time::timeout(self.cfg.tcp_connect_timeout, TcpStream::connect(remote))
@@ -551,24 +639,82 @@ impl Transports {
             .map_err(|_| TransportError::ConnectTimeout(remote))?
             .map_err(|e| TransportError::Connect(remote, e))?;
         let _ = stream.set_nodelay(true);
-        Ok(self.register_conn(stream, remote, None))
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
+        if transport.is_websocket() {
+            return Err(TransportError::Connect(
+                remote,
+                std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "WebSocket peers connect to us; their connection is closed",
+                ),
+            ));
+        }
+        if transport != Transport::Tls {
+            return Ok(self.register_conn(transport, stream, local, remote, None));
+        }
+        let name = self
+            .tls_names
+            .read()
+            .ok()
+            .and_then(|n| n.get(&remote).cloned())
+            .unwrap_or_else(|| remote.ip().to_string());
+        let tls_error = |source: std::io::Error| TransportError::Tls {
+            remote,
+            name: name.clone(),
+            source,
+        };
+        let ctx = self.cfg.tls.as_ref().ok_or_else(|| {
+            tls_error(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "no [tls] configuration",
+            ))
+        })?;
+        let server_name = crate::tls::server_name(&name).ok_or_else(|| {
+            tls_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a valid server name",
+            ))
+        })?;
+        let handshake = ctx.connector().connect(server_name, stream);
+        let tls = match tokio::time::timeout(self.cfg.tcp_connect_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    %remote,
+                    server_name = %name,
+                    error = %e,
+                    "tls connection refused: the handshake with the peer failed (is its certificate valid for this name and trusted by tls.ca or the system?)"
+                );
+                return Err(tls_error(e));
+            }
+            Err(_) => {
+                tracing::warn!(%remote, server_name = %name, "tls handshake timed out");
+                return Err(TransportError::ConnectTimeout(remote));
+            }
+        };
+        tracing::debug!(%remote, server_name = %name, "tls connection established");
+        Ok(self.register_conn(transport, tls, local, remote, None))
     }
 
     /// Starts the tasks of a connection; `slot` is an accepted connection's place under the
     /// caps (none for the connections we open).
-    fn register_conn(
+    fn register_conn<S>(
         self: &Arc<Self>,
-        stream: TcpStream,
+        transport: Transport,
+        stream: S,
+        local: SocketAddr,
         remote: SocketAddr,
         slot: Option<ConnSlot>,
-    ) -> (ConnId, mpsc::Sender<Bytes>, SocketAddr) {
+    ) -> (ConnId, mpsc::Sender<Bytes>, SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let local = stream
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
         // Messages we send say our listening port, so use it as the flow's local address.
         let advertised_local = self
-            .local_for(Transport::Tcp, remote)
+            .local_for(transport, remote)
             .map(|l| SocketAddr::new(local.ip(), l.port()))
             .unwrap_or(local);
         let (tx, rx) = mpsc::channel::<Bytes>(256);
@@ -576,6 +722,7 @@ impl Transports {
             conns.insert(
                 id,
                 Conn {
+                    transport,
                     remote,
                     local: advertised_local,
                     tx: tx.clone(),
@@ -583,9 +730,9 @@ impl Transports {
                 },
             );
         }
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = tokio::io::split(stream);
         let flow = Flow {
-            transport: Transport::Tcp,
+            transport,
             local: advertised_local,
             remote,
             conn: Some(id),
@@ -601,7 +748,7 @@ impl Transports {
             if let Ok(mut conns) = t.conns.lock() {
                 conns.remove(&id);
             }
-            tracing::debug!(conn = id, %remote, "tcp connection closed");
+            tracing::debug!(conn = id, %transport, %remote, "connection closed");
         });
         (id, tx, advertised_local)
     }
@@ -638,7 +785,12 @@ impl Transports {
         }
     }
 
-    async fn accept_loop(self: Arc<Self>, local: SocketAddr, listener: TcpListener) {
+    async fn accept_loop(
+        self: Arc<Self>,
+        transport: Transport,
+        local: SocketAddr,
+        listener: TcpListener,
+    ) {
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => {
@@ -649,8 +801,33 @@ impl Transports {
                     {
                         Ok(slot) => {
                             let _ = stream.set_nodelay(true);
-                            tracing::debug!(%local, %remote, "tcp connection accepted");
-                            self.register_conn(stream, remote, Some(slot));
+                            tracing::debug!(%local, %remote, %transport, "connection accepted");
+                            let conn_local = stream.local_addr().unwrap_or(local);
+                            if transport.is_secure() {
+                                let t = Arc::clone(&self);
+                                tokio::spawn(async move {
+                                    t.accept_tls(transport, stream, conn_local, remote, slot)
+                                        .await
+                                });
+                            } else if transport == Transport::Ws {
+                                let t = Arc::clone(&self);
+                                let deadline = tokio::time::Instant::now()
+                                    + self.cfg.tcp_first_message_timeout;
+                                tokio::spawn(async move {
+                                    t.accept_ws(
+                                        transport, stream, conn_local, remote, slot, deadline,
+                                    )
+                                    .await
+                                });
+                            } else {
+                                self.register_conn(
+                                    transport,
+                                    stream,
+                                    conn_local,
+                                    remote,
+                                    Some(slot),
+                                );
+                            }
                         }
                         Err(refused) => {
                             // Closed at once, with a reset: nothing is kept for it.
@@ -664,26 +841,61 @@ impl Transports {
                                 };
                                 tracing::warn!(
                                     %local,
+                                    %transport,
                                     source = %remote.ip(),
                                     open_from_source = refused.from_source,
                                     cap,
-                                    "tcp connections refused: over the cap (logged once per source and minute)"
+                                    "SIP connections refused: over the cap (logged once per source and minute)"
                                 );
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(%local, error = %e, "tcp accept failed");
+                    tracing::warn!(%local, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
     }
 
-    async fn read_loop(
+    /// The server side of a TLS handshake on an accepted connection, held to the
+    /// first-message time-out; the connection keeps its place under the caps throughout.
+    async fn accept_tls(
+        self: Arc<Self>,
+        transport: Transport,
+        stream: TcpStream,
+        local: SocketAddr,
+        remote: SocketAddr,
+        slot: ConnSlot,
+    ) {
+        let Some(acceptor) = self.cfg.tls.as_ref().and_then(|t| t.acceptor()) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + self.cfg.tcp_first_message_timeout;
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) if transport == Transport::Wss => {
+                self.accept_ws(transport, tls, local, remote, slot, deadline)
+                    .await;
+            }
+            Ok(Ok(tls)) => {
+                self.register_conn(Transport::Tls, tls, local, remote, Some(slot));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%local, %remote, error = %e, "tls handshake failed: connection dropped");
+            }
+            Err(_) => {
+                tracing::debug!(%local, %remote, "tls handshake not finished in time: connection dropped");
+                self.stats
+                    .closed_first_message
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
         &self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut rd: R,
         flow: Flow,
         tx: mpsc::Sender<Bytes>,
         accepted: bool,
@@ -721,7 +933,7 @@ impl Transports {
                     }
                     Ok(Frame::Incomplete) => break,
                     Err(e) => {
-                        tracing::info!(remote = %flow.remote, error = %e, "closing tcp connection");
+                        tracing::info!(remote = %flow.remote, transport = %flow.transport, error = %e, "closing the connection");
                         return;
                     }
                 }
@@ -736,7 +948,7 @@ impl Transports {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(_)) => last_read = tokio::time::Instant::now(),
                 Err(_) if !got_message => {
-                    tracing::debug!(remote = %flow.remote, "no complete message in time: closing the tcp connection");
+                    tracing::debug!(remote = %flow.remote, transport = %flow.transport, "no complete message in time: closing the connection");
                     self.stats
                         .closed_first_message
                         .fetch_add(1, Ordering::Relaxed);
@@ -749,7 +961,7 @@ impl Transports {
                         last_read = now;
                         continue;
                     }
-                    tracing::debug!(remote = %flow.remote, "tcp idle time-out");
+                    tracing::debug!(remote = %flow.remote, transport = %flow.transport, "idle time-out");
                     self.stats.closed_idle.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -758,12 +970,14 @@ impl Transports {
     }
 }
 
-async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(b) = rx.recv().await {
-        if wr.write_all(&b).await.is_err() {
+        // TLS buffers what it writes: flush so that each message leaves at once.
+        if wr.write_all(&b).await.is_err() || wr.flush().await.is_err() {
             return;
         }
     }
+    let _ = wr.shutdown().await;
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -1024,5 +1238,393 @@ mod tests {
         let st = t.stats();
         assert_eq!(st.requests_dropped.load(Ordering::Relaxed), 7);
         assert_eq!(st.request_mutes.load(Ordering::Relaxed), 1);
+    }
+
+    // ----- TLS ------------------------------------------------------------------------------
+
+    /// A CA and a leaf it signed for `names`, written as PEM files in a fresh directory.
+    struct TestPki {
+        dir: std::path::PathBuf,
+        ca: std::path::PathBuf,
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    }
+
+    fn test_pki(tag: &str, names: &[&str]) -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = std::env::temp_dir().join(format!(
+            "sip-core-tls-{tag}-{}-{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        let pki = TestPki {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            dir,
+        };
+        std::fs::write(&pki.ca, ca.pem()).unwrap();
+        std::fs::write(&pki.cert, leaf.pem()).unwrap();
+        std::fs::write(&pki.key, leaf_key.serialize_pem()).unwrap();
+        pki
+    }
+
+    impl Drop for TestPki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn tls_server_ctx(pki: &TestPki) -> Arc<TlsContext> {
+        TlsContext::load(crate::tls::TlsSettings {
+            cert: Some(pki.cert.clone()),
+            key: Some(pki.key.clone()),
+            ca: Some(pki.ca.clone()),
+        })
+        .unwrap()
+    }
+
+    async fn tls_transport(
+        listen: &str,
+        tls: Arc<TlsContext>,
+        cfg: TransportConfig,
+    ) -> (Arc<Transports>, SocketAddr, mpsc::Receiver<Inbound>) {
+        let (tx, rx) = mpsc::channel(64);
+        let cfg = TransportConfig {
+            listen: vec![listen.parse().unwrap()],
+            tls: Some(tls),
+            ..cfg
+        };
+        let t = Transports::bind(cfg, tx).await.unwrap();
+        let addr = t.local_addrs()[0].addr;
+        (t, addr, rx)
+    }
+
+    fn tls_flow(local: SocketAddr, remote: SocketAddr) -> Flow {
+        Flow {
+            transport: Transport::Tls,
+            local,
+            remote,
+            conn: None,
+        }
+    }
+
+    #[test]
+    fn tls_is_a_secure_reliable_stream_transport() {
+        let a: ListenAddr = "tls:127.0.0.1:5061".parse().unwrap();
+        assert_eq!(a.transport, Transport::Tls);
+        assert_eq!(a.to_string(), "tls:127.0.0.1:5061");
+        assert_eq!(Transport::Tls.via_token(), "TLS");
+        assert!(Transport::Tls.is_reliable() && Transport::Tls.is_secure());
+        assert!(!Transport::Tcp.is_secure() && !Transport::Udp.is_stream());
+    }
+
+    #[tokio::test]
+    async fn a_tls_listen_address_without_a_certificate_is_refused() {
+        let (tx, _rx) = mpsc::channel(4);
+        let cfg = TransportConfig {
+            listen: vec!["tls:127.0.0.1:0".parse().unwrap()],
+            ..Default::default()
+        };
+        let e = Transports::bind(cfg, tx).await.unwrap_err();
+        assert!(matches!(e, TransportError::NoTlsConfig(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn tls_messages_go_both_ways_and_the_connection_is_reused() {
+        let pki = test_pki("roundtrip", &["sip.carrier.test", "127.0.0.1"]);
+        let (server, server_addr, mut server_rx) =
+            tls_transport("tls:127.0.0.1:0", tls_server_ctx(&pki), Default::default()).await;
+        let (client, client_addr, mut client_rx) =
+            tls_transport("tls:127.0.0.2:0", tls_server_ctx(&pki), Default::default()).await;
+        client.set_tls_server_name(server_addr, "sip.carrier.test");
+
+        let used = client
+            .send(
+                &tls_flow(client_addr, server_addr),
+                Bytes::from_static(OPTIONS),
+            )
+            .await
+            .unwrap();
+        assert_eq!(used.transport, Transport::Tls);
+        assert_eq!(
+            used.local.port(),
+            client_addr.port(),
+            "our listening port is advertised"
+        );
+        let got = server_rx.recv().await.unwrap();
+        assert_eq!(&got.data[..], OPTIONS);
+        assert_eq!(got.flow.transport, Transport::Tls);
+        // The answer goes back on the connection it came in on.
+        server
+            .send(
+                &got.flow,
+                Bytes::from_static(b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            )
+            .await
+            .unwrap();
+        let back = client_rx.recv().await.unwrap();
+        assert!(back.data.starts_with(b"SIP/2.0 200"));
+        assert_eq!(back.flow.conn, used.conn);
+        // A second request reuses the open connection.
+        let again = client
+            .send(
+                &tls_flow(client_addr, server_addr),
+                Bytes::from_static(OPTIONS),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.conn, used.conn);
+        assert_eq!(server_rx.recv().await.unwrap().flow.conn, got.flow.conn);
+        assert_eq!(
+            server
+                .connection_limits()
+                .stats
+                .accepted
+                .load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_or_misnamed_certificate_is_refused_and_both_sides_go_on() {
+        let pki = test_pki("server", &["sip.carrier.test", "127.0.0.1"]);
+        let other = test_pki("other", &["sip.carrier.test"]);
+        let (_server, server_addr, mut server_rx) =
+            tls_transport("tls:127.0.0.1:0", tls_server_ctx(&pki), Default::default()).await;
+        // Trusting another CA: refused.
+        let (client, client_addr, _rx) = tls_transport(
+            "tls:127.0.0.2:0",
+            tls_server_ctx(&other),
+            Default::default(),
+        )
+        .await;
+        let e = client
+            .send(
+                &tls_flow(client_addr, server_addr),
+                Bytes::from_static(OPTIONS),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TransportError::Tls { .. }), "{e}");
+        assert!(e.to_string().contains("127.0.0.1"), "{e}");
+        // The right CA, the wrong name: refused.
+        let (named, named_addr, _rx2) = tls_transport(
+            "tls:127.0.0.3:0",
+            tls_client_and_server(&pki, &other),
+            Default::default(),
+        )
+        .await;
+        named.set_tls_server_name(server_addr, "elsewhere.test");
+        let e = named
+            .send(
+                &tls_flow(named_addr, server_addr),
+                Bytes::from_static(OPTIONS),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("elsewhere.test"), "{e}");
+        // The right name: accepted, and the server still serves.
+        named.set_tls_server_name(server_addr, "sip.carrier.test");
+        named
+            .send(
+                &tls_flow(named_addr, server_addr),
+                Bytes::from_static(OPTIONS),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&server_rx.recv().await.unwrap().data[..], OPTIONS);
+    }
+
+    /// Trusts `ca_of`'s CA, presents `identity`'s certificate.
+    fn tls_client_and_server(ca_of: &TestPki, identity: &TestPki) -> Arc<TlsContext> {
+        TlsContext::load(crate::tls::TlsSettings {
+            cert: Some(identity.cert.clone()),
+            key: Some(identity.key.clone()),
+            ca: Some(ca_of.ca.clone()),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn plain_text_to_a_tls_port_is_dropped() {
+        let pki = test_pki("plain", &["127.0.0.1"]);
+        let (_t, addr, mut rx) =
+            tls_transport("tls:127.0.0.1:0", tls_server_ctx(&pki), Default::default()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(OPTIONS).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), closed(&mut s)).await;
+        assert_eq!(r.ok(), Some(true), "closed");
+        assert!(rx.try_recv().is_err(), "nothing delivered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_handshake_that_never_comes_is_closed_after_the_first_message_time_out() {
+        let pki = test_pki("slow", &["127.0.0.1"]);
+        let (t, addr, _rx) = tls_transport(
+            "tls:127.0.0.1:0",
+            tls_server_ctx(&pki),
+            TransportConfig {
+                tcp_first_message_timeout: Duration::from_secs(10),
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_secs(9), closed(&mut s)).await;
+        assert!(early.is_err(), "open before the time-out");
+        let late = tokio::time::timeout(Duration::from_secs(2), closed(&mut s)).await;
+        assert_eq!(late.ok(), Some(true), "closed at the time-out");
+        assert_eq!(t.stats().closed_first_message.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn tls_connections_are_held_to_the_same_caps_as_tcp() {
+        let pki = test_pki("caps", &["127.0.0.1"]);
+        let (t, addr, _rx) = tls_transport(
+            "tls:127.0.0.1:0",
+            tls_server_ctx(&pki),
+            TransportConfig {
+                tcp_limits: ConnectionLimitsConfig {
+                    max_total: 10,
+                    max_per_source: 2,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), closed(&mut over)).await;
+        assert_eq!(r.ok(), Some(true), "over the cap: closed at once");
+        let limits = t.connection_limits();
+        assert_eq!(limits.stats.refused_per_source.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reloaded_certificate_serves_new_handshakes_and_a_bad_one_keeps_the_old() {
+        let first = test_pki("first", &["127.0.0.1"]);
+        let second = test_pki("second", &["127.0.0.1"]);
+        let server_ctx = tls_server_ctx(&first);
+        let (_server, server_addr, mut server_rx) = tls_transport(
+            "tls:127.0.0.1:0",
+            Arc::clone(&server_ctx),
+            Default::default(),
+        )
+        .await;
+        let (client, client_addr, _rx) = tls_transport(
+            "tls:127.0.0.2:0",
+            tls_client_and_server(&second, &second),
+            Default::default(),
+        )
+        .await;
+        assert!(client
+            .send(
+                &tls_flow(client_addr, server_addr),
+                Bytes::from_static(OPTIONS)
+            )
+            .await
+            .is_err());
+        // A broken file: the reload fails and the old pair stays.
+        std::fs::write(&first.cert, b"not a certificate").unwrap();
+        assert!(server_ctx.reload().is_err());
+        assert!(server_ctx.has_server());
+        // The second pair in the files: new handshakes present it.
+        std::fs::copy(&second.cert, &first.cert).unwrap();
+        std::fs::copy(&second.key, &first.key).unwrap();
+        server_ctx.reload().unwrap();
+        client
+            .send(
+                &tls_flow(client_addr, server_addr),
+                Bytes::from_static(OPTIONS),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&server_rx.recv().await.unwrap().data[..], OPTIONS);
+    }
+
+    #[tokio::test]
+    async fn sip_over_secure_websocket_goes_both_ways_on_one_connection() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::Message;
+        let pki = test_pki("wss", &["127.0.0.1"]);
+        let (t, addr, mut rx) =
+            tls_transport("wss:127.0.0.1:0", tls_server_ctx(&pki), Default::default()).await;
+        assert_eq!(t.local_addrs()[0].transport, Transport::Wss);
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read(&pki.ca).unwrap();
+        for c in
+            <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+                &ca,
+            )
+        {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(crate::tls::server_name("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let mut req = format!("wss://{addr}/").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+        assert_eq!(resp.headers().get("Sec-WebSocket-Protocol").unwrap(), "sip");
+        ws.send(Message::binary(OPTIONS.to_vec())).await.unwrap();
+        let got = rx.recv().await.unwrap();
+        assert_eq!(&got.data[..], OPTIONS);
+        assert_eq!(got.flow.transport, Transport::Wss);
+        // The answer, and a request of ours, go back on the same connection.
+        t.send(&got.flow, Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n"))
+            .await
+            .unwrap();
+        let flow = Flow {
+            conn: None,
+            ..got.flow
+        };
+        t.send(&flow, Bytes::from_static(b"OPTIONS sip:b SIP/2.0\r\n\r\n"))
+            .await
+            .unwrap();
+        for want in ["SIP/2.0 200 OK", "OPTIONS sip:b"] {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(m) => assert!(m.as_str().starts_with(want), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // CRLF keep-alive answered.
+        ws.send(Message::text("\r\n\r\n")).await.unwrap();
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(m) => assert_eq!(m.as_str(), "\r\n"),
+            other => panic!("{other:?}"),
+        }
+        // We never connect to a WebSocket peer.
+        let gone = Flow {
+            remote: "127.0.0.1:9".parse().unwrap(),
+            conn: None,
+            ..got.flow
+        };
+        assert!(t.send(&gone, Bytes::from_static(OPTIONS)).await.is_err());
     }
 }

@@ -71,7 +71,8 @@ pub use error::StoreError;
 pub use model::{
     Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
     IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry, OutboxState, PublishableKey,
-    TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, UnknownNumberType, User,
+    Srtp, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, UnknownNumberType,
+    UnknownSrtp, User,
 };
 pub use postgres::PgStore;
 pub use provision::{

@@ -259,14 +259,17 @@ pub struct Number {
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS (SPEC §9.5): the carrier's certificate is verified for its host name.
+    Tls,
 }
 
 impl Transport {
-    /// `"udp"` or `"tcp"`.
+    /// `"udp"`, `"tcp"` or `"tls"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 }
@@ -277,9 +280,9 @@ impl fmt::Display for Transport {
     }
 }
 
-/// The text was neither `udp` nor `tcp`.
+/// The text was none of `udp`, `tcp`, `tls`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("transport must be udp or tcp, not {0:?}")]
+#[error("transport must be udp, tcp or tls, not {0:?}")]
 pub struct UnknownTransport(pub String);
 
 impl FromStr for Transport {
@@ -289,7 +292,52 @@ impl FromStr for Transport {
         match s {
             "udp" => Ok(Transport::Udp),
             "tcp" => Ok(Transport::Tcp),
+            "tls" => Ok(Transport::Tls),
             other => Err(UnknownTransport(other.to_owned())),
+        }
+    }
+}
+
+/// Media encryption toward a trunk (SPEC §9.5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Srtp {
+    /// Plain RTP.
+    #[default]
+    None,
+    /// SRTP keyed by SDES (`a=crypto`, RFC 4568), `AES_CM_128_HMAC_SHA1_80`.
+    Sdes,
+}
+
+impl Srtp {
+    /// `"none"` or `"sdes"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Srtp::None => "none",
+            Srtp::Sdes => "sdes",
+        }
+    }
+}
+
+impl fmt::Display for Srtp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was neither `none` nor `sdes`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("srtp must be none or sdes, not {0:?}")]
+pub struct UnknownSrtp(pub String);
+
+impl FromStr for Srtp {
+    type Err = UnknownSrtp;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Srtp::None),
+            "sdes" => Ok(Srtp::Sdes),
+            other => Err(UnknownSrtp(other.to_owned())),
         }
     }
 }
@@ -316,6 +364,8 @@ pub struct Trunk {
     pub from_domain: Option<String>,
     /// Failover order, time-outs, health checks and limits (SPEC §9.8).
     pub routing: TrunkRouting,
+    /// Media encryption on calls through this trunk.
+    pub srtp: Srtp,
 }
 
 /// How calls use a trunk: its place in the failover order, when one of its targets is given

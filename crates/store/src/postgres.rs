@@ -227,6 +227,15 @@ ALTER TABLE accounts ADD COLUMN record_calls BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound';
 ALTER TABLE calls ADD COLUMN recording TEXT NOT NULL DEFAULT 'null';
 "#,
+    // 6: secure trunks (SPEC §9.5), as SQLite's 8: `tls` joins the transports, and `srtp`
+    // says how a trunk's media is encrypted.
+    r#"
+ALTER TABLE trunks DROP CONSTRAINT trunks_transport_check;
+ALTER TABLE trunks ADD CONSTRAINT trunks_transport_check
+    CHECK (transport IN ('udp', 'tcp', 'tls'));
+ALTER TABLE trunks ADD COLUMN srtp TEXT NOT NULL DEFAULT 'none'
+    CHECK (srtp IN ('none', 'sdes'));
+"#,
 ];
 
 /// The advisory lock held while migrating (any constant shared by all nodes).
@@ -583,7 +592,7 @@ fn number_from_row(row: &Row) -> Result<Number, StoreError> {
 const TRUNK_COLS: &str =
     "name, account_id, address, transport, username, password, emergency, dial_prefix, from_domain, \
      priority, invite_timeout_ms, failover_codes, options_interval_secs, down_after, up_after, \
-     max_calls, calls_per_second";
+     max_calls, calls_per_second, srtp";
 
 fn trunk_from_row(row: &Row) -> Result<Trunk, StoreError> {
     let transport: String = row.try_get(3)?;
@@ -618,6 +627,11 @@ fn trunk_from_row(row: &Row) -> Result<Trunk, StoreError> {
             up_after: u32_col(row, 14, "trunks.up_after")?,
             max_calls: opt_u32_col(row, 15, "trunks.max_calls")?,
             calls_per_second: opt_u32_col(row, 16, "trunks.calls_per_second")?,
+        },
+        srtp: {
+            let text: String = row.try_get(17)?;
+            text.parse()
+                .map_err(|e: crate::model::UnknownSrtp| bad_column("trunks.srtp", e.to_string()))?
         },
     })
 }
@@ -839,7 +853,7 @@ async fn insert_trunk<C: GenericClient + Sync>(c: &C, t: &Trunk) -> Result<(), S
         c,
         &format!(
             "INSERT INTO trunks ({TRUNK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             $10, $11, $12, $13, $14, $15, $16, $17)"
+             $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         ),
         &[
             &t.name,
@@ -859,6 +873,7 @@ async fn insert_trunk<C: GenericClient + Sync>(c: &C, t: &Trunk) -> Result<(), S
             &r.up_after,
             &r.max_calls,
             &r.calls_per_second,
+            &t.srtp.as_str(),
         ],
     )
     .await
@@ -874,7 +889,7 @@ async fn update_trunk_row<C: GenericClient + Sync>(c: &C, t: &Trunk) -> Result<u
              password = $6, emergency = $7, dial_prefix = $8, from_domain = $9,
              priority = $10, invite_timeout_ms = $11, failover_codes = $12,
              options_interval_secs = $13, down_after = $14, up_after = $15, max_calls = $16,
-             calls_per_second = $17
+             calls_per_second = $17, srtp = $18
          WHERE name = $1",
         &[
             &t.name,
@@ -894,6 +909,7 @@ async fn update_trunk_row<C: GenericClient + Sync>(c: &C, t: &Trunk) -> Result<u
             &r.up_after,
             &r.max_calls,
             &r.calls_per_second,
+            &t.srtp.as_str(),
         ],
     )
     .await
@@ -1342,6 +1358,7 @@ impl PgStore {
                 dial_prefix: t.dial_prefix.clone(),
                 from_domain: t.from_domain.clone(),
                 routing: t.routing(),
+                srtp: t.srtp(),
             };
             let existing = query_opt(
                 tx,

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 
 use crate::e164::{is_e164, is_e164_prefix};
-use crate::model::{AccountLimits, NumberType, Transport, TrunkRouting};
+use crate::model::{AccountLimits, NumberType, Srtp, Transport, TrunkRouting};
 use crate::secret::Secret;
 use crate::typeid::TypeId;
 
@@ -156,9 +156,12 @@ pub struct TrunkSpec {
     #[serde(default)]
     pub account: Option<String>,
     pub address: String,
-    /// `udp` (default) or `tcp`.
+    /// `udp` (default), `tcp` or `tls`.
     #[serde(default = "default_transport")]
     pub transport: String,
+    /// `none` (default) or `sdes`: SRTP keyed by `a=crypto` (needs `transport = "tls"`).
+    #[serde(default)]
+    pub srtp: Option<String>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
@@ -196,6 +199,14 @@ pub struct TrunkSpec {
 }
 
 impl TrunkSpec {
+    /// The media encryption (`none` when absent or not valid: validation reports that).
+    pub fn srtp(&self) -> Srtp {
+        self.srtp
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default()
+    }
+
     /// The routing settings, with the defaults of SPEC §9.8 for what is absent.
     pub fn routing(&self) -> TrunkRouting {
         let d = TrunkRouting::default();
@@ -733,6 +744,15 @@ impl Provisioning {
             if let Err(e) = t.transport.parse::<Transport>() {
                 issues.push(ConfigIssue::new(at("transport"), e.to_string()));
             }
+            match t.srtp.as_deref().map(str::parse::<Srtp>) {
+                Some(Err(e)) => issues.push(ConfigIssue::new(at("srtp"), e.to_string())),
+                // RFC 4568 §8.3: the keys travel in the SDP, so only over a secure transport.
+                Some(Ok(Srtp::Sdes)) if t.transport != "tls" => issues.push(ConfigIssue::new(
+                    at("srtp"),
+                    "srtp = \"sdes\" needs transport = \"tls\" (the keys travel in the SDP)",
+                )),
+                _ => {}
+            }
             match (&t.username, &t.password) {
                 (Some(u), _) if u.is_empty() => {
                     issues.push(ConfigIssue::new(at("username"), "must not be empty"));
@@ -1059,7 +1079,7 @@ owner = "user_01h2xcejqtf2nbrexx3vqjhp42"
         p.users[0].agent_id = Some(0);
         p.users[0].devices[1].username = "alice soft".into();
         p.users[0].devices[0].password = "".into();
-        p.trunks[0].transport = "tls".into();
+        p.trunks[0].transport = "sctp".into();
         p.trunks[0].address = "bad host:5080".into();
         p.trunks[0].password = None;
         p.trunks[0].account = Some(USER.into());
@@ -1091,7 +1111,7 @@ owner = "user_01h2xcejqtf2nbrexx3vqjhp42"
             ("users[0].devices[0].password", "must not be empty"),
             (
                 "trunks[0].transport",
-                "transport must be udp or tcp, not \"tls\"",
+                "transport must be udp, tcp or tls, not \"sctp\"",
             ),
             ("trunks[0].address", "\"bad host:5080\""),
             ("trunks[0].password", "required when username is set"),

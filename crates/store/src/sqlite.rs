@@ -236,6 +236,39 @@ ALTER TABLE accounts ADD COLUMN record_calls INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound';
 ALTER TABLE calls ADD COLUMN recording TEXT NOT NULL DEFAULT 'null';   -- JSON
 "#,
+    // 8: secure trunks (SPEC §9.5): `tls` joins the transports, and `srtp` says how a trunk's
+    // media is encrypted. SQLite cannot change a CHECK in place: the table is rebuilt.
+    r#"
+CREATE TABLE trunks_v8 (
+    name        TEXT PRIMARY KEY,
+    account_id  TEXT REFERENCES accounts(id) ON DELETE CASCADE,
+    address     TEXT NOT NULL,
+    transport   TEXT NOT NULL CHECK (transport IN ('udp', 'tcp', 'tls')),
+    username    TEXT,
+    password    TEXT,
+    emergency   INTEGER NOT NULL DEFAULT 0,
+    dial_prefix TEXT,
+    from_domain TEXT,
+    priority INTEGER NOT NULL DEFAULT 10,
+    invite_timeout_ms INTEGER NOT NULL DEFAULT 2000,
+    failover_codes TEXT NOT NULL DEFAULT '408,500,502,503,504',
+    options_interval_secs INTEGER NOT NULL DEFAULT 0,
+    down_after INTEGER NOT NULL DEFAULT 3,
+    up_after INTEGER NOT NULL DEFAULT 2,
+    max_calls INTEGER,
+    calls_per_second INTEGER,
+    srtp TEXT NOT NULL DEFAULT 'none' CHECK (srtp IN ('none', 'sdes'))
+);
+INSERT INTO trunks_v8 (name, account_id, address, transport, username, password, emergency,
+    dial_prefix, from_domain, priority, invite_timeout_ms, failover_codes,
+    options_interval_secs, down_after, up_after, max_calls, calls_per_second)
+SELECT name, account_id, address, transport, username, password, emergency,
+    dial_prefix, from_domain, priority, invite_timeout_ms, failover_codes,
+    options_interval_secs, down_after, up_after, max_calls, calls_per_second
+FROM trunks;
+DROP TABLE trunks;
+ALTER TABLE trunks_v8 RENAME TO trunks;
+"#,
 ];
 
 const PEPPER_KEY: &str = "api_secret_pepper";
@@ -602,7 +635,7 @@ fn number_from_row(row: &Row<'_>) -> rusqlite::Result<Number> {
 const TRUNK_COLS: &str =
     "name, account_id, address, transport, username, password, emergency, dial_prefix, from_domain, \
      priority, invite_timeout_ms, failover_codes, options_interval_secs, down_after, up_after, \
-     max_calls, calls_per_second";
+     max_calls, calls_per_second, srtp";
 
 fn trunk_from_row(row: &Row<'_>) -> rusqlite::Result<Trunk> {
     let transport: String = row.get(3)?;
@@ -629,6 +662,10 @@ fn trunk_from_row(row: &Row<'_>) -> rusqlite::Result<Trunk> {
             up_after: row.get(14)?,
             max_calls: row.get(15)?,
             calls_per_second: row.get(16)?,
+        },
+        srtp: {
+            let text: String = row.get(17)?;
+            text.parse().map_err(|e| conversion_error(17, e))?
         },
     })
 }
@@ -825,6 +862,7 @@ pub(crate) fn validate_trunk(trunk: &Trunk) -> Result<(), StoreError> {
         account: None,
         address: trunk.address.clone(),
         transport: trunk.transport.as_str().to_owned(),
+        srtp: Some(trunk.srtp.as_str().to_owned()),
         username: trunk.username.clone(),
         password: trunk.password.clone(),
         emergency: trunk.emergency,
@@ -1238,6 +1276,7 @@ impl SqliteStore {
                 dial_prefix: t.dial_prefix.clone(),
                 from_domain: t.from_domain.clone(),
                 routing: t.routing(),
+                srtp: t.srtp(),
             };
             let existing = tx
                 .query_row(
@@ -1318,7 +1357,7 @@ fn insert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
         conn,
         &format!(
             "INSERT INTO trunks ({TRUNK_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
         ),
         params![
             t.name,
@@ -1337,7 +1376,8 @@ fn insert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
             t.routing.down_after,
             t.routing.up_after,
             t.routing.max_calls,
-            t.routing.calls_per_second
+            t.routing.calls_per_second,
+            t.srtp.as_str()
         ],
     )
     .map_err(|e| insert_error(e, "trunk", &t.name))?;
@@ -1351,7 +1391,7 @@ fn update_trunk_row(conn: &Connection, t: &Trunk) -> Result<usize, StoreError> {
              password = ?6, emergency = ?7, dial_prefix = ?8, from_domain = ?9,
              priority = ?10, invite_timeout_ms = ?11, failover_codes = ?12,
              options_interval_secs = ?13, down_after = ?14, up_after = ?15, max_calls = ?16,
-             calls_per_second = ?17
+             calls_per_second = ?17, srtp = ?18
          WHERE name = ?1",
         params![
             t.name,
@@ -1370,7 +1410,8 @@ fn update_trunk_row(conn: &Connection, t: &Trunk) -> Result<usize, StoreError> {
             t.routing.down_after,
             t.routing.up_after,
             t.routing.max_calls,
-            t.routing.calls_per_second
+            t.routing.calls_per_second,
+            t.srtp.as_str()
         ],
     )
     .map_err(|e| insert_error(e, "trunk", &t.name))

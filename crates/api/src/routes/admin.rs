@@ -17,7 +17,7 @@ use crate::http::{BearerAccount, Json};
 use crate::routes::calls::ErrorBody;
 use crate::schemas::{
     DialPrefix, E164Number, E164Prefix, Extension, Host, HostPort, Name, NumberTypeName, Password,
-    Region, SipUsername, TrunkName, TrunkTransport, UserId,
+    Region, SipUsername, TrunkName, TrunkSrtp, TrunkTransport, UserId,
 };
 use crate::state::Shared;
 use crate::time::now_ms;
@@ -615,6 +615,10 @@ pub struct CreateTrunk {
     #[serde(default)]
     #[schema(value_type = Option<TrunkTransport>)]
     pub transport: Option<String>,
+    /// `none` when absent; `sdes` needs `transport` `tls`.
+    #[serde(default)]
+    #[schema(value_type = Option<TrunkSrtp>)]
+    pub srtp: Option<String>,
     /// Digest user name when the carrier challenges; requires `password`.
     #[serde(default)]
     #[schema(value_type = String, required = false, min_length = 1, max_length = 128)]
@@ -673,6 +677,9 @@ pub struct UpdateTrunk {
     #[serde(default)]
     #[schema(value_type = Option<TrunkTransport>)]
     pub transport: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<TrunkSrtp>)]
+    pub srtp: Option<String>,
     /// A trunk has both a user name and a password, or neither (409 `credentials_incomplete`).
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 128)]
@@ -727,8 +734,17 @@ const TRUNK_NOT_FOUND: ApiError = ApiError::NotFound {
 
 fn transport(s: Option<&str>) -> Result<Option<Transport>, ApiError> {
     s.map(|t| {
-        t.parse::<Transport>()
-            .map_err(|_| ApiError::bad_request("invalid_transport", "transport must be udp or tcp"))
+        t.parse::<Transport>().map_err(|_| {
+            ApiError::bad_request("invalid_transport", "transport must be udp, tcp or tls")
+        })
+    })
+    .transpose()
+}
+
+fn srtp(s: Option<&str>) -> Result<Option<store::Srtp>, ApiError> {
+    s.map(|t| {
+        t.parse::<store::Srtp>()
+            .map_err(|_| ApiError::bad_request("invalid_srtp", "srtp must be none or sdes"))
     })
     .transpose()
 }
@@ -779,6 +795,7 @@ pub async fn create_trunk(
                 calls_per_second: req.calls_per_second,
             }
         },
+        srtp: srtp(req.srtp.as_deref())?.unwrap_or_default(),
     };
     shared.store.create_trunk(&t).await.map_err(write_err)?;
     Ok((StatusCode::CREATED, axum::Json(views::trunk(&t))).into_response())
@@ -845,6 +862,9 @@ pub async fn update_trunk(
     }
     if let Some(tr) = transport(req.transport.as_deref())? {
         t.transport = tr;
+    }
+    if let Some(s) = srtp(req.srtp.as_deref())? {
+        t.srtp = s;
     }
     if let Some(u) = req.username {
         t.username = u;

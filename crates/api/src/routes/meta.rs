@@ -113,7 +113,7 @@ pub async fn openapi() -> axum::Json<&'static serde_json::Value> {
         schemas::Host, schemas::DialPrefix, schemas::Name, schemas::Password,
         schemas::DialString, schemas::CallbackUrl, schemas::TimeFilter, schemas::Cursor,
         schemas::IdempotencyKey, schemas::EventId, schemas::Region, schemas::NumberTypeName,
-        schemas::CallStatusName, schemas::TrunkTransport,
+        schemas::CallStatusName, schemas::TrunkTransport, schemas::TrunkSrtp,
         views::doc::CallView, views::doc::CallList, views::doc::TimelineEntryView,
         views::doc::CallbackView, views::doc::CallDetailParts, views::doc::Hangup,
         views::doc::AccountView, views::doc::DeviceView, views::doc::UserView,

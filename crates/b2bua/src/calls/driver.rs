@@ -363,6 +363,23 @@ fn apply(m: &MediaSession, op: MediaOp) {
                 let _ = m.set_clock_rate(id, p.clock_rate);
             }
         }
+        MediaOp::Sdes(leg, local, sdp) => {
+            let id = media_leg(leg);
+            let remote = match sdp_glue::sdes_key(&sdp) {
+                Some(k) => k,
+                None => {
+                    // No plain media toward a leg that asked for SRTP: what the peer sends
+                    // fails authentication and is dropped; ours stays encrypted.
+                    tracing::warn!(
+                        ?leg,
+                        suite = media::srtp::SDES_SUITE,
+                        "sdes: the peer's SDP has no usable a=crypto for the suite offered: its media is refused"
+                    );
+                    media::srtp::SrtpKey::random()
+                }
+            };
+            let _ = m.set_srtp(id, Some(media::srtp::SrtpKeys { local, remote }));
+        }
         MediaOp::Start => {
             let _ = m.start();
         }

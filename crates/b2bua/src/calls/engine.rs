@@ -77,6 +77,12 @@ impl Engine {
             },
             Arc::clone(&store),
         ));
+        {
+            let transports = Arc::clone(endpoint.transports());
+            trunks.set_tls_name_sink(Arc::new(move |addr, name| {
+                transports.set_tls_server_name(addr, name)
+            }));
+        }
         crate::trunks::check::spawn(
             Arc::downgrade(&trunks),
             endpoint.clone(),

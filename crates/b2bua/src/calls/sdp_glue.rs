@@ -2,6 +2,7 @@
 //! leg's SDP announces, and pass-through rewriting. Built on `sip_core::sdp`.
 
 use bytes::Bytes;
+use media::srtp::{SrtpKey, SDES_SUITE};
 use media::{LegStats, SessionStats};
 use serde_json::json;
 use sip_core::sdp::{accepted_codecs, audio_offer, Codec, SessionDescription};
@@ -161,10 +162,63 @@ pub(crate) fn prompt_media(body: &[u8]) -> (media::g711::G711, Option<u8>) {
     (law.unwrap_or(G711::Pcmu), events)
 }
 
+/// SDES (RFC 4568) on the first audio stream: `RTP/SAVP` and our `a=crypto:1
+/// AES_CM_128_HMAC_SHA1_80 inline:<key>` (what we send is encrypted with `key`), or, with
+/// no key, plain `RTP/AVP` without `a=crypto` (the relay ends SRTP: keys never pass from one
+/// leg to the other).
+fn set_sdes(sdp: &mut SessionDescription, key: Option<&SrtpKey>) {
+    let Some(i) = sdp.first_audio_index() else {
+        return;
+    };
+    let m = &mut sdp.media[i];
+    m.remove_attributes("crypto");
+    match key {
+        Some(k) => {
+            m.proto = "RTP/SAVP".into();
+            m.attributes.push(sip_core::sdp::Attribute::new(
+                "crypto",
+                &format!("1 {SDES_SUITE} inline:{}", k.to_inline()),
+            ));
+        }
+        None => {
+            if m.proto.eq_ignore_ascii_case("RTP/SAVP") {
+                m.proto = "RTP/AVP".into();
+            }
+        }
+    }
+}
+
+/// Our offer with SDES keyed by `key` (toward a trunk with `srtp = "sdes"`).
+pub(crate) fn with_sdes(offer: &[u8], key: &SrtpKey) -> Bytes {
+    let Ok(mut sdp) = SessionDescription::parse(offer) else {
+        return Bytes::copy_from_slice(offer);
+    };
+    set_sdes(&mut sdp, Some(key));
+    sdp.to_bytes()
+}
+
+/// The key of the first `a=crypto` of the first audio stream that uses the suite we speak
+/// (the peer's key in its SDP, ours in ours); `None` without one.
+pub(crate) fn sdes_key(body: &[u8]) -> Option<SrtpKey> {
+    let sdp = SessionDescription::parse(body).ok()?;
+    let audio = sdp.first_audio()?;
+    audio
+        .cryptos()
+        .iter()
+        .filter(|c| c.suite.eq_ignore_ascii_case(SDES_SUITE))
+        .find_map(|c| SrtpKey::from_inline(c.inline))
+}
+
 /// One leg's SDP passed to the other leg: the same codecs and direction, pointed at the
-/// relay port of the other leg, under our own `o=` line. Streams other than the first audio
-/// one are refused (port 0): the relay carries audio only.
-pub(crate) fn rewrite(body: &[u8], relay: SocketAddr, origin: &mut Origin) -> Bytes {
+/// relay port of the other leg, under our own `o=` line, with SDES as the other leg speaks
+/// it (`sdes`: our key on that leg, else plain). Streams other than the first audio one are
+/// refused (port 0): the relay carries audio only.
+pub(crate) fn rewrite(
+    body: &[u8],
+    relay: SocketAddr,
+    origin: &mut Origin,
+    sdes: Option<&SrtpKey>,
+) -> Bytes {
     let Ok(mut sdp) = SessionDescription::parse(body) else {
         return Bytes::copy_from_slice(body);
     };
@@ -182,6 +236,7 @@ pub(crate) fn rewrite(body: &[u8], relay: SocketAddr, origin: &mut Origin) -> By
             m.set_port(0);
         }
     }
+    set_sdes(&mut sdp, sdes);
     origin.stamp(&mut sdp, true);
     sdp.to_bytes()
 }
@@ -285,6 +340,7 @@ fn leg_json(s: &LegStats) -> serde_json::Value {
         "remote_rtp": s.remote_rtp.map(|a| a.to_string()),
         "ssrc": s.ssrc,
         "hijack_dropped": s.hijack_dropped,
+        "srtp_dropped": s.srtp_dropped,
     })
 }
 
@@ -367,14 +423,67 @@ mod tests {
         assert_eq!(p.rtp, "127.0.0.1:6000".parse().unwrap());
         assert_eq!(p.clock_rate, 8000);
         let mut o = Origin::new();
-        let r = rewrite(AGENT_ANSWER, "10.0.0.9:41000".parse().unwrap(), &mut o);
+        let r = rewrite(
+            AGENT_ANSWER,
+            "10.0.0.9:41000".parse().unwrap(),
+            &mut o,
+            None,
+        );
         let q = peer_of(&r).unwrap();
         assert_eq!(q.rtp, "10.0.0.9:41000".parse().unwrap());
         assert_eq!(q.rtcp, Some("10.0.0.9:41001".parse().unwrap()));
-        let r2 = rewrite(AGENT_ANSWER, "10.0.0.9:41000".parse().unwrap(), &mut o);
+        let r2 = rewrite(
+            AGENT_ANSWER,
+            "10.0.0.9:41000".parse().unwrap(),
+            &mut o,
+            None,
+        );
         assert!(!same_media(&r, &r2), "each rewrite is a new version");
         assert!(same_media(&r2, &r2));
         let held = b"v=0\r\no=a 1 1 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
         assert!(peer_of(held).is_none());
+    }
+
+    #[test]
+    fn sdes_is_offered_read_back_and_never_passed_between_legs() {
+        let key = SrtpKey::random();
+        let mut o = Origin::new();
+        let plain = agent_offer("10.0.0.9:41000".parse().unwrap(), &mut o);
+        let offer = with_sdes(&plain, &key);
+        let text = String::from_utf8_lossy(&offer).into_owned();
+        assert!(text.contains("m=audio 41000 RTP/SAVP "), "{text}");
+        assert!(
+            text.contains(&format!(
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}",
+                key.to_inline()
+            )),
+            "{text}"
+        );
+        assert_eq!(sdes_key(&offer), Some(key.clone()));
+        assert_eq!(sdes_key(&plain), None);
+        // The carrier's answer, with its key and a suite we do not speak before it.
+        let theirs = SrtpKey::random();
+        let answer = format!(
+            "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/SAVP 0\r\na=crypto:2 AES_256_CM_HMAC_SHA1_80 inline:AAAA\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}|2^31\r\n",
+            theirs.to_inline()
+        );
+        assert_eq!(sdes_key(answer.as_bytes()), Some(theirs.clone()));
+        // Passed to the plain agent leg: no keys, plain RTP/AVP.
+        let to_agent = rewrite(
+            answer.as_bytes(),
+            "10.0.0.9:41002".parse().unwrap(),
+            &mut o,
+            None,
+        );
+        let t = String::from_utf8_lossy(&to_agent).into_owned();
+        assert!(!t.contains("crypto") && t.contains("RTP/AVP"), "{t}");
+        // Passed to the SDES leg: our key, not the other side's.
+        let to_carrier = rewrite(
+            &plain,
+            "10.0.0.9:41000".parse().unwrap(),
+            &mut o,
+            Some(&key),
+        );
+        assert_eq!(sdes_key(&to_carrier), Some(key));
     }
 }

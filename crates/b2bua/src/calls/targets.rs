@@ -113,6 +113,7 @@ async fn device_targets(
                 invite_timeout: None,
                 failover_codes: Vec::new(),
                 trunk: None,
+                sdes: None,
             });
         }
     }
@@ -161,6 +162,7 @@ async fn trunk_plan(
             label: t.label.clone(),
             invite_timeout: Some(t.invite_timeout),
             failover_codes: t.failover_codes.clone(),
+            sdes: (t.srtp == store::Srtp::Sdes).then(media::srtp::SrtpKey::random),
             trunk: Some(a),
         }]
     });

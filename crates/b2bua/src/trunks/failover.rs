@@ -71,6 +71,7 @@ mod tests {
             calls_per_second: None,
             checked: false,
             down_after: 3,
+            srtp: store::Srtp::None,
         }
     }
 

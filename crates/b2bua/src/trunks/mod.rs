@@ -65,6 +65,8 @@ pub struct Attempt {
     /// Health checks run for this trunk (then time-outs count against the target).
     pub checked: bool,
     pub down_after: u32,
+    /// Media encryption through this trunk.
+    pub srtp: store::Srtp,
 }
 
 /// What one attempt came to.
@@ -127,6 +129,8 @@ pub struct Trunks {
     /// Every address a trunk resolved to so far: known peers, exempt from the per-source
     /// guards like trunks given by IP address.
     known_ips: std::sync::RwLock<std::collections::HashSet<std::net::IpAddr>>,
+    /// Where the names of TLS targets go (the transports).
+    tls_names: std::sync::OnceLock<TlsNameSink>,
     /// An account's trunks as last read (see [`store::cache`]): a call does not read them
     /// from the store each time.
     by_account: store::cache::ReadCache<String, Vec<store::Trunk>>,
@@ -144,18 +148,18 @@ impl std::fmt::Debug for Trunks {
 
 fn transport_of(t: store::Transport) -> Transport {
     match t {
+        store::Transport::Udp => Transport::Udp,
         store::Transport::Tcp => Transport::Tcp,
-        _ => Transport::Udp,
+        store::Transport::Tls => Transport::Tls,
     }
 }
 
 fn target_key(transport: Transport, addr: SocketAddr) -> String {
-    let t = match transport {
-        Transport::Tcp => "tcp",
-        _ => "udp",
-    };
-    format!("{t}:{addr}")
+    format!("{transport}:{addr}")
 }
+
+/// Told the name each TLS target's certificate must carry (the trunk's host).
+pub type TlsNameSink = Arc<dyn Fn(SocketAddr, &str) + Send + Sync>;
 
 impl Trunks {
     pub fn new(cfg: &TrunksConfig, store: Arc<dyn Store>) -> Trunks {
@@ -169,8 +173,16 @@ impl Trunks {
             cache: Mutex::new(HashMap::new()),
             runtime: Mutex::new(HashMap::new()),
             known_ips: std::sync::RwLock::new(std::collections::HashSet::new()),
+            tls_names: std::sync::OnceLock::new(),
             by_account: store::cache::ReadCache::new(TRUNKS_TTL, 10_000),
         }
+    }
+
+    /// Installs where the names of TLS targets go: each address a `tls` trunk resolves to
+    /// is verified against the trunk's host name (RFC 5922 §4: the domain of the trunk's
+    /// address, not that of an SRV target).
+    pub fn set_tls_name_sink(&self, sink: TlsNameSink) {
+        let _ = self.tls_names.set(sink);
     }
 
     fn runtime(&self, trunk: &str) -> Arc<TrunkRuntime> {
@@ -204,6 +216,11 @@ impl Trunks {
         }
         let rt = self.runtime(&trunk.name);
         let addrs = r.all_addrs();
+        if let (Transport::Tls, Some(sink)) = (transport, self.tls_names.get()) {
+            for a in &addrs {
+                sink(*a, &r.uri_host);
+            }
+        }
         if let Ok(mut known) = self.known_ips.write() {
             known.extend(addrs.iter().map(SocketAddr::ip));
         }
@@ -417,7 +434,7 @@ impl Trunks {
                 any_up |= st == TargetState::Up;
                 targets.push(json!({
                     "address": addr.to_string(),
-                    "transport": if transport == Transport::Tcp { "tcp" } else { "udp" },
+                    "transport": transport.as_str(),
                     "state": st.as_str(),
                     "last_rtt_ms": h.last_rtt.map(|d| d.as_millis() as u64),
                     "last_answer": h.last_answer.as_ref().map(|a| a.to_string()),
@@ -502,8 +519,8 @@ fn attempt_for(t: &store::Trunk, res: &Resolution, addr: SocketAddr, number: &st
         Err(_) => Host::Domain(Bytes::from(res.uri_host.clone())),
     };
     let mut ruri = SipUri::new(Some(&user), host, res.uri_port);
-    if res.transport == Transport::Tcp {
-        ruri.params.set("transport", Some("tcp"));
+    if res.transport != Transport::Udp {
+        ruri.params.set("transport", Some(res.transport.as_str()));
     }
     Attempt {
         trunk: t.name.clone(),
@@ -524,6 +541,7 @@ fn attempt_for(t: &store::Trunk, res: &Resolution, addr: SocketAddr, number: &st
         calls_per_second: t.routing.calls_per_second,
         checked: t.routing.options_interval_secs > 0,
         down_after: t.routing.down_after,
+        srtp: t.srtp,
     }
 }
 
@@ -608,6 +626,47 @@ mod tests {
         // The resolved addresses are known peers.
         assert!(t.is_target_ip("127.0.0.2".parse().unwrap()));
         assert!(!t.is_target_ip("127.0.0.9".parse().unwrap()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_trunk_goes_to_5061_says_so_and_names_its_host_for_the_certificate() {
+        use store::BlockingStore;
+        let db = store::SqliteStore::open_in_memory().unwrap();
+        let text = format!(
+            r#"{{
+              "accounts": [{{"id": "{ACCOUNT}", "name": "Acme", "region": "US",
+                 "api_keys": [{{"key": "ak_test_1", "secret": "sk_test_1"}}],
+                 "webhook_secret": "whsec_test_1", "allowed_prefixes": ["+1"]}}],
+              "trunks": [{{"name": "secure", "account": "{ACCOUNT}", "address": "127.0.0.5",
+                  "transport": "tls", "srtp": "sdes"}}]
+            }}"#
+        );
+        db.apply_provisioning(&serde_json::from_str(&text).unwrap(), "dialbridge.test")
+            .unwrap();
+        let t = Trunks::new(
+            &TrunksConfig {
+                dns_servers: vec!["127.0.0.1:9".parse().unwrap()],
+            },
+            Arc::new(store::StoreThreads::inline(db)),
+        );
+        let named = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&named);
+        t.set_tls_name_sink(Arc::new(move |addr, name: &str| {
+            sink.lock().unwrap().push((addr, name.to_owned()))
+        }));
+        let plan = t.plan(ACCOUNT, "+15550100", None, false).await.unwrap();
+        let a = &plan[0];
+        assert_eq!(a.dest.transport, Transport::Tls);
+        assert_eq!(a.dest.addr, "127.0.0.5:5061".parse().unwrap());
+        assert_eq!(
+            a.request_uri.to_string(),
+            "sip:+15550100@127.0.0.5;transport=tls"
+        );
+        assert_eq!(a.label, "trunk secure tls:127.0.0.5:5061");
+        assert_eq!(
+            *named.lock().unwrap(),
+            [("127.0.0.5:5061".parse().unwrap(), "127.0.0.5".to_owned())]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,13 +1,14 @@
 //! RFC 3263 §4 (locating a SIP server) for a trunk's `address`, and the RFC 2782 order of
 //! SRV records.
 //!
-//! - An IP literal (with or without a port) is used as it is (port 5060 when absent).
+//! - An IP literal (with or without a port) is used as it is (port 5060 when absent, 5061
+//!   for TLS).
 //! - A domain with a port: A/AAAA of the domain (§4.2).
 //! - A domain without a port: NAPTR of the domain (§4.1), keeping the records whose service is
-//!   the trunk's transport (`SIP+D2U` for UDP, `SIP+D2T` for TCP) with the `s` flag, in
-//!   order/preference; then SRV of each replacement (§4.2). Without a usable NAPTR: SRV of
-//!   `_sip._udp.<domain>` / `_sip._tcp.<domain>`. Without SRV either: A/AAAA of the domain,
-//!   port 5060.
+//!   the trunk's transport (`SIP+D2U` for UDP, `SIP+D2T` for TCP, `SIPS+D2T` for TLS) with
+//!   the `s` flag, in order/preference; then SRV of each replacement (§4.2). Without a
+//!   usable NAPTR: SRV of `_sip._udp.<domain>` / `_sip._tcp.<domain>` /
+//!   `_sips._tcp.<domain>`. Without SRV either: A/AAAA of the domain, port 5060 (5061).
 //! - Each SRV target is looked up for A/AAAA; every address of it is a target.
 //!
 //! What DNS says is kept for the records' TTL ([`Resolution::valid_until`], the shortest TTL
@@ -56,6 +57,15 @@ pub struct SrvTarget {
     pub host: String,
     /// Its addresses, in the order DNS gave them.
     pub addrs: Vec<SocketAddr>,
+}
+
+/// The port of a target given without one (RFC 3261 §19.1.2).
+fn default_port(transport: Transport) -> u16 {
+    if transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    }
 }
 
 /// What DNS said about one trunk address.
@@ -215,7 +225,7 @@ impl Dns {
                     priority: 0,
                     weight: 0,
                     host: ip.to_string(),
-                    addrs: vec![SocketAddr::new(ip, port.unwrap_or(5060))],
+                    addrs: vec![SocketAddr::new(ip, port.unwrap_or(default_port(transport)))],
                 }],
                 valid_until: far,
                 via: "ip",
@@ -247,8 +257,11 @@ impl Dns {
         now: Instant,
     ) -> Result<Resolution, DnsError> {
         let service: &[u8] = match transport {
+            Transport::Udp => b"SIP+D2U",
             Transport::Tcp => b"SIP+D2T",
-            _ => b"SIP+D2U",
+            Transport::Tls => b"SIPS+D2T",
+            Transport::Ws => b"SIP+D2W",
+            Transport::Wss => b"SIPS+D2W",
         };
         let mut until = now + Duration::from_secs(24 * 3600);
         // NAPTR (§4.1).
@@ -279,11 +292,12 @@ impl Dns {
             }
         }
         let via = if srv_names.is_empty() {
-            let proto = match transport {
-                Transport::Tcp => "tcp",
-                _ => "udp",
-            };
-            srv_names.push(format!("_sip._{proto}.{host}"));
+            srv_names.push(match transport {
+                Transport::Udp => format!("_sip._udp.{host}"),
+                Transport::Tcp => format!("_sip._tcp.{host}"),
+                Transport::Tls | Transport::Wss => format!("_sips._tcp.{host}"),
+                Transport::Ws => format!("_sip._tcp.{host}"),
+            });
             "srv"
         } else {
             "naptr"
@@ -328,8 +342,8 @@ impl Dns {
             }
         }
         if targets.is_empty() {
-            // No SRV: A/AAAA of the domain, port 5060.
-            let (addrs, t) = self.addresses(&host, 5060).await?;
+            // No SRV: A/AAAA of the domain, port 5060 (5061 for TLS).
+            let (addrs, t) = self.addresses(&host, default_port(transport)).await?;
             return Ok(Resolution {
                 transport,
                 uri_host: host.clone(),

@@ -203,6 +203,7 @@ async fn trunks() {
             max_calls: Some(4),
             ..Default::default()
         },
+        srtp: store::Srtp::None,
     };
     store.create_trunk(&t).await.unwrap();
     let names: Vec<String> = store
@@ -228,8 +229,17 @@ async fn trunks() {
         Err(StoreError::Invalid { reason, .. }) => assert!(reason.contains("address"), "{reason}"),
         other => panic!("expected Invalid, got {other:?}"),
     }
+    // SDES keys travel in the SDP: only over TLS.
+    let mut sdes_over_tcp = t.clone();
+    sdes_over_tcp.srtp = store::Srtp::Sdes;
+    match store.update_trunk(&sdes_over_tcp).await {
+        Err(StoreError::Invalid { reason, .. }) => assert!(reason.contains("srtp"), "{reason}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
     let mut moved = t.clone();
     moved.emergency = true;
+    moved.transport = Transport::Tls;
+    moved.srtp = store::Srtp::Sdes;
     store.update_trunk(&moved).await.unwrap();
     assert_eq!(store.trunk("backup").await.unwrap(), Some(moved));
     let mut ghost = t.clone();

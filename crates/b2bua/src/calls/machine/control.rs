@@ -481,7 +481,7 @@ impl CallMachine {
         let relay = self.relay[ix(replaces)];
         let mut origin = Origin::new();
         let offer = match self.legs[ix(other(replaces))].as_ref() {
-            Some(o) => sdp_glue::rewrite(&o.remote_sdp, relay, &mut origin),
+            Some(o) => sdp_glue::rewrite(&o.remote_sdp, relay, &mut origin, None),
             None => sdp_glue::agent_offer(relay, &mut origin),
         };
         let offer = sdp_glue::with_direction(&offer, Direction::SendRecv, &mut origin);
@@ -583,7 +583,7 @@ impl CallMachine {
         }
         let Some(l) = s.leg.as_mut() else { return };
         let offer = match &customer_sdp {
-            Some(c) => sdp_glue::rewrite(c, relay, &mut l.origin),
+            Some(c) => sdp_glue::rewrite(c, relay, &mut l.origin, None),
             None => sdp_glue::agent_offer(relay, &mut l.origin),
         };
         let offer = sdp_glue::with_direction(&offer, Direction::SendRecv, &mut l.origin);

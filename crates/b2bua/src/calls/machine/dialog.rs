@@ -140,6 +140,9 @@ impl CallMachine {
             // A refresh, or a change while the other leg is not up yet: answered here with
             // what we have.
             if !body.is_empty() {
+                if let Some(op) = sdes_change(from, &l.local_sdp, &l.remote_sdp, &body) {
+                    self.out.push_back(Output::Media(op));
+                }
                 self.out
                     .push_back(Output::Media(MediaOp::SetPeer(from, body)));
             }
@@ -196,7 +199,8 @@ impl CallMachine {
             self.respond(&inc, 481);
             return;
         };
-        let offer = sdp_glue::rewrite(&inc.request.body, relay_to, &mut o.origin);
+        let sdes = sdp_glue::sdes_key(&o.local_sdp);
+        let offer = sdp_glue::rewrite(&inc.request.body, relay_to, &mut o.origin, sdes.as_ref());
         let req = o.offer(method.clone(), offer);
         let dest = o.dest;
         let cid = req.call_id_str();
@@ -277,6 +281,9 @@ impl CallMachine {
             return;
         };
         if !resp.body.is_empty() {
+            if let Some(op) = sdes_change(leg, &l.local_sdp, &l.remote_sdp, &resp.body) {
+                self.out.push_back(Output::Media(op));
+            }
             l.remote_sdp = resp.body.clone();
             self.out
                 .push_back(Output::Media(MediaOp::SetPeer(leg, resp.body.clone())));
@@ -297,9 +304,14 @@ impl CallMachine {
                 return;
             };
             f.incoming = false;
-            let answer = sdp_glue::rewrite(&resp.body, relay_from, &mut f.origin);
+            let sdes = sdp_glue::sdes_key(&f.local_sdp);
+            let answer = sdp_glue::rewrite(&resp.body, relay_from, &mut f.origin, sdes.as_ref());
+            let rekey = sdes_change(from, &f.local_sdp, &f.remote_sdp, &inc.request.body);
             f.local_sdp = answer.clone();
             f.remote_sdp = inc.request.body.clone();
+            if let Some(op) = rekey {
+                self.out.push_back(Output::Media(op));
+            }
             note_refresh(f, now);
             let mut r = Response::for_request(&inc.request, 200);
             r.headers.add(
@@ -503,4 +515,13 @@ fn note_refresh(l: &mut LegState, now: Instant) {
             l.refresh_at = Some(now + d / 2);
         }
     }
+}
+
+/// On a leg with SDES (our SDP has our key), a new SDP of the peer with another key: the
+/// relay must take it (RFC 4568 §7.1.4: a re-offer may change the keys).
+fn sdes_change(leg: Leg, local: &[u8], old_remote: &[u8], new_remote: &[u8]) -> Option<MediaOp> {
+    let ours = sdp_glue::sdes_key(local)?;
+    let new = sdp_glue::sdes_key(new_remote);
+    (new != sdp_glue::sdes_key(old_remote) || new.is_none())
+        .then(|| MediaOp::Sdes(leg, ours, Bytes::copy_from_slice(new_remote)))
 }

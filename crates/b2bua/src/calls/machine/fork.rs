@@ -205,7 +205,10 @@ impl CallMachine {
             self.cfg.session_expires.to_string(),
         );
         r.headers.add(HeaderName::ContentType, "application/sdp");
-        r.body = f.offer.clone();
+        r.body = match &target.sdes {
+            Some(key) => sdp_glue::with_sdes(&f.offer, key),
+            None => f.offer.clone(),
+        };
         r
     }
 
@@ -272,6 +275,10 @@ impl CallMachine {
             }
             if early {
                 // Early media: the carrier's ringback goes to the agent.
+                if let Some(key) = self.branches[i].target.sdes.clone() {
+                    self.out
+                        .push_back(Output::Media(MediaOp::Sdes(leg, key, resp.body.clone())));
+                }
                 self.out
                     .push_back(Output::Media(MediaOp::SetPeer(leg, resp.body.clone())));
                 self.out.push_back(Output::Media(MediaOp::Start));
@@ -468,6 +475,7 @@ impl CallMachine {
             return;
         };
         let dest = b.target.dest;
+        let sdes = b.target.sdes.clone();
         let sip_call_id = b.invite.call_id_str();
         if let Some(tr) = &b.target.trunk {
             tr.report_response(&resp, now.saturating_duration_since(b.sent_at));
@@ -483,6 +491,13 @@ impl CallMachine {
             leg,
             vec![dest.addr.ip()],
         )));
+        if let Some(key) = &sdes {
+            self.out.push_back(Output::Media(MediaOp::Sdes(
+                leg,
+                key.clone(),
+                resp.body.clone(),
+            )));
+        }
         self.out
             .push_back(Output::Media(MediaOp::SetPeer(leg, resp.body.clone())));
         self.out
@@ -510,7 +525,10 @@ impl CallMachine {
         self.legs[ix(leg)] = Some(LegState {
             dialog,
             dest,
-            local_sdp: f.offer,
+            local_sdp: match &sdes {
+                Some(key) => sdp_glue::with_sdes(&f.offer, key),
+                None => f.offer,
+            },
             remote_sdp: resp.body.clone(),
             origin: f.origin,
             refresh_at,

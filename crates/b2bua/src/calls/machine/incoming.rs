@@ -137,7 +137,7 @@ impl CallMachine {
     ) -> Option<Bytes> {
         let i = self.incoming.as_ref().filter(|i| i.leg == other(leg))?;
         let body = &i.inc.request.body;
-        (!body.is_empty()).then(|| sdp_glue::rewrite(body, relay, origin))
+        (!body.is_empty()).then(|| sdp_glue::rewrite(body, relay, origin, None))
     }
 
     /// A response to the caller's INVITE, with our To tag.
@@ -165,7 +165,7 @@ impl CallMachine {
             return;
         }
         i.ringing_sent = true;
-        let sdp = early.then(|| sdp_glue::rewrite(&resp.body, relay[ix(leg)], &mut i.origin));
+        let sdp = early.then(|| sdp_glue::rewrite(&resp.body, relay[ix(leg)], &mut i.origin, None));
         if let Some(s) = &sdp {
             i.early_sdp = Some(s.clone());
         }
@@ -205,7 +205,7 @@ impl CallMachine {
         i.finished = true;
         let sdp = match i.early_sdp.take() {
             Some(s) => s,
-            None => sdp_glue::rewrite(&their_answer, relay[ix(leg)], &mut i.origin),
+            None => sdp_glue::rewrite(&their_answer, relay[ix(leg)], &mut i.origin, None),
         };
         let Some(mut dialog) = i.dialog.take() else {
             return;

@@ -81,6 +81,9 @@ pub(crate) struct Target {
     /// A trunk's target: its channel is taken before the INVITE, and it hears what the
     /// INVITE came to (health, `503` + `Retry-After`, metrics; see `crate::trunks`).
     pub(crate) trunk: Option<crate::trunks::call_glue::TrunkAttempt>,
+    /// SDES toward this target (a trunk with `srtp = "sdes"`): our key, offered in
+    /// `a=crypto`; the relay encrypts what it sends to the target with it.
+    pub(crate) sdes: Option<media::srtp::SrtpKey>,
 }
 
 /// The targets of one leg: stages tried one after another (failover); the targets of one
@@ -144,6 +147,8 @@ pub(crate) enum MediaOp {
     AllowSources(Leg, Vec<IpAddr>),
     /// The SDP a leg's peer sent: where its media goes.
     SetPeer(Leg, Bytes),
+    /// SRTP on a leg keyed by SDES: our key, and the peer's SDP with its `a=crypto`.
+    Sdes(Leg, media::srtp::SrtpKey, Bytes),
     /// Start relaying.
     Start,
     /// Stop (or resume) relaying what this leg's party says.

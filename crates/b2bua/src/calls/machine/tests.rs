@@ -30,6 +30,7 @@ fn target(label: &str, port: u16) -> Target {
         invite_timeout: None,
         failover_codes: Vec::new(),
         trunk: None,
+        sdes: None,
     }
 }
 
@@ -673,6 +674,7 @@ fn through_trunk(
         calls_per_second: None,
         checked: false,
         down_after: 3,
+        srtp: store::Srtp::None,
     };
     Target {
         trunk: Some(crate::trunks::call_glue::TrunkAttempt::new(
