@@ -76,7 +76,7 @@ pub mod time;
 pub mod views;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
@@ -164,7 +164,6 @@ impl Api {
                 dispatch: tokio::sync::Notify::new(),
                 journal: Arc::default(),
                 store_health: Default::default(),
-                idempotency_inflight: Mutex::new(Default::default()),
                 client_sessions: Default::default(),
             }),
         }

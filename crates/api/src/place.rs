@@ -271,8 +271,15 @@ pub(crate) async fn place_call(
         leg: None,
         detail: req.request_detail,
     };
-    let inserted = match shared.store.insert_call(&rec).await {
-        Ok(()) => shared.store.append_timeline(&call_id, &request_entry).await,
+    // The account's concurrency limit holds across nodes: the store counts the account's
+    // live calls of every node and inserts this one in the same step.
+    let max_live = account.limits.max_concurrent;
+    let inserted = match shared.store.insert_call_within(&rec, max_live).await {
+        Ok(true) => shared.store.append_timeline(&call_id, &request_entry).await,
+        Ok(false) => {
+            shared.limiter.release(&account.id);
+            return Err(limit_error(LimitError::Concurrency { max: max_live }));
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = inserted {

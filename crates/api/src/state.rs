@@ -1,8 +1,7 @@
 //! The configuration of the API and the state its handlers, hooks and dispatcher share.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use b2bua::calls::CallControl;
 use store::Store;
@@ -74,6 +73,4 @@ pub struct Shared {
     pub(crate) store_health: crate::journal::StoreHealth,
     /// The client sessions of the browser side (see [`crate::client`]).
     pub(crate) client_sessions: crate::client::ClientSessions,
-    /// (account, Idempotency-Key) pairs whose first request is being processed.
-    pub(crate) idempotency_inflight: Mutex<HashSet<(String, String)>>,
 }

@@ -302,6 +302,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // ----- calls and timelines ------------------------------------------------------------
 
     async fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
+    /// Inserts a call unless its account already has `max_live` unfinished calls (of every
+    /// node sharing the database); `Ok(false)` then, and nothing is written. Counting and
+    /// inserting are one step cluster-wide (a lock per account on PostgreSQL).
+    async fn insert_call_within(
+        &self,
+        call: &CallRecord,
+        max_live: u32,
+    ) -> Result<bool, StoreError>;
     /// Replaces every mutable field of the call `call.id` (not `account_id`, `created_at_ms`).
     async fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
     async fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
@@ -353,6 +361,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn callbacks_for_call(&self, call_id: &str) -> Result<Vec<OutboxEntry>, StoreError>;
     /// The next free `seq` for a call's callbacks (1 for the first).
     async fn next_callback_seq(&self, call_id: &str) -> Result<i64, StoreError>;
+    /// Claims up to `limit` due callbacks for node `by` until `claim_until` (a lease on the
+    /// delivery): of each call only its lowest pending sequence, and never one that an
+    /// unexpired claim holds. Claiming is one statement for the whole cluster (`FOR UPDATE
+    /// SKIP LOCKED` on PostgreSQL), so a callback is held by one node at a time. A claim ends
+    /// with [`mark_delivered`](Self::mark_delivered), [`reschedule`](Self::reschedule) or
+    /// [`abandon_callback`](Self::abandon_callback); one whose holder died lapses at
+    /// `claim_until` and is claimed again by any node.
+    async fn claim_callbacks(
+        &self,
+        by: &str,
+        now: UnixMs,
+        claim_until: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
 
     // ----- the call event write path ------------------------------------------------------
 
@@ -406,6 +428,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
     /// Deletes records created before `before_ms`; returns how many.
     async fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError>;
+    /// Replaces the response of an existing record (a reservation made with
+    /// [`put_idempotency`](Self::put_idempotency) and status 0 gets its answer).
+    /// `NotFound` when there is none.
+    async fn complete_idempotency(&self, record: &IdempotencyRecord) -> Result<(), StoreError>;
+    /// Deletes a reservation (status 0) of (`account_id`, `key`); `Ok(false)` when there was
+    /// none. Completed records stay.
+    async fn release_idempotency(&self, account_id: &str, key: &str) -> Result<bool, StoreError>;
 }
 
 /// The synchronous interface of a backend that runs on threads of its own ([`SqliteStore`]).
@@ -524,6 +553,7 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     // ----- calls and timelines ------------------------------------------------------------
 
     fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
+    fn insert_call_within(&self, call: &CallRecord, max_live: u32) -> Result<bool, StoreError>;
     fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
     fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
     fn call_by_request_id(
@@ -559,6 +589,13 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StoreError>;
     fn callbacks_for_call(&self, call_id: &str) -> Result<Vec<OutboxEntry>, StoreError>;
     fn next_callback_seq(&self, call_id: &str) -> Result<i64, StoreError>;
+    fn claim_callbacks(
+        &self,
+        by: &str,
+        now: UnixMs,
+        claim_until: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
 
     // ----- the call event write path ------------------------------------------------------
 
@@ -589,4 +626,6 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
     fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError>;
+    fn complete_idempotency(&self, record: &IdempotencyRecord) -> Result<(), StoreError>;
+    fn release_idempotency(&self, account_id: &str, key: &str) -> Result<bool, StoreError>;
 }

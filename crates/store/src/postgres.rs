@@ -218,6 +218,11 @@ CREATE TABLE publishable_keys (
 );
 CREATE INDEX publishable_keys_account ON publishable_keys(account_id);
 "#,
+    // 5: callbacks claimed for delivery by one node at a time (SQLite's version 7).
+    r#"
+ALTER TABLE callback_outbox ADD COLUMN claimed_by TEXT;
+ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms BIGINT;
+"#,
 ];
 
 /// The advisory lock held while migrating (any constant shared by all nodes).
@@ -906,6 +911,43 @@ async fn check_owner<C: GenericClient + Sync>(c: &C, number: &Number) -> Result<
             ),
         }),
     }
+}
+
+async fn insert_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Result<(), StoreError> {
+    let metadata = serde_json::to_string(&r.metadata)?;
+    let legs = serde_json::to_string(&r.legs)?;
+    let stats = serde_json::to_string(&r.stats)?;
+    exec(
+        c,
+        &format!(
+            "INSERT INTO calls ({CALL_COLS}) VALUES
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                  $18)"
+        ),
+        &[
+            &r.id,
+            &r.account_id,
+            &r.user_id,
+            &r.request_id,
+            &r.status.as_str(),
+            &r.dial_string,
+            &r.destination,
+            &r.caller_id,
+            &r.callback_url,
+            &r.end_leg,
+            &r.sip_code.map(i64::from),
+            &r.created_at_ms,
+            &r.answered_at_ms,
+            &r.ended_at_ms,
+            &metadata,
+            &legs,
+            &stats,
+            &r.node_id,
+        ],
+    )
+    .await
+    .map_err(|e| insert_error(e, "call", &r.id))?;
+    Ok(())
 }
 
 async fn update_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Result<(), StoreError> {
@@ -2099,41 +2141,35 @@ impl Store for PgStore {
     // ----- calls --------------------------------------------------------------------------
 
     async fn insert_call(&self, r: &CallRecord) -> Result<(), StoreError> {
-        let metadata = serde_json::to_string(&r.metadata)?;
-        let legs = serde_json::to_string(&r.legs)?;
-        let stats = serde_json::to_string(&r.stats)?;
         let c = self.client().await?;
-        exec(
-            &c,
-            &format!(
-                "INSERT INTO calls ({CALL_COLS}) VALUES
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                  $18)"
-            ),
-            &[
-                &r.id,
-                &r.account_id,
-                &r.user_id,
-                &r.request_id,
-                &r.status.as_str(),
-                &r.dial_string,
-                &r.destination,
-                &r.caller_id,
-                &r.callback_url,
-                &r.end_leg,
-                &r.sip_code.map(i64::from),
-                &r.created_at_ms,
-                &r.answered_at_ms,
-                &r.ended_at_ms,
-                &metadata,
-                &legs,
-                &stats,
-                &r.node_id,
-            ],
+        insert_call_on(&c, r).await
+    }
+
+    async fn insert_call_within(&self, r: &CallRecord, max_live: u32) -> Result<bool, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // One account's admissions queue behind each other, cluster-wide, until commit.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&format!("calls:{}", r.account_id)],
         )
-        .await
-        .map_err(|e| insert_error(e, "call", &r.id))?;
-        Ok(())
+        .await?;
+        let live: i64 = tx
+            .query_one(
+                &format!(
+                    "SELECT COUNT(*) FROM calls WHERE account_id = $1 AND status NOT IN ({})",
+                    crate::sqlite::final_statuses()
+                ),
+                &[&r.account_id],
+            )
+            .await?
+            .try_get(0)?;
+        if live >= i64::from(max_live) {
+            return Ok(false);
+        }
+        insert_call_on(&tx, r).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn update_call(&self, r: &CallRecord) -> Result<(), StoreError> {
@@ -2274,6 +2310,50 @@ impl Store for PgStore {
         )
     }
 
+    async fn claim_callbacks(
+        &self,
+        by: &str,
+        now: UnixMs,
+        claim_until: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let c = self.client().await?;
+        // Rows another node is claiming right now are skipped, not waited for; a row claimed
+        // and committed meanwhile fails the re-checked `claimed_until_ms` condition.
+        let mut claimed = list(
+            query(
+                &c,
+                &format!(
+                    "UPDATE callback_outbox SET claimed_by = $3, claimed_until_ms = $4
+                     WHERE event_id IN (
+                       SELECT o.event_id FROM callback_outbox o
+                       WHERE o.state = 'pending' AND o.next_attempt_at_ms <= $1
+                         AND (o.claimed_until_ms IS NULL OR o.claimed_until_ms <= $1)
+                         AND o.seq = (SELECT MIN(p.seq) FROM callback_outbox p
+                                      WHERE p.call_id = o.call_id AND p.state = 'pending')
+                       ORDER BY o.next_attempt_at_ms, o.created_at_ms, o.call_id, o.seq
+                       LIMIT $2
+                       FOR UPDATE SKIP LOCKED)
+                       AND state = 'pending'
+                       AND (claimed_until_ms IS NULL OR claimed_until_ms <= $1)
+                     RETURNING {OUTBOX_COLS}"
+                ),
+                &[&now, &i64::from(limit), &by, &claim_until],
+            )
+            .await?,
+            outbox_from_row,
+        )?;
+        claimed.sort_by(|a, b| {
+            (a.next_attempt_at_ms, a.created_at_ms, &a.call_id, a.seq).cmp(&(
+                b.next_attempt_at_ms,
+                b.created_at_ms,
+                &b.call_id,
+                b.seq,
+            ))
+        });
+        Ok(claimed)
+    }
+
     async fn callback_due(&self, event_id: &str, now: UnixMs) -> Result<bool, StoreError> {
         let c = self.client().await?;
         Ok(query_opt(
@@ -2290,7 +2370,8 @@ impl Store for PgStore {
         let c = self.client().await?;
         let n = exec(
             &c,
-            "UPDATE callback_outbox SET state = 'delivered', attempts = $2, last_error = NULL
+            "UPDATE callback_outbox SET state = 'delivered', attempts = $2, last_error = NULL,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = $1",
             &[&event_id, &i64::from(attempts)],
         )
@@ -2311,7 +2392,8 @@ impl Store for PgStore {
         let c = self.client().await?;
         let n = exec(
             &c,
-            "UPDATE callback_outbox SET attempts = $2, next_attempt_at_ms = $3, last_error = $4
+            "UPDATE callback_outbox SET attempts = $2, next_attempt_at_ms = $3, last_error = $4,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = $1 AND state = 'pending'",
             &[
                 &event_id,
@@ -2336,7 +2418,8 @@ impl Store for PgStore {
         let c = self.client().await?;
         let n = exec(
             &c,
-            "UPDATE callback_outbox SET state = 'abandoned', attempts = $2, last_error = $3
+            "UPDATE callback_outbox SET state = 'abandoned', attempts = $2, last_error = $3,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = $1 AND state = 'pending'",
             &[&event_id, &i64::from(attempts), &last_error],
         )
@@ -2606,5 +2689,39 @@ impl Store for PgStore {
             &[&before_ms],
         )
         .await? as usize)
+    }
+
+    async fn complete_idempotency(&self, r: &IdempotencyRecord) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let n = exec(
+            &c,
+            "UPDATE idempotency SET request_hash = $3, response_status = $4, response_body = $5,
+                 created_at_ms = $6
+             WHERE account_id = $1 AND key = $2",
+            &[
+                &r.account_id,
+                &r.key,
+                &r.request_hash,
+                &i64::from(r.response_status),
+                &r.response_body,
+                &r.created_at_ms,
+            ],
+        )
+        .await?;
+        if n == 0 {
+            return Err(not_found("idempotency key", &r.key));
+        }
+        Ok(())
+    }
+
+    async fn release_idempotency(&self, account_id: &str, key: &str) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        Ok(exec(
+            &c,
+            "DELETE FROM idempotency WHERE account_id = $1 AND key = $2 AND response_status = 0",
+            &[&account_id, &key],
+        )
+        .await?
+            > 0)
     }
 }

@@ -226,6 +226,13 @@ CREATE TABLE publishable_keys (
 );
 CREATE INDEX publishable_keys_account ON publishable_keys(account_id);
 "#,
+    // 7: callbacks claimed for delivery (issue 13): the node holding a callback and until
+    // when. One node uses an SQLite file, but the claim keeps the dispatcher's rules the
+    // same on both backends.
+    r#"
+ALTER TABLE callback_outbox ADD COLUMN claimed_by TEXT;
+ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms INTEGER;
+"#,
 ];
 
 const PEPPER_KEY: &str = "api_secret_pepper";
@@ -2108,40 +2115,26 @@ impl BlockingStore for SqliteStore {
     // ----- calls --------------------------------------------------------------------------
 
     fn insert_call(&self, c: &CallRecord) -> Result<(), StoreError> {
-        let metadata = serde_json::to_string(&c.metadata)?;
-        let legs = serde_json::to_string(&c.legs)?;
-        let stats = serde_json::to_string(&c.stats)?;
-        let conn = self.conn()?;
-        exec(
-            &conn,
+        insert_call_on(&*self.conn()?, c)
+    }
+
+    fn insert_call_within(&self, c: &CallRecord, max_live: u32) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let live: i64 = tx.query_row(
             &format!(
-                "INSERT INTO calls ({CALL_COLS}) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                  ?18)"
+                "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status NOT IN ({})",
+                final_statuses()
             ),
-            params![
-                c.id,
-                c.account_id,
-                c.user_id,
-                c.request_id,
-                c.status.as_str(),
-                c.dial_string,
-                c.destination,
-                c.caller_id,
-                c.callback_url,
-                c.end_leg,
-                c.sip_code,
-                c.created_at_ms,
-                c.answered_at_ms,
-                c.ended_at_ms,
-                metadata,
-                legs,
-                stats,
-                c.node_id
-            ],
-        )
-        .map_err(|e| insert_error(e, "call", &c.id))?;
-        Ok(())
+            [&c.account_id],
+            |r| r.get(0),
+        )?;
+        if live >= i64::from(max_live) {
+            return Ok(false);
+        }
+        insert_call_on(&tx, c)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     fn update_call(&self, c: &CallRecord) -> Result<(), StoreError> {
@@ -2419,6 +2412,45 @@ impl BlockingStore for SqliteStore {
         )
     }
 
+    fn claim_callbacks(
+        &self,
+        by: &str,
+        now: UnixMs,
+        claim_until: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let claimed = query_list(
+            &tx,
+            &format!(
+                "UPDATE callback_outbox SET claimed_by = ?3, claimed_until_ms = ?4
+                 WHERE event_id IN (
+                   SELECT o.event_id FROM callback_outbox o
+                   WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ?1
+                     AND (o.claimed_until_ms IS NULL OR o.claimed_until_ms <= ?1)
+                     AND o.seq = (SELECT MIN(p.seq) FROM callback_outbox p
+                                  WHERE p.call_id = o.call_id AND p.state = 'pending')
+                   ORDER BY o.next_attempt_at_ms, o.created_at_ms, o.call_id, o.seq
+                   LIMIT ?2)
+                 RETURNING {OUTBOX_COLS}"
+            ),
+            params![now, limit, by, claim_until],
+            outbox_from_row,
+        )?;
+        tx.commit()?;
+        let mut claimed = claimed;
+        claimed.sort_by(|a, b| {
+            (a.next_attempt_at_ms, a.created_at_ms, &a.call_id, a.seq).cmp(&(
+                b.next_attempt_at_ms,
+                b.created_at_ms,
+                &b.call_id,
+                b.seq,
+            ))
+        });
+        Ok(claimed)
+    }
+
     fn callback_due(&self, event_id: &str, now: UnixMs) -> Result<bool, StoreError> {
         let conn = self.conn()?;
         Ok(conn
@@ -2436,7 +2468,8 @@ impl BlockingStore for SqliteStore {
         let conn = self.conn()?;
         let n = exec(
             &conn,
-            "UPDATE callback_outbox SET state = 'delivered', attempts = ?2, last_error = NULL
+            "UPDATE callback_outbox SET state = 'delivered', attempts = ?2, last_error = NULL,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = ?1",
             params![event_id, attempts],
         )?;
@@ -2456,7 +2489,8 @@ impl BlockingStore for SqliteStore {
         let conn = self.conn()?;
         let n = exec(
             &conn,
-            "UPDATE callback_outbox SET attempts = ?2, next_attempt_at_ms = ?3, last_error = ?4
+            "UPDATE callback_outbox SET attempts = ?2, next_attempt_at_ms = ?3, last_error = ?4,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = ?1 AND state = 'pending'",
             params![event_id, attempts, next_attempt_at_ms, last_error],
         )?;
@@ -2475,7 +2509,8 @@ impl BlockingStore for SqliteStore {
         let conn = self.conn()?;
         let n = exec(
             &conn,
-            "UPDATE callback_outbox SET state = 'abandoned', attempts = ?2, last_error = ?3
+            "UPDATE callback_outbox SET state = 'abandoned', attempts = ?2, last_error = ?3,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = ?1 AND state = 'pending'",
             params![event_id, attempts, last_error],
         )?;
@@ -2550,6 +2585,83 @@ impl BlockingStore for SqliteStore {
             [before_ms],
         )?)
     }
+
+    fn complete_idempotency(&self, r: &IdempotencyRecord) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let n = exec(
+            &conn,
+            "UPDATE idempotency SET request_hash = ?3, response_status = ?4, response_body = ?5,
+                 created_at_ms = ?6
+             WHERE account_id = ?1 AND key = ?2",
+            params![
+                r.account_id,
+                r.key,
+                r.request_hash,
+                r.response_status,
+                r.response_body,
+                r.created_at_ms
+            ],
+        )?;
+        if n == 0 {
+            return Err(not_found("idempotency key", &r.key));
+        }
+        Ok(())
+    }
+
+    fn release_idempotency(&self, account_id: &str, key: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        Ok(exec(
+            &conn,
+            "DELETE FROM idempotency WHERE account_id = ?1 AND key = ?2 AND response_status = 0",
+            params![account_id, key],
+        )? > 0)
+    }
+}
+
+/// The final statuses as an SQL list (`'completed', ...`).
+pub(crate) fn final_statuses() -> String {
+    CallStatus::ALL
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
+    let metadata = serde_json::to_string(&c.metadata)?;
+    let legs = serde_json::to_string(&c.legs)?;
+    let stats = serde_json::to_string(&c.stats)?;
+    exec(
+        conn,
+        &format!(
+            "INSERT INTO calls ({CALL_COLS}) VALUES
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                  ?18)"
+        ),
+        params![
+            c.id,
+            c.account_id,
+            c.user_id,
+            c.request_id,
+            c.status.as_str(),
+            c.dial_string,
+            c.destination,
+            c.caller_id,
+            c.callback_url,
+            c.end_leg,
+            c.sip_code,
+            c.created_at_ms,
+            c.answered_at_ms,
+            c.ended_at_ms,
+            metadata,
+            legs,
+            stats,
+            c.node_id
+        ],
+    )
+    .map_err(|e| insert_error(e, "call", &c.id))?;
+    Ok(())
 }
 
 fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {

@@ -279,7 +279,48 @@ async fn a_call_batch_is_written_whole_or_not_at_all() {
     store.probe_write(T0).await.unwrap();
 }
 
+async fn admission_counts_the_live_calls_of_the_account() {
+    let (_db, store) = store_provisioned().await;
+    assert!(store.insert_call_within(&call(1, T0), 2).await.unwrap());
+    assert!(store.insert_call_within(&call(2, T0), 2).await.unwrap());
+    assert!(!store.insert_call_within(&call(3, T0), 2).await.unwrap());
+    assert!(store
+        .get_call(ACCT, &call(3, T0).id)
+        .await
+        .unwrap()
+        .is_none());
+    // Another account's calls do not count.
+    let mut foreign = call(4, T0);
+    foreign.account_id = OTHER.into();
+    assert!(store.insert_call_within(&foreign, 2).await.unwrap());
+    // A call that ended frees its slot.
+    let mut done = call(1, T0);
+    done.status = CallStatus::Completed;
+    done.ended_at_ms = Some(T0 + 5);
+    store.update_call(&done).await.unwrap();
+    assert!(store.insert_call_within(&call(3, T0), 2).await.unwrap());
+}
+
+/// Twenty admissions at once under a limit of 3 (as from several nodes): exactly 3 pass.
+async fn racing_admissions_respect_the_limit() {
+    let (_db, store) = store_provisioned().await;
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.insert_call_within(&call(n, T0 + n), 3).await.unwrap()
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(admitted, 3);
+}
+
 both!(
+    admission_counts_the_live_calls_of_the_account,
+    racing_admissions_respect_the_limit,
     a_call_batch_is_written_whole_or_not_at_all,
     pages_are_newest_first_and_cover_everything_once,
     an_exact_last_page_has_no_next_cursor,
