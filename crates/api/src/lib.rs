@@ -63,6 +63,7 @@ pub mod cors;
 pub mod document;
 pub mod error;
 pub mod events;
+pub mod forward;
 pub mod hooks;
 pub mod http;
 pub mod journal;
@@ -165,6 +166,7 @@ impl Api {
                 journal: Arc::default(),
                 store_health: Default::default(),
                 client_sessions: Default::default(),
+                forward: forward::client(),
             }),
         }
     }
@@ -241,6 +243,15 @@ impl Api {
             .route("/v1/calls/{call_id}", get(calls::get_call))
             .route("/v1/calls/{call_id}/hangup", post(calls::hangup_call))
             .route("/v1/events", get(calls::events))
+            // Between nodes, outside the published document (see `forward`).
+            .route(
+                "/internal/v1/calls/{call_id}/hangup",
+                post(forward::internal_hangup),
+            )
+            .route(
+                "/internal/v1/calls/{call_id}/live",
+                get(forward::internal_live),
+            )
             .route("/v1/lookup/{number}", get(lookup::lookup))
             .route(
                 "/v1/account",

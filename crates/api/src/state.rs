@@ -33,6 +33,9 @@ pub struct ApiConfig {
     /// This node (`[node] id`): the owner recorded with each call it places, and `server_id`
     /// in Click-2-Call answers.
     pub server_id: String,
+    /// `[node] secret`, shared by the nodes: signs the requests one node forwards to another
+    /// (see [`crate::forward`]). Without it nothing is forwarded.
+    pub node_secret: Option<store::Secret>,
     /// Callback delivery policy.
     pub callbacks: CallbackPolicy,
     /// Caps on connections open at once, overall and per source.
@@ -50,6 +53,7 @@ impl Default for ApiConfig {
             customer_ring_secs: 45,
             max_ring_secs: 300,
             server_id: "dialbridge-1".to_owned(),
+            node_secret: None,
             callbacks: CallbackPolicy::default(),
             connections: sip_core::limits::ConnectionLimitsConfig::default(),
             timeouts: crate::conn::HttpTimeouts::default(),
@@ -73,4 +77,6 @@ pub struct Shared {
     pub(crate) store_health: crate::journal::StoreHealth,
     /// The client sessions of the browser side (see [`crate::client`]).
     pub(crate) client_sessions: crate::client::ClientSessions,
+    /// The HTTP client of requests forwarded to other nodes.
+    pub(crate) forward: reqwest::Client,
 }

@@ -376,6 +376,7 @@ pub async fn serve_until(
     let api_cfg = api::ApiConfig {
         listen: valid.api_listen,
         server_id: valid.node.id.clone(),
+        node_secret: cfg.node.secret.clone(),
         realm: cfg.sip.domain.clone(),
         agent_ring_secs: u32::try_from(cfg.calls.agent_ring_secs).unwrap_or(u32::MAX),
         customer_ring_secs: u32::try_from(cfg.calls.customer_ring_secs).unwrap_or(u32::MAX),

@@ -413,6 +413,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         -> Result<Vec<NodeLease>, StoreError>;
     /// Gives up this instance's lease (a clean stop).
     async fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError>;
+    /// The lease of a node as it stands (live or lapsed), `None` when it has none: where
+    /// another node reaches it (`api_url`) and whether it is alive.
+    async fn node_lease(&self, node_id: &str) -> Result<Option<NodeLease>, StoreError>;
     /// A small write that tells whether the store accepts writes now (health checks).
     async fn probe_write(&self, now: UnixMs) -> Result<(), StoreError>;
 
@@ -615,6 +618,7 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     fn renew_node_lease(&self, lease: &NodeLease) -> Result<bool, StoreError>;
     fn claim_lapsed_nodes(&self, by: &str, now: UnixMs) -> Result<Vec<NodeLease>, StoreError>;
     fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError>;
+    fn node_lease(&self, node_id: &str) -> Result<Option<NodeLease>, StoreError>;
     fn probe_write(&self, now: UnixMs) -> Result<(), StoreError>;
 
     // ----- idempotency keys ---------------------------------------------------------------

@@ -2618,6 +2618,25 @@ impl Store for PgStore {
         .collect()
     }
 
+    async fn node_lease(&self, node_id: &str) -> Result<Option<NodeLease>, StoreError> {
+        let c = self.client().await?;
+        let row = query_opt(
+            &c,
+            "SELECT node_id, instance, api_url, until_ms FROM nodes WHERE node_id = $1",
+            &[&node_id],
+        )
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(NodeLease {
+                node_id: r.try_get(0)?,
+                instance: r.try_get(1)?,
+                api_url: r.try_get(2)?,
+                until_ms: r.try_get(3)?,
+            })),
+        }
+    }
+
     async fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError> {
         let c = self.client().await?;
         exec(

@@ -2374,6 +2374,24 @@ impl BlockingStore for SqliteStore {
         Ok(lapsed)
     }
 
+    fn node_lease(&self, node_id: &str) -> Result<Option<NodeLease>, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT node_id, instance, api_url, until_ms FROM nodes WHERE node_id = ?1",
+                [node_id],
+                |r| {
+                    Ok(NodeLease {
+                        node_id: r.get(0)?,
+                        instance: r.get(1)?,
+                        api_url: r.get(2)?,
+                        until_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError> {
         let conn = self.conn()?;
         exec(

@@ -556,6 +556,10 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         let by = by.to_owned();
         self.run(move |s| s.claim_lapsed_nodes(&by, now)).await
     }
+    async fn node_lease(&self, node_id: &str) -> Result<Option<NodeLease>, StoreError> {
+        let node_id = node_id.to_owned();
+        self.run(move |s| s.node_lease(&node_id)).await
+    }
     async fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError> {
         let (node_id, instance) = (node_id.to_owned(), instance.to_owned());
         self.run(move |s| s.release_node_lease(&node_id, &instance))

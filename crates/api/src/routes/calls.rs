@@ -375,8 +375,15 @@ pub async fn get_call(
     let callbacks = shared.store.callbacks_for_call(&rec.id).await?;
     let mut view = views::call_detail(&rec, &timeline, &callbacks);
     if !rec.status.is_final() {
-        // A running call: its media counters so far, straight from the relay.
-        if let Some(live) = shared.calls.live_stats(&rec.id) {
+        // A running call: its media counters so far, straight from the relay (of the node
+        // that runs it).
+        let live = match rec.node_id.as_deref() {
+            Some(owner) if owner != shared.cfg.server_id => {
+                crate::forward::live_stats(&shared, owner, &rec.id).await
+            }
+            _ => shared.calls.live_stats(&rec.id),
+        };
+        if let Some(live) = live {
             view["stats"] = live;
         }
     }
@@ -483,7 +490,8 @@ pub async fn list_calls(
         (status = 202, description = "Hang-up requested", body = Object),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 404, description = "Call not found", body = ErrorBody),
-        (status = 409, description = "Call has already ended", body = ErrorBody),
+        (status = 409, description = "Call has already ended / is not active on its node", body = ErrorBody),
+        (status = 503, description = "The node running the call is down or did not answer in time (Retry-After)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn hangup_call(
@@ -506,11 +514,21 @@ pub async fn hangup_call(
             message: format!("Call has already ended ({})", rec.status),
         });
     }
-    if shared.calls.hangup(&rec.id).is_err() {
-        return Err(ApiError::Conflict {
-            code: "call_not_active",
-            message: "Call is not active on this server".to_owned(),
-        });
+    let mut detail = json!({"endpoint": "POST /v1/calls/{call_id}/hangup"});
+    match rec.node_id.as_deref() {
+        // A call of another node: its owner hangs it up.
+        Some(owner) if owner != shared.cfg.server_id => {
+            crate::forward::hangup(&shared, owner, &rec.id).await?;
+            detail["forwarded_to"] = owner.into();
+        }
+        _ => {
+            if shared.calls.hangup(&rec.id).is_err() {
+                return Err(ApiError::Conflict {
+                    code: "call_not_active",
+                    message: "Call is not active on this server".to_owned(),
+                });
+            }
+        }
     }
     let _ = shared
         .store
@@ -520,7 +538,7 @@ pub async fn hangup_call(
                 at_ms: now_ms(),
                 kind: "api.hangup".to_owned(),
                 leg: None,
-                detail: json!({"endpoint": "POST /v1/calls/{call_id}/hangup"}),
+                detail,
             },
         )
         .await;
