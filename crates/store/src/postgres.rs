@@ -223,6 +223,10 @@ CREATE INDEX publishable_keys_account ON publishable_keys(account_id);
 ALTER TABLE callback_outbox ADD COLUMN claimed_by TEXT;
 ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms BIGINT;
 "#,
+    // 6: the RFC 3327 Path of a binding (SQLite's version 8).
+    r#"
+ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 /// The advisory lock held while migrating (any constant shared by all nodes).
@@ -643,7 +647,7 @@ impl RoutingCols {
 
 const BINDING_COLS: &str = "b.device_username, d.user_id, b.contact, b.source, b.transport, \
      b.local, b.expires_at, b.q, b.call_id, b.cseq, b.instance, b.reg_id, b.user_agent, \
-     b.updated_at";
+     b.updated_at, b.path";
 
 fn binding_from_row(row: &Row) -> Result<Binding, StoreError> {
     Ok(Binding {
@@ -661,6 +665,7 @@ fn binding_from_row(row: &Row) -> Result<Binding, StoreError> {
         reg_id: opt_u32_col(row, 11, "bindings.reg_id")?,
         user_agent: row.try_get(12)?,
         updated_at: row.try_get(13)?,
+        path: crate::sqlite::path_from_json(row.try_get(14)?),
     })
 }
 
@@ -2009,14 +2014,15 @@ impl Store for PgStore {
         exec(
             &c,
             "INSERT INTO bindings (device_username, contact, source, transport, local,
-                 expires_at, q, call_id, cseq, instance, reg_id, user_agent, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 expires_at, q, call_id, cseq, instance, reg_id, user_agent, updated_at, path)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (device_username, contact) DO UPDATE SET
                  source = excluded.source, transport = excluded.transport,
                  local = excluded.local, expires_at = excluded.expires_at, q = excluded.q,
                  call_id = excluded.call_id, cseq = excluded.cseq,
                  instance = excluded.instance, reg_id = excluded.reg_id,
-                 user_agent = excluded.user_agent, updated_at = excluded.updated_at",
+                 user_agent = excluded.user_agent, updated_at = excluded.updated_at,
+                 path = excluded.path",
             &[
                 &b.device_username,
                 &b.contact,
@@ -2031,6 +2037,7 @@ impl Store for PgStore {
                 &b.reg_id.map(i64::from),
                 &b.user_agent,
                 &b.updated_at,
+                &crate::sqlite::path_to_json(&b.path),
             ],
         )
         .await

@@ -233,6 +233,10 @@ CREATE INDEX publishable_keys_account ON publishable_keys(account_id);
 ALTER TABLE callback_outbox ADD COLUMN claimed_by TEXT;
 ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms INTEGER;
 "#,
+    // 8: the RFC 3327 Path of a binding (a JSON array of the header values as received).
+    r#"
+ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 const PEPPER_KEY: &str = "api_secret_pepper";
@@ -633,7 +637,16 @@ struct UnknownFailoverCodes(String);
 
 const BINDING_COLS: &str = "b.device_username, d.user_id, b.contact, b.source, b.transport, \
      b.local, b.expires_at, b.q, b.call_id, b.cseq, b.instance, b.reg_id, b.user_agent, \
-     b.updated_at";
+     b.updated_at, b.path";
+
+/// A binding's Path as stored (a JSON array); an unreadable one is no Path.
+pub(crate) fn path_from_json(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+pub(crate) fn path_to_json(path: &[String]) -> String {
+    serde_json::to_string(path).unwrap_or_else(|_| "[]".to_owned())
+}
 
 fn binding_from_row(row: &Row<'_>) -> rusqlite::Result<Binding> {
     Ok(Binding {
@@ -651,6 +664,7 @@ fn binding_from_row(row: &Row<'_>) -> rusqlite::Result<Binding> {
         reg_id: row.get(11)?,
         user_agent: row.get(12)?,
         updated_at: row.get(13)?,
+        path: path_from_json(&row.get::<_, String>(14)?),
     })
 }
 
@@ -1960,19 +1974,25 @@ impl BlockingStore for SqliteStore {
 
     fn upsert_binding(&self, b: &Binding) -> Result<(), StoreError> {
         self.forget_refresh(&b.device_username, Some(&b.contact));
+        let path = path_to_json(&b.path);
         let conn = self.conn()?;
         exec(
             &conn,
             "INSERT INTO bindings (device_username, contact, source, transport, local,
-                 expires_at, q, call_id, cseq, instance, reg_id, user_agent, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 expires_at, q, call_id, cseq, instance, reg_id, user_agent, updated_at, path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (device_username, contact) DO UPDATE SET
                  source = excluded.source, transport = excluded.transport,
                  local = excluded.local, expires_at = excluded.expires_at, q = excluded.q,
                  call_id = excluded.call_id, cseq = excluded.cseq,
                  instance = excluded.instance, reg_id = excluded.reg_id,
-                 user_agent = excluded.user_agent, updated_at = excluded.updated_at",
-            binding_params(b),
+                 user_agent = excluded.user_agent, updated_at = excluded.updated_at,
+                 path = excluded.path",
+            rusqlite::params_from_iter(
+                binding_params(b)
+                    .into_iter()
+                    .chain([&path as &dyn rusqlite::ToSql]),
+            ),
         )
         .map_err(|e| {
             if StoreError::is_foreign_key_violation(&e) {

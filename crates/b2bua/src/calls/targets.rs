@@ -55,6 +55,7 @@ async fn device_targets(
                 invite_timeout: None,
                 failover_codes: Vec::new(),
                 trunk: None,
+                route: b.path.clone(),
             });
         }
     }
@@ -104,6 +105,7 @@ async fn trunk_plan(
             invite_timeout: Some(t.invite_timeout),
             failover_codes: t.failover_codes.clone(),
             trunk: Some(a),
+            route: Vec::new(),
         }]
     });
     Ok(match leg {

@@ -76,6 +76,9 @@ pub(crate) struct Target {
     /// A trunk's target: its channel is taken before the INVITE, and it hears what the
     /// INVITE came to (health, `503` + `Retry-After`, metrics; see `crate::trunks`).
     pub(crate) trunk: Option<crate::trunks::call_glue::TrunkAttempt>,
+    /// Route headers of the INVITE, in order (RFC 3327: the Path a phone registered
+    /// through); `dest` is then the first of them. Empty for a direct target.
+    pub(crate) route: Vec<String>,
 }
 
 /// The targets of one leg: stages tried one after another (failover); the targets of one
