@@ -9,6 +9,7 @@
 pub mod baresip;
 pub mod bench;
 pub mod c2c;
+pub mod edge;
 pub mod http;
 pub mod pg;
 
