@@ -76,7 +76,7 @@ pub use provision::{
     Provisioning, TrunkSpec, UserSpec,
 };
 pub use secret::Secret;
-pub use sqlite::SqliteStore;
+pub use sqlite::{redact_url, SqliteStore};
 pub use threads::StoreThreads;
 pub use typeid::{TypeId, TypeIdError};
 

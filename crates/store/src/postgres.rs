@@ -231,6 +231,8 @@ ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
 
 /// The advisory lock held while migrating (any constant shared by all nodes).
 const MIGRATION_LOCK: i64 = 0x6469_616c_6272;
+/// The advisory lock held while applying the provisioning tables.
+const PROVISION_LOCK: i64 = 0x6469_616c_6273;
 
 const PEPPER_KEY: &str = "api_secret_pepper";
 const PEPPER_LEN: usize = 32;
@@ -1414,6 +1416,10 @@ impl Store for PgStore {
             }
             let mut c = self.client().await?;
             let tx = c.transaction().await?;
+            // Nodes starting together apply the same provisioning one after another (each
+            // then finds the other's rows), not into each other's unique keys.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PROVISION_LOCK])
+                .await?;
             let mut report = ProvisionReport::default();
             self.provision_accounts(&tx, prov, &mut report).await?;
             PgStore::provision_users(&tx, prov, realm, &mut report).await?;

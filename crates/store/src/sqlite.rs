@@ -283,7 +283,7 @@ impl Location {
 }
 
 /// `postgres://user:password@host/db` with the password replaced by `***`.
-pub(crate) fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
