@@ -167,6 +167,37 @@ pub fn tree_cpu(root: u32, ticks_per_second: u64) -> CpuTime {
     cpu
 }
 
+/// The value of an unlabelled sample `name` in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `dialbridge_heap_bytes` from the server's `/metrics` (heap in use, not the resident set).
+pub fn heap_bytes(api: std::net::SocketAddr) -> Option<u64> {
+    let r = crate::http::try_request(api, "GET", "/metrics", &[], None).ok()?;
+    metric_value(&r.body, "dialbridge_heap_bytes")
+}
+
+/// `VmRSS` (resident set now) of `/proc/PID/status`, in KiB.
+pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Resident set of a process now, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .as_deref()
+        .and_then(parse_vm_rss_kib)
+}
+
 /// Peak resident set of a process in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -432,6 +463,12 @@ mod tests {
         let status =
             "Name:\tdialbridge\nVmPeak:\t  900000 kB\nVmHWM:\t   51234 kB\nVmRSS:\t 40000 kB\n";
         assert_eq!(parse_vm_hwm_kib(status), Some(51234));
+        assert_eq!(parse_vm_rss_kib(status), Some(40000));
+        let metrics = "# HELP dialbridge_heap_bytes x\n# TYPE dialbridge_heap_bytes gauge\n\
+                       dialbridge_heap_bytes_other 5\ndialbridge_heap_bytes 1234\n";
+        assert_eq!(metric_value(metrics, "dialbridge_heap_bytes"), Some(1234));
+        assert_eq!(metric_value(metrics, "dialbridge_nothing"), None);
+        assert_eq!(parse_vm_rss_kib("Name:\tx\n"), None);
         assert_eq!(parse_vm_hwm_kib("Name:\tx\n"), None);
     }
 

@@ -65,18 +65,22 @@ pub(crate) fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Valu
     (name, leg, v)
 }
 
-/// Applies an event to the record; true when the record changed.
+/// Applies an event to the record; true when the record may have changed (at worst one
+/// redundant update of the row; cheaper than comparing a copy of the record).
 pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
     let at = rfc3339_ms(ev.at_ms);
-    let before = rec.clone();
     let final_already = rec.status.is_final();
     match &ev.kind {
         CallEventKind::Sip {
             leg, sip_call_id, ..
         } => {
             if let Some(o) = leg_obj(&mut rec.legs, *leg) {
-                o.entry("sip_call_id").or_insert_with(|| json!(sip_call_id));
+                if !o.contains_key("sip_call_id") {
+                    o.insert("sip_call_id".into(), json!(sip_call_id));
+                    return true;
+                }
             }
+            false
         }
         CallEventKind::Ringing { leg, sip_code } => {
             if rec.status == CallStatus::Queued {
@@ -86,17 +90,20 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
                 o.entry("ringing_at").or_insert_with(|| json!(at));
                 o.insert("last_provisional".into(), json!(sip_code));
             }
+            true
         }
         CallEventKind::EarlyMedia { leg } => {
             if let Some(o) = leg_obj(&mut rec.legs, *leg) {
                 o.insert("early_media".into(), json!(true));
             }
+            true
         }
         CallEventKind::AgentAnswered { sip_code } => {
             if let Some(o) = leg_obj(&mut rec.legs, Leg::Agent) {
                 o.insert("answered_at".into(), json!(at));
                 o.insert("sip_code".into(), json!(sip_code));
             }
+            true
         }
         CallEventKind::InProgress { sip_code } => {
             if !final_already {
@@ -107,6 +114,7 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
                 o.insert("answered_at".into(), json!(at));
                 o.insert("sip_code".into(), json!(sip_code));
             }
+            true
         }
         CallEventKind::Ended { outcome, stats } => {
             if !final_already {
@@ -120,10 +128,10 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
                 rec.sip_code = outcome.sip_code;
                 rec.stats = stats.clone();
             }
+            !final_already
         }
-        CallEventKind::Note { .. } => {}
+        CallEventKind::Note { .. } => false,
     }
-    *rec != before
 }
 
 /// The callback stage of an event, if it is one: (status, leg, sip_code, duration).

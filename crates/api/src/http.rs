@@ -67,7 +67,7 @@ impl FromRequestParts<Arc<Shared>> for BearerAccount {
         if crate::client::has_client_secret(parts) {
             return Err(crate::client::not_for_client_secrets());
         }
-        let Some(account) = state.store.account_by_api_secret(secret.trim()).await? else {
+        let Some(account) = state.account_by_api_secret(secret.trim()).await? else {
             return Err(ApiError::Unauthorized);
         };
         let Some(target) = parts.headers.get(ACCOUNT_HEADER) else {

@@ -112,6 +112,9 @@ impl StoreHealth {
 #[derive(Debug, Default)]
 pub struct Journal {
     queue: Mutex<VecDeque<CallEvent>>,
+    /// Records of calls this node has just inserted, taken by the writer at their first
+    /// event instead of reading them back from the store.
+    born: Mutex<HashMap<String, CallRecord>>,
     ready: Condvar,
     /// Events queued and not yet committed (the batch being written included).
     backlog: AtomicUsize,
@@ -128,6 +131,25 @@ impl Journal {
         }
     }
 
+    /// Tells the writer the record of a call just inserted (before its first event), so it
+    /// need not read the call back: a new call has no callbacks yet.
+    pub fn born(&self, rec: CallRecord) {
+        if let Ok(mut b) = self.born.lock() {
+            b.insert(rec.id.clone(), rec);
+        }
+    }
+
+    /// Takes back [`Journal::born`] for a call that did not start (it will have no event).
+    pub fn stillborn(&self, call_id: &str) {
+        if let Ok(mut b) = self.born.lock() {
+            b.remove(call_id);
+        }
+    }
+
+    fn take_born(&self, call_id: &str) -> Option<CallRecord> {
+        self.born.lock().ok().and_then(|mut b| b.remove(call_id))
+    }
+
     /// Events not yet committed to the store.
     pub fn backlog(&self) -> usize {
         self.backlog.load(Ordering::SeqCst)
@@ -138,30 +160,33 @@ impl Journal {
         self.backlog() > BACKLOG_LIMIT
     }
 
-    /// Takes up to [`MAX_BATCH`] events, waiting for the first (up to `wait`), then letting
-    /// others gather for [`GATHER`] unless the batch is already full.
-    fn take(&self, wait: Duration) -> Vec<CallEvent> {
+    /// Moves up to [`MAX_BATCH`] events into `batch` (emptied first; its allocation is
+    /// reused from batch to batch), waiting for the first (up to `wait`), then letting others
+    /// gather for [`GATHER`] unless the batch is already full.
+    fn take(&self, wait: Duration, batch: &mut Vec<CallEvent>) {
+        batch.clear();
         {
             let Ok(mut q) = self.queue.lock() else {
-                return Vec::new();
+                return;
             };
             if q.is_empty() && !self.stopping.load(Ordering::SeqCst) {
                 q = match self.ready.wait_timeout(q, wait) {
                     Ok((q, _)) => q,
-                    Err(_) => return Vec::new(),
+                    Err(_) => return,
                 };
             }
             if q.is_empty() || q.len() >= MAX_BATCH || self.stopping.load(Ordering::SeqCst) {
                 let n = q.len().min(MAX_BATCH);
-                return q.drain(..n).collect();
+                batch.extend(q.drain(..n));
+                return;
             }
         }
         std::thread::sleep(GATHER);
         let Ok(mut q) = self.queue.lock() else {
-            return Vec::new();
+            return;
         };
         let n = q.len().min(MAX_BATCH);
-        q.drain(..n).collect()
+        batch.extend(q.drain(..n));
     }
 
     /// Waits (at most `limit`) until every event handed over so far is in the store; false
@@ -223,8 +248,9 @@ impl Writer {
     pub(crate) fn run(mut self, drain_for: Duration, rt: &tokio::runtime::Handle) {
         let journal = Arc::clone(&self.shared.journal);
         let mut stop_deadline: Option<Instant> = None;
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            let batch = journal.take(Duration::from_millis(200));
+            journal.take(Duration::from_millis(200), &mut batch);
             let stopping = journal.stopping.load(Ordering::SeqCst);
             if batch.is_empty() {
                 if stopping {
@@ -287,12 +313,18 @@ impl Writer {
                 },
             });
             if !staged.contains_key(&ev.call_id) {
-                let known = match self.known.get(&ev.call_id) {
-                    Some(k) => Some(k.clone()),
-                    None => store
-                        .get_call(&ev.account_id, &ev.call_id)
-                        .await?
-                        .map(|rec| Known { next_seq: 0, rec }),
+                // Taken out of `known` while staged; put back when the batch commits. When it
+                // does not, the call is read back from the store at its next event (the
+                // store has exactly what was committed).
+                let known = match self.known.remove(&ev.call_id) {
+                    Some(k) => Some(k),
+                    None => match self.shared.journal.take_born(&ev.call_id) {
+                        Some(rec) => Some(Known { next_seq: 1, rec }),
+                        None => store
+                            .get_call(&ev.account_id, &ev.call_id)
+                            .await?
+                            .map(|rec| Known { next_seq: 0, rec }),
+                    },
                 };
                 let Some(mut known) = known else {
                     // A timeline row would break its foreign key: leave the event out.
@@ -341,7 +373,10 @@ impl Writer {
             }
         }
         if !writes.is_empty() {
-            store.write_call_batch(&writes).await?;
+            match store.write_call_batch_here(&writes) {
+                Some(result) => result?,
+                None => store.write_call_batch(&writes).await?,
+            }
         }
         // Committed: the writer's view moves on, and the world hears of it.
         for (id, k) in staged {

@@ -167,6 +167,7 @@ impl Api {
                 store_health: Default::default(),
                 client_sessions: Default::default(),
                 forward: forward::client(),
+                reads: Default::default(),
             }),
         }
     }

@@ -9,7 +9,7 @@ use b2bua::calls::{AgentTarget, CallSpec, CustomerTarget, StartError};
 use b2bua::dialplan::{self, DialError, Dialled, Refusal};
 use b2bua::numbering::Classified;
 use serde_json::{json, Value};
-use store::{Account, CallRecord, CallStatus, TimelineEntry, TypeId, User};
+use store::{Account, CallRecord, CallStatus, CallWrite, TimelineEntry, TypeId, User};
 
 use crate::callbacks::check_callback_url;
 use crate::error::ApiError;
@@ -139,7 +139,7 @@ pub(crate) async fn choose_caller_id(
     default: Option<&str>,
     user: Option<&User>,
 ) -> Result<Option<String>, ApiError> {
-    let numbers = shared.store.numbers_for_account(&account.id).await?;
+    let numbers = shared.numbers_for_account(&account.id).await?;
     if let Some(asked) = asked {
         return if numbers.iter().any(|n| n.number == asked) {
             Ok(Some(asked.to_owned()))
@@ -271,11 +271,25 @@ pub(crate) async fn place_call(
         leg: None,
         detail: req.request_detail,
     };
-    // The account's concurrency limit holds across nodes: the store counts the account's
-    // live calls of every node and inserts this one in the same step.
+    // The record and its first timeline entry in one transaction (one trip to the store),
+    // under the account's concurrency limit, which holds across nodes: the store counts the
+    // account's live calls of every node in the same step.
     let max_live = account.limits.max_concurrent;
-    let inserted = match shared.store.insert_call_within(&rec, max_live).await {
-        Ok(true) => shared.store.append_timeline(&call_id, &request_entry).await,
+    let inserted = match shared
+        .store
+        .admit_call(
+            &[
+                CallWrite::NewCall(rec.clone()),
+                CallWrite::Timeline {
+                    call_id: call_id.clone(),
+                    entry: request_entry,
+                },
+            ],
+            max_live,
+        )
+        .await
+    {
+        Ok(true) => Ok(()),
         Ok(false) => {
             shared.limiter.release(&account.id);
             return Err(limit_error(LimitError::Concurrency { max: max_live }));
@@ -298,7 +312,9 @@ pub(crate) async fn place_call(
         customer_ring: Duration::from_secs(u64::from(shared.cfg.customer_ring_secs)),
     };
     tracing::info!(call_id = %call_id, "starting call");
+    shared.journal.born(rec.clone());
     if let Err(e) = shared.calls.start_call(spec) {
+        shared.journal.stillborn(&call_id);
         shared.limiter.release(&account.id);
         let mut failed = rec.clone();
         failed.status = CallStatus::Failed;

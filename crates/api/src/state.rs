@@ -79,4 +79,78 @@ pub struct Shared {
     pub(crate) client_sessions: crate::client::ClientSessions,
     /// The HTTP client of requests forwarded to other nodes.
     pub(crate) forward: reqwest::Client,
+    /// Provisioning reads kept in memory for the request path (see [`Reads`]).
+    pub(crate) reads: Reads,
+}
+
+/// How long provisioning read by the API is trusted at most: a change made through another
+/// node sharing the database (a revoked API key, a number moved) is seen within it; one made
+/// through this node is seen at once ([`store::Store::provisioning_generation`]).
+pub const READS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Entries each read cache keeps at most.
+const READS_CAPACITY: usize = 10_000;
+
+/// The provisioning an API request reads on every call: its account (by the SHA-256 of its
+/// secret: the secret itself is not kept), the agent user, the account's numbers.
+pub(crate) struct Reads {
+    accounts_by_secret: store::cache::ReadCache<[u8; 32], Option<store::Account>>,
+    users: store::cache::ReadCache<String, Option<store::User>>,
+    numbers: store::cache::ReadCache<String, Vec<store::Number>>,
+}
+
+impl Default for Reads {
+    fn default() -> Reads {
+        Reads {
+            accounts_by_secret: store::cache::ReadCache::new(READS_TTL, READS_CAPACITY),
+            users: store::cache::ReadCache::new(READS_TTL, READS_CAPACITY),
+            numbers: store::cache::ReadCache::new(READS_TTL, READS_CAPACITY),
+        }
+    }
+}
+
+impl Shared {
+    /// [`Store::account_by_api_secret`] through [`Reads`].
+    pub(crate) async fn account_by_api_secret(
+        &self,
+        secret: &str,
+    ) -> Result<Option<store::Account>, store::StoreError> {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
+        let generation = self.store.provisioning_generation();
+        store::cache::read_through(
+            &self.reads.accounts_by_secret,
+            key,
+            generation,
+            self.store.account_by_api_secret(secret),
+        )
+        .await
+    }
+
+    /// [`Store::user`] through [`Reads`].
+    pub(crate) async fn user(&self, id: &str) -> Result<Option<store::User>, store::StoreError> {
+        let generation = self.store.provisioning_generation();
+        store::cache::read_through(
+            &self.reads.users,
+            id.to_owned(),
+            generation,
+            self.store.user(id),
+        )
+        .await
+    }
+
+    /// [`Store::numbers_for_account`] through [`Reads`].
+    pub(crate) async fn numbers_for_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<store::Number>, store::StoreError> {
+        let generation = self.store.provisioning_generation();
+        store::cache::read_through(
+            &self.reads.numbers,
+            account_id.to_owned(),
+            generation,
+            self.store.numbers_for_account(account_id),
+        )
+        .await
+    }
 }

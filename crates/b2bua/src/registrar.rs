@@ -25,7 +25,7 @@
 //!
 //! Device credentials (the HA1 values, or that no such device exists) are kept in memory
 //! for [`CREDENTIALS_TTL`] and dropped as soon as the store says its devices may have changed
-//! ([`store::Store::credentials_generation`]): a refresh costs no credential read, and a
+//! ([`store::Store::provisioning_generation`]): a refresh costs no credential read, and a
 //! changed or deleted device is seen at its next REGISTER. A change made by another node
 //! sharing the store is seen within [`CREDENTIALS_TTL`].
 
@@ -284,7 +284,7 @@ impl Registrar {
     /// are younger than [`CREDENTIALS_TTL`], else read again.
     async fn device(&self, username: &str) -> Result<Option<Device>, store::StoreError> {
         // Read before the lookup: a change that lands meanwhile makes the entry stale.
-        let generation = self.store.credentials_generation();
+        let generation = self.store.provisioning_generation();
         let now = std::time::Instant::now();
         if let Ok(c) = self.credentials.lock() {
             if let Some(e) = c.get(username) {
@@ -1193,7 +1193,7 @@ mod tests {
         )
         .await;
         assert_eq!(ok.response.status, 200);
-        let generation = reg.store.credentials_generation();
+        let generation = reg.store.provisioning_generation();
         assert!(reg.credentials.lock().unwrap().contains_key("alice-desk"));
         // A refresh is authenticated from memory: the same entry serves it.
         let ok = authed(
@@ -1212,7 +1212,7 @@ mod tests {
             .set_device_password("alice-desk", &store::Secret::new("n3w-pass"), REALM)
             .await
             .unwrap();
-        assert!(reg.store.credentials_generation() > generation);
+        assert!(reg.store.provisioning_generation() > generation);
         let old = authed(
             &reg,
             5,

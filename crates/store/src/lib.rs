@@ -22,6 +22,8 @@
 //!   [`CallRecord`], [`OutboxEntry`], ...).
 //! - [`secret`]: [`Secret`], a string redacted from `Debug`/`Display`, and the hashes: digest
 //!   HA1 (MD5, SHA-256) and the keyed hash of API secrets.
+//! - [`cache`]: [`cache::ReadCache`], provisioning data kept in memory for the hot paths,
+//!   trusted while [`Store::provisioning_generation`] holds and for a time to live.
 //! - [`typeid`]: TypeIDs (`user_01h2xcejqtf2nbrexx3vqjhp42`): generation from UUIDv7, parsing.
 //! - [`e164`]: E.164 number checks.
 //! - [`error`]: the error type, [`StoreError`].
@@ -53,6 +55,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod cache;
 pub mod calendar;
 pub mod e164;
 pub mod error;
@@ -111,14 +114,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The store interface used by the registrar, the call logic and the API: asynchronous, so
-/// that no runtime thread ever waits on a database.
-///
-/// Each backend decides where its work runs: SQLite on the store's own threads
-/// ([`StoreThreads`]), PostgreSQL on its pool's connections. Lookups return `Ok(None)` when
-/// nothing matches; updates and deletes of a missing row return [`StoreError::NotFound`] or
-/// `Ok(false)` as documented.
-/// The counter behind [`Store::credentials_generation`], kept by each backend.
+/// The counter behind [`Store::provisioning_generation`], kept by each backend.
 #[derive(Debug, Default)]
 pub(crate) struct Generation(std::sync::atomic::AtomicU64);
 
@@ -127,7 +123,7 @@ impl Generation {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Counts a write that may have changed devices (whatever its result) and passes the
+    /// Counts a write that may have changed provisioning (whatever its result) and passes the
     /// result on.
     pub(crate) fn changed<T>(&self, result: T) -> T {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -135,13 +131,21 @@ impl Generation {
     }
 }
 
+/// The store interface used by the registrar, the call logic and the API: asynchronous, so
+/// that no runtime thread ever waits on a database.
+///
+/// Each backend decides where its work runs: SQLite on the store's own threads
+/// ([`StoreThreads`]), PostgreSQL on its pool's connections. Lookups return `Ok(None)` when
+/// nothing matches; updates and deletes of a missing row return [`StoreError::NotFound`] or
+/// `Ok(false)` as documented.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// A number that changes whenever this store's devices may have changed (provisioning,
-    /// a device or user created, changed or deleted through it): what a cache of device
-    /// credentials compares to know it is stale. Read it before the lookup whose result is
-    /// cached. Writes made by another node are not seen here: a cache also needs a lifetime.
-    fn credentials_generation(&self) -> u64 {
+    /// A number that changes whenever provisioning may have changed through this store
+    /// (the configuration applied; an account, its limits or keys, a user, device, number
+    /// or trunk created, changed or deleted): what a [`cache::ReadCache`] compares to know it
+    /// is stale. Read it before the lookup whose result is cached. Writes made by another
+    /// node are not seen here: a cache also needs a lifetime.
+    fn provisioning_generation(&self) -> u64 {
         0
     }
 
@@ -302,14 +306,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // ----- calls and timelines ------------------------------------------------------------
 
     async fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
-    /// Inserts a call unless its account already has `max_live` unfinished calls (of every
-    /// node sharing the database); `Ok(false)` then, and nothing is written. Counting and
-    /// inserting are one step cluster-wide (a lock per account on PostgreSQL).
-    async fn insert_call_within(
-        &self,
-        call: &CallRecord,
-        max_live: u32,
-    ) -> Result<bool, StoreError>;
+    /// Writes `writes` (a new call, [`CallWrite::NewCall`], with what goes with it) in one
+    /// transaction unless the new call's account already has `max_live` unfinished calls (of
+    /// every node sharing the database); `Ok(false)` then, and nothing is written. Counting
+    /// and writing are one step cluster-wide (a lock per account on PostgreSQL).
+    /// [`StoreError::Invalid`] when `writes` holds no new call.
+    async fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError>;
     /// Replaces every mutable field of the call `call.id` (not `account_id`, `created_at_ms`).
     async fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
     async fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
@@ -382,6 +384,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// transaction: all of them or, on an error, none — so a batch that failed can be retried
     /// whole without anything being written twice.
     async fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError>;
+    /// [`Store::write_call_batch`] on the caller's own thread, blocking it, where the backend's
+    /// work is blocking anyway (SQLite): for a caller that is an OS thread of its own (the
+    /// call event journal), which saves a hand-off to a store thread and back, and a copy
+    /// of the batch. `None`: this backend has no such path; use `write_call_batch`.
+    fn write_call_batch_here(&self, _writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
+        None
+    }
     /// Calls whose status is not final (after a crash: the calls a previous run left).
     async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
     /// The unfinished calls owned by `node_id` (and, with `with_unowned`, those that record
@@ -556,7 +565,7 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     // ----- calls and timelines ------------------------------------------------------------
 
     fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
-    fn insert_call_within(&self, call: &CallRecord, max_live: u32) -> Result<bool, StoreError>;
+    fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError>;
     fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
     fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
     fn call_by_request_id(

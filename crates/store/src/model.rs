@@ -719,6 +719,8 @@ pub enum CallWrite {
         call_id: String,
         entry: TimelineEntry,
     },
+    /// A new call record (as `insert_call`: a call that exists is refused).
+    NewCall(CallRecord),
     /// The call record's new state (every mutable field, as `update_call`).
     Call(CallRecord),
     /// A callback into the outbox.

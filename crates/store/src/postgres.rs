@@ -256,7 +256,7 @@ pub struct PgStore {
     pepper: Vec<u8>,
     /// `store.url` with its password replaced by `***`.
     url: String,
-    /// [`Store::credentials_generation`].
+    /// [`Store::provisioning_generation`].
     generation: crate::Generation,
 }
 
@@ -920,6 +920,31 @@ async fn check_owner<C: GenericClient + Sync>(c: &C, number: &Number) -> Result<
     }
 }
 
+/// The account of the new call in `writes` (the one [`Store::admit_call`] admits).
+fn new_call_account(writes: &[CallWrite]) -> Option<&str> {
+    writes.iter().find_map(|w| match w {
+        CallWrite::NewCall(r) => Some(r.account_id.as_str()),
+        _ => None,
+    })
+}
+
+async fn apply_writes_on<C: GenericClient + Sync>(
+    c: &C,
+    writes: &[CallWrite],
+) -> Result<(), StoreError> {
+    for w in writes {
+        match w {
+            CallWrite::Timeline { call_id, entry } => {
+                append_timeline_on(c, call_id, entry).await?;
+            }
+            CallWrite::NewCall(r) => insert_call_on(c, r).await?,
+            CallWrite::Call(r) => update_call_on(c, r).await?,
+            CallWrite::Callback(e) => enqueue_callback_on(c, e).await?,
+        }
+    }
+    Ok(())
+}
+
 async fn insert_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Result<(), StoreError> {
     let metadata = serde_json::to_string(&r.metadata)?;
     let legs = serde_json::to_string(&r.legs)?;
@@ -928,8 +953,8 @@ async fn insert_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Resul
         c,
         &format!(
             "INSERT INTO calls ({CALL_COLS}) VALUES
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                  $18)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+              $18)"
         ),
         &[
             &r.id,
@@ -1398,7 +1423,7 @@ impl PgStore {
 
 #[async_trait::async_trait]
 impl Store for PgStore {
-    fn credentials_generation(&self) -> u64 {
+    fn provisioning_generation(&self) -> u64 {
         self.generation.get()
     }
     async fn apply_provisioning(
@@ -1533,8 +1558,12 @@ impl Store for PgStore {
         account_id: &str,
         limits: &AccountLimits,
     ) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        write_account_limits(&c, account_id, limits).await
+        let r = async {
+            let c = self.client().await?;
+            write_account_limits(&c, account_id, limits).await
+        }
+        .await;
+        self.generation.changed(r)
     }
 
     async fn account_by_publishable_key(&self, key: &str) -> Result<Option<Account>, StoreError> {
@@ -1570,21 +1599,25 @@ impl Store for PgStore {
     }
 
     async fn create_publishable_key(&self, key: &PublishableKey) -> Result<(), StoreError> {
-        crate::provision::check_publishable_key(&key.key).map_err(|reason| {
-            StoreError::Invalid {
-                field: "key",
-                reason,
-            }
-        })?;
-        let c = self.client().await?;
-        exec(
-            &c,
-            &format!("INSERT INTO publishable_keys ({PK_COLS}) VALUES ($1, $2, $3, $4)"),
-            &[&key.key, &key.account_id, &key.source, &key.created_at_ms],
-        )
-        .await
-        .map_err(|e| insert_error(e, "publishable key", &key.key))?;
-        Ok(())
+        let r = async {
+            crate::provision::check_publishable_key(&key.key).map_err(|reason| {
+                StoreError::Invalid {
+                    field: "key",
+                    reason,
+                }
+            })?;
+            let c = self.client().await?;
+            exec(
+                &c,
+                &format!("INSERT INTO publishable_keys ({PK_COLS}) VALUES ($1, $2, $3, $4)"),
+                &[&key.key, &key.account_id, &key.source, &key.created_at_ms],
+            )
+            .await
+            .map_err(|e| insert_error(e, "publishable key", &key.key))?;
+            Ok(())
+        }
+        .await;
+        self.generation.changed(r)
     }
 
     async fn delete_publishable_key(
@@ -1592,37 +1625,45 @@ impl Store for PgStore {
         account_id: &str,
         key: &str,
     ) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        let n = exec(
-            &c,
-            "DELETE FROM publishable_keys WHERE account_id = $1 AND key = $2",
-            &[&account_id, &key],
-        )
-        .await?;
-        Ok(n > 0)
+        let r = async {
+            let c = self.client().await?;
+            let n = exec(
+                &c,
+                "DELETE FROM publishable_keys WHERE account_id = $1 AND key = $2",
+                &[&account_id, &key],
+            )
+            .await?;
+            Ok(n > 0)
+        }
+        .await;
+        self.generation.changed(r)
     }
 
     async fn update_account(&self, account: &Account) -> Result<(), StoreError> {
-        validate_account(account)?;
-        let c = self.client().await?;
-        let n = exec(
-            &c,
-            "UPDATE accounts SET name = $2, region = $3, allowed_prefixes = $4,
-                 allowed_countries = $5, blocked_number_types = $6 WHERE id = $1",
-            &[
-                &account.id,
-                &account.name,
-                &account.region,
-                &serde_json::to_string(&account.allowed_prefixes)?,
-                &serde_json::to_string(&account.allowed_countries)?,
-                &serde_json::to_string(&account.blocked_number_types)?,
-            ],
-        )
-        .await?;
-        if n == 0 {
-            return Err(not_found("account", &account.id));
+        let r = async {
+            validate_account(account)?;
+            let c = self.client().await?;
+            let n = exec(
+                &c,
+                "UPDATE accounts SET name = $2, region = $3, allowed_prefixes = $4,
+                     allowed_countries = $5, blocked_number_types = $6 WHERE id = $1",
+                &[
+                    &account.id,
+                    &account.name,
+                    &account.region,
+                    &serde_json::to_string(&account.allowed_prefixes)?,
+                    &serde_json::to_string(&account.allowed_countries)?,
+                    &serde_json::to_string(&account.blocked_number_types)?,
+                ],
+            )
+            .await?;
+            if n == 0 {
+                return Err(not_found("account", &account.id));
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        self.generation.changed(r)
     }
 
     // ----- users --------------------------------------------------------------------------
@@ -1685,51 +1726,59 @@ impl Store for PgStore {
     }
 
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
-        validate_user(user)?;
-        let c = self.client().await?;
-        exec(
-            &c,
-            &format!("INSERT INTO users ({USER_COLS}) VALUES ($1, $2, $3, $4, $5)"),
-            &[
-                &user.id,
-                &user.account_id,
-                &user.name,
-                &user.extension,
-                &user.agent_id,
-            ],
-        )
-        .await
-        .map_err(|e| {
-            if code_is(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                not_found("account", &user.account_id)
-            } else {
-                insert_error(e, "user (id, extension or agent_id)", &user.id)
-            }
-        })?;
-        Ok(())
+        let r = async {
+            validate_user(user)?;
+            let c = self.client().await?;
+            exec(
+                &c,
+                &format!("INSERT INTO users ({USER_COLS}) VALUES ($1, $2, $3, $4, $5)"),
+                &[
+                    &user.id,
+                    &user.account_id,
+                    &user.name,
+                    &user.extension,
+                    &user.agent_id,
+                ],
+            )
+            .await
+            .map_err(|e| {
+                if code_is(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
+                    not_found("account", &user.account_id)
+                } else {
+                    insert_error(e, "user (id, extension or agent_id)", &user.id)
+                }
+            })?;
+            Ok(())
+        }
+        .await;
+        self.generation.changed(r)
     }
 
     async fn update_user(&self, user: &User) -> Result<(), StoreError> {
-        validate_user(user)?;
-        let c = self.client().await?;
-        let n = exec(
-            &c,
-            "UPDATE users SET name = $3, extension = $4, agent_id = $5
-             WHERE id = $1 AND account_id = $2",
-            &[
-                &user.id,
-                &user.account_id,
-                &user.name,
-                &user.extension,
-                &user.agent_id,
-            ],
-        )
-        .await
-        .map_err(|e| insert_error(e, "user (extension or agent_id)", &user.id))?;
-        if n == 0 {
-            return Err(not_found("user", &user.id));
+        let r = async {
+            validate_user(user)?;
+            let c = self.client().await?;
+            let n = exec(
+                &c,
+                "UPDATE users SET name = $3, extension = $4, agent_id = $5
+                 WHERE id = $1 AND account_id = $2",
+                &[
+                    &user.id,
+                    &user.account_id,
+                    &user.name,
+                    &user.extension,
+                    &user.agent_id,
+                ],
+            )
+            .await
+            .map_err(|e| insert_error(e, "user (extension or agent_id)", &user.id))?;
+            if n == 0 {
+                return Err(not_found("user", &user.id));
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        self.generation.changed(r)
     }
 
     async fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
@@ -1905,49 +1954,61 @@ impl Store for PgStore {
     }
 
     async fn create_number(&self, number: &Number) -> Result<(), StoreError> {
-        if !crate::e164::is_e164(&number.number) {
-            return Err(StoreError::Invalid {
-                field: "number",
-                reason: format!("{:?} is not an E.164 number", number.number),
-            });
+        let r = async {
+            if !crate::e164::is_e164(&number.number) {
+                return Err(StoreError::Invalid {
+                    field: "number",
+                    reason: format!("{:?} is not an E.164 number", number.number),
+                });
+            }
+            let c = self.client().await?;
+            check_owner(&c, number).await?;
+            exec(
+                &c,
+                &format!("INSERT INTO numbers ({NUMBER_COLS}) VALUES ($1, $2, $3)"),
+                &[&number.number, &number.account_id, &number.owner_user_id],
+            )
+            .await
+            .map_err(|e| insert_error(e, "number", &number.number))?;
+            Ok(())
         }
-        let c = self.client().await?;
-        check_owner(&c, number).await?;
-        exec(
-            &c,
-            &format!("INSERT INTO numbers ({NUMBER_COLS}) VALUES ($1, $2, $3)"),
-            &[&number.number, &number.account_id, &number.owner_user_id],
-        )
-        .await
-        .map_err(|e| insert_error(e, "number", &number.number))?;
-        Ok(())
+        .await;
+        self.generation.changed(r)
     }
 
     async fn update_number(&self, number: &Number) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        check_owner(&c, number).await?;
-        let n = exec(
-            &c,
-            "UPDATE numbers SET owner_user_id = $3 WHERE number = $1 AND account_id = $2",
-            &[&number.number, &number.account_id, &number.owner_user_id],
-        )
-        .await
-        .map_err(|e| insert_error(e, "number", &number.number))?;
-        if n == 0 {
-            return Err(not_found("number", &number.number));
+        let r = async {
+            let c = self.client().await?;
+            check_owner(&c, number).await?;
+            let n = exec(
+                &c,
+                "UPDATE numbers SET owner_user_id = $3 WHERE number = $1 AND account_id = $2",
+                &[&number.number, &number.account_id, &number.owner_user_id],
+            )
+            .await
+            .map_err(|e| insert_error(e, "number", &number.number))?;
+            if n == 0 {
+                return Err(not_found("number", &number.number));
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        self.generation.changed(r)
     }
 
     async fn delete_number(&self, account_id: &str, number: &str) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        Ok(exec(
-            &c,
-            "DELETE FROM numbers WHERE number = $1 AND account_id = $2",
-            &[&number, &account_id],
-        )
-        .await?
-            > 0)
+        let r = async {
+            let c = self.client().await?;
+            Ok(exec(
+                &c,
+                "DELETE FROM numbers WHERE number = $1 AND account_id = $2",
+                &[&number, &account_id],
+            )
+            .await?
+                > 0)
+        }
+        .await;
+        self.generation.changed(r)
     }
 
     // ----- trunks -------------------------------------------------------------------------
@@ -1994,23 +2055,35 @@ impl Store for PgStore {
     }
 
     async fn create_trunk(&self, trunk: &Trunk) -> Result<(), StoreError> {
-        validate_trunk(trunk)?;
-        let c = self.client().await?;
-        insert_trunk(&c, trunk).await
+        let r = async {
+            validate_trunk(trunk)?;
+            let c = self.client().await?;
+            insert_trunk(&c, trunk).await
+        }
+        .await;
+        self.generation.changed(r)
     }
 
     async fn update_trunk(&self, trunk: &Trunk) -> Result<(), StoreError> {
-        validate_trunk(trunk)?;
-        let c = self.client().await?;
-        if update_trunk_row(&c, trunk).await? == 0 {
-            return Err(not_found("trunk", &trunk.name));
+        let r = async {
+            validate_trunk(trunk)?;
+            let c = self.client().await?;
+            if update_trunk_row(&c, trunk).await? == 0 {
+                return Err(not_found("trunk", &trunk.name));
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        self.generation.changed(r)
     }
 
     async fn delete_trunk(&self, name: &str) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        Ok(exec(&c, "DELETE FROM trunks WHERE name = $1", &[&name]).await? > 0)
+        let r = async {
+            let c = self.client().await?;
+            Ok(exec(&c, "DELETE FROM trunks WHERE name = $1", &[&name]).await? > 0)
+        }
+        .await;
+        self.generation.changed(r)
     }
 
     // ----- registrations ------------------------------------------------------------------
@@ -2158,13 +2231,19 @@ impl Store for PgStore {
         insert_call_on(&c, r).await
     }
 
-    async fn insert_call_within(&self, r: &CallRecord, max_live: u32) -> Result<bool, StoreError> {
+    async fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError> {
+        let Some(account_id) = new_call_account(writes) else {
+            return Err(StoreError::Invalid {
+                field: "writes",
+                reason: "admit_call needs a new call".to_owned(),
+            });
+        };
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         // One account's admissions queue behind each other, cluster-wide, until commit.
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            &[&format!("calls:{}", r.account_id)],
+            &[&format!("calls:{account_id}")],
         )
         .await?;
         let live: i64 = tx
@@ -2173,14 +2252,14 @@ impl Store for PgStore {
                     "SELECT COUNT(*) FROM calls WHERE account_id = $1 AND status NOT IN ({})",
                     crate::sqlite::final_statuses()
                 ),
-                &[&r.account_id],
+                &[&account_id],
             )
             .await?
             .try_get(0)?;
         if live >= i64::from(max_live) {
             return Ok(false);
         }
-        insert_call_on(&tx, r).await?;
+        apply_writes_on(&tx, writes).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -2478,15 +2557,7 @@ impl Store for PgStore {
     async fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        for w in writes {
-            match w {
-                CallWrite::Timeline { call_id, entry } => {
-                    append_timeline_on(&tx, call_id, entry).await?;
-                }
-                CallWrite::Call(r) => update_call_on(&tx, r).await?,
-                CallWrite::Callback(e) => enqueue_callback_on(&tx, e).await?,
-            }
-        }
+        apply_writes_on(&tx, writes).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -2138,7 +2138,16 @@ impl BlockingStore for SqliteStore {
         insert_call_on(&*self.conn()?, c)
     }
 
-    fn insert_call_within(&self, c: &CallRecord, max_live: u32) -> Result<bool, StoreError> {
+    fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError> {
+        let Some(account_id) = writes.iter().find_map(|w| match w {
+            CallWrite::NewCall(c) => Some(c.account_id.as_str()),
+            _ => None,
+        }) else {
+            return Err(StoreError::Invalid {
+                field: "writes",
+                reason: "admit_call needs a new call".to_owned(),
+            });
+        };
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let live: i64 = tx.query_row(
@@ -2146,13 +2155,13 @@ impl BlockingStore for SqliteStore {
                 "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status NOT IN ({})",
                 final_statuses()
             ),
-            [&c.account_id],
+            [account_id],
             |r| r.get(0),
         )?;
         if live >= i64::from(max_live) {
             return Ok(false);
         }
-        insert_call_on(&tx, c)?;
+        apply_writes_on(&tx, writes)?;
         tx.commit()?;
         Ok(true)
     }
@@ -2263,13 +2272,7 @@ impl BlockingStore for SqliteStore {
     fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for w in writes {
-            match w {
-                CallWrite::Timeline { call_id, entry } => append_timeline_on(&tx, call_id, entry)?,
-                CallWrite::Call(c) => update_call_on(&tx, c)?,
-                CallWrite::Callback(e) => enqueue_callback_on(&tx, e)?,
-            }
-        }
+        apply_writes_on(&tx, writes)?;
         tx.commit()?;
         Ok(())
     }
@@ -2666,6 +2669,18 @@ pub(crate) fn final_statuses() -> String {
         .join(", ")
 }
 
+fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreError> {
+    for w in writes {
+        match w {
+            CallWrite::Timeline { call_id, entry } => append_timeline_on(conn, call_id, entry)?,
+            CallWrite::NewCall(c) => insert_call_on(conn, c)?,
+            CallWrite::Call(c) => update_call_on(conn, c)?,
+            CallWrite::Callback(e) => enqueue_callback_on(conn, e)?,
+        }
+    }
+    Ok(())
+}
+
 fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
     let metadata = serde_json::to_string(&c.metadata)?;
     let legs = serde_json::to_string(&c.legs)?;
@@ -2674,8 +2689,8 @@ fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
         conn,
         &format!(
             "INSERT INTO calls ({CALL_COLS}) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                  ?18)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+              ?18)"
         ),
         params![
             c.id,

@@ -39,7 +39,7 @@ pub struct StoreThreads<B: BlockingStore> {
     /// `None`: calls run inline on the caller's thread ([`StoreThreads::inline`]).
     queue: Option<mpsc::Sender<Job<B>>>,
     threads: usize,
-    /// [`Store::credentials_generation`].
+    /// [`Store::provisioning_generation`].
     generation: crate::Generation,
 }
 
@@ -157,7 +157,7 @@ fn serve<B: BlockingStore>(backend: &B, rx: &Mutex<mpsc::Receiver<Job<B>>>) {
 
 #[async_trait::async_trait]
 impl<B: BlockingStore> Store for StoreThreads<B> {
-    fn credentials_generation(&self) -> u64 {
+    fn provisioning_generation(&self) -> u64 {
         self.generation.get()
     }
     async fn apply_provisioning(
@@ -199,8 +199,10 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         limits: &AccountLimits,
     ) -> Result<bool, StoreError> {
         let (account_id, limits) = (account_id.to_owned(), limits.to_owned());
-        self.run(move |s| s.set_account_limits(&account_id, &limits))
-            .await
+        let r = self
+            .run(move |s| s.set_account_limits(&account_id, &limits))
+            .await;
+        self.generation.changed(r)
     }
     async fn account_by_publishable_key(&self, key: &str) -> Result<Option<Account>, StoreError> {
         let key = key.to_owned();
@@ -216,7 +218,8 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     }
     async fn create_publishable_key(&self, key: &PublishableKey) -> Result<(), StoreError> {
         let key = key.to_owned();
-        self.run(move |s| s.create_publishable_key(&key)).await
+        let r = self.run(move |s| s.create_publishable_key(&key)).await;
+        self.generation.changed(r)
     }
     async fn delete_publishable_key(
         &self,
@@ -224,12 +227,15 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         key: &str,
     ) -> Result<bool, StoreError> {
         let (account_id, key) = (account_id.to_owned(), key.to_owned());
-        self.run(move |s| s.delete_publishable_key(&account_id, &key))
-            .await
+        let r = self
+            .run(move |s| s.delete_publishable_key(&account_id, &key))
+            .await;
+        self.generation.changed(r)
     }
     async fn update_account(&self, account: &Account) -> Result<(), StoreError> {
         let account = account.to_owned();
-        self.run(move |s| s.update_account(&account)).await
+        let r = self.run(move |s| s.update_account(&account)).await;
+        self.generation.changed(r)
     }
     async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         let id = id.to_owned();
@@ -259,11 +265,13 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     }
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
         let user = user.to_owned();
-        self.run(move |s| s.create_user(&user)).await
+        let r = self.run(move |s| s.create_user(&user)).await;
+        self.generation.changed(r)
     }
     async fn update_user(&self, user: &User) -> Result<(), StoreError> {
         let user = user.to_owned();
-        self.run(move |s| s.update_user(&user)).await
+        let r = self.run(move |s| s.update_user(&user)).await;
+        self.generation.changed(r)
     }
     async fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
         let (account_id, id) = (account_id.to_owned(), id.to_owned());
@@ -324,16 +332,20 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     }
     async fn create_number(&self, number: &Number) -> Result<(), StoreError> {
         let number = number.to_owned();
-        self.run(move |s| s.create_number(&number)).await
+        let r = self.run(move |s| s.create_number(&number)).await;
+        self.generation.changed(r)
     }
     async fn update_number(&self, number: &Number) -> Result<(), StoreError> {
         let number = number.to_owned();
-        self.run(move |s| s.update_number(&number)).await
+        let r = self.run(move |s| s.update_number(&number)).await;
+        self.generation.changed(r)
     }
     async fn delete_number(&self, account_id: &str, number: &str) -> Result<bool, StoreError> {
         let (account_id, number) = (account_id.to_owned(), number.to_owned());
-        self.run(move |s| s.delete_number(&account_id, &number))
-            .await
+        let r = self
+            .run(move |s| s.delete_number(&account_id, &number))
+            .await;
+        self.generation.changed(r)
     }
     async fn trunk(&self, name: &str) -> Result<Option<Trunk>, StoreError> {
         let name = name.to_owned();
@@ -348,15 +360,18 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     }
     async fn create_trunk(&self, trunk: &Trunk) -> Result<(), StoreError> {
         let trunk = trunk.to_owned();
-        self.run(move |s| s.create_trunk(&trunk)).await
+        let r = self.run(move |s| s.create_trunk(&trunk)).await;
+        self.generation.changed(r)
     }
     async fn update_trunk(&self, trunk: &Trunk) -> Result<(), StoreError> {
         let trunk = trunk.to_owned();
-        self.run(move |s| s.update_trunk(&trunk)).await
+        let r = self.run(move |s| s.update_trunk(&trunk)).await;
+        self.generation.changed(r)
     }
     async fn delete_trunk(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_owned();
-        self.run(move |s| s.delete_trunk(&name)).await
+        let r = self.run(move |s| s.delete_trunk(&name)).await;
+        self.generation.changed(r)
     }
     async fn upsert_binding(&self, binding: &Binding) -> Result<(), StoreError> {
         let binding = binding.to_owned();
@@ -410,14 +425,9 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         let call = call.to_owned();
         self.run(move |s| s.insert_call(&call)).await
     }
-    async fn insert_call_within(
-        &self,
-        call: &CallRecord,
-        max_live: u32,
-    ) -> Result<bool, StoreError> {
-        let call = call.to_owned();
-        self.run(move |s| s.insert_call_within(&call, max_live))
-            .await
+    async fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError> {
+        let writes = writes.to_vec();
+        self.run(move |s| s.admit_call(&writes, max_live)).await
     }
     async fn update_call(&self, call: &CallRecord) -> Result<(), StoreError> {
         let call = call.to_owned();
@@ -521,6 +531,9 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     async fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError> {
         let writes = writes.to_owned();
         self.run(move |s| s.write_call_batch(&writes)).await
+    }
+    fn write_call_batch_here(&self, writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
+        Some(self.backend.write_call_batch(writes))
     }
     async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
         self.run(move |s| s.unfinished_calls()).await

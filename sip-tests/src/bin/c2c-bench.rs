@@ -10,11 +10,17 @@
 //! cargo build --release -p dialbridge -p sip-tests
 //! target/release/c2c-bench --rate 100 --calls 1000
 //! target/release/c2c-bench --rate 100 --calls 1000 --nodes 2   # two nodes on PostgreSQL
+//! target/release/c2c-bench --rate 100 --calls 2000 --hold-ms 90000 --live-sample 35
 //! ```
 //!
 //! With `--nodes N` (or `--store postgres`) the nodes share a PostgreSQL database started for
 //! the run (`sip_tests::pg`), the agent registers at the first node, and the REST calls go to
 //! the nodes in turn; the CPU reported is the nodes' and, on its own line, PostgreSQL's.
+//!
+//! With `--live-sample S`, the resident set is read S seconds after the last call was
+//! placed, while the calls are held (`--hold-ms`, the carrier's wait before its BYE), and
+//! compared with the resident set before the first call: bytes per live call (of the first
+//! node, with `--nodes`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,8 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sip_tests::bench::{
-    clock_ticks_per_second, dial_string, installed, load_average, parse_invite_log, peak_rss_kib,
-    percentile, tree_cpu, BenchSipp, Flags,
+    clock_ticks_per_second, dial_string, heap_bytes, installed, load_average, parse_invite_log,
+    peak_rss_kib, percentile, rss_kib, tree_cpu, BenchSipp, Flags,
 };
 use sip_tests::http::try_request;
 use sip_tests::{dialbridge_bin, free_port, scenario, sipp, TempDir, TestServer};
@@ -39,7 +45,9 @@ const DEVICE_PASSWORD: &str = "agent-desk-pass";
 const USAGE: &str = "c2c-bench [--rate CALLS_PER_SECOND (50)] [--calls N (500)] \
 [--threads N (8)] [--settle SECONDS (35)] [--log RUST_LOG (info)] [--dialbridge PATH (target/release/dialbridge)] \
 [--nodes N (1; above 1: PostgreSQL)] [--store sqlite|postgres (sqlite)] \
-[--extra-config FILE (TOML added to the server's configuration, e.g. [log] or [hep])]";
+[--extra-config FILE (TOML added to the server's configuration, e.g. [log] or [hep])] \
+[--hold-ms MS (1000: the carrier's wait before its BYE)] \
+[--live-sample SECONDS (0 = off: RSS per live call, read that long after the last call)]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,30 +78,32 @@ fn now_epoch() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The `[store]` and `[node]` tables of node `i` of a run on PostgreSQL.
-fn node_config(db: &str, i: usize, nodes: usize) -> String {
-    // The media ports of the single-node run, split between the nodes.
-    let span = 12_000 / nodes as u32 & !1;
-    let lo = 20_000 + span * i as u32;
+/// The `[store]`, `[node]` and `[registrar]` tables of node `i` of a run on PostgreSQL.
+fn node_config(db: &str, i: usize) -> String {
     format!(
         "[store]\nurl = \"{db}\"\n[node]\nid = \"bench-{i}\"\nsecret = \"bench-cluster-secret-0123\"\n\
-         [registrar]\nnonce_secret = \"bench-nonce-secret-0123\"\n[media]\nports = \"{lo}-{}\"\n",
-        lo + span - 1
+         [registrar]\nnonce_secret = \"bench-nonce-secret-0123\"\n"
     )
 }
 
-fn config(carrier_port: u16, rate: f64, media: bool) -> String {
+/// The media ports of node `i` of `nodes`: those of the single-node run, split.
+fn media_ports(i: usize, nodes: usize) -> String {
+    let span = 12_000 / nodes as u32 & !1;
+    let lo = 20_000 + span * i as u32;
+    format!("{lo}-{}", lo + span - 1)
+}
+
+fn config(carrier_port: u16, rate: f64, hold_ms: u64, ports: &str) -> String {
     // The account's limits are raised well above the offered rate (the defaults, 5 calls/s,
     // burst 20 and 100 in progress, would refuse most of the load).
     let cps = (rate * 2.0).max(10.0);
-    let media = if media {
-        "[media]\nports = \"20000-31999\"\n"
-    } else {
-        ""
-    };
     format!(
         r#"
-{media}
+[media]
+ports = "{ports}"
+# No RTP flows in this benchmark: the media time-out must outlast the held calls.
+timeout_secs = {media_timeout}
+
 [calls]
 agent_ring_secs = 10
 customer_ring_secs = 10
@@ -128,6 +138,7 @@ account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
 owner = "{USER}"
 "#,
         burst = cps.ceil() as u64,
+        media_timeout = (hold_ms / 1000 + 60).max(30),
     )
 }
 
@@ -195,6 +206,8 @@ fn run(args: &[String]) -> Result<(), String> {
             "extra-config",
             "nodes",
             "store",
+            "hold-ms",
+            "live-sample",
         ],
     )?;
     let nodes: usize = flags.get("nodes", 1)?;
@@ -217,6 +230,8 @@ fn run(args: &[String]) -> Result<(), String> {
     let threads: usize = flags.get("threads", 8)?;
     let log: String = flags.get("log", "info".to_owned())?;
     let settle = Duration::from_secs(flags.get("settle", 35)?);
+    let hold_ms: u64 = flags.get("hold-ms", 1000)?;
+    let live_sample = Duration::from_secs(flags.get("live-sample", 0)?);
     if !(rate > 0.0 && rate.is_finite()) || calls == 0 || threads == 0 {
         return Err(format!(
             "--rate, --calls and --threads must be above 0\n{USAGE}"
@@ -239,7 +254,8 @@ fn run(args: &[String]) -> Result<(), String> {
 
     // The carrier on the trunk's port, then the server, then the agent device.
     let carrier_port = free_port();
-    let run_limit = format!("{}s", (calls as f64 / rate) as u64 + 90);
+    let run_limit = format!("{}s", (calls as f64 / rate) as u64 + 90 + hold_ms / 1000);
+    let hold = hold_ms.to_string();
     let carrier_sf = scenario("bench_carrier.xml").to_string_lossy().into_owned();
     let cport = carrier_port.to_string();
     let mp = free_port().to_string();
@@ -259,6 +275,8 @@ fn run(args: &[String]) -> Result<(), String> {
             &max,
             "-buff_size",
             "4194304",
+            "-d",
+            &hold,
             "-timeout",
             &run_limit,
             "-timeout_error",
@@ -271,14 +289,14 @@ fn run(args: &[String]) -> Result<(), String> {
     let mut servers = Vec::new();
     for i in 0..nodes {
         let store = match &db {
-            Some(db) => node_config(db, i, nodes),
+            Some(db) => node_config(db, i),
             None => String::new(),
         };
         servers.push(TestServer::start_bin(
             TempDir::new("c2c-bench"),
             &format!(
                 "{extra}\n{store}{}",
-                config(carrier_port, rate, db.is_none())
+                config(carrier_port, rate, hold_ms, &media_ports(i, nodes))
             ),
             &bin,
             &log,
@@ -297,6 +315,7 @@ fn run(args: &[String]) -> Result<(), String> {
             .map(|p| tree_cpu(*p, ticks))
             .fold(sip_tests::bench::CpuTime::default(), |a, b| a.plus(b))
     };
+    let pid = pids[0];
 
     let agent_port = free_port();
     let agent_sf = scenario("bench_agent.xml").to_string_lossy().into_owned();
@@ -368,6 +387,8 @@ fn run(args: &[String]) -> Result<(), String> {
     let ticks = clock_ticks_per_second();
     let cpu_before = nodes_cpu(ticks);
     let pg_before = pg_pid.map(|p| tree_cpu(p, ticks));
+    let rss_before_kib = rss_kib(pid).unwrap_or(0);
+    let heap_before = heap_bytes(api).unwrap_or(0);
     let next = Arc::new(AtomicUsize::new(0));
     let sent: Arc<Mutex<Vec<Option<Sent>>>> =
         Arc::new(Mutex::new((0..calls).map(|_| None).collect()));
@@ -416,10 +437,24 @@ fn run(args: &[String]) -> Result<(), String> {
         let _ = w.join();
     }
     let offered_secs = start.elapsed().as_secs_f64();
+    // Bytes per live call: the resident set while the calls are held, against before.
+    let live = if live_sample.is_zero() {
+        None
+    } else {
+        std::thread::sleep(live_sample);
+        let rss = rss_kib(pid).unwrap_or(0);
+        let heap = heap_bytes(api).unwrap_or(0);
+        let log = call_log(api)?;
+        let live: usize = ["queued", "ringing", "in-progress"]
+            .iter()
+            .map(|s| log.get(*s).copied().unwrap_or(0))
+            .sum();
+        Some((live, rss, heap))
+    };
 
     // Every call ends by itself within ~2 s of its answer; wait (bounded) for the log to
     // show no call still going, then read the server's counters before anything else.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(hold_ms);
     let mut left = usize::MAX;
     while Instant::now() < deadline {
         left = unfinished(api)?;
@@ -519,6 +554,18 @@ fn run(args: &[String]) -> Result<(), String> {
         "  peak RSS (VmHWM, all nodes): {:.1} MB",
         rss_kib as f64 / 1024.0
     );
+    if let Some((n, rss, heap)) = live {
+        println!(
+            "  {} s after the last call: {n} calls live; heap in use {:.1} MB (before the first call {:.1} MB): {:.0} bytes per live call; RSS {:.1} MB (before {:.1} MB): {:.0} bytes per live call",
+            live_sample.as_secs(),
+            heap as f64 / 1e6,
+            heap_before as f64 / 1e6,
+            heap.saturating_sub(heap_before) as f64 / n.max(1) as f64,
+            rss as f64 / 1024.0,
+            rss_before_kib as f64 / 1024.0,
+            (rss.saturating_sub(rss_before_kib) * 1024) as f64 / n.max(1) as f64
+        );
+    }
     println!(
         "  SIPp agent: {} ok, {} failed, {} retransmissions (exit {}); carrier: {} ok, {} failed, {} retransmissions (exit {})",
         agent_totals.successful,

@@ -17,8 +17,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use sip_tests::bench::{
-    bench_users, clock_ticks_per_second, injection_csv, installed, kamailio_users, load_average,
-    peak_rss_kib, tree_cpu, typeid, BenchSipp, Flags, SippTotals,
+    bench_users, clock_ticks_per_second, heap_bytes, injection_csv, installed, kamailio_users,
+    load_average, peak_rss_kib, rss_kib, tree_cpu, typeid, BenchSipp, Flags, SippTotals,
 };
 use sip_tests::{dialbridge_bin, free_port, scenario, workspace_root, TempDir, TestServer};
 
@@ -54,6 +54,12 @@ struct Side {
     /// Peak RSS of the main process (meaningful for dialbridge; Kamailio keeps its location
     /// table in shared memory across processes).
     rss_mb: f64,
+    /// Resident set (KiB) just before the first REGISTER and after the settle time (the
+    /// transactions gone, the bindings kept).
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    /// Heap in use (bytes, from the server's /metrics) at the same two moments: dialbridge.
+    heap: Option<(u64, u64)>,
 }
 
 impl Side {
@@ -67,15 +73,27 @@ impl Side {
 }
 
 /// Runs the REGISTER scenario against `target` and measures the process tree under `pid`.
+/// The load both registrars get.
+struct Load<'a> {
+    csv: &'a Path,
+    rate: u64,
+    count: u64,
+    settle: Duration,
+}
+
 fn measure(
     name: &'static str,
     pid: u32,
     target: &str,
-    csv: &Path,
-    rate: u64,
-    count: u64,
-    settle: Duration,
+    load: &Load<'_>,
+    api: Option<std::net::SocketAddr>,
 ) -> Result<Side, String> {
+    let Load {
+        csv,
+        rate,
+        count,
+        settle,
+    } = *load;
     let ticks = clock_ticks_per_second();
     let sf = scenario("register_bench.xml")
         .to_string_lossy()
@@ -85,6 +103,8 @@ fn measure(
     let count_s = count.to_string();
     let limit = format!("{}s", count / rate.max(1) + 60);
     let before = tree_cpu(pid, ticks);
+    let rss_before_kib = rss_kib(pid).unwrap_or(0);
+    let heap_before = api.and_then(heap_bytes);
     let started = Instant::now();
     let mut sipp = BenchSipp::spawn(
         name,
@@ -133,6 +153,9 @@ fn measure(
         cpu_settled,
         wall,
         rss_mb: peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
+        rss_before_kib,
+        rss_after_kib: rss_kib(pid).unwrap_or(0),
+        heap: heap_before.zip(api.and_then(heap_bytes)),
     })
 }
 
@@ -183,7 +206,9 @@ impl Kamailio {
                 "-m",
                 "512",
                 "-M",
-                "16",
+                // Private memory per process: the users' hash table lines of the
+                // configuration are parsed into it (16 MB falls short of 20,000 users).
+                "64",
                 "-Y",
             ])
             .arg(&run)
@@ -289,15 +314,13 @@ fn run(args: &[String]) -> Result<(), String> {
         &log,
     );
     let target = server.udp_addr().to_string();
-    let db = measure(
-        "dialbridge",
-        server.pid(),
-        &target,
-        &csv,
+    let load = Load {
+        csv: &csv,
         rate,
         count,
         settle,
-    )?;
+    };
+    let db = measure("dialbridge", server.pid(), &target, &load, server.api)?;
     drop(server.stop());
 
     let port = free_port();
@@ -306,10 +329,8 @@ fn run(args: &[String]) -> Result<(), String> {
         "kamailio",
         kamailio.pid(),
         &format!("127.0.0.1:{port}"),
-        &csv,
-        rate,
-        count,
-        settle,
+        &load,
+        None,
     )?;
     drop(kamailio);
     let load_after = load_average();
@@ -339,6 +360,24 @@ fn run(args: &[String]) -> Result<(), String> {
         );
     }
     println!("  dialbridge peak RSS (VmHWM): {:.1} MB", db.rss_mb);
+    // Each user is one device with one contact: its binding is what stays after the settle.
+    let bindings = (users.len() as u64).min(db.totals.successful).max(1);
+    println!(
+        "  dialbridge RSS before the first REGISTER {:.1} MB, {} s after the last {:.1} MB: \
+         {:.0} bytes per binding ({bindings} bindings)",
+        db.rss_before_kib as f64 / 1024.0,
+        settle.as_secs(),
+        db.rss_after_kib as f64 / 1024.0,
+        (db.rss_after_kib.saturating_sub(db.rss_before_kib) * 1024) as f64 / bindings as f64
+    );
+    if let Some((before, after)) = db.heap {
+        println!(
+            "  dialbridge heap in use before {:.1} MB, after {:.1} MB: {:.0} bytes per binding",
+            before as f64 / 1e6,
+            after as f64 / 1e6,
+            after.saturating_sub(before) as f64 / bindings as f64
+        );
+    }
     println!(
         "  ratio dialbridge / kamailio, registrations per CPU-second: {:.2} during the run, \
          {:.2} with the {} s after",

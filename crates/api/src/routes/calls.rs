@@ -130,7 +130,6 @@ async fn create_call_inner(
         ));
     }
     let user = shared
-        .store
         .user(&user_id)
         .await?
         .filter(|u| u.account_id == account.id)

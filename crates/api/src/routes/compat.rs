@@ -163,7 +163,6 @@ async fn c2c_account(shared: &Shared, api_key: Option<&str>) -> Result<Account, 
         .filter(|k| !k.is_empty())
         .ok_or(ApiError::Unauthorized)?;
     shared
-        .store
         .account_by_api_secret(key)
         .await?
         .ok_or(ApiError::Unauthorized)

@@ -193,9 +193,7 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 fn allocate(inner: &EngineInner, spec: &CallSpec) -> Result<MediaSession, Outcome> {
     match inner.relay.allocate_session() {
         Ok(m) => {
-            if let Ok(mut map) = inner.media_sessions.lock() {
-                map.insert(m.id(), spec.call_id.clone());
-            }
+            inner.register_media_session(m.id(), &spec.call_id);
             if let Ok(mut calls) = inner.calls.lock() {
                 if let Some(c) = calls.get_mut(&spec.call_id) {
                     c.media = Some(m.stats_reader());

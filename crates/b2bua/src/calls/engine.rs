@@ -271,6 +271,7 @@ impl CallControl for Engine {
                 CallEntry {
                     tx: tx.clone(),
                     media: None,
+                    routes: Default::default(),
                 },
             );
         }

@@ -22,6 +22,18 @@ pub(crate) struct CallEntry {
     pub(crate) tx: mpsc::UnboundedSender<Input>,
     /// The call's relay counters, once it has a relay session.
     pub(crate) media: Option<media::StatsReader>,
+    /// The keys this call holds in the routing tables, removed one by one when it ends
+    /// (not by a scan of every table: that cost grew with the number of live calls).
+    pub(crate) routes: Routes,
+}
+
+/// What a call registered in the engine's routing tables.
+#[derive(Debug, Default)]
+pub(crate) struct Routes {
+    dialogs: Vec<DialogId>,
+    sip_call_ids: Vec<String>,
+    legs: Vec<Leg>,
+    media: Vec<SessionId>,
 }
 
 /// Shared state of the engine.
@@ -64,10 +76,20 @@ impl EngineInner {
         }
     }
 
+    /// Records in the call's entry a key it now holds in a routing table.
+    fn note_route(&self, call_id: &str, f: impl FnOnce(&mut Routes)) {
+        if let Ok(mut calls) = self.calls.lock() {
+            if let Some(c) = calls.get_mut(call_id) {
+                f(&mut c.routes);
+            }
+        }
+    }
+
     pub(crate) fn register_dialog(&self, id: DialogId, call_id: &str, leg: Leg) {
         if let Ok(mut d) = self.dialogs.lock() {
-            d.insert(id, (call_id.to_string(), leg));
+            d.insert(id.clone(), (call_id.to_string(), leg));
         }
+        self.note_route(call_id, |r| r.dialogs.push(id));
     }
 
     pub(crate) fn register_sip_call_id(&self, sip_call_id: &str, call_id: &str, leg: Leg) {
@@ -77,24 +99,58 @@ impl EngineInner {
         if let Ok(mut m) = self.leg_sip_call_ids.lock() {
             m.insert((call_id.to_string(), leg), sip_call_id.to_string());
         }
+        self.note_route(call_id, |r| {
+            r.sip_call_ids.push(sip_call_id.to_string());
+            if !r.legs.contains(&leg) {
+                r.legs.push(leg);
+            }
+        });
+    }
+
+    pub(crate) fn register_media_session(&self, session: SessionId, call_id: &str) {
+        if let Ok(mut map) = self.media_sessions.lock() {
+            map.insert(session, call_id.to_string());
+        }
+        self.note_route(call_id, |r| r.media.push(session));
     }
 
     /// Drops every route to a call that has ended.
     pub(crate) fn forget(&self, call_id: &str) {
+        let Some(routes) = self
+            .calls
+            .lock()
+            .ok()
+            .and_then(|mut c| c.remove(call_id))
+            .map(|e| e.routes)
+        else {
+            return;
+        };
+        // A key is removed only while it still routes to this call.
         if let Ok(mut d) = self.dialogs.lock() {
-            d.retain(|_, (c, _)| c != call_id);
+            for id in &routes.dialogs {
+                if d.get(id).is_some_and(|(c, _)| c == call_id) {
+                    d.remove(id);
+                }
+            }
         }
         if let Ok(mut m) = self.sip_call_ids.lock() {
-            m.retain(|_, c| c != call_id);
+            for id in &routes.sip_call_ids {
+                if m.get(id).is_some_and(|c| c == call_id) {
+                    m.remove(id);
+                }
+            }
         }
         if let Ok(mut m) = self.leg_sip_call_ids.lock() {
-            m.retain(|(c, _), _| c != call_id);
+            for leg in &routes.legs {
+                m.remove(&(call_id.to_string(), *leg));
+            }
         }
         if let Ok(mut m) = self.media_sessions.lock() {
-            m.retain(|_, c| c != call_id);
-        }
-        if let Ok(mut c) = self.calls.lock() {
-            c.remove(call_id);
+            for id in &routes.media {
+                if m.get(id).is_some_and(|c| c == call_id) {
+                    m.remove(id);
+                }
+            }
         }
     }
 

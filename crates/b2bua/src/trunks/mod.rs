@@ -127,7 +127,14 @@ pub struct Trunks {
     /// Every address a trunk resolved to so far: known peers, exempt from the per-source
     /// guards like trunks given by IP address.
     known_ips: std::sync::RwLock<std::collections::HashSet<std::net::IpAddr>>,
+    /// An account's trunks as last read (see [`store::cache`]): a call does not read them
+    /// from the store each time.
+    by_account: store::cache::ReadCache<String, Vec<store::Trunk>>,
 }
+
+/// How long an account's trunks read from the store are trusted at most (changes through
+/// this node are seen at once).
+pub const TRUNKS_TTL: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Trunks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -162,6 +169,7 @@ impl Trunks {
             cache: Mutex::new(HashMap::new()),
             runtime: Mutex::new(HashMap::new()),
             known_ips: std::sync::RwLock::new(std::collections::HashSet::new()),
+            by_account: store::cache::ReadCache::new(TRUNKS_TTL, 10_000),
         }
     }
 
@@ -242,13 +250,17 @@ impl Trunks {
         trunk: Option<&str>,
         emergency: bool,
     ) -> Result<Vec<Attempt>, PlanError> {
-        let mut trunks: Vec<store::Trunk> = self
-            .store
-            .trunks_for_account(account_id)
-            .await?
-            .into_iter()
-            .filter(|t| trunk.is_none_or(|n| t.name == n) && (!emergency || t.emergency))
-            .collect();
+        let generation = self.store.provisioning_generation();
+        let mut trunks: Vec<store::Trunk> = store::cache::read_through(
+            &self.by_account,
+            account_id.to_owned(),
+            generation,
+            self.store.trunks_for_account(account_id),
+        )
+        .await?
+        .into_iter()
+        .filter(|t| trunk.is_none_or(|n| t.name == n) && (!emergency || t.emergency))
+        .collect();
         if trunks.is_empty() {
             return Err(PlanError::NoTrunk);
         }

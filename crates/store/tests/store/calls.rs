@@ -279,26 +279,49 @@ async fn a_call_batch_is_written_whole_or_not_at_all() {
     store.probe_write(T0).await.unwrap();
 }
 
+/// The writes of a new call: its record and its first timeline entry.
+fn admission(c: &CallRecord) -> Vec<store::CallWrite> {
+    vec![
+        store::CallWrite::NewCall(c.clone()),
+        store::CallWrite::Timeline {
+            call_id: c.id.clone(),
+            entry: TimelineEntry {
+                at_ms: c.created_at_ms,
+                kind: "api.request".into(),
+                leg: None,
+                detail: json!({}),
+            },
+        },
+    ]
+}
+
 async fn admission_counts_the_live_calls_of_the_account() {
     let (_db, store) = store_provisioned().await;
-    assert!(store.insert_call_within(&call(1, T0), 2).await.unwrap());
-    assert!(store.insert_call_within(&call(2, T0), 2).await.unwrap());
-    assert!(!store.insert_call_within(&call(3, T0), 2).await.unwrap());
+    assert!(store.admit_call(&admission(&call(1, T0)), 2).await.unwrap());
+    assert!(store.admit_call(&admission(&call(2, T0)), 2).await.unwrap());
+    assert!(!store.admit_call(&admission(&call(3, T0)), 2).await.unwrap());
     assert!(store
         .get_call(ACCT, &call(3, T0).id)
         .await
         .unwrap()
         .is_none());
+    assert!(store.timeline(&call(3, T0).id).await.unwrap().is_empty());
+    assert_eq!(store.timeline(&call(1, T0).id).await.unwrap().len(), 1);
+    // A batch without a new call is refused.
+    assert!(matches!(
+        store.admit_call(&admission(&call(5, T0))[1..], 2).await,
+        Err(StoreError::Invalid { .. })
+    ));
     // Another account's calls do not count.
     let mut foreign = call(4, T0);
     foreign.account_id = OTHER.into();
-    assert!(store.insert_call_within(&foreign, 2).await.unwrap());
+    assert!(store.admit_call(&admission(&foreign), 2).await.unwrap());
     // A call that ended frees its slot.
     let mut done = call(1, T0);
     done.status = CallStatus::Completed;
     done.ended_at_ms = Some(T0 + 5);
     store.update_call(&done).await.unwrap();
-    assert!(store.insert_call_within(&call(3, T0), 2).await.unwrap());
+    assert!(store.admit_call(&admission(&call(3, T0)), 2).await.unwrap());
 }
 
 /// Twenty admissions at once under a limit of 3 (as from several nodes): exactly 3 pass.
@@ -308,7 +331,10 @@ async fn racing_admissions_respect_the_limit() {
     for n in 0..20 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.insert_call_within(&call(n, T0 + n), 3).await.unwrap()
+            store
+                .admit_call(&admission(&call(n, T0 + n)), 3)
+                .await
+                .unwrap()
         }));
     }
     let mut admitted = 0;
@@ -318,9 +344,40 @@ async fn racing_admissions_respect_the_limit() {
     assert_eq!(admitted, 3);
 }
 
+/// A new call record and its first timeline entry are one transaction: the same call again
+/// is refused whole.
+async fn a_new_call_and_its_first_entry_go_in_one_batch() {
+    let (_db, store) = store_provisioned().await;
+    let c = call(1, T0);
+    let entry = TimelineEntry {
+        at_ms: T0,
+        kind: "api.request".into(),
+        leg: None,
+        detail: json!({"dial_string": "+14155550100"}),
+    };
+    let writes = vec![
+        store::CallWrite::NewCall(c.clone()),
+        store::CallWrite::Timeline {
+            call_id: c.id.clone(),
+            entry: entry.clone(),
+        },
+    ];
+    store.write_call_batch(&writes).await.unwrap();
+    assert_eq!(store.get_call(ACCT, &c.id).await.unwrap().unwrap(), c);
+    assert_eq!(store.timeline(&c.id).await.unwrap(), vec![entry.clone()]);
+    // The same call again is refused, and nothing of that batch is written.
+    let err = store.write_call_batch(&writes).await.unwrap_err();
+    assert!(
+        matches!(err, store::StoreError::AlreadyExists { kind: "call", .. }),
+        "{err:?}"
+    );
+    assert_eq!(store.timeline(&c.id).await.unwrap(), vec![entry]);
+}
+
 both!(
     admission_counts_the_live_calls_of_the_account,
     racing_admissions_respect_the_limit,
+    a_new_call_and_its_first_entry_go_in_one_batch,
     a_call_batch_is_written_whole_or_not_at_all,
     pages_are_newest_first_and_cover_everything_once,
     an_exact_last_page_has_no_next_cursor,

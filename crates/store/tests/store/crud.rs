@@ -242,4 +242,62 @@ async fn trunks() {
     assert_eq!(store.list_trunks().await.unwrap().len(), 2);
 }
 
-both!(users, devices, numbers, trunks,);
+/// Every provisioning write through a store moves its generation (what the in-memory read
+/// caches compare); reads and call writes do not.
+async fn provisioning_writes_move_the_generation() {
+    let (_db, store) = store_provisioned().await;
+    let mut g = store.provisioning_generation();
+    let mut moved = |what: &str| {
+        let now = store.provisioning_generation();
+        assert!(now > g, "{what} did not move the generation");
+        g = now;
+    };
+    store.create_user(&bob()).await.unwrap();
+    moved("create_user");
+    let mut b = bob();
+    b.name = "Robert".into();
+    store.update_user(&b).await.unwrap();
+    moved("update_user");
+    let n = Number {
+        number: "+14155550000".into(),
+        account_id: ACCT.into(),
+        owner_user_id: None,
+    };
+    store.create_number(&n).await.unwrap();
+    moved("create_number");
+    let mut owned = n.clone();
+    owned.owner_user_id = Some(BOB.into());
+    store.update_number(&owned).await.unwrap();
+    moved("update_number");
+    assert!(store.delete_number(ACCT, &n.number).await.unwrap());
+    moved("delete_number");
+    let mut t = store.trunk("carrier").await.unwrap().unwrap();
+    t.name = "second".into();
+    store.create_trunk(&t).await.unwrap();
+    moved("create_trunk");
+    t.routing.priority = 3;
+    store.update_trunk(&t).await.unwrap();
+    moved("update_trunk");
+    assert!(store.delete_trunk("second").await.unwrap());
+    moved("delete_trunk");
+    let mut a = store.account(ACCT).await.unwrap().unwrap();
+    a.name = "Renamed".into();
+    store.update_account(&a).await.unwrap();
+    moved("update_account");
+    store.set_account_limits(ACCT, &a.limits).await.unwrap();
+    moved("set_account_limits");
+    assert!(store.delete_user(ACCT, BOB).await.unwrap());
+    moved("delete_user");
+    // Reads do not.
+    store.numbers_for_account(ACCT).await.unwrap();
+    store.trunks_for_account(ACCT).await.unwrap();
+    assert_eq!(store.provisioning_generation(), g);
+}
+
+both!(
+    users,
+    devices,
+    numbers,
+    trunks,
+    provisioning_writes_move_the_generation,
+);
