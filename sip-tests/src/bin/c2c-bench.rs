@@ -88,7 +88,7 @@ fn node_config(db: &str, i: usize) -> String {
 
 /// The media ports of node `i` of `nodes`: those of the single-node run, split.
 fn media_ports(i: usize, nodes: usize) -> String {
-    let span = 12_000 / nodes as u32 & !1;
+    let span = (12_000 / nodes as u32) & !1;
     let lo = 20_000 + span * i as u32;
     format!("{lo}-{}", lo + span - 1)
 }
