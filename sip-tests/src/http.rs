@@ -33,7 +33,11 @@ type RawMessage = (String, Vec<(String, String)>, Vec<u8>);
 
 fn read_message(reader: &mut BufReader<TcpStream>) -> std::io::Result<RawMessage> {
     let mut start = String::new();
-    reader.read_line(&mut start)?;
+    // A connection closed before its first line (a client killed while connecting) carried
+    // no message.
+    if reader.read_line(&mut start)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
