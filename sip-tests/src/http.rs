@@ -145,6 +145,8 @@ pub struct Delivery {
     pub body: String,
     /// What the receiver answered.
     pub answered: u16,
+    /// When the receiver had read it.
+    pub at: Instant,
 }
 
 impl Delivery {
@@ -193,6 +195,7 @@ impl CallbackReceiver {
                             headers,
                             body: String::from_utf8_lossy(&body).into_owned(),
                             answered: status,
+                            at: Instant::now(),
                         });
                         status
                     };

@@ -4,8 +4,9 @@
 //!
 //! Then: the calls placed after the kill complete through the survivor; every call ends with
 //! a final status (the dead node's live calls `failed`, taken over by the survivor); every
-//! callback event is delivered exactly once, in order, signed; the phone registers again
-//! through the edge and its binding is used.
+//! callback event is delivered once, in order, signed (a repeat is allowed only across the
+//! kill: node-a died between the receiver's 200 and recording it); the phone registers
+//! again through the edge and its binding is used.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -271,10 +272,12 @@ fn two_nodes_behind_kamailio_lose_nothing_when_one_is_killed() {
     // the first half, the rest go to node-b.
     let mut placed: Vec<(String, &'static str, bool)> = Vec::new();
     let mut a = Some(a);
+    let mut killed_at = None;
     for n in 0..CALLS {
         if n == CALLS / 2 {
             if let Some(a) = a.take() {
                 drop(a.kill9());
+                killed_at = Some(Instant::now());
             }
         }
         let after_kill = a.is_none();
@@ -351,7 +354,14 @@ fn two_nodes_behind_kamailio_lose_nothing_when_one_is_killed() {
     }
     // Late duplicates would arrive after the finals: give them the claim lease to show up.
     std::thread::sleep(Duration::from_secs(2));
-    let mut seen_events = HashSet::new();
+    // A callback is sent by one node at a time and recorded as delivered once. The one
+    // exception is the crash itself: node-a got the receiver's 200 for a callback and died
+    // before writing it down; node-b sends it again once node-a's claim lapsed. Such a
+    // repeat is allowed only for a first delivery that arrived before the kill and a second
+    // one after it (at most the deliveries node-a had in flight), and it is counted.
+    let killed_at = killed_at.expect("node-a was killed");
+    let mut first_at: HashMap<String, Instant> = HashMap::new();
+    let mut repeats = Vec::new();
     let mut per_call: HashMap<String, Vec<(i64, String)>> = HashMap::new();
     for d in receiver
         .deliveries()
@@ -359,14 +369,19 @@ fn two_nodes_behind_kamailio_lose_nothing_when_one_is_killed() {
         .filter(|d| d.answered == 200)
     {
         let sig = d.header("Dialbridge-Signature").unwrap_or_default();
-        assert!(signed(sig, &d.body), "bad signature on {}", d.body);
+        assert!(signed(sig, &d.body), "bad signature on {:?}", d.body);
         let j = d.json();
         let event = j["event_id"].as_str().unwrap_or_default().to_owned();
-        assert!(
-            seen_events.insert(event.clone()),
-            "event {event} delivered twice: {}",
-            d.body
-        );
+        if let Some(first) = first_at.get(&event) {
+            assert!(
+                *first <= killed_at && d.at > killed_at,
+                "event {event} delivered twice, not across the kill: {}",
+                d.body
+            );
+            repeats.push(event);
+            continue;
+        }
+        first_at.insert(event, d.at);
         per_call
             .entry(j["call_id"].as_str().unwrap_or_default().to_owned())
             .or_default()
@@ -375,6 +390,11 @@ fn two_nodes_behind_kamailio_lose_nothing_when_one_is_killed() {
                 j["status"].as_str().unwrap_or_default().to_owned(),
             ));
     }
+    assert!(
+        repeats.len() <= 32,
+        "more repeats than deliveries node-a could have had in flight: {repeats:?}"
+    );
+    let seen_events: HashSet<String> = first_at.keys().cloned().collect();
     for (id, _, _) in &placed {
         let got = &per_call[id];
         let seqs: Vec<i64> = got.iter().map(|(s, _)| *s).collect();
@@ -397,8 +417,9 @@ fn two_nodes_behind_kamailio_lose_nothing_when_one_is_killed() {
         }
     }
     eprintln!(
-        "cluster: {} callback events, each delivered once",
-        seen_events.len()
+        "cluster: {} callback events, each delivered once but {} sent again after node-a died between the receiver's 200 and its write: {repeats:?}",
+        seen_events.len(),
+        repeats.len()
     );
 
     // The phone's registration still works: it registers again through the edge (the dead
