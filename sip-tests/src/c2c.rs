@@ -13,12 +13,24 @@ pub const WEBHOOK: &str = "whsec_test_1";
 pub const USER: &str = "user_01h2xcejqtf2nbrexx3vqjhp42";
 
 pub fn config(carrier_port: u16) -> String {
+    config_with_account(carrier_port, "")
+}
+
+/// [`config`] with more keys of the `[[accounts]]` table (`callback_url`, `record_calls`...).
+pub fn config_with_account(carrier_port: u16, account_extra: &str) -> String {
+    config_full(carrier_port, "", account_extra)
+}
+
+/// [`config`] with more keys of `[calls]` and of the `[[accounts]]` table, and more tables
+/// after them (`calls_extra` may end with e.g. a `[recording]` table).
+pub fn config_full(carrier_port: u16, calls_extra: &str, account_extra: &str) -> String {
     format!(
         r#"
 [calls]
 agent_ring_secs = 8
 shutdown_grace_secs = 1
 customer_ring_secs = 8
+{calls_extra}
 
 [[accounts]]
 id = "acct_01h2xcejqtf2nbrexx3vqjhp41"
@@ -27,6 +39,7 @@ region = "US"
 api_keys = [{{ key = "ak_test_1", secret = "{SECRET}" }}]
 webhook_secret = "{WEBHOOK}"
 allowed_prefixes = ["+1"]
+{account_extra}
 
 [[users]]
 id = "{USER}"

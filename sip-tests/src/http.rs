@@ -12,6 +12,8 @@ pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The body as it came (for binary bodies: a recording).
+    pub bytes: Vec<u8>,
 }
 
 impl HttpResponse {
@@ -134,6 +136,7 @@ pub fn try_request(
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
     })
 }
 

@@ -19,7 +19,7 @@ fn demo_completes_a_call_with_rtp_both_ways_on_loopback_only() {
     let (code, out) = sip_tests::wait_limit(child, Duration::from_secs(90));
     assert_eq!(code, 0, "demo failed:\n{out}");
     assert!(out.contains(": completed"), "{out}");
-    for status in ["ringing", "in-progress", "completed"] {
+    for status in ["ringing", "in-progress", "completed", "recording.ready"] {
         assert!(
             out.lines()
                 .any(|l| l.contains(status) && l.contains("signature verified")),
@@ -52,4 +52,14 @@ fn demo_completes_a_call_with_rtp_both_ways_on_loopback_only() {
         "{out}"
     );
     assert!(out.contains("demo: OK"), "{out}");
+    // The recorded call and where its file is.
+    let file = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("file "))
+        .map(|f| f.trim().to_string())
+        .expect("the recording's file is printed");
+    assert!(file.ends_with(".wav"), "{file}");
+    let wav = std::fs::read(&file).expect("the recording is kept after the demo");
+    assert!(media::g711::parse_wav_stereo(&wav).is_ok());
+    let _ = std::fs::remove_file(&file);
 }

@@ -126,8 +126,10 @@ fn probes() -> Vec<Probe> {
         goal,
     };
     vec![
-        p("INVITE, nobody by that name", "INVITE", "4915551234", "", false, "", 404, 1.5),
-        p("INVITE to a device name", "INVITE", "alice-desk", "", false, "", 404, 1.5),
+        // An INVITE from no trunk may be a registered phone placing a call: challenged,
+        // as a REGISTER is (and as small).
+        p("INVITE, nobody by that name", "INVITE", "4915551234", "", false, "", 407, 2.5),
+        p("INVITE to a device name", "INVITE", "alice-desk", "", false, "", 407, 2.5),
         p("INVITE, unknown Require", "INVITE", "100", "Require: frobnicate\r\n", false, "", 420, 1.5),
         p("INVITE, Max-Forwards 0", "INVITE", "100", "Max-Forwards: 0\r\n", false, "", 483, 1.5),
         p("INVITE, body not SDP", "INVITE", "100", "", false, "hello", 415, 1.5),
@@ -239,14 +241,14 @@ fn a_retransmitted_refused_invite_gets_the_same_answer_and_its_ack_nothing() {
     peer.send_to(invite.as_bytes(), target).unwrap();
     let first = collect(&peer, Instant::now() + Duration::from_millis(300));
     assert_eq!(first.len(), 1, "{first:?}");
-    assert_eq!(status_of(&first[0]), Some(404));
+    assert_eq!(status_of(&first[0]), Some(407));
     // The client's Timer A fires: the same INVITE again, then again.
     for _ in 0..2 {
         peer.send_to(invite.as_bytes(), target).unwrap();
         let again = collect(&peer, Instant::now() + Duration::from_millis(300));
         assert_eq!(again, first, "the same bytes again");
     }
-    // The ACK for the 404 (same branch, the To tag of the 404): absorbed.
+    // The ACK for the 407 (same branch, the To tag of the 407): absorbed.
     let answer = String::from_utf8_lossy(&first[0]).into_owned();
     let to = answer
         .split("\r\n")
@@ -281,7 +283,7 @@ fn sipp_invite_flood_from_one_source_gets_at_most_the_budget() {
     let sf = sf.to_string_lossy();
     let calls = CALLS.to_string();
     // 100 INVITEs a second for 3 s, no retransmissions: each call succeeds when its
-    // 404 arrives and fails when nothing does within 2 s.
+    // 407 arrives and fails when nothing does within 2 s.
     let run = sipp(
         &[
             "-sf",

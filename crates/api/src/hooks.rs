@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use b2bua::calls::{CallEvent, CallEventKind, CallHooks, Leg};
+use b2bua::calls::{AdmitError, AdmitFuture, CallEvent, CallEventKind, CallHooks, Leg, NewCall};
 use serde_json::{json, Value};
-use store::{CallRecord, CallStatus};
+use store::{CallRecord, CallStatus, CallWrite, TimelineEntry};
 
 use crate::state::Shared;
 use crate::time::rfc3339_ms;
@@ -52,6 +52,16 @@ pub(crate) fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Valu
         CallEventKind::InProgress { .. } => Some(Leg::Customer),
         CallEventKind::Ended { outcome, .. } => outcome.leg,
         CallEventKind::Note { leg, .. } => *leg,
+        CallEventKind::Held { leg }
+        | CallEventKind::Resumed { leg }
+        | CallEventKind::Muted { leg, .. }
+        | CallEventKind::TransferStarted { leg, .. }
+        | CallEventKind::Transferred { leg, .. }
+        | CallEventKind::TransferFailed { leg, .. } => Some(*leg),
+        CallEventKind::MonitorStarted { .. }
+        | CallEventKind::MonitorModeChanged { .. }
+        | CallEventKind::MonitorEnded { .. } => None,
+        CallEventKind::Recording { .. } => None,
     };
     if let (CallEventKind::Ended { outcome, .. }, Some(o)) = (kind, v.as_object_mut()) {
         // Flatten the outcome into the detail.
@@ -130,8 +140,61 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
             }
             !final_already
         }
-        CallEventKind::Note { .. } => false,
+        CallEventKind::Held { leg } | CallEventKind::Resumed { leg } => {
+            let held = matches!(ev.kind, CallEventKind::Held { .. });
+            match leg_obj(&mut rec.legs, *leg) {
+                Some(o) => o.insert("held".into(), json!(held)) != Some(json!(held)),
+                None => false,
+            }
+        }
+        CallEventKind::Muted { leg, muted } => match leg_obj(&mut rec.legs, *leg) {
+            Some(o) => o.insert("muted".into(), json!(muted)) != Some(json!(muted)),
+            None => false,
+        },
+        CallEventKind::Transferred { leg, to, by } => match leg_obj(&mut rec.legs, *leg) {
+            Some(o) => {
+                o.insert("transferred_to".into(), json!(to));
+                o.insert("transferred_by".into(), json!(by));
+                o.insert("transferred_at".into(), json!(at));
+                true
+            }
+            None => false,
+        },
+        CallEventKind::Note { .. }
+        | CallEventKind::MonitorStarted { .. }
+        | CallEventKind::MonitorModeChanged { .. }
+        | CallEventKind::MonitorEnded { .. }
+        | CallEventKind::TransferStarted { .. }
+        | CallEventKind::TransferFailed { .. } => false,
+        CallEventKind::Recording {
+            file,
+            duration_secs,
+            size_bytes,
+            error,
+        } => {
+            let view = recording_view(file, *duration_secs, *size_bytes, error.as_deref());
+            let changed = rec.recording != view;
+            rec.recording = view;
+            changed
+        }
     }
+}
+
+/// A finished recording as the call record keeps it: `ready` (the whole call), `incomplete`
+/// (stopped early, e.g. a full disk: the file holds what came before) or `failed` (no file).
+pub(crate) fn recording_view(file: &str, duration: f64, size: u64, error: Option<&str>) -> Value {
+    let state = match (error, size > 44) {
+        (None, _) => "ready",
+        (Some(_), true) => "incomplete",
+        (Some(_), false) => "failed",
+    };
+    json!({
+        "state": state,
+        "file": file,
+        "duration": (duration * 1000.0).round() / 1000.0,
+        "size": size,
+        "error": error,
+    })
 }
 
 /// The callback stage of an event, if it is one: (status, leg, sip_code, duration).
@@ -164,4 +227,68 @@ impl CallHooks for ApiHooks {
     fn on_event(&self, event: &CallEvent) {
         self.shared.journal.push(event.clone());
     }
+
+    /// A call from SIP (inbound): under the account's limits, its record and first timeline
+    /// entry written before it starts, as `place_call` does for the API's calls.
+    fn admit<'a>(&'a self, call: &'a NewCall) -> AdmitFuture<'a> {
+        Box::pin(admit(&self.shared, call))
+    }
+}
+
+async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
+    if shared.store_health.failure().is_some() || shared.journal.over_limit() {
+        return Err(AdmitError::Unavailable("the store refuses writes".into()));
+    }
+    let account = match shared.store.account(&call.account_id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Err(AdmitError::Unavailable("no such account".into())),
+        Err(e) => return Err(AdmitError::Unavailable(e.to_string())),
+    };
+    let now = crate::time::now_ms();
+    shared
+        .limiter
+        .acquire(&account.id, &account.limits, now)
+        .map_err(|e| AdmitError::Limit(e.to_string()))?;
+    let mut rec = CallRecord::new(
+        call.call_id.clone(),
+        call.account_id.clone(),
+        call.to.clone(),
+        now,
+    );
+    rec.user_id = call.user_id.clone();
+    rec.destination = Some(call.to.clone());
+    rec.caller_id = Some(call.from.clone());
+    rec.callback_url = call.callback_url.clone();
+    rec.direction = call.direction.to_owned();
+    rec.legs = call.legs.clone();
+    rec.node_id = Some(shared.cfg.server_id.clone());
+    if call.record {
+        rec.recording = json!({"state": "pending"});
+    }
+    let entry = TimelineEntry {
+        at_ms: now,
+        kind: format!("sip.{}", call.direction),
+        leg: Some(Leg::Customer.as_str().to_owned()),
+        detail: call.detail.clone(),
+    };
+    // The record and its first timeline entry in one transaction, as `place_call` does; the
+    // journal is told the record (the call's first event follows at once: its start, or its
+    // end when the engine refuses it).
+    let written = shared
+        .store
+        .write_call_batch(&[
+            CallWrite::NewCall(rec.clone()),
+            CallWrite::Timeline {
+                call_id: rec.id.clone(),
+                entry,
+            },
+        ])
+        .await;
+    if let Err(e) = written {
+        shared.limiter.release(&account.id);
+        return Err(AdmitError::Unavailable(e.to_string()));
+    }
+    shared.journal.born(rec);
+    shared.metrics.inbound_call_started();
+    Ok(())
 }

@@ -409,8 +409,49 @@ impl Writer {
     }
 }
 
+/// The `recording.ready` callback (`recording.failed` when no file could be written): it
+/// follows the call's final status callback.
+fn recording_callback(rec: &CallRecord, ev: &CallEvent, seq: i64) -> Option<OutboxEntry> {
+    let url = rec.callback_url.as_ref()?;
+    let state = rec.recording["state"].as_str().unwrap_or("failed");
+    let event_id = TypeId::new(EVENT_PREFIX).to_string();
+    let body = json!({
+        "event": if state == "failed" { "recording.failed" } else { "recording.ready" },
+        "event_id": event_id,
+        "sequence": seq,
+        "call_id": rec.id,
+        "status": rec.status.as_str(),
+        "timestamp": rfc3339_ms(ev.at_ms),
+        "direction": rec.direction,
+        "recording": {
+            "state": state,
+            "url": format!("/v1/calls/{}/recording", rec.id),
+            "duration": rec.recording["duration"],
+            "size": rec.recording["size"],
+            "channels": {"left": "agent", "right": "customer"},
+            "error": rec.recording["error"],
+        },
+        "metadata": rec.metadata,
+    });
+    Some(OutboxEntry::new(
+        event_id,
+        rec.id.clone(),
+        rec.account_id.clone(),
+        seq,
+        url.clone(),
+        body.to_string(),
+        now_ms(),
+    ))
+}
+
 /// The callback an event causes for a call with a callback URL, numbered `seq`.
 fn callback_for(rec: &CallRecord, ev: &CallEvent, seq: i64) -> Option<OutboxEntry> {
+    if let Some(name) = ev.kind.callback_event() {
+        return live_callback(rec, ev, seq, name);
+    }
+    if matches!(ev.kind, CallEventKind::Recording { .. }) {
+        return recording_callback(rec, ev, seq);
+    }
     let (url, (status, leg, sip_code, duration)) =
         (rec.callback_url.as_ref()?, callback_stage(ev)?);
     let event_id = TypeId::new(EVENT_PREFIX).to_string();
@@ -423,13 +464,62 @@ fn callback_for(rec: &CallRecord, ev: &CallEvent, seq: i64) -> Option<OutboxEntr
         "timestamp": rfc3339_ms(ev.at_ms),
         "leg": leg.map(Leg::as_str),
         "sip_code": sip_code,
-        "direction": "outbound",
+        "direction": crate::views::shown_direction(&rec.direction),
+        "origin": crate::views::origin(&rec.direction),
         "from": rec.caller_id,
         "to": rec.destination.as_deref().unwrap_or(&rec.dial_string),
         "metadata": rec.metadata,
     });
     if let CallEventKind::Ended { outcome, .. } = &ev.kind {
         body["reason"] = outcome.reason.clone().into();
+    }
+    Some(OutboxEntry::new(
+        event_id,
+        rec.id.clone(),
+        rec.account_id.clone(),
+        seq,
+        url.clone(),
+        body.to_string(),
+        now_ms(),
+    ))
+}
+
+/// The callback of a live-control event (`call.held`, `call.transferred`...): the call's
+/// fields as in a status callback, `"event"`, and the event's own detail (`to`, `by`,
+/// `monitor_id`, `mode`...).
+fn live_callback(rec: &CallRecord, ev: &CallEvent, seq: i64, name: &str) -> Option<OutboxEntry> {
+    let url = rec.callback_url.as_ref()?;
+    let event_id = TypeId::new(EVENT_PREFIX).to_string();
+    let (_, leg, detail) = timeline_parts(&ev.kind);
+    let mut body = json!({
+        "event": name,
+        "event_id": event_id,
+        "sequence": seq,
+        "call_id": rec.id,
+        "status": rec.status.as_str(),
+        "timestamp": rfc3339_ms(ev.at_ms),
+        "leg": leg.map(Leg::as_str),
+        "direction": crate::views::shown_direction(&rec.direction),
+        "origin": crate::views::origin(&rec.direction),
+        "from": rec.caller_id,
+        "to": rec.destination.as_deref().unwrap_or(&rec.dial_string),
+        "metadata": rec.metadata,
+    });
+    if let (Some(b), Some(d)) = (body.as_object_mut(), detail.as_object()) {
+        for (k, v) in d {
+            // The event's own `to` (a transfer's target) is kept apart from the call's.
+            let key = if k == "to" { "transfer_to" } else { k.as_str() };
+            b.insert(key.to_string(), v.clone());
+        }
+        if name == "call.transferred" {
+            if let Some(t) = d.get("to") {
+                b.insert("to".into(), t.clone());
+                b.insert(
+                    "call_to".into(),
+                    json!(rec.destination.as_deref().unwrap_or(&rec.dial_string)),
+                );
+            }
+        }
     }
     Some(OutboxEntry::new(
         event_id,

@@ -219,7 +219,7 @@ impl Api {
     /// The axum router with every route, the body limit and the access log.
     pub fn router(&self) -> Router {
         use routes::{
-            admin, calls, client_sessions, compat, console, lookup, meta, publishable_keys,
+            admin, calls, client_sessions, compat, console, live, lookup, meta, publishable_keys,
         };
         Router::new()
             .route(
@@ -243,6 +243,24 @@ impl Api {
             .route("/v1/calls", post(calls::create_call).get(calls::list_calls))
             .route("/v1/calls/{call_id}", get(calls::get_call))
             .route("/v1/calls/{call_id}/hangup", post(calls::hangup_call))
+            .route("/v1/calls/{call_id}/transfer", post(live::transfer))
+            .route(
+                "/v1/calls/{call_id}/transfer/complete",
+                post(live::transfer_complete),
+            )
+            .route(
+                "/v1/calls/{call_id}/transfer/cancel",
+                post(live::transfer_cancel),
+            )
+            .route("/v1/calls/{call_id}/hold", post(live::hold))
+            .route("/v1/calls/{call_id}/unhold", post(live::unhold))
+            .route("/v1/calls/{call_id}/mute", post(live::mute))
+            .route("/v1/calls/{call_id}/monitor", post(live::monitor))
+            .route(
+                "/v1/calls/{call_id}/monitor/{monitor_id}",
+                patch(live::update_monitor).delete(live::end_monitor),
+            )
+            .route("/v1/calls/{call_id}/recording", get(calls::get_recording))
             .route("/v1/events", get(calls::events))
             // Between nodes, outside the published document (see `forward`).
             .route(

@@ -22,6 +22,7 @@ pub type Counter<T> = (&'static str, &'static str, fn(&T) -> u64);
 #[derive(Default)]
 pub struct Metrics {
     calls_started: AtomicU64,
+    calls_inbound: AtomicU64,
     calls_by_outcome: [AtomicU64; CallStatus::ALL.len()],
     callback_deliveries: AtomicU64,
     callback_retries: AtomicU64,
@@ -60,6 +61,12 @@ impl Metrics {
     /// A call was handed to the engine.
     pub fn call_started(&self) {
         self.calls_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An inbound call (an INVITE from a trunk) was handed to the engine.
+    pub fn inbound_call_started(&self) {
+        self.calls_started.fetch_add(1, Ordering::Relaxed);
+        self.calls_inbound.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call ended with `status`.
@@ -191,6 +198,12 @@ impl Metrics {
             "counter",
             "Calls handed to the call engine.",
             &[(String::new(), self.calls_started.load(Ordering::Relaxed))],
+        );
+        metric(
+            "dialbridge_calls_inbound_total",
+            "counter",
+            "Inbound calls (INVITEs from a trunk to an account's number) handed to the call engine.",
+            &[(String::new(), self.calls_inbound.load(Ordering::Relaxed))],
         );
         let by_outcome: Vec<(String, u64)> = CallStatus::ALL
             .iter()

@@ -46,6 +46,10 @@ pub(crate) struct PlaceRequest {
     pub request_id: Option<String>,
     /// The request as received, without credentials, for the timeline.
     pub request_detail: Value,
+    /// Agent confirm asked for (`None`: the account's `confirm_calls`).
+    pub confirm: Option<bool>,
+    /// Recording asked for (`None`: the account's `record_calls`).
+    pub record: Option<bool>,
 }
 
 /// The toll-fraud guard for a number about to be dialled (any leg, any API shape): valid by
@@ -264,6 +268,11 @@ pub(crate) async fn place_call(
     rec.metadata = req.metadata;
     rec.legs = json!({"agent": agent_desc, "customer": customer_desc});
     rec.node_id = Some(shared.cfg.server_id.clone());
+    let confirm = req.confirm.unwrap_or(account.confirm_calls);
+    let record = req.record.unwrap_or(account.record_calls);
+    if record {
+        rec.recording = json!({"state": "pending"});
+    }
 
     let request_entry = TimelineEntry {
         at_ms: now,
@@ -310,6 +319,9 @@ pub(crate) async fn place_call(
         caller_id,
         agent_ring: Duration::from_secs(u64::from(agent_ring)),
         customer_ring: Duration::from_secs(u64::from(shared.cfg.customer_ring_secs)),
+        incoming: None,
+        confirm: confirm.then(|| Duration::from_secs(shared.cfg.confirm_secs)),
+        record,
     };
     tracing::info!(call_id = %call_id, "starting call");
     shared.journal.born(rec.clone());

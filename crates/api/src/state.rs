@@ -30,6 +30,8 @@ pub struct ApiConfig {
     pub customer_ring_secs: u32,
     /// Largest `ring_timeout` / `timeout` a request may ask for.
     pub max_ring_secs: u32,
+    /// Agent confirm: how long the agent has to press `1` (`calls.confirm_secs`).
+    pub confirm_secs: u64,
     /// This node (`[node] id`): the owner recorded with each call it places, and `server_id`
     /// in Click-2-Call answers.
     pub server_id: String,
@@ -52,6 +54,7 @@ impl Default for ApiConfig {
             agent_ring_secs: 30,
             customer_ring_secs: 45,
             max_ring_secs: 300,
+            confirm_secs: 10,
             server_id: "dialbridge-1".to_owned(),
             node_secret: None,
             callbacks: CallbackPolicy::default(),

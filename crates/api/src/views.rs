@@ -25,6 +25,25 @@ pub fn account(a: &Account) -> Value {
     })
 }
 
+/// The direction a call shows: a call from a phone goes out (`outbound`).
+pub fn shown_direction(stored: &str) -> &str {
+    if stored == "phone" {
+        "outbound"
+    } else {
+        stored
+    }
+}
+
+/// Where a call came from: `api` (placed through the REST API), `phone` (dialled on a
+/// registered phone), `trunk` (an inbound call).
+pub fn origin(stored: &str) -> &'static str {
+    match stored {
+        "phone" => "phone",
+        "inbound" => "trunk",
+        _ => "api",
+    }
+}
+
 /// A call as listed in the call log.
 pub fn call(rec: &CallRecord) -> Value {
     json!({
@@ -36,7 +55,8 @@ pub fn call(rec: &CallRecord) -> Value {
         "destination": rec.destination,
         "caller_id": rec.caller_id,
         "callback_url": rec.callback_url,
-        "direction": "outbound",
+        "direction": shown_direction(&rec.direction),
+        "origin": origin(&rec.direction),
         "created_at": rfc3339_ms(rec.created_at_ms),
         "answered_at": opt_time(rec.answered_at_ms),
         "ended_at": opt_time(rec.ended_at_ms),
@@ -44,6 +64,7 @@ pub fn call(rec: &CallRecord) -> Value {
         "end_leg": rec.end_leg,
         "sip_code": rec.sip_code,
         "metadata": rec.metadata,
+        "recording": rec.recording,
     })
 }
 
@@ -202,6 +223,10 @@ pub mod doc {
         callback_url: Option<String>,
         #[schema(pattern = "^(outbound|inbound)$")]
         direction: String,
+        /// `api` (placed through the REST API), `phone` (dialled on a registered phone),
+        /// `trunk` (an inbound call).
+        #[schema(pattern = "^(api|phone|trunk)$")]
+        origin: String,
         /// RFC 3339 UTC.
         created_at: String,
         answered_at: Option<String>,
@@ -215,6 +240,12 @@ pub mod doc {
         /// As given with the request (`{}` when none).
         #[schema(value_type = Option<Object>)]
         metadata: Value,
+        /// The call's recording, `null` when it is not recorded: `state` (`pending` until
+        /// the call ends, then `ready`, `incomplete` — stopped early, e.g. a full disk — or
+        /// `failed`), `duration` (seconds), `size` (bytes), `error`. The file is at
+        /// `GET /v1/calls/{call_id}/recording`.
+        #[schema(value_type = Option<Object>)]
+        recording: Value,
     }
 
     /// A page of the call log.

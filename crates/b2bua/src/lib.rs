@@ -4,11 +4,14 @@
 //! Layout:
 //! - [`server`]: the dispatcher. Every request the endpoint takes in goes through the same
 //!   checks (RFC 3261 §8.2: Require, URI scheme, Max-Forwards, Content-Type) and then to the
-//!   part that owns it: the registrar for REGISTER, a call for in-dialog requests; what no
-//!   part owns gets the answer a well-mannered UAS gives (404, 481, 405, 501).
+//!   part that owns it: the registrar for REGISTER, a call for in-dialog requests, the
+//!   inbound path (`calls::inbound`) for an INVITE from a trunk; what no part owns gets the
+//!   answer a well-mannered UAS gives (403 for an INVITE from no trunk, 404, 481, 405, 501).
 //!
 //! - [`calls`]: the call engine and its interface ([`calls::CallControl`], [`calls::CallHooks`]);
-//!   each call is a sans-IO state machine driven by a thin task.
+//!   each call is a sans-IO state machine driven by a thin task. A call's first leg may be
+//!   an INVITE we received (inbound calls); agent confirm and recording ride on the relay's
+//!   prompts, DTMF reports and recorder; [`calls::recordings`] keeps the retention.
 //! - [`capabilities`]: the Allow / Supported / Accept this server states.
 //! - [`registrar`]: REGISTER with digest auth, bindings in the store, brute-force guard.
 //! - [`dialplan`]: dial strings (E.164, national, international prefix, extensions, emergency)

@@ -380,6 +380,112 @@ impl Registrar {
         resp
     }
 
+    /// Checks the device credentials of an out-of-dialog INVITE from a phone (a call from a
+    /// registered device), with the digest rules of REGISTER — one-time nonces, replay
+    /// refusal, failures delayed and locked out per source and per username — but as a proxy
+    /// would: no `Proxy-Authorization` gets `407` with `Proxy-Authenticate`, a stale nonce a
+    /// fresh `407`, and wrong credentials (or a device unknown) `403`, never a call.
+    pub async fn authenticate_invite(
+        &self,
+        req: &Request,
+        flow: &Flow,
+        now: u64,
+    ) -> Result<Device, Decision> {
+        let quick = |response| Decision {
+            response,
+            delay: Duration::ZERO,
+            flow_until: None,
+        };
+        let source = flow.remote.ip();
+        let challenge = |stale: bool| {
+            let c = self.challenge(req, stale, now);
+            let mut r = Response::for_request(req, 407);
+            r.set_to_tag(&new_tag());
+            for v in c.headers.get_all(&HeaderName::WwwAuthenticate) {
+                r.headers
+                    .add(HeaderName::ProxyAuthenticate, v.to_str().into_owned());
+            }
+            r
+        };
+        let Some(auth_value) = req.header_str(&HeaderName::ProxyAuthorization) else {
+            if self.locked(source, None, now) {
+                return Err(quick(
+                    Self::reply(req, 403).with_reason("Too many failed attempts"),
+                ));
+            }
+            return Err(quick(challenge(false)));
+        };
+        let Ok(Authorization::Digest(creds)) = parse_authorization(&auth_value) else {
+            return Err(quick(Self::reply(req, 403)));
+        };
+        let username = creds.username.clone();
+        if self.locked(source, Some(&username), now) {
+            return Err(quick(
+                Self::reply(req, 403).with_reason("Too many failed attempts"),
+            ));
+        }
+        let device = match self.device(&username).await {
+            Ok(d) => d,
+            Err(e) => return Err(quick(Self::store_failed(req, &e))),
+        };
+        let realm = self.cfg.realm.clone();
+        let method = req.method.to_string();
+        let verdict = match self.digest.lock() {
+            Ok(mut d) => d.verify(
+                &creds,
+                &method,
+                &realm,
+                |alg| {
+                    let dev = device.as_ref()?;
+                    if dev.realm != realm {
+                        return None;
+                    }
+                    match alg {
+                        Algorithm::Md5 | Algorithm::Md5Sess => {
+                            Some(dev.ha1_md5.expose().to_string())
+                        }
+                        Algorithm::Sha256 | Algorithm::Sha256Sess => {
+                            Some(dev.ha1_sha256.expose().to_string())
+                        }
+                        _ => None,
+                    }
+                },
+                now,
+            ),
+            Err(_) => Verdict::BadNonce,
+        };
+        match (verdict, device) {
+            (Verdict::Ok, Some(d)) => {
+                if let Ok(mut g) = self.guard.lock() {
+                    g.succeed(&username);
+                }
+                Ok(d)
+            }
+            (Verdict::Stale, _) => Err(quick(challenge(true))),
+            (Verdict::BadNonce, _) => Err(quick(challenge(false))),
+            (v, _) => {
+                self.stats
+                    .auth_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (delay, locked) = match self.guard.lock() {
+                    Ok(mut g) => g.fail(source, Some(&username), now),
+                    Err(_) => (Duration::ZERO, false),
+                };
+                if locked {
+                    self.stats
+                        .auth_lockouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                tracing::info!(%source, username = %username, verdict = ?v, "INVITE from a phone: digest authentication failed");
+                Err(Decision {
+                    response: Self::reply(req, 403),
+                    delay,
+                    flow_until: None,
+                })
+            }
+        }
+    }
+
     fn reply(req: &Request, status: u16) -> Response {
         let mut resp = Response::for_request(req, status);
         resp.set_to_tag(&new_tag());

@@ -51,6 +51,8 @@ struct TrunkIps {
     read_at: Option<Instant>,
     reading: bool,
     ips: Vec<IpAddr>,
+    /// The trunks' addresses that name a port.
+    addrs: Vec<std::net::SocketAddr>,
 }
 
 impl KnownPeers {
@@ -62,6 +64,37 @@ impl KnownPeers {
         self.registrar.is_registered_source(source, now)
             || self.is_trunk(source)
             || self.trunks.as_ref().is_some_and(|t| t.is_target_ip(source))
+    }
+
+    /// Whether an INVITE from `source` that shares a trunk's IP comes from a registered phone
+    /// instead: it carries device credentials, or it comes from a registered source on a
+    /// port that no trunk at that IP names (phones and a trunk behind one address, as on
+    /// loopback).
+    fn phone_at_trunk_ip(
+        self: &Arc<Self>,
+        source: std::net::SocketAddr,
+        has_credentials: bool,
+    ) -> bool {
+        if has_credentials {
+            return true;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if !self.registrar.is_registered_source(source.ip(), now) {
+            return false;
+        }
+        let Ok(cache) = self.trunk_ips.lock() else {
+            return false;
+        };
+        let ports: Vec<u16> = cache
+            .addrs
+            .iter()
+            .filter(|a| a.ip() == source.ip())
+            .map(|a| a.port())
+            .collect();
+        !ports.is_empty() && !ports.contains(&source.port())
     }
 
     /// Whether `source` is a trunk's address as last read; starts a new read when that
@@ -95,6 +128,10 @@ impl KnownPeers {
         match read {
             Ok(trunks) => {
                 cache.ips = trunks.iter().filter_map(|t| trunk_ip(&t.address)).collect();
+                cache.addrs = trunks
+                    .iter()
+                    .filter_map(|t| t.address.parse::<std::net::SocketAddr>().ok())
+                    .collect();
             }
             Err(e) => tracing::warn!(error = %e, "trunks not readable"),
         }
@@ -148,11 +185,12 @@ impl SipServer {
                         e.route_ack(&request, &flow);
                     }
                 }
-                EndpointEvent::Cancelled { key, cancel } => {
-                    // No INVITE is ever left pending here yet: the 487 is refused by the
-                    // transaction when a final response was already sent.
-                    let _ = cancel;
-                    let _ = key;
+                EndpointEvent::Cancelled { cancel, .. } => {
+                    // The call started by that INVITE answers it 487 (when no final
+                    // response went out before).
+                    if let Some(e) = &self.engine {
+                        e.route_cancel(&cancel);
+                    }
                 }
                 EndpointEvent::StrayResponse { response, flow } => {
                     if let Some(e) = &self.engine {
@@ -194,7 +232,13 @@ impl SipServer {
                     (HeaderName::AcceptLanguage, "en".into()),
                 ],
             ),
-            Method::Invite | Method::Bye | Method::Update | Method::Info | Method::Prack
+            Method::Invite
+            | Method::Bye
+            | Method::Update
+            | Method::Info
+            | Method::Prack
+            | Method::Refer
+            | Method::Notify
                 if in_dialog =>
             {
                 let routed = self.engine.as_ref().is_some_and(|e| e.route_request(&inc));
@@ -202,13 +246,39 @@ impl SipServer {
                     self.reply(&inc, 481, &[]);
                 }
             }
-            Method::Bye | Method::Update | Method::Info | Method::Prack => {
+            Method::Bye
+            | Method::Update
+            | Method::Info
+            | Method::Prack
+            | Method::Refer
+            | Method::Notify => {
                 self.reply(&inc, 481, &[]);
             }
             Method::Invite => {
-                // dialbridge places calls; it does not take them. An INVITE for anyone is
-                // for an unknown target.
-                self.reply(&inc, 404, &[]);
+                // An INVITE that opens a call is an inbound call from a configured trunk (to
+                // one of an account's numbers), or a registered phone placing a call (digest
+                // challenged); anyone else gets 407 and then 403, and never a call.
+                let src = inc.flow.remote.ip();
+                let trunk = (self.peers.is_trunk(src)
+                    || self
+                        .peers
+                        .trunks
+                        .as_ref()
+                        .is_some_and(|t| t.is_target_ip(src)))
+                    && !self.peers.phone_at_trunk_ip(
+                        inc.flow.remote,
+                        req.headers.get(&HeaderName::ProxyAuthorization).is_some(),
+                    );
+                match &self.engine {
+                    Some(e) if trunk => e.on_invite(inc, RefusalBudget::Exempt),
+                    // Anyone else may only be a registered device placing a call: digest
+                    // challenge (407), then 403 and no call without valid credentials.
+                    Some(e) => {
+                        let budget = self.budget_for(src);
+                        e.on_phone_invite(inc, budget);
+                    }
+                    None => self.reply(&inc, 404, &[]),
+                }
             }
             Method::Register => {
                 let registrar = Arc::clone(&self.registrar);

@@ -517,6 +517,9 @@ impl Harness {
                 caller_id: Some("+15550001111".into()),
                 agent_ring,
                 customer_ring: Duration::from_secs(60),
+                incoming: None,
+                confirm: None,
+                record: false,
             })
             .unwrap();
     }

@@ -271,6 +271,8 @@ pub struct CallsConfig {
     pub max_concurrent: usize,
     /// On SIGTERM, how long live calls may go on before they are hung up.
     pub shutdown_grace_secs: u64,
+    /// Agent confirm: how long the agent has to press `1` (SPEC §9.4).
+    pub confirm_secs: u64,
 }
 
 impl Default for CallsConfig {
@@ -280,6 +282,26 @@ impl Default for CallsConfig {
             customer_ring_secs: 45,
             max_concurrent: 10_000,
             shutdown_grace_secs: 30,
+            confirm_secs: 10,
+        }
+    }
+}
+
+/// `[recording]`: where call recordings go and how long they are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// The directory of the recordings (`<call id>.wav`); created by the first recording.
+    pub dir: std::path::PathBuf,
+    /// Recordings older than this many days are deleted (checked hourly); 0 keeps them.
+    pub retention_days: u32,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            dir: std::path::PathBuf::from("recordings"),
+            retention_days: 0,
         }
     }
 }
@@ -348,6 +370,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub node: NodeConfig,
     pub calls: CallsConfig,
+    pub recording: RecordingConfig,
     pub log: LogConfig,
     pub hep: HepConfig,
     pub dns: DnsConfig,
@@ -636,6 +659,12 @@ impl Config {
                     format!("\"{a}\" is not offered (MD5 or SHA-256)"),
                 ));
             }
+        }
+        if self.recording.dir.as_os_str().is_empty() {
+            errors.push(err("recording.dir", "must not be empty"));
+        }
+        if !(1..=300).contains(&self.calls.confirm_secs) {
+            errors.push(err("calls.confirm_secs", "must be between 1 and 300"));
         }
         if self.calls.agent_ring_secs == 0 {
             errors.push(err("calls.agent_ring_secs", "must be at least 1"));

@@ -80,7 +80,9 @@ pub fn run() -> ExitCode {
     let _ = std::fs::remove_dir_all(&dir);
     match result {
         Ok(missing) if missing.is_empty() => {
-            println!("\ndemo: OK: the call completed and RTP was relayed both ways");
+            println!(
+                "\ndemo: OK: the call completed, RTP was relayed both ways, and the call was recorded"
+            );
             ExitCode::SUCCESS
         }
         Ok(missing) => {
@@ -126,6 +128,9 @@ agent_ring_secs = 10
 customer_ring_secs = 10
 shutdown_grace_secs = 1
 
+[recording]
+dir = "{rec}"
+
 [[accounts]]
 id = "{ACCOUNT}"
 name = "Demo"
@@ -155,8 +160,15 @@ number = "+14155551234"
 account = "{ACCOUNT}"
 owner = "{USER}"
 "#,
-        db = dir.join("dialbridge.db").display()
+        db = dir.join("dialbridge.db").display(),
+        rec = recordings_dir().display()
     )
+}
+
+/// Where the demo's recordings go: kept after the demo (its store is not), so that the
+/// recorded call can be listened to.
+fn recordings_dir() -> PathBuf {
+    std::env::temp_dir().join("dialbridge-demo-recordings")
 }
 
 /// One callback as received.
@@ -449,6 +461,7 @@ async fn demo(dir: &std::path::Path) -> Result<Vec<String>, DemoError> {
         "dial_string": "+14155550100",
         "callback_url": callback_url,
         "ring_timeout": 10,
+        "record": true,
     })
     .to_string();
     let (status, placed) = rest(api, "POST", "/v1/calls", Some(&body)).await?;
@@ -505,8 +518,10 @@ async fn demo(dir: &std::path::Path) -> Result<Vec<String>, DemoError> {
         let has_final = deliveries
             .lock()
             .map(|d| {
-                d.iter()
-                    .any(|x| x.body.contains("\"completed\"") || x.body.contains("\"failed\""))
+                d.iter().any(|x| {
+                    x.body.contains("\"recording.ready\"")
+                        || x.body.contains("\"recording.failed\"")
+                })
             })
             .unwrap_or(false);
         if has_final {
@@ -548,9 +563,13 @@ async fn demo(dir: &std::path::Path) -> Result<Vec<String>, DemoError> {
             .as_deref()
             .is_some_and(|s| signature_ok(s, &d.body));
         let seq = j["sequence"].as_i64().unwrap_or(0);
-        let st = j["status"].as_str().unwrap_or("?").to_string();
+        let st = j["event"]
+            .as_str()
+            .or(j["status"].as_str())
+            .unwrap_or("?")
+            .to_string();
         println!(
-            "  #{seq:<2} {st:<12} signature {}",
+            "  #{seq:<2} {st:<16} signature {}",
             if verified { "verified" } else { "INVALID" }
         );
         if !verified {
@@ -564,10 +583,52 @@ async fn demo(dir: &std::path::Path) -> Result<Vec<String>, DemoError> {
         last_seq = seq;
         statuses.push(st);
     }
-    for want in ["ringing", "in-progress", "completed"] {
+    for want in ["ringing", "in-progress", "completed", "recording.ready"] {
         if !statuses.iter().any(|s| s == want) {
             missing.push(format!("no {want} callback"));
         }
+    }
+    if statuses.last().map(String::as_str) != Some("recording.ready") {
+        missing.push("recording.ready is not the last callback".into());
+    }
+
+    // The recording: the agent (alice-desk, 350 Hz) on the left, the carrier (440 Hz) on
+    // the right.
+    let rec = call_json(api, &call_id).await?;
+    let file = rec["recording"]["file"].as_str().unwrap_or("").to_string();
+    println!(
+        "
+recording ({}):",
+        rec["recording"]["state"]
+    );
+    match std::fs::read(&file)
+        .ok()
+        .and_then(|b| media::g711::parse_wav_stereo(&b).ok())
+    {
+        Some(samples) if samples.len() > 16_000 => {
+            let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+            let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+            let mid = left.len() / 2;
+            let win = |v: &[i16]| v[mid.saturating_sub(4000)..(mid + 4000).min(v.len())].to_vec();
+            let (l, r) = (win(&left), win(&right));
+            let (l350, r440) = (
+                media::g711::tone_power(&l, 350.0),
+                media::g711::tone_power(&r, 440.0),
+            );
+            println!("  file      {file}");
+            println!(
+                "  {:.1} s, {} bytes, 8 kHz 16-bit, 2 channels",
+                left.len() as f64 / 8000.0,
+                rec["recording"]["size"]
+            );
+            println!("  left  (agent, alice-desk's 350 Hz): tone power {l350:.2}");
+            println!("  right (customer, the carrier's 440 Hz): tone power {r440:.2}");
+            println!("  (also GET /v1/calls/{call_id}/recording)");
+            if l350 < 0.3 || r440 < 0.3 {
+                missing.push("the recording's channels do not carry the two sides' tones".into());
+            }
+        }
+        _ => missing.push(format!("no readable recording at {file:?}")),
     }
 
     let stats = &done["stats"];

@@ -66,6 +66,13 @@ pub struct PhoneArgs {
     /// Exit after this many calls have ended.
     #[arg(long, value_name = "N")]
     calls: Option<u32>,
+    /// Send these DTMF digits as RFC 4733 telephone-events in each call (when the peer
+    /// took telephone-event), starting --dtmf-after-ms after the media starts.
+    #[arg(long, value_name = "DIGITS")]
+    dtmf: Option<String>,
+    /// When the --dtmf digits start, after the media starts.
+    #[arg(long, default_value_t = 1000)]
+    dtmf_after_ms: u64,
     /// Exit after this many seconds.
     #[arg(long = "for", value_name = "SECS")]
     run_for: Option<u64>,
@@ -133,6 +140,10 @@ async fn phone(args: PhoneArgs) -> Result<(), String> {
         answer,
         media,
         record_dir: args.record.clone(),
+        dtmf: args.dtmf.clone().map(|digits| ua::rtp::Dtmf {
+            after: Duration::from_millis(args.dtmf_after_ms),
+            digits,
+        }),
         max_call: Duration::from_secs(args.duration.unwrap_or(3600)),
         ..Default::default()
     })

@@ -240,11 +240,17 @@ pub async fn serve_until(
             }
         })
     };
+    let retention = b2bua::calls::recordings::spawn_retention(
+        cfg.recording.dir.clone(),
+        cfg.recording.retention_days,
+    );
     let engine = b2bua::calls::Engine::new(
         b2bua::calls::EngineConfig {
             domain: cfg.sip.domain.clone(),
             max_concurrent: cfg.calls.max_concurrent,
             dns_servers: valid.dns_servers.clone(),
+            inbound_ring: std::time::Duration::from_secs(cfg.calls.agent_ring_secs),
+            recording_dir: cfg.recording.dir.clone(),
             ..Default::default()
         },
         endpoint.clone(),
@@ -386,6 +392,7 @@ pub async fn serve_until(
         realm: cfg.sip.domain.clone(),
         agent_ring_secs: u32::try_from(cfg.calls.agent_ring_secs).unwrap_or(u32::MAX),
         customer_ring_secs: u32::try_from(cfg.calls.customer_ring_secs).unwrap_or(u32::MAX),
+        confirm_secs: cfg.calls.confirm_secs,
         connections: sip_core::limits::ConnectionLimitsConfig {
             max_total: budget.api,
             max_per_source: budget.api_per_ip,
@@ -454,6 +461,9 @@ pub async fn serve_until(
     dispatcher.abort();
     sip.abort();
     sweeper.abort();
+    if let Some(r) = retention {
+        r.abort();
+    }
     refresh_writer.abort();
     if let Err(e) = store.flush_refreshes().await {
         tracing::warn!(error = %e, "binding refreshes not written at shutdown");

@@ -27,6 +27,9 @@ pub enum MediaError {
         #[source]
         source: io::Error,
     },
+    /// A leg's codec cannot be mixed (only G.711 can): no monitor on this call.
+    #[error("{0}")]
+    CodecNotMixable(#[from] crate::mixer::MixError),
     /// The forwarding thread that owns this session is gone (the relay was shut down).
     #[error("the media relay has stopped")]
     RelayStopped,

@@ -198,7 +198,7 @@ pub enum WavError {
     NoData,
     #[error(
         "unsupported format: {format_tag} ({channels} channel(s), {sample_rate} Hz, \
-         {bits} bits); need PCM (1), 1 channel, 8000 Hz, 16 bits"
+         {bits} bits); need PCM (1), 8000 Hz, 16 bits, 1 channel (2 for a recording)"
     )]
     Unsupported {
         format_tag: u16,
@@ -224,6 +224,16 @@ fn le32(b: &[u8], at: usize) -> Option<u32> {
 /// The samples of a WAV file that holds 8 kHz mono 16-bit PCM; anything else is refused
 /// with what it is.
 pub fn parse_wav(bytes: &[u8]) -> Result<Vec<i16>, WavError> {
+    parse_wav_with(bytes, 1)
+}
+
+/// The interleaved samples (left, right, left, ...) of a WAV file that holds 8 kHz stereo
+/// 16-bit PCM, as the relay's recordings are; anything else is refused with what it is.
+pub fn parse_wav_stereo(bytes: &[u8]) -> Result<Vec<i16>, WavError> {
+    parse_wav_with(bytes, 2)
+}
+
+fn parse_wav_with(bytes: &[u8], want_channels: u16) -> Result<Vec<i16>, WavError> {
     if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
         return Err(WavError::NotWave);
     }
@@ -244,7 +254,7 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Vec<i16>, WavError> {
             format = Some(f);
         } else if id == b"data" {
             let (format_tag, channels, sample_rate, bits) = format.ok_or(WavError::NoFormat)?;
-            if format_tag != 1 || channels != 1 || sample_rate != 8000 || bits != 16 {
+            if format_tag != 1 || channels != want_channels || sample_rate != 8000 || bits != 16 {
                 return Err(WavError::Unsupported {
                     format_tag,
                     channels,

@@ -49,9 +49,19 @@
 //! - `sys` — epoll, eventfd and the `recvmmsg`/`sendmmsg` batch; `sys::uring`, the ring,
 //!   its provided buffers and sends (all of the crate's `unsafe`).
 //! - `rtp` — reading RTP/RTCP headers in place; RTP/RTCP demultiplexing (RFC 5761).
+//! - `source` — [`Prompt`]s the relay plays into a leg itself (20 ms G.711 packets of its
+//!   own numbering, sent by the leg's forwarding thread; the other leg is held back from it
+//!   meanwhile), and RFC 4733 telephone-event parsing ([`MediaEvent::Dtmf`]).
+//! - `recorder` — a session's RTP into a dual-channel WAV (leg A left, leg B right, placed
+//!   by arrival time, gaps as silence), written by a thread per recording: the forwarding
+//!   thread only copies a recorded session's payloads into a bounded queue
+//!   ([`MediaSession::record`]).
 //! - `g711` — µ-law / A-law companding, a sine tone source, a Goertzel tone detector, WAV
 //!   files (8 kHz 16-bit PCM): the sample-level pieces for prompts, mixing and recording.
 //! - `stats` — RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter; per-leg snapshots.
+//! - `mixer` — G.711 mixing with no sockets: jitter buffers, saturated sums, the RTP streams of
+//!   the mix; `monitor` — [`Monitor`], a supervisor's third port pair on a session and its
+//!   mixing thread (listen / whisper / barge, see [`MonitorMode`]).
 //! - `latch` — symmetric RTP decisions (allowed sources, probation). `timeout` — the media time-out. `ports` — the range.
 //!
 //! `stats`, `latch` and `timeout` are pure: they take the time as an argument and are tested
@@ -59,11 +69,15 @@
 //!
 //! # What it does not do
 //!
-//! No SIP and no SDP parsing (the B2BUA tells it addresses), no transcoding, no SRTP/DTLS
-//! termination, no ICE (STUN packets are relayed untouched, and not counted as media), no
-//! jitter buffer, no RTCP
-//! generation, no recording. (RTCP can be watched: [`RelayConfig::rtcp_tap`] is shown a copy
-//! of each RTCP packet, received and sent — RTP never.) It never rewrites a packet.
+//! No SIP and no SDP parsing (the B2BUA tells it addresses and payload types), no
+//! transcoding, no SRTP/DTLS termination, no ICE (STUN packets are relayed untouched, and not
+//! counted as media), no RTCP generation; recordings decode G.711 only. (RTCP can be watched:
+//! [`RelayConfig::rtcp_tap`] is shown a copy of each RTCP packet, received and sent — RTP
+//! never.) It never rewrites a packet it relays. The exception to "bytes in, same bytes out"
+//! is a monitored call ([`Relay::attach_monitor`]): there G.711 is decoded, mixed (with a
+//! jitter buffer per input) and re-encoded for the parties who hear a mix; other codecs
+//! cannot be monitored ([`MediaError::CodecNotMixable`]). [`MediaSession::set_muted`] stops
+//! relaying one leg's RTP.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -71,9 +85,13 @@ mod config;
 mod error;
 pub mod g711;
 pub mod latch;
+pub mod mixer;
+mod monitor;
 mod ports;
+pub mod recorder;
 mod relay;
 pub mod rtp;
+pub mod source;
 pub mod stats;
 mod sys;
 pub mod timeout;
@@ -84,6 +102,9 @@ pub use config::{
     Backend, ConfigError, LatchMode, RelayConfig, RtcpDirection, RtcpTap, RtcpTapHandle,
 };
 pub use error::MediaError;
+pub use monitor::{Monitor, MonitorMode};
+pub use recorder::{Recording, RecordingSummary};
 pub use relay::{Leg, LegId, MediaEvent, MediaSession, Relay, SessionId, StatsReader};
+pub use source::Prompt;
 pub use stats::{LegStats, SessionStats};
 pub use sys::raise_nofile_limit;

@@ -11,6 +11,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::config::{Backend, RelayConfig};
 use crate::error::MediaError;
+use crate::monitor::{Monitor, MonitorMode, MonitorParts};
 use crate::ports::PortAllocator;
 use crate::stats::{LegCounters, SessionStats};
 use crate::worker::{self, Control, LegSockets, NewSession, SessionShared, WorkerHandle};
@@ -68,6 +69,22 @@ pub enum MediaEvent {
         /// The silent session.
         session_id: SessionId,
     },
+    /// A DTMF digit arrived on a leg as an RFC 4733 telephone-event (reported once per
+    /// event, at its first packet; see [`MediaSession::watch_telephone_events`]).
+    Dtmf {
+        session_id: SessionId,
+        leg: LegId,
+        /// `0`-`9`, `*`, `#`, `A`-`D`.
+        digit: char,
+    },
+    /// A one-shot prompt played into a leg has ended (the leg is forwarded to again).
+    PromptEnded { session_id: SessionId, leg: LegId },
+    /// A session's recording stopped before the session ended (a full disk, an I/O
+    /// error); the session goes on being relayed.
+    RecordingStopped {
+        session_id: SessionId,
+        reason: String,
+    },
 }
 
 /// The local side of one leg: the relay ports its peer sends to.
@@ -124,6 +141,8 @@ pub struct Relay {
     next_worker: AtomicUsize,
     epoch: Instant,
     events: Mutex<Option<UnboundedReceiver<MediaEvent>>>,
+    /// For the recording threads' reports.
+    events_tx: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
     backend: Backend,
 }
 
@@ -139,7 +158,7 @@ impl Relay {
             timeout: cfg.timeout,
             epoch,
             ports: Arc::clone(&ports),
-            events: events_tx,
+            events: events_tx.clone(),
             rtcp_tap: cfg.rtcp_tap.0.clone(),
         };
         let mut relay = Relay {
@@ -150,6 +169,7 @@ impl Relay {
             next_worker: AtomicUsize::new(0),
             epoch,
             events: Mutex::new(Some(events_rx)),
+            events_tx,
             backend: Backend::Auto,
             cfg,
         };
@@ -280,6 +300,51 @@ impl Relay {
             shared,
             worker,
             closed: false,
+            events: self.events_tx.clone(),
+            recording: None,
+        })
+    }
+
+    /// Attaches a supervisor to `session` (see [`MonitorMode`]): a port pair of its own and a
+    /// mixing thread. `payload_types`: the G.711 payload type of leg A, leg B and the
+    /// supervisor, as negotiated; any other codec is refused with
+    /// [`MediaError::CodecNotMixable`] before anything is allocated.
+    pub fn attach_monitor(
+        &self,
+        session: &MediaSession,
+        payload_types: [u8; 3],
+        mode: MonitorMode,
+    ) -> Result<Monitor, MediaError> {
+        let mut laws = [crate::g711::G711::Pcmu; 3];
+        for (law, pt) in laws.iter_mut().zip(payload_types) {
+            *law = crate::mixer::mixable(pt)?;
+        }
+        let bind = self.cfg.bind;
+        let (rtp_port, sockets) = {
+            let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
+            ports
+                .allocate_with(|port: u16| -> std::io::Result<(UdpSocket, UdpSocket)> {
+                    let rtp = UdpSocket::bind(SocketAddr::new(bind, port))?;
+                    let rtcp = UdpSocket::bind(SocketAddr::new(bind, port + 1))?;
+                    rtp.set_nonblocking(true)?;
+                    rtcp.set_nonblocking(true)?;
+                    Ok((rtp, rtcp))
+                })
+                .ok_or(MediaError::PortsExhausted {
+                    min: self.cfg.port_min,
+                    max: self.cfg.port_max,
+                })?
+        };
+        Monitor::start(MonitorParts {
+            session: session.id,
+            laws,
+            mode,
+            rtp_port,
+            sockets,
+            bind,
+            advertise: self.cfg.advertise,
+            worker: session.worker.clone(),
+            ports: Arc::clone(&self.ports),
         })
     }
 
@@ -334,6 +399,8 @@ pub struct MediaSession {
     shared: Arc<SessionShared>,
     worker: WorkerHandle,
     closed: bool,
+    events: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
+    recording: Option<crate::recorder::Recording>,
 }
 
 impl MediaSession {
@@ -394,6 +461,80 @@ impl MediaSession {
             leg,
             hz,
         })
+    }
+
+    /// Stops (`true`) or resumes relaying the RTP that `leg`'s peer sends (mute: the other
+    /// side hears nothing from it; no signalling involved). RTCP keeps flowing.
+    pub fn set_muted(&self, leg: LegId, muted: bool) -> Result<(), MediaError> {
+        self.send(Control::Mute {
+            id: self.id,
+            leg,
+            muted,
+        })
+    }
+
+    /// Plays `prompt` into `leg` (to its peer) instead of what the other leg sends, from now
+    /// until it ends (a one-shot prompt: [`MediaEvent::PromptEnded`]) or
+    /// [`stop_playing`](Self::stop_playing). Nothing is sent before the leg's peer is known.
+    pub fn play(&self, leg: LegId, prompt: crate::source::Prompt) -> Result<(), MediaError> {
+        self.send(Control::Play {
+            id: self.id,
+            leg,
+            prompt: Some(prompt),
+        })
+    }
+
+    /// Stops a prompt played into `leg`: the other leg's media reaches it again.
+    pub fn stop_playing(&self, leg: LegId) -> Result<(), MediaError> {
+        self.send(Control::Play {
+            id: self.id,
+            leg,
+            prompt: None,
+        })
+    }
+
+    /// Reports the RFC 4733 telephone-events that `leg`'s peer sends with `payload_type`
+    /// (the `telephone-event` of its SDP) as [`MediaEvent::Dtmf`]; `None` stops.
+    pub fn watch_telephone_events(
+        &self,
+        leg: LegId,
+        payload_type: Option<u8>,
+    ) -> Result<(), MediaError> {
+        self.send(Control::WatchEvents {
+            id: self.id,
+            leg,
+            payload_type,
+        })
+    }
+
+    /// Records both legs from now into a dual-channel WAV at `path` (leg A left, leg B
+    /// right; see [`crate::recorder`]), written by a thread of its own; the file is created
+    /// there, not here. A session records once: a second call is refused.
+    pub fn record(&mut self, path: std::path::PathBuf) -> Result<(), MediaError> {
+        if self.recording.is_some() {
+            return Err(MediaError::Io {
+                op: "recording",
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        let (tap, rec) = crate::recorder::start(path, self.id, self.events.clone())
+            .map_err(MediaError::io("spawning a recording thread"))?;
+        self.recording = Some(rec);
+        self.send(Control::Record {
+            id: self.id,
+            tap: Some(tap),
+        })
+    }
+
+    /// Stops the recording (when the session is closed it stops anyway) and hands over its
+    /// handle: [`Recording::wait`](crate::recorder::Recording::wait) for the summary.
+    pub fn take_recording(&mut self) -> Option<crate::recorder::Recording> {
+        let rec = self.recording.take()?;
+        let _ = self.send(Control::Record {
+            id: self.id,
+            tap: None,
+        });
+        Some(rec)
     }
 
     /// The call is up: relay both ways and arm the media time-out from now.

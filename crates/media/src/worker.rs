@@ -36,6 +36,8 @@ use crate::timeout::MediaTimeout;
 use crate::{LegId, MediaEvent, SessionId};
 
 const WAKE_TOKEN: u64 = u64::MAX;
+/// [`LegState::event_pt`] when no telephone-events are watched.
+const NO_EVENTS: u8 = 0xff;
 const MAX_EVENTS: usize = 1024;
 /// Default clock rate for jitter until told otherwise (G.711, G.722's RTP clock, RFC 4733).
 pub(crate) const DEFAULT_CLOCK_RATE: u32 = 8000;
@@ -84,8 +86,37 @@ pub(crate) enum Control {
         leg: LegId,
         hz: u32,
     },
+    /// Play a prompt into a leg (`None`: stop playing and forward again).
+    Play {
+        id: SessionId,
+        leg: LegId,
+        prompt: Option<crate::source::Prompt>,
+    },
+    /// Record the session's RTP (`None`: stop).
+    Record {
+        id: SessionId,
+        tap: Option<crate::recorder::RecTap>,
+    },
+    /// Report the telephone-events (RFC 4733) of this payload type seen on a leg.
+    WatchEvents {
+        id: SessionId,
+        leg: LegId,
+        payload_type: Option<u8>,
+    },
     Start(SessionId),
     Stop(SessionId),
+    /// Stop (or resume) relaying RTP that arrives on `leg` (RTCP still flows).
+    Mute {
+        id: SessionId,
+        leg: LegId,
+        muted: bool,
+    },
+    /// Attach a monitor's tap (replying with copies of both legs' RTP sockets), or detach.
+    Monitor {
+        id: SessionId,
+        tap: Option<Arc<crate::monitor::MonitorTap>>,
+        reply: Option<mpsc::SyncSender<Option<[UdpSocket; 2]>>>,
+    },
     Remove {
         id: SessionId,
         done: Option<mpsc::SyncSender<()>>,
@@ -287,6 +318,15 @@ pub(crate) struct LegState {
     rtp_dest: Option<RawSockAddr>,
     /// Where RTCP for this leg's peer goes (out of `rtcp`, or of `rtp` with rtcp-mux).
     rtcp_dest: Option<RawSockAddr>,
+    /// `rtp_dest` as an address, for the packets the relay makes itself (prompts).
+    rtp_dest_addr: Option<SocketAddr>,
+    /// A prompt played to this leg's peer: the other leg's RTP toward it is held back.
+    player: Option<crate::source::Player>,
+    /// The payload type of telephone-events reported from this leg (none: 0xff, which no
+    /// 7-bit payload type equals).
+    event_pt: u8,
+    /// The RTP timestamp of the last telephone-event reported (one report per event).
+    last_event: Option<u32>,
     /// The same, for an RTCP tap.
     rtcp_dest_addr: Option<SocketAddr>,
     clock_rate: u32,
@@ -311,6 +351,10 @@ impl LegState {
             hijack_logged: false,
             rtp_dest: None,
             rtcp_dest: None,
+            rtp_dest_addr: None,
+            player: None,
+            event_pt: NO_EVENTS,
+            last_event: None,
             rtcp_dest_addr: None,
             clock_rate: DEFAULT_CLOCK_RATE,
             reception: RtpReception::default(),
@@ -337,6 +381,7 @@ impl LegState {
     fn refresh_dest(&mut self, mode: LatchMode) {
         let rtp = self.rtp_latch.destination(mode, self.rtp_hint);
         self.rtp_dest = rtp.map(RawSockAddr::from);
+        self.rtp_dest_addr = rtp;
         let rtcp = if self.rtcp_mux {
             rtp
         } else {
@@ -375,6 +420,30 @@ impl LegState {
         }
     }
 
+    /// A telephone-event packet from this leg's peer: reported once per event.
+    fn on_telephone_event(
+        &mut self,
+        data: &[u8],
+        session: SessionId,
+        leg: usize,
+        params: &WorkerParams,
+    ) {
+        let Some(ev) = crate::source::telephone_event(data) else {
+            return;
+        };
+        if self.last_event == Some(ev.timestamp) {
+            return;
+        }
+        self.last_event = Some(ev.timestamp);
+        if let Some(digit) = ev.digit() {
+            let _ = params.events.send(MediaEvent::Dtmf {
+                session_id: session,
+                leg: LegId::from_index(leg),
+                digit,
+            });
+        }
+    }
+
     fn publish(&mut self, c: &LegCounters, epoch: Instant) {
         c.publish(&self.tally, &self.reception, self.clock_rate, epoch);
         let remote = (self.rtp_latch.source(), self.reception.ssrc());
@@ -398,11 +467,17 @@ pub(crate) struct SessionState {
     shared: Arc<SessionShared>,
     pub legs: [LegState; 2],
     forwarding: bool,
+    /// RTP arriving on leg i is not relayed (mute).
+    muted: [bool; 2],
+    /// A supervisor's tap (see `crate::monitor`); `None` for nearly every call.
+    monitor: Option<Arc<crate::monitor::MonitorTap>>,
     timeout: MediaTimeout,
     /// Counters changed since they were last published (io_uring loop).
     pub dirty: bool,
     /// Sends queued and not yet completed (io_uring loop).
     pub sends_in_flight: u32,
+    /// Where the session's RTP is copied when it is recorded.
+    recorder: Option<crate::recorder::RecTap>,
 }
 
 impl SessionState {
@@ -505,9 +580,37 @@ impl SessionState {
                 let since = now.saturating_duration_since(params.epoch);
                 inn.reception
                     .on_rtp(&h, timestamp_units(since, inn.clock_rate));
+                if h.payload_type == inn.event_pt {
+                    inn.on_telephone_event(data, self.id, in_leg, params);
+                }
+                if let Some(tap) = &self.recorder {
+                    if !tap.offer(in_leg, h.payload_type, data, now) {
+                        self.recorder = None;
+                    }
+                }
             }
         }
-        let forwarded = !truncated && self.forwarding && out.route(is_rtcp).1.is_some();
+        let mut held_back = false;
+        if let (Packet::Rtp(h), false) = (pkt, from_rtcp_port) {
+            // Muted, or heard through a monitor's mix instead: not relayed as is.
+            held_back = self.muted[in_leg];
+            if let Some(tap) = &self.monitor {
+                let dests = if in_leg == 0 {
+                    [inn.rtp_dest_addr, out.rtp_dest_addr]
+                } else {
+                    [out.rtp_dest_addr, inn.rtp_dest_addr]
+                };
+                held_back |= tap.on_rtp(in_leg, data, h.payload_type, dests, self.muted);
+            }
+        }
+        if held_back {
+            return None;
+        }
+        // A leg that hears a prompt hears nothing else (RTCP still passes).
+        let forwarded = !truncated
+            && self.forwarding
+            && out.route(is_rtcp).1.is_some()
+            && (is_rtcp || out.player.is_none());
         if is_rtcp && !stun {
             if let Some(tap) = &params.rtcp_tap {
                 // RTCP only, a few packets a second per call: off the RTP path.
@@ -565,6 +668,9 @@ pub(crate) struct Core {
     by_id: HashMap<SessionId, usize>,
     tick: Duration,
     pub next_tick: Instant,
+    /// Legs playing a prompt, and when the next packet of one of them is due.
+    pub players: usize,
+    pub next_play: Option<Instant>,
 }
 
 impl Core {
@@ -580,6 +686,8 @@ impl Core {
             by_id: HashMap::new(),
             tick,
             next_tick: Instant::now() + tick,
+            players: 0,
+            next_play: None,
             params,
         }
     }
@@ -637,6 +745,36 @@ impl Core {
                         s.legs[leg.index()].clock_rate = hz.max(1);
                     }
                 }
+                Control::Play { id, leg, prompt } => {
+                    let seed = id.0 ^ ((leg.index() as u64) << 40);
+                    let mut delta = 0isize;
+                    if let Some(s) = self.session_mut(id) {
+                        let l = &mut s.legs[leg.index()];
+                        let was = l.player.is_some();
+                        l.player = prompt.map(|p| crate::source::Player::new(p, now, seed));
+                        delta = l.player.is_some() as isize - was as isize;
+                    }
+                    self.players = self.players.saturating_add_signed(delta);
+                    if self.players > 0 {
+                        self.next_play = Some(now);
+                    }
+                }
+                Control::Record { id, tap } => {
+                    if let Some(s) = self.session_mut(id) {
+                        s.recorder = tap;
+                    }
+                }
+                Control::WatchEvents {
+                    id,
+                    leg,
+                    payload_type,
+                } => {
+                    if let Some(s) = self.session_mut(id) {
+                        let l = &mut s.legs[leg.index()];
+                        l.event_pt = payload_type.map_or(NO_EVENTS, |pt| pt & 0x7f);
+                        l.last_event = None;
+                    }
+                }
                 Control::Start(id) => {
                     if let Some(s) = self.session_mut(id) {
                         s.forwarding = true;
@@ -649,9 +787,35 @@ impl Core {
                         s.timeout.disarm();
                     }
                 }
+                Control::Mute { id, leg, muted } => {
+                    if let Some(s) = self.session_mut(id) {
+                        s.muted[leg.index()] = muted;
+                    }
+                }
+                Control::Monitor { id, tap, reply } => {
+                    let mut socks = None;
+                    if let Some(s) = self.session_mut(id) {
+                        if tap.is_some() {
+                            socks = match (s.legs[0].rtp.try_clone(), s.legs[1].rtp.try_clone()) {
+                                (Ok(a), Ok(b)) => Some([a, b]),
+                                _ => None,
+                            };
+                            if socks.is_some() {
+                                s.monitor = tap;
+                            }
+                        } else {
+                            s.monitor = None;
+                        }
+                    }
+                    if let Some(r) = reply {
+                        let _ = r.try_send(socks);
+                    }
+                }
                 Control::Remove { id, done } => {
                     if let Some(slot) = self.by_id.remove(&id) {
                         if let Some(s) = self.sessions[slot].take() {
+                            let playing = s.legs.iter().filter(|l| l.player.is_some()).count();
+                            self.players = self.players.saturating_sub(playing);
                             self.close_session(slot, s, io);
                         }
                         self.free_slot(slot);
@@ -685,9 +849,12 @@ impl Core {
             shared,
             legs: [LegState::new(a), LegState::new(b)],
             forwarding: true,
+            muted: [false, false],
+            monitor: None,
             timeout: MediaTimeout::new(self.params.timeout),
             dirty: false,
             sends_in_flight: 0,
+            recorder: None,
         };
         s.publish(self.params.epoch);
         let slot = self.free_slots.pop().unwrap_or_else(|| {
@@ -733,6 +900,63 @@ impl Core {
                 self.close_session(slot, s, io);
             }
         }
+    }
+
+    /// Sends the prompt packets that are due, and notes when the next one is.
+    pub(crate) fn play_due(&mut self, now: Instant) {
+        if self.players == 0 {
+            self.next_play = None;
+            return;
+        }
+        if self.next_play.is_some_and(|t| t > now) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        let mut buf = [0u8; crate::source::PACKET_LEN];
+        let mut ended = 0;
+        for s in self.sessions.iter_mut().flatten() {
+            for (i, l) in s.legs.iter_mut().enumerate() {
+                let Some(p) = l.player.as_mut() else { continue };
+                loop {
+                    match p.frame(now, &mut buf) {
+                        crate::source::Frame::Packet(n) => {
+                            let Some(dest) = l.rtp_dest_addr else {
+                                continue;
+                            };
+                            if l.rtp.send_to(&buf[..n], dest).is_ok() {
+                                l.tally.tx_packets += 1;
+                                l.tally.tx_bytes += n as u64;
+                                s.dirty = true;
+                            }
+                        }
+                        crate::source::Frame::NotBefore(t) => {
+                            next = Some(next.map_or(t, |n| n.min(t)));
+                            break;
+                        }
+                        crate::source::Frame::Finished => {
+                            l.player = None;
+                            ended += 1;
+                            let _ = self.params.events.send(MediaEvent::PromptEnded {
+                                session_id: s.id,
+                                leg: LegId::from_index(i),
+                            });
+                            break;
+                        }
+                    }
+                }
+            }
+            if s.dirty {
+                s.publish(self.params.epoch);
+            }
+        }
+        self.players = self.players.saturating_sub(ended);
+        self.next_play = next;
+    }
+
+    /// How long a loop may wait: until the next tick or the next prompt packet.
+    pub(crate) fn wait_until(&self) -> Instant {
+        self.next_play
+            .map_or(self.next_tick, |p| p.min(self.next_tick))
     }
 
     /// Runs the media time-outs when a tick is due.
@@ -795,7 +1019,7 @@ impl EpollWorker {
         loop {
             let wait_ms = self
                 .core
-                .next_tick
+                .wait_until()
                 .saturating_duration_since(Instant::now())
                 .as_millis()
                 .min(1000) as i32;
@@ -818,6 +1042,9 @@ impl EpollWorker {
                 if token != WAKE_TOKEN {
                     self.on_readable(token, now);
                 }
+            }
+            if self.core.players > 0 {
+                self.core.play_due(Instant::now());
             }
             self.core.tick(now);
         }

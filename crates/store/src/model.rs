@@ -39,6 +39,14 @@ pub struct Account {
     /// The platform account this account is connected to (SPEC §9.3): its secret keys may
     /// act for this account with the `Dialbridge-Account` header.
     pub platform: Option<String>,
+    /// Where the callbacks of calls not placed through the API go (inbound calls, calls
+    /// from phones: SPEC §9.7); `None`: such calls send none.
+    pub callback_url: Option<String>,
+    /// Every call of the account asks the agent to confirm with DTMF `1` before the
+    /// customer is dialled (SPEC §9.4), unless the request says otherwise.
+    pub confirm_calls: bool,
+    /// Every call of the account is recorded (SPEC §9.4), unless the request says otherwise.
+    pub record_calls: bool,
 }
 
 /// A publishable key (`pk_…`, SPEC §9.3): a public identifier of an account that a browser
@@ -511,6 +519,11 @@ pub struct CallRecord {
     /// The node that owns the call (`[node] id`: it placed the call and runs its legs);
     /// `None` for calls written before nodes were recorded. Set at insert, never changed.
     pub node_id: Option<String>,
+    /// `outbound` (placed through the API) or `inbound` (an INVITE from a trunk).
+    pub direction: String,
+    /// The call's recording (`state`, `file`, `duration`, `size`, `error`), `null` when the
+    /// call is not recorded.
+    pub recording: serde_json::Value,
 }
 
 impl CallRecord {
@@ -540,6 +553,8 @@ impl CallRecord {
             legs: serde_json::Value::Null,
             stats: serde_json::Value::Null,
             node_id: None,
+            direction: "outbound".to_owned(),
+            recording: serde_json::Value::Null,
         }
     }
 

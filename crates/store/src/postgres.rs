@@ -218,12 +218,21 @@ CREATE TABLE publishable_keys (
 );
 CREATE INDEX publishable_keys_account ON publishable_keys(account_id);
 "#,
-    // 5: callbacks claimed for delivery by one node at a time (SQLite's version 7).
+    // 5: calls users ask for (SQLite's version 7): the account's default callback URL, its
+    // confirm and record defaults; a call's direction and its recording.
+    r#"
+ALTER TABLE accounts ADD COLUMN callback_url TEXT;
+ALTER TABLE accounts ADD COLUMN confirm_calls BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE accounts ADD COLUMN record_calls BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound';
+ALTER TABLE calls ADD COLUMN recording TEXT NOT NULL DEFAULT 'null';
+"#,
+    // 6: callbacks claimed for delivery by one node at a time (SQLite's version 8).
     r#"
 ALTER TABLE callback_outbox ADD COLUMN claimed_by TEXT;
 ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms BIGINT;
 "#,
-    // 6: the RFC 3327 Path of a binding (SQLite's version 8).
+    // 7: the RFC 3327 Path of a binding (SQLite's version 9).
     r#"
 ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
 "#,
@@ -506,7 +515,8 @@ fn opt_u32_col(row: &Row, idx: usize, column: &'static str) -> Result<Option<u32
 }
 
 const ACCOUNT_COLS: &str = "id, name, region, webhook_secret, allowed_prefixes, \
-     allowed_countries, blocked_number_types, calls_per_second, burst, max_concurrent, platform";
+     allowed_countries, blocked_number_types, calls_per_second, burst, max_concurrent, platform, \
+     callback_url, confirm_calls, record_calls";
 
 fn account_from_row(row: &Row) -> Result<Account, StoreError> {
     let prefixes: String = row.try_get(4)?;
@@ -529,6 +539,9 @@ fn account_from_row(row: &Row) -> Result<Account, StoreError> {
             max_concurrent: u32_col(row, 9, "accounts.max_concurrent")?,
         },
         platform: row.try_get(10)?,
+        callback_url: row.try_get(11)?,
+        confirm_calls: row.try_get(12)?,
+        record_calls: row.try_get(13)?,
     })
 }
 
@@ -673,7 +686,7 @@ fn binding_from_row(row: &Row) -> Result<Binding, StoreError> {
 
 const CALL_COLS: &str = "id, account_id, user_id, request_id, status, dial_string, destination, \
      caller_id, callback_url, end_leg, sip_code, created_at_ms, answered_at_ms, ended_at_ms, \
-     metadata, legs, stats, node_id";
+     metadata, legs, stats, node_id, direction, recording";
 
 fn call_from_row(row: &Row) -> Result<CallRecord, StoreError> {
     let status: String = row.try_get(4)?;
@@ -701,6 +714,8 @@ fn call_from_row(row: &Row) -> Result<CallRecord, StoreError> {
         legs: json_col(row, 15, "calls.legs")?,
         stats: json_col(row, 16, "calls.stats")?,
         node_id: row.try_get(17)?,
+        direction: row.try_get(18)?,
+        recording: json_col(row, 19, "calls.recording")?,
     })
 }
 
@@ -946,6 +961,7 @@ async fn apply_writes_on<C: GenericClient + Sync>(
 }
 
 async fn insert_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Result<(), StoreError> {
+    let recording = serde_json::to_string(&r.recording)?;
     let metadata = serde_json::to_string(&r.metadata)?;
     let legs = serde_json::to_string(&r.legs)?;
     let stats = serde_json::to_string(&r.stats)?;
@@ -954,7 +970,7 @@ async fn insert_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Resul
         &format!(
             "INSERT INTO calls ({CALL_COLS}) VALUES
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-              $18)"
+              $18, $19, $20)"
         ),
         &[
             &r.id,
@@ -975,6 +991,8 @@ async fn insert_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Resul
             &legs,
             &stats,
             &r.node_id,
+            &r.direction,
+            &recording,
         ],
     )
     .await
@@ -983,6 +1001,7 @@ async fn insert_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Resul
 }
 
 async fn update_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Result<(), StoreError> {
+    let recording = serde_json::to_string(&r.recording)?;
     let metadata = serde_json::to_string(&r.metadata)?;
     let legs = serde_json::to_string(&r.legs)?;
     let stats = serde_json::to_string(&r.stats)?;
@@ -991,7 +1010,7 @@ async fn update_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Resul
         "UPDATE calls SET user_id = $3, request_id = $4, status = $5, dial_string = $6,
              destination = $7, caller_id = $8, callback_url = $9, end_leg = $10,
              sip_code = $11, answered_at_ms = $12, ended_at_ms = $13, metadata = $14,
-             legs = $15, stats = $16
+             legs = $15, stats = $16, recording = $17
          WHERE id = $1 AND account_id = $2",
         &[
             &r.id,
@@ -1010,6 +1029,7 @@ async fn update_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Resul
             &metadata,
             &legs,
             &stats,
+            &recording,
         ],
     )
     .await?;
@@ -1106,8 +1126,9 @@ impl PgStore {
                     exec(
                         tx,
                         "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes,
-                             allowed_countries, blocked_number_types, platform)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                             allowed_countries, blocked_number_types, platform, callback_url,
+                             confirm_calls, record_calls)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                         &[
                             &a.id,
                             &a.name,
@@ -1117,6 +1138,9 @@ impl PgStore {
                             &countries,
                             &blocked,
                             &a.platform,
+                            &a.callback_url,
+                            &a.confirm_calls,
+                            &a.record_calls,
                         ],
                     )
                     .await?;
@@ -1131,7 +1155,10 @@ impl PgStore {
                         && old.allowed_countries == allowed_countries
                         && old.blocked_number_types == blocked_number_types
                         && old.limits == limits
-                        && old.platform == a.platform =>
+                        && old.platform == a.platform
+                        && old.callback_url == a.callback_url
+                        && old.confirm_calls == a.confirm_calls
+                        && old.record_calls == a.record_calls =>
                 {
                     Change::Unchanged
                 }
@@ -1140,7 +1167,8 @@ impl PgStore {
                         tx,
                         "UPDATE accounts SET name = $2, region = $3, webhook_secret = $4,
                              allowed_prefixes = $5, allowed_countries = $6,
-                             blocked_number_types = $7, platform = $8 WHERE id = $1",
+                             blocked_number_types = $7, platform = $8, callback_url = $9,
+                             confirm_calls = $10, record_calls = $11 WHERE id = $1",
                         &[
                             &a.id,
                             &a.name,
@@ -1150,6 +1178,9 @@ impl PgStore {
                             &countries,
                             &blocked,
                             &a.platform,
+                            &a.callback_url,
+                            &a.confirm_calls,
+                            &a.record_calls,
                         ],
                     )
                     .await?;

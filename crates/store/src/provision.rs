@@ -75,6 +75,16 @@ pub struct AccountSpec {
     /// keys may act for this account with the `Dialbridge-Account` header.
     #[serde(default)]
     pub platform: Option<String>,
+    /// The default callback URL of calls not placed through the API (inbound calls, calls
+    /// from phones).
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// Every call asks the agent to confirm with DTMF `1` unless its request says otherwise.
+    #[serde(default)]
+    pub confirm_calls: bool,
+    /// Every call is recorded unless its request says otherwise.
+    #[serde(default)]
+    pub record_calls: bool,
 }
 
 impl AccountSpec {
@@ -578,6 +588,14 @@ impl Provisioning {
                     issues.push(ConfigIssue::new(
                         path,
                         format!("duplicate publishable key {k:?}"),
+                    ));
+                }
+            }
+            if let Some(u) = &a.callback_url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    issues.push(ConfigIssue::new(
+                        at("callback_url"),
+                        "must be an http:// or https:// URL",
                     ));
                 }
             }

@@ -226,14 +226,24 @@ CREATE TABLE publishable_keys (
 );
 CREATE INDEX publishable_keys_account ON publishable_keys(account_id);
 "#,
-    // 7: callbacks claimed for delivery (issue 13): the node holding a callback and until
+    // 7: calls users ask for (SPEC §9.4, §9.7): the account's default callback URL for calls
+    // not placed through the API, its confirm and record defaults; a call's direction and
+    // its recording.
+    r#"
+ALTER TABLE accounts ADD COLUMN callback_url TEXT;
+ALTER TABLE accounts ADD COLUMN confirm_calls INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN record_calls INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound';
+ALTER TABLE calls ADD COLUMN recording TEXT NOT NULL DEFAULT 'null';   -- JSON
+"#,
+    // 8: callbacks claimed for delivery (issue 13): the node holding a callback and until
     // when. One node uses an SQLite file, but the claim keeps the dispatcher's rules the
     // same on both backends.
     r#"
 ALTER TABLE callback_outbox ADD COLUMN claimed_by TEXT;
 ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms INTEGER;
 "#,
-    // 8: the RFC 3327 Path of a binding (a JSON array of the header values as received).
+    // 9: the RFC 3327 Path of a binding (a JSON array of the header values as received).
     r#"
 ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
 "#,
@@ -527,7 +537,8 @@ fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
 }
 
 const ACCOUNT_COLS: &str = "id, name, region, webhook_secret, allowed_prefixes, \
-     allowed_countries, blocked_number_types, calls_per_second, burst, max_concurrent, platform";
+     allowed_countries, blocked_number_types, calls_per_second, burst, max_concurrent, platform, \
+     callback_url, confirm_calls, record_calls";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let prefixes: String = row.get(4)?;
@@ -547,6 +558,9 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
             max_concurrent: row.get(9)?,
         },
         platform: row.get(10)?,
+        callback_url: row.get(11)?,
+        confirm_calls: row.get(12)?,
+        record_calls: row.get(13)?,
     })
 }
 
@@ -670,7 +684,7 @@ fn binding_from_row(row: &Row<'_>) -> rusqlite::Result<Binding> {
 
 const CALL_COLS: &str = "id, account_id, user_id, request_id, status, dial_string, destination, \
      caller_id, callback_url, end_leg, sip_code, created_at_ms, answered_at_ms, ended_at_ms, \
-     metadata, legs, stats, node_id";
+     metadata, legs, stats, node_id, direction, recording";
 
 fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRecord> {
     let status: String = row.get(4)?;
@@ -695,6 +709,8 @@ fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRecord> {
         legs: json_col(row, 15)?,
         stats: json_col(row, 16)?,
         node_id: row.get(17)?,
+        direction: row.get(18)?,
+        recording: json_col(row, 19)?,
     })
 }
 
@@ -942,8 +958,9 @@ impl SqliteStore {
                     exec(
                         tx,
                         "INSERT INTO accounts (id, name, region, webhook_secret, allowed_prefixes,
-                             allowed_countries, blocked_number_types, platform)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                             allowed_countries, blocked_number_types, platform, callback_url,
+                             confirm_calls, record_calls)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                         params![
                             a.id,
                             a.name,
@@ -952,7 +969,10 @@ impl SqliteStore {
                             prefixes,
                             countries,
                             blocked,
-                            a.platform
+                            a.platform,
+                            a.callback_url,
+                            a.confirm_calls,
+                            a.record_calls
                         ],
                     )?;
                     write_account_limits(tx, &a.id, &limits)?;
@@ -966,7 +986,10 @@ impl SqliteStore {
                         && old.allowed_countries == allowed_countries
                         && old.blocked_number_types == blocked_number_types
                         && old.limits == limits
-                        && old.platform == a.platform =>
+                        && old.platform == a.platform
+                        && old.callback_url == a.callback_url
+                        && old.confirm_calls == a.confirm_calls
+                        && old.record_calls == a.record_calls =>
                 {
                     Change::Unchanged
                 }
@@ -975,7 +998,8 @@ impl SqliteStore {
                         tx,
                         "UPDATE accounts SET name = ?2, region = ?3, webhook_secret = ?4,
                              allowed_prefixes = ?5, allowed_countries = ?6,
-                             blocked_number_types = ?7, platform = ?8 WHERE id = ?1",
+                             blocked_number_types = ?7, platform = ?8, callback_url = ?9,
+                             confirm_calls = ?10, record_calls = ?11 WHERE id = ?1",
                         params![
                             a.id,
                             a.name,
@@ -984,7 +1008,10 @@ impl SqliteStore {
                             prefixes,
                             countries,
                             blocked,
-                            a.platform
+                            a.platform,
+                            a.callback_url,
+                            a.confirm_calls,
+                            a.record_calls
                         ],
                     )?;
                     write_account_limits(tx, &a.id, &limits)?;
@@ -2682,6 +2709,7 @@ fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreE
 }
 
 fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
+    let recording = serde_json::to_string(&c.recording)?;
     let metadata = serde_json::to_string(&c.metadata)?;
     let legs = serde_json::to_string(&c.legs)?;
     let stats = serde_json::to_string(&c.stats)?;
@@ -2690,7 +2718,7 @@ fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
         &format!(
             "INSERT INTO calls ({CALL_COLS}) VALUES
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-              ?18)"
+              ?18, ?19, ?20)"
         ),
         params![
             c.id,
@@ -2710,7 +2738,9 @@ fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
             metadata,
             legs,
             stats,
-            c.node_id
+            c.node_id,
+            c.direction,
+            recording
         ],
     )
     .map_err(|e| insert_error(e, "call", &c.id))?;
@@ -2718,6 +2748,7 @@ fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
 }
 
 fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
+    let recording = serde_json::to_string(&c.recording)?;
     let metadata = serde_json::to_string(&c.metadata)?;
     let legs = serde_json::to_string(&c.legs)?;
     let stats = serde_json::to_string(&c.stats)?;
@@ -2726,7 +2757,7 @@ fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
         "UPDATE calls SET user_id = ?3, request_id = ?4, status = ?5, dial_string = ?6,
              destination = ?7, caller_id = ?8, callback_url = ?9, end_leg = ?10,
              sip_code = ?11, answered_at_ms = ?12, ended_at_ms = ?13, metadata = ?14,
-             legs = ?15, stats = ?16
+             legs = ?15, stats = ?16, recording = ?17
          WHERE id = ?1 AND account_id = ?2",
         params![
             c.id,
@@ -2744,7 +2775,8 @@ fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
             c.ended_at_ms,
             metadata,
             legs,
-            stats
+            stats,
+            recording
         ],
     )?;
     if n == 0 {

@@ -67,6 +67,8 @@ pub struct UaConfig {
     pub media: MediaMode,
     /// A directory where each call's received audio is written as `<call>.wav`.
     pub record_dir: Option<PathBuf>,
+    /// DTMF sent as RFC 4733 events in each call, when the peer took telephone-event.
+    pub dtmf: Option<crate::rtp::Dtmf>,
     /// An unanswered call is given up after this long.
     pub ring_limit: Duration,
     /// A call is hung up after this long.
@@ -89,6 +91,7 @@ impl Default for UaConfig {
             },
             media: MediaMode::Tone(440.0),
             record_dir: None,
+            dtmf: None,
             ring_limit: Duration::from_secs(60),
             max_call: Duration::from_secs(3600),
             user_agent: concat!("dialbridge-ua/", env!("CARGO_PKG_VERSION")).into(),
@@ -861,6 +864,7 @@ async fn answer_incoming(
         codec: law,
         mode: shared.cfg.media.clone(),
         record: record_path(shared, &id),
+        dtmf: shared.cfg.dtmf.clone().zip(te),
     });
     shared.emit(UaEvent::Answered {
         call: id.clone(),
@@ -995,6 +999,11 @@ async fn place(
         codec: answered.map(|(l, _, _)| l).unwrap_or(G711::Pcmu),
         mode: shared.cfg.media.clone(),
         record: record_path(shared, &id),
+        dtmf: shared
+            .cfg
+            .dtmf
+            .clone()
+            .zip(answered.and_then(|(_, te, _)| te)),
     });
     shared.emit(UaEvent::Answered {
         call: id.clone(),

@@ -188,6 +188,67 @@ pub struct MediaPlan {
     pub mode: MediaMode,
     /// A WAV file for what was received (decoded G.711).
     pub record: Option<PathBuf>,
+    /// DTMF to send as RFC 4733 telephone-events with this payload type (the one the peer
+    /// took), when asked for.
+    pub dtmf: Option<(Dtmf, u8)>,
+}
+
+/// Digits sent as RFC 4733 events, starting this long after the media starts; each event
+/// lasts 100 ms (five packets, then three end packets), with 200 ms between digits. The
+/// audio pauses while an event is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dtmf {
+    pub after: Duration,
+    pub digits: String,
+}
+
+/// The RFC 4733 event code of a DTMF digit.
+pub fn event_code(d: char) -> Option<u8> {
+    match d {
+        '0'..='9' => Some(d as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        'A'..='D' => Some(d as u8 - b'A' + 12),
+        _ => None,
+    }
+}
+
+/// Where the sending of the digits stands.
+struct DtmfSender {
+    pt: u8,
+    codes: Vec<u8>,
+    next_at: Duration,
+    /// (event code, packets sent, the event's timestamp).
+    current: Option<(u8, u16, u32)>,
+}
+
+impl DtmfSender {
+    /// The event packet's payload and timestamp for this tick, if an event is being sent
+    /// (or starts now); after an event's last packet the header's timestamp moves past it.
+    fn payload(&mut self, elapsed: Duration, header: &mut RtpHeader) -> Option<([u8; 4], u32)> {
+        if self.current.is_none() {
+            if elapsed < self.next_at || self.codes.is_empty() {
+                return None;
+            }
+            let code = self.codes.remove(0);
+            self.current = Some((code, 0, header.timestamp));
+            header.marker = true;
+        }
+        let (code, n, ts) = self.current?;
+        let n = n + 1;
+        self.current = Some((code, n, ts));
+        // Five packets growing in duration, then three end packets of the final duration.
+        let dur = (160u16 * n.min(5)).to_be_bytes();
+        let end = n > 5;
+        let p = [code, (u8::from(end) << 7) | 10, dur[0], dur[1]];
+        if n >= 8 {
+            self.current = None;
+            self.next_at = elapsed + Duration::from_millis(200);
+            // The audio resumes past the event's duration.
+            header.timestamp = ts.wrapping_add(800);
+        }
+        Some((p, ts))
+    }
 }
 
 /// A running media task.
@@ -233,8 +294,15 @@ async fn run(plan: MediaPlan, mut stop: oneshot::Receiver<()>, shared: Arc<Mutex
         codec,
         mode,
         record,
+        dtmf,
     } = plan;
     let started = Instant::now();
+    let mut dtmf = dtmf.map(|(d, pt)| DtmfSender {
+        pt,
+        codes: d.digits.chars().filter_map(event_code).collect(),
+        next_at: d.after,
+        current: None,
+    });
     let mut header = RtpHeader {
         marker: true,
         payload_type: codec.payload_type(),
@@ -247,7 +315,7 @@ async fn run(plan: MediaPlan, mut stop: oneshot::Receiver<()>, shared: Arc<Mutex
         _ => None,
     };
     let mut wav_pos = 0usize;
-    let sends = matches!(mode, MediaMode::Tone(_) | MediaMode::Wav(_));
+    let sends = matches!(mode, MediaMode::Tone(_) | MediaMode::Wav(_)) || dtmf.is_some();
     let mut tick = tokio::time::interval(PTIME);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats = RtpStats::default();
@@ -262,6 +330,27 @@ async fn run(plan: MediaPlan, mut stop: oneshot::Receiver<()>, shared: Arc<Mutex
             _ = &mut stop => break,
             _ = tick.tick(), if sends => {
                 let Some(to) = remote else { continue };
+                let mut event = None;
+                if let Some(d) = dtmf.as_mut() {
+                    if let Some((p, ts)) = d.payload(started.elapsed(), &mut header) {
+                        event = Some((p, ts, d.pt));
+                    }
+                }
+                if let Some((p, timestamp, pt)) = event {
+                    out.clear();
+                    let h = RtpHeader { payload_type: pt, timestamp, ..header };
+                    h.write(&p, &mut out);
+                    if socket.send_to(&out, to).await.is_ok() {
+                        stats.sent_packets += 1;
+                        stats.sent_bytes += out.len() as u64;
+                    }
+                    header.marker = false;
+                    header.sequence = header.sequence.wrapping_add(1);
+                    continue;
+                }
+                if !matches!(mode, MediaMode::Tone(_) | MediaMode::Wav(_)) {
+                    continue;
+                }
                 match &mode {
                     MediaMode::Wav(w) if !w.is_empty() => {
                         for s in samples.iter_mut() {
@@ -421,6 +510,7 @@ mod tests {
             codec: G711::Pcmu,
             mode: MediaMode::Tone(440.0),
             record: None,
+            dtmf: None,
         });
         let mut buf = [0u8; 512];
         let mut last: Option<RtpHeader> = None;
@@ -445,6 +535,54 @@ mod tests {
         assert_eq!(st.received_packets, 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn dtmf_digits_go_as_rfc_4733_events_between_the_audio() {
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let h = start(MediaPlan {
+            socket: a,
+            remote: Some(b_addr),
+            codec: G711::Pcma,
+            mode: MediaMode::Tone(440.0),
+            record: None,
+            dtmf: Some((
+                Dtmf {
+                    after: Duration::from_millis(100),
+                    digits: "1#".into(),
+                },
+                101,
+            )),
+        });
+        let mut buf = [0u8; 512];
+        let mut events: Vec<(u8, bool, u32)> = Vec::new();
+        let mut seqs = Vec::new();
+        for _ in 0..40 {
+            let n = tokio::time::timeout(Duration::from_secs(1), b.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            let (hdr, body) = RtpHeader::parse(&buf[..n]).unwrap();
+            seqs.push(hdr.sequence);
+            if hdr.payload_type == 101 {
+                assert_eq!(body.len(), 4);
+                events.push((body[0], body[1] & 0x80 != 0, hdr.timestamp));
+            } else {
+                assert_eq!(hdr.payload_type, 8);
+            }
+        }
+        h.stop().await;
+        // Digit 1: 5 packets, then 3 end packets, all with one timestamp; then #.
+        let ones: Vec<_> = events.iter().filter(|e| e.0 == 1).collect();
+        assert_eq!(ones.len(), 8, "{events:?}");
+        assert_eq!(ones.iter().filter(|e| e.1).count(), 3);
+        assert!(ones.iter().all(|e| e.2 == ones[0].2));
+        assert!(events.iter().any(|e| e.0 == 11), "{events:?}");
+        assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+        assert_eq!(event_code('D'), Some(15));
+        assert_eq!(event_code('x'), None);
+    }
+
     #[tokio::test]
     async fn echo_returns_packets_and_records_them() {
         let dir = std::env::temp_dir().join(format!("ua-rec-{}", rand::random::<u64>()));
@@ -459,6 +597,7 @@ mod tests {
             codec: G711::Pcma,
             mode: MediaMode::Echo,
             record: Some(wav.clone()),
+            dtmf: None,
         });
         let mut buf = [0u8; 512];
         for i in 0..5u16 {

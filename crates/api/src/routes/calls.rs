@@ -56,6 +56,15 @@ pub struct CreateCall {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// Agent confirm: the agent who answers hears a prompt, and the customer is dialled
+    /// only after DTMF `1` (within `calls.confirm_secs`, else `no-answer`, leg `agent`).
+    /// Default: the account's `confirm_calls`.
+    #[serde(default)]
+    pub confirm: Option<bool>,
+    /// Record both legs (dual-channel WAV, `GET /v1/calls/{call_id}/recording`). Default:
+    /// the account's `record_calls`.
+    #[serde(default)]
+    pub record: Option<bool>,
 }
 
 /// The answer to `POST /v1/calls`.
@@ -155,6 +164,8 @@ async fn create_call_inner(
         "callback_url": req.callback_url,
         "ring_timeout": req.ring_timeout,
         "metadata": metadata,
+        "confirm": req.confirm,
+        "record": req.record,
     });
     let rec = place_call(
         shared,
@@ -169,6 +180,8 @@ async fn create_call_inner(
             metadata,
             request_id: None,
             request_detail: detail,
+            confirm: req.confirm,
+            record: req.record,
         },
     )
     .await?;
@@ -548,6 +561,67 @@ pub async fn hangup_call(
         ),
     )
         .into_response())
+}
+
+/// The call's recording: a dual-channel WAV (8 kHz, 16-bit PCM; the agent on the left, the
+/// customer on the right).
+#[utoipa::path(get, path = "/v1/calls/{call_id}/recording", tag = "calls",
+    params(("call_id" = CallId, Path)),
+    responses(
+        (status = 200, description = "audio/wav: 8 kHz 16-bit PCM, 2 channels (left: agent, right: customer)", content_type = "audio/wav"),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "No such call, or it is not recorded", body = ErrorBody),
+        (status = 409, description = "The recording is not finished yet", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_recording(
+    State(shared): State<Arc<Shared>>,
+    Caller { account, scope }: Caller,
+    Path(call_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = shared
+        .store
+        .get_call(&account.id, &call_id)
+        .await?
+        .filter(|rec| crate::routes::client_sessions::within(&scope, rec))
+        .ok_or(ApiError::NotFound {
+            code: "call_not_found",
+            message: "Call not found",
+        })?;
+    let not_recorded = ApiError::NotFound {
+        code: "recording_not_found",
+        message: "This call has no recording",
+    };
+    let state = rec.recording["state"].as_str().unwrap_or("");
+    match state {
+        "ready" | "incomplete" => {}
+        "pending" => {
+            return Err(ApiError::Conflict {
+                code: "recording_not_ready",
+                message: "The recording is not finished yet".to_owned(),
+            })
+        }
+        _ => return Err(not_recorded),
+    }
+    let Some(file) = rec.recording["file"].as_str() else {
+        return Err(not_recorded);
+    };
+    let bytes = match tokio::fs::read(file).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::info!(call_id = %rec.id, file, error = %e, "recording file unreadable");
+            return Err(ApiError::NotFound {
+                code: "recording_not_found",
+                message: "The recording's file is gone (retention, or another node)",
+            });
+        }
+    };
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("audio/wav"),
+    );
+    Ok(resp)
 }
 
 fn sse_event(ev: &StreamEvent) -> Event {

@@ -114,6 +114,8 @@ pub async fn make_call(
             metadata: json!({}),
             request_id: None,
             request_detail: detail,
+            confirm: None,
+            record: None,
         },
     )
     .await?;
@@ -293,6 +295,8 @@ async fn click2call_inner(
             metadata: json!({}),
             request_id: Some(request_id.to_owned()),
             request_detail: detail,
+            confirm: None,
+            record: None,
         },
     )
     .await?;

@@ -8,7 +8,9 @@ use axum::response::IntoResponse;
 use serde_json::json;
 use utoipa::OpenApi;
 
-use crate::routes::{admin, calls, client_sessions, compat, console, lookup, publishable_keys};
+use crate::routes::{
+    admin, calls, client_sessions, compat, console, live, lookup, publishable_keys,
+};
 use crate::schemas;
 use crate::state::Shared;
 use crate::views;
@@ -77,7 +79,9 @@ pub async fn openapi() -> axum::Json<&'static serde_json::Value> {
 #[openapi(
     info(title = "dialbridge REST API", description = "Click-to-call: native, JustCall-style and Click-2-Call-style calls, call log, live events, admin."),
     paths(
-        calls::create_call, calls::list_calls, calls::get_call, calls::hangup_call, calls::events,
+        calls::create_call, calls::list_calls, calls::get_call, calls::hangup_call, calls::get_recording, calls::events,
+        live::transfer, live::transfer_complete, live::transfer_cancel, live::hold, live::unhold,
+        live::mute, live::monitor, live::update_monitor, live::end_monitor,
         lookup::lookup,
         admin::get_account, admin::update_account,
         admin::list_users, admin::create_user, admin::get_user, admin::update_user, admin::delete_user,
@@ -96,6 +100,8 @@ pub async fn openapi() -> axum::Json<&'static serde_json::Value> {
     ),
     components(schemas(
         calls::CreateCall, calls::CallAccepted, calls::ErrorBody, calls::ErrorDetail,
+        live::TransferRequest, live::TransferDestination, live::MuteRequest,
+        live::MonitorRequest, live::MonitorUpdate,
         lookup::Lookup, admin::UpdateAccount,
         admin::CreateUser, admin::UpdateUser, admin::NewDevice, admin::ChangePassword,
         admin::CreateNumber, admin::UpdateNumber, admin::CreateTrunk, admin::UpdateTrunk,

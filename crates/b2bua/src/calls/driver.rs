@@ -14,10 +14,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+use super::machine::control::{Command, SideId};
 use super::machine::{outcome, CallMachine, Input, MachineConfig, MediaOp, Output, TxId};
 use super::sdp_glue;
 use super::shared::EngineInner;
-use super::{targets, CallEventKind, CallSpec, Leg, Outcome};
+use super::{
+    targets, CallEventKind, CallSpec, ControlError, Leg, LiveCommand, Outcome, TransferTo,
+};
 use store::CallStatus;
 
 /// The call's inbox as the endpoint sees it: one receiver for all its client transactions.
@@ -111,6 +114,9 @@ pub(crate) async fn run(
     let mut machine = CallMachine::new(spec.clone(), cfg, relay, now());
     let mut keys: HashMap<TxId, ClientKey> = HashMap::new();
     let mut media = Some(session);
+    let mut monitors: HashMap<SideId, media::Monitor> = HashMap::new();
+    let mut replies: HashMap<u64, Reply> = HashMap::new();
+    let mut next_command: u64 = 1;
     loop {
         while let Some(out) = machine.poll_output() {
             match out {
@@ -146,19 +152,88 @@ pub(crate) async fn run(
                     let _ = inner.endpoint.send_ack(request, Some(dest)).await;
                 }
                 Output::Respond { key, response } => inner.endpoint.respond(&key, response),
+                Output::Media(MediaOp::AttachMonitor {
+                    side,
+                    payload_types,
+                    mode,
+                }) => {
+                    let r = match media.as_ref() {
+                        Some(m) => inner
+                            .relay
+                            .attach_monitor(m, payload_types, mode)
+                            .map(|mon| {
+                                let a = mon.advertised_rtp();
+                                monitors.insert(side, mon);
+                                a
+                            })
+                            .map_err(|e| e.to_string()),
+                        None => Err("no relay session".to_string()),
+                    };
+                    machine.handle(Input::MonitorAttached(side, r), now());
+                }
+                Output::Media(MediaOp::MonitorPeer(side, sdp)) => {
+                    if let (Some(mon), Some(p)) = (monitors.get(&side), sdp_glue::peer_of(&sdp)) {
+                        mon.set_peer(p.rtp);
+                    }
+                }
+                Output::Media(MediaOp::MonitorMode(side, mode)) => {
+                    if let Some(mon) = monitors.get(&side) {
+                        mon.set_mode(mode);
+                    }
+                }
+                Output::Media(MediaOp::DetachMonitor(side)) => {
+                    monitors.remove(&side);
+                }
+                Output::Media(MediaOp::Record) => {
+                    if let Some(m) = media.as_mut() {
+                        // Made when first needed (the recording thread creates the file).
+                        let _ = tokio::fs::create_dir_all(&inner.cfg.recording_dir).await;
+                        let path = inner.cfg.recording_dir.join(format!("{call_id}.wav"));
+                        let text = match m.record(path.clone()) {
+                            Ok(()) => format!("recording both legs to {}", path.display()),
+                            Err(e) => format!("recording not started: {e}"),
+                        };
+                        emit(CallEventKind::Note { leg: None, text });
+                    }
+                }
                 Output::Media(op) => {
                     if let Some(m) = media.as_ref() {
                         apply(m, op);
                     }
                 }
+                Output::Reply(id, r) => {
+                    if let Some(tx) = replies.remove(&id) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Output::RouteSideDialog(side, id) => inner.register_side_dialog(id, &call_id, side),
+                Output::LookupTransfer { id, to } => {
+                    let plan = targets::refer_plan(&inner, &spec, &to).await;
+                    machine.handle(Input::TransferTargets(id, plan), now());
+                }
                 Output::Event(kind) => emit(kind),
                 Output::RouteCallId(leg, id) => inner.register_sip_call_id(&id, &call_id, leg),
                 Output::RouteDialog(leg, id) => inner.register_dialog(id, &call_id, leg),
                 Output::End(o) => {
+                    monitors.clear();
+                    let recording = media.as_mut().and_then(|m| m.take_recording());
                     let stats = close(&inner, media.take());
                     tracing::info!(status = ?o.status, leg = ?o.leg, sip_code = ?o.sip_code, reason = %o.reason, "call ended");
                     emit(CallEventKind::Ended { outcome: o, stats });
                     admission.release();
+                    if let Some(r) = recording {
+                        // The file is finished by its own thread; its event follows the
+                        // call's last status.
+                        if let Ok(s) = tokio::task::spawn_blocking(move || r.wait()).await {
+                            tracing::info!(file = %s.path.display(), bytes = s.bytes, error = ?s.error, "recording finished");
+                            emit(CallEventKind::Recording {
+                                file: s.path.display().to_string(),
+                                duration_secs: s.duration.as_secs_f64(),
+                                size_bytes: s.bytes,
+                                error: s.error,
+                            });
+                        }
+                    }
                 }
             }
         }
@@ -168,6 +243,19 @@ pub(crate) async fn run(
         let deadline = machine.poll_timeout();
         tokio::select! {
             input = rx.recv() => match input {
+                Some(Input::Control(cmd, reply)) => {
+                    match command(&inner, &spec, cmd).await {
+                        Ok(cmd) => {
+                            let id = next_command;
+                            next_command += 1;
+                            replies.insert(id, reply);
+                            machine.handle(Input::Command(id, cmd), now());
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
                 Some(input) => {
                     if let Input::TxEnded(tx) = &input {
                         keys.remove(tx);
@@ -180,6 +268,56 @@ pub(crate) async fn run(
             _ = sleep_until(deadline) => machine.handle_timeout(now()),
         }
     }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<serde_json::Value, ControlError>>;
+
+/// A live command as the machine takes it: the targets of a monitor or a transfer looked up.
+async fn command(
+    inner: &EngineInner,
+    spec: &CallSpec,
+    cmd: LiveCommand,
+) -> Result<Command, ControlError> {
+    let unavailable = |o: Outcome| ControlError::TargetUnavailable(o.reason);
+    Ok(match cmd {
+        LiveCommand::Hold => Command::Hold,
+        LiveCommand::Unhold => Command::Unhold,
+        LiveCommand::Mute { leg, muted } => Command::Mute { leg, muted },
+        LiveCommand::Monitor {
+            monitor_id,
+            user_id,
+            mode,
+        } => {
+            let to = TransferTo::User {
+                user_id: user_id.clone(),
+            };
+            let plan = targets::side_plan(inner, spec, &to)
+                .await
+                .map_err(unavailable)?;
+            Command::Monitor {
+                monitor_id,
+                user_id,
+                mode,
+                plan,
+            }
+        }
+        LiveCommand::SetMonitorMode { monitor_id, mode } => {
+            Command::SetMonitorMode { monitor_id, mode }
+        }
+        LiveCommand::EndMonitor { monitor_id } => Command::EndMonitor { monitor_id },
+        LiveCommand::Transfer { to, warm } => {
+            let plan = targets::side_plan(inner, spec, &to)
+                .await
+                .map_err(unavailable)?;
+            Command::Transfer {
+                to: to.label(),
+                plan,
+                warm,
+            }
+        }
+        LiveCommand::CompleteTransfer => Command::CompleteTransfer,
+        LiveCommand::CancelTransfer => Command::CancelTransfer,
+    })
 }
 
 async fn sleep_until(deadline: Option<std::time::Instant>) {
@@ -228,6 +366,33 @@ fn apply(m: &MediaSession, op: MediaOp) {
         MediaOp::Start => {
             let _ = m.start();
         }
+        MediaOp::Mute(leg, muted) => {
+            let _ = m.set_muted(media_leg(leg), muted);
+        }
+        MediaOp::HoldTone(leg, Some(sdp)) => {
+            let (law, _) = sdp_glue::prompt_media(&sdp);
+            let _ = m.play(media_leg(leg), super::prompts::hold_tone().with_codec(law));
+        }
+        MediaOp::HoldTone(leg, None) => {
+            let _ = m.stop_playing(media_leg(leg));
+        }
+        MediaOp::AttachMonitor { .. }
+        | MediaOp::MonitorPeer(..)
+        | MediaOp::MonitorMode(..)
+        | MediaOp::DetachMonitor(_) => {}
+        MediaOp::Confirm(leg, sdp) => {
+            let (law, events) = sdp_glue::prompt_media(&sdp);
+            let id = media_leg(leg);
+            let _ = m.play(id, super::prompts::confirm().with_codec(law));
+            let _ = m.watch_telephone_events(id, events);
+        }
+        MediaOp::EndConfirm(leg) => {
+            let id = media_leg(leg);
+            let _ = m.stop_playing(id);
+            let _ = m.watch_telephone_events(id, None);
+        }
+        // Started by the driver itself (it needs the session mutably).
+        MediaOp::Record => {}
     }
 }
 

@@ -28,6 +28,10 @@ pub struct EngineConfig {
     pub session_expires: u32,
     /// `[dns] servers` for trunk addresses; empty = the system resolver.
     pub dns_servers: Vec<std::net::SocketAddr>,
+    /// How long an inbound call rings the owner's devices (`calls.agent_ring_secs`).
+    pub inbound_ring: Duration,
+    /// Where recordings go (`[recording] dir`): `<call id>.wav`.
+    pub recording_dir: std::path::PathBuf,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +41,8 @@ impl Default for EngineConfig {
             max_concurrent: 10_000,
             session_expires: 1800,
             dns_servers: Vec::new(),
+            inbound_ring: Duration::from_secs(30),
+            recording_dir: std::path::PathBuf::from("recordings"),
         }
     }
 }
@@ -86,6 +92,7 @@ impl Engine {
             hooks: OnceLock::new(),
             calls: Mutex::new(HashMap::new()),
             dialogs: Mutex::new(HashMap::new()),
+            side_dialogs: Mutex::new(HashMap::new()),
             sip_call_ids: Mutex::new(HashMap::new()),
             leg_sip_call_ids: Mutex::new(HashMap::new()),
             media_sessions: Mutex::new(HashMap::new()),
@@ -99,17 +106,33 @@ impl Engine {
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
                     let Some(inner) = weak.upgrade() else { return };
-                    // (MediaEvent is non-exhaustive: other events are ignored.)
-                    #[allow(irrefutable_let_patterns)]
-                    if let MediaEvent::Timeout { session_id } = ev {
-                        let call = inner
-                            .media_sessions
-                            .lock()
-                            .ok()
-                            .and_then(|m| m.get(&session_id).cloned());
-                        if let Some(call) = call {
-                            inner.send_to(&call, Input::MediaTimeout);
+                    let (session_id, input) = match ev {
+                        MediaEvent::Timeout { session_id } => (session_id, Input::MediaTimeout),
+                        MediaEvent::Dtmf {
+                            session_id,
+                            leg,
+                            digit,
+                        } => {
+                            let leg = match leg {
+                                media::LegId::A => Leg::Agent,
+                                media::LegId::B => Leg::Customer,
+                            };
+                            (session_id, Input::Dtmf(leg, digit))
                         }
+                        MediaEvent::RecordingStopped { session_id, reason } => {
+                            tracing::warn!(%reason, "a recording stopped early");
+                            (session_id, Input::RecordingStopped(reason))
+                        }
+                        // (MediaEvent is non-exhaustive: other events are ignored.)
+                        _ => continue,
+                    };
+                    let call = inner
+                        .media_sessions
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.get(&session_id).cloned());
+                    if let Some(call) = call {
+                        inner.send_to(&call, input);
                     }
                 }
             });
@@ -185,7 +208,25 @@ impl Engine {
             .ok()
             .and_then(|d| d.get(&id).cloned());
         let Some((call, leg)) = owner else {
-            return false;
+            let side = self
+                .inner
+                .side_dialogs
+                .lock()
+                .ok()
+                .and_then(|d| d.get(&id).cloned());
+            let Some((call, side)) = side else {
+                return false;
+            };
+            let tx = self
+                .inner
+                .calls
+                .lock()
+                .ok()
+                .and_then(|c| c.get(&call).map(|e| e.tx.clone()));
+            return tx.is_some_and(|tx| {
+                tx.send(Input::SideRequest(Box::new(inc.clone()), side))
+                    .is_ok()
+            });
         };
         let tx = self
             .inner
@@ -196,9 +237,50 @@ impl Engine {
         tx.is_some_and(|tx| tx.send(Input::Request(Box::new(inc.clone()), leg)).is_ok())
     }
 
-    /// An ACK for a 2xx we sent (re-INVITE pass-through): nothing to do beyond logging.
+    /// An ACK for a 2xx we sent: to the call whose dialog it is (the ACK of an incoming
+    /// leg's INVITE; a re-INVITE's ACK is only noted there).
     pub fn route_ack(&self, request: &Request, _flow: &Flow) {
         tracing::trace!(call_id = %request.call_id_str(), "in-dialog ACK");
+        let Some(id) = DialogId::for_uas_request(request) else {
+            return;
+        };
+        let owner = self
+            .inner
+            .dialogs
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&id).cloned());
+        if let Some((call, leg)) = owner {
+            self.inner
+                .send_to(&call, Input::Ack(leg, request.body.clone()));
+        }
+    }
+
+    /// An INVITE that opens a call (no To tag) from a trunk's address: an inbound call to
+    /// one of an account's numbers (see `calls::inbound`). Answered at once; the work runs
+    /// in a task of its own.
+    pub fn on_invite(&self, inc: IncomingRequest, budget: sip_core::endpoint::RefusalBudget) {
+        tokio::spawn(super::inbound::dispatch(self.clone(), inc, budget));
+    }
+
+    /// An out-of-dialog INVITE from an address that is no trunk: a phone placing a call
+    /// (`calls::from_phone`).
+    pub fn on_phone_invite(&self, inc: IncomingRequest, budget: sip_core::endpoint::RefusalBudget) {
+        tokio::spawn(super::from_phone::dispatch(self.clone(), inc, budget));
+    }
+
+    /// A CANCEL that matched the server transaction of an INVITE (answered 200 by the
+    /// endpoint): the call that INVITE started hears it, and answers the INVITE 487.
+    pub fn route_cancel(&self, cancel: &Request) {
+        let call = self
+            .inner
+            .sip_call_ids
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&cancel.call_id_str()).cloned());
+        if let Some(call) = call {
+            self.inner.send_to(&call, Input::Cancelled);
+        }
     }
 
     /// A 2xx to one of our INVITEs that no transaction took any more: ACK it again when it
@@ -296,6 +378,26 @@ impl CallControl for Engine {
 
     fn active_calls(&self) -> usize {
         self.inner.active.load(Ordering::SeqCst)
+    }
+
+    fn control<'a>(
+        &'a self,
+        call_id: &'a str,
+        cmd: super::LiveCommand,
+    ) -> super::ControlFuture<'a> {
+        let tx = self
+            .inner
+            .calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(call_id).map(|e| e.tx.clone()));
+        Box::pin(async move {
+            let tx = tx.ok_or(super::ControlError::NotActive)?;
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            tx.send(Input::Control(cmd, reply))
+                .map_err(|_| super::ControlError::NotActive)?;
+            rx.await.map_err(|_| super::ControlError::NotActive)?
+        })
     }
 
     fn live_stats(&self, call_id: &str) -> Option<serde_json::Value> {

@@ -9,7 +9,11 @@
 
 mod driver;
 pub mod engine;
+mod from_phone;
+mod inbound;
 mod machine;
+mod prompts;
+pub mod recordings;
 mod sdp_glue;
 mod shared;
 mod targets;
@@ -77,6 +81,32 @@ pub struct CallSpec {
     pub caller_id: Option<String>,
     pub agent_ring: Duration,
     pub customer_ring: Duration,
+    /// The leg that called us, when the call starts from an INVITE we received (an inbound
+    /// call from a trunk, a call from a phone): that leg is the server transaction of the
+    /// INVITE, and the call rings only the other leg. `None` for a call placed through the
+    /// API (both legs are ours to INVITE, the agent first).
+    pub incoming: Option<IncomingLeg>,
+    /// Agent confirm (SPEC §9.4): the agent who answered hears a prompt, and the customer
+    /// is dialled only after DTMF `1` within this time; `None`: the customer is dialled at
+    /// once.
+    pub confirm: Option<Duration>,
+    /// Both legs are recorded into a dual-channel WAV (SPEC §9.4).
+    pub record: bool,
+}
+
+/// A leg that is the server transaction of an INVITE we received (see
+/// [`CallSpec::incoming`]): it hears `100`, then `180`/`183` relayed from the ringing side,
+/// our `200` with SDP of the relay when that side answers (or the failure's code), and
+/// `487` when its caller CANCELs.
+#[derive(Debug, Clone)]
+pub struct IncomingLeg {
+    /// Which side of the call the caller is (the customer for an inbound call from a trunk,
+    /// the agent for a call from a registered phone).
+    pub leg: Leg,
+    /// The INVITE and its server transaction.
+    pub request: Box<sip_core::endpoint::IncomingRequest>,
+    /// Our Contact toward the caller (in our answers).
+    pub contact: sip_core::message::Uri,
 }
 
 /// How a call ended: exactly one per call.
@@ -125,7 +155,154 @@ pub enum CallEventKind {
     },
     /// Something worth a line in the timeline (relay allocated, re-INVITE passed...).
     Note { leg: Option<Leg>, text: String },
+    /// A party was put on hold (`a=sendonly` toward it; callback `call.held`).
+    Held { leg: Leg },
+    /// A held party was taken off hold (callback `call.resumed`).
+    Resumed { leg: Leg },
+    /// The relay stopped (or resumed) relaying what this leg's party says.
+    Muted { leg: Leg, muted: bool },
+    /// A supervisor answered and hears the call (callback `call.monitor_started`).
+    MonitorStarted {
+        monitor_id: String,
+        user_id: String,
+        mode: &'static str,
+    },
+    /// The supervisor's mode changed mid-call.
+    MonitorModeChanged {
+        monitor_id: String,
+        mode: &'static str,
+    },
+    /// The monitor ended (callback `call.monitor_ended`); the call goes on.
+    MonitorEnded { monitor_id: String, reason: String },
+    /// A transfer target is being called (REFER from a phone, or the API).
+    TransferStarted {
+        leg: Leg,
+        to: String,
+        by: &'static str,
+    },
+    /// The target answered: it replaced `leg`, whose party was released (callback
+    /// `call.transferred`).
+    Transferred {
+        leg: Leg,
+        to: String,
+        by: &'static str,
+    },
+    /// The target did not answer or was refused; the call goes on as it was.
+    TransferFailed {
+        leg: Leg,
+        to: String,
+        by: &'static str,
+        sip_code: Option<u16>,
+        reason: String,
+    },
+    /// The call's recording is finished (after `Ended`; callback `recording.ready`).
+    Recording {
+        /// The file, as the server sees it.
+        file: String,
+        /// Seconds of audio.
+        duration_secs: f64,
+        /// Bytes of the file.
+        size_bytes: u64,
+        /// Why it stopped before the call ended (a full disk...), if it did.
+        error: Option<String>,
+    },
 }
+
+impl CallEventKind {
+    /// The callback event name of a live-control event (`call.held`, `call.transferred`...),
+    /// `None` for the others.
+    pub fn callback_event(&self) -> Option<&'static str> {
+        match self {
+            CallEventKind::Held { .. } => Some("call.held"),
+            CallEventKind::Resumed { .. } => Some("call.resumed"),
+            CallEventKind::MonitorStarted { .. } => Some("call.monitor_started"),
+            CallEventKind::MonitorEnded { .. } => Some("call.monitor_ended"),
+            CallEventKind::Transferred { .. } => Some("call.transferred"),
+            _ => None,
+        }
+    }
+}
+
+/// What a supervisor does on a monitored call (see [`media::MonitorMode`]).
+pub use media::MonitorMode;
+
+/// Where a transfer goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferTo {
+    /// A user's registered devices.
+    User { user_id: String },
+    /// A number (E.164, already through the account's guards) on the account's trunk.
+    Number { e164: String },
+}
+
+impl TransferTo {
+    pub fn label(&self) -> String {
+        match self {
+            TransferTo::User { user_id } => user_id.clone(),
+            TransferTo::Number { e164 } => e164.clone(),
+        }
+    }
+}
+
+/// A live change to a call in progress (the API's `POST /v1/calls/{id}/…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveCommand {
+    /// Hold the customer: `a=sendonly` toward it by re-INVITE, and the agent's audio stops.
+    Hold,
+    Unhold,
+    /// Stop (or resume) relaying what `leg`'s party says; no signalling.
+    Mute {
+        leg: Leg,
+        muted: bool,
+    },
+    /// Ring a supervisor's devices; once answered it hears the call in `mode`.
+    Monitor {
+        monitor_id: String,
+        user_id: String,
+        mode: MonitorMode,
+    },
+    SetMonitorMode {
+        monitor_id: String,
+        mode: MonitorMode,
+    },
+    EndMonitor {
+        monitor_id: String,
+    },
+    /// Hand the customer to `to`. Blind: the agent is released once it answers. Warm: the
+    /// target talks with the agent first, the customer held; then complete or cancel.
+    Transfer {
+        to: TransferTo,
+        warm: bool,
+    },
+    /// A warm transfer's target takes the agent's place.
+    CompleteTransfer,
+    /// The transfer under way is abandoned: the target is released (CANCEL or BYE).
+    CancelTransfer,
+}
+
+/// Why a live command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("no such active call")]
+    NotActive,
+    /// The call is not connected (still ringing, ending), or the command does not fit its
+    /// state (unhold of a call not held, a second transfer).
+    #[error("{0}")]
+    NotInProgress(String),
+    /// A leg's codec cannot be mixed.
+    #[error("{0}")]
+    CodecNotMixable(String),
+    #[error("no such monitor on this call")]
+    NoSuchMonitor,
+    /// The target could not be looked up (no registered device...).
+    #[error("{0}")]
+    TargetUnavailable(String),
+}
+
+/// What [`CallControl::control`] returns: a JSON detail for the API's answer.
+pub type ControlFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<serde_json::Value, ControlError>> + Send + 'a>,
+>;
 
 /// One event of one call.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -141,6 +318,51 @@ pub struct CallEvent {
 /// (a store write, a channel send), never wait on the network.
 pub trait CallHooks: Send + Sync {
     fn on_event(&self, event: &CallEvent);
+
+    /// A call that did not come through the API (an inbound call from a trunk, a call from
+    /// a phone) is about to start: its record must exist before its first event, and the
+    /// account's limits apply to it. The default admits every call and records nothing.
+    fn admit<'a>(&'a self, _call: &'a NewCall) -> AdmitFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// What [`CallHooks::admit`] returns.
+pub type AdmitFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AdmitError>> + Send + 'a>>;
+
+/// A call that starts from SIP rather than from the API, as its record begins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCall {
+    pub call_id: String,
+    pub account_id: String,
+    /// The user whose devices ring.
+    pub user_id: Option<String>,
+    /// `inbound` (from a trunk) or another direction a later kind of call names.
+    pub direction: &'static str,
+    /// The caller's number or URI user (From).
+    pub from: String,
+    /// The number called (Request-URI).
+    pub to: String,
+    /// The account's default callback URL (`[[accounts]] callback_url`).
+    pub callback_url: Option<String>,
+    /// Whether the call is recorded.
+    pub record: bool,
+    /// Per-leg description for the call log (`legs`).
+    pub legs: serde_json::Value,
+    /// The first timeline entry's detail (what arrived, from where).
+    pub detail: serde_json::Value,
+}
+
+/// Why [`CallHooks::admit`] refused a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    /// The account is at its limit of calls (rate or concurrency).
+    #[error("the account is at its call limit: {0}")]
+    Limit(String),
+    /// The call cannot be recorded now (the store refuses writes).
+    #[error("the call log is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why a call could not be started.
@@ -171,6 +393,10 @@ pub trait CallControl: Send + Sync {
     /// the call is not running here or has no relay session yet.
     fn live_stats(&self, _call_id: &str) -> Option<serde_json::Value> {
         None
+    }
+    /// Applies a live command to a running call (hold, mute, monitor, transfer).
+    fn control<'a>(&'a self, _call_id: &'a str, _cmd: LiveCommand) -> ControlFuture<'a> {
+        Box::pin(std::future::ready(Err(ControlError::NotActive)))
     }
     /// A trunk's run-time state (`state`, its targets with their health), `None` when this
     /// engine does not know the trunk.

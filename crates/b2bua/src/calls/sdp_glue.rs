@@ -135,6 +135,32 @@ pub(crate) fn peer_of(body: &[u8]) -> Option<PeerMedia> {
     })
 }
 
+/// What the relay needs to play a prompt to a peer and hear its DTMF, from the SDP it
+/// answered: the G.711 law to send (its first G.711 codec; PCMU when it took none) and the
+/// payload type of its telephone-events, if it took them.
+pub(crate) fn prompt_media(body: &[u8]) -> (media::g711::G711, Option<u8>) {
+    use media::g711::G711;
+    let Ok(sdp) = SessionDescription::parse(body) else {
+        return (G711::Pcmu, None);
+    };
+    let Some(audio) = sdp.first_audio() else {
+        return (G711::Pcmu, None);
+    };
+    let mut law = None;
+    let mut events = None;
+    for pt in audio.payload_types() {
+        let Some(c) = audio.codec(pt) else { continue };
+        if c.encoding.eq_ignore_ascii_case("telephone-event") {
+            events.get_or_insert(pt);
+        } else if c.encoding.eq_ignore_ascii_case("PCMU") {
+            law.get_or_insert(G711::Pcmu);
+        } else if c.encoding.eq_ignore_ascii_case("PCMA") {
+            law.get_or_insert(G711::Pcma);
+        }
+    }
+    (law.unwrap_or(G711::Pcmu), events)
+}
+
 /// One leg's SDP passed to the other leg: the same codecs and direction, pointed at the
 /// relay port of the other leg, under our own `o=` line. Streams other than the first audio
 /// one are refused (port 0): the relay carries audio only.
@@ -184,6 +210,46 @@ pub(crate) fn mirror_direction(offer: &[u8], local: &[u8], origin: &mut Origin) 
     ours.set_direction(want);
     origin.stamp(&mut ours, true);
     ours.to_bytes()
+}
+
+/// Our last SDP with the audio direction set to `direction` (hold: `sendonly`, RFC 3264
+/// §8.4; resume: `sendrecv`), as a new version.
+pub(crate) fn with_direction(
+    local: &[u8],
+    direction: sip_core::sdp::Direction,
+    origin: &mut Origin,
+) -> Bytes {
+    let Ok(mut sdp) = SessionDescription::parse(local) else {
+        return Bytes::copy_from_slice(local);
+    };
+    sdp.set_direction(direction);
+    origin.stamp(&mut sdp, true);
+    sdp.to_bytes()
+}
+
+/// The payload type a peer sends first (the first format of its audio stream): what the
+/// mixer must be able to decode. `None` without a usable audio stream.
+pub(crate) fn first_payload_type(body: &[u8]) -> Option<u8> {
+    let sdp = SessionDescription::parse(body).ok()?;
+    let audio = sdp.first_audio()?;
+    if audio.is_rejected() {
+        return None;
+    }
+    let pt = audio.payload_types().next();
+    pt
+}
+
+/// An offer of one G.711 law (PCMU 0 / PCMA 8) plus RFC 4733 events at `relay`: what a
+/// supervisor's phone is offered, in the law the mixer sends it.
+pub(crate) fn g711_offer(relay: SocketAddr, payload_type: u8, origin: &mut Origin) -> Bytes {
+    let law = if payload_type == 8 {
+        Codec::PCMA
+    } else {
+        Codec::PCMU
+    };
+    let mut sdp = audio_offer(relay.ip(), relay.port(), origin.id, &[law]);
+    origin.stamp(&mut sdp, false);
+    sdp.to_bytes()
 }
 
 /// The SDP we last sent, again (a session refresh: same version, RFC 4028 §9).

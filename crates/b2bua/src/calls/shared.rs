@@ -49,6 +49,8 @@ pub(crate) struct EngineInner {
     pub(crate) calls: Mutex<HashMap<String, CallEntry>>,
     /// Dialog (our tag local) -> (call, leg), for in-dialog requests.
     pub(crate) dialogs: Mutex<HashMap<DialogId, (String, Leg)>>,
+    /// Dialog of a side leg (a supervisor) -> (call, side), for its in-dialog requests.
+    pub(crate) side_dialogs: Mutex<HashMap<DialogId, (String, u32)>>,
     /// SIP Call-ID of a leg -> call, for stray 2xx of forked INVITEs.
     pub(crate) sip_call_ids: Mutex<HashMap<String, String>>,
     /// (call, leg) -> the SIP Call-ID of that leg's latest INVITE, for RTCP captures.
@@ -90,6 +92,12 @@ impl EngineInner {
             d.insert(id.clone(), (call_id.to_string(), leg));
         }
         self.note_route(call_id, |r| r.dialogs.push(id));
+    }
+
+    pub(crate) fn register_side_dialog(&self, id: DialogId, call_id: &str, side: u32) {
+        if let Ok(mut d) = self.side_dialogs.lock() {
+            d.insert(id, (call_id.to_string(), side));
+        }
     }
 
     pub(crate) fn register_sip_call_id(&self, sip_call_id: &str, call_id: &str, leg: Leg) {
@@ -139,6 +147,9 @@ impl EngineInner {
                     m.remove(id);
                 }
             }
+        }
+        if let Ok(mut d) = self.side_dialogs.lock() {
+            d.retain(|_, (c, _)| c != call_id);
         }
         if let Ok(mut m) = self.leg_sip_call_ids.lock() {
             for leg in &routes.legs {

@@ -27,6 +27,64 @@ pub(crate) async fn plan(inner: &EngineInner, spec: &CallSpec, leg: Leg) -> Resu
     }
 }
 
+/// The plan of a transfer's or a monitor's target: a user's devices, or a number (already
+/// through the account's guards) on the account's trunks.
+pub(crate) async fn side_plan(
+    inner: &EngineInner,
+    spec: &CallSpec,
+    to: &super::TransferTo,
+) -> Result<Plan, Outcome> {
+    match to {
+        super::TransferTo::User { user_id } => device_targets(inner, user_id, Leg::Agent)
+            .await
+            .map(|t| vec![t]),
+        super::TransferTo::Number { e164 } => {
+            trunk_plan(inner, spec, e164, None, false, Leg::Customer).await
+        }
+    }
+}
+
+/// The target of a REFER from a phone (RFC 3515): the Refer-To user part through the
+/// account's dial plan and guards, as the API's calls go (toll fraud: a transfer is a call
+/// the account pays for). A refusal is `403` and nothing is dialled; an unknown extension
+/// `404`; no registered device `480`.
+pub(crate) async fn refer_plan(
+    inner: &EngineInner,
+    spec: &CallSpec,
+    to: &str,
+) -> Result<Plan, (u16, String)> {
+    use crate::dialplan::{self, Dialled};
+    let account = inner
+        .store
+        .account(&spec.account_id)
+        .await
+        .map_err(|e| (503, format!("store: {e}")))?
+        .ok_or((403, "no such account".to_string()))?;
+    let dialled = dialplan::normalize(to, &account.region)
+        .map_err(|e| (404, format!("not dialable: {e}")))?;
+    let target = match dialled {
+        Dialled::E164(n) => {
+            let (_, verdict) = dialplan::check(&n, (&account).into());
+            if let Err(refusal) = verdict {
+                tracing::info!(account = %account.id, code = refusal.code(), "transfer destination refused");
+                return Err((403, format!("{} ({})", refusal.code(), refusal)));
+            }
+            super::TransferTo::Number { e164: n }
+        }
+        Dialled::Extension(x) => match inner.store.user_by_extension(&account.id, &x).await {
+            Ok(Some(u)) => super::TransferTo::User { user_id: u.id },
+            Ok(None) => return Err((404, format!("no extension {x}"))),
+            Err(e) => return Err((503, format!("store: {e}"))),
+        },
+        Dialled::Emergency(_) => {
+            return Err((403, "emergency numbers are not transfer targets".into()));
+        }
+    };
+    side_plan(inner, spec, &target)
+        .await
+        .map_err(|o| (o.sip_code.unwrap_or(480), o.reason))
+}
+
 /// Every registered contact of every device of the user.
 async fn device_targets(
     inner: &EngineInner,

@@ -27,6 +27,16 @@ impl CallMachine {
             format!("{method} (in dialog)"),
             &sip_call_id,
         );
+        // A request in the dialog of a party that was transferred away (its leg is the
+        // transfer target's now): its BYE is answered, anything else 481.
+        if self.legs[ix(from)]
+            .as_ref()
+            .is_some_and(|l| l.dialog.id().call_id != sip_call_id)
+        {
+            let status = if method == Method::Bye { 200 } else { 481 };
+            self.respond(&inc, status);
+            return;
+        }
         let ok = match self.legs[ix(from)].as_mut() {
             Some(l) if l.up || method == Method::Bye => l.dialog.receive_request(&inc.request),
             _ => {
@@ -41,6 +51,7 @@ impl CallMachine {
         match method {
             Method::Bye => self.on_bye(inc, from, now),
             Method::Invite | Method::Update => self.on_offer(inc, from),
+            Method::Info if self.phase == Phase::Confirm => self.confirm_info(inc, from, now),
             Method::Info => {
                 if self.phase == Phase::Connected {
                     self.pass_info(inc, from);
@@ -49,6 +60,8 @@ impl CallMachine {
                 }
             }
             Method::Options => self.respond(&inc, 200),
+            Method::Refer => self.on_refer(inc, from),
+            Method::Notify => self.respond(&inc, 200),
             Method::Ack => {}
             _ => {
                 let mut r = Response::for_request(&inc.request, 405);
@@ -83,7 +96,7 @@ impl CallMachine {
                 ),
                 now,
             ),
-            Phase::Lookup(Leg::Customer) | Phase::Ringing(Leg::Customer) => {
+            Phase::Lookup(Leg::Customer) | Phase::Ringing(Leg::Customer) | Phase::Confirm => {
                 // The agent hangs up while the customer rings.
                 self.cancel_live(Leg::Customer, None);
                 self.fork = None;
@@ -273,6 +286,10 @@ impl CallMachine {
             Some(Role::Offer { purpose, .. }) => std::mem::replace(purpose, Purpose::Refresh),
             _ => return,
         };
+        if let Purpose::Hold { hold } = purpose {
+            self.hold_answered(hold);
+            return;
+        }
         if let Purpose::Pass { from, inc } = purpose {
             // Answer the side that asked, with the other side's answer rewritten to our relay.
             let relay_from = self.relay[ix(from)];
@@ -339,6 +356,7 @@ impl CallMachine {
                     now,
                 );
             }
+            Purpose::Hold { hold } => self.hold_failed(hold, status),
             Purpose::Refresh | Purpose::Realign => {
                 if let Some(l) = self.legs[ix(leg)].as_mut() {
                     note_refresh(l, now);
@@ -461,7 +479,7 @@ impl CallMachine {
 impl LegState {
     /// Our offer `sdp` on this leg in `method` (INVITE or UPDATE), with the session timer it
     /// runs (we refresh: RFC 4028); it becomes the SDP we last sent.
-    fn offer(&mut self, method: Method, sdp: Bytes) -> Request {
+    pub(super) fn offer(&mut self, method: Method, sdp: Bytes) -> Request {
         let mut req = self
             .dialog
             .new_request(method, Some(("application/sdp", sdp.clone())));

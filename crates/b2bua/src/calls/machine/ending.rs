@@ -11,7 +11,7 @@ impl CallMachine {
     /// API hang-up or shutdown: `before` while a leg rings, `connected_reason` once bridged.
     pub(super) fn on_end_command(&mut self, before: Outcome, connected_reason: &str, now: Instant) {
         match self.phase {
-            Phase::Lookup(_) | Phase::Ringing(_) => {
+            Phase::Lookup(_) | Phase::Ringing(_) | Phase::Confirm => {
                 if let Phase::Ringing(leg) = self.phase {
                     self.cancel_live(leg, None);
                 }
@@ -31,10 +31,17 @@ impl CallMachine {
         if matches!(self.phase, Phase::Ending | Phase::Done) {
             return;
         }
+        self.reject_incoming(&o);
+        if self.phase == Phase::Confirm {
+            self.out
+                .push_back(Output::Media(MediaOp::EndConfirm(Leg::Agent)));
+        }
         self.outcome = Some(o);
         self.phase = Phase::Ending;
         self.abandon_passed();
         self.ending_until = Some(now + self.cfg.timers.timeout() + self.cfg.timers.t4);
+        self.end_all_sides();
+        self.pending_refers.clear();
         for leg in [Leg::Agent, Leg::Customer] {
             self.send_bye(leg, true);
         }
@@ -198,6 +205,14 @@ impl CallMachine {
                     self.respond(&inc, status);
                 }
             }
+            Role::Side { side, branch } => {
+                let (side, branch) = (*side, *branch);
+                self.on_side_event(side, branch, ev, now);
+            }
+            Role::SideOffer { side } => {
+                let side = *side;
+                self.on_side_offer(tx, side, ev);
+            }
             Role::Offer { .. } => match ev {
                 ClientEvent::Response(r) if r.status < 200 => {}
                 ClientEvent::Response(r) if r.is_success() => self.offer_answered(tx, r, now),
@@ -217,6 +232,9 @@ impl CallMachine {
                 answered: false, ..
             }) => self.offer_failed(tx, 408, now),
             Some(Role::Info { .. }) => self.on_tx(tx, ClientEvent::Timeout, now),
+            Some(Role::Side { .. } | Role::SideOffer { .. }) => {
+                self.on_tx(tx, ClientEvent::Timeout, now)
+            }
             _ => {}
         }
         self.roles.remove(&tx);

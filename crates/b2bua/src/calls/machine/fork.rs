@@ -12,6 +12,9 @@ impl CallMachine {
         let relay = self.relay[ix(leg)];
         let mut origin = Origin::new();
         let offer = match (leg, self.legs[ix(Leg::Agent)].as_ref()) {
+            _ if self.caller_leg() == Some(other(leg)) => self
+                .incoming_offer(leg, relay, &mut origin)
+                .unwrap_or_else(|| sdp_glue::agent_offer(relay, &mut origin)),
             (Leg::Customer, Some(a)) => {
                 sdp_glue::customer_offer(relay, &mut origin, &a.local_sdp, &a.remote_sdp)
             }
@@ -259,7 +262,10 @@ impl CallMachine {
             let Some(f) = self.fork.as_mut() else { return };
             let ringing = matches!(resp.status, 180 | 183) && !f.rang;
             f.rang |= ringing;
-            let early = leg == Leg::Customer && !resp.body.is_empty() && !f.early;
+            let toward_caller = self.caller_leg() == Some(other(leg));
+            let Some(f) = self.fork.as_mut() else { return };
+            let early =
+                (leg == Leg::Customer || toward_caller) && !resp.body.is_empty() && !f.early;
             f.early |= early;
             if ringing {
                 self.emit(CallEventKind::Ringing {
@@ -273,6 +279,9 @@ impl CallMachine {
                     .push_back(Output::Media(MediaOp::SetPeer(leg, resp.body.clone())));
                 self.out.push_back(Output::Media(MediaOp::Start));
                 self.emit(CallEventKind::EarlyMedia { leg });
+            }
+            if toward_caller {
+                self.relay_provisional(leg, &resp);
             }
             return;
         }
@@ -514,16 +523,31 @@ impl CallMachine {
             outgoing: None,
             incoming: false,
         });
+        if self.caller_leg() == Some(other(leg)) {
+            // The caller's leg is already there: it gets our 200, and the call is up.
+            if leg == Leg::Agent {
+                self.emit(CallEventKind::AgentAnswered {
+                    sip_code: resp.status,
+                });
+            }
+            self.answer_incoming(now);
+            return;
+        }
         match leg {
             Leg::Agent => {
                 self.emit(CallEventKind::AgentAnswered {
                     sip_code: resp.status,
                 });
+                if let Some(d) = self.spec.confirm {
+                    self.start_confirm(resp.body.clone(), d, now);
+                    return;
+                }
                 self.phase = Phase::Lookup(Leg::Customer);
                 self.out.push_back(Output::Lookup(Leg::Customer));
             }
             Leg::Customer => {
                 self.out.push_back(Output::Media(MediaOp::Start));
+                self.start_recording();
                 self.answered_at = Some(now);
                 self.emit(CallEventKind::InProgress {
                     sip_code: resp.status,

@@ -9,10 +9,15 @@
 //! carries these to and from the endpoint, the relay and the call hooks.
 //!
 //! ```text
+//!   (an INVITE we received: the caller's leg is a server transaction, see `incoming`;
+//!    the call starts at Lookup of the other leg, and that leg's answer connects it)
+//!
 //!              Lookup(agent) ──targets──► Ringing(agent): INVITE every target at once
 //!                                           │ first 2xx: ACK it, CANCEL the others
 //!                                           │ all rejected / ring time over / hang-up ──► Done
-//!                                           ▼
+//!                                           ▼ (with agent confirm: Confirm — the agent
+//!                                           │  hears the prompt; DTMF 1 goes on, no digit in
+//!                                           │  time ends the call no-answer, leg agent)
 //!              Lookup(customer) ─targets─► Ringing(customer): the stages of the plan one
 //!                                           │ after another (trunk failover); the targets
 //!                                           │ of a stage at once; 401/407 answered once
@@ -108,9 +113,31 @@ pub(crate) enum Input {
     Request(Box<IncomingRequest>, Leg),
     /// A 2xx to one of our INVITEs that no transaction took any more.
     Stray(Box<Response>),
+    /// The caller of the incoming leg CANCELled its INVITE (the CANCEL is answered 200).
+    Cancelled,
+    /// The ACK for our 2xx to the incoming leg's INVITE.
+    Ack(Leg, Bytes),
+    /// A DTMF digit from a leg (an RFC 4733 event seen by the relay).
+    Dtmf(Leg, char),
+    /// The call's recording stopped early (a full disk...): the call goes on.
+    RecordingStopped(String),
     Hangup,
     Shutdown,
     MediaTimeout,
+    /// A live command (see `control`), numbered: its answer is [`Output::Reply`].
+    Command(u64, control::Command),
+    /// A live command from the API, before the driver looked its target up (never reaches
+    /// the machine).
+    Control(
+        crate::calls::LiveCommand,
+        tokio::sync::oneshot::Sender<Result<serde_json::Value, crate::calls::ControlError>>,
+    ),
+    /// The driver's answer to [`MediaOp::AttachMonitor`]: the supervisor's relay address.
+    MonitorAttached(control::SideId, Result<SocketAddr, String>),
+    /// The driver's answer to [`Output::LookupTransfer`].
+    TransferTargets(control::SideId, Result<Plan, (u16, String)>),
+    /// A request within a side leg's dialog (a supervisor's BYE).
+    SideRequest(Box<IncomingRequest>, control::SideId),
 }
 
 /// A change to the call's relay session.
@@ -122,6 +149,28 @@ pub(crate) enum MediaOp {
     SetPeer(Leg, Bytes),
     /// Start relaying.
     Start,
+    /// Stop (or resume) relaying what this leg's party says.
+    Mute(Leg, bool),
+    /// Play the hold tone into the leg (its peer's SDP: the codec), or stop it (`None`).
+    HoldTone(Leg, Option<Bytes>),
+    /// Give the relay session a supervisor's port pair and mixer; answer with
+    /// [`Input::MonitorAttached`]. Payload types: agent, customer, supervisor.
+    AttachMonitor {
+        side: control::SideId,
+        payload_types: [u8; 3],
+        mode: media::MonitorMode,
+    },
+    /// The SDP of the supervisor's phone.
+    MonitorPeer(control::SideId, Bytes),
+    MonitorMode(control::SideId, media::MonitorMode),
+    DetachMonitor(control::SideId),
+    /// Play the confirm prompt into the leg, and report the DTMF it sends; the SDP is what
+    /// its peer answered (the prompt's codec, the telephone-event payload type).
+    Confirm(Leg, Bytes),
+    /// Stop the confirm prompt of the leg (and its DTMF reports).
+    EndConfirm(Leg),
+    /// Record both legs from now (the call is connected and asks for it).
+    Record,
 }
 
 /// What the machine asks for.
@@ -158,6 +207,16 @@ pub(crate) enum Output {
     RouteDialog(Leg, DialogId),
     /// The call's one outcome (the driver closes the relay and emits `Ended` with its stats).
     End(Outcome),
+    /// The answer to [`Input::Command`] number `.0`.
+    Reply(u64, Result<serde_json::Value, crate::calls::ControlError>),
+    /// Route a side leg's dialog to the call.
+    RouteSideDialog(control::SideId, DialogId),
+    /// Look up a REFER's target (dial plan and the account's guards); answer with
+    /// [`Input::TransferTargets`].
+    LookupTransfer {
+        id: control::SideId,
+        to: String,
+    },
 }
 
 /// An INVITE of a fork.
@@ -223,6 +282,8 @@ enum Purpose {
     Refresh,
     /// The agent re-offered the customer's codecs.
     Realign,
+    /// Hold (`true`) or resume the customer.
+    Hold { hold: bool },
     /// An offer passed through from the other leg, to be answered there.
     Pass {
         from: Leg,
@@ -252,12 +313,23 @@ enum Role {
     Info {
         inc: Box<IncomingRequest>,
     },
+    /// An INVITE of a side leg (monitor, transfer target).
+    Side {
+        side: control::SideId,
+        branch: usize,
+    },
+    /// The re-INVITE completing a warm transfer.
+    SideOffer {
+        side: control::SideId,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Lookup(Leg),
     Ringing(Leg),
+    /// The agent answered and hears the confirm prompt; the customer waits for its `1`.
+    Confirm,
     Connected,
     Ending,
     Done,
@@ -286,6 +358,19 @@ pub(crate) struct CallMachine {
     now: Instant,
     /// The channel of the trunk the customer answered through, held until the call ends.
     trunk_channel: Option<crate::trunks::ChannelGuard>,
+    /// The leg that called us (a server transaction), when the call started from an INVITE.
+    incoming: Option<Incoming>,
+    /// The customer is on hold (by the API).
+    held: bool,
+    /// Legs muted by the API (agent, customer).
+    muted: [bool; 2],
+    /// Third parties: a supervisor, a transfer target (see `control`).
+    sides: Vec<control::Side>,
+    next_side: control::SideId,
+    /// REFERs whose target is being looked up: (id, transferor's leg, target).
+    pending_refers: Vec<(control::SideId, Leg, String)>,
+    /// Agent confirm: no `1` by this time ends the call.
+    confirm_until: Option<Instant>,
 }
 
 fn ix(leg: Leg) -> usize {
@@ -363,8 +448,18 @@ impl CallMachine {
             linger_until: None,
             now,
             trunk_channel: None,
+            incoming: None,
+            held: false,
+            muted: [false, false],
+            sides: Vec::new(),
+            next_side: 1,
+            pending_refers: Vec::new(),
+            confirm_until: None,
         };
-        m.out.push_back(Output::Lookup(Leg::Agent));
+        match m.spec.incoming.clone() {
+            Some(inc) => m.start_incoming(inc, now),
+            None => m.out.push_back(Output::Lookup(Leg::Agent)),
+        }
         m
     }
 
@@ -397,7 +492,10 @@ impl CallMachine {
                     take(l.refresh_at);
                     take(l.expires_at);
                 }
+                take(self.incoming.as_ref().and_then(|i| i.ack_until));
+                take(self.side_deadline());
             }
+            Phase::Confirm => take(self.confirm_until),
             Phase::Ending => take(self.ending_until),
             Phase::Done if self.has_pending_invites() => take(self.linger_until),
             Phase::Done => {}
@@ -442,6 +540,23 @@ impl CallMachine {
             Input::TxEnded(tx) => self.on_tx_ended(tx, now),
             Input::Request(inc, leg) => self.on_request(*inc, leg, now),
             Input::Stray(resp) => self.on_stray(&resp),
+            Input::Cancelled => self.on_cancelled(now),
+            Input::Dtmf(leg, digit) => self.on_digit(leg, digit, "RFC 4733", now),
+            Input::RecordingStopped(reason) => {
+                self.note(
+                    None,
+                    format!("recording stopped, the call goes on: {reason}"),
+                );
+            }
+            Input::Ack(leg, body) => self.on_ack(leg, body),
+            Input::Command(id, cmd) => self.on_command(id, cmd, now),
+            Input::Control(_, tx) => {
+                // The driver turns these into `Command`s; one that got here is refused.
+                let _ = tx.send(Err(crate::calls::ControlError::NotActive));
+            }
+            Input::MonitorAttached(side, r) => self.on_monitor_attached(side, r, now),
+            Input::TransferTargets(id, plan) => self.on_transfer_targets(id, plan, now),
+            Input::SideRequest(inc, side) => self.on_side_request(*inc, side),
             Input::Hangup => self.on_end_command(
                 outcome(
                     CallStatus::Canceled,
@@ -490,7 +605,12 @@ impl CallMachine {
         }
         match self.phase {
             Phase::Ringing(leg) => self.fork_timers(leg, now),
-            Phase::Connected => self.session_timers(now),
+            Phase::Connected => {
+                self.incoming_timers(now);
+                self.session_timers(now);
+                self.side_timers(now);
+            }
+            Phase::Confirm => self.confirm_timer(now),
             Phase::Ending => {
                 if self.ending_until.is_some_and(|t| t <= now) {
                     self.note(None, "a BYE got no answer in time");
@@ -534,6 +654,13 @@ impl CallMachine {
         self.out.push_back(Output::Event(kind));
     }
 
+    /// The call is connected: its recording starts, when it asks for one.
+    pub(super) fn start_recording(&mut self) {
+        if self.spec.record {
+            self.out.push_back(Output::Media(MediaOp::Record));
+        }
+    }
+
     pub(super) fn note(&mut self, leg: Option<Leg>, text: impl Into<String>) {
         self.emit(CallEventKind::Note {
             leg,
@@ -557,9 +684,14 @@ impl CallMachine {
     }
 }
 
+mod confirm;
+pub(crate) mod control;
 mod dialog;
 mod ending;
 mod fork;
+mod incoming;
+
+use incoming::Incoming;
 
 #[cfg(test)]
 mod tests;

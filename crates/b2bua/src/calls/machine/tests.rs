@@ -53,6 +53,9 @@ fn spec() -> CallSpec {
         caller_id: Some("+15550001111".into()),
         agent_ring: Duration::from_secs(30),
         customer_ring: Duration::from_secs(60),
+        incoming: None,
+        confirm: None,
+        record: false,
     }
 }
 
@@ -69,13 +72,17 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::with_spec(spec())
+    }
+
+    fn with_spec(spec: CallSpec) -> Rig {
         let now = Instant::now();
         let cfg = MachineConfig {
             domain: "dialbridge.test".into(),
             session_expires: 1800,
             timers: timers(),
         };
-        let m = CallMachine::new(spec(), cfg, [addr(30_000), addr(30_002)], now);
+        let m = CallMachine::new(spec, cfg, [addr(30_000), addr(30_002)], now);
         let mut r = Rig {
             m,
             now,
@@ -774,4 +781,1170 @@ async fn a_trunk_at_its_call_limit_is_skipped_and_the_answering_trunk_keeps_its_
     assert_eq!(o[0].reason, "no trunk available: full at its call limit");
     assert_eq!(o[0].status, CallStatus::Failed);
     drop(held);
+}
+
+// ---------------------------------------------------------------------------------------
+// A leg that called us (an INVITE we received)
+// ---------------------------------------------------------------------------------------
+
+const CALLER_SDP: &str = "v=0\r\no=carrier 9 9 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 42000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+
+/// The carrier's INVITE to one of the account's numbers.
+fn caller_invite(sdp: Option<&str>) -> IncomingRequest {
+    let body = sdp.unwrap_or("");
+    let ct = if sdp.is_some() {
+        "Content-Type: application/sdp\r\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        "INVITE sip:+14155551234@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKcaller1\r\nFrom: <sip:+15557654321@127.0.0.1:5080>;tag=caller\r\nTo: <sip:+14155551234@127.0.0.1>\r\nCall-ID: inbound-1@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:carrier@127.0.0.1:5080>\r\nSupported: timer\r\nSession-Expires: 600\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let Ok(SipMessage::Request(request)) = parse_message(Bytes::from(text.clone())) else {
+        panic!("bad test request: {text}");
+    };
+    IncomingRequest {
+        key: ServerKey::Rfc2543("caller-invite".into()),
+        flow: sip_core::transport::Flow {
+            transport: Transport::Udp,
+            local: addr(5060),
+            remote: addr(5080),
+            conn: None,
+        },
+        request,
+    }
+}
+
+fn inbound_spec(sdp: Option<&str>) -> CallSpec {
+    CallSpec {
+        customer: CustomerTarget::E164("+15557654321".into()),
+        caller_id: Some("+14155551234".into()),
+        incoming: Some(crate::calls::IncomingLeg {
+            leg: Leg::Customer,
+            request: Box::new(caller_invite(sdp)),
+            contact: Uri::parse("sip:127.0.0.1:5060").expect("uri"),
+        }),
+        ..spec()
+    }
+}
+
+fn responses(outs: &[Output]) -> Vec<Response> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Respond { response, .. } => Some(response.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn to_tag(r: &Response) -> Option<String> {
+    r.to()
+        .ok()
+        .and_then(|t| t.tag().map(|t| String::from_utf8_lossy(t).into_owned()))
+}
+
+/// An inbound call rings the owner's two devices with the caller's codecs. Returns the
+/// INVITEs sent (tx, request).
+fn inbound_ringing(r: &mut Rig) -> Vec<(TxId, Request)> {
+    let out = r.take();
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Lookup(Leg::Agent))),
+        "the owner's devices are looked up"
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::SetPeer(Leg::Customer, _)))));
+    assert!(
+        answers(&out).is_empty(),
+        "no answer before the devices ring"
+    );
+    r.targets(
+        Leg::Agent,
+        vec![vec![target("desk", 5070), target("mobile", 5071)]],
+    );
+    let invites = sent(&r.take());
+    assert_eq!(invites.len(), 2);
+    let offer = String::from_utf8_lossy(&invites[0].1.body).into_owned();
+    assert!(offer.contains("m=audio 30000 RTP/AVP 8 0 101"), "{offer}");
+    invites
+}
+
+#[test]
+fn an_incoming_call_rings_the_other_leg_and_answers_the_caller_when_it_answers() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    let ((tx0, inv0), (tx1, _)) = (invites[0].clone(), invites[1].clone());
+    // The device rings: the caller hears 180, once.
+    r.respond(tx0, reply(&inv0, 180, "desk", None));
+    r.respond(tx1, reply(&invites[1].1, 180, "mobile", None));
+    let out = r.take();
+    let rs = responses(&out);
+    assert_eq!(rs.iter().map(|r| r.status).collect::<Vec<_>>(), [180]);
+    let tag = to_tag(&rs[0]).expect("a To tag in the 180");
+    // The desk answers: ACK it, CANCEL the mobile, and the caller gets 200 with the relay.
+    r.respond(tx0, reply(&inv0, 200, "desk", Some(AGENT_SDP)));
+    let out = r.take();
+    assert_eq!(acks(&out), 1);
+    assert_eq!(cancels(&out), vec![tx1]);
+    let rs = responses(&out);
+    assert_eq!(rs.len(), 1);
+    let ok = &rs[0];
+    assert_eq!(ok.status, 200);
+    assert_eq!(to_tag(ok), Some(tag), "the same To tag as the 180");
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(body.contains("m=audio 30002"), "{body}");
+    assert!(ok.header_str(&HeaderName::Contact).is_some());
+    assert_eq!(
+        ok.header_str(&HeaderName::SessionExpires).as_deref(),
+        Some("600;refresher=uac")
+    );
+    let ev = events(&out);
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, CallEventKind::AgentAnswered { .. })));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, CallEventKind::InProgress { .. })));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::Start))));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::RouteDialog(Leg::Customer, _))));
+    assert!(sent(&out).is_empty(), "no customer leg is dialled");
+    r.feed(Input::Ack(Leg::Customer, Bytes::new()));
+    // Time passes: no give-up for the ACK that came.
+    r.advance(Duration::from_secs(40));
+    assert!(ended(&r.take()).is_empty());
+    // The caller hangs up: the agent gets a BYE, the call is completed.
+    let caller_tag = "caller";
+    let text = format!(
+        "BYE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKbye1\r\nFrom: <sip:+15557654321@127.0.0.1:5080>;tag={caller_tag}\r\nTo: <sip:+14155551234@127.0.0.1>;tag={}\r\nCall-ID: inbound-1@127.0.0.1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        to_tag(ok).unwrap_or_default()
+    );
+    let Ok(SipMessage::Request(bye)) = parse_message(Bytes::from(text)) else {
+        panic!("bad BYE");
+    };
+    let inc = IncomingRequest {
+        key: ServerKey::Rfc2543("bye".into()),
+        flow: caller_invite(None).flow,
+        request: bye,
+    };
+    r.request(inc, Leg::Customer);
+    let out = r.take();
+    assert_eq!(answers(&out), [200]);
+    let byes = sent(&out);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].1.call_id_str(), inv0.call_id_str());
+    r.respond(byes[0].0, reply(&byes[0].1, 200, "desk", None));
+    let o = ended(&r.take());
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].status, CallStatus::Completed);
+    assert_eq!(o[0].leg, Some(Leg::Customer));
+}
+
+#[test]
+fn a_cancel_from_the_caller_gets_487_and_cancels_the_forks() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    r.respond(invites[0].0, reply(&invites[0].1, 180, "desk", None));
+    r.take();
+    r.feed(Input::Cancelled);
+    let out = r.take();
+    assert_eq!(answers(&out), [487]);
+    assert_eq!(cancels(&out).len(), 2, "every device is cancelled");
+    let o = ended(&out);
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].status, CallStatus::Canceled);
+    assert_eq!(o[0].leg, Some(Leg::Customer));
+    // A second CANCEL (retransmission) changes nothing.
+    r.feed(Input::Cancelled);
+    assert!(answers(&r.take()).is_empty());
+}
+
+#[test]
+fn every_device_busy_tells_the_caller_486_and_ends_busy() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    for (i, (tx, inv)) in invites.iter().enumerate() {
+        r.respond(*tx, reply(inv, 486, &format!("d{i}"), None));
+    }
+    let out = r.take();
+    assert_eq!(answers(&out), [486]);
+    let o = ended(&out);
+    assert_eq!(o[0].status, CallStatus::Busy);
+    assert_eq!(o[0].leg, Some(Leg::Agent));
+}
+
+#[test]
+fn no_device_answers_in_time_the_caller_hears_480_and_the_call_is_no_answer() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    r.respond(invites[0].0, reply(&invites[0].1, 180, "desk", None));
+    r.take();
+    r.advance(Duration::from_secs(31));
+    let out = r.take();
+    assert_eq!(answers(&out), [480]);
+    assert_eq!(cancels(&out).len(), 2);
+    let o = ended(&out);
+    assert_eq!(o[0].status, CallStatus::NoAnswer);
+    assert_eq!(o[0].leg, Some(Leg::Agent));
+}
+
+#[test]
+fn early_media_of_the_ringing_side_reaches_the_caller_in_a_183_repeated_by_the_200() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    let (tx, inv) = invites[0].clone();
+    r.respond(tx, reply(&inv, 183, "desk", Some(AGENT_SDP)));
+    let out = r.take();
+    let rs = responses(&out);
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].status, 183);
+    assert!(String::from_utf8_lossy(&rs[0].body).contains("m=audio 30002"));
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    let rs = responses(&r.take());
+    assert_eq!(rs[0].status, 200);
+    assert_eq!(
+        rs[0].body,
+        responses(&out)[0].body,
+        "the 200 repeats the 183's SDP"
+    );
+}
+
+#[test]
+fn no_ack_for_our_200_ends_the_call_with_a_bye_after_64_t1() {
+    let mut r = Rig::with_spec(inbound_spec(Some(CALLER_SDP)));
+    let invites = inbound_ringing(&mut r);
+    let (tx, inv) = invites[0].clone();
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    r.take();
+    r.advance(timers().timeout() + Duration::from_millis(1));
+    let out = r.take();
+    let byes = sent(&out);
+    assert_eq!(
+        byes.len(),
+        2,
+        "both legs get a BYE: {:?}",
+        sent_methods(&out)
+    );
+    assert!(byes.iter().all(|(_, b)| b.method == Method::Bye));
+}
+
+#[test]
+fn an_invite_without_sdp_gets_our_offer_in_the_200_and_its_answer_from_the_ack() {
+    let mut r = Rig::with_spec(inbound_spec(None));
+    let out = r.take();
+    assert!(out.iter().any(|o| matches!(o, Output::Lookup(Leg::Agent))));
+    r.targets(Leg::Agent, vec![vec![target("desk", 5070)]]);
+    let (tx, inv) = sent(&r.take()).remove(0);
+    assert!(String::from_utf8_lossy(&inv.body).contains("m=audio 30000"));
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    let rs = responses(&r.take());
+    assert_eq!(rs[0].status, 200);
+    assert!(String::from_utf8_lossy(&rs[0].body).contains("m=audio 30002"));
+    r.feed(Input::Ack(Leg::Customer, Bytes::from(CALLER_SDP)));
+    let out = r.take();
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Media(MediaOp::SetPeer(Leg::Customer, b)) if b.as_ref() == CALLER_SDP.as_bytes()
+    )));
+}
+
+// ---------------------------------------------------------------------------------------
+// Live control: hold, mute, monitor, transfers (API and REFER)
+// ---------------------------------------------------------------------------------------
+
+use super::control::Command;
+use crate::calls::ControlError;
+use media::MonitorMode;
+
+const SUPERVISOR_SDP: &str = "v=0\r\no=sup 3 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 42000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n";
+const TARGET_SDP: &str = "v=0\r\no=bob 5 5 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 43000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n";
+const OPUS_SDP: &str = "v=0\r\no=carrier 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 41000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=sendrecv\r\n";
+
+/// Feeds a live command; returns its reply.
+fn command(r: &mut Rig, cmd: Command) -> Result<serde_json::Value, ControlError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    r.feed(Input::Command(id, cmd));
+    r.outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Reply(i, res) if *i == id => Some(res.clone()),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+fn media_ops(outs: &[Output]) -> Vec<MediaOp> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Media(op) => Some(op.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn notifies(outs: &[Output]) -> Vec<String> {
+    sent(outs)
+        .into_iter()
+        .filter(|(_, q)| q.method == Method::Notify)
+        .map(|(_, q)| String::from_utf8_lossy(&q.body).trim_end().to_string())
+        .collect()
+}
+
+#[test]
+fn commands_before_the_call_is_connected_are_refused() {
+    let mut r = Rig::new();
+    agent_answered(&mut r);
+    r.take();
+    for cmd in [
+        Command::Hold,
+        Command::Mute {
+            leg: Leg::Agent,
+            muted: true,
+        },
+    ] {
+        assert!(matches!(
+            command(&mut r, cmd),
+            Err(ControlError::NotInProgress(_))
+        ));
+    }
+    assert!(sent(&r.take()).is_empty());
+}
+
+#[test]
+fn hold_reinvites_the_customer_sendonly_and_unhold_sendrecv() {
+    let mut r = Rig::new();
+    let (_agent_inv, cinv) = connected(&mut r, |x| x);
+    command(&mut r, Command::Hold).expect("held");
+    let out = r.take();
+    let (htx, hold) = sent(&out).remove(0);
+    assert_eq!(hold.method, Method::Invite);
+    assert_eq!(hold.call_id_str(), cinv.call_id_str(), "to the customer");
+    let body = String::from_utf8_lossy(&hold.body).to_string();
+    assert!(body.contains("a=sendonly"), "{body}");
+    assert!(body.contains("m=audio 30002"));
+    // The agent's audio no longer reaches the customer, who hears the hold tone.
+    assert!(media_ops(&out).contains(&MediaOp::Mute(Leg::Agent, true)));
+    assert!(media_ops(&out).contains(&MediaOp::HoldTone(
+        Leg::Customer,
+        Some(Bytes::from(CARRIER_SDP))
+    )));
+    // A second hold is refused while held.
+    assert!(matches!(
+        command(&mut r, Command::Hold),
+        Err(ControlError::NotInProgress(_))
+    ));
+    r.take();
+    r.respond(htx, reply(&hold, 200, "carrier", Some(CARRIER_SDP)));
+    let out = r.take();
+    assert_eq!(acks(&out), 1);
+    assert!(events(&out).contains(&CallEventKind::Held { leg: Leg::Customer }));
+    command(&mut r, Command::Unhold).expect("resumed");
+    let out = r.take();
+    let (utx, unhold) = sent(&out).remove(0);
+    assert!(String::from_utf8_lossy(&unhold.body).contains("a=sendrecv"));
+    assert!(media_ops(&out).contains(&MediaOp::Mute(Leg::Agent, false)));
+    assert!(media_ops(&out).contains(&MediaOp::HoldTone(Leg::Customer, None)));
+    r.respond(utx, reply(&unhold, 200, "carrier", Some(CARRIER_SDP)));
+    assert!(events(&r.take()).contains(&CallEventKind::Resumed { leg: Leg::Customer }));
+}
+
+#[test]
+fn a_refused_hold_leaves_the_call_as_it_was() {
+    let mut r = Rig::new();
+    connected(&mut r, |x| x);
+    command(&mut r, Command::Hold).expect("sent");
+    let out = r.take();
+    let (htx, hold) = sent(&out).remove(0);
+    r.respond(htx, reply(&hold, 488, "carrier", None));
+    let out = r.take();
+    assert!(media_ops(&out).contains(&MediaOp::Mute(Leg::Agent, false)));
+    assert!(media_ops(&out).contains(&MediaOp::HoldTone(Leg::Customer, None)));
+    assert!(!events(&out)
+        .iter()
+        .any(|e| matches!(e, CallEventKind::Held { .. })));
+    // Not held: hold may be asked again.
+    assert!(command(&mut r, Command::Hold).is_ok());
+}
+
+#[test]
+fn a_hold_reinvite_that_gets_no_answer_times_out_and_is_undone() {
+    let mut r = Rig::new();
+    connected(&mut r, |x| x);
+    command(&mut r, Command::Hold).expect("sent");
+    r.take();
+    r.advance(timers().timeout() + Duration::from_millis(1));
+    let out = r.take();
+    assert_eq!(cancels(&out).len(), 1);
+    assert!(media_ops(&out).contains(&MediaOp::Mute(Leg::Agent, false)));
+    assert!(ended(&out).is_empty(), "the call goes on");
+}
+
+#[test]
+fn mute_is_a_relay_change_with_no_signalling() {
+    let mut r = Rig::new();
+    connected(&mut r, |x| x);
+    let v = command(
+        &mut r,
+        Command::Mute {
+            leg: Leg::Customer,
+            muted: true,
+        },
+    )
+    .expect("muted");
+    assert_eq!(v["muted"], true);
+    let out = r.take();
+    assert!(sent(&out).is_empty(), "no re-INVITE");
+    assert_eq!(media_ops(&out), [MediaOp::Mute(Leg::Customer, true)]);
+    assert!(events(&out).contains(&CallEventKind::Muted {
+        leg: Leg::Customer,
+        muted: true
+    }));
+}
+
+fn monitor_cmd(id: &str, mode: MonitorMode) -> Command {
+    Command::Monitor {
+        monitor_id: id.into(),
+        user_id: "user_sup".into(),
+        mode,
+        plan: vec![vec![target("supdesk", 5090), target("supmobile", 5091)]],
+    }
+}
+
+/// Starts a monitor and lets the supervisor's desk phone answer. Returns its INVITE.
+fn monitor_answered(r: &mut Rig, mode: MonitorMode) -> Request {
+    command(r, monitor_cmd("mon_1", mode)).expect("started");
+    let out = r.take();
+    let attach = media_ops(&out);
+    let side = match attach.as_slice() {
+        [MediaOp::AttachMonitor {
+            side,
+            payload_types,
+            mode: m,
+        }] => {
+            assert_eq!(*payload_types, [0, 0, 0]);
+            assert_eq!(*m, mode);
+            *side
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        sent(&out).is_empty(),
+        "nothing rings before the ports exist"
+    );
+    r.feed(Input::MonitorAttached(side, Ok(addr(30_004))));
+    let out = r.take();
+    let inv = sent(&out);
+    assert_eq!(inv.len(), 2, "both of the supervisor's devices ring");
+    let (tx, sinv) = inv[0].clone();
+    assert!(String::from_utf8_lossy(&sinv.body).contains("m=audio 30004"));
+    r.respond(tx, reply(&sinv, 180, "sup", None));
+    r.respond(tx, reply(&sinv, 200, "sup", Some(SUPERVISOR_SDP)));
+    let out = r.take();
+    assert_eq!(acks(&out), 1);
+    assert_eq!(
+        cancels(&out),
+        vec![inv[1].0],
+        "the other device is cancelled"
+    );
+    assert!(media_ops(&out)
+        .iter()
+        .any(|op| matches!(op, MediaOp::MonitorPeer(s, _) if *s == side)));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::RouteSideDialog(s, _) if *s == side)));
+    assert!(events(&out).contains(&CallEventKind::MonitorStarted {
+        monitor_id: "mon_1".into(),
+        user_id: "user_sup".into(),
+        mode: mode.as_str(),
+    }));
+    sinv
+}
+
+#[test]
+fn a_monitor_rings_the_supervisor_changes_mode_and_ends_leaving_the_call() {
+    let mut r = Rig::new();
+    connected(&mut r, |x| x);
+    let sinv = monitor_answered(&mut r, MonitorMode::Listen);
+    let v = command(
+        &mut r,
+        Command::SetMonitorMode {
+            monitor_id: "mon_1".into(),
+            mode: MonitorMode::Barge,
+        },
+    )
+    .expect("mode");
+    assert_eq!(v["mode"], "barge");
+    let out = r.take();
+    assert!(sent(&out).is_empty());
+    assert!(media_ops(&out)
+        .iter()
+        .any(|op| matches!(op, MediaOp::MonitorMode(_, MonitorMode::Barge))));
+    assert!(matches!(
+        command(
+            &mut r,
+            Command::EndMonitor {
+                monitor_id: "nope".into()
+            }
+        ),
+        Err(ControlError::NoSuchMonitor)
+    ));
+    command(
+        &mut r,
+        Command::EndMonitor {
+            monitor_id: "mon_1".into(),
+        },
+    )
+    .expect("ended");
+    let out = r.take();
+    let byes = sent(&out);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].1.method, Method::Bye);
+    assert_eq!(
+        byes[0].1.call_id_str(),
+        sinv.call_id_str(),
+        "only the supervisor"
+    );
+    assert!(media_ops(&out)
+        .iter()
+        .any(|op| matches!(op, MediaOp::DetachMonitor(_))));
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, CallEventKind::MonitorEnded { .. })));
+    assert!(ended(&out).is_empty(), "the call goes on");
+}
+
+#[test]
+fn the_supervisor_hanging_up_ends_the_monitor_only_and_a_hangup_ends_both() {
+    let mut r = Rig::new();
+    connected(&mut r, |x| x);
+    let sinv = monitor_answered(&mut r, MonitorMode::Whisper);
+    let side = 1;
+    r.feed(Input::SideRequest(
+        Box::new(in_dialog(&sinv, "sup", "BYE", 1, None)),
+        side,
+    ));
+    let out = r.take();
+    assert_eq!(answers(&out), [200]);
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, CallEventKind::MonitorEnded { .. })));
+    assert!(ended(&out).is_empty());
+    // A second monitor, then the call is hung up: its BYE goes with the legs'.
+    command(&mut r, monitor_cmd("mon_2", MonitorMode::Listen)).expect("ok");
+    r.feed(Input::MonitorAttached(2, Ok(addr(30_006))));
+    let out = r.take();
+    let (tx, inv) = sent(&out).remove(0);
+    r.respond(tx, reply(&inv, 200, "sup2", Some(SUPERVISOR_SDP)));
+    r.take();
+    r.feed(Input::Hangup);
+    let out = r.take();
+    assert_eq!(sent_methods(&out), ["BYE", "BYE", "BYE"]);
+}
+
+#[test]
+fn a_monitor_of_a_codec_that_cannot_be_mixed_is_refused() {
+    let mut r = Rig::new();
+    let (agent_inv, _) = agent_answered(&mut r);
+    r.targets(Leg::Customer, vec![vec![trunk("carrier", 5080)]]);
+    let out = r.take();
+    let (ctx, cinv) = sent(&out).remove(0);
+    r.respond(ctx, reply(&cinv, 200, "carrier", Some(OPUS_SDP)));
+    r.take();
+    let _ = agent_inv;
+    match command(&mut r, monitor_cmd("mon_x", MonitorMode::Listen)) {
+        Err(ControlError::CodecNotMixable(why)) => assert!(why.contains("customer"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let out = r.take();
+    assert!(media_ops(&out).is_empty() && sent(&out).is_empty());
+}
+
+#[test]
+fn a_supervisor_who_does_not_answer_ends_the_monitor_after_the_ring_time() {
+    let mut r = Rig::new();
+    connected(&mut r, |x| x);
+    command(&mut r, monitor_cmd("mon_1", MonitorMode::Listen)).expect("ok");
+    r.feed(Input::MonitorAttached(1, Ok(addr(30_004))));
+    r.take();
+    r.advance(spec().agent_ring + Duration::from_millis(1));
+    let out = r.take();
+    assert_eq!(cancels(&out).len(), 2);
+    assert!(media_ops(&out)
+        .iter()
+        .any(|op| matches!(op, MediaOp::DetachMonitor(1))));
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, CallEventKind::MonitorEnded { .. })));
+    assert!(ended(&out).is_empty());
+}
+
+#[test]
+fn an_api_transfer_replaces_the_agent_once_the_target_answers() {
+    let mut r = Rig::new();
+    let (agent_inv, cinv) = connected(&mut r, |x| x);
+    command(
+        &mut r,
+        Command::Transfer {
+            to: "user_bob".into(),
+            plan: vec![vec![target("bob", 5075)]],
+            warm: false,
+        },
+    )
+    .expect("calling");
+    let out = r.take();
+    let (ttx, tinv) = sent(&out).remove(0);
+    let offer = String::from_utf8_lossy(&tinv.body).to_string();
+    assert!(
+        offer.contains("m=audio 30000"),
+        "the agent's relay port: {offer}"
+    );
+    assert!(
+        offer.contains("PCMU") && !offer.contains("PCMA"),
+        "the customer's codecs"
+    );
+    // A second transfer meanwhile is refused.
+    assert!(command(
+        &mut r,
+        Command::Transfer {
+            to: "x".into(),
+            plan: vec![vec![target("x", 5076)]],
+            warm: false,
+        }
+    )
+    .is_err());
+    r.take();
+    r.respond(ttx, reply(&tinv, 200, "bob", Some(TARGET_SDP)));
+    let out = r.take();
+    assert_eq!(acks(&out), 1);
+    let byes = sent(&out);
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].1.method, Method::Bye);
+    assert_eq!(
+        byes[0].1.call_id_str(),
+        agent_inv.call_id_str(),
+        "the agent is released"
+    );
+    assert!(media_ops(&out).iter().any(
+        |op| matches!(op, MediaOp::SetPeer(Leg::Agent, b) if b.as_ref() == TARGET_SDP.as_bytes())
+    ));
+    assert!(events(&out).contains(&CallEventKind::Transferred {
+        leg: Leg::Agent,
+        to: "user_bob".into(),
+        by: "api"
+    }));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::RouteDialog(Leg::Agent, _))));
+    // The released agent's own BYE, crossing ours, is answered and ends nothing.
+    r.request(in_dialog(&agent_inv, "desk", "BYE", 9, None), Leg::Agent);
+    let out = r.take();
+    assert_eq!(answers(&out), [200]);
+    assert!(ended(&out).is_empty() && sent(&out).is_empty());
+    // The customer hangs up later: the BYE goes to the new party.
+    r.request(in_dialog(&cinv, "carrier", "BYE", 3, None), Leg::Customer);
+    let out = r.take();
+    let bye = sent(&out).remove(0).1;
+    assert_eq!(bye.call_id_str(), tinv.call_id_str());
+}
+
+#[test]
+fn a_failed_transfer_leaves_the_call_going_on() {
+    let mut r = Rig::new();
+    connected(&mut r, |x| x);
+    command(
+        &mut r,
+        Command::Transfer {
+            to: "user_bob".into(),
+            plan: vec![vec![target("bob", 5075)]],
+            warm: false,
+        },
+    )
+    .expect("calling");
+    let out = r.take();
+    let (ttx, tinv) = sent(&out).remove(0);
+    r.respond(ttx, reply(&tinv, 486, "bob", None));
+    let out = r.take();
+    assert!(sent(&out).is_empty(), "no BYE to anyone");
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        CallEventKind::TransferFailed {
+            sip_code: Some(486),
+            ..
+        }
+    )));
+    assert!(ended(&out).is_empty());
+    // And a new transfer may be tried.
+    assert!(command(
+        &mut r,
+        Command::Transfer {
+            to: "user_bob".into(),
+            plan: vec![vec![target("bob", 5075)]],
+            warm: false,
+        }
+    )
+    .is_ok());
+}
+
+fn refer(invite: &Request, tag: &str, cseq: u32, to: &str) -> IncomingRequest {
+    let mut inc = in_dialog(invite, tag, "REFER", cseq, None);
+    inc.request
+        .headers
+        .add(HeaderName::ReferTo, format!("<{to}>"));
+    inc.request
+        .headers
+        .add(HeaderName::ReferredBy, format!("<sip:{tag}@127.0.0.1>"));
+    inc
+}
+
+#[test]
+fn a_blind_refer_from_the_agent_notifies_progress_and_bridges_the_target() {
+    let mut r = Rig::new();
+    let (agent_inv, _cinv) = connected(&mut r, |x| x);
+    r.request(
+        refer(&agent_inv, "desk", 5, "sip:1002@dialbridge.test"),
+        Leg::Agent,
+    );
+    let out = r.take();
+    assert_eq!(answers(&out), [202]);
+    assert_eq!(notifies(&out), ["SIP/2.0 100 Trying"]);
+    let n = sent(&out).remove(0).1;
+    assert_eq!(
+        n.call_id_str(),
+        agent_inv.call_id_str(),
+        "in the REFER's dialog"
+    );
+    assert_eq!(n.header_str(&HeaderName::Event).as_deref(), Some("refer"));
+    let id = out
+        .iter()
+        .find_map(|o| match o {
+            Output::LookupTransfer { id, to } => {
+                assert_eq!(to, "1002");
+                Some(*id)
+            }
+            _ => None,
+        })
+        .expect("lookup");
+    r.feed(Input::TransferTargets(
+        id,
+        Ok(vec![vec![target("bob", 5075)]]),
+    ));
+    let out = r.take();
+    let (ttx, tinv) = sent(&out).remove(0);
+    assert_eq!(tinv.method, Method::Invite);
+    r.respond(ttx, reply(&tinv, 180, "bob", None));
+    assert_eq!(notifies(&r.take()), ["SIP/2.0 180 Ringing"]);
+    r.respond(ttx, reply(&tinv, 200, "bob", Some(TARGET_SDP)));
+    let out = r.take();
+    // The final NOTIFY, then the transferor is released.
+    let reqs = sent(&out);
+    assert_eq!(sent_methods(&out), ["NOTIFY", "BYE"]);
+    assert_eq!(
+        String::from_utf8_lossy(&reqs[0].1.body).trim_end(),
+        "SIP/2.0 200 OK"
+    );
+    assert!(reqs[0]
+        .1
+        .headers
+        .get(&HeaderName::Other(Bytes::from_static(
+            b"Subscription-State"
+        )))
+        .is_some_and(|v| v.starts_with(b"terminated")));
+    assert_eq!(reqs[1].1.call_id_str(), agent_inv.call_id_str());
+    assert!(events(&out).contains(&CallEventKind::Transferred {
+        leg: Leg::Agent,
+        to: "1002".into(),
+        by: "phone"
+    }));
+}
+
+#[test]
+fn a_refer_to_a_forbidden_number_is_notified_403_and_nothing_is_dialled() {
+    let mut r = Rig::new();
+    let (agent_inv, _) = connected(&mut r, |x| x);
+    r.request(
+        refer(&agent_inv, "desk", 5, "sip:+19005551234@dialbridge.test"),
+        Leg::Agent,
+    );
+    let out = r.take();
+    let id = out
+        .iter()
+        .find_map(|o| match o {
+            Output::LookupTransfer { id, to } => {
+                assert_eq!(to, "+19005551234");
+                Some(*id)
+            }
+            _ => None,
+        })
+        .expect("lookup");
+    r.feed(Input::TransferTargets(
+        id,
+        Err((403, "destination_not_allowed".into())),
+    ));
+    let out = r.take();
+    assert_eq!(notifies(&out), ["SIP/2.0 403 Forbidden"]);
+    assert_eq!(sent_methods(&out), ["NOTIFY"], "no INVITE");
+    assert!(ended(&out).is_empty());
+}
+
+#[test]
+fn a_blind_refer_whose_target_is_busy_notifies_486_and_the_call_goes_on() {
+    let mut r = Rig::new();
+    let (_, cinv) = connected(&mut r, |x| x);
+    // From the customer's side this time.
+    r.request(
+        refer(&cinv, "carrier", 5, "sip:1002@dialbridge.test"),
+        Leg::Customer,
+    );
+    let out = r.take();
+    assert_eq!(answers(&out), [202]);
+    r.feed(Input::TransferTargets(
+        1,
+        Ok(vec![vec![target("bob", 5075)]]),
+    ));
+    let out = r.take();
+    let (ttx, tinv) = sent(&out).remove(0);
+    // The target is offered the agent's side's codecs at the customer's relay port.
+    assert!(String::from_utf8_lossy(&tinv.body).contains("m=audio 30002"));
+    r.respond(ttx, reply(&tinv, 486, "bob", None));
+    let out = r.take();
+    assert_eq!(notifies(&out), ["SIP/2.0 486 Busy Here"]);
+    assert_eq!(sent_methods(&out), ["NOTIFY"]);
+    assert!(ended(&out).is_empty());
+}
+
+#[test]
+fn a_refer_with_replaces_or_before_the_call_is_up_is_refused() {
+    let mut r = Rig::new();
+    let (agent_inv, _) = connected(&mut r, |x| x);
+    r.request(
+        refer(
+            &agent_inv,
+            "desk",
+            5,
+            "sip:bob@127.0.0.1?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2",
+        ),
+        Leg::Agent,
+    );
+    let out = r.take();
+    assert_eq!(answers(&out), [501]);
+    assert!(sent(&out).is_empty());
+    let mut r = Rig::new();
+    let (agent_inv, _) = agent_answered(&mut r);
+    r.take();
+    r.request(refer(&agent_inv, "desk", 2, "sip:1002@x"), Leg::Agent);
+    assert_eq!(answers(&r.take()), [403]);
+}
+
+/// A warm transfer up to the consultation: the customer held, the target answered on the
+/// consultation ports. Returns (agent INVITE, customer INVITE, target INVITE).
+fn consulting(r: &mut Rig) -> (Request, Request, Request) {
+    let (agent_inv, cinv) = connected(r, |x| x);
+    command(
+        r,
+        Command::Transfer {
+            to: "user_bob".into(),
+            plan: vec![vec![target("bob", 5075)]],
+            warm: true,
+        },
+    )
+    .expect("calling");
+    let out = r.take();
+    // The customer is held first...
+    let (htx, hold) = sent(&out).remove(0);
+    assert_eq!(hold.call_id_str(), cinv.call_id_str());
+    assert!(String::from_utf8_lossy(&hold.body).contains("a=sendonly"));
+    // ...and the consultation ports asked for.
+    assert!(media_ops(&out).iter().any(|op| matches!(
+        op,
+        MediaOp::AttachMonitor {
+            mode: MonitorMode::Consult,
+            ..
+        }
+    )));
+    r.respond(htx, reply(&hold, 200, "carrier", Some(CARRIER_SDP)));
+    r.take();
+    r.feed(Input::MonitorAttached(1, Ok(addr(30_004))));
+    let out = r.take();
+    let (ttx, tinv) = sent(&out).remove(0);
+    assert!(String::from_utf8_lossy(&tinv.body).contains("m=audio 30004"));
+    r.respond(ttx, reply(&tinv, 200, "bob", Some(TARGET_SDP)));
+    let out = r.take();
+    assert_eq!(acks(&out), 1);
+    assert!(media_ops(&out)
+        .iter()
+        .any(|op| matches!(op, MediaOp::MonitorPeer(1, _))));
+    assert!(sent(&out).is_empty(), "the agent stays until complete");
+    (agent_inv, cinv, tinv)
+}
+
+#[test]
+fn a_warm_transfer_consults_then_completes_moving_the_target_to_the_agents_port() {
+    let mut r = Rig::new();
+    let (agent_inv, cinv, tinv) = consulting(&mut r);
+    command(&mut r, Command::CompleteTransfer).expect("completing");
+    let out = r.take();
+    let (mtx, moved) = sent(&out).remove(0);
+    assert_eq!(
+        moved.call_id_str(),
+        tinv.call_id_str(),
+        "re-INVITE of the target"
+    );
+    let body = String::from_utf8_lossy(&moved.body).to_string();
+    assert!(
+        body.contains("m=audio 30000") && body.contains("a=sendrecv"),
+        "{body}"
+    );
+    r.respond(mtx, reply(&moved, 200, "bob", Some(TARGET_SDP)));
+    let out = r.take();
+    assert_eq!(acks(&out), 1);
+    let reqs = sent(&out);
+    assert_eq!(sent_methods(&out), ["BYE", "INVITE"]);
+    assert_eq!(
+        reqs[0].1.call_id_str(),
+        agent_inv.call_id_str(),
+        "agent released"
+    );
+    assert_eq!(
+        reqs[1].1.call_id_str(),
+        cinv.call_id_str(),
+        "customer taken off hold"
+    );
+    assert!(String::from_utf8_lossy(&reqs[1].1.body).contains("a=sendrecv"));
+    assert!(media_ops(&out)
+        .iter()
+        .any(|op| matches!(op, MediaOp::DetachMonitor(1))));
+    assert!(events(&out).contains(&CallEventKind::Transferred {
+        leg: Leg::Agent,
+        to: "user_bob".into(),
+        by: "api"
+    }));
+    assert!(matches!(
+        command(&mut r, Command::CompleteTransfer),
+        Err(ControlError::NotInProgress(_))
+    ));
+}
+
+#[test]
+fn a_cancelled_warm_transfer_releases_the_target_and_resumes_the_customer() {
+    let mut r = Rig::new();
+    let (_, cinv, tinv) = consulting(&mut r);
+    command(&mut r, Command::CancelTransfer).expect("cancelled");
+    let out = r.take();
+    let reqs = sent(&out);
+    assert_eq!(sent_methods(&out), ["BYE", "INVITE"]);
+    assert_eq!(reqs[0].1.call_id_str(), tinv.call_id_str());
+    assert_eq!(reqs[1].1.call_id_str(), cinv.call_id_str());
+    assert!(String::from_utf8_lossy(&reqs[1].1.body).contains("a=sendrecv"));
+    assert!(ended(&out).is_empty());
+    assert!(matches!(
+        command(&mut r, Command::CancelTransfer),
+        Err(ControlError::NotInProgress(_))
+    ));
+}
+
+// Agent confirm
+// ---------------------------------------------------------------------------------------
+
+fn confirm_spec() -> CallSpec {
+    CallSpec {
+        confirm: Some(Duration::from_secs(10)),
+        ..spec()
+    }
+}
+
+/// The agent answers a call that wants confirming: the prompt, and no customer yet.
+fn confirming(r: &mut Rig) -> (Request, TxId) {
+    assert!(matches!(r.take().as_slice(), [Output::Lookup(Leg::Agent)]));
+    r.targets(Leg::Agent, vec![vec![target("desk", 5070)]]);
+    let (tx, inv) = sent(&r.take()).remove(0);
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    let out = r.take();
+    assert_eq!(acks(&out), 1);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Media(MediaOp::Confirm(Leg::Agent, sdp)) if sdp.as_ref() == AGENT_SDP.as_bytes()
+    )));
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Lookup(Leg::Customer))),
+        "the customer waits for the agent's 1"
+    );
+    (inv, tx)
+}
+
+#[test]
+fn confirm_a_1_dials_the_customer_and_other_digits_are_ignored() {
+    let mut r = Rig::with_spec(confirm_spec());
+    confirming(&mut r);
+    r.advance(Duration::from_secs(3));
+    for d in ['5', '#', '0'] {
+        r.feed(Input::Dtmf(Leg::Agent, d));
+    }
+    // A digit from the other side does not count either.
+    r.feed(Input::Dtmf(Leg::Customer, '1'));
+    let out = r.take();
+    assert!(!out.iter().any(|o| matches!(o, Output::Lookup(_))));
+    assert!(ended(&out).is_empty());
+    r.advance(Duration::from_secs(5));
+    assert!(ended(&r.take()).is_empty(), "still within the 10 s");
+    r.feed(Input::Dtmf(Leg::Agent, '1'));
+    let out = r.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::EndConfirm(Leg::Agent)))));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Lookup(Leg::Customer))));
+    // No confirm deadline any more: the customer rings for its own time.
+    r.targets(Leg::Customer, vec![vec![trunk("carrier", 5080)]]);
+    let (ctx, cinv) = sent(&r.take()).remove(0);
+    r.respond(ctx, reply(&cinv, 180, "carrier", None));
+    r.advance(Duration::from_secs(5));
+    assert!(
+        ended(&r.take()).is_empty(),
+        "past the confirm's 10 s, the call goes on"
+    );
+    r.respond(ctx, reply(&cinv, 200, "carrier", Some(CARRIER_SDP)));
+    let out = r.take();
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, CallEventKind::InProgress { .. })));
+}
+
+#[test]
+fn confirm_no_digit_in_time_ends_no_answer_agent_and_never_dials_the_customer() {
+    let mut r = Rig::with_spec(confirm_spec());
+    confirming(&mut r);
+    r.feed(Input::Dtmf(Leg::Agent, '9'));
+    r.take();
+    r.advance(Duration::from_millis(9_999));
+    assert!(ended(&r.take()).is_empty());
+    r.advance(Duration::from_millis(2));
+    let out = r.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::EndConfirm(Leg::Agent)))));
+    let byes = sent(&out);
+    assert_eq!(sent_methods(&out), ["BYE"], "the agent is hung up");
+    r.respond(byes[0].0, reply(&byes[0].1, 200, "desk", None));
+    let all = r.take();
+    let o = ended(&all);
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].status, CallStatus::NoAnswer);
+    assert_eq!(o[0].leg, Some(Leg::Agent));
+    assert!(
+        !all.iter()
+            .chain(out.iter())
+            .any(|o| matches!(o, Output::Lookup(Leg::Customer))),
+        "the customer is never dialled"
+    );
+    // A late 1 changes nothing.
+    r.feed(Input::Dtmf(Leg::Agent, '1'));
+    assert!(!r
+        .take()
+        .iter()
+        .any(|o| matches!(o, Output::Lookup(Leg::Customer))));
+}
+
+#[test]
+fn confirm_a_sip_info_dtmf_relay_1_counts() {
+    let mut r = Rig::with_spec(confirm_spec());
+    let (inv, _) = confirming(&mut r);
+    let mut info = in_dialog(&inv, "desk", "INFO", 2, None);
+    info.request
+        .headers
+        .add(HeaderName::ContentType, "application/dtmf-relay");
+    info.request.body = Bytes::from_static(b"Signal=1\r\nDuration=160\r\n");
+    r.request(info, Leg::Agent);
+    let out = r.take();
+    assert_eq!(answers(&out), [200]);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Lookup(Leg::Customer))));
+}
+
+#[test]
+fn confirm_the_agent_hanging_up_while_prompted_ends_canceled() {
+    let mut r = Rig::with_spec(confirm_spec());
+    let (inv, _) = confirming(&mut r);
+    r.request(in_dialog(&inv, "desk", "BYE", 2, None), Leg::Agent);
+    let out = r.take();
+    assert_eq!(answers(&out), [200]);
+    let o = ended(&out);
+    assert_eq!(o[0].status, CallStatus::Canceled);
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Lookup(Leg::Customer))));
+}
+
+#[test]
+fn dtmf_relay_bodies_are_read() {
+    use super::confirm::dtmf_relay_signal as s;
+    assert_eq!(s(b"Signal=1\r\nDuration=160\r\n"), Some('1'));
+    assert_eq!(s(b"signal= #\nDuration=100"), Some('#'));
+    assert_eq!(s(b"Signal=11\r\n"), Some('#'));
+    assert_eq!(s(b"Signal=d\r\n"), Some('D'));
+    assert_eq!(s(b"Duration=160\r\n"), None);
+    assert_eq!(s(b"Signal=12\r\n"), None);
+    assert_eq!(s(&[0xff, 0xfe]), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Recording
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_recorded_call_starts_recording_when_connected_and_a_stopped_recording_is_noted() {
+    let mut r = Rig::with_spec(CallSpec {
+        record: true,
+        ..spec()
+    });
+    let (agent_inv, _) = agent_answered(&mut r);
+    let _ = agent_inv;
+    r.targets(Leg::Customer, vec![vec![trunk("carrier", 5080)]]);
+    let (ctx, cinv) = sent(&r.take()).remove(0);
+    r.respond(ctx, reply(&cinv, 180, "carrier", None));
+    assert!(
+        !r.take()
+            .iter()
+            .any(|o| matches!(o, Output::Media(MediaOp::Record))),
+        "nothing is recorded before the customer answers"
+    );
+    r.respond(ctx, reply(&cinv, 200, "carrier", Some(CARRIER_SDP)));
+    let out = r.take();
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Output::Media(MediaOp::Record)))
+            .count(),
+        1
+    );
+    r.feed(Input::RecordingStopped("disk full".into()));
+    let out = r.take();
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        CallEventKind::Note { text, .. } if text.contains("recording stopped, the call goes on: disk full")
+    )));
+    assert!(ended(&out).is_empty(), "the call goes on");
+    assert!(sent(&out).is_empty());
+}
+
+#[test]
+fn a_call_that_is_not_recorded_never_asks_for_it() {
+    let mut r = Rig::new();
+    agent_answered(&mut r);
+    r.targets(Leg::Customer, vec![vec![trunk("carrier", 5080)]]);
+    let (ctx, cinv) = sent(&r.take()).remove(0);
+    r.respond(ctx, reply(&cinv, 200, "carrier", Some(CARRIER_SDP)));
+    let out = r.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::Start))));
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::Record))));
 }
