@@ -105,6 +105,14 @@ impl CpuTime {
         self.user + self.system
     }
 
+    /// The sum of two processes' CPU time.
+    pub fn plus(self, other: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+
     /// The CPU time spent between `earlier` and `self`.
     pub fn since(&self, earlier: CpuTime) -> CpuTime {
         CpuTime {

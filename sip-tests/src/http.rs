@@ -35,7 +35,11 @@ type RawMessage = (String, Vec<(String, String)>, Vec<u8>);
 
 fn read_message(reader: &mut BufReader<TcpStream>) -> std::io::Result<RawMessage> {
     let mut start = String::new();
-    reader.read_line(&mut start)?;
+    // A connection closed before its first line (a client killed while connecting) carried
+    // no message.
+    if reader.read_line(&mut start)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
@@ -144,6 +148,8 @@ pub struct Delivery {
     pub body: String,
     /// What the receiver answered.
     pub answered: u16,
+    /// When the receiver had read it.
+    pub at: Instant,
 }
 
 impl Delivery {
@@ -192,6 +198,7 @@ impl CallbackReceiver {
                             headers,
                             body: String::from_utf8_lossy(&body).into_owned(),
                             answered: status,
+                            at: Instant::now(),
                         });
                         status
                     };

@@ -10,6 +10,7 @@ pub mod baresip;
 pub mod bench;
 pub mod c2c;
 pub mod dns;
+pub mod edge;
 pub mod http;
 pub mod pg;
 pub mod tls;

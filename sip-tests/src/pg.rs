@@ -218,6 +218,18 @@ impl PgServer {
         );
     }
 
+    /// The server's main process (from its `postmaster.pid`): its process tree is the whole
+    /// server, for a benchmark's CPU count.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(Path::new(&self.data).join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// A fresh, empty database; its URL.
     pub fn fresh_database(&self) -> String {
         static N: AtomicUsize = AtomicUsize::new(0);

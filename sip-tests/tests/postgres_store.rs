@@ -9,13 +9,24 @@ use std::time::Duration;
 /// PostgreSQL store; a second server on the same database sees the call and the binding.
 #[test]
 fn a_call_on_postgres_is_logged_with_its_callbacks_and_seen_after_a_restart() {
-    let url = PgServer::get().fresh_database();
+    // A password in the URL (the test server trusts loopback and ignores it) must never
+    // reach the log.
+    let url = PgServer::get().fresh_database().replacen(
+        "dialbridge@",
+        "dialbridge:pw-never-logged-4711@",
+        1,
+    );
+    assert!(url.contains("pw-never-logged-4711"), "{url}");
     let store = format!("[store]\nurl = \"{url}\"\n");
     let f = fixture_with(0, &store);
     assert!(
         f.server.log_text().contains("store opened (PostgreSQL)"),
         "{}",
         f.server.log_text()
+    );
+    assert!(
+        !f.server.log_text().contains("pw-never-logged-4711"),
+        "the store password reached the log"
     );
     let desk = f.phone("alice-desk", "s3cret-desk", "agent_answer.xml", &[]);
     let carrier = f.carrier("carrier_busy.xml", &[]);

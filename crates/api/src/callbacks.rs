@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!   call hook ──enqueue──▶ store outbox (pending, seq 1, 2, 3 … per call)
-//!                                  │ due_callbacks(now): per call only the lowest pending seq
+//!                                  │ claim_callbacks(node, now, lease): per call only the
+//!                                  │ lowest pending seq, not held by another node's claim
 //!                                  ▼
 //!                        dispatcher ──POST (signed)──▶ receiver
 //!                          │  2xx            → mark_delivered
@@ -12,9 +13,13 @@
 //!                          └─ every attempt  → timeline entry `callback`
 //! ```
 //!
-//! The outbox lives in the store, so callbacks pending at a crash go out after the restart;
-//! a receiver may see one twice (delivered, then the process died before `mark_delivered`)
-//! and de-duplicates by `event_id`. Hooks only write to the store and wake the dispatcher:
+//! The outbox lives in the store, so callbacks pending at a crash go out after the restart.
+//! Nodes sharing one database claim callbacks before sending them (a lease of
+//! [`CallbackPolicy::claim_lease`]): one node sends a given callback at a time, a call's next
+//! callback is not claimed while an earlier one is pending, and the claim of a node that
+//! died lapses and is taken over. A receiver may still see one twice when a node dies
+//! between the receiver's 2xx and `mark_delivered` (or its store writes fail for longer
+//! than the lease), and de-duplicates by `event_id`. Hooks only write to the store and wake the dispatcher:
 //! a slow receiver never holds up a call.
 //!
 //! Signature: `Dialbridge-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t + "." +
@@ -52,6 +57,10 @@ pub struct CallbackPolicy {
     pub poll_interval: Duration,
     /// Deliveries in flight at once (to different calls).
     pub concurrency: usize,
+    /// How long a node holds a callback it claimed for delivery: an attempt (at most
+    /// `timeout`) and the write of its result fit in it many times over. The claim of a node
+    /// that died is taken over by another node after it.
+    pub claim_lease: Duration,
 }
 
 impl Default for CallbackPolicy {
@@ -63,6 +72,7 @@ impl Default for CallbackPolicy {
             max_attempts: 12,
             poll_interval: Duration::from_millis(500),
             concurrency: 32,
+            claim_lease: Duration::from_secs(15),
         }
     }
 }
@@ -204,30 +214,32 @@ pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
                 tracing::warn!(error = %e, "idempotency purge failed");
             }
         }
-        let limit = policy.concurrency.max(1) as u32 * 2;
-        match shared.store.due_callbacks(now, limit).await {
+        // Claim only what can start now: a claimed callback waiting for a slot would hold
+        // its lease for nothing.
+        let limit = slots.available_permits() as u32;
+        let claimed = if limit == 0 {
+            Ok(Vec::new())
+        } else {
+            shared
+                .store
+                .claim_callbacks(
+                    &shared.cfg.server_id,
+                    now,
+                    now + policy.claim_lease.as_millis() as i64,
+                    limit,
+                )
+                .await
+        };
+        match claimed {
             Ok(due) => {
                 for entry in due {
                     {
+                        // A delivery of ours still running whose claim lapsed (the store
+                        // refused its result for that long) is not started twice here.
                         let mut set = inflight.lock().unwrap_or_else(|p| p.into_inner());
                         if !set.insert(entry.event_id.clone()) {
                             continue;
                         }
-                    }
-                    // `due` may be older than a delivery of this entry that ended since
-                    // (a delivery writes the store, then leaves `inflight`): only the store
-                    // knows whether it is still to be sent.
-                    if !shared
-                        .store
-                        .callback_due(&entry.event_id, now_ms())
-                        .await
-                        .unwrap_or(false)
-                    {
-                        inflight
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&entry.event_id);
-                        continue;
                     }
                     let Ok(permit) = slots.clone().acquire_owned().await else {
                         return;

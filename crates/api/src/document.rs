@@ -51,6 +51,8 @@ pub const ERRORS: &[(&str, &str, u16, &[&str])] = &[
         409,
         &["call_ended", "call_not_active"],
     ),
+    // The node running the call is down or silent (the hang-up is forwarded to it).
+    ("post", "/v1/calls/{call_id}/hangup", 503, &["unavailable"]),
     (
         "post",
         "/v1/calls/{call_id}/transfer",

@@ -63,6 +63,7 @@ pub mod cors;
 pub mod document;
 pub mod error;
 pub mod events;
+pub mod forward;
 pub mod hooks;
 pub mod http;
 pub mod journal;
@@ -76,7 +77,7 @@ pub mod time;
 pub mod views;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
@@ -164,8 +165,8 @@ impl Api {
                 dispatch: tokio::sync::Notify::new(),
                 journal: Arc::default(),
                 store_health: Default::default(),
-                idempotency_inflight: Mutex::new(Default::default()),
                 client_sessions: Default::default(),
+                forward: forward::client(),
                 reads: Default::default(),
             }),
         }
@@ -261,6 +262,15 @@ impl Api {
             )
             .route("/v1/calls/{call_id}/recording", get(calls::get_recording))
             .route("/v1/events", get(calls::events))
+            // Between nodes, outside the published document (see `forward`).
+            .route(
+                "/internal/v1/calls/{call_id}/hangup",
+                post(forward::internal_hangup),
+            )
+            .route(
+                "/internal/v1/calls/{call_id}/live",
+                get(forward::internal_live),
+            )
             .route("/v1/lookup/{number}", get(lookup::lookup))
             .route(
                 "/v1/account",

@@ -280,17 +280,31 @@ pub(crate) async fn place_call(
         leg: None,
         detail: req.request_detail,
     };
-    // The record and its first timeline entry in one transaction (one trip to the store).
-    let inserted = shared
+    // The record and its first timeline entry in one transaction (one trip to the store),
+    // under the account's concurrency limit, which holds across nodes: the store counts the
+    // account's live calls of every node in the same step.
+    let max_live = account.limits.max_concurrent;
+    let inserted = match shared
         .store
-        .write_call_batch(&[
-            CallWrite::NewCall(rec.clone()),
-            CallWrite::Timeline {
-                call_id: call_id.clone(),
-                entry: request_entry,
-            },
-        ])
-        .await;
+        .admit_call(
+            &[
+                CallWrite::NewCall(rec.clone()),
+                CallWrite::Timeline {
+                    call_id: call_id.clone(),
+                    entry: request_entry,
+                },
+            ],
+            max_live,
+        )
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            shared.limiter.release(&account.id);
+            return Err(limit_error(LimitError::Concurrency { max: max_live }));
+        }
+        Err(e) => Err(e),
+    };
     if let Err(e) = inserted {
         shared.limiter.release(&account.id);
         return Err(e.into());

@@ -1,8 +1,7 @@
 //! The configuration of the API and the state its handlers, hooks and dispatcher share.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use b2bua::calls::CallControl;
 use store::Store;
@@ -36,6 +35,9 @@ pub struct ApiConfig {
     /// This node (`[node] id`): the owner recorded with each call it places, and `server_id`
     /// in Click-2-Call answers.
     pub server_id: String,
+    /// `[node] secret`, shared by the nodes: signs the requests one node forwards to another
+    /// (see [`crate::forward`]). Without it nothing is forwarded.
+    pub node_secret: Option<store::Secret>,
     /// Callback delivery policy.
     pub callbacks: CallbackPolicy,
     /// Caps on connections open at once, overall and per source.
@@ -54,6 +56,7 @@ impl Default for ApiConfig {
             max_ring_secs: 300,
             confirm_secs: 10,
             server_id: "dialbridge-1".to_owned(),
+            node_secret: None,
             callbacks: CallbackPolicy::default(),
             connections: sip_core::limits::ConnectionLimitsConfig::default(),
             timeouts: crate::conn::HttpTimeouts::default(),
@@ -77,8 +80,8 @@ pub struct Shared {
     pub(crate) store_health: crate::journal::StoreHealth,
     /// The client sessions of the browser side (see [`crate::client`]).
     pub(crate) client_sessions: crate::client::ClientSessions,
-    /// (account, Idempotency-Key) pairs whose first request is being processed.
-    pub(crate) idempotency_inflight: Mutex<HashSet<(String, String)>>,
+    /// The HTTP client of requests forwarded to other nodes.
+    pub(crate) forward: reqwest::Client,
     /// Provisioning reads kept in memory for the request path (see [`Reads`]).
     pub(crate) reads: Reads,
 }

@@ -33,7 +33,9 @@ use sip_core::auth::{
     parse_authorization, Algorithm, Authorization, DigestServer, DigestServerConfig, Verdict,
 };
 use sip_core::endpoint::new_tag;
-use sip_core::message::{ContactValue, HeaderAccess, HeaderName, NameAddr, Request, Response, Uri};
+use sip_core::message::{
+    ContactValue, HeaderAccess, HeaderName, NameAddr, Request, Response, Uri, PATH,
+};
 use sip_core::transport::{ConnId, Flow};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -641,6 +643,13 @@ impl Registrar {
             resp.headers.add(HeaderName::Contact, v);
         }
         resp.headers.add(HeaderName::Date, httpdate(now));
+        // RFC 3327 §5.3: the Path as received goes back in the 200 when the phone said it
+        // supports path (Supported or Require); it is kept with the bindings either way.
+        if has_option_tag(req, "path") {
+            for p in req.headers.get_all(&PATH) {
+                resp.headers.add(PATH, p.to_bytes());
+            }
+        }
         self.stats
             .registrations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -712,6 +721,12 @@ impl Registrar {
                 Ok(())
             }
             Some(ContactValue::Addrs(addrs)) => {
+                // RFC 3327: the Path of an edge proxy that relayed the REGISTER is kept with
+                // each binding; requests to the binding go through it.
+                let path: Vec<String> = match req.paths() {
+                    Ok(p) => p.iter().map(|n| n.to_string()).collect(),
+                    Err(_) => return Err(Self::reply(req, 400).with_reason("Bad Path")),
+                };
                 // Check everything first: the request is applied whole or not at all.
                 let mut plan = Vec::new();
                 for a in &addrs {
@@ -767,6 +782,7 @@ impl Registrar {
                         reg_id: a.params.get_str("reg-id").and_then(|r| r.parse().ok()),
                         user_agent: req.header_str(&HeaderName::UserAgent),
                         updated_at: now as i64,
+                        path: path.clone(),
                     };
                     // A refresh of a binding as it stands (only its expiry, CSeq, Call-ID or
                     // time changed) is written with others within half a second; a new or
@@ -799,6 +815,19 @@ impl Registrar {
     }
 }
 
+/// Whether `tag` is in the request's Supported or Require option tags.
+fn has_option_tag(req: &Request, tag: &str) -> bool {
+    [HeaderName::Supported, HeaderName::Require]
+        .iter()
+        .flat_map(|n| req.headers.get_all(n))
+        .any(|v| {
+            sip_core::message::typed::parse_token_list(&v)
+                .unwrap_or_default()
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(tag.as_bytes()))
+        })
+}
+
 /// The nonce key of `registrar.nonce_secret`: SHA-256 of a label and the secret.
 fn nonce_key(secret: &store::Secret) -> [u8; 32] {
     use sha2::{Digest, Sha256};
@@ -819,11 +848,33 @@ fn contact_key(a: &NameAddr) -> String {
 ///   phone is not behind NAT; it may listen on another port than it sent from), else the
 ///   source address: a private or rewritten Contact is behind NAT, and the NAT binding the
 ///   REGISTER opened is the way back.
+///
+/// A binding registered through an edge proxy (RFC 3327 `Path`) is reached through the
+/// first Path entry instead (its host must be an IP address; the transport is its
+/// `transport` parameter, UDP by default); the caller puts the Path into Route headers.
 pub fn binding_target(
     b: &Binding,
     conn: Option<ConnId>,
 ) -> Option<(Uri, sip_core::endpoint::Destination)> {
     let uri = Uri::parse(&b.contact).ok()?;
+    if let Some(first) = b.path.first() {
+        let text = bytes::Bytes::from(first.clone());
+        let hop = NameAddr::parse_single(&text, &text).ok()?;
+        let sip = hop.uri.as_sip()?;
+        let ip = sip.host.ip()?;
+        let transport = match sip.params.get_str("transport") {
+            Some(t) => sip_core::transport::Transport::parse(&t)?,
+            None => sip_core::transport::Transport::Udp,
+        };
+        return Some((
+            uri,
+            sip_core::endpoint::Destination {
+                transport,
+                addr: SocketAddr::new(ip, sip.port.unwrap_or(5060)),
+                conn: None,
+            },
+        ));
+    }
     let source: SocketAddr = b.source.parse().ok()?;
     let transport = sip_core::transport::Transport::parse(&b.transport)?;
     let contact_addr = uri.as_sip().and_then(|s| {
@@ -919,6 +970,108 @@ mod tests {
             Ok(SipMessage::Request(r)) => r,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A REGISTER with `extra` header lines, answered to its challenge.
+    async fn authed_with(reg: &Registrar, cseq: u32, contact: &str, extra: &str) -> Decision {
+        let build = |cseq: u32, auth: Option<String>| {
+            let r = register(cseq, contact, Some(600), auth);
+            let text = String::from_utf8_lossy(&r.encode()).replacen(
+                "Content-Length: 0\r\n",
+                &format!("{extra}Content-Length: 0\r\n"),
+                1,
+            );
+            match parse_message(Bytes::from(text)) {
+                Ok(SipMessage::Request(r)) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        let now = 1_700_000_000;
+        let first = reg.handle(&build(cseq, None), &flow(), now).await;
+        assert_eq!(first.response.status, 401);
+        let challenges: Vec<String> = first
+            .response
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|v| v.to_str().into_owned())
+            .collect();
+        let refs: Vec<&str> = challenges.iter().map(String::as_str).collect();
+        let value = DigestClient::new("alice-desk", "s3cret-desk")
+            .answer(&refs, "REGISTER", &format!("sip:{REALM}"), b"")
+            .unwrap();
+        reg.handle(&build(cseq + 1, Some(value)), &flow(), now)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_path_is_kept_echoed_to_a_phone_that_supports_it_and_routes_requests() {
+        let reg = registrar();
+        let path = "<sip:127.0.0.2:5070;lr;received=sip:10.0.0.5:5060>";
+        let d = authed_with(
+            &reg,
+            1,
+            "<sip:alice@10.0.0.5:5060>",
+            &format!("Supported: path, outbound\r\nPath: {path}\r\nPath: <sip:127.0.0.3;lr;transport=tcp>\r\n"),
+        )
+        .await;
+        assert_eq!(d.response.status, 200);
+        let echoed: Vec<String> = d
+            .response
+            .headers
+            .get_all(&PATH)
+            .map(|v| v.to_str().into_owned())
+            .collect();
+        assert_eq!(echoed, [path, "<sip:127.0.0.3;lr;transport=tcp>"]);
+        let b = reg
+            .store
+            .bindings_for_device("alice-desk", 1_700_000_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            b[0].path,
+            [
+                path.to_owned(),
+                "<sip:127.0.0.3;lr;transport=tcp>".to_owned()
+            ]
+        );
+        // Requests to the binding go to the first Path hop, not to the REGISTER's source.
+        let (uri, dest) = binding_target(&b[0], None).unwrap();
+        assert_eq!(uri.to_string(), "sip:alice@10.0.0.5:5060");
+        assert_eq!(dest.addr, "127.0.0.2:5070".parse().unwrap());
+        assert_eq!(dest.transport, Transport::Udp);
+
+        // A phone that did not say it supports path: kept, not echoed.
+        let reg = registrar();
+        let d = authed_with(
+            &reg,
+            1,
+            "<sip:alice@10.0.0.5:5060>",
+            &format!("Path: {path}\r\n"),
+        )
+        .await;
+        assert_eq!(d.response.status, 200);
+        assert_eq!(d.response.headers.get_all(&PATH).count(), 0);
+        let b = reg
+            .store
+            .bindings_for_device("alice-desk", 1_700_000_000)
+            .await
+            .unwrap();
+        assert_eq!(b[0].path, [path.to_owned()]);
+
+        // A direct registration has none, and is reached as before.
+        let reg = registrar();
+        let d = authed_with(&reg, 1, "<sip:alice@192.0.2.10:5060>", "").await;
+        assert_eq!(d.response.status, 200);
+        let b = reg
+            .store
+            .bindings_for_device("alice-desk", 1_700_000_000)
+            .await
+            .unwrap();
+        assert!(b[0].path.is_empty());
+        assert_eq!(
+            binding_target(&b[0], None).unwrap().1.addr,
+            "192.0.2.10:5060".parse().unwrap()
+        );
     }
 
     async fn authed(
@@ -1370,6 +1523,7 @@ mod tests {
             reg_id: None,
             user_agent: None,
             updated_at: 0,
+            path: Vec::new(),
         };
         let (_, d) = binding_target(&b, None).unwrap();
         assert_eq!(d.addr, "203.0.113.9:40001".parse().unwrap());

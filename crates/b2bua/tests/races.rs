@@ -469,6 +469,7 @@ impl Harness {
                 reg_id: None,
                 user_agent: None,
                 updated_at: unix_now(),
+                path: Vec::new(),
             })
             .unwrap();
         }

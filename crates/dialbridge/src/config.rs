@@ -230,6 +230,9 @@ pub struct NodeConfig {
     /// How long a node's lease holds without a heartbeat; a node silent that long is taken
     /// to be dead and another node ends its calls. Renewed every third of it.
     pub lease_secs: u64,
+    /// Shared by the nodes: signs the requests one node forwards to another (a hang-up of a
+    /// call another node runs). Without it nothing is forwarded.
+    pub secret: Option<store::Secret>,
 }
 
 impl Default for NodeConfig {
@@ -238,6 +241,7 @@ impl Default for NodeConfig {
             id: None,
             api_url: None,
             lease_secs: 15,
+            secret: None,
         }
     }
 }
@@ -558,6 +562,14 @@ impl Config {
         }
         if !(3..=600).contains(&self.node.lease_secs) {
             errors.push(err("node.lease_secs", "must be between 3 and 600"));
+        }
+        if self
+            .node
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.expose().chars().count() < 16)
+        {
+            errors.push(err("node.secret", "must be at least 16 characters"));
         }
         let node = NodeSettings {
             id: node_id,
@@ -1084,6 +1096,14 @@ webhook_secret = "whsec_test_1"
             .unwrap_err();
         assert_eq!(errors[0].key, "registrar.nonce_secret");
         assert!(!errors[0].to_string().contains("short\""));
+        let errors = Config::parse("[node]\nsecret = \"short\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(errors[0].key, "node.secret");
+        let c = Config::parse("[node]\nsecret = \"node-secret-0123456789\"\n").unwrap();
+        assert!(c.validate().is_ok());
+        assert!(!format!("{c:?}").contains("node-secret-0"));
     }
 
     #[test]

@@ -19,6 +19,38 @@ use store::{NodeLease, Store, StoreError, TypeId};
 
 use crate::config::NodeSettings;
 
+/// When this node may take other nodes over: only after its own lease has been renewed
+/// without a failure for a whole lease period. A node that could not reach the database
+/// cannot tell a dead node from one that could not reach it either; once the database is
+/// back, every live node renews within a third of a lease, so waiting one lease spares them.
+#[derive(Debug)]
+struct ClaimGate {
+    lease: Duration,
+    healthy_since: Option<tokio::time::Instant>,
+}
+
+impl ClaimGate {
+    fn new(lease: Duration, now: tokio::time::Instant) -> ClaimGate {
+        ClaimGate {
+            lease,
+            healthy_since: Some(now),
+        }
+    }
+
+    fn renewed(&mut self, now: tokio::time::Instant) {
+        self.healthy_since.get_or_insert(now);
+    }
+
+    fn failed(&mut self) {
+        self.healthy_since = None;
+    }
+
+    fn may_claim(&self, now: tokio::time::Instant) -> bool {
+        self.healthy_since
+            .is_some_and(|since| now.duration_since(since) >= self.lease)
+    }
+}
+
 /// The lease of this run of the node.
 pub struct Lease {
     store: Arc<dyn Store>,
@@ -84,12 +116,14 @@ impl Lease {
         // Lost nodes claimed here whose calls are not ended yet (the store refused): tried
         // again at every heartbeat, since no other node will claim them.
         let mut pending: Vec<String> = Vec::new();
+        let mut gate = ClaimGate::new(self.node.lease, tokio::time::Instant::now());
         loop {
             tick.tick().await;
             let now = now_ms();
             match self.store.renew_node_lease(&self.at(now)).await {
-                Ok(true) => {}
+                Ok(true) => gate.renewed(tokio::time::Instant::now()),
                 Ok(false) => {
+                    gate.renewed(tokio::time::Instant::now());
                     tracing::error!(node = %self.node.id, "this node's lease was taken over (it was silent longer than node.lease_secs): its live calls may have been ended by another node");
                     // Take it back, so that this node is not taken over again and again.
                     if let Err(e) = self
@@ -100,11 +134,18 @@ impl Lease {
                         tracing::error!(error = %e, "node lease not taken back");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "node lease not renewed"),
+                Err(e) => {
+                    gate.failed();
+                    tracing::warn!(error = %e, "node lease not renewed");
+                }
             }
-            match self.store.claim_lapsed_nodes(&self.node.id, now).await {
-                Ok(lost) => pending.extend(lost.into_iter().map(|n| n.node_id)),
-                Err(e) => tracing::warn!(error = %e, "other nodes' leases not read"),
+            // After the database was out of reach, every node's lease may have lapsed
+            // meanwhile: no node takes another over before all had a full lease to renew.
+            if gate.may_claim(tokio::time::Instant::now()) {
+                match self.store.claim_lapsed_nodes(&self.node.id, now).await {
+                    Ok(lost) => pending.extend(lost.into_iter().map(|n| n.node_id)),
+                    Err(e) => tracing::warn!(error = %e, "other nodes' leases not read"),
+                }
             }
             let mut failed = Vec::new();
             for node in pending.drain(..) {
@@ -131,5 +172,30 @@ impl Lease {
         {
             tracing::warn!(error = %e, "node lease not released");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_nodes_are_taken_over_only_after_a_whole_lease_of_renewals() {
+        let t0 = tokio::time::Instant::now();
+        let lease = Duration::from_secs(15);
+        let mut g = ClaimGate::new(lease, t0);
+        assert!(!g.may_claim(t0 + Duration::from_secs(5)), "just started");
+        g.renewed(t0 + Duration::from_secs(5));
+        assert!(g.may_claim(t0 + Duration::from_secs(15)));
+        // The database was out of reach: every lease may have lapsed meanwhile.
+        g.failed();
+        assert!(!g.may_claim(t0 + Duration::from_secs(20)));
+        g.renewed(t0 + Duration::from_secs(40));
+        assert!(
+            !g.may_claim(t0 + Duration::from_secs(50)),
+            "others renew first"
+        );
+        g.renewed(t0 + Duration::from_secs(50));
+        assert!(g.may_claim(t0 + Duration::from_secs(55)));
     }
 }

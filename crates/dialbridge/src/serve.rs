@@ -94,7 +94,7 @@ pub async fn serve_until(
     let report = store
         .apply_provisioning(&cfg.provisioning(), &cfg.sip.domain)
         .await?;
-    tracing::info!(url = %cfg.store.url, ?report, "store ready");
+    tracing::info!(url = %store::redact_url(&cfg.store.url), ?report, "store ready");
     let development = if cfg.embedded_defaults {
         crate::development::DevelopmentAccount::create_if_empty(&*store, &cfg.sip.domain).await?
     } else {
@@ -171,7 +171,7 @@ pub async fn serve_until(
     for a in endpoint.local_addrs() {
         say!("dialbridge: SIP listening on {a}");
     }
-    say!("dialbridge: store {}", cfg.store.url);
+    say!("dialbridge: store {}", store::redact_url(&cfg.store.url));
     let relay = Arc::new(media::Relay::start(media::RelayConfig {
         bind: valid.media_bind,
         advertise: valid.media_advertise.unwrap_or(valid.media_bind),
@@ -390,6 +390,7 @@ pub async fn serve_until(
     let api_cfg = api::ApiConfig {
         listen: valid.api_listen,
         server_id: valid.node.id.clone(),
+        node_secret: cfg.node.secret.clone(),
         realm: cfg.sip.domain.clone(),
         agent_ring_secs: u32::try_from(cfg.calls.agent_ring_secs).unwrap_or(u32::MAX),
         customer_ring_secs: u32::try_from(cfg.calls.customer_ring_secs).unwrap_or(u32::MAX),

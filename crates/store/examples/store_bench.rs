@@ -100,6 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             reg_id: None,
             user_agent: Some("bench".into()),
             updated_at: now,
+            path: Vec::new(),
         };
         store.upsert_binding(&b).ok();
     });

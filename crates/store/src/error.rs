@@ -55,7 +55,7 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL reported an error, or the connection to it failed.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No PostgreSQL connection could be had from the pool.
     #[error("postgres pool: {0}")]
@@ -127,4 +127,13 @@ fn postgres_unavailable(e: &tokio_postgres::Error) -> bool {
     // 08: connection exception; 53: insufficient resources; 57: operator intervention
     // (shutdown); 40: transaction rollback (serialization failure, deadlock).
     matches!(class, "08" | "53" | "57" | "40")
+}
+
+/// A PostgreSQL error with the server's own message (tokio-postgres says only `db error`
+/// and keeps the message in its source).
+fn postgres_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }

@@ -80,7 +80,7 @@ pub use provision::{
     Provisioning, TrunkSpec, UserSpec,
 };
 pub use secret::Secret;
-pub use sqlite::SqliteStore;
+pub use sqlite::{redact_url, SqliteStore};
 pub use threads::StoreThreads;
 pub use typeid::{TypeId, TypeIdError};
 
@@ -307,6 +307,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // ----- calls and timelines ------------------------------------------------------------
 
     async fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
+    /// Writes `writes` (a new call, [`CallWrite::NewCall`], with what goes with it) in one
+    /// transaction unless the new call's account already has `max_live` unfinished calls (of
+    /// every node sharing the database); `Ok(false)` then, and nothing is written. Counting
+    /// and writing are one step cluster-wide (a lock per account on PostgreSQL).
+    /// [`StoreError::Invalid`] when `writes` holds no new call.
+    async fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError>;
     /// Replaces every mutable field of the call `call.id` (not `account_id`, `created_at_ms`).
     async fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
     async fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
@@ -358,6 +364,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn callbacks_for_call(&self, call_id: &str) -> Result<Vec<OutboxEntry>, StoreError>;
     /// The next free `seq` for a call's callbacks (1 for the first).
     async fn next_callback_seq(&self, call_id: &str) -> Result<i64, StoreError>;
+    /// Claims up to `limit` due callbacks for node `by` until `claim_until` (a lease on the
+    /// delivery): of each call only its lowest pending sequence, and never one that an
+    /// unexpired claim holds. Claiming is one statement for the whole cluster (`FOR UPDATE
+    /// SKIP LOCKED` on PostgreSQL), so a callback is held by one node at a time. A claim ends
+    /// with [`mark_delivered`](Self::mark_delivered), [`reschedule`](Self::reschedule) or
+    /// [`abandon_callback`](Self::abandon_callback); one whose holder died lapses at
+    /// `claim_until` and is claimed again by any node.
+    async fn claim_callbacks(
+        &self,
+        by: &str,
+        now: UnixMs,
+        claim_until: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
 
     // ----- the call event write path ------------------------------------------------------
 
@@ -403,6 +423,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         -> Result<Vec<NodeLease>, StoreError>;
     /// Gives up this instance's lease (a clean stop).
     async fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError>;
+    /// The lease of a node as it stands (live or lapsed), `None` when it has none: where
+    /// another node reaches it (`api_url`) and whether it is alive.
+    async fn node_lease(&self, node_id: &str) -> Result<Option<NodeLease>, StoreError>;
     /// A small write that tells whether the store accepts writes now (health checks).
     async fn probe_write(&self, now: UnixMs) -> Result<(), StoreError>;
 
@@ -418,6 +441,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
     /// Deletes records created before `before_ms`; returns how many.
     async fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError>;
+    /// Replaces the response of an existing record (a reservation made with
+    /// [`put_idempotency`](Self::put_idempotency) and status 0 gets its answer).
+    /// `NotFound` when there is none.
+    async fn complete_idempotency(&self, record: &IdempotencyRecord) -> Result<(), StoreError>;
+    /// Deletes a reservation (status 0) of (`account_id`, `key`); `Ok(false)` when there was
+    /// none. Completed records stay.
+    async fn release_idempotency(&self, account_id: &str, key: &str) -> Result<bool, StoreError>;
 }
 
 /// The synchronous interface of a backend that runs on threads of its own ([`SqliteStore`]).
@@ -536,6 +566,7 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     // ----- calls and timelines ------------------------------------------------------------
 
     fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
+    fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError>;
     fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
     fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
     fn call_by_request_id(
@@ -571,6 +602,13 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StoreError>;
     fn callbacks_for_call(&self, call_id: &str) -> Result<Vec<OutboxEntry>, StoreError>;
     fn next_callback_seq(&self, call_id: &str) -> Result<i64, StoreError>;
+    fn claim_callbacks(
+        &self,
+        by: &str,
+        now: UnixMs,
+        claim_until: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
 
     // ----- the call event write path ------------------------------------------------------
 
@@ -590,6 +628,7 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     fn renew_node_lease(&self, lease: &NodeLease) -> Result<bool, StoreError>;
     fn claim_lapsed_nodes(&self, by: &str, now: UnixMs) -> Result<Vec<NodeLease>, StoreError>;
     fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError>;
+    fn node_lease(&self, node_id: &str) -> Result<Option<NodeLease>, StoreError>;
     fn probe_write(&self, now: UnixMs) -> Result<(), StoreError>;
 
     // ----- idempotency keys ---------------------------------------------------------------
@@ -601,4 +640,6 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
     fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError>;
+    fn complete_idempotency(&self, record: &IdempotencyRecord) -> Result<(), StoreError>;
+    fn release_idempotency(&self, account_id: &str, key: &str) -> Result<bool, StoreError>;
 }

@@ -457,6 +457,10 @@ pub struct Binding {
     pub reg_id: Option<u32>,
     pub user_agent: Option<String>,
     pub updated_at: UnixSecs,
+    /// RFC 3327 `Path` of the REGISTER (the edge proxies it came through, nearest to this
+    /// server first), each value as received: requests to the binding are routed through
+    /// them. Empty when it came straight.
+    pub path: Vec<String>,
 }
 
 /// Where a call is in its life.

@@ -236,10 +236,21 @@ ALTER TABLE trunks ADD CONSTRAINT trunks_transport_check
 ALTER TABLE trunks ADD COLUMN srtp TEXT NOT NULL DEFAULT 'none'
     CHECK (srtp IN ('none', 'sdes'));
 "#,
+    // 7: callbacks claimed for delivery by one node at a time (SQLite's version 9).
+    r#"
+ALTER TABLE callback_outbox ADD COLUMN claimed_by TEXT;
+ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms BIGINT;
+"#,
+    // 8: the RFC 3327 Path of a binding (SQLite's version 10).
+    r#"
+ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 /// The advisory lock held while migrating (any constant shared by all nodes).
 const MIGRATION_LOCK: i64 = 0x6469_616c_6272;
+/// The advisory lock held while applying the provisioning tables.
+const PROVISION_LOCK: i64 = 0x6469_616c_6273;
 
 const PEPPER_KEY: &str = "api_secret_pepper";
 const PEPPER_LEN: usize = 32;
@@ -665,7 +676,7 @@ impl RoutingCols {
 
 const BINDING_COLS: &str = "b.device_username, d.user_id, b.contact, b.source, b.transport, \
      b.local, b.expires_at, b.q, b.call_id, b.cseq, b.instance, b.reg_id, b.user_agent, \
-     b.updated_at";
+     b.updated_at, b.path";
 
 fn binding_from_row(row: &Row) -> Result<Binding, StoreError> {
     Ok(Binding {
@@ -683,6 +694,7 @@ fn binding_from_row(row: &Row) -> Result<Binding, StoreError> {
         reg_id: opt_u32_col(row, 11, "bindings.reg_id")?,
         user_agent: row.try_get(12)?,
         updated_at: row.try_get(13)?,
+        path: crate::sqlite::path_from_json(row.try_get(14)?),
     })
 }
 
@@ -937,6 +949,31 @@ async fn check_owner<C: GenericClient + Sync>(c: &C, number: &Number) -> Result<
             ),
         }),
     }
+}
+
+/// The account of the new call in `writes` (the one [`Store::admit_call`] admits).
+fn new_call_account(writes: &[CallWrite]) -> Option<&str> {
+    writes.iter().find_map(|w| match w {
+        CallWrite::NewCall(r) => Some(r.account_id.as_str()),
+        _ => None,
+    })
+}
+
+async fn apply_writes_on<C: GenericClient + Sync>(
+    c: &C,
+    writes: &[CallWrite],
+) -> Result<(), StoreError> {
+    for w in writes {
+        match w {
+            CallWrite::Timeline { call_id, entry } => {
+                append_timeline_on(c, call_id, entry).await?;
+            }
+            CallWrite::NewCall(r) => insert_call_on(c, r).await?,
+            CallWrite::Call(r) => update_call_on(c, r).await?,
+            CallWrite::Callback(e) => enqueue_callback_on(c, e).await?,
+        }
+    }
+    Ok(())
 }
 
 async fn insert_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Result<(), StoreError> {
@@ -1452,6 +1489,10 @@ impl Store for PgStore {
             }
             let mut c = self.client().await?;
             let tx = c.transaction().await?;
+            // Nodes starting together apply the same provisioning one after another (each
+            // then finds the other's rows), not into each other's unique keys.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PROVISION_LOCK])
+                .await?;
             let mut report = ProvisionReport::default();
             self.provision_accounts(&tx, prov, &mut report).await?;
             PgStore::provision_users(&tx, prov, realm, &mut report).await?;
@@ -2100,14 +2141,15 @@ impl Store for PgStore {
         exec(
             &c,
             "INSERT INTO bindings (device_username, contact, source, transport, local,
-                 expires_at, q, call_id, cseq, instance, reg_id, user_agent, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 expires_at, q, call_id, cseq, instance, reg_id, user_agent, updated_at, path)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (device_username, contact) DO UPDATE SET
                  source = excluded.source, transport = excluded.transport,
                  local = excluded.local, expires_at = excluded.expires_at, q = excluded.q,
                  call_id = excluded.call_id, cseq = excluded.cseq,
                  instance = excluded.instance, reg_id = excluded.reg_id,
-                 user_agent = excluded.user_agent, updated_at = excluded.updated_at",
+                 user_agent = excluded.user_agent, updated_at = excluded.updated_at,
+                 path = excluded.path",
             &[
                 &b.device_username,
                 &b.contact,
@@ -2122,6 +2164,7 @@ impl Store for PgStore {
                 &b.reg_id.map(i64::from),
                 &b.user_agent,
                 &b.updated_at,
+                &crate::sqlite::path_to_json(&b.path),
             ],
         )
         .await
@@ -2234,6 +2277,39 @@ impl Store for PgStore {
     async fn insert_call(&self, r: &CallRecord) -> Result<(), StoreError> {
         let c = self.client().await?;
         insert_call_on(&c, r).await
+    }
+
+    async fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError> {
+        let Some(account_id) = new_call_account(writes) else {
+            return Err(StoreError::Invalid {
+                field: "writes",
+                reason: "admit_call needs a new call".to_owned(),
+            });
+        };
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // One account's admissions queue behind each other, cluster-wide, until commit.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&format!("calls:{account_id}")],
+        )
+        .await?;
+        let live: i64 = tx
+            .query_one(
+                &format!(
+                    "SELECT COUNT(*) FROM calls WHERE account_id = $1 AND status NOT IN ({})",
+                    crate::sqlite::final_statuses()
+                ),
+                &[&account_id],
+            )
+            .await?
+            .try_get(0)?;
+        if live >= i64::from(max_live) {
+            return Ok(false);
+        }
+        apply_writes_on(&tx, writes).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn update_call(&self, r: &CallRecord) -> Result<(), StoreError> {
@@ -2374,6 +2450,50 @@ impl Store for PgStore {
         )
     }
 
+    async fn claim_callbacks(
+        &self,
+        by: &str,
+        now: UnixMs,
+        claim_until: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let c = self.client().await?;
+        // Rows another node is claiming right now are skipped, not waited for; a row claimed
+        // and committed meanwhile fails the re-checked `claimed_until_ms` condition.
+        let mut claimed = list(
+            query(
+                &c,
+                &format!(
+                    "UPDATE callback_outbox SET claimed_by = $3, claimed_until_ms = $4
+                     WHERE event_id IN (
+                       SELECT o.event_id FROM callback_outbox o
+                       WHERE o.state = 'pending' AND o.next_attempt_at_ms <= $1
+                         AND (o.claimed_until_ms IS NULL OR o.claimed_until_ms <= $1)
+                         AND o.seq = (SELECT MIN(p.seq) FROM callback_outbox p
+                                      WHERE p.call_id = o.call_id AND p.state = 'pending')
+                       ORDER BY o.next_attempt_at_ms, o.created_at_ms, o.call_id, o.seq
+                       LIMIT $2
+                       FOR UPDATE SKIP LOCKED)
+                       AND state = 'pending'
+                       AND (claimed_until_ms IS NULL OR claimed_until_ms <= $1)
+                     RETURNING {OUTBOX_COLS}"
+                ),
+                &[&now, &i64::from(limit), &by, &claim_until],
+            )
+            .await?,
+            outbox_from_row,
+        )?;
+        claimed.sort_by(|a, b| {
+            (a.next_attempt_at_ms, a.created_at_ms, &a.call_id, a.seq).cmp(&(
+                b.next_attempt_at_ms,
+                b.created_at_ms,
+                &b.call_id,
+                b.seq,
+            ))
+        });
+        Ok(claimed)
+    }
+
     async fn callback_due(&self, event_id: &str, now: UnixMs) -> Result<bool, StoreError> {
         let c = self.client().await?;
         Ok(query_opt(
@@ -2390,7 +2510,8 @@ impl Store for PgStore {
         let c = self.client().await?;
         let n = exec(
             &c,
-            "UPDATE callback_outbox SET state = 'delivered', attempts = $2, last_error = NULL
+            "UPDATE callback_outbox SET state = 'delivered', attempts = $2, last_error = NULL,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = $1",
             &[&event_id, &i64::from(attempts)],
         )
@@ -2411,7 +2532,8 @@ impl Store for PgStore {
         let c = self.client().await?;
         let n = exec(
             &c,
-            "UPDATE callback_outbox SET attempts = $2, next_attempt_at_ms = $3, last_error = $4
+            "UPDATE callback_outbox SET attempts = $2, next_attempt_at_ms = $3, last_error = $4,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = $1 AND state = 'pending'",
             &[
                 &event_id,
@@ -2436,7 +2558,8 @@ impl Store for PgStore {
         let c = self.client().await?;
         let n = exec(
             &c,
-            "UPDATE callback_outbox SET state = 'abandoned', attempts = $2, last_error = $3
+            "UPDATE callback_outbox SET state = 'abandoned', attempts = $2, last_error = $3,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = $1 AND state = 'pending'",
             &[&event_id, &i64::from(attempts), &last_error],
         )
@@ -2482,16 +2605,7 @@ impl Store for PgStore {
     async fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        for w in writes {
-            match w {
-                CallWrite::Timeline { call_id, entry } => {
-                    append_timeline_on(&tx, call_id, entry).await?;
-                }
-                CallWrite::NewCall(r) => insert_call_on(&tx, r).await?,
-                CallWrite::Call(r) => update_call_on(&tx, r).await?,
-                CallWrite::Callback(e) => enqueue_callback_on(&tx, e).await?,
-            }
-        }
+        apply_writes_on(&tx, writes).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -2636,6 +2750,25 @@ impl Store for PgStore {
         .collect()
     }
 
+    async fn node_lease(&self, node_id: &str) -> Result<Option<NodeLease>, StoreError> {
+        let c = self.client().await?;
+        let row = query_opt(
+            &c,
+            "SELECT node_id, instance, api_url, until_ms FROM nodes WHERE node_id = $1",
+            &[&node_id],
+        )
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(NodeLease {
+                node_id: r.try_get(0)?,
+                instance: r.try_get(1)?,
+                api_url: r.try_get(2)?,
+                until_ms: r.try_get(3)?,
+            })),
+        }
+    }
+
     async fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError> {
         let c = self.client().await?;
         exec(
@@ -2707,5 +2840,39 @@ impl Store for PgStore {
             &[&before_ms],
         )
         .await? as usize)
+    }
+
+    async fn complete_idempotency(&self, r: &IdempotencyRecord) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let n = exec(
+            &c,
+            "UPDATE idempotency SET request_hash = $3, response_status = $4, response_body = $5,
+                 created_at_ms = $6
+             WHERE account_id = $1 AND key = $2",
+            &[
+                &r.account_id,
+                &r.key,
+                &r.request_hash,
+                &i64::from(r.response_status),
+                &r.response_body,
+                &r.created_at_ms,
+            ],
+        )
+        .await?;
+        if n == 0 {
+            return Err(not_found("idempotency key", &r.key));
+        }
+        Ok(())
+    }
+
+    async fn release_idempotency(&self, account_id: &str, key: &str) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        Ok(exec(
+            &c,
+            "DELETE FROM idempotency WHERE account_id = $1 AND key = $2 AND response_status = 0",
+            &[&account_id, &key],
+        )
+        .await?
+            > 0)
     }
 }

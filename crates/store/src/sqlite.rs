@@ -269,6 +269,17 @@ FROM trunks;
 DROP TABLE trunks;
 ALTER TABLE trunks_v8 RENAME TO trunks;
 "#,
+    // 9: callbacks claimed for delivery: the node holding a callback and until
+    // when. One node uses an SQLite file, but the claim keeps the dispatcher's rules the
+    // same on both backends.
+    r#"
+ALTER TABLE callback_outbox ADD COLUMN claimed_by TEXT;
+ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms INTEGER;
+"#,
+    // 10: the RFC 3327 Path of a binding (a JSON array of the header values as received).
+    r#"
+ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 const PEPPER_KEY: &str = "api_secret_pepper";
@@ -315,7 +326,7 @@ impl Location {
 }
 
 /// `postgres://user:password@host/db` with the password replaced by `***`.
-pub(crate) fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -677,7 +688,16 @@ struct UnknownFailoverCodes(String);
 
 const BINDING_COLS: &str = "b.device_username, d.user_id, b.contact, b.source, b.transport, \
      b.local, b.expires_at, b.q, b.call_id, b.cseq, b.instance, b.reg_id, b.user_agent, \
-     b.updated_at";
+     b.updated_at, b.path";
+
+/// A binding's Path as stored (a JSON array); an unreadable one is no Path.
+pub(crate) fn path_from_json(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+pub(crate) fn path_to_json(path: &[String]) -> String {
+    serde_json::to_string(path).unwrap_or_else(|_| "[]".to_owned())
+}
 
 fn binding_from_row(row: &Row<'_>) -> rusqlite::Result<Binding> {
     Ok(Binding {
@@ -695,6 +715,7 @@ fn binding_from_row(row: &Row<'_>) -> rusqlite::Result<Binding> {
         reg_id: row.get(11)?,
         user_agent: row.get(12)?,
         updated_at: row.get(13)?,
+        path: path_from_json(&row.get::<_, String>(14)?),
     })
 }
 
@@ -2021,19 +2042,25 @@ impl BlockingStore for SqliteStore {
 
     fn upsert_binding(&self, b: &Binding) -> Result<(), StoreError> {
         self.forget_refresh(&b.device_username, Some(&b.contact));
+        let path = path_to_json(&b.path);
         let conn = self.conn()?;
         exec(
             &conn,
             "INSERT INTO bindings (device_username, contact, source, transport, local,
-                 expires_at, q, call_id, cseq, instance, reg_id, user_agent, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 expires_at, q, call_id, cseq, instance, reg_id, user_agent, updated_at, path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (device_username, contact) DO UPDATE SET
                  source = excluded.source, transport = excluded.transport,
                  local = excluded.local, expires_at = excluded.expires_at, q = excluded.q,
                  call_id = excluded.call_id, cseq = excluded.cseq,
                  instance = excluded.instance, reg_id = excluded.reg_id,
-                 user_agent = excluded.user_agent, updated_at = excluded.updated_at",
-            binding_params(b),
+                 user_agent = excluded.user_agent, updated_at = excluded.updated_at,
+                 path = excluded.path",
+            rusqlite::params_from_iter(
+                binding_params(b)
+                    .into_iter()
+                    .chain([&path as &dyn rusqlite::ToSql]),
+            ),
         )
         .map_err(|e| {
             if StoreError::is_foreign_key_violation(&e) {
@@ -2179,6 +2206,34 @@ impl BlockingStore for SqliteStore {
         insert_call_on(&*self.conn()?, c)
     }
 
+    fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError> {
+        let Some(account_id) = writes.iter().find_map(|w| match w {
+            CallWrite::NewCall(c) => Some(c.account_id.as_str()),
+            _ => None,
+        }) else {
+            return Err(StoreError::Invalid {
+                field: "writes",
+                reason: "admit_call needs a new call".to_owned(),
+            });
+        };
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let live: i64 = tx.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status NOT IN ({})",
+                final_statuses()
+            ),
+            [account_id],
+            |r| r.get(0),
+        )?;
+        if live >= i64::from(max_live) {
+            return Ok(false);
+        }
+        apply_writes_on(&tx, writes)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     fn update_call(&self, c: &CallRecord) -> Result<(), StoreError> {
         update_call_on(&*self.conn()?, c)
     }
@@ -2285,14 +2340,7 @@ impl BlockingStore for SqliteStore {
     fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for w in writes {
-            match w {
-                CallWrite::Timeline { call_id, entry } => append_timeline_on(&tx, call_id, entry)?,
-                CallWrite::NewCall(c) => insert_call_on(&tx, c)?,
-                CallWrite::Call(c) => update_call_on(&tx, c)?,
-                CallWrite::Callback(e) => enqueue_callback_on(&tx, e)?,
-            }
-        }
+        apply_writes_on(&tx, writes)?;
         tx.commit()?;
         Ok(())
     }
@@ -2417,6 +2465,24 @@ impl BlockingStore for SqliteStore {
         Ok(lapsed)
     }
 
+    fn node_lease(&self, node_id: &str) -> Result<Option<NodeLease>, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT node_id, instance, api_url, until_ms FROM nodes WHERE node_id = ?1",
+                [node_id],
+                |r| {
+                    Ok(NodeLease {
+                        node_id: r.get(0)?,
+                        instance: r.get(1)?,
+                        api_url: r.get(2)?,
+                        until_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError> {
         let conn = self.conn()?;
         exec(
@@ -2455,6 +2521,45 @@ impl BlockingStore for SqliteStore {
         )
     }
 
+    fn claim_callbacks(
+        &self,
+        by: &str,
+        now: UnixMs,
+        claim_until: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let claimed = query_list(
+            &tx,
+            &format!(
+                "UPDATE callback_outbox SET claimed_by = ?3, claimed_until_ms = ?4
+                 WHERE event_id IN (
+                   SELECT o.event_id FROM callback_outbox o
+                   WHERE o.state = 'pending' AND o.next_attempt_at_ms <= ?1
+                     AND (o.claimed_until_ms IS NULL OR o.claimed_until_ms <= ?1)
+                     AND o.seq = (SELECT MIN(p.seq) FROM callback_outbox p
+                                  WHERE p.call_id = o.call_id AND p.state = 'pending')
+                   ORDER BY o.next_attempt_at_ms, o.created_at_ms, o.call_id, o.seq
+                   LIMIT ?2)
+                 RETURNING {OUTBOX_COLS}"
+            ),
+            params![now, limit, by, claim_until],
+            outbox_from_row,
+        )?;
+        tx.commit()?;
+        let mut claimed = claimed;
+        claimed.sort_by(|a, b| {
+            (a.next_attempt_at_ms, a.created_at_ms, &a.call_id, a.seq).cmp(&(
+                b.next_attempt_at_ms,
+                b.created_at_ms,
+                &b.call_id,
+                b.seq,
+            ))
+        });
+        Ok(claimed)
+    }
+
     fn callback_due(&self, event_id: &str, now: UnixMs) -> Result<bool, StoreError> {
         let conn = self.conn()?;
         Ok(conn
@@ -2472,7 +2577,8 @@ impl BlockingStore for SqliteStore {
         let conn = self.conn()?;
         let n = exec(
             &conn,
-            "UPDATE callback_outbox SET state = 'delivered', attempts = ?2, last_error = NULL
+            "UPDATE callback_outbox SET state = 'delivered', attempts = ?2, last_error = NULL,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = ?1",
             params![event_id, attempts],
         )?;
@@ -2492,7 +2598,8 @@ impl BlockingStore for SqliteStore {
         let conn = self.conn()?;
         let n = exec(
             &conn,
-            "UPDATE callback_outbox SET attempts = ?2, next_attempt_at_ms = ?3, last_error = ?4
+            "UPDATE callback_outbox SET attempts = ?2, next_attempt_at_ms = ?3, last_error = ?4,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = ?1 AND state = 'pending'",
             params![event_id, attempts, next_attempt_at_ms, last_error],
         )?;
@@ -2511,7 +2618,8 @@ impl BlockingStore for SqliteStore {
         let conn = self.conn()?;
         let n = exec(
             &conn,
-            "UPDATE callback_outbox SET state = 'abandoned', attempts = ?2, last_error = ?3
+            "UPDATE callback_outbox SET state = 'abandoned', attempts = ?2, last_error = ?3,
+                 claimed_by = NULL, claimed_until_ms = NULL
              WHERE event_id = ?1 AND state = 'pending'",
             params![event_id, attempts, last_error],
         )?;
@@ -2586,6 +2694,59 @@ impl BlockingStore for SqliteStore {
             [before_ms],
         )?)
     }
+
+    fn complete_idempotency(&self, r: &IdempotencyRecord) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let n = exec(
+            &conn,
+            "UPDATE idempotency SET request_hash = ?3, response_status = ?4, response_body = ?5,
+                 created_at_ms = ?6
+             WHERE account_id = ?1 AND key = ?2",
+            params![
+                r.account_id,
+                r.key,
+                r.request_hash,
+                r.response_status,
+                r.response_body,
+                r.created_at_ms
+            ],
+        )?;
+        if n == 0 {
+            return Err(not_found("idempotency key", &r.key));
+        }
+        Ok(())
+    }
+
+    fn release_idempotency(&self, account_id: &str, key: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        Ok(exec(
+            &conn,
+            "DELETE FROM idempotency WHERE account_id = ?1 AND key = ?2 AND response_status = 0",
+            params![account_id, key],
+        )? > 0)
+    }
+}
+
+/// The final statuses as an SQL list (`'completed', ...`).
+pub(crate) fn final_statuses() -> String {
+    CallStatus::ALL
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreError> {
+    for w in writes {
+        match w {
+            CallWrite::Timeline { call_id, entry } => append_timeline_on(conn, call_id, entry)?,
+            CallWrite::NewCall(c) => insert_call_on(conn, c)?,
+            CallWrite::Call(c) => update_call_on(conn, c)?,
+            CallWrite::Callback(e) => enqueue_callback_on(conn, e)?,
+        }
+    }
+    Ok(())
 }
 
 fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {

@@ -425,6 +425,10 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         let call = call.to_owned();
         self.run(move |s| s.insert_call(&call)).await
     }
+    async fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError> {
+        let writes = writes.to_vec();
+        self.run(move |s| s.admit_call(&writes, max_live)).await
+    }
     async fn update_call(&self, call: &CallRecord) -> Result<(), StoreError> {
         let call = call.to_owned();
         self.run(move |s| s.update_call(&call)).await
@@ -464,6 +468,17 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     async fn enqueue_callback(&self, entry: &OutboxEntry) -> Result<(), StoreError> {
         let entry = entry.to_owned();
         self.run(move |s| s.enqueue_callback(&entry)).await
+    }
+    async fn claim_callbacks(
+        &self,
+        by: &str,
+        now: UnixMs,
+        claim_until: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let by = by.to_owned();
+        self.run(move |s| s.claim_callbacks(&by, now, claim_until, limit))
+            .await
     }
     async fn due_callbacks(&self, now: UnixMs, limit: u32) -> Result<Vec<OutboxEntry>, StoreError> {
         let (now, limit) = (now, limit);
@@ -554,6 +569,10 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         let by = by.to_owned();
         self.run(move |s| s.claim_lapsed_nodes(&by, now)).await
     }
+    async fn node_lease(&self, node_id: &str) -> Result<Option<NodeLease>, StoreError> {
+        let node_id = node_id.to_owned();
+        self.run(move |s| s.node_lease(&node_id)).await
+    }
     async fn release_node_lease(&self, node_id: &str, instance: &str) -> Result<(), StoreError> {
         let (node_id, instance) = (node_id.to_owned(), instance.to_owned());
         self.run(move |s| s.release_node_lease(&node_id, &instance))
@@ -577,6 +596,15 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     }
     async fn purge_idempotency(&self, before_ms: UnixMs) -> Result<usize, StoreError> {
         self.run(move |s| s.purge_idempotency(before_ms)).await
+    }
+    async fn complete_idempotency(&self, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        let record = record.to_owned();
+        self.run(move |s| s.complete_idempotency(&record)).await
+    }
+    async fn release_idempotency(&self, account_id: &str, key: &str) -> Result<bool, StoreError> {
+        let (account_id, key) = (account_id.to_owned(), key.to_owned());
+        self.run(move |s| s.release_idempotency(&account_id, &key))
+            .await
     }
 }
 

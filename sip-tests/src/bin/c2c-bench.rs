@@ -9,12 +9,18 @@
 //! ```text
 //! cargo build --release -p dialbridge -p sip-tests
 //! target/release/c2c-bench --rate 100 --calls 1000
+//! target/release/c2c-bench --rate 100 --calls 1000 --nodes 2   # two nodes on PostgreSQL
 //! target/release/c2c-bench --rate 100 --calls 2000 --hold-ms 90000 --live-sample 35
 //! ```
 //!
+//! With `--nodes N` (or `--store postgres`) the nodes share a PostgreSQL database started for
+//! the run (`sip_tests::pg`), the agent registers at the first node, and the REST calls go to
+//! the nodes in turn; the CPU reported is the nodes' and, on its own line, PostgreSQL's.
+//!
 //! With `--live-sample S`, the resident set is read S seconds after the last call was
 //! placed, while the calls are held (`--hold-ms`, the carrier's wait before its BYE), and
-//! compared with the resident set before the first call: bytes per live call.
+//! compared with the resident set before the first call: bytes per live call (of the first
+//! node, with `--nodes`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +44,7 @@ const DEVICE_PASSWORD: &str = "agent-desk-pass";
 
 const USAGE: &str = "c2c-bench [--rate CALLS_PER_SECOND (50)] [--calls N (500)] \
 [--threads N (8)] [--settle SECONDS (35)] [--log RUST_LOG (info)] [--dialbridge PATH (target/release/dialbridge)] \
+[--nodes N (1; above 1: PostgreSQL)] [--store sqlite|postgres (sqlite)] \
 [--extra-config FILE (TOML added to the server's configuration, e.g. [log] or [hep])] \
 [--hold-ms MS (1000: the carrier's wait before its BYE)] \
 [--live-sample SECONDS (0 = off: RSS per live call, read that long after the last call)]";
@@ -71,14 +78,29 @@ fn now_epoch() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn config(carrier_port: u16, rate: f64, hold_ms: u64) -> String {
+/// The `[store]`, `[node]` and `[registrar]` tables of node `i` of a run on PostgreSQL.
+fn node_config(db: &str, i: usize) -> String {
+    format!(
+        "[store]\nurl = \"{db}\"\n[node]\nid = \"bench-{i}\"\nsecret = \"bench-cluster-secret-0123\"\n\
+         [registrar]\nnonce_secret = \"bench-nonce-secret-0123\"\n"
+    )
+}
+
+/// The media ports of node `i` of `nodes`: those of the single-node run, split.
+fn media_ports(i: usize, nodes: usize) -> String {
+    let span = (12_000 / nodes as u32) & !1;
+    let lo = 20_000 + span * i as u32;
+    format!("{lo}-{}", lo + span - 1)
+}
+
+fn config(carrier_port: u16, rate: f64, hold_ms: u64, ports: &str) -> String {
     // The account's limits are raised well above the offered rate (the defaults, 5 calls/s,
     // burst 20 and 100 in progress, would refuse most of the load).
     let cps = (rate * 2.0).max(10.0);
     format!(
         r#"
 [media]
-ports = "20000-31999"
+ports = "{ports}"
 # No RTP flows in this benchmark: the media time-out must outlast the held calls.
 timeout_secs = {media_timeout}
 
@@ -182,10 +204,21 @@ fn run(args: &[String]) -> Result<(), String> {
             "log",
             "dialbridge",
             "extra-config",
+            "nodes",
+            "store",
             "hold-ms",
             "live-sample",
         ],
     )?;
+    let nodes: usize = flags.get("nodes", 1)?;
+    let on_postgres = match flags.text("store").unwrap_or("sqlite") {
+        "sqlite" => nodes > 1,
+        "postgres" => true,
+        other => return Err(format!("--store: {other:?} is not sqlite or postgres")),
+    };
+    if nodes == 0 || nodes > 8 {
+        return Err("--nodes: 1 to 8".into());
+    }
     let extra = match flags.text("extra-config") {
         Some(path) => {
             std::fs::read_to_string(path).map_err(|e| format!("--extra-config {path}: {e}"))?
@@ -251,14 +284,38 @@ fn run(args: &[String]) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot start sipp: {e}"))?;
 
-    let server = TestServer::start_bin(
-        TempDir::new("c2c-bench"),
-        &format!("{extra}\n{}", config(carrier_port, rate, hold_ms)),
-        &bin,
-        &log,
-    );
-    let api = server.api.ok_or("the REST API is not listening")?;
-    let pid = server.pid();
+    let pg = on_postgres.then(sip_tests::pg::PgServer::get);
+    let db = pg.map(|p| p.fresh_database());
+    let mut servers = Vec::new();
+    for i in 0..nodes {
+        let store = match &db {
+            Some(db) => node_config(db, i),
+            None => String::new(),
+        };
+        servers.push(TestServer::start_bin(
+            TempDir::new("c2c-bench"),
+            &format!(
+                "{extra}\n{store}{}",
+                config(carrier_port, rate, hold_ms, &media_ports(i, nodes))
+            ),
+            &bin,
+            &log,
+        ));
+    }
+    let server = &servers[0];
+    let apis: Vec<SocketAddr> = servers
+        .iter()
+        .map(|s| s.api.ok_or("the REST API is not listening"))
+        .collect::<Result<_, _>>()?;
+    let api = apis[0];
+    let pids: Vec<u32> = servers.iter().map(TestServer::pid).collect();
+    let pg_pid = pg.and_then(|p| p.postmaster_pid());
+    let nodes_cpu = |ticks| {
+        pids.iter()
+            .map(|p| tree_cpu(*p, ticks))
+            .fold(sip_tests::bench::CpuTime::default(), |a, b| a.plus(b))
+    };
+    let pid = pids[0];
 
     let agent_port = free_port();
     let agent_sf = scenario("bench_agent.xml").to_string_lossy().into_owned();
@@ -328,7 +385,8 @@ fn run(args: &[String]) -> Result<(), String> {
 
     // The load: call i is due at start + i / rate, whichever thread takes it.
     let ticks = clock_ticks_per_second();
-    let cpu_before = tree_cpu(pid, ticks);
+    let cpu_before = nodes_cpu(ticks);
+    let pg_before = pg_pid.map(|p| tree_cpu(p, ticks));
     let rss_before_kib = rss_kib(pid).unwrap_or(0);
     let heap_before = heap_bytes(api).unwrap_or(0);
     let next = Arc::new(AtomicUsize::new(0));
@@ -339,6 +397,7 @@ fn run(args: &[String]) -> Result<(), String> {
         .map(|_| {
             let next = next.clone();
             let sent = sent.clone();
+            let apis = apis.clone();
             std::thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= calls {
@@ -352,7 +411,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     serde_json::json!({"user_id": USER, "dial_string": dial_string(i)}).to_string();
                 let at = now_epoch();
                 let (status, call_id) = match try_request(
-                    api,
+                    apis[i % apis.len()],
                     "POST",
                     "/v1/calls",
                     &[("Authorization", &bearer())],
@@ -405,13 +464,16 @@ fn run(args: &[String]) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(500));
     }
     let wall = start.elapsed().as_secs_f64();
-    let cpu = tree_cpu(pid, ticks).since(cpu_before);
+    let cpu = nodes_cpu(ticks).since(cpu_before);
+    let pg_cpu = pg_pid
+        .zip(pg_before)
+        .map(|(p, before)| tree_cpu(p, ticks).since(before));
     let load_after = load_average();
     // Transactions and dialogs outlive their calls (Timer J, K, D: up to 32 s); the work of
     // ending them is part of a call's cost too.
     std::thread::sleep(settle);
-    let cpu_settled = tree_cpu(pid, ticks).since(cpu_before);
-    let rss_kib = peak_rss_kib(pid).unwrap_or(0);
+    let cpu_settled = nodes_cpu(ticks).since(cpu_before);
+    let rss_kib: u64 = pids.iter().map(|p| peak_rss_kib(*p).unwrap_or(0)).sum();
 
     let by_status = call_log(api)?;
     let agent_totals = agent.finish(Duration::from_secs(5));
@@ -445,9 +507,10 @@ fn run(args: &[String]) -> Result<(), String> {
     statuses.sort();
 
     println!(
-        "c2c-bench: {calls} calls offered at {rate}/s ({:.1}/s achieved), dialbridge {}",
+        "c2c-bench: {calls} calls offered at {rate}/s ({:.1}/s achieved), dialbridge {}, {nodes} node(s) on {}",
         calls as f64 / offered_secs.max(1e-9),
-        bin.display()
+        bin.display(),
+        if db.is_some() { "PostgreSQL" } else { "SQLite" }
     );
     println!("  load average before: {load_before}; after: {load_after}");
     println!("  REST: {accepted} accepted (202), refused: {refused:?} (status 0 = no answer)");
@@ -466,6 +529,15 @@ fn run(args: &[String]) -> Result<(), String> {
         "  calls per CPU-second: {:.0}",
         completed as f64 / cpu.total().max(1e-9)
     );
+    if let Some(pg_cpu) = pg_cpu {
+        println!(
+            "  PostgreSQL CPU: {:.2} s (user {:.2}, system {:.2}); nodes + PostgreSQL: {:.0} calls per CPU-second",
+            pg_cpu.total(),
+            pg_cpu.user,
+            pg_cpu.system,
+            completed as f64 / (cpu.total() + pg_cpu.total()).max(1e-9)
+        );
+    }
     println!(
         "  with the {} s after the last call: CPU {:.2} s, {:.0} calls per CPU-second",
         settle.as_secs(),
@@ -478,7 +550,10 @@ fn run(args: &[String]) -> Result<(), String> {
         ),
         _ => println!("  REST request -> agent INVITE: no INVITE matched"),
     }
-    println!("  peak RSS (VmHWM): {:.1} MB", rss_kib as f64 / 1024.0);
+    println!(
+        "  peak RSS (VmHWM, all nodes): {:.1} MB",
+        rss_kib as f64 / 1024.0
+    );
     if let Some((n, rss, heap)) = live {
         println!(
             "  {} s after the last call: {n} calls live; heap in use {:.1} MB (before the first call {:.1} MB): {:.0} bytes per live call; RSS {:.1} MB (before {:.1} MB): {:.0} bytes per live call",
@@ -508,6 +583,8 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("  SIPp {} errors (first lines):\n{e}", s.name);
         }
     }
-    drop(server.stop());
+    for s in servers {
+        drop(s.stop());
+    }
     Ok(())
 }

@@ -201,19 +201,34 @@ async fn create_call_inner(
     ))
 }
 
-/// Removes an in-flight idempotency key when the request is done (or dropped).
-struct InflightGuard<'a> {
-    shared: &'a Shared,
-    key: (String, String),
+/// How long a reservation of an `Idempotency-Key` (status 0: its first request is being
+/// processed, on any node) holds the key. One older than this belonged to a node that died
+/// mid-request, and the key is free again.
+const RESERVATION_TTL_MS: i64 = 60_000;
+
+/// Releases the reservation of an idempotency key unless its answer was stored (the request
+/// failed transiently, or was dropped), so that a retry may proceed at once.
+struct Reservation {
+    shared: Arc<Shared>,
+    account_id: String,
+    key: String,
+    done: bool,
 }
 
-impl Drop for InflightGuard<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
-        self.shared
-            .idempotency_inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
+        if self.done {
+            return;
+        }
+        let shared = self.shared.clone();
+        let (account_id, key) = (self.account_id.clone(), self.key.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = shared.store.release_idempotency(&account_id, &key).await {
+                    tracing::warn!(error = %e, "idempotency reservation not released (it lapses by itself)");
+                }
+            });
+        }
     }
 }
 
@@ -261,40 +276,65 @@ pub async fn create_call(
     };
     let hash = request_hash(&body);
     let now = now_ms();
-    if let Some(prev) = shared.store.get_idempotency(&account.id, &key).await? {
-        if prev.created_at_ms > now - IDEMPOTENCY_TTL_MS {
-            if prev.request_hash != hash {
-                return Err(ApiError::unprocessable(
-                    "idempotency_key_reused",
-                    "Idempotency-Key was already used with a different request",
-                ));
-            }
-            let status = StatusCode::from_u16(prev.response_status).unwrap_or(StatusCode::ACCEPTED);
-            let mut resp = json_response(status, &prev.response_body);
-            resp.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Ok(resp);
+    // The key is reserved in the store (status 0) before the call is placed: the store is
+    // shared by every node, so a key is processed once cluster-wide.
+    let reservation = IdempotencyRecord {
+        account_id: account.id.clone(),
+        key: key.clone(),
+        request_hash: hash.clone(),
+        response_status: 0,
+        response_body: String::new(),
+        created_at_ms: now,
+    };
+    let mut reserved = false;
+    for _ in 0..3 {
+        if shared.store.put_idempotency(&reservation).await? {
+            reserved = true;
+            break;
         }
-        shared
-            .store
-            .purge_idempotency(now - IDEMPOTENCY_TTL_MS)
-            .await?;
+        let Some(prev) = shared.store.get_idempotency(&account.id, &key).await? else {
+            continue;
+        };
+        if prev.created_at_ms <= now - IDEMPOTENCY_TTL_MS {
+            shared
+                .store
+                .purge_idempotency(now - IDEMPOTENCY_TTL_MS)
+                .await?;
+            continue;
+        }
+        if prev.response_status == 0 {
+            if prev.created_at_ms < now - RESERVATION_TTL_MS {
+                shared.store.release_idempotency(&account.id, &key).await?;
+                continue;
+            }
+            return Err(ApiError::Conflict {
+                code: "idempotency_key_in_progress",
+                message: "A request with this Idempotency-Key is still being processed".to_owned(),
+            });
+        }
+        if prev.request_hash != hash {
+            return Err(ApiError::unprocessable(
+                "idempotency_key_reused",
+                "Idempotency-Key was already used with a different request",
+            ));
+        }
+        let status = StatusCode::from_u16(prev.response_status).unwrap_or(StatusCode::ACCEPTED);
+        let mut resp = json_response(status, &prev.response_body);
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        return Ok(resp);
     }
-    let pair = (account.id.clone(), key.clone());
-    if !shared
-        .idempotency_inflight
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(pair.clone())
-    {
+    if !reserved {
         return Err(ApiError::Conflict {
             code: "idempotency_key_in_progress",
             message: "A request with this Idempotency-Key is still being processed".to_owned(),
         });
     }
-    let _guard = InflightGuard {
-        shared: &shared,
-        key: pair,
+    let mut guard = Reservation {
+        shared: shared.clone(),
+        account_id: account.id.clone(),
+        key: key.clone(),
+        done: false,
     };
     let (status, body_json) = match create_call_inner(&shared, &account, &scope, &body).await {
         Ok(ok) => ok,
@@ -307,7 +347,7 @@ pub async fn create_call(
     let text = body_json.to_string();
     shared
         .store
-        .put_idempotency(&IdempotencyRecord {
+        .complete_idempotency(&IdempotencyRecord {
             account_id: account.id.clone(),
             key,
             request_hash: hash,
@@ -316,6 +356,7 @@ pub async fn create_call(
             created_at_ms: now,
         })
         .await?;
+    guard.done = true;
     Ok(json_response(status, &text))
 }
 
@@ -346,8 +387,15 @@ pub async fn get_call(
     let callbacks = shared.store.callbacks_for_call(&rec.id).await?;
     let mut view = views::call_detail(&rec, &timeline, &callbacks);
     if !rec.status.is_final() {
-        // A running call: its media counters so far, straight from the relay.
-        if let Some(live) = shared.calls.live_stats(&rec.id) {
+        // A running call: its media counters so far, straight from the relay (of the node
+        // that runs it).
+        let live = match rec.node_id.as_deref() {
+            Some(owner) if owner != shared.cfg.server_id => {
+                crate::forward::live_stats(&shared, owner, &rec.id).await
+            }
+            _ => shared.calls.live_stats(&rec.id),
+        };
+        if let Some(live) = live {
             view["stats"] = live;
         }
     }
@@ -454,7 +502,8 @@ pub async fn list_calls(
         (status = 202, description = "Hang-up requested", body = Object),
         (status = 401, description = "Unauthorized", body = ErrorBody),
         (status = 404, description = "Call not found", body = ErrorBody),
-        (status = 409, description = "Call has already ended", body = ErrorBody),
+        (status = 409, description = "Call has already ended / is not active on its node", body = ErrorBody),
+        (status = 503, description = "The node running the call is down or did not answer in time (Retry-After)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn hangup_call(
@@ -477,11 +526,21 @@ pub async fn hangup_call(
             message: format!("Call has already ended ({})", rec.status),
         });
     }
-    if shared.calls.hangup(&rec.id).is_err() {
-        return Err(ApiError::Conflict {
-            code: "call_not_active",
-            message: "Call is not active on this server".to_owned(),
-        });
+    let mut detail = json!({"endpoint": "POST /v1/calls/{call_id}/hangup"});
+    match rec.node_id.as_deref() {
+        // A call of another node: its owner hangs it up.
+        Some(owner) if owner != shared.cfg.server_id => {
+            crate::forward::hangup(&shared, owner, &rec.id).await?;
+            detail["forwarded_to"] = owner.into();
+        }
+        _ => {
+            if shared.calls.hangup(&rec.id).is_err() {
+                return Err(ApiError::Conflict {
+                    code: "call_not_active",
+                    message: "Call is not active on this server".to_owned(),
+                });
+            }
+        }
     }
     let _ = shared
         .store
@@ -491,7 +550,7 @@ pub async fn hangup_call(
                 at_ms: now_ms(),
                 kind: "api.hangup".to_owned(),
                 leg: None,
-                detail: json!({"endpoint": "POST /v1/calls/{call_id}/hangup"}),
+                detail,
             },
         )
         .await;

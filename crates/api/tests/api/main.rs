@@ -4,6 +4,7 @@ mod admin;
 mod browser;
 mod callbacks;
 mod calls;
+mod cluster;
 mod compat;
 mod connections;
 mod events;

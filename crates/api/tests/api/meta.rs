@@ -122,6 +122,7 @@ async fn registrations_of_a_user() {
             reg_id: None,
             user_agent: Some("Yealink T46".into()),
             updated_at: now,
+            path: Vec::new(),
         })
         .await
         .unwrap();

@@ -311,6 +311,7 @@ pub fn test_config() -> ApiConfig {
             max_attempts: 8,
             poll_interval: Duration::from_millis(50),
             concurrency: 8,
+            claim_lease: Duration::from_secs(2),
         },
         ..ApiConfig::default()
     }

@@ -114,6 +114,7 @@ async fn device_targets(
                 failover_codes: Vec::new(),
                 trunk: None,
                 sdes: None,
+                route: b.path.clone(),
             });
         }
     }
@@ -164,6 +165,7 @@ async fn trunk_plan(
             failover_codes: t.failover_codes.clone(),
             sdes: (t.srtp == store::Srtp::Sdes).then(media::srtp::SrtpKey::random),
             trunk: Some(a),
+            route: Vec::new(),
         }]
     });
     Ok(match leg {

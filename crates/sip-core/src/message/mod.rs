@@ -217,6 +217,9 @@ impl SipMessage {
 }
 
 /// Typed access shared by requests and responses.
+/// The `Path` header (RFC 3327), kept as an extension name.
+pub const PATH: HeaderName = HeaderName::Other(Bytes::from_static(b"Path"));
+
 pub trait HeaderAccess {
     fn headers(&self) -> &Headers;
 
@@ -316,6 +319,11 @@ pub trait HeaderAccess {
 
     fn routes(&self) -> Result<Vec<NameAddr>, ParseError> {
         name_addr_list(self.headers(), &HeaderName::Route)
+    }
+
+    /// RFC 3327 `Path` values, in order (an extension header: [`PATH`]).
+    fn paths(&self) -> Result<Vec<NameAddr>, ParseError> {
+        name_addr_list(self.headers(), &PATH)
     }
 
     fn max_forwards(&self) -> Result<Option<u8>, ParseError> {

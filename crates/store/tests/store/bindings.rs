@@ -20,6 +20,7 @@ fn binding(device: &str, contact: &str, expires_at: i64) -> Binding {
         reg_id: Some(1),
         user_agent: Some("test-phone/1.0".into()),
         updated_at: NOW,
+        path: Vec::new(),
     }
 }
 
@@ -31,14 +32,21 @@ async fn bindings_crud() {
         "sip:alice@[::1]:5062;transport=tcp",
         NOW + 600,
     );
-    let c = binding("alice-soft", "sip:soft@127.0.0.1:5070", NOW + 60);
+    let mut c = binding("alice-soft", "sip:soft@127.0.0.1:5070", NOW + 60);
+    // Registered through an edge proxy: its Path comes back as stored.
+    c.path = vec![
+        "<sip:127.0.0.2:5060;lr;received=sip:127.0.0.1:5070>".into(),
+        "<sip:edge2.example;lr>".into(),
+    ];
     for x in [&a, &b, &c] {
         store.upsert_binding(x).await.unwrap();
     }
     let desk = store.bindings_for_device("alice-desk", NOW).await.unwrap();
     assert_eq!(desk.len(), 2);
     assert!(desk.contains(&a) && desk.contains(&b));
-    assert_eq!(store.bindings_for_user(USER, NOW).await.unwrap().len(), 3);
+    let all = store.bindings_for_user(USER, NOW).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.contains(&c), "{all:?}");
 
     // A refresh replaces, it does not add.
     let mut refreshed = a.clone();

@@ -279,6 +279,71 @@ async fn a_call_batch_is_written_whole_or_not_at_all() {
     store.probe_write(T0).await.unwrap();
 }
 
+/// The writes of a new call: its record and its first timeline entry.
+fn admission(c: &CallRecord) -> Vec<store::CallWrite> {
+    vec![
+        store::CallWrite::NewCall(c.clone()),
+        store::CallWrite::Timeline {
+            call_id: c.id.clone(),
+            entry: TimelineEntry {
+                at_ms: c.created_at_ms,
+                kind: "api.request".into(),
+                leg: None,
+                detail: json!({}),
+            },
+        },
+    ]
+}
+
+async fn admission_counts_the_live_calls_of_the_account() {
+    let (_db, store) = store_provisioned().await;
+    assert!(store.admit_call(&admission(&call(1, T0)), 2).await.unwrap());
+    assert!(store.admit_call(&admission(&call(2, T0)), 2).await.unwrap());
+    assert!(!store.admit_call(&admission(&call(3, T0)), 2).await.unwrap());
+    assert!(store
+        .get_call(ACCT, &call(3, T0).id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.timeline(&call(3, T0).id).await.unwrap().is_empty());
+    assert_eq!(store.timeline(&call(1, T0).id).await.unwrap().len(), 1);
+    // A batch without a new call is refused.
+    assert!(matches!(
+        store.admit_call(&admission(&call(5, T0))[1..], 2).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    // Another account's calls do not count.
+    let mut foreign = call(4, T0);
+    foreign.account_id = OTHER.into();
+    assert!(store.admit_call(&admission(&foreign), 2).await.unwrap());
+    // A call that ended frees its slot.
+    let mut done = call(1, T0);
+    done.status = CallStatus::Completed;
+    done.ended_at_ms = Some(T0 + 5);
+    store.update_call(&done).await.unwrap();
+    assert!(store.admit_call(&admission(&call(3, T0)), 2).await.unwrap());
+}
+
+/// Twenty admissions at once under a limit of 3 (as from several nodes): exactly 3 pass.
+async fn racing_admissions_respect_the_limit() {
+    let (_db, store) = store_provisioned().await;
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .admit_call(&admission(&call(n, T0 + n)), 3)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(admitted, 3);
+}
+
 /// A new call record and its first timeline entry are one transaction: the same call again
 /// is refused whole.
 async fn a_new_call_and_its_first_entry_go_in_one_batch() {
@@ -310,6 +375,8 @@ async fn a_new_call_and_its_first_entry_go_in_one_batch() {
 }
 
 both!(
+    admission_counts_the_live_calls_of_the_account,
+    racing_admissions_respect_the_limit,
     a_new_call_and_its_first_entry_go_in_one_batch,
     a_call_batch_is_written_whole_or_not_at_all,
     pages_are_newest_first_and_cover_everything_once,

@@ -86,6 +86,12 @@ async fn a_lapsed_node_is_claimed_once() {
         .await
         .unwrap()
         .is_empty());
+    // Where a node is reached, as its lease says.
+    assert_eq!(
+        store.node_lease("node-b").await.unwrap(),
+        Some(lease("node-b", "run-1", T0 + 30_000))
+    );
+    assert_eq!(store.node_lease("node-z").await.unwrap(), None);
     let claimed = store
         .claim_lapsed_nodes("node-b", T0 + 20_000)
         .await

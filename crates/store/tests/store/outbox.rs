@@ -164,7 +164,117 @@ async fn due_order_is_by_next_attempt_time() {
     );
 }
 
+async fn claims_are_held_by_one_node_in_order_and_lapse() {
+    let (_db, store) = store_provisioned().await;
+    for e in [entry("a", 1, T0), entry("a", 2, T0), entry("b", 1, T0 + 1)] {
+        store.enqueue_callback(&e).await.unwrap();
+    }
+    let now = T0 + 10;
+    assert_eq!(
+        ids(&store
+            .claim_callbacks("node-a", now, now + 1_000, 10)
+            .await
+            .unwrap()),
+        ["evt_a_1", "evt_b_1"]
+    );
+    // Held: another node gets nothing, and a/2 waits behind a/1.
+    assert!(store
+        .claim_callbacks("node-b", now + 1, now + 1_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    store.mark_delivered("evt_a_1", 1).await.unwrap();
+    assert_eq!(
+        ids(&store
+            .claim_callbacks("node-b", now + 2, now + 5_000, 10)
+            .await
+            .unwrap()),
+        ["evt_a_2"]
+    );
+    // node-a died holding b/1: its claim lapses at now + 1000 and b/1 is taken over, once.
+    assert!(store
+        .claim_callbacks("node-b", now + 999, now + 5_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(&store
+            .claim_callbacks("node-b", now + 1_000, now + 5_000, 10)
+            .await
+            .unwrap()),
+        ["evt_b_1"]
+    );
+    // A failed attempt gives the claim up: the retry is anyone's when it is due.
+    store
+        .reschedule("evt_a_2", 1, now + 2_000, "HTTP 503")
+        .await
+        .unwrap();
+    assert!(store
+        .claim_callbacks("node-c", now + 1_500, now + 5_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let retry = store
+        .claim_callbacks("node-c", now + 2_000, now + 5_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&retry), ["evt_a_2"]);
+    assert_eq!(retry[0].attempts, 1);
+}
+
+/// Eight claimers race over 40 calls of 3 callbacks each: every callback is claimed exactly
+/// once, and a call's callbacks in sequence order.
+async fn racing_claimers_take_each_callback_once_in_order() {
+    let (_db, store) = store_provisioned().await;
+    let mut total = 0;
+    for c in 0..40 {
+        for seq in 1..=3 {
+            store
+                .enqueue_callback(&entry(&format!("c{c}"), seq, T0))
+                .await
+                .unwrap();
+            total += 1;
+        }
+    }
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, i64)>::new()));
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let store = store.clone();
+        let taken = taken.clone();
+        tasks.push(tokio::spawn(async move {
+            let node = format!("node-{n}");
+            for _ in 0..2_000 {
+                let got = store
+                    .claim_callbacks(&node, T0 + 10, T0 + 60_000, 4)
+                    .await
+                    .unwrap();
+                for e in &got {
+                    taken.lock().unwrap().push((e.call_id.clone(), e.seq));
+                    store.mark_delivered(&e.event_id, 1).await.unwrap();
+                }
+                if got.is_empty() && taken.lock().unwrap().len() == total {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let taken = taken.lock().unwrap().clone();
+    assert_eq!(taken.len(), total, "each callback claimed once");
+    let mut seen = std::collections::HashMap::<String, i64>::new();
+    for (call, seq) in taken {
+        let last = seen.entry(call.clone()).or_insert(0);
+        assert_eq!(seq, *last + 1, "call {call}: sequence {seq} after {last}");
+        *last = seq;
+    }
+}
+
 both!(
+    claims_are_held_by_one_node_in_order_and_lapse,
+    racing_claimers_take_each_callback_once_in_order,
     one_call_delivers_in_order_others_are_not_blocked,
     finished_callbacks_cannot_be_rescheduled,
     duplicates_are_refused,

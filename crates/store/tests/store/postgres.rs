@@ -88,3 +88,32 @@ async fn a_malformed_postgres_url_names_store_url() {
     );
     assert!(!err.to_string().contains(":pw@"), "{err}");
 }
+
+/// Nodes starting together apply the same configuration at the same moment: each succeeds
+/// (one after another), none runs into the other's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_provision_once_each_without_conflict() {
+    let url = PgServer::get().fresh_database();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(std::sync::Arc::new(PgStore::open(&url).await.unwrap()));
+    }
+    let runs: Vec<_> = stores
+        .iter()
+        .map(|s| {
+            let s = s.clone();
+            tokio::spawn(async move { s.apply_provisioning(&sample(), REALM).await })
+        })
+        .collect();
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        stores[0]
+            .account_by_api_secret("sk_test_1")
+            .await
+            .unwrap()
+            .map(|a| a.id),
+        Some(ACCT.to_owned())
+    );
+}

@@ -192,6 +192,9 @@ impl CallMachine {
         r.headers.add(HeaderName::CallId, f.sip_call_id.clone());
         r.headers
             .add(HeaderName::CSeq, format!("{} INVITE", f.cseq));
+        for route in &target.route {
+            r.headers.add(HeaderName::Route, route.clone());
+        }
         if let Some(c) = &target.contact {
             r.headers.add(HeaderName::Contact, format!("<{c}>"));
         }

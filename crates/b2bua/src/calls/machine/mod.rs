@@ -84,6 +84,9 @@ pub(crate) struct Target {
     /// SDES toward this target (a trunk with `srtp = "sdes"`): our key, offered in
     /// `a=crypto`; the relay encrypts what it sends to the target with it.
     pub(crate) sdes: Option<media::srtp::SrtpKey>,
+    /// Route headers of the INVITE, in order (RFC 3327: the Path a phone registered
+    /// through); `dest` is then the first of them. Empty for a direct target.
+    pub(crate) route: Vec<String>,
 }
 
 /// The targets of one leg: stages tried one after another (failover); the targets of one

@@ -31,6 +31,7 @@ fn target(label: &str, port: u16) -> Target {
         failover_codes: Vec::new(),
         trunk: None,
         sdes: None,
+        route: Vec::new(),
     }
 }
 
@@ -298,6 +299,46 @@ fn connected(r: &mut Rig, carrier_answer: impl Fn(Response) -> Response) -> (Req
     r.respond(rtx, reply(&rinv, 200, "desk", Some(CARRIER_SDP)));
     assert_eq!(acks(&r.take()), 1);
     (agent_inv, cinv)
+}
+
+/// A phone registered through an edge proxy (RFC 3327 Path): its INVITE carries the Path as
+/// Route headers, in order, and goes to the first of them.
+#[test]
+fn a_target_with_a_route_set_gets_route_headers_in_order() {
+    let mut r = Rig::new();
+    r.take();
+    let mut via_edge = target("desk", 5070);
+    via_edge.route = vec![
+        "<sip:127.0.0.2:5060;lr;received=sip:10.0.0.5:5070>".into(),
+        "<sip:127.0.0.3;lr>".into(),
+    ];
+    via_edge.dest.addr = addr(5060);
+    r.targets(Leg::Agent, vec![vec![via_edge, target("mobile", 5071)]]);
+    let out = r.take();
+    let inv = sent(&out);
+    let routes = |req: &Request| -> Vec<String> {
+        req.headers
+            .get_all(&HeaderName::Route)
+            .map(|v| v.to_str().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        routes(&inv[0].1),
+        [
+            "<sip:127.0.0.2:5060;lr;received=sip:10.0.0.5:5070>",
+            "<sip:127.0.0.3;lr>"
+        ]
+    );
+    assert_eq!(inv[0].1.uri().to_string(), "sip:desk@127.0.0.1:5070");
+    let dests: Vec<SocketAddr> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { dest, .. } => Some(dest.addr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dests, [addr(5060), addr(5071)]);
+    assert!(routes(&inv[1].1).is_empty(), "a direct target has none");
 }
 
 #[test]
