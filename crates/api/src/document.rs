@@ -263,6 +263,8 @@ pub const ERRORS: &[(&str, &str, u16, &[&str])] = &[
     ("delete", "/v1/numbers/{number}", 404, &["number_not_found"]),
     ("post", "/v1/trunks", 400, &["invalid_field"]),
     ("post", "/v1/trunks", 409, &["already_exists"]),
+    ("post", "/v1/trunks", 422, &["srtp_needs_tls"]),
+    ("patch", "/v1/trunks/{name}", 422, &["srtp_needs_tls"]),
     ("get", "/v1/trunks/{name}", 404, &["trunk_not_found"]),
     ("patch", "/v1/trunks/{name}", 400, &["invalid_field"]),
     ("patch", "/v1/trunks/{name}", 403, &["trunk_read_only"]),

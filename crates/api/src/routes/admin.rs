@@ -741,6 +741,18 @@ fn transport(s: Option<&str>) -> Result<Option<Transport>, ApiError> {
     .transpose()
 }
 
+/// SDES keys travel in the SDP, so a trunk with `srtp = "sdes"` must use TLS: a request
+/// that is valid field by field but not as a whole is 422.
+fn srtp_needs_tls(t: &Trunk) -> Result<(), ApiError> {
+    if t.srtp == store::Srtp::Sdes && t.transport != store::Transport::Tls {
+        return Err(ApiError::unprocessable(
+            "srtp_needs_tls",
+            "srtp sdes needs transport tls (the keys travel in the SDP)",
+        ));
+    }
+    Ok(())
+}
+
 fn srtp(s: Option<&str>) -> Result<Option<store::Srtp>, ApiError> {
     s.map(|t| {
         t.parse::<store::Srtp>()
@@ -797,6 +809,7 @@ pub async fn create_trunk(
         },
         srtp: srtp(req.srtp.as_deref())?.unwrap_or_default(),
     };
+    srtp_needs_tls(&t)?;
     shared.store.create_trunk(&t).await.map_err(write_err)?;
     Ok((StatusCode::CREATED, axum::Json(views::trunk(&t))).into_response())
 }
@@ -912,6 +925,7 @@ pub async fn update_trunk(
             message: "A trunk has both a username and a password, or neither".to_owned(),
         });
     }
+    srtp_needs_tls(&t)?;
     shared.store.update_trunk(&t).await.map_err(write_err)?;
     Ok(axum::Json(views::trunk(&t)))
 }
