@@ -30,7 +30,8 @@
 //! sharing the store is seen within [`CREDENTIALS_TTL`].
 
 use sip_core::auth::{
-    parse_authorization, Algorithm, Authorization, DigestServer, DigestServerConfig, Verdict,
+    parse_authorization, Algorithm, Authorization, Credentials, DigestServer, DigestServerConfig,
+    Verdict,
 };
 use sip_core::endpoint::new_tag;
 use sip_core::message::{
@@ -349,6 +350,40 @@ impl Registrar {
         Ok(self.store.sweep_expired(unix_now() as i64).await?)
     }
 
+    /// Checks digest credentials for `method` against a device's HA1 for our realm (MD5 or
+    /// SHA-256, as the credentials say); an unknown device or another realm never verifies.
+    fn verify(
+        &self,
+        creds: &Credentials,
+        method: &str,
+        device: Option<&Device>,
+        now: u64,
+    ) -> Verdict {
+        let realm = &self.cfg.realm;
+        let Ok(mut d) = self.digest.lock() else {
+            return Verdict::BadNonce;
+        };
+        d.verify(
+            creds,
+            method,
+            realm,
+            |alg| {
+                let dev = device?;
+                if &dev.realm != realm {
+                    return None;
+                }
+                match alg {
+                    Algorithm::Md5 | Algorithm::Md5Sess => Some(dev.ha1_md5.expose().to_string()),
+                    Algorithm::Sha256 | Algorithm::Sha256Sess => {
+                        Some(dev.ha1_sha256.expose().to_string())
+                    }
+                    _ => None,
+                }
+            },
+            now,
+        )
+    }
+
     fn challenge(&self, req: &Request, stale: bool, now: u64) -> Response {
         let mut resp = Response::for_request(req, 401);
         resp.set_to_tag(&new_tag());
@@ -428,32 +463,7 @@ impl Registrar {
             Ok(d) => d,
             Err(e) => return Err(quick(Self::store_failed(req, &e))),
         };
-        let realm = self.cfg.realm.clone();
-        let method = req.method.to_string();
-        let verdict = match self.digest.lock() {
-            Ok(mut d) => d.verify(
-                &creds,
-                &method,
-                &realm,
-                |alg| {
-                    let dev = device.as_ref()?;
-                    if dev.realm != realm {
-                        return None;
-                    }
-                    match alg {
-                        Algorithm::Md5 | Algorithm::Md5Sess => {
-                            Some(dev.ha1_md5.expose().to_string())
-                        }
-                        Algorithm::Sha256 | Algorithm::Sha256Sess => {
-                            Some(dev.ha1_sha256.expose().to_string())
-                        }
-                        _ => None,
-                    }
-                },
-                now,
-            ),
-            Err(_) => Verdict::BadNonce,
-        };
+        let verdict = self.verify(&creds, &req.method.to_string(), device.as_ref(), now);
         match (verdict, device) {
             (Verdict::Ok, Some(d)) => {
                 if let Ok(mut g) = self.guard.lock() {
@@ -541,31 +551,7 @@ impl Registrar {
                 return quick(Self::store_failed(req, &e));
             }
         };
-        let realm = self.cfg.realm.clone();
-        let verdict = match self.digest.lock() {
-            Ok(mut d) => d.verify(
-                &creds,
-                "REGISTER",
-                &realm,
-                |alg| {
-                    let dev = device.as_ref()?;
-                    if dev.realm != realm {
-                        return None;
-                    }
-                    match alg {
-                        Algorithm::Md5 | Algorithm::Md5Sess => {
-                            Some(dev.ha1_md5.expose().to_string())
-                        }
-                        Algorithm::Sha256 | Algorithm::Sha256Sess => {
-                            Some(dev.ha1_sha256.expose().to_string())
-                        }
-                        _ => None,
-                    }
-                },
-                now,
-            ),
-            Err(_) => Verdict::BadNonce,
-        };
+        let verdict = self.verify(&creds, "REGISTER", device.as_ref(), now);
         let device = match (verdict, device) {
             (Verdict::Ok, Some(d)) => d,
             (Verdict::Stale, _) => return quick(self.challenge(req, true, now)),
