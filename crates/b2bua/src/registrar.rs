@@ -49,13 +49,6 @@ pub const CREDENTIALS_TTL: Duration = Duration::from_secs(30);
 /// Devices whose credentials are kept at most (the cache starts over past it).
 const CREDENTIALS_CAPACITY: usize = 100_000;
 
-/// A device's credentials as last read (or that it does not exist).
-struct CachedDevice {
-    device: Option<Device>,
-    generation: u64,
-    read_at: std::time::Instant,
-}
-
 /// Registrar settings.
 #[derive(Debug, Clone)]
 pub struct RegistrarConfig {
@@ -224,7 +217,7 @@ pub struct Registrar {
     /// Source addresses of live bindings -> when the last of them expires (unix seconds).
     sources: Mutex<HashMap<IpAddr, u64>>,
     /// Device username -> its credentials as last read.
-    credentials: Mutex<HashMap<String, CachedDevice>>,
+    credentials: store::cache::ReadCache<String, Option<Device>>,
     pub stats: RegistrarStats,
 }
 
@@ -272,7 +265,7 @@ impl Registrar {
             digest: Mutex::new(digest),
             conns: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
-            credentials: Mutex::new(HashMap::new()),
+            credentials: store::cache::ReadCache::new(CREDENTIALS_TTL, CREDENTIALS_CAPACITY),
             stats: RegistrarStats::default(),
         })
     }
@@ -286,33 +279,13 @@ impl Registrar {
     async fn device(&self, username: &str) -> Result<Option<Device>, store::StoreError> {
         // Read before the lookup: a change that lands meanwhile makes the entry stale.
         let generation = self.store.provisioning_generation();
-        let now = std::time::Instant::now();
-        if let Ok(c) = self.credentials.lock() {
-            if let Some(e) = c.get(username) {
-                if e.generation == generation && now.duration_since(e.read_at) < CREDENTIALS_TTL {
-                    return Ok(e.device.clone());
-                }
-            }
-        }
-        let device = self.store.device_by_username(username).await?;
-        if let Ok(mut c) = self.credentials.lock() {
-            if c.len() >= CREDENTIALS_CAPACITY
-                || c.values()
-                    .next()
-                    .is_some_and(|e| e.generation != generation)
-            {
-                c.clear();
-            }
-            c.insert(
-                username.to_string(),
-                CachedDevice {
-                    device: device.clone(),
-                    generation,
-                    read_at: now,
-                },
-            );
-        }
-        Ok(device)
+        store::cache::read_through(
+            &self.credentials,
+            username.to_string(),
+            generation,
+            self.store.device_by_username(username),
+        )
+        .await
     }
 
     /// The TCP connection a device's contact registered over, if it is still known.
@@ -1286,7 +1259,7 @@ mod tests {
         .await;
         assert_eq!(ok.response.status, 200);
         let generation = reg.store.provisioning_generation();
-        assert!(reg.credentials.lock().unwrap().contains_key("alice-desk"));
+        assert!(reg.credentials.contains_key("alice-desk"));
         // A refresh is authenticated from memory: the same entry serves it.
         let ok = authed(
             &reg,
@@ -1298,7 +1271,7 @@ mod tests {
         )
         .await;
         assert_eq!(ok.response.status, 200);
-        assert_eq!(reg.credentials.lock().unwrap().len(), 1);
+        assert_eq!(reg.credentials.len(), 1);
         // A new password through the store: the old one no longer works, the new one does.
         reg.store
             .set_device_password("alice-desk", &store::Secret::new("n3w-pass"), REALM)

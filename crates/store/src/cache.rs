@@ -87,6 +87,18 @@ impl<K: Eq + Hash, V: Clone> ReadCache<K, V> {
         );
     }
 
+    /// Whether an entry is kept for `key` (trusted or not).
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries
+            .lock()
+            .map(|e| e.contains_key(key))
+            .unwrap_or(false)
+    }
+
     /// Entries kept now.
     pub fn len(&self) -> usize {
         self.entries.lock().map(|e| e.len()).unwrap_or(0)
