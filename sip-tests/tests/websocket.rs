@@ -105,7 +105,13 @@ fn a_websocket_without_the_sip_protocol_is_refused_with_a_log_line() {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
         other => panic!("expected a 400, got {other:?}"),
     }
-    let log = f.server.log_text();
+    // The log is written by a thread of its own: wait (bounded) for both lines to land.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut log = f.server.log_text();
+    while log.matches("websocket refused").count() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = f.server.log_text();
+    }
     let refusals: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("websocket refused"))
