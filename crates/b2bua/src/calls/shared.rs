@@ -19,7 +19,7 @@ use crate::registrar::Registrar;
 
 pub(crate) struct CallEntry {
     /// The call's inbox.
-    pub(crate) tx: mpsc::UnboundedSender<Input>,
+    pub(crate) tx: mpsc::UnboundedSender<Box<Input>>,
     /// The call's relay counters, once it has a relay session.
     pub(crate) media: Option<media::StatsReader>,
     /// The keys this call holds in the routing tables, removed one by one when it ends
@@ -173,7 +173,7 @@ impl EngineInner {
             .ok()
             .and_then(|c| c.get(call).map(|e| e.tx.clone()));
         if let Some(tx) = tx {
-            let _ = tx.send(input);
+            let _ = tx.send(Box::new(input));
         }
     }
 }

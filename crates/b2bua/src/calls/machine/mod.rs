@@ -364,7 +364,8 @@ pub(crate) struct CallMachine {
     /// The channel of the trunk the customer answered through, held until the call ends.
     trunk_channel: Option<crate::trunks::ChannelGuard>,
     /// The leg that called us (a server transaction), when the call started from an INVITE.
-    incoming: Option<Incoming>,
+    /// Boxed: most calls have none, and the machine lives as long as its call.
+    incoming: Option<Box<Incoming>>,
     /// The customer is on hold (by the API).
     held: bool,
     /// Legs muted by the API (agent, customer).
