@@ -671,3 +671,122 @@ fn baresip_transfers_blind_by_refer() {
         .unwrap_or(0);
     assert!(received > 20, "Bob got the customer's audio: {ended}");
 }
+
+/// The calls of the account, newest first.
+fn list_calls(f: &Fixture) -> Vec<Value> {
+    let (st, v) = api(f, "GET", "/v1/calls", None);
+    assert_eq!(st, 200, "{v}");
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// The share of `hz` in the last `secs` seconds of a recording.
+fn heard_at_end(samples: &[i16], hz: f64, secs: f64) -> f64 {
+    let n = (8000.0 * secs) as usize;
+    heard(&samples[samples.len().saturating_sub(n)..], hz)
+}
+
+/// An attended transfer by a SIPp agent phone (see `agent_attended_refer.xml`): it answers
+/// a click-to-call to the customer (a phone sending 1000 Hz), dials Bob (extension 1002, a
+/// phone sending 1800 Hz) itself, first REFERs with a Replaces naming no dialog (NOTIFY
+/// 481, both calls go on), then REFERs with Replaces naming its dialog of the second call.
+/// On the wire: 202, NOTIFY 200, a BYE to the phone on each of its two legs. Then the
+/// customer and Bob hear each other through the first call's relay (told apart by
+/// frequency: before the transfer each heard only its own tone echoed by the SIPp phone),
+/// the first call says transferred and the second ended completed.
+#[test]
+fn an_attended_refer_with_replaces_joins_the_customer_and_the_second_party() {
+    let f = fixture_with(0, &extra_users());
+    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", SUPERVISOR_HZ, true);
+    let listen = format!("udp:127.0.0.1:{}", f.carrier_port);
+    let customer = Phone::start(
+        &[
+            "--listen",
+            &listen,
+            "--answer",
+            "--ring-ms",
+            "100",
+            "--tone",
+            "1000",
+        ],
+        true,
+    );
+    assert!(customer.wait_count("phone: SIP on", 1, Duration::from_secs(10)));
+    let agent = f.phone("alice-desk", "s3cret-desk", "agent_attended_refer.xml", &[]);
+    let id = place(&f);
+    if !agent.wait_log("BOTH RELEASED", Duration::from_secs(40)) {
+        panic!(
+            "{}\n{}",
+            agent.wait(Duration::from_secs(1)).output,
+            f.server.log_text()
+        );
+    }
+    let logs = agent.logs();
+    assert!(logs.contains("REFER 202 unknown"), "{logs}");
+    assert!(logs.contains("NOTIFY 481"), "{logs}");
+    assert_eq!(logs.matches("REFER 202").count(), 2, "{logs}");
+    assert!(logs.contains("NOTIFY 200"), "{logs}");
+    let released: Vec<&str> = logs.lines().filter(|l| l.contains("RELEASED ")).collect();
+    assert!(
+        released.iter().any(|l| l.contains("SIPpTag01")),
+        "the phone's leg of call one: {logs}"
+    );
+    assert!(
+        released.iter().any(|l| l.contains("SIPpTag02")),
+        "the phone's leg of call two: {logs}"
+    );
+    let run = agent.wait(Duration::from_secs(10));
+    assert_eq!(run.code, 0, "{}", run.output);
+    // The customer and Bob talk through call one now.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(f.call(&id)["status"], "in-progress");
+    assert_eq!(f.hangup(&id), 202);
+    assert!(bob.wait_count("phone: ended", 1, Duration::from_secs(15)));
+    assert!(customer.wait_count("phone: ended", 1, Duration::from_secs(15)));
+    let (c, b) = (customer.last_recording(), bob.last_recording());
+    let (c_bob, c_self) = (
+        heard_at_end(&c, SUPERVISOR_HZ, 1.5),
+        heard_at_end(&c, CUSTOMER_HZ, 1.5),
+    );
+    let (b_customer, b_self) = (
+        heard_at_end(&b, CUSTOMER_HZ, 1.5),
+        heard_at_end(&b, SUPERVISOR_HZ, 1.5),
+    );
+    // Before the transfer (the first second of each call) each heard only its own tone,
+    // echoed by the SIPp phone.
+    let first = |r: &[i16], hz: f64| heard(&r[..8000.min(r.len())], hz);
+    assert!(first(&c, CUSTOMER_HZ) > 0.5 && first(&c, SUPERVISOR_HZ) < 0.1);
+    assert!(first(&b, SUPERVISOR_HZ) > 0.5 && first(&b, CUSTOMER_HZ) < 0.1);
+    assert!(
+        c_bob > 0.5 && c_self < 0.1,
+        "the customer hears Bob ({c_bob:.2}), not itself ({c_self:.2})"
+    );
+    assert!(
+        b_customer > 0.5 && b_self < 0.1,
+        "Bob hears the customer ({b_customer:.2}), not himself ({b_self:.2})"
+    );
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+    assert_eq!(call["legs"]["agent"]["transferred_to"], "1002", "{call}");
+    let timeline = call["timeline"].to_string();
+    assert!(
+        timeline.contains("NOTIFY (refer: SIP/2.0 481 Call/Transaction Does Not Exist)"),
+        "{timeline}"
+    );
+    assert!(timeline.contains("transfer_failed"), "{timeline}");
+    assert!(f.receiver.wait_status("completed", Duration::from_secs(10)));
+    let evs = events_of(&f, &id);
+    let t = evs
+        .iter()
+        .find(|e| e["event"] == "call.transferred")
+        .unwrap_or_else(|| panic!("{evs:?}"));
+    assert_eq!(t["by"], "phone");
+    assert_eq!(t["to"], "1002");
+    // The phone's second call ended, completed, when its party was joined to call one.
+    let two = list_calls(&f)
+        .into_iter()
+        .find(|c| c["call_id"] != id.as_str() && c["origin"] == "phone")
+        .unwrap_or_else(|| panic!("no second call"));
+    let two = f.ended(two["call_id"].as_str().expect("call_id"));
+    assert_eq!(two["status"], "completed", "{two}");
+    assert!(two.to_string().contains("joined to call"), "{two}");
+}
