@@ -762,6 +762,15 @@ impl CallMachine {
         }
         // The transferor is released; the target is that leg now, on the same relay port.
         self.send_bye(replaces, false);
+        if attended {
+            if let Some(key) = sdp_glue::sdes_key(&leg.local_sdp) {
+                self.out.push_back(Output::Media(MediaOp::Sdes(
+                    replaces,
+                    key,
+                    resp.body.clone(),
+                )));
+            }
+        }
         let did = leg.dialog.id().clone();
         let dest = leg.dest;
         self.legs[ix(replaces)] = Some(leg);
@@ -1633,10 +1642,12 @@ impl CallMachine {
         let mut leg = *state;
         self.joined_channels.extend(channel);
         // The target is offered the other party's codecs at the transferor's relay port, in
-        // its own dialog's SDP session (the next version).
+        // its own dialog's SDP session (the next version), with the SDES key it has (a
+        // trunk with `srtp = "sdes"` stays encrypted).
         let relay = self.relay[ix(from)];
+        let sdes = sdp_glue::sdes_key(&leg.local_sdp);
         let offer = match self.legs[ix(other(from))].as_ref() {
-            Some(o) => sdp_glue::rewrite(&o.remote_sdp, relay, &mut leg.origin, None),
+            Some(o) => sdp_glue::rewrite(&o.remote_sdp, relay, &mut leg.origin, sdes.as_ref()),
             None => sdp_glue::agent_offer(relay, &mut leg.origin),
         };
         let offer = sdp_glue::with_direction(&offer, Direction::SendRecv, &mut leg.origin);

@@ -1925,6 +1925,66 @@ fn a_joined_party_that_refuses_the_move_is_released_and_the_call_goes_on() {
         .any(|e| matches!(e, CallEventKind::TransferFailed { .. })));
 }
 
+/// A party on an SDES trunk leg keeps SRTP when it is joined into another call: the
+/// re-INVITE offers its key, and the relay port it moves to encrypts with it.
+#[test]
+fn an_srtp_leg_joined_by_an_attended_transfer_keeps_its_key_on_the_new_port() {
+    let mut r1 = Rig::new();
+    let (agent_inv1, _) = connected(&mut r1, |x| x);
+    let mut r2 = call_two();
+    let (agent_inv2, _) = agent_answered(&mut r2);
+    let ours = media::srtp::SrtpKey::random();
+    let theirs = media::srtp::SrtpKey::random();
+    r2.targets(
+        Leg::Customer,
+        vec![vec![Target {
+            sdes: Some(ours.clone()),
+            ..trunk("carrier", 5080)
+        }]],
+    );
+    let (ctx, cinv) = sent(&r2.take()).remove(0);
+    assert!(String::from_utf8_lossy(&cinv.body).contains("a=crypto"));
+    let answer = String::from_utf8_lossy(&sdp_glue::with_sdes(CARRIER_SDP.as_bytes(), &theirs))
+        .to_string();
+    r2.respond(ctx, reply(&cinv, 200, "carrier", Some(&answer)));
+    for (tx, q) in sent(&r2.take()) {
+        if q.method == Method::Invite {
+            r2.respond(tx, reply(&q, 200, "desk", Some(CARRIER_SDP)));
+        }
+    }
+    r2.take();
+    let id = attended_refer(&mut r1, &agent_inv1, &agent_inv2);
+    r2.feed(Input::HandOver {
+        id,
+        leg: Leg::Agent,
+        dialog: DialogId {
+            call_id: agent_inv2.call_id_str(),
+            local_tag: from_tag(&agent_inv2),
+            remote_tag: "desk".into(),
+        },
+        to_call: "call_test".into(),
+    });
+    let handed = r2
+        .take()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::HandedOver { result, .. } => Some(result),
+            _ => None,
+        })
+        .expect("handed over")
+        .expect("the leg");
+    r1.feed(Input::Joined(id, Ok(handed)));
+    let (jtx, join) = sent(&r1.take()).remove(0);
+    let body = String::from_utf8_lossy(&join.body).to_string();
+    assert!(body.contains("m=audio 30000") && body.contains("a=crypto"), "{body}");
+    assert_eq!(sdp_glue::sdes_key(&join.body), Some(ours.clone()));
+    r1.respond(jtx, reply(&join, 200, "carrier", Some(&answer)));
+    let out = r1.take();
+    assert!(media_ops(&out)
+        .iter()
+        .any(|op| matches!(op, MediaOp::Sdes(Leg::Agent, k, _) if *k == ours)));
+}
+
 /// A warm transfer up to the consultation: the customer held, the target answered on the
 /// consultation ports. Returns (agent INVITE, customer INVITE, target INVITE).
 fn consulting(r: &mut Rig) -> (Request, Request, Request) {
