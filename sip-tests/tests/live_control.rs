@@ -854,7 +854,12 @@ fn a_warm_transfer_consults_while_the_customer_is_held_then_completes() {
         agent.lines()
     );
     assert!(carrier.wait_log("REINVITE sendrecv", Duration::from_secs(10)));
-    assert!(wait_timeline(&f, &id, "transferred", Duration::from_secs(10)));
+    assert!(wait_timeline(
+        &f,
+        &id,
+        "transferred",
+        Duration::from_secs(10)
+    ));
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(f.call(&id)["status"], "in-progress");
     assert_eq!(f.hangup(&id), 202);
@@ -864,7 +869,10 @@ fn a_warm_transfer_consults_while_the_customer_is_held_then_completes() {
     let b = bob.last_recording();
     // The consultation (Bob's first second): the agent.
     let first = heard(&b[..8000.min(b.len())], AGENT_HZ);
-    assert!(first > 0.5, "Bob hears the agent while consulting: {first:.2}");
+    assert!(
+        first > 0.5,
+        "Bob hears the agent while consulting: {first:.2}"
+    );
     // After the completion: the customer's side (echoing Bob), no agent.
     let (echo, agent_tail) = (
         heard_at_end(&b, SUPERVISOR_HZ, 1.5),

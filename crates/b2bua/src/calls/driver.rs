@@ -213,9 +213,10 @@ pub(crate) async fn run(
                 }
                 Output::LookupReplaces { id, replaces } => {
                     let answer = match inner.dialog_owner(&replaces.dialog_ids()) {
-                        Some((other, _, _)) if other == call_id => {
-                            Err((403, "the dialog named is one of this call's own".to_string()))
-                        }
+                        Some((other, _, _)) if other == call_id => Err((
+                            403,
+                            "the dialog named is one of this call's own".to_string(),
+                        )),
                         Some((other, leg, dialog)) => {
                             let ask = Input::HandOver {
                                 id,
@@ -225,7 +226,9 @@ pub(crate) async fn run(
                             };
                             match inner.try_send_to(&other, ask) {
                                 Ok(()) => Ok(()),
-                                Err(_) => Err((481, "the call of that dialog has ended".to_string())),
+                                Err(_) => {
+                                    Err((481, "the call of that dialog has ended".to_string()))
+                                }
                             }
                         }
                         None => Err((481, "no dialog matches the Replaces".to_string())),
@@ -242,10 +245,10 @@ pub(crate) async fn run(
                     if let Ok(h) = &result {
                         inner.unroute_dialog(&h.dialog_id(), &call_id);
                     }
-                    if let Err(Input::Joined(_, Ok(h))) =
-                        inner.try_send_to(&to_call, Input::Joined(id, result))
-                    {
-                        machine.handle(Input::Returned(h), now());
+                    if let Err(back) = inner.try_send_to(&to_call, Input::Joined(id, result)) {
+                        if let Input::Joined(_, Ok(h)) = *back {
+                            machine.handle(Input::Returned(h), now());
+                        }
                     }
                 }
                 Output::Event(kind) => emit(kind),

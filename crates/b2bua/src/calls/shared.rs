@@ -182,15 +182,15 @@ impl EngineInner {
     }
 
     /// Sends an input to a running call; the input back when that call has ended.
-    pub(crate) fn try_send_to(&self, call: &str, input: Input) -> Result<(), Input> {
+    pub(crate) fn try_send_to(&self, call: &str, input: Input) -> Result<(), Box<Input>> {
         let tx = self
             .calls
             .lock()
             .ok()
             .and_then(|c| c.get(call).map(|e| e.tx.clone()));
         match tx {
-            Some(tx) => tx.send(input).map_err(|e| e.0),
-            None => Err(input),
+            Some(tx) => tx.send(input).map_err(|e| Box::new(e.0)),
+            None => Err(Box::new(input)),
         }
     }
 

@@ -143,7 +143,9 @@ pub(super) fn replaces_of(uri: &str) -> Option<Result<ReplacesTarget, ()>> {
     let (_, headers) = uri.split_once('?')?;
     let value = headers.split('&').find_map(|h| {
         let (name, value) = h.split_once('=')?;
-        name.trim().eq_ignore_ascii_case("replaces").then_some(value)
+        name.trim()
+            .eq_ignore_ascii_case("replaces")
+            .then_some(value)
     })?;
     let decoded = percent_decode(value);
     let mut parts = decoded.split(';');
@@ -799,9 +801,12 @@ impl CallMachine {
     /// The re-INVITE of a transfer's target failed: a warm transfer keeps consulting; an
     /// attended one is given up (its target released, the REFER told the code).
     fn side_offer_failed(&mut self, sid: SideId, status: u16) {
-        let attended = self
-            .side_ix(sid)
-            .is_some_and(|i| matches!(self.sides[i].kind, SideKind::Transfer { attended: true, .. }));
+        let attended = self.side_ix(sid).is_some_and(|i| {
+            matches!(
+                self.sides[i].kind,
+                SideKind::Transfer { attended: true, .. }
+            )
+        });
         if !attended {
             self.complete_failed(sid, status);
             return;
@@ -839,7 +844,12 @@ impl CallMachine {
         let req = l.offer(Method::Invite, sdp);
         let dest = l.dest;
         let cid = req.call_id_str();
-        self.sip_event(leg, "sent", "INVITE (resume after the transfer: a=sendrecv)".into(), &cid);
+        self.sip_event(
+            leg,
+            "sent",
+            "INVITE (resume after the transfer: a=sendrecv)".into(),
+            &cid,
+        );
         self.send_offer(leg, Method::Invite, req, dest, Purpose::Realign);
     }
 
@@ -1537,7 +1547,10 @@ impl CallMachine {
             .as_ref()
             .is_none_or(|l| !l.up || *l.dialog.id() != dialog)
         {
-            Some((481, "that dialog is no longer a leg of its call".to_string()))
+            Some((
+                481,
+                "that dialog is no longer a leg of its call".to_string(),
+            ))
         } else if self.transfer_in_flight() {
             Some((491, "a transfer of the other call is under way".to_string()))
         } else if self.legs[ix(keep)]
@@ -1702,7 +1715,10 @@ impl CallMachine {
         l.up = false;
         let req = l.dialog.new_request(Method::Bye, None);
         let tx = self.new_tx(Role::LateBye);
-        self.note(None, format!("{} released: this call could not take it", h.label));
+        self.note(
+            None,
+            format!("{} released: this call could not take it", h.label),
+        );
         self.out.push_back(Output::Send {
             tx,
             request: req,

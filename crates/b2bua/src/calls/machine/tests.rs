@@ -1654,8 +1654,10 @@ fn replaces_is_read_from_the_refer_to_uri_with_its_escapes() {
     assert_eq!(ids[0].local_tag, "ours", "the phone's to-tag is our tag");
     assert_eq!(ids[1].local_tag, "phone");
     assert!(control::replaces_of("sip:1002@dialbridge.test").is_none());
-    assert!(control::replaces_of("sip:1002@x?Replaces=%3Bto-tag%3D1%3Bfrom-tag%3D2")
-        .is_some_and(|r| r.is_err()));
+    assert!(
+        control::replaces_of("sip:1002@x?Replaces=%3Bto-tag%3D1%3Bfrom-tag%3D2")
+            .is_some_and(|r| r.is_err())
+    );
 }
 
 /// The tag of a request's From header.
@@ -1760,14 +1762,18 @@ fn an_attended_refer_with_replaces_joins_the_two_remote_parties_and_releases_the
     let o = ended(&r2.take()).remove(0);
     assert_eq!(o.status, CallStatus::Completed);
     assert_eq!(o.leg, Some(Leg::Agent));
-    assert!(o.reason.contains("joined to call call_test"), "{}", o.reason);
+    assert!(
+        o.reason.contains("joined to call call_test"),
+        "{}",
+        o.reason
+    );
 
     // Call one: the target is re-INVITEd in its own dialog to the agent's relay port.
     r1.feed(Input::Joined(id, Ok(handed)));
     let out = r1.take();
-    assert!(out.iter().any(
-        |o| matches!(o, Output::RouteSideDialog(_, d) if d.call_id == cinv2.call_id_str())
-    ));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::RouteSideDialog(_, d) if d.call_id == cinv2.call_id_str())));
     let (jtx, join) = sent(&out).remove(0);
     assert_eq!(join.method, Method::Invite);
     assert_eq!(join.call_id_str(), cinv2.call_id_str());
@@ -1820,12 +1826,19 @@ fn a_replaces_naming_no_dialog_is_notified_481_and_both_calls_go_on() {
         Err((481, "no dialog matches the Replaces".into())),
     ));
     let out = r1.take();
-    assert_eq!(notifies(&out), ["SIP/2.0 481 Call/Transaction Does Not Exist"]);
+    assert_eq!(
+        notifies(&out),
+        ["SIP/2.0 481 Call/Transaction Does Not Exist"]
+    );
     assert_eq!(sent_methods(&out), ["NOTIFY"]);
     assert!(ended(&out).is_empty());
-    assert!(events(&out)
-        .iter()
-        .any(|e| matches!(e, CallEventKind::TransferFailed { sip_code: Some(481), .. })));
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        CallEventKind::TransferFailed {
+            sip_code: Some(481),
+            ..
+        }
+    )));
     // The call is as it was: another transfer may follow.
     r1.request(
         refer(&agent_inv1, "desk", 8, "sip:1002@dialbridge.test"),
@@ -1853,7 +1866,10 @@ fn a_call_not_connected_or_busy_with_an_offer_does_not_hand_its_leg_over() {
     let out = r2.take();
     assert!(out.iter().any(|o| matches!(
         o,
-        Output::HandedOver { result: Err((481, _)), .. }
+        Output::HandedOver {
+            result: Err((481, _)),
+            ..
+        }
     )));
     assert!(sent(&out).is_empty() && ended(&out).is_empty());
     // Connected, but the customer's side has an offer of ours in flight.
@@ -1875,7 +1891,10 @@ fn a_call_not_connected_or_busy_with_an_offer_does_not_hand_its_leg_over() {
     let out = r2.take();
     assert!(out.iter().any(|o| matches!(
         o,
-        Output::HandedOver { result: Err((491, _)), .. }
+        Output::HandedOver {
+            result: Err((491, _)),
+            ..
+        }
     )));
     assert!(ended(&out).is_empty());
 }
@@ -1944,8 +1963,8 @@ fn an_srtp_leg_joined_by_an_attended_transfer_keeps_its_key_on_the_new_port() {
     );
     let (ctx, cinv) = sent(&r2.take()).remove(0);
     assert!(String::from_utf8_lossy(&cinv.body).contains("a=crypto"));
-    let answer = String::from_utf8_lossy(&sdp_glue::with_sdes(CARRIER_SDP.as_bytes(), &theirs))
-        .to_string();
+    let answer =
+        String::from_utf8_lossy(&sdp_glue::with_sdes(CARRIER_SDP.as_bytes(), &theirs)).to_string();
     r2.respond(ctx, reply(&cinv, 200, "carrier", Some(&answer)));
     for (tx, q) in sent(&r2.take()) {
         if q.method == Method::Invite {
@@ -1976,7 +1995,10 @@ fn an_srtp_leg_joined_by_an_attended_transfer_keeps_its_key_on_the_new_port() {
     r1.feed(Input::Joined(id, Ok(handed)));
     let (jtx, join) = sent(&r1.take()).remove(0);
     let body = String::from_utf8_lossy(&join.body).to_string();
-    assert!(body.contains("m=audio 30000") && body.contains("a=crypto"), "{body}");
+    assert!(
+        body.contains("m=audio 30000") && body.contains("a=crypto"),
+        "{body}"
+    );
     assert_eq!(sdp_glue::sdes_key(&join.body), Some(ours.clone()));
     r1.respond(jtx, reply(&join, 200, "carrier", Some(&answer)));
     let out = r1.take();
