@@ -1470,7 +1470,8 @@ impl CallMachine {
             self.notify_refer(from, 100, false);
             let id = self.next_side;
             self.next_side += 1;
-            self.pending_joins.push((id, from, user));
+            let until = self.now + self.cfg.timers.timeout();
+            self.pending_joins.push((id, from, user, until));
             self.out.push_back(Output::LookupReplaces {
                 id,
                 replaces: target,
@@ -1627,7 +1628,7 @@ impl CallMachine {
             }
             return;
         };
-        let (_, from, to) = self.pending_joins.remove(p);
+        let (_, from, to, _) = self.pending_joins.remove(p);
         let h = match r {
             Ok(h) if self.phase == Phase::Connected => h,
             Ok(h) => {
@@ -1704,6 +1705,22 @@ impl CallMachine {
             request: req,
             dest,
         });
+    }
+
+    /// A REFER with `Replaces` whose other call never answered (it ended meanwhile): given
+    /// up after `64*T1`, NOTIFY 408; a leg that comes later is released.
+    pub(super) fn join_timers(&mut self, now: Instant) {
+        while let Some(p) = self.pending_joins.iter().position(|j| j.3 <= now) {
+            let (_, from, to, _) = self.pending_joins.remove(p);
+            self.notify_refer(from, 408, true);
+            self.emit(CallEventKind::TransferFailed {
+                leg: from,
+                to,
+                by: "phone",
+                sip_code: Some(408),
+                reason: "attended transfer: the other call did not answer; the call goes on".into(),
+            });
+        }
     }
 
     /// A leg handed over that this call cannot take: released with BYE.

@@ -402,8 +402,9 @@ pub(crate) struct CallMachine {
     next_side: control::SideId,
     /// REFERs whose target is being looked up: (id, transferor's leg, target).
     pending_refers: Vec<(control::SideId, Leg, String)>,
-    /// REFERs with `Replaces` waiting for the other call's leg: (id, transferor's leg, target).
-    pending_joins: Vec<(control::SideId, Leg, String)>,
+    /// REFERs with `Replaces` waiting for the other call's leg: (id, transferor's leg,
+    /// target, given up at).
+    pending_joins: Vec<(control::SideId, Leg, String, Instant)>,
     /// Trunk channels of legs joined into this call from another (attended transfer), held
     /// until the call ends.
     joined_channels: Vec<crate::trunks::ChannelGuard>,
@@ -534,6 +535,7 @@ impl CallMachine {
                 }
                 take(self.incoming.as_ref().and_then(|i| i.ack_until));
                 take(self.side_deadline());
+                take(self.pending_joins.iter().map(|j| j.3).min());
             }
             Phase::Confirm => take(self.confirm_until),
             Phase::Ending => take(self.ending_until),
@@ -657,6 +659,7 @@ impl CallMachine {
                 self.incoming_timers(now);
                 self.session_timers(now);
                 self.side_timers(now);
+                self.join_timers(now);
             }
             Phase::Confirm => self.confirm_timer(now),
             Phase::Ending => {

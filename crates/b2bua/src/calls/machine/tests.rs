@@ -1847,6 +1847,47 @@ fn a_replaces_naming_no_dialog_is_notified_481_and_both_calls_go_on() {
     assert_eq!(answers(&r1.take()), [202]);
 }
 
+/// The other call never answers (it ended as the request reached it): the REFER is
+/// NOTIFYed 408 after 64*T1 and the call goes on; a leg that comes after is released.
+#[test]
+fn a_join_the_other_call_never_answers_is_given_up_after_64_t1() {
+    let mut r1 = Rig::new();
+    let (agent_inv1, _) = connected(&mut r1, |x| x);
+    let mut r2 = call_two();
+    let (agent_inv2, _) = connected(&mut r2, |x| x);
+    let id = attended_refer(&mut r1, &agent_inv1, &agent_inv2);
+    r1.advance(timers().timeout() - Duration::from_millis(1));
+    assert!(notifies(&r1.take()).is_empty());
+    r1.advance(Duration::from_millis(2));
+    let out = r1.take();
+    assert_eq!(notifies(&out), ["SIP/2.0 408 Request Timeout"]);
+    assert!(ended(&out).is_empty());
+    // Too late: the leg is released.
+    r2.feed(Input::HandOver {
+        id,
+        leg: Leg::Agent,
+        dialog: DialogId {
+            call_id: agent_inv2.call_id_str(),
+            local_tag: from_tag(&agent_inv2),
+            remote_tag: "desk".into(),
+        },
+        to_call: "call_test".into(),
+    });
+    let handed = r2
+        .take()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::HandedOver { result, .. } => Some(result),
+            _ => None,
+        })
+        .expect("handed over")
+        .expect("the leg");
+    r1.feed(Input::Joined(id, Ok(handed)));
+    let out = r1.take();
+    assert_eq!(sent_methods(&out), ["BYE"]);
+    assert!(ended(&out).is_empty());
+}
+
 #[test]
 fn a_call_not_connected_or_busy_with_an_offer_does_not_hand_its_leg_over() {
     let mut r2 = call_two();
