@@ -434,7 +434,9 @@ fn refer_agent(f: &Fixture, target: &str, hangup: bool) -> SippChild {
 #[test]
 fn a_blind_refer_bridges_the_customer_to_the_target_and_releases_the_agent() {
     let f = fixture_with(0, &extra_users());
-    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", 0.0, false);
+    // Bob sends RTP as a phone does: the relay latches onto the source it hears on a leg, and
+    // the transferor's last packets (sent until it takes the BYE) may latch it first.
+    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", SUPERVISOR_HZ, false);
     let agent = refer_agent(&f, "1002", false);
     let carrier = f.carrier("carrier_answer_play.xml", &[]);
     let id = place(&f);
@@ -601,7 +603,9 @@ fn a_held_customer_hears_the_hold_tone_and_not_the_agent() {
 fn baresip_transfers_blind_by_refer() {
     use sip_tests::baresip::{Baresip, BaresipConfig, SipTransport};
     let f = fixture_with(0, &extra_users());
-    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", 0.0, false);
+    // Bob sends RTP as a phone does: the relay latches onto the source it hears on a leg, and
+    // the transferor's last packets (sent until it takes the BYE) may latch it first.
+    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", SUPERVISOR_HZ, false);
     let mut cfg = BaresipConfig::device(
         "alice-desk",
         "s3cret-desk",
