@@ -216,6 +216,46 @@ pub(crate) async fn run(
                     let plan = Box::pin(targets::refer_plan(&inner, &spec, &to)).await;
                     machine.handle(Input::TransferTargets(id, plan), now());
                 }
+                Output::LookupReplaces { id, replaces } => {
+                    let answer = match inner.dialog_owner(&replaces.dialog_ids()) {
+                        Some((other, _, _)) if other == call_id => Err((
+                            403,
+                            "the dialog named is one of this call's own".to_string(),
+                        )),
+                        Some((other, leg, dialog)) => {
+                            let ask = Input::HandOver {
+                                id,
+                                leg,
+                                dialog,
+                                to_call: call_id.clone(),
+                            };
+                            match inner.try_send_to(&other, ask) {
+                                Ok(()) => Ok(()),
+                                Err(_) => {
+                                    Err((481, "the call of that dialog has ended".to_string()))
+                                }
+                            }
+                        }
+                        None => Err((481, "no dialog matches the Replaces".to_string())),
+                    };
+                    if let Err(e) = answer {
+                        machine.handle(Input::Joined(id, Err(e)), now());
+                    }
+                }
+                Output::HandedOver {
+                    to_call,
+                    id,
+                    result,
+                } => {
+                    if let Ok(h) = &result {
+                        inner.unroute_dialog(&h.dialog_id(), &call_id);
+                    }
+                    if let Err(back) = inner.try_send_to(&to_call, Input::Joined(id, result)) {
+                        if let Input::Joined(_, Ok(h)) = *back {
+                            machine.handle(Input::Returned(h), now());
+                        }
+                    }
+                }
                 Output::Event(kind) => emit(kind),
                 Output::RouteCallId(leg, id) => inner.register_sip_call_id(&id, &call_id, leg),
                 Output::RouteDialog(leg, id) => inner.register_dialog(id, &call_id, leg),
