@@ -189,7 +189,7 @@ impl EngineInner {
             .ok()
             .and_then(|c| c.get(call).map(|e| e.tx.clone()));
         match tx {
-            Some(tx) => tx.send(input).map_err(|e| Box::new(e.0)),
+            Some(tx) => tx.send(Box::new(input)).map_err(|e| e.0),
             None => Err(Box::new(input)),
         }
     }
