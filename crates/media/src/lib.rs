@@ -101,6 +101,7 @@ pub mod stats;
 mod sys;
 pub mod timeout;
 mod uring_worker;
+pub mod webrtc;
 mod worker;
 
 pub use config::{
