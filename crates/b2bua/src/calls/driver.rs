@@ -380,6 +380,21 @@ fn apply(m: &MediaSession, op: MediaOp) {
             };
             let _ = m.set_srtp(id, Some(media::srtp::SrtpKeys { local, remote }));
         }
+        MediaOp::WebRtc(leg, ice) => {
+            if let Err(e) = m.set_webrtc(media_leg(leg), ice) {
+                tracing::warn!(?leg, error = %e, "webrtc: the leg could not be set up: its media is refused");
+            }
+        }
+        MediaOp::WebRtcAnswer(leg, sdp) => {
+            let fp = sdp_glue::webrtc_fingerprint(&sdp);
+            if fp.is_none() {
+                tracing::warn!(
+                    ?leg,
+                    "webrtc: the browser's answer has no usable a=fingerprint: its media is refused"
+                );
+            }
+            let _ = m.set_webrtc_fingerprint(media_leg(leg), fp);
+        }
         MediaOp::Start => {
             let _ = m.start();
         }

@@ -197,6 +197,83 @@ pub(crate) fn with_sdes(offer: &[u8], key: &SrtpKey) -> Bytes {
     sdp.to_bytes()
 }
 
+/// Our offer as a WebRTC browser takes it (RFC 8829 / RFC 8843 basics): the G.711 codecs
+/// and telephone-event of `offer` only (no transcoding: RFC 7874's mandatory codecs), profile
+/// `UDP/TLS/RTP/SAVPF`, `a=ice-lite` with our ufrag/pwd and one host candidate (the relay
+/// port), `a=fingerprint` of the relay's DTLS certificate with `a=setup:actpass` (the
+/// browser then takes the DTLS client's role), `a=rtcp-mux` and `a=mid:0`.
+pub(crate) fn webrtc_offer(offer: &[u8], w: &super::machine::WebRtcOffer) -> Bytes {
+    use sip_core::sdp::Attribute;
+    let Ok(mut sdp) = SessionDescription::parse(offer) else {
+        return Bytes::copy_from_slice(offer);
+    };
+    let Some(i) = sdp.first_audio_index() else {
+        return Bytes::copy_from_slice(offer);
+    };
+    let ip = sdp
+        .connection_of(&sdp.media[i])
+        .and_then(|c| c.ip())
+        .or_else(|| sdp.connection.as_ref().and_then(|c| c.ip()));
+    sdp.attributes.retain(|a| a.name != "ice-lite");
+    sdp.attributes.push(Attribute::property("ice-lite"));
+    let m = &mut sdp.media[i];
+    let mut narrowed = m.clone();
+    let kept = narrowed.retain_formats(|_, map| {
+        map.is_some_and(|c| {
+            ["PCMU", "PCMA", "telephone-event"]
+                .iter()
+                .any(|e| c.encoding.eq_ignore_ascii_case(e))
+        })
+    });
+    if kept {
+        *m = narrowed;
+    }
+    m.proto = "UDP/TLS/RTP/SAVPF".into();
+    for name in [
+        "crypto",
+        "rtcp",
+        "rtcp-mux",
+        "ice-ufrag",
+        "ice-pwd",
+        "fingerprint",
+        "setup",
+        "mid",
+        "candidate",
+        "end-of-candidates",
+    ] {
+        m.remove_attributes(name);
+    }
+    let port = m.port;
+    m.attributes.push(Attribute::new("mid", "0"));
+    m.attributes.push(Attribute::new("ice-ufrag", &w.ice.ufrag));
+    m.attributes.push(Attribute::new("ice-pwd", &w.ice.pwd));
+    m.attributes
+        .push(Attribute::new("fingerprint", &w.fingerprint.to_string()));
+    m.attributes.push(Attribute::new("setup", "actpass"));
+    m.attributes.push(Attribute::property("rtcp-mux"));
+    if let Some(ip) = ip {
+        m.attributes.push(Attribute::new(
+            "candidate",
+            &format!("1 1 udp 2130706431 {ip} {port} typ host"),
+        ));
+        m.attributes.push(Attribute::property("end-of-candidates"));
+    }
+    sdp.to_bytes()
+}
+
+/// The `a=fingerprint` of a browser's SDP (of its audio stream, else of the session).
+pub(crate) fn webrtc_fingerprint(body: &[u8]) -> Option<media::webrtc::Fingerprint> {
+    let sdp = SessionDescription::parse(body).ok()?;
+    let audio = sdp.first_audio()?;
+    audio
+        .attribute_value("fingerprint")
+        .or_else(|| {
+            sdp.attribute("fingerprint")
+                .and_then(|a| a.value.as_deref())
+        })
+        .and_then(media::webrtc::Fingerprint::parse)
+}
+
 /// The key of the first `a=crypto` of the first audio stream that uses the suite we speak
 /// (the peer's key in its SDP, ours in ours); `None` without one.
 pub(crate) fn sdes_key(body: &[u8]) -> Option<SrtpKey> {
@@ -485,5 +562,20 @@ mod tests {
             Some(&key),
         );
         assert_eq!(sdes_key(&to_carrier), Some(key));
+    }
+
+    #[test]
+    fn the_fingerprint_of_a_browser_answer_is_read() {
+        let fp = ["0A"; 32].join(":");
+        let media_level = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\na=fingerprint:sha-256 {fp}\r\n");
+        let session_level = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=fingerprint:sha-256 {fp}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\n");
+        for body in [media_level, session_level] {
+            let got = webrtc_fingerprint(body.as_bytes()).expect("fingerprint");
+            assert_eq!(got.to_string(), format!("sha-256 {fp}"));
+        }
+        assert!(webrtc_fingerprint(
+            b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
+        )
+        .is_none());
     }
 }

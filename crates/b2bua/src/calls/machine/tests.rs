@@ -31,8 +31,97 @@ fn target(label: &str, port: u16) -> Target {
         failover_codes: Vec::new(),
         trunk: None,
         sdes: None,
+        webrtc: None,
         route: Vec::new(),
     }
+}
+
+fn browser(label: &str, port: u16) -> Target {
+    let mut t = target(label, port);
+    t.dest.transport = Transport::Wss;
+    t.webrtc = Some(WebRtcOffer {
+        ice: media::webrtc::IceCredentials::random(),
+        fingerprint: media::webrtc::Fingerprint::parse(&format!(
+            "sha-256 {}",
+            ["AB"; 32].join(":")
+        ))
+        .expect("fingerprint"),
+    });
+    t
+}
+
+const BROWSER_SDP: &str = "v=0\r\no=- 4 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 50000 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\na=ice-ufrag:brws\r\na=ice-pwd:browserbrowserbrowser12\r\na=fingerprint:sha-256 CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD\r\na=setup:active\r\na=rtcp-mux\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n";
+
+#[test]
+fn a_browser_target_gets_a_webrtc_offer_and_its_answer_keys_the_leg() {
+    let mut r = Rig::new();
+    assert!(matches!(r.take().as_slice(), [Output::Lookup(Leg::Agent)]));
+    let web = browser("web", 5072);
+    let ice = web.webrtc.clone().expect("webrtc").ice;
+    r.targets(Leg::Agent, vec![vec![target("desk", 5070), web]]);
+    let out = r.take();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Media(MediaOp::WebRtc(Leg::Agent, Some(i))) if *i == ice)),
+        "the relay answers ICE from the INVITE on: {out:?}"
+    );
+    let invites = sent(&out);
+    let desk = String::from_utf8_lossy(&invites[0].1.body).to_string();
+    let web = String::from_utf8_lossy(&invites[1].1.body).to_string();
+    assert!(
+        desk.contains("RTP/AVP") && !desk.contains("fingerprint"),
+        "{desk}"
+    );
+    for want in [
+        "UDP/TLS/RTP/SAVPF 0 8 101",
+        "a=ice-lite",
+        &format!("a=ice-ufrag:{}", ice.ufrag),
+        &format!("a=ice-pwd:{}", ice.pwd),
+        "a=fingerprint:sha-256 AB:AB:",
+        "a=setup:actpass",
+        "a=rtcp-mux",
+        "a=mid:0",
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 30000 typ host",
+    ] {
+        assert!(web.contains(want), "{want} missing from {web}");
+    }
+    assert!(
+        !web.contains("G722") && !web.contains("opus") && !web.contains("a=rtcp:"),
+        "{web}"
+    );
+    // The browser answers.
+    let (tx, inv) = (invites[1].0, invites[1].1.clone());
+    r.respond(tx, reply(&inv, 200, "web", Some(BROWSER_SDP)));
+    let out = r.take();
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Media(MediaOp::WebRtcAnswer(Leg::Agent, b)) if b.as_ref() == BROWSER_SDP.as_bytes())),
+        "{out:?}"
+    );
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::WebRtc(_, None)))));
+}
+
+#[test]
+fn a_phone_answering_a_fork_with_a_browser_makes_the_leg_plain_again() {
+    let mut r = Rig::new();
+    r.take();
+    r.targets(
+        Leg::Agent,
+        vec![vec![target("desk", 5070), browser("web", 5072)]],
+    );
+    let invites = sent(&r.take());
+    let (tx, inv) = (invites[0].0, invites[0].1.clone());
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    let out = r.take();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Media(MediaOp::WebRtc(Leg::Agent, None)))),
+        "{out:?}"
+    );
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::WebRtcAnswer(..)))));
 }
 
 fn trunk(label: &str, port: u16) -> Target {
