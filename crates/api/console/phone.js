@@ -95,7 +95,7 @@ function answer() {
   setState('#call-state', 'answering', 'answering');
   session.answer({
     mediaConstraints: { audio: true, video: false },
-    pcConfig: { iceServers: [], rtcpMuxPolicy: 'require', bundlePolicy: 'max-bundle' },
+    pcConfig: { iceServers: [], rtcpMuxPolicy: 'require' },
   });
 }
 
@@ -118,7 +118,6 @@ function register(ev) {
       register: true,
       register_expires: 300,
       session_timers: true,
-      user_agent: 'dialbridge browser phone (JsSIP)',
     });
   } catch (e) {
     setState('#reg-state', 'failed', `failed: ${e.message}`);

@@ -502,8 +502,15 @@ impl MediaSession {
             None => None,
             Some(ice) => {
                 let identity = self.dtls.as_ref().ok_or(MediaError::NoDtlsIdentity)?;
-                let w = crate::webrtc::WebRtcLeg::new(identity, ice, None, self.id.to_string())
-                    .map_err(|e| MediaError::WebRtc(e.to_string()))?;
+                let loopback = self.legs[leg.index()].bind.is_loopback();
+                let w = crate::webrtc::WebRtcLeg::new(
+                    identity,
+                    ice,
+                    None,
+                    loopback,
+                    self.id.to_string(),
+                )
+                .map_err(|e| MediaError::WebRtc(e.to_string()))?;
                 Some(Box::new(w))
             }
         };

@@ -5,10 +5,14 @@
 //! - **ICE-lite.** The relay has one host candidate (the leg's RTP port) and never sends a
 //!   check of its own: it answers the browser's STUN binding requests whose `USERNAME` starts
 //!   with our ufrag and whose `MESSAGE-INTEGRITY` verifies with our ice-pwd, with a success
-//!   response carrying `XOR-MAPPED-ADDRESS`, `MESSAGE-INTEGRITY` and `FINGERPRINT`. The source
-//!   of the first valid check (then of the last one with `USE-CANDIDATE`) is where the leg's
-//!   media goes, and the only address DTLS and SRTP are taken from: on this leg ICE, not
-//!   latching, authenticates the peer.
+//!   response carrying `XOR-MAPPED-ADDRESS`, `MESSAGE-INTEGRITY` and `FINGERPRINT`. Each
+//!   source of a valid check is a validated address (a few are kept); DTLS and SRTP are taken
+//!   from validated addresses only: on this leg ICE, not latching, authenticates the peer.
+//!   Media goes to the selected address: the first validated one, then the source of the
+//!   latest check with `USE-CANDIDATE` (the controlling browser's nomination, renominations
+//!   included), and the source of authenticated SRTP when the browser moved its media to
+//!   another validated pair. A relay address on loopback answers only loopback sources (a
+//!   browser's other interfaces cannot reach it in earnest).
 //! - **DTLS.** OpenSSL (the `openssl` crate) in DTLS 1.2 server mode over datagrams held in
 //!   memory: the forwarding thread feeds it what arrives and sends what it writes, so the
 //!   handshake needs no socket or thread of its own. The client must present a certificate;
@@ -46,6 +50,8 @@ use crate::srtp::{SrtpKey, SrtpKeys};
 const SRTP_PROFILE: &str = "SRTP_AES128_CM_SHA1_80";
 /// The exporter label of RFC 5764 §4.2.
 const EXPORTER_LABEL: &str = "EXTRACTOR-dtls_srtp";
+/// Validated candidate addresses remembered per leg.
+const MAX_VALIDATED: usize = 8;
 /// Largest DTLS record datagram we write (below any path MTU of interest).
 const DTLS_MTU: u32 = 1200;
 
@@ -546,7 +552,10 @@ pub struct WebRtcLeg {
     keys: Option<Box<SrtpKeys>>,
     /// The candidate pair chosen (the peer's address): media goes there.
     pub selected: Option<SocketAddr>,
-    nominated: bool,
+    /// Sources of valid checks (oldest first, at most [`MAX_VALIDATED`]).
+    validated: Vec<SocketAddr>,
+    /// Our address is on loopback: only loopback sources are answered.
+    loopback_only: bool,
     /// A STUN refusal was already logged for this leg.
     stun_logged: bool,
     pub refused: bool,
@@ -570,6 +579,7 @@ impl WebRtcLeg {
         identity: &DtlsIdentity,
         ice: IceCredentials,
         remote_fingerprint: Option<Fingerprint>,
+        loopback_only: bool,
         session: String,
     ) -> Result<WebRtcLeg, WebRtcError> {
         Ok(WebRtcLeg {
@@ -579,7 +589,8 @@ impl WebRtcLeg {
             dtls: Dtls::Handshaking(None, Some(identity.session(false)?)),
             keys: None,
             selected: None,
-            nominated: false,
+            validated: Vec::new(),
+            loopback_only,
             stun_logged: false,
             refused: false,
             outbox: Vec::new(),
@@ -589,13 +600,21 @@ impl WebRtcLeg {
 
     /// A STUN datagram from `src`: the response to send back to it, if it is a valid check.
     pub fn on_stun(&mut self, data: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+        if self.loopback_only && !src.ip().is_loopback() {
+            return None;
+        }
         match stun::answer(data, src, &self.ice) {
             Ok(check) => {
-                if self.selected.is_none() || (check.use_candidate && !self.nominated) {
+                if !self.validated.contains(&src) {
+                    if self.validated.len() == MAX_VALIDATED {
+                        self.validated.remove(0);
+                    }
+                    self.validated.push(src);
+                }
+                if self.selected.is_none() || (check.use_candidate && self.selected != Some(src)) {
                     debug!(session = %self.session, peer = %src, nominated = check.use_candidate, "ice: candidate pair selected");
                     self.selected = Some(src);
                 }
-                self.nominated |= check.use_candidate;
                 Some(check.response)
             }
             Err(stun::Refused::NotARequest) => None,
@@ -609,13 +628,29 @@ impl WebRtcLeg {
         }
     }
 
+    /// Whether `src` passed a connectivity check (DTLS and SRTP are taken from it).
+    pub fn is_validated(&self, src: SocketAddr) -> bool {
+        self.validated.contains(&src)
+    }
+
+    /// Authenticated SRTP came from `src` (validated): the browser's media is there, so ours
+    /// goes there too. Returns whether the selected address changed.
+    pub fn media_from(&mut self, src: SocketAddr) -> bool {
+        if self.selected == Some(src) || !self.is_validated(src) {
+            return false;
+        }
+        debug!(session = %self.session, peer = %src, "ice: the browser's media moved to another validated pair");
+        self.selected = Some(src);
+        true
+    }
+
     /// The peer's `a=fingerprint` became known (its SDP answer).
     pub fn set_remote_fingerprint(&mut self, fp: Option<Fingerprint>) -> DtlsOutcome {
         self.remote_fingerprint = fp;
         self.verify()
     }
 
-    /// A DTLS datagram from the selected address; `out` receives the datagrams to send back.
+    /// A DTLS datagram from a validated address; `out` receives the datagrams to send back.
     pub fn on_dtls(&mut self, data: &[u8], out: &mut Vec<Vec<u8>>) -> DtlsOutcome {
         if self.refused {
             return DtlsOutcome::Pending;
@@ -865,7 +900,7 @@ mod tests {
     fn a_valid_check_is_answered_and_selects_its_source() {
         let ice = IceCredentials::random();
         let id = DtlsIdentity::generate().unwrap();
-        let mut leg = WebRtcLeg::new(&id, ice.clone(), None, "t".into()).unwrap();
+        let mut leg = WebRtcLeg::new(&id, ice.clone(), None, true, "t".into()).unwrap();
         let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let req = stun::request([7; 12], &format!("{}:peer", ice.ufrag), &ice.pwd, true);
         let resp = leg.on_stun(&req, src).expect("answered");
@@ -917,6 +952,7 @@ mod tests {
             &DtlsIdentity::generate().unwrap(),
             ice.clone(),
             None,
+            true,
             "t".into(),
         )
         .unwrap();
@@ -958,6 +994,7 @@ mod tests {
             &server_id,
             IceCredentials::random(),
             Some(client_id.fingerprint().clone()),
+            true,
             "t".into(),
         )
         .unwrap();
@@ -975,7 +1012,7 @@ mod tests {
         let server_id = DtlsIdentity::generate().unwrap();
         let client_id = DtlsIdentity::generate().unwrap();
         let mut leg =
-            WebRtcLeg::new(&server_id, IceCredentials::random(), None, "t".into()).unwrap();
+            WebRtcLeg::new(&server_id, IceCredentials::random(), None, true, "t".into()).unwrap();
         let (_client, keys, refused) = handshake(&mut leg, &client_id);
         assert!(keys.is_none() && !refused);
         assert!(matches!(
@@ -993,6 +1030,7 @@ mod tests {
             &server_id,
             IceCredentials::random(),
             Some(other.fingerprint().clone()),
+            true,
             "t".into(),
         )
         .unwrap();
@@ -1012,10 +1050,42 @@ mod tests {
     fn garbage_dtls_does_not_panic() {
         let server_id = DtlsIdentity::generate().unwrap();
         let mut leg =
-            WebRtcLeg::new(&server_id, IceCredentials::random(), None, "t".into()).unwrap();
+            WebRtcLeg::new(&server_id, IceCredentials::random(), None, true, "t".into()).unwrap();
         let mut out = Vec::new();
         for junk in [&[22u8][..], &[22, 254, 253], &[23; 200], &[63; 13]] {
             let _ = leg.on_dtls(junk, &mut out);
         }
+    }
+
+    #[test]
+    fn the_latest_nomination_wins_and_media_follows_validated_pairs_only() {
+        let ice = IceCredentials::random();
+        let id = DtlsIdentity::generate().unwrap();
+        let mut leg = WebRtcLeg::new(&id, ice.clone(), None, true, "t".into()).unwrap();
+        let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:40001".parse().unwrap();
+        let user = format!("{}:peer", ice.ufrag);
+        let check = |n: bool| stun::request([3; 12], &user, &ice.pwd, n);
+        assert!(leg.on_stun(&check(false), a).is_some());
+        assert_eq!(leg.selected, Some(a), "the first valid check");
+        assert!(leg.on_stun(&check(false), b).is_some());
+        assert_eq!(
+            leg.selected,
+            Some(a),
+            "a check without nomination does not move it"
+        );
+        assert!(leg.on_stun(&check(true), b).is_some());
+        assert_eq!(leg.selected, Some(b), "nominated");
+        assert!(leg.media_from(a), "media moved back to a validated pair");
+        assert_eq!(leg.selected, Some(a));
+        let stranger: SocketAddr = "127.0.0.3:5000".parse().unwrap();
+        assert!(!leg.media_from(stranger));
+        assert!(!leg.is_validated(stranger));
+        // A loopback relay answers no check from another scope.
+        let outside: SocketAddr = "192.0.2.2:5000".parse().unwrap();
+        assert!(leg.on_stun(&check(true), outside).is_none());
+        assert!(!leg.is_validated(outside));
+        let mut open = WebRtcLeg::new(&id, ice.clone(), None, false, "t".into()).unwrap();
+        assert!(open.on_stun(&check(true), outside).is_some());
     }
 }

@@ -919,7 +919,7 @@ fn webrtc_datagram(
                 inn.refresh_dest(params.latch);
             }
         }
-        Demux::Dtls if w.selected == Some(src) => {
+        Demux::Dtls if w.is_validated(src) => {
             let mut replies = Vec::new();
             let outcome = w.on_dtls(data, &mut replies);
             for d in &replies {
@@ -927,13 +927,23 @@ fn webrtc_datagram(
             }
             inn.on_dtls_outcome(session, in_leg, outcome);
         }
-        Demux::Rtp if w.selected == Some(src) => {
+        Demux::Rtp if w.is_validated(src) => {
+            let from_selected = w.selected == Some(src);
+            let dropped = inn.tally.srtp_dropped;
             srtp_datagram(
                 session, in_leg, inn, out, false, data, src, forwarding, now, params,
             );
+            // Authenticated SRTP from another validated pair: the browser moved its media.
+            if !from_selected && inn.tally.srtp_dropped == dropped && inn.srtp.is_some() {
+                if let Some(w) = inn.webrtc.as_deref_mut() {
+                    if w.media_from(src) {
+                        inn.refresh_dest(params.latch);
+                    }
+                }
+            }
         }
         Demux::Dtls | Demux::Rtp => {
-            // Not from the address ICE chose: not the browser this leg talks to.
+            // From an address no ICE check came from: not the browser this leg talks to.
             inn.tally.hijack_dropped += 1;
             if !inn.hijack_logged {
                 inn.hijack_logged = true;

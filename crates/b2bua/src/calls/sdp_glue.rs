@@ -201,7 +201,8 @@ pub(crate) fn with_sdes(offer: &[u8], key: &SrtpKey) -> Bytes {
 /// and telephone-event of `offer` only (no transcoding: RFC 7874's mandatory codecs), profile
 /// `UDP/TLS/RTP/SAVPF`, `a=ice-lite` with our ufrag/pwd and one host candidate (the relay
 /// port), `a=fingerprint` of the relay's DTLS certificate with `a=setup:actpass` (the
-/// browser then takes the DTLS client's role), `a=rtcp-mux` and `a=mid:0`.
+/// browser then takes the DTLS client's role), `a=rtcp-mux`, `a=mid:0` and
+/// `a=group:BUNDLE 0`.
 pub(crate) fn webrtc_offer(offer: &[u8], w: &super::machine::WebRtcOffer) -> Bytes {
     use sip_core::sdp::Attribute;
     let Ok(mut sdp) = SessionDescription::parse(offer) else {
@@ -214,7 +215,11 @@ pub(crate) fn webrtc_offer(offer: &[u8], w: &super::machine::WebRtcOffer) -> Byt
         .connection_of(&sdp.media[i])
         .and_then(|c| c.ip())
         .or_else(|| sdp.connection.as_ref().and_then(|c| c.ip()));
-    sdp.attributes.retain(|a| a.name != "ice-lite");
+    sdp.attributes
+        .retain(|a| a.name != "ice-lite" && a.name != "group");
+    // One stream, bundled with itself (RFC 8843): what browsers' own offers say, and what
+    // a peer connection with bundlePolicy max-bundle requires.
+    sdp.attributes.push(Attribute::new("group", "BUNDLE 0"));
     sdp.attributes.push(Attribute::property("ice-lite"));
     let m = &mut sdp.media[i];
     let mut narrowed = m.clone();

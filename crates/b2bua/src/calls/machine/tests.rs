@@ -75,6 +75,7 @@ fn a_browser_target_gets_a_webrtc_offer_and_its_answer_keys_the_leg() {
     for want in [
         "UDP/TLS/RTP/SAVPF 0 8 101",
         "a=ice-lite",
+        "a=group:BUNDLE 0",
         &format!("a=ice-ufrag:{}", ice.ufrag),
         &format!("a=ice-pwd:{}", ice.pwd),
         "a=fingerprint:sha-256 AB:AB:",
