@@ -245,6 +245,10 @@ ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms BIGINT;
     r#"
 ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
 "#,
+    // 9: an account's live calls without reading its call history (SQLite's version 11).
+    r#"
+CREATE INDEX calls_live ON calls(account_id) WHERE status IN ('queued', 'ringing', 'in-progress');
+"#,
 ];
 
 /// The advisory lock held while migrating (any constant shared by all nodes).
@@ -2297,8 +2301,8 @@ impl Store for PgStore {
         let live: i64 = tx
             .query_one(
                 &format!(
-                    "SELECT COUNT(*) FROM calls WHERE account_id = $1 AND status NOT IN ({})",
-                    crate::sqlite::final_statuses()
+                    "SELECT COUNT(*) FROM calls WHERE account_id = $1 AND status IN ({})",
+                    crate::sqlite::LIVE_STATUSES
                 ),
                 &[&account_id],
             )

@@ -280,7 +280,17 @@ ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms INTEGER;
     r#"
 ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
 "#,
+    // 11: an account's live calls found without reading its call history: the count that
+    // admits a new call (`admit_call`) had scanned every call the account ever made. The
+    // index's condition is [`LIVE_STATUSES`], spelled as the query spells it.
+    r#"
+CREATE INDEX calls_live ON calls(account_id) WHERE status IN ('queued', 'ringing', 'in-progress');
+"#,
 ];
+
+/// The statuses of a call not yet ended, as SQL (the condition of the `calls_live` index,
+/// which a query uses only when it spells the condition the same way).
+pub(crate) const LIVE_STATUSES: &str = "'queued', 'ringing', 'in-progress'";
 
 const PEPPER_KEY: &str = "api_secret_pepper";
 const PEPPER_LEN: usize = 32;
@@ -2220,8 +2230,7 @@ impl BlockingStore for SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let live: i64 = tx.query_row(
             &format!(
-                "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status NOT IN ({})",
-                final_statuses()
+                "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status IN ({LIVE_STATUSES})"
             ),
             [account_id],
             |r| r.get(0),
@@ -2727,16 +2736,6 @@ impl BlockingStore for SqliteStore {
     }
 }
 
-/// The final statuses as an SQL list (`'completed', ...`).
-pub(crate) fn final_statuses() -> String {
-    CallStatus::ALL
-        .iter()
-        .filter(|s| s.is_final())
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreError> {
     for w in writes {
         match w {
@@ -2871,4 +2870,39 @@ fn enqueue_callback_on(conn: &Connection, e: &OutboxEntry) -> Result<(), StoreEr
     )
     .map_err(|err| insert_error(err, "callback (event_id or call seq)", &e.event_id))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_statuses_are_the_statuses_not_final() {
+        let live: Vec<String> = CallStatus::ALL
+            .iter()
+            .filter(|s| !s.is_final())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert_eq!(live.join(", "), LIVE_STATUSES);
+    }
+
+    /// The admission count reads the `calls_live` index, not the account's whole history.
+    #[test]
+    fn admission_count_uses_the_live_index() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let conn = store.conn().unwrap();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status IN ({LIVE_STATUSES})"
+        );
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(["acc"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("calls_live")),
+            "plan: {plan:?}"
+        );
+    }
 }
