@@ -531,7 +531,7 @@ impl MediaSession {
         self.send(Control::WebRtcFingerprint {
             id: self.id,
             leg,
-            fingerprint,
+            fingerprint: fingerprint.map(Box::new),
         })
     }
 

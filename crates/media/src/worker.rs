@@ -118,7 +118,8 @@ pub(crate) enum Control {
     WebRtcFingerprint {
         id: SessionId,
         leg: LegId,
-        fingerprint: Option<crate::webrtc::Fingerprint>,
+        /// Boxed: the control enum stays as small as it was (it is moved per message).
+        fingerprint: Option<Box<crate::webrtc::Fingerprint>>,
     },
     Start(SessionId),
     Stop(SessionId),
@@ -1120,7 +1121,7 @@ impl Core {
                     if let Some(s) = self.session_mut(id) {
                         let l = &mut s.legs[leg.index()];
                         if let Some(w) = l.webrtc.as_deref_mut() {
-                            let outcome = w.set_remote_fingerprint(fingerprint);
+                            let outcome = w.set_remote_fingerprint(fingerprint.map(|f| *f));
                             let alerts = w.take_outbox();
                             if let Some(dest) = w.selected {
                                 for d in &alerts {
