@@ -109,6 +109,7 @@ pub(crate) async fn run(
         domain: inner.cfg.domain.clone(),
         session_expires: inner.cfg.session_expires,
         timers: inner.endpoint.timers(),
+        dtls_fingerprint: inner.relay.dtls_fingerprint().cloned(),
     };
     let sink: Arc<dyn ClientEvents> = Arc::new(Inbox(inbox));
     let mut machine = CallMachine::new(spec.clone(), cfg, relay, now());

@@ -112,6 +112,9 @@ pub(crate) struct MachineConfig {
     /// Session-Expires we ask for (RFC 4028), seconds.
     pub(crate) session_expires: u32,
     pub(crate) timers: TimerConfig,
+    /// The relay's DTLS fingerprint, for WebRTC answers to a browser that calls (`None`:
+    /// no DTLS identity, browsers' offers get plain answers they will refuse).
+    pub(crate) dtls_fingerprint: Option<media::webrtc::Fingerprint>,
 }
 
 /// What the machine is told.

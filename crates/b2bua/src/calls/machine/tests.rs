@@ -172,6 +172,10 @@ impl Rig {
             domain: "dialbridge.test".into(),
             session_expires: 1800,
             timers: timers(),
+            dtls_fingerprint: media::webrtc::Fingerprint::parse(&format!(
+                "sha-256 {}",
+                ["EF"; 32].join(":")
+            )),
         };
         let m = CallMachine::new(spec, cfg, [addr(30_000), addr(30_002)], now);
         let mut r = Rig {
@@ -2039,4 +2043,45 @@ fn a_call_that_is_not_recorded_never_asks_for_it() {
     assert!(!out
         .iter()
         .any(|o| matches!(o, Output::Media(MediaOp::Record))));
+}
+
+const BROWSER_OFFER: &str = "v=0\r\no=- 9 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE a1\r\na=msid-semantic: WMS s\r\nm=audio 50000 UDP/TLS/RTP/SAVPF 111 0 8 101\r\nc=IN IP4 127.0.0.1\r\na=mid:a1\r\na=ice-ufrag:brws\r\na=ice-pwd:browserbrowserbrowser12\r\na=fingerprint:sha-256 CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD\r\na=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\na=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\n";
+
+#[test]
+fn a_browser_that_calls_gets_a_webrtc_answer_and_the_other_side_a_plain_offer() {
+    let mut r = Rig::with_spec(inbound_spec(Some(BROWSER_OFFER)));
+    let out = r.take();
+    let ice = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Media(MediaOp::WebRtc(Leg::Customer, Some(i))) => Some(i.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the relay takes ICE and DTLS on the caller's leg: {out:?}"));
+    assert!(out.iter().any(|o| matches!(o, Output::Media(MediaOp::WebRtcAnswer(Leg::Customer, b)) if b.as_ref() == BROWSER_OFFER.as_bytes())));
+    r.targets(Leg::Agent, vec![vec![target("desk", 5070)]]);
+    let invites = sent(&r.take());
+    let offer = String::from_utf8_lossy(&invites[0].1.body).into_owned();
+    assert!(offer.contains("m=audio 30000 RTP/AVP 111 0 8 101"), "{offer}");
+    for gone in ["ice-", "fingerprint", "setup", "candidate", "mid", "group", "SAVPF"] {
+        assert!(!offer.contains(gone), "{gone} passed to the phone: {offer}");
+    }
+    let (tx, inv) = invites[0].clone();
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    let rs = responses(&r.take());
+    let ok = rs.iter().find(|r| r.status == 200).expect("the browser is answered");
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    for want in [
+        "m=audio 30002 UDP/TLS/RTP/SAVPF 0 8 101",
+        "a=setup:passive",
+        "a=mid:a1",
+        "a=group:BUNDLE a1",
+        "a=ice-lite",
+        &format!("a=ice-ufrag:{}", ice.ufrag),
+        "a=fingerprint:sha-256 EF:EF:",
+        "a=rtcp-mux",
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 30002 typ host",
+    ] {
+        assert!(body.contains(want), "{want} missing from {body}");
+    }
 }
