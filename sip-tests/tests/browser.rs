@@ -223,8 +223,9 @@ fn browser_phone_answers_over_wss_with_webrtc_media_to_a_plain_rtp_carrier() {
         .find_map(|a| a.strip_prefix("wss:"))
         .expect("a wss: listen address announced")
         .to_string();
-    // Plain RTP: it echoes what the relay sends it and plays a G.711 recording.
-    let _carrier = f.carrier("carrier_answer.xml", &["-rtp_echo"]);
+    // Plain RTP: it echoes what the relay sends it and plays a G.711 recording; two calls
+    // (the click-to-call, then the browser's own call).
+    let _carrier = f.carrier("carrier_answer.xml", &["-rtp_echo", "-m", "2"]);
     let shots = workspace_root().join("target").join("console-screenshots");
     let (ok, out) = node_test(
         "browser-test/phone.test.mjs",
@@ -236,6 +237,7 @@ fn browser_phone_answers_over_wss_with_webrtc_media_to_a_plain_rtp_carrier() {
             ("SIP_PASSWORD", "s3cret-soft".to_string()),
             ("USER_ID", USER.to_string()),
             ("DIAL_STRING", "+14155550100".to_string()),
+            ("DIAL_OUT", "+14155550199".to_string()),
             ("SCREENSHOT_DIR", shots.display().to_string()),
             ("CHROMIUM", browser.display().to_string()),
         ],
@@ -269,8 +271,40 @@ fn browser_phone_answers_over_wss_with_webrtc_media_to_a_plain_rtp_carrier() {
     let received = result["browser"]["packetsReceived"].as_u64().unwrap_or(0);
     assert!(n("agent", "rx_packets") >= sent, "{stats} vs {result}");
     assert!(n("agent", "tx_packets") >= received, "{stats} vs {result}");
+    // The browser's own call (it offered WebRTC, the carrier got plain RTP): logged as a
+    // phone's call, media counted both ways at the relay.
+    let r = request(
+        f.api(),
+        "GET",
+        "/v1/calls?limit=10",
+        &[("Authorization", &format!("Bearer {SECRET}"))],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let list = r.json()["data"].as_array().cloned().unwrap_or_default();
+    let own = list
+        .iter()
+        .find(|c| c["origin"] == "phone")
+        .unwrap_or_else(|| panic!("the browser's call is logged: {list:?}"));
+    let own = f.ended(own["call_id"].as_str().expect("call id"));
+    assert_eq!(own["status"], "completed", "{own}");
+    let stats = &own["stats"];
+    let n = |leg: &str, k: &str| stats[leg][k].as_u64().unwrap_or(0);
+    for (leg, k) in [
+        ("agent", "rx_packets"),
+        ("agent", "tx_packets"),
+        ("customer", "rx_packets"),
+        ("customer", "tx_packets"),
+    ] {
+        assert!(n(leg, k) >= 100, "{leg} {k}: {stats}");
+    }
+    assert!(out.contains("PHONE_OUT_RESULT"), "{out}");
     let log = f.server.log_text();
-    assert!(log.contains("webrtc: dtls-srtp established"), "{log}");
+    assert_eq!(
+        log.matches("webrtc: dtls-srtp established").count(),
+        2,
+        "both calls' browser legs: {log}"
+    );
 }
 
 #[test]

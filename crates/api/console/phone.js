@@ -63,16 +63,21 @@ function endCall(why) {
 }
 
 function onSession({ session: s, originator, request }) {
-  if (originator !== 'remote') return;
-  if (session) {
-    s.terminate({ status_code: 486, reason_phrase: 'Busy Here' });
-    return;
+  if (originator === 'remote') {
+    if (session) {
+      s.terminate({ status_code: 486, reason_phrase: 'Busy Here' });
+      return;
+    }
+    session = s;
+    const from = request?.from?.display_name || request?.from?.uri?.user || 'unknown';
+    $('#peer').textContent = `from ${from}`;
+    setState('#call-state', 'ringing', 'ringing');
+    $('#answer').disabled = false;
+  } else {
+    session = s;
+    setState('#call-state', 'calling', 'calling');
+    s.on('progress', () => setState('#call-state', 'ringing-out', 'ringing'));
   }
-  session = s;
-  const from = request?.from?.display_name || request?.from?.uri?.user || 'unknown';
-  $('#peer').textContent = `from ${from}`;
-  setState('#call-state', 'ringing', 'ringing');
-  $('#answer').disabled = false;
   $('#hangup').disabled = false;
   s.on('peerconnection', ({ peerconnection }) => {
     peerconnection.addEventListener('track', (ev) => {
@@ -94,6 +99,20 @@ function answer() {
   $('#answer').disabled = true;
   setState('#call-state', 'answering', 'answering');
   session.answer({
+    mediaConstraints: { audio: true, video: false },
+    pcConfig: { iceServers: [], rtcpMuxPolicy: 'require' },
+  });
+}
+
+/** Calls a number (or SIP address) through dialbridge, which routes it like any phone's. */
+function dial(ev) {
+  ev.preventDefault();
+  const number = $('#number').value.trim();
+  if (!ua || !number || session) return;
+  const domain = ua.configuration.uri.host;
+  const target = number.startsWith('sip:') ? number : `sip:${number}@${domain}`;
+  $('#peer').textContent = `to ${number}`;
+  ua.call(target, {
     mediaConstraints: { audio: true, video: false },
     pcConfig: { iceServers: [], rtcpMuxPolicy: 'require' },
   });
@@ -127,8 +146,14 @@ function register(ev) {
   ua.on('disconnected', () => {
     if ($('#reg-state').dataset.state !== 'failed') setState('#reg-state', 'disconnected', 'disconnected');
   });
-  ua.on('registered', () => setState('#reg-state', 'registered', 'registered'));
-  ua.on('unregistered', () => setState('#reg-state', 'unregistered', 'unregistered'));
+  ua.on('registered', () => {
+    setState('#reg-state', 'registered', 'registered');
+    $('#call').disabled = false;
+  });
+  ua.on('unregistered', () => {
+    setState('#reg-state', 'unregistered', 'unregistered');
+    $('#call').disabled = true;
+  });
   ua.on('registrationFailed', (e) => setState('#reg-state', 'failed', `failed: ${e.cause}`));
   ua.on('newRTCSession', onSession);
   setState('#reg-state', 'registering', 'registering');
@@ -149,4 +174,5 @@ if (params.get('uri')) $('#uri').value = params.get('uri');
 $('#register').addEventListener('submit', register);
 $('#disconnect').addEventListener('click', unregister);
 $('#answer').addEventListener('click', answer);
+$('#dial').addEventListener('submit', dial);
 $('#hangup').addEventListener('click', hangup);

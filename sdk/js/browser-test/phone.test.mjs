@@ -142,4 +142,23 @@ test('the browser phone registers over WSS, answers a click-to-call and exchange
   await shot('phone-ended');
   assert.deepEqual(problems, []);
   console.log(`PHONE_RESULT ${JSON.stringify({ call_id: callId, browser: stats })}`);
+
+  if (!env.DIAL_OUT) return;
+  // The browser calls a number itself: its offer is WebRTC's, the carrier gets plain RTP.
+  await page.locator('#number').fill(env.DIAL_OUT);
+  await page.getByRole('button', { name: 'Call', exact: true }).click();
+  await waitState('#call-state', 'in-call');
+  let out = null;
+  const until = Date.now() + 20000;
+  while (Date.now() < until) {
+    out = await page.evaluate(() => window.phoneStats());
+    if (out && out.packetsSent >= 100 && out.packetsReceived >= 100) break;
+    await page.waitForTimeout(250);
+  }
+  await shot('phone-outgoing');
+  assert.ok(out && out.packetsSent >= 100 && out.packetsReceived >= 100, `browser media (outgoing call): ${JSON.stringify(out)}`);
+  await page.getByRole('button', { name: 'Hang up', exact: true }).click();
+  await waitState('#call-state', 'ended');
+  assert.deepEqual(problems, []);
+  console.log(`PHONE_OUT_RESULT ${JSON.stringify({ browser: out })}`);
 });

@@ -2062,14 +2062,28 @@ fn a_browser_that_calls_gets_a_webrtc_answer_and_the_other_side_a_plain_offer() 
     r.targets(Leg::Agent, vec![vec![target("desk", 5070)]]);
     let invites = sent(&r.take());
     let offer = String::from_utf8_lossy(&invites[0].1.body).into_owned();
-    assert!(offer.contains("m=audio 30000 RTP/AVP 111 0 8 101"), "{offer}");
-    for gone in ["ice-", "fingerprint", "setup", "candidate", "mid", "group", "SAVPF"] {
+    assert!(
+        offer.contains("m=audio 30000 RTP/AVP 111 0 8 101"),
+        "{offer}"
+    );
+    for gone in [
+        "ice-",
+        "fingerprint",
+        "setup",
+        "candidate",
+        "mid",
+        "group",
+        "SAVPF",
+    ] {
         assert!(!offer.contains(gone), "{gone} passed to the phone: {offer}");
     }
     let (tx, inv) = invites[0].clone();
     r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
     let rs = responses(&r.take());
-    let ok = rs.iter().find(|r| r.status == 200).expect("the browser is answered");
+    let ok = rs
+        .iter()
+        .find(|r| r.status == 200)
+        .expect("the browser is answered");
     let body = String::from_utf8_lossy(&ok.body).into_owned();
     for want in [
         "m=audio 30002 UDP/TLS/RTP/SAVPF 0 8 101",
