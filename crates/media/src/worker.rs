@@ -1036,7 +1036,8 @@ impl Core {
                         }
                         l.rtp_hint = Some(rtp);
                         l.rtcp_hint = rtcp;
-                        l.rtcp_mux = rtcp_mux;
+                        // A WebRTC leg is always rtcp-mux (RFC 8834 §5.1.1).
+                        l.rtcp_mux = rtcp_mux || l.webrtc.is_some();
                         l.refresh_dest(mode);
                         l.refresh_allowed(mode);
                     }
@@ -1280,9 +1281,19 @@ impl Core {
                             let Some(dest) = l.rtp_dest_addr else {
                                 continue;
                             };
-                            if l.rtp.send_to(&buf[..n], dest).is_ok() {
+                            // An SRTP leg (SDES or WebRTC) hears the prompt encrypted; one
+                            // without usable keys (a browser before its handshake) none.
+                            let sent = match (&mut l.srtp, l.srtp_path) {
+                                (Some(srtp), _) => match srtp.protect(&buf[..n], false) {
+                                    Ok(wire) => l.rtp.send_to(&wire, dest).map(|_| wire.len()),
+                                    Err(_) => continue,
+                                },
+                                (None, true) => continue,
+                                (None, false) => l.rtp.send_to(&buf[..n], dest).map(|_| n),
+                            };
+                            if let Ok(len) = sent {
                                 l.tally.tx_packets += 1;
-                                l.tally.tx_bytes += n as u64;
+                                l.tally.tx_bytes += len as u64;
                                 s.dirty = true;
                             }
                         }
