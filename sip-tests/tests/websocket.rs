@@ -206,3 +206,69 @@ fn a_phone_registered_over_websocket_gets_its_call_on_that_connection() {
         .log_text()
         .contains("websocket connection accepted"));
 }
+
+/// The same refusal over `wss:` (TLS first, then the WebSocket handshake): a client without
+/// the `sip` subprotocol gets a 400 and a log line; with it, it is accepted. The TLS client is
+/// OpenSSL, trusting the test's own CA.
+#[test]
+fn a_secure_websocket_without_the_sip_protocol_is_refused_with_a_log_line() {
+    use openssl::ssl::{SslConnector, SslMethod};
+    let ca = sip_tests::tls::TestCa::new("wss");
+    let id = ca.issue("server", &["localhost", "127.0.0.1"]);
+    let f = fixture_with(
+        0,
+        &format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:0\", \"wss:127.0.0.1:0\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            id.cert.display(),
+            id.key.display()
+        ),
+    );
+    let addr = f
+        .server
+        .websocket
+        .iter()
+        .find_map(|a| a.strip_prefix("wss:"))
+        .expect("a wss: listen address announced")
+        .to_string();
+    let open_tls = |protocol: Option<&str>| {
+        let mut c = SslConnector::builder(SslMethod::tls()).expect("connector");
+        c.set_ca_file(&ca.ca_pem).expect("CA");
+        let tcp = TcpStream::connect(&addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let tls = c.build().connect("localhost", tcp).expect("TLS handshake");
+        let mut req = format!("wss://{addr}/")
+            .into_client_request()
+            .expect("request");
+        if let Some(p) = protocol {
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", p.parse().expect("header value"));
+        }
+        tungstenite::client::client(req, tls).map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => tungstenite::Error::ConnectionClosed,
+        })
+    };
+    match open_tls(None) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
+        other => panic!("expected a 400, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut log = f.server.log_text();
+    while !log.contains("websocket refused") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        log = f.server.log_text();
+    }
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("websocket refused"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(refusal.contains("transport=\"WSS\""), "{refusal}");
+    let (_ws, resp) = open_tls(Some("sip")).expect("accepted with the sip protocol");
+    assert_eq!(
+        resp.headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("sip")
+    );
+}

@@ -421,7 +421,7 @@ fn browser_side(doc: &mut Value) {
     if assets.is_object() {
         for p in assets["parameters"].as_array_mut().into_iter().flatten() {
             if p["name"] == "asset" {
-                p["schema"] = json!({"type": "string", "enum": ["console.js", "console.css", "sdk.js", "index.html"]});
+                p["schema"] = json!({"type": "string", "enum": ["console.js", "console.css", "sdk.js", "index.html", "phone.html", "phone", "phone.js", "jssip.js"]});
             }
         }
         assets["responses"]["200"]["content"] = json!({

@@ -67,7 +67,7 @@ pub struct RegistrarConfig {
     /// User agents (matched case-insensitively as a prefix of `User-Agent`) that are
     /// challenged with MD5 only: their digest code gives up on a 401 as soon as one
     /// challenge names an algorithm it does not know, instead of using the one it knows
-    /// (baresip 1.0 / libre 1.1 answer "Function not implemented"; Twinkle 1.10 reads only the last challenge and knows only MD5).
+    /// (baresip 1.0 / libre 1.1 answer "Function not implemented"; Twinkle 1.10 and JsSIP 3 read only the last challenge and know only MD5; SIP.js knows only MD5).
     pub md5_only_user_agents: Vec<String>,
     /// `registrar.nonce_secret`: registrars (nodes) sharing it accept each other's digest
     /// challenges. `None`: a random key per run, whose nonces die with it.
@@ -84,7 +84,13 @@ impl Default for RegistrarConfig {
             nonce_lifetime_secs: 300,
             guard: GuardConfig::default(),
             algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
-            md5_only_user_agents: vec!["baresip".into(), "libre".into(), "twinkle".into()],
+            md5_only_user_agents: vec![
+                "baresip".into(),
+                "libre".into(),
+                "twinkle".into(),
+                "jssip".into(),
+                "sip.js".into(),
+            ],
             nonce_secret: None,
         }
     }

@@ -126,7 +126,13 @@ impl Default for RegistrarConfig {
             auth_fail_window_secs: 60,
             auth_lockout_secs: 300,
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
-            md5_only_user_agents: vec!["baresip".into(), "libre".into(), "twinkle".into()],
+            md5_only_user_agents: vec![
+                "baresip".into(),
+                "libre".into(),
+                "twinkle".into(),
+                "jssip".into(),
+                "sip.js".into(),
+            ],
             nonce_secret: None,
         }
     }

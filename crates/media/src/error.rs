@@ -30,6 +30,12 @@ pub enum MediaError {
     /// A leg's codec cannot be mixed (only G.711 can): no monitor on this call.
     #[error("{0}")]
     CodecNotMixable(#[from] crate::mixer::MixError),
+    /// The relay has no DTLS identity (it could not be made at start): no WebRTC leg.
+    #[error("the media relay has no DTLS identity: WebRTC legs are not available")]
+    NoDtlsIdentity,
+    /// A WebRTC leg could not be set up.
+    #[error("webrtc: {0}")]
+    WebRtc(String),
     /// The forwarding thread that owns this session is gone (the relay was shut down).
     #[error("the media relay has stopped")]
     RelayStopped,

@@ -65,6 +65,10 @@
 //! - `srtp` — SRTP/SRTCP on a leg keyed by SDES (RFC 3711, RFC 4568); a leg with SRTP takes
 //!   a separate, copying path (decrypt or encrypt into a new buffer, one `sendto`), so plain
 //!   legs keep the zero-copy one at the cost of one branch.
+//! - `webrtc` — a browser's leg: ICE-lite (STUN binding answers), DTLS-SRTP with the relay as
+//!   DTLS server (OpenSSL over in-memory datagrams), the certificate checked against the SDP's
+//!   fingerprint, RFC 7983 demultiplexing; its SRTP is the `srtp` path with exported keys.
+//!   Prompts to an SRTP leg (SDES or WebRTC) are encrypted like relayed packets.
 //! - `latch` — symmetric RTP decisions (allowed sources, probation). `timeout` — the media time-out. `ports` — the range.
 //!
 //! `stats`, `latch` and `timeout` are pure: they take the time as an argument and are tested
@@ -72,8 +76,9 @@
 //!
 //! # What it does not do
 //!
-//! No SIP and no SDP parsing (the B2BUA tells it addresses, payload types and SDES keys), no
-//! transcoding, no DTLS termination (SRTP with SDES keys is ended per leg, see `srtp`), no ICE (STUN packets are relayed untouched, and not
+//! No SIP and no SDP parsing (the B2BUA tells it addresses, payload types, SDES keys, ICE
+//! credentials and fingerprints), no transcoding, no full ICE agent (a WebRTC leg answers
+//! checks as ICE-lite, see `webrtc`; on other legs STUN packets are relayed untouched, and not
 //! counted as media), no RTCP generation; recordings decode G.711 only. (RTCP can be watched:
 //! [`RelayConfig::rtcp_tap`] is shown a copy of each RTCP packet, received and sent — RTP
 //! never.) It never rewrites a packet it relays between plain legs (an SRTP leg's packets are
@@ -101,6 +106,7 @@ pub mod stats;
 mod sys;
 pub mod timeout;
 mod uring_worker;
+pub mod webrtc;
 mod worker;
 
 pub use config::{

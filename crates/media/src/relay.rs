@@ -144,9 +144,17 @@ pub struct Relay {
     /// For the recording threads' reports.
     events_tx: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
     backend: Backend,
+    /// The DTLS identity of every WebRTC leg (see [`crate::webrtc`]).
+    dtls: Option<Arc<crate::webrtc::DtlsIdentity>>,
 }
 
 impl Relay {
+    /// The relay's DTLS certificate fingerprint (for `a=fingerprint`); `None` when no DTLS
+    /// identity could be made at start (WebRTC legs are then refused).
+    pub fn dtls_fingerprint(&self) -> Option<&crate::webrtc::Fingerprint> {
+        self.dtls.as_ref().map(|d| d.fingerprint())
+    }
+
     /// Validates `cfg` and starts `cfg.workers` forwarding threads.
     pub fn start(cfg: RelayConfig) -> Result<Relay, MediaError> {
         cfg.validate()?;
@@ -171,6 +179,13 @@ impl Relay {
             events: Mutex::new(Some(events_rx)),
             events_tx,
             backend: Backend::Auto,
+            dtls: match crate::webrtc::DtlsIdentity::generate() {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no DTLS identity could be made: WebRTC legs will be refused");
+                    None
+                }
+            },
             cfg,
         };
         let mut backend = relay.cfg.backend.resolve_env();
@@ -302,6 +317,7 @@ impl Relay {
             closed: false,
             events: self.events_tx.clone(),
             recording: None,
+            dtls: self.dtls.clone(),
         })
     }
 
@@ -401,6 +417,8 @@ pub struct MediaSession {
     closed: bool,
     events: tokio::sync::mpsc::UnboundedSender<MediaEvent>,
     recording: Option<crate::recorder::Recording>,
+    /// The relay's DTLS identity, for WebRTC legs.
+    dtls: Option<Arc<crate::webrtc::DtlsIdentity>>,
 }
 
 impl MediaSession {
@@ -467,6 +485,60 @@ impl MediaSession {
             leg,
             keys: keys.map(Box::new),
         })
+    }
+
+    /// Makes `leg` a WebRTC leg (a browser): the relay answers ICE checks for `ice`
+    /// (ICE-lite), is the DTLS server of the leg with the relay's identity
+    /// ([`Relay::dtls_fingerprint`]), and speaks SRTP keyed from DTLS with rtcp-mux; `None`
+    /// turns it back into a plain leg. The peer's certificate is checked against
+    /// [`set_webrtc_fingerprint`](Self::set_webrtc_fingerprint): no media is relayed to or
+    /// from the leg before it matched, nor ever after a mismatch.
+    pub fn set_webrtc(
+        &self,
+        leg: LegId,
+        ice: Option<crate::webrtc::IceCredentials>,
+    ) -> Result<(), MediaError> {
+        let state = match ice {
+            None => None,
+            Some(ice) => {
+                let identity = self.dtls.as_ref().ok_or(MediaError::NoDtlsIdentity)?;
+                let loopback = self.legs[leg.index()].bind.is_loopback();
+                let w = crate::webrtc::WebRtcLeg::new(
+                    identity,
+                    ice,
+                    None,
+                    loopback,
+                    self.id.to_string(),
+                )
+                .map_err(|e| MediaError::WebRtc(e.to_string()))?;
+                Some(Box::new(w))
+            }
+        };
+        self.send(Control::SetWebRtc {
+            id: self.id,
+            leg,
+            state,
+        })
+    }
+
+    /// The `a=fingerprint` of a WebRTC leg's peer (from its SDP); `None`: it gave none, and
+    /// the leg's media stays refused.
+    pub fn set_webrtc_fingerprint(
+        &self,
+        leg: LegId,
+        fingerprint: Option<crate::webrtc::Fingerprint>,
+    ) -> Result<(), MediaError> {
+        self.send(Control::WebRtcFingerprint {
+            id: self.id,
+            leg,
+            fingerprint: fingerprint.map(Box::new),
+        })
+    }
+
+    /// The relay's DTLS certificate fingerprint (for `a=fingerprint`); `None` when no DTLS
+    /// identity could be made at start.
+    pub fn dtls_fingerprint(&self) -> Option<&crate::webrtc::Fingerprint> {
+        self.dtls.as_ref().map(|d| d.fingerprint())
     }
 
     /// Sets the RTP clock rate of `leg`'s payload, for jitter (default 8000 Hz; 48000 for opus).

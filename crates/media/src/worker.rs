@@ -108,6 +108,19 @@ pub(crate) enum Control {
         leg: LegId,
         keys: Option<Box<crate::srtp::SrtpKeys>>,
     },
+    /// WebRTC media on a leg (ICE-lite, DTLS-SRTP), or plain again with `None`.
+    SetWebRtc {
+        id: SessionId,
+        leg: LegId,
+        state: Option<Box<crate::webrtc::WebRtcLeg>>,
+    },
+    /// The `a=fingerprint` of a WebRTC leg's peer (its SDP).
+    WebRtcFingerprint {
+        id: SessionId,
+        leg: LegId,
+        /// Boxed: the control enum stays as small as it was (it is moved per message).
+        fingerprint: Option<Box<crate::webrtc::Fingerprint>>,
+    },
     Start(SessionId),
     Stop(SessionId),
     /// Stop (or resume) relaying RTP that arrives on `leg` (RTCP still flows).
@@ -339,9 +352,12 @@ pub(crate) struct LegState {
     srtp: Option<Box<crate::srtp::SrtpLeg>>,
     /// SRTP keys were given but unusable: nothing of this leg is relayed.
     srtp_refused: bool,
-    /// `srtp` or `srtp_refused`: packets to or from this leg take the SRTP path (one flag,
-    /// so that the plain path pays one test per leg).
+    /// `srtp`, `srtp_refused` or `webrtc`: packets to or from this leg take the SRTP path
+    /// (one flag, so that the plain path pays one test per leg).
     srtp_path: bool,
+    /// A browser leg: ICE-lite and DTLS-SRTP (see [`crate::webrtc`]); `srtp` is set from it
+    /// once the handshake is done and the peer's fingerprint checked.
+    webrtc: Option<Box<crate::webrtc::WebRtcLeg>>,
     clock_rate: u32,
     reception: RtpReception,
     pub tally: LegTally,
@@ -372,6 +388,7 @@ impl LegState {
             srtp: None,
             srtp_refused: false,
             srtp_path: false,
+            webrtc: None,
             clock_rate: DEFAULT_CLOCK_RATE,
             reception: RtpReception::default(),
             tally: LegTally::default(),
@@ -395,6 +412,14 @@ impl LegState {
     }
 
     fn refresh_dest(&mut self, mode: LatchMode) {
+        if let Some(w) = &self.webrtc {
+            // ICE chose the peer's address (nothing is sent before it did); rtcp-mux.
+            self.rtp_dest = w.selected.map(RawSockAddr::from);
+            self.rtp_dest_addr = w.selected;
+            self.rtcp_dest = self.rtp_dest;
+            self.rtcp_dest_addr = w.selected;
+            return;
+        }
         let rtp = self.rtp_latch.destination(mode, self.rtp_hint);
         self.rtp_dest = rtp.map(RawSockAddr::from);
         self.rtp_dest_addr = rtp;
@@ -413,6 +438,31 @@ impl LegState {
         };
         self.rtcp_dest = rtcp.map(RawSockAddr::from);
         self.rtcp_dest_addr = rtcp;
+    }
+
+    /// Applies what the DTLS handshake of a WebRTC leg came to.
+    fn on_dtls_outcome(
+        &mut self,
+        session: SessionId,
+        leg: usize,
+        outcome: crate::webrtc::DtlsOutcome,
+    ) {
+        match outcome {
+            crate::webrtc::DtlsOutcome::Pending => {}
+            crate::webrtc::DtlsOutcome::Keys(keys) => match crate::srtp::SrtpLeg::new(&keys) {
+                Ok(srtp) => {
+                    info!(%session, leg = ?LegId::from_index(leg), "webrtc: dtls-srtp established");
+                    self.srtp = Some(Box::new(srtp));
+                }
+                Err(e) => {
+                    warn!(%session, leg = ?LegId::from_index(leg), error = %e, "webrtc: the exported srtp keys are not usable: the leg's media is dropped");
+                    self.srtp_refused = true;
+                }
+            },
+            // Logged by the DTLS side.
+            crate::webrtc::DtlsOutcome::Refused => self.srtp_refused = true,
+        }
+        self.srtp_path = self.srtp.is_some() || self.srtp_refused || self.webrtc.is_some();
     }
 
     /// Socket and destination for traffic to this leg's peer.
@@ -544,6 +594,23 @@ impl SessionState {
             inn.tally.not_forwarded += 1;
             return None;
         };
+        if inn.srtp_path && inn.webrtc.is_some() {
+            // A WebRTC leg: ICE, not latching, says where its peer is.
+            let forwarding = self.forwarding && !truncated;
+            webrtc_datagram(
+                self.id,
+                in_leg,
+                inn,
+                out,
+                from_rtcp_port,
+                data,
+                src,
+                forwarding,
+                now,
+                params,
+            );
+            return None;
+        }
         let latch = if from_rtcp_port {
             &mut inn.rtcp_latch
         } else {
@@ -704,6 +771,14 @@ fn srtp_datagram(
     }
     let pkt = rtp::classify(data);
     let stun = matches!(pkt, Packet::Other) && rtp::is_stun(data);
+    if (inn.webrtc.is_some() && inn.srtp.is_none())
+        || (out.webrtc.is_some() && (stun || out.srtp.is_none()))
+    {
+        // A WebRTC leg before its keys (nothing plain goes to or comes from a browser), or
+        // the other leg's STUN (the browser's ICE is with the relay, not end to end).
+        inn.tally.not_forwarded += u64::from(!stun);
+        return;
+    }
     let is_rtcp = from_rtcp_port || pkt.is_rtcp();
     if matches!(pkt, Packet::Other) && !stun {
         // Neither RTP, RTCP nor STUN: nothing to decrypt or encrypt.
@@ -807,6 +882,79 @@ fn srtp_datagram(
     }
 }
 
+/// A datagram on a WebRTC leg, demultiplexed by its first byte (RFC 7983): STUN checks are
+/// answered (ICE-lite) and choose the peer's address; DTLS from that address drives the
+/// handshake (whose end keys the leg's SRTP); SRTP from it takes the SRTP path; the rest is
+/// dropped.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn webrtc_datagram(
+    session: SessionId,
+    in_leg: usize,
+    inn: &mut LegState,
+    out: &mut LegState,
+    from_rtcp_port: bool,
+    data: &[u8],
+    src: SocketAddr,
+    forwarding: bool,
+    now: Instant,
+    params: &WorkerParams,
+) {
+    use crate::webrtc::{demux, Demux};
+    let Some(w) = inn.webrtc.as_deref_mut() else {
+        return;
+    };
+    if from_rtcp_port {
+        // rtcp-mux: nothing of a WebRTC leg arrives on the RTCP port.
+        inn.tally.not_forwarded += 1;
+        return;
+    }
+    match demux(data) {
+        Demux::Stun => {
+            let before = w.selected;
+            if let Some(resp) = w.on_stun(data, src) {
+                let _ = inn.rtp.send_to(&resp, src);
+            }
+            if w.selected != before {
+                inn.refresh_dest(params.latch);
+            }
+        }
+        Demux::Dtls if w.is_validated(src) => {
+            let mut replies = Vec::new();
+            let outcome = w.on_dtls(data, &mut replies);
+            for d in &replies {
+                let _ = inn.rtp.send_to(d, src);
+            }
+            inn.on_dtls_outcome(session, in_leg, outcome);
+        }
+        Demux::Rtp if w.is_validated(src) => {
+            let from_selected = w.selected == Some(src);
+            let dropped = inn.tally.srtp_dropped;
+            srtp_datagram(
+                session, in_leg, inn, out, false, data, src, forwarding, now, params,
+            );
+            // Authenticated SRTP from another validated pair: the browser moved its media.
+            if !from_selected && inn.tally.srtp_dropped == dropped && inn.srtp.is_some() {
+                if let Some(w) = inn.webrtc.as_deref_mut() {
+                    if w.media_from(src) {
+                        inn.refresh_dest(params.latch);
+                    }
+                }
+            }
+        }
+        Demux::Dtls | Demux::Rtp => {
+            // From an address no ICE check came from: not the browser this leg talks to.
+            inn.tally.hijack_dropped += 1;
+            if !inn.hijack_logged {
+                inn.hijack_logged = true;
+                warn!(%session, leg = ?LegId::from_index(in_leg), source = %src, "webrtc: dtls or srtp from an address no ice check came from: dropped (counted as hijack_dropped; logged once per leg)");
+            }
+        }
+        Demux::Other => inn.tally.not_forwarded += 1,
+    }
+}
+
 /// How a backend watches a session's sockets.
 pub(crate) trait Watch {
     /// Starts receiving on the four sockets of the session in `slot` (generation `gen`).
@@ -888,7 +1036,8 @@ impl Core {
                         }
                         l.rtp_hint = Some(rtp);
                         l.rtcp_hint = rtcp;
-                        l.rtcp_mux = rtcp_mux;
+                        // A WebRTC leg is always rtcp-mux (RFC 8834 §5.1.1).
+                        l.rtcp_mux = rtcp_mux || l.webrtc.is_some();
                         l.refresh_dest(mode);
                         l.refresh_allowed(mode);
                     }
@@ -948,7 +1097,40 @@ impl Core {
                                 None
                             }
                         };
-                        l.srtp_path = l.srtp.is_some() || l.srtp_refused;
+                        l.srtp_path = l.srtp.is_some() || l.srtp_refused || l.webrtc.is_some();
+                    }
+                }
+                Control::SetWebRtc { id, leg, state } => {
+                    let mode = self.params.latch;
+                    if let Some(s) = self.session_mut(id) {
+                        let l = &mut s.legs[leg.index()];
+                        l.srtp = None;
+                        l.srtp_refused = false;
+                        if state.is_some() {
+                            l.rtcp_mux = true;
+                        }
+                        l.webrtc = state;
+                        l.srtp_path = l.webrtc.is_some();
+                        l.refresh_dest(mode);
+                    }
+                }
+                Control::WebRtcFingerprint {
+                    id,
+                    leg,
+                    fingerprint,
+                } => {
+                    if let Some(s) = self.session_mut(id) {
+                        let l = &mut s.legs[leg.index()];
+                        if let Some(w) = l.webrtc.as_deref_mut() {
+                            let outcome = w.set_remote_fingerprint(fingerprint.map(|f| *f));
+                            let alerts = w.take_outbox();
+                            if let Some(dest) = w.selected {
+                                for d in &alerts {
+                                    let _ = l.rtp.send_to(d, dest);
+                                }
+                            }
+                            l.on_dtls_outcome(id, leg.index(), outcome);
+                        }
                     }
                 }
                 Control::Start(id) => {
@@ -1099,9 +1281,19 @@ impl Core {
                             let Some(dest) = l.rtp_dest_addr else {
                                 continue;
                             };
-                            if l.rtp.send_to(&buf[..n], dest).is_ok() {
+                            // An SRTP leg (SDES or WebRTC) hears the prompt encrypted; one
+                            // without usable keys (a browser before its handshake) none.
+                            let sent = match (&mut l.srtp, l.srtp_path) {
+                                (Some(srtp), _) => match srtp.protect(&buf[..n], false) {
+                                    Ok(wire) => l.rtp.send_to(&wire, dest).map(|_| wire.len()),
+                                    Err(_) => continue,
+                                },
+                                (None, true) => continue,
+                                (None, false) => l.rtp.send_to(&buf[..n], dest).map(|_| n),
+                            };
+                            if let Ok(len) = sent {
                                 l.tally.tx_packets += 1;
-                                l.tally.tx_bytes += n as u64;
+                                l.tally.tx_bytes += len as u64;
                                 s.dirty = true;
                             }
                         }

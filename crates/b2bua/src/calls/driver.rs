@@ -109,6 +109,7 @@ pub(crate) async fn run(
         domain: inner.cfg.domain.clone(),
         session_expires: inner.cfg.session_expires,
         timers: inner.endpoint.timers(),
+        dtls_fingerprint: inner.relay.dtls_fingerprint().cloned(),
     };
     let sink: Arc<dyn ClientEvents> = Arc::new(Inbox(inbox));
     // Boxed, as are the futures awaited below: the task's own state stays small (it lives
@@ -425,6 +426,21 @@ fn apply(m: &MediaSession, op: MediaOp) {
                 }
             };
             let _ = m.set_srtp(id, Some(media::srtp::SrtpKeys { local, remote }));
+        }
+        MediaOp::WebRtc(leg, ice) => {
+            if let Err(e) = m.set_webrtc(media_leg(leg), ice) {
+                tracing::warn!(?leg, error = %e, "webrtc: the leg could not be set up: its media is refused");
+            }
+        }
+        MediaOp::WebRtcAnswer(leg, sdp) => {
+            let fp = sdp_glue::webrtc_fingerprint(&sdp);
+            if fp.is_none() {
+                tracing::warn!(
+                    ?leg,
+                    "webrtc: the browser's answer has no usable a=fingerprint: its media is refused"
+                );
+            }
+            let _ = m.set_webrtc_fingerprint(media_leg(leg), fp);
         }
         MediaOp::Start => {
             let _ = m.start();

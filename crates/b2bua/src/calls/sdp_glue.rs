@@ -197,6 +197,123 @@ pub(crate) fn with_sdes(offer: &[u8], key: &SrtpKey) -> Bytes {
     sdp.to_bytes()
 }
 
+/// Our offer as a WebRTC browser takes it (RFC 8829 / RFC 8843 basics): the G.711 codecs
+/// and telephone-event of `offer` only (no transcoding: RFC 7874's mandatory codecs), profile
+/// `UDP/TLS/RTP/SAVPF`, `a=ice-lite` with our ufrag/pwd and one host candidate (the relay
+/// port), `a=fingerprint` of the relay's DTLS certificate with `a=setup:actpass` (the
+/// browser then takes the DTLS client's role), `a=rtcp-mux`, `a=mid:0` and
+/// `a=group:BUNDLE 0`.
+pub(crate) fn webrtc_offer(offer: &[u8], w: &super::machine::WebRtcOffer) -> Bytes {
+    webrtc_sdp(offer, w, "actpass", "0")
+}
+
+/// Our answer to a browser's offer (it called): `sdp` (the other leg's answer rewritten to
+/// the relay) made WebRTC's with `a=setup:passive` (the relay is the DTLS server) and the
+/// offer's `a=mid`.
+pub(crate) fn webrtc_answer(sdp: &[u8], w: &super::machine::WebRtcOffer, offer: &[u8]) -> Bytes {
+    let mid = SessionDescription::parse(offer)
+        .ok()
+        .and_then(|o| {
+            o.first_audio()
+                .and_then(|m| m.attribute_value("mid"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "0".to_string());
+    webrtc_sdp(sdp, w, "passive", &mid)
+}
+
+/// Whether an SDP body is a WebRTC endpoint's (a browser): a `SAVPF` profile, or ICE
+/// credentials with a DTLS fingerprint.
+pub(crate) fn is_webrtc(body: &[u8]) -> bool {
+    let Ok(sdp) = SessionDescription::parse(body) else {
+        return false;
+    };
+    let Some(m) = sdp.first_audio() else {
+        return false;
+    };
+    let has = |name: &str| m.has_attribute(name) || sdp.attribute(name).is_some();
+    m.proto.to_ascii_uppercase().contains("SAVPF") || (has("fingerprint") && has("ice-ufrag"))
+}
+
+/// `sdp` as WebRTC SDP toward a browser (see [`webrtc_offer`]) with `a=setup:<setup>`:
+/// `actpass` in our offers, `passive` in our answers (the relay stays the DTLS server).
+fn webrtc_sdp(offer: &[u8], w: &super::machine::WebRtcOffer, setup: &str, mid: &str) -> Bytes {
+    use sip_core::sdp::Attribute;
+    let Ok(mut sdp) = SessionDescription::parse(offer) else {
+        return Bytes::copy_from_slice(offer);
+    };
+    let Some(i) = sdp.first_audio_index() else {
+        return Bytes::copy_from_slice(offer);
+    };
+    let ip = sdp
+        .connection_of(&sdp.media[i])
+        .and_then(|c| c.ip())
+        .or_else(|| sdp.connection.as_ref().and_then(|c| c.ip()));
+    sdp.attributes
+        .retain(|a| a.name != "ice-lite" && a.name != "group");
+    // One stream, bundled with itself (RFC 8843): what browsers' own offers say, and what
+    // a peer connection with bundlePolicy max-bundle requires.
+    sdp.attributes
+        .push(Attribute::new("group", &format!("BUNDLE {mid}")));
+    sdp.attributes.push(Attribute::property("ice-lite"));
+    let m = &mut sdp.media[i];
+    let mut narrowed = m.clone();
+    let kept = narrowed.retain_formats(|_, map| {
+        map.is_some_and(|c| {
+            ["PCMU", "PCMA", "telephone-event"]
+                .iter()
+                .any(|e| c.encoding.eq_ignore_ascii_case(e))
+        })
+    });
+    if kept {
+        *m = narrowed;
+    }
+    m.proto = "UDP/TLS/RTP/SAVPF".into();
+    for name in [
+        "crypto",
+        "rtcp",
+        "rtcp-mux",
+        "ice-ufrag",
+        "ice-pwd",
+        "fingerprint",
+        "setup",
+        "mid",
+        "candidate",
+        "end-of-candidates",
+    ] {
+        m.remove_attributes(name);
+    }
+    let port = m.port;
+    m.attributes.push(Attribute::new("mid", mid));
+    m.attributes.push(Attribute::new("ice-ufrag", &w.ice.ufrag));
+    m.attributes.push(Attribute::new("ice-pwd", &w.ice.pwd));
+    m.attributes
+        .push(Attribute::new("fingerprint", &w.fingerprint.to_string()));
+    m.attributes.push(Attribute::new("setup", setup));
+    m.attributes.push(Attribute::property("rtcp-mux"));
+    if let Some(ip) = ip {
+        m.attributes.push(Attribute::new(
+            "candidate",
+            &format!("1 1 udp 2130706431 {ip} {port} typ host"),
+        ));
+        m.attributes.push(Attribute::property("end-of-candidates"));
+    }
+    sdp.to_bytes()
+}
+
+/// The `a=fingerprint` of a browser's SDP (of its audio stream, else of the session).
+pub(crate) fn webrtc_fingerprint(body: &[u8]) -> Option<media::webrtc::Fingerprint> {
+    let sdp = SessionDescription::parse(body).ok()?;
+    let audio = sdp.first_audio()?;
+    audio
+        .attribute_value("fingerprint")
+        .or_else(|| {
+            sdp.attribute("fingerprint")
+                .and_then(|a| a.value.as_deref())
+        })
+        .and_then(media::webrtc::Fingerprint::parse)
+}
+
 /// The key of the first `a=crypto` of the first audio stream that uses the suite we speak
 /// (the peer's key in its SDP, ours in ours); `None` without one.
 pub(crate) fn sdes_key(body: &[u8]) -> Option<SrtpKey> {
@@ -236,9 +353,85 @@ pub(crate) fn rewrite(
             m.set_port(0);
         }
     }
+    strip_webrtc(&mut sdp);
     set_sdes(&mut sdp, sdes);
     origin.stamp(&mut sdp, true);
     sdp.to_bytes()
+}
+
+/// What ends at the relay on a WebRTC leg (ICE, DTLS, BUNDLE, the browser's RTP header
+/// extensions and feedback) taken out of SDP passed to the other leg, whose profile becomes
+/// plain `RTP/AVP` (SDES then applies as that leg speaks it). SDP that is not WebRTC's (no
+/// `SAVPF` profile, no ICE credentials, no fingerprint) is left as it is.
+fn strip_webrtc(sdp: &mut SessionDescription) {
+    let webrtc = sdp.attribute("fingerprint").is_some()
+        || sdp.attribute("ice-ufrag").is_some()
+        || sdp.media.iter().any(|m| {
+            m.proto.to_ascii_uppercase().contains("SAVPF")
+                || m.has_attribute("fingerprint")
+                || m.has_attribute("ice-ufrag")
+        });
+    if !webrtc {
+        return;
+    }
+    const ENDS_AT_RELAY: &[&str] = &[
+        "ice-ufrag",
+        "ice-pwd",
+        "ice-options",
+        "ice-lite",
+        "fingerprint",
+        "setup",
+        "candidate",
+        "end-of-candidates",
+        "mid",
+        "msid",
+        "ssrc",
+        "ssrc-group",
+        "rtcp-fb",
+        "extmap",
+        "extmap-allow-mixed",
+        "rtcp-rsize",
+    ];
+    sdp.attributes.retain(|a| {
+        !ENDS_AT_RELAY.contains(&a.name.as_str()) && a.name != "group" && a.name != "msid-semantic"
+    });
+    for m in &mut sdp.media {
+        if m.proto.to_ascii_uppercase().contains("SAVPF")
+            || m.proto.eq_ignore_ascii_case("UDP/TLS/RTP/SAVP")
+        {
+            m.proto = "RTP/AVP".into();
+        }
+        for name in ENDS_AT_RELAY {
+            m.remove_attributes(name);
+        }
+    }
+}
+
+/// `sdp` passed toward a leg whose SDP so far (`local`) is WebRTC: made WebRTC again with the
+/// same ICE credentials and fingerprint (no ICE restart, no new DTLS), as an offer
+/// (`offer`) or an answer. Unchanged when `local` is not WebRTC.
+pub(crate) fn keep_webrtc(sdp: Bytes, local: &[u8], offer: bool) -> Bytes {
+    match webrtc_params(local) {
+        Some((w, mid)) => webrtc_sdp(&sdp, &w, if offer { "actpass" } else { "passive" }, &mid),
+        None => sdp,
+    }
+}
+
+/// The ICE credentials and fingerprint of our WebRTC SDP on a leg, if it is one.
+fn webrtc_params(local: &[u8]) -> Option<(super::machine::WebRtcOffer, String)> {
+    let sdp = SessionDescription::parse(local).ok()?;
+    let audio = sdp.first_audio()?;
+    let mid = audio.attribute_value("mid").unwrap_or("0").to_string();
+    Some((
+        super::machine::WebRtcOffer {
+            ice: media::webrtc::IceCredentials {
+                ufrag: audio.attribute_value("ice-ufrag")?.to_string(),
+                pwd: audio.attribute_value("ice-pwd")?.to_string(),
+            },
+            fingerprint: media::webrtc::Fingerprint::parse(audio.attribute_value("fingerprint")?)?,
+        },
+        mid,
+    ))
 }
 
 /// Our answer to an offer we take locally (no pass-through): our last SDP with the direction
@@ -492,5 +685,70 @@ mod tests {
             Some(&key),
         );
         assert_eq!(sdes_key(&to_carrier), Some(key));
+    }
+
+    #[test]
+    fn the_fingerprint_of_a_browser_answer_is_read() {
+        let fp = ["0A"; 32].join(":");
+        let media_level = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\na=fingerprint:sha-256 {fp}\r\n");
+        let session_level = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=fingerprint:sha-256 {fp}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\n");
+        for body in [media_level, session_level] {
+            let got = webrtc_fingerprint(body.as_bytes()).expect("fingerprint");
+            assert_eq!(got.to_string(), format!("sha-256 {fp}"));
+        }
+        assert!(webrtc_fingerprint(
+            b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn sdp_passed_between_a_browser_and_a_plain_leg_is_made_for_each() {
+        let w = crate::calls::machine::WebRtcOffer {
+            ice: media::webrtc::IceCredentials::random(),
+            fingerprint: media::webrtc::Fingerprint::parse(&format!(
+                "sha-256 {}",
+                ["0B"; 32].join(":")
+            ))
+            .unwrap(),
+        };
+        let relay: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let ours = webrtc_offer(&agent_offer(relay, &mut Origin::new()), &w);
+        // The carrier's re-offer (hold) toward the browser: WebRTC again, same ICE and DTLS.
+        let hold = b"v=0\r\no=c 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 41000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=sendonly\r\n";
+        let to_browser = keep_webrtc(rewrite(hold, relay, &mut Origin::new(), None), &ours, true);
+        let t = String::from_utf8_lossy(&to_browser).to_string();
+        for want in [
+            "UDP/TLS/RTP/SAVPF 0 8",
+            &format!("a=ice-ufrag:{}", w.ice.ufrag),
+            "a=setup:actpass",
+            "a=sendonly",
+            "a=rtcp-mux",
+        ] {
+            assert!(t.contains(want), "{want} missing: {t}");
+        }
+        let answer = keep_webrtc(rewrite(hold, relay, &mut Origin::new(), None), &ours, false);
+        assert!(String::from_utf8_lossy(&answer).contains("a=setup:passive"));
+        // The browser's re-offer toward the carrier: plain, nothing of ICE or DTLS.
+        let from_browser = format!("v=0\r\no=- 4 3 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=msid-semantic: WMS x\r\nm=audio 50000 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\na=ice-ufrag:brws\r\na=ice-pwd:browserbrowserbrowser12\r\na=fingerprint:sha-256 {}\r\na=setup:active\r\na=rtcp-mux\r\na=rtpmap:0 PCMU/8000\r\na=sendonly\r\na=candidate:1 1 udp 1 127.0.0.1 50000 typ host\r\n", ["0A"; 32].join(":"));
+        let plain = rewrite(from_browser.as_bytes(), relay, &mut Origin::new(), None);
+        let p = String::from_utf8_lossy(&plain).to_string();
+        assert!(p.contains("m=audio 40000 RTP/AVP 0"), "{p}");
+        for gone in [
+            "ice-",
+            "fingerprint",
+            "setup",
+            "candidate",
+            "mid",
+            "group",
+            "msid",
+        ] {
+            assert!(!p.contains(gone), "{gone} left in {p}");
+        }
+        assert_eq!(
+            keep_webrtc(plain.clone(), hold, true),
+            plain,
+            "a plain leg stays plain"
+        );
     }
 }

@@ -98,6 +98,14 @@ async fn device_targets(
         .await
         .map_err(|e| outcome(CallStatus::Failed, Some(leg), None, &format!("store: {e}")))?;
     let mut out = Vec::new();
+    // One set of ICE credentials for the leg: every browser of the fork is offered it.
+    let webrtc = inner
+        .relay
+        .dtls_fingerprint()
+        .map(|fp| super::machine::WebRtcOffer {
+            ice: media::webrtc::IceCredentials::random(),
+            fingerprint: fp.clone(),
+        });
     for b in &bindings {
         let conn = inner
             .registrar
@@ -114,6 +122,14 @@ async fn device_targets(
                 failover_codes: Vec::new(),
                 trunk: None,
                 sdes: None,
+                // A device registered over WebSocket is a browser (RFC 7118 clients are
+                // WebRTC endpoints): DTLS-SRTP media.
+                webrtc: matches!(
+                    dest.transport,
+                    sip_core::transport::Transport::Ws | sip_core::transport::Transport::Wss
+                )
+                .then(|| webrtc.clone())
+                .flatten(),
                 route: b.path.clone(),
             });
         }
@@ -164,6 +180,7 @@ async fn trunk_plan(
             invite_timeout: Some(t.invite_timeout),
             failover_codes: t.failover_codes.clone(),
             sdes: (t.srtp == store::Srtp::Sdes).then(media::srtp::SrtpKey::random),
+            webrtc: None,
             trunk: Some(a),
             route: Vec::new(),
         }]

@@ -61,6 +61,7 @@ impl Transports {
             tracing::warn!(
                 %local,
                 %remote,
+                transport = transport.via_token(),
                 offered = offered.unwrap_or("(none)"),
                 "websocket refused: the handshake did not ask for Sec-WebSocket-Protocol: sip (RFC 7118); answered 400"
             );

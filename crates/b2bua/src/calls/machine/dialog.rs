@@ -200,7 +200,11 @@ impl CallMachine {
             return;
         };
         let sdes = sdp_glue::sdes_key(&o.local_sdp);
-        let offer = sdp_glue::rewrite(&inc.request.body, relay_to, &mut o.origin, sdes.as_ref());
+        let offer = sdp_glue::keep_webrtc(
+            sdp_glue::rewrite(&inc.request.body, relay_to, &mut o.origin, sdes.as_ref()),
+            &o.local_sdp,
+            true,
+        );
         let req = o.offer(method.clone(), offer);
         let dest = o.dest;
         let cid = req.call_id_str();
@@ -305,7 +309,11 @@ impl CallMachine {
             };
             f.incoming = false;
             let sdes = sdp_glue::sdes_key(&f.local_sdp);
-            let answer = sdp_glue::rewrite(&resp.body, relay_from, &mut f.origin, sdes.as_ref());
+            let answer = sdp_glue::keep_webrtc(
+                sdp_glue::rewrite(&resp.body, relay_from, &mut f.origin, sdes.as_ref()),
+                &f.local_sdp,
+                false,
+            );
             let rekey = sdes_change(from, &f.local_sdp, &f.remote_sdp, &inc.request.body);
             f.local_sdp = answer.clone();
             f.remote_sdp = inc.request.body.clone();

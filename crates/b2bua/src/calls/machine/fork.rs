@@ -94,6 +94,12 @@ impl CallMachine {
         let ips: Vec<IpAddr> = targets.iter().map(|t| t.dest.addr.ip()).collect();
         self.out
             .push_back(Output::Media(MediaOp::AllowSources(leg, ips)));
+        // A browser among the targets: the relay answers its ICE checks and DTLS from now
+        // on (it may connect before its 200 OK arrives).
+        if let Some(w) = targets.iter().find_map(|t| t.webrtc.as_ref()) {
+            self.out
+                .push_back(Output::Media(MediaOp::WebRtc(leg, Some(w.ice.clone()))));
+        }
         for t in targets {
             let Some(f) = self.fork.as_mut() else { return };
             f.cseq += 1;
@@ -208,9 +214,10 @@ impl CallMachine {
             self.cfg.session_expires.to_string(),
         );
         r.headers.add(HeaderName::ContentType, "application/sdp");
-        r.body = match &target.sdes {
-            Some(key) => sdp_glue::with_sdes(&f.offer, key),
-            None => f.offer.clone(),
+        r.body = match (&target.sdes, &target.webrtc) {
+            (Some(key), _) => sdp_glue::with_sdes(&f.offer, key),
+            (None, Some(w)) => sdp_glue::webrtc_offer(&f.offer, w),
+            (None, None) => f.offer.clone(),
         };
         r
     }
@@ -479,6 +486,12 @@ impl CallMachine {
         };
         let dest = b.target.dest;
         let sdes = b.target.sdes.clone();
+        let webrtc = b.target.webrtc.clone();
+        let forked_webrtc = self
+            .fork
+            .as_ref()
+            .and_then(|f| f.plan.get(f.stage))
+            .is_some_and(|ts| ts.iter().any(|t| t.webrtc.is_some()));
         let sip_call_id = b.invite.call_id_str();
         if let Some(tr) = &b.target.trunk {
             tr.report_response(&resp, now.saturating_duration_since(b.sent_at));
@@ -500,6 +513,16 @@ impl CallMachine {
                 key.clone(),
                 resp.body.clone(),
             )));
+        }
+        match &webrtc {
+            Some(_) => self
+                .out
+                .push_back(Output::Media(MediaOp::WebRtcAnswer(leg, resp.body.clone()))),
+            // A phone answered where a browser was rung too: the leg is plain.
+            None if forked_webrtc => self
+                .out
+                .push_back(Output::Media(MediaOp::WebRtc(leg, None))),
+            None => {}
         }
         self.out
             .push_back(Output::Media(MediaOp::SetPeer(leg, resp.body.clone())));
@@ -528,9 +551,10 @@ impl CallMachine {
         self.legs[ix(leg)] = Some(LegState {
             dialog,
             dest,
-            local_sdp: match &sdes {
-                Some(key) => sdp_glue::with_sdes(&f.offer, key),
-                None => f.offer,
+            local_sdp: match (&sdes, &webrtc) {
+                (Some(key), _) => sdp_glue::with_sdes(&f.offer, key),
+                (None, Some(w)) => sdp_glue::webrtc_offer(&f.offer, w),
+                (None, None) => f.offer,
             },
             remote_sdp: resp.body.clone(),
             origin: f.origin,

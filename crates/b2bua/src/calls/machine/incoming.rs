@@ -34,6 +34,9 @@ pub(crate) struct Incoming {
     ringing_sent: bool,
     /// Our 2xx is out and its ACK has not come: we give up at this time.
     pub(super) ack_until: Option<Instant>,
+    /// The caller is a browser (its offer is WebRTC's): our answers are WebRTC too, and the
+    /// relay ends ICE and DTLS on its leg.
+    webrtc: Option<WebRtcOffer>,
 }
 
 /// The SIP code the caller hears when the call fails before the answer.
@@ -84,6 +87,7 @@ impl CallMachine {
             finished: false,
             ringing_sent: false,
             ack_until: None,
+            webrtc: None,
             inc: req,
         }));
         if missing_contact {
@@ -113,6 +117,24 @@ impl CallMachine {
         let body = i.inc.request.body.clone();
         self.out
             .push_back(Output::Media(MediaOp::AllowSources(leg, vec![src])));
+        if let (true, Some(fp)) = (
+            sdp_glue::is_webrtc(&body),
+            self.cfg.dtls_fingerprint.clone(),
+        ) {
+            // A browser calls: the relay answers its ICE checks and is its DTLS server; the
+            // certificate it presents must match the fingerprint of this offer.
+            let w = WebRtcOffer {
+                ice: media::webrtc::IceCredentials::random(),
+                fingerprint: fp,
+            };
+            self.out
+                .push_back(Output::Media(MediaOp::WebRtc(leg, Some(w.ice.clone()))));
+            self.out
+                .push_back(Output::Media(MediaOp::WebRtcAnswer(leg, body.clone())));
+            if let Some(i) = self.incoming.as_mut() {
+                i.webrtc = Some(w);
+            }
+        }
         if !body.is_empty() {
             self.out
                 .push_back(Output::Media(MediaOp::SetPeer(leg, body)));
@@ -165,7 +187,13 @@ impl CallMachine {
             return;
         }
         i.ringing_sent = true;
-        let sdp = early.then(|| sdp_glue::rewrite(&resp.body, relay[ix(leg)], &mut i.origin, None));
+        let sdp = early.then(|| {
+            let s = sdp_glue::rewrite(&resp.body, relay[ix(leg)], &mut i.origin, None);
+            match &i.webrtc {
+                Some(w) => sdp_glue::webrtc_answer(&s, w, &i.inc.request.body),
+                None => s,
+            }
+        });
         if let Some(s) = &sdp {
             i.early_sdp = Some(s.clone());
         }
@@ -205,7 +233,13 @@ impl CallMachine {
         i.finished = true;
         let sdp = match i.early_sdp.take() {
             Some(s) => s,
-            None => sdp_glue::rewrite(&their_answer, relay[ix(leg)], &mut i.origin, None),
+            None => {
+                let s = sdp_glue::rewrite(&their_answer, relay[ix(leg)], &mut i.origin, None);
+                match &i.webrtc {
+                    Some(w) => sdp_glue::webrtc_answer(&s, w, &i.inc.request.body),
+                    None => s,
+                }
+            }
         };
         let Some(mut dialog) = i.dialog.take() else {
             return;

@@ -84,9 +84,20 @@ pub(crate) struct Target {
     /// SDES toward this target (a trunk with `srtp = "sdes"`): our key, offered in
     /// `a=crypto`; the relay encrypts what it sends to the target with it.
     pub(crate) sdes: Option<media::srtp::SrtpKey>,
+    /// A browser (a device registered over WebSocket): the offer is WebRTC's
+    /// (`UDP/TLS/RTP/SAVPF`, ICE-lite, DTLS-SRTP) and the relay ends ICE and DTLS on the leg.
+    pub(crate) webrtc: Option<WebRtcOffer>,
     /// Route headers of the INVITE, in order (RFC 3327: the Path a phone registered
     /// through); `dest` is then the first of them. Empty for a direct target.
     pub(crate) route: Vec<String>,
+}
+
+/// What a WebRTC offer to a browser carries: the relay leg's ICE credentials (one set per
+/// leg: every browser of a fork gets the same) and the relay's DTLS fingerprint.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WebRtcOffer {
+    pub(crate) ice: media::webrtc::IceCredentials,
+    pub(crate) fingerprint: media::webrtc::Fingerprint,
 }
 
 /// The targets of one leg: stages tried one after another (failover); the targets of one
@@ -101,6 +112,9 @@ pub(crate) struct MachineConfig {
     /// Session-Expires we ask for (RFC 4028), seconds.
     pub(crate) session_expires: u32,
     pub(crate) timers: TimerConfig,
+    /// The relay's DTLS fingerprint, for WebRTC answers to a browser that calls (`None`:
+    /// no DTLS identity, browsers' offers get plain answers they will refuse).
+    pub(crate) dtls_fingerprint: Option<media::webrtc::Fingerprint>,
 }
 
 /// What the machine is told.
@@ -167,6 +181,11 @@ pub(crate) enum MediaOp {
     SetPeer(Leg, Bytes),
     /// SRTP on a leg keyed by SDES: our key, and the peer's SDP with its `a=crypto`.
     Sdes(Leg, media::srtp::SrtpKey, Bytes),
+    /// WebRTC on a leg (ICE-lite and DTLS-SRTP with these credentials), or plain again.
+    WebRtc(Leg, Option<media::webrtc::IceCredentials>),
+    /// The answer of a WebRTC leg's browser: its `a=fingerprint` is what its DTLS
+    /// certificate must match.
+    WebRtcAnswer(Leg, Bytes),
     /// Start relaying.
     Start,
     /// Stop (or resume) relaying what this leg's party says.

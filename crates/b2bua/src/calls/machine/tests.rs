@@ -31,8 +31,98 @@ fn target(label: &str, port: u16) -> Target {
         failover_codes: Vec::new(),
         trunk: None,
         sdes: None,
+        webrtc: None,
         route: Vec::new(),
     }
+}
+
+fn browser(label: &str, port: u16) -> Target {
+    let mut t = target(label, port);
+    t.dest.transport = Transport::Wss;
+    t.webrtc = Some(WebRtcOffer {
+        ice: media::webrtc::IceCredentials::random(),
+        fingerprint: media::webrtc::Fingerprint::parse(&format!(
+            "sha-256 {}",
+            ["AB"; 32].join(":")
+        ))
+        .expect("fingerprint"),
+    });
+    t
+}
+
+const BROWSER_SDP: &str = "v=0\r\no=- 4 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 50000 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 127.0.0.1\r\na=mid:0\r\na=ice-ufrag:brws\r\na=ice-pwd:browserbrowserbrowser12\r\na=fingerprint:sha-256 CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD\r\na=setup:active\r\na=rtcp-mux\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n";
+
+#[test]
+fn a_browser_target_gets_a_webrtc_offer_and_its_answer_keys_the_leg() {
+    let mut r = Rig::new();
+    assert!(matches!(r.take().as_slice(), [Output::Lookup(Leg::Agent)]));
+    let web = browser("web", 5072);
+    let ice = web.webrtc.clone().expect("webrtc").ice;
+    r.targets(Leg::Agent, vec![vec![target("desk", 5070), web]]);
+    let out = r.take();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Media(MediaOp::WebRtc(Leg::Agent, Some(i))) if *i == ice)),
+        "the relay answers ICE from the INVITE on: {out:?}"
+    );
+    let invites = sent(&out);
+    let desk = String::from_utf8_lossy(&invites[0].1.body).to_string();
+    let web = String::from_utf8_lossy(&invites[1].1.body).to_string();
+    assert!(
+        desk.contains("RTP/AVP") && !desk.contains("fingerprint"),
+        "{desk}"
+    );
+    for want in [
+        "UDP/TLS/RTP/SAVPF 0 8 101",
+        "a=ice-lite",
+        "a=group:BUNDLE 0",
+        &format!("a=ice-ufrag:{}", ice.ufrag),
+        &format!("a=ice-pwd:{}", ice.pwd),
+        "a=fingerprint:sha-256 AB:AB:",
+        "a=setup:actpass",
+        "a=rtcp-mux",
+        "a=mid:0",
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 30000 typ host",
+    ] {
+        assert!(web.contains(want), "{want} missing from {web}");
+    }
+    assert!(
+        !web.contains("G722") && !web.contains("opus") && !web.contains("a=rtcp:"),
+        "{web}"
+    );
+    // The browser answers.
+    let (tx, inv) = (invites[1].0, invites[1].1.clone());
+    r.respond(tx, reply(&inv, 200, "web", Some(BROWSER_SDP)));
+    let out = r.take();
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Media(MediaOp::WebRtcAnswer(Leg::Agent, b)) if b.as_ref() == BROWSER_SDP.as_bytes())),
+        "{out:?}"
+    );
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::WebRtc(_, None)))));
+}
+
+#[test]
+fn a_phone_answering_a_fork_with_a_browser_makes_the_leg_plain_again() {
+    let mut r = Rig::new();
+    r.take();
+    r.targets(
+        Leg::Agent,
+        vec![vec![target("desk", 5070), browser("web", 5072)]],
+    );
+    let invites = sent(&r.take());
+    let (tx, inv) = (invites[0].0, invites[0].1.clone());
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    let out = r.take();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Media(MediaOp::WebRtc(Leg::Agent, None)))),
+        "{out:?}"
+    );
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaOp::WebRtcAnswer(..)))));
 }
 
 fn trunk(label: &str, port: u16) -> Target {
@@ -82,6 +172,10 @@ impl Rig {
             domain: "dialbridge.test".into(),
             session_expires: 1800,
             timers: timers(),
+            dtls_fingerprint: media::webrtc::Fingerprint::parse(&format!(
+                "sha-256 {}",
+                ["EF"; 32].join(":")
+            )),
         };
         let m = CallMachine::new(spec, cfg, [addr(30_000), addr(30_002)], now);
         let mut r = Rig {
@@ -2355,4 +2449,59 @@ fn a_call_that_is_not_recorded_never_asks_for_it() {
     assert!(!out
         .iter()
         .any(|o| matches!(o, Output::Media(MediaOp::Record))));
+}
+
+const BROWSER_OFFER: &str = "v=0\r\no=- 9 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE a1\r\na=msid-semantic: WMS s\r\nm=audio 50000 UDP/TLS/RTP/SAVPF 111 0 8 101\r\nc=IN IP4 127.0.0.1\r\na=mid:a1\r\na=ice-ufrag:brws\r\na=ice-pwd:browserbrowserbrowser12\r\na=fingerprint:sha-256 CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD:CD\r\na=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\na=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\n";
+
+#[test]
+fn a_browser_that_calls_gets_a_webrtc_answer_and_the_other_side_a_plain_offer() {
+    let mut r = Rig::with_spec(inbound_spec(Some(BROWSER_OFFER)));
+    let out = r.take();
+    let ice = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Media(MediaOp::WebRtc(Leg::Customer, Some(i))) => Some(i.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the relay takes ICE and DTLS on the caller's leg: {out:?}"));
+    assert!(out.iter().any(|o| matches!(o, Output::Media(MediaOp::WebRtcAnswer(Leg::Customer, b)) if b.as_ref() == BROWSER_OFFER.as_bytes())));
+    r.targets(Leg::Agent, vec![vec![target("desk", 5070)]]);
+    let invites = sent(&r.take());
+    let offer = String::from_utf8_lossy(&invites[0].1.body).into_owned();
+    assert!(
+        offer.contains("m=audio 30000 RTP/AVP 111 0 8 101"),
+        "{offer}"
+    );
+    for gone in [
+        "ice-",
+        "fingerprint",
+        "setup",
+        "candidate",
+        "mid",
+        "group",
+        "SAVPF",
+    ] {
+        assert!(!offer.contains(gone), "{gone} passed to the phone: {offer}");
+    }
+    let (tx, inv) = invites[0].clone();
+    r.respond(tx, reply(&inv, 200, "desk", Some(AGENT_SDP)));
+    let rs = responses(&r.take());
+    let ok = rs
+        .iter()
+        .find(|r| r.status == 200)
+        .expect("the browser is answered");
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    for want in [
+        "m=audio 30002 UDP/TLS/RTP/SAVPF 0 8 101",
+        "a=setup:passive",
+        "a=mid:a1",
+        "a=group:BUNDLE a1",
+        "a=ice-lite",
+        &format!("a=ice-ufrag:{}", ice.ufrag),
+        "a=fingerprint:sha-256 EF:EF:",
+        "a=rtcp-mux",
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 30002 typ host",
+    ] {
+        assert!(body.contains(want), "{want} missing from {body}");
+    }
 }
