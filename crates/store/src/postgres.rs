@@ -21,9 +21,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use crate::model::{
-    Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, PublishableKey, TimelineEntry,
-    Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, User,
+    Account, AccountLimits, Admission, ApiKey, Binding, CallFilter, CallRecord, CallStatus,
+    CallWrite, Device, IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState,
+    PublishableKey, RateBucket, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs, UnixSecs,
+    User,
 };
 use crate::provision::{Change, ConfigIssue, ProvisionReport, Provisioning, DEVICE_PREFIX};
 use crate::secret::{api_secret_hash, constant_time_eq, ha1_md5, ha1_sha256, Secret};
@@ -244,6 +245,15 @@ ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms BIGINT;
     // 8: the RFC 3327 Path of a binding (SQLite's version 10).
     r#"
 ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
+"#,
+    // 9: each account's token bucket for its call rate, shared by the nodes (SQLite's
+    // version 11). No row: the bucket is full.
+    r#"
+CREATE TABLE rate_buckets (
+    account_id TEXT PRIMARY KEY,           -- as calls.account_id: no foreign key
+    tokens     DOUBLE PRECISION NOT NULL,
+    at_ms      BIGINT NOT NULL
+);
 "#,
 ];
 
@@ -2279,7 +2289,12 @@ impl Store for PgStore {
         insert_call_on(&c, r).await
     }
 
-    async fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError> {
+    async fn admit_call(
+        &self,
+        writes: &[CallWrite],
+        limits: &AccountLimits,
+        now_ms: UnixMs,
+    ) -> Result<Admission, StoreError> {
         let Some(account_id) = new_call_account(writes) else {
             return Err(StoreError::Invalid {
                 field: "writes",
@@ -2288,28 +2303,62 @@ impl Store for PgStore {
         };
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        // One account's admissions queue behind each other, cluster-wide, until commit.
-        tx.execute(
+        // One account's admissions queue behind each other, cluster-wide, until commit: the
+        // count of its live calls and its token bucket read below are those the previous
+        // admission left, and no other node takes a token meanwhile.
+        exec(
+            &tx,
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
             &[&format!("calls:{account_id}")],
         )
         .await?;
-        let live: i64 = tx
-            .query_one(
-                &format!(
-                    "SELECT COUNT(*) FROM calls WHERE account_id = $1 AND status NOT IN ({})",
-                    crate::sqlite::final_statuses()
-                ),
-                &[&account_id],
-            )
-            .await?
-            .try_get(0)?;
-        if live >= i64::from(max_live) {
-            return Ok(false);
+        // The count and the bucket in one trip; the bucket's row is locked too (FOR UPDATE),
+        // so even a writer that skipped the advisory lock would wait for this commit.
+        let row = query_opt(
+            &tx,
+            &format!(
+                "SELECT (SELECT COUNT(*) FROM calls
+                              WHERE account_id = $1 AND status NOT IN ({})),
+                            b.tokens, b.at_ms
+                       FROM (SELECT 1) AS one
+                       LEFT JOIN LATERAL (SELECT tokens, at_ms FROM rate_buckets
+                                           WHERE account_id = $1 FOR UPDATE) AS b ON TRUE",
+                crate::sqlite::final_statuses()
+            ),
+            &[&account_id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Invalid {
+            field: "writes",
+            reason: "the admission query returned no row".to_owned(),
+        })?;
+        let live: i64 = row.try_get(0)?;
+        if live >= i64::from(limits.max_concurrent) {
+            return Ok(Admission::Concurrency);
         }
-        apply_writes_on(&tx, writes).await?;
+        let tokens: Option<f64> = row.try_get(1)?;
+        let at_ms: Option<i64> = row.try_get(2)?;
+        let bucket = tokens
+            .zip(at_ms)
+            .map(|(tokens, at_ms)| RateBucket { tokens, at_ms });
+        let bucket = match RateBucket::take(bucket, limits, now_ms) {
+            Ok(b) => b,
+            Err(retry_after_secs) => return Ok(Admission::Rate { retry_after_secs }),
+        };
+        // The bucket and the call's rows go out together (pipelined on the connection).
+        let bucket_params: [&(dyn ToSql + Sync); 3] = [&account_id, &bucket.tokens, &bucket.at_ms];
+        let take = exec(
+            &tx,
+            "INSERT INTO rate_buckets (account_id, tokens, at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (account_id) DO UPDATE SET tokens = EXCLUDED.tokens,
+                                                    at_ms = EXCLUDED.at_ms",
+            &bucket_params,
+        );
+        let (taken, written) = tokio::join!(take, apply_writes_on(&tx, writes));
+        taken?;
+        written?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Admission::Admitted)
     }
 
     async fn update_call(&self, r: &CallRecord) -> Result<(), StoreError> {
