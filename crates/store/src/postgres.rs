@@ -246,14 +246,16 @@ ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms BIGINT;
     r#"
 ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
 "#,
-    // 9: each account's token bucket for its call rate, shared by the nodes (SQLite's
-    // version 11). No row: the bucket is full.
+    // 9: each account's token bucket for its call rate, shared by the nodes, and the live
+    // calls of an account in an index of their own (SQLite's version 11).
     r#"
 CREATE TABLE rate_buckets (
     account_id TEXT PRIMARY KEY,           -- as calls.account_id: no foreign key
     tokens     DOUBLE PRECISION NOT NULL,
     at_ms      BIGINT NOT NULL
 );
+CREATE INDEX calls_live ON calls(account_id)
+    WHERE status NOT IN ('completed', 'busy', 'no-answer', 'failed', 'canceled');
 "#,
 ];
 
