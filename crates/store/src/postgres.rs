@@ -246,16 +246,18 @@ ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms BIGINT;
     r#"
 ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
 "#,
-    // 9: each account's token bucket for its call rate, shared by the nodes, and the live
-    // calls of an account in an index of their own (SQLite's version 11).
+    // 9: an account's live calls without reading its call history (SQLite's version 11).
+    r#"
+CREATE INDEX calls_live ON calls(account_id) WHERE status IN ('queued', 'ringing', 'in-progress');
+"#,
+    // 10: each account's token bucket for its call rate, shared by the nodes (SQLite's
+    // version 12). No row: the bucket is full.
     r#"
 CREATE TABLE rate_buckets (
     account_id TEXT PRIMARY KEY,           -- as calls.account_id: no foreign key
     tokens     DOUBLE PRECISION NOT NULL,
     at_ms      BIGINT NOT NULL
 );
-CREATE INDEX calls_live ON calls(account_id)
-    WHERE status NOT IN ('completed', 'busy', 'no-answer', 'failed', 'canceled');
 "#,
 ];
 
@@ -2320,12 +2322,12 @@ impl Store for PgStore {
             &tx,
             &format!(
                 "SELECT (SELECT COUNT(*) FROM calls
-                              WHERE account_id = $1 AND status NOT IN ({})),
+                              WHERE account_id = $1 AND status IN ({})),
                             b.tokens, b.at_ms
                        FROM (SELECT 1) AS one
                        LEFT JOIN LATERAL (SELECT tokens, at_ms FROM rate_buckets
                                            WHERE account_id = $1 FOR UPDATE) AS b ON TRUE",
-                crate::sqlite::final_statuses()
+                crate::sqlite::LIVE_STATUSES
             ),
             &[&account_id],
         )

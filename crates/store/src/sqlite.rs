@@ -281,22 +281,27 @@ ALTER TABLE callback_outbox ADD COLUMN claimed_until_ms INTEGER;
     r#"
 ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
 "#,
-    // 11: each account's token bucket for its call rate (`calls_per_second`, `burst`), taken
+    // 11: an account's live calls found without reading its call history: the count that
+    // admits a new call (`admit_call`) had scanned every call the account ever made. The
+    // index's condition is [`LIVE_STATUSES`], spelled as the query spells it.
+    r#"
+CREATE INDEX calls_live ON calls(account_id) WHERE status IN ('queued', 'ringing', 'in-progress');
+"#,
+    // 12: each account's token bucket for its call rate (`calls_per_second`, `burst`), taken
     // in the same transaction as the call's admission, so the rate holds for every node
-    // sharing the database. No row: the bucket is full. And the live calls of an account
-    // in an index of their own, so counting them at each admission reads those rows only,
-    // not the whole call log (the WHERE is `final_statuses()`'s text: the planner uses a
-    // partial index only for a query with the same condition).
+    // sharing the database. No row: the bucket is full.
     r#"
 CREATE TABLE rate_buckets (
     account_id TEXT PRIMARY KEY,           -- as calls.account_id: no foreign key
     tokens     REAL NOT NULL,
     at_ms      INTEGER NOT NULL
 );
-CREATE INDEX calls_live ON calls(account_id)
-    WHERE status NOT IN ('completed', 'busy', 'no-answer', 'failed', 'canceled');
 "#,
 ];
+
+/// The statuses of a call not yet ended, as SQL (the condition of the `calls_live` index,
+/// which a query uses only when it spells the condition the same way).
+pub(crate) const LIVE_STATUSES: &str = "'queued', 'ringing', 'in-progress'";
 
 const PEPPER_KEY: &str = "api_secret_pepper";
 const PEPPER_LEN: usize = 32;
@@ -2240,7 +2245,9 @@ impl BlockingStore for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let live: i64 = tx
-            .prepare_cached(&live_calls_sql())?
+            .prepare_cached(&format!(
+                "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status IN ({LIVE_STATUSES})"
+            ))?
             .query_row([account_id], |r| r.get(0))?;
         if live >= i64::from(limits.max_concurrent) {
             return Ok(Admission::Concurrency);
@@ -2762,25 +2769,6 @@ impl BlockingStore for SqliteStore {
     }
 }
 
-/// Counts the live calls of the account `?1` (`$1` on PostgreSQL), on the `calls_live`
-/// index.
-pub(crate) fn live_calls_sql() -> String {
-    format!(
-        "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status NOT IN ({})",
-        final_statuses()
-    )
-}
-
-/// The final statuses as an SQL list (`'completed', ...`).
-pub(crate) fn final_statuses() -> String {
-    CallStatus::ALL
-        .iter()
-        .filter(|s| s.is_final())
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreError> {
     for w in writes {
         match w {
@@ -2921,20 +2909,33 @@ fn enqueue_callback_on(conn: &Connection, e: &OutboxEntry) -> Result<(), StoreEr
 mod tests {
     use super::*;
 
-    /// The count of an account's live calls at each admission reads the partial index
-    /// `calls_live`, not the account's whole call log: its condition is the same text as
-    /// the migration's (a status added to [`CallStatus`] must change both).
     #[test]
-    fn the_count_of_live_calls_uses_its_partial_index() {
+    fn live_statuses_are_the_statuses_not_final() {
+        let live: Vec<String> = CallStatus::ALL
+            .iter()
+            .filter(|s| !s.is_final())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert_eq!(live.join(", "), LIVE_STATUSES);
+    }
+
+    /// The admission count reads the `calls_live` index, not the account's whole history.
+    #[test]
+    fn admission_count_uses_the_live_index() {
         let store = SqliteStore::open_in_memory().unwrap();
         let conn = store.conn().unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", live_calls_sql()))
-            .unwrap()
-            .query_map(["acct"], |r| r.get::<_, String>(3))
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status IN ({LIVE_STATUSES})"
+        );
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(["acc"], |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert!(plan.iter().any(|p| p.contains("calls_live")), "{plan:?}");
+        assert!(
+            plan.iter().any(|p| p.contains("calls_live")),
+            "plan: {plan:?}"
+        );
     }
 }
