@@ -4,7 +4,9 @@
 //! requires `a=sendonly` then `a=sendrecv`), blind transfers by REFER from a SIPp agent
 //! (success: the customer's RTP reaches the new party and the agent is released; failure:
 //! the call goes on; a forbidden destination: NOTIFY 403 and nothing dialled), and an API
-//! transfer to a forbidden number refused.
+//! transfer to a forbidden number refused; an attended transfer with Replaces from a SIPp
+//! phone with two calls; warm transfers over the API, completed and cancelled (the held
+//! customer seen on the wire, who hears whom told by frequency).
 //!
 //! The phones that send tones and record what they hear are `dialbridge phone` (the `ua`
 //! crate's built-in phone).
@@ -432,7 +434,9 @@ fn refer_agent(f: &Fixture, target: &str, hangup: bool) -> SippChild {
 #[test]
 fn a_blind_refer_bridges_the_customer_to_the_target_and_releases_the_agent() {
     let f = fixture_with(0, &extra_users());
-    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", 0.0, false);
+    // Bob sends RTP as a phone does: the relay latches onto the source it hears on a leg, and
+    // the transferor's last packets (sent until it takes the BYE) may latch it first.
+    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", SUPERVISOR_HZ, false);
     let agent = refer_agent(&f, "1002", false);
     let carrier = f.carrier("carrier_answer_play.xml", &[]);
     let id = place(&f);
@@ -599,7 +603,9 @@ fn a_held_customer_hears_the_hold_tone_and_not_the_agent() {
 fn baresip_transfers_blind_by_refer() {
     use sip_tests::baresip::{Baresip, BaresipConfig, SipTransport};
     let f = fixture_with(0, &extra_users());
-    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", 0.0, false);
+    // Bob sends RTP as a phone does: the relay latches onto the source it hears on a leg, and
+    // the transferor's last packets (sent until it takes the BYE) may latch it first.
+    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", SUPERVISOR_HZ, false);
     let mut cfg = BaresipConfig::device(
         "alice-desk",
         "s3cret-desk",
@@ -670,4 +676,262 @@ fn baresip_transfers_blind_by_refer() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(received > 20, "Bob got the customer's audio: {ended}");
+}
+
+/// The calls of the account, newest first.
+fn list_calls(f: &Fixture) -> Vec<Value> {
+    let (st, v) = api(f, "GET", "/v1/calls", None);
+    assert_eq!(st, 200, "{v}");
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// The share of `hz` in the last `secs` seconds of a recording.
+fn heard_at_end(samples: &[i16], hz: f64, secs: f64) -> f64 {
+    let n = (8000.0 * secs) as usize;
+    heard(&samples[samples.len().saturating_sub(n)..], hz)
+}
+
+/// An attended transfer by a SIPp agent phone (see `agent_attended_refer.xml`): it answers
+/// a click-to-call to the customer (a phone sending 1000 Hz), dials Bob (extension 1002, a
+/// phone sending 1800 Hz) itself, first REFERs with a Replaces naming no dialog (NOTIFY
+/// 481, both calls go on), then REFERs with Replaces naming its dialog of the second call.
+/// On the wire: 202, NOTIFY 200, a BYE to the phone on each of its two legs. Then the
+/// customer and Bob hear each other through the first call's relay (told apart by
+/// frequency: before the transfer each heard only its own tone echoed by the SIPp phone),
+/// the first call says transferred and the second ended completed.
+#[test]
+fn an_attended_refer_with_replaces_joins_the_customer_and_the_second_party() {
+    let f = fixture_with(0, &extra_users());
+    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", SUPERVISOR_HZ, true);
+    let listen = format!("udp:127.0.0.1:{}", f.carrier_port);
+    let customer = Phone::start(
+        &[
+            "--listen",
+            &listen,
+            "--answer",
+            "--ring-ms",
+            "100",
+            "--tone",
+            "1000",
+        ],
+        true,
+    );
+    assert!(customer.wait_count("phone: SIP on", 1, Duration::from_secs(10)));
+    let agent = f.phone("alice-desk", "s3cret-desk", "agent_attended_refer.xml", &[]);
+    let id = place(&f);
+    if !agent.wait_log("BOTH RELEASED", Duration::from_secs(40)) {
+        panic!(
+            "{}\n{}",
+            agent.wait(Duration::from_secs(1)).output,
+            f.server.log_text()
+        );
+    }
+    let logs = agent.logs();
+    assert!(logs.contains("REFER 202 unknown"), "{logs}");
+    assert!(logs.contains("NOTIFY 481"), "{logs}");
+    assert_eq!(logs.matches("REFER 202").count(), 2, "{logs}");
+    assert!(logs.contains("NOTIFY 200"), "{logs}");
+    let released: Vec<&str> = logs.lines().filter(|l| l.contains("RELEASED ")).collect();
+    assert!(
+        released.iter().any(|l| l.contains("SIPpTag01")),
+        "the phone's leg of call one: {logs}"
+    );
+    assert!(
+        released.iter().any(|l| l.contains("SIPpTag02")),
+        "the phone's leg of call two: {logs}"
+    );
+    let run = agent.wait(Duration::from_secs(10));
+    assert_eq!(run.code, 0, "{}", run.output);
+    // The customer and Bob talk through call one now.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(f.call(&id)["status"], "in-progress");
+    assert_eq!(f.hangup(&id), 202);
+    assert!(bob.wait_count("phone: ended", 1, Duration::from_secs(15)));
+    assert!(customer.wait_count("phone: ended", 1, Duration::from_secs(15)));
+    let (c, b) = (customer.last_recording(), bob.last_recording());
+    let (c_bob, c_self) = (
+        heard_at_end(&c, SUPERVISOR_HZ, 1.5),
+        heard_at_end(&c, CUSTOMER_HZ, 1.5),
+    );
+    let (b_customer, b_self) = (
+        heard_at_end(&b, CUSTOMER_HZ, 1.5),
+        heard_at_end(&b, SUPERVISOR_HZ, 1.5),
+    );
+    // Before the transfer (the first second of each call) each heard only its own tone,
+    // echoed by the SIPp phone.
+    let first = |r: &[i16], hz: f64| heard(&r[..8000.min(r.len())], hz);
+    assert!(first(&c, CUSTOMER_HZ) > 0.5 && first(&c, SUPERVISOR_HZ) < 0.1);
+    assert!(first(&b, SUPERVISOR_HZ) > 0.5 && first(&b, CUSTOMER_HZ) < 0.1);
+    assert!(
+        c_bob > 0.5 && c_self < 0.1,
+        "the customer hears Bob ({c_bob:.2}), not itself ({c_self:.2})"
+    );
+    assert!(
+        b_customer > 0.5 && b_self < 0.1,
+        "Bob hears the customer ({b_customer:.2}), not himself ({b_self:.2})"
+    );
+    let call = f.ended(&id);
+    assert_eq!(call["status"], "completed", "{call}");
+    assert_eq!(call["legs"]["agent"]["transferred_to"], "1002", "{call}");
+    let timeline = call["timeline"].to_string();
+    assert!(
+        timeline.contains("NOTIFY (refer: SIP/2.0 481 Call/Transaction Does Not Exist)"),
+        "{timeline}"
+    );
+    assert!(timeline.contains("transfer_failed"), "{timeline}");
+    assert!(f.receiver.wait_status("completed", Duration::from_secs(10)));
+    let evs = events_of(&f, &id);
+    let t = evs
+        .iter()
+        .find(|e| e["event"] == "call.transferred")
+        .unwrap_or_else(|| panic!("{evs:?}"));
+    assert_eq!(t["by"], "phone");
+    assert_eq!(t["to"], "1002");
+    // The phone's second call ended, completed, when its party was joined to call one.
+    let two = list_calls(&f)
+        .into_iter()
+        .find(|c| c["call_id"] != id.as_str() && c["origin"] == "phone")
+        .unwrap_or_else(|| panic!("no second call"));
+    let two = f.ended(two["call_id"].as_str().expect("call_id"));
+    assert_eq!(two["status"], "completed", "{two}");
+    assert!(two.to_string().contains("joined to call"), "{two}");
+}
+
+/// A call whose customer is a SIPp carrier that echoes RTP and requires a hold re-INVITE
+/// (`a=sendonly`) then a resume (`a=sendrecv`); the agent (440 Hz) and Bob (1800 Hz) are
+/// recording phones. A warm transfer to Bob is started and Bob answers: returns
+/// (fixture, agent, Bob, carrier, call id).
+fn warm_consulting() -> (Fixture, Phone, Phone, SippChild, String) {
+    let f = fixture_with(0, &extra_users());
+    let agent = Phone::registered(&f, "alice-desk", "s3cret-desk", AGENT_HZ, true);
+    let bob = Phone::registered(&f, "bob-desk", "s3cret-bob", SUPERVISOR_HZ, true);
+    let carrier = f.carrier("carrier_hold_unhold.xml", &["-rtp_echo"]);
+    let id = place(&f);
+    assert!(
+        wait_status(&f, &id, "in-progress", Duration::from_secs(20)),
+        "{}",
+        f.server.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let (st, v) = api(
+        &f,
+        "POST",
+        &format!("/v1/calls/{id}/transfer"),
+        Some(json!({"to": {"user_id": BOB}, "mode": "warm"})),
+    );
+    assert_eq!(st, 202, "{v}");
+    // The customer is held on the wire while the agent consults Bob.
+    assert!(
+        carrier.wait_log("REINVITE sendonly", Duration::from_secs(10)),
+        "{}\n{}",
+        carrier.logs(),
+        f.server.log_text()
+    );
+    assert!(
+        bob.wait_count("phone: answered", 1, Duration::from_secs(15)),
+        "{:?}\n{}",
+        bob.lines(),
+        f.server.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    (f, agent, bob, carrier, id)
+}
+
+/// Warm transfer over the API, completed: the customer held (`a=sendonly` on the wire)
+/// while Bob and the agent hear each other; `…/transfer/complete` resumes the customer
+/// (`a=sendrecv`), bridges it with Bob (Bob hears his own tone echoed by the customer's
+/// side, and no longer the agent) and releases the agent.
+#[test]
+fn a_warm_transfer_consults_while_the_customer_is_held_then_completes() {
+    let (f, agent, bob, carrier, id) = warm_consulting();
+    assert_eq!(f.call(&id)["status"], "in-progress");
+    let (st, v) = api(
+        &f,
+        "POST",
+        &format!("/v1/calls/{id}/transfer/complete"),
+        None,
+    );
+    assert_eq!(st, 202, "{v}");
+    assert!(
+        agent.wait_count("phone: ended", 1, Duration::from_secs(10)),
+        "the agent is released: {:?}",
+        agent.lines()
+    );
+    assert!(carrier.wait_log("REINVITE sendrecv", Duration::from_secs(10)));
+    assert!(wait_timeline(
+        &f,
+        &id,
+        "transferred",
+        Duration::from_secs(10)
+    ));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(f.call(&id)["status"], "in-progress");
+    assert_eq!(f.hangup(&id), 202);
+    assert!(bob.wait_count("phone: ended", 1, Duration::from_secs(15)));
+    let run = carrier.wait(Duration::from_secs(15));
+    assert_eq!(run.code, 0, "{}", run.output);
+    let b = bob.last_recording();
+    // The consultation (Bob's first second): the agent.
+    let first = heard(&b[..8000.min(b.len())], AGENT_HZ);
+    assert!(
+        first > 0.5,
+        "Bob hears the agent while consulting: {first:.2}"
+    );
+    // After the completion: the customer's side (echoing Bob), no agent.
+    let (echo, agent_tail) = (
+        heard_at_end(&b, SUPERVISOR_HZ, 1.5),
+        heard_at_end(&b, AGENT_HZ, 1.5),
+    );
+    assert!(
+        echo > 0.5 && agent_tail < 0.1,
+        "Bob bridged to the customer: own tone back {echo:.2}, agent {agent_tail:.2}"
+    );
+    let a = agent.last_recording();
+    assert!(
+        heard_at_end(&a, SUPERVISOR_HZ, 1.0) > 0.5,
+        "the agent heard Bob while consulting"
+    );
+    assert!(f.receiver.wait_status("completed", Duration::from_secs(10)));
+    let evs = events_of(&f, &id);
+    let names: Vec<&str> = evs.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert!(names.contains(&"call.held"), "{names:?}");
+    let t = evs
+        .iter()
+        .find(|e| e["event"] == "call.transferred")
+        .unwrap_or_else(|| panic!("{evs:?}"));
+    assert_eq!(t["by"], "api");
+}
+
+/// Warm transfer over the API, cancelled: Bob is released, the customer resumed
+/// (`a=sendrecv` on the wire), and the agent and the customer talk again (the agent hears
+/// its own tone echoed by the customer's side, no longer Bob).
+#[test]
+fn a_cancelled_warm_transfer_returns_to_the_original_call() {
+    let (f, agent, bob, carrier, id) = warm_consulting();
+    let (st, v) = api(&f, "POST", &format!("/v1/calls/{id}/transfer/cancel"), None);
+    assert_eq!(st, 202, "{v}");
+    assert!(
+        bob.wait_count("phone: ended", 1, Duration::from_secs(10)),
+        "Bob is released: {:?}",
+        bob.lines()
+    );
+    assert!(carrier.wait_log("REINVITE sendrecv", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(f.call(&id)["status"], "in-progress");
+    assert_eq!(f.hangup(&id), 202);
+    assert!(agent.wait_count("phone: ended", 1, Duration::from_secs(15)));
+    let run = carrier.wait(Duration::from_secs(15));
+    assert_eq!(run.code, 0, "{}", run.output);
+    let a = agent.last_recording();
+    let (own, bob_tail) = (
+        heard_at_end(&a, AGENT_HZ, 1.5),
+        heard_at_end(&a, SUPERVISOR_HZ, 1.5),
+    );
+    assert!(
+        own > 0.5 && bob_tail < 0.1,
+        "back with the customer: own tone echoed {own:.2}, Bob {bob_tail:.2}"
+    );
+    let call = f.ended(&id);
+    assert!(call["legs"]["agent"]["transferred_to"].is_null(), "{call}");
+    assert!(call["timeline"].to_string().contains("transfer_failed"));
 }

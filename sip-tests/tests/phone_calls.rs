@@ -290,3 +290,28 @@ fn an_invite_without_valid_device_credentials_gets_407_then_403_and_no_call() {
     assert_eq!(code, 403, "{text}");
     assert!(calls(&f).is_empty(), "no call was made");
 }
+
+/// An out-of-dialog INVITE carrying `Replaces` (RFC 3891 §3: a phone replacing a dialog
+/// itself) is answered 501 and makes no call, even with `Require: replaces` (which is
+/// supported for REFER: attended transfers come as REFER with Replaces).
+#[test]
+fn an_invite_with_replaces_is_answered_501_and_no_call() {
+    let f = fixture();
+    let sock = UdpSocket::bind("127.0.0.2:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let port = sock.local_addr().expect("addr").port();
+    let extra = "Replaces: abc@x;to-tag=1;from-tag=2\r\nRequire: replaces\r\n";
+    sock.send_to(invite(port, "r1", 1, extra).as_bytes(), f.server.udp_addr())
+        .expect("send");
+    let mut buf = [0u8; 4096];
+    let text = loop {
+        let (n, _) = sock.recv_from(&mut buf).expect("an answer");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if !text.starts_with("SIP/2.0 1") {
+            break text;
+        }
+    };
+    assert!(text.starts_with("SIP/2.0 501"), "{text}");
+    assert!(calls(&f).is_empty(), "no call was made");
+}

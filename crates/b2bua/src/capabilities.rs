@@ -3,6 +3,6 @@
 /// Methods this server implements (the `Allow` header).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO, REFER, NOTIFY";
 /// Extensions this server supports (the `Supported` header).
-pub const SUPPORTED: &[&str] = &["timer", "path", "outbound"];
+pub const SUPPORTED: &[&str] = &["timer", "path", "outbound", "replaces"];
 /// Body types this server accepts (the `Accept` header).
 pub const ACCEPT: &str = "application/sdp";

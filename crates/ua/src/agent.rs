@@ -1070,7 +1070,16 @@ async fn established(
                             break EndReason::RemoteBye;
                         }
                         Method::Invite | Method::Update => {
-                            // A refresh or change: answer with the same session.
+                            // A refresh or change: answer with the same session, and send
+                            // where the offer now says.
+                            if let Some(to) = SessionDescription::parse(&inc.request.body)
+                                .ok()
+                                .as_ref()
+                                .and_then(media_of)
+                                .and_then(|(_, _, r)| r)
+                            {
+                                media.set_remote(to);
+                            }
                             let mut ok = Response::for_request(&inc.request, 200);
                             ok.headers.add(HeaderName::Contact, format!("<{}>", dialog.local_contact()));
                             ok.headers.add(HeaderName::ContentType, "application/sdp");

@@ -11,7 +11,9 @@
 //! - [`g711`]: µ-law / A-law, the tone generator, WAV files (from the `media` crate).
 //!
 //! It does not do: TLS, SRTP, codecs other than G.711 (telephone-event is offered and
-//! accepted but never sent), re-INVITEs of its own, or session timers as a refresher.
+//! accepted but never sent), re-INVITEs of its own, or session timers as a refresher. A
+//! re-INVITE from the peer is answered with the same session, and the media then goes where
+//! its SDP says (a transfer moving the call to another relay port).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agent;

@@ -254,6 +254,8 @@ impl DtmfSender {
 /// A running media task.
 pub struct MediaHandle {
     stop: Option<oneshot::Sender<()>>,
+    /// Where the task sends: the peer's address, changed by a re-INVITE.
+    remote: Arc<Mutex<Option<SocketAddr>>>,
     task: tokio::task::JoinHandle<()>,
     stats: Arc<Mutex<RtpStats>>,
 }
@@ -262,6 +264,13 @@ impl MediaHandle {
     /// The counters so far.
     pub fn stats(&self) -> RtpStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Sends to `to` from now on (the peer's SDP moved its media, e.g. by a re-INVITE).
+    pub fn set_remote(&self, to: SocketAddr) {
+        if let Ok(mut r) = self.remote.lock() {
+            *r = Some(to);
+        }
     }
 
     /// Stops the task (bounded) and returns the final counters.
@@ -279,22 +288,29 @@ impl MediaHandle {
 pub fn start(plan: MediaPlan) -> MediaHandle {
     let (stop_tx, stop_rx) = oneshot::channel();
     let stats = Arc::new(Mutex::new(RtpStats::default()));
-    let task = tokio::spawn(run(plan, stop_rx, Arc::clone(&stats)));
+    let remote = Arc::new(Mutex::new(plan.remote));
+    let task = tokio::spawn(run(plan, stop_rx, Arc::clone(&stats), Arc::clone(&remote)));
     MediaHandle {
         stop: Some(stop_tx),
+        remote,
         task,
         stats,
     }
 }
 
-async fn run(plan: MediaPlan, mut stop: oneshot::Receiver<()>, shared: Arc<Mutex<RtpStats>>) {
+async fn run(
+    plan: MediaPlan,
+    mut stop: oneshot::Receiver<()>,
+    shared: Arc<Mutex<RtpStats>>,
+    remote: Arc<Mutex<Option<SocketAddr>>>,
+) {
     let MediaPlan {
         socket,
-        remote,
         codec,
         mode,
         record,
         dtmf,
+        ..
     } = plan;
     let started = Instant::now();
     let mut dtmf = dtmf.map(|(d, pt)| DtmfSender {
@@ -329,7 +345,7 @@ async fn run(plan: MediaPlan, mut stop: oneshot::Receiver<()>, shared: Arc<Mutex
         tokio::select! {
             _ = &mut stop => break,
             _ = tick.tick(), if sends => {
-                let Some(to) = remote else { continue };
+                let Some(to) = remote.lock().ok().and_then(|r| *r) else { continue };
                 let mut event = None;
                 if let Some(d) = dtmf.as_mut() {
                     if let Some((p, ts)) = d.payload(started.elapsed(), &mut header) {

@@ -24,15 +24,15 @@ use super::{
 use store::CallStatus;
 
 /// The call's inbox as the endpoint sees it: one receiver for all its client transactions.
-struct Inbox(mpsc::UnboundedSender<Input>);
+struct Inbox(mpsc::UnboundedSender<Box<Input>>);
 
 impl ClientEvents for Inbox {
     fn event(&self, tag: u64, event: ClientEvent) {
-        let _ = self.0.send(Input::Tx(tag, event));
+        let _ = self.0.send(Box::new(Input::Tx(tag, event)));
     }
 
     fn ended(&self, tag: u64) {
-        let _ = self.0.send(Input::TxEnded(tag));
+        let _ = self.0.send(Box::new(Input::TxEnded(tag)));
     }
 }
 
@@ -76,8 +76,8 @@ impl Drop for Admission {
 pub(crate) async fn run(
     inner: Arc<EngineInner>,
     spec: CallSpec,
-    inbox: mpsc::UnboundedSender<Input>,
-    mut rx: mpsc::UnboundedReceiver<Input>,
+    inbox: mpsc::UnboundedSender<Box<Input>>,
+    mut rx: mpsc::UnboundedReceiver<Box<Input>>,
 ) {
     let mut admission = Admission {
         inner: Arc::clone(&inner),
@@ -111,7 +111,9 @@ pub(crate) async fn run(
         timers: inner.endpoint.timers(),
     };
     let sink: Arc<dyn ClientEvents> = Arc::new(Inbox(inbox));
-    let mut machine = CallMachine::new(spec.clone(), cfg, relay, now());
+    // Boxed, as are the futures awaited below: the task's own state stays small (it lives
+    // as long as the call; `docs/benchmarks.md`, bytes per live call).
+    let mut machine = Box::new(CallMachine::new(spec.clone(), cfg, relay, now()));
     let mut keys: HashMap<TxId, ClientKey> = HashMap::new();
     let mut media = Some(session);
     let mut monitors: HashMap<SideId, media::Monitor> = HashMap::new();
@@ -121,14 +123,17 @@ pub(crate) async fn run(
         while let Some(out) = machine.poll_output() {
             match out {
                 Output::Lookup(leg) => {
-                    let plan = targets::plan(&inner, &spec, leg).await;
+                    let plan = Box::pin(targets::plan(&inner, &spec, leg)).await;
                     machine.handle(Input::Targets(leg, plan), now());
                 }
                 Output::Send { tx, request, dest } => {
-                    match inner
-                        .endpoint
-                        .start_request(request, dest, Arc::clone(&sink), tx)
-                        .await
+                    match Box::pin(inner.endpoint.start_request(
+                        request,
+                        dest,
+                        Arc::clone(&sink),
+                        tx,
+                    ))
+                    .await
                     {
                         Ok(key) => {
                             keys.insert(tx, key);
@@ -149,7 +154,7 @@ pub(crate) async fn run(
                     }
                 }
                 Output::Ack { request, dest } => {
-                    let _ = inner.endpoint.send_ack(request, Some(dest)).await;
+                    let _ = Box::pin(inner.endpoint.send_ack(request, Some(dest))).await;
                 }
                 Output::Respond { key, response } => inner.endpoint.respond(&key, response),
                 Output::Media(MediaOp::AttachMonitor {
@@ -187,7 +192,7 @@ pub(crate) async fn run(
                 Output::Media(MediaOp::Record) => {
                     if let Some(m) = media.as_mut() {
                         // Made when first needed (the recording thread creates the file).
-                        let _ = tokio::fs::create_dir_all(&inner.cfg.recording_dir).await;
+                        let _ = Box::pin(tokio::fs::create_dir_all(&inner.cfg.recording_dir)).await;
                         let path = inner.cfg.recording_dir.join(format!("{call_id}.wav"));
                         let text = match m.record(path.clone()) {
                             Ok(()) => format!("recording both legs to {}", path.display()),
@@ -208,8 +213,48 @@ pub(crate) async fn run(
                 }
                 Output::RouteSideDialog(side, id) => inner.register_side_dialog(id, &call_id, side),
                 Output::LookupTransfer { id, to } => {
-                    let plan = targets::refer_plan(&inner, &spec, &to).await;
+                    let plan = Box::pin(targets::refer_plan(&inner, &spec, &to)).await;
                     machine.handle(Input::TransferTargets(id, plan), now());
+                }
+                Output::LookupReplaces { id, replaces } => {
+                    let answer = match inner.dialog_owner(&replaces.dialog_ids()) {
+                        Some((other, _, _)) if other == call_id => Err((
+                            403,
+                            "the dialog named is one of this call's own".to_string(),
+                        )),
+                        Some((other, leg, dialog)) => {
+                            let ask = Input::HandOver {
+                                id,
+                                leg,
+                                dialog,
+                                to_call: call_id.clone(),
+                            };
+                            match inner.try_send_to(&other, ask) {
+                                Ok(()) => Ok(()),
+                                Err(_) => {
+                                    Err((481, "the call of that dialog has ended".to_string()))
+                                }
+                            }
+                        }
+                        None => Err((481, "no dialog matches the Replaces".to_string())),
+                    };
+                    if let Err(e) = answer {
+                        machine.handle(Input::Joined(id, Err(e)), now());
+                    }
+                }
+                Output::HandedOver {
+                    to_call,
+                    id,
+                    result,
+                } => {
+                    if let Ok(h) = &result {
+                        inner.unroute_dialog(&h.dialog_id(), &call_id);
+                    }
+                    if let Err(back) = inner.try_send_to(&to_call, Input::Joined(id, result)) {
+                        if let Input::Joined(_, Ok(h)) = *back {
+                            machine.handle(Input::Returned(h), now());
+                        }
+                    }
                 }
                 Output::Event(kind) => emit(kind),
                 Output::RouteCallId(leg, id) => inner.register_sip_call_id(&id, &call_id, leg),
@@ -224,7 +269,8 @@ pub(crate) async fn run(
                     if let Some(r) = recording {
                         // The file is finished by its own thread; its event follows the
                         // call's last status.
-                        if let Ok(s) = tokio::task::spawn_blocking(move || r.wait()).await {
+                        if let Ok(s) = Box::pin(tokio::task::spawn_blocking(move || r.wait())).await
+                        {
                             tracing::info!(file = %s.path.display(), bytes = s.bytes, error = ?s.error, "recording finished");
                             emit(CallEventKind::Recording {
                                 file: s.path.display().to_string(),
@@ -242,9 +288,9 @@ pub(crate) async fn run(
         }
         let deadline = machine.poll_timeout();
         tokio::select! {
-            input = rx.recv() => match input {
+            input = rx.recv() => match input.map(|b| *b) {
                 Some(Input::Control(cmd, reply)) => {
-                    match command(&inner, &spec, cmd).await {
+                    match Box::pin(command(&inner, &spec, cmd)).await {
                         Ok(cmd) => {
                             let id = next_command;
                             next_command += 1;

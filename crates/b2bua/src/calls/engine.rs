@@ -230,7 +230,7 @@ impl Engine {
                 .ok()
                 .and_then(|c| c.get(&call).map(|e| e.tx.clone()));
             return tx.is_some_and(|tx| {
-                tx.send(Input::SideRequest(Box::new(inc.clone()), side))
+                tx.send(Box::new(Input::SideRequest(Box::new(inc.clone()), side)))
                     .is_ok()
             });
         };
@@ -240,7 +240,10 @@ impl Engine {
             .lock()
             .ok()
             .and_then(|c| c.get(&call).map(|e| e.tx.clone()));
-        tx.is_some_and(|tx| tx.send(Input::Request(Box::new(inc.clone()), leg)).is_ok())
+        tx.is_some_and(|tx| {
+            tx.send(Box::new(Input::Request(Box::new(inc.clone()), leg)))
+                .is_ok()
+        })
     }
 
     /// An ACK for a 2xx we sent: to the call whose dialog it is (the ACK of an incoming
@@ -322,7 +325,7 @@ impl Engine {
             .map(|c| c.values().map(|e| e.tx.clone()).collect())
             .unwrap_or_default();
         for tx in txs {
-            let _ = tx.send(Input::Shutdown);
+            let _ = tx.send(Box::new(Input::Shutdown));
         }
         let end = tokio::time::Instant::now() + Duration::from_secs(10);
         while self.inner.active.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < end {
@@ -379,7 +382,8 @@ impl CallControl for Engine {
             .ok()
             .and_then(|c| c.get(call_id).map(|e| e.tx.clone()))
             .ok_or(HangupError::NotActive)?;
-        tx.send(Input::Hangup).map_err(|_| HangupError::NotActive)
+        tx.send(Box::new(Input::Hangup))
+            .map_err(|_| HangupError::NotActive)
     }
 
     fn active_calls(&self) -> usize {
@@ -400,7 +404,7 @@ impl CallControl for Engine {
         Box::pin(async move {
             let tx = tx.ok_or(super::ControlError::NotActive)?;
             let (reply, rx) = tokio::sync::oneshot::channel();
-            tx.send(Input::Control(cmd, reply))
+            tx.send(Box::new(Input::Control(cmd, reply)))
                 .map_err(|_| super::ControlError::NotActive)?;
             rx.await.map_err(|_| super::ControlError::NotActive)?
         })

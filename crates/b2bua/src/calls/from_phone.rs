@@ -74,6 +74,11 @@ fn dialled_user(uri: &Uri) -> Option<String> {
 /// Takes an out-of-dialog INVITE from an address that is no trunk.
 pub(crate) async fn dispatch(engine: Engine, inc: IncomingRequest, budget: RefusalBudget) {
     let inner = Arc::clone(&engine.inner);
+    if super::has_replaces(&inc) {
+        // An INVITE with Replaces (RFC 3891 §3) is not taken; REFER with Replaces is.
+        tracing::info!(source = %inc.flow.remote, "INVITE with Replaces: 501");
+        return refuse(&engine, &inc, 501, budget);
+    }
     let now = super::shared::now_ms().max(0) as u64 / 1000;
     // One of our numbers called, without credentials, from an address that is no trunk: an
     // inbound call from a stranger, refused 403 at once (no challenge: it is no phone of

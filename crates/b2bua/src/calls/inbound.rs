@@ -78,6 +78,12 @@ fn trunk_ip(address: &str) -> Option<IpAddr> {
 /// Takes an out-of-dialog INVITE from a trunk's address (the caller checked that much).
 pub(crate) async fn dispatch(engine: Engine, inc: IncomingRequest, budget: RefusalBudget) {
     let inner = Arc::clone(&engine.inner);
+    if super::has_replaces(&inc) {
+        // An INVITE with Replaces (RFC 3891 §3) is not taken; REFER with Replaces is.
+        tracing::info!(source = %inc.flow.remote, "inbound INVITE with Replaces: 501");
+        refuse(&inner, &inc, 501, budget);
+        return;
+    }
     let src = inc.flow.remote.ip();
     let Some(called) = user_of(inc.request.uri()).and_then(|u| e164_of(&u)) else {
         tracing::info!(uri = %inc.request.uri(), "inbound INVITE to no number: 404");

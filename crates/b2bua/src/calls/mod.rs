@@ -408,3 +408,13 @@ pub trait CallControl: Send + Sync {
 /// What [`CallControl::trunk_status`] returns.
 pub type TrunkStatusFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Option<serde_json::Value>> + Send + 'a>>;
+
+/// An out-of-dialog INVITE carrying `Replaces` (RFC 3891 §3): not taken (answered 501);
+/// attended transfers come as REFER with `Replaces` (see `machine::control`).
+fn has_replaces(inc: &sip_core::endpoint::IncomingRequest) -> bool {
+    use sip_core::message::HeaderName;
+    inc.request
+        .headers
+        .get(&HeaderName::Other(bytes::Bytes::from_static(b"Replaces")))
+        .is_some()
+}

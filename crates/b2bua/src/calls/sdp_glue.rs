@@ -282,6 +282,13 @@ pub(crate) fn with_direction(
     sdp.to_bytes()
 }
 
+/// The direction of the first audio stream of `body` (`None` without one).
+pub(crate) fn audio_direction(body: &[u8]) -> Option<sip_core::sdp::Direction> {
+    let sdp = SessionDescription::parse(body).ok()?;
+    let audio = sdp.first_audio()?;
+    Some(sdp.direction_of(audio))
+}
+
 /// The payload type a peer sends first (the first format of its audio stream): what the
 /// mixer must be able to decode. `None` without a usable audio stream.
 pub(crate) fn first_payload_type(body: &[u8]) -> Option<u8> {

@@ -19,7 +19,7 @@ use crate::registrar::Registrar;
 
 pub(crate) struct CallEntry {
     /// The call's inbox.
-    pub(crate) tx: mpsc::UnboundedSender<Input>,
+    pub(crate) tx: mpsc::UnboundedSender<Box<Input>>,
     /// The call's relay counters, once it has a relay session.
     pub(crate) media: Option<media::StatsReader>,
     /// The keys this call holds in the routing tables, removed one by one when it ends
@@ -165,6 +165,35 @@ impl EngineInner {
         }
     }
 
+    /// The call and leg owning the first of `ids` in the dialog table.
+    pub(crate) fn dialog_owner(&self, ids: &[DialogId]) -> Option<(String, Leg, DialogId)> {
+        let d = self.dialogs.lock().ok()?;
+        ids.iter()
+            .find_map(|id| d.get(id).map(|(c, l)| (c.clone(), *l, id.clone())))
+    }
+
+    /// Drops a dialog's route while it still goes to `call_id` (a leg handed to another call).
+    pub(crate) fn unroute_dialog(&self, id: &DialogId, call_id: &str) {
+        if let Ok(mut d) = self.dialogs.lock() {
+            if d.get(id).is_some_and(|(c, _)| c == call_id) {
+                d.remove(id);
+            }
+        }
+    }
+
+    /// Sends an input to a running call; the input back when that call has ended.
+    pub(crate) fn try_send_to(&self, call: &str, input: Input) -> Result<(), Box<Input>> {
+        let tx = self
+            .calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(call).map(|e| e.tx.clone()));
+        match tx {
+            Some(tx) => tx.send(Box::new(input)).map_err(|e| e.0),
+            None => Err(Box::new(input)),
+        }
+    }
+
     /// Sends an input to a running call (nothing when it has ended).
     pub(crate) fn send_to(&self, call: &str, input: Input) {
         let tx = self
@@ -173,7 +202,7 @@ impl EngineInner {
             .ok()
             .and_then(|c| c.get(call).map(|e| e.tx.clone()));
         if let Some(tx) = tx {
-            let _ = tx.send(input);
+            let _ = tx.send(Box::new(input));
         }
     }
 }

@@ -20,6 +20,23 @@
 //!                       2xx ──► ACK, NOTIFY "200 OK" (terminated), BYE L; target is leg L
 //!                       failure / ring time over ──► NOTIFY "<code>" (terminated); call goes on
 //! ```
+//!
+//! An **attended** transfer is a REFER whose Refer-To carries `?Replaces=` (RFC 3891) naming
+//! the phone's dialog of *another* call through us: the phone talks with A in this call and
+//! with C in the other. Nothing is dialled; C's leg moves from the other call into this one:
+//!
+//! ```text
+//!   REFER (leg L, Refer-To <C?Replaces=call-id;to-tag;from-tag>)
+//!        ──► 202, NOTIFY "100 Trying"; LookupReplaces (the engine's dialog table)
+//!              no such dialog ──► NOTIFY "481" (terminated); both calls go on
+//!              found in call X ──► X: HandOver — X gives up C's leg (dialog, session, trunk
+//!                                  channel), BYEs the phone's leg and ends (completed)
+//!   Joined(C) ──► re-INVITE C: the other party's codecs at L's relay port (a=sendrecv)
+//!                   2xx ──► ACK, NOTIFY "200 OK" (terminated), BYE L; C is leg L now
+//!                           (same relay port: A sees no change), `call.transferred`; A is
+//!                           re-INVITEd a=sendrecv when the phone had left it on hold
+//!                   failure ──► NOTIFY "<code>" (terminated), BYE C; this call goes on
+//! ```
 
 use super::*;
 use media::MonitorMode;
@@ -86,7 +103,96 @@ pub(super) enum SideKind {
         refer: Option<ReferSub>,
         /// A warm transfer: `Some` with the consultation's state.
         warm: Option<Warm>,
+        /// An attended transfer (REFER with `Replaces`): the target's leg came up in another
+        /// call and is moved here by a re-INVITE.
+        attended: bool,
     },
+}
+
+/// The dialog a REFER's `Replaces` names (RFC 3891 §6.1), as the transferor's phone sees it:
+/// its from-tag is the phone's own tag, its to-tag ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplacesTarget {
+    pub(crate) call_id: String,
+    pub(crate) to_tag: String,
+    pub(crate) from_tag: String,
+}
+
+impl ReplacesTarget {
+    /// The keys our dialog table may hold it under (our tag local): the phone's to-tag is
+    /// ours; the other order too, for a phone that swaps them.
+    pub(crate) fn dialog_ids(&self) -> [DialogId; 2] {
+        [
+            DialogId {
+                call_id: self.call_id.clone(),
+                local_tag: self.to_tag.clone(),
+                remote_tag: self.from_tag.clone(),
+            },
+            DialogId {
+                call_id: self.call_id.clone(),
+                local_tag: self.from_tag.clone(),
+                remote_tag: self.to_tag.clone(),
+            },
+        ]
+    }
+}
+
+/// The `Replaces` header of a Refer-To URI (`…?Replaces=id%3Bto-tag%3Da%3Bfrom-tag%3Db`):
+/// `None` when it has none, `Some(Err)` when it is malformed.
+pub(super) fn replaces_of(uri: &str) -> Option<Result<ReplacesTarget, ()>> {
+    let (_, headers) = uri.split_once('?')?;
+    let value = headers.split('&').find_map(|h| {
+        let (name, value) = h.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("replaces")
+            .then_some(value)
+    })?;
+    let decoded = percent_decode(value);
+    let mut parts = decoded.split(';');
+    let call_id = parts.next().unwrap_or_default().trim().to_string();
+    let (mut to_tag, mut from_tag) = (None, None);
+    for p in parts {
+        let (name, v) = p.split_once('=').unwrap_or((p, ""));
+        match name.trim().to_ascii_lowercase().as_str() {
+            "to-tag" => to_tag = Some(v.trim().to_string()),
+            "from-tag" => from_tag = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    match (call_id.is_empty(), to_tag, from_tag) {
+        (false, Some(to_tag), Some(from_tag)) if !to_tag.is_empty() && !from_tag.is_empty() => {
+            Some(Ok(ReplacesTarget {
+                call_id,
+                to_tag,
+                from_tag,
+            }))
+        }
+        _ => Some(Err(())),
+    }
+}
+
+/// An established leg handed from one call to another by an attended transfer: its dialog
+/// and session, and the trunk channel it holds.
+pub(crate) struct HandedLeg {
+    state: Box<LegState>,
+    channel: Option<crate::trunks::ChannelGuard>,
+    /// Where it came from, for the timeline.
+    label: String,
+}
+
+impl HandedLeg {
+    pub(crate) fn dialog_id(&self) -> DialogId {
+        self.state.dialog.id().clone()
+    }
+}
+
+impl std::fmt::Debug for HandedLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandedLeg")
+            .field("dialog", self.state.dialog.id())
+            .field("label", &self.label)
+            .finish()
+    }
 }
 
 /// A warm transfer's consultation: the target's media goes to a third port pair of the
@@ -148,7 +254,10 @@ fn sipfrag(status: u16) -> String {
         408 => "Request Timeout",
         480 => "Temporarily Unavailable",
         486 => "Busy Here",
+        481 => "Call/Transaction Does Not Exist",
         487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
         503 => "Service Unavailable",
         603 => "Decline",
         _ => "Failed",
@@ -258,9 +367,12 @@ impl CallMachine {
     }
 
     fn transfer_in_flight(&self) -> bool {
-        self.sides
-            .iter()
-            .any(|s| matches!(s.kind, SideKind::Transfer { .. }))
+        !self.pending_refers.is_empty()
+            || !self.pending_joins.is_empty()
+            || self
+                .sides
+                .iter()
+                .any(|s| matches!(s.kind, SideKind::Transfer { .. }))
     }
 
     // -----------------------------------------------------------------------------------
@@ -496,6 +608,7 @@ impl CallMachine {
             by,
             refer,
             warm: None,
+            attended: false,
         };
         let sid = self.new_side(kind, plan, offer, origin);
         self.side_stage(sid, 0, now);
@@ -549,6 +662,7 @@ impl CallMachine {
                 held_for_it,
                 completing: false,
             }),
+            attended: false,
         };
         let sid = self.new_side(kind, plan, Bytes::new(), Origin::new());
         self.out.push_back(Output::Media(MediaOp::AttachMonitor {
@@ -602,21 +716,22 @@ impl CallMachine {
         self.reply(id, Ok(json!({"status": "completing"})));
     }
 
-    /// The answer to the re-INVITE of [`Self::complete_transfer`].
+    /// The answer to the re-INVITE moving a transfer's target to the replaced leg's relay
+    /// port: of [`Self::complete_transfer`] (warm), or of an attended transfer's join.
     pub(super) fn on_side_offer(&mut self, tx: TxId, sid: SideId, ev: ClientEvent) {
         let resp = match ev {
             ClientEvent::Response(r) if r.status < 200 => return,
             ClientEvent::Response(r) => r,
             _ => {
                 self.roles.remove(&tx);
-                self.complete_failed(sid, 408);
+                self.side_offer_failed(sid, 408);
                 return;
             }
         };
         self.roles.remove(&tx);
         let Some(i) = self.side_ix(sid) else { return };
         if !resp.is_success() {
-            self.complete_failed(sid, resp.status);
+            self.side_offer_failed(sid, resp.status);
             return;
         }
         let mut s = self.sides.remove(i);
@@ -628,26 +743,48 @@ impl CallMachine {
         });
         let _ = leg.dialog.receive_response(&resp);
         leg.remote_sdp = resp.body.clone();
-        let SideKind::Transfer { to, by, warm, .. } = s.kind else {
+        leg.outgoing = None;
+        let SideKind::Transfer {
+            replaces,
+            to,
+            by,
+            refer,
+            warm,
+            attended,
+        } = s.kind
+        else {
             return;
         };
-        self.out
-            .push_back(Output::Media(MediaOp::DetachMonitor(sid)));
-        self.send_bye(Leg::Agent, false);
+        if warm.is_some() {
+            self.out
+                .push_back(Output::Media(MediaOp::DetachMonitor(sid)));
+        }
+        if let Some(sub) = &refer {
+            self.notify_refer(sub.leg, 200, true);
+        }
+        // The transferor is released; the target is that leg now, on the same relay port.
+        self.send_bye(replaces, false);
+        if attended {
+            if let Some(key) = sdp_glue::sdes_key(&leg.local_sdp) {
+                self.out.push_back(Output::Media(MediaOp::Sdes(
+                    replaces,
+                    key,
+                    resp.body.clone(),
+                )));
+            }
+        }
         let did = leg.dialog.id().clone();
         let dest = leg.dest;
-        self.legs[ix(Leg::Agent)] = Some(leg);
-        self.out.push_back(Output::RouteDialog(Leg::Agent, did));
+        self.legs[ix(replaces)] = Some(leg);
+        self.out.push_back(Output::RouteDialog(replaces, did));
         self.out.push_back(Output::Media(MediaOp::AllowSources(
-            Leg::Agent,
+            replaces,
             vec![dest.addr.ip()],
         )));
-        self.out.push_back(Output::Media(MediaOp::SetPeer(
-            Leg::Agent,
-            resp.body.clone(),
-        )));
+        self.out
+            .push_back(Output::Media(MediaOp::SetPeer(replaces, resp.body.clone())));
         self.emit(CallEventKind::Transferred {
-            leg: Leg::Agent,
+            leg: replaces,
             to,
             by,
         });
@@ -656,6 +793,64 @@ impl CallMachine {
                 self.note(Some(Leg::Customer), format!("not taken off hold: {why}"));
             }
         }
+        if attended {
+            self.resume_after_join(other(replaces));
+        }
+    }
+
+    /// The re-INVITE of a transfer's target failed: a warm transfer keeps consulting; an
+    /// attended one is given up (its target released, the REFER told the code).
+    fn side_offer_failed(&mut self, sid: SideId, status: u16) {
+        let attended = self.side_ix(sid).is_some_and(|i| {
+            matches!(
+                self.sides[i].kind,
+                SideKind::Transfer { attended: true, .. }
+            )
+        });
+        if !attended {
+            self.complete_failed(sid, status);
+            return;
+        }
+        if let Some(i) = self.side_ix(sid) {
+            if let SideKind::Transfer { refer, .. } = &mut self.sides[i].kind {
+                if let Some(sub) = refer.take() {
+                    self.notify_refer(sub.leg, status, true);
+                }
+            }
+        }
+        self.end_side(
+            sid,
+            &format!("the target refused to be moved ({status}); the call goes on"),
+            true,
+        );
+    }
+
+    /// After an attended transfer: the party that stayed is taken off the hold its phone put
+    /// it on (the phone that held it is gone), by a re-INVITE with `a=sendrecv`.
+    fn resume_after_join(&mut self, leg: Leg) {
+        if self.held {
+            return; // held through the API: that hold stands
+        }
+        let Some(l) = self.legs[ix(leg)]
+            .as_mut()
+            .filter(|l| l.up && l.outgoing.is_none() && !l.incoming)
+        else {
+            return;
+        };
+        if sdp_glue::audio_direction(&l.local_sdp).is_none_or(|d| d == Direction::SendRecv) {
+            return;
+        }
+        let sdp = sdp_glue::with_direction(&l.local_sdp, Direction::SendRecv, &mut l.origin);
+        let req = l.offer(Method::Invite, sdp);
+        let dest = l.dest;
+        let cid = req.call_id_str();
+        self.sip_event(
+            leg,
+            "sent",
+            "INVITE (resume after the transfer: a=sendrecv)".into(),
+            &cid,
+        );
+        self.send_offer(leg, Method::Invite, req, dest, Purpose::Realign);
     }
 
     fn complete_failed(&mut self, sid: SideId, status: u16) {
@@ -928,6 +1123,7 @@ impl CallMachine {
                 by,
                 refer,
                 warm,
+                ..
             } => {
                 self.warm_undone(warm, sid);
                 if let Some(sub) = refer {
@@ -1090,6 +1286,7 @@ impl CallMachine {
                 by,
                 refer,
                 warm,
+                ..
             } => {
                 self.warm_undone(warm, sid);
                 if let Some(sub) = refer {
@@ -1221,15 +1418,16 @@ impl CallMachine {
             self.respond(&inc, 491);
             return;
         }
-        if uri.to_ascii_lowercase().contains("replaces=") {
-            // Attended transfer with Replaces (RFC 3891) joins two calls; not taken here.
-            self.note(
-                Some(from),
-                "REFER with Replaces refused: attended transfer is not supported",
-            );
-            self.respond(&inc, 501);
-            return;
-        }
+        // Attended transfer: Replaces (RFC 3891) names the phone's dialog of another call.
+        let replaces = match replaces_of(&uri) {
+            Some(Err(())) => {
+                self.note(Some(from), "REFER with a malformed Replaces refused (400)");
+                self.respond(&inc, 400);
+                return;
+            }
+            Some(Ok(r)) => Some(r),
+            None => None,
+        };
         // The user part of the Refer-To URI: an extension or a dial string.
         let user = uri
             .split_once(':')
@@ -1240,7 +1438,7 @@ impl CallMachine {
             .unwrap_or_default()
             .to_string();
         let user = percent_decode(&user);
-        if user.is_empty() {
+        if user.is_empty() && replaces.is_none() {
             self.respond(&inc, 400);
             return;
         }
@@ -1261,6 +1459,25 @@ impl CallMachine {
         } else {
             format!(", Referred-By {referred_by}")
         };
+        if let Some(target) = replaces {
+            self.note(
+                Some(from),
+                format!(
+                    "REFER to {user} with Replaces (attended transfer: joins call-id {}) accepted (202){by}",
+                    target.call_id
+                ),
+            );
+            self.notify_refer(from, 100, false);
+            let id = self.next_side;
+            self.next_side += 1;
+            let until = self.now + self.cfg.timers.timeout();
+            self.pending_joins.push((id, from, user, until));
+            self.out.push_back(Output::LookupReplaces {
+                id,
+                replaces: target,
+            });
+            return;
+        }
         self.note(Some(from), format!("REFER to {user} accepted (202){by}"));
         self.notify_refer(from, 100, false);
         let id = self.next_side;
@@ -1311,6 +1528,219 @@ impl CallMachine {
                 });
             }
         }
+    }
+
+    /// Another call's attended transfer names our dialog `dialog` of leg `phone` (the
+    /// transferor's phone): the other leg goes to call `to_call`, the phone's leg is
+    /// released and this call ends.
+    pub(super) fn on_hand_over(
+        &mut self,
+        id: SideId,
+        phone: Leg,
+        dialog: DialogId,
+        to_call: String,
+        now: Instant,
+    ) {
+        let keep = other(phone);
+        let refusal = if self.phase != Phase::Connected {
+            Some((481, "the call of that dialog is not connected".to_string()))
+        } else if self.legs[ix(phone)]
+            .as_ref()
+            .is_none_or(|l| !l.up || *l.dialog.id() != dialog)
+        {
+            Some((
+                481,
+                "that dialog is no longer a leg of its call".to_string(),
+            ))
+        } else if self.transfer_in_flight() {
+            Some((491, "a transfer of the other call is under way".to_string()))
+        } else if self.legs[ix(keep)]
+            .as_ref()
+            .is_none_or(|l| !l.up || l.outgoing.is_some() || l.incoming)
+        {
+            Some((491, "an offer is in flight on the other call".to_string()))
+        } else {
+            None
+        };
+        if let Some((code, why)) = refusal {
+            self.note(
+                Some(phone),
+                format!("attended transfer from call {to_call} refused ({code}): {why}"),
+            );
+            self.out.push_back(Output::HandedOver {
+                to_call,
+                id,
+                result: Err((code, why)),
+            });
+            return;
+        }
+        let Some(state) = self.legs[ix(keep)].take() else {
+            return;
+        };
+        let channel = if keep == Leg::Customer {
+            self.trunk_channel.take()
+        } else {
+            None
+        };
+        let label = format!("the {} of call {}", keep.as_str(), self.spec.call_id);
+        self.out.push_back(Output::HandedOver {
+            to_call: to_call.clone(),
+            id,
+            result: Ok(HandedLeg {
+                state: Box::new(state),
+                channel,
+                label,
+            }),
+        });
+        self.note(
+            Some(keep),
+            format!(
+                "attended transfer: the {} joins call {to_call}; the phone's leg is released",
+                keep.as_str()
+            ),
+        );
+        self.hang_up_all(
+            outcome(
+                CallStatus::Completed,
+                Some(phone),
+                None,
+                &format!(
+                    "attended transfer: the {} was joined to call {to_call}",
+                    keep.as_str()
+                ),
+            ),
+            now,
+        );
+    }
+
+    /// The other call's answer to a REFER with `Replaces`: its leg, moved to the
+    /// transferor's relay port by a re-INVITE; or the refusal, told to the transferor.
+    pub(super) fn on_joined(
+        &mut self,
+        id: SideId,
+        r: Result<HandedLeg, (u16, String)>,
+        _now: Instant,
+    ) {
+        let Some(p) = self.pending_joins.iter().position(|(i, ..)| *i == id) else {
+            // The call ended meanwhile: a leg handed over is released.
+            if let Ok(h) = r {
+                self.release_handed(h);
+            }
+            return;
+        };
+        let (_, from, to, _) = self.pending_joins.remove(p);
+        let h = match r {
+            Ok(h) if self.phase == Phase::Connected => h,
+            Ok(h) => {
+                self.release_handed(h);
+                self.notify_refer(from, 487, true);
+                return;
+            }
+            Err((code, why)) => {
+                self.notify_refer(from, code, true);
+                self.emit(CallEventKind::TransferFailed {
+                    leg: from,
+                    to,
+                    by: "phone",
+                    sip_code: Some(code),
+                    reason: format!("attended transfer refused: {why}; the calls go on"),
+                });
+                return;
+            }
+        };
+        let HandedLeg {
+            state,
+            channel,
+            label,
+        } = h;
+        let mut leg = *state;
+        self.joined_channels.extend(channel);
+        // The target is offered the other party's codecs at the transferor's relay port, in
+        // its own dialog's SDP session (the next version), with the SDES key it has (a
+        // trunk with `srtp = "sdes"` stays encrypted).
+        let relay = self.relay[ix(from)];
+        let sdes = sdp_glue::sdes_key(&leg.local_sdp);
+        let offer = match self.legs[ix(other(from))].as_ref() {
+            Some(o) => sdp_glue::rewrite(&o.remote_sdp, relay, &mut leg.origin, sdes.as_ref()),
+            None => sdp_glue::agent_offer(relay, &mut leg.origin),
+        };
+        let offer = sdp_glue::with_direction(&offer, Direction::SendRecv, &mut leg.origin);
+        let req = leg.offer(Method::Invite, offer.clone());
+        let dest = leg.dest;
+        let did = leg.dialog.id().clone();
+        self.emit(CallEventKind::TransferStarted {
+            leg: from,
+            to: to.clone(),
+            by: "phone",
+        });
+        let kind = SideKind::Transfer {
+            replaces: from,
+            to,
+            by: "phone",
+            refer: Some(ReferSub {
+                leg: from,
+                ringing: true,
+            }),
+            warm: None,
+            attended: true,
+        };
+        let origin = leg.origin.clone();
+        let sid = self.new_side(kind, Vec::new(), offer, origin);
+        let tx = self.new_tx(Role::SideOffer { side: sid });
+        leg.outgoing = Some(tx);
+        if let Some(i) = self.side_ix(sid) {
+            self.sides[i].sip_call_id = did.call_id.clone();
+            self.sides[i].leg = Some(leg);
+        }
+        self.out.push_back(Output::RouteSideDialog(sid, did));
+        self.note(
+            Some(from),
+            format!(
+                "attended transfer: {label} joins this call; re-INVITE to the {} relay port",
+                from.as_str()
+            ),
+        );
+        self.out.push_back(Output::Send {
+            tx,
+            request: req,
+            dest,
+        });
+    }
+
+    /// A REFER with `Replaces` whose other call never answered (it ended meanwhile): given
+    /// up after `64*T1`, NOTIFY 408; a leg that comes later is released.
+    pub(super) fn join_timers(&mut self, now: Instant) {
+        while let Some(p) = self.pending_joins.iter().position(|j| j.3 <= now) {
+            let (_, from, to, _) = self.pending_joins.remove(p);
+            self.notify_refer(from, 408, true);
+            self.emit(CallEventKind::TransferFailed {
+                leg: from,
+                to,
+                by: "phone",
+                sip_code: Some(408),
+                reason: "attended transfer: the other call did not answer; the call goes on".into(),
+            });
+        }
+    }
+
+    /// A leg handed over that this call cannot take: released with BYE.
+    pub(super) fn release_handed(&mut self, h: HandedLeg) {
+        let mut l = *h.state;
+        if !l.up {
+            return;
+        }
+        l.up = false;
+        let req = l.dialog.new_request(Method::Bye, None);
+        let tx = self.new_tx(Role::LateBye);
+        self.note(
+            None,
+            format!("{} released: this call could not take it", h.label),
+        );
+        self.out.push_back(Output::Send {
+            tx,
+            request: req,
+            dest: l.dest,
+        });
     }
 
     /// A NOTIFY of the implicit `refer` subscription (RFC 3515 §2.4.4) in `leg`'s dialog.

@@ -42,6 +42,7 @@ impl CallMachine {
         self.ending_until = Some(now + self.cfg.timers.timeout() + self.cfg.timers.t4);
         self.end_all_sides();
         self.pending_refers.clear();
+        self.pending_joins.clear();
         for leg in [Leg::Agent, Leg::Customer] {
             self.send_bye(leg, true);
         }
@@ -159,6 +160,7 @@ impl CallMachine {
         }
         // The call is over: its trunk channel is free (the machine may still linger).
         self.trunk_channel = None;
+        self.joined_channels.clear();
         if let Some(f) = self.fork.as_mut() {
             f.channel = None;
         }

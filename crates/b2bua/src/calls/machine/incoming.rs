@@ -75,7 +75,7 @@ impl CallMachine {
         let local_tag = new_tag();
         let dialog = Dialog::uas(&req.request, &local_tag, inc.contact).ok();
         let missing_contact = dialog.is_none();
-        self.incoming = Some(Incoming {
+        self.incoming = Some(Box::new(Incoming {
             leg,
             dialog,
             local_tag,
@@ -85,7 +85,7 @@ impl CallMachine {
             ringing_sent: false,
             ack_until: None,
             inc: req,
-        });
+        }));
         if missing_contact {
             let Some(i) = self.incoming.as_mut() else {
                 return;

@@ -141,6 +141,21 @@ pub(crate) enum Input {
     TransferTargets(control::SideId, Result<Plan, (u16, String)>),
     /// A request within a side leg's dialog (a supervisor's BYE).
     SideRequest(Box<IncomingRequest>, control::SideId),
+    /// Another call's REFER with `Replaces` named this call's dialog `dialog` (leg `leg`, the
+    /// transferor's phone): hand the other leg over to call `to_call` and end
+    /// (answer with [`Output::HandedOver`]).
+    HandOver {
+        id: control::SideId,
+        leg: Leg,
+        dialog: DialogId,
+        to_call: String,
+    },
+    /// The answer to [`Output::LookupReplaces`]: the leg handed over by the other call, or
+    /// the code of the refusal (481: no such dialog).
+    Joined(control::SideId, Result<control::HandedLeg, (u16, String)>),
+    /// A leg this call handed over that the other call could not take any more (it had
+    /// ended): released with BYE.
+    Returned(control::HandedLeg),
 }
 
 /// A change to the call's relay session.
@@ -221,6 +236,19 @@ pub(crate) enum Output {
     LookupTransfer {
         id: control::SideId,
         to: String,
+    },
+    /// Find the call that owns the dialog a REFER's `Replaces` names (RFC 3891: Call-ID,
+    /// to-tag and from-tag as the transferor's phone sees them) and ask it for the other
+    /// leg ([`Input::HandOver`]); answer with [`Input::Joined`].
+    LookupReplaces {
+        id: control::SideId,
+        replaces: control::ReplacesTarget,
+    },
+    /// This call's answer to [`Input::HandOver`], for call `to_call`.
+    HandedOver {
+        to_call: String,
+        id: control::SideId,
+        result: Result<control::HandedLeg, (u16, String)>,
     },
 }
 
@@ -364,7 +392,8 @@ pub(crate) struct CallMachine {
     /// The channel of the trunk the customer answered through, held until the call ends.
     trunk_channel: Option<crate::trunks::ChannelGuard>,
     /// The leg that called us (a server transaction), when the call started from an INVITE.
-    incoming: Option<Incoming>,
+    /// Boxed: most calls have none, and the machine lives as long as its call.
+    incoming: Option<Box<Incoming>>,
     /// The customer is on hold (by the API).
     held: bool,
     /// Legs muted by the API (agent, customer).
@@ -374,6 +403,12 @@ pub(crate) struct CallMachine {
     next_side: control::SideId,
     /// REFERs whose target is being looked up: (id, transferor's leg, target).
     pending_refers: Vec<(control::SideId, Leg, String)>,
+    /// REFERs with `Replaces` waiting for the other call's leg: (id, transferor's leg,
+    /// target, given up at).
+    pending_joins: Vec<(control::SideId, Leg, String, Instant)>,
+    /// Trunk channels of legs joined into this call from another (attended transfer), held
+    /// until the call ends.
+    joined_channels: Vec<crate::trunks::ChannelGuard>,
     /// Agent confirm: no `1` by this time ends the call.
     confirm_until: Option<Instant>,
 }
@@ -459,6 +494,8 @@ impl CallMachine {
             sides: Vec::new(),
             next_side: 1,
             pending_refers: Vec::new(),
+            pending_joins: Vec::new(),
+            joined_channels: Vec::new(),
             confirm_until: None,
         };
         match m.spec.incoming.clone() {
@@ -499,6 +536,7 @@ impl CallMachine {
                 }
                 take(self.incoming.as_ref().and_then(|i| i.ack_until));
                 take(self.side_deadline());
+                take(self.pending_joins.iter().map(|j| j.3).min());
             }
             Phase::Confirm => take(self.confirm_until),
             Phase::Ending => take(self.ending_until),
@@ -562,6 +600,14 @@ impl CallMachine {
             Input::MonitorAttached(side, r) => self.on_monitor_attached(side, r, now),
             Input::TransferTargets(id, plan) => self.on_transfer_targets(id, plan, now),
             Input::SideRequest(inc, side) => self.on_side_request(*inc, side),
+            Input::HandOver {
+                id,
+                leg,
+                dialog,
+                to_call,
+            } => self.on_hand_over(id, leg, dialog, to_call, now),
+            Input::Joined(id, r) => self.on_joined(id, r, now),
+            Input::Returned(h) => self.release_handed(h),
             Input::Hangup => self.on_end_command(
                 outcome(
                     CallStatus::Canceled,
@@ -614,6 +660,7 @@ impl CallMachine {
                 self.incoming_timers(now);
                 self.session_timers(now);
                 self.side_timers(now);
+                self.join_timers(now);
             }
             Phase::Confirm => self.confirm_timer(now),
             Phase::Ending => {

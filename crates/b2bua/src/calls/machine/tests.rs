@@ -1620,7 +1620,7 @@ fn a_blind_refer_whose_target_is_busy_notifies_486_and_the_call_goes_on() {
 }
 
 #[test]
-fn a_refer_with_replaces_or_before_the_call_is_up_is_refused() {
+fn a_malformed_replaces_or_a_refer_before_the_call_is_up_is_refused() {
     let mut r = Rig::new();
     let (agent_inv, _) = connected(&mut r, |x| x);
     r.request(
@@ -1628,18 +1628,424 @@ fn a_refer_with_replaces_or_before_the_call_is_up_is_refused() {
             &agent_inv,
             "desk",
             5,
-            "sip:bob@127.0.0.1?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2",
+            "sip:bob@127.0.0.1?Replaces=abc%3Bto-tag%3D1",
         ),
         Leg::Agent,
     );
     let out = r.take();
-    assert_eq!(answers(&out), [501]);
+    assert_eq!(answers(&out), [400], "no from-tag");
     assert!(sent(&out).is_empty());
     let mut r = Rig::new();
     let (agent_inv, _) = agent_answered(&mut r);
     r.take();
     r.request(refer(&agent_inv, "desk", 2, "sip:1002@x"), Leg::Agent);
     assert_eq!(answers(&r.take()), [403]);
+}
+
+#[test]
+fn replaces_is_read_from_the_refer_to_uri_with_its_escapes() {
+    let r = control::replaces_of(
+        "sip:1002@dialbridge.test?Require=replaces&Replaces=a1b2%40host%3Bto-tag%3Dours%3Bfrom-tag%3Dphone%3Bearly-only",
+    );
+    let t = r.expect("present").expect("well formed");
+    assert_eq!(t.call_id, "a1b2@host");
+    assert_eq!((t.to_tag.as_str(), t.from_tag.as_str()), ("ours", "phone"));
+    let ids = t.dialog_ids();
+    assert_eq!(ids[0].local_tag, "ours", "the phone's to-tag is our tag");
+    assert_eq!(ids[1].local_tag, "phone");
+    assert!(control::replaces_of("sip:1002@dialbridge.test").is_none());
+    assert!(
+        control::replaces_of("sip:1002@x?Replaces=%3Bto-tag%3D1%3Bfrom-tag%3D2")
+            .is_some_and(|r| r.is_err())
+    );
+}
+
+/// The tag of a request's From header.
+fn from_tag(req: &Request) -> String {
+    req.header_str(&HeaderName::From)
+        .and_then(|f| f.split(";tag=").nth(1).map(|t| t.to_string()))
+        .expect("from tag")
+}
+
+fn call_two() -> Rig {
+    Rig::with_spec(CallSpec {
+        call_id: "call_two".into(),
+        ..spec()
+    })
+}
+
+/// The phone's REFER in call one naming its dialog of call two; returns the lookup's id.
+fn attended_refer(r1: &mut Rig, agent_inv1: &Request, agent_inv2: &Request) -> control::SideId {
+    let refer_to = format!(
+        "sip:+15557654321@dialbridge.test?Replaces={}%3Bto-tag%3D{}%3Bfrom-tag%3Ddesk",
+        agent_inv2.call_id_str().replace('@', "%40"),
+        from_tag(agent_inv2)
+    );
+    r1.request(refer(agent_inv1, "desk", 7, &refer_to), Leg::Agent);
+    let out = r1.take();
+    assert_eq!(answers(&out), [202]);
+    assert_eq!(notifies(&out), ["SIP/2.0 100 Trying"]);
+    assert_eq!(sent_methods(&out), ["NOTIFY"], "nothing dialled");
+    out.iter()
+        .find_map(|o| match o {
+            Output::LookupReplaces { id, replaces } => {
+                assert_eq!(replaces.call_id, agent_inv2.call_id_str());
+                assert_eq!(replaces.to_tag, from_tag(agent_inv2));
+                assert_eq!(replaces.from_tag, "desk");
+                Some(*id)
+            }
+            _ => None,
+        })
+        .expect("lookup of the dialog")
+}
+
+/// The phone holds the customer of call one (a re-INVITE a=sendonly passed through), then
+/// transfers it attended to the customer of call two: the other call hands that leg over
+/// and ends, this call moves it to the agent's relay port, notifies 200, releases the
+/// phone and takes the customer off hold.
+#[test]
+fn an_attended_refer_with_replaces_joins_the_two_remote_parties_and_releases_the_phone() {
+    let mut r1 = Rig::new();
+    let (agent_inv1, cinv1) = connected(&mut r1, |x| x);
+    let mut r2 = call_two();
+    let (agent_inv2, cinv2) = connected(&mut r2, |x| x);
+    // The phone holds the customer of call one.
+    r1.request(
+        in_dialog(&agent_inv1, "desk", "INVITE", 3, Some(HOLD_SDP)),
+        Leg::Agent,
+    );
+    let (htx, hold) = sent(&r1.take()).remove(0);
+    assert!(String::from_utf8_lossy(&hold.body).contains("a=sendonly"));
+    let held = CARRIER_SDP.replace("a=sendrecv", "a=recvonly");
+    r1.respond(htx, reply(&hold, 200, "carrier", Some(&held)));
+    assert_eq!(answers(&r1.take()), [200]);
+
+    let id = attended_refer(&mut r1, &agent_inv1, &agent_inv2);
+    // Call two: its phone leg is the dialog named; it hands the customer over and ends.
+    let dialog = DialogId {
+        call_id: agent_inv2.call_id_str(),
+        local_tag: from_tag(&agent_inv2),
+        remote_tag: "desk".into(),
+    };
+    r2.feed(Input::HandOver {
+        id,
+        leg: Leg::Agent,
+        dialog,
+        to_call: "call_test".into(),
+    });
+    let out = r2.take();
+    let reqs = sent(&out);
+    assert_eq!(sent_methods(&out), ["BYE"]);
+    assert_eq!(
+        reqs[0].1.call_id_str(),
+        agent_inv2.call_id_str(),
+        "only the phone's leg of call two is released"
+    );
+    let (btx, bye2) = reqs[0].clone();
+    let handed = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::HandedOver {
+                to_call,
+                id: i,
+                result,
+            } => {
+                assert_eq!((to_call.as_str(), i), ("call_test", id));
+                Some(result)
+            }
+            _ => None,
+        })
+        .expect("handed over")
+        .expect("the leg");
+    assert_eq!(handed.dialog_id().call_id, cinv2.call_id_str());
+    r2.respond(btx, reply(&bye2, 200, "desk", None));
+    let o = ended(&r2.take()).remove(0);
+    assert_eq!(o.status, CallStatus::Completed);
+    assert_eq!(o.leg, Some(Leg::Agent));
+    assert!(
+        o.reason.contains("joined to call call_test"),
+        "{}",
+        o.reason
+    );
+
+    // Call one: the target is re-INVITEd in its own dialog to the agent's relay port.
+    r1.feed(Input::Joined(id, Ok(handed)));
+    let out = r1.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::RouteSideDialog(_, d) if d.call_id == cinv2.call_id_str())));
+    let (jtx, join) = sent(&out).remove(0);
+    assert_eq!(join.method, Method::Invite);
+    assert_eq!(join.call_id_str(), cinv2.call_id_str());
+    let body = String::from_utf8_lossy(&join.body).to_string();
+    assert!(body.contains("m=audio 30000"), "{body}");
+    assert!(body.contains("a=sendrecv"), "{body}");
+    assert!(sent_methods(&out) == ["INVITE"], "the phone is still on");
+    r1.respond(jtx, reply(&join, 200, "carrier", Some(TARGET_SDP)));
+    let out = r1.take();
+    assert_eq!(acks(&out), 1);
+    let reqs = sent(&out);
+    // NOTIFY 200 and BYE to the phone (call one's dialog), then the held customer is resumed.
+    assert_eq!(sent_methods(&out), ["NOTIFY", "BYE", "INVITE"]);
+    assert_eq!(
+        String::from_utf8_lossy(&reqs[0].1.body).trim_end(),
+        "SIP/2.0 200 OK"
+    );
+    assert_eq!(reqs[1].1.call_id_str(), agent_inv1.call_id_str());
+    assert_eq!(reqs[2].1.call_id_str(), cinv1.call_id_str());
+    assert!(String::from_utf8_lossy(&reqs[2].1.body).contains("a=sendrecv"));
+    assert!(media_ops(&out).contains(&MediaOp::SetPeer(
+        Leg::Agent,
+        Bytes::from_static(TARGET_SDP.as_bytes())
+    )));
+    assert!(events(&out).contains(&CallEventKind::Transferred {
+        leg: Leg::Agent,
+        to: "+15557654321".into(),
+        by: "phone"
+    }));
+    assert!(ended(&out).is_empty());
+    // The joined party hangs up: call one ends, its customer released.
+    r1.request(in_dialog(&cinv2, "carrier", "BYE", 9, None), Leg::Agent);
+    let out = r1.take();
+    assert_eq!(answers(&out), [200]);
+    let byes: Vec<_> = sent(&out)
+        .into_iter()
+        .filter(|(_, q)| q.method == Method::Bye)
+        .collect();
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].1.call_id_str(), cinv1.call_id_str());
+}
+
+#[test]
+fn a_replaces_naming_no_dialog_is_notified_481_and_both_calls_go_on() {
+    let mut r1 = Rig::new();
+    let (agent_inv1, _) = connected(&mut r1, |x| x);
+    let id = attended_refer(&mut r1, &agent_inv1, &agent_inv1);
+    r1.feed(Input::Joined(
+        id,
+        Err((481, "no dialog matches the Replaces".into())),
+    ));
+    let out = r1.take();
+    assert_eq!(
+        notifies(&out),
+        ["SIP/2.0 481 Call/Transaction Does Not Exist"]
+    );
+    assert_eq!(sent_methods(&out), ["NOTIFY"]);
+    assert!(ended(&out).is_empty());
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        CallEventKind::TransferFailed {
+            sip_code: Some(481),
+            ..
+        }
+    )));
+    // The call is as it was: another transfer may follow.
+    r1.request(
+        refer(&agent_inv1, "desk", 8, "sip:1002@dialbridge.test"),
+        Leg::Agent,
+    );
+    assert_eq!(answers(&r1.take()), [202]);
+}
+
+/// The other call never answers (it ended as the request reached it): the REFER is
+/// NOTIFYed 408 after 64*T1 and the call goes on; a leg that comes after is released.
+#[test]
+fn a_join_the_other_call_never_answers_is_given_up_after_64_t1() {
+    let mut r1 = Rig::new();
+    let (agent_inv1, _) = connected(&mut r1, |x| x);
+    let mut r2 = call_two();
+    let (agent_inv2, _) = connected(&mut r2, |x| x);
+    let id = attended_refer(&mut r1, &agent_inv1, &agent_inv2);
+    r1.advance(timers().timeout() - Duration::from_millis(1));
+    assert!(notifies(&r1.take()).is_empty());
+    r1.advance(Duration::from_millis(2));
+    let out = r1.take();
+    assert_eq!(notifies(&out), ["SIP/2.0 408 Request Timeout"]);
+    assert!(ended(&out).is_empty());
+    // Too late: the leg is released.
+    r2.feed(Input::HandOver {
+        id,
+        leg: Leg::Agent,
+        dialog: DialogId {
+            call_id: agent_inv2.call_id_str(),
+            local_tag: from_tag(&agent_inv2),
+            remote_tag: "desk".into(),
+        },
+        to_call: "call_test".into(),
+    });
+    let handed = r2
+        .take()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::HandedOver { result, .. } => Some(result),
+            _ => None,
+        })
+        .expect("handed over")
+        .expect("the leg");
+    r1.feed(Input::Joined(id, Ok(handed)));
+    let out = r1.take();
+    assert_eq!(sent_methods(&out), ["BYE"]);
+    assert!(ended(&out).is_empty());
+}
+
+#[test]
+fn a_call_not_connected_or_busy_with_an_offer_does_not_hand_its_leg_over() {
+    let mut r2 = call_two();
+    let (agent_inv2, _) = agent_answered(&mut r2);
+    r2.take();
+    let dialog = DialogId {
+        call_id: agent_inv2.call_id_str(),
+        local_tag: from_tag(&agent_inv2),
+        remote_tag: "desk".into(),
+    };
+    r2.feed(Input::HandOver {
+        id: 4,
+        leg: Leg::Agent,
+        dialog: dialog.clone(),
+        to_call: "call_test".into(),
+    });
+    let out = r2.take();
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::HandedOver {
+            result: Err((481, _)),
+            ..
+        }
+    )));
+    assert!(sent(&out).is_empty() && ended(&out).is_empty());
+    // Connected, but the customer's side has an offer of ours in flight.
+    let mut r2 = call_two();
+    let (agent_inv2, _) = connected(&mut r2, |x| x);
+    assert!(command(&mut r2, Command::Hold).is_ok());
+    r2.take();
+    let dialog = DialogId {
+        call_id: agent_inv2.call_id_str(),
+        local_tag: from_tag(&agent_inv2),
+        remote_tag: "desk".into(),
+    };
+    r2.feed(Input::HandOver {
+        id: 4,
+        leg: Leg::Agent,
+        dialog,
+        to_call: "call_test".into(),
+    });
+    let out = r2.take();
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::HandedOver {
+            result: Err((491, _)),
+            ..
+        }
+    )));
+    assert!(ended(&out).is_empty());
+}
+
+#[test]
+fn a_joined_party_that_refuses_the_move_is_released_and_the_call_goes_on() {
+    let mut r1 = Rig::new();
+    let (agent_inv1, _) = connected(&mut r1, |x| x);
+    let mut r2 = call_two();
+    let (agent_inv2, cinv2) = connected(&mut r2, |x| x);
+    let id = attended_refer(&mut r1, &agent_inv1, &agent_inv2);
+    let dialog = DialogId {
+        call_id: agent_inv2.call_id_str(),
+        local_tag: from_tag(&agent_inv2),
+        remote_tag: "desk".into(),
+    };
+    r2.feed(Input::HandOver {
+        id,
+        leg: Leg::Agent,
+        dialog,
+        to_call: "call_test".into(),
+    });
+    let handed = r2
+        .take()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::HandedOver { result, .. } => Some(result),
+            _ => None,
+        })
+        .expect("handed over")
+        .expect("the leg");
+    r1.feed(Input::Joined(id, Ok(handed)));
+    let (jtx, join) = sent(&r1.take()).remove(0);
+    r1.respond(jtx, reply(&join, 488, "carrier", None));
+    let out = r1.take();
+    assert_eq!(notifies(&out), ["SIP/2.0 488 Not Acceptable Here"]);
+    let reqs = sent(&out);
+    assert_eq!(sent_methods(&out), ["NOTIFY", "BYE"]);
+    assert_eq!(
+        reqs[1].1.call_id_str(),
+        cinv2.call_id_str(),
+        "the party that could not be moved is released"
+    );
+    assert!(ended(&out).is_empty(), "call one goes on with its phone");
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, CallEventKind::TransferFailed { .. })));
+}
+
+/// A party on an SDES trunk leg keeps SRTP when it is joined into another call: the
+/// re-INVITE offers its key, and the relay port it moves to encrypts with it.
+#[test]
+fn an_srtp_leg_joined_by_an_attended_transfer_keeps_its_key_on_the_new_port() {
+    let mut r1 = Rig::new();
+    let (agent_inv1, _) = connected(&mut r1, |x| x);
+    let mut r2 = call_two();
+    let (agent_inv2, _) = agent_answered(&mut r2);
+    let ours = media::srtp::SrtpKey::random();
+    let theirs = media::srtp::SrtpKey::random();
+    r2.targets(
+        Leg::Customer,
+        vec![vec![Target {
+            sdes: Some(ours.clone()),
+            ..trunk("carrier", 5080)
+        }]],
+    );
+    let (ctx, cinv) = sent(&r2.take()).remove(0);
+    assert!(String::from_utf8_lossy(&cinv.body).contains("a=crypto"));
+    let answer =
+        String::from_utf8_lossy(&sdp_glue::with_sdes(CARRIER_SDP.as_bytes(), &theirs)).to_string();
+    r2.respond(ctx, reply(&cinv, 200, "carrier", Some(&answer)));
+    for (tx, q) in sent(&r2.take()) {
+        if q.method == Method::Invite {
+            r2.respond(tx, reply(&q, 200, "desk", Some(CARRIER_SDP)));
+        }
+    }
+    r2.take();
+    let id = attended_refer(&mut r1, &agent_inv1, &agent_inv2);
+    r2.feed(Input::HandOver {
+        id,
+        leg: Leg::Agent,
+        dialog: DialogId {
+            call_id: agent_inv2.call_id_str(),
+            local_tag: from_tag(&agent_inv2),
+            remote_tag: "desk".into(),
+        },
+        to_call: "call_test".into(),
+    });
+    let handed = r2
+        .take()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::HandedOver { result, .. } => Some(result),
+            _ => None,
+        })
+        .expect("handed over")
+        .expect("the leg");
+    r1.feed(Input::Joined(id, Ok(handed)));
+    let (jtx, join) = sent(&r1.take()).remove(0);
+    let body = String::from_utf8_lossy(&join.body).to_string();
+    assert!(
+        body.contains("m=audio 30000") && body.contains("a=crypto"),
+        "{body}"
+    );
+    assert_eq!(sdp_glue::sdes_key(&join.body), Some(ours.clone()));
+    r1.respond(jtx, reply(&join, 200, "carrier", Some(&answer)));
+    let out = r1.take();
+    assert!(media_ops(&out)
+        .iter()
+        .any(|op| matches!(op, MediaOp::Sdes(Leg::Agent, k, _) if *k == ours)));
 }
 
 /// A warm transfer up to the consultation: the customer held, the target answered on the
