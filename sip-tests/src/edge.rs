@@ -16,8 +16,8 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Starts the edge on a free loopback port with `nodes` (their SIP UDP addresses) in
-    /// dispatcher set 1, and waits until it answers OPTIONS.
+    /// Starts the edge on a free loopback port (UDP and TCP) with `nodes` (their SIP UDP
+    /// addresses) in dispatcher set 1, and waits until it answers OPTIONS.
     pub fn start(nodes: &[SocketAddr]) -> Edge {
         let dir = TempDir::new("edge");
         let list = dir.path().join("dispatcher.list");
@@ -34,7 +34,7 @@ impl Edge {
             .arg(dir.path())
             .arg("-w")
             .arg(dir.path())
-            .args(["-l", &format!("udp:{addr}")])
+            .args(["-l", &format!("udp:{addr}"), "-l", &format!("tcp:{addr}")])
             .arg("-A")
             .arg(format!("DISPATCHER_LIST=\"{}\"", list.display()))
             .stdin(Stdio::null())

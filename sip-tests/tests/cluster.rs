@@ -7,6 +7,8 @@
 //! callback event is delivered once, in order, signed (a repeat is allowed only across the
 //! kill: node-a died between the receiver's 200 and recording it); the phone registers
 //! again through the edge and its binding is used.
+//!
+//! And a phone on TCP (baresip) behind the edge registers and takes a click-to-call.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -440,5 +442,117 @@ fn two_nodes_behind_kamailio_lose_nothing_when_one_is_killed() {
         edge.log_text().contains("is down"),
         "the edge took the dead node out: {}",
         edge.log_text()
+    );
+}
+
+/// A phone on TCP behind the edge (baresip, keeping its connection to the edge open): it
+/// registers through the edge over TCP, and a click-to-call placed through a node reaches it
+/// through the edge (node to edge over UDP, edge to phone over the phone's connection) and
+/// completes.
+#[test]
+fn a_phone_on_tcp_registers_and_takes_calls_through_the_edge() {
+    use sip_tests::baresip::{Baresip, BaresipConfig, SipTransport};
+
+    let db = PgServer::get().fresh_database();
+    let carrier_port = free_port();
+    let node = Node {
+        id: "node-a",
+        sip: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+    };
+    let a = TestServer::start_in(
+        TempDir::new("node-a"),
+        &node_config(&node, &db, carrier_port, "40000-44999"),
+    );
+    let edge = Edge::start(&[node.sip]);
+    let mut phone = Baresip::start(&BaresipConfig::device(
+        "alice-desk",
+        "s3cret-desk",
+        edge.addr,
+        SipTransport::Tcp,
+    ))
+    .expect("baresip starts");
+    phone
+        .wait_registered(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", edge.log_text(), a.log_text()));
+
+    // The binding came through the edge (its source is the edge) for a TCP contact.
+    let regs = request(
+        node.api,
+        "GET",
+        &format!("/v1/users/{USER}/registrations"),
+        &[("Authorization", &auth())],
+        None,
+    );
+    assert_eq!(regs.status, 200, "{}", regs.body);
+    let binding = &regs.json()["data"][0];
+    assert_eq!(binding["source"], edge.addr.to_string(), "{}", regs.body);
+    assert!(
+        binding["contact"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(";transport=tcp"),
+        "{}",
+        regs.body
+    );
+
+    let carrier_sf = scenario("carrier_answer_hangup.xml")
+        .to_string_lossy()
+        .into_owned();
+    let (cp, cmp) = (carrier_port.to_string(), free_port().to_string());
+    let carrier = SippChild::spawn(
+        "carrier",
+        &[
+            "-sf",
+            &carrier_sf,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &cp,
+            "-mp",
+            &cmp,
+            "-m",
+            "1",
+            "-d",
+            "2000",
+            "-timeout",
+            "60s",
+        ],
+    );
+    let receiver = CallbackReceiver::start(0);
+    let id = place(node.api, &receiver.url("/hook"), 0).expect("placed");
+    let c = carrier.wait(Duration::from_secs(60));
+    assert_eq!(
+        c.code,
+        0,
+        "{}\nbaresip:\n{}\nedge:\n{}",
+        c.output,
+        phone.log_text(),
+        edge.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let call = loop {
+        let call = get_call(node.api, &id);
+        if FINAL.contains(&call["status"].as_str().unwrap_or("")) || Instant::now() > deadline {
+            break call;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        call["status"],
+        "completed",
+        "{call}\nbaresip:\n{}\nedge:\n{}",
+        phone.log_text(),
+        edge.log_text()
+    );
+    // The phone took the call: the edge reached it through the Path the phone's TCP
+    // REGISTER left (its `received`: the phone's address and transport as the edge saw them).
+    assert!(
+        phone
+            .log_text()
+            .to_ascii_lowercase()
+            .contains("call established"),
+        "{}",
+        phone.log_text()
     );
 }

@@ -15,12 +15,23 @@ use std::time::{Duration, Instant};
 
 /// `dialbridge phone` registered as alice-desk, answering with a tone; its stdout lines.
 pub fn phone(registrar: SocketAddr, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut args = vec!["--answer"];
+    args.extend_from_slice(extra);
+    phone_as(registrar, "alice-desk:s3cret-desk", &args)
+}
+
+/// `dialbridge phone` registered as `device` (`user:password`), with `extra` arguments; its
+/// stdout lines.
+fn phone_as(
+    registrar: SocketAddr,
+    device: &str,
+    extra: &[&str],
+) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(sip_tests::dialbridge_bin())
         .args([
             "phone",
             "--register",
-            &format!("alice-desk:s3cret-desk@{registrar}"),
-            "--answer",
+            &format!("{device}@{registrar}"),
             "--calls",
             "1",
             "--for",
@@ -238,4 +249,95 @@ fn a_stranger_calling_our_number_gets_403_an_unknown_number_404_and_no_call() {
     assert_eq!(u.code, 0, "{}", u.output);
     assert!(u.output.contains("refused 404"), "{}", u.output);
     assert!(calls(api).is_empty(), "no call was logged");
+}
+
+/// An inbound call counts toward the account's `max_concurrent` as a REST call does, on
+/// every node sharing the database, and frees its slot when it ends. Two nodes on one
+/// PostgreSQL database, `max_concurrent = 1`: while an inbound call is live on node A, a
+/// click-to-call through node B gets 429 and a call from the user's other phone, registered
+/// to node B, gets 486 (calls from phones are admitted the same way); once the inbound call
+/// has ended, node B places a click-to-call.
+#[test]
+fn an_inbound_call_holds_a_slot_of_the_accounts_concurrent_calls_on_every_node() {
+    let url = sip_tests::pg::PgServer::get().fresh_database();
+    let carrier_port = free_port();
+    let node = |id: &str| {
+        format!(
+            "[store]\nurl = \"{url}\"\n[node]\nid = \"{id}\"\n{}",
+            config_with_account(carrier_port, "max_concurrent = 1")
+        )
+    };
+    let a = TestServer::start(&node("node-a"));
+    let b = TestServer::start(&node("node-b"));
+    let (api_a, api_b) = (a.api.expect("api a"), b.api.expect("api b"));
+    let (mut ph, rx) = phone(a.udp_addr(), &["--tone", "440"]);
+    let mut seen = Vec::new();
+    assert!(wait_line(&rx, &mut seen, "phone: registered"), "{seen:?}");
+    let carrier = call_in(
+        "127.0.0.1",
+        carrier_port,
+        a.udp_addr(),
+        "+14155551234",
+        "carrier_call_in.xml",
+    );
+    // Live on node A: answered by the phone (the carrier hangs up 3 s after its ACK).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !calls(api_b).iter().any(|c| c["status"] == "in-progress") {
+        assert!(Instant::now() < deadline, "{:?}", calls(api_a));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let place = || {
+        request(
+            api_b,
+            "POST",
+            "/v1/calls",
+            &[
+                ("Authorization", &format!("Bearer {SECRET}")),
+                ("Content-Type", "application/json"),
+            ],
+            Some(&serde_json::json!({"user_id": USER, "dial_string": "+14155550100"}).to_string()),
+        )
+    };
+    let r = place();
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "rate_limited", "{}", r.body);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("1 calls in progress"),
+        "{}",
+        r.body
+    );
+    // A call from the user's other phone to a number, on node B: refused at admission.
+    let (mut soft, soft_rx) = phone_as(
+        b.udp_addr(),
+        "alice-soft:s3cret-soft",
+        &["--call", "sip:+14155550100@dialbridge.test"],
+    );
+    let mut soft_seen = Vec::new();
+    assert!(
+        wait_line(&soft_rx, &mut soft_seen, "phone: ended"),
+        "{soft_seen:?}\n{}",
+        b.log_text()
+    );
+    assert!(
+        b.log_text().contains("call from a phone refused: 486"),
+        "{soft_seen:?}\n{}",
+        b.log_text()
+    );
+    let _ = soft.kill();
+    let _ = soft.wait();
+
+    let c = carrier.wait(Duration::from_secs(60));
+    assert_eq!(c.code, 0, "{}\n{}", c.output, a.log_text());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while calls(api_b).first().map(|c| c["status"] != "completed") != Some(false) {
+        assert!(Instant::now() < deadline, "{:?}", calls(api_b));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = place();
+    assert_eq!(r.status, 202, "the slot was freed: {}", r.body);
+    let _ = ph.kill();
+    let _ = ph.wait();
 }

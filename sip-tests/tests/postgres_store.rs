@@ -226,3 +226,71 @@ fn the_database_goes_away_mid_call_and_nothing_is_lost() {
         "the outage was seen"
     );
 }
+
+/// Two nodes on one database, an account with a burst of 6 and a rate that refills nothing
+/// within the test (one call per 100 s): twelve requests alternating between the nodes'
+/// APIs. The burst holds across both nodes: six calls are placed, the other six are `429`
+/// with the API's JSON error and a `Retry-After` (a bucket per node would have let all
+/// twelve through).
+#[test]
+fn an_accounts_call_rate_holds_across_two_nodes() {
+    use sip_tests::http::request;
+
+    let url = PgServer::get().fresh_database();
+    let carrier_port = sip_tests::free_port();
+    let node = |id: &str| {
+        format!(
+            "[store]\nurl = \"{url}\"\n[node]\nid = \"{id}\"\n{}",
+            sip_tests::c2c::config_with_account(
+                carrier_port,
+                "calls_per_second = 0.01\nburst = 6\nmax_concurrent = 1000"
+            )
+        )
+    };
+    let a = sip_tests::TestServer::start(&node("node-a"));
+    let b = sip_tests::TestServer::start(&node("node-b"));
+    let apis = [a.api.expect("api a"), b.api.expect("api b")];
+    let auth = format!("Bearer {}", sip_tests::c2c::SECRET);
+    let mut placed = [0; 2];
+    let mut refused = Vec::new();
+    for n in 0..12 {
+        let body =
+            serde_json::json!({"user_id": USER, "dial_string": format!("+1415555{:04}", 100 + n)})
+                .to_string();
+        let r = request(
+            apis[n % 2],
+            "POST",
+            "/v1/calls",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(&body),
+        );
+        match r.status {
+            202 => placed[n % 2] += 1,
+            429 => refused.push(r),
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert_eq!(placed[0] + placed[1], 6, "placed per node: {placed:?}");
+    assert_eq!(refused.len(), 6);
+    for r in &refused {
+        let err = &r.json()["error"];
+        assert_eq!(err["code"], "rate_limited", "{}", r.body);
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("0.01 calls per second"),
+            "{}",
+            r.body
+        );
+        let retry: u64 = r
+            .header("Retry-After")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(retry >= 1, "{:?}", r.headers);
+    }
+    drop((a, b));
+}

@@ -11,6 +11,7 @@ use b2bua::calls::{AdmitError, AdmitFuture, CallEvent, CallEventKind, CallHooks,
 use serde_json::{json, Value};
 use store::{CallRecord, CallStatus, CallWrite, TimelineEntry};
 
+use crate::limits::LimitError;
 use crate::state::Shared;
 use crate::time::rfc3339_ms;
 
@@ -245,10 +246,6 @@ async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
         Err(e) => return Err(AdmitError::Unavailable(e.to_string())),
     };
     let now = crate::time::now_ms();
-    shared
-        .limiter
-        .acquire(&account.id, &account.limits, now)
-        .map_err(|e| AdmitError::Limit(e.to_string()))?;
     let mut rec = CallRecord::new(
         call.call_id.clone(),
         call.account_id.clone(),
@@ -271,22 +268,28 @@ async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
         leg: Some(Leg::Customer.as_str().to_owned()),
         detail: call.detail.clone(),
     };
-    // The record and its first timeline entry in one transaction, as `place_call` does; the
-    // journal is told the record (the call's first event follows at once: its start, or its
-    // end when the engine refuses it).
-    let written = shared
+    // The record and its first timeline entry in one transaction under the account's limits,
+    // as `place_call` does: the call counts toward the account's `max_concurrent` and takes a
+    // token of its rate, cluster-wide, until its status is final. The journal is told the
+    // record (the call's first event follows at once: its start, or its end when the engine
+    // refuses it).
+    let admission = shared
         .store
-        .write_call_batch(&[
-            CallWrite::NewCall(rec.clone()),
-            CallWrite::Timeline {
-                call_id: rec.id.clone(),
-                entry,
-            },
-        ])
-        .await;
-    if let Err(e) = written {
-        shared.limiter.release(&account.id);
-        return Err(AdmitError::Unavailable(e.to_string()));
+        .admit_call(
+            &[
+                CallWrite::NewCall(rec.clone()),
+                CallWrite::Timeline {
+                    call_id: rec.id.clone(),
+                    entry,
+                },
+            ],
+            &account.limits,
+            now,
+        )
+        .await
+        .map_err(|e| AdmitError::Unavailable(e.to_string()))?;
+    if let Some(refused) = LimitError::from_admission(admission, &account.limits) {
+        return Err(AdmitError::Limit(refused.to_string()));
     }
     shared.journal.born(rec);
     shared.metrics.inbound_call_started();

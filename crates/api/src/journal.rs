@@ -6,7 +6,7 @@
 //!                                              thread)          records, their callbacks
 //!                                                  │ committed
 //!                                                  ▼
-//!                          live event stream, metrics, account limiter, callback dispatcher
+//!                          live event stream, metrics, callback dispatcher
 //! ```
 //!
 //! - A call task hands its event over and goes on: the hand-over is a push onto an in-memory
@@ -228,9 +228,6 @@ struct Effect {
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     known: HashMap<String, Known>,
-    /// Whether an ended call frees a slot of its account's limiter: not for the calls of
-    /// another node, which held no slot here.
-    release_slots: bool,
 }
 
 impl Writer {
@@ -238,7 +235,6 @@ impl Writer {
         Writer {
             shared,
             known: HashMap::new(),
-            release_slots: true,
         }
     }
 
@@ -396,9 +392,6 @@ impl Writer {
         }
         for e in effects {
             if let Some(status) = e.ended_now {
-                if self.release_slots {
-                    shared.limiter.release(&e.account_id);
-                }
                 shared.metrics.call_ended(status);
             }
             shared
@@ -544,7 +537,7 @@ pub(crate) async fn recover_interrupted(shared: &Arc<Shared>) -> Result<usize, S
         .store
         .unfinished_calls_of(&shared.cfg.server_id, true)
         .await?;
-    end_unfinished(shared, calls, "interrupted", true).await
+    end_unfinished(shared, calls, "interrupted").await
 }
 
 /// Ends the live calls of `node_id`, a node whose lease lapsed (it crashed or lost the
@@ -556,7 +549,7 @@ pub(crate) async fn end_calls_of_lost_node(
 ) -> Result<usize, StoreError> {
     let calls = shared.store.unfinished_calls_of(node_id, false).await?;
     let reason = format!("node {node_id} stopped (its lease lapsed)");
-    end_unfinished(shared, calls, &reason, false).await
+    end_unfinished(shared, calls, &reason).await
 }
 
 /// Ends `calls` as `failed` with `reason` (see [`recover_interrupted`]).
@@ -564,7 +557,6 @@ async fn end_unfinished(
     shared: &Arc<Shared>,
     calls: Vec<CallRecord>,
     reason: &str,
-    ours: bool,
 ) -> Result<usize, StoreError> {
     let store = &shared.store;
     if calls.is_empty() {
@@ -603,7 +595,6 @@ async fn end_unfinished(
         });
     }
     let mut writer = Writer::new(Arc::clone(shared));
-    writer.release_slots = ours;
     writer.write(&events).await?;
     for rec in &calls {
         tracing::warn!(call_id = %rec.id, was = rec.status.as_str(), node = rec.node_id.as_deref().unwrap_or("-"), reason, "unfinished call ended failed");

@@ -150,7 +150,6 @@ impl Api {
         metrics: Arc<Metrics>,
     ) -> Api {
         let first_event_id = (time::now_ms().max(0) as u64).saturating_mul(1000);
-        let limiter = limits::Limiter::new();
         let conn_limits = sip_core::limits::ConnectionLimits::new(cfg.connections);
         Api {
             conn_limits,
@@ -161,7 +160,6 @@ impl Api {
                 calls,
                 metrics,
                 events: events::EventHub::new(first_event_id, events::RING_CAPACITY),
-                limiter,
                 dispatch: tokio::sync::Notify::new(),
                 journal: Arc::default(),
                 store_health: Default::default(),

@@ -223,10 +223,6 @@ pub(crate) async fn place_call(
         return Err(ApiError::StoreUnavailable);
     }
     let now = now_ms();
-    shared
-        .limiter
-        .acquire(&account.id, &account.limits, now)
-        .map_err(limit_error)?;
 
     let call_id = TypeId::new(CALL_PREFIX).to_string();
     let (agent, agent_desc) = match req.agent {
@@ -281,10 +277,9 @@ pub(crate) async fn place_call(
         detail: req.request_detail,
     };
     // The record and its first timeline entry in one transaction (one trip to the store),
-    // under the account's concurrency limit, which holds across nodes: the store counts the
-    // account's live calls of every node in the same step.
-    let max_live = account.limits.max_concurrent;
-    let inserted = match shared
+    // under the account's limits, which hold across nodes: the store counts the account's
+    // live calls of every node and takes a token from its rate bucket in the same step.
+    let admission = shared
         .store
         .admit_call(
             &[
@@ -294,20 +289,12 @@ pub(crate) async fn place_call(
                     entry: request_entry,
                 },
             ],
-            max_live,
+            &account.limits,
+            now,
         )
-        .await
-    {
-        Ok(true) => Ok(()),
-        Ok(false) => {
-            shared.limiter.release(&account.id);
-            return Err(limit_error(LimitError::Concurrency { max: max_live }));
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = inserted {
-        shared.limiter.release(&account.id);
-        return Err(e.into());
+        .await?;
+    if let Some(refused) = LimitError::from_admission(admission, &account.limits) {
+        return Err(limit_error(refused));
     }
 
     let agent_ring = req.agent_ring_secs.unwrap_or(shared.cfg.agent_ring_secs);
@@ -327,7 +314,6 @@ pub(crate) async fn place_call(
     shared.journal.born(rec.clone());
     if let Err(e) = shared.calls.start_call(spec) {
         shared.journal.stillborn(&call_id);
-        shared.limiter.release(&account.id);
         let mut failed = rec.clone();
         failed.status = CallStatus::Failed;
         failed.ended_at_ms = Some(now_ms());

@@ -8,7 +8,6 @@ use store::Store;
 
 use crate::callbacks::CallbackPolicy;
 use crate::events::EventHub;
-use crate::limits::Limiter;
 use crate::metrics::Metrics;
 
 /// How long an `Idempotency-Key` answer is replayed: 24 hours.
@@ -71,7 +70,6 @@ pub struct Shared {
     pub(crate) calls: Arc<dyn CallControl>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) events: EventHub,
-    pub(crate) limiter: Limiter,
     /// Wakes the callback dispatcher when a callback is enqueued or delivered.
     pub(crate) dispatch: tokio::sync::Notify,
     /// Call events on their way to the store (see [`crate::journal`]).

@@ -137,6 +137,65 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             store.update_call(&c).ok();
         }
     });
+    // Admission of a click-to-call (the REST path): the record and its first timeline entry
+    // in one transaction, the account's limits checked in it, with the 20 000 calls above
+    // in the log. The admitted calls end at once (as most of a busy log has).
+    let limits = store::AccountLimits {
+        calls_per_second: 100_000.0,
+        burst: 1_000_000,
+        max_concurrent: 1_000_000,
+    };
+    let admit_ids: Vec<String> = (0..CALLS)
+        .map(|_| TypeId::new("call").to_string())
+        .collect();
+    let batch_ids: Vec<String> = (0..CALLS)
+        .map(|_| TypeId::new("call").to_string())
+        .collect();
+    // The same writes without the limits: what admission adds is the difference.
+    measure("write_call_batch (record + entry)", 5_000, |i| {
+        let mut c = CallRecord::new(
+            batch_ids[i].clone(),
+            ACCT.into(),
+            "+14155550100".into(),
+            t0 + i as i64,
+        );
+        c.status = store::CallStatus::Completed;
+        let writes = [
+            store::CallWrite::NewCall(c),
+            store::CallWrite::Timeline {
+                call_id: batch_ids[i].clone(),
+                entry: TimelineEntry {
+                    at_ms: t0 + i as i64,
+                    kind: "api.request".into(),
+                    leg: None,
+                    detail: serde_json::json!({}),
+                },
+            },
+        ];
+        store.write_call_batch(&writes).ok();
+    });
+    measure("admit_call (record + entry, limits)", 5_000, |i| {
+        let mut c = CallRecord::new(
+            admit_ids[i].clone(),
+            ACCT.into(),
+            "+14155550100".into(),
+            t0 + i as i64,
+        );
+        c.status = store::CallStatus::Completed;
+        let writes = [
+            store::CallWrite::NewCall(c),
+            store::CallWrite::Timeline {
+                call_id: admit_ids[i].clone(),
+                entry: TimelineEntry {
+                    at_ms: t0 + i as i64,
+                    kind: "api.request".into(),
+                    leg: None,
+                    detail: serde_json::json!({}),
+                },
+            },
+        ];
+        store.admit_call(&writes, &limits, t0 + i as i64).ok();
+    });
     measure("list_calls first page (limit 50)", 2_000, |_| {
         let _ = store.list_calls(&CallFilter::new(ACCT, 50));
     });

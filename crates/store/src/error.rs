@@ -36,7 +36,8 @@ pub enum StoreError {
     ProvisioningConflict { key: String, reason: String },
     /// Another process holds a live lease with this node id (`[node] id` must be unique).
     #[error(
-        "node.id {id:?} is in use by another running node (its lease holds until {until_ms} ms)"
+        "node.id {id:?} is in use by another running node (its lease holds until {}); give each node its own [node] id",
+        utc_time(*until_ms)
     )]
     NodeIdInUse { id: String, until_ms: i64 },
     /// A thread panicked while holding the database connection.
@@ -135,5 +136,36 @@ fn postgres_detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),
+    }
+}
+
+/// `ms` since the Unix epoch as `2026-12-03T12:26:09Z` (UTC, whole seconds).
+fn utc_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (y, m, d) = crate::calendar::civil_from_days(secs.div_euclid(86_400));
+    let t = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_id_in_use_says_until_when_in_utc_and_what_to_do() {
+        let e = StoreError::NodeIdInUse {
+            id: "node-a".into(),
+            until_ms: 1_796_300_769_474,
+        };
+        assert_eq!(
+            e.to_string(),
+            "node.id \"node-a\" is in use by another running node (its lease holds until \
+             2026-12-03T12:26:09Z); give each node its own [node] id"
+        );
     }
 }

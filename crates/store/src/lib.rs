@@ -69,10 +69,10 @@ pub mod typeid;
 
 pub use error::StoreError;
 pub use model::{
-    Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry, OutboxState, PublishableKey,
-    Srtp, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, UnknownNumberType,
-    UnknownSrtp, User,
+    Account, AccountLimits, Admission, ApiKey, Binding, CallFilter, CallRecord, CallStatus,
+    CallWrite, Device, IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry, OutboxState,
+    PublishableKey, RateBucket, Srtp, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs,
+    UnixSecs, UnknownNumberType, UnknownSrtp, User,
 };
 pub use postgres::PgStore;
 pub use provision::{
@@ -308,11 +308,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
     /// Writes `writes` (a new call, [`CallWrite::NewCall`], with what goes with it) in one
-    /// transaction unless the new call's account already has `max_live` unfinished calls (of
-    /// every node sharing the database); `Ok(false)` then, and nothing is written. Counting
-    /// and writing are one step cluster-wide (a lock per account on PostgreSQL).
-    /// [`StoreError::Invalid`] when `writes` holds no new call.
-    async fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError>;
+    /// transaction under the account's `limits`, which hold for every node sharing the
+    /// database: refused ([`Admission::Concurrency`]) when the new call's account already has
+    /// `max_concurrent` unfinished calls, refused ([`Admission::Rate`]) when the account's
+    /// token bucket ([`RateBucket`], refilled at `calls_per_second` up to `burst`, as of
+    /// `now_ms`) holds no token; nothing is written then. Checking, taking the token and
+    /// writing are one step cluster-wide (a lock per account on PostgreSQL). A call's slot is
+    /// free again once its status is final. [`StoreError::Invalid`] when `writes` holds no
+    /// new call.
+    async fn admit_call(
+        &self,
+        writes: &[CallWrite],
+        limits: &AccountLimits,
+        now_ms: UnixMs,
+    ) -> Result<Admission, StoreError>;
     /// Replaces every mutable field of the call `call.id` (not `account_id`, `created_at_ms`).
     async fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
     async fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
@@ -566,7 +575,12 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     // ----- calls and timelines ------------------------------------------------------------
 
     fn insert_call(&self, call: &CallRecord) -> Result<(), StoreError>;
-    fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError>;
+    fn admit_call(
+        &self,
+        writes: &[CallWrite],
+        limits: &AccountLimits,
+        now_ms: UnixMs,
+    ) -> Result<Admission, StoreError>;
     fn update_call(&self, call: &CallRecord) -> Result<(), StoreError>;
     fn get_call(&self, account_id: &str, id: &str) -> Result<Option<CallRecord>, StoreError>;
     fn call_by_request_id(

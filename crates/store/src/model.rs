@@ -115,6 +115,63 @@ impl Default for AccountLimits {
     }
 }
 
+/// An account's token bucket for its call rate, as the store keeps it (one row per account,
+/// shared by every node on the database). The arithmetic lives here, once, for both backends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateBucket {
+    /// Tokens left after the last call taken (fractional: refilled continuously).
+    pub tokens: f64,
+    /// When `tokens` was computed (milliseconds since the Unix epoch). Never moves back: a
+    /// node whose clock is behind refills nothing until its clock passes it.
+    pub at_ms: UnixMs,
+}
+
+impl RateBucket {
+    /// Takes one token for a call at `now_ms` from `bucket` (`None`: never used, born full),
+    /// refilled at `limits.calls_per_second` since its `at_ms` and capped at `limits.burst`
+    /// (so a lowered burst applies at the next call). The bucket to store on success; the
+    /// seconds until a token is back (at least 1) when none is left.
+    pub fn take(
+        bucket: Option<RateBucket>,
+        limits: &AccountLimits,
+        now_ms: UnixMs,
+    ) -> Result<RateBucket, u64> {
+        let cap = f64::from(limits.burst.max(1));
+        let (tokens, at_ms) = match bucket {
+            None => (cap, now_ms),
+            Some(b) => {
+                let elapsed = (now_ms - b.at_ms).max(0) as f64 / 1000.0;
+                let refilled = b.tokens + elapsed * limits.calls_per_second;
+                (refilled.min(cap), b.at_ms.max(now_ms))
+            }
+        };
+        if tokens < 1.0 {
+            let missing = 1.0 - tokens;
+            let secs = if limits.calls_per_second > 0.0 {
+                (missing / limits.calls_per_second).ceil() as u64
+            } else {
+                60
+            };
+            return Err(secs.max(1));
+        }
+        Ok(RateBucket {
+            tokens: tokens - 1.0,
+            at_ms,
+        })
+    }
+}
+
+/// What [`Store::admit_call`](crate::Store::admit_call) decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Written: the call holds a slot until its status is final, and took a token.
+    Admitted,
+    /// The account has `max_concurrent` unfinished calls (of every node).
+    Concurrency,
+    /// The account's token bucket is empty; a token is back in `retry_after_secs`.
+    Rate { retry_after_secs: u64 },
+}
+
 /// The kind of a telephone number, as libphonenumber's metadata classifies it. Spelled in
 /// snake case in configuration and the API (`premium_rate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -790,4 +847,97 @@ pub enum CallWrite {
     Call(CallRecord),
     /// A callback into the outbox.
     Callback(OutboxEntry),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(calls_per_second: f64, burst: u32) -> AccountLimits {
+        AccountLimits {
+            calls_per_second,
+            burst,
+            max_concurrent: 100,
+        }
+    }
+
+    /// A bucket taken from `n` times at `now_ms`, starting from `b`: the bucket after, and how
+    /// many takes passed.
+    fn take_n(
+        mut b: Option<RateBucket>,
+        l: &AccountLimits,
+        now_ms: i64,
+        n: usize,
+    ) -> (Option<RateBucket>, usize) {
+        let mut passed = 0;
+        for _ in 0..n {
+            if let Ok(next) = RateBucket::take(b, l, now_ms) {
+                b = Some(next);
+                passed += 1;
+            }
+        }
+        (b, passed)
+    }
+
+    #[test]
+    fn a_bucket_is_born_full_and_refills_at_the_rate_up_to_the_burst() {
+        let l = limits(2.0, 3);
+        let (b, passed) = take_n(None, &l, 0, 5);
+        assert_eq!(passed, 3);
+        assert_eq!(RateBucket::take(b, &l, 0), Err(1));
+        // Half a second later one token is back (2 per second).
+        let (b, passed) = take_n(b, &l, 500, 3);
+        assert_eq!(passed, 1);
+        // A long pause refills only up to the burst.
+        let (_, passed) = take_n(b, &l, 100_000, 10);
+        assert_eq!(passed, 3);
+    }
+
+    #[test]
+    fn a_slow_rate_asks_for_a_longer_wait() {
+        let l = limits(0.1, 1);
+        let b = RateBucket::take(None, &l, 0).unwrap();
+        assert_eq!(RateBucket::take(Some(b), &l, 0), Err(10));
+        assert_eq!(RateBucket::take(Some(b), &l, 5_000), Err(5));
+    }
+
+    #[test]
+    fn changed_limits_apply_at_the_next_call() {
+        let before = limits(1.0, 1);
+        let (b, _) = take_n(None, &before, 0, 1);
+        // Raised: refills at the new rate (10/s: one token per 100 ms), up to the new burst.
+        let raised = limits(10.0, 5);
+        assert!(RateBucket::take(b, &raised, 50).is_err());
+        let (b, passed) = take_n(b, &raised, 150, 3);
+        assert_eq!(passed, 1);
+        let (b, passed) = take_n(b, &raised, 2_000, 9);
+        assert_eq!(passed, 5);
+        // Lowered: a full bucket is capped at the new burst.
+        let lowered = limits(1.0, 2);
+        let (_, passed) = take_n(b, &lowered, 60_000, 9);
+        assert_eq!(passed, 2);
+    }
+
+    #[test]
+    fn a_clock_behind_the_bucket_refills_nothing_and_does_not_move_it_back() {
+        let l = limits(1.0, 2);
+        let (b, _) = take_n(None, &l, 10_000, 2);
+        // A node whose clock says 5 s earlier: no token, and the bucket keeps its time.
+        assert_eq!(RateBucket::take(b, &l, 5_000), Err(1));
+        // One second after the bucket's time, on any clock: one token.
+        let next = RateBucket::take(b, &l, 11_000).unwrap();
+        assert_eq!(next.at_ms, 11_000);
+        assert!(RateBucket::take(Some(next), &l, 11_000).is_err());
+        let b = RateBucket {
+            tokens: 1.5,
+            at_ms: 20_000,
+        };
+        assert_eq!(
+            RateBucket::take(Some(b), &l, 19_000),
+            Ok(RateBucket {
+                tokens: 0.5,
+                at_ms: 20_000
+            })
+        );
+    }
 }

@@ -21,9 +21,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use crate::model::{
-    Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, PublishableKey, TimelineEntry,
-    Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, User,
+    Account, AccountLimits, Admission, ApiKey, Binding, CallFilter, CallRecord, CallStatus,
+    CallWrite, Device, IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState,
+    PublishableKey, RateBucket, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs, UnixSecs,
+    User,
 };
 use crate::provision::{Change, ConfigIssue, ProvisionReport, Provisioning, DEVICE_PREFIX};
 use crate::secret::{api_secret_hash, constant_time_eq, ha1_md5, ha1_sha256, Secret};
@@ -248,6 +249,15 @@ ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
     // 9: an account's live calls without reading its call history (SQLite's version 11).
     r#"
 CREATE INDEX calls_live ON calls(account_id) WHERE status IN ('queued', 'ringing', 'in-progress');
+"#,
+    // 10: each account's token bucket for its call rate, shared by the nodes (SQLite's
+    // version 12). No row: the bucket is full.
+    r#"
+CREATE TABLE rate_buckets (
+    account_id TEXT PRIMARY KEY,           -- as calls.account_id: no foreign key
+    tokens     DOUBLE PRECISION NOT NULL,
+    at_ms      BIGINT NOT NULL
+);
 "#,
 ];
 
@@ -2283,7 +2293,12 @@ impl Store for PgStore {
         insert_call_on(&c, r).await
     }
 
-    async fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError> {
+    async fn admit_call(
+        &self,
+        writes: &[CallWrite],
+        limits: &AccountLimits,
+        now_ms: UnixMs,
+    ) -> Result<Admission, StoreError> {
         let Some(account_id) = new_call_account(writes) else {
             return Err(StoreError::Invalid {
                 field: "writes",
@@ -2292,28 +2307,62 @@ impl Store for PgStore {
         };
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        // One account's admissions queue behind each other, cluster-wide, until commit.
-        tx.execute(
+        // One account's admissions queue behind each other, cluster-wide, until commit: the
+        // count of its live calls and its token bucket read below are those the previous
+        // admission left, and no other node takes a token meanwhile.
+        exec(
+            &tx,
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
             &[&format!("calls:{account_id}")],
         )
         .await?;
-        let live: i64 = tx
-            .query_one(
-                &format!(
-                    "SELECT COUNT(*) FROM calls WHERE account_id = $1 AND status IN ({})",
-                    crate::sqlite::LIVE_STATUSES
-                ),
-                &[&account_id],
-            )
-            .await?
-            .try_get(0)?;
-        if live >= i64::from(max_live) {
-            return Ok(false);
+        // The count and the bucket in one trip; the bucket's row is locked too (FOR UPDATE),
+        // so even a writer that skipped the advisory lock would wait for this commit.
+        let row = query_opt(
+            &tx,
+            &format!(
+                "SELECT (SELECT COUNT(*) FROM calls
+                              WHERE account_id = $1 AND status IN ({})),
+                            b.tokens, b.at_ms
+                       FROM (SELECT 1) AS one
+                       LEFT JOIN LATERAL (SELECT tokens, at_ms FROM rate_buckets
+                                           WHERE account_id = $1 FOR UPDATE) AS b ON TRUE",
+                crate::sqlite::LIVE_STATUSES
+            ),
+            &[&account_id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Invalid {
+            field: "writes",
+            reason: "the admission query returned no row".to_owned(),
+        })?;
+        let live: i64 = row.try_get(0)?;
+        if live >= i64::from(limits.max_concurrent) {
+            return Ok(Admission::Concurrency);
         }
-        apply_writes_on(&tx, writes).await?;
+        let tokens: Option<f64> = row.try_get(1)?;
+        let at_ms: Option<i64> = row.try_get(2)?;
+        let bucket = tokens
+            .zip(at_ms)
+            .map(|(tokens, at_ms)| RateBucket { tokens, at_ms });
+        let bucket = match RateBucket::take(bucket, limits, now_ms) {
+            Ok(b) => b,
+            Err(retry_after_secs) => return Ok(Admission::Rate { retry_after_secs }),
+        };
+        // The bucket and the call's rows go out together (pipelined on the connection).
+        let bucket_params: [&(dyn ToSql + Sync); 3] = [&account_id, &bucket.tokens, &bucket.at_ms];
+        let take = exec(
+            &tx,
+            "INSERT INTO rate_buckets (account_id, tokens, at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (account_id) DO UPDATE SET tokens = EXCLUDED.tokens,
+                                                    at_ms = EXCLUDED.at_ms",
+            &bucket_params,
+        );
+        let (taken, written) = tokio::join!(take, apply_writes_on(&tx, writes));
+        taken?;
+        written?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Admission::Admitted)
     }
 
     async fn update_call(&self, r: &CallRecord) -> Result<(), StoreError> {

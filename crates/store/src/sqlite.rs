@@ -22,9 +22,10 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 
 use crate::error::StoreError;
 use crate::model::{
-    Account, AccountLimits, ApiKey, Binding, CallFilter, CallRecord, CallStatus, CallWrite, Device,
-    IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState, PublishableKey, TimelineEntry,
-    Transport, Trunk, TrunkRouting, UnixMs, UnixSecs, User,
+    Account, AccountLimits, Admission, ApiKey, Binding, CallFilter, CallRecord, CallStatus,
+    CallWrite, Device, IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState,
+    PublishableKey, RateBucket, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs, UnixSecs,
+    User,
 };
 use crate::provision::{
     Change, ConfigIssue, ProvisionReport, Provisioning, TrunkSpec, DEVICE_PREFIX,
@@ -285,6 +286,16 @@ ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]';
     // index's condition is [`LIVE_STATUSES`], spelled as the query spells it.
     r#"
 CREATE INDEX calls_live ON calls(account_id) WHERE status IN ('queued', 'ringing', 'in-progress');
+"#,
+    // 12: each account's token bucket for its call rate (`calls_per_second`, `burst`), taken
+    // in the same transaction as the call's admission, so the rate holds for every node
+    // sharing the database. No row: the bucket is full.
+    r#"
+CREATE TABLE rate_buckets (
+    account_id TEXT PRIMARY KEY,           -- as calls.account_id: no foreign key
+    tokens     REAL NOT NULL,
+    at_ms      INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -2216,7 +2227,12 @@ impl BlockingStore for SqliteStore {
         insert_call_on(&*self.conn()?, c)
     }
 
-    fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError> {
+    fn admit_call(
+        &self,
+        writes: &[CallWrite],
+        limits: &AccountLimits,
+        now_ms: UnixMs,
+    ) -> Result<Admission, StoreError> {
         let Some(account_id) = writes.iter().find_map(|w| match w {
             CallWrite::NewCall(c) => Some(c.account_id.as_str()),
             _ => None,
@@ -2228,19 +2244,36 @@ impl BlockingStore for SqliteStore {
         };
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let live: i64 = tx.query_row(
-            &format!(
+        let live: i64 = tx
+            .prepare_cached(&format!(
                 "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status IN ({LIVE_STATUSES})"
-            ),
-            [account_id],
-            |r| r.get(0),
-        )?;
-        if live >= i64::from(max_live) {
-            return Ok(false);
+            ))?
+            .query_row([account_id], |r| r.get(0))?;
+        if live >= i64::from(limits.max_concurrent) {
+            return Ok(Admission::Concurrency);
         }
+        let bucket = tx
+            .prepare_cached("SELECT tokens, at_ms FROM rate_buckets WHERE account_id = ?1")?
+            .query_row([account_id], |r| {
+                Ok(RateBucket {
+                    tokens: r.get(0)?,
+                    at_ms: r.get(1)?,
+                })
+            })
+            .optional()?;
+        let bucket = match RateBucket::take(bucket, limits, now_ms) {
+            Ok(b) => b,
+            Err(retry_after_secs) => return Ok(Admission::Rate { retry_after_secs }),
+        };
+        tx.prepare_cached(
+            "INSERT INTO rate_buckets (account_id, tokens, at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account_id) DO UPDATE SET tokens = excluded.tokens,
+                                                    at_ms = excluded.at_ms",
+        )?
+        .execute(params![account_id, bucket.tokens, bucket.at_ms])?;
         apply_writes_on(&tx, writes)?;
         tx.commit()?;
-        Ok(true)
+        Ok(Admission::Admitted)
     }
 
     fn update_call(&self, c: &CallRecord) -> Result<(), StoreError> {

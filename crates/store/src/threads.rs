@@ -425,9 +425,16 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         let call = call.to_owned();
         self.run(move |s| s.insert_call(&call)).await
     }
-    async fn admit_call(&self, writes: &[CallWrite], max_live: u32) -> Result<bool, StoreError> {
+    async fn admit_call(
+        &self,
+        writes: &[CallWrite],
+        limits: &AccountLimits,
+        now_ms: UnixMs,
+    ) -> Result<Admission, StoreError> {
         let writes = writes.to_vec();
-        self.run(move |s| s.admit_call(&writes, max_live)).await
+        let limits = *limits;
+        self.run(move |s| s.admit_call(&writes, &limits, now_ms))
+            .await
     }
     async fn update_call(&self, call: &CallRecord) -> Result<(), StoreError> {
         let call = call.to_owned();

@@ -199,6 +199,15 @@ pub(crate) async fn dispatch(engine: Engine, inc: IncomingRequest, budget: Refus
             "sip_call_id": inc.request.call_id_str(),
         }),
     };
+    // Before admission: a call admitted holds a slot of the account until its record is final,
+    // so nothing may refuse it after that without ending it.
+    let contact = inner
+        .endpoint
+        .contact_uri(None, inc.flow.transport, inc.flow.remote)
+        .or_else(|| Uri::parse(&format!("sip:{}", inner.cfg.domain)).ok());
+    let Some(contact) = contact else {
+        return refuse(&engine, &inc, 500, budget);
+    };
     if let Some(h) = inner.hooks.get() {
         match h.admit(&new).await {
             Ok(()) => {}
@@ -212,13 +221,6 @@ pub(crate) async fn dispatch(engine: Engine, inc: IncomingRequest, budget: Refus
             }
         }
     }
-    let contact = inner
-        .endpoint
-        .contact_uri(None, inc.flow.transport, inc.flow.remote)
-        .or_else(|| Uri::parse(&format!("sip:{}", inner.cfg.domain)).ok());
-    let Some(contact) = contact else {
-        return refuse(&engine, &inc, 500, budget);
-    };
     let spec = CallSpec {
         call_id: call_id.clone(),
         account_id: account.id.clone(),

@@ -1,10 +1,10 @@
 use serde_json::json;
 use store::{
-    BlockingStore, CallFilter, CallRecord, CallStatus, SqliteStore, Store, StoreError,
-    TimelineEntry,
+    AccountLimits, Admission, BlockingStore, CallFilter, CallRecord, CallStatus, SqliteStore,
+    Store, StoreError, TimelineEntry,
 };
 
-use crate::support::{provisioned, store_provisioned, ACCT, USER};
+use crate::support::{provisioned, store_provisioned, stores_on_one_database, ACCT, USER};
 
 const OTHER: &str = "acct_01h2xcejqtf2nbrexx3vqjhp50";
 const T0: i64 = 1_700_000_000_000;
@@ -295,11 +295,25 @@ fn admission(c: &CallRecord) -> Vec<store::CallWrite> {
     ]
 }
 
+/// Limits with room for every call but `max_concurrent` of them at once.
+fn at_most(max_concurrent: u32) -> AccountLimits {
+    AccountLimits {
+        calls_per_second: 1000.0,
+        burst: 1000,
+        max_concurrent,
+    }
+}
+
 async fn admission_counts_the_live_calls_of_the_account() {
     let (_db, store) = store_provisioned().await;
-    assert!(store.admit_call(&admission(&call(1, T0)), 2).await.unwrap());
-    assert!(store.admit_call(&admission(&call(2, T0)), 2).await.unwrap());
-    assert!(!store.admit_call(&admission(&call(3, T0)), 2).await.unwrap());
+    let two = at_most(2);
+    let admit = |c: CallRecord| {
+        let store = store.clone();
+        async move { store.admit_call(&admission(&c), &two, T0).await.unwrap() }
+    };
+    assert_eq!(admit(call(1, T0)).await, Admission::Admitted);
+    assert_eq!(admit(call(2, T0)).await, Admission::Admitted);
+    assert_eq!(admit(call(3, T0)).await, Admission::Concurrency);
     assert!(store
         .get_call(ACCT, &call(3, T0).id)
         .await
@@ -309,19 +323,21 @@ async fn admission_counts_the_live_calls_of_the_account() {
     assert_eq!(store.timeline(&call(1, T0).id).await.unwrap().len(), 1);
     // A batch without a new call is refused.
     assert!(matches!(
-        store.admit_call(&admission(&call(5, T0))[1..], 2).await,
+        store
+            .admit_call(&admission(&call(5, T0))[1..], &two, T0)
+            .await,
         Err(StoreError::Invalid { .. })
     ));
     // Another account's calls do not count.
     let mut foreign = call(4, T0);
     foreign.account_id = OTHER.into();
-    assert!(store.admit_call(&admission(&foreign), 2).await.unwrap());
+    assert_eq!(admit(foreign).await, Admission::Admitted);
     // A call that ended frees its slot.
     let mut done = call(1, T0);
     done.status = CallStatus::Completed;
     done.ended_at_ms = Some(T0 + 5);
     store.update_call(&done).await.unwrap();
-    assert!(store.admit_call(&admission(&call(3, T0)), 2).await.unwrap());
+    assert_eq!(admit(call(3, T0)).await, Admission::Admitted);
 }
 
 /// Twenty admissions at once under a limit of 3 (as from several nodes): exactly 3 pass.
@@ -332,16 +348,120 @@ async fn racing_admissions_respect_the_limit() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .admit_call(&admission(&call(n, T0 + n)), 3)
+                .admit_call(&admission(&call(n, T0 + n)), &at_most(3), T0 + n)
                 .await
                 .unwrap()
         }));
     }
     let mut admitted = 0;
     for t in tasks {
-        admitted += usize::from(t.await.unwrap());
+        admitted += usize::from(t.await.unwrap() == Admission::Admitted);
     }
     assert_eq!(admitted, 3);
+}
+
+/// The call rate on the store's clock (`now_ms` passed in): the bucket is born full, a call
+/// refused for the rate writes nothing and takes no token, one refused for concurrency takes
+/// no token either, and each account has its own bucket.
+async fn the_rate_is_a_token_bucket_per_account() {
+    let (_db, store) = store_provisioned().await;
+    let limits = AccountLimits {
+        calls_per_second: 2.0,
+        burst: 3,
+        max_concurrent: 100,
+    };
+    let admit = |c: CallRecord, now: i64, l: AccountLimits| {
+        let store = store.clone();
+        async move { store.admit_call(&admission(&c), &l, now).await.unwrap() }
+    };
+    for n in 0..3 {
+        assert_eq!(admit(call(n, T0), T0, limits).await, Admission::Admitted);
+    }
+    assert_eq!(
+        admit(call(3, T0), T0, limits).await,
+        Admission::Rate {
+            retry_after_secs: 1
+        }
+    );
+    assert!(store
+        .get_call(ACCT, &call(3, T0).id)
+        .await
+        .unwrap()
+        .is_none());
+    // Another account has its own (full) bucket.
+    let mut foreign = call(50, T0);
+    foreign.account_id = OTHER.into();
+    assert_eq!(admit(foreign, T0, limits).await, Admission::Admitted);
+    // Half a second later one token is back; a call refused for concurrency does not take it.
+    let full = AccountLimits {
+        max_concurrent: 3,
+        ..limits
+    };
+    assert_eq!(
+        admit(call(4, T0), T0 + 500, full).await,
+        Admission::Concurrency
+    );
+    assert_eq!(
+        admit(call(5, T0), T0 + 500, limits).await,
+        Admission::Admitted
+    );
+    assert!(matches!(
+        admit(call(6, T0), T0 + 500, limits).await,
+        Admission::Rate { .. }
+    ));
+    // A slower rate asks for a longer wait.
+    let slow = AccountLimits {
+        calls_per_second: 0.1,
+        ..limits
+    };
+    assert_eq!(
+        admit(call(7, T0), T0 + 500, slow).await,
+        Admission::Rate {
+            retry_after_secs: 10
+        }
+    );
+}
+
+/// Two stores on one database (two nodes): admissions split between them, all at once, at
+/// three moments. The account's rate holds across both: in all, exactly burst + rate ×
+/// elapsed calls pass, never more.
+async fn the_rate_holds_across_stores_on_one_database() {
+    let (_db, stores) = stores_on_one_database(2).await;
+    let limits = AccountLimits {
+        calls_per_second: 10.0,
+        burst: 20,
+        max_concurrent: 10_000,
+    };
+    let mut admitted = Vec::new();
+    let mut n = 0;
+    // At T0 the full bucket (20), 500 ms later 5 tokens, 1 s after that 10 more.
+    for at in [T0, T0 + 500, T0 + 1500] {
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let store = stores[(n % 2) as usize].clone();
+            let c = call(n, at);
+            n += 1;
+            tasks.push(tokio::spawn(async move {
+                store.admit_call(&admission(&c), &limits, at).await.unwrap()
+            }));
+        }
+        let mut passed = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Admission::Admitted => passed += 1,
+                Admission::Rate { retry_after_secs } => assert_eq!(retry_after_secs, 1),
+                Admission::Concurrency => panic!("no concurrency limit was reached"),
+            }
+        }
+        admitted.push(passed);
+    }
+    assert_eq!(admitted, [20, 5, 10]);
+    // What passed is what the database holds.
+    let (page, _) = stores[1]
+        .list_calls(&CallFilter::new(ACCT, 100))
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 35);
 }
 
 /// A new call record and its first timeline entry are one transaction: the same call again
@@ -377,6 +497,8 @@ async fn a_new_call_and_its_first_entry_go_in_one_batch() {
 both!(
     admission_counts_the_live_calls_of_the_account,
     racing_admissions_respect_the_limit,
+    the_rate_is_a_token_bucket_per_account,
+    the_rate_holds_across_stores_on_one_database,
     a_new_call_and_its_first_entry_go_in_one_batch,
     a_call_batch_is_written_whole_or_not_at_all,
     pages_are_newest_first_and_cover_everything_once,

@@ -158,6 +158,36 @@ pub async fn store_fresh() -> (Db, Arc<dyn Store>) {
     }
 }
 
+/// `n` stores on one database of the test's backend (as `n` nodes sharing it), the sample
+/// provisioned.
+pub async fn stores_on_one_database(n: usize) -> (Db, Vec<Arc<dyn Store>>) {
+    let (db, url): (Db, String) = match BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite) {
+        Backend::Sqlite => {
+            let dir = TempDir::new();
+            let url = dir.url();
+            (Db { _dir: Some(dir) }, url)
+        }
+        Backend::Postgres => (
+            Db { _dir: None },
+            crate::pg::PgServer::get().fresh_database(),
+        ),
+    };
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for _ in 0..n {
+        let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+            Arc::new(StoreThreads::new(SqliteStore::open(&url).unwrap(), 2).unwrap())
+        } else {
+            store::open(&url).await.unwrap()
+        };
+        stores.push(store);
+    }
+    stores[0]
+        .apply_provisioning(&sample(), REALM)
+        .await
+        .unwrap();
+    (db, stores)
+}
+
 /// A store on the test's backend with the sample provisioned.
 pub async fn store_provisioned() -> (Db, Arc<dyn Store>) {
     let (db, store) = store_fresh().await;
