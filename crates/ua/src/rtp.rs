@@ -333,7 +333,11 @@ async fn run(
     let mut wav_pos = 0usize;
     let sends = matches!(mode, MediaMode::Tone(_) | MediaMode::Wav(_)) || dtmf.is_some();
     let mut tick = tokio::time::interval(PTIME);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A sound card's clock does not wait for the CPU: frames missed while this task was held
+    // up are sent at once, so the stream's timestamps keep pace with the wall clock (a
+    // delayed tick would stretch the call's audio and drift from what a recorder or a jitter
+    // buffer on the other side expects).
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut stats = RtpStats::default();
     let mut seq = SequenceTracker::default();
     let mut recorded: Vec<i16> = Vec::new();
