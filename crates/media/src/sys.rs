@@ -7,6 +7,7 @@ use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(crate) mod uring;
 
@@ -73,9 +74,18 @@ impl Epoll {
 }
 
 /// A non-blocking eventfd used to wake a forwarding thread for control messages.
+///
+/// Wake-ups are coalesced: `notify` writes only when no wake-up is pending since the
+/// thread's last `drain`, so a burst of control messages (a call's peers, sources and start,
+/// sent one after another) costs one system call and one wake-up instead of one each. The
+/// thread clears the flag in `drain` before it reads its control queue, so a message sent
+/// after that read finds the flag clear and writes: none is left waiting without a wake-up.
+/// (A message queued while the flag is set was queued before the clear, so the read that
+/// follows the clear sees it.)
 #[derive(Debug)]
 pub(crate) struct EventFd {
     fd: OwnedFd,
+    pending: AtomicBool,
 }
 
 impl EventFd {
@@ -85,6 +95,7 @@ impl EventFd {
         // SAFETY: fresh descriptor.
         Ok(EventFd {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            pending: AtomicBool::new(false),
         })
     }
 
@@ -92,7 +103,12 @@ impl EventFd {
         self.fd.as_raw_fd()
     }
 
+    /// Wakes the thread unless a wake-up is already on its way. Call after the message is
+    /// queued.
     pub(crate) fn notify(&self) {
+        if self.pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN) still leaves the
         // descriptor readable, which is all a wake-up needs.
@@ -101,12 +117,16 @@ impl EventFd {
         }
     }
 
+    /// Takes the wake-up; the caller reads its control queue after this. The counter is
+    /// read before the flag is cleared: while the flag is set no `notify` writes, so no
+    /// wake-up written after the read can be lost with the flag left set.
     pub(crate) fn drain(&self) {
         let mut v: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64.
         unsafe {
             libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8);
         }
+        self.pending.store(false, Ordering::SeqCst);
     }
 }
 
@@ -403,6 +423,33 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The eventfd's counter, read (and so reset) directly; 0 when nothing was written.
+    fn counter(e: &EventFd) -> u64 {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64.
+        let n = unsafe { libc::read(e.raw(), (&mut v as *mut u64).cast(), 8) };
+        if n == 8 {
+            v
+        } else {
+            0
+        }
+    }
+
+    #[test]
+    fn wake_ups_are_coalesced_until_the_thread_drains() {
+        let e = EventFd::new().unwrap();
+        e.notify();
+        e.notify();
+        e.notify();
+        assert_eq!(counter(&e), 1, "three messages, one write");
+        // The thread has not drained yet: still pending, nothing more is written.
+        e.notify();
+        assert_eq!(counter(&e), 0);
+        e.drain();
+        e.notify();
+        assert_eq!(counter(&e), 1, "after a drain the next message wakes again");
+    }
 
     #[test]
     fn socket_addresses_round_trip_through_the_kernel_form() {
