@@ -316,10 +316,13 @@ impl Writer {
                     Some(k) => Some(k),
                     None => match self.shared.journal.take_born(&ev.call_id) {
                         Some(rec) => Some(Known { next_seq: 1, rec }),
-                        None => store
-                            .get_call(&ev.account_id, &ev.call_id)
-                            .await?
-                            .map(|rec| Known { next_seq: 0, rec }),
+                        None => match store.read_call_here(&ev.account_id, &ev.call_id) {
+                            Some(read) => read?.map(|(rec, next_seq)| Known { next_seq, rec }),
+                            None => store
+                                .get_call(&ev.account_id, &ev.call_id)
+                                .await?
+                                .map(|rec| Known { next_seq: 0, rec }),
+                        },
                     },
                 };
                 let Some(mut known) = known else {

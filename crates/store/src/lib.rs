@@ -401,6 +401,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn write_call_batch_here(&self, _writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
         None
     }
+    /// A call's record and the sequence number of its next callback
+    /// ([`Store::get_call`] and [`Store::next_callback_seq`]) read on the caller's own thread,
+    /// where the backend is blocking anyway, as [`Store::write_call_batch_here`] writes: for
+    /// the call event journal, which reads an answered call back at its next event. `None`:
+    /// this backend has no such path; use the two async reads.
+    #[allow(clippy::type_complexity)]
+    fn read_call_here(
+        &self,
+        _account_id: &str,
+        _id: &str,
+    ) -> Option<Result<Option<(CallRecord, i64)>, StoreError>> {
+        None
+    }
     /// Calls whose status is not final (after a crash: the calls a previous run left).
     async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
     /// The unfinished calls owned by `node_id` (and, with `with_unowned`, those that record

@@ -542,6 +542,17 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     fn write_call_batch_here(&self, writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
         Some(self.backend.write_call_batch(writes))
     }
+    fn read_call_here(
+        &self,
+        account_id: &str,
+        id: &str,
+    ) -> Option<Result<Option<(CallRecord, i64)>, StoreError>> {
+        let read = || match self.backend.get_call(account_id, id)? {
+            Some(rec) => Ok(Some((rec, self.backend.next_callback_seq(id)?))),
+            None => Ok(None),
+        };
+        Some(read())
+    }
     async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
         self.run(move |s| s.unfinished_calls()).await
     }
