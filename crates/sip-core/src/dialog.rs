@@ -92,6 +92,24 @@ fn call_id_and_tags(m: &impl HeaderAccess) -> Option<(String, String, String)> {
     Some((call_id, to_tag, from_tag))
 }
 
+/// A URI that holds its own text. One parsed from a received message points into that
+/// message's buffer, and would keep the whole datagram alive for as long as the dialog lasts
+/// (hours, for a held call); its own copy is a few dozen bytes.
+fn detached(uri: Uri) -> Uri {
+    let text = Bytes::from(uri.to_string());
+    Uri::parse_in(&text, &text).unwrap_or(uri)
+}
+
+/// A name-addr that holds its own text (see [`detached`]).
+fn detached_name_addr(na: NameAddr) -> NameAddr {
+    let text = Bytes::from(na.to_string());
+    NameAddr::parse_single(&text, &text).unwrap_or(na)
+}
+
+fn detached_routes(routes: Vec<NameAddr>) -> Vec<NameAddr> {
+    routes.into_iter().map(detached_name_addr).collect()
+}
+
 /// A name-addr without its tag, always written with `<>` so that header parameters added
 /// later cannot be read as URI parameters.
 fn without_tag(mut na: NameAddr) -> NameAddr {
@@ -100,12 +118,18 @@ fn without_tag(mut na: NameAddr) -> NameAddr {
     na
 }
 
-fn with_tag(na: &NameAddr, tag: &str) -> String {
-    let mut na = na.clone();
-    if !tag.is_empty() {
-        na.params.set("tag", Some(tag));
+/// A name-addr without tag as the dialog keeps it: its text ([`without_tag`] wrote its
+/// parameters out again, so a tag added later goes last, as `Params::set` would put it).
+fn name_addr_text(na: NameAddr) -> Box<str> {
+    without_tag(na).to_string().into_boxed_str()
+}
+
+fn with_tag(na: &str, tag: &str) -> String {
+    if tag.is_empty() {
+        na.to_owned()
+    } else {
+        format!("{na};tag={tag}")
     }
-    na.to_string()
 }
 
 /// A URI as it may stand in a Request-URI: without the `?headers` part and the `method`
@@ -246,8 +270,10 @@ pub struct Dialog {
     id: DialogId,
     role: Role,
     state: DialogState,
-    local: NameAddr,
-    remote: NameAddr,
+    /// From / To without tag, as text: 16 bytes where a parsed name-addr takes 240 (a live
+    /// call holds two dialogs for hours; `docs/benchmarks.md`, bytes per live call).
+    local: Box<str>,
+    remote: Box<str>,
     local_seq: u32,
     remote_seq: Option<u32>,
     remote_target: Uri,
@@ -287,10 +313,12 @@ impl Dialog {
         {
             return Err(DialogError::NotThisDialog);
         }
-        let remote_target = header(response.contact(), "Contact")?
-            .ok_or(DialogError::MissingContact)?
-            .uri;
-        let mut route_set = header(response.record_routes(), "Record-Route")?;
+        let remote_target = detached(
+            header(response.contact(), "Contact")?
+                .ok_or(DialogError::MissingContact)?
+                .uri,
+        );
+        let mut route_set = detached_routes(header(response.record_routes(), "Record-Route")?);
         route_set.reverse();
         Ok(Dialog {
             id: DialogId {
@@ -304,8 +332,8 @@ impl Dialog {
             } else {
                 DialogState::Early
             },
-            local: without_tag(from),
-            remote: without_tag(to),
+            local: name_addr_text(from),
+            remote: name_addr_text(to),
             local_seq: cseq.seq,
             remote_seq: None,
             remote_target,
@@ -330,10 +358,12 @@ impl Dialog {
         let to = header(invite.to(), "To")?;
         let cseq = header(invite.cseq(), "CSeq")?;
         let call_id = header(invite.call_id(), "Call-ID")?;
-        let remote_target = header(invite.contact(), "Contact")?
-            .ok_or(DialogError::MissingContact)?
-            .uri;
-        let route_set = header(invite.record_routes(), "Record-Route")?;
+        let remote_target = detached(
+            header(invite.contact(), "Contact")?
+                .ok_or(DialogError::MissingContact)?
+                .uri,
+        );
+        let route_set = detached_routes(header(invite.record_routes(), "Record-Route")?);
         Ok(Dialog {
             id: DialogId {
                 call_id: String::from_utf8_lossy(&call_id).into_owned(),
@@ -342,8 +372,8 @@ impl Dialog {
             },
             role: Role::Uas,
             state: DialogState::Early,
-            local: without_tag(to),
-            remote: without_tag(from),
+            local: name_addr_text(to),
+            remote: name_addr_text(from),
             local_seq: 0,
             remote_seq: Some(cseq.seq),
             remote_target,
@@ -365,13 +395,15 @@ impl Dialog {
         self.state
     }
 
-    /// The local URI: the From of a UAC, the To of a UAS, without tag.
-    pub fn local(&self) -> &NameAddr {
+    /// The local URI: the From of a UAC, the To of a UAS, without tag (as written in the
+    /// requests the dialog builds).
+    pub fn local(&self) -> &str {
         &self.local
     }
 
-    /// The remote URI: the To of a UAC, the From of a UAS, without tag.
-    pub fn remote(&self) -> &NameAddr {
+    /// The remote URI: the To of a UAC, the From of a UAS, without tag (as written in the
+    /// requests the dialog builds).
+    pub fn remote(&self) -> &str {
         &self.remote
     }
 
@@ -444,9 +476,9 @@ impl Dialog {
             let target = header(response.contact(), "Contact")?
                 .ok_or(DialogError::MissingContact)?
                 .uri;
-            let mut route_set = header(response.record_routes(), "Record-Route")?;
+            let mut route_set = detached_routes(header(response.record_routes(), "Record-Route")?);
             route_set.reverse();
-            self.remote_target = target;
+            self.remote_target = detached(target);
             self.route_set = route_set;
         }
         self.state = DialogState::Confirmed;
@@ -559,7 +591,7 @@ impl Dialog {
             self.remote_seq = Some(cseq.seq);
         }
         if let Some(target) = target {
-            self.remote_target = target;
+            self.remote_target = detached(target);
         }
         if req.method == Method::Bye {
             self.state = DialogState::Terminated;
@@ -602,7 +634,7 @@ impl Dialog {
         }
         if response.is_success() && is_target_refresh(&cseq.method) {
             if let Some(contact) = header(response.contact(), "Contact")? {
-                self.remote_target = contact.uri;
+                self.remote_target = detached(contact.uri);
             }
         }
         Ok(())
@@ -1348,5 +1380,13 @@ Content-Length: 0
         ] {
             assert!(!is_target_refresh(&m), "{m}");
         }
+    }
+
+    /// A call holds its dialogs for as long as it lasts: From and To are kept as text, not
+    /// as parsed name-addrs (240 bytes each).
+    #[test]
+    fn a_dialog_keeps_from_and_to_as_text() {
+        let size = std::mem::size_of::<Dialog>();
+        assert!(size <= 480, "Dialog is {size} bytes");
     }
 }

@@ -744,6 +744,16 @@ fn now_std() -> std::time::Instant {
     Instant::now().into_std()
 }
 
+/// A table grown for a burst (a load peak's transactions) keeps its room after the burst
+/// unless given back: once it is a quarter full, it is shrunk to twice what it holds. The
+/// rehash is amortised over the removals that led to it.
+fn shrink_after_burst<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    let room = map.capacity();
+    if room > 64 && map.len() < room / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 impl Layer {
     async fn run(
         mut self,
@@ -786,10 +796,13 @@ impl Layer {
         if let Some(e) = self.txs.remove(&id) {
             if let Some(k) = e.client_key {
                 self.client_keys.remove(&k);
+                shrink_after_burst(&mut self.client_keys);
             }
             if let Some(k) = e.server_key {
                 self.server_keys.remove(&k);
+                shrink_after_burst(&mut self.server_keys);
             }
+            shrink_after_burst(&mut self.txs);
         }
     }
 
@@ -1019,6 +1032,11 @@ impl Layer {
                 break;
             }
             self.heap.pop();
+            let room = self.heap.capacity();
+            if room > 64 && self.heap.len() < room / 4 {
+                // As for the tables (`shrink_after_burst`): the deadlines of a peak go.
+                self.heap.shrink_to(self.heap.len() * 2);
+            }
             let Some(e) = self.txs.get_mut(&id) else {
                 self.retransmit_2xx(id, now);
                 continue;
@@ -1090,6 +1108,8 @@ impl Layer {
         };
         if let Some(id) = self.retx_keys.remove(&(call_id.to_bytes(), cseq.seq)) {
             self.retx.remove(&id);
+            shrink_after_burst(&mut self.retx);
+            shrink_after_burst(&mut self.retx_keys);
         }
     }
 
@@ -1105,6 +1125,8 @@ impl Layer {
             let key = r.key.clone();
             self.retx.remove(&id);
             self.retx_keys.remove(&key);
+            shrink_after_burst(&mut self.retx);
+            shrink_after_burst(&mut self.retx_keys);
             return;
         }
         let (flow, data) = (r.flow, r.data.clone());

@@ -51,14 +51,14 @@ fn now() -> std::time::Instant {
 /// when the task ends some other way.
 struct Admission {
     inner: Arc<EngineInner>,
-    call_id: String,
+    spec: Arc<CallSpec>,
     held: bool,
 }
 
 impl Admission {
     fn release(&mut self) {
         if std::mem::take(&mut self.held) {
-            self.inner.forget(&self.call_id);
+            self.inner.forget(&self.spec.call_id);
             self.inner.active.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -79,13 +79,15 @@ pub(crate) async fn run(
     inbox: mpsc::UnboundedSender<Box<Input>>,
     mut rx: mpsc::UnboundedReceiver<Box<Input>>,
 ) {
+    // One copy of the spec, shared with the machine, for as long as the call lasts.
+    let spec = Arc::new(spec);
     let mut admission = Admission {
         inner: Arc::clone(&inner),
-        call_id: spec.call_id.clone(),
+        spec: Arc::clone(&spec),
         held: true,
     };
-    let (call_id, account_id) = (spec.call_id.clone(), spec.account_id.clone());
-    let emit = |kind: CallEventKind| inner.emit(&call_id, &account_id, kind);
+    let call_id = spec.call_id.as_str();
+    let emit = |kind: CallEventKind| inner.emit(call_id, &spec.account_id, kind);
     let session = match allocate(&inner, &spec) {
         Ok(m) => m,
         Err(o) => {
@@ -114,15 +116,17 @@ pub(crate) async fn run(
     let sink: Arc<dyn ClientEvents> = Arc::new(Inbox(inbox));
     // Boxed, as are the futures awaited below: the task's own state stays small (it lives
     // as long as the call; `docs/benchmarks.md`, bytes per live call).
-    let mut machine = Box::new(CallMachine::new(spec.clone(), cfg, relay, now()));
+    let mut machine = Box::new(CallMachine::new(Arc::clone(&spec), cfg, relay, now()));
     let mut keys: HashMap<TxId, ClientKey> = HashMap::new();
     let mut media = Some(session);
     let mut monitors: HashMap<SideId, media::Monitor> = HashMap::new();
     let mut replies: HashMap<u64, Reply> = HashMap::new();
     let mut next_command: u64 = 1;
     loop {
-        while let Some(out) = machine.poll_output() {
-            match out {
+        // Each output out of a box: an `Output` (~340 bytes) bound here would be kept in the
+        // task's state across every await below, for as long as the call lasts.
+        while let Some(out) = machine.poll_output().map(Box::new) {
+            match *out {
                 Output::Lookup(leg) => {
                     let plan = Box::pin(targets::plan(&inner, &spec, leg)).await;
                     machine.handle(Input::Targets(leg, plan), now());
@@ -212,7 +216,7 @@ pub(crate) async fn run(
                         let _ = tx.send(r);
                     }
                 }
-                Output::RouteSideDialog(side, id) => inner.register_side_dialog(id, &call_id, side),
+                Output::RouteSideDialog(side, id) => inner.register_side_dialog(id, call_id, side),
                 Output::LookupTransfer { id, to } => {
                     let plan = Box::pin(targets::refer_plan(&inner, &spec, &to)).await;
                     machine.handle(Input::TransferTargets(id, plan), now());
@@ -228,7 +232,7 @@ pub(crate) async fn run(
                                 id,
                                 leg,
                                 dialog,
-                                to_call: call_id.clone(),
+                                to_call: call_id.to_string(),
                             };
                             match inner.try_send_to(&other, ask) {
                                 Ok(()) => Ok(()),
@@ -249,7 +253,7 @@ pub(crate) async fn run(
                     result,
                 } => {
                     if let Ok(h) = &result {
-                        inner.unroute_dialog(&h.dialog_id(), &call_id);
+                        inner.unroute_dialog(&h.dialog_id(), call_id);
                     }
                     if let Err(back) = inner.try_send_to(&to_call, Input::Joined(id, result)) {
                         if let Input::Joined(_, Ok(h)) = *back {
@@ -258,8 +262,8 @@ pub(crate) async fn run(
                     }
                 }
                 Output::Event(kind) => emit(kind),
-                Output::RouteCallId(leg, id) => inner.register_sip_call_id(&id, &call_id, leg),
-                Output::RouteDialog(leg, id) => inner.register_dialog(id, &call_id, leg),
+                Output::RouteCallId(leg, id) => inner.register_sip_call_id(&id, call_id, leg),
+                Output::RouteDialog(leg, id) => inner.register_dialog(id, call_id, leg),
                 Output::End(o) => {
                     monitors.clear();
                     let recording = media.as_mut().and_then(|m| m.take_recording());
@@ -288,31 +292,46 @@ pub(crate) async fn run(
             return;
         }
         let deadline = machine.poll_timeout();
-        tokio::select! {
-            input = rx.recv() => match input.map(|b| *b) {
-                Some(Input::Control(cmd, reply)) => {
-                    match Box::pin(command(&inner, &spec, cmd)).await {
-                        Ok(cmd) => {
-                            let id = next_command;
-                            next_command += 1;
-                            replies.insert(id, reply);
-                            machine.handle(Input::Command(id, cmd), now());
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
+        // What woke the task, taken out of the `select!` before it is handled: the futures
+        // raced and the input are not kept in the task's state across the awaits below.
+        let woke = tokio::select! {
+            input = rx.recv() => Some(input),
+            _ = sleep_until(deadline) => None,
+        };
+        let input = match woke {
+            None => {
+                machine.handle_timeout(now());
+                continue;
+            }
+            // Every sender is gone (the engine stopped): end as a shutdown would.
+            Some(None) => {
+                machine.handle(Input::Shutdown, now());
+                continue;
+            }
+            Some(Some(input)) => input,
+        };
+        match *input {
+            Input::Control(cmd, reply) => match Box::pin(command(&inner, &spec, cmd)).await {
+                Ok(cmd) => {
+                    let id = next_command;
+                    next_command += 1;
+                    replies.insert(id, reply);
+                    machine.handle(Input::Command(id, cmd), now());
                 }
-                Some(input) => {
-                    if let Input::TxEnded(tx) = &input {
-                        keys.remove(tx);
-                    }
-                    machine.handle(input, now());
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                 }
-                // Every sender is gone (the engine stopped): end as a shutdown would.
-                None => machine.handle(Input::Shutdown, now()),
             },
-            _ = sleep_until(deadline) => machine.handle_timeout(now()),
+            input => {
+                if let Input::TxEnded(tx) = &input {
+                    keys.remove(tx);
+                    if keys.is_empty() {
+                        // A held call has no transaction for hours: its table goes.
+                        keys.shrink_to_fit();
+                    }
+                }
+                machine.handle(input, now());
+            }
         }
     }
 }
@@ -497,4 +516,20 @@ fn close(inner: &EngineInner, media: Option<MediaSession>) -> serde_json::Value 
         inner.hijack_dropped.fetch_add(hijack, Ordering::Relaxed);
     }
     sdp_glue::stats_json(&st)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The task of a call lives as long as the call: its state is what is held across its
+    /// awaits. An output is handled out of a box (not an `Output` of ~340 bytes held over
+    /// every await of the loop) and the input that woke the task is taken out of the
+    /// `select!` first (measured 2,120 bytes before, 1,392 after, in the test profile).
+    #[test]
+    fn the_call_task_state_stays_small() {
+        fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = future_size(super::run);
+        assert!(size <= 1600, "the call task's future is {size} bytes");
+    }
 }

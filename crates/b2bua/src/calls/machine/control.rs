@@ -742,7 +742,7 @@ impl CallMachine {
             dest: leg.dest,
         });
         let _ = leg.dialog.receive_response(&resp);
-        leg.remote_sdp = resp.body.clone();
+        leg.remote_sdp = own_sdp(&resp.body);
         leg.outgoing = None;
         let SideKind::Transfer {
             replaces,
@@ -1167,7 +1167,7 @@ impl CallMachine {
             dialog,
             dest,
             local_sdp: s.offer.clone(),
-            remote_sdp: resp.body.clone(),
+            remote_sdp: own_sdp(&resp.body),
             origin: s.origin.clone(),
             refresh_at: None,
             expires_at: None,
@@ -1358,7 +1358,7 @@ impl CallMachine {
             }
             Method::Invite | Method::Update => {
                 if !inc.request.body.is_empty() {
-                    l.remote_sdp = inc.request.body.clone();
+                    l.remote_sdp = own_sdp(&inc.request.body);
                     l.local_sdp =
                         sdp_glue::mirror_direction(&inc.request.body, &l.local_sdp, &mut l.origin);
                     self.out.push_back(Output::Media(MediaOp::MonitorPeer(

@@ -167,7 +167,7 @@ impl CallMachine {
             return;
         };
         if !inc.request.body.is_empty() {
-            l.remote_sdp = inc.request.body.clone();
+            l.remote_sdp = own_sdp(&inc.request.body);
             l.local_sdp =
                 sdp_glue::mirror_direction(&inc.request.body, &l.local_sdp, &mut l.origin);
         }
@@ -288,7 +288,7 @@ impl CallMachine {
             if let Some(op) = sdes_change(leg, &l.local_sdp, &l.remote_sdp, &resp.body) {
                 self.out.push_back(Output::Media(op));
             }
-            l.remote_sdp = resp.body.clone();
+            l.remote_sdp = own_sdp(&resp.body);
             self.out
                 .push_back(Output::Media(MediaOp::SetPeer(leg, resp.body.clone())));
         }
@@ -316,7 +316,7 @@ impl CallMachine {
             );
             let rekey = sdes_change(from, &f.local_sdp, &f.remote_sdp, &inc.request.body);
             f.local_sdp = answer.clone();
-            f.remote_sdp = inc.request.body.clone();
+            f.remote_sdp = own_sdp(&inc.request.body);
             if let Some(op) = rekey {
                 self.out.push_back(Output::Media(op));
             }

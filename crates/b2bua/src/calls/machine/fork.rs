@@ -556,7 +556,7 @@ impl CallMachine {
                 (None, Some(w)) => sdp_glue::webrtc_offer(&f.offer, w),
                 (None, None) => f.offer,
             },
-            remote_sdp: resp.body.clone(),
+            remote_sdp: own_sdp(&resp.body),
             origin: f.origin,
             refresh_at,
             expires_at,

@@ -287,7 +287,7 @@ impl CallMachine {
             dialog,
             dest,
             local_sdp: sdp,
-            remote_sdp: offer,
+            remote_sdp: own_sdp(&offer),
             origin,
             refresh_at: None,
             expires_at,
@@ -360,7 +360,7 @@ impl CallMachine {
         self.sip_event(leg, "received", "ACK".into(), &cid);
         if late_offer && !body.is_empty() {
             if let Some(l) = self.legs[ix(leg)].as_mut() {
-                l.remote_sdp = body.clone();
+                l.remote_sdp = own_sdp(&body);
             }
             self.out
                 .push_back(Output::Media(MediaOp::SetPeer(leg, body)));

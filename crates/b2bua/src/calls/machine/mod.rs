@@ -389,7 +389,8 @@ enum Phase {
 
 /// One click-to-call. See the module documentation.
 pub(crate) struct CallMachine {
-    spec: CallSpec,
+    /// Shared with the driver.
+    spec: std::sync::Arc<CallSpec>,
     cfg: MachineConfig,
     relay: [SocketAddr; 2],
     phase: Phase,
@@ -475,6 +476,12 @@ fn status_line(r: &Response) -> String {
     format!("{} {}", r.status, String::from_utf8_lossy(&r.reason))
 }
 
+/// The SDP a peer sent, in a buffer of its own: the message it came in (the whole datagram)
+/// is not kept for as long as the leg lasts.
+fn own_sdp(body: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(body)
+}
+
 fn cseq_of(m: &impl HeaderAccess) -> u32 {
     m.cseq().map(|c| c.seq).unwrap_or(1)
 }
@@ -485,13 +492,13 @@ impl CallMachine {
     /// A call whose relay session has these advertised addresses (agent leg, customer leg).
     /// Its first output asks for the agent's targets.
     pub(crate) fn new(
-        spec: CallSpec,
+        spec: impl Into<std::sync::Arc<CallSpec>>,
         cfg: MachineConfig,
         relay: [SocketAddr; 2],
         now: Instant,
     ) -> CallMachine {
         let mut m = CallMachine {
-            spec,
+            spec: spec.into(),
             cfg,
             relay,
             phase: Phase::Lookup(Leg::Agent),
@@ -526,7 +533,13 @@ impl CallMachine {
 
     /// The next thing to do, if any.
     pub(crate) fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        let next = self.out.pop_front();
+        if next.is_none() && self.out.capacity() > 0 && self.roles.is_empty() {
+            // Nothing in flight: the queue's room (a burst of outputs, ~340 bytes each) is
+            // given back rather than kept for as long as the call is held.
+            self.out = VecDeque::new();
+        }
+        next
     }
 
     /// When [`CallMachine::handle_timeout`] must be called next.

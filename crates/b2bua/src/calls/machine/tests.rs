@@ -2505,3 +2505,35 @@ fn a_browser_that_calls_gets_a_webrtc_answer_and_the_other_side_a_plain_offer() 
         assert!(body.contains(want), "{want} missing from {body}");
     }
 }
+
+/// A held call lasts hours: once its transactions have ended, the INVITEs of its forks (kept
+/// whole, with their targets, while a late answer may still come), its table of transactions
+/// and its output queue's room are given back; the call goes on from its dialogs alone.
+#[test]
+fn a_held_call_keeps_only_its_dialogs_once_its_transactions_end() {
+    let mut r = Rig::new();
+    let (agent_inv, cinv) = connected(&mut r, |x| x);
+    assert_eq!(r.m.branches.len(), 3, "two devices and the carrier rung");
+    // The re-INVITE's transaction first, then the forks' INVITEs.
+    let mut txs: Vec<TxId> = r.m.roles.keys().copied().collect();
+    txs.sort_by_key(|tx| matches!(r.m.roles.get(tx), Some(Role::Branch(_))));
+    assert_eq!(txs.len(), 4);
+    for tx in &txs[..txs.len() - 1] {
+        r.feed(Input::TxEnded(*tx));
+        assert!(!r.m.branches.is_empty(), "an INVITE is still pending");
+    }
+    r.feed(Input::TxEnded(txs[txs.len() - 1]));
+    assert!(r.m.branches.is_empty(), "the forks' INVITEs are given back");
+    assert_eq!(r.m.roles.capacity(), 0);
+    assert_eq!(r.m.out.capacity(), 0);
+    assert!(r.take().is_empty());
+    // A late retransmission of the agent's 2xx is ACKed from the dialog.
+    let again = reply(&agent_inv, 200, "desk", Some(AGENT_SDP));
+    r.feed(Input::Stray(Box::new(again)));
+    assert_eq!(acks(&r.take()), 1);
+    // The call goes on: the customer hangs up, the agent gets a BYE, the call completes.
+    r.request(in_dialog(&cinv, "carrier", "BYE", 2, None), Leg::Customer);
+    let out = r.take();
+    assert_eq!(answers(&out), vec![200]);
+    assert_eq!(sent_methods(&out), vec!["BYE".to_string()]);
+}
