@@ -284,7 +284,7 @@ impl SipServer {
                 let registrar = Arc::clone(&self.registrar);
                 let endpoint = self.endpoint.clone();
                 let budget = self.budget_for(inc.flow.remote.ip());
-                tokio::spawn(async move {
+                run_here_or_spawn(async move {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs())
@@ -312,6 +312,20 @@ impl SipServer {
             Method::Extension(_) => self.reply(&inc, 501, &[(HeaderName::Allow, ALLOW.into())]),
             _ => self.reply(&inc, 405, &[(HeaderName::Allow, ALLOW.into())]),
         }
+    }
+}
+
+/// Runs `task` on this thread until it first waits, and hands it to the runtime only then.
+/// Most REGISTERs (a challenge, a refresh of a device whose bindings the registrar keeps)
+/// wait for nothing: they are answered here, without a task of their own and the wake-up of
+/// another worker thread that spawning one costs; one that waits (a store call, the delay
+/// after a failed attempt) goes on as a task. A future polled again with another waker
+/// registers that one (the `Future` contract), so the task is woken as usual.
+fn run_here_or_spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let mut task = Box::pin(task);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if std::future::Future::poll(task.as_mut(), &mut cx).is_pending() {
+        tokio::spawn(task);
     }
 }
 

@@ -415,6 +415,14 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     async fn flush_refreshes(&self) -> Result<usize, StoreError> {
         self.run(move |s| s.flush_refreshes()).await
     }
+    fn refresh_binding_here(&self, binding: &Binding) -> Option<Result<(), StoreError>> {
+        self.backend
+            .refreshes_in_memory()
+            .then(|| self.backend.refresh_binding(binding))
+    }
+    fn shared(&self) -> bool {
+        false
+    }
     async fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError> {
         self.run(move |s| s.sweep_expired(now)).await
     }
