@@ -53,7 +53,7 @@ impl<B: BlockingStore> std::fmt::Debug for StoreThreads<B> {
 }
 
 /// Store threads for SQLite: its one writer serialises writes anyway, and a second thread
-/// lets reads and in-memory binding refreshes go on while one call waits on the disk.
+/// lets reads go on while one call waits on the disk.
 pub const DEFAULT_THREADS: usize = 2;
 
 /// Jobs that may wait for a store thread before callers wait to queue more.
