@@ -40,7 +40,7 @@ impl Seen {
     };
 
     /// Whether the bindings came from memory.
-    pub(crate) fn from_memory(&self) -> bool {
+    pub(crate) fn was_kept(&self) -> bool {
         self.trusted.is_some()
     }
 }
@@ -233,7 +233,7 @@ mod tests {
     fn a_settled_entry_is_served_until_its_lifetime_or_a_provisioning_change() {
         let mut v = BindingViews::new(Duration::from_secs(30), 10);
         let (none, seen) = v.get("alice-desk", 1000, 7);
-        assert!(none.is_none() && !seen.from_memory());
+        assert!(none.is_none() && !seen.was_kept());
         v.settle(
             "alice-desk",
             seen,
@@ -243,7 +243,7 @@ mod tests {
         );
         let (b, seen) = v.get("alice-desk", 1029, 7);
         assert_eq!(b.unwrap()[0].contact, "sip:a@x");
-        assert!(seen.from_memory());
+        assert!(seen.was_kept());
         // Past the lifetime since the store was read: read again.
         assert!(v.get("alice-desk", 1030, 7).0.is_none());
         let (_, seen) = v.get("alice-desk", 1030, 7);

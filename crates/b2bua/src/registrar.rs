@@ -742,7 +742,7 @@ impl Registrar {
         match contacts {
             None => {
                 // A query: the bindings as read, kept in memory when they came from the store.
-                if !seen.from_memory() {
+                if !seen.was_kept() {
                     if let Ok(mut v) = self.views.lock() {
                         v.settle(username, seen, Arc::clone(&existing), now, generation);
                     }
