@@ -13,7 +13,8 @@
 //!   an INVITE we received (inbound calls); agent confirm and recording ride on the relay's
 //!   prompts, DTMF reports and recorder; [`calls::recordings`] keeps the retention.
 //! - [`capabilities`]: the Allow / Supported / Accept this server states.
-//! - [`registrar`]: REGISTER with digest auth, bindings in the store, brute-force guard.
+//! - [`registrar`]: REGISTER with digest auth, bindings in the store (and, for a store of
+//!   this node alone, in memory: `binding_view`), brute-force guard.
 //! - [`dialplan`]: dial strings (E.164, national, international prefix, extensions, emergency)
 //!   and what an account may dial (countries, number types, prefixes).
 //! - [`numbering`]: validity, region and type of a number from libphonenumber's metadata.
@@ -24,6 +25,7 @@
 //! hickory-resolver makes the DNS queries of [`trunks::resolve`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod binding_view;
 pub mod calls;
 pub mod capabilities;
 pub mod dialplan;

@@ -28,6 +28,15 @@
 //! ([`store::Store::provisioning_generation`]): a refresh costs no credential read, and a
 //! changed or deleted device is seen at its next REGISTER. A change made by another node
 //! sharing the store is seen within [`CREDENTIALS_TTL`].
+//!
+//! A device's bindings are kept in memory too, as this registrar last read or wrote them
+//! ([`crate::binding_view`]), when the store is this node's alone (SQLite): a refresh (the
+//! same contact from the same place, with a new expiry) reads nothing and waits for no store
+//! call — the store keeps the refresh in memory and writes it with the others within half a
+//! second. A new, changed or removed contact is written to the store before the `200`, and
+//! the bindings are read back. On a store that other nodes write (PostgreSQL) nothing is
+//! kept: the edge may hand a phone's next REGISTER to another node, and a node's memory
+//! would then answer with bindings that are no longer so and judge CSeq order on them.
 
 use sip_core::auth::{
     parse_authorization, Algorithm, Authorization, Credentials, DigestServer, DigestServerConfig,
@@ -44,10 +53,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::{Binding, Device, Store};
 
+use crate::binding_view::{BindingViews, Seen};
+
 /// How long a device's credentials read from the store are trusted at most.
 pub const CREDENTIALS_TTL: Duration = Duration::from_secs(30);
-/// Devices whose credentials are kept at most (the cache starts over past it).
+/// Devices whose credentials are kept at most (the cache starts over past it); the same
+/// bound holds for the devices whose bindings are kept.
 const CREDENTIALS_CAPACITY: usize = 100_000;
+/// How long the bindings of a device read from a store of this node alone (SQLite) are
+/// trusted at most since that read (see [`crate::binding_view`]).
+pub const BINDINGS_TTL: Duration = Duration::from_secs(30);
 
 /// Registrar settings.
 #[derive(Debug, Clone)]
@@ -224,6 +239,8 @@ pub struct Registrar {
     sources: Mutex<HashMap<IpAddr, u64>>,
     /// Device username -> its credentials as last read.
     credentials: store::cache::ReadCache<String, Option<Device>>,
+    /// Device username -> its bindings as last read or written (`crate::binding_view`).
+    views: Mutex<BindingViews>,
     pub stats: RegistrarStats,
 }
 
@@ -267,12 +284,21 @@ impl Registrar {
         Ok(Registrar {
             guard: Mutex::new(AuthGuard::new(cfg.guard)),
             cfg,
-            store,
             digest: Mutex::new(digest),
             conns: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
             credentials: store::cache::ReadCache::new(CREDENTIALS_TTL, CREDENTIALS_CAPACITY),
+            // Another node may write the bindings of a shared store: none are kept then.
+            views: Mutex::new(BindingViews::new(
+                if store.shared() {
+                    Duration::ZERO
+                } else {
+                    BINDINGS_TTL
+                },
+                CREDENTIALS_CAPACITY,
+            )),
             stats: RegistrarStats::default(),
+            store,
         })
     }
 
@@ -572,28 +598,16 @@ impl Registrar {
         if aor_user.as_deref() != Some(device.username.as_str()) {
             return quick(Self::reply(req, 403).with_reason("To does not match the credentials"));
         }
-        // 3. Contacts.
-        match self.update_bindings(req, flow, &device, now).await {
-            Ok(()) => {}
-            Err(resp) => return quick(resp),
-        }
-        // 4. The current bindings.
-        let bindings = match self
-            .store
-            .bindings_for_device(&device.username, now as i64)
-            .await
-        {
+        // 3. Contacts; 4. the bindings as they stand then.
+        let bindings = match self.update_bindings(req, flow, &device, now).await {
             Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "store lookup failed");
-                return quick(Self::store_failed(req, &e));
-            }
+            Err(resp) => return quick(resp),
         };
         if let Some(last) = bindings.iter().map(|b| b.expires_at).max() {
             self.note_source(source, last.max(0) as u64, now);
         }
         let mut resp = Self::reply(req, 200);
-        for b in &bindings {
+        for b in bindings.iter() {
             let left = (b.expires_at - now as i64).max(0);
             let mut v = format!("<{}>;expires={left}", b.contact);
             if let Some(q) = b.q {
@@ -641,6 +655,65 @@ impl Registrar {
             .unwrap_or(false)
     }
 
+    /// The unexpired bindings of `device` at `now`: from memory when the view of them is
+    /// trusted, else read from the store (then with the provisioning generation read before).
+    async fn current_bindings(
+        &self,
+        device: &str,
+        now: u64,
+    ) -> Result<(Arc<Vec<Binding>>, Seen, u64), store::StoreError> {
+        let generation = self.store.provisioning_generation();
+        let (kept, seen) = match self.views.lock() {
+            Ok(mut v) => v.get(device, now, generation),
+            Err(_) => (None, Seen::NOTHING),
+        };
+        if let Some(kept) = kept {
+            return Ok((kept, seen, generation));
+        }
+        let read = self.store.bindings_for_device(device, now as i64).await?;
+        Ok((Arc::new(read), seen, generation))
+    }
+
+    /// Reads `device`'s bindings back from the store after a write and keeps them in memory
+    /// when nothing else changed them meanwhile (`seen`: from [`BindingViews::untrust`]).
+    async fn read_back(
+        &self,
+        req: &Request,
+        device: &str,
+        seen: Seen,
+        now: u64,
+    ) -> Result<Arc<Vec<Binding>>, Response> {
+        let generation = self.store.provisioning_generation();
+        let read = match self.store.bindings_for_device(device, now as i64).await {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                tracing::error!(error = %e, "store lookup failed");
+                return Err(Self::store_failed(req, &e));
+            }
+        };
+        if let Ok(mut v) = self.views.lock() {
+            v.settle(device, seen, Arc::clone(&read), now, generation);
+        }
+        Ok(read)
+    }
+
+    /// Marks the view of `device`'s bindings untrusted before a write of them.
+    fn untrust(&self, device: &str) -> Seen {
+        match self.views.lock() {
+            Ok(mut v) => v.untrust(device),
+            Err(_) => Seen::NOTHING,
+        }
+    }
+
+    /// Applies the REGISTER's contacts (RFC 3261 §10.3 steps 6-8) and returns the device's
+    /// bindings as they stand then.
+    ///
+    /// Where each change goes: when every contact is a refresh of a binding as it stands and
+    /// the store keeps refreshes in memory (SQLite), they are handed to it on this thread and
+    /// kept in the registrar's view, with no store call to wait for (the store writes them
+    /// within half a second). Anything else — a new, changed or removed contact, `*`, a store
+    /// that writes refreshes at once — is written to the store before the answer and the
+    /// bindings are read back.
     // The error is the response to send, built once per refused REGISTER: boxing it would
     // only add an allocation.
     #[allow(clippy::result_large_err)]
@@ -650,7 +723,7 @@ impl Registrar {
         flow: &Flow,
         device: &store::Device,
         now: u64,
-    ) -> Result<(), Response> {
+    ) -> Result<Arc<Vec<Binding>>, Response> {
         let header_expires = req.expires().map_err(|_| Self::reply(req, 400))?;
         let call_id = req.call_id_str();
         let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
@@ -658,13 +731,24 @@ impl Registrar {
             Ok(c) => c,
             Err(_) => return Err(Self::reply(req, 400).with_reason("Bad Contact")),
         };
-        let existing = self
-            .store
-            .bindings_for_device(&device.username, now as i64)
+        let (existing, seen, generation) = self
+            .current_bindings(&device.username, now)
             .await
-            .map_err(|e| Self::store_failed(req, &e))?;
+            .map_err(|e| {
+                tracing::error!(error = %e, "store lookup failed");
+                Self::store_failed(req, &e)
+            })?;
+        let username = &device.username;
         match contacts {
-            None => Ok(()), // a query
+            None => {
+                // A query: the bindings as read, kept in memory when they came from the store.
+                if !seen.was_kept() {
+                    if let Ok(mut v) = self.views.lock() {
+                        v.settle(username, seen, Arc::clone(&existing), now, generation);
+                    }
+                }
+                Ok(existing)
+            }
             Some(ContactValue::Wildcard) => {
                 if header_expires != Some(0) || req.headers.count(&HeaderName::Contact) > 1 {
                     return Err(Self::reply(req, 400).with_reason("Contact * needs Expires: 0"));
@@ -676,14 +760,15 @@ impl Registrar {
                 {
                     return Err(Self::reply(req, 400).with_reason("Out of order CSeq"));
                 }
+                let write = self.untrust(username);
                 self.store
-                    .remove_all_bindings(&device.username)
+                    .remove_all_bindings(username)
                     .await
                     .map_err(|e| Self::store_failed(req, &e))?;
                 if let Ok(mut c) = self.conns.lock() {
-                    c.retain(|(d, _), _| d != &device.username);
+                    c.retain(|(d, _), _| d != username);
                 }
-                Ok(())
+                self.read_back(req, username, write, now).await
             }
             Some(ContactValue::Addrs(addrs)) => {
                 // RFC 3327: the Path of an edge proxy that relayed the REGISTER is kept with
@@ -693,7 +778,7 @@ impl Registrar {
                     Err(_) => return Err(Self::reply(req, 400).with_reason("Bad Path")),
                 };
                 // Check everything first: the request is applied whole or not at all.
-                let mut plan = Vec::new();
+                let mut plan = Vec::with_capacity(addrs.len());
                 for a in &addrs {
                     let exp = match a.params.get("expires") {
                         Some(Some(v)) => std::str::from_utf8(v)
@@ -718,21 +803,25 @@ impl Registrar {
                     }
                     plan.push((a, contact, exp));
                 }
+                let user_agent = req.header_str(&HeaderName::UserAgent);
+                let (source, transport, local) = (
+                    flow.remote.to_string(),
+                    flow.transport.to_string(),
+                    flow.local.to_string(),
+                );
+                let mut changes = Vec::with_capacity(plan.len());
                 for (a, contact, exp) in plan {
                     if exp == 0 {
-                        let _ = self.store.remove_binding(&device.username, &contact).await;
-                        if let Ok(mut c) = self.conns.lock() {
-                            c.remove(&(device.username.clone(), contact.clone()));
-                        }
+                        changes.push(Change::Remove(contact));
                         continue;
                     }
                     let binding = Binding {
-                        device_username: device.username.clone(),
+                        device_username: username.clone(),
                         user_id: device.user_id.clone(),
-                        contact: contact.clone(),
-                        source: flow.remote.to_string(),
-                        transport: flow.transport.to_string(),
-                        local: flow.local.to_string(),
+                        contact,
+                        source: source.clone(),
+                        transport: transport.clone(),
+                        local: local.clone(),
                         expires_at: (now + exp) as i64,
                         q: a.params
                             .get_str("q")
@@ -745,39 +834,169 @@ impl Registrar {
                             .get_str("+sip.instance")
                             .map(|i| i.trim_matches('"').to_string()),
                         reg_id: a.params.get_str("reg-id").and_then(|r| r.parse().ok()),
-                        user_agent: req.header_str(&HeaderName::UserAgent),
+                        user_agent: user_agent.clone(),
                         updated_at: now as i64,
                         path: path.clone(),
                     };
                     // A refresh of a binding as it stands (only its expiry, CSeq, Call-ID or
                     // time changed) is written with others within half a second; a new or
                     // changed contact is durable before the answer.
-                    let refresh = existing.iter().any(|old| {
-                        let mut o = old.clone();
-                        o.expires_at = binding.expires_at;
-                        o.cseq = binding.cseq;
-                        o.call_id.clone_from(&binding.call_id);
-                        o.updated_at = binding.updated_at;
-                        o.user_id.clone_from(&binding.user_id);
-                        o == binding
-                    });
-                    let stored = if refresh {
-                        self.store.refresh_binding(&binding).await
+                    if existing.iter().any(|old| is_refresh_of(old, &binding)) {
+                        changes.push(Change::Refresh(binding));
                     } else {
-                        self.store.upsert_binding(&binding).await
+                        changes.push(Change::Write(binding));
+                    }
+                }
+                if let Some(kept) =
+                    self.refresh_here(req, flow, &existing, seen, &changes, now, generation)?
+                {
+                    return Ok(kept);
+                }
+                let write = self.untrust(username);
+                for change in changes {
+                    let (contact, stored) = match change {
+                        Change::Remove(contact) => {
+                            let r = self.store.remove_binding(username, &contact).await;
+                            if let Ok(mut c) = self.conns.lock() {
+                                c.remove(&(username.clone(), contact));
+                            }
+                            (None, r.map(|_| ()))
+                        }
+                        Change::Refresh(b) => (
+                            Some(b.contact.clone()),
+                            self.store.refresh_binding(&b).await,
+                        ),
+                        Change::Write(b) => {
+                            (Some(b.contact.clone()), self.store.upsert_binding(&b).await)
+                        }
                     };
                     if let Err(e) = stored {
                         tracing::error!(error = %e, "cannot store binding");
                         return Err(Self::store_failed(req, &e));
                     }
-                    if let (Some(id), Ok(mut c)) = (flow.conn, self.conns.lock()) {
-                        c.insert((device.username.clone(), contact), id);
+                    if let (Some(contact), Some(id), Ok(mut c)) =
+                        (contact, flow.conn, self.conns.lock())
+                    {
+                        c.insert((username.clone(), contact), id);
                     }
                 }
-                Ok(())
+                self.read_back(req, username, write, now).await
             }
         }
     }
+
+    /// When every change is a refresh and the store takes refreshes on this thread: hands
+    /// them to it, keeps the result in the view (when nothing changed it since `seen`) and
+    /// returns the bindings as they stand. `Ok(None)`: the changes go the way of writes.
+    #[allow(clippy::result_large_err, clippy::too_many_arguments)]
+    fn refresh_here(
+        &self,
+        req: &Request,
+        flow: &Flow,
+        existing: &[Binding],
+        seen: Seen,
+        changes: &[Change],
+        now: u64,
+        generation: u64,
+    ) -> Result<Option<Arc<Vec<Binding>>>, Response> {
+        let refreshes: Vec<&Binding> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Refresh(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        let (Some(first), true) = (refreshes.first(), refreshes.len() == changes.len()) else {
+            return Ok(None);
+        };
+        let Ok(mut views) = self.views.lock() else {
+            return Ok(None);
+        };
+        // The store's memory and the view change together, under the view's lock.
+        match self.store.refresh_binding_here(first) {
+            None => return Ok(None),
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot store binding");
+                views.untrust(&first.device_username);
+                return Err(Self::store_failed(req, &e));
+            }
+        }
+        for b in &refreshes[1..] {
+            if let Some(Err(e)) = self.store.refresh_binding_here(b) {
+                tracing::error!(error = %e, "cannot store binding");
+                views.untrust(&first.device_username);
+                return Err(Self::store_failed(req, &e));
+            }
+        }
+        let now_bindings: Vec<Binding> = existing
+            .iter()
+            .map(|old| {
+                refreshes
+                    .iter()
+                    .find(|b| b.contact == old.contact)
+                    .map_or_else(|| old.clone(), |b| (*b).clone())
+            })
+            .collect();
+        let now_bindings = Arc::new(now_bindings);
+        views.settle(
+            &first.device_username,
+            seen,
+            Arc::clone(&now_bindings),
+            now,
+            generation,
+        );
+        drop(views);
+        if let (Some(id), Ok(mut c)) = (flow.conn, self.conns.lock()) {
+            for b in &refreshes {
+                c.insert((b.device_username.clone(), b.contact.clone()), id);
+            }
+        }
+        Ok(Some(now_bindings))
+    }
+}
+
+/// One contact's change, decided before any is made.
+enum Change {
+    /// `expires=0`: the binding of this contact goes.
+    Remove(String),
+    /// The binding as it stands with a new expiry (CSeq, Call-ID): written within half a
+    /// second.
+    Refresh(Binding),
+    /// A new or changed binding: written before the answer.
+    Write(Binding),
+}
+
+/// Whether `new` is `old` refreshed: the same binding but for its expiry, CSeq, Call-ID and
+/// time (and the owner, which is read back from the device).
+fn is_refresh_of(old: &Binding, new: &Binding) -> bool {
+    let Binding {
+        device_username,
+        user_id: _,
+        contact,
+        source,
+        transport,
+        local,
+        expires_at: _,
+        q,
+        call_id: _,
+        cseq: _,
+        instance,
+        reg_id,
+        user_agent,
+        updated_at: _,
+        path,
+    } = old;
+    *device_username == new.device_username
+        && *contact == new.contact
+        && *source == new.source
+        && *transport == new.transport
+        && *local == new.local
+        && *q == new.q
+        && *instance == new.instance
+        && *reg_id == new.reg_id
+        && *user_agent == new.user_agent
+        && *path == new.path
 }
 
 /// Whether `tag` is in the request's Supported or Require option tags.
@@ -1509,6 +1728,255 @@ mod tests {
             (d.addr, d.conn),
             ("203.0.113.9:40001".parse().unwrap(), Some(7))
         );
+    }
+
+    /// A registrar on an SQLite file, and a second connection to the file that sees only
+    /// what is written to it (none of the refreshes the first keeps in memory).
+    struct OnFile {
+        reg: Registrar,
+        disk: store::SqliteStore,
+        path: std::path::PathBuf,
+    }
+
+    impl OnFile {
+        fn new(name: &str) -> OnFile {
+            use store::BlockingStore;
+            let path = std::env::temp_dir().join(format!(
+                "dialbridge-registrar-{name}-{}.db",
+                std::process::id()
+            ));
+            OnFile::remove(&path);
+            let s = store::SqliteStore::open_path(&path).unwrap();
+            s.apply_provisioning(&toml_like(), REALM).unwrap();
+            let store: Arc<dyn Store> = Arc::new(store::StoreThreads::new(s, 1).unwrap());
+            OnFile {
+                reg: Registrar::new(RegistrarConfig::default(), store).unwrap(),
+                disk: store::SqliteStore::open_path(&path).unwrap(),
+                path,
+            }
+        }
+
+        fn remove(path: &std::path::Path) {
+            for ext in ["", "-wal", "-shm"] {
+                let mut p = path.as_os_str().to_owned();
+                p.push(ext);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+
+        /// Expiry (unix seconds) of each binding of alice-desk as written to the file.
+        fn on_disk(&self, now: u64) -> Vec<(String, i64)> {
+            use store::BlockingStore;
+            self.disk
+                .bindings_for_device("alice-desk", now as i64)
+                .unwrap()
+                .into_iter()
+                .map(|b| (b.contact, b.expires_at))
+                .collect()
+        }
+    }
+
+    fn contact_expires(d: &Decision) -> Vec<String> {
+        d.response
+            .headers
+            .get_all(&HeaderName::Contact)
+            .map(|v| v.to_str().into_owned())
+            .collect()
+    }
+
+    /// A new contact is on disk when its 200 is sent; a refresh is answered at once, kept
+    /// in memory, and on disk after the next flush (the server flushes twice a second).
+    #[tokio::test]
+    async fn a_new_contact_is_written_before_the_200_and_a_refresh_at_the_next_flush() {
+        let f = OnFile::new("durable");
+        let now = 1_700_000_000;
+        let d = authed(
+            &f.reg,
+            1,
+            "<sip:alice@192.0.2.10:5060>",
+            Some(600),
+            "s3cret-desk",
+            now,
+        )
+        .await;
+        assert_eq!(d.response.status, 200);
+        let contact = "sip:alice@192.0.2.10:5060".to_owned();
+        assert_eq!(f.on_disk(now), [(contact.clone(), (now + 600) as i64)]);
+
+        let later = now + 100;
+        let d = authed(
+            &f.reg,
+            3,
+            "<sip:alice@192.0.2.10:5060>",
+            Some(1200),
+            "s3cret-desk",
+            later,
+        )
+        .await;
+        assert_eq!(d.response.status, 200);
+        assert_eq!(contact_expires(&d), [format!("<{contact}>;expires=1200")]);
+        // Readers of the store see the refresh; the file gets it at the flush.
+        let seen = f
+            .reg
+            .store
+            .bindings_for_device("alice-desk", later as i64)
+            .await
+            .unwrap();
+        assert_eq!(seen[0].expires_at, (later + 1200) as i64);
+        assert_eq!(f.on_disk(later), [(contact.clone(), (now + 600) as i64)]);
+        assert_eq!(f.reg.store.flush_refreshes().await.unwrap(), 1);
+        assert_eq!(f.on_disk(later), [(contact.clone(), (later + 1200) as i64)]);
+
+        // A second contact and the removal of the first are on disk before their 200s.
+        let d = authed(
+            &f.reg,
+            5,
+            "<sip:alice@192.0.2.10:5070>",
+            Some(600),
+            "s3cret-desk",
+            later,
+        )
+        .await;
+        assert_eq!(d.response.status, 200);
+        assert_eq!(contact_expires(&d).len(), 2);
+        assert_eq!(f.on_disk(later).len(), 2);
+        let d = authed(
+            &f.reg,
+            7,
+            "<sip:alice@192.0.2.10:5060>",
+            Some(0),
+            "s3cret-desk",
+            later,
+        )
+        .await;
+        assert_eq!(d.response.status, 200);
+        assert_eq!(
+            contact_expires(&d),
+            ["<sip:alice@192.0.2.10:5070>;expires=600"]
+        );
+        assert_eq!(
+            f.on_disk(later),
+            [("sip:alice@192.0.2.10:5070".to_owned(), (later + 600) as i64)]
+        );
+        drop(f.reg);
+        OnFile::remove(&f.path);
+    }
+
+    /// A process that dies with refreshes in memory loses only their new expiries: every
+    /// binding it answered 200 for is on disk, with its expiry as last written.
+    #[tokio::test]
+    async fn a_crash_loses_the_new_expiry_of_a_refresh_never_a_binding() {
+        let f = OnFile::new("crash");
+        let now = 1_700_000_000;
+        let a = "<sip:alice@192.0.2.10:5060>";
+        let b = "<sip:alice@192.0.2.10:5070>";
+        assert_eq!(
+            authed(&f.reg, 1, a, Some(600), "s3cret-desk", now)
+                .await
+                .response
+                .status,
+            200
+        );
+        assert_eq!(
+            authed(&f.reg, 3, a, Some(3600), "s3cret-desk", now + 60)
+                .await
+                .response
+                .status,
+            200
+        );
+        assert_eq!(
+            authed(&f.reg, 5, b, Some(600), "s3cret-desk", now + 60)
+                .await
+                .response
+                .status,
+            200
+        );
+        // Gone without a flush (no destructor runs).
+        let path = f.path.clone();
+        std::mem::forget(f.reg);
+        drop(f.disk);
+        use store::BlockingStore;
+        let reopened = store::SqliteStore::open_path(&path).unwrap();
+        let kept: Vec<(String, i64)> = reopened
+            .bindings_for_device("alice-desk", now as i64)
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.contact, b.expires_at))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("sip:alice@192.0.2.10:5060".to_owned(), (now + 600) as i64),
+                (
+                    "sip:alice@192.0.2.10:5070".to_owned(),
+                    (now + 60 + 600) as i64
+                ),
+            ]
+        );
+        drop(reopened);
+        OnFile::remove(&path);
+    }
+
+    /// The bindings kept in memory are read from the store again after a provisioning change
+    /// through it, and after their lifetime: a binding removed behind the registrar's back
+    /// (on the file) is then seen gone, and a refresh of it writes it anew.
+    #[tokio::test]
+    async fn kept_bindings_are_read_again_after_a_provisioning_change_or_their_lifetime() {
+        use store::BlockingStore;
+        let f = OnFile::new("coherent");
+        let now = 1_700_000_000;
+        let a = "<sip:alice@192.0.2.10:5060>";
+        let b = "<sip:alice@192.0.2.10:5070>";
+        assert_eq!(
+            authed(&f.reg, 1, a, Some(600), "s3cret-desk", now)
+                .await
+                .response
+                .status,
+            200
+        );
+        assert_eq!(
+            authed(&f.reg, 3, b, Some(600), "s3cret-desk", now)
+                .await
+                .response
+                .status,
+            200
+        );
+        // Removed on the file by someone else.
+        assert!(f
+            .disk
+            .remove_binding("alice-desk", "sip:alice@192.0.2.10:5070")
+            .unwrap());
+        f.reg
+            .store
+            .apply_provisioning(&toml_like(), REALM)
+            .await
+            .unwrap();
+        let d = authed(&f.reg, 5, a, Some(600), "s3cret-desk", now + 1).await;
+        assert_eq!(
+            contact_expires(&d),
+            ["<sip:alice@192.0.2.10:5060>;expires=600"]
+        );
+
+        // Again (once the refresh just made is written, as the server does within half a
+        // second), and this time nothing tells the registrar but time.
+        f.reg.store.flush_refreshes().await.unwrap();
+        assert!(f
+            .disk
+            .remove_binding("alice-desk", "sip:alice@192.0.2.10:5060")
+            .unwrap());
+        let late = now + 1 + BINDINGS_TTL.as_secs();
+        let d = authed(&f.reg, 7, a, Some(600), "s3cret-desk", late).await;
+        assert_eq!(
+            contact_expires(&d),
+            ["<sip:alice@192.0.2.10:5060>;expires=600"]
+        );
+        // Not a refresh of what the registrar remembered: written before the 200.
+        assert_eq!(
+            f.on_disk(late),
+            [("sip:alice@192.0.2.10:5060".to_owned(), (late + 600) as i64)]
+        );
+        drop(f.reg);
+        OnFile::remove(&f.path);
     }
 
     #[test]

@@ -284,7 +284,7 @@ impl SipServer {
                 let registrar = Arc::clone(&self.registrar);
                 let endpoint = self.endpoint.clone();
                 let budget = self.budget_for(inc.flow.remote.ip());
-                tokio::spawn(async move {
+                run_here_or_spawn(async move {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs())
@@ -312,6 +312,29 @@ impl SipServer {
             Method::Extension(_) => self.reply(&inc, 501, &[(HeaderName::Allow, ALLOW.into())]),
             _ => self.reply(&inc, 405, &[(HeaderName::Allow, ALLOW.into())]),
         }
+    }
+}
+
+/// Runs `task` on this thread until it first waits, and hands it to the runtime only then.
+/// Most REGISTERs (a challenge, a refresh of a device whose bindings the registrar keeps)
+/// wait for nothing: they are answered here, without a task of their own and the wake-up of
+/// another worker thread that spawning one costs; one that waits (a store call, the delay
+/// after a failed attempt) goes on as a task. A future polled again with another waker
+/// registers that one (the `Future` contract), so the task is woken as usual. A panic in
+/// that first poll ends that request only, as it would in a task of its own, not the
+/// dispatcher.
+fn run_here_or_spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let mut task = Box::pin(task);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::future::Future::poll(task.as_mut(), &mut cx)
+    }));
+    match polled {
+        Ok(std::task::Poll::Pending) => {
+            tokio::spawn(task);
+        }
+        Ok(std::task::Poll::Ready(())) => {}
+        Err(_) => tracing::error!("handling a request panicked; it goes unanswered"),
     }
 }
 
@@ -382,4 +405,40 @@ pub fn precheck(inc: &IncomingRequest) -> Option<(u16, Vec<(HeaderName, String)>
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_here_or_spawn;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn work_that_waits_for_nothing_is_done_before_the_call_returns() {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = Arc::clone(&done);
+        run_here_or_spawn(async move { d.store(true, Ordering::SeqCst) });
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn work_that_waits_goes_on_as_a_task_and_is_woken() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<u32>();
+        run_here_or_spawn(async move {
+            let v = rx.await.unwrap_or(0);
+            let _ = done_tx.send(v + 1);
+        });
+        tx.send(41).unwrap();
+        assert_eq!(done_rx.await.unwrap(), 42);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_first_poll_ends_that_work_only() {
+        run_here_or_spawn(async { panic!("boom") });
+        let done = Arc::new(AtomicBool::new(false));
+        let d = Arc::clone(&done);
+        run_here_or_spawn(async move { d.store(true, Ordering::SeqCst) });
+        assert!(done.load(Ordering::SeqCst));
+    }
 }

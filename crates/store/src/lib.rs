@@ -299,6 +299,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn flush_refreshes(&self) -> Result<usize, StoreError> {
         Ok(0)
     }
+    /// [`refresh_binding`](Self::refresh_binding) on the caller's thread, when this backend
+    /// keeps refreshes in memory (SQLite): a short lock, no disk and no store thread, so a
+    /// runtime thread may call it. `None`: this backend writes refreshes; use
+    /// `refresh_binding`.
+    fn refresh_binding_here(&self, _binding: &Binding) -> Option<Result<(), StoreError>> {
+        None
+    }
+    /// Whether other processes may write this store (several nodes on one PostgreSQL
+    /// database), so that what this process last read or wrote may no longer be so.
+    /// `false` for SQLite: one node's store.
+    fn shared(&self) -> bool {
+        true
+    }
     /// Deletes bindings with `expires_at <= now`; returns how many.
     async fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError>;
     /// How many bindings are in force at `now` (a gauge for metrics).
@@ -581,6 +594,11 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     }
     fn flush_refreshes(&self) -> Result<usize, StoreError> {
         Ok(0)
+    }
+    /// Whether [`refresh_binding`](Self::refresh_binding) only records the refresh in memory
+    /// (a short lock, no disk): then any thread may call it.
+    fn refreshes_in_memory(&self) -> bool {
+        false
     }
     fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError>;
     fn count_bindings(&self, now: UnixSecs) -> Result<u64, StoreError>;

@@ -2151,6 +2151,10 @@ impl BlockingStore for SqliteStore {
         Ok(self.with_refreshes(rows, now, None, |b| b.user_id == user_id))
     }
 
+    fn refreshes_in_memory(&self) -> bool {
+        true
+    }
+
     fn refresh_binding(&self, binding: &Binding) -> Result<(), StoreError> {
         let mut r = self.refreshes.lock().map_err(|_| StoreError::Poisoned)?;
         r.entry(binding.device_username.clone())

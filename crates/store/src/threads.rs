@@ -53,7 +53,7 @@ impl<B: BlockingStore> std::fmt::Debug for StoreThreads<B> {
 }
 
 /// Store threads for SQLite: its one writer serialises writes anyway, and a second thread
-/// lets reads and in-memory binding refreshes go on while one call waits on the disk.
+/// lets reads go on while one call waits on the disk.
 pub const DEFAULT_THREADS: usize = 2;
 
 /// Jobs that may wait for a store thread before callers wait to queue more.
@@ -414,6 +414,14 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     }
     async fn flush_refreshes(&self) -> Result<usize, StoreError> {
         self.run(move |s| s.flush_refreshes()).await
+    }
+    fn refresh_binding_here(&self, binding: &Binding) -> Option<Result<(), StoreError>> {
+        self.backend
+            .refreshes_in_memory()
+            .then(|| self.backend.refresh_binding(binding))
+    }
+    fn shared(&self) -> bool {
+        false
     }
     async fn sweep_expired(&self, now: UnixSecs) -> Result<usize, StoreError> {
         self.run(move |s| s.sweep_expired(now)).await
