@@ -1269,6 +1269,19 @@ mod tests {
         authed_on(reg, &flow(), cseq, contact, expires, password, now).await
     }
 
+    /// A digest REGISTER answered 200 (the challenge, then the credentials).
+    async fn registered(
+        reg: &Registrar,
+        cseq: u32,
+        contact: &str,
+        expires: Option<u32>,
+        password: &str,
+        now: u64,
+    ) {
+        let d = authed(reg, cseq, contact, expires, password, now).await;
+        assert_eq!(d.response.status, 200);
+    }
+
     async fn authed_on(
         reg: &Registrar,
         flow: &Flow,
@@ -1870,27 +1883,9 @@ mod tests {
         let now = 1_700_000_000;
         let a = "<sip:alice@192.0.2.10:5060>";
         let b = "<sip:alice@192.0.2.10:5070>";
-        assert_eq!(
-            authed(&f.reg, 1, a, Some(600), "s3cret-desk", now)
-                .await
-                .response
-                .status,
-            200
-        );
-        assert_eq!(
-            authed(&f.reg, 3, a, Some(3600), "s3cret-desk", now + 60)
-                .await
-                .response
-                .status,
-            200
-        );
-        assert_eq!(
-            authed(&f.reg, 5, b, Some(600), "s3cret-desk", now + 60)
-                .await
-                .response
-                .status,
-            200
-        );
+        registered(&f.reg, 1, a, Some(600), "s3cret-desk", now).await;
+        registered(&f.reg, 3, a, Some(3600), "s3cret-desk", now + 60).await;
+        registered(&f.reg, 5, b, Some(600), "s3cret-desk", now + 60).await;
         // Gone without a flush (no destructor runs).
         let path = f.path.clone();
         std::mem::forget(f.reg);
@@ -1927,20 +1922,8 @@ mod tests {
         let now = 1_700_000_000;
         let a = "<sip:alice@192.0.2.10:5060>";
         let b = "<sip:alice@192.0.2.10:5070>";
-        assert_eq!(
-            authed(&f.reg, 1, a, Some(600), "s3cret-desk", now)
-                .await
-                .response
-                .status,
-            200
-        );
-        assert_eq!(
-            authed(&f.reg, 3, b, Some(600), "s3cret-desk", now)
-                .await
-                .response
-                .status,
-            200
-        );
+        registered(&f.reg, 1, a, Some(600), "s3cret-desk", now).await;
+        registered(&f.reg, 3, b, Some(600), "s3cret-desk", now).await;
         // Removed on the file by someone else.
         assert!(f
             .disk
