@@ -36,15 +36,18 @@ async fn prompt_played(b: Backend) {
         false,
     );
     s.play(LegId::A, prompt).unwrap();
-    // The customer's RTP toward the agent is held back while the prompt plays.
-    customer.send(
-        s.leg(LegId::B).bound_rtp(),
-        &rtp(8, false, 1, 0, 77, &[0xd5; 160]),
-    );
     let mut samples = Vec::new();
     let mut ssrcs = Vec::new();
-    for _ in 0..10 {
+    for i in 0..10 {
         let (pkt, from) = agent.recv();
+        if i == 0 {
+            // The prompt plays (the control message is applied on the forwarding thread,
+            // not when `play` returns): the customer's RTP toward the agent is held back.
+            customer.send(
+                s.leg(LegId::B).bound_rtp(),
+                &rtp(8, false, 1, 0, 77, &[0xd5; 160]),
+            );
+        }
         assert_eq!(
             from,
             s.leg(LegId::A).bound_rtp(),
