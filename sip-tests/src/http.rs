@@ -109,7 +109,25 @@ pub fn try_request(
 ) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let req = encode_request(addr, method, path, headers, body, true);
+    s.write_all(req.as_bytes())?;
+    let mut reader = BufReader::new(s);
+    read_response(&mut reader)
+}
+
+/// A request's bytes; `close` asks the server to close the connection after its answer.
+fn encode_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    close: bool,
+) -> String {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    if close {
+        req.push_str("Connection: close\r\n");
+    }
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -124,9 +142,11 @@ pub fn try_request(
     } else {
         req.push_str("\r\n");
     }
-    s.write_all(req.as_bytes())?;
-    let mut reader = BufReader::new(s);
-    let (start, headers, body) = read_message(&mut reader)?;
+    req
+}
+
+fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<HttpResponse> {
+    let (start, headers, body) = read_message(reader)?;
     let status = start
         .split_whitespace()
         .nth(1)
@@ -138,6 +158,58 @@ pub fn try_request(
         body: String::from_utf8_lossy(&body).into_owned(),
         bytes: body,
     })
+}
+
+/// A client that keeps its connection open from one request to the next (HTTP/1.1
+/// persistent connections), as an application's HTTP client does; it connects again when the
+/// server closed the connection.
+#[derive(Debug)]
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive { addr, conn: None }
+    }
+
+    /// Sends one request and reads its response (10 s limit). A request on a reused
+    /// connection that the server had closed meanwhile is sent once more on a new one.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> std::io::Result<HttpResponse> {
+        let req = encode_request(self.addr, method, path, headers, body, false);
+        let reused = self.conn.is_some();
+        match self.exchange(&req) {
+            Err(_) if reused => self.exchange(&req),
+            r => r,
+        }
+    }
+
+    fn exchange(&mut self, req: &str) -> std::io::Result<HttpResponse> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+                s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                BufReader::new(s)
+            }
+        };
+        conn.get_mut().write_all(req.as_bytes())?;
+        let resp = read_response(&mut conn)?;
+        if !resp
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            self.conn = Some(conn);
+        }
+        Ok(resp)
+    }
 }
 
 /// One callback the receiver got.

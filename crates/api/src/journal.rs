@@ -51,7 +51,7 @@ pub const MAX_BATCH: usize = 1024;
 /// How long the writer lets events gather after the first of a batch: a call's events come
 /// in bursts (a SIP step and its consequences), and one transaction for a burst costs
 /// about what one costs for a single event.
-pub const GATHER: Duration = Duration::from_millis(3);
+pub const GATHER: Duration = Duration::from_millis(5);
 
 /// Events waiting beyond which new calls are refused (`503`): about 500 calls' worth of
 /// events with the store stalled.
@@ -108,10 +108,20 @@ impl StoreHealth {
     }
 }
 
+/// The events handed over and not yet taken by the writer.
+#[derive(Debug, Default)]
+struct Pending {
+    events: VecDeque<CallEvent>,
+    /// The writer waits on [`Journal::ready`] for a first event: only then does a push wake
+    /// it. While it gathers or writes it comes back for the queue by itself, and a wake-up
+    /// (a system call on the pushing thread, a context switch) would buy nothing.
+    writer_waiting: bool,
+}
+
 /// The queue between the call tasks and the writer thread.
 #[derive(Debug, Default)]
 pub struct Journal {
-    queue: Mutex<VecDeque<CallEvent>>,
+    queue: Mutex<Pending>,
     /// Records of calls this node has just inserted, taken by the writer at their first
     /// event instead of reading them back from the store.
     born: Mutex<HashMap<String, CallRecord>>,
@@ -125,9 +135,12 @@ impl Journal {
     /// Hands an event over to the writer; never waits on the store.
     pub fn push(&self, ev: CallEvent) {
         if let Ok(mut q) = self.queue.lock() {
-            q.push_back(ev);
+            q.events.push_back(ev);
             self.backlog.fetch_add(1, Ordering::SeqCst);
-            self.ready.notify_one();
+            if q.writer_waiting {
+                q.writer_waiting = false;
+                self.ready.notify_one();
+            }
         }
     }
 
@@ -169,15 +182,17 @@ impl Journal {
             let Ok(mut q) = self.queue.lock() else {
                 return;
             };
-            if q.is_empty() && !self.stopping.load(Ordering::SeqCst) {
+            if q.events.is_empty() && !self.stopping.load(Ordering::SeqCst) {
+                q.writer_waiting = true;
                 q = match self.ready.wait_timeout(q, wait) {
                     Ok((q, _)) => q,
                     Err(_) => return,
                 };
+                q.writer_waiting = false;
             }
-            if q.is_empty() || q.len() >= MAX_BATCH || self.stopping.load(Ordering::SeqCst) {
-                let n = q.len().min(MAX_BATCH);
-                batch.extend(q.drain(..n));
+            let n = q.events.len();
+            if n == 0 || n >= MAX_BATCH || self.stopping.load(Ordering::SeqCst) {
+                batch.extend(q.events.drain(..n.min(MAX_BATCH)));
                 return;
             }
         }
@@ -185,8 +200,8 @@ impl Journal {
         let Ok(mut q) = self.queue.lock() else {
             return;
         };
-        let n = q.len().min(MAX_BATCH);
-        batch.extend(q.drain(..n));
+        let n = q.events.len().min(MAX_BATCH);
+        batch.extend(q.events.drain(..n));
     }
 
     /// Waits (at most `limit`) until every event handed over so far is in the store; false

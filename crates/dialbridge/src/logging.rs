@@ -2,7 +2,8 @@
 //! that logging never takes a request down.
 //!
 //! A log line is handed to the queue and the caller goes on; the writer thread writes it to
-//! standard error. When standard error cannot be written (its disk is full, an I/O error, a
+//! standard error, together with the lines that came with it (it is woken only when it waits
+//! for a first line, then lets a burst gather for a few milliseconds and writes it at once). When standard error cannot be written (its disk is full, an I/O error, a
 //! closed pipe) the line is dropped and counted, and nothing panics — the standard library's
 //! `eprintln!`, and the subscriber's own error report that uses it, would abort the request
 //! that logged. When the queue is full (the disk is slow) the line is dropped and counted too.
@@ -10,41 +11,103 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
 /// Lines waiting for the writer thread before new ones are dropped.
 const QUEUE_LINES: usize = 16_384;
+
+/// How long the writer lets lines gather after it was woken for one: the lines of a burst
+/// (a call's steps come close together) go out in one `write`, and the threads that log
+/// wake the writer once for them, not once a line.
+const GATHER: Duration = Duration::from_millis(5);
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines queued, and lines the writer thread is done with (written or dropped).
 static QUEUED: AtomicU64 = AtomicU64::new(0);
 static DONE: AtomicU64 = AtomicU64::new(0);
-static QUEUE: OnceLock<Option<SyncSender<Vec<u8>>>> = OnceLock::new();
+static QUEUE: OnceLock<Option<&'static Queue>> = OnceLock::new();
+
+/// Lines handed over and not yet taken by the writer thread.
+#[derive(Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    count: usize,
+    /// The writer waits for a first line: only then does a new line wake it.
+    writer_waiting: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    lines: Mutex<Lines>,
+    ready: Condvar,
+}
+
+impl Queue {
+    /// Takes a line; false when the queue is full.
+    fn push(&self, line: &[u8]) -> bool {
+        let Ok(mut l) = self.lines.lock() else {
+            return false;
+        };
+        if l.count >= QUEUE_LINES {
+            return false;
+        }
+        l.bytes.extend_from_slice(line);
+        l.count += 1;
+        if l.writer_waiting {
+            l.writer_waiting = false;
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// The writer thread: takes what gathered and writes it with one `write_all`.
+    fn run(&self) {
+        let mut err = std::io::stderr();
+        let mut out = Vec::new();
+        loop {
+            let count = {
+                let Ok(mut l) = self.lines.lock() else {
+                    return;
+                };
+                while l.count == 0 {
+                    l.writer_waiting = true;
+                    l = match self.ready.wait(l) {
+                        Ok(l) => l,
+                        Err(_) => return,
+                    };
+                }
+                l.writer_waiting = false;
+                std::mem::swap(&mut out, &mut l.bytes);
+                std::mem::take(&mut l.count)
+            };
+            if err.write_all(&out).is_err() {
+                DROPPED.fetch_add(count as u64, Ordering::Relaxed);
+            }
+            DONE.fetch_add(count as u64, Ordering::Release);
+            out.clear();
+            if out.capacity() > 1 << 20 {
+                out.shrink_to(64 << 10);
+            }
+            std::thread::sleep(GATHER);
+        }
+    }
+}
 
 /// Log lines dropped so far (queue full, or standard error not writable).
 pub fn dropped_lines() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-fn queue() -> Option<&'static SyncSender<Vec<u8>>> {
-    QUEUE
-        .get_or_init(|| {
-            let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
-            let spawned = std::thread::Builder::new()
-                .name("log-writer".into())
-                .spawn(move || {
-                    let mut err = std::io::stderr();
-                    for line in rx {
-                        if err.write_all(&line).is_err() {
-                            DROPPED.fetch_add(1, Ordering::Relaxed);
-                        }
-                        DONE.fetch_add(1, Ordering::Release);
-                    }
-                });
-            spawned.ok().map(|_| tx)
-        })
-        .as_ref()
+fn queue() -> Option<&'static Queue> {
+    *QUEUE.get_or_init(|| {
+        let q: &'static Queue = Box::leak(Box::default());
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || q.run())
+            .ok()
+            .map(|_| q)
+    })
 }
 
 /// The writer the log subscriber gets for each line.
@@ -54,14 +117,13 @@ pub struct LossyStderr;
 impl Write for LossyStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match queue() {
-            Some(q) => match q.try_send(buf.to_vec()) {
-                Ok(()) => {
+            Some(q) => {
+                if q.push(buf) {
                     QUEUED.fetch_add(1, Ordering::Release);
-                }
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                } else {
                     DROPPED.fetch_add(1, Ordering::Relaxed);
                 }
-            },
+            }
             // No writer thread could be started: write in place, never fail.
             None => {
                 if std::io::stderr().write_all(buf).is_err() {

@@ -34,7 +34,7 @@ use sip_tests::bench::{
     clock_ticks_per_second, dial_string, heap_bytes, installed, load_average, parse_invite_log,
     peak_rss_kib, percentile, rss_kib, tree_cpu, BenchSipp, Flags,
 };
-use sip_tests::http::try_request;
+use sip_tests::http::{try_request, KeepAlive};
 use sip_tests::{dialbridge_bin, free_port, scenario, sipp, TempDir, TestServer};
 
 const SECRET: &str = "sk_bench_1";
@@ -47,7 +47,8 @@ const USAGE: &str = "c2c-bench [--rate CALLS_PER_SECOND (50)] [--calls N (500)] 
 [--nodes N (1; above 1: PostgreSQL)] [--store sqlite|postgres (sqlite)] \
 [--extra-config FILE (TOML added to the server's configuration, e.g. [log] or [hep])] \
 [--hold-ms MS (1000: the carrier's wait before its BYE)] \
-[--live-sample SECONDS (0 = off: RSS per live call, read that long after the last call)]";
+[--live-sample SECONDS (0 = off: RSS per live call, read that long after the last call)] \
+[--keep-alive true|false (false: a new connection per REST request; true: each sending thread keeps one)]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -208,6 +209,7 @@ fn run(args: &[String]) -> Result<(), String> {
             "store",
             "hold-ms",
             "live-sample",
+            "keep-alive",
         ],
     )?;
     let nodes: usize = flags.get("nodes", 1)?;
@@ -228,6 +230,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let rate: f64 = flags.get("rate", 50.0)?;
     let calls: usize = flags.get("calls", 500)?;
     let threads: usize = flags.get("threads", 8)?;
+    let keep_alive: bool = flags.get("keep-alive", false)?;
     let log: String = flags.get("log", "info".to_owned())?;
     let settle = Duration::from_secs(flags.get("settle", 35)?);
     let hold_ms: u64 = flags.get("hold-ms", 1000)?;
@@ -398,37 +401,42 @@ fn run(args: &[String]) -> Result<(), String> {
             let next = next.clone();
             let sent = sent.clone();
             let apis = apis.clone();
-            std::thread::spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= calls {
-                    break;
-                }
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                let body =
-                    serde_json::json!({"user_id": USER, "dial_string": dial_string(i)}).to_string();
-                let at = now_epoch();
-                let (status, call_id) = match try_request(
-                    apis[i % apis.len()],
-                    "POST",
-                    "/v1/calls",
-                    &[("Authorization", &bearer())],
-                    Some(&body),
-                ) {
-                    Ok(r) => {
-                        let id = r.json()["call_id"].as_str().map(str::to_owned);
-                        (r.status, id)
+            std::thread::spawn(move || {
+                let mut clients: Vec<KeepAlive> = apis.iter().map(|a| KeepAlive::new(*a)).collect();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= calls {
+                        break;
                     }
-                    Err(_) => (0, None),
-                };
-                if let Ok(mut s) = sent.lock() {
-                    s[i] = Some(Sent {
-                        at,
-                        status,
-                        call_id,
-                    });
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let body = serde_json::json!({"user_id": USER, "dial_string": dial_string(i)})
+                        .to_string();
+                    let at = now_epoch();
+                    let auth = bearer();
+                    let headers = [("Authorization", auth.as_str())];
+                    let node = i % apis.len();
+                    let answer = if keep_alive {
+                        clients[node].request("POST", "/v1/calls", &headers, Some(&body))
+                    } else {
+                        try_request(apis[node], "POST", "/v1/calls", &headers, Some(&body))
+                    };
+                    let (status, call_id) = match answer {
+                        Ok(r) => {
+                            let id = r.json()["call_id"].as_str().map(str::to_owned);
+                            (r.status, id)
+                        }
+                        Err(_) => (0, None),
+                    };
+                    if let Ok(mut s) = sent.lock() {
+                        s[i] = Some(Sent {
+                            at,
+                            status,
+                            call_id,
+                        });
+                    }
                 }
             })
         })
@@ -513,7 +521,14 @@ fn run(args: &[String]) -> Result<(), String> {
         if db.is_some() { "PostgreSQL" } else { "SQLite" }
     );
     println!("  load average before: {load_before}; after: {load_after}");
-    println!("  REST: {accepted} accepted (202), refused: {refused:?} (status 0 = no answer)");
+    println!(
+        "  REST: {accepted} accepted (202), refused: {refused:?} (status 0 = no answer); {}",
+        if keep_alive {
+            "persistent connections (one per sending thread)"
+        } else {
+            "a new connection per request"
+        }
+    );
     println!("  call log: {statuses:?}");
     println!("  calls completed: {completed}, failed: {failed}");
     if left > 0 {
