@@ -619,3 +619,67 @@ async fn end_unfinished(
     }
     Ok(calls.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use b2bua::calls::Leg;
+
+    fn event(n: i64) -> CallEvent {
+        CallEvent {
+            call_id: format!("call_{n}"),
+            account_id: "acct_1".into(),
+            at_ms: n,
+            kind: CallEventKind::Ringing {
+                leg: Leg::Agent,
+                sip_code: 180,
+            },
+        }
+    }
+
+    #[test]
+    fn a_push_wakes_a_waiting_writer_and_a_burst_is_taken_together() {
+        let journal = Arc::new(Journal::default());
+        let j = Arc::clone(&journal);
+        // The writer waits for a first event far longer than the test takes: it returns
+        // with events only if a push woke it.
+        let writer = std::thread::spawn(move || {
+            let (mut all, mut batch) = (Vec::new(), Vec::new());
+            // A burst is usually one batch; a writer descheduled mid-burst takes the rest next.
+            for _ in 0..3 {
+                j.take(Duration::from_secs(60), &mut batch);
+                all.append(&mut batch);
+                if all.len() == 3 {
+                    break;
+                }
+            }
+            all
+        });
+        while !journal.queue.lock().unwrap().writer_waiting {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        journal.push(event(1));
+        journal.push(event(2));
+        journal.push(event(3));
+        let batch = writer.join().unwrap();
+        let at: Vec<i64> = batch.iter().map(|e| e.at_ms).collect();
+        assert_eq!(at, [1, 2, 3]);
+        assert_eq!(journal.backlog(), 3, "taken, not yet committed");
+        assert!(!journal.queue.lock().unwrap().writer_waiting);
+    }
+
+    #[test]
+    fn events_pushed_while_the_writer_is_busy_wait_for_it_without_a_wake_up() {
+        let journal = Journal::default();
+        journal.push(event(1));
+        journal.push(event(2));
+        let mut batch = Vec::new();
+        journal.take(Duration::from_secs(60), &mut batch);
+        assert_eq!(batch.len(), 2);
+        // Not waiting: the pushes leave the flag alone, the next take finds them at once.
+        journal.push(event(3));
+        assert!(!journal.queue.lock().unwrap().writer_waiting);
+        journal.take(Duration::from_secs(60), &mut batch);
+        assert_eq!(batch.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [3]);
+    }
+}

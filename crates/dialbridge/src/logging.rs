@@ -61,9 +61,8 @@ impl Queue {
         true
     }
 
-    /// The writer thread: takes what gathered and writes it with one `write_all`.
-    fn run(&self) {
-        let mut err = std::io::stderr();
+    /// The writer thread: takes what gathered and writes it to `sink` with one `write_all`.
+    fn run(&self, mut sink: impl Write) {
         let mut out = Vec::new();
         loop {
             let count = {
@@ -81,7 +80,7 @@ impl Queue {
                 std::mem::swap(&mut out, &mut l.bytes);
                 std::mem::take(&mut l.count)
             };
-            if err.write_all(&out).is_err() {
+            if sink.write_all(&out).is_err() {
                 DROPPED.fetch_add(count as u64, Ordering::Relaxed);
             }
             DONE.fetch_add(count as u64, Ordering::Release);
@@ -104,7 +103,7 @@ fn queue() -> Option<&'static Queue> {
         let q: &'static Queue = Box::leak(Box::default());
         std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || q.run())
+            .spawn(move || q.run(std::io::stderr()))
             .ok()
             .map(|_| q)
     })
@@ -178,6 +177,60 @@ pub fn use_colour() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink the test reads back.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_reach_the_sink_whole_and_in_order_and_a_full_queue_refuses() {
+        let q: &'static Queue = Box::leak(Box::default());
+        // No writer yet: the queue fills up to its bound, then refuses.
+        for i in 0..QUEUE_LINES {
+            assert!(q.push(format!("line {i}\n").as_bytes()));
+        }
+        assert!(!q.push(b"one too many\n"));
+        let sink = Shared::default();
+        let out = sink.clone();
+        std::thread::spawn(move || q.run(sink));
+        // Taken by the writer, the queue has room again; lines pushed while it waits wake it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !q.push(b"after\n") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never took the queue"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for burst in 0..3 {
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(q.push(format!("burst {burst}\n").as_bytes()));
+        }
+        let expected: String = (0..QUEUE_LINES)
+            .map(|i| format!("line {i}\n"))
+            .chain(["after\n".to_owned()])
+            .chain((0..3).map(|b| format!("burst {b}\n")))
+            .collect();
+        loop {
+            let got = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            if got == expected {
+                break;
+            }
+            assert!(expected.starts_with(&got), "lines out of order or cut");
+            assert!(std::time::Instant::now() < deadline, "lines never written");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 
     #[test]
     fn a_line_is_always_taken_whatever_happens_to_it() {
