@@ -271,6 +271,21 @@ impl TestServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (at most `limit`) until the server's log holds `text`: a line is written by the
+    /// server's log thread a moment after what it tells of.
+    pub fn wait_log(&self, text: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.log_text().contains(text) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the server with SIGKILL (a crash) and returns its directory, store included.
     pub fn kill9(mut self) -> TempDir {
         let _ = self.child.kill();

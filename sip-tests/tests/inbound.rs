@@ -322,7 +322,7 @@ fn an_inbound_call_holds_a_slot_of_the_accounts_concurrent_calls_on_every_node()
         b.log_text()
     );
     assert!(
-        b.log_text().contains("call from a phone refused: 486"),
+        b.wait_log("call from a phone refused: 486", Duration::from_secs(10)),
         "{soft_seen:?}\n{}",
         b.log_text()
     );

@@ -292,15 +292,11 @@ fn hup(server: &TestServer) {
 }
 
 fn wait_log(server: &TestServer, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.log_text().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} in the log:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        server.wait_log(text, Duration::from_secs(10)),
+        "no {text:?} in the log:\n{}",
+        server.log_text()
+    );
 }
 
 // ----- SDES-SRTP toward the carrier --------------------------------------------------------

@@ -2,8 +2,8 @@
 //! that logging never takes a request down.
 //!
 //! A log line is handed to the queue and the caller goes on; the writer thread writes it to
-//! standard error, together with the lines that came with it (it is woken only when it waits
-//! for a first line, then lets a burst gather for a few milliseconds and writes it at once). When standard error cannot be written (its disk is full, an I/O error, a
+//! standard error at once, together with any lines that came while it was writing: it is
+//! woken only when it waits for a first line, so a burst costs one wake-up and few writes. When standard error cannot be written (its disk is full, an I/O error, a
 //! closed pipe) the line is dropped and counted, and nothing panics — the standard library's
 //! `eprintln!`, and the subscriber's own error report that uses it, would abort the request
 //! that logged. When the queue is full (the disk is slow) the line is dropped and counted too.
@@ -12,15 +12,9 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
 
 /// Lines waiting for the writer thread before new ones are dropped.
 const QUEUE_LINES: usize = 16_384;
-
-/// How long the writer lets lines gather after it was woken for one: the lines of a burst
-/// (a call's steps come close together) go out in one `write`, and the threads that log
-/// wake the writer once for them, not once a line.
-const GATHER: Duration = Duration::from_millis(5);
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines queued, and lines the writer thread is done with (written or dropped).
@@ -88,7 +82,6 @@ impl Queue {
             if out.capacity() > 1 << 20 {
                 out.shrink_to(64 << 10);
             }
-            std::thread::sleep(GATHER);
         }
     }
 }
@@ -177,6 +170,7 @@ pub fn use_colour() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A sink the test reads back.
     #[derive(Clone, Default)]
