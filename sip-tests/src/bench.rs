@@ -122,6 +122,42 @@ impl CpuTime {
     }
 }
 
+/// The group a thread's name (`/proc/PID/task/TID/comm`) belongs to: numbered threads of one
+/// kind (`store-0`, `store-1`) are one group.
+pub fn thread_group(comm: &str) -> String {
+    let comm = comm.trim();
+    match comm.rsplit_once('-') {
+        Some((kind, n))
+            if !kind.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            kind.to_owned()
+        }
+        _ => comm.to_owned(),
+    }
+}
+
+/// CPU seconds (user + system) of a process's threads alive now, by [`thread_group`].
+pub fn threads_cpu(pid: u32, ticks_per_second: u64) -> std::collections::BTreeMap<String, f64> {
+    let mut by_group = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_group;
+    };
+    for t in tasks.flatten() {
+        let path = t.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue;
+        };
+        if let Some(st) = parse_proc_stat(&stat) {
+            *by_group.entry(thread_group(&comm)).or_insert(0.0) +=
+                (st.utime + st.stime) as f64 / ticks_per_second.max(1) as f64;
+        }
+    }
+    by_group
+}
+
 /// The pids in `stats` that descend from `root`, `root` included.
 pub fn descendants(root: u32, stats: &[(u32, ProcStat)]) -> Vec<u32> {
     let mut out = vec![root];
@@ -418,6 +454,40 @@ pub fn installed(program: &str, args: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbered_threads_of_one_kind_are_one_group() {
+        assert_eq!(thread_group("store-0\n"), "store");
+        assert_eq!(thread_group("media-fwd-1"), "media-fwd");
+        assert_eq!(thread_group("tokio-rt-worker"), "tokio-rt-worker");
+        assert_eq!(thread_group("call-journal"), "call-journal");
+        assert_eq!(thread_group("x-"), "x-");
+        assert_eq!(thread_group("-7"), "-7");
+    }
+
+    #[test]
+    fn this_process_has_its_threads_cpu_counted() {
+        let me = std::process::id();
+        let ticks = clock_ticks_per_second();
+        // A thread spins until its own CPU time shows under its group (bounded).
+        let spin = std::thread::Builder::new()
+            .name("spin-0".into())
+            .spawn(move || {
+                let t = Instant::now();
+                let mut x = 0u64;
+                while t.elapsed() < Duration::from_secs(30) {
+                    for _ in 0..1_000_000 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                    if threads_cpu(me, ticks).get("spin").copied().unwrap_or(0.0) >= 0.05 {
+                        return true;
+                    }
+                }
+                false
+            })
+            .unwrap();
+        assert!(spin.join().unwrap(), "{:?}", threads_cpu(me, ticks));
+    }
 
     #[test]
     fn flags_parse_defaults_and_errors() {

@@ -417,7 +417,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A call's record and the sequence number of its next callback
     /// ([`Store::get_call`] and [`Store::next_callback_seq`]) read on the caller's own thread,
     /// where the backend is blocking anyway, as [`Store::write_call_batch_here`] writes: for
-    /// the call event journal, which reads an answered call back at its next event. `None`:
+    /// the call event journal, which reads an answered call back at its next event. A call
+    /// without a callback URL has no callbacks: its next sequence is 1, not read. `None`:
     /// this backend has no such path; use the two async reads.
     #[allow(clippy::type_complexity)]
     fn read_call_here(

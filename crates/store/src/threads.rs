@@ -556,6 +556,7 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         id: &str,
     ) -> Option<Result<Option<(CallRecord, i64)>, StoreError>> {
         let read = || match self.backend.get_call(account_id, id)? {
+            Some(rec) if rec.callback_url.is_none() => Ok(Some((rec, 1))),
             Some(rec) => Ok(Some((rec, self.backend.next_callback_seq(id)?))),
             None => Ok(None),
         };

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sip_tests::bench::{
     clock_ticks_per_second, dial_string, heap_bytes, installed, load_average, parse_invite_log,
-    peak_rss_kib, percentile, rss_kib, tree_cpu, BenchSipp, Flags,
+    peak_rss_kib, percentile, rss_kib, threads_cpu, tree_cpu, BenchSipp, Flags,
 };
 use sip_tests::http::{try_request, KeepAlive};
 use sip_tests::{dialbridge_bin, free_port, scenario, sipp, TempDir, TestServer};
@@ -389,6 +389,7 @@ fn run(args: &[String]) -> Result<(), String> {
     // The load: call i is due at start + i / rate, whichever thread takes it.
     let ticks = clock_ticks_per_second();
     let cpu_before = nodes_cpu(ticks);
+    let threads_before = threads_cpu(pid, ticks);
     let pg_before = pg_pid.map(|p| tree_cpu(p, ticks));
     let rss_before_kib = rss_kib(pid).unwrap_or(0);
     let heap_before = heap_bytes(api).unwrap_or(0);
@@ -473,6 +474,7 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     let wall = start.elapsed().as_secs_f64();
     let cpu = nodes_cpu(ticks).since(cpu_before);
+    let threads_after = threads_cpu(pid, ticks);
     let pg_cpu = pg_pid
         .zip(pg_before)
         .map(|(p, before)| tree_cpu(p, ticks).since(before));
@@ -558,6 +560,27 @@ fn run(args: &[String]) -> Result<(), String> {
         settle.as_secs(),
         cpu_settled.total(),
         completed as f64 / cpu_settled.total().max(1e-9)
+    );
+    // Where the first node's CPU went, by thread kind, per completed call.
+    let mut by_thread: Vec<(String, f64)> = threads_after
+        .iter()
+        .map(|(g, after)| {
+            (
+                g.clone(),
+                after - threads_before.get(g).copied().unwrap_or(0.0),
+            )
+        })
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    by_thread.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let per_call: Vec<String> = by_thread
+        .iter()
+        .map(|(g, d)| format!("{g} {:.0}", d * 1e6 / completed.max(1) as f64))
+        .collect();
+    println!(
+        "  CPU per completed call by thread{}, µs: {}",
+        if nodes > 1 { " (first node)" } else { "" },
+        per_call.join(", ")
     );
     match (p50, p99) {
         (Some(p50), Some(p99)) => println!(
