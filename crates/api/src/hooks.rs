@@ -79,7 +79,8 @@ pub(crate) fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Valu
 /// Applies an event to the record; true when the record may have changed (at worst one
 /// redundant update of the row; cheaper than comparing a copy of the record).
 pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
-    let at = rfc3339_ms(ev.at_ms);
+    // Formatted only by the events that record a time (not by each SIP message's).
+    let at = || rfc3339_ms(ev.at_ms);
     let final_already = rec.status.is_final();
     match &ev.kind {
         CallEventKind::Sip {
@@ -98,7 +99,7 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
                 rec.status = CallStatus::Ringing;
             }
             if let Some(o) = leg_obj(&mut rec.legs, *leg) {
-                o.entry("ringing_at").or_insert_with(|| json!(at));
+                o.entry("ringing_at").or_insert_with(|| json!(at()));
                 o.insert("last_provisional".into(), json!(sip_code));
             }
             true
@@ -111,7 +112,7 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
         }
         CallEventKind::AgentAnswered { sip_code } => {
             if let Some(o) = leg_obj(&mut rec.legs, Leg::Agent) {
-                o.insert("answered_at".into(), json!(at));
+                o.insert("answered_at".into(), json!(at()));
                 o.insert("sip_code".into(), json!(sip_code));
             }
             true
@@ -122,7 +123,7 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
                 rec.answered_at_ms = Some(ev.at_ms);
             }
             if let Some(o) = leg_obj(&mut rec.legs, Leg::Customer) {
-                o.insert("answered_at".into(), json!(at));
+                o.insert("answered_at".into(), json!(at()));
                 o.insert("sip_code".into(), json!(sip_code));
             }
             true
@@ -156,7 +157,7 @@ pub(crate) fn apply(rec: &mut CallRecord, ev: &CallEvent) -> bool {
             Some(o) => {
                 o.insert("transferred_to".into(), json!(to));
                 o.insert("transferred_by".into(), json!(by));
-                o.insert("transferred_at".into(), json!(at));
+                o.insert("transferred_at".into(), json!(at()));
                 true
             }
             None => false,

@@ -231,11 +231,25 @@ struct Known {
     next_seq: i64,
 }
 
+/// An event as the live event stream tells it (`GET /v1/events`), serialized straight from
+/// the writer's data (the fields in the order a JSON object of them has always had).
+#[derive(serde::Serialize)]
+struct StreamData<'a> {
+    at: String,
+    call_id: &'a str,
+    detail: &'a Value,
+    leg: Option<&'static str>,
+    status: &'static str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    user_id: &'a Option<String>,
+}
+
 /// What a committed batch sets off outside the store.
 struct Effect {
     account_id: String,
     kind: String,
-    sse: Value,
+    sse: String,
     ended_now: Option<CallStatus>,
 }
 
@@ -362,15 +376,16 @@ impl Writer {
                 k.next_seq += 1;
                 writes.push(CallWrite::Callback(entry));
             }
-            let mut sse = json!({
-                "call_id": ev.call_id,
-                "type": kind,
-                "at": rfc3339_ms(ev.at_ms),
-                "leg": leg.map(Leg::as_str),
-                "detail": detail,
-            });
-            sse["status"] = k.rec.status.as_str().into();
-            sse["user_id"] = json!(k.rec.user_id);
+            let sse = serde_json::to_string(&StreamData {
+                at: rfc3339_ms(ev.at_ms),
+                call_id: &ev.call_id,
+                detail: &detail,
+                leg: leg.map(Leg::as_str),
+                status: k.rec.status.as_str(),
+                kind: &kind,
+                user_id: &k.rec.user_id,
+            })
+            .unwrap_or_default();
             effects.push(Effect {
                 account_id: ev.account_id.clone(),
                 kind,
@@ -412,9 +427,7 @@ impl Writer {
             if let Some(status) = e.ended_now {
                 shared.metrics.call_ended(status);
             }
-            shared
-                .events
-                .publish(&e.account_id, &e.kind, e.sse.to_string());
+            shared.events.publish(&e.account_id, &e.kind, e.sse);
         }
         if any_callback {
             shared.dispatch.notify_one();
