@@ -392,26 +392,16 @@ impl Registrar {
     fn challenge(&self, req: &Request, stale: bool, now: u64) -> Response {
         let mut resp = Response::for_request(req, 401);
         resp.set_to_tag(&new_tag());
-        let md5_only = req.header_str(&HeaderName::UserAgent).is_some_and(|ua| {
-            let ua = ua.to_ascii_lowercase();
-            self.cfg
-                .md5_only_user_agents
-                .iter()
-                .any(|p| ua.starts_with(&p.to_ascii_lowercase()))
+        let md5_only = req.headers.get(&HeaderName::UserAgent).is_some_and(|ua| {
+            self.cfg.md5_only_user_agents.iter().any(|p| {
+                ua.get(..p.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+            })
         });
         let values: Vec<String> = match self.digest.lock() {
-            Ok(d) => d
-                .challenges(&self.cfg.realm, stale, now)
-                .into_iter()
-                .filter(|c| {
-                    !md5_only
-                        || matches!(
-                            c.algorithm,
-                            None | Some(sip_core::auth::AlgorithmParam::Known(Algorithm::Md5))
-                        )
-                })
-                .map(|c| c.to_string())
-                .collect(),
+            Ok(d) => d.challenge_values(&self.cfg.realm, stale, now, |a| {
+                !md5_only || a == Algorithm::Md5
+            }),
             Err(_) => Vec::new(),
         };
         for v in values {
@@ -847,11 +837,11 @@ impl Registrar {
                         changes.push(Change::Write(binding));
                     }
                 }
-                if let Some(kept) =
-                    self.refresh_here(req, flow, &existing, seen, &changes, now, generation)?
-                {
-                    return Ok(kept);
-                }
+                let changes =
+                    match self.refresh_here(req, flow, &existing, seen, changes, now, generation)? {
+                        Ok(kept) => return Ok(kept),
+                        Err(changes) => changes,
+                    };
                 let write = self.untrust(username);
                 for change in changes {
                     let (contact, stored) = match change {
@@ -887,7 +877,8 @@ impl Registrar {
 
     /// When every change is a refresh and the store takes refreshes on this thread: hands
     /// them to it, keeps the result in the view (when nothing changed it since `seen`) and
-    /// returns the bindings as they stand. `Ok(None)`: the changes go the way of writes.
+    /// returns the bindings as they stand. `Ok(Err(changes))`: the changes, given back, go
+    /// the way of writes.
     #[allow(clippy::result_large_err, clippy::too_many_arguments)]
     fn refresh_here(
         &self,
@@ -895,10 +886,13 @@ impl Registrar {
         flow: &Flow,
         existing: &[Binding],
         seen: Seen,
-        changes: &[Change],
+        changes: Vec<Change>,
         now: u64,
         generation: u64,
-    ) -> Result<Option<Arc<Vec<Binding>>>, Response> {
+    ) -> Result<Result<Arc<Vec<Binding>>, Vec<Change>>, Response> {
+        if changes.is_empty() || !changes.iter().all(|c| matches!(c, Change::Refresh(_))) {
+            return Ok(Err(changes));
+        }
         let refreshes: Vec<&Binding> = changes
             .iter()
             .filter_map(|c| match c {
@@ -906,15 +900,18 @@ impl Registrar {
                 _ => None,
             })
             .collect();
-        let (Some(first), true) = (refreshes.first(), refreshes.len() == changes.len()) else {
-            return Ok(None);
+        let Some(first) = refreshes.first() else {
+            return Ok(Err(changes));
         };
         let Ok(mut views) = self.views.lock() else {
-            return Ok(None);
+            return Ok(Err(changes));
         };
         // The store's memory and the view change together, under the view's lock.
         match self.store.refresh_binding_here(first) {
-            None => return Ok(None),
+            None => {
+                drop(views);
+                return Ok(Err(changes));
+            }
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 tracing::error!(error = %e, "cannot store binding");
@@ -929,30 +926,40 @@ impl Registrar {
                 return Err(Self::store_failed(req, &e));
             }
         }
-        let now_bindings: Vec<Binding> = existing
-            .iter()
-            .map(|old| {
-                refreshes
-                    .iter()
-                    .find(|b| b.contact == old.contact)
-                    .map_or_else(|| old.clone(), |b| (*b).clone())
+        let device = first.device_username.clone();
+        drop(refreshes);
+        // The refreshed bindings move into the new view; the others are kept as they were.
+        let mut refreshed: Vec<Binding> = changes
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Refresh(b) => Some(b),
+                _ => None,
             })
             .collect();
+        let mut fresh = Vec::with_capacity(refreshed.len());
+        let now_bindings: Vec<Binding> = existing
+            .iter()
+            .enumerate()
+            .map(
+                |(i, old)| match refreshed.iter().position(|b| b.contact == old.contact) {
+                    Some(j) => {
+                        fresh.push(i);
+                        refreshed.swap_remove(j)
+                    }
+                    None => old.clone(),
+                },
+            )
+            .collect();
         let now_bindings = Arc::new(now_bindings);
-        views.settle(
-            &first.device_username,
-            seen,
-            Arc::clone(&now_bindings),
-            now,
-            generation,
-        );
+        views.settle(&device, seen, Arc::clone(&now_bindings), now, generation);
         drop(views);
         if let (Some(id), Ok(mut c)) = (flow.conn, self.conns.lock()) {
-            for b in &refreshes {
+            for &i in &fresh {
+                let b = &now_bindings[i];
                 c.insert((b.device_username.clone(), b.contact.clone()), id);
             }
         }
-        Ok(Some(now_bindings))
+        Ok(Ok(now_bindings))
     }
 }
 
