@@ -238,7 +238,7 @@ pub struct Registrar {
     /// Source addresses of live bindings -> when the last of them expires (unix seconds).
     sources: Mutex<HashMap<IpAddr, u64>>,
     /// Device username -> its credentials as last read.
-    credentials: store::cache::ReadCache<String, Option<Device>>,
+    credentials: store::cache::ReadCache<String, Option<Arc<Device>>>,
     /// Device username -> its bindings as last read or written (`crate::binding_view`).
     views: Mutex<BindingViews>,
     pub stats: RegistrarStats,
@@ -308,15 +308,19 @@ impl Registrar {
 
     /// A device's credentials: from memory while the store says nothing changed and they
     /// are younger than [`CREDENTIALS_TTL`], else read again.
-    async fn device(&self, username: &str) -> Result<Option<Device>, store::StoreError> {
+    async fn device(&self, username: &str) -> Result<Option<Arc<Device>>, store::StoreError> {
         // Read before the lookup: a change that lands meanwhile makes the entry stale.
         let generation = self.store.provisioning_generation();
-        store::cache::read_through(
-            &self.credentials,
-            username.to_string(),
-            generation,
-            self.store.device_by_username(username),
-        )
+        // Kept: no key to build, no store call to set up.
+        if let Some(kept) = self
+            .credentials
+            .get(username, generation, std::time::Instant::now())
+        {
+            return Ok(kept);
+        }
+        store::cache::read_through(&self.credentials, username.to_string(), generation, async {
+            Ok::<_, store::StoreError>(self.store.device_by_username(username).await?.map(Arc::new))
+        })
         .await
     }
 
@@ -458,13 +462,13 @@ impl Registrar {
             Ok(d) => d,
             Err(e) => return Err(quick(Self::store_failed(req, &e))),
         };
-        let verdict = self.verify(&creds, &req.method.to_string(), device.as_ref(), now);
+        let verdict = self.verify(&creds, &req.method.to_string(), device.as_deref(), now);
         match (verdict, device) {
             (Verdict::Ok, Some(d)) => {
                 if let Ok(mut g) = self.guard.lock() {
                     g.succeed(&username);
                 }
-                Ok(d)
+                Ok(Device::clone(&d))
             }
             (Verdict::Stale, _) => Err(quick(challenge(true))),
             (Verdict::BadNonce, _) => Err(quick(challenge(false))),
@@ -546,7 +550,7 @@ impl Registrar {
                 return quick(Self::store_failed(req, &e));
             }
         };
-        let verdict = self.verify(&creds, "REGISTER", device.as_ref(), now);
+        let verdict = self.verify(&creds, "REGISTER", device.as_deref(), now);
         let device = match (verdict, device) {
             (Verdict::Ok, Some(d)) => d,
             (Verdict::Stale, _) => return quick(self.challenge(req, true, now)),
@@ -580,12 +584,11 @@ impl Registrar {
             g.succeed(&username);
         }
         // 2. The address of record must be the device that authenticated.
-        let aor_user = req.to().ok().and_then(|t| {
-            t.uri
-                .as_sip()
-                .and_then(|u| u.user_str().map(|s| s.into_owned()))
-        });
-        if aor_user.as_deref() != Some(device.username.as_str()) {
+        let to = req.view_to().ok();
+        let aor_user = to
+            .as_ref()
+            .and_then(|t| t.uri.as_sip().and_then(|u| u.user));
+        if aor_user != Some(device.username.as_bytes()) {
             return quick(Self::reply(req, 403).with_reason("To does not match the credentials"));
         }
         // 3. Contacts; 4. the bindings as they stand then.
@@ -599,7 +602,9 @@ impl Registrar {
         let mut resp = Self::reply(req, 200);
         for b in bindings.iter() {
             let left = (b.expires_at - now as i64).max(0);
-            let mut v = format!("<{}>;expires={left}", b.contact);
+            let mut v = String::with_capacity(b.contact.len() + 96);
+            let _ =
+                std::fmt::Write::write_fmt(&mut v, format_args!("<{}>;expires={left}", b.contact));
             if let Some(q) = b.q {
                 v.push_str(&format!(";q={q}"));
             }
@@ -837,11 +842,12 @@ impl Registrar {
                         changes.push(Change::Write(binding));
                     }
                 }
-                let changes =
-                    match self.refresh_here(req, flow, &existing, seen, changes, now, generation)? {
-                        Ok(kept) => return Ok(kept),
-                        Err(changes) => changes,
-                    };
+                let changes = match self
+                    .refresh_here(req, flow, &existing, seen, changes, now, generation)?
+                {
+                    Ok(kept) => return Ok(kept),
+                    Err(changes) => changes,
+                };
                 let write = self.untrust(username);
                 for change in changes {
                     let (contact, stored) = match change {
@@ -1030,7 +1036,11 @@ fn nonce_key(secret: &store::Secret) -> [u8; 32] {
 
 /// A binding's contact as stored: the URI alone (header parameters dropped).
 fn contact_key(a: &NameAddr) -> String {
-    a.uri.to_string()
+    use std::fmt::Write;
+    // Room for a usual contact at once, not grown piece by piece.
+    let mut key = String::with_capacity(96);
+    let _ = write!(key, "{}", a.uri);
+    key
 }
 
 /// Where to reach a binding (NAT traversal, RFC 3261 §18 with the registration's flow):

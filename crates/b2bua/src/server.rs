@@ -8,6 +8,9 @@
 //! phones and the configured trunks are exempt ([`SipServer::budget_for`]). Requests that
 //! start or belong to a call go to the call engine and keep their server transaction.
 //!
+//! A REGISTER is taken on the endpoint's own task ([`Endpoint::set_request_hook`]): the
+//! pre-checks, then the registrar, answered there when that waits for nothing.
+//!
 //! The same known peers are handed to the transports, which let them past the per-address
 //! TCP connection cap and the per-source request budget; and a REGISTER accepted over TCP
 //! holds its connection open past `sip.tcp_idle_secs` for as long as a binding lives on it.
@@ -366,12 +369,12 @@ impl Registrations {
 
 /// Runs `task` on this thread until it first waits, and hands it to the runtime only then.
 /// Most REGISTERs (a challenge, a refresh of a device whose bindings the registrar keeps)
-/// wait for nothing: they are answered here, without a task of their own and the wake-up of
-/// another worker thread that spawning one costs; one that waits (a store call, the delay
-/// after a failed attempt) goes on as a task. A future polled again with another waker
-/// registers that one (the `Future` contract), so the task is woken as usual. A panic in
-/// that first poll ends that request only, as it would in a task of its own, not the
-/// dispatcher.
+/// wait for nothing: they are answered here (on the endpoint's task, through its request
+/// hook), without a task of their own and the wake-up of another worker thread that
+/// spawning one costs; one that waits (a store call, the delay after a failed attempt) goes
+/// on as a task. A future polled again with another waker registers that one (the `Future`
+/// contract), so the task is woken as usual. A panic in that first poll ends that request
+/// only, as it would in a task of its own, not the endpoint.
 fn run_here_or_spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
     let mut task = Box::pin(task);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

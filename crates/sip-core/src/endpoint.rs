@@ -335,6 +335,8 @@ pub struct Endpoint {
     transports: Arc<Transports>,
     advertise: Option<IpAddr>,
     user_agent: Arc<str>,
+    /// The `Server` value ([`EndpointConfig::user_agent`]), shared by every answer.
+    server_header: Bytes,
     stateless_stats: Arc<StatelessStats>,
     timers: TimerConfig,
     hook: Arc<HookSlot>,
@@ -379,6 +381,7 @@ impl Endpoint {
                 cmd: cmd_tx,
                 transports,
                 advertise: cfg.advertise,
+                server_header: Bytes::from(cfg.user_agent.clone()),
                 user_agent: cfg.user_agent.into(),
                 stateless_stats,
                 timers: cfg.timers,
@@ -570,7 +573,7 @@ impl Endpoint {
         if response.headers.get(&HeaderName::Server).is_none() && response.status >= 200 {
             response
                 .headers
-                .add(HeaderName::Server, self.user_agent.to_string());
+                .add(HeaderName::Server, self.server_header.clone());
         }
         let _ = self.cmd.send(Command::Respond {
             key: key.clone(),
@@ -991,13 +994,21 @@ impl Layer {
             return;
         };
         let m = e.machine.polled();
+        // Nearly always one datagram and one event at most: those are kept out of the
+        // vectors, which then allocate nothing.
+        let first_out = m.poll_transmit();
         let mut out = Vec::new();
-        while let Some(b) = m.poll_transmit() {
-            out.push(b);
+        if first_out.is_some() {
+            while let Some(b) = m.poll_transmit() {
+                out.push(b);
+            }
         }
+        let first_ev = m.poll_event();
         let mut evs = Vec::new();
-        while let Some(ev) = m.poll_event() {
-            evs.push(ev);
+        if first_ev.is_some() {
+            while let Some(ev) = m.poll_event() {
+                evs.push(ev);
+            }
         }
         let deadline = m.poll_timeout();
         let terminated = m.is_terminated();
@@ -1005,15 +1016,19 @@ impl Layer {
         let resp = e.last_response.take();
         let client_events = e.events.take();
         let server_key = e.server_key.clone();
-        let request = if evs.iter().any(|ev| matches!(ev, TxEvent::Ack)) {
+        let request = if first_ev
+            .iter()
+            .chain(&evs)
+            .any(|ev| matches!(ev, TxEvent::Ack))
+        {
             e.request.clone()
         } else {
             None
         };
-        for b in out {
+        for b in first_out.into_iter().chain(out) {
             self.transmit(&flow, b);
         }
-        for ev in evs {
+        for ev in first_ev.into_iter().chain(evs) {
             match ev {
                 TxEvent::Response(_) => {
                     if let (Some(tx), Some(r)) = (&client_events, &resp) {
@@ -1498,9 +1513,7 @@ impl Layer {
                 let inc = match self.hook.0.get() {
                     Some(hook) => {
                         // A panic in the hook ends that request only, not the endpoint.
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            hook(inc)
-                        })) {
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(inc))) {
                             Ok(Some(inc)) => inc,
                             Ok(None) => return,
                             Err(_) => {

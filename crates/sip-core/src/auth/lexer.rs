@@ -209,9 +209,10 @@ impl<'a> Lexer<'a> {
         let rest: &'a str = self.s.get(self.pos..).unwrap_or("");
         // Most values hold nothing to resolve (no quoted-pair, no fold, no control): they
         // are borrowed as they stand.
-        if let Some(end) = rest.bytes().position(|b| {
-            b == b'"' || b == b'\\' || (b.is_ascii_control() && b != b'\t')
-        }) {
+        if let Some(end) = rest
+            .bytes()
+            .position(|b| b == b'"' || b == b'\\' || (b.is_ascii_control() && b != b'\t'))
+        {
             if rest.as_bytes()[end] == b'"' {
                 self.pos += end + 1;
                 return Ok(std::borrow::Cow::Borrowed(&rest[..end]));
