@@ -396,7 +396,7 @@ pub fn parse_challenges(value: &str) -> Result<Vec<AuthChallenge>, AuthError> {
     parse_list(value)?
         .into_iter()
         .map(|raw| {
-            if is_digest(&raw.scheme) {
+            if is_digest(raw.scheme) {
                 Challenge::from_raw(raw).map(AuthChallenge::Digest)
             } else {
                 Ok(AuthChallenge::Other(raw.into()))
@@ -415,7 +415,7 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
     let Some(raw) = all.pop() else {
         return Err(AuthError::Empty);
     };
-    if is_digest(&raw.scheme) {
+    if is_digest(raw.scheme) {
         Credentials::from_raw(raw).map(Authorization::Digest)
     } else {
         Ok(Authorization::Other(raw.into()))
