@@ -238,7 +238,7 @@ pub struct Registrar {
     /// Source addresses of live bindings -> when the last of them expires (unix seconds).
     sources: Mutex<HashMap<IpAddr, u64>>,
     /// Device username -> its credentials as last read.
-    credentials: store::cache::ReadCache<String, Option<Device>>,
+    credentials: store::cache::ReadCache<String, Option<Arc<Device>>>,
     /// Device username -> its bindings as last read or written (`crate::binding_view`).
     views: Mutex<BindingViews>,
     pub stats: RegistrarStats,
@@ -308,15 +308,19 @@ impl Registrar {
 
     /// A device's credentials: from memory while the store says nothing changed and they
     /// are younger than [`CREDENTIALS_TTL`], else read again.
-    async fn device(&self, username: &str) -> Result<Option<Device>, store::StoreError> {
+    async fn device(&self, username: &str) -> Result<Option<Arc<Device>>, store::StoreError> {
         // Read before the lookup: a change that lands meanwhile makes the entry stale.
         let generation = self.store.provisioning_generation();
-        store::cache::read_through(
-            &self.credentials,
-            username.to_string(),
-            generation,
-            self.store.device_by_username(username),
-        )
+        // Kept: no key to build, no store call to set up.
+        if let Some(kept) = self
+            .credentials
+            .get(username, generation, std::time::Instant::now())
+        {
+            return Ok(kept);
+        }
+        store::cache::read_through(&self.credentials, username.to_string(), generation, async {
+            Ok::<_, store::StoreError>(self.store.device_by_username(username).await?.map(Arc::new))
+        })
         .await
     }
 
@@ -392,26 +396,16 @@ impl Registrar {
     fn challenge(&self, req: &Request, stale: bool, now: u64) -> Response {
         let mut resp = Response::for_request(req, 401);
         resp.set_to_tag(&new_tag());
-        let md5_only = req.header_str(&HeaderName::UserAgent).is_some_and(|ua| {
-            let ua = ua.to_ascii_lowercase();
-            self.cfg
-                .md5_only_user_agents
-                .iter()
-                .any(|p| ua.starts_with(&p.to_ascii_lowercase()))
+        let md5_only = req.headers.get(&HeaderName::UserAgent).is_some_and(|ua| {
+            self.cfg.md5_only_user_agents.iter().any(|p| {
+                ua.get(..p.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+            })
         });
         let values: Vec<String> = match self.digest.lock() {
-            Ok(d) => d
-                .challenges(&self.cfg.realm, stale, now)
-                .into_iter()
-                .filter(|c| {
-                    !md5_only
-                        || matches!(
-                            c.algorithm,
-                            None | Some(sip_core::auth::AlgorithmParam::Known(Algorithm::Md5))
-                        )
-                })
-                .map(|c| c.to_string())
-                .collect(),
+            Ok(d) => d.challenge_values(&self.cfg.realm, stale, now, |a| {
+                !md5_only || a == Algorithm::Md5
+            }),
             Err(_) => Vec::new(),
         };
         for v in values {
@@ -468,13 +462,13 @@ impl Registrar {
             Ok(d) => d,
             Err(e) => return Err(quick(Self::store_failed(req, &e))),
         };
-        let verdict = self.verify(&creds, &req.method.to_string(), device.as_ref(), now);
+        let verdict = self.verify(&creds, &req.method.to_string(), device.as_deref(), now);
         match (verdict, device) {
             (Verdict::Ok, Some(d)) => {
                 if let Ok(mut g) = self.guard.lock() {
                     g.succeed(&username);
                 }
-                Ok(d)
+                Ok(Device::clone(&d))
             }
             (Verdict::Stale, _) => Err(quick(challenge(true))),
             (Verdict::BadNonce, _) => Err(quick(challenge(false))),
@@ -556,7 +550,7 @@ impl Registrar {
                 return quick(Self::store_failed(req, &e));
             }
         };
-        let verdict = self.verify(&creds, "REGISTER", device.as_ref(), now);
+        let verdict = self.verify(&creds, "REGISTER", device.as_deref(), now);
         let device = match (verdict, device) {
             (Verdict::Ok, Some(d)) => d,
             (Verdict::Stale, _) => return quick(self.challenge(req, true, now)),
@@ -590,12 +584,11 @@ impl Registrar {
             g.succeed(&username);
         }
         // 2. The address of record must be the device that authenticated.
-        let aor_user = req.to().ok().and_then(|t| {
-            t.uri
-                .as_sip()
-                .and_then(|u| u.user_str().map(|s| s.into_owned()))
-        });
-        if aor_user.as_deref() != Some(device.username.as_str()) {
+        let to = req.view_to().ok();
+        let aor_user = to
+            .as_ref()
+            .and_then(|t| t.uri.as_sip().and_then(|u| u.user));
+        if aor_user != Some(device.username.as_bytes()) {
             return quick(Self::reply(req, 403).with_reason("To does not match the credentials"));
         }
         // 3. Contacts; 4. the bindings as they stand then.
@@ -609,7 +602,9 @@ impl Registrar {
         let mut resp = Self::reply(req, 200);
         for b in bindings.iter() {
             let left = (b.expires_at - now as i64).max(0);
-            let mut v = format!("<{}>;expires={left}", b.contact);
+            let mut v = String::with_capacity(b.contact.len() + 96);
+            let _ =
+                std::fmt::Write::write_fmt(&mut v, format_args!("<{}>;expires={left}", b.contact));
             if let Some(q) = b.q {
                 v.push_str(&format!(";q={q}"));
             }
@@ -847,11 +842,12 @@ impl Registrar {
                         changes.push(Change::Write(binding));
                     }
                 }
-                if let Some(kept) =
-                    self.refresh_here(req, flow, &existing, seen, &changes, now, generation)?
+                let changes = match self
+                    .refresh_here(req, flow, &existing, seen, changes, now, generation)?
                 {
-                    return Ok(kept);
-                }
+                    Ok(kept) => return Ok(kept),
+                    Err(changes) => changes,
+                };
                 let write = self.untrust(username);
                 for change in changes {
                     let (contact, stored) = match change {
@@ -887,7 +883,8 @@ impl Registrar {
 
     /// When every change is a refresh and the store takes refreshes on this thread: hands
     /// them to it, keeps the result in the view (when nothing changed it since `seen`) and
-    /// returns the bindings as they stand. `Ok(None)`: the changes go the way of writes.
+    /// returns the bindings as they stand. `Ok(Err(changes))`: the changes, given back, go
+    /// the way of writes.
     #[allow(clippy::result_large_err, clippy::too_many_arguments)]
     fn refresh_here(
         &self,
@@ -895,10 +892,13 @@ impl Registrar {
         flow: &Flow,
         existing: &[Binding],
         seen: Seen,
-        changes: &[Change],
+        changes: Vec<Change>,
         now: u64,
         generation: u64,
-    ) -> Result<Option<Arc<Vec<Binding>>>, Response> {
+    ) -> Result<Result<Arc<Vec<Binding>>, Vec<Change>>, Response> {
+        if changes.is_empty() || !changes.iter().all(|c| matches!(c, Change::Refresh(_))) {
+            return Ok(Err(changes));
+        }
         let refreshes: Vec<&Binding> = changes
             .iter()
             .filter_map(|c| match c {
@@ -906,15 +906,18 @@ impl Registrar {
                 _ => None,
             })
             .collect();
-        let (Some(first), true) = (refreshes.first(), refreshes.len() == changes.len()) else {
-            return Ok(None);
+        let Some(first) = refreshes.first() else {
+            return Ok(Err(changes));
         };
         let Ok(mut views) = self.views.lock() else {
-            return Ok(None);
+            return Ok(Err(changes));
         };
         // The store's memory and the view change together, under the view's lock.
         match self.store.refresh_binding_here(first) {
-            None => return Ok(None),
+            None => {
+                drop(views);
+                return Ok(Err(changes));
+            }
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 tracing::error!(error = %e, "cannot store binding");
@@ -929,30 +932,40 @@ impl Registrar {
                 return Err(Self::store_failed(req, &e));
             }
         }
-        let now_bindings: Vec<Binding> = existing
-            .iter()
-            .map(|old| {
-                refreshes
-                    .iter()
-                    .find(|b| b.contact == old.contact)
-                    .map_or_else(|| old.clone(), |b| (*b).clone())
+        let device = first.device_username.clone();
+        drop(refreshes);
+        // The refreshed bindings move into the new view; the others are kept as they were.
+        let mut refreshed: Vec<Binding> = changes
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Refresh(b) => Some(b),
+                _ => None,
             })
             .collect();
+        let mut fresh = Vec::with_capacity(refreshed.len());
+        let now_bindings: Vec<Binding> = existing
+            .iter()
+            .enumerate()
+            .map(
+                |(i, old)| match refreshed.iter().position(|b| b.contact == old.contact) {
+                    Some(j) => {
+                        fresh.push(i);
+                        refreshed.swap_remove(j)
+                    }
+                    None => old.clone(),
+                },
+            )
+            .collect();
         let now_bindings = Arc::new(now_bindings);
-        views.settle(
-            &first.device_username,
-            seen,
-            Arc::clone(&now_bindings),
-            now,
-            generation,
-        );
+        views.settle(&device, seen, Arc::clone(&now_bindings), now, generation);
         drop(views);
         if let (Some(id), Ok(mut c)) = (flow.conn, self.conns.lock()) {
-            for b in &refreshes {
+            for &i in &fresh {
+                let b = &now_bindings[i];
                 c.insert((b.device_username.clone(), b.contact.clone()), id);
             }
         }
-        Ok(Some(now_bindings))
+        Ok(Ok(now_bindings))
     }
 }
 
@@ -1023,7 +1036,11 @@ fn nonce_key(secret: &store::Secret) -> [u8; 32] {
 
 /// A binding's contact as stored: the URI alone (header parameters dropped).
 fn contact_key(a: &NameAddr) -> String {
-    a.uri.to_string()
+    use std::fmt::Write;
+    // Room for a usual contact at once, not grown piece by piece.
+    let mut key = String::with_capacity(96);
+    let _ = write!(key, "{}", a.uri);
+    key
 }
 
 /// Where to reach a binding (NAT traversal, RFC 3261 §18 with the registration's flow):

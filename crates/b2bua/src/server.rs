@@ -8,6 +8,9 @@
 //! phones and the configured trunks are exempt ([`SipServer::budget_for`]). Requests that
 //! start or belong to a call go to the call engine and keep their server transaction.
 //!
+//! A REGISTER is taken on the endpoint's own task ([`Endpoint::set_request_hook`]): the
+//! pre-checks, then the registrar, answered there when that waits for nothing.
+//!
 //! The same known peers are handed to the transports, which let them past the per-address
 //! TCP connection cap and the per-source request budget; and a REGISTER accepted over TCP
 //! holds its connection open past `sip.tcp_idle_secs` for as long as a binding lives on it.
@@ -29,8 +32,17 @@ const TRUNK_REFRESH: Duration = Duration::from_secs(30);
 /// The SIP side of dialbridge.
 pub struct SipServer {
     endpoint: Endpoint,
-    registrar: Arc<Registrar>,
     engine: Option<Engine>,
+    peers: Arc<KnownPeers>,
+    registrations: Arc<Registrations>,
+}
+
+/// What answers REGISTERs. It runs on the endpoint's own task ([`Endpoint::set_request_hook`]):
+/// a REGISTER that waits for nothing (a challenge, a refresh of bindings the registrar
+/// keeps) is answered there, with no hand-over to the dispatcher's task and back.
+struct Registrations {
+    endpoint: Endpoint,
+    registrar: Arc<Registrar>,
     peers: Arc<KnownPeers>,
 }
 
@@ -56,6 +68,14 @@ struct TrunkIps {
 }
 
 impl KnownPeers {
+    fn budget_for(self: &Arc<Self>, source: IpAddr) -> RefusalBudget {
+        if self.is_known(source) {
+            RefusalBudget::Exempt
+        } else {
+            RefusalBudget::PerSource
+        }
+    }
+
     fn is_known(self: &Arc<Self>, source: IpAddr) -> bool {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -157,22 +177,32 @@ impl SipServer {
         endpoint
             .transports()
             .set_known_peers(Arc::new(move |ip| p.is_known(ip)));
+        let registrations = Arc::new(Registrations {
+            endpoint: endpoint.clone(),
+            registrar,
+            peers: Arc::clone(&peers),
+        });
+        let r = Arc::clone(&registrations);
+        endpoint.set_request_hook(Arc::new(move |inc: IncomingRequest| {
+            if inc.request.method == Method::Register {
+                r.on_register(inc);
+                None
+            } else {
+                Some(inc)
+            }
+        }));
         SipServer {
             endpoint,
-            registrar,
             engine,
             peers,
+            registrations,
         }
     }
 
     /// The refusal budget a stateless answer to this source counts against: none for a
     /// registered phone or a configured trunk, the per-source one for anybody else.
     pub fn budget_for(&self, source: IpAddr) -> RefusalBudget {
-        if self.peers.is_known(source) {
-            RefusalBudget::Exempt
-        } else {
-            RefusalBudget::PerSource
-        }
+        self.peers.budget_for(source)
     }
 
     /// Serves endpoint events until the endpoint stops.
@@ -204,13 +234,7 @@ impl SipServer {
 
     /// Answers a request that opens nothing, statelessly (see the module documentation).
     fn reply(&self, inc: &IncomingRequest, status: u16, extra: &[(HeaderName, String)]) {
-        let mut resp = Response::for_request(&inc.request, status);
-        resp.set_to_tag(&sip_core::endpoint::new_tag());
-        for (n, v) in extra {
-            resp.headers.add(n.clone(), v.clone());
-        }
-        self.endpoint
-            .reply_stateless(inc, resp, self.budget_for(inc.flow.remote.ip()));
+        reply(&self.endpoint, &self.peers, inc, status, extra);
     }
 
     fn on_request(&self, inc: IncomingRequest) {
@@ -280,49 +304,77 @@ impl SipServer {
                     None => self.reply(&inc, 404, &[]),
                 }
             }
-            Method::Register => {
-                let registrar = Arc::clone(&self.registrar);
-                let endpoint = self.endpoint.clone();
-                let budget = self.budget_for(inc.flow.remote.ip());
-                run_here_or_spawn(async move {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    let decision = registrar.handle(&inc.request, &inc.flow, now).await;
-                    if !decision.delay.is_zero() {
-                        tokio::time::sleep(decision.delay).await;
-                    }
-                    if decision.response.status >= 300 {
-                        // A challenge or a refusal binds nothing.
-                        endpoint.reply_stateless(&inc, decision.response, budget);
-                    } else {
-                        endpoint.respond(&inc.key, decision.response);
-                        // A registration's connection stays open while a binding lives
-                        // on it (past sip.tcp_idle_secs).
-                        if let (Some(until), Some(conn)) = (decision.flow_until, inc.flow.conn) {
-                            let left = until.saturating_sub(now);
-                            endpoint
-                                .transports()
-                                .hold_connection(conn, std::time::Duration::from_secs(left));
-                        }
-                    }
-                });
-            }
+            // Taken on the endpoint's task (`Registrations`) unless the hook was not
+            // installed.
+            Method::Register => self.registrations.on_register(inc),
             Method::Extension(_) => self.reply(&inc, 501, &[(HeaderName::Allow, ALLOW.into())]),
             _ => self.reply(&inc, 405, &[(HeaderName::Allow, ALLOW.into())]),
         }
     }
 }
 
+/// Answers a request that opens nothing, statelessly (see the module documentation).
+fn reply(
+    endpoint: &Endpoint,
+    peers: &Arc<KnownPeers>,
+    inc: &IncomingRequest,
+    status: u16,
+    extra: &[(HeaderName, String)],
+) {
+    let mut resp = Response::for_request(&inc.request, status);
+    resp.set_to_tag(&sip_core::endpoint::new_tag());
+    for (n, v) in extra {
+        resp.headers.add(n.clone(), v.clone());
+    }
+    endpoint.reply_stateless(inc, resp, peers.budget_for(inc.flow.remote.ip()));
+}
+
+impl Registrations {
+    /// A REGISTER: the pre-checks, then the registrar; answered here when that waits for
+    /// nothing, else in a task of its own.
+    fn on_register(&self, inc: IncomingRequest) {
+        if let Some((status, extra)) = precheck(&inc) {
+            reply(&self.endpoint, &self.peers, &inc, status, &extra);
+            return;
+        }
+        let registrar = Arc::clone(&self.registrar);
+        let endpoint = self.endpoint.clone();
+        let budget = self.peers.budget_for(inc.flow.remote.ip());
+        run_here_or_spawn(async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let decision = registrar.handle(&inc.request, &inc.flow, now).await;
+            if !decision.delay.is_zero() {
+                tokio::time::sleep(decision.delay).await;
+            }
+            if decision.response.status >= 300 {
+                // A challenge or a refusal binds nothing.
+                endpoint.reply_stateless(&inc, decision.response, budget);
+            } else {
+                endpoint.respond(&inc.key, decision.response);
+                // A registration's connection stays open while a binding lives on it
+                // (past sip.tcp_idle_secs).
+                if let (Some(until), Some(conn)) = (decision.flow_until, inc.flow.conn) {
+                    let left = until.saturating_sub(now);
+                    endpoint
+                        .transports()
+                        .hold_connection(conn, std::time::Duration::from_secs(left));
+                }
+            }
+        });
+    }
+}
+
 /// Runs `task` on this thread until it first waits, and hands it to the runtime only then.
 /// Most REGISTERs (a challenge, a refresh of a device whose bindings the registrar keeps)
-/// wait for nothing: they are answered here, without a task of their own and the wake-up of
-/// another worker thread that spawning one costs; one that waits (a store call, the delay
-/// after a failed attempt) goes on as a task. A future polled again with another waker
-/// registers that one (the `Future` contract), so the task is woken as usual. A panic in
-/// that first poll ends that request only, as it would in a task of its own, not the
-/// dispatcher.
+/// wait for nothing: they are answered here (on the endpoint's task, through its request
+/// hook), without a task of their own and the wake-up of another worker thread that
+/// spawning one costs; one that waits (a store call, the delay after a failed attempt) goes
+/// on as a task. A future polled again with another waker registers that one (the `Future`
+/// contract), so the task is woken as usual. A panic in that first poll ends that request
+/// only, as it would in a task of its own, not the endpoint.
 fn run_here_or_spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
     let mut task = Box::pin(task);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -127,7 +127,7 @@ pub enum ServerKey {
     /// always repeats it, and it keeps peers that reuse a branch across requests apart.
     Rfc3261 {
         branch: Bytes,
-        sent_by: String,
+        sent_by: Bytes,
         method: Method,
         call_id: Bytes,
     },
@@ -253,6 +253,26 @@ impl Drop for EventSink {
     }
 }
 
+/// A transaction user's first look at a new request, on the endpoint's own task
+/// ([`Endpoint::set_request_hook`]): it takes the request and returns `None` when it has
+/// dealt with it there (answered it, or handed it to a task of its own), or gives it back to
+/// go to the events channel as usual. It must not wait: the endpoint's task runs it.
+pub type RequestHook = Arc<dyn Fn(IncomingRequest) -> Option<IncomingRequest> + Send + Sync>;
+
+/// Where the [`RequestHook`] is kept, shared by the handles and the endpoint's task.
+#[derive(Default)]
+struct HookSlot(std::sync::OnceLock<RequestHook>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "HookSlot(set)"
+        } else {
+            "HookSlot(empty)"
+        })
+    }
+}
+
 /// A running client transaction, owned by the TU that sent the request.
 #[derive(Debug)]
 pub struct ClientTransaction {
@@ -315,8 +335,11 @@ pub struct Endpoint {
     transports: Arc<Transports>,
     advertise: Option<IpAddr>,
     user_agent: Arc<str>,
+    /// The `Server` value ([`EndpointConfig::user_agent`]), shared by every answer.
+    server_header: Bytes,
     stateless_stats: Arc<StatelessStats>,
     timers: TimerConfig,
+    hook: Arc<HookSlot>,
 }
 
 impl Endpoint {
@@ -332,7 +355,9 @@ impl Endpoint {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let stateless_stats = Arc::new(StatelessStats::default());
+        let hook = Arc::new(HookSlot::default());
         let layer = Layer {
+            hook: Arc::clone(&hook),
             stateless_stats: Arc::clone(&stateless_stats),
             transports: Arc::clone(&transports),
             timers: cfg.timers,
@@ -356,12 +381,22 @@ impl Endpoint {
                 cmd: cmd_tx,
                 transports,
                 advertise: cfg.advertise,
+                server_header: Bytes::from(cfg.user_agent.clone()),
                 user_agent: cfg.user_agent.into(),
                 stateless_stats,
                 timers: cfg.timers,
+                hook,
             },
             ev_rx,
         ))
+    }
+
+    /// Installs the transaction user's first look at each new request (not ACK, not
+    /// CANCEL), run on the endpoint's task once the request has its server transaction:
+    /// what it keeps is answered without a hand-over to the events channel's reader and
+    /// back. Only the first hook installed is kept; returns whether this one was.
+    pub fn set_request_hook(&self, hook: RequestHook) -> bool {
+        self.hook.0.set(hook).is_ok()
     }
 
     pub fn local_addrs(&self) -> Vec<ListenAddr> {
@@ -538,7 +573,7 @@ impl Endpoint {
         if response.headers.get(&HeaderName::Server).is_none() && response.status >= 200 {
             response
                 .headers
-                .add(HeaderName::Server, self.user_agent.to_string());
+                .add(HeaderName::Server, self.server_header.clone());
         }
         let _ = self.cmd.send(Command::Respond {
             key: key.clone(),
@@ -738,6 +773,8 @@ struct Layer {
     user_agent: String,
     advertise: Option<IpAddr>,
     observer: Option<Arc<dyn MessageObserver>>,
+    /// The transaction user's first look at a new request ([`Endpoint::set_request_hook`]).
+    hook: Arc<HookSlot>,
 }
 
 fn now_std() -> std::time::Instant {
@@ -957,13 +994,21 @@ impl Layer {
             return;
         };
         let m = e.machine.polled();
+        // Nearly always one datagram and one event at most: those are kept out of the
+        // vectors, which then allocate nothing.
+        let first_out = m.poll_transmit();
         let mut out = Vec::new();
-        while let Some(b) = m.poll_transmit() {
-            out.push(b);
+        if first_out.is_some() {
+            while let Some(b) = m.poll_transmit() {
+                out.push(b);
+            }
         }
+        let first_ev = m.poll_event();
         let mut evs = Vec::new();
-        while let Some(ev) = m.poll_event() {
-            evs.push(ev);
+        if first_ev.is_some() {
+            while let Some(ev) = m.poll_event() {
+                evs.push(ev);
+            }
         }
         let deadline = m.poll_timeout();
         let terminated = m.is_terminated();
@@ -971,15 +1016,19 @@ impl Layer {
         let resp = e.last_response.take();
         let client_events = e.events.take();
         let server_key = e.server_key.clone();
-        let request = if evs.iter().any(|ev| matches!(ev, TxEvent::Ack)) {
+        let request = if first_ev
+            .iter()
+            .chain(&evs)
+            .any(|ev| matches!(ev, TxEvent::Ack))
+        {
             e.request.clone()
         } else {
             None
         };
-        for b in out {
+        for b in first_out.into_iter().chain(out) {
             self.transmit(&flow, b);
         }
-        for ev in evs {
+        for ev in first_ev.into_iter().chain(evs) {
             match ev {
                 TxEvent::Response(_) => {
                     if let (Some(tx), Some(r)) = (&client_events, &resp) {
@@ -1456,11 +1505,26 @@ impl Layer {
                     self.heap.push(Reverse((due, id)));
                 }
                 self.drive(id);
-                let _ = self.events.send(EndpointEvent::Request(IncomingRequest {
+                let inc = IncomingRequest {
                     request: req,
                     flow,
                     key,
-                }));
+                };
+                let inc = match self.hook.0.get() {
+                    Some(hook) => {
+                        // A panic in the hook ends that request only, not the endpoint.
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(inc))) {
+                            Ok(Some(inc)) => inc,
+                            Ok(None) => return,
+                            Err(_) => {
+                                tracing::error!("handling a request panicked; it goes unanswered");
+                                return;
+                            }
+                        }
+                    }
+                    None => inc,
+                };
+                let _ = self.events.send(EndpointEvent::Request(inc));
             }
         }
     }
@@ -1546,17 +1610,20 @@ fn with_method(key: &ServerKey, method: Method) -> ServerKey {
 
 /// §17.2.3 matching key of a request.
 fn server_key(req: &Request) -> Option<ServerKey> {
-    // Read through the borrowed view: this runs on every request taken in.
-    let via = req.view_top_via().ok()?;
+    // Read through the borrowed view: this runs on every request taken in. The branch is
+    // kept as a slice of the message's buffer, as the Call-ID is: clones of the key (the
+    // transaction tables, the answered cache, the transaction user) share it.
+    let top = req.headers.get(&HeaderName::Via)?;
+    let via = crate::message::ViaView::parse_first(top.as_bytes()).ok()?;
     let method = match &req.method {
         Method::Ack => Method::Invite,
         m => m.clone(),
     };
     match via.branch() {
         Some(b) if b.starts_with(b"z9hG4bK") && b.len() > 7 => {
-            let sent_by = format!("{}:{}", via.host, via.port.unwrap_or(5060));
+            let sent_by = Bytes::from(format!("{}:{}", via.host, via.port.unwrap_or(5060)));
             Some(ServerKey::Rfc3261 {
-                branch: Bytes::copy_from_slice(b),
+                branch: shared_slice(top.base(), b),
                 sent_by,
                 method,
                 call_id: req.call_id().ok()?.to_bytes(),
@@ -1585,6 +1652,17 @@ fn server_key(req: &Request) -> Option<ServerKey> {
     }
 }
 
+/// `part`, a slice of `base`, as a `Bytes` that shares `base`'s buffer; a copy when it is not
+/// within it.
+fn shared_slice(base: &Bytes, part: &[u8]) -> Bytes {
+    let (b, p) = (base.as_ptr() as usize, part.as_ptr() as usize);
+    if p >= b && p + part.len() <= b + base.len() {
+        base.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
+}
+
 /// Adds `received` and `rport` to the top Via (RFC 3261 §18.2.1, RFC 3581 §4).
 fn stamp_via(req: &mut Request, flow: &Flow) {
     let Ok(mut via) = req.top_via() else { return };
@@ -1605,25 +1683,21 @@ fn stamp_via(req: &mut Request, flow: &Flow) {
 }
 
 fn replace_top_via(headers: &mut crate::message::Headers, via: &Via) {
-    let mut rebuilt = crate::message::Headers::with_capacity(headers.len());
-    let mut done = false;
-    for h in headers.iter() {
-        if !done && h.is(&HeaderName::Via) {
-            done = true;
-            let mut rest = Vec::new();
-            let v = h.value();
-            let _ = Via::parse_list(v.base(), &v, &mut rest);
-            let mut parts = vec![via.to_string()];
-            parts.extend(rest.iter().skip(1).map(|v| v.to_string()));
-            rebuilt.push(crate::message::Header::new(
-                HeaderName::Via,
-                parts.join(", "),
-            ));
-        } else {
-            rebuilt.push(h.to_header());
-        }
-    }
-    *headers = rebuilt;
+    let Some(v) = headers.get(&HeaderName::Via) else {
+        return;
+    };
+    // The first Via field line usually holds one value: it is replaced alone; the other
+    // values of a line that holds several are written back after it.
+    let value = if memchr::memchr(b',', &v).is_none() {
+        via.to_string()
+    } else {
+        let mut rest = Vec::new();
+        let _ = Via::parse_list(v.base(), &v, &mut rest);
+        let mut parts = vec![via.to_string()];
+        parts.extend(rest.iter().skip(1).map(|v| v.to_string()));
+        parts.join(", ")
+    };
+    headers.replace_first(HeaderName::Via, value);
 }
 
 /// Where responses to a request go (RFC 3261 §18.2.2, RFC 3581 §4).

@@ -222,3 +222,48 @@ async fn a_2xx_to_an_invite_is_never_stateless() {
     assert!(got.len() >= 3, "{} 200s within 8*T1", got.len());
     assert!(got.iter().all(|m| status(m) == 200));
 }
+
+#[tokio::test]
+async fn a_request_hook_answers_what_it_keeps_on_the_endpoint_and_passes_on_the_rest() {
+    use sip_core::message::Method;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (ep, mut events, uas) = endpoint(30).await;
+    let (sock, uac) = peer(uas).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (answering, counted) = (ep.clone(), Arc::clone(&calls));
+    let installed = ep.set_request_hook(Arc::new(move |inc: IncomingRequest| {
+        if inc.request.method != Method::Register {
+            return Some(inc);
+        }
+        counted.fetch_add(1, Ordering::SeqCst);
+        let mut challenge = Response::for_request(&inc.request, 401);
+        challenge.set_to_tag("hook");
+        answering.reply_stateless(&inc, challenge, RefusalBudget::PerSource);
+        None
+    }));
+    assert!(installed);
+    assert!(
+        !ep.set_request_hook(Arc::new(Some)),
+        "a second hook replaced the first"
+    );
+    // A REGISTER the hook keeps: answered once, and the TU hears nothing of it.
+    let register = request("REGISTER", uac, uas, "st-h1");
+    sock.send(register.as_bytes()).await.expect("send");
+    let got = received(&sock, T1 * 5).await;
+    assert_eq!(got.iter().map(|m| status(m)).collect::<Vec<_>>(), [401]);
+    // Its retransmission gets the same bytes from the endpoint, without the hook.
+    sock.send(register.as_bytes()).await.expect("send");
+    assert_eq!(received(&sock, T1 * 5).await, got);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(
+        events.try_recv().is_err(),
+        "the TU heard of a request the hook kept"
+    );
+    // A request the hook gives back reaches the TU as usual.
+    sock.send(request("OPTIONS", uac, uas, "st-h2").as_bytes())
+        .await
+        .expect("send");
+    let inc = next_request(&mut events).await;
+    assert_eq!(inc.request.method, Method::Options);
+}

@@ -125,7 +125,7 @@ impl Algorithm {
             Algorithm::Md5 => {
                 let mut ctx = Md5Context::new();
                 feed(parts, |p| ctx.consume(p));
-                format!("{:x}", ctx.compute())
+                hex::encode(ctx.compute().0)
             }
             Algorithm::Sha256 => {
                 let mut ctx = Sha256::new();

@@ -73,7 +73,7 @@ impl Challenge {
         }
     }
 
-    fn from_raw(raw: RawAuth) -> Result<Challenge, AuthError> {
+    fn from_raw(raw: RawAuth<'_>) -> Result<Challenge, AuthError> {
         if raw.token68.is_some() {
             return Err(AuthError::UnexpectedToken68);
         }
@@ -87,10 +87,10 @@ impl Challenge {
         let mut userhash = None;
         let mut extra = Vec::new();
         for p in raw.params {
-            let n = p.name.as_str();
+            let n = p.name;
             let v = p.value;
             if n.eq_ignore_ascii_case("realm") {
-                set_once(&mut realm, "realm", v)?;
+                set_once(&mut realm, "realm", v.into_owned())?;
             } else if n.eq_ignore_ascii_case("domain") {
                 set_once(
                     &mut domain,
@@ -98,9 +98,9 @@ impl Challenge {
                     v.split_ascii_whitespace().map(str::to_owned).collect(),
                 )?;
             } else if n.eq_ignore_ascii_case("nonce") {
-                set_once(&mut nonce, "nonce", v)?;
+                set_once(&mut nonce, "nonce", v.into_owned())?;
             } else if n.eq_ignore_ascii_case("opaque") {
-                set_once(&mut opaque, "opaque", v)?;
+                set_once(&mut opaque, "opaque", v.into_owned())?;
             } else if n.eq_ignore_ascii_case("stale") {
                 set_once(&mut stale, "stale", v.trim().eq_ignore_ascii_case("true"))?;
             } else if n.eq_ignore_ascii_case("algorithm") {
@@ -125,8 +125,8 @@ impl Challenge {
                 )?;
             } else {
                 extra.push(Param {
-                    name: p.name,
-                    value: v,
+                    name: p.name.to_owned(),
+                    value: v.into_owned(),
                     quoted: p.quoted,
                 });
             }
@@ -226,7 +226,7 @@ impl Credentials {
         }
     }
 
-    fn from_raw(raw: RawAuth) -> Result<Credentials, AuthError> {
+    fn from_raw(raw: RawAuth<'_>) -> Result<Credentials, AuthError> {
         if raw.token68.is_some() {
             return Err(AuthError::UnexpectedToken68);
         }
@@ -243,18 +243,18 @@ impl Credentials {
         let mut userhash = None;
         let mut extra = Vec::new();
         for p in raw.params {
-            let n = p.name.as_str();
+            let n = p.name;
             let v = p.value;
             if n.eq_ignore_ascii_case("username") {
-                set_once(&mut username, "username", v)?;
+                set_once(&mut username, "username", v.into_owned())?;
             } else if n.eq_ignore_ascii_case("realm") {
-                set_once(&mut realm, "realm", v)?;
+                set_once(&mut realm, "realm", v.into_owned())?;
             } else if n.eq_ignore_ascii_case("nonce") {
-                set_once(&mut nonce, "nonce", v)?;
+                set_once(&mut nonce, "nonce", v.into_owned())?;
             } else if n.eq_ignore_ascii_case("uri") {
-                set_once(&mut uri, "uri", v)?;
+                set_once(&mut uri, "uri", v.into_owned())?;
             } else if n.eq_ignore_ascii_case("response") {
-                set_once(&mut response, "response", v)?;
+                set_once(&mut response, "response", v.into_owned())?;
             } else if n.eq_ignore_ascii_case("algorithm") {
                 set_once(
                     &mut algorithm,
@@ -262,9 +262,9 @@ impl Credentials {
                     AlgorithmParam::from_token(v.trim()),
                 )?;
             } else if n.eq_ignore_ascii_case("cnonce") {
-                set_once(&mut cnonce, "cnonce", v)?;
+                set_once(&mut cnonce, "cnonce", v.into_owned())?;
             } else if n.eq_ignore_ascii_case("opaque") {
-                set_once(&mut opaque, "opaque", v)?;
+                set_once(&mut opaque, "opaque", v.into_owned())?;
             } else if n.eq_ignore_ascii_case("qop") {
                 set_once(&mut qop, "qop", Qop::from_token(v.trim()))?;
             } else if n.eq_ignore_ascii_case("nc") {
@@ -277,8 +277,8 @@ impl Credentials {
                 )?;
             } else {
                 extra.push(Param {
-                    name: p.name,
-                    value: v,
+                    name: p.name.to_owned(),
+                    value: v.into_owned(),
                     quoted: p.quoted,
                 });
             }
@@ -356,12 +356,12 @@ pub struct OtherScheme {
     pub params: Vec<Param>,
 }
 
-impl From<RawAuth> for OtherScheme {
-    fn from(raw: RawAuth) -> OtherScheme {
+impl From<RawAuth<'_>> for OtherScheme {
+    fn from(raw: RawAuth<'_>) -> OtherScheme {
         OtherScheme {
-            scheme: raw.scheme,
-            token68: raw.token68,
-            params: raw.params,
+            scheme: raw.scheme.to_owned(),
+            token68: raw.token68.map(str::to_owned),
+            params: raw.params.into_iter().map(|p| p.into_param()).collect(),
         }
     }
 }
@@ -396,7 +396,7 @@ pub fn parse_challenges(value: &str) -> Result<Vec<AuthChallenge>, AuthError> {
     parse_list(value)?
         .into_iter()
         .map(|raw| {
-            if is_digest(&raw.scheme) {
+            if is_digest(raw.scheme) {
                 Challenge::from_raw(raw).map(AuthChallenge::Digest)
             } else {
                 Ok(AuthChallenge::Other(raw.into()))
@@ -415,7 +415,7 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
     let Some(raw) = all.pop() else {
         return Err(AuthError::Empty);
     };
-    if is_digest(&raw.scheme) {
+    if is_digest(raw.scheme) {
         Credentials::from_raw(raw).map(Authorization::Digest)
     } else {
         Ok(Authorization::Other(raw.into()))

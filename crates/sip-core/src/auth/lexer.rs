@@ -51,13 +51,38 @@ impl Param {
     }
 }
 
+/// One auth-param as read: the name and, unless a quoted-pair or a fold had to be resolved,
+/// the value borrowed from the header value (nothing is copied until a field keeps it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawParam<'a> {
+    pub name: &'a str,
+    pub value: std::borrow::Cow<'a, str>,
+    pub quoted: bool,
+}
+
+impl RawParam<'_> {
+    pub fn into_param(self) -> Param {
+        Param {
+            name: self.name.to_owned(),
+            value: self.value.into_owned(),
+            quoted: self.quoted,
+        }
+    }
+}
+
+impl PartialEq<Param> for RawParam<'_> {
+    fn eq(&self, other: &Param) -> bool {
+        self.name == other.name && self.value == other.value.as_str() && self.quoted == other.quoted
+    }
+}
+
 /// One challenge or credentials of any scheme, before the scheme's own
 /// rules are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RawAuth {
-    pub scheme: String,
-    pub token68: Option<String>,
-    pub params: Vec<Param>,
+pub(crate) struct RawAuth<'a> {
+    pub scheme: &'a str,
+    pub token68: Option<&'a str>,
+    pub params: Vec<RawParam<'a>>,
 }
 
 /// `tchar` of RFC 7230 together with the `token` characters of RFC 3261.
@@ -178,18 +203,29 @@ impl<'a> Lexer<'a> {
     /// A folded line (CRLF then white space) stands for its white space; any other CR or
     /// LF, and an unescaped control character other than HTAB, is refused: such a value
     /// could not be written back as it was read.
-    fn quoted_string(&mut self) -> Result<String, AuthError> {
+    fn quoted_string(&mut self) -> Result<std::borrow::Cow<'a, str>, AuthError> {
         let start = self.pos;
         self.pos += 1;
-        let rest = self.s.get(self.pos..).unwrap_or("");
-        let mut out = String::new();
+        let rest: &'a str = self.s.get(self.pos..).unwrap_or("");
+        // Most values hold nothing to resolve (no quoted-pair, no fold, no control): they
+        // are borrowed as they stand.
+        if let Some(end) = rest
+            .bytes()
+            .position(|b| b == b'"' || b == b'\\' || (b.is_ascii_control() && b != b'\t'))
+        {
+            if rest.as_bytes()[end] == b'"' {
+                self.pos += end + 1;
+                return Ok(std::borrow::Cow::Borrowed(&rest[..end]));
+            }
+        }
+        let mut out = String::with_capacity(rest.len().min(256));
         let mut chars = rest.char_indices().peekable();
         let refuse = |i: usize| AuthError::UnexpectedCharacter { at: start + 1 + i };
         while let Some((i, c)) = chars.next() {
             match c {
                 '"' => {
                     self.pos += i + 1;
-                    return Ok(out);
+                    return Ok(std::borrow::Cow::Owned(out));
                 }
                 '\\' => match chars.next() {
                     Some((j, '\r' | '\n')) => return Err(refuse(j)),
@@ -212,7 +248,7 @@ impl<'a> Lexer<'a> {
     }
 
     /// `auth-param`, the name already read.
-    fn param_value(&mut self, name: &str) -> Result<Param, AuthError> {
+    fn param_value(&mut self, name: &'a str) -> Result<RawParam<'a>, AuthError> {
         // Caller has seen '='.
         self.pos += 1;
         self.skip_lws();
@@ -223,11 +259,11 @@ impl<'a> Lexer<'a> {
                 if v.is_empty() {
                     return Err(AuthError::ExpectedValue { at: self.pos });
                 }
-                (v.to_owned(), false)
+                (std::borrow::Cow::Borrowed(v), false)
             }
         };
-        Ok(Param {
-            name: name.to_owned(),
+        Ok(RawParam {
+            name,
             value,
             quoted,
         })
@@ -235,9 +271,9 @@ impl<'a> Lexer<'a> {
 }
 
 /// Splits a header value into its challenges (or credentials).
-pub(crate) fn parse_list(value: &str) -> Result<Vec<RawAuth>, AuthError> {
+pub(crate) fn parse_list(value: &str) -> Result<Vec<RawAuth<'_>>, AuthError> {
     let mut lx = Lexer { s: value, pos: 0 };
-    let mut out: Vec<RawAuth> = Vec::new();
+    let mut out: Vec<RawAuth> = Vec::with_capacity(1);
     loop {
         lx.skip_lws_and_commas();
         if lx.at_end() {
@@ -255,14 +291,14 @@ pub(crate) fn parse_list(value: &str) -> Result<Vec<RawAuth>, AuthError> {
         } else {
             // A new auth-scheme.
             let mut raw = RawAuth {
-                scheme: name.to_owned(),
+                scheme: name,
                 token68: None,
-                params: Vec::new(),
+                params: Vec::with_capacity(12),
             };
             if lx.pos > at + name.len() {
                 // There was white space after the scheme: token68 or params.
                 if let Some(t) = lx.try_token68() {
-                    raw.token68 = Some(t.to_owned());
+                    raw.token68 = Some(t);
                 }
             } else if lx.peek() == Some(b'=') {
                 // `name=` with no scheme before it.
@@ -336,7 +372,7 @@ mod tests {
         assert_eq!(v[0].params[2], Param::token("algorithm", "SHA-256"));
         assert_eq!(v[1].params[1], Param::quoted("nonce", "2"));
         assert_eq!(v[2].scheme, "Basic");
-        assert_eq!(v[2].token68.as_deref(), Some("abc=="));
+        assert_eq!(v[2].token68, Some("abc=="));
         assert!(v[2].params.is_empty());
         assert_eq!(v[3].scheme, "Negotiate");
         assert!(v[3].token68.is_none() && v[3].params.is_empty());
@@ -352,7 +388,7 @@ mod tests {
     #[test]
     fn white_space_around_equals_and_commas() {
         let v = parse_list("Digest \t realm = \"a\" ,\r\n nonce\t=\tb ,, opaque=\"c\"  ").unwrap();
-        let names: Vec<_> = v[0].params.iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<_> = v[0].params.iter().map(|p| p.name).collect();
         assert_eq!(names, ["realm", "nonce", "opaque"]);
         assert_eq!(v[0].params[1], Param::token("nonce", "b"));
     }
@@ -377,7 +413,7 @@ mod tests {
         // RFC 7235: token68 may end in '='; the Digest layer refuses it.
         for v in ["Digest realm=", "Digest realm= ,"] {
             let raw = parse_list(v).unwrap();
-            assert_eq!(raw[0].token68.as_deref(), Some("realm="), "{v:?}");
+            assert_eq!(raw[0].token68, Some("realm="), "{v:?}");
         }
     }
 

@@ -44,6 +44,7 @@ use sha2::Sha256;
 
 use super::algorithm::{constant_time_eq, Algorithm, AlgorithmParam, Qop, QopInput};
 use super::header::{Challenge, Credentials};
+use super::lexer::push_quoted;
 use super::AuthError;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -243,6 +244,39 @@ impl DigestServer {
                 c
             })
             .collect()
+    }
+
+    /// The header values of the challenges [`DigestServer::challenges`] would give (one nonce
+    /// for all, `qop="auth"`), written straight out, for each algorithm offered that `offer`
+    /// keeps: the same text as those [`Challenge`]s' `Display`.
+    pub fn challenge_values(
+        &self,
+        realm: &str,
+        stale: bool,
+        now_unix: u64,
+        offer: impl Fn(Algorithm) -> bool,
+    ) -> Vec<String> {
+        let nonce = self.new_nonce(realm, now_unix);
+        let opaque = self.opaque_for(&nonce);
+        let mut out = Vec::with_capacity(self.config.algorithms.len());
+        for &alg in self.config.algorithms.iter().filter(|&&a| offer(a)) {
+            let mut s = String::with_capacity(96 + realm.len() + nonce.len() + opaque.len());
+            s.push_str("Digest realm=");
+            push_quoted(&mut s, realm);
+            s.push_str(", nonce=");
+            push_quoted(&mut s, &nonce);
+            s.push_str(", opaque=");
+            push_quoted(&mut s, &opaque);
+            if stale {
+                s.push_str(", stale=TRUE");
+            }
+            // The algorithm names are tokens: written bare.
+            s.push_str(", algorithm=");
+            s.push_str(alg.as_str());
+            s.push_str(", qop=\"auth\"");
+            out.push(s);
+        }
+        out
     }
 
     /// [`DigestServer::challenges`] as header values, one per

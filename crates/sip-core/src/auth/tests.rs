@@ -89,6 +89,33 @@ fn challenge_offers_sha256_then_md5_with_qop_auth() {
 }
 
 #[test]
+fn challenge_values_read_back_as_the_challenges_they_write() {
+    let s = server();
+    for stale in [false, true] {
+        let values = s.challenge_values(REALM, stale, T0, |_| true);
+        assert_eq!(values.len(), 2);
+        let parsed: Vec<Challenge> = values
+            .iter()
+            .map(|v| Challenge::parse(v).unwrap())
+            .collect();
+        for (v, c) in values.iter().zip(&parsed) {
+            assert_eq!(&c.to_string(), v, "written as a Challenge writes itself");
+            assert_eq!(c.stale, stale);
+            assert_eq!(c.realm, REALM);
+            assert_eq!(c.qop, [Qop::Auth]);
+            assert_eq!(c.nonce, parsed[0].nonce, "one nonce for all");
+            assert_eq!(c.opaque, parsed[0].opaque);
+        }
+    }
+    let md5 = s.challenge_values(REALM, false, T0, |a| a == Algorithm::Md5);
+    assert_eq!(md5.len(), 1);
+    assert_eq!(
+        Challenge::parse(&md5[0]).unwrap().algorithm,
+        Some(AlgorithmParam::Known(Algorithm::Md5))
+    );
+}
+
+#[test]
 fn client_prefers_sha256_and_server_accepts() {
     let mut s = server();
     let store = Store::new("alice", "secret");

@@ -585,10 +585,11 @@ impl Headers {
         Headers::with_capacity(0)
     }
 
+    /// Room for `n` fields added one by one (each keeps its name and its value).
     pub fn with_capacity(n: usize) -> Headers {
         Headers {
             buf: Bytes::new(),
-            added: Vec::new(),
+            added: Vec::with_capacity(2 * n),
             fields: Vec::with_capacity(n),
             present: 0,
             repeated: 0,
@@ -797,6 +798,24 @@ impl Headers {
         self.renote();
     }
 
+    /// Replaces the first occurrence of `name` with `value` (the name written canonically),
+    /// leaving the others as they are; appends it when there is none.
+    pub fn replace_first(&mut self, name: HeaderName, value: impl Into<Bytes>) {
+        let code = name.code();
+        match self
+            .fields
+            .iter()
+            .position(|x| self.matches(x, code, &name))
+        {
+            Some(i) => {
+                // Same name, same place: the presence bits and the index stand.
+                let f = self.field_of(Header::new(name, value));
+                self.fields[i] = f;
+            }
+            None => self.add(name, value),
+        }
+    }
+
     /// Replaces every occurrence of `name` with one value (or appends it).
     pub fn set(&mut self, name: HeaderName, value: impl Into<Bytes>) {
         let code = name.code();
@@ -806,6 +825,11 @@ impl Headers {
             .iter()
             .position(|x| self.matches(x, code, &name))
         {
+            // The only occurrence: replaced where it stands (same name, same place).
+            Some(i) if !self.is_repeated(&name) => {
+                self.fields[i] = f;
+                return;
+            }
             Some(i) => {
                 self.fields[i] = f;
                 let mut seen = 0;

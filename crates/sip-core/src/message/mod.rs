@@ -628,7 +628,8 @@ impl Response {
                 .map(|n| n.tag().is_some())
                 .unwrap_or(true);
             if !has_tag {
-                let mut v = to.to_vec();
+                let mut v = Vec::with_capacity(to.len() + 5 + tag.len());
+                v.extend_from_slice(&to);
                 v.extend_from_slice(b";tag=");
                 v.extend_from_slice(tag.as_bytes());
                 self.headers.set(HeaderName::To, v);
