@@ -602,17 +602,17 @@ impl Registrar {
         let mut resp = Self::reply(req, 200);
         for b in bindings.iter() {
             let left = (b.expires_at - now as i64).max(0);
+            use std::fmt::Write as _;
             let mut v = String::with_capacity(b.contact.len() + 96);
-            let _ =
-                std::fmt::Write::write_fmt(&mut v, format_args!("<{}>;expires={left}", b.contact));
+            let _ = write!(v, "<{}>;expires={left}", b.contact);
             if let Some(q) = b.q {
-                v.push_str(&format!(";q={q}"));
+                let _ = write!(v, ";q={q}");
             }
             if let Some(i) = &b.instance {
-                v.push_str(&format!(";+sip.instance=\"{i}\""));
+                let _ = write!(v, ";+sip.instance=\"{i}\"");
             }
             if let Some(r) = b.reg_id {
-                v.push_str(&format!(";reg-id={r}"));
+                let _ = write!(v, ";reg-id={r}");
             }
             resp.headers.add(HeaderName::Contact, v);
         }

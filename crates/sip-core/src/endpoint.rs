@@ -996,20 +996,8 @@ impl Layer {
         let m = e.machine.polled();
         // Nearly always one datagram and one event at most: those are kept out of the
         // vectors, which then allocate nothing.
-        let first_out = m.poll_transmit();
-        let mut out = Vec::new();
-        if first_out.is_some() {
-            while let Some(b) = m.poll_transmit() {
-                out.push(b);
-            }
-        }
-        let first_ev = m.poll_event();
-        let mut evs = Vec::new();
-        if first_ev.is_some() {
-            while let Some(ev) = m.poll_event() {
-                evs.push(ev);
-            }
-        }
+        let (first_out, out) = first_and_rest(|| m.poll_transmit());
+        let (first_ev, evs) = first_and_rest(|| m.poll_event());
         let deadline = m.poll_timeout();
         let terminated = m.is_terminated();
         let flow = e.flow;
@@ -1650,6 +1638,18 @@ fn server_key(req: &Request) -> Option<ServerKey> {
             )))
         }
     }
+}
+
+/// Drains `next` into its first item and the rest: the usual lone item allocates nothing.
+fn first_and_rest<T>(mut next: impl FnMut() -> Option<T>) -> (Option<T>, Vec<T>) {
+    let first = next();
+    let mut rest = Vec::new();
+    if first.is_some() {
+        while let Some(x) = next() {
+            rest.push(x);
+        }
+    }
+    (first, rest)
 }
 
 /// `part`, a slice of `base`, as a `Bytes` that shares `base`'s buffer; a copy when it is not
