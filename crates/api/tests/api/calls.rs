@@ -568,6 +568,40 @@ async fn hangup_cancels_and_then_conflicts() {
     s.stop().await;
 }
 
+/// Requests that arrive together share the journal's transaction (their admissions and the
+/// events being written, one commit): each is still decided alone under the account's limits,
+/// and each admitted call is in the log with its first timeline entry.
+#[tokio::test]
+async fn concurrent_requests_are_admitted_together_under_the_limits() {
+    let s = Server::start_with(test_config(), std::sync::Arc::new(TempDir::new()), false).await;
+    let three = api::AccountLimits {
+        calls_per_second: 1000.0,
+        burst: 1000,
+        max_concurrent: 3,
+    };
+    assert!(s.store.set_account_limits(ACME, &three).await.unwrap());
+    let body = json!({"user_id": ALICE, "dial_string": "+14155550100"});
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| s.create_call(body.clone()))).await;
+    let admitted: Vec<&str> = answers
+        .iter()
+        .filter(|(st, _)| *st == 202)
+        .map(|(_, v)| v["call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(admitted.len(), 3, "{answers:?}");
+    assert!(answers
+        .iter()
+        .all(|(st, v)| *st == 202 || (*st == 429 && v["error"]["code"] == "rate_limited")));
+    for id in admitted {
+        let rec = s.store.get_call(ACME, id).await.unwrap().unwrap();
+        assert_eq!(rec.dial_string, "+14155550100");
+        let timeline = s.store.timeline(id).await.unwrap();
+        assert_eq!(timeline[0].kind, "api.request");
+    }
+    assert_eq!(s.calls.specs.lock().unwrap().len(), 3);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn rate_concurrency_and_capacity_limits() {
     let s = Server::start_with(test_config(), std::sync::Arc::new(TempDir::new()), false).await;

@@ -98,19 +98,35 @@ async fn device_targets(
         .await
         .map_err(|e| outcome(CallStatus::Failed, Some(leg), None, &format!("store: {e}")))?;
     let mut out = Vec::new();
-    // One set of ICE credentials for the leg: every browser of the fork is offered it.
-    let webrtc = inner
-        .relay
-        .dtls_fingerprint()
-        .map(|fp| super::machine::WebRtcOffer {
-            ice: media::webrtc::IceCredentials::random(),
-            fingerprint: fp.clone(),
-        });
+    // One set of ICE credentials for the leg: every browser of the fork is offered it. Drawn
+    // when the first browser is met, so a fork of plain phones costs no random bytes.
+    let mut webrtc: Option<Option<super::machine::WebRtcOffer>> = None;
     for b in &bindings {
         let conn = inner
             .registrar
             .connection_of(&b.device_username, &b.contact);
         if let Some((uri, dest)) = crate::registrar::binding_target(b, conn) {
+            // A device registered over WebSocket is a browser (RFC 7118 clients are WebRTC
+            // endpoints): DTLS-SRTP media.
+            let browser = matches!(
+                dest.transport,
+                sip_core::transport::Transport::Ws | sip_core::transport::Transport::Wss
+            );
+            let webrtc = if browser {
+                webrtc
+                    .get_or_insert_with(|| {
+                        inner
+                            .relay
+                            .dtls_fingerprint()
+                            .map(|fp| super::machine::WebRtcOffer {
+                                ice: media::webrtc::IceCredentials::random(),
+                                fingerprint: fp.clone(),
+                            })
+                    })
+                    .clone()
+            } else {
+                None
+            };
             out.push(Target {
                 request_uri: uri,
                 to: format!("<sip:{}@{}>", b.device_username, inner.cfg.domain),
@@ -122,14 +138,7 @@ async fn device_targets(
                 failover_codes: Vec::new(),
                 trunk: None,
                 sdes: None,
-                // A device registered over WebSocket is a browser (RFC 7118 clients are
-                // WebRTC endpoints): DTLS-SRTP media.
-                webrtc: matches!(
-                    dest.transport,
-                    sip_core::transport::Transport::Ws | sip_core::transport::Transport::Wss
-                )
-                .then(|| webrtc.clone())
-                .flatten(),
+                webrtc,
                 route: b.path.clone(),
             });
         }

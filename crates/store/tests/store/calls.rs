@@ -340,6 +340,79 @@ async fn admission_counts_the_live_calls_of_the_account() {
     assert_eq!(admit(call(3, T0)).await, Admission::Admitted);
 }
 
+/// Admissions gathered into the transaction of a batch of call writes (the journal's group
+/// commit on SQLite): each is decided in order and sees the ones before it, one refused by
+/// a constraint writes nothing while the others and the batch stand.
+#[tokio::test]
+async fn admissions_in_one_transaction_with_a_batch() {
+    // SQLite: the one backend that offers it (outside a backend scope, tests run on SQLite).
+    let (_db, store) = store_provisioned().await;
+    assert!(store.admits_here());
+    // A call already in the store, to which the batch adds a timeline entry.
+    let old = call(1, T0);
+    store.insert_call(&old).await.unwrap();
+    let entry = TimelineEntry {
+        at_ms: T0 + 1,
+        kind: "agent.ringing".into(),
+        leg: Some("agent".into()),
+        detail: json!({}),
+    };
+    let writes = vec![store::CallWrite::Timeline {
+        call_id: old.id.clone(),
+        entry: entry.clone(),
+    }];
+    let req = |c: &CallRecord| store::AdmitRequest {
+        writes: admission(c),
+        limits: at_most(3),
+        now_ms: T0,
+    };
+    // The old call is live: two more fit under 3; the same id twice is a constraint error.
+    let asks = [
+        req(&call(2, T0)),
+        req(&call(2, T0)),
+        req(&call(3, T0)),
+        req(&call(4, T0)),
+    ];
+    let answers = store.admit_and_write_here(&asks, &writes).unwrap().unwrap();
+    assert_eq!(answers.len(), 4);
+    assert_eq!(answers[0].as_ref().unwrap(), &Admission::Admitted);
+    assert!(
+        matches!(
+            answers[1],
+            Err(StoreError::AlreadyExists { kind: "call", .. })
+        ),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(answers[2].as_ref().unwrap(), &Admission::Admitted);
+    assert_eq!(answers[3].as_ref().unwrap(), &Admission::Concurrency);
+    for (n, written) in [(2, true), (3, true), (4, false)] {
+        let id = call(n, T0).id;
+        assert_eq!(
+            store.get_call(ACCT, &id).await.unwrap().is_some(),
+            written,
+            "call {n}"
+        );
+        assert_eq!(
+            store.timeline(&id).await.unwrap().len(),
+            usize::from(written),
+            "call {n}"
+        );
+    }
+    assert_eq!(store.timeline(&old.id).await.unwrap(), vec![entry]);
+    // A batch that fails writes nothing, admissions included.
+    let bad = vec![store::CallWrite::NewCall(old.clone())];
+    assert!(store
+        .admit_and_write_here(&[req(&call(5, T0))], &bad)
+        .unwrap()
+        .is_err());
+    assert!(store
+        .get_call(ACCT, &call(5, T0).id)
+        .await
+        .unwrap()
+        .is_none());
+}
+
 /// Twenty admissions at once under a limit of 3 (as from several nodes): exactly 3 pass.
 async fn racing_admissions_respect_the_limit() {
     let (_db, store) = store_provisioned().await;
