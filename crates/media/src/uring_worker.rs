@@ -68,13 +68,20 @@ impl Watch for UringWatch<'_> {
     /// the session is closed. Other completions reaped meanwhile are kept for the loop.
     fn unwatch(&mut self, slot: usize, gen: u32, s: &SessionState) {
         let fds = s.fds();
-        for (fd, _) in fds {
-            self.ring.cancel_fd(fd);
-        }
+        // The receive requests by their user data (found at once); a send still waiting for
+        // room in a socket's buffer (rare: UDP sends complete when submitted) by its socket,
+        // after a first look.
+        self.ring
+            .cancel_user_data(fds.iter().map(|&(_, t)| recv_user_data(slot, gen, t)));
         let mut recvs_open = fds.len();
         let mut sends_open = s.sends_in_flight;
         let mut seen = self.stash.len();
         for round in 0..200 {
+            if round == 1 && sends_open > 0 {
+                for (fd, _) in fds {
+                    self.ring.cancel_fd(fd);
+                }
+            }
             if round > 0 {
                 let _ = self.ring.wait(1, Duration::from_millis(1));
             }
