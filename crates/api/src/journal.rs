@@ -18,13 +18,6 @@
 //!   is committed together with the event that caused it, so a crash never keeps one without
 //!   the other. Under load batches grow by themselves (group commit); idle, an event is written
 //!   as soon as it arrives.
-//! - A new call's admission (its account's limits, its record and first timeline entry:
-//!   [`store::Store::admit_call`]) is decided in the writer's next transaction too, where the
-//!   store offers it ([`admit`]; SQLite): the REST request waits for that commit, the writer
-//!   cuts its gathering short for it, and the calls that arrive together share one commit
-//!   with the events being written instead of a transaction each on a store thread. A batch
-//!   that fails answers its admissions with the failure (`503` when the store is
-//!   unavailable); its events are retried alone.
 //! - When the store refuses a batch (disk full, I/O error, database gone) nothing of it was
 //!   written; the writer keeps it, says the store is unavailable ([`StoreHealth`]), and tries
 //!   the same batch again with backoff (10 ms doubling to 1 s) until it is accepted. The calls
@@ -46,11 +39,7 @@ use std::time::{Duration, Instant};
 
 use b2bua::calls::{CallEvent, CallEventKind, Leg, Outcome};
 use serde_json::{json, Value};
-use store::{
-    AccountLimits, Admission, AdmitRequest, CallRecord, CallStatus, CallWrite, OutboxEntry,
-    StoreError, TimelineEntry, TypeId, UnixMs,
-};
-use tokio::sync::oneshot;
+use store::{CallRecord, CallStatus, CallWrite, OutboxEntry, StoreError, TimelineEntry, TypeId};
 
 use crate::hooks::{apply, callback_stage, timeline_parts, EVENT_PREFIX};
 use crate::state::Shared;
@@ -119,44 +108,10 @@ impl StoreHealth {
     }
 }
 
-/// New calls' admissions waiting for the writer's next transaction ([`admit`]), with where
-/// each answer goes.
-#[derive(Debug, Default)]
-pub(crate) struct Admits {
-    requests: Vec<AdmitRequest>,
-    replies: Vec<oneshot::Sender<Result<Admission, StoreError>>>,
-}
-
-impl Admits {
-    fn is_empty(&self) -> bool {
-        self.requests.is_empty()
-    }
-
-    fn append(&mut self, other: &mut Admits) {
-        self.requests.append(&mut other.requests);
-        self.replies.append(&mut other.replies);
-    }
-
-    /// Answers every admission with `answer(i)` and empties the set.
-    fn answer(&mut self, mut answer: impl FnMut(usize) -> Result<Admission, StoreError>) {
-        self.requests.clear();
-        for (i, reply) in self.replies.drain(..).enumerate() {
-            // The caller may have gone (its request dropped): its call stays admitted and
-            // `queued` until the interrupted-call recovery, as a dropped store call's would.
-            let _ = reply.send(answer(i));
-        }
-    }
-}
-
 /// The events handed over and not yet taken by the writer.
 #[derive(Debug, Default)]
 struct Pending {
     events: VecDeque<CallEvent>,
-    admits: Admits,
-    /// A writer thread runs and takes admissions ([`Writer::run`]).
-    writer_running: bool,
-    /// The writer lets a batch gather ([`GATHER`]): an admission wakes it, an event does not.
-    writer_gathering: bool,
     /// The writer waits on [`Journal::ready`] for a first event: only then does a push wake
     /// it. While it gathers or writes it comes back for the queue by itself, and a wake-up
     /// (a system call on the pushing thread, a context switch) would buy nothing.
@@ -189,29 +144,6 @@ impl Journal {
         }
     }
 
-    /// Queues a new call's admission for the writer's next transaction; the request back
-    /// when no writer runs (or it is stopping): admit it on the store directly.
-    #[allow(clippy::result_large_err)]
-    fn queue_admission_or_back(
-        &self,
-        req: AdmitRequest,
-    ) -> Result<oneshot::Receiver<Result<Admission, StoreError>>, AdmitRequest> {
-        let Ok(mut q) = self.queue.lock() else {
-            return Err(req);
-        };
-        if !q.writer_running || self.stopping.load(Ordering::SeqCst) {
-            return Err(req);
-        }
-        let (tx, rx) = oneshot::channel();
-        q.admits.requests.push(req);
-        q.admits.replies.push(tx);
-        if q.writer_waiting || q.writer_gathering {
-            q.writer_waiting = false;
-            self.ready.notify_one();
-        }
-        Ok(rx)
-    }
-
     /// Tells the writer the record of a call just inserted (before its first event), so it
     /// need not read the call back: a new call has no callbacks yet.
     pub fn born(&self, rec: CallRecord) {
@@ -242,16 +174,15 @@ impl Journal {
     }
 
     /// Moves up to [`MAX_BATCH`] events into `batch` (emptied first; its allocation is
-    /// reused from batch to batch) and every queued admission into `admits`, waiting for a
-    /// first one (up to `wait`), then letting events gather for [`GATHER`] unless the batch
-    /// is already full or an admission waits (a REST request waits for its answer).
-    fn take(&self, wait: Duration, batch: &mut Vec<CallEvent>, admits: &mut Admits) {
+    /// reused from batch to batch), waiting for the first (up to `wait`), then letting others
+    /// gather for [`GATHER`] unless the batch is already full.
+    fn take(&self, wait: Duration, batch: &mut Vec<CallEvent>) {
         batch.clear();
         {
             let Ok(mut q) = self.queue.lock() else {
                 return;
             };
-            if q.events.is_empty() && q.admits.is_empty() && !self.stopping.load(Ordering::SeqCst) {
+            if q.events.is_empty() && !self.stopping.load(Ordering::SeqCst) {
                 q.writer_waiting = true;
                 q = match self.ready.wait_timeout(q, wait) {
                     Ok((q, _)) => q,
@@ -260,36 +191,17 @@ impl Journal {
                 q.writer_waiting = false;
             }
             let n = q.events.len();
-            if n == 0
-                || n >= MAX_BATCH
-                || !q.admits.is_empty()
-                || self.stopping.load(Ordering::SeqCst)
-            {
+            if n == 0 || n >= MAX_BATCH || self.stopping.load(Ordering::SeqCst) {
                 batch.extend(q.events.drain(..n.min(MAX_BATCH)));
-                admits.append(&mut q.admits);
                 return;
             }
         }
-        // Gathering: events join without a wake-up; an admission ends the wait early.
-        let until = Instant::now() + GATHER;
+        std::thread::sleep(GATHER);
         let Ok(mut q) = self.queue.lock() else {
             return;
         };
-        q.writer_gathering = true;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || !q.admits.is_empty() || self.stopping.load(Ordering::SeqCst) {
-                break;
-            }
-            q = match self.ready.wait_timeout(q, left) {
-                Ok((q, _)) => q,
-                Err(_) => return,
-            };
-        }
-        q.writer_gathering = false;
         let n = q.events.len().min(MAX_BATCH);
         batch.extend(q.events.drain(..n));
-        admits.append(&mut q.admits);
     }
 
     /// Waits (at most `limit`) until every event handed over so far is in the store; false
@@ -360,48 +272,35 @@ impl Writer {
     /// the thread blocks on them, which it may, being no runtime thread.
     pub(crate) fn run(mut self, drain_for: Duration, rt: &tokio::runtime::Handle) {
         let journal = Arc::clone(&self.shared.journal);
-        if let Ok(mut q) = journal.queue.lock() {
-            q.writer_running = true;
-        }
         let mut stop_deadline: Option<Instant> = None;
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut admits = Admits::default();
         loop {
-            journal.take(Duration::from_millis(200), &mut batch, &mut admits);
+            journal.take(Duration::from_millis(200), &mut batch);
             let stopping = journal.stopping.load(Ordering::SeqCst);
-            if batch.is_empty() && admits.is_empty() {
+            if batch.is_empty() {
                 if stopping {
-                    break;
+                    return;
                 }
                 continue;
             }
             if stopping {
                 stop_deadline.get_or_insert_with(|| Instant::now() + drain_for);
             }
-            self.write_with_retry(&batch, &mut admits, stop_deadline, rt);
+            self.write_with_retry(&batch, stop_deadline, rt);
             journal.backlog.fetch_sub(batch.len(), Ordering::SeqCst);
         }
-        // No admission is queued after this (`queue_admission` sees the flag); one queued
-        // since the last take is answered, not left waiting.
-        if let Ok(mut q) = journal.queue.lock() {
-            q.writer_running = false;
-            q.admits.answer(|_| Err(StoreError::Stopped));
-        };
     }
 
     /// Writes one batch, trying again with backoff until it is accepted (or `give_up_at`).
-    /// The admissions go with the first attempt only: each is answered by it, committed or
-    /// not (a REST request waits for it), and a retry carries the events alone.
     fn write_with_retry(
         &mut self,
         batch: &[CallEvent],
-        admits: &mut Admits,
         give_up_at: Option<Instant>,
         rt: &tokio::runtime::Handle,
     ) {
         let mut backoff = Duration::from_millis(10);
         loop {
-            match rt.block_on(self.write_admitting(batch, admits)) {
+            match rt.block_on(self.write(batch)) {
                 Ok(()) => {
                     self.shared.store_health.ok();
                     return;
@@ -422,28 +321,6 @@ impl Writer {
 
     /// One transaction for `batch`; the writer's own state changes only when it commits.
     pub(crate) async fn write(&mut self, batch: &[CallEvent]) -> Result<(), StoreError> {
-        self.write_admitting(batch, &mut Admits::default()).await
-    }
-
-    /// [`Writer::write`], with new calls' admissions decided in the same transaction; every
-    /// admission is answered (and `admits` emptied) whatever the outcome.
-    async fn write_admitting(
-        &mut self,
-        batch: &[CallEvent],
-        admits: &mut Admits,
-    ) -> Result<(), StoreError> {
-        let result = self.write_inner(batch, admits).await;
-        if let Err(e) = &result {
-            admits.answer(|_| Err(e.for_batch()));
-        }
-        result
-    }
-
-    async fn write_inner(
-        &mut self,
-        batch: &[CallEvent],
-        admits: &mut Admits,
-    ) -> Result<(), StoreError> {
         let store = &self.shared.store;
         let mut staged: HashMap<String, Known> = HashMap::new();
         let mut writes = Vec::with_capacity(batch.len() * 2);
@@ -524,24 +401,7 @@ impl Writer {
                 writes.push(CallWrite::Call(k.rec.clone()));
             }
         }
-        if !admits.is_empty() {
-            let answers = match store.admit_and_write_here(&admits.requests, &writes) {
-                Some(answers) => answers?,
-                // Not offered by this backend (admissions are then not queued here).
-                None => {
-                    let mut answers = Vec::with_capacity(admits.requests.len());
-                    for a in &admits.requests {
-                        answers.push(store.admit_call(&a.writes, &a.limits, a.now_ms).await);
-                    }
-                    if !writes.is_empty() {
-                        store.write_call_batch(&writes).await?;
-                    }
-                    answers
-                }
-            };
-            let mut answers = answers.into_iter();
-            admits.answer(|_| answers.next().unwrap_or(Err(StoreError::Crashed)));
-        } else if !writes.is_empty() {
+        if !writes.is_empty() {
             match store.write_call_batch_here(&writes) {
                 Some(result) => result?,
                 None => store.write_call_batch(&writes).await?,
@@ -699,35 +559,6 @@ fn live_callback(rec: &CallRecord, ev: &CallEvent, seq: i64, name: &str) -> Opti
     ))
 }
 
-/// Admits a new call under its account's limits with its first writes (the record and its
-/// first timeline entry) — [`store::Store::admit_call`] — in the writer's next transaction
-/// where the store offers it ([`store::Store::admits_here`], SQLite): the admissions of calls
-/// that arrive together share one commit with the events being written (group commit)
-/// instead of a transaction each. Otherwise, or when no writer runs, on the store directly.
-pub(crate) async fn admit(
-    shared: &Shared,
-    writes: Vec<CallWrite>,
-    limits: AccountLimits,
-    now_ms: UnixMs,
-) -> Result<Admission, StoreError> {
-    if shared.store.admits_here() {
-        let req = AdmitRequest {
-            writes,
-            limits,
-            now_ms,
-        };
-        let req = match shared.journal.queue_admission_or_back(req) {
-            Ok(answer) => return answer.await.unwrap_or(Err(StoreError::Stopped)),
-            Err(req) => req,
-        };
-        return shared
-            .store
-            .admit_call(&req.writes, &req.limits, req.now_ms)
-            .await;
-    }
-    shared.store.admit_call(&writes, &limits, now_ms).await
-}
-
 /// Ends the calls a previous run of this node left unfinished (and those that record no
 /// node, written before nodes were recorded): `failed`, reason `interrupted`, at the time of
 /// their last event, with the duration known so far and their final callback; all in one
@@ -829,7 +660,7 @@ mod tests {
             let (mut all, mut batch) = (Vec::new(), Vec::new());
             // A burst is usually one batch; a writer descheduled mid-burst takes the rest next.
             for _ in 0..3 {
-                j.take(Duration::from_secs(60), &mut batch, &mut Admits::default());
+                j.take(Duration::from_secs(60), &mut batch);
                 all.append(&mut batch);
                 if all.len() == 3 {
                     break;
@@ -856,12 +687,12 @@ mod tests {
         journal.push(event(1));
         journal.push(event(2));
         let mut batch = Vec::new();
-        journal.take(Duration::from_secs(60), &mut batch, &mut Admits::default());
+        journal.take(Duration::from_secs(60), &mut batch);
         assert_eq!(batch.len(), 2);
         // Not waiting: the pushes leave the flag alone, the next take finds them at once.
         journal.push(event(3));
         assert!(!journal.queue.lock().unwrap().writer_waiting);
-        journal.take(Duration::from_secs(60), &mut batch, &mut Admits::default());
+        journal.take(Duration::from_secs(60), &mut batch);
         assert_eq!(batch.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [3]);
     }
 }

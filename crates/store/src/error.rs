@@ -49,11 +49,6 @@ pub enum StoreError {
     /// A store call panicked on its store thread; nothing of it was committed.
     #[error("a store call failed inside the store")]
     Crashed,
-    /// The transaction an admission was gathered into (with other writes) failed: nothing
-    /// of it was written. `unavailable`: the store's failure was one of
-    /// [`StoreError::is_unavailable`].
-    #[error("the batch holding this write failed: {reason}")]
-    Batch { reason: String, unavailable: bool },
     /// The store's threads could not be started.
     #[error("cannot start the store's threads: {0}")]
     Threads(std::io::Error),
@@ -72,15 +67,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The same failure told to each of the writes that shared its transaction
-    /// ([`StoreError::Batch`]).
-    pub fn for_batch(&self) -> StoreError {
-        StoreError::Batch {
-            reason: self.to_string(),
-            unavailable: self.is_unavailable(),
-        }
-    }
-
     /// True when the database cannot take the request now but may later: disk full, I/O
     /// error, read-only or missing file, locked. The API answers these with `503
     /// store_unavailable` (not `500`), and the call event writer retries them.
@@ -91,7 +77,6 @@ impl StoreError {
             | StoreError::Stopped
             | StoreError::Pool(_)
             | StoreError::PostgresUnreachable { .. } => true,
-            StoreError::Batch { unavailable, .. } => *unavailable,
             StoreError::Postgres(e) => postgres_unavailable(e),
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,

@@ -69,10 +69,10 @@ pub mod typeid;
 
 pub use error::StoreError;
 pub use model::{
-    Account, AccountLimits, Admission, AdmitRequest, ApiKey, Binding, CallFilter, CallRecord,
-    CallStatus, CallWrite, Device, IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry,
-    OutboxState, PublishableKey, RateBucket, Srtp, TimelineEntry, Transport, Trunk, TrunkRouting,
-    UnixMs, UnixSecs, UnknownNumberType, UnknownSrtp, User,
+    Account, AccountLimits, Admission, ApiKey, Binding, CallFilter, CallRecord, CallStatus,
+    CallWrite, Device, IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry, OutboxState,
+    PublishableKey, RateBucket, Srtp, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs,
+    UnixSecs, UnknownNumberType, UnknownSrtp, User,
 };
 pub use postgres::PgStore;
 pub use provision::{
@@ -414,28 +414,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn write_call_batch_here(&self, _writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
         None
     }
-    /// Admissions ([`Store::admit_call`], each decided in order, seeing the ones before it)
-    /// and a batch of call writes ([`Store::write_call_batch`]) in **one transaction**, on the
-    /// caller's own thread where the backend is blocking anyway (SQLite): for the call event
-    /// journal, which gathers the admissions of new calls into the transaction of its next
-    /// batch (group commit) instead of one transaction each on a store thread.
-    ///
-    /// `Ok`: committed, with each admission's answer in order; an admission whose own writes
-    /// were refused (a constraint) has its error there and wrote nothing, the rest stand.
-    /// `Err`: nothing was written. `None`: this backend has no such path ([`Store::admits_here`]
-    /// is false).
-    #[allow(clippy::type_complexity)]
-    fn admit_and_write_here(
-        &self,
-        _admissions: &[AdmitRequest],
-        _writes: &[CallWrite],
-    ) -> Option<Result<Vec<Result<Admission, StoreError>>, StoreError>> {
-        None
-    }
-    /// Whether [`Store::admit_and_write_here`] is offered.
-    fn admits_here(&self) -> bool {
-        false
-    }
     /// A call's record and the sequence number of its next callback
     /// ([`Store::get_call`] and [`Store::next_callback_seq`]) read on the caller's own thread,
     /// where the backend is blocking anyway, as [`Store::write_call_batch_here`] writes: for
@@ -681,13 +659,6 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     // ----- the call event write path ------------------------------------------------------
 
     fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError>;
-    /// [`Store::admit_and_write_here`].
-    #[allow(clippy::type_complexity)]
-    fn admit_and_write(
-        &self,
-        admissions: &[AdmitRequest],
-        writes: &[CallWrite],
-    ) -> Result<Vec<Result<Admission, StoreError>>, StoreError>;
     fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
     fn unfinished_calls_of(
         &self,

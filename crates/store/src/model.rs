@@ -849,17 +849,6 @@ pub enum CallWrite {
     Callback(OutboxEntry),
 }
 
-/// A new call to admit under its account's limits, with its first writes (the record and its
-/// first timeline entry), as [`crate::Store::admit_call`] takes them: one of the admissions
-/// [`crate::Store::admit_and_write_here`] decides in the transaction of a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdmitRequest {
-    /// Must hold the [`CallWrite::NewCall`].
-    pub writes: Vec<CallWrite>,
-    pub limits: AccountLimits,
-    pub now_ms: UnixMs,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,8 +22,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 
 use crate::error::StoreError;
 use crate::model::{
-    Account, AccountLimits, Admission, AdmitRequest, ApiKey, Binding, CallFilter, CallRecord,
-    CallStatus, CallWrite, Device, IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState,
+    Account, AccountLimits, Admission, ApiKey, Binding, CallFilter, CallRecord, CallStatus,
+    CallWrite, Device, IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState,
     PublishableKey, RateBucket, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs, UnixSecs,
     User,
 };
@@ -2237,13 +2237,47 @@ impl BlockingStore for SqliteStore {
         limits: &AccountLimits,
         now_ms: UnixMs,
     ) -> Result<Admission, StoreError> {
+        let Some(account_id) = writes.iter().find_map(|w| match w {
+            CallWrite::NewCall(c) => Some(c.account_id.as_str()),
+            _ => None,
+        }) else {
+            return Err(StoreError::Invalid {
+                field: "writes",
+                reason: "admit_call needs a new call".to_owned(),
+            });
+        };
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let admission = admit_on(&tx, writes, limits, now_ms)?;
-        if admission == Admission::Admitted {
-            tx.commit()?;
+        let live: i64 = tx
+            .prepare_cached(&format!(
+                "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status IN ({LIVE_STATUSES})"
+            ))?
+            .query_row([account_id], |r| r.get(0))?;
+        if live >= i64::from(limits.max_concurrent) {
+            return Ok(Admission::Concurrency);
         }
-        Ok(admission)
+        let bucket = tx
+            .prepare_cached("SELECT tokens, at_ms FROM rate_buckets WHERE account_id = ?1")?
+            .query_row([account_id], |r| {
+                Ok(RateBucket {
+                    tokens: r.get(0)?,
+                    at_ms: r.get(1)?,
+                })
+            })
+            .optional()?;
+        let bucket = match RateBucket::take(bucket, limits, now_ms) {
+            Ok(b) => b,
+            Err(retry_after_secs) => return Ok(Admission::Rate { retry_after_secs }),
+        };
+        tx.prepare_cached(
+            "INSERT INTO rate_buckets (account_id, tokens, at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account_id) DO UPDATE SET tokens = excluded.tokens,
+                                                    at_ms = excluded.at_ms",
+        )?
+        .execute(params![account_id, bucket.tokens, bucket.at_ms])?;
+        apply_writes_on(&tx, writes)?;
+        tx.commit()?;
+        Ok(Admission::Admitted)
     }
 
     fn update_call(&self, c: &CallRecord) -> Result<(), StoreError> {
@@ -2355,31 +2389,6 @@ impl BlockingStore for SqliteStore {
         apply_writes_on(&tx, writes)?;
         tx.commit()?;
         Ok(())
-    }
-
-    fn admit_and_write(
-        &self,
-        admissions: &[AdmitRequest],
-        writes: &[CallWrite],
-    ) -> Result<Vec<Result<Admission, StoreError>>, StoreError> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut answers = Vec::with_capacity(admissions.len());
-        for a in admissions {
-            // Each admission under a savepoint: one refused by a constraint (or refused by
-            // its limits after a partial step) leaves nothing, and the others stand.
-            let sp = tx.savepoint()?;
-            match admit_on(&sp, &a.writes, &a.limits, a.now_ms) {
-                Ok(Admission::Admitted) => {
-                    sp.commit()?;
-                    answers.push(Ok(Admission::Admitted));
-                }
-                other => answers.push(other),
-            }
-        }
-        apply_writes_on(&tx, writes)?;
-        tx.commit()?;
-        Ok(answers)
     }
 
     fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
@@ -2762,55 +2771,6 @@ impl BlockingStore for SqliteStore {
             params![account_id, key],
         )? > 0)
     }
-}
-
-/// [`BlockingStore::admit_call`] inside the caller's transaction: counts the account's live
-/// calls, takes a token from its rate bucket, and applies `writes`. Nothing is written unless
-/// the answer is [`Admission::Admitted`] (the caller commits or rolls back).
-fn admit_on(
-    conn: &Connection,
-    writes: &[CallWrite],
-    limits: &AccountLimits,
-    now_ms: UnixMs,
-) -> Result<Admission, StoreError> {
-    let Some(account_id) = writes.iter().find_map(|w| match w {
-        CallWrite::NewCall(c) => Some(c.account_id.as_str()),
-        _ => None,
-    }) else {
-        return Err(StoreError::Invalid {
-            field: "writes",
-            reason: "admit_call needs a new call".to_owned(),
-        });
-    };
-    let live: i64 = conn
-        .prepare_cached(&format!(
-            "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND status IN ({LIVE_STATUSES})"
-        ))?
-        .query_row([account_id], |r| r.get(0))?;
-    if live >= i64::from(limits.max_concurrent) {
-        return Ok(Admission::Concurrency);
-    }
-    let bucket = conn
-        .prepare_cached("SELECT tokens, at_ms FROM rate_buckets WHERE account_id = ?1")?
-        .query_row([account_id], |r| {
-            Ok(RateBucket {
-                tokens: r.get(0)?,
-                at_ms: r.get(1)?,
-            })
-        })
-        .optional()?;
-    let bucket = match RateBucket::take(bucket, limits, now_ms) {
-        Ok(b) => b,
-        Err(retry_after_secs) => return Ok(Admission::Rate { retry_after_secs }),
-    };
-    conn.prepare_cached(
-        "INSERT INTO rate_buckets (account_id, tokens, at_ms) VALUES (?1, ?2, ?3)
-         ON CONFLICT (account_id) DO UPDATE SET tokens = excluded.tokens,
-                                                at_ms = excluded.at_ms",
-    )?
-    .execute(params![account_id, bucket.tokens, bucket.at_ms])?;
-    apply_writes_on(conn, writes)?;
-    Ok(Admission::Admitted)
 }
 
 fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreError> {

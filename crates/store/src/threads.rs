@@ -550,18 +550,6 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     fn write_call_batch_here(&self, writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
         Some(self.backend.write_call_batch(writes))
     }
-    fn admit_and_write_here(
-        &self,
-        admissions: &[AdmitRequest],
-        writes: &[CallWrite],
-    ) -> Option<Result<Vec<Result<Admission, StoreError>>, StoreError>> {
-        Some(self.backend.admit_and_write(admissions, writes))
-    }
-    fn admits_here(&self) -> bool {
-        // Inline (a test on a paused clock): a caller waiting on the journal's thread would
-        // let the clock jump; admissions stay on the caller's own thread.
-        self.queue.is_some()
-    }
     fn read_call_here(
         &self,
         account_id: &str,

@@ -568,9 +568,8 @@ async fn hangup_cancels_and_then_conflicts() {
     s.stop().await;
 }
 
-/// Requests that arrive together share the journal's transaction (their admissions and the
-/// events being written, one commit): each is still decided alone under the account's limits,
-/// and each admitted call is in the log with its first timeline entry.
+/// Requests that arrive together race for the account's slots: each is decided alone under
+/// the account's limits, and each admitted call is in the log with its first timeline entry.
 #[tokio::test]
 async fn concurrent_requests_are_admitted_together_under_the_limits() {
     let s = Server::start_with(test_config(), std::sync::Arc::new(TempDir::new()), false).await;
