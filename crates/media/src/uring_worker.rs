@@ -53,6 +53,9 @@ struct UringWatch<'a> {
     ring: &'a mut Uring,
     /// Completions reaped while closing a session, for the loop to handle next.
     stash: &'a mut Vec<Completion>,
+    /// Completions reaped before the control messages were applied and not yet handled:
+    /// a closing session's last ones may be among them.
+    reaped: &'a [Completion],
 }
 
 impl Watch for UringWatch<'_> {
@@ -76,6 +79,10 @@ impl Watch for UringWatch<'_> {
         let mut recvs_open = fds.len();
         let mut sends_open = s.sends_in_flight;
         let mut seen = self.stash.len();
+        // Those already reaped count: they will not come again.
+        for c in self.reaped {
+            count_last(c, self.ring, slot, gen, &mut recvs_open, &mut sends_open);
+        }
         for round in 0..200 {
             if round == 1 && sends_open > 0 {
                 for (fd, _) in fds {
@@ -87,26 +94,7 @@ impl Watch for UringWatch<'_> {
             }
             self.ring.reap(self.stash);
             for c in &self.stash[seen..] {
-                match c.user_data & KIND_MASK {
-                    KIND_RECV if !c.more() => {
-                        let (cs, cg) = (
-                            ((c.user_data & 0xffff_ffff) >> 2) as usize,
-                            (c.user_data >> 32) as u32 & GEN_MASK,
-                        );
-                        if (cs, cg) == (slot, gen & GEN_MASK) {
-                            recvs_open = recvs_open.saturating_sub(1);
-                        }
-                    }
-                    KIND_SEND => {
-                        if let Some((_, tag)) = self.ring.send_completed(*c) {
-                            let (ts, tg, _, _) = untag(tag);
-                            if (ts, tg) == (slot, gen & GEN_MASK) {
-                                sends_open = sends_open.saturating_sub(1);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
+                count_last(c, self.ring, slot, gen, &mut recvs_open, &mut sends_open);
             }
             seen = self.stash.len();
             if recvs_open == 0 && sends_open == 0 {
@@ -117,6 +105,38 @@ impl Watch for UringWatch<'_> {
             recvs_open,
             sends_open, "io_uring: requests of a closed session still open"
         );
+    }
+}
+
+/// Counts `c` if it is the last completion of one of the session's receive requests or one
+/// of its sends.
+fn count_last(
+    c: &Completion,
+    ring: &Uring,
+    slot: usize,
+    gen: u32,
+    recvs_open: &mut usize,
+    sends_open: &mut u32,
+) {
+    match c.user_data & KIND_MASK {
+        KIND_RECV if !c.more() => {
+            let (cs, cg) = (
+                ((c.user_data & 0xffff_ffff) >> 2) as usize,
+                (c.user_data >> 32) as u32 & GEN_MASK,
+            );
+            if (cs, cg) == (slot, gen & GEN_MASK) {
+                *recvs_open = recvs_open.saturating_sub(1);
+            }
+        }
+        KIND_SEND => {
+            if let Some((_, tag)) = ring.send_completed(*c) {
+                let (ts, tg, _, _) = untag(tag);
+                if (ts, tg) == (slot, gen & GEN_MASK) {
+                    *sends_open = sends_open.saturating_sub(1);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -153,24 +173,43 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
         let now = Instant::now();
         done.append(&mut stash);
         ring.reap(&mut done);
+        // Sends that completed are counted first (a session closed below reports them), then
+        // the control messages, as the epoll loop does, before the datagrams: a datagram
+        // reaped in the same wait as its session's set-up (its peer, its allowed sources) is
+        // judged by it. The wake-up is taken before the queue is read, so a message queued
+        // after the read wakes the next wait.
+        let mut woken = false;
+        done.retain(|&c| match c.user_data & KIND_MASK {
+            KIND_SEND => {
+                in_flight = in_flight.saturating_sub(1);
+                on_sent(&mut core, &mut ring, c, &mut dirty);
+                false
+            }
+            KIND_WAKE => {
+                woken = true;
+                if !c.more() && ring.arm_poll(core.wake.raw(), KIND_WAKE).is_err() {
+                    warn!("io_uring: cannot re-arm the control eventfd poll");
+                }
+                false
+            }
+            _ => true,
+        });
+        if woken {
+            core.wake.drain();
+        }
+        let mut io = UringWatch {
+            ring: &mut ring,
+            stash: &mut stash,
+            reaped: &done,
+        };
+        if !core.apply_control(now, &mut io) {
+            break;
+        }
         for c in done.drain(..) {
-            match c.user_data & KIND_MASK {
-                KIND_RECV => {
-                    in_flight += usize::from(on_recv(
-                        &mut core, &mut ring, c, now, &mut rearm, &mut dirty,
-                    ));
-                }
-                KIND_SEND => {
-                    in_flight = in_flight.saturating_sub(1);
-                    on_sent(&mut core, &mut ring, c, &mut dirty);
-                }
-                KIND_WAKE => {
-                    core.wake.drain();
-                    if !c.more() && ring.arm_poll(core.wake.raw(), KIND_WAKE).is_err() {
-                        warn!("io_uring: cannot re-arm the control eventfd poll");
-                    }
-                }
-                _ => {}
+            if c.user_data & KIND_MASK == KIND_RECV {
+                in_flight += usize::from(on_recv(
+                    &mut core, &mut ring, c, now, &mut rearm, &mut dirty,
+                ));
             }
         }
         ring.commit_buffers();
@@ -191,13 +230,6 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
                 }
             }
         }
-        let mut io = UringWatch {
-            ring: &mut ring,
-            stash: &mut stash,
-        };
-        if !core.apply_control(now, &mut io) {
-            break;
-        }
         // (No clock read when nothing plays: the forwarding loop pays nothing for prompts.)
         if core.players > 0 {
             core.play_due(Instant::now());
@@ -207,6 +239,7 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
     core.close_all(&mut UringWatch {
         ring: &mut ring,
         stash: &mut stash,
+        reaped: &[],
     });
 }
 
