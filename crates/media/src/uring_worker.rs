@@ -6,14 +6,17 @@
 //! ```text
 //!  loop {
 //!      io_uring_enter(submit sends, wait: sends in flight + batch, until the next tick)
-//!      for each completion:
-//!          recv(buffer b) -> latch check, counters, RFC 3550 stats -> SEND(b) or recycle(b)
-//!          send(b)        -> count it on the outgoing leg, recycle(b)
+//!      sends completed -> count each on its outgoing leg, recycle(b)
+//!      control eventfd  -> take the wake-up; apply the control messages (sessions added,
+//!                          peers set, sessions closed: their receives cancelled by user data)
+//!      datagrams reaped -> latch check, counters, RFC 3550 stats -> SEND(b) or recycle(b)
 //!          end of a multishot recv (buffers ran out, error) -> arm it again
-//!      apply control messages; publish the counters of the sessions that moved
-//!      every tick: media time-outs
+//!      publish the counters of the sessions that moved; every tick: media time-outs
 //!  }
 //! ```
+//!
+//! Control comes before the datagrams reaped in the same wait, as in the epoll loop: a
+//! session's first packet is judged by the set-up that came with it.
 
 use std::time::{Duration, Instant};
 
