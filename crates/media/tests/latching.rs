@@ -200,7 +200,31 @@ fn strict_source_follows_a_rebinding_after_probation(b: Backend) {
     assert!(forger.try_recv().is_none());
 }
 
+/// A peer's first packet, sent the moment its session's peers are set, is judged by that
+/// set-up: forwarded, not dropped as a stranger's (both loops apply the control messages
+/// before the datagrams that came in with them), in each of fifty fresh sessions.
+fn a_first_packet_right_after_the_set_up_is_forwarded(b: Backend) {
+    let relay = relay(b, 42700, 42799, LatchMode::Strict { probation: 4 });
+    let (phone, customer) = (Peer::new(), Peer::new());
+    for n in 0..50u16 {
+        let s = relay.allocate_session().unwrap();
+        // The session's sockets are being watched (as when a call's answer comes, some time
+        // after its INVITE) before its peers are set and the first packet follows at once.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        s.set_peer(LegId::A, phone.addr(), None, false).unwrap();
+        s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+        let out = rtp(0, false, n, 0, 0xbeef, &[3; 160]);
+        phone.send(s.leg(LegId::A).bound_rtp(), &out);
+        let (got, from) = customer.recv();
+        assert_eq!(got, out, "session {n}");
+        assert_eq!(from, s.leg(LegId::B).bound_rtp());
+        assert_eq!(s.stats().a.hijack_dropped, 0, "session {n}");
+        s.close();
+    }
+}
+
 each_backend!(
+    a_first_packet_right_after_the_set_up_is_forwarded,
     strict_source_ignores_a_sprayer_on_another_address,
     strict_source_accepts_the_signalling_address_of_a_natted_phone,
     strict_source_follows_a_rebinding_after_probation,
