@@ -254,10 +254,8 @@ impl Relay {
         };
         let bind = self.cfg.bind;
         let bind_pair = |port: u16| -> std::io::Result<(UdpSocket, UdpSocket)> {
-            let rtp = UdpSocket::bind(SocketAddr::new(bind, port))?;
-            let rtcp = UdpSocket::bind(SocketAddr::new(bind, port + 1))?;
-            rtp.set_nonblocking(true)?;
-            rtcp.set_nonblocking(true)?;
+            let rtp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port))?;
+            let rtcp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port + 1))?;
             Ok((rtp, rtcp))
         };
         let (a, b) = {
@@ -340,10 +338,8 @@ impl Relay {
             let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
             ports
                 .allocate_with(|port: u16| -> std::io::Result<(UdpSocket, UdpSocket)> {
-                    let rtp = UdpSocket::bind(SocketAddr::new(bind, port))?;
-                    let rtcp = UdpSocket::bind(SocketAddr::new(bind, port + 1))?;
-                    rtp.set_nonblocking(true)?;
-                    rtcp.set_nonblocking(true)?;
+                    let rtp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port))?;
+                    let rtcp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port + 1))?;
                     Ok((rtp, rtcp))
                 })
                 .ok_or(MediaError::PortsExhausted {

@@ -130,6 +130,37 @@ impl EventFd {
     }
 }
 
+/// A UDP socket bound to `addr`, non-blocking and close-on-exec from its creation: one
+/// `socket` and one `bind`, without the `ioctl(FIONBIO)` that `UdpSocket::bind` and
+/// `set_nonblocking` take after (four per relay session).
+pub(crate) fn bind_udp_nonblocking(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain system call without pointers.
+    let fd = cvt(unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: a fresh descriptor, owned from here on (closed on the error below).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = RawSockAddr::from(addr);
+    // SAFETY: points at live storage of `raw.len` bytes holding the address.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw.storage as *const libc::sockaddr_storage).cast(),
+            raw.len,
+        )
+    })?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
 /// A socket address in the kernel's form, ready to be pointed at by `msg_name`.
 #[derive(Clone, Copy)]
 pub(crate) struct RawSockAddr {
@@ -501,6 +532,35 @@ mod tests {
             let (n, from) = out.recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..n], &[i; 10]);
             assert_eq!(from, rx.local_addr().unwrap());
+        }
+    }
+
+    /// The relay's sockets: bound where asked (IPv4 and IPv6), non-blocking from their
+    /// creation, close-on-exec, and a taken port is an error.
+    #[test]
+    fn a_relay_socket_is_bound_and_non_blocking_from_its_creation() {
+        for ip in ["127.0.0.1", "::1"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let s = bind_udp_nonblocking(SocketAddr::new(ip, 0)).unwrap();
+            let at = s.local_addr().unwrap();
+            assert_eq!(at.ip(), ip);
+            assert_ne!(at.port(), 0);
+            let mut buf = [0u8; 16];
+            let e = s.recv_from(&mut buf).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+            // SAFETY: reads the flags of a live descriptor.
+            let fd_flags = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETFD) };
+            assert_eq!(fd_flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+            let taken = bind_udp_nonblocking(at).unwrap_err();
+            assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
+            // What is sent to it arrives.
+            let tx = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
+            tx.send_to(b"hello", at).unwrap();
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+                .unwrap();
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (&b"hello"[..], tx.local_addr().unwrap()));
         }
     }
 }
