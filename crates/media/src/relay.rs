@@ -148,6 +148,13 @@ pub struct Relay {
     dtls: Option<Arc<crate::webrtc::DtlsIdentity>>,
 }
 
+/// An RTP port and the RTCP port above it, bound on `bind`, non-blocking.
+fn bind_pair(bind: IpAddr, port: u16) -> std::io::Result<(UdpSocket, UdpSocket)> {
+    let rtp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port))?;
+    let rtcp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port + 1))?;
+    Ok((rtp, rtcp))
+}
+
 impl Relay {
     /// The relay's DTLS certificate fingerprint (for `a=fingerprint`); `None` when no DTLS
     /// identity could be made at start (WebRTC legs are then refused).
@@ -253,11 +260,7 @@ impl Relay {
             max: self.cfg.port_max,
         };
         let bind = self.cfg.bind;
-        let bind_pair = |port: u16| -> std::io::Result<(UdpSocket, UdpSocket)> {
-            let rtp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port))?;
-            let rtcp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port + 1))?;
-            Ok((rtp, rtcp))
-        };
+        let bind_pair = |port: u16| bind_pair(bind, port);
         let (a, b) = {
             let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(a) = ports.allocate_with(bind_pair) else {
@@ -337,11 +340,7 @@ impl Relay {
         let (rtp_port, sockets) = {
             let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
             ports
-                .allocate_with(|port: u16| -> std::io::Result<(UdpSocket, UdpSocket)> {
-                    let rtp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port))?;
-                    let rtcp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port + 1))?;
-                    Ok((rtp, rtcp))
-                })
+                .allocate_with(|port: u16| bind_pair(bind, port))
                 .ok_or(MediaError::PortsExhausted {
                     min: self.cfg.port_min,
                     max: self.cfg.port_max,
