@@ -257,6 +257,33 @@ struct Effect {
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     known: HashMap<String, Known>,
+    /// One batch's working sets, kept from batch to batch with their capacity: a batch's
+    /// writes hold whole call records, and allocating them anew for every batch made each
+    /// batch a large allocation (with glibc, one that first consolidates the thread's free
+    /// lists: `docs/benchmarks.md`, "The journal's buffers").
+    buf: Buffers,
+}
+
+/// The writer's reusable working sets; empty between batches.
+#[derive(Default)]
+struct Buffers {
+    staged: HashMap<String, Known>,
+    writes: Vec<CallWrite>,
+    touched: Vec<String>,
+    /// The callback sequence of each touched call, in the order of `touched`, while its
+    /// record is lent to `writes`.
+    touched_seq: Vec<i64>,
+    effects: Vec<Effect>,
+}
+
+impl Buffers {
+    fn clear(&mut self) {
+        self.staged.clear();
+        self.writes.clear();
+        self.touched.clear();
+        self.touched_seq.clear();
+        self.effects.clear();
+    }
 }
 
 impl Writer {
@@ -264,6 +291,7 @@ impl Writer {
         Writer {
             shared,
             known: HashMap::new(),
+            buf: Buffers::default(),
         }
     }
 
@@ -322,10 +350,15 @@ impl Writer {
     /// One transaction for `batch`; the writer's own state changes only when it commits.
     pub(crate) async fn write(&mut self, batch: &[CallEvent]) -> Result<(), StoreError> {
         let store = &self.shared.store;
-        let mut staged: HashMap<String, Known> = HashMap::new();
-        let mut writes = Vec::with_capacity(batch.len() * 2);
-        let mut touched: Vec<String> = Vec::new();
-        let mut effects = Vec::with_capacity(batch.len());
+        // Left from a batch the store refused: nothing of it counts.
+        self.buf.clear();
+        let Buffers {
+            staged,
+            writes,
+            touched,
+            touched_seq,
+            effects,
+        } = &mut self.buf;
         for ev in batch {
             let (kind, leg, detail) = timeline_parts(&ev.kind);
             writes.push(CallWrite::Timeline {
@@ -396,34 +429,47 @@ impl Writer {
                 },
             });
         }
-        for id in &touched {
-            if let Some(k) = staged.get(id) {
-                writes.push(CallWrite::Call(k.rec.clone()));
+        // A touched call's record is lent to the writes (no copy) and taken back below.
+        for id in touched.iter() {
+            if let Some(k) = staged.remove(id) {
+                touched_seq.push(k.next_seq);
+                writes.push(CallWrite::Call(k.rec));
             }
         }
         if !writes.is_empty() {
-            match store.write_call_batch_here(&writes) {
+            match store.write_call_batch_here(writes) {
                 Some(result) => result?,
-                None => store.write_call_batch(&writes).await?,
+                None => store.write_call_batch(writes).await?,
             }
         }
         // Committed: the writer's view moves on, and the world hears of it.
         // Kept while the call is being set up, when its events come close together; an
         // answered call's next event may be minutes away (usually its end), so its record is
         // read back then instead of held meanwhile (`docs/benchmarks.md`, bytes per live call).
-        for (id, k) in staged {
+        let keep = |known: &mut HashMap<String, Known>, id: String, k: Known| {
             if matches!(k.rec.status, CallStatus::Queued | CallStatus::Ringing) {
-                self.known.insert(id, k);
+                known.insert(id, k);
             } else {
-                self.known.remove(&id);
+                known.remove(&id);
+            }
+        };
+        for (id, k) in staged.drain() {
+            keep(&mut self.known, id, k);
+        }
+        let mut any_callback = false;
+        let mut seqs = touched_seq.drain(..);
+        for w in writes.drain(..) {
+            match w {
+                CallWrite::Callback(_) => any_callback = true,
+                CallWrite::Call(rec) => {
+                    let next_seq = seqs.next().unwrap_or(0);
+                    keep(&mut self.known, rec.id.clone(), Known { rec, next_seq });
+                }
+                _ => {}
             }
         }
         let shared = &self.shared;
-        let mut any_callback = false;
-        for w in &writes {
-            any_callback |= matches!(w, CallWrite::Callback(_));
-        }
-        for e in effects {
+        for e in effects.drain(..) {
             if let Some(status) = e.ended_now {
                 shared.metrics.call_ended(status);
             }

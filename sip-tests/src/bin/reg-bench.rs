@@ -47,6 +47,9 @@ struct Side {
     totals: SippTotals,
     /// CPU seconds while SIPp ran.
     cpu: f64,
+    /// Of those, in user space and in the kernel.
+    user: f64,
+    system: f64,
     /// CPU seconds while SIPp ran and for the settle time after it (transactions held for
     /// Timer J and the like are freed then).
     cpu_settled: f64,
@@ -139,7 +142,8 @@ fn measure(
     .map_err(|e| format!("cannot start sipp: {e}"))?;
     let totals = sipp.finish(Duration::from_secs(count / rate.max(1) + 90));
     let wall = started.elapsed().as_secs_f64();
-    let cpu = tree_cpu(pid, ticks).since(before).total();
+    let during = tree_cpu(pid, ticks).since(before);
+    let cpu = during.total();
     std::thread::sleep(settle);
     let cpu_settled = tree_cpu(pid, ticks).since(before).total();
     let errors = sipp.errors(5);
@@ -150,6 +154,8 @@ fn measure(
         name,
         totals,
         cpu,
+        user: during.user,
+        system: during.system,
         cpu_settled,
         wall,
         rss_mb: peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
@@ -343,15 +349,17 @@ fn run(args: &[String]) -> Result<(), String> {
     println!("  load average before: {load_before}; after: {load_after}");
     for s in [&db, &kam] {
         println!(
-            "  {:<10} {} ok, {} failed, {} retransmissions (SIPp exit {}); CPU {:.2} s over \
-             {:.1} s: {:.0} registrations per CPU-second; with the {} s after: CPU {:.2} s, \
-             {:.0} per CPU-second",
+            "  {:<10} {} ok, {} failed, {} retransmissions (SIPp exit {}); CPU {:.2} s \
+             (user {:.2}, system {:.2}) over {:.1} s: {:.0} registrations per CPU-second; with \
+             the {} s after: CPU {:.2} s, {:.0} per CPU-second",
             s.name,
             s.totals.successful,
             s.totals.failed,
             s.totals.retransmissions,
             s.totals.exit_code,
             s.cpu,
+            s.user,
+            s.system,
             s.wall,
             s.per_cpu_second(),
             settle.as_secs(),
