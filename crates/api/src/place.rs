@@ -93,12 +93,7 @@ pub(crate) async fn resolve_destination(
     let target = match &dialled {
         Dialled::E164(n) => {
             classified = Some(check_number(account, n)?);
-            if shared
-                .store
-                .trunks_for_account(&account.id)
-                .await?
-                .is_empty()
-            {
+            if shared.trunks_for_account(&account.id).await?.is_empty() {
                 return Err(ApiError::unprocessable(
                     "no_route",
                     "No trunk is available for calls to numbers",
@@ -117,7 +112,6 @@ pub(crate) async fn resolve_destination(
         },
         Dialled::Emergency(n) => {
             let routable = shared
-                .store
                 .trunks_for_account(&account.id)
                 .await?
                 .iter()

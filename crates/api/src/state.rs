@@ -93,11 +93,13 @@ pub const READS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 const READS_CAPACITY: usize = 10_000;
 
 /// The provisioning an API request reads on every call: its account (by the SHA-256 of its
-/// secret: the secret itself is not kept), the agent user, the account's numbers.
+/// secret: the secret itself is not kept), the agent user, the account's numbers and
+/// trunks.
 pub(crate) struct Reads {
     accounts_by_secret: store::cache::ReadCache<[u8; 32], Option<store::Account>>,
     users: store::cache::ReadCache<String, Option<store::User>>,
     numbers: store::cache::ReadCache<String, Vec<store::Number>>,
+    trunks: store::cache::ReadCache<String, Vec<store::Trunk>>,
 }
 
 impl Default for Reads {
@@ -106,6 +108,7 @@ impl Default for Reads {
             accounts_by_secret: store::cache::ReadCache::new(READS_TTL, READS_CAPACITY),
             users: store::cache::ReadCache::new(READS_TTL, READS_CAPACITY),
             numbers: store::cache::ReadCache::new(READS_TTL, READS_CAPACITY),
+            trunks: store::cache::ReadCache::new(READS_TTL, READS_CAPACITY),
         }
     }
 }
@@ -136,6 +139,21 @@ impl Shared {
             id.to_owned(),
             generation,
             self.store.user(id),
+        )
+        .await
+    }
+
+    /// [`Store::trunks_for_account`] through [`Reads`].
+    pub(crate) async fn trunks_for_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<store::Trunk>, store::StoreError> {
+        let generation = self.store.provisioning_generation();
+        store::cache::read_through(
+            &self.reads.trunks,
+            account_id.to_owned(),
+            generation,
+            self.store.trunks_for_account(account_id),
         )
         .await
     }
