@@ -14,7 +14,10 @@ use crate::error::MediaError;
 use crate::monitor::{Monitor, MonitorMode, MonitorParts};
 use crate::ports::PortAllocator;
 use crate::stats::{LegCounters, SessionStats};
-use crate::worker::{self, Control, LegSockets, NewSession, SessionShared, WorkerHandle};
+use crate::worker::{self, Control, Done, LegSockets, NewSession, SessionShared, WorkerHandle};
+
+/// How long closing a session waits for its forwarding thread at most.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Identifies a relay session (one bridged call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -646,7 +649,8 @@ impl MediaSession {
     }
 
     /// Ends the session: waits (up to a second) until its sockets are closed and its ports
-    /// are free, and returns the final statistics.
+    /// are free, and returns the final statistics. Blocks the calling thread meanwhile: an
+    /// async caller uses [`MediaSession::close_async`].
     pub fn close(mut self) -> SessionStats {
         self.closed = true;
         let (tx, rx) = mpsc::sync_channel(1);
@@ -654,11 +658,29 @@ impl MediaSession {
             .worker
             .send(Control::Remove {
                 id: self.id,
-                done: Some(tx),
+                done: Some(Done::Thread(tx)),
             })
             .is_ok()
         {
-            let _ = rx.recv_timeout(Duration::from_secs(1));
+            let _ = rx.recv_timeout(CLOSE_WAIT);
+        }
+        self.stats()
+    }
+
+    /// As [`MediaSession::close`], but the caller's task waits, not its thread: a runtime
+    /// thread goes on with other tasks while the forwarding thread closes the sockets.
+    pub async fn close_async(mut self) -> SessionStats {
+        self.closed = true;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .worker
+            .send(Control::Remove {
+                id: self.id,
+                done: Some(Done::Task(tx)),
+            })
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(CLOSE_WAIT, rx).await;
         }
         self.stats()
     }

@@ -137,9 +137,31 @@ pub(crate) enum Control {
     },
     Remove {
         id: SessionId,
-        done: Option<mpsc::SyncSender<()>>,
+        done: Option<Done>,
     },
     Shutdown,
+}
+
+/// Who waits for a session's removal.
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// A thread blocked in [`crate::MediaSession::close`].
+    Thread(mpsc::SyncSender<()>),
+    /// A task awaiting [`crate::MediaSession::close_async`].
+    Task(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Done {
+    fn fire(self) {
+        match self {
+            Done::Thread(t) => {
+                let _ = t.try_send(());
+            }
+            Done::Task(t) => {
+                let _ = t.send(());
+            }
+        }
+    }
 }
 
 /// The control side's handle on one forwarding thread.
@@ -1179,7 +1201,7 @@ impl Core {
                         self.free_slot(slot);
                     }
                     if let Some(done) = done {
-                        let _ = done.try_send(());
+                        done.fire();
                     }
                 }
                 Control::Shutdown => return false,

@@ -327,7 +327,43 @@ fn ipv6_loopback_works(b: Backend) {
     assert_eq!(from, s.leg(LegId::B).bound_rtp());
 }
 
+/// An async caller's close: its task waits for the forwarding thread, not its thread, and
+/// gets the same final statistics; the ports are free when it returns.
+fn close_async_reports_the_counts_and_frees_the_ports(b: Backend) {
+    let relay = relay(b, 41800, 41899, LatchMode::default());
+    let s = relay.allocate_session().unwrap();
+    let (agent, customer) = (Peer::new(), Peer::new());
+    s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
+    s.set_peer(LegId::B, customer.addr(), None, false).unwrap();
+    let (a, leg_b) = (s.leg(LegId::A), s.leg(LegId::B));
+    let out = rtp(0, false, 1, 160, 0x1111, &[0xd5; 160]);
+    agent.send(a.bound_rtp(), &out);
+    assert_eq!(customer.recv().0, out);
+    let back = rtp(8, false, 77, 320, 0x2222, &[0x55; 160]);
+    customer.send(leg_b.bound_rtp(), &back);
+    assert_eq!(agent.recv().0, back);
+    let ports = [
+        a.local_rtp_port(),
+        a.local_rtcp_port(),
+        leg_b.local_rtp_port(),
+        leg_b.local_rtcp_port(),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let st = rt.block_on(s.close_async());
+    assert_eq!((st.a.rx_packets, st.a.tx_packets), (1, 1));
+    assert_eq!((st.b.rx_packets, st.b.tx_packets), (1, 1));
+    assert_eq!(st.b.remote_rtp, Some(customer.addr()));
+    assert_eq!(relay.port_pairs_in_use(), 0);
+    for p in ports {
+        std::net::UdpSocket::bind((a.bound_rtp().ip(), p)).unwrap();
+    }
+}
+
 each_backend!(
+    close_async_reports_the_counts_and_frees_the_ports,
     rtp_goes_both_ways_out_of_the_other_legs_port,
     dtmf_events_pass_byte_identical,
     rtcp_is_relayed_between_rtcp_ports_and_with_rtcp_mux,

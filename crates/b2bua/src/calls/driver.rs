@@ -267,7 +267,9 @@ pub(crate) async fn run(
                 Output::End(o) => {
                     monitors.clear();
                     let recording = media.as_mut().and_then(|m| m.take_recording());
-                    let stats = close(&inner, media.take());
+                    // Boxed: the close's state (a timer among it) is not carried in every call
+                    // task's future for the one await at its end.
+                    let stats = Box::pin(close(&inner, media.take())).await;
                     tracing::info!(status = ?o.status, leg = ?o.leg, sip_code = ?o.sip_code, reason = %o.reason, "call ended");
                     emit(CallEventKind::Ended { outcome: o, stats });
                     admission.release();
@@ -495,14 +497,14 @@ fn apply(m: &MediaSession, op: MediaOp) {
 }
 
 /// Closes the relay session: its statistics for the `Ended` event, and the engine's counters.
-fn close(inner: &EngineInner, media: Option<MediaSession>) -> serde_json::Value {
+async fn close(inner: &EngineInner, media: Option<MediaSession>) -> serde_json::Value {
     let Some(m) = media else {
         return serde_json::Value::Null;
     };
     if let Ok(mut map) = inner.media_sessions.lock() {
         map.remove(&m.id());
     }
-    let st = m.close();
+    let st = m.close_async().await;
     inner
         .relayed_packets
         .fetch_add(st.a.tx_packets + st.b.tx_packets, Ordering::Relaxed);
