@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::g711::G711;
 use crate::mixer::{Mixer, FRAME_SAMPLES};
 use crate::ports::PortAllocator;
-use crate::worker::{Control, WorkerHandle};
+use crate::worker::{Control, Reply, WorkerHandle};
 use crate::SessionId;
 
 /// What the supervisor does.
@@ -173,30 +173,70 @@ pub(crate) struct MonitorParts {
     pub ports: Arc<Mutex<PortAllocator>>,
 }
 
+/// How long attaching a monitor waits for the session's forwarding thread at most.
+const ATTACH_WAIT: Duration = Duration::from_secs(1);
+
+/// Gives a monitor's port pair back.
+fn release_port(ports: &Arc<Mutex<PortAllocator>>, port: u16) {
+    ports
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .release(port);
+}
+
 impl Monitor {
     /// Attaches to the session's forwarding thread and starts mixing. On failure the port
-    /// pair is given back.
+    /// pair is given back. Blocks the calling thread (up to 1 s) for the forwarding thread's
+    /// answer: an async caller uses [`Monitor::start_async`].
     pub(crate) fn start(p: MonitorParts) -> Result<Monitor, crate::MediaError> {
-        let release = |ports: &Arc<Mutex<PortAllocator>>, port: u16| {
-            ports
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .release(port);
-        };
-        let tap = Arc::new(MonitorTap::new(p.laws, p.mode, p.session.0 as u32));
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let tap = Monitor::ask(&p, Reply::Thread(tx))?;
+        let legs = rx.recv_timeout(ATTACH_WAIT).ok().flatten();
+        Monitor::finish(p, tap, legs)
+    }
+
+    /// As [`Monitor::start`], but the caller's task waits, not its thread.
+    pub(crate) async fn start_async(p: MonitorParts) -> Result<Monitor, crate::MediaError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tap = Monitor::ask(&p, Reply::Task(tx))?;
+        let legs = tokio::time::timeout(ATTACH_WAIT, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        Monitor::finish(p, tap, legs)
+    }
+
+    /// Gives the monitor's tap to the session's forwarding thread, which answers `reply`
+    /// with copies of the legs' sockets.
+    fn ask(
+        p: &MonitorParts,
+        reply: Reply<Option<[UdpSocket; 2]>>,
+    ) -> Result<Arc<MonitorTap>, crate::MediaError> {
+        let tap = Arc::new(MonitorTap::new(p.laws, p.mode, p.session.0 as u32));
         if p.worker
             .send(Control::Monitor {
                 id: p.session,
                 tap: Some(Arc::clone(&tap)),
-                reply: Some(tx),
+                reply: Some(reply),
             })
             .is_err()
         {
-            release(&p.ports, p.rtp_port);
+            release_port(&p.ports, p.rtp_port);
             return Err(crate::MediaError::RelayStopped);
         }
-        let Ok(Some(legs)) = rx.recv_timeout(Duration::from_secs(1)) else {
+        Ok(tap)
+    }
+
+    /// Starts mixing once the forwarding thread answered with the legs' sockets (`None`: it
+    /// did not, in time).
+    fn finish(
+        p: MonitorParts,
+        tap: Arc<MonitorTap>,
+        legs: Option<[UdpSocket; 2]>,
+    ) -> Result<Monitor, crate::MediaError> {
+        let release = release_port;
+        let Some(legs) = legs else {
             let _ = p.worker.send(Control::Monitor {
                 id: p.session,
                 tap: None,

@@ -14,7 +14,7 @@ use crate::error::MediaError;
 use crate::monitor::{Monitor, MonitorMode, MonitorParts};
 use crate::ports::PortAllocator;
 use crate::stats::{LegCounters, SessionStats};
-use crate::worker::{self, Control, Done, LegSockets, NewSession, SessionShared, WorkerHandle};
+use crate::worker::{self, Control, LegSockets, NewSession, Reply, SessionShared, WorkerHandle};
 
 /// How long closing a session waits for its forwarding thread at most.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -335,6 +335,27 @@ impl Relay {
         payload_types: [u8; 3],
         mode: MonitorMode,
     ) -> Result<Monitor, MediaError> {
+        Monitor::start(self.monitor_parts(session, payload_types, mode)?)
+    }
+
+    /// As [`Relay::attach_monitor`], but the caller's task waits for the forwarding thread,
+    /// not its thread.
+    pub async fn attach_monitor_async(
+        &self,
+        session: &MediaSession,
+        payload_types: [u8; 3],
+        mode: MonitorMode,
+    ) -> Result<Monitor, MediaError> {
+        Monitor::start_async(self.monitor_parts(session, payload_types, mode)?).await
+    }
+
+    /// The codecs checked and a port pair bound for a monitor of `session`.
+    fn monitor_parts(
+        &self,
+        session: &MediaSession,
+        payload_types: [u8; 3],
+        mode: MonitorMode,
+    ) -> Result<MonitorParts, MediaError> {
         let mut laws = [crate::g711::G711::Pcmu; 3];
         for (law, pt) in laws.iter_mut().zip(payload_types) {
             *law = crate::mixer::mixable(pt)?;
@@ -349,7 +370,7 @@ impl Relay {
                     max: self.cfg.port_max,
                 })?
         };
-        Monitor::start(MonitorParts {
+        Ok(MonitorParts {
             session: session.id,
             laws,
             mode,
@@ -658,7 +679,7 @@ impl MediaSession {
             .worker
             .send(Control::Remove {
                 id: self.id,
-                done: Some(Done::Thread(tx)),
+                done: Some(Reply::Thread(tx)),
             })
             .is_ok()
         {
@@ -676,7 +697,7 @@ impl MediaSession {
             .worker
             .send(Control::Remove {
                 id: self.id,
-                done: Some(Done::Task(tx)),
+                done: Some(Reply::Task(tx)),
             })
             .is_ok()
         {

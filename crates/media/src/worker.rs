@@ -133,32 +133,33 @@ pub(crate) enum Control {
     Monitor {
         id: SessionId,
         tap: Option<Arc<crate::monitor::MonitorTap>>,
-        reply: Option<mpsc::SyncSender<Option<[UdpSocket; 2]>>>,
+        reply: Option<Reply<Option<[UdpSocket; 2]>>>,
     },
     Remove {
         id: SessionId,
-        done: Option<Done>,
+        done: Option<Reply<()>>,
     },
     Shutdown,
 }
 
-/// Who waits for a session's removal.
+/// Who waits for a forwarding thread's answer to a control message (a session's removal, a
+/// monitor's sockets).
 #[derive(Debug)]
-pub(crate) enum Done {
-    /// A thread blocked in [`crate::MediaSession::close`].
-    Thread(mpsc::SyncSender<()>),
-    /// A task awaiting [`crate::MediaSession::close_async`].
-    Task(tokio::sync::oneshot::Sender<()>),
+pub(crate) enum Reply<T> {
+    /// A thread blocked on the answer ([`crate::MediaSession::close`]).
+    Thread(mpsc::SyncSender<T>),
+    /// A task awaiting it ([`crate::MediaSession::close_async`]): its runtime thread goes on.
+    Task(tokio::sync::oneshot::Sender<T>),
 }
 
-impl Done {
-    fn fire(self) {
+impl<T> Reply<T> {
+    fn send(self, value: T) {
         match self {
-            Done::Thread(t) => {
-                let _ = t.try_send(());
+            Reply::Thread(t) => {
+                let _ = t.try_send(value);
             }
-            Done::Task(t) => {
-                let _ = t.send(());
+            Reply::Task(t) => {
+                let _ = t.send(value);
             }
         }
     }
@@ -1188,7 +1189,7 @@ impl Core {
                         }
                     }
                     if let Some(r) = reply {
-                        let _ = r.try_send(socks);
+                        r.send(socks);
                     }
                 }
                 Control::Remove { id, done } => {
@@ -1201,7 +1202,7 @@ impl Core {
                         self.free_slot(slot);
                     }
                     if let Some(done) = done {
-                        done.fire();
+                        done.send(());
                     }
                 }
                 Control::Shutdown => return false,

@@ -239,7 +239,48 @@ fn codecs_that_cannot_be_mixed_are_refused(b: Backend) {
     let _ = port(b, 0);
 }
 
+/// A monitor attached from a task (as the call's driver attaches one): the supervisor hears
+/// both, and closing it gives its port pair back.
+fn a_monitor_attached_from_a_task_hears_both(b: Backend) {
+    let relay = relay(b, 43300, 43399, LatchMode::default());
+    let s = relay.allocate_session().unwrap();
+    let (pa, pb, pc) = (Peer::new(), Peer::new(), Peer::new());
+    s.set_peer(LegId::A, pa.addr(), None, false).unwrap();
+    s.set_peer(LegId::B, pb.addr(), None, false).unwrap();
+    s.start().unwrap();
+    let mut agent = Speaker::new(&pa, s.leg(LegId::A).bound_rtp(), AGENT_HZ, G711::Pcmu, 0xA);
+    let mut customer = Speaker::new(
+        &pb,
+        s.leg(LegId::B).bound_rtp(),
+        CUSTOMER_HZ,
+        G711::Pcmu,
+        0xB,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let pairs = relay.port_pairs_in_use();
+    let m = rt
+        .block_on(relay.attach_monitor_async(&s, [0, 0, 0], MonitorMode::Listen))
+        .unwrap();
+    assert_eq!(relay.port_pairs_in_use(), pairs + 1);
+    m.set_peer(pc.addr());
+    let mut sup = Speaker::new(&pc, m.bound_rtp(), SUPERVISOR_HZ, G711::Pcmu, 0xC);
+    talk(&mut [&mut agent, &mut customer, &mut sup], 40, 25);
+    assert_eq!(
+        tones(&sup),
+        [true, true, false],
+        "the supervisor hears both"
+    );
+    assert_eq!(tones(&agent), [false, true, false]);
+    assert_eq!(tones(&customer), [true, false, false]);
+    m.close();
+    assert_eq!(relay.port_pairs_in_use(), pairs);
+}
+
 each_backend!(
+    a_monitor_attached_from_a_task_hears_both,
     each_mode_is_heard_by_frequency_and_the_mode_changes_mid_call,
     mute_stops_one_direction_only,
     codecs_that_cannot_be_mixed_are_refused,

@@ -168,15 +168,16 @@ pub(crate) async fn run(
                     mode,
                 }) => {
                     let r = match media.as_ref() {
-                        Some(m) => inner
-                            .relay
-                            .attach_monitor(m, payload_types, mode)
-                            .map(|mon| {
-                                let a = mon.advertised_rtp();
-                                monitors.insert(side, mon);
-                                a
-                            })
-                            .map_err(|e| e.to_string()),
+                        Some(m) => {
+                            Box::pin(inner.relay.attach_monitor_async(m, payload_types, mode))
+                                .await
+                                .map(|mon| {
+                                    let a = mon.advertised_rtp();
+                                    monitors.insert(side, mon);
+                                    a
+                                })
+                                .map_err(|e| e.to_string())
+                        }
                         None => Err("no relay session".to_string()),
                     };
                     machine.handle(Input::MonitorAttached(side, r), now());
