@@ -184,6 +184,29 @@ fn release_port(ports: &Arc<Mutex<PortAllocator>>, port: u16) {
         .release(port);
 }
 
+/// A monitor asked of a forwarding thread and not yet answered: dropped armed, it undoes the
+/// asking (the tap detached, the port pair given back).
+struct Pending(Option<MonitorParts>);
+
+impl Pending {
+    fn disarm(mut self) -> Option<MonitorParts> {
+        self.0.take()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.worker.send(Control::Monitor {
+                id: p.session,
+                tap: None,
+                reply: None,
+            });
+            release_port(&p.ports, p.rtp_port);
+        }
+    }
+}
+
 impl Monitor {
     /// Attaches to the session's forwarding thread and starts mixing. On failure the port
     /// pair is given back. Blocks the calling thread (up to 1 s) for the forwarding thread's
@@ -199,11 +222,17 @@ impl Monitor {
     pub(crate) async fn start_async(p: MonitorParts) -> Result<Monitor, crate::MediaError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let tap = Monitor::ask(&p, Reply::Task(tx))?;
+        // Held across the wait: should the caller's task drop this future before the answer,
+        // the tap is detached and the port pair given back, as on a time-out.
+        let pending = Pending(Some(p));
         let legs = tokio::time::timeout(ATTACH_WAIT, rx)
             .await
             .ok()
             .and_then(Result::ok)
             .flatten();
+        let Some(p) = pending.disarm() else {
+            return Err(crate::MediaError::RelayStopped);
+        };
         Monitor::finish(p, tap, legs)
     }
 

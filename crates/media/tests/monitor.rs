@@ -5,6 +5,8 @@
 #[macro_use]
 mod support;
 
+use std::future::Future;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -277,6 +279,30 @@ fn a_monitor_attached_from_a_task_hears_both(b: Backend) {
     assert_eq!(tones(&customer), [true, false, false]);
     m.close();
     assert_eq!(relay.port_pairs_in_use(), pairs);
+
+    // A task that goes away while the forwarding thread is asked (its attach polled once,
+    // then dropped) leaves no port pair taken and no tap holding a leg's RTP back.
+    let _in_runtime = rt.enter();
+    for _ in 0..5 {
+        let mut attach = Box::pin(relay.attach_monitor_async(&s, [0, 0, 0], MonitorMode::Barge));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(attach.as_mut().poll(&mut cx).is_pending());
+        drop(attach);
+    }
+    assert_eq!(relay.port_pairs_in_use(), pairs);
+    agent.drain(false);
+    customer.drain(false);
+    talk(&mut [&mut agent, &mut customer], 15, 10);
+    assert_eq!(
+        tones(&agent),
+        [false, true, false],
+        "the agent hears the customer"
+    );
+    assert_eq!(
+        tones(&customer),
+        [true, false, false],
+        "the customer hears the agent"
+    );
 }
 
 each_backend!(

@@ -197,7 +197,6 @@ async fn click2call_inner(
     let pbx = q.pbx.filter(|s| !s.is_empty());
     if let Some(name) = &pbx {
         let visible = shared
-            .store
             .trunks_for_account(&account.id)
             .await?
             .iter()
@@ -247,12 +246,7 @@ async fn click2call_inner(
                     ))
                 }
             };
-            if shared
-                .store
-                .trunks_for_account(&account.id)
-                .await?
-                .is_empty()
-            {
+            if shared.trunks_for_account(&account.id).await?.is_empty() {
                 return Err(ApiError::unprocessable(
                     "no_route",
                     "No trunk is available to reach dial_first",
