@@ -269,7 +269,9 @@ pub(crate) async fn run(
                     monitors.clear();
                     let recording = media.as_mut().and_then(|m| m.take_recording());
                     // Boxed: the close's state (a timer among it) is not carried in every call
-                    // task's future for the one await at its end.
+                    // task's future for the one await at its end. A call task is never
+                    // aborted; were it dropped here, the admission's `Drop` frees its slot and
+                    // start-up recovery ends the call (`interrupted`).
                     let stats = Box::pin(close(&inner, media.take())).await;
                     tracing::info!(status = ?o.status, leg = ?o.leg, sip_code = ?o.sip_code, reason = %o.reason, "call ended");
                     emit(CallEventKind::Ended { outcome: o, stats });
