@@ -264,14 +264,13 @@ impl Monitor {
         tap: Arc<MonitorTap>,
         legs: Option<[UdpSocket; 2]>,
     ) -> Result<Monitor, crate::MediaError> {
-        let release = release_port;
         let Some(legs) = legs else {
             let _ = p.worker.send(Control::Monitor {
                 id: p.session,
                 tap: None,
                 reply: None,
             });
-            release(&p.ports, p.rtp_port);
+            release_port(&p.ports, p.rtp_port);
             return Err(crate::MediaError::RelayStopped);
         };
         let peer = Arc::new(Mutex::new(None));
@@ -297,7 +296,7 @@ impl Monitor {
                     tap: None,
                     reply: None,
                 });
-                release(&p.ports, p.rtp_port);
+                release_port(&p.ports, p.rtp_port);
                 return Err(crate::MediaError::Io {
                     op: "spawning a mixing thread",
                     source: e,
