@@ -297,6 +297,12 @@ CREATE TABLE rate_buckets (
     at_ms      INTEGER NOT NULL
 );
 "#,
+    // 13: the timeline entries one batch of call events writes for one call share a row: the
+    // first in the row's own columns, the others, in order, in `more` (a JSON array of
+    // `{"at_ms", "kind", "leg", "detail"}`; NULL: none). See [`apply_writes_on`].
+    r#"
+ALTER TABLE call_timeline ADD COLUMN more TEXT;
+"#,
 ];
 
 /// The statuses of a call not yet ended, as SQL (the condition of the `calls_live` index,
@@ -2363,18 +2369,35 @@ impl BlockingStore for SqliteStore {
         let conn = self.conn()?;
         query_list(
             &conn,
-            "SELECT at_ms, kind, leg, detail FROM call_timeline WHERE call_id = ?1
-             ORDER BY at_ms, id",
+            "SELECT at_ms, kind, leg, detail, more FROM call_timeline WHERE call_id = ?1
+             ORDER BY id",
             [call_id],
             |r| {
-                Ok(TimelineEntry {
+                let first = TimelineEntry {
                     at_ms: r.get(0)?,
                     kind: r.get(1)?,
                     leg: r.get(2)?,
                     detail: json_col(r, 3)?,
-                })
+                };
+                let more: Option<String> = r.get(4)?;
+                let more: Vec<StoredEntry> = match more {
+                    Some(text) => {
+                        serde_json::from_str(&text).map_err(|e| conversion_error(4, e))?
+                    }
+                    None => Vec::new(),
+                };
+                Ok(std::iter::once(first)
+                    .chain(more.into_iter().map(StoredEntry::into_entry))
+                    .collect::<Vec<_>>())
             },
         )
+        .map(|rows| {
+            let mut entries: Vec<TimelineEntry> = rows.into_iter().flatten().collect();
+            // In the order written; by time, entries of the same time in that order (as one
+            // row per entry ordered by `at_ms, id` had them).
+            entries.sort_by_key(|e| e.at_ms);
+            entries
+        })
     }
 
     // ----- outbox -------------------------------------------------------------------------
@@ -2773,16 +2796,70 @@ impl BlockingStore for SqliteStore {
     }
 }
 
+/// Writes a batch in its order, except the timeline: the entries of one call share one row
+/// (the first entry in the row's columns, the others in `more`), written after the batch's
+/// other writes, so after the record of a call the batch creates.
+///
+/// A call's events come in bursts (a response, the request it causes, the status it
+/// changes), so one call's 19 entries take about 8 rows, and as many entries of the
+/// `call_timeline_call` index. Those index entries land on scattered pages, and each
+/// page a transaction touches is a frame its commit writes to the WAL: the index was the
+/// largest single cost of a batch (`docs/benchmarks.md`, "Timeline rows per batch").
 fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreError> {
+    // (call id, its entries in order), in the order of each call's first entry.
+    let mut rows: Vec<(&str, Vec<&TimelineEntry>)> = Vec::new();
+    let mut row_of: HashMap<&str, usize> = HashMap::new();
     for w in writes {
         match w {
-            CallWrite::Timeline { call_id, entry } => append_timeline_on(conn, call_id, entry)?,
+            CallWrite::Timeline { call_id, entry } => match row_of.get(call_id.as_str()) {
+                Some(&i) => rows[i].1.push(entry),
+                None => {
+                    row_of.insert(call_id, rows.len());
+                    rows.push((call_id, vec![entry]));
+                }
+            },
             CallWrite::NewCall(c) => insert_call_on(conn, c)?,
             CallWrite::Call(c) => update_call_on(conn, c)?,
             CallWrite::Callback(e) => enqueue_callback_on(conn, e)?,
         }
     }
+    for (call_id, entries) in rows {
+        if let Some((first, more)) = entries.split_first() {
+            insert_timeline_row_on(conn, call_id, first, more)?;
+        }
+    }
     Ok(())
+}
+
+/// A timeline entry after the first of its row, as `call_timeline.more` keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredEntry {
+    at_ms: UnixMs,
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    leg: Option<String>,
+    detail: serde_json::Value,
+}
+
+impl StoredEntry {
+    fn into_entry(self) -> TimelineEntry {
+        TimelineEntry {
+            at_ms: self.at_ms,
+            kind: self.kind,
+            leg: self.leg,
+            detail: self.detail,
+        }
+    }
+}
+
+/// [`StoredEntry`] borrowed from a [`TimelineEntry`], for writing.
+#[derive(serde::Serialize)]
+struct StoredEntryRef<'a> {
+    at_ms: UnixMs,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leg: Option<&'a str>,
+    detail: &'a serde_json::Value,
 }
 
 fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
@@ -2867,12 +2944,36 @@ fn append_timeline_on(
     call_id: &str,
     entry: &TimelineEntry,
 ) -> Result<(), StoreError> {
-    let detail = serde_json::to_string(&entry.detail)?;
+    insert_timeline_row_on(conn, call_id, entry, &[])
+}
+
+/// One `call_timeline` row: `first` in its columns, `more` (in order) in its `more` column.
+fn insert_timeline_row_on(
+    conn: &Connection,
+    call_id: &str,
+    first: &TimelineEntry,
+    more: &[&TimelineEntry],
+) -> Result<(), StoreError> {
+    let detail = serde_json::to_string(&first.detail)?;
+    let more = if more.is_empty() {
+        None
+    } else {
+        let refs: Vec<StoredEntryRef<'_>> = more
+            .iter()
+            .map(|e| StoredEntryRef {
+                at_ms: e.at_ms,
+                kind: &e.kind,
+                leg: e.leg.as_deref(),
+                detail: &e.detail,
+            })
+            .collect();
+        Some(serde_json::to_string(&refs)?)
+    };
     exec(
         conn,
-        "INSERT INTO call_timeline (call_id, at_ms, kind, leg, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![call_id, entry.at_ms, entry.kind, entry.leg, detail],
+        "INSERT INTO call_timeline (call_id, at_ms, kind, leg, detail, more)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![call_id, first.at_ms, first.kind, first.leg, detail, more],
     )
     .map_err(|e| {
         if StoreError::is_foreign_key_violation(&e) {
@@ -2940,6 +3041,56 @@ mod tests {
         assert!(
             plan.iter().any(|p| p.contains("calls_live")),
             "plan: {plan:?}"
+        );
+    }
+
+    /// A batch's timeline entries of one call take one row (the index entry with it), in
+    /// the batch's order; another call's entries in between take their own.
+    #[test]
+    fn a_batch_writes_one_timeline_row_per_call() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let conn = store.conn().unwrap();
+        for id in ["call_a", "call_b"] {
+            let c = CallRecord::new(id.into(), "acct".into(), "+14155550100".into(), 1);
+            insert_call_on(&conn, &c).unwrap();
+        }
+        let entry = |at: i64| TimelineEntry {
+            at_ms: at,
+            kind: format!("k{at}"),
+            leg: (at % 2 == 0).then(|| "agent".to_owned()),
+            detail: serde_json::json!({ "at": at }),
+        };
+        let on = |id: &str, at: i64| CallWrite::Timeline {
+            call_id: id.into(),
+            entry: entry(at),
+        };
+        apply_writes_on(
+            &conn,
+            &[
+                on("call_a", 1),
+                on("call_b", 2),
+                on("call_a", 3),
+                on("call_a", 4),
+            ],
+        )
+        .unwrap();
+        let rows: Vec<(String, i64, Option<String>)> = conn
+            .prepare("SELECT call_id, at_ms, more FROM call_timeline ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!((rows[0].0.as_str(), rows[0].1), ("call_a", 1));
+        assert_eq!(
+            (rows[1].0.as_str(), rows[1].1, rows[1].2.as_deref()),
+            ("call_b", 2, None)
+        );
+        drop(conn);
+        assert_eq!(
+            store.timeline("call_a").unwrap(),
+            vec![entry(1), entry(3), entry(4)]
         );
     }
 }

@@ -494,6 +494,56 @@ async fn a_new_call_and_its_first_entry_go_in_one_batch() {
     assert_eq!(store.timeline(&c.id).await.unwrap(), vec![entry]);
 }
 
+/// A call's timeline reads back in time order whatever batches wrote it: several entries of
+/// one call in one batch (interleaved with another call's), an entry written alone, and a
+/// later batch with an entry older than the one before it.
+async fn a_timeline_reads_back_in_time_order_across_batches() {
+    let (_db, store) = store_provisioned().await;
+    let (a, b) = (call(1, T0), call(2, T0));
+    store.insert_call(&a).await.unwrap();
+    store.insert_call(&b).await.unwrap();
+    let entry = |at: i64, kind: &str, leg: Option<&str>| TimelineEntry {
+        at_ms: T0 + at,
+        kind: kind.into(),
+        leg: leg.map(str::to_owned),
+        detail: json!({ "n": at, "text": "quote \" and \\ slash" }),
+    };
+    let on = |c: &CallRecord, e: &TimelineEntry| store::CallWrite::Timeline {
+        call_id: c.id.clone(),
+        entry: e.clone(),
+    };
+    let (a1, a2, a3) = (
+        entry(1, "sip", Some("agent")),
+        entry(2, "ringing", Some("agent")),
+        entry(7, "sip", None),
+    );
+    let (b1, b2) = (entry(3, "sip", Some("customer")), entry(4, "sip", None));
+    store
+        .write_call_batch(&[
+            on(&a, &a1),
+            on(&b, &b1),
+            on(&a, &a2),
+            on(&b, &b2),
+            on(&a, &a3),
+        ])
+        .await
+        .unwrap();
+    let alone = entry(5, "callback", None);
+    store.append_timeline(&a.id, &alone).await.unwrap();
+    // Older than `a3` (events of one call can reach the journal out of time order), and one
+    // of the same time as `a3`, written after it.
+    let (a4, a5) = (entry(6, "sip", Some("customer")), entry(7, "ended", None));
+    store
+        .write_call_batch(&[on(&a, &a4), on(&a, &a5)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.timeline(&a.id).await.unwrap(),
+        vec![a1, a2, alone, a4, a3, a5]
+    );
+    assert_eq!(store.timeline(&b.id).await.unwrap(), vec![b1, b2]);
+}
+
 both!(
     admission_counts_the_live_calls_of_the_account,
     racing_admissions_respect_the_limit,
@@ -501,6 +551,7 @@ both!(
     the_rate_holds_across_stores_on_one_database,
     a_new_call_and_its_first_entry_go_in_one_batch,
     a_call_batch_is_written_whole_or_not_at_all,
+    a_timeline_reads_back_in_time_order_across_batches,
     pages_are_newest_first_and_cover_everything_once,
     an_exact_last_page_has_no_next_cursor,
     filters,
