@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  call tasks ──on_event──► queue (memory) ──► writer thread ──► one transaction per batch:
-//!   (never wait on the store)                 (its own OS       timeline rows, the calls'
+//!   (never wait on the store)                 (its own OS       timeline entries, the calls'
 //!                                              thread)          records, their callbacks
 //!                                                  │ committed
 //!                                                  ▼
@@ -13,7 +13,7 @@
 //!   queue, never a database statement, and the writer is an OS thread of its own, so no
 //!   runtime thread ever waits on the store for a call event.
 //! - The writer takes everything queued (up to [`MAX_BATCH`] events, letting a burst gather
-//!   for [`GATHER`] after its first event) and writes it as **one transaction** ([`store::Store::write_call_batch`]): each event's timeline row, each
+//!   for [`GATHER`] after its first event) and writes it as **one transaction** ([`store::Store::write_call_batch`]): each event's timeline entry, each
 //!   touched call's record once, and the callbacks the events cause. A callback's outbox row
 //!   is committed together with the event that caused it, so a crash never keeps one without
 //!   the other. Under load batches grow by themselves (group commit); idle, an event is written

@@ -5,7 +5,9 @@
 //!   blocks a thread: every call is a future on the caller's task.
 //! - Schema: [`MIGRATIONS`], applied at open inside one transaction that holds an advisory
 //!   lock, so that nodes starting together migrate once. The same tables and columns as on
-//!   SQLite, with PostgreSQL types (`BIGINT`, `BOOLEAN`, `BYTEA`, `BIGSERIAL`).
+//!   SQLite, with PostgreSQL types (`BIGINT`, `BOOLEAN`, `BYTEA`, `BIGSERIAL`), except that
+//!   here each timeline entry is a row of its own (SQLite packs a batch's entries of one call
+//!   into one row, `call_timeline.more`).
 //! - Transactions: [`Store::write_call_batch`] and [`Store::apply_provisioning`] run in one
 //!   transaction each, as on SQLite: a batch's timeline rows, call records and callbacks
 //!   commit together or not at all.

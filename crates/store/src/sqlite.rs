@@ -300,7 +300,8 @@ CREATE TABLE rate_buckets (
 "#,
     // 13: the timeline entries one batch of call events writes for one call share a row: the
     // first in the row's own columns, the others, in order, in `more` (a JSON array of
-    // `{"at_ms", "kind", "leg", "detail"}`; NULL: none). See [`apply_writes_on`].
+    // `{"at_ms", "kind", "leg", "detail"}`; NULL: none). See [`apply_writes_on`]. A row's
+    // `at_ms` is its first entry's time only: SQL that filters on it misses the others.
     r#"
 ALTER TABLE call_timeline ADD COLUMN more TEXT;
 "#,
@@ -312,10 +313,18 @@ DROP INDEX calls_live;
 CREATE INDEX calls_live ON calls(account_id)
     WHERE (status = 'queued' OR status = 'ringing' OR status = 'in-progress');
 "#,
+    // 15: a call's timeline rows found by the call alone: they are read in the order written
+    // (`id`, which every index entry ends with), and a row's `at_ms` is only its first
+    // entry's, so the index had no use for it; its entries are smaller without it.
+    r#"
+DROP INDEX call_timeline_call;
+CREATE INDEX call_timeline_call ON call_timeline(call_id);
+"#,
 ];
 
-/// The statuses of a call not yet ended, as SQL (the condition of the `calls_live` index,
-/// which a query uses only when it spells the condition the same way).
+/// The statuses of a call not yet ended, as an SQL list: PostgreSQL's `calls_live` index
+/// condition (`status IN (...)`) and its admission count. SQLite's index has them as
+/// comparisons since migration 14 ([`LIVE_CONDITION`]).
 pub(crate) const LIVE_STATUSES: &str = "'queued', 'ringing', 'in-progress'";
 
 /// The condition of the `calls_live` index, spelled as the admission's count spells it (a
@@ -2381,30 +2390,22 @@ impl BlockingStore for SqliteStore {
 
     fn timeline(&self, call_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
         let conn = self.conn()?;
-        query_list(
-            &conn,
-            "SELECT at_ms, kind, leg, detail, more FROM call_timeline WHERE call_id = ?1
-             ORDER BY id",
-            [call_id],
-            |r| {
-                let first = TimelineEntry {
-                    at_ms: r.get(0)?,
-                    kind: r.get(1)?,
-                    leg: r.get(2)?,
-                    detail: json_col(r, 3)?,
-                };
-                let more: Option<String> = r.get(4)?;
-                let more: Vec<StoredEntry> = match more {
-                    Some(text) => {
-                        serde_json::from_str(&text).map_err(|e| conversion_error(4, e))?
-                    }
-                    None => Vec::new(),
-                };
-                Ok(std::iter::once(first)
-                    .chain(more.into_iter().map(StoredEntry::into_entry))
-                    .collect::<Vec<_>>())
-            },
-        )
+        query_list(&conn, TIMELINE_OF_CALL, [call_id], |r| {
+            let first = TimelineEntry {
+                at_ms: r.get(0)?,
+                kind: r.get(1)?,
+                leg: r.get(2)?,
+                detail: json_col(r, 3)?,
+            };
+            let more: Option<String> = r.get(4)?;
+            let more: Vec<StoredEntry> = match more {
+                Some(text) => serde_json::from_str(&text).map_err(|e| conversion_error(4, e))?,
+                None => Vec::new(),
+            };
+            Ok(std::iter::once(first)
+                .chain(more.into_iter().map(StoredEntry::into_entry))
+                .collect::<Vec<_>>())
+        })
         .map(|rows| {
             let mut entries: Vec<TimelineEntry> = rows.into_iter().flatten().collect();
             // In the order written; by time, entries of the same time in that order (as one
@@ -2818,7 +2819,7 @@ impl BlockingStore for SqliteStore {
 /// changes), so one call's 19 entries take about 8 rows, and as many entries of the
 /// `call_timeline_call` index. Those index entries land on scattered pages, and each
 /// page a transaction touches is a frame its commit writes to the WAL: the index was the
-/// largest single cost of a batch (`docs/benchmarks.md`, "Timeline rows per batch").
+/// largest single cost of a batch (`docs/benchmarks.md`, "One timeline row per call and batch").
 fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreError> {
     // (call id, its entries in order), in the order of each call's first entry.
     let mut rows: Vec<(&str, Vec<&TimelineEntry>)> = Vec::new();
@@ -2844,6 +2845,10 @@ fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreE
     }
     Ok(())
 }
+
+/// A call's timeline rows in the order written.
+const TIMELINE_OF_CALL: &str =
+    "SELECT at_ms, kind, leg, detail, more FROM call_timeline WHERE call_id = ?1 ORDER BY id";
 
 /// A timeline entry after the first of its row, as `call_timeline.more` keeps it.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -3041,6 +3046,29 @@ mod tests {
         assert_eq!(live.join(", "), LIVE_STATUSES);
         let compared: Vec<String> = live.iter().map(|s| format!("status = {s}")).collect();
         assert_eq!(format!("({})", compared.join(" OR ")), LIVE_CONDITION);
+    }
+
+    /// A call's timeline is read through its index in the order written, with no sort.
+    #[test]
+    fn a_timeline_read_uses_the_index_and_no_sort() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let conn = store.conn().unwrap();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {TIMELINE_OF_CALL}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(["call_a"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("call_timeline_call")),
+            "plan: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|p| p.contains("TEMP B-TREE")),
+            "plan: {plan:?}"
+        );
     }
 
     /// Writing a call record builds no temporary b-tree (a partial index's `IN` list did,

@@ -542,6 +542,21 @@ async fn a_timeline_reads_back_in_time_order_across_batches() {
         vec![a1, a2, alone, a4, a3, a5]
     );
     assert_eq!(store.timeline(&b.id).await.unwrap(), vec![b1, b2]);
+    // Entries of a call the store does not have: the batch fails whole, naming the call.
+    let nope = call(3, T0);
+    let err = store
+        .write_call_batch(&[
+            on(&b, &entry(8, "sip", None)),
+            on(&nope, &entry(8, "sip", None)),
+            on(&nope, &entry(9, "sip", None)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "call", .. }),
+        "{err:?}"
+    );
+    assert_eq!(store.timeline(&b.id).await.unwrap().len(), 2);
 }
 
 both!(
