@@ -1,5 +1,5 @@
 use store::sqlite::{Location, MIGRATIONS};
-use store::{BlockingStore, SqliteStore, StoreError};
+use store::{BlockingStore, CallWrite, SqliteStore, StoreError, TimelineEntry};
 
 use crate::support::{open_fresh, sample, TempDir, ACCT, REALM};
 
@@ -143,5 +143,90 @@ fn version_1_accounts_get_the_default_dialing_permissions() {
     assert_eq!(
         account.blocked_number_types,
         store::NumberType::DEFAULT_BLOCKED
+    );
+}
+
+/// A version 12 database (one timeline row per entry, `calls_live` on an `IN` list) keeps
+/// its calls' timelines through migrations 13-15, and a call's later batch adds to them in
+/// time order.
+#[test]
+fn version_12_timelines_read_back_after_the_timeline_migrations() {
+    let dir = TempDir::new();
+    let call_id = "call_01h2xcejqtf2nbrexx3vq00001";
+    {
+        let conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL);",
+        )
+        .unwrap();
+        for (v, sql) in MIGRATIONS[..12].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.execute("INSERT INTO schema_version VALUES (?1, 0)", [v as i64 + 1])
+                .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO calls (id, account_id, status, dial_string, created_at_ms, metadata,
+                                legs, stats)
+             VALUES (?1, ?2, 'ringing', '+14155550100', 1000, '{}', '{}', '{}')",
+            [call_id, ACCT],
+        )
+        .unwrap();
+        for (at, kind) in [(1000, "api.request"), (1010, "sip"), (1005, "ringing")] {
+            conn.execute(
+                "INSERT INTO call_timeline (call_id, at_ms, kind, leg, detail)
+                 VALUES (?1, ?2, ?3, NULL, '{\"old\":true}')",
+                rusqlite::params![call_id, at, kind],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(&dir.url()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    let entry = |at: i64, kind: &str| TimelineEntry {
+        at_ms: at,
+        kind: kind.into(),
+        leg: None,
+        detail: serde_json::json!({ "old": true }),
+    };
+    store
+        .write_call_batch(&[
+            CallWrite::Timeline {
+                call_id: call_id.into(),
+                entry: entry(1007, "sip"),
+            },
+            CallWrite::Timeline {
+                call_id: call_id.into(),
+                entry: entry(1020, "ended"),
+            },
+        ])
+        .unwrap();
+    assert_eq!(
+        store.timeline(call_id).unwrap(),
+        vec![
+            entry(1000, "api.request"),
+            entry(1005, "ringing"),
+            entry(1007, "sip"),
+            entry(1010, "sip"),
+            entry(1020, "ended"),
+        ]
+    );
+    // The ringing call counts against the account's live calls through the new index.
+    let limits = store::AccountLimits {
+        calls_per_second: 100.0,
+        burst: 100,
+        max_concurrent: 1,
+    };
+    let mut next = store::CallRecord::new(
+        "call_01h2xcejqtf2nbrexx3vq00002".into(),
+        ACCT.into(),
+        "+14155550100".into(),
+        2000,
+    );
+    next.user_id = None;
+    assert_eq!(
+        store
+            .admit_call(&[CallWrite::NewCall(next)], &limits, 2000)
+            .unwrap(),
+        store::Admission::Concurrency
     );
 }
