@@ -797,19 +797,29 @@ impl Layer {
         mut inbound: mpsc::Receiver<Inbound>,
         mut cmds: mpsc::UnboundedReceiver<Command>,
     ) {
+        // One timer for the layer's earliest deadline, moved only when that deadline moves
+        // (most messages leave it where it is): a timer made afresh for each message was
+        // registered with the runtime's timer wheel and taken out again every time.
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<std::time::Instant> = None;
         loop {
             let next = self.heap.peek().map(|Reverse((t, _))| *t);
-            let sleep = async {
-                match next {
-                    Some(t) => tokio::time::sleep_until(Instant::from_std(t)).await,
-                    None => std::future::pending::<()>().await,
+            if next != armed {
+                if let Some(t) = next {
+                    sleep.as_mut().reset(Instant::from_std(t));
                 }
-            };
+                armed = next;
+            }
             tokio::select! {
                 biased;
                 Some(c) = cmds.recv() => self.on_command(c),
                 Some(i) = inbound.recv() => self.on_inbound(i),
-                _ = sleep => self.on_timers(),
+                () = &mut sleep, if armed.is_some() => {
+                    // Set again from the heap at the next turn, even at the same instant.
+                    armed = None;
+                    self.on_timers();
+                }
                 else => return,
             }
         }

@@ -122,6 +122,11 @@ pub(crate) async fn run(
     let mut monitors: HashMap<SideId, media::Monitor> = HashMap::new();
     let mut replies: HashMap<u64, Reply> = HashMap::new();
     let mut next_command: u64 = 1;
+    // One timer for the machine's next deadline, moved only when the deadline moves: a
+    // timer made afresh at each turn was registered with the runtime's timer wheel and taken
+    // out again for every input. Boxed: the task's future stays small.
+    let mut timer = Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600)));
+    let mut armed: Option<std::time::Instant> = None;
     loop {
         // Each output out of a box: an `Output` (~340 bytes) bound here would be kept in the
         // task's state across every await below, for as long as the call lasts.
@@ -297,14 +302,26 @@ pub(crate) async fn run(
             return;
         }
         let deadline = machine.poll_timeout();
+        if deadline != armed {
+            // No deadline: out of the way, so that no stale one wakes the task (or, on a
+            // paused clock, moves time to it).
+            let at = deadline.map_or_else(
+                || tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
+                tokio::time::Instant::from_std,
+            );
+            timer.as_mut().reset(at);
+            armed = deadline;
+        }
         // What woke the task, taken out of the `select!` before it is handled: the futures
         // raced and the input are not kept in the task's state across the awaits below.
         let woke = tokio::select! {
             input = rx.recv() => Some(input),
-            _ = sleep_until(deadline) => None,
+            () = &mut timer, if armed.is_some() => None,
         };
         let input = match woke {
             None => {
+                // Set again from the machine at the next turn, even at the same instant.
+                armed = None;
                 machine.handle_timeout(now());
                 continue;
             }
@@ -389,13 +406,6 @@ async fn command(
         LiveCommand::CompleteTransfer => Command::CompleteTransfer,
         LiveCommand::CancelTransfer => Command::CancelTransfer,
     })
-}
-
-async fn sleep_until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-        None => std::future::pending::<()>().await,
-    }
 }
 
 /// A relay session for the call, registered for media events and live statistics.
