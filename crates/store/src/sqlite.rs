@@ -320,6 +320,45 @@ CREATE INDEX calls_live ON calls(account_id)
 DROP INDEX call_timeline_call;
 CREATE INDEX call_timeline_call ON call_timeline(call_id);
 "#,
+    // 16: each account's live calls counted as they come and go, by triggers on `calls`, in
+    // the same transactions: the admission reads one row instead of counting the account's
+    // live calls (all of them, on every admission). `calls_live` had no other use. A
+    // status is live as in [`LIVE_CONDITION`] (comparisons: an `IN` list would build a
+    // temporary b-tree each time a trigger's condition is evaluated).
+    r#"
+CREATE TABLE live_calls (
+    account_id TEXT PRIMARY KEY,           -- as calls.account_id: no foreign key
+    n          INTEGER NOT NULL
+);
+INSERT INTO live_calls (account_id, n)
+    SELECT account_id, COUNT(*) FROM calls
+     WHERE (status = 'queued' OR status = 'ringing' OR status = 'in-progress')
+     GROUP BY account_id;
+CREATE TRIGGER live_calls_insert AFTER INSERT ON calls
+    WHEN NEW.status = 'queued' OR NEW.status = 'ringing' OR NEW.status = 'in-progress'
+BEGIN
+    INSERT INTO live_calls (account_id, n) VALUES (NEW.account_id, 1)
+        ON CONFLICT (account_id) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER live_calls_update AFTER UPDATE OF status ON calls
+    WHEN (OLD.status = 'queued' OR OLD.status = 'ringing' OR OLD.status = 'in-progress')
+      <> (NEW.status = 'queued' OR NEW.status = 'ringing' OR NEW.status = 'in-progress')
+BEGIN
+    INSERT INTO live_calls (account_id, n)
+        VALUES (NEW.account_id,
+                CASE WHEN NEW.status = 'queued' OR NEW.status = 'ringing'
+                          OR NEW.status = 'in-progress' THEN 1 ELSE 0 END)
+        ON CONFLICT (account_id) DO UPDATE SET n = n + CASE
+            WHEN NEW.status = 'queued' OR NEW.status = 'ringing'
+                 OR NEW.status = 'in-progress' THEN 1 ELSE -1 END;
+END;
+CREATE TRIGGER live_calls_delete AFTER DELETE ON calls
+    WHEN OLD.status = 'queued' OR OLD.status = 'ringing' OR OLD.status = 'in-progress'
+BEGIN
+    UPDATE live_calls SET n = n - 1 WHERE account_id = OLD.account_id;
+END;
+DROP INDEX calls_live;
+"#,
 ];
 
 /// The statuses of a call not yet ended, as an SQL list: PostgreSQL's `calls_live` index
@@ -327,10 +366,13 @@ CREATE INDEX call_timeline_call ON call_timeline(call_id);
 /// comparisons since migration 14 ([`LIVE_CONDITION`]).
 pub(crate) const LIVE_STATUSES: &str = "'queued', 'ringing', 'in-progress'";
 
-/// The condition of the `calls_live` index, spelled as the admission's count spells it (a
-/// query uses a partial index only when its condition implies the index's).
+/// A live status as SQL comparisons: the condition of the `live_calls` triggers (and of the
+/// `calls_live` index, migrations 14-15).
 pub(crate) const LIVE_CONDITION: &str =
     "(status = 'queued' OR status = 'ringing' OR status = 'in-progress')";
+
+/// The account's live calls at admission: one row, kept by the `live_calls` triggers.
+const LIVE_COUNT: &str = "SELECT n FROM live_calls WHERE account_id = ?1";
 
 const PEPPER_KEY: &str = "api_secret_pepper";
 const PEPPER_LEN: usize = 32;
@@ -2278,10 +2320,10 @@ impl BlockingStore for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let live: i64 = tx
-            .prepare_cached(&format!(
-                "SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND {LIVE_CONDITION}"
-            ))?
-            .query_row([account_id], |r| r.get(0))?;
+            .prepare_cached(LIVE_COUNT)?
+            .query_row([account_id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
         if live >= i64::from(limits.max_concurrent) {
             return Ok(Admission::Concurrency);
         }
@@ -3099,24 +3141,85 @@ mod tests {
         }
     }
 
-    /// The admission count reads the `calls_live` index, not the account's whole history.
+    /// The admission reads the account's one `live_calls` row, not its calls.
     #[test]
-    fn admission_count_uses_the_live_index() {
+    fn admission_count_reads_one_row() {
         let store = SqliteStore::open_in_memory().unwrap();
         let conn = store.conn().unwrap();
-        let sql = format!(
-            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM calls WHERE account_id = ?1 AND {LIVE_CONDITION}"
-        );
-        let mut stmt = conn.prepare(&sql).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {LIVE_COUNT}"))
+            .unwrap();
         let plan: Vec<String> = stmt
             .query_map(["acc"], |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(
-            plan.iter().any(|p| p.contains("calls_live")),
+            plan.iter()
+                .any(|p| p.contains("live_calls") && p.contains("SEARCH")),
             "plan: {plan:?}"
         );
+    }
+
+    /// `live_calls` follows every way a call comes, changes status and goes, for each
+    /// account, as a count of the calls themselves would.
+    #[test]
+    fn live_calls_follow_inserts_updates_and_deletes() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let conn = store.conn().unwrap();
+        let check = |step: &str| {
+            let counted: Vec<(String, i64)> = conn
+                .prepare(&format!(
+                    "SELECT account_id, COUNT(*) FROM calls WHERE {LIVE_CONDITION}
+                     GROUP BY account_id ORDER BY account_id"
+                ))
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let kept: Vec<(String, i64)> = conn
+                .prepare("SELECT account_id, n FROM live_calls WHERE n <> 0 ORDER BY account_id")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(kept, counted, "after {step}");
+        };
+        let mut calls = Vec::new();
+        for (i, acc) in ["acc_a", "acc_b", "acc_a", "acc_a"].iter().enumerate() {
+            let mut c = CallRecord::new(format!("call_{i}"), (*acc).into(), "+1".into(), 1);
+            if i == 3 {
+                c.status = CallStatus::Failed; // born final: never live
+            }
+            insert_call_on(&conn, &c).unwrap();
+            calls.push(c);
+        }
+        check("inserts");
+        assert_eq!(
+            conn.query_row(LIVE_COUNT, ["acc_a"], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            2
+        );
+        for (i, status) in [
+            (0, CallStatus::Ringing),
+            (0, CallStatus::InProgress),
+            (1, CallStatus::Completed),
+            (0, CallStatus::Completed),
+            (0, CallStatus::Completed),
+            (3, CallStatus::Failed),
+        ] {
+            calls[i].status = status;
+            update_call_on(&conn, &calls[i]).unwrap();
+            check(&format!("call_{i} {status:?}"));
+        }
+        conn.execute("DELETE FROM calls WHERE id = 'call_2'", [])
+            .unwrap();
+        check("a live call deleted");
+        conn.execute("DELETE FROM calls WHERE id = 'call_1'", [])
+            .unwrap();
+        check("an ended call deleted");
     }
 
     /// A batch's timeline entries of one call take one row (the index entry with it), in
