@@ -1,7 +1,8 @@
 //! Throughput of the SQLite store on the operations of the call path.
 //!
 //! Method: a fresh database file in the system temp directory (WAL, `synchronous=NORMAL`, as
-//! in production), 10 000 users with one device each and 20 000 calls. Each operation is run
+//! in production), 10 000 users with one device each and 20 000 calls (then 10 000 more
+//! live, for the admission under load). Each operation is run
 //! `n` times in a loop on one thread on the SQLite backend itself (`BlockingStore`, without the store
 //! threads' hand-over) and timed with
 //! `Instant`; the table shows the mean per operation and operations per second. Writes are one
@@ -20,6 +21,8 @@ const ACCT: &str = "acct_01h2xcejqtf2nbrexx3vqjhp41";
 const REALM: &str = "dialbridge.test";
 const USERS: usize = 10_000;
 const CALLS: usize = 20_000;
+/// Live calls of the account when admission is measured under load.
+const LIVE: usize = 10_000;
 
 fn provisioning() -> Result<Provisioning, Box<dyn std::error::Error>> {
     Ok(toml::from_str(
@@ -195,6 +198,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         ];
         store.admit_call(&writes, &limits, t0 + i as i64).ok();
+    });
+    // The same admission with 10 000 of the account's calls live (long calls at a high
+    // rate), each admitted call then ended (its status leaves the live set).
+    let live_ids: Vec<String> = (0..LIVE).map(|_| TypeId::new("call").to_string()).collect();
+    for chunk in live_ids.chunks(500) {
+        let writes: Vec<store::CallWrite> = chunk
+            .iter()
+            .map(|id| {
+                let mut c = CallRecord::new(id.clone(), ACCT.into(), "+14155550100".into(), t0);
+                c.status = store::CallStatus::InProgress;
+                store::CallWrite::NewCall(c)
+            })
+            .collect();
+        store.write_call_batch(&writes)?;
+    }
+    let busy_ids: Vec<String> = (0..5_000)
+        .map(|_| TypeId::new("call").to_string())
+        .collect();
+    measure("admit_call, 10 000 live calls", 5_000, |i| {
+        let c = CallRecord::new(
+            busy_ids[i].clone(),
+            ACCT.into(),
+            "+14155550100".into(),
+            t0 + i as i64,
+        );
+        let writes = [
+            store::CallWrite::NewCall(c),
+            store::CallWrite::Timeline {
+                call_id: busy_ids[i].clone(),
+                entry: TimelineEntry {
+                    at_ms: t0 + i as i64,
+                    kind: "api.request".into(),
+                    leg: None,
+                    detail: serde_json::json!({}),
+                },
+            },
+        ];
+        store.admit_call(&writes, &limits, t0 + i as i64).ok();
+    });
+    measure("write_call_batch (a live call ends)", 5_000, |i| {
+        let mut c = CallRecord::new(
+            busy_ids[i].clone(),
+            ACCT.into(),
+            "+14155550100".into(),
+            t0 + i as i64,
+        );
+        c.status = store::CallStatus::Completed;
+        store.write_call_batch(&[store::CallWrite::Call(c)]).ok();
     });
     measure("list_calls first page (limit 50)", 2_000, |_| {
         let _ = store.list_calls(&CallFilter::new(ACCT, 50));
