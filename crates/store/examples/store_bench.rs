@@ -51,6 +51,24 @@ fn measure(name: &str, n: usize, mut op: impl FnMut(usize)) {
     );
 }
 
+/// A new call's admission writes: its record (in `status`) and its first timeline entry.
+fn admission(id: &str, at_ms: i64, status: store::CallStatus) -> [store::CallWrite; 2] {
+    let mut c = CallRecord::new(id.to_owned(), ACCT.into(), "+14155550100".into(), at_ms);
+    c.status = status;
+    [
+        store::CallWrite::NewCall(c),
+        store::CallWrite::Timeline {
+            call_id: id.to_owned(),
+            entry: TimelineEntry {
+                at_ms,
+                kind: "api.request".into(),
+                leg: None,
+                detail: serde_json::json!({}),
+            },
+        },
+    ]
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("dialbridge-store-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -156,47 +174,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     // The same writes without the limits: what admission adds is the difference.
     measure("write_call_batch (record + entry)", 5_000, |i| {
-        let mut c = CallRecord::new(
-            batch_ids[i].clone(),
-            ACCT.into(),
-            "+14155550100".into(),
-            t0 + i as i64,
-        );
-        c.status = store::CallStatus::Completed;
-        let writes = [
-            store::CallWrite::NewCall(c),
-            store::CallWrite::Timeline {
-                call_id: batch_ids[i].clone(),
-                entry: TimelineEntry {
-                    at_ms: t0 + i as i64,
-                    kind: "api.request".into(),
-                    leg: None,
-                    detail: serde_json::json!({}),
-                },
-            },
-        ];
+        let writes = admission(&batch_ids[i], t0 + i as i64, store::CallStatus::Completed);
         store.write_call_batch(&writes).ok();
     });
     measure("admit_call (record + entry, limits)", 5_000, |i| {
-        let mut c = CallRecord::new(
-            admit_ids[i].clone(),
-            ACCT.into(),
-            "+14155550100".into(),
-            t0 + i as i64,
-        );
-        c.status = store::CallStatus::Completed;
-        let writes = [
-            store::CallWrite::NewCall(c),
-            store::CallWrite::Timeline {
-                call_id: admit_ids[i].clone(),
-                entry: TimelineEntry {
-                    at_ms: t0 + i as i64,
-                    kind: "api.request".into(),
-                    leg: None,
-                    detail: serde_json::json!({}),
-                },
-            },
-        ];
+        let writes = admission(&admit_ids[i], t0 + i as i64, store::CallStatus::Completed);
         store.admit_call(&writes, &limits, t0 + i as i64).ok();
     });
     // The same admission with 10 000 of the account's calls live (long calls at a high
@@ -217,24 +199,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|_| TypeId::new("call").to_string())
         .collect();
     measure("admit_call, 10 000 live calls", 5_000, |i| {
-        let c = CallRecord::new(
-            busy_ids[i].clone(),
-            ACCT.into(),
-            "+14155550100".into(),
-            t0 + i as i64,
-        );
-        let writes = [
-            store::CallWrite::NewCall(c),
-            store::CallWrite::Timeline {
-                call_id: busy_ids[i].clone(),
-                entry: TimelineEntry {
-                    at_ms: t0 + i as i64,
-                    kind: "api.request".into(),
-                    leg: None,
-                    detail: serde_json::json!({}),
-                },
-            },
-        ];
+        let writes = admission(&busy_ids[i], t0 + i as i64, store::CallStatus::Queued);
         store.admit_call(&writes, &limits, t0 + i as i64).ok();
     });
     measure("write_call_batch (a live call ends)", 5_000, |i| {

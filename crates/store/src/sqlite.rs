@@ -369,8 +369,7 @@ pub(crate) const LIVE_STATUSES: &str = "'queued', 'ringing', 'in-progress'";
 /// A live status as SQL comparisons, as the `live_calls` triggers spell it (and the
 /// `calls_live` index did, migrations 14-15); the tests check it against [`CallStatus`].
 #[cfg(test)]
-const LIVE_CONDITION: &str =
-    "(status = 'queued' OR status = 'ringing' OR status = 'in-progress')";
+const LIVE_CONDITION: &str = "(status = 'queued' OR status = 'ringing' OR status = 'in-progress')";
 
 /// The account's live calls at admission: one row, kept by the `live_calls` triggers.
 const LIVE_COUNT: &str = "SELECT n FROM live_calls WHERE account_id = ?1";
@@ -3091,19 +3090,23 @@ mod tests {
         assert_eq!(format!("({})", compared.join(" OR ")), LIVE_CONDITION);
     }
 
-    /// A call's timeline is read through its index in the order written, with no sort.
-    #[test]
-    fn a_timeline_read_uses_the_index_and_no_sort() {
+    /// The query plan of `sql` (one parameter) on a fresh database, one step a line.
+    fn query_plan(sql: &str) -> Vec<String> {
         let store = SqliteStore::open_in_memory().unwrap();
         let conn = store.conn().unwrap();
-        let mut stmt = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {TIMELINE_OF_CALL}"))
-            .unwrap();
-        let plan: Vec<String> = stmt
-            .query_map(["call_a"], |r| r.get::<_, String>(3))
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan = stmt
+            .query_map(["x"], |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
+        plan
+    }
+
+    /// A call's timeline is read through its index in the order written, with no sort.
+    #[test]
+    fn a_timeline_read_uses_the_index_and_no_sort() {
+        let plan = query_plan(TIMELINE_OF_CALL);
         assert!(
             plan.iter().any(|p| p.contains("call_timeline_call")),
             "plan: {plan:?}"
@@ -3145,16 +3148,7 @@ mod tests {
     /// The admission reads the account's one `live_calls` row, not its calls.
     #[test]
     fn admission_count_reads_one_row() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let conn = store.conn().unwrap();
-        let mut stmt = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {LIVE_COUNT}"))
-            .unwrap();
-        let plan: Vec<String> = stmt
-            .query_map(["acc"], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = query_plan(LIVE_COUNT);
         assert!(
             plan.iter()
                 .any(|p| p.contains("live_calls") && p.contains("SEARCH")),
