@@ -478,6 +478,88 @@ impl MixLoop {
 mod tests {
     use super::*;
 
+    /// An attach whose task goes away before the forwarding thread answers detaches the tap
+    /// it gave and gives its port pair back; one that is answered keeps both.
+    #[test]
+    fn an_attach_dropped_while_waiting_undoes_itself() {
+        use std::future::Future;
+        let ports = Arc::new(Mutex::new(crate::ports::PortAllocator::new(43400, 43499)));
+        let (worker, asked) = WorkerHandle::unserved();
+        let parts = || {
+            let bind = IpAddr::from([127, 0, 0, 1]);
+            let (rtp_port, sockets) = ports
+                .lock()
+                .unwrap()
+                .allocate_with(|port| crate::relay::bind_pair(bind, port))
+                .expect("a free port pair");
+            MonitorParts {
+                session: SessionId(7),
+                laws: [G711::Pcmu; 3],
+                mode: MonitorMode::Listen,
+                rtp_port,
+                sockets,
+                bind,
+                advertise: bind,
+                worker: worker.clone(),
+                ports: Arc::clone(&ports),
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _in_runtime = rt.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+
+        let mut attach = Box::pin(Monitor::start_async(parts()));
+        assert!(attach.as_mut().poll(&mut cx).is_pending());
+        let Ok(Control::Monitor {
+            id,
+            tap: Some(_),
+            reply: Some(_),
+        }) = asked.try_recv()
+        else {
+            panic!("the forwarding thread was not asked for the legs");
+        };
+        assert_eq!(id, SessionId(7));
+        assert_eq!(ports.lock().unwrap().pairs_in_use(), 1);
+        drop(attach);
+        assert!(
+            matches!(
+                asked.try_recv(),
+                Ok(Control::Monitor {
+                    tap: None,
+                    reply: None,
+                    ..
+                })
+            ),
+            "the tap is detached"
+        );
+        assert_eq!(ports.lock().unwrap().pairs_in_use(), 0, "the pair is back");
+
+        // Answered: the monitor is made and holds its pair until it is closed.
+        let mut attach = Box::pin(Monitor::start_async(parts()));
+        assert!(attach.as_mut().poll(&mut cx).is_pending());
+        let Ok(Control::Monitor {
+            reply: Some(reply), ..
+        }) = asked.try_recv()
+        else {
+            panic!("the forwarding thread was not asked for the legs");
+        };
+        let legs = [
+            crate::sys::bind_udp_nonblocking("127.0.0.1:0".parse().unwrap()).unwrap(),
+            crate::sys::bind_udp_nonblocking("127.0.0.1:0".parse().unwrap()).unwrap(),
+        ];
+        reply.send(Some(legs));
+        let std::task::Poll::Ready(Ok(m)) = attach.as_mut().poll(&mut cx) else {
+            panic!("an answered attach makes its monitor");
+        };
+        assert!(asked.try_recv().is_err(), "nothing detached");
+        assert_eq!(ports.lock().unwrap().pairs_in_use(), 1);
+        m.close();
+        assert_eq!(ports.lock().unwrap().pairs_in_use(), 0);
+    }
+
     #[test]
     fn who_hears_whom_in_each_mode() {
         let m = [false, false];

@@ -152,7 +152,7 @@ pub struct Relay {
 }
 
 /// An RTP port and the RTCP port above it, bound on `bind`, non-blocking.
-fn bind_pair(bind: IpAddr, port: u16) -> std::io::Result<(UdpSocket, UdpSocket)> {
+pub(crate) fn bind_pair(bind: IpAddr, port: u16) -> std::io::Result<(UdpSocket, UdpSocket)> {
     let rtp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port))?;
     let rtcp = crate::sys::bind_udp_nonblocking(SocketAddr::new(bind, port + 1))?;
     Ok((rtp, rtcp))

@@ -153,7 +153,7 @@ pub(crate) enum Reply<T> {
 }
 
 impl<T> Reply<T> {
-    fn send(self, value: T) {
+    pub(crate) fn send(self, value: T) {
         match self {
             Reply::Thread(t) => {
                 let _ = t.try_send(value);
@@ -173,6 +173,14 @@ pub(crate) struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// A handle whose messages nobody but the test reads (no forwarding thread).
+    #[cfg(test)]
+    pub(crate) fn unserved() -> (WorkerHandle, mpsc::Receiver<Control>) {
+        let (tx, rx) = mpsc::channel();
+        let wake = Arc::new(EventFd::new().expect("eventfd"));
+        (WorkerHandle { tx, wake }, rx)
+    }
+
     pub(crate) fn send(&self, c: Control) -> Result<(), Box<Control>> {
         self.tx.send(c).map_err(|e| Box::new(e.0))?;
         self.wake.notify();

@@ -286,18 +286,18 @@ fn a_monitor_attached_from_a_task_hears_both(b: Backend) {
     // A task that goes away while the forwarding thread is asked (its attach polled once,
     // then dropped) leaves no port pair taken and no tap holding a leg's RTP back.
     let _in_runtime = rt.enter();
-    // The forwarding thread may answer before the first poll: that attach is closed as any
-    // other; the ones still waiting are dropped.
-    let mut dropped_waiting = 0;
+    // The forwarding thread may answer before the first poll (on a loaded machine it can
+    // answer all of them first): that attach is closed as any other; the ones still waiting
+    // are dropped. Either way nothing is left taken. The drop while waiting is exercised
+    // deterministically, without a forwarding thread, by the unit test
+    // `monitor::tests::an_attach_dropped_while_waiting_undoes_itself`.
     for _ in 0..20 {
         let mut attach = Box::pin(relay.attach_monitor_async(&s, [0, 0, 0], MonitorMode::Barge));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match attach.as_mut().poll(&mut cx) {
-            std::task::Poll::Pending => dropped_waiting += 1,
-            std::task::Poll::Ready(m) => m.unwrap().close(),
+        if let std::task::Poll::Ready(m) = attach.as_mut().poll(&mut cx) {
+            m.unwrap().close();
         }
     }
-    assert!(dropped_waiting > 0, "no attach was dropped while waiting");
     assert_eq!(relay.port_pairs_in_use(), pairs);
     agent.drain(false);
     customer.drain(false);
