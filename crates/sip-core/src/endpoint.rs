@@ -797,29 +797,15 @@ impl Layer {
         mut inbound: mpsc::Receiver<Inbound>,
         mut cmds: mpsc::UnboundedReceiver<Command>,
     ) {
-        // One timer for the layer's earliest deadline, moved only when that deadline moves
-        // (most messages leave it where it is): a timer made afresh for each message was
-        // registered with the runtime's timer wheel and taken out again every time.
-        let sleep = tokio::time::sleep(Duration::from_secs(3600));
-        tokio::pin!(sleep);
-        let mut armed: Option<std::time::Instant> = None;
+        // The layer's earliest deadline; most messages leave it where it is.
+        let mut timer = crate::deadline::DeadlineTimer::new();
         loop {
-            let next = self.heap.peek().map(|Reverse((t, _))| *t);
-            if next != armed {
-                if let Some(t) = next {
-                    sleep.as_mut().reset(Instant::from_std(t));
-                }
-                armed = next;
-            }
+            timer.set(self.heap.peek().map(|Reverse((t, _))| *t));
             tokio::select! {
                 biased;
                 Some(c) = cmds.recv() => self.on_command(c),
                 Some(i) = inbound.recv() => self.on_inbound(i),
-                () = &mut sleep, if armed.is_some() => {
-                    // Set again from the heap at the next turn, even at the same instant.
-                    armed = None;
-                    self.on_timers();
-                }
+                () = timer.fired(), if timer.is_armed() => self.on_timers(),
                 else => return,
             }
         }

@@ -2,6 +2,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod deadline;
 pub mod dialog;
 pub mod endpoint;
 pub mod limits;

@@ -122,11 +122,7 @@ pub(crate) async fn run(
     let mut monitors: HashMap<SideId, media::Monitor> = HashMap::new();
     let mut replies: HashMap<u64, Reply> = HashMap::new();
     let mut next_command: u64 = 1;
-    // One timer for the machine's next deadline, moved only when the deadline moves: a
-    // timer made afresh at each turn was registered with the runtime's timer wheel and taken
-    // out again for every input. Boxed: the task's future stays small.
-    let mut timer = Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600)));
-    let mut armed: Option<std::time::Instant> = None;
+    let mut timer = sip_core::deadline::DeadlineTimer::new();
     loop {
         // Each output out of a box: an `Output` (~340 bytes) bound here would be kept in the
         // task's state across every await below, for as long as the call lasts.
@@ -301,27 +297,15 @@ pub(crate) async fn run(
         if machine.is_finished() {
             return;
         }
-        let deadline = machine.poll_timeout();
-        if deadline != armed {
-            // No deadline: out of the way, so that no stale one wakes the task (or, on a
-            // paused clock, moves time to it).
-            let at = deadline.map_or_else(
-                || tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
-                tokio::time::Instant::from_std,
-            );
-            timer.as_mut().reset(at);
-            armed = deadline;
-        }
+        timer.set(machine.poll_timeout());
         // What woke the task, taken out of the `select!` before it is handled: the futures
         // raced and the input are not kept in the task's state across the awaits below.
         let woke = tokio::select! {
             input = rx.recv() => Some(input),
-            () = &mut timer, if armed.is_some() => None,
+            () = timer.fired(), if timer.is_armed() => None,
         };
         let input = match woke {
             None => {
-                // Set again from the machine at the next turn, even at the same instant.
-                armed = None;
                 machine.handle_timeout(now());
                 continue;
             }
