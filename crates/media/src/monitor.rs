@@ -184,6 +184,17 @@ fn release_port(ports: &Arc<Mutex<PortAllocator>>, port: u16) {
         .release(port);
 }
 
+/// Undoes [`Monitor::ask`]: the tap detached from the session, the port pair given back.
+/// Takes the parts by field: on one path the sockets have gone to the mixing loop already.
+fn unask(worker: &WorkerHandle, session: SessionId, ports: &Arc<Mutex<PortAllocator>>, port: u16) {
+    let _ = worker.send(Control::Monitor {
+        id: session,
+        tap: None,
+        reply: None,
+    });
+    release_port(ports, port);
+}
+
 /// A monitor asked of a forwarding thread and not yet answered: dropped armed, it undoes the
 /// asking (the tap detached, the port pair given back).
 struct Pending(Option<MonitorParts>);
@@ -197,12 +208,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
-            let _ = p.worker.send(Control::Monitor {
-                id: p.session,
-                tap: None,
-                reply: None,
-            });
-            release_port(&p.ports, p.rtp_port);
+            unask(&p.worker, p.session, &p.ports, p.rtp_port);
         }
     }
 }
@@ -265,12 +271,7 @@ impl Monitor {
         legs: Option<[UdpSocket; 2]>,
     ) -> Result<Monitor, crate::MediaError> {
         let Some(legs) = legs else {
-            let _ = p.worker.send(Control::Monitor {
-                id: p.session,
-                tap: None,
-                reply: None,
-            });
-            release_port(&p.ports, p.rtp_port);
+            unask(&p.worker, p.session, &p.ports, p.rtp_port);
             return Err(crate::MediaError::RelayStopped);
         };
         let peer = Arc::new(Mutex::new(None));
@@ -291,12 +292,7 @@ impl Monitor {
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
-                let _ = p.worker.send(Control::Monitor {
-                    id: p.session,
-                    tap: None,
-                    reply: None,
-                });
-                release_port(&p.ports, p.rtp_port);
+                unask(&p.worker, p.session, &p.ports, p.rtp_port);
                 return Err(crate::MediaError::Io {
                     op: "spawning a mixing thread",
                     source: e,
