@@ -726,12 +726,16 @@ impl CallFilter {
 
 /// One step in a call's timeline: the API request, a SIP message of a leg, a callback
 /// attempt, ...
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serialized (`{"at_ms", "kind", "leg", "detail"}`, no `leg` when `None`) in SQLite's
+/// `call_timeline.more`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TimelineEntry {
     pub at_ms: UnixMs,
     /// What happened, e.g. `api.request`, `sip.invite.sent`, `sip.response`, `callback`.
     pub kind: String,
     /// `agent`, `customer`, or `None` for call-wide steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leg: Option<String>,
     pub detail: serde_json::Value,
 }

@@ -362,8 +362,8 @@ DROP INDEX calls_live;
 ];
 
 /// The statuses of a call not yet ended, as an SQL list: PostgreSQL's `calls_live` index
-/// condition (`status IN (...)`) and its admission count. SQLite's index has them as
-/// comparisons since migration 14 ([`LIVE_CONDITION`]).
+/// condition (`status IN (...)`) and its admission count. SQLite counts live calls in
+/// `live_calls` since migration 16 ([`LIVE_CONDITION`]).
 pub(crate) const LIVE_STATUSES: &str = "'queued', 'ringing', 'in-progress'";
 
 /// A live status as SQL comparisons, as the `live_calls` triggers spell it (and the
@@ -2440,13 +2440,11 @@ impl BlockingStore for SqliteStore {
                 detail: json_col(r, 3)?,
             };
             let more: Option<String> = r.get(4)?;
-            let more: Vec<StoredEntry> = match more {
+            let more: Vec<TimelineEntry> = match more {
                 Some(text) => serde_json::from_str(&text).map_err(|e| conversion_error(4, e))?,
                 None => Vec::new(),
             };
-            Ok(std::iter::once(first)
-                .chain(more.into_iter().map(StoredEntry::into_entry))
-                .collect::<Vec<_>>())
+            Ok(std::iter::once(first).chain(more).collect::<Vec<_>>())
         })
         .map(|rows| {
             let mut entries: Vec<TimelineEntry> = rows.into_iter().flatten().collect();
@@ -2892,37 +2890,6 @@ fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreE
 const TIMELINE_OF_CALL: &str =
     "SELECT at_ms, kind, leg, detail, more FROM call_timeline WHERE call_id = ?1 ORDER BY id";
 
-/// A timeline entry after the first of its row, as `call_timeline.more` keeps it.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StoredEntry {
-    at_ms: UnixMs,
-    kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    leg: Option<String>,
-    detail: serde_json::Value,
-}
-
-impl StoredEntry {
-    fn into_entry(self) -> TimelineEntry {
-        TimelineEntry {
-            at_ms: self.at_ms,
-            kind: self.kind,
-            leg: self.leg,
-            detail: self.detail,
-        }
-    }
-}
-
-/// [`StoredEntry`] borrowed from a [`TimelineEntry`], for writing.
-#[derive(serde::Serialize)]
-struct StoredEntryRef<'a> {
-    at_ms: UnixMs,
-    kind: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    leg: Option<&'a str>,
-    detail: &'a serde_json::Value,
-}
-
 fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
     let recording = serde_json::to_string(&c.recording)?;
     let metadata = serde_json::to_string(&c.metadata)?;
@@ -3022,16 +2989,7 @@ fn insert_timeline_row_on(
     let more = if more.is_empty() {
         None
     } else {
-        let refs: Vec<StoredEntryRef<'_>> = more
-            .iter()
-            .map(|e| StoredEntryRef {
-                at_ms: e.at_ms,
-                kind: &e.kind,
-                leg: e.leg.as_deref(),
-                detail: &e.detail,
-            })
-            .collect();
-        Some(serde_json::to_string(&refs)?)
+        Some(serde_json::to_string(more)?)
     };
     exec(
         conn,
