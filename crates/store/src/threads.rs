@@ -20,11 +20,15 @@
 //! - A panic inside a job is caught on the store thread, which goes on; the caller gets
 //!   [`StoreError::Crashed`].
 //! - The threads end when the last handle is dropped, after the jobs already queued.
+//! - The queue wakes one store thread per job, and only when one is idle: the idle threads
+//!   wait on one condition variable, not in turn for a lock around a channel (which cost two
+//!   more wake-ups per job: `docs/benchmarks.md`, "The store threads' queue").
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::model::*;
 use crate::provision::{ProvisionReport, Provisioning};
@@ -33,11 +37,93 @@ use crate::{BlockingStore, Secret, Store, StoreError};
 /// One call on the backend, run on a store thread.
 type Job<B> = Box<dyn FnOnce(&B) + Send + 'static>;
 
+/// The jobs waiting for a store thread.
+struct Queue<B> {
+    state: Mutex<Waiting<B>>,
+    /// Signalled when a job is queued while a thread is idle, and when the queue closes.
+    ready: Condvar,
+    /// Free places in the queue: a caller takes one before queueing (waiting asynchronously
+    /// while none is free); a store thread gives it back when it takes the job.
+    room: Semaphore,
+}
+
+struct Waiting<B> {
+    jobs: VecDeque<Job<B>>,
+    /// Store threads waiting on [`Queue::ready`].
+    idle: usize,
+    /// No more jobs come: the threads end once `jobs` is empty.
+    closed: bool,
+}
+
+impl<B> Queue<B> {
+    fn new() -> Queue<B> {
+        Queue {
+            state: Mutex::new(Waiting {
+                jobs: VecDeque::new(),
+                idle: 0,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            room: Semaphore::new(QUEUE),
+        }
+    }
+
+    /// Queues `job`, waiting while the queue is full.
+    async fn push(&self, job: Job<B>) -> Result<(), StoreError> {
+        self.room
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Stopped)?
+            .forget();
+        let wake = {
+            let mut w = self.state.lock().map_err(|_| StoreError::Poisoned)?;
+            if w.closed {
+                return Err(StoreError::Stopped);
+            }
+            w.jobs.push_back(job);
+            w.idle > 0
+        };
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The next job; `None` once the queue is closed and empty.
+    fn take(&self) -> Option<Job<B>> {
+        let mut w = self.state.lock().ok()?;
+        loop {
+            if let Some(job) = w.jobs.pop_front() {
+                self.room.add_permits(1);
+                return Some(job);
+            }
+            if w.closed {
+                return None;
+            }
+            w.idle += 1;
+            w = self.ready.wait(w).ok()?;
+            w.idle -= 1;
+        }
+    }
+
+    fn close(&self) {
+        if let Ok(mut w) = self.state.lock() {
+            w.closed = true;
+        }
+        self.room.close();
+        self.ready.notify_all();
+    }
+
+    fn len(&self) -> usize {
+        self.state.lock().map_or(0, |w| w.jobs.len())
+    }
+}
+
 /// A [`BlockingStore`] run on dedicated store threads, offered as a [`Store`].
 pub struct StoreThreads<B: BlockingStore> {
     backend: Arc<B>,
     /// `None`: calls run inline on the caller's thread ([`StoreThreads::inline`]).
-    queue: Option<mpsc::Sender<Job<B>>>,
+    queue: Option<Arc<Queue<B>>>,
     threads: usize,
     /// [`Store::provisioning_generation`].
     generation: crate::Generation,
@@ -63,15 +149,17 @@ impl<B: BlockingStore> StoreThreads<B> {
     /// Starts `threads` (at least one) store threads running `backend`.
     pub fn new(backend: B, threads: usize) -> Result<StoreThreads<B>, StoreError> {
         let backend = Arc::new(backend);
-        let (queue, rx) = mpsc::channel::<Job<B>>(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(Queue::new());
         let threads = threads.max(1);
         for i in 0..threads {
-            let (backend, rx) = (Arc::clone(&backend), Arc::clone(&rx));
-            std::thread::Builder::new()
+            let (backend, rx) = (Arc::clone(&backend), Arc::clone(&queue));
+            let started = std::thread::Builder::new()
                 .name(format!("store-{i}"))
-                .spawn(move || serve(&*backend, &rx))
-                .map_err(StoreError::Threads)?;
+                .spawn(move || serve(&*backend, &rx));
+            if let Err(e) = started {
+                queue.close();
+                return Err(StoreError::Threads(e));
+            }
         }
         Ok(StoreThreads {
             backend,
@@ -118,7 +206,7 @@ impl<B: BlockingStore> StoreThreads<B> {
 
     /// Jobs waiting for a store thread now.
     pub fn queued(&self) -> usize {
-        self.queue.as_ref().map_or(0, |q| QUEUE - q.capacity())
+        self.queue.as_ref().map_or(0, |q| q.len())
     }
 
     /// Runs `f` on a store thread and waits (asynchronously) for its answer.
@@ -133,22 +221,22 @@ impl<B: BlockingStore> StoreThreads<B> {
         let job: Job<B> = Box::new(move |b: &B| {
             let _ = tx.send(f(b));
         });
-        queue.send(job).await.map_err(|_| StoreError::Stopped)?;
+        queue.push(job).await?;
         rx.await.map_err(|_| StoreError::Crashed)?
     }
 }
 
+impl<B: BlockingStore> Drop for StoreThreads<B> {
+    fn drop(&mut self) {
+        if let Some(q) = &self.queue {
+            q.close();
+        }
+    }
+}
+
 /// A store thread: takes jobs until every handle is gone.
-fn serve<B: BlockingStore>(backend: &B, rx: &Mutex<mpsc::Receiver<Job<B>>>) {
-    loop {
-        // One thread at a time waits on the queue; the others wait for the lock.
-        let job = match rx.lock() {
-            Ok(mut rx) => rx.blocking_recv(),
-            Err(_) => None,
-        };
-        let Some(job) = job else {
-            return;
-        };
+fn serve<B: BlockingStore>(backend: &B, queue: &Queue<B>) {
+    while let Some(job) = queue.take() {
         if std::panic::catch_unwind(AssertUnwindSafe(|| job(backend))).is_err() {
             tracing::error!("a store call panicked; the store thread goes on");
         }
@@ -692,6 +780,42 @@ mod tests {
         let r: Result<(), StoreError> = t.run(|_| panic!("boom")).await;
         assert!(matches!(r, Err(StoreError::Crashed)));
         assert!(t.list_accounts().await.unwrap().is_empty());
+    }
+
+    /// Jobs queued before the last handle goes still run, and the threads then end.
+    #[tokio::test]
+    async fn queued_jobs_run_after_the_handle_is_dropped() {
+        let t = threads(1);
+        let queue = Arc::clone(t.queue.as_ref().unwrap());
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let ran = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        // The one thread waits in the first job until the handle is gone.
+        let first = queue.push(Box::new(move |_| {
+            let _ = gate_rx.recv_timeout(Duration::from_secs(5));
+        }));
+        first.await.unwrap();
+        for _ in 0..3 {
+            let ran = Arc::clone(&ran);
+            queue
+                .push(Box::new(move |_| {
+                    ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }))
+                .await
+                .unwrap();
+        }
+        drop(t);
+        assert!(queue.push(Box::new(|_| {})).await.is_err());
+        gate_tx.send(()).unwrap();
+        for _ in 0..500 {
+            if ran.load(std::sync::atomic::Ordering::SeqCst) == 3 && Arc::strong_count(&queue) == 1
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // The store thread ended and let go of the queue.
+        assert_eq!(Arc::strong_count(&queue), 1);
     }
 
     #[tokio::test]
