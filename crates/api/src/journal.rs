@@ -134,13 +134,17 @@ pub struct Journal {
 impl Journal {
     /// Hands an event over to the writer; never waits on the store.
     pub fn push(&self, ev: CallEvent) {
-        if let Ok(mut q) = self.queue.lock() {
-            q.events.push_back(ev);
-            self.backlog.fetch_add(1, Ordering::SeqCst);
-            if q.writer_waiting {
-                q.writer_waiting = false;
-                self.ready.notify_one();
+        let wake = match self.queue.lock() {
+            Ok(mut q) => {
+                q.events.push_back(ev);
+                self.backlog.fetch_add(1, Ordering::SeqCst);
+                std::mem::replace(&mut q.writer_waiting, false)
             }
+            Err(_) => false,
+        };
+        // After the lock is let go: the writer woken does not then wait for it.
+        if wake {
+            self.ready.notify_one();
         }
     }
 

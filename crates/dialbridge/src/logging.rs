@@ -40,16 +40,19 @@ struct Queue {
 impl Queue {
     /// Takes a line; false when the queue is full.
     fn push(&self, line: &[u8]) -> bool {
-        let Ok(mut l) = self.lines.lock() else {
-            return false;
+        let wake = {
+            let Ok(mut l) = self.lines.lock() else {
+                return false;
+            };
+            if l.count >= QUEUE_LINES {
+                return false;
+            }
+            l.bytes.extend_from_slice(line);
+            l.count += 1;
+            std::mem::replace(&mut l.writer_waiting, false)
         };
-        if l.count >= QUEUE_LINES {
-            return false;
-        }
-        l.bytes.extend_from_slice(line);
-        l.count += 1;
-        if l.writer_waiting {
-            l.writer_waiting = false;
+        // After the lock is let go: the writer woken does not then wait for it.
+        if wake {
             self.ready.notify_one();
         }
         true
