@@ -359,6 +359,32 @@ BEGIN
 END;
 DROP INDEX calls_live;
 "#,
+    // 17: fewer pages written per commit (a commit writes every page it touched to the WAL,
+    // 4 KB each). `call_timeline` without AUTOINCREMENT: its rows are read in `id` order
+    // within a call, and a new rowid is always above every existing one, so the order is
+    // the same, without the `sqlite_sequence` page each insert had to write. `calls_log`
+    // ascending: a new call's entry lands at the end of its account's run instead of the
+    // front, where SQLite splits pages on nearly every insert; the call log reads it
+    // backwards (`ORDER BY created_at_ms DESC, id DESC`) with no sort.
+    r#"
+CREATE TABLE call_timeline_17 (
+    id      INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL REFERENCES calls(id) ON DELETE CASCADE,
+    at_ms   INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    leg     TEXT,
+    detail  TEXT NOT NULL,                    -- JSON
+    more    TEXT                              -- JSON (migration 13)
+);
+INSERT INTO call_timeline_17 (id, call_id, at_ms, kind, leg, detail, more)
+    SELECT id, call_id, at_ms, kind, leg, detail, more FROM call_timeline ORDER BY id;
+DROP TABLE call_timeline;
+ALTER TABLE call_timeline_17 RENAME TO call_timeline;
+CREATE INDEX call_timeline_call ON call_timeline(call_id);
+DELETE FROM sqlite_sequence WHERE name = 'call_timeline';
+DROP INDEX calls_log;
+CREATE INDEX calls_log ON calls(account_id, created_at_ms, id);
+"#,
 ];
 
 /// The statuses of a call not yet ended, as an SQL list: PostgreSQL's `calls_live` index
@@ -3059,6 +3085,60 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         plan
+    }
+
+    /// The call log is read through `calls_log` (backwards, since migration 17), with no
+    /// sort, with and without a cursor.
+    #[test]
+    fn the_call_log_reads_its_index_with_no_sort() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let conn = store.conn().unwrap();
+        for cursor in [
+            "",
+            " AND created_at_ms <= 5 AND (created_at_ms < 5 OR id < 'x')",
+        ] {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT {CALL_COLS} FROM calls WHERE account_id = ?1{cursor}
+                 ORDER BY created_at_ms DESC, id DESC LIMIT 51"
+            );
+            let plan: Vec<String> = conn
+                .prepare(&sql)
+                .unwrap()
+                .query_map(["x"], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(plan.iter().any(|p| p.contains("calls_log")), "{plan:?}");
+            assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+        }
+    }
+
+    /// A timeline insert writes no `sqlite_sequence` row (no AUTOINCREMENT since 17).
+    #[test]
+    fn a_timeline_insert_leaves_sqlite_sequence_alone() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let conn = store.conn().unwrap();
+        let rec = CallRecord::new("call_1".into(), "acc_1".into(), "+14155550100".into(), 1);
+        insert_call_on(&conn, &rec).unwrap();
+        append_timeline_on(
+            &conn,
+            "call_1",
+            &TimelineEntry {
+                at_ms: 1,
+                kind: "api.request".into(),
+                leg: None,
+                detail: serde_json::json!({}),
+            },
+        )
+        .unwrap();
+        let seq: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'call_timeline'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seq, 0);
     }
 
     /// A call's timeline is read through its index in the order written, with no sort.
