@@ -311,7 +311,7 @@ pub async fn serve_until(
         metrics.add_source(
             "dialbridge_heap_bytes",
             "gauge",
-            "Heap bytes the process has allocated and not freed (malloc's own count over all its arenas; memory freed but kept by the allocator is not in it).",
+            "Heap bytes the process has allocated and not freed (the allocator's own count; memory freed but kept by the allocator is not in it).",
             heap_bytes,
         );
         metrics.add_source(
@@ -644,10 +644,34 @@ async fn shutdown_signal() {
     }
 }
 
-/// Bytes malloc has handed out and not taken back: `mallinfo2`'s in-use small blocks plus
-/// its mmapped blocks, summed over all arenas by glibc. What a benchmark divides by the
-/// live calls or bindings (the resident set also holds what was freed and kept).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Bytes the allocator has handed out and not taken back: what a benchmark divides by the
+/// live calls or bindings (the resident set also holds what was freed and kept). With
+/// tcmalloc linked in (`build.rs`), its own count of allocated bytes; on glibc's malloc,
+/// `mallinfo2`'s in-use small blocks plus its mmapped blocks, summed over all arenas.
+#[cfg(dialbridge_tcmalloc)]
+fn heap_bytes() -> u64 {
+    unsafe extern "C" {
+        // gperftools' C interface (malloc_extension_c.h): 1 when the property is known.
+        fn MallocExtension_GetNumericProperty(
+            property: *const std::ffi::c_char,
+            value: *mut usize,
+        ) -> std::ffi::c_int;
+    }
+    let mut value = 0usize;
+    // SAFETY: the property name is a NUL-terminated string and `value` a valid place for
+    // the one `size_t` the function writes.
+    let known = unsafe {
+        MallocExtension_GetNumericProperty(c"generic.current_allocated_bytes".as_ptr(), &mut value)
+    };
+    if known == 1 {
+        value as u64
+    } else {
+        0
+    }
+}
+
+/// See above: glibc's malloc.
+#[cfg(all(target_os = "linux", target_env = "gnu", not(dialbridge_tcmalloc)))]
 fn heap_bytes() -> u64 {
     // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value.
     let info = unsafe { libc::mallinfo2() };
