@@ -328,6 +328,22 @@ impl Canceller {
     }
 }
 
+impl HookSlot {
+    /// Which endpoint this is: the handles and the layer share the one slot.
+    fn owner(slot: &Arc<HookSlot>) -> usize {
+        Arc::as_ptr(slot) as usize
+    }
+}
+
+thread_local! {
+    /// The commands a request hook gives its own endpoint while the endpoint's task runs it
+    /// (`Layer::run_hook`), by endpoint: the layer applies them when the hook returns. Sent
+    /// through the channel instead, each would wake the very task that is running, and the
+    /// runtime would poll it once more and wake another worker thread to do so.
+    static IN_HOOK: std::cell::RefCell<Option<(usize, Vec<Command>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// A handle on the running endpoint. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -358,6 +374,7 @@ impl Endpoint {
         let hook = Arc::new(HookSlot::default());
         let layer = Layer {
             hook: Arc::clone(&hook),
+            hook_queue: Vec::new(),
             stateless_stats: Arc::clone(&stateless_stats),
             transports: Arc::clone(&transports),
             timers: cfg.timers,
@@ -389,6 +406,24 @@ impl Endpoint {
             },
             ev_rx,
         ))
+    }
+
+    /// Hands a command to the layer: kept for the layer to apply when its request hook
+    /// returns if this runs inside that hook on the layer's task (`IN_HOOK`), sent through
+    /// the channel otherwise.
+    fn post(&self, c: Command) -> Result<(), EndpointError> {
+        let owner = HookSlot::owner(&self.hook);
+        let c = IN_HOOK.with(|slot| match &mut *slot.borrow_mut() {
+            Some((o, queue)) if *o == owner => {
+                queue.push(c);
+                None
+            }
+            _ => Some(c),
+        });
+        match c {
+            None => Ok(()),
+            Some(c) => self.cmd.send(c).map_err(|_| EndpointError::Stopped),
+        }
     }
 
     /// Installs the transaction user's first look at each new request (not ACK, not
@@ -575,7 +610,7 @@ impl Endpoint {
                 .headers
                 .add(HeaderName::Server, self.server_header.clone());
         }
-        let _ = self.cmd.send(Command::Respond {
+        let _ = self.post(Command::Respond {
             key: key.clone(),
             response,
         });
@@ -595,7 +630,7 @@ impl Endpoint {
         response: Response,
         budget: RefusalBudget,
     ) {
-        let _ = self.cmd.send(Command::ReplyStateless {
+        let _ = self.post(Command::ReplyStateless {
             key: inc.key.clone(),
             flow: inc.flow,
             response,
@@ -775,6 +810,8 @@ struct Layer {
     observer: Option<Arc<dyn MessageObserver>>,
     /// The transaction user's first look at a new request ([`Endpoint::set_request_hook`]).
     hook: Arc<HookSlot>,
+    /// The commands the hook gave while it ran (`Layer::run_hook`), kept for its next run.
+    hook_queue: Vec<Command>,
 }
 
 fn now_std() -> std::time::Instant {
@@ -1494,23 +1531,44 @@ impl Layer {
                     flow,
                     key,
                 };
-                let inc = match self.hook.0.get() {
-                    Some(hook) => {
-                        // A panic in the hook ends that request only, not the endpoint.
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(inc))) {
-                            Ok(Some(inc)) => inc,
-                            Ok(None) => return,
-                            Err(_) => {
-                                tracing::error!("handling a request panicked; it goes unanswered");
-                                return;
-                            }
+                let inc = match self.hook.0.get().cloned() {
+                    Some(hook) => match self.run_hook(&hook, inc) {
+                        Ok(Some(inc)) => inc,
+                        Ok(None) => return,
+                        Err(()) => {
+                            tracing::error!("handling a request panicked; it goes unanswered");
+                            return;
                         }
-                    }
+                    },
                     None => inc,
                 };
                 let _ = self.events.send(EndpointEvent::Request(inc));
             }
         }
+    }
+
+    /// Runs the request hook on this task. What it answers through its [`Endpoint`] handle
+    /// is applied here when it returns, in the order given (`IN_HOOK`), not sent through
+    /// the command channel. A panic in the hook ends that request only, not the endpoint
+    /// (`Err`); what it gave before panicking is still applied.
+    fn run_hook(
+        &mut self,
+        hook: &RequestHook,
+        inc: IncomingRequest,
+    ) -> Result<Option<IncomingRequest>, ()> {
+        let owner = HookSlot::owner(&self.hook);
+        let queue = std::mem::take(&mut self.hook_queue);
+        let outer = IN_HOOK.with(|slot| slot.borrow_mut().replace((owner, queue)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(inc)));
+        let mut queue = IN_HOOK
+            .with(|slot| std::mem::replace(&mut *slot.borrow_mut(), outer))
+            .map(|(_, q)| q)
+            .unwrap_or_default();
+        for c in queue.drain(..) {
+            self.on_command(c);
+        }
+        self.hook_queue = queue;
+        outcome.map_err(|_| ())
     }
 
     fn on_response(&mut self, resp: Response, flow: Flow) {

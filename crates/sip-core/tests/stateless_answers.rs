@@ -267,3 +267,47 @@ async fn a_request_hook_answers_what_it_keeps_on_the_endpoint_and_passes_on_the_
     let inc = next_request(&mut events).await;
     assert_eq!(inc.request.method, Method::Options);
 }
+
+/// What a hook answers through its own endpoint is applied on the endpoint's task when the
+/// hook returns, in the order given; an answer given before the hook panicked still goes.
+#[tokio::test]
+async fn a_request_hooks_answers_go_out_in_order_even_when_it_panics_after() {
+    use sip_core::message::Method;
+    use std::sync::Arc;
+    let (ep, _events, uas) = endpoint(30).await;
+    let (sock, uac) = peer(uas).await;
+    let answering = ep.clone();
+    assert!(ep.set_request_hook(Arc::new(move |inc: IncomingRequest| {
+        let mut trying = Response::for_request(&inc.request, 100);
+        trying.set_to_tag("hook");
+        answering.respond(&inc.key, trying);
+        let mut ok = Response::for_request(&inc.request, 200);
+        ok.set_to_tag("hook");
+        answering.respond(&inc.key, ok);
+        if inc.request.method == Method::Options {
+            panic!("a hook that fails after answering");
+        }
+        None
+    })));
+    sock.send(request("REGISTER", uac, uas, "st-o1").as_bytes())
+        .await
+        .expect("send");
+    let got = received(&sock, T1 * 5).await;
+    assert_eq!(
+        got.iter().map(|m| status(m)).collect::<Vec<_>>(),
+        [100, 200]
+    );
+    sock.send(request("OPTIONS", uac, uas, "st-o2").as_bytes())
+        .await
+        .expect("send");
+    let got = received(&sock, T1 * 5).await;
+    assert_eq!(
+        got.iter().map(|m| status(m)).collect::<Vec<_>>(),
+        [100, 200]
+    );
+    // The endpoint goes on after the panic.
+    sock.send(request("REGISTER", uac, uas, "st-o3").as_bytes())
+        .await
+        .expect("send");
+    assert_eq!(received(&sock, T1 * 5).await.len(), 2);
+}
