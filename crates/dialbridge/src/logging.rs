@@ -2,8 +2,10 @@
 //! that logging never takes a request down.
 //!
 //! A log line is handed to the queue and the caller goes on; the writer thread writes it to
-//! standard error at once, together with any lines that came while it was writing: it is
-//! woken only when it waits for a first line, so a burst costs one wake-up and few writes. When standard error cannot be written (its disk is full, an I/O error, a
+//! standard error within a few milliseconds, together with the lines that came meanwhile: it
+//! is woken only when it waits for a first line, and then lets others gather for
+//! [`GATHER`] before it writes, so the lines of a busy stretch cost one wake-up and one
+//! write per [`GATHER`], not one each. When standard error cannot be written (its disk is full, an I/O error, a
 //! closed pipe) the line is dropped and counted, and nothing panics — the standard library's
 //! `eprintln!`, and the subscriber's own error report that uses it, would abort the request
 //! that logged. When the queue is full (the disk is slow) the line is dropped and counted too.
@@ -15,6 +17,9 @@ use std::sync::{Condvar, Mutex, OnceLock};
 
 /// Lines waiting for the writer thread before new ones are dropped.
 const QUEUE_LINES: usize = 16_384;
+
+/// How long the writer, woken by a first line, lets others join it before it writes.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines queued, and lines the writer thread is done with (written or dropped).
@@ -59,20 +64,33 @@ impl Queue {
     }
 
     /// The writer thread: takes what gathered and writes it to `sink` with one `write_all`.
-    fn run(&self, mut sink: impl Write) {
+    /// Woken from waiting, it first lets `gather` pass (lines pushed meanwhile do not wake
+    /// it again); lines that came while it wrote are taken at once.
+    fn run(&self, mut sink: impl Write, gather: std::time::Duration) {
         let mut out = Vec::new();
         loop {
-            let count = {
+            let waited = {
                 let Ok(mut l) = self.lines.lock() else {
                     return;
                 };
+                let mut waited = false;
                 while l.count == 0 {
                     l.writer_waiting = true;
+                    waited = true;
                     l = match self.ready.wait(l) {
                         Ok(l) => l,
                         Err(_) => return,
                     };
                 }
+                waited
+            };
+            if waited && !gather.is_zero() {
+                std::thread::sleep(gather);
+            }
+            let count = {
+                let Ok(mut l) = self.lines.lock() else {
+                    return;
+                };
                 l.writer_waiting = false;
                 std::mem::swap(&mut out, &mut l.bytes);
                 std::mem::take(&mut l.count)
@@ -99,7 +117,7 @@ fn queue() -> Option<&'static Queue> {
         let q: &'static Queue = Box::leak(Box::default());
         std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || q.run(std::io::stderr()))
+            .spawn(move || q.run(std::io::stderr(), GATHER))
             .ok()
             .map(|_| q)
     })
@@ -199,7 +217,7 @@ mod tests {
         assert!(!q.push(b"one too many\n"));
         let sink = Shared::default();
         let out = sink.clone();
-        std::thread::spawn(move || q.run(sink));
+        std::thread::spawn(move || q.run(sink, GATHER));
         // Taken by the writer, the queue has room again; lines pushed while it waits wake it.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !q.push(b"after\n") {
@@ -227,6 +245,52 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "lines never written");
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// A sink that keeps each `write` call apart.
+    #[derive(Clone, Default)]
+    struct Writes(std::sync::Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Lines that come while the writer gathers after its wake-up go out with the first,
+    /// in one write.
+    #[test]
+    fn lines_of_a_busy_stretch_go_out_in_one_write() {
+        let q: &'static Queue = Box::leak(Box::default());
+        let sink = Writes::default();
+        let out = sink.clone();
+        std::thread::spawn(move || q.run(sink, Duration::from_millis(300)));
+        // The writer waits for a first line before any is pushed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !q.lines.lock().unwrap().writer_waiting {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never waited"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(q.push(b"first\n"));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(q.push(b"second\n"));
+        assert!(q.push(b"third\n"));
+        while out.0.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "nothing written");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            *out.0.lock().unwrap(),
+            vec![b"first\nsecond\nthird\n".to_vec()]
+        );
     }
 
     #[test]
