@@ -84,7 +84,7 @@ impl Queue {
                 }
                 waited
             };
-            if waited && !gather.is_zero() {
+            if waited {
                 std::thread::sleep(gather);
             }
             let count = {
@@ -193,13 +193,20 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// A sink the test reads back.
+    /// A sink the test reads back, each `write` call kept apart.
     #[derive(Clone, Default)]
-    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+    struct Writes(std::sync::Arc<Mutex<Vec<Vec<u8>>>>);
 
-    impl Write for Shared {
+    impl Writes {
+        /// Everything written so far, as one text.
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().concat()).unwrap()
+        }
+    }
+
+    impl Write for Writes {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.0.lock().unwrap().push(buf.to_vec());
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -215,7 +222,7 @@ mod tests {
             assert!(q.push(format!("line {i}\n").as_bytes()));
         }
         assert!(!q.push(b"one too many\n"));
-        let sink = Shared::default();
+        let sink = Writes::default();
         let out = sink.clone();
         std::thread::spawn(move || q.run(sink, GATHER));
         // Taken by the writer, the queue has room again; lines pushed while it waits wake it.
@@ -237,27 +244,13 @@ mod tests {
             .chain((0..3).map(|b| format!("burst {b}\n")))
             .collect();
         loop {
-            let got = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let got = out.text();
             if got == expected {
                 break;
             }
             assert!(expected.starts_with(&got), "lines out of order or cut");
             assert!(std::time::Instant::now() < deadline, "lines never written");
             std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// A sink that keeps each `write` call apart.
-    #[derive(Clone, Default)]
-    struct Writes(std::sync::Arc<Mutex<Vec<Vec<u8>>>>);
-
-    impl Write for Writes {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().push(buf.to_vec());
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
         }
     }
 

@@ -289,25 +289,19 @@ async fn a_request_hooks_answers_go_out_in_order_even_when_it_panics_after() {
         }
         None
     })));
-    sock.send(request("REGISTER", uac, uas, "st-o1").as_bytes())
-        .await
-        .expect("send");
-    let got = received(&sock, T1 * 5).await;
-    assert_eq!(
-        got.iter().map(|m| status(m)).collect::<Vec<_>>(),
-        [100, 200]
-    );
-    sock.send(request("OPTIONS", uac, uas, "st-o2").as_bytes())
-        .await
-        .expect("send");
-    let got = received(&sock, T1 * 5).await;
-    assert_eq!(
-        got.iter().map(|m| status(m)).collect::<Vec<_>>(),
-        [100, 200]
-    );
+    // The statuses the endpoint sends back to one request.
+    let answers = |id: &'static str, method: &'static str| {
+        let sock = &sock;
+        async move {
+            sock.send(request(method, uac, uas, id).as_bytes())
+                .await
+                .expect("send");
+            let got = received(sock, T1 * 5).await;
+            got.iter().map(|m| status(m)).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(answers("st-o1", "REGISTER").await, [100, 200]);
+    assert_eq!(answers("st-o2", "OPTIONS").await, [100, 200]);
     // The endpoint goes on after the panic.
-    sock.send(request("REGISTER", uac, uas, "st-o3").as_bytes())
-        .await
-        .expect("send");
-    assert_eq!(received(&sock, T1 * 5).await.len(), 2);
+    assert_eq!(answers("st-o3", "REGISTER").await.len(), 2);
 }
