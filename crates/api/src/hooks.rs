@@ -274,21 +274,20 @@ async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
     // token of its rate, cluster-wide, until its status is final. The journal is told the
     // record (the call's first event follows at once: its start, or its end when the engine
     // refuses it).
-    let admission = shared
-        .store
-        .admit_call(
-            &[
-                CallWrite::NewCall(rec.clone()),
-                CallWrite::Timeline {
-                    call_id: rec.id.clone(),
-                    entry,
-                },
-            ],
-            &account.limits,
-            now,
-        )
-        .await
-        .map_err(|e| AdmitError::Unavailable(e.to_string()))?;
+    let admission = crate::journal::admit_call(
+        shared,
+        vec![
+            CallWrite::NewCall(rec.clone()),
+            CallWrite::Timeline {
+                call_id: rec.id.clone(),
+                entry,
+            },
+        ],
+        &account.limits,
+        now,
+    )
+    .await
+    .map_err(|e| AdmitError::Unavailable(e.to_string()))?;
     if let Some(refused) = LimitError::from_admission(admission, &account.limits) {
         return Err(AdmitError::Limit(refused.to_string()));
     }

@@ -24,6 +24,17 @@
 //!   go on; their events wait in the queue. While more than [`BACKLOG_LIMIT`] events wait,
 //!   new calls are refused with `503` (the API checks [`Journal::backlog`]), which bounds the
 //!   queue: only calls already running add to it.
+//! - On a store of this node alone (SQLite) new calls are admitted in the batches too
+//!   ([`Journal::admit`], [`admit_call`]): the API handler queues the new record with the
+//!   account's limits and awaits the batch's commit; the writer judges each admission
+//!   under a savepoint of its own at the start of the batch, so that it shares the commit
+//!   (and its pages) with the events of the calls before it instead of paying a
+//!   transaction of its own on a store thread. The record is durable before the `202`, as
+//!   before; the request waits for the batch's gathering time. A batch that fails answers
+//!   its admissions with the error at once (`503`); they are not retried with it. On
+//!   PostgreSQL the handler admits its call itself, in a transaction of its own on the
+//!   pool: admissions there go on side by side on their own connections, where on the
+//!   writer they would wait for one another.
 //! - The writer keeps the records of the calls it is writing (read once from the store),
 //!   changed only when a batch commits, and forgets a call when its final state is written.
 //! - [`recover_interrupted`] runs before the server takes calls: the calls that a previous
@@ -39,7 +50,11 @@ use std::time::{Duration, Instant};
 
 use b2bua::calls::{CallEvent, CallEventKind, Leg, Outcome};
 use serde_json::{json, Value};
-use store::{CallRecord, CallStatus, CallWrite, OutboxEntry, StoreError, TimelineEntry, TypeId};
+use store::{
+    Admission, AdmitRequest, CallRecord, CallStatus, CallWrite, OutboxEntry, StoreError,
+    TimelineEntry, TypeId,
+};
+use tokio::sync::oneshot;
 
 use crate::hooks::{apply, callback_stage, timeline_parts, EVENT_PREFIX};
 use crate::state::Shared;
@@ -108,10 +123,15 @@ impl StoreHealth {
     }
 }
 
+/// A new call's admission waiting for the writer's next batch, and where its outcome goes.
+type AdmitJob = (AdmitRequest, oneshot::Sender<Result<Admission, StoreError>>);
+
 /// The events handed over and not yet taken by the writer.
 #[derive(Debug, Default)]
 struct Pending {
     events: VecDeque<CallEvent>,
+    /// New calls to admit in the next batch ([`Journal::admit`]).
+    admissions: Vec<AdmitJob>,
     /// The writer waits on [`Journal::ready`] for a first event: only then does a push wake
     /// it. While it gathers or writes it comes back for the queue by itself, and a wake-up
     /// (a system call on the pushing thread, a context switch) would buy nothing.
@@ -129,6 +149,8 @@ pub struct Journal {
     /// Events queued and not yet committed (the batch being written included).
     backlog: AtomicUsize,
     stopping: AtomicBool,
+    /// A writer runs that admits new calls in its batches (the store is this node's alone).
+    admitting: AtomicBool,
 }
 
 impl Journal {
@@ -146,6 +168,35 @@ impl Journal {
         if wake {
             self.ready.notify_one();
         }
+    }
+
+    /// Admits a new call in the writer's next batch (its record and first timeline entry,
+    /// under the account's limits: [`store::Store::admit_call`]), which commits it together
+    /// with the events of the calls before it instead of in a transaction of its own; the
+    /// outcome comes once the batch is committed. Gives the request back when no writer
+    /// takes admissions (none runs, it is stopping, or the store is shared with other
+    /// nodes, whose admissions must not wait for this node's batches): admit it through the
+    /// store then.
+    pub async fn admit(
+        &self,
+        req: AdmitRequest,
+    ) -> Result<Result<Admission, StoreError>, AdmitRequest> {
+        if !self.admitting.load(Ordering::SeqCst) {
+            return Err(req);
+        }
+        let (tx, rx) = oneshot::channel();
+        let wake = match self.queue.lock() {
+            Ok(mut q) if !self.stopping.load(Ordering::SeqCst) => {
+                q.admissions.push((req, tx));
+                std::mem::replace(&mut q.writer_waiting, false)
+            }
+            _ => return Err(req),
+        };
+        if wake {
+            self.ready.notify_one();
+        }
+        // The writer answers every admission it takes, or drops it when it stops.
+        Ok(rx.await.unwrap_or(Err(StoreError::Stopped)))
     }
 
     /// Tells the writer the record of a call just inserted (before its first event), so it
@@ -177,16 +228,21 @@ impl Journal {
         self.backlog() > BACKLOG_LIMIT
     }
 
-    /// Moves up to [`MAX_BATCH`] events into `batch` (emptied first; its allocation is
-    /// reused from batch to batch), waiting for the first (up to `wait`), then letting others
-    /// gather for [`GATHER`] unless the batch is already full.
-    fn take(&self, wait: Duration, batch: &mut Vec<CallEvent>) {
+    /// Moves up to [`MAX_BATCH`] events into `batch` and the waiting admissions into
+    /// `admits` (both emptied first; their allocations are reused from batch to batch),
+    /// waiting for the first (up to `wait`), then letting others gather for [`GATHER`]
+    /// unless the batch is already full.
+    fn take(&self, wait: Duration, batch: &mut Vec<CallEvent>, admits: &mut Vec<AdmitJob>) {
         batch.clear();
+        admits.clear();
         {
             let Ok(mut q) = self.queue.lock() else {
                 return;
             };
-            if q.events.is_empty() && !self.stopping.load(Ordering::SeqCst) {
+            if q.events.is_empty()
+                && q.admissions.is_empty()
+                && !self.stopping.load(Ordering::SeqCst)
+            {
                 q.writer_waiting = true;
                 q = match self.ready.wait_timeout(q, wait) {
                     Ok((q, _)) => q,
@@ -195,8 +251,12 @@ impl Journal {
                 q.writer_waiting = false;
             }
             let n = q.events.len();
-            if n == 0 || n >= MAX_BATCH || self.stopping.load(Ordering::SeqCst) {
+            if (n == 0 && q.admissions.is_empty())
+                || n >= MAX_BATCH
+                || self.stopping.load(Ordering::SeqCst)
+            {
                 batch.extend(q.events.drain(..n.min(MAX_BATCH)));
+                admits.append(&mut q.admissions);
                 return;
             }
         }
@@ -206,6 +266,7 @@ impl Journal {
         };
         let n = q.events.len().min(MAX_BATCH);
         batch.extend(q.events.drain(..n));
+        admits.append(&mut q.admissions);
     }
 
     /// Waits (at most `limit`) until every event handed over so far is in the store; false
@@ -225,6 +286,31 @@ impl Journal {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.ready.notify_all();
+    }
+}
+
+/// Admits a new call (its record and first timeline entry, under the account's limits): in
+/// the journal's next batch where its writer takes admissions ([`Journal::admit`]), else in
+/// a transaction of its own ([`store::Store::admit_call`]).
+pub(crate) async fn admit_call(
+    shared: &Shared,
+    writes: Vec<CallWrite>,
+    limits: &store::AccountLimits,
+    now_ms: i64,
+) -> Result<Admission, StoreError> {
+    let req = AdmitRequest {
+        writes,
+        limits: *limits,
+        now_ms,
+    };
+    match shared.journal.admit(req).await {
+        Ok(outcome) => outcome,
+        Err(req) => {
+            shared
+                .store
+                .admit_call(&req.writes, &req.limits, req.now_ms)
+                .await
+        }
     }
 }
 
@@ -304,13 +390,25 @@ impl Writer {
     /// the thread blocks on them, which it may, being no runtime thread.
     pub(crate) fn run(mut self, drain_for: Duration, rt: &tokio::runtime::Handle) {
         let journal = Arc::clone(&self.shared.journal);
+        // New calls are admitted in the batches on a store of this node alone (SQLite,
+        // whose one writer serialises them anyway); on PostgreSQL the handlers admit theirs
+        // side by side on the pool.
+        journal
+            .admitting
+            .store(!self.shared.store.shared(), Ordering::SeqCst);
         let mut stop_deadline: Option<Instant> = None;
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut admits = Vec::new();
         loop {
-            journal.take(Duration::from_millis(200), &mut batch);
+            journal.take(Duration::from_millis(200), &mut batch, &mut admits);
             let stopping = journal.stopping.load(Ordering::SeqCst);
-            if batch.is_empty() {
+            if batch.is_empty() && admits.is_empty() {
                 if stopping {
+                    journal.admitting.store(false, Ordering::SeqCst);
+                    // Admissions that came after the last batch: their callers are told.
+                    if let Ok(mut q) = journal.queue.lock() {
+                        q.admissions.clear();
+                    }
                     return;
                 }
                 continue;
@@ -318,26 +416,38 @@ impl Writer {
             if stopping {
                 stop_deadline.get_or_insert_with(|| Instant::now() + drain_for);
             }
-            self.write_with_retry(&batch, stop_deadline, rt);
+            self.write_with_retry(&batch, &mut admits, stop_deadline, rt);
             journal.backlog.fetch_sub(batch.len(), Ordering::SeqCst);
         }
     }
 
     /// Writes one batch, trying again with backoff until it is accepted (or `give_up_at`).
+    /// The admissions in `admits` are tried with the first attempt only: their outcomes go
+    /// back when it commits, and when it fails each gets its error at once (the request is
+    /// answered `503`) instead of waiting through the retries.
     fn write_with_retry(
         &mut self,
         batch: &[CallEvent],
+        admits: &mut Vec<AdmitJob>,
         give_up_at: Option<Instant>,
         rt: &tokio::runtime::Handle,
     ) {
         let mut backoff = Duration::from_millis(10);
+        let (mut requests, mut replies): (Vec<_>, Vec<_>) = admits.drain(..).unzip();
         loop {
-            match rt.block_on(self.write(batch)) {
-                Ok(()) => {
+            match rt.block_on(self.write(batch, &requests)) {
+                Ok(outcomes) => {
                     self.shared.store_health.ok();
+                    for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                        let _ = reply.send(outcome);
+                    }
                     return;
                 }
                 Err(e) => {
+                    requests.clear();
+                    for reply in replies.drain(..) {
+                        let _ = reply.send(Err(e.for_batch()));
+                    }
                     self.shared.store_health.failed(&e.to_string());
                     self.shared.metrics.store_write_failed();
                     if give_up_at.is_some_and(|t| Instant::now() >= t) {
@@ -352,7 +462,11 @@ impl Writer {
     }
 
     /// One transaction for `batch`; the writer's own state changes only when it commits.
-    pub(crate) async fn write(&mut self, batch: &[CallEvent]) -> Result<(), StoreError> {
+    pub(crate) async fn write(
+        &mut self,
+        batch: &[CallEvent],
+        admissions: &[AdmitRequest],
+    ) -> Result<Vec<Result<Admission, StoreError>>, StoreError> {
         let store = &self.shared.store;
         // Left from a batch the store refused: nothing of it counts.
         self.buf.clear();
@@ -440,7 +554,20 @@ impl Writer {
                 writes.push(CallWrite::Call(k.rec));
             }
         }
-        if !writes.is_empty() {
+        let mut outcomes = Vec::with_capacity(admissions.len());
+        if !admissions.is_empty() {
+            match store.write_call_batch_admitting_here(admissions, writes) {
+                Some(result) => outcomes = result?,
+                None => {
+                    for a in admissions {
+                        outcomes.push(store.admit_call(&a.writes, &a.limits, a.now_ms).await);
+                    }
+                    if !writes.is_empty() {
+                        store.write_call_batch(writes).await?;
+                    }
+                }
+            }
+        } else if !writes.is_empty() {
             match store.write_call_batch_here(writes) {
                 Some(result) => result?,
                 None => store.write_call_batch(writes).await?,
@@ -482,7 +609,7 @@ impl Writer {
         if any_callback {
             shared.dispatch.notify_one();
         }
-        Ok(())
+        Ok(outcomes)
     }
 }
 
@@ -676,7 +803,7 @@ async fn end_unfinished(
         });
     }
     let mut writer = Writer::new(Arc::clone(shared));
-    writer.write(&events).await?;
+    writer.write(&events, &[]).await?;
     for rec in &calls {
         tracing::warn!(call_id = %rec.id, was = rec.status.as_str(), node = rec.node_id.as_deref().unwrap_or("-"), reason, "unfinished call ended failed");
     }
@@ -710,7 +837,7 @@ mod tests {
             let (mut all, mut batch) = (Vec::new(), Vec::new());
             // A burst is usually one batch; a writer descheduled mid-burst takes the rest next.
             for _ in 0..3 {
-                j.take(Duration::from_secs(60), &mut batch);
+                j.take(Duration::from_secs(60), &mut batch, &mut Vec::new());
                 all.append(&mut batch);
                 if all.len() == 3 {
                     break;
@@ -737,12 +864,72 @@ mod tests {
         journal.push(event(1));
         journal.push(event(2));
         let mut batch = Vec::new();
-        journal.take(Duration::from_secs(60), &mut batch);
+        journal.take(Duration::from_secs(60), &mut batch, &mut Vec::new());
         assert_eq!(batch.len(), 2);
         // Not waiting: the pushes leave the flag alone, the next take finds them at once.
         journal.push(event(3));
         assert!(!journal.queue.lock().unwrap().writer_waiting);
-        journal.take(Duration::from_secs(60), &mut batch);
+        journal.take(Duration::from_secs(60), &mut batch, &mut Vec::new());
         assert_eq!(batch.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [3]);
+    }
+
+    fn admission() -> AdmitRequest {
+        AdmitRequest {
+            writes: Vec::new(),
+            limits: store::AccountLimits::default(),
+            now_ms: 7,
+        }
+    }
+
+    #[test]
+    fn an_admission_wakes_the_writer_and_is_answered_or_given_back() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let journal = Arc::new(Journal::default());
+        // No writer takes admissions: the request comes back to be admitted by the store.
+        let back = rt.block_on(journal.admit(admission()));
+        assert_eq!(back.unwrap_err().now_ms, 7);
+        journal.admitting.store(true, Ordering::SeqCst);
+        let j = Arc::clone(&journal);
+        let writer = std::thread::spawn(move || {
+            let (mut batch, mut admits) = (Vec::new(), Vec::new());
+            j.take(Duration::from_secs(60), &mut batch, &mut admits);
+            assert!(batch.is_empty());
+            let n = admits.len();
+            for (req, reply) in admits.drain(..) {
+                assert_eq!(req.now_ms, 7);
+                let _ = reply.send(Ok(Admission::Rate {
+                    retry_after_secs: 3,
+                }));
+            }
+            n
+        });
+        while !journal.queue.lock().unwrap().writer_waiting {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The waiting writer is woken by the admission alone and answers it.
+        let outcome = rt.block_on(journal.admit(admission()));
+        assert_eq!(
+            outcome.unwrap().unwrap(),
+            Admission::Rate {
+                retry_after_secs: 3
+            }
+        );
+        assert_eq!(writer.join().unwrap(), 1);
+        assert_eq!(journal.backlog(), 0, "an admission is no event");
+        // A writer that goes away without answering: the caller hears the store stopped.
+        let j = Arc::clone(&journal);
+        let dropper = std::thread::spawn(move || {
+            let (mut batch, mut admits) = (Vec::new(), Vec::new());
+            j.take(Duration::from_secs(60), &mut batch, &mut admits);
+            admits.len()
+        });
+        let outcome = rt.block_on(journal.admit(admission()));
+        assert!(matches!(outcome, Ok(Err(StoreError::Stopped))));
+        assert_eq!(dropper.join().unwrap(), 1);
+        // Once the journal stops, admissions go back to the store.
+        journal.stop();
+        assert!(rt.block_on(journal.admit(admission())).is_err());
     }
 }

@@ -270,23 +270,23 @@ pub(crate) async fn place_call(
         leg: None,
         detail: req.request_detail,
     };
-    // The record and its first timeline entry in one transaction (one trip to the store),
-    // under the account's limits, which hold across nodes: the store counts the account's
-    // live calls of every node and takes a token from its rate bucket in the same step.
-    let admission = shared
-        .store
-        .admit_call(
-            &[
-                CallWrite::NewCall(rec.clone()),
-                CallWrite::Timeline {
-                    call_id: call_id.clone(),
-                    entry: request_entry,
-                },
-            ],
-            &account.limits,
-            now,
-        )
-        .await?;
+    // The record and its first timeline entry in one transaction, under the account's
+    // limits, which hold across nodes: the store counts the account's live calls of every
+    // node and takes a token from its rate bucket in the same step. On a store of this node
+    // alone that transaction is the journal's next batch (`journal::admit_call`).
+    let admission = crate::journal::admit_call(
+        shared,
+        vec![
+            CallWrite::NewCall(rec.clone()),
+            CallWrite::Timeline {
+                call_id: call_id.clone(),
+                entry: request_entry,
+            },
+        ],
+        &account.limits,
+        now,
+    )
+    .await?;
     if let Some(refused) = LimitError::from_admission(admission, &account.limits) {
         return Err(limit_error(refused));
     }

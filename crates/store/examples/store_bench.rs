@@ -181,6 +181,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let writes = admission(&admit_ids[i], t0 + i as i64, store::CallStatus::Completed);
         store.admit_call(&writes, &limits, t0 + i as i64).ok();
     });
+    // Admissions inside the call event journal's batch (its path on SQLite), each under a
+    // savepoint: alone, and five to a batch (the figure is per batch).
+    let alone_ids: Vec<String> = (0..5_000)
+        .map(|_| TypeId::new("call").to_string())
+        .collect();
+    measure("admissions in a batch, 1 a batch", 5_000, |i| {
+        let req = store::AdmitRequest {
+            writes: admission(&alone_ids[i], t0 + i as i64, store::CallStatus::Completed).to_vec(),
+            limits,
+            now_ms: t0 + i as i64,
+        };
+        store.write_call_batch_admitting(&[req], &[]).ok();
+    });
+    let five_ids: Vec<String> = (0..5_000)
+        .map(|_| TypeId::new("call").to_string())
+        .collect();
+    measure("admissions in a batch, 5 a batch (per batch)", 1_000, |i| {
+        let reqs: Vec<store::AdmitRequest> = (0..5)
+            .map(|k| store::AdmitRequest {
+                writes: admission(
+                    &five_ids[i * 5 + k],
+                    t0 + i as i64,
+                    store::CallStatus::Completed,
+                )
+                .to_vec(),
+                limits,
+                now_ms: t0 + i as i64,
+            })
+            .collect();
+        store.write_call_batch_admitting(&reqs, &[]).ok();
+    });
     // The same admission with 10 000 of the account's calls live (long calls at a high
     // rate), each admitted call then ended (its status leaves the live set).
     let live_ids: Vec<String> = (0..LIVE).map(|_| TypeId::new("call").to_string()).collect();

@@ -49,6 +49,10 @@ pub enum StoreError {
     /// A store call panicked on its store thread; nothing of it was committed.
     #[error("a store call failed inside the store")]
     Crashed,
+    /// The batch of writes this one was part of was refused as a whole (the first error
+    /// there is `reason`); `unavailable` as [`StoreError::is_unavailable`] said of it.
+    #[error("{reason}")]
+    Batch { reason: String, unavailable: bool },
     /// The store's threads could not be started.
     #[error("cannot start the store's threads: {0}")]
     Threads(std::io::Error),
@@ -67,6 +71,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// What a write that was in the same refused batch as this error gets: its words, and
+    /// whether the store is unavailable.
+    pub fn for_batch(&self) -> StoreError {
+        StoreError::Batch {
+            reason: self.to_string(),
+            unavailable: self.is_unavailable(),
+        }
+    }
+
     /// True when the database cannot take the request now but may later: disk full, I/O
     /// error, read-only or missing file, locked. The API answers these with `503
     /// store_unavailable` (not `500`), and the call event writer retries them.
@@ -78,6 +91,7 @@ impl StoreError {
             | StoreError::Pool(_)
             | StoreError::PostgresUnreachable { .. } => true,
             StoreError::Postgres(e) => postgres_unavailable(e),
+            StoreError::Batch { unavailable, .. } => *unavailable,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 C::DiskFull

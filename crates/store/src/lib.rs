@@ -69,10 +69,10 @@ pub mod typeid;
 
 pub use error::StoreError;
 pub use model::{
-    Account, AccountLimits, Admission, ApiKey, Binding, CallFilter, CallRecord, CallStatus,
-    CallWrite, Device, IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry, OutboxState,
-    PublishableKey, RateBucket, Srtp, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs,
-    UnixSecs, UnknownNumberType, UnknownSrtp, User,
+    Account, AccountLimits, Admission, AdmitRequest, ApiKey, Binding, CallFilter, CallRecord,
+    CallStatus, CallWrite, Device, IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry,
+    OutboxState, PublishableKey, RateBucket, Srtp, TimelineEntry, Transport, Trunk, TrunkRouting,
+    UnixMs, UnixSecs, UnknownNumberType, UnknownSrtp, User,
 };
 pub use postgres::PgStore;
 pub use provision::{
@@ -414,6 +414,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn write_call_batch_here(&self, _writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
         None
     }
+    /// [`Store::write_call_batch_here`] that first admits new calls in the same transaction,
+    /// each as [`Store::admit_call`] would (in order, each under its account's limits as the
+    /// calls before it in the batch left them); an admission that fails on its own leaves
+    /// nothing of itself and the rest of the batch goes on. Returns each admission's outcome,
+    /// in order, once the whole batch is committed; on an error nothing of the batch is
+    /// written. For the call event journal on a store of this node alone, where an
+    /// admission then shares its commit with the events of the calls before it. `None`: this
+    /// backend has no such path.
+    #[allow(clippy::type_complexity)]
+    fn write_call_batch_admitting_here(
+        &self,
+        _admissions: &[AdmitRequest],
+        _writes: &[CallWrite],
+    ) -> Option<Result<Vec<Result<Admission, StoreError>>, StoreError>> {
+        None
+    }
     /// A call's record and the sequence number of its next callback
     /// ([`Store::get_call`] and [`Store::next_callback_seq`]) read on the caller's own thread,
     /// where the backend is blocking anyway, as [`Store::write_call_batch_here`] writes: for
@@ -659,6 +675,12 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     // ----- the call event write path ------------------------------------------------------
 
     fn write_call_batch(&self, writes: &[CallWrite]) -> Result<(), StoreError>;
+    #[allow(clippy::type_complexity)]
+    fn write_call_batch_admitting(
+        &self,
+        admissions: &[AdmitRequest],
+        writes: &[CallWrite],
+    ) -> Result<Vec<Result<Admission, StoreError>>, StoreError>;
     fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError>;
     fn unfinished_calls_of(
         &self,

@@ -172,6 +172,19 @@ pub enum Admission {
     Rate { retry_after_secs: u64 },
 }
 
+/// A new call to admit inside a batch of call writes
+/// ([`Store::write_call_batch_admitting_here`](crate::Store::write_call_batch_admitting_here)):
+/// what [`Store::admit_call`](crate::Store::admit_call) takes.
+#[derive(Debug, Clone)]
+pub struct AdmitRequest {
+    /// The new call's record and its first timeline entry.
+    pub writes: Vec<CallWrite>,
+    /// The account's limits, as read with the account.
+    pub limits: AccountLimits,
+    /// When the request came (the rate bucket's clock).
+    pub now_ms: UnixMs,
+}
+
 /// The kind of a telephone number, as libphonenumber's metadata classifies it. Spelled in
 /// snake case in configuration and the API (`premium_rate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -22,8 +22,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 
 use crate::error::StoreError;
 use crate::model::{
-    Account, AccountLimits, Admission, ApiKey, Binding, CallFilter, CallRecord, CallStatus,
-    CallWrite, Device, IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState,
+    Account, AccountLimits, Admission, AdmitRequest, ApiKey, Binding, CallFilter, CallRecord,
+    CallStatus, CallWrite, Device, IdempotencyRecord, NodeLease, Number, OutboxEntry, OutboxState,
     PublishableKey, RateBucket, TimelineEntry, Transport, Trunk, TrunkRouting, UnixMs, UnixSecs,
     User,
 };
@@ -2334,47 +2334,13 @@ impl BlockingStore for SqliteStore {
         limits: &AccountLimits,
         now_ms: UnixMs,
     ) -> Result<Admission, StoreError> {
-        let Some(account_id) = writes.iter().find_map(|w| match w {
-            CallWrite::NewCall(c) => Some(c.account_id.as_str()),
-            _ => None,
-        }) else {
-            return Err(StoreError::Invalid {
-                field: "writes",
-                reason: "admit_call needs a new call".to_owned(),
-            });
-        };
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let live: i64 = tx
-            .prepare_cached(LIVE_COUNT)?
-            .query_row([account_id], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        if live >= i64::from(limits.max_concurrent) {
-            return Ok(Admission::Concurrency);
+        let admission = admit_on(&tx, writes, limits, now_ms)?;
+        if admission == Admission::Admitted {
+            tx.commit()?;
         }
-        let bucket = tx
-            .prepare_cached("SELECT tokens, at_ms FROM rate_buckets WHERE account_id = ?1")?
-            .query_row([account_id], |r| {
-                Ok(RateBucket {
-                    tokens: r.get(0)?,
-                    at_ms: r.get(1)?,
-                })
-            })
-            .optional()?;
-        let bucket = match RateBucket::take(bucket, limits, now_ms) {
-            Ok(b) => b,
-            Err(retry_after_secs) => return Ok(Admission::Rate { retry_after_secs }),
-        };
-        tx.prepare_cached(
-            "INSERT INTO rate_buckets (account_id, tokens, at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (account_id) DO UPDATE SET tokens = excluded.tokens,
-                                                    at_ms = excluded.at_ms",
-        )?
-        .execute(params![account_id, bucket.tokens, bucket.at_ms])?;
-        apply_writes_on(&tx, writes)?;
-        tx.commit()?;
-        Ok(Admission::Admitted)
+        Ok(admission)
     }
 
     fn update_call(&self, c: &CallRecord) -> Result<(), StoreError> {
@@ -2493,6 +2459,30 @@ impl BlockingStore for SqliteStore {
         apply_writes_on(&tx, writes)?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn write_call_batch_admitting(
+        &self,
+        admissions: &[AdmitRequest],
+        writes: &[CallWrite],
+    ) -> Result<Vec<Result<Admission, StoreError>>, StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(admissions.len());
+        for a in admissions {
+            // Each admission under a savepoint: one that is refused or fails leaves nothing.
+            let sp = tx.savepoint()?;
+            let outcome = admit_on(&sp, &a.writes, &a.limits, a.now_ms);
+            if matches!(outcome, Ok(Admission::Admitted)) {
+                sp.commit()?;
+            } else {
+                drop(sp);
+            }
+            outcomes.push(outcome);
+        }
+        apply_writes_on(&tx, writes)?;
+        tx.commit()?;
+        Ok(outcomes)
     }
 
     fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
@@ -2915,6 +2905,55 @@ fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreE
 /// A call's timeline rows in the order written.
 const TIMELINE_OF_CALL: &str =
     "SELECT at_ms, kind, leg, detail, more FROM call_timeline WHERE call_id = ?1 ORDER BY id";
+
+/// Admits a new call on `conn` (inside the caller's transaction): the account's live calls
+/// against `max_concurrent`, a token from its rate bucket, then `writes` (which must hold
+/// the new call). Writes nothing unless the call is admitted.
+fn admit_on(
+    conn: &Connection,
+    writes: &[CallWrite],
+    limits: &AccountLimits,
+    now_ms: UnixMs,
+) -> Result<Admission, StoreError> {
+    let Some(account_id) = writes.iter().find_map(|w| match w {
+        CallWrite::NewCall(c) => Some(c.account_id.as_str()),
+        _ => None,
+    }) else {
+        return Err(StoreError::Invalid {
+            field: "writes",
+            reason: "admit_call needs a new call".to_owned(),
+        });
+    };
+    let live: i64 = conn
+        .prepare_cached(LIVE_COUNT)?
+        .query_row([account_id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if live >= i64::from(limits.max_concurrent) {
+        return Ok(Admission::Concurrency);
+    }
+    let bucket = conn
+        .prepare_cached("SELECT tokens, at_ms FROM rate_buckets WHERE account_id = ?1")?
+        .query_row([account_id], |r| {
+            Ok(RateBucket {
+                tokens: r.get(0)?,
+                at_ms: r.get(1)?,
+            })
+        })
+        .optional()?;
+    let bucket = match RateBucket::take(bucket, limits, now_ms) {
+        Ok(b) => b,
+        Err(retry_after_secs) => return Ok(Admission::Rate { retry_after_secs }),
+    };
+    conn.prepare_cached(
+        "INSERT INTO rate_buckets (account_id, tokens, at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (account_id) DO UPDATE SET tokens = excluded.tokens,
+                                                at_ms = excluded.at_ms",
+    )?
+    .execute(params![account_id, bucket.tokens, bucket.at_ms])?;
+    apply_writes_on(conn, writes)?;
+    Ok(Admission::Admitted)
+}
 
 fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
     let recording = serde_json::to_string(&c.recording)?;

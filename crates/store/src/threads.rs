@@ -638,6 +638,13 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
     fn write_call_batch_here(&self, writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
         Some(self.backend.write_call_batch(writes))
     }
+    fn write_call_batch_admitting_here(
+        &self,
+        admissions: &[AdmitRequest],
+        writes: &[CallWrite],
+    ) -> Option<Result<Vec<Result<Admission, StoreError>>, StoreError>> {
+        Some(self.backend.write_call_batch_admitting(admissions, writes))
+    }
     fn read_call_here(
         &self,
         account_id: &str,

@@ -1,7 +1,7 @@
 use serde_json::json;
 use store::{
-    AccountLimits, Admission, BlockingStore, CallFilter, CallRecord, CallStatus, SqliteStore,
-    Store, StoreError, TimelineEntry,
+    AccountLimits, Admission, AdmitRequest, BlockingStore, CallFilter, CallRecord, CallStatus,
+    SqliteStore, Store, StoreError, TimelineEntry,
 };
 
 use crate::support::{provisioned, store_provisioned, stores_on_one_database, ACCT, USER};
@@ -158,6 +158,85 @@ async fn update_and_get_are_scoped_to_the_account() {
         store.update_call(&foreign).await,
         Err(StoreError::NotFound { kind: "call", .. })
     ));
+}
+
+/// Admissions inside a batch of call writes (the journal's path on SQLite): each is judged
+/// under the limits the admissions before it in the batch left, one refused or failing
+/// leaves nothing of itself and the rest of the batch is written, and a batch that fails as
+/// a whole writes none of its admissions.
+#[test]
+fn admissions_in_a_batch_are_judged_in_order_and_alone() {
+    let (_dir, store) = provisioned();
+    let limits = AccountLimits {
+        calls_per_second: 1000.0,
+        burst: 1000,
+        max_concurrent: 2,
+    };
+    let running = call(1, T0);
+    store.insert_call(&running).unwrap();
+    let req = |c: &CallRecord| AdmitRequest {
+        writes: admission(c),
+        limits,
+        now_ms: T0,
+    };
+    let broken = AdmitRequest {
+        writes: admission(&call(4, T0))[1..].to_vec(),
+        limits,
+        now_ms: T0,
+    };
+    // Call 1 is live: call 2 takes the second slot, call 3 is over the limit, the request
+    // without a new call is invalid; the batch's own write (an entry of call 1) goes in.
+    let entry = store::CallWrite::Timeline {
+        call_id: running.id.clone(),
+        entry: TimelineEntry {
+            at_ms: T0 + 1,
+            kind: "sip.response".into(),
+            leg: Some("agent".into()),
+            detail: json!({}),
+        },
+    };
+    let outcomes = store
+        .write_call_batch_admitting(
+            &[req(&call(2, T0)), req(&call(3, T0)), broken],
+            std::slice::from_ref(&entry),
+        )
+        .unwrap();
+    assert_eq!(outcomes.len(), 3);
+    assert_eq!(outcomes[0].as_ref().unwrap(), &Admission::Admitted);
+    assert_eq!(outcomes[1].as_ref().unwrap(), &Admission::Concurrency);
+    assert!(
+        matches!(outcomes[2], Err(StoreError::Invalid { .. })),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(store.get_call(ACCT, &call(2, T0).id).unwrap().is_some());
+    assert_eq!(store.timeline(&call(2, T0).id).unwrap().len(), 1);
+    assert!(store.get_call(ACCT, &call(3, T0).id).unwrap().is_none());
+    assert_eq!(store.timeline(&running.id).unwrap().len(), 1);
+    // A batch whose own writes fail (an entry of a call that does not exist) writes none of
+    // its admissions either.
+    let orphan = store::CallWrite::Timeline {
+        call_id: "call_01h2xcejqtf2nbrexx3vqnope00".into(),
+        entry: TimelineEntry {
+            at_ms: T0,
+            kind: "x".into(),
+            leg: None,
+            detail: json!({}),
+        },
+    };
+    let mut done = running.clone();
+    done.status = CallStatus::Completed;
+    done.ended_at_ms = Some(T0 + 5);
+    store.update_call(&done).unwrap();
+    assert!(store
+        .write_call_batch_admitting(&[req(&call(5, T0))], &[orphan])
+        .is_err());
+    assert!(store.get_call(ACCT, &call(5, T0).id).unwrap().is_none());
+    // The slot call 1 freed is there for the next batch.
+    let outcomes = store
+        .write_call_batch_admitting(&[req(&call(5, T0))], &[])
+        .unwrap();
+    assert_eq!(outcomes[0].as_ref().unwrap(), &Admission::Admitted);
 }
 
 #[tokio::test]
