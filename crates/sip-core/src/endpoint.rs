@@ -754,6 +754,9 @@ impl Machine {
     }
 }
 
+/// Its rarely set parts are boxed: a non-INVITE server transaction held for Timer J keeps
+/// neither a request nor a response here, and every byte of the entry is held that long
+/// (`docs/benchmarks.md`, "The transaction table's entries").
 struct TxEntry {
     machine: Machine,
     flow: Flow,
@@ -761,12 +764,12 @@ struct TxEntry {
     /// INVITE server transaction the INVITE (its `100 Trying`, the ACK passed up). A
     /// non-INVITE server transaction keeps none: only its key and its answer's bytes live on
     /// through Timer J.
-    request: Option<Request>,
+    request: Option<Box<Request>>,
     client_key: Option<ClientKey>,
     server_key: Option<ServerKey>,
     events: Option<EventSink>,
     /// Last response to hand up (client) — set just before polling events.
-    last_response: Option<Response>,
+    last_response: Option<Box<Response>>,
     cancel_pending: Option<Vec<(HeaderName, Bytes)>>,
     /// An INVITE server transaction whose TU has not answered yet: when to send
     /// `100 Trying` (§17.2.1).
@@ -1034,7 +1037,7 @@ impl Layer {
         let deadline = m.poll_timeout();
         let terminated = m.is_terminated();
         let flow = e.flow;
-        let resp = e.last_response.take();
+        let resp = e.last_response.take().map(|r| *r);
         let client_events = e.events.take();
         let server_key = e.server_key.clone();
         let request = if first_ev
@@ -1042,7 +1045,7 @@ impl Layer {
             .chain(&evs)
             .any(|ev| matches!(ev, TxEvent::Ack))
         {
-            e.request.clone()
+            e.request.as_deref().cloned()
         } else {
             None
         };
@@ -1259,7 +1262,7 @@ impl Layer {
                 let id = self.insert(TxEntry {
                     machine,
                     flow,
-                    request: Some(request),
+                    request: Some(Box::new(request)),
                     client_key: Some(key),
                     server_key: None,
                     events: Some(events),
@@ -1514,7 +1517,7 @@ impl Layer {
                 let id = self.insert(TxEntry {
                     machine,
                     flow: rflow,
-                    request: (req.method == Method::Invite).then(|| req.clone()),
+                    request: (req.method == Method::Invite).then(|| Box::new(req.clone())),
                     client_key: None,
                     server_key: Some(key.clone()),
                     events: None,
@@ -1600,7 +1603,7 @@ impl Layer {
             return;
         };
         let status = resp.status;
-        e.last_response = Some(resp.clone());
+        e.last_response = Some(Box::new(resp.clone()));
         let mut cancel_now = None;
         match &mut e.machine {
             Machine::ClientInvite(m) => {
