@@ -199,6 +199,18 @@ impl Journal {
         Ok(rx.await.unwrap_or(Err(StoreError::Stopped)))
     }
 
+    /// Answers every admission waiting for the next batch with `error` (the store refused
+    /// the batch before it).
+    fn refuse_admissions(&self, error: &StoreError) {
+        let waiting = match self.queue.lock() {
+            Ok(mut q) => std::mem::take(&mut q.admissions),
+            Err(_) => return,
+        };
+        for (_, reply) in waiting {
+            let _ = reply.send(Err(error.for_batch()));
+        }
+    }
+
     /// Tells the writer the record of a call just inserted (before its first event), so it
     /// need not read the call back: a new call has no callbacks yet.
     pub fn born(&self, rec: CallRecord) {
@@ -448,6 +460,10 @@ impl Writer {
                     for reply in replies.drain(..) {
                         let _ = reply.send(Err(e.for_batch()));
                     }
+                    // Admissions queued since this batch was taken would wait for the store
+                    // to come back: they get the error now, and those that come during the
+                    // wait below get the next attempt's (the API refuses new calls meanwhile).
+                    self.shared.journal.refuse_admissions(&e);
                     self.shared.store_health.failed(&e.to_string());
                     self.shared.metrics.store_write_failed();
                     if give_up_at.is_some_and(|t| Instant::now() >= t) {
@@ -931,5 +947,28 @@ mod tests {
         // Once the journal stops, admissions go back to the store.
         journal.stop();
         assert!(rt.block_on(journal.admit(admission())).is_err());
+    }
+
+    #[test]
+    fn admissions_waiting_while_the_store_refuses_a_batch_get_its_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let journal = Arc::new(Journal::default());
+        journal.admitting.store(true, Ordering::SeqCst);
+        let j = Arc::clone(&journal);
+        // The writer's retry loop, between two attempts at a refused batch.
+        let refuser = std::thread::spawn(move || {
+            while j.queue.lock().unwrap().admissions.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            j.refuse_admissions(&StoreError::Stopped);
+        });
+        let outcome = rt.block_on(journal.admit(admission())).unwrap();
+        refuser.join().unwrap();
+        let err = outcome.unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert_eq!(err.to_string(), StoreError::Stopped.to_string());
+        assert!(journal.queue.lock().unwrap().admissions.is_empty());
     }
 }
