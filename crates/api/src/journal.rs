@@ -495,15 +495,6 @@ impl Writer {
         } = &mut self.buf;
         for ev in batch {
             let (kind, leg, detail) = timeline_parts(&ev.kind);
-            writes.push(CallWrite::Timeline {
-                call_id: ev.call_id.clone(),
-                entry: TimelineEntry {
-                    at_ms: ev.at_ms,
-                    kind: kind.clone(),
-                    leg: leg.map(|l| l.as_str().to_owned()),
-                    detail: detail.clone(),
-                },
-            });
             if !staged.contains_key(&ev.call_id) {
                 // Taken out of `known` while staged; put back when the batch commits. When it
                 // does not, the call is read back from the store at its next event (the
@@ -523,7 +514,6 @@ impl Writer {
                 };
                 let Some(mut known) = known else {
                     // A timeline row would break its foreign key: leave the event out.
-                    writes.pop();
                     tracing::warn!(call_id = %ev.call_id, "event for a call that is not in the store");
                     continue;
                 };
@@ -539,10 +529,7 @@ impl Writer {
             if apply(&mut k.rec, ev) && !touched.contains(&ev.call_id) {
                 touched.push(ev.call_id.clone());
             }
-            if let Some(entry) = callback_for(&k.rec, ev, k.next_seq) {
-                k.next_seq += 1;
-                writes.push(CallWrite::Callback(entry));
-            }
+            let callback = callback_for(&k.rec, ev, k.next_seq);
             let sse = serde_json::to_string(&StreamData {
                 at: rfc3339_ms(ev.at_ms),
                 call_id: &ev.call_id,
@@ -553,6 +540,20 @@ impl Writer {
                 user_id: &k.rec.user_id,
             })
             .unwrap_or_default();
+            // The entry takes the detail itself: the stream's text is made from it first.
+            writes.push(CallWrite::Timeline {
+                call_id: ev.call_id.clone(),
+                entry: TimelineEntry {
+                    at_ms: ev.at_ms,
+                    kind: kind.clone(),
+                    leg: leg.map(|l| l.as_str().to_owned()),
+                    detail,
+                },
+            });
+            if let Some(entry) = callback {
+                k.next_seq += 1;
+                writes.push(CallWrite::Callback(entry));
+            }
             effects.push(Effect {
                 account_id: ev.account_id.clone(),
                 kind,
