@@ -226,8 +226,8 @@ pub(crate) fn callback_stage(
 impl CallHooks for ApiHooks {
     /// Hands the event to the journal (see [`crate::journal`]): the call task never waits on
     /// the store.
-    fn on_event(&self, event: &CallEvent) {
-        self.shared.journal.push(event.clone());
+    fn on_event(&self, event: CallEvent) {
+        self.shared.journal.push(event);
     }
 
     /// A call from SIP (inbound): under the account's limits, its record and first timeline

@@ -59,11 +59,11 @@ struct Collector {
 }
 
 impl CallHooks for Collector {
-    fn on_event(&self, event: &CallEvent) {
+    fn on_event(&self, event: CallEvent) {
         if let Ok(mut l) = self.log.lock() {
             l.push(event.clone());
         }
-        let _ = self.tx.send(event.clone());
+        let _ = self.tx.send(event);
     }
 }
 

@@ -211,7 +211,7 @@ impl FakeCalls {
             at_ms: api::time::now_ms(),
             kind,
         };
-        self.hooks.get().unwrap().on_event(&ev);
+        self.hooks.get().unwrap().on_event(ev);
         if let Some(j) = self.journal.get() {
             assert!(
                 j.flush(Duration::from_secs(10)),

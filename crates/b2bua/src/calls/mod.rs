@@ -317,7 +317,9 @@ pub struct CallEvent {
 /// Receivers of call events. Called from the call tasks: implementations must be quick
 /// (a store write, a channel send), never wait on the network.
 pub trait CallHooks: Send + Sync {
-    fn on_event(&self, event: &CallEvent);
+    /// Takes the event: the journal keeps it, and a copy per event was most of what an
+    /// event cost to hand over.
+    fn on_event(&self, event: CallEvent);
 
     /// A call that did not come through the API (an inbound call from a trunk, a call from
     /// a phone) is about to start: its record must exist before its first event, and the

@@ -74,7 +74,7 @@ impl EngineInner {
         };
         tracing::debug!(call = %call_id, event = ?ev.kind, "call event");
         if let Some(h) = self.hooks.get() {
-            h.on_event(&ev);
+            h.on_event(ev);
         }
     }
 
