@@ -174,9 +174,8 @@ impl Journal {
     /// under the account's limits: [`store::Store::admit_call`]), which commits it together
     /// with the events of the calls before it instead of in a transaction of its own; the
     /// outcome comes once the batch is committed. Gives the request back when no writer
-    /// takes admissions (none runs, it is stopping, or the store is shared with other
-    /// nodes, whose admissions must not wait for this node's batches): admit it through the
-    /// store then.
+    /// takes admissions (none runs, it is stopping, or the store is PostgreSQL, where
+    /// admissions go side by side on the pool): admit it through the store then.
     pub async fn admit(
         &self,
         req: AdmitRequest,
