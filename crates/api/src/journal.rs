@@ -571,7 +571,7 @@ impl Writer {
             }
         }
         let mut outcomes = Vec::with_capacity(admissions.len());
-        if !admissions.is_empty() {
+        if !admissions.is_empty() || !writes.is_empty() {
             match store.write_call_batch_admitting_here(admissions, writes) {
                 Some(result) => outcomes = result?,
                 None => {
@@ -582,11 +582,6 @@ impl Writer {
                         store.write_call_batch(writes).await?;
                     }
                 }
-            }
-        } else if !writes.is_empty() {
-            match store.write_call_batch_here(writes) {
-                Some(result) => result?,
-                None => store.write_call_batch(writes).await?,
             }
         }
         // Committed: the writer's view moves on, and the world hears of it.
@@ -889,6 +884,12 @@ mod tests {
         assert_eq!(batch.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [3]);
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
     fn admission() -> AdmitRequest {
         AdmitRequest {
             writes: Vec::new(),
@@ -899,9 +900,7 @@ mod tests {
 
     #[test]
     fn an_admission_wakes_the_writer_and_is_answered_or_given_back() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let journal = Arc::new(Journal::default());
         // No writer takes admissions: the request comes back to be admitted by the store.
         let back = rt.block_on(journal.admit(admission()));
@@ -951,9 +950,7 @@ mod tests {
 
     #[test]
     fn admissions_waiting_while_the_store_refuses_a_batch_get_its_error() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let journal = Arc::new(Journal::default());
         journal.admitting.store(true, Ordering::SeqCst);
         let j = Arc::clone(&journal);

@@ -754,9 +754,9 @@ impl Machine {
     }
 }
 
-/// Its rarely set parts are boxed: a non-INVITE server transaction held for Timer J keeps
-/// neither a request nor a response here, and every byte of the entry is held that long
-/// (`docs/benchmarks.md`, "The transaction table's entries").
+/// Its request is boxed: a non-INVITE server transaction held for Timer J keeps none, and
+/// every byte of the entry is held that long (`docs/benchmarks.md`, "The transaction
+/// table's entries").
 struct TxEntry {
     machine: Machine,
     flow: Flow,
@@ -768,8 +768,6 @@ struct TxEntry {
     client_key: Option<ClientKey>,
     server_key: Option<ServerKey>,
     events: Option<EventSink>,
-    /// Last response to hand up (client) — set just before polling events.
-    last_response: Option<Box<Response>>,
     cancel_pending: Option<Vec<(HeaderName, Bytes)>>,
     /// An INVITE server transaction whose TU has not answered yet: when to send
     /// `100 Trying` (§17.2.1).
@@ -1026,6 +1024,12 @@ impl Layer {
 
     /// Drains a machine's outputs: transmissions, events, and its next deadline.
     fn drive(&mut self, id: u64) {
+        self.drive_with(id, None);
+    }
+
+    /// [`Layer::drive`] after the transaction took `resp` (a client transaction's response,
+    /// handed up with its `Response` event).
+    fn drive_with(&mut self, id: u64, resp: Option<Response>) {
         let Some(e) = self.txs.get_mut(&id) else {
             return;
         };
@@ -1037,7 +1041,6 @@ impl Layer {
         let deadline = m.poll_timeout();
         let terminated = m.is_terminated();
         let flow = e.flow;
-        let resp = e.last_response.take().map(|r| *r);
         let client_events = e.events.take();
         let server_key = e.server_key.clone();
         let request = if first_ev
@@ -1266,7 +1269,6 @@ impl Layer {
                     client_key: Some(key),
                     server_key: None,
                     events: Some(events),
-                    last_response: None,
                     cancel_pending: None,
                     trying: None,
                 });
@@ -1329,7 +1331,6 @@ impl Layer {
             client_key: Some(key),
             server_key: None,
             events: None,
-            last_response: None,
             cancel_pending: None,
             trying: None,
         });
@@ -1465,7 +1466,6 @@ impl Layer {
                     client_key: None,
                     server_key: Some(key),
                     events: None,
-                    last_response: None,
                     cancel_pending: None,
                     trying: None,
                 });
@@ -1521,7 +1521,6 @@ impl Layer {
                     client_key: None,
                     server_key: Some(key.clone()),
                     events: None,
-                    last_response: None,
                     cancel_pending: None,
                     trying,
                 });
@@ -1603,7 +1602,6 @@ impl Layer {
             return;
         };
         let status = resp.status;
-        e.last_response = Some(Box::new(resp.clone()));
         let mut cancel_now = None;
         match &mut e.machine {
             Machine::ClientInvite(m) => {
@@ -1624,7 +1622,7 @@ impl Layer {
             }
             _ => {}
         }
-        self.drive(id);
+        self.drive_with(id, Some(resp));
         if let Some((cancel, flow)) = cancel_now {
             let invite = key.clone();
             self.start_cancel(cancel, flow, &invite);

@@ -410,18 +410,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`Store::write_call_batch`] on the caller's own thread, blocking it, where the backend's
     /// work is blocking anyway (SQLite): for a caller that is an OS thread of its own (the
     /// call event journal), which saves a hand-off to a store thread and back, and a copy
-    /// of the batch. `None`: this backend has no such path; use `write_call_batch`.
-    fn write_call_batch_here(&self, _writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
-        None
-    }
-    /// [`Store::write_call_batch_here`] that first admits new calls in the same transaction,
-    /// each as [`Store::admit_call`] would (in order, each under its account's limits as the
-    /// calls before it in the batch left them); an admission that fails on its own leaves
-    /// nothing of itself and the rest of the batch goes on. Returns each admission's outcome,
-    /// in order, once the whole batch is committed; on an error nothing of the batch is
-    /// written. For the call event journal on a store of this node alone, where an
-    /// admission then shares its commit with the events of the calls before it. `None`: this
-    /// backend has no such path.
+    /// of the batch. `None`: this backend has no such path; use `write_call_batch` (and
+    /// `admit_call` for each admission).
+    ///
+    /// The same transaction first admits `admissions` (none: just the batch), each as
+    /// [`Store::admit_call`] would (in order, each under its account's limits as the calls
+    /// before it in the batch left them); an admission that fails on its own leaves nothing
+    /// of itself and the rest of the batch goes on. Returns each admission's outcome, in
+    /// order, once the whole batch is committed; on an error nothing of the batch is
+    /// written. On a store of this node alone the journal admits new calls this way, so
+    /// that an admission shares its commit with the events of the calls before it.
     #[allow(clippy::type_complexity)]
     fn write_call_batch_admitting_here(
         &self,
@@ -432,7 +430,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// A call's record and the sequence number of its next callback
     /// ([`Store::get_call`] and [`Store::next_callback_seq`]) read on the caller's own thread,
-    /// where the backend is blocking anyway, as [`Store::write_call_batch_here`] writes: for
+    /// where the backend is blocking anyway, as [`Store::write_call_batch_admitting_here`] writes: for
     /// the call event journal, which reads an answered call back at its next event. A call
     /// without a callback URL has no callbacks: its next sequence is 1, not read. `None`:
     /// this backend has no such path; use the two async reads.

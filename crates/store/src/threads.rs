@@ -635,9 +635,6 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         let writes = writes.to_owned();
         self.run(move |s| s.write_call_batch(&writes)).await
     }
-    fn write_call_batch_here(&self, writes: &[CallWrite]) -> Option<Result<(), StoreError>> {
-        Some(self.backend.write_call_batch(writes))
-    }
     fn write_call_batch_admitting_here(
         &self,
         admissions: &[AdmitRequest],
