@@ -21,6 +21,15 @@
 //! and the endpoint's own refusals of malformed requests and of CANCELs that match nothing —
 //! is paced by a per-source budget ([`crate::stateless::RefusalGuard`]): a forged source
 //! gets a few small answers, then silence.
+//!
+//! A non-INVITE server transaction over UDP whose final answer has gone out is in
+//! `Completed` until Timer J (`64*T1`, §17.2.2): all it does there is re-send that answer to
+//! a retransmission of its request. The layer keeps it as just that: the answer's bytes,
+//! where they went and when Timer J fires, in a second answer cache of its own (never
+//! evicted before Timer J, and exempt from the refusal budget, as the transaction was),
+//! instead of the whole entry. A registrar answering thousands of REGISTERs a second holds
+//! tens of thousands of these (`docs/benchmarks.md`, "Completed transactions kept as their
+//! answers").
 
 use bytes::Bytes;
 use std::cmp::Reverse;
@@ -133,6 +142,35 @@ pub enum ServerKey {
     },
     /// RFC 2543 peers without the magic cookie: matched on the request's identity.
     Rfc2543(String),
+}
+
+impl ServerKey {
+    /// The same key in one buffer of its own: a key taken from a request shares that
+    /// request's buffer, which a key kept until Timer J would hold alive with it.
+    fn detached(&self) -> ServerKey {
+        match self {
+            ServerKey::Rfc3261 {
+                branch,
+                sent_by,
+                method,
+                call_id,
+            } => {
+                let mut buf = Vec::with_capacity(branch.len() + sent_by.len() + call_id.len());
+                for part in [branch, sent_by, call_id] {
+                    buf.extend_from_slice(part);
+                }
+                let buf = Bytes::from(buf);
+                let (b, s) = (branch.len(), branch.len() + sent_by.len());
+                ServerKey::Rfc3261 {
+                    branch: buf.slice(..b),
+                    sent_by: buf.slice(b..s),
+                    method: method.clone(),
+                    call_id: buf.slice(s..),
+                }
+            }
+            ServerKey::Rfc2543(k) => ServerKey::Rfc2543(k.clone()),
+        }
+    }
 }
 
 /// A client transaction key (RFC 3261 §17.1.3).
@@ -385,6 +423,8 @@ impl Endpoint {
             retx_keys: HashMap::new(),
             heap: BinaryHeap::new(),
             answered: AnsweredCache::new(cfg.stateless.answered_capacity, cfg.timers.timeout()),
+            // As many as there are transactions: none leaves before its Timer J.
+            completed: AnsweredCache::new(usize::MAX, cfg.timers.timeout()),
             guard: RefusalGuard::new(cfg.stateless.guard.clone()),
             next_id: 1,
             events: ev_tx,
@@ -801,6 +841,9 @@ struct Layer {
     heap: BinaryHeap<Reverse<(std::time::Instant, u64)>>,
     /// Answers sent without a transaction, for the retransmissions of their requests.
     answered: AnsweredCache<ServerKey, Flow>,
+    /// Non-INVITE server transactions in `Completed` over UDP, kept as their final answers
+    /// until Timer J (see the module documentation).
+    completed: AnsweredCache<ServerKey, Flow>,
     /// The per-source budget of answers sent without a transaction.
     guard: RefusalGuard,
     stateless_stats: Arc<StatelessStats>,
@@ -838,7 +881,11 @@ impl Layer {
         // The layer's earliest deadline; most messages leave it where it is.
         let mut timer = crate::deadline::DeadlineTimer::new();
         loop {
-            timer.set(self.heap.peek().map(|Reverse((t, _))| *t));
+            let next = self.heap.peek().map(|Reverse((t, _))| *t);
+            timer.set(match (next, self.completed.next_expiry()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            });
             tokio::select! {
                 biased;
                 Some(c) = cmds.recv() => self.on_command(c),
@@ -963,6 +1010,13 @@ impl Layer {
             self.respond(key, response);
             return;
         }
+        if self.completed.get(&key, now_std()).is_some() {
+            tracing::debug!(
+                ?key,
+                "stateless answer to a request already answered dropped"
+            );
+            return;
+        }
         if let Some(&id) = self.server_keys.get(&key) {
             let answered = match self.txs.get(&id).map(|e| &e.machine) {
                 Some(Machine::ServerInvite(m)) => m.state() != ServerInviteState::Proceeding,
@@ -998,9 +1052,18 @@ impl Layer {
         }
     }
 
-    /// A retransmitted request that was answered statelessly gets the same answer (within
-    /// the budget); returns whether `key` was such a request.
+    /// A retransmitted request that was answered gets the same answer again: one of a
+    /// completed non-INVITE transaction always, one sent statelessly within the budget.
+    /// Returns whether `key` was such a request.
     fn replay_answered(&mut self, key: &ServerKey, now: std::time::Instant) -> bool {
+        if let Some(a) = self.completed.get(key, now) {
+            // A completed transaction's answer, re-sent as the transaction would have.
+            if let Some(data) = a.data.clone() {
+                let flow = a.flow;
+                self.transmit(&flow, data);
+            }
+            return true;
+        }
         let Some(a) = self.answered.get(key, now) else {
             return false;
         };
@@ -1093,6 +1156,9 @@ impl Layer {
             self.remove(id);
             return;
         }
+        if self.keep_as_answer(id) {
+            return;
+        }
         if let Some(e) = self.txs.get_mut(&id) {
             e.events = client_events;
         }
@@ -1101,8 +1167,42 @@ impl Layer {
         }
     }
 
+    /// A non-INVITE server transaction that has reached `Completed` over UDP goes from the
+    /// table to [`Layer::completed`] as its final answer: all it would do until Timer J is
+    /// re-send that answer to its request's retransmissions (§17.2.2). True when it went.
+    fn keep_as_answer(&mut self, id: u64) -> bool {
+        let Some(e) = self.txs.get(&id) else {
+            return false;
+        };
+        let Machine::ServerNonInvite(m) = &e.machine else {
+            return false;
+        };
+        if m.state() != ServerNonInviteState::Completed || e.flow.transport.is_reliable() {
+            return false;
+        }
+        let (Some(key), Some(data)) = (
+            e.server_key.as_ref().map(ServerKey::detached),
+            m.last_response().cloned(),
+        ) else {
+            return false;
+        };
+        let flow = e.flow;
+        self.remove(id);
+        self.completed.insert(
+            key,
+            Answered {
+                data: Some(data),
+                flow,
+                exempt: true,
+            },
+            now_std(),
+        );
+        true
+    }
+
     fn on_timers(&mut self) {
         let now = now_std();
+        self.completed.expire(now);
         while let Some(Reverse((t, id))) = self.heap.peek().copied() {
             if t > now {
                 break;

@@ -313,7 +313,10 @@ impl<K: Clone + Eq + Hash, F> AnsweredCache<K, F> {
         self.entries.is_empty()
     }
 
-    fn expire(&mut self, now: Instant) {
+    /// Drops the answers whose time is up. A table grown for a burst is given back once it
+    /// is a quarter full (shrunk to twice what it holds).
+    pub fn expire(&mut self, now: Instant) {
+        let mut dropped = false;
         while let Some((k, exp)) = self.order.front() {
             if *exp > now {
                 break;
@@ -322,7 +325,24 @@ impl<K: Clone + Eq + Hash, F> AnsweredCache<K, F> {
                 self.entries.remove(k);
             }
             self.order.pop_front();
+            dropped = true;
         }
+        if dropped {
+            let room = self.entries.capacity();
+            if room > 64 && self.entries.len() < room / 4 {
+                self.entries.shrink_to(self.entries.len() * 2);
+            }
+            let room = self.order.capacity();
+            if room > 64 && self.order.len() < room / 4 {
+                self.order.shrink_to(self.order.len() * 2);
+            }
+        }
+    }
+
+    /// When the oldest answer kept runs out (possibly one already replaced: then nothing
+    /// goes, early).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.order.front().map(|(_, exp)| *exp)
     }
 }
 

@@ -7,6 +7,9 @@
 //! - An INVITE the TU holds still gets its `100 Trying`, and a stateful refusal is still
 //!   retransmitted until the ACK.
 //! - Past the per-source budget a source gets nothing; an exempt answer always goes.
+//! - A non-INVITE answered through its transaction (kept as its answer once `Completed`):
+//!   retransmissions until Timer J get the same bytes whatever the budget and however many
+//!   stateless answers went since; after Timer J the request is new.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,6 +28,14 @@ use tokio::sync::mpsc::UnboundedReceiver;
 const T1: Duration = Duration::from_millis(50);
 
 async fn endpoint(per_sec: u32) -> (Endpoint, UnboundedReceiver<EndpointEvent>, SocketAddr) {
+    endpoint_keeping(per_sec, StatelessConfig::default().answered_capacity).await
+}
+
+/// An endpoint whose cache of stateless answers holds `answered_capacity` of them.
+async fn endpoint_keeping(
+    per_sec: u32,
+    answered_capacity: usize,
+) -> (Endpoint, UnboundedReceiver<EndpointEvent>, SocketAddr) {
     let cfg = EndpointConfig {
         transport: TransportConfig {
             listen: vec![ListenAddr {
@@ -44,6 +55,7 @@ async fn endpoint(per_sec: u32) -> (Endpoint, UnboundedReceiver<EndpointEvent>, 
                 mute: Duration::from_secs(60),
                 ..RefusalGuardConfig::default()
             },
+            answered_capacity,
             ..StatelessConfig::default()
         },
         ..EndpointConfig::default()
@@ -304,4 +316,53 @@ async fn a_request_hooks_answers_go_out_in_order_even_when_it_panics_after() {
     assert_eq!(answers("st-o2", "OPTIONS").await, [100, 200]);
     // The endpoint goes on after the panic.
     assert_eq!(answers("st-o3", "REGISTER").await.len(), 2);
+}
+
+/// RFC 3261 §17.2.2 (Figure 8, `Completed`): until Timer J a retransmitted request gets the
+/// final answer again and never reaches the TU; after Timer J it is a new request. The
+/// layer keeps such a transaction as its answer alone, in a cache of its own: the stateless
+/// answers (a cache of two here, past a budget of one per second) neither push it out nor
+/// pace it.
+#[tokio::test]
+async fn a_completed_non_invite_answers_its_retransmissions_until_timer_j() {
+    let (ep, mut events, uas) = endpoint_keeping(1, 2).await;
+    let (sock, uac) = peer(uas).await;
+    let register = request("REGISTER", uac, uas, "st-j1");
+    sock.send(register.as_bytes()).await.expect("send");
+    let inc = next_request(&mut events).await;
+    let mut ok = Response::for_request(&inc.request, 200);
+    ok.set_to_tag("uasj");
+    ep.respond(&inc.key, ok);
+    let got = received(&sock, T1 * 3).await;
+    assert_eq!(got.iter().map(|m| status(m)).collect::<Vec<_>>(), [200]);
+    // Stateless answers to others: more than the cache of two holds, past the budget.
+    for i in 0..4 {
+        sock.send(request("OPTIONS", uac, uas, &format!("st-j-o{i}")).as_bytes())
+            .await
+            .expect("send");
+        let other = next_request(&mut events).await;
+        ep.reply_stateless(
+            &other,
+            Response::for_request(&other.request, 404),
+            RefusalBudget::PerSource,
+        );
+    }
+    let _ = received(&sock, T1 * 3).await;
+    // Three retransmissions of the REGISTER: the same 200 each time, the TU hears nothing.
+    for _ in 0..3 {
+        sock.send(register.as_bytes()).await.expect("send");
+        assert_eq!(received(&sock, T1 * 2).await, got);
+    }
+    assert!(
+        events.try_recv().is_err(),
+        "a retransmission reached the TU before Timer J"
+    );
+    // Past Timer J (64*T1 from the answer) the same bytes are a new request.
+    tokio::time::sleep(T1 * 66).await;
+    sock.send(register.as_bytes()).await.expect("send");
+    let again = next_request(&mut events).await;
+    assert_eq!(
+        sip_core::message::HeaderAccess::call_id_str(&again.request),
+        "st-j1"
+    );
 }

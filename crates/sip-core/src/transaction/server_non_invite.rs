@@ -216,6 +216,11 @@ impl ServerNonInviteTransaction {
         self.timers.get(timer)
     }
 
+    /// The most recent response sent, the one a retransmitted request gets again.
+    pub fn last_response(&self) -> Option<&Bytes> {
+        self.last_response.as_ref()
+    }
+
     /// The current state.
     pub fn state(&self) -> ServerNonInviteState {
         self.state
