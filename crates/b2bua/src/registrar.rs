@@ -44,7 +44,8 @@ use sip_core::auth::{
 };
 use sip_core::endpoint::new_tag;
 use sip_core::message::{
-    ContactValue, HeaderAccess, HeaderName, NameAddr, Request, Response, Uri, PATH,
+    socket_addr_text, ContactValue, HeaderAccess, HeaderName, NameAddr, Request, Response, Uri,
+    PATH,
 };
 use sip_core::transport::{ConnId, Flow};
 use std::collections::HashMap;
@@ -628,7 +629,10 @@ impl Registrar {
             .registrations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let flow_until = flow.conn.map(|_| {
-            let (source, transport) = (flow.remote.to_string(), flow.transport.to_string());
+            let (source, transport) = (
+                socket_addr_text(flow.remote),
+                flow.transport.as_str().to_string(),
+            );
             bindings
                 .iter()
                 .filter(|b| b.source == source && b.transport == transport)
@@ -800,9 +804,9 @@ impl Registrar {
                 }
                 let user_agent = req.header_str(&HeaderName::UserAgent);
                 let (source, transport, local) = (
-                    flow.remote.to_string(),
-                    flow.transport.to_string(),
-                    flow.local.to_string(),
+                    socket_addr_text(flow.remote),
+                    flow.transport.as_str().to_string(),
+                    socket_addr_text(flow.local),
                 );
                 let mut changes = Vec::with_capacity(plan.len());
                 for (a, contact, exp) in plan {

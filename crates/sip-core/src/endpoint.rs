@@ -794,9 +794,9 @@ impl Machine {
     }
 }
 
-/// Its request is boxed: a non-INVITE server transaction held for Timer J keeps none, and
-/// every byte of the entry is held that long (`docs/benchmarks.md`, "The transaction
-/// table's entries").
+/// Its request is boxed: most transactions keep none, and the table's slots are as large
+/// as its entries (`docs/benchmarks.md`, "The transaction table's entries"). A non-INVITE
+/// server transaction over UDP leaves the table once `Completed` (`Layer::keep_as_answer`).
 struct TxEntry {
     machine: Machine,
     flow: Flow,
@@ -1828,7 +1828,9 @@ fn stamp_via(req: &mut Request, flow: &Flow) {
         return;
     }
     if !host_matches || wants_rport {
-        via.params.set("received", Some(&src_ip.to_string()));
+        let mut received = String::with_capacity(15);
+        crate::message::push_ip(&mut received, src_ip);
+        via.params.set("received", Some(&received));
     }
     if wants_rport {
         via.params

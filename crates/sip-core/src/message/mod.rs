@@ -28,7 +28,8 @@ pub use typed::{
     CSeq, ContactValue, NameAddr, NameAddrView, RAck, Reason, SessionExpires, Via, ViaView,
 };
 pub use uri::{
-    Host, HostView, ParamIter, Params, ParamsView, SipUri, SipUriView, TelUri, Uri, UriView,
+    push_ip, socket_addr_text, Host, HostView, ParamIter, Params, ParamsView, SipUri, SipUriView,
+    TelUri, Uri, UriView,
 };
 
 /// Errors of the typed header layer.

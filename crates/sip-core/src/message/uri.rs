@@ -166,11 +166,76 @@ fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(octets))
 }
 
+/// Room for the longest IPv4 address in dotted decimal.
+const IPV4_TEXT: usize = 15;
+
+/// An IPv4 address in dotted decimal, as its `Display` writes it, without the formatting
+/// machinery: a registrar writes one into every binding, Via `received` and Contact it
+/// keeps, and `Display` for an address costs several times the digits.
+fn ipv4_text(ip: Ipv4Addr, out: &mut [u8; IPV4_TEXT]) -> &str {
+    let mut n = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            out[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            out[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        out[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    // Only ASCII digits and dots were written.
+    std::str::from_utf8(&out[..n]).unwrap_or_default()
+}
+
+/// Appends `ip` as its `Display` writes it (IPv6 without brackets).
+pub fn push_ip(s: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => s.push_str(ipv4_text(v4, &mut [0; IPV4_TEXT])),
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(s, "{v6}");
+        }
+    }
+}
+
+/// `addr` as its `Display` writes it (`192.0.2.1:5060`, `[2001:db8::1]:5060`).
+pub fn socket_addr_text(addr: std::net::SocketAddr) -> String {
+    let mut s = String::with_capacity(24);
+    match addr.ip() {
+        IpAddr::V4(v4) => s.push_str(ipv4_text(v4, &mut [0; IPV4_TEXT])),
+        IpAddr::V6(_) => return addr.to_string(),
+    }
+    s.push(':');
+    push_decimal(&mut s, addr.port());
+    s
+}
+
+fn push_decimal(s: &mut String, mut v: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    s.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+}
+
 impl fmt::Display for HostView<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HostView::Domain(d) => f.write_str(&String::from_utf8_lossy(d)),
-            HostView::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            HostView::Ip(IpAddr::V4(ip)) => f.write_str(ipv4_text(*ip, &mut [0; IPV4_TEXT])),
             HostView::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
         }
     }
@@ -180,7 +245,7 @@ impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Host::Domain(d) => f.write_str(&String::from_utf8_lossy(d)),
-            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            Host::Ip(IpAddr::V4(ip)) => f.write_str(ipv4_text(*ip, &mut [0; IPV4_TEXT])),
             Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
         }
     }
@@ -898,6 +963,29 @@ fn parse_tel(s: &[u8]) -> Result<UriView<'_>, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The addresses as std's `Display` writes them, over every octet and the edges of the
+    /// port.
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        use std::net::SocketAddr;
+        for a in 0..=255u8 {
+            let ip = Ipv4Addr::new(a, 255 - a, a / 3, a.wrapping_mul(7));
+            let mut s = String::new();
+            push_ip(&mut s, IpAddr::V4(ip));
+            assert_eq!(s, ip.to_string());
+            assert_eq!(Host::Ip(IpAddr::V4(ip)).to_string(), ip.to_string());
+            for port in [0u16, 9, 10, 99, 100, 5060, 9999, 10000, 65535] {
+                let addr = SocketAddr::new(IpAddr::V4(ip), port);
+                assert_eq!(socket_addr_text(addr), addr.to_string());
+            }
+        }
+        let v6: SocketAddr = "[2001:db8::1]:5061".parse().unwrap();
+        assert_eq!(socket_addr_text(v6), v6.to_string());
+        let mut s = String::new();
+        push_ip(&mut s, v6.ip());
+        assert_eq!(s, "2001:db8::1");
+    }
 
     fn sip(s: &str) -> SipUri {
         match Uri::parse(s) {
