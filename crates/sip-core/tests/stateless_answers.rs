@@ -56,7 +56,6 @@ async fn endpoint_keeping(
                 ..RefusalGuardConfig::default()
             },
             answered_capacity,
-            ..StatelessConfig::default()
         },
         ..EndpointConfig::default()
     };
