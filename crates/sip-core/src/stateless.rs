@@ -537,6 +537,40 @@ mod tests {
         assert_eq!(c.get(&"d", t0 + Duration::from_secs(1)), Some(&answered(9)));
     }
 
+    /// The endpoint sleeps until the oldest answer runs out and expires it then; a cache
+    /// emptied after a burst gives its room back.
+    #[test]
+    fn expiry_is_announced_and_a_burst_gives_its_room_back() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(32);
+        let mut c = AnsweredCache::new(usize::MAX, ttl);
+        assert_eq!(c.next_expiry(), None);
+        for i in 0..10_000u32 {
+            c.insert(i, answered(1), t0 + Duration::from_micros(u64::from(i)));
+        }
+        assert_eq!(c.next_expiry(), Some(t0 + ttl));
+        let room = c.entries.capacity();
+        assert!(room >= 10_000);
+        // Nothing is due before its time.
+        c.expire(t0 + ttl - Duration::from_micros(1));
+        assert_eq!(c.len(), 10_000);
+        // All but the last hundred run out.
+        c.expire(t0 + ttl + Duration::from_micros(9_899));
+        assert_eq!(c.len(), 100);
+        assert_eq!(c.get(&9_899, t0), None);
+        assert!(c.get(&9_900, t0).is_some());
+        assert_eq!(
+            c.next_expiry(),
+            Some(t0 + ttl + Duration::from_micros(9_900))
+        );
+        assert!(
+            c.entries.capacity() < room / 4 && c.order.capacity() < 10_000 / 4,
+            "room kept after the burst: {} entries, {} in the queue",
+            c.entries.capacity(),
+            c.order.capacity()
+        );
+    }
+
     #[test]
     fn a_zero_capacity_cache_keeps_nothing() {
         let t0 = Instant::now();

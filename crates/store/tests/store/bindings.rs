@@ -192,10 +192,16 @@ fn a_refresh_is_seen_at_once_and_written_by_the_next_flush() {
     let (dir, store) = provisioned();
     let b = binding("alice-desk", "sip:alice@127.0.0.1:5062", NOW + 60);
     store.upsert_binding(&b).unwrap();
+    // All that a refresh may change (the trait's contract): expiry, CSeq, Call-ID, source
+    // and time.
     let mut refreshed = b.clone();
     refreshed.expires_at = NOW + 3600;
     refreshed.cseq = 2;
+    refreshed.call_id = "a-new-call-id@127.0.0.1".into();
+    refreshed.source = "127.0.0.1:6000".into();
     refreshed.updated_at = NOW + 30;
+    assert_ne!(refreshed.call_id, b.call_id);
+    assert_ne!(refreshed.source, b.source);
     store.refresh_binding(&refreshed).unwrap();
     // Seen at once by every read ...
     assert_eq!(
