@@ -233,6 +233,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let writes = admission(&busy_ids[i], t0 + i as i64, store::CallStatus::Queued);
         store.admit_call(&writes, &limits, t0 + i as i64).ok();
     });
+    // Five live calls' records in a batch (as the journal writes them), spread over the
+    // live calls, their status as stored (a leg ringing or answered changes only the legs).
+    measure("write_call_batch (5 live, same status)", 2_000, |i| {
+        let writes: Vec<store::CallWrite> = (0..5)
+            .map(|k| {
+                let mut c = CallRecord::new(
+                    live_ids[(i * 7 + k * 1_999) % LIVE].clone(),
+                    ACCT.into(),
+                    "+14155550100".into(),
+                    t0,
+                );
+                c.status = store::CallStatus::InProgress;
+                c.sip_code = Some(180 + (i % 20) as u16);
+                store::CallWrite::Call(c)
+            })
+            .collect();
+        store.write_call_batch(&writes).ok();
+    });
     measure("write_call_batch (a live call ends)", 5_000, |i| {
         let mut c = CallRecord::new(
             busy_ids[i].clone(),

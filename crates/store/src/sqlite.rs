@@ -3005,34 +3005,46 @@ const UPDATE_CALL: &str = "UPDATE calls SET user_id = ?3, request_id = ?4, statu
      stats = ?16, recording = ?17
  WHERE id = ?1 AND account_id = ?2";
 
+/// [`UPDATE_CALL`] for a record whose indexed columns (`status` of `calls_node`,
+/// `request_id` of `calls_request`, and `user_id` with them) are those stored: they are
+/// matched, not set. SQLite rewrites the entries of every index whose columns a statement
+/// sets, changed or not (a delete and an insert, and the index page goes to the WAL with the
+/// commit); most of a call's updates (its legs ringing and answering, its stats) leave them
+/// as they are. No row changed: they differ, and [`UPDATE_CALL`] writes them.
+const UPDATE_CALL_SAME_KEYS: &str = "UPDATE calls SET
+     dial_string = ?6, destination = ?7, caller_id = ?8, callback_url = ?9, end_leg = ?10,
+     sip_code = ?11, answered_at_ms = ?12, ended_at_ms = ?13, metadata = ?14, legs = ?15,
+     stats = ?16, recording = ?17
+ WHERE id = ?1 AND account_id = ?2 AND user_id IS ?3 AND request_id IS ?4 AND status = ?5";
+
 fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
     let recording = serde_json::to_string(&c.recording)?;
     let metadata = serde_json::to_string(&c.metadata)?;
     let legs = serde_json::to_string(&c.legs)?;
     let stats = serde_json::to_string(&c.stats)?;
-    let n = exec(
-        conn,
-        UPDATE_CALL,
-        params![
-            c.id,
-            c.account_id,
-            c.user_id,
-            c.request_id,
-            c.status.as_str(),
-            c.dial_string,
-            c.destination,
-            c.caller_id,
-            c.callback_url,
-            c.end_leg,
-            c.sip_code,
-            c.answered_at_ms,
-            c.ended_at_ms,
-            metadata,
-            legs,
-            stats,
-            recording
-        ],
-    )?;
+    let params = params![
+        c.id,
+        c.account_id,
+        c.user_id,
+        c.request_id,
+        c.status.as_str(),
+        c.dial_string,
+        c.destination,
+        c.caller_id,
+        c.callback_url,
+        c.end_leg,
+        c.sip_code,
+        c.answered_at_ms,
+        c.ended_at_ms,
+        metadata,
+        legs,
+        stats,
+        recording
+    ];
+    let mut n = exec(conn, UPDATE_CALL_SAME_KEYS, params)?;
+    if n == 0 {
+        n = exec(conn, UPDATE_CALL, params)?;
+    }
     if n == 0 {
         return Err(not_found("call", &c.id));
     }
@@ -3224,6 +3236,69 @@ mod tests {
             assert!(ops.iter().any(|o| o == "IdxInsert"), "{what}: {ops:?}");
             assert!(!ops.iter().any(|o| o == "OpenEphemeral"), "{what}: {ops:?}");
         }
+        // An update that leaves the indexed columns as stored touches no index entry (the
+        // `live_calls` trigger, on `status`, does not fire either).
+        let same = ops(UPDATE_CALL_SAME_KEYS, 17);
+        assert!(
+            !same
+                .iter()
+                .any(|o| o == "IdxInsert" || o == "IdxDelete" || o == "Program"),
+            "same keys: {same:?}"
+        );
+    }
+
+    /// A record update goes through whichever statement fits: the same indexed columns, or
+    /// new ones (the status, the request id), which the indexes and `live_calls` follow.
+    #[test]
+    fn call_updates_with_the_same_or_new_indexed_columns() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut c = CallRecord::new("call_u1".into(), "acct_u".into(), "+14155550100".into(), 0);
+        c.status = CallStatus::Ringing;
+        store.insert_call(&c).unwrap();
+        let live = |store: &SqliteStore| -> i64 {
+            store
+                .conn()
+                .unwrap()
+                .query_row(
+                    "SELECT n FROM live_calls WHERE account_id = 'acct_u'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(live(&store), 1);
+        // Same status: the legs change.
+        c.sip_code = Some(180);
+        store.update_call(&c).unwrap();
+        assert_eq!(
+            store.get_call("acct_u", "call_u1").unwrap(),
+            Some(c.clone())
+        );
+        // A request id and a new status.
+        c.request_id = Some("req-1".into());
+        c.status = CallStatus::Completed;
+        c.sip_code = Some(200);
+        store.update_call(&c).unwrap();
+        assert_eq!(
+            store.get_call("acct_u", "call_u1").unwrap(),
+            Some(c.clone())
+        );
+        assert_eq!(live(&store), 0);
+        let by_node: i64 = store
+            .conn()
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM calls INDEXED BY calls_node
+                 WHERE node_id IS ?1 AND status = 'completed'",
+                [&c.node_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(by_node, 1);
+        // A call that is not there is still an error.
+        let mut gone = c.clone();
+        gone.id = "call_u2".into();
+        assert!(store.update_call(&gone).is_err());
     }
 
     /// The admission reads the account's one `live_calls` row, not its calls.
