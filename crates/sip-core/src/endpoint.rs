@@ -161,10 +161,15 @@ impl ServerKey {
                 }
                 let buf = Bytes::from(buf);
                 let (b, s) = (branch.len(), branch.len() + sent_by.len());
+                let method = match method {
+                    // An unknown method's name is a slice of the request too.
+                    Method::Extension(name) => Method::Extension(Bytes::copy_from_slice(name)),
+                    known => known.clone(),
+                };
                 ServerKey::Rfc3261 {
                     branch: buf.slice(..b),
                     sent_by: buf.slice(b..s),
-                    method: method.clone(),
+                    method,
                     call_id: buf.slice(s..),
                 }
             }

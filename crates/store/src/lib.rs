@@ -286,10 +286,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: UnixSecs,
     ) -> Result<Vec<Binding>, StoreError>;
     /// A refresh of a binding that exists (same device and contact, only its expiry, CSeq,
-    /// Call-ID, source or time changed; the rest of the row is left as it stands): kept in
-    /// memory and written with the other waiting refreshes by
-    /// [`flush_refreshes`](Self::flush_refreshes), which the server calls at least twice a
-    /// second; the reads of bindings see it at once. A new or removed contact
+    /// Call-ID, source or time changed): kept in memory and written with the other waiting
+    /// refreshes by [`flush_refreshes`](Self::flush_refreshes), which the server calls at
+    /// least twice a second; the reads of bindings see it at once. A new or removed contact
     /// goes through [`upsert_binding`](Self::upsert_binding) /
     /// [`remove_binding`](Self::remove_binding) instead, durable before they return. The
     /// default writes it at once.

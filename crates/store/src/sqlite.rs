@@ -2273,22 +2273,15 @@ impl BlockingStore for SqliteStore {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for b in &pending {
                 // A refresh only ever changes a row that exists; one removed meanwhile
-                // stays removed. It changes what a refresh may change (the trait's
-                // contract): the rest of the row is as it stands.
+                // stays removed. It is written whole, as the reads saw it: a write of the
+                // same contact that raced it is then replaced whole, never half.
                 exec(
                     &tx,
-                    "UPDATE bindings SET source = ?3, expires_at = ?4, call_id = ?5,
-                         cseq = ?6, updated_at = ?7
+                    "UPDATE bindings SET source = ?3, transport = ?4, local = ?5,
+                         expires_at = ?6, q = ?7, call_id = ?8, cseq = ?9, instance = ?10,
+                         reg_id = ?11, user_agent = ?12, updated_at = ?13
                      WHERE device_username = ?1 AND contact = ?2",
-                    rusqlite::params![
-                        b.device_username,
-                        b.contact,
-                        b.source,
-                        b.expires_at,
-                        b.call_id,
-                        b.cseq,
-                        b.updated_at
-                    ],
+                    binding_params(b),
                 )?;
             }
             tx.commit()?;
