@@ -887,10 +887,7 @@ impl Layer {
         let mut timer = crate::deadline::DeadlineTimer::new();
         loop {
             let next = self.heap.peek().map(|Reverse((t, _))| *t);
-            timer.set(match (next, self.completed.next_expiry()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            });
+            timer.set(next.into_iter().chain(self.completed.next_expiry()).min());
             tokio::select! {
                 biased;
                 Some(c) = cmds.recv() => self.on_command(c),

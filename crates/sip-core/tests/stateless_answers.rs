@@ -130,6 +130,24 @@ async fn peer(uas: SocketAddr) -> (UdpSocket, SocketAddr) {
     (sock, addr)
 }
 
+/// An OPTIONS `id` from the peer, answered `status` without a transaction once it
+/// reaches the TU.
+async fn options_answered_statelessly(
+    sock: &UdpSocket,
+    ep: &Endpoint,
+    events: &mut UnboundedReceiver<EndpointEvent>,
+    (uac, uas): (SocketAddr, SocketAddr),
+    id: &str,
+    status: u16,
+    budget: RefusalBudget,
+) {
+    sock.send(request("OPTIONS", uac, uas, id).as_bytes())
+        .await
+        .expect("send");
+    let inc = next_request(events).await;
+    ep.reply_stateless(&inc, Response::for_request(&inc.request, status), budget);
+}
+
 #[tokio::test]
 async fn a_stateless_refusal_goes_out_alone_and_once() {
     let (ep, mut events, uas) = endpoint(30).await;
@@ -184,15 +202,17 @@ async fn past_its_budget_a_source_gets_nothing_but_exempt_answers_go() {
     let (ep, mut events, uas) = endpoint(3).await;
     let (sock, uac) = peer(uas).await;
     for i in 0..10 {
-        sock.send(request("OPTIONS", uac, uas, &format!("st-3-{i}")).as_bytes())
-            .await
-            .expect("send");
-        let inc = next_request(&mut events).await;
-        ep.reply_stateless(
-            &inc,
-            Response::for_request(&inc.request, 200),
+        let id = format!("st-3-{i}");
+        options_answered_statelessly(
+            &sock,
+            &ep,
+            &mut events,
+            (uac, uas),
+            &id,
+            200,
             RefusalBudget::PerSource,
-        );
+        )
+        .await;
     }
     assert_eq!(received(&sock, T1 * 5).await.len(), 3);
     // Retransmissions of a muted request stay silent, and do not reach the TU.
@@ -203,15 +223,17 @@ async fn past_its_budget_a_source_gets_nothing_but_exempt_answers_go() {
     assert!(events.try_recv().is_err());
     // A known peer from the same address is answered regardless.
     for i in 0..5 {
-        sock.send(request("OPTIONS", uac, uas, &format!("st-3-x{i}")).as_bytes())
-            .await
-            .expect("send");
-        let inc = next_request(&mut events).await;
-        ep.reply_stateless(
-            &inc,
-            Response::for_request(&inc.request, 200),
+        let id = format!("st-3-x{i}");
+        options_answered_statelessly(
+            &sock,
+            &ep,
+            &mut events,
+            (uac, uas),
+            &id,
+            200,
             RefusalBudget::Exempt,
-        );
+        )
+        .await;
     }
     assert_eq!(received(&sock, T1 * 5).await.len(), 5);
 }
@@ -336,15 +358,17 @@ async fn a_completed_non_invite_answers_its_retransmissions_until_timer_j() {
     assert_eq!(got.iter().map(|m| status(m)).collect::<Vec<_>>(), [200]);
     // Stateless answers to others: more than the cache of two holds, past the budget.
     for i in 0..4 {
-        sock.send(request("OPTIONS", uac, uas, &format!("st-j-o{i}")).as_bytes())
-            .await
-            .expect("send");
-        let other = next_request(&mut events).await;
-        ep.reply_stateless(
-            &other,
-            Response::for_request(&other.request, 404),
+        let id = format!("st-j-o{i}");
+        options_answered_statelessly(
+            &sock,
+            &ep,
+            &mut events,
+            (uac, uas),
+            &id,
+            404,
             RefusalBudget::PerSource,
-        );
+        )
+        .await;
     }
     let _ = received(&sock, T1 * 3).await;
     // Three retransmissions of the REGISTER: the same 200 each time, the TU hears nothing.

@@ -2952,11 +2952,32 @@ fn admit_on(
     Ok(Admission::Admitted)
 }
 
+/// A call record's JSON columns, as stored.
+struct CallJson {
+    recording: String,
+    metadata: String,
+    legs: String,
+    stats: String,
+}
+
+impl CallJson {
+    fn of(c: &CallRecord) -> Result<CallJson, StoreError> {
+        Ok(CallJson {
+            recording: serde_json::to_string(&c.recording)?,
+            metadata: serde_json::to_string(&c.metadata)?,
+            legs: serde_json::to_string(&c.legs)?,
+            stats: serde_json::to_string(&c.stats)?,
+        })
+    }
+}
+
 fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
-    let recording = serde_json::to_string(&c.recording)?;
-    let metadata = serde_json::to_string(&c.metadata)?;
-    let legs = serde_json::to_string(&c.legs)?;
-    let stats = serde_json::to_string(&c.stats)?;
+    let CallJson {
+        recording,
+        metadata,
+        legs,
+        stats,
+    } = CallJson::of(c)?;
     exec(
         conn,
         &format!(
@@ -3011,10 +3032,12 @@ const UPDATE_CALL_SAME_KEYS: &str = "UPDATE calls SET
  WHERE id = ?1 AND account_id = ?2 AND user_id IS ?3 AND request_id IS ?4 AND status = ?5";
 
 fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
-    let recording = serde_json::to_string(&c.recording)?;
-    let metadata = serde_json::to_string(&c.metadata)?;
-    let legs = serde_json::to_string(&c.legs)?;
-    let stats = serde_json::to_string(&c.stats)?;
+    let CallJson {
+        recording,
+        metadata,
+        legs,
+        stats,
+    } = CallJson::of(c)?;
     let params = params![
         c.id,
         c.account_id,

@@ -207,11 +207,11 @@ pub fn push_ip(s: &mut String, ip: IpAddr) {
 
 /// `addr` as its `Display` writes it (`192.0.2.1:5060`, `[2001:db8::1]:5060`).
 pub fn socket_addr_text(addr: std::net::SocketAddr) -> String {
-    let mut s = String::with_capacity(24);
-    match addr.ip() {
-        IpAddr::V4(v4) => s.push_str(ipv4_text(v4, &mut [0; IPV4_TEXT])),
-        IpAddr::V6(_) => return addr.to_string(),
+    if addr.is_ipv6() {
+        return addr.to_string();
     }
+    let mut s = String::with_capacity(IPV4_TEXT + 6);
+    push_ip(&mut s, addr.ip());
     s.push(':');
     push_decimal(&mut s, addr.port());
     s
