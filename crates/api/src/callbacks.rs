@@ -422,7 +422,7 @@ async fn deliver(shared: &Shared, client: &reqwest::Client, entry: OutboxEntry) 
         at_ms: now_ms(),
         kind: "callback".to_owned(),
         leg: None,
-        detail,
+        detail: detail.into(),
     };
     if let Err(e) = store.append_timeline(&entry.call_id, &tl).await {
         tracing::warn!(error = %e, call_id = %entry.call_id, "timeline append failed");

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use b2bua::calls::{AdmitError, AdmitFuture, CallEvent, CallEventKind, CallHooks, Leg, NewCall};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Value};
-use store::{CallRecord, CallStatus, CallWrite, TimelineEntry};
+use store::{CallRecord, CallStatus, CallWrite, Detail, TimelineEntry};
 
 use crate::limits::LimitError;
 use crate::state::Shared;
@@ -32,19 +33,10 @@ fn leg_obj(legs: &mut Value, leg: Leg) -> Option<&mut serde_json::Map<String, Va
         .as_object_mut()
 }
 
-/// The timeline kind and detail of an event (the serde form without `type`, `leg`, `stats`).
-pub(crate) fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Value) {
-    let mut v = serde_json::to_value(kind).unwrap_or(Value::Null);
-    let name = v
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("event")
-        .to_owned();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("type");
-        o.remove("leg");
-        o.remove("stats");
-    }
+/// The timeline kind and detail of an event: its serde form without `type`, `leg` and
+/// `stats`, with an outcome's fields in the detail itself. The detail is written as JSON
+/// text straight from the event ([`EventDetail`]).
+pub(crate) fn timeline_parts(kind: &CallEventKind) -> (&'static str, Option<Leg>, Detail) {
     let leg = match kind {
         CallEventKind::Sip { leg, .. }
         | CallEventKind::Ringing { leg, .. }
@@ -64,16 +56,117 @@ pub(crate) fn timeline_parts(kind: &CallEventKind) -> (String, Option<Leg>, Valu
         | CallEventKind::MonitorEnded { .. } => None,
         CallEventKind::Recording { .. } => None,
     };
-    if let (CallEventKind::Ended { outcome, .. }, Some(o)) = (kind, v.as_object_mut()) {
-        // Flatten the outcome into the detail.
-        o.remove("outcome");
-        o.insert("status".into(), outcome.status.as_str().into());
-        o.insert("sip_code".into(), json!(outcome.sip_code));
-        o.insert("q850_cause".into(), json!(outcome.q850_cause));
-        o.insert("duration".into(), json!(outcome.duration_secs));
-        o.insert("reason".into(), json!(outcome.reason));
+    // Strings, numbers and options always serialize.
+    let detail = Detail::of(&EventDetail(kind)).unwrap_or_else(|_| Detail::from(json!({})));
+    (kind_name(kind), leg, detail)
+}
+
+/// An event's timeline kind: its serde tag.
+fn kind_name(kind: &CallEventKind) -> &'static str {
+    match kind {
+        CallEventKind::Sip { .. } => "sip",
+        CallEventKind::Ringing { .. } => "ringing",
+        CallEventKind::EarlyMedia { .. } => "early_media",
+        CallEventKind::AgentAnswered { .. } => "agent_answered",
+        CallEventKind::InProgress { .. } => "in_progress",
+        CallEventKind::Ended { .. } => "ended",
+        CallEventKind::Note { .. } => "note",
+        CallEventKind::Held { .. } => "held",
+        CallEventKind::Resumed { .. } => "resumed",
+        CallEventKind::Muted { .. } => "muted",
+        CallEventKind::MonitorStarted { .. } => "monitor_started",
+        CallEventKind::MonitorModeChanged { .. } => "monitor_mode_changed",
+        CallEventKind::MonitorEnded { .. } => "monitor_ended",
+        CallEventKind::TransferStarted { .. } => "transfer_started",
+        CallEventKind::Transferred { .. } => "transferred",
+        CallEventKind::TransferFailed { .. } => "transfer_failed",
+        CallEventKind::Recording { .. } => "recording",
     }
-    (name, leg, v)
+}
+
+/// An event's timeline detail as it serializes: the event's own fields but its leg and
+/// media stats, an outcome's fields (`status`, `sip_code`, `q850_cause`, `duration`,
+/// `reason`) flattened into it. The keys of each object are in sorted order, as the detail
+/// has always been written (a JSON object's `serde_json` map is sorted).
+struct EventDetail<'a>(&'a CallEventKind);
+
+impl Serialize for EventDetail<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        match self.0 {
+            CallEventKind::Sip {
+                direction,
+                summary,
+                sip_call_id,
+                ..
+            } => {
+                m.serialize_entry("direction", direction)?;
+                m.serialize_entry("sip_call_id", sip_call_id)?;
+                m.serialize_entry("summary", summary)?;
+            }
+            CallEventKind::Ringing { sip_code, .. }
+            | CallEventKind::AgentAnswered { sip_code }
+            | CallEventKind::InProgress { sip_code } => m.serialize_entry("sip_code", sip_code)?,
+            CallEventKind::EarlyMedia { .. }
+            | CallEventKind::Held { .. }
+            | CallEventKind::Resumed { .. } => {}
+            CallEventKind::Ended { outcome, .. } => {
+                m.serialize_entry("duration", &outcome.duration_secs)?;
+                m.serialize_entry("q850_cause", &outcome.q850_cause)?;
+                m.serialize_entry("reason", &outcome.reason)?;
+                m.serialize_entry("sip_code", &outcome.sip_code)?;
+                m.serialize_entry("status", outcome.status.as_str())?;
+            }
+            CallEventKind::Note { text, .. } => m.serialize_entry("text", text)?,
+            CallEventKind::Muted { muted, .. } => m.serialize_entry("muted", muted)?,
+            CallEventKind::MonitorStarted {
+                monitor_id,
+                user_id,
+                mode,
+            } => {
+                m.serialize_entry("mode", mode)?;
+                m.serialize_entry("monitor_id", monitor_id)?;
+                m.serialize_entry("user_id", user_id)?;
+            }
+            CallEventKind::MonitorModeChanged { monitor_id, mode } => {
+                m.serialize_entry("mode", mode)?;
+                m.serialize_entry("monitor_id", monitor_id)?;
+            }
+            CallEventKind::MonitorEnded { monitor_id, reason } => {
+                m.serialize_entry("monitor_id", monitor_id)?;
+                m.serialize_entry("reason", reason)?;
+            }
+            CallEventKind::TransferStarted { to, by, .. }
+            | CallEventKind::Transferred { to, by, .. } => {
+                m.serialize_entry("by", by)?;
+                m.serialize_entry("to", to)?;
+            }
+            CallEventKind::TransferFailed {
+                to,
+                by,
+                sip_code,
+                reason,
+                ..
+            } => {
+                m.serialize_entry("by", by)?;
+                m.serialize_entry("reason", reason)?;
+                m.serialize_entry("sip_code", sip_code)?;
+                m.serialize_entry("to", to)?;
+            }
+            CallEventKind::Recording {
+                file,
+                duration_secs,
+                size_bytes,
+                error,
+            } => {
+                m.serialize_entry("duration_secs", duration_secs)?;
+                m.serialize_entry("error", error)?;
+                m.serialize_entry("file", file)?;
+                m.serialize_entry("size_bytes", size_bytes)?;
+            }
+        }
+        m.end()
+    }
 }
 
 /// Applies an event to the record; true when the record may have changed (at worst one
@@ -267,7 +360,7 @@ async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
         at_ms: now,
         kind: format!("sip.{}", call.direction),
         leg: Some(Leg::Customer.as_str().to_owned()),
-        detail: call.detail.clone(),
+        detail: call.detail.clone().into(),
     };
     // The record and its first timeline entry in one transaction under the account's limits,
     // as `place_call` does: the call counts toward the account's `max_concurrent` and takes a
@@ -294,4 +387,131 @@ async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
     shared.journal.born(rec);
     shared.metrics.inbound_call_started();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use b2bua::calls::Outcome;
+
+    /// The detail as it was made before it was written straight from the event: the
+    /// event's serde form as a `Value`, less `type`, `leg` and `stats`, the outcome
+    /// flattened.
+    fn through_a_value(kind: &CallEventKind) -> (String, String) {
+        let mut v = serde_json::to_value(kind).unwrap();
+        let name = v["type"].as_str().unwrap().to_owned();
+        let o = v.as_object_mut().unwrap();
+        o.remove("type");
+        o.remove("leg");
+        o.remove("stats");
+        if let CallEventKind::Ended { outcome, .. } = kind {
+            o.remove("outcome");
+            o.insert("status".into(), outcome.status.as_str().into());
+            o.insert("sip_code".into(), json!(outcome.sip_code));
+            o.insert("q850_cause".into(), json!(outcome.q850_cause));
+            o.insert("duration".into(), json!(outcome.duration_secs));
+            o.insert("reason".into(), json!(outcome.reason));
+        }
+        (name, v.to_string())
+    }
+
+    #[test]
+    fn every_event_is_written_as_its_value_was_key_for_key_in_the_same_order() {
+        let outcome = |sip_code, q850_cause| Outcome {
+            status: CallStatus::Busy,
+            leg: Some(Leg::Customer),
+            sip_code,
+            q850_cause,
+            duration_secs: 7,
+            reason: "customer \"busy\"\n".into(),
+        };
+        let kinds = [
+            CallEventKind::Sip {
+                leg: Leg::Agent,
+                direction: "sent",
+                summary: "INVITE sip:alice@10.0.0.5:5060".into(),
+                sip_call_id: "a84b4c76e66710@pc33".into(),
+            },
+            CallEventKind::Ringing {
+                leg: Leg::Customer,
+                sip_code: 183,
+            },
+            CallEventKind::EarlyMedia { leg: Leg::Customer },
+            CallEventKind::AgentAnswered { sip_code: 200 },
+            CallEventKind::InProgress { sip_code: 200 },
+            CallEventKind::Ended {
+                outcome: outcome(Some(486), Some(17)),
+                stats: json!({"agent": {"packets": 10}}),
+            },
+            CallEventKind::Ended {
+                outcome: outcome(None, None),
+                stats: Value::Null,
+            },
+            CallEventKind::Note {
+                leg: None,
+                text: "relay allocated ✓".into(),
+            },
+            CallEventKind::Held { leg: Leg::Agent },
+            CallEventKind::Resumed { leg: Leg::Agent },
+            CallEventKind::Muted {
+                leg: Leg::Customer,
+                muted: true,
+            },
+            CallEventKind::MonitorStarted {
+                monitor_id: "mon_1".into(),
+                user_id: "usr_2".into(),
+                mode: "listen",
+            },
+            CallEventKind::MonitorModeChanged {
+                monitor_id: "mon_1".into(),
+                mode: "whisper",
+            },
+            CallEventKind::MonitorEnded {
+                monitor_id: "mon_1".into(),
+                reason: "hung up".into(),
+            },
+            CallEventKind::TransferStarted {
+                leg: Leg::Agent,
+                to: "+14155550100".into(),
+                by: "api",
+            },
+            CallEventKind::Transferred {
+                leg: Leg::Agent,
+                to: "bob".into(),
+                by: "refer",
+            },
+            CallEventKind::TransferFailed {
+                leg: Leg::Customer,
+                to: "bob".into(),
+                by: "api",
+                sip_code: Some(480),
+                reason: "no answer".into(),
+            },
+            CallEventKind::TransferFailed {
+                leg: Leg::Customer,
+                to: "bob".into(),
+                by: "api",
+                sip_code: None,
+                reason: String::new(),
+            },
+            CallEventKind::Recording {
+                file: "/var/rec/c.wav".into(),
+                duration_secs: 12.25,
+                size_bytes: 392_044,
+                error: None,
+            },
+            CallEventKind::Recording {
+                file: String::new(),
+                duration_secs: 0.0,
+                size_bytes: 0,
+                error: Some("disk full".into()),
+            },
+        ];
+        for kind in &kinds {
+            let (name, _, detail) = timeline_parts(kind);
+            let (old_name, old_detail) = through_a_value(kind);
+            assert_eq!(name, old_name, "{kind:?}");
+            assert_eq!(detail.as_str(), old_detail, "{kind:?}");
+        }
+    }
 }

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use b2bua::calls::{CallEvent, CallEventKind, Leg, Outcome};
 use serde_json::{json, Value};
 use store::{
-    Admission, AdmitRequest, CallRecord, CallStatus, CallWrite, OutboxEntry, StoreError,
+    Admission, AdmitRequest, CallRecord, CallStatus, CallWrite, Detail, OutboxEntry, StoreError,
     TimelineEntry, TypeId,
 };
 use tokio::sync::oneshot;
@@ -338,7 +338,7 @@ struct Known {
 struct StreamData<'a> {
     at: String,
     call_id: &'a str,
-    detail: &'a Value,
+    detail: &'a Detail,
     leg: Option<&'static str>,
     status: &'static str,
     #[serde(rename = "type")]
@@ -349,7 +349,7 @@ struct StreamData<'a> {
 /// What a committed batch sets off outside the store.
 struct Effect {
     account_id: String,
-    kind: String,
+    kind: &'static str,
     sse: String,
     ended_now: Option<CallStatus>,
 }
@@ -535,7 +535,7 @@ impl Writer {
                 detail: &detail,
                 leg: leg.map(Leg::as_str),
                 status: k.rec.status.as_str(),
-                kind: &kind,
+                kind,
                 user_id: &k.rec.user_id,
             })
             .unwrap_or_default();
@@ -544,7 +544,7 @@ impl Writer {
                 call_id: ev.call_id.clone(),
                 entry: TimelineEntry {
                     at_ms: ev.at_ms,
-                    kind: kind.clone(),
+                    kind: kind.to_owned(),
                     leg: leg.map(|l| l.as_str().to_owned()),
                     detail,
                 },
@@ -615,7 +615,7 @@ impl Writer {
             if let Some(status) = e.ended_now {
                 shared.metrics.call_ended(status);
             }
-            shared.events.publish(&e.account_id, &e.kind, e.sse);
+            shared.events.publish(&e.account_id, e.kind, e.sse);
         }
         if any_callback {
             shared.dispatch.notify_one();
@@ -720,8 +720,8 @@ fn live_callback(rec: &CallRecord, ev: &CallEvent, seq: i64, name: &str) -> Opti
         "to": rec.destination.as_deref().unwrap_or(&rec.dial_string),
         "metadata": rec.metadata,
     });
-    if let (Some(b), Some(d)) = (body.as_object_mut(), detail.as_object()) {
-        for (k, v) in d {
+    if let (Some(b), Value::Object(d)) = (body.as_object_mut(), detail.to_value()) {
+        for (k, v) in &d {
             // The event's own `to` (a transfer's target) is kept apart from the call's.
             let key = if k == "to" { "transfer_to" } else { k.as_str() };
             b.insert(key.to_string(), v.clone());

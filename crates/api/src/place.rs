@@ -268,7 +268,7 @@ pub(crate) async fn place_call(
         at_ms: now,
         kind: "api.request".to_owned(),
         leg: None,
-        detail: req.request_detail,
+        detail: req.request_detail.into(),
     };
     // The record and its first timeline entry in one transaction, under the account's
     // limits, which hold across nodes: the store counts the account's live calls of every
@@ -321,7 +321,7 @@ pub(crate) async fn place_call(
                     at_ms: now_ms(),
                     kind: "api.rejected".to_owned(),
                     leg: None,
-                    detail: json!({"reason": e.to_string()}),
+                    detail: json!({"reason": e.to_string()}).into(),
                 },
             )
             .await;

@@ -111,10 +111,10 @@ pub fn call_detail(
             "status": rec.status.as_str(),
             "leg": rec.end_leg,
             "sip_code": rec.sip_code,
-            "q850_cause": ended.and_then(|e| e.detail.get("q850_cause")).cloned(),
-            "reason": ended.and_then(|e| e.detail.get("reason")).cloned()
+            "q850_cause": ended.and_then(|e| e.detail.get("q850_cause")),
+            "reason": ended.and_then(|e| e.detail.get("reason"))
                 .or_else(|| timeline.iter().rev().find(|e| e.kind == "api.rejected")
-                    .and_then(|e| e.detail.get("reason")).cloned()),
+                    .and_then(|e| e.detail.get("reason"))),
             "duration": rec.duration_secs().unwrap_or(0),
         })
     } else {

@@ -63,7 +63,7 @@ fn admission(id: &str, at_ms: i64, status: store::CallStatus) -> [store::CallWri
                 at_ms,
                 kind: "api.request".into(),
                 leg: None,
-                detail: serde_json::json!({}),
+                detail: serde_json::json!({}).into(),
             },
         },
     ]
@@ -148,7 +148,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             at_ms: t0 + i as i64,
             kind: "sip.response".into(),
             leg: Some("agent".into()),
-            detail: serde_json::json!({"status": 180}),
+            detail: serde_json::json!({"status": 180}).into(),
         };
         store.append_timeline(&call_ids[i], &e).ok();
     });

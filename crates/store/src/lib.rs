@@ -70,9 +70,9 @@ pub mod typeid;
 pub use error::StoreError;
 pub use model::{
     Account, AccountLimits, Admission, AdmitRequest, ApiKey, Binding, CallFilter, CallRecord,
-    CallStatus, CallWrite, Device, IdempotencyRecord, NodeLease, Number, NumberType, OutboxEntry,
-    OutboxState, PublishableKey, RateBucket, Srtp, TimelineEntry, Transport, Trunk, TrunkRouting,
-    UnixMs, UnixSecs, UnknownNumberType, UnknownSrtp, User,
+    CallStatus, CallWrite, Detail, Device, IdempotencyRecord, NodeLease, Number, NumberType,
+    OutboxEntry, OutboxState, PublishableKey, RateBucket, Srtp, TimelineEntry, Transport, Trunk,
+    TrunkRouting, UnixMs, UnixSecs, UnknownNumberType, UnknownSrtp, User,
 };
 pub use postgres::PgStore;
 pub use provision::{

@@ -750,7 +750,60 @@ pub struct TimelineEntry {
     /// `agent`, `customer`, or `None` for call-wide steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leg: Option<String>,
-    pub detail: serde_json::Value,
+    pub detail: Detail,
+}
+
+/// A timeline entry's detail: a JSON object, kept as the text it is written as.
+///
+/// A call writes a timeline entry for every SIP message of its legs; the entry's detail goes
+/// to the store's row and to the live event stream as this text, made once from the event
+/// (no tree of values between the event and its row). Readers that look inside parse it
+/// ([`Detail::to_value`], [`Detail::get`]). Two details are equal when their JSON values are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Detail(Box<serde_json::value::RawValue>);
+
+impl Detail {
+    /// The detail written by `value`'s serialization.
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<Detail, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(Detail)
+    }
+
+    /// `text` checked to be JSON.
+    pub fn from_json(text: String) -> Result<Detail, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(Detail)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The detail as a JSON value.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The value of one of the object's fields.
+    pub fn get(&self, key: &str) -> Option<serde_json::Value> {
+        match self.to_value() {
+            serde_json::Value::Object(mut o) => o.remove(key),
+            _ => None,
+        }
+    }
+}
+
+impl From<serde_json::Value> for Detail {
+    fn from(v: serde_json::Value) -> Detail {
+        // A `Value` always serializes (its map keys are strings).
+        Detail::of(&v).unwrap_or_else(|_| Detail(serde_json::value::RawValue::NULL.to_owned()))
+    }
+}
+
+impl PartialEq for Detail {
+    fn eq(&self, other: &Detail) -> bool {
+        self.as_str() == other.as_str() || self.to_value() == other.to_value()
+    }
 }
 
 /// Delivery state of a callback.

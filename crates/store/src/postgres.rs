@@ -523,7 +523,11 @@ fn bad_column(column: &'static str, reason: String) -> StoreError {
     }
 }
 
-fn json_col(row: &Row, idx: usize, column: &'static str) -> Result<serde_json::Value, StoreError> {
+fn json_col<T: serde::de::DeserializeOwned>(
+    row: &Row,
+    idx: usize,
+    column: &'static str,
+) -> Result<T, StoreError> {
     let text: String = row.try_get(idx)?;
     serde_json::from_str(&text).map_err(|e| bad_column(column, e.to_string()))
 }
@@ -1076,7 +1080,7 @@ async fn append_timeline_on<C: GenericClient + Sync>(
     call_id: &str,
     entry: &TimelineEntry,
 ) -> Result<(), StoreError> {
-    let detail = serde_json::to_string(&entry.detail)?;
+    let detail = entry.detail.as_str();
     exec(
         c,
         "INSERT INTO call_timeline (call_id, at_ms, kind, leg, detail)

@@ -682,7 +682,7 @@ fn conversion_error(
     rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(err))
 }
 
-fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<serde_json::Value> {
+fn json_col<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
     let text: String = row.get(idx)?;
     serde_json::from_str(&text).map_err(|e| conversion_error(idx, e))
 }
@@ -3082,7 +3082,7 @@ fn insert_timeline_row_on(
     first: &TimelineEntry,
     more: &[&TimelineEntry],
 ) -> Result<(), StoreError> {
-    let detail = serde_json::to_string(&first.detail)?;
+    let detail = first.detail.as_str();
     let more = if more.is_empty() {
         None
     } else {
@@ -3198,7 +3198,7 @@ mod tests {
                 at_ms: 1,
                 kind: "api.request".into(),
                 leg: None,
-                detail: serde_json::json!({}),
+                detail: serde_json::json!({}).into(),
             },
         )
         .unwrap();
@@ -3403,7 +3403,7 @@ mod tests {
             at_ms: at,
             kind: format!("k{at}"),
             leg: (at % 2 == 0).then(|| "agent".to_owned()),
-            detail: serde_json::json!({ "at": at }),
+            detail: serde_json::json!({ "at": at }).into(),
         };
         let on = |id: &str, at: i64| CallWrite::Timeline {
             call_id: id.into(),

@@ -550,7 +550,7 @@ pub async fn hangup_call(
                 at_ms: now_ms(),
                 kind: "api.hangup".to_owned(),
                 leg: None,
-                detail,
+                detail: detail.into(),
             },
         )
         .await;

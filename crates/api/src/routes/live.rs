@@ -161,7 +161,7 @@ async fn run(
                 at_ms: now_ms(),
                 kind: kind.to_owned(),
                 leg: None,
-                detail,
+                detail: detail.into(),
             },
         )
         .await;

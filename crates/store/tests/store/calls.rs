@@ -192,7 +192,7 @@ fn admissions_in_a_batch_are_judged_in_order_and_alone() {
             at_ms: T0 + 1,
             kind: "sip.response".into(),
             leg: Some("agent".into()),
-            detail: json!({}),
+            detail: json!({}).into(),
         },
     };
     let outcomes = store
@@ -221,7 +221,7 @@ fn admissions_in_a_batch_are_judged_in_order_and_alone() {
             at_ms: T0,
             kind: "x".into(),
             leg: None,
-            detail: json!({}),
+            detail: json!({}).into(),
         },
     };
     let mut done = running.clone();
@@ -258,7 +258,7 @@ async fn timeline_keeps_time_then_insertion_order() {
                     at_ms: *at,
                     kind: (*kind).into(),
                     leg: leg.map(Into::into),
-                    detail: json!({"n": i}),
+                    detail: json!({"n": i}).into(),
                 },
             )
             .unwrap();
@@ -266,7 +266,10 @@ async fn timeline_keeps_time_then_insertion_order() {
     drop(store);
     let store = SqliteStore::open(&dir.url()).unwrap();
     let t = store.timeline(&c.id).unwrap();
-    let order: Vec<i64> = t.iter().map(|e| e.detail["n"].as_i64().unwrap()).collect();
+    let order: Vec<i64> = t
+        .iter()
+        .map(|e| e.detail.get("n").and_then(|n| n.as_i64()).unwrap())
+        .collect();
     assert_eq!(order, [1, 0, 2, 3]);
     assert_eq!(t[0].leg, None);
     assert_eq!(t[3].leg.as_deref(), Some("agent"));
@@ -277,7 +280,7 @@ async fn timeline_keeps_time_then_insertion_order() {
                 at_ms: T0,
                 kind: "x".into(),
                 leg: None,
-                detail: json!(null),
+                detail: json!(null).into(),
             },
         )
         .unwrap_err();
@@ -309,7 +312,7 @@ async fn a_call_batch_is_written_whole_or_not_at_all() {
         at_ms: T0 + 5,
         kind: "ringing".into(),
         leg: Some("agent".into()),
-        detail: json!({"sip_code": 180}),
+        detail: json!({"sip_code": 180}).into(),
     };
     let callback = |event: &str, seq: i64| {
         store::OutboxEntry::new(
@@ -368,7 +371,7 @@ fn admission(c: &CallRecord) -> Vec<store::CallWrite> {
                 at_ms: c.created_at_ms,
                 kind: "api.request".into(),
                 leg: None,
-                detail: json!({}),
+                detail: json!({}).into(),
             },
         },
     ]
@@ -552,7 +555,7 @@ async fn a_new_call_and_its_first_entry_go_in_one_batch() {
         at_ms: T0,
         kind: "api.request".into(),
         leg: None,
-        detail: json!({"dial_string": "+14155550100"}),
+        detail: json!({"dial_string": "+14155550100"}).into(),
     };
     let writes = vec![
         store::CallWrite::NewCall(c.clone()),
@@ -585,7 +588,7 @@ async fn a_timeline_reads_back_in_time_order_across_batches() {
         at_ms: T0 + at,
         kind: kind.into(),
         leg: leg.map(str::to_owned),
-        detail: json!({ "n": at, "text": "quote \" and \\ slash" }),
+        detail: json!({ "n": at, "text": "quote \" and \\ slash" }).into(),
     };
     let on = |c: &CallRecord, e: &TimelineEntry| store::CallWrite::Timeline {
         call_id: c.id.clone(),

@@ -186,7 +186,7 @@ fn version_12_timelines_read_back_after_the_timeline_migrations() {
         at_ms: at,
         kind: kind.into(),
         leg: None,
-        detail: serde_json::json!({ "old": true }),
+        detail: serde_json::json!({ "old": true }).into(),
     };
     store
         .write_call_batch(&[
