@@ -117,6 +117,17 @@ impl EventFd {
         }
     }
 
+    /// Takes the wake-up but leaves the flag set: senders queue without writing until
+    /// [`EventFd::drain`], and the thread reads its queue on its own meanwhile (see the
+    /// io_uring loop's polling while control messages keep coming).
+    pub(crate) fn take(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64.
+        unsafe {
+            libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8);
+        }
+    }
+
     /// Takes the wake-up; the caller reads its control queue after this. The counter is
     /// read before the flag is cleared: while the flag is set no `notify` writes, so no
     /// wake-up written after the read can be lost with the flag left set.
@@ -126,7 +137,9 @@ impl EventFd {
         unsafe {
             libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8);
         }
-        self.pending.store(false, Ordering::SeqCst);
+        // A read-modify-write: it reads the flag a sender set after queueing, so what that
+        // sender queued is seen by the read of the queue that follows.
+        self.pending.swap(false, Ordering::SeqCst);
     }
 }
 
@@ -480,6 +493,21 @@ mod tests {
         e.drain();
         e.notify();
         assert_eq!(counter(&e), 1, "after a drain the next message wakes again");
+    }
+
+    #[test]
+    fn a_wake_up_taken_while_polling_keeps_senders_from_writing_until_the_drain() {
+        let e = EventFd::new().unwrap();
+        e.notify();
+        e.take();
+        assert_eq!(counter(&e), 0, "taken: the counter is read");
+        // The thread reads its queue on its own now: messages only queue.
+        e.notify();
+        e.notify();
+        assert_eq!(counter(&e), 0);
+        e.drain();
+        e.notify();
+        assert_eq!(counter(&e), 1, "back to wake-ups after the drain");
     }
 
     #[test]

@@ -25,6 +25,16 @@ use tracing::{debug, warn};
 use crate::sys::uring::{Completion, Uring, KIND_MASK, KIND_RECV, KIND_SEND, KIND_WAKE};
 use crate::worker::{tunables, Core, Route, SessionState, Watch, GEN_MASK};
 
+/// How often the loop reads its control queue while messages keep coming. A wake-up costs
+/// its sender an `eventfd` write (the kernel waking this thread) and this thread a return
+/// from its wait; at a thousand calls a second each of a call's five or so messages (its
+/// session, peers, sources, start, close) would wake it on its own. After a wake-up the
+/// wake-up flag stays set, so senders only queue, and the loop reads the queue at least this
+/// often; after one quiet period it clears the flag and sleeps until the next wake-up. A
+/// message waits at most this long (its datagrams never: a datagram's completion wakes the
+/// loop, which reads the queue before it judges them).
+const CONTROL_POLL: Duration = Duration::from_millis(1);
+
 /// `user_data` of a multishot receive: kind, slot generation, slot and socket token.
 fn recv_user_data(slot: usize, gen: u32, token: u64) -> u64 {
     KIND_RECV | (u64::from(gen & GEN_MASK) << 32) | ((slot as u64) << 2) | (token & 3)
@@ -155,11 +165,18 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
     let mut rearm: Vec<u64> = Vec::with_capacity(1024);
     let mut dirty: Vec<usize> = Vec::with_capacity(1024);
     let mut in_flight: usize = 0;
+    // Reading the control queue on a clock instead of being woken for each message.
+    let mut polling = false;
+    let mut last_control = Instant::now();
     loop {
         let timeout = core
             .wait_until()
             .saturating_duration_since(Instant::now())
-            .min(Duration::from_secs(1));
+            .min(if polling {
+                CONTROL_POLL
+            } else {
+                Duration::from_secs(1)
+            });
         // Wake when this iteration's sends have completed and `batch` more completions
         // (datagrams, mostly) are there, or at the next tick.
         let want = (in_flight + t.batch).min(16 * 1024);
@@ -198,15 +215,29 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
             _ => true,
         });
         if woken {
-            core.wake.drain();
+            // The flag stays set: the queue is read at least every CONTROL_POLL from now on.
+            core.wake.take();
+            polling = true;
         }
         let mut io = UringWatch {
             ring: &mut ring,
             stash: &mut stash,
             reaped: &done,
         };
+        let applied = core.applied;
         if !core.apply_control(now, &mut io) {
             break;
+        }
+        if core.applied != applied {
+            last_control = now;
+        } else if polling && now.duration_since(last_control) >= CONTROL_POLL {
+            // A quiet while: back to wake-ups. Messages queued before the flag was cleared
+            // did not write; the read after the clear takes them.
+            polling = false;
+            core.wake.drain();
+            if !core.apply_control(now, &mut io) {
+                break;
+            }
         }
         for c in done.drain(..) {
             if c.user_data & KIND_MASK == KIND_RECV {

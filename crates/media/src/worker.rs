@@ -1011,6 +1011,8 @@ pub(crate) struct Core {
     /// Legs playing a prompt, and when the next packet of one of them is due.
     pub players: usize,
     pub next_play: Option<Instant>,
+    /// Control messages applied since the thread started.
+    pub applied: u64,
 }
 
 impl Core {
@@ -1028,6 +1030,7 @@ impl Core {
             next_tick: Instant::now() + tick,
             players: 0,
             next_play: None,
+            applied: 0,
             params,
         }
     }
@@ -1048,6 +1051,7 @@ impl Core {
                 Err(mpsc::TryRecvError::Empty) => return true,
                 Err(mpsc::TryRecvError::Disconnected) => return false,
             };
+            self.applied += 1;
             match msg {
                 Control::Add(new) => self.add(*new, io),
                 Control::SetPeer {
