@@ -364,17 +364,15 @@ async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
     };
     // The record and its first timeline entry in one transaction under the account's limits,
     // as `place_call` does: the call counts toward the account's `max_concurrent` and takes a
-    // token of its rate, cluster-wide, until its status is final. The journal is told the
-    // record (the call's first event follows at once: its start, or its end when the engine
-    // refuses it).
+    // token of its rate, cluster-wide, until its status is final. The journal is handed the
+    // record when it is admitted (the call's first event follows at once: its start, or its
+    // end when the engine refuses it).
+    let call_id = rec.id.clone();
     let admission = crate::journal::admit_call(
         shared,
         vec![
-            CallWrite::NewCall(rec.clone()),
-            CallWrite::Timeline {
-                call_id: rec.id.clone(),
-                entry,
-            },
+            CallWrite::NewCall(rec),
+            CallWrite::Timeline { call_id, entry },
         ],
         &account.limits,
         now,
@@ -384,7 +382,6 @@ async fn admit(shared: &Shared, call: &NewCall) -> Result<(), AdmitError> {
     if let Some(refused) = LimitError::from_admission(admission, &account.limits) {
         return Err(AdmitError::Limit(refused.to_string()));
     }
-    shared.journal.born(rec);
     shared.metrics.inbound_call_started();
     Ok(())
 }

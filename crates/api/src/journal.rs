@@ -212,9 +212,19 @@ impl Journal {
 
     /// Tells the writer the record of a call just inserted (before its first event), so it
     /// need not read the call back: a new call has no callbacks yet.
-    pub fn born(&self, rec: CallRecord) {
+    fn born(&self, rec: CallRecord) {
         if let Ok(mut b) = self.born.lock() {
             b.insert(rec.id.clone(), rec);
+        }
+    }
+
+    /// [`Journal::born`] with the record of an admitted call's writes (which have it).
+    fn born_from(&self, writes: Vec<CallWrite>) {
+        if let Some(rec) = writes.into_iter().find_map(|w| match w {
+            CallWrite::NewCall(rec) => Some(rec),
+            _ => None,
+        }) {
+            self.born(rec);
         }
     }
 
@@ -302,7 +312,8 @@ impl Journal {
 
 /// Admits a new call (its record and first timeline entry, under the account's limits): in
 /// the journal's next batch where its writer takes admissions ([`Journal::admit`]), else in
-/// a transaction of its own ([`store::Store::admit_call`]).
+/// a transaction of its own ([`store::Store::admit_call`]). An admitted call's record is
+/// handed to the writer ([`Journal::born`]) either way, before the caller hears of it.
 pub(crate) async fn admit_call(
     shared: &Shared,
     writes: Vec<CallWrite>,
@@ -317,10 +328,14 @@ pub(crate) async fn admit_call(
     match shared.journal.admit(req).await {
         Ok(outcome) => outcome,
         Err(req) => {
-            shared
+            let outcome = shared
                 .store
                 .admit_call(&req.writes, &req.limits, req.now_ms)
-                .await
+                .await;
+            if matches!(outcome, Ok(Admission::Admitted)) {
+                shared.journal.born_from(req.writes);
+            }
+            outcome
         }
     }
 }
@@ -449,7 +464,12 @@ impl Writer {
             match rt.block_on(self.write(batch, &requests)) {
                 Ok(outcomes) => {
                     self.shared.store_health.ok();
-                    for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                    for ((req, reply), outcome) in
+                        requests.drain(..).zip(replies.drain(..)).zip(outcomes)
+                    {
+                        if matches!(outcome, Ok(Admission::Admitted)) {
+                            self.shared.journal.born_from(req.writes);
+                        }
                         let _ = reply.send(outcome);
                     }
                     return;

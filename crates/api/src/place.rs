@@ -305,7 +305,6 @@ pub(crate) async fn place_call(
         record,
     };
     tracing::info!(call_id = %call_id, "starting call");
-    shared.journal.born(rec.clone());
     if let Err(e) = shared.calls.start_call(spec) {
         shared.journal.stillborn(&call_id);
         let mut failed = rec.clone();

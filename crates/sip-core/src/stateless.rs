@@ -278,7 +278,7 @@ impl<K: Clone + Eq + Hash, F> AnsweredCache<K, F> {
             return;
         }
         self.expire(now);
-        while !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
+        while self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             let Some((k, exp)) = self.order.pop_front() else {
                 break;
             };
@@ -317,14 +317,17 @@ impl<K: Clone + Eq + Hash, F> AnsweredCache<K, F> {
     /// is a quarter full (shrunk to twice what it holds).
     pub fn expire(&mut self, now: Instant) {
         let mut dropped = false;
-        while let Some((k, exp)) = self.order.front() {
-            if *exp > now {
+        while self.order.front().is_some_and(|(_, exp)| *exp <= now) {
+            let Some((k, exp)) = self.order.pop_front() else {
                 break;
+            };
+            // One look-up: the entry is taken out, and put back in the rare case that its
+            // key was answered again since (a later expiry).
+            if let Some((key, (answer, e))) = self.entries.remove_entry(&k) {
+                if e != exp {
+                    self.entries.insert(key, (answer, e));
+                }
             }
-            if self.entries.get(k).is_some_and(|(_, e)| e == exp) {
-                self.entries.remove(k);
-            }
-            self.order.pop_front();
             dropped = true;
         }
         if dropped {
