@@ -21,7 +21,7 @@ pub struct StreamEvent {
     pub id: u64,
     pub account_id: String,
     /// The SSE `event:` name (`ringing`, `in_progress`, `ended`, `sip`, ...).
-    pub name: String,
+    pub name: &'static str,
     /// The JSON `data:`.
     pub data: String,
 }
@@ -48,14 +48,14 @@ impl EventHub {
     }
 
     /// Assigns an id, keeps the event in the ring and sends it to live subscribers.
-    pub fn publish(&self, account_id: &str, name: &str, data: String) -> u64 {
+    pub fn publish(&self, account_id: String, name: &'static str, data: String) -> u64 {
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         // Taking the id under the ring's lock keeps the ring and the channel in id order.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let ev = Arc::new(StreamEvent {
             id,
-            account_id: account_id.to_owned(),
-            name: name.to_owned(),
+            account_id,
+            name,
             data,
         });
         if ring.len() == self.capacity {
@@ -96,7 +96,7 @@ mod tests {
     fn ids_increase_and_ring_is_bounded() {
         let hub = EventHub::new(100, 3);
         let ids: Vec<u64> = (0..5)
-            .map(|i| hub.publish("a", "x", format!("{i}")))
+            .map(|i| hub.publish("a".into(), "x", format!("{i}")))
             .collect();
         assert_eq!(ids, vec![101, 102, 103, 104, 105]);
         let (backlog, _) = hub.subscribe("a", Some(0));
@@ -107,15 +107,15 @@ mod tests {
     #[test]
     fn resume_filters_by_account_and_id() {
         let hub = EventHub::new(0, 100);
-        hub.publish("a", "x", "1".into());
-        hub.publish("b", "x", "2".into());
-        hub.publish("a", "x", "3".into());
+        hub.publish("a".into(), "x", "1".into());
+        hub.publish("b".into(), "x", "2".into());
+        hub.publish("a".into(), "x", "3".into());
         let (backlog, mut rx) = hub.subscribe("a", Some(1));
         assert_eq!(backlog.len(), 1);
         assert_eq!(backlog[0].data, "3");
         let (fresh, _) = hub.subscribe("a", None);
         assert!(fresh.is_empty());
-        hub.publish("a", "x", "4".into());
+        hub.publish("a".into(), "x", "4".into());
         assert_eq!(rx.try_recv().unwrap().data, "4");
     }
 }

@@ -635,7 +635,7 @@ impl Writer {
             if let Some(status) = e.ended_now {
                 shared.metrics.call_ended(status);
             }
-            shared.events.publish(&e.account_id, e.kind, e.sse);
+            shared.events.publish(e.account_id, e.kind, e.sse);
         }
         if any_callback {
             shared.dispatch.notify_one();

@@ -627,7 +627,7 @@ pub async fn get_recording(
 fn sse_event(ev: &StreamEvent) -> Event {
     Event::default()
         .id(ev.id.to_string())
-        .event(ev.name.clone())
+        .event(ev.name)
         .data(ev.data.clone())
 }
 
