@@ -58,7 +58,7 @@ use tokio::sync::oneshot;
 
 use crate::hooks::{apply, callback_stage, timeline_parts, EVENT_PREFIX};
 use crate::state::Shared;
-use crate::time::{now_ms, rfc3339_ms};
+use crate::time::{now_ms, rfc3339_ms, Rfc3339Ms};
 
 /// Most events written in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -351,7 +351,7 @@ struct Known {
 /// the writer's data (the fields in the order a JSON object of them has always had).
 #[derive(serde::Serialize)]
 struct StreamData<'a> {
-    at: String,
+    at: Rfc3339Ms,
     call_id: &'a str,
     detail: &'a Detail,
     leg: Option<&'static str>,
@@ -549,16 +549,22 @@ impl Writer {
                 touched.push(ev.call_id.clone());
             }
             let callback = callback_for(&k.rec, ev, k.next_seq);
-            let sse = serde_json::to_string(&StreamData {
-                at: rfc3339_ms(ev.at_ms),
-                call_id: &ev.call_id,
-                detail: &detail,
-                leg: leg.map(Leg::as_str),
-                status: k.rec.status.as_str(),
-                kind,
-                user_id: &k.rec.user_id,
-            })
-            .unwrap_or_default();
+            // Written into a buffer of about its size (the detail is most of it) rather
+            // than grown from serde_json's default.
+            let mut sse = Vec::with_capacity(192 + detail.as_str().len());
+            let _ = serde_json::to_writer(
+                &mut sse,
+                &StreamData {
+                    at: Rfc3339Ms(ev.at_ms),
+                    call_id: &ev.call_id,
+                    detail: &detail,
+                    leg: leg.map(Leg::as_str),
+                    status: k.rec.status.as_str(),
+                    kind,
+                    user_id: &k.rec.user_id,
+                },
+            );
+            let sse = String::from_utf8(sse).unwrap_or_default();
             // The entry takes the detail itself: the stream's text is made from it first.
             writes.push(CallWrite::Timeline {
                 call_id: ev.call_id.clone(),

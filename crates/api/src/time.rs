@@ -17,16 +17,35 @@ pub fn now_ms() -> i64 {
 
 /// Unix milliseconds as RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let milli = ms.rem_euclid(1000);
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    Rfc3339Ms(ms).to_string()
+}
+
+/// Unix milliseconds shown (and serialized, as a string) as [`rfc3339_ms`] writes them,
+/// without a `String` of their own: the journal writes one into every live-stream event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339Ms(pub i64);
+
+impl std::fmt::Display for Rfc3339Ms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0;
+        let secs = ms.div_euclid(1000);
+        let milli = ms.rem_euclid(1000);
+        let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+        let sod = secs.rem_euclid(86_400);
+        write!(
+            f,
+            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+            sod / 3600,
+            sod % 3600 / 60,
+            sod % 60
+        )
+    }
+}
+
+impl serde::Serialize for Rfc3339Ms {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Unix seconds as RFC 3339 UTC.
@@ -114,6 +133,16 @@ mod tests {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_714_564_800_250), "2024-05-01T12:00:00.250Z");
         assert_eq!(rfc3339_secs(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn serializes_as_the_string_it_shows() {
+        for ms in [0, -1, 1_714_564_800_250, 4_102_444_799_999] {
+            assert_eq!(
+                serde_json::to_string(&Rfc3339Ms(ms)).unwrap(),
+                format!("\"{}\"", rfc3339_ms(ms))
+            );
+        }
     }
 
     #[test]
