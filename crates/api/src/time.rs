@@ -27,18 +27,9 @@ pub struct Rfc3339Ms(pub i64);
 
 impl std::fmt::Display for Rfc3339Ms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = self.0;
-        let secs = ms.div_euclid(1000);
-        let milli = ms.rem_euclid(1000);
-        let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-        let sod = secs.rem_euclid(86_400);
-        write!(
-            f,
-            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-            sod / 3600,
-            sod % 3600 / 60,
-            sod % 60
-        )
+        let (y, mo, d, h, mi, s) = civil_time(self.0.div_euclid(1000));
+        let milli = self.0.rem_euclid(1000);
+        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
     }
 }
 
@@ -50,14 +41,15 @@ impl serde::Serialize for Rfc3339Ms {
 
 /// Unix seconds as RFC 3339 UTC.
 pub fn rfc3339_secs(secs: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil_time(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// Unix seconds as UTC year, month, day, hour, minute, second.
+fn civil_time(secs: i64) -> (i64, u32, u32, i64, i64, i64) {
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    (y, mo, d, sod / 3600, sod % 3600 / 60, sod % 60)
 }
 
 fn num(s: &str) -> Option<u32> {

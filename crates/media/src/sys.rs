@@ -132,11 +132,7 @@ impl EventFd {
     /// read before the flag is cleared: while the flag is set no `notify` writes, so no
     /// wake-up written after the read can be lost with the flag left set.
     pub(crate) fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a live u64.
-        unsafe {
-            libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8);
-        }
+        self.take();
         // A read-modify-write: it reads the flag a sender set after queueing, so what that
         // sender queued is seen by the read of the queue that follows.
         self.pending.swap(false, Ordering::SeqCst);

@@ -224,18 +224,17 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
             stash: &mut stash,
             reaped: &done,
         };
-        let applied = core.applied;
-        if !core.apply_control(now, &mut io) {
+        let Some(applied) = core.apply_control(now, &mut io) else {
             break;
-        }
-        if core.applied != applied {
+        };
+        if applied > 0 {
             last_control = now;
         } else if polling && now.duration_since(last_control) >= CONTROL_POLL {
             // A quiet while: back to wake-ups. Messages queued before the flag was cleared
             // did not write; the read after the clear takes them.
             polling = false;
             core.wake.drain();
-            if !core.apply_control(now, &mut io) {
+            if core.apply_control(now, &mut io).is_none() {
                 break;
             }
         }

@@ -1011,8 +1011,6 @@ pub(crate) struct Core {
     /// Legs playing a prompt, and when the next packet of one of them is due.
     pub players: usize,
     pub next_play: Option<Instant>,
-    /// Control messages applied since the thread started.
-    pub applied: u64,
 }
 
 impl Core {
@@ -1030,7 +1028,6 @@ impl Core {
             next_tick: Instant::now() + tick,
             players: 0,
             next_play: None,
-            applied: 0,
             params,
         }
     }
@@ -1043,15 +1040,16 @@ impl Core {
         self.sessions.get_mut(slot)?.as_mut()
     }
 
-    /// Applies waiting control messages; false when the thread must stop.
-    pub(crate) fn apply_control(&mut self, now: Instant, io: &mut impl Watch) -> bool {
+    /// Applies waiting control messages: how many, `None` when the thread must stop.
+    pub(crate) fn apply_control(&mut self, now: Instant, io: &mut impl Watch) -> Option<usize> {
+        let mut applied = 0;
         loop {
             let msg = match self.rx.try_recv() {
                 Ok(m) => m,
-                Err(mpsc::TryRecvError::Empty) => return true,
-                Err(mpsc::TryRecvError::Disconnected) => return false,
+                Err(mpsc::TryRecvError::Empty) => return Some(applied),
+                Err(mpsc::TryRecvError::Disconnected) => return None,
             };
-            self.applied += 1;
+            applied += 1;
             match msg {
                 Control::Add(new) => self.add(*new, io),
                 Control::SetPeer {
@@ -1217,7 +1215,7 @@ impl Core {
                         done.send(());
                     }
                 }
-                Control::Shutdown => return false,
+                Control::Shutdown => return None,
             }
         }
     }
@@ -1437,7 +1435,11 @@ impl EpollWorker {
             if events[..n].iter().any(|e| e.u64 == WAKE_TOKEN) {
                 self.core.wake.drain();
             }
-            if !self.core.apply_control(now, &mut EpollWatch(&self.epoll)) {
+            if self
+                .core
+                .apply_control(now, &mut EpollWatch(&self.epoll))
+                .is_none()
+            {
                 break;
             }
             for ev in &events[..n] {
