@@ -409,6 +409,12 @@ impl BenchSipp {
                 }
             };
         }
+        if let Ok(keep) = std::env::var("BENCH_KEEP_STATS") {
+            let _ = std::fs::copy(
+                self.dir.path().join("stats.csv"),
+                format!("{keep}.{}.csv", self.name),
+            );
+        }
         let stats = parse_stats(
             &std::fs::read_to_string(self.dir.path().join("stats.csv")).unwrap_or_default(),
         );

@@ -595,6 +595,14 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     // ----- registrations (RFC 3261 §10.3) -------------------------------------------------
 
     fn upsert_binding(&self, binding: &Binding) -> Result<(), StoreError>;
+    /// [`upsert_binding`](Self::upsert_binding) for several bindings at once, in one
+    /// transaction where the backend can (group commit): one result per binding, in order.
+    /// A binding refused on its own (its device is gone) leaves the others written; a
+    /// failure of the whole (a full disk) refuses them all. The default writes them one by
+    /// one.
+    fn upsert_bindings(&self, bindings: &[Binding]) -> Vec<Result<(), StoreError>> {
+        bindings.iter().map(|b| self.upsert_binding(b)).collect()
+    }
     fn remove_binding(&self, device_username: &str, contact: &str) -> Result<bool, StoreError>;
     fn remove_all_bindings(&self, device_username: &str) -> Result<usize, StoreError>;
     fn bindings_for_device(

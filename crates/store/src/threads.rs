@@ -119,9 +119,17 @@ impl<B> Queue<B> {
     }
 }
 
+/// New or changed contacts waiting for the next store thread that writes them, each with
+/// where its result goes.
+type Upserts = Mutex<Vec<(Binding, oneshot::Sender<Result<(), StoreError>>)>>;
+
 /// A [`BlockingStore`] run on dedicated store threads, offered as a [`Store`].
 pub struct StoreThreads<B: BlockingStore> {
     backend: Arc<B>,
+    /// Bindings to write together ([`Store::upsert_binding`]): the first one queues a job,
+    /// and those that come before a store thread takes it join it, so that a burst of new
+    /// registrations (a restart of many phones) shares one transaction and its commit.
+    upserts: Arc<Upserts>,
     /// `None`: calls run inline on the caller's thread ([`StoreThreads::inline`]).
     queue: Option<Arc<Queue<B>>>,
     threads: usize,
@@ -163,6 +171,7 @@ impl<B: BlockingStore> StoreThreads<B> {
         }
         Ok(StoreThreads {
             backend,
+            upserts: Arc::default(),
             queue: Some(queue),
             threads,
             generation: crate::Generation::default(),
@@ -176,6 +185,7 @@ impl<B: BlockingStore> StoreThreads<B> {
     pub fn inline(backend: B) -> StoreThreads<B> {
         StoreThreads {
             backend: Arc::new(backend),
+            upserts: Arc::default(),
             queue: None,
             threads: 0,
             generation: crate::Generation::default(),
@@ -462,8 +472,39 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         self.generation.changed(r)
     }
     async fn upsert_binding(&self, binding: &Binding) -> Result<(), StoreError> {
-        let binding = binding.to_owned();
-        self.run(move |s| s.upsert_binding(&binding)).await
+        let Some(queue) = &self.queue else {
+            return self.backend.upsert_binding(binding);
+        };
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut w = self.upserts.lock().map_err(|_| StoreError::Poisoned)?;
+            w.push((binding.to_owned(), tx));
+            w.len() == 1
+        };
+        if first {
+            let upserts = Arc::clone(&self.upserts);
+            let job: Job<B> = Box::new(move |s: &B| {
+                let waiting = upserts.lock().map(|mut w| std::mem::take(&mut *w));
+                let (bindings, replies): (Vec<Binding>, Vec<_>) =
+                    waiting.unwrap_or_default().into_iter().unzip();
+                for (result, reply) in s.upsert_bindings(&bindings).into_iter().zip(replies) {
+                    let _ = reply.send(result);
+                }
+            });
+            // Queued by a task of its own: the bindings that join this one wait for the job
+            // even when this caller goes away while the queue is full.
+            let (queue, upserts) = (Arc::clone(queue), Arc::clone(&self.upserts));
+            tokio::spawn(async move {
+                if let Err(e) = queue.push(job).await {
+                    // The store is stopping: whoever waits hears so.
+                    let waiting = upserts.lock().map(|mut w| std::mem::take(&mut *w));
+                    for (_, reply) in waiting.unwrap_or_default() {
+                        let _ = reply.send(Err(e.for_batch()));
+                    }
+                }
+            });
+        }
+        rx.await.map_err(|_| StoreError::Crashed)?
     }
     async fn remove_binding(
         &self,
@@ -820,6 +861,93 @@ mod tests {
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 3);
         // The store thread ended and let go of the queue.
         assert_eq!(Arc::strong_count(&queue), 1);
+    }
+
+    fn binding(device: &str, contact: String) -> Binding {
+        Binding {
+            device_username: device.into(),
+            user_id: String::new(),
+            contact,
+            source: "127.0.0.1:5062".into(),
+            transport: "udp".into(),
+            local: "127.0.0.1:5060".into(),
+            expires_at: 2_000_000_000,
+            q: None,
+            call_id: "reg-1".into(),
+            cseq: 1,
+            instance: None,
+            reg_id: None,
+            user_agent: None,
+            updated_at: 1_700_000_000,
+            path: Vec::new(),
+        }
+    }
+
+    /// New contacts that come while the store thread is busy are written by one job (one
+    /// transaction); a contact of a device that does not exist is refused alone.
+    #[tokio::test]
+    async fn new_contacts_that_come_together_are_written_together() {
+        let sqlite = SqliteStore::open_in_memory().unwrap();
+        let prov: crate::Provisioning = toml::from_str(
+            r#"
+            [[accounts]]
+            id = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+            name = "Acme"
+            region = "US"
+            api_keys = [{ key = "ak_test_1", secret = "sk_test_1" }]
+            webhook_secret = "whsec_test_1"
+            [[users]]
+            id = "user_01h2xcejqtf2nbrexx3vqjhp42"
+            account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
+            name = "Alice"
+            devices = [{ username = "alice-desk", password = "s3cret-desk" }]
+            "#,
+        )
+        .unwrap();
+        sqlite.apply_provisioning(&prov, "dialbridge.test").unwrap();
+        let t = Arc::new(StoreThreads::new(sqlite, 1).unwrap());
+        let queue = Arc::clone(t.queue.as_ref().unwrap());
+        // The one thread waits in a job until the contacts are all queued.
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        queue
+            .push(Box::new(move |_| {
+                let _ = gate_rx.recv_timeout(Duration::from_secs(5));
+            }))
+            .await
+            .unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let t = Arc::clone(&t);
+            let device = if i == 7 { "nobody" } else { "alice-desk" };
+            let b = binding(device, format!("sip:alice@127.0.0.1:{}", 6000 + i));
+            set.spawn(async move { (i, t.upsert_binding(&b).await) });
+        }
+        for _ in 0..500 {
+            if t.upserts.lock().unwrap().len() == 50 && t.queued() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(t.upserts.lock().unwrap().len(), 50);
+        assert_eq!(t.queued(), 1, "one job for the fifty contacts");
+        gate_tx.send(()).unwrap();
+        while let Some(r) = set.join_next().await {
+            let (i, result) = r.unwrap();
+            if i == 7 {
+                assert!(
+                    matches!(result, Err(StoreError::NotFound { .. })),
+                    "{result:?}"
+                );
+            } else {
+                result.unwrap();
+            }
+        }
+        let stored = t.bindings_for_device("alice-desk", 1_700_000_000).await;
+        assert_eq!(stored.unwrap().len(), 49);
+        // The next contact, alone, is written by a job of its own.
+        let b = binding("alice-desk", "sip:alice@127.0.0.1:7000".into());
+        t.upsert_binding(&b).await.unwrap();
+        assert!(t.upserts.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -161,13 +161,30 @@ fn measure(
         rss_mb: peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
         rss_before_kib,
         rss_after_kib: rss_kib(pid).unwrap_or(0),
-        heap: heap_before.zip(api.and_then(heap_bytes)),
+        heap: {
+            if let (Ok(keep), Some(api)) = (std::env::var("BENCH_KEEP_STATS"), api) {
+                if let Ok(r) = sip_tests::http::try_request(api, "GET", "/metrics", &[], None) {
+                    let _ = std::fs::write(format!("{keep}.metrics"), &r.body);
+                }
+            }
+            heap_before.zip(api.and_then(heap_bytes))
+        },
     })
 }
 
 fn dialbridge_config(users: &[(String, String)]) -> String {
+    // SIPp sends every user's REGISTER from its one address, where phones would each have
+    // their own and with it their own budget of refusals (a challenge counts as one): the
+    // bench lists that address as an operator lists an edge proxy in front of many phones,
+    // so that one address's 30 a second does not stand for 2,000 phones' (without it the
+    // first ~40 challenges, before any of these users is registered, run past the budget
+    // and SIPp retransmits the few that got no answer: `docs/benchmarks.md`).
     let mut c = String::from(
         r#"
+[sip]
+listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
+refusal_exempt = ["127.0.0.1"]
+
 [media]
 ports = "20000-20099"
 
