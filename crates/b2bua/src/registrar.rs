@@ -242,6 +242,9 @@ pub struct Registrar {
     credentials: store::cache::ReadCache<String, Option<Arc<Device>>>,
     /// Device username -> its bindings as last read or written (`crate::binding_view`).
     views: Mutex<BindingViews>,
+    /// Keys the To tags of challenges, made from the request so that a retransmission gets
+    /// the same one (they are not kept: `Endpoint::challenge_stateless`).
+    tag_key: std::hash::RandomState,
     pub stats: RegistrarStats,
 }
 
@@ -289,6 +292,7 @@ impl Registrar {
             conns: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
             credentials: store::cache::ReadCache::new(CREDENTIALS_TTL, CREDENTIALS_CAPACITY),
+            tag_key: std::hash::RandomState::new(),
             // Another node may write the bindings of a shared store: none are kept then.
             views: Mutex::new(BindingViews::new(
                 if store.shared() {
@@ -396,7 +400,7 @@ impl Registrar {
 
     fn challenge(&self, req: &Request, stale: bool, now: u64) -> Response {
         let mut resp = Response::for_request(req, 401);
-        resp.set_to_tag(&new_tag());
+        resp.set_to_tag(&self.stateless_tag(req));
         let md5_only = req.headers.get(&HeaderName::UserAgent).is_some_and(|ua| {
             self.cfg.md5_only_user_agents.iter().any(|p| {
                 ua.get(..p.len())
@@ -413,6 +417,26 @@ impl Registrar {
             resp.headers.add(HeaderName::WwwAuthenticate, v);
         }
         resp
+    }
+
+    /// A To tag made from what names the request (Call-ID, From, CSeq, the top Via), keyed
+    /// by this registrar: the same for a retransmission of the request, as a stateless UAS
+    /// must make it (RFC 3261 §8.2.7), and not to be guessed from outside.
+    fn stateless_tag(&self, req: &Request) -> String {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.tag_key.build_hasher();
+        for name in [
+            HeaderName::CallId,
+            HeaderName::From,
+            HeaderName::CSeq,
+            HeaderName::Via,
+        ] {
+            if let Some(v) = req.headers.get(&name) {
+                h.write(&v);
+            }
+            h.write_u8(0);
+        }
+        format!("{:016x}", h.finish())
     }
 
     /// Checks the device credentials of an out-of-dialog INVITE from a phone (a call from a
@@ -1427,6 +1451,36 @@ mod tests {
             let d = reg.handle(&answer(2), &flow(), now + 1).await;
             assert_eq!(d.response.status, status);
         }
+    }
+
+    /// The first challenge is not kept for retransmissions (`Endpoint::challenge_stateless`),
+    /// so a retransmission is challenged again: with the same To tag (RFC 3261 §8.2.7), and
+    /// another request with another.
+    #[tokio::test]
+    async fn a_retransmitted_register_is_challenged_with_the_same_to_tag() {
+        let reg = registrar();
+        let now = 1_700_000_000;
+        let contact = "<sip:alice@10.0.0.5:5060>";
+        let to_tag = |d: &Decision| {
+            assert_eq!(d.response.status, 401);
+            d.response.to().unwrap().tag().unwrap().to_owned()
+        };
+        let first = reg
+            .handle(&register(1, contact, Some(600), None), &flow(), now)
+            .await;
+        let again = reg
+            .handle(&register(1, contact, Some(600), None), &flow(), now + 1)
+            .await;
+        let next = reg
+            .handle(&register(2, contact, Some(600), None), &flow(), now + 1)
+            .await;
+        assert_eq!(to_tag(&first), to_tag(&again));
+        assert_ne!(to_tag(&first), to_tag(&next));
+        // Another registrar (another run) makes other tags of the same request.
+        let other = registrar()
+            .handle(&register(1, contact, Some(600), None), &flow(), now)
+            .await;
+        assert_ne!(to_tag(&first), to_tag(&other));
     }
 
     #[tokio::test]

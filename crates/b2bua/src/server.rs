@@ -349,7 +349,17 @@ impl Registrations {
             if !decision.delay.is_zero() {
                 tokio::time::sleep(decision.delay).await;
             }
-            if decision.response.status >= 300 {
+            if decision.response.status == 401
+                && inc
+                    .request
+                    .headers
+                    .get(&HeaderName::Authorization)
+                    .is_none()
+            {
+                // The first challenge of a registration is not kept for retransmissions:
+                // one would be challenged again, with the same To tag.
+                endpoint.challenge_stateless(&inc, decision.response, budget);
+            } else if decision.response.status >= 300 {
                 // A challenge or a refusal binds nothing.
                 endpoint.reply_stateless(&inc, decision.response, budget);
             } else {

@@ -256,6 +256,8 @@ enum Command {
         flow: Flow,
         response: Response,
         budget: RefusalBudget,
+        /// Whether the answer is kept for the request's retransmissions.
+        keep: bool,
     },
 }
 
@@ -680,6 +682,29 @@ impl Endpoint {
             flow: inc.flow,
             response,
             budget,
+            keep: true,
+        });
+    }
+
+    /// [`reply_stateless`](Self::reply_stateless) for a challenge to a non-INVITE request
+    /// that carried no credentials (a REGISTER's first step), without keeping the answer: a
+    /// retransmission of the request is challenged again, as a stateless UAS does (RFC 3261
+    /// §8.2.7), instead of every challenge being held for `64*T1`. The TU must then make the
+    /// To tag from the request, the same for its retransmissions (§8.2.7). There is no ACK
+    /// to absorb (not an INVITE: those are kept as with `reply_stateless`).
+    pub fn challenge_stateless(
+        &self,
+        inc: &IncomingRequest,
+        response: Response,
+        budget: RefusalBudget,
+    ) {
+        let keep = inc.request.method == Method::Invite;
+        let _ = self.post(Command::ReplyStateless {
+            key: inc.key.clone(),
+            flow: inc.flow,
+            response,
+            budget,
+            keep,
         });
     }
 
@@ -998,6 +1023,7 @@ impl Layer {
         flow: Flow,
         response: Response,
         budget: RefusalBudget,
+        keep: bool,
     ) {
         if response.status < 200 {
             tracing::debug!(
@@ -1041,7 +1067,7 @@ impl Layer {
         let exempt = budget == RefusalBudget::Exempt;
         let rflow = response_flow(&response.headers, &flow);
         let data = self.send_paced(&rflow, response.encode(), exempt, now);
-        if !rflow.transport.is_reliable() {
+        if keep && !rflow.transport.is_reliable() {
             self.answered.insert(
                 key,
                 Answered {
@@ -1406,7 +1432,8 @@ impl Layer {
                 flow,
                 response,
                 budget,
-            } => self.reply_stateless(key, flow, response, budget),
+                keep,
+            } => self.reply_stateless(key, flow, response, budget, keep),
         }
     }
 
@@ -1552,7 +1579,7 @@ impl Layer {
                 resp.set_to_tag(&new_tag());
                 if status == 481 {
                     // Nothing to cancel: a refusal like any other, sent once.
-                    self.reply_stateless(key, flow, resp, RefusalBudget::PerSource);
+                    self.reply_stateless(key, flow, resp, RefusalBudget::PerSource, true);
                     return;
                 }
                 let machine = Machine::ServerNonInvite(ServerNonInviteTransaction::new(

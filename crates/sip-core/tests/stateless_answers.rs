@@ -7,6 +7,8 @@
 //! - An INVITE the TU holds still gets its `100 Trying`, and a stateful refusal is still
 //!   retransmitted until the ACK.
 //! - Past the per-source budget a source gets nothing; an exempt answer always goes.
+//! - A challenge sent with `Endpoint::challenge_stateless` is not kept: a retransmission
+//!   reaches the TU again.
 //! - A non-INVITE answered through its transaction (kept as its answer once `Completed`):
 //!   retransmissions until Timer J get the same bytes whatever the budget and however many
 //!   stateless answers went since; after Timer J the request is new.
@@ -388,4 +390,40 @@ async fn a_completed_non_invite_answers_its_retransmissions_until_timer_j() {
         sip_core::message::HeaderAccess::call_id_str(&again.request),
         "st-j1"
     );
+}
+
+/// A challenge to a REGISTER without credentials is sent once and not kept: a
+/// retransmission of the REGISTER reaches the TU again (which challenges it again), where an
+/// answer sent with `reply_stateless` would have been replayed.
+#[tokio::test]
+async fn a_challenge_not_kept_lets_a_retransmission_reach_the_tu_again() {
+    let (ep, mut events, uas) = endpoint(30).await;
+    let (sock, uac) = peer(uas).await;
+    let register = request("REGISTER", uac, uas, "st-ch1");
+    sock.send(register.as_bytes()).await.expect("send");
+    let inc = next_request(&mut events).await;
+    let mut challenge = Response::for_request(&inc.request, 401);
+    challenge.set_to_tag("uasch");
+    ep.challenge_stateless(&inc, challenge, RefusalBudget::PerSource);
+    let got = received(&sock, T1 * 3).await;
+    assert_eq!(got.iter().map(|m| status(m)).collect::<Vec<_>>(), [401]);
+    // The retransmission: nothing from the endpoint itself, the TU hears it.
+    sock.send(register.as_bytes()).await.expect("send");
+    let again = next_request(&mut events).await;
+    assert_eq!(
+        sip_core::message::HeaderAccess::call_id_str(&again.request),
+        "st-ch1"
+    );
+    assert!(received(&sock, T1 * 3).await.is_empty());
+    // The same with `reply_stateless`: the retransmission gets the kept answer.
+    let second = request("REGISTER", uac, uas, "st-ch2");
+    sock.send(second.as_bytes()).await.expect("send");
+    let inc = next_request(&mut events).await;
+    let mut kept = Response::for_request(&inc.request, 401);
+    kept.set_to_tag("uasch2");
+    ep.reply_stateless(&inc, kept, RefusalBudget::PerSource);
+    let got = received(&sock, T1 * 3).await;
+    sock.send(second.as_bytes()).await.expect("send");
+    assert_eq!(received(&sock, T1 * 3).await, got);
+    assert!(events.try_recv().is_err());
 }
