@@ -1849,6 +1849,10 @@ fn shared_slice(base: &Bytes, part: &[u8]) -> Bytes {
 
 /// Adds `received` and `rport` to the top Via (RFC 3261 §18.2.1, RFC 3581 §4).
 fn stamp_via(req: &mut Request, flow: &Flow) {
+    if let Some(value) = stamped_plain_via(&req.headers, flow) {
+        req.headers.replace_first(HeaderName::Via, value);
+        return;
+    }
     let Ok(mut via) = req.top_via() else { return };
     let src_ip = flow.remote.ip();
     let wants_rport = via.rport().is_some();
@@ -1866,6 +1870,34 @@ fn stamp_via(req: &mut Request, flow: &Flow) {
             .set("rport", Some(&flow.remote.port().to_string()));
     }
     replace_top_via(&mut req.headers, &via);
+}
+
+/// The top Via with `received` and `rport` filled in, written straight from its text in the
+/// usual case: a field line holding one value that ends with a bare `;rport` (RFC 3581) and
+/// has no `received` yet, as most UAs send it. `None`: anything else, for the general way
+/// (parse, set, write out).
+fn stamped_plain_via(headers: &crate::message::Headers, flow: &Flow) -> Option<Vec<u8>> {
+    let v = headers.get(&HeaderName::Via)?;
+    let raw = v.trim_ascii();
+    let head = raw.len().checked_sub(b";rport".len())?;
+    if !raw[head..].eq_ignore_ascii_case(b";rport")
+        || memchr::memchr3(b',', b'"', b'(', raw).is_some()
+        || raw.windows(9).any(|w| w.eq_ignore_ascii_case(b";received"))
+        || raw[..head]
+            .windows(6)
+            .any(|w| w.eq_ignore_ascii_case(b";rport"))
+    {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len() + 40);
+    out.extend_from_slice(raw);
+    let mut more = String::with_capacity(40);
+    more.push('=');
+    more.push_str(&flow.remote.port().to_string());
+    more.push_str(";received=");
+    crate::message::push_ip(&mut more, flow.remote.ip());
+    out.extend_from_slice(more.as_bytes());
+    Some(out)
 }
 
 fn replace_top_via(headers: &mut crate::message::Headers, via: &Via) {
@@ -1891,11 +1923,11 @@ fn response_flow(headers: &crate::message::Headers, flow: &Flow) -> Flow {
     if flow.transport.is_reliable() {
         return *flow;
     }
-    let via = headers.get(&HeaderName::Via).and_then(|v| {
-        let mut out = Vec::new();
-        Via::parse_list(v.base(), &v, &mut out).ok()?;
-        out.into_iter().next()
-    });
+    let v = headers.get(&HeaderName::Via);
+    // The top value, read in place (nothing kept).
+    let via = v
+        .as_deref()
+        .and_then(|v| crate::message::typed::ViaView::parse_first(v).ok());
     let remote = match via {
         Some(v) if v.rport().is_some() => flow.remote,
         Some(v) => SocketAddr::new(flow.remote.ip(), v.port.unwrap_or(5060)),
@@ -1955,4 +1987,73 @@ pub fn build_cancel(invite: &Request, extra: &[(HeaderName, Bytes)]) -> Request 
         c.headers.add(n.clone(), v.clone());
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{parse_message, SipMessage};
+
+    fn request_with_via(via: &str) -> Request {
+        let text = format!(
+            "REGISTER sip:example.test SIP/2.0\r\nVia: {via}\r\nFrom: <sip:a@example.test>;tag=1\r\n\
+             To: <sip:a@example.test>\r\nCall-ID: c1\r\nCSeq: 1 REGISTER\r\n\
+             Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        match parse_message(Bytes::from(text)) {
+            Ok(SipMessage::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The Via written straight from its text says what the general way says: the same
+    /// transport, host, port and parameters, `received` and `rport` filled in.
+    #[test]
+    fn a_plain_via_is_stamped_as_the_general_way_stamps_it() {
+        let flow = Flow {
+            transport: Transport::Udp,
+            local: "127.0.0.1:5060".parse().unwrap(),
+            remote: "192.0.2.7:40123".parse().unwrap(),
+            conn: None,
+        };
+        for via in [
+            "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK-1-1-0;rport",
+            "SIP/2.0/UDP 192.0.2.7:40123;branch=z9hG4bKx;RPORT",
+            "SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bKv6;rport  ",
+            "SIP/2.0/UDP host.example.test;rport;branch=z9hG4bKmid",
+            "SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKr;received=10.9.9.9;rport",
+            "SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKa, SIP/2.0/UDP 10.0.0.6;branch=z9hG4bKb;rport",
+            "SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKn",
+        ] {
+            let req = request_with_via(via);
+            let mut general = req.clone();
+            if let Ok(mut v) = general.top_via() {
+                let wants_rport = v.rport().is_some();
+                if v.host.ip() != Some(flow.remote.ip()) || wants_rport {
+                    v.params.set("received", Some("192.0.2.7"));
+                }
+                if wants_rport {
+                    v.params.set("rport", Some("40123"));
+                }
+                replace_top_via(&mut general.headers, &v);
+            }
+            let mut stamped = req.clone();
+            stamp_via(&mut stamped, &flow);
+            let (a, b) = (stamped.top_via().unwrap(), general.top_via().unwrap());
+            assert_eq!(a.to_string().len(), b.to_string().len(), "{via}");
+            assert_eq!(a.host, b.host, "{via}");
+            assert_eq!(a.port, b.port, "{via}");
+            assert_eq!(a.branch(), b.branch(), "{via}");
+            assert_eq!(a.received(), b.received(), "{via}");
+            assert_eq!(a.rport(), b.rport(), "{via}");
+            let plain = stamped_plain_via(&req.headers, &flow).is_some();
+            assert_eq!(
+                plain,
+                via.trim_end().to_ascii_lowercase().ends_with(";rport")
+                    && !via.contains(',')
+                    && !via.contains("received"),
+                "{via}"
+            );
+        }
+    }
 }
