@@ -625,7 +625,8 @@ impl Response {
     /// Adds `;tag=` to the To header when it has none.
     pub fn set_to_tag(&mut self, tag: &str) {
         if let Some(to) = self.headers.get(&HeaderName::To).map(|v| v.to_bytes()) {
-            let has_tag = NameAddr::parse_single(&to, &to)
+            // Read in place: nothing of the To is kept but its text.
+            let has_tag = typed::NameAddrView::parse_single(&to)
                 .map(|n| n.tag().is_some())
                 .unwrap_or(true);
             if !has_tag {
