@@ -245,6 +245,8 @@ pub struct Registrar {
     /// Keys the To tags of challenges, made from the request so that a retransmission gets
     /// the same one (they are not kept: `Endpoint::challenge_stateless`).
     tag_key: std::hash::RandomState,
+    /// The last `Date` written, and for which second.
+    date: Mutex<Option<(u64, bytes::Bytes)>>,
     pub stats: RegistrarStats,
 }
 
@@ -293,6 +295,7 @@ impl Registrar {
             sources: Mutex::new(HashMap::new()),
             credentials: store::cache::ReadCache::new(CREDENTIALS_TTL, CREDENTIALS_CAPACITY),
             tag_key: std::hash::RandomState::new(),
+            date: Mutex::new(None),
             // Another node may write the bindings of a shared store: none are kept then.
             views: Mutex::new(BindingViews::new(
                 if store.shared() {
@@ -417,6 +420,21 @@ impl Registrar {
             resp.headers.add(HeaderName::WwwAuthenticate, v);
         }
         resp
+    }
+
+    /// The `Date` header's value for `now`, written once a second.
+    fn date(&self, now: u64) -> bytes::Bytes {
+        let Ok(mut d) = self.date.lock() else {
+            return httpdate(now).into();
+        };
+        match &*d {
+            Some((at, v)) if *at == now => v.clone(),
+            _ => {
+                let v = bytes::Bytes::from(httpdate(now));
+                *d = Some((now, v.clone()));
+                v
+            }
+        }
     }
 
     /// A To tag made from what names the request (Call-ID, From, CSeq, the top Via), keyed
@@ -641,7 +659,7 @@ impl Registrar {
             }
             resp.headers.add(HeaderName::Contact, v);
         }
-        resp.headers.add(HeaderName::Date, httpdate(now));
+        resp.headers.add(HeaderName::Date, self.date(now));
         // RFC 3327 §5.3: the Path as received goes back in the 200 when the phone said it
         // supports path (Supported or Require); it is kept with the bindings either way.
         if has_option_tag(req, "path") {

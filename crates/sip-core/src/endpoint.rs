@@ -1882,10 +1882,16 @@ fn stamped_plain_via(headers: &crate::message::Headers, flow: &Flow) -> Option<V
     let head = raw.len().checked_sub(b";rport".len())?;
     if !raw[head..].eq_ignore_ascii_case(b";rport")
         || memchr::memchr3(b',', b'"', b'(', raw).is_some()
-        || raw.windows(9).any(|w| w.eq_ignore_ascii_case(b";received"))
-        || raw[..head]
-            .windows(6)
-            .any(|w| w.eq_ignore_ascii_case(b";rport"))
+    {
+        return None;
+    }
+    // No other `rport` and no `received` among the parameters before it.
+    let named = |at: usize, name: &[u8]| {
+        raw.get(at + 1..at + 1 + name.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(name))
+    };
+    if memchr::memchr_iter(b';', &raw[..head])
+        .any(|at| named(at, b"received") || named(at, b"rport"))
     {
         return None;
     }

@@ -327,6 +327,15 @@ pub(crate) fn parse_list(value: &str) -> Result<Vec<RawAuth<'_>>, AuthError> {
 /// written as quoted-pairs, which is how `quoted_string` reads them back.
 pub(crate) fn push_quoted(out: &mut String, s: &str) {
     out.push('"');
+    // Most values (a realm, a nonce) need no escape: copied in one go.
+    if !s
+        .bytes()
+        .any(|b| b == b'"' || b == b'\\' || (b.is_ascii_control() && b != b'\t'))
+    {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '\r' | '\n' => {}

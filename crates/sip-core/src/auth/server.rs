@@ -214,7 +214,8 @@ impl DigestServer {
         if nonce.len() != NONCE_LEN * 2 {
             return None;
         }
-        let raw = hex::decode(nonce).ok()?;
+        let mut raw = [0u8; NONCE_LEN];
+        hex::decode_to_slice(nonce, &mut raw).ok()?;
         let (issued, rest) = raw.split_at_checked(ISSUED_LEN)?;
         let (serial, mac) = rest.split_at_checked(SERIAL_LEN)?;
         let expected = self.nonce_mac(issued, serial, realm);
