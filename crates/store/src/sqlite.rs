@@ -464,7 +464,39 @@ pub struct SqliteStore {
     pepper: Vec<u8>,
     /// Binding refreshes not yet written, by device, then contact (see
     /// [`crate::Store::refresh_binding`]); reads of bindings see them.
-    refreshes: Mutex<HashMap<String, HashMap<String, Binding>>>,
+    refreshes: Mutex<HashMap<String, HashMap<String, Refresh>>>,
+}
+
+/// What a refresh changes of a binding (the contract of [`crate::Store::refresh_binding`]),
+/// kept until it is written: the rest of the binding is as its row holds it.
+#[derive(Debug, Clone)]
+struct Refresh {
+    expires_at: UnixSecs,
+    call_id: String,
+    cseq: u32,
+    source: String,
+    updated_at: UnixSecs,
+}
+
+impl Refresh {
+    fn of(b: &Binding) -> Refresh {
+        Refresh {
+            expires_at: b.expires_at,
+            call_id: b.call_id.clone(),
+            cseq: b.cseq,
+            source: b.source.clone(),
+            updated_at: b.updated_at,
+        }
+    }
+
+    /// `row` as this refresh leaves it.
+    fn apply(&self, row: &mut Binding) {
+        row.expires_at = self.expires_at;
+        row.call_id.clone_from(&self.call_id);
+        row.cseq = self.cseq;
+        row.source.clone_from(&self.source);
+        row.updated_at = self.updated_at;
+    }
 }
 
 impl Drop for SqliteStore {
@@ -546,49 +578,23 @@ impl SqliteStore {
         }
     }
 
-    /// `rows` read from the database with the refreshes waiting in memory laid over them:
-    /// a row with a waiting refresh is shown refreshed, and a refreshed binding of `belongs`
-    /// whose row had expired in the database (in the instant before its flush) is shown too.
-    fn with_refreshes(
-        &self,
-        mut rows: Vec<Binding>,
-        now: UnixSecs,
-        device: Option<&str>,
-        belongs: impl Fn(&Binding) -> bool,
-    ) -> Vec<Binding> {
-        let Ok(r) = self.refreshes.lock() else {
-            return rows;
-        };
-        if r.is_empty() {
-            return rows;
-        }
-        for row in rows.iter_mut() {
-            if let Some(b) = r
-                .get(&row.device_username)
-                .and_then(|of_device| of_device.get(&row.contact))
-            {
-                let user_id = std::mem::take(&mut row.user_id);
-                *row = b.clone();
-                row.user_id = user_id;
+    /// `rows` read from the database (expired ones too) with the refreshes waiting in
+    /// memory laid over them, then those unexpired at `now`: a row with a waiting refresh is
+    /// shown refreshed, also when its row had expired in the database in the instant
+    /// before its flush.
+    fn with_refreshes(&self, mut rows: Vec<Binding>, now: UnixSecs) -> Vec<Binding> {
+        if let Ok(r) = self.refreshes.lock() {
+            if !r.is_empty() {
+                for row in rows.iter_mut() {
+                    if let Some(f) = r
+                        .get(&row.device_username)
+                        .and_then(|of_device| of_device.get(&row.contact))
+                    {
+                        f.apply(row);
+                    }
+                }
             }
         }
-        // Refreshed bindings whose row had expired in the file just before the flush.
-        let waiting: Box<dyn Iterator<Item = &Binding>> = match device {
-            Some(d) => Box::new(r.get(d).into_iter().flat_map(|m| m.values())),
-            None => Box::new(r.values().flat_map(|m| m.values())),
-        };
-        let mut extra = Vec::new();
-        for b in waiting {
-            if b.expires_at > now
-                && belongs(b)
-                && !rows
-                    .iter()
-                    .any(|x| x.device_username == b.device_username && x.contact == b.contact)
-            {
-                extra.push(b.clone());
-            }
-        }
-        rows.extend(extra);
         rows.retain(|b| b.expires_at > now);
         rows
     }
@@ -2259,14 +2265,15 @@ impl BlockingStore for SqliteStore {
             &format!(
                 "SELECT {BINDING_COLS} FROM bindings b
                  JOIN devices d ON d.username = b.device_username
-                 WHERE b.device_username = ?1 AND b.expires_at > ?2
+                 WHERE b.device_username = ?1
                  ORDER BY b.contact"
             ),
-            params![device_username, now],
+            params![device_username],
             binding_from_row,
         )?;
-        // Under the connection, so that a flush is wholly before or after.
-        let rows = self.with_refreshes(rows, now, Some(device_username), |_| true);
+        // Expired rows are left out after the waiting refreshes are laid over them, under
+        // the connection, so that a flush is wholly before or after.
+        let rows = self.with_refreshes(rows, now);
         drop(conn);
         Ok(rows)
     }
@@ -2278,13 +2285,13 @@ impl BlockingStore for SqliteStore {
             &format!(
                 "SELECT {BINDING_COLS} FROM bindings b
                  JOIN devices d ON d.username = b.device_username
-                 WHERE d.user_id = ?1 AND b.expires_at > ?2
+                 WHERE d.user_id = ?1
                  ORDER BY b.device_username, b.contact"
             ),
-            params![user_id, now],
+            params![user_id],
             binding_from_row,
         )?;
-        let rows = self.with_refreshes(rows, now, None, |b| b.user_id == user_id);
+        let rows = self.with_refreshes(rows, now);
         drop(conn);
         Ok(rows)
     }
@@ -2294,10 +2301,21 @@ impl BlockingStore for SqliteStore {
     }
 
     fn refresh_binding(&self, binding: &Binding) -> Result<(), StoreError> {
+        let refresh = Refresh::of(binding);
         let mut r = self.refreshes.lock().map_err(|_| StoreError::Poisoned)?;
-        r.entry(binding.device_username.clone())
-            .or_default()
-            .insert(binding.contact.clone(), binding.clone());
+        match r.get_mut(binding.device_username.as_str()) {
+            Some(of_device) => match of_device.get_mut(binding.contact.as_str()) {
+                Some(waiting) => *waiting = refresh,
+                None => {
+                    of_device.insert(binding.contact.clone(), refresh);
+                }
+            },
+            None => {
+                let mut of_device = HashMap::with_capacity(1);
+                of_device.insert(binding.contact.clone(), refresh);
+                r.insert(binding.device_username.clone(), of_device);
+            }
+        }
         Ok(())
     }
 
@@ -2307,12 +2325,24 @@ impl BlockingStore for SqliteStore {
         // of the bindings (which adds the waiting refreshes to its rows) come wholly before
         // or wholly after, never between the taking and the writing.
         let mut conn = self.conn()?;
-        let pending: Vec<Binding> = {
+        let pending: Vec<(String, String, Refresh)> = {
             let mut r = self.refreshes.lock().map_err(|_| StoreError::Poisoned)?;
             if r.is_empty() {
                 return Ok(0);
             }
-            r.drain().flat_map(|(_, m)| m.into_values()).collect()
+            let mut pending = Vec::with_capacity(r.len());
+            for (mut device, of_device) in r.drain() {
+                let last = of_device.len().saturating_sub(1);
+                for (i, (contact, refresh)) in of_device.into_iter().enumerate() {
+                    let device = if i == last {
+                        std::mem::take(&mut device)
+                    } else {
+                        device.clone()
+                    };
+                    pending.push((device, contact, refresh));
+                }
+            }
+            pending
         };
         let written = (|| -> Result<(), StoreError> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -2326,15 +2356,15 @@ impl BlockingStore for SqliteStore {
                          source = ?6, updated_at = ?7
                      WHERE device_username = ?1 AND contact = ?2",
                 )?;
-                for b in &pending {
+                for (device, contact, f) in &pending {
                     update.execute(params![
-                        b.device_username,
-                        b.contact,
-                        b.expires_at,
-                        b.call_id,
-                        b.cseq,
-                        b.source,
-                        b.updated_at
+                        device,
+                        contact,
+                        f.expires_at,
+                        f.call_id,
+                        f.cseq,
+                        f.source,
+                        f.updated_at
                     ])?;
                 }
             }
@@ -2345,11 +2375,8 @@ impl BlockingStore for SqliteStore {
         if let Err(e) = written {
             // Keep them for the next flush, unless a newer refresh or a write replaced them.
             if let Ok(mut r) = self.refreshes.lock() {
-                for b in pending {
-                    r.entry(b.device_username.clone())
-                        .or_default()
-                        .entry(b.contact.clone())
-                        .or_insert(b);
+                for (device, contact, f) in pending {
+                    r.entry(device).or_default().entry(contact).or_insert(f);
                 }
             }
             return Err(e);
