@@ -840,7 +840,7 @@ impl Provisioning {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const ACCT: &str = "acct_01h2xcejqtf2nbrexx3vqjhp41";

@@ -888,22 +888,7 @@ mod tests {
     #[tokio::test]
     async fn new_contacts_that_come_together_are_written_together() {
         let sqlite = SqliteStore::open_in_memory().unwrap();
-        let prov: crate::Provisioning = toml::from_str(
-            r#"
-            [[accounts]]
-            id = "acct_01h2xcejqtf2nbrexx3vqjhp41"
-            name = "Acme"
-            region = "US"
-            api_keys = [{ key = "ak_test_1", secret = "sk_test_1" }]
-            webhook_secret = "whsec_test_1"
-            [[users]]
-            id = "user_01h2xcejqtf2nbrexx3vqjhp42"
-            account = "acct_01h2xcejqtf2nbrexx3vqjhp41"
-            name = "Alice"
-            devices = [{ username = "alice-desk", password = "s3cret-desk" }]
-            "#,
-        )
-        .unwrap();
+        let prov: crate::Provisioning = toml::from_str(crate::provision::tests::SAMPLE).unwrap();
         sqlite.apply_provisioning(&prov, "dialbridge.test").unwrap();
         let t = Arc::new(StoreThreads::new(sqlite, 1).unwrap());
         let queue = Arc::clone(t.queue.as_ref().unwrap());
