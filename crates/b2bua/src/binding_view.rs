@@ -17,6 +17,11 @@
 //!   dropped and the next REGISTER reads the store again.
 //! - A write to the store (a new, changed or removed contact) first marks the entry untrusted,
 //!   so that a write whose REGISTER goes away before it ends never leaves a stale entry.
+//! - A write decided on bindings that nothing else touched (no other write of the device under
+//!   way when they were read, no other REGISTER of the device since) and that nothing
+//!   touched while it ran knows the result without reading it back: the bindings it decided
+//!   on with its own changes laid over them ([`BindingViews::untrust_after`],
+//!   [`BindingViews::settle_written`]). Anything else reads the store after the write.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +35,10 @@ pub(crate) struct Seen {
     stamp: u64,
     /// `Some((read_at, generation))` of the entry when it was trusted.
     trusted: Option<(u64, u64)>,
+    /// No write of the device was under way.
+    quiet: bool,
+    /// What a write saw: its own stamp ([`BindingViews::untrust_after`]).
+    writing: bool,
 }
 
 impl Seen {
@@ -37,6 +46,8 @@ impl Seen {
     pub(crate) const NOTHING: Seen = Seen {
         stamp: 0,
         trusted: None,
+        quiet: false,
+        writing: false,
     };
 
     /// Whether the bindings came from memory.
@@ -54,6 +65,8 @@ struct Entry {
     read_at: u64,
     /// The store's provisioning generation read before that read.
     generation: u64,
+    /// The stamp of the write under way ([`BindingViews::untrust`]) until it settles.
+    writer: Option<u64>,
 }
 
 /// Each device's bindings as this registrar last read or wrote them.
@@ -94,7 +107,9 @@ impl BindingViews {
             return f(e);
         }
         if self.entries.len() >= self.capacity {
-            self.entries.clear();
+            // Writes under way stay known: a REGISTER must not take a device for quiet while
+            // one of its writes has not settled.
+            self.entries.retain(|_, e| e.writer.is_some());
         }
         let stamp = self.stamp();
         f(self.entries.entry(device.to_owned()).or_insert(Entry {
@@ -102,6 +117,7 @@ impl BindingViews {
             stamp,
             read_at: 0,
             generation: 0,
+            writer: None,
         }))
     }
 
@@ -133,6 +149,8 @@ impl BindingViews {
                         Seen {
                             stamp: e.stamp,
                             trusted: Some((e.read_at, e.generation)),
+                            quiet: e.writer.is_none(),
+                            writing: false,
                         },
                     )
                 }
@@ -143,6 +161,8 @@ impl BindingViews {
                         Seen {
                             stamp: e.stamp,
                             trusted: None,
+                            quiet: e.writer.is_none(),
+                            writing: false,
                         },
                     )
                 }
@@ -153,18 +173,80 @@ impl BindingViews {
     /// Marks `device`'s entry untrusted before a write of its bindings; returns what to settle
     /// it with after the write and the read that follows it.
     pub(crate) fn untrust(&mut self, device: &str) -> Seen {
+        self.untrust_after(device, Seen::NOTHING).0
+    }
+
+    /// [`Self::untrust`] for a write decided on the bindings `seen` saw; also whether they
+    /// are the device's bindings as they stand: no write of the device was under way when
+    /// they were read and nothing changed the entry since. Only then may the write's result be
+    /// made from them ([`Self::settle_written`]).
+    pub(crate) fn untrust_after(&mut self, device: &str, seen: Seen) -> (Seen, bool) {
         if !self.enabled() {
-            return Seen::NOTHING;
+            return (Seen::NOTHING, false);
+        }
+        let stamp = self.stamp();
+        let current = self.with_entry(device, |e| {
+            let current = seen.quiet && e.stamp == seen.stamp && e.writer.is_none();
+            e.bindings = None;
+            e.stamp = stamp;
+            e.writer = Some(stamp);
+            current
+        });
+        (
+            Seen {
+                stamp,
+                trusted: None,
+                quiet: false,
+                writing: true,
+            },
+            current,
+        )
+    }
+
+    /// Marks `device`'s entry untrusted (a failed write of the store's memory), with no write
+    /// under way.
+    pub(crate) fn forget(&mut self, device: &str) {
+        if !self.enabled() {
+            return;
         }
         let stamp = self.stamp();
         self.with_entry(device, |e| {
             e.bindings = None;
             e.stamp = stamp;
         });
-        Seen {
-            stamp,
-            trusted: None,
+    }
+
+    /// After a write marked by [`Self::untrust_after`] as decided on the bindings as they
+    /// stood (`seen`, what they were read with): when nothing changed the entry while it ran,
+    /// keeps and returns `bindings()`, the write's result made in memory. `None`: something
+    /// did; read the store (and [`Self::settle`] what was read with `write`).
+    pub(crate) fn settle_written(
+        &mut self,
+        device: &str,
+        seen: Seen,
+        write: Seen,
+        bindings: impl FnOnce() -> Arc<Vec<Binding>>,
+        now: u64,
+        generation: u64,
+    ) -> Option<Arc<Vec<Binding>>> {
+        if !self.enabled() {
+            return None;
         }
+        let stamp = self.stamp();
+        let e = self.entries.get_mut(device)?;
+        if e.stamp != write.stamp {
+            return None;
+        }
+        let kept = bindings();
+        let (read_at, generation) = seen.trusted.unwrap_or((now, generation));
+        *e = Entry {
+            bindings: Some(Arc::clone(&kept)),
+            stamp,
+            read_at,
+            generation,
+            writer: None,
+        };
+        Some(kept)
     }
 
     /// Keeps `bindings` as `device`'s when nothing changed its entry since `seen`: read from
@@ -186,6 +268,15 @@ impl BindingViews {
             if e.stamp != seen.stamp {
                 e.bindings = None;
                 e.stamp = stamp;
+                // A write that settles, disturbed, is no longer under way.
+                if e.writer == Some(seen.stamp) {
+                    e.writer = None;
+                }
+                return;
+            }
+            // A read made while a write was under way may have missed it: the write's own
+            // result settles instead.
+            if e.writer.is_some_and(|w| !(seen.writing && w == seen.stamp)) {
                 return;
             }
             let (read_at, generation) = seen.trusted.unwrap_or((read_at, generation));
@@ -194,6 +285,7 @@ impl BindingViews {
                 stamp,
                 read_at,
                 generation,
+                writer: None,
             };
         });
     }
@@ -383,6 +475,83 @@ mod tests {
             v.get("alice-desk", 1003, 1).0.unwrap()[0].contact,
             "sip:b@x"
         );
+    }
+
+    #[test]
+    fn a_write_on_bindings_as_they_stand_keeps_its_own_result() {
+        let mut v = BindingViews::new(Duration::from_secs(30), 10);
+        let (_, seen) = v.get("alice-desk", 1000, 1);
+        let (write, current) = v.untrust_after("alice-desk", seen);
+        assert!(current);
+        let kept = v.settle_written(
+            "alice-desk",
+            seen,
+            write,
+            || Arc::new(vec![binding("sip:a@x", 2000)]),
+            1000,
+            1,
+        );
+        assert_eq!(kept.unwrap()[0].contact, "sip:a@x");
+        let (b, seen) = v.get("alice-desk", 1001, 1);
+        assert_eq!(b.unwrap()[0].contact, "sip:a@x");
+        assert!(seen.was_kept());
+        // Kept from memory, the entry keeps the time of the read it came from.
+        assert!(v.get("alice-desk", 1030, 1).0.is_none());
+    }
+
+    #[test]
+    fn a_write_decided_on_bindings_that_changed_or_were_being_written_reads_them_back() {
+        let mut v = BindingViews::new(Duration::from_secs(30), 10);
+        // Another REGISTER of the device came between the read and the write.
+        let (_, seen) = v.get("alice-desk", 1000, 1);
+        let other = v.untrust("alice-desk");
+        let (_, current) = v.untrust_after("alice-desk", seen);
+        assert!(!current);
+        v.settle("alice-desk", other, Arc::new(vec![]), 1000, 1);
+        // Read while a write was under way (one whose REGISTER went away): that read is
+        // not kept, and a write decided on it must read back.
+        let _abandoned = v.untrust("alice-desk");
+        let (_, seen) = v.get("alice-desk", 1001, 1);
+        v.settle(
+            "alice-desk",
+            seen,
+            Arc::new(vec![binding("sip:a@x", 2000)]),
+            1001,
+            1,
+        );
+        assert!(v.get("alice-desk", 1001, 1).0.is_none());
+        let (_, seen) = v.get("alice-desk", 1001, 1);
+        let (write, current) = v.untrust_after("alice-desk", seen);
+        assert!(!current);
+        // Its own read back settles, and the device is quiet again.
+        v.settle(
+            "alice-desk",
+            write,
+            Arc::new(vec![binding("sip:a@x", 2000)]),
+            1001,
+            1,
+        );
+        let (b, seen) = v.get("alice-desk", 1002, 1);
+        assert!(b.is_some());
+        let (write, current) = v.untrust_after("alice-desk", seen);
+        assert!(current);
+        // Something changed the entry while the write ran: no result from memory.
+        let (_, racing) = v.get("alice-desk", 1002, 1);
+        let _ = v.untrust_after("alice-desk", racing);
+        let kept = v.settle_written("alice-desk", seen, write, || Arc::new(vec![]), 1002, 1);
+        assert!(kept.is_none());
+    }
+
+    #[test]
+    fn writes_under_way_outlive_the_memory_starting_over() {
+        let mut v = BindingViews::new(Duration::from_secs(30), 2);
+        let _abandoned = v.untrust("a");
+        for d in ["b", "c", "d"] {
+            let (_, seen) = v.get(d, 1000, 1);
+            v.settle(d, seen, Arc::new(vec![]), 1000, 1);
+        }
+        let (_, seen) = v.get("a", 1000, 1);
+        assert!(!v.untrust_after("a", seen).1);
     }
 
     #[test]

@@ -247,6 +247,9 @@ pub struct Registrar {
     tag_key: std::hash::RandomState,
     /// The last `Date` written, and for which second.
     date: Mutex<Option<(u64, bytes::Bytes)>>,
+    /// Reads of a device's bindings after a write of them (`read_back`), for the tests.
+    #[cfg(test)]
+    read_backs: std::sync::atomic::AtomicU64,
     pub stats: RegistrarStats,
 }
 
@@ -305,6 +308,8 @@ impl Registrar {
                 },
                 CREDENTIALS_CAPACITY,
             )),
+            #[cfg(test)]
+            read_backs: std::sync::atomic::AtomicU64::new(0),
             stats: RegistrarStats::default(),
             store,
         })
@@ -724,6 +729,9 @@ impl Registrar {
         seen: Seen,
         now: u64,
     ) -> Result<Arc<Vec<Binding>>, Response> {
+        #[cfg(test)]
+        self.read_backs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let generation = self.store.provisioning_generation();
         let read = match self.store.bindings_for_device(device, now as i64).await {
             Ok(b) => Arc::new(b),
@@ -736,6 +744,48 @@ impl Registrar {
             v.settle(device, seen, Arc::clone(&read), now, generation);
         }
         Ok(read)
+    }
+
+    /// [`BindingViews::untrust_after`] under the views' lock.
+    fn untrust_after(&self, device: &str, seen: Seen) -> (Seen, bool) {
+        match self.views.lock() {
+            Ok(mut v) => v.untrust_after(device, seen),
+            Err(_) => (Seen::NOTHING, false),
+        }
+    }
+
+    /// The device's bindings after a write decided on `existing` (the bindings as they stood):
+    /// `existing` without the contacts `written` or `removed`, then `written`, unexpired,
+    /// in the store's order (by contact). Kept and returned when nothing changed the device's
+    /// entry while the write ran ([`BindingViews::settle_written`]); `None`: read the store.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_written(
+        &self,
+        device: &str,
+        seen: Seen,
+        write: Seen,
+        existing: &[Binding],
+        written: Vec<Binding>,
+        removed: &[String],
+        now: u64,
+        generation: u64,
+    ) -> Option<Arc<Vec<Binding>>> {
+        let mut views = self.views.lock().ok()?;
+        let result = || {
+            let mut after: Vec<Binding> = existing
+                .iter()
+                .filter(|old| {
+                    !removed.contains(&old.contact)
+                        && !written.iter().any(|b| b.contact == old.contact)
+                })
+                .cloned()
+                .collect();
+            after.extend(written);
+            after.retain(|b| b.expires_at > now as i64);
+            after.sort_by(|a, b| a.contact.cmp(&b.contact));
+            Arc::new(after)
+        };
+        views.settle_written(device, seen, write, result, now, generation)
     }
 
     /// Marks the view of `device`'s bindings untrusted before a write of them.
@@ -894,22 +944,32 @@ impl Registrar {
                     Ok(kept) => return Ok(kept),
                     Err(changes) => changes,
                 };
-                let write = self.untrust(username);
+                let (write, current) = self.untrust_after(username, seen);
+                // What the writes leave, to make the result from when nothing else changed
+                // the device's bindings meanwhile.
+                let mut written: Vec<Binding> = Vec::with_capacity(changes.len());
+                let mut removed: Vec<String> = Vec::new();
                 for change in changes {
                     let (contact, stored) = match change {
                         Change::Remove(contact) => {
                             let r = self.store.remove_binding(username, &contact).await;
                             if let Ok(mut c) = self.conns.lock() {
-                                c.remove(&(username.clone(), contact));
+                                c.remove(&(username.clone(), contact.clone()));
                             }
+                            removed.push(contact);
                             (None, r.map(|_| ()))
                         }
-                        Change::Refresh(b) => (
-                            Some(b.contact.clone()),
-                            self.store.refresh_binding(&b).await,
-                        ),
+                        Change::Refresh(b) => {
+                            let r = self.store.refresh_binding(&b).await;
+                            let contact = b.contact.clone();
+                            written.push(b);
+                            (Some(contact), r)
+                        }
                         Change::Write(b) => {
-                            (Some(b.contact.clone()), self.store.upsert_binding(&b).await)
+                            let r = self.store.upsert_binding(&b).await;
+                            let contact = b.contact.clone();
+                            written.push(b);
+                            (Some(contact), r)
                         }
                     };
                     if let Err(e) = stored {
@@ -920,6 +980,14 @@ impl Registrar {
                         (contact, flow.conn, self.conns.lock())
                     {
                         c.insert((username.clone(), contact), id);
+                    }
+                }
+                if current {
+                    let after = self.settle_written(
+                        username, seen, write, &existing, written, &removed, now, generation,
+                    );
+                    if let Some(after) = after {
+                        return Ok(after);
                     }
                 }
                 self.read_back(req, username, write, now).await
@@ -967,14 +1035,14 @@ impl Registrar {
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 tracing::error!(error = %e, "cannot store binding");
-                views.untrust(&first.device_username);
+                views.forget(&first.device_username);
                 return Err(Self::store_failed(req, &e));
             }
         }
         for b in &refreshes[1..] {
             if let Some(Err(e)) = self.store.refresh_binding_here(b) {
                 tracing::error!(error = %e, "cannot store binding");
-                views.untrust(&first.device_username);
+                views.forget(&first.device_username);
                 return Err(Self::store_failed(req, &e));
             }
         }
@@ -1964,6 +2032,91 @@ mod tests {
             f.on_disk(later),
             [("sip:alice@192.0.2.10:5070".to_owned(), (later + 600) as i64)]
         );
+        drop(f.reg);
+        OnFile::remove(&f.path);
+    }
+
+    /// A write decided on bindings that nothing else touched answers with them and its own
+    /// changes, made in memory, with no read of the store after it; the answer is what the
+    /// store then holds. A write while another write of the device may be under way (one
+    /// whose REGISTER went away) reads the store back instead.
+    #[tokio::test]
+    async fn a_write_on_bindings_as_they_stand_answers_without_reading_them_back() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = OnFile::new("written");
+        let now = 1_700_000_000;
+        let from = |port: u16| Flow {
+            remote: SocketAddr::from(([192, 0, 2, 10], port)),
+            ..flow()
+        };
+        let a = "<sip:alice@192.0.2.10:5060>";
+        let b = "<sip:alice@192.0.2.10:5070>";
+        // (cseq, contact, expires, source port, time): a new contact, a second one, a
+        // refresh, the first moved to another source (a changed binding), a removal, one
+        // that ends at once.
+        let steps = [
+            (1, a, Some(600), 40000, now),
+            (3, b, Some(300), 40000, now + 1),
+            (5, a, Some(900), 40000, now + 2),
+            (7, a, Some(900), 40002, now + 3),
+            (9, b, Some(0), 40000, now + 4),
+            (11, b, Some(60), 40000, now + 5),
+        ];
+        for (cseq, contact, expires, port, at) in steps {
+            let d = authed_on(
+                &f.reg,
+                &from(port),
+                cseq,
+                contact,
+                expires,
+                "s3cret-desk",
+                at,
+            )
+            .await;
+            assert_eq!(d.response.status, 200, "step {cseq}");
+            let stored: Vec<String> = f
+                .reg
+                .store
+                .bindings_for_device("alice-desk", at as i64)
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| format!("<{}>;expires={}", b.contact, b.expires_at - at as i64))
+                .collect();
+            assert_eq!(contact_expires(&d), stored, "step {cseq}");
+        }
+        // The first REGISTER read the device's bindings before its write; none was read
+        // back after one.
+        assert_eq!(f.reg.read_backs.load(Relaxed), 0);
+
+        // A write of the device that never settled: the next one cannot trust what it reads.
+        f.reg.untrust("alice-desk");
+        let d = authed_on(
+            &f.reg,
+            &from(40004),
+            13,
+            b,
+            Some(120),
+            "s3cret-desk",
+            now + 6,
+        )
+        .await;
+        assert_eq!(d.response.status, 200);
+        assert_eq!(f.reg.read_backs.load(Relaxed), 1);
+        assert_eq!(
+            contact_expires(&d),
+            [
+                "<sip:alice@192.0.2.10:5060>;expires=897",
+                "<sip:alice@192.0.2.10:5070>;expires=120"
+            ]
+        );
+        // That write settled: the next is decided on bindings as they stand again.
+        let d = authed_on(&f.reg, &from(40004), 15, b, Some(0), "s3cret-desk", now + 7).await;
+        assert_eq!(
+            contact_expires(&d),
+            ["<sip:alice@192.0.2.10:5060>;expires=896"]
+        );
+        assert_eq!(f.reg.read_backs.load(Relaxed), 1);
         drop(f.reg);
         OnFile::remove(&f.path);
     }
