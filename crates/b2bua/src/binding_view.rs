@@ -39,6 +39,8 @@ pub(crate) struct Seen {
     quiet: bool,
     /// What a write saw: its own stamp ([`BindingViews::untrust_after`]).
     writing: bool,
+    /// The device had no entry ([`BindingViews::peek`]).
+    absent: bool,
 }
 
 impl Seen {
@@ -48,6 +50,7 @@ impl Seen {
         trusted: None,
         quiet: false,
         writing: false,
+        absent: false,
     };
 
     /// Whether the bindings came from memory.
@@ -151,6 +154,7 @@ impl BindingViews {
                             trusted: Some((e.read_at, e.generation)),
                             quiet: e.writer.is_none(),
                             writing: false,
+                            absent: false,
                         },
                     )
                 }
@@ -163,11 +167,43 @@ impl BindingViews {
                             trusted: None,
                             quiet: e.writer.is_none(),
                             writing: false,
+                            absent: false,
                         },
                     )
                 }
             }
         })
+    }
+
+    /// What to read `device`'s bindings with when they are not kept (`None`: they are, or
+    /// nothing is ever kept), without making an entry for it: an entry is made only when what
+    /// was read settles ([`Self::settle`]), so that reads for names that turn out to be no
+    /// device leave nothing behind.
+    pub(crate) fn peek(&self, device: &str, now: u64, generation: u64) -> Option<Seen> {
+        if !self.enabled() {
+            return None;
+        }
+        match self.entries.get(device) {
+            None => Some(Seen {
+                stamp: 0,
+                trusted: None,
+                quiet: true,
+                writing: false,
+                absent: true,
+            }),
+            Some(e) => {
+                let fresh = e.generation == generation
+                    && now.saturating_sub(e.read_at) < self.ttl_secs
+                    && e.bindings.is_some();
+                (!fresh).then_some(Seen {
+                    stamp: e.stamp,
+                    trusted: None,
+                    quiet: e.writer.is_none(),
+                    writing: false,
+                    absent: false,
+                })
+            }
+        }
     }
 
     /// Marks `device`'s entry untrusted before a write of its bindings; returns what to settle
@@ -198,6 +234,7 @@ impl BindingViews {
                 trusted: None,
                 quiet: false,
                 writing: true,
+                absent: false,
             },
             current,
         )
@@ -261,6 +298,24 @@ impl BindingViews {
         generation: u64,
     ) {
         if !self.enabled() {
+            return;
+        }
+        if seen.absent {
+            // Read when the device had no entry: kept only if it still has none (anything
+            // else that came meanwhile settles on its own).
+            if self.entries.contains_key(device) {
+                return;
+            }
+            let stamp = self.stamp();
+            self.with_entry(device, |e| {
+                *e = Entry {
+                    bindings: Some(bindings),
+                    stamp,
+                    read_at,
+                    generation,
+                    writer: None,
+                };
+            });
             return;
         }
         let stamp = self.stamp();
@@ -552,6 +607,37 @@ mod tests {
         }
         let (_, seen) = v.get("a", 1000, 1);
         assert!(!v.untrust_after("a", seen).1);
+    }
+
+    #[test]
+    fn a_read_for_a_device_without_an_entry_makes_one_only_when_it_settles() {
+        let mut v = BindingViews::new(Duration::from_secs(30), 10);
+        let seen = v.peek("alice-desk", 1000, 1).unwrap();
+        assert_eq!(v.len(), 0);
+        v.settle(
+            "alice-desk",
+            seen,
+            Arc::new(vec![binding("sip:a@x", 2000)]),
+            1000,
+            1,
+        );
+        assert!(v.peek("alice-desk", 1001, 1).is_none());
+        let (b, seen) = v.get("alice-desk", 1001, 1);
+        assert_eq!(b.unwrap()[0].contact, "sip:a@x");
+        assert!(v.untrust_after("alice-desk", seen).1);
+        // An entry made meanwhile (here a write under way) wins over the read.
+        let seen = v.peek("bob-desk", 1000, 1).unwrap();
+        let write = v.untrust("bob-desk");
+        v.settle("bob-desk", seen, Arc::new(vec![]), 1000, 1);
+        assert!(v.get("bob-desk", 1000, 1).0.is_none());
+        v.settle("bob-desk", write, Arc::new(vec![]), 1000, 1);
+        assert!(v.get("bob-desk", 1000, 1).0.is_some());
+        // Stale entries are read again; nothing is read when nothing is kept.
+        assert!(v.peek("alice-desk", 1030, 1).is_some());
+        assert!(v.peek("alice-desk", 1001, 2).is_some());
+        assert!(BindingViews::new(Duration::ZERO, 10)
+            .peek("alice-desk", 1000, 1)
+            .is_none());
     }
 
     #[test]

@@ -337,6 +337,39 @@ impl Registrar {
         .await
     }
 
+    /// [`Self::device`] for a REGISTER: when neither the device's credentials nor its
+    /// bindings are kept (a device not seen lately: after a restart, in a registration
+    /// storm), both are read in one store call and the bindings kept for the REGISTER's
+    /// next step, which then needs no store read of its own.
+    async fn device_for_register(
+        &self,
+        username: &str,
+        now: u64,
+    ) -> Result<Option<Arc<Device>>, store::StoreError> {
+        let generation = self.store.provisioning_generation();
+        let instant = std::time::Instant::now();
+        if let Some(kept) = self.credentials.get(username, generation, instant) {
+            return Ok(kept);
+        }
+        let seen = match self.views.lock() {
+            Ok(v) => v.peek(username, now, generation),
+            Err(_) => None,
+        };
+        let Some(seen) = seen else {
+            return self.device(username).await;
+        };
+        let (device, bindings) = self.store.device_and_bindings(username, now as i64).await?;
+        let device = device.map(Arc::new);
+        self.credentials
+            .put(username.to_string(), device.clone(), generation, instant);
+        if device.is_some() {
+            if let Ok(mut v) = self.views.lock() {
+                v.settle(username, seen, Arc::new(bindings), now, generation);
+            }
+        }
+        Ok(device)
+    }
+
     /// The TCP connection a device's contact registered over, if it is still known.
     pub fn connection_of(&self, device: &str, contact: &str) -> Option<ConnId> {
         self.conns
@@ -591,7 +624,7 @@ impl Registrar {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return quick(Self::reply(req, 403).with_reason("Too many failed attempts"));
         }
-        let device = match self.device(&username).await {
+        let device = match self.device_for_register(&username, now).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "store lookup failed");

@@ -285,6 +285,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         user_id: &str,
         now: UnixSecs,
     ) -> Result<Vec<Binding>, StoreError>;
+    /// A device and, when it exists, its unexpired bindings (as
+    /// [`bindings_for_device`](Self::bindings_for_device)): what a REGISTER of a device not
+    /// seen lately needs first. The default reads one, then the other; a store with threads
+    /// of its own reads both in one call.
+    async fn device_and_bindings(
+        &self,
+        username: &str,
+        now: UnixSecs,
+    ) -> Result<(Option<Device>, Vec<Binding>), StoreError> {
+        let Some(device) = self.device_by_username(username).await? else {
+            return Ok((None, Vec::new()));
+        };
+        let bindings = self.bindings_for_device(username, now).await?;
+        Ok((Some(device), bindings))
+    }
     /// A refresh of a binding that exists (same device and contact, only its expiry, CSeq,
     /// Call-ID, source or time changed): kept in memory and written with the other waiting
     /// refreshes by [`flush_refreshes`](Self::flush_refreshes), which the server calls at

@@ -537,6 +537,20 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         let (user_id, now) = (user_id.to_owned(), now);
         self.run(move |s| s.bindings_for_user(&user_id, now)).await
     }
+    async fn device_and_bindings(
+        &self,
+        username: &str,
+        now: UnixSecs,
+    ) -> Result<(Option<Device>, Vec<Binding>), StoreError> {
+        let username = username.to_owned();
+        self.run(move |s| {
+            let Some(device) = s.device_by_username(&username)? else {
+                return Ok((None, Vec::new()));
+            };
+            Ok((Some(device), s.bindings_for_device(&username, now)?))
+        })
+        .await
+    }
     async fn refresh_binding(&self, binding: &Binding) -> Result<(), StoreError> {
         let binding = binding.to_owned();
         self.run(move |s| s.refresh_binding(&binding)).await

@@ -258,8 +258,29 @@ fn a_removal_or_a_new_write_supersedes_a_waiting_refresh() {
     );
 }
 
+/// A REGISTER of a device not seen lately reads the device and its bindings together.
+async fn a_device_and_its_bindings_are_read_together() {
+    let (_db, store) = store_provisioned().await;
+    let a = binding("alice-desk", "sip:alice@127.0.0.1:5062", NOW + 3600);
+    let gone = binding("alice-desk", "sip:alice@127.0.0.1:5064", NOW + 5);
+    store.upsert_binding(&a).await.unwrap();
+    store.upsert_binding(&gone).await.unwrap();
+    let (device, bindings) = store
+        .device_and_bindings("alice-desk", NOW + 5)
+        .await
+        .unwrap();
+    assert_eq!(device.unwrap().username, "alice-desk");
+    assert_eq!(bindings, vec![a]);
+    let (device, bindings) = store.device_and_bindings("alice-soft", NOW).await.unwrap();
+    assert_eq!(device.unwrap().username, "alice-soft");
+    assert!(bindings.is_empty());
+    let (device, bindings) = store.device_and_bindings("ghost", NOW).await.unwrap();
+    assert!(device.is_none() && bindings.is_empty());
+}
+
 both!(
     bindings_crud,
+    a_device_and_its_bindings_are_read_together,
     expired_bindings_are_hidden_then_swept,
     binding_needs_a_known_device_and_goes_with_it,
     user_id_follows_the_device_owner,
