@@ -63,7 +63,21 @@ struct Side {
     rss_after_kib: u64,
     /// Heap in use (bytes, from the server's /metrics) at the same two moments: dialbridge.
     heap: Option<(u64, u64)>,
+    /// When the run registers each user more than once: the registrations and CPU seconds
+    /// of its first part, up to each user's first registration (a new contact each, written
+    /// before its 200), and of the rest (refreshes).
+    split: Option<Split>,
 }
+
+/// A run's registrations and CPU seconds before and after [`FIRST_WAVE_MARGIN`] past the
+/// first registration of the last user.
+struct Split {
+    first: (u64, f64),
+    rest: (u64, f64),
+}
+
+/// How long after the last user's first REGISTER is sent its exchange is taken to be over.
+const FIRST_WAVE_MARGIN: Duration = Duration::from_millis(20);
 
 impl Side {
     fn per_cpu_second(&self) -> f64 {
@@ -81,6 +95,8 @@ struct Load<'a> {
     csv: &'a Path,
     rate: u64,
     count: u64,
+    /// Users, registered in turn: the first `users` registrations are each user's first.
+    users: u64,
     settle: Duration,
 }
 
@@ -95,6 +111,7 @@ fn measure(
         csv,
         rate,
         count,
+        users,
         settle,
     } = *load;
     let ticks = clock_ticks_per_second();
@@ -140,9 +157,27 @@ fn measure(
         ],
     )
     .map_err(|e| format!("cannot start sipp: {e}"))?;
+    // SIPp starts a registration every 1/rate s and takes the users in turn: the CPU time
+    // when the last user's first exchange is over splits the run.
+    let first_wave = Duration::from_secs_f64(users as f64 / rate.max(1) as f64) + FIRST_WAVE_MARGIN;
+    let sampler = (users < count).then(|| {
+        std::thread::spawn(move || {
+            std::thread::sleep(first_wave.saturating_sub(started.elapsed()));
+            tree_cpu(pid, ticks)
+        })
+    });
     let totals = sipp.finish(Duration::from_secs(count / rate.max(1) + 90));
     let wall = started.elapsed().as_secs_f64();
     let during = tree_cpu(pid, ticks).since(before);
+    let split = sampler.and_then(|t| t.join().ok()).map(|mid| {
+        let first_cpu = mid.since(before).total();
+        let first_n =
+            (users + (rate as f64 * FIRST_WAVE_MARGIN.as_secs_f64()) as u64).min(totals.successful);
+        Split {
+            first: (first_n, first_cpu),
+            rest: (totals.successful - first_n, during.total() - first_cpu),
+        }
+    });
     let cpu = during.total();
     std::thread::sleep(settle);
     let cpu_settled = tree_cpu(pid, ticks).since(before).total();
@@ -169,6 +204,7 @@ fn measure(
             }
             heap_before.zip(api.and_then(heap_bytes))
         },
+        split,
     })
 }
 
@@ -341,6 +377,7 @@ fn run(args: &[String]) -> Result<(), String> {
         csv: &csv,
         rate,
         count,
+        users: users.len() as u64,
         settle,
     };
     let db = measure("dialbridge", server.pid(), &target, &load, server.api)?;
@@ -410,5 +447,28 @@ fn run(args: &[String]) -> Result<(), String> {
         db.per_cpu_second_settled() / kam.per_cpu_second_settled().max(1e-9),
         settle.as_secs()
     );
+    if let (Some(d), Some(k)) = (&db.split, &kam.split) {
+        let per = |(n, cpu): (u64, f64)| n as f64 / cpu.max(1e-9);
+        for (what, d, k) in [
+            (
+                "each user's first registration (a new contact, durable before its 200)",
+                d.first,
+                k.first,
+            ),
+            ("the registrations after it (refreshes)", d.rest, k.rest),
+        ] {
+            println!(
+                "  {what}: dialbridge {} in {:.2} CPU-s, {:.0} per CPU-second; kamailio {} in \
+                 {:.2} CPU-s, {:.0} per CPU-second; ratio {:.2}",
+                d.0,
+                d.1,
+                per(d),
+                k.0,
+                k.1,
+                per(k),
+                per(d) / per(k).max(1e-9)
+            );
+        }
+    }
     Ok(())
 }
