@@ -203,6 +203,26 @@ pub fn tree_cpu(root: u32, ticks_per_second: u64) -> CpuTime {
     cpu
 }
 
+/// Waits, at most `limit`, until the processes under `root` are idle: at most 20 ms of CPU
+/// in each of two 200 ms intervals in a row. What a server does once after it starts (the
+/// numbering metadata dialbridge compiles in the background, Kamailio's children setting up)
+/// is then not counted with the load that follows. False when `limit` ran out first.
+pub fn wait_idle(root: u32, ticks_per_second: u64, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let mut last = tree_cpu(root, ticks_per_second).total();
+    let mut quiet = 0;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = tree_cpu(root, ticks_per_second).total();
+        quiet = if now - last <= 0.02 { quiet + 1 } else { 0 };
+        last = now;
+        if quiet == 2 {
+            return true;
+        }
+    }
+    false
+}
+
 /// The value of an unlabelled sample `name` in a Prometheus text exposition.
 pub fn metric_value(text: &str, name: &str) -> Option<u64> {
     text.lines()

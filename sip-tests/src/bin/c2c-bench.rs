@@ -388,11 +388,18 @@ fn run(args: &[String]) -> Result<(), String> {
 
     // The load: call i is due at start + i / rate, whichever thread takes it.
     let ticks = clock_ticks_per_second();
+    // The heap is read first (the request that reads it is no call's work), then the nodes
+    // are let finish what they do once after starting.
+    let heap_before = heap_bytes(api).unwrap_or(0);
+    for p in &pids {
+        if !sip_tests::bench::wait_idle(*p, ticks, Duration::from_secs(10)) {
+            println!("  node {p}: still busy 10 s after it started; measuring anyway");
+        }
+    }
     let cpu_before = nodes_cpu(ticks);
     let threads_before = threads_cpu(pid, ticks);
     let pg_before = pg_pid.map(|p| tree_cpu(p, ticks));
     let rss_before_kib = rss_kib(pid).unwrap_or(0);
-    let heap_before = heap_bytes(api).unwrap_or(0);
     let next = Arc::new(AtomicUsize::new(0));
     let sent: Arc<Mutex<Vec<Option<Sent>>>> =
         Arc::new(Mutex::new((0..calls).map(|_| None).collect()));

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sip_tests::bench::{
     bench_users, clock_ticks_per_second, heap_bytes, injection_csv, installed, kamailio_users,
-    load_average, peak_rss_kib, rss_kib, tree_cpu, typeid, BenchSipp, Flags, SippTotals,
+    load_average, peak_rss_kib, rss_kib, tree_cpu, typeid, wait_idle, BenchSipp, Flags, SippTotals,
 };
 use sip_tests::{dialbridge_bin, free_port, scenario, workspace_root, TempDir, TestServer};
 
@@ -122,9 +122,13 @@ fn measure(
     let rate_s = rate.to_string();
     let count_s = count.to_string();
     let limit = format!("{}s", count / rate.max(1) + 60);
+    // The heap is read first: the request that reads it is no registration's work.
+    let heap_before = api.and_then(heap_bytes);
+    if !wait_idle(pid, ticks, Duration::from_secs(10)) {
+        println!("  {name}: still busy 10 s after it started; measuring anyway");
+    }
     let before = tree_cpu(pid, ticks);
     let rss_before_kib = rss_kib(pid).unwrap_or(0);
-    let heap_before = api.and_then(heap_bytes);
     let started = Instant::now();
     let mut sipp = BenchSipp::spawn(
         name,
