@@ -913,7 +913,10 @@ pub enum CallWrite {
     },
     /// A new call record (as `insert_call`: a call that exists is refused).
     NewCall(CallRecord),
-    /// The call record's new state (every mutable field, as `update_call`).
+    /// The call's progress: what its events change (status, end leg, SIP code, answer and
+    /// end times, legs, stats, recording). What was fixed when it was placed (user, request
+    /// id, dial string, destination, caller id, callback URL, metadata) stays as stored;
+    /// `update_call` writes the whole record.
     Call(CallRecord),
     /// A callback into the outbox.
     Callback(OutboxEntry),

@@ -989,7 +989,7 @@ async fn apply_writes_on<C: GenericClient + Sync>(
                 append_timeline_on(c, call_id, entry).await?;
             }
             CallWrite::NewCall(r) => insert_call_on(c, r).await?,
-            CallWrite::Call(r) => update_call_on(c, r).await?,
+            CallWrite::Call(r) => update_progress_on(c, r).await?,
             CallWrite::Callback(e) => enqueue_callback_on(c, e).await?,
         }
     }
@@ -1033,6 +1033,40 @@ async fn insert_call_on<C: GenericClient + Sync>(c: &C, r: &CallRecord) -> Resul
     )
     .await
     .map_err(|e| insert_error(e, "call", &r.id))?;
+    Ok(())
+}
+
+/// A call's progress (`CallWrite::Call`): what its events change; what was fixed when it
+/// was placed stays as stored.
+async fn update_progress_on<C: GenericClient + Sync>(
+    c: &C,
+    r: &CallRecord,
+) -> Result<(), StoreError> {
+    let recording = serde_json::to_string(&r.recording)?;
+    let legs = serde_json::to_string(&r.legs)?;
+    let stats = serde_json::to_string(&r.stats)?;
+    let n = exec(
+        c,
+        "UPDATE calls SET status = $3, end_leg = $4, sip_code = $5, answered_at_ms = $6,
+             ended_at_ms = $7, legs = $8, stats = $9, recording = $10
+         WHERE id = $1 AND account_id = $2",
+        &[
+            &r.id,
+            &r.account_id,
+            &r.status.as_str(),
+            &r.end_leg,
+            &r.sip_code.map(i64::from),
+            &r.answered_at_ms,
+            &r.ended_at_ms,
+            &legs,
+            &stats,
+            &recording,
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(not_found("call", &r.id));
+    }
     Ok(())
 }
 

@@ -2969,7 +2969,7 @@ fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreE
                 }
             },
             CallWrite::NewCall(c) => insert_call_on(conn, c)?,
-            CallWrite::Call(c) => update_call_on(conn, c)?,
+            CallWrite::Call(c) => update_progress_on(conn, c)?,
             CallWrite::Callback(e) => enqueue_callback_on(conn, e)?,
         }
     }
@@ -3112,6 +3112,46 @@ const UPDATE_CALL_SAME_KEYS: &str = "UPDATE calls SET
      sip_code = ?11, answered_at_ms = ?12, ended_at_ms = ?13, metadata = ?14, legs = ?15,
      stats = ?16, recording = ?17
  WHERE id = ?1 AND account_id = ?2 AND user_id IS ?3 AND request_id IS ?4 AND status = ?5";
+
+/// A call's progress (`CallWrite::Call`): what its events change. What was fixed when it
+/// was placed (user, request id, dial string, destination, caller id, callback URL,
+/// metadata) stays as stored: none of it is bound, nor the metadata serialized again, on
+/// every event.
+const UPDATE_PROGRESS: &str = "UPDATE calls SET status = ?3, end_leg = ?4, sip_code = ?5,
+     answered_at_ms = ?6, ended_at_ms = ?7, legs = ?8, stats = ?9, recording = ?10
+ WHERE id = ?1 AND account_id = ?2";
+
+/// [`UPDATE_PROGRESS`] when the status is the one stored: matched, not set, so that
+/// `calls_node`'s entry is not rewritten (as [`UPDATE_CALL_SAME_KEYS`]).
+const UPDATE_PROGRESS_SAME_STATUS: &str = "UPDATE calls SET end_leg = ?4, sip_code = ?5,
+     answered_at_ms = ?6, ended_at_ms = ?7, legs = ?8, stats = ?9, recording = ?10
+ WHERE id = ?1 AND account_id = ?2 AND status = ?3";
+
+fn update_progress_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
+    let recording = serde_json::to_string(&c.recording)?;
+    let legs = serde_json::to_string(&c.legs)?;
+    let stats = serde_json::to_string(&c.stats)?;
+    let params = params![
+        c.id,
+        c.account_id,
+        c.status.as_str(),
+        c.end_leg,
+        c.sip_code,
+        c.answered_at_ms,
+        c.ended_at_ms,
+        legs,
+        stats,
+        recording
+    ];
+    let mut n = exec(conn, UPDATE_PROGRESS_SAME_STATUS, params)?;
+    if n == 0 {
+        n = exec(conn, UPDATE_PROGRESS, params)?;
+    }
+    if n == 0 {
+        return Err(not_found("call", &c.id));
+    }
+    Ok(())
+}
 
 fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
     let CallJson {

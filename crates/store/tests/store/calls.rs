@@ -641,7 +641,61 @@ async fn a_timeline_reads_back_in_time_order_across_batches() {
     assert_eq!(store.timeline(&b.id).await.unwrap().len(), 2);
 }
 
+/// A batch writes a call's progress (what its events change) over the stored record, and
+/// leaves what was fixed when the call was placed as it is; a status that stays is matched,
+/// one that changes is written, and the call's live count follows it.
+async fn a_batch_writes_a_calls_progress_and_leaves_its_placement() {
+    let (_db, store) = store_provisioned().await;
+    let mut c = call(7, T0);
+    c.metadata = json!({"ticket": "T-1"});
+    c.callback_url = Some("http://127.0.0.1:9/cb".into());
+    store.insert_call(&c).await.unwrap();
+    let mut progress = c.clone();
+    // Not the journal's to change: kept as placed.
+    progress.metadata = json!({"ticket": "changed"});
+    progress.callback_url = None;
+    progress.dial_string = "+19999999999".into();
+    // The events' changes.
+    progress.legs = json!({"agent": {"sip_call_id": "a@x", "answered_at": "t"}});
+    store
+        .write_call_batch(&[store::CallWrite::Call(progress.clone())])
+        .await
+        .unwrap();
+    progress.status = CallStatus::Completed;
+    progress.end_leg = Some("customer".into());
+    progress.sip_code = Some(200);
+    progress.answered_at_ms = Some(T0 + 1_000);
+    progress.ended_at_ms = Some(T0 + 9_000);
+    progress.stats = json!({"agent": {"packets_in": 1}});
+    progress.recording = json!({"state": "ready"});
+    store
+        .write_call_batch(&[store::CallWrite::Call(progress.clone())])
+        .await
+        .unwrap();
+    let got = store.get_call(ACCT, &c.id).await.unwrap().unwrap();
+    assert_eq!(got.metadata, c.metadata);
+    assert_eq!(got.callback_url, c.callback_url);
+    assert_eq!(got.dial_string, c.dial_string);
+    assert_eq!(got.legs, progress.legs);
+    assert_eq!(got.status, CallStatus::Completed);
+    assert_eq!(got.end_leg.as_deref(), Some("customer"));
+    assert_eq!(got.sip_code, Some(200));
+    assert_eq!(got.answered_at_ms, Some(T0 + 1_000));
+    assert_eq!(got.ended_at_ms, Some(T0 + 9_000));
+    assert_eq!(got.stats, progress.stats);
+    assert_eq!(got.recording, progress.recording);
+    assert!(store.unfinished_calls().await.unwrap().is_empty());
+    // The progress of a call that is not there is refused.
+    let mut ghost = call(8, T0);
+    ghost.status = CallStatus::Ringing;
+    assert!(store
+        .write_call_batch(&[store::CallWrite::Call(ghost)])
+        .await
+        .is_err());
+}
+
 both!(
+    a_batch_writes_a_calls_progress_and_leaves_its_placement,
     admission_counts_the_live_calls_of_the_account,
     racing_admissions_respect_the_limit,
     the_rate_is_a_token_bucket_per_account,
