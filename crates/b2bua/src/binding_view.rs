@@ -17,11 +17,16 @@
 //!   dropped and the next REGISTER reads the store again.
 //! - A write to the store (a new, changed or removed contact) first marks the entry untrusted,
 //!   so that a write whose REGISTER goes away before it ends never leaves a stale entry.
-//! - A write decided on bindings that nothing else touched (no other write of the device under
-//!   way when they were read, no other REGISTER of the device since) and that nothing
-//!   touched while it ran knows the result without reading it back: the bindings it decided
-//!   on with its own changes laid over them ([`BindingViews::untrust_after`],
+//! - Each write under way is marked on the entry until it settles (or fails, or a lifetime
+//!   has passed: its REGISTER went away and its store call has long ended). A read made
+//!   while another write of the device is under way may have missed it: it is not kept.
+//! - A write decided on bindings that nothing else touched (no write of the device under way
+//!   when they were read, no other REGISTER of the device since) and that nothing touched
+//!   while it ran knows the result without reading it back: the bindings it decided on with
+//!   its own changes applied in order ([`BindingViews::untrust_after`],
 //!   [`BindingViews::settle_written`]). Anything else reads the store after the write.
+//! - A read for a device with no entry makes one only when it settles, and only if no entry
+//!   was dropped for room meanwhile ([`BindingViews::peek`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,8 +44,8 @@ pub(crate) struct Seen {
     quiet: bool,
     /// What a write saw: its own stamp ([`BindingViews::untrust_after`]).
     writing: bool,
-    /// The device had no entry ([`BindingViews::peek`]).
-    absent: bool,
+    /// Not 0: the device had no entry ([`BindingViews::peek`]); the evictions then, plus one.
+    absent: u64,
 }
 
 impl Seen {
@@ -50,7 +55,7 @@ impl Seen {
         trusted: None,
         quiet: false,
         writing: false,
-        absent: false,
+        absent: 0,
     };
 
     /// Whether the bindings came from memory.
@@ -68,8 +73,28 @@ struct Entry {
     read_at: u64,
     /// The store's provisioning generation read before that read.
     generation: u64,
-    /// The stamp of the write under way ([`BindingViews::untrust`]) until it settles.
-    writer: Option<u64>,
+    /// The writes under way ([`BindingViews::untrust`]): each one's stamp and when (unix
+    /// seconds) it began, until it settles or is abandoned. A mark older than the entries'
+    /// lifetime is taken for a write whose REGISTER went away (its store call has long
+    /// ended) and no longer counts.
+    writers: Vec<(u64, u64)>,
+}
+
+impl Entry {
+    /// Forgets the marks of writes that began a lifetime ago or more.
+    fn prune(&mut self, now: u64, ttl: u64) {
+        self.writers
+            .retain(|&(_, since)| now.saturating_sub(since) < ttl);
+    }
+
+    /// No write under way but, if `own`, the one with that stamp.
+    fn no_writer_but(&self, own: Option<u64>) -> bool {
+        self.writers.iter().all(|&(w, _)| Some(w) == own)
+    }
+
+    fn drop_writer(&mut self, stamp: u64) {
+        self.writers.retain(|&(w, _)| w != stamp);
+    }
 }
 
 /// Each device's bindings as this registrar last read or wrote them.
@@ -79,11 +104,14 @@ pub(crate) struct BindingViews {
     next_stamp: u64,
     ttl_secs: u64,
     capacity: usize,
+    /// How many times entries were dropped to stay within the capacity: a read made when
+    /// its device had no entry is kept only if none was dropped since.
+    evictions: u64,
 }
 
 impl BindingViews {
     /// Entries trusted for at most `ttl` after they were read from the store (zero: nothing
-    /// is ever trusted, every REGISTER reads the store); at most `capacity` devices are kept
+    /// is ever kept, every REGISTER reads the store); at most `capacity` devices are kept
     /// (past it the memory starts over).
     pub(crate) fn new(ttl: Duration, capacity: usize) -> BindingViews {
         BindingViews {
@@ -91,6 +119,7 @@ impl BindingViews {
             next_stamp: 1,
             ttl_secs: ttl.as_secs(),
             capacity: capacity.max(1),
+            evictions: 0,
         }
     }
 
@@ -104,15 +133,22 @@ impl BindingViews {
         self.next_stamp
     }
 
-    /// Runs `f` on the entry of `device`, created (untrusted) when there is none.
-    fn with_entry<R>(&mut self, device: &str, f: impl FnOnce(&mut Entry) -> R) -> R {
+    /// Runs `f` on the entry of `device`, created (untrusted) when there is none, after
+    /// forgetting its marks of writes older than the lifetime.
+    fn with_entry<R>(&mut self, device: &str, now: u64, f: impl FnOnce(&mut Entry) -> R) -> R {
+        let ttl = self.ttl_secs;
         if let Some(e) = self.entries.get_mut(device) {
+            e.prune(now, ttl);
             return f(e);
         }
         if self.entries.len() >= self.capacity {
             // Writes under way stay known: a REGISTER must not take a device for quiet while
             // one of its writes has not settled.
-            self.entries.retain(|_, e| e.writer.is_some());
+            self.entries.retain(|_, e| {
+                e.prune(now, ttl);
+                !e.writers.is_empty()
+            });
+            self.evictions += 1;
         }
         let stamp = self.stamp();
         f(self.entries.entry(device.to_owned()).or_insert(Entry {
@@ -120,7 +156,7 @@ impl BindingViews {
             stamp,
             read_at: 0,
             generation: 0,
-            writer: None,
+            writers: Vec::new(),
         }))
     }
 
@@ -137,8 +173,9 @@ impl BindingViews {
         if ttl == 0 {
             return (None, Seen::NOTHING);
         }
-        self.with_entry(device, |e| {
+        self.with_entry(device, now, |e| {
             let fresh = e.generation == generation && now.saturating_sub(e.read_at) < ttl;
+            let quiet = e.writers.is_empty();
             match &e.bindings {
                 Some(b) if fresh => {
                     let now = now as i64;
@@ -152,9 +189,9 @@ impl BindingViews {
                         Seen {
                             stamp: e.stamp,
                             trusted: Some((e.read_at, e.generation)),
-                            quiet: e.writer.is_none(),
+                            quiet,
                             writing: false,
-                            absent: false,
+                            absent: 0,
                         },
                     )
                 }
@@ -165,9 +202,9 @@ impl BindingViews {
                         Seen {
                             stamp: e.stamp,
                             trusted: None,
-                            quiet: e.writer.is_none(),
+                            quiet,
                             writing: false,
-                            absent: false,
+                            absent: 0,
                         },
                     )
                 }
@@ -189,7 +226,8 @@ impl BindingViews {
                 trusted: None,
                 quiet: true,
                 writing: false,
-                absent: true,
+                // One more than the evictions so far: what a settle checks.
+                absent: self.evictions + 1,
             }),
             Some(e) => {
                 let fresh = e.generation == generation
@@ -198,34 +236,37 @@ impl BindingViews {
                 (!fresh).then_some(Seen {
                     stamp: e.stamp,
                     trusted: None,
-                    quiet: e.writer.is_none(),
+                    quiet: e
+                        .writers
+                        .iter()
+                        .all(|&(_, since)| now.saturating_sub(since) >= self.ttl_secs),
                     writing: false,
-                    absent: false,
+                    absent: 0,
                 })
             }
         }
     }
 
     /// Marks `device`'s entry untrusted before a write of its bindings; returns what to settle
-    /// it with after the write and the read that follows it.
-    pub(crate) fn untrust(&mut self, device: &str) -> Seen {
-        self.untrust_after(device, Seen::NOTHING).0
+    /// (or [`Self::abandon`]) it with after the write and the read that follows it.
+    pub(crate) fn untrust(&mut self, device: &str, now: u64) -> Seen {
+        self.untrust_after(device, Seen::NOTHING, now).0
     }
 
     /// [`Self::untrust`] for a write decided on the bindings `seen` saw; also whether they
     /// are the device's bindings as they stand: no write of the device was under way when
     /// they were read and nothing changed the entry since. Only then may the write's result be
     /// made from them ([`Self::settle_written`]).
-    pub(crate) fn untrust_after(&mut self, device: &str, seen: Seen) -> (Seen, bool) {
+    pub(crate) fn untrust_after(&mut self, device: &str, seen: Seen, now: u64) -> (Seen, bool) {
         if !self.enabled() {
             return (Seen::NOTHING, false);
         }
         let stamp = self.stamp();
-        let current = self.with_entry(device, |e| {
-            let current = seen.quiet && e.stamp == seen.stamp && e.writer.is_none();
+        let current = self.with_entry(device, now, |e| {
+            let current = seen.quiet && e.stamp == seen.stamp && e.writers.is_empty();
             e.bindings = None;
             e.stamp = stamp;
-            e.writer = Some(stamp);
+            e.writers.push((stamp, now));
             current
         });
         (
@@ -234,20 +275,34 @@ impl BindingViews {
                 trusted: None,
                 quiet: false,
                 writing: true,
-                absent: false,
+                absent: 0,
             },
             current,
         )
     }
 
+    /// A write marked by [`Self::untrust`] that failed or whose result is not read: it is no
+    /// longer under way, and the entry stays untrusted.
+    pub(crate) fn abandon(&mut self, device: &str, write: Seen, now: u64) {
+        if !self.enabled() || !write.writing {
+            return;
+        }
+        let stamp = self.stamp();
+        self.with_entry(device, now, |e| {
+            e.drop_writer(write.stamp);
+            e.bindings = None;
+            e.stamp = stamp;
+        });
+    }
+
     /// Marks `device`'s entry untrusted (a failed write of the store's memory), with no write
     /// under way.
-    pub(crate) fn forget(&mut self, device: &str) {
+    pub(crate) fn forget(&mut self, device: &str, now: u64) {
         if !self.enabled() {
             return;
         }
         let stamp = self.stamp();
-        self.with_entry(device, |e| {
+        self.with_entry(device, now, |e| {
             e.bindings = None;
             e.stamp = stamp;
         });
@@ -271,7 +326,7 @@ impl BindingViews {
         }
         let stamp = self.stamp();
         let e = self.entries.get_mut(device)?;
-        if e.stamp != write.stamp {
+        if e.stamp != write.stamp || !e.no_writer_but(Some(write.stamp)) {
             return None;
         }
         let kept = bindings();
@@ -281,14 +336,16 @@ impl BindingViews {
             stamp,
             read_at,
             generation,
-            writer: None,
+            writers: Vec::new(),
         };
         Some(kept)
     }
 
-    /// Keeps `bindings` as `device`'s when nothing changed its entry since `seen`: read from
-    /// the store at `read_at` after the provisioning generation was `generation` (when `seen`
-    /// came from the store; an entry from memory keeps its own). Otherwise drops the entry.
+    /// Keeps `bindings` as `device`'s when nothing changed its entry since `seen` and no
+    /// other write of it is under way: read from the store at `read_at` after the
+    /// provisioning generation was `generation` (when `seen` came from the store; an entry
+    /// from memory keeps its own). Otherwise leaves the entry untrusted, with a new stamp, so
+    /// that what was decided on the entry meanwhile is not kept either.
     pub(crate) fn settle(
         &mut self,
         device: &str,
@@ -300,38 +357,35 @@ impl BindingViews {
         if !self.enabled() {
             return;
         }
-        if seen.absent {
-            // Read when the device had no entry: kept only if it still has none (anything
-            // else that came meanwhile settles on its own).
-            if self.entries.contains_key(device) {
+        if seen.absent > 0 {
+            // Read when the device had no entry: kept only if it still has none and none was
+            // dropped for room meanwhile (one made and dropped since would have been missed).
+            if self.entries.contains_key(device) || seen.absent != self.evictions + 1 {
                 return;
             }
             let stamp = self.stamp();
-            self.with_entry(device, |e| {
+            self.with_entry(device, read_at, |e| {
                 *e = Entry {
                     bindings: Some(bindings),
                     stamp,
                     read_at,
                     generation,
-                    writer: None,
+                    writers: Vec::new(),
                 };
             });
             return;
         }
         let stamp = self.stamp();
-        self.with_entry(device, |e| {
-            if e.stamp != seen.stamp {
+        self.with_entry(device, read_at, |e| {
+            let own = seen.writing.then_some(seen.stamp);
+            if let Some(w) = own {
+                // This write is no longer under way, kept or not.
+                e.drop_writer(w);
+            }
+            // A read made while another write was under way may have missed it.
+            if e.stamp != seen.stamp || !e.no_writer_but(None) {
                 e.bindings = None;
                 e.stamp = stamp;
-                // A write that settles, disturbed, is no longer under way.
-                if e.writer == Some(seen.stamp) {
-                    e.writer = None;
-                }
-                return;
-            }
-            // A read made while a write was under way may have missed it: the write's own
-            // result settles instead.
-            if e.writer.is_some_and(|w| !(seen.writing && w == seen.stamp)) {
                 return;
             }
             let (read_at, generation) = seen.trusted.unwrap_or((read_at, generation));
@@ -340,7 +394,7 @@ impl BindingViews {
                 stamp,
                 read_at,
                 generation,
-                writer: None,
+                writers: Vec::new(),
             };
         });
     }
@@ -502,7 +556,7 @@ mod tests {
             1,
         );
         let (_, refresh) = v.get("alice-desk", 1001, 1);
-        let write = v.untrust("alice-desk");
+        let write = v.untrust("alice-desk", 1001);
         // Meanwhile nobody is served from memory, and a refresh decided before is refused.
         assert!(v.get("alice-desk", 1001, 1).0.is_none());
         v.settle(
@@ -518,7 +572,7 @@ mod tests {
         v.settle("alice-desk", write, Arc::new(vec![]), 1001, 1);
         assert!(v.get("alice-desk", 1001, 1).0.is_none());
         // A write that settles undisturbed is kept.
-        let write = v.untrust("alice-desk");
+        let write = v.untrust("alice-desk", 1002);
         v.settle(
             "alice-desk",
             write,
@@ -536,7 +590,7 @@ mod tests {
     fn a_write_on_bindings_as_they_stand_keeps_its_own_result() {
         let mut v = BindingViews::new(Duration::from_secs(30), 10);
         let (_, seen) = v.get("alice-desk", 1000, 1);
-        let (write, current) = v.untrust_after("alice-desk", seen);
+        let (write, current) = v.untrust_after("alice-desk", seen, 1000);
         assert!(current);
         let kept = v.settle_written(
             "alice-desk",
@@ -554,59 +608,107 @@ mod tests {
         assert!(v.get("alice-desk", 1030, 1).0.is_none());
     }
 
+    /// A view settled and trusted again, and what a REGISTER decides on it.
+    fn trusted(v: &mut BindingViews, now: u64) -> Seen {
+        let (_, seen) = v.get("alice-desk", now, 1);
+        v.settle("alice-desk", seen, Arc::new(vec![]), now, 1);
+        let (b, seen) = v.get("alice-desk", now, 1);
+        assert!(b.is_some(), "trusted at {now}");
+        seen
+    }
+
     #[test]
-    fn a_write_decided_on_bindings_that_changed_or_were_being_written_reads_them_back() {
+    fn a_write_decided_on_bindings_that_changed_meanwhile_reads_them_back() {
         let mut v = BindingViews::new(Duration::from_secs(30), 10);
-        // Another REGISTER of the device came between the read and the write.
-        let (_, seen) = v.get("alice-desk", 1000, 1);
-        let other = v.untrust("alice-desk");
-        let (_, current) = v.untrust_after("alice-desk", seen);
+        // Another REGISTER of the device began a write between the read and this write.
+        let seen = trusted(&mut v, 1000);
+        let other = v.untrust("alice-desk", 1000);
+        let (this, current) = v.untrust_after("alice-desk", seen, 1000);
         assert!(!current);
         v.settle("alice-desk", other, Arc::new(vec![]), 1000, 1);
-        // Read while a write was under way (one whose REGISTER went away): that read is
-        // not kept, and a write decided on it must read back.
-        let _abandoned = v.untrust("alice-desk");
-        let (_, seen) = v.get("alice-desk", 1001, 1);
+        v.settle("alice-desk", this, Arc::new(vec![]), 1000, 1);
+        // A refresh (kept in the store's memory on the registrar's thread) settles while a
+        // write decided on the bindings as they stood runs: the write reads back.
+        let seen = trusted(&mut v, 1001);
+        let (write, current) = v.untrust_after("alice-desk", seen, 1001);
+        assert!(current);
+        let (_, refresh) = v.get("alice-desk", 1001, 1);
         v.settle(
             "alice-desk",
-            seen,
-            Arc::new(vec![binding("sip:a@x", 2000)]),
+            refresh,
+            Arc::new(vec![binding("sip:a@x", 9000)]),
             1001,
             1,
         );
         assert!(v.get("alice-desk", 1001, 1).0.is_none());
-        let (_, seen) = v.get("alice-desk", 1001, 1);
-        let (write, current) = v.untrust_after("alice-desk", seen);
-        assert!(!current);
-        // Its own read back settles, and the device is quiet again.
-        v.settle(
-            "alice-desk",
-            write,
-            Arc::new(vec![binding("sip:a@x", 2000)]),
-            1001,
-            1,
-        );
-        let (b, seen) = v.get("alice-desk", 1002, 1);
-        assert!(b.is_some());
-        let (write, current) = v.untrust_after("alice-desk", seen);
-        assert!(current);
-        // Something changed the entry while the write ran: no result from memory.
-        let (_, racing) = v.get("alice-desk", 1002, 1);
-        let _ = v.untrust_after("alice-desk", racing);
-        let kept = v.settle_written("alice-desk", seen, write, || Arc::new(vec![]), 1002, 1);
+        let kept = v.settle_written("alice-desk", seen, write, || Arc::new(vec![]), 1001, 1);
         assert!(kept.is_none());
+        v.settle("alice-desk", write, Arc::new(vec![]), 1001, 1);
+        assert!(v.get("alice-desk", 1001, 1).0.is_none());
+        // Quiet again: the next write is decided on bindings as they stand.
+        let seen = trusted(&mut v, 1002);
+        assert!(v.untrust_after("alice-desk", seen, 1002).1);
+    }
+
+    #[test]
+    fn overlapping_writes_keep_nothing_until_both_have_settled() {
+        let mut v = BindingViews::new(Duration::from_secs(30), 10);
+        trusted(&mut v, 1000);
+        let first = v.untrust("alice-desk", 1000);
+        let second = v.untrust("alice-desk", 1000);
+        // The second reads back and settles while the first still runs: its read may miss
+        // the first's write.
+        v.settle("alice-desk", second, Arc::new(vec![]), 1000, 1);
+        assert!(v.get("alice-desk", 1000, 1).0.is_none());
+        let (_, seen) = v.get("alice-desk", 1000, 1);
+        v.settle("alice-desk", seen, Arc::new(vec![]), 1000, 1);
+        assert!(v.get("alice-desk", 1000, 1).0.is_none());
+        v.settle("alice-desk", first, Arc::new(vec![]), 1000, 1);
+        assert!(v.get("alice-desk", 1000, 1).0.is_none());
+        // Both settled: quiet again.
+        let seen = trusted(&mut v, 1001);
+        let (write, current) = v.untrust_after("alice-desk", seen, 1001);
+        assert!(current);
+        v.abandon("alice-desk", write, 1001);
+        trusted(&mut v, 1001);
+    }
+
+    #[test]
+    fn a_write_whose_register_went_away_counts_for_a_lifetime_a_failed_one_not_at_all() {
+        let mut v = BindingViews::new(Duration::from_secs(30), 10);
+        let _gone = v.untrust("alice-desk", 1000);
+        // Reads while it may still land are not kept, and writes decided on them read back.
+        let (_, seen) = v.get("alice-desk", 1001, 1);
+        v.settle("alice-desk", seen, Arc::new(vec![]), 1001, 1);
+        assert!(v.get("alice-desk", 1001, 1).0.is_none());
+        let (_, seen) = v.get("alice-desk", 1001, 1);
+        let (write, current) = v.untrust_after("alice-desk", seen, 1001);
+        assert!(!current);
+        v.settle("alice-desk", write, Arc::new(vec![]), 1001, 1);
+        assert!(v.get("alice-desk", 1001, 1).0.is_none());
+        // A lifetime after it began it no longer counts.
+        let seen = trusted(&mut v, 1030);
+        assert!(v.untrust_after("alice-desk", seen, 1030).1);
+        // A write that failed is abandoned at once.
+        let (_, seen) = v.get("bob-desk", 1030, 1);
+        let failed = v.untrust("bob-desk", 1030);
+        v.abandon("bob-desk", failed, 1030);
+        let (_, seen2) = v.get("bob-desk", 1030, 1);
+        assert_ne!(seen, seen2);
+        v.settle("bob-desk", seen2, Arc::new(vec![]), 1030, 1);
+        assert!(v.get("bob-desk", 1030, 1).0.is_some());
     }
 
     #[test]
     fn writes_under_way_outlive_the_memory_starting_over() {
         let mut v = BindingViews::new(Duration::from_secs(30), 2);
-        let _abandoned = v.untrust("a");
+        let _abandoned = v.untrust("a", 1000);
         for d in ["b", "c", "d"] {
             let (_, seen) = v.get(d, 1000, 1);
             v.settle(d, seen, Arc::new(vec![]), 1000, 1);
         }
         let (_, seen) = v.get("a", 1000, 1);
-        assert!(!v.untrust_after("a", seen).1);
+        assert!(!v.untrust_after("a", seen, 1000).1);
     }
 
     #[test]
@@ -624,10 +726,10 @@ mod tests {
         assert!(v.peek("alice-desk", 1001, 1).is_none());
         let (b, seen) = v.get("alice-desk", 1001, 1);
         assert_eq!(b.unwrap()[0].contact, "sip:a@x");
-        assert!(v.untrust_after("alice-desk", seen).1);
+        assert!(v.untrust_after("alice-desk", seen, 1001).1);
         // An entry made meanwhile (here a write under way) wins over the read.
         let seen = v.peek("bob-desk", 1000, 1).unwrap();
-        let write = v.untrust("bob-desk");
+        let write = v.untrust("bob-desk", 1000);
         v.settle("bob-desk", seen, Arc::new(vec![]), 1000, 1);
         assert!(v.get("bob-desk", 1000, 1).0.is_none());
         v.settle("bob-desk", write, Arc::new(vec![]), 1000, 1);
@@ -638,6 +740,28 @@ mod tests {
         assert!(BindingViews::new(Duration::ZERO, 10)
             .peek("alice-desk", 1000, 1)
             .is_none());
+    }
+
+    #[test]
+    fn a_read_for_a_device_without_an_entry_is_not_kept_after_entries_were_dropped() {
+        let mut v = BindingViews::new(Duration::from_secs(30), 2);
+        let seen = v.peek("carol-desk", 1000, 1).unwrap();
+        // Meanwhile an entry of the device was made, written, settled and dropped for room.
+        let write = v.untrust("carol-desk", 1000);
+        v.settle("carol-desk", write, Arc::new(vec![]), 1000, 1);
+        for d in ["a", "b", "c"] {
+            let (_, s) = v.get(d, 1000, 1);
+            v.settle(d, s, Arc::new(vec![]), 1000, 1);
+        }
+        assert!(v.peek("carol-desk", 1000, 1).is_some());
+        v.settle(
+            "carol-desk",
+            seen,
+            Arc::new(vec![binding("sip:old@x", 2000)]),
+            1000,
+            1,
+        );
+        assert!(v.get("carol-desk", 1000, 1).0.is_none());
     }
 
     #[test]

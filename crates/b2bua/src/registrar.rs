@@ -770,6 +770,7 @@ impl Registrar {
             Ok(b) => Arc::new(b),
             Err(e) => {
                 tracing::error!(error = %e, "store lookup failed");
+                self.abandon(device, seen, now);
                 return Err(Self::store_failed(req, &e));
             }
         };
@@ -779,18 +780,26 @@ impl Registrar {
         Ok(read)
     }
 
+    /// [`BindingViews::abandon`] under the views' lock: a write of `device` that failed.
+    fn abandon(&self, device: &str, write: Seen, now: u64) {
+        if let Ok(mut v) = self.views.lock() {
+            v.abandon(device, write, now);
+        }
+    }
+
     /// [`BindingViews::untrust_after`] under the views' lock.
-    fn untrust_after(&self, device: &str, seen: Seen) -> (Seen, bool) {
+    fn untrust_after(&self, device: &str, seen: Seen, now: u64) -> (Seen, bool) {
         match self.views.lock() {
-            Ok(mut v) => v.untrust_after(device, seen),
+            Ok(mut v) => v.untrust_after(device, seen, now),
             Err(_) => (Seen::NOTHING, false),
         }
     }
 
     /// The device's bindings after a write decided on `existing` (the bindings as they stood):
-    /// `existing` without the contacts `written` or `removed`, then `written`, unexpired,
-    /// in the store's order (by contact). Kept and returned when nothing changed the device's
-    /// entry while the write ran ([`BindingViews::settle_written`]); `None`: read the store.
+    /// the `done` changes applied to them in the order the store applied them (a contact
+    /// twice in one REGISTER ends as its last change left it), unexpired, in the store's
+    /// order (by contact). Kept and returned when nothing changed the device's entry while
+    /// the write ran ([`BindingViews::settle_written`]); `None`: read the store.
     #[allow(clippy::too_many_arguments)]
     fn settle_written(
         &self,
@@ -798,33 +807,19 @@ impl Registrar {
         seen: Seen,
         write: Seen,
         existing: &[Binding],
-        written: Vec<Binding>,
-        removed: &[String],
+        done: Vec<Change>,
         now: u64,
         generation: u64,
     ) -> Option<Arc<Vec<Binding>>> {
         let mut views = self.views.lock().ok()?;
-        let result = || {
-            let mut after: Vec<Binding> = existing
-                .iter()
-                .filter(|old| {
-                    !removed.contains(&old.contact)
-                        && !written.iter().any(|b| b.contact == old.contact)
-                })
-                .cloned()
-                .collect();
-            after.extend(written);
-            after.retain(|b| b.expires_at > now as i64);
-            after.sort_by(|a, b| a.contact.cmp(&b.contact));
-            Arc::new(after)
-        };
+        let result = || Arc::new(apply_changes(existing, done, now));
         views.settle_written(device, seen, write, result, now, generation)
     }
 
     /// Marks the view of `device`'s bindings untrusted before a write of them.
-    fn untrust(&self, device: &str) -> Seen {
+    fn untrust(&self, device: &str, now: u64) -> Seen {
         match self.views.lock() {
-            Ok(mut v) => v.untrust(device),
+            Ok(mut v) => v.untrust(device, now),
             Err(_) => Seen::NOTHING,
         }
     }
@@ -884,11 +879,11 @@ impl Registrar {
                 {
                     return Err(Self::reply(req, 400).with_reason("Out of order CSeq"));
                 }
-                let write = self.untrust(username);
-                self.store
-                    .remove_all_bindings(username)
-                    .await
-                    .map_err(|e| Self::store_failed(req, &e))?;
+                let write = self.untrust(username, now);
+                if let Err(e) = self.store.remove_all_bindings(username).await {
+                    self.abandon(username, write, now);
+                    return Err(Self::store_failed(req, &e));
+                }
                 if let Ok(mut c) = self.conns.lock() {
                     c.retain(|(d, _), _| d != username);
                 }
@@ -977,48 +972,39 @@ impl Registrar {
                     Ok(kept) => return Ok(kept),
                     Err(changes) => changes,
                 };
-                let (write, current) = self.untrust_after(username, seen);
-                // What the writes leave, to make the result from when nothing else changed
-                // the device's bindings meanwhile.
-                let mut written: Vec<Binding> = Vec::with_capacity(changes.len());
-                let mut removed: Vec<String> = Vec::new();
+                let (write, current) = self.untrust_after(username, seen, now);
+                // The changes as the store took them, in order, to make the result from when
+                // nothing else changed the device's bindings meanwhile.
+                let mut done: Vec<Change> = Vec::with_capacity(changes.len());
                 for change in changes {
-                    let (contact, stored) = match change {
+                    let (contact, stored) = match &change {
                         Change::Remove(contact) => {
-                            let r = self.store.remove_binding(username, &contact).await;
+                            let r = self.store.remove_binding(username, contact).await;
                             if let Ok(mut c) = self.conns.lock() {
                                 c.remove(&(username.clone(), contact.clone()));
                             }
-                            removed.push(contact);
                             (None, r.map(|_| ()))
                         }
                         Change::Refresh(b) => {
-                            let r = self.store.refresh_binding(&b).await;
-                            let contact = b.contact.clone();
-                            written.push(b);
-                            (Some(contact), r)
+                            (Some(&b.contact), self.store.refresh_binding(b).await)
                         }
-                        Change::Write(b) => {
-                            let r = self.store.upsert_binding(&b).await;
-                            let contact = b.contact.clone();
-                            written.push(b);
-                            (Some(contact), r)
-                        }
+                        Change::Write(b) => (Some(&b.contact), self.store.upsert_binding(b).await),
                     };
                     if let Err(e) = stored {
                         tracing::error!(error = %e, "cannot store binding");
+                        self.abandon(username, write, now);
                         return Err(Self::store_failed(req, &e));
                     }
                     if let (Some(contact), Some(id), Ok(mut c)) =
                         (contact, flow.conn, self.conns.lock())
                     {
-                        c.insert((username.clone(), contact), id);
+                        c.insert((username.clone(), contact.clone()), id);
                     }
+                    done.push(change);
                 }
                 if current {
-                    let after = self.settle_written(
-                        username, seen, write, &existing, written, &removed, now, generation,
-                    );
+                    let after = self
+                        .settle_written(username, seen, write, &existing, done, now, generation);
                     if let Some(after) = after {
                         return Ok(after);
                     }
@@ -1068,14 +1054,14 @@ impl Registrar {
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 tracing::error!(error = %e, "cannot store binding");
-                views.forget(&first.device_username);
+                views.forget(&first.device_username, now);
                 return Err(Self::store_failed(req, &e));
             }
         }
         for b in &refreshes[1..] {
             if let Some(Err(e)) = self.store.refresh_binding_here(b) {
                 tracing::error!(error = %e, "cannot store binding");
-                views.forget(&first.device_username);
+                views.forget(&first.device_username, now);
                 return Err(Self::store_failed(req, &e));
             }
         }
@@ -1125,6 +1111,27 @@ enum Change {
     Refresh(Binding),
     /// A new or changed binding: written before the answer.
     Write(Binding),
+}
+
+/// `existing` (the bindings as they stood) with `done` applied in order: a refresh or write
+/// sets its contact's binding, a removal drops it; then the unexpired at `now`, by contact
+/// (the store's order).
+fn apply_changes(existing: &[Binding], done: Vec<Change>, now: u64) -> Vec<Binding> {
+    let mut after: Vec<Binding> = existing.to_vec();
+    for change in done {
+        match change {
+            Change::Remove(contact) => after.retain(|b| b.contact != contact),
+            Change::Refresh(b) | Change::Write(b) => {
+                match after.iter_mut().find(|old| old.contact == b.contact) {
+                    Some(old) => *old = b,
+                    None => after.push(b),
+                }
+            }
+        }
+    }
+    after.retain(|b| b.expires_at > now as i64);
+    after.sort_by(|a, b| a.contact.cmp(&b.contact));
+    after
 }
 
 /// Whether `new` is `old` refreshed: the same binding but for its expiry, CSeq, Call-ID and
@@ -2123,7 +2130,7 @@ mod tests {
         assert_eq!(f.reg.read_backs.load(Relaxed), 0);
 
         // A write of the device that never settled: the next one cannot trust what it reads.
-        f.reg.untrust("alice-desk");
+        f.reg.untrust("alice-desk", now + 5);
         let d = authed_on(
             &f.reg,
             &from(40004),
@@ -2143,13 +2150,66 @@ mod tests {
                 "<sip:alice@192.0.2.10:5070>;expires=120"
             ]
         );
-        // That write settled: the next is decided on bindings as they stand again.
+        // The write that never settled still counts as under way: the next reads back too.
         let d = authed_on(&f.reg, &from(40004), 15, b, Some(0), "s3cret-desk", now + 7).await;
         assert_eq!(
             contact_expires(&d),
             ["<sip:alice@192.0.2.10:5060>;expires=896"]
         );
-        assert_eq!(f.reg.read_backs.load(Relaxed), 1);
+        assert_eq!(f.reg.read_backs.load(Relaxed), 2);
+        // A lifetime after it began it no longer does: writes are decided on bindings as
+        // they stand again.
+        let d = authed_on(
+            &f.reg,
+            &from(40004),
+            17,
+            b,
+            Some(60),
+            "s3cret-desk",
+            now + 40,
+        )
+        .await;
+        assert_eq!(
+            contact_expires(&d),
+            [
+                "<sip:alice@192.0.2.10:5060>;expires=863",
+                "<sip:alice@192.0.2.10:5070>;expires=60"
+            ]
+        );
+        assert_eq!(f.reg.read_backs.load(Relaxed), 2);
+        // A contact given twice in one REGISTER ends as its last change left it, in the
+        // answer as in the store.
+        let twice =
+            "<sip:alice@192.0.2.10:5080>;expires=600, <sip:alice@192.0.2.10:5080>;expires=0";
+        let d = authed_on(
+            &f.reg,
+            &from(40004),
+            19,
+            twice,
+            None,
+            "s3cret-desk",
+            now + 41,
+        )
+        .await;
+        assert_eq!(d.response.status, 200);
+        let stored: Vec<String> = f
+            .reg
+            .store
+            .bindings_for_device("alice-desk", (now + 41) as i64)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| {
+                format!(
+                    "<{}>;expires={}",
+                    b.contact,
+                    b.expires_at - (now + 41) as i64
+                )
+            })
+            .collect();
+        assert_eq!(contact_expires(&d), stored);
+        assert_eq!(stored.len(), 2);
+        assert_eq!(f.reg.read_backs.load(Relaxed), 2);
         drop(f.reg);
         OnFile::remove(&f.path);
     }
