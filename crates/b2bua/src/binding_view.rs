@@ -80,11 +80,16 @@ struct Entry {
     writers: Vec<(u64, u64)>,
 }
 
+/// Whether a write that began at `since` still counts as under way at `now`.
+fn under_way(since: u64, now: u64, ttl: u64) -> bool {
+    now.saturating_sub(since) < ttl
+}
+
 impl Entry {
     /// Forgets the marks of writes that began a lifetime ago or more.
     fn prune(&mut self, now: u64, ttl: u64) {
         self.writers
-            .retain(|&(_, since)| now.saturating_sub(since) < ttl);
+            .retain(|&(_, since)| under_way(since, now, ttl));
     }
 
     /// No write under way but, if `own`, the one with that stamp.
@@ -236,10 +241,10 @@ impl BindingViews {
                 (!fresh).then_some(Seen {
                     stamp: e.stamp,
                     trusted: None,
-                    quiet: e
+                    quiet: !e
                         .writers
                         .iter()
-                        .all(|&(_, since)| now.saturating_sub(since) >= self.ttl_secs),
+                        .any(|&(_, since)| under_way(since, now, self.ttl_secs)),
                     writing: false,
                     absent: 0,
                 })
