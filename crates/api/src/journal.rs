@@ -345,6 +345,20 @@ pub(crate) async fn admit_call(
 struct Known {
     rec: CallRecord,
     next_seq: i64,
+    /// The status the store holds, taken when the call is staged for a batch: the batch's
+    /// write names a status change as such (`CallWrite::CallStatus`).
+    stored: CallStatus,
+}
+
+impl Known {
+    fn new(rec: CallRecord, next_seq: i64) -> Known {
+        let stored = rec.status;
+        Known {
+            rec,
+            next_seq,
+            stored,
+        }
+    }
 }
 
 /// An event as the live event stream tells it (`GET /v1/events`), serialized straight from
@@ -521,13 +535,13 @@ impl Writer {
                 let known = match self.known.remove(&ev.call_id) {
                     Some(k) => Some(k),
                     None => match self.shared.journal.take_born(&ev.call_id) {
-                        Some(rec) => Some(Known { next_seq: 1, rec }),
+                        Some(rec) => Some(Known::new(rec, 1)),
                         None => match store.read_call_here(&ev.account_id, &ev.call_id) {
-                            Some(read) => read?.map(|(rec, next_seq)| Known { next_seq, rec }),
+                            Some(read) => read?.map(|(rec, next_seq)| Known::new(rec, next_seq)),
                             None => store
                                 .get_call(&ev.account_id, &ev.call_id)
                                 .await?
-                                .map(|rec| Known { next_seq: 0, rec }),
+                                .map(|rec| Known::new(rec, 0)),
                         },
                     },
                 };
@@ -539,6 +553,7 @@ impl Writer {
                 if known.next_seq == 0 {
                     known.next_seq = store.next_callback_seq(&ev.call_id).await?;
                 }
+                known.stored = known.rec.status;
                 staged.insert(ev.call_id.clone(), known);
             }
             let Some(k) = staged.get_mut(&ev.call_id) else {
@@ -593,7 +608,11 @@ impl Writer {
         for id in touched.iter() {
             if let Some(k) = staged.remove(id) {
                 touched_seq.push(k.next_seq);
-                writes.push(CallWrite::Call(k.rec));
+                writes.push(if k.rec.status == k.stored {
+                    CallWrite::Call(k.rec)
+                } else {
+                    CallWrite::CallStatus(k.rec)
+                });
             }
         }
         let mut outcomes = Vec::with_capacity(admissions.len());
@@ -629,9 +648,9 @@ impl Writer {
         for w in writes.drain(..) {
             match w {
                 CallWrite::Callback(_) => any_callback = true,
-                CallWrite::Call(rec) => {
+                CallWrite::Call(rec) | CallWrite::CallStatus(rec) => {
                     let next_seq = seqs.next().unwrap_or(0);
-                    keep(&mut self.known, rec.id.clone(), Known { rec, next_seq });
+                    keep(&mut self.known, rec.id.clone(), Known::new(rec, next_seq));
                 }
                 _ => {}
             }

@@ -918,6 +918,9 @@ pub enum CallWrite {
     /// id, dial string, destination, caller id, callback URL, metadata) stays as stored;
     /// `update_call` writes the whole record.
     Call(CallRecord),
+    /// As [`CallWrite::Call`], for a call whose status is not the one stored (a backend
+    /// may write a status change differently; both variants are correct either way).
+    CallStatus(CallRecord),
     /// A callback into the outbox.
     Callback(OutboxEntry),
 }

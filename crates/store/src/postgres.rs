@@ -989,7 +989,7 @@ async fn apply_writes_on<C: GenericClient + Sync>(
                 append_timeline_on(c, call_id, entry).await?;
             }
             CallWrite::NewCall(r) => insert_call_on(c, r).await?,
-            CallWrite::Call(r) => update_progress_on(c, r).await?,
+            CallWrite::Call(r) | CallWrite::CallStatus(r) => update_progress_on(c, r).await?,
             CallWrite::Callback(e) => enqueue_callback_on(c, e).await?,
         }
     }

@@ -2969,7 +2969,8 @@ fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreE
                 }
             },
             CallWrite::NewCall(c) => insert_call_on(conn, c)?,
-            CallWrite::Call(c) => update_progress_on(conn, c)?,
+            CallWrite::Call(c) => update_progress_on(conn, c, false)?,
+            CallWrite::CallStatus(c) => update_progress_on(conn, c, true)?,
             CallWrite::Callback(e) => enqueue_callback_on(conn, e)?,
         }
     }
@@ -3127,7 +3128,13 @@ const UPDATE_PROGRESS_SAME_STATUS: &str = "UPDATE calls SET end_leg = ?4, sip_co
      answered_at_ms = ?6, ended_at_ms = ?7, legs = ?8, stats = ?9, recording = ?10
  WHERE id = ?1 AND account_id = ?2 AND status = ?3";
 
-fn update_progress_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
+/// `new_status`: the writer's word that the status is not the stored one, so the statement
+/// that keeps it is not tried first (it would match no row); either way the row ends right.
+fn update_progress_on(
+    conn: &Connection,
+    c: &CallRecord,
+    new_status: bool,
+) -> Result<(), StoreError> {
     let recording = serde_json::to_string(&c.recording)?;
     let legs = serde_json::to_string(&c.legs)?;
     let stats = serde_json::to_string(&c.stats)?;
@@ -3143,7 +3150,11 @@ fn update_progress_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreErro
         stats,
         recording
     ];
-    let mut n = exec(conn, UPDATE_PROGRESS_SAME_STATUS, params)?;
+    let mut n = if new_status {
+        0
+    } else {
+        exec(conn, UPDATE_PROGRESS_SAME_STATUS, params)?
+    };
     if n == 0 {
         n = exec(conn, UPDATE_PROGRESS, params)?;
     }

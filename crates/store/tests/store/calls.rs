@@ -661,6 +661,21 @@ async fn a_batch_writes_a_calls_progress_and_leaves_its_placement() {
         .write_call_batch(&[store::CallWrite::Call(progress.clone())])
         .await
         .unwrap();
+    // A status change named as such is written; named so when the status stays, it
+    // still ends right.
+    progress.status = CallStatus::Ringing;
+    for _ in 0..2 {
+        store
+            .write_call_batch(&[store::CallWrite::CallStatus(progress.clone())])
+            .await
+            .unwrap();
+        let got = store.get_call(ACCT, &c.id).await.unwrap().unwrap();
+        assert_eq!(got.status, CallStatus::Ringing);
+        assert_eq!(got.legs, progress.legs);
+        assert_eq!(got.metadata, c.metadata);
+        assert_eq!(store.unfinished_calls().await.unwrap().len(), 1);
+    }
+    // A change not named as such (the writer's word is only a hint) is written too.
     progress.status = CallStatus::Completed;
     progress.end_leg = Some("customer".into());
     progress.sip_code = Some(200);
@@ -689,7 +704,11 @@ async fn a_batch_writes_a_calls_progress_and_leaves_its_placement() {
     let mut ghost = call(8, T0);
     ghost.status = CallStatus::Ringing;
     assert!(store
-        .write_call_batch(&[store::CallWrite::Call(ghost)])
+        .write_call_batch(&[store::CallWrite::Call(ghost.clone())])
+        .await
+        .is_err());
+    assert!(store
+        .write_call_batch(&[store::CallWrite::CallStatus(ghost)])
         .await
         .is_err());
 }
