@@ -5,7 +5,7 @@ use bytes::Bytes;
 use media::srtp::{SrtpKey, SDES_SUITE};
 use media::{LegStats, SessionStats};
 use serde_json::json;
-use sip_core::sdp::{accepted_codecs, audio_offer, Codec, SessionDescription};
+use sip_core::sdp::{accepted_codecs, audio_offer, AcceptedCodec, Codec, SessionDescription};
 use std::net::SocketAddr;
 
 /// Our `o=` line on one leg: one session id, a version bumped on every change (RFC 3264 §8).
@@ -38,16 +38,28 @@ pub(crate) fn agent_offer(relay: SocketAddr, origin: &mut Origin) -> Bytes {
     sdp.to_bytes()
 }
 
+/// The codecs the agent's answer accepted of our offer, as [`customer_offer`] read them,
+/// with the two descriptions they were read from: [`realign_agent`] takes them instead of
+/// reading both again, unless either has changed since.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentAccepted {
+    offer: Bytes,
+    answer: Bytes,
+    codecs: Vec<AcceptedCodec>,
+}
+
 /// The offer to the customer: the codecs the agent accepted (in the agent's order of
 /// preference), at the relay's customer port. Falls back to every codec when the agent's
-/// answer cannot be read.
+/// answer cannot be read. With it, what the agent accepted (`None` when either description
+/// could not be read).
 pub(crate) fn customer_offer(
     relay: SocketAddr,
     origin: &mut Origin,
-    agent_offer: &[u8],
-    agent_answer: &[u8],
-) -> Bytes {
+    agent_offer: &Bytes,
+    agent_answer: &Bytes,
+) -> (Bytes, Option<AgentAccepted>) {
     let mut sdp = audio_offer(relay.ip(), relay.port(), origin.id, Codec::DEFAULTS);
+    let mut kept = None;
     if let (Ok(o), Ok(a)) = (
         SessionDescription::parse(agent_offer),
         SessionDescription::parse(agent_answer),
@@ -59,30 +71,46 @@ pub(crate) fn customer_offer(
                 sdp = narrowed;
             }
         }
+        kept = Some(AgentAccepted {
+            offer: agent_offer.clone(),
+            answer: agent_answer.clone(),
+            codecs: accepted,
+        });
     }
     origin.stamp(&mut sdp, false);
-    sdp.to_bytes()
+    (sdp.to_bytes(), kept)
 }
 
 /// When the customer accepted fewer codecs than the agent (the agent could send one the
 /// customer does not take), the new offer for the agent: our last offer narrowed to the
-/// customer's codecs, as a new version. `None` when nothing must change.
+/// customer's codecs, as a new version. `None` when nothing must change. `kept`: what
+/// [`customer_offer`] read of the agent's side, used when the agent's offer and answer are
+/// still the ones it read.
 pub(crate) fn realign_agent(
-    agent_offer: &[u8],
-    agent_answer: &[u8],
+    agent_offer: &Bytes,
+    agent_answer: &Bytes,
+    kept: Option<AgentAccepted>,
     customer_offer: &[u8],
     customer_answer: &[u8],
     origin: &mut Origin,
 ) -> Option<Bytes> {
-    let ao = SessionDescription::parse(agent_offer).ok()?;
-    let aa = SessionDescription::parse(agent_answer).ok()?;
     let co = SessionDescription::parse(customer_offer).ok()?;
     let ca = SessionDescription::parse(customer_answer).ok()?;
-    let agent = accepted_codecs(&ao, &aa);
     let customer = accepted_codecs(&co, &ca);
     if customer.is_empty() {
         return None;
     }
+    let mut ao = None;
+    let agent = match kept.filter(|k| k.offer == *agent_offer && k.answer == *agent_answer) {
+        Some(k) => k.codecs,
+        None => {
+            let o = SessionDescription::parse(agent_offer).ok()?;
+            let a = SessionDescription::parse(agent_answer).ok()?;
+            let agent = accepted_codecs(&o, &a);
+            ao = Some(o);
+            agent
+        }
+    };
     let all_taken = agent.iter().all(|a| {
         customer
             .iter()
@@ -91,7 +119,10 @@ pub(crate) fn realign_agent(
     if all_taken {
         return None;
     }
-    let mut offer = ao;
+    let mut offer = match ao {
+        Some(o) => o,
+        None => SessionDescription::parse(agent_offer).ok()?,
+    };
     if !offer.retain_audio_codecs(&customer) {
         return None;
     }
@@ -567,12 +598,24 @@ mod tests {
             text.contains("PCMU/8000") && text.contains("opus/48000/2"),
             "{text}"
         );
-        let c = customer_offer(
+        let (c, kept) = customer_offer(
             "127.0.0.1:40002".parse().unwrap(),
             &mut Origin::new(),
             &offer,
-            AGENT_ANSWER,
+            &Bytes::from_static(AGENT_ANSWER),
         );
+        let kept = kept.unwrap();
+        let names: Vec<&str> = kept.codecs.iter().map(|c| c.encoding.as_str()).collect();
+        assert_eq!(names, ["PCMA", "telephone-event"]);
+        // An answer that cannot be read leaves every codec offered, and nothing kept.
+        let (all, none) = customer_offer(
+            "127.0.0.1:40002".parse().unwrap(),
+            &mut Origin::new(),
+            &offer,
+            &Bytes::from_static(b"not sdp"),
+        );
+        assert!(none.is_none());
+        assert!(String::from_utf8_lossy(&all).contains("PCMU/8000"));
         let text = String::from_utf8_lossy(&c).into_owned();
         assert!(text.contains("PCMA/8000"), "{text}");
         assert!(text.contains("telephone-event/8000"), "{text}");
@@ -583,23 +626,54 @@ mod tests {
     fn agent_is_realigned_to_the_customer_codecs() {
         let mut o = Origin::new();
         let offer = agent_offer("127.0.0.1:40000".parse().unwrap(), &mut o);
-        let agent_answer = b"v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let agent_answer = Bytes::from_static(b"v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n");
         let mut co = Origin::new();
-        let cust_offer = customer_offer(
+        let (cust_offer, kept) = customer_offer(
             "127.0.0.1:40002".parse().unwrap(),
             &mut co,
             &offer,
-            agent_answer,
+            &agent_answer,
         );
-        // The customer takes PCMA (and DTMF) only: the agent must be told.
-        let re = realign_agent(&offer, agent_answer, &cust_offer, AGENT_ANSWER, &mut o).unwrap();
-        let text = String::from_utf8_lossy(&re).into_owned();
+        // With what the customer's offer read of the agent kept, and without it: the same.
+        for kept in [kept.clone(), None] {
+            let mut o = o.clone();
+            // The customer takes PCMA (and DTMF) only: the agent must be told.
+            let re = realign_agent(
+                &offer,
+                &agent_answer,
+                kept.clone(),
+                &cust_offer,
+                AGENT_ANSWER,
+                &mut o,
+            )
+            .unwrap();
+            let text = String::from_utf8_lossy(&re).into_owned();
+            assert!(
+                text.contains("PCMA/8000") && !text.contains("PCMU"),
+                "{text}"
+            );
+            // The customer takes everything the agent took: nothing to do.
+            assert!(realign_agent(
+                &offer,
+                &agent_answer,
+                kept,
+                &cust_offer,
+                &agent_answer,
+                &mut o
+            )
+            .is_none());
+        }
+        // Kept for another answer of the agent's (it took PCMA only since): not used.
+        let (_, stale) = customer_offer(
+            "127.0.0.1:40002".parse().unwrap(),
+            &mut Origin::new(),
+            &offer,
+            &agent_answer,
+        );
+        let pcma_only = Bytes::from_static(AGENT_ANSWER);
         assert!(
-            text.contains("PCMA/8000") && !text.contains("PCMU"),
-            "{text}"
+            realign_agent(&offer, &pcma_only, stale, &cust_offer, AGENT_ANSWER, &mut o).is_none()
         );
-        // The customer takes everything the agent took: nothing to do.
-        assert!(realign_agent(&offer, agent_answer, &cust_offer, agent_answer, &mut o).is_none());
     }
 
     #[test]

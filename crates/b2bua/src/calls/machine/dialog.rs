@@ -426,7 +426,7 @@ impl CallMachine {
 
     /// The customer took fewer codecs than the agent: re-INVITE the agent with an offer of
     /// the customer's codecs, so that it sends nothing the customer cannot take.
-    pub(super) fn realign_agent(&mut self, _now: Instant) {
+    pub(super) fn realign_agent(&mut self, kept: Option<sdp_glue::AgentAccepted>) {
         let (Some(a), Some(c)) = (self.legs[0].as_ref(), self.legs[1].as_ref()) else {
             return;
         };
@@ -434,6 +434,7 @@ impl CallMachine {
         let Some(offer) = sdp_glue::realign_agent(
             &a.local_sdp,
             &a.remote_sdp,
+            kept,
             &c.local_sdp,
             &c.remote_sdp,
             &mut origin,

@@ -11,12 +11,16 @@ impl CallMachine {
     pub(super) fn start_fork(&mut self, leg: Leg, plan: Plan, now: Instant) {
         let relay = self.relay[ix(leg)];
         let mut origin = Origin::new();
+        let mut agent_accepted = None;
         let offer = match (leg, self.legs[ix(Leg::Agent)].as_ref()) {
             _ if self.caller_leg() == Some(other(leg)) => self
                 .incoming_offer(leg, relay, &mut origin)
                 .unwrap_or_else(|| sdp_glue::agent_offer(relay, &mut origin)),
             (Leg::Customer, Some(a)) => {
-                sdp_glue::customer_offer(relay, &mut origin, &a.local_sdp, &a.remote_sdp)
+                let (offer, accepted) =
+                    sdp_glue::customer_offer(relay, &mut origin, &a.local_sdp, &a.remote_sdp);
+                agent_accepted = accepted;
+                offer
             }
             _ => sdp_glue::agent_offer(relay, &mut origin),
         };
@@ -36,6 +40,7 @@ impl CallMachine {
             cseq: 0,
             offer,
             origin,
+            agent_accepted,
             ring_until: now + ring,
             rang: false,
             early: false,
@@ -544,6 +549,7 @@ impl CallMachine {
         let Some(mut f) = self.fork.take() else {
             return;
         };
+        let agent_accepted = f.agent_accepted.take();
         // The answering trunk's channel lasts as long as the call.
         if let Some(ch) = f.channel.take() {
             self.trunk_channel = Some(ch);
@@ -595,7 +601,7 @@ impl CallMachine {
                     sip_code: resp.status,
                 });
                 self.phase = Phase::Connected;
-                self.realign_agent(now);
+                self.realign_agent(agent_accepted);
             }
         }
     }

@@ -298,6 +298,9 @@ struct Fork {
     cseq: u32,
     offer: Bytes,
     origin: Origin,
+    /// What the customer's offer read of the agent's answer, for the realignment when the
+    /// customer answers.
+    agent_accepted: Option<sdp_glue::AgentAccepted>,
     ring_until: Instant,
     rang: bool,
     early: bool,
