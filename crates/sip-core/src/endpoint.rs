@@ -830,7 +830,8 @@ impl Machine {
 struct TxEntry {
     machine: Machine,
     flow: Flow,
-    /// The request: for client transactions the request sent (to build ACK/CANCEL); for an
+    /// The request: for an INVITE client transaction the INVITE sent (to build the ACK of a
+    /// failure and the CANCEL; a non-INVITE client transaction keeps none); for an
     /// INVITE server transaction the INVITE (its `100 Trying`, the ACK passed up). A
     /// non-INVITE server transaction keeps none: only its key and its answer's bytes live on
     /// through Timer J.
@@ -1389,11 +1390,14 @@ impl Layer {
                         now,
                     ))
                 };
-                let _ = reply.send((key.clone(), request.clone()));
+                // Only an INVITE's transaction reads its request again (its CANCEL, the ACK of
+                // a failure); another request goes to the caller without a copy.
+                let kept = (request.method == Method::Invite).then(|| Box::new(request.clone()));
+                let _ = reply.send((key.clone(), request));
                 let id = self.insert(TxEntry {
                     machine,
                     flow,
-                    request: Some(Box::new(request)),
+                    request: kept,
                     client_key: Some(key),
                     server_key: None,
                     events: Some(events),
