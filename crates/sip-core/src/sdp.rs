@@ -57,6 +57,7 @@
 //! SRTP keys or bundling; attributes it does not model pass through untouched.
 
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -90,6 +91,88 @@ pub enum SdpError {
     BadMedia { line: usize },
 }
 
+/// Text of a description that most descriptions repeat word for word (`IN`, `IP4`,
+/// `audio`, `RTP/AVP`, attribute names, payload type numbers): taken from a table of such
+/// words without an allocation of its own, anything else owned.
+pub type Text = Cow<'static, str>;
+
+/// `s` as [`Text`]: a word of the table borrowed, anything else copied.
+pub fn text(s: &str) -> Text {
+    if let Some(pt) = s.parse::<u8>().ok().filter(|&n| n < 128) {
+        // Only the canonical spelling ("8", not "08") is the table's.
+        if PAYLOAD_TYPES[usize::from(pt)] == s {
+            return Cow::Borrowed(PAYLOAD_TYPES[usize::from(pt)]);
+        }
+    }
+    macro_rules! known {
+        ($($word:literal),* $(,)?) => {
+            match s {
+                $($word => Cow::Borrowed($word),)*
+                other => Cow::Owned(other.to_owned()),
+            }
+        };
+    }
+    known!(
+        "IN",
+        "IP4",
+        "IP6",
+        "audio",
+        "video",
+        "RTP/AVP",
+        "RTP/SAVP",
+        "RTP/AVPF",
+        "RTP/SAVPF",
+        "UDP/TLS/RTP/SAVPF",
+        "rtpmap",
+        "fmtp",
+        "ptime",
+        "maxptime",
+        "sendrecv",
+        "sendonly",
+        "recvonly",
+        "inactive",
+        "rtcp",
+        "rtcp-mux",
+        "rtcp-fb",
+        "ssrc",
+        "mid",
+        "crypto",
+        "fingerprint",
+        "setup",
+        "ice-ufrag",
+        "ice-pwd",
+        "ice-options",
+        "ice-lite",
+        "candidate",
+        "end-of-candidates",
+        "group",
+        "msid",
+        "msid-semantic",
+        "extmap",
+        "silenceSupp",
+    )
+}
+
+/// The payload type number `n` as text: the RTP payload types, 0-127.
+pub fn payload_type_text(n: u8) -> Text {
+    match PAYLOAD_TYPES.get(usize::from(n)) {
+        Some(t) => Cow::Borrowed(t),
+        None => Cow::Owned(n.to_string()),
+    }
+}
+
+static PAYLOAD_TYPES: [&str; 128] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
+    "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48",
+    "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61", "62", "63", "64",
+    "65", "66", "67", "68", "69", "70", "71", "72", "73", "74", "75", "76", "77", "78", "79", "80",
+    "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91", "92", "93", "94", "95", "96",
+    "97", "98", "99", "100", "101", "102", "103", "104", "105", "106", "107", "108", "109", "110",
+    "111", "112", "113", "114", "115", "116", "117", "118", "119", "120", "121", "122", "123",
+    "124", "125", "126", "127",
+];
+
 /// The `o=` line (RFC 4566 §5.2):
 /// `o=<username> <sess-id> <sess-version> <nettype> <addrtype> <unicast-address>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,9 +184,9 @@ pub struct Origin {
     /// Incremented on every change of the session (RFC 3264 §8).
     pub session_version: u64,
     /// `IN`.
-    pub net_type: String,
+    pub net_type: Text,
     /// `IP4` or `IP6`.
-    pub addr_type: String,
+    pub addr_type: Text,
     /// An address or a domain name.
     pub address: String,
 }
@@ -139,8 +222,8 @@ impl Origin {
             username: fields[..split].join(" "),
             session_id: fixed[0].to_owned(),
             session_version,
-            net_type: fixed[2].to_owned(),
-            addr_type: fixed[3].to_owned(),
+            net_type: text(fixed[2]),
+            addr_type: text(fixed[3]),
             address: fixed[4].to_owned(),
         })
     }
@@ -150,9 +233,9 @@ impl Origin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     /// `IN`.
-    pub net_type: String,
+    pub net_type: Text,
     /// `IP4` or `IP6`.
-    pub addr_type: String,
+    pub addr_type: Text,
     /// The address as written, with a multicast `/ttl` or `/count` suffix if any.
     pub address: String,
 }
@@ -161,8 +244,8 @@ impl Connection {
     /// `IN IP4 <ip>` or `IN IP6 <ip>`.
     pub fn new(ip: IpAddr) -> Connection {
         Connection {
-            net_type: "IN".to_owned(),
-            addr_type: addr_type(ip).to_owned(),
+            net_type: Cow::Borrowed("IN"),
+            addr_type: Cow::Borrowed(addr_type(ip)),
             address: ip.to_string(),
         }
     }
@@ -182,8 +265,8 @@ impl Connection {
         let mut fields = value.split_ascii_whitespace();
         match (fields.next(), fields.next(), fields.next(), fields.next()) {
             (Some(net), Some(addr_type), Some(address), None) => Ok(Connection {
-                net_type: net.to_owned(),
-                addr_type: addr_type.to_owned(),
+                net_type: text(net),
+                addr_type: text(addr_type),
                 address: address.to_owned(),
             }),
             _ => Err(SdpError::BadConnection { line }),
@@ -208,7 +291,7 @@ fn addr_type(ip: IpAddr) -> &'static str {
 /// (`a=<attribute>:<value>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attribute {
-    pub name: String,
+    pub name: Text,
     /// `None` for a property attribute such as `a=sendrecv`.
     pub value: Option<String>,
 }
@@ -217,7 +300,7 @@ impl Attribute {
     /// A value attribute.
     pub fn new(name: &str, value: &str) -> Attribute {
         Attribute {
-            name: name.to_owned(),
+            name: text(name),
             value: Some(value.to_owned()),
         }
     }
@@ -225,7 +308,7 @@ impl Attribute {
     /// A property attribute.
     pub fn property(name: &str) -> Attribute {
         Attribute {
-            name: name.to_owned(),
+            name: text(name),
             value: None,
         }
     }
@@ -427,15 +510,15 @@ impl<'a> Crypto<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaDescription {
     /// `audio`, `video`, `text`, `application`, `message`.
-    pub media: String,
+    pub media: Text,
     /// 0 means the stream is rejected or disabled (RFC 3264 §6, §8.2).
     pub port: u16,
     /// The `/<number of ports>` suffix.
     pub port_count: Option<u16>,
     /// `RTP/AVP`, `RTP/SAVP`, `RTP/AVPF`, `UDP/TLS/RTP/SAVPF`, ...
-    pub proto: String,
+    pub proto: Text,
     /// The media formats: RTP payload type numbers for the RTP profiles.
-    pub formats: Vec<String>,
+    pub formats: Vec<Text>,
     /// The media-level `c=` (the first one, if there are several).
     pub connection: Option<Connection>,
     /// The `a=` lines in order.
@@ -456,12 +539,12 @@ impl MediaDescription {
     }
 
     /// A media description with no attributes.
-    pub fn new(media: &str, port: u16, proto: &str, formats: Vec<String>) -> MediaDescription {
+    pub fn new(media: &str, port: u16, proto: &str, formats: Vec<Text>) -> MediaDescription {
         MediaDescription {
-            media: media.to_owned(),
+            media: text(media),
             port,
             port_count: None,
-            proto: proto.to_owned(),
+            proto: text(proto),
             formats,
             connection: None,
             attributes: Vec::new(),
@@ -482,11 +565,11 @@ impl MediaDescription {
         };
         let port = port.parse::<u16>().map_err(|_| bad)?;
         Ok(MediaDescription {
-            media: media.to_owned(),
+            media: text(media),
             port,
             port_count,
-            proto: proto.to_owned(),
-            formats: fields.map(str::to_owned).collect(),
+            proto: text(proto),
+            formats: fields.map(text).collect(),
             connection: None,
             attributes: Vec::new(),
             other_lines: Vec::new(),
@@ -579,7 +662,7 @@ impl MediaDescription {
                 return false;
             }
             seen = true;
-            a.name = direction.as_str().to_owned();
+            a.name = Cow::Borrowed(direction.as_str());
             true
         });
         if !seen {
@@ -665,7 +748,7 @@ impl MediaDescription {
         }
         self.formats = kept;
         self.attributes.retain(|a| {
-            if !matches!(a.name.as_str(), "rtpmap" | "fmtp" | "rtcp-fb") {
+            if !matches!(a.name.as_ref(), "rtpmap" | "fmtp" | "rtcp-fb") {
                 return true;
             }
             match a.format_and_rest() {
@@ -964,8 +1047,8 @@ impl SessionDescription {
         }
         self.connection = Some(Connection::new(ip));
         self.other_lines.retain(|l| l.kind != 'c');
-        self.origin.net_type = "IN".to_owned();
-        self.origin.addr_type = addr_type(ip).to_owned();
+        self.origin.net_type = Cow::Borrowed("IN");
+        self.origin.addr_type = Cow::Borrowed(addr_type(ip));
         self.origin.address = ip.to_string();
     }
 
@@ -1156,7 +1239,10 @@ pub fn audio_offer(
         "audio",
         port,
         "RTP/AVP",
-        codecs.iter().map(|c| c.payload_type.to_string()).collect(),
+        codecs
+            .iter()
+            .map(|c| payload_type_text(c.payload_type))
+            .collect(),
     );
     for c in codecs {
         audio
@@ -1183,8 +1269,8 @@ pub fn audio_offer(
             username: "-".to_owned(),
             session_id: session_id.to_string(),
             session_version: session_id,
-            net_type: "IN".to_owned(),
-            addr_type: addr_type(origin_addr).to_owned(),
+            net_type: Cow::Borrowed("IN"),
+            addr_type: Cow::Borrowed(addr_type(origin_addr)),
             address: origin_addr.to_string(),
         },
         session_name: "-".to_owned(),
@@ -1283,6 +1369,34 @@ mod tests {
         t=0 0\r\n\
         m=audio 6000 RTP/AVP 0\r\n\
         a=rtpmap:0 PCMU/8000\r\n";
+
+    #[test]
+    fn common_words_are_borrowed_and_the_rest_owned() {
+        for word in [
+            "IN", "IP4", "audio", "RTP/AVP", "rtpmap", "0", "8", "101", "127",
+        ] {
+            assert!(
+                matches!(super::text(word), Cow::Borrowed(w) if w == word),
+                "{word}"
+            );
+        }
+        // Not the canonical spelling of a payload type, out of its range, or unknown.
+        for word in ["08", "128", "-1", "x-custom", "in", ""] {
+            assert!(
+                matches!(super::text(word), Cow::Owned(ref w) if w == word),
+                "{word}"
+            );
+        }
+        assert_eq!(payload_type_text(0), "0");
+        assert_eq!(payload_type_text(127), "127");
+        assert!(matches!(payload_type_text(101), Cow::Borrowed("101")));
+        assert!(matches!(payload_type_text(200), Cow::Owned(ref w) if w == "200"));
+        // A parsed description holds the same text whichever way it was stored.
+        let sdp = SessionDescription::parse(SIPP_UAC.as_bytes()).unwrap();
+        assert_eq!(sdp.media[0].proto, "RTP/AVP");
+        assert_eq!(sdp.media[0].formats, ["0"]);
+        assert!(matches!(sdp.media[0].proto, Cow::Borrowed(_)));
+    }
 
     /// What baresip sends: several codecs, rtcp-mux, ssrc, label, a media-level c= and b=.
     const BARESIP: &str = "v=0\r\n\
@@ -1393,7 +1507,7 @@ mod tests {
         assert_eq!(sdp.media.len(), 1);
         let audio = sdp.first_audio().unwrap();
         assert_eq!(
-            (audio.media.as_str(), audio.port, audio.port_count),
+            (audio.media.as_ref(), audio.port, audio.port_count),
             ("audio", 6000, None)
         );
         assert_eq!(audio.proto, "RTP/AVP");
@@ -1473,7 +1587,7 @@ mod tests {
             audio.attribute_value("ssrc"),
             Some("2907401727 cname:9bd4a8f0-ef03-4b56-a2ab-6c7a5c3e2f11")
         );
-        let names: Vec<&str> = audio.attributes.iter().map(|a| a.name.as_str()).collect();
+        let names: Vec<&str> = audio.attributes.iter().map(|a| a.name.as_ref()).collect();
         assert_eq!(
             names,
             [
@@ -1501,7 +1615,7 @@ mod tests {
         assert_eq!(sdp.session_name, "Live video feed for today's meeting");
         let ip6: IpAddr = "2001:db8::20".parse().unwrap();
         let c = sdp.connection.as_ref().unwrap();
-        assert_eq!((c.addr_type.as_str(), c.ip()), ("IP6", Some(ip6)));
+        assert_eq!((c.addr_type.as_ref(), c.ip()), ("IP6", Some(ip6)));
         assert_eq!(sdp.timing(), Some((3338481189, 3370017201)));
         assert_eq!(sdp.media.len(), 2);
         let audio = sdp.first_audio().unwrap();
@@ -1527,7 +1641,7 @@ mod tests {
         assert_eq!(sdp.session_name, "");
         assert_eq!(sdp.first_audio_index(), Some(0));
         let video = &sdp.media[1];
-        assert_eq!((video.media.as_str(), video.port), ("video", 51372));
+        assert_eq!((video.media.as_ref(), video.port), ("video", 51372));
         assert!(!video.is_audio());
         assert_eq!(video.codec(31).map(|c| c.encoding), Some("H261"));
         // A domain name is not an IP address.
@@ -1716,7 +1830,7 @@ mod tests {
             .attributes
             .iter()
             .filter(|a| Direction::from_name(&a.name).is_some())
-            .map(|a| a.name.as_str())
+            .map(|a| a.name.as_ref())
             .collect();
         assert_eq!(dirs, ["recvonly"]);
         let mut plain = parse(SIPP_UAC);

@@ -424,7 +424,7 @@ fn strip_webrtc(sdp: &mut SessionDescription) {
         "rtcp-rsize",
     ];
     sdp.attributes.retain(|a| {
-        !ENDS_AT_RELAY.contains(&a.name.as_str()) && a.name != "group" && a.name != "msid-semantic"
+        !ENDS_AT_RELAY.contains(&a.name.as_ref()) && a.name != "group" && a.name != "msid-semantic"
     });
     for m in &mut sdp.media {
         if m.proto.to_ascii_uppercase().contains("SAVPF")
