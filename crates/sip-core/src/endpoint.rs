@@ -33,7 +33,9 @@
 
 use bytes::Bytes;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use crate::map::Map;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -423,11 +425,11 @@ impl Endpoint {
             stateless_stats: Arc::clone(&stateless_stats),
             transports: Arc::clone(&transports),
             timers: cfg.timers,
-            txs: HashMap::new(),
-            client_keys: HashMap::new(),
-            server_keys: HashMap::new(),
-            retx: HashMap::new(),
-            retx_keys: HashMap::new(),
+            txs: Map::default(),
+            client_keys: Map::default(),
+            server_keys: Map::default(),
+            retx: Map::default(),
+            retx_keys: Map::default(),
             heap: BinaryHeap::new(),
             answered: AnsweredCache::new(cfg.stateless.answered_capacity, cfg.timers.timeout()),
             // As many as there are transactions: none leaves before its Timer J.
@@ -862,13 +864,13 @@ struct Retransmit2xx {
 struct Layer {
     transports: Arc<Transports>,
     timers: TimerConfig,
-    txs: HashMap<u64, TxEntry>,
-    client_keys: HashMap<ClientKey, u64>,
-    server_keys: HashMap<ServerKey, u64>,
+    txs: Map<u64, TxEntry>,
+    client_keys: Map<ClientKey, u64>,
+    server_keys: Map<ServerKey, u64>,
     /// 2xx retransmissions, by id (ids shared with `txs`, deadlines in `heap`), and by
     /// (Call-ID, CSeq number) for the ACK that ends them.
-    retx: HashMap<u64, Retransmit2xx>,
-    retx_keys: HashMap<(Bytes, u32), u64>,
+    retx: Map<u64, Retransmit2xx>,
+    retx_keys: Map<(Bytes, u32), u64>,
     heap: BinaryHeap<Reverse<(std::time::Instant, u64)>>,
     /// Answers sent without a transaction, for the retransmissions of their requests.
     answered: AnsweredCache<ServerKey, Flow>,
@@ -896,7 +898,7 @@ fn now_std() -> std::time::Instant {
 /// A table grown for a burst (a load peak's transactions) keeps its room after the burst
 /// unless given back: once it is a quarter full, it is shrunk to twice what it holds. The
 /// rehash is amortised over the removals that led to it.
-fn shrink_after_burst<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+fn shrink_after_burst<K: Eq + std::hash::Hash, V>(map: &mut Map<K, V>) {
     let room = map.capacity();
     if room > 64 && map.len() < room / 4 {
         map.shrink_to(map.len() * 2);

@@ -6,6 +6,7 @@ pub mod deadline;
 pub mod dialog;
 pub mod endpoint;
 pub mod limits;
+pub mod map;
 pub mod message;
 pub mod observe;
 pub mod sdp;

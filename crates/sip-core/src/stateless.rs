@@ -25,13 +25,15 @@
 //! [`crate::endpoint::Endpoint::reply_stateless`]) and connection limits for stream
 //! transports.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use crate::map::Map;
 
 /// An address prefix such as `10.0.0.0/8` or `2001:db8::/32`; a bare address is a /32 or
 /// /128.
@@ -149,14 +151,14 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct RefusalGuard {
     cfg: RefusalGuardConfig,
-    sources: HashMap<IpAddr, Bucket>,
+    sources: Map<IpAddr, Bucket>,
 }
 
 impl RefusalGuard {
     pub fn new(cfg: RefusalGuardConfig) -> RefusalGuard {
         RefusalGuard {
             cfg,
-            sources: HashMap::new(),
+            sources: Map::default(),
         }
     }
 
@@ -255,7 +257,7 @@ pub struct Answered<F> {
 pub struct AnsweredCache<K, F> {
     capacity: usize,
     ttl: Duration,
-    entries: HashMap<K, (Answered<F>, Instant)>,
+    entries: Map<K, (Answered<F>, Instant)>,
     /// Keys in insertion order with their expiry, for eviction; a key re-inserted appears
     /// twice and only the entry whose expiry matches is removed.
     order: VecDeque<(K, Instant)>,
@@ -267,7 +269,7 @@ impl<K: Clone + Eq + Hash, F> AnsweredCache<K, F> {
         AnsweredCache {
             capacity,
             ttl,
-            entries: HashMap::new(),
+            entries: Map::default(),
             order: VecDeque::new(),
         }
     }
