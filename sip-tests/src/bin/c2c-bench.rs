@@ -48,7 +48,8 @@ const USAGE: &str = "c2c-bench [--rate CALLS_PER_SECOND (50)] [--calls N (500)] 
 [--extra-config FILE (TOML added to the server's configuration, e.g. [log] or [hep])] \
 [--hold-ms MS (1000: the carrier's wait before its BYE)] \
 [--live-sample SECONDS (0 = off: RSS per live call, read that long after the last call)] \
-[--keep-alive true|false (false: a new connection per REST request; true: each sending thread keeps one)]";
+[--keep-alive true|false (false: a new connection per REST request; true: each sending thread keeps one)] \
+[--versus PATH (a second dialbridge build, run alternately with the first under the same flags) [--rounds N (3)]]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,13 +57,118 @@ fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    match run(&args) {
+    let result = match split_versus(&args) {
+        Ok(None) => run(&args).map(drop),
+        Ok(Some(versus)) => compare(&versus),
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("c2c-bench: {e}");
             ExitCode::from(2)
         }
     }
+}
+
+/// `--versus`: two builds under the same flags, run alternately.
+struct Versus {
+    /// The flags of one run, without `--dialbridge`, `--versus` and `--rounds`.
+    common: Vec<String>,
+    first: String,
+    second: String,
+    rounds: usize,
+}
+
+/// Takes `--versus PATH` and `--rounds N` out of `args`; `None` without `--versus`.
+fn split_versus(args: &[String]) -> Result<Option<Versus>, String> {
+    let mut common = Vec::new();
+    let (mut first, mut second, mut rounds) = (None, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let slot = match a.as_str() {
+            "--dialbridge" => &mut first,
+            "--versus" => &mut second,
+            "--rounds" => &mut rounds,
+            _ => {
+                common.push(a.clone());
+                continue;
+            }
+        };
+        let Some(v) = it.next() else {
+            return Err(format!("{a} needs a value\n{USAGE}"));
+        };
+        *slot = Some(v.clone());
+    }
+    let Some(second) = second else {
+        if rounds.is_some() {
+            return Err(format!("--rounds goes with --versus\n{USAGE}"));
+        }
+        return Ok(None);
+    };
+    let rounds = match rounds {
+        None => 3,
+        Some(r) => match r.parse::<usize>() {
+            Ok(n) if (1..=20).contains(&n) => n,
+            _ => return Err(format!("--rounds: 1 to 20, not {r:?}")),
+        },
+    };
+    let first = first.unwrap_or_else(|| dialbridge_bin().to_string_lossy().into_owned());
+    Ok(Some(Versus {
+        common,
+        first,
+        second,
+        rounds,
+    }))
+}
+
+/// Runs the two builds alternately (first, second, first, ...) and prints each pair's
+/// calls per CPU-second and their ratio: on a machine whose speed drifts from one half hour
+/// to the next, only builds measured side by side compare.
+fn compare(v: &Versus) -> Result<(), String> {
+    let mut pairs: Vec<(Outcome, Outcome)> = Vec::with_capacity(v.rounds);
+    for round in 1..=v.rounds {
+        let one = |path: &str| {
+            println!("c2c-bench --versus: round {round} of {}, {path}", v.rounds);
+            let mut args = v.common.clone();
+            args.extend(["--dialbridge".to_owned(), path.to_owned()]);
+            run(&args)
+        };
+        let a = one(&v.first)?;
+        let b = one(&v.second)?;
+        pairs.push((a, b));
+    }
+    println!("c2c-bench --versus: calls per CPU-second, alternated");
+    println!("  first:  {}", v.first);
+    println!("  second: {}", v.second);
+    let mut ratios = Vec::with_capacity(pairs.len());
+    for (i, (a, b)) in pairs.iter().enumerate() {
+        let ratio = b.per_cpu_second / a.per_cpu_second.max(1e-9);
+        ratios.push(ratio);
+        println!(
+            "  round {}: first {:.0} ({} failed), second {:.0} ({} failed), second / first {ratio:.3}",
+            i + 1,
+            a.per_cpu_second,
+            a.failed,
+            b.per_cpu_second,
+            b.failed
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    println!(
+        "  second / first: median {median:.3}, lowest {:.3}, highest {:.3}",
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+    Ok(())
+}
+
+/// What one run measured, for [`compare`].
+struct Outcome {
+    /// Completed calls per CPU-second of the server(s) during the run.
+    per_cpu_second: f64,
+    failed: usize,
 }
 
 struct Sent {
@@ -194,7 +300,7 @@ fn call_log(api: SocketAddr) -> Result<HashMap<String, usize>, String> {
     Ok(by_status)
 }
 
-fn run(args: &[String]) -> Result<(), String> {
+fn run(args: &[String]) -> Result<Outcome, String> {
     let flags = Flags::parse(
         args,
         &[
@@ -631,5 +737,8 @@ fn run(args: &[String]) -> Result<(), String> {
     for s in servers {
         drop(s.stop());
     }
-    Ok(())
+    Ok(Outcome {
+        per_cpu_second: completed as f64 / cpu.total().max(1e-9),
+        failed,
+    })
 }
