@@ -345,8 +345,10 @@ pub(crate) async fn admit_call(
 struct Known {
     rec: CallRecord,
     next_seq: i64,
-    /// The status the store holds, taken when the call is staged for a batch: the batch's
-    /// write names a status change as such (`CallWrite::CallStatus`).
+    /// The status the store holds: the record's status when it was read or last committed
+    /// ([`Known::new`]; a record changes only inside a batch, and becomes a new `Known`
+    /// when the batch commits). The batch's write names a status change as such
+    /// (`CallWrite::CallStatus`).
     stored: CallStatus,
 }
 
@@ -553,7 +555,6 @@ impl Writer {
                 if known.next_seq == 0 {
                     known.next_seq = store.next_callback_seq(&ev.call_id).await?;
                 }
-                known.stored = known.rec.status;
                 staged.insert(ev.call_id.clone(), known);
             }
             let Some(k) = staged.get_mut(&ev.call_id) else {

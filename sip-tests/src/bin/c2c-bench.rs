@@ -57,11 +57,13 @@ fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    let result = match split_versus(&args) {
-        Ok(None) => run(&args).map(drop),
-        Ok(Some(versus)) => compare(&versus),
-        Err(e) => Err(e),
-    };
+    let result = Flags::parse(&args, FLAGS).and_then(|flags| match flags.text("versus") {
+        None if flags.text("rounds").is_some() => {
+            Err(format!("--rounds goes with --versus\n{USAGE}"))
+        }
+        None => run(&flags, None).map(drop),
+        Some(second) => compare(&flags, second),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -71,76 +73,49 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--versus`: two builds under the same flags, run alternately.
-struct Versus {
-    /// The flags of one run, without `--dialbridge`, `--versus` and `--rounds`.
-    common: Vec<String>,
-    first: String,
-    second: String,
-    rounds: usize,
-}
-
-/// Takes `--versus PATH` and `--rounds N` out of `args`; `None` without `--versus`.
-fn split_versus(args: &[String]) -> Result<Option<Versus>, String> {
-    let mut common = Vec::new();
-    let (mut first, mut second, mut rounds) = (None, None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let slot = match a.as_str() {
-            "--dialbridge" => &mut first,
-            "--versus" => &mut second,
-            "--rounds" => &mut rounds,
-            _ => {
-                common.push(a.clone());
-                continue;
-            }
-        };
-        let Some(v) = it.next() else {
-            return Err(format!("{a} needs a value\n{USAGE}"));
-        };
-        *slot = Some(v.clone());
-    }
-    let Some(second) = second else {
-        if rounds.is_some() {
-            return Err(format!("--rounds goes with --versus\n{USAGE}"));
-        }
-        return Ok(None);
-    };
-    let rounds = match rounds {
-        None => 3,
-        Some(r) => match r.parse::<usize>() {
-            Ok(n) if (1..=20).contains(&n) => n,
-            _ => return Err(format!("--rounds: 1 to 20, not {r:?}")),
-        },
-    };
-    let first = first.unwrap_or_else(|| dialbridge_bin().to_string_lossy().into_owned());
-    Ok(Some(Versus {
-        common,
-        first,
-        second,
-        rounds,
-    }))
-}
+/// The flags `c2c-bench` takes.
+const FLAGS: &[&str] = &[
+    "rate",
+    "calls",
+    "threads",
+    "settle",
+    "log",
+    "dialbridge",
+    "extra-config",
+    "nodes",
+    "store",
+    "hold-ms",
+    "live-sample",
+    "keep-alive",
+    "versus",
+    "rounds",
+];
 
 /// Runs the two builds alternately (first, second, first, ...) and prints each pair's
 /// calls per CPU-second and their ratio: on a machine whose speed drifts from one half hour
 /// to the next, only builds measured side by side compare.
-fn compare(v: &Versus) -> Result<(), String> {
-    let mut pairs: Vec<(Outcome, Outcome)> = Vec::with_capacity(v.rounds);
-    for round in 1..=v.rounds {
+fn compare(flags: &Flags, second: &str) -> Result<(), String> {
+    let rounds: usize = flags.get("rounds", 3)?;
+    if !(1..=20).contains(&rounds) {
+        return Err(format!("--rounds: 1 to 20, not {rounds}"));
+    }
+    let first = flags
+        .text("dialbridge")
+        .map(str::to_owned)
+        .unwrap_or_else(|| dialbridge_bin().to_string_lossy().into_owned());
+    let mut pairs: Vec<(Outcome, Outcome)> = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
         let one = |path: &str| {
-            println!("c2c-bench --versus: round {round} of {}, {path}", v.rounds);
-            let mut args = v.common.clone();
-            args.extend(["--dialbridge".to_owned(), path.to_owned()]);
-            run(&args)
+            println!("c2c-bench --versus: round {round} of {rounds}, {path}");
+            run(flags, Some(path))
         };
-        let a = one(&v.first)?;
-        let b = one(&v.second)?;
+        let a = one(&first)?;
+        let b = one(second)?;
         pairs.push((a, b));
     }
     println!("c2c-bench --versus: calls per CPU-second, alternated");
-    println!("  first:  {}", v.first);
-    println!("  second: {}", v.second);
+    println!("  first:  {first}");
+    println!("  second: {second}");
     let mut ratios = Vec::with_capacity(pairs.len());
     for (i, (a, b)) in pairs.iter().enumerate() {
         let ratio = b.per_cpu_second / a.per_cpu_second.max(1e-9);
@@ -300,24 +275,8 @@ fn call_log(api: SocketAddr) -> Result<HashMap<String, usize>, String> {
     Ok(by_status)
 }
 
-fn run(args: &[String]) -> Result<Outcome, String> {
-    let flags = Flags::parse(
-        args,
-        &[
-            "rate",
-            "calls",
-            "threads",
-            "settle",
-            "log",
-            "dialbridge",
-            "extra-config",
-            "nodes",
-            "store",
-            "hold-ms",
-            "live-sample",
-            "keep-alive",
-        ],
-    )?;
+/// One run; `bin`: the build to run instead of `--dialbridge`'s (for `--versus`).
+fn run(flags: &Flags, bin: Option<&str>) -> Result<Outcome, String> {
     let nodes: usize = flags.get("nodes", 1)?;
     let on_postgres = match flags.text("store").unwrap_or("sqlite") {
         "sqlite" => nodes > 1,
@@ -352,11 +311,9 @@ fn run(args: &[String]) -> Result<Outcome, String> {
     if !installed("sipp", &["-v"]) {
         return Err("sipp is not installed (Debian package sip-tester)".into());
     }
-    let bin = flags
-        .text("dialbridge")
-        .map(PathBuf::from)
-        .unwrap_or_else(dialbridge_bin);
-    if cfg!(debug_assertions) && flags.text("dialbridge").is_none() {
+    let given = bin.or(flags.text("dialbridge"));
+    let bin = given.map(PathBuf::from).unwrap_or_else(dialbridge_bin);
+    if cfg!(debug_assertions) && given.is_none() {
         eprintln!("c2c-bench: warning: a debug build measures the debug dialbridge; use --release");
     }
     let load_before = load_average();
