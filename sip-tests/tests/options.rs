@@ -1,4 +1,5 @@
-//! OPTIONS over UDP, TCP and IPv6 with SIPp, and retransmissions under loss.
+//! OPTIONS over UDP, TCP and IPv6 with SIPp, and retransmissions under loss; the server's
+//! runtime threads as `[runtime] workers` sets them.
 
 use sip_tests::{scenario, sipp, TestServer};
 use std::time::Duration;
@@ -80,4 +81,23 @@ fn options_with_ten_percent_loss() {
         "{:?}",
         run.stats
     );
+}
+
+/// `[runtime] workers` sets the runtime's worker threads; without it there is one fewer than
+/// the cores, and at least one. Either way the server answers.
+#[test]
+fn the_runtime_runs_the_configured_workers() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (config, workers) in [("[runtime]\nworkers = 3\n", 3), ("", (cores - 1).max(1))] {
+        let server = TestServer::start(config);
+        let target = server.udp_addr().to_string();
+        let run = options(&target, &["-i", "127.0.0.1", "-p", "0"], "3");
+        assert_eq!(run.code, 0, "{}", run.output);
+        let said = format!("runtime started workers={workers}");
+        assert!(
+            server.wait_log(&said, Duration::from_secs(5)),
+            "config {config:?}: no {said:?} in\n{}",
+            server.log_text()
+        );
+    }
 }

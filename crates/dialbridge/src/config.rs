@@ -312,6 +312,39 @@ impl Default for RecordingConfig {
     }
 }
 
+/// `[runtime]`: the threads that run SIP, the REST API and the calls.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads of the async runtime; 0 = [`default_workers`].
+    pub workers: usize,
+}
+
+impl RuntimeConfig {
+    /// The worker threads to start: `workers`, or [`default_workers`] when 0.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers == 0 {
+            default_workers()
+        } else {
+            self.workers
+        }
+    }
+}
+
+/// Most worker threads `[runtime] workers` may ask for.
+pub const MAX_RUNTIME_WORKERS: usize = 1024;
+
+/// One worker thread fewer than the cores, and at least one. The server's other busy
+/// threads (the relay's forwarding threads, the call journal's writer, the store's threads)
+/// are not the runtime's, and on a small machine a second worker mostly wakes up to find
+/// nothing it may take: the task that was just woken waits in the first worker's own slot.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
+}
+
 /// `[log]`: what the log shows besides its level (`RUST_LOG`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -390,6 +423,7 @@ pub struct Config {
     pub calls: CallsConfig,
     pub recording: RecordingConfig,
     pub log: LogConfig,
+    pub runtime: RuntimeConfig,
     pub hep: HepConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
@@ -530,6 +564,12 @@ impl Config {
         }
         if !(1..=64).contains(&self.media.probation_packets) {
             errors.push(err("media.probation_packets", "must be between 1 and 64"));
+        }
+        if self.runtime.workers > MAX_RUNTIME_WORKERS {
+            errors.push(err(
+                "runtime.workers",
+                format!("must be at most {MAX_RUNTIME_WORKERS} (0: one fewer than the cores)"),
+            ));
         }
         let api_listen = match self.api.listen.parse::<SocketAddr>() {
             Ok(a) => a,
@@ -952,6 +992,26 @@ mod tests {
         assert!(keys.contains(&"media.ports".to_string()));
         assert!(keys.contains(&"media.bind".to_string()));
         assert!(keys.contains(&"api.listen".to_string()));
+    }
+
+    #[test]
+    fn runtime_workers_default_to_one_fewer_than_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.runtime.worker_threads(), (cores - 1).max(1));
+        let c = Config::parse("[runtime]\nworkers = 3\n").unwrap();
+        assert_eq!(c.runtime.worker_threads(), 3);
+        assert!(c.validate().is_ok());
+        let c = Config::parse("[runtime]\nworkers = 5000\n").unwrap();
+        let keys: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, vec!["runtime.workers".to_string()]);
+        assert!(Config::parse("[runtime]\nworkers = -1\n").is_err());
+        assert!(Config::parse("[runtime]\nthreads = 2\n").is_err());
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub enum DemoError {
 
 /// Runs the demo and returns the exit code.
 pub fn run() -> ExitCode {
-    let Some(rt) = crate::runtime() else {
+    let Some(rt) = crate::runtime(crate::config::default_workers()) else {
         return ExitCode::FAILURE;
     };
     let dir = std::env::temp_dir().join(format!(

@@ -141,7 +141,7 @@ fn run(cli: Cli) -> ExitCode {
                 let file = source.as_deref().unwrap_or("(defaults)");
                 eprintln!("warning: {file}: {w}");
             }
-            let Some(rt) = runtime() else {
+            let Some(rt) = runtime(cfg.runtime.worker_threads()) else {
                 return ExitCode::FAILURE;
             };
             match rt.block_on(serve::serve(cfg, valid)) {
@@ -192,10 +192,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
-/// The multi-threaded tokio runtime every command runs on; `None` (said on stderr) when it
-/// cannot start.
-fn runtime() -> Option<tokio::runtime::Runtime> {
+/// The multi-threaded tokio runtime every command runs on, with `workers` worker threads
+/// (`serve`: `[runtime] workers`; the other commands: [`config::default_workers`]); `None`
+/// (said on stderr) when it cannot start.
+fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

@@ -99,7 +99,7 @@ fn resolve(hostport: &str) -> Result<SocketAddr, String> {
 }
 
 pub fn run(args: PhoneArgs) -> ExitCode {
-    let Some(rt) = crate::runtime() else {
+    let Some(rt) = crate::runtime(crate::config::default_workers()) else {
         return ExitCode::FAILURE;
     };
     match rt.block_on(phone(args)) {

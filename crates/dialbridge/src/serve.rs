@@ -90,6 +90,10 @@ pub async fn serve_until(
         api_connections_per_ip = budget.api_per_ip,
         "descriptor budget"
     );
+    tracing::info!(
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        "runtime started"
+    );
     let store = store::open(&cfg.store.url).await?;
     let report = store
         .apply_provisioning(&cfg.provisioning(), &cfg.sip.domain)
