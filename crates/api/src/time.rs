@@ -17,7 +17,11 @@ pub fn now_ms() -> i64 {
 
 /// Unix milliseconds as RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(ms: i64) -> String {
-    Rfc3339Ms(ms).to_string()
+    use std::fmt::Write as _;
+    // `2026-12-05T05:36:05.327Z`: 24 bytes for years 0-9999, written without growing.
+    let mut text = String::with_capacity(24);
+    let _ = write!(text, "{}", Rfc3339Ms(ms));
+    text
 }
 
 /// Unix milliseconds shown (and serialized, as a string) as [`rfc3339_ms`] writes them,

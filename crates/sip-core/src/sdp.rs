@@ -305,6 +305,14 @@ impl Attribute {
         }
     }
 
+    /// A value attribute whose value is already a `String` of its own (not copied again).
+    pub fn with_value(name: &str, value: String) -> Attribute {
+        Attribute {
+            name: text(name),
+            value: Some(value),
+        }
+    }
+
     /// A property attribute.
     pub fn property(name: &str) -> Attribute {
         Attribute {
@@ -942,9 +950,14 @@ impl SessionDescription {
         })
     }
 
-    /// The description as SDP text with CRLF line ends.
+    /// The description as SDP text with CRLF line ends, written into a buffer sized for a
+    /// usual audio description (about 250-500 bytes) so that it is not grown step by step.
     pub fn to_bytes(&self) -> Bytes {
-        Bytes::from(self.to_string().into_bytes())
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(512);
+        // Writing into a String fails only when a Display impl does, and none of these do.
+        let _ = write!(text, "{self}");
+        Bytes::from(text.into_bytes())
     }
 
     /// The start and stop time of the first `t=` line (RFC 4566 §5.9); `t=0 0` is a
@@ -1247,11 +1260,11 @@ pub fn audio_offer(
     for c in codecs {
         audio
             .attributes
-            .push(Attribute::new("rtpmap", &c.rtpmap_value()));
+            .push(Attribute::with_value("rtpmap", c.rtpmap_value()));
         if let Some(params) = c.fmtp {
-            audio.attributes.push(Attribute::new(
+            audio.attributes.push(Attribute::with_value(
                 "fmtp",
-                &format!("{} {params}", c.payload_type),
+                format!("{} {params}", c.payload_type),
             ));
         }
     }
@@ -1262,7 +1275,7 @@ pub fn audio_offer(
     if let Some(rtcp) = port.checked_add(1).filter(|_| port != 0) {
         audio
             .attributes
-            .push(Attribute::new("rtcp", &rtcp.to_string()));
+            .push(Attribute::with_value("rtcp", rtcp.to_string()));
     }
     SessionDescription {
         origin: Origin {

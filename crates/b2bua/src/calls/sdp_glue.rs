@@ -285,7 +285,7 @@ fn webrtc_sdp(offer: &[u8], w: &super::machine::WebRtcOffer, setup: &str, mid: &
     // One stream, bundled with itself (RFC 8843): what browsers' own offers say, and what
     // a peer connection with bundlePolicy max-bundle requires.
     sdp.attributes
-        .push(Attribute::new("group", &format!("BUNDLE {mid}")));
+        .push(Attribute::with_value("group", format!("BUNDLE {mid}")));
     sdp.attributes.push(Attribute::property("ice-lite"));
     let m = &mut sdp.media[i];
     let mut narrowed = m.clone();
@@ -318,8 +318,10 @@ fn webrtc_sdp(offer: &[u8], w: &super::machine::WebRtcOffer, setup: &str, mid: &
     m.attributes.push(Attribute::new("mid", mid));
     m.attributes.push(Attribute::new("ice-ufrag", &w.ice.ufrag));
     m.attributes.push(Attribute::new("ice-pwd", &w.ice.pwd));
-    m.attributes
-        .push(Attribute::new("fingerprint", &w.fingerprint.to_string()));
+    m.attributes.push(Attribute::with_value(
+        "fingerprint",
+        w.fingerprint.to_string(),
+    ));
     m.attributes.push(Attribute::new("setup", setup));
     m.attributes.push(Attribute::property("rtcp-mux"));
     if let Some(ip) = ip {

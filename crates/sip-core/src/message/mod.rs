@@ -577,7 +577,11 @@ impl Request {
         out.put_slice(self.method.as_str().as_bytes());
         out.put_u8(b' ');
         match self.uri.parsed.get() {
-            Some(u) => out.put_slice(u.to_string().as_bytes()),
+            // Written in place (`BytesMut` is a `fmt::Write`), with no text of its own first;
+            // writing into memory cannot fail.
+            Some(u) => {
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{u}"));
+            }
             // Never parsed nor changed: the text as received.
             None => out.put_slice(&self.uri.text),
         }
