@@ -934,6 +934,17 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 mod tests {
     use super::*;
 
+    /// The keys `validate` refuses in `text` (which must parse), in order.
+    fn refused_keys(text: &str) -> Vec<String> {
+        Config::parse(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.key)
+            .collect()
+    }
+
     #[test]
     fn defaults_are_valid() {
         let c = Config::parse("").unwrap();
@@ -978,16 +989,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let c = Config::parse(
+        let keys = refused_keys(
             "[sip]\nlisten = [\"udp:nothing\"]\n[media]\nports = \"30000-20000\"\nbind = \"x\"\n[api]\nlisten = \"8080\"\n",
-        )
-        .unwrap();
-        let keys: Vec<String> = c
-            .validate()
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
+        );
         assert!(keys.contains(&"sip.listen[0]".to_string()), "{keys:?}");
         assert!(keys.contains(&"media.ports".to_string()));
         assert!(keys.contains(&"media.bind".to_string()));
@@ -1002,14 +1006,10 @@ mod tests {
         let c = Config::parse("[runtime]\nworkers = 3\n").unwrap();
         assert_eq!(c.runtime.worker_threads(), 3);
         assert!(c.validate().is_ok());
-        let c = Config::parse("[runtime]\nworkers = 5000\n").unwrap();
-        let keys: Vec<String> = c
-            .validate()
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(keys, vec!["runtime.workers".to_string()]);
+        assert_eq!(
+            refused_keys("[runtime]\nworkers = 5000\n"),
+            vec!["runtime.workers".to_string()]
+        );
         assert!(Config::parse("[runtime]\nworkers = -1\n").is_err());
         assert!(Config::parse("[runtime]\nthreads = 2\n").is_err());
     }
@@ -1031,14 +1031,10 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].key, "media.strict_source");
         assert!(w[0].reason.contains("RTP Bleed"), "{}", w[0]);
-        let c = Config::parse("[media]\nprobation_packets = 0\n").unwrap();
-        let keys: Vec<String> = c
-            .validate()
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(keys, vec!["media.probation_packets".to_string()]);
+        assert_eq!(
+            refused_keys("[media]\nprobation_packets = 0\n"),
+            vec!["media.probation_packets".to_string()]
+        );
     }
 
     const ACCOUNT: &str = r#"
@@ -1139,13 +1135,7 @@ webhook_secret = "whsec_test_1"
         assert_eq!(hep.target.port, 9061);
         assert_eq!(hep.agent_id, 7);
         assert_eq!(hep.password.as_deref(), Some("hep-secret"));
-        let keys: Vec<String> = Config::parse("[hep]\naddr = \"127.0.0.1:9060\"\nqueue = 0\n")
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
+        let keys = refused_keys("[hep]\naddr = \"127.0.0.1:9060\"\nqueue = 0\n");
         assert_eq!(keys, ["hep.addr", "hep.queue"]);
         assert!(Config::parse("[hep]\nadress = \"udp:h:1\"\n").is_err());
     }

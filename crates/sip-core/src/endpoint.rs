@@ -34,14 +34,13 @@
 use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-
-use crate::map::Map;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::map::Map;
 use crate::message::{
     parse_message, HeaderAccess, HeaderName, Host, Method, Request, Response, SipMessage, Uri, Via,
 };

@@ -299,10 +299,7 @@ pub struct Attribute {
 impl Attribute {
     /// A value attribute.
     pub fn new(name: &str, value: &str) -> Attribute {
-        Attribute {
-            name: text(name),
-            value: Some(value.to_owned()),
-        }
+        Attribute::with_value(name, value.to_owned())
     }
 
     /// A value attribute whose value is already a `String` of its own (not copied again).

@@ -580,7 +580,8 @@ impl Request {
             // Written in place (`BytesMut` is a `fmt::Write`), with no text of its own first;
             // writing into memory cannot fail.
             Some(u) => {
-                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{u}"));
+                use std::fmt::Write as _;
+                let _ = write!(out, "{u}");
             }
             // Never parsed nor changed: the text as received.
             None => out.put_slice(&self.uri.text),
