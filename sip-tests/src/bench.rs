@@ -467,6 +467,81 @@ impl Drop for BenchSipp {
     }
 }
 
+/// Kamailio in the foreground (its main process; the workers are its children), the
+/// reference `reg-bench` and `c2c-bench --reference kamailio` measure beside dialbridge.
+pub struct Kamailio {
+    child: Child,
+}
+
+impl Kamailio {
+    /// Writes `config` (the text of one of `deploy/kamailio/`'s files) into `dir` as `name`
+    /// and starts Kamailio on it, listening on UDP `127.0.0.1:port`, with `private_mb` MB of
+    /// private memory per process and `defines` (`-A NAME=value`). Returns once the port
+    /// is taken (at most 15 s).
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        port: u16,
+        private_mb: u32,
+        defines: &[String],
+    ) -> Result<Kamailio, String> {
+        std::fs::write(dir.join(name), config).map_err(|e| e.to_string())?;
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run).map_err(|e| e.to_string())?;
+        let log_path = dir.join("kamailio.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("kamailio");
+        cmd.args(["-f", name, "-DD", "-E", "-m", "512", "-M"])
+            .arg(private_mb.to_string())
+            .arg("-Y")
+            .arg(&run)
+            .args(["-l", &format!("udp:127.0.0.1:{port}")]);
+        for d in defines {
+            cmd.args(["-A", d]);
+        }
+        let child = cmd
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("cannot start kamailio: {e}"))?;
+        let k = Kamailio { child };
+        // Ready when its UDP port is taken.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+                std::thread::sleep(Duration::from_millis(500));
+                return Ok(k);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        Err(format!("kamailio did not start:\n{log}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Whether `program --version`-like `args` runs at all (the peer is installed).
 pub fn installed(program: &str, args: &[&str]) -> bool {
     Command::new(program)

@@ -32,10 +32,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sip_tests::bench::{
     clock_ticks_per_second, dial_string, heap_bytes, installed, load_average, parse_invite_log,
-    peak_rss_kib, percentile, rss_kib, threads_cpu, tree_cpu, BenchSipp, Flags,
+    peak_rss_kib, percentile, rss_kib, threads_cpu, tree_cpu, BenchSipp, CpuTime, Flags, Kamailio,
+    SippTotals,
 };
 use sip_tests::http::{try_request, KeepAlive};
-use sip_tests::{dialbridge_bin, free_port, scenario, sipp, TempDir, TestServer};
+use sip_tests::{dialbridge_bin, free_port, scenario, sipp, workspace_root, TempDir, TestServer};
 
 const SECRET: &str = "sk_bench_1";
 const USER: &str = "user_01h2xcejqtf2nbrexx3vqjhp42";
@@ -49,7 +50,8 @@ const USAGE: &str = "c2c-bench [--rate CALLS_PER_SECOND (50)] [--calls N (500)] 
 [--hold-ms MS (1000: the carrier's wait before its BYE)] \
 [--live-sample SECONDS (0 = off: RSS per live call, read that long after the last call)] \
 [--keep-alive true|false (false: a new connection per REST request; true: each sending thread keeps one)] \
-[--versus PATH (a second dialbridge build, run alternately with the first under the same flags) [--rounds N (3)]]";
+[--versus PATH (a second dialbridge build, run alternately with the first under the same flags) [--rounds N (3)]] \
+[--reference kamailio|none (none; kamailio: then the same calls through Kamailio as a stateful proxy, measured the same way)]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,6 +63,9 @@ fn main() -> ExitCode {
         None if flags.text("rounds").is_some() => {
             Err(format!("--rounds goes with --versus\n{USAGE}"))
         }
+        Some(_) if flags.text("reference").is_some() => Err(format!(
+            "--reference goes without --versus (the builds are each other's reference)\n{USAGE}"
+        )),
         None => run(&flags, None).map(drop),
         Some(second) => compare(&flags, second),
     });
@@ -89,6 +94,7 @@ const FLAGS: &[&str] = &[
     "keep-alive",
     "versus",
     "rounds",
+    "reference",
 ];
 
 /// Runs the two builds alternately (first, second, first, ...) and prints each pair's
@@ -300,6 +306,17 @@ fn run(flags: &Flags, bin: Option<&str>) -> Result<Outcome, String> {
     let settle = Duration::from_secs(flags.get("settle", 35)?);
     let hold_ms: u64 = flags.get("hold-ms", 1000)?;
     let live_sample = Duration::from_secs(flags.get("live-sample", 0)?);
+    let reference = match flags.text("reference").unwrap_or("none") {
+        "none" => false,
+        "kamailio" if nodes == 1 && live_sample.is_zero() => true,
+        "kamailio" => {
+            return Err("--reference kamailio: one node, without --live-sample".into());
+        }
+        other => return Err(format!("--reference: {other:?} is not kamailio or none")),
+    };
+    if reference && !installed("kamailio", &["-v"]) {
+        return Err("kamailio is not installed (apt-get install kamailio)".into());
+    }
     if !(rate > 0.0 && rate.is_finite()) || calls == 0 || threads == 0 {
         return Err(format!(
             "--rate, --calls and --threads must be above 0\n{USAGE}"
@@ -694,8 +711,135 @@ fn run(flags: &Flags, bin: Option<&str>) -> Result<Outcome, String> {
     for s in servers {
         drop(s.stop());
     }
+    if reference {
+        let r = kamailio_reference(rate, calls, hold_ms)?;
+        let per_cpu_second = r.totals.successful as f64 / r.cpu.total().max(1e-9);
+        println!(
+            "  reference, Kamailio as a stateful proxy (deploy/kamailio/proxy.cfg; each call an \
+             INVITE, 180, 200, ACK, BYE and 200 through it, the callee answering after 500 ms, \
+             the caller hanging up after {hold_ms} ms), {calls} calls at {rate}/s: {} ok, {} \
+             failed, {} retransmissions (caller), {} retransmissions (callee); CPU {:.2} s \
+             (user {:.2}, system {:.2}): {per_cpu_second:.0} calls per CPU-second",
+            r.totals.successful,
+            r.totals.failed,
+            r.totals.retransmissions,
+            r.callee_retransmissions,
+            r.cpu.total(),
+            r.cpu.user,
+            r.cpu.system,
+        );
+        println!(
+            "  ratio dialbridge / Kamailio proxy, calls per CPU-second: {:.2}",
+            completed as f64 / cpu.total().max(1e-9) / per_cpu_second.max(1e-9)
+        );
+    }
     Ok(Outcome {
         per_cpu_second: completed as f64 / cpu.total().max(1e-9),
         failed,
+    })
+}
+
+/// What the reference run measured.
+struct Reference {
+    /// The caller's counters.
+    totals: SippTotals,
+    callee_retransmissions: u64,
+    /// Kamailio's CPU (all its processes) while the caller ran.
+    cpu: CpuTime,
+}
+
+/// The same calls (`calls` at `rate`, answered after 500 ms, held `hold_ms`) through Kamailio
+/// as a transaction-stateful, record-routing proxy between a SIPp caller and a SIPp callee:
+/// the machine's speed at this moment, measured the way dialbridge's run was.
+fn kamailio_reference(rate: f64, calls: usize, hold_ms: u64) -> Result<Reference, String> {
+    let dir = TempDir::new("c2c-bench-kamailio");
+    let run_limit = format!("{}s", (calls as f64 / rate) as u64 + 90 + hold_ms / 1000);
+    let max = calls.to_string();
+    let callee_port = free_port();
+    let callee_sf = scenario("bench_callee.xml").to_string_lossy().into_owned();
+    let (cport, cmp) = (callee_port.to_string(), free_port().to_string());
+    let mut callee = BenchSipp::spawn(
+        "callee",
+        &[
+            "-sf",
+            &callee_sf,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &cport,
+            "-mp",
+            &cmp,
+            "-m",
+            &max,
+            "-buff_size",
+            "4194304",
+            "-timeout",
+            &run_limit,
+            "-timeout_error",
+        ],
+    )
+    .map_err(|e| format!("cannot start sipp: {e}"))?;
+    let cfg_src = workspace_root().join("deploy/kamailio/proxy.cfg");
+    let cfg =
+        std::fs::read_to_string(&cfg_src).map_err(|e| format!("{}: {e}", cfg_src.display()))?;
+    let port = free_port();
+    let kamailio = Kamailio::start(
+        dir.path(),
+        "proxy.cfg",
+        &cfg,
+        port,
+        16,
+        &[format!("CALLEE=\"sip:127.0.0.1:{callee_port}\"")],
+    )?;
+    let ticks = clock_ticks_per_second();
+    if !sip_tests::bench::wait_idle(kamailio.pid(), ticks, Duration::from_secs(10)) {
+        println!("  kamailio: still busy 10 s after it started; measuring anyway");
+    }
+    let before = tree_cpu(kamailio.pid(), ticks);
+    let caller_sf = scenario("bench_caller.xml").to_string_lossy().into_owned();
+    let target = format!("127.0.0.1:{port}");
+    let (rate_s, hold) = (rate.to_string(), hold_ms.to_string());
+    let (lport, lmp) = (free_port().to_string(), free_port().to_string());
+    let mut caller = BenchSipp::spawn(
+        "caller",
+        &[
+            "-sf",
+            &caller_sf,
+            &target,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &lport,
+            "-mp",
+            &lmp,
+            "-m",
+            &max,
+            "-r",
+            &rate_s,
+            "-d",
+            &hold,
+            "-buff_size",
+            "4194304",
+            "-timeout",
+            &run_limit,
+            "-timeout_error",
+        ],
+    )
+    .map_err(|e| format!("cannot start sipp: {e}"))?;
+    let limit = Duration::from_secs_f64(calls as f64 / rate + 60.0 + hold_ms as f64 / 1000.0);
+    let totals = caller.finish(limit);
+    let cpu = tree_cpu(kamailio.pid(), ticks).since(before);
+    let callee_totals = callee.finish(Duration::from_secs(5));
+    for s in [&caller, &callee] {
+        let e = s.errors(5);
+        if !e.trim().is_empty() {
+            println!("  SIPp {} errors (first lines):\n{e}", s.name);
+        }
+    }
+    drop(kamailio);
+    Ok(Reference {
+        totals,
+        callee_retransmissions: callee_totals.retransmissions,
+        cpu,
     })
 }

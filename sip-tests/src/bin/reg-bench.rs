@@ -13,12 +13,13 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use sip_tests::bench::{
     bench_users, clock_ticks_per_second, heap_bytes, injection_csv, installed, kamailio_users,
-    load_average, peak_rss_kib, rss_kib, tree_cpu, typeid, wait_idle, BenchSipp, Flags, SippTotals,
+    load_average, peak_rss_kib, rss_kib, tree_cpu, typeid, wait_idle, BenchSipp, Flags, Kamailio,
+    SippTotals,
 };
 use sip_tests::{dialbridge_bin, free_port, scenario, workspace_root, TempDir, TestServer};
 
@@ -245,78 +246,6 @@ webhook_secret = "whsec_bench_1"
     c
 }
 
-/// Kamailio in the foreground (its main process; the workers are its children).
-struct Kamailio {
-    child: Child,
-}
-
-impl Kamailio {
-    fn start(dir: &Path, port: u16, children: u32) -> Result<Kamailio, String> {
-        let cfg_src = workspace_root().join("deploy/kamailio/registrar.cfg");
-        let cfg = std::fs::read_to_string(&cfg_src)
-            .map_err(|e| format!("{}: {e}", cfg_src.display()))?
-            .replace("children=2", &format!("children={children}"));
-        std::fs::write(dir.join("registrar.cfg"), cfg).map_err(|e| e.to_string())?;
-        let run = dir.join("run");
-        std::fs::create_dir_all(&run).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(dir.join("kamailio.log")).map_err(|e| e.to_string())?;
-        let child = Command::new("kamailio")
-            .args([
-                "-f",
-                "registrar.cfg",
-                "-DD",
-                "-E",
-                "-m",
-                "512",
-                "-M",
-                // Private memory per process: the users' hash table lines of the
-                // configuration are parsed into it (16 MB falls short of 20,000 users).
-                "64",
-                "-Y",
-            ])
-            .arg(&run)
-            .args(["-l", &format!("udp:127.0.0.1:{port}")])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| format!("cannot start kamailio: {e}"))?;
-        let k = Kamailio { child };
-        // Ready when its UDP port is taken.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
-                std::thread::sleep(Duration::from_millis(500));
-                return Ok(k);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let log = std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default();
-        Err(format!("kamailio did not start:\n{log}"))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn run(args: &[String]) -> Result<(), String> {
     let flags = Flags::parse(
         args,
@@ -388,7 +317,13 @@ fn run(args: &[String]) -> Result<(), String> {
     drop(server.stop());
 
     let port = free_port();
-    let kamailio = Kamailio::start(dir.path(), port, children)?;
+    let cfg_src = workspace_root().join("deploy/kamailio/registrar.cfg");
+    let cfg = std::fs::read_to_string(&cfg_src)
+        .map_err(|e| format!("{}: {e}", cfg_src.display()))?
+        .replace("children=2", &format!("children={children}"));
+    // Private memory per process: the users' hash table lines of the configuration are
+    // parsed into it (16 MB falls short of 20,000 users).
+    let kamailio = Kamailio::start(dir.path(), "registrar.cfg", &cfg, port, 64, &[])?;
     let kam = measure(
         "kamailio",
         kamailio.pid(),
