@@ -25,7 +25,8 @@ use sip_tests::{dialbridge_bin, free_port, scenario, workspace_root, TempDir, Te
 
 const USAGE: &str = "reg-bench [--rate REGISTER_PER_SECOND (2000)] [--seconds N (10)] \
 [--users N (2000)] [--children N (2)] [--settle SECONDS (35)] [--log RUST_LOG (info)] \
-[--dialbridge PATH (target/release/dialbridge)]";
+[--dialbridge PATH (target/release/dialbridge)] \
+[--rounds N (1: one run of each; more: that many pairs, the order alternated, and the median ratio)]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -257,6 +258,7 @@ fn run(args: &[String]) -> Result<(), String> {
             "settle",
             "log",
             "dialbridge",
+            "rounds",
         ],
     )?;
     let rate: u64 = flags.get("rate", 2000)?;
@@ -265,6 +267,10 @@ fn run(args: &[String]) -> Result<(), String> {
     let children: u32 = flags.get("children", 2)?;
     let settle = Duration::from_secs(flags.get("settle", 35)?);
     let log: String = flags.get("log", "info".to_owned())?;
+    let rounds: usize = flags.get("rounds", 1)?;
+    if !(1..=20).contains(&rounds) {
+        return Err(format!("--rounds: 1 to 20, not {rounds}"));
+    }
     if rate == 0 || seconds == 0 || n_users == 0 || n_users > 99_999 || children == 0 {
         return Err(format!(
             "--rate, --seconds, --children above 0; --users 1..=99999\n{USAGE}"
@@ -297,15 +303,6 @@ fn run(args: &[String]) -> Result<(), String> {
         kamailio_users(&users),
     )
     .map_err(|e| e.to_string())?;
-    let load_before = load_average();
-
-    let server = TestServer::start_bin(
-        TempDir::new("reg-bench-dialbridge"),
-        &dialbridge_config(&users),
-        &bin,
-        &log,
-    );
-    let target = server.udp_addr().to_string();
     let load = Load {
         csv: &csv,
         rate,
@@ -313,25 +310,115 @@ fn run(args: &[String]) -> Result<(), String> {
         users: users.len() as u64,
         settle,
     };
-    let db = measure("dialbridge", server.pid(), &target, &load, server.api)?;
-    drop(server.stop());
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        if rounds > 1 {
+            println!("reg-bench: round {round} of {rounds}");
+        }
+        // Alternated: Kamailio goes first in every second round, so that neither side is
+        // always measured in the later minute.
+        let kamailio_first = round % 2 == 0;
+        ratios.push(pair(
+            &Pair {
+                bin: &bin,
+                log: &log,
+                dir: dir.path(),
+                users: &users,
+                children,
+                load: &load,
+            },
+            kamailio_first,
+        )?);
+    }
+    if rounds > 1 {
+        println!("reg-bench: ratio dialbridge / kamailio, registrations per CPU-second, by round");
+        for (i, (during, settled, first)) in ratios.iter().enumerate() {
+            println!(
+                "  round {} ({} first): {during:.2} during the run, {settled:.2} with the {} s after",
+                i + 1,
+                if *first { "kamailio" } else { "dialbridge" },
+                settle.as_secs()
+            );
+        }
+        let mut during: Vec<f64> = ratios.iter().map(|r| r.0).collect();
+        during.sort_by(f64::total_cmp);
+        println!(
+            "  during the run: median {:.2}, lowest {:.2}, highest {:.2}",
+            during[during.len() / 2],
+            during[0],
+            during[during.len() - 1]
+        );
+    }
+    Ok(())
+}
 
-    let port = free_port();
-    let cfg_src = workspace_root().join("deploy/kamailio/registrar.cfg");
-    let cfg = std::fs::read_to_string(&cfg_src)
-        .map_err(|e| format!("{}: {e}", cfg_src.display()))?
-        .replace("children=2", &format!("children={children}"));
-    // Private memory per process: the users' hash table lines of the configuration are
-    // parsed into it (16 MB falls short of 20,000 users).
-    let kamailio = Kamailio::start(dir.path(), "registrar.cfg", &cfg, port, 64, &[])?;
-    let kam = measure(
-        "kamailio",
-        kamailio.pid(),
-        &format!("127.0.0.1:{port}"),
-        &load,
-        None,
-    )?;
-    drop(kamailio);
+/// What one pair of runs needs.
+struct Pair<'a> {
+    bin: &'a Path,
+    log: &'a str,
+    /// Kamailio's working directory (its configuration and users file).
+    dir: &'a Path,
+    users: &'a [(String, String)],
+    children: u32,
+    load: &'a Load<'a>,
+}
+
+/// dialbridge and Kamailio under the same load, one after the other (Kamailio first when
+/// `kamailio_first`), each started afresh; prints both and returns the ratios dialbridge ÷
+/// Kamailio (during the run, with the settle time) and `kamailio_first`.
+fn pair(p: &Pair<'_>, kamailio_first: bool) -> Result<(f64, f64, bool), String> {
+    let Pair {
+        bin,
+        log,
+        dir,
+        users,
+        children,
+        load,
+    } = *p;
+    let Load {
+        rate,
+        count,
+        settle,
+        ..
+    } = *load;
+    let n_users = users.len();
+    let load_before = load_average();
+    let run_dialbridge = || -> Result<Side, String> {
+        let server = TestServer::start_bin(
+            TempDir::new("reg-bench-dialbridge"),
+            &dialbridge_config(users),
+            bin,
+            log,
+        );
+        let target = server.udp_addr().to_string();
+        let side = measure("dialbridge", server.pid(), &target, load, server.api);
+        drop(server.stop());
+        side
+    };
+    let run_kamailio = || -> Result<Side, String> {
+        let port = free_port();
+        let cfg_src = workspace_root().join("deploy/kamailio/registrar.cfg");
+        let cfg = std::fs::read_to_string(&cfg_src)
+            .map_err(|e| format!("{}: {e}", cfg_src.display()))?
+            .replace("children=2", &format!("children={children}"));
+        // Private memory per process: the users' hash table lines of the configuration are
+        // parsed into it (16 MB falls short of 20,000 users).
+        let kamailio = Kamailio::start(dir, "registrar.cfg", &cfg, port, 64, &[])?;
+        measure(
+            "kamailio",
+            kamailio.pid(),
+            &format!("127.0.0.1:{port}"),
+            load,
+            None,
+        )
+    };
+    let (db, kam) = if kamailio_first {
+        let kam = run_kamailio()?;
+        (run_dialbridge()?, kam)
+    } else {
+        let db = run_dialbridge()?;
+        (db, run_kamailio()?)
+    };
     let load_after = load_average();
 
     println!(
@@ -409,5 +496,9 @@ fn run(args: &[String]) -> Result<(), String> {
             );
         }
     }
-    Ok(())
+    Ok((
+        db.per_cpu_second() / kam.per_cpu_second().max(1e-9),
+        db.per_cpu_second_settled() / kam.per_cpu_second_settled().max(1e-9),
+        kamailio_first,
+    ))
 }
