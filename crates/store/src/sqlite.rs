@@ -385,6 +385,20 @@ DELETE FROM sqlite_sequence WHERE name = 'call_timeline';
 DROP INDEX calls_log;
 CREATE INDEX calls_log ON calls(account_id, created_at_ms, id);
 "#,
+    // 18: a call's timeline rows found through the call. `calls.timeline_rows` lists their
+    // ids (comma-separated, in the order written), set by the statement that writes the
+    // call's record in the same batch ([`apply_writes_on`]). The `call_timeline_call` index
+    // it replaces put each new row's entry at its call's place among all calls' entries: a
+    // page of its own for most calls in a batch, 23 % of the pages a batch's commit wrote
+    // to the WAL (`docs/benchmarks.md`, "A call's timeline rows listed in its record").
+    // Deleting a call (the server never does) finds its timeline rows by a scan, for the
+    // foreign key's cascade.
+    r#"
+ALTER TABLE calls ADD COLUMN timeline_rows TEXT;
+UPDATE calls SET timeline_rows =
+    (SELECT group_concat(id, ',') FROM call_timeline t WHERE t.call_id = calls.id);
+DROP INDEX call_timeline_call;
+"#,
 ];
 
 /// The statuses of a call not yet ended, as an SQL list: PostgreSQL's `calls_live` index
@@ -2408,7 +2422,7 @@ impl BlockingStore for SqliteStore {
     // ----- calls --------------------------------------------------------------------------
 
     fn insert_call(&self, c: &CallRecord) -> Result<(), StoreError> {
-        insert_call_on(&*self.conn()?, c)
+        insert_call_on(&*self.conn()?, c, None)
     }
 
     fn admit_call(
@@ -2507,27 +2521,48 @@ impl BlockingStore for SqliteStore {
 
     fn timeline(&self, call_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
         let conn = self.conn()?;
-        query_list(&conn, TIMELINE_OF_CALL, [call_id], |r| {
-            let first = TimelineEntry {
-                at_ms: r.get(0)?,
-                kind: r.get(1)?,
-                leg: r.get(2)?,
-                detail: json_col(r, 3)?,
-            };
-            let more: Option<String> = r.get(4)?;
-            let more: Vec<TimelineEntry> = match more {
-                Some(text) => serde_json::from_str(&text).map_err(|e| conversion_error(4, e))?,
-                None => Vec::new(),
-            };
-            Ok(std::iter::once(first).chain(more).collect::<Vec<_>>())
-        })
-        .map(|rows| {
-            let mut entries: Vec<TimelineEntry> = rows.into_iter().flatten().collect();
-            // In the order written; by time, entries of the same time in that order (as one
-            // row per entry ordered by `at_ms, id` had them).
-            entries.sort_by_key(|e| e.at_ms);
-            entries
-        })
+        let listed: Option<Option<String>> = conn
+            .prepare_cached(TIMELINE_ROWS_OF_CALL)?
+            .query_row([call_id], |r| r.get(0))
+            .optional()?;
+        let mut ids: Vec<i64> = listed
+            .flatten()
+            .map(|l| {
+                l.split(',')
+                    .filter_map(|id| id.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // In the order written.
+        ids.sort_unstable();
+        ids.dedup();
+        let mut row = conn.prepare_cached(TIMELINE_ROW)?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            let read = row
+                .query_row([id], |r| {
+                    let first = TimelineEntry {
+                        at_ms: r.get(0)?,
+                        kind: r.get(1)?,
+                        leg: r.get(2)?,
+                        detail: json_col(r, 3)?,
+                    };
+                    let more: Option<String> = r.get(4)?;
+                    let more: Vec<TimelineEntry> = match more {
+                        Some(text) => {
+                            serde_json::from_str(&text).map_err(|e| conversion_error(4, e))?
+                        }
+                        None => Vec::new(),
+                    };
+                    Ok(std::iter::once(first).chain(more).collect::<Vec<_>>())
+                })
+                .optional()?;
+            rows.extend(read.into_iter().flatten());
+        }
+        // In the order written; by time, entries of the same time in that order (as one row
+        // per entry ordered by `at_ms, id` had them).
+        rows.sort_by_key(|e| e.at_ms);
+        Ok(rows)
     }
 
     // ----- outbox -------------------------------------------------------------------------
@@ -2951,40 +2986,87 @@ impl BlockingStore for SqliteStore {
 /// other writes, so after the record of a call the batch creates.
 ///
 /// A call's events come in bursts (a response, the request it causes, the status it
-/// changes), so one call's 19 entries take about 8 rows, and as many entries of the
-/// `call_timeline_call` index. Those index entries land on scattered pages, and each
-/// page a transaction touches is a frame its commit writes to the WAL: the index was the
-/// largest single cost of a batch (`docs/benchmarks.md`, "One timeline row per call and batch").
+/// changes), so one call's 19 entries take about 5 rows. Each row's id is listed in its
+/// call's `timeline_rows` by the statement that writes the call's record in the batch
+/// (whose page the commit writes anyway), not by an index on `call_id`: that index's
+/// entries landed on scattered pages, and each page a transaction touches is a frame its
+/// commit writes to the WAL (`docs/benchmarks.md`, "One timeline row per call and batch",
+/// "A call's timeline rows listed in its record").
 fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreError> {
     // (call id, its entries in order), in the order of each call's first entry.
     let mut rows: Vec<(&str, Vec<&TimelineEntry>)> = Vec::new();
     let mut row_of: HashMap<&str, usize> = HashMap::new();
     for w in writes {
-        match w {
-            CallWrite::Timeline { call_id, entry } => match row_of.get(call_id.as_str()) {
+        if let CallWrite::Timeline { call_id, entry } = w {
+            match row_of.get(call_id.as_str()) {
                 Some(&i) => rows[i].1.push(entry),
                 None => {
                     row_of.insert(call_id, rows.len());
                     rows.push((call_id, vec![entry]));
                 }
-            },
-            CallWrite::NewCall(c) => insert_call_on(conn, c)?,
-            CallWrite::Call(c) => update_progress_on(conn, c, false)?,
-            CallWrite::CallStatus(c) => update_progress_on(conn, c, true)?,
+            }
+        }
+    }
+    // Row i's id is `first_id + i`; the call's record write lists it (once), or, for a call
+    // whose record the batch does not write, a statement of its own below.
+    let first_id = if rows.is_empty() {
+        0
+    } else {
+        next_timeline_id(conn)?
+    };
+    let mut linked = vec![false; rows.len()];
+    let mut link = |call_id: &str| -> Option<i64> {
+        let &i = row_of.get(call_id)?;
+        (!std::mem::replace(&mut linked[i], true)).then(|| first_id + i as i64)
+    };
+    for w in writes {
+        match w {
+            CallWrite::Timeline { .. } => {}
+            CallWrite::NewCall(c) => insert_call_on(conn, c, link(&c.id))?,
+            CallWrite::Call(c) => update_progress_on(conn, c, false, link(&c.id))?,
+            CallWrite::CallStatus(c) => update_progress_on(conn, c, true, link(&c.id))?,
             CallWrite::Callback(e) => enqueue_callback_on(conn, e)?,
         }
     }
-    for (call_id, entries) in rows {
+    for (i, (call_id, entries)) in rows.into_iter().enumerate() {
         if let Some((first, more)) = entries.split_first() {
-            insert_timeline_row_on(conn, call_id, first, more)?;
+            let id = first_id + i as i64;
+            insert_timeline_row_on(conn, id, call_id, first, more)?;
+            if !linked[i] {
+                link_timeline_row_on(conn, call_id, id)?;
+            }
         }
     }
     Ok(())
 }
 
-/// A call's timeline rows in the order written.
-const TIMELINE_OF_CALL: &str =
-    "SELECT at_ms, kind, leg, detail, more FROM call_timeline WHERE call_id = ?1 ORDER BY id";
+/// The id the next `call_timeline` row gets (as SQLite would give it: one above the
+/// highest).
+fn next_timeline_id(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM call_timeline")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Adds the `call_timeline` row `id` to its call's `timeline_rows`.
+fn link_timeline_row_on(conn: &Connection, call_id: &str, id: i64) -> Result<(), StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE calls SET timeline_rows = COALESCE(timeline_rows || ',' || ?2, ?2)
+             WHERE id = ?1",
+        )?
+        .execute(params![call_id, id])?;
+    if n == 0 {
+        return Err(not_found("call", call_id));
+    }
+    Ok(())
+}
+
+/// The ids of a call's timeline rows (migration 18).
+const TIMELINE_ROWS_OF_CALL: &str = "SELECT timeline_rows FROM calls WHERE id = ?1";
+
+/// One timeline row, by its id.
+const TIMELINE_ROW: &str = "SELECT at_ms, kind, leg, detail, more FROM call_timeline WHERE id = ?1";
 
 /// Admits a new call on `conn` (inside the caller's transaction): the account's live calls
 /// against `max_concurrent`, a token from its rate bucket, then `writes` (which must hold
@@ -3054,7 +3136,13 @@ impl CallJson {
     }
 }
 
-fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
+/// `timeline_row`: the id of the call's first `call_timeline` row, written after it in the
+/// same transaction (its `timeline_rows`).
+fn insert_call_on(
+    conn: &Connection,
+    c: &CallRecord,
+    timeline_row: Option<i64>,
+) -> Result<(), StoreError> {
     let CallJson {
         recording,
         metadata,
@@ -3064,9 +3152,9 @@ fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
     exec(
         conn,
         &format!(
-            "INSERT INTO calls ({CALL_COLS}) VALUES
+            "INSERT INTO calls ({CALL_COLS}, timeline_rows) VALUES
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-              ?18, ?19, ?20)"
+              ?18, ?19, ?20, ?21)"
         ),
         params![
             c.id,
@@ -3088,7 +3176,8 @@ fn insert_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
             stats,
             c.node_id,
             c.direction,
-            recording
+            recording,
+            timeline_row
         ],
     )
     .map_err(|e| insert_error(e, "call", &c.id))?;
@@ -3119,21 +3208,26 @@ const UPDATE_CALL_SAME_KEYS: &str = "UPDATE calls SET
 /// metadata) stays as stored: none of it is bound, nor the metadata serialized again, on
 /// every event.
 const UPDATE_PROGRESS: &str = "UPDATE calls SET status = ?3, end_leg = ?4, sip_code = ?5,
-     answered_at_ms = ?6, ended_at_ms = ?7, legs = ?8, stats = ?9, recording = ?10
+     answered_at_ms = ?6, ended_at_ms = ?7, legs = ?8, stats = ?9, recording = ?10,
+     timeline_rows = COALESCE(timeline_rows || ',' || ?11, ?11, timeline_rows)
  WHERE id = ?1 AND account_id = ?2";
 
 /// [`UPDATE_PROGRESS`] when the status is the one stored: matched, not set, so that
 /// `calls_node`'s entry is not rewritten (as [`UPDATE_CALL_SAME_KEYS`]).
 const UPDATE_PROGRESS_SAME_STATUS: &str = "UPDATE calls SET end_leg = ?4, sip_code = ?5,
-     answered_at_ms = ?6, ended_at_ms = ?7, legs = ?8, stats = ?9, recording = ?10
+     answered_at_ms = ?6, ended_at_ms = ?7, legs = ?8, stats = ?9, recording = ?10,
+     timeline_rows = COALESCE(timeline_rows || ',' || ?11, ?11, timeline_rows)
  WHERE id = ?1 AND account_id = ?2 AND status = ?3";
 
 /// `new_status`: the writer's word that the status is not the stored one, so the statement
 /// that keeps it is not tried first (it would match no row); either way the row ends right.
+/// `timeline_row`: the id of a `call_timeline` row of the call written in the same
+/// transaction, added to its `timeline_rows`.
 fn update_progress_on(
     conn: &Connection,
     c: &CallRecord,
     new_status: bool,
+    timeline_row: Option<i64>,
 ) -> Result<(), StoreError> {
     let recording = serde_json::to_string(&c.recording)?;
     let legs = serde_json::to_string(&c.legs)?;
@@ -3148,7 +3242,8 @@ fn update_progress_on(
         c.ended_at_ms,
         legs,
         stats,
-        recording
+        recording,
+        timeline_row
     ];
     let mut n = if new_status {
         0
@@ -3200,17 +3295,23 @@ fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// One entry in a row of its own, listed in its call's `timeline_rows`. The caller holds
+/// the connection (and with it the only writer) throughout.
 fn append_timeline_on(
     conn: &Connection,
     call_id: &str,
     entry: &TimelineEntry,
 ) -> Result<(), StoreError> {
-    insert_timeline_row_on(conn, call_id, entry, &[])
+    let id = next_timeline_id(conn)?;
+    insert_timeline_row_on(conn, id, call_id, entry, &[])?;
+    link_timeline_row_on(conn, call_id, id)
 }
 
-/// One `call_timeline` row: `first` in its columns, `more` (in order) in its `more` column.
+/// The `call_timeline` row `id`: `first` in its columns, `more` (in order) in its `more`
+/// column. Its call lists it in `timeline_rows` ([`apply_writes_on`]).
 fn insert_timeline_row_on(
     conn: &Connection,
+    id: i64,
     call_id: &str,
     first: &TimelineEntry,
     more: &[&TimelineEntry],
@@ -3223,9 +3324,17 @@ fn insert_timeline_row_on(
     };
     exec(
         conn,
-        "INSERT INTO call_timeline (call_id, at_ms, kind, leg, detail, more)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![call_id, first.at_ms, first.kind, first.leg, detail, more],
+        "INSERT INTO call_timeline (id, call_id, at_ms, kind, leg, detail, more)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            id,
+            call_id,
+            first.at_ms,
+            first.kind,
+            first.leg,
+            detail,
+            more
+        ],
     )
     .map_err(|e| {
         if StoreError::is_foreign_key_violation(&e) {
@@ -3323,7 +3432,7 @@ mod tests {
         let store = SqliteStore::open_in_memory().unwrap();
         let conn = store.conn().unwrap();
         let rec = CallRecord::new("call_1".into(), "acc_1".into(), "+14155550100".into(), 1);
-        insert_call_on(&conn, &rec).unwrap();
+        insert_call_on(&conn, &rec, None).unwrap();
         append_timeline_on(
             &conn,
             "call_1",
@@ -3345,18 +3454,28 @@ mod tests {
         assert_eq!(seq, 0);
     }
 
-    /// A call's timeline is read through its index in the order written, with no sort.
+    /// A call's timeline is read through the call's primary key, then each row by its id:
+    /// no scan, no sort.
     #[test]
-    fn a_timeline_read_uses_the_index_and_no_sort() {
-        let plan = query_plan(TIMELINE_OF_CALL);
+    fn a_timeline_read_uses_the_keys_and_no_sort() {
+        let listed = query_plan(TIMELINE_ROWS_OF_CALL);
         assert!(
-            plan.iter().any(|p| p.contains("call_timeline_call")),
-            "plan: {plan:?}"
+            listed
+                .iter()
+                .any(|p| p.contains("sqlite_autoindex_calls_1")),
+            "plan: {listed:?}"
         );
+        let row = query_plan(TIMELINE_ROW);
         assert!(
-            !plan.iter().any(|p| p.contains("TEMP B-TREE")),
-            "plan: {plan:?}"
+            row.iter().any(|p| p.contains("INTEGER PRIMARY KEY")),
+            "plan: {row:?}"
         );
+        for p in listed.iter().chain(&row) {
+            assert!(
+                !p.contains("SCAN") && !p.contains("TEMP B-TREE"),
+                "plan: {listed:?} {row:?}"
+            );
+        }
     }
 
     /// Writing a call record builds no temporary b-tree (a partial index's `IN` list did,
@@ -3493,7 +3612,7 @@ mod tests {
             if i == 3 {
                 c.status = CallStatus::Failed; // born final: never live
             }
-            insert_call_on(&conn, &c).unwrap();
+            insert_call_on(&conn, &c, None).unwrap();
             calls.push(c);
         }
         check("inserts");
@@ -3522,15 +3641,15 @@ mod tests {
         check("an ended call deleted");
     }
 
-    /// A batch's timeline entries of one call take one row (the index entry with it), in
-    /// the batch's order; another call's entries in between take their own.
+    /// A batch's timeline entries of one call take one row, in the batch's order; another
+    /// call's entries in between take their own.
     #[test]
     fn a_batch_writes_one_timeline_row_per_call() {
         let store = SqliteStore::open_in_memory().unwrap();
         let conn = store.conn().unwrap();
         for id in ["call_a", "call_b"] {
             let c = CallRecord::new(id.into(), "acct".into(), "+14155550100".into(), 1);
-            insert_call_on(&conn, &c).unwrap();
+            insert_call_on(&conn, &c, None).unwrap();
         }
         let entry = |at: i64| TimelineEntry {
             at_ms: at,
@@ -3570,5 +3689,65 @@ mod tests {
             store.timeline("call_a").unwrap(),
             vec![entry(1), entry(3), entry(4)]
         );
+    }
+
+    /// A batch's timeline row is listed in its call's `timeline_rows` by the statement that
+    /// writes the call's record (a new call's insert, a progress update), or by one of its
+    /// own when the batch does not write the record; the call's timeline is read back
+    /// through that list, in the order written. A call the batch does not know fails it.
+    #[test]
+    fn timeline_rows_are_listed_in_the_record_written_with_them() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let conn = store.conn().unwrap();
+        let entry = |at: i64| TimelineEntry {
+            at_ms: at,
+            kind: format!("k{at}"),
+            leg: None,
+            detail: serde_json::json!({ "at": at }).into(),
+        };
+        let on = |id: &str, at: i64| CallWrite::Timeline {
+            call_id: id.into(),
+            entry: entry(at),
+        };
+        let mut rec = CallRecord::new("call_a".into(), "acc_a".into(), "+1".into(), 1);
+        // An admission: the record and its first entry.
+        apply_writes_on(&conn, &[CallWrite::NewCall(rec.clone()), on("call_a", 1)]).unwrap();
+        // A batch that writes the record, with two entries of the call and one of another.
+        let other = CallRecord::new("call_b".into(), "acc_a".into(), "+1".into(), 2);
+        insert_call_on(&conn, &other, None).unwrap();
+        rec.status = CallStatus::Ringing;
+        apply_writes_on(
+            &conn,
+            &[
+                on("call_a", 2),
+                on("call_b", 3),
+                on("call_a", 4),
+                CallWrite::CallStatus(rec.clone()),
+            ],
+        )
+        .unwrap();
+        // A batch with an entry only.
+        apply_writes_on(&conn, &[on("call_a", 5)]).unwrap();
+        let listed = |id: &str| -> Option<String> {
+            conn.query_row(TIMELINE_ROWS_OF_CALL, [id], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(listed("call_a").as_deref(), Some("1,2,4"));
+        assert_eq!(listed("call_b").as_deref(), Some("3"));
+        let status: String = conn
+            .query_row("SELECT status FROM calls WHERE id = 'call_a'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(status, "ringing");
+        let err = apply_writes_on(&conn, &[on("call_x", 6)]).unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+        drop(conn);
+        assert_eq!(
+            store.timeline("call_a").unwrap(),
+            vec![entry(1), entry(2), entry(4), entry(5)]
+        );
+        assert_eq!(store.timeline("call_b").unwrap(), vec![entry(3)]);
+        assert_eq!(store.timeline("call_x").unwrap(), vec![]);
     }
 }
