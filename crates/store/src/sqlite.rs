@@ -2524,7 +2524,14 @@ impl BlockingStore for SqliteStore {
     }
 
     fn append_timeline(&self, call_id: &str, entry: &TimelineEntry) -> Result<(), StoreError> {
-        append_timeline_on(&*self.conn()?, call_id, entry)
+        // The row's id is taken, the row written and listed in its call under one write
+        // lock.
+        let conn = self.conn()?;
+        let tx =
+            rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;
+        append_timeline_on(&tx, call_id, entry)?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn timeline(&self, call_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
@@ -3303,8 +3310,8 @@ fn update_call_on(conn: &Connection, c: &CallRecord) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// One entry in a row of its own, listed in its call's `timeline_rows`. The caller holds
-/// the connection (and with it the only writer) throughout.
+/// One entry in a row of its own, listed in its call's `timeline_rows`. The caller holds a
+/// write transaction throughout, so that no other writer takes the same id.
 fn append_timeline_on(
     conn: &Connection,
     call_id: &str,
