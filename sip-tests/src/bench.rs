@@ -528,17 +528,109 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::terminate(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// The reference `c2c-bench --reference kamailio` measures: a SIPp callee
+/// (`sipp-scenarios/bench_callee.xml`: 180, 200 after 500 ms, 200 to the BYE) behind
+/// Kamailio as a transaction-stateful proxy (`deploy/kamailio/proxy.cfg`). A SIPp caller
+/// ([`ReferenceProxy::caller_args`]) sends its calls to [`ReferenceProxy::target`].
+pub struct ReferenceProxy {
+    pub callee: BenchSipp,
+    pub kamailio: Kamailio,
+    /// Where the caller sends its calls (Kamailio's UDP address).
+    pub target: String,
+    /// Kamailio's working directory; dropped after Kamailio.
+    _dir: TempDir,
+}
+
+impl ReferenceProxy {
+    /// Starts the callee for `calls` calls and Kamailio in front of it; `limit` is SIPp's
+    /// `-timeout` (`"60s"`).
+    pub fn start(calls: usize, limit: &str) -> Result<ReferenceProxy, String> {
+        let dir = TempDir::new("reference-proxy");
+        let callee_port = crate::free_port();
+        let sf = crate::scenario("bench_callee.xml")
+            .to_string_lossy()
+            .into_owned();
+        let (port_s, media, max) = (
+            callee_port.to_string(),
+            crate::free_port().to_string(),
+            calls.to_string(),
+        );
+        let callee = BenchSipp::spawn(
+            "callee",
+            &[
+                "-sf",
+                &sf,
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port_s,
+                "-mp",
+                &media,
+                "-m",
+                &max,
+                "-buff_size",
+                "4194304",
+                "-timeout",
+                limit,
+                "-timeout_error",
+            ],
+        )
+        .map_err(|e| format!("cannot start sipp: {e}"))?;
+        let cfg_src = crate::workspace_root().join("deploy/kamailio/proxy.cfg");
+        let cfg =
+            std::fs::read_to_string(&cfg_src).map_err(|e| format!("{}: {e}", cfg_src.display()))?;
+        let port = crate::free_port();
+        let kamailio = Kamailio::start(
+            dir.path(),
+            "proxy.cfg",
+            &cfg,
+            port,
+            16,
+            &[format!("CALLEE=\"sip:127.0.0.1:{callee_port}\"")],
+        )?;
+        Ok(ReferenceProxy {
+            callee,
+            kamailio,
+            target: format!("127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+
+    /// SIPp's arguments for the caller (`sipp-scenarios/bench_caller.xml`): `calls` calls
+    /// at `rate` a second to [`ReferenceProxy::target`], each hung up after `hold_ms`.
+    pub fn caller_args(&self, calls: usize, rate: f64, hold_ms: u64, limit: &str) -> Vec<String> {
+        let sf = crate::scenario("bench_caller.xml")
+            .to_string_lossy()
+            .into_owned();
+        [
+            "-sf",
+            &sf,
+            &self.target,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &crate::free_port().to_string(),
+            "-mp",
+            &crate::free_port().to_string(),
+            "-m",
+            &calls.to_string(),
+            "-r",
+            &rate.to_string(),
+            "-d",
+            &hold_ms.to_string(),
+            "-buff_size",
+            "4194304",
+            "-timeout",
+            limit,
+            "-timeout_error",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
     }
 }
 

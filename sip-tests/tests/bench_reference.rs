@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use sip_tests::bench::{installed, BenchSipp, Kamailio};
-use sip_tests::{free_port, scenario, sipp, workspace_root, TempDir};
+use sip_tests::bench::{installed, ReferenceProxy};
+use sip_tests::sipp;
 
 #[test]
 fn kamailio_as_the_reference_proxy_relays_whole_calls() {
@@ -13,75 +13,21 @@ fn kamailio_as_the_reference_proxy_relays_whole_calls() {
         installed("kamailio", &["-v"]),
         "kamailio is not installed (apt-get install kamailio)"
     );
-    let dir = TempDir::new("bench-reference");
-    let callee_port = free_port();
-    let callee_sf = scenario("bench_callee.xml").to_string_lossy().into_owned();
-    let (cport, cmp) = (callee_port.to_string(), free_port().to_string());
-    let mut callee = BenchSipp::spawn(
-        "callee",
-        &[
-            "-sf",
-            &callee_sf,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &cport,
-            "-mp",
-            &cmp,
-            "-m",
-            "10",
-            "-timeout",
-            "60s",
-            "-timeout_error",
-        ],
-    )
-    .expect("sipp starts");
-    let cfg = std::fs::read_to_string(workspace_root().join("deploy/kamailio/proxy.cfg"))
-        .expect("deploy/kamailio/proxy.cfg");
-    let port = free_port();
-    let kamailio = Kamailio::start(
-        dir.path(),
-        "proxy.cfg",
-        &cfg,
-        port,
-        16,
-        &[format!("CALLEE=\"sip:127.0.0.1:{callee_port}\"")],
-    )
-    .expect("kamailio starts");
-
-    let caller_sf = scenario("bench_caller.xml").to_string_lossy().into_owned();
-    let target = format!("127.0.0.1:{port}");
-    let lmp = free_port().to_string();
-    let run = sipp(
-        &[
-            "-sf",
-            &caller_sf,
-            &target,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "-mp",
-            &lmp,
-            "-m",
-            "10",
-            "-r",
-            "10",
-            "-d",
-            "200",
-            "-timeout",
-            "60s",
-            "-timeout_error",
-        ],
-        Duration::from_secs(90),
-    );
+    let mut reference = ReferenceProxy::start(10, "60s").expect("the callee and kamailio start");
+    let args = reference.caller_args(10, 10.0, 200, "60s");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = sipp(&args, Duration::from_secs(90));
     assert_eq!(run.code, 0, "{}", run.output);
     assert_eq!(run.stat("SuccessfulCall(C)"), Some(10), "{:?}", run.stats);
     // The callee took each INVITE, ACK and BYE through the proxy (it knows no other way in)
     // and answered the BYE: its ten calls ended as the scenario says.
-    let callee_totals = callee.finish(Duration::from_secs(10));
-    assert_eq!(callee_totals.exit_code, 0, "{}", callee.errors(10));
+    let callee_totals = reference.callee.finish(Duration::from_secs(10));
+    assert_eq!(
+        callee_totals.exit_code,
+        0,
+        "{}",
+        reference.callee.errors(10)
+    );
     assert_eq!(callee_totals.successful, 10, "{callee_totals:?}");
     assert_eq!(callee_totals.failed, 0, "{callee_totals:?}");
-    drop(kamailio);
 }

@@ -50,19 +50,7 @@ fn serve(dir: &TempDir) -> (Child, Vec<String>) {
 }
 
 fn stop(mut child: Child) {
-    // SAFETY: kill(2) on the child's own pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    sip_tests::terminate(&mut child, Duration::from_secs(15));
 }
 
 fn value(lines: &[String], label: &str) -> String {

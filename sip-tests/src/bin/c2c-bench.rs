@@ -32,11 +32,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sip_tests::bench::{
     clock_ticks_per_second, dial_string, heap_bytes, installed, load_average, parse_invite_log,
-    peak_rss_kib, percentile, rss_kib, threads_cpu, tree_cpu, BenchSipp, CpuTime, Flags, Kamailio,
-    SippTotals,
+    peak_rss_kib, percentile, rss_kib, threads_cpu, tree_cpu, BenchSipp, CpuTime, Flags,
+    ReferenceProxy, SippTotals,
 };
 use sip_tests::http::{try_request, KeepAlive};
-use sip_tests::{dialbridge_bin, free_port, scenario, sipp, workspace_root, TempDir, TestServer};
+use sip_tests::{dialbridge_bin, free_port, scenario, sipp, TempDir, TestServer};
 
 const SECRET: &str = "sk_bench_1";
 const USER: &str = "user_01h2xcejqtf2nbrexx3vqjhp42";
@@ -752,91 +752,29 @@ struct Reference {
 /// as a transaction-stateful, record-routing proxy between a SIPp caller and a SIPp callee:
 /// the machine's speed at this moment, measured the way dialbridge's run was.
 fn kamailio_reference(rate: f64, calls: usize, hold_ms: u64) -> Result<Reference, String> {
-    let dir = TempDir::new("c2c-bench-kamailio");
     let run_limit = format!("{}s", (calls as f64 / rate) as u64 + 90 + hold_ms / 1000);
-    let max = calls.to_string();
-    let callee_port = free_port();
-    let callee_sf = scenario("bench_callee.xml").to_string_lossy().into_owned();
-    let (cport, cmp) = (callee_port.to_string(), free_port().to_string());
-    let mut callee = BenchSipp::spawn(
-        "callee",
-        &[
-            "-sf",
-            &callee_sf,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &cport,
-            "-mp",
-            &cmp,
-            "-m",
-            &max,
-            "-buff_size",
-            "4194304",
-            "-timeout",
-            &run_limit,
-            "-timeout_error",
-        ],
-    )
-    .map_err(|e| format!("cannot start sipp: {e}"))?;
-    let cfg_src = workspace_root().join("deploy/kamailio/proxy.cfg");
-    let cfg =
-        std::fs::read_to_string(&cfg_src).map_err(|e| format!("{}: {e}", cfg_src.display()))?;
-    let port = free_port();
-    let kamailio = Kamailio::start(
-        dir.path(),
-        "proxy.cfg",
-        &cfg,
-        port,
-        16,
-        &[format!("CALLEE=\"sip:127.0.0.1:{callee_port}\"")],
-    )?;
+    let reference = ReferenceProxy::start(calls, &run_limit)?;
+    let kamailio = &reference.kamailio;
     let ticks = clock_ticks_per_second();
     if !sip_tests::bench::wait_idle(kamailio.pid(), ticks, Duration::from_secs(10)) {
         println!("  kamailio: still busy 10 s after it started; measuring anyway");
     }
     let before = tree_cpu(kamailio.pid(), ticks);
-    let caller_sf = scenario("bench_caller.xml").to_string_lossy().into_owned();
-    let target = format!("127.0.0.1:{port}");
-    let (rate_s, hold) = (rate.to_string(), hold_ms.to_string());
-    let (lport, lmp) = (free_port().to_string(), free_port().to_string());
-    let mut caller = BenchSipp::spawn(
-        "caller",
-        &[
-            "-sf",
-            &caller_sf,
-            &target,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &lport,
-            "-mp",
-            &lmp,
-            "-m",
-            &max,
-            "-r",
-            &rate_s,
-            "-d",
-            &hold,
-            "-buff_size",
-            "4194304",
-            "-timeout",
-            &run_limit,
-            "-timeout_error",
-        ],
-    )
-    .map_err(|e| format!("cannot start sipp: {e}"))?;
+    let args = reference.caller_args(calls, rate, hold_ms, &run_limit);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut caller =
+        BenchSipp::spawn("caller", &args).map_err(|e| format!("cannot start sipp: {e}"))?;
     let limit = Duration::from_secs_f64(calls as f64 / rate + 60.0 + hold_ms as f64 / 1000.0);
     let totals = caller.finish(limit);
     let cpu = tree_cpu(kamailio.pid(), ticks).since(before);
-    let callee_totals = callee.finish(Duration::from_secs(5));
-    for s in [&caller, &callee] {
+    let mut reference = reference;
+    let callee_totals = reference.callee.finish(Duration::from_secs(5));
+    for s in [&caller, &reference.callee] {
         let e = s.errors(5);
         if !e.trim().is_empty() {
             println!("  SIPp {} errors (first lines):\n{e}", s.name);
         }
     }
-    drop(kamailio);
     Ok(Reference {
         totals,
         callee_retransmissions: callee_totals.retransmissions,
