@@ -27,6 +27,7 @@
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{oneshot, Semaphore};
 
@@ -119,17 +120,57 @@ impl<B> Queue<B> {
     }
 }
 
-/// New or changed contacts waiting for the next store thread that writes them, each with
-/// where its result goes.
-type Upserts = Mutex<Vec<(Binding, oneshot::Sender<Result<(), StoreError>>)>>;
+/// How long the first of a group of requests that are served together ([`Gathering`])
+/// waits for others before its job is queued. Each job costs a store thread's wake-up and,
+/// for writes, a transaction and its commit; a burst of registrations (a restart of many
+/// phones) shares them, for a first registration's answer about this much later.
+pub const GATHER: Duration = Duration::from_millis(2);
+
+/// Requests of one kind waiting to be served together by one job on a store thread, each
+/// with where its answer goes ([`StoreThreads::gathered`]).
+struct Gathering<T, R> {
+    waiting: Mutex<Vec<Waiter<T, R>>>,
+}
+
+type Waiter<T, R> = (T, oneshot::Sender<Result<R, StoreError>>);
+
+impl<T, R> Default for Gathering<T, R> {
+    fn default() -> Self {
+        Gathering {
+            waiting: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T, R> Gathering<T, R> {
+    fn take(&self) -> Vec<Waiter<T, R>> {
+        self.waiting
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.waiting.lock().map_or(0, |w| w.len())
+    }
+}
+
+/// [`Store::device_and_bindings`]'s answer.
+type DeviceAndBindings = (Option<Device>, Vec<Binding>);
+
+/// Serves a gathered group on a store thread: one answer per request, in their order.
+type Serve<B, T, R> = fn(&B, Vec<T>) -> Vec<Result<R, StoreError>>;
 
 /// A [`BlockingStore`] run on dedicated store threads, offered as a [`Store`].
 pub struct StoreThreads<B: BlockingStore> {
     backend: Arc<B>,
-    /// Bindings to write together ([`Store::upsert_binding`]): the first one queues a job,
-    /// and those that come before a store thread takes it join it, so that a burst of new
-    /// registrations (a restart of many phones) shares one transaction and its commit.
-    upserts: Arc<Upserts>,
+    /// Bindings to write together ([`Store::upsert_binding`]): one transaction and its
+    /// commit for the new contacts of a burst of registrations.
+    upserts: Arc<Gathering<Binding, ()>>,
+    /// Devices not seen lately, read together with their bindings
+    /// ([`Store::device_and_bindings`]): the first REGISTER of each phone in a burst.
+    first_sights: Arc<Gathering<(String, UnixSecs), DeviceAndBindings>>,
     /// `None`: calls run inline on the caller's thread ([`StoreThreads::inline`]).
     queue: Option<Arc<Queue<B>>>,
     threads: usize,
@@ -172,6 +213,7 @@ impl<B: BlockingStore> StoreThreads<B> {
         Ok(StoreThreads {
             backend,
             upserts: Arc::default(),
+            first_sights: Arc::default(),
             queue: Some(queue),
             threads,
             generation: crate::Generation::default(),
@@ -186,6 +228,7 @@ impl<B: BlockingStore> StoreThreads<B> {
         StoreThreads {
             backend: Arc::new(backend),
             upserts: Arc::default(),
+            first_sights: Arc::default(),
             queue: None,
             threads: 0,
             generation: crate::Generation::default(),
@@ -232,6 +275,51 @@ impl<B: BlockingStore> StoreThreads<B> {
             let _ = tx.send(f(b));
         });
         queue.push(job).await?;
+        rx.await.map_err(|_| StoreError::Crashed)?
+    }
+
+    /// Serves `item` with the others of `group` that come within [`GATHER`] of the first or
+    /// before a store thread takes their job: the first queues the job (after [`GATHER`]),
+    /// and the job serves whatever has gathered by then, in one call of `serve`.
+    async fn gathered<T: Send + 'static, R: Send + 'static>(
+        &self,
+        group: &Arc<Gathering<T, R>>,
+        item: T,
+        serve: Serve<B, T, R>,
+    ) -> Result<R, StoreError> {
+        let Some(queue) = &self.queue else {
+            return serve(&self.backend, vec![item])
+                .pop()
+                .unwrap_or(Err(StoreError::Crashed));
+        };
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut w = group.waiting.lock().map_err(|_| StoreError::Poisoned)?;
+            w.push((item, tx));
+            w.len() == 1
+        };
+        if first {
+            let taken = Arc::clone(group);
+            let job: Job<B> = Box::new(move |s: &B| {
+                let (items, replies): (Vec<T>, Vec<_>) = taken.take().into_iter().unzip();
+                let mut answers = serve(s, items).into_iter();
+                for reply in replies {
+                    let _ = reply.send(answers.next().unwrap_or(Err(StoreError::Crashed)));
+                }
+            });
+            // Queued by a task of its own: the requests that join this one wait for the job
+            // even when this caller goes away meanwhile.
+            let (queue, group) = (Arc::clone(queue), Arc::clone(group));
+            tokio::spawn(async move {
+                tokio::time::sleep(GATHER).await;
+                if let Err(e) = queue.push(job).await {
+                    // The store is stopping: whoever waits hears so.
+                    for (_, reply) in group.take() {
+                        let _ = reply.send(Err(e.for_batch()));
+                    }
+                }
+            });
+        }
         rx.await.map_err(|_| StoreError::Crashed)?
     }
 }
@@ -472,39 +560,10 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         self.generation.changed(r)
     }
     async fn upsert_binding(&self, binding: &Binding) -> Result<(), StoreError> {
-        let Some(queue) = &self.queue else {
-            return self.backend.upsert_binding(binding);
-        };
-        let (tx, rx) = oneshot::channel();
-        let first = {
-            let mut w = self.upserts.lock().map_err(|_| StoreError::Poisoned)?;
-            w.push((binding.to_owned(), tx));
-            w.len() == 1
-        };
-        if first {
-            let upserts = Arc::clone(&self.upserts);
-            let job: Job<B> = Box::new(move |s: &B| {
-                let waiting = upserts.lock().map(|mut w| std::mem::take(&mut *w));
-                let (bindings, replies): (Vec<Binding>, Vec<_>) =
-                    waiting.unwrap_or_default().into_iter().unzip();
-                for (result, reply) in s.upsert_bindings(&bindings).into_iter().zip(replies) {
-                    let _ = reply.send(result);
-                }
-            });
-            // Queued by a task of its own: the bindings that join this one wait for the job
-            // even when this caller goes away while the queue is full.
-            let (queue, upserts) = (Arc::clone(queue), Arc::clone(&self.upserts));
-            tokio::spawn(async move {
-                if let Err(e) = queue.push(job).await {
-                    // The store is stopping: whoever waits hears so.
-                    let waiting = upserts.lock().map(|mut w| std::mem::take(&mut *w));
-                    for (_, reply) in waiting.unwrap_or_default() {
-                        let _ = reply.send(Err(e.for_batch()));
-                    }
-                }
-            });
-        }
-        rx.await.map_err(|_| StoreError::Crashed)?
+        self.gathered(&self.upserts, binding.to_owned(), |s: &B, bindings| {
+            s.upsert_bindings(&bindings)
+        })
+        .await
     }
     async fn remove_binding(
         &self,
@@ -542,13 +601,21 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
         username: &str,
         now: UnixSecs,
     ) -> Result<(Option<Device>, Vec<Binding>), StoreError> {
-        let username = username.to_owned();
-        self.run(move |s| {
-            let Some(device) = s.device_by_username(&username)? else {
-                return Ok((None, Vec::new()));
-            };
-            Ok((Some(device), s.bindings_for_device(&username, now)?))
-        })
+        self.gathered(
+            &self.first_sights,
+            (username.to_owned(), now),
+            |s: &B, asked| {
+                asked
+                    .iter()
+                    .map(|(username, now)| {
+                        let Some(device) = s.device_by_username(username)? else {
+                            return Ok((None, Vec::new()));
+                        };
+                        Ok((Some(device), s.bindings_for_device(username, *now)?))
+                    })
+                    .collect()
+            },
+        )
         .await
     }
     async fn refresh_binding(&self, binding: &Binding) -> Result<(), StoreError> {
@@ -922,12 +989,12 @@ mod tests {
             set.spawn(async move { (i, t.upsert_binding(&b).await) });
         }
         for _ in 0..500 {
-            if t.upserts.lock().unwrap().len() == 50 && t.queued() == 1 {
+            if t.upserts.len() == 50 && t.queued() == 1 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        assert_eq!(t.upserts.lock().unwrap().len(), 50);
+        assert_eq!(t.upserts.len(), 50);
         assert_eq!(t.queued(), 1, "one job for the fifty contacts");
         gate_tx.send(()).unwrap();
         while let Some(r) = set.join_next().await {
@@ -946,7 +1013,48 @@ mod tests {
         // The next contact, alone, is written by a job of its own.
         let b = binding("alice-desk", "sip:alice@127.0.0.1:7000".into());
         t.upsert_binding(&b).await.unwrap();
-        assert!(t.upserts.lock().unwrap().is_empty());
+        assert_eq!(t.upserts.len(), 0);
+    }
+
+    /// The first REGISTERs of a burst of phones (devices not seen lately) that come within
+    /// [`GATHER`] of one another are read by one job: no job is queued until the gathering
+    /// time has passed, and each caller gets its own device and bindings.
+    #[tokio::test(start_paused = true)]
+    async fn devices_seen_first_in_a_burst_are_read_together() {
+        let sqlite = SqliteStore::open_in_memory().unwrap();
+        let prov: crate::Provisioning = toml::from_str(crate::provision::tests::SAMPLE).unwrap();
+        sqlite.apply_provisioning(&prov, "dialbridge.test").unwrap();
+        sqlite
+            .upsert_binding(&binding("alice-desk", "sip:alice@127.0.0.1:6000".into()))
+            .unwrap();
+        let t = Arc::new(StoreThreads::new(sqlite, 1).unwrap());
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let t = Arc::clone(&t);
+            let device = if i % 2 == 0 { "alice-desk" } else { "nobody" };
+            set.spawn(async move { (i, t.device_and_bindings(device, 1_700_000_000).await) });
+        }
+        // This task keeps the clock from moving on while the others join the first.
+        for _ in 0..1000 {
+            if t.first_sights.len() == 20 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(t.first_sights.len(), 20, "all twenty wait together");
+        assert_eq!(t.queued(), 0, "no job before the gathering time");
+        while let Some(r) = set.join_next().await {
+            let (i, result) = r.unwrap();
+            let (device, bindings) = result.unwrap();
+            if i % 2 == 0 {
+                assert_eq!(device.unwrap().username, "alice-desk");
+                assert_eq!(bindings.len(), 1);
+                assert_eq!(bindings[0].contact, "sip:alice@127.0.0.1:6000");
+            } else {
+                assert!(device.is_none() && bindings.is_empty());
+            }
+        }
+        assert_eq!(t.first_sights.len(), 0);
     }
 
     #[tokio::test]
