@@ -23,6 +23,10 @@
 //! - The queue wakes one store thread per job, and only when one is idle: the idle threads
 //!   wait on one condition variable, not in turn for a lock around a channel (which cost two
 //!   more wake-ups per job: `docs/benchmarks.md`, "The store threads' queue").
+//! - Two kinds of call are gathered into one job (`StoreThreads::gathered`): a new
+//!   contact's write and the first read of a device not seen lately. The first of a group
+//!   queues the job [`GATHER`] later, and the job serves all that joined by then, the writes
+//!   in one transaction: a burst of registrations shares wake-ups and commits.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -120,7 +124,7 @@ impl<B> Queue<B> {
     }
 }
 
-/// How long the first of a group of requests that are served together ([`Gathering`])
+/// How long the first of a group of requests that are served together (`Gathering`)
 /// waits for others before its job is queued. Each job costs a store thread's wake-up and,
 /// for writes, a transaction and its commit; a burst of registrations (a restart of many
 /// phones) shares them, for a first registration's answer about this much later.
