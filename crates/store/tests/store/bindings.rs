@@ -285,3 +285,74 @@ both!(
     binding_needs_a_known_device_and_goes_with_it,
     user_id_follows_the_device_owner,
 );
+
+/// A user's bindings as last read are kept in memory (what a call's fork reads on a runtime
+/// thread): the waiting refreshes laid over them, also after a flush has taken them, the
+/// expired left out; any write that may change bindings rows forgets them, and the next
+/// read keeps them again.
+#[test]
+fn a_users_bindings_are_kept_from_a_read_until_a_write_of_bindings() {
+    let (_dir, store) = provisioned();
+    let desk = binding("alice-desk", "sip:alice@127.0.0.1:5062", NOW + 60);
+    store.upsert_binding(&desk).unwrap();
+    assert_eq!(
+        store.bindings_for_user_kept(USER, NOW),
+        None,
+        "nothing read yet"
+    );
+    assert_eq!(
+        store.bindings_for_user(USER, NOW).unwrap(),
+        vec![desk.clone()]
+    );
+    assert_eq!(
+        store.bindings_for_user_kept(USER, NOW),
+        Some(vec![desk.clone()])
+    );
+    assert_eq!(store.bindings_for_user_kept(USER, NOW + 60), Some(vec![]));
+    // A refresh is laid over the kept rows, before and after its flush.
+    let mut refreshed = desk.clone();
+    refreshed.expires_at = NOW + 3600;
+    refreshed.cseq = 2;
+    store.refresh_binding(&refreshed).unwrap();
+    assert_eq!(
+        store.bindings_for_user_kept(USER, NOW + 120),
+        Some(vec![refreshed.clone()])
+    );
+    assert_eq!(store.flush_refreshes().unwrap(), 1);
+    assert_eq!(
+        store.bindings_for_user_kept(USER, NOW + 120),
+        Some(vec![refreshed.clone()]),
+        "the flush took the refresh; the kept row has it"
+    );
+    // A new contact: forgotten until the next read, which has both.
+    let mobile = binding("alice-desk", "sip:alice@127.0.0.1:5070", NOW + 600);
+    store.upsert_binding(&mobile).unwrap();
+    assert_eq!(store.bindings_for_user_kept(USER, NOW), None);
+    let both = store.bindings_for_user(USER, NOW).unwrap();
+    assert_eq!(both.len(), 2);
+    assert_eq!(store.bindings_for_user_kept(USER, NOW), Some(both));
+    // A removal, a sweep that removes rows and a device's deletion each forget them.
+    store
+        .remove_binding("alice-desk", "sip:alice@127.0.0.1:5070")
+        .unwrap();
+    assert_eq!(store.bindings_for_user_kept(USER, NOW), None);
+    assert_eq!(
+        store.bindings_for_user(USER, NOW).unwrap(),
+        vec![refreshed.clone()]
+    );
+    assert_eq!(store.sweep_expired(NOW).unwrap(), 0);
+    assert!(
+        store.bindings_for_user_kept(USER, NOW).is_some(),
+        "a sweep of nothing"
+    );
+    store
+        .upsert_binding(&binding("alice-desk", "sip:alice@127.0.0.1:5080", NOW + 5))
+        .unwrap();
+    store.bindings_for_user(USER, NOW).unwrap();
+    assert_eq!(store.sweep_expired(NOW + 10).unwrap(), 1);
+    assert_eq!(store.bindings_for_user_kept(USER, NOW), None);
+    store.bindings_for_user(USER, NOW).unwrap();
+    assert!(store.delete_device("alice-desk").unwrap());
+    assert_eq!(store.bindings_for_user_kept(USER, NOW), None);
+    assert_eq!(store.bindings_for_user(USER, NOW).unwrap(), vec![]);
+}
