@@ -321,14 +321,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn refresh_binding_here(&self, _binding: &Binding) -> Option<Result<(), StoreError>> {
         None
     }
-    /// [`bindings_for_user`](Self::bindings_for_user) on the caller's thread, when this
-    /// backend keeps the user's bindings as it last read them and no write since may have
-    /// changed them (SQLite, whose writes all go through this process): a short lock, no
-    /// disk and no store thread, so a runtime thread may call it. `None`: call
-    /// `bindings_for_user`.
-    fn bindings_for_user_here(&self, _user_id: &str, _now: UnixSecs) -> Option<Vec<Binding>> {
-        None
-    }
     /// Whether other processes may write this store (several nodes on one PostgreSQL
     /// database), so that what this process last read or wrote may no longer be so.
     /// `false` for SQLite: one node's store.
@@ -640,12 +632,6 @@ pub trait BlockingStore: Send + Sync + std::fmt::Debug + 'static {
     }
     fn flush_refreshes(&self) -> Result<usize, StoreError> {
         Ok(0)
-    }
-    /// [`bindings_for_user`](Self::bindings_for_user) from memory, when this backend keeps
-    /// what it last read and nothing written since may have changed it (SQLite): a short
-    /// lock, no disk, so any thread may call it. `None`: read them.
-    fn bindings_for_user_kept(&self, _user_id: &str, _now: UnixSecs) -> Option<Vec<Binding>> {
-        None
     }
     /// Whether [`refresh_binding`](Self::refresh_binding) only records the refresh in memory
     /// (a short lock, no disk): then any thread may call it.

@@ -479,30 +479,6 @@ pub struct SqliteStore {
     /// Binding refreshes not yet written, by device, then contact (see
     /// [`crate::Store::refresh_binding`]); reads of bindings see them.
     refreshes: Mutex<HashMap<String, HashMap<String, Refresh>>>,
-    /// The bindings of users as [`BlockingStore::bindings_for_user`] last read them (every
-    /// row of the user's devices, expired ones too, the waiting refreshes not laid over),
-    /// by user: [`BlockingStore::bindings_for_user_kept`] answers from them with no
-    /// database work. Filled by a read under the connection; forgotten whole after any write
-    /// that may change bindings rows ([`SqliteStore::bindings_change`]); a flush of the
-    /// refreshes lays them over these rows as it takes them. Locked after `refreshes` when
-    /// both are.
-    kept: Mutex<HashMap<String, Vec<Binding>>>,
-}
-
-/// Users whose bindings are kept at most ([`SqliteStore::kept`]; past it they start over).
-const KEPT_USERS: usize = 10_000;
-
-/// Forgets every user's kept bindings when dropped: taken by each write that may change
-/// bindings rows before the write, so that the forgetting comes after it (a read that
-/// came between them keeps rows the write has changed only until then).
-struct BindingsChange<'a>(&'a SqliteStore);
-
-impl Drop for BindingsChange<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut k) = self.0.kept.lock() {
-            k.clear();
-        }
-    }
 }
 
 /// What a refresh changes of a binding (the contract of [`crate::Store::refresh_binding`]),
@@ -594,7 +570,6 @@ impl SqliteStore {
             location,
             pepper,
             refreshes: Mutex::new(HashMap::new()),
-            kept: Mutex::new(HashMap::new()),
         })
     }
 
@@ -623,25 +598,19 @@ impl SqliteStore {
     /// before its flush.
     fn with_refreshes(&self, mut rows: Vec<Binding>, now: UnixSecs) -> Vec<Binding> {
         if let Ok(r) = self.refreshes.lock() {
-            lay_refreshes(&r, &mut rows);
+            if !r.is_empty() {
+                for row in rows.iter_mut() {
+                    if let Some(f) = r
+                        .get(&row.device_username)
+                        .and_then(|of_device| of_device.get(&row.contact))
+                    {
+                        f.apply(row);
+                    }
+                }
+            }
         }
         rows.retain(|b| b.expires_at > now);
         rows
-    }
-
-    /// Taken before a write that may change bindings rows: see [`BindingsChange`].
-    fn bindings_change(&self) -> BindingsChange<'_> {
-        BindingsChange(self)
-    }
-
-    /// Keeps `rows`, just read from the database under the connection, as `user_id`'s.
-    fn keep_bindings(&self, user_id: &str, rows: &[Binding]) {
-        if let Ok(mut k) = self.kept.lock() {
-            if k.len() >= KEPT_USERS && !k.contains_key(user_id) {
-                k.clear();
-            }
-            k.insert(user_id.to_owned(), rows.to_vec());
-        }
     }
 
     /// Where this store lives.
@@ -1666,21 +1635,6 @@ fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite
 }
 
 /// Inserts or replaces a binding on `conn` (inside the caller's transaction, if any).
-/// The refreshes waiting in memory laid over the rows they are of.
-fn lay_refreshes(r: &HashMap<String, HashMap<String, Refresh>>, rows: &mut [Binding]) {
-    if r.is_empty() {
-        return;
-    }
-    for row in rows.iter_mut() {
-        if let Some(f) = r
-            .get(&row.device_username)
-            .and_then(|of_device| of_device.get(&row.contact))
-        {
-            f.apply(row);
-        }
-    }
-}
-
 fn upsert_binding_on(conn: &Connection, b: &Binding) -> Result<(), StoreError> {
     let path = path_to_json(&b.path);
     exec(
@@ -1738,7 +1692,6 @@ impl BlockingStore for SqliteStore {
         prov: &Provisioning,
         realm: &str,
     ) -> Result<ProvisionReport, StoreError> {
-        let _change = self.bindings_change();
         prov.validate().map_err(StoreError::InvalidProvisioning)?;
         if realm.is_empty() {
             return Err(StoreError::Invalid {
@@ -2025,7 +1978,6 @@ impl BlockingStore for SqliteStore {
     }
 
     fn delete_user(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
-        let _change = self.bindings_change();
         let conn = self.conn()?;
         let n = exec(
             &conn,
@@ -2064,7 +2016,6 @@ impl BlockingStore for SqliteStore {
         password: &Secret,
         realm: &str,
     ) -> Result<Device, StoreError> {
-        let _change = self.bindings_change();
         if !crate::provision::is_sip_username(username) {
             return Err(StoreError::Invalid {
                 field: "device.username",
@@ -2141,7 +2092,6 @@ impl BlockingStore for SqliteStore {
     }
 
     fn delete_device(&self, username: &str) -> Result<bool, StoreError> {
-        let _change = self.bindings_change();
         let conn = self.conn()?;
         Ok(exec(&conn, "DELETE FROM devices WHERE username = ?1", [username])? > 0)
     }
@@ -2268,14 +2218,12 @@ impl BlockingStore for SqliteStore {
     // ----- registrations ------------------------------------------------------------------
 
     fn upsert_binding(&self, b: &Binding) -> Result<(), StoreError> {
-        let _change = self.bindings_change();
         self.forget_refresh(&b.device_username, Some(&b.contact));
         let conn = self.conn()?;
         upsert_binding_on(&conn, b)
     }
 
     fn upsert_bindings(&self, bindings: &[Binding]) -> Vec<Result<(), StoreError>> {
-        let _change = self.bindings_change();
         if let [b] = bindings {
             return vec![self.upsert_binding(b)];
         }
@@ -2309,7 +2257,6 @@ impl BlockingStore for SqliteStore {
     }
 
     fn remove_binding(&self, device_username: &str, contact: &str) -> Result<bool, StoreError> {
-        let _change = self.bindings_change();
         self.forget_refresh(device_username, Some(contact));
         let conn = self.conn()?;
         Ok(exec(
@@ -2320,7 +2267,6 @@ impl BlockingStore for SqliteStore {
     }
 
     fn remove_all_bindings(&self, device_username: &str) -> Result<usize, StoreError> {
-        let _change = self.bindings_change();
         self.forget_refresh(device_username, None);
         let conn = self.conn()?;
         Ok(exec(
@@ -2367,20 +2313,9 @@ impl BlockingStore for SqliteStore {
             params![user_id],
             binding_from_row,
         )?;
-        // Under the connection: a write of bindings forgets them after it is made.
-        self.keep_bindings(user_id, &rows);
         let rows = self.with_refreshes(rows, now);
         drop(conn);
         Ok(rows)
-    }
-
-    fn bindings_for_user_kept(&self, user_id: &str, now: UnixSecs) -> Option<Vec<Binding>> {
-        let r = self.refreshes.lock().ok()?;
-        let mut rows = self.kept.lock().ok()?.get(user_id)?.clone();
-        lay_refreshes(&r, &mut rows);
-        drop(r);
-        rows.retain(|b| b.expires_at > now);
-        Some(rows)
     }
 
     fn refreshes_in_memory(&self) -> bool {
@@ -2416,13 +2351,6 @@ impl BlockingStore for SqliteStore {
             let mut r = self.refreshes.lock().map_err(|_| StoreError::Poisoned)?;
             if r.is_empty() {
                 return Ok(0);
-            }
-            // The kept rows become what the database will hold once this flush commits;
-            // under the refreshes' lock, so that no read finds the refresh in neither.
-            if let Ok(mut k) = self.kept.lock() {
-                for rows in k.values_mut() {
-                    lay_refreshes(&r, rows);
-                }
             }
             let mut pending = Vec::with_capacity(r.len());
             for (mut device, of_device) in r.drain() {
@@ -2484,7 +2412,6 @@ impl BlockingStore for SqliteStore {
         let conn = self.conn()?;
         let n = exec(&conn, "DELETE FROM bindings WHERE expires_at <= ?1", [now])?;
         if n > 0 {
-            drop(self.bindings_change());
             tracing::debug!(removed = n, "expired bindings swept");
         }
         Ok(n)

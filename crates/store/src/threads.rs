@@ -634,9 +634,6 @@ impl<B: BlockingStore> Store for StoreThreads<B> {
             .refreshes_in_memory()
             .then(|| self.backend.refresh_binding(binding))
     }
-    fn bindings_for_user_here(&self, user_id: &str, now: UnixSecs) -> Option<Vec<Binding>> {
-        self.backend.bindings_for_user_kept(user_id, now)
-    }
     fn shared(&self) -> bool {
         false
     }

@@ -92,16 +92,11 @@ async fn device_targets(
     leg: Leg,
 ) -> Result<Vec<Target>, Outcome> {
     let now = now_ms() / 1000;
-    // Kept in memory by a store of this node alone since its last read, when no write of
-    // bindings came after it; else read through a store thread.
-    let bindings = match inner.store.bindings_for_user_here(user_id, now) {
-        Some(kept) => kept,
-        None => inner
-            .store
-            .bindings_for_user(user_id, now)
-            .await
-            .map_err(|e| outcome(CallStatus::Failed, Some(leg), None, &format!("store: {e}")))?,
-    };
+    let bindings = inner
+        .store
+        .bindings_for_user(user_id, now)
+        .await
+        .map_err(|e| outcome(CallStatus::Failed, Some(leg), None, &format!("store: {e}")))?;
     let mut out = Vec::new();
     // One set of ICE credentials for the leg: every browser of the fork is offered it. Drawn
     // when the first browser is met, so a fork of plain phones costs no random bytes.
