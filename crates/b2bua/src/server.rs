@@ -54,6 +54,8 @@ struct KnownPeers {
     trunks: Option<Arc<crate::trunks::Trunks>>,
     /// The trunks' addresses (IP literals) as last read from the store.
     trunk_ips: Mutex<TrunkIps>,
+    /// Told when a read of the trunks' addresses ends ([`SipServer::trunks_known`]).
+    trunks_read: tokio::sync::Notify,
 }
 
 /// The trunks' IP addresses, read from the store in the background: the transports ask on
@@ -157,10 +159,38 @@ impl KnownPeers {
         }
         cache.read_at = Some(Instant::now());
         cache.reading = false;
+        drop(cache);
+        self.trunks_read.notify_waiters();
     }
 }
 
 impl SipServer {
+    /// Waits (at most `limit`) until the trunks' addresses have been read once, so that a
+    /// carrier is exempt from the per-source budgets from its first request; false when
+    /// time ran out (the store is slow: they are read again at the next request).
+    pub async fn trunks_known(&self, limit: Duration) -> bool {
+        if self.peers.store.is_none() {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let told = self.peers.trunks_read.notified();
+            tokio::pin!(told);
+            told.as_mut().enable();
+            let read = self
+                .peers
+                .trunk_ips
+                .lock()
+                .map_or(true, |c| c.read_at.is_some());
+            if read {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, told).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// The server; it also tells the transports who the known peers are (exempt from the
     /// per-source connection cap and the request budget).
     pub fn new(endpoint: Endpoint, registrar: Arc<Registrar>, engine: Option<Engine>) -> SipServer {
@@ -169,6 +199,7 @@ impl SipServer {
             store: engine.as_ref().map(|e| Arc::clone(&e.inner.store)),
             trunks: engine.as_ref().map(|e| e.trunks()),
             trunk_ips: Mutex::new(TrunkIps::default()),
+            trunks_read: tokio::sync::Notify::new(),
         });
         // The first read of the trunks' addresses starts now rather than at the first
         // request.

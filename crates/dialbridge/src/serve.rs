@@ -290,6 +290,10 @@ pub async fn serve_until(
     let sip_guards = endpoint.transports().stats();
     let server =
         b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar), Some(engine.clone()));
+    // A carrier's first requests are not budgeted as a stranger's.
+    if !server.trunks_known(Duration::from_secs(5)).await {
+        tracing::warn!("the trunks' addresses are not read yet; carriers are exempt from the per-source budgets once they are");
+    }
     let sip = tokio::spawn(server.run(events));
 
     // The REST API, its call hooks and the callback dispatcher.
