@@ -42,18 +42,7 @@ impl Sngrep {
 
     /// SIGTERM (sngrep writes out its file) and wait.
     fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        sip_tests::terminate(&mut self.child, Duration::from_secs(10));
     }
 }
 

@@ -54,8 +54,6 @@ struct KnownPeers {
     trunks: Option<Arc<crate::trunks::Trunks>>,
     /// The trunks' addresses (IP literals) as last read from the store.
     trunk_ips: Mutex<TrunkIps>,
-    /// Told when a read of the trunks' addresses ends ([`SipServer::trunks_known`]).
-    trunks_read: tokio::sync::Notify,
 }
 
 /// The trunks' IP addresses, read from the store in the background: the transports ask on
@@ -148,62 +146,65 @@ impl KnownPeers {
             return;
         };
         match read {
-            Ok(trunks) => {
-                cache.ips = trunks.iter().filter_map(|t| trunk_ip(&t.address)).collect();
-                cache.addrs = trunks
-                    .iter()
-                    .filter_map(|t| t.address.parse::<std::net::SocketAddr>().ok())
-                    .collect();
+            Ok(trunks) => *cache = TrunkIps::of(&trunks),
+            Err(e) => {
+                tracing::warn!(error = %e, "trunks not readable");
+                cache.read_at = Some(Instant::now());
+                cache.reading = false;
             }
-            Err(e) => tracing::warn!(error = %e, "trunks not readable"),
         }
-        cache.read_at = Some(Instant::now());
-        cache.reading = false;
-        drop(cache);
-        self.trunks_read.notify_waiters();
+    }
+}
+
+impl TrunkIps {
+    /// The addresses of `trunks`, read now.
+    fn of(trunks: &[store::Trunk]) -> TrunkIps {
+        TrunkIps {
+            read_at: Some(Instant::now()),
+            reading: false,
+            ips: trunks.iter().filter_map(|t| trunk_ip(&t.address)).collect(),
+            addrs: trunks
+                .iter()
+                .filter_map(|t| t.address.parse::<std::net::SocketAddr>().ok())
+                .collect(),
+        }
     }
 }
 
 impl SipServer {
-    /// Waits (at most `limit`) until the trunks' addresses have been read once, so that a
-    /// carrier is exempt from the per-source budgets from its first request; false when
-    /// time ran out (the store is slow: they are read again at the next request).
-    pub async fn trunks_known(&self, limit: Duration) -> bool {
-        if self.peers.store.is_none() {
-            return true;
-        }
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let told = self.peers.trunks_read.notified();
-            tokio::pin!(told);
-            told.as_mut().enable();
-            let read = self
-                .peers
-                .trunk_ips
-                .lock()
-                .map_or(true, |c| c.read_at.is_some());
-            if read {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, told).await.is_err() {
-                return false;
-            }
-        }
-    }
-
     /// The server; it also tells the transports who the known peers are (exempt from the
     /// per-source connection cap and the request budget).
     pub fn new(endpoint: Endpoint, registrar: Arc<Registrar>, engine: Option<Engine>) -> SipServer {
+        let server = SipServer::with_trunk_ips(endpoint, registrar, engine, TrunkIps::default());
+        // The first read of the trunks' addresses starts now rather than at the first
+        // request.
+        server.peers.is_trunk(IpAddr::from([0, 0, 0, 0]));
+        server
+    }
+
+    /// [`SipServer::new`] with the trunks as the caller read them before the endpoint
+    /// started: a carrier is exempt from the per-source budgets from its first request.
+    pub fn with_trunks(
+        endpoint: Endpoint,
+        registrar: Arc<Registrar>,
+        engine: Option<Engine>,
+        trunks: &[store::Trunk],
+    ) -> SipServer {
+        SipServer::with_trunk_ips(endpoint, registrar, engine, TrunkIps::of(trunks))
+    }
+
+    fn with_trunk_ips(
+        endpoint: Endpoint,
+        registrar: Arc<Registrar>,
+        engine: Option<Engine>,
+        trunk_ips: TrunkIps,
+    ) -> SipServer {
         let peers = Arc::new(KnownPeers {
             registrar: Arc::clone(&registrar),
             store: engine.as_ref().map(|e| Arc::clone(&e.inner.store)),
             trunks: engine.as_ref().map(|e| e.trunks()),
-            trunk_ips: Mutex::new(TrunkIps::default()),
-            trunks_read: tokio::sync::Notify::new(),
+            trunk_ips: Mutex::new(trunk_ips),
         });
-        // The first read of the trunks' addresses starts now rather than at the first
-        // request.
-        peers.is_trunk(IpAddr::from([0, 0, 0, 0]));
         let p = Arc::clone(&peers);
         endpoint
             .transports()

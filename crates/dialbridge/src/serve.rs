@@ -169,6 +169,10 @@ pub async fn serve_until(
         stateless: valid.stateless.clone(),
         observer,
     };
+    let trunks_at_start = store.list_trunks().await;
+    if let Err(e) = &trunks_at_start {
+        tracing::warn!(error = %e, "trunks not readable at start-up; read again in the background");
+    }
     let (endpoint, events) = Endpoint::start(ep_cfg).await?;
     reload_tls_on_sighup(valid.tls.clone());
     let sip_addrs = endpoint.local_addrs();
@@ -288,12 +292,19 @@ pub async fn serve_until(
     let stateless_stats = endpoint.stateless_stats();
     let sip_conns = endpoint.transports().connection_limits();
     let sip_guards = endpoint.transports().stats();
-    let server =
-        b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar), Some(engine.clone()));
-    // A carrier's first requests are not budgeted as a stranger's.
-    if !server.trunks_known(Duration::from_secs(5)).await {
-        tracing::warn!("the trunks' addresses are not read yet; carriers are exempt from the per-source budgets once they are");
-    }
+    // The trunks as read before the endpoint started: a carrier's first requests are not
+    // budgeted as a stranger's. Unreadable then, they are read in the background.
+    let server = match &trunks_at_start {
+        Ok(trunks) => b2bua::server::SipServer::with_trunks(
+            endpoint,
+            Arc::clone(&registrar),
+            Some(engine.clone()),
+            trunks,
+        ),
+        Err(_) => {
+            b2bua::server::SipServer::new(endpoint, Arc::clone(&registrar), Some(engine.clone()))
+        }
+    };
     let sip = tokio::spawn(server.run(events));
 
     // The REST API, its call hooks and the callback dispatcher.

@@ -2526,9 +2526,8 @@ impl BlockingStore for SqliteStore {
     fn append_timeline(&self, call_id: &str, entry: &TimelineEntry) -> Result<(), StoreError> {
         // The row's id is taken, the row written and listed in its call under one write
         // lock.
-        let conn = self.conn()?;
-        let tx =
-            rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         append_timeline_on(&tx, call_id, entry)?;
         tx.commit()?;
         Ok(())

@@ -26,7 +26,8 @@
 //! - Two kinds of call are gathered into one job (`StoreThreads::gathered`): a new
 //!   contact's write and the first read of a device not seen lately. The first of a group
 //!   queues the job [`GATHER`] later, and the job serves all that joined by then, the writes
-//!   in one transaction: a burst of registrations shares wake-ups and commits.
+//!   in one transaction: a burst of registrations shares wake-ups and commits. A group
+//!   holds `MAX_GATHERED` at most; past it a call is queued as a job of its own.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -129,6 +130,9 @@ impl<B> Queue<B> {
 /// for writes, a transaction and its commit; a burst of registrations (a restart of many
 /// phones) shares them, for a first registration's answer about this much later.
 pub const GATHER: Duration = Duration::from_millis(2);
+
+/// Requests in one gathered group at most; past it a request is queued as a job of its own.
+const MAX_GATHERED: usize = 256;
 
 /// Requests of one kind waiting to be served together by one job on a store thread, each
 /// with where its answer goes ([`StoreThreads::gathered`]).
@@ -284,7 +288,8 @@ impl<B: BlockingStore> StoreThreads<B> {
 
     /// Serves `item` with the others of `group` that come within [`GATHER`] of the first or
     /// before a store thread takes their job: the first queues the job (after [`GATHER`]),
-    /// and the job serves whatever has gathered by then, in one call of `serve`.
+    /// and the job serves whatever has gathered by then, in one call of `serve`. A group
+    /// holds [`MAX_GATHERED`] at most.
     async fn gathered<T: Send + 'static, R: Send + 'static>(
         &self,
         group: &Arc<Gathering<T, R>>,
@@ -297,10 +302,29 @@ impl<B: BlockingStore> StoreThreads<B> {
                 .unwrap_or(Err(StoreError::Crashed));
         };
         let (tx, rx) = oneshot::channel();
-        let first = {
+        // `Err`: the group is full and `item` comes back.
+        let joined = {
             let mut w = group.waiting.lock().map_err(|_| StoreError::Poisoned)?;
-            w.push((item, tx));
-            w.len() == 1
+            if w.len() >= MAX_GATHERED {
+                Err(item)
+            } else {
+                w.push((item, tx));
+                Ok(w.len() == 1)
+            }
+        };
+        let first = match joined {
+            Ok(first) => first,
+            // A full group: this one takes a place in the bounded queue like any call, so
+            // that a flood waits there instead of growing the group.
+            Err(item) => {
+                return self
+                    .run(move |s| {
+                        serve(s, vec![item])
+                            .pop()
+                            .unwrap_or(Err(StoreError::Crashed))
+                    })
+                    .await
+            }
         };
         if first {
             let taken = Arc::clone(group);
@@ -968,23 +992,31 @@ mod tests {
         }
     }
 
-    /// New contacts that come while the store thread is busy are written by one job (one
-    /// transaction); a contact of a device that does not exist is refused alone.
-    #[tokio::test]
-    async fn new_contacts_that_come_together_are_written_together() {
+    /// Store threads (one) on the sample provisioning, that thread held in a job until the
+    /// returned sender is used (or 5 s have passed).
+    async fn held_store() -> (Arc<StoreThreads<SqliteStore>>, std::sync::mpsc::Sender<()>) {
         let sqlite = SqliteStore::open_in_memory().unwrap();
         let prov: crate::Provisioning = toml::from_str(crate::provision::tests::SAMPLE).unwrap();
         sqlite.apply_provisioning(&prov, "dialbridge.test").unwrap();
         let t = Arc::new(StoreThreads::new(sqlite, 1).unwrap());
-        let queue = Arc::clone(t.queue.as_ref().unwrap());
-        // The one thread waits in a job until the contacts are all queued.
         let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
-        queue
+        t.queue
+            .as_ref()
+            .unwrap()
             .push(Box::new(move |_| {
                 let _ = gate_rx.recv_timeout(Duration::from_secs(5));
             }))
             .await
             .unwrap();
+        (t, gate_tx)
+    }
+
+    /// New contacts that come while the store thread is busy are written by one job (one
+    /// transaction); a contact of a device that does not exist is refused alone.
+    #[tokio::test]
+    async fn new_contacts_that_come_together_are_written_together() {
+        // The one thread waits in a job until the contacts are all queued.
+        let (t, gate_tx) = held_store().await;
         let mut set = tokio::task::JoinSet::new();
         for i in 0..50 {
             let t = Arc::clone(&t);
@@ -1018,6 +1050,38 @@ mod tests {
         let b = binding("alice-desk", "sip:alice@127.0.0.1:7000".into());
         t.upsert_binding(&b).await.unwrap();
         assert_eq!(t.upserts.len(), 0);
+    }
+
+    /// A group holds [`MAX_GATHERED`] at most: the requests past it wait in the bounded
+    /// queue as jobs of their own, and every one is answered.
+    #[tokio::test]
+    async fn a_full_group_sends_the_next_requests_to_the_queue() {
+        let (t, gate_tx) = held_store().await;
+        let extra = 20;
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..MAX_GATHERED + extra {
+            let t = Arc::clone(&t);
+            let b = binding("alice-desk", format!("sip:alice@127.0.0.1:{}", 10_000 + i));
+            set.spawn(async move { t.upsert_binding(&b).await });
+        }
+        for _ in 0..500 {
+            if t.queued() == 1 + extra {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(t.upserts.len(), MAX_GATHERED);
+        assert_eq!(
+            t.queued(),
+            1 + extra,
+            "one job for the group, one for each past it"
+        );
+        gate_tx.send(()).unwrap();
+        while let Some(r) = set.join_next().await {
+            r.unwrap().unwrap();
+        }
+        let stored = t.bindings_for_device("alice-desk", 1_700_000_000).await;
+        assert_eq!(stored.unwrap().len(), MAX_GATHERED + extra);
     }
 
     /// The first REGISTERs of a burst of phones (devices not seen lately) that come within

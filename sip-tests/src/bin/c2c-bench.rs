@@ -712,7 +712,7 @@ fn run(flags: &Flags, bin: Option<&str>) -> Result<Outcome, String> {
         drop(s.stop());
     }
     if reference {
-        let r = kamailio_reference(rate, calls, hold_ms)?;
+        let r = kamailio_reference(rate, calls, hold_ms, &run_limit)?;
         let per_cpu_second = r.totals.successful as f64 / r.cpu.total().max(1e-9);
         println!(
             "  reference, Kamailio as a stateful proxy (deploy/kamailio/proxy.cfg; each call an \
@@ -750,17 +750,22 @@ struct Reference {
 
 /// The same calls (`calls` at `rate`, answered after 500 ms, held `hold_ms`) through Kamailio
 /// as a transaction-stateful, record-routing proxy between a SIPp caller and a SIPp callee:
-/// the machine's speed at this moment, measured the way dialbridge's run was.
-fn kamailio_reference(rate: f64, calls: usize, hold_ms: u64) -> Result<Reference, String> {
-    let run_limit = format!("{}s", (calls as f64 / rate) as u64 + 90 + hold_ms / 1000);
-    let reference = ReferenceProxy::start(calls, &run_limit)?;
+/// the machine's speed at this moment, measured the way dialbridge's run was. `run_limit`:
+/// SIPp's own time limit, the one dialbridge's peers ran with.
+fn kamailio_reference(
+    rate: f64,
+    calls: usize,
+    hold_ms: u64,
+    run_limit: &str,
+) -> Result<Reference, String> {
+    let reference = ReferenceProxy::start(calls, run_limit)?;
     let kamailio = &reference.kamailio;
     let ticks = clock_ticks_per_second();
     if !sip_tests::bench::wait_idle(kamailio.pid(), ticks, Duration::from_secs(10)) {
         println!("  kamailio: still busy 10 s after it started; measuring anyway");
     }
     let before = tree_cpu(kamailio.pid(), ticks);
-    let args = reference.caller_args(calls, rate, hold_ms, &run_limit);
+    let args = reference.caller_args(calls, rate, hold_ms, run_limit);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut caller =
         BenchSipp::spawn("caller", &args).map_err(|e| format!("cannot start sipp: {e}"))?;

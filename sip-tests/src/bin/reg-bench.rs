@@ -310,33 +310,35 @@ fn run(args: &[String]) -> Result<(), String> {
         users: users.len() as u64,
         settle,
     };
+    let cfg_src = workspace_root().join("deploy/kamailio/registrar.cfg");
+    let kamailio_cfg = std::fs::read_to_string(&cfg_src)
+        .map_err(|e| format!("{}: {e}", cfg_src.display()))?
+        .replace("children=2", &format!("children={children}"));
+    let p = Pair {
+        bin: &bin,
+        log: &log,
+        dir: dir.path(),
+        users: &users,
+        kamailio_cfg: &kamailio_cfg,
+        load: &load,
+    };
+    // Alternated: Kamailio goes first in every second round, so that neither side is always
+    // measured in the later minute.
+    let kamailio_first = |round: usize| round % 2 == 0;
     let mut ratios = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         if rounds > 1 {
             println!("reg-bench: round {round} of {rounds}");
         }
-        // Alternated: Kamailio goes first in every second round, so that neither side is
-        // always measured in the later minute.
-        let kamailio_first = round % 2 == 0;
-        ratios.push(pair(
-            &Pair {
-                bin: &bin,
-                log: &log,
-                dir: dir.path(),
-                users: &users,
-                children,
-                load: &load,
-            },
-            kamailio_first,
-        )?);
+        ratios.push(pair(&p, kamailio_first(round))?);
     }
     if rounds > 1 {
         println!("reg-bench: ratio dialbridge / kamailio, registrations per CPU-second, by round");
-        for (i, (during, settled, first)) in ratios.iter().enumerate() {
+        for (i, (during, settled)) in ratios.iter().enumerate() {
             println!(
                 "  round {} ({} first): {during:.2} during the run, {settled:.2} with the {} s after",
                 i + 1,
-                if *first { "kamailio" } else { "dialbridge" },
+                if kamailio_first(i + 1) { "kamailio" } else { "dialbridge" },
                 settle.as_secs()
             );
         }
@@ -359,20 +361,21 @@ struct Pair<'a> {
     /// Kamailio's working directory (its configuration and users file).
     dir: &'a Path,
     users: &'a [(String, String)],
-    children: u32,
+    /// Kamailio's registrar configuration, its children set.
+    kamailio_cfg: &'a str,
     load: &'a Load<'a>,
 }
 
 /// dialbridge and Kamailio under the same load, one after the other (Kamailio first when
 /// `kamailio_first`), each started afresh; prints both and returns the ratios dialbridge ÷
-/// Kamailio (during the run, with the settle time) and `kamailio_first`.
-fn pair(p: &Pair<'_>, kamailio_first: bool) -> Result<(f64, f64, bool), String> {
+/// Kamailio (during the run, with the settle time).
+fn pair(p: &Pair<'_>, kamailio_first: bool) -> Result<(f64, f64), String> {
     let Pair {
         bin,
         log,
         dir,
         users,
-        children,
+        kamailio_cfg,
         load,
     } = *p;
     let Load {
@@ -397,13 +400,9 @@ fn pair(p: &Pair<'_>, kamailio_first: bool) -> Result<(f64, f64, bool), String> 
     };
     let run_kamailio = || -> Result<Side, String> {
         let port = free_port();
-        let cfg_src = workspace_root().join("deploy/kamailio/registrar.cfg");
-        let cfg = std::fs::read_to_string(&cfg_src)
-            .map_err(|e| format!("{}: {e}", cfg_src.display()))?
-            .replace("children=2", &format!("children={children}"));
         // Private memory per process: the users' hash table lines of the configuration are
         // parsed into it (16 MB falls short of 20,000 users).
-        let kamailio = Kamailio::start(dir, "registrar.cfg", &cfg, port, 64, &[])?;
+        let kamailio = Kamailio::start(dir, "registrar.cfg", kamailio_cfg, port, 64, &[])?;
         measure(
             "kamailio",
             kamailio.pid(),
@@ -466,11 +465,11 @@ fn pair(p: &Pair<'_>, kamailio_first: bool) -> Result<(f64, f64, bool), String> 
             after.saturating_sub(before) as f64 / bindings as f64
         );
     }
+    let during = db.per_cpu_second() / kam.per_cpu_second().max(1e-9);
+    let settled = db.per_cpu_second_settled() / kam.per_cpu_second_settled().max(1e-9);
     println!(
-        "  ratio dialbridge / kamailio, registrations per CPU-second: {:.2} during the run, \
-         {:.2} with the {} s after",
-        db.per_cpu_second() / kam.per_cpu_second().max(1e-9),
-        db.per_cpu_second_settled() / kam.per_cpu_second_settled().max(1e-9),
+        "  ratio dialbridge / kamailio, registrations per CPU-second: {during:.2} during the \
+         run, {settled:.2} with the {} s after",
         settle.as_secs()
     );
     if let (Some(d), Some(k)) = (&db.split, &kam.split) {
@@ -496,9 +495,5 @@ fn pair(p: &Pair<'_>, kamailio_first: bool) -> Result<(f64, f64, bool), String> 
             );
         }
     }
-    Ok((
-        db.per_cpu_second() / kam.per_cpu_second().max(1e-9),
-        db.per_cpu_second_settled() / kam.per_cpu_second_settled().max(1e-9),
-        kamailio_first,
-    ))
+    Ok((during, settled))
 }
