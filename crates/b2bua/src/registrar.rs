@@ -492,7 +492,7 @@ impl Registrar {
             }
             h.write_u8(0);
         }
-        format!("{:016x}", h.finish())
+        sip_core::auth::hex_lower(&h.finish().to_be_bytes())
     }
 
     /// Checks the device credentials of an out-of-dialog INVITE from a phone (a call from a
@@ -604,13 +604,7 @@ impl Registrar {
         let source = flow.remote.ip();
         // 1. Authentication.
         let Some(auth_value) = req.header_str(&HeaderName::Authorization) else {
-            if self.locked(source, None, now) {
-                self.stats
-                    .auth_refused_locked
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return quick(Self::reply(req, 403).with_reason("Too many failed attempts"));
-            }
-            return quick(self.challenge(req, false, now));
+            return self.uncredentialed(req, source, now);
         };
         let creds = match parse_authorization(&auth_value) {
             Ok(Authorization::Digest(c)) => c,
@@ -724,6 +718,26 @@ impl Registrar {
             response: resp,
             delay: Duration::ZERO,
             flow_until,
+        }
+    }
+
+    /// [`Self::handle`] for a REGISTER without credentials (its first of a registration): a
+    /// challenge, or a refusal while its source is locked out. Decided at once, with no
+    /// store call to wait for, so a caller that sees no `Authorization` header needs no
+    /// future or task for it.
+    pub fn uncredentialed(&self, req: &Request, source: IpAddr, now: u64) -> Decision {
+        let response = if self.locked(source, None, now) {
+            self.stats
+                .auth_refused_locked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Self::reply(req, 403).with_reason("Too many failed attempts")
+        } else {
+            self.challenge(req, false, now)
+        };
+        Decision {
+            response,
+            delay: Duration::ZERO,
+            flow_until: None,
         }
     }
 

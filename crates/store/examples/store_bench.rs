@@ -125,6 +125,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         store.upsert_binding(&b).ok();
     });
+    // A registrar's refreshes: each changes a binding's expiry, Call-ID, CSeq, source and
+    // time, waits in memory and is written at the next flush, 2,000 to a flush (measured
+    // per refresh, the flush's share included).
+    const PER_FLUSH: usize = 2_000;
+    let mut refreshed = store
+        .bindings_for_device("dev-1", now)
+        .ok()
+        .and_then(|b| b.into_iter().next());
+    measure("refresh_binding + flush, 2 000 a flush", 40_000, |i| {
+        let u = i % PER_FLUSH;
+        let Some(b) = refreshed.as_mut() else { return };
+        b.device_username = format!("dev-{u}");
+        b.contact = format!("sip:dev-{u}@10.0.{}.{}:5060", u / 256 % 256, u % 256);
+        b.expires_at = now + 3600 + i as i64;
+        b.call_id = format!("reg-{u}");
+        b.cseq = 100 + i as u32;
+        store.refresh_binding(b).ok();
+        if u + 1 == PER_FLUSH {
+            store.flush_refreshes().ok();
+        }
+    });
     measure("bindings_for_user", 100_000, |i| {
         let _ = store.bindings_for_user(&user_ids[(i * 7919) % USERS], now);
     });

@@ -125,17 +125,17 @@ impl Algorithm {
             Algorithm::Md5 => {
                 let mut ctx = Md5Context::new();
                 feed(parts, |p| ctx.consume(p));
-                hex::encode(ctx.compute().0)
+                super::hex_lower(&ctx.compute().0)
             }
             Algorithm::Sha256 => {
                 let mut ctx = Sha256::new();
                 feed(parts, |p| ctx.update(p));
-                hex::encode(ctx.finalize())
+                super::hex_lower(&ctx.finalize())
             }
             _ => {
                 let mut ctx = Sha512_256::new();
                 feed(parts, |p| ctx.update(p));
-                hex::encode(ctx.finalize())
+                super::hex_lower(&ctx.finalize())
             }
         }
     }

@@ -123,7 +123,7 @@ pub fn choose_challenge(challenges: &[&str]) -> Option<Challenge> {
 
 fn new_cnonce() -> String {
     let raw: [u8; 16] = rand::thread_rng().gen();
-    hex::encode(raw)
+    super::hex_lower(&raw)
 }
 
 /// The credentials answering `challenge` for `request`, with the given

@@ -138,5 +138,18 @@ pub enum AuthError {
     NoAlgorithms,
 }
 
+/// `bytes` as lowercase hexadecimal, written straight into the string (the `hex` crate
+/// collects its digits one `char` at a time, which a registration paid for in each of its
+/// hashes, nonces and opaque values).
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -190,7 +190,7 @@ impl DigestServer {
         let mut mac = self.mac.clone();
         mac.update(b"opaque");
         mac.update(nonce.as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..OPAQUE_MAC_LEN])
+        super::hex_lower(&mac.finalize().into_bytes()[..OPAQUE_MAC_LEN])
     }
 
     /// A fresh nonce for `realm`, issued at `now_unix`.
@@ -205,7 +205,7 @@ impl DigestServer {
         raw[..ISSUED_LEN].copy_from_slice(&issued);
         raw[ISSUED_LEN..ISSUED_LEN + SERIAL_LEN].copy_from_slice(&serial);
         raw[ISSUED_LEN + SERIAL_LEN..].copy_from_slice(&mac);
-        hex::encode(raw)
+        super::hex_lower(&raw)
     }
 
     /// The (issue time, serial) of `nonce` if this server issued it for

@@ -637,3 +637,15 @@ fn a_server_restarted_with_the_same_key_accepts_its_nonces() {
         Verdict::BadNonce
     );
 }
+
+#[test]
+fn hashes_and_nonces_are_written_in_lowercase_hex() {
+    let all: Vec<u8> = (0..=255).collect();
+    assert_eq!(hex_lower(&all), hex::encode(&all));
+    assert_eq!(hex_lower(&[]), "");
+    // HA1 of RFC 7616 §3.9.1's user, realm and password: the hex of its MD5.
+    assert_eq!(
+        Algorithm::Md5.hash(&[b"Mufasa", b"http-auth@example.org", b"Circle of Life"]),
+        "3d78807defe7de2157e2b0b6573a855f"
+    );
+}

@@ -372,7 +372,12 @@ impl Header {
 /// Replaces every fold (`CRLF 1*WSP` or a bare CR/LF with WSP) with one space.
 pub fn unfold(v: &[u8]) -> Cow<'_, str> {
     if !v.iter().any(|&b| b == b'\r' || b == b'\n') {
-        return String::from_utf8_lossy(v);
+        // Valid UTF-8 (nearly every value) is checked a word at a time this way;
+        // `from_utf8_lossy` alone walks it byte by byte.
+        return match std::str::from_utf8(v) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(v),
+        };
     }
     let mut out = Vec::with_capacity(v.len());
     let mut i = 0;
