@@ -381,11 +381,17 @@ impl Registrations {
             .is_none()
         {
             // Half of all REGISTERs: answered here, without the registration's future (about
-            // 2 KB, boxed by `run_here_or_spawn`) for a decision that never waits.
-            let decision = self
-                .registrar
-                .uncredentialed(&inc.request, inc.flow.remote.ip(), now);
-            send_decision(&self.endpoint, &inc, decision, budget, now);
+            // 2 KB, boxed by `run_here_or_spawn`) for a decision that never waits. A panic
+            // ends this request only, as there.
+            let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let decision =
+                    self.registrar
+                        .uncredentialed(&inc.request, inc.flow.remote.ip(), now);
+                send_decision(&self.endpoint, &inc, decision, budget, now);
+            }));
+            if answered.is_err() {
+                tracing::error!("handling a request panicked; it goes unanswered");
+            }
             return;
         }
         let registrar = Arc::clone(&self.registrar);
