@@ -28,7 +28,7 @@
 //! - A read for a device with no entry makes one only when it settles, and only if no entry
 //!   was dropped for room meanwhile ([`BindingViews::peek`]).
 
-use std::collections::HashMap;
+use sip_core::map::Map;
 use std::sync::Arc;
 use std::time::Duration;
 use store::Binding;
@@ -105,7 +105,7 @@ impl Entry {
 /// Each device's bindings as this registrar last read or wrote them.
 #[derive(Debug)]
 pub(crate) struct BindingViews {
-    entries: HashMap<String, Entry>,
+    entries: Map<String, Entry>,
     next_stamp: u64,
     ttl_secs: u64,
     capacity: usize,
@@ -120,7 +120,7 @@ impl BindingViews {
     /// (past it the memory starts over).
     pub(crate) fn new(ttl: Duration, capacity: usize) -> BindingViews {
         BindingViews {
-            entries: HashMap::new(),
+            entries: Map::default(),
             next_stamp: 1,
             ttl_secs: ttl.as_secs(),
             capacity: capacity.max(1),

@@ -43,6 +43,7 @@ use sip_core::auth::{
     Verdict,
 };
 use sip_core::endpoint::new_tag;
+use sip_core::map::Map;
 use sip_core::message::{
     socket_addr_text, ContactValue, HeaderAccess, HeaderName, NameAddr, Request, Response, Uri,
     PATH,
@@ -145,8 +146,8 @@ struct FailureRecord {
 #[derive(Debug, Default)]
 pub struct AuthGuard {
     cfg: GuardConfig,
-    by_source: HashMap<IpAddr, FailureRecord>,
-    by_user: HashMap<String, FailureRecord>,
+    by_source: Map<IpAddr, FailureRecord>,
+    by_user: Map<String, FailureRecord>,
 }
 
 impl AuthGuard {
@@ -237,7 +238,7 @@ pub struct Registrar {
     /// phone that registered over TCP. Not persistent: a connection does not outlive us.
     conns: Mutex<HashMap<(String, String), ConnId>>,
     /// Source addresses of live bindings -> when the last of them expires (unix seconds).
-    sources: Mutex<HashMap<IpAddr, u64>>,
+    sources: Mutex<Map<IpAddr, u64>>,
     /// Device username -> its credentials as last read.
     credentials: store::cache::ReadCache<String, Option<Arc<Device>>>,
     /// Device username -> its bindings as last read or written (`crate::binding_view`).
@@ -295,7 +296,7 @@ impl Registrar {
             cfg,
             digest: Mutex::new(digest),
             conns: Mutex::new(HashMap::new()),
-            sources: Mutex::new(HashMap::new()),
+            sources: Mutex::new(Map::default()),
             credentials: store::cache::ReadCache::new(CREDENTIALS_TTL, CREDENTIALS_CAPACITY),
             tag_key: std::hash::RandomState::new(),
             date: Mutex::new(None),

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::map::Map;
+use hashbrown::HashTable;
 
 /// An address prefix such as `10.0.0.0/8` or `2001:db8::/32`; a bare address is a /32 or
 /// /128.
@@ -253,24 +254,53 @@ pub struct Answered<F> {
 
 /// Answers by server-transaction key, each for a fixed time, at most `capacity` of them
 /// (see the [module documentation](self)).
-#[derive(Debug)]
+///
+/// Each answer is kept once, with its key, in a table found by the key's hash; the queue
+/// that drops them oldest first holds only that hash, the answer's number and its expiry,
+/// not a second copy of the key (a key of the endpoint's is three `Bytes`: the queue held
+/// 152 bytes an answer and took three reference counts per answer kept).
 pub struct AnsweredCache<K, F> {
     capacity: usize,
     ttl: Duration,
-    entries: Map<K, (Answered<F>, Instant)>,
-    /// Keys in insertion order with their expiry, for eviction; a key re-inserted appears
-    /// twice and only the entry whose expiry matches is removed.
-    order: VecDeque<(K, Instant)>,
+    /// Keyed at random per table, as [`Map`].
+    hasher: ahash::RandomState,
+    entries: HashTable<Kept<K, F>>,
+    /// Answers in the order kept, so oldest first: (hash of the key, number, expiry). An
+    /// answer given again for its key gets a new number; the queue's entry of the one it
+    /// replaced then names nothing and is skipped.
+    order: VecDeque<(u64, u64, Instant)>,
+    /// The number of the next answer kept.
+    next: u64,
 }
 
-impl<K: Clone + Eq + Hash, F> AnsweredCache<K, F> {
+/// An answer kept: its key, the answer, when it runs out and its number in the queue.
+struct Kept<K, F> {
+    key: K,
+    answer: Answered<F>,
+    expires: Instant,
+    number: u64,
+}
+
+impl<K, F> std::fmt::Debug for AnsweredCache<K, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnsweredCache")
+            .field("capacity", &self.capacity)
+            .field("ttl", &self.ttl)
+            .field("len", &self.entries.len())
+            .finish()
+    }
+}
+
+impl<K: Eq + Hash, F> AnsweredCache<K, F> {
     /// A cache of at most `capacity` answers, each kept `ttl` (`64*T1`).
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         AnsweredCache {
             capacity,
             ttl,
-            entries: Map::default(),
+            hasher: ahash::RandomState::new(),
+            entries: HashTable::new(),
             order: VecDeque::new(),
+            next: 0,
         }
     }
 
@@ -280,31 +310,53 @@ impl<K: Clone + Eq + Hash, F> AnsweredCache<K, F> {
             return;
         }
         self.expire(now);
-        while self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
-            let Some((k, exp)) = self.order.pop_front() else {
-                break;
-            };
-            if self.entries.get(&k).is_some_and(|(_, e)| *e == exp) {
-                self.entries.remove(&k);
+        let hash = self.hasher.hash_one(&key);
+        let (number, expires) = (self.next, now + self.ttl);
+        self.next += 1;
+        match self.entries.find_entry(hash, |k| k.key == key) {
+            Ok(mut kept) => {
+                let kept = kept.get_mut();
+                kept.answer = answer;
+                kept.expires = expires;
+                kept.number = number;
+            }
+            Err(_) => {
+                while self.entries.len() >= self.capacity {
+                    let Some((h, n, _)) = self.order.pop_front() else {
+                        break;
+                    };
+                    if let Ok(oldest) = self.entries.find_entry(h, |k| k.number == n) {
+                        oldest.remove();
+                    }
+                }
+                let hasher = &self.hasher;
+                self.entries.insert_unique(
+                    hash,
+                    Kept {
+                        key,
+                        answer,
+                        expires,
+                        number,
+                    },
+                    |k| hasher.hash_one(&k.key),
+                );
             }
         }
-        let expires = now + self.ttl;
-        self.entries.insert(key.clone(), (answer, expires));
-        self.order.push_back((key, expires));
-        // Re-inserted keys leave stale order entries; keep the queue within bounds.
+        self.order.push_back((hash, number, expires));
+        // Keys answered again leave queue entries that name nothing; keep it within bounds.
         if self.order.len() > self.capacity.saturating_mul(2) {
             let entries = &self.entries;
             self.order
-                .retain(|(k, exp)| entries.get(k).is_some_and(|(_, e)| e == exp));
+                .retain(|&(h, n, _)| entries.find(h, |k| k.number == n).is_some());
         }
     }
 
     /// The answer kept for `key`, unless it has expired.
     pub fn get(&self, key: &K, now: Instant) -> Option<&Answered<F>> {
         self.entries
-            .get(key)
-            .filter(|(_, exp)| now < *exp)
-            .map(|(a, _)| a)
+            .find(self.hasher.hash_one(key), |k| k.key == *key)
+            .filter(|k| now < k.expires)
+            .map(|k| &k.answer)
     }
 
     pub fn len(&self) -> usize {
@@ -319,23 +371,22 @@ impl<K: Clone + Eq + Hash, F> AnsweredCache<K, F> {
     /// is a quarter full (shrunk to twice what it holds).
     pub fn expire(&mut self, now: Instant) {
         let mut dropped = false;
-        while self.order.front().is_some_and(|(_, exp)| *exp <= now) {
-            let Some((k, exp)) = self.order.pop_front() else {
+        while self.order.front().is_some_and(|&(_, _, exp)| exp <= now) {
+            let Some((h, n, _)) = self.order.pop_front() else {
                 break;
             };
-            // One look-up: the entry is taken out, and put back in the rare case that its
-            // key was answered again since (a later expiry).
-            if let Some((key, (answer, e))) = self.entries.remove_entry(&k) {
-                if e != exp {
-                    self.entries.insert(key, (answer, e));
-                }
+            // Not found: its key was answered again since (a later expiry).
+            if let Ok(kept) = self.entries.find_entry(h, |k| k.number == n) {
+                kept.remove();
             }
             dropped = true;
         }
         if dropped {
             let room = self.entries.capacity();
             if room > 64 && self.entries.len() < room / 4 {
-                self.entries.shrink_to(self.entries.len() * 2);
+                let hasher = &self.hasher;
+                self.entries
+                    .shrink_to(self.entries.len() * 2, |k| hasher.hash_one(&k.key));
             }
             let room = self.order.capacity();
             if room > 64 && self.order.len() < room / 4 {
@@ -347,7 +398,7 @@ impl<K: Clone + Eq + Hash, F> AnsweredCache<K, F> {
     /// When the oldest answer kept runs out (possibly one already replaced: then nothing
     /// goes, early).
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.order.front().map(|(_, exp)| *exp)
+        self.order.front().map(|&(_, _, exp)| exp)
     }
 }
 
@@ -574,6 +625,28 @@ mod tests {
             c.entries.capacity(),
             c.order.capacity()
         );
+    }
+
+    /// An answer given again for its key replaces the first: the first's time running out
+    /// drops nothing, and the second is kept for its own full time.
+    #[test]
+    fn an_answer_given_again_is_kept_for_its_own_time() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(32);
+        let mut c = AnsweredCache::new(usize::MAX, ttl);
+        c.insert("a", answered(1), t0);
+        c.insert("b", answered(2), t0 + Duration::from_secs(1));
+        c.insert("a", answered(3), t0 + Duration::from_secs(10));
+        assert_eq!(c.len(), 2);
+        c.expire(t0 + ttl);
+        assert_eq!(c.get(&"a", t0 + ttl), Some(&answered(3)));
+        c.expire(t0 + ttl + Duration::from_secs(1));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.get(&"b", t0), None);
+        assert_eq!(c.next_expiry(), Some(t0 + ttl + Duration::from_secs(10)));
+        c.expire(t0 + ttl + Duration::from_secs(10));
+        assert!(c.is_empty());
+        assert_eq!(c.next_expiry(), None);
     }
 
     #[test]
