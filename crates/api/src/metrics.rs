@@ -32,6 +32,9 @@ pub struct Metrics {
     registrations: AtomicU64,
     relay_packets: AtomicU64,
     registrations_source: RwLock<Option<Source>>,
+    /// When the registrations gauge was last read from the store
+    /// ([`Metrics::registrations_due`]).
+    registrations_read_at: std::sync::Mutex<Option<std::time::Instant>>,
     relay_packets_source: RwLock<Option<Source>>,
     /// Further metrics other parts of the process own (name, type, help, reader).
     extra: RwLock<Vec<(&'static str, &'static str, &'static str, Source)>>,
@@ -39,6 +42,9 @@ pub struct Metrics {
     /// `({labels}, value)` lines).
     families: RwLock<Vec<(&'static str, &'static str, &'static str, FamilySource)>>,
 }
+
+/// How often a scrape reads the registrations gauge from the store at most.
+pub const REGISTRATIONS_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,6 +121,24 @@ impl Metrics {
     /// Sets the registrations gauge (when no source closure is installed).
     pub fn set_registrations(&self, n: u64) {
         self.registrations.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether the registrations gauge is to be read from the store again at `now`: at most
+    /// once a [`REGISTRATIONS_READ_EVERY`]; a scrape in between shows the last count. The
+    /// count reads the bindings table (on SQLite all of it), so scrapes coming fast, or
+    /// many of them, cost the store one count a second at most. Answers `true` to one
+    /// caller per period.
+    pub fn registrations_due(&self, now: std::time::Instant) -> bool {
+        let Ok(mut at) = self.registrations_read_at.lock() else {
+            return false;
+        };
+        match *at {
+            Some(last) if now.saturating_duration_since(last) < REGISTRATIONS_READ_EVERY => false,
+            _ => {
+                *at = Some(now);
+                true
+            }
+        }
     }
 
     /// Sets the relayed packets counter (when no source closure is installed).
@@ -296,6 +320,17 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_registrations_are_counted_at_most_once_a_second() {
+        let m = Metrics::new();
+        let t0 = std::time::Instant::now();
+        assert!(m.registrations_due(t0));
+        assert!(!m.registrations_due(t0));
+        assert!(!m.registrations_due(t0 + std::time::Duration::from_millis(999)));
+        assert!(m.registrations_due(t0 + REGISTRATIONS_READ_EVERY));
+        assert!(!m.registrations_due(t0 + REGISTRATIONS_READ_EVERY));
+    }
 
     #[test]
     fn renders_counters_and_sources() {

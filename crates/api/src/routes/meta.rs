@@ -54,12 +54,14 @@ pub async fn healthz(State(shared): State<Arc<Shared>>) -> axum::response::Respo
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    // The bindings in force, read at each scrape (a source closure, if one is installed,
-    // takes precedence).
-    let now_secs = crate::time::now_ms() / 1000;
-    match shared.store.count_bindings(now_secs).await {
-        Ok(n) => shared.metrics.set_registrations(n),
-        Err(e) => tracing::warn!(error = %e, "counting the bindings failed"),
+    // The bindings in force, read from the store at most once a second (a source closure,
+    // if one is installed, takes precedence).
+    if shared.metrics.registrations_due(std::time::Instant::now()) {
+        let now_secs = crate::time::now_ms() / 1000;
+        match shared.store.count_bindings(now_secs).await {
+            Ok(n) => shared.metrics.set_registrations(n),
+            Err(e) => tracing::warn!(error = %e, "counting the bindings failed"),
+        }
     }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
