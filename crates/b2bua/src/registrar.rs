@@ -262,7 +262,8 @@ impl std::fmt::Debug for Registrar {
     }
 }
 
-fn unix_now() -> u64 {
+/// The wall clock in unix seconds, as the registrar's `now` arguments take it.
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -16,7 +16,7 @@
 //! holds its connection open past `sip.tcp_idle_secs` for as long as a binding lives on it.
 
 use crate::calls::engine::Engine;
-use crate::registrar::{Decision, Registrar};
+use crate::registrar::{unix_now, Decision, Registrar};
 use sip_core::endpoint::{Endpoint, EndpointEvent, IncomingRequest, RefusalBudget};
 use sip_core::message::{HeaderAccess, HeaderName, Method, Response, Uri};
 use std::net::IpAddr;
@@ -77,10 +77,7 @@ impl KnownPeers {
     }
 
     fn is_known(self: &Arc<Self>, source: IpAddr) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = unix_now();
         self.registrar.is_registered_source(source, now)
             || self.is_trunk(source)
             || self.trunks.as_ref().is_some_and(|t| t.is_target_ip(source))
@@ -98,10 +95,7 @@ impl KnownPeers {
         if has_credentials {
             return true;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = unix_now();
         if !self.registrar.is_registered_source(source.ip(), now) {
             return false;
         }
@@ -370,16 +364,13 @@ impl Registrations {
             return;
         }
         let budget = self.peers.budget_for(inc.flow.remote.ip());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if inc
+        let now = unix_now();
+        let credentialed = inc
             .request
             .headers
             .get(&HeaderName::Authorization)
-            .is_none()
-        {
+            .is_some();
+        if !credentialed {
             // Half of all REGISTERs: answered here, without the registration's future (about
             // 2 KB, boxed by `run_here_or_spawn`) for a decision that never waits. A panic
             // ends this request only, as there.
@@ -387,7 +378,7 @@ impl Registrations {
                 let decision =
                     self.registrar
                         .uncredentialed(&inc.request, inc.flow.remote.ip(), now);
-                send_decision(&self.endpoint, &inc, decision, budget, now);
+                send_decision(&self.endpoint, &inc, decision, budget, now, credentialed);
             }));
             if answered.is_err() {
                 tracing::error!("handling a request panicked; it goes unanswered");
@@ -401,26 +392,22 @@ impl Registrations {
             if !decision.delay.is_zero() {
                 tokio::time::sleep(decision.delay).await;
             }
-            send_decision(&endpoint, &inc, decision, budget, now);
+            send_decision(&endpoint, &inc, decision, budget, now, credentialed);
         });
     }
 }
 
-/// Sends the registrar's answer to `inc` the way its kind asks for.
+/// Sends the registrar's answer to `inc` (which carried `Authorization` when
+/// `credentialed`) the way its kind asks for.
 fn send_decision(
     endpoint: &Endpoint,
     inc: &IncomingRequest,
     decision: Decision,
     budget: RefusalBudget,
     now: u64,
+    credentialed: bool,
 ) {
-    if decision.response.status == 401
-        && inc
-            .request
-            .headers
-            .get(&HeaderName::Authorization)
-            .is_none()
-    {
+    if decision.response.status == 401 && !credentialed {
         // The first challenge of a registration is not kept for retransmissions: one
         // would be challenged again, with the same To tag.
         endpoint.challenge_stateless(inc, decision.response, budget);
