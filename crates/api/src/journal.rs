@@ -43,7 +43,9 @@
 //!   same code, in one transaction. [`end_calls_of_lost_node`] does the same for the calls
 //!   of another node sharing the database whose lease lapsed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use sip_core::map::Map;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -74,6 +76,19 @@ pub const BACKLOG_LIMIT: usize = 20_000;
 
 /// Longest wait between two attempts at a refused batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long the writer keeps an answered call's record after the call's last event. A
+/// call's events come in bursts a few seconds apart while it is being connected (the agent
+/// answers, the customer's leg rings and answers, a short call ends); a call that stays up
+/// may next be heard of minutes later (usually its end), and its record is read back then
+/// instead of held meanwhile, so that a held call costs no record in memory (`docs/
+/// benchmarks.md`, bytes per live call). Queued and ringing calls are kept until they are
+/// answered or end (their ring time bounds that).
+pub(crate) const KEEP_ANSWERED: Duration = Duration::from_secs(5);
+
+/// How often the writer lets go of the answered calls' records kept longer than
+/// [`KEEP_ANSWERED`].
+const EVICT_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether the store takes writes, as last seen by the writer or a health probe.
 #[derive(Debug, Default)]
@@ -144,7 +159,7 @@ pub struct Journal {
     queue: Mutex<Pending>,
     /// Records of calls this node has just inserted, taken by the writer at their first
     /// event instead of reading them back from the store.
-    born: Mutex<HashMap<String, CallRecord>>,
+    born: Mutex<Map<String, CallRecord>>,
     ready: Condvar,
     /// Events queued and not yet committed (the batch being written included).
     backlog: AtomicUsize,
@@ -345,6 +360,8 @@ pub(crate) async fn admit_call(
 struct Known {
     rec: CallRecord,
     next_seq: i64,
+    /// When the writer last committed an event of the call (or read its record).
+    kept_at: Instant,
     /// The status the store holds: the record's status when it was read or last committed
     /// ([`Known::new`]; a record changes only inside a batch, and becomes a new `Known`
     /// when the batch commits). The batch's write names a status change as such
@@ -353,11 +370,19 @@ struct Known {
 }
 
 impl Known {
+    /// Whether the writer still keeps this record at `now`: a call not yet answered
+    /// always, an answered one for [`KEEP_ANSWERED`] after its last event.
+    fn still_kept(&self, now: Instant) -> bool {
+        matches!(self.rec.status, CallStatus::Queued | CallStatus::Ringing)
+            || now.saturating_duration_since(self.kept_at) < KEEP_ANSWERED
+    }
+
     fn new(rec: CallRecord, next_seq: i64) -> Known {
         let stored = rec.status;
         Known {
             rec,
             next_seq,
+            kept_at: Instant::now(),
             stored,
         }
     }
@@ -388,7 +413,9 @@ struct Effect {
 /// The writer: turns events into writes, commits them, then sets off their effects.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    known: HashMap<String, Known>,
+    known: Map<String, Known>,
+    /// When the answered calls' records in `known` were last looked over.
+    evicted_at: Instant,
     /// One batch's working sets, kept from batch to batch with their capacity: a batch's
     /// writes hold whole call records, and allocating them anew for every batch made each
     /// batch a large allocation (with glibc, one that first consolidates the thread's free
@@ -399,7 +426,7 @@ pub(crate) struct Writer {
 /// The writer's reusable working sets; empty between batches.
 #[derive(Default)]
 struct Buffers {
-    staged: HashMap<String, Known>,
+    staged: Map<String, Known>,
     writes: Vec<CallWrite>,
     touched: Vec<String>,
     /// The callback sequence of each touched call, in the order of `touched`, while its
@@ -422,7 +449,8 @@ impl Writer {
     pub(crate) fn new(shared: Arc<Shared>) -> Writer {
         Writer {
             shared,
-            known: HashMap::new(),
+            known: Map::default(),
+            evicted_at: Instant::now(),
             buf: Buffers::default(),
         }
     }
@@ -443,6 +471,7 @@ impl Writer {
         let mut admits = Vec::new();
         loop {
             journal.take(Duration::from_millis(200), &mut batch, &mut admits);
+            self.evict(Instant::now());
             let stopping = journal.stopping.load(Ordering::SeqCst);
             if batch.is_empty() && admits.is_empty() {
                 if stopping {
@@ -630,15 +659,16 @@ impl Writer {
                 }
             }
         }
-        // Committed: the writer's view moves on, and the world hears of it.
-        // Kept while the call is being set up, when its events come close together; an
-        // answered call's next event may be minutes away (usually its end), so its record is
-        // read back then instead of held meanwhile (`docs/benchmarks.md`, bytes per live call).
-        let keep = |known: &mut HashMap<String, Known>, id: String, k: Known| {
-            if matches!(k.rec.status, CallStatus::Queued | CallStatus::Ringing) {
-                known.insert(id, k);
-            } else {
+        // Committed: the writer's view moves on, and the world hears of it. A call's
+        // record is kept until it ends; an answered call's for KEEP_ANSWERED after its last
+        // event (`Writer::evict`).
+        let now = Instant::now();
+        let keep = |known: &mut Map<String, Known>, id: String, mut k: Known| {
+            if k.rec.status.is_final() {
                 known.remove(&id);
+            } else {
+                k.kept_at = now;
+                known.insert(id, k);
             }
         };
         for (id, k) in staged.drain() {
@@ -667,6 +697,16 @@ impl Writer {
             shared.dispatch.notify_one();
         }
         Ok(outcomes)
+    }
+
+    /// Lets go of the records of answered calls with no event for [`KEEP_ANSWERED`]; looks
+    /// at most every [`EVICT_EVERY`].
+    fn evict(&mut self, now: Instant) {
+        if now.duration_since(self.evicted_at) < EVICT_EVERY {
+            return;
+        }
+        self.evicted_at = now;
+        self.known.retain(|_, k| k.still_kept(now));
     }
 }
 
@@ -913,6 +953,29 @@ mod tests {
         assert_eq!(at, [1, 2, 3]);
         assert_eq!(journal.backlog(), 3, "taken, not yet committed");
         assert!(!journal.queue.lock().unwrap().writer_waiting);
+    }
+
+    #[test]
+    fn an_answered_calls_record_is_let_go_a_while_after_its_last_event() {
+        let rec = |status| {
+            let mut r = CallRecord::new("call_1".into(), "acct_1".into(), "1001".into(), 0);
+            r.status = status;
+            Known::new(r, 1)
+        };
+        let t0 = Instant::now();
+        let later = t0 + KEEP_ANSWERED + Duration::from_millis(1);
+        for status in [CallStatus::Queued, CallStatus::Ringing] {
+            let mut k = rec(status);
+            k.kept_at = t0;
+            assert!(k.still_kept(later), "{status:?} is kept until answered");
+        }
+        let mut answered = rec(CallStatus::InProgress);
+        answered.kept_at = t0;
+        assert!(answered.still_kept(t0 + KEEP_ANSWERED - Duration::from_millis(1)));
+        assert!(!answered.still_kept(later));
+        // An event meanwhile (the batch that wrote it sets `kept_at`) keeps it longer.
+        answered.kept_at = t0 + Duration::from_secs(3);
+        assert!(answered.still_kept(later));
     }
 
     #[test]

@@ -3024,7 +3024,8 @@ impl BlockingStore for SqliteStore {
 fn apply_writes_on(conn: &Connection, writes: &[CallWrite]) -> Result<(), StoreError> {
     // (call id, its entries in order), in the order of each call's first entry.
     let mut rows: Vec<(&str, Vec<&TimelineEntry>)> = Vec::new();
-    let mut row_of: HashMap<&str, usize> = HashMap::new();
+    // Keyed by aHash: std's SipHash showed at about 1 % of the writer's CPU.
+    let mut row_of: HashMap<&str, usize, ahash::RandomState> = HashMap::default();
     for w in writes {
         if let CallWrite::Timeline { call_id, entry } = w {
             match row_of.get(call_id.as_str()) {

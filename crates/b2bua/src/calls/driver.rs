@@ -8,8 +8,8 @@
 
 use media::{LegId, MediaSession};
 use sip_core::endpoint::{ClientEvent, ClientEvents, ClientKey};
+use sip_core::map::Map;
 use sip_core::message::HeaderName;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -117,10 +117,10 @@ pub(crate) async fn run(
     // Boxed, as are the futures awaited below: the task's own state stays small (it lives
     // as long as the call; `docs/benchmarks.md`, bytes per live call).
     let mut machine = Box::new(CallMachine::new(Arc::clone(&spec), cfg, relay, now()));
-    let mut keys: HashMap<TxId, ClientKey> = HashMap::new();
+    let mut keys: Map<TxId, ClientKey> = Map::default();
     let mut media = Some(session);
-    let mut monitors: HashMap<SideId, media::Monitor> = HashMap::new();
-    let mut replies: HashMap<u64, Reply> = HashMap::new();
+    let mut monitors: Map<SideId, media::Monitor> = Map::default();
+    let mut replies: Map<u64, Reply> = Map::default();
     let mut next_command: u64 = 1;
     let mut timer = sip_core::deadline::DeadlineTimer::new();
     loop {

@@ -4,9 +4,9 @@
 use media::{MediaEvent, Relay, SessionId};
 use sip_core::dialog::DialogId;
 use sip_core::endpoint::{Endpoint, IncomingRequest};
+use sip_core::map::Map;
 use sip_core::message::{HeaderAccess, Request, Response};
 use sip_core::transport::Flow;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -96,12 +96,12 @@ impl Engine {
             registrar,
             relay,
             hooks: OnceLock::new(),
-            calls: Mutex::new(HashMap::new()),
-            dialogs: Mutex::new(HashMap::new()),
-            side_dialogs: Mutex::new(HashMap::new()),
-            sip_call_ids: Mutex::new(HashMap::new()),
-            leg_sip_call_ids: Mutex::new(HashMap::new()),
-            media_sessions: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Map::default()),
+            dialogs: Mutex::new(Map::default()),
+            side_dialogs: Mutex::new(Map::default()),
+            sip_call_ids: Mutex::new(Map::default()),
+            leg_sip_call_ids: Mutex::new(Map::default()),
+            media_sessions: Mutex::new(Map::default()),
             active: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             relayed_packets: AtomicU64::new(0),

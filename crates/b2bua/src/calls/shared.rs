@@ -6,7 +6,7 @@
 use media::{Relay, SessionId};
 use sip_core::dialog::DialogId;
 use sip_core::endpoint::Endpoint;
-use std::collections::HashMap;
+use sip_core::map::Map;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
 use store::Store;
@@ -46,16 +46,16 @@ pub(crate) struct EngineInner {
     /// Where customer legs go (trunk resolution, failover order, health, limits).
     pub(crate) trunks: Arc<crate::trunks::Trunks>,
     pub(crate) hooks: OnceLock<Arc<dyn CallHooks>>,
-    pub(crate) calls: Mutex<HashMap<String, CallEntry>>,
+    pub(crate) calls: Mutex<Map<String, CallEntry>>,
     /// Dialog (our tag local) -> (call, leg), for in-dialog requests.
-    pub(crate) dialogs: Mutex<HashMap<DialogId, (String, Leg)>>,
+    pub(crate) dialogs: Mutex<Map<DialogId, (String, Leg)>>,
     /// Dialog of a side leg (a supervisor) -> (call, side), for its in-dialog requests.
-    pub(crate) side_dialogs: Mutex<HashMap<DialogId, (String, u32)>>,
+    pub(crate) side_dialogs: Mutex<Map<DialogId, (String, u32)>>,
     /// SIP Call-ID of a leg -> call, for stray 2xx of forked INVITEs.
-    pub(crate) sip_call_ids: Mutex<HashMap<String, String>>,
+    pub(crate) sip_call_ids: Mutex<Map<String, String>>,
     /// (call, leg) -> the SIP Call-ID of that leg's latest INVITE, for RTCP captures.
-    pub(crate) leg_sip_call_ids: Mutex<HashMap<(String, Leg), String>>,
-    pub(crate) media_sessions: Mutex<HashMap<SessionId, String>>,
+    pub(crate) leg_sip_call_ids: Mutex<Map<(String, Leg), String>>,
+    pub(crate) media_sessions: Mutex<Map<SessionId, String>>,
     pub(crate) active: AtomicUsize,
     pub(crate) shutting_down: AtomicBool,
     /// Packets the relay forwarded for calls that have ended (both legs, both ways).

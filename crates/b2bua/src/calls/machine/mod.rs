@@ -49,7 +49,9 @@ use sip_core::dialog::{Dialog, DialogId};
 use sip_core::endpoint::{new_tag, ClientEvent, Destination, IncomingRequest, ServerKey};
 use sip_core::message::{HeaderAccess, HeaderName, Method, Request, Response, Uri};
 use sip_core::transaction::TimerConfig;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use sip_core::map::Map;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use store::CallStatus;
@@ -400,7 +402,7 @@ pub(crate) struct CallMachine {
     fork: Option<Fork>,
     branches: Vec<Branch>,
     legs: [Option<LegState>; 2],
-    roles: HashMap<TxId, Role>,
+    roles: Map<TxId, Role>,
     next_tx: TxId,
     out: VecDeque<Output>,
     answered_at: Option<Instant>,
@@ -508,7 +510,7 @@ impl CallMachine {
             fork: None,
             branches: Vec::new(),
             legs: [None, None],
-            roles: HashMap::new(),
+            roles: Map::default(),
             next_tx: 1,
             out: VecDeque::new(),
             answered_at: None,
