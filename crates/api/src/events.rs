@@ -5,25 +5,92 @@
 //! are kept in a ring so a client that reconnects with `Last-Event-ID` gets what it missed;
 //! live events go through a broadcast channel. A subscriber that falls behind the channel is
 //! disconnected and resumes from the ring with its `Last-Event-ID`.
+//!
+//! A call event's JSON is written when a subscriber first reads it ([`StreamEvent::data`]),
+//! once, from the parts the journal hands over ([`CallData`]): a server nobody watches does
+//! not write it at all.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use store::Detail;
 use tokio::sync::broadcast;
+
+use crate::time::Rfc3339Ms;
 
 /// Events kept for `Last-Event-ID` resume.
 pub const RING_CAPACITY: usize = 10_000;
 
 /// One event as sent on the stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct StreamEvent {
     pub id: u64,
     pub account_id: String,
+    /// The user whose call the event is of, if any: a subscriber scoped to one user sees
+    /// only that user's events.
+    pub user_id: Option<String>,
     /// The SSE `event:` name (`ringing`, `in_progress`, `ended`, `sip`, ...).
     pub name: &'static str,
+    body: Body,
+    /// The JSON `data:`, written from `body` when first read.
+    text: OnceLock<String>,
+}
+
+#[derive(Debug)]
+enum Body {
+    Text(String),
+    Call(Box<CallData>),
+}
+
+/// A call event's parts, as the stream tells them.
+#[derive(Debug)]
+pub struct CallData {
+    pub at_ms: i64,
+    pub call_id: String,
+    pub detail: Detail,
+    pub leg: Option<&'static str>,
+    /// The call's status after the event.
+    pub status: &'static str,
+}
+
+/// The JSON of a call event (the fields in the order a JSON object of them has always had).
+#[derive(serde::Serialize)]
+struct CallJson<'a> {
+    at: Rfc3339Ms,
+    call_id: &'a str,
+    detail: &'a Detail,
+    leg: Option<&'static str>,
+    status: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    user_id: &'a Option<String>,
+}
+
+impl StreamEvent {
     /// The JSON `data:`.
-    pub data: String,
+    pub fn data(&self) -> &str {
+        self.text.get_or_init(|| match &self.body {
+            Body::Text(t) => t.clone(),
+            Body::Call(c) => {
+                // Written into a buffer of about its size (the detail is most of it).
+                let mut out = Vec::with_capacity(192 + c.detail.as_str().len());
+                let _ = serde_json::to_writer(
+                    &mut out,
+                    &CallJson {
+                        at: Rfc3339Ms(c.at_ms),
+                        call_id: &c.call_id,
+                        detail: &c.detail,
+                        leg: c.leg,
+                        status: c.status,
+                        kind: self.name,
+                        user_id: &self.user_id,
+                    },
+                );
+                String::from_utf8(out).unwrap_or_default()
+            }
+        })
+    }
 }
 
 /// Publishes events to subscribers and keeps the ring.
@@ -49,14 +116,38 @@ impl EventHub {
 
     /// Assigns an id, keeps the event in the ring and sends it to live subscribers.
     pub fn publish(&self, account_id: String, name: &'static str, data: String) -> u64 {
+        self.publish_body(account_id, None, name, Body::Text(data))
+    }
+
+    /// [`EventHub::publish`] for an event of a call of `user_id`'s (if any), whose JSON is
+    /// written from `data` when a subscriber first reads it.
+    pub fn publish_call(
+        &self,
+        account_id: String,
+        user_id: Option<String>,
+        name: &'static str,
+        data: CallData,
+    ) -> u64 {
+        self.publish_body(account_id, user_id, name, Body::Call(Box::new(data)))
+    }
+
+    fn publish_body(
+        &self,
+        account_id: String,
+        user_id: Option<String>,
+        name: &'static str,
+        body: Body,
+    ) -> u64 {
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         // Taking the id under the ring's lock keeps the ring and the channel in id order.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let ev = Arc::new(StreamEvent {
             id,
             account_id,
+            user_id,
             name,
-            data,
+            body,
+            text: OnceLock::new(),
         });
         if ring.len() == self.capacity {
             ring.pop_front();
@@ -105,6 +196,36 @@ mod tests {
     }
 
     #[test]
+    fn a_call_events_json_is_written_once_when_first_read() {
+        let hub = EventHub::new(0, 10);
+        let detail = Detail::from_json(r#"{"sip_code":180}"#.to_owned()).unwrap();
+        let (_, mut rx) = hub.subscribe("a", None);
+        hub.publish_call(
+            "a".into(),
+            Some("user_1".into()),
+            "ringing",
+            CallData {
+                at_ms: 1_796_480_169_841,
+                call_id: "call_1".into(),
+                detail,
+                leg: Some("agent"),
+                status: "ringing",
+            },
+        );
+        let ev = rx.try_recv().unwrap();
+        assert_eq!(ev.user_id.as_deref(), Some("user_1"));
+        assert!(ev.text.get().is_none(), "not written before it is read");
+        assert_eq!(
+            ev.data(),
+            r#"{"at":"2026-12-05T14:16:09.841Z","call_id":"call_1","detail":{"sip_code":180},"leg":"agent","status":"ringing","type":"ringing","user_id":"user_1"}"#
+        );
+        // Read again (another subscriber, the ring): the same text, not written again.
+        assert!(std::ptr::eq(ev.data(), ev.data()));
+        let (backlog, _) = hub.subscribe("a", Some(0));
+        assert!(std::ptr::eq(backlog[0].data(), ev.data()));
+    }
+
+    #[test]
     fn resume_filters_by_account_and_id() {
         let hub = EventHub::new(0, 100);
         hub.publish("a".into(), "x", "1".into());
@@ -112,10 +233,10 @@ mod tests {
         hub.publish("a".into(), "x", "3".into());
         let (backlog, mut rx) = hub.subscribe("a", Some(1));
         assert_eq!(backlog.len(), 1);
-        assert_eq!(backlog[0].data, "3");
+        assert_eq!(backlog[0].data(), "3");
         let (fresh, _) = hub.subscribe("a", None);
         assert!(fresh.is_empty());
         hub.publish("a".into(), "x", "4".into());
-        assert_eq!(rx.try_recv().unwrap().data, "4");
+        assert_eq!(rx.try_recv().unwrap().data(), "4");
     }
 }

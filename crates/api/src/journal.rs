@@ -53,14 +53,15 @@ use std::time::{Duration, Instant};
 use b2bua::calls::{CallEvent, CallEventKind, Leg, Outcome};
 use serde_json::{json, Value};
 use store::{
-    Admission, AdmitRequest, CallRecord, CallStatus, CallWrite, Detail, OutboxEntry, StoreError,
+    Admission, AdmitRequest, CallRecord, CallStatus, CallWrite, OutboxEntry, StoreError,
     TimelineEntry, TypeId,
 };
 use tokio::sync::oneshot;
 
+use crate::events::CallData;
 use crate::hooks::{apply, callback_stage, timeline_parts, EVENT_PREFIX};
 use crate::state::Shared;
-use crate::time::{now_ms, rfc3339_ms, Rfc3339Ms};
+use crate::time::{now_ms, rfc3339_ms};
 
 /// Most events written in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -388,25 +389,12 @@ impl Known {
     }
 }
 
-/// An event as the live event stream tells it (`GET /v1/events`), serialized straight from
-/// the writer's data (the fields in the order a JSON object of them has always had).
-#[derive(serde::Serialize)]
-struct StreamData<'a> {
-    at: Rfc3339Ms,
-    call_id: &'a str,
-    detail: &'a Detail,
-    leg: Option<&'static str>,
-    status: &'static str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    user_id: &'a Option<String>,
-}
-
 /// What a committed batch sets off outside the store.
 struct Effect {
     account_id: String,
+    user_id: Option<String>,
     kind: &'static str,
-    sse: String,
+    stream: CallData,
     ended_now: Option<CallStatus>,
 }
 
@@ -594,23 +582,14 @@ impl Writer {
                 touched.push(ev.call_id.clone());
             }
             let callback = callback_for(&k.rec, ev, k.next_seq);
-            // Written into a buffer of about its size (the detail is most of it) rather
-            // than grown from serde_json's default.
-            let mut sse = Vec::with_capacity(192 + detail.as_str().len());
-            let _ = serde_json::to_writer(
-                &mut sse,
-                &StreamData {
-                    at: Rfc3339Ms(ev.at_ms),
-                    call_id: &ev.call_id,
-                    detail: &detail,
-                    leg: leg.map(Leg::as_str),
-                    status: k.rec.status.as_str(),
-                    kind,
-                    user_id: &k.rec.user_id,
-                },
-            );
-            let sse = String::from_utf8(sse).unwrap_or_default();
-            // The entry takes the detail itself: the stream's text is made from it first.
+            // The live stream's JSON is written from these parts if a subscriber reads it.
+            let stream = CallData {
+                at_ms: ev.at_ms,
+                call_id: ev.call_id.clone(),
+                detail: detail.clone(),
+                leg: leg.map(Leg::as_str),
+                status: k.rec.status.as_str(),
+            };
             writes.push(CallWrite::Timeline {
                 call_id: ev.call_id.clone(),
                 entry: TimelineEntry {
@@ -626,8 +605,9 @@ impl Writer {
             }
             effects.push(Effect {
                 account_id: ev.account_id.clone(),
+                user_id: k.rec.user_id.clone(),
                 kind,
-                sse,
+                stream,
                 ended_now: match &ev.kind {
                     CallEventKind::Ended { outcome, .. } if !was_final => Some(outcome.status),
                     _ => None,
@@ -691,7 +671,9 @@ impl Writer {
             if let Some(status) = e.ended_now {
                 shared.metrics.call_ended(status);
             }
-            shared.events.publish(e.account_id, e.kind, e.sse);
+            shared
+                .events
+                .publish_call(e.account_id, e.user_id, e.kind, e.stream);
         }
         if any_callback {
             shared.dispatch.notify_one();

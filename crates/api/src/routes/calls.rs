@@ -628,7 +628,7 @@ fn sse_event(ev: &StreamEvent) -> Event {
     Event::default()
         .id(ev.id.to_string())
         .event(ev.name)
-        .data(ev.data.clone())
+        .data(ev.data())
 }
 
 /// Server-Sent Events of the account's call events, with `Last-Event-ID` resume.

@@ -79,10 +79,7 @@ pub(crate) fn event_within(user: Option<&str>, ev: &StreamEvent) -> bool {
     let Some(user) = user else {
         return true;
     };
-    serde_json::from_str::<Value>(&ev.data)
-        .ok()
-        .and_then(|v| v.get("user_id").and_then(Value::as_str).map(|u| u == user))
-        .unwrap_or(false)
+    ev.user_id.as_deref() == Some(user)
 }
 
 /// Makes a short-lived client secret that lets a browser act for one user: place, watch and
