@@ -70,25 +70,26 @@ struct CallJson<'a> {
 impl StreamEvent {
     /// The JSON `data:`.
     pub fn data(&self) -> &str {
-        self.text.get_or_init(|| match &self.body {
-            Body::Text(t) => t.clone(),
-            Body::Call(c) => {
-                // Written into a buffer of about its size (the detail is most of it).
-                let mut out = Vec::with_capacity(192 + c.detail.as_str().len());
-                let _ = serde_json::to_writer(
-                    &mut out,
-                    &CallJson {
-                        at: Rfc3339Ms(c.at_ms),
-                        call_id: &c.call_id,
-                        detail: &c.detail,
-                        leg: c.leg,
-                        status: c.status,
-                        kind: self.name,
-                        user_id: &self.user_id,
-                    },
-                );
-                String::from_utf8(out).unwrap_or_default()
-            }
+        let c = match &self.body {
+            Body::Text(t) => return t,
+            Body::Call(c) => c,
+        };
+        self.text.get_or_init(|| {
+            // Written into a buffer of about its size (the detail is most of it).
+            let mut out = Vec::with_capacity(192 + c.detail.as_str().len());
+            let _ = serde_json::to_writer(
+                &mut out,
+                &CallJson {
+                    at: Rfc3339Ms(c.at_ms),
+                    call_id: &c.call_id,
+                    detail: &c.detail,
+                    leg: c.leg,
+                    status: c.status,
+                    kind: self.name,
+                    user_id: &self.user_id,
+                },
+            );
+            String::from_utf8(out).unwrap_or_default()
         })
     }
 }

@@ -36,7 +36,9 @@
 //!   pool: admissions there go on side by side on their own connections, where on the
 //!   writer they would wait for one another.
 //! - The writer keeps the records of the calls it is writing (read once from the store),
-//!   changed only when a batch commits, and forgets a call when its final state is written.
+//!   changed only when a batch commits, and forgets a call when its final state is written,
+//!   or, once answered, when no event of it came for [`KEEP_ANSWERED`] (on a store of this
+//!   node alone; on a shared one at once).
 //! - [`recover_interrupted`] runs before the server takes calls: the calls that a previous
 //!   run of this node left unfinished (a crash, SIGKILL, power loss) end `failed` with reason
 //!   `interrupted`, at the time of their last event, with their final callback — through the
@@ -78,13 +80,16 @@ pub const BACKLOG_LIMIT: usize = 20_000;
 /// Longest wait between two attempts at a refused batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// How long the writer keeps an answered call's record after the call's last event. A
-/// call's events come in bursts a few seconds apart while it is being connected (the agent
-/// answers, the customer's leg rings and answers, a short call ends); a call that stays up
-/// may next be heard of minutes later (usually its end), and its record is read back then
-/// instead of held meanwhile, so that a held call costs no record in memory (`docs/
+/// How long the writer keeps an answered call's record after the call's last event, on a
+/// store of this node alone (SQLite: nothing else writes its calls). A call's events come
+/// in bursts a few seconds apart while it is being connected (the agent answers, the
+/// customer's leg rings and answers, a short call ends); after a longer quiet (a call that
+/// stays up) the next may be minutes away (usually the end), and the record is read back
+/// then instead of held meanwhile, so that a held call costs no record in memory (`docs/
 /// benchmarks.md`, bytes per live call). Queued and ringing calls are kept until they are
-/// answered or end (their ring time bounds that).
+/// answered or end (their ring time bounds that). On a shared store (PostgreSQL) an
+/// answered call's record is read back at each of its events, as another node that takes
+/// over this node's lapsed lease ends its calls there.
 pub(crate) const KEEP_ANSWERED: Duration = Duration::from_secs(5);
 
 /// How often the writer lets go of the answered calls' records kept longer than
@@ -372,10 +377,11 @@ struct Known {
 
 impl Known {
     /// Whether the writer still keeps this record at `now`: a call not yet answered
-    /// always, an answered one for [`KEEP_ANSWERED`] after its last event.
-    fn still_kept(&self, now: Instant) -> bool {
+    /// always, an answered one for [`KEEP_ANSWERED`] after its last event when
+    /// `keep_answered` (a store of this node alone), else not.
+    fn still_kept(&self, now: Instant, keep_answered: bool) -> bool {
         matches!(self.rec.status, CallStatus::Queued | CallStatus::Ringing)
-            || now.saturating_duration_since(self.kept_at) < KEEP_ANSWERED
+            || (keep_answered && now.saturating_duration_since(self.kept_at) < KEEP_ANSWERED)
     }
 
     fn new(rec: CallRecord, next_seq: i64) -> Known {
@@ -402,6 +408,9 @@ struct Effect {
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     known: Map<String, Known>,
+    /// Answered calls' records are kept a while ([`KEEP_ANSWERED`]): the store is this
+    /// node's alone.
+    keep_answered: bool,
     /// When the answered calls' records in `known` were last looked over.
     evicted_at: Instant,
     /// One batch's working sets, kept from batch to batch with their capacity: a batch's
@@ -435,9 +444,11 @@ impl Buffers {
 
 impl Writer {
     pub(crate) fn new(shared: Arc<Shared>) -> Writer {
+        let keep_answered = !shared.store.shared();
         Writer {
             shared,
             known: Map::default(),
+            keep_answered,
             evicted_at: Instant::now(),
             buf: Buffers::default(),
         }
@@ -641,14 +652,15 @@ impl Writer {
         }
         // Committed: the writer's view moves on, and the world hears of it. A call's
         // record is kept until it ends; an answered call's for KEEP_ANSWERED after its last
-        // event (`Writer::evict`).
+        // event on a store of this node alone (`Writer::evict`).
         let now = Instant::now();
+        let keep_answered = self.keep_answered;
         let keep = |known: &mut Map<String, Known>, id: String, mut k: Known| {
-            if k.rec.status.is_final() {
-                known.remove(&id);
-            } else {
-                k.kept_at = now;
+            k.kept_at = now;
+            if !k.rec.status.is_final() && k.still_kept(now, keep_answered) {
                 known.insert(id, k);
+            } else {
+                known.remove(&id);
             }
         };
         for (id, k) in staged.drain() {
@@ -688,7 +700,8 @@ impl Writer {
             return;
         }
         self.evicted_at = now;
-        self.known.retain(|_, k| k.still_kept(now));
+        let keep_answered = self.keep_answered;
+        self.known.retain(|_, k| k.still_kept(now, keep_answered));
     }
 }
 
@@ -949,15 +962,24 @@ mod tests {
         for status in [CallStatus::Queued, CallStatus::Ringing] {
             let mut k = rec(status);
             k.kept_at = t0;
-            assert!(k.still_kept(later), "{status:?} is kept until answered");
+            assert!(
+                k.still_kept(later, true),
+                "{status:?} is kept until answered"
+            );
+            assert!(
+                k.still_kept(later, false),
+                "{status:?}, on a shared store too"
+            );
         }
         let mut answered = rec(CallStatus::InProgress);
         answered.kept_at = t0;
-        assert!(answered.still_kept(t0 + KEEP_ANSWERED - Duration::from_millis(1)));
-        assert!(!answered.still_kept(later));
+        assert!(answered.still_kept(t0 + KEEP_ANSWERED - Duration::from_millis(1), true));
+        assert!(!answered.still_kept(later, true));
         // An event meanwhile (the batch that wrote it sets `kept_at`) keeps it longer.
         answered.kept_at = t0 + Duration::from_secs(3);
-        assert!(answered.still_kept(later));
+        assert!(answered.still_kept(later, true));
+        // On a store other nodes write (PostgreSQL), an answered call is read back.
+        assert!(!answered.still_kept(t0 + Duration::from_secs(3), false));
     }
 
     #[test]
