@@ -46,14 +46,13 @@
 //!   of another node sharing the database whose lease lapsed.
 
 use std::collections::VecDeque;
-
-use sip_core::map::Map;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use b2bua::calls::{CallEvent, CallEventKind, Leg, Outcome};
 use serde_json::{json, Value};
+use sip_core::map::Map;
 use store::{
     Admission, AdmitRequest, CallRecord, CallStatus, CallWrite, OutboxEntry, StoreError,
     TimelineEntry, TypeId,

@@ -47,11 +47,10 @@ use bytes::Bytes;
 use sip_core::auth::DigestClient;
 use sip_core::dialog::{Dialog, DialogId};
 use sip_core::endpoint::{new_tag, ClientEvent, Destination, IncomingRequest, ServerKey};
+use sip_core::map::Map;
 use sip_core::message::{HeaderAccess, HeaderName, Method, Request, Response, Uri};
 use sip_core::transaction::TimerConfig;
 use std::collections::VecDeque;
-
-use sip_core::map::Map;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use store::CallStatus;
