@@ -26,12 +26,13 @@
 //!   queue: only calls already running add to it.
 //! - On a store of this node alone (SQLite) new calls are admitted in the batches too
 //!   ([`Journal::admit`], [`admit_call`]): the API handler queues the new record with the
-//!   account's limits and awaits the batch's commit; the writer judges each admission
-//!   under a savepoint of its own at the start of the batch, so that it shares the commit
-//!   (and its pages) with the events of the calls before it instead of paying a
-//!   transaction of its own on a store thread. The record is durable before the `202`, as
-//!   before; the request waits for the batch's gathering time. A batch that fails answers
-//!   its admissions with the error at once (`503`); they are not retried with it. On
+//!   account's limits and awaits the batch's commit; the writer judges each admission at
+//!   the start of the batch, so that it shares the commit (and its pages) with the events
+//!   of the calls before it instead of paying a transaction of its own on a store thread.
+//!   A refused admission writes nothing; a store error in one fails the batch. The record
+//!   is durable before the `202`, as before; the request waits for the batch's gathering
+//!   time. A batch that fails answers its admissions with the error at once (`503`); they
+//!   are not retried with it, and the events are. On
 //!   PostgreSQL the handler admits its call itself, in a transaction of its own on the
 //!   pool: admissions there go on side by side on their own connections, where on the
 //!   writer they would wait for one another.

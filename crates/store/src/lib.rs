@@ -430,10 +430,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ///
     /// The same transaction first admits `admissions` (none: just the batch), each as
     /// [`Store::admit_call`] would (in order, each under its account's limits as the calls
-    /// before it in the batch left them); an admission that fails on its own leaves nothing
-    /// of itself and the rest of the batch goes on. Returns each admission's outcome, in
-    /// order, once the whole batch is committed; on an error nothing of the batch is
-    /// written. On a store of this node alone the journal admits new calls this way, so
+    /// before it in the batch left them); an admission refused (over a limit) or malformed
+    /// (no new call) writes nothing and the rest of the batch goes on, while a store error
+    /// in one fails the whole batch. Returns each admission's outcome, in order, once the
+    /// whole batch is committed; on an error nothing of the batch is written. On a store of this node alone the journal admits new calls this way, so
     /// that an admission shares its commit with the events of the calls before it.
     #[allow(clippy::type_complexity)]
     fn write_call_batch_admitting_here(

@@ -409,6 +409,16 @@ DROP INDEX call_timeline_call;
     r#"
 DROP INDEX bindings_expiry;
 "#,
+    // 20: `calls_node` dropped. Its key held each call's status, so every status change (a
+    // call is queued, rings, is answered and ends: three changes and the insert) moved the
+    // call's entry from one status's run to another's, and the journal's commits wrote about
+    // three of its pages each (`docs/benchmarks.md`), while on a store of this node alone it
+    // served only the start-up's search for the calls a previous run left unfinished, which
+    // now reads the table (about 0.06 s for 200,000 calls in the page cache). PostgreSQL,
+    // where nodes take over each other's calls while running, keeps its index.
+    r#"
+DROP INDEX calls_node;
+"#,
 ];
 
 /// The statuses of a call not yet ended, as an SQL list: PostgreSQL's `calls_live` index
@@ -2456,7 +2466,7 @@ impl BlockingStore for SqliteStore {
     ) -> Result<Admission, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let admission = admit_on(&tx, writes, limits, now_ms)?;
+        let admission = admit_on(&tx, admitted_account(writes)?, writes, limits, now_ms)?;
         if admission == Admission::Admitted {
             tx.commit()?;
         }
@@ -2610,17 +2620,18 @@ impl BlockingStore for SqliteStore {
         writes: &[CallWrite],
     ) -> Result<Vec<Result<Admission, StoreError>>, StoreError> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(admissions.len());
         for a in admissions {
-            // Each admission under a savepoint: one that is refused or fails leaves nothing.
-            let sp = tx.savepoint()?;
-            let outcome = admit_on(&sp, &a.writes, &a.limits, a.now_ms);
-            if matches!(outcome, Ok(Admission::Admitted)) {
-                sp.commit()?;
-            } else {
-                drop(sp);
-            }
+            // A malformed or refused admission writes nothing and the batch goes on; a store
+            // error in one fails the batch, as one in the batch's own writes does (the
+            // journal answers its admissions with the error and tries the events again
+            // without them). No savepoint: each would copy every page the admission touches
+            // into SQLite's statement journal.
+            let outcome = match admitted_account(&a.writes) {
+                Ok(account_id) => Ok(admit_on(&tx, account_id, &a.writes, &a.limits, a.now_ms)?),
+                Err(e) => Err(e),
+            };
             outcomes.push(outcome);
         }
         apply_writes_on(&tx, writes)?;
@@ -3098,24 +3109,32 @@ const TIMELINE_ROWS_OF_CALL: &str = "SELECT timeline_rows FROM calls WHERE id = 
 /// One timeline row, by its id.
 const TIMELINE_ROW: &str = "SELECT at_ms, kind, leg, detail, more FROM call_timeline WHERE id = ?1";
 
-/// Admits a new call on `conn` (inside the caller's transaction): the account's live calls
-/// against `max_concurrent`, a token from its rate bucket, then `writes` (which must hold
-/// the new call). Writes nothing unless the call is admitted.
+/// The account of the new call an admission's `writes` must hold.
+fn admitted_account(writes: &[CallWrite]) -> Result<&str, StoreError> {
+    writes
+        .iter()
+        .find_map(|w| match w {
+            CallWrite::NewCall(c) => Some(c.account_id.as_str()),
+            _ => None,
+        })
+        .ok_or_else(|| StoreError::Invalid {
+            field: "writes",
+            reason: "admit_call needs a new call".to_owned(),
+        })
+}
+
+/// Admits a new call of `account_id` on `conn` (inside the caller's transaction): the
+/// account's live calls against `max_concurrent`, a token from its rate bucket, then `writes`
+/// (which hold the new call, [`admitted_account`]). Writes nothing unless the call is
+/// admitted; an error may leave part of it written, for the caller to roll back with its
+/// transaction.
 fn admit_on(
     conn: &Connection,
+    account_id: &str,
     writes: &[CallWrite],
     limits: &AccountLimits,
     now_ms: UnixMs,
 ) -> Result<Admission, StoreError> {
-    let Some(account_id) = writes.iter().find_map(|w| match w {
-        CallWrite::NewCall(c) => Some(c.account_id.as_str()),
-        _ => None,
-    }) else {
-        return Err(StoreError::Invalid {
-            field: "writes",
-            reason: "admit_call needs a new call".to_owned(),
-        });
-    };
     let live: i64 = conn
         .prepare_cached(LIVE_COUNT)?
         .query_row([account_id], |r| r.get(0))
@@ -3221,12 +3240,14 @@ const UPDATE_CALL: &str = "UPDATE calls SET user_id = ?3, request_id = ?4, statu
      stats = ?16, recording = ?17
  WHERE id = ?1 AND account_id = ?2";
 
-/// [`UPDATE_CALL`] for a record whose indexed columns (`status` of `calls_node`,
-/// `request_id` of `calls_request`, and `user_id` with them) are those stored: they are
-/// matched, not set. SQLite rewrites the entries of every index whose columns a statement
-/// sets, changed or not (a delete and an insert, and the index page goes to the WAL with the
-/// commit); most of a call's updates (its legs ringing and answering, its stats) leave them
-/// as they are. No row changed: they differ, and [`UPDATE_CALL`] writes them.
+/// [`UPDATE_CALL`] for a record whose keyed columns (`status`, which the `live_calls`
+/// triggers follow, `request_id` of `calls_request`, and `user_id` with them) are those
+/// stored: they are matched, not set. SQLite rewrites the entries of every index whose
+/// columns a statement sets, changed or not (a delete and an insert, and the index page goes
+/// to the WAL with the commit), and runs an `AFTER UPDATE OF status` trigger whenever the
+/// statement sets `status`; most of a call's updates (its legs ringing and answering, its
+/// stats) leave them as they are. No row changed: they differ, and [`UPDATE_CALL`] writes
+/// them.
 const UPDATE_CALL_SAME_KEYS: &str = "UPDATE calls SET
      dial_string = ?6, destination = ?7, caller_id = ?8, callback_url = ?9, end_leg = ?10,
      sip_code = ?11, answered_at_ms = ?12, ended_at_ms = ?13, metadata = ?14, legs = ?15,
@@ -3242,8 +3263,8 @@ const UPDATE_PROGRESS: &str = "UPDATE calls SET status = ?3, end_leg = ?4, sip_c
      timeline_rows = COALESCE(timeline_rows || ',' || ?11, ?11, timeline_rows)
  WHERE id = ?1 AND account_id = ?2";
 
-/// [`UPDATE_PROGRESS`] when the status is the one stored: matched, not set, so that
-/// `calls_node`'s entry is not rewritten (as [`UPDATE_CALL_SAME_KEYS`]).
+/// [`UPDATE_PROGRESS`] when the status is the one stored: matched, not set, so that the
+/// `live_calls` trigger does not run (as [`UPDATE_CALL_SAME_KEYS`]).
 const UPDATE_PROGRESS_SAME_STATUS: &str = "UPDATE calls SET end_leg = ?4, sip_code = ?5,
      answered_at_ms = ?6, ended_at_ms = ?7, legs = ?8, stats = ?9, recording = ?10,
      timeline_rows = COALESCE(timeline_rows || ',' || ?11, ?11, timeline_rows)
@@ -3581,6 +3602,24 @@ mod tests {
                 .any(|o| o == "IdxInsert" || o == "IdxDelete" || o == "Program"),
             "same keys: {same:?}"
         );
+        // A call's progress, its status changed or not, moves no index entry of `calls`
+        // (migration 20 dropped `calls_node`, keyed by the status); a status change runs the
+        // `live_calls` trigger, whose program (listed after the statement's `Halt`) writes
+        // that table's row.
+        let progress = ops(UPDATE_PROGRESS, 11);
+        let own = progress.iter().take_while(|o| *o != "Halt");
+        assert!(
+            !own.clone().any(|o| o == "IdxInsert" || o == "IdxDelete"),
+            "progress: {progress:?}"
+        );
+        assert!(progress.iter().any(|o| o == "Program"), "{progress:?}");
+        let same = ops(UPDATE_PROGRESS_SAME_STATUS, 11);
+        assert!(
+            !same
+                .iter()
+                .any(|o| o == "IdxInsert" || o == "IdxDelete" || o == "Program"),
+            "same status: {same:?}"
+        );
     }
 
     /// A record update goes through whichever statement fits: the same indexed columns, or
@@ -3624,8 +3663,7 @@ mod tests {
             .conn()
             .unwrap()
             .query_row(
-                "SELECT COUNT(*) FROM calls INDEXED BY calls_node
-                 WHERE node_id IS ?1 AND status = 'completed'",
+                "SELECT COUNT(*) FROM calls WHERE node_id IS ?1 AND status = 'completed'",
                 [&c.node_id],
                 |r| r.get(0),
             )

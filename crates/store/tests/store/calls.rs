@@ -161,9 +161,9 @@ async fn update_and_get_are_scoped_to_the_account() {
 }
 
 /// Admissions inside a batch of call writes (the journal's path on SQLite): each is judged
-/// under the limits the admissions before it in the batch left, one refused or failing
+/// under the limits the admissions before it in the batch left, one refused or malformed
 /// leaves nothing of itself and the rest of the batch is written, and a batch that fails as
-/// a whole writes none of its admissions.
+/// a whole (its own writes, or an admission's) writes none of its admissions.
 #[test]
 fn admissions_in_a_batch_are_judged_in_order_and_alone() {
     let (_dir, store) = provisioned();
@@ -229,9 +229,30 @@ fn admissions_in_a_batch_are_judged_in_order_and_alone() {
     done.ended_at_ms = Some(T0 + 5);
     store.update_call(&done).unwrap();
     assert!(store
-        .write_call_batch_admitting(&[req(&call(5, T0))], &[orphan])
+        .write_call_batch_admitting(&[req(&call(5, T0))], std::slice::from_ref(&orphan))
         .is_err());
     assert!(store.get_call(ACCT, &call(5, T0).id).unwrap().is_none());
+    // An admission whose own writes fail (its new call, then an entry of a call that does
+    // not exist) fails the batch: the admission before it and the batch's writes are not
+    // written either, and the account's live calls are as they were (the admission below
+    // takes the freed slot).
+    let mut failing = admission(&call(6, T0));
+    failing.push(orphan);
+    let roomy = |writes| AdmitRequest {
+        writes,
+        limits: at_most(10),
+        now_ms: T0,
+    };
+    let before = store.timeline(&running.id).unwrap().len();
+    assert!(store
+        .write_call_batch_admitting(
+            &[roomy(admission(&call(5, T0))), roomy(failing)],
+            std::slice::from_ref(&entry)
+        )
+        .is_err());
+    assert!(store.get_call(ACCT, &call(5, T0).id).unwrap().is_none());
+    assert!(store.get_call(ACCT, &call(6, T0).id).unwrap().is_none());
+    assert_eq!(store.timeline(&running.id).unwrap().len(), before);
     // The slot call 1 freed is there for the next batch.
     let outcomes = store
         .write_call_batch_admitting(&[req(&call(5, T0))], &[])
