@@ -104,6 +104,13 @@ pub struct RelayConfig {
     /// Shown a copy of each RTCP packet the relay receives and sends (e.g. for HEP); none
     /// by default.
     pub rtcp_tap: RtcpTapHandle,
+    /// How long a closed session's sockets rest, parked, before a new session takes them
+    /// (see [`crate::Relay::allocate_session`]); late packets of the old call are dropped
+    /// meanwhile.
+    pub park_quarantine: Duration,
+    /// How long a closed session's sockets stay parked before they are closed and their
+    /// ports freed.
+    pub park_idle: Duration,
 }
 
 /// Which way an RTCP packet went through the relay.
@@ -159,6 +166,8 @@ impl Default for RelayConfig {
             workers: 0,
             backend: Backend::Auto,
             rtcp_tap: RtcpTapHandle::default(),
+            park_quarantine: Duration::from_secs(2),
+            park_idle: Duration::from_secs(10),
         }
     }
 }

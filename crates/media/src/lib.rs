@@ -20,7 +20,7 @@
 //! session.set_peer(LegId::A, "192.0.2.10:4000".parse().unwrap(), None, false)?;
 //! session.set_peer(LegId::B, "198.51.100.7:30000".parse().unwrap(), None, true)?;
 //! session.start()?; // both legs answered: arm the media time-out
-//! let stats = session.close(); // ports freed, final counters
+//! let stats = session.close(); // final counters; its sockets parked for a next session
 //! # let _ = (agent_port, stats, events.take()); Ok(()) }
 //! ```
 //!

@@ -1,6 +1,8 @@
 //! The relay's port range: even RTP port + odd RTCP port pairs (RFC 3550 §11), handed out
 //! round-robin so that a port just released is not reused at once (late packets of the old
-//! call must not reach a new one).
+//! call must not reach a new one). A closed session's pairs are usually not released here
+//! at once: its forwarding thread parks its sockets, and a new session takes them after a
+//! rest of their own (`crate::Relay::allocate_session`).
 
 /// Number of even/odd pairs in `[min, max]`.
 pub(crate) fn pair_count(min: u16, max: u16) -> usize {

@@ -14,7 +14,9 @@ use crate::error::MediaError;
 use crate::monitor::{Monitor, MonitorMode, MonitorParts};
 use crate::ports::PortAllocator;
 use crate::stats::{LegCounters, SessionStats};
-use crate::worker::{self, Control, LegSockets, NewSession, Reply, SessionShared, WorkerHandle};
+use crate::worker::{
+    self, Control, LegSockets, NewLegs, NewSession, Parked, Reply, SessionShared, WorkerHandle,
+};
 
 /// How long closing a session waits for its forwarding thread at most.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -176,6 +178,11 @@ impl Relay {
             timeout: cfg.timeout,
             epoch,
             ports: Arc::clone(&ports),
+            // A quarter of the range's pairs, two a session, shared by the threads.
+            park_limit: crate::ports::pair_count(cfg.port_min, cfg.port_max)
+                / 8
+                / cfg.worker_count().max(1),
+            park_idle: cfg.park_idle,
             events: events_tx.clone(),
             rtcp_tap: cfg.rtcp_tap.0.clone(),
         };
@@ -245,77 +252,125 @@ impl Relay {
             .take()
     }
 
-    /// Even/odd port pairs in use (two per open session).
+    /// Even/odd port pairs in use (two per open session), not counting those of closed
+    /// sessions parked for reuse ([`Relay::port_pairs_parked`]).
     pub fn port_pairs_in_use(&self) -> usize {
-        self.ports
+        let used = self
+            .ports
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .pairs_in_use()
+            .pairs_in_use();
+        used.saturating_sub(self.port_pairs_parked())
+    }
+
+    /// Even/odd port pairs of closed sessions whose sockets the forwarding threads keep
+    /// open for new sessions (two per session; see [`Relay::allocate_session`]).
+    pub fn port_pairs_parked(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| {
+                w.parked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len()
+                    * 2
+            })
+            .sum()
+    }
+
+    /// A parked session of `worker` whose ports have rested for `park_quarantine`, or with
+    /// `any_age`, its oldest.
+    fn claim_parked(&self, worker: &WorkerHandle, now: Instant, any_age: bool) -> Option<Parked> {
+        let mut queue = worker.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        let rest = self.cfg.park_quarantine;
+        let ready = queue
+            .front()
+            .is_some_and(|p| any_age || now.saturating_duration_since(p.since) >= rest);
+        if ready {
+            queue.pop_front()
+        } else {
+            None
+        }
     }
 
     /// Allocates a session: two legs, each an even RTP + odd RTCP port bound on `bind`.
     ///
     /// Packets are relayed as soon as a destination is known (early media); the media
     /// time-out is armed by [`MediaSession::start`].
+    ///
+    /// A session's sockets are not closed at once when it closes: its forwarding thread
+    /// keeps them open (parked; what arrives is dropped) and this hands them to a new
+    /// session once they have rested for `park_quarantine` ([`RelayConfig`]), which saves
+    /// binding two pairs and the thread watching four sockets anew and, at the old
+    /// session's close, cancelling its receives and closing them. A thread closes what
+    /// stays parked for `park_idle`, and parks no more than its share of a quarter of the
+    /// range's pairs. When no pair is free, the oldest parked session is taken, rested or
+    /// not.
     pub fn allocate_session(&self) -> Result<MediaSession, MediaError> {
         let exhausted = MediaError::PortsExhausted {
             min: self.cfg.port_min,
             max: self.cfg.port_max,
         };
-        let bind = self.cfg.bind;
-        let bind_pair = |port: u16| bind_pair(bind, port);
-        let (a, b) = {
-            let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(a) = ports.allocate_with(bind_pair) else {
-                return Err(exhausted);
-            };
-            let Some(b) = ports.allocate_with(bind_pair) else {
-                ports.release(a.0);
-                return Err(exhausted);
-            };
-            (a, b)
+        let now = Instant::now();
+        let n = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
+        let Some(mut worker) = self.workers.get(n).cloned() else {
+            return Err(MediaError::RelayStopped);
         };
+        let (ports, legs) = match self.claim_parked(&worker, now, false) {
+            Some(p) => (p.ports, NewLegs::Parked(p.slot)),
+            None => match self.bind_session_ports() {
+                Some((a, b)) => ([a.rtp_port, b.rtp_port], NewLegs::Bound([a, b])),
+                None => {
+                    // No pair free: the oldest parked session of any thread.
+                    let oldest = self
+                        .workers
+                        .iter()
+                        .filter_map(|w| {
+                            let q = w.parked.lock().unwrap_or_else(PoisonError::into_inner);
+                            q.front().map(|p| (p.since, w))
+                        })
+                        .min_by_key(|(since, _)| *since)
+                        .map(|(_, w)| w.clone());
+                    let Some(w) = oldest else {
+                        return Err(exhausted);
+                    };
+                    worker = w;
+                    match self.claim_parked(&worker, now, true) {
+                        Some(p) => (p.ports, NewLegs::Parked(p.slot)),
+                        None => return Err(exhausted),
+                    }
+                }
+            },
+        };
+        let [a, b] = ports;
         let id = SessionId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let shared = Arc::new(SessionShared {
             legs: [LegCounters::default(), LegCounters::default()],
             epoch: self.epoch,
         });
-        let n = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
-        let Some(worker) = self.workers.get(n).cloned() else {
-            self.release(&[a.0, b.0]);
-            return Err(MediaError::RelayStopped);
-        };
-        let legs = [
-            LegSockets {
-                rtp: a.1 .0,
-                rtcp: a.1 .1,
-                rtp_port: a.0,
-            },
-            LegSockets {
-                rtp: b.1 .0,
-                rtcp: b.1 .1,
-                rtp_port: b.0,
-            },
-        ];
+        let bound = matches!(legs, NewLegs::Bound(_));
         let new = NewSession {
             id,
             shared: Arc::clone(&shared),
             legs,
         };
         if worker.send(Control::Add(Box::new(new))).is_err() {
-            // The sockets went down with the refused message.
-            self.release(&[a.0, b.0]);
+            // Bound sockets went down with the refused message (parked ones stay with the
+            // stopped thread).
+            if bound {
+                self.release(&[a, b]);
+            }
             return Err(MediaError::RelayStopped);
         }
         let leg = |id: LegId, rtp_port: u16| Leg {
             id,
             rtp_port,
-            bind,
+            bind: self.cfg.bind,
             advertise: self.cfg.advertise,
         };
         Ok(MediaSession {
             id,
-            legs: [leg(LegId::A, a.0), leg(LegId::B, b.0)],
+            legs: [leg(LegId::A, a), leg(LegId::B, b)],
             shared,
             worker,
             closed: false,
@@ -381,6 +436,24 @@ impl Relay {
             worker: session.worker.clone(),
             ports: Arc::clone(&self.ports),
         })
+    }
+
+    /// Binds two pairs of the range for a new session's legs.
+    fn bind_session_ports(&self) -> Option<(LegSockets, LegSockets)> {
+        let bind = self.cfg.bind;
+        let bind_pair = |port: u16| bind_pair(bind, port);
+        let mut ports = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
+        let a = ports.allocate_with(bind_pair)?;
+        let Some(b) = ports.allocate_with(bind_pair) else {
+            ports.release(a.0);
+            return None;
+        };
+        let leg = |(rtp_port, (rtp, rtcp)): (u16, (UdpSocket, UdpSocket))| LegSockets {
+            rtp,
+            rtcp,
+            rtp_port,
+        };
+        Some((leg(a), leg(b)))
     }
 
     fn release(&self, rtp_ports: &[u16]) {

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::sys::uring::{Completion, Uring, KIND_MASK, KIND_RECV, KIND_SEND, KIND_WAKE};
+use std::os::fd::RawFd;
+
 use crate::worker::{tunables, Core, Route, SessionState, Watch, GEN_MASK};
 
 /// How often the loop reads its control queue while messages keep coming. A wake-up costs
@@ -82,15 +84,14 @@ impl Watch for UringWatch<'_> {
     /// Cancels the session's requests and waits (a bounded while) for the last completion
     /// of each: a request holds its socket open until then, and the port must be free when
     /// the session is closed. Other completions reaped meanwhile are kept for the loop.
-    fn unwatch(&mut self, slot: usize, gen: u32, s: &SessionState) {
-        let fds = s.fds();
+    fn unwatch(&mut self, slot: usize, gen: u32, fds: [(RawFd, u64); 4], sends: u32) {
         // The receive requests by their user data (found at once); a send still waiting for
         // room in a socket's buffer (rare: UDP sends complete when submitted) by its socket,
         // after a first look.
         self.ring
             .cancel_user_data(fds.iter().map(|&(_, t)| recv_user_data(slot, gen, t)));
         let mut recvs_open = fds.len();
-        let mut sends_open = s.sends_in_flight;
+        let mut sends_open = sends;
         let mut seen = self.stash.len();
         // Those already reaped count: they will not come again.
         for c in self.reaped {
@@ -249,8 +250,11 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
         for ud in rearm.drain(..) {
             let slot = ((ud & 0xffff_ffff) >> 2) as usize;
             let gen = ((ud >> 32) as u32) & GEN_MASK;
-            if let Some(s) = core.session(slot, gen) {
-                let fd = s.fd(ud & 3);
+            let fd = match core.session(slot, gen) {
+                Some(s) => Some(s.fd(ud & 3)),
+                None => core.parked_fd(slot, gen, ud & 3),
+            };
+            if let Some(fd) = fd {
                 if let Err(e) = ring.arm_recv(fd, ud) {
                     debug!(error = %e, "io_uring: re-arming a receive failed");
                 }
@@ -268,6 +272,14 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
             core.play_due(Instant::now());
         }
         core.tick(now);
+        core.expire_parked(
+            now,
+            &mut UringWatch {
+                ring: &mut ring,
+                stash: &mut stash,
+                reaped: &[],
+            },
+        );
     }
     core.close_all(&mut UringWatch {
         ring: &mut ring,

@@ -14,7 +14,7 @@
 //! A session's four sockets belong to exactly one thread, so the hot path takes no lock:
 //! counters are published into the session's atomics after each batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{mpsc, Arc, Mutex};
@@ -62,8 +62,38 @@ pub(crate) struct LegSockets {
 pub(crate) struct NewSession {
     pub id: SessionId,
     pub shared: Arc<SessionShared>,
-    pub legs: [LegSockets; 2],
+    pub legs: NewLegs,
 }
+
+/// The sockets of a new session.
+#[derive(Debug)]
+pub(crate) enum NewLegs {
+    /// Bound for it.
+    Bound([LegSockets; 2]),
+    /// Those a closed session of the thread left parked in this slot, claimed from the
+    /// thread's [`ParkedQueue`].
+    Parked(usize),
+}
+
+/// A closed session's sockets, kept open by its forwarding thread (their receives still
+/// armed, what arrives dropped) so that a new session can take them instead of binding two
+/// pairs and the thread watching them anew; see [`Core::close_session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Parked {
+    pub slot: usize,
+    /// The RTP ports of legs A and B.
+    pub ports: [u16; 2],
+    pub since: Instant,
+}
+
+/// A forwarding thread's parked sessions, oldest first. The thread pushes a session it
+/// parks and pops one it closes after `park_idle`; the relay pops one it hands to a new
+/// session after `park_quarantine` ([`crate::RelayConfig`],
+/// [`crate::Relay::allocate_session`]). Whoever pops an entry owns the sockets.
+pub(crate) type ParkedQueue = Arc<Mutex<VecDeque<Parked>>>;
+
+/// How often a forwarding thread looks for parked sessions to close, at most.
+const PARK_CHECK: Duration = Duration::from_secs(1);
 
 /// Messages from the control side to a forwarding thread.
 #[derive(Debug)]
@@ -170,6 +200,8 @@ impl<T> Reply<T> {
 pub(crate) struct WorkerHandle {
     tx: mpsc::Sender<Control>,
     wake: Arc<EventFd>,
+    /// The thread's parked sessions.
+    pub parked: ParkedQueue,
 }
 
 impl WorkerHandle {
@@ -178,7 +210,8 @@ impl WorkerHandle {
     pub(crate) fn unserved() -> (WorkerHandle, mpsc::Receiver<Control>) {
         let (tx, rx) = mpsc::channel();
         let wake = Arc::new(EventFd::new().expect("eventfd"));
-        (WorkerHandle { tx, wake }, rx)
+        let parked = ParkedQueue::default();
+        (WorkerHandle { tx, wake, parked }, rx)
     }
 
     pub(crate) fn send(&self, c: Control) -> Result<(), Box<Control>> {
@@ -195,6 +228,10 @@ pub(crate) struct WorkerParams {
     pub timeout: Duration,
     pub epoch: Instant,
     pub ports: Arc<Mutex<PortAllocator>>,
+    /// Sessions a thread keeps parked at most (0: none; closed sessions' sockets are closed).
+    pub park_limit: usize,
+    /// How long a session stays parked before the thread closes its sockets.
+    pub park_idle: Duration,
     pub events: UnboundedSender<MediaEvent>,
     /// Shown each RTCP packet (see [`crate::RtcpTap`]).
     pub rtcp_tap: Option<Arc<dyn crate::RtcpTap>>,
@@ -258,6 +295,8 @@ pub(crate) fn spawn(
     let wake = Arc::new(EventFd::new().map_err(MediaError::io("eventfd"))?);
     let (tx, rx) = mpsc::channel();
     let thread_wake = Arc::clone(&wake);
+    let parked = ParkedQueue::default();
+    let thread_parked = Arc::clone(&parked);
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let join = thread::Builder::new()
         .name(format!("media-fwd-{index}"))
@@ -282,7 +321,7 @@ pub(crate) fn spawn(
                     }
                 }
             };
-            let core = Core::new(thread_wake, rx, params);
+            let core = Core::new(thread_wake, rx, params, thread_parked);
             match ring {
                 Some(ring) => {
                     let _ = ready_tx.send(Ok(Started::IoUring(ring.describe())));
@@ -321,7 +360,7 @@ pub(crate) fn spawn(
             return Err(MediaError::RelayStopped);
         }
     };
-    Ok((WorkerHandle { tx, wake }, join, started))
+    Ok((WorkerHandle { tx, wake, parked }, join, started))
 }
 
 /// Knobs of the io_uring loop, read once from the environment (for measurements; the
@@ -396,6 +435,15 @@ pub(crate) struct LegState {
 }
 
 impl LegState {
+    /// The sockets, without the rest.
+    fn into_sockets(self) -> LegSockets {
+        LegSockets {
+            rtp: self.rtp,
+            rtcp: self.rtcp,
+            rtp_port: self.rtp_port,
+        }
+    }
+
     fn new(s: LegSockets) -> Self {
         LegState {
             rtp: s.rtp,
@@ -582,25 +630,19 @@ impl SessionState {
         self.legs[0].tally.last_rx.max(self.legs[1].tally.last_rx)
     }
 
+    fn sockets(&self) -> [(&UdpSocket, &UdpSocket); 2] {
+        let [a, b] = &self.legs;
+        [(&a.rtp, &a.rtcp), (&b.rtp, &b.rtcp)]
+    }
+
     /// The four sockets with their tokens (leg << 1 | rtcp port).
     pub(crate) fn fds(&self) -> [(RawFd, u64); 4] {
-        let t = |leg: usize, rtcp: bool| ((leg as u64) << 1) | u64::from(rtcp);
-        [
-            (self.legs[0].rtp.as_raw_fd(), t(0, false)),
-            (self.legs[0].rtcp.as_raw_fd(), t(0, true)),
-            (self.legs[1].rtp.as_raw_fd(), t(1, false)),
-            (self.legs[1].rtcp.as_raw_fd(), t(1, true)),
-        ]
+        tokened(self.sockets())
     }
 
     /// The socket behind a token.
     pub(crate) fn fd(&self, token: u64) -> RawFd {
-        let l = &self.legs[((token >> 1) & 1) as usize];
-        if token & 1 == 1 {
-            l.rtcp.as_raw_fd()
-        } else {
-            l.rtp.as_raw_fd()
-        }
+        by_token(self.sockets(), token)
     }
 
     /// Judges and counts one datagram that arrived on leg `in_leg` (on its RTCP port when
@@ -990,9 +1032,39 @@ fn webrtc_datagram(
 pub(crate) trait Watch {
     /// Starts receiving on the four sockets of the session in `slot` (generation `gen`).
     fn watch(&mut self, slot: usize, gen: u32, s: &SessionState) -> std::io::Result<()>;
-    /// Stops receiving on them; after this no request refers to the sockets, so closing them
-    /// frees their ports at once.
-    fn unwatch(&mut self, slot: usize, gen: u32, s: &SessionState);
+    /// Stops receiving on the four sockets `fds` of `slot` (with `sends` of theirs in flight);
+    /// after this no request refers to the sockets, so closing them frees their ports at
+    /// once.
+    fn unwatch(&mut self, slot: usize, gen: u32, fds: [(RawFd, u64); 4], sends: u32);
+}
+
+/// The four sockets of a session's legs, (RTP, RTCP) of A then B, with their tokens (leg <<
+/// 1 | rtcp port).
+fn tokened(legs: [(&UdpSocket, &UdpSocket); 2]) -> [(RawFd, u64); 4] {
+    let t = |leg: usize, rtcp: bool| ((leg as u64) << 1) | u64::from(rtcp);
+    let [(a_rtp, a_rtcp), (b_rtp, b_rtcp)] = legs;
+    [
+        (a_rtp.as_raw_fd(), t(0, false)),
+        (a_rtcp.as_raw_fd(), t(0, true)),
+        (b_rtp.as_raw_fd(), t(1, false)),
+        (b_rtcp.as_raw_fd(), t(1, true)),
+    ]
+}
+
+/// The socket of `legs` behind a token.
+fn by_token(legs: [(&UdpSocket, &UdpSocket); 2], token: u64) -> RawFd {
+    let (rtp, rtcp) = legs[((token >> 1) & 1) as usize];
+    if token & 1 == 1 {
+        rtcp.as_raw_fd()
+    } else {
+        rtp.as_raw_fd()
+    }
+}
+
+/// A parked session's sockets as [`tokened`] and [`by_token`] take them.
+fn parked_sockets(legs: &[LegSockets; 2]) -> [(&UdpSocket, &UdpSocket); 2] {
+    let [a, b] = legs;
+    [(&a.rtp, &a.rtcp), (&b.rtp, &b.rtcp)]
 }
 
 /// What both backends share: the sessions, control messages, time-outs.
@@ -1006,6 +1078,11 @@ pub(crate) struct Core {
     pub gens: Vec<u32>,
     free_slots: Vec<usize>,
     by_id: HashMap<SessionId, usize>,
+    /// The sockets of parked sessions, by slot (see [`Parked`]); their slots are neither
+    /// live nor free.
+    parked: Vec<Option<[LegSockets; 2]>>,
+    parked_queue: ParkedQueue,
+    next_park_check: Instant,
     tick: Duration,
     pub next_tick: Instant,
     /// Legs playing a prompt, and when the next packet of one of them is due.
@@ -1014,7 +1091,12 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    fn new(wake: Arc<EventFd>, rx: mpsc::Receiver<Control>, params: WorkerParams) -> Self {
+    fn new(
+        wake: Arc<EventFd>,
+        rx: mpsc::Receiver<Control>,
+        params: WorkerParams,
+        parked_queue: ParkedQueue,
+    ) -> Self {
         let tick =
             (params.timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(500));
         Core {
@@ -1024,6 +1106,9 @@ impl Core {
             gens: Vec::new(),
             free_slots: Vec::new(),
             by_id: HashMap::new(),
+            parked: Vec::new(),
+            parked_queue,
+            next_park_check: Instant::now() + PARK_CHECK,
             tick,
             next_tick: Instant::now() + tick,
             players: 0,
@@ -1204,12 +1289,17 @@ impl Core {
                 }
                 Control::Remove { id, done } => {
                     if let Some(slot) = self.by_id.remove(&id) {
-                        if let Some(s) = self.sessions[slot].take() {
-                            let playing = s.legs.iter().filter(|l| l.player.is_some()).count();
-                            self.players = self.players.saturating_sub(playing);
-                            self.close_session(slot, s, io);
+                        let parked = match self.sessions[slot].take() {
+                            Some(s) => {
+                                let playing = s.legs.iter().filter(|l| l.player.is_some()).count();
+                                self.players = self.players.saturating_sub(playing);
+                                self.close_session(slot, s, io, Some(now))
+                            }
+                            None => false,
+                        };
+                        if !parked {
+                            self.free_slot(slot);
                         }
-                        self.free_slot(slot);
                     }
                     if let Some(done) = done {
                         done.send(());
@@ -1234,6 +1324,18 @@ impl Core {
 
     fn add(&mut self, new: NewSession, io: &mut impl Watch) {
         let NewSession { id, shared, legs } = new;
+        let (legs, parked_slot) = match legs {
+            NewLegs::Bound(legs) => (legs, None),
+            NewLegs::Parked(slot) => match self.parked.get_mut(slot).and_then(Option::take) {
+                Some(legs) => (legs, Some(slot)),
+                None => {
+                    // The relay claimed it from this thread's queue, which only this thread
+                    // fills, and only with sockets it holds: never happens.
+                    warn!(session = %id, slot, "relay session refers to no parked sockets; dropped");
+                    return;
+                }
+            },
+        };
         let [a, b] = legs;
         let mut s = SessionState {
             id,
@@ -1248,31 +1350,68 @@ impl Core {
             recorder: None,
         };
         s.publish(self.params.epoch);
-        let slot = self.free_slots.pop().unwrap_or_else(|| {
-            self.sessions.push(None);
-            self.gens.push(0);
-            self.sessions.len() - 1
-        });
-        let gen = self.gens.get(slot).copied().unwrap_or(0);
-        if let Err(e) = io.watch(slot, gen, &s) {
-            warn!(session = %id, error = %e, "cannot watch a relay socket; session dropped");
-            self.close_session(slot, s, io);
-            self.free_slot(slot);
-            return;
-        }
-        debug!(session = %id, a = s.legs[0].rtp_port, b = s.legs[1].rtp_port, "relay session added");
+        let slot = match parked_slot {
+            // Its receives are still armed, under the slot's generation.
+            Some(slot) => slot,
+            None => {
+                let slot = self.free_slots.pop().unwrap_or_else(|| {
+                    self.sessions.push(None);
+                    self.gens.push(0);
+                    self.sessions.len() - 1
+                });
+                let gen = self.gens.get(slot).copied().unwrap_or(0);
+                if let Err(e) = io.watch(slot, gen, &s) {
+                    warn!(session = %id, error = %e, "cannot watch a relay socket; session dropped");
+                    self.close_session(slot, s, io, None);
+                    self.free_slot(slot);
+                    return;
+                }
+                slot
+            }
+        };
+        debug!(session = %id, a = s.legs[0].rtp_port, b = s.legs[1].rtp_port, reused = parked_slot.is_some(), "relay session added");
         self.sessions[slot] = Some(s);
         self.by_id.insert(id, slot);
     }
 
-    /// Stops watching a session's sockets, publishes its last counters, closes the sockets
-    /// and gives the ports back.
-    fn close_session(&mut self, slot: usize, mut s: SessionState, io: &mut impl Watch) {
-        let gen = self.gens.get(slot).copied().unwrap_or(0);
-        io.unwatch(slot, gen, &s);
+    /// Publishes a session's last counters, then either parks its sockets (`park`: the
+    /// time, when the thread keeps fewer than its limit; their receives stay armed and the
+    /// slot stays taken; see [`Parked`]) or stops watching them, closes them and gives the
+    /// ports back. Returns whether it parked them.
+    fn close_session(
+        &mut self,
+        slot: usize,
+        mut s: SessionState,
+        io: &mut impl Watch,
+        park: Option<Instant>,
+    ) -> bool {
         s.publish(self.params.epoch);
         let ports = [s.legs[0].rtp_port, s.legs[1].rtp_port];
+        if let Some(since) = park {
+            let mut queue = self
+                .parked_queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if queue.len() < self.params.park_limit {
+                if self.parked.len() <= slot {
+                    self.parked.resize_with(slot + 1, || None);
+                }
+                let [a, b] = s.legs;
+                self.parked[slot] = Some([a.into_sockets(), b.into_sockets()]);
+                queue.push_back(Parked { slot, ports, since });
+                debug!(session = %s.id, "relay session closed; its sockets parked");
+                return true;
+            }
+        }
+        let gen = self.gens.get(slot).copied().unwrap_or(0);
+        io.unwatch(slot, gen, s.fds(), s.sends_in_flight);
         drop(s.legs);
+        self.release_ports(ports);
+        debug!(session = %s.id, "relay session closed");
+        false
+    }
+
+    fn release_ports(&self, ports: [u16; 2]) {
         let mut alloc = self
             .params
             .ports
@@ -1281,15 +1420,79 @@ impl Core {
         for p in ports {
             alloc.release(p);
         }
-        debug!(session = %s.id, "relay session closed");
     }
 
-    /// Closes every session (the thread is stopping).
+    /// Closes the sockets parked in `slot` (popped from the queue by this thread) and frees
+    /// the slot and the ports.
+    fn close_parked(&mut self, slot: usize, io: &mut impl Watch) {
+        let Some(legs) = self.parked.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let gen = self.gens.get(slot).copied().unwrap_or(0);
+        io.unwatch(slot, gen, tokened(parked_sockets(&legs)), 0);
+        let ports = [legs[0].rtp_port, legs[1].rtp_port];
+        drop(legs);
+        self.release_ports(ports);
+        self.free_slot(slot);
+    }
+
+    /// Closes the sessions parked for `park_idle`; looks at most every [`PARK_CHECK`] (or
+    /// `park_idle`, when shorter).
+    pub(crate) fn expire_parked(&mut self, now: Instant, io: &mut impl Watch) {
+        if now < self.next_park_check {
+            return;
+        }
+        let idle = self.params.park_idle;
+        self.next_park_check = now + PARK_CHECK.min(idle);
+        let mut due = Vec::new();
+        {
+            let mut queue = self
+                .parked_queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            while queue
+                .front()
+                .is_some_and(|p| now.saturating_duration_since(p.since) >= idle)
+            {
+                if let Some(p) = queue.pop_front() {
+                    due.push(p.slot);
+                }
+            }
+        }
+        for slot in due {
+            self.close_parked(slot, io);
+        }
+    }
+
+    /// The socket of a parked session behind a token (its receive ended and is armed again).
+    pub(crate) fn parked_fd(&self, slot: usize, gen: u32, token: u64) -> Option<RawFd> {
+        if self.gens.get(slot).copied()? & GEN_MASK != gen & GEN_MASK {
+            return None;
+        }
+        let legs = self.parked.get(slot)?.as_ref()?;
+        Some(by_token(parked_sockets(legs), token))
+    }
+
+    /// Closes every session and every parked one (the thread is stopping).
     pub(crate) fn close_all(&mut self, io: &mut impl Watch) {
         for slot in 0..self.sessions.len() {
             if let Some(s) = self.sessions[slot].take() {
-                self.close_session(slot, s, io);
+                self.close_session(slot, s, io, None);
             }
+        }
+        let queued: Vec<usize> = self
+            .parked_queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+            .map(|p| p.slot)
+            .collect();
+        for slot in queued {
+            self.close_parked(slot, io);
+        }
+        // Claimed by the relay, whose session's `Add` did not come.
+        for slot in 0..self.parked.len() {
+            self.close_parked(slot, io);
         }
     }
 
@@ -1399,8 +1602,8 @@ impl Watch for EpollWatch<'_> {
         Ok(())
     }
 
-    fn unwatch(&mut self, _slot: usize, _gen: u32, s: &SessionState) {
-        for (fd, _) in s.fds() {
+    fn unwatch(&mut self, _slot: usize, _gen: u32, fds: [(RawFd, u64); 4], _sends: u32) {
+        for (fd, _) in fds {
             let _ = self.0.delete(fd);
         }
     }
@@ -1452,6 +1655,7 @@ impl EpollWorker {
                 self.core.play_due(Instant::now());
             }
             self.core.tick(now);
+            self.core.expire_parked(now, &mut EpollWatch(&self.epoll));
         }
         self.core.close_all(&mut EpollWatch(&self.epoll));
     }
@@ -1464,6 +1668,11 @@ impl EpollWorker {
         let EpollWorker { core, batch, .. } = self;
         let params = &core.params;
         let Some(Some(s)) = core.sessions.get_mut(slot) else {
+            // A parked session's socket: what came is dropped (the loop is level-triggered).
+            let gen = core.gens.get(slot).copied().unwrap_or(0);
+            if let Some(fd) = core.parked_fd(slot, gen, token & 3) {
+                while matches!(batch.recv(fd), Ok(n) if n > 0) {}
+            }
             return;
         };
         let n = match batch.recv(s.fd(token & 3)) {

@@ -328,9 +328,16 @@ fn ipv6_loopback_works(b: Backend) {
 }
 
 /// An async caller's close: its task waits for the forwarding thread, not its thread, and
-/// gets the same final statistics; the ports are free when it returns.
+/// gets the same final statistics; the session's ports are out of use when it returns,
+/// parked for a next session, and free once the relay closes what stays parked.
 fn close_async_reports_the_counts_and_frees_the_ports(b: Backend) {
-    let relay = relay(b, 41800, 41899, LatchMode::default());
+    let relay = support::relay_parking(
+        b,
+        41800,
+        41899,
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_millis(300),
+    );
     let s = relay.allocate_session().unwrap();
     let (agent, customer) = (Peer::new(), Peer::new());
     s.set_peer(LegId::A, agent.addr(), None, false).unwrap();
@@ -357,6 +364,8 @@ fn close_async_reports_the_counts_and_frees_the_ports(b: Backend) {
     assert_eq!((st.b.rx_packets, st.b.tx_packets), (1, 1));
     assert_eq!(st.b.remote_rtp, Some(customer.addr()));
     assert_eq!(relay.port_pairs_in_use(), 0);
+    assert_eq!(relay.port_pairs_parked(), 2);
+    assert!(eventually(|| relay.port_pairs_parked() == 0));
     for p in ports {
         std::net::UdpSocket::bind((a.bound_rtp().ip(), p)).unwrap();
     }

@@ -80,6 +80,29 @@ pub fn relay_with_timeout(
     r
 }
 
+/// As [`relay`], with closed sessions' sockets parked for `quarantine` before a new
+/// session takes them and closed after `idle` (see `Relay::allocate_session`).
+pub fn relay_parking(
+    backend: Backend,
+    port_min: u16,
+    port_max: u16,
+    quarantine: Duration,
+    idle: Duration,
+) -> Relay {
+    let r = Relay::start(RelayConfig {
+        port_min: port(backend, port_min),
+        port_max: port(backend, port_max),
+        workers: 1,
+        backend,
+        park_quarantine: quarantine,
+        park_idle: idle,
+        ..RelayConfig::default()
+    })
+    .unwrap();
+    assert_eq!(r.backend(), backend);
+    r
+}
+
 /// An RTP packet: version 2, the given payload type, sequence number, timestamp and SSRC,
 /// followed by `payload`.
 pub fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
