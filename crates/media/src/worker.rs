@@ -215,9 +215,43 @@ impl WorkerHandle {
     }
 
     pub(crate) fn send(&self, c: Control) -> Result<(), Box<Control>> {
+        let wake = c.wakes();
         self.tx.send(c).map_err(|e| Box::new(e.0))?;
-        self.wake.notify();
+        if wake {
+            self.wake.notify();
+        }
         Ok(())
+    }
+}
+
+impl Control {
+    /// Whether the thread is woken for this message. Those that only change how the
+    /// datagrams that come next are judged or counted (a peer, the allowed sources, the
+    /// clock rate, the events watched, forwarding started, stopped or muted, a session on
+    /// parked sockets, whose receives are armed) are queued without a wake-up: both loops
+    /// read their queue before they judge any datagram, and at each tick (at most every
+    /// 500 ms, and every millisecond while messages keep coming on the io_uring loop). The
+    /// others have effects of their own: sockets to watch, a removal or a monitor someone
+    /// waits for, packets the relay sends itself (prompts, a DTLS handshake), a recording.
+    fn wakes(&self) -> bool {
+        match self {
+            Control::SetPeer { .. }
+            | Control::AllowSources { .. }
+            | Control::SetClockRate { .. }
+            | Control::WatchEvents { .. }
+            | Control::Start(_)
+            | Control::Stop(_)
+            | Control::Mute { .. } => false,
+            Control::Add(new) => !matches!(new.legs, NewLegs::Parked(_)),
+            Control::Play { .. }
+            | Control::Record { .. }
+            | Control::SetSrtp { .. }
+            | Control::SetWebRtc { .. }
+            | Control::WebRtcFingerprint { .. }
+            | Control::Monitor { .. }
+            | Control::Remove { .. }
+            | Control::Shutdown => true,
+        }
     }
 }
 
@@ -1719,5 +1753,55 @@ fn flush(batch: &mut Batch, s: &mut SessionState, in_leg: usize, route: Route) {
     out.count_tx(sent.packets, sent.bytes, route);
     if !route.stun {
         inn.tally.not_forwarded += sent.failed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a wake-up was written to the thread's eventfd since the last look.
+    fn woken(h: &WorkerHandle) -> bool {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64; the descriptor is non-blocking.
+        let n = unsafe { libc::read(h.wake.raw(), (&mut v as *mut u64).cast(), 8) };
+        h.wake.drain();
+        n == 8
+    }
+
+    /// A message that only changes how the next datagrams are judged is queued without a
+    /// wake-up (the thread reads it before it judges one); a removal, which someone may
+    /// wait for, wakes the thread. Every message is queued.
+    #[test]
+    fn only_messages_with_effects_of_their_own_wake_the_thread() {
+        let (h, rx) = WorkerHandle::unserved();
+        let id = SessionId(1);
+        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        for c in [
+            Control::SetPeer {
+                id,
+                leg: LegId::A,
+                rtp: peer,
+                rtcp: None,
+                rtcp_mux: false,
+            },
+            Control::AllowSources {
+                id,
+                leg: LegId::A,
+                ips: Box::new([peer.ip()]),
+            },
+            Control::Start(id),
+            Control::Mute {
+                id,
+                leg: LegId::B,
+                muted: true,
+            },
+        ] {
+            h.send(c).unwrap();
+        }
+        assert!(!woken(&h));
+        h.send(Control::Remove { id, done: None }).unwrap();
+        assert!(woken(&h));
+        assert_eq!(rx.try_iter().count(), 5);
     }
 }
