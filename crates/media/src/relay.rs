@@ -178,9 +178,9 @@ impl Relay {
             timeout: cfg.timeout,
             epoch,
             ports: Arc::clone(&ports),
-            // A quarter of the range's pairs, two a session, shared by the threads.
+            // Half the range's pairs, two a session, shared by the threads.
             park_limit: crate::ports::pair_count(cfg.port_min, cfg.port_max)
-                / 8
+                / 4
                 / cfg.worker_count().max(1),
             park_idle: cfg.park_idle,
             events: events_tx.clone(),
@@ -303,8 +303,8 @@ impl Relay {
     /// session once they have rested for `park_quarantine` ([`RelayConfig`]), which saves
     /// binding two pairs and the thread watching four sockets anew and, at the old
     /// session's close, cancelling its receives and closing them. A thread closes what
-    /// stays parked for `park_idle`, and parks no more than its share of a quarter of the
-    /// range's pairs. When no pair is free, the oldest parked session is taken, rested or
+    /// stays parked for `park_idle`, and parks no more than its share of half the range's
+    /// pairs. When no pair is free, the oldest parked session is taken, rested or
     /// not.
     pub fn allocate_session(&self) -> Result<MediaSession, MediaError> {
         let exhausted = MediaError::PortsExhausted {
