@@ -79,6 +79,11 @@ impl PortAllocator {
         }
     }
 
+    /// Pairs in the range.
+    pub(crate) fn pairs_total(&self) -> usize {
+        self.in_use.len()
+    }
+
     /// Pairs currently handed out.
     pub(crate) fn pairs_in_use(&self) -> usize {
         self.used

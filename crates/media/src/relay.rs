@@ -160,6 +160,10 @@ pub(crate) fn bind_pair(bind: IpAddr, port: u16) -> std::io::Result<(UdpSocket, 
     Ok((rtp, rtcp))
 }
 
+/// The shorter rest a parked session's sockets must have had when no pair of the range is
+/// free ([`Relay::allocate_session`]).
+pub(crate) const PARK_MIN_REST: Duration = Duration::from_millis(200);
+
 impl Relay {
     /// The relay's DTLS certificate fingerprint (for `a=fingerprint`); `None` when no DTLS
     /// identity could be made at start (WebRTC legs are then refused).
@@ -278,19 +282,27 @@ impl Relay {
             .sum()
     }
 
-    /// A parked session of `worker` whose ports have rested for `park_quarantine`, or with
-    /// `any_age`, its oldest.
-    fn claim_parked(&self, worker: &WorkerHandle, now: Instant, any_age: bool) -> Option<Parked> {
+    /// A parked session of `worker` whose sockets have been quiet for `rest`: parked that
+    /// long, and no datagram heard for that long ([`Parked::quiet_since`]). The queue is in
+    /// parking order; an entry rested by its age but heard lately goes to the back, its
+    /// time moved to its last datagram's, and the next is looked at (a few at most).
+    fn claim_parked(&self, worker: &WorkerHandle, now: Instant, rest: Duration) -> Option<Parked> {
         let mut queue = worker.parked.lock().unwrap_or_else(PoisonError::into_inner);
-        let rest = self.cfg.park_quarantine;
-        let ready = queue
-            .front()
-            .is_some_and(|p| any_age || now.saturating_duration_since(p.since) >= rest);
-        if ready {
-            queue.pop_front()
-        } else {
-            None
+        for _ in 0..4 {
+            let front = queue.front()?;
+            if now.saturating_duration_since(front.since) < rest {
+                // Younger than the rest: so is everything behind it.
+                return None;
+            }
+            let quiet = front.quiet_since(self.epoch);
+            if now.saturating_duration_since(quiet) >= rest {
+                return queue.pop_front();
+            }
+            let mut heard = queue.pop_front()?;
+            heard.since = quiet;
+            queue.push_back(heard);
         }
+        None
     }
 
     /// Allocates a session: two legs, each an even RTP + odd RTCP port bound on `bind`.
@@ -304,8 +316,9 @@ impl Relay {
     /// binding two pairs and the thread watching four sockets anew and, at the old
     /// session's close, cancelling its receives and closing them. A thread closes what
     /// stays parked for `park_idle`, and parks no more than its share of half the range's
-    /// pairs. When no pair is free, the oldest parked session is taken, rested or
-    /// not.
+    /// pairs, and none into the last quarter of the range's free pairs. The rest is quiet
+    /// time: a datagram to a parked socket starts it again. When no pair is free, a parked
+    /// session quiet for 200 ms (`PARK_MIN_REST`) is taken rather than refusing the call.
     pub fn allocate_session(&self) -> Result<MediaSession, MediaError> {
         let exhausted = MediaError::PortsExhausted {
             min: self.cfg.port_min,
@@ -316,29 +329,23 @@ impl Relay {
         let Some(mut worker) = self.workers.get(n).cloned() else {
             return Err(MediaError::RelayStopped);
         };
-        let (ports, legs) = match self.claim_parked(&worker, now, false) {
+        let (ports, legs) = match self.claim_parked(&worker, now, self.cfg.park_quarantine) {
             Some(p) => (p.ports, NewLegs::Parked(p.slot)),
             None => match self.bind_session_ports() {
                 Some((a, b)) => ([a.rtp_port, b.rtp_port], NewLegs::Bound([a, b])),
                 None => {
-                    // No pair free: the oldest parked session of any thread.
-                    let oldest = self
+                    // No pair free: a parked session of any thread quiet for a shorter
+                    // rest (at most PARK_MIN_REST), rather than no call.
+                    let rest = self.cfg.park_quarantine.min(PARK_MIN_REST);
+                    let Some((w, p)) = self
                         .workers
                         .iter()
-                        .filter_map(|w| {
-                            let q = w.parked.lock().unwrap_or_else(PoisonError::into_inner);
-                            q.front().map(|p| (p.since, w))
-                        })
-                        .min_by_key(|(since, _)| *since)
-                        .map(|(_, w)| w.clone());
-                    let Some(w) = oldest else {
+                        .find_map(|w| Some((w.clone(), self.claim_parked(w, now, rest)?)))
+                    else {
                         return Err(exhausted);
                     };
                     worker = w;
-                    match self.claim_parked(&worker, now, true) {
-                        Some(p) => (p.ports, NewLegs::Parked(p.slot)),
-                        None => return Err(exhausted),
-                    }
+                    (p.ports, NewLegs::Parked(p.slot))
                 }
             },
         };
@@ -499,7 +506,9 @@ impl StatsReader {
 
 /// One bridged call's media: leg A and leg B, relayed to each other.
 ///
-/// Dropping it (or [`close`](MediaSession::close)) closes its sockets and frees its ports.
+/// Dropping it (or [`close`](MediaSession::close)) ends it: its forwarding thread parks its
+/// sockets for a next session or closes them and frees its ports
+/// ([`Relay::allocate_session`]).
 #[derive(Debug)]
 pub struct MediaSession {
     id: SessionId,
@@ -742,8 +751,9 @@ impl MediaSession {
         }
     }
 
-    /// Ends the session: waits (up to a second) until its sockets are closed and its ports
-    /// are free, and returns the final statistics. Blocks the calling thread meanwhile: an
+    /// Ends the session: waits (up to a second) until its forwarding thread has let go of
+    /// its sockets (parked or closed, its ports then free), and returns the final
+    /// statistics. Blocks the calling thread meanwhile: an
     /// async caller uses [`MediaSession::close_async`].
     pub fn close(mut self) -> SessionStats {
         self.closed = true;

@@ -247,18 +247,32 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
             }
         }
         ring.commit_buffers();
+        let mut deaf: Vec<usize> = Vec::new();
         for ud in rearm.drain(..) {
             let slot = ((ud & 0xffff_ffff) >> 2) as usize;
             let gen = ((ud >> 32) as u32) & GEN_MASK;
-            let fd = match core.session(slot, gen) {
-                Some(s) => Some(s.fd(ud & 3)),
-                None => core.parked_fd(slot, gen, ud & 3),
+            let (fd, parked) = match core.session(slot, gen) {
+                Some(s) => (Some(s.fd(ud & 3)), false),
+                None => (core.parked_fd(slot, gen, ud & 3), true),
             };
             if let Some(fd) = fd {
                 if let Err(e) = ring.arm_recv(fd, ud) {
                     debug!(error = %e, "io_uring: re-arming a receive failed");
+                    if parked {
+                        deaf.push(slot);
+                    }
                 }
             }
+        }
+        for slot in deaf {
+            core.discard_parked(
+                slot,
+                &mut UringWatch {
+                    ring: &mut ring,
+                    stash: &mut stash,
+                    reaped: &[],
+                },
+            );
         }
         for slot in dirty.drain(..) {
             if let Some(Some(s)) = core.sessions.get_mut(slot) {
@@ -308,15 +322,17 @@ fn on_recv(
     let Some(bid) = bid else {
         return false;
     };
-    let Core {
-        sessions,
-        gens,
-        params,
-        ..
-    } = core;
-    let live = gens.get(slot).is_some_and(|g| *g & GEN_MASK == gen);
-    let Some(Some(s)) = sessions.get_mut(slot).filter(|_| live) else {
+    if core.session(slot, gen).is_none() {
         ring.recycle(bid);
+        // A parked session's datagram (or a closed one's): dropped; a parked one's rest
+        // starts again.
+        core.heard_parked(slot, gen, now);
+        return false;
+    }
+    let Core {
+        sessions, params, ..
+    } = core;
+    let Some(Some(s)) = sessions.get_mut(slot) else {
         return false;
     };
     let in_leg = ((token >> 1) & 1) as usize;

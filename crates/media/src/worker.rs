@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -78,12 +79,27 @@ pub(crate) enum NewLegs {
 /// A closed session's sockets, kept open by its forwarding thread (their receives still
 /// armed, what arrives dropped) so that a new session can take them instead of binding two
 /// pairs and the thread watching them anew; see [`Core::close_session`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Parked {
     pub slot: usize,
     /// The RTP ports of legs A and B.
     pub ports: [u16; 2],
+    /// When it was parked (or, once a claim found it rested but heard since, its last
+    /// datagram's time): the idle time counts from here.
     pub since: Instant,
+    /// When a datagram last came to one of its sockets, in milliseconds after the relay's
+    /// epoch, plus one (0: none), set by the thread as it drops it.
+    pub heard: Arc<AtomicU64>,
+}
+
+impl Parked {
+    /// Since when its sockets have been quiet: parked, and nothing heard since.
+    pub(crate) fn quiet_since(&self, epoch: Instant) -> Instant {
+        match self.heard.load(Ordering::Relaxed) {
+            0 => self.since,
+            ms => self.since.max(epoch + Duration::from_millis(ms - 1)),
+        }
+    }
 }
 
 /// A forwarding thread's parked sessions, oldest first. The thread pushes a session it
@@ -1115,6 +1131,8 @@ pub(crate) struct Core {
     /// The sockets of parked sessions, by slot (see [`Parked`]); their slots are neither
     /// live nor free.
     parked: Vec<Option<[LegSockets; 2]>>,
+    /// Each slot's [`Parked::heard`], kept from one parking to the next.
+    heard: Vec<Arc<AtomicU64>>,
     parked_queue: ParkedQueue,
     next_park_check: Instant,
     tick: Duration,
@@ -1141,6 +1159,7 @@ impl Core {
             free_slots: Vec::new(),
             by_id: HashMap::new(),
             parked: Vec::new(),
+            heard: Vec::new(),
             parked_queue,
             next_park_check: Instant::now() + PARK_CHECK,
             tick,
@@ -1421,7 +1440,10 @@ impl Core {
     ) -> bool {
         s.publish(self.params.epoch);
         let ports = [s.legs[0].rtp_port, s.legs[1].rtp_port];
-        if let Some(since) = park {
+        // Not with a send in flight (its completion would find no session to count it on),
+        // and not into the last quarter of the range's free pairs (a monitor's pair, which
+        // cannot take parked sockets, would find none).
+        if let Some(since) = park.filter(|_| s.sends_in_flight == 0 && self.room_to_park()) {
             let mut queue = self
                 .parked_queue
                 .lock()
@@ -1430,9 +1452,19 @@ impl Core {
                 if self.parked.len() <= slot {
                     self.parked.resize_with(slot + 1, || None);
                 }
+                while self.heard.len() <= slot {
+                    self.heard.push(Arc::new(AtomicU64::new(0)));
+                }
+                let heard = Arc::clone(&self.heard[slot]);
+                heard.store(0, Ordering::Relaxed);
                 let [a, b] = s.legs;
                 self.parked[slot] = Some([a.into_sockets(), b.into_sockets()]);
-                queue.push_back(Parked { slot, ports, since });
+                queue.push_back(Parked {
+                    slot,
+                    ports,
+                    since,
+                    heard,
+                });
                 debug!(session = %s.id, "relay session closed; its sockets parked");
                 return true;
             }
@@ -1443,6 +1475,59 @@ impl Core {
         self.release_ports(ports);
         debug!(session = %s.id, "relay session closed");
         false
+    }
+
+    /// Whether parking two more pairs leaves a quarter of the range's pairs free.
+    fn room_to_park(&self) -> bool {
+        let alloc = self
+            .params
+            .ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total = alloc.pairs_total();
+        total.saturating_sub(alloc.pairs_in_use()) >= total / 4
+    }
+
+    /// A datagram came to a socket of the parked session in `slot` (generation `gen`) and
+    /// was dropped: its rest starts again ([`Parked::quiet_since`]). Whether the slot is
+    /// parked.
+    pub(crate) fn heard_parked(&self, slot: usize, gen: u32, now: Instant) -> bool {
+        let parked = self
+            .gens
+            .get(slot)
+            .is_some_and(|g| g & GEN_MASK == gen & GEN_MASK)
+            && self.parked.get(slot).is_some_and(Option::is_some);
+        if parked {
+            if let Some(h) = self.heard.get(slot) {
+                let ms = now.saturating_duration_since(self.params.epoch).as_millis();
+                h.store(
+                    u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        parked
+    }
+
+    /// Closes the parked session in `slot` if it is still in the queue (a receive of it could
+    /// not be armed again: it would hear nothing). One claimed already is left to its new
+    /// session.
+    pub(crate) fn discard_parked(&mut self, slot: usize, io: &mut impl Watch) {
+        let queued = {
+            let mut queue = self
+                .parked_queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let at = queue.iter().position(|p| p.slot == slot);
+            at.and_then(|i| queue.remove(i)).is_some()
+        };
+        if queued {
+            warn!(
+                slot,
+                "a parked relay session's receive could not be armed again; closed"
+            );
+            self.close_parked(slot, io);
+        }
     }
 
     fn release_ports(&self, ports: [u16; 2]) {
@@ -1702,10 +1787,13 @@ impl EpollWorker {
         let EpollWorker { core, batch, .. } = self;
         let params = &core.params;
         let Some(Some(s)) = core.sessions.get_mut(slot) else {
-            // A parked session's socket: what came is dropped (the loop is level-triggered).
+            // A parked session's socket: what came is dropped, one batch per readiness like a
+            // live socket's (the loop is level-triggered and comes back for more).
             let gen = core.gens.get(slot).copied().unwrap_or(0);
             if let Some(fd) = core.parked_fd(slot, gen, token & 3) {
-                while matches!(batch.recv(fd), Ok(n) if n > 0) {}
+                if matches!(batch.recv(fd), Ok(n) if n > 0) {
+                    core.heard_parked(slot, gen, now);
+                }
             }
             return;
         };
@@ -1796,12 +1884,30 @@ mod tests {
                 leg: LegId::B,
                 muted: true,
             },
+            // A session on parked sockets: their receives are armed already.
+            Control::Add(Box::new(NewSession {
+                id: SessionId(2),
+                shared: Arc::new(SessionShared {
+                    legs: [LegCounters::default(), LegCounters::default()],
+                    epoch: Instant::now(),
+                }),
+                legs: NewLegs::Parked(0),
+            })),
         ] {
             h.send(c).unwrap();
         }
         assert!(!woken(&h));
-        h.send(Control::Remove { id, done: None }).unwrap();
-        assert!(woken(&h));
-        assert_eq!(rx.try_iter().count(), 5);
+        for c in [
+            Control::Play {
+                id,
+                leg: LegId::A,
+                prompt: None,
+            },
+            Control::Remove { id, done: None },
+        ] {
+            h.send(c).unwrap();
+            assert!(woken(&h));
+        }
+        assert_eq!(rx.try_iter().count(), 7);
     }
 }

@@ -30,9 +30,9 @@ fn a_closed_sessions_sockets_serve_a_new_session_after_their_rest(b: Backend) {
     s1.set_peer(LegId::B, customer1.addr(), None, false)
         .unwrap();
     let a1 = s1.leg(LegId::A).bound_rtp();
-    let first = rtp(0, false, 1, 160, 0x1111, &[0xd5; 160]);
-    agent1.send(a1, &first);
-    assert_eq!(customer1.recv().0, first);
+    let stale = |seq: u16| rtp(0, false, seq, 160 * u32::from(seq), 0x1111, &[0xd5; 160]);
+    agent1.send(a1, &stale(1));
+    assert_eq!(customer1.recv().0, stale(1));
     let old = ports_of(&s1);
     let st = s1.close();
     assert_eq!((st.a.rx_packets, st.b.tx_packets), (1, 1));
@@ -41,10 +41,7 @@ fn a_closed_sessions_sockets_serve_a_new_session_after_their_rest(b: Backend) {
 
     // The old call's agent goes on sending: dropped, relayed nowhere.
     for seq in 2..6 {
-        agent1.send(
-            a1,
-            &rtp(0, false, seq, 160 * u32::from(seq), 0x1111, &[0xd5; 160]),
-        );
+        agent1.send(a1, &stale(seq));
     }
     // A session now gets other ports: the parked ones have not rested.
     let s2 = relay.allocate_session().unwrap();
@@ -54,12 +51,18 @@ fn a_closed_sessions_sockets_serve_a_new_session_after_their_rest(b: Backend) {
         customer1.try_recv().is_none(),
         "a parked port relayed a packet"
     );
+    // Rested by age, but the old agent is heard again: the rest starts over.
+    agent1.send(a1, &stale(6));
+    std::thread::sleep(Duration::from_millis(50));
+    let s2b = relay.allocate_session().unwrap();
+    assert_ne!(ports_of(&s2b), old, "taken while its old peer still sends");
+    std::thread::sleep(rest + Duration::from_millis(100));
 
-    // Rested: the next session takes them, with nothing of the old call's.
+    // Quiet for the rest: the next session takes them, with nothing of the old call's.
     let s3 = relay.allocate_session().unwrap();
     assert_eq!(ports_of(&s3), old);
     assert_eq!(relay.port_pairs_parked(), 0);
-    assert_eq!(relay.port_pairs_in_use(), 4);
+    assert_eq!(relay.port_pairs_in_use(), 6);
     let (agent3, customer3) = (Peer::new(), Peer::new());
     s3.set_peer(LegId::A, agent3.addr(), None, false).unwrap();
     s3.set_peer(LegId::B, customer3.addr(), None, false)
@@ -86,11 +89,11 @@ fn a_closed_sessions_sockets_serve_a_new_session_after_their_rest(b: Backend) {
     let st = s3.close();
     assert_eq!(st.a.remote_rtp, Some(agent3.addr()));
     assert_eq!(st.b.remote_rtp, Some(customer3.addr()));
-    drop(s2);
+    drop((s2, s2b));
 }
 
 fn the_range_running_out_takes_a_parked_session_and_stopping_frees_all(b: Backend) {
-    // Eight pairs, one thread: four sessions fill the range, two may be parked.
+    // Eight pairs, one thread, a long rest: four sessions fill the range.
     let relay = relay_parking(
         b,
         45600,
@@ -98,26 +101,34 @@ fn the_range_running_out_takes_a_parked_session_and_stopping_frees_all(b: Backen
         Duration::from_secs(60),
         Duration::from_secs(60),
     );
-    let mut open: Vec<MediaSession> = (0..4).map(|_| relay.allocate_session().unwrap()).collect();
-    assert_eq!(relay.port_pairs_in_use(), 8);
+    let mut open: Vec<MediaSession> = (0..2).map(|_| relay.allocate_session().unwrap()).collect();
     let parked = ports_of(&open[0]);
     open.remove(0).close();
     assert_eq!(relay.port_pairs_parked(), 2);
-    // No pair is free: the parked session is taken although it has not rested.
+    open.push(relay.allocate_session().unwrap());
+    open.push(relay.allocate_session().unwrap());
+    assert_eq!(relay.port_pairs_in_use(), 6);
+    // No pair is free: the parked session, once quiet for the shorter rest (200 ms), is
+    // taken although its own rest has not passed; not before.
+    assert!(matches!(
+        relay.allocate_session(),
+        Err(media::MediaError::PortsExhausted { .. })
+    ));
+    std::thread::sleep(Duration::from_millis(250));
     let taken = relay.allocate_session().unwrap();
     assert_eq!(ports_of(&taken), parked);
     assert_eq!(relay.port_pairs_parked(), 0);
-    // Two sessions park; the next finds the thread's share taken and frees its ports.
-    open.remove(0).close();
-    open.remove(0).close();
+    // A session closed with no pair free is not parked (a quarter of the pairs stay free
+    // for what cannot take parked sockets): its ports are free at once.
     let freed = ports_of(&open[0]);
     open.remove(0).close();
-    assert_eq!(relay.port_pairs_parked(), 4);
-    assert_eq!(relay.port_pairs_in_use(), 2);
+    assert_eq!(relay.port_pairs_parked(), 0);
     let fresh = relay.allocate_session().unwrap();
     assert_eq!(ports_of(&fresh), freed);
     // Stopping closes what is parked too: every port of the range can be bound again.
     drop((taken, fresh));
+    assert!(eventually(|| relay.port_pairs_parked() == 2));
+    drop(open);
     relay.shutdown();
     for p in port(b, 45600)..=port(b, 45615) {
         std::net::UdpSocket::bind(("127.0.0.1", p)).unwrap();
