@@ -111,6 +111,9 @@ pub struct RelayConfig {
     /// How long a closed session's sockets stay parked before they are closed and their
     /// ports freed.
     pub park_idle: Duration,
+    /// A datagram to a parked session's sockets this long or more after it was parked is no
+    /// late packet of its call: the sockets are closed.
+    pub park_late: Duration,
 }
 
 /// Which way an RTCP packet went through the relay.
@@ -168,6 +171,7 @@ impl Default for RelayConfig {
             rtcp_tap: RtcpTapHandle::default(),
             park_quarantine: Duration::from_secs(2),
             park_idle: Duration::from_secs(10),
+            park_late: Duration::from_millis(500),
         }
     }
 }

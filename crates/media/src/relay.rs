@@ -187,6 +187,7 @@ impl Relay {
                 / 4
                 / cfg.worker_count().max(1),
             park_idle: cfg.park_idle,
+            park_late: cfg.park_late,
             events: events_tx.clone(),
             rtcp_tap: cfg.rtcp_tap.0.clone(),
         };

@@ -164,6 +164,8 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
     let mut done: Vec<Completion> = Vec::with_capacity(32 * 1024);
     let mut stash: Vec<Completion> = Vec::with_capacity(1024);
     let mut rearm: Vec<u64> = Vec::with_capacity(1024);
+    // Parked sessions heard too late in this iteration (closed after it).
+    let mut stray: Vec<usize> = Vec::new();
     let mut dirty: Vec<usize> = Vec::with_capacity(1024);
     let mut in_flight: usize = 0;
     // Reading the control queue on a clock instead of being woken for each message.
@@ -242,12 +244,15 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
         for c in done.drain(..) {
             if c.user_data & KIND_MASK == KIND_RECV {
                 in_flight += usize::from(on_recv(
-                    &mut core, &mut ring, c, now, &mut rearm, &mut dirty,
+                    &mut core, &mut ring, c, now, &mut rearm, &mut dirty, &mut stray,
                 ));
             }
         }
         ring.commit_buffers();
-        let mut deaf: Vec<usize> = Vec::new();
+        let mut deaf: Vec<(usize, &str)> = stray
+            .drain(..)
+            .map(|slot| (slot, "heard too late"))
+            .collect();
         for ud in rearm.drain(..) {
             let slot = ((ud & 0xffff_ffff) >> 2) as usize;
             let gen = ((ud >> 32) as u32) & GEN_MASK;
@@ -259,12 +264,12 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
                 if let Err(e) = ring.arm_recv(fd, ud) {
                     debug!(error = %e, "io_uring: re-arming a receive failed");
                     if parked {
-                        deaf.push(slot);
+                        deaf.push((slot, "its receive could not be armed again"));
                     }
                 }
             }
         }
-        for slot in deaf {
+        for (slot, why) in deaf {
             core.discard_parked(
                 slot,
                 &mut UringWatch {
@@ -272,6 +277,7 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
                     stash: &mut stash,
                     reaped: &[],
                 },
+                why,
             );
         }
         for slot in dirty.drain(..) {
@@ -309,6 +315,7 @@ fn on_recv(
     now: Instant,
     rearm: &mut Vec<u64>,
     dirty: &mut Vec<usize>,
+    stray: &mut Vec<usize>,
 ) -> bool {
     let slot = ((c.user_data & 0xffff_ffff) >> 2) as usize;
     let gen = ((c.user_data >> 32) as u32) & GEN_MASK;
@@ -325,8 +332,10 @@ fn on_recv(
     if core.session(slot, gen).is_none() {
         ring.recycle(bid);
         // A parked session's datagram (or a closed one's): dropped; a parked one's rest
-        // starts again.
-        core.heard_parked(slot, gen, now);
+        // starts again, and one heard too late is closed after this iteration.
+        if core.heard_parked(slot, gen, now) == Some(true) {
+            stray.push(slot);
+        }
         return false;
     }
     let Core {

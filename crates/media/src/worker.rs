@@ -282,6 +282,11 @@ pub(crate) struct WorkerParams {
     pub park_limit: usize,
     /// How long a session stays parked before the thread closes its sockets.
     pub park_idle: Duration,
+    /// A datagram to a parked session's socket this long after it was parked is no late
+    /// packet of its call but a peer that goes on sending (or a stranger's spray): the
+    /// thread closes the sockets then, so that the kernel drops what follows and the peer
+    /// hears its port is gone.
+    pub park_late: Duration,
     pub events: UnboundedSender<MediaEvent>,
     /// Shown each RTCP packet (see [`crate::RtcpTap`]).
     pub rtcp_tap: Option<Arc<dyn crate::RtcpTap>>,
@@ -1131,8 +1136,9 @@ pub(crate) struct Core {
     /// The sockets of parked sessions, by slot (see [`Parked`]); their slots are neither
     /// live nor free.
     parked: Vec<Option<[LegSockets; 2]>>,
-    /// Each slot's [`Parked::heard`], kept from one parking to the next.
-    heard: Vec<Arc<AtomicU64>>,
+    /// Each slot's [`Parked::heard`], kept from one parking to the next, and when it was
+    /// last parked.
+    heard: Vec<(Arc<AtomicU64>, Instant)>,
     parked_queue: ParkedQueue,
     next_park_check: Instant,
     tick: Duration,
@@ -1453,9 +1459,11 @@ impl Core {
                     self.parked.resize_with(slot + 1, || None);
                 }
                 while self.heard.len() <= slot {
-                    self.heard.push(Arc::new(AtomicU64::new(0)));
+                    self.heard.push((Arc::new(AtomicU64::new(0)), since));
                 }
-                let heard = Arc::clone(&self.heard[slot]);
+                let (heard, parked_at) = &mut self.heard[slot];
+                *parked_at = since;
+                let heard = Arc::clone(heard);
                 heard.store(0, Ordering::Relaxed);
                 let [a, b] = s.legs;
                 self.parked[slot] = Some([a.into_sockets(), b.into_sockets()]);
@@ -1489,30 +1497,28 @@ impl Core {
     }
 
     /// A datagram came to a socket of the parked session in `slot` (generation `gen`) and
-    /// was dropped: its rest starts again ([`Parked::quiet_since`]). Whether the slot is
-    /// parked.
-    pub(crate) fn heard_parked(&self, slot: usize, gen: u32, now: Instant) -> bool {
+    /// was dropped: its rest starts again ([`Parked::quiet_since`]). `None`: the slot is
+    /// not parked; `Some(true)`: the datagram came `park_late` or more after the parking,
+    /// and the caller closes the sockets ([`Core::discard_parked`]).
+    pub(crate) fn heard_parked(&self, slot: usize, gen: u32, now: Instant) -> Option<bool> {
         let parked = self
             .gens
             .get(slot)
             .is_some_and(|g| g & GEN_MASK == gen & GEN_MASK)
             && self.parked.get(slot).is_some_and(Option::is_some);
-        if parked {
-            if let Some(h) = self.heard.get(slot) {
-                let ms = now.saturating_duration_since(self.params.epoch).as_millis();
-                h.store(
-                    u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1,
-                    Ordering::Relaxed,
-                );
-            }
-        }
-        parked
+        let (heard, parked_at) = self.heard.get(slot).filter(|_| parked)?;
+        let ms = now.saturating_duration_since(self.params.epoch).as_millis();
+        heard.store(
+            u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Relaxed,
+        );
+        Some(now.saturating_duration_since(*parked_at) >= self.params.park_late)
     }
 
     /// Closes the parked session in `slot` if it is still in the queue (a receive of it could
-    /// not be armed again: it would hear nothing). One claimed already is left to its new
-    /// session.
-    pub(crate) fn discard_parked(&mut self, slot: usize, io: &mut impl Watch) {
+    /// not be armed again, or it was heard `park_late` after its parking). One claimed
+    /// already is left to its new session.
+    pub(crate) fn discard_parked(&mut self, slot: usize, io: &mut impl Watch, why: &str) {
         let queued = {
             let mut queue = self
                 .parked_queue
@@ -1522,10 +1528,7 @@ impl Core {
             at.and_then(|i| queue.remove(i)).is_some()
         };
         if queued {
-            warn!(
-                slot,
-                "a parked relay session's receive could not be armed again; closed"
-            );
+            debug!(slot, why, "a parked relay session's sockets closed");
             self.close_parked(slot, io);
         }
     }
@@ -1791,8 +1794,10 @@ impl EpollWorker {
             // live socket's (the loop is level-triggered and comes back for more).
             let gen = core.gens.get(slot).copied().unwrap_or(0);
             if let Some(fd) = core.parked_fd(slot, gen, token & 3) {
-                if matches!(batch.recv(fd), Ok(n) if n > 0) {
-                    core.heard_parked(slot, gen, now);
+                if matches!(batch.recv(fd), Ok(n) if n > 0)
+                    && core.heard_parked(slot, gen, now) == Some(true)
+                {
+                    core.discard_parked(slot, &mut EpollWatch(&self.epoll), "heard too late");
                 }
             }
             return;

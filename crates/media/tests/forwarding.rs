@@ -337,6 +337,7 @@ fn close_async_reports_the_counts_and_frees_the_ports(b: Backend) {
         41899,
         std::time::Duration::from_secs(2),
         std::time::Duration::from_millis(300),
+        std::time::Duration::from_secs(1),
     );
     let s = relay.allocate_session().unwrap();
     let (agent, customer) = (Peer::new(), Peer::new());

@@ -6,7 +6,7 @@
 #[macro_use]
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use media::{Backend, LegId, MediaSession};
 use support::{eventually, port, relay_parking, rtp, Peer};
@@ -21,9 +21,17 @@ fn ports_of(s: &MediaSession) -> [u16; 2] {
 }
 
 fn a_closed_sessions_sockets_serve_a_new_session_after_their_rest(b: Backend) {
-    // 100 pairs, one thread: up to 25 sessions parked.
-    let rest = Duration::from_millis(400);
-    let relay = relay_parking(b, 45400, 45599, rest, Duration::from_secs(30));
+    // 100 pairs, one thread: up to 25 sessions parked. A rest of 1 s; datagrams within
+    // 5 s of the parking are the old call's late ones.
+    let rest = Duration::from_secs(1);
+    let relay = relay_parking(
+        b,
+        45400,
+        45599,
+        rest,
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    );
     let s1 = relay.allocate_session().unwrap();
     let (agent1, customer1) = (Peer::new(), Peer::new());
     s1.set_peer(LegId::A, agent1.addr(), None, false).unwrap();
@@ -35,28 +43,34 @@ fn a_closed_sessions_sockets_serve_a_new_session_after_their_rest(b: Backend) {
     assert_eq!(customer1.recv().0, stale(1));
     let old = ports_of(&s1);
     let st = s1.close();
+    let parked_at = Instant::now();
     assert_eq!((st.a.rx_packets, st.b.tx_packets), (1, 1));
     assert_eq!(relay.port_pairs_in_use(), 0);
     assert_eq!(relay.port_pairs_parked(), 2);
 
-    // The old call's agent goes on sending: dropped, relayed nowhere.
+    // The old call's agent goes on sending for a while: dropped, relayed nowhere.
     for seq in 2..6 {
         agent1.send(a1, &stale(seq));
     }
     // A session now gets other ports: the parked ones have not rested.
     let s2 = relay.allocate_session().unwrap();
     assert_ne!(ports_of(&s2), old);
-    std::thread::sleep(rest + Duration::from_millis(100));
+    // Its last late packet at 0.5 s: at 1.2 s the pair is old enough but quiet for only
+    // 0.7 s, so it is not taken; at 1.9 s it has been quiet for 1.4 s, and is.
+    std::thread::sleep(Duration::from_millis(500).saturating_sub(parked_at.elapsed()));
+    agent1.send(a1, &stale(6));
+    std::thread::sleep(Duration::from_millis(1200).saturating_sub(parked_at.elapsed()));
+    let s2b = relay.allocate_session().unwrap();
+    assert_ne!(
+        ports_of(&s2b),
+        old,
+        "taken while its old peer was heard lately"
+    );
+    std::thread::sleep(Duration::from_millis(1900).saturating_sub(parked_at.elapsed()));
     assert!(
         customer1.try_recv().is_none(),
         "a parked port relayed a packet"
     );
-    // Rested by age, but the old agent is heard again: the rest starts over.
-    agent1.send(a1, &stale(6));
-    std::thread::sleep(Duration::from_millis(50));
-    let s2b = relay.allocate_session().unwrap();
-    assert_ne!(ports_of(&s2b), old, "taken while its old peer still sends");
-    std::thread::sleep(rest + Duration::from_millis(100));
 
     // Quiet for the rest: the next session takes them, with nothing of the old call's.
     let s3 = relay.allocate_session().unwrap();
@@ -92,12 +106,42 @@ fn a_closed_sessions_sockets_serve_a_new_session_after_their_rest(b: Backend) {
     drop((s2, s2b));
 }
 
+/// A datagram to a parked session `park_late` after its parking is no late packet of its
+/// call (a peer that goes on sending, a spray): its sockets are closed, their ports free.
+fn a_parked_session_heard_too_late_is_closed(b: Backend) {
+    let relay = relay_parking(
+        b,
+        45700,
+        45799,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+    );
+    let s = relay.allocate_session().unwrap();
+    let a = s.leg(LegId::A).bound_rtp();
+    let old = ports_of(&s);
+    s.close();
+    let stranger = Peer::at([127, 0, 0, 9]);
+    // Within `park_late`: kept.
+    stranger.send(a, &rtp(0, false, 1, 160, 0x5555, &[0xd5; 160]));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(relay.port_pairs_parked(), 2);
+    std::thread::sleep(Duration::from_millis(400));
+    stranger.send(a, &rtp(0, false, 2, 320, 0x5555, &[0xd5; 160]));
+    assert!(eventually(|| relay.port_pairs_parked() == 0));
+    assert_eq!(relay.port_pairs_in_use(), 0);
+    assert!(eventually(|| old
+        .iter()
+        .all(|&p| std::net::UdpSocket::bind((a.ip(), p)).is_ok())));
+}
+
 fn the_range_running_out_takes_a_parked_session_and_stopping_frees_all(b: Backend) {
     // Eight pairs, one thread, a long rest: four sessions fill the range.
     let relay = relay_parking(
         b,
         45600,
         45615,
+        Duration::from_secs(60),
         Duration::from_secs(60),
         Duration::from_secs(60),
     );
@@ -137,5 +181,6 @@ fn the_range_running_out_takes_a_parked_session_and_stopping_frees_all(b: Backen
 
 each_backend!(
     a_closed_sessions_sockets_serve_a_new_session_after_their_rest,
+    a_parked_session_heard_too_late_is_closed,
     the_range_running_out_takes_a_parked_session_and_stopping_frees_all,
 );

@@ -80,14 +80,16 @@ pub fn relay_with_timeout(
     r
 }
 
-/// As [`relay`], with closed sessions' sockets parked for `quarantine` before a new
-/// session takes them and closed after `idle` (see `Relay::allocate_session`).
+/// As [`relay`] with one thread, with closed sessions' sockets parked until quiet for
+/// `quarantine` before a new session takes them, closed after `idle`, or when heard `late`
+/// after their parking (see `Relay::allocate_session`).
 pub fn relay_parking(
     backend: Backend,
     port_min: u16,
     port_max: u16,
     quarantine: Duration,
     idle: Duration,
+    late: Duration,
 ) -> Relay {
     let r = Relay::start(RelayConfig {
         port_min: port(backend, port_min),
@@ -96,6 +98,7 @@ pub fn relay_parking(
         backend,
         park_quarantine: quarantine,
         park_idle: idle,
+        park_late: late,
         ..RelayConfig::default()
     })
     .unwrap();
