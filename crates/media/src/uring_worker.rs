@@ -18,13 +18,12 @@
 //! Control comes before the datagrams reaped in the same wait, as in the epoll loop: a
 //! session's first packet is judged by the set-up that came with it.
 
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
 use crate::sys::uring::{Completion, Uring, KIND_MASK, KIND_RECV, KIND_SEND, KIND_WAKE};
-use std::os::fd::RawFd;
-
 use crate::worker::{tunables, Core, Route, SessionState, Watch, GEN_MASK};
 
 /// How often the loop reads its control queue while messages keep coming. A wake-up costs
@@ -164,8 +163,8 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
     let mut done: Vec<Completion> = Vec::with_capacity(32 * 1024);
     let mut stash: Vec<Completion> = Vec::with_capacity(1024);
     let mut rearm: Vec<u64> = Vec::with_capacity(1024);
-    // Parked sessions heard too late in this iteration (closed after it).
-    let mut stray: Vec<usize> = Vec::new();
+    // Parked sessions to close after this iteration's datagrams, and why.
+    let mut discard: Vec<(usize, &'static str)> = Vec::new();
     let mut dirty: Vec<usize> = Vec::with_capacity(1024);
     let mut in_flight: usize = 0;
     // Reading the control queue on a clock instead of being woken for each message.
@@ -244,15 +243,17 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
         for c in done.drain(..) {
             if c.user_data & KIND_MASK == KIND_RECV {
                 in_flight += usize::from(on_recv(
-                    &mut core, &mut ring, c, now, &mut rearm, &mut dirty, &mut stray,
+                    &mut core,
+                    &mut ring,
+                    c,
+                    now,
+                    &mut rearm,
+                    &mut dirty,
+                    &mut discard,
                 ));
             }
         }
         ring.commit_buffers();
-        let mut deaf: Vec<(usize, &str)> = stray
-            .drain(..)
-            .map(|slot| (slot, "heard too late"))
-            .collect();
         for ud in rearm.drain(..) {
             let slot = ((ud & 0xffff_ffff) >> 2) as usize;
             let gen = ((ud >> 32) as u32) & GEN_MASK;
@@ -264,12 +265,12 @@ pub(crate) fn run(mut core: Core, mut ring: Uring) {
                 if let Err(e) = ring.arm_recv(fd, ud) {
                     debug!(error = %e, "io_uring: re-arming a receive failed");
                     if parked {
-                        deaf.push((slot, "its receive could not be armed again"));
+                        discard.push((slot, "its receive could not be armed again"));
                     }
                 }
             }
         }
-        for (slot, why) in deaf {
+        for (slot, why) in discard.drain(..) {
             core.discard_parked(
                 slot,
                 &mut UringWatch {
@@ -315,7 +316,7 @@ fn on_recv(
     now: Instant,
     rearm: &mut Vec<u64>,
     dirty: &mut Vec<usize>,
-    stray: &mut Vec<usize>,
+    discard: &mut Vec<(usize, &'static str)>,
 ) -> bool {
     let slot = ((c.user_data & 0xffff_ffff) >> 2) as usize;
     let gen = ((c.user_data >> 32) as u32) & GEN_MASK;
@@ -334,7 +335,7 @@ fn on_recv(
         // A parked session's datagram (or a closed one's): dropped; a parked one's rest
         // starts again, and one heard too late is closed after this iteration.
         if core.heard_parked(slot, gen, now) == Some(true) {
-            stray.push(slot);
+            discard.push((slot, "heard too late"));
         }
         return false;
     }
