@@ -217,6 +217,28 @@ impl BindingViews {
         })
     }
 
+    /// The bindings of `device` unexpired at `now` when its entry is trusted (`generation`:
+    /// the store's provisioning generation now), without touching the entry: what a call's
+    /// fork reads ([`crate::registrar::Registrar::bindings_for_user`]).
+    pub(crate) fn kept(
+        &self,
+        device: &str,
+        now: u64,
+        generation: u64,
+    ) -> Option<Arc<Vec<Binding>>> {
+        let e = self.entries.get(device)?;
+        let b = e.bindings.as_ref()?;
+        if e.generation != generation || now.saturating_sub(e.read_at) >= self.ttl_secs {
+            return None;
+        }
+        let at = now as i64;
+        Some(if b.iter().all(|b| b.expires_at > at) {
+            Arc::clone(b)
+        } else {
+            Arc::new(b.iter().filter(|b| b.expires_at > at).cloned().collect())
+        })
+    }
+
     /// What to read `device`'s bindings with when they are not kept (`None`: they are, or
     /// nothing is ever kept), without making an entry for it: an entry is made only when what
     /// was read settles ([`Self::settle`]), so that reads for names that turn out to be no

@@ -243,6 +243,8 @@ pub struct Registrar {
     credentials: store::cache::ReadCache<String, Option<Arc<Device>>>,
     /// Device username -> its bindings as last read or written (`crate::binding_view`).
     views: Mutex<BindingViews>,
+    /// User id -> the usernames of its devices, sorted, as last read (a call's fork).
+    user_devices: store::cache::ReadCache<String, Arc<Vec<String>>>,
     /// Keys the To tags of challenges, made from the request so that a retransmission gets
     /// the same one (they are not kept: `Endpoint::challenge_stateless`).
     tag_key: std::hash::RandomState,
@@ -310,6 +312,7 @@ impl Registrar {
                 },
                 CREDENTIALS_CAPACITY,
             )),
+            user_devices: store::cache::ReadCache::new(CREDENTIALS_TTL, CREDENTIALS_CAPACITY),
             #[cfg(test)]
             read_backs: std::sync::atomic::AtomicU64::new(0),
             stats: RegistrarStats::default(),
@@ -370,6 +373,68 @@ impl Registrar {
             }
         }
         Ok(device)
+    }
+
+    /// The unexpired bindings of every device of the user, by device then contact: what a
+    /// call to the user forks to. From memory when every device's bindings are kept and
+    /// trusted ([`crate::binding_view`]; on a store of this node alone), else read from the
+    /// store; what that read finds is kept for the devices in turn, so that a user called
+    /// often costs one store read per [`BINDINGS_TTL`], not one per call.
+    pub async fn bindings_for_user(
+        &self,
+        user_id: &str,
+        now: u64,
+    ) -> Result<Vec<Binding>, store::StoreError> {
+        let enabled = self.views.lock().is_ok_and(|v| v.enabled());
+        if !enabled {
+            return self.store.bindings_for_user(user_id, now as i64).await;
+        }
+        let generation = self.store.provisioning_generation();
+        let devices = store::cache::read_through(
+            &self.user_devices,
+            user_id.to_string(),
+            generation,
+            async {
+                let mut names: Vec<String> = self
+                    .store
+                    .devices_for_user(user_id)
+                    .await?
+                    .into_iter()
+                    .map(|d| d.username)
+                    .collect();
+                names.sort();
+                Ok::<_, store::StoreError>(Arc::new(names))
+            },
+        )
+        .await?;
+        // Each device either kept (its bindings) or to be read (what settles the read).
+        let mut kept = Vec::with_capacity(devices.len());
+        let mut to_read = Vec::new();
+        if let Ok(v) = self.views.lock() {
+            for d in devices.iter() {
+                match v.kept(d, now, generation) {
+                    Some(b) => kept.push(b),
+                    None => to_read.push((d, v.peek(d, now, generation))),
+                }
+            }
+        }
+        if to_read.is_empty() && kept.len() == devices.len() {
+            return Ok(kept.iter().flat_map(|b| b.iter().cloned()).collect());
+        }
+        let all = self.store.bindings_for_user(user_id, now as i64).await?;
+        if let Ok(mut v) = self.views.lock() {
+            for (d, seen) in to_read {
+                if let Some(seen) = seen {
+                    let of_device = all
+                        .iter()
+                        .filter(|b| &b.device_username == d)
+                        .cloned()
+                        .collect();
+                    v.settle(d, seen, Arc::new(of_device), now, generation);
+                }
+            }
+        }
+        Ok(all)
     }
 
     /// The TCP connection a device's contact registered over, if it is still known.
@@ -2226,6 +2291,86 @@ mod tests {
         assert_eq!(contact_expires(&d), stored);
         assert_eq!(stored.len(), 2);
         assert_eq!(f.reg.read_backs.load(Relaxed), 2);
+        drop(f.reg);
+        OnFile::remove(&f.path);
+    }
+
+    /// A call's fork reads the user's bindings from the registrar's memory while they are
+    /// trusted: what the registrar wrote itself at once, a binding written behind its back
+    /// (another process on the same file) once the lifetime since the last read has passed.
+    /// A read for a call keeps what it found for the next calls.
+    #[tokio::test]
+    async fn a_call_reads_the_bindings_the_registrar_keeps() {
+        let f = OnFile::new("fork");
+        let now = 1_700_000_000;
+        let user = "user_01h2xcejqtf2nbrexx3vqjhp42";
+        let contacts = |bindings: Vec<Binding>| -> Vec<String> {
+            bindings.into_iter().map(|b| b.contact).collect()
+        };
+        let a = "<sip:alice@192.0.2.10:5060>";
+        let d = authed_on(&f.reg, &flow(), 1, a, Some(600), "s3cret-desk", now).await;
+        assert_eq!(d.response.status, 200);
+        let first = f.reg.bindings_for_user(user, now).await.unwrap();
+        assert_eq!(contacts(first), ["sip:alice@192.0.2.10:5060"]);
+
+        // Another writer of the file: not seen while the registrar's memory is trusted.
+        let behind = |contact: &str, at: u64| Binding {
+            device_username: "alice-desk".into(),
+            user_id: user.into(),
+            contact: contact.into(),
+            source: "192.0.2.10:5090".into(),
+            transport: "udp".into(),
+            local: "127.0.0.1:5060".into(),
+            expires_at: at as i64 + 600,
+            q: None,
+            call_id: "elsewhere".into(),
+            cseq: 1,
+            instance: None,
+            reg_id: None,
+            user_agent: None,
+            updated_at: at as i64,
+            path: Vec::new(),
+        };
+        f.reg
+            .store
+            .upsert_binding(&behind("sip:alice@192.0.2.10:5090", now + 1))
+            .await
+            .unwrap();
+        let kept = f.reg.bindings_for_user(user, now + 1).await.unwrap();
+        assert_eq!(contacts(kept), ["sip:alice@192.0.2.10:5060"]);
+        // A lifetime after the registrar read them, the store is read again, and what the
+        // read found is kept: a write behind its back after it is not seen yet.
+        let later = now + BINDINGS_TTL.as_secs();
+        let read = f.reg.bindings_for_user(user, later).await.unwrap();
+        let both = ["sip:alice@192.0.2.10:5060", "sip:alice@192.0.2.10:5090"];
+        assert_eq!(contacts(read), both);
+        f.reg
+            .store
+            .upsert_binding(&behind("sip:alice@192.0.2.10:5099", later + 1))
+            .await
+            .unwrap();
+        let kept = f.reg.bindings_for_user(user, later + 1).await.unwrap();
+        assert_eq!(contacts(kept), both);
+        // A REGISTER through the registrar is seen by the next call at once.
+        let c = "<sip:alice@192.0.2.10:5070>";
+        let d = authed_on(&f.reg, &flow(), 3, c, Some(600), "s3cret-desk", later + 2).await;
+        assert_eq!(d.response.status, 200);
+        let after = contacts(f.reg.bindings_for_user(user, later + 2).await.unwrap());
+        assert!(
+            after.contains(&"sip:alice@192.0.2.10:5070".to_owned()),
+            "{after:?}"
+        );
+        // A provisioning change drops what is kept: the store is read.
+        f.reg
+            .store
+            .apply_provisioning(&toml_like(), REALM)
+            .await
+            .unwrap();
+        let read = contacts(f.reg.bindings_for_user(user, later + 3).await.unwrap());
+        assert!(
+            read.contains(&"sip:alice@192.0.2.10:5099".to_owned()),
+            "{read:?}"
+        );
         drop(f.reg);
         OnFile::remove(&f.path);
     }

@@ -93,8 +93,8 @@ async fn device_targets(
 ) -> Result<Vec<Target>, Outcome> {
     let now = now_ms() / 1000;
     let bindings = inner
-        .store
-        .bindings_for_user(user_id, now)
+        .registrar
+        .bindings_for_user(user_id, now as u64)
         .await
         .map_err(|e| outcome(CallStatus::Failed, Some(leg), None, &format!("store: {e}")))?;
     let mut out = Vec::new();
