@@ -498,7 +498,19 @@ pub struct SqliteStore {
     pepper: Vec<u8>,
     /// Binding refreshes not yet written, by device, then contact (see
     /// [`crate::Store::refresh_binding`]); reads of bindings see them.
-    refreshes: Mutex<HashMap<String, HashMap<String, Refresh>>>,
+    refreshes: Mutex<Refreshes>,
+}
+
+/// The refreshes waiting in memory: by device (aHash: one lookup on every refresh's path),
+/// then by contact in a short list (a device has one or a few contacts: a search of the list
+/// costs less than a table of its own).
+type Refreshes = HashMap<String, Vec<(String, Refresh)>, ahash::RandomState>;
+
+/// The refresh waiting for `contact` among a device's.
+fn refresh_of<'a>(of_device: &'a [(String, Refresh)], contact: &str) -> Option<&'a Refresh> {
+    of_device
+        .iter()
+        .find_map(|(c, f)| (c == contact).then_some(f))
 }
 
 /// What a refresh changes of a binding (the contract of [`crate::Store::refresh_binding`]),
@@ -589,7 +601,7 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             location,
             pepper,
-            refreshes: Mutex::new(HashMap::new()),
+            refreshes: Mutex::new(Refreshes::default()),
         })
     }
 
@@ -603,7 +615,7 @@ impl SqliteStore {
                     r.remove(device);
                 }
                 (Some(c), Some(of_device)) => {
-                    of_device.remove(c);
+                    of_device.retain(|(other, _)| other != c);
                     if of_device.is_empty() {
                         r.remove(device);
                     }
@@ -622,7 +634,7 @@ impl SqliteStore {
                 for row in rows.iter_mut() {
                     if let Some(f) = r
                         .get(&row.device_username)
-                        .and_then(|of_device| of_device.get(&row.contact))
+                        .and_then(|of_device| refresh_of(of_device, &row.contact))
                     {
                         f.apply(row);
                     }
@@ -2355,16 +2367,15 @@ impl BlockingStore for SqliteStore {
         let refresh = Refresh::of(binding);
         let mut r = self.refreshes.lock().map_err(|_| StoreError::Poisoned)?;
         match r.get_mut(binding.device_username.as_str()) {
-            Some(of_device) => match of_device.get_mut(binding.contact.as_str()) {
-                Some(waiting) => *waiting = refresh,
-                None => {
-                    of_device.insert(binding.contact.clone(), refresh);
-                }
+            Some(of_device) => match of_device.iter_mut().find(|(c, _)| *c == binding.contact) {
+                Some((_, waiting)) => *waiting = refresh,
+                None => of_device.push((binding.contact.clone(), refresh)),
             },
             None => {
-                let mut of_device = HashMap::with_capacity(1);
-                of_device.insert(binding.contact.clone(), refresh);
-                r.insert(binding.device_username.clone(), of_device);
+                r.insert(
+                    binding.device_username.clone(),
+                    vec![(binding.contact.clone(), refresh)],
+                );
             }
         }
         Ok(())
@@ -2423,7 +2434,10 @@ impl BlockingStore for SqliteStore {
             // Keep them for the next flush, unless a newer refresh or a write replaced them.
             if let Ok(mut r) = self.refreshes.lock() {
                 for (device, contact, f) in pending {
-                    r.entry(device).or_default().entry(contact).or_insert(f);
+                    let of_device = r.entry(device).or_default();
+                    if refresh_of(of_device, &contact).is_none() {
+                        of_device.push((contact, f));
+                    }
                 }
             }
             return Err(e);
