@@ -70,8 +70,12 @@ pub const MAX_BATCH: usize = 1024;
 
 /// How long the writer lets events gather after the first of a batch: a call's events come
 /// in bursts (a SIP step and its consequences), and one transaction for a burst costs
-/// about what one costs for a single event.
-pub const GATHER: Duration = Duration::from_millis(5);
+/// about what one costs for a single event. It is also how long a new call's admission
+/// waits at most before its commit (on SQLite), and so part of the time to its `202`.
+/// Against 5 ms, 10 ms costs 3-4 ms more to the `202` and to the agent's INVITE and saves
+/// about 10 % of the server's CPU per call at 500 calls/s: half as many commits, and the
+/// calls a batch admits start together in one turn of the runtime (`docs/benchmarks.md`).
+pub const GATHER: Duration = Duration::from_millis(10);
 
 /// Events waiting beyond which new calls are refused (`503`): about 500 calls' worth of
 /// events with the store stalled.
