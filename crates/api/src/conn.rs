@@ -346,6 +346,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let local = listener.local_addr().ok();
+    let nodelay = nodelay_inherited(&listener);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -382,6 +383,9 @@ pub async fn serve(
         let router = router.clone();
         let stats = Arc::clone(&stats);
         let stop = stop_rx.clone();
+        if !nodelay {
+            let _ = stream.set_nodelay(true);
+        }
         tokio::spawn(async move {
             serve_connection(stream, remote, router, timeouts, stats, stop).await;
             drop(slot);
@@ -394,6 +398,13 @@ pub async fn serve(
     Ok(())
 }
 
+/// Sets `TCP_NODELAY` (responses go out whole, at once) on the listening socket, whose
+/// accepted connections inherit it on Linux: one system call in all instead of one per
+/// connection. False when it could not be set; each connection then sets it itself.
+fn nodelay_inherited(listener: &TcpListener) -> bool {
+    socket2::SockRef::from(listener).set_nodelay(true).is_ok()
+}
+
 async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
@@ -402,7 +413,6 @@ async fn serve_connection(
     stats: Arc<HttpStats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let watch = Arc::new(Watch::new(timeouts, Instant::now()));
     let io = hyper_util::rt::TokioIo::new(WatchedIo {
         inner: stream,
@@ -475,6 +485,25 @@ mod tests {
             body_read: Duration::from_secs(30),
             idle: Duration::from_secs(60),
         }
+    }
+
+    /// The accepted connections inherit `TCP_NODELAY` from the listening socket, which is
+    /// what lets `serve` leave it unset on each.
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        assert!(nodelay_inherited(&listener));
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+        // Without it on the listener, an accepted connection has it off.
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(plain.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = plain.accept().await.unwrap();
+        assert!(!accepted.nodelay().unwrap());
     }
 
     #[tokio::test(start_paused = true)]
