@@ -2316,43 +2316,39 @@ mod tests {
         assert_eq!(contacts(first), ["sip:alice@192.0.2.10:5060"]);
 
         // Another writer of the file: not seen while the registrar's memory is trusted.
-        let behind = |contact: &str, at: u64| Binding {
-            device_username: "alice-desk".into(),
-            user_id: user.into(),
-            contact: contact.into(),
-            source: "192.0.2.10:5090".into(),
-            transport: "udp".into(),
-            local: "127.0.0.1:5060".into(),
-            expires_at: at as i64 + 600,
-            q: None,
-            call_id: "elsewhere".into(),
-            cseq: 1,
-            instance: None,
-            reg_id: None,
-            user_agent: None,
-            updated_at: at as i64,
-            path: Vec::new(),
+        let write_behind = |contact: &str, at: u64| {
+            let binding = Binding {
+                device_username: "alice-desk".into(),
+                user_id: user.into(),
+                contact: contact.into(),
+                source: "192.0.2.10:5090".into(),
+                transport: "udp".into(),
+                local: "127.0.0.1:5060".into(),
+                expires_at: at as i64 + 600,
+                q: None,
+                call_id: "elsewhere".into(),
+                cseq: 1,
+                instance: None,
+                reg_id: None,
+                user_agent: None,
+                updated_at: at as i64,
+                path: Vec::new(),
+            };
+            let store = Arc::clone(&f.reg.store);
+            async move { store.upsert_binding(&binding).await.unwrap() }
         };
-        f.reg
-            .store
-            .upsert_binding(&behind("sip:alice@192.0.2.10:5090", now + 1))
-            .await
-            .unwrap();
-        let kept = f.reg.bindings_for_user(user, now + 1).await.unwrap();
-        assert_eq!(contacts(kept), ["sip:alice@192.0.2.10:5060"]);
+        let reg = &f.reg;
+        let fork_at =
+            |at: u64| async move { contacts(reg.bindings_for_user(user, at).await.unwrap()) };
+        write_behind("sip:alice@192.0.2.10:5090", now + 1).await;
+        assert_eq!(fork_at(now + 1).await, ["sip:alice@192.0.2.10:5060"]);
         // A lifetime after the registrar read them, the store is read again, and what the
         // read found is kept: a write behind its back after it is not seen yet.
         let later = now + BINDINGS_TTL.as_secs();
-        let read = f.reg.bindings_for_user(user, later).await.unwrap();
         let both = ["sip:alice@192.0.2.10:5060", "sip:alice@192.0.2.10:5090"];
-        assert_eq!(contacts(read), both);
-        f.reg
-            .store
-            .upsert_binding(&behind("sip:alice@192.0.2.10:5099", later + 1))
-            .await
-            .unwrap();
-        let kept = f.reg.bindings_for_user(user, later + 1).await.unwrap();
-        assert_eq!(contacts(kept), both);
+        assert_eq!(fork_at(later).await, both);
+        write_behind("sip:alice@192.0.2.10:5099", later + 1).await;
+        assert_eq!(fork_at(later + 1).await, both);
         // A REGISTER through the registrar is seen by the next call at once, in the store's
         // order (by contact).
         let c = "<sip:alice@192.0.2.10:5070>";
